@@ -1,0 +1,47 @@
+# mipflow: `make demo` runs the demo federation, `make test` runs the tests.
+# Both create what they need: a virtualenv in .venv, the pinned packages, and a
+# local Airflow home under var/airflow (SQLite).
+
+SHELL := /bin/bash
+PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
+             command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+             && { echo $$p; break; }; done)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export AIRFLOW_HOME := $(CURDIR)/var/airflow
+export AIRFLOW_CONFIG := $(CURDIR)/airflow.cfg
+export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
+export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
+export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN := sqlite:///$(CURDIR)/var/airflow/airflow.db
+PYTEST_ARGS ?=
+
+.PHONY: install test demo bench airflow-db clean
+
+$(STAMP): requirements.txt requirements-test.txt pyproject.toml
+	@test -n "$(PYTHON)" || { echo "mipflow needs Python 3.11 or newer on PATH" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-test.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+var/airflow/airflow.db: $(STAMP)
+	@mkdir -p var/airflow
+	$(BIN)/airflow db migrate > var/airflow/migrate.log 2>&1 || { cat var/airflow/migrate.log; exit 1; }
+
+airflow-db: var/airflow/airflow.db
+
+test: install
+	$(BIN)/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+
+demo: install airflow-db
+	$(BIN)/python -m mipflow.demo --work-dir $(CURDIR)/var/demo
+
+bench: install
+	$(BIN)/python bench/ingest.py
+
+clean:
+	rm -rf var .pytest_cache .hypothesis

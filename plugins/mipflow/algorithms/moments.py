@@ -1,0 +1,125 @@
+"""Partial moments that nodes release and the central side merges stably.
+
+A node never sends raw sums of squares: it sends a count ``n``, the column
+means and the *centred* second moments ``M2`` (sum of squared deviations from
+its own mean, or the full centred co-moment matrix).  The central side merges
+partial moments pairwise with the update of Chan, Golub & LeVeque (1979)::
+
+    n     = n_a + n_b
+    delta = mean_b - mean_a
+    mean  = mean_a + delta * n_b / n
+    M2    = M2_a + M2_b + outer(delta, delta) * n_a * n_b / n
+
+which keeps full precision where ``sum(x**2) - n * mean**2`` would cancel
+catastrophically (large means, small spread).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Moments:
+    """Count, means and centred second moments of ``k`` columns.
+
+    Attributes
+    ----------
+    n : int
+        Number of rows.
+    mean : numpy.ndarray, shape (k,)
+        Column means (zeros when ``n == 0``).
+    m2 : numpy.ndarray, shape (k,) or (k, k)
+        Sums of squared deviations from the mean (``diagonal``) or the full
+        centred co-moment matrix ``sum((z - mean)(z - mean)^T)``.
+    """
+
+    n: int
+    mean: np.ndarray
+    m2: np.ndarray
+
+    @property
+    def is_matrix(self) -> bool:
+        return self.m2.ndim == 2
+
+    def variance(self, ddof: int = 1) -> np.ndarray:
+        """Column variances (NaN where ``n - ddof <= 0``), shape (k,)."""
+        diag = np.diagonal(self.m2) if self.is_matrix else self.m2
+        if self.n - ddof <= 0:
+            return np.full(diag.shape, np.nan)
+        return diag / (self.n - ddof)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (what a node releases)."""
+        return {"n": int(self.n), "mean": self.mean.tolist(), "m2": self.m2.tolist()}
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> "Moments":
+        return cls(
+            n=int(doc["n"]),
+            mean=np.asarray(doc["mean"], dtype=float),
+            m2=np.asarray(doc["m2"], dtype=float),
+        )
+
+
+def compute_moments(values: np.ndarray, *, matrix: bool = False) -> Moments:
+    """Two-pass moments of the rows of ``values``.
+
+    Parameters
+    ----------
+    values : numpy.ndarray, shape (n,) or (n, k)
+        Complete-case numeric data; a 1-D array is one column.
+    matrix : bool
+        Return the full ``(k, k)`` co-moment matrix instead of its diagonal.
+    """
+    arr = np.asarray(values, dtype=float)
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    n, k = arr.shape
+    if n == 0:
+        return Moments(0, np.zeros(k), np.zeros((k, k)) if matrix else np.zeros(k))
+    mean = arr.mean(axis=0)
+    centred = arr - mean
+    # Second pass: correct the mean for its own rounding error (Björck).
+    mean = mean + centred.mean(axis=0)
+    centred = arr - mean
+    m2 = centred.T @ centred if matrix else np.einsum("ij,ij->j", centred, centred)
+    return Moments(int(n), mean, m2)
+
+
+def merge_moments(parts: Iterable[Moments]) -> Moments:
+    """Merge partial moments (Chan et al.); empty parts are skipped.
+
+    All parts must describe the same columns with the same ``m2`` shape.
+    Returns zero moments when every part is empty.
+    """
+    total: Moments | None = None
+    shape = None
+    for part in parts:
+        if shape is None:
+            shape = (part.mean.shape, part.m2.shape)
+        elif (part.mean.shape, part.m2.shape) != shape:
+            raise ValueError("cannot merge moments of different shapes")
+        if part.n == 0:
+            continue
+        if total is None or total.n == 0:
+            total = part
+            continue
+        n = total.n + part.n
+        delta = part.mean - total.mean
+        mean = total.mean + delta * (part.n / n)
+        weight = total.n * part.n / n
+        extra = np.outer(delta, delta) if total.is_matrix else delta * delta
+        total = Moments(n, mean, total.m2 + part.m2 + extra * weight)
+    if total is None:
+        if shape is None:
+            raise ValueError("no moments to merge")
+        return Moments(0, np.zeros(shape[0]), np.zeros(shape[1]))
+    return total
+
+
+def merge_moment_dicts(parts: Iterable[Mapping[str, Any]]) -> Moments:
+    """:func:`merge_moments` over the JSON form nodes send."""
+    return merge_moments(Moments.from_dict(p) for p in parts)

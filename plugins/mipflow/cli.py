@@ -1,0 +1,135 @@
+"""The ``mipflow`` command line (the README, the DAGs' tasks and the tests use it alike).
+
+Exit codes: 0 success, 1 the work ran but something failed (a file failed or a
+batch was held), 2 a usage or configuration error (message on stderr).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from mipflow import __version__
+from mipflow.exceptions import MipflowError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mipflow", description="Federated analysis of hospital data.")
+    parser.add_argument("--version", action="version", version=f"mipflow {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    node = sub.add_parser("node", help="create and configure a hospital node").add_subparsers(
+        dest="node_command", required=True)
+    p = node.add_parser("init", help="create a node home (config, secret key, SQLite store)")
+    p.add_argument("home", type=Path)
+    p.add_argument("--name", required=True, help="node name, e.g. hospital_a")
+    p.add_argument("--db-url", default="", help="SQLAlchemy URL of the feature store (default: SQLite in HOME)")
+    p = node.add_parser("config", help="show settings, or set KEY to VALUE")
+    p.add_argument("home", type=Path)
+    p.add_argument("key", nargs="?")
+    p.add_argument("value", nargs="?")
+    p = node.add_parser("status", help="data models, datasets and batches of a node")
+    p.add_argument("home", type=Path)
+    p = node.add_parser("run-landing", help="ingest every new file in HOME/landing (what the DAGs do)")
+    p.add_argument("home", type=Path)
+    p.add_argument("--consent", type=Path, default=None)
+
+    dm = sub.add_parser("data-model", help="manage the node's data models").add_subparsers(
+        dest="dm_command", required=True)
+    p = dm.add_parser("add", help="register a CDEsMetadata.json (code and version from the file)")
+    p.add_argument("home", type=Path)
+    p.add_argument("path", type=Path)
+    p = dm.add_parser("list", help="data models held by the node")
+    p.add_argument("home", type=Path)
+
+    p = sub.add_parser("ingest", help="capture, depersonalise, validate and load CSV exports now")
+    p.add_argument("home", type=Path)
+    p.add_argument("files", type=Path, nargs="+", metavar="FILE")
+    p.add_argument("--data-model", default=None, help="CODE:VERSION, e.g. dementia:0.1")
+    p.add_argument("--profile", type=Path, default=None,
+                   help="source profile JSON (default: MIP layout, patient id 'subjectcode', dataset column 'dataset')")
+    p.add_argument("--consent", type=Path, default=None,
+                   help="consent registry CSV (default: HOME/consent.csv if present, else everyone consented)")
+    p.add_argument("--force", action="store_true", help="re-ingest files already in the manifest")
+
+    p = sub.add_parser("synth", help="write synthetic stroke-registry exports for the demo hospitals")
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--patients", type=int, default=300)
+    p.add_argument("--seed", type=int, default=7)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return _dispatch(args)
+    except MipflowError as exc:
+        print(f"mipflow: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from mipflow import node as ops
+    from mipflow.config import NodeHome
+
+    if args.command == "node":
+        if args.node_command == "init":
+            home = NodeHome.init(args.home, args.name, args.db_url)
+            ops.open_store(home).dispose()
+            print(ops.dumps({"node": home.name, "home": str(home.root), "store": ops._redact_url(home.db_url)}))
+            return 0
+        home = NodeHome(args.home)
+        if args.node_command == "config":
+            if args.key is None:
+                print(ops.dumps(home.config.to_dict() | {"db_url": ops._redact_url(home.db_url)}))
+                return 0
+            if args.value is None:
+                settings = home.config.to_dict()["settings"]
+                if args.key not in settings:
+                    print(f"mipflow: error: unknown setting {args.key!r}; known: {sorted(settings)}",
+                          file=sys.stderr)
+                    return 2
+                print(settings[args.key])
+                return 0
+            home.set_setting(args.key, args.value)
+            print(ops.dumps(home.config.to_dict()["settings"]))
+            return 0
+        if args.node_command == "status":
+            print(ops.dumps(ops.node_status(home)))
+            return 0
+        if args.node_command == "run-landing":
+            summary = ops.run_landing(home, consent=args.consent)
+            print(ops.dumps(summary))
+            return 1 if summary["failed_files"] or summary["held_batches"] else 0
+    if args.command == "data-model":
+        home = NodeHome(args.home)
+        if args.dm_command == "add":
+            model = ops.add_data_model(home, args.path)
+            print(ops.dumps({"data_model": model.key, "label": model.label, "variables": len(model)}))
+            return 0
+        store = ops.open_store(home)
+        print(ops.dumps([{"data_model": m.key, "label": m.label, "variables": len(m)}
+                         for m in store.data_models()]))
+        return 0
+    if args.command == "ingest":
+        home = NodeHome(args.home)
+        summary = ops.ingest(home, args.files, data_model=args.data_model, profile=args.profile,
+                             consent=args.consent, force=args.force)
+        print(ops.dumps(summary))
+        return 1 if summary["failed_files"] or summary["held_batches"] else 0
+    if args.command == "synth":
+        from mipflow.synth import write_demo_exports
+
+        written = write_demo_exports(args.out_dir, n_patients=args.patients, seed=args.seed)
+        print(ops.dumps({h: {k: str(v) for k, v in files.items()} for h, files in written.items()}))
+        return 0
+    raise AssertionError(f"unhandled command {args.command}")  # pragma: no cover
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""Node operations shared by the CLI and the node DAGs (no Airflow imports).
+
+Landing conventions: ``landing/<source>/*.csv`` is read with the source
+profile ``profiles/<source>.json``; CSV files directly in ``landing/`` use the
+default profile (MIP CSV layout).  The data model comes from the profile's
+``data_model`` or, failing that, the node setting ``default_data_model``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any, Iterable
+
+from mipflow.capture import ConsentRegistry, open_registry, scan_landing
+from mipflow.config import NodeHome
+from mipflow.datamodel import DataModel, load_data_model
+from mipflow.exceptions import ConfigError, ProfileError
+from mipflow.pipeline import BatchCounts, BatchResult, apply_withdrawals, ingest_file
+from mipflow.profile import SourceProfile, default_profile
+from mipflow.store import FeatureStore
+
+log = logging.getLogger(__name__)
+
+
+def open_store(home: NodeHome) -> FeatureStore:
+    return FeatureStore(home.db_url)
+
+
+def add_data_model(home: NodeHome, path: str | Path, store: FeatureStore | None = None) -> DataModel:
+    """Register a CDE data model at the node (copy in ``data_models/`` and a table in the store)."""
+    model = load_data_model(path)
+    store = store or open_store(home)
+    store.add_data_model(model)
+    target = home.data_models_dir / f"{model.code}_{model.version}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if Path(path).resolve() != target.resolve():
+        shutil.copyfile(path, target)
+    return model
+
+
+def resolve_profile(home: NodeHome, profile: str | Path | None, source: str | None = None) -> SourceProfile:
+    """The profile named, else ``profiles/<source>.json`` when it exists, else the default."""
+    if profile is not None:
+        return SourceProfile.load(profile)
+    if source:
+        candidate = home.profiles_dir / f"{source}.json"
+        if candidate.is_file():
+            return SourceProfile.load(candidate)
+    return default_profile()
+
+
+def resolve_consent(home: NodeHome, consent: str | Path | None) -> ConsentRegistry | None:
+    """The registry named, else ``HOME/consent.csv`` when present, else ``None`` (all consented)."""
+    if consent is not None:
+        return open_registry(consent)
+    if home.consent_path.is_file():
+        return open_registry(home.consent_path)
+    return None
+
+
+def resolve_model(home: NodeHome, store: FeatureStore, data_model: str | None,
+                  profile: SourceProfile) -> DataModel:
+    key = data_model or profile.data_model or home.settings.default_data_model
+    if not key:
+        raise ConfigError("no data model given: pass --data-model CODE:VERSION, set 'data_model' in the "
+                          "source profile, or set the node setting default_data_model")
+    if profile.data_model and data_model and profile.data_model != data_model:
+        raise ProfileError(f"profile is for data model {profile.data_model}, not {data_model}")
+    return store.data_model(key)
+
+
+def summarise(home: NodeHome, results: list[BatchResult], withdrawn_deleted: int) -> dict[str, Any]:
+    totals = BatchCounts()
+    for result in results:
+        for field in ("rows_in", "loaded", "quarantined", "no_consent", "duplicates"):
+            setattr(totals, field, getattr(totals, field) + getattr(result.counts, field))
+    return {
+        "node": home.name,
+        "files": [r.to_dict() for r in results],
+        "totals": {**totals.__dict__, "conserved": totals.conserved},
+        "withdrawn_rows_deleted": withdrawn_deleted,
+        "failed_files": sum(r.status == "failed" for r in results),
+        "held_batches": sum(r.status == "held" for r in results),
+    }
+
+
+def ingest(home: NodeHome, files: Iterable[str | Path], *, data_model: str | None = None,
+           profile: str | Path | None = None, consent: str | Path | None = None,
+           force: bool = False, store: FeatureStore | None = None) -> dict[str, Any]:
+    """Ingest files synchronously (what ``mipflow ingest`` does); returns a JSON-able summary."""
+    store = store or open_store(home)
+    source_profile = resolve_profile(home, profile)
+    registry = resolve_consent(home, consent)
+    model = resolve_model(home, store, data_model, source_profile)
+    deleted = apply_withdrawals(store, registry, home.key())
+    results = [ingest_file(path, store=store, model=model, profile=source_profile, key=home.key(),
+                           consent=registry, settings=home.settings, force=force) for path in files]
+    for result in results:
+        log.info("%s: %s (%s) %s", result.source, result.status, result.message, result.counts.equation())
+    return summarise(home, results, deleted)
+
+
+def landing_sources(home: NodeHome, store: FeatureStore) -> list[dict[str, Any]]:
+    """New files in the landing folder with their source name (for the capture DAG)."""
+    found, skipped = scan_landing(home.landing_dir, store, settle_seconds=home.settings.settle_seconds)
+    items = []
+    for item in found:
+        rel = item.path.relative_to(home.landing_dir)
+        source = rel.parts[0] if len(rel.parts) > 1 else None
+        items.append({"path": str(item.path), "sha256": item.sha256, "status": item.status, "source": source})
+    for item in skipped:
+        items.append({"path": str(item.path), "sha256": "", "status": "skipped", "reason": item.reason,
+                      "source": None})
+    return items
+
+
+def run_landing(home: NodeHome, *, consent: str | Path | None = None,
+                store: FeatureStore | None = None) -> dict[str, Any]:
+    """Ingest every new landing file with its source's profile (one pass per file)."""
+    store = store or open_store(home)
+    registry = resolve_consent(home, consent)
+    deleted = apply_withdrawals(store, registry, home.key())
+    results: list[BatchResult] = []
+    for item in landing_sources(home, store):
+        if item["status"] != "new" and item["status"] != "empty":
+            if item["status"] == "skipped":
+                results.append(BatchResult(source=Path(item["path"]).name, sha256="", status="skipped",
+                                           message=item["reason"]))
+            continue
+        profile = resolve_profile(home, None, item["source"])
+        model = resolve_model(home, store, None, profile)
+        results.append(ingest_file(item["path"], store=store, model=model, profile=profile, key=home.key(),
+                                   consent=registry, settings=home.settings))
+    return summarise(home, results, deleted)
+
+
+def node_status(home: NodeHome, store: FeatureStore | None = None) -> dict[str, Any]:
+    store = store or open_store(home)
+    return {
+        "node": home.name,
+        "store": _redact_url(home.db_url),
+        "data_models": [m.key for m in store.data_models()],
+        "datasets": store.datasets(),
+        "batches": [{k: b[k] for k in ("batch_id", "source", "data_model", "status", "rows_in", "loaded",
+                                       "quarantined", "no_consent", "duplicates", "message")}
+                    for b in store.batches()],
+    }
+
+
+def _redact_url(url: str) -> str:
+    """Hide a password in a database URL."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # pragma: no cover - invalid URL is reported elsewhere
+        return "<invalid url>"
+
+
+def dumps(doc: Any) -> str:
+    return json.dumps(doc, indent=2, sort_keys=False, default=str)

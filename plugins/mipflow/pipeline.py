@@ -1,0 +1,420 @@
+"""The node ingest pipeline: capture -> depersonalise -> harmonise/validate -> load.
+
+Every stage is a function of one chunk of rows, so the same code serves the
+synchronous CLI (:func:`ingest_file`, one pass, one transaction per batch) and
+the Airflow DAGs (:mod:`mipflow.stages`, one DAG per stage with staging files
+between them).  Every input row ends up in exactly one of: loaded,
+quarantined (with a reason), excluded for lack of consent, or a duplicate;
+:class:`BatchCounts` checks that the counts add up.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+from mipflow.capture import ConsentRegistry, read_head, sha256_file
+from mipflow.config import NodeSettings
+from mipflow.datamodel import DataModel
+from mipflow.deid import Pseudonymiser, depersonalise
+from mipflow.exceptions import InputFileError, MipflowError
+from mipflow.profile import SourceProfile
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+    from mipflow.store import FeatureStore
+
+log = logging.getLogger(__name__)
+
+ROW_COLUMN = "_row"
+KEYS = ("_pid", "dataset", "_visit")
+
+
+@dataclass
+class BatchCounts:
+    """Where the rows of one batch went. ``rows_in`` must equal the sum of the rest."""
+
+    rows_in: int = 0
+    loaded: int = 0
+    quarantined: int = 0
+    no_consent: int = 0
+    duplicates: int = 0
+
+    @property
+    def conserved(self) -> bool:
+        return self.rows_in == self.loaded + self.quarantined + self.no_consent + self.duplicates
+
+    def equation(self) -> str:
+        ok = "OK" if self.conserved else "MISMATCH"
+        return (f"rows_in={self.rows_in} = loaded {self.loaded} + quarantined {self.quarantined} "
+                f"+ no_consent {self.no_consent} + duplicates {self.duplicates} [{ok}]")
+
+
+@dataclass
+class BatchResult:
+    """Outcome of one input file."""
+
+    source: str
+    sha256: str
+    status: str  # loaded | held | failed | skipped | empty
+    batch_id: str = ""
+    data_model: str = ""
+    message: str = ""
+    counts: BatchCounts = field(default_factory=BatchCounts)
+    validation: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["conserved"] = self.counts.conserved
+        return out
+
+
+def batch_id_for(sha256: str, data_model: str) -> str:
+    """Deterministic batch id: the same file for the same data model is the same batch."""
+    return "b" + hashlib.sha256(f"{data_model}|{sha256}".encode()).hexdigest()[:20]
+
+
+class ChunkProcessor:
+    """The per-chunk stage functions for one batch (one file, one profile, one data model)."""
+
+    def __init__(self, model: DataModel, profile: SourceProfile, pseudonymiser: Pseudonymiser,
+                 consent: ConsentRegistry | None, settings: NodeSettings) -> None:
+        self.model = model
+        self.profile = profile
+        self.pseudonymiser = pseudonymiser
+        self.consent = consent
+        self.settings = settings
+        self._validator: Any = None
+        self._seen: dict[int, int] = {}
+
+    # -- reading ------------------------------------------------------------
+    def read_chunks(self, path: Path, counts: BatchCounts,
+                    bad_lines: list[tuple[int, str]]) -> Iterator["pd.DataFrame"]:
+        """Yield chunks of raw rows (all cells strings) with a 1-based ``_row`` column.
+
+        Malformed lines (wrong number of fields) are not yielded: they are
+        appended to ``bad_lines`` and counted in ``counts.rows_in``.
+        """
+        import pandas as pd
+
+        read_head(path, self.profile.encoding)
+        options = dict(dtype=str, keep_default_na=False, na_values=[""], encoding=self.profile.encoding,
+                       sep=self.profile.delimiter, chunksize=self.settings.chunk_rows)
+        try:
+            header = pd.read_csv(path, nrows=0, encoding=self.profile.encoding, sep=self.profile.delimiter)
+        except pd.errors.EmptyDataError:
+            raise InputFileError(f"{path.name}: empty file (no header line)") from None
+        except (UnicodeDecodeError, pd.errors.ParserError) as exc:
+            raise InputFileError(f"{path.name}: not a readable CSV ({type(exc).__name__})") from None
+        n_fields = len(header.columns)
+        self._check_columns(path, list(header.columns))
+        if _well_formed(path, self.profile, n_fields):
+            reader = pd.read_csv(path, **options)
+        else:
+            def on_bad(fields: list[str]) -> None:
+                bad_lines.append((-1, f"malformed CSV line: {len(fields)} fields where the header has {n_fields}"))
+                return None
+
+            reader = pd.read_csv(path, engine="python", on_bad_lines=on_bad, **options)
+        row = 0
+        try:
+            for chunk in reader:
+                chunk.insert(0, ROW_COLUMN, range(row + 1, row + 1 + len(chunk)))
+                row += len(chunk)
+                counts.rows_in += len(chunk)
+                yield chunk
+        except UnicodeDecodeError:
+            raise InputFileError(f"{path.name}: not valid {self.profile.encoding} text past the first block; "
+                                 "re-export it or set 'encoding' in the source profile") from None
+        except pd.errors.ParserError as exc:
+            raise InputFileError(f"{path.name}: malformed CSV ({str(exc).splitlines()[0][:120]})") from None
+        counts.rows_in += len(bad_lines)
+
+    def _check_columns(self, path: Path, columns: list[str]) -> None:
+        if len(set(columns)) != len(columns):
+            raise InputFileError(f"{path.name}: the header repeats a column name")
+        problems = self.profile.deid.check_columns(columns)
+        if self.profile.dataset_column and self.profile.dataset_column not in columns:
+            problems.append(f"dataset column {self.profile.dataset_column!r} is missing")
+        if self.profile.visit_column and self.profile.visit_column not in columns:
+            problems.append(f"visit column {self.profile.visit_column!r} is missing")
+        if problems:
+            raise InputFileError(f"{path.name}: " + "; ".join(problems))
+
+    # -- capture --------------------------------------------------------------
+    def capture(self, chunk: "pd.DataFrame") -> tuple["pd.DataFrame", int]:
+        """Keep rows of patients with consent; returns (kept rows, rows without consent)."""
+        if self.consent is None:
+            return chunk, 0
+        mask = self.consent.granted(chunk[self.profile.deid.patient_id])
+        return chunk[mask.to_numpy()], int((~mask).sum())
+
+    # -- depersonalise ------------------------------------------------------
+    def depersonalise(self, chunk: "pd.DataFrame") -> tuple["pd.DataFrame", list[tuple[int, str, Any]]]:
+        """Pseudonymise and strip identifiers; returns (good rows, quarantine entries)."""
+        import pandas as pd
+
+        profile = self.profile
+        frame = chunk
+        visit = None
+        if profile.visit_column:
+            raw_visit = frame[profile.visit_column]
+            visit = (self.pseudonymiser.pseudonyms(raw_visit).str[:32] if profile.pseudonymise_visit
+                     else raw_visit.fillna("").str.strip())
+            frame = frame.drop(columns=[profile.visit_column])
+        result = depersonalise(frame, profile.deid, self.pseudonymiser)
+        out = result.frame
+        out["_pid"] = out[profile.deid.pseudonym_column]
+        out["_visit"] = visit.fillna("") if visit is not None else ""
+        if profile.dataset_value is not None:
+            out["dataset"] = profile.dataset_value
+        elif profile.dataset_column != "dataset":
+            out = out.rename(columns={profile.dataset_column: "dataset"})
+        failed = result.row_errors.notna().to_numpy()
+        entries = _entries(out[failed], result.row_errors[failed], drop=("_pid", "_visit"))
+        return out[~failed], entries
+
+    # -- harmonise + validate -------------------------------------------------
+    def harmonise(self, frame: "pd.DataFrame") -> "pd.DataFrame":
+        """Rename local columns onto CDE codes and recode local values."""
+        rules = self.profile.harmonise
+        frame = frame.drop(columns=[c for c in rules.drop if c in frame.columns])
+        frame = frame.rename(columns=dict(rules.columns))
+        for code, mapping in rules.values.items():
+            if code in frame.columns:
+                column = frame[code]
+                stripped = column.str.strip() if column.dtype == object or str(column.dtype) == "str" else column
+                frame[code] = stripped.map(lambda v: mapping.get(v, v) if isinstance(v, str) else v)
+        if "visitid" in self.model and "visitid" not in frame.columns and self.profile.visit_column:
+            frame["visitid"] = frame["_visit"]
+        return frame
+
+    def validate(self, frame: "pd.DataFrame") -> tuple["pd.DataFrame", list[tuple[int, str, Any]], int, dict]:
+        """Validate against the data model; returns (rows to load, quarantine entries, duplicates, summary)."""
+        import pandas as pd
+
+        from mipflow.validation import FrameValidator
+
+        frame = self.harmonise(frame)
+        meta = frame[[ROW_COLUMN, "_pid", "_visit"]]
+        data = frame.drop(columns=[ROW_COLUMN, "_pid", "_visit"])
+        if self._validator is None:
+            required = ["dataset"] + [c for c in (self.profile.deid.pseudonym_column,) if c in self.model]
+            self._validator = FrameValidator(self.model, list(data.columns), required=required)
+        outcome = self._validator.validate(data)
+        valid = outcome.valid_mask
+        good = pd.concat([meta, outcome.frame], axis=1)
+        entries = _entries(good[~valid], outcome.row_errors[~valid], drop=("_pid", "_visit"))
+        good = good[valid]
+        good, dup_entries, duplicates = self._deduplicate(good)
+        return good, entries + dup_entries, duplicates, outcome.summary
+
+    def _deduplicate(self, frame: "pd.DataFrame") -> tuple["pd.DataFrame", list[tuple[int, str, Any]], int]:
+        """Drop repeated keys within the batch: exact repeats count as duplicates,
+        repeats with other values are quarantined (the first occurrence is kept)."""
+        import pandas as pd
+
+        if frame.empty:
+            return frame, [], 0
+        key_hash = pd.util.hash_pandas_object(frame[list(KEYS)], index=False).to_numpy()
+        content = frame.drop(columns=[ROW_COLUMN])
+        row_hash = pd.util.hash_pandas_object(content, index=False).to_numpy()
+        keep = []
+        exact = 0
+        conflict_rows = []
+        for i, (k, h) in enumerate(zip(key_hash.tolist(), row_hash.tolist())):
+            seen = self._seen.get(k)
+            if seen is None:
+                self._seen[k] = h
+                keep.append(i)
+            elif seen == h:
+                exact += 1
+            else:
+                conflict_rows.append(i)
+        entries = [(int(frame[ROW_COLUMN].iloc[i]),
+                    "duplicate key (patient, dataset, visit) with different values; first occurrence kept",
+                    _record(frame.iloc[i], drop=("_pid", "_visit"))) for i in conflict_rows]
+        return frame.iloc[keep], entries, exact
+
+
+def _well_formed(path: Path, profile: SourceProfile, n_fields: int) -> bool:
+    """Quick check with the csv module that every record has the header's field count."""
+    import csv
+
+    try:
+        with open(path, newline="", encoding=profile.encoding, errors="strict") as handle:
+            reader = csv.reader(handle, delimiter=profile.delimiter)
+            next(reader, None)
+            for record in reader:
+                if len(record) != n_fields and record:
+                    return False
+    except (UnicodeDecodeError, csv.Error):
+        return False
+    return True
+
+
+def _record(row: "pd.Series", drop: tuple[str, ...]) -> dict[str, Any]:
+    out = {}
+    for key, value in row.items():
+        if key in drop or key == ROW_COLUMN:
+            continue
+        try:
+            missing = value is None or value != value
+        except Exception:  # pragma: no cover - exotic objects
+            missing = False
+        out[str(key)] = None if missing else (value.item() if hasattr(value, "item") else value)
+    return out
+
+
+def _entries(frame: "pd.DataFrame", reasons: "pd.Series", drop: tuple[str, ...]) -> list[tuple[int, str, Any]]:
+    return [(int(row[ROW_COLUMN]), str(reason), _record(row, drop))
+            for (_, row), reason in zip(frame.iterrows(), reasons)]
+
+
+def ingest_file(path: str | Path, *, store: "FeatureStore", model: DataModel, profile: SourceProfile,
+                key: bytes, consent: ConsentRegistry | None, settings: NodeSettings,
+                force: bool = False) -> BatchResult:
+    """Run the whole pipeline on one file in one pass and one transaction.
+
+    The same file (same SHA-256) is skipped unless ``force``; nothing is
+    written unless the whole batch is processed (a crash leaves no trace but
+    the file, which the next run picks up again).
+    """
+    path = Path(path)
+    source = path.name
+    if not path.is_file():
+        return BatchResult(source=source, sha256="", status="failed", message=f"{path} does not exist")
+    sha = sha256_file(path)
+    data_model = model.key
+    batch_id = batch_id_for(sha, data_model)
+    if store.file_record(sha) is not None and not force:
+        return BatchResult(source=source, sha256=sha, status="skipped", batch_id=batch_id, data_model=data_model,
+                           message="already ingested (same SHA-256); nothing to do")
+    counts = BatchCounts()
+    if path.stat().st_size == 0:
+        result = BatchResult(source=source, sha256=sha, status="empty", batch_id=batch_id, data_model=data_model,
+                             message="empty file: nothing to ingest", counts=counts)
+        _record_outcome(store, result, path)
+        return result
+    processor = ChunkProcessor(model, profile, Pseudonymiser(key), consent, settings)
+    bad_lines: list[tuple[int, str]] = []
+    summaries: list[dict] = []
+    try:
+        with store.begin() as conn:
+            _clear_batch(store, conn, batch_id, path, sha, data_model)
+            for chunk in processor.read_chunks(path, counts, bad_lines):
+                kept, no_consent = processor.capture(chunk)
+                counts.no_consent += no_consent
+                good, deid_entries = processor.depersonalise(kept)
+                ready, val_entries, duplicates, summary = processor.validate(good)
+                summaries.append(summary)
+                counts.duplicates += duplicates
+                counts.quarantined += store.quarantine(conn, batch_id, "depersonalise", deid_entries)
+                counts.quarantined += store.quarantine(conn, batch_id, "validate", val_entries)
+                store.stage_rows(conn, model, ready.drop(columns=[ROW_COLUMN]), batch_id=batch_id, sha256=sha)
+                counts.loaded += len(ready)
+            counts.quarantined += store.quarantine(conn, batch_id, "capture",
+                                                   [(n, r, None) for n, r in bad_lines])
+            status, message = _decide(counts, settings)
+            if status == "held":
+                store.discard_staged(conn, model)
+                held = counts.loaded
+                counts.quarantined += held
+                counts.loaded = 0
+                store.quarantine(conn, batch_id, "validate", [(0, f"batch held: {message}; {held} valid rows "
+                                                                  "not loaded", None)])
+            else:
+                store.merge_staged(conn, model)
+                store.refresh_datasets(conn, model)
+            result = BatchResult(source=source, sha256=sha, status=status, batch_id=batch_id,
+                                 data_model=data_model, message=message, counts=counts,
+                                 validation=merge_summaries(summaries))
+            store.update_batch(conn, batch_id, stage="load", status=status, message=message,
+                               validation=result.validation, finished_at=_now(), **asdict(counts))
+    except InputFileError as exc:
+        counts = BatchCounts()
+        result = BatchResult(source=source, sha256=sha, status="failed", batch_id=batch_id,
+                             data_model=data_model, message=str(exc), counts=counts)
+        _record_outcome(store, result, path)
+        return result
+    if not counts.conserved:  # a bug, never bad input: refuse to pretend
+        raise MipflowError(f"row conservation violated for {source}: {counts.equation()}")
+    log.info("batch %s (%s): %s; %s", batch_id, source, status, counts.equation())
+    return result
+
+
+def _now() -> str:
+    from mipflow.store import utcnow
+
+    return utcnow()
+
+
+def _clear_batch(store: "FeatureStore", conn: Any, batch_id: str, path: Path, sha: str, data_model: str) -> None:
+    """Register the file and (re)start its batch record, dropping an earlier attempt's quarantine."""
+    from mipflow.store import batches_table, files_table, quarantine_table
+
+    conn.execute(quarantine_table.delete().where(quarantine_table.c.batch_id == batch_id))
+    conn.execute(batches_table.delete().where(batches_table.c.batch_id == batch_id))
+    conn.execute(files_table.delete().where(files_table.c.sha256 == sha))
+    store.register_file(conn, sha256=sha, path=str(path), size=path.stat().st_size, kind="ehr-csv",
+                        batch_id=batch_id)
+    store.start_batch(conn, batch_id=batch_id, data_model=data_model, source=path.name, sha256=sha)
+
+
+def _record_outcome(store: "FeatureStore", result: BatchResult, path: Path) -> None:
+    """Record a batch that loaded nothing (empty or unreadable file) so the manifest knows it."""
+    with store.begin() as conn:
+        _clear_batch(store, conn, result.batch_id, path, result.sha256, result.data_model)
+        store.update_batch(conn, result.batch_id, stage="capture", status=result.status, message=result.message,
+                           finished_at=_now(), **asdict(result.counts))
+
+
+def _decide(counts: BatchCounts, settings: NodeSettings) -> tuple[str, str]:
+    """Hold a batch back whole when too many of its consented rows failed."""
+    considered = counts.rows_in - counts.no_consent
+    if considered <= 0:
+        return "loaded", "no consented rows"
+    rate = counts.quarantined / considered
+    if rate > settings.max_failure_rate:
+        return "held", (f"failure rate {rate:.1%} exceeds max_failure_rate {settings.max_failure_rate:.1%}; "
+                        "fix the export or raise the limit, then re-run")
+    return "loaded", f"failure rate {rate:.1%}"
+
+
+def merge_summaries(summaries: list[dict]) -> dict[str, Any]:
+    """Add up per-chunk validation summaries (counts only)."""
+    if not summaries:
+        return {}
+    total: dict[str, Any] = {"rows": 0, "valid_rows": 0, "failed_rows": 0, "expectations": []}
+    by_key: dict[tuple[str, str], dict[str, Any]] = {}
+    for summary in summaries:
+        for key in ("rows", "valid_rows", "failed_rows"):
+            total[key] += int(summary.get(key, 0))
+        for exp in summary.get("expectations", []):
+            k = (exp.get("expectation", ""), exp.get("column", ""))
+            acc = by_key.setdefault(k, {"expectation": k[0], "column": k[1], "success": True,
+                                        "unexpected_count": 0, "element_count": 0})
+            acc["success"] = acc["success"] and bool(exp.get("success", True))
+            acc["unexpected_count"] += int(exp.get("unexpected_count", 0) or 0)
+            acc["element_count"] += int(exp.get("element_count", 0) or 0)
+    total["expectations"] = list(by_key.values())
+    for key in ("missing_columns", "extra_columns", "gx_version"):
+        if key in summaries[0]:
+            total[key] = summaries[0][key]
+    json.dumps(total)  # counts only: must serialise
+    return total
+
+
+def apply_withdrawals(store: "FeatureStore", consent: ConsentRegistry | None, key: bytes) -> int:
+    """Delete the stored rows of every patient whose consent is withdrawn or refused."""
+    if consent is None:
+        return 0
+    withdrawn = consent.withdrawn()
+    if not withdrawn:
+        return 0
+    pseudonymiser = Pseudonymiser(key)
+    return store.delete_patients(pseudonymiser.pseudonym(pid) for pid in withdrawn)

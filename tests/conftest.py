@@ -1,0 +1,99 @@
+"""Fixtures shared by the whole suite.
+
+Airflow reads its configuration when first imported, so the environment for a
+private, per-worker Airflow home is set here, before any test imports it.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = (REPO_ROOT.parent / "shared").resolve()
+PG_ADMIN_URL = os.environ.get("MIPFLOW_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+
+_worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+_airflow_home = Path(tempfile.mkdtemp(prefix=f"mipflow-airflow-{_worker}-"))
+os.environ["AIRFLOW_HOME"] = str(_airflow_home)
+os.environ["AIRFLOW_CONFIG"] = str(REPO_ROOT / "airflow.cfg")
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO_ROOT / "dags")
+os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(REPO_ROOT / "plugins")
+os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_airflow_home / 'airflow.db'}"
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ.pop("MIPFLOW_NODE_HOME", None)
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """The read-only ``../shared`` folder beside the project (skips where absent)."""
+    if not (SHARED_DIR / "data").is_dir():
+        pytest.skip("../shared is not present beside the project")
+    return SHARED_DIR
+
+
+@pytest.fixture(scope="session")
+def dementia_model(shared_dir: Path):
+    from mipflow.datamodel import load_data_model
+
+    return load_data_model(shared_dir / "data" / "dementia_v_0_1" / "CDEsMetadata.json")
+
+
+@pytest.fixture(scope="session")
+def stroke_model_path() -> Path:
+    return REPO_ROOT / "include" / "schemas" / "stroke_v_0_1" / "CDEsMetadata.json"
+
+
+def _pg_reachable() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def pg_url():
+    """A fresh PostgreSQL database (dropped afterwards).
+
+    Skips when no server is reachable, except in CI (``CI=true``), where the
+    PostgreSQL tests must run.
+    """
+    if not _pg_reachable():
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("CI=true but no PostgreSQL server at 127.0.0.1:5432")
+        pytest.skip("no PostgreSQL server at 127.0.0.1:5432")
+    import sqlalchemy as sa
+
+    name = f"mipflow_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request, tmp_path):
+    """Each store-backed test runs on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.sqlite'}"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture(scope="session")
+def airflow_db():
+    """A migrated Airflow metadata DB in this worker's private Airflow home."""
+    from airflow.utils.db import resetdb
+
+    resetdb()
+    return _airflow_home
