@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -26,6 +27,8 @@ os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(REPO_ROOT / "plugins")
 os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_airflow_home / 'airflow.db'}"
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ.pop("MIPFLOW_NODE_HOME", None)
+if str(REPO_ROOT / "plugins") not in sys.path:  # Airflow puts the plugins folder on sys.path too
+    sys.path.insert(0, str(REPO_ROOT / "plugins"))
 
 
 @pytest.fixture(scope="session")
