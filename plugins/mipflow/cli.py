@@ -37,6 +37,31 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("home", type=Path)
     p.add_argument("--consent", type=Path, default=None)
 
+    p = node.add_parser("serve", help="run the node's aggregate API (HTTP)")
+    p.add_argument("home", type=Path)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8700)
+    p = node.add_parser("add-client", help="issue a credential for a client (e.g. the central site)")
+    p.add_argument("home", type=Path)
+    p.add_argument("--client", default="central")
+
+    fed = sub.add_parser("federation", help="the central site's list of nodes").add_subparsers(
+        dest="fed_command", required=True)
+    p = fed.add_parser("add", help="add a node to a federation file, with a credential from its home")
+    p.add_argument("federation", type=Path)
+    p.add_argument("--node", required=True, help="node name")
+    p.add_argument("--url", required=True, help="node API URL, e.g. http://127.0.0.1:8701")
+    p.add_argument("--credentials-from", required=True, type=Path, help="the node's home (issues a credential)")
+    p.add_argument("--client", default="central")
+    p = fed.add_parser("list", help="nodes of a federation file (no secrets)")
+    p.add_argument("federation", type=Path)
+
+    p = sub.add_parser("analyze", help="run a federated analysis; prints the result as JSON")
+    p.add_argument("algorithm")
+    p.add_argument("--federation", required=True, type=Path)
+    p.add_argument("--request", required=True, type=Path, help="MIP request JSON ({inputdata, parameters})")
+    p.add_argument("--min-nodes", type=int, default=1)
+
     dm = sub.add_parser("data-model", help="manage the node's data models").add_subparsers(
         dest="dm_command", required=True)
     p = dm.add_parser("add", help="register a CDEsMetadata.json (code and version from the file)")
@@ -102,6 +127,18 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.node_command == "status":
             print(ops.dumps(ops.node_status(home)))
             return 0
+        if args.node_command == "serve":
+            from mipflow.nodeapi import serve
+
+            serve(home, host=args.host, port=args.port)
+            return 0
+        if args.node_command == "add-client":
+            from mipflow.auth import issue_client
+
+            credential = issue_client(home.root, args.client)
+            print(ops.dumps({"node": home.name, "client_id": credential.client_id,
+                             "clients_file": str(home.root / "clients.json")}))
+            return 0
         if args.node_command == "run-landing":
             summary = ops.run_landing(home, consent=args.consent)
             print(ops.dumps(summary))
@@ -122,6 +159,30 @@ def _dispatch(args: argparse.Namespace) -> int:
                              consent=args.consent, force=args.force)
         print(ops.dumps(summary))
         return 1 if summary["failed_files"] or summary["held_batches"] else 0
+    if args.command == "federation":
+        from mipflow.federation import add_node, load_federation
+
+        if args.fed_command == "add":
+            endpoint = add_node(args.federation, name=args.node, url=args.url,
+                                credentials_from=args.credentials_from, client_id=args.client)
+            print(ops.dumps({"federation": str(args.federation), "node": endpoint.name, "url": endpoint.url}))
+            return 0
+        print(ops.dumps([{"node": e.name, "url": e.url, "client_id": e.client_id}
+                         for e in load_federation(args.federation)]))
+        return 0
+    if args.command == "analyze":
+        import json
+
+        from mipflow.federation import analyze
+
+        try:
+            request = json.loads(args.request.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            print(f"mipflow: error: cannot read request {args.request}: {exc}", file=sys.stderr)
+            return 2
+        outcome = analyze(args.algorithm, request, args.federation, min_nodes=args.min_nodes)
+        print(ops.dumps(outcome.to_dict()))
+        return 0
     if args.command == "synth":
         from mipflow.synth import write_demo_exports
 

@@ -49,6 +49,9 @@ class NodeSettings:
     nfilter_levels_max: int = 40
     #: DataSHIELD nfilter.string: longest string accepted in a request.
     nfilter_string: int = 80
+    #: Release per-node minima/maxima for histogram bin edges (off: raw extremes never leave).
+    #: Exareme2's validation suite, run with its privacy threshold at 1, needs it on.
+    release_extremes: int = 0
     #: Largest share of failing rows before a batch is held back whole.
     max_failure_rate: float = 0.2
     #: Rows read per chunk while ingesting (bounds memory).

@@ -1,0 +1,283 @@
+"""The central side: reach nodes, run an algorithm's rounds, combine aggregates.
+
+A federation file (JSON, mode 0600: it holds credentials) lists the nodes::
+
+    {"name": "stroke-demo",
+     "nodes": [{"name": "hospital_a", "url": "http://127.0.0.1:8701",
+                "client_id": "central", "secret": "<hex>"}]}
+
+:func:`run_analysis` is the one way to run an analysis: the CLI, the
+Airflow operator and the tests call it.  Nodes are called in parallel; a node
+that refuses (disclosure controls) or cannot be reached is left out with its
+reason, and the analysis goes on if at least ``min_nodes`` remain.  A node that
+drops out after the first round restarts the analysis without it, so every
+result is computed on one consistent set of nodes.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from mipflow import __version__
+from mipflow.auth import signed_headers
+from mipflow.exceptions import ConfigError, FederationError, MipflowError, RequestError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NodeEndpoint:
+    """How to reach one node."""
+
+    name: str
+    url: str
+    client_id: str
+    secret: str = field(repr=False)
+
+
+class NodeRefused(MipflowError):
+    """A node answered, but would not run the step (disclosure control or invalid request)."""
+
+    def __init__(self, node: str, reason: str, control: str, status: int) -> None:
+        super().__init__(f"{node}: {reason}")
+        self.node, self.reason, self.control, self.status = node, reason, control, status
+
+
+class NodeUnavailable(MipflowError):
+    """A node could not be reached or failed after retries."""
+
+
+class NodeClient:
+    """Signed HTTP calls to one node; retries connection errors and 5xx, never 4xx."""
+
+    def __init__(self, endpoint: NodeEndpoint, *, timeout: float = 60.0, retries: int = 2,
+                 backoff: float = 0.2) -> None:
+        import httpx
+
+        self.endpoint = endpoint
+        self.retries = retries
+        self.backoff = backoff
+        self._secret = bytes.fromhex(endpoint.secret)
+        self._http = httpx.Client(base_url=endpoint.url.rstrip("/"), timeout=timeout)
+
+    @property
+    def name(self) -> str:
+        return self.endpoint.name
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _call(self, method: str, path: str, payload: Any = None) -> Any:
+        import httpx
+
+        body = b"" if payload is None else json.dumps(payload, allow_nan=False).encode()
+        last: Exception | None = None
+        for attempt in range(self.retries + 1):
+            headers = signed_headers(self.endpoint.client_id, self._secret, method, path, body)
+            if payload is not None:
+                headers["Content-Type"] = "application/json"
+            try:
+                response = self._http.request(method, path, content=body, headers=headers)
+            except httpx.TransportError as exc:
+                last = exc
+            else:
+                if response.status_code < 400:
+                    return response.json()
+                if response.status_code < 500:
+                    detail = _detail(response)
+                    raise NodeRefused(self.name, detail.get("refused") or detail.get("detail") or
+                                      f"HTTP {response.status_code}", detail.get("control", "request"),
+                                      response.status_code)
+                last = NodeUnavailable(f"{self.name}: HTTP {response.status_code}")
+            if attempt < self.retries:
+                time.sleep(self.backoff * (2 ** attempt))
+        raise NodeUnavailable(f"{self.name} unreachable at {self.endpoint.url}: {type(last).__name__}")
+
+    def health(self) -> dict[str, Any]:
+        return self._call("GET", "/health")
+
+    def metadata(self) -> dict[str, Any]:
+        return self._call("GET", "/v1/metadata")
+
+    def step(self, algorithm: str, request: Mapping[str, Any], round_no: int,
+             state: Mapping[str, Any] | None) -> dict[str, Any]:
+        return self._call("POST", f"/v1/steps/{algorithm}",
+                          {"request": dict(request), "round": round_no, "state": state})
+
+
+def _detail(response: Any) -> dict[str, Any]:
+    try:
+        doc = response.json()
+    except ValueError:
+        return {}
+    if isinstance(doc, dict) and isinstance(doc.get("detail"), (str, dict)):
+        return doc if not isinstance(doc["detail"], dict) else doc["detail"]
+    return doc if isinstance(doc, dict) else {}
+
+
+@dataclass
+class AnalysisOutcome:
+    """A federated result with its provenance."""
+
+    algorithm: str
+    request: dict[str, Any]
+    result: dict[str, Any]
+    contributed: dict[str, int]             # node -> rows used
+    excluded: dict[str, str]                # node -> reason
+    rounds: int
+    seconds: float
+    software: str = f"mipflow {__version__}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequence[NodeClient], *,
+                 min_nodes: int = 1, max_restarts: int = 3) -> AnalysisOutcome:
+    """Run one federated analysis over ``nodes``.
+
+    Raises
+    ------
+    RequestError
+        If the request is invalid (checked centrally before any node is called).
+    FederationError
+        If fewer than ``min_nodes`` nodes contribute; the message lists each node's reason.
+    """
+    from mipflow.algorithms import get_algorithm
+    from mipflow.algorithms.base import MAX_ROUNDS, AnalysisRequest
+    from mipflow.datamodel import DataModel
+
+    started = time.perf_counter()
+    algorithm = get_algorithm(algorithm_name)
+    parsed = AnalysisRequest.from_dict(request)
+    request_doc = parsed.to_dict()
+    active = list(nodes)
+    excluded: dict[str, str] = {}
+    model: DataModel | None = None
+    for _restart in range(max_restarts + 1):
+        if len(active) < min_nodes:
+            break
+        if model is None:
+            model = _model_from_nodes(active, parsed.data_model, excluded)
+            algorithm.validate(parsed, model)
+        state: dict | None = None
+        rows: dict[str, int] = {}
+        dropped = False
+        for round_no in range(MAX_ROUNDS):
+            replies, failures = _call_all(algorithm_name, request_doc, active, round_no, state)
+            if failures:
+                excluded.update(failures)
+                active = [n for n in active if n.name not in failures]
+                if round_no > 0:
+                    dropped = True  # restart on a consistent set of nodes
+                    break
+                if len(active) < min_nodes:
+                    break
+            if round_no == 0:
+                rows = {name: int(reply["rows"]) for name, reply in replies.items()}
+            aggregates = [replies[n.name]["aggregates"] for n in active]
+            step = algorithm.global_step(round_no, aggregates, parsed, model, state)
+            if step.done:
+                if step.result is None:
+                    raise FederationError(f"{algorithm_name} finished without a result")
+                return AnalysisOutcome(algorithm=algorithm_name, request=request_doc, result=step.result,
+                                       contributed=rows, excluded=excluded, rounds=round_no + 1,
+                                       seconds=round(time.perf_counter() - started, 4))
+            state = json.loads(json.dumps(step.state, allow_nan=False))
+        else:
+            raise FederationError(f"{algorithm_name} did not finish within {MAX_ROUNDS} rounds")
+        if not dropped:
+            break
+    reasons = "; ".join(f"{k}: {v}" for k, v in excluded.items()) or "no nodes configured"
+    raise FederationError(f"{algorithm_name}: {len(active)} node(s) contributed, fewer than "
+                          f"min_nodes ({min_nodes}). Left out: {reasons}")
+
+
+def _model_from_nodes(nodes: Sequence[NodeClient], key: str, excluded: dict[str, str]):
+    """The data model as declared by the nodes (they must agree)."""
+    from mipflow.datamodel import DataModel
+
+    for node in nodes:
+        try:
+            meta = node.metadata()
+        except (NodeRefused, NodeUnavailable) as exc:
+            excluded[node.name] = str(exc)
+            continue
+        for item in meta.get("data_models", []):
+            if item["data_model"] == key:
+                code, version = key.split(":", 1)
+                return DataModel.from_dict({"code": code, "version": version, "label": item["label"],
+                                            "variables": item["variables"]})
+    raise RequestError(f"no node holds data model {key}")
+
+
+def _call_all(algorithm: str, request: dict[str, Any], nodes: Sequence[NodeClient], round_no: int,
+              state: dict | None) -> tuple[dict[str, dict], dict[str, str]]:
+    replies: dict[str, dict] = {}
+    failures: dict[str, str] = {}
+    if not nodes:
+        return replies, failures
+    with ThreadPoolExecutor(max_workers=min(16, len(nodes))) as pool:
+        futures = {node.name: pool.submit(node.step, algorithm, request, round_no, state) for node in nodes}
+        for name, future in futures.items():
+            try:
+                replies[name] = future.result()
+            except NodeRefused as exc:
+                if exc.status == 400 and exc.control == "request":
+                    raise RequestError(f"node {name} rejected the request: {exc.reason}") from None
+                failures[name] = f"refused ({exc.control}): {exc.reason}"
+            except NodeUnavailable as exc:
+                failures[name] = f"unavailable: {exc}"
+    return replies, failures
+
+
+# -- federation files -----------------------------------------------------------
+
+def load_federation(path: str | Path) -> list[NodeEndpoint]:
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        return [NodeEndpoint(name=n["name"], url=n["url"], client_id=n["client_id"], secret=n["secret"])
+                for n in doc.get("nodes", [])]
+    except FileNotFoundError:
+        raise ConfigError(f"federation file {path} does not exist; create it with "
+                          "mipflow federation add FED --node NAME --url URL --credentials-from HOME") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ConfigError(f"federation file {path} is not valid: {exc}") from None
+
+
+def add_node(path: str | Path, *, name: str, url: str, credentials_from: str | Path,
+             client_id: str = "central") -> NodeEndpoint:
+    """Add (or replace) a node in a federation file, with a credential issued by that node's home."""
+    from mipflow.auth import issue_client
+
+    path = Path(path)
+    credential = issue_client(Path(credentials_from), client_id)
+    doc = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"name": path.stem, "nodes": []}
+    doc["nodes"] = [n for n in doc.get("nodes", []) if n.get("name") != name]
+    endpoint = NodeEndpoint(name=name, url=url, client_id=client_id, secret=credential.secret.hex())
+    doc["nodes"].append(asdict(endpoint))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(doc, handle, indent=2)
+    tmp.replace(path)
+    return endpoint
+
+
+def analyze(algorithm: str, request: Mapping[str, Any], federation: str | Path, *,
+            min_nodes: int = 1) -> AnalysisOutcome:
+    """Python API: what ``mipflow analyze`` does."""
+    clients = [NodeClient(e) for e in load_federation(federation)]
+    try:
+        return run_analysis(algorithm, request, clients, min_nodes=min_nodes)
+    finally:
+        for client in clients:
+            client.close()

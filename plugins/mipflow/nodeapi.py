@@ -1,0 +1,172 @@
+"""The node's aggregate API: the only door out of a node.
+
+Endpoints (OpenAPI schema at ``/openapi.json``)::
+
+    GET  /health                      liveness, no data
+    GET  /v1/metadata                 data models, variables, datasets (counts only at or above min_row_count)
+    GET  /v1/algorithms               the catalogue of vetted local steps
+    POST /v1/steps/{algorithm}        one local step: {"request": <MIP request>, "round": n, "state": {...}}
+
+Every ``/v1`` request must be signed (:mod:`mipflow.auth`) and is written to
+the audit log, allowed or refused.  A local step runs only after the node's
+disclosure controls (:mod:`mipflow.disclosure`) accept the request and the
+number of rows it would use; its aggregates pass the controls again before
+they leave.  No endpoint returns a row.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from mipflow import __version__
+from mipflow.audit import AuditLog
+from mipflow.auth import AuthError, Verifier, load_clients
+from mipflow.config import NodeHome
+from mipflow.exceptions import DisclosureError, MipflowError, RequestError, StoreError
+
+log = logging.getLogger(__name__)
+AUDIT_FILE = "audit.log"
+
+
+class StepBody(BaseModel):
+    """Body of a local-step call."""
+
+    request: dict[str, Any] = Field(description="MIP / Exareme2 algorithm request: {inputdata, parameters}")
+    round: int = Field(0, ge=0, le=1000, description="round number of an iterative algorithm")
+    state: dict[str, Any] | None = Field(None, description="global state broadcast by the central site")
+
+
+class StepReply(BaseModel):
+    node: str
+    algorithm: str
+    round: int
+    rows: int = Field(description="rows the local step used (at least min_row_count)")
+    aggregates: dict[str, Any]
+
+
+class Refusal(BaseModel):
+    node: str
+    refused: str
+    control: str
+
+
+def create_app(home: NodeHome) -> FastAPI:
+    """Build the node's FastAPI application."""
+    from mipflow.algorithms import ALGORITHMS, get_algorithm
+    from mipflow.algorithms.base import AnalysisRequest, prepare_local_data
+    from mipflow.disclosure import DisclosureControls
+    from mipflow.node import open_store
+    from mipflow.query import count_rows, select_frame
+
+    store = open_store(home)
+    verifier = Verifier(load_clients(home.root))
+    audit = AuditLog(home.root / AUDIT_FILE)
+    models: dict[str, Any] = {}
+
+    app = FastAPI(title=f"mipflow node {home.name}", version=__version__,
+                  description="Aggregate-only API of a mipflow hospital node. No endpoint returns a row.")
+
+    def model_for(key: str):
+        if key not in models:
+            models.clear()
+            models.update({m.key: m for m in store.data_models()})
+        if key not in models:
+            raise RequestError(f"data model {key} is not held at node {home.name}")
+        return models[key]
+
+    async def authenticate(request: Request, body: bytes, what: str) -> str:
+        try:
+            return verifier.verify(request.headers, request.method, request.url.path, body)
+        except AuthError as exc:
+            audit.append(client=request.headers.get("x-mipflow-client", ""), endpoint=request.url.path,
+                         what=what, decision="refused", control="authentication", reason=str(exc))
+            raise HTTPException(status_code=401, detail=str(exc)) from None
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok", "node": home.name, "version": __version__}
+
+    @app.get("/v1/metadata")
+    async def metadata(request: Request) -> dict[str, Any]:
+        client = await authenticate(request, b"", "metadata")
+        controls = DisclosureControls(home.settings)
+        out = {"node": home.name, "data_models": []}
+        for model in store.data_models():
+            datasets = [{"dataset": d["dataset"], "row_count": controls.released_count(d["row_count"])}
+                        for d in store.datasets(model.key)]
+            out["data_models"].append({"data_model": model.key, "label": model.label,
+                                       "variables": [v.to_dict() for v in model], "datasets": datasets})
+        audit.append(client=client, endpoint="/v1/metadata", what="metadata", decision="allowed")
+        return out
+
+    @app.get("/v1/algorithms")
+    async def algorithms(request: Request) -> dict[str, Any]:
+        client = await authenticate(request, b"", "algorithms")
+        audit.append(client=client, endpoint="/v1/algorithms", what="algorithms", decision="allowed")
+        return {"node": home.name, "algorithms": sorted(ALGORITHMS)}
+
+    @app.post("/v1/steps/{algorithm}", response_model=StepReply,
+              responses={401: {"description": "not authenticated"},
+                         403: {"model": Refusal, "description": "refused by disclosure controls"},
+                         400: {"description": "invalid request"}})
+    async def step(algorithm: str, request: Request) -> Any:
+        raw = await request.body()
+        client = await authenticate(request, raw, f"step:{algorithm}")
+        started = time.perf_counter()
+        record: dict[str, Any] = {"client": client, "endpoint": "/v1/steps", "algorithm": algorithm}
+        try:
+            try:
+                body = StepBody.model_validate(json.loads(raw or b"{}"))
+            except (ValueError, TypeError) as exc:
+                raise RequestError(f"body is not a valid step call: {type(exc).__name__}") from None
+            controls = DisclosureControls(home.settings)
+            controls.check_strings(body.request)
+            analysis = AnalysisRequest.from_dict(body.request)
+            record.update(round=body.round, data_model=analysis.data_model, datasets=list(analysis.datasets),
+                          x=list(analysis.x), y=list(analysis.y), filters=analysis.filters)
+            algo = get_algorithm(algorithm)
+            model = model_for(analysis.data_model)
+            algo.validate(analysis, model)
+            variables = list(algo.variables(analysis))
+            controls.check_request(algo, analysis, model)
+            n_rows = count_rows(store, model, datasets=analysis.datasets, variables=variables,
+                                filters=analysis.filters, complete_case=algo.complete_case)
+            record["rows"] = n_rows
+            controls.check_rows(algo, analysis, model, n_rows)
+            frame = select_frame(store, model, datasets=analysis.datasets, variables=variables,
+                                 filters=analysis.filters, complete_case=algo.complete_case)
+            data = prepare_local_data(algo, frame, analysis)
+            if len(data) != n_rows:  # a load landed between count and select: check again
+                n_rows = len(data)
+                record["rows"] = n_rows
+                controls.check_rows(algo, analysis, model, n_rows)
+            aggregates = algo.local_step(body.round, data, analysis, model, body.state)
+            aggregates = controls.release(algo, analysis, model, body.round, aggregates)
+        except DisclosureError as exc:
+            audit.append(**record, decision="refused", control=exc.control, reason=str(exc))
+            return JSONResponse(status_code=403, content={"node": home.name, "refused": str(exc),
+                                                          "control": exc.control})
+        except (RequestError, StoreError) as exc:
+            audit.append(**record, decision="refused", control="request", reason=str(exc))
+            raise HTTPException(status_code=400, detail=str(exc)) from None
+        except MipflowError as exc:
+            audit.append(**record, decision="error", reason=str(exc))
+            raise HTTPException(status_code=400, detail=str(exc)) from None
+        audit.append(**record, decision="allowed", ms=round(1000 * (time.perf_counter() - started), 2))
+        return {"node": home.name, "algorithm": algorithm, "round": body.round, "rows": n_rows,
+                "aggregates": aggregates}
+
+    return app
+
+
+def serve(home: NodeHome, host: str = "127.0.0.1", port: int = 8700) -> None:
+    """Run the node API with uvicorn (blocking)."""
+    import uvicorn
+
+    uvicorn.run(create_app(home), host=host, port=port, log_level="warning", access_log=False)
