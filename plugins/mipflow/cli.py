@@ -99,8 +99,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from mipflow import node as ops
     from mipflow.config import NodeHome
+
+    if args.command == "node" and args.node_command == "serve":  # keep the service's imports small
+        from mipflow.nodeapi import serve
+
+        serve(NodeHome(args.home), host=args.host, port=args.port)
+        return 0
+    from mipflow import node as ops
 
     if args.command == "node":
         if args.node_command == "init":
@@ -126,11 +132,6 @@ def _dispatch(args: argparse.Namespace) -> int:
             return 0
         if args.node_command == "status":
             print(ops.dumps(ops.node_status(home)))
-            return 0
-        if args.node_command == "serve":
-            from mipflow.nodeapi import serve
-
-            serve(home, host=args.host, port=args.port)
             return 0
         if args.node_command == "add-client":
             from mipflow.auth import issue_client

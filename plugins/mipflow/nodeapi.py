@@ -61,10 +61,10 @@ def create_app(home: NodeHome) -> FastAPI:
     from mipflow.algorithms import ALGORITHMS, get_algorithm
     from mipflow.algorithms.base import AnalysisRequest, prepare_local_data
     from mipflow.disclosure import DisclosureControls
-    from mipflow.node import open_store
+    from mipflow.store import FeatureStore
     from mipflow.query import count_rows, select_frame
 
-    store = open_store(home)
+    store = FeatureStore(home.db_url)
     verifier = Verifier(load_clients(home.root))
     audit = AuditLog(home.root / AUDIT_FILE)
     models: dict[str, Any] = {}

@@ -1,0 +1,82 @@
+"""Start real node API processes on loopback for tests."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def running_nodes(homes: list[Path], timeout: float = 60.0) -> Iterator[list[str]]:
+    """Run ``mipflow node serve`` for each home; yield their URLs; stop them afterwards."""
+    procs, urls = [], []
+    try:
+        for home in homes:
+            port = free_port()
+            log = open(Path(home) / "serve.log", "wb")
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "mipflow.cli", "node", "serve", str(home), "--port", str(port)],
+                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}))
+            urls.append(f"http://127.0.0.1:{port}")
+        deadline = time.monotonic() + timeout
+        for url, proc, home in zip(urls, procs, homes):
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"node at {home} exited: {(Path(home) / 'serve.log').read_text()[-2000:]}")
+                try:
+                    if httpx.get(url + "/health", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"node at {home} did not start")
+                time.sleep(0.1)
+        yield urls
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def load_frame(home, model, frame, pid_column: str = "subjectcode") -> int:
+    """Put rows straight into a node's store (for API tests; ingestion has its own tests).
+
+    ``frame`` holds data-model columns with string cells as in the CSVs.
+    """
+    import pandas as pd
+
+    from mipflow.config import NodeHome
+    from mipflow.store import FeatureStore
+
+    store = FeatureStore(NodeHome(home).db_url)
+    store.add_data_model(model)
+    columns = {"_pid": frame[pid_column].astype(str), "dataset": frame["dataset"].astype(str),
+               "_visit": pd.Series("", index=frame.index)}
+    for var in model:
+        if var.code in frame.columns and var.code not in ("dataset",):
+            col = frame[var.code]
+            columns[var.code] = pd.to_numeric(col, errors="coerce") if var.sql_type in ("int", "real") else col
+    df = pd.DataFrame(columns)
+    with store.begin() as conn:
+        store.stage_rows(conn, model, df, batch_id="test", sha256="0" * 64)
+        store.merge_staged(conn, model)
+        store.refresh_datasets(conn, model)
+    store.dispose()
+    return len(df)
