@@ -159,11 +159,12 @@ def open_registry(path: str | Path | None) -> ConsentRegistry | None:
 
 def read_head(path: Path, encoding: str) -> None:
     """Raise InputFileError if the file's first block is not text in ``encoding``."""
+    block = 1 << 16
     with open(path, "rb") as handle:
-        head = handle.read(1 << 16)
+        head = handle.read(block)
     try:
         head.decode(encoding)
     except UnicodeDecodeError as exc:
-        if exc.start < len(head) - 4:  # not just a multi-byte char cut at the block edge
+        if len(head) < block or exc.start < len(head) - 4:  # not a multi-byte char cut at the block edge
             raise InputFileError(f"{path.name}: not valid {encoding} text (byte offset {exc.start}); "
                                  f"re-export as {encoding} or set 'encoding' in the source profile") from None

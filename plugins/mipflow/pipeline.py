@@ -111,17 +111,17 @@ class ChunkProcessor:
         except (UnicodeDecodeError, pd.errors.ParserError) as exc:
             raise InputFileError(f"{path.name}: not a readable CSV ({type(exc).__name__})") from None
         n_fields = len(header.columns)
-        self._check_columns(path, list(header.columns))
-        if _well_formed(path, self.profile, n_fields):
-            reader = pd.read_csv(path, **options)
-        else:
-            def on_bad(fields: list[str]) -> None:
-                bad_lines.append((-1, f"malformed CSV line: {len(fields)} fields where the header has {n_fields}"))
-                return None
+        self._check_columns(path, _raw_header(path, self.profile))
+        def on_bad(fields: list[str]) -> None:
+            bad_lines.append((-1, f"malformed CSV line: {len(fields)} fields where the header has {n_fields}"))
+            return None
 
-            reader = pd.read_csv(path, engine="python", on_bad_lines=on_bad, **options)
         row = 0
         try:
+            if _well_formed(path, self.profile, n_fields):
+                reader = pd.read_csv(path, **options)
+            else:
+                reader = pd.read_csv(path, engine="python", on_bad_lines=on_bad, **options)
             for chunk in reader:
                 chunk.insert(0, ROW_COLUMN, range(row + 1, row + 1 + len(chunk)))
                 row += len(chunk)
@@ -150,7 +150,9 @@ class ChunkProcessor:
         """Keep rows of patients with consent; returns (kept rows, rows without consent)."""
         if self.consent is None:
             return chunk, 0
-        mask = self.consent.granted(chunk[self.profile.deid.patient_id])
+        ids = chunk[self.profile.deid.patient_id]
+        # rows without an identifier go on, to be quarantined with that reason by depersonalise
+        mask = self.consent.granted(ids) | ids.fillna("").str.strip().eq("")
         return chunk[mask.to_numpy()], int((~mask).sum())
 
     # -- depersonalise ------------------------------------------------------
@@ -208,7 +210,7 @@ class ChunkProcessor:
         outcome = self._validator.validate(data)
         valid = outcome.valid_mask
         good = pd.concat([meta, outcome.frame], axis=1)
-        entries = _entries(good[~valid], outcome.row_errors[~valid], drop=("_pid", "_visit"))
+        entries = _entries(frame[~valid], outcome.row_errors[~valid], drop=("_pid", "_visit"))
         good = good[valid]
         good, dup_entries, duplicates = self._deduplicate(good)
         return good, entries + dup_entries, duplicates, outcome.summary
@@ -241,6 +243,14 @@ class ChunkProcessor:
         return frame.iloc[keep], entries, exact
 
 
+def _raw_header(path: Path, profile: SourceProfile) -> list[str]:
+    """The header line as written (pandas renames repeated names, hiding them)."""
+    import csv
+
+    with open(path, newline="", encoding=profile.encoding) as handle:
+        return next(csv.reader(handle, delimiter=profile.delimiter), [])
+
+
 def _well_formed(path: Path, profile: SourceProfile, n_fields: int) -> bool:
     """Quick check with the csv module that every record has the header's field count."""
     import csv
@@ -262,10 +272,9 @@ def _record(row: "pd.Series", drop: tuple[str, ...]) -> dict[str, Any]:
     for key, value in row.items():
         if key in drop or key == ROW_COLUMN:
             continue
-        try:
-            missing = value is None or value != value
-        except Exception:  # pragma: no cover - exotic objects
-            missing = False
+        import pandas as pd
+
+        missing = value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
         out[str(key)] = None if missing else (value.item() if hasattr(value, "item") else value)
     return out
 
