@@ -20,7 +20,7 @@ VALIDATED = Asset(name="mipflow_node_validated", uri="mipflow://node/validated")
 FEATURE_STORE = Asset(name="mipflow_node_feature_store", uri="mipflow://node/feature_store")
 
 START = datetime(2026, 1, 1, tzinfo=timezone.utc)
-DEFAULT_ARGS = {"retries": 1, "retry_delay": timedelta(seconds=30)}
+DEFAULT_ARGS = {"retries": int(os.environ.get("MIPFLOW_TASK_RETRIES", "1")), "retry_delay": timedelta(seconds=30)}
 
 
 def _params() -> dict[str, Param]:

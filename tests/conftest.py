@@ -27,6 +27,7 @@ os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(REPO_ROOT / "plugins")
 os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_airflow_home / 'airflow.db'}"
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ.pop("MIPFLOW_NODE_HOME", None)
+os.environ["MIPFLOW_TASK_RETRIES"] = "0"  # a failing task fails the test at once
 if str(REPO_ROOT / "plugins") not in sys.path:  # Airflow puts the plugins folder on sys.path too
     sys.path.insert(0, str(REPO_ROOT / "plugins"))
 

@@ -218,8 +218,10 @@ def load(home: NodeHome, batch_id: str) -> dict[str, Any]:
     with store.begin() as conn:
         for chunk in _read_staged(staged, home.settings.chunk_rows):
             for var in model:
-                if var.code in chunk.columns and var.sql_type in ("int", "real"):
-                    chunk[var.code] = pd.to_numeric(chunk[var.code])
+                if var.code in chunk.columns and var.sql_type == "int":
+                    chunk[var.code] = pd.to_numeric(chunk[var.code]).astype("Int64")
+                elif var.code in chunk.columns and var.sql_type == "real":
+                    chunk[var.code] = pd.to_numeric(chunk[var.code]).astype("float64")
             loaded += store.stage_rows(conn, model, chunk.drop(columns=[ROW_COLUMN]), batch_id=batch_id,
                                        sha256=batch["sha256"])
         store.merge_staged(conn, model)

@@ -65,7 +65,7 @@ _RESULT_FORMAT: dict[str, Any] = {
     "include_unexpected_rows": False,
     "return_unexpected_index_query": False,
 }
-#: Integers beyond this lose precision as float64 and do not fit Int64 safely.
+#: From here on float64 (how numbers are parsed) no longer holds every integer exactly.
 _MAX_EXACT_INT = 2**53
 
 _gx_lock = threading.Lock()
@@ -291,7 +291,7 @@ def _coerce(var: Variable, series: "pd.Series") -> tuple["pd.Series", list[tuple
         fraction = np.zeros(len(numbers), dtype=bool)
         fraction[ok] = np.mod(numbers[ok], 1.0) != 0
         too_large = np.zeros(len(numbers), dtype=bool)
-        too_large[ok] = np.abs(numbers[ok]) > _MAX_EXACT_INT
+        too_large[ok] = np.abs(numbers[ok]) >= _MAX_EXACT_INT
         too_large &= ~fraction
         if fraction.any():
             errors.append((fraction, NOT_AN_INTEGER))
