@@ -100,10 +100,11 @@ with DAG(
         return result
 
     @task(outlets=[DEPERSONALISED], trigger_rule="all_done")
-    def announce_depersonalised(results: list[dict], *, outlet_events=None) -> None:
-        outlet_events[DEPERSONALISED].extra = {"batches": [r["batch_id"] for r in results]}
+    def announce_depersonalised(batches: list[str], *, outlet_events=None) -> None:
+        outlet_events[DEPERSONALISED].extra = {"batches": batches}
 
-    announce_depersonalised(depersonalise_batch.expand(batch_id=batches_captured()))
+    captured = batches_captured()
+    depersonalise_batch.expand(batch_id=captured) >> announce_depersonalised(captured)
 
 
 with DAG(
@@ -131,10 +132,11 @@ with DAG(
         return result
 
     @task(outlets=[VALIDATED], trigger_rule="all_done")
-    def announce_validated(results: list[dict], *, outlet_events=None) -> None:
-        outlet_events[VALIDATED].extra = {"batches": [r["batch_id"] for r in results]}
+    def announce_validated(batches: list[str], *, outlet_events=None) -> None:
+        outlet_events[VALIDATED].extra = {"batches": batches}
 
-    announce_validated(validate_batch.expand(batch_id=batches_depersonalised()))
+    depersonalised = batches_depersonalised()
+    validate_batch.expand(batch_id=depersonalised) >> announce_validated(depersonalised)
 
 
 with DAG(
@@ -162,7 +164,7 @@ with DAG(
         return result
 
     @task(outlets=[FEATURE_STORE], trigger_rule="all_done")
-    def report(results: list[dict], *, outlet_events=None) -> dict:
+    def report(batches: list[str], *, outlet_events=None) -> dict:
         """Per-batch row accounting, as shown in the task log."""
         from mipflow.node import node_status
 
@@ -171,7 +173,8 @@ with DAG(
             print(f"{batch['source']}: {batch['status']} rows_in={batch['rows_in']} loaded={batch['loaded']} "
                   f"quarantined={batch['quarantined']} no_consent={batch['no_consent']} "
                   f"duplicates={batch['duplicates']} {batch['message']}")
-        outlet_events[FEATURE_STORE].extra = {"batches": [r["batch_id"] for r in results]}
+        outlet_events[FEATURE_STORE].extra = {"batches": batches}
         return {"datasets": status["datasets"]}
 
-    report(load_batch.expand(batch_id=batches_validated()))
+    validated = batches_validated()
+    load_batch.expand(batch_id=validated) >> report(validated)

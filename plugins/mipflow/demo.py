@@ -29,7 +29,7 @@ def prepare_nodes(work_dir: Path, *, n_patients: int, seed: int) -> dict[str, Pa
 
     if work_dir.exists():
         shutil.rmtree(work_dir)
-    exports = write_demo_exports(work_dir / "exports", n_patients=n_patients, seed=seed)
+    exports = write_demo_exports(work_dir / "exports", n_patients=n_patients, seed=seed, bad_rows=14)
     homes = {}
     for hospital in HOSPITALS:
         home = NodeHome.init(work_dir / "nodes" / hospital, hospital)
