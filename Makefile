@@ -41,7 +41,7 @@ demo: install airflow-db
 	$(BIN)/python -m mipflow.demo --work-dir $(CURDIR)/var/demo
 
 bench: install
-	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/ingest.py $(BENCH_ARGS)
 
 clean:
 	rm -rf var .pytest_cache .hypothesis
