@@ -23,7 +23,6 @@ Airflow.
 """
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 import math
@@ -65,6 +64,7 @@ DATE_ACTIONS: tuple[str, ...] = get_args(DateAction)
 QUASI_ACTIONS: tuple[str, ...] = get_args(QuasiAction)
 
 _PSEUDONYM_CONTEXT = b"pid:"
+_VISIT_CONTEXT = b"visit:"
 _SHIFT_CONTEXT = b"dateshift:"
 #: A date whose rendering under a candidate format shows whether the format
 #: keeps a four-digit year, the month and the day apart.
@@ -218,6 +218,16 @@ class Pseudonymiser:
         values = self._map_unique(ids, self._pseudonym)
         return pd.Series(values, index=ids.index, name=ids.name, dtype="str")
 
+    def visit_pseudonyms(self, ids: pd.Series) -> pd.Series:
+        """Pseudonyms of visit/episode identifiers (32 hex characters).
+
+        Keyed in their own context (``b"visit:"``), so a visit number equal to
+        some patient identifier does not get a linkable pseudonym.
+        """
+        values = self._map_unique(
+            ids, lambda v: hmac.digest(self._key, _VISIT_CONTEXT + _id_bytes(v), "sha256").hex()[:32])
+        return pd.Series(values, index=ids.index, name=ids.name, dtype="str")
+
     def date_shifts(self, ids: pd.Series, max_days: int = 365) -> pd.Series:
         """Return each identifier's :meth:`date_shift_days` (float, NaN where missing).
 
@@ -270,11 +280,22 @@ def _factorize_stripped(values: pd.Series, what: str) -> tuple[np.ndarray, np.nd
     """
     _require_strings(values, what)
     raw_codes, raw_uniques = pd.factorize(values, use_na_sentinel=True)
-    stripped = pd.Series(np.asarray(raw_uniques, dtype=object), dtype=object).str.strip()
-    stripped = stripped.where(stripped != "", np.nan)
-    codes, uniques = pd.factorize(stripped, use_na_sentinel=True)
-    codes = np.append(codes, -1)[raw_codes]  # raw code -1 (missing) picks the trailing -1
-    return codes, np.asarray(uniques, dtype=object)
+    raw = np.asarray(raw_uniques, dtype=object)
+    stripped = pd.Series(raw, dtype=object).str.strip().to_numpy(dtype=object, copy=True)
+    blank = stripped == ""
+    if (stripped != raw).any():
+        # Some values differ only by surrounding whitespace: merge them.
+        stripped[blank] = np.nan
+        codes, uniques = pd.factorize(stripped, use_na_sentinel=True)
+        remap = codes
+        uniques = np.asarray(uniques, dtype=object)
+    else:
+        # Common case: nothing to strip; only empty strings become missing.
+        remap = np.cumsum(~blank) - 1
+        remap[blank] = -1
+        uniques = raw[~blank]
+    # raw code -1 (missing) picks the trailing -1
+    return np.append(remap, -1).astype(np.intp)[raw_codes], uniques
 
 
 def _take(per_unique: Sequence[Any] | np.ndarray, codes: np.ndarray, fill: Any = np.nan,
@@ -888,10 +909,12 @@ def _completed_years(birth: pd.Series, ref: pd.Series) -> np.ndarray:
 
 
 def _iso_strings(dates: pd.Series) -> np.ndarray:
+    """``YYYY-MM-DD`` strings (object array, NaN for NaT), formatting each distinct day once."""
     days = dates.to_numpy().astype("datetime64[D]")
-    out = np.datetime_as_string(days, unit="D").astype(object)
-    out[np.isnat(days)] = np.nan
-    return out
+    codes, uniques = pd.factorize(days.view("int64"), use_na_sentinel=False)
+    texts = np.datetime_as_string(uniques.astype("datetime64[D]"), unit="D").astype(object)
+    texts[np.isnat(uniques.astype("datetime64[D]"))] = np.nan
+    return texts[codes]
 
 
 def depersonalise(

@@ -138,6 +138,14 @@ class ChunkProcessor:
         if len(set(columns)) != len(columns):
             raise InputFileError(f"{path.name}: the header repeats a column name")
         problems = self.profile.deid.check_columns(columns)
+        deid = self.profile.deid
+        named = {deid.patient_id, *deid.direct_identifiers, *deid.free_text}
+        present = set(columns)
+        for column in columns:  # an identifier whose case differs from the profile would pass through
+            twins = [n for n in named if n.lower() == column.lower() and n != column and n not in present]
+            if twins:
+                problems.append(f"column {column!r} differs only in case from identifier column {twins[0]!r} "
+                                "named in the profile; fix the profile or the export")
         if self.profile.dataset_column and self.profile.dataset_column not in columns:
             problems.append(f"dataset column {self.profile.dataset_column!r} is missing")
         if self.profile.visit_column and self.profile.visit_column not in columns:
@@ -165,7 +173,7 @@ class ChunkProcessor:
         visit = None
         if profile.visit_column:
             raw_visit = frame[profile.visit_column]
-            visit = (self.pseudonymiser.pseudonyms(raw_visit).str[:32] if profile.pseudonymise_visit
+            visit = (self.pseudonymiser.visit_pseudonyms(raw_visit) if profile.pseudonymise_visit
                      else raw_visit.fillna("").str.strip())
             frame = frame.drop(columns=[profile.visit_column])
         result = depersonalise(frame, profile.deid, self.pseudonymiser)

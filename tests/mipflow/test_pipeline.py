@@ -217,3 +217,22 @@ def test_landing_file_still_being_written_is_left_for_next_run(tmp_path):
     home.set_setting("settle_seconds", "0")
     summary = ops.run_landing(home)
     assert [f["status"] for f in summary["files"] if f["source"] == "e.csv"] == ["loaded"]
+
+
+def test_identifier_column_with_other_case_fails_the_file(tmp_path):
+    home = make_node(tmp_path)
+    export = generate_export("hospital_a", 5, seed=1).rename(columns={"first_name": "First_Name"})
+    path = write_export(tmp_path / "e.csv", export)
+    (result,) = ops.ingest(home, [path], profile=PROFILES / "hospital_a.json")["files"]
+    assert result["status"] == "failed" and "differs only in case" in result["message"]
+    assert ops.open_store(home).count_rows(ops.open_store(home).data_model("stroke:0.1")) == 0
+
+
+def test_visit_pseudonyms_do_not_link_to_patient_pseudonyms():
+    import pandas as pd
+
+    from mipflow.deid import Pseudonymiser
+
+    p = Pseudonymiser(b"k" * 32)
+    ids = pd.Series(["12345"])
+    assert p.pseudonyms(ids)[0][:32] != p.visit_pseudonyms(ids)[0]
