@@ -1,0 +1,156 @@
+"""Descriptive statistics per dataset and over all datasets.
+
+For every requested variable and dataset: the number of rows, of missing
+values and of data points, and either mean and standard deviation (numerical)
+or counts per category (nominal).  ``variable_based`` counts each variable on
+its own rows; ``model_based`` uses only rows complete on every requested
+variable.  The ``dataset`` variable itself is used for grouping and not
+described.
+
+Unlike Exareme2, no minimum, maximum or quartile is released: each of those
+is one patient's value.
+
+This algorithm counts missing values, so the node must **not** drop
+incomplete rows (``complete_case = False``).  The local step returns, per
+dataset and variable, the row count and either the moments (count, mean,
+centred sum of squares) or the counts per enumeration code.
+
+"all datasets" merges only the datasets in which the variable has at least
+one data point (so ``num_na`` / ``num_total`` there ignore datasets that do
+not collect the variable), as Exareme2 does.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from mipflow.algorithms.base import (
+    NOMINAL, NUMERICAL, AnalysisRequest, InputSpec, SpecAlgorithm, Step,
+    category_codes, json_ready, numeric_values,
+)
+from mipflow.algorithms.moments import Moments, compute_moments, merge_moments
+from mipflow.datamodel import DataModel
+
+DATASET = "dataset"
+ALL_DATASETS = "all datasets"
+
+
+class DescriptiveStats(SpecAlgorithm):
+    name = "descriptive_stats"
+    label = "Descriptive statistics"
+    complete_case = False
+    y_spec = InputSpec(types=("int", "real", "text"), stattypes=(NUMERICAL, NOMINAL),
+                       notblank=True, multiple=True)
+    x_spec = InputSpec(types=("int", "real", "text"), stattypes=(NUMERICAL, NOMINAL),
+                       notblank=False, multiple=True)
+
+    def described(self, request: AnalysisRequest) -> list[str]:
+        """The variables described: x then y, without ``dataset``."""
+        return [v for v in dict.fromkeys(request.x + request.y) if v != DATASET]
+
+    def variables(self, request: AnalysisRequest) -> tuple[str, ...]:
+        return tuple(dict.fromkeys([*self.described(request), DATASET]))
+
+    # -- local ------------------------------------------------------------------
+
+    @staticmethod
+    def _describe(frame: pd.DataFrame, code: str, model: DataModel) -> dict[str, Any]:
+        var = model.variable(code)
+        if var.is_categorical:
+            codes = category_codes(frame[code], var)
+            counts = codes.value_counts()
+            return {"n_total": len(frame),
+                    "counts": [int(counts.get(c, 0)) for c in var.enumeration_codes]}
+        values = numeric_values(frame[code])
+        values = values[~np.isnan(values)]
+        return {"n_total": len(frame), "moments": compute_moments(values).to_dict()}
+
+    def local_step(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
+                   model: DataModel, state: dict | None) -> dict:
+        described = self.described(request)
+        out: dict[str, Any] = {}
+        wanted = set(request.datasets)
+        for dataset, frame in data.groupby(DATASET, sort=True):
+            if str(dataset) not in wanted:
+                continue
+            complete = frame.dropna(subset=described, how="any")
+            record = {
+                "variable_based": {c: self._describe(frame, c, model) for c in described},
+                "model_based": {c: self._describe(complete, c, model) for c in described},
+            }
+            # group_n: rows behind each released mean / standard deviation
+            record["group_n"] = [r["moments"]["n"] for kind in ("variable_based", "model_based")
+                                 for r in record[kind].values() if "moments" in r]
+            out[str(dataset)] = record
+        return {"datasets": out}
+
+    # -- global -----------------------------------------------------------------
+
+    @staticmethod
+    def _merge(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+        if not records:
+            return None
+        n_total = sum(int(r["n_total"]) for r in records)
+        if "counts" in records[0]:
+            # a node's disclosure control may have replaced small counts by None
+            counts = []
+            for cells in zip(*(r["counts"] for r in records)):
+                released = [int(c) for c in cells if c is not None]
+                counts.append(sum(released) if released else None)
+            return {"n_total": n_total, "counts": counts}
+        mom = merge_moments(Moments.from_dict(r["moments"]) for r in records)
+        return {"n_total": n_total, "moments": mom.to_dict()}
+
+    @staticmethod
+    def _count(record: dict[str, Any] | None) -> int:
+        if record is None:
+            return 0
+        if "counts" in record:
+            return int(sum(c for c in record["counts"] if c is not None))
+        return int(record["moments"]["n"])
+
+    def _render(self, record: dict[str, Any] | None, code: str, model: DataModel) -> dict | None:
+        n = self._count(record)
+        if n == 0:
+            return None
+        assert record is not None
+        out: dict[str, Any] = {"num_dtps": n, "num_na": record["n_total"] - n,
+                               "num_total": record["n_total"]}
+        if "counts" in record:
+            var = model.variable(code)
+            out["counts"] = {c: k for c, k in zip(var.enumeration_codes, record["counts"]) if k}
+        else:
+            mom = Moments.from_dict(record["moments"])
+            out["mean"] = float(mom.mean[0])
+            out["std"] = math.sqrt(float(mom.m2[0]) / (n - 1)) if n > 1 else None
+        return out
+
+    def global_step(self, round: int, aggregates: list[dict], request: AnalysisRequest,
+                    model: DataModel, state: dict | None) -> Step:
+        described = self.described(request)
+        result: dict[str, list[dict[str, Any]]] = {"variable_based": [], "model_based": []}
+        for kind in ("variable_based", "model_based"):
+            per_dataset: dict[str, dict[str, dict | None]] = {}
+            for dataset in request.datasets:
+                per_dataset[dataset] = {
+                    code: self._merge([a["datasets"][dataset][kind][code]
+                                       for a in aggregates if dataset in a["datasets"]])
+                    for code in described
+                }
+                for code in described:
+                    result[kind].append({
+                        "variable": code, "dataset": dataset,
+                        "data": self._render(per_dataset[dataset][code], code, model),
+                    })
+            for code in described:
+                records = [per_dataset[d][code] for d in request.datasets
+                           if self._count(per_dataset[d][code]) > 0]
+                result[kind].append({
+                    "variable": code, "dataset": ALL_DATASETS,
+                    "data": self._render(self._merge(records), code, model),
+                })
+        return Step(done=True, result=json_ready(result))

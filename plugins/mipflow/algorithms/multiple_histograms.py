@@ -1,0 +1,133 @@
+"""Histograms of a variable, overall and within each level of grouping variables.
+
+Numerical ``y``: ``bins`` equal-width bins (numpy's edges) over
+
+* the variable's declared range (``minValue``..``maxValue`` in the data
+  model) when it has both bounds: one round, no extreme value released;
+* otherwise the pooled range of the data, as Exareme2: nodes first send the
+  minimum and maximum of their rows (keys ``min`` / ``max``, which a node's
+  raw-extremes disclosure control refuses unless allowed), then counts.
+
+Nominal ``y`` takes one round: counts per enumeration code.
+
+Every local aggregate is a list of ``{"grouping_var", "grouping_enum",
+"counts"}`` records (the overall histogram first, then one per level of each
+grouping variable, in the data model's order), so a node's disclosure
+control can replace any count below its threshold by ``None`` before
+release.  The global step sums the counts; a bin that sums to zero, or that
+every node suppressed, is reported as ``None`` (Exareme2's convention).
+
+Disclosure note: without declared bounds, the outer bin edges are the pooled
+minimum and maximum of ``y`` (as in Exareme2).
+"""
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mipflow.algorithms.base import (
+    NOMINAL, NUMERICAL, AnalysisRequest, InputSpec, ParamSpec, SpecAlgorithm, Step,
+    category_codes, json_ready, numeric_values,
+)
+from mipflow.datamodel import DataModel, Variable
+from mipflow.exceptions import RequestError
+
+
+class MultipleHistograms(SpecAlgorithm):
+    name = "multiple_histograms"
+    label = "Multiple Histograms"
+    y_spec = InputSpec(types=("real", "int", "text"), stattypes=(NUMERICAL, NOMINAL),
+                       notblank=True, multiple=False)
+    x_spec = InputSpec(types=("int", "text"), stattypes=(NOMINAL,), notblank=False, multiple=True)
+    parameter_specs = MappingProxyType({
+        "bins": ParamSpec(types=("int",), default=20, notblank=False, min=1, max=100),
+    })
+
+    def check(self, request: AnalysisRequest, model: DataModel) -> None:
+        if request.y[0] in request.x:
+            raise RequestError(f"{request.y[0]!r} cannot be both the variable and a grouping variable")
+
+    @staticmethod
+    def _declared_range(var: Variable) -> tuple[float, float] | None:
+        """``(minValue, maxValue)`` of the data model, when both are declared."""
+        if var.min_value is None or var.max_value is None:
+            return None
+        return float(var.min_value), float(var.max_value)
+
+    def _groups(self, request: AnalysisRequest, model: DataModel) -> list[tuple[str | None, str | None]]:
+        out: list[tuple[str | None, str | None]] = [(None, None)]
+        for code in request.x:
+            out.extend((code, level) for level in model.variable(code).enumeration_codes)
+        return out
+
+    def local_step(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
+                   model: DataModel, state: dict | None) -> dict:
+        yvar = model.variable(request.y[0])
+        if yvar.is_categorical:
+            y_codes = category_codes(data[yvar.code], yvar).to_numpy()
+
+            def count(mask: np.ndarray) -> list[int]:
+                sel = y_codes[mask]
+                return [int(np.count_nonzero(sel == c)) for c in yvar.enumeration_codes]
+        else:
+            values = numeric_values(data[yvar.code])
+            declared = self._declared_range(yvar)
+            if declared is not None:
+                lo, hi = declared
+                bins = self.params(request, model)["bins"]
+            elif round == 0:
+                if len(values) == 0:
+                    return {"n": 0, "min": None, "max": None}
+                return {"n": len(values), "min": float(values.min()), "max": float(values.max())}
+            else:
+                assert state is not None
+                lo, hi = state["range"]
+                bins = int(state["bins"])
+
+            def count(mask: np.ndarray) -> list[int]:
+                return np.histogram(values[mask], bins=bins, range=(lo, hi))[0].astype(int).tolist()
+
+        group_codes = {code: category_codes(data[code], model.variable(code)).to_numpy()
+                       for code in request.x}
+        records = []
+        for grouping_var, level in self._groups(request, model):
+            mask = np.ones(len(data), dtype=bool) if grouping_var is None else group_codes[grouping_var] == level
+            records.append({"grouping_var": grouping_var, "grouping_enum": level, "counts": count(mask)})
+        return {"histograms": records}
+
+    def global_step(self, round: int, aggregates: list[dict], request: AnalysisRequest,
+                    model: DataModel, state: dict | None) -> Step:
+        bins = self.params(request, model)["bins"]
+        yvar = model.variable(request.y[0])
+        declared = None if yvar.is_categorical else self._declared_range(yvar)
+        if not yvar.is_categorical and declared is None and round == 0:
+            mins = [a["min"] for a in aggregates if a["n"] > 0]
+            maxs = [a["max"] for a in aggregates if a["n"] > 0]
+            if not mins:
+                raise RequestError(f"no rows have a value of {yvar.code}")
+            return Step(done=False, state={"range": [min(mins), max(maxs)], "bins": bins})
+        if yvar.is_categorical:
+            edges: list[Any] = list(yvar.enumeration_codes)
+        else:
+            bin_range = declared if declared is not None else tuple(state["range"])  # type: ignore[index]
+            edges = np.histogram_bin_edges(np.zeros(0), bins=bins, range=bin_range).tolist()
+        groups = self._groups(request, model)
+        histograms = []
+        for i, (grouping_var, level) in enumerate(groups):
+            parts = []
+            for a in aggregates:
+                rec = a["histograms"][i]
+                if (rec["grouping_var"], rec["grouping_enum"]) != (grouping_var, level):
+                    raise RequestError("a node sent histograms in an unexpected order")
+                parts.append(rec["counts"])
+            counts = []
+            for column in zip(*parts):
+                released = [c for c in column if c is not None]
+                total = sum(released)
+                counts.append(total if released and total > 0 else None)
+            histograms.append({"var": yvar.code, "grouping_var": grouping_var,
+                               "grouping_enum": level, "bins": edges, "counts": counts})
+        return Step(done=True, result=json_ready({"histogram": histograms}))

@@ -1,0 +1,82 @@
+"""Pearson correlation matrix with p-values and Fisher-z confidence intervals.
+
+Local step: row count, means and centred co-moment matrix of the variables
+(``y``, then the covariates ``x`` if given).  Global step: merge (Chan et
+al.) and read the correlations off the pooled co-moments.
+
+Output as Exareme2: each matrix is ``{"variables": [row names], <y var>:
+[value per row]}`` where rows are the covariates ``x`` (or ``y`` when ``x``
+is empty).  p-values are two-sided; the intervals are at confidence level
+``1 - alpha`` (``alpha`` defaults to 0.95 as in Exareme2's spec).
+"""
+from __future__ import annotations
+
+from types import MappingProxyType
+
+import numpy as np
+import pandas as pd
+from scipy import special, stats
+
+from mipflow.algorithms.base import (
+    NUMERICAL, AnalysisRequest, InputSpec, ParamSpec, SpecAlgorithm, Step,
+    json_ready, numeric_values,
+)
+from mipflow.algorithms.moments import compute_moments, merge_moment_dicts
+from mipflow.datamodel import DataModel
+from mipflow.exceptions import RequestError
+
+
+def correlation_tests(r: np.ndarray, n: int, alpha: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two-sided p-values and ``1 - alpha`` Fisher-z intervals of correlations ``r``."""
+    df = n - 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # P(|T| > t) for t^2 = r^2 df / (1 - r^2), via the regularised incomplete beta.
+        pvalues = special.betainc(0.5 * df, 0.5, np.clip((1.0 - r) * (1.0 + r), 0.0, 1.0))
+        z = np.arctanh(r)
+        half = stats.norm.ppf(1.0 - alpha / 2.0) / np.sqrt(n - 3) if n > 3 else np.nan
+        low, high = np.tanh(z - half), np.tanh(z + half)
+    return pvalues, low, high
+
+
+class PearsonCorrelation(SpecAlgorithm):
+    name = "pearson_correlation"
+    label = "Pearson Correlation Matrix"
+    y_spec = InputSpec(types=("real", "int"), stattypes=(NUMERICAL,), notblank=True, multiple=True)
+    x_spec = InputSpec(types=("real", "int"), stattypes=(NUMERICAL,), notblank=False, multiple=True)
+    parameter_specs = MappingProxyType({
+        "alpha": ParamSpec(types=("real",), default=0.95, notblank=True, min=0.0, max=1.0),
+    })
+
+    def local_step(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
+                   model: DataModel, state: dict | None) -> dict:
+        cols = self.variables(request)
+        z = np.column_stack([numeric_values(data[c]) for c in cols])
+        return {"moments": compute_moments(z, matrix=True).to_dict()}
+
+    def global_step(self, round: int, aggregates: list[dict], request: AnalysisRequest,
+                    model: DataModel, state: dict | None) -> Step:
+        params = self.params(request, model)
+        cols = list(self.variables(request))
+        mom = merge_moment_dicts(a["moments"] for a in aggregates)
+        n = mom.n
+        if n < 3:
+            raise RequestError(f"a correlation needs at least 3 complete rows, got {n}")
+        sd = np.sqrt(np.diagonal(mom.m2))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            corr = np.clip(mom.m2 / np.outer(sd, sd), -1.0, 1.0)
+        rows = list(request.x) or list(request.y)
+        r = corr[np.ix_([cols.index(v) for v in request.y], [cols.index(v) for v in rows])]
+        pvalues, low, high = correlation_tests(r, n, params["alpha"])
+
+        def matrix(values: np.ndarray) -> dict:
+            out: dict = {"variables": rows}
+            out.update({var: values[i] for i, var in enumerate(request.y)})
+            return out
+
+        return Step(done=True, result=json_ready({
+            "n_obs": n,
+            "correlations": matrix(r),
+            "p-values": matrix(pvalues),
+            "low_confidence_intervals": matrix(low),
+            "high_confidence_intervals": matrix(high),
+        }))

@@ -1,0 +1,68 @@
+"""One-sample t-test of a numerical variable against a population mean ``mu``.
+
+Local step: count, mean and centred sum of squares of ``y`` (no rows).
+Global step: merge the moments (Chan et al.) and test ``mean == mu``.
+
+Result fields follow Exareme2's validation suite: ``mean_diff`` is the sample
+mean (not ``mean - mu``), ``cohens_d`` is ``(mean - mu) / sd``, the confidence
+interval is for the mean at level ``1 - alpha`` (one-sided for ``less`` /
+``greater``, the open end written ``"Infinity"`` / ``"-Infinity"``).
+"""
+from __future__ import annotations
+
+import math
+from types import MappingProxyType
+
+import pandas as pd
+
+from mipflow.algorithms.base import (
+    NUMERICAL, AnalysisRequest, InputSpec, ParamSpec, SpecAlgorithm, Step,
+    alternative_spec, json_ready, numeric_values, t_interval, t_pvalue,
+)
+from mipflow.algorithms.moments import compute_moments, merge_moment_dicts
+from mipflow.datamodel import DataModel
+from mipflow.exceptions import RequestError
+
+
+class TTestOneSample(SpecAlgorithm):
+    name = "ttest_onesample"
+    label = "T-Test One-Sample"
+    y_spec = InputSpec(types=("real", "int"), stattypes=(NUMERICAL,), notblank=True, multiple=False)
+    x_spec = None
+    parameter_specs = MappingProxyType({
+        "alt_hypothesis": alternative_spec(),
+        "alpha": ParamSpec(types=("real",), default=0.05, notblank=True, min=0.0, max=1.0),
+        "mu": ParamSpec(types=("real",), default=0.0, notblank=True, min=-10.0, max=10.0),
+    })
+
+    def local_step(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
+                   model: DataModel, state: dict | None) -> dict:
+        return {"y": compute_moments(numeric_values(data[request.y[0]])).to_dict()}
+
+    def global_step(self, round: int, aggregates: list[dict], request: AnalysisRequest,
+                    model: DataModel, state: dict | None) -> Step:
+        params = self.params(request, model)
+        mom = merge_moment_dicts(a["y"] for a in aggregates)
+        n = mom.n
+        if n < 2:
+            raise RequestError(f"a one-sample t-test needs at least 2 observations, got {n}")
+        mean = float(mom.mean[0])
+        sd = math.sqrt(float(mom.m2[0]) / (n - 1))
+        se = sd / math.sqrt(n)
+        if se == 0.0:
+            raise RequestError(f"{request.y[0]} is constant: the t statistic is undefined")
+        df = n - 1
+        t = (mean - params["mu"]) / se
+        low, high = t_interval(mean, se, df, params["alt_hypothesis"], 1.0 - params["alpha"])
+        return Step(done=True, result=json_ready({
+            "n_obs": n,
+            "t_value": t,
+            "p_value": t_pvalue(t, df, params["alt_hypothesis"]),
+            "df": float(df),
+            "mean_diff": mean,
+            "se_diff": se,
+            "std": sd,
+            "ci_lower": low,
+            "ci_upper": high,
+            "cohens_d": (mean - params["mu"]) / sd,
+        }))

@@ -1,0 +1,386 @@
+"""The algorithm contract: requests, registry, validation, design matrices,
+moments, the in-process driver, error paths and what aggregates reveal."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mipflow.algorithms import ALGORITHMS, AnalysisRequest, Algorithm, get_algorithm, run_in_process
+from mipflow.algorithms.base import (
+    INTERCEPT, Step, category_codes, design_columns, design_matrix, json_ready, level_counts,
+    prepare_local_data, select_design_columns, transport,
+)
+from mipflow.algorithms.moments import Moments, compute_moments, merge_moments
+from mipflow.exceptions import DataModelError, RequestError
+from tests.mipflow.algorithms.helpers import assert_rel_close
+from tests.mipflow.algorithms.synthetic import MODEL, make_data, request
+
+EXAREME2_INPUT = {
+    "inputdata": {
+        "y": ["alzheimerbroadcategory"],
+        "x": ["rightttgtransversetemporalgyrus", "leftpinsposteriorinsula"],
+        "data_model": "dementia:0.1",
+        "datasets": ["ppmi0", "desd-synthdata0"],
+        "filters": None,
+    },
+    "parameters": {"positive_class": "Other"},
+    "test_case_num": 0,
+}
+
+#: A minimal valid request per algorithm on the synthetic model.
+VALID = {
+    "descriptive_stats": request(x=("grp",), y=("y", "sex")),
+    "pearson_correlation": request(y=("y", "x1")),
+    "linear_regression": request(x=("grp", "x1"), y=("y",)),
+    "logistic_regression": request(x=("x1",), y=("outcome",), positive_class="yes"),
+    "ttest_onesample": request(y=("y",), mu=1.0),
+    "ttest_independent": request(x=("grp",), y=("y",), groupA="a", groupB="b"),
+    "ttest_paired": request(x=("x1",), y=("y",)),
+    "anova_oneway": request(x=("grp",), y=("y",)),
+    "multiple_histograms": request(x=("sex",), y=("y",), bins=5),
+}
+
+
+# --------------------------------------------------------------------------- request
+
+
+def test_request_round_trips_the_exareme2_form() -> None:
+    req = AnalysisRequest.from_dict(EXAREME2_INPUT)
+    assert req.y == ("alzheimerbroadcategory",)
+    assert req.datasets == ("ppmi0", "desd-synthdata0")
+    assert req.parameters["positive_class"] == "Other"
+    assert AnalysisRequest.from_dict(json.loads(json.dumps(req.to_dict()))) == req
+
+
+def test_request_x_null_means_no_covariates() -> None:
+    doc = json.loads(json.dumps(EXAREME2_INPUT))
+    doc["inputdata"]["x"] = None
+    assert AnalysisRequest.from_dict(doc).x == ()
+
+
+@pytest.mark.parametrize("mutate, message", [
+    pytest.param(lambda d: d.pop("inputdata"), "inputdata", id="no-inputdata"),
+    pytest.param(lambda d: d["inputdata"].update(data_model="dementia"), "CODE:VERSION", id="bad-model"),
+    pytest.param(lambda d: d["inputdata"].update(datasets=[]), "at least one dataset", id="no-datasets"),
+    pytest.param(lambda d: d["inputdata"].update(y="gender"), "list of variable codes", id="y-string"),
+    pytest.param(lambda d: d["inputdata"].update(x=[1]), "not a variable code", id="x-number"),
+    pytest.param(lambda d: d["inputdata"].update(filters=[1]), "rule group", id="bad-filters"),
+    pytest.param(lambda d: d.update(parameters=[1]), "parameters", id="bad-parameters"),
+])
+def test_malformed_requests_raise_request_error(mutate, message) -> None:
+    doc = json.loads(json.dumps(EXAREME2_INPUT))
+    mutate(doc)
+    with pytest.raises(RequestError, match=message):
+        AnalysisRequest.from_dict(doc)
+
+
+def test_request_keeps_its_own_copy_of_the_parameters() -> None:
+    doc = json.loads(json.dumps(EXAREME2_INPUT))
+    req = AnalysisRequest.from_dict(doc)
+    doc["parameters"]["positive_class"] = "AD"
+    assert req.parameters["positive_class"] == "Other"
+    import pickle
+
+    assert pickle.loads(pickle.dumps(req)) == req
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def test_registry_holds_the_nine_algorithms() -> None:
+    assert sorted(ALGORITHMS) == sorted(VALID)
+    for name, alg in ALGORITHMS.items():
+        assert alg.name == name
+        assert isinstance(alg, Algorithm)
+        assert get_algorithm(name) is alg
+
+
+def test_unknown_algorithm_is_a_request_error() -> None:
+    with pytest.raises(RequestError, match="unknown algorithm 'kmeans'"):
+        get_algorithm("kmeans")
+
+
+@pytest.mark.parametrize("name", sorted(VALID))
+def test_valid_requests_validate(name) -> None:
+    ALGORITHMS[name].validate(VALID[name], MODEL)
+
+
+@pytest.mark.parametrize("name, req, message", [
+    pytest.param("linear_regression", request(x=("nope",), y=("y",)), "not in data model", id="unknown-var"),
+    pytest.param("linear_regression", request(x=("x1",), y=("grp",)), "must be numerical", id="nominal-y"),
+    pytest.param("linear_regression", request(x=("y",), y=("y",)), "both", id="y-in-x"),
+    pytest.param("linear_regression", request(x=(), y=("y",)), "at least one variable in x", id="no-x"),
+    pytest.param("ttest_onesample", request(y=("y", "x1")), "exactly one", id="two-y"),
+    pytest.param("ttest_onesample", request(y=("y",), x=("x1",)), "no covariates", id="x-given"),
+    pytest.param("ttest_onesample", request(y=("y",), alpha=1.5), "above its maximum", id="alpha-range"),
+    pytest.param("ttest_onesample", request(y=("y",), alpha="high"), "must be of type", id="alpha-type"),
+    pytest.param("ttest_onesample", request(y=("y",), alt_hypothesis="bigger"), "not one of", id="alt"),
+    pytest.param("ttest_onesample", request(y=("y",), **{"lambda": 1}), "no parameter", id="unknown-param"),
+    pytest.param("ttest_independent", request(x=("grp",), y=("y",), groupA="a"), "groupB", id="no-groupB"),
+    pytest.param("ttest_independent", request(x=("grp",), y=("y",), groupA="a", groupB="a"),
+                 "different", id="same-groups"),
+    pytest.param("ttest_independent", request(x=("grp",), y=("y",), groupA="a", groupB="q"),
+                 "not a category", id="bad-group"),
+    pytest.param("ttest_independent", request(x=("x1",), y=("y",), groupA="a", groupB="b"),
+                 "must be nominal", id="numerical-x"),
+    pytest.param("logistic_regression", request(x=("x1",), y=("outcome",)), "positive_class", id="no-class"),
+    pytest.param("logistic_regression", request(x=("x1",), y=("y",), positive_class="1"),
+                 "must be nominal", id="numerical-y"),
+    pytest.param("pearson_correlation", request(y=("y", "grp")), "must be numerical", id="nominal-var"),
+    pytest.param("multiple_histograms", request(y=("y",), bins=0), "below its minimum", id="bins"),
+    pytest.param("multiple_histograms", request(y=("y",), bins=2.5), "must be of type", id="bins-float"),
+    pytest.param("anova_oneway", request(x=("x1",), y=("y",)), "must be nominal", id="numerical-x"),
+])
+def test_invalid_requests_raise_request_error(name, req, message) -> None:
+    with pytest.raises(RequestError, match=message):
+        ALGORITHMS[name].validate(req, MODEL)
+
+
+def test_request_for_another_data_model_is_refused() -> None:
+    req = AnalysisRequest("other:1", ("d0",), (), ("y",), None, {})
+    with pytest.raises(RequestError, match="data model"):
+        ALGORITHMS["ttest_onesample"].validate(req, MODEL)
+
+
+def test_parameter_defaults_are_applied() -> None:
+    params = ALGORITHMS["ttest_onesample"].params(request(y=("y",)), MODEL)
+    assert params == {"alt_hypothesis": "two-sided", "alpha": 0.05, "mu": 0.0}
+    assert ALGORITHMS["pearson_correlation"].params(request(y=("y",)), MODEL) == {"alpha": 0.95}
+    assert ALGORITHMS["multiple_histograms"].params(request(y=("y",)), MODEL) == {"bins": 20}
+
+
+# --------------------------------------------------------------------------- design matrix
+
+
+def test_design_columns_are_patsy_ordered_with_sorted_levels() -> None:
+    cols = design_columns(["x1", "grp", "sex"], MODEL)
+    assert cols == [INTERCEPT, "grp[a]", "grp[b]", "grp[c]", "grp[zz]", "sex[F]", "sex[M]", "x1"]
+
+
+def test_every_node_builds_the_same_columns_even_without_a_level() -> None:
+    node_a = pd.DataFrame({"grp": ["a", "a"], "x1": [1.0, 2.0]})
+    node_b = pd.DataFrame({"grp": ["b", "c", "c"], "x1": [3.0, 4.0, 5.0]})
+    mat_a, names_a = design_matrix(node_a, ["grp", "x1"], MODEL)
+    mat_b, names_b = design_matrix(node_b, ["grp", "x1"], MODEL)
+    assert names_a == names_b
+    assert mat_a.shape == (2, 6) and mat_b.shape == (3, 6)
+    np.testing.assert_array_equal(mat_a[:, 1:5], [[1, 0, 0, 0], [1, 0, 0, 0]])
+
+
+def test_reference_level_is_the_first_sorted_level_present() -> None:
+    counts = {"grp": [0, 4, 7, 0]}  # a absent, b and c present, zz absent (sorted order a, b, c, zz)
+    assert select_design_columns(["grp", "x1"], MODEL, counts) == [INTERCEPT, "grp[c]", "x1"]
+    counts = {"grp": [3, 4, 7, 0]}
+    assert select_design_columns(["grp"], MODEL, counts) == [INTERCEPT, "grp[b]", "grp[c]"]
+
+
+def test_design_matrix_selects_named_columns() -> None:
+    frame = pd.DataFrame({"grp": ["a", "b", "c"], "x1": [1.0, 2.0, 3.0]})
+    mat, names = design_matrix(frame, ["grp", "x1"], MODEL, columns=[INTERCEPT, "grp[c]", "x1"])
+    assert names == [INTERCEPT, "grp[c]", "x1"]
+    np.testing.assert_array_equal(mat, [[1, 0, 1], [1, 0, 2], [1, 1, 3]])
+    with pytest.raises(RequestError, match="unknown design columns"):
+        design_matrix(frame, ["grp"], MODEL, columns=["grp[q]"])
+
+
+def test_integer_coded_categories_match_their_codes() -> None:
+    codes = category_codes(pd.Series([1.0, 3.0, np.nan]), MODEL.variable("stage"))
+    assert codes.tolist() == ["1", "3", None]
+    assert level_counts(pd.DataFrame({"stage": [1, 1, 2]}), ["stage"], MODEL) == {"stage": [2, 1, 0]}
+    with pytest.raises(DataModelError, match="outside its enumerations"):
+        category_codes(pd.Series([7]), MODEL.variable("stage"))
+
+
+# --------------------------------------------------------------------------- moments
+
+
+def test_chan_merge_keeps_precision_where_raw_sums_cancel() -> None:
+    rng = np.random.default_rng(1)
+    # a mean 1e8 times the spread (e.g. a date in seconds, measured to 10 ms)
+    values = 1e6 + rng.normal(0.0, 1e-2, size=3000)
+    parts = np.array_split(values, [5, 1200, 1201])
+    merged = merge_moments(compute_moments(p) for p in parts)
+    exact = float(np.sum((values - values.mean()) ** 2))
+    assert merged.n == values.size
+    assert_rel_close(merged.m2[0], exact, rel=1e-9)
+    # what a naive sum-of-squares protocol would report is useless here
+    naive = float(np.sum(values**2) - values.size * values.mean() ** 2)
+    assert abs(naive - exact) / exact > 1e-3
+
+
+def test_matrix_moments_merge_to_the_pooled_comoments() -> None:
+    rng = np.random.default_rng(2)
+    data = rng.normal(size=(100, 3)) + [1e6, -5.0, 0.0]
+    parts = [data[:0], data[:40], data[40:41], data[41:]]
+    merged = merge_moments(compute_moments(p, matrix=True) for p in parts)
+    centred = data - data.mean(axis=0)
+    assert_rel_close(merged.m2, centred.T @ centred, rel=1e-9)
+    assert_rel_close(merged.mean, data.mean(axis=0), rel=1e-12)
+
+
+def test_moments_of_empty_parts() -> None:
+    empty = compute_moments(np.zeros(0))
+    assert empty.n == 0 and Moments.from_dict(transport(empty.to_dict())).n == 0
+    assert merge_moments([empty, empty]).n == 0
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def test_prepare_local_data_drops_incomplete_rows_unless_told_not_to() -> None:
+    frame = pd.DataFrame({"y": [1.0, np.nan, 3.0], "grp": ["a", "b", None], "x1": [0.0, 0.0, 0.0],
+                          "dataset": ["d0"] * 3})
+    req = request(x=("grp",), y=("y",), groupA="a", groupB="b")
+    assert len(prepare_local_data(ALGORITHMS["ttest_independent"], frame, req)) == 1
+    assert list(prepare_local_data(ALGORITHMS["ttest_independent"], frame, req).columns) == ["y", "grp"]
+    assert len(prepare_local_data(ALGORITHMS["descriptive_stats"], frame, req)) == 3
+    with pytest.raises(RequestError, match="no column"):
+        prepare_local_data(ALGORITHMS["ttest_paired"], frame, request(x=("age",), y=("y",)))
+
+
+@pytest.mark.parametrize("name", sorted(VALID))
+def test_every_algorithm_copes_with_empty_nodes(name) -> None:
+    data = make_data(7, 120)
+    empty = data.iloc[:0]
+    alone = run_in_process(ALGORITHMS[name], [data], VALID[name], MODEL)
+    spread = run_in_process(ALGORITHMS[name], [empty, data.iloc[:50], empty, data.iloc[50:]],
+                            VALID[name], MODEL)
+    assert json.dumps(spread, sort_keys=True) == json.dumps(alone, sort_keys=True) or \
+        _close(spread, alone)
+
+
+def _close(a, b) -> bool:
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float):
+        return abs(a - b) <= 1e-9 * max(abs(b), 1e-12)
+    return a == b
+
+
+@pytest.mark.parametrize("name", sorted(set(VALID) - {"descriptive_stats"}))
+def test_no_rows_anywhere_is_a_request_error(name) -> None:
+    empty = make_data(3, 10).iloc[:0]
+    with pytest.raises(RequestError):
+        run_in_process(ALGORITHMS[name], [empty, empty], VALID[name], MODEL)
+
+
+@pytest.mark.parametrize("name", sorted(VALID))
+def test_local_aggregates_do_not_grow_with_rows(name) -> None:
+    """What a node releases is a fixed set of aggregates, never rows: its size
+    does not depend on the number of rows (privacy review)."""
+    alg = ALGORITHMS[name]
+    req = VALID[name]
+    sizes = []
+    for n in (60, 600):
+        frame = prepare_local_data(alg, make_data(11, n), req)
+        state = None
+        if name == "multiple_histograms":
+            state = {"range": [-10.0, 10.0], "bins": 5}
+        elif name == "logistic_regression":
+            state = None
+        aggregate = transport(alg.local_step(1 if state else 0, frame, req, MODEL, state))
+        sizes.append(_shape(aggregate))
+    assert sizes[0] == sizes[1]
+
+
+def _shape(obj):
+    if isinstance(obj, dict):
+        return {k: _shape(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_shape(v) for v in obj]
+    return type(obj).__name__
+
+
+def test_json_ready_spells_infinity_and_nan_as_exareme2() -> None:
+    out = json_ready({"a": np.float64("inf"), "b": -np.inf, "c": np.nan, "d": np.int64(3),
+                      "e": np.array([1.5])})
+    assert out == {"a": "Infinity", "b": "-Infinity", "c": None, "d": 3, "e": [1.5]}
+    json.dumps(out, allow_nan=False)
+
+
+# --------------------------------------------------------------------------- data-dependent errors
+
+
+def test_anova_with_one_level_is_a_request_error() -> None:
+    data = make_data(5, 50).assign(grp="a")
+    with pytest.raises(RequestError, match="only one level"):
+        run_in_process(ALGORITHMS["anova_oneway"], [data], VALID["anova_oneway"], MODEL)
+
+
+def test_logistic_regression_with_one_class_is_a_request_error() -> None:
+    data = make_data(5, 50).assign(outcome="no")
+    with pytest.raises(RequestError, match="only one class"):
+        run_in_process(ALGORITHMS["logistic_regression"], [data], VALID["logistic_regression"], MODEL)
+
+
+def test_logistic_regression_under_perfect_separation_is_a_request_error() -> None:
+    data = make_data(5, 80)
+    data["outcome"] = np.where(data["x1"] > 2.0, "yes", "no")
+    with pytest.raises(RequestError, match="converge|separat"):
+        run_in_process(ALGORITHMS["logistic_regression"], [data.iloc[:40], data.iloc[40:]],
+                       VALID["logistic_regression"], MODEL)
+
+
+def test_logistic_regression_respects_max_iter() -> None:
+    req = request(x=("x1",), y=("outcome",), positive_class="yes", max_iter=1)
+    with pytest.raises(RequestError, match="did not converge in 1 iteration"):
+        run_in_process(ALGORITHMS["logistic_regression"], [make_data(5, 80)], req, MODEL)
+
+
+def test_linear_regression_with_collinear_covariates_is_a_request_error() -> None:
+    data = make_data(5, 50)
+    data["x2"] = 2.0 * data["x1"]
+    with pytest.raises(RequestError, match="collinear"):
+        run_in_process(ALGORITHMS["linear_regression"], [data],
+                       request(x=("x1", "x2"), y=("y",)), MODEL)
+
+
+def test_histogram_counts_suppressed_by_a_node_stay_out_of_the_sum() -> None:
+    alg = ALGORITHMS["multiple_histograms"]
+    req = request(y=("grp",))
+    frames = [prepare_local_data(alg, make_data(s, 30), req) for s in (1, 2)]
+    aggregates = [transport(alg.local_step(0, f, req, MODEL, None)) for f in frames]
+    # node 0's disclosure control suppresses every count below 10
+    for rec in aggregates[0]["histograms"]:
+        rec["counts"] = [c if c >= 10 else None for c in rec["counts"]]
+    step = alg.global_step(0, aggregates, req, MODEL, None)
+    assert isinstance(step, Step) and step.done
+    counts = step.result["histogram"][0]["counts"]
+    node1 = aggregates[1]["histograms"][0]["counts"]
+    node0 = aggregates[0]["histograms"][0]["counts"]
+    expected = [((a or 0) + b) or None for a, b in zip(node0, node1)]
+    assert counts == expected
+
+
+def test_histogram_of_a_bounded_variable_bins_over_the_declared_range() -> None:
+    alg = ALGORITHMS["multiple_histograms"]
+    req = request(y=("score",), bins=6)
+    data = make_data(4, 90)
+    frame = prepare_local_data(alg, data, req)
+    aggregate = alg.local_step(0, frame, req, MODEL, None)
+    assert "min" not in aggregate and "max" not in aggregate  # no extreme leaves the node
+    result = run_in_process(alg, [data.iloc[:30], data.iloc[30:]], req, MODEL)
+    counts, edges = np.histogram(data["score"], bins=6, range=(0, 30))
+    assert result["histogram"][0]["bins"] == edges.tolist()
+    assert result["histogram"][0]["counts"] == [int(c) or None for c in counts]
+
+
+def test_descriptive_stats_merges_counts_a_node_suppressed() -> None:
+    alg = ALGORITHMS["descriptive_stats"]
+    req = request(y=("grp",))
+    frames = [prepare_local_data(alg, make_data(s, 40), req) for s in (1, 2)]
+    aggregates = [transport(alg.local_step(0, f, req, MODEL, None)) for f in frames]
+    # node 0's disclosure control suppresses every count below 10
+    for record in aggregates[0]["datasets"].values():
+        for kind in ("variable_based", "model_based"):
+            cells = record[kind]["grp"]["counts"]
+            record[kind]["grp"]["counts"] = [c if c >= 10 else None for c in cells]
+    result = alg.global_step(0, aggregates, req, MODEL, None).result
+    json.dumps(result, allow_nan=False)
+    total = {r["dataset"]: r["data"] for r in result["variable_based"]}["all datasets"]
+    assert total["num_dtps"] == sum(total["counts"].values())

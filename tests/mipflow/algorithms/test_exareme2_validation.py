@@ -1,0 +1,334 @@
+"""Exareme2's algorithm validation suite, run federated across three in-process nodes.
+
+Data: ``../shared/data/<model>/*.csv`` (not the ``-test.csv`` files: no case
+uses the ``*_test`` datasets), split into three nodes by dataset family
+(edsd*, ppmi*, desd-synthdata*).  Each node applies the request's datasets
+and filters; :func:`run_in_process` drives the rounds.
+
+Tolerances are Exareme2's own (``tests/algorithm_validation_tests`` in
+madgik/exareme2): rtol 1e-6 / atol 1e-9 by default, tighter (1e-8 / 1e-10)
+for the t-tests and 1e-7 / 1e-10 for Pearson and Tukey, looser (1e-5 /
+1e-5) for logistic-regression standard errors and what derives from them.
+Deliberate differences are listed in ``NOTES`` and printed with the summary
+(``pytest -rA`` or the terminal summary section).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from mipflow.algorithms import AnalysisRequest, get_algorithm, run_in_process
+from mipflow.algorithms.filters_pandas import apply_filters
+from mipflow.exceptions import RequestError
+from tests.conftest import SHARED_DIR
+from tests.mipflow.algorithms.helpers import VALIDATION_SUMMARY, as_float, rel_error
+
+ALGORITHMS = (
+    "descriptive_stats", "pearson_correlation", "linear_regression", "logistic_regression",
+    "ttest_onesample", "ttest_independent", "ttest_paired", "anova_oneway", "multiple_histograms",
+)
+
+NOTES = {
+    "descriptive_stats": "min/max/q1/q2/q3 not released (single-patient values), not compared",
+    "logistic_regression": "r_squared_cs not compared: Exareme2's expected file holds 0.0 "
+                           "everywhere; mipflow reports Cox & Snell's R2. Expected ll0 is "
+                           "statsmodels' numerically fitted null model (~1e-10 below the "
+                           "closed form mipflow uses), which shows in r_squared_mcf when it is ~0",
+    "linear_regression": "the expected lower_ci/upper_ci differ from statsmodels on the same rows "
+                         "by up to ~4e-8 (mipflow agrees with statsmodels to ~1e-13)",
+    "ttest_onesample": "CI compared after re-running with alpha=0.05: the expected CIs are 95% "
+                       "whatever alpha; mipflow's are at 1 - alpha; cohens_d compared in "
+                       "absolute value (as Exareme2 does)",
+    "ttest_paired": "CI compared after re-running with alpha=0.05 (see ttest_onesample)",
+    "ttest_independent": "CI compared after re-running with alpha=0.05 (see ttest_onesample)",
+    "anova_oneway": "p_tuckey: expected values come from psturng (a table approximation clipped "
+                    "to [0.001, 0.9]); mipflow uses scipy's exact studentized range "
+                    "(as statsmodels' pairwise_tukeyhsd): compared to rtol 0.06, clipped "
+                    "values as bounds",
+}
+#: psturng's table interpolation versus scipy's exact studentized range: up to
+#: 5.4% apart on these cases (29 groups).  A Monte-Carlo check (4e5 draws,
+#: k=29, df=1950, q=3.6) gave 0.7317 +- 0.0007: scipy 0.7328, psturng 0.6956.
+P_TUKEY_RTOL = 0.06
+
+
+def _cases(name: str) -> list[Any]:
+    path = SHARED_DIR / "exareme2" / "expected" / f"{name}_expected.json"
+    if not path.exists():
+        return [pytest.param(None, None, marks=pytest.mark.skip(reason=f"{path} is absent"),
+                             id=f"{name}-absent")]
+    cases = json.loads(path.read_text())["test_cases"]
+    return [pytest.param(tc["input"], tc["output"], id=f"{name}-{i}") for i, tc in enumerate(cases)]
+
+
+class Checker:
+    """Collects mismatches of one case and the worst relative error."""
+
+    def __init__(self, algorithm: str, case_id: str) -> None:
+        self.algorithm, self.case_id = algorithm, case_id
+        self.failures: list[str] = []
+        self.worst = (0.0, "")
+
+    def num(self, what: str, ours: Any, expected: Any, *, rtol: float = 1e-6, atol: float = 1e-9) -> None:
+        if isinstance(expected, list) and len(expected) == 1 and not isinstance(ours, list):
+            expected = expected[0]  # Exareme2 wraps some scalars in one-element lists
+        ours_l = ours if isinstance(ours, list) else [ours]
+        exp_l = expected if isinstance(expected, list) else [expected]
+        if len(ours_l) != len(exp_l):
+            self.failures.append(f"{what}: length {len(ours_l)} != {len(exp_l)}")
+            return
+        for i, (a_raw, e_raw) in enumerate(zip(ours_l, exp_l)):
+            a, e = as_float(a_raw), as_float(e_raw)
+            err = rel_error(a, e, floor=atol / rtol)
+            if err > self.worst[0]:
+                self.worst = (err, f"{self.case_id} {what}[{i}]")
+            same = (a == e) or (math.isnan(a) and math.isnan(e))
+            if not same and not abs(a - e) <= atol + rtol * abs(e):
+                self.failures.append(f"{what}[{i}]: {a!r} != expected {e!r} (rel err {err:.3g})")
+
+    def exact(self, what: str, ours: Any, expected: Any) -> None:
+        if ours != expected:
+            self.failures.append(f"{what}: {ours!r} != expected {expected!r}")
+
+    def finish(self) -> None:
+        VALIDATION_SUMMARY.record(self.algorithm, *self.worst)
+        VALIDATION_SUMMARY.cases[self.algorithm] += 1
+        if self.algorithm in NOTES:
+            VALIDATION_SUMMARY.notes[self.algorithm].add(NOTES[self.algorithm])
+        assert not self.failures, "\n".join(self.failures[:20])
+
+
+# --------------------------------------------------------------------------- per-algorithm checks
+
+
+def check_linear_regression(c: Checker, ours: dict, exp: dict, rerun: Callable) -> None:
+    for key in ("dependent_var", "indep_vars", "n_obs", "df_resid", "df_model"):
+        c.exact(key, ours[key], exp[key])
+    for key in ("coefficients", "std_err", "t_stats", "pvalues", "lower_ci", "upper_ci", "rse",
+                "r_squared", "r_squared_adjusted", "f_stat", "f_pvalue"):
+        c.num(key, ours[key], exp[key])
+
+
+def check_logistic_regression(c: Checker, ours: dict, exp: dict, rerun: Callable) -> None:
+    for key in ("n_obs", "df_model", "df_resid"):
+        c.exact(key, ours[key], exp[key])
+    for key in ("aic", "bic", "ll", "ll0", "r_squared_mcf", "coefficients"):
+        c.num(key, ours[key], exp[key])
+    for key in ("stderr", "z_scores", "pvalues", "lower_ci", "upper_ci"):
+        c.num(key, ours[key], exp[key], rtol=1e-5, atol=1e-5)
+
+
+def _check_ci_at_95(c: Checker, exp: dict, rerun: Callable) -> None:
+    ours95 = rerun({"alpha": 0.05})
+    c.num("ci_lower(alpha=0.05)", ours95["ci_lower"], exp["ci_lower"], rtol=1e-8, atol=1e-10)
+    c.num("ci_upper(alpha=0.05)", ours95["ci_upper"], exp["ci_upper"], rtol=1e-8, atol=1e-10)
+
+
+def check_ttest_onesample(c: Checker, ours: dict, exp: dict, rerun: Callable) -> None:
+    c.exact("n_obs", ours["n_obs"], exp["n_obs"])
+    for key in ("t_value", "p_value", "df", "mean_diff", "se_diff"):
+        c.num(key, ours[key], exp[key], rtol=1e-8, atol=1e-10)
+    c.num("|cohens_d|", abs(ours["cohens_d"]), abs(as_float(exp["cohens_d"])), rtol=1e-8, atol=1e-10)
+    _check_ci_at_95(c, exp, rerun)
+
+
+def check_ttest_paired(c: Checker, ours: dict, exp: dict, rerun: Callable) -> None:
+    c.exact("n_obs", ours["n_obs"], exp["n_obs"])
+    for key in ("statistic", "p_value", "df", "mean_diff", "se_difference", "cohens_d"):
+        c.num(key, ours[key], exp[key], rtol=1e-8, atol=1e-10)
+    _check_ci_at_95(c, exp, rerun)
+
+
+def check_ttest_independent(c: Checker, ours: dict, exp: dict, rerun: Callable) -> None:
+    c.exact("df", ours["df"], exp["df"])
+    for key in ("statistic", "p_value", "mean_diff", "se_difference", "cohens_d"):
+        c.num(key, ours[key], exp[key], rtol=1e-8, atol=1e-10)
+    _check_ci_at_95(c, exp, rerun)
+
+
+def check_pearson_correlation(c: Checker, ours: dict, exp: dict, rerun: Callable) -> None:
+    c.exact("n_obs", ours["n_obs"], exp["n_obs"])
+    for key in ("correlations", "p-values", "low_confidence_intervals", "high_confidence_intervals"):
+        c.exact(f"{key}.variables", ours[key]["variables"], exp[key]["variables"])
+        for var in exp[key]:
+            if var != "variables":
+                c.num(f"{key}.{var}", ours[key][var], exp[key][var], rtol=1e-7, atol=1e-10)
+
+
+def check_anova_oneway(c: Checker, ours: dict, exp: dict, rerun: Callable) -> None:
+    for key, value in exp.items():
+        if key != "tuckey_test":
+            c.num(key, ours[key], value, rtol=1e-5, atol=1e-8)  # np.isclose defaults, as Exareme2
+    c.exact("len(tuckey_test)", len(ours["tuckey_test"]), len(exp["tuckey_test"]))
+    by_pair = {(t["groupA"], t["groupB"]): t for t in ours["tuckey_test"]}
+    for e in exp["tuckey_test"]:
+        pair = (e["groupA"], e["groupB"])
+        sign = 1.0
+        if pair in by_pair:
+            o = by_pair[pair]
+            o_mean_a, o_mean_b = o["meanA"], o["meanB"]
+        elif pair[::-1] in by_pair:
+            o, sign = by_pair[pair[::-1]], -1.0
+            o_mean_a, o_mean_b = o["meanB"], o["meanA"]
+        else:
+            c.failures.append(f"Tukey pair {pair} missing")
+            continue
+        label = f"tukey[{pair[0]}|{pair[1]}]"
+        c.num(f"{label}.meanA", o_mean_a, e["meanA"], rtol=1e-7, atol=1e-10)
+        c.num(f"{label}.meanB", o_mean_b, e["meanB"], rtol=1e-7, atol=1e-10)
+        c.num(f"{label}.diff", sign * o["diff"], e["diff"], rtol=1e-7, atol=1e-10)
+        c.num(f"{label}.se", o["se"], e["se"], rtol=1e-7, atol=1e-10)
+        c.num(f"{label}.t_stat", sign * o["t_stat"], e["t_stat"], rtol=1e-7, atol=1e-10)
+        # Exareme2's p-values are psturng's table approximation (clipped to
+        # [0.001, 0.9]) of the studentized range; ours are scipy's exact ones.
+        if 0.001 < e["p_tuckey"] < 0.9:
+            err = rel_error(o["p_tuckey"], e["p_tuckey"], floor=1e-12)
+            VALIDATION_SUMMARY.record("anova_oneway p_tuckey exact-vs-psturng", err, f"{c.case_id} {label}")
+            if err > P_TUKEY_RTOL:
+                c.failures.append(f"{label}.p_tuckey {o['p_tuckey']} vs psturng {e['p_tuckey']}")
+        elif e["p_tuckey"] == 0.9 and o["p_tuckey"] < 0.9 * (1 - P_TUKEY_RTOL):
+            c.failures.append(f"{label}.p_tuckey {o['p_tuckey']} but psturng clipped at 0.9")
+        elif e["p_tuckey"] == 0.001 and o["p_tuckey"] > 0.001 * (1 + P_TUKEY_RTOL):
+            c.failures.append(f"{label}.p_tuckey {o['p_tuckey']} but psturng clipped at 0.001")
+
+
+def check_descriptive_stats(c: Checker, ours: dict, exp: dict, rerun: Callable) -> None:
+    for kind in ("variable_based", "model_based"):
+        mine = {(r["variable"], r["dataset"]): r["data"] for r in ours[kind]}
+        theirs = {(r["variable"], r["dataset"]): r["data"] for r in exp[kind]}
+        c.exact(f"{kind} records", sorted(mine), sorted(theirs))
+        for key, e in theirs.items():
+            o = mine.get(key)
+            label = f"{kind}[{key[0]}@{key[1]}]"
+            if (o is None) != (e is None):
+                c.failures.append(f"{label}: {o!r} vs expected {e!r}")
+                continue
+            if o is None:
+                continue
+            leaked = {"min", "max", "q1", "q2", "q3"} & set(o)
+            if leaked:
+                c.failures.append(f"{label}: releases {sorted(leaked)}")
+            for field in ("num_dtps", "num_na", "num_total"):
+                c.exact(f"{label}.{field}", o[field], e[field])
+            if "counts" in e:
+                c.exact(f"{label}.counts", o.get("counts"), e["counts"])
+            else:
+                c.num(f"{label}.mean", o["mean"], e["mean"])
+                if e["std"] is None or o["std"] is None:
+                    c.exact(f"{label}.std", o["std"], e["std"])
+                else:
+                    c.num(f"{label}.std", o["std"], e["std"])
+
+
+def check_multiple_histograms(c: Checker, ours: dict, exp: dict, rerun: Callable) -> None:
+    c.exact("len(histogram)", len(ours["histogram"]), len(exp["histogram"]))
+    for o, e in zip(ours["histogram"], exp["histogram"]):
+        label = f"histogram[{e['grouping_var']}={e['grouping_enum']}]"
+        for key in ("var", "grouping_var", "grouping_enum", "counts"):
+            c.exact(f"{label}.{key}", o[key], e[key])
+        if e["bins"] and isinstance(e["bins"][0], str):
+            c.exact(f"{label}.bins", o["bins"], e["bins"])
+        else:
+            c.num(f"{label}.bins", o["bins"], e["bins"], rtol=1e-15, atol=1e-300)
+
+
+CHECKS = {name: globals()[f"check_{name}"] for name in ALGORITHMS}
+
+
+# --------------------------------------------------------------------------- the tests
+
+
+def _run(validation_nodes, name: str, doc: dict) -> dict:
+    request = AnalysisRequest.from_dict(doc)
+    model, nodes = validation_nodes.get(request.data_model)
+    frames = [
+        apply_filters(node[node["dataset"].isin(request.datasets)], request.filters, model)
+        for node in nodes
+    ]
+    return run_in_process(get_algorithm(name), frames, request, model)
+
+
+def _expects_error(output: Any) -> bool:
+    return isinstance(output, str) or (isinstance(output, dict) and "error" in output)
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_expected_files_hold_cases(shared_dir: Path, name: str) -> None:
+    cases = json.loads((shared_dir / "exareme2" / "expected" / f"{name}_expected.json").read_text())
+    assert cases["test_cases"], name
+    for tc in cases["test_cases"]:
+        # no case uses the *_test datasets, so the -test.csv files are not loaded
+        assert not any(d.endswith("_test") for d in tc["input"]["inputdata"]["datasets"])
+
+
+def _make_test(name: str):
+    @pytest.mark.parametrize("doc, expected", _cases(name))
+    def test(validation_nodes, doc, expected, request) -> None:
+        if _expects_error(expected):
+            with pytest.raises(RequestError):
+                _run(validation_nodes, name, doc)
+            return
+        ours = _run(validation_nodes, name, doc)
+        checker = Checker(name, request.node.callspec.id)
+
+        def rerun(parameters: dict) -> dict:
+            changed = dict(doc, parameters={**doc.get("parameters", {}), **parameters})
+            return _run(validation_nodes, name, changed)
+
+        CHECKS[name](checker, ours, expected, rerun)
+        checker.finish()
+
+    test.__name__ = f"test_{name}"
+    return test
+
+
+for _name in ALGORITHMS:
+    globals()[f"test_{_name}"] = _make_test(_name)
+del _name
+
+
+def test_anova_oneway_with_one_level_is_a_request_error(validation_nodes) -> None:
+    """Exareme2's own error case (``test_anova_algorithm_not_enough_categories``)."""
+    doc = {
+        "inputdata": {"x": ["ppmicategory"], "y": ["lefthippocampus"], "data_model": "dementia:0.1",
+                      "datasets": ["ppmi0"], "filters": None},
+        "parameters": {},
+    }
+    with pytest.raises(RequestError, match="Covariable has only one level"):
+        _run(validation_nodes, "anova_oneway", doc)
+
+
+def test_print_validation_summary(capsys) -> None:
+    """Prints the worst relative errors so far (complete when run last, as in -p no:randomly)."""
+    with capsys.disabled():
+        print("\n" + "\n".join(VALIDATION_SUMMARY.lines()))
+
+
+#: Where mipflow's specification knowingly differs from Exareme2's.
+SPEC_DEVIATIONS = {
+    ("linear_regression", "y", "types"): ["real", "int"],  # Exareme2's suite regresses int variables
+}
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_specs_follow_exareme2(shared_dir: Path, name: str) -> None:
+    theirs = json.loads((shared_dir / "exareme2" / "algorithms" / f"{name}.json").read_text())
+    ours = get_algorithm(name).spec()
+    assert set(ours["inputdata"]) == set(theirs["inputdata"])
+    for which, spec in theirs["inputdata"].items():
+        for key in ("types", "stattypes"):
+            expected = SPEC_DEVIATIONS.get((name, which, key), spec[key])
+            assert sorted(ours["inputdata"][which][key]) == sorted(expected), (which, key)
+        for key in ("notblank", "multiple"):
+            assert ours["inputdata"][which][key] == spec[key], (which, key)
+    for pname, pspec in (theirs.get("parameters") or {}).items():
+        mine = ours["parameters"][pname]
+        assert sorted(mine["types"]) == sorted(pspec["types"]), pname
+        for key in ("default", "min", "max"):
+            assert mine.get(key) == pspec.get(key), (pname, key)
+        if "enums" in pspec:
+            assert mine["enums"] == pspec["enums"], pname
