@@ -131,13 +131,30 @@ def _suppress_cells(doc: Any, tab: int) -> Any:
         out = {}
         for key, value in doc.items():
             if key == "counts" and isinstance(value, list):
-                out[key] = [_cell(v, tab) for v in value]
+                out[key] = _suppress_vector(value, tab)
             else:
                 out[key] = _suppress_cells(value, tab)
         return out
     if isinstance(doc, list):
         return [_suppress_cells(v, tab) for v in doc]
     return doc
+
+
+def _suppress_vector(values: list, tab: int) -> list:
+    """Suppress small cells of one count vector, with complementary suppression.
+
+    When exactly one cell is small, the next smallest positive cell is suppressed too, so the
+    small cell cannot be recovered by subtracting the others from a released total.
+    """
+    if values and all(isinstance(v, list) for v in values):
+        return [_suppress_vector(v, tab) for v in values]
+    out = [_cell(v, tab) for v in values]
+    suppressed = [i for i, (a, b) in enumerate(zip(values, out)) if a is not None and b is None]
+    if len(suppressed) == 1:
+        others = [(v, i) for i, v in enumerate(out) if isinstance(v, (int, float)) and v > 0]
+        if others:
+            out[min(others)[1]] = None
+    return out
 
 
 def _cell(value: Any, tab: int) -> Any:

@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import pytest
+
+from mipflow.config import NodeSettings
+from mipflow.disclosure import DisclosureControls
+from mipflow.exceptions import DisclosureError
+
+
+class Algo:
+    name = "multiple_histograms"
+
+
+@pytest.mark.parametrize("counts, expected", [
+    pytest.param([0, 5, 7, 9], [0, 5, 7, 9], id="nothing-small"),
+    pytest.param([0, 1, 7, 9], [0, None, None, 9], id="one-small-plus-complement"),
+    pytest.param([2, 1, 7, 9], [None, None, 7, 9], id="two-small"),
+    pytest.param([[1, 5, 8], [4, 4, 4]], [[None, None, 8], [4, 4, 4]], id="nested"),
+])
+def test_small_cells_suppressed(counts, expected):
+    controls = DisclosureControls(NodeSettings(nfilter_tab=3))
+    out = controls.release(Algo(), None, None, 1, {"histogram": [{"counts": counts}]})
+    assert out["histogram"][0]["counts"] == expected
+
+
+@pytest.mark.parametrize("aggregates, control", [
+    pytest.param({"min": 1.0, "max": 3.0}, "raw_extremes", id="raw-extremes"),
+    pytest.param({"stats": [{"q1": 2.0}]}, "raw_extremes", id="quartile"),
+    pytest.param({"group_n": [40, 2]}, "nfilter_tab", id="small-group"),
+])
+def test_refused_aggregates(aggregates, control):
+    with pytest.raises(DisclosureError) as info:
+        DisclosureControls(NodeSettings()).release(Algo(), None, None, 0, aggregates)
+    assert info.value.control == control
+
+
+def test_extremes_only_with_explicit_setting():
+    out = DisclosureControls(NodeSettings(release_extremes=1)).release(Algo(), None, None, 0, {"min": 1.0})
+    assert out == {"min": 1.0}
+
+
+def test_released_count_threshold():
+    controls = DisclosureControls(NodeSettings(min_row_count=10))
+    assert controls.released_count(9) is None and controls.released_count(10) == 10
