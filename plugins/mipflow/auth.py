@@ -63,6 +63,10 @@ class Verifier:
         self._nonces: OrderedDict[str, float] = OrderedDict()
         self._lock = threading.Lock()
 
+    def update_clients(self, clients: Mapping[str, bytes]) -> None:
+        """Replace the known clients (a credential issued or revoked while serving)."""
+        self._clients = dict(clients)
+
     def verify(self, headers: Mapping[str, str], method: str, path: str, body: bytes,
                *, now: float | None = None) -> str:
         """Return the client id, or raise :class:`AuthError` with the reason."""

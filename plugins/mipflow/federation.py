@@ -214,7 +214,8 @@ def _model_from_nodes(nodes: Sequence[NodeClient], key: str, excluded: dict[str,
                 code, version = key.split(":", 1)
                 return DataModel.from_dict({"code": code, "version": version, "label": item["label"],
                                             "variables": item["variables"]})
-    raise RequestError(f"no node holds data model {key}")
+    reasons = "; ".join(f"{k}: {v}" for k, v in excluded.items())
+    raise RequestError(f"no reachable node holds data model {key}" + (f" ({reasons})" if reasons else ""))
 
 
 def _call_all(algorithm: str, request: dict[str, Any], nodes: Sequence[NodeClient], round_no: int,

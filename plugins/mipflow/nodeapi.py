@@ -80,7 +80,24 @@ def create_app(home: NodeHome) -> FastAPI:
             raise RequestError(f"data model {key} is not held at node {home.name}")
         return models[key]
 
+    config_file = home.root / "node.json"
+    config_seen = [config_file.stat().st_mtime_ns, home.settings]
+
+    def settings():
+        """The node's settings, re-read when the admin changed node.json (no restart needed)."""
+        mtime = config_file.stat().st_mtime_ns
+        if mtime != config_seen[0]:
+            config_seen[:] = [mtime, NodeHome(home.root).settings]
+        return config_seen[1]
+
+    clients_file = home.root / "clients.json"
+    clients_seen = [clients_file.stat().st_mtime_ns if clients_file.exists() else 0]
+
     async def authenticate(request: Request, body: bytes, what: str) -> str:
+        mtime = clients_file.stat().st_mtime_ns if clients_file.exists() else 0
+        if mtime != clients_seen[0]:  # credentials issued or revoked since start
+            verifier.update_clients(load_clients(home.root))
+            clients_seen[0] = mtime
         try:
             return verifier.verify(request.headers, request.method, request.url.path, body)
         except AuthError as exc:
@@ -95,7 +112,7 @@ def create_app(home: NodeHome) -> FastAPI:
     @app.get("/v1/metadata")
     async def metadata(request: Request) -> dict[str, Any]:
         client = await authenticate(request, b"", "metadata")
-        controls = DisclosureControls(home.settings)
+        controls = DisclosureControls(settings())
         out = {"node": home.name, "data_models": []}
         for model in store.data_models():
             datasets = [{"dataset": d["dataset"], "row_count": controls.released_count(d["row_count"])}
@@ -125,7 +142,7 @@ def create_app(home: NodeHome) -> FastAPI:
                 body = StepBody.model_validate(json.loads(raw or b"{}"))
             except (ValueError, TypeError) as exc:
                 raise RequestError(f"body is not a valid step call: {type(exc).__name__}") from None
-            controls = DisclosureControls(home.settings)
+            controls = DisclosureControls(settings())
             controls.check_strings(body.request)
             analysis = AnalysisRequest.from_dict(body.request)
             record.update(round=body.round, data_model=analysis.data_model, datasets=list(analysis.datasets),
