@@ -75,8 +75,7 @@ def load_frame(home, model, frame, pid_column: str = "subjectcode") -> int:
             columns[var.code] = pd.to_numeric(col, errors="coerce") if var.sql_type in ("int", "real") else col
     df = pd.DataFrame(columns)
     with store.begin() as conn:
-        store.stage_rows(conn, model, df, batch_id="test", sha256="0" * 64)
-        store.merge_staged(conn, model)
+        store.upsert_rows(conn, model, df, batch_id="test", sha256="0" * 64)
         store.refresh_datasets(conn, model)
     store.dispose()
     return len(df)

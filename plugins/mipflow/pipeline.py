@@ -34,6 +34,10 @@ ROW_COLUMN = "_row"
 KEYS = ("_pid", "dataset", "_visit")
 
 
+class MalformedCSV(InputFileError):
+    """A line has the wrong number of fields: read again with the tolerant parser."""
+
+
 @dataclass
 class BatchCounts:
     """Where the rows of one batch went. ``rows_in`` must equal the sum of the rest."""
@@ -82,7 +86,8 @@ class ChunkProcessor:
     """The per-chunk stage functions for one batch (one file, one profile, one data model)."""
 
     def __init__(self, model: DataModel, profile: SourceProfile, pseudonymiser: Pseudonymiser,
-                 consent: ConsentRegistry | None, settings: NodeSettings) -> None:
+                 consent: ConsentRegistry | None, settings: NodeSettings, *, tolerant: bool = False) -> None:
+        self.tolerant = tolerant
         self.model = model
         self.profile = profile
         self.pseudonymiser = pseudonymiser
@@ -118,10 +123,10 @@ class ChunkProcessor:
 
         row = 0
         try:
-            if _well_formed(path, self.profile, n_fields):
-                reader = pd.read_csv(path, **options)
-            else:
+            if self.tolerant:  # slower parser that can set malformed lines aside
                 reader = pd.read_csv(path, engine="python", on_bad_lines=on_bad, **options)
+            else:
+                reader = pd.read_csv(path, **options)
             for chunk in reader:
                 chunk.insert(0, ROW_COLUMN, range(row + 1, row + 1 + len(chunk)))
                 row += len(chunk)
@@ -131,6 +136,8 @@ class ChunkProcessor:
             raise InputFileError(f"{path.name}: not valid {self.profile.encoding} text past the first block; "
                                  "re-export it or set 'encoding' in the source profile") from None
         except pd.errors.ParserError as exc:
+            if not self.tolerant:
+                raise MalformedCSV(path.name) from None
             raise InputFileError(f"{path.name}: malformed CSV ({str(exc).splitlines()[0][:120]})") from None
         counts.rows_in += len(bad_lines)
 
@@ -259,22 +266,6 @@ def _raw_header(path: Path, profile: SourceProfile) -> list[str]:
         return next(csv.reader(handle, delimiter=profile.delimiter), [])
 
 
-def _well_formed(path: Path, profile: SourceProfile, n_fields: int) -> bool:
-    """Quick check with the csv module that every record has the header's field count."""
-    import csv
-
-    try:
-        with open(path, newline="", encoding=profile.encoding, errors="strict") as handle:
-            reader = csv.reader(handle, delimiter=profile.delimiter)
-            next(reader, None)
-            for record in reader:
-                if len(record) != n_fields and record:
-                    return False
-    except (UnicodeDecodeError, csv.Error):
-        return False
-    return True
-
-
 def _record(row: "pd.Series", drop: tuple[str, ...]) -> dict[str, Any]:
     out = {}
     for key, value in row.items():
@@ -317,50 +308,78 @@ def ingest_file(path: str | Path, *, store: "FeatureStore", model: DataModel, pr
                              message="empty file: nothing to ingest", counts=counts)
         _record_outcome(store, result, path)
         return result
-    processor = ChunkProcessor(model, profile, Pseudonymiser(key), consent, settings)
-    bad_lines: list[tuple[int, str]] = []
-    summaries: list[dict] = []
-    try:
-        with store.begin() as conn:
-            _clear_batch(store, conn, batch_id, path, sha, data_model)
-            for chunk in processor.read_chunks(path, counts, bad_lines):
-                kept, no_consent = processor.capture(chunk)
-                counts.no_consent += no_consent
-                good, deid_entries = processor.depersonalise(kept)
-                ready, val_entries, duplicates, summary = processor.validate(good)
-                summaries.append(summary)
-                counts.duplicates += duplicates
-                counts.quarantined += store.quarantine(conn, batch_id, "depersonalise", deid_entries)
-                counts.quarantined += store.quarantine(conn, batch_id, "validate", val_entries)
-                store.stage_rows(conn, model, ready.drop(columns=[ROW_COLUMN]), batch_id=batch_id, sha256=sha)
-                counts.loaded += len(ready)
-            counts.quarantined += store.quarantine(conn, batch_id, "capture",
-                                                   [(n, r, None) for n, r in bad_lines])
-            status, message = _decide(counts, settings)
-            if status == "held":
-                store.discard_staged(conn, model)
-                held = counts.loaded
-                counts.quarantined += held
-                counts.loaded = 0
-                store.quarantine(conn, batch_id, "validate", [(0, f"batch held: {message}; {held} valid rows "
-                                                                  "not loaded", None)])
-            else:
-                store.merge_staged(conn, model)
-                store.refresh_datasets(conn, model)
-            result = BatchResult(source=source, sha256=sha, status=status, batch_id=batch_id,
-                                 data_model=data_model, message=message, counts=counts,
-                                 validation=merge_summaries(summaries))
-            store.update_batch(conn, batch_id, stage="load", status=status, message=message,
-                               validation=result.validation, finished_at=_now(), **asdict(counts))
-    except InputFileError as exc:
-        counts = BatchCounts()
-        result = BatchResult(source=source, sha256=sha, status="failed", batch_id=batch_id,
-                             data_model=data_model, message=str(exc), counts=counts)
-        _record_outcome(store, result, path)
-        return result
+    pseudonymiser = Pseudonymiser(key)
+    tolerant, load = False, True
+    while True:
+        processor = ChunkProcessor(model, profile, pseudonymiser, consent, settings, tolerant=tolerant)
+        try:
+            result = _ingest_pass(processor, path, store, model, batch_id, sha, load=load)
+        except MalformedCSV:
+            tolerant = True  # rolled back: read again, setting malformed lines aside
+            continue
+        except _Held:
+            load = False  # rolled back: record the held batch without loading its rows
+            continue
+        except InputFileError as exc:
+            result = BatchResult(source=source, sha256=sha, status="failed", batch_id=batch_id,
+                                 data_model=data_model, message=str(exc), counts=BatchCounts())
+            _record_outcome(store, result, path)
+            return result
+        break
+    counts, status = result.counts, result.status
     if not counts.conserved:  # a bug, never bad input: refuse to pretend
         raise MipflowError(f"row conservation violated for {source}: {counts.equation()}")
     log.info("batch %s (%s): %s; %s", batch_id, source, status, counts.equation())
+    return result
+
+
+class _Held(Exception):
+    """Internal: the batch must be held back; the load transaction is rolled back."""
+
+
+def _ingest_pass(processor: ChunkProcessor, path: Path, store: "FeatureStore", model: DataModel,
+                 batch_id: str, sha: str, *, load: bool) -> BatchResult:
+    """One pass over the file in one transaction.
+
+    With ``load`` the valid rows are upserted as they come (no second copy);
+    if the batch then turns out to exceed ``max_failure_rate``, :class:`_Held`
+    rolls everything back and the caller runs a second pass with ``load=False``
+    that records the quarantine and the held batch only.
+    """
+    counts = BatchCounts()
+    bad_lines: list[tuple[int, str]] = []
+    summaries: list[dict] = []
+    ready_rows = 0
+    with store.begin() as conn:
+        _clear_batch(store, conn, batch_id, path, sha, model.key)
+        for chunk in processor.read_chunks(path, counts, bad_lines):
+            kept, no_consent = processor.capture(chunk)
+            counts.no_consent += no_consent
+            good, deid_entries = processor.depersonalise(kept)
+            ready, val_entries, duplicates, summary = processor.validate(good)
+            summaries.append(summary)
+            counts.duplicates += duplicates
+            counts.quarantined += store.quarantine(conn, batch_id, "depersonalise", deid_entries)
+            counts.quarantined += store.quarantine(conn, batch_id, "validate", val_entries)
+            if load:
+                store.upsert_rows(conn, model, ready.drop(columns=[ROW_COLUMN]), batch_id=batch_id, sha256=sha)
+            ready_rows += len(ready)
+        counts.quarantined += store.quarantine(conn, batch_id, "capture", [(n, r, None) for n, r in bad_lines])
+        counts.loaded = ready_rows
+        status, message = _decide(counts, processor.settings)
+        if status == "held":
+            if load:
+                raise _Held()
+            counts.quarantined += ready_rows
+            counts.loaded = 0
+            store.quarantine(conn, batch_id, "validate",
+                             [(0, f"batch held: {message}; {ready_rows} valid rows not loaded", None)])
+        else:
+            store.refresh_datasets(conn, model)
+        result = BatchResult(source=path.name, sha256=sha, status=status, batch_id=batch_id, data_model=model.key,
+                             message=message, counts=counts, validation=merge_summaries(summaries))
+        store.update_batch(conn, batch_id, stage="load", status=status, message=message,
+                           validation=result.validation, finished_at=_now(), **asdict(counts))
     return result
 
 

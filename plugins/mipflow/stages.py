@@ -25,8 +25,8 @@ import sqlalchemy as sa
 from mipflow.config import NodeHome
 from mipflow.exceptions import InputFileError, MipflowError
 from mipflow.node import landing_sources, open_store, resolve_consent, resolve_model, resolve_profile
-from mipflow.pipeline import (ROW_COLUMN, BatchCounts, ChunkProcessor, _decide, apply_withdrawals,
-                              batch_id_for, merge_summaries)
+from mipflow.pipeline import (ROW_COLUMN, BatchCounts, ChunkProcessor, MalformedCSV, _decide,
+                              apply_withdrawals, batch_id_for, merge_summaries)
 from mipflow.deid import Pseudonymiser
 from mipflow.store import FeatureStore, batches_table, quarantine_table, utcnow
 
@@ -123,6 +123,15 @@ def depersonalise(home: NodeHome, batch_id: str) -> dict[str, Any]:
         return _fail(store, batch_id, "landing file changed or vanished since capture; "
                                       "a new version is captured as a new batch")
     processor = _processor(home, store, batch)
+    try:
+        return _depersonalise_pass(home, store, processor, path, batch_id)
+    except MalformedCSV:
+        processor.tolerant = True  # rolled back: read again, setting malformed lines aside
+        return _depersonalise_pass(home, store, processor, path, batch_id)
+
+
+def _depersonalise_pass(home: NodeHome, store: FeatureStore, processor: ChunkProcessor, path: Path,
+                        batch_id: str) -> dict[str, Any]:
     counts = BatchCounts()
     bad_lines: list[tuple[int, str]] = []
     out = _staging(home, batch_id) / "depersonalised.csv"
@@ -141,6 +150,8 @@ def depersonalise(home: NodeHome, batch_id: str) -> dict[str, Any]:
                 out.write_text("")
             counts.quarantined += store.quarantine(conn, batch_id, "capture", [(n, r, None) for n, r in bad_lines])
             store.update_batch(conn, batch_id, stage="depersonalise", **asdict(counts))
+    except MalformedCSV:
+        raise
     except InputFileError as exc:
         return _fail(store, batch_id, str(exc))
     return {"batch_id": batch_id, "status": "running", **asdict(counts)}
@@ -222,9 +233,8 @@ def load(home: NodeHome, batch_id: str) -> dict[str, Any]:
                     chunk[var.code] = pd.to_numeric(chunk[var.code]).astype("Int64")
                 elif var.code in chunk.columns and var.sql_type == "real":
                     chunk[var.code] = pd.to_numeric(chunk[var.code]).astype("float64")
-            loaded += store.stage_rows(conn, model, chunk.drop(columns=[ROW_COLUMN]), batch_id=batch_id,
-                                       sha256=batch["sha256"])
-        store.merge_staged(conn, model)
+            loaded += store.upsert_rows(conn, model, chunk.drop(columns=[ROW_COLUMN]), batch_id=batch_id,
+                                        sha256=batch["sha256"])
         store.refresh_datasets(conn, model)
         counts.loaded = loaded
         if not counts.conserved:

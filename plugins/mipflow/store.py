@@ -202,18 +202,20 @@ class FeatureStore:
                          "add it with: mipflow data-model add HOME PATH/CDEsMetadata.json")
 
     # -- loading ------------------------------------------------------------
-    def _staging_name(self, model: DataModel) -> str:
-        return "mipflow_stage_" + self.model_table(model).name
-
-    def stage_rows(self, conn: Connection, model: DataModel, frame: Any, *, batch_id: str,
-                   sha256: str) -> int:
-        """Add rows to this transaction's staging table (merged by :meth:`merge_staged`).
+    def upsert_rows(self, conn: Connection, model: DataModel, frame: Any, *, batch_id: str,
+                    sha256: str) -> int:
+        """Insert or update rows keyed on ``(_pid, dataset, _visit)`` inside ``conn``'s transaction.
 
         Parameters
         ----------
         frame : pandas.DataFrame
-            Columns ``_pid``, ``dataset``, ``_visit`` and any data-model variables,
-            without duplicate keys.
+            Columns ``_pid``, ``dataset``, ``_visit`` and any data-model variables, without
+            repeated keys (the pipeline removes them).
+
+        Returns
+        -------
+        int
+            Rows written.
         """
         if len(frame) == 0:
             return 0
@@ -224,61 +226,35 @@ class FeatureStore:
                 raise StoreError(f"rows to load lack the key column {key!r}")
         columns = value_columns + list(LINEAGE_COLUMNS)
         records = _records(frame[value_columns], (batch_id, sha256, utcnow()))
-        staging = _quote(self._staging_name(model))
         quoted = ", ".join(_quote(c) for c in columns)
-        raw = conn.connection.dbapi_connection
-        cursor = raw.cursor()
+        conflict = ", ".join(_quote(c) for c in KEY_COLUMNS)
+        updates = ", ".join(f"{_quote(c)} = excluded.{_quote(c)}" for c in columns if c not in KEY_COLUMNS)
+        target = _quote(table.name)
+        cursor = conn.connection.dbapi_connection.cursor()
         try:
             if self.dialect == "postgresql":
+                # COPY into a temporary table, then one set-based upsert
+                staging = _quote("mipflow_stage_" + table.name)
                 cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {staging} "
-                               f"(LIKE {_quote(table.name)} INCLUDING DEFAULTS) ON COMMIT DROP")
+                               f"(LIKE {target} INCLUDING DEFAULTS) ON COMMIT DROP")
+                cursor.execute(f"TRUNCATE {staging}")
                 buffer = io.StringIO()
                 writer = csv.writer(buffer, lineterminator="\n")
                 writer.writerows(["\\N" if v is None else v for v in rec] for rec in records)
                 buffer.seek(0)
-                cursor.copy_expert(f"COPY {staging} ({quoted}) FROM STDIN WITH (FORMAT csv, NULL '\\N')",
-                                   buffer)
+                cursor.copy_expert(f"COPY {staging} ({quoted}) FROM STDIN WITH (FORMAT csv, NULL '\\N')", buffer)
+                cursor.execute(f"INSERT INTO {target} ({quoted}) SELECT {quoted} FROM {staging} "
+                               f"ON CONFLICT ({conflict}) DO UPDATE SET {updates}")
             elif self.dialect == "sqlite":
-                cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {staging} AS "
-                               f"SELECT * FROM {_quote(table.name)} WHERE 0")
                 marks = ", ".join("?" for _ in columns)
-                cursor.executemany(f"INSERT INTO {staging} ({quoted}) VALUES ({marks})", records)
+                cursor.executemany(f"INSERT INTO {target} ({quoted}) VALUES ({marks}) "
+                                   f"ON CONFLICT ({conflict}) DO UPDATE SET {updates}", records)
             else:
                 raise StoreError(f"feature store dialect {self.dialect!r} is not supported "
                                  "(use SQLite or PostgreSQL)")
         finally:
             cursor.close()
-        return len(frame)
-
-    def merge_staged(self, conn: Connection, model: DataModel) -> int:
-        """Upsert the staged rows into the data model's table; returns rows merged."""
-        table = self.model_table(model)
-        staging = _quote(self._staging_name(model))
-        columns = [c.name for c in table.columns]
-        quoted = ", ".join(_quote(c) for c in columns)
-        conflict = ", ".join(_quote(c) for c in KEY_COLUMNS)
-        updates = ", ".join(f"{_quote(c)} = excluded.{_quote(c)}" for c in columns if c not in KEY_COLUMNS)
-        if not self._staging_exists(conn, model):
-            return 0
-        count = conn.exec_driver_sql(f"SELECT count(*) FROM {staging}").scalar_one()
-        conn.exec_driver_sql(
-            f"INSERT INTO {_quote(table.name)} ({quoted}) SELECT {quoted} FROM {staging} WHERE true "
-            f"ON CONFLICT ({conflict}) DO UPDATE SET {updates}")
-        conn.exec_driver_sql(f"DROP TABLE {staging}")
-        return int(count)
-
-    def discard_staged(self, conn: Connection, model: DataModel) -> None:
-        """Drop the staged rows without loading them (a held batch)."""
-        if self._staging_exists(conn, model):
-            conn.exec_driver_sql(f"DROP TABLE {_quote(self._staging_name(model))}")
-
-    def _staging_exists(self, conn: Connection, model: DataModel) -> bool:
-        name = self._staging_name(model)
-        if self.dialect == "sqlite":
-            query = "SELECT count(*) FROM sqlite_temp_master WHERE type = 'table' AND name = ?"
-        else:
-            query = "SELECT count(*) FROM pg_tables WHERE schemaname LIKE 'pg_temp%%' AND tablename = %s"
-        return bool(conn.exec_driver_sql(query, (name,)).scalar_one())
+        return len(records)
 
     def refresh_datasets(self, conn: Connection, model: DataModel) -> None:
         """Recompute the datasets registry of ``model`` from its table."""

@@ -403,8 +403,7 @@ def store(db_url):
     store = FeatureStore(db_url)
     store.add_data_model(MODEL)
     with store.begin() as conn:
-        store.stage_rows(conn, MODEL, ROWS, batch_id="b", sha256="0" * 64)
-        store.merge_staged(conn, MODEL)
+        store.upsert_rows(conn, MODEL, ROWS, batch_id="b", sha256="0" * 64)
     yield store
     store.dispose()
 

@@ -27,8 +27,7 @@ def frame(rows):
 
 def load(store, df, batch="b1"):
     with store.begin() as conn:
-        store.stage_rows(conn, MODEL, df, batch_id=batch, sha256="0" * 64)
-        merged = store.merge_staged(conn, MODEL)
+        merged = store.upsert_rows(conn, MODEL, df, batch_id=batch, sha256="0" * 64)
         store.refresh_datasets(conn, MODEL)
     return merged
 
@@ -66,19 +65,8 @@ def test_failed_transaction_leaves_nothing(db_url):
     df = frame([("p1", "a", "", 61.5, 3, "x")])
     with pytest.raises(RuntimeError):
         with store.begin() as conn:
-            store.stage_rows(conn, MODEL, df, batch_id="b1", sha256="0" * 64)
-            store.merge_staged(conn, MODEL)
+            store.upsert_rows(conn, MODEL, df, batch_id="b1", sha256="0" * 64)
             raise RuntimeError("crash mid-load")
-    assert store.count_rows(MODEL) == 0
-
-
-def test_discard_staged_loads_nothing(db_url):
-    store = FeatureStore(db_url)
-    store.add_data_model(MODEL)
-    with store.begin() as conn:
-        store.stage_rows(conn, MODEL, frame([("p1", "a", "", 1.0, 1, "x")]), batch_id="b", sha256="0" * 64)
-        store.discard_staged(conn, MODEL)
-        assert store.merge_staged(conn, MODEL) == 0
     assert store.count_rows(MODEL) == 0
 
 

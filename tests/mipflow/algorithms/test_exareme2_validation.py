@@ -11,6 +11,10 @@ for the t-tests and 1e-7 / 1e-10 for Pearson and Tukey, looser (1e-5 /
 1e-5) for logistic-regression standard errors and what derives from them.
 Deliberate differences are listed in ``NOTES`` and printed with the summary
 (``pytest -rA`` or the terminal summary section).
+
+The per-case comparison is reusable: :func:`load_cases` reads a file's cases
+and :func:`check_case` compares one result with its expected output
+(``tests/test_federation.py`` runs the same cases over real HTTP nodes).
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ from mipflow.algorithms import AnalysisRequest, get_algorithm, run_in_process
 from mipflow.algorithms.filters_pandas import apply_filters
 from mipflow.exceptions import RequestError
 from tests.conftest import SHARED_DIR
-from tests.mipflow.algorithms.helpers import VALIDATION_SUMMARY, as_float, rel_error
+from tests.mipflow.algorithms.helpers import VALIDATION_SUMMARY, ErrorSummary, as_float, rel_error
 
 ALGORITHMS = (
     "descriptive_stats", "pearson_correlation", "linear_regression", "logistic_regression",
@@ -56,20 +60,30 @@ NOTES = {
 P_TUKEY_RTOL = 0.06
 
 
+def expected_path(name: str) -> Path:
+    return SHARED_DIR / "exareme2" / "expected" / f"{name}_expected.json"
+
+
+def load_cases(name: str) -> list[tuple[str, dict, Any]]:
+    """``(case_id, input, expected output)`` of every case of an algorithm's expected file."""
+    cases = json.loads(expected_path(name).read_text())["test_cases"]
+    return [(f"{name}-{i}", tc["input"], tc["output"]) for i, tc in enumerate(cases)]
+
+
 def _cases(name: str) -> list[Any]:
-    path = SHARED_DIR / "exareme2" / "expected" / f"{name}_expected.json"
+    path = expected_path(name)
     if not path.exists():
         return [pytest.param(None, None, marks=pytest.mark.skip(reason=f"{path} is absent"),
                              id=f"{name}-absent")]
-    cases = json.loads(path.read_text())["test_cases"]
-    return [pytest.param(tc["input"], tc["output"], id=f"{name}-{i}") for i, tc in enumerate(cases)]
+    return [pytest.param(doc, expected, id=case_id) for case_id, doc, expected in load_cases(name)]
 
 
 class Checker:
-    """Collects mismatches of one case and the worst relative error."""
+    """Collects mismatches of one case and the worst relative error (recorded in ``summary``)."""
 
-    def __init__(self, algorithm: str, case_id: str) -> None:
+    def __init__(self, algorithm: str, case_id: str, summary: ErrorSummary = VALIDATION_SUMMARY) -> None:
         self.algorithm, self.case_id = algorithm, case_id
+        self.summary = summary
         self.failures: list[str] = []
         self.worst = (0.0, "")
 
@@ -95,11 +109,12 @@ class Checker:
             self.failures.append(f"{what}: {ours!r} != expected {expected!r}")
 
     def finish(self) -> None:
-        VALIDATION_SUMMARY.record(self.algorithm, *self.worst)
-        VALIDATION_SUMMARY.cases[self.algorithm] += 1
+        """Record the worst error in the summary; fail with the case's mismatches."""
+        self.summary.record(self.algorithm, *self.worst)
+        self.summary.cases[self.algorithm] += 1
         if self.algorithm in NOTES:
-            VALIDATION_SUMMARY.notes[self.algorithm].add(NOTES[self.algorithm])
-        assert not self.failures, "\n".join(self.failures[:20])
+            self.summary.notes[self.algorithm].add(NOTES[self.algorithm])
+        assert not self.failures, f"{self.case_id}:\n" + "\n".join(self.failures[:20])
 
 
 # --------------------------------------------------------------------------- per-algorithm checks
@@ -187,7 +202,7 @@ def check_anova_oneway(c: Checker, ours: dict, exp: dict, rerun: Callable) -> No
         # [0.001, 0.9]) of the studentized range; ours are scipy's exact ones.
         if 0.001 < e["p_tuckey"] < 0.9:
             err = rel_error(o["p_tuckey"], e["p_tuckey"], floor=1e-12)
-            VALIDATION_SUMMARY.record("anova_oneway p_tuckey exact-vs-psturng", err, f"{c.case_id} {label}")
+            c.summary.record("anova_oneway p_tuckey exact-vs-psturng", err, f"{c.case_id} {label}")
             if err > P_TUKEY_RTOL:
                 c.failures.append(f"{label}.p_tuckey {o['p_tuckey']} vs psturng {e['p_tuckey']}")
         elif e["p_tuckey"] == 0.9 and o["p_tuckey"] < 0.9 * (1 - P_TUKEY_RTOL):
@@ -239,6 +254,25 @@ def check_multiple_histograms(c: Checker, ours: dict, exp: dict, rerun: Callable
 CHECKS = {name: globals()[f"check_{name}"] for name in ALGORITHMS}
 
 
+def check_case(algorithm: str, case_id: str, expected: Any, result: dict,
+               rerun: Callable[[dict], dict], *, summary: ErrorSummary = VALIDATION_SUMMARY) -> Checker:
+    """Compare one case's ``result`` with Exareme2's ``expected`` output.
+
+    ``rerun(parameters)`` runs the same case again with some parameters
+    changed and returns its result (the t-tests' CIs are compared at
+    alpha=0.05).  Call :meth:`Checker.finish` on the returned checker to record
+    its worst relative error in ``summary`` and fail on any mismatch.
+    """
+    checker = Checker(algorithm, case_id, summary)
+    CHECKS[algorithm](checker, result, expected, rerun)
+    return checker
+
+
+def expects_error(output: Any) -> bool:
+    """Whether an expected output is an error (the case must be refused)."""
+    return isinstance(output, str) or (isinstance(output, dict) and "error" in output)
+
+
 # --------------------------------------------------------------------------- the tests
 
 
@@ -250,10 +284,6 @@ def _run(validation_nodes, name: str, doc: dict) -> dict:
         for node in nodes
     ]
     return run_in_process(get_algorithm(name), frames, request, model)
-
-
-def _expects_error(output: Any) -> bool:
-    return isinstance(output, str) or (isinstance(output, dict) and "error" in output)
 
 
 @pytest.mark.parametrize("name", ALGORITHMS)
@@ -268,19 +298,17 @@ def test_expected_files_hold_cases(shared_dir: Path, name: str) -> None:
 def _make_test(name: str):
     @pytest.mark.parametrize("doc, expected", _cases(name))
     def test(validation_nodes, doc, expected, request) -> None:
-        if _expects_error(expected):
+        if expects_error(expected):
             with pytest.raises(RequestError):
                 _run(validation_nodes, name, doc)
             return
         ours = _run(validation_nodes, name, doc)
-        checker = Checker(name, request.node.callspec.id)
 
         def rerun(parameters: dict) -> dict:
             changed = dict(doc, parameters={**doc.get("parameters", {}), **parameters})
             return _run(validation_nodes, name, changed)
 
-        CHECKS[name](checker, ours, expected, rerun)
-        checker.finish()
+        check_case(name, request.node.callspec.id, expected, ours, rerun).finish()
 
     test.__name__ = f"test_{name}"
     return test
