@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import OrderedDict
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
@@ -32,6 +33,8 @@ from mipflow.exceptions import DisclosureError, MipflowError, RequestError, Stor
 
 log = logging.getLogger(__name__)
 AUDIT_FILE = "audit.log"
+#: Data selections kept in node memory between rounds (see ``local_data``).
+FRAME_CACHE_SIZE = 4
 
 
 class StepBody(BaseModel):
@@ -56,13 +59,18 @@ class Refusal(BaseModel):
     control: str
 
 
+class DataModelNotHeld(MipflowError):
+    """The node holds no data of the request's data model: it is left out of the
+    analysis (HTTP 404, control ``data_model``), the request itself is not invalid."""
+
+
 def create_app(home: NodeHome) -> FastAPI:
     """Build the node's FastAPI application."""
     from mipflow.algorithms import ALGORITHMS, get_algorithm
     from mipflow.algorithms.base import AnalysisRequest, prepare_local_data
     from mipflow.disclosure import DisclosureControls
     from mipflow.store import FeatureStore
-    from mipflow.query import count_rows, select_frame
+    from mipflow.query import select_frame
 
     store = FeatureStore(home.db_url)
     verifier = Verifier(load_clients(home.root))
@@ -77,7 +85,7 @@ def create_app(home: NodeHome) -> FastAPI:
             models.clear()
             models.update({m.key: m for m in store.data_models()})
         if key not in models:
-            raise RequestError(f"data model {key} is not held at node {home.name}")
+            raise DataModelNotHeld(f"data model {key} is not held at node {home.name}")
         return models[key]
 
     config_file = home.root / "node.json"
@@ -89,6 +97,32 @@ def create_app(home: NodeHome) -> FastAPI:
         if mtime != config_seen[0]:
             config_seen[:] = [mtime, NodeHome(home.root).settings]
         return config_seen[1]
+
+    frames: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
+
+    def local_data(algo: Any, analysis: Any, model: Any, variables: list[str]):
+        """The rows a step uses, cached in node memory between the rounds of one analysis.
+
+        Iterative algorithms call the node once per round with the same data
+        selection; re-reading the store each time would dominate.  The cache is
+        keyed on the selection and invalidated whenever the node's data change
+        (the datasets registry is rewritten by every load and consent deletion).
+        Nothing cached ever leaves the node.
+        """
+        key = json.dumps([model.key, sorted(analysis.datasets), variables, analysis.filters,
+                          algo.complete_case, algo.name], sort_keys=True, default=str)
+        version = json.dumps(store.datasets(model.key), sort_keys=True, default=str)
+        hit = frames.get(key)
+        if hit is not None and hit[0] == version:
+            frames.move_to_end(key)
+            return hit[1]
+        frame = select_frame(store, model, datasets=analysis.datasets, variables=variables,
+                             filters=analysis.filters, complete_case=algo.complete_case)
+        data = prepare_local_data(algo, frame, analysis)
+        frames[key] = (version, data)
+        while len(frames) > FRAME_CACHE_SIZE:
+            frames.popitem(last=False)
+        return data
 
     clients_file = home.root / "clients.json"
     clients_seen = [clients_file.stat().st_mtime_ns if clients_file.exists() else 0]
@@ -131,6 +165,7 @@ def create_app(home: NodeHome) -> FastAPI:
     @app.post("/v1/steps/{algorithm}", response_model=StepReply,
               responses={401: {"description": "not authenticated"},
                          403: {"model": Refusal, "description": "refused by disclosure controls"},
+                         404: {"model": Refusal, "description": "the node holds no data of this data model"},
                          400: {"description": "invalid request"}})
     async def step(algorithm: str, request: Request) -> Any:
         raw = await request.body()
@@ -152,23 +187,20 @@ def create_app(home: NodeHome) -> FastAPI:
             algo.validate(analysis, model)
             variables = list(algo.variables(analysis))
             controls.check_request(algo, analysis, model)
-            n_rows = count_rows(store, model, datasets=analysis.datasets, variables=variables,
-                                filters=analysis.filters, complete_case=algo.complete_case)
+            data = local_data(algo, analysis, model, variables)
+            n_rows = len(data)
             record["rows"] = n_rows
-            controls.check_rows(algo, analysis, model, n_rows)
-            frame = select_frame(store, model, datasets=analysis.datasets, variables=variables,
-                                 filters=analysis.filters, complete_case=algo.complete_case)
-            data = prepare_local_data(algo, frame, analysis)
-            if len(data) != n_rows:  # a load landed between count and select: check again
-                n_rows = len(data)
-                record["rows"] = n_rows
-                controls.check_rows(algo, analysis, model, n_rows)
+            controls.check_rows(algo, analysis, model, n_rows)  # before anything is computed
             aggregates = algo.local_step(body.round, data, analysis, model, body.state)
             aggregates = controls.release(algo, analysis, model, body.round, aggregates)
         except DisclosureError as exc:
             audit.append(**record, decision="refused", control=exc.control, reason=str(exc))
             return JSONResponse(status_code=403, content={"node": home.name, "refused": str(exc),
                                                           "control": exc.control})
+        except DataModelNotHeld as exc:
+            audit.append(**record, decision="refused", control="data_model", reason=str(exc))
+            return JSONResponse(status_code=404, content={"node": home.name, "refused": str(exc),
+                                                          "control": "data_model"})
         except (RequestError, StoreError) as exc:
             audit.append(**record, decision="refused", control="request", reason=str(exc))
             raise HTTPException(status_code=400, detail=str(exc)) from None

@@ -153,3 +153,15 @@ def test_audit_log_holds_no_row_values(node):
     text = (node["home"].root / "audit.log").read_text()
     for code in node["data"]["subjectcode"]:
         assert code not in text
+
+
+def test_new_data_is_seen_by_the_next_request(node, shared_dir, dementia_model):
+    """Rows cached between rounds are dropped when the node's data change."""
+    request = json.loads(json.dumps(LINREG))
+    request["inputdata"]["datasets"] = ["edsd2"]
+    with pytest.raises(NodeRefused):
+        client(node).step("linear_regression", request, 0, None)  # no edsd2 rows yet
+    extra = pd.read_csv(shared_dir / "data" / "dementia_v_0_1" / "edsd2.csv", dtype=str)
+    load_frame(node["home"].root, dementia_model, extra)
+    reply = client(node).step("linear_regression", request, 0, None)
+    assert reply["rows"] == len(extra[["leftamygdala", "lefthippocampus"]].dropna())
