@@ -370,26 +370,33 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _records(frame: Any, tail: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-    """Rows as tuples of plain Python values (None for missing), lineage appended."""
+def _records(frame: Any, tail: tuple[Any, ...]) -> list[list[Any]]:
+    """Rows as lists of plain Python values (None for missing), lineage appended.
+
+    Column-wise conversion into one object array, then ``tolist()``: no Python
+    loop per cell.  Integer columns become ``int``, float columns ``float``,
+    everything else ``str``.
+    """
+    import numpy as np
     import pandas as pd
 
-    columns = []
-    for name in frame.columns:
+    n = len(frame)
+    out = np.empty((n, len(frame.columns) + len(tail)), dtype=object)
+    for j, name in enumerate(frame.columns):
         series = frame[name]
         mask = series.isna().to_numpy()
         if pd.api.types.is_integer_dtype(series.dtype):
-            values = series.astype("float64").to_numpy()
-            col = [None if m else int(v) for v, m in zip(values, mask)]
+            values = series.to_numpy(dtype="float64", na_value=np.nan)
+            column = values.astype(np.int64, copy=False).astype(object) if not mask.any() else \
+                np.where(mask, 0, values).astype(np.int64).astype(object)
         elif pd.api.types.is_float_dtype(series.dtype):
-            values = series.astype("float64").to_numpy()
-            col = [None if m else float(v) for v, m in zip(values, mask)]
+            column = series.to_numpy(dtype="float64", na_value=np.nan).astype(object)
         else:
-            values = series.to_numpy(dtype=object)
-            col = [None if m else str(v) for v, m in zip(values, mask)]
-        columns.append(col)
-    n = len(frame)
-    tails = [tail] * n
-    if not columns:
-        return list(tails)
-    return [row + t for row, t in zip(zip(*columns), tails)] if n else []
+            column = np.array(series.to_numpy(dtype=object), dtype=object, copy=True)  # never a view
+            if not all(isinstance(v, str) for v in column[~mask][:1]):
+                column = np.array([str(v) for v in column], dtype=object)
+        column[mask] = None
+        out[:, j] = column
+    for k, value in enumerate(tail):
+        out[:, len(frame.columns) + k] = value
+    return out.tolist()
