@@ -99,3 +99,13 @@ def test_federated_dag_fails_clearly_when_too_few_nodes_qualify(dags, federation
     run = dags["federated_ttest_onesample"].test(run_conf=conf(y="nihss_admission", filters=filters, mu=5.0))
     assert "failed" in str(run.state)
     assert ResultStore(federation["central"]).get(run.run_id) is None
+
+
+def test_federation_metadata_dag_syncs_what_nodes_hold(dags, federation):
+    run = dags["federation_metadata"].test(run_conf={"nodes": [f"mipflow_node_{h}" for h in HOSPITALS]})
+    assert "success" in str(run.state)
+    synced = json.loads((federation["central"] / "federation_metadata.json").read_text())
+    for home in federation["homes"]:
+        (entry,) = synced[home.name]["stroke:0.1"]
+        assert entry["dataset"] == home.name
+        assert entry["row_count"] == ops.open_store(home).count_rows(ops.open_store(home).data_model("stroke:0.1"))
