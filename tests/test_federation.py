@@ -12,7 +12,11 @@
    ``tests/mipflow/algorithms/test_federated_vs_pooled.py`` (statsmodels /
    scipy, relative error <= 1e-9) run with their ``federated`` call routed
    through HTTP.
-3. Disclosure through the federation, with default node settings.
+3. Disclosure through the federation, with default node settings: a node
+   under ``min_row_count`` is left out with its reason and the others give the
+   result; ``min_nodes`` turns that into a :class:`FederationError` naming
+   every node's reason; a node without the data model, a node dropping out
+   mid-analysis and a threshold changed on a running node are handled too.
 
 The nodes stay up for the whole module; the worst relative errors are printed
 in a terminal summary section (not under xdist, whose workers print none).
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +45,7 @@ from mipflow.config import NodeHome
 from mipflow.datamodel import DataModel, load_data_model
 from mipflow.disclosure import MODEL_ALGORITHMS
 from mipflow.exceptions import FederationError, RequestError
-from mipflow.federation import AnalysisOutcome, NodeClient, NodeEndpoint, run_analysis
+from mipflow.federation import AnalysisOutcome, NodeClient, NodeEndpoint, NodeUnavailable, run_analysis
 from mipflow.store import FeatureStore
 from tests.mipflow.algorithms import synthetic
 from tests.mipflow.algorithms import test_federated_vs_pooled as pooled_props
@@ -57,7 +62,6 @@ pytestmark = pytest.mark.xdist_group("federation")
 #: One node per dataset family of the dementia CSVs (as the in-process validation).
 FAMILIES = {"node_edsd": "edsd", "node_ppmi": "ppmi", "node_desd": "desd-synthdata"}
 NODES = tuple(FAMILIES)
-MODEL_FOLDERS = {"dementia:0.1": "dementia_v_0_1", "tbi:0.1": "tbi_v_0_1"}
 
 #: Filled by this module, printed in its own terminal summary sections.
 HTTP_VALIDATION = ErrorSummary()
@@ -153,8 +157,9 @@ def federation(request, tmp_path_factory, shared_dir: Path, dementia_model: Data
         # Exareme2's validation suite runs with its privacy threshold at 1: its
         # expected results include per-dataset statistics of a handful of rows
         # and histograms binned on the pooled min/max.  Set every threshold
-        # explicitly (the defaults are MIP's 10 and DataSHIELD's nfilter.*);
-        # nfilter_glm cannot go below "one parameter per row" (1).
+        # explicitly (the defaults are MIP's 10 and DataSHIELD's nfilter.*).
+        # nfilter_glm goes no higher than 1 (never more parameters than rows at
+        # a node), which refuses a node in one logistic case: see _run_case.
         for key in ("min_row_count", "nfilter_subset", "nfilter_tab", "nfilter_glm", "release_extremes"):
             home.set_setting(key, 1)
     fed_frames = {
@@ -232,6 +237,7 @@ def _run_case(federation: Federation, name: str, case_id: str, doc: dict, expect
             federation.run(name, doc)
         return
     outcome = federation.run(name, doc)
+    json.dumps(outcome.to_dict(), allow_nan=False)  # what the CLI and the DAGs store
     rows = federation.expected_rows(name, doc)
     refused = _expected_refusals(federation, name, doc, rows)
     # every other node contributes exactly its matching rows; the refused ones
@@ -297,6 +303,42 @@ def test_excluded_nodes_were_exercised(federation: Federation) -> None:
     local = frames["node_ppmi"][frames["node_ppmi"]["dataset"].isin(request.datasets)]
     alone = run_in_process(get_algorithm("linear_regression"), [local], request, model)
     assert_rel_close(outcome.result["coefficients"], alone["coefficients"], rel=1e-12)
+
+
+class _DropsOut(NodeClient):
+    """A real node's client that loses its connection once, in round ``fail_round``."""
+
+    def __init__(self, endpoint: NodeEndpoint, fail_round: int) -> None:
+        super().__init__(endpoint, retries=0)
+        self.fail_round, self.calls = fail_round, []
+
+    def step(self, algorithm, request, round_no, state):
+        self.calls.append(round_no)
+        if round_no == self.fail_round and self.calls.count(round_no) == 1:
+            raise NodeUnavailable(f"{self.name}: connection lost (test)")
+        return super().step(algorithm, request, round_no, state)
+
+
+def test_node_dropping_out_mid_analysis_restarts_without_it(federation: Federation) -> None:
+    doc = {"inputdata": {"data_model": "dementia:0.1", "y": ["alzheimerbroadcategory"],
+                         "x": ["lefthippocampus", "leftamygdala"], "filters": None,
+                         "datasets": ["edsd0", "edsd1", "ppmi0", "desd-synthdata0", "desd-synthdata1"]},
+            "parameters": {"positive_class": "AD"}}
+    flaky = _DropsOut(federation.clients[1].endpoint, fail_round=2)  # node_ppmi
+    clients = [federation.clients[0], flaky, federation.clients[2]]
+    try:
+        outcome = run_analysis("logistic_regression", doc, clients)
+    finally:
+        flaky.close()
+    assert flaky.calls == [0, 1, 2]  # not called again after dropping out
+    assert list(outcome.excluded) == ["node_ppmi"] and outcome.excluded["node_ppmi"].startswith("unavailable")
+    rows = federation.expected_rows("logistic_regression", doc)
+    assert outcome.contributed == {"node_edsd": rows["node_edsd"], "node_desd": rows["node_desd"]}
+    model, frames = federation.frames["dementia:0.1"]
+    request = AnalysisRequest.from_dict(doc)
+    others = [frames[n][frames[n]["dataset"].isin(request.datasets)] for n in ("node_edsd", "node_desd")]
+    reference = run_in_process(get_algorithm("logistic_regression"), others, request, model)
+    assert_same_result(outcome.result, reference)
 
 
 # --------------------------------------------------------------------------- 2. federated == pooled, random splits
@@ -378,7 +420,7 @@ def _replace_rows(root: Path, model: DataModel, frame: pd.DataFrame) -> None:
 
 
 @contextlib.contextmanager
-def _through_http(federation: Federation) -> Iterator[None]:
+def _through_http(federation: Federation, exclusions: list) -> Iterator[None]:
     """Route the pooled properties' ``federated(name, nodes, request)`` through the running nodes."""
     model = synthetic.MODEL
 
@@ -387,6 +429,9 @@ def _through_http(federation: Federation) -> Iterator[None]:
         for root, frame in zip(federation.roots.values(), nodes):
             _replace_rows(root, model, frame)
         outcome = federation.run(name, request.to_dict())
+        json.dumps(outcome.to_dict(), allow_nan=False)
+        if outcome.excluded:
+            exclusions.append(sorted(outcome.excluded))
         algo = get_algorithm(name)
         rows = {node: len(prepare_local_data(algo, frame, request)) for node, frame in zip(federation.roots, nodes)}
         assert outcome.contributed == {n: r for n, r in rows.items() if r}
@@ -407,6 +452,7 @@ def test_federated_equals_pooled_via_http(federation: Federation, name: str) -> 
     prop, extra_strategies, empty_example_extras = PROPERTIES[name]
     inner = prop.hypothesis.inner_test  # the property without its @given: (split, *extras)
     data = _pooled_data()
+    exclusions: list[list[str]] = []  # nodes left out, per example that left one out
 
     @HYPOTHESIS_SETTINGS
     @given(assignment=assignments(), extras=st.tuples(*extra_strategies))
@@ -414,10 +460,11 @@ def test_federated_equals_pooled_via_http(federation: Federation, name: str) -> 
     def run(assignment: tuple[int, ...], extras: tuple) -> None:
         node_of = np.asarray(assignment)
         nodes = [data[node_of == k].reset_index(drop=True) for k in range(3)]
-        with _through_http(federation):
+        with _through_http(federation, exclusions):
             inner((data.drop(columns="subjectcode"), nodes), *extras)
 
     run()
+    assert ["node_desd"] in exclusions  # the explicit example: an empty node, refused and left out
 
 
 def test_pooled_logistic_fit_converges() -> None:
@@ -531,8 +578,24 @@ def test_node_without_the_data_model_is_left_out(default_federation: Federation)
     outcome = default_federation.run("linear_regression", doc)
     assert set(outcome.contributed) == {"node_edsd", "node_ppmi"}
     assert set(outcome.excluded) == {"node_desd"}
-    assert "synth:1" in outcome.excluded["node_desd"], outcome.excluded
+    assert outcome.excluded["node_desd"].startswith("refused (data_model)"), outcome.excluded
+    assert "synth:1" in outcome.excluded["node_desd"]
     _, frames = default_federation.frames[synthetic.MODEL.key]
     reference = run_in_process(get_algorithm("linear_regression"), [frames["node_edsd"], frames["node_ppmi"]],
                                AnalysisRequest.from_dict(doc), synthetic.MODEL)
     assert_same_result(outcome.result, reference)
+
+
+def test_tightened_threshold_applies_without_restart(default_federation: Federation) -> None:
+    """A node admin raising min_row_count is obeyed by the running node at the next request."""
+    rows = default_federation.expected_rows("linear_regression", SMALL_COHORT)
+    home = NodeHome(default_federation.roots["node_ppmi"])
+    home.set_setting("min_row_count", rows["node_ppmi"] + 1)
+    try:
+        outcome = default_federation.run("linear_regression", SMALL_COHORT)
+        assert set(outcome.excluded) == {"node_edsd", "node_ppmi"}
+        assert f"min_row_count ({rows['node_ppmi'] + 1})" in outcome.excluded["node_ppmi"]
+        assert outcome.contributed == {"node_desd": rows["node_desd"]}
+    finally:
+        home.set_setting("min_row_count", 10)
+    assert set(default_federation.run("linear_regression", SMALL_COHORT).contributed) == {"node_ppmi", "node_desd"}
