@@ -132,6 +132,7 @@ class AnalysisOutcome:
     excluded: dict[str, str]                # node -> reason
     rounds: int
     seconds: float
+    datasets: dict[str, dict[str, int | None]] = field(default_factory=dict)  # node -> dataset -> rows held
     software: str = f"mipflow {__version__}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -160,11 +161,13 @@ def run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequenc
     active = list(nodes)
     excluded: dict[str, str] = {}
     model: DataModel | None = None
+    dataset_rows: dict[str, dict[str, int | None]] = {}
     for _restart in range(max_restarts + 1):
         if len(active) < min_nodes:
             break
         if model is None:
-            model = _model_from_nodes(active, parsed.data_model, excluded)
+            model, dataset_rows = _model_from_nodes(active, parsed.data_model, excluded, parsed.datasets)
+            active = [n for n in active if n.name not in excluded]
             algorithm.validate(parsed, model)
         state: dict | None = None
         rows: dict[str, int] = {}
@@ -188,6 +191,7 @@ def run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequenc
                     raise FederationError(f"{algorithm_name} finished without a result")
                 return AnalysisOutcome(algorithm=algorithm_name, request=request_doc, result=step.result,
                                        contributed=rows, excluded=excluded, rounds=round_no + 1,
+                                       datasets={n: dataset_rows.get(n, {}) for n in rows},
                                        seconds=round(time.perf_counter() - started, 4))
             state = json.loads(json.dumps(step.state, allow_nan=False))
         else:
@@ -199,23 +203,48 @@ def run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequenc
                           f"min_nodes ({min_nodes}). Left out: {reasons}")
 
 
-def _model_from_nodes(nodes: Sequence[NodeClient], key: str, excluded: dict[str, str]):
-    """The data model as declared by the nodes (they must agree)."""
+def _model_from_nodes(nodes: Sequence[NodeClient], key: str, excluded: dict[str, str],
+                      datasets: Sequence[str] = ()) -> tuple[Any, dict[str, dict[str, int | None]]]:
+    """The data model as the nodes declare it, and each node's row counts of the requested datasets.
+
+    Nodes are asked in parallel.  A node whose declaration of the data model differs from
+    the others' is left out (its rows would not mean the same).  Counts below a node's
+    ``min_row_count`` arrive as ``None`` (not released).
+    """
     from mipflow.datamodel import DataModel
 
-    for node in nodes:
-        try:
-            meta = node.metadata()
-        except (NodeRefused, NodeUnavailable) as exc:
-            excluded[node.name] = str(exc)
-            continue
+    metas: dict[str, dict] = {}
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(nodes)))) as pool:
+        futures = {node.name: pool.submit(node.metadata) for node in nodes}
+        for name, future in futures.items():
+            try:
+                metas[name] = future.result()
+            except NodeRefused as exc:
+                excluded[name] = f"refused ({exc.control}): {exc.reason}"
+            except NodeUnavailable as exc:
+                excluded[name] = f"unavailable: {exc}"
+    model = None
+    declared = None
+    counts: dict[str, dict[str, int | None]] = {}
+    for name, meta in metas.items():
         for item in meta.get("data_models", []):
-            if item["data_model"] == key:
+            if item["data_model"] != key:
+                continue
+            variables = json.dumps(item["variables"], sort_keys=True)
+            if declared is None:
                 code, version = key.split(":", 1)
-                return DataModel.from_dict({"code": code, "version": version, "label": item["label"],
+                model = DataModel.from_dict({"code": code, "version": version, "label": item["label"],
                                             "variables": item["variables"]})
-    reasons = "; ".join(f"{k}: {v}" for k, v in excluded.items())
-    raise RequestError(f"no reachable node holds data model {key}" + (f" ({reasons})" if reasons else ""))
+                declared = variables
+            elif variables != declared:
+                excluded[name] = f"declares data model {key} differently from the other nodes"
+                break
+            counts[name] = {d["dataset"]: d["row_count"] for d in item.get("datasets", [])
+                            if d["dataset"] in set(datasets)}
+    if model is None:
+        reasons = "; ".join(f"{k}: {v}" for k, v in excluded.items())
+        raise RequestError(f"no reachable node holds data model {key}" + (f" ({reasons})" if reasons else ""))
+    return model, counts
 
 
 def _call_all(algorithm: str, request: dict[str, Any], nodes: Sequence[NodeClient], round_no: int,

@@ -109,3 +109,22 @@ def test_federation_metadata_dag_syncs_what_nodes_hold(dags, federation):
         (entry,) = synced[home.name]["stroke:0.1"]
         assert entry["dataset"] == home.name
         assert entry["row_count"] == ops.open_store(home).count_rows(ops.open_store(home).data_model("stroke:0.1"))
+
+
+def test_result_provenance_lists_datasets_and_software(federation):
+    from mipflow.federation import analyze
+
+    fed = federation["central"] / "fed.json"
+    # the same nodes through a federation file, as the CLI would use them
+    from mipflow.federation import add_node
+
+    for home in federation["homes"]:
+        conn = json.loads(os.environ[f"AIRFLOW_CONN_MIPFLOW_NODE_{home.name.upper()}"])
+        add_node(fed, name=home.name, url=conn["host"], credentials_from=home.root)
+    request = {"inputdata": {"data_model": "stroke:0.1", "datasets": list(HOSPITALS), "x": [],
+                             "y": ["age"], "filters": None}, "parameters": {"mu": 60}}
+    outcome = analyze("ttest_onesample", request, fed, min_nodes=3).to_dict()
+    for home in federation["homes"]:
+        held = ops.open_store(home).count_rows(ops.open_store(home).data_model("stroke:0.1"))
+        assert outcome["datasets"][home.name] == {home.name: held}
+    assert outcome["software"].startswith("mipflow ") and outcome["request"]["parameters"] == {"mu": 60}
