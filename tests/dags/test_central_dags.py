@@ -122,9 +122,9 @@ def test_result_provenance_lists_datasets_and_software(federation):
         conn = json.loads(os.environ[f"AIRFLOW_CONN_MIPFLOW_NODE_{home.name.upper()}"])
         add_node(fed, name=home.name, url=conn["host"], credentials_from=home.root)
     request = {"inputdata": {"data_model": "stroke:0.1", "datasets": list(HOSPITALS), "x": [],
-                             "y": ["age"], "filters": None}, "parameters": {"mu": 60}}
+                             "y": ["nihss_admission"], "filters": None}, "parameters": {"mu": 5}}
     outcome = analyze("ttest_onesample", request, fed, min_nodes=3).to_dict()
     for home in federation["homes"]:
         held = ops.open_store(home).count_rows(ops.open_store(home).data_model("stroke:0.1"))
         assert outcome["datasets"][home.name] == {home.name: held}
-    assert outcome["software"].startswith("mipflow ") and outcome["request"]["parameters"] == {"mu": 60}
+    assert outcome["software"].startswith("mipflow ") and outcome["request"]["parameters"] == {"mu": 5}
