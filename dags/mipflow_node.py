@@ -75,106 +75,56 @@ with DAG(
     capture_landing()
 
 
-with DAG(
-    dag_id="node_depersonalise",
-    description="Keep consented rows, pseudonymise, drop identifiers",
-    schedule=[CAPTURED],
-    start_date=START,
-    catchup=False,
-    max_active_runs=1,
-    params=_params(),
-    default_args=DEFAULT_ARGS,
-    tags=["mipflow", "node"],
-):
+#: (dag_id, description, triggering Asset, stage the batches wait after, stage function, emitted Asset)
+STAGES = (
+    ("node_depersonalise", "Keep consented rows, pseudonymise, drop identifiers",
+     CAPTURED, "capture", "depersonalise", DEPERSONALISED),
+    ("node_validate", "Harmonise onto the data model and validate with great-expectations; quarantine failures",
+     DEPERSONALISED, "depersonalise", "validate", VALIDATED),
+    ("node_load", "Load validated batches into the feature store (one transaction per batch)",
+     VALIDATED, "validate", "load", FEATURE_STORE),
+)
 
-    @task
-    def batches_captured() -> list[str]:
-        return _waiting("capture")
+for _dag_id, _description, _trigger, _after, _stage, _outlet in STAGES:
+    with DAG(
+        dag_id=_dag_id,
+        description=_description,
+        schedule=[_trigger],
+        start_date=START,
+        catchup=False,
+        max_active_runs=1,
+        params=_params(),
+        default_args=DEFAULT_ARGS,
+        tags=["mipflow", "node"],
+        doc_md=__doc__,
+    ):
 
-    @task(max_active_tis_per_dag=2)
-    def depersonalise_batch(batch_id: str) -> dict:
-        from mipflow.stages import depersonalise
+        @task(task_id="waiting_batches")
+        def waiting_batches(after: str) -> list[str]:
+            """Every batch that finished the previous stage (catches up after failed runs)."""
+            return _waiting(after)
 
-        result = depersonalise(_home(), batch_id)
-        print(f"{batch_id}: {result}")
-        return result
+        @task(task_id=f"{_stage}_batch", max_active_tis_per_dag=2)
+        def run_stage(batch_id: str, stage: str) -> dict:
+            from mipflow import stages
 
-    @task(outlets=[DEPERSONALISED], trigger_rule="all_done")
-    def announce_depersonalised(batches: list[str], *, outlet_events=None) -> None:
-        outlet_events[DEPERSONALISED].extra = {"batches": batches}
+            result = getattr(stages, stage)(_home(), batch_id)
+            print(f"{batch_id}: {result.get('equation', result)}")
+            return result
 
-    captured = batches_captured()
-    depersonalise_batch.expand(batch_id=captured) >> announce_depersonalised(captured)
+        @task(task_id="report", outlets=[_outlet], trigger_rule="all_done")
+        def report(batches: list[str], outlet: Asset, *, outlet_events=None) -> dict:
+            """Per-batch row accounting (rows_in = loaded + quarantined + no_consent + duplicates)."""
+            from mipflow.node import node_status
 
+            status = node_status(_home())
+            for batch in status["batches"]:
+                if batch["batch_id"] in batches:
+                    print(f"{batch['source']}: {batch['status']} rows_in={batch['rows_in']} "
+                          f"loaded={batch['loaded']} quarantined={batch['quarantined']} "
+                          f"no_consent={batch['no_consent']} duplicates={batch['duplicates']} {batch['message']}")
+            outlet_events[outlet].extra = {"batches": batches}
+            return {"datasets": status["datasets"]}
 
-with DAG(
-    dag_id="node_validate",
-    description="Harmonise onto the data model and validate with great-expectations; quarantine failures",
-    schedule=[DEPERSONALISED],
-    start_date=START,
-    catchup=False,
-    max_active_runs=1,
-    params=_params(),
-    default_args=DEFAULT_ARGS,
-    tags=["mipflow", "node"],
-):
-
-    @task
-    def batches_depersonalised() -> list[str]:
-        return _waiting("depersonalise")
-
-    @task(max_active_tis_per_dag=2)
-    def validate_batch(batch_id: str) -> dict:
-        from mipflow.stages import validate
-
-        result = validate(_home(), batch_id)
-        print(f"{batch_id}: {result}")
-        return result
-
-    @task(outlets=[VALIDATED], trigger_rule="all_done")
-    def announce_validated(batches: list[str], *, outlet_events=None) -> None:
-        outlet_events[VALIDATED].extra = {"batches": batches}
-
-    depersonalised = batches_depersonalised()
-    validate_batch.expand(batch_id=depersonalised) >> announce_validated(depersonalised)
-
-
-with DAG(
-    dag_id="node_load",
-    description="Load validated batches into the feature store (one transaction per batch)",
-    schedule=[VALIDATED],
-    start_date=START,
-    catchup=False,
-    max_active_runs=1,
-    params=_params(),
-    default_args=DEFAULT_ARGS,
-    tags=["mipflow", "node"],
-):
-
-    @task
-    def batches_validated() -> list[str]:
-        return _waiting("validate")
-
-    @task
-    def load_batch(batch_id: str) -> dict:
-        from mipflow.stages import load
-
-        result = load(_home(), batch_id)
-        print(f"{batch_id}: {result.get('equation', result)}")
-        return result
-
-    @task(outlets=[FEATURE_STORE], trigger_rule="all_done")
-    def report(batches: list[str], *, outlet_events=None) -> dict:
-        """Per-batch row accounting, as shown in the task log."""
-        from mipflow.node import node_status
-
-        status = node_status(_home())
-        for batch in status["batches"]:
-            print(f"{batch['source']}: {batch['status']} rows_in={batch['rows_in']} loaded={batch['loaded']} "
-                  f"quarantined={batch['quarantined']} no_consent={batch['no_consent']} "
-                  f"duplicates={batch['duplicates']} {batch['message']}")
-        outlet_events[FEATURE_STORE].extra = {"batches": batches}
-        return {"datasets": status["datasets"]}
-
-    validated = batches_validated()
-    load_batch.expand(batch_id=validated) >> report(validated)
+        _batches = waiting_batches(_after)
+        run_stage.partial(stage=_stage).expand(batch_id=_batches) >> report(_batches, _outlet)

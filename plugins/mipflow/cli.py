@@ -112,12 +112,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.node_command == "init":
             home = NodeHome.init(args.home, args.name, args.db_url)
             ops.open_store(home).dispose()
-            print(ops.dumps({"node": home.name, "home": str(home.root), "store": ops._redact_url(home.db_url)}))
+            print(ops.dumps({"node": home.name, "home": str(home.root), "store": ops.redact_url(home.db_url)}))
             return 0
         home = NodeHome(args.home)
         if args.node_command == "config":
             if args.key is None:
-                print(ops.dumps(home.config.to_dict() | {"db_url": ops._redact_url(home.db_url)}))
+                print(ops.dumps(home.config.to_dict() | {"db_url": ops.redact_url(home.db_url)}))
                 return 0
             if args.value is None:
                 settings = home.config.to_dict()["settings"]

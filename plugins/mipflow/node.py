@@ -140,7 +140,7 @@ def node_status(home: NodeHome, store: FeatureStore | None = None) -> dict[str, 
     store = store or open_store(home)
     return {
         "node": home.name,
-        "store": _redact_url(home.db_url),
+        "store": redact_url(home.db_url),
         "data_models": [m.key for m in store.data_models()],
         "datasets": store.datasets(),
         "batches": [{k: b[k] for k in ("batch_id", "source", "data_model", "status", "rows_in", "loaded",
@@ -149,7 +149,7 @@ def node_status(home: NodeHome, store: FeatureStore | None = None) -> dict[str, 
     }
 
 
-def _redact_url(url: str) -> str:
+def redact_url(url: str) -> str:
     """Hide a password in a database URL."""
     from sqlalchemy.engine import make_url
 

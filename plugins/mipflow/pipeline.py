@@ -366,7 +366,7 @@ def _ingest_pass(processor: ChunkProcessor, path: Path, store: "FeatureStore", m
             ready_rows += len(ready)
         counts.quarantined += store.quarantine(conn, batch_id, "capture", [(n, r, None) for n, r in bad_lines])
         counts.loaded = ready_rows
-        status, message = _decide(counts, processor.settings)
+        status, message = decide_status(counts, processor.settings)
         if status == "held":
             if load:
                 raise _Held()
@@ -409,7 +409,7 @@ def _record_outcome(store: "FeatureStore", result: BatchResult, path: Path) -> N
                            finished_at=_now(), **asdict(result.counts))
 
 
-def _decide(counts: BatchCounts, settings: NodeSettings) -> tuple[str, str]:
+def decide_status(counts: BatchCounts, settings: NodeSettings) -> tuple[str, str]:
     """Hold a batch back whole when too many of its consented rows failed."""
     considered = counts.rows_in - counts.no_consent
     if considered <= 0:

@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from mipflow.config import NodeHome
 from mipflow.exceptions import InputFileError, MipflowError
 from mipflow.node import landing_sources, open_store, resolve_consent, resolve_model, resolve_profile
-from mipflow.pipeline import (ROW_COLUMN, BatchCounts, ChunkProcessor, MalformedCSV, _decide,
+from mipflow.pipeline import (ROW_COLUMN, BatchCounts, ChunkProcessor, MalformedCSV, decide_status,
                               apply_withdrawals, batch_id_for, merge_summaries)
 from mipflow.deid import Pseudonymiser
 from mipflow.store import FeatureStore, batches_table, quarantine_table, utcnow
@@ -195,7 +195,7 @@ def validate(home: NodeHome, batch_id: str) -> dict[str, Any]:
         if header:
             out.write_text("")
         counts.loaded = ready_rows  # provisional: what the load stage will load
-        status, message = _decide(counts, home.settings)
+        status, message = decide_status(counts, home.settings)
         if status == "held":
             counts.quarantined += ready_rows
             counts.loaded = 0
