@@ -80,6 +80,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="consent registry CSV (default: HOME/consent.csv if present, else everyone consented)")
     p.add_argument("--force", action="store_true", help="re-ingest files already in the manifest")
 
+    dicom = sub.add_parser("dicom", help="imaging: DICOM de-identification (PS3.15 Annex E)").add_subparsers(
+        dest="dicom_command", required=True)
+    p = dicom.add_parser("deidentify", help="de-identify a folder tree with the node's key and options")
+    p.add_argument("home", type=Path)
+    p.add_argument("in_dir", type=Path)
+    p.add_argument("out_dir", type=Path)
+
     p = sub.add_parser("synth", help="write synthetic stroke-registry exports for the demo hospitals")
     p.add_argument("out_dir", type=Path)
     p.add_argument("--patients", type=int, default=300)
@@ -183,6 +190,13 @@ def _dispatch(args: argparse.Namespace) -> int:
             return 2
         outcome = analyze(args.algorithm, request, args.federation, min_nodes=args.min_nodes)
         print(ops.dumps(outcome.to_dict()))
+        return 0
+    if args.command == "dicom":
+        from mipflow.dicom.batch import deidentify_tree
+
+        home = NodeHome(args.home)
+        summary = deidentify_tree(args.in_dir, args.out_dir, key=home.key(), options=home.settings.dicom_options())
+        print(ops.dumps(summary))
         return 0
     if args.command == "synth":
         from mipflow.synth import write_demo_exports

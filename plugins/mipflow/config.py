@@ -60,6 +60,30 @@ class NodeSettings:
     settle_seconds: float = 5.0
     #: Data model used for landing files when none is named.
     default_data_model: str = ""
+    #: DICOM de-identification options (PS3.15 Annex E), 1 = on.
+    dicom_retain_longitudinal_modified_dates: int = 1
+    dicom_retain_patient_characteristics: int = 0
+    dicom_retain_device_identity: int = 0
+    dicom_retain_safe_private: int = 0
+    dicom_clean_descriptors: int = 0
+    #: Images whose burned-in text was removed upstream (otherwise US/SC/... are quarantined).
+    dicom_pixels_cleaned: int = 0
+    #: UID root for remapped UIDs (empty: 2.25.<128-bit integer>).
+    dicom_uid_root: str = ""
+
+    def dicom_options(self):
+        """The node's :class:`mipflow.dicom.DeidOptions`."""
+        from mipflow.dicom import DeidOptions
+
+        return DeidOptions(
+            retain_longitudinal_modified_dates=bool(self.dicom_retain_longitudinal_modified_dates),
+            retain_patient_characteristics=bool(self.dicom_retain_patient_characteristics),
+            retain_device_identity=bool(self.dicom_retain_device_identity),
+            retain_safe_private=bool(self.dicom_retain_safe_private),
+            clean_descriptors=bool(self.dicom_clean_descriptors),
+            pixels_cleaned=bool(self.dicom_pixels_cleaned),
+            uid_root=self.dicom_uid_root or None,
+        )
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> "NodeSettings":

@@ -1,0 +1,158 @@
+"""Fixtures and helpers for the DICOM de-identification tests.
+
+Every input is a file shipped inside the pydicom wheel (no download), often
+with identifying values injected into it.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+KEY = bytes(range(32))
+OTHER_KEY = bytes(range(1, 33))
+
+
+def shipped(name: str) -> Path:
+    """Path of a test file shipped with pydicom (never downloaded)."""
+    path = get_testdata_file(name, download=False)
+    if path is None:
+        pytest.skip(f"{name} is not shipped in this pydicom wheel")
+    return Path(path)
+
+
+def read(name: str) -> Dataset:
+    return pydicom.dcmread(shipped(name))
+
+
+#: Identifying values injected into instances: (keyword, value).  Each value is
+#: distinctive enough that finding it in the output bytes means it leaked.
+PHI_TOP: tuple[tuple[str, str], ...] = (
+    ("PatientName", "PHIDOE^JOHNATHAN"),
+    ("PatientID", "PHIMRN998877"),
+    ("PatientBirthDate", "19230417"),
+    ("PatientAddress", "PHI 12 ROSE STREET"),
+    ("PatientTelephoneNumbers", "PHI5550199"),
+    ("OtherPatientIDs", "PHIOTHERID5"),
+    ("PatientComments", "PHI comment about the patient"),
+    ("AdditionalPatientHistory", "PHI history of the patient"),
+    ("InstitutionName", "PHI GENERAL HOSPITAL"),
+    ("InstitutionAddress", "PHI 1 HOSPITAL ROAD"),
+    ("InstitutionalDepartmentName", "PHI RADIOLOGY DEPT"),
+    ("ReferringPhysicianName", "PHIREFERRER^ANNA"),
+    ("PerformingPhysicianName", "PHIPERFORMER^BOB"),
+    ("OperatorsName", "PHIOPERATOR^CARL"),
+    ("AccessionNumber", "PHIACC4471"),
+    ("StudyID", "PHISTUDY93"),
+    ("StationName", "PHISTATION7"),
+    ("DeviceSerialNumber", "PHISERIAL8812"),
+    ("SeriesDescription", "PHI series description"),
+    ("StudyDescription", "PHI study description"),
+    ("ProtocolName", "PHI protocol name"),
+    ("ImageComments", "PHI image comments"),
+    ("RequestingPhysician", "PHIREQUESTER^DAN"),
+    ("AdmissionID", "PHIADMIT321"),
+    ("StudyDate", "20010203"),
+    ("SeriesDate", "20010204"),
+    ("AcquisitionDateTime", "20010205101112"),
+    ("StudyInstanceUID", "1.2.999.4711.1"),
+    ("SeriesInstanceUID", "1.2.999.4711.2"),
+    ("FrameOfReferenceUID", "1.2.999.4711.3"),
+)
+PHI_NESTED = "PHINESTED^EVE"
+PHI_NESTED_ID = "PHINESTEDID42"
+PHI_PRIVATE = "PHIPRIVATE5521"
+PHI_PRIVATE_NESTED = "PHIPRIVNEST^FAY"
+PHI_OVERLAY = "PHI overlay comment"
+PHI_CURVE = "PHICURVE77"
+PHI_REF_UID = "1.2.999.4711.9"
+
+
+def phi_strings() -> list[str]:
+    """Every injected string, and the name components of the person names."""
+    out = [v for _, v in PHI_TOP]
+    out += [PHI_NESTED, PHI_NESTED_ID, PHI_PRIVATE, PHI_PRIVATE_NESTED, PHI_OVERLAY,
+            PHI_CURVE, PHI_REF_UID]
+    for v in list(out):
+        if "^" in v:
+            out.extend(part for part in v.split("^") if len(part) >= 3)
+    return out
+
+
+def inject_phi(ds: Dataset) -> Dataset:
+    """Inject identifying values at the top level, in nested sequences and private tags."""
+    for keyword, value in PHI_TOP:
+        setattr(ds, keyword, value)
+    # A sequence the profile does not list: kept, but cleaned inside.
+    item = Dataset()
+    item.CodeValue = "12345"
+    item.CodingSchemeDesignator = "99LOCAL"
+    item.CodeMeaning = "CT HEAD"
+    item.ReferringPhysicianName = PHI_NESTED           # Z inside a kept sequence
+    item.PatientID = PHI_NESTED_ID                     # nested Patient ID
+    inner = Dataset()
+    inner.OperatorsName = PHI_NESTED                   # two levels down
+    inner.add_new(0x00190010, "LO", "PHICREATOR")
+    inner.add_new(0x00191001, "LO", PHI_PRIVATE)
+    item.ProcedureCodeSequence = Sequence([inner])
+    ds.ProcedureCodeSequence = Sequence([item])
+    # A sequence the profile removes.
+    ref = Dataset()
+    ref.PatientName = PHI_NESTED
+    ds.ReferencedPatientSequence = Sequence([ref])
+    # X/Z/U*: kept with its UIDs replaced.
+    img = Dataset()
+    img.ReferencedSOPClassUID = ds.SOPClassUID
+    img.ReferencedSOPInstanceUID = PHI_REF_UID
+    ds.ReferencedImageSequence = Sequence([img])
+    # Private block with a private sequence.
+    ds.add_new(0x00090010, "LO", "PHICREATOR")
+    ds.add_new(0x00091001, "LO", PHI_PRIVATE)
+    priv_item = Dataset()
+    priv_item.PatientName = PHI_PRIVATE_NESTED
+    ds.add_new(0x00091002, "SQ", Sequence([priv_item]))
+    # Overlay and (retired) curve groups.
+    ds.add_new(0x60004000, "LT", PHI_OVERLAY)
+    ds.add_new(0x50002500, "LO", PHI_CURVE)
+    return ds
+
+
+@pytest.fixture
+def ct() -> Dataset:
+    return read("CT_small.dcm")
+
+
+@pytest.fixture
+def ct_phi() -> Dataset:
+    return inject_phi(read("CT_small.dcm"))
+
+
+@pytest.fixture(scope="session")
+def ct_template() -> Dataset:
+    return read("CT_small.dcm")
+
+
+@pytest.fixture
+def fresh(ct_template: Dataset):
+    """A factory of deep copies of CT_small (cheaper than re-reading)."""
+    return lambda: copy.deepcopy(ct_template)
+
+
+def gdcm_read(path: Path) -> dict[str, str]:
+    """Open ``path`` with GDCM (the second reader); return a few values it sees."""
+    gdcm = pytest.importorskip("gdcm")
+    reader = gdcm.Reader()
+    reader.SetFileName(str(path))
+    assert reader.Read(), f"GDCM cannot read {path.name}"
+    sf = gdcm.StringFilter()
+    sf.SetFile(reader.GetFile())
+    return {
+        "PatientID": sf.ToString(gdcm.Tag(0x0010, 0x0020)).strip(" \0"),
+        "SOPInstanceUID": sf.ToString(gdcm.Tag(0x0008, 0x0018)).strip(" \0"),
+        "PatientIdentityRemoved": sf.ToString(gdcm.Tag(0x0012, 0x0062)).strip(" \0"),
+    }
