@@ -399,9 +399,12 @@ def category_codes(series: pd.Series, variable: Variable) -> pd.Series:
             return str(int(value))
         return str(value)
 
-    codes = pd.Series([as_code(v) for v in series.tolist()], index=series.index, dtype=object)
+    # convert each distinct value once (columns have few levels, many rows)
+    positions, uniques = pd.factorize(series, use_na_sentinel=True)
+    unique_codes = np.array([as_code(v) for v in uniques] + [None], dtype=object)
+    codes = pd.Series(unique_codes[positions], index=series.index, dtype=object)  # -1 -> the None slot
     allowed = set(variable.enumeration_codes)
-    bad = sorted({c for c in codes if c is not None and c not in allowed})
+    bad = sorted({c for c in unique_codes if c is not None and c not in allowed})
     if bad:
         raise DataModelError(
             f"variable {variable.code!r} holds values outside its enumerations: {', '.join(bad[:5])}"

@@ -102,8 +102,7 @@ class LogisticRegression(SpecAlgorithm):
             out["group_n"] = [c for code in request.x for c in out["level_counts"].get(code, [])]
             out["moments"] = compute_moments(design).to_dict()
             return out
-        design, _ = design_matrix(data, request.x, model, columns=state["columns"])
-        design[:, 1:] -= np.asarray(state["center"], dtype=float)
+        design = _centred_design(data, request, model, state)
         eta = design @ np.asarray(state["coefficients"], dtype=float)
         mu = special.expit(eta)
         weights = mu * (1.0 - mu)
@@ -202,3 +201,19 @@ class LogisticRegression(SpecAlgorithm):
             "aic": -2.0 * loglik + 2.0 * k,
             "bic": -2.0 * loglik + math.log(n) * k,
         })
+
+
+#: The last centred design matrix built, for the same rows: Newton rounds reuse it
+#: instead of rebuilding it from the frame every round (the node keeps the frame).
+_DESIGN_MEMO: dict[str, object] = {}
+
+
+def _centred_design(data: pd.DataFrame, request: AnalysisRequest, model: DataModel, state: dict) -> np.ndarray:
+    key = (id(data), len(data), tuple(request.x), tuple(state["columns"]), tuple(state["center"]))
+    if _DESIGN_MEMO.get("key") == key and _DESIGN_MEMO.get("data") is data:
+        return _DESIGN_MEMO["design"]  # type: ignore[return-value]
+    design, _ = design_matrix(data, request.x, model, columns=state["columns"])
+    design[:, 1:] -= np.asarray(state["center"], dtype=float)
+    design.setflags(write=False)
+    _DESIGN_MEMO.update(key=key, data=data, design=design)
+    return design
