@@ -42,6 +42,7 @@ demo: install airflow-db
 
 bench: install
 	$(BIN)/python bench/ingest.py $(BENCH_ARGS)
+	$(BIN)/python bench/federation.py
 
 clean:
 	rm -rf var .pytest_cache .hypothesis
