@@ -86,6 +86,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("home", type=Path)
     p.add_argument("in_dir", type=Path)
     p.add_argument("out_dir", type=Path)
+    p = dicom.add_parser("ingest", help="capture, de-identify and load features of HOME/landing/dicom now")
+    p.add_argument("home", type=Path)
 
     p = sub.add_parser("synth", help="write synthetic stroke-registry exports for the demo hospitals")
     p.add_argument("out_dir", type=Path)
@@ -195,6 +197,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         from mipflow.dicom.batch import deidentify_tree
 
         home = NodeHome(args.home)
+        if args.dicom_command == "ingest":
+            from mipflow.dicom.pipeline import run_imaging
+
+            print(ops.dumps(run_imaging(home)))
+            return 0
         summary = deidentify_tree(args.in_dir, args.out_dir, key=home.key(), options=home.settings.dicom_options())
         print(ops.dumps(summary))
         return 0

@@ -150,6 +150,12 @@ def run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequenc
     FederationError
         If fewer than ``min_nodes`` nodes contribute; the message lists each node's reason.
     """
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(nodes)))) as pool:
+        return _run_analysis(algorithm_name, request, nodes, min_nodes, max_restarts, pool)
+
+
+def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequence[NodeClient], min_nodes: int,
+                  max_restarts: int, pool: ThreadPoolExecutor) -> AnalysisOutcome:
     from mipflow.algorithms import get_algorithm
     from mipflow.algorithms.base import MAX_ROUNDS, AnalysisRequest
     from mipflow.datamodel import DataModel
@@ -173,7 +179,7 @@ def run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequenc
         rows: dict[str, int] = {}
         dropped = False
         for round_no in range(MAX_ROUNDS):
-            replies, failures = _call_all(algorithm_name, request_doc, active, round_no, state)
+            replies, failures = _call_all(algorithm_name, request_doc, active, round_no, state, pool)
             if failures:
                 excluded.update(failures)
                 active = [n for n in active if n.name not in failures]
@@ -248,22 +254,20 @@ def _model_from_nodes(nodes: Sequence[NodeClient], key: str, excluded: dict[str,
 
 
 def _call_all(algorithm: str, request: dict[str, Any], nodes: Sequence[NodeClient], round_no: int,
-              state: dict | None) -> tuple[dict[str, dict], dict[str, str]]:
+              state: dict | None, pool: ThreadPoolExecutor) -> tuple[dict[str, dict], dict[str, str]]:
+    """One round: every node in parallel (one pool serves all rounds of an analysis)."""
     replies: dict[str, dict] = {}
     failures: dict[str, str] = {}
-    if not nodes:
-        return replies, failures
-    with ThreadPoolExecutor(max_workers=min(16, len(nodes))) as pool:
-        futures = {node.name: pool.submit(node.step, algorithm, request, round_no, state) for node in nodes}
-        for name, future in futures.items():
-            try:
-                replies[name] = future.result()
-            except NodeRefused as exc:
-                if exc.status == 400 and exc.control == "request":
-                    raise RequestError(f"node {name} rejected the request: {exc.reason}") from None
-                failures[name] = f"refused ({exc.control}): {exc.reason}"
-            except NodeUnavailable as exc:
-                failures[name] = f"unavailable: {exc}"
+    futures = {node.name: pool.submit(node.step, algorithm, request, round_no, state) for node in nodes}
+    for name, future in futures.items():
+        try:
+            replies[name] = future.result()
+        except NodeRefused as exc:
+            if exc.status == 400 and exc.control == "request":
+                raise RequestError(f"node {name} rejected the request: {exc.reason}") from None
+            failures[name] = f"refused ({exc.control}): {exc.reason}"
+        except NodeUnavailable as exc:
+            failures[name] = f"unavailable: {exc}"
     return replies, failures
 
 

@@ -12,6 +12,7 @@ from tests.conftest import REPO_ROOT
 pytestmark = pytest.mark.airflow
 
 EXPECTED_NODE_DAGS = {"node_capture", "node_depersonalise", "node_validate", "node_load"}
+EXPECTED_IMAGING_DAGS = {"imaging_capture", "imaging_deidentify"}
 EXPECTED_CENTRAL_DAGS = {f"federated_{name}" for name in (
     "descriptive_stats", "pearson_correlation", "linear_regression", "logistic_regression", "ttest_onesample",
     "ttest_independent", "ttest_paired", "anova_oneway", "multiple_histograms")} | {"federation_metadata"}
@@ -26,7 +27,7 @@ def dagbag():
 
 def test_no_import_errors(dagbag):
     assert dagbag.import_errors == {}
-    assert EXPECTED_NODE_DAGS | EXPECTED_CENTRAL_DAGS <= set(dagbag.dag_ids)
+    assert EXPECTED_NODE_DAGS | EXPECTED_CENTRAL_DAGS | EXPECTED_IMAGING_DAGS <= set(dagbag.dag_ids)
 
 
 def test_analysis_dags_have_trigger_forms(dagbag):

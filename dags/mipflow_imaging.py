@@ -1,0 +1,125 @@
+"""Hospital node imaging DAGs: capture DICOM -> de-identify per series -> features into the store.
+
+``imaging_capture`` runs nightly (and on demand): it registers new files of
+``landing/dicom/`` by SHA-256, reading headers only, applies the consent
+registry by Patient ID and quarantines what is not an instance; every
+consented series becomes a batch.  ``imaging_deidentify`` is scheduled on the
+Asset capture emits: it de-identifies every waiting series (PS3.15 Annex E)
+in mapped tasks over chunks of series (at most ``MAX_CHUNKS`` mapped task
+instances, one instance in memory at a time), then computes the per-series
+features and upserts them into the ``imaging:0.1`` table, keyed on the EHR
+pseudonym so they join the clinical rows.  The logic lives in
+:mod:`mipflow.dicom.pipeline`; the tasks only call it (imports happen inside
+tasks to keep parsing cheap).
+"""
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta, timezone
+
+from airflow.sdk import DAG, Asset, Param, get_current_context, task
+
+IMAGING_CAPTURED = Asset(name="mipflow_imaging_captured", uri="mipflow://node/imaging/captured")
+IMAGING_FEATURES = Asset(name="mipflow_imaging_features", uri="mipflow://node/imaging/features")
+
+START = datetime(2026, 1, 1, tzinfo=timezone.utc)
+DEFAULT_ARGS = {"retries": int(os.environ.get("MIPFLOW_TASK_RETRIES", "1")), "retry_delay": timedelta(seconds=30)}
+#: Most mapped de-identification tasks per run (series are grouped into this many chunks).
+MAX_CHUNKS = int(os.environ.get("MIPFLOW_DICOM_MAX_CHUNKS", "64"))
+
+
+def _params() -> dict[str, Param]:
+    return {"node_home": Param(os.environ.get("MIPFLOW_NODE_HOME", ""), type="string",
+                               title="Node home", description="Folder made by `mipflow node init`")}
+
+
+def _home():
+    from mipflow.config import NodeHome
+
+    home = get_current_context()["params"]["node_home"]
+    if not home:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException("no node home: set MIPFLOW_NODE_HOME or the node_home param")
+    return NodeHome(home)
+
+
+with DAG(
+    dag_id="imaging_capture",
+    description="Register new DICOM files from landing/dicom/ (headers only), apply consent, one batch per series",
+    schedule="30 2 * * *",
+    start_date=START,
+    catchup=False,
+    max_active_runs=1,
+    params=_params(),
+    default_args=DEFAULT_ARGS,
+    tags=["mipflow", "node", "imaging"],
+    doc_md=__doc__,
+):
+
+    @task(outlets=[IMAGING_CAPTURED])
+    def capture_dicom(*, outlet_events=None) -> dict:
+        """Scan landing/dicom/, register new files by SHA-256, group by series, quarantine non-instances."""
+        from mipflow.dicom.pipeline import capture_dicom as capture
+
+        summary: dict = {}
+        batches = capture(_home(), summary=summary)
+        print(f"captured {summary['series']} series ({summary['captured']} file(s)); files_in="
+              f"{summary['files_in']} quarantined={summary['quarantined']} no_consent={summary['no_consent']} "
+              f"known={summary['known']} pending={summary['pending']} conserved={summary['conserved']} "
+              f"reasons={summary['quarantine_reasons']}")
+        outlet_events[IMAGING_CAPTURED].extra = {"series": len(batches), "files": summary["captured"]}
+        return summary
+
+    capture_dicom()
+
+
+with DAG(
+    dag_id="imaging_deidentify",
+    description="De-identify waiting DICOM series (PS3.15 Annex E) and load per-series features",
+    schedule=[IMAGING_CAPTURED],
+    start_date=START,
+    catchup=False,
+    max_active_runs=1,
+    params=_params(),
+    default_args=DEFAULT_ARGS,
+    tags=["mipflow", "node", "imaging"],
+    doc_md=__doc__,
+):
+
+    @task
+    def waiting_series() -> list[list[str]]:
+        """Every captured series batch not yet de-identified, in at most MAX_CHUNKS chunks."""
+        from mipflow.dicom.pipeline import chunked, waiting_series as waiting
+
+        batches = waiting(_home())
+        print(f"{len(batches)} series waiting")
+        return chunked(batches, MAX_CHUNKS)
+
+    @task(max_active_tis_per_dag=2)
+    def deidentify_chunk(batch_ids: list[str]) -> dict:
+        """De-identify the series of one chunk into staging/dicom/<series>/ (one file in memory at a time)."""
+        from mipflow.dicom.pipeline import deidentify_many
+
+        outcomes = deidentify_many(_home(), batch_ids)
+        totals = {k: sum(o[k] for o in outcomes) for k in ("files_in", "written", "quarantined")}
+        for outcome in outcomes:
+            if outcome["quarantined"]:
+                print(f"{outcome['batch_id']}: {outcome['quarantined']} quarantined {outcome['reasons']}")
+        print(f"{len(outcomes)} series: {totals}")
+        return {"series": len(outcomes), **totals}
+
+    @task(outlets=[IMAGING_FEATURES], trigger_rule="all_done")
+    def load_features(chunks: list[dict], *, outlet_events=None) -> dict:
+        """Per-series features of every de-identified series into the imaging:0.1 table (one transaction)."""
+        from mipflow.dicom.pipeline import extract_and_load, pending_outcomes
+
+        home = _home()
+        result = extract_and_load(home, pending_outcomes(home))
+        files = {k: sum(c[k] for c in chunks if c) for k in ("files_in", "written", "quarantined")}
+        print(f"files de-identified this run: {files}; series loaded: {result['loaded']}; "
+              f"failed: {len(result['failed'])}")
+        outlet_events[IMAGING_FEATURES].extra = {"series": result["loaded"]}
+        return {"loaded": result["loaded"], "failed": result["failed"], "files": files}
+
+    load_features(deidentify_chunk.expand(batch_ids=waiting_series()))
