@@ -658,7 +658,8 @@ class Deidentifier:
         if meta is None or not meta.get("TransferSyntaxUID"):
             raise _Quarantined(Quarantine.NO_TRANSFER_SYNTAX,
                                "file meta information has no Transfer Syntax UID (0002,0010)")
-        for tag in ds.keys():
+        # only the last element read can be cut short: everything after it is missing
+        for tag in list(ds.keys())[-1:]:
             raw = ds.get_item(tag)
             length = getattr(raw, "length", None)
             value = getattr(raw, "value", None)
