@@ -15,33 +15,16 @@ tasks to keep parsing cheap).
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta, timezone
 
-from airflow.sdk import DAG, Asset, Param, get_current_context, task
+from airflow.sdk import DAG, Asset, task
+
+from mipflow_dags import START, default_args, node_home, node_params
 
 IMAGING_CAPTURED = Asset(name="mipflow_imaging_captured", uri="mipflow://node/imaging/captured")
 IMAGING_FEATURES = Asset(name="mipflow_imaging_features", uri="mipflow://node/imaging/features")
 
-START = datetime(2026, 1, 1, tzinfo=timezone.utc)
-DEFAULT_ARGS = {"retries": int(os.environ.get("MIPFLOW_TASK_RETRIES", "1")), "retry_delay": timedelta(seconds=30)}
 #: Most mapped de-identification tasks per run (series are grouped into this many chunks).
 MAX_CHUNKS = int(os.environ.get("MIPFLOW_DICOM_MAX_CHUNKS", "64"))
-
-
-def _params() -> dict[str, Param]:
-    return {"node_home": Param(os.environ.get("MIPFLOW_NODE_HOME", ""), type="string",
-                               title="Node home", description="Folder made by `mipflow node init`")}
-
-
-def _home():
-    from mipflow.config import NodeHome
-
-    home = get_current_context()["params"]["node_home"]
-    if not home:
-        from airflow.sdk.exceptions import AirflowFailException
-
-        raise AirflowFailException("no node home: set MIPFLOW_NODE_HOME or the node_home param")
-    return NodeHome(home)
 
 
 with DAG(
@@ -51,8 +34,8 @@ with DAG(
     start_date=START,
     catchup=False,
     max_active_runs=1,
-    params=_params(),
-    default_args=DEFAULT_ARGS,
+    params=node_params(),
+    default_args=default_args(),
     tags=["mipflow", "node", "imaging"],
     doc_md=__doc__,
 ):
@@ -63,7 +46,7 @@ with DAG(
         from mipflow.dicom.pipeline import capture_dicom as capture
 
         summary: dict = {}
-        batches = capture(_home(), summary=summary)
+        batches = capture(node_home(), summary=summary)
         print(f"captured {summary['series']} series ({summary['captured']} file(s)); files_in="
               f"{summary['files_in']} quarantined={summary['quarantined']} no_consent={summary['no_consent']} "
               f"known={summary['known']} pending={summary['pending']} conserved={summary['conserved']} "
@@ -81,8 +64,8 @@ with DAG(
     start_date=START,
     catchup=False,
     max_active_runs=1,
-    params=_params(),
-    default_args=DEFAULT_ARGS,
+    params=node_params(),
+    default_args=default_args(),
     tags=["mipflow", "node", "imaging"],
     doc_md=__doc__,
 ):
@@ -92,7 +75,7 @@ with DAG(
         """Every captured series batch not yet de-identified, in at most MAX_CHUNKS chunks."""
         from mipflow.dicom.pipeline import chunked, waiting_series as waiting
 
-        batches = waiting(_home())
+        batches = waiting(node_home())
         print(f"{len(batches)} series waiting")
         return chunked(batches, MAX_CHUNKS)
 
@@ -101,7 +84,7 @@ with DAG(
         """De-identify the series of one chunk into staging/dicom/<series>/ (one file in memory at a time)."""
         from mipflow.dicom.pipeline import deidentify_many
 
-        outcomes = deidentify_many(_home(), batch_ids)
+        outcomes = deidentify_many(node_home(), batch_ids)
         totals = {k: sum(o[k] for o in outcomes) for k in ("files_in", "written", "quarantined")}
         for outcome in outcomes:
             if outcome["quarantined"]:
@@ -114,7 +97,7 @@ with DAG(
         """Per-series features of every de-identified series into the imaging:0.1 table (one transaction)."""
         from mipflow.dicom.pipeline import extract_and_load, pending_outcomes
 
-        home = _home()
+        home = node_home()
         result = extract_and_load(home, pending_outcomes(home))
         files = {k: sum(c[k] for c in chunks if c) for k in ("files_in", "written", "quarantined")}
         print(f"files de-identified this run: {files}; series loaded: {result['loaded']}; "

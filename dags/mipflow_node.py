@@ -9,41 +9,21 @@ it (imports happen inside tasks to keep parsing cheap).
 """
 from __future__ import annotations
 
-import os
-from datetime import datetime, timedelta, timezone
+from airflow.sdk import DAG, Asset, task
 
-from airflow.sdk import DAG, Asset, Param, get_current_context, task
+from mipflow_dags import START, default_args, node_home, node_params
 
 CAPTURED = Asset(name="mipflow_node_captured", uri="mipflow://node/captured")
 DEPERSONALISED = Asset(name="mipflow_node_depersonalised", uri="mipflow://node/depersonalised")
 VALIDATED = Asset(name="mipflow_node_validated", uri="mipflow://node/validated")
 FEATURE_STORE = Asset(name="mipflow_node_feature_store", uri="mipflow://node/feature_store")
 
-START = datetime(2026, 1, 1, tzinfo=timezone.utc)
-DEFAULT_ARGS = {"retries": int(os.environ.get("MIPFLOW_TASK_RETRIES", "1")), "retry_delay": timedelta(seconds=30)}
-
-
-def _params() -> dict[str, Param]:
-    return {"node_home": Param(os.environ.get("MIPFLOW_NODE_HOME", ""), type="string",
-                               title="Node home", description="Folder made by `mipflow node init`")}
-
-
-def _home():
-    from mipflow.config import NodeHome
-
-    home = get_current_context()["params"]["node_home"]
-    if not home:
-        from airflow.sdk.exceptions import AirflowFailException
-
-        raise AirflowFailException("no node home: set MIPFLOW_NODE_HOME or the node_home param")
-    return NodeHome(home)
-
 
 def _waiting(stage: str) -> list[str]:
     from mipflow.node import open_store
     from mipflow.stages import waiting
 
-    return waiting(open_store(_home()), stage)
+    return waiting(open_store(node_home()), stage)
 
 
 with DAG(
@@ -53,8 +33,8 @@ with DAG(
     start_date=START,
     catchup=False,
     max_active_runs=1,
-    params=_params(),
-    default_args=DEFAULT_ARGS,
+    params=node_params(),
+    default_args=default_args(),
     tags=["mipflow", "node"],
     doc_md=__doc__,
 ):
@@ -64,7 +44,7 @@ with DAG(
         """Scan landing/, register new files by SHA-256, delete withdrawn patients' rows."""
         from mipflow.stages import capture
 
-        summary = capture(_home())
+        summary = capture(node_home())
         for item in summary["skipped"]:
             print(f"skipped {item['path']}: {item['reason']}")
         print(f"captured {len(summary['captured'])} batch(es); "
@@ -93,8 +73,8 @@ for _dag_id, _description, _trigger, _after, _stage, _outlet in STAGES:
         start_date=START,
         catchup=False,
         max_active_runs=1,
-        params=_params(),
-        default_args=DEFAULT_ARGS,
+        params=node_params(),
+        default_args=default_args(),
         tags=["mipflow", "node"],
         doc_md=__doc__,
     ):
@@ -108,7 +88,7 @@ for _dag_id, _description, _trigger, _after, _stage, _outlet in STAGES:
         def run_stage(batch_id: str, stage: str) -> dict:
             from mipflow import stages
 
-            result = getattr(stages, stage)(_home(), batch_id)
+            result = getattr(stages, stage)(node_home(), batch_id)
             print(f"{batch_id}: {result.get('equation', result)}")
             return result
 
@@ -117,7 +97,7 @@ for _dag_id, _description, _trigger, _after, _stage, _outlet in STAGES:
             """Per-batch row accounting (rows_in = loaded + quarantined + no_consent + duplicates)."""
             from mipflow.node import node_status
 
-            status = node_status(_home())
+            status = node_status(node_home())
             for batch in status["batches"]:
                 if batch["batch_id"] in batches:
                     print(f"{batch['source']}: {batch['status']} rows_in={batch['rows_in']} "

@@ -635,7 +635,6 @@ class DeidProfile:
     def _check_consistency(self) -> None:
         dropped = {c: "a direct identifier" for c in self.direct_identifiers}
         dropped.update({c: "a free-text column" for c in self.free_text if c not in dropped})
-        date_columns = {r.column for r in self.dates}
         quasi_columns = {r.column for r in self.quasi_identifiers}
         for rule in self.dates:
             if rule.column == self.patient_id or rule.reference == self.patient_id:

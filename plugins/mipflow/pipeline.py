@@ -173,8 +173,6 @@ class ChunkProcessor:
     # -- depersonalise ------------------------------------------------------
     def depersonalise(self, chunk: "pd.DataFrame") -> tuple["pd.DataFrame", list[tuple[int, str, Any]]]:
         """Pseudonymise and strip identifiers; returns (good rows, quarantine entries)."""
-        import pandas as pd
-
         profile = self.profile
         frame = chunk
         visit = None
@@ -267,12 +265,12 @@ def _raw_header(path: Path, profile: SourceProfile) -> list[str]:
 
 
 def _record(row: "pd.Series", drop: tuple[str, ...]) -> dict[str, Any]:
+    import pandas as pd
+
     out = {}
     for key, value in row.items():
         if key in drop or key == ROW_COLUMN:
             continue
-        import pandas as pd
-
         missing = value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
         out[str(key)] = None if missing else (value.item() if hasattr(value, "item") else value)
     return out
