@@ -30,6 +30,10 @@ os.environ.pop("MIPFLOW_NODE_HOME", None)
 os.environ["MIPFLOW_TASK_RETRIES"] = "0"  # a failing task fails the test at once
 if str(REPO_ROOT / "plugins") not in sys.path:  # Airflow puts the plugins folder on sys.path too
     sys.path.insert(0, str(REPO_ROOT / "plugins"))
+# subprocesses (node services, Airflow commands) import this checkout's code too, not
+# whatever the virtualenv's editable install points at (e.g. another worktree)
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(REPO_ROOT / "plugins"), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
 
 
 @pytest.fixture(scope="session")
