@@ -80,8 +80,8 @@ def compare_with_scipy(ours: dict, table: pd.DataFrame, yates: bool) -> None:
     check("cramers_v", ours["cramers_v"], association(observed, method="cramer", correction=False))
     # statsmodels' Pearson statistic (uncorrected) on the same table, via V
     sm_chi2 = Table(observed, shift_zeros=False).test_nominal_association().statistic
-    check("chi2 (statsmodels, uncorrected)", ours["cramers_v"] ** 2 * observed.sum() * (min(observed.shape) - 1),
-          sm_chi2)
+    v_squared_scale = observed.sum() * (min(observed.shape) - 1)
+    check("chi2 (statsmodels, uncorrected)", ours["cramers_v"] ** 2 * v_squared_scale, sm_chi2)
     assert ours["expected_below_5"] == int((ref.expected_freq < 5).sum())
 
 
@@ -90,7 +90,8 @@ def compare_with_scipy(ours: dict, table: pd.DataFrame, yates: bool) -> None:
 def test_rxc_equals_pooled(split, pair, yates) -> None:
     data, nodes = split
     x, y = pair
-    ours = run_in_process(ALG, nodes, request(x=(x,), y=(y,), yates_correction="yes" if yates else "no"), MODEL)
+    req = request(x=(x,), y=(y,), yates_correction="yes" if yates else "no")
+    ours = run_in_process(ALG, nodes, req, MODEL)
     table = pooled_table(data, x, y)
     compare_with_scipy(ours, table, yates)
     absent_x = [lvl for lvl in MODEL.variable(x).enumeration_codes if lvl not in table.index]
@@ -223,7 +224,8 @@ def test_one_patient_alone_in_a_cell_refuses_the_table() -> None:
     """One woman in group c: her cell (and the row and column margins that would
     give it away by subtraction) never leave the node."""
     req = request(x=("sex",), y=("grp",))
-    frame = _frame({("M", "a"): 10, ("M", "b"): 6, ("M", "c"): 5, ("F", "a"): 7, ("F", "b"): 8, ("F", "c"): 1})
+    frame = _frame({("M", "a"): 10, ("M", "b"): 6, ("M", "c"): 5,
+                    ("F", "a"): 7, ("F", "b"): 8, ("F", "c"): 1})
     with pytest.raises(DisclosureError) as info:
         released(frame, req)
     assert info.value.control == "nfilter_tab"
