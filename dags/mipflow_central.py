@@ -47,6 +47,11 @@ ALGORITHMS: dict[str, tuple[str, bool, bool, bool, dict[str, Param]]] = {
     "anova_oneway": ("One-way ANOVA with Tukey HSD", False, True, False, {}),
     "multiple_histograms": ("Histograms (small bins suppressed)", False, True, True, {
         "bins": Param(20, type="integer", minimum=1, maximum=100, title="Bins")}),
+    "contingency_table": ("Contingency table: chi-squared, G-test, Fisher (2x2)", False, True, False, {
+        "yates_correction": Param("yes", type="string", enum=["yes", "no"],
+                                  title="Yates' continuity correction (2x2 tables)"),
+        "alt_hypothesis": _ALT,
+        "alpha": _alpha(0.05, "Significance level (odds and risk ratio intervals)")}),
 }
 
 

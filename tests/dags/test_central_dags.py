@@ -128,3 +128,26 @@ def test_result_provenance_lists_datasets_and_software(federation):
         held = ops.open_store(home).count_rows(ops.open_store(home).data_model("stroke:0.1"))
         assert outcome["datasets"][home.name] == {home.name: held}
     assert outcome["software"].startswith("mipflow ") and outcome["request"]["parameters"] == {"mu": 5}
+
+
+def test_federated_contingency_table_dag_equals_pooled_scipy(dags, federation):
+    from scipy import stats
+
+    run = dags["federated_contingency_table"].test(
+        run_conf=conf(y="death_90d", x="sex", yates_correction="no", alt_hypothesis="greater"))
+    assert "success" in str(run.state)
+    stored = ResultStore(federation["central"]).get(run.run_id)
+    assert stored["request"]["parameters"] == {"yates_correction": "no", "alt_hypothesis": "greater",
+                                               "alpha": 0.05}
+    # every demo hospital's 2x2 table has cells of at least nfilter_tab: none is refused
+    assert set(stored["contributed"]) == set(HOSPITALS) and not stored["excluded"]
+    data = pooled(federation["homes"], ["sex", "death_90d"])
+    table = pd.crosstab(data["sex"], data["death_90d"]).reindex(
+        index=["M", "F"], columns=["yes", "no"], fill_value=0).to_numpy()
+    result = stored["result"]
+    assert result["observed"] == table.tolist()
+    ref = stats.chi2_contingency(table, correction=False)
+    np.testing.assert_allclose([result["chi2"]["statistic"], result["chi2"]["p_value"]],
+                               [ref.statistic, ref.pvalue], rtol=1e-9)
+    fisher = stats.fisher_exact(table, alternative="greater")
+    np.testing.assert_allclose(result["fisher_exact"]["p_value"], fisher.pvalue, rtol=1e-9)

@@ -19,6 +19,7 @@ from mipflow.algorithms.pearson_correlation import PearsonCorrelation
 from mipflow.algorithms.ttest_independent import TTestIndependent
 from mipflow.algorithms.ttest_onesample import TTestOneSample
 from mipflow.algorithms.ttest_paired import TTestPaired
+from mipflow.algorithms.contingency_table import ContingencyTable
 from mipflow.exceptions import RequestError
 
 ALGORITHMS: dict[str, Algorithm] = {
@@ -33,6 +34,7 @@ ALGORITHMS: dict[str, Algorithm] = {
         TTestPaired(),
         AnovaOneway(),
         MultipleHistograms(),
+        ContingencyTable(),
     )
 }
 

@@ -41,6 +41,7 @@ VALID = {
     "ttest_paired": request(x=("x1",), y=("y",)),
     "anova_oneway": request(x=("grp",), y=("y",)),
     "multiple_histograms": request(x=("sex",), y=("y",), bins=5),
+    "contingency_table": request(x=("sex",), y=("outcome",)),
 }
 
 

@@ -1,0 +1,301 @@
+"""Contingency table of two nominal variables, with tests of independence.
+
+Rows are the levels of ``x`` (one nominal variable), columns the levels of
+``y`` (one nominal variable), both in the data model's enumeration order, so
+every node counts the same cells.
+
+Local step: the node's cross-tabulation counts, row-major, under the key
+``group_counts``.  Every cell is the size of a group of patients (those with
+``x = a`` and ``y = b``), so the node's ``nfilter_tab`` control refuses the
+whole step when any cell is in ``(0, nfilter_tab)``: a table is released
+whole or not at all, never with cells suppressed (why: see
+``docs/adr/0006-contingency-suppression.md``).  Zero cells are released.
+
+Global step: the pooled table is the sum of the node tables, and every
+statistic below is a function of the pooled table alone, hence equal to the
+pooled computation:
+
+* expected counts under independence, ``E = r c' / n``;
+* Pearson's chi-squared test, with Yates' continuity correction when the
+  table has one degree of freedom and ``yates_correction`` is ``"yes"``
+  (scipy's ``chi2_contingency`` rule);
+* the likelihood-ratio G-test, ``G = 2 sum O log(O / E)`` (never corrected);
+* Cramer's V from the uncorrected chi-squared statistic;
+* for 2x2 tables: Fisher's exact test (sample odds ratio and the p-value of
+  the requested alternative), the odds ratio and risk ratio with Woolf /
+  log-normal confidence intervals as statsmodels' ``Table2x2`` (zero cells
+  replaced by 0.5 for these two, as statsmodels does by default).
+
+Levels no node observed are left out of the tests (a row or column of zeros
+has no expected count) and listed in ``absent_levels``.  The chi-squared and
+G-test p-values are asymptotic; the result says so and counts the expected
+cells below 5.
+"""
+from __future__ import annotations
+
+import math
+from types import MappingProxyType
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import special, stats
+
+from mipflow.algorithms.base import (
+    NOMINAL, AnalysisRequest, InputSpec, ParamSpec, SpecAlgorithm, Step, alternative_spec,
+    category_codes, json_ready,
+)
+from mipflow.datamodel import DataModel
+from mipflow.exceptions import RequestError
+
+#: Expected counts below this make the asymptotic p-values doubtful (Cochran's rule).
+SMALL_EXPECTED = 5.0
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def cross_tabulate(row_codes: np.ndarray, col_codes: np.ndarray,
+                   row_levels: Sequence[str], col_levels: Sequence[str]) -> np.ndarray:
+    """Counts of every (row level, column level) pair.
+
+    Parameters
+    ----------
+    row_codes, col_codes : numpy.ndarray of str, shape (n,)
+        Enumeration codes of complete-case rows.
+    row_levels, col_levels : sequence of str, lengths r and c
+
+    Returns
+    -------
+    numpy.ndarray of int64, shape (r, c)
+    """
+    row_index = {level: i for i, level in enumerate(row_levels)}
+    col_index = {level: j for j, level in enumerate(col_levels)}
+    table = np.zeros((len(row_levels), len(col_levels)), dtype=np.int64)
+    if len(row_codes):
+        i = np.fromiter((row_index[c] for c in row_codes), dtype=np.int64, count=len(row_codes))
+        j = np.fromiter((col_index[c] for c in col_codes), dtype=np.int64, count=len(col_codes))
+        np.add.at(table, (i, j), 1)
+    return table
+
+
+def expected_counts(observed: np.ndarray) -> np.ndarray:
+    """Expected counts under independence, ``outer(row totals, column totals) / n``.
+
+    Parameters
+    ----------
+    observed : numpy.ndarray, shape (r, c), no empty row or column
+
+    Returns
+    -------
+    numpy.ndarray of float, shape (r, c)
+    """
+    observed = np.asarray(observed, dtype=float)
+    return np.outer(observed.sum(axis=1), observed.sum(axis=0)) / observed.sum()
+
+
+def pearson_chi2(observed: np.ndarray, *, correction: bool) -> tuple[float, int, float, bool]:
+    """Pearson's chi-squared test of independence.
+
+    Yates' correction (each ``|O - E|`` reduced by up to 0.5) applies only when
+    ``correction`` is true and the table has one degree of freedom, as in
+    ``scipy.stats.chi2_contingency``.
+
+    Returns
+    -------
+    statistic : float
+    df : int
+    p_value : float
+        Asymptotic (chi-squared distribution with ``df`` degrees of freedom).
+    corrected : bool
+        Whether Yates' correction was applied.
+    """
+    observed = np.asarray(observed, dtype=float)
+    expected = expected_counts(observed)
+    df = (observed.shape[0] - 1) * (observed.shape[1] - 1)
+    diff = np.abs(observed - expected)
+    corrected = bool(correction and df == 1)
+    if corrected:
+        diff = diff - np.minimum(0.5, diff)
+    statistic = float(np.sum(diff * diff / expected))
+    return statistic, df, float(stats.chi2.sf(statistic, df)), corrected
+
+
+def g_test(observed: np.ndarray) -> tuple[float, int, float]:
+    """Likelihood-ratio (G) test of independence, ``G = 2 sum O log(O / E)``.
+
+    Returns
+    -------
+    statistic, df, p_value (asymptotic)
+    """
+    observed = np.asarray(observed, dtype=float)
+    expected = expected_counts(observed)
+    df = (observed.shape[0] - 1) * (observed.shape[1] - 1)
+    statistic = float(2.0 * np.sum(special.xlogy(observed, observed / expected)))
+    statistic = max(statistic, 0.0)  # rounding can leave -1e-16 for an independent table
+    return statistic, df, float(stats.chi2.sf(statistic, df))
+
+
+def cramers_v(chi2_uncorrected: float, n: int, shape: tuple[int, int]) -> float:
+    """Cramer's V, ``sqrt(chi2 / (n (min(r, c) - 1)))``, from the uncorrected chi-squared."""
+    return math.sqrt(chi2_uncorrected / (n * (min(shape) - 1)))
+
+
+def fisher_2x2(observed: np.ndarray, alternative: str) -> tuple[float, float]:
+    """Fisher's exact test of a 2x2 table.
+
+    Returns
+    -------
+    sample_odds_ratio : float
+        ``(a d) / (b c)`` of the unshifted table (inf or nan with zero cells).
+    p_value : float
+        Exact, from the hypergeometric distribution of the first cell given
+        the margins (``scipy.stats.fisher_exact``).
+    """
+    result = stats.fisher_exact(np.asarray(observed, dtype=np.int64), alternative=alternative)
+    return float(result.statistic), float(result.pvalue)
+
+
+def ratio_measures(observed: np.ndarray, alpha: float) -> dict[str, Any]:
+    """Odds ratio and risk ratio of a 2x2 table with normal-theory intervals on the log scale.
+
+    As statsmodels' ``Table2x2`` (default ``shift_zeros=True``): when a cell
+    is zero, every zero cell is replaced by 0.5 first.  The risk ratio compares
+    the proportion in the first column between the two rows.
+
+    Returns
+    -------
+    dict
+        ``odds_ratio`` and ``risk_ratio``, each ``{"estimate", "log_se",
+        "ci_lower", "ci_upper"}``, and ``zero_cells_shifted``.
+    """
+    table = np.asarray(observed, dtype=float).copy()
+    shifted = bool(table.min() == 0)
+    if shifted:
+        table[table == 0] = 0.5
+    z = -float(stats.norm.ppf(alpha / 2.0))
+    (a, b), (c, d) = table
+    log_or = math.log(a) - math.log(b) - math.log(c) + math.log(d)
+    se_or = math.sqrt(float(np.sum(1.0 / table)))
+    n_rows = table.sum(axis=1)
+    p = table[:, 0] / n_rows
+    risk_ratio = float(p[0] / p[1])
+    se_rr = math.sqrt(float(np.sum((1.0 - p) / (n_rows * p))))
+    log_rr = math.log(risk_ratio)
+    return {
+        "odds_ratio": {"estimate": a * d / (b * c), "log_se": se_or,
+                       "ci_lower": math.exp(log_or - z * se_or), "ci_upper": math.exp(log_or + z * se_or)},
+        "risk_ratio": {"estimate": risk_ratio, "log_se": se_rr,
+                       "ci_lower": math.exp(log_rr - z * se_rr), "ci_upper": math.exp(log_rr + z * se_rr)},
+        "zero_cells_shifted": shifted,
+    }
+
+
+def pool_tables(aggregates: Sequence[dict], shape: tuple[int, int]) -> np.ndarray:
+    """Sum the nodes' tables (``group_counts``, row-major), checking their shape.
+
+    Raises
+    ------
+    RequestError
+        If a node sent a table of another shape or a cell that is not a count
+        (e.g. suppressed as ``None``): the pooled table would be unknown.
+    """
+    total = np.zeros(shape, dtype=np.int64)
+    for agg in aggregates:
+        if list(agg.get("shape", ())) != list(shape):
+            raise RequestError(f"a node sent a table of shape {agg.get('shape')}, expected {list(shape)}")
+        cells = agg.get("group_counts")
+        if (not isinstance(cells, list) or len(cells) != shape[0] * shape[1]
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in cells)):
+            raise RequestError("a node sent a table with cells that are not counts (suppressed?); "
+                               "the pooled table would be unknown")
+        total += np.asarray(cells, dtype=np.int64).reshape(shape)
+    return total
+
+
+# --------------------------------------------------------------------------- the algorithm
+
+
+class ContingencyTable(SpecAlgorithm):
+    """Cross-tabulation of ``x`` (rows) by ``y`` (columns) with chi-squared,
+    G and, for 2x2 tables, Fisher's exact test."""
+
+    name = "contingency_table"
+    label = "Contingency table (chi-squared, G-test, Fisher's exact test)"
+    y_spec = InputSpec(types=("int", "text"), stattypes=(NOMINAL,), notblank=True, multiple=False)
+    x_spec = InputSpec(types=("int", "text"), stattypes=(NOMINAL,), notblank=True, multiple=False)
+    parameter_specs = MappingProxyType({
+        "yates_correction": ParamSpec(types=("text",), default="yes", notblank=True, enums=("yes", "no")),
+        "alt_hypothesis": alternative_spec(),
+        "alpha": ParamSpec(types=("real",), default=0.05, notblank=True, min=0.0, max=1.0),
+    })
+
+    def check(self, request: AnalysisRequest, model: DataModel) -> None:
+        if request.x[0] == request.y[0]:
+            raise RequestError(f"{request.y[0]!r} cannot be both x and y of a contingency table")
+        alpha = self.params(request, model)["alpha"]
+        if not 0.0 < alpha < 1.0:
+            raise RequestError(f"parameter 'alpha' = {alpha} must lie strictly between 0 and 1")
+
+    @staticmethod
+    def _levels(request: AnalysisRequest, model: DataModel) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return (model.variable(request.x[0]).enumeration_codes,
+                model.variable(request.y[0]).enumeration_codes)
+
+    def local_step(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
+                   model: DataModel, state: dict | None) -> dict:
+        xvar, yvar = model.variable(request.x[0]), model.variable(request.y[0])
+        row_levels, col_levels = self._levels(request, model)
+        table = cross_tabulate(category_codes(data[xvar.code], xvar).to_numpy(),
+                               category_codes(data[yvar.code], yvar).to_numpy(),
+                               row_levels, col_levels)
+        # every cell is a group of patients: under group_counts the node's
+        # nfilter_tab control refuses the table if any cell is small
+        return {"shape": list(table.shape), "group_counts": table.ravel().tolist()}
+
+    def global_step(self, round: int, aggregates: list[dict], request: AnalysisRequest,
+                    model: DataModel, state: dict | None) -> Step:
+        params = self.params(request, model)
+        row_levels, col_levels = self._levels(request, model)
+        full = pool_tables(aggregates, (len(row_levels), len(col_levels)))
+        n = int(full.sum())
+        if n == 0:
+            raise RequestError("no rows have values of both variables")
+        keep_rows, keep_cols = full.sum(axis=1) > 0, full.sum(axis=0) > 0
+        observed = full[np.ix_(keep_rows, keep_cols)]
+        rows = [lvl for lvl, keep in zip(row_levels, keep_rows) if keep]
+        cols = [lvl for lvl, keep in zip(col_levels, keep_cols) if keep]
+        for code, present in ((request.x[0], rows), (request.y[0], cols)):
+            if len(present) < 2:
+                raise RequestError(f"cannot test independence: {code!r} has only one level "
+                                   f"({', '.join(present)}) in the data")
+        expected = expected_counts(observed)
+        chi2, df, chi2_p, corrected = pearson_chi2(observed, correction=params["yates_correction"] == "yes")
+        chi2_raw = chi2 if not corrected else pearson_chi2(observed, correction=False)[0]
+        g_stat, _, g_p = g_test(observed)
+        result: dict[str, Any] = {
+            "n_obs": n,
+            "row_var": request.x[0],
+            "col_var": request.y[0],
+            "row_levels": rows,
+            "col_levels": cols,
+            "observed": observed,
+            "expected": expected,
+            "row_totals": observed.sum(axis=1),
+            "col_totals": observed.sum(axis=0),
+            "absent_levels": {request.x[0]: [lvl for lvl in row_levels if lvl not in rows],
+                              request.y[0]: [lvl for lvl in col_levels if lvl not in cols]},
+            "chi2": {"statistic": chi2, "df": df, "p_value": chi2_p, "yates_correction": corrected,
+                     "p_value_method": "asymptotic"},
+            "g_test": {"statistic": g_stat, "df": df, "p_value": g_p, "p_value_method": "asymptotic"},
+            "cramers_v": cramers_v(chi2_raw, n, observed.shape),
+            "expected_below_5": int(np.count_nonzero(expected < SMALL_EXPECTED)),
+            "fisher_exact": None,
+        }
+        if observed.shape == (2, 2):
+            odds, p_fisher = fisher_2x2(observed, params["alt_hypothesis"])
+            result["fisher_exact"] = {"sample_odds_ratio": odds, "p_value": p_fisher,
+                                      "alternative": params["alt_hypothesis"], "p_value_method": "exact"}
+            measures = ratio_measures(observed, params["alpha"])
+            result.update(measures, confidence_level=1.0 - params["alpha"])
+        return Step(done=True, result=json_ready(result))
