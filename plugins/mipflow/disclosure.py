@@ -84,7 +84,8 @@ class DisclosureControls:
         tab = self.settings.nfilter_tab
         for n in _group_sizes(aggregates):
             if 0 < n < tab:
-                raise DisclosureError(f"a group of {n} row(s) is smaller than nfilter_tab ({tab})",
+                # the size itself stays at the node: "a group of 1 row" would disclose it
+                raise DisclosureError(f"a group or cell is non-empty but smaller than nfilter_tab ({tab})",
                                       control="nfilter_tab")
         return _suppress_cells(aggregates, tab)
 

@@ -42,3 +42,11 @@ def test_extremes_only_with_explicit_setting():
 def test_released_count_threshold():
     controls = DisclosureControls(NodeSettings(min_row_count=10))
     assert controls.released_count(9) is None and controls.released_count(10) == 10
+
+
+@pytest.mark.parametrize("small", [1, 2])
+def test_refusal_does_not_tell_the_size_of_the_small_group(small):
+    """The refusal travels to the central site: it must not say how small the group was."""
+    with pytest.raises(DisclosureError) as info:
+        DisclosureControls(NodeSettings(nfilter_tab=3)).release(Algo(), None, None, 0, {"group_n": [40, small]})
+    assert str(small) not in str(info.value).replace("(3)", "")
