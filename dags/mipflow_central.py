@@ -27,6 +27,9 @@ def _alpha(default: float, title: str) -> Param:
     return Param(default, type="number", minimum=0, maximum=1, title=title)
 
 
+_N_SPLITS = Param(5, type="integer", minimum=2, maximum=20, title="Number of folds")
+_SEED = Param(0, type="integer", minimum=0, title="Seed of the fold assignment at each node")
+
 #: algorithm -> (label, y is a list?, x allowed?, x is a list?, algorithm parameters as Params)
 ALGORITHMS: dict[str, tuple[str, bool, bool, bool, dict[str, Param]]] = {
     "descriptive_stats": ("Descriptive statistics (no raw min/max)", True, True, True, {}),
@@ -47,6 +50,16 @@ ALGORITHMS: dict[str, tuple[str, bool, bool, bool, dict[str, Param]]] = {
     "anova_oneway": ("One-way ANOVA with Tukey HSD", False, True, False, {}),
     "multiple_histograms": ("Histograms (small bins suppressed)", False, True, True, {
         "bins": Param(20, type="integer", minimum=1, maximum=100, title="Bins")}),
+    "linear_regression_cv": ("Linear regression, k-fold cross-validation", False, True, True, {
+        "n_splits": _N_SPLITS, "seed": _SEED}),
+    "logistic_regression_cv": ("Logistic regression, k-fold cross-validation", False, True, True, {
+        "positive_class": Param("", type="string", title="Positive class (a level of y)"),
+        "n_splits": _N_SPLITS, "seed": _SEED,
+        "roc_bins": Param(50, type="integer", minimum=2, maximum=1000, title="ROC bins (AUC is binned)")}),
+    "naive_bayes_gaussian_cv": ("Gaussian naive Bayes, k-fold cross-validation", False, True, True, {
+        "n_splits": _N_SPLITS, "seed": _SEED}),
+    "naive_bayes_categorical_cv": ("Categorical naive Bayes, k-fold cross-validation", False, True, True, {
+        "n_splits": _N_SPLITS, "seed": _SEED}),
 }
 
 
