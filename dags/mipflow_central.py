@@ -27,6 +27,9 @@ def _alpha(default: float, title: str) -> Param:
     return Param(default, type="number", minimum=0, maximum=1, title=title)
 
 
+_N_SPLITS = Param(5, type="integer", minimum=2, maximum=20, title="Number of folds")
+_SEED = Param(0, type="integer", minimum=0, title="Seed of the fold assignment at each node")
+
 #: algorithm -> (label, y is a list?, x allowed?, x is a list?, algorithm parameters as Params)
 ALGORITHMS: dict[str, tuple[str, bool, bool, bool, dict[str, Param]]] = {
     "descriptive_stats": ("Descriptive statistics (no raw min/max)", True, True, True, {}),
@@ -52,6 +55,16 @@ ALGORITHMS: dict[str, tuple[str, bool, bool, bool, dict[str, Param]]] = {
                                   title="Yates' continuity correction (2x2 tables)"),
         "alt_hypothesis": _ALT,
         "alpha": _alpha(0.05, "Significance level (odds and risk ratio intervals)")}),
+    "linear_regression_cv": ("Linear regression, k-fold cross-validation", False, True, True, {
+        "n_splits": _N_SPLITS, "seed": _SEED}),
+    "logistic_regression_cv": ("Logistic regression, k-fold cross-validation", False, True, True, {
+        "positive_class": Param("", type="string", title="Positive class (a level of y)"),
+        "n_splits": _N_SPLITS, "seed": _SEED,
+        "roc_bins": Param(50, type="integer", minimum=2, maximum=1000, title="ROC bins (AUC is binned)")}),
+    "naive_bayes_gaussian_cv": ("Gaussian naive Bayes, k-fold cross-validation", False, True, True, {
+        "n_splits": _N_SPLITS, "seed": _SEED}),
+    "naive_bayes_categorical_cv": ("Categorical naive Bayes, k-fold cross-validation", False, True, True, {
+        "n_splits": _N_SPLITS, "seed": _SEED}),
 }
 
 

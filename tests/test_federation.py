@@ -203,10 +203,13 @@ def _expected_refusals(federation: Federation, name: str, doc: dict, rows: dict[
     request = AnalysisRequest.from_dict(doc)
     model, _ = federation.frames[request.data_model]
     n_params = len(design_columns(request.x, model)) if name in MODEL_ALGORITHMS else 0
+    fold_sizes = getattr(get_algorithm(name), "fold_sizes", None)
     for node, n_rows in rows.items():
-        if n_rows == 0:
+        # cross-validation: the smallest fold at the node is checked as well
+        smallest = min(fold_sizes(request, n_rows)) if fold_sizes else n_rows
+        if n_rows == 0 or smallest == 0:
             refused[node] = "min_row_count"
-        elif n_params > n_rows:
+        elif n_params > smallest:
             refused[node] = "nfilter_glm"
     return refused
 

@@ -25,7 +25,8 @@ from mipflow.exceptions import DisclosureError
 #: Keys that would carry a raw extreme value of one patient.
 RAW_EXTREME_KEYS = frozenset({"min", "max", "minimum", "maximum", "q1", "q2", "q3", "median", "quantiles"})
 #: Algorithms whose parameter count is checked against nfilter_glm.
-MODEL_ALGORITHMS = frozenset({"linear_regression", "logistic_regression"})
+MODEL_ALGORITHMS = frozenset({"linear_regression", "logistic_regression",
+                              "linear_regression_cv", "logistic_regression_cv"})
 
 
 class DisclosureControls:
@@ -74,6 +75,16 @@ class DisclosureControls:
             if n_params > s.nfilter_glm * n_rows:
                 raise DisclosureError(f"{n_params} parameters for {n_rows} rows exceeds nfilter_glm "
                                       f"({s.nfilter_glm} parameters per row)", control="nfilter_glm")
+        fold_sizes = getattr(algorithm, "fold_sizes", None)
+        if fold_sizes is not None:
+            # cross-validation releases statistics of every fold: each fold is checked as a step
+            smallest = min(fold_sizes(request, n_rows))
+            if smallest < s.min_row_count:
+                raise DisclosureError(f"a cross-validation fold of {smallest} row(s) is smaller than "
+                                      f"min_row_count ({s.min_row_count})", control="min_row_count")
+            if algorithm.name in MODEL_ALGORITHMS and n_params > s.nfilter_glm * smallest:
+                raise DisclosureError(f"{n_params} parameters for a fold of {smallest} rows exceeds "
+                                      f"nfilter_glm ({s.nfilter_glm} parameters per row)", control="nfilter_glm")
 
     # -- the aggregates -----------------------------------------------------------
     def release(self, algorithm: Any, request: Any, model: DataModel, round_no: int,

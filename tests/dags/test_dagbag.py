@@ -15,7 +15,8 @@ EXPECTED_IMAGING_DAGS = {"imaging_capture", "imaging_deidentify"}
 EXPECTED_CENTRAL_DAGS = {f"federated_{name}" for name in (
     "descriptive_stats", "pearson_correlation", "linear_regression", "logistic_regression", "ttest_onesample",
     "ttest_independent", "ttest_paired", "anova_oneway", "multiple_histograms",
-    "contingency_table")} | {"federation_metadata"}
+    "contingency_table",
+    "linear_regression_cv", "logistic_regression_cv", "naive_bayes_gaussian_cv", "naive_bayes_categorical_cv")} | {"federation_metadata"}
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,9 @@ from mipflow.algorithms.ttest_onesample import TTestOneSample
 from mipflow.algorithms.ttest_paired import TTestPaired
 from mipflow.algorithms.contingency_table import ContingencyTable
 from mipflow.exceptions import RequestError
+from mipflow.algorithms.linear_regression_cv import LinearRegressionCV
+from mipflow.algorithms.logistic_regression_cv import LogisticRegressionCV
+from mipflow.algorithms.naive_bayes import NaiveBayesCategoricalCV, NaiveBayesGaussianCV
 
 ALGORITHMS: dict[str, Algorithm] = {
     alg.name: alg
@@ -35,7 +38,20 @@ ALGORITHMS: dict[str, Algorithm] = {
         AnovaOneway(),
         MultipleHistograms(),
         ContingencyTable(),
+        LinearRegressionCV(),
+        LogisticRegressionCV(),
+        NaiveBayesGaussianCV(),
+        NaiveBayesCategoricalCV(),
     )
+}
+
+#: Exareme2 algorithms deliberately not offered, with the reason given to the requester.
+NOT_OFFERED: dict[str, str] = {
+    "svm_scikit": (
+        "svm_scikit is not offered: a support vector machine's model is made of support vectors, "
+        "which are patients' rows, so no node can release it (see docs/adr/0007-svm-not-offered.md; "
+        "use logistic_regression or naive_bayes_gaussian_cv instead)"
+    ),
 }
 
 
@@ -47,6 +63,8 @@ def get_algorithm(name: str) -> Algorithm:
     RequestError
         If there is no such algorithm.
     """
+    if isinstance(name, str) and name in NOT_OFFERED:
+        raise RequestError(NOT_OFFERED[name])
     try:
         return ALGORITHMS[name]
     except (KeyError, TypeError):

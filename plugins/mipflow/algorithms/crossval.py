@@ -1,0 +1,122 @@
+"""k-fold cross-validation across nodes: fold assignment and metrics from aggregates.
+
+Folds are assigned *inside* each node: a node's complete-case rows are dealt
+round robin into ``n_splits`` folds (``arange(n) % n_splits``) and the labels
+shuffled with a generator seeded by the request's ``seed``, so the assignment
+is reproducible and no row identifier ever leaves the node.  Fold ``k`` of the
+federation is the union of every node's fold ``k``; its model is trained on the
+aggregates of all the other folds of all nodes and evaluated on fold ``k`` by
+aggregates (residual sums, confusion counts, binned ROC counts).
+
+A node releases statistics of each of its folds, so the smallest released unit
+is one fold at one node (``n // n_splits`` rows): the disclosure controls check
+that size (:func:`fold_sizes`), not only the node's row count.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+from mipflow.algorithms.base import ParamSpec
+
+#: The ``n_splits`` parameter (Exareme2's spec).
+N_SPLITS = ParamSpec(types=("int",), default=5, notblank=True, min=2, max=20)
+#: mipflow addition: the seed of the fold assignment inside each node.
+SEED = ParamSpec(types=("int",), default=0, min=0, max=2**31 - 1)
+
+
+def fold_labels(n_rows: int, n_splits: int, seed: int) -> np.ndarray:
+    """Fold of each of a node's rows, shape (n_rows,), values in ``0..n_splits-1``.
+
+    Fold sizes differ by at most one (the first ``n_rows % n_splits`` folds get
+    the extra row); which rows go where is a permutation drawn from
+    ``numpy.random.default_rng(seed)``.
+    """
+    rng = np.random.default_rng(int(seed))
+    return rng.permutation(np.arange(n_rows) % n_splits)
+
+
+def fold_sizes(n_rows: int, n_splits: int) -> list[int]:
+    """Rows per fold at a node with ``n_rows`` rows (as :func:`fold_labels`)."""
+    return [n_rows // n_splits + (1 if k < n_rows % n_splits else 0) for k in range(n_splits)]
+
+
+def mean_std(values: Sequence[float | None]) -> list[float | None]:
+    """``[mean, sample standard deviation (ddof=1)]`` over folds (Exareme2's ``BasicStats``).
+
+    ``None`` (a fold whose metric is unavailable) makes both ``None``.
+    """
+    if any(v is None for v in values):
+        return [None, None]
+    arr = np.asarray(values, dtype=float)
+    std = float(arr.std(ddof=1)) if len(arr) > 1 else math.nan
+    return [float(arr.mean()), std]
+
+
+def ratio(num: float, den: float) -> float:
+    """``num / den``, 0 when ``den`` is 0 (sklearn's ``zero_division=0``)."""
+    return float(num) / float(den) if den else 0.0
+
+
+def binary_metrics(tn: int, fp: int, fn: int, tp: int) -> dict[str, float]:
+    """Accuracy, precision, recall and F1 of one 2x2 confusion matrix."""
+    precision = ratio(tp, tp + fp)
+    recall = ratio(tp, tp + fn)
+    return {
+        "accuracy": ratio(tp + tn, tn + fp + fn + tp),
+        "precision": precision,
+        "recall": recall,
+        "fscore": ratio(2 * precision * recall, precision + recall),
+    }
+
+
+def score_bins(scores: np.ndarray, n_bins: int) -> np.ndarray:
+    """Bin of each probability on the shared grid ``[b/n_bins, (b+1)/n_bins)``, shape (n,)."""
+    return np.minimum(np.floor(np.asarray(scores) * n_bins), n_bins - 1).astype(int)
+
+
+def roc_from_bins(negatives: Sequence[int], positives: Sequence[int]) -> tuple[list[float], list[float], float]:
+    """ROC curve and AUC from per-bin counts of each class.
+
+    The thresholds are the bin edges, from the top: the curve has a point per
+    bin, and the AUC is the trapezoidal area under it, which is the
+    Mann-Whitney probability ``P(s_pos > s_neg) + P(tie) / 2`` of the *binned*
+    scores (pairs in the same bin count one half).  It equals the exact AUC of
+    the raw scores only when no positive and negative share a bin.
+
+    Returns
+    -------
+    tpr, fpr : list of float, length n_bins + 1
+    auc : float (NaN when a class is absent)
+    """
+    neg = np.asarray(negatives, dtype=float)[::-1]
+    pos = np.asarray(positives, dtype=float)[::-1]
+    n_neg, n_pos = neg.sum(), pos.sum()
+    tp = np.concatenate([[0.0], np.cumsum(pos)])
+    fp = np.concatenate([[0.0], np.cumsum(neg)])
+    if n_neg == 0 or n_pos == 0:
+        return [math.nan] * len(tp), [math.nan] * len(fp), math.nan
+    # a positive in a bin beats the negatives in lower bins and ties half of its own bin
+    below = n_neg - fp[1:]
+    auc = float(np.sum(pos * (below + 0.5 * neg)) / (n_pos * n_neg))
+    return (tp / n_pos).tolist(), (fp / n_neg).tolist(), auc
+
+
+def multiclass_metrics(confusion: np.ndarray) -> dict[str, list[float]]:
+    """One-vs-rest accuracy, precision, recall and F1 per class.
+
+    ``confusion[i, j]`` counts rows of true class ``i`` predicted as ``j``.
+    """
+    cm = np.asarray(confusion, dtype=float)
+    total = cm.sum()
+    out: dict[str, list[float]] = {"accuracy": [], "precision": [], "recall": [], "fscore": []}
+    for c in range(cm.shape[0]):
+        tp = cm[c, c]
+        fp = cm[:, c].sum() - tp
+        fn = cm[c, :].sum() - tp
+        tn = total - tp - fp - fn
+        for key, value in binary_metrics(tn, fp, fn, tp).items():
+            out[key].append(value)
+    return out

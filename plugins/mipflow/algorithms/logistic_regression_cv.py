@@ -1,0 +1,169 @@
+"""k-fold cross-validated logistic regression (Exareme2's ``logistic_regression_cv``).
+
+Fit: the ``n_splits`` models are fitted side by side, each by
+:class:`~mipflow.algorithms.logistic_regression.LogisticRegression`'s own
+rounds (Newton/IRLS, statsmodels' stopping rule): in every round a node runs
+that local step once per unfinished fold, on its rows outside the fold, and
+the central side runs the global step per fold.  Each fold's model is
+therefore exactly the pooled logistic regression of its training rows.  Each
+node also releases, once, the rows per covariate level of each of its folds.
+
+Evaluate (one round): nodes score their fold-``k`` rows with model ``k`` and
+release the 2x2 confusion counts (predicted positive when ``p > 0.5``, as
+scikit-learn's ``predict``) and, per class, how many scores fall into each bin
+of a shared grid of ``roc_bins`` equal bins on [0, 1].  Accuracy, precision,
+recall and F1 are exact.  **The AUC is approximate**: it is the exact AUC of
+the binned scores (pairs of a positive and a negative in the same bin count
+one half), within half the share of such pairs of the exact one; ROC curves
+have one point per bin edge.
+
+Disclosure: confusion cells are released under ``group_counts`` (a cell in
+``(0, nfilter_tab)`` refuses the node's step); ROC bin counts under ``counts``
+(small bins suppressed: a fold with a suppressed bin gets no AUC, and says so).
+"""
+from __future__ import annotations
+
+from types import MappingProxyType
+
+import numpy as np
+import pandas as pd
+from scipy import special
+
+from mipflow.algorithms.base import (
+    AnalysisRequest, ParamSpec, Step, category_codes, design_matrix, json_ready, level_counts,
+)
+from mipflow.algorithms.crossval import (
+    N_SPLITS, SEED, binary_metrics, fold_labels, fold_sizes, mean_std, roc_from_bins, score_bins,
+)
+from mipflow.algorithms.linear_regression_cv import base_request
+from mipflow.algorithms.logistic_regression import LogisticRegression
+from mipflow.datamodel import DataModel
+from mipflow.exceptions import RequestError
+
+#: Parameters passed through to the per-fold logistic regression.
+_PLAIN = ("positive_class", "max_iter", "tol")
+
+
+class LogisticRegressionCV(LogisticRegression):
+    name = "logistic_regression_cv"
+    label = "Logistic Regression Cross-validation"
+    parameter_specs = MappingProxyType({
+        **LogisticRegression.parameter_specs,
+        "n_splits": N_SPLITS,
+        "seed": SEED,
+        # mipflow addition: resolution of the shared ROC thresholds
+        "roc_bins": ParamSpec(types=("int",), default=50, min=2, max=1000),
+    })
+
+    def fold_sizes(self, request: AnalysisRequest, n_rows: int) -> list[int]:
+        """Rows per fold at a node (checked by the node's disclosure controls)."""
+        return fold_sizes(n_rows, self.params(request)["n_splits"])
+
+    # -- local ------------------------------------------------------------------
+
+    def local_step(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
+                   model: DataModel, state: dict | None) -> dict:
+        params = self.params(request, model)
+        folds = fold_labels(len(data), params["n_splits"], params["seed"])
+        plain = base_request(request, _PLAIN)
+        if state is None or state["phase"] == "fit":
+            fold_states = state["folds"] if state else [None] * params["n_splits"]
+            out: dict = {"folds": [
+                None if (state is not None and s is None)
+                else LogisticRegression.local_step(self, round, data[folds != k].reset_index(drop=True),
+                                                   plain, model, s)
+                for k, s in enumerate(fold_states)]}
+            if state is None:
+                # every fold's own level counts are released too (as differences of the above)
+                out["test_folds"] = [{"group_n": [c for counts in level_counts(
+                    data[folds == k], request.x, model).values() for c in counts]}
+                    for k in range(params["n_splits"])]
+            return out
+        yvar = model.variable(request.y[0])
+        y_all = (category_codes(data[yvar.code], yvar).to_numpy() == params["positive_class"])
+        out_folds = []
+        for k, fitted in enumerate(state["models"]):
+            rows = folds == k
+            design, _ = design_matrix(data[rows], request.x, model, columns=fitted["columns"])
+            eta = design @ np.asarray(fitted["coefficients"], dtype=float)
+            y, predicted = y_all[rows], eta > 0.0
+            bins = score_bins(special.expit(eta), state["roc_bins"])
+            out_folds.append({
+                "confusion": {"group_counts": [int(np.sum(~y & ~predicted)), int(np.sum(~y & predicted)),
+                                               int(np.sum(y & ~predicted)), int(np.sum(y & predicted))]},
+                "roc": {"counts": [np.bincount(bins[~y], minlength=state["roc_bins"]).tolist(),
+                                   np.bincount(bins[y], minlength=state["roc_bins"]).tolist()]},
+            })
+        return {"folds": out_folds}
+
+    # -- global -----------------------------------------------------------------
+
+    def global_step(self, round: int, aggregates: list[dict], request: AnalysisRequest,
+                    model: DataModel, state: dict | None) -> Step:
+        params = self.params(request, model)
+        n_splits = params["n_splits"]
+        if state is not None and state["phase"] == "evaluate":
+            return Step(done=True, result=self._evaluate(aggregates, request, state, n_splits))
+        plain = base_request(request, _PLAIN)
+        fold_states = state["folds"] if state else [None] * n_splits
+        models = list(state["models"]) if state else [None] * n_splits
+        for k, s in enumerate(fold_states):
+            if state is not None and s is None:
+                continue  # this fold's model is finished
+            try:
+                step = LogisticRegression.global_step(self, round, [a["folds"][k] for a in aggregates],
+                                                      plain, model, s)
+            except RequestError as exc:
+                raise RequestError(f"fold {k + 1} of {n_splits}: {exc}") from None
+            if step.done:
+                fit = step.result
+                models[k] = {"columns": fit["indep_vars"], "coefficients": fit["coefficients"],
+                             "n_train": fit["n_obs"]}
+                fold_states[k] = None
+            else:
+                fold_states[k] = step.state
+        if all(m is not None for m in models):
+            return Step(done=False, state={"phase": "evaluate", "models": models,
+                                           "roc_bins": params["roc_bins"]})
+        return Step(done=False, state={"phase": "fit", "folds": fold_states, "models": models})
+
+    def _evaluate(self, aggregates: list[dict], request: AnalysisRequest, state: dict,
+                  n_splits: int) -> dict:
+        metrics: dict[str, list] = {"accuracy": [], "precision": [], "recall": [], "fscore": []}
+        total = np.zeros(4, dtype=int)
+        roc_curves, suppressed = [], []
+        for k in range(n_splits):
+            cells = np.sum([a["folds"][k]["confusion"]["group_counts"] for a in aggregates], axis=0)
+            total += cells
+            for key, value in binary_metrics(*cells).items():
+                metrics[key].append(value)
+            bins = [a["folds"][k]["roc"]["counts"] for a in aggregates]
+            if any(c is None for b in bins for row in b for c in row):
+                suppressed.append(f"fold_{k + 1}")
+                roc_curves.append({"name": f"fold_{k + 1}", "tpr": None, "fpr": None, "auc": None})
+                continue
+            neg, pos = np.sum([b[0] for b in bins], axis=0), np.sum([b[1] for b in bins], axis=0)
+            tpr, fpr, auc = roc_from_bins(neg, pos)
+            roc_curves.append({"name": f"fold_{k + 1}", "tpr": tpr, "fpr": fpr, "auc": auc})
+        n_train = [int(m["n_train"]) for m in state["models"]]
+        tn, fp, fn, tp = (int(v) for v in total)
+        summary = {"row_names": [f"fold_{k + 1}" for k in range(n_splits)] + ["average", "stdev"],
+                   "n_obs": n_train + [None, None]}
+        for key, values in metrics.items():
+            summary[key] = values + mean_std(values)
+        aucs = [c["auc"] for c in roc_curves]
+        return json_ready({
+            "dependent_var": request.y[0],
+            "indep_vars": state["models"][0]["columns"],
+            "summary": summary,
+            "confusion_matrix": {"tp": tp, "fp": fp, "tn": tn, "fn": fn},
+            "roc_curves": roc_curves,
+            "auc": aucs,
+            "auc_method": (f"approximate: exact AUC of the scores binned on {state['roc_bins']} "
+                           "equal bins of [0, 1] (ties within a bin count one half)"),
+            "auc_suppressed": suppressed,
+            "n_splits": n_splits,
+            "folds": {"indep_vars": [m["columns"] for m in state["models"]],
+                      "coefficients": [m["coefficients"] for m in state["models"]],
+                      "n_train": n_train},
+        })

@@ -1,0 +1,355 @@
+"""Cross-validated algorithms: exact against the pooled reference with the same folds,
+naive Bayes fits against Exareme2's expected fits and scikit-learn, and disclosure.
+
+Each node's complete-case rows get their folds from
+:func:`mipflow.algorithms.crossval.fold_labels`, exactly as the node does; the
+pooled reference concatenates the nodes' fold ``k`` rows (test) and the rest
+(training) and fits statsmodels / scikit-learn on them.
+"""
+from __future__ import annotations
+
+import json
+import math
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import statsmodels.api as sm
+from hypothesis import given
+from hypothesis import strategies as st
+from scipy import special
+from sklearn.metrics import roc_auc_score
+from sklearn.naive_bayes import CategoricalNB, GaussianNB
+
+from mipflow.algorithms import AnalysisRequest, get_algorithm, prepare_local_data, run_in_process
+from mipflow.algorithms.crossval import fold_labels, score_bins
+from mipflow.algorithms.filters_pandas import apply_filters
+from mipflow.config import NodeSettings
+from mipflow.disclosure import DisclosureControls
+from mipflow.exceptions import DisclosureError, RequestError
+from tests.conftest import SHARED_DIR
+from tests.mipflow.algorithms.helpers import EXACT_RTOL, POOLED_SUMMARY, assert_rel_close
+from tests.mipflow.algorithms.synthetic import MODEL, make_data, request
+from tests.mipflow.algorithms.test_federated_vs_pooled import SETTINGS, split_data
+
+
+def check(algorithm: str, what: str, actual, expected, *, floor: float = 1e-12) -> None:
+    worst = assert_rel_close(actual, expected, rel=EXACT_RTOL, floor=floor, what=f"{algorithm}.{what}")
+    POOLED_SUMMARY.record(algorithm, worst, what)
+
+
+def pooled_folds(name: str, nodes, req: AnalysisRequest, n_splits: int, seed: int):
+    """(pooled complete-case rows, their fold) with each node's own fold assignment."""
+    algo = get_algorithm(name)
+    parts, folds = [], []
+    for frame in nodes:
+        local = prepare_local_data(algo, frame, req)
+        parts.append(local)
+        folds.append(fold_labels(len(local), n_splits, seed))
+    return pd.concat(parts, ignore_index=True), np.concatenate(folds)
+
+
+def dummies(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
+    """Design matrix with the given ``Intercept`` / ``var[level]`` / numeric columns, by pandas."""
+    out = []
+    for col in columns:
+        if col == "Intercept":
+            out.append(np.ones(len(frame)))
+        elif "[" in col:
+            var, level = col[:-1].split("[")
+            values = frame[var].map(lambda v: str(int(v)) if isinstance(v, float) else str(v))
+            out.append((values == level).to_numpy(dtype=float))
+        else:
+            out.append(frame[col].to_numpy(dtype=float))
+    return np.column_stack(out)
+
+
+def treatment_columns(frame: pd.DataFrame, x: list[str]) -> list[str]:
+    """patsy's treatment coding of the frame: sorted levels present, first dropped."""
+    cols = ["Intercept"]
+    numeric = []
+    for var in x:
+        if var in ("grp", "sex", "stage"):
+            levels = sorted(frame[var].map(lambda v: str(int(v)) if isinstance(v, float) else str(v)).unique())
+            cols += [f"{var}[{lvl}]" for lvl in levels[1:]]
+        else:
+            numeric.append(var)
+    return cols + numeric
+
+
+# --------------------------------------------------------------------------- linear regression
+
+
+@SETTINGS
+@given(split_data(min_rows=60, max_rows=200), st.integers(2, 6), st.integers(0, 1000))
+def test_linear_regression_cv_equals_pooled_ols_per_fold(split, n_splits, seed) -> None:
+    _, nodes = split
+    x = ["grp", "x1", "x2", "age"]
+    req = request(x=x, y=("y",), n_splits=n_splits, seed=seed)
+    ours = run_in_process(get_algorithm("linear_regression_cv"), nodes, req, MODEL)
+    pooled, fold = pooled_folds("linear_regression_cv", nodes, req, n_splits, seed)
+    rmse = []
+    for k in range(n_splits):
+        train, test = pooled[fold != k], pooled[fold == k]
+        columns = treatment_columns(train, x)
+        assert ours["folds"]["indep_vars"][k] == columns
+        fit = sm.OLS(train["y"].to_numpy(float), dummies(train, columns)).fit()
+        check("linear_regression_cv", "coefficients", ours["folds"]["coefficients"][k], fit.params,
+              floor=1e-4 * float(np.min(fit.bse)))
+        resid = test["y"].to_numpy(float) - fit.predict(dummies(test, columns))
+        y_test = test["y"].to_numpy(float)
+        mse = float(np.mean(resid ** 2))
+        assert ours["folds"]["n_train"][k] == len(train) and ours["folds"]["n_test"][k] == len(test)
+        check("linear_regression_cv", "mean_sq_error", ours["folds"]["mean_sq_error"][k], mse)
+        check("linear_regression_cv", "mean_abs_error", ours["folds"]["mean_abs_error"][k], np.mean(np.abs(resid)))
+        r2 = 1 - np.sum(resid ** 2) / np.sum((y_test - y_test.mean()) ** 2)
+        check("linear_regression_cv", "r_squared", ours["folds"]["r_squared"][k], r2)
+        rmse.append(math.sqrt(mse))
+    check("linear_regression_cv", "mean_sq_error [mean, sd] of RMSE", ours["mean_sq_error"],
+          [np.mean(rmse), np.std(rmse, ddof=1)])
+
+
+# --------------------------------------------------------------------------- logistic regression
+
+
+@SETTINGS
+@given(split_data(min_rows=120, max_rows=240), st.integers(2, 4), st.integers(0, 1000),
+       st.sampled_from([10, 50, 200]))
+def test_logistic_regression_cv_equals_pooled_logit_per_fold(split, n_splits, seed, bins) -> None:
+    _, nodes = split
+    x = ["sex", "x1"]
+    req = request(x=x, y=("outcome",), positive_class="yes", n_splits=n_splits, seed=seed, roc_bins=bins)
+    pooled, fold = pooled_folds("logistic_regression_cv", nodes, req, n_splits, seed)
+    try:
+        ours = run_in_process(get_algorithm("logistic_regression_cv"), nodes, req, MODEL)
+    except RequestError as exc:
+        assert "fold" in str(exc) and ("converge" in str(exc) or "separated" in str(exc) or "class" in str(exc))
+        return
+    for k in range(n_splits):
+        train, test = pooled[fold != k], pooled[fold == k]
+        columns = treatment_columns(train, x)
+        assert ours["folds"]["indep_vars"][k] == columns
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fit = sm.Logit((train["outcome"] == "yes").to_numpy(float), dummies(train, columns)).fit(
+                method="newton", tol=1e-8, disp=False)
+        check("logistic_regression_cv", "coefficients", ours["folds"]["coefficients"][k], fit.params)
+        eta = dummies(test, columns) @ fit.params
+        y = (test["outcome"] == "yes").to_numpy()
+        pred = eta > 0
+        tp, fp = int(np.sum(y & pred)), int(np.sum(~y & pred))
+        fn, tn = int(np.sum(y & ~pred)), int(np.sum(~y & ~pred))
+        summary = ours["summary"]
+        assert summary["n_obs"][k] == len(train)
+        check("logistic_regression_cv", "accuracy", summary["accuracy"][k], (tp + tn) / len(test))
+        check("logistic_regression_cv", "recall", summary["recall"][k], tp / (tp + fn) if tp + fn else 0.0)
+        check("logistic_regression_cv", "precision", summary["precision"][k], tp / (tp + fp) if tp + fp else 0.0)
+        if 0 < y.sum() < len(y):
+            binned = score_bins(special.expit(eta), bins)
+            # the binned AUC is exact for the binned scores ...
+            check("logistic_regression_cv", "auc (binned scores)", ours["auc"][k], roc_auc_score(y, binned))
+            # ... and within half the share of positive-negative pairs sharing a bin of the raw AUC
+            pos, neg = binned[y], binned[~y]
+            tied = sum(np.sum(neg == b) for b in pos) / (len(pos) * len(neg))
+            assert abs(ours["auc"][k] - roc_auc_score(y, eta)) <= tied / 2 + 1e-12
+
+
+# --------------------------------------------------------------------------- naive Bayes
+
+
+@SETTINGS
+@given(split_data(min_rows=60, max_rows=200), st.integers(2, 5), st.integers(0, 1000))
+def test_naive_bayes_gaussian_cv_equals_sklearn_per_fold(split, n_splits, seed) -> None:
+    _, nodes = split
+    x = ["x1", "x2", "age"]
+    req = request(x=x, y=("grp",), n_splits=n_splits, seed=seed)
+    ours = run_in_process(get_algorithm("naive_bayes_gaussian_cv"), nodes, req, MODEL)
+    pooled, fold = pooled_folds("naive_bayes_gaussian_cv", nodes, req, n_splits, seed)
+    labels = ours["confusion_matrix"]["labels"]
+    total = np.zeros((len(labels), len(labels)), dtype=int)
+    for k in range(n_splits):
+        train, test = pooled[fold != k], pooled[fold == k]
+        nb = GaussianNB().fit(train[x].to_numpy(float), train["grp"].to_numpy())
+        cm = pd.crosstab(pd.Categorical(test["grp"], labels), pd.Categorical(nb.predict(test[x].to_numpy(float)),
+                                                                              labels), dropna=False).to_numpy()
+        assert ours["folds"]["confusion_matrix"][k] == cm.tolist()
+        total += cm
+    assert ours["confusion_matrix"]["data"] == total.tolist()
+    full = GaussianNB().fit(pooled[x].to_numpy(float), pooled["grp"].to_numpy())
+    assert ours["model"]["classes"] == list(full.classes_)
+    check("naive_bayes_gaussian_cv", "theta", ours["model"]["theta"], full.theta_)
+    check("naive_bayes_gaussian_cv", "var", ours["model"]["var"], full.var_)
+    assert ours["model"]["class_count"] == full.class_count_.tolist()
+
+
+@SETTINGS
+@given(split_data(min_rows=60, max_rows=200), st.integers(2, 5), st.integers(0, 1000), st.floats(0.1, 3.0))
+def test_naive_bayes_categorical_cv_equals_sklearn_per_fold(split, n_splits, seed, alpha) -> None:
+    _, nodes = split
+    x = ["sex", "stage"]
+    req = request(x=x, y=("grp",), n_splits=n_splits, seed=seed, alpha=alpha)
+    ours = run_in_process(get_algorithm("naive_bayes_categorical_cv"), nodes, req, MODEL)
+    pooled, fold = pooled_folds("naive_bayes_categorical_cv", nodes, req, n_splits, seed)
+    levels = {"sex": ["F", "M"], "stage": [1.0, 2.0, 3.0]}
+    codes = np.column_stack([pooled[v].map({lvl: i for i, lvl in enumerate(levels[v])}).to_numpy() for v in x])
+    labels = ours["confusion_matrix"]["labels"]
+    for k in range(n_splits):
+        train = fold != k
+        nb = CategoricalNB(alpha=alpha, min_categories=[2, 3]).fit(codes[train], pooled["grp"][train])
+        cm = pd.crosstab(pd.Categorical(pooled["grp"][~train], labels),
+                         pd.Categorical(nb.predict(codes[~train]), labels), dropna=False).to_numpy()
+        assert ours["folds"]["confusion_matrix"][k] == cm.tolist()
+    full = CategoricalNB(alpha=alpha, min_categories=[2, 3]).fit(codes, pooled["grp"])
+    assert ours["model"]["class_count"] == full.class_count_.astype(int).tolist()
+    for i in range(len(x)):
+        assert ours["model"]["category_count"][i] == full.category_count_[i].astype(int).tolist()
+
+
+def _fit_cases(file: str) -> list:
+    cases = json.loads((SHARED_DIR / "exareme2" / "expected" / file).read_text())["test_cases"]
+    return [pytest.param(tc["input"], tc["output"], id=f"{file.split('_expected')[0]}-{i}")
+            for i, tc in enumerate(cases)]
+
+
+def _run_validation(validation_nodes, name: str, doc: dict) -> tuple[dict, pd.DataFrame]:
+    # n_splits=2 and the fit on all rows: the result's "model" is the fit Exareme2's files hold
+    doc = dict(doc, parameters={**(doc.get("parameters") or {}), "n_splits": 2})
+    req = AnalysisRequest.from_dict(doc)
+    model, nodes = validation_nodes.get(req.data_model)
+    frames = [apply_filters(n[n["dataset"].isin(req.datasets)], req.filters, model) for n in nodes]
+    algo = get_algorithm(name)
+    pooled = pd.concat([prepare_local_data(algo, f, req) for f in frames], ignore_index=True)
+    return run_in_process(algo, frames, req, model), pooled
+
+
+@pytest.mark.parametrize("doc, expected", _fit_cases("naive_bayes_gauss_fit_expected.json"))
+def test_naive_bayes_gaussian_fit_matches_exareme2_and_sklearn(validation_nodes, doc, expected) -> None:
+    ours, pooled = _run_validation(validation_nodes, "naive_bayes_gaussian_cv", doc)
+    fit = ours["model"]
+    assert fit["class_count"] == expected["class_count"]
+    # Exareme2's tolerance is rtol=atol=1e-2; its variances are clipped, not smoothed
+    assert_rel_close(fit["theta"], expected["theta"], rel=1e-9, what="theta vs Exareme2")
+    assert_rel_close(fit["var"], expected["var"], rel=1e-6, what="var vs Exareme2")
+    x = doc["inputdata"]["x"]
+    nb = GaussianNB().fit(pooled[x].to_numpy(float), pooled[doc["inputdata"]["y"][0]].to_numpy())
+    check("naive_bayes_gaussian_cv", "fit theta (dementia)", fit["theta"], nb.theta_)
+    check("naive_bayes_gaussian_cv", "fit var (dementia)", fit["var"], nb.var_)
+
+
+@pytest.mark.parametrize("doc, expected", _fit_cases("naive_bayes_categorical_fit_expected.json"))
+def test_naive_bayes_categorical_fit_matches_exareme2(validation_nodes, doc, expected) -> None:
+    ours, _ = _run_validation(validation_nodes, "naive_bayes_categorical_cv", doc)
+    fit = ours["model"]
+    assert fit["class_count"] == expected["class_count"]
+    counts = []
+    for code, levels, table in zip(doc["inputdata"]["x"], fit["levels"], fit["category_count"]):
+        # Exareme2 takes the dataset levels from the datasets it loaded: not the *_test ones
+        keep = [i for i, lvl in enumerate(levels) if not (code == "dataset" and lvl.endswith("_test"))]
+        # ... and, as scikit-learn's CategoricalNB without min_categories, only up to the last
+        # level observed (mipflow counts every enumeration level, min_categories=levels)
+        observed = [i for i in keep if any(row[i] for row in table)]
+        keep = [i for i in keep if i <= max(observed)]
+        counts.append([[row[i] for i in keep] for row in table])
+    assert counts == expected["category_count"]
+
+
+# --------------------------------------------------------------------------- disclosure and refusals
+
+
+def _controls(**settings) -> DisclosureControls:
+    base = NodeSettings()
+    return DisclosureControls(base.__class__(**{**base.__dict__, **settings}))
+
+
+@pytest.mark.parametrize("name, x, y, params", [
+    pytest.param("linear_regression_cv", ("x1",), ("y",), {}, id="linear"),
+    pytest.param("logistic_regression_cv", ("x1",), ("outcome",), {"positive_class": "yes"}, id="logistic"),
+    pytest.param("naive_bayes_gaussian_cv", ("x1",), ("grp",), {}, id="nb-gaussian"),
+    pytest.param("naive_bayes_categorical_cv", ("sex",), ("grp",), {}, id="nb-categorical"),
+])
+def test_a_fold_under_min_row_count_is_refused(name, x, y, params) -> None:
+    """40 rows pass min_row_count 10, but 5 folds of 8 would release statistics of 8 patients."""
+    algo = get_algorithm(name)
+    req = request(x=x, y=y, n_splits=5, **params)
+    controls = _controls(min_row_count=10)
+    controls.check_rows(algo, req, MODEL, 50)  # folds of 10: allowed
+    with pytest.raises(DisclosureError, match="fold of 9 row") as exc:
+        controls.check_rows(algo, req, MODEL, 49)
+    assert exc.value.control == "min_row_count"
+
+
+def test_a_fold_over_the_glm_parameter_limit_is_refused() -> None:
+    algo = get_algorithm("linear_regression_cv")
+    req = request(x=("grp", "x1"), y=("y",), n_splits=4)  # 6 candidate columns
+    controls = _controls(min_row_count=1, nfilter_glm=0.33)
+    controls.check_rows(algo, req, MODEL, 4 * 19)  # folds of 19: 6 <= 6.27
+    with pytest.raises(DisclosureError, match="fold of 18 rows") as exc:
+        controls.check_rows(algo, req, MODEL, 4 * 18)  # 6 > 5.94
+    assert exc.value.control == "nfilter_glm"
+
+
+def _release(name: str, data: pd.DataFrame, req: AnalysisRequest, tab: int = 3) -> None:
+    """Every round of a run at one node, through the node's release controls."""
+    algo = get_algorithm(name)
+    controls = _controls(min_row_count=1, nfilter_tab=tab)
+    local = prepare_local_data(algo, data, req)
+    state = None
+    for round_no in range(100):
+        aggregates = controls.release(algo, req, MODEL, round_no, algo.local_step(round_no, local, req, MODEL, state))
+        step = algo.global_step(round_no, [aggregates], req, MODEL, state)
+        if step.done:
+            return
+        state = step.state
+
+
+@pytest.mark.parametrize("name, params", [
+    pytest.param("naive_bayes_gaussian_cv", {}, id="nb-gaussian"),
+    pytest.param("naive_bayes_categorical_cv", {}, id="nb-categorical"),
+])
+def test_a_class_of_two_patients_in_a_fold_is_refused(name, params) -> None:
+    data = make_data(3, 80).dropna()
+    data.loc[data.index[:2], "grp"] = "zz"  # two patients of class zz (in one or two folds)
+    req = request(x=("x1",) if "gaussian" in name else ("sex",), y=("grp",), n_splits=2, **params)
+    with pytest.raises(DisclosureError) as exc:
+        _release(name, data, req)
+    assert exc.value.control == "nfilter_tab"
+    _release(name, data, req, tab=1)  # allowed when the node admin sets nfilter_tab to 1
+
+
+def test_small_confusion_cells_are_refused() -> None:
+    """A fold where one or two patients are predicted positive: the 2x2 cell would single them out."""
+    rng = np.random.default_rng(5)
+    n = 120
+    x1 = rng.normal(size=n)
+    outcome = np.where(rng.random(n) < special.expit(-3.0 + 0.3 * x1), "yes", "no")
+    data = pd.DataFrame({"x1": x1, "outcome": outcome, "dataset": "d0"})
+    req = request(x=("x1",), y=("outcome",), positive_class="yes", n_splits=2)
+    with pytest.raises(DisclosureError) as exc:
+        _release("logistic_regression_cv", data, req)
+    assert exc.value.control == "nfilter_tab"
+
+
+def test_small_roc_bins_are_suppressed_and_the_auc_withheld() -> None:
+    data = make_data(11, 300).dropna()
+    req = request(x=("sex", "x1"), y=("outcome",), positive_class="yes", n_splits=2, roc_bins=200)
+    algo = get_algorithm("logistic_regression_cv")
+    controls = _controls(min_row_count=1, nfilter_tab=3)
+    local = prepare_local_data(algo, data, req)
+    state, step = None, None
+    for round_no in range(100):
+        raw = algo.local_step(round_no, local, req, MODEL, state)
+        if state is not None and state["phase"] == "evaluate":
+            raw = {"folds": [{**f, "confusion": {"group_counts": [3, 3, 3, 3]}} for f in raw["folds"]]}
+        released = controls.release(algo, req, MODEL, round_no, raw)
+        step = algo.global_step(round_no, [released], req, MODEL, state)
+        if step.done:
+            break
+        state = step.state
+    assert step.result["auc_suppressed"] == ["fold_1", "fold_2"]
+    assert step.result["auc"] == [None, None]
+
+
+def test_svm_scikit_is_refused_with_the_reason() -> None:
+    with pytest.raises(RequestError, match=r"support vectors.*rows.*0007-svm-not-offered"):
+        get_algorithm("svm_scikit")
