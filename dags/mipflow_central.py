@@ -47,6 +47,15 @@ ALGORITHMS: dict[str, tuple[str, bool, bool, bool, dict[str, Param]]] = {
     "anova_oneway": ("One-way ANOVA with Tukey HSD", False, True, False, {}),
     "multiple_histograms": ("Histograms (small bins suppressed)", False, True, True, {
         "bins": Param(20, type="integer", minimum=1, maximum=100, title="Bins")}),
+    "kaplan_meier": ("Kaplan-Meier curves and log-rank test (binned times)", True, True, False, {
+        "event_level": Param("yes", type="string", minLength=1, title="Event level (a level of the event variable)"),
+        "bin_width": Param(1.0, type="number", exclusiveMinimum=0, title="Time bin width"),
+        "max_time": Param(None, type=["number", "null"], title="End of follow-up (if not declared)"),
+        "alpha": _alpha(0.95, "Confidence level")}),
+    "cox_regression": ("Cox proportional hazards regression (binned times)", True, True, True, {
+        "event_level": Param("yes", type="string", minLength=1, title="Event level (a level of the event variable)"),
+        "bin_width": Param(1.0, type="number", exclusiveMinimum=0, title="Time bin width"),
+        "max_time": Param(None, type=["number", "null"], title="End of follow-up (if not declared)")}),
 }
 
 

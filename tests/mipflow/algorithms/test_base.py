@@ -41,6 +41,8 @@ VALID = {
     "ttest_paired": request(x=("x1",), y=("y",)),
     "anova_oneway": request(x=("grp",), y=("y",)),
     "multiple_histograms": request(x=("sex",), y=("y",), bins=5),
+    "kaplan_meier": request(x=("sex",), y=("score", "outcome"), event_level="yes"),
+    "cox_regression": request(x=("grp", "x1"), y=("score", "outcome"), event_level="yes"),
 }
 
 
