@@ -52,7 +52,7 @@ def make_rows(n: int, seed: int, site: int) -> pd.DataFrame:
     frame = pd.DataFrame(x, columns=NUMERICAL)
     frame.insert(0, "arm", arm)
     frame.insert(0, "death", np.where(event_time <= censor_time, "yes", "no"))
-    frame.insert(0, "days", np.ceil(np.minimum(np.minimum(event_time, censor_time), 3650.0)))
+    frame.insert(0, "days", np.ceil(np.minimum(np.minimum(event_time, censor_time), 3650.0)).astype(np.int64))
     frame.insert(0, "dataset", f"site{site}")
     frame.insert(0, "subjectcode", [f"s{site}-{i}" for i in range(n)])
     return frame
