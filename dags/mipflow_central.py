@@ -65,6 +65,15 @@ ALGORITHMS: dict[str, tuple[str, bool, bool, bool, dict[str, Param]]] = {
         "n_splits": _N_SPLITS, "seed": _SEED}),
     "naive_bayes_categorical_cv": ("Categorical naive Bayes, k-fold cross-validation", False, True, True, {
         "n_splits": _N_SPLITS, "seed": _SEED}),
+    "kaplan_meier": ("Kaplan-Meier curves and log-rank test (binned times)", True, True, False, {
+        "event_level": Param("yes", type="string", minLength=1, title="Event level (a level of the event variable)"),
+        "bin_width": Param(1.0, type="number", exclusiveMinimum=0, title="Time bin width"),
+        "max_time": Param(None, type=["number", "null"], title="End of follow-up (if not declared)"),
+        "alpha": _alpha(0.95, "Confidence level")}),
+    "cox_regression": ("Cox proportional hazards regression (binned times)", True, True, True, {
+        "event_level": Param("yes", type="string", minLength=1, title="Event level (a level of the event variable)"),
+        "bin_width": Param(1.0, type="number", exclusiveMinimum=0, title="Time bin width"),
+        "max_time": Param(None, type=["number", "null"], title="End of follow-up (if not declared)")}),
 }
 
 

@@ -12,7 +12,9 @@ Checks run in three places:
    filters and complete-case), and the parameters-per-row ratio of models;
 3. :meth:`release` on the aggregates: small non-zero count cells are
    suppressed (``None``), raw extremes are refused, groups smaller than
-   ``nfilter_tab`` refuse the whole step.
+   ``nfilter_tab`` refuse the whole step.  An algorithm may first coarsen its
+   aggregates to the node's ``nfilter_tab`` (``coarsen_for_release``, e.g.
+   survival time bins merged until no count is small); the checks still run.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from mipflow.exceptions import DisclosureError
 #: Keys that would carry a raw extreme value of one patient.
 RAW_EXTREME_KEYS = frozenset({"min", "max", "minimum", "maximum", "q1", "q2", "q3", "median", "quantiles"})
 #: Algorithms whose parameter count is checked against nfilter_glm.
-MODEL_ALGORITHMS = frozenset({"linear_regression", "logistic_regression",
+MODEL_ALGORITHMS = frozenset({"linear_regression", "logistic_regression", "cox_regression",
                               "linear_regression_cv", "logistic_regression_cv"})
 
 
@@ -90,6 +92,9 @@ class DisclosureControls:
     def release(self, algorithm: Any, request: Any, model: DataModel, round_no: int,
                 aggregates: dict[str, Any]) -> dict[str, Any]:
         """Check and clean aggregates before they leave the node."""
+        coarsen = getattr(algorithm, "coarsen_for_release", None)
+        if coarsen is not None:  # e.g. survival: time bins merged until no count is below nfilter_tab
+            aggregates = coarsen(round_no, aggregates, self.settings.nfilter_tab)
         if not self.settings.release_extremes:
             _refuse_raw_extremes(aggregates)
         tab = self.settings.nfilter_tab

@@ -11,7 +11,9 @@ from mipflow.algorithms.anova_oneway import AnovaOneway
 from mipflow.algorithms.base import (
     AnalysisRequest, Algorithm, Step, design_matrix, prepare_local_data, run_in_process,
 )
+from mipflow.algorithms.cox_regression import CoxRegression
 from mipflow.algorithms.descriptive_stats import DescriptiveStats
+from mipflow.algorithms.kaplan_meier import KaplanMeier
 from mipflow.algorithms.linear_regression import LinearRegression
 from mipflow.algorithms.logistic_regression import LogisticRegression
 from mipflow.algorithms.multiple_histograms import MultipleHistograms
@@ -42,6 +44,8 @@ ALGORITHMS: dict[str, Algorithm] = {
         LogisticRegressionCV(),
         NaiveBayesGaussianCV(),
         NaiveBayesCategoricalCV(),
+        KaplanMeier(),
+        CoxRegression(),
     )
 }
 

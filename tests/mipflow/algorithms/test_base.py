@@ -46,6 +46,8 @@ VALID = {
     "logistic_regression_cv": request(x=("x1",), y=("outcome",), positive_class="yes", n_splits=3),
     "naive_bayes_gaussian_cv": request(x=("x1", "x2"), y=("grp",), n_splits=3),
     "naive_bayes_categorical_cv": request(x=("sex",), y=("grp",), n_splits=3),
+    "kaplan_meier": request(x=("sex",), y=("score", "outcome"), event_level="yes"),
+    "cox_regression": request(x=("grp", "x1"), y=("score", "outcome"), event_level="yes"),
 }
 
 

@@ -1,0 +1,235 @@
+"""Shared pieces of the survival algorithms: time grid, outcome coding and safe bins.
+
+Time binning
+------------
+Event times are never released.  Every request fixes a **grid** of time
+points ``origin + k * bin_width`` (``k = 0..K``), where ``origin`` is the time
+variable's declared ``minValue`` (0 when undeclared) and the grid reaches the
+declared ``maxValue`` (or the ``max_time`` parameter).  A row's time is
+*rounded up* to the first grid point at or after it; rows whose rounded time
+is ``b`` leave the risk set at ``b`` (events before censorings, as usual).
+
+A node counts events and censorings per grid point, then (in its disclosure
+controls, :func:`safe_bins`) merges adjacent points until every released count
+is zero or at least ``nfilter_tab``.  It releases the merged bins as the grid
+indices of their ends.  The central side intersects the ends of all nodes:
+each node's bins then nest inside the common bins, whose counts are sums of
+the nodes' counts.  Every number the central side computes is the pooled
+statistic of the rows with their times rounded up to the common bin ends.
+
+With an integer time variable, ``bin_width`` 1 and no bin merged anywhere,
+each distinct time is its own bin and the result is exact; otherwise it is
+labelled ``binned``.  See ``docs/adr/0008-survival-binning.md``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from mipflow.algorithms.base import (
+    NOMINAL, NUMERICAL, AnalysisRequest, InputSpec, ParamSpec, category_codes, numeric_values, stattype,
+)
+from mipflow.datamodel import DataModel, Variable
+from mipflow.exceptions import RequestError
+
+#: Most grid points a request may ask for (bounds the size of every aggregate).
+MAX_GRID_POINTS = 20_000
+
+#: y = [time variable, event variable].
+SURVIVAL_Y = InputSpec(types=("real", "int", "text"), stattypes=(NUMERICAL, NOMINAL), notblank=True,
+                       multiple=True)
+
+#: Parameters shared by the survival algorithms.
+SURVIVAL_PARAMETERS: dict[str, ParamSpec] = {
+    "event_level": ParamSpec(types=("text", "int"), notblank=True),
+    "bin_width": ParamSpec(types=("real",), default=1.0, min=1e-9),
+    "max_time": ParamSpec(types=("real",)),
+}
+
+
+def check_outcome(name: str, request: AnalysisRequest, model: DataModel, event_level: Any) -> None:
+    """Raise :class:`RequestError` unless y is [numerical time, nominal event] and
+    ``event_level`` is a category of the event variable."""
+    if len(request.y) != 2:
+        raise RequestError(f"{name} needs y = [time variable, event variable], got {len(request.y)} variable(s)")
+    time_var, event_var = (model.variable(c) for c in request.y)
+    if stattype(time_var) != NUMERICAL:
+        raise RequestError(f"{name}: the time variable {time_var.code!r} (first in y) must be numerical")
+    if stattype(event_var) != NOMINAL:
+        raise RequestError(f"{name}: the event variable {event_var.code!r} (second in y) must be nominal")
+    if str(event_level) not in event_var.enumeration_codes:
+        raise RequestError(f"parameter 'event_level' = {event_level!r} is not a category of "
+                           f"{event_var.code!r} ({', '.join(event_var.enumeration_codes)})")
+    overlap = set(request.y) & set(request.x)
+    if overlap:
+        raise RequestError(f"{', '.join(sorted(overlap))} cannot be both an outcome (y) and in x")
+
+
+def time_grid(time_var: Variable, bin_width: float, max_time: float | None) -> np.ndarray:
+    """Grid points ``origin + k * bin_width`` up to the first point at or past the end.
+
+    Returns
+    -------
+    numpy.ndarray, shape (K + 1,)
+
+    Raises
+    ------
+    RequestError
+        If the end of follow-up is unknown, or the grid would be too long.
+    """
+    origin = float(time_var.min_value) if time_var.min_value is not None else 0.0
+    end = max_time if max_time is not None else time_var.max_value
+    if end is None:
+        raise RequestError(f"the time variable {time_var.code!r} declares no maxValue: give the parameter "
+                           "'max_time' (the longest follow-up)")
+    end = float(end)
+    if end < origin:
+        raise RequestError(f"max_time {end:g} is before the time origin {origin:g}")
+    n_bins = math.ceil((end - origin) / bin_width - 1e-12)
+    if n_bins + 1 > MAX_GRID_POINTS:
+        raise RequestError(f"bin_width {bin_width:g} over [{origin:g}, {end:g}] gives {n_bins + 1} grid points, "
+                           f"more than {MAX_GRID_POINTS}; choose a wider bin")
+    return origin + bin_width * np.arange(n_bins + 1, dtype=float)
+
+
+def grid_for(request: AnalysisRequest, model: DataModel, params: Mapping[str, Any]) -> np.ndarray:
+    """The request's time grid (see :func:`time_grid`)."""
+    return time_grid(model.variable(request.y[0]), float(params["bin_width"]), params["max_time"])
+
+
+def outcome(data: pd.DataFrame, request: AnalysisRequest, model: DataModel, grid: np.ndarray,
+            event_level: str) -> tuple[np.ndarray, np.ndarray]:
+    """Grid index of each row's rounded-up time and its event indicator.
+
+    Returns
+    -------
+    index : numpy.ndarray of int, shape (n,)
+        ``k`` such that ``grid[k-1] < time <= grid[k]`` (``grid[-1]`` read as -inf).
+    event : numpy.ndarray of bool, shape (n,)
+
+    Raises
+    ------
+    RequestError
+        If a time lies after the last grid point.
+    """
+    times = numeric_values(data[request.y[0]])
+    index = np.searchsorted(grid, times, side="left")
+    if np.any(index >= len(grid)):
+        raise RequestError(f"{request.y[0]} holds times after the end of follow-up ({grid[-1]:g}); "
+                           "raise 'max_time'")
+    event_var = model.variable(request.y[1])
+    event = category_codes(data[request.y[1]], event_var).to_numpy() == str(event_level)
+    return index.astype(np.int64), event
+
+
+def grid_counts(index: np.ndarray, event: np.ndarray, n_points: int) -> tuple[np.ndarray, np.ndarray]:
+    """Events and censorings per grid point, each shape (n_points,)."""
+    events = np.bincount(index[event], minlength=n_points)
+    censored = np.bincount(index[~event], minlength=n_points)
+    return events.astype(np.int64), censored.astype(np.int64)
+
+
+def safe_bins(events: Sequence[int], censored: Sequence[int], min_count: int
+              ) -> tuple[list[int], list[int], list[int]]:
+    """Merge adjacent grid points until no count is in ``(0, min_count)``.
+
+    Scans forward, closing a bin as soon as both its event and its censoring
+    count are zero or at least ``min_count``; a small remainder at the end is
+    merged backwards into the bins before it.  If all rows together still give
+    a small count, that one bin is returned as it is (the disclosure control
+    then refuses the release).
+
+    Then every at-risk count the central side can derive (rows whose time is
+    in this bin or later) is zero or at least ``min_count`` too, and so is
+    every difference between two of them.
+
+    Returns
+    -------
+    ends : list of int
+        Grid index of each merged bin's last point; the last is ``len(events) - 1``.
+    merged_events, merged_censored : list of int
+        Counts per merged bin.
+    """
+    def ok(count: int) -> bool:
+        return count == 0 or count >= min_count
+
+    ends: list[int] = []
+    out_events: list[int] = []
+    out_censored: list[int] = []
+    open_events = open_censored = 0
+    for k, (d, c) in enumerate(zip(events, censored)):
+        open_events += int(d)
+        open_censored += int(c)
+        if ok(open_events) and ok(open_censored):
+            ends.append(k)
+            out_events.append(open_events)
+            out_censored.append(open_censored)
+            open_events = open_censored = 0
+    while (open_events or open_censored) and not (ok(open_events) and ok(open_censored)) and ends:
+        ends.pop()
+        open_events += out_events.pop()
+        open_censored += out_censored.pop()
+    if open_events or open_censored or not ends or ends[-1] != len(events) - 1:
+        ends.append(len(events) - 1)
+        out_events.append(open_events)
+        out_censored.append(open_censored)
+    return ends, out_events, out_censored
+
+
+def common_ends(end_lists: Sequence[Sequence[int]]) -> list[int]:
+    """Bin ends present in every list (the coarsest bins every node's bins nest in)."""
+    if not end_lists:
+        return []
+    common = set(end_lists[0])
+    for ends in end_lists[1:]:
+        common &= set(ends)
+    return sorted(common)
+
+
+def rebin(ends: Sequence[int], counts: Sequence[int | None], target: Sequence[int]) -> np.ndarray:
+    """Counts on bins ending at ``ends`` summed into the coarser bins ending at ``target``.
+
+    Every bin end in ``target`` must also be in ``ends``.
+
+    Raises
+    ------
+    RequestError
+        If a node's counts were suppressed or do not nest in the target bins.
+    """
+    if any(c is None for c in counts):
+        raise RequestError("a node suppressed survival counts; its bins cannot be combined")
+    ends_arr = np.asarray(ends, dtype=np.int64)
+    target_arr = np.asarray(target, dtype=np.int64)
+    if not set(target_arr.tolist()) <= set(ends_arr.tolist()) or len(ends_arr) != len(counts):
+        raise RequestError("a node's survival bins do not nest in the common bins")
+    where = np.searchsorted(target_arr, ends_arr, side="left")
+    return np.bincount(where, weights=np.asarray(counts, dtype=float), minlength=len(target_arr))
+
+
+def binning_summary(time_var: Variable, grid: np.ndarray, bin_width: float, used_ends: Sequence[int]) -> dict:
+    """How the times were binned, for the result (``exact`` or ``binned``)."""
+    merged = len(used_ends) < len(grid)
+    exact = (time_var.sql_type == "int" and float(bin_width) == 1.0 and float(grid[0]).is_integer()
+             and not merged)
+    note = ("every distinct time is its own bin: equal to the unbinned analysis" if exact else
+            "times rounded up to the bin ends (timeline); equal to the analysis of the rounded times, "
+            "an approximation of the unbinned analysis")
+    return {"method": "exact" if exact else "binned", "origin": float(grid[0]), "bin_width": float(bin_width),
+            "grid_points": len(grid), "bins_used": len(used_ends), "merged_for_disclosure": merged, "note": note}
+
+
+def coarsen_groups(groups: list[dict], min_count: int) -> list[dict]:
+    """Per-group fine grid counts -> :func:`safe_bins` (what a node releases)."""
+    out = []
+    for group in groups:
+        ends, events, censored = safe_bins(group["events"], group["censored"], min_count)
+        out.append({**group, "ends": ends, "events": events, "censored": censored})
+    return out
+
+
+def released_cells(groups: Sequence[Mapping[str, Any]]) -> list[int]:
+    """Every event and censoring count of the groups (checked by the node's ``group_counts`` control)."""
+    return [int(v) for g in groups for key in ("events", "censored") for v in g[key]]

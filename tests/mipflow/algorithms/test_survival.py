@@ -1,0 +1,338 @@
+"""Survival analysis: federated == pooled on the rounded times, and what the nodes release.
+
+Hypothesis draws stroke-registry rows with censored proportional-hazards
+times, splits them over three nodes (sometimes leaving one empty), and picks a
+bin width and the nodes' ``nfilter_tab``.  Every node runs its local step and
+its disclosure controls (bins merged until no count is small; a node whose
+counts cannot be made safe is left out).  The federated results must equal
+statsmodels on the pooled rows of the contributing nodes with every time
+rounded up to the result's bin ends (``SurvfuncRight``, ``survdiff``,
+``PHReg(ties="breslow")``) to a relative error of 1e-9.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, assume, event, given, settings
+from hypothesis import strategies as st
+from scipy import stats
+from statsmodels.duration.hazard_regression import PHReg
+from statsmodels.duration.survfunc import SurvfuncRight, survdiff
+
+from mipflow.algorithms import get_algorithm, prepare_local_data, run_in_process
+from mipflow.algorithms.base import transport
+from mipflow.algorithms.survival import safe_bins
+from mipflow.config import NodeSettings
+from mipflow.disclosure import DisclosureControls
+from mipflow.exceptions import DisclosureError, RequestError
+from tests.mipflow.algorithms.helpers import POOLED_SUMMARY, assert_rel_close
+from tests.mipflow.algorithms.survival_data import (
+    STROKE, complete, cox_design, make_stroke, request, round_up, run_with_controls,
+)
+
+SETTINGS = settings(max_examples=int(os.environ.get("MIPFLOW_HYPOTHESIS_EXAMPLES", "25")), deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+KM_COLUMNS = ["followup_days", "death_90d", "sex"]
+COX_X = ("age", "sex", "stroke_type", "nihss_admission")
+COX_COLUMNS = ["followup_days", "death_90d", *COX_X]
+
+
+def check(algorithm: str, what: str, actual, expected, *, rel: float = 1e-9, floor: float = 1e-12) -> None:
+    worst = assert_rel_close(actual, expected, rel=rel, floor=floor, what=f"{algorithm}.{what}")
+    POOLED_SUMMARY.record(algorithm, worst, what)
+
+
+@st.composite
+def survival_split(draw, min_rows: int = 40, max_rows: int = 300):
+    seed = draw(st.integers(0, 2**32 - 1))
+    n = draw(st.integers(min_rows, max_rows))
+    data = make_stroke(seed, n, real_times=draw(st.booleans()))
+    assignment = np.array(draw(st.lists(st.integers(0, 2), min_size=n, max_size=n)))
+    if draw(st.booleans()):
+        assignment[assignment == 2] = draw(st.integers(0, 1))
+    nodes = [data[assignment == k].reset_index(drop=True) for k in range(3)]
+    return nodes
+
+
+WIDTHS = st.sampled_from([1.0, 7.0, 30.5])
+TABS = st.sampled_from([1, 3, 5, 10])
+
+
+def _status(frame: pd.DataFrame) -> np.ndarray:
+    return (frame["death_90d"] == "yes").to_numpy(dtype=float)
+
+
+# --------------------------------------------------------------------------- Kaplan-Meier
+
+
+def check_km(result: dict, pooled: pd.DataFrame, grouped: bool) -> None:
+    levels = sorted(pooled["sex"].unique()) if grouped else [None]
+    curves = {c["group"]: c for c in result["curves"]}
+    assert sorted(curves, key=str) == sorted(levels, key=str)
+    for level, curve in curves.items():
+        rows = pooled if level is None else pooled[pooled["sex"] == level]
+        times = round_up(rows["followup_days"].to_numpy(), curve["timeline"])
+        fit = SurvfuncRight(times, _status(rows))
+        with_events = np.asarray(curve["events"]) > 0
+        assert curve["n_obs"] == len(rows) and curve["n_events"] == int(_status(rows).sum())
+        np.testing.assert_array_equal(np.asarray(curve["timeline"])[with_events], fit.surv_times)
+        np.testing.assert_array_equal(np.asarray(curve["at_risk"])[with_events], fit.n_risk)
+        np.testing.assert_array_equal(np.asarray(curve["events"])[with_events], fit.n_events)
+        check("kaplan_meier", "survival", np.asarray(curve["survival"])[with_events], fit.surv_prob)
+        se = np.array([np.nan if v is None else v for v in curve["stderr"]], dtype=float)[with_events]
+        np.testing.assert_array_equal(np.isnan(se), np.isnan(fit.surv_prob_se))
+        finite = ~np.isnan(se)
+        check("kaplan_meier", "stderr", se[finite], fit.surv_prob_se[finite])
+        # log(-log) interval from statsmodels' S and Greenwood SE
+        s, sd = fit.surv_prob[finite], fit.surv_prob_se[finite]
+        inner = (s > 0) & (s < 1)
+        q = stats.norm.ppf(0.5 + result["confidence"] / 2)
+        half = q * sd[inner] / (s[inner] * np.abs(np.log(s[inner])))
+        lower = np.array(curve["lower_ci"], dtype=float)[with_events][finite][inner]
+        check("kaplan_meier", "lower_ci", lower, np.exp(-np.exp(np.log(-np.log(s[inner])) + half)))
+        # every censoring is counted too (rows leave at the bin end)
+        assert sum(curve["censored"]) + sum(curve["events"]) == len(rows)
+    if grouped and len(levels) >= 2:
+        logrank = result["logrank"]
+        times = round_up(pooled["followup_days"].to_numpy(), logrank["timeline"])
+        chi2, p_value = survdiff(times, _status(pooled), pooled["sex"].to_numpy())
+        check("kaplan_meier", "logrank.chi2", logrank["chi2"], chi2)
+        check("kaplan_meier", "logrank.p_value", logrank["p_value"], p_value)
+        assert logrank["df"] == len(levels) - 1
+
+
+@SETTINGS
+@given(survival_split(), WIDTHS, TABS, st.booleans())
+def test_kaplan_meier_equals_pooled_on_rounded_times(nodes, width, tab, grouped) -> None:
+    req = request("kaplan_meier", x=("sex",) if grouped else (), bin_width=width)
+    result, used, _ = run_with_controls("kaplan_meier", nodes, req, NodeSettings(min_row_count=1, nfilter_tab=tab))
+    assume(result is not None)
+    pooled = complete(pd.concat([nodes[i] for i in used], ignore_index=True), KM_COLUMNS)
+    check_km(result, pooled, grouped)
+    binning = result["binning"]
+    event(f"{binning['method']}, merged={binning['merged_for_disclosure']}, nodes={len(used)}")
+    assert binning["method"] in ("exact", "binned")
+    if binning["method"] == "exact":
+        assert width == 1.0 and not binning["merged_for_disclosure"]
+    for curve in result["curves"]:
+        # nothing small leaves a node, so nothing small is derived centrally
+        assert all(v >= tab for v in curve["at_risk"])
+
+
+@SETTINGS
+@given(survival_split(), st.booleans())
+def test_kaplan_meier_without_merging_is_the_unbinned_estimate(nodes, grouped) -> None:
+    """Integer days, bin width 1, nothing merged: the plain pooled Kaplan-Meier estimate."""
+    nodes = [n.assign(followup_days=np.ceil(n["followup_days"])) for n in nodes]
+    req = request("kaplan_meier", x=("sex",) if grouped else ())
+    result = run_in_process(get_algorithm("kaplan_meier"), nodes, req, STROKE)
+    assert result["binning"]["method"] == "exact"
+    pooled = complete(pd.concat(nodes, ignore_index=True), KM_COLUMNS)
+    for curve in result["curves"]:
+        rows = pooled if curve["group"] is None else pooled[pooled["sex"] == curve["group"]]
+        fit = SurvfuncRight(rows["followup_days"].to_numpy(), _status(rows))  # unrounded
+        with_events = np.asarray(curve["events"]) > 0
+        np.testing.assert_array_equal(np.asarray(curve["timeline"])[with_events], fit.surv_times)
+        check("kaplan_meier", "survival (unbinned)", np.asarray(curve["survival"])[with_events], fit.surv_prob)
+
+
+# --------------------------------------------------------------------------- Cox
+
+
+@SETTINGS
+@given(survival_split(min_rows=80), WIDTHS, TABS)
+def test_cox_regression_equals_pooled_phreg_on_rounded_times(nodes, width, tab) -> None:
+    req = request("cox_regression", x=COX_X, bin_width=width)
+    try:
+        result, used, _ = run_with_controls("cox_regression", nodes, req,
+                                            NodeSettings(min_row_count=1, nfilter_tab=tab))
+    except RequestError as exc:
+        # no events, or a monotone likelihood (a level without events): a clean refusal, no estimate
+        assert any(word in str(exc) for word in ("no events", "converge", "does not improve", "constant")), exc
+        assume(False)
+        return
+    assume(result is not None)
+    pooled = complete(pd.concat([nodes[i] for i in used], ignore_index=True), COX_COLUMNS)
+    # treatment coding, reference = first level present (sorted)
+    expected_columns = []
+    for var in ("sex", "stroke_type"):
+        expected_columns += [f"{var}[{lvl}]" for lvl in sorted(pooled[var].unique())[1:]]
+    assert result["indep_vars"] == expected_columns + ["age", "nihss_admission"]
+    event(f"{result['binning']['method']}, merged={result['binning']['merged_for_disclosure']}, nodes={len(used)}")
+    times = round_up(pooled["followup_days"].to_numpy(), result["binning"]["timeline"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = PHReg(times, cox_design(pooled, result["indep_vars"]), status=_status(pooled),
+                    ties="breslow").fit(method="newton", tol=1e-8, maxiter=100)
+    assert result["n_obs"] == len(pooled) and result["n_events"] == int(_status(pooled).sum())
+    floor = 1e-6  # coefficients ~0 are compared absolutely at this scale
+    check("cox_regression", "coefficients", result["coefficients"], fit.params, floor=floor)
+    check("cox_regression", "stderr", result["stderr"], fit.bse)
+    check("cox_regression", "z_scores", result["z_scores"], fit.tvalues, floor=floor)
+    check("cox_regression", "pvalues", result["pvalues"], fit.pvalues, floor=floor)
+    ci = fit.conf_int()
+    check("cox_regression", "lower_ci", result["lower_ci"], ci[:, 0], floor=floor)
+    check("cox_regression", "upper_ci", result["upper_ci"], ci[:, 1], floor=floor)
+    check("cox_regression", "hazard_ratios", result["hazard_ratios"], np.exp(fit.params))
+    check("cox_regression", "ll", result["ll"], fit.llf)
+
+
+def test_cox_without_merging_is_the_unbinned_fit() -> None:
+    data = make_stroke(5, 600)
+    nodes = [data.iloc[:150], data.iloc[150:400], data.iloc[400:]]
+    result = run_in_process(get_algorithm("cox_regression"), nodes, request("cox_regression", x=COX_X), STROKE)
+    assert result["binning"]["method"] == "exact"
+    pooled = complete(data, COX_COLUMNS)
+    fit = PHReg(pooled["followup_days"].to_numpy(), cox_design(pooled, result["indep_vars"]),
+                status=_status(pooled), ties="breslow").fit(method="newton", tol=1e-8)
+    check("cox_regression", "coefficients (unbinned)", result["coefficients"], fit.params)
+    check("cox_regression", "stderr (unbinned)", result["stderr"], fit.bse)
+
+
+# --------------------------------------------------------------------------- safe bins
+
+
+@given(st.lists(st.tuples(st.integers(0, 6), st.integers(0, 6)), min_size=1, max_size=60), st.integers(1, 8))
+def test_safe_bins_release_no_small_count_and_keep_totals(cells, tab) -> None:
+    events, censored = [c[0] for c in cells], [c[1] for c in cells]
+    ends, merged_events, merged_censored = safe_bins(events, censored, tab)
+    assert ends == sorted(set(ends)) and ends[-1] == len(cells) - 1
+    assert sum(merged_events) == sum(events) and sum(merged_censored) == sum(censored)
+    starts = [0] + [e + 1 for e in ends[:-1]]
+    for start, end, d, c in zip(starts, ends, merged_events, merged_censored):
+        assert d == sum(events[start:end + 1]) and c == sum(censored[start:end + 1])
+    small = [v for v in merged_events + merged_censored if 0 < v < tab]
+    if small:  # only when all rows together are too few
+        assert len(ends) == 1
+
+
+# --------------------------------------------------------------------------- disclosure
+
+
+def _release(algorithm: str, frame: pd.DataFrame, req, tab: int = 3, round_no: int = 0, state=None) -> dict:
+    alg = get_algorithm(algorithm)
+    controls = DisclosureControls(NodeSettings(nfilter_tab=tab))
+    data = prepare_local_data(alg, frame, req)
+    controls.check_rows(alg, req, STROKE, len(data))
+    return controls.release(alg, req, STROKE, round_no, transport(alg.local_step(round_no, data, req, STROKE, state)))
+
+
+def _cells(aggregate: dict) -> list[int]:
+    return [v for g in aggregate["groups"] for key in ("events", "censored") for v in g[key]]
+
+
+def test_one_patient_at_risk_at_the_end_of_a_curve_is_not_released() -> None:
+    """The longest follow-up belongs to one patient: alone at risk, the curve's tail would give
+    away their follow-up time.  The node merges the tail until at least nfilter_tab leave there."""
+    data = make_stroke(11, 120, scale_days=200)
+    data["followup_days"] = data["followup_days"].clip(upper=900)
+    data.loc[0, ["followup_days", "death_90d"]] = [3000.0, "no"]
+    req = request("kaplan_meier", x=("sex",))
+    fine = get_algorithm("kaplan_meier").local_step(0, prepare_local_data(get_algorithm("kaplan_meier"), data, req),
+                                                    req, STROKE, None)
+    assert 1 in fine["groups"][[g["level"] for g in fine["groups"]].index(data.loc[0, "sex"])]["censored"]
+    released = _release("kaplan_meier", data, req, tab=3)
+    assert all(v == 0 or v >= 3 for v in _cells(released))
+    result = get_algorithm("kaplan_meier").global_step(0, [released], req, STROKE, None).result
+    for curve in result["curves"]:
+        assert min(curve["at_risk"]) >= 3
+        assert 3000.0 not in curve["timeline"]
+    assert result["binning"]["method"] == "binned" and result["binning"]["merged_for_disclosure"]
+
+
+def test_a_single_event_in_a_bin_is_merged_away() -> None:
+    data = make_stroke(12, 150)
+    data["death_90d"] = "no"
+    data.loc[[3, 4, 5, 6, 7], "death_90d"] = "yes"
+    data.loc[[3, 4, 5, 6], "followup_days"] = 100.0
+    data.loc[7, "followup_days"] = 2500.0  # one death, alone in its bin
+    req = request("kaplan_meier")
+    released = _release("kaplan_meier", data, req, tab=3)
+    assert released["group_counts"] == _cells(released)
+    assert all(v == 0 or v >= 3 for v in _cells(released))
+    assert sum(released["groups"][0]["events"]) == 5
+    result = get_algorithm("kaplan_meier").global_step(0, [released], req, STROKE, None).result
+    assert 2500.0 not in result["curves"][0]["timeline"]
+    assert 1 not in result["curves"][0]["events"]
+
+
+def test_too_few_events_in_a_group_refuse_the_node() -> None:
+    """Two deaths among the women of a node cannot be binned safely at nfilter_tab 3."""
+    data = make_stroke(13, 120)
+    data.loc[data["sex"] == "F", "death_90d"] = "no"
+    women = data.index[data["sex"] == "F"][:2]
+    data.loc[women, "death_90d"] = "yes"
+    with pytest.raises(DisclosureError) as info:
+        _release("kaplan_meier", data, request("kaplan_meier", x=("sex",)), tab=3)
+    assert info.value.control == "nfilter_tab"
+
+
+def test_fine_counts_are_refused_by_a_node_without_the_coarsening_step() -> None:
+    """The local step's unmerged counts carry group_counts: the generic control refuses them."""
+    data = make_stroke(14, 200)
+    req = request("kaplan_meier")
+    alg = get_algorithm("kaplan_meier")
+    fine = alg.local_step(0, prepare_local_data(alg, data, req), req, STROKE, None)
+
+    class Plain:  # an algorithm object without coarsen_for_release
+        name = "kaplan_meier"
+
+    with pytest.raises(DisclosureError, match="nfilter_tab"):
+        DisclosureControls(NodeSettings()).release(Plain(), req, STROKE, 0, fine)
+
+
+def test_cox_on_too_few_rows_is_refused() -> None:
+    data = make_stroke(15, 40).dropna().iloc[:12]
+    req = request("cox_regression", x=COX_X)
+    with pytest.raises(DisclosureError) as info:
+        _release("cox_regression", data, req)  # 7 candidate columns for 12 rows > nfilter_glm 0.33
+    assert info.value.control == "nfilter_glm"
+
+
+def test_cox_refuses_a_grid_finer_than_its_safe_bins() -> None:
+    """A central site asking for risk-set sums on every day would get single patients' covariates."""
+    data = make_stroke(16, 300)
+    req = request("cox_regression", x=("age", "sex"))
+    alg = get_algorithm("cox_regression")
+    released = _release("cox_regression", data, req, tab=3)
+    assert all(v == 0 or v >= 3 for v in released["events"] + released["censored"])
+    honest = alg.global_step(0, [released], req, STROKE, None).state
+    rounds = _release("cox_regression", data, req, tab=3, round_no=1, state=honest)
+    assert len(rounds["s0"]) == len(honest["event_bins"])
+    grid_points = len(released["events"]) and (released["ends"][-1] + 1)
+    every_day = dict(honest, ends=list(range(grid_points)),
+                     event_bins=list(range(grid_points)))
+    with pytest.raises(DisclosureError) as info:
+        _release("cox_regression", data, req, tab=3, round_no=1, state=every_day)
+    assert info.value.control == "nfilter_tab"
+
+
+@pytest.mark.parametrize("algorithm", ["kaplan_meier", "cox_regression"])
+@pytest.mark.parametrize("parameters, x, y, message", [
+    pytest.param({"event_level": "maybe"}, ("sex",), ("followup_days", "death_90d"), "not a category",
+                 id="event-level"),
+    pytest.param({"event_level": "yes"}, ("sex",), ("death_90d", "followup_days"), "must be numerical",
+                 id="y-swapped"),
+    pytest.param({"event_level": "yes"}, ("sex",), ("followup_days",), "time variable, event variable",
+                 id="one-y"),
+    pytest.param({"event_level": "yes", "bin_width": 0.01}, ("sex",), ("followup_days", "death_90d"),
+                 "grid points", id="grid-too-long"),
+    pytest.param({}, ("sex",), ("followup_days", "death_90d"), "event_level", id="no-event-level"),
+])
+def test_bad_requests_are_clear_request_errors(algorithm, parameters, x, y, message) -> None:
+    from mipflow.algorithms import AnalysisRequest
+
+    req = AnalysisRequest(data_model=STROKE.key, datasets=("hospital_a",), x=x, y=y, parameters=parameters)
+    with pytest.raises(RequestError, match=message):
+        get_algorithm(algorithm).validate(req, STROKE)
+
+
+def test_times_after_the_end_of_follow_up_are_a_request_error() -> None:
+    data = make_stroke(17, 60)
+    req = request("kaplan_meier", max_time=100.0)
+    with pytest.raises(RequestError, match="after the end of follow-up"):
+        run_in_process(get_algorithm("kaplan_meier"), [data], req, STROKE)

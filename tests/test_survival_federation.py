@@ -1,0 +1,93 @@
+"""Survival analyses over the real federation: three node services on loopback, default
+disclosure settings (min_row_count 10, nfilter_tab 3), signed HTTP.
+
+Kaplan-Meier with a log-rank test and Cox regression must equal statsmodels on
+the pooled rows of the contributing nodes with times rounded up to the
+result's bin ends; a node whose counts cannot be binned safely is left out
+with its reason.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import pytest
+from statsmodels.duration.hazard_regression import PHReg
+
+from mipflow.auth import issue_client
+from mipflow.config import NodeHome
+from mipflow.federation import NodeClient, NodeEndpoint, run_analysis
+from tests.mipflow.algorithms.helpers import assert_rel_close
+from tests.mipflow.algorithms.survival_data import (
+    HOSPITALS, STROKE, complete, cox_design, make_stroke, request, round_up,
+)
+from tests.mipflow.algorithms.test_survival import COX_COLUMNS, COX_X, KM_COLUMNS, check_km
+from tests.nodes import load_frame, running_nodes
+
+pytestmark = pytest.mark.xdist_group("federation")
+
+
+@pytest.fixture(scope="module")
+def survival_federation(tmp_path_factory) -> Iterator[tuple[list[NodeClient], dict[str, pd.DataFrame]]]:
+    base = tmp_path_factory.mktemp("survival-federation")
+    data = make_stroke(2026, 900)
+    frames = {h: data[data["dataset"] == h].reset_index(drop=True) for h in HOSPITALS}
+    # hospital_c: two deaths among its women, too few to bin at nfilter_tab 3
+    c = frames["hospital_c"]
+    c.loc[c["sex"] == "F", "death_90d"] = "no"
+    c.loc[c.index[c["sex"] == "F"][:2], "death_90d"] = "yes"
+    roots = {}
+    for hospital, frame in frames.items():
+        roots[hospital] = base / hospital
+        NodeHome.init(roots[hospital], hospital)
+        assert load_frame(roots[hospital], STROKE, frame) == len(frame)
+    credentials = {h: issue_client(root, "central") for h, root in roots.items()}
+    with running_nodes(list(roots.values())) as urls:
+        clients = [NodeClient(NodeEndpoint(h, url, credentials[h].client_id, credentials[h].secret.hex()),
+                              retries=0) for h, url in zip(roots, urls)]
+        try:
+            yield clients, frames
+        finally:
+            for client in clients:
+                client.close()
+
+
+def test_kaplan_meier_via_http(survival_federation) -> None:
+    clients, frames = survival_federation
+    doc = request("kaplan_meier", x=("sex",), bin_width=7.0).to_dict()
+    outcome = run_analysis("kaplan_meier", doc, clients)
+    assert set(outcome.excluded) == {"hospital_c"}
+    assert "(nfilter_tab)" in outcome.excluded["hospital_c"]
+    used = ["hospital_a", "hospital_b"]
+    assert outcome.contributed == {h: len(complete(frames[h], KM_COLUMNS)) for h in used}
+    pooled = complete(pd.concat([frames[h] for h in used], ignore_index=True), KM_COLUMNS)
+    check_km(outcome.result, pooled, grouped=True)
+    assert outcome.result["binning"]["method"] == "binned"
+    # without grouping every hospital can bin its counts safely
+    whole = run_analysis("kaplan_meier", request("kaplan_meier").to_dict(), clients)
+    assert not whole.excluded
+    check_km(whole.result, complete(pd.concat(frames.values(), ignore_index=True), KM_COLUMNS), grouped=False)
+
+
+def test_cox_regression_via_http(survival_federation) -> None:
+    clients, frames = survival_federation
+    doc = request("cox_regression", x=COX_X).to_dict()
+    outcome = run_analysis("cox_regression", doc, clients)
+    assert not outcome.excluded and outcome.rounds >= 3
+    pooled = complete(pd.concat(frames.values(), ignore_index=True), COX_COLUMNS)
+    assert outcome.contributed == {h: len(complete(f, COX_COLUMNS)) for h, f in frames.items()}
+    result = outcome.result
+    times = round_up(pooled["followup_days"].to_numpy(), result["binning"]["timeline"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = PHReg(times, cox_design(pooled, result["indep_vars"]), status=(pooled["death_90d"] == "yes")
+                    .to_numpy(dtype=float), ties="breslow").fit(method="newton", tol=1e-8)
+    assert result["indep_vars"] == ["sex[M]", "stroke_type[ischaemic]", "stroke_type[tia]", "age",
+                                    "nihss_admission"]
+    for key, expected in (("coefficients", fit.params), ("stderr", fit.bse), ("z_scores", fit.tvalues),
+                          ("pvalues", fit.pvalues), ("ll", fit.llf)):
+        assert_rel_close(result[key], expected, rel=1e-9, what=key)
+    assert result["n_events"] == int((pooled["death_90d"] == "yes").sum())
