@@ -12,6 +12,7 @@ from mipflow.algorithms.base import (
     AnalysisRequest, Algorithm, Step, design_matrix, prepare_local_data, run_in_process,
 )
 from mipflow.algorithms.descriptive_stats import DescriptiveStats
+from mipflow.algorithms.kmeans import KMeans
 from mipflow.algorithms.linear_regression import LinearRegression
 from mipflow.algorithms.logistic_regression import LogisticRegression
 from mipflow.algorithms.multiple_histograms import MultipleHistograms
@@ -33,6 +34,7 @@ ALGORITHMS: dict[str, Algorithm] = {
         TTestPaired(),
         AnovaOneway(),
         MultipleHistograms(),
+        KMeans(),
     )
 }
 
