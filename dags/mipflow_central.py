@@ -47,6 +47,13 @@ ALGORITHMS: dict[str, tuple[str, bool, bool, bool, dict[str, Param]]] = {
     "anova_oneway": ("One-way ANOVA with Tukey HSD", False, True, False, {}),
     "multiple_histograms": ("Histograms (small bins suppressed)", False, True, True, {
         "bins": Param(20, type="integer", minimum=1, maximum=100, title="Bins")}),
+    "kmeans": ("K-means (federated Lloyd iterations)", True, False, False, {
+        "k": Param(4, type="integer", minimum=1, maximum=100, title="Clusters (k)"),
+        "maxiter": Param(100, type="integer", minimum=1, maximum=100, title="Maximum iterations"),
+        "tol": Param(0.0001, type="number", minimum=0, maximum=1,
+                     title="Tolerance (Frobenius norm of the centre shift)"),
+        "init": Param("pca", type="string", enum=["pca", "exareme2"],
+                      title="Initial centres (exareme2 needs release_extremes at the nodes)")}),
 }
 
 
