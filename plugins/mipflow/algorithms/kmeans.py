@@ -232,7 +232,6 @@ class KMeans(SpecAlgorithm):
             "inertia": float(within.sum()),
             "n_iter": int(state["iteration"]),
             "converged": bool(state["converged"]),
-            "last_shift": state["shift"],
             "init": params["init"],
             "initial_centers": state["initial_centers"],
         })

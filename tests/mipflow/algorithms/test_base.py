@@ -41,6 +41,7 @@ VALID = {
     "ttest_paired": request(x=("x1",), y=("y",)),
     "anova_oneway": request(x=("grp",), y=("y",)),
     "multiple_histograms": request(x=("sex",), y=("y",), bins=5),
+    "kmeans": request(y=("x1", "y", "age"), k=3, maxiter=20, tol=1e-4),
 }
 
 
@@ -99,8 +100,8 @@ def test_registry_holds_the_nine_algorithms() -> None:
 
 
 def test_unknown_algorithm_is_a_request_error() -> None:
-    with pytest.raises(RequestError, match="unknown algorithm 'kmeans'"):
-        get_algorithm("kmeans")
+    with pytest.raises(RequestError, match="unknown algorithm 'no_such_algorithm'"):
+        get_algorithm("no_such_algorithm")
 
 
 @pytest.mark.parametrize("name", sorted(VALID))
