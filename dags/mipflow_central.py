@@ -74,6 +74,13 @@ ALGORITHMS: dict[str, tuple[str, bool, bool, bool, dict[str, Param]]] = {
         "event_level": Param("yes", type="string", minLength=1, title="Event level (a level of the event variable)"),
         "bin_width": Param(1.0, type="number", exclusiveMinimum=0, title="Time bin width"),
         "max_time": Param(None, type=["number", "null"], title="End of follow-up (if not declared)")}),
+    "kmeans": ("K-means (federated Lloyd iterations)", True, False, False, {
+        "k": Param(4, type="integer", minimum=1, maximum=100, title="Clusters (k)"),
+        "maxiter": Param(100, type="integer", minimum=1, maximum=100, title="Maximum iterations"),
+        "tol": Param(0.0001, type="number", minimum=0, maximum=1,
+                     title="Tolerance (Frobenius norm of the centre shift)"),
+        "init": Param("pca", type="string", enum=["pca", "exareme2"],
+                      title="Initial centres (exareme2 needs release_extremes at the nodes)")}),
 }
 
 

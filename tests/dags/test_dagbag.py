@@ -17,7 +17,8 @@ EXPECTED_CENTRAL_DAGS = {f"federated_{name}" for name in (
     "ttest_independent", "ttest_paired", "anova_oneway", "multiple_histograms",
     "contingency_table",
     "linear_regression_cv", "logistic_regression_cv", "naive_bayes_gaussian_cv", "naive_bayes_categorical_cv",
-    "kaplan_meier", "cox_regression")} | {"federation_metadata"}
+    "kaplan_meier", "cox_regression",
+    "kmeans")} | {"federation_metadata"}
 
 
 @pytest.fixture(scope="module")

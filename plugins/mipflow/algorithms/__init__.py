@@ -14,6 +14,7 @@ from mipflow.algorithms.base import (
 from mipflow.algorithms.cox_regression import CoxRegression
 from mipflow.algorithms.descriptive_stats import DescriptiveStats
 from mipflow.algorithms.kaplan_meier import KaplanMeier
+from mipflow.algorithms.kmeans import KMeans
 from mipflow.algorithms.linear_regression import LinearRegression
 from mipflow.algorithms.logistic_regression import LogisticRegression
 from mipflow.algorithms.multiple_histograms import MultipleHistograms
@@ -46,6 +47,7 @@ ALGORITHMS: dict[str, Algorithm] = {
         NaiveBayesCategoricalCV(),
         KaplanMeier(),
         CoxRegression(),
+        KMeans(),
     )
 }
 

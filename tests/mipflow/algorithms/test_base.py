@@ -48,6 +48,7 @@ VALID = {
     "naive_bayes_categorical_cv": request(x=("sex",), y=("grp",), n_splits=3),
     "kaplan_meier": request(x=("sex",), y=("score", "outcome"), event_level="yes"),
     "cox_regression": request(x=("grp", "x1"), y=("score", "outcome"), event_level="yes"),
+    "kmeans": request(y=("x1", "y", "age"), k=3, maxiter=20, tol=1e-4),
 }
 
 
@@ -106,8 +107,8 @@ def test_registry_holds_the_nine_algorithms() -> None:
 
 
 def test_unknown_algorithm_is_a_request_error() -> None:
-    with pytest.raises(RequestError, match="unknown algorithm 'kmeans'"):
-        get_algorithm("kmeans")
+    with pytest.raises(RequestError, match="unknown algorithm 'no_such_algorithm'"):
+        get_algorithm("no_such_algorithm")
 
 
 @pytest.mark.parametrize("name", sorted(VALID))

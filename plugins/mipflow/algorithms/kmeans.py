@@ -1,0 +1,244 @@
+"""K-means clustering by federated Lloyd iterations.
+
+Round 0: every node sends the count, means and centred co-moment matrix of
+its complete-case rows of ``y`` (:mod:`mipflow.algorithms.moments`).  The
+central side merges them into the pooled mean and covariance and places the
+``k`` initial centres on the first principal axis (:func:`principal_axis_centres`):
+no row is ever chosen as a seed, so the initialisation reveals nothing the
+pooled mean and covariance do not.
+
+Rounds 1, 2, ...: the state carries the current centres.  Each node assigns
+its rows to the nearest centre (squared Euclidean distance, ties to the
+lower index) and returns, per cluster, the row count (``group_n``), the sum
+of the rows' deviations from that cluster's centre and the within-cluster sum
+of squares about it.  The central side moves each centre by the pooled mean
+deviation (an empty cluster keeps its centre) and stops when the Frobenius
+norm of the centre shift is at most ``tol`` (Exareme2's absolute rule, not
+scikit-learn's variance-relative one) or after ``maxiter`` updates.  One
+more round evaluates the cluster sizes and the inertia (within-cluster sum
+of squares) at the final centres.
+
+Given the same initial centres the iterates are those of Lloyd's algorithm
+on the pooled rows (the node split changes only the summation order).
+
+Disclosure: a cluster holding 1 or 2 rows at a node would release (nearly)
+those rows through its sum.  Counts travel under ``group_n``, so a node's
+controls refuse the step when a cluster has ``0 < n < nfilter_tab`` rows
+there; the central side then leaves the node out (``excluded`` in the
+outcome, with the reason) and restarts on the others.  See
+``docs/adr/0009-kmeans-initialisation.md``.
+
+``init = "exareme2"`` reproduces Exareme2's own initialisation for its
+validation suite: centres drawn uniformly (``RandomState(123)``) between the
+pooled per-column minima and maxima, and an empty cluster's centre reset to
+the origin.  It needs raw extremes, which nodes refuse unless their admin set
+``release_extremes``.
+"""
+from __future__ import annotations
+
+from types import MappingProxyType
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from mipflow.algorithms.base import (
+    NUMERICAL, AnalysisRequest, InputSpec, ParamSpec, SpecAlgorithm, Step, json_ready, numeric_values,
+)
+from mipflow.algorithms.moments import compute_moments, merge_moment_dicts
+from mipflow.datamodel import DataModel
+from mipflow.exceptions import RequestError
+
+#: Initialisation schemes: aggregate-only (default) and Exareme2's (needs raw extremes).
+INITS = ("pca", "exareme2")
+#: Seed of Exareme2's uniform initialisation.
+EXAREME2_SEED = 123
+
+
+def principal_axis_centres(mean: np.ndarray, cov: np.ndarray, k: int) -> np.ndarray:
+    """Deterministic initial centres from the pooled mean and covariance only.
+
+    Centre ``i`` (``i = 0 .. k-1``) is ``mean + z_i * sqrt(lambda_1) * v_1``,
+    with ``lambda_1, v_1`` the largest eigenvalue and its eigenvector of
+    ``cov`` and ``z_i = Phi^-1((i + 1/2) / k)`` the standard normal quantiles
+    that split the axis into ``k`` equally likely slices.  The eigenvector's
+    sign is fixed (its largest-magnitude component positive), so the centres
+    come out in increasing order along the axis.
+
+    Parameters
+    ----------
+    mean : numpy.ndarray, shape (d,)
+    cov : numpy.ndarray, shape (d, d)
+        Covariance matrix (any positive scaling of it gives other spreads;
+        use the ``ddof=1`` sample covariance).
+    k : int
+        Number of centres.
+
+    Returns
+    -------
+    numpy.ndarray, shape (k, d)
+    """
+    mean = np.asarray(mean, dtype=float)
+    cov = np.atleast_2d(np.asarray(cov, dtype=float))
+    eigenvalues, eigenvectors = np.linalg.eigh(cov)
+    axis = eigenvectors[:, -1]
+    if axis[np.argmax(np.abs(axis))] < 0:
+        axis = -axis
+    spread = float(np.sqrt(max(eigenvalues[-1], 0.0)))
+    z = stats.norm.ppf((np.arange(k) + 0.5) / k)
+    return mean + np.outer(z * spread, axis)
+
+
+def assign(values: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centre of each row and the squared distance to it.
+
+    Parameters
+    ----------
+    values : numpy.ndarray, shape (n, d)
+    centres : numpy.ndarray, shape (k, d)
+
+    Returns
+    -------
+    labels : numpy.ndarray of int, shape (n,)
+        Index of the nearest centre (the lowest index on a tie).
+    distances : numpy.ndarray, shape (n,)
+        Squared Euclidean distance to that centre.
+    """
+    n = len(values)
+    best = np.full(n, np.inf)
+    labels = np.zeros(n, dtype=np.intp)
+    for j, centre in enumerate(centres):
+        deviation = values - centre
+        dist = np.einsum("ij,ij->i", deviation, deviation)
+        closer = dist < best
+        labels[closer] = j
+        best[closer] = dist[closer]
+    return labels, best
+
+
+def cluster_aggregates(values: np.ndarray, centres: np.ndarray) -> dict:
+    """Per-cluster count, deviation sum and sum of squares about the given centres.
+
+    Returns
+    -------
+    dict
+        ``group_n`` (k counts), ``deviation_sums`` (k x d sums of ``x - c_j``
+        over the rows nearest ``c_j``) and ``within_ss`` (k sums of
+        ``||x - c_j||^2``).
+    """
+    k, d = centres.shape
+    labels, distances = assign(values, centres)
+    counts = np.bincount(labels, minlength=k)
+    sums = np.zeros((k, d))
+    for j in range(k):
+        members = labels == j
+        if counts[j]:
+            sums[j] = (values[members] - centres[j]).sum(axis=0)
+    within = np.bincount(labels, weights=distances, minlength=k) if len(values) else np.zeros(k)
+    return {"group_n": counts.tolist(), "deviation_sums": sums.tolist(), "within_ss": within.tolist()}
+
+
+class KMeans(SpecAlgorithm):
+    name = "kmeans"
+    label = "K-Means"
+    # Exareme2 takes real variables only; mipflow also takes integer ones (deliberate).
+    y_spec = InputSpec(types=("real", "int"), stattypes=(NUMERICAL,), notblank=True, multiple=True)
+    x_spec = None
+    parameter_specs = MappingProxyType({
+        "k": ParamSpec(types=("int",), default=4, notblank=True, min=1, max=100),
+        "maxiter": ParamSpec(types=("int",), default=1, notblank=True, min=1, max=100),
+        "tol": ParamSpec(types=("real",), default=0.01, notblank=True, min=0.0, max=1.0),
+        # mipflow addition: how the centres start (see the module docstring).
+        "init": ParamSpec(types=("text",), default="pca", enums=INITS),
+    })
+
+    # -- local ------------------------------------------------------------------
+
+    def local_step(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
+                   model: DataModel, state: dict | None) -> dict:
+        values = _values(data, request)
+        if state is None:
+            out: dict = {"n": len(values), "moments": compute_moments(values, matrix=True).to_dict()}
+            if self.params(request, model)["init"] == "exareme2":
+                # raw extremes: the node's controls refuse these unless release_extremes is on
+                out["min"] = values.min(axis=0).tolist() if len(values) else None
+                out["max"] = values.max(axis=0).tolist() if len(values) else None
+            return out
+        centres = np.asarray(state["centers"], dtype=float)
+        if centres.shape != (int(state["k"]), values.shape[1]):
+            raise RequestError(f"kmeans state holds centres of shape {centres.shape}, "
+                               f"expected ({state['k']}, {values.shape[1]})")
+        return {"n": len(values), **cluster_aggregates(values, centres)}
+
+    # -- global -----------------------------------------------------------------
+
+    def global_step(self, round: int, aggregates: list[dict], request: AnalysisRequest,
+                    model: DataModel, state: dict | None) -> Step:
+        params = self.params(request, model)
+        n = sum(int(a["n"]) for a in aggregates)
+        if state is None:
+            return Step(done=False, state=self._start(aggregates, n, params, request))
+        centres = np.asarray(state["centers"], dtype=float)
+        k, d = centres.shape
+        counts = np.sum([np.asarray(a["group_n"], dtype=float) for a in aggregates], axis=0)
+        sums = np.sum([np.asarray(a["deviation_sums"], dtype=float).reshape(k, d) for a in aggregates], axis=0)
+        within = np.sum([np.asarray(a["within_ss"], dtype=float) for a in aggregates], axis=0)
+        if state["final"]:
+            return Step(done=True, result=self._result(request, params, state, n, counts, within))
+
+        new = centres.copy()
+        filled = counts > 0
+        new[filled] = centres[filled] + sums[filled] / counts[filled, None]
+        if params["init"] == "exareme2":
+            new[~filled] = 0.0  # Exareme2 resets an empty cluster's centre to the origin
+        shift = float(np.linalg.norm(new - centres))
+        iteration = int(state["iteration"]) + 1
+        converged = shift <= params["tol"]
+        return Step(done=False, state={
+            **state, "centers": new.tolist(), "iteration": iteration, "shift": shift,
+            "converged": converged, "final": converged or iteration >= params["maxiter"],
+        })
+
+    @staticmethod
+    def _start(aggregates: list[dict], n: int, params: dict, request: AnalysisRequest) -> dict:
+        k = params["k"]
+        if n == 0:
+            raise RequestError("no complete rows to cluster")
+        if n < k:
+            raise RequestError(f"kmeans with k={k} needs at least {k} rows, got {n}")
+        if params["init"] == "exareme2":
+            lows = [a["min"] for a in aggregates if a.get("min") is not None]
+            highs = [a["max"] for a in aggregates if a.get("max") is not None]
+            rng = np.random.RandomState(seed=EXAREME2_SEED)
+            centres = rng.uniform(low=np.min(lows, axis=0), high=np.max(highs, axis=0),
+                                  size=(k, len(request.y)))
+        else:
+            moments = merge_moment_dicts(a["moments"] for a in aggregates)
+            cov = moments.m2 / (n - 1) if n > 1 else np.zeros_like(moments.m2)
+            centres = principal_axis_centres(moments.mean, cov, k)
+        return {"k": k, "centers": centres.tolist(), "initial_centers": centres.tolist(),
+                "iteration": 0, "shift": None, "converged": False, "final": False}
+
+    @staticmethod
+    def _result(request: AnalysisRequest, params: dict, state: dict, n: int,
+                counts: np.ndarray, within: np.ndarray) -> dict:
+        return json_ready({
+            "title": "K-Means Centers",
+            "variables": list(request.y),
+            "n_obs": n,
+            "centers": state["centers"],
+            "cluster_counts": counts.astype(int),
+            "within_ss": within,
+            "inertia": float(within.sum()),
+            "n_iter": int(state["iteration"]),
+            "converged": bool(state["converged"]),
+            "init": params["init"],
+            "initial_centers": state["initial_centers"],
+        })
+
+
+def _values(data: pd.DataFrame, request: AnalysisRequest) -> np.ndarray:
+    """The ``y`` columns as a float matrix, shape (n, d)."""
+    if not len(data):
+        return np.zeros((0, len(request.y)))
+    return np.column_stack([numeric_values(data[code]) for code in request.y])

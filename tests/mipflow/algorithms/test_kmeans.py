@@ -1,0 +1,173 @@
+"""K-means: federated Lloyd == pooled Lloyd, and what a node refuses to release.
+
+The pooled references start from the same initial centres, computed from the
+pooled rows with numpy (:func:`principal_axis_centres` of ``np.mean`` /
+``np.cov``): a plain numpy Lloyd loop with the same stopping rule, and
+scikit-learn's ``KMeans(init=centres, n_init=1, algorithm="lloyd")`` with its
+variance-relative ``tol`` set to the equivalent of mipflow's absolute one
+(``tol_sklearn = tol**2 / mean(var(X))``: sklearn compares the squared
+Frobenius shift with ``tol_sklearn * mean(var(X))``).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from scipy import stats
+from sklearn.cluster import KMeans as SkKMeans
+
+from mipflow.algorithms import get_algorithm, run_in_process
+from mipflow.algorithms.kmeans import principal_axis_centres
+from mipflow.config import NodeSettings
+from mipflow.disclosure import DisclosureControls
+from mipflow.exceptions import DisclosureError, RequestError
+from tests.mipflow.algorithms.helpers import EXACT_RTOL, POOLED_SUMMARY, assert_rel_close
+from tests.mipflow.algorithms.synthetic import MODEL, make_data, request
+from tests.mipflow.algorithms.test_federated_vs_pooled import SETTINGS, split_data
+
+VARIABLES = ("x1", "y", "age")
+
+
+def numpy_lloyd(values: np.ndarray, centres: np.ndarray, tol: float, maxiter: int) -> dict:
+    """Lloyd's algorithm on pooled rows, Exareme2's stopping rule; empty clusters keep their centre."""
+    centres = centres.copy()
+    had_empty = False
+    iteration, converged = 0, False
+    for iteration in range(1, maxiter + 1):
+        labels = ((values[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2).argmin(axis=1)
+        new = centres.copy()
+        for j in range(len(centres)):
+            members = values[labels == j]
+            if len(members):
+                new[j] = members.mean(axis=0)
+            else:
+                had_empty = True
+        shift = np.linalg.norm(new - centres)
+        centres = new
+        if shift <= tol:
+            converged = True
+            break
+    dist = ((values[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2)
+    labels = dist.argmin(axis=1)
+    return {"centers": centres, "n_iter": iteration, "converged": converged, "had_empty": had_empty,
+            "counts": np.bincount(labels, minlength=len(centres)), "inertia": dist.min(axis=1).sum()}
+
+
+def record(what: str, actual, expected, floor: float = 1e-12) -> None:
+    worst = assert_rel_close(actual, expected, rel=EXACT_RTOL, floor=floor, what=f"kmeans.{what}")
+    POOLED_SUMMARY.record("kmeans", worst, what)
+
+
+@SETTINGS
+@given(split_data(min_rows=30, max_rows=200), st.integers(1, 6), st.sampled_from([0.0, 1e-6, 1e-3, 0.05]),
+       st.integers(1, 40), st.integers(1, 3))
+def test_federated_lloyd_equals_pooled_lloyd(split, k, tol, maxiter, n_vars) -> None:
+    data, nodes = split
+    variables = VARIABLES[:n_vars]
+    req = request(y=variables, k=k, tol=tol, maxiter=maxiter)
+    pooled = data.dropna(subset=list(variables))[list(variables)].to_numpy(dtype=float)
+    if len(pooled) < k:
+        with pytest.raises(RequestError, match="needs at least"):
+            run_in_process(get_algorithm("kmeans"), nodes, req, MODEL)
+        return
+    ours = run_in_process(get_algorithm("kmeans"), nodes, req, MODEL)
+    start = principal_axis_centres(pooled.mean(axis=0), np.atleast_2d(np.cov(pooled, rowvar=False)), k)
+    record("initial_centers", ours["initial_centers"], start)
+    ref = numpy_lloyd(pooled, start, tol, maxiter)
+    assert ours["n_obs"] == len(pooled)
+    if tol > 0:
+        # with tol = 0 "converged" means a shift of exactly 0.0, which is decided by the last
+        # bit of the summation order (np.mean of a copy vs of the pooled array): not comparable
+        assert (ours["n_iter"], ours["converged"]) == (ref["n_iter"], ref["converged"])
+    assert ours["cluster_counts"] == ref["counts"].tolist()
+    record("centers", ours["centers"], ref["centers"])
+    record("inertia", ours["inertia"], ref["inertia"])
+    if ref["had_empty"]:
+        return  # scikit-learn relocates an empty cluster onto a far row; mipflow keeps its centre
+    scale = float(np.mean(np.var(pooled, axis=0)))
+    assume(scale > 0)
+    sk = SkKMeans(n_clusters=k, init=start, n_init=1, algorithm="lloyd", max_iter=maxiter,
+                  tol=tol ** 2 / scale).fit(pooled)
+    record("centers_vs_sklearn", ours["centers"], sk.cluster_centers_)
+    record("inertia_vs_sklearn", ours["inertia"], sk.inertia_)
+    if tol > 0:
+        assert ours["n_iter"] == sk.n_iter_
+
+
+def test_initial_centres_lie_on_the_principal_axis() -> None:
+    """The initialisation uses the mean and covariance only: moving one row's value changes
+    the centres only through those, and no centre equals a row."""
+    data = make_data(3, 120).dropna(subset=["x1", "y"])
+    values = data[["x1", "y"]].to_numpy()
+    centres = principal_axis_centres(values.mean(axis=0), np.cov(values, rowvar=False), 4)
+    eigenvalues, eigenvectors = np.linalg.eigh(np.cov(values, rowvar=False))
+    offsets = centres - values.mean(axis=0)
+    # every offset is parallel to the first eigenvector, in increasing order along it
+    along = offsets @ eigenvectors[:, -1]
+    assert_rel_close(np.abs(offsets), np.abs(np.outer(along, eigenvectors[:, -1])), floor=1e-12)
+    assert np.all(np.diff(along) > 0)
+    # the outer slices' centres sit at the normal quantiles 1/8 and 7/8 of that axis
+    assert_rel_close(along[-1], stats.norm.ppf(7 / 8) * np.sqrt(eigenvalues[-1]), rel=1e-12)
+    assert_rel_close(along[0], stats.norm.ppf(1 / 8) * np.sqrt(eigenvalues[-1]), rel=1e-12)
+    assert not any(np.any(np.all(np.isclose(values, c), axis=1)) for c in centres)
+
+
+# --------------------------------------------------------------------------- disclosure
+
+def _outlier_node() -> pd.DataFrame:
+    """30 patients around (0, 0) and one outlier patient at (40, 40)."""
+    rng = np.random.default_rng(1)
+    rows = rng.normal(0.0, 1.0, size=(30, 2))
+    return pd.DataFrame(np.vstack([rows, [[40.0, 40.0]]]), columns=["x1", "y"])
+
+
+def test_a_one_patient_cluster_is_refused_by_the_node() -> None:
+    algo = get_algorithm("kmeans")
+    req = request(y=("x1", "y"), k=2, maxiter=10)
+    state = {"k": 2, "centers": [[0.0, 0.0], [40.0, 40.0]], "iteration": 0, "final": False}
+    aggregates = algo.local_step(1, _outlier_node(), req, MODEL, state)
+    # what the node computed: the outlier alone in cluster 1, its sum is its row
+    assert aggregates["group_n"] == [30, 1]
+    assert aggregates["deviation_sums"][1] == [0.0, 0.0]
+    with pytest.raises(DisclosureError) as refused:
+        DisclosureControls(NodeSettings()).release(algo, req, MODEL, 1, aggregates)
+    assert refused.value.control == "nfilter_tab"
+    # three patients in the small cluster pass
+    three = pd.concat([_outlier_node(), pd.DataFrame([[39.0, 40.0], [40.0, 41.0]], columns=["x1", "y"])])
+    released = DisclosureControls(NodeSettings()).release(
+        algo, req, MODEL, 1, algo.local_step(1, three, req, MODEL, state))
+    assert released["group_n"] == [30, 3]
+
+
+def test_exareme2_initialisation_needs_raw_extremes() -> None:
+    algo = get_algorithm("kmeans")
+    req = request(y=("x1", "y"), k=2, init="exareme2")
+    aggregates = algo.local_step(0, _outlier_node(), req, MODEL, None)
+    with pytest.raises(DisclosureError) as refused:
+        DisclosureControls(NodeSettings()).release(algo, req, MODEL, 0, aggregates)
+    assert refused.value.control == "raw_extremes"
+    # the default initialisation releases moments only
+    default = algo.local_step(0, _outlier_node(), request(y=("x1", "y"), k=2), MODEL, None)
+    assert set(default) == {"n", "moments"}
+    DisclosureControls(NodeSettings()).release(algo, req, MODEL, 0, default)
+
+
+@pytest.mark.parametrize("parameters, message", [
+    pytest.param({"k": 0}, "below its minimum", id="k-zero"),
+    pytest.param({"k": 101}, "above its maximum", id="k-too-large"),
+    pytest.param({"init": "random"}, "is not one of", id="unknown-init"),
+    pytest.param({"tol": 2.0}, "above its maximum", id="tol-too-large"),
+    pytest.param({"maxiter": 0}, "below its minimum", id="maxiter-zero"),
+])
+def test_bad_parameters_are_request_errors(parameters, message) -> None:
+    with pytest.raises(RequestError, match=message):
+        get_algorithm("kmeans").validate(request(y=("x1",), **parameters), MODEL)
+
+
+def test_nominal_variables_and_covariates_are_refused() -> None:
+    with pytest.raises(RequestError, match="numerical"):
+        get_algorithm("kmeans").validate(request(y=("grp",)), MODEL)
+    with pytest.raises(RequestError, match="takes no covariates"):
+        get_algorithm("kmeans").validate(request(y=("x1",), x=("x2",)), MODEL)
