@@ -15,7 +15,7 @@ from mipflow.config import NodeHome
 from mipflow.results import ResultStore
 from mipflow.synth import HOSPITALS, generate_export, write_export
 from tests.conftest import REPO_ROOT
-from tests.nodes import running_nodes
+from tests.nodes import DAG_TEST_USER, PROJECT, RESEARCHER, grant_all, running_nodes
 
 pytestmark = [pytest.mark.airflow, pytest.mark.xdist_group("airflow")]
 STROKE = REPO_ROOT / "include" / "schemas" / "stroke_v_0_1" / "CDEsMetadata.json"
@@ -35,6 +35,8 @@ def federation(tmp_path_factory, airflow_db):
     with running_nodes([h.root for h in homes]) as urls:
         for home, url in zip(homes, urls):
             cred = issue_client(home.root, "central")
+            grant_all(home.root, DAG_TEST_USER, PROJECT)  # dag.test() runs as user "dag_test"
+            grant_all(home.root, RESEARCHER, PROJECT)
             env[f"AIRFLOW_CONN_MIPFLOW_NODE_{home.name.upper()}"] = json.dumps(
                 {"conn_type": "mipflow_node", "host": url, "login": cred.client_id,
                  "password": cred.secret.hex(), "extra": {"node_name": home.name}})
@@ -72,7 +74,7 @@ def pooled(homes, columns):
 
 def conf(**kw):
     base = {"data_model": "stroke:0.1", "datasets": list(HOSPITALS), "filters": None,
-            "nodes": [f"mipflow_node_{h}" for h in HOSPITALS], "min_nodes": 3}
+            "nodes": [f"mipflow_node_{h}" for h in HOSPITALS], "min_nodes": 3, "project": PROJECT}
     return base | kw
 
 
@@ -102,7 +104,8 @@ def test_federated_dag_fails_clearly_when_too_few_nodes_qualify(dags, federation
 
 
 def test_federation_metadata_dag_syncs_what_nodes_hold(dags, federation):
-    run = dags["federation_metadata"].test(run_conf={"nodes": [f"mipflow_node_{h}" for h in HOSPITALS]})
+    run = dags["federation_metadata"].test(run_conf={"nodes": [f"mipflow_node_{h}" for h in HOSPITALS],
+                                                     "project": PROJECT})
     assert "success" in str(run.state)
     synced = json.loads((federation["central"] / "federation_metadata.json").read_text())
     for home in federation["homes"]:
@@ -123,7 +126,8 @@ def test_result_provenance_lists_datasets_and_software(federation):
         add_node(fed, name=home.name, url=conn["host"], credentials_from=home.root)
     request = {"inputdata": {"data_model": "stroke:0.1", "datasets": list(HOSPITALS), "x": [],
                              "y": ["nihss_admission"], "filters": None}, "parameters": {"mu": 5}}
-    outcome = analyze("ttest_onesample", request, fed, min_nodes=3).to_dict()
+    outcome = analyze("ttest_onesample", request, fed, researcher=RESEARCHER, project=PROJECT,
+                      min_nodes=3).to_dict()
     for home in federation["homes"]:
         held = ops.open_store(home).count_rows(ops.open_store(home).data_model("stroke:0.1"))
         assert outcome["datasets"][home.name] == {home.name: held}
