@@ -94,6 +94,29 @@ def test_federated_linear_regression_dag_equals_pooled_ols(dags, federation):
     np.testing.assert_allclose(result["std_err"], fit.bse.to_numpy(), rtol=1e-9)
     files = list((federation["central"] / "results").glob("linear_regression__*.json"))
     assert files and json.loads(files[0].read_text())["request"]["inputdata"]["y"] == ["mrs_90d"]
+    # provenance: the run's triggering user and the form's project, and the step code at every node
+    doc = json.loads(files[0].read_text())
+    assert (doc["researcher"], doc["project"]) == (DAG_TEST_USER, PROJECT)
+    assert doc["code"]["consistent"] and set(doc["code"]["nodes"]) == set(HOSPITALS)
+    from mipflow.audit import read_records
+
+    for home in federation["homes"]:
+        mine = [r for r in read_records(home.root / "audit.log") if r.get("analysis") and
+                r.get("researcher") == DAG_TEST_USER and r["decision"] == "allowed"]
+        assert mine and mine[-1]["algorithm_sha256"] == doc["code"]["central"]["algorithm_sha256"]
+
+
+def test_federated_dag_fails_for_a_project_the_nodes_did_not_approve(dags, federation):
+    run = dags["federated_linear_regression"].test(
+        run_conf=conf(y="mrs_90d", x=["age"], project="not-approved"))
+    assert "failed" in str(run.state)
+    assert ResultStore(federation["central"]).get(run.run_id) is None
+    from mipflow.audit import read_records
+
+    for home in federation["homes"]:
+        last = [r for r in read_records(home.root / "audit.log") if r.get("project") == "not-approved"][-1]
+        assert last["decision"] == "refused" and last["control"] == "access"
+        assert last["researcher"] == DAG_TEST_USER
 
 
 def test_federated_dag_fails_clearly_when_too_few_nodes_qualify(dags, federation):

@@ -20,7 +20,7 @@ import pytest
 
 from mipflow import cli
 from mipflow.access import AccessDenied, AccessRegistry
-from mipflow.audit import AuditLog, read_records, summarize, verify_log
+from mipflow.audit import AuditLog, read_records, verify_log
 from mipflow.auth import issue_client, signed_headers
 from mipflow.budget import QueryBudget, analysis_key
 from mipflow.catalogue import algorithm_code, catalogue, code_of
