@@ -72,7 +72,7 @@ def main() -> int:
     from mipflow.config import NodeHome
     from mipflow.datamodel import DataModel
     from mipflow.federation import NodeClient, NodeEndpoint, run_analysis
-    from tests.nodes import load_frame, running_nodes
+    from tests.nodes import grant_all, load_frame, running_nodes
 
     model = DataModel.from_dict(model_doc())
     databases: list[str] = []
@@ -95,6 +95,9 @@ def main() -> int:
             with running_nodes([h.root for h in homes]) as urls:
                 clients = [NodeClient(NodeEndpoint(h.name, u, "central", issue_client(h.root, "central").secret.hex()))
                            for h, u in zip(homes, urls)]
+                for h in homes:
+                    grant_all(h.root, "bench", "bench")
+                who = {"researcher": "bench", "project": "bench"}
                 request = {"inputdata": {"data_model": "bench:1", "datasets": ["site0", "site1", "site2"],
                                          "x": ["x0", "x1"], "y": ["y"], "filters": None}, "parameters": {}}
                 small = {**request, "inputdata": {**request["inputdata"],
@@ -108,12 +111,12 @@ def main() -> int:
                     list(pool.map(lambda u: bare.get(u + "/health"), urls))
                     bare_times.append(time.perf_counter() - t)
                     t = time.perf_counter()
-                    list(pool.map(lambda c: c.step("linear_regression", small, 0, None), clients))
+                    list(pool.map(lambda c: c.step("linear_regression", small, 0, None, **who), clients))
                     round_times.append(time.perf_counter() - t)
                     cold = json.loads(json.dumps(small))  # a new selection: the store is queried
                     cold["inputdata"]["filters"]["rules"][0]["value"] = 2.4 + i * 1e-6
                     t = time.perf_counter()
-                    list(pool.map(lambda c: c.step("linear_regression", cold, 0, None), clients))
+                    list(pool.map(lambda c: c.step("linear_regression", cold, 0, None, **who), clients))
                     cold_times.append(time.perf_counter() - t)
                 print(f"\nround latency over {args.rounds} rounds, 3 loopback nodes "
                       f"(linear_regression local step on the rows with x0 > 2.4, ~0.8% of each node):")
@@ -146,12 +149,12 @@ def main() -> int:
                 logit = sm.Logit((pooled["event"] == "yes").astype(float), X).fit(disp=0, tol=1e-8)
                 logit_s = time.perf_counter() - t
                 t = time.perf_counter()
-                fed_ols = run_analysis("linear_regression", full, clients, min_nodes=3)
+                fed_ols = run_analysis("linear_regression", full, clients, min_nodes=3, **who)
                 fed_ols_s = time.perf_counter() - t
                 logit_request = {**full, "inputdata": {**full["inputdata"], "y": ["event"]},
                                  "parameters": {"positive_class": "yes"}}
                 t = time.perf_counter()
-                fed_logit = run_analysis("logistic_regression", logit_request, clients, min_nodes=3)
+                fed_logit = run_analysis("logistic_regression", logit_request, clients, min_nodes=3, **who)
                 fed_logit_s = time.perf_counter() - t
                 rel_ols = np.max(np.abs(np.array(fed_ols.result["coefficients"]) - ols.params.to_numpy())
                                  / np.abs(ols.params.to_numpy()))

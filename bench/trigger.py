@@ -152,6 +152,7 @@ def main() -> int:
 def run(args, tmp: Path, procs: list, airflow_log: Path, register_airflow) -> int:
     import httpx
 
+    from mipflow.access import AccessRegistry
     from mipflow.auth import issue_client
     from mipflow.config import NodeHome
     from mipflow.demo import prepare_nodes
@@ -184,6 +185,10 @@ def run(args, tmp: Path, procs: list, airflow_log: Path, register_airflow) -> in
         url = f"http://127.0.0.1:{port}"
         urls[hospital] = url
         cred = issue_client(home, "central")
+        # the REST API run is triggered by user "admin"; the direct baseline runs as "bench"
+        for researcher in ("admin", "bench"):
+            AccessRegistry(home).grant(researcher=researcher, project="bench", data_model="stroke:0.1",
+                                       datasets="*", algorithms="linear_regression", expires="never")
         node_env[f"AIRFLOW_CONN_MIPFLOW_NODE_{hospital.upper()}"] = json.dumps(
             {"conn_type": "mipflow_node", "host": url, "login": cred.client_id, "password": cred.secret.hex(),
              "extra": {"node_name": hospital}})
@@ -195,18 +200,20 @@ def run(args, tmp: Path, procs: list, airflow_log: Path, register_airflow) -> in
             raise BenchError(f"node {hospital} did not start:\n{tail(homes[hospital] / 'serve.log')}") from None
     conn_ids = [f"mipflow_node_{h}" for h in homes]
     conf = {"data_model": "stroke:0.1", "datasets": list(homes), "filters": None, "nodes": conn_ids,
-            "min_nodes": len(homes), **FORM}
+            "min_nodes": len(homes), "project": "bench", **FORM}
     request = {"inputdata": {"data_model": "stroke:0.1", "datasets": list(homes), "x": FORM["x"],
                              "y": [FORM["y"]], "filters": None}, "parameters": {}}
 
     # 2. Baseline: the same analysis through the Python API, in this process (first call = cold selection).
     t = time.perf_counter()
-    first = analyze("linear_regression", request, federation_file, min_nodes=len(homes))
+    first = analyze("linear_regression", request, federation_file, researcher="bench", project="bench",
+                    min_nodes=len(homes))
     direct_cold = time.perf_counter() - t
     direct: list[float] = []
     for _ in range(args.runs):
         t = time.perf_counter()
-        outcome = analyze("linear_regression", request, federation_file, min_nodes=len(homes))
+        outcome = analyze("linear_regression", request, federation_file, researcher="bench", project="bench",
+                    min_nodes=len(homes))
         direct.append(time.perf_counter() - t)
     reference = outcome.result["coefficients"]
     assert first.result["coefficients"] == reference

@@ -5,7 +5,10 @@ login = client id, password = client secret).  The default node list comes
 from ``MIPFLOW_NODE_CONN_IDS`` (comma-separated) and can be changed in the
 form.  Each run: check the request -> :class:`FederatedAnalysisOperator`
 (rounds across nodes) -> store the result with provenance -> log a summary.
-``federation_metadata`` syncs what every node holds.
+An analysis runs on behalf of the Airflow user who triggered the run (the
+researcher) in the project named in the form; every node checks both against
+its own grants.  ``federation_metadata`` syncs what every node holds (datasets
+only for the triggering user and project; a scheduled run syncs data models).
 """
 from __future__ import annotations
 
@@ -98,7 +101,11 @@ def _form(y_list: bool, has_x: bool, x_list: bool, extra: dict[str, Param]) -> d
     params.update(extra)
     params["nodes"] = Param(DEFAULT_NODES, type="array", items={"type": "string"},
                             title="Node connections", description="Airflow connection ids of the nodes")
-    params["min_nodes"] = Param(1, type="integer", minimum=1, title="Minimum contributing nodes")
+    params["project"] = Param("", type="string", minLength=1, title="Project",
+                              description="the project this analysis belongs to (nodes check their grants)")
+    params["min_nodes"] = Param(1, type="integer", minimum=1, title="Minimum contributing nodes",
+                                description="3 or more recommended: with fewer, one node's aggregates "
+                                            "can be read off the result")
     return params
 
 
@@ -141,6 +148,7 @@ for _name, (_label, _y_list, _has_x, _x_list, _extra) in ALGORITHMS.items():
             request=request,
             node_conn_ids="{{ params.nodes }}",
             min_nodes="{{ params.min_nodes }}",
+            project="{{ params.project }}",
         )
 
         @task(task_id="store_and_report")
@@ -164,7 +172,8 @@ with DAG(
     schedule="@hourly",
     start_date=START,
     catchup=False,
-    params={"nodes": Param(DEFAULT_NODES, type="array", items={"type": "string"}, title="Node connections")},
+    params={"nodes": Param(DEFAULT_NODES, type="array", items={"type": "string"}, title="Node connections"),
+            "project": Param("", type="string", title="Project (datasets listed for you in this project)")},
     tags=["mipflow", "central"],
 ):
 
@@ -175,11 +184,16 @@ with DAG(
         from hooks.mipflow_node import NodeHook
         from mipflow.results import central_home
 
+        from operators.mipflow_federated import triggering_user
+
+        context = get_current_context()
+        researcher, project = triggering_user(context), context["params"].get("project") or None
+        on_behalf = (researcher, project) if researcher and project else (None, None)
         out = {}
-        for conn_id in get_current_context()["params"]["nodes"]:
+        for conn_id in context["params"]["nodes"]:
             client = NodeHook(conn_id).get_conn()
             try:
-                meta = client.metadata()
+                meta = client.metadata(*on_behalf)
                 out[client.name] = {m["data_model"]: m["datasets"] for m in meta["data_models"]}
             except Exception as exc:  # noqa: BLE001 - one node down must not hide the others
                 out[conn_id] = {"error": str(exc)}

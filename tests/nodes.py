@@ -55,6 +55,22 @@ def running_nodes(homes: list[Path], timeout: float = 60.0) -> Iterator[list[str
                 proc.kill()
 
 
+#: Identity the test fixtures analyse as, and the one ``dag.test()`` runs as.
+RESEARCHER = "tester"
+PROJECT = "mipflow-tests"
+DAG_TEST_USER = "dag_test"
+
+
+def grant_all(home, researcher: str = RESEARCHER, project: str = PROJECT, *, data_model: str = "*",
+              datasets: str = "*", algorithms: str = "*", expires: str = "never"):
+    """The node admin's approval for a test identity (wildcards on purpose); returns the grant."""
+    from mipflow.access import AccessRegistry
+
+    return AccessRegistry(home).grant(researcher=researcher, project=project, data_model=data_model,
+                                      datasets=datasets, algorithms=algorithms, expires=expires,
+                                      note="test fixture")
+
+
 def load_frame(home, model, frame, pid_column: str = "subjectcode") -> int:
     """Put rows straight into a node's store (for API tests; ingestion has its own tests).
 

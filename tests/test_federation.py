@@ -55,7 +55,7 @@ from tests.mipflow.algorithms.helpers import (
 from tests.mipflow.algorithms.test_exareme2_validation import (
     ALGORITHMS, check_case, expected_path, expects_error, load_cases,
 )
-from tests.nodes import free_port, load_frame, running_nodes
+from tests.nodes import PROJECT, RESEARCHER, free_port, grant_all, load_frame, running_nodes
 
 pytestmark = pytest.mark.xdist_group("federation")
 
@@ -117,7 +117,8 @@ class Federation:
     frames: dict[str, tuple[DataModel, dict[str, pd.DataFrame]]] = field(default_factory=dict)
 
     def run(self, algorithm: str, doc: dict, *, min_nodes: int = 1) -> AnalysisOutcome:
-        return run_analysis(algorithm, doc, self.clients, min_nodes=min_nodes)
+        return run_analysis(algorithm, doc, self.clients, researcher=RESEARCHER, project=PROJECT,
+                            min_nodes=min_nodes)
 
     def expected_rows(self, algorithm: str, doc: dict) -> dict[str, int]:
         """Rows each node should use (datasets, filters, complete case), computed with pandas."""
@@ -173,6 +174,8 @@ def federation(request, tmp_path_factory, shared_dir: Path, dementia_model: Data
         tbi = load_data_model(tbi_folder / "CDEsMetadata.json")
         fed_frames["tbi:0.1"] = (tbi, _load_model(roots, tbi_folder, tbi, _round_robin))
     credentials = {node: issue_client(root, "central") for node, root in roots.items()}
+    for root in roots.values():
+        grant_all(root)
     with running_nodes(list(roots.values())) as urls:
         clients = [NodeClient(NodeEndpoint(node, url, credentials[node].client_id,
                                            credentials[node].secret.hex()), retries=0)
@@ -315,11 +318,11 @@ class _DropsOut(NodeClient):
         super().__init__(endpoint, retries=0)
         self.fail_round, self.calls = fail_round, []
 
-    def step(self, algorithm, request, round_no, state):
+    def step(self, algorithm, request, round_no, state, **on_behalf_of):
         self.calls.append(round_no)
         if round_no == self.fail_round and self.calls.count(round_no) == 1:
             raise NodeUnavailable(f"{self.name}: connection lost (test)")
-        return super().step(algorithm, request, round_no, state)
+        return super().step(algorithm, request, round_no, state, **on_behalf_of)
 
 
 def test_node_dropping_out_mid_analysis_restarts_without_it(federation: Federation) -> None:
@@ -330,7 +333,7 @@ def test_node_dropping_out_mid_analysis_restarts_without_it(federation: Federati
     flaky = _DropsOut(federation.clients[1].endpoint, fail_round=2)  # node_ppmi
     clients = [federation.clients[0], flaky, federation.clients[2]]
     try:
-        outcome = run_analysis("logistic_regression", doc, clients)
+        outcome = run_analysis("logistic_regression", doc, clients, researcher=RESEARCHER, project=PROJECT)
     finally:
         flaky.close()
     assert flaky.calls == [0, 1, 2]  # not called again after dropping out
@@ -509,6 +512,8 @@ def default_federation(tmp_path_factory, shared_dir: Path, dementia_model: DataM
     for node in ("node_edsd", "node_ppmi"):
         load_frame(roots[node], synthetic.MODEL, synth_frames[node])
     credentials = {node: issue_client(root, "central") for node, root in roots.items()}
+    for root in roots.values():
+        grant_all(root)
     with running_nodes(list(roots.values())) as urls:
         clients = [NodeClient(NodeEndpoint(node, url, credentials[node].client_id,
                                            credentials[node].secret.hex()), retries=0)
@@ -563,14 +568,16 @@ def test_min_nodes_with_a_refused_and_an_unreachable_node(default_federation: Fe
     try:
         with pytest.raises(FederationError) as info:
             run_analysis("linear_regression", copy.deepcopy(SMALL_COHORT),
-                         default_federation.clients + [dead], min_nodes=3)
+                         default_federation.clients + [dead], researcher=RESEARCHER, project=PROJECT,
+                         min_nodes=3)
     finally:
         dead.close()
     message = str(info.value)
     assert "node_edsd: refused (min_row_count)" in message
     assert "node_gone: unavailable" in message
     # with two contributing nodes allowed, the same call succeeds without both
-    outcome = run_analysis("linear_regression", SMALL_COHORT, default_federation.clients, min_nodes=2)
+    outcome = run_analysis("linear_regression", SMALL_COHORT, default_federation.clients, researcher=RESEARCHER,
+                           project=PROJECT, min_nodes=2)
     assert set(outcome.contributed) == {"node_ppmi", "node_desd"}
     assert not any(math.isnan(v) for v in outcome.result["coefficients"])
 

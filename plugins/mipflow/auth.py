@@ -8,6 +8,9 @@ Each client of a node (e.g. the central site) holds a secret issued by the node
     X-Mipflow-Nonce      random, never reused
     X-Mipflow-Signature  hex HMAC-SHA256(secret, METHOD \\n PATH \\n TIMESTAMP \\n NONCE \\n SHA256(BODY))
 
+PATH includes the query string when there is one (the node API signs
+``/v1/metadata?researcher=R&project=P``), so identities are covered too.
+
 The node rejects a missing or unknown client, a wrong signature (forged or
 altered body), a timestamp outside ``max_skew_seconds`` (expired), and a
 nonce seen before within that window (replayed).  See docs/adr/0003.

@@ -60,7 +60,41 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("algorithm")
     p.add_argument("--federation", required=True, type=Path)
     p.add_argument("--request", required=True, type=Path, help="MIP request JSON ({inputdata, parameters})")
-    p.add_argument("--min-nodes", type=int, default=1)
+    p.add_argument("--researcher", required=True, help="the person the analysis runs for (nodes check their grants)")
+    p.add_argument("--project", required=True, help="the project the analysis belongs to")
+    p.add_argument("--min-nodes", type=int, default=1,
+                   help="fewest nodes that must contribute (default 1; 3 or more recommended)")
+
+    access = sub.add_parser("access", help="node admin: who may analyse which data with which algorithms"
+                            ).add_subparsers(dest="access_command", required=True)
+    p = access.add_parser("grant", help="approve a researcher and/or project (wildcards only as '*', on purpose)")
+    p.add_argument("home", type=Path)
+    p.add_argument("--researcher", default=None, help="researcher identity, or '*' for anyone")
+    p.add_argument("--project", default=None, help="project, or '*' for any project (default when only "
+                                                   "--researcher is given)")
+    p.add_argument("--data-model", required=True, help="CODE:VERSION, or '*'")
+    p.add_argument("--datasets", required=True, help="comma-separated dataset codes, or '*' for all")
+    p.add_argument("--algorithms", required=True, help="comma-separated algorithm names, or '*' for all")
+    p.add_argument("--until", required=True, help="last day (UTC) the grant applies, YYYY-MM-DD, or 'never'")
+    p.add_argument("--note", default="", help="e.g. the ethics approval reference")
+    p = access.add_parser("revoke", help="revoke a grant by id, or every grant of a researcher / project")
+    p.add_argument("home", type=Path)
+    p.add_argument("grant_id", nargs="?", default=None)
+    p.add_argument("--researcher", default=None)
+    p.add_argument("--project", default=None)
+    p = access.add_parser("list", help="current grants (--all: expired and revoked too)")
+    p.add_argument("home", type=Path)
+    p.add_argument("--all", action="store_true")
+
+    audit = sub.add_parser("audit", help="node admin: the audit log").add_subparsers(
+        dest="audit_command", required=True)
+    p = audit.add_parser("verify", help="check the audit log's hash chain; exit 1 at the first broken record")
+    p.add_argument("home", type=Path)
+    p = audit.add_parser("show", help="counts allowed / refused per researcher, algorithm and reason")
+    p.add_argument("home", type=Path)
+    p.add_argument("--since", default=None, help="ISO date or date-time (UTC unless given)")
+    p.add_argument("--researcher", default=None)
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
 
     dm = sub.add_parser("data-model", help="manage the node's data models").add_subparsers(
         dest="dm_command", required=True)
@@ -136,6 +170,14 @@ def _dispatch(args: argparse.Namespace) -> int:
                     return 2
                 print(settings[args.key])
                 return 0
+            if args.key == "disabled_algorithms":
+                from mipflow.algorithms import ALGORITHMS
+
+                unknown = sorted({n.strip() for n in args.value.split(",") if n.strip()} - set(ALGORITHMS))
+                if unknown:
+                    print(f"mipflow: error: unknown algorithm(s) {unknown}; known: {sorted(ALGORITHMS)}",
+                          file=sys.stderr)
+                    return 2
             home.set_setting(args.key, args.value)
             print(ops.dumps(home.config.to_dict()["settings"]))
             return 0
@@ -190,8 +232,51 @@ def _dispatch(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             print(f"mipflow: error: cannot read request {args.request}: {exc}", file=sys.stderr)
             return 2
-        outcome = analyze(args.algorithm, request, args.federation, min_nodes=args.min_nodes)
+        outcome = analyze(args.algorithm, request, args.federation, researcher=args.researcher,
+                          project=args.project, min_nodes=args.min_nodes)
         print(ops.dumps(outcome.to_dict()))
+        return 0
+    if args.command == "access":
+        from mipflow.access import AccessRegistry, list_grants
+
+        home = NodeHome(args.home)
+        if args.access_command == "grant":
+            grant = AccessRegistry(home.root).grant(
+                researcher=args.researcher, project=args.project, data_model=args.data_model,
+                datasets=args.datasets, algorithms=args.algorithms, expires=args.until, note=args.note)
+            print(ops.dumps({"node": home.name, "granted": grant.__dict__}))
+            return 0
+        if args.access_command == "revoke":
+            revoked = AccessRegistry(home.root).revoke(args.grant_id, researcher=args.researcher,
+                                                       project=args.project)
+            print(ops.dumps({"node": home.name, "revoked": [g.id for g in revoked]}))
+            return 0
+        print(ops.dumps(list_grants(home.root, include_inactive=args.all)))
+        return 0
+    if args.command == "audit":
+        from mipflow.audit import AUDIT_FILE, read_records, summarize, summary_text, verify_log
+
+        home = NodeHome(args.home)
+        path = home.root / AUDIT_FILE
+        if args.audit_command == "verify":
+            report = verify_log(path)
+            if report.ok:
+                print(f"audit log {path}: {report.records} record(s), chain intact")
+                return 0
+            print(f"audit log {path}: BROKEN at record {report.broken_at}: {report.reason}")
+            return 1
+        since = None
+        if args.since:
+            from datetime import datetime, timezone
+
+            try:
+                since = datetime.fromisoformat(args.since)
+            except ValueError:
+                print(f"mipflow: error: --since {args.since!r} is not an ISO date", file=sys.stderr)
+                return 2
+            since = since if since.tzinfo else since.replace(tzinfo=timezone.utc)
+        summary = summarize(read_records(path), since=since, researcher=args.researcher)
+        print(ops.dumps(summary) if args.json else summary_text(summary), end="" if not args.json else "\n")
         return 0
     if args.command == "dicom":
         from mipflow.dicom.batch import deidentify_tree

@@ -70,6 +70,10 @@ class NodeSettings:
     dicom_pixels_cleaned: int = 0
     #: UID root for remapped UIDs (empty: 2.25.<128-bit integer>).
     dicom_uid_root: str = ""
+    #: Distinct analyses one researcher may run at this node in any 24 hours (0 = unlimited).
+    query_budget: int = 0
+    #: Algorithms the node admin has switched off, comma-separated (refused with a reason).
+    disabled_algorithms: str = ""
 
     def dicom_options(self):
         """The node's :class:`mipflow.dicom.DeidOptions`."""
@@ -117,6 +121,11 @@ class NodeSettings:
             raise ConfigError(f"setting {key!r} must be at least 1")
         if key in ("max_failure_rate", "nfilter_glm") and converted > 1:
             raise ConfigError(f"setting {key!r} is a fraction between 0 and 1")
+        if key == "disabled_algorithms":
+            names = sorted({n.strip() for n in converted.split(",") if n.strip()})
+            if any(not re.match(r"^[A-Za-z0-9_]+$", n) for n in names):
+                raise ConfigError(f"setting {key!r} is a comma-separated list of algorithm names")
+            converted = ",".join(names)
         data = asdict(self)
         data[key] = converted
         return NodeSettings(**data)

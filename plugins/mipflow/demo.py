@@ -109,6 +109,22 @@ def pooled_check(homes: dict[str, Path], form: dict[str, Any], result: dict[str,
             f"max relative difference of coefficients = {rel:.1e}")
 
 
+#: The demo's project; ``dag.test()`` runs as the Airflow user ``dag_test``.
+DEMO_PROJECT = "stroke-demo"
+DEMO_RESEARCHER = "dag_test"
+
+
+def _grant_demo(home: Path) -> None:
+    """The node admin's approval for the demo analyses (once per home)."""
+    from mipflow.access import AccessRegistry
+
+    registry = AccessRegistry(home)
+    if not any(g.researcher == DEMO_RESEARCHER and g.project == DEMO_PROJECT and g.status() == "active"
+               for g in registry.grants()):
+        registry.grant(researcher=DEMO_RESEARCHER, project=DEMO_PROJECT, data_model="stroke:0.1", datasets="*",
+                       algorithms="*", expires="never", note="demo analyses run through dag.test()")
+
+
 def run_federation(homes: dict[str, Path], dags: dict[str, Any], work_dir: Path) -> bool:
     """Start the node APIs, register them as Airflow connections, run the analyses."""
     import socket
@@ -131,6 +147,7 @@ def run_federation(homes: dict[str, Path], dags: dict[str, Any], work_dir: Path)
                                            "--port", str(port)], stdout=log, stderr=subprocess.STDOUT))
             url = f"http://127.0.0.1:{port}"
             cred = issue_client(home, "central")
+            _grant_demo(home)
             os.environ[f"AIRFLOW_CONN_MIPFLOW_NODE_{hospital.upper()}"] = json.dumps(
                 {"conn_type": "mipflow_node", "host": url, "login": cred.client_id, "password": cred.secret.hex(),
                  "extra": {"node_name": hospital}})
@@ -145,7 +162,7 @@ def run_federation(homes: dict[str, Path], dags: dict[str, Any], work_dir: Path)
         store = ResultStore(work_dir / "central")
         ok = True
         for dag_id, form, title in ANALYSES:
-            conf = {"data_model": "stroke:0.1", "datasets": list(homes), "filters": None,
+            conf = {"data_model": "stroke:0.1", "datasets": list(homes), "filters": None, "project": DEMO_PROJECT,
                     "nodes": [f"mipflow_node_{h}" for h in homes], "min_nodes": len(homes), **form}
             print(f"\n== {dag_id}: {title}")
             run = dags[dag_id].test(run_conf=conf)

@@ -9,9 +9,15 @@ A federation file (JSON, mode 0600: it holds credentials) lists the nodes::
 :func:`run_analysis` is the one way to run an analysis: the CLI, the
 Airflow operator and the tests call it.  Nodes are called in parallel; a node
 that refuses (disclosure controls) or cannot be reached is left out with its
-reason, and the analysis goes on if at least ``min_nodes`` remain.  A node that
+reason, and the analysis goes on if at least ``min_nodes`` remain (default 1;
+3 or more is recommended, so that no single node's aggregates can be told
+apart in a result).  A node that
 drops out after the first round restarts the analysis without it, so every
 result is computed on one consistent set of nodes.
+
+Every analysis runs on behalf of a researcher and a project: both travel in
+the signed request body (and the signed query string of metadata calls), and
+each node checks them against its own grants (docs/adr/0006-governance.md).
 """
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -102,13 +109,23 @@ class NodeClient:
     def health(self) -> dict[str, Any]:
         return self._call("GET", "/health")
 
-    def metadata(self) -> dict[str, Any]:
-        return self._call("GET", "/v1/metadata")
+    def metadata(self, researcher: str | None = None, project: str | None = None) -> dict[str, Any]:
+        """What the node holds; datasets only those ``researcher`` (in ``project``) is approved for."""
+        from urllib.parse import urlencode
+
+        query = {k: v for k, v in (("researcher", researcher), ("project", project)) if v is not None}
+        return self._call("GET", "/v1/metadata" + (f"?{urlencode(query)}" if query else ""))
+
+    def algorithms(self) -> dict[str, Any]:
+        """The node's catalogue: enabled and disabled algorithms with their code digests."""
+        return self._call("GET", "/v1/algorithms")
 
     def step(self, algorithm: str, request: Mapping[str, Any], round_no: int,
-             state: Mapping[str, Any] | None) -> dict[str, Any]:
+             state: Mapping[str, Any] | None, *, researcher: str | None = None, project: str | None = None,
+             analysis_id: str | None = None) -> dict[str, Any]:
         return self._call("POST", f"/v1/steps/{algorithm}",
-                          {"request": dict(request), "round": round_no, "state": state})
+                          {"request": dict(request), "round": round_no, "state": state,
+                           "researcher": researcher, "project": project, "analysis_id": analysis_id})
 
 
 def _detail(response: Any) -> dict[str, Any]:
@@ -134,28 +151,71 @@ class AnalysisOutcome:
     seconds: float
     datasets: dict[str, dict[str, int | None]] = field(default_factory=dict)  # node -> dataset -> rows held
     software: str = f"mipflow {__version__}"
+    researcher: str = ""
+    project: str = ""
+    analysis_id: str = ""
+    #: {"central": {catalogue_version, algorithm_sha256}, "nodes": {node: {...}}, "consistent": bool}
+    code: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class OnBehalfOf:
+    """Who an analysis runs for, as sent to every node."""
+
+    researcher: str
+    project: str
+    analysis_id: str
+
+
+def _on_behalf_of(researcher: str | None, project: str | None) -> OnBehalfOf:
+    from mipflow.access import IDENTITY_RE
+
+    for value, what in ((researcher, "researcher"), (project, "project")):
+        if not value:
+            raise RequestError(f"an analysis runs on behalf of a researcher and a project: give {what}")
+        if not IDENTITY_RE.match(value):
+            raise RequestError(f"{what} {value[:40]!r} is not a valid identity (letters, digits, '_.@+-')")
+    return OnBehalfOf(str(researcher), str(project), uuid.uuid4().hex)
+
+
 def run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequence[NodeClient], *,
+                 researcher: str | None = None, project: str | None = None,
                  min_nodes: int = 1, max_restarts: int = 3) -> AnalysisOutcome:
-    """Run one federated analysis over ``nodes``.
+    """Run one federated analysis over ``nodes`` on behalf of ``researcher`` in ``project``.
+
+    Each node decides itself whether the researcher may run this analysis on
+    its data (its access grants, query budget and enabled algorithms); a node
+    that refuses is left out with its reason like any other refusal.
 
     Raises
     ------
     RequestError
-        If the request is invalid (checked centrally before any node is called).
+        If the request is invalid or names no researcher / project (checked
+        centrally before any node is called).
     FederationError
         If fewer than ``min_nodes`` nodes contribute; the message lists each node's reason.
     """
+    who = _on_behalf_of(researcher, project)
     with ThreadPoolExecutor(max_workers=max(1, min(16, len(nodes)))) as pool:
-        return _run_analysis(algorithm_name, request, nodes, min_nodes, max_restarts, pool)
+        return _run_analysis(algorithm_name, request, nodes, min_nodes, max_restarts, pool, who)
+
+
+def _code_provenance(algorithm_name: str, replies: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    from mipflow.catalogue import code_of
+
+    central = code_of(algorithm_name)
+    nodes = {name: dict(reply.get("code") or {}) for name, reply in replies.items()}
+    consistent = all(code.get("algorithm_sha256") == central["algorithm_sha256"] for code in nodes.values())
+    if not consistent:
+        log.warning("%s: step code differs between nodes and the central site: %s", algorithm_name, nodes)
+    return {"central": central, "nodes": nodes, "consistent": consistent}
 
 
 def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequence[NodeClient], min_nodes: int,
-                  max_restarts: int, pool: ThreadPoolExecutor) -> AnalysisOutcome:
+                  max_restarts: int, pool: ThreadPoolExecutor, who: OnBehalfOf) -> AnalysisOutcome:
     from mipflow.algorithms import get_algorithm
     from mipflow.algorithms.base import MAX_ROUNDS, AnalysisRequest
     from mipflow.datamodel import DataModel
@@ -172,14 +232,15 @@ def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequen
         if len(active) < min_nodes:
             break
         if model is None:
-            model, dataset_rows = _model_from_nodes(active, parsed.data_model, excluded, parsed.datasets)
+            model, dataset_rows = _model_from_nodes(active, parsed.data_model, excluded, parsed.datasets, who)
             active = [n for n in active if n.name not in excluded]
             algorithm.validate(parsed, model)
         state: dict | None = None
         rows: dict[str, int] = {}
+        code: dict[str, Any] = {}
         dropped = False
         for round_no in range(MAX_ROUNDS):
-            replies, failures = _call_all(algorithm_name, request_doc, active, round_no, state, pool)
+            replies, failures = _call_all(algorithm_name, request_doc, active, round_no, state, pool, who)
             if failures:
                 excluded.update(failures)
                 active = [n for n in active if n.name not in failures]
@@ -190,6 +251,7 @@ def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequen
                     break
             if round_no == 0:
                 rows = {name: int(reply["rows"]) for name, reply in replies.items()}
+                code = _code_provenance(algorithm_name, replies)
             aggregates = [replies[n.name]["aggregates"] for n in active]
             step = algorithm.global_step(round_no, aggregates, parsed, model, state)
             if step.done:
@@ -198,7 +260,9 @@ def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequen
                 return AnalysisOutcome(algorithm=algorithm_name, request=request_doc, result=step.result,
                                        contributed=rows, excluded=excluded, rounds=round_no + 1,
                                        datasets={n: dataset_rows.get(n, {}) for n in rows},
-                                       seconds=round(time.perf_counter() - started, 4))
+                                       seconds=round(time.perf_counter() - started, 4),
+                                       researcher=who.researcher, project=who.project,
+                                       analysis_id=who.analysis_id, code=code)
             state = json.loads(json.dumps(step.state, allow_nan=False))
         else:
             raise FederationError(f"{algorithm_name} did not finish within {MAX_ROUNDS} rounds")
@@ -210,7 +274,7 @@ def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequen
 
 
 def _model_from_nodes(nodes: Sequence[NodeClient], key: str, excluded: dict[str, str],
-                      datasets: Sequence[str] = ()) -> tuple[Any, dict[str, dict[str, int | None]]]:
+                      datasets: Sequence[str], who: OnBehalfOf) -> tuple[Any, dict[str, dict[str, int | None]]]:
     """The data model as the nodes declare it, and each node's row counts of the requested datasets.
 
     Nodes are asked in parallel.  A node whose declaration of the data model differs from
@@ -221,7 +285,7 @@ def _model_from_nodes(nodes: Sequence[NodeClient], key: str, excluded: dict[str,
 
     metas: dict[str, dict] = {}
     with ThreadPoolExecutor(max_workers=max(1, min(16, len(nodes)))) as pool:
-        futures = {node.name: pool.submit(node.metadata) for node in nodes}
+        futures = {node.name: pool.submit(node.metadata, who.researcher, who.project) for node in nodes}
         for name, future in futures.items():
             try:
                 metas[name] = future.result()
@@ -254,11 +318,13 @@ def _model_from_nodes(nodes: Sequence[NodeClient], key: str, excluded: dict[str,
 
 
 def _call_all(algorithm: str, request: dict[str, Any], nodes: Sequence[NodeClient], round_no: int,
-              state: dict | None, pool: ThreadPoolExecutor) -> tuple[dict[str, dict], dict[str, str]]:
+              state: dict | None, pool: ThreadPoolExecutor, who: OnBehalfOf
+              ) -> tuple[dict[str, dict], dict[str, str]]:
     """One round: every node in parallel (one pool serves all rounds of an analysis)."""
     replies: dict[str, dict] = {}
     failures: dict[str, str] = {}
-    futures = {node.name: pool.submit(node.step, algorithm, request, round_no, state) for node in nodes}
+    futures = {node.name: pool.submit(node.step, algorithm, request, round_no, state, researcher=who.researcher,
+                                      project=who.project, analysis_id=who.analysis_id) for node in nodes}
     for name, future in futures.items():
         try:
             replies[name] = future.result()
@@ -307,11 +373,12 @@ def add_node(path: str | Path, *, name: str, url: str, credentials_from: str | P
 
 
 def analyze(algorithm: str, request: Mapping[str, Any], federation: str | Path, *,
-            min_nodes: int = 1) -> AnalysisOutcome:
+            researcher: str | None = None, project: str | None = None, min_nodes: int = 1) -> AnalysisOutcome:
     """Python API: what ``mipflow analyze`` does."""
     clients = [NodeClient(e) for e in load_federation(federation)]
     try:
-        return run_analysis(algorithm, request, clients, min_nodes=min_nodes)
+        return run_analysis(algorithm, request, clients, researcher=researcher, project=project,
+                            min_nodes=min_nodes)
     finally:
         for client in clients:
             client.close()

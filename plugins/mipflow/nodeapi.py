@@ -3,12 +3,19 @@
 Endpoints (OpenAPI schema at ``/openapi.json``)::
 
     GET  /health                      liveness, no data
-    GET  /v1/metadata                 data models, variables, datasets (counts only at or above min_row_count)
-    GET  /v1/algorithms               the catalogue of vetted local steps
-    POST /v1/steps/{algorithm}        one local step: {"request": <MIP request>, "round": n, "state": {...}}
+    GET  /v1/metadata?researcher=R&project=P
+                                      data models, variables, and the datasets R is approved for
+                                      (counts only at or above min_row_count)
+    GET  /v1/algorithms               the catalogue of vetted local steps, with code digests
+    POST /v1/steps/{algorithm}        one local step: {"request": <MIP request>, "round": n, "state": {...},
+                                      "researcher": R, "project": P, "analysis_id": ...}
 
-Every ``/v1`` request must be signed (:mod:`mipflow.auth`) and is written to
-the audit log, allowed or refused.  A local step runs only after the node's
+Every ``/v1`` request must be signed (:mod:`mipflow.auth`; the signature covers
+the query string and the body, hence the researcher and project the central
+site vouches for) and is written to the audit log, allowed or refused.  A step
+runs only for a researcher and project the node's own grants cover
+(:mod:`mipflow.access`), within the node's query budget (:mod:`mipflow.budget`),
+and for an algorithm the node admin has not disabled.  A local step runs only after the node's
 disclosure controls (:mod:`mipflow.disclosure`) accept the request and the
 number of rows it would use; its aggregates pass the controls again before
 they leave.  No endpoint returns a row.
@@ -26,13 +33,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from mipflow import __version__
-from mipflow.audit import AuditLog
+from mipflow.access import AccessDenied, AccessRegistry, check_identity
+from mipflow.audit import AUDIT_FILE, AuditLog
 from mipflow.auth import AuthError, Verifier, load_clients
 from mipflow.config import NodeHome
 from mipflow.exceptions import DisclosureError, MipflowError, RequestError, StoreError
 
 log = logging.getLogger(__name__)
-AUDIT_FILE = "audit.log"
 #: Data selections kept in node memory between rounds (see ``local_data``).
 FRAME_CACHE_SIZE = 4
 
@@ -43,6 +50,11 @@ class StepBody(BaseModel):
     request: dict[str, Any] = Field(description="MIP / Exareme2 algorithm request: {inputdata, parameters}")
     round: int = Field(0, ge=0, le=1000, description="round number of an iterative algorithm")
     state: dict[str, Any] | None = Field(None, description="global state broadcast by the central site")
+    researcher: str | None = Field(None, max_length=128,
+                                   description="the person the analysis runs for (vouched for by the signed client)")
+    project: str | None = Field(None, max_length=128, description="the project the analysis belongs to")
+    analysis_id: str | None = Field(None, max_length=64,
+                                    description="the central site's id of the analysis (all rounds share it)")
 
 
 class StepReply(BaseModel):
@@ -51,6 +63,7 @@ class StepReply(BaseModel):
     round: int
     rows: int = Field(description="rows the local step used (at least min_row_count)")
     aggregates: dict[str, Any]
+    code: dict[str, str] = Field(description="catalogue version and SHA-256 of the step code that ran")
 
 
 class Refusal(BaseModel):
@@ -68,6 +81,8 @@ def create_app(home: NodeHome) -> FastAPI:
     """Build the node's FastAPI application."""
     from mipflow.algorithms import ALGORITHMS, get_algorithm
     from mipflow.algorithms.base import AnalysisRequest, prepare_local_data
+    from mipflow.budget import QueryBudget, analysis_key
+    from mipflow.catalogue import catalogue, code_of
     from mipflow.disclosure import DisclosureControls
     from mipflow.store import FeatureStore
     from mipflow.query import select_frame
@@ -75,6 +90,8 @@ def create_app(home: NodeHome) -> FastAPI:
     store = FeatureStore(home.db_url)
     verifier = Verifier(load_clients(home.root))
     audit = AuditLog(home.root / AUDIT_FILE)
+    access = AccessRegistry(home.root)
+    budget = QueryBudget(audit.records())
     models: dict[str, Any] = {}
 
     app = FastAPI(title=f"mipflow node {home.name}", version=__version__,
@@ -133,7 +150,8 @@ def create_app(home: NodeHome) -> FastAPI:
             verifier.update_clients(load_clients(home.root))
             clients_seen[0] = mtime
         try:
-            return verifier.verify(request.headers, request.method, request.url.path, body)
+            path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            return verifier.verify(request.headers, request.method, path, body)
         except AuthError as exc:
             audit.append(client=request.headers.get("x-mipflow-client", ""), endpoint=request.url.path,
                          what=what, decision="refused", control="authentication", reason=str(exc))
@@ -146,25 +164,52 @@ def create_app(home: NodeHome) -> FastAPI:
     @app.get("/v1/metadata")
     async def metadata(request: Request) -> dict[str, Any]:
         client = await authenticate(request, b"", "metadata")
+        researcher = request.query_params.get("researcher")
+        project = request.query_params.get("project")
+        record = {"client": client, "endpoint": "/v1/metadata", "what": "metadata",
+                  "researcher": (researcher or "")[:128], "project": (project or "")[:128]}
+        on_behalf = researcher is not None or project is not None
+        try:
+            if on_behalf:
+                check_identity(researcher, "researcher")
+                check_identity(project, "project")
+        except AccessDenied as exc:
+            audit.append(**record, decision="refused", control="access", reason=str(exc))
+            return JSONResponse(status_code=403, content={"node": home.name, "refused": str(exc),
+                                                          "control": "access"})
         controls = DisclosureControls(settings())
-        out = {"node": home.name, "data_models": []}
+        out = {"node": home.name, "data_models": [], "datasets_for": {"researcher": researcher, "project": project}
+               if on_behalf else None}
         for model in store.data_models():
-            datasets = [{"dataset": d["dataset"], "row_count": controls.released_count(d["row_count"])}
-                        for d in store.datasets(model.key)]
+            datasets = []
+            if on_behalf:  # only what this researcher is approved for; nothing without a researcher
+                every, names = access.visible_datasets(researcher, project, model.key)
+                datasets = [{"dataset": d["dataset"], "row_count": controls.released_count(d["row_count"])}
+                            for d in store.datasets(model.key) if every or d["dataset"] in names]
             out["data_models"].append({"data_model": model.key, "label": model.label,
                                        "variables": [v.to_dict() for v in model], "datasets": datasets})
-        audit.append(client=client, endpoint="/v1/metadata", what="metadata", decision="allowed")
+        audit.append(**record, decision="allowed")
         return out
 
     @app.get("/v1/algorithms")
     async def algorithms(request: Request) -> dict[str, Any]:
         client = await authenticate(request, b"", "algorithms")
         audit.append(client=client, endpoint="/v1/algorithms", what="algorithms", decision="allowed")
-        return {"node": home.name, "algorithms": sorted(ALGORITHMS)}
+        disabled = disabled_algorithms()
+        cat = catalogue()
+        return {"node": home.name, "algorithms": sorted(set(ALGORITHMS) - disabled),
+                "disabled": sorted(disabled & set(ALGORITHMS)),
+                "catalogue": {"version": cat["version"], "sha256": cat["sha256"],
+                              "algorithms": {name: {"sha256": item["sha256"], "modules": item["modules"]}
+                                             for name, item in cat["algorithms"].items()}}}
+
+    def disabled_algorithms() -> set[str]:
+        return {name.strip() for name in settings().disabled_algorithms.split(",") if name.strip()}
 
     @app.post("/v1/steps/{algorithm}", response_model=StepReply,
               responses={401: {"description": "not authenticated"},
-                         403: {"model": Refusal, "description": "refused by disclosure controls"},
+                         403: {"model": Refusal, "description": "refused: access grants, query budget, "
+                                                                "disabled algorithm or disclosure controls"},
                          404: {"model": Refusal, "description": "the node holds no data of this data model"},
                          400: {"description": "invalid request"}})
     async def step(algorithm: str, request: Request) -> Any:
@@ -177,12 +222,23 @@ def create_app(home: NodeHome) -> FastAPI:
                 body = StepBody.model_validate(json.loads(raw or b"{}"))
             except (ValueError, TypeError) as exc:
                 raise RequestError(f"body is not a valid step call: {type(exc).__name__}") from None
+            record.update(researcher=(body.researcher or "")[:128], project=(body.project or "")[:128])
             controls = DisclosureControls(settings())
             controls.check_strings(body.request)
             analysis = AnalysisRequest.from_dict(body.request)
             record.update(round=body.round, data_model=analysis.data_model, datasets=list(analysis.datasets),
                           x=list(analysis.x), y=list(analysis.y), filters=analysis.filters)
             algo = get_algorithm(algorithm)
+            record.update(code_of(algorithm))
+            if algorithm in disabled_algorithms():
+                raise DisclosureError(f"algorithm {algorithm!r} is disabled by the admin of node {home.name}",
+                                      control="disabled_algorithm")
+            record["grants"] = access.check(researcher=body.researcher, project=body.project,
+                                            data_model=analysis.data_model, datasets=analysis.datasets,
+                                            algorithm=algorithm)
+            key = analysis_key(body.analysis_id, algorithm, analysis.to_dict())
+            record["analysis"] = key
+            budget.check(body.researcher, key, settings().query_budget)
             model = model_for(analysis.data_model)
             algo.validate(analysis, model)
             variables = list(algo.variables(analysis))
@@ -208,8 +264,9 @@ def create_app(home: NodeHome) -> FastAPI:
             audit.append(**record, decision="error", reason=str(exc))
             raise HTTPException(status_code=400, detail=str(exc)) from None
         audit.append(**record, decision="allowed", ms=round(1000 * (time.perf_counter() - started), 2))
+        budget.charge(body.researcher, key)
         return {"node": home.name, "algorithm": algorithm, "round": body.round, "rows": n_rows,
-                "aggregates": aggregates}
+                "aggregates": aggregates, "code": code_of(algorithm)}
 
     return app
 

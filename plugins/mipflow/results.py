@@ -75,6 +75,13 @@ def summary_lines(outcome: dict[str, Any], limit: int = 40) -> list[str]:
     lines = [f"{outcome['algorithm']}: {len(outcome.get('contributed', {}))} node(s) contributed "
              f"({sum(outcome.get('contributed', {}).values())} rows), {outcome.get('rounds', '?')} round(s), "
              f"{outcome.get('seconds', '?')} s"]
+    if outcome.get("researcher"):
+        lines.append(f"  on behalf of researcher {outcome['researcher']} (project {outcome.get('project')})")
+    code = outcome.get("code") or {}
+    if code.get("central"):
+        lines.append(f"  step code {code['central'].get('algorithm_sha256', '?')[:16]}... catalogue "
+                     f"{code['central'].get('catalogue_version')}"
+                     + ("" if code.get("consistent", True) else " (DIFFERS at some nodes: see code.nodes)"))
     for node, reason in outcome.get("excluded", {}).items():
         lines.append(f"  left out {node}: {reason}")
     for key, value in outcome.get("result", {}).items():

@@ -14,14 +14,20 @@ class FederatedAnalysisOperator(BaseOperator):
     :class:`hooks.mipflow_node.NodeHook` client per connection.  An invalid
     request or too few contributing nodes fail the task without retries
     (retrying cannot help); unreachable nodes are retried by the client.
+
+    The analysis runs on behalf of ``researcher`` (default: the Airflow user who
+    triggered the DAG run, ``dag_run.triggering_user_name``) in ``project``;
+    every node checks both against its own grants.
     """
 
-    template_fields: Sequence[str] = ("request", "node_conn_ids", "min_nodes")
+    template_fields: Sequence[str] = ("request", "node_conn_ids", "min_nodes", "researcher", "project")
     ui_color = "#d8e9f5"
 
     def __init__(self, *, algorithm: str, request: Any, node_conn_ids: Any, min_nodes: Any = 1,
-                 **kwargs: Any) -> None:
+                 project: Any, researcher: Any = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.project = project
+        self.researcher = researcher
         self.algorithm = algorithm
         self.request = request
         self.node_conn_ids = node_conn_ids
@@ -39,9 +45,16 @@ class FederatedAnalysisOperator(BaseOperator):
             conn_ids = [c.strip() for c in conn_ids.split(",") if c.strip()]
         if not conn_ids:
             raise AirflowFailException("no nodes: give node connection ids (param 'nodes')")
+        researcher = self.researcher or triggering_user(context)
+        if not researcher:
+            raise AirflowFailException("this run has no triggering user: federated analyses run on behalf of "
+                                       "a person; trigger the DAG from the UI or the REST API")
+        if not self.project:
+            raise AirflowFailException("no project: give the project the analysis belongs to (param 'project')")
         clients = [NodeHook(conn_id).get_conn() for conn_id in conn_ids]
         try:
-            outcome = run_analysis(self.algorithm, self.request, clients, min_nodes=int(self.min_nodes))
+            outcome = run_analysis(self.algorithm, self.request, clients, researcher=str(researcher),
+                                   project=str(self.project), min_nodes=int(self.min_nodes))
         except (FederationError, RequestError) as exc:
             raise AirflowFailException(str(exc)) from None
         finally:
@@ -52,3 +65,9 @@ class FederatedAnalysisOperator(BaseOperator):
         for node, reason in outcome.excluded.items():
             self.log.warning("node %s left out: %s", node, reason)
         return outcome.to_dict()
+
+
+def triggering_user(context: Any) -> str | None:
+    """The Airflow user who triggered this DAG run (``None`` for scheduled runs)."""
+    dag_run = context.get("dag_run") if hasattr(context, "get") else None
+    return getattr(dag_run, "triggering_user_name", None) or None

@@ -15,7 +15,7 @@ from mipflow.config import NodeHome
 from mipflow.results import ResultStore
 from mipflow.synth import HOSPITALS, generate_export, write_export
 from tests.conftest import REPO_ROOT
-from tests.nodes import running_nodes
+from tests.nodes import DAG_TEST_USER, PROJECT, RESEARCHER, grant_all, running_nodes
 
 pytestmark = [pytest.mark.airflow, pytest.mark.xdist_group("airflow")]
 STROKE = REPO_ROOT / "include" / "schemas" / "stroke_v_0_1" / "CDEsMetadata.json"
@@ -35,6 +35,8 @@ def federation(tmp_path_factory, airflow_db):
     with running_nodes([h.root for h in homes]) as urls:
         for home, url in zip(homes, urls):
             cred = issue_client(home.root, "central")
+            grant_all(home.root, DAG_TEST_USER, PROJECT)  # dag.test() runs as user "dag_test"
+            grant_all(home.root, RESEARCHER, PROJECT)
             env[f"AIRFLOW_CONN_MIPFLOW_NODE_{home.name.upper()}"] = json.dumps(
                 {"conn_type": "mipflow_node", "host": url, "login": cred.client_id,
                  "password": cred.secret.hex(), "extra": {"node_name": home.name}})
@@ -72,7 +74,7 @@ def pooled(homes, columns):
 
 def conf(**kw):
     base = {"data_model": "stroke:0.1", "datasets": list(HOSPITALS), "filters": None,
-            "nodes": [f"mipflow_node_{h}" for h in HOSPITALS], "min_nodes": 3}
+            "nodes": [f"mipflow_node_{h}" for h in HOSPITALS], "min_nodes": 3, "project": PROJECT}
     return base | kw
 
 
@@ -92,6 +94,29 @@ def test_federated_linear_regression_dag_equals_pooled_ols(dags, federation):
     np.testing.assert_allclose(result["std_err"], fit.bse.to_numpy(), rtol=1e-9)
     files = list((federation["central"] / "results").glob("linear_regression__*.json"))
     assert files and json.loads(files[0].read_text())["request"]["inputdata"]["y"] == ["mrs_90d"]
+    # provenance: the run's triggering user and the form's project, and the step code at every node
+    doc = json.loads(files[0].read_text())
+    assert (doc["researcher"], doc["project"]) == (DAG_TEST_USER, PROJECT)
+    assert doc["code"]["consistent"] and set(doc["code"]["nodes"]) == set(HOSPITALS)
+    from mipflow.audit import read_records
+
+    for home in federation["homes"]:
+        mine = [r for r in read_records(home.root / "audit.log") if r.get("analysis") and
+                r.get("researcher") == DAG_TEST_USER and r["decision"] == "allowed"]
+        assert mine and mine[-1]["algorithm_sha256"] == doc["code"]["central"]["algorithm_sha256"]
+
+
+def test_federated_dag_fails_for_a_project_the_nodes_did_not_approve(dags, federation):
+    run = dags["federated_linear_regression"].test(
+        run_conf=conf(y="mrs_90d", x=["age"], project="not-approved"))
+    assert "failed" in str(run.state)
+    assert ResultStore(federation["central"]).get(run.run_id) is None
+    from mipflow.audit import read_records
+
+    for home in federation["homes"]:
+        last = [r for r in read_records(home.root / "audit.log") if r.get("project") == "not-approved"][-1]
+        assert last["decision"] == "refused" and last["control"] == "access"
+        assert last["researcher"] == DAG_TEST_USER
 
 
 def test_federated_dag_fails_clearly_when_too_few_nodes_qualify(dags, federation):
@@ -102,7 +127,8 @@ def test_federated_dag_fails_clearly_when_too_few_nodes_qualify(dags, federation
 
 
 def test_federation_metadata_dag_syncs_what_nodes_hold(dags, federation):
-    run = dags["federation_metadata"].test(run_conf={"nodes": [f"mipflow_node_{h}" for h in HOSPITALS]})
+    run = dags["federation_metadata"].test(run_conf={"nodes": [f"mipflow_node_{h}" for h in HOSPITALS],
+                                                     "project": PROJECT})
     assert "success" in str(run.state)
     synced = json.loads((federation["central"] / "federation_metadata.json").read_text())
     for home in federation["homes"]:
@@ -123,7 +149,8 @@ def test_result_provenance_lists_datasets_and_software(federation):
         add_node(fed, name=home.name, url=conn["host"], credentials_from=home.root)
     request = {"inputdata": {"data_model": "stroke:0.1", "datasets": list(HOSPITALS), "x": [],
                              "y": ["nihss_admission"], "filters": None}, "parameters": {"mu": 5}}
-    outcome = analyze("ttest_onesample", request, fed, min_nodes=3).to_dict()
+    outcome = analyze("ttest_onesample", request, fed, researcher=RESEARCHER, project=PROJECT,
+                      min_nodes=3).to_dict()
     for home in federation["homes"]:
         held = ops.open_store(home).count_rows(ops.open_store(home).data_model("stroke:0.1"))
         assert outcome["datasets"][home.name] == {home.name: held}

@@ -50,13 +50,20 @@ def test_node_lifecycle_and_federated_analysis(tmp_path):
             mipflow("federation", "add", fed, "--node", home.name, "--url", url, "--credentials-from", home)
         listed = json.loads(mipflow("federation", "list", fed).stdout)
         assert [n["node"] for n in listed] == ["hospital_a", "hospital_b"] and "secret" not in json.dumps(listed)
-        outcome = json.loads(mipflow("analyze", "linear_regression", "--federation", fed, "--request", request).stdout)
+        for home in homes:
+            mipflow("access", "grant", home, "--researcher", "alice", "--project", "stroke-study",
+                    "--data-model", "stroke:0.1", "--datasets", "*", "--algorithms", "linear_regression",
+                    "--until", "never")
+        who = ("--researcher", "alice", "--project", "stroke-study")
+        outcome = json.loads(mipflow("analyze", "linear_regression", "--federation", fed, "--request", request,
+                                     *who).stdout)
         assert set(outcome["contributed"]) == {"hospital_a", "hospital_b"}
         assert outcome["result"]["indep_vars"] == ["Intercept", "age"]
         # a refusal: every node under its threshold -> non-zero exit with the reasons
         for home in homes:
             mipflow("node", "config", home, "min_row_count", "100000")
-        refused = mipflow("analyze", "linear_regression", "--federation", fed, "--request", request, check=False)
+        refused = mipflow("analyze", "linear_regression", "--federation", fed, "--request", request, *who,
+                          check=False)
         assert refused.returncode != 0
         assert "min_row_count" in refused.stderr and "hospital_a" in refused.stderr
     assert oct(fed.stat().st_mode & 0o777) == "0o600"

@@ -12,12 +12,14 @@ from mipflow.audit import verify_chain
 from mipflow.auth import issue_client, signed_headers
 from mipflow.config import NodeHome
 from mipflow.federation import NodeClient, NodeEndpoint, NodeRefused
-from tests.nodes import load_frame, running_nodes
+from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, running_nodes
 
 pytestmark = pytest.mark.xdist_group("nodeapi")
 
 LINREG = {"inputdata": {"data_model": "dementia:0.1", "datasets": ["edsd0", "edsd1"], "x": ["leftamygdala"],
                         "y": ["lefthippocampus"], "filters": None}, "parameters": {}}
+#: Who the test requests are made for (granted everything at the test node).
+WHO = {"researcher": RESEARCHER, "project": PROJECT}
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +31,7 @@ def node(tmp_path_factory, shared_dir, dementia_model):
     data = pd.concat(frames + [tiny], ignore_index=True)
     load_frame(root, dementia_model, data)
     credential = issue_client(root, "central")
+    grant_all(root)
     with running_nodes([root]) as (url,):
         yield {"home": home, "url": url, "credential": credential, "data": data}
 
@@ -59,7 +62,7 @@ def test_health_and_openapi(node):
 
 
 def test_metadata_counts_only_above_threshold(node):
-    meta = client(node).metadata()
+    meta = client(node).metadata(RESEARCHER, PROJECT)
     (model,) = meta["data_models"]
     counts = {d["dataset"]: d["row_count"] for d in model["datasets"]}
     expected = node["data"].groupby("dataset").size()
@@ -87,16 +90,16 @@ def test_unauthenticated_requests_are_refused_and_audited(node, how):
 
 def test_replayed_request_is_refused(node):
     path = "/v1/steps/linear_regression"
-    first, headers = post(node, path, {"request": LINREG})
+    first, headers = post(node, path, {"request": LINREG, **WHO})
     assert first.status_code == 200
-    again, _ = post(node, path, {"request": LINREG}, headers=headers)
+    again, _ = post(node, path, {"request": LINREG, **WHO}, headers=headers)
     assert again.status_code == 401
     assert "replayed" in again.json()["detail"]
     assert audit(node)[-1]["reason"].startswith("replayed")
 
 
 def test_step_returns_aggregates_only_and_is_audited(node):
-    reply = client(node).step("linear_regression", LINREG, 0, None)
+    reply = client(node).step("linear_regression", LINREG, 0, None, **WHO)
     data = node["data"]
     used = data[data.dataset.isin(["edsd0", "edsd1"])][["leftamygdala", "lefthippocampus"]].dropna()
     assert reply["rows"] == len(used)
@@ -113,7 +116,7 @@ def test_small_cohort_is_refused(node):
     request = json.loads(json.dumps(LINREG))
     request["inputdata"]["datasets"] = ["ppmi0"]  # 5 rows
     with pytest.raises(NodeRefused) as info:
-        client(node).step("linear_regression", request, 0, None)
+        client(node).step("linear_regression", request, 0, None, **WHO)
     assert info.value.status == 403 and info.value.control == "min_row_count"
     assert audit(node)[-1]["control"] == "min_row_count"
 
@@ -122,7 +125,7 @@ def test_raw_extremes_never_leave(node):
     request = {"inputdata": {"data_model": "dementia:0.1", "datasets": ["edsd0"], "x": [],
                              "y": ["lefthippocampus"], "filters": None}, "parameters": {"bins": 5}}
     with pytest.raises(NodeRefused) as info:
-        client(node).step("multiple_histograms", request, 0, None)
+        client(node).step("multiple_histograms", request, 0, None, **WHO)
     assert info.value.control == "raw_extremes"
 
 
@@ -136,16 +139,16 @@ def test_injection_attempts_are_refused(node, field, value):
     request = json.loads(json.dumps(LINREG))
     request["inputdata"][field] = value
     with pytest.raises(NodeRefused) as info:
-        client(node).step("linear_regression", request, 0, None)
+        client(node).step("linear_regression", request, 0, None, **WHO)
     assert info.value.status in (400, 403)
-    assert client(node).step("linear_regression", LINREG, 0, None)["rows"] > 0  # table intact
+    assert client(node).step("linear_regression", LINREG, 0, None, **WHO)["rows"] > 0  # table intact
 
 
 def test_long_strings_refused_by_nfilter_string(node):
     request = json.loads(json.dumps(LINREG))
     request["inputdata"]["datasets"] = ["x" * 200]
     with pytest.raises(NodeRefused) as info:
-        client(node).step("linear_regression", request, 0, None)
+        client(node).step("linear_regression", request, 0, None, **WHO)
     assert info.value.control == "nfilter_string"
 
 
@@ -163,8 +166,8 @@ def test_new_data_is_seen_by_the_next_request(node, shared_dir, dementia_model):
     request = json.loads(json.dumps(LINREG))
     request["inputdata"]["datasets"] = ["edsd2"]
     with pytest.raises(NodeRefused):
-        client(node).step("linear_regression", request, 0, None)  # no edsd2 rows yet
+        client(node).step("linear_regression", request, 0, None, **WHO)  # no edsd2 rows yet
     extra = pd.read_csv(shared_dir / "data" / "dementia_v_0_1" / "edsd2.csv", dtype=str)
     load_frame(node["home"].root, dementia_model, extra)
-    reply = client(node).step("linear_regression", request, 0, None)
+    reply = client(node).step("linear_regression", request, 0, None, **WHO)
     assert reply["rows"] == len(extra[["leftamygdala", "lefthippocampus"]].dropna())
