@@ -8,6 +8,8 @@ The generic ``mipflow analyze`` CLI runs the same analysis.
 """
 from __future__ import annotations
 
+import functools
+
 import json
 import subprocess
 import sys
@@ -22,10 +24,14 @@ from scipy import stats
 from mipflow.audit import AuditLog
 from mipflow.config import NodeHome
 from mipflow.exceptions import FederationError
-from mipflow.federation import NodeClient, NodeRefused, add_node, load_federation, run_analysis
+from mipflow.federation import NodeClient, NodeRefused, add_node, load_federation
+from mipflow.federation import run_analysis as _run_analysis
 from mipflow.nodeapi import AUDIT_FILE
 from tests.mipflow.algorithms.synthetic import MODEL, make_data
-from tests.nodes import load_frame, running_nodes
+from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, running_nodes
+
+#: every analysis here runs as the identity the nodes' grants approve
+run_analysis = functools.partial(_run_analysis, researcher=RESEARCHER, project=PROJECT)
 
 pytestmark = pytest.mark.xdist_group("federation")
 
@@ -63,6 +69,7 @@ def fed(tmp_path_factory) -> Iterator[dict]:
         roots[name] = base / name
         NodeHome.init(roots[name], name)  # default controls: min_row_count 10, nfilter_tab 3
         assert load_frame(roots[name], MODEL, _with_ids(frame, name)) == len(frame)
+        grant_all(roots[name])
     with running_nodes(list(roots.values())) as urls:
         path = base / "fed.json"
         for (name, root), url in zip(roots.items(), urls):
@@ -108,7 +115,7 @@ def test_one_patient_cell_is_refused_and_result_is_pooled_of_the_others(fed) -> 
 def test_node_reply_to_a_direct_call_holds_no_cell(fed) -> None:
     client = next(c for c in fed["clients"] if c.name == "node_c")
     with pytest.raises(NodeRefused) as info:
-        client.step("contingency_table", doc(), 0, None)
+        client.step("contingency_table", doc(), 0, None, researcher=RESEARCHER, project=PROJECT)
     assert info.value.status == 403 and info.value.control == "nfilter_tab"
     # the reason names the smallest group size only, not the table or its margins
     for count in {8, 6, 5, 7, 19, 14, 15, 11, 13, 33}:
@@ -140,7 +147,8 @@ def test_cli_analyze_runs_contingency_table(fed, tmp_path: Path) -> None:
     request = tmp_path / "request.json"
     request.write_text(json.dumps(doc()), encoding="utf-8")
     proc = subprocess.run([sys.executable, "-m", "mipflow.cli", "analyze", "contingency_table",
-                           "--federation", str(fed["path"]), "--request", str(request)],
+                           "--federation", str(fed["path"]), "--request", str(request),
+                           "--researcher", RESEARCHER, "--project", PROJECT],
                           capture_output=True, text=True, timeout=120, check=True)
     printed = json.loads(proc.stdout)
     assert printed["algorithm"] == "contingency_table" and sorted(printed["excluded"]) == ["node_c"]

@@ -8,6 +8,8 @@ with its reason.
 """
 from __future__ import annotations
 
+import functools
+
 import warnings
 from pathlib import Path
 from typing import Iterator
@@ -19,13 +21,17 @@ from statsmodels.duration.hazard_regression import PHReg
 
 from mipflow.auth import issue_client
 from mipflow.config import NodeHome
-from mipflow.federation import NodeClient, NodeEndpoint, run_analysis
+from mipflow.federation import NodeClient, NodeEndpoint
+from mipflow.federation import run_analysis as _run_analysis
 from tests.mipflow.algorithms.helpers import assert_rel_close
 from tests.mipflow.algorithms.survival_data import (
     HOSPITALS, STROKE, complete, cox_design, make_stroke, request, round_up,
 )
 from tests.mipflow.algorithms.test_survival import COX_COLUMNS, COX_X, KM_COLUMNS, check_km
-from tests.nodes import load_frame, running_nodes
+from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, running_nodes
+
+#: every analysis here runs as the identity the nodes' grants approve
+run_analysis = functools.partial(_run_analysis, researcher=RESEARCHER, project=PROJECT)
 
 pytestmark = pytest.mark.xdist_group("federation")
 
@@ -44,6 +50,7 @@ def survival_federation(tmp_path_factory) -> Iterator[tuple[list[NodeClient], di
         roots[hospital] = base / hospital
         NodeHome.init(roots[hospital], hospital)
         assert load_frame(roots[hospital], STROKE, frame) == len(frame)
+        grant_all(roots[hospital])
     credentials = {h: issue_client(root, "central") for h, root in roots.items()}
     with running_nodes(list(roots.values())) as urls:
         clients = [NodeClient(NodeEndpoint(h, url, credentials[h].client_id, credentials[h].secret.hex()),

@@ -17,7 +17,7 @@ Wildcards are only ever the whole value ``*``, written on purpose by the admin
 request for several datasets is allowed when the union of the grants that
 match its researcher, project, data model and algorithm covers every dataset.
 Revoked grants stay in the file (with ``revoked_at``) for the record.  See
-``docs/adr/0006-governance.md``.
+``docs/adr/0010-governance.md``.
 """
 from __future__ import annotations
 

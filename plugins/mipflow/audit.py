@@ -15,7 +15,7 @@ here.  Tampering is detectable (:func:`verify_log`, ``mipflow audit verify``):
   line: records cut from the end, or an edited last record, are detected.
 
 Someone who can rewrite the whole file and the head can forge a consistent
-history; anchoring the head elsewhere is left to deployment (ADR 0006).
+history; anchoring the head elsewhere is left to deployment (ADR 0010).
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ result is computed on one consistent set of nodes.
 
 Every analysis runs on behalf of a researcher and a project: both travel in
 the signed request body (and the signed query string of metadata calls), and
-each node checks them against its own grants (docs/adr/0006-governance.md).
+each node checks them against its own grants (docs/adr/0010-governance.md).
 """
 from __future__ import annotations
 

@@ -303,7 +303,9 @@ def test_algorithm_digest_covers_its_module_and_the_algorithm_modules_it_uses():
                 lines += f"{module} {hashlib.sha256(handle.read()).hexdigest()}\n"
         assert item["sha256"] == hashlib.sha256(lines.encode()).hexdigest()
         assert code_of(name) == {"catalogue_version": cat["version"], "algorithm_sha256": item["sha256"]}
-    assert len({item["sha256"] for item in cat["algorithms"].values()}) == len(ALGORITHMS)
+    # one digest per distinct body of code (two algorithms may share a module, e.g. naive Bayes)
+    code_sets = {tuple(item["modules"]) for item in cat["algorithms"].values()}
+    assert len({item["sha256"] for item in cat["algorithms"].values()}) == len(code_sets) > 1
     assert cat["version"].endswith("+" + cat["sha256"][:12])
 
 
