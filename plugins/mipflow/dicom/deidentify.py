@@ -70,6 +70,7 @@ The module uses pydicom only; it imports nothing from Airflow.
 """
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import os
@@ -1065,7 +1066,8 @@ class Deidentifier:
 
         def quarantine(reason: str, detail: str) -> FileOutcome:
             outcome.reason, outcome.detail = reason, detail
-            log.info("quarantined %s: %s", src.name, reason)
+            # file names may carry patient names: the log names the content hash
+            log.info("quarantined file sha256:%s: %s", _content_hash(src), reason)
             return outcome
 
         try:
@@ -1096,6 +1098,18 @@ class Deidentifier:
         outcome.series_uid = str(out.get("SeriesInstanceUID", "") or "") or None
         outcome.sop_instance_uid = str(out.get("SOPInstanceUID", "") or "") or None
         return outcome
+
+
+def _content_hash(path: Path) -> str:
+    """SHA-256 of a file's bytes (how logs refer to a file), or ``"unreadable"``."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    except OSError:
+        return "unreadable"
+    return digest.hexdigest()
 
 
 def _read(path: Path) -> tuple[Dataset | None, str | None, str | None]:
