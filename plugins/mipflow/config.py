@@ -66,6 +66,10 @@ class NodeSettings:
     dicom_retain_device_identity: int = 0
     dicom_retain_safe_private: int = 0
     dicom_clean_descriptors: int = 0
+    #: Words always removed from cleaned DICOM descriptions (comma-separated).
+    dicom_descriptor_deny_words: str = ""
+    #: If set, cleaned DICOM descriptions keep only these words (comma-separated).
+    dicom_descriptor_allow_words: str = ""
     #: Images whose burned-in text was removed upstream (otherwise US/SC/... are quarantined).
     dicom_pixels_cleaned: int = 0
     #: UID root for remapped UIDs (empty: 2.25.<128-bit integer>).
@@ -85,6 +89,9 @@ class NodeSettings:
             retain_device_identity=bool(self.dicom_retain_device_identity),
             retain_safe_private=bool(self.dicom_retain_safe_private),
             clean_descriptors=bool(self.dicom_clean_descriptors),
+            descriptor_deny_words=self.dicom_descriptor_deny_words.split(","),
+            descriptor_allow_words=(self.dicom_descriptor_allow_words.split(",")
+                                    if self.dicom_descriptor_allow_words.strip() else None),
             pixels_cleaned=bool(self.dicom_pixels_cleaned),
             uid_root=self.dicom_uid_root or None,
         )

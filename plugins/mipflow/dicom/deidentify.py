@@ -31,7 +31,7 @@ How the actions of Table E.1-1 are carried out
 ``C``
     Cleaned, depending on the VR: dates (DA, DT) are shifted by the
     patient's offset, times (TM) are kept, text is scrubbed of the
-    identifying values found in the instance (see :class:`_Scrubber`), UIDs
+    identifying content (see :mod:`mipflow.dicom.descriptors`), UIDs
     are replaced, sequences are kept and cleaned recursively.  Anything else
     falls back to the basic action.
 combined codes
@@ -43,8 +43,14 @@ combined codes
 
 Beyond the table, as the profile asks for any attribute that may identify:
 
-* every private element is removed (unless Retain Safe Private is chosen and
-  the element is on the allow-list of :attr:`DeidOptions.safe_private`);
+* every private element is removed, unless Retain Safe Private is chosen and
+  the element is on the allow-list of :attr:`DeidOptions.safe_private` (by
+  default Table E.3.10-1, :mod:`mipflow.dicom.safe_private_table`): its group
+  and element byte must be listed under the Private Creator that reserves its
+  block, and its VR must agree with the list (an implicit-VR ``UN`` value is
+  decoded with the listed VR).  Kept UIDs are replaced like ``U``, kept
+  sequences are cleaned inside, and a Private Creator stays only while its
+  block keeps an element;
 * group-length elements, the whole overlay group of a removed Overlay Data,
   and identifying file meta elements (Source/Sending/Receiving AE titles,
   private information) are removed; the file meta is rebuilt and the
@@ -64,6 +70,7 @@ The module uses pydicom only; it imports nothing from Airflow.
 """
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import os
@@ -79,15 +86,18 @@ from typing import Any, Iterable, Literal
 
 import pydicom
 from pydicom.datadict import DicomDictionary
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.sr.codedict import codes
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID_dictionary
+from pydicom.values import convert_value
 
 import mipflow
 from mipflow.deid import Pseudonymiser
+from mipflow.dicom.descriptors import DescriptorCleaner, parse_word_list
 from mipflow.dicom.profile_table import (
     PRIVATE_ROW,
     TABLE_EDITION,
@@ -95,6 +105,7 @@ from mipflow.dicom.profile_table import (
     exact_rows,
     masked_rows,
 )
+from mipflow.dicom.safe_private_table import safe_private_keys, safe_private_rows
 
 __all__ = [
     "DEFAULT_RISK_MODALITIES",
@@ -270,14 +281,23 @@ class DeidOptions:
     retain_safe_private : bool
         Keep the private elements listed in ``safe_private``; all other private
         elements are removed either way.
-    safe_private : frozenset of (str, int)
-        ``(private creator, element low byte)`` pairs that are safe to keep,
-        e.g. ``("SIEMENS CSA HEADER", 0x08)``.
+    safe_private : frozenset of (int, str, int)
+        ``(group, private creator, element byte)`` triples that are safe to
+        keep, e.g. ``(0x0019, "SIEMENS MR HEADER", 0x0C)`` (B value).  By
+        default the rows of PS3.15 Table E.3.10-1
+        (:func:`mipflow.dicom.safe_private_table.safe_private_keys`).
     clean_descriptors : bool
-        Keep descriptions and comments after scrubbing them of the identifying
-        values found in the instance (names, IDs, dates, institution ...), of
-        digit runs of five or more and of date-like text.  The scrubbing cannot
-        find identifiers that appear nowhere else in the instance.
+        Keep descriptions and comments after removing identifying content
+        from them (:class:`mipflow.dicom.descriptors.DescriptorCleaner`: the
+        instance's names, IDs, dates and other identifying values, any date,
+        time, telephone number, e-mail or web address, long digit runs, words
+        after titles and identity labels, and the deny list).  The cleaning
+        cannot find a name that appears nowhere else in the instance and
+        looks like an ordinary word; an allow-list is stricter.
+    descriptor_deny_words : frozenset of str
+        Words always removed from cleaned text (compared in lower case).
+    descriptor_allow_words : frozenset of str, optional
+        When given, cleaned text keeps only these words (and short numbers).
     clean_structured_content, clean_graphics : bool
         Keep SR content and graphic annotations, applying the profile inside
         and scrubbing their free text as for ``clean_descriptors``.
@@ -303,8 +323,10 @@ class DeidOptions:
     retain_institution_identity: bool = False
     retain_uids: bool = False
     retain_safe_private: bool = False
-    safe_private: frozenset[tuple[str, int]] = frozenset()
+    safe_private: frozenset[tuple[int, str, int]] = field(default_factory=safe_private_keys)
     clean_descriptors: bool = False
+    descriptor_deny_words: frozenset[str] = frozenset()
+    descriptor_allow_words: frozenset[str] | None = None
     clean_structured_content: bool = False
     clean_graphics: bool = False
     uid_root: str | None = None
@@ -330,11 +352,19 @@ class DeidOptions:
             if not isinstance(value, frozenset):
                 object.__setattr__(self, name, frozenset(value))
         for item in self.safe_private:
-            if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)
-                    and isinstance(item[1], int) and 0x00 <= item[1] <= 0xFF):
+            if not (isinstance(item, tuple) and len(item) == 3
+                    and isinstance(item[0], int) and item[0] & 1 and 0x0009 <= item[0] <= 0xFFFF
+                    and isinstance(item[1], str) and item[1].strip()
+                    and isinstance(item[2], int) and 0x00 <= item[2] <= 0xFF):
                 raise ValueError(
-                    "safe_private holds (private creator, element byte 0x00-0xFF) pairs"
+                    "safe_private holds (odd group, private creator, element byte 0x00-0xFF) "
+                    "triples"
                 )
+        object.__setattr__(self, "descriptor_deny_words",
+                           parse_word_list(self.descriptor_deny_words))
+        if self.descriptor_allow_words is not None:
+            object.__setattr__(self, "descriptor_allow_words",
+                               parse_word_list(self.descriptor_allow_words))
         if self.uid_root is not None:
             root = self.uid_root.rstrip(".")
             if not _UID_ROOT_RE.match(root) or len(root) > _MAX_UID - 12:
@@ -387,6 +417,9 @@ class _Plan:
     drop_overlays: bool
     needs_scrub: bool
     remap_extra_uids: bool
+    #: (group, creator, element byte) -> (VR, VM) of the table (None: any) of
+    #: the private elements kept; empty unless Retain Safe Private is on.
+    safe_private: dict[tuple[int, str, int], tuple[str | None, str | None]]
 
 
 @lru_cache(maxsize=32)
@@ -411,10 +444,15 @@ def _plan(options: DeidOptions) -> _Plan:
     # for text attributes.
     needs_scrub = (options.clean_descriptors or options.clean_structured_content
                    or options.clean_graphics or options.retain_patient_characteristics)
+    safe_private: dict[tuple[int, str, int], tuple[str | None, str | None]] = {}
+    if private_action == "C":
+        table = {row.key: (row.vr, row.vm) for row in safe_private_rows()}
+        safe_private = {key: table.get(key, (None, None)) for key in options.safe_private}
     return _Plan(exact=exact, fallback=fallback, masked=tuple(masked),
                  private_action=private_action,
                  drop_overlays=overlay_action in ("X", "C"),
-                 needs_scrub=needs_scrub, remap_extra_uids=not options.retain_uids)
+                 needs_scrub=needs_scrub, remap_extra_uids=not options.retain_uids,
+                 safe_private=safe_private)
 
 
 # --------------------------------------------------------------------------
@@ -497,64 +535,43 @@ def _shift_dt(value: str, days: int) -> str | None:
     return None if head is None else head + v[8:]
 
 
+_NUMBER = re.compile(r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$")
+
+
+def _fits(value: Any, vr: str, vm: str | None) -> bool:
+    """True when a kept private value has the listed multiplicity and, for IS
+    and DS, holds numbers only (a text hidden in a numeric slot is not kept)."""
+    if vr in ("SQ", "OB", "OW", "UN") or vm is None:
+        return True
+    values = _values(value)
+    if vr in ("IS", "DS") and not all(_NUMBER.match(str(v)) for v in values):
+        return False
+    low, _, high = vm.partition("-")
+    n = len(values)
+    if n == 0:
+        return True
+    if high == "n":
+        return n >= int(low)
+    return int(low) <= n <= int(high or low)
+
+
+def _creator_name(value: Any) -> str:
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    return str(value).strip(" \0")
+
+
+def _little_endian(ds: Dataset) -> bool:
+    encoding = getattr(ds, "original_encoding", None) or (None, True)
+    return encoding[1] is not False
+
+
 def _values(value: Any) -> list[Any]:
     if value is None or value == "":
         return []
     if isinstance(value, (list, tuple, MultiValue)):
         return list(value)
     return [value]
-
-
-_DATE_LIKE = re.compile(
-    r"\b\d{1,4}[./-]\d{1,2}[./-]\d{1,4}\b|\d{5,}", re.ASCII
-)
-_SPACES = re.compile(r"\s{2,}")
-_TOKEN_SPLIT = re.compile(r"[\s\^,;:/\\()\[\]]+")
-
-#: Attributes whose values, found in free text, are scrubbed from it.
-_IDENTIFYING_KEYWORDS = (
-    "PatientName", "PatientID", "OtherPatientIDs", "OtherPatientNames", "PatientBirthName",
-    "PatientMotherBirthName", "PatientAddress", "PatientTelephoneNumbers", "PatientBirthDate",
-    "IssuerOfPatientID", "MedicalRecordLocator", "AccessionNumber", "StudyID",
-    "InstitutionName", "InstitutionAddress", "InstitutionalDepartmentName",
-    "ReferringPhysicianName", "PerformingPhysicianName", "NameOfPhysiciansReadingStudy",
-    "OperatorsName", "PhysiciansOfRecord", "RequestingPhysician", "StationName",
-    "DeviceSerialNumber", "AdmissionID", "PatientInsurancePlanCodeSequence",
-    "StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate", "PatientAge",
-    "MilitaryRank", "BranchOfService", "Occupation", "RegionOfResidence",
-    "CountryOfResidence", "ResponsiblePerson", "ResponsibleOrganization",
-)
-
-
-class _Scrubber:
-    """Removes identifying values of one instance from free text."""
-
-    def __init__(self, ds: Dataset) -> None:
-        needles: set[str] = set()
-        for keyword in _IDENTIFYING_KEYWORDS:
-            elem = ds.get(keyword)
-            if elem is None or isinstance(elem, Sequence):
-                continue
-            for v in _values(elem):
-                text = str(v).strip()
-                if len(text) >= 2:
-                    needles.add(text)
-                for token in _TOKEN_SPLIT.split(text):
-                    if len(token) >= 3:
-                        needles.add(token)
-                if len(text) == 8 and text.isdigit():      # a DA: also usual renderings
-                    y, m, d = text[:4], text[4:6], text[6:]
-                    needles.update({f"{y}-{m}-{d}", f"{d}.{m}.{y}", f"{d}/{m}/{y}",
-                                    f"{m}/{d}/{y}"})
-        ordered = sorted(needles, key=len, reverse=True)
-        self._pattern = (re.compile("|".join(re.escape(n) for n in ordered), re.IGNORECASE)
-                         if ordered else None)
-
-    def __call__(self, text: str) -> str:
-        if self._pattern is not None:
-            text = self._pattern.sub(" ", text)
-        text = _DATE_LIKE.sub(" ", text)
-        return _SPACES.sub(" ", text).strip()
 
 
 # --------------------------------------------------------------------------
@@ -565,7 +582,7 @@ class _Scrubber:
 class _Context:
     __slots__ = ("shift", "scrub", "actions", "free_text_depth")
 
-    def __init__(self, shift: int | None, scrub: _Scrubber | None) -> None:
+    def __init__(self, shift: int | None, scrub: DescriptorCleaner | None) -> None:
         self.shift = shift
         self.scrub = scrub
         self.actions: Counter = Counter()
@@ -751,7 +768,9 @@ class Deidentifier:
                 raise _Quarantined(Quarantine.NO_PATIENT_ID,
                                    "Patient ID (0010,0020) is empty: no date shift can be derived")
             shift = self._pseudonymiser.date_shift_days(original_id, opts.max_shift_days)
-        scrub = _Scrubber(ds) if self._plan.needs_scrub else None
+        scrub = (DescriptorCleaner(ds, deny_words=opts.descriptor_deny_words,
+                                   allow_words=opts.descriptor_allow_words)
+                 if self._plan.needs_scrub else None)
         ctx = _Context(shift, scrub)
 
         self._walk(ds, ctx, top=True)
@@ -813,12 +832,16 @@ class Deidentifier:
         plan = self._plan
         exact = plan.exact
         overlay_groups: set[int] = set()
+        creators: list[int] = []
         for tag in list(ds.keys()):
             action = exact.get(tag)
             if action is None:
                 group = tag >> 16
                 if group & 1:
-                    self._private(ds, tag, ctx)
+                    if 0x10 <= tag & 0xFFFF <= 0xFF:
+                        creators.append(tag)    # decided once its block is done
+                    else:
+                        self._private(ds, tag, ctx)
                     continue
                 if tag & 0xFFFF == 0:        # group length: obsolete, and wrong after edits
                     del ds[tag]
@@ -842,6 +865,12 @@ class Deidentifier:
                     self._pseudonymise_nested(ds, tag, ctx)
                 continue
             self._apply(ds, tag, action, ctx)
+        for tag in creators:
+            # a Private Creator stays only while its block keeps an element
+            base = (tag & 0xFFFF0000) | ((tag & 0xFF) << 8)
+            if not plan.safe_private or not any(base <= t <= base + 0xFF for t in ds.keys()):
+                del ds[tag]
+                ctx.actions["private"] += 1
         if overlay_groups:
             for tag in list(ds.keys()):
                 if tag >> 16 in overlay_groups:
@@ -869,32 +898,47 @@ class Deidentifier:
             self._clean_text(ds, tag, ctx, "X")
 
     def _private(self, ds: Dataset, tag: int, ctx: _Context) -> None:
-        if self._plan.private_action == "C" and self._options.safe_private:
-            element = tag & 0xFFFF
-            if 0x10 <= element <= 0xFF:   # a private creator: kept while its block has keepers
-                if self._block_has_safe(ds, tag):
-                    return
-            elif element > 0xFF:
-                creator_tag = (tag & 0xFFFF0000) | (element >> 8)
-                creator = ds.get(creator_tag)
-                if creator is not None and (str(creator.value).strip(), element & 0xFF) \
-                        in self._options.safe_private:
-                    if self._vr(ds, tag) == "SQ":
-                        self._recurse(ds[tag], ctx)
+        """A private data element (not a creator): kept if on the allow-list, else removed."""
+        safe = self._plan.safe_private
+        element = tag & 0xFFFF
+        if safe and element > 0xFF:
+            creator = ds.get((tag & 0xFFFF0000) | (element >> 8))
+            if creator is not None:
+                key = (tag >> 16, _creator_name(creator.value), element & 0xFF)
+                if key in safe and self._keep_private(ds, tag, safe[key], ctx):
                     return
         del ds[tag]
         ctx.actions["private"] += 1
 
-    def _block_has_safe(self, ds: Dataset, creator_tag: int) -> bool:
-        creator = ds.get(creator_tag)
-        if creator is None:
+    def _keep_private(self, ds: Dataset, tag: int, listed: tuple[str | None, str | None],
+                      ctx: _Context) -> bool:
+        """Clean an allow-listed private element in place; False if it must go instead."""
+        table_vr, table_vm = listed
+        elem = ds[tag]
+        vr = elem.VR
+        if table_vr is not None and vr != table_vr:
+            if vr != "UN" or table_vr == "SQ" or not isinstance(elem.value, bytes):
+                return False
+            try:        # implicit VR read without a dictionary entry: decode as listed
+                raw = RawDataElement(elem.tag, table_vr, len(elem.value), elem.value, 0,
+                                     True, _little_endian(ds))
+                value = convert_value(table_vr, raw)
+            except Exception:  # noqa: BLE001 - undecodable: not kept
+                return False
+            ds[tag] = elem = DataElement(tag, table_vr, value)
+            vr = table_vr
+        if not _fits(elem.value, vr, table_vm):
             return False
-        name = str(creator.value).strip()
-        keep = {e for c, e in self._options.safe_private if c == name}
-        if not keep:
-            return False
-        base = (creator_tag & 0xFFFF0000) | ((creator_tag & 0xFF) << 8)
-        return any((base | e) in ds for e in keep)
+        if vr == "SQ":
+            self._recurse(elem, ctx)
+        elif vr == "UI":
+            if not self._options.retain_uids:
+                self._remap(elem, ctx)
+        elif vr in _TEXT_VRS and ctx.scrub is not None:
+            self._clean_text(ds, tag, ctx, "X")
+            return tag in ds
+        ctx.actions["safe-private"] += 1
+        return True
 
     def _apply(self, ds: Dataset, tag: int, action: str, ctx: _Context) -> None:
         if action == "X":
@@ -1022,7 +1066,8 @@ class Deidentifier:
 
         def quarantine(reason: str, detail: str) -> FileOutcome:
             outcome.reason, outcome.detail = reason, detail
-            log.info("quarantined %s: %s", src.name, reason)
+            # file names may carry patient names: the log names the content hash
+            log.info("quarantined file sha256:%s: %s", _content_hash(src), reason)
             return outcome
 
         try:
@@ -1053,6 +1098,18 @@ class Deidentifier:
         outcome.series_uid = str(out.get("SeriesInstanceUID", "") or "") or None
         outcome.sop_instance_uid = str(out.get("SOPInstanceUID", "") or "") or None
         return outcome
+
+
+def _content_hash(path: Path) -> str:
+    """SHA-256 of a file's bytes (how logs refer to a file), or ``"unreadable"``."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    except OSError:
+        return "unreadable"
+    return digest.hexdigest()
 
 
 def _read(path: Path) -> tuple[Dataset | None, str | None, str | None]:

@@ -2,7 +2,11 @@
 
 ``capture_dicom``
     Scans ``landing/dicom/`` recursively, hashes every settled file (SHA-256)
-    and skips the ones the manifest already holds.  Only headers are read
+    and skips the ones the manifest already holds.  The manifest
+    (``mipflow_files``) keeps the content hash and a keyed hash of the path
+    relative to ``landing/dicom/`` (:func:`landing_path_key`, HMAC-SHA256
+    with the node key), never the path itself: file and folder names often
+    carry patient names.  Only headers are read
     (``stop_before_pixels``), to group instances by Study/Series Instance UID
     and to apply the consent registry by the Patient ID in the header.  Files
     that are empty, not DICOM, unreadable, a DICOMDIR or without a Series
@@ -29,12 +33,15 @@ the bytes of another file in this run) and *pending* ones are still being
 written (temporary name or modified within ``settle_seconds``).
 
 Identifiers: the raw Patient ID and UIDs live only in memory and in
-``landing/``; batch records, quarantine entries, staging paths and XCom
-values carry pseudonyms, keyed UIDs, hashes and reason codes.
+``landing/``; batch records, the file manifest, quarantine entries, staging
+paths, log lines and XCom values carry pseudonyms, keyed UIDs, hashes and
+reason codes.  De-identification finds a batch's files again by the keyed
+hash of their landing path and checks their content hash before reading them.
 """
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import os
 import shutil
@@ -65,6 +72,10 @@ STAGE_DEIDENTIFIED = "dicom_deidentified"
 STAGE_LOADED = "dicom_loaded"
 STAGE_CAPTURE_REPORT = "dicom_capture"
 _IGNORED_SUFFIXES = (".part", ".tmp", ".partial", ".crdownload", ".filepart")
+_PATH_CONTEXT = b"dicom-landing-path:"
+#: Quarantine reasons of files that changed between capture and de-identification.
+MISSING_AFTER_CAPTURE = "missing-after-capture"
+CHANGED_AFTER_CAPTURE = "changed-after-capture"
 _HEADER_TAGS = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
                 "SOPClassUID", "Modality", "DirectoryRecordSequence")
 #: Modalities the imaging data model enumerates; others are recorded as ``OT``.
@@ -104,7 +115,7 @@ class FileCounts:
 class _Series:
     pseudo_uid: str
     pid_raw: str
-    files: list[tuple[str, str, int]] = field(default_factory=list)  # (path, sha256, size)
+    files: list[tuple[Path, str, int]] = field(default_factory=list)  # (path, sha256, size)
 
 
 # --------------------------------------------------------------------------
@@ -129,6 +140,26 @@ def _engine(home: NodeHome):
     from mipflow.dicom.deidentify import Deidentifier
 
     return Deidentifier(home.key(), home.settings.dicom_options())
+
+
+def landing_path_key(key: bytes, root: Path, path: Path) -> str:
+    """The manifest's name for a landing file: keyed hash of its path below ``root``.
+
+    ``hmac-sha256:`` and the hex HMAC-SHA256, keyed with the node secret, of
+    the POSIX path relative to ``landing/dicom/``: the same file gets the same
+    name on every run, and the name reveals nothing of the path.
+    """
+    rel = path.relative_to(root).as_posix().encode("utf-8", "surrogateescape")
+    return "hmac-sha256:" + hmac.new(key, _PATH_CONTEXT + rel, hashlib.sha256).hexdigest()
+
+
+def landing_index(home: NodeHome) -> dict[str, Path]:
+    """Keyed path hash -> path of every file under ``landing/dicom/``."""
+    root = home.landing_dir / "dicom"
+    if not root.is_dir():
+        return {}
+    key = home.key()
+    return {landing_path_key(key, root, p): p for p in root.rglob("*") if p.is_file()}
 
 
 def _series_batch_id(pseudo_series: str, shas: Iterable[str]) -> str:
@@ -212,7 +243,7 @@ def capture_dicom(home: NodeHome, *, store: FeatureStore | None = None,
     root = home.landing_dir / "dicom"
     counts = FileCounts()
     reasons: Counter = Counter()
-    quarantined: list[tuple[str, str, int, str, str]] = []  # (path, sha, size, reason, detail)
+    quarantined: list[tuple[Path, str, int, str, str]] = []  # (path, sha, size, reason, detail)
     series: dict[str, _Series] = {}
     with store.engine.connect() as conn:
         known = {r[0] for r in conn.execute(sa.select(files_table.c.sha256)
@@ -239,18 +270,18 @@ def capture_dicom(home: NodeHome, *, store: FeatureStore | None = None,
             continue
         seen.add(sha)
         if size == 0:
-            quarantined.append((str(path), sha, size, Quarantine.EMPTY_FILE, "the file is empty (0 bytes)"))
+            quarantined.append((path, sha, size, Quarantine.EMPTY_FILE, "the file is empty (0 bytes)"))
             continue
         ds, reason, detail = _read_header(path)
         if ds is None:
-            quarantined.append((str(path), sha, size, reason, detail))  # type: ignore[arg-type]
+            quarantined.append((path, sha, size, reason, detail))  # type: ignore[arg-type]
             continue
         raw_series = str(ds.SeriesInstanceUID).strip()
         pid = str(ds.get("PatientID", "") or "").strip()
         item = series.get(raw_series)
         if item is None:
             item = series[raw_series] = _Series(pseudo_uid=engine.new_uid(raw_series), pid_raw=pid)
-        item.files.append((str(path), sha, size))
+        item.files.append((path, sha, size))
 
     # consent by the Patient ID in the header (series without one go on, to be quarantined by the engine)
     if registry is not None and series:
@@ -262,6 +293,7 @@ def capture_dicom(home: NodeHome, *, store: FeatureStore | None = None,
                 del series[raw]
 
     batches: list[dict[str, Any]] = []
+    key = home.key()
     with store.begin() as conn:
         for item in series.values():
             shas = [sha for _, sha, _ in item.files]
@@ -270,7 +302,8 @@ def capture_dicom(home: NodeHome, *, store: FeatureStore | None = None,
                               source=f"dicom/{item.pseudo_uid}", sha256=_combined_sha(shas))
             store.update_batch(conn, batch_id, stage=STAGE_CAPTURED, rows_in=len(item.files))
             for path, sha, size in item.files:
-                store.register_file(conn, sha256=sha, path=path, size=size, kind=KIND, batch_id=batch_id)
+                store.register_file(conn, sha256=sha, path=landing_path_key(key, root, path), size=size,
+                                    kind=KIND, batch_id=batch_id)
             batches.append({"batch_id": batch_id, "series": item.pseudo_uid, "files": len(item.files)})
         if quarantined:
             shas = [q[1] for q in quarantined]
@@ -281,7 +314,8 @@ def capture_dicom(home: NodeHome, *, store: FeatureStore | None = None,
                 (n, reason, {"sha256": sha, "size": size, "detail": detail})
                 for n, (_, sha, size, reason, detail) in enumerate(quarantined, start=1)])
             for path, sha, size, reason, _ in quarantined:
-                store.register_file(conn, sha256=sha, path=path, size=size, kind=KIND, batch_id=report_id)
+                store.register_file(conn, sha256=sha, path=landing_path_key(key, root, path), size=size,
+                                    kind=KIND, batch_id=report_id)
                 reasons[reason] += 1
             store.update_batch(conn, report_id, stage=STAGE_CAPTURE_REPORT, status="quarantined",
                                rows_in=len(quarantined), quarantined=len(quarantined),
@@ -344,13 +378,20 @@ def waiting_series(home: NodeHome, stage: str = STAGE_CAPTURED, *,
 
 
 def deidentify_series(home: NodeHome, series: str | dict[str, Any], *,
-                      store: FeatureStore | None = None, engine: Any = None) -> dict[str, Any]:
+                      store: FeatureStore | None = None, engine: Any = None,
+                      landing: dict[str, Path] | None = None) -> dict[str, Any]:
     """De-identify the files of one series batch into ``staging/dicom/<series>/``.
 
     Parameters
     ----------
     series : str or dict
         A batch id or a batch dict from :func:`capture_dicom`.
+    landing : dict, optional
+        :func:`landing_index` of the landing folder (built when not given;
+        pass it when de-identifying many batches).  A file no longer found
+        there, or whose content hash changed since capture, is quarantined
+        (``missing-after-capture``, ``changed-after-capture``); a changed file
+        is captured anew by the next capture run.
 
     Returns
     -------
@@ -373,14 +414,32 @@ def deidentify_series(home: NodeHome, series: str | dict[str, Any], *,
     with store.engine.connect() as conn:
         files = conn.execute(sa.select(files_table.c.path, files_table.c.sha256)
                              .where(files_table.c.batch_id == batch_id)
-                             .order_by(files_table.c.path)).all()
+                             .order_by(files_table.c.sha256)).all()
     engine = engine or _engine(home)
+    if landing is None:
+        landing = landing_index(home)
     target = dicom_staging(home) / pseudo_series
     target.mkdir(parents=True, exist_ok=True)
     reasons: Counter = Counter()
     entries: list[tuple[int, str, dict[str, Any]]] = []
     pseudonyms: set[str] = set()
-    for n, (path, sha) in enumerate(files, start=1):
+    for n, (path_key, sha) in enumerate(files, start=1):
+        path = landing.get(path_key)
+        moved = None
+        if path is None:
+            moved = (MISSING_AFTER_CAPTURE, "the file left the landing folder after capture")
+        else:
+            try:
+                if sha256_file(path) != sha:
+                    moved = (CHANGED_AFTER_CAPTURE, "the file's content changed after capture; "
+                                                    "the new content is captured by the next run")
+            except OSError as exc:
+                moved = (MISSING_AFTER_CAPTURE, f"the file cannot be read ({type(exc).__name__})")
+        if moved is not None:
+            reasons[moved[0]] += 1
+            entries.append((n, moved[0], {"sha256": sha, "detail": moved[1]}))
+            log.info("batch %s: file sha256:%s quarantined: %s", batch_id, sha, moved[0])
+            continue
         fd, tmp = tempfile.mkstemp(prefix=".in-", suffix=".dcm", dir=target)
         os.close(fd)
         try:
@@ -430,7 +489,8 @@ def deidentify_many(home: NodeHome, batch_ids: Iterable[str]) -> list[dict[str, 
 
     store = open_store(home)
     engine = _engine(home)
-    return [deidentify_series(home, b, store=store, engine=engine) for b in batch_ids]
+    landing = landing_index(home)
+    return [deidentify_series(home, b, store=store, engine=engine, landing=landing) for b in batch_ids]
 
 
 def chunked(items: list[str], max_chunks: int = 256) -> list[list[str]]:
@@ -577,7 +637,8 @@ def run_imaging(home: NodeHome, *, dataset: str | None = None,
     summary: dict[str, Any] = {}
     captured = {b["batch_id"] for b in capture_dicom(home, store=store, summary=summary)}
     engine = _engine(home)
-    done = [deidentify_series(home, b, store=store, engine=engine)
+    landing = landing_index(home)
+    done = [deidentify_series(home, b, store=store, engine=engine, landing=landing)
             for b in waiting_series(home, STAGE_CAPTURED, store=store)]
     outcomes = [o for o in done if o["batch_id"] in captured]  # earlier runs' batches are caught up too
     result = extract_and_load(home, pending_outcomes(home, store=store), dataset=dataset, store=store)

@@ -483,14 +483,15 @@ def test_private_tags_removed_by_default_and_safe_ones_kept(ct_phi):
     ct_phi.add_new(0x00111002, "LO", "PHIUNSAFE")     # same block, not declared
     out = run(copy.deepcopy(ct_phi))
     assert not any(e.tag.is_private for e in out)
-    kept = run(ct_phi, retain_safe_private=True, safe_private=frozenset({("SAFE CREATOR", 0x01)}))
+    kept = run(ct_phi, retain_safe_private=True,
+               safe_private=frozenset({(0x0011, "SAFE CREATOR", 0x01)}))
     private = {e.tag: e.value for e in kept if e.tag.is_private}
     assert private == {0x00110010: "SAFE CREATOR", 0x00111001: "2.5"}
     assert "113111" in [i.CodeValue for i in kept.DeidentificationMethodCodeSequence]
 
 
 def test_retain_safe_private_without_allow_list_keeps_nothing(ct_phi):
-    out = run(ct_phi, retain_safe_private=True)
+    out = run(ct_phi, retain_safe_private=True, safe_private=frozenset())
     assert not any(e.tag.is_private for e in out)
 
 

@@ -3,6 +3,8 @@ pydicom's shipped test files with injected identifying values."""
 from __future__ import annotations
 
 import copy
+import hashlib
+import logging
 import shutil
 
 import pandas as pd
@@ -15,6 +17,7 @@ from mipflow.config import NodeHome
 from mipflow.deid import Pseudonymiser
 from mipflow.dicom import pipeline as imaging
 from mipflow.node import open_store
+from mipflow.store import files_table
 
 from .conftest import inject_phi, phi_strings, read
 
@@ -34,9 +37,15 @@ def _uid(patient: str, tag: str, n: int | None = None) -> str:
     return f"1.2.999.5.{code}" + ("" if n is None else f".{n}")
 
 
+def _folder(p: int, patient: str, tag: str) -> str:
+    """A landing folder named after the patient, as exports often are."""
+    return f"site{p % 2}/PHINAME{p}_{patient}/{tag}"
+
+
 def raw_identifiers() -> list[str]:
-    """Every injected or raw identifying string written into the landing tree."""
+    """Every injected or raw identifying string written into the landing tree (file names too)."""
     out = [s for s in phi_strings() if not s.isdigit()]  # dates are checked apart (shifted)
+    out += [f"PHINAME{p}" for p in range(len(PATIENTS))] + ["PHIJUNK"]
     for patient, (_, series) in PATIENTS.items():
         out.append(patient)
         for tag, _, copies in series:
@@ -66,22 +75,22 @@ def build_landing(home: NodeHome) -> dict[str, int]:
                 if "ImagePositionPatient" in ds:
                     pos = [float(v) for v in ds.ImagePositionPatient]
                     ds.ImagePositionPatient = [pos[0], pos[1], pos[2] + 5.0 * i]
-                folder = root / f"site{p % 2}" / f"exam{p}" / tag
+                folder = root / _folder(p, patient, tag)
                 folder.mkdir(parents=True, exist_ok=True)
-                ds.save_as(folder / f"IM{i:04d}", enforce_file_format=True)
+                ds.save_as(folder / f"IM{i:04d}_PHINAME{p}", enforce_file_format=True)
                 n_files += 1
     pd.DataFrame(rows).to_csv(home.consent_path, index=False)
     junk = root / "junk"
     junk.mkdir(parents=True)
-    (junk / "empty.dcm").write_bytes(b"")
-    (junk / "notes.txt").write_text("scanner export log: nothing to see here\n")
+    (junk / "PHIJUNK_empty.dcm").write_bytes(b"")
+    (junk / "PHIJUNK_notes.txt").write_text("scanner export log: nothing to see here\n")
     dicomdir = get_testdata_file("DICOMDIR", download=False)
     extra_quarantined = 2
     if dicomdir:
-        shutil.copyfile(dicomdir, junk / "DICOMDIR")
+        shutil.copyfile(dicomdir, junk / "PHIJUNK_DICOMDIR")
         extra_quarantined += 1
     # the same bytes twice: the copy counts as known
-    shutil.copyfile(root / "site1" / "exam1" / "mr" / "IM0000", junk / "copy_of_mr")
+    shutil.copyfile(root / _folder(1, "PHIPAT-B2", "mr") / "IM0000_PHINAME1", junk / "PHIJUNK_copy")
     (junk / ".partial_upload.tmp").write_bytes(b"half a file")
     return {"files_in": n_files + extra_quarantined + 2, "no_consent": 3, "known": 1, "pending": 1,
             "written": 5, "quarantined": extra_quarantined + 1}
@@ -106,8 +115,9 @@ def _store_text(store) -> str:
     return "\n".join(parts)
 
 
-def test_pipeline_counts_pseudonyms_and_no_phi(home):
+def test_pipeline_counts_pseudonyms_and_no_phi(home, caplog):
     expected = build_landing(home)
+    caplog.set_level(logging.DEBUG)
     result = imaging.run_imaging(home)
     files = result["files"]
     assert files["conserved"], result["equation"]
@@ -141,9 +151,15 @@ def test_pipeline_counts_pseudonyms_and_no_phi(home):
     assert len(staged) == 5
     assert {p.parent.name for p in staged} == {ct["_visit"], mr["_visit"]}
     forbidden = raw_identifiers()
-    store_text = _store_text(store).replace(str(home.landing_dir), "<landing>")
+    store_text = _store_text(store)
+    assert str(home.landing_dir) not in store_text and "IM0000" not in store_text
     for value in forbidden:
         assert value not in store_text, value
+    # logs (quarantine reasons included) name files by content hash, never by path
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "quarantined file sha256:" in logged
+    for value in [*forbidden, "IM0000", str(home.landing_dir)]:
+        assert value not in logged, value
     for path in staged:
         data = path.read_bytes()
         assert not any(v.encode() in data for v in forbidden), path.name
@@ -196,3 +212,45 @@ def test_chunked_bounds_the_number_of_mapped_tasks():
     chunks = imaging.chunked(items, 64)
     assert len(chunks) <= 64 and sum(chunks, []) == items
     assert imaging.chunked([], 8) == []
+
+
+def test_manifest_holds_keyed_path_hashes_and_content_hashes(home):
+    build_landing(home)
+    imaging.capture_dicom(home)
+    store = open_store(home)
+    root = home.landing_dir / "dicom"
+    with store.engine.connect() as conn:
+        rows = {r.sha256: r.path for r in conn.execute(sa.select(files_table))}
+    registered: dict[str, object] = {}
+    for p in sorted(root.rglob("*")):        # capture's order: the first of equal bytes is registered
+        if p.is_file() and not p.name.startswith("."):
+            registered.setdefault(hashlib.sha256(p.read_bytes()).hexdigest(), p)
+    consented = {sha: p for sha, p in registered.items() if sha in rows}
+    assert len(consented) >= 6   # the series of consented patients and the quarantined junk
+    for sha, path in consented.items():
+        assert rows[sha] == imaging.landing_path_key(home.key(), root, path)
+        assert rows[sha].startswith("hmac-sha256:") and len(rows[sha]) == 12 + 64
+        assert path.name not in rows[sha]
+    # another key gives other names: the hash is keyed, not a plain digest of the path
+    some = next(iter(consented.values()))
+    assert imaging.landing_path_key(bytes(32), root, some) != \
+        imaging.landing_path_key(home.key(), root, some)
+
+
+def test_files_changed_or_gone_after_capture_are_quarantined(home, caplog):
+    build_landing(home)
+    batches = imaging.capture_dicom(home)
+    ct = next(b for b in batches if b["files"] == 3)
+    folder = home.landing_dir / "dicom" / _folder(0, "PHIPAT-A1", "ct")
+    (folder / "IM0001_PHINAME0").unlink()
+    with open(folder / "IM0002_PHINAME0", "ab") as handle:
+        handle.write(b"\0\0")                                 # new content, same name
+    caplog.set_level(logging.DEBUG)
+    out = imaging.deidentify_series(home, ct)
+    assert out["written"] == 1 and out["quarantined"] == 2
+    assert out["reasons"] == {imaging.MISSING_AFTER_CAPTURE: 1, imaging.CHANGED_AFTER_CAPTURE: 1}
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "PHINAME0" not in logged and "IM0002" not in logged
+    # the changed file is a new file for the next capture
+    again = imaging.capture_dicom(home)
+    assert sum(b["files"] for b in again) == 1
