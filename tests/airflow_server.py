@@ -13,7 +13,7 @@ from base64 import urlsafe_b64encode
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import httpx
 
@@ -46,8 +46,9 @@ class CentralAirflow:
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    """SIGINT to the process group, then SIGTERM, then SIGKILL (standalone stops its components on SIGINT)."""
-    for sig, wait in ((signal.SIGINT, 20.0), (signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+    """SIGTERM to the process group (every component and task process), then SIGKILL: a test
+    Airflow in a temporary home has nothing to drain."""
+    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
         if proc.poll() is not None:
             break
         try:
@@ -82,9 +83,12 @@ def _wait(what: str, check: Any, timeout: float, server: CentralAirflow) -> Any:
 
 @contextmanager
 def central_airflow(home: Path, env: dict[str, str], *, dag_ids: list[str],
-                    timeout: float = 150.0) -> Iterator[CentralAirflow]:
-    """Start ``airflow standalone`` in ``home`` with ``env`` added; wait until ``dag_ids`` are parsed
-    (and unpaused); yield; stop everything started."""
+                    timeout: float = 150.0) -> Iterator[Callable[[], CentralAirflow]]:
+    """Start ``airflow standalone`` in ``home`` with ``env`` added and yield at once a function that
+    waits until ``dag_ids`` are parsed (and unpaused) and returns the server; stop everything on exit.
+
+    The caller prepares the rest of its world (nodes) while Airflow starts.
+    """
     home.mkdir(parents=True, exist_ok=True)
     users = {"admin": secrets.token_urlsafe(12), "viewer": secrets.token_urlsafe(12)}
     passwords = home / "passwords.json"
@@ -123,16 +127,22 @@ def central_airflow(home: Path, env: dict[str, str], *, dag_ids: list[str],
         proc = subprocess.Popen([str(VENV_BIN / "airflow"), "standalone"], cwd=home, env=full_env, stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     server = CentralAirflow(base_url=base, users=users, log=log_path, process=proc)
-    try:
-        _wait("the api-server", lambda: server.token(), timeout, server)
+    started = time.monotonic()
+
+    def ready() -> CentralAirflow:
+        left = lambda: max(10.0, timeout - (time.monotonic() - started))  # noqa: E731
+        _wait("the api-server", lambda: server.token(), left(), server)
         with server.client() as client:
             _wait("the scheduler", lambda: client.get("/api/v2/monitor/health").json()["scheduler"]["status"]
-                  == "healthy", timeout, server)
+                  == "healthy", left(), server)
             for dag_id in dag_ids:
                 _wait(f"{dag_id} to be parsed", lambda: client.get(f"/api/v2/dags/{dag_id}").status_code == 200,
-                      timeout, server)
+                      left(), server)
                 client.patch(f"/api/v2/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
-        yield server
+        return server
+
+    try:
+        yield ready
     finally:
         _stop(proc)
 

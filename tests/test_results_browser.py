@@ -51,22 +51,26 @@ def _chromium() -> str:
 def central(tmp_path_factory):
     chromium = _chromium()
     root = tmp_path_factory.mktemp("browser")
-    homes = []
-    for i, hospital in enumerate(HOSPITALS):
-        home = NodeHome.init(root / hospital, hospital)
-        ops.add_data_model(home, REPO_ROOT / "include" / "schemas" / "stroke_v_0_1" / "CDEsMetadata.json")
-        path = write_export(root / f"{hospital}.csv", generate_export(hospital, 60, seed=40 + i))
-        ops.ingest(home, [path], profile=REPO_ROOT / "include" / "schemas" / "profiles" / f"{hospital}.json")
-        homes.append(home)
-    with running_nodes([h.root for h in homes]) as urls:
-        env = {"MIPFLOW_CENTRAL_HOME": str(root / "central"),
-               "MIPFLOW_NODE_CONN_IDS": ",".join(f"mipflow_node_{h}" for h in HOSPITALS)}
-        for home, url in zip(homes, urls):
-            cred = issue_client(home.root, "central")
-            env[f"AIRFLOW_CONN_MIPFLOW_NODE_{home.name.upper()}"] = json.dumps(
-                {"conn_type": "mipflow_node", "host": url, "login": cred.client_id,
-                 "password": cred.secret.hex(), "extra": {"node_name": home.name}})
-        with central_airflow(root / "airflow", env, dag_ids=[DAG_ID]) as server:
+    conn_ids = [f"mipflow_node_{h}" for h in HOSPITALS]
+    env = {"MIPFLOW_CENTRAL_HOME": str(root / "central"), "MIPFLOW_NODE_CONN_IDS": ",".join(conn_ids)}
+    with central_airflow(root / "airflow", env, dag_ids=[DAG_ID]) as ready:
+        homes = []  # while Airflow starts
+        for i, hospital in enumerate(HOSPITALS):
+            home = NodeHome.init(root / hospital, hospital)
+            ops.add_data_model(home, REPO_ROOT / "include" / "schemas" / "stroke_v_0_1" / "CDEsMetadata.json")
+            path = write_export(root / f"{hospital}.csv", generate_export(hospital, 60, seed=40 + i))
+            ops.ingest(home, [path], profile=REPO_ROOT / "include" / "schemas" / "profiles" / f"{hospital}.json")
+            homes.append(home)
+        with running_nodes([h.root for h in homes]) as urls:
+            server = ready()
+            with server.client() as client:  # the nodes as Airflow connections, made through the REST API
+                for home, url, conn_id in zip(homes, urls, conn_ids):
+                    cred = issue_client(home.root, "central")
+                    resp = client.post("/api/v2/connections", json={
+                        "connection_id": conn_id, "conn_type": "mipflow_node", "host": url,
+                        "login": cred.client_id, "password": cred.secret.hex(),
+                        "extra": json.dumps({"node_name": home.name})})
+                    assert resp.status_code == 201, resp.text
             yield {"server": server, "store": ResultStore(root / "central"), "chromium": chromium}
 
 
