@@ -147,10 +147,11 @@ def test_result_page_in_a_browser_shows_the_stored_numbers(central):
             assert f"{result['indep_vars'][1]},coefficients,{result['coefficients'][1]!r}" in csv_text
 
             page.goto(f"{server.base_url}/")  # the entry under Browse in Airflow's own UI
-            page.get_by_role("button", name="Browse").click()
-            page.get_by_role("menuitem", name="Analysis results").click()
-            page.wait_for_url("**/plugin/mipflow-results", timeout=30_000)
-            page.frame_locator("iframe").locator("#runs").wait_for(timeout=30_000)
+            page.get_by_role("button", name="Browse").click(timeout=90_000)
+            page.get_by_role("menuitem", name="Analysis results").click(timeout=90_000)
+            # the React UI switches route client-side; wait for the page inside its iframe
+            page.frame_locator("iframe").locator("#runs").wait_for(timeout=90_000)
+            assert "/plugin/mipflow-results" in page.url
             page.screenshot(path=str(ARTIFACTS / "airflow-browse-results.png"), full_page=True)
         finally:
             browser.close()
