@@ -16,7 +16,7 @@ export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN := sqlite:///$(CURDIR)/var/airflow/airflow.db
 PYTEST_ARGS ?=
 
-.PHONY: install test demo bench airflow-db clean
+.PHONY: install test demo bench airflow-db clean results-ui
 
 $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	@test -n "$(PYTHON)" || { echo "mipflow needs Python 3.11 or newer on PATH" >&2; exit 1; }
@@ -39,6 +39,9 @@ test: install
 
 demo: install airflow-db
 	$(BIN)/python -m mipflow.demo --work-dir $(CURDIR)/var/demo
+
+results-ui: install airflow-db
+	MIPFLOW_CENTRAL_HOME=$(CURDIR)/var/demo/central $(BIN)/airflow api-server --port 8080
 
 bench: install
 	$(BIN)/python bench/ingest.py $(BENCH_ARGS)

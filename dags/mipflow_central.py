@@ -156,8 +156,10 @@ for _name, (_label, _y_list, _has_x, _x_list, _extra) in ALGORITHMS.items():
             """Store the result with provenance and log a readable summary."""
             from mipflow.results import ResultStore, summary_lines
 
-            run_id = get_current_context()["run_id"]
-            path = ResultStore().save(run_id, outcome)
+            context = get_current_context()
+            run_id = context["run_id"]
+            who = getattr(context.get("dag_run"), "triggering_user_name", None)
+            path = ResultStore().save(run_id, {**outcome, "triggered_by": who})
             for line in summary_lines(outcome):
                 print(line)
             print(f"result stored: {path}")

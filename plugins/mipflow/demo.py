@@ -218,7 +218,15 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"\nDemo finished. Results with provenance: {args.work_dir / 'central' / 'results'}; "
           f"node audit logs: {args.work_dir / 'nodes' / '*' / 'audit.log'}")
+    print(results_page_hint(args.work_dir / "central"))
     return 0
+
+
+def results_page_hint(central: Path, port: int = 8080) -> str:
+    """Where the results pages are once the central api-server runs on this Airflow home."""
+    return (f"Results pages: http://localhost:{port}/mipflow/ (also under Browse in the Airflow UI) after "
+            f"`make results-ui` (the central api-server on MIPFLOW_CENTRAL_HOME={central}; log in as admin "
+            "with the password in var/airflow/simple_auth_manager_passwords.json.generated)")
 
 
 if __name__ == "__main__":  # pragma: no cover

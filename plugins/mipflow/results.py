@@ -47,8 +47,7 @@ class ResultStore:
         """Store one result (idempotent per run id); returns the JSON file written."""
         doc = {"run_id": run_id, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "software": outcome.get("software", f"mipflow {__version__}"), **outcome}
-        safe = re.sub(r"[^A-Za-z0-9_.\-]", "_", run_id)
-        path = self.home / "results" / f"{doc['algorithm']}__{safe}.json"
+        path = self._path(doc["algorithm"], run_id)
         path.write_text(json.dumps(doc, indent=2, default=str) + "\n", encoding="utf-8")
         row = {"run_id": run_id, "algorithm": doc["algorithm"], "created_at": doc["created_at"],
                "request": json.dumps(doc.get("request", {})), "result": json.dumps(doc.get("result", {})),
@@ -58,6 +57,29 @@ class ResultStore:
             conn.execute(results_table.delete().where(results_table.c.run_id == run_id))
             conn.execute(results_table.insert().values(**row))
         return path
+
+    def _path(self, algorithm: str, run_id: str) -> Path:
+        safe = re.sub(r"[^A-Za-z0-9_.\-]", "_", run_id)
+        return self.home / "results" / f"{algorithm}__{safe}.json"
+
+    def runs(self, limit: int = 500) -> list[dict[str, Any]]:
+        """The stored results, newest first, with the provenance of their JSON files where present."""
+        query = sa.select(results_table.c.run_id).order_by(results_table.c.created_at.desc()).limit(limit)
+        with self.engine.connect() as conn:
+            run_ids = [row.run_id for row in conn.execute(query)]
+        return [doc for doc in map(self.document, run_ids) if doc is not None]
+
+    def document(self, run_id: str) -> dict[str, Any] | None:
+        """One result with all its provenance: the results table row, completed from the run's JSON
+        file (rounds, seconds, datasets held, who triggered it) when that file is readable."""
+        row = self.get(run_id)
+        if row is None:
+            return None
+        try:
+            extra = json.loads(self._path(row["algorithm"], run_id).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            extra = {}
+        return {**extra, **row} if extra.get("run_id") == run_id else row
 
     def get(self, run_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:

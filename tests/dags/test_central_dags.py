@@ -86,6 +86,7 @@ def test_federated_linear_regression_dag_equals_pooled_ols(dags, federation):
     assert "success" in str(run.state)
     stored = ResultStore(federation["central"]).get(run.run_id)
     assert stored is not None and set(stored["contributed"]) == set(HOSPITALS)
+    assert ResultStore(federation["central"]).document(run.run_id)["triggered_by"] == "dag_test"
     result = stored["result"]
     data = pooled(federation["homes"], ["mrs_90d", "age", "nihss_admission"])
     fit = sm.OLS(data["mrs_90d"], sm.add_constant(data[["age", "nihss_admission"]])).fit()

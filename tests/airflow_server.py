@@ -1,0 +1,161 @@
+"""Run a real central Airflow (``airflow standalone``: api-server, scheduler, dag-processor,
+triggerer; LocalExecutor, SQLite) in a temporary home for end-to-end tests, as ``bench/trigger.py`` does."""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from base64 import urlsafe_b64encode
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import httpx
+
+from tests.conftest import REPO_ROOT
+from tests.nodes import free_port
+
+VENV_BIN = Path(sys.executable).parent
+
+
+@dataclass
+class CentralAirflow:
+    base_url: str
+    users: dict[str, str]
+    log: Path
+    process: subprocess.Popen
+
+    def token(self, user: str = "admin") -> str:
+        resp = httpx.post(self.base_url + "/auth/token", json={"username": user, "password": self.users[user]},
+                          timeout=10)
+        resp.raise_for_status()
+        return resp.json()["access_token"]
+
+    def client(self, user: str = "admin") -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=10,
+                            headers={"Authorization": "Bearer " + self.token(user)})
+
+    def tail(self, lines: int = 60) -> str:
+        text = self.log.read_text(encoding="utf-8", errors="replace") if self.log.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM to the process group (every component and task process), then SIGKILL: a test
+    Airflow in a temporary home has nothing to drain."""
+    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        if proc.poll() is not None:
+            break
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+    try:  # components and task processes left in the group
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _wait(what: str, check: Any, timeout: float, server: CentralAirflow) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"airflow standalone exited ({server.process.returncode}):\n{server.tail()}")
+        try:
+            value = check()
+            if value:
+                return value
+        except (httpx.HTTPError, KeyError, ValueError) as exc:
+            last = exc
+        time.sleep(0.25)
+    raise RuntimeError(f"timed out waiting for {what} (last error: {last}):\n{server.tail()}")
+
+
+@contextmanager
+def central_airflow(home: Path, env: dict[str, str], *, dag_ids: list[str],
+                    timeout: float = 150.0) -> Iterator[Callable[[], CentralAirflow]]:
+    """Start ``airflow standalone`` in ``home`` with ``env`` added and yield at once a function that
+    waits until ``dag_ids`` are parsed (and unpaused) and returns the server; stop everything on exit.
+
+    The caller prepares the rest of its world (nodes) while Airflow starts.
+    """
+    home.mkdir(parents=True, exist_ok=True)
+    users = {"admin": secrets.token_urlsafe(12), "viewer": secrets.token_urlsafe(12)}
+    passwords = home / "passwords.json"
+    passwords.write_text(json.dumps(users), encoding="utf-8")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MIPFLOW_", "PYTEST"))}
+    full_env.update({
+        "PATH": f"{VENV_BIN}{os.pathsep}{full_env.get('PATH', '')}",
+        "PYTHONPATH": str(REPO_ROOT / "plugins"),
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW_CONFIG": str(REPO_ROOT / "airflow.cfg"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.1",
+        "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,viewer:viewer",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__BASE_URL": base,
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{base}/execution/",
+        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
+        "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(32),
+        "AIRFLOW__CORE__FERNET_KEY": urlsafe_b64encode(os.urandom(32)).decode(),
+        "MIPFLOW_TASK_RETRIES": "0",
+        "PYTHONUNBUFFERED": "1",
+        **env,
+    })
+    log_path = home / "standalone.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([str(VENV_BIN / "airflow"), "standalone"], cwd=home, env=full_env, stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    server = CentralAirflow(base_url=base, users=users, log=log_path, process=proc)
+    started = time.monotonic()
+
+    def ready() -> CentralAirflow:
+        left = lambda: max(10.0, timeout - (time.monotonic() - started))  # noqa: E731
+        _wait("the api-server", lambda: server.token(), left(), server)
+        with server.client() as client:
+            _wait("the scheduler", lambda: client.get("/api/v2/monitor/health").json()["scheduler"]["status"]
+                  == "healthy", left(), server)
+            for dag_id in dag_ids:
+                _wait(f"{dag_id} to be parsed", lambda: client.get(f"/api/v2/dags/{dag_id}").status_code == 200,
+                      left(), server)
+                client.patch(f"/api/v2/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
+        return server
+
+    try:
+        yield ready
+    finally:
+        _stop(proc)
+
+
+def run_dag(server: CentralAirflow, dag_id: str, conf: dict[str, Any], timeout: float = 90.0) -> dict[str, Any]:
+    """Trigger ``dag_id`` through the REST API as ``admin``; wait for it to end; return the run."""
+    with server.client() as client:
+        resp = client.post(f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf})
+        assert resp.status_code in (200, 201), resp.text
+        run_id = resp.json()["dag_run_id"]
+
+        def finished() -> dict | None:
+            doc = client.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}").json()
+            return doc if doc["state"] in ("success", "failed") else None
+
+        return _wait(f"{dag_id} run {run_id}", finished, timeout, server)
