@@ -25,7 +25,7 @@ from mipflow.results import ResultStore
 from mipflow.synth import HOSPITALS, generate_export, write_export
 from tests.airflow_server import central_airflow, run_dag
 from tests.conftest import REPO_ROOT
-from tests.nodes import running_nodes
+from tests.nodes import PROJECT, grant_all, running_nodes
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow, pytest.mark.xdist_group("airflow")]
 CHROMIUM = os.environ.get("MIPFLOW_CHROMIUM", "/usr/bin/chromium")
@@ -60,6 +60,7 @@ def central(tmp_path_factory):
             ops.add_data_model(home, REPO_ROOT / "include" / "schemas" / "stroke_v_0_1" / "CDEsMetadata.json")
             path = write_export(root / f"{hospital}.csv", generate_export(hospital, 60, seed=40 + i))
             ops.ingest(home, [path], profile=REPO_ROOT / "include" / "schemas" / "profiles" / f"{hospital}.json")
+            grant_all(home.root, researcher="admin")  # the Airflow user who triggers the analysis
             homes.append(home)
         with running_nodes([h.root for h in homes]) as urls:
             server = ready()
@@ -91,7 +92,8 @@ def test_result_page_in_a_browser_shows_the_stored_numbers(central):
 
     server, store = central["server"], central["store"]
     conf = {"data_model": "stroke:0.1", "datasets": list(HOSPITALS), "filters": None, "y": "mrs_90d",
-            "x": ["age", "nihss_admission"], "nodes": [f"mipflow_node_{h}" for h in HOSPITALS], "min_nodes": 3}
+            "x": ["age", "nihss_admission"], "nodes": [f"mipflow_node_{h}" for h in HOSPITALS], "min_nodes": 3,
+            "project": PROJECT}
     run = run_dag(server, DAG_ID, conf)
     assert run["state"] == "success", server.tail()
     stored = store.document(run["dag_run_id"])
