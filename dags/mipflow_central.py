@@ -47,6 +47,12 @@ ALGORITHMS: dict[str, tuple[str, bool, bool, bool, dict[str, Param]]] = {
     "anova_oneway": ("One-way ANOVA with Tukey HSD", False, True, False, {}),
     "multiple_histograms": ("Histograms (small bins suppressed)", False, True, True, {
         "bins": Param(20, type="integer", minimum=1, maximum=100, title="Bins")}),
+    "anova": ("Two-way ANOVA (x: two nominal factors, with interaction)", False, True, True, {
+        "sstype": Param(2, type="integer", enum=[1, 2], title="Type of sums of squares (1 or 2)")}),
+    "pca": ("Principal component analysis (standardised variables)", True, False, False, {}),
+    "pca_with_transformation": ("PCA after log / exp / center / standardize", True, False, False, {
+        "data_transformation": Param({}, type=["object", "null"], title="Transformations",
+                                     description='e.g. {"log": ["age"], "standardize": ["glucose_mmol"]}')}),
 }
 
 

@@ -14,7 +14,8 @@ EXPECTED_NODE_DAGS = {"node_capture", "node_depersonalise", "node_validate", "no
 EXPECTED_IMAGING_DAGS = {"imaging_capture", "imaging_deidentify"}
 EXPECTED_CENTRAL_DAGS = {f"federated_{name}" for name in (
     "descriptive_stats", "pearson_correlation", "linear_regression", "logistic_regression", "ttest_onesample",
-    "ttest_independent", "ttest_paired", "anova_oneway", "multiple_histograms")} | {"federation_metadata"}
+    "ttest_independent", "ttest_paired", "anova_oneway", "multiple_histograms",
+    "anova", "pca", "pca_with_transformation")} | {"federation_metadata"}
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ own rows and a global step run centrally on the nodes' aggregates (see
 """
 from __future__ import annotations
 
+from mipflow.algorithms.anova import Anova
 from mipflow.algorithms.anova_oneway import AnovaOneway
 from mipflow.algorithms.base import (
     AnalysisRequest, Algorithm, Step, design_matrix, prepare_local_data, run_in_process,
@@ -15,6 +16,7 @@ from mipflow.algorithms.descriptive_stats import DescriptiveStats
 from mipflow.algorithms.linear_regression import LinearRegression
 from mipflow.algorithms.logistic_regression import LogisticRegression
 from mipflow.algorithms.multiple_histograms import MultipleHistograms
+from mipflow.algorithms.pca import PCA, PCAWithTransformation
 from mipflow.algorithms.pearson_correlation import PearsonCorrelation
 from mipflow.algorithms.ttest_independent import TTestIndependent
 from mipflow.algorithms.ttest_onesample import TTestOneSample
@@ -33,6 +35,9 @@ ALGORITHMS: dict[str, Algorithm] = {
         TTestPaired(),
         AnovaOneway(),
         MultipleHistograms(),
+        Anova(),
+        PCA(),
+        PCAWithTransformation(),
     )
 }
 

@@ -41,6 +41,10 @@ VALID = {
     "ttest_paired": request(x=("x1",), y=("y",)),
     "anova_oneway": request(x=("grp",), y=("y",)),
     "multiple_histograms": request(x=("sex",), y=("y",), bins=5),
+    "anova": request(x=("grp", "sex"), y=("y",), sstype=1),
+    "pca": request(y=("y", "x1", "x2", "age")),
+    "pca_with_transformation": request(y=("y", "x1", "x2", "age"), data_transformation={
+        "log": ["age"], "exp": ["x1"], "center": ["y"], "standardize": ["x2"]}),
 }
 
 
