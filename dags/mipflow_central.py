@@ -84,6 +84,12 @@ ALGORITHMS: dict[str, tuple[str, bool, bool, bool, dict[str, Param]]] = {
                      title="Tolerance (Frobenius norm of the centre shift)"),
         "init": Param("pca", type="string", enum=["pca", "exareme2"],
                       title="Initial centres (exareme2 needs release_extremes at the nodes)")}),
+    "anova": ("Two-way ANOVA (x: two nominal factors, with interaction)", False, True, True, {
+        "sstype": Param(2, type="integer", enum=[1, 2], title="Type of sums of squares (1 or 2)")}),
+    "pca": ("Principal component analysis (standardised variables)", True, False, False, {}),
+    "pca_with_transformation": ("PCA after log / exp / center / standardize", True, False, False, {
+        "data_transformation": Param({}, type=["object", "null"], title="Transformations",
+                                     description='e.g. {"log": ["age"], "standardize": ["glucose_mmol"]}')}),
 }
 
 

@@ -407,6 +407,9 @@ PROPERTIES = {
     "ttest_paired": (pooled_props.test_ttest_paired, (ALTERNATIVES, st.floats(0.01, 0.5)), ("greater", 0.2)),
     "descriptive_stats": (pooled_props.test_descriptive_stats, (), ()),
     "multiple_histograms": (pooled_props.test_multiple_histograms, (st.integers(1, 30),), (10,)),
+    "anova": (pooled_props.test_anova, (st.sampled_from([1, 2]),), (1,)),
+    "pca": (pooled_props.test_pca, (), ()),
+    "pca_with_transformation": (pooled_props.test_pca_with_transformation, (), ()),
 }
 
 

@@ -120,6 +120,24 @@ def test_federated_dag_fails_for_a_project_the_nodes_did_not_approve(dags, feder
         assert last["researcher"] == DAG_TEST_USER
 
 
+def test_federated_anova_dag_equals_pooled_anova_lm(dags, federation):
+    import statsmodels.formula.api as smf
+    from statsmodels.stats.anova import anova_lm
+
+    run = dags["federated_anova"].test(
+        run_conf=conf(y="nihss_admission", x=["sex", "thrombolysis"], sstype=1))
+    assert "success" in str(run.state)
+    result = ResultStore(federation["central"]).get(run.run_id)["result"]
+    data = pooled(federation["homes"], ["nihss_admission", "sex", "thrombolysis"])
+    assert (pd.crosstab(data["sex"], data["thrombolysis"]) > 0).all(axis=None)
+    table = anova_lm(smf.ols("nihss_admission ~ C(sex) * C(thrombolysis)", data).fit(), typ=1)
+    assert result["n_obs"] == len(data) and result["sstype"] == 1
+    ours = [result["sum_sq"][t] for t in ("sex", "thrombolysis", "sex:thrombolysis", "Residuals")]
+    np.testing.assert_allclose(ours, table["sum_sq"].to_numpy(), rtol=1e-9)
+    np.testing.assert_allclose([result["f_pvalue"][t] for t in ("sex", "thrombolysis", "sex:thrombolysis")],
+                               table["PR(>F)"].to_numpy()[:3], rtol=1e-9)
+
+
 def test_federated_dag_fails_clearly_when_too_few_nodes_qualify(dags, federation):
     filters = {"condition": "AND", "rules": [{"id": "age", "operator": "greater", "value": 89.5}]}
     run = dags["federated_ttest_onesample"].test(run_conf=conf(y="nihss_admission", filters=filters, mu=5.0))

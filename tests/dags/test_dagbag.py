@@ -18,7 +18,8 @@ EXPECTED_CENTRAL_DAGS = {f"federated_{name}" for name in (
     "contingency_table",
     "linear_regression_cv", "logistic_regression_cv", "naive_bayes_gaussian_cv", "naive_bayes_categorical_cv",
     "kaplan_meier", "cox_regression",
-    "kmeans")} | {"federation_metadata"}
+    "kmeans",
+    "anova", "pca", "pca_with_transformation")} | {"federation_metadata"}
 
 
 @pytest.fixture(scope="module")

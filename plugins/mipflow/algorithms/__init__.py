@@ -7,6 +7,7 @@ own rows and a global step run centrally on the nodes' aggregates (see
 """
 from __future__ import annotations
 
+from mipflow.algorithms.anova import Anova
 from mipflow.algorithms.anova_oneway import AnovaOneway
 from mipflow.algorithms.base import (
     AnalysisRequest, Algorithm, Step, design_matrix, prepare_local_data, run_in_process,
@@ -18,6 +19,7 @@ from mipflow.algorithms.kmeans import KMeans
 from mipflow.algorithms.linear_regression import LinearRegression
 from mipflow.algorithms.logistic_regression import LogisticRegression
 from mipflow.algorithms.multiple_histograms import MultipleHistograms
+from mipflow.algorithms.pca import PCA, PCAWithTransformation
 from mipflow.algorithms.pearson_correlation import PearsonCorrelation
 from mipflow.algorithms.ttest_independent import TTestIndependent
 from mipflow.algorithms.ttest_onesample import TTestOneSample
@@ -48,6 +50,9 @@ ALGORITHMS: dict[str, Algorithm] = {
         KaplanMeier(),
         CoxRegression(),
         KMeans(),
+        Anova(),
+        PCA(),
+        PCAWithTransformation(),
     )
 }
 

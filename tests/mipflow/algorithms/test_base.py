@@ -49,6 +49,10 @@ VALID = {
     "kaplan_meier": request(x=("sex",), y=("score", "outcome"), event_level="yes"),
     "cox_regression": request(x=("grp", "x1"), y=("score", "outcome"), event_level="yes"),
     "kmeans": request(y=("x1", "y", "age"), k=3, maxiter=20, tol=1e-4),
+    "anova": request(x=("grp", "sex"), y=("y",), sstype=1),
+    "pca": request(y=("y", "x1", "x2", "age")),
+    "pca_with_transformation": request(y=("y", "x1", "x2", "age"), data_transformation={
+        "log": ["age"], "exp": ["x1"], "center": ["y"], "standardize": ["x2"]}),
 }
 
 

@@ -15,6 +15,7 @@ import os
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 import statsmodels.api as sm
 import statsmodels.formula.api as smf
@@ -347,3 +348,109 @@ def test_logistic_regression_standard_errors_with_a_large_mean_covariate(seed) -
     check("logistic_regression", "coefficients (large mean)", ours["coefficients"], beta)
     check("logistic_regression", "stderr (large mean, vs QR)", ours["stderr"],
           np.sqrt(np.sum(r_inv**2, axis=1)))
+
+
+# --------------------------------------------------------------------------- two-way ANOVA, PCA
+
+
+def _anova_reference(pooled, sstype: int) -> dict[str, tuple[float, int, float, float]]:
+    """term -> (sum_sq, df, F, p) of ``y ~ C(grp) * C(stage)`` on the pooled rows.
+
+    With every cell present: statsmodels' ``anova_lm(typ=sstype)``.  With an
+    empty cell anova_lm counts design columns (not rank) and reports aliased
+    effects, so the table is built from statsmodels' nested OLS fits instead:
+    sums of squares are differences of ``ssr``, df differences of ``df_model``
+    (the rank), F against the full model's residual mean square.
+    """
+    full = smf.ols("y ~ C(grp) * C(stage)", pooled).fit()
+    if (pd.crosstab(pooled["grp"], pooled["stage"]) > 0).all(axis=None):
+        table = sm.stats.anova_lm(full, typ=sstype)
+        rows = ("C(grp)", "C(stage)", "C(grp):C(stage)")
+        return {term: (table.loc[row, "sum_sq"], int(table.loc[row, "df"]), table.loc[row, "F"],
+                       table.loc[row, "PR(>F)"]) for term, row in zip(("grp", "stage", "grp:stage"), rows)}
+    fits = {f: smf.ols(f"y ~ {f}", pooled).fit() for f in ("1", "C(grp)", "C(stage)", "C(grp) + C(stage)")}
+    fits["full"] = full
+    if sstype == 1:
+        pairs = (("1", "C(grp)"), ("C(grp)", "C(grp) + C(stage)"), ("C(grp) + C(stage)", "full"))
+    else:
+        pairs = (("C(stage)", "C(grp) + C(stage)"), ("C(grp)", "C(grp) + C(stage)"), ("C(grp) + C(stage)", "full"))
+    out = {}
+    for term, (small, big) in zip(("grp", "stage", "grp:stage"), pairs):
+        ss = fits[small].ssr - fits[big].ssr
+        df = int(round(fits[big].df_model - fits[small].df_model))
+        f = (ss / df) / full.scale if df else math.nan
+        out[term] = (ss, df, f, stats.f.sf(f, df, full.df_resid) if df else math.nan)
+    return out
+
+
+@SETTINGS
+@given(split_data(min_rows=40, max_rows=200), st.sampled_from([1, 2]))
+def test_anova(split, sstype) -> None:
+    """Two-way ANOVA; small samples leave some of the 3 x 3 cells empty (rank-deficient designs)."""
+    data, nodes = split
+    ours = federated("anova", nodes, request(x=("grp", "stage"), y=("y",), sstype=sstype))
+    pooled = data.dropna(subset=["y", "grp", "stage"]).copy()
+    pooled["stage"] = pooled["stage"].astype(int).astype(str)
+    full = smf.ols("y ~ C(grp) * C(stage)", pooled).fit()
+    assert ours["n_obs"] == len(pooled) and ours["sstype"] == sstype
+    assert ours["df"]["Residuals"] == full.df_resid
+    check("anova", "sum_sq[Residuals]", ours["sum_sq"]["Residuals"], full.ssr)
+    scale = float(((pooled["y"] - pooled["y"].mean()) ** 2).sum())
+    for term, (ss, df, f, p) in _anova_reference(pooled, sstype).items():
+        assert ours["df"][term] == df, term
+        if df == 0:  # the term adds nothing: no test
+            assert ours["sum_sq"][term] == 0.0 and abs(ss) <= 1e-9 * scale, term
+            assert ours["f_stat"][term] is None and ours["f_pvalue"][term] is None
+            continue
+        check("anova", f"sum_sq[{term}]", ours["sum_sq"][term], ss)
+        check("anova", f"f_stat[{term}]", ours["f_stat"][term], f)
+        check("anova", f"f_pvalue[{term}]", ours["f_pvalue"][term], p, floor=1e-300)
+
+
+PCA_VARIABLES = ("y", "x1", "x2", "age")
+
+
+def _sklearn_pca(values: np.ndarray):
+    """scikit-learn's PCA of the columns standardised with ddof=1 (Exareme2's PCA)."""
+    from sklearn.decomposition import PCA
+
+    z = (values - values.mean(axis=0)) / values.std(axis=0, ddof=1)
+    return PCA(svd_solver="full").fit(z)
+
+
+@SETTINGS
+@given(split_data(min_rows=10))
+def test_pca(split) -> None:
+    data, nodes = split
+    ours = federated("pca", nodes, request(y=PCA_VARIABLES))
+    pooled = data.dropna(subset=list(PCA_VARIABLES))[list(PCA_VARIABLES)].to_numpy()
+    ref = _sklearn_pca(pooled)
+    assert ours["n_obs"] == len(pooled)
+    check("pca", "eigen_vals", ours["eigen_vals"], ref.explained_variance_)
+    # unit vectors: components below 1e-3 are compared absolutely (to 1e-12)
+    check("pca", "eigen_vecs", ours["eigen_vecs"], ref.components_, floor=1e-3)
+
+
+@SETTINGS
+@given(split_data(min_rows=10))
+def test_pca_with_transformation(split) -> None:
+    data, nodes = split
+    transformation = {"log": ["age"], "exp": ["x1"], "center": ["y"], "standardize": ["x2"]}
+    ours = federated("pca_with_transformation", nodes,
+                     request(y=PCA_VARIABLES, data_transformation=transformation))
+    pooled = data.dropna(subset=list(PCA_VARIABLES))[list(PCA_VARIABLES)].copy()
+    pooled["age"] = np.log(pooled["age"])
+    pooled["x1"] = np.exp(pooled["x1"])
+    pooled["y"] = pooled["y"] - pooled["y"].mean()
+    pooled["x2"] = (pooled["x2"] - pooled["x2"].mean()) / pooled["x2"].std(ddof=0)
+    values = pooled.to_numpy()
+    ref = _sklearn_pca(values)
+    assert ours["n_obs"] == len(values)
+    # centred / standardised columns have mean 0: exactly here, up to rounding
+    # (~1e-13 for x2, whose mean is 1000) in the pooled reference
+    assert ours["means"][0] == 0.0 and ours["means"][2] == 0.0
+    assert abs(values[:, [0, 2]].mean(axis=0)).max() < 1e-10
+    check("pca_with_transformation", "means", [ours["means"][i] for i in (1, 3)], values.mean(axis=0)[[1, 3]])
+    check("pca_with_transformation", "sigmas", ours["sigmas"], values.std(axis=0, ddof=1))
+    check("pca_with_transformation", "eigen_vals", ours["eigen_vals"], ref.explained_variance_)
+    check("pca_with_transformation", "eigen_vecs", ours["eigen_vecs"], ref.components_, floor=1e-3)
