@@ -1,6 +1,6 @@
 """The federation end to end: central driver -> signed HTTP -> three real node processes.
 
-1. Exareme2's validation suite (every case of the nine algorithms) through
+1. Exareme2's validation suite (every case of every algorithm Exareme2 also has) through
    :func:`mipflow.federation.run_analysis` over three running nodes, compared
    with the expected results to the tolerances of the in-process test
    (``tests/mipflow/algorithms/test_exareme2_validation.py``, whose

@@ -12,23 +12,23 @@ from mipflow.algorithms.anova_oneway import AnovaOneway
 from mipflow.algorithms.base import (
     AnalysisRequest, Algorithm, Step, design_matrix, prepare_local_data, run_in_process,
 )
+from mipflow.algorithms.contingency_table import ContingencyTable
 from mipflow.algorithms.cox_regression import CoxRegression
 from mipflow.algorithms.descriptive_stats import DescriptiveStats
 from mipflow.algorithms.kaplan_meier import KaplanMeier
 from mipflow.algorithms.kmeans import KMeans
 from mipflow.algorithms.linear_regression import LinearRegression
+from mipflow.algorithms.linear_regression_cv import LinearRegressionCV
 from mipflow.algorithms.logistic_regression import LogisticRegression
+from mipflow.algorithms.logistic_regression_cv import LogisticRegressionCV
 from mipflow.algorithms.multiple_histograms import MultipleHistograms
+from mipflow.algorithms.naive_bayes import NaiveBayesCategoricalCV, NaiveBayesGaussianCV
 from mipflow.algorithms.pca import PCA, PCAWithTransformation
 from mipflow.algorithms.pearson_correlation import PearsonCorrelation
 from mipflow.algorithms.ttest_independent import TTestIndependent
 from mipflow.algorithms.ttest_onesample import TTestOneSample
 from mipflow.algorithms.ttest_paired import TTestPaired
-from mipflow.algorithms.contingency_table import ContingencyTable
 from mipflow.exceptions import RequestError
-from mipflow.algorithms.linear_regression_cv import LinearRegressionCV
-from mipflow.algorithms.logistic_regression_cv import LogisticRegressionCV
-from mipflow.algorithms.naive_bayes import NaiveBayesCategoricalCV, NaiveBayesGaussianCV
 
 ALGORITHMS: dict[str, Algorithm] = {
     alg.name: alg

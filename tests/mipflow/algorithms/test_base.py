@@ -102,7 +102,7 @@ def test_request_keeps_its_own_copy_of_the_parameters() -> None:
 # --------------------------------------------------------------------------- registry
 
 
-def test_registry_holds_the_nine_algorithms() -> None:
+def test_registry_holds_the_catalogue() -> None:
     assert sorted(ALGORITHMS) == sorted(VALID)
     for name, alg in ALGORITHMS.items():
         assert alg.name == name
