@@ -78,6 +78,19 @@ class NodeSettings:
     query_budget: int = 0
     #: Algorithms the node admin has switched off, comma-separated (refused with a reason).
     disabled_algorithms: str = ""
+    # -- differential privacy (docs/adr/0015-differential-privacy.md; off by default) --
+    #: Add OpenDP noise to what supported algorithms release (1 = on).
+    dp_enabled: int = 0
+    #: ``laplace`` (pure epsilon-DP) or ``gaussian`` (zCDP, stated at dp_budget_delta).
+    dp_mechanism: str = "laplace"
+    #: Epsilon each noisy step costs.
+    dp_epsilon: float = 0.5
+    #: Total epsilon one researcher may spend at this node (all time).
+    dp_budget_epsilon: float = 5.0
+    #: Delta of the budget (Gaussian mechanism; Laplace spends none).
+    dp_budget_delta: float = 1e-6
+    #: Algorithms a DP node may still run without noise, comma-separated (others without a DP mechanism are refused).
+    dp_exempt_algorithms: str = ""
 
     def dicom_options(self):
         """The node's :class:`mipflow.dicom.DeidOptions`."""
@@ -128,6 +141,17 @@ class NodeSettings:
             raise ConfigError(f"setting {key!r} must be at least 1")
         if key in ("max_failure_rate", "nfilter_glm") and converted > 1:
             raise ConfigError(f"setting {key!r} is a fraction between 0 and 1")
+        if key == "dp_mechanism" and converted not in ("laplace", "gaussian"):
+            raise ConfigError(f"setting {key!r} is laplace or gaussian")
+        if key in ("dp_epsilon", "dp_budget_epsilon") and not 0 < converted < float("inf"):
+            raise ConfigError(f"setting {key!r} must be a positive number")
+        if key == "dp_budget_delta" and converted >= 1:
+            raise ConfigError(f"setting {key!r} is a probability below 1")
+        if key == "dp_exempt_algorithms":
+            names = sorted({n.strip() for n in converted.split(",") if n.strip()})
+            if any(not re.match(r"^[A-Za-z0-9_]+$", n) for n in names):
+                raise ConfigError(f"setting {key!r} is a comma-separated list of algorithm names")
+            converted = ",".join(names)
         if key == "disabled_algorithms":
             names = sorted({n.strip() for n in converted.split(",") if n.strip()})
             if any(not re.match(r"^[A-Za-z0-9_]+$", n) for n in names):

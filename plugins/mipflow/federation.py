@@ -156,6 +156,8 @@ class AnalysisOutcome:
     analysis_id: str = ""
     #: {"central": {catalogue_version, algorithm_sha256}, "nodes": {node: {...}}, "consistent": bool}
     code: dict[str, Any] = field(default_factory=dict)
+    #: differential privacy (ADR 0015): which nodes added noise, mechanism, epsilon, delta, clamping; {} if exact
+    privacy: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -238,6 +240,7 @@ def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequen
         state: dict | None = None
         rows: dict[str, int] = {}
         code: dict[str, Any] = {}
+        noise_labels: dict[str, list[dict[str, Any]]] = {}  # differential privacy (ADR 0015)
         dropped = False
         for round_no in range(MAX_ROUNDS):
             replies, failures = _call_all(algorithm_name, request_doc, active, round_no, state, pool, who)
@@ -253,16 +256,24 @@ def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequen
                 rows = {name: int(reply["rows"]) for name, reply in replies.items()}
                 code = _code_provenance(algorithm_name, replies)
             aggregates = [replies[n.name]["aggregates"] for n in active]
+            for name, reply in replies.items():
+                if reply.get("privacy"):
+                    noise_labels.setdefault(name, []).append(reply["privacy"])
             step = algorithm.global_step(round_no, aggregates, parsed, model, state)
             if step.done:
                 if step.result is None:
                     raise FederationError(f"{algorithm_name} finished without a result")
-                return AnalysisOutcome(algorithm=algorithm_name, request=request_doc, result=step.result,
+                from mipflow.dp import privacy_block
+
+                privacy = privacy_block(noise_labels, list(rows))
+                # a noisy result says so itself, not only in the provenance
+                result = {**step.result, "privacy": privacy} if privacy else step.result
+                return AnalysisOutcome(algorithm=algorithm_name, request=request_doc, result=result,
                                        contributed=rows, excluded=excluded, rounds=round_no + 1,
                                        datasets={n: dataset_rows.get(n, {}) for n in rows},
                                        seconds=round(time.perf_counter() - started, 4),
                                        researcher=who.researcher, project=who.project,
-                                       analysis_id=who.analysis_id, code=code)
+                                       analysis_id=who.analysis_id, code=code, privacy=privacy)
             state = json.loads(json.dumps(step.state, allow_nan=False))
         else:
             raise FederationError(f"{algorithm_name} did not finish within {MAX_ROUNDS} rounds")

@@ -64,6 +64,8 @@ class StepReply(BaseModel):
     rows: int = Field(description="rows the local step used (at least min_row_count)")
     aggregates: dict[str, Any]
     code: dict[str, str] = Field(description="catalogue version and SHA-256 of the step code that ran")
+    privacy: dict[str, Any] | None = Field(None, description="differential privacy: mechanism, epsilon, delta "
+                                                             "and clamping of the noise this node added (ADR 0015)")
 
 
 class Refusal(BaseModel):
@@ -92,6 +94,9 @@ def create_app(home: NodeHome) -> FastAPI:
     audit = AuditLog(home.root / AUDIT_FILE)
     access = AccessRegistry(home.root)
     budget = QueryBudget(audit.records())
+    from mipflow.dp import NodePrivacy  # differential privacy (ADR 0015)
+
+    privacy = NodePrivacy(home.root)
     models: dict[str, Any] = {}
 
     app = FastAPI(title=f"mipflow node {home.name}", version=__version__,
@@ -249,6 +254,12 @@ def create_app(home: NodeHome) -> FastAPI:
             controls.check_rows(algo, analysis, model, n_rows)  # before anything is computed
             aggregates = algo.local_step(body.round, data, analysis, model, body.state)
             aggregates = controls.release(algo, analysis, model, body.round, aggregates)
+            # -- differential privacy (ADR 0015): noise and budget after the controls, before the reply --
+            noisy = privacy.apply(settings(), algo, analysis, model, body.round, data, body.researcher or "",
+                                  details={"analysis": key})
+            if noisy is not None:
+                aggregates, record["dp"], n_rows = noisy.aggregates, noisy.label, noisy.rows  # exact rows stay here
+            # -- end differential privacy --
         except DisclosureError as exc:
             audit.append(**record, decision="refused", control=exc.control, reason=str(exc))
             return JSONResponse(status_code=403, content={"node": home.name, "refused": str(exc),
@@ -266,7 +277,8 @@ def create_app(home: NodeHome) -> FastAPI:
         audit.append(**record, decision="allowed", ms=round(1000 * (time.perf_counter() - started), 2))
         budget.charge(body.researcher, key)
         return {"node": home.name, "algorithm": algorithm, "round": body.round, "rows": n_rows,
-                "aggregates": aggregates, "code": code_of(algorithm)}
+                "aggregates": aggregates, "code": code_of(algorithm),
+                "privacy": record.get("dp")}
 
     return app
 
