@@ -15,6 +15,8 @@ export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN := sqlite:///$(CURDIR)/var/airflow/airflow.db
 PYTEST_ARGS ?=
+# `make demo DEMO_ARGS=--serve` (or MIPFLOW_DEMO_SERVE=1) leaves the results pages up after the run
+DEMO_ARGS ?=
 
 .PHONY: install test demo bench airflow-db clean results-ui
 
@@ -38,7 +40,7 @@ test: install
 	$(BIN)/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 demo: install airflow-db
-	$(BIN)/python -m mipflow.demo --work-dir $(CURDIR)/var/demo
+	$(BIN)/python -m mipflow.demo --work-dir $(CURDIR)/var/demo $(DEMO_ARGS)
 
 results-ui: install airflow-db
 	MIPFLOW_CENTRAL_HOME=$(CURDIR)/var/demo/central $(BIN)/airflow api-server --port 8080

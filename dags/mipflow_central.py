@@ -17,11 +17,14 @@ from datetime import datetime, timezone
 
 from airflow.sdk import DAG, Param, get_current_context, task
 
+from mipflow_dags import default_args, federation_pool
 from operators.mipflow_federated import FederatedAnalysisOperator
 
 START = datetime(2026, 1, 1, tzinfo=timezone.utc)
 DEFAULT_NODES = [c for c in os.environ.get("MIPFLOW_NODE_CONN_IDS", "").split(",") if c]
 DEFAULT_MODEL = os.environ.get("MIPFLOW_DEFAULT_DATA_MODEL", "stroke:0.1")
+#: Pool of the tasks that call nodes (MIPFLOW_POOLS=1; see docs/adr/0017-operability.md), else default_pool.
+NODE_POOL = {"pool": federation_pool()} if federation_pool() else {}
 
 _ALT = Param("two-sided", type="string", enum=["two-sided", "less", "greater"], title="Alternative hypothesis")
 
@@ -138,6 +141,7 @@ for _name, (_label, _y_list, _has_x, _x_list, _extra) in ALGORITHMS.items():
         catchup=False,
         params=_form(_y_list, _has_x, _x_list, _extra),
         tags=["mipflow", "central", "federated"],
+        default_args=default_args(),
         render_template_as_native_obj=True,
         doc_md=__doc__,
     ):
@@ -155,6 +159,7 @@ for _name, (_label, _y_list, _has_x, _x_list, _extra) in ALGORITHMS.items():
             node_conn_ids="{{ params.nodes }}",
             min_nodes="{{ params.min_nodes }}",
             project="{{ params.project }}",
+            **NODE_POOL,
         )
 
         @task(task_id="store_and_report")
@@ -183,9 +188,10 @@ with DAG(
     params={"nodes": Param(DEFAULT_NODES, type="array", items={"type": "string"}, title="Node connections"),
             "project": Param("", type="string", title="Project (datasets listed for you in this project)")},
     tags=["mipflow", "central"],
+    default_args=default_args(),
 ):
 
-    @task
+    @task(**NODE_POOL)
     def sync_metadata() -> dict:
         import json
 

@@ -5,6 +5,9 @@ host name with ``port``), ``login`` the client id the node issued, ``password``
 the client secret (hex), optional extra ``{"node_name": "hospital_a",
 "timeout": 60}``.  The hook owns the connection; the HTTP client, signing and
 retry policy (connection errors and 5xx only) live in :mod:`mipflow.federation`.
+
+Defaults for every node: ``MIPFLOW_NODE_TIMEOUT_SECONDS`` (60; a connection's
+extra ``timeout`` wins) and ``MIPFLOW_NODE_RETRIES`` (2 retries of one call).
 """
 from __future__ import annotations
 
@@ -22,11 +25,13 @@ class NodeHook(BaseHook):
     hook_name = "mipflow node"
 
     def __init__(self, mipflow_conn_id: str = default_conn_name, *, timeout: float | None = None,
-                 retries: int = 2) -> None:
+                 retries: int | None = None) -> None:
+        from mipflow_dags import setting
+
         super().__init__()
         self.mipflow_conn_id = mipflow_conn_id
         self.timeout = timeout
-        self.retries = retries
+        self.retries = int(setting("MIPFLOW_NODE_RETRIES", "2")) if retries is None else retries
 
     def endpoint(self):
         from mipflow.federation import NodeEndpoint
@@ -50,7 +55,9 @@ class NodeHook(BaseHook):
         from mipflow.federation import NodeClient
 
         endpoint, extra = self.endpoint()
-        timeout = self.timeout or float(extra.get("timeout", 60))
+        from mipflow_dags import setting
+
+        timeout = self.timeout or float(extra.get("timeout") or setting("MIPFLOW_NODE_TIMEOUT_SECONDS", "60"))
         return NodeClient(endpoint, timeout=timeout, retries=self.retries)
 
     def test_connection(self) -> tuple[bool, str]:

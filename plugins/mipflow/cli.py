@@ -56,6 +56,14 @@ def _parser() -> argparse.ArgumentParser:
     p = fed.add_parser("list", help="nodes of a federation file (no secrets)")
     p.add_argument("federation", type=Path)
 
+    central = sub.add_parser("central", help="the central Airflow's set-up").add_subparsers(
+        dest="central_command", required=True)
+    p = central.add_parser("pools", help="create the Airflow pool of central tasks that call nodes "
+                                         "(then set MIPFLOW_POOLS=1)")
+    p.add_argument("--slots", type=int, default=4, help="most concurrent calls per node (default 4)")
+    p.add_argument("--name", default="mipflow_federation", help="pool name (MIPFLOW_POOL; default mipflow_federation)")
+    p.add_argument("--dry-run", action="store_true", help="print the airflow command instead of running it")
+
     p = sub.add_parser("analyze", help="run a federated analysis; prints the result as JSON")
     p.add_argument("algorithm")
     p.add_argument("--federation", required=True, type=Path)
@@ -289,6 +297,20 @@ def _dispatch(args: argparse.Namespace) -> int:
             return 0
         summary = deidentify_tree(args.in_dir, args.out_dir, key=home.key(), options=home.settings.dicom_options())
         print(ops.dumps(summary))
+        return 0
+    if args.command == "central":
+        import shlex
+
+        from mipflow.pools import create_pools, federation_pool
+
+        spec = federation_pool(args.slots, args.name)
+        if args.dry_run:
+            print(shlex.join(spec.argv()))
+            return 0
+        create_pools([spec])
+        print(f"pool {spec.name}: {spec.slots} slot(s). Set MIPFLOW_POOLS=1"
+              + ("" if spec.name == "mipflow_federation" else f" and MIPFLOW_POOL={spec.name}")
+              + " for the scheduler, dag-processor and workers.")
         return 0
     if args.command == "synth":
         from mipflow.synth import write_demo_exports

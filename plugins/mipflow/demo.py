@@ -19,7 +19,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NODE_DAGS = ("node_capture", "node_depersonalise", "node_validate", "node_load")
@@ -181,12 +181,56 @@ def run_federation(homes: dict[str, Path], dags: dict[str, Any], work_dir: Path)
             proc.wait(timeout=10)
 
 
+def should_serve(flag: bool, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether to leave the results pages up after the demo: ``--serve`` or ``MIPFLOW_DEMO_SERVE=1``."""
+    env = os.environ if environ is None else environ
+    return flag or env.get("MIPFLOW_DEMO_SERVE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def serve_results(central: Path, port: int) -> int:
+    """Run the central Airflow api-server (with the results plugin) on the demo's results until interrupted.
+
+    The api-server uses this environment's Airflow home (``make demo`` sets
+    ``AIRFLOW_HOME=var/airflow``); Ctrl-C stops it.
+    """
+    import subprocess
+
+    airflow = Path(sys.executable).parent / "airflow"
+    env = {**os.environ, "MIPFLOW_CENTRAL_HOME": str(central)}
+    env.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(REPO_ROOT / "plugins"))
+    print(f"\n== Serving the results pages at http://localhost:{port}/mipflow/ (Ctrl-C stops the server)",
+          flush=True)
+    proc = subprocess.Popen([str(airflow) if airflow.exists() else "airflow", "api-server", "--port", str(port)],
+                            env=env)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        print("results server stopped")
+        return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mipflow.demo")
     parser.add_argument("--work-dir", type=Path, default=REPO_ROOT / "var" / "demo")
     parser.add_argument("--patients", type=int, default=400)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--serve", action="store_true",
+                        help="after the run, serve the results pages until interrupted (also MIPFLOW_DEMO_SERVE=1)")
+    parser.add_argument("--port", type=int, default=8080, help="port of the results pages (with --serve)")
     args = parser.parse_args(argv)
+    code = run_demo(args)
+    if code == 0 and should_serve(args.serve):
+        return serve_results(args.work_dir / "central", args.port)
+    return code
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """The whole demo (nodes, node DAGs, federated analyses); returns the exit code."""
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(REPO_ROOT / "dags"))
     if str(REPO_ROOT / "plugins") not in sys.path:
@@ -218,14 +262,16 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"\nDemo finished. Results with provenance: {args.work_dir / 'central' / 'results'}; "
           f"node audit logs: {args.work_dir / 'nodes' / '*' / 'audit.log'}")
-    print(results_page_hint(args.work_dir / "central"))
+    print(results_page_hint(args.work_dir / "central", args.port, serving=should_serve(args.serve)))
     return 0
 
 
-def results_page_hint(central: Path, port: int = 8080) -> str:
+def results_page_hint(central: Path, port: int = 8080, *, serving: bool = False) -> str:
     """Where the results pages are once the central api-server runs on this Airflow home."""
-    return (f"Results pages: http://localhost:{port}/mipflow/ (also under Browse in the Airflow UI) after "
-            f"`make results-ui` (the central api-server on MIPFLOW_CENTRAL_HOME={central}; log in as admin "
+    how = ("now (--serve)" if serving else
+           "after `make results-ui` or `make demo DEMO_ARGS=--serve`")
+    return (f"Results pages: http://localhost:{port}/mipflow/ (also under Browse in the Airflow UI) {how} "
+            f"(the central api-server on MIPFLOW_CENTRAL_HOME={central}; log in as admin "
             "with the password in var/airflow/simple_auth_manager_passwords.json.generated)")
 
 

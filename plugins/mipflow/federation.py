@@ -230,12 +230,17 @@ def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequen
     excluded: dict[str, str] = {}
     model: DataModel | None = None
     dataset_rows: dict[str, dict[str, int | None]] = {}
-    for _restart in range(max_restarts + 1):
+    for restart in range(max_restarts + 1):
         if len(active) < min_nodes:
             break
+        if restart:
+            log.info("%s (analysis %s): restart %d of at most %d on %d node(s) after a node dropped out",
+                     algorithm_name, who.analysis_id, restart, max_restarts, len(active))
         if model is None:
             model, dataset_rows = _model_from_nodes(active, parsed.data_model, excluded, parsed.datasets, who)
             active = [n for n in active if n.name not in excluded]
+            log.info("%s (analysis %s): metadata from %d of %d node(s)", algorithm_name, who.analysis_id,
+                     len(active), len(nodes))
             algorithm.validate(parsed, model)
         state: dict | None = None
         rows: dict[str, int] = {}
@@ -244,6 +249,9 @@ def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequen
         dropped = False
         for round_no in range(MAX_ROUNDS):
             replies, failures = _call_all(algorithm_name, request_doc, active, round_no, state, pool, who)
+            log.info("%s (analysis %s): round %d of at most %d: %d node(s) answered, %d left out%s",
+                     algorithm_name, who.analysis_id, round_no + 1, MAX_ROUNDS, len(replies), len(failures),
+                     "" if not failures else " (" + "; ".join(f"{k}: {v}" for k, v in failures.items()) + ")")
             if failures:
                 excluded.update(failures)
                 active = [n for n in active if n.name not in failures]
@@ -261,6 +269,8 @@ def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequen
                     noise_labels.setdefault(name, []).append(reply["privacy"])
             step = algorithm.global_step(round_no, aggregates, parsed, model, state)
             if step.done:
+                log.info("%s (analysis %s): finished after %d round(s) with %d node(s)", algorithm_name,
+                         who.analysis_id, round_no + 1, len(active))
                 if step.result is None:
                     raise FederationError(f"{algorithm_name} finished without a result")
                 from mipflow.dp import privacy_block

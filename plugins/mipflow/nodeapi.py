@@ -155,7 +155,7 @@ def create_app(home: NodeHome) -> FastAPI:
             verifier.update_clients(load_clients(home.root))
             clients_seen[0] = mtime
         try:
-            path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            path = api_path(request) + (f"?{request.url.query}" if request.url.query else "")
             return verifier.verify(request.headers, request.method, path, body)
         except AuthError as exc:
             audit.append(client=request.headers.get("x-mipflow-client", ""), endpoint=request.url.path,
@@ -281,6 +281,22 @@ def create_app(home: NodeHome) -> FastAPI:
                 "privacy": record.get("dp")}
 
     return app
+
+
+def api_path(request: Request) -> str:
+    """The request's path below the API's mount point: what the client signed.
+
+    A client signs the path relative to the node URL it was given
+    (``/v1/steps/...``).  Served on its own, the API sees exactly that path;
+    mounted under a prefix (e.g. ``/mipflow-node`` in the node's Airflow
+    api-server, see ``plugins/mipflow_node_api_plugin.py``), ASGI puts the
+    prefix in ``root_path`` and it is taken off here.
+    """
+    path = request.url.path
+    root = str(request.scope.get("root_path") or "").rstrip("/")
+    if root and path.startswith(root + "/"):
+        path = path[len(root):]
+    return path
 
 
 def serve(home: NodeHome, host: str = "127.0.0.1", port: int = 8700) -> None:

@@ -22,6 +22,7 @@ from mipflow.datamodel import DataModel
 from mipflow.deid import Pseudonymiser, depersonalise
 from mipflow.exceptions import InputFileError, MipflowError
 from mipflow.profile import SourceProfile
+from mipflow.progress import Progress, estimate_rows
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -97,12 +98,13 @@ class ChunkProcessor:
         self._seen: dict[int, int] = {}
 
     # -- reading ------------------------------------------------------------
-    def read_chunks(self, path: Path, counts: BatchCounts,
-                    bad_lines: list[tuple[int, str]]) -> Iterator["pd.DataFrame"]:
+    def read_chunks(self, path: Path, counts: BatchCounts, bad_lines: list[tuple[int, str]],
+                    progress: "Progress | None" = None) -> Iterator["pd.DataFrame"]:
         """Yield chunks of raw rows (all cells strings) with a 1-based ``_row`` column.
 
         Malformed lines (wrong number of fields) are not yielded: they are
-        appended to ``bad_lines`` and counted in ``counts.rows_in``.
+        appended to ``bad_lines`` and counted in ``counts.rows_in``.  With
+        ``progress``, every chunk read is logged (rows done of the total).
         """
         import pandas as pd
 
@@ -132,6 +134,8 @@ class ChunkProcessor:
                 row += len(chunk)
                 counts.rows_in += len(chunk)
                 yield chunk
+                if progress is not None:
+                    progress.advance(len(chunk))
         except UnicodeDecodeError:
             raise InputFileError(f"{path.name}: not valid {self.profile.encoding} text past the first block; "
                                  "re-export it or set 'encoding' in the source profile") from None
@@ -308,10 +312,12 @@ def ingest_file(path: str | Path, *, store: "FeatureStore", model: DataModel, pr
         return result
     pseudonymiser = Pseudonymiser(key)
     tolerant, load = False, True
+    total = estimate_rows(path)
     while True:
         processor = ChunkProcessor(model, profile, pseudonymiser, consent, settings, tolerant=tolerant)
+        progress = Progress(f"batch {batch_id} ingest" + ("" if load and not tolerant else " (second pass)"), total)
         try:
-            result = _ingest_pass(processor, path, store, model, batch_id, sha, load=load)
+            result = _ingest_pass(processor, path, store, model, batch_id, sha, load=load, progress=progress)
         except MalformedCSV:
             tolerant = True  # rolled back: read again, setting malformed lines aside
             continue
@@ -336,7 +342,7 @@ class _Held(Exception):
 
 
 def _ingest_pass(processor: ChunkProcessor, path: Path, store: "FeatureStore", model: DataModel,
-                 batch_id: str, sha: str, *, load: bool) -> BatchResult:
+                 batch_id: str, sha: str, *, load: bool, progress: Progress | None = None) -> BatchResult:
     """One pass over the file in one transaction.
 
     With ``load`` the valid rows are upserted as they come (no second copy);
@@ -350,7 +356,7 @@ def _ingest_pass(processor: ChunkProcessor, path: Path, store: "FeatureStore", m
     ready_rows = 0
     with store.begin() as conn:
         _clear_batch(store, conn, batch_id, path, sha, model.key)
-        for chunk in processor.read_chunks(path, counts, bad_lines):
+        for chunk in processor.read_chunks(path, counts, bad_lines, progress):
             kept, no_consent = processor.capture(chunk)
             counts.no_consent += no_consent
             good, deid_entries = processor.depersonalise(kept)
@@ -362,6 +368,8 @@ def _ingest_pass(processor: ChunkProcessor, path: Path, store: "FeatureStore", m
             if load:
                 store.upsert_rows(conn, model, ready.drop(columns=[ROW_COLUMN]), batch_id=batch_id, sha256=sha)
             ready_rows += len(ready)
+        if progress is not None:
+            progress.finish()
         counts.quarantined += store.quarantine(conn, batch_id, "capture", [(n, r, None) for n, r in bad_lines])
         counts.loaded = ready_rows
         status, message = decide_status(counts, processor.settings)

@@ -28,6 +28,7 @@ from mipflow.node import landing_sources, open_store, resolve_consent, resolve_m
 from mipflow.pipeline import (ROW_COLUMN, BatchCounts, ChunkProcessor, MalformedCSV, decide_status,
                               apply_withdrawals, batch_id_for, merge_summaries)
 from mipflow.deid import Pseudonymiser
+from mipflow.progress import Progress, estimate_rows
 from mipflow.store import FeatureStore, batches_table, quarantine_table, utcnow
 
 log = logging.getLogger(__name__)
@@ -139,13 +140,15 @@ def _depersonalise_pass(home: NodeHome, store: FeatureStore, processor: ChunkPro
         with store.begin() as conn:
             conn.execute(quarantine_table.delete().where(quarantine_table.c.batch_id == batch_id))
             header = True
-            for chunk in processor.read_chunks(path, counts, bad_lines):
+            progress = Progress(f"batch {batch_id} depersonalise", estimate_rows(path))
+            for chunk in processor.read_chunks(path, counts, bad_lines, progress):
                 kept, no_consent = processor.capture(chunk)
                 counts.no_consent += no_consent
                 good, entries = processor.depersonalise(kept)
                 counts.quarantined += store.quarantine(conn, batch_id, "depersonalise", entries)
                 good.to_csv(out, mode="w" if header else "a", header=header, index=False)
                 header = False
+            progress.finish()
             if header:  # no rows at all: still leave a header-less marker
                 out.write_text("")
             counts.quarantined += store.quarantine(conn, batch_id, "capture", [(n, r, None) for n, r in bad_lines])
@@ -157,7 +160,8 @@ def _depersonalise_pass(home: NodeHome, store: FeatureStore, processor: ChunkPro
     return {"batch_id": batch_id, "status": "running", **asdict(counts)}
 
 
-def _read_staged(path: Path, chunk_rows: int) -> Iterator[Any]:
+def _read_staged(path: Path, chunk_rows: int, progress: Progress | None = None) -> Iterator[Any]:
+    """Chunks of a staging file; with ``progress``, each chunk done is logged."""
     import pandas as pd
 
     if path.stat().st_size == 0:
@@ -166,6 +170,14 @@ def _read_staged(path: Path, chunk_rows: int) -> Iterator[Any]:
         chunk[ROW_COLUMN] = chunk[ROW_COLUMN].astype(int)
         chunk["_visit"] = chunk["_visit"].fillna("")
         yield chunk
+        if progress is not None:
+            progress.advance(len(chunk))
+    if progress is not None:
+        progress.finish()
+
+
+def _staged_progress(path: Path, label: str) -> Progress:
+    return Progress(label, estimate_rows(path) if path.is_file() and path.stat().st_size else 0)
 
 
 def validate(home: NodeHome, batch_id: str) -> dict[str, Any]:
@@ -184,7 +196,8 @@ def validate(home: NodeHome, batch_id: str) -> dict[str, Any]:
         conn.execute(quarantine_table.delete().where(quarantine_table.c.batch_id == batch_id,
                                                      quarantine_table.c.stage == "validate"))
         header = True
-        for chunk in _read_staged(staged, home.settings.chunk_rows):
+        for chunk in _read_staged(staged, home.settings.chunk_rows,
+                                  _staged_progress(staged, f"batch {batch_id} validate")):
             ready, entries, duplicates, summary = processor.validate(chunk)
             summaries.append(summary)
             counts.duplicates += duplicates
@@ -227,7 +240,8 @@ def load(home: NodeHome, batch_id: str) -> dict[str, Any]:
     staged = _staging(home, batch_id) / "validated.csv"
     loaded = 0
     with store.begin() as conn:
-        for chunk in _read_staged(staged, home.settings.chunk_rows):
+        progress = _staged_progress(staged, f"batch {batch_id} load")
+        for chunk in _read_staged(staged, home.settings.chunk_rows, progress):
             for var in model:
                 if var.code in chunk.columns and var.sql_type == "int":
                     chunk[var.code] = pd.to_numeric(chunk[var.code]).astype("Int64")

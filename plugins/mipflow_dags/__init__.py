@@ -1,21 +1,81 @@
-"""What the node DAG files share: the trigger Param and the node home lookup.
+"""What the DAG files share: the trigger Param, the node home lookup and operations settings.
 
 Cheap to import (stdlib and ``airflow.sdk`` only): DAG files import it at parse time.
+
+Operations settings are environment variables read when a DAG file is parsed
+(the scheduler, dag-processor and workers must see the same values)::
+
+    MIPFLOW_TASK_RETRIES              retries of every mipflow task (default 1; the tests set 0)
+    MIPFLOW_TASK_RETRY_DELAY_SECONDS  wait before a retry (default 30)
+    MIPFLOW_TASK_TIMEOUT_MINUTES      execution_timeout of every task (default: none)
+    MIPFLOW_POOLS                     1: central tasks that call nodes run in the pool below (default 0)
+    MIPFLOW_POOL                      that pool's name (default ``mipflow_federation``)
+
+Airflow Variables are not read at parse time (that is a database call on every
+parse); Airflow's own ``AIRFLOW_VAR_*`` variables are environment variables too,
+so ``AIRFLOW_VAR_MIPFLOW_TASK_RETRIES`` etc. are honoured as a fallback.
 """
 from __future__ import annotations
 
 import os
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Mapping
 
 from airflow.sdk import Param, get_current_context
 
 START = datetime(2026, 1, 1, tzinfo=timezone.utc)
+DEFAULT_POOL = "mipflow_federation"
 
 
-def default_args() -> dict[str, Any]:
-    """Retries for node tasks (``MIPFLOW_TASK_RETRIES``; the tests set 0)."""
-    return {"retries": int(os.environ.get("MIPFLOW_TASK_RETRIES", "1")), "retry_delay": timedelta(seconds=30)}
+def setting(name: str, default: str = "", environ: Mapping[str, str] | None = None) -> str:
+    """``name`` from the environment, else ``AIRFLOW_VAR_<name>``, else ``default``."""
+    env = os.environ if environ is None else environ
+    value = env.get(name)
+    if value is None or value.strip() == "":
+        value = env.get(f"AIRFLOW_VAR_{name}")
+    return default if value is None or value.strip() == "" else value.strip()
+
+
+def _number(name: str, default: str, kind: type, environ: Mapping[str, str] | None, minimum: float = 0) -> Any:
+    raw = setting(name, default, environ)
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+    if value < minimum:
+        raise ValueError(f"{name}={raw!r} must be at least {minimum}")
+    return value
+
+
+def pools_enabled(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether central tasks that call nodes run in the federation pool (``MIPFLOW_POOLS``)."""
+    return setting("MIPFLOW_POOLS", "0", environ).lower() in ("1", "true", "yes", "on")
+
+
+def federation_pool(environ: Mapping[str, str] | None = None) -> str | None:
+    """The pool of tasks that call nodes, or ``None`` (Airflow's ``default_pool``) when pools are off."""
+    return setting("MIPFLOW_POOL", DEFAULT_POOL, environ) if pools_enabled(environ) else None
+
+
+def default_args(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Retries, retry delay, timeout and the failure notification of every mipflow task."""
+    args: dict[str, Any] = {
+        "retries": _number("MIPFLOW_TASK_RETRIES", "1", int, environ),
+        "retry_delay": timedelta(seconds=_number("MIPFLOW_TASK_RETRY_DELAY_SECONDS", "30", float, environ)),
+        "on_failure_callback": on_failure,
+    }
+    timeout = setting("MIPFLOW_TASK_TIMEOUT_MINUTES", "", environ)
+    if timeout:
+        args["execution_timeout"] = timedelta(
+            minutes=_number("MIPFLOW_TASK_TIMEOUT_MINUTES", timeout, float, environ, minimum=0.01))
+    return args
+
+
+def on_failure(context: Any) -> None:
+    """Task failure callback: :func:`mipflow.notify.on_failure` (imported when a task fails, not at parse)."""
+    from mipflow.notify import on_failure as notify
+
+    notify(context)
 
 
 def node_params() -> dict[str, Param]:

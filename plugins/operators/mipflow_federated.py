@@ -18,6 +18,11 @@ class FederatedAnalysisOperator(BaseOperator):
     The analysis runs on behalf of ``researcher`` (default: the Airflow user who
     triggered the DAG run, ``dag_run.triggering_user_name``) in ``project``;
     every node checks both against its own grants.
+
+    Progress (``round k of at most N: n node(s) answered, m left out``) is
+    logged by :mod:`mipflow.federation` into the task log.  The central DAGs put
+    this task in the federation pool when ``MIPFLOW_POOLS=1`` (``pool=``; see
+    :mod:`mipflow.pools`).
     """
 
     template_fields: Sequence[str] = ("request", "node_conn_ids", "min_nodes", "researcher", "project")
@@ -60,6 +65,9 @@ class FederatedAnalysisOperator(BaseOperator):
         finally:
             for client in clients:
                 client.close()
+        self.log.info("analysis %s: %d round(s), %d node(s) contributed, %d left out, %.2f s",
+                      outcome.analysis_id, outcome.rounds, len(outcome.contributed), len(outcome.excluded),
+                      outcome.seconds)
         for node, rows in outcome.contributed.items():
             self.log.info("node %s contributed %d rows", node, rows)
         for node, reason in outcome.excluded.items():
