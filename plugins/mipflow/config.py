@@ -78,6 +78,9 @@ class NodeSettings:
     query_budget: int = 0
     #: Algorithms the node admin has switched off, comma-separated (refused with a reason).
     disabled_algorithms: str = ""
+    #: Refuse cohorts that differ from an answered one by fewer than min_row_count rows, and
+    #: k-means rounds a few rows away from a released one (1 = on; docs/adr/0013-differencing.md).
+    differencing_check: int = 1
 
     def dicom_options(self):
         """The node's :class:`mipflow.dicom.DeidOptions`."""
