@@ -190,20 +190,26 @@ class CohortLedger:
         self._lock = threading.Lock()
         self._known: dict[str, dict[str, np.ndarray]] = {}
         self._seen_rowid: dict[str, int] = {}
-        with self._connect() as conn:
+        self._conn: sqlite3.Connection | None = None
+        with self._lock, self._connect() as conn:
             conn.execute("CREATE TABLE IF NOT EXISTS cohorts (data_model TEXT NOT NULL, digest TEXT NOT NULL, "
                          "n_rows INTEGER NOT NULL, keys BLOB NOT NULL, first_at TEXT NOT NULL, "
                          "PRIMARY KEY (data_model, digest))")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        conn = sqlite3.connect(self.path, timeout=30)
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            with conn:  # one transaction
-                yield conn
-        finally:
-            conn.close()
+        """The ledger's connection (opened once, used under the lock), in one transaction."""
+        if self._conn is None:
+            self._conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+        with self._conn:
+            yield self._conn
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
     def _refresh(self, data_model: str) -> dict[str, np.ndarray]:
         known = self._known.setdefault(data_model, {})
@@ -236,6 +242,8 @@ class CohortLedger:
         """
         cohorts = list(cohorts)
         digests = list(digests) if digests is not None else [cohort_digest(data_model, c) for c in cohorts]
+        if threshold <= 1:
+            return digests  # no count is in (0, 1): nothing to compare
         with self._lock:
             known = self._refresh(data_model)
             for i, (digest, cohort) in enumerate(zip(digests, cohorts)):
@@ -267,7 +275,7 @@ class CohortLedger:
 
     def stats(self) -> list[dict]:
         """Per data model: distinct cohorts, their rows and bytes on disk (for the node admin)."""
-        with self._connect() as conn:
+        with self._lock, self._connect() as conn:
             rows = conn.execute("SELECT data_model, COUNT(*), SUM(n_rows), SUM(LENGTH(keys)) FROM cohorts "
                                 "GROUP BY data_model ORDER BY data_model").fetchall()
         return [{"data_model": m, "cohorts": c, "rows": r, "bytes": b} for m, c, r, b in rows]
@@ -399,7 +407,7 @@ class DifferencingGuard:
         trusted.  Returns the assignment for :meth:`after_step`, or None for
         other steps.
         """
-        if algorithm != "kmeans" or round_no < 1 or not state or "centers" not in state:
+        if algorithm != "kmeans" or round_no < 1 or not state or "centers" not in state or nfilter_tab <= 1:
             return None
         from mipflow.algorithms.kmeans import _values, assign
 
