@@ -91,6 +91,9 @@ class NodeSettings:
     dp_budget_delta: float = 1e-6
     #: Algorithms a DP node may still run without noise, comma-separated (others without a DP mechanism are refused).
     dp_exempt_algorithms: str = ""
+    #: Refuse cohorts that differ from an answered one by fewer than min_row_count rows, and
+    #: k-means rounds a few rows away from a released one (1 = on; docs/adr/0013-differencing.md).
+    differencing_check: int = 1
 
     def dicom_options(self):
         """The node's :class:`mipflow.dicom.DeidOptions`."""

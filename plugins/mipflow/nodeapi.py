@@ -84,6 +84,7 @@ def create_app(home: NodeHome) -> FastAPI:
     from mipflow.algorithms import ALGORITHMS, get_algorithm
     from mipflow.algorithms.base import AnalysisRequest, prepare_local_data
     from mipflow.budget import QueryBudget, analysis_key
+    from mipflow.cohorts import DifferencingGuard
     from mipflow.catalogue import catalogue, code_of
     from mipflow.disclosure import DisclosureControls
     from mipflow.store import FeatureStore
@@ -97,6 +98,7 @@ def create_app(home: NodeHome) -> FastAPI:
     from mipflow.dp import NodePrivacy  # differential privacy (ADR 0015)
 
     privacy = NodePrivacy(home.root)
+    differencing = DifferencingGuard(home.root, home.key())  # cohorts answered (docs/adr/0013)
     models: dict[str, Any] = {}
 
     app = FastAPI(title=f"mipflow node {home.name}", version=__version__,
@@ -129,7 +131,8 @@ def create_app(home: NodeHome) -> FastAPI:
         selection; re-reading the store each time would dominate.  The cache is
         keyed on the selection and invalidated whenever the node's data change
         (the datasets registry is rewritten by every load and consent deletion).
-        Nothing cached ever leaves the node.
+        Nothing cached ever leaves the node, nor do the row keys of the cohorts
+        (:mod:`mipflow.cohorts`) cached with the rows.
         """
         key = json.dumps([model.key, sorted(analysis.datasets), variables, analysis.filters,
                           algo.complete_case, algo.name], sort_keys=True, default=str)
@@ -137,14 +140,15 @@ def create_app(home: NodeHome) -> FastAPI:
         hit = frames.get(key)
         if hit is not None and hit[0] == version:
             frames.move_to_end(key)
-            return hit[1]
+            return hit[1], hit[2]
         frame = select_frame(store, model, datasets=analysis.datasets, variables=variables,
-                             filters=analysis.filters, complete_case=algo.complete_case)
-        data = prepare_local_data(algo, frame, analysis)
-        frames[key] = (version, data)
+                             filters=analysis.filters, complete_case=algo.complete_case, row_identity=True)
+        cohorts = differencing.cohorts(model.key, frame, variables, algo.complete_case)
+        data = prepare_local_data(algo, frame, analysis)  # keeps the variables only: no row keys
+        frames[key] = (version, data, cohorts)
         while len(frames) > FRAME_CACHE_SIZE:
             frames.popitem(last=False)
-        return data
+        return data, cohorts
 
     clients_file = home.root / "clients.json"
     clients_seen = [clients_file.stat().st_mtime_ns if clients_file.exists() else 0]
@@ -248,11 +252,20 @@ def create_app(home: NodeHome) -> FastAPI:
             algo.validate(analysis, model)
             variables = list(algo.variables(analysis))
             controls.check_request(algo, analysis, model)
-            data = local_data(algo, analysis, model, variables)
+            data, cohorts = local_data(algo, analysis, model, variables)
             n_rows = len(data)
             record["rows"] = n_rows
             controls.check_rows(algo, analysis, model, n_rows)  # before anything is computed
+            # --- differencing controls (mipflow.cohorts, docs/adr/0013-differencing.md) ---
+            guard, labels = bool(controls.settings.differencing_check), None
+            record["cohort"] = cohorts.digest[:16]
+            if guard:
+                differencing.before_step(cohorts, controls.settings.min_row_count)
+            # --- end differencing controls ---
             aggregates = algo.local_step(body.round, data, analysis, model, body.state)
+            if guard:  # k-means rounds, once the step has checked the state's centres
+                labels = differencing.check_partition(algorithm, body.round, data, analysis, body.state,
+                                                      cohorts, controls.settings.nfilter_tab)
             aggregates = controls.release(algo, analysis, model, body.round, aggregates)
             # -- differential privacy (ADR 0015): noise and budget after the controls, before the reply --
             noisy = privacy.apply(settings(), algo, analysis, model, body.round, data, body.researcher or "",
@@ -260,6 +273,7 @@ def create_app(home: NodeHome) -> FastAPI:
             if noisy is not None:
                 aggregates, record["dp"], n_rows = noisy.aggregates, noisy.label, noisy.rows  # exact rows stay here
             # -- end differential privacy --
+            differencing.after_step(cohorts, analysis, labels)  # remembered even while the check is off
         except DisclosureError as exc:
             audit.append(**record, decision="refused", control=exc.control, reason=str(exc))
             return JSONResponse(status_code=403, content={"node": home.name, "refused": str(exc),

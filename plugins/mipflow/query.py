@@ -38,6 +38,9 @@ from mipflow.datamodel import DataModel, Variable
 from mipflow.exceptions import RequestError
 from mipflow.store import KEY_COLUMNS, LINEAGE_COLUMNS, FeatureStore
 
+#: Row identity a node may select for its own controls (``select_frame(row_identity=True)``).
+ROW_IDENTITY_COLUMNS = ("_pid", "_visit")
+
 #: Operators of jQuery QueryBuilder that filters may use (those Exareme2 accepts).
 #: The string-pattern operators (``contains``, ``begins_with``, ...) are left
 #: out on purpose: ``LIKE`` is case-insensitive on SQLite and case-sensitive on
@@ -419,11 +422,14 @@ def _where(store: FeatureStore, model: DataModel, table: sa.Table, datasets: Any
 
 
 def _prepare(store: FeatureStore, model: DataModel, datasets: Any, variables: Any,
-             filters: Mapping[str, Any] | None, complete_case: bool) -> tuple[sa.Select, list[Variable]]:
+             filters: Mapping[str, Any] | None, complete_case: bool,
+             row_identity: bool = False) -> tuple[sa.Select, list[Variable]]:
     table = store.model_table(model)
     chosen = _check_variables(model, variables)
     where = _where(store, model, table, datasets, chosen, filters, complete_case)
     columns = [table.c.dataset] + [table.c[v.code] for v in chosen if v.code != "dataset"]
+    if row_identity:  # the node's own row keys, for its differencing controls (never released)
+        columns += [table.c[c] for c in ROW_IDENTITY_COLUMNS]
     # A stable order makes results reproducible across backends and chunkings.
     statement = sa.select(*columns).where(*where).order_by(*(table.c[k] for k in KEY_COLUMNS))
     return statement, chosen
@@ -480,14 +486,19 @@ def _typed(frame: pd.DataFrame, variables: list[Variable]) -> pd.DataFrame:
             out[var.code] = _as_codes(column, var)
         else:
             out[var.code] = _as_text(column)
+    for code in ROW_IDENTITY_COLUMNS:
+        if code in frame.columns:
+            out[code] = _as_text(frame[code])
     return pd.DataFrame(out, index=pd.RangeIndex(len(frame)))
 
 
-def _empty(variables: list[Variable]) -> pd.DataFrame:
+def _empty(variables: list[Variable], row_identity: bool = False) -> pd.DataFrame:
     columns = {"dataset": pd.Series([], dtype=object)}
     for var in variables:
         if var.code != "dataset":
             columns[var.code] = pd.Series([], dtype=np.float64 if var.is_numerical else object)
+    if row_identity:
+        columns.update({code: pd.Series([], dtype=object) for code in ROW_IDENTITY_COLUMNS})
     return pd.DataFrame(columns)
 
 
@@ -518,7 +529,8 @@ def _stream(store: FeatureStore, statement: sa.Select, chosen: list[Variable],
 
 
 def select_frame(store: FeatureStore, model: DataModel, *, datasets: Sequence[str], variables: Sequence[str],
-                 filters: Mapping[str, Any] | None = None, complete_case: bool = True) -> pd.DataFrame:
+                 filters: Mapping[str, Any] | None = None, complete_case: bool = True,
+                 row_identity: bool = False) -> pd.DataFrame:
     """The rows of ``datasets`` that pass ``filters``, with column ``dataset`` and ``variables``.
 
     Parameters
@@ -535,10 +547,15 @@ def select_frame(store: FeatureStore, model: DataModel, *, datasets: Sequence[st
         A jQuery QueryBuilder rule group (see :func:`compile_filters`).
     complete_case : bool
         Drop rows where any of ``variables`` is missing.
+    row_identity : bool
+        Also return the rows' store keys ``_pid`` and ``_visit`` (text, last),
+        for the node's own differencing controls (:mod:`mipflow.cohorts`).
+        They must never leave the node: only the node API asks for them, and
+        :func:`mipflow.algorithms.base.prepare_local_data` drops them.
 
     Returns
     -------
-    pandas.DataFrame, shape (n_rows, 1 + n_variables)
+    pandas.DataFrame, shape (n_rows, 1 + n_variables [+ 2])
         ``dataset`` first, then the variables: numerical (int and real) ones as
         float64 (missing is NaN), categorical ones as their enumeration codes
         and text ones as str (object dtype, missing is None).
@@ -549,15 +566,15 @@ def select_frame(store: FeatureStore, model: DataModel, *, datasets: Sequence[st
         If a variable is not in the model, a dataset code is not a string, or
         the filter is invalid.
     """
-    statement, chosen = _prepare(store, model, datasets, variables, filters, complete_case)
-    if store.dialect == "postgresql" and complete_case and all(v.is_numerical or v.is_categorical
-                                                               for v in chosen):
+    statement, chosen = _prepare(store, model, datasets, variables, filters, complete_case, row_identity)
+    if store.dialect == "postgresql" and complete_case and not row_identity and all(
+            v.is_numerical or v.is_categorical for v in chosen):
         frame = _binary_copy_frame(store, statement, chosen, _check_datasets(datasets))
         if frame is not None:
             return frame
     frames = list(_stream(store, statement, chosen, DEFAULT_CHUNKSIZE))
     if not frames:
-        return _empty(chosen)
+        return _empty(chosen, row_identity)
     if len(frames) == 1:
         return frames[0]
     return pd.concat(frames, ignore_index=True)
@@ -591,7 +608,7 @@ def _stream_copy(store: FeatureStore, statement: sa.Select, chosen: list[Variabl
     """
     import tempfile
 
-    dtypes = {"dataset": str}
+    dtypes = {"dataset": str, **{code: str for code in ROW_IDENTITY_COLUMNS}}
     for var in chosen:
         if var.code != "dataset":
             dtypes[var.code] = np.float64 if var.is_numerical else str

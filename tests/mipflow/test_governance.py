@@ -544,7 +544,8 @@ def test_result_provenance_names_researcher_and_step_code(nodes):
 def test_audit_log_holds_no_row_level_data_and_verifies(nodes):
     allowed_keys = {"at", "seq", "digest", "prev", "client", "endpoint", "what", "algorithm", "round",
                     "data_model", "datasets", "x", "y", "filters", "rows", "decision", "control", "reason", "ms",
-                    "researcher", "project", "grants", "analysis", "algorithm_sha256", "catalogue_version"}
+                    "researcher", "project", "grants", "analysis", "algorithm_sha256", "catalogue_version",
+                    "cohort"}  # cohort: SHA-256 digest of the keyed row hashes (ADR 0013), no row data
     for name, root in nodes["roots"].items():
         assert verify_log(root / "audit.log").ok
         records = read_records(root / "audit.log")
