@@ -115,6 +115,10 @@ def _form(y_list: bool, has_x: bool, x_list: bool, extra: dict[str, Param]) -> d
     params["min_nodes"] = Param(1, type="integer", minimum=1, title="Minimum contributing nodes",
                                 description="3 or more recommended: with fewer, one node's aggregates "
                                             "can be read off the result")
+    params["secure_aggregation"] = Param("auto", type="string", enum=["auto", "on", "off"],
+                                         title="Secure aggregation",
+                                         description="mask each node's aggregates so that only their sum is "
+                                                     "seen centrally (auto: on from 3 nodes; ADR 0014)")
     return params
 
 
@@ -160,6 +164,7 @@ for _name, (_label, _y_list, _has_x, _x_list, _extra) in ALGORITHMS.items():
             min_nodes="{{ params.min_nodes }}",
             project="{{ params.project }}",
             **NODE_POOL,
+            secure_aggregation="{{ params.secure_aggregation }}",
         )
 
         @task(task_id="store_and_report")

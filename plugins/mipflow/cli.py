@@ -72,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--project", required=True, help="the project the analysis belongs to")
     p.add_argument("--min-nodes", type=int, default=1,
                    help="fewest nodes that must contribute (default 1; 3 or more recommended)")
+    p.add_argument("--secure-aggregation", choices=("auto", "on", "off"), default="auto",
+                   help="mask each node's aggregates so only their sum is seen (auto: on from 3 nodes)")
 
     access = sub.add_parser("access", help="node admin: who may analyse which data with which algorithms"
                             ).add_subparsers(dest="access_command", required=True)
@@ -129,6 +131,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("in_dir", type=Path)
     p.add_argument("out_dir", type=Path)
     p = dicom.add_parser("ingest", help="capture, de-identify and load features of HOME/landing/dicom now")
+    p.add_argument("home", type=Path)
+
+    secure = sub.add_parser("secagg", help="node admin: secure-aggregation keys and trusted peers (ADR 0014)"
+                            ).add_subparsers(dest="secagg_command", required=True)
+    p = secure.add_parser("key", help="this node's public key and fingerprint (give them to the other admins)")
+    p.add_argument("home", type=Path)
+    p = secure.add_parser("pin", help="pin a peer node's public key, after comparing its fingerprint")
+    p.add_argument("home", type=Path)
+    p.add_argument("--peer", required=True, help="the peer's node name")
+    p.add_argument("--public-key", required=True, help="the peer's public key (hex)")
+    p = secure.add_parser("policy", help="tofu (default: a peer's key may not change) or pinned (only pinned keys)")
+    p.add_argument("home", type=Path)
+    p.add_argument("policy", choices=("tofu", "pinned"))
+    p = secure.add_parser("peers", help="the trust store: policy and known peer keys with fingerprints")
     p.add_argument("home", type=Path)
 
     p = sub.add_parser("synth", help="write synthetic stroke-registry exports for the demo hospitals")
@@ -240,9 +256,30 @@ def _dispatch(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             print(f"mipflow: error: cannot read request {args.request}: {exc}", file=sys.stderr)
             return 2
+        secure = {"auto": None, "on": True, "off": False}[args.secure_aggregation]
         outcome = analyze(args.algorithm, request, args.federation, researcher=args.researcher,
-                          project=args.project, min_nodes=args.min_nodes)
+                          project=args.project, min_nodes=args.min_nodes, secure_aggregation=secure)
         print(ops.dumps(outcome.to_dict()))
+        return 0
+    if args.command == "secagg":
+        from mipflow import secagg
+
+        home = NodeHome(args.home)
+        store = secagg.TrustStore(home.root)
+        if args.secagg_command == "key":
+            pair = secagg.load_keypair(home.root)
+            print(ops.dumps({"node": home.name, "public_key": pair.public_hex,
+                             "fingerprint": secagg.fingerprint(pair.public_bytes)}))
+        elif args.secagg_command == "pin":
+            print(ops.dumps({"peer": args.peer, "fingerprint": store.pin(args.peer, args.public_key)}))
+        elif args.secagg_command == "policy":
+            store.set_policy(args.policy)
+            print(ops.dumps({"policy": args.policy}))
+        else:
+            doc = store.load()
+            for entry in doc["peers"].values():
+                entry["fingerprint"] = secagg.fingerprint(bytes.fromhex(entry["public_key"]))
+            print(ops.dumps(doc))
         return 0
     if args.command == "access":
         from mipflow.access import AccessRegistry, list_grants

@@ -122,10 +122,17 @@ class NodeClient:
 
     def step(self, algorithm: str, request: Mapping[str, Any], round_no: int,
              state: Mapping[str, Any] | None, *, researcher: str | None = None, project: str | None = None,
-             analysis_id: str | None = None) -> dict[str, Any]:
-        return self._call("POST", f"/v1/steps/{algorithm}",
-                          {"request": dict(request), "round": round_no, "state": state,
-                           "researcher": researcher, "project": project, "analysis_id": analysis_id})
+             analysis_id: str | None = None, secure_aggregation: Mapping[str, Any] | None = None
+             ) -> dict[str, Any]:
+        body = {"request": dict(request), "round": round_no, "state": state,
+                "researcher": researcher, "project": project, "analysis_id": analysis_id}
+        if secure_aggregation is not None:  # mask the aggregates for a secure sum (mipflow.secagg)
+            body["secure_aggregation"] = dict(secure_aggregation)
+        return self._call("POST", f"/v1/steps/{algorithm}", body)
+
+    def secagg_key(self) -> dict[str, Any]:
+        """The node's secure-aggregation public key (``mipflow.secagg``)."""
+        return self._call("GET", "/v1/secagg/key")
 
 
 def _detail(response: Any) -> dict[str, Any]:
@@ -158,6 +165,8 @@ class AnalysisOutcome:
     code: dict[str, Any] = field(default_factory=dict)
     #: differential privacy (ADR 0015): which nodes added noise, mechanism, epsilon, delta, clamping; {} if exact
     privacy: dict[str, Any] = field(default_factory=dict)
+    #: {"enabled": bool, ...scheme, participants' key fingerprints} (mipflow.secagg)
+    secure_aggregation: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -185,12 +194,19 @@ def _on_behalf_of(researcher: str | None, project: str | None) -> OnBehalfOf:
 
 def run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequence[NodeClient], *,
                  researcher: str | None = None, project: str | None = None,
-                 min_nodes: int = 1, max_restarts: int = 3) -> AnalysisOutcome:
+                 min_nodes: int = 1, max_restarts: int = 3,
+                 secure_aggregation: bool | None = None) -> AnalysisOutcome:
     """Run one federated analysis over ``nodes`` on behalf of ``researcher`` in ``project``.
 
     Each node decides itself whether the researcher may run this analysis on
     its data (its access grants, query budget and enabled algorithms); a node
     that refuses is left out with its reason like any other refusal.
+
+    ``secure_aggregation``: ``True`` masks every node's aggregates so that only
+    their sum is seen here (:mod:`mipflow.secagg`), ``False`` never does, and
+    ``None`` (default) does when at least 3 nodes take part and the algorithm
+    supports it.  A node dropping out of a secure analysis restarts it without
+    that node.
 
     Raises
     ------
@@ -200,9 +216,12 @@ def run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequenc
     FederationError
         If fewer than ``min_nodes`` nodes contribute; the message lists each node's reason.
     """
+    from mipflow import secagg
+
     who = _on_behalf_of(researcher, project)
+    secure = secagg.resolve(secure_aggregation, algorithm_name)
     with ThreadPoolExecutor(max_workers=max(1, min(16, len(nodes)))) as pool:
-        return _run_analysis(algorithm_name, request, nodes, min_nodes, max_restarts, pool, who)
+        return _run_analysis(algorithm_name, request, nodes, min_nodes, max_restarts, pool, who, secure)
 
 
 def _code_provenance(algorithm_name: str, replies: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -217,7 +236,8 @@ def _code_provenance(algorithm_name: str, replies: Mapping[str, Mapping[str, Any
 
 
 def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequence[NodeClient], min_nodes: int,
-                  max_restarts: int, pool: ThreadPoolExecutor, who: OnBehalfOf) -> AnalysisOutcome:
+                  max_restarts: int, pool: ThreadPoolExecutor, who: OnBehalfOf,
+                  secure: str = "off") -> AnalysisOutcome:
     from mipflow.algorithms import get_algorithm
     from mipflow.algorithms.base import MAX_ROUNDS, AnalysisRequest
     from mipflow.datamodel import DataModel
@@ -242,20 +262,26 @@ def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequen
             log.info("%s (analysis %s): metadata from %d of %d node(s)", algorithm_name, who.analysis_id,
                      len(active), len(nodes))
             algorithm.validate(parsed, model)
+        # secure aggregation (mipflow.secagg, ADR 0014): one participant set per attempt
+        session, secure, secure_note = _secure_session(algorithm_name, secure, active, excluded, pool)
+        active = [n for n in active if n.name not in excluded]
+        if len(active) < min_nodes:
+            break
         state: dict | None = None
         rows: dict[str, int] = {}
         code: dict[str, Any] = {}
         noise_labels: dict[str, list[dict[str, Any]]] = {}  # differential privacy (ADR 0015)
         dropped = False
         for round_no in range(MAX_ROUNDS):
-            replies, failures = _call_all(algorithm_name, request_doc, active, round_no, state, pool, who)
+            replies, failures = _call_all(algorithm_name, request_doc, active, round_no, state, pool, who,
+                                          session.body() if session is not None else None)
             log.info("%s (analysis %s): round %d of at most %d: %d node(s) answered, %d left out%s",
                      algorithm_name, who.analysis_id, round_no + 1, MAX_ROUNDS, len(replies), len(failures),
                      "" if not failures else " (" + "; ".join(f"{k}: {v}" for k, v in failures.items()) + ")")
             if failures:
                 excluded.update(failures)
                 active = [n for n in active if n.name not in failures]
-                if round_no > 0:
+                if round_no > 0 or session is not None:  # (secure: the masks no longer cancel)
                     dropped = True  # restart on a consistent set of nodes
                     break
                 if len(active) < min_nodes:
@@ -267,6 +293,8 @@ def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequen
             for name, reply in replies.items():
                 if reply.get("privacy"):
                     noise_labels.setdefault(name, []).append(reply["privacy"])
+            if session is not None:
+                aggregates = [session.combine(replies)]
             step = algorithm.global_step(round_no, aggregates, parsed, model, state)
             if step.done:
                 log.info("%s (analysis %s): finished after %d round(s) with %d node(s)", algorithm_name,
@@ -283,7 +311,10 @@ def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequen
                                        datasets={n: dataset_rows.get(n, {}) for n in rows},
                                        seconds=round(time.perf_counter() - started, 4),
                                        researcher=who.researcher, project=who.project,
-                                       analysis_id=who.analysis_id, code=code, privacy=privacy)
+                                       analysis_id=who.analysis_id, code=code, privacy=privacy,
+                                       secure_aggregation={"mode": secure, **session.provenance()}
+                                       if session is not None else {"enabled": False, "mode": secure,
+                                                                    "reason": secure_note})
             state = json.loads(json.dumps(step.state, allow_nan=False))
         else:
             raise FederationError(f"{algorithm_name} did not finish within {MAX_ROUNDS} rounds")
@@ -292,6 +323,34 @@ def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequen
     reasons = "; ".join(f"{k}: {v}" for k, v in excluded.items()) or "no nodes configured"
     raise FederationError(f"{algorithm_name}: {len(active)} node(s) contributed, fewer than "
                           f"min_nodes ({min_nodes}). Left out: {reasons}")
+
+
+def _secure_session(algorithm_name: str, mode: str, active: Sequence[NodeClient], excluded: dict[str, str],
+                    pool: ThreadPoolExecutor) -> tuple[Any, str, str]:
+    """The secure-aggregation participant set of one attempt (or None), the mode, and why not.
+
+    ``mode`` is ``"on"``, ``"off"`` or ``"auto"``; automatic mode switches on
+    (``"auto-on"``) with 3 or more nodes and stays on for restarts while 2 or more
+    remain.  With one node left there is nothing to hide its aggregates among (the
+    result is that node's anyway): automatic mode goes on without masking, ``"on"`` fails.
+    """
+    from mipflow import secagg
+
+    if mode == "auto":
+        if algorithm_name not in secagg.SUPPORTED:
+            return None, mode, f"{algorithm_name} does not support secure aggregation"
+        if len(active) < secagg.AUTO_MIN_NODES:
+            return None, mode, f"automatic: fewer than {secagg.AUTO_MIN_NODES} nodes take part"
+        mode = "auto-on"
+    if mode == "off":
+        return None, mode, "not requested"
+    session = secagg.open_session(active, excluded, pool) if len(active) >= 2 else None
+    if session is None or len(session.participants) < 2:
+        if mode == "auto-on":
+            return None, mode, "only one node remained"
+        raise FederationError(f"secure aggregation needs at least 2 nodes; "
+                              f"{len(session.participants) if session else len(active)} can take part")
+    return session, mode, ""
 
 
 def _model_from_nodes(nodes: Sequence[NodeClient], key: str, excluded: dict[str, str],
@@ -339,13 +398,15 @@ def _model_from_nodes(nodes: Sequence[NodeClient], key: str, excluded: dict[str,
 
 
 def _call_all(algorithm: str, request: dict[str, Any], nodes: Sequence[NodeClient], round_no: int,
-              state: dict | None, pool: ThreadPoolExecutor, who: OnBehalfOf
-              ) -> tuple[dict[str, dict], dict[str, str]]:
+              state: dict | None, pool: ThreadPoolExecutor, who: OnBehalfOf,
+              secure_aggregation: dict[str, Any] | None = None) -> tuple[dict[str, dict], dict[str, str]]:
     """One round: every node in parallel (one pool serves all rounds of an analysis)."""
     replies: dict[str, dict] = {}
     failures: dict[str, str] = {}
+    extra = {"secure_aggregation": secure_aggregation} if secure_aggregation is not None else {}
     futures = {node.name: pool.submit(node.step, algorithm, request, round_no, state, researcher=who.researcher,
-                                      project=who.project, analysis_id=who.analysis_id) for node in nodes}
+                                      project=who.project, analysis_id=who.analysis_id, **extra)
+               for node in nodes}
     for name, future in futures.items():
         try:
             replies[name] = future.result()
@@ -394,12 +455,13 @@ def add_node(path: str | Path, *, name: str, url: str, credentials_from: str | P
 
 
 def analyze(algorithm: str, request: Mapping[str, Any], federation: str | Path, *,
-            researcher: str | None = None, project: str | None = None, min_nodes: int = 1) -> AnalysisOutcome:
+            researcher: str | None = None, project: str | None = None, min_nodes: int = 1,
+            secure_aggregation: bool | None = None) -> AnalysisOutcome:
     """Python API: what ``mipflow analyze`` does."""
     clients = [NodeClient(e) for e in load_federation(federation)]
     try:
         return run_analysis(algorithm, request, clients, researcher=researcher, project=project,
-                            min_nodes=min_nodes)
+                            min_nodes=min_nodes, secure_aggregation=secure_aggregation)
     finally:
         for client in clients:
             client.close()

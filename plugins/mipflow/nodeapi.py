@@ -7,6 +7,7 @@ Endpoints (OpenAPI schema at ``/openapi.json``)::
                                       data models, variables, and the datasets R is approved for
                                       (counts only at or above min_row_count)
     GET  /v1/algorithms               the catalogue of vetted local steps, with code digests
+    GET  /v1/secagg/key               the node's secure-aggregation public key (mipflow.secagg)
     POST /v1/steps/{algorithm}        one local step: {"request": <MIP request>, "round": n, "state": {...},
                                       "researcher": R, "project": P, "analysis_id": ...}
 
@@ -55,6 +56,9 @@ class StepBody(BaseModel):
     project: str | None = Field(None, max_length=128, description="the project the analysis belongs to")
     analysis_id: str | None = Field(None, max_length=64,
                                     description="the central site's id of the analysis (all rounds share it)")
+    secure_aggregation: dict[str, Any] | None = Field(
+        None, description="mask the released aggregates for a secure sum: {scheme, participants: "
+                          "[{node, public_key}]} (mipflow.secagg, docs/adr/0014-secure-aggregation.md)")
 
 
 class StepReply(BaseModel):
@@ -273,6 +277,12 @@ def create_app(home: NodeHome) -> FastAPI:
             if noisy is not None:
                 aggregates, record["dp"], n_rows = noisy.aggregates, noisy.label, noisy.rows  # exact rows stay here
             # -- end differential privacy --
+            if body.secure_aggregation is not None:  # secure aggregation (ADR 0014): mask after the controls
+                from mipflow import secagg
+
+                record["secure_aggregation"] = True
+                aggregates = secagg.mask_release(home.root, home.name, algorithm, analysis.to_dict(), body.round,
+                                                 body.state, body.analysis_id, body.secure_aggregation, aggregates)
             differencing.after_step(cohorts, analysis, labels)  # remembered even while the check is off
         except DisclosureError as exc:
             audit.append(**record, decision="refused", control=exc.control, reason=str(exc))
@@ -294,6 +304,9 @@ def create_app(home: NodeHome) -> FastAPI:
                 "aggregates": aggregates, "code": code_of(algorithm),
                 "privacy": record.get("dp")}
 
+    from mipflow import secagg
+
+    secagg.add_routes(app, home, authenticate, audit)  # GET /v1/secagg/key (ADR 0014)
     return app
 
 

@@ -25,12 +25,15 @@ class FederatedAnalysisOperator(BaseOperator):
     :mod:`mipflow.pools`).
     """
 
-    template_fields: Sequence[str] = ("request", "node_conn_ids", "min_nodes", "researcher", "project")
+    template_fields: Sequence[str] = ("request", "node_conn_ids", "min_nodes", "researcher", "project",
+                                      "secure_aggregation")
     ui_color = "#d8e9f5"
 
     def __init__(self, *, algorithm: str, request: Any, node_conn_ids: Any, min_nodes: Any = 1,
-                 project: Any, researcher: Any = None, **kwargs: Any) -> None:
+                 project: Any, researcher: Any = None, secure_aggregation: Any = "auto",
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.secure_aggregation = secure_aggregation  # "auto" | "on" | "off" (mipflow.secagg)
         self.project = project
         self.researcher = researcher
         self.algorithm = algorithm
@@ -56,10 +59,15 @@ class FederatedAnalysisOperator(BaseOperator):
                                        "a person; trigger the DAG from the UI or the REST API")
         if not self.project:
             raise AirflowFailException("no project: give the project the analysis belongs to (param 'project')")
+        secure = {"auto": None, "on": True, "off": False, None: None, True: True, False: False}.get(
+            self.secure_aggregation, "invalid")
+        if secure == "invalid":
+            raise AirflowFailException("secure_aggregation must be auto, on or off")
         clients = [NodeHook(conn_id).get_conn() for conn_id in conn_ids]
         try:
             outcome = run_analysis(self.algorithm, self.request, clients, researcher=str(researcher),
-                                   project=str(self.project), min_nodes=int(self.min_nodes))
+                                   project=str(self.project), min_nodes=int(self.min_nodes),
+                                   secure_aggregation=secure)
         except (FederationError, RequestError) as exc:
             raise AirflowFailException(str(exc)) from None
         finally:
