@@ -98,6 +98,7 @@ from pydicom.values import convert_value
 import mipflow
 from mipflow.deid import Pseudonymiser
 from mipflow.dicom.descriptors import DescriptorCleaner, parse_word_list
+from mipflow.dicom.part10 import encode_part10
 from mipflow.dicom.profile_table import (
     PRIVATE_ROW,
     TABLE_EDITION,
@@ -1140,13 +1141,14 @@ def _read(path: Path) -> tuple[Dataset | None, str | None, str | None]:
 
 
 def _write_atomic(ds: Dataset, dst: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data = encode_part10(ds)
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".deid-", suffix=".tmp", dir=dst.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ds.save_as(fh, enforce_file_format=True)
+            fh.write(data)
         os.replace(tmp, dst)
     except BaseException:
         try:
