@@ -98,6 +98,7 @@ from pydicom.values import convert_value
 import mipflow
 from mipflow.deid import Pseudonymiser
 from mipflow.dicom.descriptors import DescriptorCleaner, parse_word_list
+from mipflow.dicom.part10 import encode_part10
 from mipflow.dicom.profile_table import (
     PRIVATE_ROW,
     TABLE_EDITION,
@@ -566,6 +567,28 @@ def _little_endian(ds: Dataset) -> bool:
     return encoding[1] is not False
 
 
+_PEEK_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "TM", "UI", "US", "UL", "SS", "SL", "IS",
+                       "OB", "OW"})
+
+
+def _peek(ds: Dataset, tag: int, default: Any = None) -> Any:
+    """The value of ``ds[tag]`` without decoding the element in place.
+
+    A raw element read from a file stays raw (so it is written back byte for
+    byte); its value is decoded on the side for simple VRs, and through
+    ``ds[tag]`` otherwise.
+    """
+    elem = ds.get_item(tag)
+    if elem is None:
+        return default
+    if isinstance(elem, RawDataElement):
+        vr = elem.VR if elem.VR and elem.VR != "UN" else _DICT_VR.get(tag)
+        if vr in _PEEK_VRS and elem.value is not None:
+            return convert_value(vr, elem)
+        elem = ds[tag]
+    return elem.value
+
+
 def _values(value: Any) -> list[Any]:
     if value is None or value == "":
         return []
@@ -667,7 +690,7 @@ class Deidentifier:
     def check(self, ds: Dataset) -> None:
         """Raise :class:`_Quarantined` if ``ds`` must not be de-identified."""
         meta = getattr(ds, "file_meta", None)
-        sop_class = str(ds.get("SOPClassUID", "") or "")
+        sop_class = str(_peek(ds, 0x00080016, "") or "").strip("\0 ")
         meta_class = str(meta.get("MediaStorageSOPClassUID", "") or "") if meta else ""
         if _DICOMDIR_SOP_CLASS in (sop_class, meta_class) or 0x00041220 in ds:
             raise _Quarantined(Quarantine.DICOMDIR,
@@ -685,7 +708,7 @@ class Deidentifier:
                 raise _Quarantined(Quarantine.TRUNCATED,
                                    f"element {tag} is shorter than its declared length "
                                    "(file truncated)")
-        if not sop_class or not ds.get("SOPInstanceUID"):
+        if not sop_class or not _peek(ds, 0x00080018):
             raise _Quarantined(Quarantine.NOT_AN_INSTANCE,
                                "no SOP Class UID or SOP Instance UID: not a composite instance")
         if sop_class.startswith(_ENCAPSULATED_DOCUMENT_PREFIX) or "EncapsulatedDocument" in ds:
@@ -693,10 +716,10 @@ class Deidentifier:
                                "encapsulated document: its content cannot be de-identified")
         opts = self._options
         if not opts.pixels_cleaned:
-            if str(ds.get("BurnedInAnnotation", "") or "").strip().upper() == "YES":
+            if str(_peek(ds, 0x00280301, "") or "").strip().upper() == "YES":
                 raise _Quarantined(Quarantine.BURNED_IN_ANNOTATION,
                                    "Burned In Annotation (0028,0301) is YES")
-            modality = str(ds.get("Modality", "") or "").strip().upper()
+            modality = str(_peek(ds, 0x00080060, "") or "").strip().upper()
             if modality in opts.risk_modalities or sop_class in opts.risk_sop_classes:
                 # Burned In Annotation "NO" is not trusted for these: devices
                 # often leave it unset or wrong.
@@ -711,7 +734,7 @@ class Deidentifier:
     @staticmethod
     def _check_pixels(ds: Dataset, meta: FileMetaDataset) -> None:
         ts = pydicom.uid.UID(str(meta.TransferSyntaxUID))
-        data = ds.PixelData
+        data = _peek(ds, 0x7FE00010)
         if data is None:
             return
         if ts.is_encapsulated:
@@ -724,10 +747,10 @@ class Deidentifier:
                                    "encapsulated Pixel Data has no readable fragments")
             return
         try:
-            rows, cols = int(ds.Rows), int(ds.Columns)
-            samples = int(ds.get("SamplesPerPixel", 1) or 1)
-            bits = int(ds.BitsAllocated)
-            frames = int(ds.get("NumberOfFrames", 1) or 1)
+            rows, cols = int(_peek(ds, 0x00280010)), int(_peek(ds, 0x00280011))
+            samples = int(_peek(ds, 0x00280002, 1) or 1)
+            bits = int(_peek(ds, 0x00280100))
+            frames = int(_peek(ds, 0x00280008, 1) or 1)
         except (AttributeError, TypeError, ValueError):
             raise _Quarantined(Quarantine.MALFORMED_PIXEL_DATA,
                                "Pixel Data without usable Rows/Columns/Bits Allocated") from None
@@ -949,6 +972,9 @@ class Deidentifier:
             if self._vr(ds, tag) == "SQ":
                 self._recurse(ds[tag], ctx)
             return
+        vr = self._vr(ds, tag)
+        if action == "C" and vr == "TM":
+            return          # times are kept: no need to decode them
         elem = ds[tag]
         vr = elem.VR.split()[0]
         if action == "Z":
@@ -1140,13 +1166,14 @@ def _read(path: Path) -> tuple[Dataset | None, str | None, str | None]:
 
 
 def _write_atomic(ds: Dataset, dst: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data = encode_part10(ds)
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".deid-", suffix=".tmp", dir=dst.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ds.save_as(fh, enforce_file_format=True)
+            fh.write(data)
         os.replace(tmp, dst)
     except BaseException:
         try:

