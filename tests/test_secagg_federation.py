@@ -60,7 +60,10 @@ def fed(tmp_path_factory) -> Iterator[Fed]:
     data = DATA.assign(subjectcode=[f"p{i}" for i in range(len(DATA))])
     for k, node in enumerate(NODES):
         roots[node] = base / node
-        NodeHome.init(roots[node], node)  # default disclosure settings (min_row_count 10, nfilter_tab 3)
+        home = NodeHome.init(roots[node], node)  # default disclosure settings (min_row_count 10, nfilter_tab 3)
+        # the analyses here use overlapping cohorts on purpose (complete cases of different
+        # variables); the differencing control has its own tests (tests/mipflow/test_cohorts.py)
+        home.set_setting("differencing_check", 0)
         load_frame(roots[node], MODEL, data[SPLIT == k].reset_index(drop=True))
         grant_all(roots[node])
     credentials = {node: issue_client(root, "central") for node, root in roots.items()}
