@@ -8,10 +8,11 @@ them, triggered over the REST API:
 - ``federated_linear_regression`` against three real node services whose feature stores are on
   PostgreSQL: the stored result equals statsmodels OLS on the pooled rows;
 - the node ingestion chain ``node_capture -> node_depersonalise -> node_validate -> node_load``
-  (Assets) on a node home with a PostgreSQL store: every row is accounted for.
+  (Assets) on a node home with a PostgreSQL store, at the same time: every row is accounted for;
 
-(the two at once), and checks that every task was executed by the Celery worker (its state in
-Celery's result backend). Runs when PostgreSQL (127.0.0.1:5432) and Redis (127.0.0.1:6379) are reachable; in CI
+and checks that every task was executed by the Celery worker (its state in Celery's result
+backend). The node connections reach Airflow as files (``AIRFLOW_CONN_*_FILE``), as in the compose
+file. Runs when PostgreSQL (127.0.0.1:5432) and Redis (127.0.0.1:6379) are reachable; in CI
 (``CI=true``) it must run.
 """
 from __future__ import annotations
@@ -242,11 +243,15 @@ def deployment(tmp_path_factory):
         ingest_home, exported = prepare_ingestion_node(root, databases)
         env["MIPFLOW_NODE_HOME"] = str(ingest_home.root)
         urls = stack.enter_context(running_nodes([h.root for h in homes]))
+        secrets_dir = root / "secrets"  # stands in for /run/secrets
+        secrets_dir.mkdir(mode=0o700)
         for home, url in zip(homes, urls):
             cred = issue_client(home.root, "central")
-            env[f"AIRFLOW_CONN_MIPFLOW_NODE_{home.name.upper()}"] = json.dumps(
+            conn_file = secrets_dir / f"conn_{home.name}"
+            conn_file.write_text(json.dumps(
                 {"conn_type": "mipflow_node", "host": url, "login": cred.client_id,
-                 "password": cred.secret.hex(), "extra": {"node_name": home.name}})
+                 "password": cred.secret.hex(), "extra": {"node_name": home.name}}), encoding="utf-8")
+            env[f"AIRFLOW_CONN_MIPFLOW_NODE_{home.name.upper()}_FILE"] = str(conn_file)
         assert migrate.wait(timeout=240) == 0, (af_home / "migrate.log").read_text()[-3000:]
 
         procs = {}
