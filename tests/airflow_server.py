@@ -81,19 +81,13 @@ def _wait(what: str, check: Any, timeout: float, server: CentralAirflow) -> Any:
     raise RuntimeError(f"timed out waiting for {what} (last error: {last}):\n{server.tail()}")
 
 
-@contextmanager
-def central_airflow(home: Path, env: dict[str, str], *, dag_ids: list[str],
-                    timeout: float = 150.0) -> Iterator[Callable[[], CentralAirflow]]:
-    """Start ``airflow standalone`` in ``home`` with ``env`` added and yield at once a function that
-    waits until ``dag_ids`` are parsed (and unpaused) and returns the server; stop everything on exit.
-
-    The caller prepares the rest of its world (nodes) while Airflow starts.
-    """
-    home.mkdir(parents=True, exist_ok=True)
-    users = {"admin": secrets.token_urlsafe(12), "viewer": secrets.token_urlsafe(12)}
+def airflow_env(home: Path, port: int, users: dict[str, str]) -> dict[str, str]:
+    """Environment for a test Airflow in ``home`` (SQLite, LocalExecutor; api-server on ``port``):
+    this process's environment without its Airflow and mipflow settings, this checkout's DAGs and
+    plugins, fresh keys, fast scheduling, and the passwords of ``users`` ("admin" and "viewer",
+    with those roles)."""
     passwords = home / "passwords.json"
     passwords.write_text(json.dumps(users), encoding="utf-8")
-    port = free_port()
     base = f"http://127.0.0.1:{port}"
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MIPFLOW_", "PYTEST"))}
     full_env.update({
@@ -122,8 +116,24 @@ def central_airflow(home: Path, env: dict[str, str], *, dag_ids: list[str],
         "AIRFLOW__CORE__FERNET_KEY": urlsafe_b64encode(os.urandom(32)).decode(),
         "MIPFLOW_TASK_RETRIES": "0",
         "PYTHONUNBUFFERED": "1",
-        **env,
     })
+    return full_env
+
+
+@contextmanager
+def central_airflow(home: Path, env: dict[str, str], *, dag_ids: list[str],
+                    timeout: float = 150.0) -> Iterator[Callable[[], CentralAirflow]]:
+    """Start ``airflow standalone`` in ``home`` with ``env`` added and yield at once a function that
+    waits until ``dag_ids`` are parsed (and unpaused) and returns the server; stop everything on exit.
+
+    The caller prepares the rest of its world (nodes) while Airflow starts.
+    """
+    home.mkdir(parents=True, exist_ok=True)
+    users = {"admin": secrets.token_urlsafe(12), "viewer": secrets.token_urlsafe(12)}
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    full_env = airflow_env(home, port, users)
+    full_env.update(env)
     log_path = home / "standalone.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([str(VENV_BIN / "airflow"), "standalone"], cwd=home, env=full_env, stdout=log,
