@@ -83,6 +83,15 @@ ANALYSES = (
      "death within 90 days ~ age + NIHSS"),
     ("federated_anova_oneway", {"y": "nihss_admission", "x": "stroke_type"}, "NIHSS by stroke type"),
 )
+#: Every variable the demo analyses use.
+STUDY_VARIABLES = ("age", "nihss_admission", "thrombolysis", "mrs_90d", "death_90d", "stroke_type")
+#: The study cohort: rows complete in every study variable.  The analyses share it because a node
+#: refuses a cohort that differs from one it already answered by fewer than min_row_count rows
+#: (differencing control, docs/adr/0013-differencing.md): complete cases of different variable
+#: sets would differ by the few rows missing one variable and not the other.
+STUDY_COHORT = {"condition": "AND",
+                "rules": [{"id": code, "field": code, "operator": "is_not_null", "value": None}
+                          for code in STUDY_VARIABLES]}
 
 
 def pooled_check(homes: dict[str, Path], form: dict[str, Any], result: dict[str, Any]) -> str:
@@ -94,14 +103,14 @@ def pooled_check(homes: dict[str, Path], form: dict[str, Any], result: dict[str,
 
     from mipflow.config import NodeHome
 
-    columns = [form["y"], *form["x"]]
+    columns = list(dict.fromkeys([form["y"], *form["x"], *STUDY_VARIABLES]))
     frames = []
     for home in homes.values():
         engine = sa.create_engine(NodeHome(home).db_url)
         with engine.connect() as conn:
             frames.append(pd.read_sql(sa.text(f"SELECT {', '.join(columns)} FROM dm_stroke_0_1"), conn))
         engine.dispose()
-    data = pd.concat(frames).dropna()
+    data = pd.concat(frames).dropna()  # the study cohort: complete in every study variable
     fit = smf.ols(f"{form['y']} ~ {' + '.join(form['x'])}", data).fit()
     ours = np.array(result["coefficients"])
     rel = np.max(np.abs(ours - fit.params.to_numpy()) / np.abs(fit.params.to_numpy()))
@@ -161,8 +170,11 @@ def run_federation(homes: dict[str, Path], dags: dict[str, Any], work_dir: Path)
         os.environ["MIPFLOW_CENTRAL_HOME"] = str(work_dir / "central")
         store = ResultStore(work_dir / "central")
         ok = True
+        print(f"\nstudy cohort: rows complete in {', '.join(STUDY_VARIABLES)} (every analysis uses the same "
+              "cohort; nodes refuse near-duplicate cohorts, docs/adr/0013-differencing.md)")
         for dag_id, form, title in ANALYSES:
-            conf = {"data_model": "stroke:0.1", "datasets": list(homes), "filters": None, "project": DEMO_PROJECT,
+            conf = {"data_model": "stroke:0.1", "datasets": list(homes), "filters": STUDY_COHORT,
+                    "project": DEMO_PROJECT,
                     "nodes": [f"mipflow_node_{h}" for h in homes], "min_nodes": len(homes), **form}
             print(f"\n== {dag_id}: {title}")
             run = dags[dag_id].test(run_conf=conf)
