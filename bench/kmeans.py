@@ -65,7 +65,7 @@ def main() -> int:
     from mipflow.datamodel import DataModel
     from mipflow.federation import NodeClient, NodeEndpoint, run_analysis
     from tests.mipflow.algorithms.test_kmeans import numpy_lloyd
-    from tests.nodes import load_frame, running_nodes
+    from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, running_nodes
 
     model = DataModel.from_dict(model_doc())
     databases: list[str] = []
@@ -83,6 +83,7 @@ def main() -> int:
             t = time.perf_counter()
             load_frame(home.root, model, make_rows(args.rows_per_node, site))
             print(f"site{site}: loaded {args.rows_per_node} rows in {time.perf_counter() - t:.1f}s")
+            grant_all(home.root)
             homes.append(home)
         try:
             with running_nodes([h.root for h in homes]) as urls:
@@ -93,7 +94,8 @@ def main() -> int:
                                          "x": [], "y": list(VARIABLES), "filters": None},
                            "parameters": {"k": args.k, "tol": args.tol, "maxiter": 100}}
                 t = time.perf_counter()
-                outcome = run_analysis("kmeans", request, clients, min_nodes=3)
+                outcome = run_analysis("kmeans", request, clients, min_nodes=3,
+                                   researcher=RESEARCHER, project=PROJECT)
                 fed_s = time.perf_counter() - t
 
                 t = time.perf_counter()
