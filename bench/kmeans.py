@@ -65,6 +65,7 @@ def main() -> int:
     from mipflow.datamodel import DataModel
     from mipflow.federation import NodeClient, NodeEndpoint, run_analysis
     from tests.mipflow.algorithms.test_kmeans import numpy_lloyd
+    from bench.rounds import RoundLog
     from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, running_nodes
 
     model = DataModel.from_dict(model_doc())
@@ -90,6 +91,9 @@ def main() -> int:
                 clients = [NodeClient(NodeEndpoint(h.name, u, "central", issue_client(h.root, "central").secret.hex()),
                                       timeout=600.0)
                            for h, u in zip(homes, urls)]
+                round_log = RoundLog()
+                for client in clients:
+                    round_log.attach(client)
                 request = {"inputdata": {"data_model": "kbench:1", "datasets": ["site0", "site1", "site2"],
                                          "x": [], "y": list(VARIABLES), "filters": None},
                            "parameters": {"k": args.k, "tol": args.tol, "maxiter": 100}}
@@ -129,6 +133,7 @@ def main() -> int:
                 print(f"  pooled numpy Lloyd: {read_s + np_s:7.2f}s (read {read_s:.2f}s + fit {np_s:.2f}s, "
                       f"{ref['n_iter']} iterations)  ratio {fed_s / (read_s + np_s):.2f}  "
                       f"max rel diff of centres {rel_np:.1e}")
+                print(round_log.table(homes, "kmeans", summary=True))
                 for c in clients:
                     c.close()
         finally:

@@ -28,8 +28,9 @@ class RoundLog:
 
         http.request = request
 
-    def table(self, homes: Sequence[Any], algorithm: str) -> str:
-        """One line per round: slowest node call, the node's own step time, bytes each way (largest node)."""
+    def table(self, homes: Sequence[Any], algorithm: str, summary: bool = False) -> str:
+        """One line per round: slowest node call, the node's own step time, bytes each way (largest node);
+        with ``summary`` the first round, then the median and largest of the later rounds."""
         from mipflow.audit import AUDIT_FILE, read_records
 
         node_ms: dict[tuple[str, int], float] = {}
@@ -42,9 +43,18 @@ class RoundLog:
         for call in self.calls:
             per_round[seen[call["node"]]].append(call)
             seen[call["node"]] += 1
-        lines = ["  round  call s (slowest node)  node step s  sent kB  received kB"]
+        rows = []
         for r, calls in sorted(per_round.items()):
             step_s = max(node_ms.get((c["node"], r), float("nan")) for c in calls) / 1000.0
-            lines.append(f"  {r:5d}  {max(c['seconds'] for c in calls):20.3f}  {step_s:11.3f}  "
-                         f"{max(c['sent'] for c in calls) / 1e3:7.1f}  {max(c['received'] for c in calls) / 1e3:11.1f}")
+            rows.append((str(r), max(c["seconds"] for c in calls), step_s, max(c["sent"] for c in calls) / 1e3,
+                         max(c["received"] for c in calls) / 1e3))
+        if summary and len(rows) > 2:
+            import numpy as np
+
+            later = np.array([r[1:] for r in rows[1:]])
+            rows = [rows[0], (f"1-{len(rows) - 1} median", *np.median(later, axis=0)),
+                    (f"1-{len(rows) - 1} max", *later.max(axis=0))]
+        lines = ["  round           call s (slowest node)  node step s  sent kB  received kB"]
+        lines += [f"  {r:>14}  {call:22.3f}  {step:11.3f}  {sent:7.1f}  {received:11.1f}"
+                  for r, call, step, sent, received in rows]
         return "\n".join(lines)
