@@ -29,6 +29,7 @@ from mipflow.exceptions import RequestError
 from mipflow.algorithms.linear_regression_cv import LinearRegressionCV
 from mipflow.algorithms.logistic_regression_cv import LogisticRegressionCV
 from mipflow.algorithms.naive_bayes import NaiveBayesCategoricalCV, NaiveBayesGaussianCV
+from mipflow.algorithms.cmh_test import CMHTest
 
 ALGORITHMS: dict[str, Algorithm] = {
     alg.name: alg
@@ -53,6 +54,7 @@ ALGORITHMS: dict[str, Algorithm] = {
         Anova(),
         PCA(),
         PCAWithTransformation(),
+        CMHTest(),
     )
 }
 
