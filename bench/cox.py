@@ -13,6 +13,7 @@ Usage: ``python bench/cox.py [--rows-per-node 1000000] [--sqlite]``
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -24,6 +25,10 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+# this checkout's code, here and in the node services it starts (not an installed copy)
+sys.path.insert(0, str(REPO / "plugins"))
+os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO / "plugins"),
+                                            *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
 PG_ADMIN = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 NUMERICAL = [f"x{i}" for i in range(4)]
 
@@ -74,6 +79,10 @@ def main() -> int:
     from bench.rounds import RoundLog
     from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, running_nodes
 
+    import mipflow
+
+    print(f"mipflow from {Path(mipflow.__file__).parent}, {os.cpu_count()} CPUs, load average "
+          f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}")
     model = DataModel.from_dict(model_doc())
     databases: list[str] = []
     with tempfile.TemporaryDirectory(prefix="mipflow-coxbench-") as tmp:

@@ -15,6 +15,7 @@ Usage: ``python bench/kmeans.py [--rows-per-node 1000000] [--sqlite]``
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -26,6 +27,10 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+# this checkout's code, here and in the node services it starts (not an installed copy)
+sys.path.insert(0, str(REPO / "plugins"))
+os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO / "plugins"),
+                                            *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
 PG_ADMIN = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 VARIABLES = ("v0", "v1", "v2")
 TRUE_CENTRES = np.array([[0.0, 0.0, 0.0], [4.0, 0.0, 1.0], [0.0, 5.0, -1.0], [4.0, 5.0, 3.0]])
@@ -68,6 +73,10 @@ def main() -> int:
     from bench.rounds import RoundLog
     from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, running_nodes
 
+    import mipflow
+
+    print(f"mipflow from {Path(mipflow.__file__).parent}, {os.cpu_count()} CPUs, load average "
+          f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}")
     model = DataModel.from_dict(model_doc())
     databases: list[str] = []
     with tempfile.TemporaryDirectory(prefix="mipflow-kmbench-") as tmp:
