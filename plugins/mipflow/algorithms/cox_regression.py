@@ -69,7 +69,7 @@ from mipflow.exceptions import RequestError
 CONFIDENCE = 0.95
 MAX_CONDITION = 1e14
 MAX_HALVINGS = 30
-#: Largest cached product matrix ``[1, x, x_a x_b]`` per node (bytes); beyond it the product
+#: Largest cached matrix of cross products ``x_a x_b`` per node (bytes); beyond it the product
 #: columns are formed anew each round, one at a time.
 MAX_PRODUCTS_BYTES = 768 * 1024 ** 2
 
@@ -280,8 +280,7 @@ def _risk_sets(data: pd.DataFrame, request: AnalysisRequest, model: DataModel, p
     Rows sorted (stably) by their bin of the common bins ``B``; ``bounds[j]:bounds[j+1]``
     are the rows leaving in bin ``j``.  ``design`` holds the centred covariates of the
     sorted rows column by column, shape (p, n); ``products`` (when it fits
-    :data:`MAX_PRODUCTS_BYTES`) the columns ``1, x_1..x_p, x_a x_b (a <= b)``, shape
-    (1 + p + p(p+1)/2, n).
+    :data:`MAX_PRODUCTS_BYTES`) the columns ``x_a x_b (a <= b)``, shape (p(p+1)/2, n).
     """
     rows = _rows(data, request, model, params, grid)
     columns, center = list(state["columns"]), [float(c) for c in state["center"]]
@@ -310,22 +309,26 @@ def _risk_sets(data: pd.DataFrame, request: AnalysisRequest, model: DataModel, p
                "leaving_censored": np.bincount(bins[~event], minlength=n_bins),
                "event_x_sum": design[event].sum(axis=0)}
         p, n = sorted_design.shape
-        if n * (1 + p + p * (p + 1) // 2) * 8 <= MAX_PRODUCTS_BYTES:
-            products = out["products"] = np.empty((1 + p + p * (p + 1) // 2, n))
-            for k, column in enumerate(_product_columns(sorted_design)):
-                products[k] = column
+        if n * (p * (p + 1) // 2) * 8 <= MAX_PRODUCTS_BYTES:
+            products = out["products"] = np.empty((p * (p + 1) // 2, n))
+            for k, (a, b) in enumerate(zip(*np.triu_indices(p))):
+                np.multiply(sorted_design[a], sorted_design[b], out=products[k])
         return out
     return memo(data, key, build)
 
 
-def _product_columns(design: np.ndarray):
+def _product_columns(design: np.ndarray, products: np.ndarray | None):
     """The columns ``1, x_1..x_p, x_a x_b for a <= b`` (``numpy.triu_indices`` order) of a
-    column-major design (shape (p, n)), one array of shape (n,) at a time."""
+    column-major design (shape (p, n)), one array of shape (n,) at a time; the cross products
+    from ``products`` when they are kept, else formed one at a time."""
     p, n = design.shape
     yield np.ones(n)
     yield from design
-    for a, b in zip(*np.triu_indices(p)):
-        yield design[a] * design[b]
+    if products is not None:
+        yield from products
+    else:
+        for a, b in zip(*np.triu_indices(p)):
+            yield design[a] * design[b]
 
 
 def _bin_sums(risk: dict, beta: np.ndarray) -> np.ndarray:
@@ -339,10 +342,8 @@ def _bin_sums(risk: dict, beta: np.ndarray) -> np.ndarray:
     weight = np.exp(beta @ design)
     n_bins, (p, n) = len(bounds) - 1, design.shape
     by_bin = sparse.csr_matrix((weight, np.arange(n, dtype=np.int64), bounds), shape=(n_bins, n))
-    products = risk.get("products")
-    columns = products if products is not None else _product_columns(design)
     out = np.empty((n_bins, 1 + p + p * (p + 1) // 2))
-    for k, column in enumerate(columns):
+    for k, column in enumerate(_product_columns(design, risk.get("products"))):
         out[:, k] = by_bin @ column
     return out
 
