@@ -13,6 +13,7 @@ Usage: ``python bench/cox.py [--rows-per-node 1000000] [--sqlite]``
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -24,6 +25,10 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+# this checkout's code, here and in the node services it starts (not an installed copy)
+sys.path.insert(0, str(REPO / "plugins"))
+os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO / "plugins"),
+                                            *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
 PG_ADMIN = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 NUMERICAL = [f"x{i}" for i in range(4)]
 
@@ -71,8 +76,13 @@ def main() -> int:
     from mipflow.config import NodeHome
     from mipflow.datamodel import DataModel
     from mipflow.federation import NodeClient, NodeEndpoint, run_analysis
-    from tests.nodes import load_frame, running_nodes
+    from bench.rounds import RoundLog
+    from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, running_nodes
 
+    import mipflow
+
+    print(f"mipflow from {Path(mipflow.__file__).parent}, {os.cpu_count()} CPUs, load average "
+          f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}")
     model = DataModel.from_dict(model_doc())
     databases: list[str] = []
     with tempfile.TemporaryDirectory(prefix="mipflow-coxbench-") as tmp:
@@ -89,17 +99,22 @@ def main() -> int:
             t = time.perf_counter()
             load_frame(home.root, model, make_rows(args.rows_per_node, 100 + site, site))
             print(f"site{site}: loaded {args.rows_per_node} rows in {time.perf_counter() - t:.1f}s")
+            grant_all(home.root)
             homes.append(home)
         try:
             with running_nodes([h.root for h in homes]) as urls:
                 clients = [NodeClient(NodeEndpoint(h.name, u, "central", issue_client(h.root, "central").secret.hex()),
                                       timeout=600)
                            for h, u in zip(homes, urls)]
+                round_log = RoundLog()
+                for client in clients:
+                    round_log.attach(client)
                 request = {"inputdata": {"data_model": "coxbench:1", "datasets": ["site0", "site1", "site2"],
                                          "x": ["arm", *NUMERICAL], "y": ["days", "death"], "filters": None},
                            "parameters": {"event_level": "yes", "bin_width": 1}}
                 t = time.perf_counter()
-                fed = run_analysis("cox_regression", request, clients, min_nodes=3)
+                fed = run_analysis("cox_regression", request, clients, min_nodes=3,
+                                   researcher=RESEARCHER, project=PROJECT)
                 fed_s = time.perf_counter() - t
 
                 t = time.perf_counter()
@@ -120,6 +135,7 @@ def main() -> int:
                 fit = PHReg(times, design, status=(pooled["death"] == "yes").to_numpy(dtype=float),
                             ties="breslow").fit(method="newton", tol=1e-8)
                 fit_s = time.perf_counter() - t
+                rounds_table = round_log.table(homes, "cox_regression")
                 for c in clients:
                     c.close()
         finally:
@@ -137,6 +153,7 @@ def main() -> int:
     print(f"  pooled:    {pooled_s:6.2f}s (read {read_s:.2f}s + PHReg {fit_s:.2f}s)")
     print(f"  ratio federated/pooled {fed_s / pooled_s:.2f}  max rel diff of coefficients {rel:.1e}  "
           f"n={fed.result['n_obs']} events={fed.result['n_events']}")
+    print(rounds_table)
     return 0
 
 

@@ -15,6 +15,7 @@ Usage: ``python bench/kmeans.py [--rows-per-node 1000000] [--sqlite]``
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -26,6 +27,10 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+# this checkout's code, here and in the node services it starts (not an installed copy)
+sys.path.insert(0, str(REPO / "plugins"))
+os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO / "plugins"),
+                                            *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
 PG_ADMIN = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 VARIABLES = ("v0", "v1", "v2")
 TRUE_CENTRES = np.array([[0.0, 0.0, 0.0], [4.0, 0.0, 1.0], [0.0, 5.0, -1.0], [4.0, 5.0, 3.0]])
@@ -65,8 +70,13 @@ def main() -> int:
     from mipflow.datamodel import DataModel
     from mipflow.federation import NodeClient, NodeEndpoint, run_analysis
     from tests.mipflow.algorithms.test_kmeans import numpy_lloyd
-    from tests.nodes import load_frame, running_nodes
+    from bench.rounds import RoundLog
+    from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, running_nodes
 
+    import mipflow
+
+    print(f"mipflow from {Path(mipflow.__file__).parent}, {os.cpu_count()} CPUs, load average "
+          f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}")
     model = DataModel.from_dict(model_doc())
     databases: list[str] = []
     with tempfile.TemporaryDirectory(prefix="mipflow-kmbench-") as tmp:
@@ -83,17 +93,22 @@ def main() -> int:
             t = time.perf_counter()
             load_frame(home.root, model, make_rows(args.rows_per_node, site))
             print(f"site{site}: loaded {args.rows_per_node} rows in {time.perf_counter() - t:.1f}s")
+            grant_all(home.root)
             homes.append(home)
         try:
             with running_nodes([h.root for h in homes]) as urls:
                 clients = [NodeClient(NodeEndpoint(h.name, u, "central", issue_client(h.root, "central").secret.hex()),
                                       timeout=600.0)
                            for h, u in zip(homes, urls)]
+                round_log = RoundLog()
+                for client in clients:
+                    round_log.attach(client)
                 request = {"inputdata": {"data_model": "kbench:1", "datasets": ["site0", "site1", "site2"],
                                          "x": [], "y": list(VARIABLES), "filters": None},
                            "parameters": {"k": args.k, "tol": args.tol, "maxiter": 100}}
                 t = time.perf_counter()
-                outcome = run_analysis("kmeans", request, clients, min_nodes=3)
+                outcome = run_analysis("kmeans", request, clients, min_nodes=3,
+                                   researcher=RESEARCHER, project=PROJECT)
                 fed_s = time.perf_counter() - t
 
                 t = time.perf_counter()
@@ -127,6 +142,7 @@ def main() -> int:
                 print(f"  pooled numpy Lloyd: {read_s + np_s:7.2f}s (read {read_s:.2f}s + fit {np_s:.2f}s, "
                       f"{ref['n_iter']} iterations)  ratio {fed_s / (read_s + np_s):.2f}  "
                       f"max rel diff of centres {rel_np:.1e}")
+                print(round_log.table(homes, "kmeans", summary=True))
                 for c in clients:
                     c.close()
         finally:

@@ -93,6 +93,13 @@ ALGORITHMS: dict[str, tuple[str, bool, bool, bool, dict[str, Param]]] = {
     "pca_with_transformation": ("PCA after log / exp / center / standardize", True, False, False, {
         "data_transformation": Param({}, type=["object", "null"], title="Transformations",
                                      description='e.g. {"log": ["age"], "standardize": ["glucose_mmol"]}')}),
+    "cmh_test": ("Cochran-Mantel-Haenszel test (x: exposure, stratum; stratified 2x2 tables)", False, True, True, {
+        "exposure_level": Param("", type="string", title="Exposure level (against the others; empty: two levels)"),
+        "outcome_level": Param("", type="string", title="Outcome level (against the others; empty: two levels)"),
+        "continuity_correction": Param("no", type="string", enum=["yes", "no"], title="Continuity correction"),
+        "tarone_adjustment": Param("no", type="string", enum=["yes", "no"],
+                                   title="Tarone's adjustment of the Breslow-Day test"),
+        "alpha": _alpha(0.05, "Significance level (common odds ratio interval)")}),
 }
 
 

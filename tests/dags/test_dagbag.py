@@ -19,7 +19,8 @@ EXPECTED_CENTRAL_DAGS = {f"federated_{name}" for name in (
     "linear_regression_cv", "logistic_regression_cv", "naive_bayes_gaussian_cv", "naive_bayes_categorical_cv",
     "kaplan_meier", "cox_regression",
     "kmeans",
-    "anova", "pca", "pca_with_transformation")} | {"federation_metadata"}
+    "anova", "pca", "pca_with_transformation",
+    "cmh_test")} | {"federation_metadata"}
 
 
 @pytest.fixture(scope="module")

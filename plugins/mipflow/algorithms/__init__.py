@@ -12,6 +12,7 @@ from mipflow.algorithms.anova_oneway import AnovaOneway
 from mipflow.algorithms.base import (
     AnalysisRequest, Algorithm, Step, design_matrix, prepare_local_data, run_in_process,
 )
+from mipflow.algorithms.cmh_test import CMHTest
 from mipflow.algorithms.contingency_table import ContingencyTable
 from mipflow.algorithms.cox_regression import CoxRegression
 from mipflow.algorithms.descriptive_stats import DescriptiveStats
@@ -53,6 +54,7 @@ ALGORITHMS: dict[str, Algorithm] = {
         Anova(),
         PCA(),
         PCAWithTransformation(),
+        CMHTest(),
     )
 }
 

@@ -6,7 +6,9 @@ aggregates it returns; the central side runs :meth:`Algorithm.global_step` on
 the aggregates of every node.  A global step either finishes with a result or
 asks for another round, sending a ``state`` to every node.  Nodes keep nothing
 between rounds: whatever an iterative method needs (coefficients, the chosen
-design columns, bin edges) travels in that state.
+design columns, bin edges) travels in that state.  (A node may keep arrays it
+derived from its own rows, as a cache that never changes a result:
+:mod:`mipflow.algorithms.prepared`.)
 
 The request is the MIP / Exareme2 algorithm request
 (``{"inputdata": {...}, "parameters": {...}}``) and results use Exareme2's

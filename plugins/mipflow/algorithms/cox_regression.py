@@ -26,6 +26,14 @@ partial likelihood, score and information are
     I = sum_j d_j (S2_j / S0_j - S1_j S1_j' / S0_j^2)
 
 and the central side makes a Newton step (halved while the likelihood falls).
+
+At a node, a round costs one pass over its rows: the rows sorted by bin of
+``B`` with their centred covariates and the product columns ``x_a x_b`` are
+built once per analysis and kept between rounds (:mod:`mipflow.algorithms.prepared`);
+each round computes ``w`` and one sparse bins-by-rows product per column, then
+cumulative sums over the bins.  S2 travels as its upper triangle and the sums
+as packed float64 (:mod:`mipflow.algorithms.packed`); see
+``docs/adr/0018-cox-performance.md``.
 It stops as statsmodels' Newton (no coefficient moved by more than ``tol``),
 and one more round gives the information at the final coefficients.
 
@@ -38,15 +46,19 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
+import json
+
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import sparse, stats
 
 from mipflow.algorithms.base import (
     NOMINAL, NUMERICAL, AnalysisRequest, InputSpec, ParamSpec, SpecAlgorithm, Step, design_columns,
     design_matrix, json_ready, level_counts, select_design_columns, sum_level_counts,
 )
 from mipflow.algorithms.moments import compute_moments, merge_moment_dicts
+from mipflow.algorithms.packed import pack, unpack
+from mipflow.algorithms.prepared import memo
 from mipflow.algorithms.survival import (
     SURVIVAL_PARAMETERS, SURVIVAL_Y, binning_summary, check_outcome, common_ends, grid_counts, grid_for,
     outcome, rebin, safe_bins,
@@ -57,6 +69,9 @@ from mipflow.exceptions import RequestError
 CONFIDENCE = 0.95
 MAX_CONDITION = 1e14
 MAX_HALVINGS = 30
+#: Largest cached matrix of cross products ``x_a x_b`` per node (bytes); beyond it the product
+#: columns are formed anew each round, one at a time.
+MAX_PRODUCTS_BYTES = 768 * 1024 ** 2
 
 
 class CoxRegression(SpecAlgorithm):
@@ -82,40 +97,31 @@ class CoxRegression(SpecAlgorithm):
                    model: DataModel, state: dict | None) -> dict:
         params = self.params(request, model)
         grid = grid_for(request, model, params)
-        index, event = outcome(data, request, model, grid, params["event_level"])
+        rows = _rows(data, request, model, params, grid)
+        index, event = rows["index"], rows["event"]
         if state is None:
             events, censored = grid_counts(index, event, len(grid))
-            design, _ = design_matrix(data, request.x, model, intercept=False)
             counts = level_counts(data, request.x, model)
             return {"n": len(data), "events": events.tolist(), "censored": censored.tolist(),
                     "group_counts": [int(v) for v in (*events, *censored)],
                     "level_counts": counts, "group_n": [c for code in request.x for c in counts.get(code, [])],
-                    "moments": compute_moments(design).to_dict()}
-        ends = np.asarray(state["ends"], dtype=np.int64)
+                    "moments": compute_moments(rows["design"]).to_dict()}
+        risk = _risk_sets(data, request, model, params, grid, state)
+        n_bins = len(risk["leaving_events"])
         event_bins = np.asarray(state["event_bins"], dtype=np.int64)
-        bins = np.searchsorted(ends, index, side="left")  # bin of B holding each row's time
-        design, _ = design_matrix(data, request.x, model, columns=state["columns"], intercept=False)
-        design -= np.asarray(state["center"], dtype=float)
-        p = design.shape[1]
-        weight = np.exp(design @ np.asarray(state["coefficients"], dtype=float))
-        n_bins = len(ends)
-        s0 = np.bincount(bins, weights=weight, minlength=n_bins)
-        weighted = design * weight[:, None]
-        s1 = np.column_stack([np.bincount(bins, weights=weighted[:, a], minlength=n_bins) for a in range(p)])
-        s2 = np.empty((n_bins, p, p))
-        for a in range(p):
-            for b in range(a, p):
-                s2[:, a, b] = s2[:, b, a] = np.bincount(bins, weights=weighted[:, a] * design[:, b],
-                                                        minlength=n_bins)
+        if event_bins.size and (event_bins.min() < 0 or event_bins.max() >= n_bins):
+            raise RequestError("state.event_bins lies outside the common bins")
+        sums = _bin_sums(risk, np.asarray(state["coefficients"], dtype=float))
         # rows at risk at a bin: their time is in this bin or a later one
-        s0, s1, s2 = (np.cumsum(s[::-1], axis=0)[::-1][event_bins] for s in (s0, s1, s2))
-        leaving_events = np.bincount(bins[event], minlength=n_bins)
-        leaving_censored = np.bincount(bins[~event], minlength=n_bins)
+        at_risk = np.cumsum(sums[::-1], axis=0)[::-1][event_bins]
+        p = risk["design"].shape[0]
         return {"n": len(data), "n_events": int(event.sum()),
-                "group_counts": [int(v) for v in (*leaving_events, *leaving_censored)],
-                "events": leaving_events[event_bins].tolist(),
-                "event_x_sum": design[event].sum(axis=0).tolist(),
-                "s0": s0.tolist(), "s1": s1.tolist(), "s2": s2.tolist()}
+                "group_counts": [int(v) for v in (*risk["leaving_events"], *risk["leaving_censored"])],
+                "events": risk["leaving_events"][event_bins].tolist(),
+                "event_x_sum": risk["event_x_sum"].tolist(),
+                "s0": pack(at_risk[:, 0], "the risk-set sum S0"),
+                "s1": pack(at_risk[:, 1:1 + p], "the risk-set sum S1"),
+                "s2": pack(at_risk[:, 1 + p:], "the risk-set sum S2")}
 
     def coarsen_for_release(self, round: int, aggregates: dict, min_count: int) -> dict:
         """Round 0: merge time bins until no count is in ``(0, min_count)`` (node disclosure controls)."""
@@ -135,9 +141,9 @@ class CoxRegression(SpecAlgorithm):
         p = len(state["columns"])
         beta = np.asarray(state["coefficients"], dtype=float)
         events = np.sum([np.asarray(a["events"], dtype=float) for a in aggregates], axis=0)
-        s0 = np.sum([np.asarray(a["s0"], dtype=float) for a in aggregates], axis=0)
-        s1 = np.sum([np.asarray(a["s1"], dtype=float).reshape(-1, p) for a in aggregates], axis=0)
-        s2 = np.sum([np.asarray(a["s2"], dtype=float).reshape(-1, p, p) for a in aggregates], axis=0)
+        s0 = np.sum([unpack(a["s0"]) for a in aggregates], axis=0)
+        s1 = np.sum([unpack(a["s1"]).reshape(-1, p) for a in aggregates], axis=0)
+        s2 = np.sum([_full_s2(unpack(a["s2"]), p) for a in aggregates], axis=0)
         event_x = np.sum([np.asarray(a["event_x_sum"], dtype=float) for a in aggregates], axis=0)
         mean = s1 / s0[:, None]
         loglik = float(event_x @ beta - events @ np.log(s0))
@@ -247,3 +253,109 @@ def _inverse(information: np.ndarray) -> np.ndarray:
     """Inverse of the information matrix, scaled to unit diagonal for accuracy."""
     scale = _unit_diagonal(information)
     return np.linalg.inv(information * np.outer(scale, scale)) * np.outer(scale, scale)
+
+
+# -- the node's arrays, kept between rounds (mipflow.algorithms.prepared) -----------------
+
+
+def _rows_key(request: AnalysisRequest, model: DataModel, params: dict) -> str:
+    return json.dumps(["cox_regression", model.key, list(request.x), list(request.y), params["event_level"],
+                       params["bin_width"], params["max_time"]], default=str)
+
+
+def _rows(data: pd.DataFrame, request: AnalysisRequest, model: DataModel, params: dict,
+          grid: np.ndarray) -> dict:
+    """Grid index and event flag of every row, and the candidate design (all levels), shape (n, q)."""
+    def build() -> dict:
+        index, event = outcome(data, request, model, grid, params["event_level"])
+        design, names = design_matrix(data, request.x, model, intercept=False)
+        return {"index": index, "event": event, "design": design, "names": names}
+    return memo(data, _rows_key(request, model, params), build)
+
+
+def _risk_sets(data: pd.DataFrame, request: AnalysisRequest, model: DataModel, params: dict,
+               grid: np.ndarray, state: dict) -> dict:
+    """What later rounds need and that does not depend on the coefficients.
+
+    Rows sorted (stably) by their bin of the common bins ``B``; ``bounds[j]:bounds[j+1]``
+    are the rows leaving in bin ``j``.  ``design`` holds the centred covariates of the
+    sorted rows column by column, shape (p, n); ``products`` (when it fits
+    :data:`MAX_PRODUCTS_BYTES`) the columns ``x_a x_b (a <= b)``, shape (p(p+1)/2, n).
+    """
+    rows = _rows(data, request, model, params, grid)
+    columns, center = list(state["columns"]), [float(c) for c in state["center"]]
+    ends = [int(e) for e in state["ends"]]
+    if len(center) != len(columns) or len(state["coefficients"]) != len(columns):
+        raise RequestError("the Cox state's columns, centre and coefficients differ in length")
+    if not ends or ends != sorted(set(ends)) or ends[0] < 0 or ends[-1] != len(grid) - 1:
+        raise RequestError("state.ends must be increasing grid indices ending at the last grid point")
+    key = json.dumps([_rows_key(request, model, params), ends, columns, center])
+
+    def build() -> dict:
+        names = rows["names"]
+        unknown = [c for c in columns if c not in names]
+        if unknown:
+            raise RequestError(f"the Cox state names unknown design columns: {', '.join(unknown)}")
+        design = rows["design"][:, [names.index(c) for c in columns]] - np.asarray(center)
+        index, event = rows["index"], rows["event"]
+        n_bins = len(ends)
+        bins = np.searchsorted(np.asarray(ends, dtype=np.int64), index, side="left")
+        # within a bin, rows keep their order (a stable radix sort on 16-bit bin numbers)
+        order = np.argsort(bins.astype(np.uint16) if n_bins <= 1 << 16 else bins, kind="stable")
+        sorted_design = np.ascontiguousarray(design[order].T)
+        out = {"design": sorted_design,
+               "bounds": np.searchsorted(bins[order], np.arange(n_bins + 1), side="left"),
+               "leaving_events": np.bincount(bins[event], minlength=n_bins),
+               "leaving_censored": np.bincount(bins[~event], minlength=n_bins),
+               "event_x_sum": design[event].sum(axis=0)}
+        p, n = sorted_design.shape
+        if n * (p * (p + 1) // 2) * 8 <= MAX_PRODUCTS_BYTES:
+            products = out["products"] = np.empty((p * (p + 1) // 2, n))
+            for k, (a, b) in enumerate(zip(*np.triu_indices(p))):
+                np.multiply(sorted_design[a], sorted_design[b], out=products[k])
+        return out
+    return memo(data, key, build)
+
+
+def _product_columns(design: np.ndarray, products: np.ndarray | None):
+    """The columns ``1, x_1..x_p, x_a x_b for a <= b`` (``numpy.triu_indices`` order) of a
+    column-major design (shape (p, n)), one array of shape (n,) at a time; the cross products
+    from ``products`` when they are kept, else formed one at a time."""
+    p, n = design.shape
+    yield np.ones(n)
+    yield from design
+    if products is not None:
+        yield from products
+    else:
+        for a, b in zip(*np.triu_indices(p)):
+            yield design[a] * design[b]
+
+
+def _bin_sums(risk: dict, beta: np.ndarray) -> np.ndarray:
+    """Per bin of ``B``: sums over the rows leaving there of ``w``, ``w x`` and ``w x_a x_b``
+    (``w = exp(x'beta)``), shape (bins, 1 + p + p(p+1)/2).
+
+    A sparse matrix (bins x rows, the weights as entries) times each product column; each
+    bin's rows are added in their order at the node.
+    """
+    design, bounds = risk["design"], risk["bounds"]
+    weight = np.exp(beta @ design)
+    n_bins, (p, n) = len(bounds) - 1, design.shape
+    by_bin = sparse.csr_matrix((weight, np.arange(n, dtype=np.int64), bounds), shape=(n_bins, n))
+    out = np.empty((n_bins, 1 + p + p * (p + 1) // 2))
+    for k, column in enumerate(_product_columns(design, risk.get("products"))):
+        out[:, k] = by_bin @ column
+    return out
+
+
+def _full_s2(upper: np.ndarray, p: int) -> np.ndarray:
+    """``S2`` per bin as full symmetric matrices, shape (bins, p, p), from the upper triangles
+    a node sends (shape (bins, p(p+1)/2)); full matrices (older nodes) pass through."""
+    if upper.ndim == 3 or (upper.ndim == 2 and upper.shape[1] == p * p and p * p != p * (p + 1) // 2):
+        return upper.reshape(-1, p, p)
+    upper_a, upper_b = np.triu_indices(p)
+    upper = upper.reshape(-1, len(upper_a))
+    full = np.empty((len(upper), p, p))
+    full[:, upper_a, upper_b] = upper
+    full[:, upper_b, upper_a] = upper
+    return full

@@ -36,6 +36,7 @@ the origin.  It needs raw extremes, which nodes refuse unless their admin set
 """
 from __future__ import annotations
 
+import json
 from types import MappingProxyType
 
 import numpy as np
@@ -46,6 +47,7 @@ from mipflow.algorithms.base import (
     NUMERICAL, AnalysisRequest, InputSpec, ParamSpec, SpecAlgorithm, Step, json_ready, numeric_values,
 )
 from mipflow.algorithms.moments import compute_moments, merge_moment_dicts
+from mipflow.algorithms.prepared import memo
 from mipflow.datamodel import DataModel
 from mipflow.exceptions import RequestError
 
@@ -53,6 +55,8 @@ from mipflow.exceptions import RequestError
 INITS = ("pca", "exareme2")
 #: Seed of Exareme2's uniform initialisation.
 EXAREME2_SEED = 123
+#: Rows per block in :func:`assign`.
+ASSIGN_BLOCK = 16_384
 
 
 def principal_axis_centres(mean: np.ndarray, cov: np.ndarray, k: int) -> np.ndarray:
@@ -89,12 +93,13 @@ def principal_axis_centres(mean: np.ndarray, cov: np.ndarray, k: int) -> np.ndar
     return mean + np.outer(z * spread, axis)
 
 
-def assign(values: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def assign(columns: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Nearest centre of each row and the squared distance to it.
 
     Parameters
     ----------
-    values : numpy.ndarray, shape (n, d)
+    columns : numpy.ndarray, shape (d, n)
+        The rows' values, one variable per row of the array (column-major rows).
     centres : numpy.ndarray, shape (k, d)
 
     Returns
@@ -102,22 +107,38 @@ def assign(values: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndar
     labels : numpy.ndarray of int, shape (n,)
         Index of the nearest centre (the lowest index on a tie).
     distances : numpy.ndarray, shape (n,)
-        Squared Euclidean distance to that centre.
+        Squared Euclidean distance to that centre, summed over the variables in order.
     """
-    n = len(values)
-    best = np.full(n, np.inf)
+    d, n = columns.shape
+    best = np.empty(n)
     labels = np.zeros(n, dtype=np.intp)
-    for j, centre in enumerate(centres):
-        deviation = values - centre
-        dist = np.einsum("ij,ij->i", deviation, deviation)
-        closer = dist < best
-        labels[closer] = j
-        best[closer] = dist[closer]
+    dist, term, closer = np.empty(ASSIGN_BLOCK), np.empty(ASSIGN_BLOCK), np.empty(ASSIGN_BLOCK, dtype=bool)
+    for lo in range(0, n, ASSIGN_BLOCK):  # blocks small enough for the temporaries to stay in cache
+        hi = min(n, lo + ASSIGN_BLOCK)
+        block_best, block_labels = best[lo:hi], labels[lo:hi]
+        block_dist, block_term, block_closer = dist[:hi - lo], term[:hi - lo], closer[:hi - lo]
+        for j, centre in enumerate(centres):
+            block_dist.fill(0.0)
+            for a in range(d):
+                np.subtract(columns[a, lo:hi], centre[a], out=block_term)
+                np.multiply(block_term, block_term, out=block_term)
+                block_dist += block_term
+            if j == 0:
+                block_best[:] = block_dist
+                continue
+            np.less(block_dist, block_best, out=block_closer)
+            np.copyto(block_labels, j, where=block_closer)
+            np.minimum(block_best, block_dist, out=block_best)
     return labels, best
 
 
-def cluster_aggregates(values: np.ndarray, centres: np.ndarray) -> dict:
+def cluster_aggregates(columns: np.ndarray, centres: np.ndarray) -> dict:
     """Per-cluster count, deviation sum and sum of squares about the given centres.
+
+    Parameters
+    ----------
+    columns : numpy.ndarray, shape (d, n)
+    centres : numpy.ndarray, shape (k, d)
 
     Returns
     -------
@@ -127,14 +148,13 @@ def cluster_aggregates(values: np.ndarray, centres: np.ndarray) -> dict:
         ``||x - c_j||^2``).
     """
     k, d = centres.shape
-    labels, distances = assign(values, centres)
+    labels, distances = assign(columns, centres)
     counts = np.bincount(labels, minlength=k)
     sums = np.zeros((k, d))
-    for j in range(k):
-        members = labels == j
-        if counts[j]:
-            sums[j] = (values[members] - centres[j]).sum(axis=0)
-    within = np.bincount(labels, weights=distances, minlength=k) if len(values) else np.zeros(k)
+    for a in range(d):
+        deviation = columns[a] - centres[:, a][labels]
+        sums[:, a] = np.bincount(labels, weights=deviation, minlength=k)
+    within = np.bincount(labels, weights=distances, minlength=k)
     return {"group_n": counts.tolist(), "deviation_sums": sums.tolist(), "within_ss": within.tolist()}
 
 
@@ -156,7 +176,8 @@ class KMeans(SpecAlgorithm):
 
     def local_step(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
                    model: DataModel, state: dict | None) -> dict:
-        values = _values(data, request)
+        columns = _columns(data, request)
+        values = columns.T
         if state is None:
             out: dict = {"n": len(values), "moments": compute_moments(values, matrix=True).to_dict()}
             if self.params(request, model)["init"] == "exareme2":
@@ -168,7 +189,7 @@ class KMeans(SpecAlgorithm):
         if centres.shape != (int(state["k"]), values.shape[1]):
             raise RequestError(f"kmeans state holds centres of shape {centres.shape}, "
                                f"expected ({state['k']}, {values.shape[1]})")
-        return {"n": len(values), **cluster_aggregates(values, centres)}
+        return {"n": len(values), **cluster_aggregates(columns, centres)}
 
     # -- global -----------------------------------------------------------------
 
@@ -237,8 +258,10 @@ class KMeans(SpecAlgorithm):
         })
 
 
-def _values(data: pd.DataFrame, request: AnalysisRequest) -> np.ndarray:
-    """The ``y`` columns as a float matrix, shape (n, d)."""
-    if not len(data):
-        return np.zeros((0, len(request.y)))
-    return np.column_stack([numeric_values(data[code]) for code in request.y])
+def _columns(data: pd.DataFrame, request: AnalysisRequest) -> np.ndarray:
+    """The ``y`` columns as a float array, one variable per row, shape (d, n); kept between rounds."""
+    def build() -> dict:
+        if not len(data):
+            return {"columns": np.zeros((len(request.y), 0))}
+        return {"columns": np.vstack([numeric_values(data[code]) for code in request.y])}
+    return memo(data, json.dumps(["kmeans", list(request.y)]), build)["columns"]

@@ -53,6 +53,7 @@ VALID = {
     "pca": request(y=("y", "x1", "x2", "age")),
     "pca_with_transformation": request(y=("y", "x1", "x2", "age"), data_transformation={
         "log": ["age"], "exp": ["x1"], "center": ["y"], "standardize": ["x2"]}),
+    "cmh_test": request(x=("sex", "stage"), y=("outcome",), outcome_level="yes"),
 }
 
 

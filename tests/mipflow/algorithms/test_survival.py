@@ -25,6 +25,7 @@ from statsmodels.duration.survfunc import SurvfuncRight, survdiff
 
 from mipflow.algorithms import get_algorithm, prepare_local_data, run_in_process
 from mipflow.algorithms.base import transport
+from mipflow.algorithms.packed import unpack
 from mipflow.algorithms.survival import safe_bins
 from mipflow.config import NodeSettings
 from mipflow.disclosure import DisclosureControls
@@ -302,7 +303,7 @@ def test_cox_refuses_a_grid_finer_than_its_safe_bins() -> None:
     assert all(v == 0 or v >= 3 for v in released["events"] + released["censored"])
     honest = alg.global_step(0, [released], req, STROKE, None).state
     rounds = _release("cox_regression", data, req, tab=3, round_no=1, state=honest)
-    assert len(rounds["s0"]) == len(honest["event_bins"])
+    assert unpack(rounds["s0"]).shape == (len(honest["event_bins"]),)
     grid_points = len(released["events"]) and (released["ends"][-1] + 1)
     every_day = dict(honest, ends=list(range(grid_points)),
                      event_bins=list(range(grid_points)))
