@@ -409,9 +409,9 @@ class DifferencingGuard:
         """
         if algorithm != "kmeans" or round_no < 1 or not state or "centers" not in state or nfilter_tab <= 1:
             return None
-        from mipflow.algorithms.kmeans import _values, assign
+        from mipflow.algorithms.kmeans import _columns, assign
 
-        labels, _ = assign(_values(data, request), np.asarray(state["centers"], dtype=float))
+        labels, _ = assign(_columns(data, request), np.asarray(state["centers"], dtype=float))
         self.partitions.check(self._partition_key(cohorts, request), labels, nfilter_tab)
         return labels
 
