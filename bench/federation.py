@@ -53,6 +53,17 @@ def make_rows(n: int, seed: int, site: int) -> pd.DataFrame:
     return frame
 
 
+def drop_node_caches(homes, model) -> None:
+    """Make every node read its rows again: rewrite its datasets registry, as a load does."""
+    from mipflow.store import FeatureStore
+
+    for home in homes:
+        store = FeatureStore(home.db_url)
+        with store.begin() as conn:
+            store.refresh_datasets(conn, model)
+        store.dispose()
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.array(values) * 1000, q))
 
@@ -153,9 +164,11 @@ def main() -> int:
                     t = time.perf_counter()
                     logit = sm.Logit((pooled["event"] == "yes").astype(float), X).fit(disp=0, tol=1e-8)
                     timings["logit"].append(time.perf_counter() - t)
+                    drop_node_caches(homes, model)
                     t = time.perf_counter()
                     fed_ols = run_analysis("linear_regression", full, clients, min_nodes=3, **who)
                     timings["fed_ols"].append(time.perf_counter() - t)
+                    drop_node_caches(homes, model)
                     t = time.perf_counter()
                     fed_logit = run_analysis("logistic_regression", logit_request, clients, min_nodes=3, **who)
                     timings["fed_logit"].append(time.perf_counter() - t)
