@@ -6,7 +6,7 @@
 2. Federated linear and logistic regression on 3 nodes x N rows x 10 covariates, beside the pooled
    baseline (read every row from the three stores, fit with statsmodels).
 
-Usage: ``python bench/federation.py [--rows-per-node 200000] [--rounds 200] [--sqlite]``
+Usage: ``python bench/federation.py [--rows-per-node 200000] [--rounds 200] [--repeat 3] [--sqlite]``
 (PostgreSQL at 127.0.0.1:5432 by default, as in production; ``--sqlite`` for SQLite stores.)
 """
 from __future__ import annotations
@@ -53,6 +53,17 @@ def make_rows(n: int, seed: int, site: int) -> pd.DataFrame:
     return frame
 
 
+def drop_node_caches(homes, model) -> None:
+    """Make every node read its rows again: rewrite its datasets registry, as a load does."""
+    from mipflow.store import FeatureStore
+
+    for home in homes:
+        store = FeatureStore(home.db_url)
+        with store.begin() as conn:
+            store.refresh_datasets(conn, model)
+        store.dispose()
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.array(values) * 1000, q))
 
@@ -62,6 +73,7 @@ def main() -> int:
     parser.add_argument("--rows-per-node", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--sqlite", action="store_true")
+    parser.add_argument("--repeat", type=int, default=1, help="interleaved repetitions of the fits (medians)")
     args = parser.parse_args()
 
     import httpx
@@ -131,43 +143,55 @@ def main() -> int:
 
                 covariates = [f"x{i}" for i in range(N_COVARIATES)]
                 full = {**request, "inputdata": {**request["inputdata"], "x": covariates}}
-                t = time.perf_counter()
-                frames = []
-                for home in homes:
-                    engine = sa.create_engine(home.db_url)
-                    with engine.connect() as conn:
-                        frames.append(pd.read_sql(sa.text(f"SELECT y, event, {', '.join(covariates)} "
-                                                          "FROM dm_bench_1"), conn))
-                    engine.dispose()
-                pooled = pd.concat(frames, ignore_index=True)
-                read_s = time.perf_counter() - t
-                X = sm.add_constant(pooled[covariates])
-                t = time.perf_counter()
-                ols = sm.OLS(pooled["y"], X).fit()
-                ols_s = time.perf_counter() - t
-                t = time.perf_counter()
-                logit = sm.Logit((pooled["event"] == "yes").astype(float), X).fit(disp=0, tol=1e-8)
-                logit_s = time.perf_counter() - t
-                t = time.perf_counter()
-                fed_ols = run_analysis("linear_regression", full, clients, min_nodes=3, **who)
-                fed_ols_s = time.perf_counter() - t
                 logit_request = {**full, "inputdata": {**full["inputdata"], "y": ["event"]},
                                  "parameters": {"positive_class": "yes"}}
-                t = time.perf_counter()
-                fed_logit = run_analysis("logistic_regression", logit_request, clients, min_nodes=3, **who)
-                fed_logit_s = time.perf_counter() - t
+                timings: dict[str, list[float]] = {k: [] for k in ("read", "ols", "logit", "fed_ols", "fed_logit")}
+                for _repeat in range(args.repeat):  # interleaved: each repetition runs every contender once
+                    t = time.perf_counter()
+                    frames = []
+                    for home in homes:
+                        engine = sa.create_engine(home.db_url)
+                        with engine.connect() as conn:
+                            frames.append(pd.read_sql(sa.text(f"SELECT y, event, {', '.join(covariates)} "
+                                                              "FROM dm_bench_1"), conn))
+                        engine.dispose()
+                    pooled = pd.concat(frames, ignore_index=True)
+                    timings["read"].append(time.perf_counter() - t)
+                    X = sm.add_constant(pooled[covariates])
+                    t = time.perf_counter()
+                    ols = sm.OLS(pooled["y"], X).fit()
+                    timings["ols"].append(time.perf_counter() - t)
+                    t = time.perf_counter()
+                    logit = sm.Logit((pooled["event"] == "yes").astype(float), X).fit(disp=0, tol=1e-8)
+                    timings["logit"].append(time.perf_counter() - t)
+                    drop_node_caches(homes, model)
+                    t = time.perf_counter()
+                    fed_ols = run_analysis("linear_regression", full, clients, min_nodes=3, **who)
+                    timings["fed_ols"].append(time.perf_counter() - t)
+                    drop_node_caches(homes, model)
+                    t = time.perf_counter()
+                    fed_logit = run_analysis("logistic_regression", logit_request, clients, min_nodes=3, **who)
+                    timings["fed_logit"].append(time.perf_counter() - t)
+                med = {k: float(np.median(v)) for k, v in timings.items()}
+                ratios_ols = [f / (r + o) for f, r, o in zip(timings["fed_ols"], timings["read"], timings["ols"])]
+                ratios_logit = [f / (r + o) for f, r, o in
+                                zip(timings["fed_logit"], timings["read"], timings["logit"])]
+                read_s, ols_s, logit_s, fed_ols_s, fed_logit_s = (med[k] for k in timings)
                 rel_ols = np.max(np.abs(np.array(fed_ols.result["coefficients"]) - ols.params.to_numpy())
                                  / np.abs(ols.params.to_numpy()))
                 rel_logit = np.max(np.abs(np.array(fed_logit.result["coefficients"]) - logit.params.to_numpy())
                                    / np.abs(logit.params.to_numpy()))
                 n = 3 * args.rows_per_node
                 print(f"\n3 nodes x {args.rows_per_node} rows x {N_COVARIATES} covariates "
-                      f"({'SQLite' if args.sqlite else 'PostgreSQL'} stores); pooled = read all rows + statsmodels")
+                      f"({'SQLite' if args.sqlite else 'PostgreSQL'} stores); pooled = read all rows + statsmodels; "
+                      f"medians of {args.repeat} interleaved repetition(s)")
                 print(f"  linear_regression:   federated {fed_ols_s:6.2f}s  pooled {read_s + ols_s:6.2f}s "
-                      f"(read {read_s:.2f}s + fit {ols_s:.2f}s)  ratio {fed_ols_s / (read_s + ols_s):.2f}  "
+                      f"(read {read_s:.2f}s + fit {ols_s:.2f}s)  ratio {np.median(ratios_ols):.2f} "
+                      f"(per repetition {', '.join(f'{r:.2f}' for r in ratios_ols)})  "
                       f"max rel diff {rel_ols:.1e}  n={fed_ols.result['n_obs']} of {n}")
                 print(f"  logistic_regression: federated {fed_logit_s:6.2f}s  pooled {read_s + logit_s:6.2f}s "
-                      f"(read {read_s:.2f}s + fit {logit_s:.2f}s)  ratio {fed_logit_s / (read_s + logit_s):.2f}  "
+                      f"(read {read_s:.2f}s + fit {logit_s:.2f}s)  ratio {np.median(ratios_logit):.2f} "
+                      f"(per repetition {', '.join(f'{r:.2f}' for r in ratios_logit)})  "
                       f"max rel diff {rel_logit:.1e}  rounds={fed_logit.rounds}")
                 for c in clients:
                     c.close()

@@ -132,17 +132,19 @@ class AccessRegistry:
     def __init__(self, root: str | Path) -> None:
         self.path = Path(root) / ACCESS_FILE
         self._lock = threading.Lock()
-        self._seen: tuple[int, list[Grant]] | None = None
+        self._seen: tuple[Any, list[Grant]] | None = None
 
     # -- reading ------------------------------------------------------------
     def grants(self) -> list[Grant]:
         """Every grant in the file (active, expired and revoked)."""
-        mtime = self.path.stat().st_mtime_ns if self.path.is_file() else 0
+        from mipflow.freshness import file_signature
+
+        signature = file_signature(self.path)  # re-read when the file changed (see mipflow.freshness)
         with self._lock:
-            if self._seen is not None and self._seen[0] == mtime:
+            if self._seen is not None and self._seen[0] == signature:
                 return list(self._seen[1])
             grants = self._read()
-            self._seen = (mtime, grants)
+            self._seen = (signature, grants)
             return list(grants)
 
     def _read(self) -> list[Grant]:

@@ -30,7 +30,7 @@ from collections import OrderedDict
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from mipflow import __version__
@@ -39,6 +39,7 @@ from mipflow.audit import AUDIT_FILE, AuditLog
 from mipflow.auth import AuthError, Verifier, load_clients
 from mipflow.config import NodeHome
 from mipflow.exceptions import DisclosureError, MipflowError, RequestError, StoreError
+from mipflow.freshness import DataVersion, file_signature
 
 log = logging.getLogger(__name__)
 #: Data selections kept in node memory between rounds (see ``local_data``).
@@ -83,6 +84,19 @@ class DataModelNotHeld(MipflowError):
     analysis (HTTP 404, control ``data_model``), the request itself is not invalid."""
 
 
+def _plain(value: Any) -> Any:
+    """numpy scalars and arrays as Python numbers and lists (``json.dumps`` fallback)."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def json_bytes(doc: Any) -> bytes:
+    """Strict JSON (no NaN or infinity, as Starlette's ``JSONResponse``), compact, UTF-8."""
+    return json.dumps(doc, ensure_ascii=False, allow_nan=False, separators=(",", ":"),
+                      default=_plain).encode("utf-8")
+
+
 def create_app(home: NodeHome) -> FastAPI:
     """Build the node's FastAPI application."""
     from mipflow.algorithms import ALGORITHMS, get_algorithm
@@ -95,6 +109,7 @@ def create_app(home: NodeHome) -> FastAPI:
     from mipflow.query import select_frame
 
     store = FeatureStore(home.db_url)
+    data_version = DataVersion(store)
     verifier = Verifier(load_clients(home.root))
     audit = AuditLog(home.root / AUDIT_FILE)
     access = AccessRegistry(home.root)
@@ -117,13 +132,13 @@ def create_app(home: NodeHome) -> FastAPI:
         return models[key]
 
     config_file = home.root / "node.json"
-    config_seen = [config_file.stat().st_mtime_ns, home.settings]
+    config_seen = [file_signature(config_file), home.settings]
 
     def settings():
         """The node's settings, re-read when the admin changed node.json (no restart needed)."""
-        mtime = config_file.stat().st_mtime_ns
-        if mtime != config_seen[0]:
-            config_seen[:] = [mtime, NodeHome(home.root).settings]
+        signature = file_signature(config_file)
+        if signature != config_seen[0]:
+            config_seen[:] = [signature, NodeHome(home.root).settings]
         return config_seen[1]
 
     frames: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
@@ -133,14 +148,16 @@ def create_app(home: NodeHome) -> FastAPI:
 
         Iterative algorithms call the node once per round with the same data
         selection; re-reading the store each time would dominate.  The cache is
-        keyed on the selection and invalidated whenever the node's data change
-        (the datasets registry is rewritten by every load and consent deletion).
+        keyed on the selection and invalidated whenever the node's data may have
+        changed: :class:`mipflow.freshness.DataVersion` gives a token, read
+        before the rows are, that changes with every load and consent deletion
+        (on SQLite with every commit), without a query per request.
         Nothing cached ever leaves the node, nor do the row keys of the cohorts
         (:mod:`mipflow.cohorts`) cached with the rows.
         """
         key = json.dumps([model.key, sorted(analysis.datasets), variables, analysis.filters,
                           algo.complete_case, algo.name], sort_keys=True, default=str)
-        version = json.dumps(store.datasets(model.key), sort_keys=True, default=str)
+        version = data_version.token(model.key)
         hit = frames.get(key)
         if hit is not None and hit[0] == version:
             frames.move_to_end(key)
@@ -155,13 +172,13 @@ def create_app(home: NodeHome) -> FastAPI:
         return data, cohorts
 
     clients_file = home.root / "clients.json"
-    clients_seen = [clients_file.stat().st_mtime_ns if clients_file.exists() else 0]
+    clients_seen = [file_signature(clients_file)]
 
     async def authenticate(request: Request, body: bytes, what: str) -> str:
-        mtime = clients_file.stat().st_mtime_ns if clients_file.exists() else 0
-        if mtime != clients_seen[0]:  # credentials issued or revoked since start
+        signature = file_signature(clients_file)
+        if signature != clients_seen[0]:  # credentials issued or revoked since start
             verifier.update_clients(load_clients(home.root))
-            clients_seen[0] = mtime
+            clients_seen[0] = signature
         try:
             path = api_path(request) + (f"?{request.url.query}" if request.url.query else "")
             return verifier.verify(request.headers, request.method, path, body)
@@ -300,9 +317,11 @@ def create_app(home: NodeHome) -> FastAPI:
             raise HTTPException(status_code=400, detail=str(exc)) from None
         audit.append(**record, decision="allowed", ms=round(1000 * (time.perf_counter() - started), 2))
         budget.charge(body.researcher, key)
-        return {"node": home.name, "algorithm": algorithm, "round": body.round, "rows": n_rows,
-                "aggregates": aggregates, "code": code_of(algorithm),
-                "privacy": record.get("dp")}
+        # StepReply documents the reply; it is encoded here directly (one json.dumps, no model pass)
+        return Response(json_bytes({"node": home.name, "algorithm": algorithm, "round": body.round,
+                                    "rows": n_rows, "aggregates": aggregates, "code": code_of(algorithm),
+                                    "privacy": record.get("dp")}),
+                        media_type="application/json")
 
     from mipflow import secagg
 

@@ -268,6 +268,10 @@ class FeatureStore:
         for dataset, count in counts:
             conn.execute(datasets_table.insert().values(
                 data_model=model.key, dataset=dataset, row_count=int(count), updated_at=now))
+        if self.dialect == "postgresql":  # node APIs drop cached selections when this commits
+            from mipflow.freshness import DATA_CHANNEL
+
+            conn.execute(sa.text("SELECT pg_notify(:channel, :key)"), {"channel": DATA_CHANNEL, "key": model.key})
 
     def datasets(self, data_model: str | None = None) -> list[dict[str, Any]]:
         query = sa.select(datasets_table).order_by(datasets_table.c.data_model, datasets_table.c.dataset)

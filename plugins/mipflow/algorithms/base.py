@@ -122,8 +122,8 @@ class AnalysisRequest:
             datasets=datasets,
             x=_names(inputdata.get("x"), "x"),
             y=_names(inputdata.get("y"), "y"),
-            filters=copy.deepcopy(dict(filters)) if filters is not None else None,
-            parameters=copy.deepcopy(dict(parameters)),
+            filters=filters,  # __post_init__ takes deep copies
+            parameters=parameters,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -416,6 +416,8 @@ def category_codes(series: pd.Series, variable: Variable) -> pd.Series:
 
 def numeric_values(series: pd.Series) -> np.ndarray:
     """A numeric column as a float array (NA become NaN), shape (n,)."""
+    if series.dtype == np.float64:  # what the node's queries return: already numbers
+        return series.to_numpy(dtype=np.float64, copy=True)
     return pd.to_numeric(series, errors="raise").to_numpy(dtype=float, na_value=np.nan)
 
 
