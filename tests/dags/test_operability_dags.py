@@ -166,7 +166,7 @@ def test_node_api_mounted_in_airflow_takes_signed_calls_and_refuses_unsigned(air
 
     home, cred = node_home
     request = {"inputdata": {"data_model": "stroke:0.1", "datasets": ["hospital_a"], "x": [],
-                             "y": ["age", "nihss_admission"], "filters": None}, "parameters": {}}
+                             "y": ["age"], "filters": None}, "parameters": {}}  # one variable: one cohort
     out = _run_mounted({"MIPFLOW_NODE_HOME": str(home.root), "MIPFLOW_NODE_API_IN_AIRFLOW": "1",
                         "SECRET": cred.secret.hex(), "STEP_REQUEST": json.dumps(request)})
     assert out["mounted"] == ["/mipflow-node"] and out["health"] == 200
