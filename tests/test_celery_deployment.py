@@ -289,17 +289,40 @@ def task_count(server: CeleryAirflow, dag_id: str, run_id: str) -> int:
     return len(states)
 
 
-def test_federated_linear_regression_through_celery_equals_pooled_ols(deployment):
-    import statsmodels.api as sm
-
-    from mipflow.results import ResultStore
-
+@pytest.fixture(scope="module")
+def analysis_run(deployment) -> dict:
+    """The analysis DAG run through the Celery deployment (once, whichever test asks first)."""
     server = deployment["server"]
     run = run_dag(server, ANALYSIS_DAG, {
         "data_model": "stroke:0.1", "datasets": list(HOSPITALS), "filters": None, "project": PROJECT,
         "nodes": [f"mipflow_node_{h}" for h in HOSPITALS], "min_nodes": 3,
         "y": "mrs_90d", "x": ["age", "nihss_admission"]}, timeout=120)
     assert run["state"] == "success", server.tail()
+    return run
+
+
+def _chain_runs(deployment) -> dict:
+    """The node ingestion chain's runs, once node_load has run (or a stage failed)."""
+    server = deployment["server"]
+
+    # node_capture was unpaused by the fixture; each later stage runs on its predecessor's Asset
+    def chain_runs() -> dict | None:
+        with server.client() as client:
+            runs = {dag_id: client.get(f"/api/v2/dags/{dag_id}/dagRuns").json()["dag_runs"] for dag_id in CHAIN}
+        if any(r["state"] == "failed" for rs in runs.values() for r in rs):
+            return runs
+        done = runs["node_load"] and all(r["state"] == "success" for rs in runs.values() for r in rs)
+        return runs if done else None
+
+    return _wait("node_capture -> ... -> node_load", chain_runs, 180, server)
+
+
+def test_federated_linear_regression_through_celery_equals_pooled_ols(deployment, analysis_run):
+    import statsmodels.api as sm
+
+    from mipflow.results import ResultStore
+
+    run = analysis_run
 
     store = ResultStore(deployment["central"])
     stored = store.get(run["dag_run_id"])
@@ -328,17 +351,7 @@ def test_node_ingestion_chain_through_celery_accounts_for_every_row(deployment):
 
     server = deployment["server"]
     home = deployment["ingest_home"]
-
-    # node_capture was unpaused by the fixture; each later stage runs on its predecessor's Asset
-    def chain_runs() -> dict | None:
-        with server.client() as client:
-            runs = {dag_id: client.get(f"/api/v2/dags/{dag_id}/dagRuns").json()["dag_runs"] for dag_id in CHAIN}
-        if any(r["state"] == "failed" for rs in runs.values() for r in rs):
-            return runs
-        done = runs["node_load"] and all(r["state"] == "success" for rs in runs.values() for r in rs)
-        return runs if done else None
-
-    runs = _wait("node_capture -> ... -> node_load", chain_runs, 180, server)
+    runs = _chain_runs(deployment)
     assert {dag_id: [r["state"] for r in rs] for dag_id, rs in runs.items()} == \
         {dag_id: ["success"] for dag_id in CHAIN}, server.tail()
     assert runs["node_capture"][0]["run_type"] == "scheduled"
@@ -357,10 +370,11 @@ def test_node_ingestion_chain_through_celery_accounts_for_every_row(deployment):
         store.dispose()
 
 
-def test_every_task_ran_on_the_celery_worker(deployment):
+def test_every_task_ran_on_the_celery_worker(deployment, analysis_run):
     """Each task instance of every run above went through the broker to the worker, whose Celery
     task succeeded (Celery's result backend), and the broker lived in the claimed Redis database."""
     server = deployment["server"]
+    _chain_runs(deployment)  # whatever order the tests run in, the chain has finished
     tasks = 0
     with server.client() as client:
         for dag_id in (ANALYSIS_DAG, *CHAIN):
