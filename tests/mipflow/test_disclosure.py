@@ -50,3 +50,27 @@ def test_refusal_does_not_tell_the_size_of_the_small_group(small):
     with pytest.raises(DisclosureError) as info:
         DisclosureControls(NodeSettings(nfilter_tab=3)).release(Algo(), None, None, 0, {"group_n": [40, small]})
     assert str(small) not in str(info.value).replace("(3)", "")
+
+
+@pytest.mark.parametrize("round_no", [0, 1])
+def test_logistic_regression_with_one_patient_in_a_class_is_refused(round_no):
+    """The gradient holds each class's covariate sums: a class of one row at a node would release
+    that patient's covariates, so the class sizes are group sizes under nfilter_tab."""
+    from mipflow.algorithms import get_algorithm
+    from tests.mipflow.algorithms.synthetic import MODEL, make_data, request
+
+    data = make_data(7, 60).dropna(subset=["x1", "outcome"]).reset_index(drop=True)
+    data["outcome"] = "no"
+    data.loc[0, "outcome"] = "yes"  # one positive patient at this node
+    algo, req = get_algorithm("logistic_regression"), request(x=("x1",), y=("outcome",), positive_class="yes")
+    state = None
+    if round_no:
+        state = algo.global_step(0, [algo.local_step(0, data, req, MODEL, None)], req, MODEL, None).state
+    aggregates = algo.local_step(round_no, data, req, MODEL, state)
+    with pytest.raises(DisclosureError) as info:
+        DisclosureControls(NodeSettings(nfilter_tab=3)).release(algo, req, MODEL, round_no, aggregates)
+    assert info.value.control == "nfilter_tab"
+    data = data.copy()  # a new frame (steps memoise per frame, which nodes never change in place)
+    data.loc[1:2, "outcome"] = "yes"  # three positives: released
+    assert DisclosureControls(NodeSettings(nfilter_tab=3)).release(
+        algo, req, MODEL, round_no, algo.local_step(round_no, data, req, MODEL, state))

@@ -94,11 +94,14 @@ class LogisticRegression(SpecAlgorithm):
                    model: DataModel, state: dict | None) -> dict:
         positive = self.params(request, model)["positive_class"]
         y = _response(data, request, model, positive)
-        out: dict = {"n": len(y), "n_positive": int(y.sum())}
+        n_positive = int(y.sum())
+        # the class sizes are group sizes too: the gradient holds the covariate sums of each class,
+        # so a class of one or two rows at a node would release those patients' values
+        out: dict = {"n": len(y), "n_positive": n_positive, "group_n": [n_positive, len(y) - n_positive]}
         if state is None:
             design, _ = design_matrix(data, request.x, model, intercept=False)
             out["level_counts"] = level_counts(data, request.x, model)
-            out["group_n"] = [c for code in request.x for c in out["level_counts"].get(code, [])]
+            out["group_n"] += [c for code in request.x for c in out["level_counts"].get(code, [])]
             out["moments"] = compute_moments(design).to_dict()
             return out
         design = _centred_design(data, request, model, state)
