@@ -125,8 +125,12 @@ def main() -> int:
                     t = time.perf_counter()
                     list(pool.map(lambda c: c.step("linear_regression", small, 0, None, **who), clients))
                     round_times.append(time.perf_counter() - t)
-                    cold = json.loads(json.dumps(small))  # a new selection: the store is queried
-                    cold["inputdata"]["filters"]["rules"][0]["value"] = 2.4 + i * 1e-6
+                    # a new selection (the store is queried) with the same rows: a rule that holds for
+                    # every row (|x1| is far below 1000), so the differencing control sees the same
+                    # cohort (a cohort a few rows away would rightly be refused, ADR 0013)
+                    cold = json.loads(json.dumps(small))
+                    cold["inputdata"]["filters"]["rules"].append(
+                        {"id": "x1", "operator": "less", "value": 1000.0 + i})
                     t = time.perf_counter()
                     list(pool.map(lambda c: c.step("linear_regression", cold, 0, None, **who), clients))
                     cold_times.append(time.perf_counter() - t)
