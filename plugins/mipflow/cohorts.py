@@ -77,7 +77,8 @@ def row_keys(frame: pd.DataFrame, key: str) -> np.ndarray:
     Parameters
     ----------
     frame : pandas.DataFrame, shape (n, ...)
-        Rows with columns ``_pid``, ``dataset`` and ``_visit``.
+        Rows with columns ``_pid``, ``dataset`` and ``_visit``, or with their MD5 already
+        computed by the store (column :data:`mipflow.query.ROW_MD5`).
     key : str
         From :func:`hash_key`.
 
@@ -86,11 +87,19 @@ def row_keys(frame: pd.DataFrame, key: str) -> np.ndarray:
     numpy.ndarray of uint64, shape (n,)
         In the frame's row order.
     """
+    from mipflow.query import ROW_MD5
+
     if not len(frame):
         return np.zeros(0, dtype=np.uint64)
-    parts = [frame[c].astype(object).where(frame[c].notna(), "").astype(str) for c in ("_pid", "dataset", "_visit")]
-    joined = parts[0] + "\x1f" + parts[1] + "\x1f" + parts[2]
-    return pd.util.hash_array(joined.to_numpy(dtype=object), hash_key=key, categorize=False)
+    if ROW_MD5 in frame.columns:  # computed by PostgreSQL on the binary read path
+        digests = frame[ROW_MD5].to_numpy(dtype=object)
+    else:
+        parts = [frame[c].astype(object).where(frame[c].notna(), "").astype(str)
+                 for c in ("_pid", "dataset", "_visit")]
+        joined = parts[0] + "\x1f" + parts[1] + "\x1f" + parts[2]
+        digests = np.array([hashlib.md5(text.encode("utf-8")).hexdigest() for text in joined], dtype=object)
+    # the node's key makes the ledger's row keys its own (the MD5 only fixes the identity's width)
+    return pd.util.hash_array(digests, hash_key=key, categorize=False)
 
 
 def cohort_sets(frame: pd.DataFrame, variables: Sequence[str], complete_case: bool,

@@ -40,6 +40,10 @@ from mipflow.store import KEY_COLUMNS, LINEAGE_COLUMNS, FeatureStore
 
 #: Row identity a node may select for its own controls (``select_frame(row_identity=True)``).
 ROW_IDENTITY_COLUMNS = ("_pid", "_visit")
+#: On PostgreSQL's binary path the row identity travels as one fixed-width column instead: the MD5
+#: (hex) of ``_pid + "\x1f" + dataset + "\x1f" + _visit``, what :func:`mipflow.cohorts.row_keys`
+#: computes itself from the two columns on the other paths.
+ROW_MD5 = "_row_md5"
 
 #: Operators of jQuery QueryBuilder that filters may use (those Exareme2 accepts).
 #: The string-pattern operators (``contains``, ``begins_with``, ...) are left
@@ -567,9 +571,8 @@ def select_frame(store: FeatureStore, model: DataModel, *, datasets: Sequence[st
         the filter is invalid.
     """
     statement, chosen = _prepare(store, model, datasets, variables, filters, complete_case, row_identity)
-    if store.dialect == "postgresql" and complete_case and not row_identity and all(
-            v.is_numerical or v.is_categorical for v in chosen):
-        frame = _binary_copy_frame(store, statement, chosen, _check_datasets(datasets))
+    if store.dialect == "postgresql" and complete_case and all(v.is_numerical or v.is_categorical for v in chosen):
+        frame = _binary_copy_frame(store, statement, chosen, _check_datasets(datasets), row_identity)
         if frame is not None:
             return frame
     frames = list(_stream(store, statement, chosen, DEFAULT_CHUNKSIZE))
@@ -637,7 +640,7 @@ _PGCOPY_TRAILER = b"\xff\xff"
 
 
 def _binary_copy_frame(store: FeatureStore, statement: sa.Select, chosen: list[Variable],
-                       datasets: list[str]) -> pd.DataFrame | None:
+                       datasets: list[str], row_identity: bool = False) -> pd.DataFrame | None:
     """:func:`select_frame` for complete-case numerical and categorical variables on PostgreSQL.
 
     The same rows, in the same order, as the CSV ``COPY`` path, but each value
@@ -670,12 +673,18 @@ def _binary_copy_frame(store: FeatureStore, statement: sa.Select, chosen: list[V
                 sa.bindparam(None, stored, type_=pg.ARRAY(element)), column), 0).label(var.code))
         else:
             columns.append(sa.cast(column, pg.DOUBLE_PRECISION).label(var.code))
+    if row_identity:  # 32 hex characters: still one fixed-width field (ROW_MD5)
+        separator = sa.func.chr(31)
+        columns.append(sa.func.md5(sa.func.concat(
+            sa.func.coalesce(table.c._pid, ""), separator, table.c.dataset, separator,
+            sa.func.coalesce(table.c._visit, ""))).label(ROW_MD5))
     binary = statement.with_only_columns(*columns, maintain_column_froms=True)
-    # one record: int16 field count, then per field int32 length + payload (int4 or float8)
+    # one record: int16 field count, then per field int32 length + payload (int4, float8 or 32 bytes)
     fields = [("_count", ">i2")]
     for i, column in enumerate(columns):
         is_position = i == 0 or any(name == column.name for name, _ in lists)
-        fields += [(f"_len{i}", ">i4"), (column.name, ">i4" if is_position else ">f8")]
+        kind = "S32" if column.name == ROW_MD5 else ">i4" if is_position else ">f8"
+        fields += [(f"_len{i}", ">i4"), (column.name, kind)]
     record = np.dtype(fields)
     with store.engine.connect() as conn, tempfile.TemporaryFile("w+b") as spool:
         compiled = binary.compile(dialect=store.engine.dialect)
@@ -691,7 +700,7 @@ def _binary_copy_frame(store: FeatureStore, statement: sa.Select, chosen: list[V
         header = spool.read(_PGCOPY_HEADER)
         if rest or n_rows < 0 or not header.startswith(_PGCOPY_SIGNATURE) or header[-4:] != b"\0\0\0\0":
             raise RuntimeError("unexpected PostgreSQL binary COPY layout")  # pragma: no cover
-        out = {c.name: np.empty(n_rows, dtype=np.int32 if record[c.name].kind == "i" else np.float64)
+        out = {c.name: np.empty(n_rows, dtype={"i": np.int32, "S": "S32"}.get(record[c.name].kind, np.float64))
                for c in columns}
         done = 0
         while done < n_rows:
@@ -710,6 +719,8 @@ def _binary_copy_frame(store: FeatureStore, statement: sa.Select, chosen: list[V
         if (positions == 0).any():
             return None  # a value outside the codes: the CSV path names it
         frame[name] = pd.Series(np.array(codes, dtype=object)[positions - 1], dtype=object)
+    if row_identity:
+        frame[ROW_MD5] = pd.Series(out.pop(ROW_MD5).astype("U32").astype(object), dtype=object)
     frame.update({name: pd.Series(values) for name, values in out.items()})
-    order = ["dataset"] + [v.code for v in chosen if v.code != "dataset"]
+    order = ["dataset"] + [v.code for v in chosen if v.code != "dataset"] + ([ROW_MD5] if row_identity else [])
     return pd.DataFrame({name: frame[name] for name in order})

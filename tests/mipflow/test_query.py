@@ -717,3 +717,23 @@ def test_postgresql_binary_read_equals_the_csv_read(store, subtests):
     got = select_frame(store, MODEL, **kwargs)
     assert "XX" in set(got["diag"])
     assert_frames_equal(got, csv_read(**kwargs))
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_postgresql_binary_read_carries_the_same_row_identity(store):
+    """With row identity (the node's differencing controls), the binary path sends the store's MD5
+    of each row's key instead of the key columns; the keyed row keys equal the CSV path's."""
+    from mipflow.cohorts import row_keys
+    from mipflow.query import DEFAULT_CHUNKSIZE, ROW_MD5, _prepare, _stream
+
+    kwargs = dict(datasets=ALL_DATASETS, variables=["age", "grade", "diag"])
+    got = select_frame(store, MODEL, row_identity=True, **kwargs)
+    assert ROW_MD5 in got.columns and "_pid" not in got.columns and len(got) > 0
+    statement, chosen = _prepare(store, MODEL, ALL_DATASETS, kwargs["variables"], None, True, True)
+    via_csv = pd.concat(list(_stream(store, statement, chosen, DEFAULT_CHUNKSIZE)), ignore_index=True)
+    assert "_pid" in via_csv.columns and ROW_MD5 not in via_csv.columns
+    assert_frames_equal(got.drop(columns=[ROW_MD5]), via_csv.drop(columns=["_pid", "_visit"]))
+    key = "0123456789abcdef"
+    np.testing.assert_array_equal(row_keys(got, key), row_keys(via_csv, key))
+    assert len(set(row_keys(got, key))) == len(got)  # one key per row
+    assert not np.array_equal(row_keys(got, key), row_keys(got, "fedcba9876543210"))
