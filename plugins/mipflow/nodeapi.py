@@ -79,6 +79,10 @@ class Refusal(BaseModel):
     control: str
 
 
+#: The reply every signed endpoint documents for a missing or bad signature (mipflow.auth).
+UNAUTHENTICATED: dict[int | str, dict[str, Any]] = {401: {"description": "not authenticated"}}
+
+
 class DataModelNotHeld(MipflowError):
     """The node holds no data of the request's data model: it is left out of the
     analysis (HTTP 404, control ``data_model``), the request itself is not invalid."""
@@ -191,7 +195,8 @@ def create_app(home: NodeHome) -> FastAPI:
     def health() -> dict[str, str]:
         return {"status": "ok", "node": home.name, "version": __version__}
 
-    @app.get("/v1/metadata")
+    @app.get("/v1/metadata", responses={**UNAUTHENTICATED,
+                                         403: {"model": Refusal, "description": "refused: bad researcher or project"}})
     async def metadata(request: Request) -> dict[str, Any]:
         client = await authenticate(request, b"", "metadata")
         researcher = request.query_params.get("researcher")
@@ -221,7 +226,7 @@ def create_app(home: NodeHome) -> FastAPI:
         audit.append(**record, decision="allowed")
         return out
 
-    @app.get("/v1/algorithms")
+    @app.get("/v1/algorithms", responses=UNAUTHENTICATED)
     async def algorithms(request: Request) -> dict[str, Any]:
         client = await authenticate(request, b"", "algorithms")
         audit.append(client=client, endpoint="/v1/algorithms", what="algorithms", decision="allowed")
@@ -237,7 +242,7 @@ def create_app(home: NodeHome) -> FastAPI:
         return {name.strip() for name in settings().disabled_algorithms.split(",") if name.strip()}
 
     @app.post("/v1/steps/{algorithm}", response_model=StepReply,
-              responses={401: {"description": "not authenticated"},
+              responses={**UNAUTHENTICATED,
                          403: {"model": Refusal, "description": "refused: access grants, query budget, "
                                                                 "disabled algorithm or disclosure controls"},
                          404: {"model": Refusal, "description": "the node holds no data of this data model"},

@@ -645,4 +645,4 @@ def add_routes(app: Any, home: Any, authenticate: Any, audit: Any) -> None:
 
     # this module postpones annotations; FastAPI needs the class itself to inject the request
     secagg_key.__annotations__["request"] = Request
-    app.get("/v1/secagg/key")(secagg_key)
+    app.get("/v1/secagg/key", responses={401: {"description": "not authenticated"}})(secagg_key)

@@ -1,0 +1,178 @@
+"""Each released statistic, attacked for one patient's value through a node's API.
+
+One node with default settings (min_row_count 10, nfilter_tab 3, nfilter_glm 0.33,
+differencing on, release_extremes off, DP off) holds 240 complete stroke rows and
+the target patient (``conftest.TARGET``): the only one aged 18.5, the only one with
+NIHSS 42, the longest follow-up, the only one with thrombolysis.  Every attack
+must end in a refusal naming the control, or in suppressed cells; none may let the
+target's value be read or computed.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import pytest
+
+from mipflow.disclosure import RAW_EXTREME_KEYS
+from tests.privacy.conftest import (
+    TARGET_AGE, TARGET_FOLLOWUP, TARGET_NIHSS, Node, rule, start_node, where,
+)
+
+DESCRIBE = {"algorithm": "descriptive_stats", "y": ["age", "nihss_admission"]}
+
+
+def _keys(doc: Any) -> Iterable[str]:
+    if isinstance(doc, dict):
+        for key, value in doc.items():
+            yield str(key).lower()
+            yield from _keys(value)
+    elif isinstance(doc, list):
+        for value in doc:
+            yield from _keys(value)
+
+
+def _numbers(doc: Any) -> Iterable[float]:
+    if isinstance(doc, dict):
+        for value in doc.values():
+            yield from _numbers(value)
+    elif isinstance(doc, list):
+        for value in doc:
+            yield from _numbers(value)
+    elif isinstance(doc, (int, float)) and not isinstance(doc, bool):
+        yield float(doc)
+
+
+def _describe(node: Node, filters=None, **kwargs):
+    return dict(algorithm=DESCRIBE["algorithm"], y=DESCRIBE["y"], filters=filters, **kwargs)
+
+
+# --------------------------------------------------------------------------- selection attacks
+
+
+@pytest.mark.parametrize("algorithm,y,x,parameters", [
+    ("descriptive_stats", ["nihss_admission"], [], {}),
+    ("linear_regression", ["nihss_admission"], ["glucose_mmol"], {}),
+    ("multiple_histograms", ["nihss_admission"], [], {"bins": 10}),
+])
+def test_a_filter_selecting_one_patient_is_refused(node, algorithm, y, x, parameters):
+    node.refused("min_row_count", algorithm, y=y, x=x, parameters=parameters,
+                 filters=where(rule("age", "equal", TARGET_AGE)))
+
+
+def test_a_filter_selecting_fewer_than_nfilter_subset_is_refused_when_min_row_count_is_lowered(tmp_path):
+    # an admin who lowers min_row_count below nfilter_subset still has nfilter_subset
+    for small in start_node(tmp_path / "n", min_row_count=1):
+        small.refused("nfilter_subset", **_describe(small, where(rule("age", "equal", TARGET_AGE))))
+
+
+def test_all_versus_all_but_one_is_refused_as_differencing(node):
+    everyone = node.allowed(**_describe(node))
+    assert everyone["rows"] == len(node.rows)
+    node.refused("differencing", **_describe(node, where(rule("age", "not_equal", TARGET_AGE))))
+    node.refused("differencing", **_describe(node, where(rule("age", "greater", TARGET_AGE))))
+
+
+def test_overlapping_cohorts_that_meet_in_one_patient_are_refused(node):
+    # A = age < 25 or age >= 60 and B = age < 60 share only the target: sums over A and B
+    # and over everyone would give the target's values by inclusion-exclusion
+    a = where(rule("age", "less", 25), rule("age", "greater_or_equal", 60), condition="OR")
+    assert node.allowed(**_describe(node, a))["rows"] >= 10
+    node.refused("differencing", **_describe(node, where(rule("age", "less", 60))))
+
+
+def test_the_same_query_twice_gives_the_same_answer_and_nothing_new(node):
+    first = node.allowed(**_describe(node))
+    second = node.allowed(**_describe(node))
+    assert first["aggregates"] == second["aggregates"] and first["rows"] == second["rows"]
+
+
+def test_the_query_budget_refuses_further_distinct_analyses(tmp_path):
+    for small in start_node(tmp_path / "n", query_budget=2):
+        small.allowed(**_describe(small), analysis_id="q1")
+        small.allowed("descriptive_stats", y=["age"], analysis_id="q2")
+        small.allowed(**_describe(small), analysis_id="q1")  # a repeat of an analysis costs nothing
+        small.refused("query_budget", "descriptive_stats", y=["glucose_mmol"], analysis_id="q3")
+
+
+# --------------------------------------------------------------------------- released statistics
+
+
+def test_descriptive_stats_never_release_extremes_or_quantiles(node):
+    reply = node.allowed(**_describe(node))
+    assert not RAW_EXTREME_KEYS & set(_keys(reply["aggregates"]))
+    numbers = set(_numbers(reply["aggregates"]))
+    assert TARGET_AGE not in numbers and TARGET_NIHSS not in numbers
+
+
+def test_kmeans_initialisation_from_extremes_is_refused(node):
+    node.refused("raw_extremes", "kmeans", y=["age", "nihss_admission"], parameters={"k": 2, "init": "exareme2"})
+
+
+def test_a_one_patient_histogram_bin_is_suppressed(node):
+    # 72 bins of one year over the declared age range 18..90: the first holds only the target
+    reply = node.allowed("multiple_histograms", y=["age"], parameters={"bins": 72})
+    counts = reply["aggregates"]["histograms"][0]["counts"]
+    assert counts[0] is None
+    released = [c for c in counts if c is not None]
+    assert all(c == 0 or c >= node.home.settings.nfilter_tab for c in released)
+    # complementary suppression: the total minus the released bins does not give the target's bin
+    assert counts.count(None) >= 2
+
+
+def test_a_one_patient_histogram_bin_within_a_group_is_suppressed(node):
+    reply = node.allowed("multiple_histograms", y=["age"], x=["sex"], parameters={"bins": 72})
+    for histogram in reply["aggregates"]["histograms"]:
+        counts = histogram["counts"]
+        assert all(c is None or c == 0 or c >= node.home.settings.nfilter_tab for c in counts)
+        if histogram["grouping_enum"] in (None, "F"):
+            assert counts[0] is None
+
+
+def test_a_kmeans_cluster_around_one_patient_is_refused(node):
+    # a malicious central site puts a centre on the target: that cluster would hold one patient
+    state = {"k": 2, "centers": [[TARGET_AGE, TARGET_NIHSS], [60.0, 15.0]]}
+    node.refused("nfilter_tab", "kmeans", y=["age", "nihss_admission"], parameters={"k": 2},
+                 round=1, state=state, analysis_id="km")
+
+
+def test_a_regression_with_about_as_many_parameters_as_rows_is_refused(node):
+    ages = node.rows["age"].sort_values(ascending=False)
+    cut = float(ages.iloc[14])  # the 15 or so oldest patients
+    n = int((node.rows["age"] >= cut).sum())
+    assert node.home.settings.min_row_count <= n < 30
+    x = ["sex", "stroke_type", "age", "onset_to_door_min", "systolic_bp", "glucose_mmol",
+         "atrial_fibrillation", "diabetes", "hypertension", "mrs_90d"]  # 12 parameters
+    node.refused("nfilter_glm", "linear_regression", y=["nihss_admission"], x=x,
+                 filters=where(rule("age", "greater_or_equal", cut)))
+
+
+def test_a_contingency_cell_of_one_is_refused(node):
+    node.refused("nfilter_tab", "contingency_table", x=["sex"], y=["thrombolysis"])
+
+
+def test_logistic_regression_with_one_patient_in_a_class_is_refused(node):
+    node.refused("nfilter_tab", "logistic_regression", x=["age"], y=["thrombolysis"],
+                 parameters={"positive_class": "yes"})
+
+
+def test_a_survival_curve_never_shows_one_patient_at_risk(node):
+    reply = node.allowed("kaplan_meier", y=["followup_days", "death_90d"], parameters={"event_level": "yes"})
+    tab = node.home.settings.nfilter_tab
+    for group in reply["aggregates"]["groups"]:
+        events, censored = group["events"], group["censored"]
+        assert all(c == 0 or c >= tab for c in events + censored)
+        at_risk, seen = [], 0
+        total = sum(events) + sum(censored)
+        for e, c in zip(events, censored):
+            if e or c:
+                at_risk.append(total - seen)
+            seen += e + c
+        assert min(at_risk) >= tab  # the last patients leave the curve together
+    # the target's follow-up alone is not a bin end of its own
+    assert TARGET_FOLLOWUP > node.rows["followup_days"].drop(index=0).max()
+
+
+def test_a_survival_group_of_one_patient_is_refused(node):
+    # stratify by thrombolysis: the 'yes' curve would be the target's own
+    node.refused("nfilter_tab", "kaplan_meier", y=["followup_days", "death_90d"], x=["thrombolysis"],
+                 parameters={"event_level": "yes"})
