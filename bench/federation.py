@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,7 +23,6 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-PG_ADMIN = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 N_COVARIATES = 10
 
 
@@ -80,129 +77,114 @@ def main() -> int:
     import sqlalchemy as sa
     import statsmodels.api as sm
 
+    from bench.common import site_homes
     from mipflow.auth import issue_client
-    from mipflow.config import NodeHome
     from mipflow.datamodel import DataModel
     from mipflow.federation import NodeClient, NodeEndpoint, run_analysis
     from tests.nodes import grant_all, load_frame, running_nodes
 
     model = DataModel.from_dict(model_doc())
-    databases: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="mipflow-fedbench-") as tmp:
-        homes = []
-        for site in range(3):
-            url = ""
-            if not args.sqlite:
-                name = f"mipflow_fedbench_{uuid.uuid4().hex[:8]}"
-                with sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT").connect() as conn:
-                    conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-                databases.append(name)
-                url = PG_ADMIN.rsplit("/", 1)[0] + "/" + name
-            home = NodeHome.init(Path(tmp) / f"site{site}", f"site{site}", url)
+    with site_homes("fedbench", sqlite=args.sqlite) as homes:
+        for site, home in enumerate(homes):
             t = time.perf_counter()
             load_frame(home.root, model, make_rows(args.rows_per_node, site, site))
             print(f"site{site}: loaded {args.rows_per_node} rows in {time.perf_counter() - t:.1f}s")
-            homes.append(home)
-        try:
-            with running_nodes([h.root for h in homes]) as urls:
-                clients = [NodeClient(NodeEndpoint(h.name, u, "central", issue_client(h.root, "central").secret.hex()))
-                           for h, u in zip(homes, urls)]
-                for h in homes:
-                    grant_all(h.root, "bench", "bench")
-                who = {"researcher": "bench", "project": "bench"}
-                request = {"inputdata": {"data_model": "bench:1", "datasets": ["site0", "site1", "site2"],
-                                         "x": ["x0", "x1"], "y": ["y"], "filters": None}, "parameters": {}}
-                small = {**request, "inputdata": {**request["inputdata"],
-                                                 "filters": {"condition": "AND", "rules": [
-                                                     {"id": "x0", "operator": "greater", "value": 2.4}]}}}
-                pool = ThreadPoolExecutor(3)
-                bare = httpx.Client()
-                bare_times, round_times, cold_times = [], [], []
-                for i in range(args.rounds):
-                    t = time.perf_counter()
-                    list(pool.map(lambda u: bare.get(u + "/health"), urls))
-                    bare_times.append(time.perf_counter() - t)
-                    t = time.perf_counter()
-                    list(pool.map(lambda c: c.step("linear_regression", small, 0, None, **who), clients))
-                    round_times.append(time.perf_counter() - t)
-                    # a new selection (the store is queried) with the same rows: a rule that holds for
-                    # every row (|x1| is far below 1000), so the differencing control sees the same
-                    # cohort (a cohort a few rows away would rightly be refused, ADR 0013)
-                    cold = json.loads(json.dumps(small))
-                    cold["inputdata"]["filters"]["rules"].append(
-                        {"id": "x1", "operator": "less", "value": 1000.0 + i})
-                    t = time.perf_counter()
-                    list(pool.map(lambda c: c.step("linear_regression", cold, 0, None, **who), clients))
-                    cold_times.append(time.perf_counter() - t)
-                print(f"\nround latency over {args.rounds} rounds, 3 loopback nodes "
-                      f"(linear_regression local step on the rows with x0 > 2.4, ~0.8% of each node):")
-                print(f"  bare /health round:   p50 {percentile(bare_times, 50):6.2f} ms  "
-                      f"p99 {percentile(bare_times, 99):6.2f} ms")
-                print(f"  mipflow round, selection cached at the nodes (later rounds of an analysis): "
-                      f"p50 {percentile(round_times, 50):6.2f} ms  p99 {percentile(round_times, 99):6.2f} ms  "
-                      f"(p50 {np.median(round_times) / np.median(bare_times):.1f}x bare)")
-                print(f"  mipflow round, new selection (store queried, first round): "
-                      f"p50 {percentile(cold_times, 50):6.2f} ms  p99 {percentile(cold_times, 99):6.2f} ms  "
-                      f"(p50 {np.median(cold_times) / np.median(bare_times):.1f}x bare)")
+        with running_nodes([h.root for h in homes]) as urls:
+            clients = [NodeClient(NodeEndpoint(h.name, u, "central", issue_client(h.root, "central").secret.hex()))
+                       for h, u in zip(homes, urls)]
+            for h in homes:
+                grant_all(h.root, "bench", "bench")
+            who = {"researcher": "bench", "project": "bench"}
+            request = {"inputdata": {"data_model": "bench:1", "datasets": ["site0", "site1", "site2"],
+                                     "x": ["x0", "x1"], "y": ["y"], "filters": None}, "parameters": {}}
+            small = {**request, "inputdata": {**request["inputdata"],
+                                             "filters": {"condition": "AND", "rules": [
+                                                 {"id": "x0", "operator": "greater", "value": 2.4}]}}}
+            pool = ThreadPoolExecutor(3)
+            bare = httpx.Client()
+            bare_times, round_times, cold_times = [], [], []
+            for i in range(args.rounds):
+                t = time.perf_counter()
+                list(pool.map(lambda u: bare.get(u + "/health"), urls))
+                bare_times.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                list(pool.map(lambda c: c.step("linear_regression", small, 0, None, **who), clients))
+                round_times.append(time.perf_counter() - t)
+                # a new selection (the store is queried) with the same rows: a rule that holds for
+                # every row (|x1| is far below 1000), so the differencing control sees the same
+                # cohort (a cohort a few rows away would rightly be refused, ADR 0013)
+                cold = json.loads(json.dumps(small))
+                cold["inputdata"]["filters"]["rules"].append(
+                    {"id": "x1", "operator": "less", "value": 1000.0 + i})
+                t = time.perf_counter()
+                list(pool.map(lambda c: c.step("linear_regression", cold, 0, None, **who), clients))
+                cold_times.append(time.perf_counter() - t)
+            print(f"\nround latency over {args.rounds} rounds, 3 loopback nodes "
+                  f"(linear_regression local step on the rows with x0 > 2.4, ~0.8% of each node):")
+            print(f"  bare /health round:   p50 {percentile(bare_times, 50):6.2f} ms  "
+                  f"p99 {percentile(bare_times, 99):6.2f} ms")
+            print(f"  mipflow round, selection cached at the nodes (later rounds of an analysis): "
+                  f"p50 {percentile(round_times, 50):6.2f} ms  p99 {percentile(round_times, 99):6.2f} ms  "
+                  f"(p50 {np.median(round_times) / np.median(bare_times):.1f}x bare)")
+            print(f"  mipflow round, new selection (store queried, first round): "
+                  f"p50 {percentile(cold_times, 50):6.2f} ms  p99 {percentile(cold_times, 99):6.2f} ms  "
+                  f"(p50 {np.median(cold_times) / np.median(bare_times):.1f}x bare)")
 
-                covariates = [f"x{i}" for i in range(N_COVARIATES)]
-                full = {**request, "inputdata": {**request["inputdata"], "x": covariates}}
-                logit_request = {**full, "inputdata": {**full["inputdata"], "y": ["event"]},
-                                 "parameters": {"positive_class": "yes"}}
-                timings: dict[str, list[float]] = {k: [] for k in ("read", "ols", "logit", "fed_ols", "fed_logit")}
-                for _repeat in range(args.repeat):  # interleaved: each repetition runs every contender once
-                    t = time.perf_counter()
-                    frames = []
-                    for home in homes:
-                        engine = sa.create_engine(home.db_url)
-                        with engine.connect() as conn:
-                            frames.append(pd.read_sql(sa.text(f"SELECT y, event, {', '.join(covariates)} "
-                                                              "FROM dm_bench_1"), conn))
-                        engine.dispose()
-                    pooled = pd.concat(frames, ignore_index=True)
-                    timings["read"].append(time.perf_counter() - t)
-                    X = sm.add_constant(pooled[covariates])
-                    t = time.perf_counter()
-                    ols = sm.OLS(pooled["y"], X).fit()
-                    timings["ols"].append(time.perf_counter() - t)
-                    t = time.perf_counter()
-                    logit = sm.Logit((pooled["event"] == "yes").astype(float), X).fit(disp=0, tol=1e-8)
-                    timings["logit"].append(time.perf_counter() - t)
-                    drop_node_caches(homes, model)
-                    t = time.perf_counter()
-                    fed_ols = run_analysis("linear_regression", full, clients, min_nodes=3, **who)
-                    timings["fed_ols"].append(time.perf_counter() - t)
-                    drop_node_caches(homes, model)
-                    t = time.perf_counter()
-                    fed_logit = run_analysis("logistic_regression", logit_request, clients, min_nodes=3, **who)
-                    timings["fed_logit"].append(time.perf_counter() - t)
-                med = {k: float(np.median(v)) for k, v in timings.items()}
-                ratios_ols = [f / (r + o) for f, r, o in zip(timings["fed_ols"], timings["read"], timings["ols"])]
-                ratios_logit = [f / (r + o) for f, r, o in
-                                zip(timings["fed_logit"], timings["read"], timings["logit"])]
-                read_s, ols_s, logit_s, fed_ols_s, fed_logit_s = (med[k] for k in timings)
-                rel_ols = np.max(np.abs(np.array(fed_ols.result["coefficients"]) - ols.params.to_numpy())
-                                 / np.abs(ols.params.to_numpy()))
-                rel_logit = np.max(np.abs(np.array(fed_logit.result["coefficients"]) - logit.params.to_numpy())
-                                   / np.abs(logit.params.to_numpy()))
-                n = 3 * args.rows_per_node
-                print(f"\n3 nodes x {args.rows_per_node} rows x {N_COVARIATES} covariates "
-                      f"({'SQLite' if args.sqlite else 'PostgreSQL'} stores); pooled = read all rows + statsmodels; "
-                      f"medians of {args.repeat} interleaved repetition(s)")
-                print(f"  linear_regression:   federated {fed_ols_s:6.2f}s  pooled {read_s + ols_s:6.2f}s "
-                      f"(read {read_s:.2f}s + fit {ols_s:.2f}s)  ratio {np.median(ratios_ols):.2f} "
-                      f"(per repetition {', '.join(f'{r:.2f}' for r in ratios_ols)})  "
-                      f"max rel diff {rel_ols:.1e}  n={fed_ols.result['n_obs']} of {n}")
-                print(f"  logistic_regression: federated {fed_logit_s:6.2f}s  pooled {read_s + logit_s:6.2f}s "
-                      f"(read {read_s:.2f}s + fit {logit_s:.2f}s)  ratio {np.median(ratios_logit):.2f} "
-                      f"(per repetition {', '.join(f'{r:.2f}' for r in ratios_logit)})  "
-                      f"max rel diff {rel_logit:.1e}  rounds={fed_logit.rounds}")
-                for c in clients:
-                    c.close()
-        finally:
-            for name in databases:
-                with sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT").connect() as conn:
-                    conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            covariates = [f"x{i}" for i in range(N_COVARIATES)]
+            full = {**request, "inputdata": {**request["inputdata"], "x": covariates}}
+            logit_request = {**full, "inputdata": {**full["inputdata"], "y": ["event"]},
+                             "parameters": {"positive_class": "yes"}}
+            timings: dict[str, list[float]] = {k: [] for k in ("read", "ols", "logit", "fed_ols", "fed_logit")}
+            for _repeat in range(args.repeat):  # interleaved: each repetition runs every contender once
+                t = time.perf_counter()
+                frames = []
+                for home in homes:
+                    engine = sa.create_engine(home.db_url)
+                    with engine.connect() as conn:
+                        frames.append(pd.read_sql(sa.text(f"SELECT y, event, {', '.join(covariates)} "
+                                                          "FROM dm_bench_1"), conn))
+                    engine.dispose()
+                pooled = pd.concat(frames, ignore_index=True)
+                timings["read"].append(time.perf_counter() - t)
+                X = sm.add_constant(pooled[covariates])
+                t = time.perf_counter()
+                ols = sm.OLS(pooled["y"], X).fit()
+                timings["ols"].append(time.perf_counter() - t)
+                t = time.perf_counter()
+                logit = sm.Logit((pooled["event"] == "yes").astype(float), X).fit(disp=0, tol=1e-8)
+                timings["logit"].append(time.perf_counter() - t)
+                drop_node_caches(homes, model)
+                t = time.perf_counter()
+                fed_ols = run_analysis("linear_regression", full, clients, min_nodes=3, **who)
+                timings["fed_ols"].append(time.perf_counter() - t)
+                drop_node_caches(homes, model)
+                t = time.perf_counter()
+                fed_logit = run_analysis("logistic_regression", logit_request, clients, min_nodes=3, **who)
+                timings["fed_logit"].append(time.perf_counter() - t)
+            med = {k: float(np.median(v)) for k, v in timings.items()}
+            ratios_ols = [f / (r + o) for f, r, o in zip(timings["fed_ols"], timings["read"], timings["ols"])]
+            ratios_logit = [f / (r + o) for f, r, o in
+                            zip(timings["fed_logit"], timings["read"], timings["logit"])]
+            read_s, ols_s, logit_s, fed_ols_s, fed_logit_s = (med[k] for k in timings)
+            rel_ols = np.max(np.abs(np.array(fed_ols.result["coefficients"]) - ols.params.to_numpy())
+                             / np.abs(ols.params.to_numpy()))
+            rel_logit = np.max(np.abs(np.array(fed_logit.result["coefficients"]) - logit.params.to_numpy())
+                               / np.abs(logit.params.to_numpy()))
+            n = 3 * args.rows_per_node
+            print(f"\n3 nodes x {args.rows_per_node} rows x {N_COVARIATES} covariates "
+                  f"({'SQLite' if args.sqlite else 'PostgreSQL'} stores); pooled = read all rows + statsmodels; "
+                  f"medians of {args.repeat} interleaved repetition(s)")
+            print(f"  linear_regression:   federated {fed_ols_s:6.2f}s  pooled {read_s + ols_s:6.2f}s "
+                  f"(read {read_s:.2f}s + fit {ols_s:.2f}s)  ratio {np.median(ratios_ols):.2f} "
+                  f"(per repetition {', '.join(f'{r:.2f}' for r in ratios_ols)})  "
+                  f"max rel diff {rel_ols:.1e}  n={fed_ols.result['n_obs']} of {n}")
+            print(f"  logistic_regression: federated {fed_logit_s:6.2f}s  pooled {read_s + logit_s:6.2f}s "
+                  f"(read {read_s:.2f}s + fit {logit_s:.2f}s)  ratio {np.median(ratios_logit):.2f} "
+                  f"(per repetition {', '.join(f'{r:.2f}' for r in ratios_logit)})  "
+                  f"max rel diff {rel_logit:.1e}  rounds={fed_logit.rounds}")
+            for c in clients:
+                c.close()
+
     return 0
 
 

@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +29,6 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "plugins"))
 os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO / "plugins"),
                                             *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
-PG_ADMIN = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 VARIABLES = ("v0", "v1", "v2")
 TRUE_CENTRES = np.array([[0.0, 0.0, 0.0], [4.0, 0.0, 1.0], [0.0, 5.0, -1.0], [4.0, 5.0, 3.0]])
 
@@ -64,9 +61,9 @@ def main() -> int:
     import sqlalchemy as sa
     from sklearn.cluster import KMeans
 
+    from bench.common import site_homes
     from mipflow.algorithms.kmeans import principal_axis_centres
     from mipflow.auth import issue_client
-    from mipflow.config import NodeHome
     from mipflow.datamodel import DataModel
     from mipflow.federation import NodeClient, NodeEndpoint, run_analysis
     from tests.mipflow.algorithms.test_kmeans import numpy_lloyd
@@ -78,77 +75,62 @@ def main() -> int:
     print(f"mipflow from {Path(mipflow.__file__).parent}, {os.cpu_count()} CPUs, load average "
           f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}")
     model = DataModel.from_dict(model_doc())
-    databases: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="mipflow-kmbench-") as tmp:
-        homes = []
-        for site in range(3):
-            url = ""
-            if not args.sqlite:
-                name = f"mipflow_kmbench_{uuid.uuid4().hex[:8]}"
-                with sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT").connect() as conn:
-                    conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-                databases.append(name)
-                url = PG_ADMIN.rsplit("/", 1)[0] + "/" + name
-            home = NodeHome.init(Path(tmp) / f"site{site}", f"site{site}", url)
+    with site_homes("kmbench", sqlite=args.sqlite) as homes:
+        for site, home in enumerate(homes):
             t = time.perf_counter()
             load_frame(home.root, model, make_rows(args.rows_per_node, site))
             print(f"site{site}: loaded {args.rows_per_node} rows in {time.perf_counter() - t:.1f}s")
             grant_all(home.root)
-            homes.append(home)
-        try:
-            with running_nodes([h.root for h in homes]) as urls:
-                clients = [NodeClient(NodeEndpoint(h.name, u, "central", issue_client(h.root, "central").secret.hex()),
-                                      timeout=600.0)
-                           for h, u in zip(homes, urls)]
-                round_log = RoundLog()
-                for client in clients:
-                    round_log.attach(client)
-                request = {"inputdata": {"data_model": "kbench:1", "datasets": ["site0", "site1", "site2"],
-                                         "x": [], "y": list(VARIABLES), "filters": None},
-                           "parameters": {"k": args.k, "tol": args.tol, "maxiter": 100}}
-                t = time.perf_counter()
-                outcome = run_analysis("kmeans", request, clients, min_nodes=3,
-                                   researcher=RESEARCHER, project=PROJECT)
-                fed_s = time.perf_counter() - t
+        with running_nodes([h.root for h in homes]) as urls:
+            clients = [NodeClient(NodeEndpoint(h.name, u, "central", issue_client(h.root, "central").secret.hex()),
+                                  timeout=600.0)
+                       for h, u in zip(homes, urls)]
+            round_log = RoundLog()
+            for client in clients:
+                round_log.attach(client)
+            request = {"inputdata": {"data_model": "kbench:1", "datasets": ["site0", "site1", "site2"],
+                                     "x": [], "y": list(VARIABLES), "filters": None},
+                       "parameters": {"k": args.k, "tol": args.tol, "maxiter": 100}}
+            t = time.perf_counter()
+            outcome = run_analysis("kmeans", request, clients, min_nodes=3,
+                               researcher=RESEARCHER, project=PROJECT)
+            fed_s = time.perf_counter() - t
 
-                t = time.perf_counter()
-                frames = []
-                for home in homes:
-                    engine = sa.create_engine(home.db_url)
-                    with engine.connect() as conn:
-                        frames.append(pd.read_sql(sa.text(f"SELECT {', '.join(VARIABLES)} FROM dm_kbench_1"), conn))
-                    engine.dispose()
-                values = pd.concat(frames, ignore_index=True).dropna().to_numpy(dtype=float)
-                read_s = time.perf_counter() - t
-                start = principal_axis_centres(values.mean(axis=0), np.cov(values, rowvar=False), args.k)
-                t = time.perf_counter()
-                sk = KMeans(n_clusters=args.k, init=start, n_init=1, algorithm="lloyd", max_iter=100,
-                            tol=args.tol ** 2 / float(np.mean(np.var(values, axis=0)))).fit(values)
-                sk_s = time.perf_counter() - t
-                t = time.perf_counter()
-                ref = numpy_lloyd(values, start, args.tol, 100)
-                np_s = time.perf_counter() - t
-                centres = np.asarray(outcome.result["centers"])
-                rel_sk = float(np.max(np.abs(centres - sk.cluster_centers_) / np.abs(sk.cluster_centers_)))
-                rel_np = float(np.max(np.abs(centres - ref["centers"]) / np.abs(ref["centers"])))
-                store = "SQLite" if args.sqlite else "PostgreSQL"
-                print(f"\nkmeans k={args.k}, tol={args.tol:g}, 3 nodes x {args.rows_per_node} rows x "
-                      f"{len(VARIABLES)} variables ({store} stores)")
-                print(f"  federated: {fed_s:7.2f}s  {outcome.rounds} rounds ({outcome.result['n_iter']} Lloyd "
-                      f"updates + moments + evaluation), converged={outcome.result['converged']}")
-                print(f"  pooled sklearn: {read_s + sk_s:7.2f}s (read {read_s:.2f}s + fit {sk_s:.2f}s, "
-                      f"{sk.n_iter_} iterations)  ratio federated/pooled {fed_s / (read_s + sk_s):.2f}  "
-                      f"max rel diff of centres {rel_sk:.1e}")
-                print(f"  pooled numpy Lloyd: {read_s + np_s:7.2f}s (read {read_s:.2f}s + fit {np_s:.2f}s, "
-                      f"{ref['n_iter']} iterations)  ratio {fed_s / (read_s + np_s):.2f}  "
-                      f"max rel diff of centres {rel_np:.1e}")
-                print(round_log.table(homes, "kmeans", summary=True))
-                for c in clients:
-                    c.close()
-        finally:
-            for name in databases:
-                with sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT").connect() as conn:
-                    conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            t = time.perf_counter()
+            frames = []
+            for home in homes:
+                engine = sa.create_engine(home.db_url)
+                with engine.connect() as conn:
+                    frames.append(pd.read_sql(sa.text(f"SELECT {', '.join(VARIABLES)} FROM dm_kbench_1"), conn))
+                engine.dispose()
+            values = pd.concat(frames, ignore_index=True).dropna().to_numpy(dtype=float)
+            read_s = time.perf_counter() - t
+            start = principal_axis_centres(values.mean(axis=0), np.cov(values, rowvar=False), args.k)
+            t = time.perf_counter()
+            sk = KMeans(n_clusters=args.k, init=start, n_init=1, algorithm="lloyd", max_iter=100,
+                        tol=args.tol ** 2 / float(np.mean(np.var(values, axis=0)))).fit(values)
+            sk_s = time.perf_counter() - t
+            t = time.perf_counter()
+            ref = numpy_lloyd(values, start, args.tol, 100)
+            np_s = time.perf_counter() - t
+            centres = np.asarray(outcome.result["centers"])
+            rel_sk = float(np.max(np.abs(centres - sk.cluster_centers_) / np.abs(sk.cluster_centers_)))
+            rel_np = float(np.max(np.abs(centres - ref["centers"]) / np.abs(ref["centers"])))
+            store = "SQLite" if args.sqlite else "PostgreSQL"
+            print(f"\nkmeans k={args.k}, tol={args.tol:g}, 3 nodes x {args.rows_per_node} rows x "
+                  f"{len(VARIABLES)} variables ({store} stores)")
+            print(f"  federated: {fed_s:7.2f}s  {outcome.rounds} rounds ({outcome.result['n_iter']} Lloyd "
+                  f"updates + moments + evaluation), converged={outcome.result['converged']}")
+            print(f"  pooled sklearn: {read_s + sk_s:7.2f}s (read {read_s:.2f}s + fit {sk_s:.2f}s, "
+                  f"{sk.n_iter_} iterations)  ratio federated/pooled {fed_s / (read_s + sk_s):.2f}  "
+                  f"max rel diff of centres {rel_sk:.1e}")
+            print(f"  pooled numpy Lloyd: {read_s + np_s:7.2f}s (read {read_s:.2f}s + fit {np_s:.2f}s, "
+                  f"{ref['n_iter']} iterations)  ratio {fed_s / (read_s + np_s):.2f}  "
+                  f"max rel diff of centres {rel_np:.1e}")
+            print(round_log.table(homes, "kmeans", summary=True))
+            for c in clients:
+                c.close()
+
     return 0
 
 
