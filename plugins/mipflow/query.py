@@ -600,6 +600,22 @@ def count_rows(store: FeatureStore, model: DataModel, *, datasets: Sequence[str]
         return int(conn.execute(statement).scalar_one())
 
 
+def _copy_out(store: FeatureStore, statement: sa.Select, options: str, spool: Any) -> None:
+    """PostgreSQL: ``COPY (statement) TO STDOUT WITH (options)`` into the binary file ``spool``.
+
+    The statement's values are rendered by psycopg2's own quoting (``mogrify``,
+    what it does for every query), never pasted as text.
+    """
+    with store.engine.connect() as conn:
+        compiled = statement.compile(dialect=store.engine.dialect)
+        cursor = conn.connection.dbapi_connection.cursor()
+        try:
+            query = cursor.mogrify(str(compiled), compiled.params).decode()
+            cursor.copy_expert(f"COPY ({query}) TO STDOUT WITH ({options})", spool)
+        finally:
+            cursor.close()
+
+
 def _stream_copy(store: FeatureStore, statement: sa.Select, chosen: list[Variable],
                  chunksize: int) -> Iterator[pd.DataFrame]:
     """PostgreSQL: ``COPY (SELECT ...) TO STDOUT`` into a temporary file, read back in chunks.
@@ -615,14 +631,8 @@ def _stream_copy(store: FeatureStore, statement: sa.Select, chosen: list[Variabl
     for var in chosen:
         if var.code != "dataset":
             dtypes[var.code] = np.float64 if var.is_numerical else str
-    with store.engine.connect() as conn, tempfile.TemporaryFile("w+b") as spool:
-        compiled = statement.compile(dialect=store.engine.dialect)
-        cursor = conn.connection.dbapi_connection.cursor()
-        try:
-            query = cursor.mogrify(str(compiled), compiled.params).decode()
-            cursor.copy_expert(f"COPY ({query}) TO STDOUT WITH (FORMAT csv, HEADER true)", spool)
-        finally:
-            cursor.close()
+    with tempfile.TemporaryFile("w+b") as spool:
+        _copy_out(store, statement, "FORMAT csv, HEADER true", spool)
         spool.seek(0)
         try:
             reader = pd.read_csv(spool, dtype=dtypes, keep_default_na=False, na_values=[""], chunksize=chunksize)
@@ -686,14 +696,8 @@ def _binary_copy_frame(store: FeatureStore, statement: sa.Select, chosen: list[V
         kind = "S32" if column.name == ROW_MD5 else ">i4" if is_position else ">f8"
         fields += [(f"_len{i}", ">i4"), (column.name, kind)]
     record = np.dtype(fields)
-    with store.engine.connect() as conn, tempfile.TemporaryFile("w+b") as spool:
-        compiled = binary.compile(dialect=store.engine.dialect)
-        cursor = conn.connection.dbapi_connection.cursor()
-        try:
-            query = cursor.mogrify(str(compiled), compiled.params).decode()
-            cursor.copy_expert(f"COPY ({query}) TO STDOUT WITH (FORMAT binary)", spool)
-        finally:
-            cursor.close()
+    with tempfile.TemporaryFile("w+b") as spool:
+        _copy_out(store, binary, "FORMAT binary", spool)
         size = spool.tell()
         n_rows, rest = divmod(size - _PGCOPY_HEADER - len(_PGCOPY_TRAILER), record.itemsize)
         spool.seek(0)
