@@ -129,15 +129,25 @@ def cohort_sets(frame: pd.DataFrame, variables: Sequence[str], complete_case: bo
     present = frame[columns].notna().to_numpy() if columns else np.ones((len(frame), 0), dtype=bool)
     if complete_case:
         used = keys[present.all(axis=1)] if len(frame) else keys
-        return [np.unique(used)], used
-    whole = np.unique(keys)
+        return [sorted_unique(used)], used
+    whole = sorted_unique(keys)
     cohorts = [whole]
     for j in range(present.shape[1]):
         if not present[:, j].all():
-            subset = np.unique(keys[present[:, j]])
+            subset = sorted_unique(keys[present[:, j]])
             if len(subset) and not any(np.array_equal(subset, c) for c in cohorts):
                 cohorts.append(subset)
     return cohorts, keys
+
+
+def sorted_unique(keys: np.ndarray) -> np.ndarray:
+    """``numpy.unique`` of row hashes by one sort (several times faster on millions of uint64)."""
+    ordered = np.sort(np.asarray(keys, dtype=np.uint64))
+    if len(ordered) > 1:
+        distinct = ordered[1:] != ordered[:-1]
+        if not distinct.all():
+            ordered = ordered[np.concatenate(([True], distinct))]
+    return ordered
 
 
 def cohort_digest(data_model: str, keys: np.ndarray) -> str:
@@ -294,7 +304,8 @@ def encode_keys(keys: np.ndarray) -> bytes:
     """Sorted unique uint64 hashes -> zlib-compressed little-endian deltas."""
     keys = np.asarray(keys, dtype=np.uint64)
     deltas = np.diff(keys, prepend=np.uint64(0)) if len(keys) else keys
-    return zlib.compress(deltas.astype("<u8").tobytes(), 6)
+    # level 1: the deltas of uniform hashes hardly compress further at higher levels, which cost 4x the time
+    return zlib.compress(deltas.astype("<u8").tobytes(), 1)
 
 
 def decode_keys(blob: bytes) -> np.ndarray:

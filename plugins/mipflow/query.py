@@ -36,14 +36,15 @@ import sqlalchemy as sa
 
 from mipflow.datamodel import DataModel, Variable
 from mipflow.exceptions import RequestError
-from mipflow.store import KEY_COLUMNS, LINEAGE_COLUMNS, FeatureStore
+from mipflow.store import KEY_COLUMNS, LINEAGE_COLUMNS, ROW_MD5_COLUMN, FeatureStore
 
 #: Row identity a node may select for its own controls (``select_frame(row_identity=True)``).
 ROW_IDENTITY_COLUMNS = ("_pid", "_visit")
 #: On PostgreSQL's binary path the row identity travels as one fixed-width column instead: the MD5
-#: (hex) of ``_pid + "\x1f" + dataset + "\x1f" + _visit``, what :func:`mipflow.cohorts.row_keys`
-#: computes itself from the two columns on the other paths.
-ROW_MD5 = "_row_md5"
+#: (hex) of ``_pid + "\x1f" + dataset + "\x1f" + _visit``, kept by the server in a stored generated
+#: column (:data:`mipflow.store.ROW_MD5_COLUMN`), what :func:`mipflow.cohorts.row_keys` computes
+#: itself from the two columns on the other paths.
+ROW_MD5 = ROW_MD5_COLUMN
 
 #: Operators of jQuery QueryBuilder that filters may use (those Exareme2 accepts).
 #: The string-pattern operators (``contains``, ``begins_with``, ...) are left
@@ -81,7 +82,7 @@ _RULE_KEYS = frozenset({"id", "field", "type", "input", "operator", "value", "da
 _QB_TYPES = frozenset({"string", "integer", "double", "date", "time", "datetime", "boolean"})
 _QB_INPUTS = frozenset({"text", "number", "textarea", "radio", "checkbox", "select"})
 #: Columns no request may read or filter on, whatever the data model declares.
-_RESERVED_COLUMNS = frozenset(KEY_COLUMNS + LINEAGE_COLUMNS) - {"dataset"}
+_RESERVED_COLUMNS = frozenset(KEY_COLUMNS + LINEAGE_COLUMNS + (ROW_MD5_COLUMN,)) - {"dataset"}
 _INT64_MAX = 2**63 - 1
 
 
@@ -571,6 +572,8 @@ def select_frame(store: FeatureStore, model: DataModel, *, datasets: Sequence[st
         the filter is invalid.
     """
     statement, chosen = _prepare(store, model, datasets, variables, filters, complete_case, row_identity)
+    if store.dialect == "postgresql" and row_identity:
+        store.ensure_row_md5(model)  # a store from before the row identity column: added once
     if store.dialect == "postgresql" and complete_case and all(v.is_numerical or v.is_categorical for v in chosen):
         frame = _binary_copy_frame(store, statement, chosen, _check_datasets(datasets), row_identity)
         if frame is not None:
@@ -683,11 +686,8 @@ def _binary_copy_frame(store: FeatureStore, statement: sa.Select, chosen: list[V
                 sa.bindparam(None, stored, type_=pg.ARRAY(element)), column), 0).label(var.code))
         else:
             columns.append(sa.cast(column, pg.DOUBLE_PRECISION).label(var.code))
-    if row_identity:  # 32 hex characters: still one fixed-width field (ROW_MD5)
-        separator = sa.func.chr(31)
-        columns.append(sa.func.md5(sa.func.concat(
-            sa.func.coalesce(table.c._pid, ""), separator, table.c.dataset, separator,
-            sa.func.coalesce(table.c._visit, ""))).label(ROW_MD5))
+    if row_identity:  # 32 hex characters, kept by the server: one more fixed-width field (ROW_MD5)
+        columns.append(table.c[ROW_MD5_COLUMN].label(ROW_MD5))
     binary = statement.with_only_columns(*columns, maintain_column_froms=True)
     # one record: int16 field count, then per field int32 length + payload (int4, float8 or 32 bytes)
     fields = [("_count", ">i2")]
@@ -724,7 +724,8 @@ def _binary_copy_frame(store: FeatureStore, statement: sa.Select, chosen: list[V
             return None  # a value outside the codes: the CSV path names it
         frame[name] = pd.Series(np.array(codes, dtype=object)[positions - 1], dtype=object)
     if row_identity:
-        frame[ROW_MD5] = pd.Series(out.pop(ROW_MD5).astype("U32").astype(object), dtype=object)
+        # bytes, not str: the same keyed hashes (mipflow.cohorts.row_keys) without decoding every row
+        frame[ROW_MD5] = pd.Series(out.pop(ROW_MD5).astype(object), dtype=object)
     frame.update({name: pd.Series(values) for name, values in out.items()})
     order = ["dataset"] + [v.code for v in chosen if v.code != "dataset"] + ([ROW_MD5] if row_identity else [])
     return pd.DataFrame({name: frame[name] for name in order})

@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator
@@ -28,8 +29,16 @@ from sqlalchemy.engine import Connection, Engine
 from mipflow.datamodel import DataModel
 from mipflow.exceptions import StoreError
 
+log = logging.getLogger(__name__)
+
 KEY_COLUMNS = ("_pid", "dataset", "_visit")
 LINEAGE_COLUMNS = ("_batch_id", "_source_sha256", "_loaded_at")
+#: PostgreSQL only: the MD5 (hex) of a row's key ``_pid + "\x1f" + dataset + "\x1f" + _visit``, a
+#: stored generated column the server keeps up to date, so that the node's differencing controls
+#: (:mod:`mipflow.cohorts`) read each row's identity as one fixed-width field instead of hashing
+#: every row again for every new selection.  Never selected for a request's variables.
+ROW_MD5_COLUMN = "_row_md5"
+ROW_MD5_EXPRESSION = "md5(coalesce(_pid, '') || chr(31) || dataset || chr(31) || coalesce(_visit, ''))"
 _SQL_TYPES = {"int": sa.BigInteger, "real": sa.Float(precision=53), "text": sa.Text}
 
 metadata = sa.MetaData()
@@ -132,6 +141,7 @@ class FeatureStore:
         self.dialect = self.engine.dialect.name
         metadata.create_all(self.engine)
         self._tables: dict[str, sa.Table] = {}
+        self._row_md5_checked: set[str] = set()
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -163,9 +173,31 @@ class FeatureStore:
             sa.Column("_source_sha256", sa.String(64), nullable=False),
             sa.Column("_loaded_at", sa.String(40), nullable=False),
         ]
+        if self.dialect == "postgresql":
+            columns.append(sa.Column(ROW_MD5_COLUMN, sa.Text, sa.Computed(ROW_MD5_EXPRESSION, persisted=True)))
         table = sa.Table(model.table_name, sa.MetaData(), *columns)
         self._tables[model.key] = table
         return table
+
+    def ensure_row_md5(self, model: DataModel) -> None:
+        """Add :data:`ROW_MD5_COLUMN` to a PostgreSQL table created before it existed (once).
+
+        A one-time rewrite of the table (``ALTER TABLE ... ADD COLUMN IF NOT
+        EXISTS``, safe when two node processes race); later calls cost nothing.
+        """
+        if self.dialect != "postgresql" or model.key in self._row_md5_checked:
+            return
+        table = self.model_table(model)
+        with self.begin() as conn:
+            present = conn.execute(sa.text(
+                "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
+                "AND table_name = :table AND column_name = :column"),
+                {"table": table.name, "column": ROW_MD5_COLUMN}).first()
+            if present is None and sa.inspect(conn).has_table(table.name):
+                log.info("adding the row identity column to %s (once; the table is rewritten)", table.name)
+                conn.exec_driver_sql(f"ALTER TABLE {_quote(table.name)} ADD COLUMN IF NOT EXISTS "
+                                     f"{ROW_MD5_COLUMN} text GENERATED ALWAYS AS ({ROW_MD5_EXPRESSION}) STORED")
+        self._row_md5_checked.add(model.key)
 
     def add_data_model(self, model: DataModel) -> sa.Table:
         """Register a data model and create its table (idempotent).

@@ -294,3 +294,13 @@ def test_guard_partition_memory_is_bounded():
     for _ in range(MAX_PARTITIONS + 5):
         memory.record("k", rng.integers(0, 2, size=50))
     assert len(memory._memory["k"]) == MAX_PARTITIONS
+
+
+@given(st.lists(st.integers(min_value=0, max_value=2**64 - 1), max_size=300))
+def test_sorted_unique_equals_numpy_unique(values):
+    from mipflow.cohorts import sorted_unique
+
+    keys = np.array(values + values[: len(values) // 3], dtype=np.uint64)  # with repeats
+    got = sorted_unique(keys)
+    np.testing.assert_array_equal(got, np.unique(keys))
+    assert got.dtype == np.uint64

@@ -737,3 +737,49 @@ def test_postgresql_binary_read_carries_the_same_row_identity(store):
     np.testing.assert_array_equal(row_keys(got, key), row_keys(via_csv, key))
     assert len(set(row_keys(got, key))) == len(got)  # one key per row
     assert not np.array_equal(row_keys(got, key), row_keys(got, "fedcba9876543210"))
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_postgresql_row_identity_column_is_added_to_an_older_table_and_kept_by_the_server(store):
+    """A table from before the stored row identity column gets it on the first read with row
+    identity; rows loaded afterwards get theirs from the server; the keys equal the CSV path's."""
+    from mipflow.cohorts import row_keys
+    from mipflow.query import DEFAULT_CHUNKSIZE, ROW_MD5, _prepare, _stream
+    from mipflow.store import ROW_MD5_COLUMN
+
+    table = store.model_table(MODEL).name
+    with store.begin() as conn:  # as a store created by an earlier mipflow
+        conn.exec_driver_sql(f'ALTER TABLE "{table}" DROP COLUMN {ROW_MD5_COLUMN}')
+    reopened = FeatureStore(store.url)
+    try:
+        kwargs = dict(datasets=ALL_DATASETS, variables=["age", "grade", "diag"])
+        got = select_frame(reopened, MODEL, row_identity=True, **kwargs)
+        statement, chosen = _prepare(reopened, MODEL, ALL_DATASETS, kwargs["variables"], None, True, True)
+        via_csv = pd.concat(list(_stream(reopened, statement, chosen, DEFAULT_CHUNKSIZE)), ignore_index=True)
+        key = "0123456789abcdef"
+        np.testing.assert_array_equal(row_keys(got, key), row_keys(via_csv, key))
+        with reopened.begin() as conn:
+            expression = conn.exec_driver_sql(
+                "SELECT generation_expression FROM information_schema.columns "
+                f"WHERE table_name = '{table}' AND column_name = '{ROW_MD5_COLUMN}'").scalar_one()
+        assert "md5" in expression
+        # a row loaded now: the server computes its identity
+        frame = pd.DataFrame({"_pid": ["late-1"], "dataset": [ALL_DATASETS[0]], "_visit": ["v9"],
+                              "age": [71.5], "grade": [2], "diag": ["AD"]})
+        with reopened.begin() as conn:
+            reopened.upsert_rows(conn, MODEL, frame, batch_id="late", sha256="0" * 64)
+        with reopened.begin() as conn:
+            stored = conn.exec_driver_sql(
+                f'SELECT {ROW_MD5_COLUMN} FROM "{table}" WHERE _pid = %s', ("late-1",)).scalar_one()
+        import hashlib
+
+        assert stored == hashlib.md5(f"late-1\x1f{ALL_DATASETS[0]}\x1fv9".encode()).hexdigest()
+    finally:
+        reopened.dispose()
+
+
+def test_the_row_identity_column_is_never_a_request_variable(store):
+    from mipflow.store import ROW_MD5_COLUMN
+
+    with pytest.raises(RequestError):
+        select_frame(store, MODEL, datasets=ALL_DATASETS, variables=[ROW_MD5_COLUMN])
