@@ -127,10 +127,10 @@ def test_noisy_results_are_labelled_budgeted_refused_and_remembered(federation):
                                       researcher="dp_bob", project=PROJECT)
         assert reply["privacy"]["spent"]["epsilon"] == pytest.approx(0.5, rel=1e-9)
         # algorithms without a DP mechanism are refused clearly
-        linreg = {"inputdata": {"data_model": "stroke:0.1", "datasets": ["hospital_a"], "x": ["nihss_admission"],
-                                "y": ["age"], "filters": None}, "parameters": {}}
+        logreg = {"inputdata": {"data_model": "stroke:0.1", "datasets": ["hospital_a"], "x": ["age"],
+                                "y": ["sex"], "filters": None}, "parameters": {"positive_class": "M"}}
         with pytest.raises(NodeRefused) as info:
-            nodes["dp_node"].step("linear_regression", linreg, 0, None, researcher="dp_bob", project=PROJECT)
+            nodes["dp_node"].step("logistic_regression", logreg, 0, None, researcher="dp_bob", project=PROJECT)
         assert info.value.control == "dp_unsupported"
         for client in both:
             client.close()

@@ -26,7 +26,11 @@ over them (basic composition for Laplace, additive rho for Gaussian), and
 parts that partition the rows (datasets, levels of a grouping variable) compose
 in parallel.  The cost charged is what OpenDP's own privacy maps say for the
 measurements that ran.  Supported: ``descriptive_stats`` and
-``multiple_histograms`` (variables with declared bounds, or nominal).  Other
+``multiple_histograms`` (variables with declared bounds, or nominal), and
+``linear_regression`` and ``pearson_correlation`` through noisy sufficient
+statistics (one block: n, sums and sums of products of the columns scaled
+into [-1, 1], indicators of categorical covariates in [0, 1]; see
+``docs/adr/0021-dp-sufficient-statistics.md``).  Other
 algorithms are refused on a DP node unless the admin lists them in
 ``dp_exempt_algorithms`` (they then run exactly, and the result says so).
 """
@@ -266,6 +270,225 @@ def _histogram_rows(aggregates: dict[str, Any]) -> int:
     return int(sum(aggregates["histograms"][0]["counts"]))
 
 
+# --------------------------------------------------------------------------- noisy sufficient statistics
+#
+# linear_regression and pearson_correlation release moments (n, means, centred
+# co-moments) of a few columns.  Under DP a node releases instead the noisy
+# sufficient statistics of those columns after mapping each into [-1, 1]
+# (ADR 0021): with w = (1, v1, ..., vk) for one row, the vector of the sums
+# over rows of w_j * w_l for the pairs j <= l listed by ``_released_pairs``
+# (n, the sums, the sums of products).  One row adds or removes its own w w^T,
+# so the sensitivity follows from the ranges alone (``moment_sensitivity``).
+
+
+@dataclass(frozen=True)
+class BoundedColumns:
+    """Columns mapped into a known range, one row per (complete-case) data row.
+
+    Attributes
+    ----------
+    names : tuple of str
+        Column names (design column names for indicators, variable codes otherwise).
+    values : numpy.ndarray, shape (n, k)
+        A numerical column clamped to its declared ``[lo, hi]`` and mapped to
+        ``(x - centre) / half`` in ``[-1, 1]``; an indicator column as is (0 or 1).
+    centre, half : numpy.ndarray, shape (k,)
+        The affine map back: ``x = centre + half * v`` (0 and 1 for indicators).
+    group : tuple of str
+        For an indicator, the categorical variable it codes (exactly one of the
+        indicators of a variable is 1 in every row); ``""`` for a numerical column.
+    clamped : dict
+        Declared ``[lo, hi]`` of each numerical variable (what the label states).
+    """
+
+    names: tuple[str, ...]
+    values: np.ndarray
+    centre: np.ndarray
+    half: np.ndarray
+    group: tuple[str, ...]
+    clamped: dict[str, list[float]]
+
+
+def bounded_columns(data: Any, columns: Sequence[tuple[str, str]], model: Any, algorithm: str) -> BoundedColumns:
+    """Clamp and scale ``columns`` of ``data`` (complete-case rows) for a noisy release.
+
+    Parameters
+    ----------
+    data : pandas.DataFrame
+    columns : sequence of (name, kind)
+        ``kind`` is ``"numerical"`` (``name`` is a variable code with declared
+        bounds) or the code of the categorical variable an indicator ``name``
+        (``code[level]``) belongs to.
+    model : DataModel
+    algorithm : str
+        For the refusal message.
+
+    Raises
+    ------
+    DisclosureError
+        ``dp_unsupported`` when a numerical variable has no declared ``minValue``
+        and ``maxValue``.
+    """
+    from mipflow.algorithms.base import category_codes, numeric_values
+
+    n = len(data)
+    values = np.empty((n, len(columns)))
+    centre, half, group = np.zeros(len(columns)), np.ones(len(columns)), []
+    clamped: dict[str, list[float]] = {}
+    for j, (name, kind) in enumerate(columns):
+        if kind == "numerical":
+            lo, hi = _declared_bounds(model, name, algorithm)
+            clamped[name] = [lo, hi]
+            centre[j], half[j] = (lo + hi) / 2.0, (hi - lo) / 2.0
+            x = np.clip(numeric_values(data[name]), lo, hi)
+            values[:, j] = (x - centre[j]) / half[j] if half[j] > 0 else 0.0
+            group.append("")
+        else:
+            level = name[len(kind) + 1:-1]  # "code[level]"
+            values[:, j] = (category_codes(data[kind], model.variable(kind)).to_numpy() == level)
+            group.append(kind)
+    if np.isnan(values).any():
+        raise DisclosureError("a noisy release needs complete-case rows", control="dp_unsupported")
+    return BoundedColumns(tuple(c for c, _ in columns), values, centre, half, tuple(group), clamped)
+
+
+def _released_pairs(group: Sequence[str]) -> list[tuple[int, int]]:
+    """Index pairs ``(j, l)``, ``j <= l``, of ``w = (1, v)`` whose sums are released.
+
+    Not released (known without looking at the data): products of two
+    indicators of the same variable (0 off the diagonal; the square of an
+    indicator is the indicator, whose sum is released as ``(0, j)``).
+    """
+    g = ("",) + tuple(group)
+    return [(j, l) for j in range(len(g)) for l in range(j, len(g)) if not (g[j] and g[j] == g[l])]
+
+
+def moment_sensitivity(group: Sequence[str]) -> tuple[float, float]:
+    """L1 and L2 sensitivity of the released sums of products under add/remove one row.
+
+    One row changes the released vector by its own products ``w_j w_l``
+    (``w = (1, v)``, ``|v_j| <= 1``, one indicator per categorical variable
+    equal to 1).  Count the *groups* ``G``: the constant, each numerical
+    column, each categorical variable.  Each pair of different groups adds at
+    most 1 to both the L1 norm and the squared L2 norm (``sum |w_j| <= 1`` and
+    ``sum w_j**2 <= 1`` within a group), each diagonal of the constant or of a
+    numerical column at most 1 more; so ``L1 = L2**2 = G (G - 1) / 2 + 1 + a``
+    with ``a`` numerical columns, attained when every ``|v_j| = 1``.
+
+    Returns
+    -------
+    (float, float)
+        ``(l1, l2)``.
+    """
+    numerical = sum(1 for g in group if not g)
+    groups = 1 + numerical + len({g for g in group if g})
+    total = groups * (groups - 1) / 2 + 1 + numerical
+    return float(total), math.sqrt(total)
+
+
+def noisy_sums(cols: BoundedColumns, noise: QueryNoise, block: str = "sufficient_statistics"
+               ) -> tuple[float, np.ndarray, np.ndarray]:
+    """Noisy ``n``, ``S1 = sum v`` and ``S2 = sum v v^T`` of the scaled columns (one block).
+
+    The released entries (see :func:`_released_pairs`) get noise from one
+    OpenDP measurement calibrated to :func:`moment_sensitivity` (L1 for
+    Laplace, L2 for Gaussian); the entries known without the data are filled
+    in after (post-processing).
+    """
+    k = len(cols.names)
+    w = np.column_stack([np.ones(len(cols.values)), cols.values])
+    pairs = _released_pairs(cols.group)
+    exact = [math.fsum(w[:, j] * w[:, l]) for j, l in pairs]
+    l1, l2 = moment_sensitivity(cols.group)
+    noisy = noise.add(exact, l1 if noise.mechanism == "laplace" else l2, block=block)
+    full = np.zeros((k + 1, k + 1))
+    for (j, l), value in zip(pairs, noisy):
+        full[j, l] = full[l, j] = value
+    for j, g in enumerate(cols.group, 1):
+        if g:  # an indicator's square is itself
+            full[j, j] = full[0, j]
+    return float(full[0, 0]), full[0, 1:], full[1:, 1:]
+
+
+def moments_from_noisy_sums(cols: BoundedColumns, n: float, s1: np.ndarray, s2: np.ndarray) -> dict[str, Any]:
+    """Moments ``{n, mean, m2}`` in the variables' units from noisy scaled sums (post-processing).
+
+    ``n`` is rounded to a count (0 or more); the scaled means are kept in
+    their range (``[-1, 1]``, indicators ``[0, 1]``); the co-moments are
+    ``S2 - n m m^T`` (so the raw sums the moments stand for are the noisy
+    ones), with each diagonal kept between 0 and its largest possible value
+    ``n`` (an indicator's: ``n m (1 - m)``).  The matrix may still be
+    indefinite: the central side checks (``linear_regression``) or clips
+    (``pearson_correlation``) what it needs.
+    """
+    k = len(cols.names)
+    rows = max(int(round(n)), 0)
+    if rows == 0:
+        return {"n": 0, "mean": [0.0] * k, "m2": np.zeros((k, k)).tolist()}
+    indicator = np.array([bool(g) for g in cols.group])
+    mean = np.clip(s1 / rows, np.where(indicator, 0.0, -1.0), 1.0)
+    m2 = s2 - rows * np.outer(mean, mean)
+    diag = np.where(indicator, rows * mean * (1.0 - mean), np.clip(np.diagonal(m2), 0.0, rows))
+    np.fill_diagonal(m2, diag)
+    scale = np.outer(cols.half, cols.half)
+    return {"n": rows, "mean": (cols.centre + cols.half * mean).tolist(), "m2": (m2 * scale).tolist()}
+
+
+def _one_block(algo: Any, request: Any, model: Any) -> int:
+    return 1
+
+
+def _linear_regression_columns(request: Any, model: Any) -> list[tuple[str, str]]:
+    """The candidate design columns (the local step's order) and ``y``, with their kinds."""
+    from mipflow.algorithms.base import design_columns
+
+    kinds = {}
+    for code in request.x:
+        var = model.variable(code)
+        if var.is_categorical:
+            kinds.update({name: code for name in design_columns([code], model, intercept=False)})
+    return [(name, kinds.get(name, "numerical")) for name in design_columns(request.x, model, intercept=False)] + \
+        [(request.y[0], "numerical")]
+
+
+def _linear_regression(algo: Any, data: Any, request: Any, model: Any, noise: QueryNoise
+                       ) -> tuple[dict[str, Any], dict[str, list[float]]]:
+    """Noisy sufficient statistics of the design columns and ``y``, in the local step's shape."""
+    from mipflow.algorithms.base import sorted_levels
+
+    cols = bounded_columns(data, _linear_regression_columns(request, model), model, algo.name)
+    moments = moments_from_noisy_sums(cols, *noisy_sums(cols, noise))
+    # rows per level: the noisy indicator sums, rounded (post-processing)
+    s1 = dict(zip(cols.names, np.asarray(moments["mean"]) * moments["n"]))
+    counts = {code: [max(int(round(s1[f"{code}[{level}]"])), 0) for level in sorted_levels(model.variable(code))]
+              for code in request.x if model.variable(code).is_categorical}
+    return {"moments": moments, "level_counts": counts,
+            "group_n": [c for code in request.x for c in counts.get(code, [])]}, cols.clamped
+
+
+def _pearson_correlation(algo: Any, data: Any, request: Any, model: Any, noise: QueryNoise
+                         ) -> tuple[dict[str, Any], dict[str, list[float]]]:
+    """Noisy sufficient statistics of the variables (``y`` then ``x``), in the local step's shape."""
+    cols = bounded_columns(data, [(c, "numerical") for c in algo.variables(request)], model, algo.name)
+    return {"moments": moments_from_noisy_sums(cols, *noisy_sums(cols, noise))}, cols.clamped
+
+
+def _moments_rows(aggregates: dict[str, Any]) -> int:
+    return int(aggregates["moments"]["n"])
+
+
+#: What a noisy linear regression's result is, stated in its privacy label.
+LINEAR_REGRESSION_NOTE = (
+    "linear_regression from noisy sufficient statistics (row count, sums and sums of products of the design "
+    "columns and y, values clamped to the declared ranges, indicators in [0, 1]): the coefficients are computed "
+    "from them; standard errors, t statistics, p-values, confidence intervals, R-squared and F are computed from "
+    "the noisy statistics as if they were exact and leave out the noise's own variance")
+PEARSON_NOTE = (
+    "pearson_correlation from noisy sufficient statistics (row count, sums and sums of products, values clamped "
+    "to the declared ranges): correlations are clipped to [-1, 1]; p-values and confidence intervals are computed "
+    "from the noisy statistics as if they were exact and leave out the noise's own variance")
+
+
 @dataclass(frozen=True)
 class Mechanism:
     """How one algorithm's step is released under DP."""
@@ -274,12 +497,16 @@ class Mechanism:
     release: Callable[[Any, Any, Any, Any, QueryNoise], tuple[dict[str, Any], dict[str, list[float]]]]
     #: the number of rows as the noisy aggregates tell it (post-processing, no extra cost)
     rows: Callable[[dict[str, Any]], int]
+    #: what the noisy result is (and is not), for the label; empty where the general note says it all
+    note: str = ""
 
 
 #: Algorithms a DP node can release with noise (one round each).
 DP_MECHANISMS: dict[str, Mechanism] = {
     "descriptive_stats": Mechanism(_descriptive_stats_blocks, _descriptive_stats, _descriptive_stats_rows),
     "multiple_histograms": Mechanism(_histogram_blocks, _multiple_histograms, _histogram_rows),
+    "linear_regression": Mechanism(_one_block, _linear_regression, _moments_rows, LINEAR_REGRESSION_NOTE),
+    "pearson_correlation": Mechanism(_one_block, _pearson_correlation, _moments_rows, PEARSON_NOTE),
 }
 
 
@@ -344,6 +571,8 @@ class NodePrivacy:
                  "rho": cost.rho, "neighbouring": NEIGHBOURING, "clamped": clamped,
                  "spent": {"epsilon": spent.epsilon, "delta": spent.delta, "accountant": spent.accountant},
                  "budget": {"epsilon": settings.dp_budget_epsilon, "delta": settings.dp_budget_delta}}
+        if mechanism.note:
+            label["note"] = mechanism.note
         return NoisyRelease(aggregates, label, mechanism.rows(aggregates))
 
 
@@ -375,7 +604,13 @@ def privacy_block(labels: dict[str, list[dict[str, Any]]], contributed: Sequence
                        "delta": max(i["delta"] for i in items), "rho": first.get("rho"),
                        "clamped": first.get("clamped", {}), "neighbouring": first.get("neighbouring", NEIGHBOURING),
                        "releases": len(items)}
-    return {"approximate": True, "method": "differential privacy, noise added at the nodes",
-            "noisy_nodes": nodes, "exact_nodes": sorted(set(contributed) - set(noisy)),
-            "note": "statistics are approximate: each listed node added random noise calibrated to its epsilon "
-                    "(and delta); numerical values were clamped to the data model's declared ranges"}
+        if first.get("note"):
+            nodes[name]["note"] = first["note"]
+    block = {"approximate": True, "method": "differential privacy, noise added at the nodes",
+             "noisy_nodes": nodes, "exact_nodes": sorted(set(contributed) - set(noisy)),
+             "note": "statistics are approximate: each listed node added random noise calibrated to its epsilon "
+                     "(and delta); numerical values were clamped to the data model's declared ranges"}
+    derived = sorted({item["note"] for items in noisy.values() for item in items if item.get("note")})
+    if derived:  # what the derived statistics are (e.g. standard errors that leave out the noise)
+        block["derived"] = derived
+    return block

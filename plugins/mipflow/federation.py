@@ -295,7 +295,14 @@ def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequen
                     noise_labels.setdefault(name, []).append(reply["privacy"])
             if session is not None:
                 aggregates = [session.combine(replies)]
-            step = algorithm.global_step(round_no, aggregates, parsed, model, state)
+            try:
+                step = algorithm.global_step(round_no, aggregates, parsed, model, state)
+            except RequestError as exc:
+                if not noise_labels:
+                    raise
+                noisy = ", ".join(sorted(noise_labels))
+                raise RequestError(f"{exc} (computed from noisy aggregates: node(s) {noisy} added "
+                                   f"differential-privacy noise)") from exc
             if step.done:
                 log.info("%s (analysis %s): finished after %d round(s) with %d node(s)", algorithm_name,
                          who.analysis_id, round_no + 1, len(active))

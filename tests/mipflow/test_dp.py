@@ -199,13 +199,13 @@ def test_one_patient_changes_the_output_distribution_by_at_most_e_to_the_epsilon
 def test_node_privacy_refuses_what_it_cannot_bound(tmp_path, stroke):
     guard = NodePrivacy(tmp_path)
     data = stroke_rows(4, 100)
-    linreg = request(stroke, "linear_regression", ["age"], ["nihss_admission"])
+    logreg = request(stroke, "logistic_regression", ["sex"], ["age"], positive_class="M")
     with pytest.raises(DisclosureError) as info:
-        guard.apply(dp_settings(), get_algorithm("linear_regression"), linreg, stroke, 0, data, "alice")
+        guard.apply(dp_settings(), get_algorithm("logistic_regression"), logreg, stroke, 0, data, "alice")
     assert info.value.control == "dp_unsupported" and "dp_exempt_algorithms" in str(info.value)
     # exempted by the admin: released exactly, nothing charged
-    assert guard.apply(dp_settings(dp_exempt_algorithms="linear_regression"), get_algorithm("linear_regression"),
-                       linreg, stroke, 0, data, "alice") is None
+    assert guard.apply(dp_settings(dp_exempt_algorithms="logistic_regression"), get_algorithm("logistic_regression"),
+                       logreg, stroke, 0, data, "alice") is None
     assert guard.apply(NodeSettings(), get_algorithm("descriptive_stats"),
                        request(stroke, "descriptive_stats", ["age"]), stroke, 0, data, "alice") is None
     assert not (tmp_path / LEDGER_FILE).exists()

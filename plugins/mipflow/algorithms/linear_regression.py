@@ -34,6 +34,10 @@ CONFIDENCE = 0.95
 #: Above this condition number of the scaled covariance the design is
 #: treated as collinear.
 MAX_CONDITION = 1e12
+#: Co-moments with differential-privacy noise (``mipflow.dp``) need not be positive definite.
+NOT_POSITIVE_DEFINITE = (
+    "the covariates' co-moment matrix is not positive definite: the differential-privacy noise a node added "
+    "outweighs the data (more rows, a larger dp_epsilon or fewer covariates help)")
 
 
 def solve_centred(cxx: np.ndarray, cxy: np.ndarray, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -51,15 +55,25 @@ def solve_centred(cxx: np.ndarray, cxy: np.ndarray, names: list[str]) -> tuple[n
     Raises
     ------
     RequestError
-        If a covariate is constant or the covariates are collinear.
+        If a covariate is constant, the covariates are collinear, or ``cxx`` is
+        not positive definite (only possible with co-moments that carry
+        differential-privacy noise, ``mipflow.dp``: exact ones are sums of
+        squares).
     """
-    scale = np.sqrt(np.diagonal(cxx))
+    diagonal = np.diagonal(cxx)
+    if not np.all(np.isfinite(cxx)) or np.any(diagonal < 0):
+        raise RequestError(NOT_POSITIVE_DEFINITE)
+    scale = np.sqrt(diagonal)
     constant = [names[i] for i in np.flatnonzero(scale == 0)]
     if constant:
         raise RequestError(f"covariate(s) {', '.join(constant)} are constant in the selected data")
     corr = cxx / np.outer(scale, scale)
     if np.linalg.cond(corr) > MAX_CONDITION:
         raise RequestError("the covariates are collinear in the selected data")
+    try:  # well conditioned but indefinite: noise, not data
+        np.linalg.cholesky(corr)
+    except np.linalg.LinAlgError:
+        raise RequestError(NOT_POSITIVE_DEFINITE) from None
     corr_inv = np.linalg.inv(corr)
     coef = np.linalg.solve(corr, cxy / scale) / scale
     return coef, corr_inv / np.outer(scale, scale)
