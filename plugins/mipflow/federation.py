@@ -219,7 +219,7 @@ def run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequenc
     from mipflow import secagg
 
     who = _on_behalf_of(researcher, project)
-    secure = secagg.resolve(secure_aggregation, algorithm_name)
+    secure = secagg.resolve(secure_aggregation, algorithm_name, request)
     with ThreadPoolExecutor(max_workers=max(1, min(16, len(nodes)))) as pool:
         return _run_analysis(algorithm_name, request, nodes, min_nodes, max_restarts, pool, who, secure)
 
@@ -263,7 +263,7 @@ def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequen
                      len(active), len(nodes))
             algorithm.validate(parsed, model)
         # secure aggregation (mipflow.secagg, ADR 0014): one participant set per attempt
-        session, secure, secure_note = _secure_session(algorithm_name, secure, active, excluded, pool)
+        session, secure, secure_note = _secure_session(algorithm_name, secure, active, excluded, pool, parsed)
         active = [n for n in active if n.name not in excluded]
         if len(active) < min_nodes:
             break
@@ -333,19 +333,21 @@ def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequen
 
 
 def _secure_session(algorithm_name: str, mode: str, active: Sequence[NodeClient], excluded: dict[str, str],
-                    pool: ThreadPoolExecutor) -> tuple[Any, str, str]:
+                    pool: ThreadPoolExecutor, request: Any = None) -> tuple[Any, str, str]:
     """The secure-aggregation participant set of one attempt (or None), the mode, and why not.
 
     ``mode`` is ``"on"``, ``"off"`` or ``"auto"``; automatic mode switches on
-    (``"auto-on"``) with 3 or more nodes and stays on for restarts while 2 or more
-    remain.  With one node left there is nothing to hide its aggregates among (the
+    (``"auto-on"``) with 3 or more nodes, when the algorithm supports this ``request``
+    and is not explicit-only (``secagg.automatic_refusal``), and stays on for restarts
+    while 2 or more remain.  With one node left there is nothing to hide its aggregates among (the
     result is that node's anyway): automatic mode goes on without masking, ``"on"`` fails.
     """
     from mipflow import secagg
 
     if mode == "auto":
-        if algorithm_name not in secagg.SUPPORTED:
-            return None, mode, f"{algorithm_name} does not support secure aggregation"
+        reason = secagg.automatic_refusal(algorithm_name, request)
+        if reason is not None:
+            return None, mode, reason
         if len(active) < secagg.AUTO_MIN_NODES:
             return None, mode, f"automatic: fewer than {secagg.AUTO_MIN_NODES} nodes take part"
         mode = "auto-on"

@@ -304,7 +304,8 @@ def create_app(home: NodeHome) -> FastAPI:
 
                 record["secure_aggregation"] = True
                 aggregates = secagg.mask_release(home.root, home.name, algorithm, analysis.to_dict(), body.round,
-                                                 body.state, body.analysis_id, body.secure_aggregation, aggregates)
+                                                 body.state, body.analysis_id, body.secure_aggregation, aggregates,
+                                                 model=model)
             differencing.after_step(cohorts, analysis, labels)  # remembered even while the check is off
         except DisclosureError as exc:
             audit.append(**record, decision="refused", control=exc.control, reason=str(exc))

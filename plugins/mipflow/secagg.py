@@ -25,6 +25,17 @@ and the central site turns the summed raw sums back into pooled centred
 moments exactly (Python integers and fractions, no cancellation), then runs
 the algorithm's own global step on that one pooled aggregate.
 
+Two optional hooks on an algorithm class adapt it (no base-class change):
+
+* ``secure_aggregation_refusal(request) -> str | None``: why this request
+  cannot be summed (e.g. k-means with Exareme2's initialisation releases
+  per-node minima and maxima), checked centrally before any node is called
+  and again by the node;
+* ``secure_aggregates(aggregates, request, model) -> dict``: run by the node
+  after its disclosure controls, before masking: rewrites the released
+  aggregates into the form that is summed (descriptive statistics: the
+  node's records pooled over its datasets, see :data:`EXPLICIT_ONLY`).
+
 Precision and range (``RING_BITS = 192``, ``FRACTION_BITS = 64``): each
 number a node releases is rounded to a multiple of ``2**-64`` (5.4e-20
 absolute); a node refuses numbers of magnitude ``2**MAX_MAGNITUDE_BITS``
@@ -74,14 +85,22 @@ MAX_PARTICIPANTS = 64
 ELEMENT_BYTES = RING_BITS // 8
 
 #: Algorithms whose aggregates are additive (counts, sums, moments), so they can be masked.
-SUPPORTED = frozenset({"linear_regression", "logistic_regression", "pearson_correlation",
+SUPPORTED = frozenset({"anova_oneway", "descriptive_stats", "kmeans", "linear_regression",
+                       "logistic_regression", "pearson_correlation", "ttest_independent",
                        "ttest_onesample", "ttest_paired"})
+#: Supported algorithms whose secure result is narrower than the plain one, so automatic
+#: mode leaves them off: descriptive statistics under secure aggregation give only the
+#: rows pooled over all datasets (a dataset's own rows are one node's aggregates).
+EXPLICIT_ONLY = frozenset({"descriptive_stats"})
 
 KEY_FILE = "secagg.key"
 PEERS_FILE = "secagg_peers.json"
 POLICIES = ("tofu", "pinned")
 
 _MOMENT_KEYS = frozenset({"n", "mean", "m2"})
+#: Keys whose values are one patient's value or an order statistic: never summed (a sum of
+#: per-node minima is not the pooled minimum), so an aggregate holding one is refused.
+NOT_SUMS = frozenset({"min", "max", "minimum", "maximum", "q1", "q2", "q3", "median", "quantiles"})
 #: Marks a moments object in a layout (no aggregate key starts with "__").
 MOMENTS_MARK = "__moments__"
 
@@ -149,7 +168,8 @@ def additive_form(aggregates: Any) -> tuple[Any, list[Fraction]]:
     Raises
     ------
     RequestError
-        If a value cannot be summed (a suppressed cell, a string, NaN).
+        If a value cannot be summed (a suppressed cell, a string, NaN, an
+        extreme or quantile under one of the :data:`NOT_SUMS` keys).
     """
     vector: list[Fraction] = []
 
@@ -170,6 +190,10 @@ def additive_form(aggregates: Any) -> tuple[Any, list[Fraction]]:
         if isinstance(doc, Mapping):
             if MOMENTS_MARK in doc:
                 raise RequestError(f"secure aggregation cannot sum {where}: it holds the key {MOMENTS_MARK!r}")
+            extremes = sorted(str(k) for k in doc if str(k).lower() in NOT_SUMS)
+            if extremes:
+                raise RequestError(f"secure aggregation cannot sum {where}.{extremes[0]}: extremes and "
+                                   "quantiles are not sums")
             return {str(k): walk(v, f"{where}.{k}") for k, v in sorted(doc.items())}
         if isinstance(doc, list):
             return [walk(v, f"{where}[{i}]") for i, v in enumerate(doc)]
@@ -475,24 +499,42 @@ def parse_participants(spec: Any) -> dict[str, bytes]:
     return out
 
 
+def secure_form(algorithm: str, aggregates: Mapping[str, Any], request: Any, model: Any) -> Any:
+    """What a node sums for ``algorithm``: its released aggregates, or the
+    algorithm's ``secure_aggregates`` rewrite of them (run after the controls)."""
+    from mipflow.algorithms import get_algorithm
+    from mipflow.algorithms.base import AnalysisRequest
+
+    hook = getattr(get_algorithm(algorithm), "secure_aggregates", None)
+    if hook is None:
+        return aggregates
+    if model is None:
+        raise RequestError(f"secure aggregation of {algorithm} needs the data model at the node")
+    parsed = request if isinstance(request, AnalysisRequest) else AnalysisRequest.from_dict(request)
+    return hook(aggregates, parsed, model)
+
+
 def mask_release(root: str | Path, node_name: str, algorithm: str, request: Mapping[str, Any],
                  round_no: int, state: Any, analysis_id: str | None, spec: Any,
-                 aggregates: Mapping[str, Any]) -> dict[str, Any]:
+                 aggregates: Mapping[str, Any], *, model: Any = None) -> dict[str, Any]:
     """What a node releases under secure aggregation, in place of ``aggregates``.
 
-    Runs after the node's disclosure controls.  Returns
+    Runs after the node's disclosure controls (``aggregates`` is what they
+    released; ``model`` is the data model, for :func:`secure_form`).  Returns
     ``{"secure_aggregation": {"scheme", "layout", "masked": [hex, ...]}}``.
 
     Raises
     ------
     RequestError
-        If the algorithm does not support secure aggregation or the call is malformed.
+        If the algorithm (or this request of it) does not support secure
+        aggregation or the call is malformed.
     DisclosureError
         (control ``secure_aggregation``) if the node is not among the
         participants under its own key, or a peer's key is not trusted.
     """
-    if algorithm not in SUPPORTED:
-        raise RequestError(unsupported_message(algorithm))
+    reason = refusal(algorithm, request)
+    if reason is not None:
+        raise RequestError(reason)
     if not analysis_id:
         raise RequestError("secure aggregation needs the analysis_id (it is bound into the masks)")
     participants = parse_participants(spec)
@@ -503,7 +545,7 @@ def mask_release(root: str | Path, node_name: str, algorithm: str, request: Mapp
     TrustStore(root).check({k: v for k, v in participants.items() if k != node_name})
     context = context_digest(analysis_id=analysis_id, algorithm=algorithm, round_no=round_no,
                              request=request, state=state, participants=participants.values())
-    return masked_release(own, participants.values(), context, aggregates)
+    return masked_release(own, participants.values(), context, secure_form(algorithm, aggregates, request, model))
 
 
 def masked_release(own: KeyPair, participants: Iterable[bytes], context: bytes,
@@ -527,6 +569,42 @@ def masked_release(own: KeyPair, participants: Iterable[bytes], context: bytes,
 def unsupported_message(algorithm: str) -> str:
     return (f"secure aggregation is not available for {algorithm}: its aggregates are not all sums. "
             f"Algorithms that support it: {', '.join(sorted(SUPPORTED))}")
+
+
+def refusal(algorithm: str, request: Any = None) -> str | None:
+    """Why secure aggregation cannot run ``algorithm`` on ``request`` (``None``: it can).
+
+    ``request`` (an :class:`~mipflow.algorithms.base.AnalysisRequest` or its
+    JSON form) is checked by the algorithm's ``secure_aggregation_refusal``
+    hook when it has one; without a request only the algorithm is checked.
+    """
+    if algorithm not in SUPPORTED:
+        return unsupported_message(algorithm)
+    if request is None:
+        return None
+    from mipflow.algorithms import get_algorithm
+    from mipflow.algorithms.base import AnalysisRequest
+
+    hook = getattr(get_algorithm(algorithm), "secure_aggregation_refusal", None)
+    if hook is None:
+        return None
+    parsed = request if isinstance(request, AnalysisRequest) else AnalysisRequest.from_dict(request)
+    reason = hook(parsed)
+    return None if reason is None else f"secure aggregation is not available for this {algorithm} request: {reason}"
+
+
+def automatic_refusal(algorithm: str, request: Any = None) -> str | None:
+    """Why automatic mode leaves secure aggregation off for this analysis (``None``: it switches on,
+    given enough nodes): :func:`refusal`, or the algorithm is in :data:`EXPLICIT_ONLY`."""
+    if algorithm not in SUPPORTED:
+        return f"{algorithm} does not support secure aggregation"
+    reason = refusal(algorithm, request)
+    if reason is not None:
+        return reason
+    if algorithm in EXPLICIT_ONLY:
+        return (f"automatic: {algorithm} under secure aggregation releases only the rows pooled over all "
+                "datasets (each dataset's own rows are one node's aggregates); request it explicitly")
+    return None
 
 
 # --------------------------------------------------------------------------- central side
@@ -582,24 +660,27 @@ class SecureSession:
                 "participants": {n: fingerprint(bytes.fromhex(k)) for n, k in sorted(self.participants.items())}}
 
 
-def resolve(requested: bool | None, algorithm: str) -> str:
+def resolve(requested: bool | None, algorithm: str, request: Any = None) -> str:
     """The mode of an analysis, checked before any node is called.
 
     Returns ``"on"`` / ``"off"`` for an explicit choice and ``"auto"`` for
-    ``None`` (on when at least :data:`AUTO_MIN_NODES` nodes take part and the
-    algorithm supports it).
+    ``None`` (on when at least :data:`AUTO_MIN_NODES` nodes take part, the
+    algorithm supports it for this ``request`` and is not in :data:`EXPLICIT_ONLY`).
 
     Raises
     ------
     RequestError
-        If secure aggregation is requested for an algorithm that does not support it.
+        If secure aggregation is requested for an algorithm (or a request of
+        it, see :func:`refusal`) that does not support it.
     """
     if requested is None:
         return "auto"
     if not isinstance(requested, bool):
         raise RequestError("secure_aggregation must be true, false or null (automatic)")
-    if requested and algorithm not in SUPPORTED:
-        raise RequestError(unsupported_message(algorithm))
+    if requested:
+        reason = refusal(algorithm, request)
+        if reason is not None:
+            raise RequestError(reason)
     return "on" if requested else "off"
 
 

@@ -18,6 +18,19 @@ centred sum of squares) or the counts per enumeration code.
 "all datasets" merges only the datasets in which the variable has at least
 one data point (so ``num_na`` / ``num_total`` there ignore datasets that do
 not collect the variable), as Exareme2 does.
+
+Secure aggregation (``docs/adr/0014-secure-aggregation.md``), only when
+requested explicitly: a dataset's own rows are one node's aggregates (a
+dataset lives at one node), so no masking can hide them.  Under secure
+aggregation the node runs its disclosure controls on its per-dataset records
+as always (small counts suppressed), then :meth:`DescriptiveStats.secure_aggregates`
+pools them over its own datasets (the same "has data" rule, a suppressed
+cell counting 0) into one record per variable, which is masked.  The central
+side sees only the sum: the result has the "all datasets" rows and says under
+``per_dataset`` that the per-dataset rows are withheld.  Those rows equal the
+plain ones, except where a dataset is split over nodes and one node's part
+has no value of a variable: that part's rows then stay out of ``num_na`` /
+``num_total`` of the variable.
 """
 from __future__ import annotations
 
@@ -37,6 +50,12 @@ from mipflow.datamodel import DataModel
 
 DATASET = "dataset"
 ALL_DATASETS = "all datasets"
+KINDS = ("variable_based", "model_based")
+#: Key of a node's records pooled over its datasets (the form summed under secure aggregation).
+POOLED = "pooled_over_datasets"
+#: What a secure result says in place of the per-dataset rows.
+WITHHELD = ("withheld under secure aggregation: a dataset's own rows are one node's aggregates; "
+            "only the rows pooled over all datasets (summed over the nodes) are released")
 
 
 class DescriptiveStats(SpecAlgorithm):
@@ -88,6 +107,33 @@ class DescriptiveStats(SpecAlgorithm):
             out[str(dataset)] = record
         return {"datasets": out}
 
+    def secure_aggregates(self, aggregates: dict[str, Any], request: AnalysisRequest,
+                          model: DataModel) -> dict[str, Any]:
+        """The node's released records pooled over its datasets: what it masks under secure aggregation.
+
+        Runs after the node's disclosure controls.  Per kind and variable: the
+        records of the node's datasets where the variable has at least one
+        (released) data point, merged; a suppressed cell counts 0 (its value
+        never leaves the node, masked or not).  Every node sends the same
+        layout, fixed by the request and the data model (zero records where it
+        holds no data), and no dataset name.
+        """
+        described = self.described(request)
+        records = list(aggregates["datasets"].values())
+        out: dict[str, dict[str, Any]] = {}
+        for kind in KINDS:
+            out[kind] = {}
+            for code in described:
+                merged = self._merge([r[kind][code] for r in records if self._count(r[kind][code]) > 0])
+                if merged is None:
+                    var = model.variable(code)
+                    merged = ({"n_total": 0, "counts": [0] * len(var.enumeration_codes)} if var.is_categorical
+                              else {"n_total": 0, "moments": {"n": 0, "mean": [0.0], "m2": [0.0]}})
+                elif "counts" in merged:
+                    merged["counts"] = [0 if c is None else int(c) for c in merged["counts"]]
+                out[kind][code] = merged
+        return {POOLED: out}
+
     # -- global -----------------------------------------------------------------
 
     @staticmethod
@@ -132,8 +178,15 @@ class DescriptiveStats(SpecAlgorithm):
     def global_step(self, round: int, aggregates: list[dict], request: AnalysisRequest,
                     model: DataModel, state: dict | None) -> Step:
         described = self.described(request)
+        if aggregates and all(POOLED in a for a in aggregates):  # secure aggregation: the nodes' sum
+            pooled: dict[str, Any] = {kind: [
+                {"variable": code, "dataset": ALL_DATASETS,
+                 "data": self._render(self._merge([a[POOLED][kind][code] for a in aggregates]), code, model)}
+                for code in described] for kind in KINDS}
+            pooled["per_dataset"] = WITHHELD
+            return Step(done=True, result=json_ready(pooled))
         result: dict[str, list[dict[str, Any]]] = {"variable_based": [], "model_based": []}
-        for kind in ("variable_based", "model_based"):
+        for kind in KINDS:
             per_dataset: dict[str, dict[str, dict | None]] = {}
             for dataset in request.datasets:
                 per_dataset[dataset] = {

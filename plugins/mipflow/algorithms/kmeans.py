@@ -33,6 +33,13 @@ validation suite: centres drawn uniformly (``RandomState(123)``) between the
 pooled per-column minima and maxima, and an empty cluster's centre reset to
 the origin.  It needs raw extremes, which nodes refuse unless their admin set
 ``release_extremes``.
+
+Secure aggregation (``docs/adr/0014-secure-aggregation.md``): every quantity
+of the default initialisation and of the Lloyd rounds is a sum (row counts,
+moments, per-cluster counts, deviation sums and within-cluster sums of
+squares), so the nodes can mask them and the central side steps on their
+sum.  ``init = "exareme2"`` cannot: a sum of per-node minima is not the pooled
+minimum (:meth:`KMeans.secure_aggregation_refusal`).
 """
 from __future__ import annotations
 
@@ -154,7 +161,8 @@ def cluster_aggregates(columns: np.ndarray, centres: np.ndarray) -> dict:
     for a in range(d):
         deviation = columns[a] - centres[:, a][labels]
         sums[:, a] = np.bincount(labels, weights=deviation, minlength=k)
-    within = np.bincount(labels, weights=distances, minlength=k)
+    # float even without rows (bincount of no weights is integer): the layout may not depend on the data
+    within = np.bincount(labels, weights=distances, minlength=k).astype(float)
     return {"group_n": counts.tolist(), "deviation_sums": sums.tolist(), "within_ss": within.tolist()}
 
 
@@ -171,6 +179,12 @@ class KMeans(SpecAlgorithm):
         # mipflow addition: how the centres start (see the module docstring).
         "init": ParamSpec(types=("text",), default="pca", enums=INITS),
     })
+
+    def secure_aggregation_refusal(self, request: AnalysisRequest) -> str | None:
+        """Why this request cannot run under secure aggregation (``None``: it can)."""
+        if str(request.parameters.get("init") or "pca") == "exareme2":
+            return "init 'exareme2' needs each node's minima and maxima, which are not sums (use init 'pca')"
+        return None
 
     # -- local ------------------------------------------------------------------
 
