@@ -7,7 +7,11 @@ Lloyd rounds, one evaluation round.  Pooled baseline: read every row from the
 three stores, then scikit-learn's ``KMeans(algorithm="lloyd", n_init=1)`` from
 the same initial centres with the equivalent tolerance, and a plain numpy
 Lloyd loop.  Prints rounds, wall times, ratios and the largest relative
-difference of the centres.
+difference of the centres.  With default disclosure settings the nodes'
+differencing control ends the run before full convergence (``stopped`` in the
+result, ADR 0020): the centres are then compared with the pooled numpy Lloyd
+run for the same number of updates (they must agree to rounding), and the
+fully converged references show how far the privacy stop is from them.
 
 Usage: ``python bench/kmeans.py [--rows-per-node 1000000] [--sqlite]``
 (PostgreSQL at 127.0.0.1:5432 by default; ``--sqlite`` for SQLite stores.)
@@ -114,13 +118,24 @@ def main() -> int:
             ref = numpy_lloyd(values, start, args.tol, 100)
             np_s = time.perf_counter() - t
             centres = np.asarray(outcome.result["centers"])
+            stopped = outcome.result.get("stopped")
+            if stopped:  # the same number of updates, never stopping on tol
+                same = numpy_lloyd(values, start, -1.0, outcome.result["n_iter"])["centers"]
+                rel_same = float(np.max(np.abs(centres - same) / np.abs(same)))
             rel_sk = float(np.max(np.abs(centres - sk.cluster_centers_) / np.abs(sk.cluster_centers_)))
             rel_np = float(np.max(np.abs(centres - ref["centers"]) / np.abs(ref["centers"])))
             store = "SQLite" if args.sqlite else "PostgreSQL"
             print(f"\nkmeans k={args.k}, tol={args.tol:g}, 3 nodes x {args.rows_per_node} rows x "
                   f"{len(VARIABLES)} variables ({store} stores)")
             print(f"  federated: {fed_s:7.2f}s  {outcome.rounds} rounds ({outcome.result['n_iter']} Lloyd "
-                  f"updates + moments + evaluation), converged={outcome.result['converged']}")
+                  f"updates + moments{'' if stopped else ' + evaluation'}), "
+                  f"converged={outcome.result['converged']}")
+            if stopped:
+                print(f"  stopped: reason={stopped['reason']} control={stopped['control']} at round "
+                      f"{stopped['round']} by {', '.join(stopped['nodes'])}; last shift "
+                      f"{outcome.result['last_shift']:.2e} (tol {args.tol:g}); inertia of the "
+                      f"{outcome.result['inertia_of']}; max rel diff of centres vs pooled numpy Lloyd with "
+                      f"the same {outcome.result['n_iter']} updates {rel_same:.1e}")
             print(f"  pooled sklearn: {read_s + sk_s:7.2f}s (read {read_s:.2f}s + fit {sk_s:.2f}s, "
                   f"{sk.n_iter_} iterations)  ratio federated/pooled {fed_s / (read_s + sk_s):.2f}  "
                   f"max rel diff of centres {rel_sk:.1e}")

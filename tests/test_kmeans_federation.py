@@ -1,15 +1,19 @@
 """K-means through real node services with default disclosure settings: a node where
-one patient would form a cluster on their own refuses, and the result says so."""
+one patient would form a cluster on their own refuses, and the result says so; a late
+Lloyd round refused under the differencing control ends the analysis, labelled (ADR 0020)."""
 from __future__ import annotations
 
 import functools
+import json
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from mipflow.algorithms import get_algorithm, run_in_process
+from mipflow.algorithms import AnalysisRequest, get_algorithm, run_in_process
+from mipflow.algorithms.kmeans import principal_axis_centres
 from mipflow.auth import issue_client
+from mipflow.cohorts import partition_conflict
 from mipflow.config import NodeHome
 from mipflow.federation import NodeClient, NodeEndpoint
 from mipflow.federation import run_analysis as _run_analysis
@@ -90,3 +94,174 @@ def test_exareme2_initialisation_is_refused_without_release_extremes(nodes) -> N
     req = request(y=("x1", "y"), k=2, init="exareme2")
     with pytest.raises(FederationError, match="raw_extremes"):
         run_analysis("kmeans", req.to_dict(), clients)
+
+
+# -- privacy stop (ADR 0020): a late Lloyd round refused under the differencing control --------------
+
+
+def _blobs(seed: int, tag: str, dataset: str, n_low: int, n_high: int,
+           extra: list[tuple[float, float]] = ()) -> pd.DataFrame:
+    """Two tight, well separated blobs around (0, 0) and (10, 10), and ``extra`` rows."""
+    rng = np.random.default_rng(seed)
+    values = np.vstack([rng.normal(0.0, 0.5, size=(n_low, 2)), rng.normal(10.0, 0.5, size=(n_high, 2))]
+                       + ([np.asarray(extra, dtype=float)] if extra else []))
+    return pd.DataFrame({"subjectcode": [f"{tag}-{i}" for i in range(len(values))],
+                         "dataset": dataset, "x1": values[:, 0], "y": values[:, 1]})
+
+
+def _overlapping(seed: int, tag: str, n: int) -> pd.DataFrame:
+    """Three overlapping clusters: Lloyd's late rounds move a handful of rows."""
+    rng = np.random.default_rng(seed)
+    values = np.array([[0.0, 0.0], [3.0, 0.0], [1.5, 2.5]])[rng.integers(0, 3, n)] + rng.normal(0, 1.0, (n, 2))
+    return pd.DataFrame({"subjectcode": [f"{tag}-{i}" for i in range(n)],
+                         "dataset": "d0", "x1": values[:, 0], "y": values[:, 1]})
+
+
+#: rows between the bisector of the initial centres and that of the first update's centres: they
+#: change cluster in round 2 (one at node_a, two at node_b), nothing else moves
+BETWEEN = {"node_a": [(3.5, 3.5)], "node_b": [(3.4, 3.7), (3.8, 3.3)], "node_c": []}
+#: d2: node_c's high cluster is 3 such rows and 2 blob rows, so round 2 leaves 2 rows in it
+SMALL_LATE = [(3.5, 3.5), (3.4, 3.7), (3.8, 3.3)]
+
+
+@pytest.fixture(scope="module")
+def stop_nodes(tmp_path_factory):
+    """d0: overlapping clusters, 2000 rows a node; d1: the two-blob case with rows in between;
+    d2: a node whose cluster falls to 2 rows in round 2 (for a control other than differencing)."""
+    frames = {}
+    for i, name in enumerate(("node_a", "node_b", "node_c")):
+        frames[name] = {
+            "d0": _overlapping(i, f"{name}-o", 2000),
+            "d1": _blobs(11 + i, f"{name}-b", "d1", 40, 10, BETWEEN[name]),
+            "d2": _blobs(21 + i, f"{name}-s", "d2", 40, *((2, SMALL_LATE) if name == "node_c" else (10, []))),
+        }
+    base = tmp_path_factory.mktemp("kmeans-stop-nodes")
+    roots = {}
+    for name, parts in frames.items():
+        home = NodeHome.init(base / name, name)  # default settings: nfilter_tab 3, differencing on
+        assert home.settings.nfilter_tab == 3 and home.settings.differencing_check
+        load_frame(home.root, MODEL, pd.concat(parts.values(), ignore_index=True))
+        roots[name] = home.root
+        grant_all(home.root)
+    credentials = {name: issue_client(root, "central") for name, root in roots.items()}
+    with running_nodes(list(roots.values())) as urls:
+        clients = [NodeClient(NodeEndpoint(name, url, credentials[name].client_id, credentials[name].secret.hex()),
+                              retries=0) for name, url in zip(roots, urls)]
+        try:
+            yield clients, frames, roots
+        finally:
+            for client in clients:
+                client.close()
+
+
+def _request(dataset: str, **parameters) -> AnalysisRequest:
+    return AnalysisRequest(data_model=MODEL.key, datasets=(dataset,), y=("x1", "y"), parameters=parameters)
+
+
+def _values(frame: pd.DataFrame) -> np.ndarray:
+    return frame[["x1", "y"]].to_numpy(dtype=float)
+
+
+def _nearest(values: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    return ((values[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2).argmin(axis=1)
+
+
+def _lloyd_path(values: np.ndarray, k: int, updates: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Pooled Lloyd from the principal-axis start: centres c_0 .. c_updates and the assignments
+    that made each update (labels at c_0 .. c_{updates-1})."""
+    centres = [principal_axis_centres(values.mean(axis=0), np.cov(values, rowvar=False), k)]
+    labels = []
+    for _ in range(updates):
+        lab = _nearest(values, centres[-1])
+        labels.append(lab)
+        centres.append(np.array([values[lab == j].mean(axis=0) if np.any(lab == j) else centres[-1][j]
+                                 for j in range(k)]))
+    return centres, labels
+
+
+def _audit(root) -> list[dict]:
+    return [json.loads(line) for line in (root / "audit.log").read_text().splitlines()]
+
+
+def _check_stopped(outcome, pooled: np.ndarray, k: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The stopped result against pooled Lloyd; returns the reference path."""
+    result = outcome.result
+    n_iter, refused_round = result["n_iter"], outcome.stopped["round"]
+    assert result["stopped"]["round"] == refused_round and result["stopped"]["reason"] == "privacy"
+    assert result["stopped"]["control"] == "differencing"
+    assert result["stopped"]["nodes"] == sorted(outcome.stopped["refusals"])
+    assert all(r["control"] == "differencing" for r in outcome.stopped["refusals"].values())
+    assert result["converged"] is False and result["approximate"] is True
+    assert result["inertia_of"] == "last released assignment"
+    assert "differencing" in result["stopped"]["message"]
+    # rounds 0 .. refused-1 made the result: the moments round and n_iter Lloyd rounds
+    assert outcome.rounds == refused_round == n_iter + 1
+    assert outcome.excluded == {} and sorted(outcome.contributed) == ["node_a", "node_b", "node_c"]
+    centres, labels = _lloyd_path(pooled, k, n_iter)
+    assert_rel_close(result["centers"], centres[-1], rel=1e-9)
+    assert_rel_close(result["initial_centers"], centres[0], rel=1e-9)
+    # sizes and within-cluster sums of squares: the last released assignment, about the final centres
+    last = labels[-1]
+    assert result["cluster_counts"] == np.bincount(last, minlength=k).tolist()
+    within = np.bincount(last, weights=((pooled - centres[-1][last]) ** 2).sum(axis=1), minlength=k)
+    assert_rel_close(result["within_ss"], within, rel=1e-9)
+    assert_rel_close(result["inertia"], within.sum(), rel=1e-9)
+    assert result["n_obs"] == len(pooled)
+    assert result["last_shift"] == pytest.approx(np.linalg.norm(centres[-1] - centres[-2]), rel=1e-9)
+    return centres, labels
+
+
+def test_a_round_moving_one_or_two_rows_ends_the_analysis_labelled(stop_nodes) -> None:
+    clients, frames, roots = stop_nodes
+    req = _request("d1", k=2, maxiter=50, tol=1e-6)
+    pooled = np.vstack([_values(frames[n]["d1"]) for n in ("node_a", "node_b", "node_c")])
+    # premise, on the pooled rows: round 2 (the second Lloyd round) moves exactly the rows placed in between
+    centres, labels = _lloyd_path(pooled, 2, 2)
+    moved = pooled[labels[0] != labels[1]]
+    assert sorted(map(tuple, moved)) == sorted(BETWEEN["node_a"] + BETWEEN["node_b"])
+
+    outcome = run_analysis("kmeans", req.to_dict(), clients)
+    result = outcome.result
+    assert (outcome.stopped["round"], result["n_iter"]) == (2, 1), outcome.stopped
+    assert sorted(outcome.stopped["refusals"]) == ["node_a", "node_b"]
+    _check_stopped(outcome, pooled, 2)
+    # the counts are round 1's (the in-between rows with the high cluster), not the refused round's
+    assert result["cluster_counts"] == [120, 33]
+    # the refusals happened at the nodes, in round 2, under the differencing control; node_c answered it
+    for name, root in roots.items():
+        last = [r for r in _audit(root) if r.get("analysis") and r.get("round") == 2][-1]
+        expected = ("refused", "differencing") if name != "node_c" else ("allowed", None)
+        assert (last["decision"], last.get("control")) == expected, (name, last)
+
+
+def test_a_late_round_on_overlapping_clusters_stops_at_the_last_released_round(stop_nodes) -> None:
+    clients, frames, _ = stop_nodes
+    k = 3
+    req = _request("d0", k=k, maxiter=100, tol=1e-9)
+    outcome = run_analysis("kmeans", req.to_dict(), clients)
+    assert outcome.stopped, "premise: Lloyd on these rows reaches a round that moves 1-2 rows at a node"
+    assert outcome.result["n_iter"] >= 2  # a late round, not the first update
+    nodes = ("node_a", "node_b", "node_c")
+    centres, _ = _check_stopped(outcome, np.vstack([_values(frames[n]["d0"]) for n in nodes]), k)
+    # each refusing node's assignment at the final centres is 1-2 rows from one it released, and only theirs
+    for name in nodes:
+        rows = _values(frames[name]["d0"])
+        at_final = _nearest(rows, centres[-1])
+        conflict = any(partition_conflict(at_final, _nearest(rows, c), 3) for c in centres[:-1])
+        assert conflict == (name in outcome.stopped["refusals"]), name
+
+
+def test_other_controls_in_a_late_round_still_exclude_the_node(stop_nodes) -> None:
+    """With node_c's differencing check off, round 2 leaves 2 rows in one of its clusters: nfilter_tab."""
+    clients, frames, roots = stop_nodes
+    req = _request("d2", k=2, maxiter=50, tol=1e-6)
+    NodeHome(roots["node_c"]).set_setting("differencing_check", 0)
+    try:
+        outcome = run_analysis("kmeans", req.to_dict(), clients)
+    finally:
+        NodeHome(roots["node_c"]).set_setting("differencing_check", 1)
+    assert list(outcome.excluded) == ["node_c"] and "(nfilter_tab)" in outcome.excluded["node_c"]
+    assert outcome.stopped == {} and "stopped" not in outcome.result and outcome.result["converged"] is True
+    assert [r["round"] for r in _audit(roots["node_c"]) if r.get("decision") == "refused"][-1:] == [2]
+    alone = run_in_process(get_algorithm("kmeans"), [frames["node_a"]["d2"], frames["node_b"]["d2"]], req, MODEL)
+    assert_rel_close(outcome.result["centers"], alone["centers"], rel=1e-12)

@@ -13,7 +13,11 @@ reason, and the analysis goes on if at least ``min_nodes`` remain (default 1;
 3 or more is recommended, so that no single node's aggregates can be told
 apart in a result).  A node that
 drops out after the first round restarts the analysis without it, so every
-result is computed on one consistent set of nodes.
+result is computed on one consistent set of nodes.  An algorithm may instead
+end the analysis on the rounds already combined when nodes refuse a later
+round (:meth:`mipflow.algorithms.base.SpecAlgorithm.on_refusal`; k-means near
+convergence, docs/adr/0020-kmeans-privacy-stop.md): every node then counts as
+contributing and the outcome's ``stopped`` says which node refused which round.
 
 Every analysis runs on behalf of a researcher and a project: both travel in
 the signed request body (and the signed query string of metadata calls), and
@@ -167,6 +171,9 @@ class AnalysisOutcome:
     privacy: dict[str, Any] = field(default_factory=dict)
     #: {"enabled": bool, ...scheme, participants' key fingerprints} (mipflow.secagg)
     secure_aggregation: dict[str, Any] = field(default_factory=dict)
+    #: the algorithm ended early on refusals (on_refusal): {"round": refused round, "refusals":
+    #: {node: {"control", "reason"}}}; the result is that of rounds 0 .. round-1; {} otherwise
+    stopped: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -268,16 +275,51 @@ def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequen
         if len(active) < min_nodes:
             break
         state: dict | None = None
+        memo: dict | None = None  # central-only (Step.memo), for on_refusal
         rows: dict[str, int] = {}
         code: dict[str, Any] = {}
         noise_labels: dict[str, list[dict[str, Any]]] = {}  # differential privacy (ADR 0015)
         dropped = False
+
+        def finish(step: Any, rounds: int, stopped: dict[str, Any]) -> AnalysisOutcome:
+            from mipflow.dp import privacy_block
+
+            if step.result is None:
+                raise FederationError(f"{algorithm_name} finished without a result")
+            privacy = privacy_block(noise_labels, list(rows))
+            # a noisy result says so itself, not only in the provenance
+            result = {**step.result, "privacy": privacy} if privacy else step.result
+            return AnalysisOutcome(algorithm=algorithm_name, request=request_doc, result=result,
+                                   contributed=rows, excluded=excluded, rounds=rounds,
+                                   datasets={n: dataset_rows.get(n, {}) for n in rows},
+                                   seconds=round(time.perf_counter() - started, 4),
+                                   researcher=who.researcher, project=who.project,
+                                   analysis_id=who.analysis_id, code=code, privacy=privacy,
+                                   secure_aggregation={"mode": secure, **session.provenance()}
+                                   if session is not None else {"enabled": False, "mode": secure,
+                                                                "reason": secure_note},
+                                   stopped=stopped)
+
         for round_no in range(MAX_ROUNDS):
-            replies, failures = _call_all(algorithm_name, request_doc, active, round_no, state, pool, who,
-                                          session.body() if session is not None else None)
+            replies, failures, refusals = _call_all(algorithm_name, request_doc, active, round_no, state, pool,
+                                                    who, session.body() if session is not None else None)
             log.info("%s (analysis %s): round %d of at most %d: %d node(s) answered, %d left out%s",
                      algorithm_name, who.analysis_id, round_no + 1, MAX_ROUNDS, len(replies), len(failures),
                      "" if not failures else " (" + "; ".join(f"{k}: {v}" for k, v in failures.items()) + ")")
+            if failures and round_no > 0 and len(refusals) == len(failures):
+                # the algorithm may end on the rounds already combined (this round's replies are not used;
+                # with secure aggregation a partial round could not be summed anyway)
+                stop = algorithm.on_refusal(round_no, refusals, parsed, model, state, memo)
+                if stop is not None:
+                    if not stop.done:
+                        raise FederationError(f"{algorithm_name}.on_refusal must finish or return None")
+                    log.info("%s (analysis %s): stopped at round %d on the refusal of %s; result of the %d "
+                             "round(s) before", algorithm_name, who.analysis_id, round_no + 1,
+                             ", ".join(sorted(refusals)), round_no)
+                    return finish(stop, round_no, {
+                        "round": round_no,
+                        "refusals": {name: {"control": control, "reason": reason}
+                                     for name, (control, reason) in sorted(refusals.items())}})
             if failures:
                 excluded.update(failures)
                 active = [n for n in active if n.name not in failures]
@@ -306,23 +348,9 @@ def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequen
             if step.done:
                 log.info("%s (analysis %s): finished after %d round(s) with %d node(s)", algorithm_name,
                          who.analysis_id, round_no + 1, len(active))
-                if step.result is None:
-                    raise FederationError(f"{algorithm_name} finished without a result")
-                from mipflow.dp import privacy_block
-
-                privacy = privacy_block(noise_labels, list(rows))
-                # a noisy result says so itself, not only in the provenance
-                result = {**step.result, "privacy": privacy} if privacy else step.result
-                return AnalysisOutcome(algorithm=algorithm_name, request=request_doc, result=result,
-                                       contributed=rows, excluded=excluded, rounds=round_no + 1,
-                                       datasets={n: dataset_rows.get(n, {}) for n in rows},
-                                       seconds=round(time.perf_counter() - started, 4),
-                                       researcher=who.researcher, project=who.project,
-                                       analysis_id=who.analysis_id, code=code, privacy=privacy,
-                                       secure_aggregation={"mode": secure, **session.provenance()}
-                                       if session is not None else {"enabled": False, "mode": secure,
-                                                                    "reason": secure_note})
+                return finish(step, round_no + 1, {})
             state = json.loads(json.dumps(step.state, allow_nan=False))
+            memo = step.memo
         else:
             raise FederationError(f"{algorithm_name} did not finish within {MAX_ROUNDS} rounds")
         if not dropped:
@@ -408,10 +436,16 @@ def _model_from_nodes(nodes: Sequence[NodeClient], key: str, excluded: dict[str,
 
 def _call_all(algorithm: str, request: dict[str, Any], nodes: Sequence[NodeClient], round_no: int,
               state: dict | None, pool: ThreadPoolExecutor, who: OnBehalfOf,
-              secure_aggregation: dict[str, Any] | None = None) -> tuple[dict[str, dict], dict[str, str]]:
-    """One round: every node in parallel (one pool serves all rounds of an analysis)."""
+              secure_aggregation: dict[str, Any] | None = None
+              ) -> tuple[dict[str, dict], dict[str, str], dict[str, tuple[str, str]]]:
+    """One round: every node in parallel (one pool serves all rounds of an analysis).
+
+    Returns the replies, every failed node's reason, and of those the nodes that
+    refused (rather than could not be reached) with their ``(control, reason)``.
+    """
     replies: dict[str, dict] = {}
     failures: dict[str, str] = {}
+    refusals: dict[str, tuple[str, str]] = {}
     extra = {"secure_aggregation": secure_aggregation} if secure_aggregation is not None else {}
     futures = {node.name: pool.submit(node.step, algorithm, request, round_no, state, researcher=who.researcher,
                                       project=who.project, analysis_id=who.analysis_id, **extra)
@@ -423,9 +457,10 @@ def _call_all(algorithm: str, request: dict[str, Any], nodes: Sequence[NodeClien
             if exc.status == 400 and exc.control == "request":
                 raise RequestError(f"node {name} rejected the request: {exc.reason}") from None
             failures[name] = f"refused ({exc.control}): {exc.reason}"
+            refusals[name] = (exc.control, exc.reason)
         except NodeUnavailable as exc:
             failures[name] = f"unavailable: {exc}"
-    return replies, failures
+    return replies, failures, refusals
 
 
 # -- federation files -----------------------------------------------------------

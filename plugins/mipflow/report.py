@@ -481,8 +481,18 @@ def provenance_table(doc: Mapping[str, Any]) -> Table:
         ["filters", json.dumps(inputdata.get("filters")) if inputdata.get("filters") else ""],
         ["parameters", json.dumps(parameters, sort_keys=True) if parameters else ""],
         ["rounds", doc.get("rounds")], ["seconds", doc.get("seconds")], ["software", doc.get("software")],
+        ["stopped", stopped_text(doc.get("stopped"))],
     ]
     return Table("Provenance", ["field", "value"], [r for r in rows if r[1] not in (None, "")])
+
+
+def stopped_text(stopped: Mapping[str, Any] | None) -> str:
+    """How an analysis that ended on refusals reads (``AnalysisOutcome.stopped``); "" if it did not."""
+    if not stopped:
+        return ""
+    refusals = "; ".join(f"{node} refused ({r.get('control')})" for node, r in (stopped.get("refusals") or {}).items())
+    return (f"ended at round {stopped.get('round')} on the rounds before it ({refusals}); "
+            "every node contributed, see the result's own labels")
 
 
 def nodes_table(doc: Mapping[str, Any]) -> Table:

@@ -106,6 +106,10 @@ def summary_lines(outcome: dict[str, Any], limit: int = 40) -> list[str]:
                      + ("" if code.get("consistent", True) else " (DIFFERS at some nodes: see code.nodes)"))
     for node, reason in outcome.get("excluded", {}).items():
         lines.append(f"  left out {node}: {reason}")
+    if outcome.get("stopped"):
+        from mipflow.report import stopped_text
+
+        lines.append(f"  stopped early: {stopped_text(outcome['stopped'])}")
     for key, value in outcome.get("result", {}).items():
         text = json.dumps(value, default=str)
         lines.append(f"  {key} = {text[:200]}{'...' if len(text) > 200 else ''}")

@@ -181,6 +181,19 @@ def test_csv_download_round_trips_exact_values(results):
     assert any(r["table"] == "Nodes" and "too few rows" in r["value"] for r in rows)
 
 
+def test_an_analysis_stopped_on_refusals_says_so_in_its_provenance():
+    from mipflow.results import summary_lines
+
+    doc = {"run_id": "r2", "algorithm": "kmeans", "rounds": 4, "result": {"n_iter": 3},
+           "request": {"inputdata": {"data_model": "synth:1", "datasets": ["d0"]}},
+           "contributed": {"a": 100, "b": 90}, "excluded": {},
+           "stopped": {"round": 4, "refusals": {"b": {"control": "differencing", "reason": "..."}}}}
+    provenance = dict(report.provenance_table(doc).rows)
+    assert provenance["stopped"].startswith("ended at round 4 on the rounds before it (b refused (differencing))")
+    assert any(line.startswith("  stopped early: ended at round 4") for line in summary_lines(doc))
+    assert "stopped" not in dict(report.provenance_table({**doc, "stopped": {}}).rows)
+
+
 def test_pages_escape_what_they_show():
     doc = {"run_id": "<script>alert(1)</script>", "algorithm": "x", "request": {}, "contributed": {},
            "excluded": {"n<1>": "<b>"}, "result": {"<i>": "<img src=x>"}}

@@ -148,12 +148,15 @@ class Step:
     """What a global step returns.
 
     ``done`` with a ``result``, or not done with a ``state`` that is sent to
-    every node for the next round.
+    every node for the next round.  ``memo`` is kept by the central side only
+    (never sent to a node): what :meth:`Algorithm.on_refusal` may need of the
+    aggregates already combined, e.g. the last round's pooled sums.
     """
 
     done: bool
     result: dict | None = None
     state: dict | None = None
+    memo: dict | None = None
 
 
 @runtime_checkable
@@ -189,6 +192,16 @@ class Algorithm(Protocol):
         model: DataModel,
         state: dict | None,
     ) -> Step: ...
+
+    def on_refusal(
+        self,
+        round: int,
+        refusals: Mapping[str, tuple[str, str]],
+        request: AnalysisRequest,
+        model: DataModel,
+        state: dict | None,
+        memo: dict | None,
+    ) -> Step | None: ...
 
 
 # --------------------------------------------------------------------------- specs
@@ -294,6 +307,38 @@ class SpecAlgorithm:
     def variables(self, request: AnalysisRequest) -> tuple[str, ...]:
         """y then x, each variable once."""
         return tuple(dict.fromkeys(request.y + request.x))
+
+    def on_refusal(self, round: int, refusals: Mapping[str, tuple[str, str]], request: AnalysisRequest,
+                   model: DataModel, state: dict | None, memo: dict | None) -> Step | None:
+        """What to do when nodes refuse round ``round`` (>= 1) under their disclosure controls.
+
+        The central side calls it when every node that failed the round
+        refused it (none was unreachable).  Returning None (the default) leaves
+        the refusing nodes out and restarts the analysis on the others.
+        Returning a finished :class:`Step` ends the analysis with that result,
+        every node counted as contributing; the result must then come from the
+        rounds before ``round`` only (``state`` is the one sent with the
+        refused round, ``memo`` the central-only :attr:`Step.memo` of the step
+        that produced it), and must say that it stopped early.
+
+        Parameters
+        ----------
+        round : int
+            The refused round.
+        refusals : mapping
+            Node name -> ``(control, reason)`` as the node stated them.
+        request, model
+            The analysis request and data model.
+        state : dict or None
+            The state sent to the nodes with the refused round.
+        memo : dict or None
+            The central-only memo of the global step that produced ``state``.
+
+        Returns
+        -------
+        Step or None
+        """
+        return None
 
     # -- validation ---------------------------------------------------------------
 

@@ -28,6 +28,17 @@ there; the central side then leaves the node out (``excluded`` in the
 outcome, with the reason) and restarts on the others.  See
 ``docs/adr/0009-kmeans-initialisation.md``.
 
+Privacy stop (:meth:`KMeans.on_refusal`, ``docs/adr/0020-kmeans-privacy-stop.md``):
+a node also refuses (control ``differencing``, ADR 0013) a round whose
+assignment differs from one it released by ``0 < d < nfilter_tab`` rows in
+some cluster, which is what Lloyd rounds near convergence do on large data.
+Such a refusal after at least one update ends the analysis instead of
+excluding the node: the result holds the centres of the last update, the
+cluster sizes of the last released assignment and that assignment's
+within-cluster sums of squares about those centres (``W_j - |s_j|^2 / n_j``
+from its released ``within_ss`` ``W_j`` and deviation sums ``s_j``, exact
+algebra), flagged ``approximate`` with ``stopped`` and ``inertia_of``.
+
 ``init = "exareme2"`` reproduces Exareme2's own initialisation for its
 validation suite: centres drawn uniformly (``RandomState(123)``) between the
 pooled per-column minima and maxima, and an empty cluster's centre reset to
@@ -45,6 +56,7 @@ from __future__ import annotations
 
 import json
 from types import MappingProxyType
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
@@ -229,10 +241,67 @@ class KMeans(SpecAlgorithm):
         shift = float(np.linalg.norm(new - centres))
         iteration = int(state["iteration"]) + 1
         converged = shift <= params["tol"]
-        return Step(done=False, state={
+        # this round's pooled partition, kept centrally for on_refusal (never sent to the nodes)
+        memo = {"n": n, "group_n": counts.tolist(), "deviation_sums": sums.tolist(), "within_ss": within.tolist()}
+        return Step(done=False, memo=memo, state={
             **state, "centers": new.tolist(), "iteration": iteration, "shift": shift,
             "converged": converged, "final": converged or iteration >= params["maxiter"],
         })
+
+    def on_refusal(self, round: int, refusals: Mapping[str, tuple[str, str]], request: AnalysisRequest,
+                   model: DataModel, state: dict | None, memo: dict | None) -> Step | None:
+        """Stop at privacy-limited convergence (ADR 0020) when the differencing control refuses a Lloyd round.
+
+        Only when every refusal is the ``differencing`` control and at least one
+        update has been made (a Lloyd round after the first, or the evaluation
+        round): the node's own memory says that the assignment at the current
+        centres differs from one it released by fewer than ``nfilter_tab`` rows
+        in some cluster.  Any other refusal (or one in the first Lloyd round,
+        which has no earlier assignment of this analysis to stop at) returns
+        None: the node is left out as before.
+
+        The result uses the aggregates of the round before only: the centres
+        ``c_j`` of the last update, the sizes ``n_j`` of the assignment that
+        round released (rows nearest the previous centres ``p_j``) and its
+        within-cluster sums of squares about ``c_j``,
+        ``W_j - |s_j|^2 / n_j`` (``W_j`` about ``p_j``, ``s_j`` the deviation
+        sum, ``c_j = p_j + s_j / n_j``).  That is an upper bound of the inertia
+        of the nearest-centre assignment at ``c_j`` (Lloyd's monotonicity).
+        """
+        if (state is None or memo is None or int(state.get("iteration") or 0) < 1
+                or not refusals or any(control != "differencing" for control, _ in refusals.values())):
+            return None
+        params = self.params(request, model)
+        centres = np.asarray(state["centers"], dtype=float)
+        k, d = centres.shape
+        counts = np.asarray(memo["group_n"], dtype=float)
+        sums = np.asarray(memo["deviation_sums"], dtype=float).reshape(k, d)
+        within = np.asarray(memo["within_ss"], dtype=float)
+        filled = counts > 0
+        # sum over cluster j of |x - c_j|^2 = W_j - n_j |c_j - p_j|^2 = W_j - |s_j|^2 / n_j
+        within[filled] -= np.einsum("ij,ij->i", sums[filled], sums[filled]) / counts[filled]
+        within = np.maximum(within, 0.0)  # rounding only: the exact value is >= 0
+        nodes = sorted(refusals)
+        iteration = int(state["iteration"])
+        what = ("the evaluation round at the final centres" if state.get("final")
+                else f"Lloyd update {iteration + 1}")
+        result = self._result(request, params, state, int(memo["n"]), counts, within)
+        result.update(json_ready({
+            "approximate": True,
+            "inertia_of": "last released assignment",
+            "last_shift": state.get("shift"),
+            "stopped": {
+                "reason": "privacy", "control": "differencing", "round": round, "nodes": nodes,
+                "message": (
+                    f"Stopped before {what}: node(s) {', '.join(nodes)} refused it under the differencing "
+                    f"control (its assignment to these centres differs from one the node already released by "
+                    f"fewer than nfilter_tab rows in some cluster, so the change of sums would single those "
+                    f"rows out). The centres are those after {iteration} update(s); cluster_counts, within_ss "
+                    f"and inertia are those of the last released assignment (rows nearest the centres "
+                    f"before), about these centres."),
+            },
+        }))
+        return Step(done=True, result=result)
 
     @staticmethod
     def _start(aggregates: list[dict], n: int, params: dict, request: AnalysisRequest) -> dict:

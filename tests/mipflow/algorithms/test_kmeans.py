@@ -171,3 +171,88 @@ def test_nominal_variables_and_covariates_are_refused() -> None:
         get_algorithm("kmeans").validate(request(y=("grp",)), MODEL)
     with pytest.raises(RequestError, match="takes no covariates"):
         get_algorithm("kmeans").validate(request(y=("x1",), x=("x2",)), MODEL)
+
+
+# --------------------------------------------------------------------------- privacy stop (ADR 0020)
+
+DIFFERENCING = ("differencing", "a cluster differs from a cluster this node already released ...")
+
+
+def _drive(frames: list[pd.DataFrame], req, rounds: int) -> tuple[dict, dict | None]:
+    """The state and central memo after ``rounds`` global steps, as the central side holds them."""
+    from mipflow.algorithms.base import prepare_local_data, transport
+
+    alg = get_algorithm("kmeans")
+    local = [prepare_local_data(alg, f, req) for f in frames]
+    state, memo = None, None
+    for round_no in range(rounds):
+        aggregates = [transport(alg.local_step(round_no, f, req, MODEL, transport(state))) for f in local]
+        step = alg.global_step(round_no, aggregates, req, MODEL, state)
+        assert not step.done
+        state, memo = transport(step.state), step.memo
+    return state, memo
+
+
+def _split() -> tuple[list[pd.DataFrame], np.ndarray]:
+    data = make_data(7, 600)
+    frames = [data.iloc[:200], data.iloc[200:450], data.iloc[450:]]
+    return frames, data.dropna(subset=["x1", "y"])[["x1", "y"]].to_numpy(dtype=float)
+
+
+def test_a_differencing_refusal_after_an_update_stops_on_the_last_released_round() -> None:
+    frames, pooled = _split()
+    req = request(y=("x1", "y"), k=3, maxiter=100, tol=1e-12)
+    state, memo = _drive(frames, req, 4)  # moments + 3 Lloyd rounds: centres after 3 updates
+    assert state["iteration"] == 3 and not state["final"]
+    step = get_algorithm("kmeans").on_refusal(4, {"n2": DIFFERENCING, "n1": DIFFERENCING}, req, MODEL, state, memo)
+    assert step is not None and step.done
+    result = step.result
+    # pooled Lloyd from the same start: the last released assignment is the one at the centres after 2 updates
+    centres = principal_axis_centres(pooled.mean(axis=0), np.cov(pooled, rowvar=False), 3)
+    for _ in range(3):
+        labels = ((pooled[:, None, :] - centres[None]) ** 2).sum(axis=2).argmin(axis=1)
+        centres = np.array([pooled[labels == j].mean(axis=0) for j in range(3)])
+    assert_rel_close(result["centers"], centres, rel=EXACT_RTOL)
+    assert result["cluster_counts"] == np.bincount(labels, minlength=3).tolist()
+    within = np.bincount(labels, weights=((pooled - centres[labels]) ** 2).sum(axis=1), minlength=3)
+    assert_rel_close(result["within_ss"], within, rel=EXACT_RTOL)
+    assert_rel_close(result["inertia"], within.sum(), rel=EXACT_RTOL)
+    assert (result["n_iter"], result["converged"], result["approximate"]) == (3, False, True)
+    assert result["inertia_of"] == "last released assignment"
+    assert result["stopped"] == {**result["stopped"], "reason": "privacy", "control": "differencing", "round": 4,
+                                 "nodes": ["n1", "n2"]}
+    assert "Lloyd update 4" in result["stopped"]["message"] and "after 3 update(s)" in result["stopped"]["message"]
+    # the reported inertia bounds that of the nearest-centre assignment at the final centres
+    nearest = ((pooled[:, None, :] - centres[None]) ** 2).sum(axis=2).min(axis=1).sum()
+    assert result["inertia"] >= nearest * (1 - 1e-12)
+
+
+def test_a_refused_evaluation_round_keeps_the_convergence_verdict() -> None:
+    frames, _ = _split()
+    req = request(y=("x1", "y"), k=2, maxiter=100, tol=0.5)
+    rounds = 2
+    while not (state := _drive(frames, req, rounds)[0])["final"]:
+        rounds += 1
+    state, memo = _drive(frames, req, rounds)
+    assert state["converged"] is True
+    result = get_algorithm("kmeans").on_refusal(rounds, {"n1": DIFFERENCING}, req, MODEL, state, memo).result
+    assert result["converged"] is True and result["approximate"] is True
+    assert result["stopped"]["message"].startswith("Stopped before the evaluation round at the final centres")
+
+
+@pytest.mark.parametrize("refusals, rounds", [
+    ({"n1": DIFFERENCING}, 1),  # the first Lloyd round: no update yet, nothing to stop at
+    ({"n1": ("nfilter_tab", "a cluster holds fewer than nfilter_tab rows")}, 3),
+    ({"n1": DIFFERENCING, "n2": ("access", "no grant")}, 3),  # not all of them differencing
+    ({"n1": ("query_budget", "over budget")}, 3),
+])
+def test_other_refusals_leave_the_node_out_as_before(refusals, rounds) -> None:
+    frames, _ = _split()
+    req = request(y=("x1", "y"), k=3, maxiter=100, tol=1e-12)
+    state, memo = _drive(frames, req, rounds)
+    assert get_algorithm("kmeans").on_refusal(rounds, refusals, req, MODEL, state, memo) is None
+
+
+def test_the_default_hook_leaves_refusing_nodes_out() -> None:
+    alg = get_algorithm("linear_regression")
+    assert alg.on_refusal(1, {"n1": DIFFERENCING}, request(x=("x1",), y=("y",)), MODEL, {}, {}) is None
