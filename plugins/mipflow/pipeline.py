@@ -329,13 +329,12 @@ def ingest_file(path: str | Path, *, store: "FeatureStore", model: DataModel, pr
                                        "mipflow node files HOME PATH)")
         sha = sha256_file(path)
         size = path.stat().st_size
-        total = estimate_rows(path) if size else 0
     except OSError as exc:  # the exception's message would name the file
         return BatchResult(**names, sha256="", status="failed",
                            message=f"{label}: cannot be read ({type(exc).__name__})")
     data_model = model.key
     batch_id = batch_id_for(sha, data_model)
-    name = _ManifestName(path_key=path_key, source=source, size=size)
+    name = _ManifestName(path_key=path_key, ref=ref, source=source, size=size)
     if store.file_record(sha) is not None and not force:
         return BatchResult(**names, sha256=sha, status="skipped", batch_id=batch_id, data_model=data_model,
                            message="already ingested (same SHA-256); nothing to do")
@@ -345,6 +344,10 @@ def ingest_file(path: str | Path, *, store: "FeatureStore", model: DataModel, pr
                              message="empty file: nothing to ingest", counts=counts)
         _record_outcome(store, result, name)
         return result
+    try:
+        total: int | None = estimate_rows(path)
+    except OSError:  # read_chunks reports it, by the file's label
+        total = None
     pseudonymiser = Pseudonymiser(key)
     tolerant, load = False, True
     while True:
@@ -374,9 +377,10 @@ def ingest_file(path: str | Path, *, store: "FeatureStore", model: DataModel, pr
 
 @dataclass(frozen=True)
 class _ManifestName:
-    """How the store names one input file: its path key, the batch's source, and its size."""
+    """How the store names one input file: its path key and reference, the batch's source, its size."""
 
     path_key: str
+    ref: str
     source: str
     size: int
 
@@ -401,8 +405,7 @@ def _ingest_pass(processor: ChunkProcessor, path: Path, name: _ManifestName, sto
     ready_rows = 0
     with store.begin() as conn:
         _clear_batch(store, conn, batch_id, name, sha, model.key)
-        ref = name.source.rpartition("/")[2]
-        for chunk in processor.read_chunks(path, counts, bad_lines, progress, label=file_label(ref)):
+        for chunk in processor.read_chunks(path, counts, bad_lines, progress, label=file_label(name.ref)):
             kept, no_consent = processor.capture(chunk)
             counts.no_consent += no_consent
             good, deid_entries = processor.depersonalise(kept)
@@ -428,7 +431,7 @@ def _ingest_pass(processor: ChunkProcessor, path: Path, name: _ManifestName, sto
                              [(0, f"batch held: {message}; {ready_rows} valid rows not loaded", None)])
         else:
             store.refresh_datasets(conn, model)
-        result = BatchResult(source=name.source, file=ref, sha256=sha, status=status, batch_id=batch_id,
+        result = BatchResult(source=name.source, file=name.ref, sha256=sha, status=status, batch_id=batch_id,
                              data_model=model.key, message=message, counts=counts,
                              validation=merge_summaries(summaries))
         store.update_batch(conn, batch_id, stage="load", status=status, message=message,
