@@ -41,12 +41,12 @@ with DAG(
 
     @task(outlets=[CAPTURED])
     def capture_landing(*, outlet_events=None) -> list[str]:
-        """Scan landing/, register new files by SHA-256, delete withdrawn patients' rows."""
+        """Scan landing/, register new files by SHA-256 and keyed path hash, delete withdrawn patients' rows."""
         from mipflow.stages import capture
 
         summary = capture(node_home())
         for item in summary["skipped"]:
-            print(f"skipped {item['path']}: {item['reason']}")
+            print(f"skipped file {item['file']}: {item['reason']}")  # a reference, never the file's name
         print(f"captured {len(summary['captured'])} batch(es); "
               f"{summary['withdrawn_rows_deleted']} row(s) deleted for withdrawn consent")
         outlet_events[CAPTURED].extra = {"batches": summary["captured"]}

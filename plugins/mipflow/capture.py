@@ -1,7 +1,8 @@
 """Capture: find new exports in the landing folder and apply the consent registry.
 
 Files are identified by their SHA-256: the same bytes twice are skipped, a
-changed file is a new batch.  A file modified within ``settle_seconds`` (or
+changed file is a new batch.  The manifest names a file by a keyed hash of
+its path, never by the path (:mod:`mipflow.landing`).  A file modified within ``settle_seconds`` (or
 named ``*.part``/``*.tmp``/``.*``) is still being written and is left for the
 next run.  The consent registry is a CSV with ``patient_id`` and ``consent``
 (``granted``, ``withdrawn`` or ``refused``; optional ``updated_at``, the latest
@@ -80,12 +81,23 @@ def scan_landing(folder: str | Path, store: "FeatureStore", *, settle_seconds: f
             continue
         if path.name.startswith("."):
             continue
-        if not is_settled(path, settle_seconds):
+        try:
+            settled = is_settled(path, settle_seconds)
+        except OSError as exc:
+            skipped.append(SkippedFile(path, f"cannot be read right now ({type(exc).__name__}); "
+                                             "will retry next run"))
+            continue
+        if not settled:
             skipped.append(SkippedFile(path, f"modified less than {settle_seconds:g}s ago: still being written; "
                                              "will retry next run"))
             continue
-        size = path.stat().st_size
-        digest = sha256_file(path)
+        try:
+            size = path.stat().st_size
+            digest = sha256_file(path)
+        except OSError as exc:  # vanished or unreadable right now (the message would name the file)
+            skipped.append(SkippedFile(path, f"cannot be read right now ({type(exc).__name__}); "
+                                             "will retry next run"))
+            continue
         if store.file_record(digest) is not None:
             status = "known"
         elif size == 0:
@@ -157,14 +169,21 @@ def open_registry(path: str | Path | None) -> ConsentRegistry | None:
     return ConsentRegistry.load(path)
 
 
-def read_head(path: Path, encoding: str) -> None:
-    """Raise InputFileError if the file's first block is not text in ``encoding``."""
+def read_head(path: Path, encoding: str, label: str = "the file") -> None:
+    """Raise InputFileError if the file's first block is not text in ``encoding``.
+
+    ``label`` names the file in the message (a file reference, never its name:
+    see :func:`mipflow.landing.file_label`).
+    """
     block = 1 << 16
-    with open(path, "rb") as handle:
-        head = handle.read(block)
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(block)
+    except OSError as exc:
+        raise InputFileError(f"{label}: cannot be read ({type(exc).__name__})") from None
     try:
         head.decode(encoding)
     except UnicodeDecodeError as exc:
         if len(head) < block or exc.start < len(head) - 4:  # not a multi-byte char cut at the block edge
-            raise InputFileError(f"{path.name}: not valid {encoding} text (byte offset {exc.start}); "
+            raise InputFileError(f"{label}: not valid {encoding} text (byte offset {exc.start}); "
                                  f"re-export as {encoding} or set 'encoding' in the source profile") from None

@@ -33,6 +33,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("value", nargs="?")
     p = node.add_parser("status", help="data models, datasets and batches of a node")
     p.add_argument("home", type=Path)
+    p = node.add_parser("files", help="file references with their local paths (landing/, or the PATHs "
+                                      "given); for this console only, never paste into logs or tickets")
+    p.add_argument("home", type=Path)
+    p.add_argument("paths", type=Path, nargs="*", metavar="PATH")
+    p.add_argument("--file", default=None, metavar="REF", help="only the file(s) with this reference")
     p = node.add_parser("run-landing", help="ingest every new file in HOME/landing (what the DAGs do)")
     p.add_argument("home", type=Path)
     p.add_argument("--consent", type=Path, default=None)
@@ -214,6 +219,16 @@ def _dispatch(args: argparse.Namespace) -> int:
             credential = issue_client(home.root, args.client)
             print(ops.dumps({"node": home.name, "client_id": credential.client_id,
                              "clients_file": str(home.root / "clients.json")}))
+            return 0
+        if args.node_command == "files":
+            refs = ops.file_references(home, args.paths)
+            if args.file:
+                refs = [r for r in refs if r["file"] == args.file.strip().lower()]
+                if not refs:
+                    print(f"mipflow: error: no file with reference {args.file!r}"
+                          + (" among the PATHs given" if args.paths else " in the landing folder"), file=sys.stderr)
+                    return 1
+            print(ops.dumps(refs))
             return 0
         if args.node_command == "run-landing":
             summary = ops.run_landing(home, consent=args.consent)

@@ -21,6 +21,7 @@ from mipflow.config import NodeSettings
 from mipflow.datamodel import DataModel
 from mipflow.deid import Pseudonymiser, depersonalise
 from mipflow.exceptions import InputFileError, MipflowError
+from mipflow.landing import EHR_KIND, file_label, file_ref, landing_path_key
 from mipflow.profile import SourceProfile
 from mipflow.progress import Progress, estimate_rows
 
@@ -63,9 +64,10 @@ class BatchCounts:
 class BatchResult:
     """Outcome of one input file."""
 
-    source: str
+    source: str  # the batch's source: ``<file reference>`` or ``<landing source>/<file reference>``
     sha256: str
     status: str  # loaded | held | failed | skipped | empty
+    file: str = ""  # the file reference (:func:`mipflow.landing.file_ref`), never the file's name
     batch_id: str = ""
     data_model: str = ""
     message: str = ""
@@ -99,26 +101,30 @@ class ChunkProcessor:
 
     # -- reading ------------------------------------------------------------
     def read_chunks(self, path: Path, counts: BatchCounts, bad_lines: list[tuple[int, str]],
-                    progress: "Progress | None" = None) -> Iterator["pd.DataFrame"]:
+                    progress: "Progress | None" = None, *, label: str = "the file") -> Iterator["pd.DataFrame"]:
         """Yield chunks of raw rows (all cells strings) with a 1-based ``_row`` column.
 
         Malformed lines (wrong number of fields) are not yielded: they are
         appended to ``bad_lines`` and counted in ``counts.rows_in``.  With
         ``progress``, every chunk read is logged (rows done of the total).
+        Errors name the file by ``label`` (its reference, never its name).
         """
         import pandas as pd
 
-        read_head(path, self.profile.encoding)
+        read_head(path, self.profile.encoding, label)
         options = dict(dtype=str, keep_default_na=False, na_values=[""], encoding=self.profile.encoding,
                        sep=self.profile.delimiter, chunksize=self.settings.chunk_rows)
         try:
             header = pd.read_csv(path, nrows=0, encoding=self.profile.encoding, sep=self.profile.delimiter)
+            raw_header = _raw_header(path, self.profile)
         except pd.errors.EmptyDataError:
-            raise InputFileError(f"{path.name}: empty file (no header line)") from None
+            raise InputFileError(f"{label}: empty file (no header line)") from None
         except (UnicodeDecodeError, pd.errors.ParserError) as exc:
-            raise InputFileError(f"{path.name}: not a readable CSV ({type(exc).__name__})") from None
+            raise InputFileError(f"{label}: not a readable CSV ({type(exc).__name__})") from None
+        except OSError as exc:  # the exception's message would name the file
+            raise InputFileError(f"{label}: cannot be read ({type(exc).__name__})") from None
         n_fields = len(header.columns)
-        self._check_columns(path, _raw_header(path, self.profile))
+        self._check_columns(label, raw_header)
         def on_bad(fields: list[str]) -> None:
             bad_lines.append((-1, f"malformed CSV line: {len(fields)} fields where the header has {n_fields}"))
             return None
@@ -137,17 +143,19 @@ class ChunkProcessor:
                 if progress is not None:
                     progress.advance(len(chunk))
         except UnicodeDecodeError:
-            raise InputFileError(f"{path.name}: not valid {self.profile.encoding} text past the first block; "
+            raise InputFileError(f"{label}: not valid {self.profile.encoding} text past the first block; "
                                  "re-export it or set 'encoding' in the source profile") from None
         except pd.errors.ParserError as exc:
             if not self.tolerant:
-                raise MalformedCSV(path.name) from None
-            raise InputFileError(f"{path.name}: malformed CSV ({str(exc).splitlines()[0][:120]})") from None
+                raise MalformedCSV(label) from None
+            raise InputFileError(f"{label}: malformed CSV ({str(exc).splitlines()[0][:120]})") from None
+        except OSError as exc:
+            raise InputFileError(f"{label}: cannot be read ({type(exc).__name__})") from None
         counts.rows_in += len(bad_lines)
 
-    def _check_columns(self, path: Path, columns: list[str]) -> None:
+    def _check_columns(self, label: str, columns: list[str]) -> None:
         if len(set(columns)) != len(columns):
-            raise InputFileError(f"{path.name}: the header repeats a column name")
+            raise InputFileError(f"{label}: the header repeats a column name")
         problems = self.profile.deid.check_columns(columns)
         deid = self.profile.deid
         named = {deid.patient_id, *deid.direct_identifiers, *deid.free_text}
@@ -162,7 +170,7 @@ class ChunkProcessor:
         if self.profile.visit_column and self.profile.visit_column not in columns:
             problems.append(f"visit column {self.profile.visit_column!r} is missing")
         if problems:
-            raise InputFileError(f"{path.name}: " + "; ".join(problems))
+            raise InputFileError(f"{label}: " + "; ".join(problems))
 
     # -- capture --------------------------------------------------------------
     def capture(self, chunk: "pd.DataFrame") -> tuple["pd.DataFrame", int]:
@@ -287,37 +295,67 @@ def _entries(frame: "pd.DataFrame", reasons: "pd.Series", drop: tuple[str, ...])
 
 def ingest_file(path: str | Path, *, store: "FeatureStore", model: DataModel, profile: SourceProfile,
                 key: bytes, consent: ConsentRegistry | None, settings: NodeSettings,
-                force: bool = False) -> BatchResult:
+                force: bool = False, landing: Path | None = None, source: str | None = None) -> BatchResult:
     """Run the whole pipeline on one file in one pass and one transaction.
 
     The same file (same SHA-256) is skipped unless ``force``; nothing is
     written unless the whole batch is processed (a crash leaves no trace but
     the file, which the next run picks up again).
+
+    The file's path and name go nowhere: the manifest keeps a keyed hash of
+    its path below ``landing`` (its absolute path when outside it or without
+    ``landing``), and the batch record, the result, messages and log lines
+    name it by its reference (:mod:`mipflow.landing`).
+
+    Parameters
+    ----------
+    landing : Path, optional
+        The node's landing folder (the root of the keyed path).
+    source : str, optional
+        Prefix of the batch's ``source`` (``<source>/<ref>``): the landing
+        source whose profile reads the file.  Must not come from a file or
+        folder name that has no profile.
     """
     path = Path(path)
-    source = path.name
-    if not path.is_file():
-        return BatchResult(source=source, sha256="", status="failed", message=f"{path} does not exist")
-    sha = sha256_file(path)
+    path_key = landing_path_key(key, landing, path, kind=EHR_KIND)
+    ref = file_ref(path_key)
+    label = file_label(ref)
+    source = f"{source}/{ref}" if source else ref
+    names = {"source": source, "file": ref}
+    try:
+        if not path.is_file():
+            return BatchResult(**names, sha256="", status="failed",
+                               message=f"{label}: no such file (map references to paths with: "
+                                       "mipflow node files HOME PATH)")
+        sha = sha256_file(path)
+        size = path.stat().st_size
+    except OSError as exc:  # the exception's message would name the file
+        return BatchResult(**names, sha256="", status="failed",
+                           message=f"{label}: cannot be read ({type(exc).__name__})")
     data_model = model.key
     batch_id = batch_id_for(sha, data_model)
+    name = _ManifestName(path_key=path_key, ref=ref, source=source, size=size)
     if store.file_record(sha) is not None and not force:
-        return BatchResult(source=source, sha256=sha, status="skipped", batch_id=batch_id, data_model=data_model,
+        return BatchResult(**names, sha256=sha, status="skipped", batch_id=batch_id, data_model=data_model,
                            message="already ingested (same SHA-256); nothing to do")
     counts = BatchCounts()
-    if path.stat().st_size == 0:
-        result = BatchResult(source=source, sha256=sha, status="empty", batch_id=batch_id, data_model=data_model,
+    if size == 0:
+        result = BatchResult(**names, sha256=sha, status="empty", batch_id=batch_id, data_model=data_model,
                              message="empty file: nothing to ingest", counts=counts)
-        _record_outcome(store, result, path)
+        _record_outcome(store, result, name)
         return result
+    try:
+        total: int | None = estimate_rows(path)
+    except OSError:  # read_chunks reports it, by the file's label
+        total = None
     pseudonymiser = Pseudonymiser(key)
     tolerant, load = False, True
-    total = estimate_rows(path)
     while True:
         processor = ChunkProcessor(model, profile, pseudonymiser, consent, settings, tolerant=tolerant)
         progress = Progress(f"batch {batch_id} ingest" + ("" if load and not tolerant else " (second pass)"), total)
         try:
-            result = _ingest_pass(processor, path, store, model, batch_id, sha, load=load, progress=progress)
+            result = _ingest_pass(processor, path, name, store, model, batch_id, sha, load=load,
+                                  progress=progress)
         except MalformedCSV:
             tolerant = True  # rolled back: read again, setting malformed lines aside
             continue
@@ -325,24 +363,35 @@ def ingest_file(path: str | Path, *, store: "FeatureStore", model: DataModel, pr
             load = False  # rolled back: record the held batch without loading its rows
             continue
         except InputFileError as exc:
-            result = BatchResult(source=source, sha256=sha, status="failed", batch_id=batch_id,
+            result = BatchResult(**names, sha256=sha, status="failed", batch_id=batch_id,
                                  data_model=data_model, message=str(exc), counts=BatchCounts())
-            _record_outcome(store, result, path)
+            _record_outcome(store, result, name)
             return result
         break
     counts, status = result.counts, result.status
     if not counts.conserved:  # a bug, never bad input: refuse to pretend
-        raise MipflowError(f"row conservation violated for {source}: {counts.equation()}")
-    log.info("batch %s (%s): %s; %s", batch_id, source, status, counts.equation())
+        raise MipflowError(f"row conservation violated for {label}: {counts.equation()}")
+    log.info("batch %s (%s): %s; %s", batch_id, label, status, counts.equation())
     return result
+
+
+@dataclass(frozen=True)
+class _ManifestName:
+    """How the store names one input file: its path key and reference, the batch's source, its size."""
+
+    path_key: str
+    ref: str
+    source: str
+    size: int
 
 
 class _Held(Exception):
     """Internal: the batch must be held back; the load transaction is rolled back."""
 
 
-def _ingest_pass(processor: ChunkProcessor, path: Path, store: "FeatureStore", model: DataModel,
-                 batch_id: str, sha: str, *, load: bool, progress: Progress | None = None) -> BatchResult:
+def _ingest_pass(processor: ChunkProcessor, path: Path, name: _ManifestName, store: "FeatureStore",
+                 model: DataModel, batch_id: str, sha: str, *, load: bool,
+                 progress: Progress | None = None) -> BatchResult:
     """One pass over the file in one transaction.
 
     With ``load`` the valid rows are upserted as they come (no second copy);
@@ -355,8 +404,8 @@ def _ingest_pass(processor: ChunkProcessor, path: Path, store: "FeatureStore", m
     summaries: list[dict] = []
     ready_rows = 0
     with store.begin() as conn:
-        _clear_batch(store, conn, batch_id, path, sha, model.key)
-        for chunk in processor.read_chunks(path, counts, bad_lines, progress):
+        _clear_batch(store, conn, batch_id, name, sha, model.key)
+        for chunk in processor.read_chunks(path, counts, bad_lines, progress, label=file_label(name.ref)):
             kept, no_consent = processor.capture(chunk)
             counts.no_consent += no_consent
             good, deid_entries = processor.depersonalise(kept)
@@ -382,8 +431,9 @@ def _ingest_pass(processor: ChunkProcessor, path: Path, store: "FeatureStore", m
                              [(0, f"batch held: {message}; {ready_rows} valid rows not loaded", None)])
         else:
             store.refresh_datasets(conn, model)
-        result = BatchResult(source=path.name, sha256=sha, status=status, batch_id=batch_id, data_model=model.key,
-                             message=message, counts=counts, validation=merge_summaries(summaries))
+        result = BatchResult(source=name.source, file=name.ref, sha256=sha, status=status, batch_id=batch_id,
+                             data_model=model.key, message=message, counts=counts,
+                             validation=merge_summaries(summaries))
         store.update_batch(conn, batch_id, stage="load", status=status, message=message,
                            validation=result.validation, finished_at=_now(), **asdict(counts))
     return result
@@ -395,22 +445,22 @@ def _now() -> str:
     return utcnow()
 
 
-def _clear_batch(store: "FeatureStore", conn: Any, batch_id: str, path: Path, sha: str, data_model: str) -> None:
+def _clear_batch(store: "FeatureStore", conn: Any, batch_id: str, name: _ManifestName, sha: str,
+                 data_model: str) -> None:
     """Register the file and (re)start its batch record, dropping an earlier attempt's quarantine."""
     from mipflow.store import batches_table, files_table, quarantine_table
 
     conn.execute(quarantine_table.delete().where(quarantine_table.c.batch_id == batch_id))
     conn.execute(batches_table.delete().where(batches_table.c.batch_id == batch_id))
     conn.execute(files_table.delete().where(files_table.c.sha256 == sha))
-    store.register_file(conn, sha256=sha, path=str(path), size=path.stat().st_size, kind="ehr-csv",
-                        batch_id=batch_id)
-    store.start_batch(conn, batch_id=batch_id, data_model=data_model, source=path.name, sha256=sha)
+    store.register_file(conn, sha256=sha, path=name.path_key, size=name.size, kind=EHR_KIND, batch_id=batch_id)
+    store.start_batch(conn, batch_id=batch_id, data_model=data_model, source=name.source, sha256=sha)
 
 
-def _record_outcome(store: "FeatureStore", result: BatchResult, path: Path) -> None:
+def _record_outcome(store: "FeatureStore", result: BatchResult, name: _ManifestName) -> None:
     """Record a batch that loaded nothing (empty or unreadable file) so the manifest knows it."""
     with store.begin() as conn:
-        _clear_batch(store, conn, result.batch_id, path, result.sha256, result.data_model)
+        _clear_batch(store, conn, result.batch_id, name, result.sha256, result.data_model)
         store.update_batch(conn, result.batch_id, stage="capture", status=result.status, message=result.message,
                            finished_at=_now(), **asdict(result.counts))
 

@@ -10,7 +10,10 @@ failed run, and a re-run does nothing twice.
 ``load``           upsert into the feature store in one transaction; datasets registry
 
 Staging files never hold direct identifiers: the raw export stays in
-``landing/`` and the first staging file is already depersonalised.
+``landing/`` and the first staging file is already depersonalised.  Nor do
+batch records, task results or log lines name a landing file: the manifest
+keeps a keyed hash of its path, the rest its reference (:mod:`mipflow.landing`);
+the depersonalise stage finds the file again by that hash.
 """
 from __future__ import annotations
 
@@ -24,7 +27,9 @@ import sqlalchemy as sa
 
 from mipflow.config import NodeHome
 from mipflow.exceptions import InputFileError, MipflowError
-from mipflow.node import landing_sources, open_store, resolve_consent, resolve_model, resolve_profile
+from mipflow.landing import EHR_KIND, file_label, file_ref
+from mipflow.node import (landing_index, landing_sources, open_store, resolve_consent, resolve_model,
+                          resolve_profile)
 from mipflow.pipeline import (ROW_COLUMN, BatchCounts, ChunkProcessor, MalformedCSV, decide_status,
                               apply_withdrawals, batch_id_for, merge_summaries)
 from mipflow.deid import Pseudonymiser
@@ -79,22 +84,21 @@ def capture(home: NodeHome) -> dict[str, Any]:
     batches, skipped = [], []
     for item in landing_sources(home, store):
         if item["status"] == "skipped":
-            skipped.append({"path": item["path"], "reason": item["reason"]})
+            skipped.append({"file": item["file"], "reason": item["reason"]})
             continue
         if item["status"] == "known":
             continue
-        path = Path(item["path"])
-        source_name = f"{item['source']}/{path.name}" if item["source"] else path.name
+        source_name = f"{item['source']}/{item['file']}" if item["source"] else item["file"]
         try:
             profile = resolve_profile(home, None, item["source"])
             model = resolve_model(home, store, None, profile)
         except MipflowError as exc:
-            skipped.append({"path": item["path"], "reason": str(exc)})
+            skipped.append({"file": item["file"], "reason": str(exc)})
             continue
         batch_id = batch_id_for(item["sha256"], model.key)
         with store.begin() as conn:
-            store.register_file(conn, sha256=item["sha256"], path=str(path), size=path.stat().st_size,
-                                kind="ehr-csv", batch_id=batch_id)
+            store.register_file(conn, sha256=item["sha256"], path=item["key"], size=item["size"],
+                                kind=EHR_KIND, batch_id=batch_id)
             store.start_batch(conn, batch_id=batch_id, data_model=model.key, source=source_name,
                               sha256=item["sha256"])
             if item["status"] == "empty":
@@ -104,11 +108,12 @@ def capture(home: NodeHome) -> dict[str, Any]:
     return {"node": home.name, "captured": batches, "skipped": skipped, "withdrawn_rows_deleted": deleted}
 
 
-def _landing_path(store: FeatureStore, batch: dict[str, Any]) -> Path:
+def _landing_path(home: NodeHome, store: FeatureStore, batch: dict[str, Any]) -> tuple[Path | None, str]:
+    """The landing file of a batch, found by its keyed path hash (``None`` when gone), and its label."""
     record = store.file_record(batch["sha256"])
     if record is None:
         raise InputFileError(f"batch {batch['batch_id']} has no manifest entry")
-    return Path(record["path"])
+    return landing_index(home).get(record["path"]), file_label(file_ref(record["path"]))
 
 
 def depersonalise(home: NodeHome, batch_id: str) -> dict[str, Any]:
@@ -119,20 +124,24 @@ def depersonalise(home: NodeHome, batch_id: str) -> dict[str, Any]:
     batch = store.batch(batch_id)
     if batch["stage"] != "capture" or batch["status"] != "running":
         return {"batch_id": batch_id, "status": batch["status"], "message": "not waiting for this stage"}
-    path = _landing_path(store, batch)
-    if not path.is_file() or sha256_file(path) != batch["sha256"]:
-        return _fail(store, batch_id, "landing file changed or vanished since capture; "
+    path, label = _landing_path(home, store, batch)
+    try:
+        unchanged = path is not None and path.is_file() and sha256_file(path) == batch["sha256"]
+    except OSError:  # the exception's message would name the file
+        unchanged = False
+    if not unchanged:
+        return _fail(store, batch_id, f"{label}: landing file changed or vanished since capture; "
                                       "a new version is captured as a new batch")
     processor = _processor(home, store, batch)
     try:
-        return _depersonalise_pass(home, store, processor, path, batch_id)
+        return _depersonalise_pass(home, store, processor, path, batch_id, label)
     except MalformedCSV:
         processor.tolerant = True  # rolled back: read again, setting malformed lines aside
-        return _depersonalise_pass(home, store, processor, path, batch_id)
+        return _depersonalise_pass(home, store, processor, path, batch_id, label)
 
 
 def _depersonalise_pass(home: NodeHome, store: FeatureStore, processor: ChunkProcessor, path: Path,
-                        batch_id: str) -> dict[str, Any]:
+                        batch_id: str, label: str) -> dict[str, Any]:
     counts = BatchCounts()
     bad_lines: list[tuple[int, str]] = []
     out = _staging(home, batch_id) / "depersonalised.csv"
@@ -140,8 +149,12 @@ def _depersonalise_pass(home: NodeHome, store: FeatureStore, processor: ChunkPro
         with store.begin() as conn:
             conn.execute(quarantine_table.delete().where(quarantine_table.c.batch_id == batch_id))
             header = True
-            progress = Progress(f"batch {batch_id} depersonalise", estimate_rows(path))
-            for chunk in processor.read_chunks(path, counts, bad_lines, progress):
+            try:
+                total: int | None = estimate_rows(path)
+            except OSError:  # read_chunks reports it, by the file's label
+                total = None
+            progress = Progress(f"batch {batch_id} depersonalise", total)
+            for chunk in processor.read_chunks(path, counts, bad_lines, progress, label=label):
                 kept, no_consent = processor.capture(chunk)
                 counts.no_consent += no_consent
                 good, entries = processor.depersonalise(kept)

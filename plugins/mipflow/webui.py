@@ -38,9 +38,10 @@ def node_quality(home: Any) -> dict[str, Any]:
 
     from mipflow.audit import AuditLog, verify_chain
     from mipflow.nodeapi import AUDIT_FILE
-    from mipflow.store import FeatureStore, consent_log_table, quarantine_table
+    from mipflow.node import open_store  # rewrites an older store's raw landing paths first (ADR 0004)
+    from mipflow.store import consent_log_table, quarantine_table
 
-    store = FeatureStore(home.db_url)
+    store = open_store(home)
     try:
         batches = store.batches()
         q = quarantine_table.c

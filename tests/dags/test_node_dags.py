@@ -1,14 +1,17 @@
 """The node DAG chain run through Airflow (dag.test) on SQLite and PostgreSQL feature stores."""
 from __future__ import annotations
 
+import logging
 import shutil
 
 import pytest
 
 from mipflow import node as ops
 from mipflow.config import NodeHome
+from mipflow.landing import EHR_KIND, file_ref, landing_path_key
 from mipflow.synth import generate_consent, generate_export, write_export
 from tests.conftest import REPO_ROOT
+from tests.mipflow.test_pipeline import all_text
 
 pytestmark = [pytest.mark.airflow, pytest.mark.xdist_group("airflow")]
 CHAIN = ("node_capture", "node_depersonalise", "node_validate", "node_load")
@@ -29,21 +32,31 @@ def run_chain(dags, home) -> None:
         assert "success" in str(run.state), f"{dag_id} ended {run.state}"
 
 
-def test_node_chain_through_airflow(dags, tmp_path, db_url):
+def test_node_chain_through_airflow(dags, tmp_path, db_url, caplog, capfd):
     home = NodeHome.init(tmp_path / "hospital_b", "hospital_b", db_url)
     home.set_setting("settle_seconds", "0")
     ops.add_data_model(home, REPO_ROOT / "include" / "schemas" / "stroke_v_0_1" / "CDEsMetadata.json")
     shutil.copyfile(REPO_ROOT / "include" / "schemas" / "profiles" / "hospital_b.json",
                     home.profiles_dir / "hospital_b.json")
     export = generate_export("hospital_b", 80, seed=9, bad_rows=7)
-    landing = home.landing_dir / "hospital_b"
-    landing.mkdir()
-    write_export(landing / "export1.csv", export)
+    landing = home.landing_dir / "hospital_b" / "Doe_John_MRN8812345"  # exports named after a patient
+    landing.mkdir(parents=True)
+    write_export(landing / "export1_Doe_John.csv", export)
+    (landing / "export2_Doe_John.csv.part").write_text("still being written")
     generate_consent(export, seed=2).to_csv(home.consent_path, index=False)
 
+    caplog.set_level(logging.DEBUG)
     run_chain(dags, home)
     store = ops.open_store(home)
     (batch,) = store.batches()
+    # neither the store nor the task logs name the file or its folder
+    ref = file_ref(landing_path_key(home.key(), home.landing_dir, landing / "export1_Doe_John.csv", kind=EHR_KIND))
+    assert batch["source"] == f"hospital_b/{ref}"
+    out, err = capfd.readouterr()
+    assert "skipped file " in out + err + caplog.text  # the task output is captured here, and names
+    assert f"hospital_b/{ref}: loaded" in out + err + caplog.text  # files by reference
+    for text in (all_text(store), out, err, caplog.text):
+        assert "Doe" not in text and "MRN8812345" not in text and str(home.landing_dir) not in text
     assert batch["status"] == "loaded", batch["message"]
     assert batch["rows_in"] == len(export) == 87
     assert batch["rows_in"] == batch["loaded"] + batch["quarantined"] + batch["no_consent"] + batch["duplicates"]
@@ -60,7 +73,7 @@ def test_node_chain_through_airflow(dags, tmp_path, db_url):
     ops.add_data_model(other, REPO_ROOT / "include" / "schemas" / "stroke_v_0_1" / "CDEsMetadata.json")
     home_key = (home.root / "secret.key").read_text()
     (other.root / "secret.key").write_text(home_key)
-    summary = ops.ingest(other, [landing / "export1.csv"], profile=home.profiles_dir / "hospital_b.json",
+    summary = ops.ingest(other, [landing / "export1_Doe_John.csv"], profile=home.profiles_dir / "hospital_b.json",
                          consent=home.consent_path)
     counts = summary["files"][0]["counts"]
     assert (counts["loaded"], counts["quarantined"], counts["no_consent"], counts["duplicates"]) == (

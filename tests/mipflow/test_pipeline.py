@@ -216,12 +216,15 @@ def test_landing_file_still_being_written_is_left_for_next_run(tmp_path):
     (landing / "next.csv.part").write_text("partial")
     shutil.copyfile(PROFILES / "hospital_a.json", home.profiles_dir / "hospital_a.json")
     summary = ops.run_landing(home)
-    statuses = {f["source"]: (f["status"], f["message"]) for f in summary["files"]}
-    assert statuses["e.csv"][0] == "skipped" and "still being written" in statuses["e.csv"][1]
-    assert statuses["next.csv.part"][0] == "skipped"
+    refs = {r["path"]: r["file"] for r in ops.file_references(home)}
+    e_ref, part_ref = refs[str(landing / "e.csv")], refs[str(landing / "next.csv.part")]
+    statuses = {f["file"]: (f["status"], f["message"]) for f in summary["files"]}
+    assert statuses[e_ref][0] == "skipped" and "still being written" in statuses[e_ref][1]
+    assert statuses[part_ref][0] == "skipped"
     home.set_setting("settle_seconds", "0")
     summary = ops.run_landing(home)
-    assert [f["status"] for f in summary["files"] if f["source"] == "e.csv"] == ["loaded"]
+    assert [f["status"] for f in summary["files"] if f["file"] == e_ref] == ["loaded"]
+    assert [f["source"] for f in summary["files"] if f["file"] == e_ref] == [f"hospital_a/{e_ref}"]
 
 
 def test_identifier_column_with_other_case_fails_the_file(tmp_path):

@@ -4,8 +4,8 @@
     Scans ``landing/dicom/`` recursively, hashes every settled file (SHA-256)
     and skips the ones the manifest already holds.  The manifest
     (``mipflow_files``) keeps the content hash and a keyed hash of the path
-    relative to ``landing/dicom/`` (:func:`landing_path_key`, HMAC-SHA256
-    with the node key), never the path itself: file and folder names often
+    relative to ``landing/dicom/`` (:func:`mipflow.landing.landing_path_key`,
+    HMAC-SHA256 with the node key), never the path itself: file and folder names often
     carry patient names.  Only headers are read
     (``stop_before_pixels``), to group instances by Study/Series Instance UID
     and to apply the consent registry by the Patient ID in the header.  Files
@@ -41,7 +41,6 @@ hash of their landing path and checks their content hash before reading them.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import logging
 import os
 import shutil
@@ -59,20 +58,20 @@ from mipflow.capture import sha256_file
 from mipflow.config import NodeHome
 from mipflow.datamodel import DataModel, bundled_data_model_path, load_data_model
 from mipflow.exceptions import ConfigError, StoreError
+from mipflow.landing import DICOM_KIND, landing_path_key, path_index
 from mipflow.store import FeatureStore, batches_table, files_table, utcnow
 
 log = logging.getLogger(__name__)
 
 DATA_MODEL = "imaging:0.1"
 BUNDLED_MODEL = "imaging_v_0_1"
-KIND = "dicom"
+KIND = DICOM_KIND
 #: Batch stages of imaging batches (distinct from the EHR stages, so the EHR DAGs never pick them up).
 STAGE_CAPTURED = "dicom_captured"
 STAGE_DEIDENTIFIED = "dicom_deidentified"
 STAGE_LOADED = "dicom_loaded"
 STAGE_CAPTURE_REPORT = "dicom_capture"
 _IGNORED_SUFFIXES = (".part", ".tmp", ".partial", ".crdownload", ".filepart")
-_PATH_CONTEXT = b"dicom-landing-path:"
 #: Quarantine reasons of files that changed between capture and de-identification.
 MISSING_AFTER_CAPTURE = "missing-after-capture"
 CHANGED_AFTER_CAPTURE = "changed-after-capture"
@@ -142,24 +141,12 @@ def _engine(home: NodeHome):
     return Deidentifier(home.key(), home.settings.dicom_options())
 
 
-def landing_path_key(key: bytes, root: Path, path: Path) -> str:
-    """The manifest's name for a landing file: keyed hash of its path below ``root``.
-
-    ``hmac-sha256:`` and the hex HMAC-SHA256, keyed with the node secret, of
-    the POSIX path relative to ``landing/dicom/``: the same file gets the same
-    name on every run, and the name reveals nothing of the path.
-    """
-    rel = path.relative_to(root).as_posix().encode("utf-8", "surrogateescape")
-    return "hmac-sha256:" + hmac.new(key, _PATH_CONTEXT + rel, hashlib.sha256).hexdigest()
-
-
 def landing_index(home: NodeHome) -> dict[str, Path]:
     """Keyed path hash -> path of every file under ``landing/dicom/``."""
     root = home.landing_dir / "dicom"
     if not root.is_dir():
         return {}
-    key = home.key()
-    return {landing_path_key(key, root, p): p for p in root.rglob("*") if p.is_file()}
+    return path_index(home.key(), root, (p for p in root.rglob("*") if p.is_file()), kind=KIND)
 
 
 def _series_batch_id(pseudo_series: str, shas: Iterable[str]) -> str:
@@ -302,8 +289,8 @@ def capture_dicom(home: NodeHome, *, store: FeatureStore | None = None,
                               source=f"dicom/{item.pseudo_uid}", sha256=_combined_sha(shas))
             store.update_batch(conn, batch_id, stage=STAGE_CAPTURED, rows_in=len(item.files))
             for path, sha, size in item.files:
-                store.register_file(conn, sha256=sha, path=landing_path_key(key, root, path), size=size,
-                                    kind=KIND, batch_id=batch_id)
+                store.register_file(conn, sha256=sha, path=landing_path_key(key, root, path, kind=KIND),
+                                    size=size, kind=KIND, batch_id=batch_id)
             batches.append({"batch_id": batch_id, "series": item.pseudo_uid, "files": len(item.files)})
         if quarantined:
             shas = [q[1] for q in quarantined]
@@ -314,8 +301,8 @@ def capture_dicom(home: NodeHome, *, store: FeatureStore | None = None,
                 (n, reason, {"sha256": sha, "size": size, "detail": detail})
                 for n, (_, sha, size, reason, detail) in enumerate(quarantined, start=1)])
             for path, sha, size, reason, _ in quarantined:
-                store.register_file(conn, sha256=sha, path=landing_path_key(key, root, path), size=size,
-                                    kind=KIND, batch_id=report_id)
+                store.register_file(conn, sha256=sha, path=landing_path_key(key, root, path, kind=KIND),
+                                    size=size, kind=KIND, batch_id=report_id)
                 reasons[reason] += 1
             store.update_batch(conn, report_id, stage=STAGE_CAPTURE_REPORT, status="quarantined",
                                rows_in=len(quarantined), quarantined=len(quarantined),

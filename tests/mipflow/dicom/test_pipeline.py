@@ -228,13 +228,13 @@ def test_manifest_holds_keyed_path_hashes_and_content_hashes(home):
     consented = {sha: p for sha, p in registered.items() if sha in rows}
     assert len(consented) >= 6   # the series of consented patients and the quarantined junk
     for sha, path in consented.items():
-        assert rows[sha] == imaging.landing_path_key(home.key(), root, path)
+        assert rows[sha] == imaging.landing_path_key(home.key(), root, path, kind=imaging.KIND)
         assert rows[sha].startswith("hmac-sha256:") and len(rows[sha]) == 12 + 64
         assert path.name not in rows[sha]
     # another key gives other names: the hash is keyed, not a plain digest of the path
     some = next(iter(consented.values()))
-    assert imaging.landing_path_key(bytes(32), root, some) != \
-        imaging.landing_path_key(home.key(), root, some)
+    assert imaging.landing_path_key(bytes(32), root, some, kind=imaging.KIND) != \
+        imaging.landing_path_key(home.key(), root, some, kind=imaging.KIND)
 
 
 def test_files_changed_or_gone_after_capture_are_quarantined(home, caplog):
