@@ -27,11 +27,11 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from typing import Any
+from typing import Annotated, Any, Literal, Union
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from mipflow import __version__
 from mipflow.access import AccessDenied, AccessRegistry, check_identity
@@ -40,6 +40,7 @@ from mipflow.auth import AuthError, Verifier, load_clients
 from mipflow.config import NodeHome
 from mipflow.exceptions import DisclosureError, MipflowError, RequestError, StoreError
 from mipflow.freshness import DataVersion, file_signature
+from mipflow.secagg import MAX_PARTICIPANTS, SCHEME
 
 log = logging.getLogger(__name__)
 #: Data selections kept in node memory between rounds (see ``local_data``).
@@ -47,7 +48,12 @@ FRAME_CACHE_SIZE = 4
 
 
 class StepBody(BaseModel):
-    """Body of a local-step call."""
+    """Body of a local-step call, as the node parses it.
+
+    ``request`` is parsed by :meth:`mipflow.algorithms.base.AnalysisRequest.from_dict`
+    and its filters by :mod:`mipflow.query`, which give the precise reasons of a
+    refusal; :class:`StepCall` is the same body as the OpenAPI schema describes it.
+    """
 
     request: dict[str, Any] = Field(description="MIP / Exareme2 algorithm request: {inputdata, parameters}")
     round: int = Field(0, ge=0, le=1000, description="round number of an iterative algorithm")
@@ -60,6 +66,104 @@ class StepBody(BaseModel):
     secure_aggregation: dict[str, Any] | None = Field(
         None, description="mask the released aggregates for a secure sum: {scheme, participants: "
                           "[{node, public_key}]} (mipflow.secagg, docs/adr/0014-secure-aggregation.md)")
+
+
+# --- the step body as documented in the OpenAPI schema (what schemathesis fuzzes) ---
+# These models describe the Exareme2 request format that AnalysisRequest.from_dict and
+# mipflow.query accept; the node does not validate with them (StepBody and those parsers do).
+
+FilterOperator = Literal["equal", "not_equal", "less", "less_or_equal", "greater", "greater_or_equal",
+                         "between", "not_between", "in", "not_in", "is_null", "is_not_null"]
+
+
+class FilterRule(BaseModel):
+    """One jQuery QueryBuilder rule of a filter (:mod:`mipflow.query`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, description="variable code of the data model")
+    field: str | None = Field(None, min_length=1, description="the variable code again (QueryBuilder writes both)")
+    type: Literal["string", "integer", "double", "date", "time", "datetime", "boolean"] | None = None
+    input: Literal["text", "number", "textarea", "radio", "checkbox", "select"] | None = None
+    operator: FilterOperator
+    value: Any = Field(None, description="a number or text; a list for in/not_in, two bounds for "
+                                         "between/not_between; absent for is_null/is_not_null")
+    data: Any = None
+    flags: Any = None
+
+
+class FilterGroup(BaseModel):
+    """A jQuery QueryBuilder rule group: rules and nested groups (:mod:`mipflow.query`)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    condition: Literal["AND", "OR"] = "AND"
+    rules: list[Union[FilterRule, "FilterGroup"]] = Field(min_length=1, max_length=100)
+    not_: bool = Field(False, alias="not", description="negate the group")
+    valid: Literal[True] = True
+    data: Any = None
+    flags: Any = None
+
+
+Name = Annotated[str, Field(min_length=1, max_length=1000)]
+
+
+class InputData(BaseModel):
+    """``inputdata`` of an Exareme2 request: what the local step reads."""
+
+    data_model: str = Field(pattern=r"^[^:]+:.+$", description="CODE:VERSION of the data model")
+    datasets: list[Name] = Field(min_length=1, max_length=1000, description="datasets to analyse")
+    x: list[Name] | None = Field(None, description="covariates (variable codes)")
+    y: list[Name] | None = Field(None, description="variables of interest (variable codes)")
+    filters: FilterGroup | None = Field(None, description="rows to keep (jQuery QueryBuilder rule group)")
+
+
+class AnalysisRequestBody(BaseModel):
+    """An Exareme2 algorithm request; other top-level keys (``type``, ``test_case_num``) are ignored."""
+
+    inputdata: InputData
+    parameters: dict[str, Any] | None = Field(None, description="algorithm parameters (see the Exareme2 specs)")
+
+
+class Participant(BaseModel):
+    node: str = Field(min_length=1, max_length=128)
+    public_key: str = Field(pattern="^[0-9a-fA-F]{64}$", description="X25519 public key, hex")
+
+
+class SecureAggregation(BaseModel):
+    """Ask for a masked release (:mod:`mipflow.secagg`, docs/adr/0014-secure-aggregation.md)."""
+
+    scheme: Literal[SCHEME] = Field(description="the secure-aggregation scheme (GET /v1/secagg/key)")
+    participants: list[Participant] = Field(min_length=2, max_length=MAX_PARTICIPANTS)
+
+
+class StepCall(StepBody):
+    """Body of a local-step call: one round of ``algorithm`` for ``researcher`` in ``project``."""
+
+    request: AnalysisRequestBody = Field(description="MIP / Exareme2 algorithm request: {inputdata, parameters}")
+    secure_aggregation: SecureAggregation | None = Field(
+        None, description="mask the released aggregates for a secure sum (mipflow.secagg, docs/adr/0014)")
+
+
+def _document_step_body(app: FastAPI) -> None:
+    """Describe ``POST /v1/steps/{algorithm}``'s body with :class:`StepCall` in ``/openapi.json``.
+
+    The endpoint reads the raw body itself (its signature covers those bytes and
+    it must be checked before anything is parsed), so FastAPI cannot infer it.
+    """
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            doc = StepCall.model_json_schema(ref_template="#/components/schemas/{model}")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(doc.pop("$defs", {}))
+            components["StepCall"] = doc
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 class StepReply(BaseModel):
@@ -83,9 +187,31 @@ class Refusal(BaseModel):
 UNAUTHENTICATED: dict[int | str, dict[str, Any]] = {401: {"description": "not authenticated"}}
 
 
+def _identity_parameter(name: str) -> dict[str, Any]:
+    """The OpenAPI description of the ``researcher`` or ``project`` query parameter of ``/v1/metadata``
+    (read from the signed query string, hence not declared to FastAPI, which would check it before
+    the signature)."""
+    return {"name": name, "in": "query", "required": False,
+            "description": f"the {name} the datasets are listed for (vouched for by the signed client)",
+            "schema": {"type": "string", "maxLength": 128}}
+
+
 class DataModelNotHeld(MipflowError):
     """The node holds no data of the request's data model: it is left out of the
     analysis (HTTP 404, control ``data_model``), the request itself is not invalid."""
+
+
+#: What a step raises reading a central state that is not the one it broadcast (a key missing,
+#: a list too short, text for numbers...).  The node cannot check the state of every
+#: algorithm beforehand; it answers such a call as a bad request.
+STATE_ERRORS = (KeyError, IndexError, TypeError, ValueError, ArithmeticError)
+
+
+def malformed_state(algorithm: str, round_no: int, exc: BaseException) -> str:
+    """The refusal of a step whose central state does not fit: the error's type only, as its
+    text may quote values the step computed."""
+    return (f"{algorithm}: the state of round {round_no} does not fit this step "
+            f"({type(exc).__name__}); it must be the one the central site broadcast")
 
 
 def _plain(value: Any) -> Any:
@@ -196,7 +322,8 @@ def create_app(home: NodeHome) -> FastAPI:
         return {"status": "ok", "node": home.name, "version": __version__}
 
     @app.get("/v1/metadata", responses={**UNAUTHENTICATED,
-                                         403: {"model": Refusal, "description": "refused: bad researcher or project"}})
+                                         403: {"model": Refusal, "description": "refused: bad researcher or project"}},
+             openapi_extra={"parameters": [_identity_parameter("researcher"), _identity_parameter("project")]})
     async def metadata(request: Request) -> dict[str, Any]:
         client = await authenticate(request, b"", "metadata")
         researcher = request.query_params.get("researcher")
@@ -246,7 +373,9 @@ def create_app(home: NodeHome) -> FastAPI:
                          403: {"model": Refusal, "description": "refused: access grants, query budget, "
                                                                 "disabled algorithm or disclosure controls"},
                          404: {"model": Refusal, "description": "the node holds no data of this data model"},
-                         400: {"description": "invalid request"}})
+                         400: {"description": "invalid request"}},
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                  "schema": {"$ref": "#/components/schemas/StepCall"}}}}})
     async def step(algorithm: str, request: Request) -> Any:
         raw = await request.body()
         client = await authenticate(request, raw, f"step:{algorithm}")
@@ -288,10 +417,17 @@ def create_app(home: NodeHome) -> FastAPI:
             if guard:
                 differencing.before_step(cohorts, controls.settings.min_row_count)
             # --- end differencing controls ---
-            aggregates = algo.local_step(body.round, data, analysis, model, body.state)
-            if guard:  # k-means rounds, once the step has checked the state's centres
-                labels = differencing.check_partition(algorithm, body.round, data, analysis, body.state,
-                                                      cohorts, controls.settings.nfilter_tab)
+            try:
+                aggregates = algo.local_step(body.round, data, analysis, model, body.state)
+                if guard:  # k-means rounds, once the step has checked the state's centres
+                    labels = differencing.check_partition(algorithm, body.round, data, analysis, body.state,
+                                                          cohorts, controls.settings.nfilter_tab)
+            except MipflowError:
+                raise
+            except STATE_ERRORS as exc:
+                if body.round == 0 and body.state is None:
+                    raise  # no central state to blame: a bug of the step, a 500
+                raise RequestError(malformed_state(algorithm, body.round, exc)) from None
             aggregates = controls.release(algo, analysis, model, body.round, aggregates)
             # -- differential privacy (ADR 0015): noise and budget after the controls, before the reply --
             noisy = privacy.apply(settings(), algo, analysis, model, body.round, data, body.researcher or "",
@@ -332,6 +468,7 @@ def create_app(home: NodeHome) -> FastAPI:
     from mipflow import secagg
 
     secagg.add_routes(app, home, authenticate, audit)  # GET /v1/secagg/key (ADR 0014)
+    _document_step_body(app)
     return app
 
 
@@ -343,8 +480,12 @@ def api_path(request: Request) -> str:
     mounted under a prefix (e.g. ``/mipflow-node`` in the node's Airflow
     api-server, see ``plugins/mipflow_node_api_plugin.py``), ASGI puts the
     prefix in ``root_path`` and it is taken off here.
+
+    The path is the ASGI one, percent-decoded, as the client formats it before
+    encoding (not ``request.url.path``, where Starlette quotes ``?``, ``#`` and
+    ``\\`` again, so that a signed name holding them failed verification).
     """
-    path = request.url.path
+    path = str(request.scope.get("path") or request.url.path)
     root = str(request.scope.get("root_path") or "").rstrip("/")
     if root and path.startswith(root + "/"):
         path = path[len(root):]

@@ -144,6 +144,43 @@ def test_injection_attempts_are_refused(node, field, value):
     assert client(node).step("linear_regression", LINREG, 0, None, **WHO)["rows"] > 0  # table intact
 
 
+KMEANS = {"inputdata": {"data_model": "dementia:0.1", "datasets": ["edsd0", "edsd1"], "x": [],
+                        "y": ["lefthippocampus", "leftamygdala"], "filters": None}, "parameters": {"k": 2}}
+LINREG_CV = {"inputdata": {**LINREG["inputdata"]}, "parameters": {"n_splits": 2}}
+
+
+@pytest.mark.parametrize("algorithm, request_, state", [
+    pytest.param("kmeans", KMEANS, {}, id="kmeans-empty"),
+    pytest.param("kmeans", KMEANS, {"centers": "abc", "k": 2}, id="kmeans-text-centres"),
+    pytest.param("kmeans", KMEANS, {"centers": [[1, 2], [3, 4]], "k": "two"}, id="kmeans-text-k"),
+    pytest.param("linear_regression_cv", LINREG_CV, {"models": [{}]}, id="linreg-cv-empty-model"),
+])
+def test_a_central_state_that_does_not_fit_the_step_is_a_bad_request(node, algorithm, request_, state):
+    """Regression (fuzzing): a later round with a state the central site did not broadcast was a 500."""
+    response, _ = post(node, f"/v1/steps/{algorithm}", {"request": request_, "round": 2, "state": state, **WHO})
+    assert response.status_code == 400, response.text
+    detail = response.json()["detail"]
+    assert detail.startswith(f"{algorithm}: the state of round 2 does not fit this step ("), detail
+    record = audit(node)[-1]
+    assert record["decision"] == "refused" and record["control"] == "request" and record["round"] == 2
+    assert client(node).step(algorithm, request_, 0, None, **WHO)["rows"] > 0  # round 0 still runs
+
+
+@pytest.mark.parametrize("name", ["a\\b", "a?b", "a#b"])
+def test_a_path_is_verified_as_the_client_signed_it(node, name):
+    """Regression (fuzzing): the node checked the signature against Starlette's URL, where ``\\``,
+    ``?`` and ``#`` are quoted again, so a correctly signed name holding them got 401."""
+    from urllib.parse import quote
+
+    raw = json.dumps({"request": LINREG, **WHO}).encode()
+    cred = node["credential"]
+    headers = signed_headers(cred.client_id, cred.secret, "POST", f"/v1/steps/{name}", raw)
+    response = httpx.post(node["url"] + "/v1/steps/" + quote(name, safe=""), content=raw,
+                          headers={**headers, "Content-Type": "application/json"})
+    assert response.status_code == 400, response.text  # past authentication: an unknown algorithm
+    assert "unknown algorithm" in response.json()["detail"]
+
+
 def test_long_strings_refused_by_nfilter_string(node):
     request = json.loads(json.dumps(LINREG))
     request["inputdata"]["datasets"] = ["x" * 200]
