@@ -64,6 +64,10 @@ class Moments:
         )
 
 
+#: Rows per block in :func:`compute_moments`.
+MOMENT_BLOCK = 65_536
+
+
 def compute_moments(values: np.ndarray, *, matrix: bool = False) -> Moments:
     """Two-pass moments of the rows of ``values``.
 
@@ -81,11 +85,17 @@ def compute_moments(values: np.ndarray, *, matrix: bool = False) -> Moments:
     if n == 0:
         return Moments(0, np.zeros(k), np.zeros((k, k)) if matrix else np.zeros(k))
     mean = arr.mean(axis=0)
-    centred = arr - mean
-    # Second pass: correct the mean for its own rounding error (Björck).
-    mean = mean + centred.mean(axis=0)
-    centred = arr - mean
-    m2 = centred.T @ centred if matrix else np.einsum("ij,ij->j", centred, centred)
+    # Second pass: correct the mean for its own rounding error (Björck).  Both passes run over
+    # blocks of rows, so no centred copy of the whole array is made (on a million rows that copy,
+    # fresh memory each request, cost several times the arithmetic).
+    correction = np.zeros(k)
+    for start in range(0, n, MOMENT_BLOCK):
+        correction += (arr[start:start + MOMENT_BLOCK] - mean).sum(axis=0)
+    mean = mean + correction / n
+    m2 = np.zeros((k, k)) if matrix else np.zeros(k)
+    for start in range(0, n, MOMENT_BLOCK):
+        centred = arr[start:start + MOMENT_BLOCK] - mean
+        m2 += centred.T @ centred if matrix else np.einsum("ij,ij->j", centred, centred)
     return Moments(int(n), mean, m2)
 
 

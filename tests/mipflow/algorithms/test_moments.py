@@ -1,0 +1,56 @@
+"""Moments of a node's rows: the blocked two-pass computation against exact arithmetic."""
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from mipflow.algorithms.moments import MOMENT_BLOCK, compute_moments, merge_moments
+
+
+def _assert_comoments_close(got: np.ndarray, ref: np.ndarray, rtol: float) -> None:
+    """Entry-wise, on the scale of the variables: |got - ref|_ij <= rtol * sqrt(ref_ii ref_jj)
+    (an off-diagonal co-moment near zero has no relative accuracy of its own)."""
+    scale = np.sqrt(np.outer(np.diag(ref), np.diag(ref)))
+    assert np.all(np.abs(got - ref) <= rtol * scale), np.max(np.abs(got - ref) / scale)
+
+
+def _exact(values: np.ndarray) -> tuple[list[Fraction], list[list[Fraction]]]:
+    """Mean and co-moment matrix of float rows in exact rational arithmetic."""
+    n, k = values.shape
+    cols = [[Fraction(float(v)) for v in values[:, j]] for j in range(k)]
+    mean = [sum(c) / n for c in cols]
+    m2 = [[sum((a - mean[i]) * (b - mean[j]) for a, b in zip(cols[i], cols[j])) for j in range(k)]
+          for i in range(k)]
+    return mean, m2
+
+
+@pytest.mark.parametrize("rows", [1, 7, MOMENT_BLOCK - 1, MOMENT_BLOCK, MOMENT_BLOCK + 3, 2 * MOMENT_BLOCK + 11])
+def test_blocked_moments_equal_exact_arithmetic(rows):
+    rng = np.random.default_rng(rows)
+    # a large common offset: the case where one-pass formulas cancel catastrophically
+    values = rng.normal(size=(rows, 3)) * [1.0, 1e-3, 50.0] + [1e6, -3.0, 2e4]
+    got = compute_moments(values, matrix=True)
+    diagonal = compute_moments(values)
+    if rows <= 2000:
+        mean, m2 = _exact(values)
+        np.testing.assert_allclose(got.mean, [float(m) for m in mean], rtol=1e-15, atol=0)
+        _assert_comoments_close(got.m2, np.array([[float(v) for v in r] for r in m2]), 1e-12)
+    else:  # exact arithmetic on a million numbers is slow: check against the merge of exact parts
+        parts = [compute_moments(values[s:s + 1000], matrix=True) for s in range(0, rows, 1000)]
+        merged = merge_moments(parts)
+        np.testing.assert_allclose(got.mean, merged.mean, rtol=1e-14)
+        _assert_comoments_close(got.m2, merged.m2, 1e-10)  # the reference rounds too
+    assert got.n == diagonal.n == rows
+    np.testing.assert_allclose(diagonal.m2, np.diag(got.m2), rtol=1e-13)
+    np.testing.assert_array_equal(diagonal.mean, got.mean)
+
+
+def test_one_dimensional_and_empty_input():
+    values = np.array([1.0, 2.0, 4.0])
+    got = compute_moments(values)
+    assert got.n == 3 and got.mean.tolist() == [7 / 3]
+    np.testing.assert_allclose(got.m2, [((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2)])
+    empty = compute_moments(np.zeros((0, 2)), matrix=True)
+    assert empty.n == 0 and empty.m2.shape == (2, 2) and not empty.m2.any()
