@@ -540,7 +540,13 @@ def design_matrix(
         names = list(columns)
     if not names:
         return np.zeros((n, 0)), []
-    return np.column_stack([blocks[c] for c in names]) if n else np.zeros((0, len(names))), names
+    if not n:
+        return np.zeros((0, len(names))), names
+    # column-major: each column is one contiguous copy (a row-major stack gathers every value)
+    matrix = np.empty((n, len(names)), order="F")
+    for j, name in enumerate(names):
+        matrix[:, j] = blocks[name]
+    return matrix, names
 
 
 def level_counts(data: pd.DataFrame, codes: Sequence[str], model: DataModel) -> dict[str, list[int]]:

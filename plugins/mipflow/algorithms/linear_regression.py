@@ -95,7 +95,9 @@ class LinearRegression(SpecAlgorithm):
     def local_step(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
                    model: DataModel, state: dict | None) -> dict:
         design, _ = design_matrix(data, request.x, model, intercept=False)
-        z = np.column_stack([design, numeric_values(data[request.y[0]])])
+        z = np.empty((design.shape[0], design.shape[1] + 1), order="F")  # column copies (see design_matrix)
+        z[:, :-1] = design
+        z[:, -1] = numeric_values(data[request.y[0]])
         counts = level_counts(data, request.x, model)
         return {
             "moments": compute_moments(z, matrix=True).to_dict(),
