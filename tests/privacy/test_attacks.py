@@ -179,7 +179,7 @@ def test_a_survival_group_of_one_patient_is_refused(node):
                  parameters={"event_level": "yes"})
 
 
-# --------------------------------------------------------------------------- k-means rounds crafted to isolate the target
+# --------------------------------------------------------------------------- k-means rounds crafted around the target
 
 KMEANS_Y = ["age", "glucose_mmol"]
 #: centres on one line: the clusters are slabs of the rows' projections on it
