@@ -8,10 +8,12 @@ three stores, then scikit-learn's ``KMeans(algorithm="lloyd", n_init=1)`` from
 the same initial centres with the equivalent tolerance, and a plain numpy
 Lloyd loop.  Prints rounds, wall times, ratios and the largest relative
 difference of the centres.  With default disclosure settings the nodes'
-differencing control ends the run before full convergence (``stopped`` in the
-result, ADR 0020): the centres are then compared with the pooled numpy Lloyd
-run for the same number of updates (they must agree to rounding), and the
-fully converged references show how far the privacy stop is from them.
+differencing control may end the run before full convergence (``stopped`` in
+the result, ADR 0020; since the exact minimum-cut rule of ADR 0013 only when a
+round would single out fewer than ``nfilter_tab`` rows): the centres are then
+compared with the pooled numpy Lloyd run for the same number of updates (they
+must agree to rounding), and the fully converged references (and the Frobenius
+distance to them) show how far the privacy stop is from them.
 
 Usage: ``python bench/kmeans.py [--rows-per-node 1000000] [--sqlite]``
 (PostgreSQL at 127.0.0.1:5432 by default; ``--sqlite`` for SQLite stores.)
@@ -141,7 +143,8 @@ def main() -> int:
                   f"max rel diff of centres {rel_sk:.1e}")
             print(f"  pooled numpy Lloyd: {read_s + np_s:7.2f}s (read {read_s:.2f}s + fit {np_s:.2f}s, "
                   f"{ref['n_iter']} iterations)  ratio {fed_s / (read_s + np_s):.2f}  "
-                  f"max rel diff of centres {rel_np:.1e}")
+                  f"max rel diff of centres {rel_np:.1e}, Frobenius distance "
+                  f"{float(np.linalg.norm(centres - ref['centers'])):.1e}")
             print(round_log.table(homes, "kmeans", summary=True))
             for c in clients:
                 c.close()

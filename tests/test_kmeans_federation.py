@@ -265,3 +265,94 @@ def test_other_controls_in_a_late_round_still_exclude_the_node(stop_nodes) -> No
     assert [r["round"] for r in _audit(roots["node_c"]) if r.get("decision") == "refused"][-1:] == [2]
     alone = run_in_process(get_algorithm("kmeans"), [frames["node_a"]["d2"], frames["node_b"]["d2"]], req, MODEL)
     assert_rel_close(outcome.result["centers"], alone["centers"], rel=1e-12)
+
+
+# -- the exact partition rule lets Lloyd converge where the per-pair rule stopped it (ADR 0013) ----------
+
+#: well separated corner blobs, (centre, rows a node); the high-x side leans to low y, so the
+#: boundary between the two clusters turns between the first two Lloyd rounds
+CORNERS = [((0.0, 0.0), 20), ((0.0, 8.0), 20), ((10.0, 0.0), 35), ((10.0, 8.0), 5)]
+#: node_a's rows in the two wedges between the boundary at the initial centres and the one after
+#: the first update: in round 2 the first three change cluster one way, the last one the other way
+SWAPPED = [(6.71, 6.5), (6.92, 7.0), (7.14, 7.5), (4.34, 1.0)]
+
+
+def _corners(seed: int, tag: str, extra: list[tuple[float, float]] = ()) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    values = np.vstack([rng.normal(centre, 0.5, size=(n, 2)) for centre, n in CORNERS]
+                       + ([np.asarray(extra, dtype=float)] if extra else []))
+    return pd.DataFrame({"subjectcode": [f"{tag}-{i}" for i in range(len(values))],
+                         "dataset": "d0", "x1": values[:, 0], "y": values[:, 1]})
+
+
+def _per_pair_rule(new: np.ndarray, old: np.ndarray, threshold: int) -> bool:
+    """The rule before the minimum cut: some old and new cluster differ by 1 .. threshold - 1
+    rows in one direction."""
+    for i in np.unique(old):
+        for j in np.unique(new):
+            a, b = old == i, new == j
+            if 0 < np.count_nonzero(a & ~b) < threshold or 0 < np.count_nonzero(b & ~a) < threshold:
+                return True
+    return False
+
+
+@pytest.fixture(scope="module")
+def corner_nodes(tmp_path_factory):
+    frames = {name: _corners(41 + i, name, SWAPPED if name == "node_a" else [])
+              for i, name in enumerate(("node_a", "node_b", "node_c"))}
+    base = tmp_path_factory.mktemp("kmeans-corner-nodes")
+    roots = {}
+    for name, frame in frames.items():
+        home = NodeHome.init(base / name, name)  # default settings: nfilter_tab 3, differencing on
+        assert home.settings.nfilter_tab == 3 and home.settings.differencing_check
+        load_frame(home.root, MODEL, frame)
+        roots[name] = home.root
+        grant_all(home.root)
+    credentials = {name: issue_client(root, "central") for name, root in roots.items()}
+    with running_nodes(list(roots.values())) as urls:
+        clients = [NodeClient(NodeEndpoint(name, url, credentials[name].client_id, credentials[name].secret.hex()),
+                              retries=0) for name, url in zip(roots, urls)]
+        try:
+            yield clients, frames, roots
+        finally:
+            for client in clients:
+                client.close()
+
+
+def test_a_cluster_gaining_rows_while_losing_one_runs_on_to_convergence(corner_nodes) -> None:
+    from tests.mipflow.algorithms.test_kmeans import numpy_lloyd
+
+    clients, frames, roots = corner_nodes
+    k, tol = 2, 1e-9
+    nodes = ("node_a", "node_b", "node_c")
+    pooled = np.vstack([_values(frames[n]) for n in nodes])
+    start = principal_axis_centres(pooled.mean(axis=0), np.cov(pooled, rowvar=False), k)
+    reference = numpy_lloyd(pooled, start, tol, 100)
+    assert reference["converged"] and reference["n_iter"] >= 3
+    # premise, on each node's rows along pooled Lloyd: in round 2 node_a's cluster gains three rows and
+    # loses one (the per-pair rule refused that), and no round at any node releases a combination of
+    # cluster sums over fewer than nfilter_tab rows with any earlier one (the exact rule)
+    centres, _ = _lloyd_path(pooled, k, reference["n_iter"])
+    for name in nodes:
+        rows = _values(frames[name])
+        labels = [_nearest(rows, c) for c in centres]  # rounds 1 .. n_iter and the evaluation round
+        for r in range(1, len(labels)):
+            assert not any(partition_conflict(labels[r], earlier, 3) for earlier in labels[:r]), (name, r)
+        if name == "node_a":
+            moved = rows[labels[0] != labels[1]]
+            assert sorted(map(tuple, moved)) == sorted(SWAPPED)
+            assert np.bincount(labels[0][labels[0] != labels[1]]).tolist() in ([3, 1], [1, 3])
+            assert _per_pair_rule(labels[1], labels[0], 3)
+
+    outcome = run_analysis("kmeans", _request("d0", k=k, maxiter=100, tol=tol).to_dict(), clients)
+    result = outcome.result
+    assert outcome.stopped == {} and "stopped" not in result and "approximate" not in result
+    assert outcome.excluded == {} and sorted(outcome.contributed) == list(nodes)
+    assert result["converged"] is True and result["n_iter"] == reference["n_iter"]
+    assert_rel_close(result["centers"], reference["centers"], rel=1e-9)
+    assert_rel_close(result["initial_centers"], start, rel=1e-9)
+    assert result["cluster_counts"] == reference["counts"].tolist()
+    assert_rel_close(result["inertia"], reference["inertia"], rel=1e-9)
+    # node_a answered the round in which its rows swapped clusters
+    swap = [r for r in _audit(roots["node_a"]) if r.get("analysis") and r.get("round") == 2][-1]
+    assert swap["decision"] == "allowed", swap

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+import numpy as np
 import pytest
 
 from mipflow.disclosure import RAW_EXTREME_KEYS
 from tests.privacy.conftest import (
-    TARGET_AGE, TARGET_FOLLOWUP, TARGET_NIHSS, Node, rule, start_node, where,
+    TARGET, TARGET_AGE, TARGET_FOLLOWUP, TARGET_NIHSS, Node, rule, start_node, where,
 )
 
 DESCRIBE = {"algorithm": "descriptive_stats", "y": ["age", "nihss_admission"]}
@@ -176,3 +177,73 @@ def test_a_survival_group_of_one_patient_is_refused(node):
     # stratify by thrombolysis: the 'yes' curve would be the target's own
     node.refused("nfilter_tab", "kaplan_meier", y=["followup_days", "death_90d"], x=["thrombolysis"],
                  parameters={"event_level": "yes"})
+
+
+# --------------------------------------------------------------------------- k-means rounds crafted around the target
+
+KMEANS_Y = ["age", "glucose_mmol"]
+#: centres on one line: the clusters are slabs of the rows' projections on it
+AXIS = np.array([0.0213, 1.0]) / np.linalg.norm([0.0213, 1.0])
+
+
+def _projections(node: Node) -> tuple[np.ndarray, int]:
+    """The rows' sorted projections on AXIS and the target's rank among them."""
+    projected = node.rows[KMEANS_Y].to_numpy(dtype=float) @ AXIS
+    order = np.sort(projected)
+    target = projected[np.flatnonzero(node.rows["subjectcode"] == TARGET)[0]]
+    rank = int(np.searchsorted(order, target))
+    assert order[rank] == target and np.count_nonzero(projected == target) == 1
+    assert 40 < rank < len(order) - 60  # the target is inside the data along the axis
+    return order, rank
+
+
+def _slab_state(order: np.ndarray, ends: list[int]) -> tuple[dict, np.ndarray]:
+    """Centres whose nearest-centre clusters are the slabs ``[0, ends[0]), [ends[0], ends[1]) ...`` of the
+    sorted projections, and the rows' cluster labels (by sorted rank)."""
+    assert all(order[e] - order[e - 1] > 1e-3 for e in ends)  # clear of rounding in the node's distances
+    cuts = [(order[e - 1] + order[e]) / 2 for e in ends]
+    middle = [(a + b) / 2 for a, b in zip(cuts, cuts[1:])]  # centres between the cuts ...
+    positions = [2 * cuts[0] - (middle[0] if middle else cuts[0] + 1.0)] + middle
+    positions.append(2 * cuts[-1] - positions[-1])  # ... and mirrored beyond the outer cuts
+    centres = [(p * AXIS).tolist() for p in positions]
+    labels = np.searchsorted(np.asarray(ends), np.arange(len(order)), side="right")
+    return {"k": len(centres), "centers": centres}, labels
+
+
+def _per_pair_rule(new: np.ndarray, old: np.ndarray, threshold: int) -> bool:
+    """ADR 0013's first k-means rule: some old and new cluster differ by 1 .. threshold - 1 rows."""
+    return any(0 < np.count_nonzero((old == i) & (new != j)) < threshold
+               or 0 < np.count_nonzero((new == j) & (old != i)) < threshold
+               for i in np.unique(old) for j in np.unique(new))
+
+
+def _kmeans_round(node: Node, state: dict, **kwargs):
+    return dict(algorithm="kmeans", y=KMEANS_Y, parameters={"k": state["k"]}, round=1, state=state,
+                analysis_id="crafted", **kwargs)
+
+
+@pytest.mark.parametrize("released, crafted, per_pair", [
+    # k = 2: the boundary just above the target, then just below it: only the target changes
+    # cluster (a bridge of one row); the per-pair rule refused this too
+    pytest.param(lambda r: [r + 1], lambda r: [r], True, id="one-row-bridge"),
+    # k = 3: the target moves from cluster 0 to 1 and one other row from 1 to 2 (a path of two
+    # one-row edges): both rows are isolated; the per-pair rule refused this too
+    pytest.param(lambda r: [r + 1, r + 41], lambda r: [r, r + 40], True, id="chain-of-two-moves"),
+    # k = 3: released 0..r | r+1..r+30 | rest, crafted 0..r-21 | r-20..r-1 | r.. .  Every old and
+    # new cluster differ by 0 or at least 20 rows (the per-pair rule answered), but
+    # S(old_0) - S(new_0) - S(new_1) is the target's row: the one-row edge is still a bridge
+    pytest.param(lambda r: [r + 1, r + 31], lambda r: [r - 20, r], False, id="one-row-hidden-in-three-sums"),
+])
+def test_kmeans_centres_crafted_to_move_the_target_alone_are_refused(tmp_path, released, crafted, per_pair):
+    for fresh in start_node(tmp_path / "n"):  # its own partition memory
+        order, rank = _projections(fresh)
+        first, old = _slab_state(order, released(rank))
+        second, new = _slab_state(order, crafted(rank))
+        tab = fresh.home.settings.nfilter_tab
+        assert min(np.bincount(old).min(), np.bincount(new).min()) >= tab  # no small cluster: not nfilter_tab
+        assert _per_pair_rule(new, old, tab) is per_pair
+        answered = fresh.allowed(**_kmeans_round(fresh, first))
+        assert answered["aggregates"]["group_n"] == np.bincount(old).tolist()  # the slabs are the clusters
+        fresh.refused("differencing", **_kmeans_round(fresh, second))
+        # the centres' order is the central site's choice: reversed, still refused
+        fresh.refused("differencing", **_kmeans_round(fresh, {**second, "centers": second["centers"][::-1]}))

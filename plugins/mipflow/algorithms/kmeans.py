@@ -30,8 +30,9 @@ outcome, with the reason) and restarts on the others.  See
 
 Privacy stop (:meth:`KMeans.on_refusal`, ``docs/adr/0020-kmeans-privacy-stop.md``):
 a node also refuses (control ``differencing``, ADR 0013) a round whose
-assignment differs from one it released by ``0 < d < nfilter_tab`` rows in
-some cluster, which is what Lloyd rounds near convergence do on large data.
+assignment, together with one it released, would let a combination of cluster
+sums single out ``0 < d < nfilter_tab`` rows (a minimum cut of the two
+assignments' graph), which Lloyd rounds near convergence can do on large data.
 Such a refusal after at least one update ends the analysis instead of
 excluding the node: the result holds the centres of the last update, the
 cluster sizes of the last released assignment and that assignment's
@@ -255,8 +256,8 @@ class KMeans(SpecAlgorithm):
         Only when every refusal is the ``differencing`` control and at least one
         update has been made (a Lloyd round after the first, or the evaluation
         round): the node's own memory says that the assignment at the current
-        centres differs from one it released by fewer than ``nfilter_tab`` rows
-        in some cluster.  Any other refusal (or one in the first Lloyd round,
+        centres and one it released would let a combination of cluster sums
+        single out fewer than ``nfilter_tab`` rows.  Any other refusal (or one in the first Lloyd round,
         which has no earlier assignment of this analysis to stop at) returns
         None: the node is left out as before.
 
@@ -294,9 +295,8 @@ class KMeans(SpecAlgorithm):
                 "reason": "privacy", "control": "differencing", "round": round, "nodes": nodes,
                 "message": (
                     f"Stopped before {what}: node(s) {', '.join(nodes)} refused it under the differencing "
-                    f"control (its assignment to these centres differs from one the node already released by "
-                    f"fewer than nfilter_tab rows in some cluster, so the change of sums would single those "
-                    f"rows out). The centres are those after {iteration} update(s); cluster_counts, within_ss "
+                    f"control (its assignment to these centres and one the node already released would let a "
+                    f"combination of cluster sums single out fewer than nfilter_tab rows). The centres are those after {iteration} update(s); cluster_counts, within_ss "
                     f"and inertia are those of the last released assignment (rows nearest the centres "
                     f"before), about these centres."),
             },
