@@ -1,9 +1,9 @@
 """Survival analyses over the real federation: three node services on loopback, default
 disclosure settings (min_row_count 10, nfilter_tab 3), signed HTTP.
 
-Kaplan-Meier with a log-rank test and Cox regression must equal statsmodels on
-the pooled rows of the contributing nodes with times rounded up to the
-result's bin ends; a node whose counts cannot be binned safely is left out
+Kaplan-Meier with a log-rank test and Cox regression must equal statsmodels
+(and lifelines, for the curves and the log-rank test) on the pooled rows of the
+contributing nodes with times rounded up to the result's bin ends; a node whose counts cannot be binned safely is left out
 with its reason.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ from tests.mipflow.algorithms.helpers import assert_rel_close
 from tests.mipflow.algorithms.survival_data import (
     HOSPITALS, STROKE, complete, cox_design, make_stroke, request, round_up,
 )
-from tests.mipflow.algorithms.test_survival import COX_COLUMNS, COX_X, KM_COLUMNS, check_km
+from tests.mipflow.algorithms.test_survival import COX_COLUMNS, COX_X, KM_COLUMNS, check_km, check_km_lifelines
 from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, running_nodes
 
 #: every analysis here runs as the identity the nodes' grants approve
@@ -75,11 +75,14 @@ def test_kaplan_meier_via_http(survival_federation) -> None:
     assert outcome.contributed == {h: len(complete(frames[h], KM_COLUMNS)) for h in used}
     pooled = complete(pd.concat([frames[h] for h in used], ignore_index=True), KM_COLUMNS)
     check_km(outcome.result, pooled, grouped=True)
+    check_km_lifelines(outcome.result, pooled, grouped=True)
     assert outcome.result["binning"]["method"] == "binned"
     # without grouping every hospital can bin its counts safely
     whole = run_analysis("kaplan_meier", request("kaplan_meier").to_dict(), clients)
     assert not whole.excluded
-    check_km(whole.result, complete(pd.concat(frames.values(), ignore_index=True), KM_COLUMNS), grouped=False)
+    everyone = complete(pd.concat(frames.values(), ignore_index=True), KM_COLUMNS)
+    check_km(whole.result, everyone, grouped=False)
+    check_km_lifelines(whole.result, everyone, grouped=False)
 
 
 def test_cox_regression_via_http(survival_federation) -> None:
