@@ -1,10 +1,11 @@
 """Survival analyses over the real federation: three node services on loopback, default
 disclosure settings (min_row_count 10, nfilter_tab 3), signed HTTP.
 
-Kaplan-Meier with a log-rank test and Cox regression must equal statsmodels
-(and lifelines, for the curves and the log-rank test) on the pooled rows of the
-contributing nodes with times rounded up to the result's bin ends; a node whose counts cannot be binned safely is left out
-with its reason.
+Kaplan-Meier with a log-rank test and Cox regression (Breslow's and Efron's
+ties) must equal statsmodels (and lifelines, for the curves, the log-rank test
+and Efron's Cox) on the pooled rows of the contributing nodes with times
+rounded up to the result's bin ends; a node whose counts cannot be binned
+safely is left out with its reason.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from mipflow.auth import issue_client
 from mipflow.config import NodeHome
 from mipflow.federation import NodeClient, NodeEndpoint
 from mipflow.federation import run_analysis as _run_analysis
+from tests.mipflow.algorithms import lifelines_reference
 from tests.mipflow.algorithms.helpers import assert_rel_close
 from tests.mipflow.algorithms.survival_data import (
     HOSPITALS, STROKE, complete, cox_design, make_stroke, request, round_up,
@@ -85,22 +87,36 @@ def test_kaplan_meier_via_http(survival_federation) -> None:
     check_km_lifelines(whole.result, everyone, grouped=False)
 
 
-def test_cox_regression_via_http(survival_federation) -> None:
+@pytest.mark.parametrize("ties", ["breslow", "efron"])
+def test_cox_regression_via_http(survival_federation, ties) -> None:
+    """With the nodes' bins merged to nfilter_tab 3 every event bin holds tied events: Breslow and
+    Efron differ, and each equals its pooled reference."""
     clients, frames = survival_federation
-    doc = request("cox_regression", x=COX_X).to_dict()
+    doc = request("cox_regression", x=COX_X, ties=ties).to_dict()
     outcome = run_analysis("cox_regression", doc, clients)
     assert not outcome.excluded and outcome.rounds >= 3
     pooled = complete(pd.concat(frames.values(), ignore_index=True), COX_COLUMNS)
     assert outcome.contributed == {h: len(complete(f, COX_COLUMNS)) for h, f in frames.items()}
     result = outcome.result
     times = round_up(pooled["followup_days"].to_numpy(), result["binning"]["timeline"])
+    design = cox_design(pooled, result["indep_vars"])
+    status = (pooled["death_90d"] == "yes").to_numpy(dtype=float)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fit = PHReg(times, cox_design(pooled, result["indep_vars"]), status=(pooled["death_90d"] == "yes")
-                    .to_numpy(dtype=float), ties="breslow").fit(method="newton", tol=1e-8)
+        fit = PHReg(times, design, status=status, ties=ties).fit(method="newton", tol=1e-8)
     assert result["indep_vars"] == ["sex[M]", "stroke_type[ischaemic]", "stroke_type[tia]", "age",
                                     "nihss_admission"]
+    assert result["ties"] == ties and result["binning"]["merged_for_disclosure"]
     for key, expected in (("coefficients", fit.params), ("stderr", fit.bse), ("z_scores", fit.tvalues),
                           ("pvalues", fit.pvalues), ("ll", fit.llf)):
         assert_rel_close(result[key], expected, rel=1e-9, what=key)
-    assert result["n_events"] == int((pooled["death_90d"] == "yes").sum())
+    assert result["n_events"] == int(status.sum())
+    if ties == "efron":
+        reference = lifelines_reference.cox(times, status, design, result["indep_vars"])
+        for key in ("coefficients", "stderr", "ll"):
+            assert_rel_close(result[key], reference[key], rel=1e-9, what=f"{key} (lifelines)")
+        # the ties matter here: Breslow's fit on the same rows is measurably different
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            breslow = PHReg(times, design, status=status, ties="breslow").fit(method="newton", tol=1e-8)
+        assert np.max(np.abs(breslow.params / fit.params - 1)) > 1e-6

@@ -27,6 +27,21 @@ partial likelihood, score and information are
 
 and the central side makes a Newton step (halved while the likelihood falls).
 
+With ``ties = "efron"`` a node also returns, per bin of ``B`` holding events,
+the sums over its rows *with an event* in that bin of ``w``, ``w x`` and
+``w x x'`` (E0, E1, E2).  These are additive too, so Efron's approximation is
+exact federated: with ``d_j`` pooled events in bin ``j``, ``f_r = r / d_j``
+(``r = 0..d_j-1``) and ``phi_jr = S0_j - f_r E0_j`` (likewise ``S1 - f_r E1``,
+``S2 - f_r E2``),
+
+    l = sum_events x'b - sum_j sum_r log phi_jr
+    U = sum_events x - sum_j sum_r (S1_j - f_r E1_j) / phi_jr
+    I = sum_j sum_r [(S2_j - f_r E2_j) / phi_jr - (S1_j - f_r E1_j)(S1_j - f_r E1_j)' / phi_jr^2]
+
+(bins with one event give Breslow's terms).  E0..E2 cover the node's events
+in a bin of ``B``, a count its controls already check (zero or at least
+``nfilter_tab``) as for the risk-set sums.
+
 At a node, a round costs one pass over its rows: the rows sorted by bin of
 ``B`` with their centred covariates and the product columns ``x_a x_b`` are
 built once per analysis and kept between rounds (:mod:`mipflow.algorithms.prepared`);
@@ -38,7 +53,8 @@ It stops as statsmodels' Newton (no coefficient moved by more than ``tol``),
 and one more round gives the information at the final coefficients.
 
 The estimate equals ``statsmodels.duration.hazard_regression.PHReg(ties=
-"breslow")`` on the pooled rows with times rounded up to the bin ends
+"breslow")`` (``ties = "efron"``: ``PHReg(ties="efron")`` and lifelines'
+``CoxPHFitter``) on the pooled rows with times rounded up to the bin ends
 (``binning``); when every distinct time has its own bin that is the unbinned
 fit.  Intervals are Wald intervals; hazard ratios are ``exp(coefficients)``.
 """
@@ -69,6 +85,8 @@ from mipflow.exceptions import RequestError
 CONFIDENCE = 0.95
 MAX_CONDITION = 1e14
 MAX_HALVINGS = 30
+#: Handling of events that share a bin: Breslow's (the default) or Efron's approximation.
+TIES = ("breslow", "efron")
 #: Largest cached matrix of cross products ``x_a x_b`` per node (bytes); beyond it the product
 #: columns are formed anew each round, one at a time.
 MAX_PRODUCTS_BYTES = 768 * 1024 ** 2
@@ -84,6 +102,7 @@ class CoxRegression(SpecAlgorithm):
         **SURVIVAL_PARAMETERS,
         "max_iter": ParamSpec(types=("int",), default=50, min=1, max=1000),
         "tol": ParamSpec(types=("real",), default=1e-8, min=1e-14, max=1e-2),
+        "ties": ParamSpec(types=("text",), default="breslow", notblank=True, enums=TIES),
     })
 
     def check(self, request: AnalysisRequest, model: DataModel) -> None:
@@ -111,17 +130,26 @@ class CoxRegression(SpecAlgorithm):
         event_bins = np.asarray(state["event_bins"], dtype=np.int64)
         if event_bins.size and (event_bins.min() < 0 or event_bins.max() >= n_bins):
             raise RequestError("state.event_bins lies outside the common bins")
-        sums = _bin_sums(risk, np.asarray(state["coefficients"], dtype=float))
+        efron = params["ties"] == "efron"
+        sums, tied = _bin_sums(risk, np.asarray(state["coefficients"], dtype=float), efron)
         # rows at risk at a bin: their time is in this bin or a later one
         at_risk = np.cumsum(sums[::-1], axis=0)[::-1][event_bins]
         p = risk["design"].shape[0]
-        return {"n": len(data), "n_events": int(event.sum()),
-                "group_counts": [int(v) for v in (*risk["leaving_events"], *risk["leaving_censored"])],
-                "events": risk["leaving_events"][event_bins].tolist(),
-                "event_x_sum": risk["event_x_sum"].tolist(),
-                "s0": pack(at_risk[:, 0], "the risk-set sum S0"),
-                "s1": pack(at_risk[:, 1:1 + p], "the risk-set sum S1"),
-                "s2": pack(at_risk[:, 1 + p:], "the risk-set sum S2")}
+        out = {"n": len(data), "n_events": int(event.sum()),
+               # every sum below covers rows counted here (controls: 0 or >= nfilter_tab per bin)
+               "group_counts": [int(v) for v in (*risk["leaving_events"], *risk["leaving_censored"])],
+               "events": risk["leaving_events"][event_bins].tolist(),
+               "event_x_sum": risk["event_x_sum"].tolist(),
+               "s0": pack(at_risk[:, 0], "the risk-set sum S0"),
+               "s1": pack(at_risk[:, 1:1 + p], "the risk-set sum S1"),
+               "s2": pack(at_risk[:, 1 + p:], "the risk-set sum S2")}
+        if efron:
+            # the node's events in each event bin: as many rows as its released event count there
+            tied = tied[event_bins]
+            out.update({"e0": pack(tied[:, 0], "the tied-event sum E0"),
+                        "e1": pack(tied[:, 1:1 + p], "the tied-event sum E1"),
+                        "e2": pack(tied[:, 1 + p:], "the tied-event sum E2")})
+        return out
 
     def coarsen_for_release(self, round: int, aggregates: dict, min_count: int) -> dict:
         """Round 0: merge time bins until no count is in ``(0, min_count)`` (node disclosure controls)."""
@@ -145,10 +173,19 @@ class CoxRegression(SpecAlgorithm):
         s1 = np.sum([unpack(a["s1"]).reshape(-1, p) for a in aggregates], axis=0)
         s2 = np.sum([_full_s2(unpack(a["s2"]), p) for a in aggregates], axis=0)
         event_x = np.sum([np.asarray(a["event_x_sum"], dtype=float) for a in aggregates], axis=0)
-        mean = s1 / s0[:, None]
-        loglik = float(event_x @ beta - events @ np.log(s0))
-        score = event_x - events @ mean
-        information = np.einsum("j,jab->ab", events, s2 / s0[:, None, None] - mean[:, :, None] * mean[:, None, :])
+        if params["ties"] == "efron":
+            if any(key not in a for a in aggregates for key in ("e0", "e1", "e2")):
+                raise RequestError("a node sent no tied-event sums: it does not support ties = 'efron'")
+            e0 = np.sum([unpack(a["e0"]) for a in aggregates], axis=0)
+            e1 = np.sum([unpack(a["e1"]).reshape(-1, p) for a in aggregates], axis=0)
+            e2 = np.sum([_full_s2(unpack(a["e2"]), p) for a in aggregates], axis=0)
+            loglik, score, information = _efron(events, event_x, beta, (s0, s1, s2), (e0, e1, e2))
+        else:
+            mean = s1 / s0[:, None]
+            loglik = float(event_x @ beta - events @ np.log(s0))
+            score = event_x - events @ mean
+            information = np.einsum("j,jab->ab", events,
+                                    s2 / s0[:, None, None] - mean[:, :, None] * mean[:, None, :])
 
         if state["final"]:
             cov = _inverse(information)
@@ -226,10 +263,68 @@ class CoxRegression(SpecAlgorithm):
             "ll": loglik,
             "aic": -2.0 * loglik + 2.0 * k,
             "iterations": int(state["iteration"]),
-            "ties": "breslow",
+            "ties": params["ties"],
             "binning": {**binning_summary(model.variable(request.y[0]), grid, params["bin_width"], state["ends"]),
                         "timeline": grid[np.asarray(state["ends"], dtype=np.int64)]},
         })
+
+
+def _efron(events: np.ndarray, event_x: np.ndarray, beta: np.ndarray,
+           risk: tuple[np.ndarray, np.ndarray, np.ndarray], tied: tuple[np.ndarray, np.ndarray, np.ndarray]
+           ) -> tuple[float, np.ndarray, np.ndarray]:
+    """Efron's log partial likelihood, score and information from pooled per-bin sums.
+
+    Parameters
+    ----------
+    events : numpy.ndarray, shape (bins,)
+        Pooled events ``d_j`` per event bin.
+    event_x : numpy.ndarray, shape (p,)
+        Sum of the covariates over all events.
+    beta : numpy.ndarray, shape (p,)
+    risk : tuple of numpy.ndarray
+        ``S0`` (bins,), ``S1`` (bins, p), ``S2`` (bins, p, p) over the rows at risk.
+    tied : tuple of numpy.ndarray
+        ``E0``, ``E1``, ``E2`` over the rows with an event in the bin, same shapes.
+
+    Returns
+    -------
+    loglik : float
+    score : numpy.ndarray, shape (p,)
+    information : numpy.ndarray, shape (p, p)
+
+    Notes
+    -----
+    With ``f_r = r / d_j`` and ``phi_r = S0 - f_r E0`` a bin contributes
+    ``sum_r log phi_r`` to the likelihood, ``sum_r (S1 - f_r E1) / phi_r`` to the score and
+    ``sum_r (S2 - f_r E2) / phi_r - (S1 - f_r E1)(S1 - f_r E1)' / phi_r^2`` to the
+    information.  Expanding the products, each bin needs only the sums over ``r`` of
+    ``1/phi``, ``f/phi``, ``1/phi^2``, ``f/phi^2`` and ``f^2/phi^2``, computed over one entry
+    per event (``r`` runs over the bin's events).
+    """
+    (s0, s1, s2), (e0, e1, e2) = risk, tied
+    counts = np.rint(events).astype(np.int64)
+    if np.any(counts < 1) or np.any(np.abs(events - counts) > 0):
+        raise RequestError("the Cox aggregates' event counts are not positive whole numbers")
+    bins = np.repeat(np.arange(len(counts)), counts)
+    starts = np.cumsum(counts) - counts
+    f = (np.arange(len(bins)) - starts[bins]) / counts[bins]
+    phi = s0[bins] - f * e0[bins]
+    if np.any(phi <= 0):
+        raise RequestError("the Cox risk-set sums are inconsistent (a non-positive Efron denominator)")
+    n_bins = len(counts)
+
+    def per_bin(values: np.ndarray) -> np.ndarray:
+        return np.bincount(bins, weights=values, minlength=n_bins)
+
+    inv, f_inv = per_bin(1.0 / phi), per_bin(f / phi)
+    inv2, f_inv2, ff_inv2 = per_bin(1.0 / phi ** 2), per_bin(f / phi ** 2), per_bin(f * f / phi ** 2)
+    loglik = float(event_x @ beta - np.sum(np.log(phi)))
+    score = event_x - inv @ s1 + f_inv @ e1
+    cross = np.einsum("j,ja,jb->ab", f_inv2, s1, e1)
+    information = (np.einsum("j,jab->ab", inv, s2) - np.einsum("j,jab->ab", f_inv, e2)
+                   - np.einsum("j,ja,jb->ab", inv2, s1, s1) + cross + cross.T
+                   - np.einsum("j,ja,jb->ab", ff_inv2, e1, e1))
+    return loglik, score, information
 
 
 def _unit_diagonal(information: np.ndarray) -> np.ndarray:
@@ -305,6 +400,7 @@ def _risk_sets(data: pd.DataFrame, request: AnalysisRequest, model: DataModel, p
         sorted_design = np.ascontiguousarray(design[order].T)
         out = {"design": sorted_design,
                "bounds": np.searchsorted(bins[order], np.arange(n_bins + 1), side="left"),
+               "event": np.ascontiguousarray(event[order]),
                "leaving_events": np.bincount(bins[event], minlength=n_bins),
                "leaving_censored": np.bincount(bins[~event], minlength=n_bins),
                "event_x_sum": design[event].sum(axis=0)}
@@ -331,9 +427,10 @@ def _product_columns(design: np.ndarray, products: np.ndarray | None):
             yield design[a] * design[b]
 
 
-def _bin_sums(risk: dict, beta: np.ndarray) -> np.ndarray:
+def _bin_sums(risk: dict, beta: np.ndarray, tied: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """Per bin of ``B``: sums over the rows leaving there of ``w``, ``w x`` and ``w x_a x_b``
-    (``w = exp(x'beta)``), shape (bins, 1 + p + p(p+1)/2).
+    (``w = exp(x'beta)``), shape (bins, 1 + p + p(p+1)/2); with ``tied`` also the same sums over
+    the rows leaving there with an event (Efron's ties), else None.
 
     A sparse matrix (bins x rows, the weights as entries) times each product column; each
     bin's rows are added in their order at the node.
@@ -341,11 +438,17 @@ def _bin_sums(risk: dict, beta: np.ndarray) -> np.ndarray:
     design, bounds = risk["design"], risk["bounds"]
     weight = np.exp(beta @ design)
     n_bins, (p, n) = len(bounds) - 1, design.shape
-    by_bin = sparse.csr_matrix((weight, np.arange(n, dtype=np.int64), bounds), shape=(n_bins, n))
+    columns = np.arange(n, dtype=np.int64)
+    by_bin = sparse.csr_matrix((weight, columns, bounds), shape=(n_bins, n))
+    by_bin_events = (sparse.csr_matrix((np.where(risk["event"], weight, 0.0), columns, bounds), shape=(n_bins, n))
+                     if tied else None)
     out = np.empty((n_bins, 1 + p + p * (p + 1) // 2))
+    out_events = np.empty_like(out) if tied else None
     for k, column in enumerate(_product_columns(design, risk.get("products"))):
         out[:, k] = by_bin @ column
-    return out
+        if by_bin_events is not None:
+            out_events[:, k] = by_bin_events @ column
+    return out, out_events
 
 
 def _full_s2(upper: np.ndarray, p: int) -> np.ndarray:

@@ -2,8 +2,9 @@
 
 The node keeps sorted risk-set arrays between rounds (:mod:`mipflow.algorithms.prepared`)
 and sends its sums packed (:mod:`mipflow.algorithms.packed`).  Here every round's
-S0 / S1 / S2 are checked against sums written out directly from their definition
-(rows whose rounded time is at or after the bin), whether the product columns are cached
+S0 / S1 / S2 (and Efron's E0 / E1 / E2) are checked against sums written out directly from
+their definition (rows whose rounded time is at or after the bin; rows with an event in it),
+whether the product columns are cached
 or formed each round, and with the memo cleared or warm.
 """
 from __future__ import annotations
@@ -36,12 +37,14 @@ def _state(data, req, coefficients=None) -> dict:
     return state
 
 
-def _direct_sums(data, req, state, magnitude: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _direct_sums(data, req, state, magnitude: bool = False, tied: bool = False
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """S0, S1, S2 at each event bin straight from the definition (no sorting, no memo);
-    with ``magnitude`` the same sums of absolute values (the scale of a sum's rounding error)."""
+    with ``tied`` E0, E1, E2 (the rows with an event in the bin); with ``magnitude`` the same
+    sums of absolute values (the scale of a sum's rounding error)."""
     params = ALG.params(req, STROKE)
     grid = grid_for(req, STROKE, params)
-    index, _ = outcome(data, req, STROKE, grid, params["event_level"])
+    index, event = outcome(data, req, STROKE, grid, params["event_level"])
     x, _ = design_matrix(data, req.x, STROKE, columns=state["columns"], intercept=False)
     x = x - np.asarray(state["center"])
     if magnitude:
@@ -51,19 +54,22 @@ def _direct_sums(data, req, state, magnitude: bool = False) -> tuple[np.ndarray,
     s0, s1, s2 = [], [], []
     for j in state["event_bins"]:
         at_risk = index > (ends[j - 1] if j > 0 else -1)
+        if tied:
+            at_risk &= (index <= ends[j]) & event
         s0.append(w[at_risk].sum())
         s1.append((w[at_risk, None] * x[at_risk]).sum(axis=0))
         s2.append(np.einsum("i,ia,ib->ab", w[at_risk], x[at_risk], x[at_risk]))
     return np.array(s0), np.array(s1), np.array(s2)
 
 
+@pytest.mark.parametrize("ties", ["breslow", "efron"])
 @pytest.mark.parametrize("cache_products", [True, False], ids=["cached-products", "products-each-round"])
 @pytest.mark.parametrize("seed", [1, 2])
-def test_round_sums_equal_the_definition(seed: int, cache_products: bool, monkeypatch) -> None:
+def test_round_sums_equal_the_definition(seed: int, cache_products: bool, ties: str, monkeypatch) -> None:
     if not cache_products:
         monkeypatch.setattr(cox_regression, "MAX_PRODUCTS_BYTES", 0)
     prepared.clear()
-    req = request("cox_regression", x=COX_X)
+    req = request("cox_regression", x=COX_X, ties=ties)
     data = prepare_local_data(ALG, make_stroke(seed, 400), req)
     state = _state(data, req)
     p = len(state["columns"])
@@ -80,6 +86,14 @@ def test_round_sums_equal_the_definition(seed: int, cache_products: bool, monkey
         full = cox_regression._full_s2(unpack(sent["s2"]), p)
         assert np.all(np.abs(full - s2) <= 1e-12 * scale2)
         assert unpack(sent["s2"]).shape == (len(state["event_bins"]), p * (p + 1) // 2)  # upper triangle only
+        assert ("e0" in sent) == (ties == "efron")
+        if ties == "efron":
+            e0, e1, e2 = _direct_sums(data, req, state, tied=True)
+            _, scale1, scale2 = _direct_sums(data, req, state, magnitude=True, tied=True)
+            assert np.all(e0 > 0) and np.all(e0 < s0)  # one node: every event bin has its events
+            assert_rel_close(unpack(sent["e0"]), e0, rel=1e-12, what="e0")
+            assert np.all(np.abs(unpack(sent["e1"]) - e1) <= 1e-12 * scale1)
+            assert np.all(np.abs(cox_regression._full_s2(unpack(sent["e2"]), p) - e2) <= 1e-12 * scale2)
     assert ("products" in _risk(data, req, state)) is cache_products
 
 

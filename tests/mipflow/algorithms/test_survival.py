@@ -7,10 +7,10 @@ its disclosure controls (bins merged until no count is small; a node whose
 counts cannot be made safe is left out).  The federated results must equal
 statsmodels on the pooled rows of the contributing nodes with every time
 rounded up to the result's bin ends (``SurvfuncRight``, ``survdiff``,
-``PHReg(ties="breslow")``) to a relative error of 1e-9, and lifelines
-(``KaplanMeierFitter``, ``multivariate_logrank_test``; ``CoxPHFitter``, whose
-Efron ties equal Breslow's where no two events share a time) as a second,
-independent reference.
+``PHReg(ties="breslow")`` and ``PHReg(ties="efron")``) to a relative error of
+1e-9, and lifelines (``KaplanMeierFitter``, ``multivariate_logrank_test``,
+``CoxPHFitter`` with its Efron ties; with Breslow's ties where no two events
+share a time) as a second, independent reference.
 """
 from __future__ import annotations
 
@@ -173,9 +173,10 @@ def test_kaplan_meier_without_merging_is_the_unbinned_estimate(nodes, grouped) -
 
 
 @SETTINGS
-@given(survival_split(min_rows=80), WIDTHS, TABS)
-def test_cox_regression_equals_pooled_phreg_on_rounded_times(nodes, width, tab) -> None:
-    req = request("cox_regression", x=COX_X, bin_width=width)
+@given(survival_split(min_rows=80), WIDTHS, TABS, st.sampled_from(["breslow", "efron"]))
+def test_cox_regression_equals_pooled_phreg_on_rounded_times(nodes, width, tab, ties) -> None:
+    lifelines_reference.lifelines()  # skip (fail in CI) before drawing examples when it is absent
+    req = request("cox_regression", x=COX_X, bin_width=width, ties=ties)
     try:
         result, used, _ = run_with_controls("cox_regression", nodes, req,
                                             NodeSettings(min_row_count=1, nfilter_tab=tab))
@@ -191,12 +192,14 @@ def test_cox_regression_equals_pooled_phreg_on_rounded_times(nodes, width, tab) 
     for var in ("sex", "stroke_type"):
         expected_columns += [f"{var}[{lvl}]" for lvl in sorted(pooled[var].unique())[1:]]
     assert result["indep_vars"] == expected_columns + ["age", "nihss_admission"]
-    event(f"{result['binning']['method']}, merged={result['binning']['merged_for_disclosure']}, nodes={len(used)}")
+    event(f"{ties}, {result['binning']['method']}, merged={result['binning']['merged_for_disclosure']}, "
+          f"nodes={len(used)}")
+    assert result["ties"] == ties
     times = round_up(pooled["followup_days"].to_numpy(), result["binning"]["timeline"])
+    design = cox_design(pooled, result["indep_vars"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fit = PHReg(times, cox_design(pooled, result["indep_vars"]), status=_status(pooled),
-                    ties="breslow").fit(method="newton", tol=1e-8, maxiter=100)
+        fit = PHReg(times, design, status=_status(pooled), ties=ties).fit(method="newton", tol=1e-8, maxiter=100)
     assert result["n_obs"] == len(pooled) and result["n_events"] == int(_status(pooled).sum())
     floor = 1e-6  # coefficients ~0 are compared absolutely at this scale
     check("cox_regression", "coefficients", result["coefficients"], fit.params, floor=floor)
@@ -208,6 +211,12 @@ def test_cox_regression_equals_pooled_phreg_on_rounded_times(nodes, width, tab) 
     check("cox_regression", "upper_ci", result["upper_ci"], ci[:, 1], floor=floor)
     check("cox_regression", "hazard_ratios", result["hazard_ratios"], np.exp(fit.params))
     check("cox_regression", "ll", result["ll"], fit.llf)
+    if ties == "efron":
+        reference = lifelines_reference.cox(times, _status(pooled), design, result["indep_vars"])
+        check("cox_regression", "coefficients (efron, lifelines)", result["coefficients"],
+              reference["coefficients"], floor=floor)
+        check("cox_regression", "stderr (efron, lifelines)", result["stderr"], reference["stderr"])
+        check("cox_regression", "ll (efron, lifelines)", result["ll"], reference["ll"])
 
 
 def test_cox_without_merging_is_the_unbinned_fit() -> None:
@@ -354,16 +363,24 @@ def test_cox_on_too_few_rows_is_refused() -> None:
     assert info.value.control == "nfilter_glm"
 
 
-def test_cox_refuses_a_grid_finer_than_its_safe_bins() -> None:
-    """A central site asking for risk-set sums on every day would get single patients' covariates."""
+@pytest.mark.parametrize("ties", ["breslow", "efron"])
+def test_cox_refuses_a_grid_finer_than_its_safe_bins(ties) -> None:
+    """A central site asking for risk-set sums (or Efron's tied-event sums) on every day would get
+    single patients' covariates."""
     data = make_stroke(16, 300)
-    req = request("cox_regression", x=("age", "sex"))
+    req = request("cox_regression", x=("age", "sex"), ties=ties)
     alg = get_algorithm("cox_regression")
     released = _release("cox_regression", data, req, tab=3)
     assert all(v == 0 or v >= 3 for v in released["events"] + released["censored"])
     honest = alg.global_step(0, [released], req, STROKE, None).state
     rounds = _release("cox_regression", data, req, tab=3, round_no=1, state=honest)
     assert unpack(rounds["s0"]).shape == (len(honest["event_bins"]),)
+    # Efron's sums cover the node's events per event bin, a count the controls saw: 0 or >= 3
+    assert ("e0" in rounds) == (ties == "efron")
+    if ties == "efron":
+        assert unpack(rounds["e0"]).shape == (len(honest["event_bins"]),)
+        assert np.all((unpack(rounds["e0"]) > 0) == (np.asarray(rounds["events"]) >= 3))
+        assert np.all((np.asarray(rounds["events"]) == 0) | (np.asarray(rounds["events"]) >= 3))
     grid_points = len(released["events"]) and (released["ends"][-1] + 1)
     every_day = dict(honest, ends=list(range(grid_points)),
                      event_bins=list(range(grid_points)))
@@ -390,6 +407,29 @@ def test_bad_requests_are_clear_request_errors(algorithm, parameters, x, y, mess
     req = AnalysisRequest(data_model=STROKE.key, datasets=("hospital_a",), x=x, y=y, parameters=parameters)
     with pytest.raises(RequestError, match=message):
         get_algorithm(algorithm).validate(req, STROKE)
+
+
+def test_cox_ties_must_be_breslow_or_efron() -> None:
+    from mipflow.algorithms import AnalysisRequest
+
+    req = AnalysisRequest(data_model=STROKE.key, datasets=("hospital_a",), x=("sex",),
+                          y=("followup_days", "death_90d"), parameters={"event_level": "yes", "ties": "exact"})
+    with pytest.raises(RequestError, match="ties"):
+        get_algorithm("cox_regression").validate(req, STROKE)
+
+
+def test_efron_needs_every_node_to_send_tied_event_sums() -> None:
+    """A node that answers an Efron round without E0..E2 (an older node) is a clear error, never a
+    silent Breslow fit."""
+    data = make_stroke(18, 300)
+    req = request("cox_regression", x=("age", "sex"), ties="efron")
+    alg = get_algorithm("cox_regression")
+    state = transport(alg.global_step(0, [_release("cox_regression", data, req)], req, STROKE, None).state)
+    answer = _release("cox_regression", data, req, round_no=1, state=state)
+    assert alg.global_step(1, [answer], req, STROKE, state).state["iteration"] == 1
+    old = {k: v for k, v in answer.items() if k not in ("e0", "e1", "e2")}
+    with pytest.raises(RequestError, match="efron"):
+        alg.global_step(1, [answer, old], req, STROKE, state)
 
 
 def test_times_after_the_end_of_follow_up_are_a_request_error() -> None:
