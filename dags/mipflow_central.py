@@ -79,7 +79,9 @@ ALGORITHMS: dict[str, tuple[str, bool, bool, bool, dict[str, Param]]] = {
     "cox_regression": ("Cox proportional hazards regression (binned times)", True, True, True, {
         "event_level": Param("yes", type="string", minLength=1, title="Event level (a level of the event variable)"),
         "bin_width": Param(1.0, type="number", exclusiveMinimum=0, title="Time bin width"),
-        "max_time": Param(None, type=["number", "null"], title="End of follow-up (if not declared)")}),
+        "max_time": Param(None, type=["number", "null"], title="End of follow-up (if not declared)"),
+        "ties": Param("breslow", type="string", enum=["breslow", "efron"], title="Tied event times",
+                      description="events sharing a time bin: Breslow's or Efron's approximation")}),
     "kmeans": ("K-means (federated Lloyd iterations)", True, False, False, {
         "k": Param(4, type="integer", minimum=1, maximum=100, title="Clusters (k)"),
         "maxiter": Param(100, type="integer", minimum=1, maximum=100, title="Maximum iterations"),

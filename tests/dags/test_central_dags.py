@@ -203,19 +203,20 @@ def test_federated_contingency_table_dag_equals_pooled_scipy(dags, federation):
 
 
 def test_federated_cox_regression_dag_equals_pooled_phreg(dags, federation):
-    """The survival forms (y = [time, event], event_level, bin_width) through the scheduler-free dag.test."""
+    """The survival forms (y = [time, event], event_level, bin_width, ties) through the scheduler-free dag.test."""
     from statsmodels.duration.hazard_regression import PHReg
 
     run = dags["federated_cox_regression"].test(run_conf=conf(
-        y=["followup_days", "death_90d"], x=["age", "nihss_admission"], event_level="yes", bin_width=7.0))
+        y=["followup_days", "death_90d"], x=["age", "nihss_admission"], event_level="yes", bin_width=7.0,
+        ties="efron"))
     assert "success" in str(run.state)
     result = ResultStore(federation["central"]).get(run.run_id)["result"]
     data = pooled(federation["homes"], ["followup_days", "death_90d", "age", "nihss_admission"])
     timeline = np.asarray(result["binning"]["timeline"])
     times = timeline[np.searchsorted(timeline, data["followup_days"].to_numpy(dtype=float), side="left")]
     fit = PHReg(times, data[["age", "nihss_admission"]].to_numpy(dtype=float),
-                status=(data["death_90d"] == "yes").to_numpy(dtype=float), ties="breslow").fit(method="newton")
-    assert result["binning"]["method"] == "binned" and result["n_obs"] == len(data)
+                status=(data["death_90d"] == "yes").to_numpy(dtype=float), ties="efron").fit(method="newton")
+    assert result["binning"]["method"] == "binned" and result["n_obs"] == len(data) and result["ties"] == "efron"
     np.testing.assert_allclose(result["coefficients"], fit.params, rtol=1e-9)
     np.testing.assert_allclose(result["stderr"], fit.bse, rtol=1e-9)
 
