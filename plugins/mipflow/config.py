@@ -56,6 +56,9 @@ class NodeSettings:
     max_failure_rate: float = 0.2
     #: Rows read per chunk while ingesting (bounds memory).
     chunk_rows: int = 100_000
+    #: MiB of data selections the node API keeps between the rounds of analyses (at most 4
+    #: selections; a larger one is used once and not kept). 0 keeps none.
+    frame_cache_mb: int = 1024
     #: A landing file modified less than this many seconds ago is still being written.
     settle_seconds: float = 5.0
     #: Data model used for landing files when none is named.

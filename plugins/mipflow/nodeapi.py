@@ -145,6 +145,13 @@ class StepCall(StepBody):
         None, description="mask the released aggregates for a secure sum (mipflow.secagg, docs/adr/0014)")
 
 
+def selection_bytes(data: Any, cohorts: Any) -> int:
+    """Memory a cached selection holds: the frame's arrays (object columns as their pointers; their
+    values are shared codes) and the cohorts' row keys."""
+    size = int(data.memory_usage(index=True, deep=False).sum())
+    return size + sum(int(keys.nbytes) for keys in getattr(cohorts, "sets", ()))
+
+
 def _document_step_body(app: FastAPI) -> None:
     """Describe ``POST /v1/steps/{algorithm}``'s body with :class:`StepCall` in ``/openapi.json``.
 
@@ -271,7 +278,7 @@ def create_app(home: NodeHome) -> FastAPI:
             config_seen[:] = [signature, NodeHome(home.root).settings]
         return config_seen[1]
 
-    frames: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
+    frames: OrderedDict[str, tuple[Any, Any, Any, int]] = OrderedDict()  # key -> (version, data, cohorts, bytes)
 
     def local_data(algo: Any, analysis: Any, model: Any, variables: list[str]):
         """The rows a step uses, cached in node memory between the rounds of one analysis.
@@ -288,6 +295,9 @@ def create_app(home: NodeHome) -> FastAPI:
         key = json.dumps([model.key, sorted(analysis.datasets), variables, analysis.filters,
                           algo.complete_case, algo.name], sort_keys=True, default=str)
         version = data_version.token(model.key)
+        budget = int(settings().frame_cache_mb) * 1024 ** 2
+        while frames and sum(v[3] for v in frames.values()) > budget:  # the admin lowered it
+            frames.popitem(last=False)
         hit = frames.get(key)
         if hit is not None and hit[0] == version:
             frames.move_to_end(key)
@@ -296,9 +306,16 @@ def create_app(home: NodeHome) -> FastAPI:
                              filters=analysis.filters, complete_case=algo.complete_case, row_identity=True)
         cohorts = differencing.cohorts(model.key, frame, variables, algo.complete_case)
         data = prepare_local_data(algo, frame, analysis)  # keeps the variables only: no row keys
-        frames[key] = (version, data, cohorts)
-        while len(frames) > FRAME_CACHE_SIZE:
-            frames.popitem(last=False)
+        del frame
+        frames.pop(key, None)  # a stale version
+        size = selection_bytes(data, cohorts)
+        if size <= budget:
+            frames[key] = (version, data, cohorts, size)
+            while len(frames) > FRAME_CACHE_SIZE or sum(v[3] for v in frames.values()) > budget:
+                frames.popitem(last=False)
+        else:
+            log.info("a selection of %.0f MiB is larger than frame_cache_mb (%d): used once, not kept",
+                     size / 1024 ** 2, settings().frame_cache_mb)
         return data, cohorts
 
     clients_file = home.root / "clients.json"

@@ -166,3 +166,45 @@ def test_a_grant_revocation_takes_effect_at_the_next_request(node):
     AccessRegistry(node["home"].root).revoke(node["grant"].id)
     refused = step(node, 1)
     assert refused.status_code == 403 and refused.json()["control"] == "access"
+
+
+def test_the_selection_cache_is_bounded_in_bytes(tmp_path, monkeypatch):
+    """The node keeps a selection between rounds only within ``frame_cache_mb``; a selection
+    larger than the budget is used once and read again for the next round (same answer)."""
+    import mipflow.query
+
+    reads = []
+    real = mipflow.query.select_frame
+
+    def counting(*args, **kwargs):
+        reads.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mipflow.query, "select_frame", counting)
+    home = NodeHome.init(tmp_path / "node", "node", "")
+    load_frame(home.root, MODEL, _rows(1, 80, "a"))
+    grant_all(home.root)
+    credential = issue_client(home.root, "central")
+    with TestClient(create_app(home)) as http:
+        node = {"http": http, "credential": credential}
+        first = step(node, 0).json()
+        assert step(node, 1).json()["aggregates"] == first["aggregates"] and len(reads) == 1  # kept
+        home.set_setting("frame_cache_mb", 0)  # the admin, while the node serves: nothing is kept
+        assert step(node, 2).json()["aggregates"] == first["aggregates"] and len(reads) == 2
+        assert step(node, 3).json()["aggregates"] == first["aggregates"] and len(reads) == 3
+        home.set_setting("frame_cache_mb", 1)
+        step(node, 4)
+        assert step(node, 5).json()["aggregates"] == first["aggregates"] and len(reads) == 4
+
+
+def test_selection_bytes_counts_the_frame_and_the_row_keys():
+    import numpy as np
+    import pandas as pd
+
+    from mipflow.cohorts import Cohorts
+    from mipflow.nodeapi import selection_bytes
+
+    data = pd.DataFrame({"dataset": ["a"] * 1000, "x": np.arange(1000.0)})
+    cohorts = Cohorts("m:1", (np.arange(1000, dtype=np.uint64),), ("d",))
+    assert selection_bytes(data, cohorts) == data.memory_usage(deep=False).sum() + 8000
+    assert selection_bytes(data, cohorts) >= 8 * 1000 * 2  # each column's array at least
