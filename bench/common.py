@@ -42,3 +42,19 @@ def site_homes(tag: str, *, sqlite: bool = False, sites: int = 3) -> Iterator[li
                 for name in databases:
                     conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             admin.dispose()
+
+
+def node_peak_rss_mib(home: Path) -> float | None:
+    """Peak resident memory (``VmHWM``, MiB) of the ``mipflow node serve HOME`` process, if running."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            if b"serve" in argv and str(home).encode() in argv:
+                for line in (proc / "status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) / 1024
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return None

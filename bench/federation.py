@@ -182,6 +182,12 @@ def main() -> int:
                   f"(read {read_s:.2f}s + fit {logit_s:.2f}s)  ratio {np.median(ratios_logit):.2f} "
                   f"(per repetition {', '.join(f'{r:.2f}' for r in ratios_logit)})  "
                   f"max rel diff {rel_logit:.1e}  rounds={fed_logit.rounds}")
+            from bench.common import node_peak_rss_mib
+
+            peaks = {h.name: node_peak_rss_mib(h.root) for h in homes}
+            print("  node peak memory (VmHWM) after both fits: " + ", ".join(
+                f"{name} {peak:.0f} MiB" if peak is not None else f"{name} unknown" for name, peak in peaks.items())
+                + f" (selections kept between rounds: at most frame_cache_mb, default 1024 MiB)")
             for c in clients:
                 c.close()
 
