@@ -16,33 +16,29 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from base64 import urlsafe_b64encode
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(sys.executable).parent
+sys.path[:0] = [str(REPO), str(REPO / "plugins")]
+
+# tests.airflow_server and tests.nodes import nothing with side effects (not tests.conftest)
+from tests.airflow_server import VENV_BIN, airflow_env  # noqa: E402
+from tests.nodes import free_port  # noqa: E402
+
 DAG_ID = "federated_linear_regression"
 FORM = {"y": "mrs_90d", "x": ["age", "nihss_admission"]}
 
 
 class BenchError(Exception):
     pass
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for(what: str, check, timeout: float, interval: float = 0.25) -> Any:
@@ -127,9 +123,6 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, _raise)
     signal.signal(signal.SIGHUP, _raise)
-
-    if str(REPO / "plugins") not in sys.path:
-        sys.path.insert(0, str(REPO / "plugins"))
 
     tmp = Path(tempfile.mkdtemp(prefix="mipflow-trigbench-"))
     procs: list[tuple[str, subprocess.Popen]] = []
@@ -224,35 +217,12 @@ def run(args, tmp: Path, procs: list, airflow_log: Path, register_airflow) -> in
     af_home = tmp / "airflow"
     af_home.mkdir()
     api_port = free_port()
-    passwords = af_home / "passwords.json"
-    passwords.write_text(json.dumps({"admin": "admin"}), encoding="utf-8")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MIPFLOW_"))}
+    # the tests' environment (this checkout's DAGs and plugins, fresh keys, fast scheduling, no task retries)
+    env = airflow_env(af_home, api_port, {"admin": "admin"})
     env.update(node_env)
     env.update({
-        "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",  # standalone runs `airflow` from PATH
-        "AIRFLOW_HOME": str(af_home),
-        "AIRFLOW_CONFIG": str(REPO / "airflow.cfg"),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{af_home / 'airflow.db'}",
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__PARALLELISM": "4",
-        "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.1",
-        "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
-        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
-        "AIRFLOW__API__HOST": "127.0.0.1",
-        "AIRFLOW__API__PORT": str(api_port),
-        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{api_port}",
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
-        # One secret for every component (tokens made by the scheduler are checked by the api-server).
-        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
-        "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(32),
-        "AIRFLOW__CORE__FERNET_KEY": urlsafe_b64encode(os.urandom(32)).decode(),
         "MIPFLOW_NODE_CONN_IDS": ",".join(conn_ids),
         "MIPFLOW_CENTRAL_HOME": str(tmp / "central"),
-        "PYTHONUNBUFFERED": "1",
     })
     t_start = time.perf_counter()
     log = open(airflow_log, "wb")

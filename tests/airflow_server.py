@@ -1,5 +1,9 @@
 """Run a real central Airflow (``airflow standalone``: api-server, scheduler, dag-processor,
-triggerer; LocalExecutor, SQLite) in a temporary home for end-to-end tests, as ``bench/trigger.py`` does."""
+triggerer; LocalExecutor, SQLite) in a temporary home for end-to-end tests.
+
+Importing this module changes nothing in the process (it does not import ``tests.conftest``, whose
+import sets the suite's environment): ``bench/trigger.py`` builds its Airflow's environment with
+:func:`airflow_env` too."""
 from __future__ import annotations
 
 import json
@@ -17,9 +21,9 @@ from typing import Any, Callable, Iterator
 
 import httpx
 
-from tests.conftest import REPO_ROOT
 from tests.nodes import free_port
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
 
@@ -84,8 +88,8 @@ def _wait(what: str, check: Any, timeout: float, server: CentralAirflow) -> Any:
 def airflow_env(home: Path, port: int, users: dict[str, str]) -> dict[str, str]:
     """Environment for a test Airflow in ``home`` (SQLite, LocalExecutor; api-server on ``port``):
     this process's environment without its Airflow and mipflow settings, this checkout's DAGs and
-    plugins, fresh keys, fast scheduling, and the passwords of ``users`` ("admin" and "viewer",
-    with those roles)."""
+    plugins, fresh keys, fast scheduling, and the passwords of ``users`` (name -> password; each
+    name is also the user's role in the simple auth manager, e.g. "admin" and "viewer")."""
     passwords = home / "passwords.json"
     passwords.write_text(json.dumps(users), encoding="utf-8")
     base = f"http://127.0.0.1:{port}"
@@ -103,7 +107,7 @@ def airflow_env(home: Path, port: int, users: dict[str, str]) -> dict[str, str]:
         "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.1",
         "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,viewer:viewer",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{name}:{name}" for name in users),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
         "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__PORT": str(port),

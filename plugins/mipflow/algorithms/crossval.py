@@ -15,11 +15,14 @@ that size (:func:`fold_sizes`), not only the node's row count.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import numpy as np
 
 from mipflow.algorithms.base import ParamSpec
+from mipflow.exceptions import RequestError
+
+_Model = TypeVar("_Model")
 
 #: The ``n_splits`` parameter (Exareme2's spec).
 N_SPLITS = ParamSpec(types=("int",), default=5, notblank=True, min=2, max=20)
@@ -41,6 +44,41 @@ def fold_labels(n_rows: int, n_splits: int, seed: int) -> np.ndarray:
 def fold_sizes(n_rows: int, n_splits: int) -> list[int]:
     """Rows per fold at a node with ``n_rows`` rows (as :func:`fold_labels`)."""
     return [n_rows // n_splits + (1 if k < n_rows % n_splits else 0) for k in range(n_splits)]
+
+
+def fit_folds(aggregates: Sequence[Mapping[str, Any]], n_splits: int,
+              fit: Callable[[list[Any]], _Model]) -> list[_Model]:
+    """Fit fold ``k``'s model on every other fold of every node, for each ``k``.
+
+    Parameters
+    ----------
+    aggregates : sequence of mapping
+        One per node, each with ``"folds"``: that node's statistics of each of
+        its ``n_splits`` folds, in fold order.
+    n_splits : int
+        Number of folds.
+    fit : callable
+        Fits a model from a list of fold statistics (the training folds of all
+        nodes, node by node).
+
+    Returns
+    -------
+    list
+        ``fit``'s result for each fold, in fold order.
+
+    Raises
+    ------
+    RequestError
+        From ``fit``, prefixed with the fold (``"fold 2 of 5: ..."``).
+    """
+    models = []
+    for k in range(n_splits):
+        training = [a["folds"][j] for a in aggregates for j in range(n_splits) if j != k]
+        try:
+            models.append(fit(training))
+        except RequestError as exc:
+            raise RequestError(f"fold {k + 1} of {n_splits}: {exc}") from None
+    return models
 
 
 def mean_std(values: Sequence[float | None]) -> list[float | None]:

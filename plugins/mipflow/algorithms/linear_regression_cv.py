@@ -31,7 +31,7 @@ import pandas as pd
 from mipflow.algorithms.base import (
     AnalysisRequest, Step, design_matrix, json_ready, numeric_values, select_design_columns, sum_level_counts,
 )
-from mipflow.algorithms.crossval import N_SPLITS, SEED, fold_labels, fold_sizes, mean_std
+from mipflow.algorithms.crossval import N_SPLITS, SEED, fit_folds, fold_labels, fold_sizes, mean_std
 from mipflow.algorithms.linear_regression import LinearRegression
 from mipflow.algorithms.moments import compute_moments, merge_moment_dicts
 from mipflow.datamodel import DataModel
@@ -83,15 +83,12 @@ class LinearRegressionCV(LinearRegression):
     def _fit_folds(self, aggregates: list[dict], request: AnalysisRequest, model: DataModel,
                    n_splits: int) -> dict:
         plain = base_request(request)
-        models = []
-        for k in range(n_splits):
-            training = [a["folds"][j] for a in aggregates for j in range(n_splits) if j != k]
-            try:
-                fit = LinearRegression.global_step(self, 0, training, plain, model, None).result
-            except RequestError as exc:
-                raise RequestError(f"fold {k + 1} of {n_splits}: {exc}") from None
-            models.append({"columns": fit["indep_vars"], "coefficients": fit["coefficients"],
-                           "n_train": fit["n_obs"]})
+
+        def fit_fold(training: list[dict]) -> dict:
+            fit = LinearRegression.global_step(self, 0, training, plain, model, None).result
+            return {"columns": fit["indep_vars"], "coefficients": fit["coefficients"], "n_train": fit["n_obs"]}
+
+        models = fit_folds(aggregates, n_splits, fit_fold)
         counts = sum_level_counts([f["level_counts"] for a in aggregates for f in a["folds"]])
         return {"models": models, "indep_vars": select_design_columns(request.x, model, counts)}
 

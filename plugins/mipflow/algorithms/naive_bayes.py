@@ -40,7 +40,7 @@ from mipflow.algorithms.base import (
     json_ready, numeric_values, sorted_levels,
 )
 from mipflow.algorithms.crossval import (
-    N_SPLITS, SEED, fold_labels, fold_sizes, multiclass_metrics,
+    N_SPLITS, SEED, fit_folds, fold_labels, fold_sizes, multiclass_metrics,
 )
 from mipflow.algorithms.moments import Moments, compute_moments, merge_moments
 from mipflow.datamodel import DataModel
@@ -104,13 +104,7 @@ class _NaiveBayesCV(SpecAlgorithm):
                     model: DataModel, state: dict | None) -> Step:
         n_splits = self.params(request, model)["n_splits"]
         if state is None:
-            models = []
-            for k in range(n_splits):
-                training = [a["folds"][j] for a in aggregates for j in range(n_splits) if j != k]
-                try:
-                    models.append(self.fit(training, request, model))
-                except RequestError as exc:
-                    raise RequestError(f"fold {k + 1} of {n_splits}: {exc}") from None
+            models = fit_folds(aggregates, n_splits, lambda training: self.fit(training, request, model))
             full = self.fit([f for a in aggregates for f in a["folds"]], request, model)
             return Step(done=False, state={"models": models, "full": full})
         return Step(done=True, result=self._result(aggregates, request, model, state, n_splits))

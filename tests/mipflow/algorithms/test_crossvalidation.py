@@ -23,7 +23,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.naive_bayes import CategoricalNB, GaussianNB
 
 from mipflow.algorithms import AnalysisRequest, get_algorithm, prepare_local_data, run_in_process
-from mipflow.algorithms.crossval import fold_labels, score_bins
+from mipflow.algorithms.crossval import fit_folds, fold_labels, score_bins
 from mipflow.algorithms.filters_pandas import apply_filters
 from mipflow.config import NodeSettings
 from mipflow.disclosure import DisclosureControls
@@ -264,6 +264,23 @@ def test_naive_bayes_categorical_fit_matches_exareme2(validation_nodes, doc, exp
 def _controls(**settings) -> DisclosureControls:
     base = NodeSettings()
     return DisclosureControls(base.__class__(**{**base.__dict__, **settings}))
+
+
+def test_fit_folds_trains_each_fold_on_every_other_fold_of_every_node() -> None:
+    nodes = [{"folds": [f"a{k}" for k in range(3)]}, {"folds": [f"b{k}" for k in range(3)]}]
+    assert fit_folds(nodes, 3, lambda training: training) == [
+        ["a1", "a2", "b1", "b2"], ["a0", "a2", "b0", "b2"], ["a0", "a1", "b0", "b1"]]
+
+
+def test_fit_folds_names_the_fold_whose_fit_failed() -> None:
+    def fit(training: list[int]) -> int:
+        if sum(training) == 0:
+            raise RequestError("no rows to fit")
+        return sum(training)
+
+    assert fit_folds([{"folds": [1, 2, 0]}], 3, fit) == [2, 1, 3]
+    with pytest.raises(RequestError, match=r"^fold 3 of 3: no rows to fit$"):
+        fit_folds([{"folds": [0, 0, 5]}], 3, fit)
 
 
 @pytest.mark.parametrize("name, x, y, params", [
