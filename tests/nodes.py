@@ -8,7 +8,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import httpx
 
@@ -54,6 +54,25 @@ def running_nodes(homes: list[Path], timeout: float = 60.0) -> Iterator[list[str
             except subprocess.TimeoutExpired:
                 proc.kill()
 
+
+
+@contextmanager
+def served_clients(roots: Mapping[str, Path], *, retries: int = 0) -> Iterator[dict]:
+    """Serve every node home (:func:`running_nodes`), each with a fresh credential for the central
+    site; yield a :class:`mipflow.federation.NodeClient` per node, by name; close them afterwards."""
+    from mipflow.auth import issue_client
+    from mipflow.federation import NodeClient, NodeEndpoint
+
+    credentials = {name: issue_client(root, "central") for name, root in roots.items()}
+    with running_nodes(list(roots.values())) as urls:
+        clients = {name: NodeClient(NodeEndpoint(name, url, credentials[name].client_id,
+                                                 credentials[name].secret.hex()), retries=retries)
+                   for name, url in zip(roots, urls)}
+        try:
+            yield clients
+        finally:
+            for client in clients.values():
+                client.close()
 
 #: Identity the test fixtures analyse as, and the one ``dag.test()`` runs as.
 RESEARCHER = "tester"

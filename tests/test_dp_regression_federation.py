@@ -17,12 +17,11 @@ import pandas as pd
 import pytest
 import statsmodels.api as sm
 
-from mipflow.auth import issue_client
 from mipflow.config import NodeHome
 from mipflow.datamodel import load_data_model
 from mipflow.exceptions import FederationError
-from mipflow.federation import NodeClient, NodeEndpoint, NodeRefused, run_analysis
-from tests.nodes import PROJECT, grant_all, load_frame, running_nodes
+from mipflow.federation import NodeRefused, run_analysis
+from tests.nodes import PROJECT, grant_all, load_frame, served_clients
 
 pytestmark = pytest.mark.xdist_group("dp_regression_federation")
 
@@ -72,14 +71,8 @@ def federation(tmp_path_factory, stroke_model_path, dementia_model):
     home = NodeHome(roots["dp_node"])
     for key, value in (("dp_enabled", 1), ("dp_epsilon", EPSILON), ("dp_budget_epsilon", 1.0)):
         home.set_setting(key, value)
-    credentials = {name: issue_client(root, "central") for name, root in roots.items()}
-    with running_nodes(list(roots.values())) as urls:
-        clients = {name: NodeClient(NodeEndpoint(name, url, credentials[name].client_id,
-                                                 credentials[name].secret.hex()), retries=0)
-                   for name, url in zip(roots, urls)}
+    with served_clients(roots) as clients:
         yield {"roots": roots, "frames": frames, "nodes": clients}
-        for client in clients.values():
-            client.close()
 
 
 # --------------------------------------------------------------------------- the tolerance

@@ -55,7 +55,7 @@ from tests.mipflow.algorithms.helpers import (
 from tests.mipflow.algorithms.test_exareme2_validation import (
     ALGORITHMS, check_case, expected_path, expects_error, load_cases,
 )
-from tests.nodes import PROJECT, RESEARCHER, free_port, grant_all, load_frame, running_nodes
+from tests.nodes import PROJECT, RESEARCHER, free_port, grant_all, load_frame, served_clients
 
 pytestmark = pytest.mark.xdist_group("federation")
 
@@ -173,18 +173,10 @@ def federation(request, tmp_path_factory, shared_dir: Path, dementia_model: Data
         # the one tbi:0.1 case (descriptive_stats): datasets round robin over the same nodes
         tbi = load_data_model(tbi_folder / "CDEsMetadata.json")
         fed_frames["tbi:0.1"] = (tbi, _load_model(roots, tbi_folder, tbi, _round_robin))
-    credentials = {node: issue_client(root, "central") for node, root in roots.items()}
     for root in roots.values():
         grant_all(root)
-    with running_nodes(list(roots.values())) as urls:
-        clients = [NodeClient(NodeEndpoint(node, url, credentials[node].client_id,
-                                           credentials[node].secret.hex()), retries=0)
-                   for node, url in zip(roots, urls)]
-        try:
-            yield Federation(roots=roots, clients=clients, frames=fed_frames)
-        finally:
-            for client in clients:
-                client.close()
+    with served_clients(roots) as served:
+        yield Federation(roots=roots, clients=list(served.values()), frames=fed_frames)
 
 
 # --------------------------------------------------------------------------- 1. Exareme2's suite via HTTP
@@ -514,22 +506,14 @@ def default_federation(tmp_path_factory, shared_dir: Path, dementia_model: DataM
                     "node_desd": synth.iloc[:0]}
     for node in ("node_edsd", "node_ppmi"):
         load_frame(roots[node], synthetic.MODEL, synth_frames[node])
-    credentials = {node: issue_client(root, "central") for node, root in roots.items()}
     for root in roots.values():
         grant_all(root)
-    with running_nodes(list(roots.values())) as urls:
-        clients = [NodeClient(NodeEndpoint(node, url, credentials[node].client_id,
-                                           credentials[node].secret.hex()), retries=0)
-                   for node, url in zip(roots, urls)]
-        try:
-            yield Federation(roots=roots, clients=clients, frames={
-                "dementia:0.1": (dementia_model, frames),
-                synthetic.MODEL.key: (synthetic.MODEL, {n: f.drop(columns="subjectcode").reset_index(drop=True)
-                                                        for n, f in synth_frames.items()}),
-            })
-        finally:
-            for client in clients:
-                client.close()
+    with served_clients(roots) as served:
+        yield Federation(roots=roots, clients=list(served.values()), frames={
+            "dementia:0.1": (dementia_model, frames),
+            synthetic.MODEL.key: (synthetic.MODEL, {n: f.drop(columns="subjectcode").reset_index(drop=True)
+                                                    for n, f in synth_frames.items()}),
+        })
 
 
 def test_defaults_are_in_force(default_federation: Federation) -> None:

@@ -12,14 +12,12 @@ import pytest
 
 from mipflow.algorithms import AnalysisRequest, get_algorithm, run_in_process
 from mipflow.algorithms.kmeans import principal_axis_centres
-from mipflow.auth import issue_client
 from mipflow.cohorts import partition_conflict
 from mipflow.config import NodeHome
-from mipflow.federation import NodeClient, NodeEndpoint
 from mipflow.federation import run_analysis as _run_analysis
 from tests.mipflow.algorithms.helpers import assert_rel_close
 from tests.mipflow.algorithms.synthetic import MODEL, request
-from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, running_nodes
+from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, served_clients
 
 #: every analysis here runs as the identity the nodes' grants approve
 run_analysis = functools.partial(_run_analysis, researcher=RESEARCHER, project=PROJECT)
@@ -53,15 +51,8 @@ def nodes(tmp_path_factory):
         load_frame(home.root, MODEL, frame)
         roots[name] = home.root
         grant_all(home.root)
-    credentials = {name: issue_client(root, "central") for name, root in roots.items()}
-    with running_nodes(list(roots.values())) as urls:
-        clients = [NodeClient(NodeEndpoint(name, url, credentials[name].client_id, credentials[name].secret.hex()),
-                              retries=0) for name, url in zip(roots, urls)]
-        try:
-            yield clients, frames
-        finally:
-            for client in clients:
-                client.close()
+    with served_clients(roots) as served:
+        yield list(served.values()), frames
 
 
 def test_a_node_with_a_one_patient_cluster_is_left_out(nodes) -> None:
@@ -143,15 +134,8 @@ def stop_nodes(tmp_path_factory):
         load_frame(home.root, MODEL, pd.concat(parts.values(), ignore_index=True))
         roots[name] = home.root
         grant_all(home.root)
-    credentials = {name: issue_client(root, "central") for name, root in roots.items()}
-    with running_nodes(list(roots.values())) as urls:
-        clients = [NodeClient(NodeEndpoint(name, url, credentials[name].client_id, credentials[name].secret.hex()),
-                              retries=0) for name, url in zip(roots, urls)]
-        try:
-            yield clients, frames, roots
-        finally:
-            for client in clients:
-                client.close()
+    with served_clients(roots) as served:
+        yield list(served.values()), frames, roots
 
 
 def _request(dataset: str, **parameters) -> AnalysisRequest:
@@ -308,15 +292,8 @@ def corner_nodes(tmp_path_factory):
         load_frame(home.root, MODEL, frame)
         roots[name] = home.root
         grant_all(home.root)
-    credentials = {name: issue_client(root, "central") for name, root in roots.items()}
-    with running_nodes(list(roots.values())) as urls:
-        clients = [NodeClient(NodeEndpoint(name, url, credentials[name].client_id, credentials[name].secret.hex()),
-                              retries=0) for name, url in zip(roots, urls)]
-        try:
-            yield clients, frames, roots
-        finally:
-            for client in clients:
-                client.close()
+    with served_clients(roots) as served:
+        yield list(served.values()), frames, roots
 
 
 def test_a_cluster_gaining_rows_while_losing_one_runs_on_to_convergence(corner_nodes) -> None:

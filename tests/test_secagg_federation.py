@@ -22,13 +22,12 @@ import statsmodels.formula.api as smf
 
 from mipflow import secagg
 from mipflow.audit import AUDIT_FILE
-from mipflow.auth import issue_client
 from mipflow.config import NodeHome
 from mipflow.exceptions import RequestError
-from mipflow.federation import NodeClient, NodeEndpoint, NodeRefused, NodeUnavailable, run_analysis
+from mipflow.federation import NodeClient, NodeRefused, NodeUnavailable, run_analysis
 from tests.mipflow.algorithms.helpers import assert_rel_close
 from tests.mipflow.algorithms.synthetic import MODEL, make_data, request
-from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, running_nodes
+from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, served_clients
 
 pytestmark = pytest.mark.xdist_group("secagg_federation")
 
@@ -74,15 +73,8 @@ def fed(tmp_path_factory) -> Iterator[Fed]:
         home.set_setting("differencing_check", 0)
         load_frame(roots[node], MODEL, data[SPLIT == k].reset_index(drop=True))
         grant_all(roots[node])
-    credentials = {node: issue_client(root, "central") for node, root in roots.items()}
-    with running_nodes(list(roots.values())) as urls:
-        clients = [NodeClient(NodeEndpoint(node, url, credentials[node].client_id, credentials[node].secret.hex()),
-                              retries=0) for node, url in zip(roots, urls)]
-        try:
-            yield Fed(roots, clients)
-        finally:
-            for client in clients:
-                client.close()
+    with served_clients(roots) as served:
+        yield Fed(roots, list(served.values()))
 
 
 def _numbers(doc) -> list[float]:

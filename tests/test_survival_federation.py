@@ -20,9 +20,8 @@ import pandas as pd
 import pytest
 from statsmodels.duration.hazard_regression import PHReg
 
-from mipflow.auth import issue_client
 from mipflow.config import NodeHome
-from mipflow.federation import NodeClient, NodeEndpoint
+from mipflow.federation import NodeClient
 from mipflow.federation import run_analysis as _run_analysis
 from tests.mipflow.algorithms import lifelines_reference
 from tests.mipflow.algorithms.helpers import assert_rel_close
@@ -30,7 +29,7 @@ from tests.mipflow.algorithms.survival_data import (
     HOSPITALS, STROKE, complete, cox_design, make_stroke, request, round_up,
 )
 from tests.mipflow.algorithms.test_survival import COX_COLUMNS, COX_X, KM_COLUMNS, check_km, check_km_lifelines
-from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, running_nodes
+from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, served_clients
 
 #: every analysis here runs as the identity the nodes' grants approve
 run_analysis = functools.partial(_run_analysis, researcher=RESEARCHER, project=PROJECT)
@@ -56,15 +55,8 @@ def survival_federation(tmp_path_factory) -> Iterator[tuple[list[NodeClient], di
         home.set_setting("differencing_check", 0)
         assert load_frame(roots[hospital], STROKE, frame) == len(frame)
         grant_all(roots[hospital])
-    credentials = {h: issue_client(root, "central") for h, root in roots.items()}
-    with running_nodes(list(roots.values())) as urls:
-        clients = [NodeClient(NodeEndpoint(h, url, credentials[h].client_id, credentials[h].secret.hex()),
-                              retries=0) for h, url in zip(roots, urls)]
-        try:
-            yield clients, frames
-        finally:
-            for client in clients:
-                client.close()
+    with served_clients(roots) as served:
+        yield list(served.values()), frames
 
 
 def test_kaplan_meier_via_http(survival_federation) -> None:
