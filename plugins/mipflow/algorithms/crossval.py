@@ -46,6 +46,15 @@ def fold_sizes(n_rows: int, n_splits: int) -> list[int]:
     return [n_rows // n_splits + (1 if k < n_rows % n_splits else 0) for k in range(n_splits)]
 
 
+class CrossValidated:
+    """What the cross-validation algorithms share: the fold sizes the node's disclosure controls
+    check (:mod:`mipflow.disclosure`); mixed in before the algorithm's base class."""
+
+    def fold_sizes(self, request: Any, n_rows: int) -> list[int]:
+        """Rows per fold at a node (checked by the node's disclosure controls)."""
+        return fold_sizes(n_rows, self.params(request)["n_splits"])  # type: ignore[attr-defined]
+
+
 def fit_folds(aggregates: Sequence[Mapping[str, Any]], n_splits: int,
               fit: Callable[[list[Any]], _Model]) -> list[_Model]:
     """Fit fold ``k``'s model on every other fold of every node, for each ``k``.

@@ -31,7 +31,7 @@ import pandas as pd
 from mipflow.algorithms.base import (
     AnalysisRequest, Step, design_matrix, json_ready, numeric_values, select_design_columns, sum_level_counts,
 )
-from mipflow.algorithms.crossval import N_SPLITS, SEED, fit_folds, fold_labels, fold_sizes, mean_std
+from mipflow.algorithms.crossval import N_SPLITS, SEED, CrossValidated, fit_folds, fold_labels, mean_std
 from mipflow.algorithms.linear_regression import LinearRegression
 from mipflow.algorithms.moments import compute_moments, merge_moment_dicts
 from mipflow.datamodel import DataModel
@@ -45,14 +45,10 @@ def base_request(request: AnalysisRequest, keep: tuple[str, ...] = ()) -> Analys
                            parameters={k: v for k, v in request.parameters.items() if k in keep})
 
 
-class LinearRegressionCV(LinearRegression):
+class LinearRegressionCV(CrossValidated, LinearRegression):
     name = "linear_regression_cv"
     label = "Linear Regression Cross-validation"
     parameter_specs = MappingProxyType({"n_splits": N_SPLITS, "seed": SEED})
-
-    def fold_sizes(self, request: AnalysisRequest, n_rows: int) -> list[int]:
-        """Rows per fold at a node (checked by the node's disclosure controls)."""
-        return fold_sizes(n_rows, self.params(request)["n_splits"])
 
     def local_step(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
                    model: DataModel, state: dict | None) -> dict:

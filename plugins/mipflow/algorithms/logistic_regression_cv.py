@@ -33,7 +33,7 @@ from mipflow.algorithms.base import (
     AnalysisRequest, ParamSpec, Step, category_codes, design_matrix, json_ready, level_counts,
 )
 from mipflow.algorithms.crossval import (
-    N_SPLITS, SEED, binary_metrics, fold_labels, fold_sizes, mean_std, roc_from_bins, score_bins,
+    N_SPLITS, SEED, CrossValidated, binary_metrics, fold_labels, mean_std, roc_from_bins, score_bins,
 )
 from mipflow.algorithms.linear_regression_cv import base_request
 from mipflow.algorithms.logistic_regression import LogisticRegression
@@ -44,7 +44,7 @@ from mipflow.exceptions import RequestError
 _PLAIN = ("positive_class", "max_iter", "tol")
 
 
-class LogisticRegressionCV(LogisticRegression):
+class LogisticRegressionCV(CrossValidated, LogisticRegression):
     name = "logistic_regression_cv"
     label = "Logistic Regression Cross-validation"
     parameter_specs = MappingProxyType({
@@ -54,10 +54,6 @@ class LogisticRegressionCV(LogisticRegression):
         # mipflow addition: resolution of the shared ROC thresholds
         "roc_bins": ParamSpec(types=("int",), default=50, min=2, max=1000),
     })
-
-    def fold_sizes(self, request: AnalysisRequest, n_rows: int) -> list[int]:
-        """Rows per fold at a node (checked by the node's disclosure controls)."""
-        return fold_sizes(n_rows, self.params(request)["n_splits"])
 
     # -- local ------------------------------------------------------------------
 

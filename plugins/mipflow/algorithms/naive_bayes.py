@@ -40,7 +40,7 @@ from mipflow.algorithms.base import (
     json_ready, numeric_values, sorted_levels,
 )
 from mipflow.algorithms.crossval import (
-    N_SPLITS, SEED, fit_folds, fold_labels, fold_sizes, multiclass_metrics,
+    N_SPLITS, SEED, CrossValidated, fit_folds, fold_labels, multiclass_metrics,
 )
 from mipflow.algorithms.moments import Moments, compute_moments, merge_moments
 from mipflow.datamodel import DataModel
@@ -49,7 +49,7 @@ from mipflow.exceptions import RequestError
 _Y = InputSpec(types=("text", "int"), stattypes=(NOMINAL,), notblank=True, multiple=False)
 
 
-class _NaiveBayesCV(SpecAlgorithm):
+class _NaiveBayesCV(CrossValidated, SpecAlgorithm):
     """Shared rounds of the two classifiers; subclasses supply the per-class statistics."""
 
     y_spec = _Y
@@ -57,10 +57,6 @@ class _NaiveBayesCV(SpecAlgorithm):
     def check(self, request: AnalysisRequest, model: DataModel) -> None:
         if request.y[0] in request.x:
             raise RequestError(f"{request.y[0]!r} cannot be both the class and a covariate")
-
-    def fold_sizes(self, request: AnalysisRequest, n_rows: int) -> list[int]:
-        """Rows per fold at a node (checked by the node's disclosure controls)."""
-        return fold_sizes(n_rows, self.params(request)["n_splits"])
 
     def classes(self, request: AnalysisRequest, model: DataModel) -> tuple[str, ...]:
         return sorted_levels(model.variable(request.y[0]))
