@@ -404,23 +404,6 @@ def assignment_graph(new: np.ndarray, old: np.ndarray) -> np.ndarray:
     return graph
 
 
-def _components(graph: np.ndarray) -> list[np.ndarray]:
-    """Vertex indices of each connected component of a weighted graph."""
-    unseen = np.ones(len(graph), dtype=bool)
-    parts = []
-    while unseen.any():
-        reached = np.zeros(len(graph), dtype=bool)
-        reached[int(np.flatnonzero(unseen)[0])] = True
-        while True:
-            grown = reached | (graph[reached] > 0).any(axis=0)
-            if (grown == reached).all():
-                break
-            reached = grown
-        parts.append(np.flatnonzero(reached))
-        unseen &= ~reached
-    return parts
-
-
 def smallest_released_difference(new: np.ndarray, old: np.ndarray) -> int:
     """Fewest rows that some linear combination of two assignments' cluster sums isolates.
 
@@ -447,7 +430,10 @@ def smallest_released_difference(new: np.ndarray, old: np.ndarray) -> int:
         return 0
     graph = assignment_graph(new, old)
     best = None
-    for part in _components(graph):
+    from scipy.sparse.csgraph import connected_components
+
+    _, labels = connected_components(graph, directed=False)
+    for part in (np.flatnonzero(labels == c) for c in range(int(labels.max(initial=-1)) + 1)):
         sub = graph[np.ix_(part, part)]
         weight = int(sub[sub > 0].min()) if len(part) >= 2 else 0
         if best is not None and weight >= best:
