@@ -19,10 +19,11 @@ built on the first request.
 from __future__ import annotations
 
 import os
-import threading
 from typing import Any, Mapping
 
 from airflow.plugins_manager import AirflowPlugin
+
+from mipflow.lazyasgi import LazyASGIApp
 
 URL_PREFIX = "/mipflow-node"
 
@@ -42,27 +43,9 @@ def build_app() -> Any:
     return create_app(NodeHome(os.environ["MIPFLOW_NODE_HOME"]))
 
 
-class LazyNodeApp:
-    """An ASGI app that builds the node API on its first request."""
-
-    def __init__(self) -> None:
-        self._app: Any = None
-        self._lock = threading.Lock()
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":  # the node API has no start-up work
-            return
-        if self._app is None:
-            with self._lock:
-                if self._app is None:
-                    self._app = build_app()
-        await self._app(scope, receive, send)
-
-    def __repr__(self) -> str:
-        return "mipflow node aggregate API (mipflow.nodeapi)"
-
-
 class MipflowNodeApiPlugin(AirflowPlugin):
     name = "mipflow_node_api"
-    fastapi_apps = ([{"app": LazyNodeApp(), "url_prefix": URL_PREFIX, "name": "mipflow node API"}]
+    fastapi_apps = ([{"app": LazyASGIApp(build_app, "mipflow node aggregate API (mipflow.nodeapi)",
+                                         skip_lifespan=True),
+                      "url_prefix": URL_PREFIX, "name": "mipflow node API"}]
                     if mount_enabled() else [])

@@ -13,10 +13,11 @@ built on the first request.
 from __future__ import annotations
 
 import os
-import threading
 from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
+
+from mipflow.lazyasgi import LazyASGIApp
 
 URL_PREFIX = "/mipflow"
 
@@ -37,24 +38,6 @@ def build_app() -> Any:
     return create_app(user=get_user, can_read=_can_read)
 
 
-class LazyApp:
-    """An ASGI app that builds the real one on its first request."""
-
-    def __init__(self) -> None:
-        self._app: Any = None
-        self._lock = threading.Lock()
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if self._app is None:
-            with self._lock:
-                if self._app is None:
-                    self._app = build_app()
-        await self._app(scope, receive, send)
-
-    def __repr__(self) -> str:
-        return "mipflow results pages (mipflow.webui)"
-
-
 _views = [{"name": "Analysis results", "href": URL_PREFIX.lstrip("/") + "/", "destination": "nav",
            "category": "browse", "url_route": "mipflow-results"}]
 if os.environ.get("MIPFLOW_NODE_HOME"):
@@ -64,5 +47,6 @@ if os.environ.get("MIPFLOW_NODE_HOME"):
 
 class MipflowUIPlugin(AirflowPlugin):
     name = "mipflow_ui"
-    fastapi_apps = [{"app": LazyApp(), "url_prefix": URL_PREFIX, "name": "mipflow results"}]
+    fastapi_apps = [{"app": LazyASGIApp(build_app, "mipflow results pages (mipflow.webui)"),
+                     "url_prefix": URL_PREFIX, "name": "mipflow results"}]
     external_views = _views
