@@ -5,7 +5,7 @@ import tempfile
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 PG_ADMIN = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 
@@ -58,3 +58,60 @@ def node_peak_rss_mib(home: Path) -> float | None:
         except OSError:  # gone meanwhile, or not ours to read
             continue
     return None
+
+
+def print_machine() -> None:
+    """Which mipflow runs, the CPU count and the load average (benchmarks are read beside these)."""
+    import os
+
+    import mipflow
+
+    print(f"mipflow from {Path(mipflow.__file__).parent}, {os.cpu_count()} CPUs, load average "
+          f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}")
+
+
+@contextmanager
+def loaded_federation(tag: str, model: Any, rows_for: Callable[[int], Any], *, rows_per_node: int,
+                      sqlite: bool = False, timeout: float = 600.0) -> Iterator[tuple[list, list, Any]]:
+    """Three node homes (:func:`site_homes`) loaded with ``rows_for(site)`` and access granted to the
+    test identity, served on loopback; yields the homes, a client per node (slow steps allowed
+    ``timeout`` seconds) and a :class:`bench.rounds.RoundLog` attached to every client."""
+    import time
+
+    from bench.rounds import RoundLog
+    from mipflow.auth import issue_client
+    from mipflow.federation import NodeClient, NodeEndpoint
+    from tests.nodes import grant_all, load_frame, running_nodes
+
+    with site_homes(tag, sqlite=sqlite) as homes:
+        for site, home in enumerate(homes):
+            t = time.perf_counter()
+            load_frame(home.root, model, rows_for(site))
+            print(f"site{site}: loaded {rows_per_node} rows in {time.perf_counter() - t:.1f}s")
+            grant_all(home.root)
+        with running_nodes([h.root for h in homes]) as urls:
+            clients = [NodeClient(NodeEndpoint(h.name, u, "central", issue_client(h.root, "central").secret.hex()),
+                                  timeout=timeout)
+                       for h, u in zip(homes, urls)]
+            round_log = RoundLog()
+            for client in clients:
+                round_log.attach(client)
+            try:
+                yield homes, clients, round_log
+            finally:
+                for client in clients:
+                    client.close()
+
+
+def read_pooled(homes: list, sql: str) -> Any:
+    """The pooled baseline's read: ``sql`` on every home's store, the rows concatenated."""
+    import pandas as pd
+    import sqlalchemy as sa
+
+    frames = []
+    for home in homes:
+        engine = sa.create_engine(home.db_url)
+        with engine.connect() as conn:
+            frames.append(pd.read_sql(sa.text(sql), conn))
+        engine.dispose()
+    return pd.concat(frames, ignore_index=True)

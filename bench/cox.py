@@ -66,63 +66,37 @@ def main() -> int:
     parser.add_argument("--sqlite", action="store_true")
     args = parser.parse_args()
 
-    import sqlalchemy as sa
     from statsmodels.duration.hazard_regression import PHReg
 
-    from bench.common import site_homes
-    from mipflow.auth import issue_client
+    from bench.common import loaded_federation, print_machine, read_pooled
     from mipflow.datamodel import DataModel
-    from mipflow.federation import NodeClient, NodeEndpoint, run_analysis
-    from bench.rounds import RoundLog
-    from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, running_nodes
+    from mipflow.federation import run_analysis
+    from tests.nodes import PROJECT, RESEARCHER
 
-    import mipflow
-
-    print(f"mipflow from {Path(mipflow.__file__).parent}, {os.cpu_count()} CPUs, load average "
-          f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}")
+    print_machine()
     model = DataModel.from_dict(model_doc())
-    with site_homes("coxbench", sqlite=args.sqlite) as homes:
-        for site, home in enumerate(homes):
-            t = time.perf_counter()
-            load_frame(home.root, model, make_rows(args.rows_per_node, 100 + site, site))
-            print(f"site{site}: loaded {args.rows_per_node} rows in {time.perf_counter() - t:.1f}s")
-            grant_all(home.root)
-        with running_nodes([h.root for h in homes]) as urls:
-            clients = [NodeClient(NodeEndpoint(h.name, u, "central", issue_client(h.root, "central").secret.hex()),
-                                  timeout=600)
-                       for h, u in zip(homes, urls)]
-            round_log = RoundLog()
-            for client in clients:
-                round_log.attach(client)
-            request = {"inputdata": {"data_model": "coxbench:1", "datasets": ["site0", "site1", "site2"],
-                                     "x": ["arm", *NUMERICAL], "y": ["days", "death"], "filters": None},
-                       "parameters": {"event_level": "yes", "bin_width": 1}}
-            t = time.perf_counter()
-            fed = run_analysis("cox_regression", request, clients, min_nodes=3,
-                               researcher=RESEARCHER, project=PROJECT)
-            fed_s = time.perf_counter() - t
+    with loaded_federation("coxbench", model, lambda site: make_rows(args.rows_per_node, 100 + site, site),
+                           rows_per_node=args.rows_per_node, sqlite=args.sqlite) as (homes, clients, round_log):
+        request = {"inputdata": {"data_model": "coxbench:1", "datasets": ["site0", "site1", "site2"],
+                                 "x": ["arm", *NUMERICAL], "y": ["days", "death"], "filters": None},
+                   "parameters": {"event_level": "yes", "bin_width": 1}}
+        t = time.perf_counter()
+        fed = run_analysis("cox_regression", request, clients, min_nodes=3,
+                           researcher=RESEARCHER, project=PROJECT)
+        fed_s = time.perf_counter() - t
 
-            t = time.perf_counter()
-            frames = []
-            for home in homes:
-                engine = sa.create_engine(home.db_url)
-                with engine.connect() as conn:
-                    frames.append(pd.read_sql(sa.text(f"SELECT days, death, arm, {', '.join(NUMERICAL)} "
-                                                      "FROM dm_coxbench_1"), conn))
-                engine.dispose()
-            pooled = pd.concat(frames, ignore_index=True)
-            read_s = time.perf_counter() - t
-            timeline = np.asarray(fed.result["binning"]["timeline"], dtype=float)
-            times = timeline[np.searchsorted(timeline, pooled["days"].to_numpy(dtype=float), side="left")]
-            design = np.column_stack([(pooled["arm"] == "b"), (pooled["arm"] == "c"),
-                                      pooled[NUMERICAL].to_numpy()]).astype(float)
-            t = time.perf_counter()
-            fit = PHReg(times, design, status=(pooled["death"] == "yes").to_numpy(dtype=float),
-                        ties="breslow").fit(method="newton", tol=1e-8)
-            fit_s = time.perf_counter() - t
-            rounds_table = round_log.table(homes, "cox_regression")
-            for c in clients:
-                c.close()
+        t = time.perf_counter()
+        pooled = read_pooled(homes, f"SELECT days, death, arm, {', '.join(NUMERICAL)} FROM dm_coxbench_1")
+        read_s = time.perf_counter() - t
+        timeline = np.asarray(fed.result["binning"]["timeline"], dtype=float)
+        times = timeline[np.searchsorted(timeline, pooled["days"].to_numpy(dtype=float), side="left")]
+        design = np.column_stack([(pooled["arm"] == "b"), (pooled["arm"] == "c"),
+                                  pooled[NUMERICAL].to_numpy()]).astype(float)
+        t = time.perf_counter()
+        fit = PHReg(times, design, status=(pooled["death"] == "yes").to_numpy(dtype=float),
+                    ties="breslow").fit(method="newton", tol=1e-8)
+        fit_s = time.perf_counter() - t
+        rounds_table = round_log.table(homes, "cox_regression")
 
     assert fed.result["indep_vars"] == ["arm[b]", "arm[c]", *NUMERICAL], fed.result["indep_vars"]
     rel = np.max(np.abs(np.array(fed.result["coefficients"]) - fit.params) / np.abs(fit.params))

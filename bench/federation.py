@@ -74,10 +74,9 @@ def main() -> int:
     args = parser.parse_args()
 
     import httpx
-    import sqlalchemy as sa
     import statsmodels.api as sm
 
-    from bench.common import site_homes
+    from bench.common import read_pooled, site_homes
     from mipflow.auth import issue_client
     from mipflow.datamodel import DataModel
     from mipflow.federation import NodeClient, NodeEndpoint, run_analysis
@@ -137,14 +136,7 @@ def main() -> int:
             timings: dict[str, list[float]] = {k: [] for k in ("read", "ols", "logit", "fed_ols", "fed_logit")}
             for _repeat in range(args.repeat):  # interleaved: each repetition runs every contender once
                 t = time.perf_counter()
-                frames = []
-                for home in homes:
-                    engine = sa.create_engine(home.db_url)
-                    with engine.connect() as conn:
-                        frames.append(pd.read_sql(sa.text(f"SELECT y, event, {', '.join(covariates)} "
-                                                          "FROM dm_bench_1"), conn))
-                    engine.dispose()
-                pooled = pd.concat(frames, ignore_index=True)
+                pooled = read_pooled(homes, f"SELECT y, event, {', '.join(covariates)} FROM dm_bench_1")
                 timings["read"].append(time.perf_counter() - t)
                 X = sm.add_constant(pooled[covariates])
                 t = time.perf_counter()

@@ -64,90 +64,65 @@ def main() -> int:
     parser.add_argument("--sqlite", action="store_true")
     args = parser.parse_args()
 
-    import sqlalchemy as sa
     from sklearn.cluster import KMeans
 
-    from bench.common import site_homes
+    from bench.common import loaded_federation, print_machine, read_pooled
     from mipflow.algorithms.kmeans import principal_axis_centres
-    from mipflow.auth import issue_client
     from mipflow.datamodel import DataModel
-    from mipflow.federation import NodeClient, NodeEndpoint, run_analysis
+    from mipflow.federation import run_analysis
     from tests.mipflow.algorithms.test_kmeans import numpy_lloyd
-    from bench.rounds import RoundLog
-    from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, running_nodes
+    from tests.nodes import PROJECT, RESEARCHER
 
-    import mipflow
-
-    print(f"mipflow from {Path(mipflow.__file__).parent}, {os.cpu_count()} CPUs, load average "
-          f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}")
+    print_machine()
     model = DataModel.from_dict(model_doc())
-    with site_homes("kmbench", sqlite=args.sqlite) as homes:
-        for site, home in enumerate(homes):
-            t = time.perf_counter()
-            load_frame(home.root, model, make_rows(args.rows_per_node, site))
-            print(f"site{site}: loaded {args.rows_per_node} rows in {time.perf_counter() - t:.1f}s")
-            grant_all(home.root)
-        with running_nodes([h.root for h in homes]) as urls:
-            clients = [NodeClient(NodeEndpoint(h.name, u, "central", issue_client(h.root, "central").secret.hex()),
-                                  timeout=600.0)
-                       for h, u in zip(homes, urls)]
-            round_log = RoundLog()
-            for client in clients:
-                round_log.attach(client)
-            request = {"inputdata": {"data_model": "kbench:1", "datasets": ["site0", "site1", "site2"],
-                                     "x": [], "y": list(VARIABLES), "filters": None},
-                       "parameters": {"k": args.k, "tol": args.tol, "maxiter": 100}}
-            t = time.perf_counter()
-            outcome = run_analysis("kmeans", request, clients, min_nodes=3,
-                               researcher=RESEARCHER, project=PROJECT)
-            fed_s = time.perf_counter() - t
+    with loaded_federation("kmbench", model, lambda site: make_rows(args.rows_per_node, site),
+                           rows_per_node=args.rows_per_node, sqlite=args.sqlite) as (homes, clients, round_log):
+        request = {"inputdata": {"data_model": "kbench:1", "datasets": ["site0", "site1", "site2"],
+                                 "x": [], "y": list(VARIABLES), "filters": None},
+                   "parameters": {"k": args.k, "tol": args.tol, "maxiter": 100}}
+        t = time.perf_counter()
+        outcome = run_analysis("kmeans", request, clients, min_nodes=3,
+                           researcher=RESEARCHER, project=PROJECT)
+        fed_s = time.perf_counter() - t
 
-            t = time.perf_counter()
-            frames = []
-            for home in homes:
-                engine = sa.create_engine(home.db_url)
-                with engine.connect() as conn:
-                    frames.append(pd.read_sql(sa.text(f"SELECT {', '.join(VARIABLES)} FROM dm_kbench_1"), conn))
-                engine.dispose()
-            values = pd.concat(frames, ignore_index=True).dropna().to_numpy(dtype=float)
-            read_s = time.perf_counter() - t
-            start = principal_axis_centres(values.mean(axis=0), np.cov(values, rowvar=False), args.k)
-            t = time.perf_counter()
-            sk = KMeans(n_clusters=args.k, init=start, n_init=1, algorithm="lloyd", max_iter=100,
-                        tol=args.tol ** 2 / float(np.mean(np.var(values, axis=0)))).fit(values)
-            sk_s = time.perf_counter() - t
-            t = time.perf_counter()
-            ref = numpy_lloyd(values, start, args.tol, 100)
-            np_s = time.perf_counter() - t
-            centres = np.asarray(outcome.result["centers"])
-            stopped = outcome.result.get("stopped")
-            if stopped:  # the same number of updates, never stopping on tol
-                same = numpy_lloyd(values, start, -1.0, outcome.result["n_iter"])["centers"]
-                rel_same = float(np.max(np.abs(centres - same) / np.abs(same)))
-            rel_sk = float(np.max(np.abs(centres - sk.cluster_centers_) / np.abs(sk.cluster_centers_)))
-            rel_np = float(np.max(np.abs(centres - ref["centers"]) / np.abs(ref["centers"])))
-            store = "SQLite" if args.sqlite else "PostgreSQL"
-            print(f"\nkmeans k={args.k}, tol={args.tol:g}, 3 nodes x {args.rows_per_node} rows x "
-                  f"{len(VARIABLES)} variables ({store} stores)")
-            print(f"  federated: {fed_s:7.2f}s  {outcome.rounds} rounds ({outcome.result['n_iter']} Lloyd "
-                  f"updates + moments{'' if stopped else ' + evaluation'}), "
-                  f"converged={outcome.result['converged']}")
-            if stopped:
-                print(f"  stopped: reason={stopped['reason']} control={stopped['control']} at round "
-                      f"{stopped['round']} by {', '.join(stopped['nodes'])}; last shift "
-                      f"{outcome.result['last_shift']:.2e} (tol {args.tol:g}); inertia of the "
-                      f"{outcome.result['inertia_of']}; max rel diff of centres vs pooled numpy Lloyd with "
-                      f"the same {outcome.result['n_iter']} updates {rel_same:.1e}")
-            print(f"  pooled sklearn: {read_s + sk_s:7.2f}s (read {read_s:.2f}s + fit {sk_s:.2f}s, "
-                  f"{sk.n_iter_} iterations)  ratio federated/pooled {fed_s / (read_s + sk_s):.2f}  "
-                  f"max rel diff of centres {rel_sk:.1e}")
-            print(f"  pooled numpy Lloyd: {read_s + np_s:7.2f}s (read {read_s:.2f}s + fit {np_s:.2f}s, "
-                  f"{ref['n_iter']} iterations)  ratio {fed_s / (read_s + np_s):.2f}  "
-                  f"max rel diff of centres {rel_np:.1e}, Frobenius distance "
-                  f"{float(np.linalg.norm(centres - ref['centers'])):.1e}")
-            print(round_log.table(homes, "kmeans", summary=True))
-            for c in clients:
-                c.close()
+        t = time.perf_counter()
+        values = read_pooled(homes, f"SELECT {', '.join(VARIABLES)} FROM dm_kbench_1").dropna().to_numpy(dtype=float)
+        read_s = time.perf_counter() - t
+        start = principal_axis_centres(values.mean(axis=0), np.cov(values, rowvar=False), args.k)
+        t = time.perf_counter()
+        sk = KMeans(n_clusters=args.k, init=start, n_init=1, algorithm="lloyd", max_iter=100,
+                    tol=args.tol ** 2 / float(np.mean(np.var(values, axis=0)))).fit(values)
+        sk_s = time.perf_counter() - t
+        t = time.perf_counter()
+        ref = numpy_lloyd(values, start, args.tol, 100)
+        np_s = time.perf_counter() - t
+        centres = np.asarray(outcome.result["centers"])
+        stopped = outcome.result.get("stopped")
+        if stopped:  # the same number of updates, never stopping on tol
+            same = numpy_lloyd(values, start, -1.0, outcome.result["n_iter"])["centers"]
+            rel_same = float(np.max(np.abs(centres - same) / np.abs(same)))
+        rel_sk = float(np.max(np.abs(centres - sk.cluster_centers_) / np.abs(sk.cluster_centers_)))
+        rel_np = float(np.max(np.abs(centres - ref["centers"]) / np.abs(ref["centers"])))
+        store = "SQLite" if args.sqlite else "PostgreSQL"
+        print(f"\nkmeans k={args.k}, tol={args.tol:g}, 3 nodes x {args.rows_per_node} rows x "
+              f"{len(VARIABLES)} variables ({store} stores)")
+        print(f"  federated: {fed_s:7.2f}s  {outcome.rounds} rounds ({outcome.result['n_iter']} Lloyd "
+              f"updates + moments{'' if stopped else ' + evaluation'}), "
+              f"converged={outcome.result['converged']}")
+        if stopped:
+            print(f"  stopped: reason={stopped['reason']} control={stopped['control']} at round "
+                  f"{stopped['round']} by {', '.join(stopped['nodes'])}; last shift "
+                  f"{outcome.result['last_shift']:.2e} (tol {args.tol:g}); inertia of the "
+                  f"{outcome.result['inertia_of']}; max rel diff of centres vs pooled numpy Lloyd with "
+                  f"the same {outcome.result['n_iter']} updates {rel_same:.1e}")
+        print(f"  pooled sklearn: {read_s + sk_s:7.2f}s (read {read_s:.2f}s + fit {sk_s:.2f}s, "
+              f"{sk.n_iter_} iterations)  ratio federated/pooled {fed_s / (read_s + sk_s):.2f}  "
+              f"max rel diff of centres {rel_sk:.1e}")
+        print(f"  pooled numpy Lloyd: {read_s + np_s:7.2f}s (read {read_s:.2f}s + fit {np_s:.2f}s, "
+              f"{ref['n_iter']} iterations)  ratio {fed_s / (read_s + np_s):.2f}  "
+              f"max rel diff of centres {rel_np:.1e}, Frobenius distance "
+              f"{float(np.linalg.norm(centres - ref['centers'])):.1e}")
+        print(round_log.table(homes, "kmeans", summary=True))
 
     return 0
 
