@@ -231,23 +231,17 @@ def _multiple_histograms(algo: Any, data: Any, request: Any, model: Any, noise: 
                          ) -> tuple[dict[str, Any], dict[str, list[float]]]:
     """Noisy bin counts over the declared range (values clamped into it) or the enumerations."""
     from mipflow.algorithms.base import category_codes, numeric_values
+    from mipflow.algorithms.multiple_histograms import bin_counter, level_counter
 
     yvar = model.variable(request.y[0])
     clamped: dict[str, list[float]] = {}
     if yvar.is_categorical:
-        y_codes = category_codes(data[yvar.code], yvar).to_numpy()
-
-        def count(mask: np.ndarray) -> list[int]:
-            sel = y_codes[mask]
-            return [int(np.count_nonzero(sel == c)) for c in yvar.enumeration_codes]
+        count = level_counter(category_codes(data[yvar.code], yvar).to_numpy(), yvar.enumeration_codes)
     else:
         lo, hi = _declared_bounds(model, yvar.code, algo.name)
         clamped[yvar.code] = [lo, hi]
-        values = np.clip(numeric_values(data[yvar.code]), lo, hi)
-        bins = algo.params(request, model)["bins"]
-
-        def count(mask: np.ndarray) -> list[int]:
-            return np.histogram(values[mask], bins=bins, range=(lo, hi))[0].astype(int).tolist()
+        count = bin_counter(np.clip(numeric_values(data[yvar.code]), lo, hi),
+                            algo.params(request, model)["bins"], (lo, hi))
 
     records = []
     for grouping_var, level in algo._groups(request, model):

@@ -23,7 +23,7 @@ minimum and maximum of ``y`` (as in Exareme2).
 from __future__ import annotations
 
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -34,6 +34,21 @@ from mipflow.algorithms.base import (
 )
 from mipflow.datamodel import DataModel, Variable
 from mipflow.exceptions import RequestError
+
+
+def level_counter(codes: np.ndarray, levels: Sequence[Any]) -> Callable[[np.ndarray], list[int]]:
+    """``count(mask)``: how many of the masked rows' ``codes`` are each of ``levels``, in order."""
+    def count(mask: np.ndarray) -> list[int]:
+        chosen = codes[mask]
+        return [int(np.count_nonzero(chosen == level)) for level in levels]
+    return count
+
+
+def bin_counter(values: np.ndarray, bins: int, value_range: tuple[float, float]) -> Callable[[np.ndarray], list[int]]:
+    """``count(mask)``: the masked rows' ``values`` in ``bins`` equal bins over ``value_range``."""
+    def count(mask: np.ndarray) -> list[int]:
+        return np.histogram(values[mask], bins=bins, range=value_range)[0].astype(int).tolist()
+    return count
 
 
 class MultipleHistograms(SpecAlgorithm):
@@ -67,11 +82,7 @@ class MultipleHistograms(SpecAlgorithm):
                    model: DataModel, state: dict | None) -> dict:
         yvar = model.variable(request.y[0])
         if yvar.is_categorical:
-            y_codes = category_codes(data[yvar.code], yvar).to_numpy()
-
-            def count(mask: np.ndarray) -> list[int]:
-                sel = y_codes[mask]
-                return [int(np.count_nonzero(sel == c)) for c in yvar.enumeration_codes]
+            count = level_counter(category_codes(data[yvar.code], yvar).to_numpy(), yvar.enumeration_codes)
         else:
             values = numeric_values(data[yvar.code])
             declared = self._declared_range(yvar)
@@ -86,9 +97,7 @@ class MultipleHistograms(SpecAlgorithm):
                 assert state is not None
                 lo, hi = state["range"]
                 bins = int(state["bins"])
-
-            def count(mask: np.ndarray) -> list[int]:
-                return np.histogram(values[mask], bins=bins, range=(lo, hi))[0].astype(int).tolist()
+            count = bin_counter(values, bins, (lo, hi))
 
         group_codes = {code: category_codes(data[code], model.variable(code)).to_numpy()
                        for code in request.x}
