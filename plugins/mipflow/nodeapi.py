@@ -40,6 +40,7 @@ from mipflow.auth import AuthError, Verifier, load_clients
 from mipflow.config import NodeHome
 from mipflow.exceptions import DisclosureError, MipflowError, RequestError, StoreError
 from mipflow.freshness import DataVersion, file_signature
+from mipflow.query import QB_INPUTS, QB_TYPES, SUPPORTED_OPERATORS
 from mipflow.secagg import MAX_PARTICIPANTS, SCHEME
 
 log = logging.getLogger(__name__)
@@ -72,8 +73,8 @@ class StepBody(BaseModel):
 # These models describe the Exareme2 request format that AnalysisRequest.from_dict and
 # mipflow.query accept; the node does not validate with them (StepBody and those parsers do).
 
-FilterOperator = Literal["equal", "not_equal", "less", "less_or_equal", "greater", "greater_or_equal",
-                         "between", "not_between", "in", "not_in", "is_null", "is_not_null"]
+# the literals are the parser's own sets (mipflow.query), so schema and parser cannot drift apart
+FilterOperator = Literal[tuple(sorted(SUPPORTED_OPERATORS))]  # type: ignore[valid-type]
 
 
 class FilterRule(BaseModel):
@@ -83,8 +84,8 @@ class FilterRule(BaseModel):
 
     id: str = Field(min_length=1, description="variable code of the data model")
     field: str | None = Field(None, min_length=1, description="the variable code again (QueryBuilder writes both)")
-    type: Literal["string", "integer", "double", "date", "time", "datetime", "boolean"] | None = None
-    input: Literal["text", "number", "textarea", "radio", "checkbox", "select"] | None = None
+    type: Literal[tuple(sorted(QB_TYPES))] | None = None  # type: ignore[valid-type]
+    input: Literal[tuple(sorted(QB_INPUTS))] | None = None  # type: ignore[valid-type]
     operator: FilterOperator
     value: Any = Field(None, description="a number or text; a list for in/not_in, two bounds for "
                                          "between/not_between; absent for is_null/is_not_null")

@@ -79,8 +79,9 @@ DEFAULT_CHUNKSIZE = 50_000
 # Keys jQuery QueryBuilder itself writes; anything else is refused.
 _GROUP_KEYS = frozenset({"condition", "rules", "not", "valid", "data", "flags"})
 _RULE_KEYS = frozenset({"id", "field", "type", "input", "operator", "value", "data", "flags"})
-_QB_TYPES = frozenset({"string", "integer", "double", "date", "time", "datetime", "boolean"})
-_QB_INPUTS = frozenset({"text", "number", "textarea", "radio", "checkbox", "select"})
+#: Rule ``type`` and ``input`` values jQuery QueryBuilder writes (accepted, not used).
+QB_TYPES = frozenset({"string", "integer", "double", "date", "time", "datetime", "boolean"})
+QB_INPUTS = frozenset({"text", "number", "textarea", "radio", "checkbox", "select"})
 #: Columns no request may read or filter on, whatever the data model declares.
 _RESERVED_COLUMNS = frozenset(KEY_COLUMNS + LINEAGE_COLUMNS + (ROW_MD5_COLUMN,)) - {"dataset"}
 _INT64_MAX = 2**63 - 1
@@ -176,13 +177,13 @@ def _parse_rule(node: Mapping[str, Any]) -> _Rule:
         raise RequestError(f"filter rule on {name!r}: operator {_short(operator)} is not supported; "
                            f"supported: {', '.join(sorted(SUPPORTED_OPERATORS))}")
     qb_type = node.get("type")
-    if qb_type is not None and (not isinstance(qb_type, str) or qb_type not in _QB_TYPES):
+    if qb_type is not None and (not isinstance(qb_type, str) or qb_type not in QB_TYPES):
         raise RequestError(f"filter rule on {name!r}: type {_short(qb_type)} is not a QueryBuilder type "
-                           f"({', '.join(sorted(_QB_TYPES))})")
+                           f"({', '.join(sorted(QB_TYPES))})")
     qb_input = node.get("input")
-    if qb_input is not None and (not isinstance(qb_input, str) or qb_input not in _QB_INPUTS):
+    if qb_input is not None and (not isinstance(qb_input, str) or qb_input not in QB_INPUTS):
         raise RequestError(f"filter rule on {name!r}: input {_short(qb_input)} is not a QueryBuilder input "
-                           f"({', '.join(sorted(_QB_INPUTS))})")
+                           f"({', '.join(sorted(QB_INPUTS))})")
     return _Rule(field=name, operator=operator, value=node.get("value"), has_value="value" in node)
 
 
