@@ -22,6 +22,7 @@ from mipflow.landing import (DICOM_KIND, EHR_KIND, PATH_KEY_PREFIX, REF_LENGTH, 
 from mipflow.store import PATH_NAMES_MARKER, batches_table, files_table, meta_table
 from mipflow.synth import generate_export, write_export
 from tests.conftest import REPO_ROOT
+from tests.mipflow.test_pipeline import all_text
 
 STROKE = REPO_ROOT / "include" / "schemas" / "stroke_v_0_1" / "CDEsMetadata.json"
 PROFILE = REPO_ROOT / "include" / "schemas" / "profiles" / "hospital_a.json"
@@ -40,16 +41,6 @@ def make_home(tmp_path, db_url="") -> NodeHome:
     home.set_setting("settle_seconds", "0")
     home.set_setting("default_data_model", "stroke:0.1")
     return home
-
-
-def store_text(store) -> str:
-    """Every value of every table of the store, as one string."""
-    parts = []
-    with store.engine.connect() as conn:
-        for table in sa.inspect(store.engine).get_table_names():
-            for row in conn.execute(sa.text(f'SELECT * FROM "{table}"')):
-                parts.extend(str(v) for v in row)
-    return "\n".join(parts)
 
 
 def logged(caplog) -> str:
@@ -157,7 +148,7 @@ def test_file_and_folder_names_reach_neither_store_nor_logs(tmp_path, db_url, ca
     sources = {b["batch_id"]: b["source"] for b in store.batches()}
     assert sources[loaded["batch_id"]] == f"hospital_a/{refs[export]}"  # the profile's name is kept
     assert sources[failed["batch_id"]] == refs[unfit]                   # a folder without one is not
-    assert_nameless(store_text(store), home, "the store")
+    assert_nameless(all_text(store), home, "the store")
     assert_nameless(json.dumps(summary), home, "the summary")
     assert_nameless(json.dumps(ops.node_status(home), default=str), home, "the node status")
     assert_nameless(logged(caplog), home, "the logs")
@@ -180,7 +171,7 @@ def test_file_and_folder_names_reach_neither_store_nor_logs(tmp_path, db_url, ca
     assert new["file"] == refs[export] and new["sha256"] != loaded["sha256"] and new["conserved"]
     assert len(store.batches()) == 4
     assert [e["path"] for e in manifest(store)].count(ehr_key(home, export)) == 2
-    assert_nameless(store_text(store), home, "the store")
+    assert_nameless(all_text(store), home, "the store")
     assert_nameless(logged(caplog), home, "the logs")
 
     # the node's console maps references back to paths
@@ -234,7 +225,7 @@ def test_dag_stages_find_files_by_path_key_and_name_them_by_reference(tmp_path, 
     # the changed file was captured again as a new batch by the run's capture and went through
     newer = next(b for b in batches.values() if b["source"] == f"hospital_a/{ref2}" and b["status"] == "loaded")
     assert newer["rows_in"] == 21
-    assert_nameless(store_text(store), home, "the store")
+    assert_nameless(all_text(store), home, "the store")
     assert_nameless(json.dumps(results, default=str), home, "the task results")
     assert_nameless(logged(caplog), home, "the logs")
     # nothing new the next time
@@ -295,7 +286,7 @@ def test_raw_paths_of_an_older_store_are_rewritten_on_first_open(tmp_path, db_ur
         conn.execute(files_table.insert().values(
             sha256="d" * 64, path=str(home.landing_dir / "dicom" / PATIENT_DIR / "IM0001"), size=1,
             kind=DICOM_KIND, first_seen="2026-01-01T00:00:00", batch_id="i0"))
-    assert PATIENT_DIR in store_text(store)  # the old store does name them
+    assert PATIENT_DIR in all_text(store)  # the old store does name them
     store.dispose()
 
     caplog.set_level(logging.DEBUG)
@@ -314,7 +305,7 @@ def test_raw_paths_of_an_older_store_are_rewritten_on_first_open(tmp_path, db_ur
     assert batches[shas[refs[unfit]]]["source"] == refs[unfit]           # no profile: the folder goes
     assert batches[shas[refs[unfit]]]["message"] == failed_message
     assert batches[cli_result["sha256"]]["source"] == refs[outside]
-    assert_nameless(store_text(store), home, "the migrated store")
+    assert_nameless(all_text(store), home, "the migrated store")
     assert_nameless(logged(caplog), home, "the logs")
     assert "renamed to keyed path hashes" in caplog.text
     with store.engine.connect() as conn:
@@ -330,5 +321,5 @@ def test_raw_paths_of_an_older_store_are_rewritten_on_first_open(tmp_path, db_ur
     assert ops.run_landing(home)["files"] == []
     (again,) = ops.ingest(home, [outside], profile=home.profiles_dir / "hospital_a.json")["files"]
     assert again["status"] == "skipped"
-    assert_nameless(store_text(store), home, "the store")
+    assert_nameless(all_text(store), home, "the store")
     assert_nameless(logged(caplog), home, "the logs")

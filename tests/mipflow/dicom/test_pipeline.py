@@ -18,6 +18,7 @@ from mipflow.deid import Pseudonymiser
 from mipflow.dicom import pipeline as imaging
 from mipflow.node import open_store
 from mipflow.store import files_table
+from tests.mipflow.test_pipeline import all_text
 
 from .conftest import inject_phi, phi_strings, read
 
@@ -104,17 +105,6 @@ def home(tmp_path) -> NodeHome:
     return home
 
 
-def _store_text(store) -> str:
-    """Every value of every table of the store, as one string."""
-    parts = []
-    inspector = sa.inspect(store.engine)
-    with store.engine.connect() as conn:
-        for name in inspector.get_table_names():
-            for row in conn.execute(sa.text(f'SELECT * FROM "{name}"')):
-                parts.append(repr(tuple(row)))
-    return "\n".join(parts)
-
-
 def test_pipeline_counts_pseudonyms_and_no_phi(home, caplog):
     expected = build_landing(home)
     caplog.set_level(logging.DEBUG)
@@ -151,7 +141,7 @@ def test_pipeline_counts_pseudonyms_and_no_phi(home, caplog):
     assert len(staged) == 5
     assert {p.parent.name for p in staged} == {ct["_visit"], mr["_visit"]}
     forbidden = raw_identifiers()
-    store_text = _store_text(store)
+    store_text = all_text(store)
     assert str(home.landing_dir) not in store_text and "IM0000" not in store_text
     for value in forbidden:
         assert value not in store_text, value
