@@ -19,7 +19,7 @@ def site_homes(tag: str, *, sqlite: bool = False, sites: int = 3) -> Iterator[li
     """
     import sqlalchemy as sa
 
-    from mipflow.config import NodeHome
+    from mipflow.node.home import NodeHome
 
     databases: list[str] = []
     admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT") if not sqlite else None
@@ -79,8 +79,8 @@ def loaded_federation(tag: str, model: Any, rows_for: Callable[[int], Any], *, r
     import time
 
     from bench.rounds import RoundLog
-    from mipflow.auth import issue_client
-    from mipflow.federation import NodeClient, NodeEndpoint
+    from mipflow.protocol.signing import issue_client
+    from mipflow.central.federation import NodeClient, NodeEndpoint
     from tests.nodes import grant_all, load_frame, running_nodes
 
     with site_homes(tag, sqlite=sqlite) as homes:

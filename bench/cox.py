@@ -69,8 +69,8 @@ def main() -> int:
     from statsmodels.duration.hazard_regression import PHReg
 
     from bench.common import loaded_federation, print_machine, read_pooled
-    from mipflow.datamodel import DataModel
-    from mipflow.federation import run_analysis
+    from mipflow.protocol.datamodel import DataModel
+    from mipflow.central.federation import run_analysis
     from tests.nodes import PROJECT, RESEARCHER
 
     print_machine()

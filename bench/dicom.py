@@ -2,7 +2,7 @@
 
 Two corpora, built in a temporary folder from files shipped with pydicom, each
 instance carrying the identifying values the test suite injects
-(``tests/mipflow/dicom/conftest.py``: top level, nested sequences, private
+(``tests/mipflow/node/imaging/conftest.py``: top level, nested sequences, private
 tags, overlay and curve groups):
 
 * ``small``: N copies of small shipped files (CT_small, MR_small, ...);
@@ -44,7 +44,7 @@ KEY = bytes(range(32))
 
 
 def _inject(ds, i: int):
-    from tests.mipflow.dicom.conftest import inject_phi
+    from tests.mipflow.node.imaging.conftest import inject_phi
 
     inject_phi(ds)
     ds.SOPInstanceUID = f"1.2.999.77.{i}"
@@ -95,7 +95,7 @@ def run_readwrite(src: Path, out: Path) -> None:
 
 
 def run_mipflow(src: Path, out: Path) -> None:
-    from mipflow.dicom import DeidOptions, Deidentifier
+    from mipflow.node.imaging import DeidOptions, Deidentifier
 
     out.mkdir(parents=True)
     engine = Deidentifier(KEY, DeidOptions(retain_longitudinal_modified_dates=True))
@@ -139,7 +139,7 @@ def survivors(folder: Path) -> dict[str, int]:
     Whole injected values only: name parts (``ANNA``, ``CARL`` ...) are left out, since a
     tool that writes random replacement names can produce them by chance.
     """
-    from tests.mipflow.dicom.conftest import PHI_TOP, phi_strings
+    from tests.mipflow.node.imaging.conftest import PHI_TOP, phi_strings
 
     whole = {v for _, v in PHI_TOP}
     values = sorted(v for v in set(phi_strings()) if v in whole or "^" in v or not v.isalpha())
@@ -171,7 +171,7 @@ def main() -> None:
                              "(or run with --no-dicognito)")
     import pydicom  # noqa: F401 - in-process tools are timed warm (imports done)
 
-    import mipflow.dicom  # noqa: F401
+    import mipflow.node.imaging  # noqa: F401
 
     startup = 0.0
     if with_dicognito:

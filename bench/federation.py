@@ -52,7 +52,7 @@ def make_rows(n: int, seed: int, site: int) -> pd.DataFrame:
 
 def drop_node_caches(homes, model) -> None:
     """Make every node read its rows again: rewrite its datasets registry, as a load does."""
-    from mipflow.store import FeatureStore
+    from mipflow.node.store import FeatureStore
 
     for home in homes:
         store = FeatureStore(home.db_url)
@@ -77,9 +77,9 @@ def main() -> int:
     import statsmodels.api as sm
 
     from bench.common import read_pooled, site_homes
-    from mipflow.auth import issue_client
-    from mipflow.datamodel import DataModel
-    from mipflow.federation import NodeClient, NodeEndpoint, run_analysis
+    from mipflow.protocol.signing import issue_client
+    from mipflow.protocol.datamodel import DataModel
+    from mipflow.central.federation import NodeClient, NodeEndpoint, run_analysis
     from tests.nodes import grant_all, load_frame, running_nodes
 
     model = DataModel.from_dict(model_doc())

@@ -40,7 +40,7 @@ def child(kind: str, csv_path: str, url: str, work: str) -> None:
 
     started = time.perf_counter()
     if kind == "generate":
-        from mipflow.synth import generate_export, write_export
+        from mipflow.demo.synth import generate_export, write_export
 
         write_export(csv_path, generate_export("hospital_a", int(url), seed=1))
     elif kind == "baseline":
@@ -59,8 +59,8 @@ def child(kind: str, csv_path: str, url: str, work: str) -> None:
             cur.execute(f"CREATE TABLE baseline_copy ({cols})")
             cur.copy_expert("COPY baseline_copy FROM STDIN WITH (FORMAT csv)", handle)
     else:
-        from mipflow import node as ops
-        from mipflow.config import NodeHome
+        from mipflow.node import ops
+        from mipflow.node.home import NodeHome
 
         home = NodeHome.init(Path(work) / f"node-{uuid.uuid4().hex[:6]}", "bench", url)
         home.set_setting("max_failure_rate", "1")

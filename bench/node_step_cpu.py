@@ -68,10 +68,10 @@ def main() -> int:
     import sqlalchemy as sa
 
     from federation import make_rows, model_doc
-    from mipflow.auth import issue_client, signed_headers
-    from mipflow.config import NodeHome
-    from mipflow.datamodel import DataModel
-    from mipflow.nodeapi import create_app
+    from mipflow.protocol.signing import issue_client, signed_headers
+    from mipflow.node.home import NodeHome
+    from mipflow.protocol.datamodel import DataModel
+    from mipflow.node.api.app import create_app
     from tests.nodes import grant_all, load_frame
 
     model = DataModel.from_dict(model_doc())

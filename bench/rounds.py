@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 
 class RoundLog:
-    """Wraps the HTTP client of each :class:`mipflow.federation.NodeClient` to record every step call."""
+    """Wraps the HTTP client of each :class:`mipflow.central.federation.NodeClient` to record every step call."""
 
     def __init__(self) -> None:
         self.calls: list[dict[str, Any]] = []
@@ -31,7 +31,7 @@ class RoundLog:
     def table(self, homes: Sequence[Any], algorithm: str, summary: bool = False) -> str:
         """One line per round: slowest node call, the node's own step time, bytes each way (largest node);
         with ``summary`` the first round, then the median and largest of the later rounds."""
-        from mipflow.audit import AUDIT_FILE, read_records
+        from mipflow.node.controls.audit import AUDIT_FILE, read_records
 
         node_ms: dict[tuple[str, int], float] = {}
         for home in homes:

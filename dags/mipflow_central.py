@@ -179,7 +179,7 @@ for _name, (_label, _y_list, _has_x, _x_list, _extra) in ALGORITHMS.items():
         @task(task_id="store_and_report")
         def store_and_report(outcome: dict) -> str:
             """Store the result with provenance and log a readable summary."""
-            from mipflow.results import ResultStore, summary_lines
+            from mipflow.central.results import ResultStore, summary_lines
 
             context = get_current_context()
             run_id = context["run_id"]
@@ -210,7 +210,7 @@ with DAG(
         import json
 
         from hooks.mipflow_node import NodeHook
-        from mipflow.results import central_home
+        from mipflow.central.results import central_home
 
         from operators.mipflow_federated import triggering_user
 

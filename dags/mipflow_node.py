@@ -4,7 +4,7 @@ Each node runs its own Airflow with ``MIPFLOW_NODE_HOME`` pointing at its node
 home (``mipflow node init``).  The capture DAG runs nightly (and on demand);
 each later stage is scheduled on the Asset the stage before it emits, and
 works through every batch waiting for it, so a failed run is caught up by
-the next one.  The logic lives in :mod:`mipflow.stages`; the tasks only call
+the next one.  The logic lives in :mod:`mipflow.node.ingest.stages`; the tasks only call
 it (imports happen inside tasks to keep parsing cheap).
 """
 from __future__ import annotations
@@ -20,8 +20,8 @@ FEATURE_STORE = Asset(name="mipflow_node_feature_store", uri="mipflow://node/fea
 
 
 def _waiting(stage: str) -> list[str]:
-    from mipflow.node import open_store
-    from mipflow.stages import waiting
+    from mipflow.node.ops import open_store
+    from mipflow.node.ingest.stages import waiting
 
     return waiting(open_store(node_home()), stage)
 
@@ -42,7 +42,7 @@ with DAG(
     @task(outlets=[CAPTURED])
     def capture_landing(*, outlet_events=None) -> list[str]:
         """Scan landing/, register new files by SHA-256 and keyed path hash, delete withdrawn patients' rows."""
-        from mipflow.stages import capture
+        from mipflow.node.ingest.stages import capture
 
         summary = capture(node_home())
         for item in summary["skipped"]:
@@ -86,7 +86,7 @@ for _dag_id, _description, _trigger, _after, _stage, _outlet in STAGES:
 
         @task(task_id=f"{_stage}_batch", max_active_tis_per_dag=2)
         def run_stage(batch_id: str, stage: str) -> dict:
-            from mipflow import stages
+            from mipflow.node.ingest import stages
 
             result = getattr(stages, stage)(node_home(), batch_id)
             print(f"{batch_id}: {result.get('equation', result)}")
@@ -95,7 +95,7 @@ for _dag_id, _description, _trigger, _after, _stage, _outlet in STAGES:
         @task(task_id="report", outlets=[_outlet], trigger_rule="all_done")
         def report(batches: list[str], outlet: Asset, *, outlet_events=None) -> dict:
             """Per-batch row accounting (rows_in = loaded + quarantined + no_consent + duplicates)."""
-            from mipflow.node import node_status
+            from mipflow.node.ops import node_status
 
             status = node_status(node_home())
             for batch in status["batches"]:

@@ -2,7 +2,7 @@
 
 A node normally serves its API with ``mipflow node serve`` (its own port).  With
 ``MIPFLOW_NODE_HOME`` set and ``MIPFLOW_NODE_API_IN_AIRFLOW=1``, the node's
-Airflow api-server also mounts :func:`mipflow.nodeapi.create_app` at
+Airflow api-server also mounts :func:`mipflow.node.api.app.create_app` at
 ``/mipflow-node`` (``AirflowPlugin.fastapi_apps``), so a hospital exposes one
 web service instead of two.  The central site then registers the node with
 host ``https://node-airflow.example/mipflow-node``.
@@ -37,15 +37,15 @@ def mount_enabled(environ: Mapping[str, str] | None = None) -> bool:
 
 def build_app() -> Any:
     """The node's aggregate API for ``MIPFLOW_NODE_HOME``."""
-    from mipflow.config import NodeHome
-    from mipflow.nodeapi import create_app
+    from mipflow.node.home import NodeHome
+    from mipflow.node.api.app import create_app
 
     return create_app(NodeHome(os.environ["MIPFLOW_NODE_HOME"]))
 
 
 class MipflowNodeApiPlugin(AirflowPlugin):
     name = "mipflow_node_api"
-    fastapi_apps = ([{"app": LazyASGIApp(build_app, "mipflow node aggregate API (mipflow.nodeapi)",
+    fastapi_apps = ([{"app": LazyASGIApp(build_app, "mipflow node aggregate API (mipflow.node.api.app)",
                                          skip_lifespan=True),
                       "url_prefix": URL_PREFIX, "name": "mipflow node API"}]
                     if mount_enabled() else [])

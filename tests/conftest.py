@@ -46,7 +46,7 @@ def shared_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def dementia_model(shared_dir: Path):
-    from mipflow.datamodel import load_data_model
+    from mipflow.protocol.datamodel import load_data_model
 
     return load_data_model(shared_dir / "data" / "dementia_v_0_1" / "CDEsMetadata.json")
 

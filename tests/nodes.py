@@ -59,9 +59,9 @@ def running_nodes(homes: list[Path], timeout: float = 60.0) -> Iterator[list[str
 @contextmanager
 def served_clients(roots: Mapping[str, Path], *, retries: int = 0) -> Iterator[dict]:
     """Serve every node home (:func:`running_nodes`), each with a fresh credential for the central
-    site; yield a :class:`mipflow.federation.NodeClient` per node, by name; close them afterwards."""
-    from mipflow.auth import issue_client
-    from mipflow.federation import NodeClient, NodeEndpoint
+    site; yield a :class:`mipflow.central.federation.NodeClient` per node, by name; close them afterwards."""
+    from mipflow.protocol.signing import issue_client
+    from mipflow.central.federation import NodeClient, NodeEndpoint
 
     credentials = {name: issue_client(root, "central") for name, root in roots.items()}
     with running_nodes(list(roots.values())) as urls:
@@ -83,7 +83,7 @@ DAG_TEST_USER = "dag_test"
 def grant_all(home, researcher: str = RESEARCHER, project: str = PROJECT, *, data_model: str = "*",
               datasets: str = "*", algorithms: str = "*", expires: str = "never"):
     """The node admin's approval for a test identity (wildcards on purpose); returns the grant."""
-    from mipflow.access import AccessRegistry
+    from mipflow.node.controls.access import AccessRegistry
 
     return AccessRegistry(home).grant(researcher=researcher, project=project, data_model=data_model,
                                       datasets=datasets, algorithms=algorithms, expires=expires,
@@ -97,8 +97,8 @@ def load_frame(home, model, frame, pid_column: str = "subjectcode") -> int:
     """
     import pandas as pd
 
-    from mipflow.config import NodeHome
-    from mipflow.store import FeatureStore
+    from mipflow.node.home import NodeHome
+    from mipflow.node.store import FeatureStore
 
     store = FeatureStore(NodeHome(home).db_url)
     store.add_data_model(model)

@@ -171,14 +171,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from mipflow.config import NodeHome
+    from mipflow.node.home import NodeHome
 
     if args.command == "node" and args.node_command == "serve":  # keep the service's imports small
-        from mipflow.nodeapi import serve
+        from mipflow.node.api.app import serve
 
         serve(NodeHome(args.home), host=args.host, port=args.port)
         return 0
-    from mipflow import node as ops
+    from mipflow.node import ops
 
     if args.command == "node":
         if args.node_command == "init":
@@ -214,7 +214,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(ops.dumps(ops.node_status(home)))
             return 0
         if args.node_command == "add-client":
-            from mipflow.auth import issue_client
+            from mipflow.protocol.signing import issue_client
 
             credential = issue_client(home.root, args.client)
             print(ops.dumps({"node": home.name, "client_id": credential.client_id,
@@ -251,7 +251,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(ops.dumps(summary))
         return 1 if summary["failed_files"] or summary["held_batches"] else 0
     if args.command == "federation":
-        from mipflow.federation import add_node, load_federation
+        from mipflow.central.federation import add_node, load_federation
 
         if args.fed_command == "add":
             endpoint = add_node(args.federation, name=args.node, url=args.url,
@@ -264,7 +264,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "analyze":
         import json
 
-        from mipflow.federation import analyze
+        from mipflow.central.federation import analyze
 
         try:
             request = json.loads(args.request.read_text(encoding="utf-8"))
@@ -297,7 +297,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(ops.dumps(doc))
         return 0
     if args.command == "access":
-        from mipflow.access import AccessRegistry, list_grants
+        from mipflow.node.controls.access import AccessRegistry, list_grants
 
         home = NodeHome(args.home)
         if args.access_command == "grant":
@@ -314,7 +314,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(ops.dumps(list_grants(home.root, include_inactive=args.all)))
         return 0
     if args.command == "audit":
-        from mipflow.audit import AUDIT_FILE, read_records, summarize, summary_text, verify_log
+        from mipflow.node.controls.audit import AUDIT_FILE, read_records, summarize, summary_text, verify_log
 
         home = NodeHome(args.home)
         path = home.root / AUDIT_FILE
@@ -339,11 +339,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(ops.dumps(summary) if args.json else summary_text(summary), end="" if not args.json else "\n")
         return 0
     if args.command == "dicom":
-        from mipflow.dicom.batch import deidentify_tree
+        from mipflow.node.imaging.batch import deidentify_tree
 
         home = NodeHome(args.home)
         if args.dicom_command == "ingest":
-            from mipflow.dicom.pipeline import run_imaging
+            from mipflow.node.imaging.pipeline import run_imaging
 
             print(ops.dumps(run_imaging(home)))
             return 0
@@ -353,7 +353,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "central":
         import shlex
 
-        from mipflow.pools import create_pools, federation_pool
+        from mipflow.central.pools import create_pools, federation_pool
 
         spec = federation_pool(args.slots, args.name)
         if args.dry_run:
@@ -365,7 +365,7 @@ def _dispatch(args: argparse.Namespace) -> int:
               + " for the scheduler, dag-processor and workers.")
         return 0
     if args.command == "synth":
-        from mipflow.synth import write_demo_exports
+        from mipflow.demo.synth import write_demo_exports
 
         written = write_demo_exports(args.out_dir, n_patients=args.patients, seed=args.seed)
         print(ops.dumps({h: {k: str(v) for k, v in files.items()} for h, files in written.items()}))

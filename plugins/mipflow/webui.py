@@ -24,7 +24,7 @@ from urllib.parse import quote
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
-from mipflow import report
+from mipflow.central import report
 
 
 def node_quality(home: Any) -> dict[str, Any]:
@@ -32,14 +32,14 @@ def node_quality(home: Any) -> dict[str, Any]:
 
     Parameters
     ----------
-    home : mipflow.config.NodeHome
+    home : mipflow.node.home.NodeHome
     """
     import sqlalchemy as sa
 
-    from mipflow.audit import AuditLog, verify_chain
-    from mipflow.nodeapi import AUDIT_FILE
-    from mipflow.node import open_store  # rewrites an older store's raw landing paths first (ADR 0004)
-    from mipflow.store import consent_log_table, quarantine_table
+    from mipflow.node.controls.audit import AuditLog, verify_chain
+    from mipflow.node.api.app import AUDIT_FILE
+    from mipflow.node.ops import open_store  # rewrites an older store's raw landing paths first (ADR 0004)
+    from mipflow.node.store import consent_log_table, quarantine_table
 
     store = open_store(home)
     try:
@@ -81,9 +81,9 @@ def create_app(*, user: Callable[..., Any], can_read: Callable[[Any, str], bool]
     can_read : callable, optional
         ``can_read(user, algorithm)``: may this user see results of this algorithm (default: yes).
     result_store : callable, optional
-        Returns the :class:`mipflow.results.ResultStore` (default: the central home's).
+        Returns the :class:`mipflow.central.results.ResultStore` (default: the central home's).
     node_home : callable, optional
-        Returns the node's :class:`mipflow.config.NodeHome`, or None at a site that is not a node
+        Returns the node's :class:`mipflow.node.home.NodeHome`, or None at a site that is not a node
         (default: ``MIPFLOW_NODE_HOME``).
     """
     app = FastAPI(title="mipflow results", docs_url=None, redoc_url=None, openapi_url=None)
@@ -92,14 +92,14 @@ def create_app(*, user: Callable[..., Any], can_read: Callable[[Any, str], bool]
     def store() -> Any:
         if result_store is not None:
             return result_store()
-        from mipflow.results import ResultStore
+        from mipflow.central.results import ResultStore
 
         return ResultStore()
 
     def home() -> Any:
         if node_home is not None:
             return node_home()
-        from mipflow.config import NodeHome
+        from mipflow.node.home import NodeHome
 
         root = os.environ.get("MIPFLOW_NODE_HOME")
         return NodeHome(root) if root else None

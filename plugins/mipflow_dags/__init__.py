@@ -85,8 +85,8 @@ def node_params() -> dict[str, Param]:
 
 
 def node_home():
-    """The running DAG's :class:`mipflow.config.NodeHome` (call inside a task)."""
-    from mipflow.config import NodeHome
+    """The running DAG's :class:`mipflow.node.home.NodeHome` (call inside a task)."""
+    from mipflow.node.home import NodeHome
 
     home = get_current_context()["params"]["node_home"]
     if not home:

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from mipflow import node as ops
-from mipflow.auth import issue_client
-from mipflow.config import NodeHome
-from mipflow.results import ResultStore
-from mipflow.synth import HOSPITALS, generate_export, write_export
+from mipflow.node import ops
+from mipflow.protocol.signing import issue_client
+from mipflow.node.home import NodeHome
+from mipflow.central.results import ResultStore
+from mipflow.demo.synth import HOSPITALS, generate_export, write_export
 from tests.conftest import REPO_ROOT
 from tests.nodes import DAG_TEST_USER, PROJECT, RESEARCHER, grant_all, running_nodes
 
@@ -28,7 +28,7 @@ def federation(tmp_path_factory, airflow_db):
     for i, hospital in enumerate(HOSPITALS):
         home = NodeHome.init(root / hospital, hospital)
         # the DAGs here analyse overlapping cohorts on purpose (complete cases of different
-        # variables); the differencing control has its own tests (tests/mipflow/test_cohorts.py)
+        # variables); the differencing control has its own tests (tests/mipflow/node/controls/test_differencing.py)
         home.set_setting("differencing_check", 0)
         ops.add_data_model(home, STROKE)
         path = write_export(root / f"{hospital}.csv", generate_export(hospital, 150, seed=20 + i))
@@ -102,7 +102,7 @@ def test_federated_linear_regression_dag_equals_pooled_ols(dags, federation):
     doc = json.loads(files[0].read_text())
     assert (doc["researcher"], doc["project"]) == (DAG_TEST_USER, PROJECT)
     assert doc["code"]["consistent"] and set(doc["code"]["nodes"]) == set(HOSPITALS)
-    from mipflow.audit import read_records
+    from mipflow.node.controls.audit import read_records
 
     for home in federation["homes"]:
         mine = [r for r in read_records(home.root / "audit.log") if r.get("analysis") and
@@ -115,7 +115,7 @@ def test_federated_dag_fails_for_a_project_the_nodes_did_not_approve(dags, feder
         run_conf=conf(y="mrs_90d", x=["age"], project="not-approved"))
     assert "failed" in str(run.state)
     assert ResultStore(federation["central"]).get(run.run_id) is None
-    from mipflow.audit import read_records
+    from mipflow.node.controls.audit import read_records
 
     for home in federation["homes"]:
         last = [r for r in read_records(home.root / "audit.log") if r.get("project") == "not-approved"][-1]
@@ -160,11 +160,11 @@ def test_federation_metadata_dag_syncs_what_nodes_hold(dags, federation):
 
 
 def test_result_provenance_lists_datasets_and_software(federation):
-    from mipflow.federation import analyze
+    from mipflow.central.federation import analyze
 
     fed = federation["central"] / "fed.json"
     # the same nodes through a federation file, as the CLI would use them
-    from mipflow.federation import add_node
+    from mipflow.central.federation import add_node
 
     for home in federation["homes"]:
         conn = json.loads(os.environ[f"AIRFLOW_CONN_MIPFLOW_NODE_{home.name.upper()}"])

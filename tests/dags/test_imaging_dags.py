@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from mipflow.config import NodeHome
-from mipflow.deid import Pseudonymiser
-from mipflow.node import open_store
+from mipflow.node.home import NodeHome
+from mipflow.node.deid import Pseudonymiser
+from mipflow.node.ops import open_store
 from tests.conftest import REPO_ROOT
-from tests.mipflow.dicom.test_pipeline import NODE_KEY, build_landing, raw_identifiers
+from tests.mipflow.node.imaging.test_pipeline import NODE_KEY, build_landing, raw_identifiers
 
 pytestmark = [pytest.mark.airflow, pytest.mark.xdist_group("airflow")]
 CHAIN = ("imaging_capture", "imaging_deidentify")

@@ -6,12 +6,12 @@ import shutil
 
 import pytest
 
-from mipflow import node as ops
-from mipflow.config import NodeHome
-from mipflow.landing import EHR_KIND, file_ref, landing_path_key
-from mipflow.synth import generate_consent, generate_export, write_export
+from mipflow.node import ops
+from mipflow.node.home import NodeHome
+from mipflow.node.ingest.landing import EHR_KIND, file_ref, landing_path_key
+from mipflow.demo.synth import generate_consent, generate_export, write_export
 from tests.conftest import REPO_ROOT
-from tests.mipflow.test_pipeline import all_text
+from tests.mipflow.node.ingest.test_pipeline import all_text
 
 pytestmark = [pytest.mark.airflow, pytest.mark.xdist_group("airflow")]
 CHAIN = ("node_capture", "node_depersonalise", "node_validate", "node_load")

@@ -87,7 +87,7 @@ def test_failure_callback_records_a_failed_task(airflow_db, tmp_path, monkeypatc
 
 
 def test_a_succeeding_run_writes_no_failure_record(airflow_db, tmp_path, monkeypatch):
-    from mipflow.config import NodeHome
+    from mipflow.node.home import NodeHome
 
     home = NodeHome.init(tmp_path / "hospital_a", "hospital_a")
     notify_file = tmp_path / "notifications.jsonl"
@@ -102,7 +102,7 @@ _MOUNTED = textwrap.dedent("""
     import json, os, sys
     from fastapi.testclient import TestClient
     from airflow.api_fastapi.app import create_app
-    from mipflow.federation import NodeClient, NodeEndpoint, NodeRefused
+    from mipflow.central.federation import NodeClient, NodeEndpoint, NodeRefused
 
     app = create_app()
     base = "http://testserver/mipflow-node"
@@ -146,10 +146,10 @@ def _run_mounted(env: dict[str, str]) -> dict:
 
 @pytest.fixture(scope="module")
 def node_home(tmp_path_factory):
-    from mipflow import node as ops
-    from mipflow.auth import issue_client
-    from mipflow.config import NodeHome
-    from mipflow.synth import generate_export, write_export
+    from mipflow.node import ops
+    from mipflow.protocol.signing import issue_client
+    from mipflow.node.home import NodeHome
+    from mipflow.demo.synth import generate_export, write_export
     from tests.nodes import grant_all
 
     root = tmp_path_factory.mktemp("mounted")
@@ -162,7 +162,7 @@ def node_home(tmp_path_factory):
 
 
 def test_node_api_mounted_in_airflow_takes_signed_calls_and_refuses_unsigned(airflow_db, node_home):
-    from mipflow import node as ops
+    from mipflow.node import ops
 
     home, cred = node_home
     request = {"inputdata": {"data_model": "stroke:0.1", "datasets": ["hospital_a"], "x": [],
@@ -176,7 +176,7 @@ def test_node_api_mounted_in_airflow_takes_signed_calls_and_refuses_unsigned(air
     held = ops.open_store(home).count_rows(ops.open_store(home).data_model("stroke:0.1"))
     assert out["metadata"] == [{"dataset": "hospital_a", "row_count": held}]
     assert out["step"]["node"] == "hospital_a" and 0 < out["step"]["rows"] <= held
-    from mipflow.audit import read_records
+    from mipflow.node.controls.audit import read_records
 
     records = read_records(home.root / "audit.log")
     assert [r["control"] for r in records if r["decision"] == "refused"].count("authentication") == 3

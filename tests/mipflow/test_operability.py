@@ -14,9 +14,9 @@ from types import SimpleNamespace
 import pytest
 from fastapi.testclient import TestClient
 
-from mipflow import node as ops
-from mipflow.config import NodeHome
-from mipflow.synth import generate_consent, generate_export, write_export
+from mipflow.node import ops
+from mipflow.node.home import NodeHome
+from mipflow.demo.synth import generate_consent, generate_export, write_export
 from tests.conftest import REPO_ROOT
 from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame
 
@@ -49,14 +49,14 @@ def test_ingest_logs_rows_done_of_total_per_chunk_and_no_row_data(tmp_path, capl
     home.set_setting("chunk_rows", "40")
     export = generate_export("hospital_a", 150, seed=3, bad_rows=5)
     path = write_export(tmp_path / "export.csv", export)
-    caplog.set_level(logging.INFO, logger="mipflow.progress")
+    caplog.set_level(logging.INFO, logger="mipflow.node.ingest.progress")
     summary = ops.ingest(home, [path], profile=PROFILES / "hospital_a.json")
     (result,) = summary["files"]
     steps = _progress(caplog)
     assert [s[2] for s in steps] == [40, 80, 120, 155]  # rows done after each chunk of 40
     assert {s[0] for s in steps} == {result["batch_id"]} and {s[1] for s in steps} == {"ingest"}
     assert len(export) == 155 and {s[3] for s in steps} == {155}  # the line-count estimate is exact here
-    mine = [r.getMessage() for r in caplog.records if r.name == "mipflow.progress"]
+    mine = [r.getMessage() for r in caplog.records if r.name == "mipflow.node.ingest.progress"]
     assert re.fullmatch(rf"batch {result['batch_id']} ingest: done, 155 rows in 4 chunk\(s\), [0-9.]+ s", mine[-1])
     assert not any("export" in m for m in mine)  # batches are named by id, never by file name
     text = "\n".join(r.getMessage() for r in caplog.records)
@@ -65,7 +65,7 @@ def test_ingest_logs_rows_done_of_total_per_chunk_and_no_row_data(tmp_path, capl
 
 
 def test_each_dag_stage_logs_its_progress(tmp_path, caplog):
-    from mipflow import stages
+    from mipflow.node.ingest import stages
 
     home = NodeHome.init(tmp_path / "hospital_b", "hospital_b")
     home.set_setting("settle_seconds", "0")
@@ -76,7 +76,7 @@ def test_each_dag_stage_logs_its_progress(tmp_path, caplog):
     (home.landing_dir / "hospital_b").mkdir()
     write_export(home.landing_dir / "hospital_b" / "export1.csv", export)
     generate_consent(export, seed=2).to_csv(home.consent_path, index=False)
-    caplog.set_level(logging.INFO, logger="mipflow.progress")
+    caplog.set_level(logging.INFO, logger="mipflow.node.ingest.progress")
     (batch_id,) = stages.capture(home)["captured"]
     stages.depersonalise(home, batch_id)
     stages.validate(home, batch_id)
@@ -90,13 +90,13 @@ def test_each_dag_stage_logs_its_progress(tmp_path, caplog):
     assert 0 < by_stage["validate"][-1][2] == by_stage["validate"][-1][3] <= 70 - loaded["no_consent"]
     assert by_stage["load"][-1][2] == by_stage["load"][-1][3] == loaded["loaded"]
     text = "\n".join(r.getMessage() for r in caplog.records)
-    assert not any("export1" in r.getMessage() for r in caplog.records if r.name == "mipflow.progress")
+    assert not any("export1" in r.getMessage() for r in caplog.records if r.name == "mipflow.node.ingest.progress")
     for value in _identifying_values(export, "hospital_b"):
         assert value not in text
 
 
 def test_estimate_rows_counts_data_lines(tmp_path):
-    from mipflow.progress import estimate_rows
+    from mipflow.node.ingest.progress import estimate_rows
 
     path = tmp_path / "a.csv"
     path.write_text("a,b\n1,2\n3,4")  # no final line break
@@ -113,9 +113,9 @@ def test_estimate_rows_counts_data_lines(tmp_path):
 @pytest.fixture
 def in_process_nodes(tmp_path):
     """Three nodes on the synthetic model, reached in-process through their real signed API."""
-    from mipflow.auth import issue_client
-    from mipflow.federation import NodeClient, NodeEndpoint
-    from mipflow.nodeapi import create_app
+    from mipflow.protocol.signing import issue_client
+    from mipflow.central.federation import NodeClient, NodeEndpoint
+    from mipflow.node.api.app import create_app
     from tests.mipflow.algorithms.synthetic import MODEL, make_data
 
     clients = []
@@ -140,15 +140,15 @@ def in_process_nodes(tmp_path):
 
 def test_analysis_logs_each_round_with_nodes_answered_and_left_out(in_process_nodes, caplog):
     from mipflow.algorithms.base import MAX_ROUNDS
-    from mipflow.federation import run_analysis
+    from mipflow.central.federation import run_analysis
 
     clients, homes = in_process_nodes
     homes[2].set_setting("disabled_algorithms", "logistic_regression")
     request = {"inputdata": {"data_model": "synth:1", "datasets": ["d0", "d1", "d2"], "x": ["x1", "age"],
                              "y": ["sex"], "filters": None}, "parameters": {"positive_class": "F"}}
-    caplog.set_level(logging.INFO, logger="mipflow.federation")
+    caplog.set_level(logging.INFO, logger="mipflow.central.federation")
     # plain aggregation: with secure aggregation (default for 3 nodes) a round-0 refusal restarts
-    # the analysis with fresh masks, and the round numbers start again (tests/test_secagg_federation.py)
+    # the analysis with fresh masks, and the round numbers start again (tests/integration/test_secagg_federation.py)
     outcome = run_analysis("logistic_regression", request, clients, researcher=RESEARCHER, project=PROJECT,
                            secure_aggregation=False)
     assert outcome.rounds > 2 and set(outcome.excluded) == {"node2"}
@@ -288,7 +288,7 @@ def test_central_failure_posts_the_message_and_a_dead_webhook_never_raises(tmp_p
 
 def test_pool_command_runs_airflow_pools_set():
     from mipflow.exceptions import ConfigError
-    from mipflow.pools import create_pools, federation_pool
+    from mipflow.central.pools import create_pools, federation_pool
 
     calls = []
 
@@ -326,7 +326,7 @@ def test_pool_command_dry_run_prints_the_airflow_command(capsys):
     pytest.param(["--serve"], {}, 1, False, id="failed-demo-does-not-serve"),
 ])
 def test_demo_serves_results_only_when_asked(monkeypatch, tmp_path, argv, env, code, served):
-    from mipflow import demo
+    from mipflow.demo import run as demo
 
     monkeypatch.delenv("MIPFLOW_DEMO_SERVE", raising=False)
     for key, value in env.items():
@@ -339,7 +339,7 @@ def test_demo_serves_results_only_when_asked(monkeypatch, tmp_path, argv, env, c
 
 
 def test_demo_hint_names_the_results_url():
-    from mipflow.demo import results_page_hint
+    from mipflow.demo.run import results_page_hint
 
     assert "http://localhost:8099/mipflow/" in results_page_hint(REPO_ROOT, 8099)
     assert "DEMO_ARGS=--serve" in results_page_hint(REPO_ROOT) and "now" in results_page_hint(REPO_ROOT, serving=True)

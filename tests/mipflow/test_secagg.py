@@ -1,7 +1,7 @@
 """Secure aggregation (mipflow.secagg): masks cancel, a masked release looks like noise,
 the sum is exact, federated == pooled on random splits, keys are checked.
 
-Over real HTTP nodes: ``tests/test_secagg_federation.py``.
+Over real HTTP nodes: ``tests/integration/test_secagg_federation.py``.
 """
 from __future__ import annotations
 
@@ -431,7 +431,7 @@ def test_secure_descriptive_stats_release_only_the_pooled_rows(split) -> None:
 
 def test_cli_key_pin_policy(tmp_path, capsys) -> None:
     from mipflow.cli import main
-    from mipflow.config import NodeHome
+    from mipflow.node.home import NodeHome
 
     NodeHome.init(tmp_path / "h", "hospital_a")
     assert main(["secagg", "key", str(tmp_path / "h")]) == 0

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from mipflow.auth import Credential, issue_client, signed_headers
-from mipflow.config import NodeHome
-from mipflow.nodeapi import create_app
+from mipflow.protocol.signing import Credential, issue_client, signed_headers
+from mipflow.node.home import NodeHome
+from mipflow.node.api.app import create_app
 from tests.mipflow.algorithms.survival_data import STROKE, make_stroke
 from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame
 

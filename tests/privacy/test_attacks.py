@@ -14,7 +14,7 @@ from typing import Any, Iterable
 import numpy as np
 import pytest
 
-from mipflow.disclosure import RAW_EXTREME_KEYS
+from mipflow.node.controls.disclosure import RAW_EXTREME_KEYS
 from tests.privacy.conftest import (
     TARGET, TARGET_AGE, TARGET_FOLLOWUP, TARGET_NIHSS, Node, rule, start_node, where,
 )

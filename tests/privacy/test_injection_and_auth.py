@@ -13,10 +13,10 @@ import time
 
 import pytest
 
-from mipflow.audit import verify_log
-from mipflow.auth import issue_client, signed_headers
-from mipflow.config import NodeHome
-from mipflow.store import FeatureStore
+from mipflow.node.controls.audit import verify_log
+from mipflow.protocol.signing import issue_client, signed_headers
+from mipflow.node.home import NodeHome
+from mipflow.node.store import FeatureStore
 from tests.mipflow.algorithms.survival_data import STROKE
 from tests.privacy.conftest import Node, rule, start_node, where
 
@@ -38,7 +38,7 @@ def _store_rows(node: Node) -> int:
 
 
 def _audited(node: Node) -> list[dict]:
-    from mipflow.audit import AUDIT_FILE, AuditLog
+    from mipflow.node.controls.audit import AUDIT_FILE, AuditLog
 
     return AuditLog(node.home.root / AUDIT_FILE).records()
 

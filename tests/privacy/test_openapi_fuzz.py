@@ -6,7 +6,7 @@ must conform to the schema.
 * Unsigned, every ``/v1`` request is refused with 401 (``docs/adr/0003-authentication.md``).
 * Signed as the central site signs (:class:`CentralSigner`, a ``requests`` auth that
   schemathesis applies to each generated case: HMAC over method, path, body, timestamp
-  and nonce, :mod:`mipflow.auth`), the requests get past authentication to a node with
+  and nonce, :mod:`mipflow.protocol.signing`), the requests get past authentication to a node with
   rows and a grant, so the generated step body (``StepCall`` in the schema: request,
   filters, parameters, round, state, secure_aggregation...) reaches the request parser,
   the access and disclosure controls and the algorithm code.  Each generated body has
@@ -32,10 +32,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mipflow.algorithms import ALGORITHMS
-from mipflow.audit import AUDIT_FILE, AuditLog
-from mipflow.auth import Credential, issue_client, signed_headers
-from mipflow.config import NodeHome
-from mipflow.nodeapi import StepReply, create_app
+from mipflow.node.controls.audit import AUDIT_FILE, AuditLog
+from mipflow.protocol.signing import Credential, issue_client, signed_headers
+from mipflow.node.home import NodeHome
+from mipflow.node.api.app import StepReply, create_app
 from mipflow.secagg import SCHEME, load_keypair
 from tests.mipflow.algorithms.survival_data import STROKE
 from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame
@@ -45,7 +45,7 @@ NODE = "fuzzed"
 OPERATIONS = ["GET /health", "GET /v1/metadata", "GET /v1/algorithms", "GET /v1/secagg/key",
               "POST /v1/steps/{algorithm}"]
 SIGNED = [label for label in OPERATIONS if " /v1/" in label]
-#: Every control a step refusal may name (mipflow.disclosure, access, budget, cohorts, dp, secagg).
+#: Every control a step refusal may name (mipflow.node.controls.disclosure, access, budget, cohorts, dp, secagg).
 CONTROLS = {"access", "budget", "data_model", "disabled_algorithm", "min_row_count", "nfilter_tab",
             "nfilter_string", "differencing", "privacy_budget", "secure_aggregation", "dp"}
 EXAMPLES_PER_ALGORITHM = 15
@@ -63,7 +63,7 @@ VALUES = ["yes", "no", "F", "M", "ischaemic", "tia", "hospital_a", 0, 1, 18.5, 4
 
 
 class CentralSigner(requests.auth.AuthBase):
-    """Sign each request as :class:`mipflow.federation.NodeClient` does.
+    """Sign each request as :class:`mipflow.central.federation.NodeClient` does.
 
     The signature covers the path the node sees (percent-decoded, as ASGI gives it)
     with the query string as sent, and the exact body bytes schemathesis serialised.

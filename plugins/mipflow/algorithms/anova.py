@@ -41,7 +41,7 @@ from mipflow.algorithms.base import (
     category_codes, json_ready, numeric_values, sorted_levels,
 )
 from mipflow.algorithms.moments import Moments, merge_moments
-from mipflow.datamodel import DataModel
+from mipflow.protocol.datamodel import DataModel
 from mipflow.exceptions import RequestError
 
 #: Name of the residual row (Exareme2's spelling).

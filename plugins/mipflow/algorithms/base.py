@@ -26,7 +26,7 @@ from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 import numpy as np
 import pandas as pd
 
-from mipflow.datamodel import DataModel, Variable
+from mipflow.protocol.datamodel import DataModel, Variable
 from mipflow.exceptions import DataModelError, FederationError, RequestError
 
 #: Name of the constant column of a design matrix (patsy / Exareme2 spelling).

@@ -46,7 +46,7 @@ from scipy import stats
 from mipflow.algorithms.base import (
     NOMINAL, AnalysisRequest, InputSpec, ParamSpec, SpecAlgorithm, Step, category_codes, json_ready,
 )
-from mipflow.datamodel import DataModel
+from mipflow.protocol.datamodel import DataModel
 from mipflow.exceptions import RequestError
 
 YES_NO = ("yes", "no")

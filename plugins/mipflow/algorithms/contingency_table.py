@@ -45,7 +45,7 @@ from mipflow.algorithms.base import (
     NOMINAL, AnalysisRequest, InputSpec, ParamSpec, SpecAlgorithm, Step, alternative_spec,
     category_codes, json_ready,
 )
-from mipflow.datamodel import DataModel
+from mipflow.protocol.datamodel import DataModel
 from mipflow.exceptions import RequestError
 
 #: Expected counts below this make the asymptotic p-values doubtful (Cochran's rule).

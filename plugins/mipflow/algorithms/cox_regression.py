@@ -79,7 +79,7 @@ from mipflow.algorithms.survival import (
     SURVIVAL_PARAMETERS, SURVIVAL_Y, binning_summary, check_outcome, common_ends, grid_counts, grid_for,
     outcome, rebin, safe_bins,
 )
-from mipflow.datamodel import DataModel
+from mipflow.protocol.datamodel import DataModel
 from mipflow.exceptions import RequestError
 
 CONFIDENCE = 0.95

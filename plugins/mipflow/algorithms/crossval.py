@@ -48,7 +48,7 @@ def fold_sizes(n_rows: int, n_splits: int) -> list[int]:
 
 class CrossValidated:
     """What the cross-validation algorithms share: the fold sizes the node's disclosure controls
-    check (:mod:`mipflow.disclosure`); mixed in before the algorithm's base class."""
+    check (:mod:`mipflow.node.controls.disclosure`); mixed in before the algorithm's base class."""
 
     def fold_sizes(self, request: Any, n_rows: int) -> list[int]:
         """Rows per fold at a node (checked by the node's disclosure controls)."""

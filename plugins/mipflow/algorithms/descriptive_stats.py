@@ -46,7 +46,7 @@ from mipflow.algorithms.base import (
     category_codes, json_ready, numeric_values,
 )
 from mipflow.algorithms.moments import Moments, compute_moments, merge_moments
-from mipflow.datamodel import DataModel
+from mipflow.protocol.datamodel import DataModel
 
 DATASET = "dataset"
 ALL_DATASETS = "all datasets"

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from mipflow.datamodel import DataModel, Variable
+from mipflow.protocol.datamodel import DataModel, Variable
 from mipflow.exceptions import RequestError
 
 _COMPARISONS = {

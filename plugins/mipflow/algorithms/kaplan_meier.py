@@ -38,7 +38,7 @@ from mipflow.algorithms.survival import (
     SURVIVAL_PARAMETERS, SURVIVAL_Y, binning_summary, check_outcome, coarsen_groups, common_ends, grid_counts,
     grid_for, outcome, rebin, released_cells,
 )
-from mipflow.datamodel import DataModel
+from mipflow.protocol.datamodel import DataModel
 from mipflow.exceptions import RequestError
 
 

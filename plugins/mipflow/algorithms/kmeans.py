@@ -68,7 +68,7 @@ from mipflow.algorithms.base import (
 )
 from mipflow.algorithms.moments import compute_moments, merge_moment_dicts
 from mipflow.algorithms.prepared import memo
-from mipflow.datamodel import DataModel
+from mipflow.protocol.datamodel import DataModel
 from mipflow.exceptions import RequestError
 
 #: Initialisation schemes: aggregate-only (default) and Exareme2's (needs raw extremes).

@@ -26,7 +26,7 @@ from mipflow.algorithms.base import (
     select_design_columns, sum_level_counts,
 )
 from mipflow.algorithms.moments import compute_moments, merge_moment_dicts
-from mipflow.datamodel import DataModel
+from mipflow.protocol.datamodel import DataModel
 from mipflow.exceptions import RequestError
 
 #: Confidence level of the coefficient intervals (statsmodels' default).
@@ -34,7 +34,7 @@ CONFIDENCE = 0.95
 #: Above this condition number of the scaled covariance the design is
 #: treated as collinear.
 MAX_CONDITION = 1e12
-#: Co-moments with differential-privacy noise (``mipflow.dp``) need not be positive definite.
+#: Co-moments with differential-privacy noise (``mipflow.node.controls.dp``) need not be positive definite.
 NOT_POSITIVE_DEFINITE = (
     "the covariates' co-moment matrix is not positive definite: the differential-privacy noise a node added "
     "outweighs the data (more rows, a larger dp_epsilon or fewer covariates help)")
@@ -57,7 +57,7 @@ def solve_centred(cxx: np.ndarray, cxy: np.ndarray, names: list[str]) -> tuple[n
     RequestError
         If a covariate is constant, the covariates are collinear, or ``cxx`` is
         not positive definite (only possible with co-moments that carry
-        differential-privacy noise, ``mipflow.dp``: exact ones are sums of
+        differential-privacy noise, ``mipflow.node.controls.dp``: exact ones are sums of
         squares).
     """
     diagonal = np.diagonal(cxx)

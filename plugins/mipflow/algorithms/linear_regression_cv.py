@@ -34,7 +34,7 @@ from mipflow.algorithms.base import (
 from mipflow.algorithms.crossval import N_SPLITS, SEED, CrossValidated, fit_folds, fold_labels, mean_std
 from mipflow.algorithms.linear_regression import LinearRegression
 from mipflow.algorithms.moments import compute_moments, merge_moment_dicts
-from mipflow.datamodel import DataModel
+from mipflow.protocol.datamodel import DataModel
 from mipflow.exceptions import RequestError
 
 

@@ -37,7 +37,7 @@ from mipflow.algorithms.base import (
     select_design_columns, sum_level_counts,
 )
 from mipflow.algorithms.moments import compute_moments, merge_moment_dicts
-from mipflow.datamodel import DataModel
+from mipflow.protocol.datamodel import DataModel
 from mipflow.exceptions import RequestError
 
 CONFIDENCE = 0.95

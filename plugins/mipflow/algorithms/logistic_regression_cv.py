@@ -37,7 +37,7 @@ from mipflow.algorithms.crossval import (
 )
 from mipflow.algorithms.linear_regression_cv import base_request
 from mipflow.algorithms.logistic_regression import LogisticRegression
-from mipflow.datamodel import DataModel
+from mipflow.protocol.datamodel import DataModel
 from mipflow.exceptions import RequestError
 
 #: Parameters passed through to the per-fold logistic regression.

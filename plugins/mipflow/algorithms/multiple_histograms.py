@@ -32,7 +32,7 @@ from mipflow.algorithms.base import (
     NOMINAL, NUMERICAL, AnalysisRequest, InputSpec, ParamSpec, SpecAlgorithm, Step,
     category_codes, json_ready, numeric_values,
 )
-from mipflow.datamodel import DataModel, Variable
+from mipflow.protocol.datamodel import DataModel, Variable
 from mipflow.exceptions import RequestError
 
 

@@ -43,7 +43,7 @@ from mipflow.algorithms.crossval import (
     N_SPLITS, SEED, CrossValidated, fit_folds, fold_labels, multiclass_metrics,
 )
 from mipflow.algorithms.moments import Moments, compute_moments, merge_moments
-from mipflow.datamodel import DataModel
+from mipflow.protocol.datamodel import DataModel
 from mipflow.exceptions import RequestError
 
 _Y = InputSpec(types=("text", "int"), stattypes=(NOMINAL,), notblank=True, multiple=False)

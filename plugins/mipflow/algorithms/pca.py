@@ -43,7 +43,7 @@ from mipflow.algorithms.base import (
     numeric_values,
 )
 from mipflow.algorithms.moments import Moments, compute_moments, merge_moment_dicts
-from mipflow.datamodel import DataModel
+from mipflow.protocol.datamodel import DataModel
 from mipflow.exceptions import RequestError
 
 #: Transformations of ``pca_with_transformation``: applied at the nodes, or centrally (affine).

@@ -22,7 +22,7 @@ from mipflow.algorithms.base import (
     json_ready, numeric_values,
 )
 from mipflow.algorithms.moments import compute_moments, merge_moment_dicts
-from mipflow.datamodel import DataModel
+from mipflow.protocol.datamodel import DataModel
 from mipflow.exceptions import RequestError
 
 

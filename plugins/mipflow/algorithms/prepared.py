@@ -2,7 +2,7 @@
 
 An iterative algorithm's node is called once per round with the same data
 selection; the node API already keeps that selection (a DataFrame) in memory
-between the rounds of an analysis (``local_data`` in :mod:`mipflow.nodeapi`),
+between the rounds of an analysis (``local_data`` in :mod:`mipflow.node.api.app`),
 and :func:`mipflow.algorithms.base.run_in_process` hands every round the same
 frame.  Arrays derived from the rows that do not change between rounds (a
 Cox model's sorted risk-set design, k-means' column-major values) are

@@ -32,7 +32,7 @@ import pandas as pd
 from mipflow.algorithms.base import (
     NOMINAL, NUMERICAL, AnalysisRequest, InputSpec, ParamSpec, category_codes, numeric_values, stattype,
 )
-from mipflow.datamodel import DataModel, Variable
+from mipflow.protocol.datamodel import DataModel, Variable
 from mipflow.exceptions import RequestError
 
 #: Most grid points a request may ask for (bounds the size of every aggregate).

@@ -20,7 +20,7 @@ from mipflow.algorithms.base import (
     alternative_spec, json_ready, numeric_values, t_interval, t_pvalue,
 )
 from mipflow.algorithms.moments import compute_moments, merge_moment_dicts
-from mipflow.datamodel import DataModel
+from mipflow.protocol.datamodel import DataModel
 from mipflow.exceptions import RequestError
 
 

@@ -27,7 +27,7 @@ class ValidationNodes:
         self._cache = {"dementia:0.1": (dementia_model, None)}
 
     def get(self, key: str):
-        from mipflow.datamodel import load_data_model
+        from mipflow.protocol.datamodel import load_data_model
 
         model, nodes = self._cache.get(key, (None, None))
         if nodes is None:

@@ -10,7 +10,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from mipflow.datamodel import DataModel
+from mipflow.protocol.datamodel import DataModel
 
 #: Relative tolerance of federated-vs-pooled comparisons for exact methods.
 EXACT_RTOL = 1e-9

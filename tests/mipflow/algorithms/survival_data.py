@@ -9,9 +9,9 @@ import pandas as pd
 
 from mipflow.algorithms import AnalysisRequest, get_algorithm, prepare_local_data
 from mipflow.algorithms.base import MAX_ROUNDS, transport
-from mipflow.config import NodeSettings
-from mipflow.datamodel import load_data_model
-from mipflow.disclosure import DisclosureControls
+from mipflow.node.home import NodeSettings
+from mipflow.protocol.datamodel import load_data_model
+from mipflow.node.controls.disclosure import DisclosureControls
 from mipflow.exceptions import DisclosureError
 from tests.conftest import REPO_ROOT
 
@@ -54,7 +54,7 @@ def run_with_controls(algorithm: str, frames: Sequence[pd.DataFrame], req: Analy
                       settings: NodeSettings) -> tuple[dict | None, list[int], dict[int, DisclosureError]]:
     """Run an analysis in process with every node's disclosure controls, as a node API does.
 
-    A node refused in round 0 is left out (as :func:`mipflow.federation.run_analysis` does); a
+    A node refused in round 0 is left out (as :func:`mipflow.central.federation.run_analysis` does); a
     refusal in a later round is raised.
 
     Returns

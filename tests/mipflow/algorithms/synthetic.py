@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 
 from mipflow.algorithms import AnalysisRequest
-from mipflow.datamodel import DataModel
+from mipflow.protocol.datamodel import DataModel
 
 MODEL = DataModel.from_dict({
     "code": "synth", "version": "1", "label": "synthetic test model",

@@ -1,7 +1,7 @@
 """Two-way ANOVA and PCA: bad requests, rank-deficient designs, and what a node refuses to release.
 
 The pooled-reference properties live in ``test_federated_vs_pooled.py`` (and
-run over HTTP in ``tests/test_federation.py``); Exareme2's cases in
+run over HTTP in ``tests/integration/test_federation.py``); Exareme2's cases in
 ``test_exareme2_validation.py``.  Here: the request errors, an explicit
 design with empty cells, and the disclosure controls of a real node app
 (signed requests through FastAPI's test client, default settings unless
@@ -18,10 +18,10 @@ import statsmodels.formula.api as smf
 from fastapi.testclient import TestClient
 
 from mipflow.algorithms import ALGORITHMS, run_in_process
-from mipflow.auth import issue_client, signed_headers
-from mipflow.config import NodeHome
+from mipflow.protocol.signing import issue_client, signed_headers
+from mipflow.node.home import NodeHome
 from mipflow.exceptions import RequestError
-from mipflow.nodeapi import create_app
+from mipflow.node.api.app import create_app
 from tests.mipflow.algorithms.helpers import assert_rel_close
 from tests.mipflow.algorithms.synthetic import MODEL, make_data, request
 from tests.mipflow.algorithms.test_federated_vs_pooled import _anova_reference

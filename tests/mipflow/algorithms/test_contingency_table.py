@@ -16,8 +16,8 @@ from statsmodels.stats.contingency_tables import Table, Table2x2
 
 from mipflow.algorithms import get_algorithm, prepare_local_data, run_in_process
 from mipflow.algorithms.base import transport
-from mipflow.config import NodeSettings
-from mipflow.disclosure import DisclosureControls
+from mipflow.node.home import NodeSettings
+from mipflow.node.controls.disclosure import DisclosureControls
 from mipflow.exceptions import DisclosureError, RequestError
 from tests.mipflow.algorithms.helpers import EXACT_RTOL, POOLED_SUMMARY, assert_rel_close
 from tests.mipflow.algorithms.synthetic import MODEL, make_data, request

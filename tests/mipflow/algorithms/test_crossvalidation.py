@@ -25,8 +25,8 @@ from sklearn.naive_bayes import CategoricalNB, GaussianNB
 from mipflow.algorithms import AnalysisRequest, get_algorithm, prepare_local_data, run_in_process
 from mipflow.algorithms.crossval import fit_folds, fold_labels, score_bins
 from mipflow.algorithms.filters_pandas import apply_filters
-from mipflow.config import NodeSettings
-from mipflow.disclosure import DisclosureControls
+from mipflow.node.home import NodeSettings
+from mipflow.node.controls.disclosure import DisclosureControls
 from mipflow.exceptions import DisclosureError, RequestError
 from tests.conftest import SHARED_DIR
 from tests.mipflow.algorithms.helpers import EXACT_RTOL, POOLED_SUMMARY, assert_rel_close

@@ -14,7 +14,7 @@ Deliberate differences are listed in ``NOTES`` and printed with the summary
 
 The per-case comparison is reusable: :func:`load_cases` reads a file's cases
 and :func:`check_case` compares one result with its expected output
-(``tests/test_federation.py`` runs the same cases over real HTTP nodes).
+(``tests/integration/test_federation.py`` runs the same cases over real HTTP nodes).
 """
 from __future__ import annotations
 

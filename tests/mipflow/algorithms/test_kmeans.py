@@ -20,8 +20,8 @@ from sklearn.cluster import KMeans as SkKMeans
 
 from mipflow.algorithms import get_algorithm, run_in_process
 from mipflow.algorithms.kmeans import principal_axis_centres
-from mipflow.config import NodeSettings
-from mipflow.disclosure import DisclosureControls
+from mipflow.node.home import NodeSettings
+from mipflow.node.controls.disclosure import DisclosureControls
 from mipflow.exceptions import DisclosureError, RequestError
 from tests.mipflow.algorithms.helpers import EXACT_RTOL, POOLED_SUMMARY, assert_rel_close
 from tests.mipflow.algorithms.synthetic import MODEL, make_data, request

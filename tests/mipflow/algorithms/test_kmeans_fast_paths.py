@@ -14,7 +14,7 @@ import pytest
 from mipflow.algorithms import get_algorithm
 from mipflow.algorithms import kmeans as kmeans_module
 from mipflow.algorithms.base import AnalysisRequest, transport
-from mipflow.datamodel import DataModel
+from mipflow.protocol.datamodel import DataModel
 
 MODEL = DataModel.from_dict({"code": "km", "version": "1", "label": "km", "variables": [
     {"code": "dataset", "sql_type": "text", "isCategorical": True, "enumerations": [{"code": "a", "label": "a"}]},

@@ -30,8 +30,8 @@ from mipflow.algorithms import get_algorithm, prepare_local_data, run_in_process
 from mipflow.algorithms.base import transport
 from mipflow.algorithms.packed import unpack
 from mipflow.algorithms.survival import safe_bins
-from mipflow.config import NodeSettings
-from mipflow.disclosure import DisclosureControls
+from mipflow.node.home import NodeSettings
+from mipflow.node.controls.disclosure import DisclosureControls
 from mipflow.exceptions import DisclosureError, RequestError
 from tests.mipflow.algorithms import lifelines_reference
 from tests.mipflow.algorithms.helpers import POOLED_SUMMARY, assert_rel_close

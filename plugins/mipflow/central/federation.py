@@ -1,0 +1,511 @@
+"""The central side: reach nodes, run an algorithm's rounds, combine aggregates.
+
+A federation file (JSON, mode 0600: it holds credentials) lists the nodes::
+
+    {"name": "stroke-demo",
+     "nodes": [{"name": "hospital_a", "url": "http://127.0.0.1:8701",
+                "client_id": "central", "secret": "<hex>"}]}
+
+:func:`run_analysis` is the one way to run an analysis: the CLI, the
+Airflow operator and the tests call it.  Nodes are called in parallel; a node
+that refuses (disclosure controls) or cannot be reached is left out with its
+reason, and the analysis goes on if at least ``min_nodes`` remain (default 1;
+3 or more is recommended, so that no single node's aggregates can be told
+apart in a result).  A node that
+drops out after the first round restarts the analysis without it, so every
+result is computed on one consistent set of nodes.  An algorithm may instead
+end the analysis on the rounds already combined when nodes refuse a later
+round (:meth:`mipflow.algorithms.base.SpecAlgorithm.on_refusal`; k-means near
+convergence, docs/adr/0020-kmeans-privacy-stop.md): every node then counts as
+contributing and the outcome's ``stopped`` says which node refused which round.
+
+Every analysis runs on behalf of a researcher and a project: both travel in
+the signed request body (and the signed query string of metadata calls), and
+each node checks them against its own grants (docs/adr/0010-governance.md).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from mipflow import __version__
+from mipflow.protocol.signing import signed_headers
+from mipflow.exceptions import ConfigError, FederationError, MipflowError, RequestError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NodeEndpoint:
+    """How to reach one node."""
+
+    name: str
+    url: str
+    client_id: str
+    secret: str = field(repr=False)
+
+
+class NodeRefused(MipflowError):
+    """A node answered, but would not run the step (disclosure control or invalid request)."""
+
+    def __init__(self, node: str, reason: str, control: str, status: int) -> None:
+        super().__init__(f"{node}: {reason}")
+        self.node, self.reason, self.control, self.status = node, reason, control, status
+
+
+class NodeUnavailable(MipflowError):
+    """A node could not be reached or failed after retries."""
+
+
+class NodeClient:
+    """Signed HTTP calls to one node; retries connection errors and 5xx, never 4xx."""
+
+    def __init__(self, endpoint: NodeEndpoint, *, timeout: float = 60.0, retries: int = 2,
+                 backoff: float = 0.2) -> None:
+        import httpx
+
+        self.endpoint = endpoint
+        self.retries = retries
+        self.backoff = backoff
+        self._secret = bytes.fromhex(endpoint.secret)
+        self._http = httpx.Client(base_url=endpoint.url.rstrip("/"), timeout=timeout)
+
+    @property
+    def name(self) -> str:
+        return self.endpoint.name
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _call(self, method: str, path: str, payload: Any = None) -> Any:
+        import httpx
+
+        body = b"" if payload is None else json.dumps(payload, allow_nan=False).encode()
+        last: Exception | None = None
+        for attempt in range(self.retries + 1):
+            headers = signed_headers(self.endpoint.client_id, self._secret, method, path, body)
+            if payload is not None:
+                headers["Content-Type"] = "application/json"
+            try:
+                response = self._http.request(method, path, content=body, headers=headers)
+            except httpx.TransportError as exc:
+                last = exc
+            else:
+                if response.status_code < 400:
+                    return response.json()
+                if response.status_code < 500:
+                    detail = _detail(response)
+                    raise NodeRefused(self.name, detail.get("refused") or detail.get("detail") or
+                                      f"HTTP {response.status_code}", detail.get("control", "request"),
+                                      response.status_code)
+                last = NodeUnavailable(f"{self.name}: HTTP {response.status_code}")
+            if attempt < self.retries:
+                time.sleep(self.backoff * (2 ** attempt))
+        raise NodeUnavailable(f"{self.name} unreachable at {self.endpoint.url}: {type(last).__name__}")
+
+    def health(self) -> dict[str, Any]:
+        return self._call("GET", "/health")
+
+    def metadata(self, researcher: str | None = None, project: str | None = None) -> dict[str, Any]:
+        """What the node holds; datasets only those ``researcher`` (in ``project``) is approved for."""
+        from urllib.parse import urlencode
+
+        query = {k: v for k, v in (("researcher", researcher), ("project", project)) if v is not None}
+        return self._call("GET", "/v1/metadata" + (f"?{urlencode(query)}" if query else ""))
+
+    def algorithms(self) -> dict[str, Any]:
+        """The node's catalogue: enabled and disabled algorithms with their code digests."""
+        return self._call("GET", "/v1/algorithms")
+
+    def step(self, algorithm: str, request: Mapping[str, Any], round_no: int,
+             state: Mapping[str, Any] | None, *, researcher: str | None = None, project: str | None = None,
+             analysis_id: str | None = None, secure_aggregation: Mapping[str, Any] | None = None
+             ) -> dict[str, Any]:
+        body = {"request": dict(request), "round": round_no, "state": state,
+                "researcher": researcher, "project": project, "analysis_id": analysis_id}
+        if secure_aggregation is not None:  # mask the aggregates for a secure sum (mipflow.secagg)
+            body["secure_aggregation"] = dict(secure_aggregation)
+        return self._call("POST", f"/v1/steps/{algorithm}", body)
+
+    def secagg_key(self) -> dict[str, Any]:
+        """The node's secure-aggregation public key (``mipflow.secagg``)."""
+        return self._call("GET", "/v1/secagg/key")
+
+
+def _detail(response: Any) -> dict[str, Any]:
+    try:
+        doc = response.json()
+    except ValueError:
+        return {}
+    if isinstance(doc, dict) and isinstance(doc.get("detail"), (str, dict)):
+        return doc if not isinstance(doc["detail"], dict) else doc["detail"]
+    return doc if isinstance(doc, dict) else {}
+
+
+@dataclass
+class AnalysisOutcome:
+    """A federated result with its provenance."""
+
+    algorithm: str
+    request: dict[str, Any]
+    result: dict[str, Any]
+    contributed: dict[str, int]             # node -> rows used
+    excluded: dict[str, str]                # node -> reason
+    rounds: int
+    seconds: float
+    datasets: dict[str, dict[str, int | None]] = field(default_factory=dict)  # node -> dataset -> rows held
+    software: str = f"mipflow {__version__}"
+    researcher: str = ""
+    project: str = ""
+    analysis_id: str = ""
+    #: {"central": {catalogue_version, algorithm_sha256}, "nodes": {node: {...}}, "consistent": bool}
+    code: dict[str, Any] = field(default_factory=dict)
+    #: differential privacy (ADR 0015): which nodes added noise, mechanism, epsilon, delta, clamping; {} if exact
+    privacy: dict[str, Any] = field(default_factory=dict)
+    #: {"enabled": bool, ...scheme, participants' key fingerprints} (mipflow.secagg)
+    secure_aggregation: dict[str, Any] = field(default_factory=dict)
+    #: the algorithm ended early on refusals (on_refusal): {"round": refused round, "refusals":
+    #: {node: {"control", "reason"}}}; the result is that of rounds 0 .. round-1; {} otherwise
+    stopped: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class OnBehalfOf:
+    """Who an analysis runs for, as sent to every node."""
+
+    researcher: str
+    project: str
+    analysis_id: str
+
+
+def _on_behalf_of(researcher: str | None, project: str | None) -> OnBehalfOf:
+    from mipflow.node.controls.access import IDENTITY_RE
+
+    for value, what in ((researcher, "researcher"), (project, "project")):
+        if not value:
+            raise RequestError(f"an analysis runs on behalf of a researcher and a project: give {what}")
+        if not IDENTITY_RE.match(value):
+            raise RequestError(f"{what} {value[:40]!r} is not a valid identity (letters, digits, '_.@+-')")
+    return OnBehalfOf(str(researcher), str(project), uuid.uuid4().hex)
+
+
+def run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequence[NodeClient], *,
+                 researcher: str | None = None, project: str | None = None,
+                 min_nodes: int = 1, max_restarts: int = 3,
+                 secure_aggregation: bool | None = None) -> AnalysisOutcome:
+    """Run one federated analysis over ``nodes`` on behalf of ``researcher`` in ``project``.
+
+    Each node decides itself whether the researcher may run this analysis on
+    its data (its access grants, query budget and enabled algorithms); a node
+    that refuses is left out with its reason like any other refusal.
+
+    ``secure_aggregation``: ``True`` masks every node's aggregates so that only
+    their sum is seen here (:mod:`mipflow.secagg`), ``False`` never does, and
+    ``None`` (default) does when at least 3 nodes take part and the algorithm
+    supports it.  A node dropping out of a secure analysis restarts it without
+    that node.
+
+    Raises
+    ------
+    RequestError
+        If the request is invalid or names no researcher / project (checked
+        centrally before any node is called).
+    FederationError
+        If fewer than ``min_nodes`` nodes contribute; the message lists each node's reason.
+    """
+    from mipflow import secagg
+
+    who = _on_behalf_of(researcher, project)
+    secure = secagg.resolve(secure_aggregation, algorithm_name, request)
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(nodes)))) as pool:
+        return _run_analysis(algorithm_name, request, nodes, min_nodes, max_restarts, pool, who, secure)
+
+
+def _code_provenance(algorithm_name: str, replies: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    from mipflow.algorithms.provenance import code_of
+
+    central = code_of(algorithm_name)
+    nodes = {name: dict(reply.get("code") or {}) for name, reply in replies.items()}
+    consistent = all(code.get("algorithm_sha256") == central["algorithm_sha256"] for code in nodes.values())
+    if not consistent:
+        log.warning("%s: step code differs between nodes and the central site: %s", algorithm_name, nodes)
+    return {"central": central, "nodes": nodes, "consistent": consistent}
+
+
+def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequence[NodeClient], min_nodes: int,
+                  max_restarts: int, pool: ThreadPoolExecutor, who: OnBehalfOf,
+                  secure: str = "off") -> AnalysisOutcome:
+    from mipflow.algorithms import get_algorithm
+    from mipflow.algorithms.base import MAX_ROUNDS, AnalysisRequest
+    from mipflow.protocol.datamodel import DataModel
+
+    started = time.perf_counter()
+    algorithm = get_algorithm(algorithm_name)
+    parsed = AnalysisRequest.from_dict(request)
+    request_doc = parsed.to_dict()
+    active = list(nodes)
+    excluded: dict[str, str] = {}
+    model: DataModel | None = None
+    dataset_rows: dict[str, dict[str, int | None]] = {}
+    for restart in range(max_restarts + 1):
+        if len(active) < min_nodes:
+            break
+        if restart:
+            log.info("%s (analysis %s): restart %d of at most %d on %d node(s) after a node dropped out",
+                     algorithm_name, who.analysis_id, restart, max_restarts, len(active))
+        if model is None:
+            model, dataset_rows = _model_from_nodes(active, parsed.data_model, excluded, parsed.datasets, who)
+            active = [n for n in active if n.name not in excluded]
+            log.info("%s (analysis %s): metadata from %d of %d node(s)", algorithm_name, who.analysis_id,
+                     len(active), len(nodes))
+            algorithm.validate(parsed, model)
+        # secure aggregation (mipflow.secagg, ADR 0014): one participant set per attempt
+        session, secure, secure_note = _secure_session(algorithm_name, secure, active, excluded, pool, parsed)
+        active = [n for n in active if n.name not in excluded]
+        if len(active) < min_nodes:
+            break
+        state: dict | None = None
+        memo: dict | None = None  # central-only (Step.memo), for on_refusal
+        rows: dict[str, int] = {}
+        code: dict[str, Any] = {}
+        noise_labels: dict[str, list[dict[str, Any]]] = {}  # differential privacy (ADR 0015)
+        dropped = False
+
+        def finish(step: Any, rounds: int, stopped: dict[str, Any]) -> AnalysisOutcome:
+            from mipflow.node.controls.dp import privacy_block
+
+            if step.result is None:
+                raise FederationError(f"{algorithm_name} finished without a result")
+            privacy = privacy_block(noise_labels, list(rows))
+            # a noisy result says so itself, not only in the provenance
+            result = {**step.result, "privacy": privacy} if privacy else step.result
+            return AnalysisOutcome(algorithm=algorithm_name, request=request_doc, result=result,
+                                   contributed=rows, excluded=excluded, rounds=rounds,
+                                   datasets={n: dataset_rows.get(n, {}) for n in rows},
+                                   seconds=round(time.perf_counter() - started, 4),
+                                   researcher=who.researcher, project=who.project,
+                                   analysis_id=who.analysis_id, code=code, privacy=privacy,
+                                   secure_aggregation={"mode": secure, **session.provenance()}
+                                   if session is not None else {"enabled": False, "mode": secure,
+                                                                "reason": secure_note},
+                                   stopped=stopped)
+
+        for round_no in range(MAX_ROUNDS):
+            replies, failures, refusals = _call_all(algorithm_name, request_doc, active, round_no, state, pool,
+                                                    who, session.body() if session is not None else None)
+            log.info("%s (analysis %s): round %d of at most %d: %d node(s) answered, %d left out%s",
+                     algorithm_name, who.analysis_id, round_no + 1, MAX_ROUNDS, len(replies), len(failures),
+                     "" if not failures else " (" + "; ".join(f"{k}: {v}" for k, v in failures.items()) + ")")
+            if failures and round_no > 0 and len(refusals) == len(failures):
+                # the algorithm may end on the rounds already combined (this round's replies are not used;
+                # with secure aggregation a partial round could not be summed anyway)
+                stop = algorithm.on_refusal(round_no, refusals, parsed, model, state, memo)
+                if stop is not None:
+                    if not stop.done:
+                        raise FederationError(f"{algorithm_name}.on_refusal must finish or return None")
+                    log.info("%s (analysis %s): stopped at round %d on the refusal of %s; result of the %d "
+                             "round(s) before", algorithm_name, who.analysis_id, round_no + 1,
+                             ", ".join(sorted(refusals)), round_no)
+                    return finish(stop, round_no, {
+                        "round": round_no,
+                        "refusals": {name: {"control": control, "reason": reason}
+                                     for name, (control, reason) in sorted(refusals.items())}})
+            if failures:
+                excluded.update(failures)
+                active = [n for n in active if n.name not in failures]
+                if round_no > 0 or session is not None:  # (secure: the masks no longer cancel)
+                    dropped = True  # restart on a consistent set of nodes
+                    break
+                if len(active) < min_nodes:
+                    break
+            if round_no == 0:
+                rows = {name: int(reply["rows"]) for name, reply in replies.items()}
+                code = _code_provenance(algorithm_name, replies)
+            aggregates = [replies[n.name]["aggregates"] for n in active]
+            for name, reply in replies.items():
+                if reply.get("privacy"):
+                    noise_labels.setdefault(name, []).append(reply["privacy"])
+            if session is not None:
+                aggregates = [session.combine(replies)]
+            try:
+                step = algorithm.global_step(round_no, aggregates, parsed, model, state)
+            except RequestError as exc:
+                if not noise_labels:
+                    raise
+                noisy = ", ".join(sorted(noise_labels))
+                raise RequestError(f"{exc} (computed from noisy aggregates: node(s) {noisy} added "
+                                   f"differential-privacy noise)") from exc
+            if step.done:
+                log.info("%s (analysis %s): finished after %d round(s) with %d node(s)", algorithm_name,
+                         who.analysis_id, round_no + 1, len(active))
+                return finish(step, round_no + 1, {})
+            state = json.loads(json.dumps(step.state, allow_nan=False))
+            memo = step.memo
+        else:
+            raise FederationError(f"{algorithm_name} did not finish within {MAX_ROUNDS} rounds")
+        if not dropped:
+            break
+    reasons = "; ".join(f"{k}: {v}" for k, v in excluded.items()) or "no nodes configured"
+    raise FederationError(f"{algorithm_name}: {len(active)} node(s) contributed, fewer than "
+                          f"min_nodes ({min_nodes}). Left out: {reasons}")
+
+
+def _secure_session(algorithm_name: str, mode: str, active: Sequence[NodeClient], excluded: dict[str, str],
+                    pool: ThreadPoolExecutor, request: Any = None) -> tuple[Any, str, str]:
+    """The secure-aggregation participant set of one attempt (or None), the mode, and why not.
+
+    ``mode`` is ``"on"``, ``"off"`` or ``"auto"``; automatic mode switches on
+    (``"auto-on"``) with 3 or more nodes, when the algorithm supports this ``request``
+    and is not explicit-only (``secagg.automatic_refusal``), and stays on for restarts
+    while 2 or more remain.  With one node left there is nothing to hide its aggregates among (the
+    result is that node's anyway): automatic mode goes on without masking, ``"on"`` fails.
+    """
+    from mipflow import secagg
+
+    if mode == "auto":
+        reason = secagg.automatic_refusal(algorithm_name, request)
+        if reason is not None:
+            return None, mode, reason
+        if len(active) < secagg.AUTO_MIN_NODES:
+            return None, mode, f"automatic: fewer than {secagg.AUTO_MIN_NODES} nodes take part"
+        mode = "auto-on"
+    if mode == "off":
+        return None, mode, "not requested"
+    session = secagg.open_session(active, excluded, pool) if len(active) >= 2 else None
+    if session is None or len(session.participants) < 2:
+        if mode == "auto-on":
+            return None, mode, "only one node remained"
+        raise FederationError(f"secure aggregation needs at least 2 nodes; "
+                              f"{len(session.participants) if session else len(active)} can take part")
+    return session, mode, ""
+
+
+def _model_from_nodes(nodes: Sequence[NodeClient], key: str, excluded: dict[str, str],
+                      datasets: Sequence[str], who: OnBehalfOf) -> tuple[Any, dict[str, dict[str, int | None]]]:
+    """The data model as the nodes declare it, and each node's row counts of the requested datasets.
+
+    Nodes are asked in parallel.  A node whose declaration of the data model differs from
+    the others' is left out (its rows would not mean the same).  Counts below a node's
+    ``min_row_count`` arrive as ``None`` (not released).
+    """
+    from mipflow.protocol.datamodel import DataModel
+
+    metas: dict[str, dict] = {}
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(nodes)))) as pool:
+        futures = {node.name: pool.submit(node.metadata, who.researcher, who.project) for node in nodes}
+        for name, future in futures.items():
+            try:
+                metas[name] = future.result()
+            except NodeRefused as exc:
+                excluded[name] = f"refused ({exc.control}): {exc.reason}"
+            except NodeUnavailable as exc:
+                excluded[name] = f"unavailable: {exc}"
+    model = None
+    declared = None
+    counts: dict[str, dict[str, int | None]] = {}
+    for name, meta in metas.items():
+        for item in meta.get("data_models", []):
+            if item["data_model"] != key:
+                continue
+            variables = json.dumps(item["variables"], sort_keys=True)
+            if declared is None:
+                code, version = key.split(":", 1)
+                model = DataModel.from_dict({"code": code, "version": version, "label": item["label"],
+                                            "variables": item["variables"]})
+                declared = variables
+            elif variables != declared:
+                excluded[name] = f"declares data model {key} differently from the other nodes"
+                break
+            counts[name] = {d["dataset"]: d["row_count"] for d in item.get("datasets", [])
+                            if d["dataset"] in set(datasets)}
+    if model is None:
+        reasons = "; ".join(f"{k}: {v}" for k, v in excluded.items())
+        raise RequestError(f"no reachable node holds data model {key}" + (f" ({reasons})" if reasons else ""))
+    return model, counts
+
+
+def _call_all(algorithm: str, request: dict[str, Any], nodes: Sequence[NodeClient], round_no: int,
+              state: dict | None, pool: ThreadPoolExecutor, who: OnBehalfOf,
+              secure_aggregation: dict[str, Any] | None = None
+              ) -> tuple[dict[str, dict], dict[str, str], dict[str, tuple[str, str]]]:
+    """One round: every node in parallel (one pool serves all rounds of an analysis).
+
+    Returns the replies, every failed node's reason, and of those the nodes that
+    refused (rather than could not be reached) with their ``(control, reason)``.
+    """
+    replies: dict[str, dict] = {}
+    failures: dict[str, str] = {}
+    refusals: dict[str, tuple[str, str]] = {}
+    extra = {"secure_aggregation": secure_aggregation} if secure_aggregation is not None else {}
+    futures = {node.name: pool.submit(node.step, algorithm, request, round_no, state, researcher=who.researcher,
+                                      project=who.project, analysis_id=who.analysis_id, **extra)
+               for node in nodes}
+    for name, future in futures.items():
+        try:
+            replies[name] = future.result()
+        except NodeRefused as exc:
+            if exc.status == 400 and exc.control == "request":
+                raise RequestError(f"node {name} rejected the request: {exc.reason}") from None
+            failures[name] = f"refused ({exc.control}): {exc.reason}"
+            refusals[name] = (exc.control, exc.reason)
+        except NodeUnavailable as exc:
+            failures[name] = f"unavailable: {exc}"
+    return replies, failures, refusals
+
+
+# -- federation files -----------------------------------------------------------
+
+def load_federation(path: str | Path) -> list[NodeEndpoint]:
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        return [NodeEndpoint(name=n["name"], url=n["url"], client_id=n["client_id"], secret=n["secret"])
+                for n in doc.get("nodes", [])]
+    except FileNotFoundError:
+        raise ConfigError(f"federation file {path} does not exist; create it with "
+                          "mipflow federation add FED --node NAME --url URL --credentials-from HOME") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ConfigError(f"federation file {path} is not valid: {exc}") from None
+
+
+def add_node(path: str | Path, *, name: str, url: str, credentials_from: str | Path,
+             client_id: str = "central") -> NodeEndpoint:
+    """Add (or replace) a node in a federation file, with a credential issued by that node's home."""
+    from mipflow.protocol.signing import issue_client
+
+    path = Path(path)
+    credential = issue_client(Path(credentials_from), client_id)
+    doc = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"name": path.stem, "nodes": []}
+    doc["nodes"] = [n for n in doc.get("nodes", []) if n.get("name") != name]
+    endpoint = NodeEndpoint(name=name, url=url, client_id=client_id, secret=credential.secret.hex())
+    doc["nodes"].append(asdict(endpoint))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(doc, handle, indent=2)
+    tmp.replace(path)
+    return endpoint
+
+
+def analyze(algorithm: str, request: Mapping[str, Any], federation: str | Path, *,
+            researcher: str | None = None, project: str | None = None, min_nodes: int = 1,
+            secure_aggregation: bool | None = None) -> AnalysisOutcome:
+    """Python API: what ``mipflow analyze`` does."""
+    clients = [NodeClient(e) for e in load_federation(federation)]
+    try:
+        return run_analysis(algorithm, request, clients, researcher=researcher, project=project,
+                            min_nodes=min_nodes, secure_aggregation=secure_aggregation)
+    finally:
+        for client in clients:
+            client.close()

@@ -1,0 +1,119 @@
+"""Central result store: a results table and one JSON file per run, with provenance.
+
+``CENTRAL_HOME`` (``MIPFLOW_CENTRAL_HOME``) holds ``results.sqlite`` (or the
+``MIPFLOW_RESULTS_DB_URL`` database) and ``results/<run_id>.json``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from mipflow import __version__
+
+metadata = sa.MetaData()
+results_table = sa.Table(
+    "mipflow_results", metadata,
+    sa.Column("run_id", sa.String(250), primary_key=True),
+    sa.Column("algorithm", sa.String(80), nullable=False),
+    sa.Column("created_at", sa.String(40), nullable=False),
+    sa.Column("request", sa.Text, nullable=False),
+    sa.Column("result", sa.Text, nullable=False),
+    sa.Column("contributed", sa.Text, nullable=False),
+    sa.Column("excluded", sa.Text, nullable=False),
+    sa.Column("software", sa.String(80), nullable=False),
+)
+
+
+def central_home(path: str | Path | None = None) -> Path:
+    root = Path(path or os.environ.get("MIPFLOW_CENTRAL_HOME") or Path.cwd() / "var" / "central")
+    (root / "results").mkdir(parents=True, exist_ok=True)
+    return root
+
+
+class ResultStore:
+    def __init__(self, home: str | Path | None = None, url: str | None = None) -> None:
+        self.home = central_home(home)
+        self.url = url or os.environ.get("MIPFLOW_RESULTS_DB_URL") or f"sqlite:///{self.home / 'results.sqlite'}"
+        self.engine = sa.create_engine(self.url)
+        metadata.create_all(self.engine)
+
+    def save(self, run_id: str, outcome: dict[str, Any]) -> Path:
+        """Store one result (idempotent per run id); returns the JSON file written."""
+        doc = {"run_id": run_id, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+               "software": outcome.get("software", f"mipflow {__version__}"), **outcome}
+        path = self._path(doc["algorithm"], run_id)
+        path.write_text(json.dumps(doc, indent=2, default=str) + "\n", encoding="utf-8")
+        row = {"run_id": run_id, "algorithm": doc["algorithm"], "created_at": doc["created_at"],
+               "request": json.dumps(doc.get("request", {})), "result": json.dumps(doc.get("result", {})),
+               "contributed": json.dumps(doc.get("contributed", {})),
+               "excluded": json.dumps(doc.get("excluded", {})), "software": doc["software"]}
+        with self.engine.begin() as conn:
+            conn.execute(results_table.delete().where(results_table.c.run_id == run_id))
+            conn.execute(results_table.insert().values(**row))
+        return path
+
+    def _path(self, algorithm: str, run_id: str) -> Path:
+        safe = re.sub(r"[^A-Za-z0-9_.\-]", "_", run_id)
+        return self.home / "results" / f"{algorithm}__{safe}.json"
+
+    def runs(self, limit: int = 500) -> list[dict[str, Any]]:
+        """The stored results, newest first, with the provenance of their JSON files where present."""
+        query = sa.select(results_table.c.run_id).order_by(results_table.c.created_at.desc()).limit(limit)
+        with self.engine.connect() as conn:
+            run_ids = [row.run_id for row in conn.execute(query)]
+        return [doc for doc in map(self.document, run_ids) if doc is not None]
+
+    def document(self, run_id: str) -> dict[str, Any] | None:
+        """One result with all its provenance: the results table row, completed from the run's JSON
+        file (rounds, seconds, datasets held, who triggered it) when that file is readable."""
+        row = self.get(run_id)
+        if row is None:
+            return None
+        try:
+            extra = json.loads(self._path(row["algorithm"], run_id).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            extra = {}
+        return {**extra, **row} if extra.get("run_id") == run_id else row
+
+    def get(self, run_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(results_table).where(results_table.c.run_id == run_id)).first()
+        if row is None:
+            return None
+        out = dict(row._mapping)
+        for key in ("request", "result", "contributed", "excluded"):
+            out[key] = json.loads(out[key])
+        return out
+
+
+def summary_lines(outcome: dict[str, Any], limit: int = 40) -> list[str]:
+    """A readable summary of a result for the task log."""
+    lines = [f"{outcome['algorithm']}: {len(outcome.get('contributed', {}))} node(s) contributed "
+             f"({sum(outcome.get('contributed', {}).values())} rows), {outcome.get('rounds', '?')} round(s), "
+             f"{outcome.get('seconds', '?')} s"]
+    if outcome.get("researcher"):
+        lines.append(f"  on behalf of researcher {outcome['researcher']} (project {outcome.get('project')})")
+    code = outcome.get("code") or {}
+    if code.get("central"):
+        lines.append(f"  step code {code['central'].get('algorithm_sha256', '?')[:16]}... catalogue "
+                     f"{code['central'].get('catalogue_version')}"
+                     + ("" if code.get("consistent", True) else " (DIFFERS at some nodes: see code.nodes)"))
+    for node, reason in outcome.get("excluded", {}).items():
+        lines.append(f"  left out {node}: {reason}")
+    if outcome.get("stopped"):
+        from mipflow.central.report import stopped_text
+
+        lines.append(f"  stopped early: {stopped_text(outcome['stopped'])}")
+    for key, value in outcome.get("result", {}).items():
+        text = json.dumps(value, default=str)
+        lines.append(f"  {key} = {text[:200]}{'...' if len(text) > 200 else ''}")
+        if len(lines) >= limit:
+            lines.append("  ...")
+            break
+    return lines

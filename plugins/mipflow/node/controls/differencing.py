@@ -1,0 +1,585 @@
+"""Differencing controls: a node remembers the cohorts it answered and refuses near-copies.
+
+Per-request thresholds (``min_row_count``, ``nfilter_*``) cannot stop a
+*differencing attack*: the sums over "all patients" and over "all patients but
+one" (``age != 67.3``) are each over many rows, yet their difference is one
+patient.  A node therefore remembers every cohort it has answered (per data
+model, across researchers, algorithms and restarts) and refuses a new cohort
+that, against any remembered one, leaves a small non-empty remainder.
+
+A **cohort** is the set of rows a local step uses, after datasets, filters and
+complete-case.  A row is identified at the node by a keyed 64-bit hash
+(SipHash-2-4, key derived from the node secret) of its feature-store key
+``(_pid, dataset, _visit)``; pseudonyms never leave the node and the ledger
+holds only these hashes.
+
+The rule (:func:`pair_conflict`), with ``m = min_row_count``: for the new
+cohort ``A`` and every answered cohort ``B`` of the same data model, each of
+``|A \\ B|``, ``|B \\ A|`` and ``|A ∩ B|`` must be 0 or at least ``m``.
+Identical cohorts (the rounds of one analysis, a repeated analysis) pass.
+Algorithms that do not drop incomplete rows (``descriptive_stats``) release
+statistics over each variable's non-missing rows, so each such per-variable
+subset is a cohort too.  What this covers and what it does not is in
+``docs/adr/0013-differencing.md``.
+
+K-means rounds release per-cluster sums: two rounds whose clusters differ by a
+row or two give those rows away.  :class:`PartitionMemory` keeps, in node
+memory, the recent cluster assignments released on a cohort and refuses an
+assignment when some linear combination of its cluster sums and those of an
+earlier assignment would be a sum over ``0 < d < nfilter_tab`` rows: exactly
+when the bipartite graph of the two assignments (clusters as vertices, shared
+rows as weighted edges) has a minimum cut below ``nfilter_tab``
+(:func:`partition_conflict`, Stoer-Wagner in :func:`min_cut`).
+
+The ledger (:class:`CohortLedger`) is a SQLite file in the node home
+(``cohorts.sqlite``): one row per distinct cohort with its SHA-256 digest, size,
+first and last use and its sorted hashes, delta-encoded and zlib-compressed
+(about 7 bytes a row; a cohort of 100 000 rows costs about 0.7 MB).  Growth is
+bounded by the number of *distinct* cohorts answered; repeats cost nothing.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import sqlite3
+import threading
+import zlib
+from collections import OrderedDict
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+
+from mipflow.exceptions import DisclosureError
+
+#: Ledger file in the node home.
+LEDGER_FILE = "cohorts.sqlite"
+#: Assignments remembered per (data model, cohort, variables) by :class:`PartitionMemory`.
+MAX_PARTITIONS = 32
+#: Distinct (data model, cohort, variables) keys kept by :class:`PartitionMemory`.
+MAX_PARTITION_KEYS = 64
+
+
+# --------------------------------------------------------------------------- row keys
+
+
+def hash_key(node_secret: bytes) -> str:
+    """The 16-character SipHash key for row hashes, derived from the node secret."""
+    digest = hmac.new(node_secret, b"mipflow cohort ledger v1", hashlib.sha256).digest()
+    return base64.b64encode(digest).decode("ascii")[:16]
+
+
+def row_keys(frame: pd.DataFrame, key: str) -> np.ndarray:
+    """Keyed 64-bit hashes of the rows' ``(_pid, dataset, _visit)``.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame, shape (n, ...)
+        Rows with columns ``_pid``, ``dataset`` and ``_visit``, or with their MD5 already
+        computed by the store (column :data:`mipflow.node.query.ROW_MD5`).
+    key : str
+        From :func:`hash_key`.
+
+    Returns
+    -------
+    numpy.ndarray of uint64, shape (n,)
+        In the frame's row order.
+    """
+    from mipflow.node.query import ROW_MD5
+
+    if not len(frame):
+        return np.zeros(0, dtype=np.uint64)
+    if ROW_MD5 in frame.columns:  # computed by PostgreSQL on the binary read path
+        digests = frame[ROW_MD5].to_numpy(dtype=object)
+    else:
+        parts = [frame[c].astype(object).where(frame[c].notna(), "").astype(str)
+                 for c in ("_pid", "dataset", "_visit")]
+        joined = parts[0] + "\x1f" + parts[1] + "\x1f" + parts[2]
+        digests = np.array([hashlib.md5(text.encode("utf-8")).hexdigest() for text in joined], dtype=object)
+    # the node's key makes the ledger's row keys its own (the MD5 only fixes the identity's width)
+    return pd.util.hash_array(digests, hash_key=key, categorize=False)
+
+
+def cohort_sets(frame: pd.DataFrame, variables: Sequence[str], complete_case: bool,
+                key: str) -> tuple[list[np.ndarray], np.ndarray]:
+    """The cohorts a local step on ``frame`` would describe, and the used rows' keys in order.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        The selection (datasets and filters applied) with the row identity columns.
+    variables : sequence of str
+        The algorithm's variables.
+    complete_case : bool
+        Whether the algorithm drops rows with a missing value in ``variables``
+        (as :func:`mipflow.algorithms.base.prepare_local_data` does).
+
+    Returns
+    -------
+    cohorts : list of numpy.ndarray of uint64
+        Sorted unique hashes: the rows used and, without complete-case, each
+        variable's non-missing rows where they differ from the rows used.
+    used : numpy.ndarray of uint64, shape (n_used,)
+        Hashes of the rows used, in the order the local step sees them.
+    """
+    keys = row_keys(frame, key)
+    columns = [c for c in variables if c in frame.columns]
+    present = frame[columns].notna().to_numpy() if columns else np.ones((len(frame), 0), dtype=bool)
+    if complete_case:
+        used = keys[present.all(axis=1)] if len(frame) else keys
+        return [sorted_unique(used)], used
+    whole = sorted_unique(keys)
+    cohorts = [whole]
+    for j in range(present.shape[1]):
+        if not present[:, j].all():
+            subset = sorted_unique(keys[present[:, j]])
+            if len(subset) and not any(np.array_equal(subset, c) for c in cohorts):
+                cohorts.append(subset)
+    return cohorts, keys
+
+
+def sorted_unique(keys: np.ndarray) -> np.ndarray:
+    """``numpy.unique`` of row hashes by one sort (several times faster on millions of uint64)."""
+    ordered = np.sort(np.asarray(keys, dtype=np.uint64))
+    if len(ordered) > 1:
+        distinct = ordered[1:] != ordered[:-1]
+        if not distinct.all():
+            ordered = ordered[np.concatenate(([True], distinct))]
+    return ordered
+
+
+def cohort_digest(data_model: str, keys: np.ndarray) -> str:
+    """SHA-256 of a data model and a sorted cohort: equal digests, equal cohorts."""
+    h = hashlib.sha256(data_model.encode() + b"\0")
+    h.update(np.ascontiguousarray(keys, dtype="<u8").tobytes())
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- the rule
+
+
+def _overlap(a: np.ndarray, b: np.ndarray) -> int:
+    """``|a ∩ b|`` of two sorted unique uint64 arrays."""
+    if not len(a) or not len(b):
+        return 0
+    if len(a) > len(b):
+        a, b = b, a
+    at = np.searchsorted(b, a)
+    at[at == len(b)] = len(b) - 1
+    return int(np.count_nonzero(b[at] == a))
+
+
+def _small(count: int, threshold: int) -> bool:
+    return 0 < count < threshold
+
+
+def pair_conflict(new: np.ndarray, old: np.ndarray, threshold: int) -> bool:
+    """Whether answering ``new`` after ``old`` would isolate fewer than ``threshold`` rows.
+
+    True when ``|new \\ old|``, ``|old \\ new|`` or ``|new ∩ old|`` is
+    non-empty but smaller than ``threshold``.  Both arrays are sorted and unique.
+    """
+    both = _overlap(new, old)
+    return any(_small(n, threshold) for n in (len(new) - both, len(old) - both, both))
+
+
+def _refusal(threshold: int) -> DisclosureError:
+    # no sizes: the number of rows that differ is exactly what must not leak
+    return DisclosureError(
+        "the selected rows differ from rows this node already answered for by fewer than "
+        f"min_row_count ({threshold}) patients (or overlap them by fewer): the difference of the two "
+        "answers could single out patients (differencing control)", control="differencing")
+
+
+# --------------------------------------------------------------------------- the ledger
+
+
+class CohortLedger:
+    """The cohorts a node has answered, per data model, in ``HOME/cohorts.sqlite``.
+
+    Use :meth:`check` before a local step runs and :meth:`record` once its
+    aggregates are released.  Several node processes may share one home: each
+    reads the cohorts other processes added since its last look.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.path = Path(root) / LEDGER_FILE
+        self._lock = threading.Lock()
+        self._known: dict[str, dict[str, np.ndarray]] = {}
+        self._seen_rowid: dict[str, int] = {}
+        self._conn: sqlite3.Connection | None = None
+        with self._lock, self._connect() as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS cohorts (data_model TEXT NOT NULL, digest TEXT NOT NULL, "
+                         "n_rows INTEGER NOT NULL, keys BLOB NOT NULL, first_at TEXT NOT NULL, "
+                         "PRIMARY KEY (data_model, digest))")
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        """The ledger's connection (opened once, used under the lock), in one transaction."""
+        if self._conn is None:
+            self._conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+        with self._conn:
+            yield self._conn
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def _refresh(self, data_model: str) -> dict[str, np.ndarray]:
+        known = self._known.setdefault(data_model, {})
+        last = self._seen_rowid.get(data_model, 0)
+        with self._connect() as conn:
+            rows = conn.execute("SELECT rowid, digest, keys FROM cohorts WHERE data_model = ? AND rowid > ? "
+                                "ORDER BY rowid", (data_model, last)).fetchall()
+        for rowid, digest, blob in rows:
+            known[digest] = decode_keys(blob)
+            last = max(last, rowid)
+        self._seen_rowid[data_model] = last
+        return known
+
+    def cohorts(self, data_model: str) -> dict[str, np.ndarray]:
+        """Digest -> sorted hashes of every cohort answered for ``data_model``."""
+        with self._lock:
+            return dict(self._refresh(data_model))
+
+    def check(self, data_model: str, cohorts: Iterable[np.ndarray], threshold: int,
+              digests: Sequence[str] | None = None) -> list[str]:
+        """Allow cohorts (return their digests) or raise.
+
+        Each cohort is compared with every answered cohort of the data model
+        and with the other cohorts of the same request.
+
+        Raises
+        ------
+        DisclosureError
+            Control ``differencing``, when a pair conflicts (:func:`pair_conflict`).
+        """
+        cohorts = list(cohorts)
+        digests = list(digests) if digests is not None else [cohort_digest(data_model, c) for c in cohorts]
+        if threshold <= 1:
+            return digests  # no count is in (0, 1): nothing to compare
+        with self._lock:
+            known = self._refresh(data_model)
+            for i, (digest, cohort) in enumerate(zip(digests, cohorts)):
+                for other in cohorts[:i]:
+                    if pair_conflict(cohort, other, threshold):
+                        raise _refusal(threshold)
+                if digest in known:
+                    continue  # the same rows again: nothing new can be learnt from the difference
+                for old in known.values():
+                    if pair_conflict(cohort, old, threshold):
+                        raise _refusal(threshold)
+        return digests
+
+    def record(self, data_model: str, cohorts: Iterable[np.ndarray],
+               digests: Sequence[str] | None = None) -> None:
+        """Remember answered cohorts (a cohort already remembered costs nothing)."""
+        cohorts = list(cohorts)
+        digests = list(digests) if digests is not None else [cohort_digest(data_model, c) for c in cohorts]
+        with self._lock:
+            known = self._known.setdefault(data_model, {})
+            new = [(d, c) for d, c in zip(digests, cohorts) if d not in known]
+            if not new:
+                return  # later rounds of an analysis, repeated analyses
+            now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            with self._connect() as conn:
+                conn.executemany("INSERT OR IGNORE INTO cohorts VALUES (?, ?, ?, ?, ?)",
+                                 [(data_model, d, len(c), encode_keys(c), now) for d, c in new])
+            self._refresh(data_model)
+
+    def stats(self) -> list[dict]:
+        """Per data model: distinct cohorts, their rows and bytes on disk (for the node admin)."""
+        with self._lock, self._connect() as conn:
+            rows = conn.execute("SELECT data_model, COUNT(*), SUM(n_rows), SUM(LENGTH(keys)) FROM cohorts "
+                                "GROUP BY data_model ORDER BY data_model").fetchall()
+        return [{"data_model": m, "cohorts": c, "rows": r, "bytes": b} for m, c, r, b in rows]
+
+
+def encode_keys(keys: np.ndarray) -> bytes:
+    """Sorted unique uint64 hashes -> zlib-compressed little-endian deltas."""
+    keys = np.asarray(keys, dtype=np.uint64)
+    deltas = np.diff(keys, prepend=np.uint64(0)) if len(keys) else keys
+    # level 1: the deltas of uniform hashes hardly compress further at higher levels, which cost 4x the time
+    return zlib.compress(deltas.astype("<u8").tobytes(), 1)
+
+
+def decode_keys(blob: bytes) -> np.ndarray:
+    """Inverse of :func:`encode_keys`."""
+    deltas = np.frombuffer(zlib.decompress(blob), dtype="<u8").astype(np.uint64)
+    return np.cumsum(deltas, dtype=np.uint64)
+
+
+# --------------------------------------------------------------------------- k-means partitions
+
+
+def min_cut(weights: np.ndarray) -> tuple[int, np.ndarray]:
+    """Global minimum weighted cut of an undirected graph (Stoer-Wagner).
+
+    Parameters
+    ----------
+    weights : numpy.ndarray of int, shape (n, n)
+        Symmetric non-negative edge weights (the diagonal is ignored), ``n >= 2``.
+        A disconnected graph has a cut of weight 0.
+
+    Returns
+    -------
+    weight : int
+        The smallest total weight of the edges between ``S`` and its complement,
+        over all vertex sets ``S`` with ``0 < |S| < n``.
+    side : numpy.ndarray of bool, shape (n,)
+        One such ``S``.
+
+    Notes
+    -----
+    ``n - 1`` phases, each a maximum-adjacency ordering of the (merged)
+    vertices: the last vertex ``t`` and its cut from the rest is a candidate,
+    then ``t`` is merged into the vertex before it.  ``O(n^3)`` with ``O(n)``
+    numpy work per step; k-means graphs have at most ``2 k`` vertices.
+    """
+    w = np.array(weights, dtype=np.int64)
+    n = len(w)
+    if w.shape != (n, n) or n < 2:
+        raise ValueError(f"min_cut needs a square matrix of at least 2 vertices, got shape {w.shape}")
+    np.fill_diagonal(w, 0)
+    members = np.eye(n, dtype=bool)  # members[v]: original vertices merged into v
+    active = np.ones(n, dtype=bool)
+    best, side = -1, members[0].copy()
+    for _ in range(n - 1):
+        first = int(np.flatnonzero(active)[0])
+        outside = active.copy()
+        outside[first] = False
+        connection = w[first].copy()  # weight from the ordered set to each vertex
+        before, last, cut = first, first, 0
+        while outside.any():
+            # -1: weights are >= 0, so a vertex already ordered (or merged away) never wins
+            last_candidates = np.where(outside, connection, -1)
+            before, last = last, int(np.argmax(last_candidates))
+            cut = int(last_candidates[last])
+            outside[last] = False
+            connection += w[last]
+        if best < 0 or cut < best:
+            best, side = cut, members[last].copy()
+        # merge the phase's last vertex into the one ordered before it
+        w[before] += w[last]
+        w[:, before] += w[:, last]
+        w[before, before] = 0
+        w[last], w[:, last] = 0, 0
+        members[before] |= members[last]
+        active[last] = False
+    return best, side
+
+
+def assignment_graph(new: np.ndarray, old: np.ndarray) -> np.ndarray:
+    """The rows shared by each old and new cluster: the bipartite graph of two assignments.
+
+    Parameters
+    ----------
+    new, old : numpy.ndarray of int, shape (n,)
+        Cluster labels of the same rows in the same order.
+
+    Returns
+    -------
+    numpy.ndarray of int, shape (v, v)
+        Symmetric weights on the ``v`` non-empty clusters (old ones first,
+        then new ones): ``|old_i ∩ new_j|`` between old ``i`` and new ``j``,
+        0 between two clusters of the same assignment.
+    """
+    new = np.asarray(new, dtype=np.int64)
+    old = np.asarray(old, dtype=np.int64)
+    k_new, k_old = int(new.max(initial=-1)) + 1, int(old.max(initial=-1)) + 1
+    both = np.bincount(old * k_new + new, minlength=k_old * k_new).reshape(k_old, k_new)
+    both = both[both.any(axis=1)][:, both.any(axis=0)]  # the non-empty clusters
+    a, b = both.shape
+    graph = np.zeros((a + b, a + b), dtype=np.int64)
+    graph[:a, a:] = both
+    graph[a:, :a] = both.T
+    return graph
+
+
+def smallest_released_difference(new: np.ndarray, old: np.ndarray) -> int:
+    """Fewest rows that some linear combination of two assignments' cluster sums isolates.
+
+    The central site learns each cluster's sums (and count) under both
+    assignments.  A combination ``sum_i a_i S(old_i) + sum_j b_j S(new_j)``
+    weighs each row by ``a_i + b_j`` (its old and new clusters); it is not
+    zero and vanishes off a set ``C`` of cells ``old_i ∩ new_j`` exactly when
+    ``C`` contains an edge cut of the graph :func:`assignment_graph` (see
+    ``docs/adr/0013-differencing.md``).  The answer is therefore the minimum
+    weighted cut over the graph's connected components.  A cut around one
+    vertex is a whole cluster, released anyway.
+
+    Parameters
+    ----------
+    new, old : numpy.ndarray of int, shape (n,)
+        Cluster labels of the same rows in the same order.
+
+    Returns
+    -------
+    int
+        The number of rows (0 for no rows).
+    """
+    if not len(new):
+        return 0
+    graph = assignment_graph(new, old)
+    best = None
+    from scipy.sparse.csgraph import connected_components
+
+    _, labels = connected_components(graph, directed=False)
+    for part in (np.flatnonzero(labels == c) for c in range(int(labels.max(initial=-1)) + 1)):
+        sub = graph[np.ix_(part, part)]
+        weight = int(sub[sub > 0].min()) if len(part) >= 2 else 0
+        if best is not None and weight >= best:
+            continue  # every cut holds an edge: the lightest edge bounds the cut from below
+        cut, _ = min_cut(sub)
+        best = cut if best is None else min(best, cut)
+    return int(best) if best is not None else 0
+
+
+def partition_conflict(new: np.ndarray, old: np.ndarray, threshold: int) -> bool:
+    """Whether two cluster assignments of the same rows would single out fewer than ``threshold`` rows.
+
+    True when some linear combination of the two assignments' released
+    cluster sums is a (signed) sum over ``1`` to ``threshold - 1`` rows, that
+    is when a connected component of :func:`assignment_graph` has a minimum
+    weighted cut below ``threshold`` (:func:`smallest_released_difference`).
+    Labels need not match (the central site chooses the centres' order).
+    Examples: one row moves from ``i`` to ``j`` and nothing else moves (a
+    bridge of weight 1): refused; one row each way between ``i`` and ``j``
+    (their sums' changes give the difference of the two rows): refused; 409
+    rows move ``j -> i`` and one ``i -> j`` (a cycle, every cut 410 rows or a
+    whole cluster): allowed.
+
+    Parameters
+    ----------
+    new, old : numpy.ndarray of int, shape (n,)
+        Cluster labels of the same rows in the same order.
+    threshold : int
+        ``nfilter_tab``: refuse below it (nothing is refused at 1 or less).
+    """
+    if threshold <= 1 or not len(new):
+        return False
+    graph = assignment_graph(new, old)
+    if int(graph[graph > 0].min()) >= threshold:
+        return False  # every cut holds a cell of at least threshold rows
+    return smallest_released_difference(new, old) < threshold
+
+
+class PartitionMemory:
+    """Recent cluster assignments a node released, per (data model, cohort, variables), in memory.
+
+    Bounded: :data:`MAX_PARTITIONS` assignments per key, :data:`MAX_PARTITION_KEYS`
+    keys (least recently used dropped).  Lost at a restart (see the ADR).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._memory: OrderedDict[str, list[np.ndarray]] = OrderedDict()
+
+    def check(self, key: str, labels: np.ndarray, threshold: int) -> None:
+        """Raise (control ``differencing``) if ``labels`` conflicts with a remembered assignment.
+
+        Pairwise (:func:`partition_conflict`): combinations across three or
+        more released assignments are not analysed (see the ADR).
+        """
+        with self._lock:
+            for old in self._memory.get(key, ()):
+                if len(old) == len(labels) and partition_conflict(labels, old, threshold):
+                    raise DisclosureError(
+                        "the cluster sums of this assignment and of one this node already released on the "
+                        f"same rows would combine into a sum over fewer than nfilter_tab ({threshold}) rows, "
+                        "which could single out patients (differencing control)", control="differencing")
+
+    def record(self, key: str, labels: np.ndarray) -> None:
+        with self._lock:
+            known = self._memory.setdefault(key, [])
+            self._memory.move_to_end(key)
+            if not any(np.array_equal(labels, old) for old in known):
+                known.append(np.asarray(labels, dtype=np.int16 if labels.max(initial=0) < 2**15 else np.int64))
+                del known[:-MAX_PARTITIONS]
+            while len(self._memory) > MAX_PARTITION_KEYS:
+                self._memory.popitem(last=False)
+
+
+# --------------------------------------------------------------------------- the node's guard
+
+
+@dataclass(frozen=True)
+class Cohorts:
+    """The cohorts one selection describes (see :func:`cohort_sets`); stays at the node."""
+
+    data_model: str
+    sets: tuple[np.ndarray, ...]
+    digests: tuple[str, ...]
+
+    @property
+    def digest(self) -> str:
+        """Digest of the rows the local step uses."""
+        return self.digests[0]
+
+
+class DifferencingGuard:
+    """What the node API calls around a local step (one per node process).
+
+    Parameters
+    ----------
+    root : path
+        The node home (the ledger lives there).
+    node_secret : bytes
+        The node's HMAC key (row hashes are keyed with a key derived from it).
+    """
+
+    def __init__(self, root: str | Path, node_secret: bytes) -> None:
+        self.ledger = CohortLedger(root)
+        self.key = hash_key(node_secret)
+        self.partitions = PartitionMemory()
+
+    def cohorts(self, data_model: str, frame: pd.DataFrame, variables: Sequence[str],
+                complete_case: bool) -> Cohorts:
+        """The cohorts of a selection with row identity (see :func:`cohort_sets`)."""
+        sets, _ = cohort_sets(frame, variables, complete_case, self.key)
+        return Cohorts(data_model, tuple(sets), tuple(cohort_digest(data_model, c) for c in sets))
+
+    def before_step(self, cohorts: Cohorts, min_row_count: int) -> None:
+        """Refuse (control ``differencing``) cohorts near answered ones."""
+        self.ledger.check(cohorts.data_model, cohorts.sets, min_row_count, cohorts.digests)
+
+    def check_partition(self, algorithm: str, round_no: int, data: pd.DataFrame, request: Any,
+                        state: dict | None, cohorts: Cohorts, nfilter_tab: int) -> np.ndarray | None:
+        """For k-means rounds: refuse an assignment a few rows away from a released one.
+
+        The node assigns its rows to the state's centres itself (as the local
+        step does) and compares with the assignments it released on the same
+        rows before; what the central site says about earlier rounds is not
+        trusted.  Returns the assignment for :meth:`after_step`, or None for
+        other steps.
+        """
+        if algorithm != "kmeans" or round_no < 1 or not state or "centers" not in state or nfilter_tab <= 1:
+            return None
+        from mipflow.algorithms.kmeans import _columns, assign
+
+        labels, _ = assign(_columns(data, request), np.asarray(state["centers"], dtype=float))
+        sizes = np.bincount(labels)
+        if np.any((sizes > 0) & (sizes < nfilter_tab)):
+            # a cluster of 1 .. nfilter_tab - 1 rows is a cut of that weight too, but it is the cell
+            # control's refusal (nfilter_tab, at release), which excludes the node (ADR 0020)
+            return labels
+        self.partitions.check(self._partition_key(cohorts, request), labels, nfilter_tab)
+        return labels
+
+    def after_step(self, cohorts: Cohorts, request: Any, labels: np.ndarray | None) -> None:
+        """Remember what was released."""
+        self.ledger.record(cohorts.data_model, cohorts.sets, cohorts.digests)
+        if labels is not None:
+            self.partitions.record(self._partition_key(cohorts, request), labels)
+
+    @staticmethod
+    def _partition_key(cohorts: Cohorts, request: Any) -> str:
+        return f"{cohorts.data_model}|{cohorts.digest}|{','.join(request.y)}"

@@ -1,0 +1,182 @@
+"""A node's disclosure controls, applied before anything leaves the node.
+
+The thresholds are node settings (:class:`mipflow.node.home.NodeSettings`), with
+the MIP's ``min_row_count`` (10) and DataSHIELD's ``nfilter.*`` defaults; see
+``docs/adr/0002-disclosure-controls.md`` for what each one protects against.
+
+Checks run in three places:
+
+1. :meth:`DisclosureControls.check_strings` / :meth:`check_request` on the
+   request itself (string lengths, number of categorical levels);
+2. :meth:`check_rows` on the number of rows the step would use (after
+   filters and complete-case), and the parameters-per-row ratio of models;
+3. :meth:`release` on the aggregates: small non-zero count cells are
+   suppressed (``None``), raw extremes are refused, groups smaller than
+   ``nfilter_tab`` refuse the whole step.  An algorithm may first coarsen its
+   aggregates to the node's ``nfilter_tab`` (``coarsen_for_release``, e.g.
+   survival time bins merged until no count is small); the checks still run.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from mipflow.node.home import NodeSettings
+from mipflow.protocol.datamodel import DataModel
+from mipflow.exceptions import DisclosureError
+
+#: Keys that would carry a raw extreme value of one patient.
+RAW_EXTREME_KEYS = frozenset({"min", "max", "minimum", "maximum", "q1", "q2", "q3", "median", "quantiles"})
+#: Algorithms whose parameter count is checked against nfilter_glm.
+MODEL_ALGORITHMS = frozenset({"linear_regression", "logistic_regression", "cox_regression",
+                              "linear_regression_cv", "logistic_regression_cv"})
+
+
+class DisclosureControls:
+    """The disclosure rules of one node, from its settings."""
+
+    def __init__(self, settings: NodeSettings) -> None:
+        self.settings = settings
+
+    # -- metadata -------------------------------------------------------------
+    def released_count(self, count: int) -> int | None:
+        """A dataset row count, or ``None`` when it is below ``min_row_count``."""
+        return int(count) if count >= self.settings.min_row_count else None
+
+    # -- the request ------------------------------------------------------------
+    def check_strings(self, doc: Any) -> None:
+        """Refuse any string longer than ``nfilter_string`` anywhere in the request."""
+        limit = self.settings.nfilter_string
+        for value in _strings(doc):
+            if len(value) > limit:
+                raise DisclosureError(f"a string in the request is longer than nfilter_string ({limit})",
+                                      control="nfilter_string")
+
+    def check_request(self, algorithm: Any, request: Any, model: DataModel) -> None:
+        """Refuse categorical variables with more levels than ``nfilter_levels_max``."""
+        limit = self.settings.nfilter_levels_max
+        for code in algorithm.variables(request):
+            var = model.variable(code)
+            if var.is_categorical and len(var.enumerations) > limit:
+                raise DisclosureError(f"variable {code!r} has {len(var.enumerations)} levels, more than "
+                                      f"nfilter_levels_max ({limit})", control="nfilter_levels_max")
+
+    def check_rows(self, algorithm: Any, request: Any, model: DataModel, n_rows: int) -> None:
+        """Refuse a step on fewer than ``min_row_count`` rows, a filter selecting fewer than
+        ``nfilter_subset`` rows, or a model with more than ``nfilter_glm`` parameters per row."""
+        s = self.settings
+        if n_rows < s.min_row_count:
+            raise DisclosureError(f"{n_rows} row(s) match, fewer than min_row_count ({s.min_row_count})",
+                                  control="min_row_count")
+        if request.filters and 0 < n_rows < s.nfilter_subset:
+            raise DisclosureError(f"the filter selects fewer than nfilter_subset ({s.nfilter_subset}) rows",
+                                  control="nfilter_subset")
+        if algorithm.name in MODEL_ALGORITHMS:
+            from mipflow.algorithms.base import design_columns
+
+            n_params = len(design_columns(request.x, model))
+            if n_params > s.nfilter_glm * n_rows:
+                raise DisclosureError(f"{n_params} parameters for {n_rows} rows exceeds nfilter_glm "
+                                      f"({s.nfilter_glm} parameters per row)", control="nfilter_glm")
+        fold_sizes = getattr(algorithm, "fold_sizes", None)
+        if fold_sizes is not None:
+            # cross-validation releases statistics of every fold: each fold is checked as a step
+            smallest = min(fold_sizes(request, n_rows))
+            if smallest < s.min_row_count:
+                raise DisclosureError(f"a cross-validation fold of {smallest} row(s) is smaller than "
+                                      f"min_row_count ({s.min_row_count})", control="min_row_count")
+            if algorithm.name in MODEL_ALGORITHMS and n_params > s.nfilter_glm * smallest:
+                raise DisclosureError(f"{n_params} parameters for a fold of {smallest} rows exceeds "
+                                      f"nfilter_glm ({s.nfilter_glm} parameters per row)", control="nfilter_glm")
+
+    # -- the aggregates -----------------------------------------------------------
+    def release(self, algorithm: Any, request: Any, model: DataModel, round_no: int,
+                aggregates: dict[str, Any]) -> dict[str, Any]:
+        """Check and clean aggregates before they leave the node."""
+        coarsen = getattr(algorithm, "coarsen_for_release", None)
+        if coarsen is not None:  # e.g. survival: time bins merged until no count is below nfilter_tab
+            aggregates = coarsen(round_no, aggregates, self.settings.nfilter_tab)
+        if not self.settings.release_extremes:
+            _refuse_raw_extremes(aggregates)
+        tab = self.settings.nfilter_tab
+        for n in _group_sizes(aggregates):
+            if 0 < n < tab:
+                # the size itself stays at the node: "a group of 1 row" would disclose it
+                raise DisclosureError(f"a group or cell is non-empty but smaller than nfilter_tab ({tab})",
+                                      control="nfilter_tab")
+        return _suppress_cells(aggregates, tab)
+
+
+def _strings(doc: Any) -> Iterable[str]:
+    if isinstance(doc, str):
+        yield doc
+    elif isinstance(doc, dict):
+        for key, value in doc.items():
+            yield str(key)
+            yield from _strings(value)
+    elif isinstance(doc, (list, tuple)):
+        for value in doc:
+            yield from _strings(value)
+
+
+def _refuse_raw_extremes(doc: Any) -> None:
+    if isinstance(doc, dict):
+        for key, value in doc.items():
+            if str(key).lower() in RAW_EXTREME_KEYS:
+                raise DisclosureError("the step would release a raw extreme or quantile", control="raw_extremes")
+            _refuse_raw_extremes(value)
+    elif isinstance(doc, list):
+        for value in doc:
+            _refuse_raw_extremes(value)
+
+
+def _group_sizes(doc: Any) -> Iterable[int]:
+    """Row counts of groups whose statistics are released (keys ``group_n`` / ``group_counts``)."""
+    if isinstance(doc, dict):
+        for key, value in doc.items():
+            if key in ("group_n", "group_counts") and isinstance(value, list):
+                yield from (int(v) for v in value if isinstance(v, (int, float)))
+            else:
+                yield from _group_sizes(value)
+    elif isinstance(doc, list):
+        for value in doc:
+            yield from _group_sizes(value)
+
+
+def _suppress_cells(doc: Any, tab: int) -> Any:
+    """Replace count cells (lists under a ``counts`` key) in ``(0, tab)`` by ``None``."""
+    if isinstance(doc, dict):
+        out = {}
+        for key, value in doc.items():
+            if key == "counts" and isinstance(value, list):
+                out[key] = _suppress_vector(value, tab)
+            else:
+                out[key] = _suppress_cells(value, tab)
+        return out
+    if isinstance(doc, list):
+        return [_suppress_cells(v, tab) for v in doc]
+    return doc
+
+
+def _suppress_vector(values: list, tab: int) -> list:
+    """Suppress small cells of one count vector, with complementary suppression.
+
+    When exactly one cell is small, the next smallest positive cell is suppressed too, so the
+    small cell cannot be recovered by subtracting the others from a released total.
+    """
+    if values and all(isinstance(v, list) for v in values):
+        return [_suppress_vector(v, tab) for v in values]
+    out = [_cell(v, tab) for v in values]
+    suppressed = [i for i, (a, b) in enumerate(zip(values, out)) if a is not None and b is None]
+    if len(suppressed) == 1:
+        others = [(v, i) for i, v in enumerate(out) if isinstance(v, (int, float)) and v > 0]
+        if others:
+            out[min(others)[1]] = None
+    return out
+
+
+def _cell(value: Any, tab: int) -> Any:
+    if isinstance(value, list):
+        return [_cell(v, tab) for v in value]
+    if isinstance(value, (int, float)) and 0 < value < tab:
+        return None
+    return value

@@ -1,0 +1,146 @@
+"""Source profiles: how one hospital's export is depersonalised and harmonised.
+
+A profile is a JSON file::
+
+    {"source": "hospital_b", "data_model": "stroke:0.1",
+     "encoding": "utf-8", "delimiter": ",",
+     "dataset": {"value": "hospital_b"} | {"column": "dataset"},
+     "visit": {"column": "episode_no"},          # optional; pseudonymised unless "pseudonymise": false
+     "deid": {...},                               # see mipflow.node.deid.DeidProfile
+     "harmonise": {"columns": {"local": "cde_code"},
+                   "values": {"cde_code": {"local value": "cde enumeration code"}},
+                   "drop": ["local column"]}}
+
+Without a profile file, :func:`default_profile` applies (the MIP CSV layout:
+patient identifier ``subjectcode``, dataset column ``dataset``, no direct
+identifiers, columns already named after the data model).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from mipflow.node.deid import DeidProfile
+from mipflow.exceptions import ProfileError
+
+
+@dataclass(frozen=True)
+class HarmoniseMap:
+    """Renames local columns to CDE codes and recodes local values to enumeration codes."""
+
+    columns: Mapping[str, str] = field(default_factory=dict)
+    values: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    drop: tuple[str, ...] = ()
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any] | None) -> "HarmoniseMap":
+        doc = doc or {}
+        if not isinstance(doc, Mapping):
+            raise ProfileError("'harmonise' must be an object")
+        columns = doc.get("columns", {}) or {}
+        values = doc.get("values", {}) or {}
+        drop = doc.get("drop", []) or []
+        if not isinstance(columns, Mapping) or not all(isinstance(k, str) and isinstance(v, str)
+                                                       for k, v in columns.items()):
+            raise ProfileError("'harmonise.columns' must map local column names to CDE codes")
+        if len(set(columns.values())) != len(columns):
+            raise ProfileError("'harmonise.columns' maps two local columns onto the same CDE code")
+        if not isinstance(values, Mapping) or not all(isinstance(v, Mapping) for v in values.values()):
+            raise ProfileError("'harmonise.values' must map CDE codes to {local value: code} objects")
+        if not isinstance(drop, list):
+            raise ProfileError("'harmonise.drop' must be a list of column names")
+        return cls(columns=dict(columns),
+                   values={k: {str(a): str(b) for a, b in v.items()} for k, v in values.items()},
+                   drop=tuple(str(d) for d in drop))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"columns": dict(self.columns), "values": {k: dict(v) for k, v in self.values.items()},
+                "drop": list(self.drop)}
+
+
+@dataclass(frozen=True)
+class SourceProfile:
+    """Everything needed to turn one source's export into data-model rows."""
+
+    source: str
+    deid: DeidProfile
+    harmonise: HarmoniseMap = field(default_factory=HarmoniseMap)
+    data_model: str | None = None
+    dataset_column: str | None = None
+    dataset_value: str | None = None
+    visit_column: str | None = None
+    pseudonymise_visit: bool = True
+    encoding: str = "utf-8"
+    delimiter: str = ","
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> "SourceProfile":
+        if not isinstance(doc, Mapping):
+            raise ProfileError("a source profile must be a JSON object")
+        dataset = doc.get("dataset") or {"column": "dataset"}
+        if not isinstance(dataset, Mapping) or ("column" in dataset) == ("value" in dataset):
+            raise ProfileError("'dataset' must be {\"column\": NAME} or {\"value\": DATASET_CODE}")
+        visit = doc.get("visit") or {}
+        if not isinstance(visit, Mapping) or (visit and "column" not in visit):
+            raise ProfileError("'visit' must be {\"column\": NAME} or absent")
+        if "deid" not in doc:
+            raise ProfileError("a source profile needs a 'deid' section (at least its patient_id)")
+        delimiter = str(doc.get("delimiter", ","))
+        if len(delimiter) != 1:
+            raise ProfileError("'delimiter' must be one character")
+        encoding = str(doc.get("encoding", "utf-8"))
+        try:
+            "".encode(encoding)
+        except LookupError:
+            raise ProfileError(f"unknown encoding {encoding!r}") from None
+        return cls(
+            source=str(doc.get("source", "export")),
+            deid=DeidProfile.from_dict(doc["deid"]),
+            harmonise=HarmoniseMap.from_dict(doc.get("harmonise")),
+            data_model=doc.get("data_model"),
+            dataset_column=dataset.get("column"),
+            dataset_value=dataset.get("value"),
+            visit_column=visit.get("column"),
+            pseudonymise_visit=bool(visit.get("pseudonymise", True)),
+            encoding=encoding,
+            delimiter=delimiter,
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SourceProfile":
+        path = Path(path)
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ProfileError(f"profile file {path} does not exist") from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ProfileError(f"profile file {path} is not valid JSON: {exc}") from None
+        return cls.from_dict(doc)
+
+    def to_dict(self) -> dict[str, Any]:
+        dataset = {"column": self.dataset_column} if self.dataset_column else {"value": self.dataset_value}
+        out: dict[str, Any] = {"source": self.source, "data_model": self.data_model, "dataset": dataset,
+                               "deid": self.deid.to_dict(), "harmonise": self.harmonise.to_dict(),
+                               "encoding": self.encoding, "delimiter": self.delimiter}
+        if self.visit_column:
+            out["visit"] = {"column": self.visit_column, "pseudonymise": self.pseudonymise_visit}
+        return out
+
+    @property
+    def control_columns(self) -> tuple[str, ...]:
+        """Local columns the pipeline reads itself (patient id, dataset, visit)."""
+        cols = [self.deid.patient_id]
+        if self.dataset_column:
+            cols.append(self.dataset_column)
+        if self.visit_column:
+            cols.append(self.visit_column)
+        return tuple(cols)
+
+
+def default_profile() -> SourceProfile:
+    """The documented default: MIP CSV layout (``subjectcode``, ``dataset``), no identifiers."""
+    return SourceProfile(source="mip-csv",
+                         deid=DeidProfile.from_dict({"patient_id": "subjectcode"}),
+                         dataset_column="dataset")

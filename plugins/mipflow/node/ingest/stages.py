@@ -1,0 +1,272 @@
+"""The pipeline split into stages for the node DAGs (one DAG per stage, chained by Assets).
+
+Each stage works on every batch waiting at the stage before it, so a DAG run
+triggered by an Asset event also catches up on batches left behind by a
+failed run, and a re-run does nothing twice.
+
+``capture``        register new landing files (manifest, batch records); delete withdrawn patients
+``depersonalise``  read the landing file, keep consented rows, depersonalise -> staging file
+``validate``       harmonise and validate -> staging file; quarantine; hold a bad batch
+``load``           upsert into the feature store in one transaction; datasets registry
+
+Staging files never hold direct identifiers: the raw export stays in
+``landing/`` and the first staging file is already depersonalised.  Nor do
+batch records, task results or log lines name a landing file: the manifest
+keeps a keyed hash of its path, the rest its reference (:mod:`mipflow.node.ingest.landing`);
+the depersonalise stage finds the file again by that hash.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Iterator
+
+import sqlalchemy as sa
+
+from mipflow.node.home import NodeHome
+from mipflow.exceptions import InputFileError, MipflowError
+from mipflow.node.ingest.landing import EHR_KIND, file_label, file_ref
+from mipflow.node.ops import (landing_index, landing_sources, open_store, resolve_consent, resolve_model,
+                          resolve_profile)
+from mipflow.node.ingest.pipeline import (ROW_COLUMN, BatchCounts, ChunkProcessor, MalformedCSV, decide_status,
+                              apply_withdrawals, batch_id_for, merge_summaries)
+from mipflow.node.deid import Pseudonymiser
+from mipflow.node.ingest.progress import Progress, estimate_rows
+from mipflow.node.store import FeatureStore, batches_table, quarantine_table, utcnow
+
+log = logging.getLogger(__name__)
+
+STAGES = ("capture", "depersonalise", "validate", "load")
+
+
+def _processor(home: NodeHome, store: FeatureStore, batch: dict[str, Any]) -> ChunkProcessor:
+    source = batch["source"].split("/")[0] if "/" in batch["source"] else None
+    profile = resolve_profile(home, None, source)
+    model = store.data_model(batch["data_model"])
+    return ChunkProcessor(model, profile, Pseudonymiser(home.key()), resolve_consent(home, None),
+                          home.settings)
+
+
+def _counts(batch: dict[str, Any]) -> BatchCounts:
+    return BatchCounts(**{k: int(batch[k]) for k in ("rows_in", "loaded", "quarantined", "no_consent",
+                                                      "duplicates")})
+
+
+def _staging(home: NodeHome, batch_id: str) -> Path:
+    path = home.staging_dir / batch_id
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def waiting(store: FeatureStore, stage: str) -> list[str]:
+    """Batches that finished ``stage`` and wait for the next one."""
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.select(batches_table.c.batch_id).where(
+            batches_table.c.stage == stage, batches_table.c.status == "running")
+            .order_by(batches_table.c.started_at)).all()
+    return [r[0] for r in rows]
+
+
+def _fail(store: FeatureStore, batch_id: str, message: str) -> dict[str, Any]:
+    store.update_batch(None, batch_id, status="failed", message=message, finished_at=utcnow(),
+                       loaded=0, quarantined=0, no_consent=0, duplicates=0, rows_in=0)
+    log.warning("batch %s failed: %s", batch_id, message)
+    return {"batch_id": batch_id, "status": "failed", "message": message}
+
+
+def capture(home: NodeHome) -> dict[str, Any]:
+    """Register new landing files as batches; delete rows of withdrawn patients."""
+    store = open_store(home)
+    registry = resolve_consent(home, None)
+    deleted = apply_withdrawals(store, registry, home.key())
+    batches, skipped = [], []
+    for item in landing_sources(home, store):
+        if item["status"] == "skipped":
+            skipped.append({"file": item["file"], "reason": item["reason"]})
+            continue
+        if item["status"] == "known":
+            continue
+        source_name = f"{item['source']}/{item['file']}" if item["source"] else item["file"]
+        try:
+            profile = resolve_profile(home, None, item["source"])
+            model = resolve_model(home, store, None, profile)
+        except MipflowError as exc:
+            skipped.append({"file": item["file"], "reason": str(exc)})
+            continue
+        batch_id = batch_id_for(item["sha256"], model.key)
+        with store.begin() as conn:
+            store.register_file(conn, sha256=item["sha256"], path=item["key"], size=item["size"],
+                                kind=EHR_KIND, batch_id=batch_id)
+            store.start_batch(conn, batch_id=batch_id, data_model=model.key, source=source_name,
+                              sha256=item["sha256"])
+            if item["status"] == "empty":
+                store.update_batch(conn, batch_id, status="empty", message="empty file: nothing to ingest",
+                                   finished_at=utcnow())
+        batches.append(batch_id)
+    return {"node": home.name, "captured": batches, "skipped": skipped, "withdrawn_rows_deleted": deleted}
+
+
+def _landing_path(home: NodeHome, store: FeatureStore, batch: dict[str, Any]) -> tuple[Path | None, str]:
+    """The landing file of a batch, found by its keyed path hash (``None`` when gone), and its label."""
+    record = store.file_record(batch["sha256"])
+    if record is None:
+        raise InputFileError(f"batch {batch['batch_id']} has no manifest entry")
+    return landing_index(home).get(record["path"]), file_label(file_ref(record["path"]))
+
+
+def depersonalise(home: NodeHome, batch_id: str) -> dict[str, Any]:
+    """Consent filter and depersonalisation of one captured batch into its staging file."""
+    from mipflow.node.ingest.capture import sha256_file
+
+    store = open_store(home)
+    batch = store.batch(batch_id)
+    if batch["stage"] != "capture" or batch["status"] != "running":
+        return {"batch_id": batch_id, "status": batch["status"], "message": "not waiting for this stage"}
+    path, label = _landing_path(home, store, batch)
+    try:
+        unchanged = path is not None and path.is_file() and sha256_file(path) == batch["sha256"]
+    except OSError:  # the exception's message would name the file
+        unchanged = False
+    if not unchanged:
+        return _fail(store, batch_id, f"{label}: landing file changed or vanished since capture; "
+                                      "a new version is captured as a new batch")
+    processor = _processor(home, store, batch)
+    try:
+        return _depersonalise_pass(home, store, processor, path, batch_id, label)
+    except MalformedCSV:
+        processor.tolerant = True  # rolled back: read again, setting malformed lines aside
+        return _depersonalise_pass(home, store, processor, path, batch_id, label)
+
+
+def _depersonalise_pass(home: NodeHome, store: FeatureStore, processor: ChunkProcessor, path: Path,
+                        batch_id: str, label: str) -> dict[str, Any]:
+    counts = BatchCounts()
+    bad_lines: list[tuple[int, str]] = []
+    out = _staging(home, batch_id) / "depersonalised.csv"
+    try:
+        with store.begin() as conn:
+            conn.execute(quarantine_table.delete().where(quarantine_table.c.batch_id == batch_id))
+            header = True
+            try:
+                total: int | None = estimate_rows(path)
+            except OSError:  # read_chunks reports it, by the file's label
+                total = None
+            progress = Progress(f"batch {batch_id} depersonalise", total)
+            for chunk in processor.read_chunks(path, counts, bad_lines, progress, label=label):
+                kept, no_consent = processor.capture(chunk)
+                counts.no_consent += no_consent
+                good, entries = processor.depersonalise(kept)
+                counts.quarantined += store.quarantine(conn, batch_id, "depersonalise", entries)
+                good.to_csv(out, mode="w" if header else "a", header=header, index=False)
+                header = False
+            progress.finish()
+            if header:  # no rows at all: still leave a header-less marker
+                out.write_text("")
+            counts.quarantined += store.quarantine(conn, batch_id, "capture", [(n, r, None) for n, r in bad_lines])
+            store.update_batch(conn, batch_id, stage="depersonalise", **asdict(counts))
+    except MalformedCSV:
+        raise
+    except InputFileError as exc:
+        return _fail(store, batch_id, str(exc))
+    return {"batch_id": batch_id, "status": "running", **asdict(counts)}
+
+
+def _read_staged(path: Path, chunk_rows: int, progress: Progress | None = None) -> Iterator[Any]:
+    """Chunks of a staging file; with ``progress``, each chunk done is logged."""
+    import pandas as pd
+
+    if path.stat().st_size == 0:
+        return
+    for chunk in pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], chunksize=chunk_rows):
+        chunk[ROW_COLUMN] = chunk[ROW_COLUMN].astype(int)
+        chunk["_visit"] = chunk["_visit"].fillna("")
+        yield chunk
+        if progress is not None:
+            progress.advance(len(chunk))
+    if progress is not None:
+        progress.finish()
+
+
+def _staged_progress(path: Path, label: str) -> Progress:
+    return Progress(label, estimate_rows(path) if path.is_file() and path.stat().st_size else 0)
+
+
+def validate(home: NodeHome, batch_id: str) -> dict[str, Any]:
+    """Harmonise and validate one batch; quarantine failures; hold the batch if too many fail."""
+    store = open_store(home)
+    batch = store.batch(batch_id)
+    if batch["stage"] != "depersonalise" or batch["status"] != "running":
+        return {"batch_id": batch_id, "status": batch["status"], "message": "not waiting for this stage"}
+    processor = _processor(home, store, batch)
+    counts = _counts(batch)
+    staged = _staging(home, batch_id) / "depersonalised.csv"
+    out = staged.with_name("validated.csv")
+    summaries = []
+    ready_rows = 0
+    with store.begin() as conn:
+        conn.execute(quarantine_table.delete().where(quarantine_table.c.batch_id == batch_id,
+                                                     quarantine_table.c.stage == "validate"))
+        header = True
+        for chunk in _read_staged(staged, home.settings.chunk_rows,
+                                  _staged_progress(staged, f"batch {batch_id} validate")):
+            ready, entries, duplicates, summary = processor.validate(chunk)
+            summaries.append(summary)
+            counts.duplicates += duplicates
+            counts.quarantined += store.quarantine(conn, batch_id, "validate", entries)
+            ready.to_csv(out, mode="w" if header else "a", header=header, index=False)
+            ready_rows += len(ready)
+            header = False
+        if header:
+            out.write_text("")
+        counts.loaded = ready_rows  # provisional: what the load stage will load
+        status, message = decide_status(counts, home.settings)
+        if status == "held":
+            counts.quarantined += ready_rows
+            counts.loaded = 0
+            store.quarantine(conn, batch_id, "validate",
+                             [(0, f"batch held: {message}; {ready_rows} valid rows not loaded", None)])
+            store.update_batch(conn, batch_id, stage="validate", status="held", message=message,
+                               validation=merge_summaries(summaries), finished_at=utcnow(), **asdict(counts))
+        else:
+            counts.loaded = 0
+            store.update_batch(conn, batch_id, stage="validate", message=message,
+                               validation=merge_summaries(summaries), **asdict(counts))
+    staged.unlink(missing_ok=True)
+    if status == "held":
+        out.unlink(missing_ok=True)
+    return {"batch_id": batch_id, "status": "held" if status == "held" else "running", "ready": ready_rows,
+            "message": message}
+
+
+def load(home: NodeHome, batch_id: str) -> dict[str, Any]:
+    """Load one validated batch into the feature store in a single transaction."""
+    import pandas as pd
+
+    store = open_store(home)
+    batch = store.batch(batch_id)
+    if batch["stage"] != "validate" or batch["status"] != "running":
+        return {"batch_id": batch_id, "status": batch["status"], "message": "not waiting for this stage"}
+    model = store.data_model(batch["data_model"])
+    counts = _counts(batch)
+    staged = _staging(home, batch_id) / "validated.csv"
+    loaded = 0
+    with store.begin() as conn:
+        progress = _staged_progress(staged, f"batch {batch_id} load")
+        for chunk in _read_staged(staged, home.settings.chunk_rows, progress):
+            for var in model:
+                if var.code in chunk.columns and var.sql_type == "int":
+                    chunk[var.code] = pd.to_numeric(chunk[var.code]).astype("Int64")
+                elif var.code in chunk.columns and var.sql_type == "real":
+                    chunk[var.code] = pd.to_numeric(chunk[var.code]).astype("float64")
+            loaded += store.upsert_rows(conn, model, chunk.drop(columns=[ROW_COLUMN]), batch_id=batch_id,
+                                        sha256=batch["sha256"])
+        store.refresh_datasets(conn, model)
+        counts.loaded = loaded
+        if not counts.conserved:
+            raise MipflowError(f"row conservation violated for batch {batch_id}: {counts.equation()}")
+        store.update_batch(conn, batch_id, stage="load", status="loaded", finished_at=utcnow(), **asdict(counts))
+    shutil.rmtree(home.staging_dir / batch_id, ignore_errors=True)
+    log.info("batch %s loaded: %s", batch_id, counts.equation())
+    return {"batch_id": batch_id, "status": "loaded", "equation": counts.equation(), **asdict(counts)}

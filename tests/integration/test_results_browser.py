@@ -1,0 +1,159 @@
+"""End to end in a real browser: a federated analysis triggered in a real central Airflow
+against three node services, then its result page opened in headless Chromium after logging
+in through Airflow's own login page.  The numbers on the page must be the stored ones.
+
+Needs Debian's ``/usr/bin/chromium`` (Playwright drives it; no browser download).  Skips where
+it is absent, except in CI (``CI=true``), where it must run.  Screenshots go to
+``var/test-artifacts/``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+import pytest
+
+from mipflow.node import ops
+from mipflow.protocol.signing import issue_client
+from mipflow.node.home import NodeHome
+from mipflow.central.results import ResultStore
+from mipflow.demo.synth import HOSPITALS, generate_export, write_export
+from tests.airflow_server import central_airflow, run_dag
+from tests.conftest import REPO_ROOT
+from tests.nodes import PROJECT, grant_all, running_nodes
+
+pytestmark = [pytest.mark.airflow, pytest.mark.slow, pytest.mark.xdist_group("airflow")]
+CHROMIUM = os.environ.get("MIPFLOW_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = REPO_ROOT / "var" / "test-artifacts"
+DAG_ID = "federated_linear_regression"
+
+
+def _chromium() -> str:
+    if shutil.which(CHROMIUM) is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true but no Chromium at {CHROMIUM} (.ci/run installs Debian's chromium)")
+        pytest.skip(f"no Chromium at {CHROMIUM}")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        if os.environ.get("CI", "").lower() == "true":
+            raise
+        pytest.skip("playwright is not installed")
+    return CHROMIUM
+
+
+@pytest.fixture(scope="module")
+def central(tmp_path_factory):
+    chromium = _chromium()
+    root = tmp_path_factory.mktemp("browser")
+    conn_ids = [f"mipflow_node_{h}" for h in HOSPITALS]
+    env = {"MIPFLOW_CENTRAL_HOME": str(root / "central"), "MIPFLOW_NODE_CONN_IDS": ",".join(conn_ids)}
+    with central_airflow(root / "airflow", env, dag_ids=[DAG_ID]) as ready:
+        homes = []  # while Airflow starts
+        for i, hospital in enumerate(HOSPITALS):
+            home = NodeHome.init(root / hospital, hospital)
+            ops.add_data_model(home, REPO_ROOT / "include" / "schemas" / "stroke_v_0_1" / "CDEsMetadata.json")
+            path = write_export(root / f"{hospital}.csv", generate_export(hospital, 60, seed=40 + i))
+            ops.ingest(home, [path], profile=REPO_ROOT / "include" / "schemas" / "profiles" / f"{hospital}.json")
+            grant_all(home.root, researcher="admin")  # the Airflow user who triggers the analysis
+            homes.append(home)
+        with running_nodes([h.root for h in homes]) as urls:
+            server = ready()
+            with server.client() as client:  # the nodes as Airflow connections, made through the REST API
+                for home, url, conn_id in zip(homes, urls, conn_ids):
+                    cred = issue_client(home.root, "central")
+                    resp = client.post("/api/v2/connections", json={
+                        "connection_id": conn_id, "conn_type": "mipflow_node", "host": url,
+                        "login": cred.client_id, "password": cred.secret.hex(),
+                        "extra": json.dumps({"node_name": home.name})})
+                    assert resp.status_code == 201, resp.text
+            yield {"server": server, "store": ResultStore(root / "central"), "chromium": chromium}
+
+
+def test_plugin_pages_refuse_requests_without_airflow_login(central):
+    server = central["server"]
+    for path in ("/mipflow/", "/mipflow/run?id=x", "/mipflow/run.json?id=x", "/mipflow/run.csv?id=x"):
+        assert httpx.get(server.base_url + path, timeout=10).status_code == 401, path
+        bad = httpx.get(server.base_url + path, headers={"Authorization": "Bearer not-a-jwt"}, timeout=10)
+        assert bad.status_code == 403, path
+    with server.client() as client:  # the plugin and its menu entry are registered in the api-server
+        (plugin,) = [p for p in client.get("/api/v2/plugins").json()["plugins"] if p["name"] == "mipflow_ui"]
+        assert plugin["fastapi_apps"][0]["url_prefix"] == "/mipflow"
+        assert plugin["external_views"][0]["href"] == "mipflow/"
+
+
+def test_result_page_in_a_browser_shows_the_stored_numbers(central):
+    from playwright.sync_api import sync_playwright
+
+    server, store = central["server"], central["store"]
+    conf = {"data_model": "stroke:0.1", "datasets": list(HOSPITALS), "filters": None, "y": "mrs_90d",
+            "x": ["age", "nihss_admission"], "nodes": [f"mipflow_node_{h}" for h in HOSPITALS], "min_nodes": 3,
+            "project": PROJECT}
+    run = run_dag(server, DAG_ID, conf)
+    assert run["state"] == "success", server.tail()
+    stored = store.document(run["dag_run_id"])
+    assert stored is not None and stored["triggered_by"] == "admin"
+    result = stored["result"]
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=central["chromium"], args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            # Not logged in: Airflow's UI sends the browser to the simple auth manager's login page.
+            page.goto(f"{server.base_url}/auth/login?next={quote(server.base_url + '/mipflow/')}")
+            page.locator("input[name=username]").fill("admin")
+            page.locator("input[name=password]").fill(server.users["admin"])
+            page.locator("button[type=submit]").click()
+            page.wait_for_url(f"{server.base_url}/mipflow/", timeout=30_000)
+            runs = page.locator("#runs tbody tr")
+            assert runs.count() == 1
+            row = runs.first.inner_text()
+            for expected in (run["dag_run_id"], "linear_regression", "stroke:0.1", "admin",
+                             *(f"{n} ({r})" for n, r in stored["contributed"].items())):
+                assert expected in row
+            runs.first.locator("a").first.click()
+            page.wait_for_selector("#result table")
+            page.screenshot(path=str(ARTIFACTS / "result-linear-regression.png"), full_page=True)
+
+            assert page.locator(".plots svg").count() == 1  # the coefficient plot
+            table = page.locator("#result table").filter(has=page.locator("th", has_text="coefficients")).first
+            headers = table.locator("thead th").all_inner_texts()
+            rows = table.locator("tbody tr")
+            assert rows.count() == len(result["indep_vars"])
+            for i, term in enumerate(result["indep_vars"]):
+                cells = rows.nth(i).locator("td")
+                assert cells.nth(0).inner_text() == term
+                for field in ("coefficients", "std_err", "lower_ci", "upper_ci", "pvalues"):
+                    cell = cells.nth(headers.index(field))
+                    exact = float(cell.get_attribute("data-value"))
+                    assert exact == result[field][i]  # the exact stored value
+                    shown = float(cell.inner_text())  # rounded to 6 significant digits
+                    assert math.isclose(shown, result[field][i], rel_tol=5e-6, abs_tol=1e-300)
+            summary = page.locator("#result table").first
+            assert f"{result['r_squared']:.6g}" in summary.inner_text()
+            assert str(result["n_obs"]) in summary.inner_text()
+
+            with page.expect_download() as download:
+                page.get_by_text("Download JSON").click()
+            downloaded = json.loads(Path(download.value.path()).read_text(encoding="utf-8"))
+            assert downloaded["result"] == result
+            with page.expect_download() as download:
+                page.get_by_text("Download CSV").click()
+            csv_text = Path(download.value.path()).read_text(encoding="utf-8")
+            assert f"{result['indep_vars'][1]},coefficients,{result['coefficients'][1]!r}" in csv_text
+
+            page.goto(f"{server.base_url}/")  # the entry under Browse in Airflow's own UI
+            page.get_by_role("button", name="Browse").click(timeout=90_000)
+            page.get_by_role("menuitem", name="Analysis results").click(timeout=90_000)
+            # the React UI switches route client-side; wait for the page inside its iframe
+            page.frame_locator("iframe").locator("#runs").wait_for(timeout=90_000)
+            assert "/plugin/mipflow-results" in page.url
+            page.screenshot(path=str(ARTIFACTS / "airflow-browse-results.png"), full_page=True)
+        finally:
+            browser.close()

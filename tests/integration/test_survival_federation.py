@@ -1,0 +1,114 @@
+"""Survival analyses over the real federation: three node services on loopback, default
+disclosure settings (min_row_count 10, nfilter_tab 3), signed HTTP.
+
+Kaplan-Meier with a log-rank test and Cox regression (Breslow's and Efron's
+ties) must equal statsmodels (and lifelines, for the curves, the log-rank test
+and Efron's Cox) on the pooled rows of the contributing nodes with times
+rounded up to the result's bin ends; a node whose counts cannot be binned
+safely is left out with its reason.
+"""
+from __future__ import annotations
+
+import functools
+
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import pytest
+from statsmodels.duration.hazard_regression import PHReg
+
+from mipflow.node.home import NodeHome
+from mipflow.central.federation import NodeClient
+from mipflow.central.federation import run_analysis as _run_analysis
+from tests.mipflow.algorithms import lifelines_reference
+from tests.mipflow.algorithms.helpers import assert_rel_close
+from tests.mipflow.algorithms.survival_data import (
+    HOSPITALS, STROKE, complete, cox_design, make_stroke, request, round_up,
+)
+from tests.mipflow.algorithms.test_survival import COX_COLUMNS, COX_X, KM_COLUMNS, check_km, check_km_lifelines
+from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, served_clients
+
+#: every analysis here runs as the identity the nodes' grants approve
+run_analysis = functools.partial(_run_analysis, researcher=RESEARCHER, project=PROJECT)
+
+pytestmark = pytest.mark.xdist_group("federation")
+
+
+@pytest.fixture(scope="module")
+def survival_federation(tmp_path_factory) -> Iterator[tuple[list[NodeClient], dict[str, pd.DataFrame]]]:
+    base = tmp_path_factory.mktemp("survival-federation")
+    data = make_stroke(2026, 900)
+    frames = {h: data[data["dataset"] == h].reset_index(drop=True) for h in HOSPITALS}
+    # hospital_c: two deaths among its women, too few to bin at nfilter_tab 3
+    c = frames["hospital_c"]
+    c.loc[c["sex"] == "F", "death_90d"] = "no"
+    c.loc[c.index[c["sex"] == "F"][:2], "death_90d"] = "yes"
+    roots = {}
+    for hospital, frame in frames.items():
+        roots[hospital] = base / hospital
+        home = NodeHome.init(roots[hospital], hospital)
+        # the analyses here use overlapping cohorts on purpose (complete cases of different
+        # variables); the differencing control has its own tests (tests/mipflow/node/controls/test_differencing.py)
+        home.set_setting("differencing_check", 0)
+        assert load_frame(roots[hospital], STROKE, frame) == len(frame)
+        grant_all(roots[hospital])
+    with served_clients(roots) as served:
+        yield list(served.values()), frames
+
+
+def test_kaplan_meier_via_http(survival_federation) -> None:
+    clients, frames = survival_federation
+    doc = request("kaplan_meier", x=("sex",), bin_width=7.0).to_dict()
+    outcome = run_analysis("kaplan_meier", doc, clients)
+    assert set(outcome.excluded) == {"hospital_c"}
+    assert "(nfilter_tab)" in outcome.excluded["hospital_c"]
+    used = ["hospital_a", "hospital_b"]
+    assert outcome.contributed == {h: len(complete(frames[h], KM_COLUMNS)) for h in used}
+    pooled = complete(pd.concat([frames[h] for h in used], ignore_index=True), KM_COLUMNS)
+    check_km(outcome.result, pooled, grouped=True)
+    check_km_lifelines(outcome.result, pooled, grouped=True)
+    assert outcome.result["binning"]["method"] == "binned"
+    # without grouping every hospital can bin its counts safely
+    whole = run_analysis("kaplan_meier", request("kaplan_meier").to_dict(), clients)
+    assert not whole.excluded
+    everyone = complete(pd.concat(frames.values(), ignore_index=True), KM_COLUMNS)
+    check_km(whole.result, everyone, grouped=False)
+    check_km_lifelines(whole.result, everyone, grouped=False)
+
+
+@pytest.mark.parametrize("ties", ["breslow", "efron"])
+def test_cox_regression_via_http(survival_federation, ties) -> None:
+    """With the nodes' bins merged to nfilter_tab 3 every event bin holds tied events: Breslow and
+    Efron differ, and each equals its pooled reference."""
+    clients, frames = survival_federation
+    doc = request("cox_regression", x=COX_X, ties=ties).to_dict()
+    outcome = run_analysis("cox_regression", doc, clients)
+    assert not outcome.excluded and outcome.rounds >= 3
+    pooled = complete(pd.concat(frames.values(), ignore_index=True), COX_COLUMNS)
+    assert outcome.contributed == {h: len(complete(f, COX_COLUMNS)) for h, f in frames.items()}
+    result = outcome.result
+    times = round_up(pooled["followup_days"].to_numpy(), result["binning"]["timeline"])
+    design = cox_design(pooled, result["indep_vars"])
+    status = (pooled["death_90d"] == "yes").to_numpy(dtype=float)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = PHReg(times, design, status=status, ties=ties).fit(method="newton", tol=1e-8)
+    assert result["indep_vars"] == ["sex[M]", "stroke_type[ischaemic]", "stroke_type[tia]", "age",
+                                    "nihss_admission"]
+    assert result["ties"] == ties and result["binning"]["merged_for_disclosure"]
+    for key, expected in (("coefficients", fit.params), ("stderr", fit.bse), ("z_scores", fit.tvalues),
+                          ("pvalues", fit.pvalues), ("ll", fit.llf)):
+        assert_rel_close(result[key], expected, rel=1e-9, what=key)
+    assert result["n_events"] == int(status.sum())
+    if ties == "efron":
+        reference = lifelines_reference.cox(times, status, design, result["indep_vars"])
+        for key in ("coefficients", "stderr", "ll"):
+            assert_rel_close(result[key], reference[key], rel=1e-9, what=f"{key} (lifelines)")
+        # the ties matter here: Breslow's fit on the same rows is measurably different
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            breslow = PHReg(times, design, status=status, ties="breslow").fit(method="newton", tol=1e-8)
+        assert np.max(np.abs(breslow.params / fit.params - 1)) > 1e-6

@@ -1,0 +1,436 @@
+"""Differencing controls (mipflow.node.controls.differencing, ADR 0013): the ledger in isolation, then over real nodes."""
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mipflow.algorithms import get_algorithm, prepare_local_data
+from mipflow.protocol.signing import issue_client
+from mipflow.node.controls.differencing import (
+    CohortLedger, cohort_digest, cohort_sets, decode_keys, encode_keys, hash_key,
+    min_cut, pair_conflict, partition_conflict, row_keys, smallest_released_difference,
+)
+from mipflow.node.home import NodeHome
+from mipflow.exceptions import DisclosureError
+from mipflow.central.federation import NodeClient, NodeEndpoint, NodeRefused
+from mipflow.node.query import select_frame
+from mipflow.node.store import FeatureStore
+from tests.mipflow.algorithms.synthetic import MODEL
+from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, running_nodes
+
+pytestmark = pytest.mark.xdist_group("cohorts")
+
+SECRET = bytes(range(32))
+
+
+def _keys(values) -> np.ndarray:
+    return np.unique(np.asarray(list(values), dtype=np.uint64))
+
+
+# --------------------------------------------------------------------------- the rule and the ledger
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sets(st.integers(0, 60)), st.sets(st.integers(0, 60)), st.integers(1, 12))
+def test_pair_conflict_is_the_set_rule(a, b, threshold):
+    small = [len(a - b), len(b - a), len(a & b)]
+    assert pair_conflict(_keys(a), _keys(b), threshold) == any(0 < n < threshold for n in small)
+
+
+@pytest.mark.parametrize("new, old, conflict", [
+    pytest.param(range(100), range(100), False, id="identical"),
+    pytest.param(range(99), range(100), True, id="all-but-one"),
+    pytest.param(range(100), range(99), True, id="all-plus-one"),
+    pytest.param(range(90), range(100), False, id="ten-fewer"),
+    pytest.param(range(0, 50), range(50, 100), False, id="disjoint"),
+    pytest.param(range(0, 55), range(50, 100), True, id="overlap-of-five"),
+    pytest.param(range(0, 60), range(50, 100), False, id="overlap-of-ten"),
+])
+def test_pair_conflict_cases(new, old, conflict):
+    assert pair_conflict(_keys(new), _keys(old), 10) is conflict
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(0, 2**64 - 1), max_size=300))
+def test_keys_round_trip_through_the_compressed_form(values):
+    keys = _keys(values)
+    assert np.array_equal(decode_keys(encode_keys(keys)), keys)
+
+
+def test_ledger_refuses_near_copies_and_remembers_across_instances(tmp_path):
+    ledger = CohortLedger(tmp_path)
+    everyone = _keys(range(1000, 1100))
+    assert ledger.check("m:1", [everyone], 10)
+    ledger.record("m:1", [everyone])
+    ledger.check("m:1", [everyone], 10)  # the same cohort again: fine
+    with pytest.raises(DisclosureError) as info:
+        ledger.check("m:1", [everyone[1:]], 10)
+    assert info.value.control == "differencing" and not re.search(r"\b1 (row|patient)", str(info.value))
+    ledger.check("m:1", [everyone[10:]], 10)  # ten fewer
+    ledger.check("m:2", [everyone[1:]], 10)  # another data model has its own cohorts
+    # a fresh process (a restart) reads the same memory from the node home
+    again = CohortLedger(tmp_path)
+    assert list(again.cohorts("m:1")) == [cohort_digest("m:1", everyone)]
+    with pytest.raises(DisclosureError):
+        again.check("m:1", [everyone[:-3]], 10)
+    again.record("m:1", [everyone[50:]])
+    # the first instance sees what the second one recorded
+    with pytest.raises(DisclosureError):
+        ledger.check("m:1", [everyone[52:]], 10)
+    (stats,) = again.stats()
+    assert stats["cohorts"] == 2 and stats["rows"] == 150 and 0 < stats["bytes"] < 150 * 8
+
+
+def test_cohorts_of_one_request_are_checked_against_each_other(tmp_path):
+    ledger = CohortLedger(tmp_path)
+    with pytest.raises(DisclosureError):
+        ledger.check("m:1", [_keys(range(100)), _keys(range(98))], 10)
+
+
+def test_row_keys_are_keyed_and_follow_the_store_key():
+    frame = pd.DataFrame({"_pid": ["p1", "p2", "p1"], "dataset": ["d0", "d0", "d1"], "_visit": ["", "", ""]})
+    first = row_keys(frame, hash_key(SECRET))
+    assert len(set(first.tolist())) == 3  # the same patient in two datasets: two rows
+    assert np.array_equal(first, row_keys(frame, hash_key(SECRET)))
+    assert not set(first.tolist()) & set(row_keys(frame, hash_key(b"\x01" * 32)).tolist())
+    missing_visit = frame.assign(_visit=[None, "", ""])
+    assert np.array_equal(row_keys(missing_visit, hash_key(SECRET)), first)
+
+
+def test_without_complete_case_each_variables_rows_are_a_cohort():
+    frame = pd.DataFrame({"_pid": [f"p{i}" for i in range(30)], "dataset": "d0", "_visit": "",
+                          "a": [1.0] * 30, "b": [np.nan] + [2.0] * 29})
+    key = hash_key(SECRET)
+    cohorts, used = cohort_sets(frame, ["a", "b"], complete_case=False, key=key)
+    assert [len(c) for c in cohorts] == [30, 29] and len(used) == 30
+    cohorts, used = cohort_sets(frame, ["a", "b"], complete_case=True, key=key)
+    assert [len(c) for c in cohorts] == [29] and np.array_equal(used, row_keys(frame, key)[1:])
+
+
+def _brute_force_min_cut(weights: np.ndarray) -> int:
+    """The lightest cut over every vertex bipartition."""
+    n = len(weights)
+    best = None
+    for mask in range(1, 2 ** (n - 1)):  # vertex n - 1 always on the other side: each cut once
+        side = np.array([(mask >> v) & 1 for v in range(n)], dtype=bool)
+        cut = int(weights[np.ix_(side, ~side)].sum())
+        best = cut if best is None else min(best, cut)
+    return best
+
+
+def _symmetric(n: int, values: list[int]) -> np.ndarray:
+    upper = np.zeros((n, n), dtype=np.int64)
+    upper[np.triu_indices(n, 1)] = values[: n * (n - 1) // 2]
+    return upper + upper.T
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(2, 8).flatmap(lambda n: st.tuples(
+    st.just(n), st.lists(st.integers(0, 6), min_size=n * (n - 1) // 2, max_size=n * (n - 1) // 2))))
+def test_min_cut_equals_brute_force(graph):
+    n, values = graph
+    weights = _symmetric(n, values)
+    cut, side = min_cut(weights)
+    assert cut == _brute_force_min_cut(weights)
+    assert 0 < side.sum() < n and int(weights[np.ix_(side, ~side)].sum()) == cut  # a real cut of that weight
+
+
+def test_min_cut_examples():
+    path = _symmetric(4, [5, 0, 0, 1, 0, 7])  # 0 -5- 1 -1- 2 -7- 3
+    assert min_cut(path)[0] == 1
+    cycle = _symmetric(4, [409, 0, 1000, 1000, 0, 1])  # 0-1 409, 0-3 1000, 1-2 1000, 2-3 1: cuts 410
+    assert min_cut(cycle)[0] == 410
+    assert min_cut(_symmetric(3, [0, 0, 4]))[0] == 0  # disconnected
+    with pytest.raises(ValueError):
+        min_cut(np.zeros((1, 1)))
+
+
+def _smallest_support(new: np.ndarray, old: np.ndarray) -> int:
+    """By linear algebra, not by graphs: the fewest rows on which some combination
+    ``sum_i a_i S(old_i) + sum_j b_j S(new_j)`` (weight ``a_i + b_j`` on the rows of cell
+    ``old_i ∩ new_j``) is non-zero, over every set of cells; 0 when no combination is non-zero."""
+    cells = sorted({(int(i), int(j)) for i, j in zip(old, new)})
+    olds, news = sorted({i for i, _ in cells}), sorted({j for _, j in cells})
+    count = {c: int(np.sum((old == c[0]) & (new == c[1]))) for c in cells}
+    design = np.zeros((len(cells), len(olds) + len(news)))  # cell weights = design @ (a, b)
+    for row, (i, j) in enumerate(cells):
+        design[row, olds.index(i)] = design[row, len(olds) + news.index(j)] = 1.0
+    rank = np.linalg.matrix_rank
+    best = 0
+    for mask in range(1, 2 ** len(cells)):
+        inside = np.array([(mask >> c) & 1 for c in range(len(cells))], dtype=bool)
+        rows = int(sum(count[c] for c, keep in zip(cells, inside) if keep))
+        if best and rows >= best:
+            continue
+        # (a, b) with zero weight off the cells: does some such (a, b) weigh a cell inside?
+        outside = design[~inside]
+        if rank(np.vstack([outside, design])) > (rank(outside) if len(outside) else 0):
+            best = rows
+    return best
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2), st.integers(0, 2)), min_size=1, max_size=30), st.integers(1, 8))
+def test_partition_conflict_is_the_smallest_released_combination(pairs, threshold):
+    """The graph rule equals its definition: refuse iff some combination of the released
+    cluster sums is non-zero on 1 .. threshold - 1 rows.  (Replaces the earlier per-pair set
+    rule ``|new_j \\ old_i|, |old_i \\ new_j|`` in (0, threshold), which refused e.g. a
+    cluster gaining 409 rows and losing 1, and missed a row isolated by three clusters' sums;
+    both are cases below.)"""
+    old = np.array([p[0] for p in pairs])
+    new = np.array([p[1] for p in pairs])
+    support = _smallest_support(new, old)
+    assert smallest_released_difference(new, old) == support
+    assert partition_conflict(new, old, threshold) == (0 < support < threshold)
+    # the central site's labels are its own choice: renaming clusters changes nothing
+    assert partition_conflict((new + 1) % 3, old, threshold) == partition_conflict(new, old, threshold)
+
+
+def _moves(sizes: tuple[int, ...], moves: dict[tuple[int, int], int]) -> tuple[np.ndarray, np.ndarray]:
+    """Old clusters of the given sizes; ``moves[(i, j)]`` rows of old ``i`` go to new ``j``."""
+    old = np.repeat(np.arange(len(sizes)), sizes)
+    new = old.copy()
+    for (i, j), count in moves.items():
+        at = np.flatnonzero((old == i) & (new == i))[:count]
+        assert len(at) == count
+        new[at] = j
+    return new, old
+
+
+@pytest.mark.parametrize("sizes, moves, smallest, conflict", [
+    # one row moves i -> j and nothing else: a bridge of one row (S(old_i) - S(new_i) is that row)
+    pytest.param((1000, 1000), {(0, 1): 1}, 1, True, id="one-row-bridge"),
+    pytest.param((1000, 1000), {(0, 1): 2}, 2, True, id="two-row-bridge"),
+    pytest.param((1000, 1000), {(0, 1): 3}, 3, False, id="three-row-bridge"),
+    # one row each way: S(old_i) - S(new_i) is the difference of the two rows (a cut of 1 + 1)
+    pytest.param((1000, 1000), {(0, 1): 1, (1, 0): 1}, 2, True, id="one-row-each-way"),
+    # 409 rows j -> i and 1 row i -> j: a 4-cycle, every cut of it is 410 rows or a whole cluster.
+    # The earlier per-pair rule refused it (|old_i \ new_i| = 1): over-conservative, no
+    # combination of the four sums is a sum over fewer than 410 rows.
+    pytest.param((1000, 1000), {(1, 0): 409, (0, 1): 1}, 410, False, id="gain-409-lose-1"),
+    # a chain of single moves 0 -> 1 -> 2: two bridges
+    pytest.param((500, 500, 500), {(0, 1): 1, (1, 2): 1}, 1, True, id="chain-of-one-row-moves"),
+    # rows 0 -> 1 and 1 -> 2 and 2 -> 0, ten each: a 6-cycle, cuts of 20 rows
+    pytest.param((500, 500, 500), {(0, 1): 10, (1, 2): 10, (2, 0): 10}, 20, False, id="rotation-of-ten"),
+    pytest.param((500, 500), {}, 500, False, id="identical"),
+])
+def test_partition_conflict_examples(sizes, moves, smallest, conflict):
+    new, old = _moves(sizes, moves)
+    assert smallest_released_difference(new, old) == smallest
+    assert partition_conflict(new, old, 3) is conflict
+    assert partition_conflict(old, new, 3) is conflict  # the order of the two releases does not matter
+
+
+def test_partition_conflict_finds_a_row_no_pair_of_clusters_shows():
+    """Old: 0..29 | 30..59 | 60..99; new: 0..9 | 10..28 | 29..99.  Every old and new cluster
+    differ by 0 or at least 10 rows (the earlier per-pair rule allowed it), yet
+    S(old_0) - S(new_0) - S(new_1) is row 29's value: a bridge of one row."""
+    rows = np.arange(100)
+    old = np.searchsorted([30, 60], rows, side="right")
+    new = np.searchsorted([10, 29], rows, side="right")
+    for i in range(3):
+        for j in range(3):
+            a, b = set(rows[old == i]), set(rows[new == j])
+            assert len(a - b) == 0 or len(a - b) >= 10
+            assert len(b - a) == 0 or len(b - a) >= 10
+    assert smallest_released_difference(new, old) == 1
+    assert partition_conflict(new, old, 3)
+
+
+def test_a_small_cluster_is_a_small_cut():
+    """A cluster of 2 rows is a cut of 2 (the rule refuses; at a node the cell control
+    nfilter_tab refuses it first, see DifferencingGuard.check_partition)."""
+    new, old = _moves((1000, 1000), {(0, 1): 998})
+    assert smallest_released_difference(new, old) == 2 and partition_conflict(new, old, 3)
+
+
+def test_select_frame_row_identity_stays_out_of_the_local_data(tmp_path):
+    home = NodeHome.init(tmp_path / "n", "n")
+    frame = _patients(30)
+    load_frame(home.root, MODEL, frame)
+    store = FeatureStore(home.db_url)
+    try:
+        algo = get_algorithm("linear_regression")
+        from mipflow.algorithms import AnalysisRequest
+
+        req = AnalysisRequest(data_model=MODEL.key, datasets=("d0",), x=("x1",), y=("y",))
+        selected = select_frame(store, MODEL, datasets=["d0"], variables=list(algo.variables(req)),
+                                row_identity=True)
+        assert sorted(selected["_pid"]) == sorted(frame["subjectcode"]) and set(selected["_visit"]) == {""}
+        assert not {"_pid", "_visit"} & set(prepare_local_data(algo, selected, req).columns)
+        plain = select_frame(store, MODEL, datasets=["d0"], variables=list(algo.variables(req)))
+        assert "_pid" not in plain.columns
+    finally:
+        store.dispose()
+
+
+# --------------------------------------------------------------------------- over a real node
+
+
+def _patients(n: int, seed: int = 7) -> pd.DataFrame:
+    """``n`` patients, unique integer ages, no missing values."""
+    rng = np.random.default_rng(seed)
+    x1 = rng.normal(2.0, 1.5, size=n)
+    return pd.DataFrame({"subjectcode": [f"s{seed}-{i}" for i in range(n)], "dataset": "d0",
+                         "age": rng.permutation(np.arange(20, 20 + n)).astype(float), "x1": x1,
+                         "y": 1.0 + 0.5 * x1 + rng.normal(size=n), "sex": rng.choice(["M", "F"], size=n)})
+
+
+def _request(filters=None, x=("x1",), y=("y",)) -> dict:
+    return {"inputdata": {"data_model": MODEL.key, "datasets": ["d0"], "x": list(x), "y": list(y),
+                          "filters": filters}, "parameters": {}}
+
+
+def _rule(field, operator, value) -> dict:
+    return {"condition": "AND", "rules": [{"id": field, "field": field, "type": "double", "operator": operator,
+                                           "value": value}], "valid": True}
+
+
+@pytest.fixture
+def node(tmp_path):
+    """One node with 60 patients; alice and bob may run anything; the node can be restarted."""
+    home = NodeHome.init(tmp_path / "hospital", "hospital")
+    frame = _patients(60)
+    load_frame(home.root, MODEL, frame)
+    for who in ("alice", "bob", RESEARCHER):
+        grant_all(home.root, researcher=who)
+    credential = issue_client(home.root, "central")
+
+    class Node:
+        root = home.root
+        data = frame
+
+        def serve(self):
+            return running_nodes([home.root])
+
+        @staticmethod
+        def client(url):
+            return NodeClient(NodeEndpoint("hospital", url, credential.client_id, credential.secret.hex()),
+                              retries=0)
+
+    return Node()
+
+
+def _step(client, doc, researcher="alice", algorithm="linear_regression", round_no=0, state=None):
+    return client.step(algorithm, doc, round_no, state, researcher=researcher, project=PROJECT)
+
+
+def _refused(client, doc, **kw) -> NodeRefused:
+    with pytest.raises(NodeRefused) as info:
+        _step(client, doc, **kw)
+    assert info.value.status == 403 and info.value.control == "differencing", info.value
+    return info.value
+
+
+def _last_audit(root) -> dict:
+    return json.loads((root / "audit.log").read_text().splitlines()[-1])
+
+
+def test_classic_attack_is_refused_for_everyone_and_after_a_restart(node):
+    one_age = float(node.data["age"].iloc[0])
+    everyone, all_but_one = _request(), _request(_rule("age", "not_equal", one_age))
+    with node.serve() as (url,):
+        client = node.client(url)
+        assert _step(client, everyone)["rows"] == 60
+        assert _step(client, everyone)["rows"] == 60  # a repeated analysis on the same cohort
+        refusal = _refused(client, all_but_one)
+        # the reply says what and why, never how many rows differ
+        assert "differencing" in refusal.reason and "59" not in refusal.reason
+        assert not re.search(r"\b1 (row|patient)", refusal.reason)
+        record = _last_audit(node.root)
+        assert (record["decision"], record["control"], record["researcher"]) == ("refused", "differencing", "alice")
+        # another researcher, another algorithm: the same rows are still refused
+        _refused(client, _request(_rule("age", "not_equal", one_age), x=(), y=("x1", "y")),
+                 researcher="bob", algorithm="pearson_correlation")
+        assert _last_audit(node.root)["researcher"] == "bob"
+        # the reverse order (a few rows added to an answered cohort) is refused too
+        _step(client, _request(_rule("age", "less", 70.0)))  # ages 20..69: 50 rows
+        _refused(client, _request(_rule("age", "less", 72.0)))
+    with node.serve() as (url,):  # a restarted node remembers
+        _refused(node.client(url), all_but_one, researcher="bob")
+
+
+def test_distant_cohorts_are_answered(node):
+    with node.serve() as (url,):
+        client = node.client(url)
+        assert _step(client, _request())["rows"] == 60
+        # two disjoint halves, each at least min_row_count from everything answered
+        assert _step(client, _request(_rule("age", "less", 50.0)))["rows"] == 30
+        assert _step(client, _request(_rule("age", "greater_or_equal", 50.0)))["rows"] == 30
+        # a superset of an answered cohort by min_row_count rows
+        assert _step(client, _request(_rule("age", "less", 60.0)))["rows"] == 40
+        # overlaps of a few rows with an answered cohort are refused (they would make the
+        # intersection computable from a later union)
+        _refused(client, _request(_rule("age", "greater_or_equal", 45.0)))
+
+
+def test_the_node_admin_can_switch_the_control_off(node):
+    NodeHome(node.root).set_setting("differencing_check", 0)
+    with node.serve() as (url,):
+        client = node.client(url)
+        _step(client, _request())
+        assert _step(client, _request(_rule("age", "not_equal", 30.0)))["rows"] == 59
+        NodeHome(node.root).set_setting("differencing_check", 1)  # applies to the next request
+        _refused(client, _request(_rule("age", "not_equal", 31.0)))
+
+
+def _kmeans_state(threshold: float, k: int = 2, swap: bool = False) -> dict:
+    """Centres whose nearest-centre boundary is ``x1 = threshold`` (equal ``y``)."""
+    centres = [[threshold - 100.0, 0.0], [threshold + 100.0, 0.0]]
+    if swap:
+        centres.reverse()
+    return {"k": k, "centers": centres, "initial_centers": centres, "iteration": 1, "shift": 1.0,
+            "converged": False, "final": False}
+
+
+def test_kmeans_rounds_a_row_apart_are_refused(node):
+    """A central site choosing centres so that one row changes cluster between two rounds."""
+    doc = {**_request(x=(), y=("x1", "y")), "parameters": {"k": 2, "maxiter": 10, "tol": 1e-6}}
+    x1 = np.sort(node.data["x1"].to_numpy())
+    cut = lambda i: float((x1[i - 1] + x1[i]) / 2)  # noqa: E731 - i rows below the boundary
+    with node.serve() as (url,):
+        client = node.client(url)
+        _step(client, doc, algorithm="kmeans")
+        assert _step(client, doc, algorithm="kmeans", round_no=1, state=_kmeans_state(cut(20))) \
+            ["aggregates"]["group_n"] == [20, 40]
+        _refused(client, doc, algorithm="kmeans", round_no=2, state=_kmeans_state(cut(21)))
+        # the same with the centres' order swapped (cluster labels are the central site's choice)
+        _refused(client, doc, algorithm="kmeans", round_no=2, state=_kmeans_state(cut(19), swap=True))
+        # in another analysis, by another researcher: still the same rows
+        _refused(client, doc, algorithm="kmeans", round_no=1, state=_kmeans_state(cut(22)), researcher="bob")
+        # moves of at least nfilter_tab (3) rows are Lloyd's ordinary business
+        assert _step(client, doc, algorithm="kmeans", round_no=2, state=_kmeans_state(cut(23))) \
+            ["aggregates"]["group_n"] == [23, 37]
+        # the same centres again (a later round, a repeated analysis) are fine
+        _step(client, doc, algorithm="kmeans", round_no=3, state=_kmeans_state(cut(23)))
+        # a cluster of 2 rows is a small cut too, but it is the cell control's refusal (it leaves
+        # the node out instead of stopping the run, ADR 0020)
+        with pytest.raises(NodeRefused) as info:
+            _step(client, doc, algorithm="kmeans", round_no=4, state=_kmeans_state(cut(2)))
+        assert info.value.control == "nfilter_tab", info.value
+
+
+def test_guard_partition_memory_is_bounded():
+    from mipflow.node.controls.differencing import MAX_PARTITIONS, PartitionMemory
+
+    memory = PartitionMemory()
+    rng = np.random.default_rng(0)
+    for _ in range(MAX_PARTITIONS + 5):
+        memory.record("k", rng.integers(0, 2, size=50))
+    assert len(memory._memory["k"]) == MAX_PARTITIONS
+
+
+@given(st.lists(st.integers(min_value=0, max_value=2**64 - 1), max_size=300))
+def test_sorted_unique_equals_numpy_unique(values):
+    from mipflow.node.controls.differencing import sorted_unique
+
+    keys = np.array(values + values[: len(values) // 3], dtype=np.uint64)  # with repeats
+    got = sorted_unique(keys)
+    np.testing.assert_array_equal(got, np.unique(keys))
+    assert got.dtype == np.uint64

@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import pytest
+
+from mipflow.node.home import NodeSettings
+from mipflow.node.controls.disclosure import DisclosureControls
+from mipflow.exceptions import DisclosureError
+
+
+class Algo:
+    name = "multiple_histograms"
+
+
+@pytest.mark.parametrize("counts, expected", [
+    pytest.param([0, 5, 7, 9], [0, 5, 7, 9], id="nothing-small"),
+    pytest.param([0, 1, 7, 9], [0, None, None, 9], id="one-small-plus-complement"),
+    pytest.param([2, 1, 7, 9], [None, None, 7, 9], id="two-small"),
+    pytest.param([[1, 5, 8], [4, 4, 4]], [[None, None, 8], [4, 4, 4]], id="nested"),
+])
+def test_small_cells_suppressed(counts, expected):
+    controls = DisclosureControls(NodeSettings(nfilter_tab=3))
+    out = controls.release(Algo(), None, None, 1, {"histogram": [{"counts": counts}]})
+    assert out["histogram"][0]["counts"] == expected
+
+
+@pytest.mark.parametrize("aggregates, control", [
+    pytest.param({"min": 1.0, "max": 3.0}, "raw_extremes", id="raw-extremes"),
+    pytest.param({"stats": [{"q1": 2.0}]}, "raw_extremes", id="quartile"),
+    pytest.param({"group_n": [40, 2]}, "nfilter_tab", id="small-group"),
+])
+def test_refused_aggregates(aggregates, control):
+    with pytest.raises(DisclosureError) as info:
+        DisclosureControls(NodeSettings()).release(Algo(), None, None, 0, aggregates)
+    assert info.value.control == control
+
+
+def test_extremes_only_with_explicit_setting():
+    out = DisclosureControls(NodeSettings(release_extremes=1)).release(Algo(), None, None, 0, {"min": 1.0})
+    assert out == {"min": 1.0}
+
+
+def test_released_count_threshold():
+    controls = DisclosureControls(NodeSettings(min_row_count=10))
+    assert controls.released_count(9) is None and controls.released_count(10) == 10
+
+
+@pytest.mark.parametrize("small", [1, 2])
+def test_refusal_does_not_tell_the_size_of_the_small_group(small):
+    """The refusal travels to the central site: it must not say how small the group was."""
+    with pytest.raises(DisclosureError) as info:
+        DisclosureControls(NodeSettings(nfilter_tab=3)).release(Algo(), None, None, 0, {"group_n": [40, small]})
+    assert str(small) not in str(info.value).replace("(3)", "")
+
+
+@pytest.mark.parametrize("round_no", [0, 1])
+def test_logistic_regression_with_one_patient_in_a_class_is_refused(round_no):
+    """The gradient holds each class's covariate sums: a class of one row at a node would release
+    that patient's covariates, so the class sizes are group sizes under nfilter_tab."""
+    from mipflow.algorithms import get_algorithm
+    from tests.mipflow.algorithms.synthetic import MODEL, make_data, request
+
+    data = make_data(7, 60).dropna(subset=["x1", "outcome"]).reset_index(drop=True)
+    data["outcome"] = "no"
+    data.loc[0, "outcome"] = "yes"  # one positive patient at this node
+    algo, req = get_algorithm("logistic_regression"), request(x=("x1",), y=("outcome",), positive_class="yes")
+    state = None
+    if round_no:
+        state = algo.global_step(0, [algo.local_step(0, data, req, MODEL, None)], req, MODEL, None).state
+    aggregates = algo.local_step(round_no, data, req, MODEL, state)
+    with pytest.raises(DisclosureError) as info:
+        DisclosureControls(NodeSettings(nfilter_tab=3)).release(algo, req, MODEL, round_no, aggregates)
+    assert info.value.control == "nfilter_tab"
+    data = data.copy()  # a new frame (steps memoise per frame, which nodes never change in place)
+    data.loc[1:2, "outcome"] = "yes"  # three positives: released
+    assert DisclosureControls(NodeSettings(nfilter_tab=3)).release(
+        algo, req, MODEL, round_no, algo.local_step(round_no, data, req, MODEL, state))
