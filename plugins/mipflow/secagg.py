@@ -503,7 +503,7 @@ def secure_form(algorithm: str, aggregates: Mapping[str, Any], request: Any, mod
     """What a node sums for ``algorithm``: its released aggregates, or the
     algorithm's ``secure_aggregates`` rewrite of them (run after the controls)."""
     from mipflow.algorithms import get_algorithm
-    from mipflow.algorithms.base import AnalysisRequest
+    from mipflow.protocol.request import AnalysisRequest
 
     hook = getattr(get_algorithm(algorithm), "secure_aggregates", None)
     if hook is None:
@@ -574,7 +574,7 @@ def unsupported_message(algorithm: str) -> str:
 def refusal(algorithm: str, request: Any = None) -> str | None:
     """Why secure aggregation cannot run ``algorithm`` on ``request`` (``None``: it can).
 
-    ``request`` (an :class:`~mipflow.algorithms.base.AnalysisRequest` or its
+    ``request`` (an :class:`~mipflow.algorithms.contract.AnalysisRequest` or its
     JSON form) is checked by the algorithm's ``secure_aggregation_refusal``
     hook when it has one; without a request only the algorithm is checked.
     """
@@ -583,7 +583,7 @@ def refusal(algorithm: str, request: Any = None) -> str | None:
     if request is None:
         return None
     from mipflow.algorithms import get_algorithm
-    from mipflow.algorithms.base import AnalysisRequest
+    from mipflow.protocol.request import AnalysisRequest
 
     hook = getattr(get_algorithm(algorithm), "secure_aggregation_refusal", None)
     if hook is None:

@@ -38,7 +38,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from mipflow.algorithms import AnalysisRequest, get_algorithm, prepare_local_data, run_in_process
-from mipflow.algorithms.base import design_columns
+from mipflow.algorithms.design import design_columns
 from mipflow.algorithms.filters_pandas import apply_filters
 from mipflow.protocol.signing import issue_client
 from mipflow.node.home import NodeHome

@@ -247,7 +247,7 @@ def _kmeans_state() -> dict:
 def test_node_releases_only_masked_values(fed: Fed, name: str, round_no: int, state) -> None:
     """What the central site receives from one node: ring elements and a layout, no statistic
     (every element far from the node's own value), no dataset name."""
-    from mipflow.algorithms.base import AnalysisRequest
+    from mipflow.protocol.request import AnalysisRequest
 
     keys = {c.name: c.secagg_key() for c in fed.clients}
     body = {"scheme": secagg.SCHEME,

@@ -139,7 +139,7 @@ def in_process_nodes(tmp_path):
 
 
 def test_analysis_logs_each_round_with_nodes_answered_and_left_out(in_process_nodes, caplog):
-    from mipflow.algorithms.base import MAX_ROUNDS
+    from mipflow.algorithms.contract import MAX_ROUNDS
     from mipflow.central.federation import run_analysis
 
     clients, homes = in_process_nodes

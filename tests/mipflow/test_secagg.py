@@ -20,7 +20,8 @@ from scipy import stats
 
 from mipflow import secagg
 from mipflow.algorithms import get_algorithm, prepare_local_data
-from mipflow.algorithms.base import MAX_ROUNDS, transport
+from mipflow.algorithms.contract import MAX_ROUNDS
+from mipflow.protocol.wire import transport
 from mipflow.exceptions import DisclosureError, RequestError
 from tests.mipflow.algorithms import test_federated_vs_pooled as pooled_props
 from tests.mipflow.algorithms.helpers import ErrorSummary, assert_rel_close

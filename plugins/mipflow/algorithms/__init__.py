@@ -2,20 +2,24 @@
 
 Each algorithm is a pair of pure functions, a local step run by a node on its
 own rows and a global step run centrally on the nodes' aggregates (see
-:mod:`mipflow.algorithms.base`).  Nodes accept only the names in
+:mod:`mipflow.algorithms.contract`).  Nodes accept only the names in
 :data:`ALGORITHMS`.
 """
 from __future__ import annotations
 
 from mipflow.algorithms.anova import Anova
 from mipflow.algorithms.anova_oneway import AnovaOneway
-from mipflow.algorithms.base import (
-    AnalysisRequest, Algorithm, Step, design_matrix, prepare_local_data, run_in_process,
-)
 from mipflow.algorithms.cmh_test import CMHTest
 from mipflow.algorithms.contingency_table import ContingencyTable
+from mipflow.algorithms.contract import (
+    Algorithm,
+    Step,
+    prepare_local_data,
+    run_in_process,
+)
 from mipflow.algorithms.cox_regression import CoxRegression
 from mipflow.algorithms.descriptive_stats import DescriptiveStats
+from mipflow.algorithms.design import design_matrix
 from mipflow.algorithms.kaplan_meier import KaplanMeier
 from mipflow.algorithms.kmeans import KMeans
 from mipflow.algorithms.linear_regression import LinearRegression
@@ -30,6 +34,7 @@ from mipflow.algorithms.ttest_independent import TTestIndependent
 from mipflow.algorithms.ttest_onesample import TTestOneSample
 from mipflow.algorithms.ttest_paired import TTestPaired
 from mipflow.exceptions import RequestError
+from mipflow.protocol.request import AnalysisRequest
 
 ALGORITHMS: dict[str, Algorithm] = {
     alg.name: alg

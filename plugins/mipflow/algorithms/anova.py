@@ -36,13 +36,20 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from mipflow.algorithms.base import (
-    NOMINAL, NUMERICAL, AnalysisRequest, InputSpec, ParamSpec, SpecAlgorithm, Step,
-    category_codes, json_ready, numeric_values, sorted_levels,
+from mipflow.algorithms.contract import (
+    NOMINAL,
+    NUMERICAL,
+    InputSpec,
+    ParamSpec,
+    SpecAlgorithm,
+    Step,
 )
+from mipflow.algorithms.design import category_codes, numeric_values, sorted_levels
 from mipflow.algorithms.moments import Moments, merge_moments
-from mipflow.protocol.datamodel import DataModel
 from mipflow.exceptions import RequestError
+from mipflow.protocol.datamodel import DataModel
+from mipflow.protocol.request import AnalysisRequest
+from mipflow.protocol.wire import json_ready
 
 #: Name of the residual row (Exareme2's spelling).
 RESIDUALS = "Residuals"

@@ -18,13 +18,24 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from mipflow.algorithms.base import (
-    NOMINAL, NUMERICAL, AnalysisRequest, InputSpec, SpecAlgorithm, Step,
-    category_codes, json_ready, numeric_values,
+from mipflow.algorithms.contract import (
+    NOMINAL,
+    NUMERICAL,
+    InputSpec,
+    SpecAlgorithm,
+    Step,
 )
-from mipflow.algorithms.moments import Moments, compute_moments, merge_moment_dicts, merge_moments
-from mipflow.protocol.datamodel import DataModel
+from mipflow.algorithms.design import category_codes, numeric_values
+from mipflow.algorithms.moments import (
+    Moments,
+    compute_moments,
+    merge_moment_dicts,
+    merge_moments,
+)
 from mipflow.exceptions import RequestError
+from mipflow.protocol.datamodel import DataModel
+from mipflow.protocol.request import AnalysisRequest
+from mipflow.protocol.wire import json_ready
 
 
 class AnovaOneway(SpecAlgorithm):

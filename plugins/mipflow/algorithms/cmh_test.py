@@ -43,11 +43,18 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from mipflow.algorithms.base import (
-    NOMINAL, AnalysisRequest, InputSpec, ParamSpec, SpecAlgorithm, Step, category_codes, json_ready,
+from mipflow.algorithms.contract import (
+    NOMINAL,
+    InputSpec,
+    ParamSpec,
+    SpecAlgorithm,
+    Step,
 )
-from mipflow.protocol.datamodel import DataModel
+from mipflow.algorithms.design import category_codes
 from mipflow.exceptions import RequestError
+from mipflow.protocol.datamodel import DataModel
+from mipflow.protocol.request import AnalysisRequest
+from mipflow.protocol.wire import json_ready
 
 YES_NO = ("yes", "no")
 

@@ -41,12 +41,19 @@ import numpy as np
 import pandas as pd
 from scipy import special, stats
 
-from mipflow.algorithms.base import (
-    NOMINAL, AnalysisRequest, InputSpec, ParamSpec, SpecAlgorithm, Step, alternative_spec,
-    category_codes, json_ready,
+from mipflow.algorithms.contract import (
+    NOMINAL,
+    InputSpec,
+    ParamSpec,
+    SpecAlgorithm,
+    Step,
 )
-from mipflow.protocol.datamodel import DataModel
+from mipflow.algorithms.design import category_codes
+from mipflow.algorithms.inference import alternative_spec
 from mipflow.exceptions import RequestError
+from mipflow.protocol.datamodel import DataModel
+from mipflow.protocol.request import AnalysisRequest
+from mipflow.protocol.wire import json_ready
 
 #: Expected counts below this make the asymptotic p-values doubtful (Cochran's rule).
 SMALL_EXPECTED = 5.0

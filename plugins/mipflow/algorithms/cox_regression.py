@@ -60,27 +60,47 @@ fit.  Intervals are Wald intervals; hazard ratios are ``exp(coefficients)``.
 """
 from __future__ import annotations
 
-from types import MappingProxyType
-
 import json
+from types import MappingProxyType
 
 import numpy as np
 import pandas as pd
 from scipy import sparse, stats
 
-from mipflow.algorithms.base import (
-    NOMINAL, NUMERICAL, AnalysisRequest, InputSpec, ParamSpec, SpecAlgorithm, Step, design_columns,
-    design_matrix, json_ready, level_counts, select_design_columns, sum_level_counts,
+from mipflow.algorithms.contract import (
+    NOMINAL,
+    NUMERICAL,
+    InputSpec,
+    ParamSpec,
+    SpecAlgorithm,
+    Step,
+)
+from mipflow.algorithms.design import (
+    design_columns,
+    design_matrix,
+    level_counts,
+    select_design_columns,
+    sum_level_counts,
 )
 from mipflow.algorithms.moments import compute_moments, merge_moment_dicts
 from mipflow.algorithms.packed import pack, unpack
 from mipflow.algorithms.prepared import memo
 from mipflow.algorithms.survival import (
-    SURVIVAL_PARAMETERS, SURVIVAL_Y, binning_summary, check_outcome, common_ends, grid_counts, grid_for,
-    outcome, rebin, safe_bins,
+    SURVIVAL_PARAMETERS,
+    SURVIVAL_Y,
+    binning_summary,
+    check_outcome,
+    common_ends,
+    grid_counts,
+    grid_for,
+    outcome,
+    rebin,
+    safe_bins,
 )
-from mipflow.protocol.datamodel import DataModel
 from mipflow.exceptions import RequestError
+from mipflow.protocol.datamodel import DataModel
+from mipflow.protocol.request import AnalysisRequest
+from mipflow.protocol.wire import json_ready
 
 CONFIDENCE = 0.95
 MAX_CONDITION = 1e14

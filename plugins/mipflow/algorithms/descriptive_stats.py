@@ -34,19 +34,24 @@ has no value of a variable: that part's rows then stay out of ``num_na`` /
 """
 from __future__ import annotations
 
-from typing import Any
-
 import math
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from mipflow.algorithms.base import (
-    NOMINAL, NUMERICAL, AnalysisRequest, InputSpec, SpecAlgorithm, Step,
-    category_codes, json_ready, numeric_values,
+from mipflow.algorithms.contract import (
+    NOMINAL,
+    NUMERICAL,
+    InputSpec,
+    SpecAlgorithm,
+    Step,
 )
+from mipflow.algorithms.design import category_codes, numeric_values
 from mipflow.algorithms.moments import Moments, compute_moments, merge_moments
 from mipflow.protocol.datamodel import DataModel
+from mipflow.protocol.request import AnalysisRequest
+from mipflow.protocol.wire import json_ready
 
 DATASET = "dataset"
 ALL_DATASETS = "all datasets"

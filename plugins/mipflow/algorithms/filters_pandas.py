@@ -14,8 +14,8 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from mipflow.protocol.datamodel import DataModel, Variable
 from mipflow.exceptions import RequestError
+from mipflow.protocol.datamodel import DataModel, Variable
 
 _COMPARISONS = {
     "equal": lambda col, v: col == v,

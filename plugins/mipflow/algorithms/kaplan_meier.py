@@ -31,15 +31,31 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from mipflow.algorithms.base import (
-    NOMINAL, AnalysisRequest, InputSpec, ParamSpec, SpecAlgorithm, Step, category_codes, json_ready,
+from mipflow.algorithms.contract import (
+    NOMINAL,
+    InputSpec,
+    ParamSpec,
+    SpecAlgorithm,
+    Step,
 )
+from mipflow.algorithms.design import category_codes
 from mipflow.algorithms.survival import (
-    SURVIVAL_PARAMETERS, SURVIVAL_Y, binning_summary, check_outcome, coarsen_groups, common_ends, grid_counts,
-    grid_for, outcome, rebin, released_cells,
+    SURVIVAL_PARAMETERS,
+    SURVIVAL_Y,
+    binning_summary,
+    check_outcome,
+    coarsen_groups,
+    common_ends,
+    grid_counts,
+    grid_for,
+    outcome,
+    rebin,
+    released_cells,
 )
-from mipflow.protocol.datamodel import DataModel
 from mipflow.exceptions import RequestError
+from mipflow.protocol.datamodel import DataModel
+from mipflow.protocol.request import AnalysisRequest
+from mipflow.protocol.wire import json_ready
 
 
 class KaplanMeier(SpecAlgorithm):

@@ -20,14 +20,27 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from mipflow.algorithms.base import (
-    INTERCEPT, NOMINAL, NUMERICAL, AnalysisRequest, InputSpec, SpecAlgorithm, Step,
-    design_columns, design_matrix, json_ready, level_counts, numeric_values,
-    select_design_columns, sum_level_counts,
+from mipflow.algorithms.contract import (
+    NOMINAL,
+    NUMERICAL,
+    InputSpec,
+    SpecAlgorithm,
+    Step,
+)
+from mipflow.algorithms.design import (
+    INTERCEPT,
+    design_columns,
+    design_matrix,
+    level_counts,
+    numeric_values,
+    select_design_columns,
+    sum_level_counts,
 )
 from mipflow.algorithms.moments import compute_moments, merge_moment_dicts
-from mipflow.protocol.datamodel import DataModel
 from mipflow.exceptions import RequestError
+from mipflow.protocol.datamodel import DataModel
+from mipflow.protocol.request import AnalysisRequest
+from mipflow.protocol.wire import json_ready
 
 #: Confidence level of the coefficient intervals (statsmodels' default).
 CONFIDENCE = 0.95

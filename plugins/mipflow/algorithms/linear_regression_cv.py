@@ -28,14 +28,27 @@ from types import MappingProxyType
 import numpy as np
 import pandas as pd
 
-from mipflow.algorithms.base import (
-    AnalysisRequest, Step, design_matrix, json_ready, numeric_values, select_design_columns, sum_level_counts,
+from mipflow.algorithms.contract import Step
+from mipflow.algorithms.crossval import (
+    N_SPLITS,
+    SEED,
+    CrossValidated,
+    fit_folds,
+    fold_labels,
+    mean_std,
 )
-from mipflow.algorithms.crossval import N_SPLITS, SEED, CrossValidated, fit_folds, fold_labels, mean_std
+from mipflow.algorithms.design import (
+    design_matrix,
+    numeric_values,
+    select_design_columns,
+    sum_level_counts,
+)
 from mipflow.algorithms.linear_regression import LinearRegression
 from mipflow.algorithms.moments import compute_moments, merge_moment_dicts
-from mipflow.protocol.datamodel import DataModel
 from mipflow.exceptions import RequestError
+from mipflow.protocol.datamodel import DataModel
+from mipflow.protocol.request import AnalysisRequest
+from mipflow.protocol.wire import json_ready
 
 
 def base_request(request: AnalysisRequest, keep: tuple[str, ...] = ()) -> AnalysisRequest:

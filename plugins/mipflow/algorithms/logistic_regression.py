@@ -31,14 +31,27 @@ import numpy as np
 import pandas as pd
 from scipy import special, stats
 
-from mipflow.algorithms.base import (
-    NOMINAL, NUMERICAL, AnalysisRequest, InputSpec, ParamSpec, SpecAlgorithm, Step,
-    category_codes, design_columns, design_matrix, json_ready, level_counts,
-    select_design_columns, sum_level_counts,
+from mipflow.algorithms.contract import (
+    NOMINAL,
+    NUMERICAL,
+    InputSpec,
+    ParamSpec,
+    SpecAlgorithm,
+    Step,
+)
+from mipflow.algorithms.design import (
+    category_codes,
+    design_columns,
+    design_matrix,
+    level_counts,
+    select_design_columns,
+    sum_level_counts,
 )
 from mipflow.algorithms.moments import compute_moments, merge_moment_dicts
-from mipflow.protocol.datamodel import DataModel
 from mipflow.exceptions import RequestError
+from mipflow.protocol.datamodel import DataModel
+from mipflow.protocol.request import AnalysisRequest
+from mipflow.protocol.wire import json_ready
 
 CONFIDENCE = 0.95
 MAX_CONDITION = 1e14

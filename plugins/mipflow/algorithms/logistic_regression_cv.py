@@ -29,16 +29,24 @@ import numpy as np
 import pandas as pd
 from scipy import special
 
-from mipflow.algorithms.base import (
-    AnalysisRequest, ParamSpec, Step, category_codes, design_matrix, json_ready, level_counts,
-)
+from mipflow.algorithms.contract import ParamSpec, Step
 from mipflow.algorithms.crossval import (
-    N_SPLITS, SEED, CrossValidated, binary_metrics, fold_labels, mean_std, roc_from_bins, score_bins,
+    N_SPLITS,
+    SEED,
+    CrossValidated,
+    binary_metrics,
+    fold_labels,
+    mean_std,
+    roc_from_bins,
+    score_bins,
 )
+from mipflow.algorithms.design import category_codes, design_matrix, level_counts
 from mipflow.algorithms.linear_regression_cv import base_request
 from mipflow.algorithms.logistic_regression import LogisticRegression
-from mipflow.protocol.datamodel import DataModel
 from mipflow.exceptions import RequestError
+from mipflow.protocol.datamodel import DataModel
+from mipflow.protocol.request import AnalysisRequest
+from mipflow.protocol.wire import json_ready
 
 #: Parameters passed through to the per-fold logistic regression.
 _PLAIN = ("positive_class", "max_iter", "tol")

@@ -28,12 +28,19 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from mipflow.algorithms.base import (
-    NOMINAL, NUMERICAL, AnalysisRequest, InputSpec, ParamSpec, SpecAlgorithm, Step,
-    category_codes, json_ready, numeric_values,
+from mipflow.algorithms.contract import (
+    NOMINAL,
+    NUMERICAL,
+    InputSpec,
+    ParamSpec,
+    SpecAlgorithm,
+    Step,
 )
-from mipflow.protocol.datamodel import DataModel, Variable
+from mipflow.algorithms.design import category_codes, numeric_values
 from mipflow.exceptions import RequestError
+from mipflow.protocol.datamodel import DataModel, Variable
+from mipflow.protocol.request import AnalysisRequest
+from mipflow.protocol.wire import json_ready
 
 
 def level_counter(codes: np.ndarray, levels: Sequence[Any]) -> Callable[[np.ndarray], list[int]]:

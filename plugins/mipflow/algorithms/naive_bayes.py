@@ -35,16 +35,28 @@ from types import MappingProxyType
 import numpy as np
 import pandas as pd
 
-from mipflow.algorithms.base import (
-    NOMINAL, NUMERICAL, AnalysisRequest, InputSpec, ParamSpec, SpecAlgorithm, Step, category_codes,
-    json_ready, numeric_values, sorted_levels,
+from mipflow.algorithms.contract import (
+    NOMINAL,
+    NUMERICAL,
+    InputSpec,
+    ParamSpec,
+    SpecAlgorithm,
+    Step,
 )
 from mipflow.algorithms.crossval import (
-    N_SPLITS, SEED, CrossValidated, fit_folds, fold_labels, multiclass_metrics,
+    N_SPLITS,
+    SEED,
+    CrossValidated,
+    fit_folds,
+    fold_labels,
+    multiclass_metrics,
 )
+from mipflow.algorithms.design import category_codes, numeric_values, sorted_levels
 from mipflow.algorithms.moments import Moments, compute_moments, merge_moments
-from mipflow.protocol.datamodel import DataModel
 from mipflow.exceptions import RequestError
+from mipflow.protocol.datamodel import DataModel
+from mipflow.protocol.request import AnalysisRequest
+from mipflow.protocol.wire import json_ready
 
 _Y = InputSpec(types=("text", "int"), stattypes=(NOMINAL,), notblank=True, multiple=False)
 

@@ -38,13 +38,19 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from mipflow.algorithms.base import (
-    NUMERICAL, AnalysisRequest, InputSpec, ParamSpec, SpecAlgorithm, Step, json_ready,
-    numeric_values,
+from mipflow.algorithms.contract import (
+    NUMERICAL,
+    InputSpec,
+    ParamSpec,
+    SpecAlgorithm,
+    Step,
 )
+from mipflow.algorithms.design import numeric_values
 from mipflow.algorithms.moments import Moments, compute_moments, merge_moment_dicts
-from mipflow.protocol.datamodel import DataModel
 from mipflow.exceptions import RequestError
+from mipflow.protocol.datamodel import DataModel
+from mipflow.protocol.request import AnalysisRequest
+from mipflow.protocol.wire import json_ready
 
 #: Transformations of ``pca_with_transformation``: applied at the nodes, or centrally (affine).
 ROW_TRANSFORMS = ("log", "exp")

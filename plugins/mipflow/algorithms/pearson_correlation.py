@@ -17,13 +17,19 @@ import numpy as np
 import pandas as pd
 from scipy import special, stats
 
-from mipflow.algorithms.base import (
-    NUMERICAL, AnalysisRequest, InputSpec, ParamSpec, SpecAlgorithm, Step,
-    json_ready, numeric_values,
+from mipflow.algorithms.contract import (
+    NUMERICAL,
+    InputSpec,
+    ParamSpec,
+    SpecAlgorithm,
+    Step,
 )
+from mipflow.algorithms.design import numeric_values
 from mipflow.algorithms.moments import compute_moments, merge_moment_dicts
-from mipflow.protocol.datamodel import DataModel
 from mipflow.exceptions import RequestError
+from mipflow.protocol.datamodel import DataModel
+from mipflow.protocol.request import AnalysisRequest
+from mipflow.protocol.wire import json_ready
 
 
 def correlation_tests(r: np.ndarray, n: int, alpha: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

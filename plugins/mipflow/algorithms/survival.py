@@ -29,11 +29,17 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from mipflow.algorithms.base import (
-    NOMINAL, NUMERICAL, AnalysisRequest, InputSpec, ParamSpec, category_codes, numeric_values, stattype,
+from mipflow.algorithms.contract import (
+    NOMINAL,
+    NUMERICAL,
+    InputSpec,
+    ParamSpec,
+    stattype,
 )
-from mipflow.protocol.datamodel import DataModel, Variable
+from mipflow.algorithms.design import category_codes, numeric_values
 from mipflow.exceptions import RequestError
+from mipflow.protocol.datamodel import DataModel, Variable
+from mipflow.protocol.request import AnalysisRequest
 
 #: Most grid points a request may ask for (bounds the size of every aggregate).
 MAX_GRID_POINTS = 20_000

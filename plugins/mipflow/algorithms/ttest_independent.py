@@ -16,13 +16,21 @@ from types import MappingProxyType
 
 import pandas as pd
 
-from mipflow.algorithms.base import (
-    NOMINAL, NUMERICAL, AnalysisRequest, InputSpec, ParamSpec, SpecAlgorithm, Step,
-    alternative_spec, category_codes, json_ready, numeric_values, t_interval, t_pvalue,
+from mipflow.algorithms.contract import (
+    NOMINAL,
+    NUMERICAL,
+    InputSpec,
+    ParamSpec,
+    SpecAlgorithm,
+    Step,
 )
+from mipflow.algorithms.design import category_codes, numeric_values
+from mipflow.algorithms.inference import alternative_spec, t_interval, t_pvalue
 from mipflow.algorithms.moments import compute_moments, merge_moment_dicts
-from mipflow.protocol.datamodel import DataModel
 from mipflow.exceptions import RequestError
+from mipflow.protocol.datamodel import DataModel
+from mipflow.protocol.request import AnalysisRequest
+from mipflow.protocol.wire import json_ready
 
 
 class TTestIndependent(SpecAlgorithm):

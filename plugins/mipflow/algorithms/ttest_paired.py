@@ -16,13 +16,20 @@ from types import MappingProxyType
 import numpy as np
 import pandas as pd
 
-from mipflow.algorithms.base import (
-    NUMERICAL, AnalysisRequest, InputSpec, ParamSpec, SpecAlgorithm, Step,
-    alternative_spec, json_ready, numeric_values, t_interval, t_pvalue,
+from mipflow.algorithms.contract import (
+    NUMERICAL,
+    InputSpec,
+    ParamSpec,
+    SpecAlgorithm,
+    Step,
 )
+from mipflow.algorithms.design import numeric_values
+from mipflow.algorithms.inference import alternative_spec, t_interval, t_pvalue
 from mipflow.algorithms.moments import compute_moments, merge_moment_dicts
-from mipflow.protocol.datamodel import DataModel
 from mipflow.exceptions import RequestError
+from mipflow.protocol.datamodel import DataModel
+from mipflow.protocol.request import AnalysisRequest
+from mipflow.protocol.wire import json_ready
 
 
 class TTestPaired(SpecAlgorithm):

@@ -15,7 +15,7 @@ apart in a result).  A node that
 drops out after the first round restarts the analysis without it, so every
 result is computed on one consistent set of nodes.  An algorithm may instead
 end the analysis on the rounds already combined when nodes refuse a later
-round (:meth:`mipflow.algorithms.base.SpecAlgorithm.on_refusal`; k-means near
+round (:meth:`mipflow.algorithms.contract.SpecAlgorithm.on_refusal`; k-means near
 convergence, docs/adr/0020-kmeans-privacy-stop.md): every node then counts as
 contributing and the outcome's ``stopped`` says which node refused which round.
 
@@ -246,7 +246,8 @@ def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequen
                   max_restarts: int, pool: ThreadPoolExecutor, who: OnBehalfOf,
                   secure: str = "off") -> AnalysisOutcome:
     from mipflow.algorithms import get_algorithm
-    from mipflow.algorithms.base import MAX_ROUNDS, AnalysisRequest
+    from mipflow.algorithms.contract import MAX_ROUNDS
+    from mipflow.protocol.request import AnalysisRequest
     from mipflow.protocol.datamodel import DataModel
 
     started = time.perf_counter()

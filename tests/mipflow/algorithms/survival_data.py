@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 
 from mipflow.algorithms import AnalysisRequest, get_algorithm, prepare_local_data
-from mipflow.algorithms.base import MAX_ROUNDS, transport
+from mipflow.algorithms.contract import MAX_ROUNDS
+from mipflow.protocol.wire import transport
 from mipflow.node.home import NodeSettings
 from mipflow.protocol.datamodel import load_data_model
 from mipflow.node.controls.disclosure import DisclosureControls

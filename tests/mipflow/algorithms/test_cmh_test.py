@@ -14,7 +14,7 @@ from scipy import stats
 from statsmodels.stats.contingency_tables import StratifiedTable
 
 from mipflow.algorithms import get_algorithm, prepare_local_data, run_in_process
-from mipflow.algorithms.base import transport
+from mipflow.protocol.wire import transport
 from mipflow.node.home import NodeSettings
 from mipflow.node.controls.disclosure import DisclosureControls
 from mipflow.exceptions import DisclosureError, RequestError
@@ -53,6 +53,20 @@ def pooled_tables(data: pd.DataFrame, exposure: str, stratum: str, outcome: str,
     return np.transpose(np.asarray(tables, dtype=float), (1, 2, 0)), used
 
 
+def breslow_day_at_unit_odds(tables: np.ndarray, tarone: bool) -> float:
+    """Breslow-Day when the pooled odds ratio is exactly 1. statsmodels solves a quadratic whose
+    leading coefficient is 1 - OR and returns nan there; under OR = 1 the expected first cell is the
+    independence count row1 * col1 / n (the textbook form), with statsmodels' Tarone adjustment."""
+    a, row1, col1, n = tables[0, 0], tables[0].sum(axis=0), tables[:, 0].sum(axis=0), tables.sum(axis=(0, 1))
+    expected = row1 * col1 / n
+    var = 1.0 / (1.0 / expected + 1.0 / (row1 - expected) + 1.0 / (col1 - expected)
+                 + 1.0 / (n - row1 - col1 + expected))
+    statistic = float(np.sum((a - expected) ** 2 / var))
+    if tarone:
+        statistic -= float(a.sum() - expected.sum()) ** 2 / float(var.sum())
+    return statistic
+
+
 def compare(ours: dict, tables: np.ndarray, used: list[str], correction: bool, tarone: bool, alpha: float) -> None:
     assert ours["strata"] == used
     assert np.array_equal(np.transpose(np.asarray(ours["tables"]), (1, 2, 0)), tables)
@@ -67,11 +81,13 @@ def compare(ours: dict, tables: np.ndarray, used: list[str], correction: bool, t
     check("odds_ratio_upper", ours["common_odds_ratio"]["ci_upper"], upper)
     check("risk_ratio", ours["common_risk_ratio"]["estimate"], ref.riskratio_pooled)
     if tables.shape[2] > 1:
-        equal = ref.test_equal_odds(adjust=tarone)
-        check("breslow_day", ours["breslow_day"]["statistic"], equal.statistic)
-        if np.isfinite(equal.statistic):
+        statistic = ref.test_equal_odds(adjust=tarone).statistic
+        if ref.oddsratio_pooled == 1.0:
+            statistic = breslow_day_at_unit_odds(tables, tarone)
+        check("breslow_day", ours["breslow_day"]["statistic"], statistic)
+        if np.isfinite(statistic):
             check("breslow_day_pvalue", ours["breslow_day"]["p_value"],
-                  stats.chi2.sf(equal.statistic, tables.shape[2] - 1))
+                  stats.chi2.sf(statistic, tables.shape[2] - 1))
         assert ours["breslow_day"]["df"] == tables.shape[2] - 1
 
 
@@ -97,6 +113,29 @@ def test_equals_statsmodels_on_pooled_rows(split, stratum, correction, tarone, a
     assert ours["row_levels"] == ["M", "F"] and ours["col_levels"] == ["yes", "not yes"]
     assert ours["excluded_strata"] == [lvl for lvl in MODEL.variable(stratum).enumeration_codes if lvl not in used]
     compare(ours, tables, used, correction, tarone, alpha)
+
+
+def test_breslow_day_when_the_pooled_odds_ratio_is_exactly_one() -> None:
+    """Two strata whose Mantel-Haenszel odds ratio is exactly 1 but whose own odds ratios differ
+    (4 and 1/4): the quadratic of the Breslow-Day expectation is linear there."""
+    tables = np.transpose(np.array([[[20.0, 10.0], [10.0, 20.0]], [[10.0, 20.0], [20.0, 10.0]]]), (1, 2, 0))
+    assert StratifiedTable(tables).oddsratio_pooled == 1.0
+    parts = []
+    for k, stage in enumerate([1.0, 2.0]):
+        for (i, sex), (j, outcome) in [((i, s), (j, o)) for i, s in enumerate(["M", "F"])
+                                       for j, o in enumerate(["yes", "no"])]:
+            parts += [{"sex": sex, "stage": stage, "outcome": outcome}] * int(tables[i, j, k])
+    data = pd.DataFrame(parts)
+    for tarone in (False, True):
+        req = request(x=("sex", "stage"), y=("outcome",), outcome_level="yes",
+                      tarone_adjustment="yes" if tarone else "no")
+        ours = run_in_process(ALG, [data.iloc[::2].reset_index(drop=True), data.iloc[1::2].reset_index(drop=True)],
+                              req, MODEL)
+        assert ours["common_odds_ratio"]["estimate"] == pytest.approx(1.0, rel=1e-12)
+        expected = breslow_day_at_unit_odds(tables, tarone)
+        assert expected > 10  # the strata's odds ratios differ: far from homogeneous
+        assert_rel_close(ours["breslow_day"]["statistic"], expected, rel=EXACT_RTOL, floor=1e-12,
+                         what="cmh_test.breslow_day at OR 1")
 
 
 def test_two_level_outcome_needs_no_outcome_level() -> None:

@@ -15,7 +15,7 @@ from scipy.stats.contingency import association
 from statsmodels.stats.contingency_tables import Table, Table2x2
 
 from mipflow.algorithms import get_algorithm, prepare_local_data, run_in_process
-from mipflow.algorithms.base import transport
+from mipflow.protocol.wire import transport
 from mipflow.node.home import NodeSettings
 from mipflow.node.controls.disclosure import DisclosureControls
 from mipflow.exceptions import DisclosureError, RequestError

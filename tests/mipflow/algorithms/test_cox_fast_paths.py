@@ -17,7 +17,8 @@ import pytest
 
 from mipflow.algorithms import cox_regression, get_algorithm, prepare_local_data
 from mipflow.algorithms import prepared
-from mipflow.algorithms.base import design_matrix, transport
+from mipflow.algorithms.design import design_matrix
+from mipflow.protocol.wire import transport
 from mipflow.algorithms.packed import pack, unpack
 from mipflow.algorithms.survival import grid_for, outcome
 from mipflow.exceptions import FederationError, RequestError

@@ -180,7 +180,8 @@ DIFFERENCING = ("differencing", "a cluster differs from a cluster this node alre
 
 def _drive(frames: list[pd.DataFrame], req, rounds: int) -> tuple[dict, dict | None]:
     """The state and central memo after ``rounds`` global steps, as the central side holds them."""
-    from mipflow.algorithms.base import prepare_local_data, transport
+    from mipflow.algorithms.contract import prepare_local_data
+    from mipflow.protocol.wire import transport
 
     alg = get_algorithm("kmeans")
     local = [prepare_local_data(alg, f, req) for f in frames]

@@ -13,7 +13,8 @@ import pytest
 
 from mipflow.algorithms import get_algorithm
 from mipflow.algorithms import kmeans as kmeans_module
-from mipflow.algorithms.base import AnalysisRequest, transport
+from mipflow.protocol.request import AnalysisRequest
+from mipflow.protocol.wire import transport
 from mipflow.protocol.datamodel import DataModel
 
 MODEL = DataModel.from_dict({"code": "km", "version": "1", "label": "km", "variables": [

@@ -27,7 +27,7 @@ from statsmodels.duration.hazard_regression import PHReg
 from statsmodels.duration.survfunc import SurvfuncRight, survdiff
 
 from mipflow.algorithms import get_algorithm, prepare_local_data, run_in_process
-from mipflow.algorithms.base import transport
+from mipflow.protocol.wire import transport
 from mipflow.algorithms.packed import unpack
 from mipflow.algorithms.survival import safe_bins
 from mipflow.node.home import NodeSettings

@@ -51,7 +51,7 @@ FRAME_CACHE_SIZE = 4
 class StepBody(BaseModel):
     """Body of a local-step call, as the node parses it.
 
-    ``request`` is parsed by :meth:`mipflow.algorithms.base.AnalysisRequest.from_dict`
+    ``request`` is parsed by :meth:`mipflow.algorithms.contract.AnalysisRequest.from_dict`
     and its filters by :mod:`mipflow.node.query`, which give the precise reasons of a
     refusal; :class:`StepCall` is the same body as the OpenAPI schema describes it.
     """
@@ -238,7 +238,8 @@ def json_bytes(doc: Any) -> bytes:
 def create_app(home: NodeHome) -> FastAPI:
     """Build the node's FastAPI application."""
     from mipflow.algorithms import ALGORITHMS, get_algorithm
-    from mipflow.algorithms.base import AnalysisRequest, prepare_local_data
+    from mipflow.algorithms.contract import prepare_local_data
+    from mipflow.protocol.request import AnalysisRequest
     from mipflow.node.controls.query_budget import QueryBudget, analysis_key
     from mipflow.node.controls.differencing import DifferencingGuard
     from mipflow.algorithms.provenance import catalogue, code_of

@@ -71,7 +71,7 @@ class DisclosureControls:
             raise DisclosureError(f"the filter selects fewer than nfilter_subset ({s.nfilter_subset}) rows",
                                   control="nfilter_subset")
         if algorithm.name in MODEL_ALGORITHMS:
-            from mipflow.algorithms.base import design_columns
+            from mipflow.algorithms.design import design_columns
 
             n_params = len(design_columns(request.x, model))
             if n_params > s.nfilter_glm * n_rows:

@@ -181,7 +181,7 @@ def _descriptive_stats(algo: Any, data: Any, request: Any, model: Any, noise: Qu
     Released in the algorithm's own shape (moments rebuilt from the noisy
     sums), so its global step runs unchanged.
     """
-    from mipflow.algorithms.base import category_codes, numeric_values
+    from mipflow.algorithms.design import category_codes, numeric_values
     from mipflow.algorithms.descriptive_stats import DATASET
 
     described = algo.described(request)
@@ -230,7 +230,7 @@ def _histogram_blocks(algo: Any, request: Any, model: Any) -> int:
 def _multiple_histograms(algo: Any, data: Any, request: Any, model: Any, noise: QueryNoise
                          ) -> tuple[dict[str, Any], dict[str, list[float]]]:
     """Noisy bin counts over the declared range (values clamped into it) or the enumerations."""
-    from mipflow.algorithms.base import category_codes, numeric_values
+    from mipflow.algorithms.design import category_codes, numeric_values
     from mipflow.algorithms.multiple_histograms import bin_counter, level_counter
 
     yvar = model.variable(request.y[0])
@@ -323,7 +323,7 @@ def bounded_columns(data: Any, columns: Sequence[tuple[str, str]], model: Any, a
         ``dp_unsupported`` when a numerical variable has no declared ``minValue``
         and ``maxValue``.
     """
-    from mipflow.algorithms.base import category_codes, numeric_values
+    from mipflow.algorithms.design import category_codes, numeric_values
 
     n = len(data)
     values = np.empty((n, len(columns)))
@@ -434,7 +434,7 @@ def _one_block(algo: Any, request: Any, model: Any) -> int:
 
 def _linear_regression_columns(request: Any, model: Any) -> list[tuple[str, str]]:
     """The candidate design columns (the local step's order) and ``y``, with their kinds."""
-    from mipflow.algorithms.base import design_columns
+    from mipflow.algorithms.design import design_columns
 
     kinds = {}
     for code in request.x:
@@ -448,7 +448,7 @@ def _linear_regression_columns(request: Any, model: Any) -> list[tuple[str, str]
 def _linear_regression(algo: Any, data: Any, request: Any, model: Any, noise: QueryNoise
                        ) -> tuple[dict[str, Any], dict[str, list[float]]]:
     """Noisy sufficient statistics of the design columns and ``y``, in the local step's shape."""
-    from mipflow.algorithms.base import sorted_levels
+    from mipflow.algorithms.design import sorted_levels
 
     cols = bounded_columns(data, _linear_regression_columns(request, model), model, algo.name)
     moments = moments_from_noisy_sums(cols, *noisy_sums(cols, noise))

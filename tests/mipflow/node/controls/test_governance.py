@@ -296,7 +296,7 @@ def test_algorithm_digest_covers_its_module_and_the_algorithm_modules_it_uses():
     assert set(cat["algorithms"]) == set(ALGORITHMS)  # generic over the registry
     for name, algorithm in ALGORITHMS.items():
         item = cat["algorithms"][name]
-        assert type(algorithm).__module__ in item["modules"] and "mipflow.algorithms.base" in item["modules"]
+        assert type(algorithm).__module__ in item["modules"] and "mipflow.algorithms.contract" in item["modules"]
         lines = ""
         for module in item["modules"]:
             with open(inspect.getsourcefile(sys.modules[module]), "rb") as handle:
@@ -315,7 +315,7 @@ def test_digest_changes_with_the_code(tmp_path, monkeypatch):
 
     import mipflow.algorithms as package
 
-    source = ("from mipflow.algorithms.base import Step\n\nclass Toy:\n    name = 'toy'\n    VERSION = {v}\n")
+    source = ("from mipflow.algorithms.contract import Step\n\nclass Toy:\n    name = 'toy'\n    VERSION = {v}\n")
     folder = tmp_path / "pkg"
     folder.mkdir()
     monkeypatch.setattr(package, "__path__", [*package.__path__, str(folder)])
@@ -329,7 +329,7 @@ def test_digest_changes_with_the_code(tmp_path, monkeypatch):
 
         cat_module._source_digest.cache_clear()
         digests.append(algorithm_code(module.Toy())["sha256"])
-        assert algorithm_code(module.Toy())["modules"] == ["mipflow.algorithms.base",
+        assert algorithm_code(module.Toy())["modules"] == ["mipflow.algorithms.contract",
                                                              "mipflow.algorithms.toy_for_digest"]
     sys.modules.pop("mipflow.algorithms.toy_for_digest", None)
     from mipflow.algorithms import provenance as cat_module

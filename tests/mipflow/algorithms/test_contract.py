@@ -9,10 +9,16 @@ import pandas as pd
 import pytest
 
 from mipflow.algorithms import ALGORITHMS, AnalysisRequest, Algorithm, get_algorithm, run_in_process
-from mipflow.algorithms.base import (
-    INTERCEPT, Step, category_codes, design_columns, design_matrix, json_ready, level_counts,
-    prepare_local_data, select_design_columns, transport,
+from mipflow.algorithms.contract import Step, prepare_local_data
+from mipflow.algorithms.design import (
+    INTERCEPT,
+    category_codes,
+    design_columns,
+    design_matrix,
+    level_counts,
+    select_design_columns,
 )
+from mipflow.protocol.wire import json_ready, transport
 from mipflow.algorithms.moments import Moments, compute_moments, merge_moments
 from mipflow.exceptions import DataModelError, RequestError
 from tests.mipflow.algorithms.helpers import assert_rel_close

@@ -1,0 +1,191 @@
+"""Design-matrix encoding shared by the algorithms: category codes of nominal variables,
+dummy (treatment) columns with the patsy / Exareme2 names, per-level counts."""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from mipflow.exceptions import DataModelError, RequestError
+from mipflow.protocol.datamodel import DataModel, Variable
+
+#: Name of the constant column of a design matrix (patsy / Exareme2 spelling).
+INTERCEPT = "Intercept"
+#: Safety stop for :func:`run_in_process`.
+
+
+# --------------------------------------------------------------------------- data helpers
+
+
+def category_codes(series: pd.Series, variable: Variable) -> pd.Series:
+    """The values of a categorical column as enumeration codes (str), NA kept.
+
+    Integer-valued numbers become ``"1"`` rather than ``"1.0"``.
+
+    Raises
+    ------
+    DataModelError
+        If a value is not one of the variable's enumeration codes.
+    """
+
+    def as_code(value: Any) -> Any:
+        if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+            return None
+        if isinstance(value, (bool, np.bool_)):
+            return str(value)
+        if isinstance(value, (int, np.integer)):
+            return str(int(value))
+        if isinstance(value, (float, np.floating)) and float(value).is_integer():
+            return str(int(value))
+        return str(value)
+
+    # convert each distinct value once (columns have few levels, many rows)
+    positions, uniques = pd.factorize(series, use_na_sentinel=True)
+    unique_codes = np.array([as_code(v) for v in uniques] + [None], dtype=object)
+    codes = pd.Series(unique_codes[positions], index=series.index, dtype=object)  # -1 -> the None slot
+    allowed = set(variable.enumeration_codes)
+    bad = sorted({c for c in unique_codes if c is not None and c not in allowed})
+    if bad:
+        raise DataModelError(
+            f"variable {variable.code!r} holds values outside its enumerations: {', '.join(bad[:5])}"
+        )
+    return codes
+
+
+def numeric_values(series: pd.Series) -> np.ndarray:
+    """A numeric column as a float array (NA become NaN), shape (n,)."""
+    if series.dtype == np.float64:  # what the node's queries return: already numbers
+        return series.to_numpy(dtype=np.float64, copy=True)
+    return pd.to_numeric(series, errors="raise").to_numpy(dtype=float, na_value=np.nan)
+
+
+def sorted_levels(variable: Variable) -> tuple[str, ...]:
+    """Enumeration codes in the order design matrices use (sorted, like patsy)."""
+    return tuple(sorted(variable.enumeration_codes))
+
+
+def design_columns(x: Sequence[str], model: DataModel, *, intercept: bool = True) -> list[str]:
+    """Every candidate design column for covariates ``x``.
+
+    Order (as in Exareme2's results, i.e. patsy's): ``Intercept``, then for
+    each categorical covariate (in ``x`` order) one indicator ``var[level]``
+    per enumeration code in sorted order, then the numerical covariates in
+    ``x`` order.  The list is the same on every node, whatever levels a node
+    holds; :func:`select_design_columns` drops the reference and absent levels.
+    """
+    cols = [INTERCEPT] if intercept else []
+    for code in x:
+        var = model.variable(code)
+        if var.is_categorical:
+            cols.extend(f"{code}[{level}]" for level in sorted_levels(var))
+    cols.extend(code for code in x if not model.variable(code).is_categorical)
+    return cols
+
+
+def design_matrix(
+    data: pd.DataFrame,
+    x: Sequence[str],
+    model: DataModel,
+    *,
+    columns: Sequence[str] | None = None,
+    intercept: bool = True,
+) -> tuple[np.ndarray, list[str]]:
+    """Dummy-coded design matrix of complete-case rows.
+
+    Parameters
+    ----------
+    data : pandas.DataFrame, n rows
+        Complete case on ``x``.
+    x : sequence of str
+        Covariate codes; categorical ones are indicator-coded against the data
+        model's enumerations, so every node builds the same columns.
+    model : DataModel
+    columns : sequence of str, optional
+        Keep only these columns (names from :func:`design_columns`), in this
+        order, e.g. the columns :func:`select_design_columns` chose.  Without
+        it all candidate columns are returned (one indicator per level, which
+        is not of full rank together with the intercept).
+    intercept : bool
+        Include the ``Intercept`` column.
+
+    Returns
+    -------
+    matrix : numpy.ndarray, shape (n, p)
+    names : list of str, length p
+    """
+    n = len(data)
+    blocks: dict[str, np.ndarray] = {}
+    if intercept:
+        blocks[INTERCEPT] = np.ones(n)
+    for code in x:
+        var = model.variable(code)
+        if var.is_categorical:
+            codes = category_codes(data[code], var).to_numpy()
+            for level in sorted_levels(var):
+                blocks[f"{code}[{level}]"] = (codes == level).astype(float)
+        else:
+            blocks[code] = numeric_values(data[code])
+    names = design_columns(x, model, intercept=intercept)
+    if columns is not None:
+        missing = [c for c in columns if c not in blocks]
+        if missing:
+            raise RequestError(f"unknown design columns: {', '.join(missing)}")
+        names = list(columns)
+    if not names:
+        return np.zeros((n, 0)), []
+    if not n:
+        return np.zeros((0, len(names))), names
+    # column-major: each column is one contiguous copy (a row-major stack gathers every value)
+    matrix = np.empty((n, len(names)), order="F")
+    for j, name in enumerate(names):
+        matrix[:, j] = blocks[name]
+    return matrix, names
+
+
+def level_counts(data: pd.DataFrame, codes: Sequence[str], model: DataModel) -> dict[str, list[int]]:
+    """Rows per level (sorted enumeration order) of each categorical variable."""
+    out: dict[str, list[int]] = {}
+    for code in codes:
+        var = model.variable(code)
+        if var.is_categorical:
+            values = category_codes(data[code], var)
+            counts = values.value_counts()
+            out[code] = [int(counts.get(level, 0)) for level in sorted_levels(var)]
+    return out
+
+
+def sum_level_counts(parts: Sequence[Mapping[str, Sequence[int]]]) -> dict[str, list[int]]:
+    """Element-wise sum of :func:`level_counts` from several nodes."""
+    total: dict[str, list[int]] = {}
+    for part in parts:
+        for code, counts in part.items():
+            prev = total.setdefault(code, [0] * len(counts))
+            total[code] = [a + int(b) for a, b in zip(prev, counts)]
+    return total
+
+
+def select_design_columns(
+    x: Sequence[str],
+    model: DataModel,
+    counts: Mapping[str, Sequence[int]],
+    *,
+    intercept: bool = True,
+) -> list[str]:
+    """Full-rank treatment coding from pooled level counts.
+
+    For each categorical covariate the levels present in the pooled data are
+    sorted; the first is the reference and gets no column, and absent levels
+    get none either (Exareme2's / patsy's coding of the pooled data).
+    """
+    keep = set(design_columns(x, model, intercept=intercept))
+    for code in x:
+        var = model.variable(code)
+        if var.is_categorical:
+            levels = sorted_levels(var)
+            present = [lvl for lvl, c in zip(levels, counts.get(code, [0] * len(levels))) if c > 0]
+            for level in levels:
+                if level not in present[1:]:
+                    keep.discard(f"{code}[{level}]")
+    return [c for c in design_columns(x, model, intercept=intercept) if c in keep]
