@@ -1,0 +1,180 @@
+"""Which groups of patients a family of released sums can isolate (ADR 0023, "the ledger rule").
+
+A node releases aggregates that are sums over sets of patients: a cohort, a group inside an
+algorithm, a fold, a k-means cluster. Anyone holding the released sums can form linear
+combinations of them. Patients with the same membership in every released set form an *atom*;
+every linear combination of the released sums is a combination of the atoms' sums. A combination
+equals the sum over atom ``a`` alone exactly when ``a``'s column of the sets x atoms incidence
+matrix is not in the span of the other columns (``e_a`` is in the row space). The rule this module
+decides: **every atom that some combination isolates holds at least ``min_row_count`` patients.**
+It is exact for one patient and for any single atom, whatever the length of the chain of sets that
+isolates it; a combination isolating a *union* of several small atoms is not always caught (the
+pairwise rule of ADR 0013 covers the differences and intersections of two sets).
+
+Ranks are computed over GF(p) for several primes drawn from the node's secret. Over a prime field a
+rank can only be lower than over the rationals, and only when the prime divides a particular minor
+of the 0/1 incidence matrix; with primes the requester cannot know, an atom is reported isolatable
+when any of the primes says so, so a miss needs every prime to divide such a minor.
+
+The decision depends on the sets, which depend on the data: in study mode it is taken once, by the
+node admin, when a study protocol is approved (ADR 0023), never per request.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+#: Primes are below 2**31, so that a product of two residues fits in a signed 64-bit integer.
+PRIME_BITS = 31
+#: How many primes decide; a miss needs all of them to divide a minor of the incidence matrix.
+PRIME_COUNT = 3
+
+
+def _is_prime(n: int) -> bool:
+    """Deterministic Miller-Rabin for n < 3.3e24 (bases 2..41)."""
+    if n < 2:
+        return False
+    small = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41)
+    for p in small:
+        if n % p == 0:
+            return n == p
+    d, s = n - 1, 0
+    while d % 2 == 0:
+        d, s = d // 2, s + 1
+    for a in small:
+        x = pow(a, d, n)
+        if x in (1, n - 1):
+            continue
+        for _ in range(s - 1):
+            x = pow(x, 2, n)
+            if x == n - 1:
+                break
+        else:
+            return False
+    return True
+
+
+def node_primes(node_secret: bytes, count: int = PRIME_COUNT) -> tuple[int, ...]:
+    """``count`` distinct primes in [2**30, 2**31), derived from the node secret by HMAC."""
+    primes: list[int] = []
+    counter = 0
+    while len(primes) < count:
+        digest = hmac.new(node_secret, f"atoms-prime:{counter}".encode(), hashlib.sha256).digest()
+        counter += 1
+        candidate = (int.from_bytes(digest[:8], "big") % (1 << (PRIME_BITS - 1))) | (1 << (PRIME_BITS - 1)) | 1
+        while not _is_prime(candidate):
+            candidate += 2
+        if candidate < (1 << PRIME_BITS) and candidate not in primes:
+            primes.append(candidate)
+    return tuple(primes)
+
+
+@dataclass(frozen=True)
+class Atoms:
+    """Patients grouped by their membership in a family of sets.
+
+    Attributes
+    ----------
+    incidence : numpy.ndarray, shape (n_sets, n_atoms), uint8
+        ``incidence[j, a]`` is 1 when atom ``a``'s patients are in set ``j``.
+    sizes : numpy.ndarray, shape (n_atoms,), int64
+        Patients in each atom.
+    """
+
+    incidence: np.ndarray
+    sizes: np.ndarray
+
+
+def atoms_of(sets: Sequence[np.ndarray]) -> Atoms:
+    """Group the patients of ``sets`` (arrays of patient keys) into atoms.
+
+    Patients in none of the sets belong to no atom (nothing about them was released).
+    """
+    if not sets:
+        return Atoms(np.zeros((0, 0), dtype=np.uint8), np.zeros(0, dtype=np.int64))
+    members = [np.unique(np.asarray(s)) for s in sets]
+    universe = np.unique(np.concatenate(members))
+    signature = np.zeros((universe.size, len(members)), dtype=bool)
+    for j, keys in enumerate(members):
+        signature[np.searchsorted(universe, keys), j] = True
+    packed = np.packbits(signature, axis=1)
+    rows, first, sizes = np.unique(packed, axis=0, return_index=True, return_counts=True)
+    del rows
+    incidence = signature[first].T.astype(np.uint8)
+    return Atoms(incidence=incidence, sizes=sizes.astype(np.int64))
+
+
+def _isolatable_mod(incidence: np.ndarray, prime: int) -> np.ndarray:
+    """Atoms whose column is outside the span of the others over GF(prime): pivot columns of the
+    reduced row echelon form whose pivot row is zero in every free column."""
+    matrix = incidence.astype(np.int64) % prime
+    n_rows, n_cols = matrix.shape
+    pivots: list[int] = []
+    row = 0
+    for col in range(n_cols):
+        if row == n_rows:
+            break
+        nonzero = np.flatnonzero(matrix[row:, col])
+        if nonzero.size == 0:
+            continue
+        pivot_row = row + int(nonzero[0])
+        if pivot_row != row:
+            matrix[[row, pivot_row]] = matrix[[pivot_row, row]]
+        inverse = pow(int(matrix[row, col]), prime - 2, prime)
+        matrix[row] = (matrix[row] * inverse) % prime
+        factors = matrix[:, col].copy()
+        factors[row] = 0
+        hit = np.flatnonzero(factors)
+        if hit.size:
+            matrix[hit] = (matrix[hit] - (factors[hit, None] * matrix[row][None, :]) % prime) % prime
+        pivots.append(col)
+        row += 1
+    isolatable = np.zeros(n_cols, dtype=bool)
+    if not pivots:
+        return isolatable
+    free = np.ones(n_cols, dtype=bool)
+    free[pivots] = False
+    for pivot_row, col in enumerate(pivots):
+        isolatable[col] = not np.any(matrix[pivot_row, free])
+    return isolatable
+
+
+def isolatable(atoms: Atoms, primes: Sequence[int]) -> np.ndarray:
+    """Boolean mask over atoms: some linear combination of the sets' sums is the atom's sum."""
+    if atoms.sizes.size == 0:
+        return np.zeros(0, dtype=bool)
+    found = np.zeros(atoms.sizes.size, dtype=bool)
+    for prime in primes:
+        found |= _isolatable_mod(atoms.incidence, prime)
+    return found
+
+
+@dataclass(frozen=True)
+class FamilyCheck:
+    """The ledger rule's verdict on a family of sets (never shown to a requester: it is data)."""
+
+    allowed: bool
+    #: patients in the smallest isolatable atom (None when no atom can be isolated)
+    smallest_isolatable: int | None
+    isolatable_atoms: int
+    atoms: int
+
+
+def check_family(sets: Sequence[np.ndarray], min_row_count: int, primes: Sequence[int]) -> FamilyCheck:
+    """Every atom that a combination of the sets' sums isolates holds ``min_row_count`` patients.
+
+    Cost: one elimination per prime over the (sets x atoms) matrix, ``O(sets * atoms * rank)``;
+    meant for a study protocol's family (tens to hundreds of sets), not for every request.
+    """
+    if min_row_count < 1:
+        raise ValueError("min_row_count must be at least 1")
+    atoms = atoms_of(sets)
+    mask = isolatable(atoms, primes)
+    sizes = atoms.sizes[mask]
+    smallest = int(sizes.min()) if sizes.size else None
+    return FamilyCheck(allowed=smallest is None or smallest >= min_row_count, smallest_isolatable=smallest,
+                       isolatable_atoms=int(mask.sum()), atoms=int(atoms.sizes.size))
