@@ -68,11 +68,22 @@ def test_nothing_is_built_until_the_first_request_then_once(serve):
     assert answers == [{"build": 1}] * 3 and build.calls == 1
 
 
-def test_concurrent_first_requests_build_once(serve):
+def test_first_requests_from_several_threads_build_once():
+    """Each thread drives the app from its own event loop, as several server threads would."""
     build = Builder(delay=0.3)
-    url = serve(LazyASGIApp(build, "mipflow test app", skip_lifespan=True))
+    lazy = LazyASGIApp(build, "mipflow test app")
+    barrier = threading.Barrier(8)
+
+    async def ask() -> dict:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=lazy), base_url="http://lazy") as client:
+            return (await client.get("/which")).json()
+
+    def in_thread(_) -> dict:
+        barrier.wait()
+        return asyncio.run(ask())
+
     with ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(lambda _: httpx.get(f"{url}/which", timeout=10).json(), range(8)))
+        answers = list(pool.map(in_thread, range(8)))
     assert answers == [{"build": 1}] * 8 and build.calls == 1
 
 
