@@ -105,3 +105,40 @@ def airflow_db():
 
     resetdb()
     return _airflow_home
+
+
+# --------------------------------------------------------------------------- error summaries
+# The algorithm tests record their worst relative errors in ErrorSummary objects
+# (tests/mipflow/algorithms/helpers.py, ``REPORTED``), printed at the end of the run. The hooks
+# live here because this conftest is the one the pytest-xdist controller loads whatever paths are
+# given; under xdist each worker hands its summaries to the controller when it finishes.
+
+_SUMMARIES_MODULE = "tests.mipflow.algorithms.helpers"
+_SUMMARIES_KEY = "mipflow_error_summaries"
+
+
+def pytest_sessionfinish(session) -> None:
+    workeroutput = getattr(session.config, "workeroutput", None)
+    helpers = sys.modules.get(_SUMMARIES_MODULE)  # not imported: nothing was recorded
+    if workeroutput is not None and helpers is not None:
+        workeroutput[_SUMMARIES_KEY] = {title: summary.state() for title, summary in helpers.REPORTED.items()}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    states = getattr(node, "workeroutput", {}).get(_SUMMARIES_KEY)
+    if states:
+        from tests.mipflow.algorithms.helpers import reported_summary
+
+        for title, state in states.items():
+            reported_summary(title).merge(state)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    helpers = sys.modules.get(_SUMMARIES_MODULE)
+    for title, summary in (helpers.REPORTED.items() if helpers is not None else ()):
+        lines = summary.lines()
+        if lines:
+            terminalreporter.section(title)
+            for line in lines:
+                terminalreporter.write_line(line)

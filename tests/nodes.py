@@ -1,6 +1,7 @@
 """Start real node API processes on loopback for tests."""
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -53,7 +54,6 @@ def running_nodes(homes: list[Path], timeout: float = 60.0) -> Iterator[list[str
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
-
 
 
 @contextmanager
@@ -114,3 +114,14 @@ def load_frame(home, model, frame, pid_column: str = "subjectcode") -> int:
         store.refresh_datasets(conn, model)
     store.dispose()
     return len(df)
+
+
+#: A small linear regression on the dementia CSVs (one dataset), as the governance tests send it.
+LINREG = {"inputdata": {"data_model": "dementia:0.1", "datasets": ["edsd0"], "x": ["leftamygdala"],
+                        "y": ["lefthippocampus"], "filters": None}, "parameters": {}}
+
+
+def linreg(*datasets: str) -> dict:
+    doc = json.loads(json.dumps(LINREG))
+    doc["inputdata"]["datasets"] = list(datasets)
+    return doc

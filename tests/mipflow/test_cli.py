@@ -1,13 +1,18 @@
-"""The `mipflow` command line, as the README documents it (real subprocesses)."""
+"""The `mipflow` command line, as the README documents it: the node lifecycle in real subprocesses,
+the governance and pool commands in process (``cli.main``)."""
 from __future__ import annotations
 
 import json
 import os
 import subprocess
 import sys
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from mipflow import cli
+from mipflow.node.controls.audit import AuditLog
+from mipflow.node.home import NodeHome
 from tests.conftest import REPO_ROOT
 from tests.nodes import running_nodes
 
@@ -77,3 +82,74 @@ def test_clear_errors(tmp_path):
     assert out.returncode == 2 and "mipflow data-model add" in out.stderr
     out = mipflow("node", "config", tmp_path / "n", "min_rows", "3", check=False)
     assert out.returncode == 2 and "unknown node setting" in out.stderr
+
+
+# --------------------------------------------------------------------------- governance and pool commands (in process)
+
+
+def test_access_cli_grant_list_revoke(tmp_path, capsys):
+    NodeHome.init(tmp_path / "h", "h")
+    home = str(tmp_path / "h")
+    assert cli.main(["access", "grant", home, "--researcher", "alice", "--data-model", "dementia:0.1",
+                     "--datasets", "edsd0,edsd1", "--algorithms", "*", "--until", "2099-12-31",
+                     "--note", "ethics 2026/17"]) == 0
+    granted = json.loads(capsys.readouterr().out)["granted"]
+    assert granted["project"] == "*" and granted["datasets"] == ["edsd0", "edsd1"]
+    assert cli.main(["access", "list", home]) == 0
+    (listed,) = json.loads(capsys.readouterr().out)
+    assert listed["id"] == granted["id"] and listed["status"] == "active"
+    assert cli.main(["access", "revoke", home, granted["id"]]) == 0
+    capsys.readouterr()
+    assert cli.main(["access", "list", home]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    assert cli.main(["access", "list", home, "--all"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["status"] == "revoked"
+    assert cli.main(["access", "grant", home, "--data-model", "*", "--datasets", "*", "--algorithms", "*",
+                     "--until", "never"]) == 2
+    assert "names a researcher" in capsys.readouterr().err
+    assert oct((tmp_path / "h" / "access.json").stat().st_mode & 0o777) == "0o600"
+
+
+def test_audit_show_summarises_per_researcher_algorithm_and_reason(tmp_path, capsys):
+    home = NodeHome.init(tmp_path / "h", "h")
+    log = AuditLog(home.root / "audit.log")
+    rows = [("alice", "linear_regression", "allowed", "", "a1"), ("alice", "linear_regression", "allowed", "", "a1"),
+            ("alice", "anova_oneway", "refused", "min_row_count", None), ("bob", "linear_regression", "refused",
+                                                                         "access", None),
+            ("bob", "ttest_onesample", "refused", "query_budget", None), ("carol", "anova_oneway", "allowed", "", "c1")]
+    for who, algorithm, decision, control, analysis in rows:
+        log.append(researcher=who, algorithm=algorithm, decision=decision, control=control, analysis=analysis)
+    assert cli.main(["audit", "show", str(home.root), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["records"] == 6
+    assert summary["by_researcher"]["alice"] == {"allowed": 2, "refused": 1, "analyses": 1}
+    assert summary["by_researcher"]["bob"] == {"refused": 2, "analyses": 0}
+    assert summary["by_algorithm"]["anova_oneway"] == {"refused": 1, "allowed": 1}
+    assert summary["refusals_by_control"] == {"min_row_count": 1, "access": 1, "query_budget": 1}
+    assert cli.main(["audit", "show", str(home.root), "--researcher", "bob", "--json"]) == 0
+    assert list(json.loads(capsys.readouterr().out)["by_researcher"]) == ["bob"]
+    tomorrow = (datetime.now(timezone.utc) + timedelta(days=1)).date().isoformat()
+    assert cli.main(["audit", "show", str(home.root), "--since", tomorrow, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["records"] == 0
+    assert cli.main(["audit", "show", str(home.root)]) == 0
+    text = capsys.readouterr().out
+    assert "alice" in text and "query_budget" in text and "6 record(s)" in text
+    assert cli.main(["audit", "show", str(home.root), "--since", "yesterday"]) == 2
+
+
+def test_disabled_algorithms_setting(tmp_path, capsys):
+    home = NodeHome.init(tmp_path / "h", "h")
+    assert cli.main(["node", "config", str(home.root), "disabled_algorithms", "ttest_paired, anova_oneway"]) == 0
+    assert NodeHome(home.root).settings.disabled_algorithms == "anova_oneway,ttest_paired"
+    capsys.readouterr()
+    assert cli.main(["node", "config", str(home.root), "disabled_algorithms", "no_such_thing"]) == 2
+    assert "unknown algorithm" in capsys.readouterr().err
+    assert cli.main(["node", "config", str(home.root), "query_budget", "-1"]) == 2
+
+
+def test_pool_command_dry_run_prints_the_airflow_command(capsys):
+    from mipflow.cli import main
+
+    assert main(["central", "pools", "--slots", "2", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("airflow pools set mipflow_federation 2 ")

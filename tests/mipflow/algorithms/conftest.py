@@ -5,9 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mipflow.algorithms.helpers import (
-    POOLED_SUMMARY, VALIDATION_SUMMARY, read_dataset_csvs, split_by,
-)
+from tests.mipflow.algorithms.helpers import read_dataset_csvs, split_by
 
 
 def _family(dataset: str) -> str:
@@ -51,12 +49,3 @@ class ValidationNodes:
 def validation_nodes(shared_dir, dementia_model) -> ValidationNodes:
     return ValidationNodes(shared_dir, dementia_model)
 
-
-def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    for title, summary in (("federated vs pooled (statsmodels/scipy)", POOLED_SUMMARY),
-                           ("federated vs Exareme2 expected results", VALIDATION_SUMMARY)):
-        lines = summary.lines()
-        if lines:
-            terminalreporter.section(f"mipflow algorithms: {title}")
-            for line in lines:
-                terminalreporter.write_line(line)

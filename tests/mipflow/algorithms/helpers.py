@@ -74,11 +74,35 @@ class ErrorSummary:
             out.extend(f"{'':<22} note: {note}" for note in sorted(self.notes.get(name, ())))
         return out
 
+    def state(self) -> dict[str, Any]:
+        """What was recorded, in plain types (pytest-xdist sends it from a worker to the controller)."""
+        return {"worst": {name: [err, where] for name, (err, where) in self.worst.items()},
+                "cases": dict(self.cases), "notes": {name: sorted(notes) for name, notes in self.notes.items()}}
 
-#: Filled by the Exareme2 validation tests, printed in the terminal summary.
-VALIDATION_SUMMARY = ErrorSummary()
+    def merge(self, state: dict[str, Any]) -> None:
+        """Add what another process recorded (a :meth:`state`)."""
+        for name, (err, where) in state["worst"].items():
+            self.record(name, err, where)
+        for name, count in state["cases"].items():
+            self.cases[name] += count
+        for name, notes in state["notes"].items():
+            self.notes[name].update(notes)
+
+
+#: The summaries printed in pytest's terminal summary, by section title. ``tests/conftest.py``
+#: prints them and, under pytest-xdist, first gathers what each worker recorded.
+REPORTED: dict[str, ErrorSummary] = {}
+
+
+def reported_summary(title: str) -> ErrorSummary:
+    """The summary printed under ``title`` at the end of the run (made on first use)."""
+    return REPORTED.setdefault(title, ErrorSummary())
+
+
 #: Filled by the federated-vs-pooled tests.
-POOLED_SUMMARY = ErrorSummary()
+POOLED_SUMMARY = reported_summary("mipflow algorithms: federated vs pooled (statsmodels/scipy)")
+#: Filled by the Exareme2 validation tests.
+VALIDATION_SUMMARY = reported_summary("mipflow algorithms: federated vs Exareme2 expected results")
 
 
 def read_dataset_csvs(folder: Path, model: DataModel, *, include_test: bool = False) -> pd.DataFrame:

@@ -9,8 +9,8 @@ Tolerances are Exareme2's own (``tests/algorithm_validation_tests`` in
 madgik/exareme2): rtol 1e-6 / atol 1e-9 by default, tighter (1e-8 / 1e-10)
 for the t-tests and 1e-7 / 1e-10 for Pearson and Tukey, looser (1e-5 /
 1e-5) for logistic-regression standard errors and what derives from them.
-Deliberate differences are listed in ``NOTES`` and printed with the summary
-(``pytest -rA`` or the terminal summary section).
+Deliberate differences are listed in ``NOTES`` and printed, with the worst relative error
+per algorithm, in the terminal summary section at the end of the run (``tests/conftest.py``).
 
 The per-case comparison is reusable: :func:`load_cases` reads a file's cases
 and :func:`check_case` compares one result with its expected output
@@ -479,12 +479,6 @@ def test_anova_oneway_with_one_level_is_a_request_error(validation_nodes) -> Non
     }
     with pytest.raises(RequestError, match="Covariable has only one level"):
         _run(validation_nodes, "anova_oneway", doc)
-
-
-def test_print_validation_summary(capsys) -> None:
-    """Prints the worst relative errors so far (complete when run last, as in -p no:randomly)."""
-    with capsys.disabled():
-        print("\n" + "\n".join(VALIDATION_SUMMARY.lines()))
 
 
 #: Where mipflow's specification knowingly differs from Exareme2's.

@@ -1,0 +1,101 @@
+"""The central result store (:mod:`mipflow.central.results`): one row and one JSON file per run, on
+SQLite and PostgreSQL, and the summary written to the task log."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import sqlalchemy as sa
+
+from mipflow.central.results import ResultStore, central_home, results_table, summary_lines
+
+
+def outcome(algorithm="linear_regression", **extra) -> dict:
+    return {"algorithm": algorithm, "request": {"inputdata": {"data_model": "stroke:0.1", "datasets": ["a"]}},
+            "result": {"coefficients": [0.1, 2.5]}, "contributed": {"node_a": 120, "node_b": 80},
+            "excluded": {"node_c": "refused (min_row_count)"}, **extra}
+
+
+@pytest.fixture
+def store(tmp_path, db_url):
+    results = ResultStore(tmp_path / "central", url=db_url)
+    yield results
+    results.engine.dispose()
+
+
+def test_a_result_round_trips_with_its_provenance(store):
+    path = store.save("manual__2026-06-15T10:00:00+00:00", outcome(rounds=7, seconds=1.5))
+    assert path.parent == store.home / "results"
+    assert path.name == "linear_regression__manual__2026-06-15T10_00_00_00_00.json"  # a safe file name
+    row = store.get("manual__2026-06-15T10:00:00+00:00")
+    assert {k: row[k] for k in ("algorithm", "request", "result", "contributed", "excluded")} == {
+        k: outcome()[k] for k in ("algorithm", "request", "result", "contributed", "excluded")}
+    assert row["software"].startswith("mipflow ")
+    doc = store.document("manual__2026-06-15T10:00:00+00:00")
+    assert (doc["rounds"], doc["seconds"]) == (7, 1.5)  # from the JSON file only
+    assert json.loads(path.read_text())["run_id"] == "manual__2026-06-15T10:00:00+00:00"
+    assert store.get("no-such-run") is None and store.document("no-such-run") is None
+
+
+def test_saving_a_run_again_replaces_it(store):
+    store.save("r1", outcome(result={"n_obs": 1}))
+    store.save("r1", outcome(result={"n_obs": 2}))
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(results_table)).scalar() == 1
+    assert store.get("r1")["result"] == {"n_obs": 2} and store.document("r1")["result"] == {"n_obs": 2}
+
+
+def test_runs_are_listed_newest_first(store):
+    for run_id, created in (("old", "2026-01-01T00:00:00+00:00"), ("new", "2026-03-01T00:00:00+00:00"),
+                            ("mid", "2026-02-01T00:00:00+00:00")):
+        store.save(run_id, outcome(created_at=created))
+    assert [doc["run_id"] for doc in store.runs()] == ["new", "mid", "old"]
+    assert [doc["run_id"] for doc in store.runs(limit=2)] == ["new", "mid"]
+
+
+def test_a_json_file_of_another_run_is_not_mixed_in(store):
+    """Run ids that differ only in unsafe characters share a file name: the row stays authoritative."""
+    store.save("run/1", outcome(rounds=3))
+    store.save("run_1", outcome(rounds=9, researcher="mallory"))
+    doc = store.document("run/1")
+    assert doc["run_id"] == "run/1" and "rounds" not in doc and "researcher" not in doc
+    assert store.document("run_1")["rounds"] == 9
+
+
+def test_an_unreadable_json_file_leaves_the_row(store):
+    path = store.save("r2", outcome(rounds=4))
+    path.write_text("{truncated")
+    doc = store.document("r2")
+    assert doc["result"] == outcome()["result"] and "rounds" not in doc
+
+
+def test_the_central_home_and_database_come_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("MIPFLOW_CENTRAL_HOME", str(tmp_path / "elsewhere"))
+    monkeypatch.setenv("MIPFLOW_RESULTS_DB_URL", f"sqlite:///{tmp_path / 'results-db.sqlite'}")
+    assert central_home() == tmp_path / "elsewhere" and (tmp_path / "elsewhere" / "results").is_dir()
+    store = ResultStore()
+    try:
+        store.save("r3", outcome())
+        assert store.home == tmp_path / "elsewhere" and (tmp_path / "results-db.sqlite").is_file()
+        assert not (tmp_path / "elsewhere" / "results.sqlite").exists()
+    finally:
+        store.engine.dispose()
+
+
+def test_summary_lines_name_nodes_researcher_code_and_values():
+    doc = outcome(rounds=5, seconds=0.8, researcher="alice", project="p1",
+                  code={"central": {"algorithm_sha256": "ab" * 32, "catalogue_version": "1.0+abc"},
+                        "consistent": False})
+    lines = summary_lines(doc)
+    assert lines[0] == "linear_regression: 2 node(s) contributed (200 rows), 5 round(s), 0.8 s"
+    assert lines[1] == "  on behalf of researcher alice (project p1)"
+    assert lines[2].startswith("  step code abababababababab... catalogue 1.0+abc (DIFFERS at some nodes")
+    assert "  left out node_c: refused (min_row_count)" in lines
+    assert lines[-1] == "  coefficients = [0.1, 2.5]"
+
+
+def test_summary_lines_are_bounded():
+    doc = outcome(result={f"field{i}": "x" * 500 for i in range(100)})
+    lines = summary_lines(doc, limit=10)
+    assert len(lines) == 11 and lines[-1] == "  ..."
+    assert all(len(line) < 240 for line in lines) and lines[2].endswith("...")
