@@ -1,14 +1,12 @@
-"""Operations: progress logs, round logs, settings from the environment, failure records,
-the federation pool command, and the demo's --serve flag (docs/adr/0017-operability.md)."""
+"""Operations: progress logs, round logs, failure records, the federation pool command and the
+demo's results hint (docs/adr/0017-operability.md); the Airflow side (settings, hook, notifier,
+--serve) is tested in tests/mipflow_airflow."""
 from __future__ import annotations
 
 import json
 import logging
 import re
 import shutil
-import threading
-from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from types import SimpleNamespace
 
 import pytest
@@ -165,122 +163,59 @@ def test_analysis_logs_each_round_with_nodes_answered_and_left_out(in_process_no
     assert not re.search(r"p[0-2]_\d{4}", text)  # no patient identifier in the round logs
 
 
-# --------------------------------------------------------------------------- settings from the environment
-
-
-def test_retries_delay_timeout_and_pool_come_from_the_environment():
-    from mipflow_dags import default_args, federation_pool, on_failure
-
-    args = default_args({"MIPFLOW_TASK_RETRIES": "4", "MIPFLOW_TASK_RETRY_DELAY_SECONDS": "7.5",
-                         "MIPFLOW_TASK_TIMEOUT_MINUTES": "90"})
-    assert args["retries"] == 4 and args["retry_delay"] == timedelta(seconds=7.5)
-    assert args["execution_timeout"] == timedelta(minutes=90) and args["on_failure_callback"] is on_failure
-    defaults = default_args({})
-    assert defaults["retries"] == 1 and defaults["retry_delay"] == timedelta(seconds=30)
-    assert "execution_timeout" not in defaults
-    # Airflow's own variables-by-environment are the fallback
-    assert default_args({"AIRFLOW_VAR_MIPFLOW_TASK_RETRIES": "3"})["retries"] == 3
-    assert default_args({"AIRFLOW_VAR_MIPFLOW_TASK_RETRIES": "3", "MIPFLOW_TASK_RETRIES": "0"})["retries"] == 0
-    with pytest.raises(ValueError, match="MIPFLOW_TASK_RETRIES='many' is not a valid int"):
-        default_args({"MIPFLOW_TASK_RETRIES": "many"})
-    with pytest.raises(ValueError, match="must be at least 0"):
-        default_args({"MIPFLOW_TASK_RETRIES": "-1"})
-    assert federation_pool({}) is None
-    assert federation_pool({"MIPFLOW_POOLS": "1"}) == "mipflow_federation"
-    assert federation_pool({"MIPFLOW_POOLS": "yes", "MIPFLOW_POOL": "calls_to_nodes"}) == "calls_to_nodes"
-
-
-def test_node_hook_timeout_and_retries_from_the_environment(monkeypatch):
-    from hooks.mipflow_node import NodeHook
-
-    monkeypatch.setenv("AIRFLOW_CONN_MIPFLOW_NODE_X", json.dumps(
-        {"conn_type": "mipflow_node", "host": "http://127.0.0.1:1", "login": "central", "password": "00" * 32}))
-    monkeypatch.setenv("MIPFLOW_NODE_TIMEOUT_SECONDS", "12.5")
-    monkeypatch.setenv("MIPFLOW_NODE_RETRIES", "5")
-    client = NodeHook("mipflow_node_x").get_conn()
-    try:
-        assert client.retries == 5 and client._http.timeout.read == 12.5
-    finally:
-        client.close()
-
-
 # --------------------------------------------------------------------------- failure records
 
 
-class _Hook(BaseHTTPRequestHandler):
-    received: list = []
+def _record(exc, node_home=""):
+    from mipflow.failures import failure_record
 
-    def do_POST(self):  # noqa: N802 - http.server's name
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        type(self).received.append((self.headers.get("Authorization"), json.loads(body)))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
+    return failure_record(dag_id="node_validate", task_id="validate_batch", run_id="r1", map_index=0, try_number=2,
+                          max_tries=1, triggered_by="alice", exception=exc, log_url="http://airflow/log",
+                          node_home=node_home)
 
 
-@pytest.fixture
-def webhook(monkeypatch):
-    _Hook.received = []
-    server = HTTPServer(("127.0.0.1", 0), _Hook)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    monkeypatch.setenv("AIRFLOW_CONN_MIPFLOW_NOTIFY", json.dumps(
-        {"conn_type": "http", "host": f"http://127.0.0.1:{server.server_port}/hook", "password": "t0ken"}))
-    monkeypatch.setenv("MIPFLOW_NOTIFY_CONN_ID", "mipflow_notify")
-    yield _Hook.received
-    server.shutdown()
-
-
-def _context(exc, **params):
-    ti = SimpleNamespace(dag_id="node_validate", task_id="validate_batch", run_id="r1", map_index=0,
-                         try_number=2, max_tries=1, log_url="http://airflow/log")
-    return {"ti": ti, "dag_run": SimpleNamespace(triggering_user_name="alice"), "exception": exc, "params": params}
-
-
-def test_failure_record_keeps_our_messages_and_withholds_others(tmp_path, monkeypatch):
+def test_failure_record_keeps_our_messages_and_withholds_others(tmp_path):
     from mipflow.exceptions import InputFileError
-    from mipflow.notify import failure_record, on_failure
+    from mipflow.failures import notify_file, write_record
 
-    monkeypatch.delenv("MIPFLOW_NOTIFY_CONN_ID", raising=False)
-    monkeypatch.setenv("MIPFLOW_CENTRAL_HOME", str(tmp_path / "central"))
-    record = on_failure(_context(InputFileError("batch b1: not a readable CSV")))
+    record = _record(InputFileError("batch b1: not a readable CSV"))
     assert record["message"] == "batch b1: not a readable CSV" and record["exception"] == "InputFileError"
     assert (record["dag_id"], record["task_id"], record["try_number"], record["site"]) == (
         "node_validate", "validate_batch", 2, "central")
-    lines = (tmp_path / "central" / "notifications.jsonl").read_text().splitlines()
-    assert [json.loads(line) for line in lines] == [record]
-    assert (tmp_path / "central" / "notifications.jsonl").stat().st_mode & 0o077 == 0
+    path = notify_file("", {"MIPFLOW_CENTRAL_HOME": str(tmp_path / "central")})
+    assert path == tmp_path / "central" / "notifications.jsonl"
+    write_record(path, record)
+    write_record(path, record)
+    assert [json.loads(line) for line in path.read_text().splitlines()] == [record, record]
+    assert path.stat().st_mode & 0o077 == 0
     # a library error can quote a cell: its message is withheld
-    leaky = failure_record(_context(ValueError("could not convert string to float: 'Jane Doe'")))
+    leaky = _record(ValueError("could not convert string to float: 'Jane Doe'"))
     assert leaky["exception"] == "ValueError" and "Jane" not in json.dumps(leaky)
+    handed_over = _record("could not convert string to float: 'Jane Doe'")  # a scheduler may pass a string
+    assert handed_over["exception"] == "error" and "Jane" not in json.dumps(handed_over)
 
 
-def test_node_failure_posts_to_the_webhook_without_the_message(tmp_path, webhook):
+@pytest.mark.parametrize(("node_home", "environ", "expected"), [
+    pytest.param("/n/a", {}, "/n/a/notifications.jsonl", id="node-home-of-the-run"),
+    pytest.param("", {"MIPFLOW_NODE_HOME": "/n/b"}, "/n/b/notifications.jsonl", id="node-home-from-env"),
+    pytest.param("", {"MIPFLOW_CENTRAL_HOME": "/c"}, "/c/notifications.jsonl", id="central-home"),
+    pytest.param("/n/a", {"MIPFLOW_NOTIFY_FILE": "/x.jsonl"}, "/x.jsonl", id="explicit-file-wins"),
+])
+def test_failure_records_go_to_the_node_or_central_home(node_home, environ, expected):
+    from mipflow.failures import notify_file
+
+    assert str(notify_file(node_home, environ)) == expected
+
+
+def test_a_node_record_leaves_the_node_without_its_message():
     from mipflow.exceptions import InputFileError
-    from mipflow.notify import on_failure
+    from mipflow.failures import webhook_payload
 
-    node_home = tmp_path / "node"
-    record = on_failure(_context(InputFileError("Doe_Jane_export.csv: empty file"), node_home=str(node_home)))
-    assert record["site"] == "node" and "Doe_Jane" in record["message"]  # kept at the node only
-    assert json.loads((node_home / "notifications.jsonl").read_text()) == record
-    ((auth, payload),) = webhook
-    assert auth == "Bearer t0ken" and "message" not in payload and "Doe_Jane" not in json.dumps(payload)
-    assert payload == {k: v for k, v in record.items() if k != "message"}
-
-
-def test_central_failure_posts_the_message_and_a_dead_webhook_never_raises(tmp_path, webhook, monkeypatch):
-    from mipflow.exceptions import FederationError
-    from mipflow.notify import on_failure
-
-    monkeypatch.setenv("MIPFLOW_NOTIFY_FILE", str(tmp_path / "n.jsonl"))
-    on_failure(_context(FederationError("linear_regression: 1 node(s) contributed, fewer than min_nodes (3)")))
-    ((_, payload),) = webhook
-    assert payload["message"].startswith("linear_regression: 1 node(s)")
-    monkeypatch.setenv("AIRFLOW_CONN_MIPFLOW_NOTIFY", json.dumps({"conn_type": "http", "host": "http://127.0.0.1:1"}))
-    record = on_failure(_context(FederationError("again")))
-    assert record["message"] == "again" and len((tmp_path / "n.jsonl").read_text().splitlines()) == 2
+    node = _record(InputFileError("Doe_Jane_export.csv: empty file"), node_home="/n/a")
+    assert node["site"] == "node" and "Doe_Jane" in node["message"]  # kept at the node only
+    assert webhook_payload(node) == {k: v for k, v in node.items() if k != "message"}
+    central = _record(InputFileError("batch b1: not a readable CSV"))
+    assert webhook_payload(central) == central
 
 
 # --------------------------------------------------------------------------- the federation pool
@@ -315,27 +250,7 @@ def test_pool_command_dry_run_prints_the_airflow_command(capsys):
     assert out.startswith("airflow pools set mipflow_federation 2 ")
 
 
-# --------------------------------------------------------------------------- make demo --serve
-
-
-@pytest.mark.parametrize(("argv", "env", "code", "served"), [
-    pytest.param([], {}, 0, False, id="default-exits"),
-    pytest.param(["--serve"], {}, 0, True, id="flag"),
-    pytest.param([], {"MIPFLOW_DEMO_SERVE": "1"}, 0, True, id="env"),
-    pytest.param([], {"MIPFLOW_DEMO_SERVE": "0"}, 0, False, id="env-off"),
-    pytest.param(["--serve"], {}, 1, False, id="failed-demo-does-not-serve"),
-])
-def test_demo_serves_results_only_when_asked(monkeypatch, tmp_path, argv, env, code, served):
-    from mipflow.demo import run as demo
-
-    monkeypatch.delenv("MIPFLOW_DEMO_SERVE", raising=False)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    calls = []
-    monkeypatch.setattr(demo, "run_demo", lambda args: code)
-    monkeypatch.setattr(demo, "serve_results", lambda central, port: calls.append((central, port)) or 0)
-    assert demo.main(["--work-dir", str(tmp_path), "--port", "8099", *argv]) == code
-    assert calls == ([(tmp_path / "central", 8099)] if served else [])
+# --------------------------------------------------------------------------- the demo's results hint
 
 
 def test_demo_hint_names_the_results_url():
