@@ -8,6 +8,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
 from mipflow_airflow.exceptions import NodeConnectionError, NodesUnavailableError
+from mipflow_airflow.hooks.node import NodeHook
 
 if TYPE_CHECKING:
     from airflow.sdk import Context, XComArg
@@ -92,8 +93,6 @@ class FederatedAnalysisOperator(BaseOperator):
             min_nodes = int(self.min_nodes)
         except (TypeError, ValueError):
             raise AirflowFailException(f"min_nodes must be a whole number, not {self.min_nodes!r}") from None
-        from mipflow_airflow.hooks.node import NodeHook
-
         clients: list[NodeClient] = []
         try:
             for conn_id in conn_ids:
