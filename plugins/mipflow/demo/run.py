@@ -6,7 +6,7 @@
    (fake names, MRNs, birth dates, addresses, some deliberately bad rows) into
    their node's landing folder; each node's Airflow DAGs (capture ->
    depersonalise -> validate -> load) then run through ``dag.test()`` and
-   :func:`row_accounting` checks and prints each hospital's counts.
+   :func:`row_accounting` checks each hospital's counts and words the report.
 2. :func:`serve_nodes`: each node's aggregate API starts on loopback and issues
    the central site a credential; the three :data:`ANALYSES` run through the
    central DAGs (:func:`analysis_conf`) and the linear regression is compared
