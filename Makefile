@@ -45,7 +45,7 @@ test: install
 	$(BIN)/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
 
 demo: install airflow-db
-	$(BIN)/python -m mipflow.demo --work-dir $(CURDIR)/var/demo $(DEMO_ARGS)
+	$(BIN)/python -m mipflow_airflow.demo --work-dir $(CURDIR)/var/demo $(DEMO_ARGS)
 
 results-ui: install airflow-db
 	MIPFLOW_CENTRAL_HOME=$(CURDIR)/var/demo/central $(BIN)/airflow api-server --port 8080

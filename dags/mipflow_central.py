@@ -17,8 +17,8 @@ from datetime import datetime, timezone
 
 from airflow.sdk import DAG, Param, get_current_context, task
 
-from mipflow_dags import default_args, federation_pool
-from operators.mipflow_federated import FederatedAnalysisOperator
+from mipflow_airflow.dags import default_args, federation_pool
+from mipflow_airflow.operators.federated import FederatedAnalysisOperator
 
 START = datetime(2026, 1, 1, tzinfo=timezone.utc)
 DEFAULT_NODES = [c for c in os.environ.get("MIPFLOW_NODE_CONN_IDS", "").split(",") if c]
@@ -207,30 +207,19 @@ with DAG(
 
     @task(**NODE_POOL)
     def sync_metadata() -> dict:
-        import json
-
-        from hooks.mipflow_node import NodeHook
-        from mipflow.central.results import central_home
-
-        from operators.mipflow_federated import triggering_user
+        """What every node holds, for the triggering user and the form's project (:mod:`mipflow.central.metadata`)."""
+        from mipflow.central.metadata import sync_metadata as sync
+        from mipflow_airflow.hooks.node import NodeHook
+        from mipflow_airflow.operators.federated import triggering_user
 
         context = get_current_context()
-        researcher, project = triggering_user(context), context["params"].get("project") or None
-        on_behalf = (researcher, project) if researcher and project else (None, None)
-        out = {}
-        for conn_id in context["params"]["nodes"]:
-            client = NodeHook(conn_id).get_conn()
-            try:
-                meta = client.metadata(*on_behalf)
-                out[client.name] = {m["data_model"]: m["datasets"] for m in meta["data_models"]}
-            except Exception as exc:  # noqa: BLE001 - one node down must not hide the others
-                out[conn_id] = {"error": str(exc)}
-            finally:
+        clients = {}
+        try:
+            for conn_id in context["params"]["nodes"]:
+                clients[conn_id] = NodeHook(conn_id).get_conn()
+            return sync(clients, researcher=triggering_user(context), project=context["params"].get("project"))
+        finally:
+            for client in clients.values():
                 client.close()
-        path = central_home() / "federation_metadata.json"
-        path.write_text(json.dumps(out, indent=2), encoding="utf-8")
-        for node, models in out.items():
-            print(f"{node}: {models}")
-        return out
 
     sync_metadata()

@@ -18,7 +18,7 @@ import os
 
 from airflow.sdk import DAG, Asset, task
 
-from mipflow_dags import START, default_args, node_home, node_params
+from mipflow_airflow.dags import START, default_args, node_home, node_params
 
 IMAGING_CAPTURED = Asset(name="mipflow_imaging_captured", uri="mipflow://node/imaging/captured")
 IMAGING_FEATURES = Asset(name="mipflow_imaging_features", uri="mipflow://node/imaging/features")

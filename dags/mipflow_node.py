@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from airflow.sdk import DAG, Asset, task
 
-from mipflow_dags import START, default_args, node_home, node_params
+from mipflow_airflow.dags import START, default_args, node_home, node_params
 
 CAPTURED = Asset(name="mipflow_node_captured", uri="mipflow://node/captured")
 DEPERSONALISED = Asset(name="mipflow_node_depersonalised", uri="mipflow://node/depersonalised")

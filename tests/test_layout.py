@@ -1,8 +1,8 @@
 """Tests mirror the tree (issue 12): a unit test module sits beside the module it tests.
 
 ``tests/mipflow/<package>/test_<module>.py`` tests ``plugins/mipflow/<package>/<module>.py`` (or the
-sub-package ``<module>/``), and ``tests/plugins/`` mirrors the Airflow side of ``plugins/`` the same
-way. A test module may narrow its subject with a suffix, ``test_<module>_<aspect>.py``
+sub-package ``<module>/``), and ``tests/mipflow_airflow/`` mirrors the Airflow package
+``plugins/mipflow_airflow/`` the same way. A test module may narrow its subject with a suffix, ``test_<module>_<aspect>.py``
 (``test_kmeans_fast_paths.py``). A test module named after a module that does not exist fails, e.g.
 after a rename. Cross-cutting suites are listed in ``CROSS_CUTTING`` with the source paths they
 cover, which must exist too. Integration suites (``tests/integration/``), privacy attacks
@@ -33,6 +33,14 @@ CROSS_CUTTING: dict[str, tuple[str, ...]] = {
 }
 
 
+#: The same for the Airflow package (relative to tests/mipflow_airflow and plugins/mipflow_airflow).
+AIRFLOW_CROSS_CUTTING: dict[str, tuple[str, ...]] = {
+    "test_provider_info.py": ("__init__.py",),  # get_provider_info() and the entry point
+}
+ROOTS = ((TESTS / "mipflow", PLUGINS / "mipflow", CROSS_CUTTING),
+         (TESTS / "mipflow_airflow", PLUGINS / "mipflow_airflow", AIRFLOW_CROSS_CUTTING))
+
+
 def _test_modules(root: Path) -> list[Path]:
     return sorted(p.relative_to(root) for p in root.rglob("test_*.py"))
 
@@ -48,31 +56,27 @@ def _mirrors(test_module: Path, source_root: Path, *, aspects: bool = True) -> b
 
 
 def test_unit_test_modules_mirror_a_source_module():
-    tests_root, source_root = TESTS / "mipflow", PLUGINS / "mipflow"
-    stray = [str(p) for p in _test_modules(tests_root)
-             if str(p) not in CROSS_CUTTING and not _mirrors(p, source_root)]
-    assert not stray, (f"test modules under tests/mipflow/ that mirror no module of plugins/mipflow/ "
-                       f"(rename them after the module they test, or list them in CROSS_CUTTING): {stray}")
-
-
-def test_airflow_side_tests_mirror_plugins():
-    stray = [str(p) for p in _test_modules(TESTS / "plugins") if not _mirrors(p, PLUGINS)]
-    assert not stray, f"test modules under tests/plugins/ that mirror nothing in plugins/: {stray}"
+    for tests_root, source_root, cross_cutting in ROOTS:
+        stray = [str(p) for p in _test_modules(tests_root)
+                 if str(p) not in cross_cutting and not _mirrors(p, source_root)]
+        assert not stray, (f"test modules under tests/{tests_root.name}/ that mirror no module of "
+                           f"plugins/{source_root.name}/ (rename them after the module they test, or list "
+                           f"them as cross-cutting): {stray}")
 
 
 def test_cross_cutting_entries_are_still_needed():
-    tests_root, source_root = TESTS / "mipflow", PLUGINS / "mipflow"
-    for test_module, covered in CROSS_CUTTING.items():
-        assert (tests_root / test_module).is_file(), f"{test_module} is gone: remove its CROSS_CUTTING entry"
-        assert not _mirrors(Path(test_module), source_root, aspects=False), (
-            f"{test_module} mirrors a module by its name: remove its CROSS_CUTTING entry")
-        missing = [path for path in covered if not (source_root / path).exists()]
-        assert not missing, f"{test_module} covers plugins/mipflow/{missing}, which no longer exist"
+    for tests_root, source_root, cross_cutting in ROOTS:
+        for test_module, covered in cross_cutting.items():
+            assert (tests_root / test_module).is_file(), f"{test_module} is gone: remove its entry"
+            assert not _mirrors(Path(test_module), source_root, aspects=False), (
+                f"{test_module} mirrors a module by its name: remove its cross-cutting entry")
+            missing = [path for path in covered if not (source_root / path).exists()]
+            assert not missing, f"{test_module} covers plugins/{source_root.name}/{missing}, which no longer exist"
 
 
 def test_test_folders_are_packages_mirroring_source_packages():
     """Each folder is a package (two ``test_cli.py`` must not collide) named after a source package."""
-    for tests_root, source_root in ((TESTS / "mipflow", PLUGINS / "mipflow"), (TESTS / "plugins", PLUGINS)):
+    for tests_root, source_root, _ in ROOTS:
         for folder in sorted(p for p in tests_root.rglob("*") if p.is_dir() and p.name != "__pycache__"):
             rel = folder.relative_to(tests_root)
             assert (folder / "__init__.py").is_file(), f"{folder.relative_to(TESTS)} has no __init__.py"

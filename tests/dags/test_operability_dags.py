@@ -29,7 +29,7 @@ def _dagbag(*files: str):
 
 
 def test_every_task_takes_retries_delay_timeout_and_callback_from_the_environment(monkeypatch):
-    from mipflow_dags import on_failure
+    from mipflow_airflow.notifications.failure import FailureNotifier
 
     monkeypatch.setenv("MIPFLOW_TASK_RETRIES", "3")
     monkeypatch.setenv("MIPFLOW_TASK_RETRY_DELAY_SECONDS", "45")
@@ -42,8 +42,9 @@ def test_every_task_takes_retries_delay_timeout_and_callback_from_the_environmen
             assert task.retries == 3, where
             assert task.retry_delay == timedelta(seconds=45), where
             assert task.execution_timeout == timedelta(minutes=20), where
-            callbacks = task.on_failure_callback  # a list, or the function itself on mapped tasks
-            assert (callbacks if isinstance(callbacks, list) else [callbacks]) == [on_failure], where
+            callbacks = task.on_failure_callback  # a list, or the notifier itself on mapped tasks
+            assert [type(c) for c in (callbacks if isinstance(callbacks, list) else [callbacks])] == [
+                FailureNotifier], where
 
 
 @pytest.mark.parametrize(("env", "pool"), [

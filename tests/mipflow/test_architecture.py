@@ -11,7 +11,11 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[2] / "plugins" / "mipflow"
+PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
+PACKAGE_ROOT = PLUGINS / "mipflow"
+#: The one package that imports Airflow, and the plugin files Airflow scans (they define AirflowPlugins).
+AIRFLOW_PACKAGE = PLUGINS / "mipflow_airflow"
+PLUGIN_FILES = {"mipflow_node_api_plugin.py", "mipflow_ui_plugin.py"}
 
 # Lower layers never import higher ones; packages on the same layer never import each other.
 LAYERS: dict[str, int] = {
@@ -25,7 +29,7 @@ LAYERS: dict[str, int] = {
     "cli": 6,
     "webui": 6,
     "lazyasgi": 1,
-    "notify": 4,  # moves to the Airflow package (issue 12)
+    "failures": 1,  # failure records of both sites' tasks
 }
 # Within the node: the API sits on the controls, which sit on the store and the query layer.
 NODE_LAYERS: dict[str, int] = {
@@ -45,12 +49,10 @@ NODE_LAYERS: dict[str, int] = {
 KNOWN_CROSSINGS: set[tuple[str, str]] = {
     ("mipflow.central.federation", "mipflow.node.controls.access"),
     ("mipflow.central.federation", "mipflow.node.controls.dp"),
-    ("mipflow.demo.run", "airflow.dag_processing.dagbag"),
     ("mipflow.node.home", "mipflow.node.imaging"),
     ("mipflow.node.imaging.pipeline", "mipflow.node.ops"),
     ("mipflow.node.ingest.stages", "mipflow.node.ops"),
     ("mipflow.node.store", "mipflow.node.ingest.landing"),
-    ("mipflow.notify", "airflow"),
 }
 
 
@@ -111,7 +113,7 @@ def test_imports_follow_the_layers(path: Path) -> None:
             seen_known |= hits
             continue
         top = target.split(".")[0]
-        if top in {"airflow", "hooks", "operators", "mipflow_airflow", "mipflow_dags"}:
+        if top in {"airflow", "mipflow_airflow"}:
             problems.append(f"line {line}: the logic package imports Airflow code ({target})")
             continue
         other = _role(target)
@@ -144,3 +146,22 @@ def test_central_and_node_never_import_each_other() -> None:
             if other in {"central", "node"} and other != role:
                 crossings.append(f"{path.relative_to(PACKAGE_ROOT)}:{line} -> {target}")
     assert not crossings, "\n".join(crossings)
+
+
+def test_only_the_airflow_package_and_the_plugin_files_import_airflow() -> None:
+    """Under ``plugins/``, Airflow is imported by ``mipflow_airflow`` and the two plugin entry files only."""
+    importers = set()
+    for path in sorted(PLUGINS.rglob("*.py")):
+        if path.is_relative_to(AIRFLOW_PACKAGE) or path.relative_to(PLUGINS).as_posix() in PLUGIN_FILES:
+            continue
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            if any(name == "airflow" or name.startswith("airflow.") for name in names):
+                importers.add(f"{path.relative_to(PLUGINS)}:{node.lineno}")
+    assert not importers, f"Airflow imported outside plugins/mipflow_airflow: {sorted(importers)}"
+    assert {p.name for p in PLUGINS.glob("*.py")} == PLUGIN_FILES
+    assert sorted(p.name for p in PLUGINS.iterdir()
+                  if p.is_dir() and not p.name.startswith((".", "_")) and not p.name.endswith(".egg-info")) == [
+        "mipflow", "mipflow_airflow"]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-DEFAULT_POOL = "mipflow_federation"  # the same default as mipflow_dags.DEFAULT_POOL
+DEFAULT_POOL = "mipflow_federation"  # the same default as mipflow_airflow.dags.DEFAULT_POOL (a test checks)
 DEFAULT_SLOTS = 4
 
 

@@ -1,28 +1,29 @@
-"""The demo federation (``make demo``).
+"""The demo federation's steps that need no Airflow (``make demo`` runs them through the DAGs).
 
-1. Three hospitals export synthetic stroke-registry CSVs (fake names, MRNs,
-   birth dates, addresses, some deliberately bad rows) into their node's
-   landing folder; each node's Airflow DAGs (capture -> depersonalise ->
-   validate -> load) run through ``dag.test()``; the per-hospital row
-   accounting is printed.
-2. Each node's aggregate API starts on loopback; the central site gets a
-   credential from each node (Airflow connections ``mipflow_node_<name>``);
-   three federated analyses run through the central DAGs and their results
-   are printed beside the pooled computation they must equal.
+``python -m mipflow_airflow.demo`` (:mod:`mipflow_airflow.demo`) drives the demo:
+
+1. :func:`prepare_nodes`: three hospitals export synthetic stroke-registry CSVs
+   (fake names, MRNs, birth dates, addresses, some deliberately bad rows) into
+   their node's landing folder; each node's Airflow DAGs (capture ->
+   depersonalise -> validate -> load) then run through ``dag.test()`` and
+   :func:`row_accounting` checks each hospital's counts and words the report.
+2. :func:`serve_nodes`: each node's aggregate API starts on loopback and issues
+   the central site a credential; the three :data:`ANALYSES` run through the
+   central DAGs (:func:`analysis_conf`) and the linear regression is compared
+   with the pooled computation it must equal (:func:`pooled_check`).
 """
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 import os
 import shutil
+import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-NODE_DAGS = ("node_capture", "node_depersonalise", "node_validate", "node_load")
 
 
 def prepare_nodes(work_dir: Path, *, n_patients: int, seed: int) -> dict[str, Path]:
@@ -48,24 +49,6 @@ def prepare_nodes(work_dir: Path, *, n_patients: int, seed: int) -> dict[str, Pa
         shutil.copyfile(exports[hospital]["consent"], home.consent_path)
         homes[hospital] = home.root
     return homes
-
-
-def run_node_dags(home: Path, dags: dict[str, Any]) -> None:
-    """Run the four node DAGs in order for one node (what the Asset chain does under a scheduler)."""
-    for dag_id in NODE_DAGS:
-        run = dags[dag_id].test(run_conf={"node_home": str(home)})
-        state = str(getattr(run, "state", ""))
-        if "success" not in state:
-            raise SystemExit(f"DAG {dag_id} for {home.name} ended in state {state}")
-
-
-def load_dags() -> dict[str, Any]:
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
-    if bag.import_errors:
-        raise SystemExit(f"DAG import errors: {bag.import_errors}")
-    return bag.dags
 
 
 def node_counts(home: Path) -> dict[str, Any]:
@@ -134,18 +117,26 @@ def _grant_demo(home: Path) -> None:
                        algorithms="*", expires="never", note="demo analyses run through dag.test()")
 
 
-def run_federation(homes: dict[str, Path], dags: dict[str, Any], work_dir: Path) -> bool:
-    """Start the node APIs, register them as Airflow connections, run the analyses."""
+@contextmanager
+def serve_nodes(homes: Mapping[str, Path], timeout: float = 30.0) -> Iterator[dict[str, dict[str, str]]]:
+    """Serve each node's aggregate API on loopback, each with a credential for the central site.
+
+    Yields
+    ------
+    dict
+        Hospital -> ``{"url", "client_id", "secret"}`` (secret in hex); the
+        services stop when the block ends.  Each node also approves the demo
+        researcher in the demo project (:data:`DEMO_RESEARCHER`, :data:`DEMO_PROJECT`).
+    """
     import socket
-    import subprocess
     import time
 
     import httpx
 
     from mipflow.protocol.signing import issue_client
-    from mipflow.central.results import ResultStore
 
-    procs = []
+    procs: list[subprocess.Popen] = []
+    nodes: dict[str, dict[str, str]] = {}
     try:
         for hospital, home in homes.items():
             with socket.socket() as sock:
@@ -157,35 +148,16 @@ def run_federation(homes: dict[str, Path], dags: dict[str, Any], work_dir: Path)
             url = f"http://127.0.0.1:{port}"
             cred = issue_client(home, "central")
             _grant_demo(home)
-            os.environ[f"AIRFLOW_CONN_MIPFLOW_NODE_{hospital.upper()}"] = json.dumps(
-                {"conn_type": "mipflow_node", "host": url, "login": cred.client_id, "password": cred.secret.hex(),
-                 "extra": {"node_name": hospital}})
-            for _ in range(300):
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
                 try:
                     if httpx.get(url + "/health", timeout=1).status_code == 200:
                         break
                 except httpx.TransportError:
                     time.sleep(0.1)
             print(f"{hospital}: node API at {url} (OpenAPI: {url}/docs)")
-        os.environ["MIPFLOW_CENTRAL_HOME"] = str(work_dir / "central")
-        store = ResultStore(work_dir / "central")
-        ok = True
-        print(f"\nstudy cohort: rows complete in {', '.join(STUDY_VARIABLES)} (every analysis uses the same "
-              "cohort; nodes refuse near-duplicate cohorts, docs/adr/0013-differencing.md)")
-        for dag_id, form, title in ANALYSES:
-            conf = {"data_model": "stroke:0.1", "datasets": list(homes), "filters": STUDY_COHORT,
-                    "project": DEMO_PROJECT,
-                    "nodes": [f"mipflow_node_{h}" for h in homes], "min_nodes": len(homes), **form}
-            print(f"\n== {dag_id}: {title}")
-            run = dags[dag_id].test(run_conf=conf)
-            stored = store.get(run.run_id)
-            if "success" not in str(run.state) or stored is None:
-                print(f"{dag_id} ended {run.state}", file=sys.stderr)
-                ok = False
-                continue
-            if dag_id == "federated_linear_regression":
-                print(pooled_check(homes, form, stored["result"]))
-        return ok
+            nodes[hospital] = {"url": url, "client_id": cred.client_id, "secret": cred.secret.hex()}
+        yield nodes
     finally:
         for proc in procs:
             proc.terminate()
@@ -193,89 +165,37 @@ def run_federation(homes: dict[str, Path], dags: dict[str, Any], work_dir: Path)
             proc.wait(timeout=10)
 
 
-def should_serve(flag: bool, environ: Mapping[str, str] | None = None) -> bool:
-    """Whether to leave the results pages up after the demo: ``--serve`` or ``MIPFLOW_DEMO_SERVE=1``."""
-    env = os.environ if environ is None else environ
-    return flag or env.get("MIPFLOW_DEMO_SERVE", "").strip().lower() in ("1", "true", "yes", "on")
+def analysis_conf(hospitals: list[str], form: Mapping[str, Any], conn_ids: list[str]) -> dict[str, Any]:
+    """The trigger form of one demo analysis: every hospital's dataset, the study cohort, all nodes required."""
+    return {"data_model": "stroke:0.1", "datasets": list(hospitals), "filters": STUDY_COHORT,
+            "project": DEMO_PROJECT, "nodes": list(conn_ids), "min_nodes": len(conn_ids), **form}
 
 
-def serve_results(central: Path, port: int) -> int:
-    """Run the central Airflow api-server (with the results plugin) on the demo's results until interrupted.
+def row_accounting(summary: Mapping[str, Mapping[str, Any]]) -> tuple[bool, list[str]]:
+    """Each hospital's batches as report lines, and whether every batch loaded with counts that add up.
 
-    The api-server uses this environment's Airflow home (``make demo`` sets
-    ``AIRFLOW_HOME=var/airflow``); Ctrl-C stops it.
+    Parameters
+    ----------
+    summary : mapping
+        Hospital -> :func:`node_counts` of its home.
     """
-    import subprocess
-
-    airflow = Path(sys.executable).parent / "airflow"
-    env = {**os.environ, "MIPFLOW_CENTRAL_HOME": str(central)}
-    env.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(REPO_ROOT / "plugins"))
-    print(f"\n== Serving the results pages at http://localhost:{port}/mipflow/ (Ctrl-C stops the server)",
-          flush=True)
-    proc = subprocess.Popen([str(airflow) if airflow.exists() else "airflow", "api-server", "--port", str(port)],
-                            env=env)
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        print("results server stopped")
-        return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mipflow.demo.run")
-    parser.add_argument("--work-dir", type=Path, default=REPO_ROOT / "var" / "demo")
-    parser.add_argument("--patients", type=int, default=400)
-    parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--serve", action="store_true",
-                        help="after the run, serve the results pages until interrupted (also MIPFLOW_DEMO_SERVE=1)")
-    parser.add_argument("--port", type=int, default=8080, help="port of the results pages (with --serve)")
-    args = parser.parse_args(argv)
-    code = run_demo(args)
-    if code == 0 and should_serve(args.serve):
-        return serve_results(args.work_dir / "central", args.port)
-    return code
-
-
-def run_demo(args: argparse.Namespace) -> int:
-    """The whole demo (nodes, node DAGs, federated analyses); returns the exit code."""
-    logging.basicConfig(level=logging.WARNING)
-    os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(REPO_ROOT / "dags"))
-    if str(REPO_ROOT / "plugins") not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT / "plugins"))
-
-    print(f"== mipflow demo: three hospital nodes under {args.work_dir}")
-    homes = prepare_nodes(args.work_dir, n_patients=args.patients, seed=args.seed)
-    dags = load_dags()
-    summary = {}
-    for hospital, home in homes.items():
-        print(f"== {hospital}: running node DAGs {' -> '.join(NODE_DAGS)}")
-        run_node_dags(home, dags)
-        summary[hospital] = node_counts(home)
-    print("\n== Row accounting per hospital (rows_in = loaded + quarantined + no_consent + duplicates)")
     ok = True
+    lines = []
     for hospital, status in summary.items():
         for batch in status["batches"]:
             total = batch["loaded"] + batch["quarantined"] + batch["no_consent"] + batch["duplicates"]
             ok &= total == batch["rows_in"] and batch["status"] == "loaded"
-            print(f"{hospital:12s} {batch['source']:32s} {batch['status']:7s} rows_in={batch['rows_in']:5d} "
-                  f"loaded={batch['loaded']:5d} quarantined={batch['quarantined']:3d} "
-                  f"no_consent={batch['no_consent']:3d} duplicates={batch['duplicates']:2d}")
-        print(f"{'':12s} datasets: " + json.dumps({d['dataset']: d['row_count'] for d in status['datasets']}))
-    if not ok:
-        print("demo: a batch did not load or its counts do not add up", file=sys.stderr)
-        return 1
-    print("\n== Federated analyses through the central Airflow DAGs (aggregates only left each node)")
-    if not run_federation(homes, dags, args.work_dir):
-        return 1
-    print(f"\nDemo finished. Results with provenance: {args.work_dir / 'central' / 'results'}; "
-          f"node audit logs: {args.work_dir / 'nodes' / '*' / 'audit.log'}")
-    print(results_page_hint(args.work_dir / "central", args.port, serving=should_serve(args.serve)))
-    return 0
+            lines.append(f"{hospital:12s} {batch['source']:32s} {batch['status']:7s} rows_in={batch['rows_in']:5d} "
+                         f"loaded={batch['loaded']:5d} quarantined={batch['quarantined']:3d} "
+                         f"no_consent={batch['no_consent']:3d} duplicates={batch['duplicates']:2d}")
+        lines.append(f"{'':12s} datasets: " + json.dumps({d["dataset"]: d["row_count"] for d in status["datasets"]}))
+    return ok, lines
+
+
+def should_serve(flag: bool, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether to leave the results pages up after the demo: ``--serve`` or ``MIPFLOW_DEMO_SERVE=1``."""
+    env = os.environ if environ is None else environ
+    return flag or env.get("MIPFLOW_DEMO_SERVE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def results_page_hint(central: Path, port: int = 8080, *, serving: bool = False) -> str:
@@ -285,7 +205,3 @@ def results_page_hint(central: Path, port: int = 8080, *, serving: bool = False)
     return (f"Results pages: http://localhost:{port}/mipflow/ (also under Browse in the Airflow UI) {how} "
             f"(the central api-server on MIPFLOW_CENTRAL_HOME={central}; log in as admin "
             "with the password in var/airflow/simple_auth_manager_passwords.json.generated)")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

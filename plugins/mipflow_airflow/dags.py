@@ -1,9 +1,11 @@
-"""What the DAG files share: the trigger Param, the node home lookup and operations settings.
+"""What the DAG files share: task defaults, the federation pool, the node home Param.
 
-Cheap to import (stdlib and ``airflow.sdk`` only): DAG files import it at parse time.
+Cheap to import (stdlib and ``airflow.sdk`` only, no mipflow logic): DAG files
+import it at parse time.
 
 Operations settings are environment variables read when a DAG file is parsed
-(the scheduler, dag-processor and workers must see the same values)::
+(the scheduler, dag-processor and workers must see the same values;
+:mod:`mipflow_airflow.settings`)::
 
     MIPFLOW_TASK_RETRIES              retries of every mipflow task (default 1; the tests set 0)
     MIPFLOW_TASK_RETRY_DELAY_SECONDS  wait before a retry (default 30)
@@ -19,32 +21,18 @@ from __future__ import annotations
 
 import os
 from datetime import datetime, timedelta, timezone
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from airflow.sdk import Param, get_current_context
 
+from mipflow_airflow.notifications.failure import FailureNotifier
+from mipflow_airflow.settings import number, setting
+
+if TYPE_CHECKING:
+    from mipflow.node.home import NodeHome
+
 START = datetime(2026, 1, 1, tzinfo=timezone.utc)
 DEFAULT_POOL = "mipflow_federation"
-
-
-def setting(name: str, default: str = "", environ: Mapping[str, str] | None = None) -> str:
-    """``name`` from the environment, else ``AIRFLOW_VAR_<name>``, else ``default``."""
-    env = os.environ if environ is None else environ
-    value = env.get(name)
-    if value is None or value.strip() == "":
-        value = env.get(f"AIRFLOW_VAR_{name}")
-    return default if value is None or value.strip() == "" else value.strip()
-
-
-def _number(name: str, default: str, kind: type, environ: Mapping[str, str] | None, minimum: float = 0) -> Any:
-    raw = setting(name, default, environ)
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
-    if value < minimum:
-        raise ValueError(f"{name}={raw!r} must be at least {minimum}")
-    return value
 
 
 def pools_enabled(environ: Mapping[str, str] | None = None) -> bool:
@@ -58,24 +46,23 @@ def federation_pool(environ: Mapping[str, str] | None = None) -> str | None:
 
 
 def default_args(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Retries, retry delay, timeout and the failure notification of every mipflow task."""
+    """Retries, retry delay, timeout and the failure notifier of every mipflow task.
+
+    Raises
+    ------
+    ValueError
+        Naming the variable, when a setting is not a valid number (the DAG file then fails to parse).
+    """
     args: dict[str, Any] = {
-        "retries": _number("MIPFLOW_TASK_RETRIES", "1", int, environ),
-        "retry_delay": timedelta(seconds=_number("MIPFLOW_TASK_RETRY_DELAY_SECONDS", "30", float, environ)),
-        "on_failure_callback": on_failure,
+        "retries": number("MIPFLOW_TASK_RETRIES", "1", int, environ),
+        "retry_delay": timedelta(seconds=number("MIPFLOW_TASK_RETRY_DELAY_SECONDS", "30", float, environ)),
+        "on_failure_callback": FailureNotifier(),
     }
     timeout = setting("MIPFLOW_TASK_TIMEOUT_MINUTES", "", environ)
     if timeout:
         args["execution_timeout"] = timedelta(
-            minutes=_number("MIPFLOW_TASK_TIMEOUT_MINUTES", timeout, float, environ, minimum=0.01))
+            minutes=number("MIPFLOW_TASK_TIMEOUT_MINUTES", timeout, float, environ, minimum=0.01))
     return args
-
-
-def on_failure(context: Any) -> None:
-    """Task failure callback: :func:`mipflow.notify.on_failure` (imported when a task fails, not at parse)."""
-    from mipflow.notify import on_failure as notify
-
-    notify(context)
 
 
 def node_params() -> dict[str, Param]:
@@ -84,13 +71,19 @@ def node_params() -> dict[str, Param]:
                                title="Node home", description="Folder made by `mipflow node init`")}
 
 
-def node_home():
-    """The running DAG's :class:`mipflow.node.home.NodeHome` (call inside a task)."""
+def node_home() -> NodeHome:
+    """The running DAG's :class:`mipflow.node.home.NodeHome` (call inside a task).
+
+    Raises
+    ------
+    AirflowFailException
+        When the run has no node home (a retry cannot help).
+    """
+    from airflow.sdk.exceptions import AirflowFailException
+
     from mipflow.node.home import NodeHome
 
     home = get_current_context()["params"]["node_home"]
     if not home:
-        from airflow.sdk.exceptions import AirflowFailException
-
         raise AirflowFailException("no node home: set MIPFLOW_NODE_HOME or the node_home param")
     return NodeHome(home)

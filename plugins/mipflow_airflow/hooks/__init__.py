@@ -1,0 +1,1 @@
+"""Hooks: the connection to a hospital node."""

@@ -1,0 +1,1 @@
+"""Notifiers (``on_*_callback``) of mipflow's tasks."""

@@ -1,0 +1,1 @@
+"""Operators: federated analyses across nodes."""

@@ -1,0 +1,151 @@
+"""``FederatedAnalysisOperator``: one federated analysis across the nodes of a run."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowFailException
+
+from mipflow_airflow.exceptions import NodeConnectionError, NodesUnavailableError
+from mipflow_airflow.hooks.node import NodeHook
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context, XComArg
+
+    from mipflow.central.federation import NodeClient
+
+#: ``secure_aggregation`` values and what :func:`mipflow.central.federation.run_analysis` takes for them.
+SECURE_AGGREGATION: dict[Any, bool | None] = {"auto": None, "on": True, "off": False, None: None,
+                                              True: True, False: False}
+
+
+class FederatedAnalysisOperator(BaseOperator):
+    """Run ``algorithm`` over the nodes behind ``node_conn_ids``; return the result with provenance.
+
+    The rounds, parallel calls, dropout policy (``min_nodes``) and combination
+    are :func:`mipflow.central.federation.run_analysis`; this operator builds one
+    :class:`mipflow_airflow.hooks.node.NodeHook` client per connection and decides
+    what a failure means for the task:
+
+    - an invalid request, a request the nodes refuse, a connection without its
+      credential, or too few contributing nodes while enough are reachable fail
+      the task at once (``AirflowFailException``: a retry cannot help);
+    - fewer reachable nodes than ``min_nodes`` (before the analysis, or when it
+      ends with too few contributors) raises :class:`NodesUnavailableError`,
+      which Airflow retries (``MIPFLOW_TASK_RETRIES``).  Single calls are retried
+      by the client already (connection errors and 5xx).
+
+    Progress (``round k of at most N: n node(s) answered, m left out``) is logged
+    by :mod:`mipflow.central.federation` into the task log.  The central DAGs put
+    this task in the federation pool when ``MIPFLOW_POOLS=1`` (``pool=``).
+
+    Parameters
+    ----------
+    algorithm : str
+        A catalogue algorithm (``linear_regression``, ...).
+    request : dict or XComArg
+        The MIP / Exareme2 request (``inputdata``, ``parameters``); templated.
+    node_conn_ids : list of str, or str
+        Connection ids of the nodes, or one comma-separated string; templated.
+    project : str
+        The project the analysis belongs to (every node checks its grants); templated.
+    min_nodes : int or str
+        Fewest contributing nodes for a result (a template rendering to an int); templated.
+    researcher : str, optional
+        On whose behalf; default the user who triggered the run
+        (``dag_run.triggering_user_name``); templated.
+    secure_aggregation : {"auto", "on", "off"} or bool
+        Mask each node's aggregates so only their sum is seen (:mod:`mipflow.secagg`); templated.
+    """
+
+    template_fields: Sequence[str] = ("request", "node_conn_ids", "min_nodes", "researcher", "project",
+                                      "secure_aggregation")
+    ui_color = "#d8e9f5"
+
+    def __init__(self, *, algorithm: str, request: dict[str, Any] | XComArg, node_conn_ids: list[str] | str,
+                 project: str, min_nodes: int | str = 1, researcher: str | None = None,
+                 secure_aggregation: Literal["auto", "on", "off"] | bool | str = "auto", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.algorithm = algorithm
+        self.request = request
+        self.node_conn_ids = node_conn_ids
+        self.project = project
+        self.min_nodes = min_nodes
+        self.researcher = researcher
+        self.secure_aggregation = secure_aggregation
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from mipflow.central.federation import NodeRefused, NodeUnavailable, run_analysis
+        from mipflow.exceptions import FederationError, RequestError
+
+        conn_ids = self._conn_ids()
+        researcher = self.researcher or triggering_user(context)
+        if not researcher:
+            raise AirflowFailException("this run has no triggering user: federated analyses run on behalf of "
+                                       "a person; trigger the DAG from the UI or the REST API")
+        if not self.project:
+            raise AirflowFailException("no project: give the project the analysis belongs to (param 'project')")
+        secure = SECURE_AGGREGATION.get(self.secure_aggregation, "invalid")
+        if secure == "invalid":
+            raise AirflowFailException("secure_aggregation must be auto, on or off")
+        try:
+            min_nodes = int(self.min_nodes)
+        except (TypeError, ValueError):
+            raise AirflowFailException(f"min_nodes must be a whole number, not {self.min_nodes!r}") from None
+        clients: list[NodeClient] = []
+        try:
+            for conn_id in conn_ids:
+                clients.append(NodeHook(conn_id).get_conn())
+            self._check_reachable(clients, min_nodes)
+            try:
+                outcome = run_analysis(self.algorithm, self.request, clients, researcher=str(researcher),
+                                       project=str(self.project), min_nodes=min_nodes, secure_aggregation=secure)
+            except FederationError as exc:
+                self._check_reachable(clients, min_nodes)  # too few contributed: a retry helps only if nodes were down
+                raise AirflowFailException(str(exc)) from None
+        except (NodeConnectionError, RequestError, NodeRefused) as exc:
+            raise AirflowFailException(str(exc)) from None
+        except NodeUnavailable as exc:
+            raise NodesUnavailableError(str(exc)) from None
+        finally:
+            for client in clients:
+                client.close()
+        self.log.info("analysis %s: %d round(s), %d node(s) contributed, %d left out, %.2f s",
+                      outcome.analysis_id, outcome.rounds, len(outcome.contributed), len(outcome.excluded),
+                      outcome.seconds)
+        for node, rows in outcome.contributed.items():
+            self.log.info("node %s contributed %d rows", node, rows)
+        for node, reason in outcome.excluded.items():
+            self.log.warning("node %s left out: %s", node, reason)
+        return outcome.to_dict()
+
+    def _conn_ids(self) -> list[str]:
+        conn_ids = self.node_conn_ids
+        if isinstance(conn_ids, str):
+            conn_ids = [c.strip() for c in conn_ids.split(",") if c.strip()]
+        if not conn_ids:
+            raise AirflowFailException("no nodes: give node connection ids (param 'nodes')")
+        return list(conn_ids)
+
+    def _check_reachable(self, clients: Sequence[NodeClient], min_nodes: int) -> None:
+        """Raise :class:`NodesUnavailableError` if fewer than ``min_nodes`` nodes answer ``/health``."""
+        from mipflow.central.federation import NodeRefused, NodeUnavailable
+
+        down = []
+        for client in clients:
+            try:
+                client.health()
+            except NodeUnavailable:
+                down.append(client.name)
+            except NodeRefused:
+                pass  # it answered
+        if down and len(clients) - len(down) < min_nodes:
+            raise NodesUnavailableError(f"{len(clients) - len(down)} of {len(clients)} node(s) reachable, fewer "
+                                        f"than min_nodes ({min_nodes}); unreachable: {', '.join(down)}")
+
+
+def triggering_user(context: Context | dict[str, Any]) -> str | None:
+    """The Airflow user who triggered this DAG run (``None`` for scheduled runs)."""
+    dag_run = context.get("dag_run") if hasattr(context, "get") else None
+    return getattr(dag_run, "triggering_user_name", None) or None

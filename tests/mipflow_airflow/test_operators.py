@@ -1,0 +1,117 @@
+"""FederatedAnalysisOperator against real node services: results, and what each failure means for the task."""
+from __future__ import annotations
+
+import copy
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from tests.mipflow_airflow.conftest import PROJECT, REQUEST, RESEARCHER, set_connection
+
+
+def _operator(**kwargs):
+    from mipflow_airflow.operators.federated import FederatedAnalysisOperator
+
+    args = {"task_id": "run_analysis", "algorithm": "linear_regression", "request": copy.deepcopy(REQUEST),
+            "project": PROJECT, "secure_aggregation": "off"}
+    return FederatedAnalysisOperator(**{**args, **kwargs})
+
+
+def _context(user: str | None = RESEARCHER) -> dict:
+    return {"dag_run": SimpleNamespace(triggering_user_name=user)}
+
+
+def test_execute_runs_the_analysis_on_behalf_of_the_triggering_user(nodes, node_connections):
+    from mipflow.central.federation import NodeClient, NodeEndpoint, run_analysis
+
+    outcome = _operator(node_conn_ids=node_connections, min_nodes=2).execute(_context())
+    assert set(outcome["contributed"]) == {"node0", "node1"} and outcome["excluded"] == {}
+    assert outcome["researcher"] == RESEARCHER and outcome["project"] == PROJECT
+    # the same analysis without Airflow: the operator adds nothing to the numbers
+    clients = [NodeClient(NodeEndpoint(name, n["url"], n["client_id"], n["secret"])) for name, n in nodes.items()]
+    try:
+        direct = run_analysis("linear_regression", REQUEST, clients, researcher=RESEARCHER, project=PROJECT,
+                              min_nodes=2, secure_aggregation=False).to_dict()
+    finally:
+        for client in clients:
+            client.close()
+    np.testing.assert_allclose(outcome["result"]["coefficients"], direct["result"]["coefficients"], rtol=1e-12)
+    assert outcome["contributed"] == direct["contributed"]
+
+
+def test_comma_separated_connections_and_an_explicit_researcher(node_connections):
+    outcome = _operator(node_conn_ids=",".join(node_connections), min_nodes="2", researcher=RESEARCHER
+                        ).execute(_context(user=None))
+    assert set(outcome["contributed"]) == {"node0", "node1"} and outcome["researcher"] == RESEARCHER
+
+
+@pytest.mark.parametrize(("kwargs", "user", "message"), [
+    pytest.param({"researcher": "mallory"}, RESEARCHER, r"fewer than min_nodes \(1\).*refused \(access\)",
+                 id="refused-by-every-node"),
+    pytest.param({"request": {**REQUEST, "inputdata": {**REQUEST["inputdata"], "y": ["no_such_variable"]}}},
+                 RESEARCHER, "no_such_variable", id="invalid-request"),
+    pytest.param({"node_conn_ids": []}, RESEARCHER, r"no nodes: give node connection ids \(param 'nodes'\)",
+                 id="no-nodes"),
+    pytest.param({}, None, "this run has no triggering user", id="no-researcher"),
+    pytest.param({"project": ""}, RESEARCHER, "no project", id="no-project"),
+    pytest.param({"secure_aggregation": "maybe"}, RESEARCHER, "secure_aggregation must be auto, on or off",
+                 id="bad-secure-aggregation"),
+    pytest.param({"min_nodes": "two"}, RESEARCHER, "min_nodes must be a whole number", id="bad-min-nodes"),
+    pytest.param({"node_conn_ids": ["mipflow_node_blank"]}, RESEARCHER, "needs login", id="connection-without-secret"),
+])
+def test_failures_a_retry_cannot_help_fail_the_task_at_once(monkeypatch, nodes, node_connections, kwargs, user,
+                                                            message):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    set_connection(monkeypatch, "mipflow_node_blank", host=nodes["node0"]["url"])
+    operator = _operator(**{"node_conn_ids": node_connections, **kwargs})
+    with pytest.raises(AirflowFailException, match=message):
+        operator.execute(_context(user))
+
+
+@pytest.mark.parametrize("min_nodes", [1, 2])
+def test_too_few_reachable_nodes_is_a_retryable_failure(node_connections, dead_connection, min_nodes):
+    from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+    from mipflow_airflow.exceptions import NodesUnavailableError
+
+    conn_ids = [dead_connection] if min_nodes == 1 else [node_connections[0], dead_connection]
+    with pytest.raises(NodesUnavailableError, match=rf"of {len(conn_ids)} node\(s\) reachable.*unreachable: gone"
+                       ) as caught:
+        _operator(node_conn_ids=conn_ids, min_nodes=min_nodes).execute(_context())
+    # an ordinary task failure: Airflow retries it (MIPFLOW_TASK_RETRIES); AirflowFailException would not be
+    assert isinstance(caught.value, AirflowException) and not isinstance(caught.value, AirflowFailException)
+
+
+def test_an_unreachable_node_is_left_out_when_enough_others_answer(node_connections, dead_connection):
+    outcome = _operator(node_conn_ids=[*node_connections, dead_connection], min_nodes=2).execute(_context())
+    assert set(outcome["contributed"]) == {"node0", "node1"}
+    assert outcome["excluded"]["gone"].startswith("unavailable")
+
+
+def test_template_fields_render_to_typed_values():
+    from airflow.sdk import DAG
+
+    from mipflow_airflow.operators.federated import FederatedAnalysisOperator
+
+    assert set(FederatedAnalysisOperator.template_fields) == {"request", "node_conn_ids", "min_nodes", "researcher",
+                                                              "project", "secure_aggregation"}
+    with DAG("templated", schedule=None, render_template_as_native_obj=True):
+        operator = FederatedAnalysisOperator(
+            task_id="run_analysis", algorithm="linear_regression", request={"inputdata": "{{ params.inputdata }}"},
+            node_conn_ids="{{ params.nodes }}", min_nodes="{{ params.min_nodes }}", project="{{ params.project }}",
+            secure_aggregation="{{ params.secure_aggregation }}")
+    params = {"nodes": ["mipflow_node_a", "mipflow_node_b"], "min_nodes": 2, "project": "p",
+              "secure_aggregation": "on", "inputdata": {"y": ["y"]}}
+    operator.render_template_fields({"params": params})
+    assert operator.node_conn_ids == ["mipflow_node_a", "mipflow_node_b"] and operator.min_nodes == 2
+    assert (operator.project, operator.secure_aggregation) == ("p", "on")
+    assert operator.request == {"inputdata": {"y": ["y"]}} and operator.researcher is None
+
+
+def test_arguments_are_keyword_only():
+    from mipflow_airflow.operators.federated import FederatedAnalysisOperator
+
+    with pytest.raises(TypeError):
+        FederatedAnalysisOperator("run_analysis", "linear_regression")  # type: ignore[misc]
