@@ -38,12 +38,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from mipflow.algorithms import AnalysisRequest, get_algorithm, prepare_local_data, run_in_process
-from mipflow.algorithms.design import design_columns
 from mipflow.algorithms.filters_pandas import apply_filters
 from mipflow.protocol.signing import issue_client
 from mipflow.node.home import NodeHome
 from mipflow.protocol.datamodel import DataModel, load_data_model
-from mipflow.node.controls.disclosure import MODEL_ALGORITHMS
 from mipflow.exceptions import FederationError, RequestError
 from mipflow.central.federation import AnalysisOutcome, NodeClient, NodeEndpoint, NodeUnavailable, run_analysis
 from mipflow.node.store import FeatureStore
@@ -197,11 +195,12 @@ def _expected_refusals(federation: Federation, name: str, doc: dict, rows: dict[
     refused = {}
     request = AnalysisRequest.from_dict(doc)
     model, _ = federation.frames[request.data_model]
-    n_params = len(design_columns(request.x, model)) if name in MODEL_ALGORITHMS else 0
-    fold_sizes = getattr(get_algorithm(name), "fold_sizes", None)
+    algorithm = get_algorithm(name)
+    n_params = algorithm.parameter_count(request, model) or 0
     for node, n_rows in rows.items():
         # cross-validation: the smallest fold at the node is checked as well
-        smallest = min(fold_sizes(request, n_rows)) if fold_sizes else n_rows
+        folds = algorithm.fold_sizes(request, n_rows)
+        smallest = min(folds) if folds is not None else n_rows
         if n_rows == 0 or smallest == 0:
             refused[node] = "min_row_count"
         elif n_params > smallest:

@@ -12,7 +12,7 @@ import pytest
 
 from mipflow.algorithms import AnalysisRequest, get_algorithm, run_in_process
 from mipflow.algorithms.kmeans import principal_axis_centres
-from mipflow.node.controls.differencing import partition_conflict
+from mipflow.node.controls.partitions import partition_conflict
 from mipflow.node.home import NodeHome
 from mipflow.central.federation import run_analysis as _run_analysis
 from tests.mipflow.algorithms.helpers import assert_rel_close

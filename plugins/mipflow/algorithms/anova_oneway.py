@@ -102,3 +102,7 @@ class AnovaOneway(SpecAlgorithm):
             "f_stat": f_stat,
             "tuckey_test": tukey,
         }))
+
+    # -- privacy capabilities (mipflow.algorithms.contract) ------------------------------------
+
+    secure_aggregation = "automatic"

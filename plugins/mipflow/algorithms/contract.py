@@ -19,14 +19,18 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence, runtime_checkable
 
+import numpy as np
 import pandas as pd
 
 from mipflow.exceptions import FederationError, RequestError
 from mipflow.protocol.datamodel import DataModel, Variable
 from mipflow.protocol.request import AnalysisRequest
 from mipflow.protocol.wire import transport
+
+if TYPE_CHECKING:  # only the algorithms with a noisy release depend on its module (their code digest)
+    from mipflow.algorithms.dp_release import DPRelease
 
 INTERCEPT = "Intercept"
 #: Safety stop for :func:`run_in_process`.
@@ -94,6 +98,48 @@ class Algorithm(Protocol):
         state: dict | None,
         memo: dict | None,
     ) -> Step | None: ...
+
+    # -- privacy capabilities (see "privacy capabilities" below; defaults in SpecAlgorithm) --
+
+    secure_aggregation: str
+    dp_release: DPRelease | None
+
+    def secure_aggregation_refusal(self, request: AnalysisRequest) -> str | None: ...
+
+    def secure_aggregates(self, aggregates: dict, request: AnalysisRequest, model: DataModel) -> dict: ...
+
+    def parameter_count(self, request: AnalysisRequest, model: DataModel) -> int | None: ...
+
+    def fold_sizes(self, request: AnalysisRequest, n_rows: int) -> list[int] | None: ...
+
+    def coarsen_for_release(self, round: int, aggregates: dict, min_count: int) -> dict: ...
+
+    def differencing_partition(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
+                               state: dict | None) -> np.ndarray | None: ...
+
+
+# --------------------------------------------------------------------------- privacy capabilities
+#
+# What an algorithm's aggregates allow and need at a node's privacy controls, stated by the
+# algorithm itself (members of :class:`Algorithm`, defaults in :class:`SpecAlgorithm`), so that a
+# new algorithm declares its privacy behaviour in its own module and no control keeps a list:
+#
+# * ``secure_aggregation`` (one of :data:`SECURE_AGGREGATION`), ``secure_aggregation_refusal``
+#   and ``secure_aggregates``: whether and how its aggregates are summed under secure
+#   aggregation (:mod:`mipflow.secagg`, ADR 0014);
+# * ``dp_release``: its noisy release at a node with differential privacy
+#   (:class:`mipflow.algorithms.dp_release.DPRelease`, ADR 0015 / 0021), or None;
+# * ``parameter_count``: its model's parameters, checked against ``nfilter_glm``;
+# * ``fold_sizes``: the folds whose statistics it releases, each checked like a step;
+# * ``coarsen_for_release``: its own coarsening to the node's ``nfilter_tab`` before the checks;
+# * ``differencing_partition``: the partition of the rows whose sums a round releases, which
+#   the node compares with the partitions it released before (k-means, ADR 0013).
+
+#: Values of ``Algorithm.secure_aggregation``: its aggregates are not all sums
+#: (``"unsupported"``); they are, and automatic mode masks them from 3 nodes
+#: (``"automatic"``); they are, but the secure result is narrower than the plain one,
+#: so they are masked only when asked for (``"explicit_only"``).
+SECURE_AGGREGATION = ("unsupported", "automatic", "explicit_only")
 
 
 # --------------------------------------------------------------------------- specs
@@ -229,6 +275,62 @@ class SpecAlgorithm:
         Returns
         -------
         Step or None
+        """
+        return None
+
+    # -- privacy capabilities (the defaults: see "privacy capabilities" above) ----------------
+
+    #: How its aggregates take part in secure aggregation (one of :data:`SECURE_AGGREGATION`).
+    secure_aggregation: str = "unsupported"
+    #: Its noisy release at a node with differential privacy; None: a DP node refuses it
+    #: (``dp_unsupported``) unless its admin exempts it.
+    dp_release: DPRelease | None = None
+
+    def secure_aggregation_refusal(self, request: AnalysisRequest) -> str | None:
+        """Why this request of a secure-aggregation algorithm cannot be summed (None: it can).
+
+        Checked centrally before any node is called, and again by the node.
+        """
+        return None
+
+    def secure_aggregates(self, aggregates: dict, request: AnalysisRequest, model: DataModel) -> dict:
+        """What the node sums under secure aggregation: its released ``aggregates`` rewritten (default: as is).
+
+        Run by the node after its disclosure controls, before masking; the
+        result's layout may depend on the request and data model only.
+        """
+        return aggregates
+
+    def parameter_count(self, request: AnalysisRequest, model: DataModel) -> int | None:
+        """The number of model parameters the node checks against ``nfilter_glm`` (None: not a model)."""
+        return None
+
+    def fold_sizes(self, request: AnalysisRequest, n_rows: int) -> list[int] | None:
+        """Rows of each fold whose statistics a node with ``n_rows`` rows releases (None: no folds).
+
+        Each fold is checked like a step (``min_row_count``, ``nfilter_glm``).
+        """
+        return None
+
+    def coarsen_for_release(self, round: int, aggregates: dict, min_count: int) -> dict:
+        """The node's ``aggregates`` coarsened until no count is in ``(0, min_count)`` (default: as is).
+
+        Run by the node's disclosure controls before their checks, which still run.
+        """
+        return aggregates
+
+    def differencing_partition(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
+                               state: dict | None) -> np.ndarray | None:
+        """The partition of ``data``'s rows whose per-part sums round ``round`` releases (None: none).
+
+        Computed by the node itself from the state (what the central site says
+        about earlier rounds is not trusted) and compared with the partitions
+        it released on the same rows before (ADR 0013).
+
+        Returns
+        -------
+        numpy.ndarray of int, shape (n_rows,), or None
+            The part of each row, in ``data``'s row order.
         """
         return None
 

@@ -288,6 +288,12 @@ class CoxRegression(SpecAlgorithm):
                         "timeline": grid[np.asarray(state["ends"], dtype=np.int64)]},
         })
 
+    # -- privacy capabilities (mipflow.algorithms.contract) ------------------------------------
+
+    def parameter_count(self, request: AnalysisRequest, model: DataModel) -> int | None:
+        """The model's parameters, checked against ``nfilter_glm``: one per design column."""
+        return len(design_columns(request.x, model))
+
 
 def _efron(events: np.ndarray, event_x: np.ndarray, beta: np.ndarray,
            risk: tuple[np.ndarray, np.ndarray, np.ndarray], tied: tuple[np.ndarray, np.ndarray, np.ndarray]

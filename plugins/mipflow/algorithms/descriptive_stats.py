@@ -48,6 +48,7 @@ from mipflow.algorithms.contract import (
     Step,
 )
 from mipflow.algorithms.design import category_codes, numeric_values
+from mipflow.algorithms.dp_release import DPRelease, Noise, Released, declared_bounds, moments_from_sums
 from mipflow.algorithms.moments import Moments, compute_moments, merge_moments
 from mipflow.protocol.datamodel import DataModel
 from mipflow.protocol.request import AnalysisRequest
@@ -61,6 +62,67 @@ POOLED = "pooled_over_datasets"
 #: What a secure result says in place of the per-dataset rows.
 WITHHELD = ("withheld under secure aggregation: a dataset's own rows are one node's aggregates; "
             "only the rows pooled over all datasets (summed over the nodes) are released")
+
+
+# --------------------------------------------------------------------------- differential privacy
+# The noisy release a node with dp_enabled makes (DescriptiveStats.dp_release, ADR 0015).
+
+
+def _dp_blocks(algo: DescriptiveStats, request: AnalysisRequest, model: DataModel) -> int:
+    described = algo.described(request)
+    numeric = sum(1 for c in described if not model.variable(c).is_categorical)
+    return 2 + 5 * numeric + 2 * (len(described) - numeric)
+
+
+def _dp_release(algo: DescriptiveStats, data: pd.DataFrame, request: AnalysisRequest, model: DataModel,
+                noise: Noise) -> Released:
+    """Per dataset: noisy row counts, category counts and clamped centred sums.
+
+    Released in the algorithm's own shape (moments rebuilt from the noisy
+    sums), so its global step runs unchanged.
+    """
+    described = algo.described(request)
+    bounds = {c: declared_bounds(model, c, algo.name) for c in described if not model.variable(c).is_categorical}
+    wanted = set(request.datasets)
+    out: dict[str, Any] = {}
+    for dataset, frame in data.groupby(DATASET, sort=True):
+        part = str(dataset)
+        if part not in wanted:
+            continue
+        complete = frame.dropna(subset=described, how="any")
+        record: dict[str, Any] = {}
+        for kind, rows in (("variable_based", frame), ("model_based", complete)):
+            n_total = noise.count(len(rows), block=f"{kind}/n_total", part=part)
+            items: dict[str, Any] = {}
+            for code in described:
+                var = model.variable(code)
+                if var.is_categorical:
+                    counts = category_codes(rows[code], var).value_counts()
+                    exact = [int(counts.get(c, 0)) for c in var.enumeration_codes]
+                    noisy = np.maximum(noise.add(exact, 1, block=f"{kind}/{code}/counts", part=part, integer=True), 0)
+                    items[code] = {"n_total": max(n_total, int(noisy.sum())), "counts": noisy.tolist()}
+                    continue
+                lo, hi = bounds[code]
+                values = numeric_values(rows[code])
+                clamped = np.clip(values[~np.isnan(values)], lo, hi) - (lo + hi) / 2.0
+                half = (hi - lo) / 2.0
+                # model-based rows are complete: every variable's count is the row count
+                n = n_total if kind == "model_based" else noise.count(len(clamped), block=f"{kind}/{code}/n",
+                                                                       part=part)
+                s1 = float(noise.add([math.fsum(clamped)], half, block=f"{kind}/{code}/sum", part=part)[0])
+                s2 = float(noise.add([math.fsum(clamped * clamped)], half * half, block=f"{kind}/{code}/sumsq",
+                                     part=part)[0])
+                items[code] = {"n_total": max(n_total, n), "moments": moments_from_sums(n, s1, s2, lo, hi)}
+            record[kind] = items
+        record["group_n"] = [r["moments"]["n"] for kind in ("variable_based", "model_based")
+                             for r in record[kind].values() if "moments" in r]
+        out[part] = record
+    return {"datasets": out}, {c: [lo, hi] for c, (lo, hi) in bounds.items()}
+
+
+def _dp_rows(aggregates: dict[str, Any]) -> int:
+    return sum(max((item["n_total"] for item in record["variable_based"].values()), default=0)
+               for record in aggregates["datasets"].values())
 
 
 class DescriptiveStats(SpecAlgorithm):
@@ -212,3 +274,8 @@ class DescriptiveStats(SpecAlgorithm):
                     "data": self._render(self._merge(records), code, model),
                 })
         return Step(done=True, result=json_ready(result))
+
+    # -- privacy capabilities (mipflow.algorithms.contract) ------------------------------------
+
+    secure_aggregation = "explicit_only"  # pooled rows only: see the module docstring
+    dp_release = DPRelease(_dp_blocks, _dp_release, _dp_rows)

@@ -347,6 +347,18 @@ class KMeans(SpecAlgorithm):
             "initial_centers": state["initial_centers"],
         })
 
+    # -- privacy capabilities (mipflow.algorithms.contract) ------------------------------------
+
+    secure_aggregation = "automatic"  # init "pca" only: see secure_aggregation_refusal
+
+    def differencing_partition(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
+                               state: dict | None) -> np.ndarray | None:
+        """A Lloyd round's assignment of the rows to the state's centres (the node's own, ADR 0013)."""
+        if round < 1 or not state or "centers" not in state:
+            return None
+        labels, _ = assign(_columns(data, request), np.asarray(state["centers"], dtype=float))
+        return labels
+
 
 def _columns(data: pd.DataFrame, request: AnalysisRequest) -> np.ndarray:
     """The ``y`` columns as a float array, one variable per row, shape (d, n); kept between rounds."""

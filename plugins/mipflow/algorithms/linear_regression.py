@@ -36,6 +36,8 @@ from mipflow.algorithms.design import (
     select_design_columns,
     sum_level_counts,
 )
+from mipflow.algorithms.dp_release import (DPRelease, Noise, Released, bounded_columns, moments_from_noisy_sums,
+                                          moments_rows, noisy_sums, one_block)
 from mipflow.algorithms.moments import compute_moments, merge_moment_dicts
 from mipflow.exceptions import RequestError
 from mipflow.protocol.datamodel import DataModel
@@ -90,6 +92,44 @@ def solve_centred(cxx: np.ndarray, cxy: np.ndarray, names: list[str]) -> tuple[n
     corr_inv = np.linalg.inv(corr)
     coef = np.linalg.solve(corr, cxy / scale) / scale
     return coef, corr_inv / np.outer(scale, scale)
+
+
+# --------------------------------------------------------------------------- differential privacy
+# The noisy release a node with dp_enabled makes (LinearRegression.dp_release, ADR 0021).
+
+
+def dp_columns(request: AnalysisRequest, model: DataModel) -> list[tuple[str, str]]:
+    """The candidate design columns (the local step's order) and ``y``, with their kinds."""
+    kinds = {}
+    for code in request.x:
+        var = model.variable(code)
+        if var.is_categorical:
+            kinds.update({name: code for name in design_columns([code], model, intercept=False)})
+    return [(name, kinds.get(name, "numerical")) for name in design_columns(request.x, model, intercept=False)] + \
+        [(request.y[0], "numerical")]
+
+
+def _dp_release(algo: LinearRegression, data: pd.DataFrame, request: AnalysisRequest, model: DataModel,
+                noise: Noise) -> Released:
+    """Noisy sufficient statistics of the design columns and ``y``, in the local step's shape."""
+    from mipflow.algorithms.design import sorted_levels
+
+    cols = bounded_columns(data, dp_columns(request, model), model, algo.name)
+    moments = moments_from_noisy_sums(cols, *noisy_sums(cols, noise))
+    # rows per level: the noisy indicator sums, rounded (post-processing)
+    s1 = dict(zip(cols.names, np.asarray(moments["mean"]) * moments["n"]))
+    counts = {code: [max(int(round(s1[f"{code}[{level}]"])), 0) for level in sorted_levels(model.variable(code))]
+              for code in request.x if model.variable(code).is_categorical}
+    return {"moments": moments, "level_counts": counts,
+            "group_n": [c for code in request.x for c in counts.get(code, [])]}, cols.clamped
+
+
+#: What a noisy linear regression's result is, stated in its privacy label.
+DP_NOTE = (
+    "linear_regression from noisy sufficient statistics (row count, sums and sums of products of the design "
+    "columns and y, values clamped to the declared ranges, indicators in [0, 1]): the coefficients are computed "
+    "from them; standard errors, t statistics, p-values, confidence intervals, R-squared and F are computed from "
+    "the noisy statistics as if they were exact and leave out the noise's own variance")
 
 
 class LinearRegression(SpecAlgorithm):
@@ -178,3 +218,12 @@ class LinearRegression(SpecAlgorithm):
             "lower_ci": coef - q * std_err,
             "upper_ci": coef + q * std_err,
         }))
+
+    # -- privacy capabilities (mipflow.algorithms.contract) ------------------------------------
+
+    secure_aggregation = "automatic"
+    dp_release = DPRelease(one_block, _dp_release, moments_rows, DP_NOTE)
+
+    def parameter_count(self, request: AnalysisRequest, model: DataModel) -> int | None:
+        """The model's parameters, checked against ``nfilter_glm``: one per design column."""
+        return len(design_columns(request.x, model))

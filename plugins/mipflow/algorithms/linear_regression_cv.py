@@ -133,3 +133,8 @@ class LinearRegressionCV(CrossValidated, LinearRegression):
                       "coefficients": [m["coefficients"] for m in state["models"]]},
         })
 
+    # -- privacy capabilities (mipflow.algorithms.contract) ------------------------------------
+
+    # per-fold statistics and no noisy release (not those of LinearRegression)
+    secure_aggregation = "unsupported"
+    dp_release = None

@@ -215,6 +215,14 @@ class LogisticRegression(SpecAlgorithm):
             "bic": -2.0 * loglik + math.log(n) * k,
         })
 
+    # -- privacy capabilities (mipflow.algorithms.contract) ------------------------------------
+
+    secure_aggregation = "automatic"
+
+    def parameter_count(self, request: AnalysisRequest, model: DataModel) -> int | None:
+        """The model's parameters, checked against ``nfilter_glm``: one per design column."""
+        return len(design_columns(request.x, model))
+
 
 #: Rows per block of :func:`newton_sums`: the block's temporaries (a few arrays of
 #: ``BLOCK_ROWS`` x p doubles) stay in the CPU cache instead of streaming through memory.

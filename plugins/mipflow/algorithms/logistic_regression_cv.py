@@ -171,3 +171,7 @@ class LogisticRegressionCV(CrossValidated, LogisticRegression):
                       "coefficients": [m["coefficients"] for m in state["models"]],
                       "n_train": n_train},
         })
+
+    # -- privacy capabilities (mipflow.algorithms.contract) ------------------------------------
+
+    secure_aggregation = "unsupported"  # per-fold statistics (not those of LogisticRegression)

@@ -37,6 +37,7 @@ from mipflow.algorithms.contract import (
     Step,
 )
 from mipflow.algorithms.design import category_codes, numeric_values
+from mipflow.algorithms.dp_release import DPRelease, Noise, Released, declared_bounds
 from mipflow.exceptions import RequestError
 from mipflow.protocol.datamodel import DataModel, Variable
 from mipflow.protocol.request import AnalysisRequest
@@ -56,6 +57,43 @@ def bin_counter(values: np.ndarray, bins: int, value_range: tuple[float, float])
     def count(mask: np.ndarray) -> list[int]:
         return np.histogram(values[mask], bins=bins, range=value_range)[0].astype(int).tolist()
     return count
+
+
+# --------------------------------------------------------------------------- differential privacy
+# The noisy release a node with dp_enabled makes (MultipleHistograms.dp_release, ADR 0015).
+
+
+def _dp_blocks(algo: MultipleHistograms, request: AnalysisRequest, model: DataModel) -> int:
+    return 1 + len(request.x)
+
+
+def _dp_release(algo: MultipleHistograms, data: pd.DataFrame, request: AnalysisRequest, model: DataModel,
+                noise: Noise) -> Released:
+    """Noisy bin counts over the declared range (values clamped into it) or the enumerations."""
+    yvar = model.variable(request.y[0])
+    clamped: dict[str, list[float]] = {}
+    if yvar.is_categorical:
+        count = level_counter(category_codes(data[yvar.code], yvar).to_numpy(), yvar.enumeration_codes)
+    else:
+        lo, hi = declared_bounds(model, yvar.code, algo.name)
+        clamped[yvar.code] = [lo, hi]
+        count = bin_counter(np.clip(numeric_values(data[yvar.code]), lo, hi),
+                            algo.params(request, model)["bins"], (lo, hi))
+
+    records = []
+    for grouping_var, level in algo._groups(request, model):
+        if grouping_var is None:
+            mask, block, part = np.ones(len(data), dtype=bool), "overall", ""
+        else:
+            codes = category_codes(data[grouping_var], model.variable(grouping_var)).to_numpy()
+            mask, block, part = codes == level, f"by/{grouping_var}", str(level)
+        noisy = np.maximum(noise.add(count(mask), 1, block=block, part=part, integer=True), 0)
+        records.append({"grouping_var": grouping_var, "grouping_enum": level, "counts": noisy.tolist()})
+    return {"histograms": records}, clamped
+
+
+def _dp_rows(aggregates: dict[str, Any]) -> int:
+    return int(sum(aggregates["histograms"][0]["counts"]))
 
 
 class MultipleHistograms(SpecAlgorithm):
@@ -147,3 +185,7 @@ class MultipleHistograms(SpecAlgorithm):
             histograms.append({"var": yvar.code, "grouping_var": grouping_var,
                                "grouping_enum": level, "bins": edges, "counts": counts})
         return Step(done=True, result=json_ready({"histogram": histograms}))
+
+    # -- privacy capabilities (mipflow.algorithms.contract) ------------------------------------
+
+    dp_release = DPRelease(_dp_blocks, _dp_release, _dp_rows)

@@ -25,6 +25,8 @@ from mipflow.algorithms.contract import (
     Step,
 )
 from mipflow.algorithms.design import numeric_values
+from mipflow.algorithms.dp_release import (DPRelease, Noise, Released, bounded_columns, moments_from_noisy_sums,
+                                          moments_rows, noisy_sums, one_block)
 from mipflow.algorithms.moments import compute_moments, merge_moment_dicts
 from mipflow.exceptions import RequestError
 from mipflow.protocol.datamodel import DataModel
@@ -42,6 +44,24 @@ def correlation_tests(r: np.ndarray, n: int, alpha: float) -> tuple[np.ndarray, 
         half = stats.norm.ppf(1.0 - alpha / 2.0) / np.sqrt(n - 3) if n > 3 else np.nan
         low, high = np.tanh(z - half), np.tanh(z + half)
     return pvalues, low, high
+
+
+# --------------------------------------------------------------------------- differential privacy
+# The noisy release a node with dp_enabled makes (PearsonCorrelation.dp_release, ADR 0021).
+
+
+def _dp_release(algo: PearsonCorrelation, data: pd.DataFrame, request: AnalysisRequest, model: DataModel,
+                noise: Noise) -> Released:
+    """Noisy sufficient statistics of the variables (``y`` then ``x``), in the local step's shape."""
+    cols = bounded_columns(data, [(c, "numerical") for c in algo.variables(request)], model, algo.name)
+    return {"moments": moments_from_noisy_sums(cols, *noisy_sums(cols, noise))}, cols.clamped
+
+
+#: What a noisy correlation's result is, stated in its privacy label.
+DP_NOTE = (
+    "pearson_correlation from noisy sufficient statistics (row count, sums and sums of products, values clamped "
+    "to the declared ranges): correlations are clipped to [-1, 1]; p-values and confidence intervals are computed "
+    "from the noisy statistics as if they were exact and leave out the noise's own variance")
 
 
 class PearsonCorrelation(SpecAlgorithm):
@@ -86,3 +106,8 @@ class PearsonCorrelation(SpecAlgorithm):
             "low_confidence_intervals": matrix(low),
             "high_confidence_intervals": matrix(high),
         }))
+
+    # -- privacy capabilities (mipflow.algorithms.contract) ------------------------------------
+
+    secure_aggregation = "automatic"
+    dp_release = DPRelease(one_block, _dp_release, moments_rows, DP_NOTE)

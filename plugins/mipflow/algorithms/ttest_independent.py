@@ -93,3 +93,7 @@ class TTestIndependent(SpecAlgorithm):
             "ci_upper": high,
             "cohens_d": diff / pooled_sd,
         }))
+
+    # -- privacy capabilities (mipflow.algorithms.contract) ------------------------------------
+
+    secure_aggregation = "automatic"

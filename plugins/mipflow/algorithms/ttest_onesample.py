@@ -73,3 +73,7 @@ class TTestOneSample(SpecAlgorithm):
             "ci_upper": high,
             "cohens_d": (mean - params["mu"]) / sd,
         }))
+
+    # -- privacy capabilities (mipflow.algorithms.contract) ------------------------------------
+
+    secure_aggregation = "automatic"

@@ -83,3 +83,7 @@ class TTestPaired(SpecAlgorithm):
             "ci_upper": high,
             "cohens_d": mean_diff / math.sqrt((var_x + var_y) / 2.0),
         }))
+
+    # -- privacy capabilities (mipflow.algorithms.contract) ------------------------------------
+
+    secure_aggregation = "automatic"

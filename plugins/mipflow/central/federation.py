@@ -283,7 +283,7 @@ def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequen
         dropped = False
 
         def finish(step: Any, rounds: int, stopped: dict[str, Any]) -> AnalysisOutcome:
-            from mipflow.node.controls.dp import privacy_block
+            from mipflow.protocol.privacy import privacy_block
 
             if step.result is None:
                 raise FederationError(f"{algorithm_name} finished without a result")

@@ -28,6 +28,7 @@ from statsmodels.duration.survfunc import SurvfuncRight, survdiff
 
 from mipflow.algorithms import get_algorithm, prepare_local_data, run_in_process
 from mipflow.protocol.wire import transport
+from mipflow.algorithms.contract import SpecAlgorithm
 from mipflow.algorithms.packed import unpack
 from mipflow.algorithms.survival import safe_bins
 from mipflow.node.home import NodeSettings
@@ -348,7 +349,7 @@ def test_fine_counts_are_refused_by_a_node_without_the_coarsening_step() -> None
     alg = get_algorithm("kaplan_meier")
     fine = alg.local_step(0, prepare_local_data(alg, data, req), req, STROKE, None)
 
-    class Plain:  # an algorithm object without coarsen_for_release
+    class Plain(SpecAlgorithm):  # an algorithm object without its own coarsen_for_release (the default)
         name = "kaplan_meier"
 
     with pytest.raises(DisclosureError, match="nfilter_tab"):

@@ -15,20 +15,22 @@ Checks run in three places:
    ``nfilter_tab`` refuse the whole step.  An algorithm may first coarsen its
    aggregates to the node's ``nfilter_tab`` (``coarsen_for_release``, e.g.
    survival time bins merged until no count is small); the checks still run.
+
+What each algorithm needs checked it states itself (privacy capabilities of
+:class:`mipflow.algorithms.contract.Algorithm`): ``parameter_count`` (for
+``nfilter_glm``), ``fold_sizes`` and ``coarsen_for_release``.
 """
 from __future__ import annotations
 
 from typing import Any, Iterable
 
+from mipflow.algorithms.contract import Algorithm
 from mipflow.node.home import NodeSettings
 from mipflow.protocol.datamodel import DataModel
 from mipflow.exceptions import DisclosureError
 
 #: Keys that would carry a raw extreme value of one patient.
 RAW_EXTREME_KEYS = frozenset({"min", "max", "minimum", "maximum", "q1", "q2", "q3", "median", "quantiles"})
-#: Algorithms whose parameter count is checked against nfilter_glm.
-MODEL_ALGORITHMS = frozenset({"linear_regression", "logistic_regression", "cox_regression",
-                              "linear_regression_cv", "logistic_regression_cv"})
 
 
 class DisclosureControls:
@@ -51,7 +53,7 @@ class DisclosureControls:
                 raise DisclosureError(f"a string in the request is longer than nfilter_string ({limit})",
                                       control="nfilter_string")
 
-    def check_request(self, algorithm: Any, request: Any, model: DataModel) -> None:
+    def check_request(self, algorithm: Algorithm, request: Any, model: DataModel) -> None:
         """Refuse categorical variables with more levels than ``nfilter_levels_max``."""
         limit = self.settings.nfilter_levels_max
         for code in algorithm.variables(request):
@@ -60,7 +62,7 @@ class DisclosureControls:
                 raise DisclosureError(f"variable {code!r} has {len(var.enumerations)} levels, more than "
                                       f"nfilter_levels_max ({limit})", control="nfilter_levels_max")
 
-    def check_rows(self, algorithm: Any, request: Any, model: DataModel, n_rows: int) -> None:
+    def check_rows(self, algorithm: Algorithm, request: Any, model: DataModel, n_rows: int) -> None:
         """Refuse a step on fewer than ``min_row_count`` rows, a filter selecting fewer than
         ``nfilter_subset`` rows, or a model with more than ``nfilter_glm`` parameters per row."""
         s = self.settings
@@ -70,31 +72,27 @@ class DisclosureControls:
         if request.filters and 0 < n_rows < s.nfilter_subset:
             raise DisclosureError(f"the filter selects fewer than nfilter_subset ({s.nfilter_subset}) rows",
                                   control="nfilter_subset")
-        if algorithm.name in MODEL_ALGORITHMS:
-            from mipflow.algorithms.design import design_columns
-
-            n_params = len(design_columns(request.x, model))
-            if n_params > s.nfilter_glm * n_rows:
-                raise DisclosureError(f"{n_params} parameters for {n_rows} rows exceeds nfilter_glm "
-                                      f"({s.nfilter_glm} parameters per row)", control="nfilter_glm")
-        fold_sizes = getattr(algorithm, "fold_sizes", None)
+        n_params = algorithm.parameter_count(request, model)
+        if n_params is not None and n_params > s.nfilter_glm * n_rows:
+            raise DisclosureError(f"{n_params} parameters for {n_rows} rows exceeds nfilter_glm "
+                                  f"({s.nfilter_glm} parameters per row)", control="nfilter_glm")
+        fold_sizes = algorithm.fold_sizes(request, n_rows)
         if fold_sizes is not None:
             # cross-validation releases statistics of every fold: each fold is checked as a step
-            smallest = min(fold_sizes(request, n_rows))
+            smallest = min(fold_sizes)
             if smallest < s.min_row_count:
                 raise DisclosureError(f"a cross-validation fold of {smallest} row(s) is smaller than "
                                       f"min_row_count ({s.min_row_count})", control="min_row_count")
-            if algorithm.name in MODEL_ALGORITHMS and n_params > s.nfilter_glm * smallest:
+            if n_params is not None and n_params > s.nfilter_glm * smallest:
                 raise DisclosureError(f"{n_params} parameters for a fold of {smallest} rows exceeds "
                                       f"nfilter_glm ({s.nfilter_glm} parameters per row)", control="nfilter_glm")
 
     # -- the aggregates -----------------------------------------------------------
-    def release(self, algorithm: Any, request: Any, model: DataModel, round_no: int,
+    def release(self, algorithm: Algorithm, request: Any, model: DataModel, round_no: int,
                 aggregates: dict[str, Any]) -> dict[str, Any]:
         """Check and clean aggregates before they leave the node."""
-        coarsen = getattr(algorithm, "coarsen_for_release", None)
-        if coarsen is not None:  # e.g. survival: time bins merged until no count is below nfilter_tab
-            aggregates = coarsen(round_no, aggregates, self.settings.nfilter_tab)
+        # e.g. survival: time bins merged until no count is below nfilter_tab (default: as they are)
+        aggregates = algorithm.coarsen_for_release(round_no, aggregates, self.settings.nfilter_tab)
         if not self.settings.release_extremes:
             _refuse_raw_extremes(aggregates)
         tab = self.settings.nfilter_tab

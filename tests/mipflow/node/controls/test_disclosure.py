@@ -2,12 +2,13 @@ from __future__ import annotations
 
 import pytest
 
+from mipflow.algorithms.contract import SpecAlgorithm
 from mipflow.node.home import NodeSettings
 from mipflow.node.controls.disclosure import DisclosureControls
 from mipflow.exceptions import DisclosureError
 
 
-class Algo:
+class Algo(SpecAlgorithm):  # the contract's defaults: no coarsening, no folds, not a model
     name = "multiple_histograms"
 
 

@@ -14,18 +14,17 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import stats
 
 from mipflow.algorithms import AnalysisRequest, get_algorithm, run_in_process
 from mipflow.node.home import NodeSettings
 from mipflow.protocol.datamodel import load_data_model
-from mipflow.node.controls.dp import DP_MECHANISMS, NodePrivacy, QueryNoise, privacy_block
+from mipflow.node.controls.dp import NodePrivacy
+from mipflow.node.controls.dp_noise import QueryNoise
 from mipflow.exceptions import ConfigError, DisclosureError
 from mipflow.node.controls.privacy_budget import (
     LEDGER_FILE, PrivacyCost, PrivacyLedger, compose, pure_to_rho, rho_to_epsilon,
 )
 
-DRAWS = 20_000
 
 
 @pytest.fixture(scope="module")
@@ -67,54 +66,6 @@ def test_dp_is_off_by_default_and_settings_are_checked():
     assert settings.with_value("dp_exempt_algorithms", "pca, anova").dp_exempt_algorithms == "anova,pca"
 
 
-# --------------------------------------------------------------------------- the noise
-
-
-def _discrete_laplace_variance(scale: float) -> float:
-    q = math.exp(-1.0 / scale)
-    return 2 * q / (1 - q) ** 2
-
-
-@pytest.mark.parametrize("mechanism,integer", [("laplace", True), ("laplace", False),
-                                               ("gaussian", True), ("gaussian", False)])
-def test_noise_has_the_mechanisms_distribution(mechanism, integer):
-    noise = QueryNoise(mechanism, epsilon=0.8, delta=1e-6, blocks=4)
-    sensitivity = 1 if integer else 2.5
-    scale = noise.scale(sensitivity)
-    if mechanism == "laplace":
-        assert scale == pytest.approx(sensitivity * 4 / 0.8, rel=1e-12)
-    else:
-        assert scale == pytest.approx(sensitivity / math.sqrt(2 * noise.rho / 4), rel=1e-12)
-    draws = noise.add([0] * DRAWS if integer else [0.0] * DRAWS, sensitivity, block="b", integer=True
-                      if integer else False).astype(float)
-    assert draws.std() > 0 and np.count_nonzero(draws) > DRAWS / 2  # the noise is there
-    if mechanism == "laplace":
-        expected_var = _discrete_laplace_variance(scale) if integer else 2 * scale ** 2
-        kurtosis = 6.0
-    else:
-        expected_var, kurtosis = scale ** 2, 3.0  # discrete Gaussian: sigma**2 up to e**(-2 pi**2 sigma**2)
-    # Var(s^2) ~ (mu4 - sigma^4) / n: five standard errors
-    assert abs(draws.var() / expected_var - 1) < 5 * math.sqrt((kurtosis - 1) / DRAWS)
-    assert abs(draws.mean()) < 5 * math.sqrt(expected_var / DRAWS)  # unbiased
-    if not integer:
-        reference = stats.laplace(scale=scale) if mechanism == "laplace" else stats.norm(scale=scale)
-        assert stats.kstest(draws, reference.cdf).pvalue > 1e-4
-
-
-def test_step_cost_is_what_opendp_maps_and_blocks_split_it():
-    for mechanism in ("laplace", "gaussian"):
-        noise = QueryNoise(mechanism, epsilon=0.6, delta=1e-6, blocks=3)
-        for block in ("a", "b", "c"):  # three blocks, two disjoint parts each
-            for part in ("d0", "d1"):
-                noise.add([5, 7], 1, block=block, part=part, integer=True)
-        cost = noise.cost()
-        assert cost.epsilon == pytest.approx(0.6, rel=1e-9)  # parts compose in parallel, blocks sequentially
-        if mechanism == "gaussian":
-            assert cost.delta == 1e-6 and cost.rho == pytest.approx(noise.rho, rel=1e-12)
-            # OpenDP's conversion is at least as tight as rho + 2 sqrt(rho log(1/delta)) (Bun & Steinke)
-            assert cost.epsilon <= cost.rho + 2 * math.sqrt(cost.rho * math.log(1e6))
-
-
 # --------------------------------------------------------------------------- the releases
 
 
@@ -132,7 +83,7 @@ def test_descriptive_stats_release_is_the_exact_statistic_of_clamped_values_plus
     data.loc[5:20, "nihss_admission"] = np.nan
     algo = get_algorithm("descriptive_stats")
     req = request(stroke, "descriptive_stats", ["age", "nihss_admission", "sex"])
-    mech = DP_MECHANISMS["descriptive_stats"]
+    mech = get_algorithm("descriptive_stats").dp_release
     exact_noise = ExactNoise("laplace", 1.0, 0.0, mech.blocks(algo, req, stroke))
     released, clamped = mech.release(algo, data, req, stroke, exact_noise)
     assert clamped == {"age": [18.0, 90.0], "nihss_admission": [0.0, 42.0]}
@@ -161,7 +112,7 @@ def test_histogram_release_counts_clamped_values_and_adds_noise(stroke):
     data.loc[0, "age"] = 5.0  # below the declared minimum: counted in the first bin
     algo = get_algorithm("multiple_histograms")
     req = request(stroke, "multiple_histograms", ["age"], ["sex", "stroke_type"], bins=6)
-    mech = DP_MECHANISMS["multiple_histograms"]
+    mech = get_algorithm("multiple_histograms").dp_release
     assert mech.blocks(algo, req, stroke) == 3
     exact, clamped = mech.release(algo, data, req, stroke, ExactNoise("laplace", 1.0, 0.0, 3))
     assert clamped == {"age": [18.0, 90.0]}
@@ -180,7 +131,7 @@ def test_one_patient_changes_the_output_distribution_by_at_most_e_to_the_epsilon
     with_patient = pd.concat([data, data.iloc[[0]].assign(age=89.5)], ignore_index=True)
     algo = get_algorithm("multiple_histograms")
     req = request(stroke, "multiple_histograms", ["age"], bins=2)
-    mech = DP_MECHANISMS["multiple_histograms"]
+    mech = get_algorithm("multiple_histograms").dp_release
     epsilon, reps = 1.0, 3000
     outputs = {}
     for name, frame in (("without", data), ("with", with_patient)):
@@ -278,12 +229,3 @@ def test_a_damaged_ledger_stops_the_node_rather_than_forget(tmp_path):
     (tmp_path / LEDGER_FILE).write_text('{"researcher": "alice", "mechanism": "laplace", "epsilon": 0.5}\nnot json\n')
     with pytest.raises(ConfigError, match="line 2"):
         PrivacyLedger(tmp_path)
-
-
-def test_privacy_block_names_noisy_and_exact_nodes():
-    label = {"mechanism": "laplace", "epsilon": 0.5, "delta": 0.0, "rho": None, "clamped": {"age": [18.0, 90.0]},
-             "neighbouring": "add or remove one row"}
-    block = privacy_block({"a": [label], "c": [label]}, ["a", "b"])  # c did not contribute
-    assert block["approximate"] is True and block["exact_nodes"] == ["b"]
-    assert block["noisy_nodes"] == {"a": {**label, "releases": 1}}
-    assert privacy_block({}, ["a", "b"]) == {}

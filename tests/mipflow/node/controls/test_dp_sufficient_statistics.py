@@ -21,13 +21,16 @@ import pytest
 from scipy import stats
 
 from mipflow.algorithms import AnalysisRequest, get_algorithm, run_in_process
-from mipflow.algorithms.linear_regression import NOT_POSITIVE_DEFINITE, solve_centred
+from mipflow.algorithms.dp_release import (
+    bounded_columns, moment_sensitivity, moments_from_noisy_sums, noisy_sums, released_pairs,
+)
+from mipflow.algorithms.linear_regression import DP_NOTE as LINEAR_REGRESSION_NOTE
+from mipflow.algorithms.linear_regression import NOT_POSITIVE_DEFINITE, dp_columns, solve_centred
 from mipflow.node.home import NodeSettings
 from mipflow.protocol.datamodel import DataModel, load_data_model
-from mipflow.node.controls.dp import (
-    DP_MECHANISMS, LINEAR_REGRESSION_NOTE, NodePrivacy, QueryNoise, _linear_regression_columns, _released_pairs,
-    bounded_columns, moment_sensitivity, moments_from_noisy_sums, noisy_sums, privacy_block,
-)
+from mipflow.node.controls.dp import NodePrivacy
+from mipflow.node.controls.dp_noise import QueryNoise
+from mipflow.protocol.privacy import privacy_block
 from mipflow.exceptions import DisclosureError, RequestError
 from mipflow.node.controls.privacy_budget import LEDGER_FILE
 
@@ -70,7 +73,7 @@ class ExactNoise(QueryNoise):
 def one_row_vector(group: tuple[str, ...], v: np.ndarray) -> np.ndarray:
     """What one row with scaled values ``v`` adds to the released vector."""
     w = np.concatenate([[1.0], v])
-    return np.array([w[j] * w[l] for j, l in _released_pairs(group)])
+    return np.array([w[j] * w[l] for j, l in released_pairs(group)])
 
 
 def extreme_rows(group: tuple[str, ...]):
@@ -114,10 +117,10 @@ def test_removing_any_row_changes_the_released_sums_by_at_most_the_sensitivity(s
     data.loc[0, "age"], data.loc[1, "nihss_admission"], data.loc[2, "age"] = 400.0, -30.0, -5.0  # clamped
     req = request(stroke, ["age"], ["nihss_admission", "sex", "stroke_type"])
     def released(frame):
-        cols = bounded_columns(frame, _linear_regression_columns(req, stroke), stroke, "linear_regression")
+        cols = bounded_columns(frame, dp_columns(req, stroke), stroke, "linear_regression")
         n, s1, s2 = noisy_sums(cols, ExactNoise("laplace", 1.0, 0.0, 1))
         full = np.block([[np.array([[n]]), s1[None, :]], [s1[:, None], s2]])
-        return cols, np.array([full[j, l] for j, l in _released_pairs(cols.group)])
+        return cols, np.array([full[j, l] for j, l in released_pairs(cols.group)])
 
     cols, everything = released(data)
     assert cols.group == ("sex", "sex", "stroke_type", "stroke_type", "stroke_type", "", "")
@@ -139,7 +142,7 @@ def test_release_without_noise_is_the_exact_regression_of_clamped_values(stroke)
     data.loc[3, "age"] = 130.0  # outside 18..90: clamped to 90
     algo = get_algorithm("linear_regression")
     req = request(stroke, ["age"], ["nihss_admission", "sex", "stroke_type", "glucose_mmol"])
-    mech = DP_MECHANISMS["linear_regression"]
+    mech = get_algorithm("linear_regression").dp_release
     released, clamped = mech.release(algo, data, req, stroke, ExactNoise("laplace", 1.0, 0.0, 1))
     assert clamped == {"nihss_admission": [0.0, 42.0], "glucose_mmol": [1.0, 40.0], "age": [18.0, 90.0]}
     exact = algo.local_step(0, data.assign(age=data["age"].clip(18, 90)), req, stroke, None)
@@ -154,7 +157,7 @@ def test_release_without_noise_is_the_exact_regression_of_clamped_values(stroke)
     noisy, _ = mech.release(algo, data, req, stroke, QueryNoise("laplace", 1.0, 0.0, 1))
     assert noisy["moments"]["m2"] != released["moments"]["m2"]
     assert set(noisy) == set(exact) and len(noisy["moments"]["mean"]) == len(exact["moments"]["mean"])
-    names = [name for name, _ in _linear_regression_columns(req, stroke)]
+    names = [name for name, _ in dp_columns(req, stroke)]
     age = np.asarray(noisy["moments"]["mean"])[names.index("age")]
     assert 18 <= age <= 90
 
@@ -163,7 +166,7 @@ def test_pearson_release_without_noise_is_exact(stroke):
     data = stroke_rows(3, 400)
     algo = get_algorithm("pearson_correlation")
     req = request(stroke, ["age", "nihss_admission"], ["glucose_mmol"])
-    mech = DP_MECHANISMS["pearson_correlation"]
+    mech = get_algorithm("pearson_correlation").dp_release
     released, clamped = mech.release(algo, data, req, stroke, ExactNoise("gaussian", 1.0, 1e-6, 1))
     assert set(clamped) == {"age", "nihss_admission", "glucose_mmol"}
     reference = run_in_process(algo, [data], req, stroke)
@@ -194,8 +197,8 @@ def test_moments_are_kept_in_range_after_the_noise(stroke):
 def test_noise_on_the_sufficient_statistics_has_the_calibrated_scale(stroke, mechanism):
     data = stroke_rows(5, 60)
     req = request(stroke, ["age"], ["nihss_admission", "sex"])
-    cols = bounded_columns(data, _linear_regression_columns(req, stroke), stroke, "linear_regression")
-    pairs = _released_pairs(cols.group)
+    cols = bounded_columns(data, dp_columns(req, stroke), stroke, "linear_regression")
+    pairs = released_pairs(cols.group)
 
     def entries(n, s1, s2):
         full = np.block([[np.array([[n]]), s1[None, :]], [s1[:, None], s2]])

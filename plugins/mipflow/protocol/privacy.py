@@ -1,0 +1,80 @@
+"""The privacy label of differentially private releases, as the node states it and the central side sums it up.
+
+A node that adds noise (:mod:`mipflow.node.controls.dp`) sends with its step
+reply a ``privacy`` label (:func:`noise_label`: mechanism, epsilon, delta, rho,
+clamped ranges, the neighbouring relation, what the researcher spent and the
+budget, and a ``note`` on what the noisy result is); the central site turns
+the labels of the nodes that contributed into the result's ``privacy`` block
+(:func:`privacy_block`).  Both sides read the same shape from here.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+#: The neighbouring relation and unit every guarantee is stated for.
+NEIGHBOURING = "add or remove one row"
+
+
+def noise_label(*, mechanism: str, epsilon: float, delta: float, rho: float | None,
+                clamped: dict[str, list[float]], spent: dict[str, Any], budget: dict[str, Any],
+                note: str = "") -> dict[str, Any]:
+    """The ``privacy`` label of one noisy step reply.
+
+    Parameters
+    ----------
+    mechanism : str
+        ``"laplace"`` or ``"gaussian"``.
+    epsilon, delta : float
+        What the step cost (delta 0 for Laplace).
+    rho : float or None
+        The step's zCDP cost (Gaussian only).
+    clamped : dict
+        Declared ``[lo, hi]`` of each variable whose values were clamped.
+    spent, budget : dict
+        The researcher's spending at the node after this step, and the node's budget.
+    note : str
+        What the noisy result is (and is not); left out when empty.
+    """
+    label = {"mechanism": mechanism, "library": "opendp", "epsilon": epsilon, "delta": delta, "rho": rho,
+             "neighbouring": NEIGHBOURING, "clamped": clamped, "spent": spent, "budget": budget}
+    if note:
+        label["note"] = note
+    return label
+
+
+def privacy_block(labels: dict[str, list[dict[str, Any]]], contributed: Sequence[str]) -> dict[str, Any]:
+    """The ``privacy`` block of a central result: which nodes added noise, how, at what cost.
+
+    Parameters
+    ----------
+    labels : dict
+        Node name -> the ``privacy`` labels of its step replies (one per round that added noise).
+    contributed : sequence of str
+        The nodes whose aggregates made the result.
+
+    Returns
+    -------
+    dict
+        Empty when no contributing node added noise (the result is exact).
+    """
+    noisy = {name: labels[name] for name in contributed if labels.get(name)}
+    if not noisy:
+        return {}
+    nodes = {}
+    for name, items in noisy.items():
+        first = items[0]
+        nodes[name] = {"mechanism": first["mechanism"], "epsilon": math.fsum(i["epsilon"] for i in items),
+                       "delta": max(i["delta"] for i in items), "rho": first.get("rho"),
+                       "clamped": first.get("clamped", {}), "neighbouring": first.get("neighbouring", NEIGHBOURING),
+                       "releases": len(items)}
+        if first.get("note"):
+            nodes[name]["note"] = first["note"]
+    block = {"approximate": True, "method": "differential privacy, noise added at the nodes",
+             "noisy_nodes": nodes, "exact_nodes": sorted(set(contributed) - set(noisy)),
+             "note": "statistics are approximate: each listed node added random noise calibrated to its epsilon "
+                     "(and delta); numerical values were clamped to the data model's declared ranges"}
+    derived = sorted({item["note"] for items in noisy.values() for item in items if item.get("note")})
+    if derived:  # what the derived statistics are (e.g. standard errors that leave out the noise)
+        block["derived"] = derived
+    return block

@@ -1,0 +1,107 @@
+"""The node's side of secure aggregation: mask its released aggregates for a secure sum.
+
+After its disclosure controls (and DP noise), a node asked for a masked
+release checks the participant list (its own key, its trust store), rewrites
+its aggregates into what is summed (the algorithm's ``secure_aggregates``),
+encodes them in the ring and adds its pairwise masks.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from mipflow.exceptions import DisclosureError, RequestError
+from mipflow.secagg.codec import RING, SCHEME, additive_form, encode
+from mipflow.secagg.crypto import KeyPair, context_digest, load_keypair, mask, public_key
+from mipflow.secagg.policy import as_request, refusal
+from mipflow.secagg.trust import TrustStore
+
+#: Largest participant list a node accepts.
+MAX_PARTICIPANTS = 64
+
+
+def parse_participants(spec: Any) -> dict[str, bytes]:
+    """``{"participants": [{"node": name, "public_key": hex}, ...]}`` -> name -> key.
+
+    Raises
+    ------
+    RequestError
+        If the list is malformed, too long, or names a node or key twice.
+    """
+    if not isinstance(spec, Mapping) or spec.get("scheme") != SCHEME:
+        raise RequestError(f"secure_aggregation must name the scheme {SCHEME!r} and list its participants")
+    items = spec.get("participants")
+    if not isinstance(items, list) or not 2 <= len(items) <= MAX_PARTICIPANTS:
+        raise RequestError(f"secure aggregation needs 2 to {MAX_PARTICIPANTS} participants")
+    out: dict[str, bytes] = {}
+    for item in items:
+        if not isinstance(item, Mapping) or not isinstance(item.get("node"), str) or not item["node"]:
+            raise RequestError("each secure-aggregation participant needs a node name and a public key")
+        name = item["node"][:128]
+        if name in out:
+            raise RequestError(f"secure aggregation lists node {name!r} twice")
+        out[name] = public_key(item.get("public_key"), name)
+    if len(set(out.values())) != len(out):
+        raise RequestError("secure aggregation lists one public key for two nodes")
+    return out
+
+
+def secure_form(algorithm: str, aggregates: Mapping[str, Any], request: Any, model: Any) -> Any:
+    """What a node sums for ``algorithm``: the algorithm's ``secure_aggregates`` form of its
+    released aggregates (run after the controls; as released unless the algorithm rewrites them)."""
+    from mipflow.algorithms import get_algorithm
+
+    return get_algorithm(algorithm).secure_aggregates(aggregates, as_request(request), model)
+
+
+def mask_release(root: str | Path, node_name: str, algorithm: str, request: Mapping[str, Any],
+                 round_no: int, state: Any, analysis_id: str | None, spec: Any,
+                 aggregates: Mapping[str, Any], *, model: Any = None) -> dict[str, Any]:
+    """What a node releases under secure aggregation, in place of ``aggregates``.
+
+    Runs after the node's disclosure controls (``aggregates`` is what they
+    released; ``model`` is the data model, for :func:`secure_form`).  Returns
+    ``{"secure_aggregation": {"scheme", "layout", "masked": [hex, ...]}}``.
+
+    Raises
+    ------
+    RequestError
+        If the algorithm (or this request of it) does not support secure
+        aggregation or the call is malformed.
+    DisclosureError
+        (control ``secure_aggregation``) if the node is not among the
+        participants under its own key, or a peer's key is not trusted.
+    """
+    reason = refusal(algorithm, request)
+    if reason is not None:
+        raise RequestError(reason)
+    if not analysis_id:
+        raise RequestError("secure aggregation needs the analysis_id (it is bound into the masks)")
+    participants = parse_participants(spec)
+    own = load_keypair(root)
+    if participants.get(node_name) != own.public_bytes:
+        raise DisclosureError(f"node {node_name!r} is not among the secure-aggregation participants under its "
+                              "own public key", control="secure_aggregation")
+    TrustStore(root).check({k: v for k, v in participants.items() if k != node_name})
+    context = context_digest(analysis_id=analysis_id, algorithm=algorithm, round_no=round_no,
+                             request=request, state=state, participants=participants.values())
+    return masked_release(own, participants.values(), context, secure_form(algorithm, aggregates, request, model))
+
+
+def masked_release(own: KeyPair, participants: Iterable[bytes], context: bytes,
+                   aggregates: Mapping[str, Any]) -> dict[str, Any]:
+    """``aggregates`` in additive form, fixed point, plus node ``own``'s pairwise masks.
+
+    Returns ``{"secure_aggregation": {"scheme", "layout", "masked": [hex, ...]}}``.
+    """
+    try:
+        plain = json.loads(json.dumps(aggregates, allow_nan=False))
+    except ValueError:
+        raise RequestError("secure aggregation cannot sum NaN or infinite aggregates") from None
+    layout, vector = additive_form(plain)
+    encoded = [encode(v) for v in vector]
+    masks = mask(own, participants, context, len(encoded))
+    masked = [(e + m) % RING for e, m in zip(encoded, masks)]
+    return {"secure_aggregation": {"scheme": SCHEME, "layout": layout,
+                                   "masked": [format(v, "x") for v in masked]}}

@@ -1,0 +1,118 @@
+"""Privacy capabilities (the "privacy capabilities" members of mipflow.algorithms.contract.Algorithm):
+every algorithm of the catalogue answers every one, and the algorithms that have each capability are
+those the controls' own lists named before the algorithms declared them (issue 12)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mipflow.algorithms import ALGORITHMS, Algorithm, get_algorithm, prepare_local_data
+from mipflow.algorithms.contract import SECURE_AGGREGATION, SpecAlgorithm
+from mipflow.algorithms.dp_release import DPRelease
+from tests.mipflow.algorithms.synthetic import MODEL, make_data, request
+from tests.mipflow.algorithms.test_contract import VALID
+
+#: Every capability member of the protocol.
+CAPABILITIES = ("secure_aggregation", "dp_release", "secure_aggregation_refusal", "secure_aggregates",
+                "parameter_count", "fold_sizes", "coarsen_for_release", "differencing_partition")
+
+# What the per-control lists said before the algorithms declared it themselves.
+#: secagg.SUPPORTED minus secagg.EXPLICIT_ONLY
+SECURE_AUTOMATIC = {"anova_oneway", "kmeans", "linear_regression", "logistic_regression", "pearson_correlation",
+                    "ttest_independent", "ttest_onesample", "ttest_paired"}
+#: secagg.EXPLICIT_ONLY
+SECURE_EXPLICIT_ONLY = {"descriptive_stats"}
+#: dp.DP_MECHANISMS (with the label's note where it had one)
+DP_NOTES = {"descriptive_stats": "", "multiple_histograms": "", "linear_regression": "noisy sufficient statistics",
+            "pearson_correlation": "noisy sufficient statistics"}
+#: disclosure.MODEL_ALGORITHMS
+MODELS = {"linear_regression", "logistic_regression", "cox_regression", "linear_regression_cv",
+          "logistic_regression_cv"}
+#: the algorithms with a fold_sizes hook
+CROSS_VALIDATED = {"linear_regression_cv", "logistic_regression_cv", "naive_bayes_gaussian_cv",
+                   "naive_bayes_categorical_cv"}
+#: the algorithms with a coarsen_for_release hook
+COARSENED = {"kaplan_meier", "cox_regression"}
+#: differencing tested algorithm == "kmeans"
+PARTITIONED = {"kmeans"}
+#: the algorithms with their own hook (the others keep the contract's default)
+OWN_REFUSAL = {"kmeans"}
+OWN_SECURE_FORM = {"descriptive_stats"}
+
+
+def _overrides(member: str) -> set[str]:
+    return {name for name, alg in ALGORITHMS.items()
+            if getattr(type(alg), member) is not getattr(SpecAlgorithm, member)}
+
+
+def test_the_catalogue_is_covered_by_the_requests_below() -> None:
+    assert set(VALID) == set(ALGORITHMS)
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_every_algorithm_answers_every_capability(name) -> None:
+    alg = get_algorithm(name)
+    assert isinstance(alg, Algorithm)
+    assert all(hasattr(alg, member) for member in CAPABILITIES)
+    req = VALID[name]
+    assert alg.secure_aggregation in SECURE_AGGREGATION
+    assert alg.dp_release is None or isinstance(alg.dp_release, DPRelease)
+    refusal = alg.secure_aggregation_refusal(req)
+    assert refusal is None or isinstance(refusal, str)
+    count = alg.parameter_count(req, MODEL)
+    assert count is None or (isinstance(count, int) and count >= 1)
+    folds = alg.fold_sizes(req, 100)
+    assert folds is None or (sum(folds) == 100 and len(folds) == alg.params(req, MODEL)["n_splits"])
+    data = prepare_local_data(alg, make_data(3, 60), req)
+    aggregates = alg.local_step(0, data, req, MODEL, None)
+    coarse = alg.coarsen_for_release(0, aggregates, 3)
+    assert isinstance(coarse, dict)
+    if name not in COARSENED:
+        assert coarse is aggregates
+    secure = alg.secure_aggregates(coarse, req, MODEL)
+    assert isinstance(secure, dict)
+    if name not in OWN_SECURE_FORM:
+        assert secure is coarse
+    assert alg.differencing_partition(0, data, req, None) is None  # round 0 releases no partition
+
+
+def test_the_capabilities_are_what_the_controls_listed_before() -> None:
+    by_support = {mode: {n for n, a in ALGORITHMS.items() if a.secure_aggregation == mode}
+                  for mode in SECURE_AGGREGATION}
+    assert by_support["automatic"] == SECURE_AUTOMATIC
+    assert by_support["explicit_only"] == SECURE_EXPLICIT_ONLY
+    assert by_support["unsupported"] == set(ALGORITHMS) - SECURE_AUTOMATIC - SECURE_EXPLICIT_ONLY
+    noisy = {n: a.dp_release for n, a in ALGORITHMS.items() if a.dp_release is not None}
+    assert set(noisy) == set(DP_NOTES)
+    for name, note in DP_NOTES.items():
+        assert (note in noisy[name].note) and bool(noisy[name].note) == bool(note)
+    req = {name: VALID[name] for name in ALGORITHMS}
+    assert {n for n, a in ALGORITHMS.items() if a.parameter_count(req[n], MODEL) is not None} == MODELS
+    assert {n for n, a in ALGORITHMS.items() if a.fold_sizes(req[n], 100) is not None} == CROSS_VALIDATED
+    assert _overrides("coarsen_for_release") == COARSENED
+    assert _overrides("differencing_partition") == PARTITIONED
+    assert _overrides("secure_aggregation_refusal") == OWN_REFUSAL
+    assert _overrides("secure_aggregates") == OWN_SECURE_FORM
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_parameter_count_is_the_design_columns(name) -> None:
+    from mipflow.algorithms.design import design_columns
+
+    req = VALID[name]
+    assert get_algorithm(name).parameter_count(req, MODEL) == len(design_columns(req.x, MODEL))
+
+
+def test_kmeans_partition_is_the_nearest_centre_assignment_of_a_lloyd_round() -> None:
+    from mipflow.algorithms.kmeans import assign
+
+    kmeans = get_algorithm("kmeans")
+    req = request(y=("x1", "y"), k=2)
+    data = prepare_local_data(kmeans, make_data(5, 80), req)
+    centres = np.array([[0.0, 0.0], [1.0, 1.0]])
+    state = {"centers": centres.tolist(), "k": 2}
+    labels = kmeans.differencing_partition(1, data, req, state)
+    expected, _ = assign(np.vstack([data["x1"].to_numpy(float), data["y"].to_numpy(float)]), centres)
+    np.testing.assert_array_equal(labels, expected)
+    assert kmeans.differencing_partition(0, data, req, state) is None
+    assert kmeans.differencing_partition(1, data, req, {"k": 2}) is None
