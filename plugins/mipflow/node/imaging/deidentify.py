@@ -96,7 +96,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID_dictionary
 from pydicom.values import convert_value
 
 import mipflow
-from mipflow.node.deid import Pseudonymiser
+from mipflow.node.deid.pseudonyms import Pseudonymiser
 from mipflow.node.imaging.descriptors import DescriptorCleaner, parse_word_list
 from mipflow.node.imaging.part10 import encode_part10
 from mipflow.node.imaging.profile_table import (
@@ -265,7 +265,7 @@ class DeidOptions:
     ----------
     retain_longitudinal_modified_dates : bool
         Shift dates (DA, DT) by the patient's secret offset
-        (:meth:`mipflow.node.deid.Pseudonymiser.date_shift_days` of the original
+        (:meth:`mipflow.node.deid.pseudonyms.Pseudonymiser.date_shift_days` of the original
         Patient ID, at most ``max_shift_days``) instead of removing them.  With
         the same key and ``max_shift_days`` as the EHR profile, image dates
         line up with the shifted clinical dates.
@@ -682,7 +682,7 @@ class Deidentifier:
         return new
 
     def pseudonym(self, patient_id: str) -> str:
-        """The EHR pseudonym of a Patient ID (see :class:`mipflow.node.deid.Pseudonymiser`)."""
+        """The EHR pseudonym of a Patient ID (see :class:`mipflow.node.deid.pseudonyms.Pseudonymiser`)."""
         return self._pseudonymiser.pseudonym(patient_id)
 
     # -- checks ------------------------------------------------------------------

@@ -333,7 +333,7 @@ def _drop_withdrawn_staging(home: NodeHome, store: FeatureStore, registry: Any, 
     withdrawn = registry.withdrawn()
     if not withdrawn:
         return
-    from mipflow.node.deid import Pseudonymiser
+    from mipflow.node.deid.pseudonyms import Pseudonymiser
 
     pseudo = Pseudonymiser(home.key())
     pids = sorted({pseudo.pseudonym(p) for p in withdrawn})

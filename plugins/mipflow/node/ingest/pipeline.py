@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any, Iterator
 from mipflow.node.ingest.capture import ConsentRegistry, read_head, sha256_file
 from mipflow.node.home import NodeSettings
 from mipflow.protocol.datamodel import DataModel
-from mipflow.node.deid import Pseudonymiser, depersonalise
+from mipflow.node.deid.pseudonyms import Pseudonymiser
+from mipflow.node.deid.tabular import depersonalise
 from mipflow.exceptions import InputFileError, MipflowError
 from mipflow.node.ingest.landing import EHR_KIND, file_label, file_ref, landing_path_key
 from mipflow.node.ingest.profile import SourceProfile

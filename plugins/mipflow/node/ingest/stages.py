@@ -32,7 +32,7 @@ from mipflow.node.ops import (landing_index, landing_sources, open_store, resolv
                           resolve_profile)
 from mipflow.node.ingest.pipeline import (ROW_COLUMN, BatchCounts, ChunkProcessor, MalformedCSV, decide_status,
                               apply_withdrawals, batch_id_for, merge_summaries)
-from mipflow.node.deid import Pseudonymiser
+from mipflow.node.deid.pseudonyms import Pseudonymiser
 from mipflow.node.ingest.progress import Progress, estimate_rows
 from mipflow.node.store import FeatureStore, batches_table, quarantine_table, utcnow
 

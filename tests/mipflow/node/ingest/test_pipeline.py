@@ -239,7 +239,7 @@ def test_identifier_column_with_other_case_fails_the_file(tmp_path):
 def test_visit_pseudonyms_do_not_link_to_patient_pseudonyms():
     import pandas as pd
 
-    from mipflow.node.deid import Pseudonymiser
+    from mipflow.node.deid.pseudonyms import Pseudonymiser
 
     p = Pseudonymiser(b"k" * 32)
     ids = pd.Series(["12345"])
