@@ -4,7 +4,7 @@ Connection fields: ``host`` is the node API URL (``http://127.0.0.1:8701``, or a
 host name with ``port``), ``login`` the client id the node issued, ``password``
 the client secret (hex), optional extra ``{"node_name": "hospital_a",
 "timeout": 60}``.  The hook owns the connection; the HTTP client, signing and
-retry policy (connection errors and 5xx only) live in :mod:`mipflow.central.federation`.
+retry policy (connection errors and 5xx only) live in :mod:`mipflow.central.client`.
 
 Defaults for every node: ``MIPFLOW_NODE_TIMEOUT_SECONDS`` (60; a connection's
 extra ``timeout`` wins) and ``MIPFLOW_NODE_RETRIES`` (2 retries of one call).
@@ -34,7 +34,7 @@ class NodeHook(BaseHook):
         self.retries = int(setting("MIPFLOW_NODE_RETRIES", "2")) if retries is None else retries
 
     def endpoint(self):
-        from mipflow.central.federation import NodeEndpoint
+        from mipflow.central.client import NodeEndpoint
 
         conn = self.get_connection(self.mipflow_conn_id)
         host = conn.host or ""
@@ -51,8 +51,8 @@ class NodeHook(BaseHook):
         return NodeEndpoint(name=name, url=host, client_id=conn.login, secret=conn.password), extra
 
     def get_conn(self):
-        """A :class:`mipflow.central.federation.NodeClient` for this node."""
-        from mipflow.central.federation import NodeClient
+        """A :class:`mipflow.central.client.NodeClient` for this node."""
+        from mipflow.central.client import NodeClient
 
         endpoint, extra = self.endpoint()
         from mipflow_dags import setting

@@ -251,7 +251,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(ops.dumps(summary))
         return 1 if summary["failed_files"] or summary["held_batches"] else 0
     if args.command == "federation":
-        from mipflow.central.federation import add_node, load_federation
+        from mipflow.central.federation_file import add_node, load_federation
 
         if args.fed_command == "add":
             endpoint = add_node(args.federation, name=args.node, url=args.url,
@@ -264,7 +264,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "analyze":
         import json
 
-        from mipflow.central.federation import analyze
+        from mipflow.central.federation_file import analyze
 
         try:
             request = json.loads(args.request.read_text(encoding="utf-8"))

@@ -10,7 +10,7 @@ class FederatedAnalysisOperator(BaseOperator):
     """Run ``algorithm`` over the nodes behind ``node_conn_ids`` and return the result with provenance.
 
     The rounds, parallel calls, dropout policy (``min_nodes``) and combination
-    are :func:`mipflow.central.federation.run_analysis`; this operator only builds one
+    are :func:`mipflow.central.rounds.run_analysis`; this operator only builds one
     :class:`hooks.mipflow_node.NodeHook` client per connection.  An invalid
     request or too few contributing nodes fail the task without retries
     (retrying cannot help); unreachable nodes are retried by the client.
@@ -20,7 +20,7 @@ class FederatedAnalysisOperator(BaseOperator):
     every node checks both against its own grants.
 
     Progress (``round k of at most N: n node(s) answered, m left out``) is
-    logged by :mod:`mipflow.central.federation` into the task log.  The central DAGs put
+    logged by :mod:`mipflow.central.rounds` into the task log.  The central DAGs put
     this task in the federation pool when ``MIPFLOW_POOLS=1`` (``pool=``; see
     :mod:`mipflow.central.pools`).
     """
@@ -46,7 +46,7 @@ class FederatedAnalysisOperator(BaseOperator):
 
         from hooks.mipflow_node import NodeHook
         from mipflow.exceptions import FederationError, RequestError
-        from mipflow.central.federation import run_analysis
+        from mipflow.central.rounds import run_analysis
 
         conn_ids = self.node_conn_ids
         if isinstance(conn_ids, str):

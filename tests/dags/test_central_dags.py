@@ -160,11 +160,11 @@ def test_federation_metadata_dag_syncs_what_nodes_hold(dags, federation):
 
 
 def test_result_provenance_lists_datasets_and_software(federation):
-    from mipflow.central.federation import analyze
+    from mipflow.central.federation_file import analyze
 
     fed = federation["central"] / "fed.json"
     # the same nodes through a federation file, as the CLI would use them
-    from mipflow.central.federation import add_node
+    from mipflow.central.federation_file import add_node
 
     for home in federation["homes"]:
         conn = json.loads(os.environ[f"AIRFLOW_CONN_MIPFLOW_NODE_{home.name.upper()}"])

@@ -102,7 +102,7 @@ _MOUNTED = textwrap.dedent("""
     import json, os, sys
     from fastapi.testclient import TestClient
     from airflow.api_fastapi.app import create_app
-    from mipflow.central.federation import NodeClient, NodeEndpoint, NodeRefused
+    from mipflow.central.client import NodeClient, NodeEndpoint, NodeRefused
 
     app = create_app()
     base = "http://testserver/mipflow-node"

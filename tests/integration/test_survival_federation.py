@@ -21,8 +21,8 @@ import pytest
 from statsmodels.duration.hazard_regression import PHReg
 
 from mipflow.node.home import NodeHome
-from mipflow.central.federation import NodeClient
-from mipflow.central.federation import run_analysis as _run_analysis
+from mipflow.central.client import NodeClient
+from mipflow.central.rounds import run_analysis as _run_analysis
 from tests.mipflow.algorithms import lifelines_reference
 from tests.mipflow.algorithms.helpers import assert_rel_close
 from tests.mipflow.algorithms.survival_data import (

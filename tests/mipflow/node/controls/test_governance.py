@@ -26,7 +26,8 @@ from mipflow.node.controls.query_budget import QueryBudget, analysis_key
 from mipflow.algorithms.provenance import algorithm_code, catalogue, code_of
 from mipflow.node.home import NodeHome
 from mipflow.exceptions import ConfigError, DisclosureError, FederationError, RequestError
-from mipflow.central.federation import NodeClient, NodeEndpoint, NodeRefused, run_analysis
+from mipflow.central.client import NodeClient, NodeEndpoint, NodeRefused
+from mipflow.central.rounds import run_analysis
 from tests.nodes import load_frame, running_nodes
 
 pytestmark = pytest.mark.xdist_group("governance")

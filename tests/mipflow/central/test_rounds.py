@@ -1,0 +1,67 @@
+"""mipflow.central.rounds: the round loop logs each round with the nodes that answered and those
+left out, and no patient data (docs/adr/0017-operability.md)."""
+from __future__ import annotations
+
+import logging
+import re
+
+import pytest
+from fastapi.testclient import TestClient
+
+from mipflow.node.home import NodeHome
+from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame
+
+
+@pytest.fixture
+def in_process_nodes(tmp_path):
+    """Three nodes on the synthetic model, reached in-process through their real signed API."""
+    from mipflow.protocol.signing import issue_client
+    from mipflow.central.client import NodeClient, NodeEndpoint
+    from mipflow.node.api.app import create_app
+    from tests.mipflow.algorithms.synthetic import MODEL, make_data
+
+    clients = []
+    homes = []
+    for i in range(3):
+        home = NodeHome.init(tmp_path / f"node{i}", f"node{i}")
+        grant_all(home.root)
+        frame = make_data(40 + i, 120)
+        frame.insert(0, "subjectcode", [f"p{i}_{k:04d}" for k in range(len(frame))])
+        load_frame(home.root, MODEL, frame)
+        cred = issue_client(home.root, "central")
+        client = NodeClient(NodeEndpoint(home.name, "http://testserver", cred.client_id, cred.secret.hex()),
+                            retries=0)
+        client._http.close()
+        client._http = TestClient(create_app(home), base_url="http://testserver")
+        clients.append(client)
+        homes.append(home)
+    yield clients, homes
+    for client in clients:
+        client.close()
+
+
+def test_analysis_logs_each_round_with_nodes_answered_and_left_out(in_process_nodes, caplog):
+    from mipflow.algorithms.contract import MAX_ROUNDS
+    from mipflow.central.rounds import run_analysis
+
+    clients, homes = in_process_nodes
+    homes[2].set_setting("disabled_algorithms", "logistic_regression")
+    request = {"inputdata": {"data_model": "synth:1", "datasets": ["d0", "d1", "d2"], "x": ["x1", "age"],
+                             "y": ["sex"], "filters": None}, "parameters": {"positive_class": "F"}}
+    caplog.set_level(logging.INFO, logger="mipflow.central.rounds")
+    # plain aggregation: with secure aggregation (default for 3 nodes) a round-0 refusal restarts
+    # the analysis with fresh masks, and the round numbers start again (tests/integration/test_secagg_federation.py)
+    outcome = run_analysis("logistic_regression", request, clients, researcher=RESEARCHER, project=PROJECT,
+                           secure_aggregation=False)
+    assert outcome.rounds > 2 and set(outcome.excluded) == {"node2"}
+    rounds = [re.search(r"round (\d+) of at most (\d+): (\d+) node\(s\) answered, (\d+) left out",
+                        r.getMessage()) for r in caplog.records]
+    rounds = [tuple(int(g) for g in m.groups()) for m in rounds if m]
+    assert [r[0] for r in rounds] == list(range(1, outcome.rounds + 1))
+    assert {r[1] for r in rounds} == {MAX_ROUNDS}
+    assert rounds[0][2:] == (2, 1)  # the disabled node refused round 1 and was left out
+    assert all(r[2:] == (2, 0) for r in rounds[1:])
+    assert any(f"finished after {outcome.rounds} round(s) with 2 node(s)" in r.getMessage() for r in caplog.records)
+    assert any("disabled_algorithm" in r.getMessage() for r in caplog.records)
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert not re.search(r"p[0-2]_\d{4}", text)  # no patient identifier in the round logs
