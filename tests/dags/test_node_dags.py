@@ -8,7 +8,7 @@ import pytest
 
 from mipflow.node import ops
 from mipflow.node.home import NodeHome
-from mipflow.node.ingest.landing import EHR_KIND, file_ref, landing_path_key
+from mipflow.node.files import EHR_KIND, file_ref, landing_path_key
 from mipflow.demo.synth import generate_consent, generate_export, write_export
 from tests.conftest import REPO_ROOT
 from tests.mipflow.node.ingest.test_pipeline import all_text

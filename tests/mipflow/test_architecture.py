@@ -30,6 +30,7 @@ LAYERS: dict[str, int] = {
 # Within the node: the API sits on the controls, which sit on the store and the query layer.
 NODE_LAYERS: dict[str, int] = {
     "home": 0,
+    "files": 0,
     "freshness": 1,
     "store": 1,
     "query": 2,
@@ -48,7 +49,6 @@ KNOWN_CROSSINGS: set[tuple[str, str]] = {
     ("mipflow.node.home", "mipflow.node.imaging"),
     ("mipflow.node.imaging.pipeline", "mipflow.node.ops"),
     ("mipflow.node.ingest.stages", "mipflow.node.ops"),
-    ("mipflow.node.store", "mipflow.node.ingest.landing"),
     ("mipflow.notify", "airflow"),
 }
 

@@ -8,7 +8,7 @@ setting ``default_data_model``.
 
 File and folder names of exports can carry patient names: the store, the
 results and the log lines name a file by its reference only
-(:mod:`mipflow.node.ingest.landing`); :func:`file_references` maps references back to
+(:mod:`mipflow.node.files`); :func:`file_references` maps references back to
 paths for the node admin's console.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from mipflow.node.ingest.capture import ConsentRegistry, open_registry, scan_lan
 from mipflow.node.home import NodeHome
 from mipflow.protocol.datamodel import DataModel, load_data_model
 from mipflow.exceptions import ConfigError, ProfileError
-from mipflow.node.ingest.landing import DICOM_KIND, EHR_KIND, below, file_label, file_ref, landing_path_key, path_index
+from mipflow.node.files import DICOM_KIND, EHR_KIND, below, file_label, file_ref, landing_path_key, path_index
 from mipflow.node.ingest.pipeline import BatchCounts, BatchResult, apply_withdrawals, ingest_file
 from mipflow.node.ingest.profile import SourceProfile, default_profile
 from mipflow.node.store import FeatureStore, files_table

@@ -4,7 +4,7 @@
     Scans ``landing/dicom/`` recursively, hashes every settled file (SHA-256)
     and skips the ones the manifest already holds.  The manifest
     (``mipflow_files``) keeps the content hash and a keyed hash of the path
-    relative to ``landing/dicom/`` (:func:`mipflow.node.ingest.landing.landing_path_key`,
+    relative to ``landing/dicom/`` (:func:`mipflow.node.files.landing_path_key`,
     HMAC-SHA256 with the node key), never the path itself: file and folder names often
     carry patient names.  Only headers are read
     (``stop_before_pixels``), to group instances by Study/Series Instance UID
@@ -58,7 +58,7 @@ from mipflow.node.ingest.capture import sha256_file
 from mipflow.node.home import NodeHome
 from mipflow.protocol.datamodel import DataModel, bundled_data_model_path, load_data_model
 from mipflow.exceptions import ConfigError, StoreError
-from mipflow.node.ingest.landing import DICOM_KIND, landing_path_key, path_index
+from mipflow.node.files import DICOM_KIND, landing_path_key, path_index
 from mipflow.node.store import FeatureStore, batches_table, files_table, utcnow
 
 log = logging.getLogger(__name__)

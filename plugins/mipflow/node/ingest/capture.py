@@ -2,7 +2,7 @@
 
 Files are identified by their SHA-256: the same bytes twice are skipped, a
 changed file is a new batch.  The manifest names a file by a keyed hash of
-its path, never by the path (:mod:`mipflow.node.ingest.landing`).  A file modified within ``settle_seconds`` (or
+its path, never by the path (:mod:`mipflow.node.files`).  A file modified within ``settle_seconds`` (or
 named ``*.part``/``*.tmp``/``.*``) is still being written and is left for the
 next run.  The consent registry is a CSV with ``patient_id`` and ``consent``
 (``granted``, ``withdrawn`` or ``refused``; optional ``updated_at``, the latest
@@ -173,7 +173,7 @@ def read_head(path: Path, encoding: str, label: str = "the file") -> None:
     """Raise InputFileError if the file's first block is not text in ``encoding``.
 
     ``label`` names the file in the message (a file reference, never its name:
-    see :func:`mipflow.node.ingest.landing.file_label`).
+    see :func:`mipflow.node.files.file_label`).
     """
     block = 1 << 16
     try:
