@@ -46,9 +46,6 @@ NODE_LAYERS: dict[str, int] = {
 KNOWN_CROSSINGS: set[tuple[str, str]] = {
     ("mipflow.central.rounds", "mipflow.node.controls.dp"),
     ("mipflow.demo.run", "airflow.dag_processing.dagbag"),
-    ("mipflow.node.home", "mipflow.node.imaging"),
-    ("mipflow.node.imaging.pipeline", "mipflow.node.ops"),
-    ("mipflow.node.ingest.stages", "mipflow.node.ops"),
     ("mipflow.notify", "airflow"),
 }
 

@@ -31,6 +31,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from mipflow.protocol.datamodel import DataModel
 from mipflow.exceptions import StoreError
+from mipflow.node.home import NodeHome
 from mipflow.node.files import DICOM_KIND, EHR_KIND, file_label, file_ref, is_path_key, landing_path_key
 
 log = logging.getLogger(__name__)
@@ -552,3 +553,18 @@ def _records(frame: Any, tail: tuple[Any, ...]) -> list[list[Any]]:
     for k, value in enumerate(tail):
         out[:, len(frame.columns) + k] = value
     return out.tolist()
+
+
+def open_store(home: NodeHome) -> FeatureStore:
+    """The node's feature store; the first open rewrites raw landing paths of older stores.
+
+    See :meth:`~mipflow.node.store.FeatureStore.migrate_path_names` (one primary-key
+    lookup once done).
+    """
+    store = FeatureStore(home.db_url)
+    if not store.path_names_migrated():
+        changed = store.migrate_path_names(home.key(), home.landing_dir, home.profiles_dir)
+        if changed:
+            log.info("feature store: %d manifest entries and batch records renamed to keyed path hashes "
+                     "and file references", changed)
+    return store

@@ -96,6 +96,7 @@ from pydicom.values import convert_value
 
 import mipflow
 from mipflow.node.deid.pseudonyms import Pseudonymiser
+from mipflow.node.home import NodeSettings
 from mipflow.node.imaging.descriptors import DescriptorCleaner, parse_word_list
 from mipflow.node.imaging.part10 import encode_part10
 from mipflow.node.imaging.profile_table import (
@@ -118,6 +119,7 @@ __all__ = [
     "Quarantine",
     "deidentify_dataset",
     "deidentify_file",
+    "options_from_settings",
 ]
 
 log = logging.getLogger(__name__)
@@ -382,6 +384,28 @@ class DeidOptions:
     @property
     def shifts_dates(self) -> bool:
         return self.retain_longitudinal_modified_dates
+
+
+def options_from_settings(settings: NodeSettings) -> DeidOptions:
+    """The node's :class:`DeidOptions`, from its ``dicom_*`` settings (``HOME/settings.json``).
+
+    Parameters
+    ----------
+    settings : NodeSettings
+        The node's settings (:attr:`mipflow.node.home.NodeHome.settings`).
+    """
+    return DeidOptions(
+        retain_longitudinal_modified_dates=bool(settings.dicom_retain_longitudinal_modified_dates),
+        retain_patient_characteristics=bool(settings.dicom_retain_patient_characteristics),
+        retain_device_identity=bool(settings.dicom_retain_device_identity),
+        retain_safe_private=bool(settings.dicom_retain_safe_private),
+        clean_descriptors=bool(settings.dicom_clean_descriptors),
+        descriptor_deny_words=settings.dicom_descriptor_deny_words.split(","),
+        descriptor_allow_words=(settings.dicom_descriptor_allow_words.split(",")
+                                if settings.dicom_descriptor_allow_words.strip() else None),
+        pixels_cleaned=bool(settings.dicom_pixels_cleaned),
+        uid_root=settings.dicom_uid_root or None,
+    )
 
 
 # --------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from mipflow.node.ingest import stages
 from mipflow.node.home import NodeHome
 from mipflow.exceptions import StoreError
 from mipflow.node.files import DICOM_KIND, EHR_KIND, REF_LENGTH, file_ref, is_path_key, landing_path_key
-from mipflow.node.store import PATH_NAMES_MARKER, batches_table, files_table, meta_table
+from mipflow.node.store import PATH_NAMES_MARKER, batches_table, files_table, meta_table, open_store
 from mipflow.demo.synth import generate_export, write_export
 from tests.conftest import REPO_ROOT
 from tests.mipflow.node.ingest.test_pipeline import all_text
@@ -65,7 +65,7 @@ def ehr_key(home: NodeHome, path: Path) -> str:
 
 def test_the_manifest_refuses_raw_paths(tmp_path):
     home = make_home(tmp_path)
-    store = ops.open_store(home)
+    store = open_store(home)
     with store.begin() as conn, pytest.raises(StoreError, match="never a raw path"):
         store.register_file(conn, sha256="0" * 64, path=f"/landing/{PATIENT_DIR}/a.csv", size=1,
                             kind=EHR_KIND, batch_id="b")
@@ -102,7 +102,7 @@ def test_file_and_folder_names_reach_neither_store_nor_logs(tmp_path, db_url, ca
     skipped = [f for f in summary["files"] if f["status"] == "skipped"]
     assert len(skipped) == 1 and "still being written" in skipped[0]["message"]
 
-    store = ops.open_store(home)
+    store = open_store(home)
     assert store.quarantined(loaded["batch_id"])  # quarantine entries exist, and hold no file name
     entries = {e["sha256"]: e for e in manifest(store)}
     assert entries[loaded["sha256"]]["path"] == ehr_key(home, export)
@@ -156,7 +156,7 @@ def run_stages(home: NodeHome) -> list[dict]:
     captured = stages.capture(home)
     out = [captured]
     for stage, after in (("depersonalise", "capture"), ("validate", "depersonalise"), ("load", "validate")):
-        store = ops.open_store(home)
+        store = open_store(home)
         out += [getattr(stages, stage)(home, b) for b in stages.waiting(store, after)]
     return out
 
@@ -176,7 +176,7 @@ def test_dag_stages_find_files_by_path_key_and_name_them_by_reference(tmp_path, 
     # the second file changes between capture and depersonalisation
     second.write_text(second.read_text() + second.read_text().splitlines()[1] + "\n")
     results = run_stages(home)
-    store = ops.open_store(home)
+    store = open_store(home)
     batches = {b["sha256"]: b for b in store.batches()}
     ref = file_ref(ehr_key(home, first))
     done = next(b for b in batches.values() if b["source"] == f"hospital_a/{ref}")
@@ -231,7 +231,7 @@ def test_raw_paths_of_an_older_store_are_rewritten_on_first_open(tmp_path, db_ur
     shas = {f["file"]: f["sha256"] for f in summary["files"]}
     refs = {p: file_ref(ehr_key(home, p)) for p in (loaded, waiting, unfit, outside)}
     (cli_result,) = ops.ingest(home, [outside], profile=home.profiles_dir / "hospital_a.json")["files"]
-    store = ops.open_store(home)
+    store = open_store(home)
     with store.begin() as conn:  # un-ingest ``waiting`` and capture it again with the DAG stage
         conn.execute(sa.text(f'DELETE FROM "{store.data_model("stroke:0.1").table_name}"'))
         conn.execute(batches_table.delete().where(batches_table.c.sha256 == shas[refs[waiting]]))
@@ -253,7 +253,7 @@ def test_raw_paths_of_an_older_store_are_rewritten_on_first_open(tmp_path, db_ur
     store.dispose()
 
     caplog.set_level(logging.DEBUG)
-    store = ops.open_store(home)
+    store = open_store(home)
     assert store.path_names_migrated()
     paths = {e["sha256"]: e["path"] for e in manifest(store)}
     assert paths[shas[refs[loaded]]] == ehr_key(home, loaded)
