@@ -349,7 +349,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
             print(ops.dumps(run_imaging(home)))
             return 0
-        summary = deidentify_tree(args.in_dir, args.out_dir, key=home.key(), options=options_from_settings(home.settings))
+        summary = deidentify_tree(args.in_dir, args.out_dir, key=home.key(),
+                                  options=options_from_settings(home.settings))
         print(ops.dumps(summary))
         return 0
     if args.command == "central":
