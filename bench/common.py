@@ -80,7 +80,7 @@ def loaded_federation(tag: str, model: Any, rows_for: Callable[[int], Any], *, r
 
     from bench.rounds import RoundLog
     from mipflow.protocol.signing import issue_client
-    from mipflow.central.federation import NodeClient, NodeEndpoint
+    from mipflow.central.client import NodeClient, NodeEndpoint
     from tests.nodes import grant_all, load_frame, running_nodes
 
     with site_homes(tag, sqlite=sqlite) as homes:

@@ -70,7 +70,7 @@ def main() -> int:
 
     from bench.common import loaded_federation, print_machine, read_pooled
     from mipflow.protocol.datamodel import DataModel
-    from mipflow.central.federation import run_analysis
+    from mipflow.central.rounds import run_analysis
     from tests.nodes import PROJECT, RESEARCHER
 
     print_machine()

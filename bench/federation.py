@@ -79,7 +79,8 @@ def main() -> int:
     from bench.common import read_pooled, site_homes
     from mipflow.protocol.signing import issue_client
     from mipflow.protocol.datamodel import DataModel
-    from mipflow.central.federation import NodeClient, NodeEndpoint, run_analysis
+    from mipflow.central.client import NodeClient, NodeEndpoint
+    from mipflow.central.rounds import run_analysis
     from tests.nodes import grant_all, load_frame, running_nodes
 
     model = DataModel.from_dict(model_doc())

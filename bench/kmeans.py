@@ -1,7 +1,7 @@
 """Federated k-means beside pooled k-means, measured in the same run.
 
 Three nodes hold N rows each of 3 numerical variables drawn around 4 centres.
-Federated: :func:`mipflow.central.federation.run_analysis` of ``kmeans`` (k=4, tol,
+Federated: :func:`mipflow.central.rounds.run_analysis` of ``kmeans`` (k=4, tol,
 maxiter 100) over the three loopback node services: one moments round, the
 Lloyd rounds, one evaluation round.  Pooled baseline: read every row from the
 three stores, then scikit-learn's ``KMeans(algorithm="lloyd", n_init=1)`` from
@@ -69,7 +69,7 @@ def main() -> int:
     from bench.common import loaded_federation, print_machine, read_pooled
     from mipflow.algorithms.kmeans import principal_axis_centres
     from mipflow.protocol.datamodel import DataModel
-    from mipflow.central.federation import run_analysis
+    from mipflow.central.rounds import run_analysis
     from tests.mipflow.algorithms.test_kmeans import numpy_lloyd
     from tests.nodes import PROJECT, RESEARCHER
 

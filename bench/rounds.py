@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 
 class RoundLog:
-    """Wraps the HTTP client of each :class:`mipflow.central.federation.NodeClient` to record every step call."""
+    """Wraps the HTTP client of each :class:`mipflow.central.client.NodeClient` to record every step call."""
 
     def __init__(self) -> None:
         self.calls: list[dict[str, Any]] = []

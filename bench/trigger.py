@@ -5,7 +5,7 @@ process), starts the three node APIs and ``airflow standalone`` (scheduler, dag-
 api-server, triggerer; LocalExecutor, SQLite) in a temporary AIRFLOW_HOME, all on 127.0.0.1.
 Then, through the REST API v2, triggers ``federated_linear_regression`` N times one after
 another and measures trigger -> run ``success`` as seen by the client, beside the same
-analysis called in process with :func:`mipflow.central.federation.analyze` (the baseline). The ratio
+analysis called in process with :func:`mipflow.central.federation_file.analyze` (the baseline). The ratio
 of the two is the price of going through Airflow (scheduling, task start-up, XCom, storing).
 
 Usage: ``.venv/bin/python bench/trigger.py [--runs 10] [--patients 400]``.
@@ -149,7 +149,7 @@ def run(args, tmp: Path, procs: list, airflow_log: Path, register_airflow) -> in
     from mipflow.protocol.signing import issue_client
     from mipflow.node.home import NodeHome
     from mipflow.demo.run import prepare_nodes
-    from mipflow.central.federation import add_node, analyze
+    from mipflow.central.federation_file import add_node, analyze
     from mipflow.node.ops import run_landing
 
     # 1. Federation: three node homes, ingested in process, node APIs on loopback.
@@ -323,7 +323,7 @@ def run(args, tmp: Path, procs: list, airflow_log: Path, register_airflow) -> in
               f"p95 {percentile(server, 95):.2f}s")
     print(f"  of which inside the 3 tasks (sum of durations):  p50 "
           f"{statistics.median(b['tasks'] for b in breakdown):.2f}s")
-    print(f"direct mipflow.central.federation.analyze() in process:    p50 {d50 * 1000:.1f} ms  "
+    print(f"direct mipflow.central.federation_file.analyze() in process:    p50 {d50 * 1000:.1f} ms  "
           f"(cold first call {direct_cold * 1000:.1f} ms)")
     print(f"ratio (Airflow p50 / direct p50): {p50 / d50:.0f}x; scheduler overhead per run: "
           f"~{p50 - d50:.2f}s (p50)")

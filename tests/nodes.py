@@ -59,9 +59,9 @@ def running_nodes(homes: list[Path], timeout: float = 60.0) -> Iterator[list[str
 @contextmanager
 def served_clients(roots: Mapping[str, Path], *, retries: int = 0) -> Iterator[dict]:
     """Serve every node home (:func:`running_nodes`), each with a fresh credential for the central
-    site; yield a :class:`mipflow.central.federation.NodeClient` per node, by name; close them afterwards."""
+    site; yield a :class:`mipflow.central.client.NodeClient` per node, by name; close them afterwards."""
     from mipflow.protocol.signing import issue_client
-    from mipflow.central.federation import NodeClient, NodeEndpoint
+    from mipflow.central.client import NodeClient, NodeEndpoint
 
     credentials = {name: issue_client(root, "central") for name, root in roots.items()}
     with running_nodes(list(roots.values())) as urls:

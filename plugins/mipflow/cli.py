@@ -179,11 +179,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         serve(NodeHome(args.home), host=args.host, port=args.port)
         return 0
     from mipflow.node import ops
+    from mipflow.node.store import open_store
 
     if args.command == "node":
         if args.node_command == "init":
             home = NodeHome.init(args.home, args.name, args.db_url)
-            ops.open_store(home).dispose()
+            open_store(home).dispose()
             print(ops.dumps({"node": home.name, "home": str(home.root), "store": ops.redact_url(home.db_url)}))
             return 0
         home = NodeHome(args.home)
@@ -240,7 +241,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             model = ops.add_data_model(home, args.path)
             print(ops.dumps({"data_model": model.key, "label": model.label, "variables": len(model)}))
             return 0
-        store = ops.open_store(home)
+        store = open_store(home)
         print(ops.dumps([{"data_model": m.key, "label": m.label, "variables": len(m)}
                          for m in store.data_models()]))
         return 0
@@ -251,7 +252,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(ops.dumps(summary))
         return 1 if summary["failed_files"] or summary["held_batches"] else 0
     if args.command == "federation":
-        from mipflow.central.federation import add_node, load_federation
+        from mipflow.central.federation_file import add_node, load_federation
 
         if args.fed_command == "add":
             endpoint = add_node(args.federation, name=args.node, url=args.url,
@@ -264,7 +265,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "analyze":
         import json
 
-        from mipflow.central.federation import analyze
+        from mipflow.central.federation_file import analyze
 
         try:
             request = json.loads(args.request.read_text(encoding="utf-8"))
@@ -340,6 +341,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "dicom":
         from mipflow.node.imaging.batch import deidentify_tree
+        from mipflow.node.imaging.deidentify import options_from_settings
 
         home = NodeHome(args.home)
         if args.dicom_command == "ingest":
@@ -347,7 +349,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
             print(ops.dumps(run_imaging(home)))
             return 0
-        summary = deidentify_tree(args.in_dir, args.out_dir, key=home.key(), options=home.settings.dicom_options())
+        summary = deidentify_tree(args.in_dir, args.out_dir, key=home.key(),
+                                  options=options_from_settings(home.settings))
         print(ops.dumps(summary))
         return 0
     if args.command == "central":

@@ -24,7 +24,7 @@ from urllib.parse import quote
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
-from mipflow.central import report
+from mipflow.central.report import pages
 
 
 def node_quality(home: Any) -> dict[str, Any]:
@@ -38,7 +38,7 @@ def node_quality(home: Any) -> dict[str, Any]:
 
     from mipflow.node.controls.audit import AuditLog, verify_chain
     from mipflow.node.api.app import AUDIT_FILE
-    from mipflow.node.ops import open_store  # rewrites an older store's raw landing paths first (ADR 0004)
+    from mipflow.node.store import open_store  # rewrites an older store's raw landing paths first (ADR 0004)
     from mipflow.node.store import consent_log_table, quarantine_table
 
     store = open_store(home)
@@ -55,7 +55,7 @@ def node_quality(home: Any) -> dict[str, Any]:
         store.dispose()
     audit_path = Path(home.root) / AUDIT_FILE
     return {"node": home.name, "batches": batches, "quarantine": quarantine, "consent": consent,
-            "audit": report.audit_summary(AuditLog(audit_path).records()),
+            "audit": pages.audit_summary(AuditLog(audit_path).records()),
             "audit_chain_ok": verify_chain(audit_path)}
 
 
@@ -114,13 +114,13 @@ def create_app(*, user: Callable[..., Any], can_read: Callable[[Any, str], bool]
     def index(request: Request, who: Any = Depends(user)) -> str:
         _, link = _links(request)
         runs = [doc for doc in store().runs() if allowed(who, doc["algorithm"])]
-        return report.index_page(runs, link=link)
+        return pages.index_page(runs, link=link)
 
     @app.get("/run", response_class=HTMLResponse)
     def run_page(request: Request, id: str = Query(..., min_length=1, max_length=250),
                  who: Any = Depends(user)) -> str:
         back, link = _links(request)
-        return report.result_page(readable(id, who), link=link, back=back)
+        return pages.result_page(readable(id, who), link=link, back=back)
 
     @app.get("/run.json")
     def run_json(id: str = Query(..., min_length=1, max_length=250), who: Any = Depends(user)) -> Response:
@@ -131,7 +131,7 @@ def create_app(*, user: Callable[..., Any], can_read: Callable[[Any, str], bool]
     @app.get("/run.csv")
     def run_csv(id: str = Query(..., min_length=1, max_length=250), who: Any = Depends(user)) -> Response:
         doc = readable(id, who)
-        return Response(report.result_csv(doc), media_type="text/csv; charset=utf-8",
+        return Response(pages.result_csv(doc), media_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": f'attachment; filename="{_filename(doc)}.csv"'})
 
     @app.get("/node", response_class=HTMLResponse)
@@ -139,7 +139,7 @@ def create_app(*, user: Callable[..., Any], can_read: Callable[[Any, str], bool]
         node = home()
         if node is None:
             raise HTTPException(status_code=404, detail="this site is not a node (MIPFLOW_NODE_HOME is not set)")
-        return report.node_quality_page(node_quality(node))
+        return pages.node_quality_page(node_quality(node))
 
     return app
 

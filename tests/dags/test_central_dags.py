@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from mipflow.node import ops
+from mipflow.node.store import open_store
 from mipflow.protocol.signing import issue_client
 from mipflow.node.home import NodeHome
 from mipflow.central.results import ResultStore
@@ -156,15 +157,15 @@ def test_federation_metadata_dag_syncs_what_nodes_hold(dags, federation):
     for home in federation["homes"]:
         (entry,) = synced[home.name]["stroke:0.1"]
         assert entry["dataset"] == home.name
-        assert entry["row_count"] == ops.open_store(home).count_rows(ops.open_store(home).data_model("stroke:0.1"))
+        assert entry["row_count"] == open_store(home).count_rows(open_store(home).data_model("stroke:0.1"))
 
 
 def test_result_provenance_lists_datasets_and_software(federation):
-    from mipflow.central.federation import analyze
+    from mipflow.central.federation_file import analyze
 
     fed = federation["central"] / "fed.json"
     # the same nodes through a federation file, as the CLI would use them
-    from mipflow.central.federation import add_node
+    from mipflow.central.federation_file import add_node
 
     for home in federation["homes"]:
         conn = json.loads(os.environ[f"AIRFLOW_CONN_MIPFLOW_NODE_{home.name.upper()}"])
@@ -174,7 +175,7 @@ def test_result_provenance_lists_datasets_and_software(federation):
     outcome = analyze("ttest_onesample", request, fed, researcher=RESEARCHER, project=PROJECT,
                       min_nodes=3).to_dict()
     for home in federation["homes"]:
-        held = ops.open_store(home).count_rows(ops.open_store(home).data_model("stroke:0.1"))
+        held = open_store(home).count_rows(open_store(home).data_model("stroke:0.1"))
         assert outcome["datasets"][home.name] == {home.name: held}
     assert outcome["software"].startswith("mipflow ") and outcome["request"]["parameters"] == {"mu": 5}
 

@@ -7,8 +7,9 @@ import shutil
 import pytest
 
 from mipflow.node import ops
+from mipflow.node.store import open_store
 from mipflow.node.home import NodeHome
-from mipflow.node.ingest.landing import EHR_KIND, file_ref, landing_path_key
+from mipflow.node.files import EHR_KIND, file_ref, landing_path_key
 from mipflow.demo.synth import generate_consent, generate_export, write_export
 from tests.conftest import REPO_ROOT
 from tests.mipflow.node.ingest.test_pipeline import all_text
@@ -47,7 +48,7 @@ def test_node_chain_through_airflow(dags, tmp_path, db_url, caplog, capfd):
 
     caplog.set_level(logging.DEBUG)
     run_chain(dags, home)
-    store = ops.open_store(home)
+    store = open_store(home)
     (batch,) = store.batches()
     # neither the store nor the task logs name the file or its folder
     ref = file_ref(landing_path_key(home.key(), home.landing_dir, landing / "export1_Doe_John.csv", kind=EHR_KIND))

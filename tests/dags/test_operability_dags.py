@@ -103,7 +103,7 @@ _MOUNTED = textwrap.dedent("""
     import json, os, sys
     from fastapi.testclient import TestClient
     from airflow.api_fastapi.app import create_app
-    from mipflow.central.federation import NodeClient, NodeEndpoint, NodeRefused
+    from mipflow.central.client import NodeClient, NodeEndpoint, NodeRefused
 
     app = create_app()
     base = "http://testserver/mipflow-node"
@@ -163,7 +163,7 @@ def node_home(tmp_path_factory):
 
 
 def test_node_api_mounted_in_airflow_takes_signed_calls_and_refuses_unsigned(airflow_db, node_home):
-    from mipflow.node import ops
+    from mipflow.node.store import open_store
 
     home, cred = node_home
     request = {"inputdata": {"data_model": "stroke:0.1", "datasets": ["hospital_a"], "x": [],
@@ -174,7 +174,7 @@ def test_node_api_mounted_in_airflow_takes_signed_calls_and_refuses_unsigned(air
     assert out["unsigned"][0] == 401 and out["unsigned"][1]["detail"] == "missing authentication headers"
     assert out["unsigned_metadata"] == 401
     assert out["forged"] == [401, "bad signature"]
-    held = ops.open_store(home).count_rows(ops.open_store(home).data_model("stroke:0.1"))
+    held = open_store(home).count_rows(open_store(home).data_model("stroke:0.1"))
     assert out["metadata"] == [{"dataset": "hospital_a", "row_count": held}]
     assert out["step"]["node"] == "hospital_a" and 0 < out["step"]["rows"] <= held
     from mipflow.node.controls.audit import read_records

@@ -347,7 +347,7 @@ def test_federated_linear_regression_through_celery_equals_pooled_ols(deployment
 
 
 def test_node_ingestion_chain_through_celery_accounts_for_every_row(deployment):
-    from mipflow.node import ops
+    from mipflow.node.store import open_store
 
     server = deployment["server"]
     home = deployment["ingest_home"]
@@ -357,7 +357,7 @@ def test_node_ingestion_chain_through_celery_accounts_for_every_row(deployment):
     assert runs["node_capture"][0]["run_type"] == "scheduled"
     assert {runs[dag_id][0]["run_type"] for dag_id in CHAIN[1:]} == {"asset_triggered"}
 
-    store = ops.open_store(home)
+    store = open_store(home)
     try:
         assert store.engine.url.get_backend_name() == "postgresql"
         (batch,) = store.batches()

@@ -24,8 +24,9 @@ from scipy import stats
 from mipflow.node.controls.audit import AuditLog
 from mipflow.node.home import NodeHome
 from mipflow.exceptions import FederationError
-from mipflow.central.federation import NodeClient, NodeRefused, add_node, load_federation
-from mipflow.central.federation import run_analysis as _run_analysis
+from mipflow.central.client import NodeClient, NodeRefused
+from mipflow.central.federation_file import add_node, load_federation
+from mipflow.central.rounds import run_analysis as _run_analysis
 from mipflow.node.api.app import AUDIT_FILE
 from tests.mipflow.algorithms.synthetic import MODEL, make_data
 from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, running_nodes

@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mipflow.node.controls.access import AccessRegistry
 from mipflow.protocol.signing import issue_client
 from mipflow.node.home import NodeHome
 from mipflow.protocol.datamodel import load_data_model
-from mipflow.central.federation import NodeClient, NodeEndpoint, NodeRefused, run_analysis
+from mipflow.central.client import NodeClient, NodeEndpoint, NodeRefused
+from mipflow.central.rounds import run_analysis
 from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, running_nodes
 
 pytestmark = pytest.mark.xdist_group("dp_federation")

@@ -20,7 +20,8 @@ import statsmodels.api as sm
 from mipflow.node.home import NodeHome
 from mipflow.protocol.datamodel import load_data_model
 from mipflow.exceptions import FederationError
-from mipflow.central.federation import NodeRefused, run_analysis
+from mipflow.central.client import NodeRefused
+from mipflow.central.rounds import run_analysis
 from tests.nodes import PROJECT, grant_all, load_frame, served_clients
 
 pytestmark = pytest.mark.xdist_group("dp_regression_federation")

@@ -1,7 +1,7 @@
 """The federation end to end: central driver -> signed HTTP -> three real node processes.
 
 1. Exareme2's validation suite (every case of every algorithm Exareme2 also has) through
-   :func:`mipflow.central.federation.run_analysis` over three running nodes, compared
+   :func:`mipflow.central.rounds.run_analysis` over three running nodes, compared
    with the expected results to the tolerances of the in-process test
    (``tests/mipflow/algorithms/test_exareme2_validation.py``, whose
    :func:`check_case` is reused).  Nodes with no matching rows must be refused
@@ -43,7 +43,8 @@ from mipflow.protocol.signing import issue_client
 from mipflow.node.home import NodeHome
 from mipflow.protocol.datamodel import DataModel, load_data_model
 from mipflow.exceptions import FederationError, RequestError
-from mipflow.central.federation import AnalysisOutcome, NodeClient, NodeEndpoint, NodeUnavailable, run_analysis
+from mipflow.central.client import NodeClient, NodeEndpoint, NodeUnavailable
+from mipflow.central.rounds import AnalysisOutcome, run_analysis
 from mipflow.node.store import FeatureStore
 from tests.mipflow.algorithms import synthetic
 from tests.mipflow.algorithms import test_federated_vs_pooled as pooled_props

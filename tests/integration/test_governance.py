@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 
 from mipflow.algorithms.provenance import catalogue, code_of
-from mipflow.central.federation import NodeClient, NodeEndpoint, NodeRefused, run_analysis
+from mipflow.central.client import NodeClient, NodeEndpoint, NodeRefused
+from mipflow.central.rounds import run_analysis
 from mipflow.exceptions import ConfigError, FederationError
 from mipflow.node.controls.access import AccessRegistry
 from mipflow.node.controls.audit import read_records, verify_log

@@ -14,7 +14,7 @@ from mipflow.algorithms import AnalysisRequest, get_algorithm, run_in_process
 from mipflow.algorithms.kmeans import principal_axis_centres
 from mipflow.node.controls.partitions import partition_conflict
 from mipflow.node.home import NodeHome
-from mipflow.central.federation import run_analysis as _run_analysis
+from mipflow.central.rounds import run_analysis as _run_analysis
 from tests.mipflow.algorithms.helpers import assert_rel_close
 from tests.mipflow.algorithms.synthetic import MODEL, request
 from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, served_clients

@@ -9,14 +9,12 @@ a substituted peer key is refused by a node that pinned its peers.
 """
 from __future__ import annotations
 
-import math
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-import pandas as pd
 import pytest
 import statsmodels.formula.api as smf
 
@@ -24,7 +22,8 @@ from mipflow import secagg
 from mipflow.node.controls.audit import AUDIT_FILE
 from mipflow.node.home import NodeHome
 from mipflow.exceptions import RequestError
-from mipflow.central.federation import NodeClient, NodeRefused, NodeUnavailable, run_analysis
+from mipflow.central.client import NodeClient, NodeRefused, NodeUnavailable
+from mipflow.central.rounds import run_analysis
 from tests.mipflow.algorithms.helpers import assert_rel_close
 from tests.mipflow.algorithms.synthetic import MODEL, make_data, request
 from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, served_clients

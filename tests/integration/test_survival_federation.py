@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 
 import warnings
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -21,8 +20,8 @@ import pytest
 from statsmodels.duration.hazard_regression import PHReg
 
 from mipflow.node.home import NodeHome
-from mipflow.central.federation import NodeClient
-from mipflow.central.federation import run_analysis as _run_analysis
+from mipflow.central.client import NodeClient
+from mipflow.central.rounds import run_analysis as _run_analysis
 from tests.mipflow.algorithms import lifelines_reference
 from tests.mipflow.algorithms.helpers import assert_rel_close
 from tests.mipflow.algorithms.survival_data import (

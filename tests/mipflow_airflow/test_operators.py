@@ -23,7 +23,8 @@ def _context(user: str | None = RESEARCHER) -> dict:
 
 
 def test_execute_runs_the_analysis_on_behalf_of_the_triggering_user(nodes, node_connections):
-    from mipflow.central.federation import NodeClient, NodeEndpoint, run_analysis
+    from mipflow.central.client import NodeClient, NodeEndpoint
+    from mipflow.central.rounds import run_analysis
 
     outcome = _operator(node_conn_ids=node_connections, min_nodes=2).execute(_context())
     assert set(outcome["contributed"]) == {"node0", "node1"} and outcome["excluded"] == {}

@@ -63,7 +63,7 @@ VALUES = ["yes", "no", "F", "M", "ischaemic", "tia", "hospital_a", 0, 1, 18.5, 4
 
 
 class CentralSigner(requests.auth.AuthBase):
-    """Sign each request as :class:`mipflow.central.federation.NodeClient` does.
+    """Sign each request as :class:`mipflow.central.client.NodeClient` does.
 
     The signature covers the path the node sees (percent-decoded, as ASGI gives it)
     with the query string as sent, and the exact body bytes schemathesis serialised.

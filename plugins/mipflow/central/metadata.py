@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 if TYPE_CHECKING:
-    from mipflow.central.federation import NodeClient
+    from mipflow.central.client import NodeClient
 
 log = logging.getLogger(__name__)
 

@@ -107,7 +107,7 @@ def summary_lines(outcome: dict[str, Any], limit: int = 40) -> list[str]:
     for node, reason in outcome.get("excluded", {}).items():
         lines.append(f"  left out {node}: {reason}")
     if outcome.get("stopped"):
-        from mipflow.central.report import stopped_text
+        from mipflow.central.report.pages import stopped_text
 
         lines.append(f"  stopped early: {stopped_text(outcome['stopped'])}")
     for key, value in outcome.get("result", {}).items():

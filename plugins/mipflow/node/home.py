@@ -98,23 +98,6 @@ class NodeSettings:
     #: k-means rounds a few rows away from a released one (1 = on; docs/adr/0013-differencing.md).
     differencing_check: int = 1
 
-    def dicom_options(self):
-        """The node's :class:`mipflow.node.imaging.DeidOptions`."""
-        from mipflow.node.imaging import DeidOptions
-
-        return DeidOptions(
-            retain_longitudinal_modified_dates=bool(self.dicom_retain_longitudinal_modified_dates),
-            retain_patient_characteristics=bool(self.dicom_retain_patient_characteristics),
-            retain_device_identity=bool(self.dicom_retain_device_identity),
-            retain_safe_private=bool(self.dicom_retain_safe_private),
-            clean_descriptors=bool(self.dicom_clean_descriptors),
-            descriptor_deny_words=self.dicom_descriptor_deny_words.split(","),
-            descriptor_allow_words=(self.dicom_descriptor_allow_words.split(",")
-                                    if self.dicom_descriptor_allow_words.strip() else None),
-            pixels_cleaned=bool(self.dicom_pixels_cleaned),
-            uid_root=self.dicom_uid_root or None,
-        )
-
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> "NodeSettings":
         known = {f.name for f in fields(cls)}

@@ -1,14 +1,17 @@
-"""Node operations shared by the CLI and the node DAGs (no Airflow imports).
+"""Node operations the CLI calls (no Airflow imports): add a data model, ingest, landing runs, status.
 
 Landing conventions: ``landing/<source>/*.csv`` is read with the source
 profile ``profiles/<source>.json``; CSV files directly in ``landing/`` (or in a
 folder without a profile) use the default profile (MIP CSV layout).  The data
 model comes from the profile's ``data_model`` or, failing that, the node
-setting ``default_data_model``.
+setting ``default_data_model``.  The helpers that apply them, shared with the
+node DAGs' stages, sit below this module: :func:`mipflow.node.ingest.capture.landing_sources`,
+:func:`mipflow.node.ingest.capture.resolve_consent`, :func:`mipflow.node.ingest.profile.resolve_profile`,
+:func:`mipflow.node.ingest.profile.resolve_model` and :func:`mipflow.node.store.open_store`.
 
 File and folder names of exports can carry patient names: the store, the
 results and the log lines name a file by its reference only
-(:mod:`mipflow.node.ingest.landing`); :func:`file_references` maps references back to
+(:mod:`mipflow.node.files`); :func:`file_references` maps references back to
 paths for the node admin's console.
 """
 from __future__ import annotations
@@ -21,31 +24,15 @@ from typing import Any, Iterable
 
 import sqlalchemy as sa
 
-from mipflow.node.ingest.capture import ConsentRegistry, open_registry, scan_landing
+from mipflow.node.ingest.capture import landing_csv_files, landing_sources, resolve_consent
 from mipflow.node.home import NodeHome
 from mipflow.protocol.datamodel import DataModel, load_data_model
-from mipflow.exceptions import ConfigError, ProfileError
-from mipflow.node.ingest.landing import DICOM_KIND, EHR_KIND, below, file_label, file_ref, landing_path_key, path_index
+from mipflow.node.files import DICOM_KIND, EHR_KIND, below, file_label, file_ref, landing_path_key
 from mipflow.node.ingest.pipeline import BatchCounts, BatchResult, apply_withdrawals, ingest_file
-from mipflow.node.ingest.profile import SourceProfile, default_profile
-from mipflow.node.store import FeatureStore, files_table
+from mipflow.node.ingest.profile import resolve_model, resolve_profile
+from mipflow.node.store import FeatureStore, files_table, open_store
 
 log = logging.getLogger(__name__)
-
-
-def open_store(home: NodeHome) -> FeatureStore:
-    """The node's feature store; the first open rewrites raw landing paths of older stores.
-
-    See :meth:`~mipflow.node.store.FeatureStore.migrate_path_names` (one primary-key
-    lookup once done).
-    """
-    store = FeatureStore(home.db_url)
-    if not store.path_names_migrated():
-        changed = store.migrate_path_names(home.key(), home.landing_dir, home.profiles_dir)
-        if changed:
-            log.info("feature store: %d manifest entries and batch records renamed to keyed path hashes "
-                     "and file references", changed)
-    return store
 
 
 def add_data_model(home: NodeHome, path: str | Path, store: FeatureStore | None = None) -> DataModel:
@@ -58,37 +45,6 @@ def add_data_model(home: NodeHome, path: str | Path, store: FeatureStore | None 
     if Path(path).resolve() != target.resolve():
         shutil.copyfile(path, target)
     return model
-
-
-def resolve_profile(home: NodeHome, profile: str | Path | None, source: str | None = None) -> SourceProfile:
-    """The profile named, else ``profiles/<source>.json`` when it exists, else the default."""
-    if profile is not None:
-        return SourceProfile.load(profile)
-    if source:
-        candidate = home.profiles_dir / f"{source}.json"
-        if candidate.is_file():
-            return SourceProfile.load(candidate)
-    return default_profile()
-
-
-def resolve_consent(home: NodeHome, consent: str | Path | None) -> ConsentRegistry | None:
-    """The registry named, else ``HOME/consent.csv`` when present, else ``None`` (all consented)."""
-    if consent is not None:
-        return open_registry(consent)
-    if home.consent_path.is_file():
-        return open_registry(home.consent_path)
-    return None
-
-
-def resolve_model(home: NodeHome, store: FeatureStore, data_model: str | None,
-                  profile: SourceProfile) -> DataModel:
-    key = data_model or profile.data_model or home.settings.default_data_model
-    if not key:
-        raise ConfigError("no data model given: pass --data-model CODE:VERSION, set 'data_model' in the "
-                          "source profile, or set the node setting default_data_model")
-    if profile.data_model and data_model and profile.data_model != data_model:
-        raise ProfileError(f"profile is for data model {profile.data_model}, not {data_model}")
-    return store.data_model(key)
 
 
 def summarise(home: NodeHome, results: list[BatchResult], withdrawn_deleted: int) -> dict[str, Any]:
@@ -122,52 +78,6 @@ def ingest(home: NodeHome, files: Iterable[str | Path], *, data_model: str | Non
         log.info("%s: %s (%s) %s", file_label(result.file), result.status, result.message,
                  result.counts.equation())
     return summarise(home, results, deleted)
-
-
-def landing_source(home: NodeHome, path: Path) -> str | None:
-    """The landing source of a file: its first folder below ``landing/`` when ``profiles/<it>.json`` exists.
-
-    A folder without a profile is read with the default profile and is no
-    source: its name (which may be a patient's) is never stored.
-    """
-    rel = path.relative_to(home.landing_dir).parts
-    if len(rel) > 1 and (home.profiles_dir / f"{rel[0]}.json").is_file():
-        return rel[0]
-    return None
-
-
-def landing_sources(home: NodeHome, store: FeatureStore) -> list[dict[str, Any]]:
-    """New files in the landing folder with their source (for the capture DAG).
-
-    Each item has ``path`` (for this process only: never log, store or return
-    it from a task), ``key`` (the manifest's path key), ``file`` (the
-    reference), ``sha256``, ``size``, ``status`` and ``source``.
-    """
-    found, skipped = scan_landing(home.landing_dir, store, settle_seconds=home.settings.settle_seconds)
-    key = home.key()
-    items = []
-    for item in found:
-        path_key = landing_path_key(key, home.landing_dir, item.path, kind=EHR_KIND)
-        items.append({"path": str(item.path), "key": path_key, "file": file_ref(path_key), "sha256": item.sha256,
-                      "size": item.size, "status": item.status, "source": landing_source(home, item.path)})
-    for item in skipped:
-        path_key = landing_path_key(key, home.landing_dir, item.path, kind=EHR_KIND)
-        items.append({"path": str(item.path), "key": path_key, "file": file_ref(path_key), "sha256": "",
-                      "size": 0, "status": "skipped", "reason": item.reason, "source": None})
-    return items
-
-
-def landing_csv_files(home: NodeHome) -> list[Path]:
-    """Every file below ``landing/`` outside ``landing/dicom/`` (the EHR side of the landing folder)."""
-    root = home.landing_dir
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.relative_to(root).parts[0] != "dicom")
-
-
-def landing_index(home: NodeHome) -> dict[str, Path]:
-    """Path key -> path of every EHR landing file (to find a manifest entry's file again)."""
-    return path_index(home.key(), home.landing_dir, landing_csv_files(home), kind=EHR_KIND)
 
 
 def file_references(home: NodeHome, paths: Iterable[str | Path] = (),

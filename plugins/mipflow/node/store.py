@@ -7,7 +7,7 @@ variables, keyed on ``(_pid, dataset, _visit)`` with lineage columns
 ``mipflow_data_models``  the CDE documents the node holds
 ``mipflow_datasets``     which datasets of which data model, with row counts
 ``mipflow_files``        the manifest: every landing file by SHA-256, with a keyed hash of its path
-                         (never the path: see :mod:`mipflow.node.ingest.landing`)
+                         (never the path: see :mod:`mipflow.node.files`)
 ``mipflow_batches``      one row per ingested file: status and row counts
 ``mipflow_quarantine``   rows that failed, with their reason
 ``mipflow_consent_log``  deletions made because consent was withdrawn
@@ -31,7 +31,8 @@ from sqlalchemy.engine import Connection, Engine
 
 from mipflow.protocol.datamodel import DataModel
 from mipflow.exceptions import StoreError
-from mipflow.node.ingest.landing import DICOM_KIND, EHR_KIND, file_label, file_ref, is_path_key, landing_path_key
+from mipflow.node.home import NodeHome
+from mipflow.node.files import DICOM_KIND, EHR_KIND, file_label, file_ref, is_path_key, landing_path_key
 
 log = logging.getLogger(__name__)
 
@@ -362,7 +363,7 @@ class FeatureStore:
 
     def register_file(self, conn: Connection, *, sha256: str, path: str, size: int, kind: str,
                       batch_id: str) -> None:
-        """Add a manifest entry; ``path`` must be a path key (:func:`mipflow.node.ingest.landing.landing_path_key`).
+        """Add a manifest entry; ``path`` must be a path key (:func:`mipflow.node.files.landing_path_key`).
 
         Raises
         ------
@@ -371,7 +372,7 @@ class FeatureStore:
         """
         if not is_path_key(path):
             raise StoreError("the manifest stores keyed path hashes only, never a raw path "
-                             "(use mipflow.node.ingest.landing.landing_path_key)")
+                             "(use mipflow.node.files.landing_path_key)")
         conn.execute(files_table.insert().values(sha256=sha256, path=path, size=size, kind=kind,
                                                  first_seen=utcnow(), batch_id=batch_id))
 
@@ -552,3 +553,18 @@ def _records(frame: Any, tail: tuple[Any, ...]) -> list[list[Any]]:
     for k, value in enumerate(tail):
         out[:, len(frame.columns) + k] = value
     return out.tolist()
+
+
+def open_store(home: NodeHome) -> FeatureStore:
+    """The node's feature store; the first open rewrites raw landing paths of older stores.
+
+    See :meth:`~mipflow.node.store.FeatureStore.migrate_path_names` (one primary-key
+    lookup once done).
+    """
+    store = FeatureStore(home.db_url)
+    if not store.path_names_migrated():
+        changed = store.migrate_path_names(home.key(), home.landing_dir, home.profiles_dir)
+        if changed:
+            log.info("feature store: %d manifest entries and batch records renamed to keyed path hashes "
+                     "and file references", changed)
+    return store

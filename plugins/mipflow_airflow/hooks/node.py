@@ -5,7 +5,7 @@ host name with ``port`` and ``schema`` ``http``/``https``), ``login`` the client
 id the node issued, ``password`` the client secret (hex), optional extra
 ``{"node_name": "hospital_a", "timeout": 60}``.  The hook owns the connection
 only; the HTTP client, request signing and retry policy (connection errors and
-5xx, never 4xx) are :class:`mipflow.central.federation.NodeClient`'s, and what a
+5xx, never 4xx) are :class:`mipflow.central.client.NodeClient`'s, and what a
 failure means for a task is the operator's decision.
 
 Defaults for every node (:mod:`mipflow_airflow.settings`): ``MIPFLOW_NODE_TIMEOUT_SECONDS``
@@ -21,7 +21,7 @@ from mipflow_airflow.exceptions import NodeConnectionError
 from mipflow_airflow.settings import node_retries, node_timeout
 
 if TYPE_CHECKING:
-    from mipflow.central.federation import NodeClient, NodeEndpoint
+    from mipflow.central.client import NodeClient, NodeEndpoint
 
 
 class NodeHook(BaseHook):
@@ -57,7 +57,7 @@ class NodeHook(BaseHook):
         NodeConnectionError
             If the connection has no login (client id) or password (client secret).
         """
-        from mipflow.central.federation import NodeEndpoint
+        from mipflow.central.client import NodeEndpoint
 
         conn = self.get_connection(self.mipflow_conn_id)
         host = conn.host or ""
@@ -72,8 +72,8 @@ class NodeHook(BaseHook):
         return NodeEndpoint(name=name, url=host, client_id=conn.login, secret=conn.password), extra
 
     def get_conn(self) -> NodeClient:
-        """A :class:`mipflow.central.federation.NodeClient` for this node (the caller closes it)."""
-        from mipflow.central.federation import NodeClient
+        """A :class:`mipflow.central.client.NodeClient` for this node (the caller closes it)."""
+        from mipflow.central.client import NodeClient
 
         endpoint, extra = self.endpoint()
         timeout = self.timeout or (float(extra["timeout"]) if extra.get("timeout") else node_timeout())

@@ -13,9 +13,9 @@ from mipflow_airflow.hooks.node import NodeHook
 if TYPE_CHECKING:
     from airflow.sdk import Context, XComArg
 
-    from mipflow.central.federation import NodeClient
+    from mipflow.central.client import NodeClient
 
-#: ``secure_aggregation`` values and what :func:`mipflow.central.federation.run_analysis` takes for them.
+#: ``secure_aggregation`` values and what :func:`mipflow.central.rounds.run_analysis` takes for them.
 SECURE_AGGREGATION: dict[Any, bool | None] = {"auto": None, "on": True, "off": False, None: None,
                                               True: True, False: False}
 
@@ -24,7 +24,7 @@ class FederatedAnalysisOperator(BaseOperator):
     """Run ``algorithm`` over the nodes behind ``node_conn_ids``; return the result with provenance.
 
     The rounds, parallel calls, dropout policy (``min_nodes``) and combination
-    are :func:`mipflow.central.federation.run_analysis`; this operator builds one
+    are :func:`mipflow.central.rounds.run_analysis`; this operator builds one
     :class:`mipflow_airflow.hooks.node.NodeHook` client per connection and decides
     what a failure means for the task:
 
@@ -37,7 +37,7 @@ class FederatedAnalysisOperator(BaseOperator):
       by the client already (connection errors and 5xx).
 
     Progress (``round k of at most N: n node(s) answered, m left out``) is logged
-    by :mod:`mipflow.central.federation` into the task log.  The central DAGs put
+    by :mod:`mipflow.central.rounds` into the task log.  The central DAGs put
     this task in the federation pool when ``MIPFLOW_POOLS=1`` (``pool=``).
 
     Parameters
@@ -76,7 +76,8 @@ class FederatedAnalysisOperator(BaseOperator):
         self.secure_aggregation = secure_aggregation
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from mipflow.central.federation import NodeRefused, NodeUnavailable, run_analysis
+        from mipflow.central.client import NodeRefused, NodeUnavailable
+        from mipflow.central.rounds import run_analysis
         from mipflow.exceptions import FederationError, RequestError
 
         conn_ids = self._conn_ids()
@@ -130,7 +131,7 @@ class FederatedAnalysisOperator(BaseOperator):
 
     def _check_reachable(self, clients: Sequence[NodeClient], min_nodes: int) -> None:
         """Raise :class:`NodesUnavailableError` if fewer than ``min_nodes`` nodes answer ``/health``."""
-        from mipflow.central.federation import NodeRefused, NodeUnavailable
+        from mipflow.central.client import NodeRefused, NodeUnavailable
 
         down = []
         for client in clients:

@@ -55,7 +55,7 @@ def run_with_controls(algorithm: str, frames: Sequence[pd.DataFrame], req: Analy
                       settings: NodeSettings) -> tuple[dict | None, list[int], dict[int, DisclosureError]]:
     """Run an analysis in process with every node's disclosure controls, as a node API does.
 
-    A node refused in round 0 is left out (as :func:`mipflow.central.federation.run_analysis` does); a
+    A node refused in round 0 is left out (as :func:`mipflow.central.rounds.run_analysis` does); a
     refusal in a later round is raised.
 
     Returns

@@ -13,7 +13,7 @@ from tests.nodes import PROJECT, RESEARCHER, free_port, grant_all, load_frame
 @pytest.fixture
 def clients(tmp_path):
     """Two nodes reached in-process through their real signed API, and one nobody listens for."""
-    from mipflow.central.federation import NodeClient, NodeEndpoint
+    from mipflow.central.client import NodeClient, NodeEndpoint
     from mipflow.node.api.app import create_app
     from mipflow.protocol.signing import issue_client
     from tests.mipflow.algorithms.synthetic import MODEL, make_data

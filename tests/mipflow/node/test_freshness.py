@@ -171,16 +171,16 @@ def test_a_grant_revocation_takes_effect_at_the_next_request(node):
 def test_the_selection_cache_is_bounded_in_bytes(tmp_path, monkeypatch):
     """The node keeps a selection between rounds only within ``frame_cache_mb``; a selection
     larger than the budget is used once and read again for the next round (same answer)."""
-    import mipflow.node.query
+    import mipflow.node.query.read
 
     reads = []
-    real = mipflow.node.query.select_frame
+    real = mipflow.node.query.read.select_frame
 
     def counting(*args, **kwargs):
         reads.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(mipflow.node.query, "select_frame", counting)
+    monkeypatch.setattr(mipflow.node.query.read, "select_frame", counting)
     home = NodeHome.init(tmp_path / "node", "node", "")
     load_frame(home.root, MODEL, _rows(1, 80, "a"))
     grant_all(home.root)

@@ -40,7 +40,7 @@ from mipflow.protocol.signing import AuthError, Verifier, load_clients
 from mipflow.node.home import NodeHome
 from mipflow.exceptions import DisclosureError, MipflowError, RequestError, StoreError
 from mipflow.node.freshness import DataVersion, file_signature
-from mipflow.node.query import QB_INPUTS, QB_TYPES, SUPPORTED_OPERATORS
+from mipflow.protocol.filters import QB_INPUTS, QB_TYPES, SUPPORTED_OPERATORS
 from mipflow.secagg import MAX_PARTICIPANTS, SCHEME
 
 log = logging.getLogger(__name__)
@@ -245,7 +245,7 @@ def create_app(home: NodeHome) -> FastAPI:
     from mipflow.algorithms.provenance import catalogue, code_of
     from mipflow.node.controls.disclosure import DisclosureControls
     from mipflow.node.store import FeatureStore
-    from mipflow.node.query import select_frame
+    from mipflow.node.query.read import select_frame
 
     store = FeatureStore(home.db_url)
     data_version = DataVersion(store)

@@ -32,12 +32,11 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from mipflow.exceptions import ConfigError, DisclosureError
+from mipflow.protocol.identity import IDENTITY_RE
 
 ACCESS_FILE = "access.json"
 WILDCARD = "*"
 NEVER = "never"
-#: Researcher and project identities: an e-mail-like or login-like token.
-IDENTITY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+\-]{0,127}$")
 
 
 class AccessDenied(DisclosureError):

@@ -84,7 +84,7 @@ def row_keys(frame: pd.DataFrame, key: str) -> np.ndarray:
     numpy.ndarray of uint64, shape (n,)
         In the frame's row order.
     """
-    from mipflow.node.query import ROW_MD5
+    from mipflow.node.query.pgcopy import ROW_MD5
 
     if not len(frame):
         return np.zeros(0, dtype=np.uint64)

@@ -90,13 +90,13 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
-from pydicom.sequence import Sequence
 from pydicom.sr.codedict import codes
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID_dictionary
 from pydicom.values import convert_value
 
 import mipflow
-from mipflow.node.deid import Pseudonymiser
+from mipflow.node.deid.pseudonyms import Pseudonymiser
+from mipflow.node.home import NodeSettings
 from mipflow.node.imaging.descriptors import DescriptorCleaner, parse_word_list
 from mipflow.node.imaging.part10 import encode_part10
 from mipflow.node.imaging.profile_table import (
@@ -119,6 +119,7 @@ __all__ = [
     "Quarantine",
     "deidentify_dataset",
     "deidentify_file",
+    "options_from_settings",
 ]
 
 log = logging.getLogger(__name__)
@@ -265,7 +266,7 @@ class DeidOptions:
     ----------
     retain_longitudinal_modified_dates : bool
         Shift dates (DA, DT) by the patient's secret offset
-        (:meth:`mipflow.node.deid.Pseudonymiser.date_shift_days` of the original
+        (:meth:`mipflow.node.deid.pseudonyms.Pseudonymiser.date_shift_days` of the original
         Patient ID, at most ``max_shift_days``) instead of removing them.  With
         the same key and ``max_shift_days`` as the EHR profile, image dates
         line up with the shifted clinical dates.
@@ -383,6 +384,28 @@ class DeidOptions:
     @property
     def shifts_dates(self) -> bool:
         return self.retain_longitudinal_modified_dates
+
+
+def options_from_settings(settings: NodeSettings) -> DeidOptions:
+    """The node's :class:`DeidOptions`, from its ``dicom_*`` settings (``HOME/settings.json``).
+
+    Parameters
+    ----------
+    settings : NodeSettings
+        The node's settings (:attr:`mipflow.node.home.NodeHome.settings`).
+    """
+    return DeidOptions(
+        retain_longitudinal_modified_dates=bool(settings.dicom_retain_longitudinal_modified_dates),
+        retain_patient_characteristics=bool(settings.dicom_retain_patient_characteristics),
+        retain_device_identity=bool(settings.dicom_retain_device_identity),
+        retain_safe_private=bool(settings.dicom_retain_safe_private),
+        clean_descriptors=bool(settings.dicom_clean_descriptors),
+        descriptor_deny_words=settings.dicom_descriptor_deny_words.split(","),
+        descriptor_allow_words=(settings.dicom_descriptor_allow_words.split(",")
+                                if settings.dicom_descriptor_allow_words.strip() else None),
+        pixels_cleaned=bool(settings.dicom_pixels_cleaned),
+        uid_root=settings.dicom_uid_root or None,
+    )
 
 
 # --------------------------------------------------------------------------
@@ -682,7 +705,7 @@ class Deidentifier:
         return new
 
     def pseudonym(self, patient_id: str) -> str:
-        """The EHR pseudonym of a Patient ID (see :class:`mipflow.node.deid.Pseudonymiser`)."""
+        """The EHR pseudonym of a Patient ID (see :class:`mipflow.node.deid.pseudonyms.Pseudonymiser`)."""
         return self._pseudonymiser.pseudonym(patient_id)
 
     # -- checks ------------------------------------------------------------------

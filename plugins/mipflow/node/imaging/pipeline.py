@@ -4,7 +4,7 @@
     Scans ``landing/dicom/`` recursively, hashes every settled file (SHA-256)
     and skips the ones the manifest already holds.  The manifest
     (``mipflow_files``) keeps the content hash and a keyed hash of the path
-    relative to ``landing/dicom/`` (:func:`mipflow.node.ingest.landing.landing_path_key`,
+    relative to ``landing/dicom/`` (:func:`mipflow.node.files.landing_path_key`,
     HMAC-SHA256 with the node key), never the path itself: file and folder names often
     carry patient names.  Only headers are read
     (``stop_before_pixels``), to group instances by Study/Series Instance UID
@@ -54,12 +54,12 @@ from typing import Any, Iterable
 
 import sqlalchemy as sa
 
-from mipflow.node.ingest.capture import sha256_file
+from mipflow.node.ingest.capture import resolve_consent, sha256_file
 from mipflow.node.home import NodeHome
 from mipflow.protocol.datamodel import DataModel, bundled_data_model_path, load_data_model
 from mipflow.exceptions import ConfigError, StoreError
-from mipflow.node.ingest.landing import DICOM_KIND, landing_path_key, path_index
-from mipflow.node.store import FeatureStore, batches_table, files_table, utcnow
+from mipflow.node.files import DICOM_KIND, landing_path_key, path_index
+from mipflow.node.store import FeatureStore, batches_table, files_table, open_store, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +136,9 @@ def dicom_staging(home: NodeHome) -> Path:
 
 
 def _engine(home: NodeHome):
-    from mipflow.node.imaging.deidentify import Deidentifier
+    from mipflow.node.imaging.deidentify import Deidentifier, options_from_settings
 
-    return Deidentifier(home.key(), home.settings.dicom_options())
+    return Deidentifier(home.key(), options_from_settings(home.settings))
 
 
 def landing_index(home: NodeHome) -> dict[str, Path]:
@@ -218,7 +218,6 @@ def capture_dicom(home: NodeHome, *, store: FeatureStore | None = None,
     """
     import pandas as pd
 
-    from mipflow.node.ops import open_store, resolve_consent
     from mipflow.node.ingest.pipeline import apply_withdrawals
 
     store = store or open_store(home)
@@ -333,7 +332,7 @@ def _drop_withdrawn_staging(home: NodeHome, store: FeatureStore, registry: Any, 
     withdrawn = registry.withdrawn()
     if not withdrawn:
         return
-    from mipflow.node.deid import Pseudonymiser
+    from mipflow.node.deid.pseudonyms import Pseudonymiser
 
     pseudo = Pseudonymiser(home.key())
     pids = sorted({pseudo.pseudonym(p) for p in withdrawn})
@@ -354,8 +353,6 @@ def _drop_withdrawn_staging(home: NodeHome, store: FeatureStore, registry: Any, 
 def waiting_series(home: NodeHome, stage: str = STAGE_CAPTURED, *,
                    store: FeatureStore | None = None) -> list[str]:
     """Imaging batches that finished ``stage`` (oldest first); catches up after failed runs."""
-    from mipflow.node.ops import open_store
-
     store = store or open_store(home)
     with store.engine.connect() as conn:
         rows = conn.execute(sa.select(batches_table.c.batch_id).where(
@@ -386,8 +383,6 @@ def deidentify_series(home: NodeHome, series: str | dict[str, Any], *,
         ``batch_id``, ``series``, ``files_in``, ``written``, ``quarantined``,
         ``reasons``, ``patient_pseudonym``, ``status``; JSON-able, no raw identifier.
     """
-    from mipflow.node.ops import open_store
-
     store = store or open_store(home)
     batch_id = series if isinstance(series, str) else series["batch_id"]
     batch = store.batch(batch_id)
@@ -472,8 +467,6 @@ def deidentify_series(home: NodeHome, series: str | dict[str, Any], *,
 
 def deidentify_many(home: NodeHome, batch_ids: Iterable[str]) -> list[dict[str, Any]]:
     """De-identify several series batches with one engine (one mapped task's chunk)."""
-    from mipflow.node.ops import open_store
-
     store = open_store(home)
     engine = _engine(home)
     landing = landing_index(home)
@@ -517,8 +510,6 @@ def _feature_row(feat: Any) -> dict[str, Any]:
 
 def pending_outcomes(home: NodeHome, *, store: FeatureStore | None = None) -> list[dict[str, Any]]:
     """Outcomes of every de-identified series waiting for feature extraction."""
-    from mipflow.node.ops import open_store
-
     store = store or open_store(home)
     out = []
     for batch_id in waiting_series(home, STAGE_DEIDENTIFIED, store=store):
@@ -551,7 +542,6 @@ def extract_and_load(home: NodeHome, series_outcomes: Iterable[dict[str, Any]], 
     import pandas as pd
 
     from mipflow.node.imaging.features import series_features
-    from mipflow.node.ops import open_store
 
     store = store or open_store(home)
     model = imaging_model(store)
@@ -618,8 +608,6 @@ def extract_and_load(home: NodeHome, series_outcomes: Iterable[dict[str, Any]], 
 def run_imaging(home: NodeHome, *, dataset: str | None = None,
                 store: FeatureStore | None = None) -> dict[str, Any]:
     """The whole chain in one call (CLI, tests): capture, de-identify, load; with file accounting."""
-    from mipflow.node.ops import open_store
-
     store = store or open_store(home)
     summary: dict[str, Any] = {}
     captured = {b["batch_id"] for b in capture_dicom(home, store=store, summary=summary)}

@@ -2,7 +2,7 @@
 
 Files are identified by their SHA-256: the same bytes twice are skipped, a
 changed file is a new batch.  The manifest names a file by a keyed hash of
-its path, never by the path (:mod:`mipflow.node.ingest.landing`).  A file modified within ``settle_seconds`` (or
+its path, never by the path (:mod:`mipflow.node.files`).  A file modified within ``settle_seconds`` (or
 named ``*.part``/``*.tmp``/``.*``) is still being written and is left for the
 next run.  The consent registry is a CSV with ``patient_id`` and ``consent``
 (``granted``, ``withdrawn`` or ``refused``; optional ``updated_at``, the latest
@@ -15,9 +15,11 @@ import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from mipflow.exceptions import InputFileError
+from mipflow.node.files import EHR_KIND, file_ref, landing_path_key, path_index
+from mipflow.node.home import NodeHome
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -173,7 +175,7 @@ def read_head(path: Path, encoding: str, label: str = "the file") -> None:
     """Raise InputFileError if the file's first block is not text in ``encoding``.
 
     ``label`` names the file in the message (a file reference, never its name:
-    see :func:`mipflow.node.ingest.landing.file_label`).
+    see :func:`mipflow.node.files.file_label`).
     """
     block = 1 << 16
     try:
@@ -187,3 +189,58 @@ def read_head(path: Path, encoding: str, label: str = "the file") -> None:
         if len(head) < block or exc.start < len(head) - 4:  # not a multi-byte char cut at the block edge
             raise InputFileError(f"{label}: not valid {encoding} text (byte offset {exc.start}); "
                                  f"re-export as {encoding} or set 'encoding' in the source profile") from None
+
+
+def resolve_consent(home: NodeHome, consent: str | Path | None) -> ConsentRegistry | None:
+    """The registry named, else ``HOME/consent.csv`` when present, else ``None`` (all consented)."""
+    if consent is not None:
+        return open_registry(consent)
+    if home.consent_path.is_file():
+        return open_registry(home.consent_path)
+    return None
+
+
+def landing_source(home: NodeHome, path: Path) -> str | None:
+    """The landing source of a file: its first folder below ``landing/`` when ``profiles/<it>.json`` exists.
+
+    A folder without a profile is read with the default profile and is no
+    source: its name (which may be a patient's) is never stored.
+    """
+    rel = path.relative_to(home.landing_dir).parts
+    if len(rel) > 1 and (home.profiles_dir / f"{rel[0]}.json").is_file():
+        return rel[0]
+    return None
+
+
+def landing_sources(home: NodeHome, store: FeatureStore) -> list[dict[str, Any]]:
+    """New files in the landing folder with their source (for the capture DAG).
+
+    Each item has ``path`` (for this process only: never log, store or return
+    it from a task), ``key`` (the manifest's path key), ``file`` (the
+    reference), ``sha256``, ``size``, ``status`` and ``source``.
+    """
+    found, skipped = scan_landing(home.landing_dir, store, settle_seconds=home.settings.settle_seconds)
+    key = home.key()
+    items = []
+    for item in found:
+        path_key = landing_path_key(key, home.landing_dir, item.path, kind=EHR_KIND)
+        items.append({"path": str(item.path), "key": path_key, "file": file_ref(path_key), "sha256": item.sha256,
+                      "size": item.size, "status": item.status, "source": landing_source(home, item.path)})
+    for item in skipped:
+        path_key = landing_path_key(key, home.landing_dir, item.path, kind=EHR_KIND)
+        items.append({"path": str(item.path), "key": path_key, "file": file_ref(path_key), "sha256": "",
+                      "size": 0, "status": "skipped", "reason": item.reason, "source": None})
+    return items
+
+
+def landing_csv_files(home: NodeHome) -> list[Path]:
+    """Every file below ``landing/`` outside ``landing/dicom/`` (the EHR side of the landing folder)."""
+    root = home.landing_dir
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.relative_to(root).parts[0] != "dicom")
+
+
+def landing_index(home: NodeHome) -> dict[str, Path]:
+    """Path key -> path of every EHR landing file (to find a manifest entry's file again)."""
+    return path_index(home.key(), home.landing_dir, landing_csv_files(home), kind=EHR_KIND)

@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING, Any, Iterator
 from mipflow.node.ingest.capture import ConsentRegistry, read_head, sha256_file
 from mipflow.node.home import NodeSettings
 from mipflow.protocol.datamodel import DataModel
-from mipflow.node.deid import Pseudonymiser, depersonalise
+from mipflow.node.deid.pseudonyms import Pseudonymiser
+from mipflow.node.deid.tabular import depersonalise
 from mipflow.exceptions import InputFileError, MipflowError
-from mipflow.node.ingest.landing import EHR_KIND, file_label, file_ref, landing_path_key
+from mipflow.node.files import EHR_KIND, file_label, file_ref, landing_path_key
 from mipflow.node.ingest.profile import SourceProfile
 from mipflow.node.ingest.progress import Progress, estimate_rows
 
@@ -67,7 +68,7 @@ class BatchResult:
     source: str  # the batch's source: ``<file reference>`` or ``<landing source>/<file reference>``
     sha256: str
     status: str  # loaded | held | failed | skipped | empty
-    file: str = ""  # the file reference (:func:`mipflow.node.ingest.landing.file_ref`), never the file's name
+    file: str = ""  # the file reference (:func:`mipflow.node.files.file_ref`), never the file's name
     batch_id: str = ""
     data_model: str = ""
     message: str = ""
@@ -305,7 +306,7 @@ def ingest_file(path: str | Path, *, store: "FeatureStore", model: DataModel, pr
     The file's path and name go nowhere: the manifest keeps a keyed hash of
     its path below ``landing`` (its absolute path when outside it or without
     ``landing``), and the batch record, the result, messages and log lines
-    name it by its reference (:mod:`mipflow.node.ingest.landing`).
+    name it by its reference (:mod:`mipflow.node.files`).
 
     Parameters
     ----------

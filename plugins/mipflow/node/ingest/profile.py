@@ -6,7 +6,7 @@ A profile is a JSON file::
      "encoding": "utf-8", "delimiter": ",",
      "dataset": {"value": "hospital_b"} | {"column": "dataset"},
      "visit": {"column": "episode_no"},          # optional; pseudonymised unless "pseudonymise": false
-     "deid": {...},                               # see mipflow.node.deid.DeidProfile
+     "deid": {...},                               # see mipflow.node.deid.rules.DeidProfile
      "harmonise": {"columns": {"local": "cde_code"},
                    "values": {"cde_code": {"local value": "cde enumeration code"}},
                    "drop": ["local column"]}}
@@ -22,8 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from mipflow.node.deid import DeidProfile
-from mipflow.exceptions import ProfileError
+from mipflow.node.deid.rules import DeidProfile
+from mipflow.exceptions import ConfigError, ProfileError
+from mipflow.node.home import NodeHome
+from mipflow.node.store import FeatureStore
+from mipflow.protocol.datamodel import DataModel
 
 
 @dataclass(frozen=True)
@@ -144,3 +147,26 @@ def default_profile() -> SourceProfile:
     return SourceProfile(source="mip-csv",
                          deid=DeidProfile.from_dict({"patient_id": "subjectcode"}),
                          dataset_column="dataset")
+
+
+def resolve_profile(home: NodeHome, profile: str | Path | None, source: str | None = None) -> SourceProfile:
+    """The profile named, else ``profiles/<source>.json`` when it exists, else the default."""
+    if profile is not None:
+        return SourceProfile.load(profile)
+    if source:
+        candidate = home.profiles_dir / f"{source}.json"
+        if candidate.is_file():
+            return SourceProfile.load(candidate)
+    return default_profile()
+
+
+def resolve_model(home: NodeHome, store: FeatureStore, data_model: str | None,
+                  profile: SourceProfile) -> DataModel:
+    """The data model named, else the profile's ``data_model``, else the node's ``default_data_model``."""
+    key = data_model or profile.data_model or home.settings.default_data_model
+    if not key:
+        raise ConfigError("no data model given: pass --data-model CODE:VERSION, set 'data_model' in the "
+                          "source profile, or set the node setting default_data_model")
+    if profile.data_model and data_model and profile.data_model != data_model:
+        raise ProfileError(f"profile is for data model {profile.data_model}, not {data_model}")
+    return store.data_model(key)

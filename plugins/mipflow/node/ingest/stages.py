@@ -12,7 +12,7 @@ failed run, and a re-run does nothing twice.
 Staging files never hold direct identifiers: the raw export stays in
 ``landing/`` and the first staging file is already depersonalised.  Nor do
 batch records, task results or log lines name a landing file: the manifest
-keeps a keyed hash of its path, the rest its reference (:mod:`mipflow.node.ingest.landing`);
+keeps a keyed hash of its path, the rest its reference (:mod:`mipflow.node.files`);
 the depersonalise stage finds the file again by that hash.
 """
 from __future__ import annotations
@@ -27,14 +27,14 @@ import sqlalchemy as sa
 
 from mipflow.node.home import NodeHome
 from mipflow.exceptions import InputFileError, MipflowError
-from mipflow.node.ingest.landing import EHR_KIND, file_label, file_ref
-from mipflow.node.ops import (landing_index, landing_sources, open_store, resolve_consent, resolve_model,
-                          resolve_profile)
+from mipflow.node.files import EHR_KIND, file_label, file_ref
+from mipflow.node.ingest.capture import landing_index, landing_sources, resolve_consent
+from mipflow.node.ingest.profile import resolve_model, resolve_profile
 from mipflow.node.ingest.pipeline import (ROW_COLUMN, BatchCounts, ChunkProcessor, MalformedCSV, decide_status,
                               apply_withdrawals, batch_id_for, merge_summaries)
-from mipflow.node.deid import Pseudonymiser
+from mipflow.node.deid.pseudonyms import Pseudonymiser
 from mipflow.node.ingest.progress import Progress, estimate_rows
-from mipflow.node.store import FeatureStore, batches_table, quarantine_table, utcnow
+from mipflow.node.store import FeatureStore, batches_table, open_store, quarantine_table, utcnow
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import pytest
 from mipflow.node.controls.audit import verify_chain
 from mipflow.protocol.signing import issue_client, signed_headers
 from mipflow.node.home import NodeHome
-from mipflow.central.federation import NodeClient, NodeEndpoint, NodeRefused
+from mipflow.central.client import NodeClient, NodeEndpoint, NodeRefused
 from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, running_nodes
 
 pytestmark = pytest.mark.xdist_group("nodeapi")

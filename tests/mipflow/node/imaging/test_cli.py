@@ -10,7 +10,7 @@ import sys
 import pydicom
 
 from mipflow.node.home import NodeHome
-from mipflow.node.deid import Pseudonymiser
+from mipflow.node.deid.pseudonyms import Pseudonymiser
 from tests.mipflow.node.imaging.conftest import PHI_TOP, read, shipped
 
 

@@ -20,7 +20,7 @@ from pydicom.datadict import DicomDictionary
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from mipflow.node.deid import Pseudonymiser
+from mipflow.node.deid.pseudonyms import Pseudonymiser
 from mipflow.node.imaging import (
     DeidOptions,
     Deidentifier,

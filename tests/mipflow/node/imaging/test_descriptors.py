@@ -8,6 +8,7 @@ import pytest
 
 from mipflow.node.home import NodeSettings
 from mipflow.node.imaging import DeidOptions, Deidentifier
+from mipflow.node.imaging.deidentify import options_from_settings
 from mipflow.node.imaging.descriptors import DescriptorCleaner
 
 from .conftest import KEY, inject_phi, read
@@ -117,8 +118,8 @@ def test_node_settings_carry_the_word_lists():
     settings = NodeSettings().with_value("dicom_clean_descriptors", "1") \
         .with_value("dicom_descriptor_deny_words", "VIP, Ward7") \
         .with_value("dicom_descriptor_allow_words", "")
-    options = settings.dicom_options()
+    options = options_from_settings(settings)
     assert options.clean_descriptors and options.descriptor_deny_words == {"vip", "ward7"}
     assert options.descriptor_allow_words is None
-    strict = settings.with_value("dicom_descriptor_allow_words", "ct,head").dicom_options()
+    strict = options_from_settings(settings.with_value("dicom_descriptor_allow_words", "ct,head"))
     assert strict.descriptor_allow_words == {"ct", "head"}

@@ -53,7 +53,7 @@ def test_features_of_deidentified_files_join_the_pseudonym(tmp_path):
     feats = series_features(paths)
     assert {f.modality for f in feats} == {"CT", "MR"}
     ct = next(f for f in feats if f.modality == "CT")
-    from mipflow.node.deid import Pseudonymiser
+    from mipflow.node.deid.pseudonyms import Pseudonymiser
     assert ct.patient_id == Pseudonymiser(KEY).pseudonym("1CT1")
     mr = [f for f in feats if f.modality == "MR"]
     assert all(f.volume_above_threshold_ml is None for f in mr)   # CT only

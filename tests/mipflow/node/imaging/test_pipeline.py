@@ -14,9 +14,9 @@ import sqlalchemy as sa
 from pydicom.data import get_testdata_file
 
 from mipflow.node.home import NodeHome
-from mipflow.node.deid import Pseudonymiser
+from mipflow.node.deid.pseudonyms import Pseudonymiser
 from mipflow.node.imaging import pipeline as imaging
-from mipflow.node.ops import open_store
+from mipflow.node.store import open_store
 from mipflow.node.store import files_table
 from tests.mipflow.node.ingest.test_pipeline import all_text
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import time
 
 import pandas as pd
@@ -11,12 +12,15 @@ import pytest
 
 from mipflow.exceptions import InputFileError
 from mipflow.node.ingest.capture import (
-    ConsentRegistry, is_settled, open_registry, read_head, scan_landing, sha256_file,
+    ConsentRegistry, is_settled, landing_csv_files, landing_source, open_registry, read_head, resolve_consent,
+    scan_landing, sha256_file,
 )
-from mipflow.node.ingest.landing import EHR_KIND, landing_path_key
+from mipflow.node.files import EHR_KIND, landing_path_key
 from mipflow.node.store import FeatureStore
+from tests.conftest import REPO_ROOT
 
 KEY = b"k" * 32
+PROFILE_DIR = REPO_ROOT / "include" / "schemas" / "profiles"
 OLD = time.time() - 3600
 
 
@@ -137,3 +141,33 @@ def test_read_head_refuses_text_in_another_encoding_and_names_the_file_by_its_la
     read_head(cut, "utf-8")
     with pytest.raises(InputFileError, match="cannot be read"):
         read_head(tmp_path / "absent.csv", "utf-8")
+
+
+def test_the_consent_registry_named_else_the_homes_else_none(node_home, tmp_path):
+    assert resolve_consent(node_home, None) is None  # no registry: everyone consented
+    pd.DataFrame({"patient_id": ["p1", "p2"], "consent": ["granted", "withdrawn"]}).to_csv(
+        node_home.consent_path, index=False)
+    assert resolve_consent(node_home, None).withdrawn() == ["p2"]
+    named = tmp_path / "other.csv"
+    pd.DataFrame({"patient_id": ["p3"], "consent": ["refused"]}).to_csv(named, index=False)
+    assert resolve_consent(node_home, named).withdrawn() == ["p3"]
+    with pytest.raises(InputFileError, match="does not exist"):
+        resolve_consent(node_home, tmp_path / "absent.csv")
+
+
+def test_a_landing_folder_is_a_source_only_with_its_profile(node_home):
+    shutil.copyfile(PROFILE_DIR / "hospital_b.json", node_home.profiles_dir / "hospital_b.json")
+    assert landing_source(node_home, node_home.landing_dir / "hospital_b" / "export.csv") == "hospital_b"
+    assert landing_source(node_home, node_home.landing_dir / "hospital_b" / "2026" / "export.csv") == "hospital_b"
+    # a folder without a profile may carry a patient's name: it is no source
+    assert landing_source(node_home, node_home.landing_dir / "Doe_Jane" / "export.csv") is None
+    assert landing_source(node_home, node_home.landing_dir / "export.csv") is None
+
+
+def test_landing_csv_files_leave_out_the_imaging_side(node_home):
+    for rel in ("a.csv", "src/b.csv", "dicom/c.csv", "dicom/x/1.dcm", "notes.txt"):
+        path = node_home.landing_dir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+    assert [p.relative_to(node_home.landing_dir).as_posix() for p in landing_csv_files(node_home)] == [
+        "a.csv", "notes.txt", "src/b.csv"]

@@ -1,11 +1,10 @@
-"""Landing files named without their names (mipflow.node.ingest.landing) through the EHR pipeline: the CLI path,
+"""Landing files named without their names (mipflow.node.files) through the EHR pipeline: the CLI path,
 the landing run and the DAG stages, on SQLite and PostgreSQL; and the migration of older stores that
 hold raw landing paths."""
 from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 
@@ -17,9 +16,8 @@ from mipflow.node import ops
 from mipflow.node.ingest import stages
 from mipflow.node.home import NodeHome
 from mipflow.exceptions import StoreError
-from mipflow.node.ingest.landing import (DICOM_KIND, EHR_KIND, PATH_KEY_PREFIX, REF_LENGTH, file_label, file_ref,
-                             is_path_key, landing_path_key, relative_name)
-from mipflow.node.store import PATH_NAMES_MARKER, batches_table, files_table, meta_table
+from mipflow.node.files import DICOM_KIND, EHR_KIND, REF_LENGTH, file_ref, is_path_key, landing_path_key
+from mipflow.node.store import PATH_NAMES_MARKER, batches_table, files_table, meta_table, open_store
 from mipflow.demo.synth import generate_export, write_export
 from tests.conftest import REPO_ROOT
 from tests.mipflow.node.ingest.test_pipeline import all_text
@@ -62,47 +60,12 @@ def ehr_key(home: NodeHome, path: Path) -> str:
 
 
 # --------------------------------------------------------------------------
-# the helpers
+# the manifest
 # --------------------------------------------------------------------------
-
-def test_path_keys_are_keyed_stable_and_kind_separated(tmp_path):
-    root = tmp_path / "landing"
-    path = root / PATIENT_DIR / f"export_{PATIENT_DIR}.csv"
-    path.parent.mkdir(parents=True)
-    path.write_text("x\n")
-    key = landing_path_key(KEY, root, path, kind=EHR_KIND)
-    assert key.startswith(PATH_KEY_PREFIX) and len(key) == len(PATH_KEY_PREFIX) + 64 and is_path_key(key)
-    assert "Doe" not in key
-    assert landing_path_key(bytes(32), root, path, kind=EHR_KIND) != key  # keyed, not a plain digest
-    assert landing_path_key(KEY, root, path, kind=DICOM_KIND) != key      # one HMAC context per kind
-    # the same file reached as a relative path or through a link gets the same key
-    cwd = os.getcwd()
-    try:
-        os.chdir(tmp_path)
-        assert landing_path_key(KEY, root, Path("landing") / PATIENT_DIR / path.name, kind=EHR_KIND) == key
-    finally:
-        os.chdir(cwd)
-    link = tmp_path / "link"
-    link.symlink_to(root)
-    assert landing_path_key(KEY, root, link / PATIENT_DIR / path.name, kind=EHR_KIND) == key
-    # below the root: the relative path; elsewhere: the absolute path, so a move changes the key
-    assert relative_name(root, path) == f"{PATIENT_DIR}/{path.name}"
-    outside = tmp_path / "elsewhere.csv"
-    assert relative_name(root, outside) == outside.resolve().as_posix()
-    assert landing_path_key(KEY, root, outside, kind=EHR_KIND) == landing_path_key(KEY, None, outside, kind=EHR_KIND)
-    ref = file_ref(key)
-    assert len(ref) == REF_LENGTH and ref == key[len(PATH_KEY_PREFIX):][:REF_LENGTH]
-    assert file_label(ref) == f"file {ref}"
-    with pytest.raises(ValueError):
-        file_ref(str(path))
-    with pytest.raises(ValueError, match="unknown manifest kind"):
-        landing_path_key(KEY, root, path, kind="csv")
-    assert not is_path_key(PATH_KEY_PREFIX + "Doe_John".ljust(64, "0"))
-
 
 def test_the_manifest_refuses_raw_paths(tmp_path):
     home = make_home(tmp_path)
-    store = ops.open_store(home)
+    store = open_store(home)
     with store.begin() as conn, pytest.raises(StoreError, match="never a raw path"):
         store.register_file(conn, sha256="0" * 64, path=f"/landing/{PATIENT_DIR}/a.csv", size=1,
                             kind=EHR_KIND, batch_id="b")
@@ -139,7 +102,7 @@ def test_file_and_folder_names_reach_neither_store_nor_logs(tmp_path, db_url, ca
     skipped = [f for f in summary["files"] if f["status"] == "skipped"]
     assert len(skipped) == 1 and "still being written" in skipped[0]["message"]
 
-    store = ops.open_store(home)
+    store = open_store(home)
     assert store.quarantined(loaded["batch_id"])  # quarantine entries exist, and hold no file name
     entries = {e["sha256"]: e for e in manifest(store)}
     assert entries[loaded["sha256"]]["path"] == ehr_key(home, export)
@@ -193,7 +156,7 @@ def run_stages(home: NodeHome) -> list[dict]:
     captured = stages.capture(home)
     out = [captured]
     for stage, after in (("depersonalise", "capture"), ("validate", "depersonalise"), ("load", "validate")):
-        store = ops.open_store(home)
+        store = open_store(home)
         out += [getattr(stages, stage)(home, b) for b in stages.waiting(store, after)]
     return out
 
@@ -213,7 +176,7 @@ def test_dag_stages_find_files_by_path_key_and_name_them_by_reference(tmp_path, 
     # the second file changes between capture and depersonalisation
     second.write_text(second.read_text() + second.read_text().splitlines()[1] + "\n")
     results = run_stages(home)
-    store = ops.open_store(home)
+    store = open_store(home)
     batches = {b["sha256"]: b for b in store.batches()}
     ref = file_ref(ehr_key(home, first))
     done = next(b for b in batches.values() if b["source"] == f"hospital_a/{ref}")
@@ -268,7 +231,7 @@ def test_raw_paths_of_an_older_store_are_rewritten_on_first_open(tmp_path, db_ur
     shas = {f["file"]: f["sha256"] for f in summary["files"]}
     refs = {p: file_ref(ehr_key(home, p)) for p in (loaded, waiting, unfit, outside)}
     (cli_result,) = ops.ingest(home, [outside], profile=home.profiles_dir / "hospital_a.json")["files"]
-    store = ops.open_store(home)
+    store = open_store(home)
     with store.begin() as conn:  # un-ingest ``waiting`` and capture it again with the DAG stage
         conn.execute(sa.text(f'DELETE FROM "{store.data_model("stroke:0.1").table_name}"'))
         conn.execute(batches_table.delete().where(batches_table.c.sha256 == shas[refs[waiting]]))
@@ -290,7 +253,7 @@ def test_raw_paths_of_an_older_store_are_rewritten_on_first_open(tmp_path, db_ur
     store.dispose()
 
     caplog.set_level(logging.DEBUG)
-    store = ops.open_store(home)
+    store = open_store(home)
     assert store.path_names_migrated()
     paths = {e["sha256"]: e["path"] for e in manifest(store)}
     assert paths[shas[refs[loaded]]] == ehr_key(home, loaded)

@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from mipflow.node import ops
+from mipflow.node.store import open_store
 from mipflow.node.home import NodeHome
 from mipflow.demo.synth import generate_consent, generate_export, write_export
 from tests.conftest import REPO_ROOT
@@ -49,7 +50,7 @@ def test_stroke_export_is_accounted_for_and_depersonalised(tmp_path, db_url, hos
     assert counts["loaded"] + counts["quarantined"] + counts["no_consent"] + counts["duplicates"] == 134
     assert counts["no_consent"] > 0 and counts["quarantined"] >= 10 and counts["duplicates"] >= 1
 
-    store = ops.open_store(home)
+    store = open_store(home)
     reasons = " | ".join(q["reason"] for q in store.quarantined())
     for expected in ("above maxValue 42", "not a number", "not in enumerations", "missing patient identifier",
                      "after"):
@@ -83,10 +84,10 @@ def test_default_profile_on_mip_csv(tmp_path, db_url, shared_dir):
     rows = sum(len(pd.read_csv(f)) for f in files)
     assert summary["totals"]["rows_in"] == rows and summary["totals"]["conserved"]
     assert summary["totals"]["loaded"] + summary["totals"]["quarantined"] == rows
-    datasets = {d["dataset"]: d["row_count"] for d in ops.open_store(home).datasets()}
+    datasets = {d["dataset"]: d["row_count"] for d in open_store(home).datasets()}
     assert set(datasets) == {"edsd0", "edsd1", "edsd2"}
     raw_codes = set(pd.read_csv(files[0])["subjectcode"])
-    with ops.open_store(home).engine.connect() as conn:
+    with open_store(home).engine.connect() as conn:
         stored = set(conn.execute(sa.text("SELECT subjectcode FROM dm_dementia_0_1")).scalars())
     assert stored and not (stored & raw_codes)  # pseudonymised
     assert all(len(code) == 64 for code in stored)
@@ -97,7 +98,7 @@ def test_same_file_twice_is_skipped_and_force_is_idempotent(tmp_path):
     path = write_export(tmp_path / "e.csv", generate_export("hospital_a", 50, seed=1))
     profile = PROFILES / "hospital_a.json"
     first = ops.ingest(home, [path], profile=profile)
-    store = ops.open_store(home)
+    store = open_store(home)
     model = store.data_model("stroke:0.1")
     n = store.count_rows(model)
     assert n == first["totals"]["loaded"] == 50
@@ -117,7 +118,7 @@ def test_changed_file_is_a_new_batch_and_updates_rows(tmp_path):
     write_export(path, export)
     summary = ops.ingest(home, [path], profile=PROFILES / "hospital_a.json")
     assert summary["files"][0]["status"] == "loaded"
-    store = ops.open_store(home)
+    store = open_store(home)
     assert len(store.batches()) == 2
     assert store.count_rows(store.data_model("stroke:0.1")) == 40
     with store.engine.connect() as conn:
@@ -132,7 +133,7 @@ def test_withdrawn_consent_removes_rows_at_next_run(tmp_path, db_url):
                             "updated_at": "2025-01-01T00:00:00"})
     consent.to_csv(tmp_path / "consent.csv", index=False)
     ops.ingest(home, [path], profile=PROFILES / "hospital_a.json", consent=tmp_path / "consent.csv")
-    store = ops.open_store(home)
+    store = open_store(home)
     model = store.data_model("stroke:0.1")
     assert store.count_rows(model) == 60
     withdrawn = pd.DataFrame({"patient_id": export["mrn"][:3], "consent": "withdrawn",
@@ -152,7 +153,7 @@ def test_held_batch_loads_nothing(tmp_path):
     (result,) = summary["files"]
     assert result["status"] == "held" and result["conserved"]
     assert result["counts"]["loaded"] == 0
-    store = ops.open_store(home)
+    store = open_store(home)
     assert store.count_rows(store.data_model("stroke:0.1")) == 0
     assert any(q["reason"].startswith("batch held") for q in store.quarantined())
 
@@ -202,7 +203,7 @@ def test_quarantine_reasons_hold_no_values(tmp_path, shared_dir):
     path = tmp_path / "in.csv"
     path.write_text(MIP_HEADER + "s1,edsd0,QQZX,9876,abcdefgh\n")
     summary = ops.ingest(home, [path], data_model="dementia:0.1")
-    text = json.dumps(summary) + " ".join(q["reason"] for q in ops.open_store(home).quarantined())
+    text = json.dumps(summary) + " ".join(q["reason"] for q in open_store(home).quarantined())
     for value in ("QQZX", "9876", "abcdefgh"):
         assert value not in text
 
@@ -233,13 +234,13 @@ def test_identifier_column_with_other_case_fails_the_file(tmp_path):
     path = write_export(tmp_path / "e.csv", export)
     (result,) = ops.ingest(home, [path], profile=PROFILES / "hospital_a.json")["files"]
     assert result["status"] == "failed" and "differs only in case" in result["message"]
-    assert ops.open_store(home).count_rows(ops.open_store(home).data_model("stroke:0.1")) == 0
+    assert open_store(home).count_rows(open_store(home).data_model("stroke:0.1")) == 0
 
 
 def test_visit_pseudonyms_do_not_link_to_patient_pseudonyms():
     import pandas as pd
 
-    from mipflow.node.deid import Pseudonymiser
+    from mipflow.node.deid.pseudonyms import Pseudonymiser
 
     p = Pseudonymiser(b"k" * 32)
     ids = pd.Series(["12345"])

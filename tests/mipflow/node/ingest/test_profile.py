@@ -3,14 +3,19 @@ for, and that a profile survives a round trip through its JSON form."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
-from mipflow.exceptions import ProfileError
-from mipflow.node.ingest.profile import HarmoniseMap, SourceProfile, default_profile
+from mipflow.exceptions import ConfigError, ProfileError, StoreError
+from mipflow.node.home import NodeHome
+from mipflow.node.ops import add_data_model
+from mipflow.node.ingest.profile import HarmoniseMap, SourceProfile, default_profile, resolve_model, resolve_profile
 from tests.conftest import REPO_ROOT
 
-PROFILES = sorted((REPO_ROOT / "include" / "schemas" / "profiles").glob("*.json"))
+PROFILE_DIR = REPO_ROOT / "include" / "schemas" / "profiles"
+PROFILES = sorted(PROFILE_DIR.glob("*.json"))
+STROKE_MODEL = REPO_ROOT / "include" / "schemas" / "stroke_v_0_1" / "CDEsMetadata.json"
 MINIMAL = {"deid": {"patient_id": "mrn"}}
 
 
@@ -81,3 +86,26 @@ def test_profile_files_that_cannot_be_read_say_which(tmp_path):
     (tmp_path / "bad.json").write_text("{source: hospital}")
     with pytest.raises(ProfileError, match=r"bad\.json is not valid JSON"):
         SourceProfile.load(tmp_path / "bad.json")
+
+
+def test_the_profile_named_else_the_sources_else_the_default(node_home):
+    shutil.copyfile(PROFILE_DIR / "hospital_b.json", node_home.profiles_dir / "hospital_b.json")
+    assert resolve_profile(node_home, PROFILE_DIR / "hospital_a.json", "hospital_b").source == "hospital_a"
+    assert resolve_profile(node_home, None, "hospital_b").source == "hospital_b"
+    assert resolve_profile(node_home, None, "hospital_z") == default_profile()
+    assert resolve_profile(node_home, None) == default_profile()
+
+
+def test_the_data_model_comes_from_the_request_the_profile_or_the_setting(node_home, node_store):
+    add_data_model(node_home, STROKE_MODEL, node_store)
+    stroke_profile = SourceProfile.load(PROFILE_DIR / "hospital_a.json")
+    assert resolve_model(node_home, node_store, None, stroke_profile).key == "stroke:0.1"
+    assert resolve_model(node_home, node_store, "stroke:0.1", default_profile()).key == "stroke:0.1"
+    with pytest.raises(ConfigError, match="no data model given"):
+        resolve_model(node_home, node_store, None, default_profile())
+    node_home.set_setting("default_data_model", "stroke:0.1")
+    assert resolve_model(NodeHome(node_home.root), node_store, None, default_profile()).key == "stroke:0.1"
+    with pytest.raises(ProfileError, match="profile is for data model stroke:0.1, not dementia:0.1"):
+        resolve_model(node_home, node_store, "dementia:0.1", stroke_profile)
+    with pytest.raises(StoreError):
+        resolve_model(node_home, node_store, "dementia:0.1", default_profile())  # not registered here

@@ -1,4 +1,5 @@
-"""The federation driver: who asks, and what each round logs (:mod:`mipflow.central.federation`)."""
+"""mipflow.central.rounds: the round loop logs each round with the nodes that answered and those
+left out, and no patient data (docs/adr/0017-operability.md)."""
 from __future__ import annotations
 
 import logging
@@ -7,7 +8,7 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
-from mipflow.central.federation import run_analysis
+from mipflow.central.rounds import run_analysis
 from mipflow.exceptions import RequestError
 from mipflow.node.home import NodeHome
 from tests.nodes import LINREG, PROJECT, RESEARCHER, grant_all, load_frame
@@ -19,14 +20,11 @@ def test_run_analysis_needs_a_researcher_and_project():
             run_analysis("linear_regression", LINREG, [], **who)
 
 
-# --------------------------------------------------------------------------- rounds of an analysis
-
-
 @pytest.fixture
 def in_process_nodes(tmp_path):
     """Three nodes on the synthetic model, reached in-process through their real signed API."""
     from mipflow.protocol.signing import issue_client
-    from mipflow.central.federation import NodeClient, NodeEndpoint
+    from mipflow.central.client import NodeClient, NodeEndpoint
     from mipflow.node.api.app import create_app
     from tests.mipflow.algorithms.synthetic import MODEL, make_data
 
@@ -52,13 +50,13 @@ def in_process_nodes(tmp_path):
 
 def test_analysis_logs_each_round_with_nodes_answered_and_left_out(in_process_nodes, caplog):
     from mipflow.algorithms.contract import MAX_ROUNDS
-    from mipflow.central.federation import run_analysis
+    from mipflow.central.rounds import run_analysis
 
     clients, homes = in_process_nodes
     homes[2].set_setting("disabled_algorithms", "logistic_regression")
     request = {"inputdata": {"data_model": "synth:1", "datasets": ["d0", "d1", "d2"], "x": ["x1", "age"],
                              "y": ["sex"], "filters": None}, "parameters": {"positive_class": "F"}}
-    caplog.set_level(logging.INFO, logger="mipflow.central.federation")
+    caplog.set_level(logging.INFO, logger="mipflow.central.rounds")
     # plain aggregation: with secure aggregation (default for 3 nodes) a round-0 refusal restarts
     # the analysis with fresh masks, and the round numbers start again (tests/integration/test_secagg_federation.py)
     outcome = run_analysis("logistic_regression", request, clients, researcher=RESEARCHER, project=PROJECT,

@@ -1,10 +1,4 @@
-"""The central side: reach nodes, run an algorithm's rounds, combine aggregates.
-
-A federation file (JSON, mode 0600: it holds credentials) lists the nodes::
-
-    {"name": "stroke-demo",
-     "nodes": [{"name": "hospital_a", "url": "http://127.0.0.1:8701",
-                "client_id": "central", "secret": "<hex>"}]}
+"""The central side's round loop: run an algorithm's rounds over the nodes, combine aggregates.
 
 :func:`run_analysis` is the one way to run an analysis: the CLI, the
 Airflow operator and the tests call it.  Nodes are called in parallel; a node
@@ -27,126 +21,18 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from mipflow import __version__
-from mipflow.protocol.signing import signed_headers
-from mipflow.exceptions import ConfigError, FederationError, MipflowError, RequestError
+from mipflow.central.client import NodeClient, NodeRefused, NodeUnavailable
+from mipflow.exceptions import FederationError, RequestError
+from mipflow.protocol.identity import IDENTITY_RE
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class NodeEndpoint:
-    """How to reach one node."""
-
-    name: str
-    url: str
-    client_id: str
-    secret: str = field(repr=False)
-
-
-class NodeRefused(MipflowError):
-    """A node answered, but would not run the step (disclosure control or invalid request)."""
-
-    def __init__(self, node: str, reason: str, control: str, status: int) -> None:
-        super().__init__(f"{node}: {reason}")
-        self.node, self.reason, self.control, self.status = node, reason, control, status
-
-
-class NodeUnavailable(MipflowError):
-    """A node could not be reached or failed after retries."""
-
-
-class NodeClient:
-    """Signed HTTP calls to one node; retries connection errors and 5xx, never 4xx."""
-
-    def __init__(self, endpoint: NodeEndpoint, *, timeout: float = 60.0, retries: int = 2,
-                 backoff: float = 0.2) -> None:
-        import httpx
-
-        self.endpoint = endpoint
-        self.retries = retries
-        self.backoff = backoff
-        self._secret = bytes.fromhex(endpoint.secret)
-        self._http = httpx.Client(base_url=endpoint.url.rstrip("/"), timeout=timeout)
-
-    @property
-    def name(self) -> str:
-        return self.endpoint.name
-
-    def close(self) -> None:
-        self._http.close()
-
-    def _call(self, method: str, path: str, payload: Any = None) -> Any:
-        import httpx
-
-        body = b"" if payload is None else json.dumps(payload, allow_nan=False).encode()
-        last: Exception | None = None
-        for attempt in range(self.retries + 1):
-            headers = signed_headers(self.endpoint.client_id, self._secret, method, path, body)
-            if payload is not None:
-                headers["Content-Type"] = "application/json"
-            try:
-                response = self._http.request(method, path, content=body, headers=headers)
-            except httpx.TransportError as exc:
-                last = exc
-            else:
-                if response.status_code < 400:
-                    return response.json()
-                if response.status_code < 500:
-                    detail = _detail(response)
-                    raise NodeRefused(self.name, detail.get("refused") or detail.get("detail") or
-                                      f"HTTP {response.status_code}", detail.get("control", "request"),
-                                      response.status_code)
-                last = NodeUnavailable(f"{self.name}: HTTP {response.status_code}")
-            if attempt < self.retries:
-                time.sleep(self.backoff * (2 ** attempt))
-        raise NodeUnavailable(f"{self.name} unreachable at {self.endpoint.url}: {type(last).__name__}")
-
-    def health(self) -> dict[str, Any]:
-        return self._call("GET", "/health")
-
-    def metadata(self, researcher: str | None = None, project: str | None = None) -> dict[str, Any]:
-        """What the node holds; datasets only those ``researcher`` (in ``project``) is approved for."""
-        from urllib.parse import urlencode
-
-        query = {k: v for k, v in (("researcher", researcher), ("project", project)) if v is not None}
-        return self._call("GET", "/v1/metadata" + (f"?{urlencode(query)}" if query else ""))
-
-    def algorithms(self) -> dict[str, Any]:
-        """The node's catalogue: enabled and disabled algorithms with their code digests."""
-        return self._call("GET", "/v1/algorithms")
-
-    def step(self, algorithm: str, request: Mapping[str, Any], round_no: int,
-             state: Mapping[str, Any] | None, *, researcher: str | None = None, project: str | None = None,
-             analysis_id: str | None = None, secure_aggregation: Mapping[str, Any] | None = None
-             ) -> dict[str, Any]:
-        body = {"request": dict(request), "round": round_no, "state": state,
-                "researcher": researcher, "project": project, "analysis_id": analysis_id}
-        if secure_aggregation is not None:  # mask the aggregates for a secure sum (mipflow.secagg)
-            body["secure_aggregation"] = dict(secure_aggregation)
-        return self._call("POST", f"/v1/steps/{algorithm}", body)
-
-    def secagg_key(self) -> dict[str, Any]:
-        """The node's secure-aggregation public key (``mipflow.secagg``)."""
-        return self._call("GET", "/v1/secagg/key")
-
-
-def _detail(response: Any) -> dict[str, Any]:
-    try:
-        doc = response.json()
-    except ValueError:
-        return {}
-    if isinstance(doc, dict) and isinstance(doc.get("detail"), (str, dict)):
-        return doc if not isinstance(doc["detail"], dict) else doc["detail"]
-    return doc if isinstance(doc, dict) else {}
 
 
 @dataclass
@@ -189,8 +75,6 @@ class OnBehalfOf:
 
 
 def _on_behalf_of(researcher: str | None, project: str | None) -> OnBehalfOf:
-    from mipflow.node.controls.access import IDENTITY_RE
-
     for value, what in ((researcher, "researcher"), (project, "project")):
         if not value:
             raise RequestError(f"an analysis runs on behalf of a researcher and a project: give {what}")
@@ -462,51 +346,3 @@ def _call_all(algorithm: str, request: dict[str, Any], nodes: Sequence[NodeClien
         except NodeUnavailable as exc:
             failures[name] = f"unavailable: {exc}"
     return replies, failures, refusals
-
-
-# -- federation files -----------------------------------------------------------
-
-def load_federation(path: str | Path) -> list[NodeEndpoint]:
-    path = Path(path)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        return [NodeEndpoint(name=n["name"], url=n["url"], client_id=n["client_id"], secret=n["secret"])
-                for n in doc.get("nodes", [])]
-    except FileNotFoundError:
-        raise ConfigError(f"federation file {path} does not exist; create it with "
-                          "mipflow federation add FED --node NAME --url URL --credentials-from HOME") from None
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ConfigError(f"federation file {path} is not valid: {exc}") from None
-
-
-def add_node(path: str | Path, *, name: str, url: str, credentials_from: str | Path,
-             client_id: str = "central") -> NodeEndpoint:
-    """Add (or replace) a node in a federation file, with a credential issued by that node's home."""
-    from mipflow.protocol.signing import issue_client
-
-    path = Path(path)
-    credential = issue_client(Path(credentials_from), client_id)
-    doc = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"name": path.stem, "nodes": []}
-    doc["nodes"] = [n for n in doc.get("nodes", []) if n.get("name") != name]
-    endpoint = NodeEndpoint(name=name, url=url, client_id=client_id, secret=credential.secret.hex())
-    doc["nodes"].append(asdict(endpoint))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(doc, handle, indent=2)
-    tmp.replace(path)
-    return endpoint
-
-
-def analyze(algorithm: str, request: Mapping[str, Any], federation: str | Path, *,
-            researcher: str | None = None, project: str | None = None, min_nodes: int = 1,
-            secure_aggregation: bool | None = None) -> AnalysisOutcome:
-    """Python API: what ``mipflow analyze`` does."""
-    clients = [NodeClient(e) for e in load_federation(federation)]
-    try:
-        return run_analysis(algorithm, request, clients, researcher=researcher, project=project,
-                            min_nodes=min_nodes, secure_aggregation=secure_aggregation)
-    finally:
-        for client in clients:
-            client.close()

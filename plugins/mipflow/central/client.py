@@ -1,0 +1,123 @@
+"""Signed HTTP calls from the central site to one node.
+
+:class:`NodeClient` signs every call (:mod:`mipflow.protocol.signing`), retries connection
+errors and 5xx answers with a backoff, and never retries a 4xx: a node that answers but will
+not run a step raises :class:`NodeRefused` (with the disclosure control that refused), a node
+that cannot be reached :class:`NodeUnavailable`.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from mipflow.exceptions import MipflowError
+from mipflow.protocol.signing import signed_headers
+
+
+@dataclass(frozen=True)
+class NodeEndpoint:
+    """How to reach one node."""
+
+    name: str
+    url: str
+    client_id: str
+    secret: str = field(repr=False)
+
+
+class NodeRefused(MipflowError):
+    """A node answered, but would not run the step (disclosure control or invalid request)."""
+
+    def __init__(self, node: str, reason: str, control: str, status: int) -> None:
+        super().__init__(f"{node}: {reason}")
+        self.node, self.reason, self.control, self.status = node, reason, control, status
+
+
+class NodeUnavailable(MipflowError):
+    """A node could not be reached or failed after retries."""
+
+
+class NodeClient:
+    """Signed HTTP calls to one node; retries connection errors and 5xx, never 4xx."""
+
+    def __init__(self, endpoint: NodeEndpoint, *, timeout: float = 60.0, retries: int = 2,
+                 backoff: float = 0.2) -> None:
+        import httpx
+
+        self.endpoint = endpoint
+        self.retries = retries
+        self.backoff = backoff
+        self._secret = bytes.fromhex(endpoint.secret)
+        self._http = httpx.Client(base_url=endpoint.url.rstrip("/"), timeout=timeout)
+
+    @property
+    def name(self) -> str:
+        return self.endpoint.name
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _call(self, method: str, path: str, payload: Any = None) -> Any:
+        import httpx
+
+        body = b"" if payload is None else json.dumps(payload, allow_nan=False).encode()
+        last: Exception | None = None
+        for attempt in range(self.retries + 1):
+            headers = signed_headers(self.endpoint.client_id, self._secret, method, path, body)
+            if payload is not None:
+                headers["Content-Type"] = "application/json"
+            try:
+                response = self._http.request(method, path, content=body, headers=headers)
+            except httpx.TransportError as exc:
+                last = exc
+            else:
+                if response.status_code < 400:
+                    return response.json()
+                if response.status_code < 500:
+                    detail = _detail(response)
+                    raise NodeRefused(self.name, detail.get("refused") or detail.get("detail") or
+                                      f"HTTP {response.status_code}", detail.get("control", "request"),
+                                      response.status_code)
+                last = NodeUnavailable(f"{self.name}: HTTP {response.status_code}")
+            if attempt < self.retries:
+                time.sleep(self.backoff * (2 ** attempt))
+        raise NodeUnavailable(f"{self.name} unreachable at {self.endpoint.url}: {type(last).__name__}")
+
+    def health(self) -> dict[str, Any]:
+        return self._call("GET", "/health")
+
+    def metadata(self, researcher: str | None = None, project: str | None = None) -> dict[str, Any]:
+        """What the node holds; datasets only those ``researcher`` (in ``project``) is approved for."""
+        from urllib.parse import urlencode
+
+        query = {k: v for k, v in (("researcher", researcher), ("project", project)) if v is not None}
+        return self._call("GET", "/v1/metadata" + (f"?{urlencode(query)}" if query else ""))
+
+    def algorithms(self) -> dict[str, Any]:
+        """The node's catalogue: enabled and disabled algorithms with their code digests."""
+        return self._call("GET", "/v1/algorithms")
+
+    def step(self, algorithm: str, request: Mapping[str, Any], round_no: int,
+             state: Mapping[str, Any] | None, *, researcher: str | None = None, project: str | None = None,
+             analysis_id: str | None = None, secure_aggregation: Mapping[str, Any] | None = None
+             ) -> dict[str, Any]:
+        body = {"request": dict(request), "round": round_no, "state": state,
+                "researcher": researcher, "project": project, "analysis_id": analysis_id}
+        if secure_aggregation is not None:  # mask the aggregates for a secure sum (mipflow.secagg)
+            body["secure_aggregation"] = dict(secure_aggregation)
+        return self._call("POST", f"/v1/steps/{algorithm}", body)
+
+    def secagg_key(self) -> dict[str, Any]:
+        """The node's secure-aggregation public key (``mipflow.secagg``)."""
+        return self._call("GET", "/v1/secagg/key")
+
+
+def _detail(response: Any) -> dict[str, Any]:
+    try:
+        doc = response.json()
+    except ValueError:
+        return {}
+    if isinstance(doc, dict) and isinstance(doc.get("detail"), (str, dict)):
+        return doc if not isinstance(doc["detail"], dict) else doc["detail"]
+    return doc if isinstance(doc, dict) else {}

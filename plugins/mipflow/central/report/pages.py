@@ -1,0 +1,192 @@
+"""HTML pages: the list of runs, one run's result with its provenance, a node's data quality.
+
+The pages show aggregates only (results and counts): no row, value or patient identifier.
+"""
+from __future__ import annotations
+
+import html
+import json
+from typing import Any, Iterable, Mapping, Sequence
+
+from mipflow.central.report.plots import result_plots
+from mipflow.central.report.tables import Table, result_tables, table_html, tables_csv
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:1.5rem;color:#222}
+table{border-collapse:collapse;margin:.3rem 0 1rem}
+th,td{border:1px solid #ccc;padding:.2rem .5rem;text-align:left;vertical-align:top}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+th{background:#f2f4f7}
+.plots{display:flex;flex-wrap:wrap;gap:1rem}
+.plots figure{margin:0}
+.plots svg{max-width:100%;height:auto}
+.muted{color:#666}
+.bad{color:#a00}
+"""
+
+
+def page(title: str, body: str) -> str:
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>")
+
+
+def _inputdata(doc: Mapping[str, Any]) -> Mapping[str, Any]:
+    return (doc.get("request") or {}).get("inputdata") or {}
+
+
+def _excluded_text(excluded: Mapping[str, str]) -> str:
+    return "; ".join(f"{node}: {reason}" for node, reason in excluded.items())
+
+
+def index_page(runs: Sequence[Mapping[str, Any]], *, link: Any) -> str:
+    """The list of analysis runs.
+
+    Parameters
+    ----------
+    runs : sequence of mapping
+        Stored results (:meth:`mipflow.central.results.ResultStore.runs`), newest first.
+    link : callable
+        ``link(run_id, kind)`` -> URL of the run's page (``kind`` ``"html"``, ``"json"``, ``"csv"``).
+    """
+    if not runs:
+        return page("Federated analysis results", '<p class="muted">No analysis has been stored yet.</p>')
+    head = ["run", "when", "who", "algorithm", "data model", "datasets", "contributed (rows)", "left out",
+            "download"]
+    rows = []
+    for doc in runs:
+        inputdata = _inputdata(doc)
+        contributed = doc.get("contributed") or {}
+        rows.append(
+            "<tr>"
+            f'<td><a href="{html.escape(link(doc["run_id"], "html"))}">{html.escape(doc["run_id"])}</a></td>'
+            f"<td>{html.escape(str(doc.get('created_at', '')))}</td>"
+            f"<td>{html.escape(str(doc.get('triggered_by') or ''))}</td>"
+            f"<td>{html.escape(doc.get('algorithm', ''))}</td>"
+            f"<td>{html.escape(str(inputdata.get('data_model', '')))}</td>"
+            f"<td>{html.escape(', '.join(inputdata.get('datasets') or []))}</td>"
+            f"<td>{html.escape(', '.join(f'{n} ({r})' for n, r in contributed.items()))}</td>"
+            f'<td class="bad">{html.escape(_excluded_text(doc.get("excluded") or {}))}</td>'
+            f'<td><a href="{html.escape(link(doc["run_id"], "json"))}">JSON</a> '
+            f'<a href="{html.escape(link(doc["run_id"], "csv"))}">CSV</a></td>'
+            "</tr>")
+    table = ("<table id=\"runs\"><thead><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead><tbody>"
+             + "".join(rows) + "</tbody></table>")
+    return page("Federated analysis results", table)
+
+
+def provenance_table(doc: Mapping[str, Any]) -> Table:
+    inputdata = _inputdata(doc)
+    parameters = (doc.get("request") or {}).get("parameters") or {}
+    rows: list[list[Any]] = [
+        ["run", doc.get("run_id")], ["algorithm", doc.get("algorithm")], ["stored at", doc.get("created_at")],
+        ["triggered by", doc.get("triggered_by")], ["data model", inputdata.get("data_model")],
+        ["datasets", ", ".join(inputdata.get("datasets") or [])],
+        ["y", ", ".join(inputdata.get("y") or [])], ["x", ", ".join(inputdata.get("x") or [])],
+        ["filters", json.dumps(inputdata.get("filters")) if inputdata.get("filters") else ""],
+        ["parameters", json.dumps(parameters, sort_keys=True) if parameters else ""],
+        ["rounds", doc.get("rounds")], ["seconds", doc.get("seconds")], ["software", doc.get("software")],
+        ["stopped", stopped_text(doc.get("stopped"))],
+    ]
+    return Table("Provenance", ["field", "value"], [r for r in rows if r[1] not in (None, "")])
+
+
+def stopped_text(stopped: Mapping[str, Any] | None) -> str:
+    """How an analysis that ended on refusals reads (``AnalysisOutcome.stopped``); "" if it did not."""
+    if not stopped:
+        return ""
+    refusals = "; ".join(f"{node} refused ({r.get('control')})" for node, r in (stopped.get("refusals") or {}).items())
+    return (f"ended at round {stopped.get('round')} on the rounds before it ({refusals}); "
+            "every node contributed, see the result's own labels")
+
+
+def nodes_table(doc: Mapping[str, Any]) -> Table:
+    """Which nodes contributed (rows used, rows held per dataset) and which were left out, and why."""
+    rows: list[list[Any]] = []
+    held = doc.get("datasets") or {}
+    for node, used in (doc.get("contributed") or {}).items():
+        datasets = ", ".join(f"{d}: {'<min_row_count' if n is None else n}" for d, n in (held.get(node) or {}).items())
+        rows.append([node, "contributed", used, datasets])
+    for node, reason in (doc.get("excluded") or {}).items():
+        rows.append([node, f"left out: {reason}", None, ""])
+    return Table("Nodes", ["node", "status", "rows used", "rows held per dataset"], rows)
+
+
+def result_page(doc: Mapping[str, Any], *, link: Any, back: str) -> str:
+    """One result: provenance, nodes, plots, tables and download links."""
+    result = doc.get("result") or {}
+    plots = result_plots(result)
+    parts = [
+        f'<p><a href="{html.escape(back)}">All results</a> | '
+        f'<a href="{html.escape(link(doc["run_id"], "json"))}">Download JSON</a> | '
+        f'<a href="{html.escape(link(doc["run_id"], "csv"))}">Download CSV</a></p>',
+        table_html(provenance_table(doc)),
+        table_html(nodes_table(doc)),
+    ]
+    if plots:
+        parts.append('<h2>Plots</h2><div class="plots">'
+                     + "".join(f"<figure>{svg}</figure>" for svg in plots) + "</div>")
+    parts.append('<h2>Result</h2><div id="result">' + "".join(table_html(t) for t in result_tables(result))
+                 + "</div>")
+    return page(f"{doc.get('algorithm', 'result')}: {doc.get('run_id', '')}", "".join(parts))
+
+
+def result_csv(doc: Mapping[str, Any]) -> str:
+    return tables_csv([provenance_table(doc), nodes_table(doc), *result_tables(doc.get("result") or {})])
+
+
+# -- node data quality --------------------------------------------------------------
+
+def audit_summary(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Counts of the node's audit log: by decision, client, endpoint / algorithm and refusal control."""
+    summary: dict[str, Any] = {"total": 0, "first": None, "last": None, "by_decision": {}, "by_client": {},
+                               "by_what": {}, "refusals_by_control": {}}
+
+    def bump(key: str, name: Any) -> None:
+        summary[key][str(name)] = summary[key].get(str(name), 0) + 1
+
+    for rec in records:
+        summary["total"] += 1
+        summary["first"] = summary["first"] or rec.get("at")
+        summary["last"] = rec.get("at")
+        bump("by_decision", rec.get("decision", "?"))
+        bump("by_client", rec.get("client") or "(unauthenticated)")
+        what = rec.get("algorithm") and f"step:{rec['algorithm']}" or rec.get("what") or rec.get("endpoint", "?")
+        bump("by_what", what)
+        if rec.get("decision") != "allowed":
+            bump("refusals_by_control", rec.get("control", "?"))
+    return summary
+
+
+def node_quality_page(quality: Mapping[str, Any]) -> str:
+    """The node's data quality: batches, validation counts per rule, quarantine, consent, audit."""
+    batches = quality.get("batches") or []
+    parts = [f"<p>Node <b>{html.escape(str(quality.get('node', '')))}</b>. Counts only: no row, value or "
+             "patient identifier is shown here.</p>"]
+    parts.append(table_html(Table("Batches", [
+        "batch", "data model", "source", "stage", "status", "rows in", "loaded", "quarantined", "no consent",
+        "duplicates", "started", "finished", "message"], [
+        [b["batch_id"], b["data_model"], b["source"], b["stage"], b["status"], b["rows_in"], b["loaded"],
+         b["quarantined"], b["no_consent"], b["duplicates"], b["started_at"], b["finished_at"], b.get("message")]
+        for b in batches])))
+    rules = []
+    for b in batches:
+        for exp in (b.get("validation") or {}).get("expectations", []):
+            rules.append([b["batch_id"], exp.get("column"), exp.get("expectation"), exp.get("success"),
+                          exp.get("unexpected_count"), exp.get("element_count")])
+    parts.append(table_html(Table("Validation rules per batch", [
+        "batch", "column", "rule", "passed", "failing rows", "rows checked"], rules)))
+    parts.append(table_html(Table("Quarantine per batch and reason", ["batch", "stage", "reason", "rows"],
+                                  [[q["batch_id"], q["stage"], q["reason"], q["rows"]]
+                                   for q in quality.get("quarantine") or []])))
+    parts.append(table_html(Table("Consent withdrawals applied", ["at", "data model", "patients", "rows deleted"],
+                                  [[c["at"], c["data_model"], c["patients"], c["rows_deleted"]]
+                                   for c in quality.get("consent") or []])))
+    audit = quality.get("audit") or audit_summary([])
+    parts.append(table_html(Table("Audit log", ["field", "value"], [
+        ["requests", audit["total"]], ["first", audit["first"]], ["last", audit["last"]],
+        ["hash chain intact", quality.get("audit_chain_ok")]])))
+    for key, title in (("by_decision", "Requests by decision"), ("by_client", "Requests by client"),
+                       ("by_what", "Requests by endpoint / algorithm"),
+                       ("refusals_by_control", "Refusals by control")):
+        parts.append(table_html(Table(title, ["", "requests"], sorted(map(list, audit[key].items())))))
+    return page("Node data quality", "".join(parts))

@@ -1,0 +1,181 @@
+"""Plots that fit a result's shape, drawn with matplotlib (Agg) and inlined as SVG strings."""
+from __future__ import annotations
+
+import io
+import math
+from typing import Any, Mapping, Sequence
+
+from mipflow.central.report.tables import is_number, matrix_table
+
+#: Most plots of one kind (histograms, survival curves) drawn for one result.
+MAX_PLOTS = 12
+
+
+def _svg(fig: Any) -> str:
+    import matplotlib.pyplot as plt
+
+    buffer = io.StringIO()
+    fig.savefig(buffer, format="svg", bbox_inches="tight")
+    plt.close(fig)
+    text = buffer.getvalue()
+    return text[text.index("<svg"):]  # drop the XML prolog and DOCTYPE: inline in HTML
+
+
+def _figure(width: float = 6.4, height: float = 3.6) -> tuple[Any, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    plt.rcParams["svg.hashsalt"] = "mipflow"  # stable element ids
+    return plt.subplots(figsize=(width, height))
+
+
+def _finite(values: Sequence[Any]) -> list[float]:
+    out = []
+    for v in values:
+        if isinstance(v, str):
+            v = {"Infinity": math.inf, "-Infinity": -math.inf}.get(v, math.nan)
+        out.append(math.nan if v is None else float(v))
+    return out
+
+
+def coefficient_plot(result: Mapping[str, Any]) -> str | None:
+    """Coefficients with their confidence intervals (needs ``indep_vars``, ``coefficients``,
+    ``lower_ci``, ``upper_ci``)."""
+    names, coef = result.get("indep_vars"), result.get("coefficients")
+    lower, upper = result.get("lower_ci"), result.get("upper_ci")
+    if not (isinstance(names, list) and isinstance(coef, list) and isinstance(lower, list)
+            and isinstance(upper, list) and len(names) == len(coef) == len(lower) == len(upper) and names):
+        return None
+    coef, lower, upper = _finite(coef), _finite(lower), _finite(upper)
+    fig, ax = _figure(6.4, 0.45 * len(names) + 1.2)
+    ys = list(range(len(names)))[::-1]
+    ax.errorbar(coef, ys, xerr=[[c - lo for c, lo in zip(coef, lower)], [hi - c for c, hi in zip(coef, upper)]],
+                fmt="o", color="#1f5f99", ecolor="#7aa6cf", capsize=3)
+    ax.axvline(0, color="#888", linewidth=0.8, linestyle="--")
+    ax.set_yticks(ys, [str(n) for n in names])
+    ax.set_xlabel("coefficient (confidence interval)")
+    ax.set_title(f"{result.get('dependent_var', 'y')}: coefficients")
+    return _svg(fig)
+
+
+def histogram_plots(result: Mapping[str, Any]) -> list[str]:
+    """One bar chart per histogram; suppressed cells (``None``) are marked, not drawn."""
+    out = []
+    for item in (result.get("histogram") or [])[:MAX_PLOTS]:
+        bins, counts = item.get("bins") or [], item.get("counts") or []
+        if not counts:
+            continue
+        fig, ax = _figure(5.2, 2.8)
+        heights = [0 if c is None else c for c in counts]
+        if len(bins) == len(counts) + 1 and all(is_number(b) for b in bins):
+            widths = [bins[i + 1] - bins[i] for i in range(len(counts))]
+            ax.bar(bins[:-1], heights, width=widths, align="edge", color="#4c8bc4", edgecolor="white")
+            positions = [b + w / 2 for b, w in zip(bins, widths)]
+        else:
+            labels = [str(b) for b in bins] if len(bins) == len(counts) else [str(i) for i in range(len(counts))]
+            ax.bar(labels, heights, color="#4c8bc4", edgecolor="white")
+            positions = list(range(len(counts)))
+        for pos, count in zip(positions, counts):
+            if count is None:
+                ax.annotate("<", (pos, 0), ha="center", va="bottom", color="#b00", fontsize=8)
+        group = f" | {item.get('grouping_var')} = {item.get('grouping_enum')}" if item.get("grouping_var") else ""
+        ax.set_title(f"{item.get('var')}{group}", fontsize=10)
+        ax.set_ylabel("count")
+        out.append(_svg(fig))
+    return out
+
+
+def correlation_heatmap(result: Mapping[str, Any]) -> str | None:
+    """Heat-map of ``correlations`` (Exareme2's ``{"variables": [...], name: [...]}``)."""
+    matrix = result.get("correlations")
+    table = matrix_table("", matrix) if isinstance(matrix, Mapping) else None
+    if table is None or len(table.rows) < 2:
+        return None
+    names = [r[0] for r in table.rows]
+    values = [_finite(r[1:]) for r in table.rows]
+    size = min(9.0, 1.2 + 0.6 * len(names))
+    fig, ax = _figure(size + 1.2, size)
+    image = ax.imshow(values, vmin=-1, vmax=1, cmap="RdBu_r")
+    ax.set_xticks(range(len(table.columns) - 1), table.columns[1:], rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    if len(names) <= 12:
+        for i, row in enumerate(values):
+            for j, v in enumerate(row):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8,
+                        color="white" if abs(v) > 0.6 else "black")
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    ax.set_title("Pearson correlation")
+    return _svg(fig)
+
+
+def _survival_curves(value: Any, label: str = "") -> list[tuple[str, Mapping[str, Any]]]:
+    """Every mapping holding equal-length ``time`` and ``survival`` lists, with a label."""
+    found: list[tuple[str, Mapping[str, Any]]] = []
+    if isinstance(value, Mapping):
+        t, s = value.get("time"), value.get("survival")
+        if isinstance(t, list) and isinstance(s, list) and len(t) == len(s) and t:
+            name = value.get("group", value.get("group_level", value.get("name", label)))
+            found.append((str(name) if name not in (None, "") else "all", value))
+        else:
+            for key, item in value.items():
+                found.extend(_survival_curves(item, str(key)))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found.extend(_survival_curves(item, str(i)))
+    return found
+
+
+def survival_plot(result: Mapping[str, Any]) -> str | None:
+    """Kaplan-Meier step curves (with ``ci_lower``/``ci_upper`` bands where present)."""
+    curves = _survival_curves(result)
+    if not curves:
+        return None
+    fig, ax = _figure(6.4, 3.8)
+    for name, curve in curves[:MAX_PLOTS]:
+        time, surv = _finite(curve["time"]), _finite(curve["survival"])
+        if time[0] != 0:
+            time, surv = [0.0, *time], [1.0, *surv]
+        line, = ax.step(time, surv, where="post", label=name)
+        lo, hi = curve.get("ci_lower"), curve.get("ci_upper")
+        if isinstance(lo, list) and isinstance(hi, list) and len(lo) == len(hi) == len(curve["time"]):
+            ax.fill_between(_finite(curve["time"]), _finite(lo), _finite(hi), step="post",
+                            alpha=0.15, color=line.get_color())
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("time")
+    ax.set_ylabel("survival probability")
+    ax.set_title("Kaplan-Meier estimate")
+    if len(curves) > 1:
+        ax.legend(fontsize=8)
+    return _svg(fig)
+
+
+def scree_plot(result: Mapping[str, Any]) -> str | None:
+    """PCA scree plot: eigenvalues and cumulative share of variance."""
+    values = result.get("eigen_vals")
+    if not (isinstance(values, list) and values and all(is_number(v) for v in values)):
+        return None
+    total = sum(values) or 1.0
+    fig, ax = _figure(5.2, 3.0)
+    xs = list(range(1, len(values) + 1))
+    ax.bar(xs, values, color="#4c8bc4")
+    ax.set_xlabel("component")
+    ax.set_ylabel("eigenvalue")
+    share = ax.twinx()
+    running = 0.0
+    cumulative = []
+    for v in values:
+        running += v
+        cumulative.append(running / total)
+    share.plot(xs, cumulative, color="#c44e52", marker="o")
+    share.set_ylim(0, 1.05)
+    share.set_ylabel("cumulative share")
+    ax.set_title("Scree plot")
+    return _svg(fig)
+
+
+def result_plots(result: Mapping[str, Any]) -> list[str]:
+    """Every plot that fits the result's shape, as inline SVG strings."""
+    plots = [coefficient_plot(result), correlation_heatmap(result), survival_plot(result), scree_plot(result)]
+    return [p for p in plots if p] + histogram_plots(result)

@@ -1,0 +1,73 @@
+"""mipflow.central.report.pages: every number shown exactly once per cell with its rounding, downloads
+round-trip, pages escape what they show, the audit summary counts."""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+
+import pytest
+
+from mipflow.central.report.pages import audit_summary, index_page, provenance_table, result_csv, result_page
+from mipflow.central.report.tables import format_value
+from tests.mipflow.central.report.helpers import CASES, cells_of
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_page_cells_show_exact_values_and_their_rounding(results, name):
+    doc = {"run_id": "manual__1", "algorithm": name, "result": results[name], "request": {},
+           "contributed": {"a": 1}, "excluded": {}}
+    page = result_page(doc, link=lambda r, k: f"run?{k}={r}", back="./")
+    cells = cells_of(page.split('<div id="result">', 1)[1])
+    assert cells
+    for exact, shown in cells:
+        value = float(exact)
+        assert shown == format_value(int(exact) if re.fullmatch(r"-?\d+", exact) else value)
+        if math.isfinite(value) and value != 0:
+            assert abs(float(shown) - value) <= 5e-6 * abs(value)
+
+
+def test_csv_download_round_trips_exact_values(results):
+    doc = {"run_id": "r1", "algorithm": "linear_regression", "result": results["linear_regression"],
+           "request": {"inputdata": {"data_model": "synth:1", "datasets": ["d0"]}},
+           "contributed": {"a": 10}, "excluded": {"b": "refused (min_row_count): too few rows"}}
+    rows = list(csv.DictReader(io.StringIO(result_csv(doc))))
+    coef = {r["row"]: float(r["value"]) for r in rows if r["column"] == "coefficients"}
+    assert coef == dict(zip(doc["result"]["indep_vars"], doc["result"]["coefficients"]))
+    assert any(r["table"] == "Nodes" and "too few rows" in r["value"] for r in rows)
+
+
+def test_an_analysis_stopped_on_refusals_says_so_in_its_provenance():
+    from mipflow.central.results import summary_lines
+
+    doc = {"run_id": "r2", "algorithm": "kmeans", "rounds": 4, "result": {"n_iter": 3},
+           "request": {"inputdata": {"data_model": "synth:1", "datasets": ["d0"]}},
+           "contributed": {"a": 100, "b": 90}, "excluded": {},
+           "stopped": {"round": 4, "refusals": {"b": {"control": "differencing", "reason": "..."}}}}
+    provenance = dict(provenance_table(doc).rows)
+    assert provenance["stopped"].startswith("ended at round 4 on the rounds before it (b refused (differencing))")
+    assert any(line.startswith("  stopped early: ended at round 4") for line in summary_lines(doc))
+    assert "stopped" not in dict(provenance_table({**doc, "stopped": {}}).rows)
+
+
+def test_pages_escape_what_they_show():
+    doc = {"run_id": "<script>alert(1)</script>", "algorithm": "x", "request": {}, "contributed": {},
+           "excluded": {"n<1>": "<b>"}, "result": {"<i>": "<img src=x>"}}
+    page = result_page(doc, link=lambda r, k: "run?id=" + r, back="./")
+    index = index_page([doc], link=lambda r, k: "run?id=" + r)
+    for text in (page, index):
+        assert "<script>" not in text and "<img" not in text and "<b>" not in text
+
+
+def test_audit_summary_counts():
+    records = [{"at": "t1", "client": "central", "what": "metadata", "decision": "allowed"},
+               {"at": "t2", "client": "central", "algorithm": "anova_oneway", "decision": "refused",
+                "control": "min_row_count"},
+               {"at": "t3", "client": "", "what": "metadata", "decision": "refused", "control": "authentication"}]
+    summary = audit_summary(records)
+    assert summary["total"] == 3 and (summary["first"], summary["last"]) == ("t1", "t3")
+    assert summary["by_decision"] == {"allowed": 1, "refused": 2}
+    assert summary["by_what"] == {"metadata": 2, "step:anova_oneway": 1}
+    assert summary["refusals_by_control"] == {"min_row_count": 1, "authentication": 1}
+    assert summary["by_client"] == {"central": 2, "(unauthenticated)": 1}

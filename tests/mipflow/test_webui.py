@@ -1,0 +1,148 @@
+"""The results browser (mipflow.webui): authentication, runs a user may read, result and node pages;
+pages hold no row-level data."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import sqlalchemy as sa
+from fastapi import Header, HTTPException
+from fastapi.testclient import TestClient
+
+from mipflow.central.results import ResultStore
+from tests.mipflow.central.report.helpers import analysis_results, cells_of
+
+
+@pytest.fixture(scope="module")
+def results() -> dict[str, dict]:
+    return analysis_results()
+
+
+# -- the app, with a stand-in for Airflow's authentication ---------------------------
+
+def fake_user(authorization: str | None = Header(None)) -> str:
+    if authorization != "Bearer good":
+        raise HTTPException(status_code=401, detail="Not authenticated")
+    return "analyst"
+
+
+@pytest.fixture
+def stored(tmp_path, results):
+    store = ResultStore(tmp_path / "central")
+    for i, name in enumerate(("linear_regression", "anova_oneway")):
+        store.save(f"manual__2026-01-0{i + 1}T00:00:00+00:00", {
+            "algorithm": name, "request": {"inputdata": {"data_model": "synth:1", "datasets": ["d0", "d1"],
+                                                         "x": [], "y": ["y"]}, "parameters": {}},
+            "result": results[name], "contributed": {"node_a": 300, "node_b": 280},
+            "excluded": {"node_c": "refused (min_row_count): 4 rows"}, "rounds": 1, "seconds": 0.1,
+            "datasets": {"node_a": {"d0": 300}, "node_b": {"d1": None}}, "triggered_by": "admin"})
+    return store
+
+
+def client_for(store, **kw) -> TestClient:
+    from mipflow.webui import create_app
+
+    app = create_app(user=fake_user, result_store=lambda: store, **kw)
+    return TestClient(app)
+
+
+def test_app_refuses_unauthenticated_requests(stored):
+    client = client_for(stored)
+    run = "manual__2026-01-01T00:00:00+00:00"
+    for path in ("/", f"/run?id={run}", f"/run.json?id={run}", f"/run.csv?id={run}", "/node"):
+        assert client.get(path).status_code == 401, path
+        assert client.get(path, headers={"Authorization": "Bearer bad"}).status_code == 401, path
+
+
+def test_app_lists_runs_and_serves_a_result(stored):
+    client = client_for(stored)
+    auth = {"Authorization": "Bearer good"}
+    index = client.get("/", headers=auth)
+    assert index.status_code == 200
+    assert index.text.count("<tr>") == 3 and "node_c: refused (min_row_count): 4 rows" in index.text
+    assert "admin" in index.text and "synth:1" in index.text and "d0, d1" in index.text
+    run = "manual__2026-01-01T00:00:00+00:00"
+    assert "run?id=manual__2026-01-01T00%3A00%3A00%2B00%3A00" in index.text
+    page = client.get("/run", params={"id": run}, headers=auth)
+    assert page.status_code == 200 and "<svg" in page.text and "d1: &lt;min_row_count" in page.text
+    doc = client.get("/run.json", params={"id": run}, headers=auth).json()
+    assert doc["result"] == stored.get(run)["result"] and doc["triggered_by"] == "admin" and doc["rounds"] == 1
+    csv_text = client.get("/run.csv", params={"id": run}, headers=auth)
+    assert csv_text.headers["content-type"].startswith("text/csv") and "coefficients" in csv_text.text
+    assert client.get("/run", params={"id": "nope"}, headers=auth).status_code == 404
+
+
+def test_app_hides_results_the_user_may_not_read(stored):
+    client = client_for(stored, can_read=lambda user, algorithm: algorithm != "anova_oneway")
+    auth = {"Authorization": "Bearer good"}
+    assert "anova_oneway" not in client.get("/", headers=auth).text
+    hidden = "manual__2026-01-02T00:00:00+00:00"
+    assert client.get("/run.json", params={"id": hidden}, headers=auth).status_code == 404
+
+
+# -- node page -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def node_home(tmp_path_factory):
+    from mipflow.node import ops
+    from mipflow.node.home import NodeHome
+    from mipflow.demo.synth import generate_consent, generate_export, write_export
+    from tests.conftest import REPO_ROOT
+
+    root = tmp_path_factory.mktemp("node")
+    home = NodeHome.init(root / "hospital_a", "hospital_a")
+    ops.add_data_model(home, REPO_ROOT / "include" / "schemas" / "stroke_v_0_1" / "CDEsMetadata.json")
+    frame = generate_export("hospital_a", 80, seed=3, bad_rows=6)
+    consent = generate_consent(frame, seed=3)
+    consent_path = root / "consent.csv"
+    consent.to_csv(consent_path, index=False)
+    path = write_export(root / "a.csv", frame)
+    ops.ingest(home, [path], profile=REPO_ROOT / "include" / "schemas" / "profiles" / "hospital_a.json",
+               consent=consent_path)
+    from mipflow.node.controls.audit import AuditLog
+    from mipflow.node.api.app import AUDIT_FILE
+
+    audit = AuditLog(home.root / AUDIT_FILE)
+    audit.append(client="central", endpoint="/v1/metadata", what="metadata", decision="allowed")
+    audit.append(client="central", endpoint="/v1/steps", algorithm="anova_oneway", decision="refused",
+                 control="min_row_count", reason="too few rows")
+    return home
+
+
+def test_node_page_shows_counts_per_batch_rule_quarantine_and_audit(node_home, stored):
+    from mipflow.node.store import open_store
+    from mipflow.webui import node_quality
+
+    store = open_store(node_home)
+    (batch,) = store.batches()
+    assert batch["quarantined"] > 0 and batch["loaded"] > 0
+    quality = node_quality(node_home)
+    assert sum(q["rows"] for q in quality["quarantine"]) == batch["quarantined"] == len(store.quarantined())
+    assert quality["audit"]["total"] == 2 and quality["audit_chain_ok"] is True
+    client = client_for(stored, node_home=lambda: node_home)
+    page = client.get("/node", headers={"Authorization": "Bearer good"})
+    assert page.status_code == 200
+    values = [float(v) for v, _ in cells_of(page.text)]
+    for key in ("rows_in", "loaded", "quarantined", "no_consent", "duplicates"):
+        assert batch[key] in values
+    assert "min_row_count" in page.text and "step:anova_oneway" in page.text
+    # counts only: no pseudonym, quarantined record or free value reaches the page
+    engine = sa.create_engine(node_home.db_url)
+    with engine.connect() as conn:
+        pids = [r[0] for r in conn.execute(sa.text("SELECT _pid FROM dm_stroke_0_1"))]
+        records = [r[0] for r in conn.execute(sa.text("SELECT record FROM mipflow_quarantine")) if r[0]]
+    engine.dispose()
+    assert pids and records
+    assert not any(pid in page.text for pid in pids)
+    checked = 0
+    for record in records:
+        for key, value in json.loads(record).items():
+            if key != "dataset" and isinstance(value, str) and len(value) >= 8:
+                assert value not in page.text
+                checked += 1
+    assert checked
+
+
+def test_node_page_is_absent_where_there_is_no_node(stored):
+    client = client_for(stored, node_home=lambda: None)
+    assert client.get("/node", headers={"Authorization": "Bearer good"}).status_code == 404
