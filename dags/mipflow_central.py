@@ -5,6 +5,9 @@ login = client id, password = client secret).  The default node list comes
 from ``MIPFLOW_NODE_CONN_IDS`` (comma-separated) and can be changed in the
 form.  Each run: check the request -> :class:`FederatedAnalysisOperator`
 (rounds across nodes) -> store the result with provenance -> log a summary.
+The form's inputs and algorithm parameters come from the algorithm catalogue
+(:func:`mipflow.algorithms.catalogue.describe`): the labels, defaults, bounds and
+choices a node checks requests against (docs/adr/0022-algorithm-catalogue.md).
 An analysis runs on behalf of the Airflow user who triggered the run (the
 researcher) in the project named in the form; every node checks both against
 its own grants.  ``federation_metadata`` syncs what every node holds (datasets
@@ -17,6 +20,7 @@ from datetime import datetime, timezone
 
 from airflow.sdk import DAG, Param, get_current_context, task
 
+from mipflow.algorithms.catalogue import describe
 from mipflow_airflow.dags import default_args, federation_pool
 from mipflow_airflow.operators.federated import FederatedAnalysisOperator
 
@@ -26,97 +30,15 @@ DEFAULT_MODEL = os.environ.get("MIPFLOW_DEFAULT_DATA_MODEL", "stroke:0.1")
 #: Pool of the tasks that call nodes (MIPFLOW_POOLS=1; see docs/adr/0017-operability.md), else default_pool.
 NODE_POOL = {"pool": federation_pool()} if federation_pool() else {}
 
-_ALT = Param("two-sided", type="string", enum=["two-sided", "less", "greater"], title="Alternative hypothesis")
-
-
-def _alpha(default: float, title: str) -> Param:
-    return Param(default, type="number", minimum=0, maximum=1, title=title)
-
-
-_N_SPLITS = Param(5, type="integer", minimum=2, maximum=20, title="Number of folds")
-_SEED = Param(0, type="integer", minimum=0, title="Seed of the fold assignment at each node")
-
-#: algorithm -> (label, y is a list?, x allowed?, x is a list?, algorithm parameters as Params)
-ALGORITHMS: dict[str, tuple[str, bool, bool, bool, dict[str, Param]]] = {
-    "descriptive_stats": ("Descriptive statistics (no raw min/max)", True, True, True, {}),
-    "pearson_correlation": ("Pearson correlation", True, True, True,
-                            {"alpha": _alpha(0.95, "Confidence level")}),
-    "linear_regression": ("Linear regression (OLS)", False, True, True, {}),
-    "logistic_regression": ("Logistic regression", False, True, True, {
-        "positive_class": Param("", type="string", title="Positive class (a level of y)")}),
-    "ttest_onesample": ("One-sample t-test", False, False, False, {
-        "alt_hypothesis": _ALT, "alpha": _alpha(0.05, "Significance level"),
-        "mu": Param(0.0, type="number", title="Hypothesised mean")}),
-    "ttest_independent": ("Independent two-sample t-test", False, True, False, {
-        "alt_hypothesis": _ALT, "alpha": _alpha(0.05, "Significance level"),
-        "groupA": Param("", type="string", title="Group A (a level of x)"),
-        "groupB": Param("", type="string", title="Group B (a level of x)")}),
-    "ttest_paired": ("Paired t-test", False, True, False, {
-        "alt_hypothesis": _ALT, "alpha": _alpha(0.05, "Significance level")}),
-    "anova_oneway": ("One-way ANOVA with Tukey HSD", False, True, False, {}),
-    "multiple_histograms": ("Histograms (small bins suppressed)", False, True, True, {
-        "bins": Param(20, type="integer", minimum=1, maximum=100, title="Bins")}),
-    "contingency_table": ("Contingency table: chi-squared, G-test, Fisher (2x2)", False, True, False, {
-        "yates_correction": Param("yes", type="string", enum=["yes", "no"],
-                                  title="Yates' continuity correction (2x2 tables)"),
-        "alt_hypothesis": _ALT,
-        "alpha": _alpha(0.05, "Significance level (odds and risk ratio intervals)")}),
-    "linear_regression_cv": ("Linear regression, k-fold cross-validation", False, True, True, {
-        "n_splits": _N_SPLITS, "seed": _SEED}),
-    "logistic_regression_cv": ("Logistic regression, k-fold cross-validation", False, True, True, {
-        "positive_class": Param("", type="string", title="Positive class (a level of y)"),
-        "n_splits": _N_SPLITS, "seed": _SEED,
-        "roc_bins": Param(50, type="integer", minimum=2, maximum=1000, title="ROC bins (AUC is binned)")}),
-    "naive_bayes_gaussian_cv": ("Gaussian naive Bayes, k-fold cross-validation", False, True, True, {
-        "n_splits": _N_SPLITS, "seed": _SEED}),
-    "naive_bayes_categorical_cv": ("Categorical naive Bayes, k-fold cross-validation", False, True, True, {
-        "n_splits": _N_SPLITS, "seed": _SEED}),
-    "kaplan_meier": ("Kaplan-Meier curves and log-rank test (binned times)", True, True, False, {
-        "event_level": Param("yes", type="string", minLength=1, title="Event level (a level of the event variable)"),
-        "bin_width": Param(1.0, type="number", exclusiveMinimum=0, title="Time bin width"),
-        "max_time": Param(None, type=["number", "null"], title="End of follow-up (if not declared)"),
-        "alpha": _alpha(0.95, "Confidence level")}),
-    "cox_regression": ("Cox proportional hazards regression (binned times)", True, True, True, {
-        "event_level": Param("yes", type="string", minLength=1, title="Event level (a level of the event variable)"),
-        "bin_width": Param(1.0, type="number", exclusiveMinimum=0, title="Time bin width"),
-        "max_time": Param(None, type=["number", "null"], title="End of follow-up (if not declared)"),
-        "ties": Param("breslow", type="string", enum=["breslow", "efron"], title="Tied event times",
-                      description="events sharing a time bin: Breslow's or Efron's approximation")}),
-    "kmeans": ("K-means (federated Lloyd iterations)", True, False, False, {
-        "k": Param(4, type="integer", minimum=1, maximum=100, title="Clusters (k)"),
-        "maxiter": Param(100, type="integer", minimum=1, maximum=100, title="Maximum iterations"),
-        "tol": Param(0.0001, type="number", minimum=0, maximum=1,
-                     title="Tolerance (Frobenius norm of the centre shift)"),
-        "init": Param("pca", type="string", enum=["pca", "exareme2"],
-                      title="Initial centres (exareme2 needs release_extremes at the nodes)")}),
-    "anova": ("Two-way ANOVA (x: two nominal factors, with interaction)", False, True, True, {
-        "sstype": Param(2, type="integer", enum=[1, 2], title="Type of sums of squares (1 or 2)")}),
-    "pca": ("Principal component analysis (standardised variables)", True, False, False, {}),
-    "pca_with_transformation": ("PCA after log / exp / center / standardize", True, False, False, {
-        "data_transformation": Param({}, type=["object", "null"], title="Transformations",
-                                     description='e.g. {"log": ["age"], "standardize": ["glucose_mmol"]}')}),
-    "cmh_test": ("Cochran-Mantel-Haenszel test (x: exposure, stratum; stratified 2x2 tables)", False, True, True, {
-        "exposure_level": Param("", type="string", title="Exposure level (against the others; empty: two levels)"),
-        "outcome_level": Param("", type="string", title="Outcome level (against the others; empty: two levels)"),
-        "continuity_correction": Param("no", type="string", enum=["yes", "no"], title="Continuity correction"),
-        "tarone_adjustment": Param("no", type="string", enum=["yes", "no"],
-                                   title="Tarone's adjustment of the Breslow-Day test"),
-        "alpha": _alpha(0.05, "Significance level (common odds ratio interval)")}),
-}
-
-
-def _form(y_list: bool, has_x: bool, x_list: bool, extra: dict[str, Param]) -> dict[str, Param]:
+def _form(algorithm: dict) -> dict[str, Param]:
+    """The trigger form of one algorithm: its inputs and parameters from the catalogue, then the run's settings."""
     params: dict[str, Param] = {
         "data_model": Param(DEFAULT_MODEL, type="string", title="Data model (CODE:VERSION)"),
         "datasets": Param([], type="array", items={"type": "string"}, minItems=1, title="Datasets"),
-        "y": (Param([], type="array", items={"type": "string"}, minItems=1, title="Variables (y)") if y_list
-              else Param("", type="string", minLength=1, title="Dependent variable (y)")),
     }
-    if has_x:
-        params["x"] = (Param([], type="array", items={"type": "string"}, title="Covariates (x)") if x_list
-                       else Param("", type="string", title="Covariate / grouping variable (x)"))
+    params |= {which: Param(**item["form"]) for which, item in algorithm["inputs"].items() if item is not None}
     params["filters"] = Param(None, type=["object", "null"], title="Filters (jQuery QueryBuilder JSON)")
-    params.update(extra)
+    params |= {name: Param(**item["form"]) for name, item in algorithm["parameters"].items()}
     params["nodes"] = Param(DEFAULT_NODES, type="array", items={"type": "string"},
                             title="Node connections", description="Airflow connection ids of the nodes")
     params["project"] = Param("", type="string", minLength=1, title="Project",
@@ -145,14 +67,15 @@ def _request(algorithm_params: list[str]) -> dict:
             "parameters": parameters}
 
 
-for _name, (_label, _y_list, _has_x, _x_list, _extra) in ALGORITHMS.items():
+for _algorithm in describe():
+    _name = _algorithm["name"]
     with DAG(
         dag_id=f"federated_{_name}",
-        description=f"Federated {_label}: aggregates only, equal to the pooled analysis",
+        description=f"Federated {_algorithm['label']}: aggregates only, equal to the pooled analysis",
         schedule=None,
         start_date=START,
         catchup=False,
-        params=_form(_y_list, _has_x, _x_list, _extra),
+        params=_form(_algorithm),
         tags=["mipflow", "central", "federated"],
         default_args=default_args(),
         render_template_as_native_obj=True,
@@ -164,7 +87,7 @@ for _name, (_label, _y_list, _has_x, _x_list, _extra) in ALGORITHMS.items():
             """Turn the form into a MIP / Exareme2 request."""
             return _request(algorithm_params)
 
-        request = build_request(list(_extra))
+        request = build_request(list(_algorithm["parameters"]))
         analysis = FederatedAnalysisOperator(
             task_id="run_analysis",
             algorithm=_name,

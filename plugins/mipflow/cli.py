@@ -152,6 +152,11 @@ def _parser() -> argparse.ArgumentParser:
     p = secure.add_parser("peers", help="the trust store: policy and known peer keys with fingerprints")
     p.add_argument("home", type=Path)
 
+    algorithms = sub.add_parser("algorithms", help="the algorithm catalogue").add_subparsers(
+        dest="algorithms_command", required=True)
+    p = algorithms.add_parser("list", help="every algorithm with its inputs and parameters (defaults, bounds)")
+    p.add_argument("--json", action="store_true", help="the whole catalogue as JSON (with each form field's schema)")
+
     p = sub.add_parser("synth", help="write synthetic stroke-registry exports for the demo hospitals")
     p.add_argument("out_dir", type=Path)
     p.add_argument("--patients", type=int, default=300)
@@ -171,6 +176,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "algorithms":  # the catalogue only: no node home, no store
+        import json
+
+        from mipflow.algorithms.catalogue import describe, format_table
+
+        catalogue = describe()
+        print(json.dumps(catalogue, indent=2) if args.json else format_table(catalogue).rstrip("\n"))
+        return 0
     from mipflow.node.home import NodeHome
 
     if args.command == "node" and args.node_command == "serve":  # keep the service's imports small

@@ -30,11 +30,10 @@ comparison of nested fits (``anova_lm(m0, m1)``) gives.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
-from scipy import stats
 
 from mipflow.algorithms.contract import (
     NOMINAL,
@@ -50,6 +49,9 @@ from mipflow.exceptions import RequestError
 from mipflow.protocol.datamodel import DataModel
 from mipflow.protocol.request import AnalysisRequest
 from mipflow.protocol.wire import json_ready
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: Name of the residual row (Exareme2's spelling).
 RESIDUALS = "Residuals"
@@ -90,17 +92,23 @@ def _rss_and_rank(design: np.ndarray, means: np.ndarray, weights: np.ndarray) ->
 class Anova(SpecAlgorithm):
     name = "anova"
     label = "Two-way ANOVA"
-    y_spec = InputSpec(types=("real", "int"), stattypes=(NUMERICAL,), notblank=True, multiple=False)
-    x_spec = InputSpec(types=("int", "text"), stattypes=(NOMINAL,), notblank=True, multiple=True)
-    # Exareme2's spec writes the default as the string "2"; it is read as an int.
-    parameter_specs = {"sstype": ParamSpec(types=("int",), default="2", notblank=True, min=1, max=2)}
+    description = ("Test the difference in the means of the dependent variable between groups of two "
+                   "nominal factors, with their interaction.")
+    y_spec = InputSpec(types=("real", "int"), stattypes=(NUMERICAL,), notblank=True, multiple=False,
+                       label="Variable (dependent)", description="A numerical variable.")
+    x_spec = InputSpec(types=("int", "text"), stattypes=(NOMINAL,), notblank=True, multiple=True,
+                       label="Factors (independent)", description="Two nominal variables.")
+    # Exareme2's spec writes the default as the string "2"; here it is the int its type says (a
+    # request may still send "1" or "2": see params).
+    parameter_specs = MappingProxyType({
+        "sstype": ParamSpec(types=("int",), default=2, notblank=True, min=1, max=2, label="Sums of squares type",
+                            description="Type of the sums of squares: 1 (sequential) or 2."),
+    })
 
     def params(self, request: AnalysisRequest, model: DataModel | None = None) -> dict[str, Any]:
         parameters = dict(request.parameters)
         value = parameters.get("sstype")
-        if value is None or value == "":
-            parameters["sstype"] = 2
-        elif isinstance(value, str):
+        if isinstance(value, str) and value != "":
             if value.strip() not in ("1", "2"):
                 raise RequestError(f"parameter 'sstype' must be 1 or 2, got {value!r}")
             parameters["sstype"] = int(value)
@@ -142,6 +150,8 @@ class Anova(SpecAlgorithm):
 
     def global_step(self, round: int, aggregates: list[dict], request: AnalysisRequest,
                     model: DataModel, state: dict | None) -> Step:
+        from scipy import stats
+
         a, b = request.x
         sstype = self.params(request, model)["sstype"]
         grid = cell_grid(model, a, b)

@@ -13,10 +13,9 @@ Exareme2's expected p-values come from an older table approximation
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
-from scipy import stats
 
 from mipflow.algorithms.contract import (
     NOMINAL,
@@ -37,12 +36,19 @@ from mipflow.protocol.datamodel import DataModel
 from mipflow.protocol.request import AnalysisRequest
 from mipflow.protocol.wire import json_ready
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 
 class AnovaOneway(SpecAlgorithm):
     name = "anova_oneway"
     label = "One-way ANOVA"
-    y_spec = InputSpec(types=("real", "int"), stattypes=(NUMERICAL,), notblank=True, multiple=False)
-    x_spec = InputSpec(types=("int", "text"), stattypes=(NOMINAL,), notblank=True, multiple=False)
+    description = ("Test the difference in the means of the dependent variable between the levels of one "
+                   "nominal variable, with Tukey's HSD comparisons.")
+    y_spec = InputSpec(types=("real", "int"), stattypes=(NUMERICAL,), notblank=True, multiple=False,
+                       label="Variable (dependent)", description="A numerical variable.")
+    x_spec = InputSpec(types=("int", "text"), stattypes=(NOMINAL,), notblank=True, multiple=False,
+                       label="Covariate (independent)", description="A nominal variable.")
 
     def local_step(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
                    model: DataModel, state: dict | None) -> dict:
@@ -56,6 +62,8 @@ class AnovaOneway(SpecAlgorithm):
 
     def global_step(self, round: int, aggregates: list[dict], request: AnalysisRequest,
                     model: DataModel, state: dict | None) -> Step:
+        from scipy import stats
+
         var = model.variable(request.x[0])
         merged = {level: merge_moment_dicts(a["groups"][i] for a in aggregates)
                   for i, level in enumerate(var.enumeration_codes)}

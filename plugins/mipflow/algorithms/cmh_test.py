@@ -37,11 +37,9 @@ from __future__ import annotations
 
 import math
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
-from scipy import stats
 
 from mipflow.algorithms.contract import (
     NOMINAL,
@@ -55,6 +53,9 @@ from mipflow.exceptions import RequestError
 from mipflow.protocol.datamodel import DataModel
 from mipflow.protocol.request import AnalysisRequest
 from mipflow.protocol.wire import json_ready
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 YES_NO = ("yes", "no")
 
@@ -91,6 +92,8 @@ def mantel_haenszel(tables: np.ndarray, *, correction: bool, tarone: bool, alpha
     dict
         ``cmh``, ``common_odds_ratio``, ``common_risk_ratio``, ``breslow_day``.
     """
+    from scipy import stats
+
     t = np.asarray(tables, dtype=float)
     a, b, c, d = t[:, 0, 0], t[:, 0, 1], t[:, 1, 0], t[:, 1, 1]
     n = a + b + c + d
@@ -206,14 +209,31 @@ class CMHTest(SpecAlgorithm):
 
     name = "cmh_test"
     label = "Cochran-Mantel-Haenszel test (stratified 2x2 tables)"
-    y_spec = InputSpec(types=("int", "text"), stattypes=(NOMINAL,), notblank=True, multiple=False)
-    x_spec = InputSpec(types=("int", "text"), stattypes=(NOMINAL,), notblank=True, multiple=True)
+    description = ("The Cochran-Mantel-Haenszel test of a stratified 2x2xK table, the Mantel-Haenszel common "
+                   "odds and risk ratios and the Breslow-Day test of a common odds ratio.")
+    y_spec = InputSpec(types=("int", "text"), stattypes=(NOMINAL,), notblank=True, multiple=False,
+                       label="Outcome", description="A nominal variable: the columns of every 2x2 table.")
+    x_spec = InputSpec(types=("int", "text"), stattypes=(NOMINAL,), notblank=True, multiple=True,
+                       label="Exposure and stratum",
+                       description="[exposure, stratum]: two nominal variables, the rows of every table and "
+                                   "one table per level.")
     parameter_specs = MappingProxyType({
-        "continuity_correction": ParamSpec(types=("text",), default="no", notblank=True, enums=YES_NO),
-        "tarone_adjustment": ParamSpec(types=("text",), default="no", notblank=True, enums=YES_NO),
-        "alpha": ParamSpec(types=("real",), default=0.05, notblank=True, min=0.0, max=1.0),
-        "exposure_level": ParamSpec(types=("text", "int")),
-        "outcome_level": ParamSpec(types=("text", "int")),
+        "continuity_correction": ParamSpec(types=("text",), default="no", notblank=True, enums=YES_NO,
+                                           label="Continuity correction",
+                                           description="Subtract 0.5 in the CMH statistic."),
+        "tarone_adjustment": ParamSpec(types=("text",), default="no", notblank=True, enums=YES_NO,
+                                       label="Tarone's adjustment", description="Tarone's adjustment of the "
+                                                                                "Breslow-Day test."),
+        "alpha": ParamSpec(types=("real",), default=0.05, notblank=True, min=0.0, max=1.0, min_exclusive=True,
+                           max_exclusive=True, label="Significance level (alpha)",
+                           description="The significance level: the common odds ratio interval is at level "
+                                       "1 - alpha (0.05: 95 %)."),
+        "exposure_level": ParamSpec(types=("text", "int"), label="Exposure level",
+                                    description="The exposure level compared with all others (empty: the "
+                                                "exposure must have two levels)."),
+        "outcome_level": ParamSpec(types=("text", "int"), label="Outcome level",
+                                   description="The outcome level compared with all others (empty: the "
+                                               "outcome must have two levels)."),
     })
 
     def check(self, request: AnalysisRequest, model: DataModel) -> None:
@@ -222,8 +242,6 @@ class CMHTest(SpecAlgorithm):
         if len({request.y[0], *request.x}) != 3:
             raise RequestError("the outcome (y), the exposure and the stratum (x) must be three different variables")
         params = self.params(request, model)
-        if not 0.0 < params["alpha"] < 1.0:
-            raise RequestError(f"parameter 'alpha' = {params['alpha']} must lie strictly between 0 and 1")
         for name, code in (("exposure_level", request.x[0]), ("outcome_level", request.y[0])):
             level = params[name]
             codes = model.variable(code).enumeration_codes

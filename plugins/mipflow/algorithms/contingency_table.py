@@ -35,11 +35,9 @@ from __future__ import annotations
 
 import math
 from types import MappingProxyType
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import pandas as pd
-from scipy import special, stats
 
 from mipflow.algorithms.contract import (
     NOMINAL,
@@ -54,6 +52,9 @@ from mipflow.exceptions import RequestError
 from mipflow.protocol.datamodel import DataModel
 from mipflow.protocol.request import AnalysisRequest
 from mipflow.protocol.wire import json_ready
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: Expected counts below this make the asymptotic p-values doubtful (Cochran's rule).
 SMALL_EXPECTED = 5.0
@@ -117,6 +118,8 @@ def pearson_chi2(observed: np.ndarray, *, correction: bool) -> tuple[float, int,
     corrected : bool
         Whether Yates' correction was applied.
     """
+    from scipy import stats
+
     observed = np.asarray(observed, dtype=float)
     expected = expected_counts(observed)
     df = (observed.shape[0] - 1) * (observed.shape[1] - 1)
@@ -135,6 +138,8 @@ def g_test(observed: np.ndarray) -> tuple[float, int, float]:
     -------
     statistic, df, p_value (asymptotic)
     """
+    from scipy import special, stats
+
     observed = np.asarray(observed, dtype=float)
     expected = expected_counts(observed)
     df = (observed.shape[0] - 1) * (observed.shape[1] - 1)
@@ -159,6 +164,8 @@ def fisher_2x2(observed: np.ndarray, alternative: str) -> tuple[float, float]:
         Exact, from the hypergeometric distribution of the first cell given
         the margins (``scipy.stats.fisher_exact``).
     """
+    from scipy import stats
+
     result = stats.fisher_exact(np.asarray(observed, dtype=np.int64), alternative=alternative)
     return float(result.statistic), float(result.pvalue)
 
@@ -176,6 +183,8 @@ def ratio_measures(observed: np.ndarray, alpha: float) -> dict[str, Any]:
         ``odds_ratio`` and ``risk_ratio``, each ``{"estimate", "log_se",
         "ci_lower", "ci_upper"}``, and ``zero_cells_shifted``.
     """
+    from scipy import stats
+
     table = np.asarray(observed, dtype=float).copy()
     shifted = bool(table.min() == 0)
     if shifted:
@@ -229,20 +238,28 @@ class ContingencyTable(SpecAlgorithm):
 
     name = "contingency_table"
     label = "Contingency table (chi-squared, G-test, Fisher's exact test)"
-    y_spec = InputSpec(types=("int", "text"), stattypes=(NOMINAL,), notblank=True, multiple=False)
-    x_spec = InputSpec(types=("int", "text"), stattypes=(NOMINAL,), notblank=True, multiple=False)
+    description = ("The pooled cross-tabulation of two nominal variables with Pearson's chi-squared, the "
+                   "G-test and Cramer's V; for 2x2 tables Fisher's exact test and odds and risk ratios.")
+    y_spec = InputSpec(types=("int", "text"), stattypes=(NOMINAL,), notblank=True, multiple=False,
+                       label="Column variable", description="A nominal variable.")
+    x_spec = InputSpec(types=("int", "text"), stattypes=(NOMINAL,), notblank=True, multiple=False,
+                       label="Row variable", description="A nominal variable.")
     parameter_specs = MappingProxyType({
-        "yates_correction": ParamSpec(types=("text",), default="yes", notblank=True, enums=("yes", "no")),
-        "alt_hypothesis": alternative_spec(),
-        "alpha": ParamSpec(types=("real",), default=0.05, notblank=True, min=0.0, max=1.0),
+        "yates_correction": ParamSpec(types=("text",), default="yes", notblank=True, enums=("yes", "no"),
+                                      label="Yates' continuity correction",
+                                      description="Apply Yates' correction to the chi-squared test of a "
+                                                  "2x2 table."),
+        "alt_hypothesis": alternative_spec("Fisher's exact test (2x2 tables): two-sided, or the odds ratio "
+                                           "less or greater than 1."),
+        "alpha": ParamSpec(types=("real",), default=0.05, notblank=True, min=0.0, max=1.0, min_exclusive=True,
+                           max_exclusive=True, label="Significance level (alpha)",
+                           description="The significance level: the odds and risk ratio intervals are "
+                                       "at level 1 - alpha (0.05: 95 %)."),
     })
 
     def check(self, request: AnalysisRequest, model: DataModel) -> None:
         if request.x[0] == request.y[0]:
             raise RequestError(f"{request.y[0]!r} cannot be both x and y of a contingency table")
-        alpha = self.params(request, model)["alpha"]
-        if not 0.0 < alpha < 1.0:
-            raise RequestError(f"parameter 'alpha' = {alpha} must lie strictly between 0 and 1")
 
     @staticmethod
     def _levels(request: AnalysisRequest, model: DataModel) -> tuple[tuple[str, ...], tuple[str, ...]]:

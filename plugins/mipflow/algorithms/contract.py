@@ -21,15 +21,16 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence, runtime_checkable
 
-import numpy as np
-import pandas as pd
-
 from mipflow.exceptions import FederationError, RequestError
 from mipflow.protocol.datamodel import DataModel, Variable
 from mipflow.protocol.request import AnalysisRequest
 from mipflow.protocol.wire import transport
 
-if TYPE_CHECKING:  # only the algorithms with a noisy release depend on its module (their code digest)
+if TYPE_CHECKING:  # the catalogue (and so the DAG files) imports this module without pandas; only the
+    # algorithms with a noisy release depend on the DP module (their code digest)
+    import numpy as np
+    import pandas as pd
+
     from mipflow.algorithms.dp_release import DPRelease
 
 INTERCEPT = "Intercept"
@@ -151,21 +152,62 @@ NOMINAL = "nominal"
 
 @dataclass(frozen=True)
 class InputSpec:
-    """What ``inputdata.x`` or ``inputdata.y`` may hold (Exareme2 spec form)."""
+    """What ``inputdata.x`` or ``inputdata.y`` may hold (Exareme2 spec form).
+
+    Parameters
+    ----------
+    types : tuple of str
+        Allowed SQL types of the variables (``"int"``, ``"real"``, ``"text"``).
+    stattypes : tuple of str
+        Allowed kinds: :data:`NUMERICAL`, :data:`NOMINAL`.
+    notblank : bool
+        At least one variable is required.
+    multiple : bool
+        A list of variables (else at most one).
+    label, description : str
+        What forms and ``mipflow algorithms list`` show.
+    """
 
     types: tuple[str, ...]
     stattypes: tuple[str, ...]
     notblank: bool
     multiple: bool
+    label: str = ""
+    description: str = ""
 
 
 @dataclass(frozen=True)
 class ParamSpec:
-    """One algorithm parameter (Exareme2 spec form).
+    """One algorithm parameter (Exareme2 spec form); its wire name is its key in
+    :attr:`SpecAlgorithm.parameter_specs`.
 
-    ``enums`` is a fixed list of allowed values; ``enums_from`` names the input
-    (``"x"`` or ``"y"``) whose variable's CDE enumerations are the allowed
-    values.  A parameter without a default is required when ``notblank``.
+    This is the one declaration of a parameter: nodes check requests against it
+    (:meth:`SpecAlgorithm.params`), and the central DAGs' forms and ``mipflow
+    algorithms list`` are built from it (:mod:`mipflow.algorithms.catalogue`).
+
+    Parameters
+    ----------
+    types : tuple of str
+        Exareme2 types: ``"int"``, ``"real"``, ``"text"``, ``"dict"``.
+    default
+        Used when a request leaves the parameter out (or sends null or ``""``).
+    notblank : bool
+        Without a default the parameter is required; with one, a form may not
+        empty it.  A parameter that is not ``notblank`` is optional.
+    min, max : float, optional
+        Bounds, inclusive unless ``min_exclusive`` / ``max_exclusive``.
+    enums : tuple, optional
+        The allowed values.
+    enums_from : {"x", "y"}, optional
+        The allowed values are the CDE enumerations of that input's (first)
+        variable.
+    label : str
+        Short title (forms, tables).
+    description : str
+        What the parameter means; where mipflow deliberately differs from
+        Exareme2's spec it says so (docs/adr/0022-algorithm-catalogue.md).
+    min_exclusive, max_exclusive : bool
+        The bound itself is refused.
     """
 
     types: tuple[str, ...]
@@ -175,6 +217,32 @@ class ParamSpec:
     max: float | None = None
     enums: tuple[Any, ...] | None = None
     enums_from: str | None = None
+    label: str = ""
+    description: str = ""
+    min_exclusive: bool = False
+    max_exclusive: bool = False
+
+    @property
+    def required(self) -> bool:
+        """A request must give a value (``notblank`` and no default)."""
+        return self.notblank and self.default is None
+
+    @property
+    def optional(self) -> bool:
+        """Null or ``""`` is accepted: it means the default, or "none" without one."""
+        return not self.notblank
+
+    def out_of_bounds(self, value: float) -> str | None:
+        """Why ``value`` lies outside the bounds (completing "parameter = value ..."), or None."""
+        low = self.min is not None and (value <= self.min if self.min_exclusive else value < self.min)
+        high = self.max is not None and (value >= self.max if self.max_exclusive else value > self.max)
+        if not (low or high):
+            return None
+        if self.min_exclusive and self.max_exclusive:
+            return f"must lie strictly between {self.min} and {self.max}"
+        if low:
+            return f"must be greater than {self.min}" if self.min_exclusive else f"is below its minimum {self.min}"
+        return f"must be less than {self.max}" if self.max_exclusive else f"is above its maximum {self.max}"
 
 
 def stattype(variable: Variable) -> str | None:
@@ -210,6 +278,8 @@ class SpecAlgorithm:
 
     name: str = ""
     label: str = ""
+    #: What the algorithm does, for forms and ``mipflow algorithms list``.
+    description: str = ""
     complete_case: bool = True
     y_spec: InputSpec
     x_spec: InputSpec | None = None
@@ -219,11 +289,12 @@ class SpecAlgorithm:
         """The algorithm's specification in Exareme2's JSON form (for forms and catalogues)."""
 
         def inputs(spec: InputSpec) -> dict[str, Any]:
-            return {"types": list(spec.types), "stattypes": list(spec.stattypes),
-                    "notblank": spec.notblank, "multiple": spec.multiple}
+            return {"label": spec.label, "desc": spec.description, "types": list(spec.types),
+                    "stattypes": list(spec.stattypes), "notblank": spec.notblank, "multiple": spec.multiple}
 
         def param(p: ParamSpec) -> dict[str, Any]:
-            out: dict[str, Any] = {"types": list(p.types), "notblank": p.notblank, "multiple": False}
+            out: dict[str, Any] = {"label": p.label, "desc": p.description, "types": list(p.types),
+                                   "notblank": p.notblank, "multiple": False}
             if p.default is not None:
                 out["default"] = p.default
             if p.min is not None:
@@ -239,7 +310,7 @@ class SpecAlgorithm:
         inputdata = {"y": inputs(self.y_spec)}
         if self.x_spec is not None:
             inputdata["x"] = inputs(self.x_spec)
-        return {"name": self.name, "label": self.label, "inputdata": inputdata,
+        return {"name": self.name, "label": self.label, "desc": self.description, "inputdata": inputdata,
                 "parameters": {k: param(v) for k, v in self.parameter_specs.items()}}
 
     def variables(self, request: AnalysisRequest) -> tuple[str, ...]:
@@ -393,10 +464,8 @@ class SpecAlgorithm:
                     continue
                 value = spec.default
             value = _coerce_param(name, value, spec)
-            if spec.min is not None and value < spec.min:
-                raise RequestError(f"parameter {name!r} = {value} is below its minimum {spec.min}")
-            if spec.max is not None and value > spec.max:
-                raise RequestError(f"parameter {name!r} = {value} is above its maximum {spec.max}")
+            if isinstance(value, (int, float)) and (why := spec.out_of_bounds(value)) is not None:
+                raise RequestError(f"parameter {name!r} = {value} {why}")
             if spec.enums is not None and value not in spec.enums:
                 raise RequestError(
                     f"parameter {name!r} = {value!r} is not one of {', '.join(map(str, spec.enums))}"

@@ -62,10 +62,9 @@ from __future__ import annotations
 
 import json
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
-from scipy import sparse, stats
 
 from mipflow.algorithms.contract import (
     NOMINAL,
@@ -102,6 +101,9 @@ from mipflow.protocol.datamodel import DataModel
 from mipflow.protocol.request import AnalysisRequest
 from mipflow.protocol.wire import json_ready
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 CONFIDENCE = 0.95
 MAX_CONDITION = 1e14
 MAX_HALVINGS = 30
@@ -115,14 +117,20 @@ MAX_PRODUCTS_BYTES = 768 * 1024 ** 2
 class CoxRegression(SpecAlgorithm):
     name = "cox_regression"
     label = "Cox proportional hazards regression"
+    description = ("Federated Newton iterations on the partial likelihood of binned event times: "
+                   "coefficients, standard errors, Wald tests and intervals, hazard ratios.")
     y_spec = SURVIVAL_Y
     x_spec = InputSpec(types=("real", "int", "text"), stattypes=(NUMERICAL, NOMINAL), notblank=True,
-                       multiple=True)
+                       multiple=True, label="Covariates",
+                       description="Numerical and nominal covariates (nominal ones dummy-encoded).")
     parameter_specs = MappingProxyType({
         **SURVIVAL_PARAMETERS,
-        "max_iter": ParamSpec(types=("int",), default=50, min=1, max=1000),
-        "tol": ParamSpec(types=("real",), default=1e-8, min=1e-14, max=1e-2),
-        "ties": ParamSpec(types=("text",), default="breslow", notblank=True, enums=TIES),
+        "max_iter": ParamSpec(types=("int",), default=50, min=1, max=1000, label="Maximum iterations",
+                              description="The most Newton iterations (one federated round each)."),
+        "tol": ParamSpec(types=("real",), default=1e-8, min=1e-14, max=1e-2, label="Tolerance",
+                         description="Convergence tolerance of the Newton iterations."),
+        "ties": ParamSpec(types=("text",), default="breslow", notblank=True, enums=TIES, label="Tied event times",
+                          description="Events sharing a time bin: Breslow's or Efron's approximation."),
     })
 
     def check(self, request: AnalysisRequest, model: DataModel) -> None:
@@ -258,6 +266,8 @@ class CoxRegression(SpecAlgorithm):
     @staticmethod
     def _result(request: AnalysisRequest, model: DataModel, params: dict, state: dict, beta: np.ndarray,
                 cov: np.ndarray, loglik: float, aggregates: list[dict]) -> dict:
+        from scipy import stats
+
         stderr = np.sqrt(np.diagonal(cov))
         z = beta / stderr
         q = stats.norm.ppf(1.0 - (1.0 - CONFIDENCE) / 2.0)
@@ -461,6 +471,8 @@ def _bin_sums(risk: dict, beta: np.ndarray, tied: bool = False) -> tuple[np.ndar
     A sparse matrix (bins x rows, the weights as entries) times each product column; each
     bin's rows are added in their order at the node.
     """
+    from scipy import sparse
+
     design, bounds = risk["design"], risk["bounds"]
     weight = np.exp(beta @ design)
     n_bins, (p, n) = len(bounds) - 1, design.shape

@@ -25,9 +25,11 @@ from mipflow.exceptions import RequestError
 _Model = TypeVar("_Model")
 
 #: The ``n_splits`` parameter (Exareme2's spec).
-N_SPLITS = ParamSpec(types=("int",), default=5, notblank=True, min=2, max=20)
+N_SPLITS = ParamSpec(types=("int",), default=5, notblank=True, min=2, max=20, label="Number of folds",
+                     description="The number of cross-validation folds (k).")
 #: mipflow addition: the seed of the fold assignment inside each node.
-SEED = ParamSpec(types=("int",), default=0, min=0, max=2**31 - 1)
+SEED = ParamSpec(types=("int",), default=0, min=0, max=2**31 - 1, label="Fold seed",
+                 description="Seed of the random assignment of each node's rows to folds.")
 
 
 def fold_labels(n_rows: int, n_splits: int, seed: int) -> np.ndarray:

@@ -35,10 +35,9 @@ has no value of a variable: that part's rows then stay out of ``num_na`` /
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from mipflow.algorithms.contract import (
     NOMINAL,
@@ -53,6 +52,9 @@ from mipflow.algorithms.moments import Moments, compute_moments, merge_moments
 from mipflow.protocol.datamodel import DataModel
 from mipflow.protocol.request import AnalysisRequest
 from mipflow.protocol.wire import json_ready
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 DATASET = "dataset"
 ALL_DATASETS = "all datasets"
@@ -128,11 +130,15 @@ def _dp_rows(aggregates: dict[str, Any]) -> int:
 class DescriptiveStats(SpecAlgorithm):
     name = "descriptive_stats"
     label = "Descriptive statistics"
+    description = ("Counts, missing values, means and standard deviations (counts per level for nominal "
+                   "variables) per dataset and overall, per variable and on the complete cases; no "
+                   "minimum, maximum or quartile is released.")
     complete_case = False
     y_spec = InputSpec(types=("int", "real", "text"), stattypes=(NUMERICAL, NOMINAL),
-                       notblank=True, multiple=True)
+                       notblank=True, multiple=True, label="Variables", description="Variables to describe.")
     x_spec = InputSpec(types=("int", "real", "text"), stattypes=(NUMERICAL, NOMINAL),
-                       notblank=False, multiple=True)
+                       notblank=False, multiple=True, label="More variables (optional)",
+                       description="More variables to describe.")
 
     def described(self, request: AnalysisRequest) -> list[str]:
         """The variables described: x then y, without ``dataset``."""

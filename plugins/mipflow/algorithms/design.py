@@ -3,13 +3,15 @@ dummy (treatment) columns with the patsy / Exareme2 names, per-level counts."""
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
-import pandas as pd
 
 from mipflow.exceptions import DataModelError, RequestError
 from mipflow.protocol.datamodel import DataModel, Variable
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: Name of the constant column of a design matrix (patsy / Exareme2 spelling).
 INTERCEPT = "Intercept"
@@ -29,6 +31,7 @@ def category_codes(series: pd.Series, variable: Variable) -> pd.Series:
     DataModelError
         If a value is not one of the variable's enumeration codes.
     """
+    import pandas as pd
 
     def as_code(value: Any) -> Any:
         if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
@@ -58,6 +61,8 @@ def numeric_values(series: pd.Series) -> np.ndarray:
     """A numeric column as a float array (NA become NaN), shape (n,)."""
     if series.dtype == np.float64:  # what the node's queries return: already numbers
         return series.to_numpy(dtype=np.float64, copy=True)
+    import pandas as pd
+
     return pd.to_numeric(series, errors="raise").to_numpy(dtype=float, na_value=np.nan)
 
 

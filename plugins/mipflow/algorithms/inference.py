@@ -37,6 +37,13 @@ def t_interval(estimate: float, se: float, df: float, alternative: str,
             float(estimate + special.stdtrit(df, 1.0 - tail) * se))
 
 
-def alternative_spec(default: str = "two-sided") -> ParamSpec:
-    """The `alt_hypothesis` parameter of the t-tests."""
-    return ParamSpec(types=("text",), default=default, notblank=True, enums=ALTERNATIVES)
+def alternative_spec(description: str) -> ParamSpec:
+    """The ``alt_hypothesis`` parameter (t-tests, Fisher's exact test), as Exareme2 declares it."""
+    return ParamSpec(types=("text",), default="two-sided", notblank=True, enums=ALTERNATIVES,
+                     label="Alternative hypothesis", description=description)
+
+
+#: The ``alpha`` of the t-tests: a significance level (Exareme2's spec, bounds included).
+SIGNIFICANCE_ALPHA = ParamSpec(
+    types=("real",), default=0.05, notblank=True, min=0.0, max=1.0, label="Significance level (alpha)",
+    description="The significance level: the confidence interval is at level 1 - alpha (0.05: 95 %).")

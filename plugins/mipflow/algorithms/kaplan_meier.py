@@ -26,10 +26,9 @@ had its own bin.
 from __future__ import annotations
 
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
-from scipy import stats
 
 from mipflow.algorithms.contract import (
     NOMINAL,
@@ -57,15 +56,26 @@ from mipflow.protocol.datamodel import DataModel
 from mipflow.protocol.request import AnalysisRequest
 from mipflow.protocol.wire import json_ready
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 
 class KaplanMeier(SpecAlgorithm):
     name = "kaplan_meier"
     label = "Kaplan-Meier survival curves and log-rank test"
+    description = ("Survival curves per group with Greenwood standard errors and log(-log) confidence "
+                   "intervals, and a log-rank test across groups, on binned event times.")
     y_spec = SURVIVAL_Y
-    x_spec = InputSpec(types=("int", "text"), stattypes=(NOMINAL,), notblank=False, multiple=False)
+    x_spec = InputSpec(types=("int", "text"), stattypes=(NOMINAL,), notblank=False, multiple=False,
+                       label="Grouping variable (optional)", description="A nominal variable: one curve per level.")
     parameter_specs = MappingProxyType({
         **SURVIVAL_PARAMETERS,
-        "alpha": ParamSpec(types=("real",), default=0.95, min=0.5, max=0.999999),
+        # a confidence level here, unlike the tests' alpha; under 0.5 it is most likely a significance
+        # level sent by mistake (ADR 0022)
+        "alpha": ParamSpec(types=("real",), default=0.95, min=0.5, max=1.0, max_exclusive=True,
+                           label="Confidence level (alpha)",
+                           description="The confidence level of the survival intervals (0.95: 95 % "
+                                       "intervals); at least 0.5 and below 1."),
     })
 
     def check(self, request: AnalysisRequest, model: DataModel) -> None:
@@ -106,6 +116,8 @@ class KaplanMeier(SpecAlgorithm):
 
     def global_step(self, round: int, aggregates: list[dict], request: AnalysisRequest,
                     model: DataModel, state: dict | None) -> Step:
+        from scipy import stats
+
         params = self.params(request, model)
         grid = grid_for(request, model, params)
         levels = self._levels(request, model)
@@ -183,6 +195,8 @@ def _curve(level: str | None, grid: np.ndarray, ends: list[int], events: np.ndar
 
 def _logrank(events: np.ndarray, censored: np.ndarray) -> dict:
     """Log-rank test from per-group counts on common bins, shape (groups, bins)."""
+    from scipy import stats
+
     at_risk = np.cumsum((events + censored)[:, ::-1], axis=1)[:, ::-1].astype(float)
     total_risk = at_risk.sum(axis=0)
     total_events = events.sum(axis=0).astype(float)

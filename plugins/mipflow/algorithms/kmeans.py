@@ -57,11 +57,9 @@ from __future__ import annotations
 
 import json
 from types import MappingProxyType
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
-import pandas as pd
-from scipy import stats
 
 from mipflow.algorithms.contract import (
     NUMERICAL,
@@ -77,6 +75,9 @@ from mipflow.exceptions import RequestError
 from mipflow.protocol.datamodel import DataModel
 from mipflow.protocol.request import AnalysisRequest
 from mipflow.protocol.wire import json_ready
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: Initialisation schemes: aggregate-only (default) and Exareme2's (needs raw extremes).
 INITS = ("pca", "exareme2")
@@ -109,6 +110,8 @@ def principal_axis_centres(mean: np.ndarray, cov: np.ndarray, k: int) -> np.ndar
     -------
     numpy.ndarray, shape (k, d)
     """
+    from scipy import stats
+
     mean = np.asarray(mean, dtype=float)
     cov = np.atleast_2d(np.asarray(cov, dtype=float))
     eigenvalues, eigenvectors = np.linalg.eigh(cov)
@@ -189,15 +192,29 @@ def cluster_aggregates(columns: np.ndarray, centres: np.ndarray) -> dict:
 class KMeans(SpecAlgorithm):
     name = "kmeans"
     label = "K-Means"
+    description = ("Federated Lloyd iterations from centres on the pooled first principal axis: centres, "
+                   "cluster sizes and inertia.")
     # Exareme2 takes real variables only; mipflow also takes integer ones (deliberate).
-    y_spec = InputSpec(types=("real", "int"), stattypes=(NUMERICAL,), notblank=True, multiple=True)
+    y_spec = InputSpec(types=("real", "int"), stattypes=(NUMERICAL,), notblank=True, multiple=True,
+                       label="Variables", description="The numerical variables to cluster on.")
     x_spec = None
     parameter_specs = MappingProxyType({
-        "k": ParamSpec(types=("int",), default=4, notblank=True, min=1, max=100),
-        "maxiter": ParamSpec(types=("int",), default=1, notblank=True, min=1, max=100),
-        "tol": ParamSpec(types=("real",), default=0.01, notblank=True, min=0.0, max=1.0),
+        "k": ParamSpec(types=("int",), default=4, notblank=True, min=1, max=100, label="Clusters (k)",
+                       description="The number of clusters."),
+        # Exareme2's defaults (1 iteration, tol 0.01) stop before Lloyd's algorithm converges; these
+        # are the values of Exareme2's own validation requests (ADR 0022).
+        "maxiter": ParamSpec(types=("int",), default=100, notblank=True, min=1, max=100,
+                             label="Maximum iterations",
+                             description="The most Lloyd updates (one federated round each); Exareme2's "
+                                         "spec defaults to 1."),
+        "tol": ParamSpec(types=("real",), default=0.0001, notblank=True, min=0.0, max=1.0, label="Tolerance",
+                         description="Stop when the Frobenius norm of the centre shift is at most this "
+                                     "(in the variables' units); Exareme2's spec defaults to 0.01."),
         # mipflow addition: how the centres start (see the module docstring).
-        "init": ParamSpec(types=("text",), default="pca", enums=INITS),
+        "init": ParamSpec(types=("text",), default="pca", enums=INITS, label="Initial centres",
+                          description="pca: on the pooled first principal axis (no row is a seed); "
+                                      "exareme2: Exareme2's, which needs release_extremes at the nodes "
+                                      "(docs/adr/0009-kmeans-initialisation.md)."),
     })
 
     def secure_aggregation_refusal(self, request: AnalysisRequest) -> str | None:

@@ -15,10 +15,9 @@ formed.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
-from scipy import stats
 
 from mipflow.algorithms.contract import (
     NOMINAL,
@@ -43,6 +42,9 @@ from mipflow.exceptions import RequestError
 from mipflow.protocol.datamodel import DataModel
 from mipflow.protocol.request import AnalysisRequest
 from mipflow.protocol.wire import json_ready
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: Confidence level of the coefficient intervals (statsmodels' default).
 CONFIDENCE = 0.95
@@ -135,11 +137,15 @@ DP_NOTE = (
 class LinearRegression(SpecAlgorithm):
     name = "linear_regression"
     label = "Linear Regression"
+    description = ("Ordinary least squares of a numerical variable on covariates: coefficients, standard "
+                   "errors, t-tests and intervals, R-squared and the F-test.")
     # Exareme2's spec says "real" only, but its validation suite regresses
     # integer variables (minimentalstate) too.
-    y_spec = InputSpec(types=("real", "int"), stattypes=(NUMERICAL,), notblank=True, multiple=False)
+    y_spec = InputSpec(types=("real", "int"), stattypes=(NUMERICAL,), notblank=True, multiple=False,
+                       label="Variable (dependent)", description="A numerical variable.")
     x_spec = InputSpec(types=("real", "int", "text"), stattypes=(NUMERICAL, NOMINAL),
-                       notblank=True, multiple=True)
+                       notblank=True, multiple=True, label="Covariates (independent)",
+                       description="Numerical or nominal variables (nominal ones dummy-encoded).")
 
     def check(self, request: AnalysisRequest, model: DataModel) -> None:
         if request.y[0] in request.x:
@@ -161,6 +167,8 @@ class LinearRegression(SpecAlgorithm):
 
     def global_step(self, round: int, aggregates: list[dict], request: AnalysisRequest,
                     model: DataModel, state: dict | None) -> Step:
+        from scipy import stats
+
         mom = merge_moment_dicts(a["moments"] for a in aggregates)
         counts = sum_level_counts([a["level_counts"] for a in aggregates])
         n = mom.n

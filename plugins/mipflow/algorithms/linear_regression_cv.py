@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import math
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from mipflow.algorithms.contract import Step
 from mipflow.algorithms.crossval import (
@@ -50,6 +50,9 @@ from mipflow.protocol.datamodel import DataModel
 from mipflow.protocol.request import AnalysisRequest
 from mipflow.protocol.wire import json_ready
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 
 def base_request(request: AnalysisRequest, keep: tuple[str, ...] = ()) -> AnalysisRequest:
     """The request without the cross-validation parameters (for the plain model's steps)."""
@@ -61,6 +64,8 @@ def base_request(request: AnalysisRequest, keep: tuple[str, ...] = ()) -> Analys
 class LinearRegressionCV(CrossValidated, LinearRegression):
     name = "linear_regression_cv"
     label = "Linear Regression Cross-validation"
+    description = ("k-fold cross-validation of a linear regression: per-fold and mean error measures "
+                   "(mean squared error, its root, mean absolute error, R-squared).")
     parameter_specs = MappingProxyType({"n_splits": N_SPLITS, "seed": SEED})
 
     def local_step(self, round: int, data: pd.DataFrame, request: AnalysisRequest,

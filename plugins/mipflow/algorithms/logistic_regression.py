@@ -26,10 +26,9 @@ from __future__ import annotations
 
 import math
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
-from scipy import special, stats
 
 from mipflow.algorithms.contract import (
     NOMINAL,
@@ -52,6 +51,9 @@ from mipflow.exceptions import RequestError
 from mipflow.protocol.datamodel import DataModel
 from mipflow.protocol.request import AnalysisRequest
 from mipflow.protocol.wire import json_ready
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 CONFIDENCE = 0.95
 MAX_CONDITION = 1e14
@@ -87,14 +89,23 @@ def _uncentre_map(center: np.ndarray) -> np.ndarray:
 class LogisticRegression(SpecAlgorithm):
     name = "logistic_regression"
     label = "Logistic Regression"
-    y_spec = InputSpec(types=("int", "text"), stattypes=(NOMINAL,), notblank=True, multiple=False)
+    description = ("Models a binary outcome (the positive class against the others) on covariates by "
+                   "federated Newton iterations: coefficients, standard errors, Wald tests and intervals.")
+    y_spec = InputSpec(types=("int", "text"), stattypes=(NOMINAL,), notblank=True, multiple=False,
+                       label="Variable (dependent)",
+                       description="A nominal variable, made binary: 1 for the positive class, 0 for the others.")
     x_spec = InputSpec(types=("real", "int", "text"), stattypes=(NUMERICAL, NOMINAL),
-                       notblank=True, multiple=True)
+                       notblank=True, multiple=True, label="Covariates (independent)",
+                       description="Numerical or nominal variables (nominal ones dummy-encoded).")
     parameter_specs = MappingProxyType({
-        "positive_class": ParamSpec(types=("text", "int"), notblank=True, enums_from="y"),
+        "positive_class": ParamSpec(types=("text", "int"), notblank=True, enums_from="y", label="Positive class",
+                                    description="The level of y that is the positive class; every other "
+                                                "level is negative."),
         # mipflow additions (not in Exareme2's spec): convergence control.
-        "max_iter": ParamSpec(types=("int",), default=50, min=1, max=1000),
-        "tol": ParamSpec(types=("real",), default=1e-8, min=1e-14, max=1e-2),
+        "max_iter": ParamSpec(types=("int",), default=50, min=1, max=1000, label="Maximum iterations",
+                              description="The most Newton iterations (one federated round each)."),
+        "tol": ParamSpec(types=("real",), default=1e-8, min=1e-14, max=1e-2, label="Tolerance",
+                         description="Convergence tolerance of the Newton iterations."),
     })
 
     def check(self, request: AnalysisRequest, model: DataModel) -> None:
@@ -188,6 +199,8 @@ class LogisticRegression(SpecAlgorithm):
     @staticmethod
     def _result(request: AnalysisRequest, columns: list[str], beta: np.ndarray,
                 cov: np.ndarray, loglik: float, n: int, n_pos: int) -> dict:
+        from scipy import stats
+
         stderr = np.sqrt(np.diagonal(cov))
         z = beta / stderr
         q = stats.norm.ppf(1.0 - (1.0 - CONFIDENCE) / 2.0)
@@ -252,6 +265,8 @@ def newton_sums(design: np.ndarray, y: np.ndarray, beta: np.ndarray) -> tuple[fl
     Sums run over blocks of :data:`BLOCK_ROWS` rows; only the order of the additions differs
     from the one-pass formulas (rounding at the level of machine precision).
     """
+    from scipy import special
+
     p = design.shape[1]
     loglik = 0.0
     gradient = np.zeros(p)

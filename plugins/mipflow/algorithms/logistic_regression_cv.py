@@ -24,10 +24,9 @@ Disclosure: confusion cells are released under ``group_counts`` (a cell in
 from __future__ import annotations
 
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
-from scipy import special
 
 from mipflow.algorithms.contract import ParamSpec, Step
 from mipflow.algorithms.crossval import (
@@ -48,6 +47,9 @@ from mipflow.protocol.datamodel import DataModel
 from mipflow.protocol.request import AnalysisRequest
 from mipflow.protocol.wire import json_ready
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 #: Parameters passed through to the per-fold logistic regression.
 _PLAIN = ("positive_class", "max_iter", "tol")
 
@@ -55,18 +57,23 @@ _PLAIN = ("positive_class", "max_iter", "tol")
 class LogisticRegressionCV(CrossValidated, LogisticRegression):
     name = "logistic_regression_cv"
     label = "Logistic Regression Cross-validation"
+    description = ("k-fold cross-validation of a logistic regression: per-fold and mean accuracy, precision, "
+                   "recall, F1 and the (binned) ROC curve and AUC.")
     parameter_specs = MappingProxyType({
         **LogisticRegression.parameter_specs,
         "n_splits": N_SPLITS,
         "seed": SEED,
         # mipflow addition: resolution of the shared ROC thresholds
-        "roc_bins": ParamSpec(types=("int",), default=50, min=2, max=1000),
+        "roc_bins": ParamSpec(types=("int",), default=50, min=2, max=1000, label="ROC bins",
+                              description="Score bins of the ROC curve (the AUC is computed on them)."),
     })
 
     # -- local ------------------------------------------------------------------
 
     def local_step(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
                    model: DataModel, state: dict | None) -> dict:
+        from scipy import special
+
         params = self.params(request, model)
         folds = fold_labels(len(data), params["n_splits"], params["seed"])
         plain = base_request(request, _PLAIN)

@@ -23,10 +23,9 @@ minimum and maximum of ``y`` (as in Exareme2).
 from __future__ import annotations
 
 from types import MappingProxyType
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
-import pandas as pd
 
 from mipflow.algorithms.contract import (
     NOMINAL,
@@ -42,6 +41,9 @@ from mipflow.exceptions import RequestError
 from mipflow.protocol.datamodel import DataModel, Variable
 from mipflow.protocol.request import AnalysisRequest
 from mipflow.protocol.wire import json_ready
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def level_counter(codes: np.ndarray, levels: Sequence[Any]) -> Callable[[np.ndarray], list[int]]:
@@ -99,11 +101,16 @@ def _dp_rows(aggregates: dict[str, Any]) -> int:
 class MultipleHistograms(SpecAlgorithm):
     name = "multiple_histograms"
     label = "Multiple Histograms"
+    description = ("Histograms of a variable, overall and per level of grouping variables; bins under "
+                   "the nodes' thresholds are suppressed.")
     y_spec = InputSpec(types=("real", "int", "text"), stattypes=(NUMERICAL, NOMINAL),
-                       notblank=True, multiple=False)
-    x_spec = InputSpec(types=("int", "text"), stattypes=(NOMINAL,), notblank=False, multiple=True)
+                       notblank=True, multiple=False, label="Variable",
+                       description="The variable to distribute among bins.")
+    x_spec = InputSpec(types=("int", "text"), stattypes=(NOMINAL,), notblank=False, multiple=True,
+                       label="Grouping variables", description="Nominal variables for grouping bins.")
     parameter_specs = MappingProxyType({
-        "bins": ParamSpec(types=("int",), default=20, notblank=False, min=1, max=100),
+        "bins": ParamSpec(types=("int",), default=20, notblank=False, min=1, max=100, label="Number of bins",
+                          description="The number of bins of a numerical histogram."),
     })
 
     def check(self, request: AnalysisRequest, model: DataModel) -> None:

@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import math
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from mipflow.algorithms.contract import (
     NOMINAL,
@@ -58,7 +58,11 @@ from mipflow.protocol.datamodel import DataModel
 from mipflow.protocol.request import AnalysisRequest
 from mipflow.protocol.wire import json_ready
 
-_Y = InputSpec(types=("text", "int"), stattypes=(NOMINAL,), notblank=True, multiple=False)
+if TYPE_CHECKING:
+    import pandas as pd
+
+_Y = InputSpec(types=("text", "int"), stattypes=(NOMINAL,), notblank=True, multiple=False,
+               label="Variable (dependent)", description="A nominal variable: the classes.")
 
 
 class _NaiveBayesCV(CrossValidated, SpecAlgorithm):
@@ -150,12 +154,17 @@ class _NaiveBayesCV(CrossValidated, SpecAlgorithm):
 class NaiveBayesGaussianCV(_NaiveBayesCV):
     name = "naive_bayes_gaussian_cv"
     label = "Gaussian Naive Bayes classifier with cross-validation"
-    x_spec = InputSpec(types=("real", "int"), stattypes=(NUMERICAL,), notblank=True, multiple=True)
+    description = ("Classifies y from numerical features assumed independent and normal within each class; "
+                   "k-fold cross-validated.")
+    x_spec = InputSpec(types=("real", "int"), stattypes=(NUMERICAL,), notblank=True, multiple=True,
+                       label="Covariates (independent)", description="Numerical variables.")
     parameter_specs = MappingProxyType({
         "n_splits": N_SPLITS,
         "seed": SEED,
         # mipflow addition: scikit-learn's GaussianNB(var_smoothing)
-        "var_smoothing": ParamSpec(types=("real",), default=1e-9, min=0.0, max=1.0),
+        "var_smoothing": ParamSpec(types=("real",), default=1e-9, min=0.0, max=1.0, label="Variance smoothing",
+                                   description="This share of the largest variance is added to every "
+                                               "variance (scikit-learn's var_smoothing)."),
     })
 
     def fold_statistics(self, data: pd.DataFrame, cls: np.ndarray, request: AnalysisRequest,
@@ -201,12 +210,17 @@ class NaiveBayesGaussianCV(_NaiveBayesCV):
 class NaiveBayesCategoricalCV(_NaiveBayesCV):
     name = "naive_bayes_categorical_cv"
     label = "Categorical Naive Bayes classifier with cross-validation"
-    x_spec = InputSpec(types=("text", "int"), stattypes=(NOMINAL,), notblank=True, multiple=True)
+    description = ("Classifies y from nominal features assumed independent within each class; k-fold "
+                   "cross-validated.")
+    x_spec = InputSpec(types=("text", "int"), stattypes=(NOMINAL,), notblank=True, multiple=True,
+                       label="Covariates (independent)", description="Nominal variables.")
     parameter_specs = MappingProxyType({
         "n_splits": N_SPLITS,
         "seed": SEED,
         # mipflow addition: scikit-learn's CategoricalNB(alpha) (Laplace smoothing)
-        "alpha": ParamSpec(types=("real",), default=1.0, min=1e-10, max=1e6),
+        "alpha": ParamSpec(types=("real",), default=1.0, min=1e-10, max=1e6, label="Smoothing (alpha)",
+                           description="Additive (Laplace) smoothing of the category counts "
+                                       "(scikit-learn's CategoricalNB alpha); not a significance level."),
     })
 
     def _level_index(self, data: pd.DataFrame, code: str, model: DataModel) -> np.ndarray:

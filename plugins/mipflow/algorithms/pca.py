@@ -33,10 +33,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
-import pandas as pd
 
 from mipflow.algorithms.contract import (
     NUMERICAL,
@@ -51,6 +51,9 @@ from mipflow.exceptions import RequestError
 from mipflow.protocol.datamodel import DataModel
 from mipflow.protocol.request import AnalysisRequest
 from mipflow.protocol.wire import json_ready
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: Transformations of ``pca_with_transformation``: applied at the nodes, or centrally (affine).
 ROW_TRANSFORMS = ("log", "exp")
@@ -109,7 +112,10 @@ def principal_components(moments: Moments, names: tuple[str, ...]) -> tuple[np.n
 class PCA(SpecAlgorithm):
     name = "pca"
     label = "Principal Component Analysis (PCA)"
-    y_spec = InputSpec(types=("real", "int"), stattypes=(NUMERICAL,), notblank=True, multiple=True)
+    description = ("The principal components (eigenvalues and eigenvectors) of the correlation matrix of "
+                   "numerical variables.")
+    y_spec = InputSpec(types=("real", "int"), stattypes=(NUMERICAL,), notblank=True, multiple=True,
+                       label="Variables", description="Numerical variables.")
 
     def transform_rows(self, data: pd.DataFrame, request: AnalysisRequest, model: DataModel) -> np.ndarray:
         """The variables as a float matrix, shape (n, p) (overridden to transform them)."""
@@ -171,7 +177,13 @@ def parse_transformations(value: Any, y: tuple[str, ...]) -> dict[str, list[str]
 class PCAWithTransformation(PCA):
     name = "pca_with_transformation"
     label = "Principal Component Analysis (PCA) with transformations"
-    parameter_specs = {"data_transformation": ParamSpec(types=("dict",), notblank=False)}
+    description = "PCA after transforming variables by log, exp, centring or standardising."
+    parameter_specs = MappingProxyType({
+        "data_transformation": ParamSpec(
+            types=("dict",), notblank=False, label="Transformations",
+            description='Transformation -> variables, e.g. {"log": ["age"], "standardize": ["glucose_mmol"]}; '
+                        "transformations: log, exp, center, standardize."),
+    })
 
     def params(self, request: AnalysisRequest, model: DataModel | None = None) -> dict[str, Any]:
         parameters = dict(request.parameters)

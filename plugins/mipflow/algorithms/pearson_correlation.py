@@ -12,10 +12,9 @@ is empty).  p-values are two-sided; the intervals are at confidence level
 from __future__ import annotations
 
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
-from scipy import special, stats
 
 from mipflow.algorithms.contract import (
     NUMERICAL,
@@ -33,9 +32,14 @@ from mipflow.protocol.datamodel import DataModel
 from mipflow.protocol.request import AnalysisRequest
 from mipflow.protocol.wire import json_ready
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 
 def correlation_tests(r: np.ndarray, n: int, alpha: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Two-sided p-values and ``1 - alpha`` Fisher-z intervals of correlations ``r``."""
+    from scipy import special, stats
+
     df = n - 2
     with np.errstate(divide="ignore", invalid="ignore"):
         # P(|T| > t) for t^2 = r^2 df / (1 - r^2), via the regularised incomplete beta.
@@ -67,10 +71,20 @@ DP_NOTE = (
 class PearsonCorrelation(SpecAlgorithm):
     name = "pearson_correlation"
     label = "Pearson Correlation Matrix"
-    y_spec = InputSpec(types=("real", "int"), stattypes=(NUMERICAL,), notblank=True, multiple=True)
-    x_spec = InputSpec(types=("real", "int"), stattypes=(NUMERICAL,), notblank=False, multiple=True)
+    description = ("The correlation coefficients of numerical variables, with two-sided p-values and "
+                   "Fisher-z intervals.")
+    y_spec = InputSpec(types=("real", "int"), stattypes=(NUMERICAL,), notblank=True, multiple=True,
+                       label="Variables", description="Numerical variables (the matrix's columns).")
+    x_spec = InputSpec(types=("real", "int"), stattypes=(NUMERICAL,), notblank=False, multiple=True,
+                       label="Covariates (optional)", description="Numerical variables (the matrix's rows; "
+                                                                   "default: y against itself).")
     parameter_specs = MappingProxyType({
-        "alpha": ParamSpec(types=("real",), default=0.95, notblank=True, min=0.0, max=1.0),
+        # Exareme2's wire name, default and intervals, which are at 1 - alpha (ADR 0022).
+        "alpha": ParamSpec(types=("real",), default=0.95, notblank=True, min=0.0, max=1.0,
+                           label="Alpha (intervals at level 1 - alpha)",
+                           description="Exareme2 calls it the confidence level, but the intervals are at "
+                                       "level 1 - alpha, as Exareme2 computes them: the default 0.95 gives "
+                                       "5 % intervals; send 0.05 for 95 % intervals."),
     })
 
     def local_step(self, round: int, data: pd.DataFrame, request: AnalysisRequest,

@@ -24,10 +24,9 @@ labelled ``binned``.  See ``docs/adr/0008-survival-binning.md``.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
-import pandas as pd
 
 from mipflow.algorithms.contract import (
     NOMINAL,
@@ -41,18 +40,28 @@ from mipflow.exceptions import RequestError
 from mipflow.protocol.datamodel import DataModel, Variable
 from mipflow.protocol.request import AnalysisRequest
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 #: Most grid points a request may ask for (bounds the size of every aggregate).
 MAX_GRID_POINTS = 20_000
 
 #: y = [time variable, event variable].
 SURVIVAL_Y = InputSpec(types=("real", "int", "text"), stattypes=(NUMERICAL, NOMINAL), notblank=True,
-                       multiple=True)
+                       multiple=True, label="Time and event",
+                       description="[time, event]: the numerical follow-up time and the nominal event variable.")
 
 #: Parameters shared by the survival algorithms.
 SURVIVAL_PARAMETERS: dict[str, ParamSpec] = {
-    "event_level": ParamSpec(types=("text", "int"), notblank=True),
-    "bin_width": ParamSpec(types=("real",), default=1.0, min=1e-9),
-    "max_time": ParamSpec(types=("real",)),
+    "event_level": ParamSpec(types=("text", "int"), notblank=True, label="Event level",
+                             description="The level of the event variable that means the event happened "
+                                         "(e.g. yes); the other levels mean censored."),
+    "bin_width": ParamSpec(types=("real",), default=1.0, min=0.0, min_exclusive=True, label="Time bin width",
+                           description="Times are rounded up to a grid of this width from the time "
+                                       "variable's minValue (docs/adr/0008-survival-binning.md)."),
+    "max_time": ParamSpec(types=("real",), label="End of follow-up",
+                          description="The end of the time grid; needed when the time variable declares "
+                                      "no maxValue."),
 }
 
 

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import math
 from types import MappingProxyType
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from mipflow.algorithms.contract import (
     NOMINAL,
@@ -25,24 +24,33 @@ from mipflow.algorithms.contract import (
     Step,
 )
 from mipflow.algorithms.design import category_codes, numeric_values
-from mipflow.algorithms.inference import alternative_spec, t_interval, t_pvalue
+from mipflow.algorithms.inference import SIGNIFICANCE_ALPHA, alternative_spec, t_interval, t_pvalue
 from mipflow.algorithms.moments import compute_moments, merge_moment_dicts
 from mipflow.exceptions import RequestError
 from mipflow.protocol.datamodel import DataModel
 from mipflow.protocol.request import AnalysisRequest
 from mipflow.protocol.wire import json_ready
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 
 class TTestIndependent(SpecAlgorithm):
     name = "ttest_independent"
     label = "T-Test Independent"
-    y_spec = InputSpec(types=("real", "int"), stattypes=(NUMERICAL,), notblank=True, multiple=False)
-    x_spec = InputSpec(types=("text", "int"), stattypes=(NOMINAL,), notblank=True, multiple=False)
+    description = "Test the difference in means between two independent groups (Welch's t-test)."
+    y_spec = InputSpec(types=("real", "int"), stattypes=(NUMERICAL,), notblank=True, multiple=False,
+                       label="Variable of interest", description="A numerical variable.")
+    x_spec = InputSpec(types=("text", "int"), stattypes=(NOMINAL,), notblank=True, multiple=False,
+                       label="Grouping variable", description="A nominal variable.")
     parameter_specs = MappingProxyType({
-        "alt_hypothesis": alternative_spec(),
-        "alpha": ParamSpec(types=("real",), default=0.05, notblank=True, min=0.0, max=1.0),
-        "groupA": ParamSpec(types=("text", "int"), notblank=True, enums_from="x"),
-        "groupB": ParamSpec(types=("text", "int"), notblank=True, enums_from="x"),
+        "alt_hypothesis": alternative_spec(
+            "Whether group A's mean differs from, is less than or is greater than group B's."),
+        "alpha": SIGNIFICANCE_ALPHA,
+        "groupA": ParamSpec(types=("text", "int"), notblank=True, enums_from="x", label="Group A",
+                            description="The level of the grouping variable x used as group A."),
+        "groupB": ParamSpec(types=("text", "int"), notblank=True, enums_from="x", label="Group B",
+                            description="The level of the grouping variable x used as group B."),
     })
 
     def check(self, request: AnalysisRequest, model: DataModel) -> None:

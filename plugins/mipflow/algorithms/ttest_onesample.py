@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import math
 from types import MappingProxyType
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from mipflow.algorithms.contract import (
     NUMERICAL,
@@ -23,23 +22,32 @@ from mipflow.algorithms.contract import (
     Step,
 )
 from mipflow.algorithms.design import numeric_values
-from mipflow.algorithms.inference import alternative_spec, t_interval, t_pvalue
+from mipflow.algorithms.inference import SIGNIFICANCE_ALPHA, alternative_spec, t_interval, t_pvalue
 from mipflow.algorithms.moments import compute_moments, merge_moment_dicts
 from mipflow.exceptions import RequestError
 from mipflow.protocol.datamodel import DataModel
 from mipflow.protocol.request import AnalysisRequest
 from mipflow.protocol.wire import json_ready
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 
 class TTestOneSample(SpecAlgorithm):
     name = "ttest_onesample"
     label = "T-Test One-Sample"
-    y_spec = InputSpec(types=("real", "int"), stattypes=(NUMERICAL,), notblank=True, multiple=False)
+    description = ("Test the difference between the mean of one sample and a population mean, assuming the "
+                   "sample is drawn from a normal distribution.")
+    y_spec = InputSpec(types=("real", "int"), stattypes=(NUMERICAL,), notblank=True, multiple=False,
+                       label="Variable", description="The numerical variable of interest.")
     x_spec = None
     parameter_specs = MappingProxyType({
-        "alt_hypothesis": alternative_spec(),
-        "alpha": ParamSpec(types=("real",), default=0.05, notblank=True, min=0.0, max=1.0),
-        "mu": ParamSpec(types=("real",), default=0.0, notblank=True, min=-10.0, max=10.0),
+        "alt_hypothesis": alternative_spec("Whether the mean differs from, is less than or is greater than mu."),
+        "alpha": SIGNIFICANCE_ALPHA,
+        # Exareme2 caps mu at +-10, which refuses e.g. a blood pressure tested against 90 (ADR 0022).
+        "mu": ParamSpec(types=("real",), default=0.0, notblank=True, label="Population mean (mu)",
+                        description="The hypothesised population mean (any finite number; Exareme2's "
+                                    "spec caps it at -10..10, mipflow does not)."),
     })
 
     def local_step(self, round: int, data: pd.DataFrame, request: AnalysisRequest,

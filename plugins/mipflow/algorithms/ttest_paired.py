@@ -12,34 +12,40 @@ from __future__ import annotations
 
 import math
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from mipflow.algorithms.contract import (
     NUMERICAL,
     InputSpec,
-    ParamSpec,
     SpecAlgorithm,
     Step,
 )
 from mipflow.algorithms.design import numeric_values
-from mipflow.algorithms.inference import alternative_spec, t_interval, t_pvalue
+from mipflow.algorithms.inference import SIGNIFICANCE_ALPHA, alternative_spec, t_interval, t_pvalue
 from mipflow.algorithms.moments import compute_moments, merge_moment_dicts
 from mipflow.exceptions import RequestError
 from mipflow.protocol.datamodel import DataModel
 from mipflow.protocol.request import AnalysisRequest
 from mipflow.protocol.wire import json_ready
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 
 class TTestPaired(SpecAlgorithm):
     name = "ttest_paired"
     label = "T-Test Paired"
-    y_spec = InputSpec(types=("real", "int"), stattypes=(NUMERICAL,), notblank=True, multiple=False)
-    x_spec = InputSpec(types=("real", "int"), stattypes=(NUMERICAL,), notblank=True, multiple=False)
+    description = "Test the difference in means between two related measures of the same patients (y - x)."
+    y_spec = InputSpec(types=("real", "int"), stattypes=(NUMERICAL,), notblank=True, multiple=False,
+                       label="Variable of interest", description="The first measure (numerical).")
+    x_spec = InputSpec(types=("real", "int"), stattypes=(NUMERICAL,), notblank=True, multiple=False,
+                       label="Related variable", description="The second measure (numerical), paired with y.")
     parameter_specs = MappingProxyType({
-        "alt_hypothesis": alternative_spec(),
-        "alpha": ParamSpec(types=("real",), default=0.05, notblank=True, min=0.0, max=1.0),
+        "alt_hypothesis": alternative_spec(
+            "Whether measure y differs from, is less than or is greater than measure x."),
+        "alpha": SIGNIFICANCE_ALPHA,
     })
 
     def check(self, request: AnalysisRequest, model: DataModel) -> None:

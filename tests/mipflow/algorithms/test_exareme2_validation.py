@@ -487,6 +487,14 @@ SPEC_DEVIATIONS = {
     ("linear_regression_cv", "y", "types"): ["real", "int"],  # the same model as linear_regression
     ("kmeans", "y", "types"): ["real", "int"],  # integer scores (NIHSS, mRS) are clustered too
 }
+#: Where mipflow's parameters knowingly differ from Exareme2's spec (docs/adr/0022-algorithm-catalogue.md).
+PARAMETER_DEVIATIONS = {
+    ("kmeans", "maxiter", "default"): 100,  # Exareme2's 1 stops after one Lloyd update
+    ("kmeans", "tol", "default"): 0.0001,  # Exareme2's validation requests use 100 and 1e-4
+    ("ttest_onesample", "mu", "min"): None,  # Exareme2's +-10 refuses e.g. a blood pressure against 90
+    ("ttest_onesample", "mu", "max"): None,
+    ("anova", "sstype", "default"): 2,  # Exareme2's JSON writes the string "2" for an int parameter
+}
 #: Exareme2's spec files not named after the algorithm.
 SPEC_FILES = {"pca_with_transformation": "pca_with_transformations"}
 
@@ -507,6 +515,7 @@ def test_specs_follow_exareme2(shared_dir: Path, name: str) -> None:
         mine = ours["parameters"][pname]
         assert sorted(mine["types"]) == sorted(pspec["types"]), pname
         for key in ("default", "min", "max"):
-            assert mine.get(key) == pspec.get(key), (pname, key)
+            expected = PARAMETER_DEVIATIONS.get((name, pname, key), pspec.get(key))
+            assert mine.get(key) == expected, (pname, key)
         if "enums" in pspec:
             assert mine["enums"] == pspec["enums"], pname
