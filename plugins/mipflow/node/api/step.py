@@ -12,7 +12,7 @@ transport (:mod:`mipflow.node.api.app`) authenticates the call before
 :func:`answer_step` and maps the errors to HTTP afterwards; every request
 answered or refused here gets exactly one audit record.
 
-Order (ADR 0002, 0010, 0013, 0014, 0015)::
+Order (ADR 0002, 0010, 0013, 0014, 0015, 0022)::
 
     parse_step           body, nfilter_string, AnalysisRequest          (400 / 403)
     resolve_algorithm    vetted step code, digest, disabled_algorithm   (400 / 403)
