@@ -39,7 +39,6 @@ from mipflow.exceptions import DisclosureError, MipflowError
 from mipflow.node.api.context import DataModelNotHeld, StepContext, selection_bytes
 from mipflow.node.api.describe import describe_algorithms, describe_data, describe_secagg_key
 from mipflow.node.api.schema import Refusal, StepCall, StepReply
-from mipflow.node.api.step import answer_step
 from mipflow.node.controls.audit import AUDIT_FILE
 from mipflow.node.freshness import file_signature
 from mipflow.node.home import NodeHome
@@ -97,7 +96,8 @@ def json_bytes(doc: Any) -> bytes:
 
 def refusal_response(node: str, exc: MipflowError) -> Response:
     """The HTTP answer to a refusal (already audited): 403 with the control for the disclosure
-    controls, 404 for a data model the node does not hold, 400 for anything else."""
+    controls, 404 for a data model the node does not hold; anything else raises a 400
+    ``HTTPException`` whose detail is the refusal's message."""
     if isinstance(exc, DisclosureError):
         return JSONResponse(status_code=403, content={"node": node, "refused": str(exc), "control": exc.control})
     if isinstance(exc, DataModelNotHeld):
@@ -106,8 +106,9 @@ def refusal_response(node: str, exc: MipflowError) -> Response:
 
 
 def create_app(home: NodeHome) -> FastAPI:
-    """Build the node's FastAPI application."""
+    """Build the node's FastAPI application (the step code is imported here, not at module import)."""
     from mipflow import secagg
+    from mipflow.node.api.step import answer_step
 
     context = StepContext.open(home)
     verifier = Verifier(load_clients(home.root))

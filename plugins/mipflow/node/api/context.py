@@ -152,7 +152,7 @@ class StepContext:
     privacy: NodePrivacy
     differencing: DifferencingGuard
     selections: SelectionCache
-    _models: dict[str, Any] = field(default_factory=dict, repr=False)
+    _models: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
 
     @classmethod
     def open(cls, home: NodeHome) -> "StepContext":

@@ -40,6 +40,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
+from mipflow.algorithms import get_algorithm
+from mipflow.algorithms.provenance import code_of
 from mipflow.exceptions import DisclosureError, MipflowError, RequestError, StoreError
 from mipflow.node.api.context import DataModelNotHeld, StepContext
 from mipflow.node.api.schema import read_step_body
@@ -158,9 +160,6 @@ def parse_step(algorithm: str, raw: bytes, work: StepWork) -> StepRequest:
 def resolve_algorithm(request: StepRequest, context: StepContext, work: StepWork) -> None:
     """The vetted step code (no arbitrary code): known to the catalogue, its digest recorded,
     not switched off by the node admin (control ``disabled_algorithm``)."""
-    from mipflow.algorithms import get_algorithm
-    from mipflow.algorithms.provenance import code_of
-
     work.algo = get_algorithm(request.algorithm)
     work.code = code_of(request.algorithm)
     work.record.update(work.code)
