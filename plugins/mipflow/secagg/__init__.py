@@ -60,8 +60,8 @@ additive form), :mod:`~mipflow.secagg.crypto` (keys, seeds, masks),
 :mod:`~mipflow.secagg.trust` (peers' keys), :mod:`~mipflow.secagg.policy`
 (which analyses, from the algorithms' declarations),
 :mod:`~mipflow.secagg.node_side` (a node's masked release),
-:mod:`~mipflow.secagg.central_side` (sessions and the unmasked sum) and
-:mod:`~mipflow.secagg.routes` (the node API's key route).  The names other
+:mod:`~mipflow.secagg.central_side` (sessions and the unmasked sum); the node API
+serves the node's public key (:mod:`mipflow.node.api.describe`).  The names other
 packages use are re-exported here.
 """
 from __future__ import annotations
@@ -95,13 +95,12 @@ from mipflow.secagg.crypto import (
 )
 from mipflow.secagg.node_side import MAX_PARTICIPANTS, mask_release, masked_release, parse_participants, secure_form
 from mipflow.secagg.policy import AUTO_MIN_NODES, automatic_refusal, refusal, resolve, supported, unsupported_message
-from mipflow.secagg.routes import add_routes
 from mipflow.secagg.trust import PEERS_FILE, POLICIES, TrustStore
 
 __all__ = [
     "AUTO_MIN_NODES", "ELEMENT_BYTES", "FRACTION_BITS", "KEY_FILE", "MAX_MAGNITUDE_BITS", "MAX_NODE_BITS",
     "MAX_PARTICIPANTS", "MOMENTS_MARK", "NOT_SUMS", "PEERS_FILE", "POLICIES", "RING", "RING_BITS", "SCALE",
-    "SCHEME", "KeyPair", "SecureSession", "TrustStore", "add_routes", "additive_form", "automatic_refusal",
+    "SCHEME", "KeyPair", "SecureSession", "TrustStore", "additive_form", "automatic_refusal",
     "context_digest", "decode", "encode", "fingerprint", "from_additive", "keystream", "load_keypair", "mask",
     "mask_release", "masked_release", "open_session", "pair_seed", "parse_participants", "refusal", "resolve",
     "secure_form", "supported", "unmask_sum", "unsupported_message",

@@ -55,13 +55,15 @@ def secure_form(algorithm: str, aggregates: Mapping[str, Any], request: Any, mod
     return get_algorithm(algorithm).secure_aggregates(aggregates, as_request(request), model)
 
 
-def mask_release(root: str | Path, node_name: str, algorithm: str, request: Mapping[str, Any],
+def mask_release(root: str | Path, node_name: str, algorithm: str, request: Any,
                  round_no: int, state: Any, analysis_id: str | None, spec: Any,
                  aggregates: Mapping[str, Any], *, model: Any = None) -> dict[str, Any]:
     """What a node releases under secure aggregation, in place of ``aggregates``.
 
     Runs after the node's disclosure controls (``aggregates`` is what they
-    released; ``model`` is the data model, for :func:`secure_form`).  Returns
+    released; ``model`` is the data model, for :func:`secure_form`).  ``request`` is
+    the node's parsed :class:`~mipflow.protocol.request.AnalysisRequest` (passed on as
+    it is; its JSON form only goes into the seed context) or that JSON form.  Returns
     ``{"secure_aggregation": {"scheme", "layout", "masked": [hex, ...]}}``.
 
     Raises
@@ -84,8 +86,9 @@ def mask_release(root: str | Path, node_name: str, algorithm: str, request: Mapp
         raise DisclosureError(f"node {node_name!r} is not among the secure-aggregation participants under its "
                               "own public key", control="secure_aggregation")
     TrustStore(root).check({k: v for k, v in participants.items() if k != node_name})
+    document = request.to_dict() if hasattr(request, "to_dict") else request
     context = context_digest(analysis_id=analysis_id, algorithm=algorithm, round_no=round_no,
-                             request=request, state=state, participants=participants.values())
+                             request=document, state=state, participants=participants.values())
     return masked_release(own, participants.values(), context, secure_form(algorithm, aggregates, request, model))
 
 

@@ -1,0 +1,198 @@
+"""What the node keeps for the requests it answers: settings, stores, ledgers, caches, audit.
+
+One :class:`StepContext` per node process (the API handles one request at a time,
+``docs/adr/0019-node-request-path-caching.md``).  Nothing here knows about HTTP.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from mipflow.exceptions import MipflowError
+from mipflow.node.controls.access import AccessRegistry
+from mipflow.node.controls.audit import AUDIT_FILE, AuditLog
+from mipflow.node.controls.differencing import Cohorts, DifferencingGuard
+from mipflow.node.controls.dp import NodePrivacy
+from mipflow.node.controls.query_budget import QueryBudget
+from mipflow.node.freshness import DataVersion, file_signature
+from mipflow.node.home import NodeHome, NodeSettings
+
+log = logging.getLogger(__name__)
+#: Data selections kept in node memory between rounds (see :class:`SelectionCache`).
+FRAME_CACHE_SIZE = 4
+
+
+class DataModelNotHeld(MipflowError):
+    """The node holds no data of the request's data model: it is left out of the
+    analysis (HTTP 404, control ``data_model``), the request itself is not invalid."""
+
+
+def selection_bytes(data: Any, cohorts: Any) -> int:
+    """Memory a cached selection holds: the frame's arrays (object columns as their pointers; their
+    values are shared codes) and the cohorts' row keys."""
+    size = int(data.memory_usage(index=True, deep=False).sum())
+    return size + sum(int(keys.nbytes) for keys in getattr(cohorts, "sets", ()))
+
+
+class SettingsFile:
+    """The node's settings, parsed again when the admin changed ``node.json`` (no restart needed).
+
+    Parameters
+    ----------
+    home : NodeHome
+        The node home; its settings are the ones read at start.
+    """
+
+    def __init__(self, home: NodeHome) -> None:
+        self.root = Path(home.root)
+        self.path = self.root / "node.json"
+        self._seen = (file_signature(self.path), home.settings)
+
+    def current(self) -> NodeSettings:
+        """The settings now in force (one ``stat`` per call)."""
+        signature = file_signature(self.path)
+        if signature != self._seen[0]:
+            self._seen = (signature, NodeHome(self.root).settings)
+        return self._seen[1]
+
+
+class SelectionCache:
+    """The rows a step uses, kept in node memory between the rounds of one analysis.
+
+    Iterative algorithms call the node once per round with the same data
+    selection; re-reading the store each time would dominate.  A selection is
+    keyed on what selects it and used while the node's data version
+    (:class:`mipflow.node.freshness.DataVersion`, read before the rows are) is
+    the one it was read at: every load and consent deletion changes it.  At most
+    :data:`FRAME_CACHE_SIZE` selections and ``frame_cache_mb`` MiB are kept,
+    least recently used dropped first.  Nothing cached ever leaves the node, nor
+    do the row keys of the cohorts (:mod:`mipflow.node.controls.differencing`)
+    cached with the rows.
+    """
+
+    def __init__(self, store: Any, differencing: DifferencingGuard) -> None:
+        self.store = store
+        self.differencing = differencing
+        self.version = DataVersion(store)
+        self._kept: OrderedDict[str, tuple[Any, Any, Cohorts, int]] = OrderedDict()  # key -> (version, data, cohorts, bytes)
+
+    def _total(self) -> int:
+        return sum(v[3] for v in self._kept.values())
+
+    def rows(self, algo: Any, analysis: Any, model: Any, variables: Sequence[str],
+             frame_cache_mb: int) -> tuple[Any, Cohorts]:
+        """``(data, cohorts)``: the local step's rows (no row keys) and the cohorts they form."""
+        from mipflow.algorithms.contract import prepare_local_data
+        from mipflow.node.query.read import select_frame
+
+        variables = list(variables)
+        key = json.dumps([model.key, sorted(analysis.datasets), variables, analysis.filters,
+                          algo.complete_case, algo.name], sort_keys=True, default=str)
+        version = self.version.token(model.key)
+        budget = int(frame_cache_mb) * 1024 ** 2
+        while self._kept and self._total() > budget:  # the admin lowered it
+            self._kept.popitem(last=False)
+        hit = self._kept.get(key)
+        if hit is not None and hit[0] == version:
+            self._kept.move_to_end(key)
+            return hit[1], hit[2]
+        frame = select_frame(self.store, model, datasets=analysis.datasets, variables=variables,
+                             filters=analysis.filters, complete_case=algo.complete_case, row_identity=True)
+        cohorts = self.differencing.cohorts(model.key, frame, variables, algo.complete_case)
+        data = prepare_local_data(algo, frame, analysis)  # keeps the variables only: no row keys
+        del frame
+        self._kept.pop(key, None)  # a stale version
+        size = selection_bytes(data, cohorts)
+        if size <= budget:
+            self._kept[key] = (version, data, cohorts, size)
+            while len(self._kept) > FRAME_CACHE_SIZE or self._total() > budget:
+                self._kept.popitem(last=False)
+        else:
+            log.info("a selection of %.0f MiB is larger than frame_cache_mb (%d): used once, not kept",
+                     size / 1024 ** 2, frame_cache_mb)
+        return data, cohorts
+
+
+@dataclass
+class StepContext:
+    """Everything a request is answered with, other than the request itself.
+
+    Attributes
+    ----------
+    home : NodeHome
+        The node home (name, root, key).
+    settings_file : SettingsFile
+        ``settings_file.current()`` gives the settings in force.
+    store : mipflow.node.store.FeatureStore
+        The feature store.
+    audit : AuditLog
+        The hash-chained audit log (one record per request answered or refused).
+    access : AccessRegistry
+        The node's grants.
+    budget : QueryBudget
+        Distinct analyses per researcher (rebuilt from the audit log at start).
+    privacy : NodePrivacy
+        Differential privacy and its ledger (ADR 0015).
+    differencing : DifferencingGuard
+        The cohort ledger and k-means partition memory (ADR 0013).
+    selections : SelectionCache
+        Rows kept between rounds (ADR 0019).
+    """
+
+    home: NodeHome
+    settings_file: SettingsFile
+    store: Any
+    audit: AuditLog
+    access: AccessRegistry
+    budget: QueryBudget
+    privacy: NodePrivacy
+    differencing: DifferencingGuard
+    selections: SelectionCache
+    _models: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+
+    @classmethod
+    def open(cls, home: NodeHome) -> "StepContext":
+        """The context of a node process serving ``home``."""
+        from mipflow.node.store import FeatureStore
+
+        store = FeatureStore(home.db_url)
+        audit = AuditLog(home.root / AUDIT_FILE)
+        differencing = DifferencingGuard(home.root, home.key())  # cohorts answered (docs/adr/0013)
+        return cls(home=home, settings_file=SettingsFile(home), store=store, audit=audit,
+                   access=AccessRegistry(home.root), budget=QueryBudget(audit.records()),
+                   privacy=NodePrivacy(home.root), differencing=differencing,
+                   selections=SelectionCache(store, differencing))
+
+    @property
+    def name(self) -> str:
+        """The node's name, as its replies give it."""
+        return self.home.name
+
+    def settings(self) -> NodeSettings:
+        """The node's settings now in force."""
+        return self.settings_file.current()
+
+    def data_model(self, key: str) -> Any:
+        """The data model ``key`` (``code:version``) the node holds data of.
+
+        Raises
+        ------
+        DataModelNotHeld
+            If the node holds none.
+        """
+        if key not in self._models:
+            self._models.clear()
+            self._models.update({m.key: m for m in self.store.data_models()})
+        if key not in self._models:
+            raise DataModelNotHeld(f"data model {key} is not held at node {self.home.name}")
+        return self._models[key]
+
+    def disabled_algorithms(self, settings: NodeSettings | None = None) -> set[str]:
+        """The algorithms the node admin switched off (``disabled_algorithms`` of ``settings``,
+        by default the settings now in force)."""
+        text = (settings or self.settings()).disabled_algorithms
+        return {name.strip() for name in text.split(",") if name.strip()}

@@ -1,0 +1,371 @@
+"""One local step at the node: the request parsed once, then the node's controls in a declared order.
+
+A step call is parsed once (:func:`parse_step`: the body's structure, the
+length of its strings, the Exareme2 request) into a :class:`StepRequest`,
+which every control then reads; what the controls learn on the way (the step
+code, the data model, the rows, the aggregates, the audit record) is kept in a
+:class:`StepWork`.  Each control is a plain function
+``control(request, context, work)`` that raises a
+:class:`~mipflow.exceptions.MipflowError` to refuse, and :data:`CHAIN` is their
+order: nothing leaves before every control up to the reply has passed.  The
+transport (:mod:`mipflow.node.api.app`) authenticates the call before
+:func:`answer_step` and maps the errors to HTTP afterwards; every request
+answered or refused here gets exactly one audit record.
+
+Order (ADR 0002, 0010, 0013, 0014, 0015, 0024)::
+
+    parse_step           body, nfilter_string, AnalysisRequest          (400 / 403)
+    resolve_algorithm    vetted step code, digest, disabled_algorithm   (400 / 403)
+    check_access         grants of researcher and project              (403 access)
+    check_query_budget   distinct analyses per researcher              (403 query_budget)
+    find_data_model      the node holds the data model                 (404 data_model)
+    validate_request     variables and parameters against the model    (400)
+    check_request        disclosure controls on the request            (403)
+    read_rows            the selection (cached between rounds)         (400 on a bad filter)
+    check_rows           min_row_count, nfilter_subset, nfilter_glm     (403)
+    check_cohort         differencing: cohorts near answered ones      (403 differencing)
+    run_local_step       the algorithm's local step                    (400 on a state that does not fit)
+    check_partition      differencing: k-means assignments             (403 differencing)
+    check_release        disclosure controls on the aggregates         (403)
+    add_noise            differential privacy, charged to the budget   (403 dp_*)
+    mask                 secure aggregation, last change to the reply  (400 / 403 secure_aggregation)
+    remember_cohort      the cohort ledger learns what was released
+    audit_answer         the "allowed" record
+    charge_query_budget  the analysis counts against the budget
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+from mipflow.algorithms import get_algorithm
+from mipflow.algorithms.provenance import code_of
+from mipflow.exceptions import DisclosureError, MipflowError, RequestError, StoreError
+from mipflow.node.api.context import DataModelNotHeld, StepContext
+from mipflow.node.api.schema import read_step_body
+from mipflow.node.controls.disclosure import DisclosureControls
+from mipflow.node.controls.query_budget import analysis_key
+from mipflow.node.home import NodeSettings
+from mipflow.protocol.request import AnalysisRequest
+
+#: What a step raises reading a central state that is not the one it broadcast (a key missing,
+#: a list too short, text for numbers...).  The node cannot check the state of every
+#: algorithm beforehand; it answers such a call as a bad request.
+STATE_ERRORS = (KeyError, IndexError, TypeError, ValueError, ArithmeticError)
+
+
+def malformed_state(algorithm: str, round_no: int, exc: BaseException) -> str:
+    """The refusal of a step whose central state does not fit: the error's type only, as its
+    text may quote values the step computed."""
+    return (f"{algorithm}: the state of round {round_no} does not fit this step "
+            f"({type(exc).__name__}); it must be the one the central site broadcast")
+
+
+@dataclass(frozen=True)
+class StepRequest:
+    """One step call, parsed once; every control reads this object.
+
+    Attributes
+    ----------
+    algorithm : str
+        The catalogue name of the step (from the path).
+    round : int
+        Round of an iterative algorithm (0 to 1000).
+    analysis : AnalysisRequest
+        The Exareme2 request: data model, datasets, variables, filters, parameters.
+    state : dict or None
+        The global state the central site broadcast for this round.
+    researcher, project : str or None
+        Who the analysis runs for, as the signed client vouches (checked by :func:`check_access`).
+    analysis_id : str or None
+        The central site's id of the analysis (all its rounds share it).
+    secure_aggregation : Mapping or None
+        ``{scheme, participants}`` when the release is to be masked (:mod:`mipflow.secagg`).
+    """
+
+    algorithm: str
+    round: int
+    analysis: AnalysisRequest
+    state: dict[str, Any] | None = None
+    researcher: str | None = None
+    project: str | None = None
+    analysis_id: str | None = None
+    secure_aggregation: Mapping[str, Any] | None = None
+
+
+@dataclass
+class StepWork:
+    """What the controls learn about one request on its way through :data:`CHAIN`.
+
+    ``record`` is the request's audit record as far as the controls got; it never
+    holds row values.  ``settings`` are the node's settings read once when the
+    request arrived, so every control of a request sees the same ones.
+    """
+
+    settings: NodeSettings
+    record: dict[str, Any]
+    started: float = field(default_factory=time.perf_counter)
+    controls: DisclosureControls = field(init=False)
+    algo: Any = None
+    code: dict[str, str] = field(default_factory=dict)
+    analysis_key: str = ""
+    model: Any = None
+    variables: tuple[str, ...] = ()
+    data: Any = None
+    cohorts: Any = None
+    rows: int = 0
+    aggregates: Any = None
+    labels: Any = None
+
+    def __post_init__(self) -> None:
+        self.controls = DisclosureControls(self.settings)
+
+
+#: A control: reads the request, may read and extend the work, raises to refuse.
+Control = Callable[[StepRequest, StepContext, StepWork], None]
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def parse_step(algorithm: str, raw: bytes, work: StepWork) -> StepRequest:
+    """The step call in ``raw`` as a :class:`StepRequest` (the only parse of the request).
+
+    The strings of the request are measured against ``nfilter_string`` before
+    anything interprets them (free text smuggled into names, values or parameters).
+
+    Raises
+    ------
+    RequestError
+        If the body is not a step call or the Exareme2 request is malformed.
+    DisclosureError
+        ``nfilter_string``, for a string longer than the node allows.
+    """
+    body = read_step_body(raw)
+    work.record.update(researcher=(body.researcher or "")[:128], project=(body.project or "")[:128])
+    work.controls.check_strings(body.request)
+    analysis = AnalysisRequest.from_dict(body.request)
+    work.record.update(round=body.round, data_model=analysis.data_model, datasets=list(analysis.datasets),
+                       x=list(analysis.x), y=list(analysis.y), filters=analysis.filters)
+    return StepRequest(algorithm=algorithm, round=body.round, analysis=analysis, state=body.state,
+                       researcher=body.researcher, project=body.project, analysis_id=body.analysis_id,
+                       secure_aggregation=body.secure_aggregation)
+
+
+# --------------------------------------------------------------------------- the controls, in order
+
+
+def resolve_algorithm(request: StepRequest, context: StepContext, work: StepWork) -> None:
+    """The vetted step code (no arbitrary code): known to the catalogue, its digest recorded,
+    not switched off by the node admin (control ``disabled_algorithm``)."""
+    work.algo = get_algorithm(request.algorithm)
+    work.code = code_of(request.algorithm)
+    work.record.update(work.code)
+    if request.algorithm in context.disabled_algorithms(work.settings):
+        raise DisclosureError(f"algorithm {request.algorithm!r} is disabled by the admin of node {context.name}",
+                              control="disabled_algorithm")
+
+
+def check_access(request: StepRequest, context: StepContext, work: StepWork) -> None:
+    """The node's own grants cover the researcher, project, data model, datasets and algorithm
+    (control ``access``, ADR 0010)."""
+    work.record["grants"] = context.access.check(
+        researcher=request.researcher, project=request.project, data_model=request.analysis.data_model,
+        datasets=request.analysis.datasets, algorithm=request.algorithm)
+
+
+def check_query_budget(request: StepRequest, context: StepContext, work: StepWork) -> None:
+    """A new analysis fits the researcher's budget of distinct analyses (control ``query_budget``);
+    later rounds and restarts of one analysis count once."""
+    work.analysis_key = analysis_key(request.analysis_id, request.algorithm, request.analysis.to_dict())
+    work.record["analysis"] = work.analysis_key
+    context.budget.check(request.researcher, work.analysis_key, work.settings.query_budget)
+
+
+def find_data_model(request: StepRequest, context: StepContext, work: StepWork) -> None:
+    """The data model the request names, if the node holds data of it (else 404, control ``data_model``)."""
+    work.model = context.data_model(request.analysis.data_model)
+
+
+def validate_request(request: StepRequest, context: StepContext, work: StepWork) -> None:
+    """Variables and parameters checked against the data model and the algorithm's declaration."""
+    work.algo.validate(request.analysis, work.model)
+    work.variables = tuple(work.algo.variables(request.analysis))
+
+
+def check_request(request: StepRequest, context: StepContext, work: StepWork) -> None:
+    """Disclosure controls on the request itself, before any row is read (ADR 0002)."""
+    work.controls.check_request(work.algo, request.analysis, work.model)
+
+
+def read_rows(request: StepRequest, context: StepContext, work: StepWork) -> None:
+    """The rows the step uses (datasets, filters, complete cases), from the cache when current."""
+    work.data, work.cohorts = context.selections.rows(work.algo, request.analysis, work.model, work.variables,
+                                                      work.settings.frame_cache_mb)
+    work.rows = len(work.data)
+    work.record["rows"] = work.rows
+
+
+def check_rows(request: StepRequest, context: StepContext, work: StepWork) -> None:
+    """Disclosure controls on the number of rows, before anything is computed from them."""
+    work.controls.check_rows(work.algo, request.analysis, work.model, work.rows)
+
+
+def check_cohort(request: StepRequest, context: StepContext, work: StepWork) -> None:
+    """Differencing (ADR 0013): the cohorts may not differ by a few rows from answered ones.
+    The cohort's digest is recorded even while ``differencing_check`` is off."""
+    work.record["cohort"] = work.cohorts.digest[:16]
+    if work.settings.differencing_check:
+        context.differencing.before_step(work.cohorts, work.settings.min_row_count)
+
+
+@contextmanager
+def _reading_the_state(request: StepRequest) -> Iterator[None]:
+    """Answer a step that cannot read the central state as a bad request (:data:`STATE_ERRORS`);
+    without a state to blame (round 0, no state) the error is the step's own (a 500)."""
+    try:
+        yield
+    except MipflowError:
+        raise
+    except STATE_ERRORS as exc:
+        if request.round == 0 and request.state is None:
+            raise
+        raise RequestError(malformed_state(request.algorithm, request.round, exc)) from None
+
+
+def run_local_step(request: StepRequest, context: StepContext, work: StepWork) -> None:
+    """The algorithm's local step on the rows, with the state the central site broadcast."""
+    with _reading_the_state(request):
+        work.aggregates = work.algo.local_step(request.round, work.data, request.analysis, work.model,
+                                               request.state)
+
+
+def check_partition(request: StepRequest, context: StepContext, work: StepWork) -> None:
+    """Differencing of k-means rounds (ADR 0013), once the step has checked the state's centres."""
+    if not work.settings.differencing_check:
+        return
+    with _reading_the_state(request):
+        work.labels = context.differencing.check_partition(
+            request.algorithm, request.round, work.data, request.analysis, request.state, work.cohorts,
+            work.settings.nfilter_tab)
+
+
+def check_release(request: StepRequest, context: StepContext, work: StepWork) -> None:
+    """Disclosure controls on the aggregates: refusals and suppressed cells (ADR 0002)."""
+    work.aggregates = work.controls.release(work.algo, request.analysis, work.model, request.round,
+                                            work.aggregates)
+
+
+def add_noise(request: StepRequest, context: StepContext, work: StepWork) -> None:
+    """Differential privacy (ADR 0015): noise after the controls, charged before the reply.
+    The exact row count stays at the node when noise was added."""
+    noisy = context.privacy.apply(work.settings, work.algo, request.analysis, work.model, request.round,
+                                  work.data, request.researcher or "", details={"analysis": work.analysis_key})
+    if noisy is not None:
+        work.aggregates, work.record["dp"], work.rows = noisy.aggregates, noisy.label, noisy.rows
+
+
+def mask(request: StepRequest, context: StepContext, work: StepWork) -> None:
+    """Secure aggregation (ADR 0014): the released aggregates masked, last thing before the reply."""
+    if request.secure_aggregation is None:
+        return
+    from mipflow import secagg
+
+    work.record["secure_aggregation"] = True
+    work.aggregates = secagg.mask_release(context.home.root, context.name, request.algorithm, request.analysis,
+                                          request.round, request.state, request.analysis_id,
+                                          request.secure_aggregation, work.aggregates, model=work.model)
+
+
+def remember_cohort(request: StepRequest, context: StepContext, work: StepWork) -> None:
+    """The cohort ledger and partition memory learn what is released (even while the check is off)."""
+    context.differencing.after_step(work.cohorts, request.analysis, work.labels)
+
+
+def audit_answer(request: StepRequest, context: StepContext, work: StepWork) -> None:
+    """The request's one audit record: allowed, with the time it took."""
+    context.audit.append(**work.record, decision="allowed", ms=round(1000 * (time.perf_counter() - work.started), 2))
+
+
+def charge_query_budget(request: StepRequest, context: StepContext, work: StepWork) -> None:
+    """The analysis counts against the researcher's budget (steps refused before do not)."""
+    context.budget.charge(request.researcher, work.analysis_key)
+
+
+#: The node's controls in the order a step passes them (see the module docstring).
+CHAIN: tuple[Control, ...] = (
+    resolve_algorithm,
+    check_access,
+    check_query_budget,
+    find_data_model,
+    validate_request,
+    check_request,
+    read_rows,
+    check_rows,
+    check_cohort,
+    run_local_step,
+    check_partition,
+    check_release,
+    add_noise,
+    mask,
+    remember_cohort,
+    audit_answer,
+    charge_query_budget,
+)
+
+
+# --------------------------------------------------------------------------- running a step
+
+
+def refusal_of(exc: MipflowError) -> dict[str, Any]:
+    """The audit fields of a step refused with ``exc``: decision and the control that refused."""
+    if isinstance(exc, DisclosureError):
+        return {"decision": "refused", "control": exc.control}
+    if isinstance(exc, DataModelNotHeld):
+        return {"decision": "refused", "control": "data_model"}
+    if isinstance(exc, (RequestError, StoreError)):
+        return {"decision": "refused", "control": "request"}
+    return {"decision": "error"}
+
+
+def answer_step(context: StepContext, client: str, algorithm: str, raw: bytes, *,
+                chain: Sequence[Control] = CHAIN) -> dict[str, Any]:
+    """Answer one authenticated step call: parse it, pass it through ``chain``, build the reply.
+
+    Parameters
+    ----------
+    context : StepContext
+        The node's context.
+    client : str
+        The authenticated client (the central site) that signed the call.
+    algorithm : str
+        The step asked for (path parameter).
+    raw : bytes
+        The signed body.
+    chain : sequence of controls
+        :data:`CHAIN`, unless a test replaces it.
+
+    Returns
+    -------
+    dict
+        The reply (:class:`mipflow.node.api.schema.StepReply`): node, algorithm, round, rows,
+        aggregates, code, privacy.
+
+    Raises
+    ------
+    MipflowError
+        The refusal, already written to the audit log (``refused`` with its control, or ``error``).
+    """
+    work = StepWork(settings=context.settings(),
+                    record={"client": client, "endpoint": "/v1/steps", "algorithm": algorithm})
+    try:
+        request = parse_step(algorithm, raw, work)
+        for control in chain:
+            control(request, context, work)
+    except MipflowError as exc:
+        context.audit.append(**work.record, **refusal_of(exc), reason=str(exc))
+        raise
+    return {"node": context.name, "algorithm": algorithm, "round": request.round, "rows": work.rows,
+            "aggregates": work.aggregates, "code": work.code, "privacy": work.record.get("dp")}

@@ -1,0 +1,270 @@
+"""The node's step as a chain of controls, without HTTP: order, refusals, audit, one parse."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from mipflow import secagg
+from mipflow.exceptions import DisclosureError, MipflowError, RequestError, StoreError
+from mipflow.node.api.context import DataModelNotHeld, StepContext
+from mipflow.node.api.step import CHAIN, StepRequest, answer_step, refusal_of
+from mipflow.node.home import NodeHome
+from mipflow.protocol.request import AnalysisRequest
+from tests.mipflow.algorithms.survival_data import STROKE
+from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame
+from tests.privacy.conftest import DATASETS, make_rows, rule, where
+from tests.privacy.test_attacks import KMEANS_Y, _projections, _slab_state
+
+#: The declared order, spelled out: a change of order is a change of this list too.
+ORDER = ["resolve_algorithm", "check_access", "check_query_budget", "find_data_model", "validate_request",
+         "check_request", "read_rows", "check_rows", "check_cohort", "run_local_step", "check_partition",
+         "check_release", "add_noise", "mask", "remember_cohort", "audit_answer", "charge_query_budget"]
+LINREG = {"y": ["age"], "x": ["nihss_admission"]}
+
+
+def open_node(root: Path, **settings: Any) -> StepContext:
+    """A node home with the privacy suite's stroke rows, everything granted, and its step context."""
+    home = NodeHome.init(root, "hospital_a")
+    for key, value in settings.items():
+        home.set_setting(key, value)
+    home = NodeHome(root)
+    load_frame(root, STROKE, make_rows())
+    grant_all(root)
+    return StepContext.open(home)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory) -> Iterator[StepContext]:
+    """A node with default settings, for tests that only repeat one cohort."""
+    yield open_node(tmp_path_factory.mktemp("step-node"))
+
+
+def body(context: StepContext, *, y=(), x=(), filters=None, parameters=None, round: int = 0, state=None,
+         analysis_id: str | None = None, datasets=None, data_model: str | None = None,
+         researcher: str | None = RESEARCHER, project: str | None = PROJECT,
+         secure_aggregation: Any = None) -> bytes:
+    """A step call's body bytes; ``secure_aggregation`` may be a function of the context."""
+    if callable(secure_aggregation):
+        secure_aggregation = secure_aggregation(context)
+    doc = {"request": {"inputdata": {"data_model": data_model or STROKE.key, "datasets": datasets or DATASETS,
+                                     "x": list(x), "y": list(y), "filters": filters},
+                       "parameters": parameters or {}},
+           "round": round, "state": state, "researcher": researcher, "project": project,
+           "analysis_id": analysis_id, "secure_aggregation": secure_aggregation}
+    return json.dumps(doc).encode()
+
+
+def traced(chain=CHAIN) -> tuple[list[tuple[str, StepRequest]], tuple]:
+    """``chain`` with every control recording its name and the request it got, in call order."""
+    reached: list[tuple[str, StepRequest]] = []
+
+    def wrap(control: Callable) -> Callable:
+        def run(request, context, work):
+            reached.append((control.__name__, request))
+            control(request, context, work)
+
+        run.__name__ = control.__name__
+        return run
+
+    return reached, tuple(wrap(control) for control in chain)
+
+
+def audit_records(context: StepContext) -> list[dict[str, Any]]:
+    return context.audit.records()
+
+
+def peers(context: StepContext, *, me: str | None = None) -> dict[str, Any]:
+    """Participants: this node under its own key (or under ``me``'s name) and one peer."""
+    own = secagg.load_keypair(context.home.root)
+    other = secagg.KeyPair.from_bytes(bytes([17]) * 32)
+    return {"scheme": secagg.SCHEME, "participants": [{"node": me or context.name, "public_key": own.public_hex},
+                                                      {"node": "hospital_b", "public_key": other.public_hex}]}
+
+
+def crafted_kmeans(released: bool) -> dict[str, Any]:
+    """k-means round 1 with slab centres around the privacy suite's target: the released
+    assignment, or the crafted one that moves the target alone (tests/privacy/test_attacks.py)."""
+    order, rank = _projections(SimpleNamespace(rows=make_rows()))
+    state, _ = _slab_state(order, [rank + 1] if released else [rank])
+    return {"y": KMEANS_Y, "parameters": {"k": 2}, "round": 1, "state": state, "analysis_id": "crafted"}
+
+
+def test_the_chain_is_declared_in_one_place() -> None:
+    assert [control.__name__ for control in CHAIN] == ORDER
+    assert len(set(CHAIN)) == len(CHAIN)
+
+
+def test_an_allowed_step_passes_every_control_in_order_and_is_audited_once(shared) -> None:
+    reached, chain = traced()
+    before = len(audit_records(shared))
+    reply = answer_step(shared, "central", "linear_regression", body(shared, **LINREG, analysis_id="a1"),
+                        chain=chain)
+    assert [name for name, _ in reached] == ORDER
+    (request,) = {id(request): request for _, request in reached}.values()  # one object, all the way
+    assert request.analysis.y == ("age",) and request.researcher == RESEARCHER
+    assert set(reply) == {"node", "algorithm", "round", "rows", "aggregates", "code", "privacy"}
+    assert reply["rows"] == len(make_rows()) and reply["privacy"] is None
+    (record,) = audit_records(shared)[before:]
+    assert record["decision"] == "allowed" and record["rows"] == reply["rows"]
+    assert record["analysis"] and record["cohort"] and record["algorithm_sha256"] == reply["code"]["algorithm_sha256"]
+
+
+@pytest.mark.parametrize("refusing", ORDER[:ORDER.index("audit_answer") + 1])
+def test_a_refusal_stops_the_chain_and_is_audited_once(shared, refusing) -> None:
+    def refuse(request, context, work):
+        raise DisclosureError("refused by the test", control="test")
+
+    refuse.__name__ = refusing
+    reached, chain = traced(tuple(refuse if control.__name__ == refusing else control for control in CHAIN))
+    before = len(audit_records(shared))
+    with pytest.raises(DisclosureError):
+        answer_step(shared, "central", "linear_regression", body(shared, **LINREG, analysis_id="a1"), chain=chain)
+    assert [name for name, _ in reached] == ORDER[:ORDER.index(refusing) + 1]
+    (record,) = audit_records(shared)[before:]
+    assert (record["decision"], record["control"], record["reason"]) == ("refused", "test", "refused by the test")
+
+
+def test_the_request_is_parsed_once_even_under_secure_aggregation(shared, monkeypatch) -> None:
+    parses: list[Any] = []
+    parse = AnalysisRequest.from_dict.__func__
+
+    def counting(cls, doc):
+        parses.append(doc)
+        return parse(cls, doc)
+
+    monkeypatch.setattr(AnalysisRequest, "from_dict", classmethod(counting))
+    masked: list[Any] = []
+    mask_release = secagg.mask_release
+
+    def spy(*args, **kwargs):
+        masked.append(args[3])
+        return mask_release(*args, **kwargs)
+
+    monkeypatch.setattr(secagg, "mask_release", spy)
+    reached, chain = traced()
+    reply = answer_step(shared, "central", "linear_regression",
+                        body(shared, **LINREG, analysis_id="a1", secure_aggregation=peers), chain=chain)
+    assert set(reply["aggregates"]) == {"secure_aggregation"}
+    assert len(parses) == 1
+    (request,) = {id(request): request for _, request in reached}.values()
+    assert masked == [request.analysis] and masked[0] is request.analysis
+
+
+# each case: node settings, earlier allowed calls, the call, the control that refuses, the error, the audit's control
+CASES = [
+    pytest.param({}, [], "linear_regression", b"{not json", "parse_step", RequestError, "request", id="body-not-json"),
+    pytest.param({}, [], "linear_regression", {"y": ["a" * 300]}, "parse_step", DisclosureError, "nfilter_string",
+                 id="nfilter_string"),
+    pytest.param({}, [], "linear_regression", {"datasets": [7]}, "parse_step", RequestError, "request",
+                 id="malformed-request"),
+    pytest.param({}, [], "nope", LINREG, "resolve_algorithm", RequestError, "request", id="unknown-algorithm"),
+    pytest.param({"disabled_algorithms": "pca"}, [], "pca", {"y": ["age", "nihss_admission"]}, "resolve_algorithm",
+                 DisclosureError, "disabled_algorithm", id="disabled-algorithm"),
+    pytest.param({}, [], "linear_regression", {**LINREG, "researcher": None}, "check_access", DisclosureError,
+                 "access", id="no-researcher"),
+    pytest.param({}, [], "linear_regression", {**LINREG, "researcher": "mallory"}, "check_access",
+                 DisclosureError, "access", id="no-grant"),
+    pytest.param({"query_budget": 1}, [("descriptive_stats", {"y": ["age"], "analysis_id": "first"})],
+                 "linear_regression", {**LINREG, "analysis_id": "second"}, "check_query_budget", DisclosureError,
+                 "query_budget", id="query-budget"),
+    pytest.param({}, [], "linear_regression", {**LINREG, "data_model": "other:1"}, "find_data_model",
+                 DataModelNotHeld, "data_model", id="data-model-not-held"),
+    pytest.param({}, [], "linear_regression", {"y": ["nope"]}, "validate_request", RequestError, "request",
+                 id="unknown-variable"),
+    pytest.param({"nfilter_levels_max": 1}, [], "descriptive_stats", {"y": ["sex"]}, "check_request",
+                 DisclosureError, "nfilter_levels_max", id="nfilter_levels_max"),
+    pytest.param({}, [], "linear_regression", {**LINREG, "filters": where(rule("age", "zzz", 1))}, "read_rows",
+                 RequestError, "request", id="bad-filter"),
+    pytest.param({}, [], "linear_regression", {**LINREG, "filters": where(rule("age", "less", 30))}, "check_rows",
+                 DisclosureError, "min_row_count", id="min_row_count"),
+    pytest.param({}, [("linear_regression", LINREG)], "linear_regression",
+                 {**LINREG, "filters": where(rule("age", "not_equal", 18.5))}, "check_cohort", DisclosureError,
+                 "differencing", id="all-but-one"),
+    pytest.param({}, [], "kmeans", {"y": KMEANS_Y, "parameters": {"k": 2}, "round": 2,
+                                    "state": {"centers": "abc", "k": 2}},
+                 "run_local_step", RequestError, "request", id="state-does-not-fit"),
+    pytest.param({}, [("kmeans", crafted_kmeans(released=True))], "kmeans", crafted_kmeans(released=False),
+                 "check_partition", DisclosureError, "differencing", id="kmeans-one-row-moved"),
+    pytest.param({}, [], "kmeans", {"y": KMEANS_Y, "parameters": {"k": 2, "init": "exareme2"}}, "check_release",
+                 DisclosureError, "raw_extremes", id="raw-extremes"),
+    pytest.param({"dp_enabled": 1}, [], "kmeans", {"y": KMEANS_Y, "parameters": {"k": 2}}, "add_noise",
+                 DisclosureError, "dp_unsupported", id="dp-unsupported"),
+    pytest.param({}, [], "pca", {"y": ["age", "nihss_admission"], "analysis_id": "s", "secure_aggregation": peers},
+                 "mask", RequestError, "request", id="secagg-not-available"),
+    pytest.param({}, [], "linear_regression", {**LINREG, "analysis_id": "s",
+                                               "secure_aggregation": lambda c: peers(c, me="someone_else")},
+                 "mask", DisclosureError, "secure_aggregation", id="secagg-not-a-participant"),
+]
+
+
+@pytest.mark.parametrize("settings, earlier, algorithm, call, refusing, error, control", CASES)
+def test_each_control_refuses_what_it_must(tmp_path, settings, earlier, algorithm, call, refusing, error,
+                                           control) -> None:
+    context = open_node(tmp_path / "node", **settings)
+    for name, fields in earlier:
+        answer_step(context, "central", name, body(context, **fields))
+    reached, chain = traced()
+    before = len(audit_records(context))
+    raw = call if isinstance(call, bytes) else body(context, **call)
+    with pytest.raises(error) as info:
+        answer_step(context, "central", algorithm, raw, chain=chain)
+    names = [name for name, _ in reached]
+    assert names == ([] if refusing == "parse_step" else ORDER[:ORDER.index(refusing) + 1])
+    (record,) = audit_records(context)[before:]
+    assert record["decision"] == "refused" and record["control"] == control
+    assert record["reason"] == str(info.value)
+    rows_read = refusing in ORDER and ORDER.index(refusing) > ORDER.index("read_rows")
+    assert ("rows" in record) == rows_read
+
+
+@pytest.mark.parametrize("exc, fields", [
+    pytest.param(DisclosureError("x", control="nfilter_tab"), {"decision": "refused", "control": "nfilter_tab"},
+                 id="disclosure"),
+    pytest.param(DataModelNotHeld("x"), {"decision": "refused", "control": "data_model"}, id="data-model"),
+    pytest.param(RequestError("x"), {"decision": "refused", "control": "request"}, id="request"),
+    pytest.param(StoreError("x"), {"decision": "refused", "control": "request"}, id="store"),
+    pytest.param(MipflowError("x"), {"decision": "error"}, id="other"),
+])
+def test_refusals_are_audited_under_their_control(exc, fields) -> None:
+    assert refusal_of(exc) == fields
+
+
+class BrokenStep:
+    """An algorithm whose local step fails reading what it was given."""
+
+    def __init__(self, algo: Any) -> None:
+        self.algo = algo
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.algo, name)
+
+    def local_step(self, *args: Any) -> Any:
+        raise KeyError("centers")
+
+
+@pytest.mark.parametrize("round_no, state, blamed", [
+    pytest.param(0, None, False, id="no-state-a-bug"),
+    pytest.param(3, {"centers": []}, True, id="a-state-that-does-not-fit"),
+])
+def test_a_step_that_cannot_read_the_state_is_a_bad_request_only_with_a_state(shared, round_no, state,
+                                                                             blamed) -> None:
+    def break_the_step(request, context, work):
+        work.algo = BrokenStep(work.algo)
+
+    at = ORDER.index("run_local_step")
+    chain = CHAIN[:at] + (break_the_step,) + CHAIN[at:]
+    before = len(audit_records(shared))
+    raw = body(shared, **LINREG, round=round_no, state=state, analysis_id="a1")
+    if blamed:
+        with pytest.raises(RequestError, match=r"the state of round 3 does not fit this step \(KeyError\)"):
+            answer_step(shared, "central", "linear_regression", raw, chain=chain)
+        (record,) = audit_records(shared)[before:]
+        assert record["decision"] == "refused" and record["control"] == "request"
+    else:  # the step's own error: a 500 from the transport, no refusal to audit
+        with pytest.raises(KeyError):
+            answer_step(shared, "central", "linear_regression", raw, chain=chain)
+        assert audit_records(shared)[before:] == []
