@@ -45,10 +45,6 @@ NODE_LAYERS: dict[str, int] = {
     "controls": 3,
     "api": 5,
 }
-# Crossings still being taken apart (issue 12). Each entry is (module, imported module); the list
-# only shrinks, and an entry that no longer occurs fails the test so that it is removed.
-KNOWN_CROSSINGS: set[tuple[str, str]] = {
-}
 
 
 def _module_name(path: Path) -> str:
@@ -95,20 +91,12 @@ def test_every_module_has_a_layer() -> None:
     assert roles <= set(LAYERS), f"modules outside the declared layers: {sorted(roles - set(LAYERS))}"
 
 
-@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(PACKAGE_ROOT)))
-def test_imports_follow_the_layers(path: Path) -> None:
-    here = _module_name(path)
+def _problems(here: str, imports: list[tuple[int, str]]) -> list[str]:
+    """What breaks the layers among ``imports`` (line, module) of module ``here``."""
     role = _role(here)
     problems = []
-    known = {target for module, target in KNOWN_CROSSINGS if module == here}
-    seen_known: set[str] = set()
-    for line, target in _imports(path):
-        hits = {k for k in known if target == k or target.startswith(k + ".")}
-        if hits:
-            seen_known |= hits
-            continue
-        top = target.split(".")[0]
-        if top in {"airflow", "mipflow_airflow"}:
+    for line, target in imports:
+        if target.split(".")[0] in {"airflow", "mipflow_airflow"}:
             problems.append(f"line {line}: the logic package imports Airflow code ({target})")
             continue
         other = _role(target)
@@ -123,9 +111,35 @@ def test_imports_follow_the_layers(path: Path) -> None:
         if LAYERS[other] >= LAYERS[role]:
             problems.append(f"line {line}: {role} (layer {LAYERS[role]}) imports {target} "
                             f"({other}, layer {LAYERS[other]})")
-    stale = known - seen_known
-    assert not stale, f"KNOWN_CROSSINGS lists imports {here} no longer makes: remove {sorted(stale)}"
+    return problems
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(PACKAGE_ROOT)))
+def test_imports_follow_the_layers(path: Path) -> None:
+    problems = _problems(_module_name(path), _imports(path))
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize(("here", "target", "broken"), [
+    pytest.param("mipflow.central.rounds", "mipflow.node.store", True, id="central-imports-node"),
+    pytest.param("mipflow.node.api.step", "mipflow.central.client", True, id="node-imports-central"),
+    pytest.param("mipflow.algorithms.kmeans", "mipflow.secagg.policy", True, id="algorithms-import-secagg"),
+    pytest.param("mipflow.protocol.request", "mipflow.algorithms.contract", True, id="protocol-imports-up"),
+    pytest.param("mipflow.protocol.wire", "airflow.sdk", True, id="logic-imports-airflow"),
+    pytest.param("mipflow.node.store", "mipflow.node.api.step", True, id="store-imports-api"),
+    pytest.param("mipflow.node.controls.access", "mipflow.node.ops", True, id="controls-import-ops"),
+    pytest.param("mipflow.node.api.step", "mipflow.node.controls.access", False, id="api-imports-controls"),
+    pytest.param("mipflow.central.rounds", "mipflow.secagg", False, id="central-imports-secagg"),
+    pytest.param("mipflow.cli", "mipflow.node.ops", False, id="cli-imports-node"),
+])
+def test_the_rules_catch_a_crossing(here: str, target: str, broken: bool) -> None:
+    assert bool(_problems(here, [(1, target)])) is broken
+
+
+def test_every_node_subpackage_has_a_layer() -> None:
+    subs = {_module_name(p).split(".")[2] for p in SOURCES if _module_name(p).count(".") >= 2
+            and _module_name(p).split(".")[1] == "node"}
+    assert subs <= set(NODE_LAYERS), f"node modules without a layer: {sorted(subs - set(NODE_LAYERS))}"
 
 
 def test_central_and_node_never_import_each_other() -> None:
@@ -136,8 +150,6 @@ def test_central_and_node_never_import_each_other() -> None:
             continue
         for line, target in _imports(path):
             other = _role(target)
-            if (_module_name(path), ".".join(target.split(".")[:4])) in KNOWN_CROSSINGS:
-                continue
             if other in {"central", "node"} and other != role:
                 crossings.append(f"{path.relative_to(PACKAGE_ROOT)}:{line} -> {target}")
     assert not crossings, "\n".join(crossings)
