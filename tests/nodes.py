@@ -125,3 +125,29 @@ def linreg(*datasets: str) -> dict:
     doc = json.loads(json.dumps(LINREG))
     doc["inputdata"]["datasets"] = list(datasets)
     return doc
+
+
+def in_process_node(root: Path, name: str, *, seed: int, rows: int, patients: str):
+    """A node home holding ``rows`` synthetic rows (patients ``<patients>_<k:04d>``), reached in-process
+    through its real signed API (a FastAPI ``TestClient`` in place of the HTTP transport).
+
+    Returns ``(client, home)``; the caller closes the client.
+    """
+    from fastapi.testclient import TestClient
+
+    from mipflow.central.client import NodeClient, NodeEndpoint
+    from mipflow.node.api.app import create_app
+    from mipflow.node.home import NodeHome
+    from mipflow.protocol.signing import issue_client
+    from tests.mipflow.algorithms.synthetic import MODEL, make_data
+
+    home = NodeHome.init(root, name)
+    grant_all(home.root)
+    frame = make_data(seed, rows)
+    frame.insert(0, "subjectcode", [f"{patients}_{k:04d}" for k in range(len(frame))])
+    load_frame(home.root, MODEL, frame)
+    cred = issue_client(home.root, "central")
+    client = NodeClient(NodeEndpoint(home.name, "http://testserver", cred.client_id, cred.secret.hex()), retries=0)
+    client._http.close()
+    client._http = TestClient(create_app(home), base_url="http://testserver")
+    return client, home

@@ -4,33 +4,17 @@ from __future__ import annotations
 import json
 
 import pytest
-from fastapi.testclient import TestClient
 
-from mipflow.node.home import NodeHome
-from tests.nodes import PROJECT, RESEARCHER, free_port, grant_all, load_frame
+from tests.nodes import PROJECT, RESEARCHER, free_port, in_process_node
 
 
 @pytest.fixture
 def clients(tmp_path):
     """Two nodes reached in-process through their real signed API, and one nobody listens for."""
     from mipflow.central.client import NodeClient, NodeEndpoint
-    from mipflow.node.api.app import create_app
-    from mipflow.protocol.signing import issue_client
-    from tests.mipflow.algorithms.synthetic import MODEL, make_data
 
-    out = {}
-    for i in range(2):
-        home = NodeHome.init(tmp_path / f"node{i}", f"node{i}")
-        grant_all(home.root)
-        frame = make_data(80 + i, 60)
-        frame.insert(0, "subjectcode", [f"p{i}_{k:04d}" for k in range(len(frame))])
-        load_frame(home.root, MODEL, frame)
-        cred = issue_client(home.root, "central")
-        client = NodeClient(NodeEndpoint(home.name, "http://testserver", cred.client_id, cred.secret.hex()),
-                            retries=0)
-        client._http.close()
-        client._http = TestClient(create_app(home), base_url="http://testserver")
-        out[f"mipflow_node_node{i}"] = client
+    out = {f"mipflow_node_node{i}": in_process_node(tmp_path / f"node{i}", f"node{i}", seed=80 + i, rows=60,
+                                                     patients=f"p{i}")[0] for i in range(2)}
     out["mipflow_node_gone"] = NodeClient(NodeEndpoint("gone", f"http://127.0.0.1:{free_port()}", "central",
                                                        "00" * 32), retries=0)
     yield out

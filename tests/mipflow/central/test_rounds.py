@@ -6,12 +6,10 @@ import logging
 import re
 
 import pytest
-from fastapi.testclient import TestClient
 
 from mipflow.central.rounds import run_analysis
 from mipflow.exceptions import RequestError
-from mipflow.node.home import NodeHome
-from tests.nodes import LINREG, PROJECT, RESEARCHER, grant_all, load_frame
+from tests.nodes import LINREG, PROJECT, RESEARCHER, in_process_node
 
 
 def test_run_analysis_needs_a_researcher_and_project():
@@ -23,28 +21,10 @@ def test_run_analysis_needs_a_researcher_and_project():
 @pytest.fixture
 def in_process_nodes(tmp_path):
     """Three nodes on the synthetic model, reached in-process through their real signed API."""
-    from mipflow.protocol.signing import issue_client
-    from mipflow.central.client import NodeClient, NodeEndpoint
-    from mipflow.node.api.app import create_app
-    from tests.mipflow.algorithms.synthetic import MODEL, make_data
-
-    clients = []
-    homes = []
-    for i in range(3):
-        home = NodeHome.init(tmp_path / f"node{i}", f"node{i}")
-        grant_all(home.root)
-        frame = make_data(40 + i, 120)
-        frame.insert(0, "subjectcode", [f"p{i}_{k:04d}" for k in range(len(frame))])
-        load_frame(home.root, MODEL, frame)
-        cred = issue_client(home.root, "central")
-        client = NodeClient(NodeEndpoint(home.name, "http://testserver", cred.client_id, cred.secret.hex()),
-                            retries=0)
-        client._http.close()
-        client._http = TestClient(create_app(home), base_url="http://testserver")
-        clients.append(client)
-        homes.append(home)
-    yield clients, homes
-    for client in clients:
+    nodes = [in_process_node(tmp_path / f"node{i}", f"node{i}", seed=40 + i, rows=120, patients=f"p{i}")
+             for i in range(3)]
+    yield [client for client, _ in nodes], [home for _, home in nodes]
+    for client, _ in nodes:
         client.close()
 
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 import pytest
 
 from mipflow.node import ops
-from mipflow.node.home import NodeHome
-from mipflow.node.store import open_store
 from tests.conftest import REPO_ROOT
 
 STROKE = REPO_ROOT / "include" / "schemas" / "stroke_v_0_1" / "CDEsMetadata.json"
@@ -16,15 +14,13 @@ PROFILES = REPO_ROOT / "include" / "schemas" / "profiles"
 
 
 @pytest.fixture
-def home(tmp_path, db_url):
-    return NodeHome.init(tmp_path / "node", "node_a", db_url)
+def home(node_home):
+    return node_home
 
 
 @pytest.fixture
-def store(home):
-    store = open_store(home)
-    yield store
-    store.dispose()
+def store(node_store):
+    return node_store
 
 
 def test_a_data_model_is_copied_into_the_home_and_gets_a_table(home, store):

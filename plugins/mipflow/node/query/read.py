@@ -243,22 +243,6 @@ def count_rows(store: FeatureStore, model: DataModel, *, datasets: Sequence[str]
         return int(conn.execute(statement).scalar_one())
 
 
-def _copy_out(store: FeatureStore, statement: sa.Select, options: str, spool: Any) -> None:
-    """PostgreSQL: ``COPY (statement) TO STDOUT WITH (options)`` into the binary file ``spool``.
-
-    The statement's values are rendered by psycopg2's own quoting (``mogrify``,
-    what it does for every query), never pasted as text.
-    """
-    with store.engine.connect() as conn:
-        compiled = statement.compile(dialect=store.engine.dialect)
-        cursor = conn.connection.dbapi_connection.cursor()
-        try:
-            query = cursor.mogrify(str(compiled), compiled.params).decode()
-            cursor.copy_expert(f"COPY ({query}) TO STDOUT WITH ({options})", spool)
-        finally:
-            cursor.close()
-
-
 def _stream_copy(store: FeatureStore, statement: sa.Select, chosen: list[Variable],
                  chunksize: int) -> Iterator[pd.DataFrame]:
     """PostgreSQL: ``COPY (SELECT ...) TO STDOUT`` into a temporary file, read back in chunks.
