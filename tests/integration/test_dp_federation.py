@@ -54,7 +54,7 @@ def federation(tmp_path_factory, stroke_model_path):
     roots, frames = {}, {}
     for seed, (name, dataset) in enumerate(DATASETS.items()):
         roots[name] = base / name
-        home = NodeHome.init(roots[name], name)
+        NodeHome.init(roots[name], name)
         frames[name] = stroke_frame(seed, 400, dataset)
         load_frame(roots[name], model, frames[name])
         grant_all(roots[name])
