@@ -17,7 +17,7 @@
     and its files are registered in the manifest under that batch.
 ``deidentify_series``
     De-identifies the files of one series batch (PS3.15 Annex E, the node's
-    :class:`~mipflow.node.imaging.DeidOptions`) into
+    :class:`~mipflow.node.imaging.options.DeidOptions`) into
     ``staging/dicom/<de-identified series UID>/<de-identified SOP UID>.dcm``,
     one file at a time (bounded memory); failures are quarantined with their
     reason.  Staging never holds a raw identifier, not even in a file name.
@@ -136,7 +136,8 @@ def dicom_staging(home: NodeHome) -> Path:
 
 
 def _engine(home: NodeHome):
-    from mipflow.node.imaging.deidentify import Deidentifier, options_from_settings
+    from mipflow.node.imaging.deidentify import Deidentifier
+    from mipflow.node.imaging.options import options_from_settings
 
     return Deidentifier(home.key(), options_from_settings(home.settings))
 
@@ -168,7 +169,7 @@ def _read_header(path: Path) -> tuple[Any, str | None, str | None]:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    from mipflow.node.imaging.deidentify import Quarantine
+    from mipflow.node.imaging.quarantine import Quarantine
 
     try:
         with warnings.catch_warnings():
@@ -237,7 +238,7 @@ def capture_dicom(home: NodeHome, *, store: FeatureStore | None = None,
     seen: set[str] = set()
     now = time.time()
     paths = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
-    from mipflow.node.imaging.deidentify import Quarantine
+    from mipflow.node.imaging.quarantine import Quarantine
 
     for path in paths:
         counts.files_in += 1

@@ -6,6 +6,8 @@ with identifying values injected into it.
 from __future__ import annotations
 
 import copy
+import io
+import re
 from pathlib import Path
 
 import pydicom
@@ -13,6 +15,9 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
+
+from mipflow.node.imaging.deidentify import deidentify_dataset
+from mipflow.node.imaging.options import DeidOptions
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
@@ -156,3 +161,31 @@ def gdcm_read(path: Path) -> dict[str, str]:
         "SOPInstanceUID": sf.ToString(gdcm.Tag(0x0008, 0x0018)).strip(" \0"),
         "PatientIdentityRemoved": sf.ToString(gdcm.Tag(0x0012, 0x0062)).strip(" \0"),
     }
+
+
+# --------------------------------------------------------------------------
+# De-identification helpers
+# --------------------------------------------------------------------------
+
+UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
+
+
+def to_bytes(ds: Dataset) -> bytes:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def run(ds: Dataset, key: bytes = KEY, **options) -> Dataset:
+    outcome = deidentify_dataset(ds, key=key, options=DeidOptions(**options))
+    assert outcome.ok, (outcome.reason, outcome.detail)
+    return outcome.dataset
+
+
+def assert_no_phi(data: bytes, extra: tuple[str, ...] = ()) -> None:
+    leaked = [s for s in (*phi_strings(), *extra) if s.encode("latin-1") in data]
+    assert not leaked, f"leaked: {leaked}"
+
+
+def valid_uid(uid: str) -> bool:
+    return len(uid) <= 64 and bool(UID_RE.match(uid))
