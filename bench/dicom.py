@@ -94,7 +94,8 @@ def run_readwrite(src: Path, out: Path) -> None:
 
 
 def run_mipflow(src: Path, out: Path) -> None:
-    from mipflow.node.imaging import DeidOptions, Deidentifier
+    from mipflow.node.imaging.deidentify import Deidentifier
+    from mipflow.node.imaging.options import DeidOptions
 
     out.mkdir(parents=True)
     engine = Deidentifier(KEY, DeidOptions(retain_longitudinal_modified_dates=True))
@@ -170,7 +171,7 @@ def main() -> None:
                              "(or run with --no-dicognito)")
     import pydicom  # noqa: F401 - in-process tools are timed warm (imports done)
 
-    import mipflow.node.imaging  # noqa: F401
+    import mipflow.node.imaging.deidentify  # noqa: F401
 
     startup = 0.0
     if with_dicognito:

@@ -9,7 +9,7 @@ in mapped tasks over chunks of series (at most ``MAX_CHUNKS`` mapped task
 instances, one instance in memory at a time), then computes the per-series
 features and upserts them into the ``imaging:0.1`` table, keyed on the EHR
 pseudonym so they join the clinical rows.  The logic lives in
-:mod:`mipflow.node.imaging.pipeline`; the tasks only call it (imports happen inside
+:mod:`mipflow.node.imaging` (``capture``, ``deid_series``, ``load``); the tasks only call it (imports happen inside
 tasks to keep parsing cheap).
 """
 from __future__ import annotations
@@ -43,7 +43,7 @@ with DAG(
     @task(outlets=[IMAGING_CAPTURED])
     def capture_dicom(*, outlet_events=None) -> dict:
         """Scan landing/dicom/, register new files by SHA-256, group by series, quarantine non-instances."""
-        from mipflow.node.imaging.pipeline import capture_dicom as capture
+        from mipflow.node.imaging.capture import capture_dicom as capture
 
         summary: dict = {}
         batches = capture(node_home(), summary=summary)
@@ -73,7 +73,8 @@ with DAG(
     @task
     def waiting_series() -> list[list[str]]:
         """Every captured series batch not yet de-identified, in at most MAX_CHUNKS chunks."""
-        from mipflow.node.imaging.pipeline import chunked, waiting_series as waiting
+        from mipflow.node.imaging.deid_series import chunked
+        from mipflow.node.imaging.stages import waiting_series as waiting
 
         batches = waiting(node_home())
         print(f"{len(batches)} series waiting")
@@ -82,7 +83,7 @@ with DAG(
     @task(max_active_tis_per_dag=2)
     def deidentify_chunk(batch_ids: list[str]) -> dict:
         """De-identify the series of one chunk into staging/dicom/<series>/ (one file in memory at a time)."""
-        from mipflow.node.imaging.pipeline import deidentify_many
+        from mipflow.node.imaging.deid_series import deidentify_many
 
         outcomes = deidentify_many(node_home(), batch_ids)
         totals = {k: sum(o[k] for o in outcomes) for k in ("files_in", "written", "quarantined")}
@@ -95,7 +96,7 @@ with DAG(
     @task(outlets=[IMAGING_FEATURES], trigger_rule="all_done")
     def load_features(chunks: list[dict], *, outlet_events=None) -> dict:
         """Per-series features of every de-identified series into the imaging:0.1 table (one transaction)."""
-        from mipflow.node.imaging.pipeline import extract_and_load, pending_outcomes
+        from mipflow.node.imaging.load import extract_and_load, pending_outcomes
 
         home = node_home()
         result = extract_and_load(home, pending_outcomes(home))

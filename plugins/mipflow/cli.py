@@ -354,7 +354,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "dicom":
         from mipflow.node.imaging.batch import deidentify_tree
-        from mipflow.node.imaging.deidentify import options_from_settings
+        from mipflow.node.imaging.options import options_from_settings
 
         home = NodeHome(args.home)
         if args.dicom_command == "ingest":

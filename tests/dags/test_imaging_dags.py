@@ -8,7 +8,7 @@ from mipflow.node.home import NodeHome
 from mipflow.node.deid.pseudonyms import Pseudonymiser
 from mipflow.node.store import open_store
 from tests.conftest import REPO_ROOT
-from tests.mipflow.node.imaging.test_pipeline import NODE_KEY, build_landing, raw_identifiers
+from tests.mipflow.node.imaging.conftest import NODE_KEY, build_landing, raw_identifiers
 
 pytestmark = [pytest.mark.airflow, pytest.mark.xdist_group("airflow")]
 CHAIN = ("imaging_capture", "imaging_deidentify")

@@ -1,30 +1,12 @@
-"""Imaging at the node: DICOM de-identification (PS3.15 Annex E) and features.
+"""Imaging at the node: DICOM de-identification (PS3.15 Annex E), features, and the ingest pipeline.
 
-* :mod:`mipflow.node.imaging.profile_table` — Table E.1-1 as data;
-* :mod:`mipflow.node.imaging.deidentify` — the de-identification engine and its
-  quarantine rules;
-* :mod:`mipflow.node.imaging.features` — per-series image features.
+De-identification: :mod:`~mipflow.node.imaging.deidentify` (the :class:`Deidentifier`, one
+instance or file) over :mod:`~mipflow.node.imaging.options`, :mod:`~mipflow.node.imaging.quarantine`,
+:mod:`~mipflow.node.imaging.plan` and :mod:`~mipflow.node.imaging.actions` (Table E.1-1, as data in
+:mod:`~mipflow.node.imaging.profile_table`), :mod:`~mipflow.node.imaging.uids`,
+:mod:`~mipflow.node.imaging.dates`, :mod:`~mipflow.node.imaging.descriptors`,
+:mod:`~mipflow.node.imaging.fileio` and :mod:`~mipflow.node.imaging.part10`.  Per-series image
+features: :mod:`~mipflow.node.imaging.features`.  The node's ingest: :mod:`~mipflow.node.imaging.pipeline`.
 
 Nothing here imports Airflow.
 """
-from __future__ import annotations
-
-from mipflow.node.imaging.deidentify import (
-    DeidOptions,
-    DeidOutcome,
-    Deidentifier,
-    FileOutcome,
-    Quarantine,
-    deidentify_dataset,
-    deidentify_file,
-)
-
-__all__ = [
-    "DeidOptions",
-    "DeidOutcome",
-    "Deidentifier",
-    "FileOutcome",
-    "Quarantine",
-    "deidentify_dataset",
-    "deidentify_file",
-]

@@ -5,7 +5,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from mipflow.node.imaging.deidentify import DeidOptions, Deidentifier
+from mipflow.node.imaging.deidentify import Deidentifier
+from mipflow.node.imaging.options import DeidOptions
 from mipflow.exceptions import InputFileError
 
 

@@ -50,7 +50,7 @@ The one row whose tag the standard gives in prose, "Private Attributes
 :data:`PRIVATE_ROW`.
 
 Nothing here decides how an action is carried out: see
-:mod:`mipflow.node.imaging.deidentify`.
+:mod:`mipflow.node.imaging.plan` and :mod:`mipflow.node.imaging.actions`.
 """
 from __future__ import annotations
 

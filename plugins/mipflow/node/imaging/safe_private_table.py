@@ -27,7 +27,7 @@ Columns of the data file (separated by ``|``; lines starting with ``#`` are comm
 
 The standard itself warns (note 2 of E.3.10) that vendors do not guarantee
 these attributes to be safe, and that bulk ``OB`` data is particularly
-unsafe.  :mod:`mipflow.node.imaging.deidentify` therefore keeps a listed element only
+unsafe.  :mod:`mipflow.node.imaging.actions` therefore keeps a listed element only
 when its creator and group match, its VR agrees with the table and its
 values fit the listed multiplicity (numeric strings must be numbers), replaces
 UIDs in kept elements with their keyed replacements, and applies the profile

@@ -1,18 +1,27 @@
-"""Fixtures and helpers for the DICOM de-identification tests.
+"""Fixtures and helpers for the DICOM de-identification and imaging pipeline tests.
 
 Every input is a file shipped inside the pydicom wheel (no download), often
-with identifying values injected into it.
+with identifying values injected into it.  The pipeline tests run on a landing
+tree of such files (:func:`build_landing`).
 """
 from __future__ import annotations
 
 import copy
+import io
+import re
+import shutil
 from pathlib import Path
 
+import pandas as pd
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
+
+from mipflow.node.home import NodeHome
+from mipflow.node.imaging.deidentify import deidentify_dataset
+from mipflow.node.imaging.options import DeidOptions
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
@@ -156,3 +165,119 @@ def gdcm_read(path: Path) -> dict[str, str]:
         "SOPInstanceUID": sf.ToString(gdcm.Tag(0x0008, 0x0018)).strip(" \0"),
         "PatientIdentityRemoved": sf.ToString(gdcm.Tag(0x0012, 0x0062)).strip(" \0"),
     }
+
+
+# --------------------------------------------------------------------------
+# De-identification helpers
+# --------------------------------------------------------------------------
+
+UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
+
+
+def to_bytes(ds: Dataset) -> bytes:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def run(ds: Dataset, key: bytes = KEY, **options) -> Dataset:
+    outcome = deidentify_dataset(ds, key=key, options=DeidOptions(**options))
+    assert outcome.ok, (outcome.reason, outcome.detail)
+    return outcome.dataset
+
+
+def assert_no_phi(data: bytes, extra: tuple[str, ...] = ()) -> None:
+    leaked = [s for s in (*phi_strings(), *extra) if s.encode("latin-1") in data]
+    assert not leaked, f"leaked: {leaked}"
+
+
+def valid_uid(uid: str) -> bool:
+    return len(uid) <= 64 and bool(UID_RE.match(uid))
+
+
+# --------------------------------------------------------------------------
+# A landing tree for the imaging pipeline
+# --------------------------------------------------------------------------
+
+NODE_KEY = bytes(range(100, 132))
+
+
+#: patient id -> (consent, [(series tag, shipped file, copies)])
+PATIENTS = {
+    "PHIPAT-A1": ("granted", [("ct", "CT_small.dcm", 3), ("sc", "SC_rgb_small_odd.dcm", 1)]),
+    "PHIPAT-B2": ("granted", [("mr", "MR_small.dcm", 2)]),
+    "PHIPAT-C3": ("refused", [("ct", "CT_small.dcm", 2)]),
+    "PHIPAT-D4": (None, [("mr", "MR_small.dcm", 1)]),  # not in the registry: no consent
+}
+
+
+def _uid(patient: str, tag: str, n: int | None = None) -> str:
+    code = "".join(str(ord(c)) for c in patient[-2:]) + str(sum(map(ord, tag)))
+    return f"1.2.999.5.{code}" + ("" if n is None else f".{n}")
+
+
+def _folder(p: int, patient: str, tag: str) -> str:
+    """A landing folder named after the patient, as exports often are."""
+    return f"site{p % 2}/PHINAME{p}_{patient}/{tag}"
+
+
+def raw_identifiers() -> list[str]:
+    """Every injected or raw identifying string written into the landing tree (file names too)."""
+    out = [s for s in phi_strings() if not s.isdigit()]  # dates are checked apart (shifted)
+    out += [f"PHINAME{p}" for p in range(len(PATIENTS))] + ["PHIJUNK"]
+    for patient, (_, series) in PATIENTS.items():
+        out.append(patient)
+        for tag, _, copies in series:
+            out.append(_uid(patient, tag))
+            out += [_uid(patient, tag, i) for i in range(copies)]
+    return out
+
+
+def build_landing(home: NodeHome) -> dict[str, int]:
+    """A nested landing tree; returns the expected file accounting."""
+    root = home.landing_dir / "dicom"
+    rows = []
+    n_files = 0
+    for p, (patient, (consent, series)) in enumerate(PATIENTS.items()):
+        if consent:
+            rows.append({"patient_id": patient, "consent": consent})
+        for tag, name, copies in series:
+            base = inject_phi(read(name))
+            base.PatientID = patient
+            base.PatientName = f"PHINAME{p}^{patient}"
+            base.StudyInstanceUID = _uid(patient, "study")
+            base.SeriesInstanceUID = _uid(patient, tag)
+            for i in range(copies):
+                ds = copy.deepcopy(base)
+                ds.SOPInstanceUID = _uid(patient, tag, i)
+                ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+                if "ImagePositionPatient" in ds:
+                    pos = [float(v) for v in ds.ImagePositionPatient]
+                    ds.ImagePositionPatient = [pos[0], pos[1], pos[2] + 5.0 * i]
+                folder = root / _folder(p, patient, tag)
+                folder.mkdir(parents=True, exist_ok=True)
+                ds.save_as(folder / f"IM{i:04d}_PHINAME{p}", enforce_file_format=True)
+                n_files += 1
+    pd.DataFrame(rows).to_csv(home.consent_path, index=False)
+    junk = root / "junk"
+    junk.mkdir(parents=True)
+    (junk / "PHIJUNK_empty.dcm").write_bytes(b"")
+    (junk / "PHIJUNK_notes.txt").write_text("scanner export log: nothing to see here\n")
+    dicomdir = get_testdata_file("DICOMDIR", download=False)
+    extra_quarantined = 2
+    if dicomdir:
+        shutil.copyfile(dicomdir, junk / "PHIJUNK_DICOMDIR")
+        extra_quarantined += 1
+    # the same bytes twice: the copy counts as known
+    shutil.copyfile(root / _folder(1, "PHIPAT-B2", "mr") / "IM0000_PHINAME1", junk / "PHIJUNK_copy")
+    (junk / ".partial_upload.tmp").write_bytes(b"half a file")
+    return {"files_in": n_files + extra_quarantined + 2, "no_consent": 3, "known": 1, "pending": 1,
+            "written": 5, "quarantined": extra_quarantined + 1}
+
+
+@pytest.fixture
+def home(tmp_path) -> NodeHome:
+    home = NodeHome.init(tmp_path / "imaging_test", "imaging_test")
+    (home.root / "secret.key").write_text(NODE_KEY.hex() + "\n")
+    home.set_setting("settle_seconds", "0")
+    return home

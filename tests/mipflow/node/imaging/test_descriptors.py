@@ -7,9 +7,9 @@ import io
 import pytest
 
 from mipflow.node.home import NodeSettings
-from mipflow.node.imaging import DeidOptions, Deidentifier
-from mipflow.node.imaging.deidentify import options_from_settings
+from mipflow.node.imaging.deidentify import Deidentifier
 from mipflow.node.imaging.descriptors import DescriptorCleaner
+from mipflow.node.imaging.options import DeidOptions, options_from_settings
 
 from .conftest import KEY, inject_phi, read
 

@@ -6,7 +6,7 @@ import copy
 import numpy as np
 import pytest
 
-from mipflow.node.imaging import deidentify_file
+from mipflow.node.imaging.deidentify import deidentify_file
 from mipflow.node.imaging.features import series_features
 
 from .conftest import KEY, read, shipped

@@ -12,7 +12,8 @@ from pydicom.data import get_testdata_files
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from mipflow.node.imaging import DeidOptions, Deidentifier
+from mipflow.node.imaging.deidentify import Deidentifier
+from mipflow.node.imaging.options import DeidOptions
 from mipflow.node.imaging.part10 import _encode_fast, encode_part10
 from tests.mipflow.node.imaging.conftest import KEY, inject_phi
 

@@ -18,8 +18,9 @@ from pydicom.datadict import DicomDictionary
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from mipflow.node.imaging import DeidOptions, Deidentifier
-from mipflow.node.imaging.deidentify import resolve_action
+from mipflow.node.imaging.deidentify import Deidentifier
+from mipflow.node.imaging.options import DeidOptions
+from mipflow.node.imaging.plan import resolve_action
 from mipflow.node.imaging.profile_table import exact_rows
 
 from .conftest import KEY, read

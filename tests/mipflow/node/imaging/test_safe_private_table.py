@@ -10,7 +10,8 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from mipflow.node.imaging import DeidOptions, Deidentifier, deidentify_file
+from mipflow.node.imaging.deidentify import Deidentifier, deidentify_file
+from mipflow.node.imaging.options import DeidOptions
 from mipflow.node.imaging.safe_private_table import safe_private_keys, safe_private_rows
 
 from .conftest import KEY, read

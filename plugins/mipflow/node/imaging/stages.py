@@ -1,0 +1,97 @@
+"""The imaging pipeline's batches: stage names, the data model, the staging folder, file accounting.
+
+Every consented DICOM series becomes one batch in ``mipflow_batches`` (``rows_in`` etc. count
+*files* for imaging batches) that moves through ``dicom_captured`` -> ``dicom_deidentified`` ->
+``dicom_loaded`` (:mod:`mipflow.node.imaging.capture`, :mod:`mipflow.node.imaging.deid_series`,
+:mod:`mipflow.node.imaging.load`); :func:`waiting_series` finds the batches waiting for the next
+stage.  De-identified series wait in ``staging/dicom/<de-identified series UID>/``.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from mipflow.exceptions import StoreError
+from mipflow.node.files import DICOM_KIND
+from mipflow.node.home import NodeHome
+from mipflow.node.store import FeatureStore, batches_table, open_store
+from mipflow.protocol.datamodel import DataModel, bundled_data_model_path, load_data_model
+
+if TYPE_CHECKING:
+    from mipflow.node.imaging.deidentify import Deidentifier
+
+DATA_MODEL = "imaging:0.1"
+BUNDLED_MODEL = "imaging_v_0_1"
+KIND = DICOM_KIND
+#: Batch stages of imaging batches (distinct from the EHR stages, so the EHR DAGs never pick them up).
+STAGE_CAPTURED = "dicom_captured"
+STAGE_DEIDENTIFIED = "dicom_deidentified"
+STAGE_LOADED = "dicom_loaded"
+STAGE_CAPTURE_REPORT = "dicom_capture"
+
+
+@dataclass
+class FileCounts:
+    """Where the files went. ``files_in`` must equal the sum of the rest."""
+
+    files_in: int = 0
+    written: int = 0
+    quarantined: int = 0
+    no_consent: int = 0
+    known: int = 0
+    pending: int = 0
+
+    @property
+    def conserved(self) -> bool:
+        return self.files_in == (self.written + self.quarantined + self.no_consent + self.known
+                                 + self.pending)
+
+    def add(self, other: "FileCounts") -> None:
+        for name in ("files_in", "written", "quarantined", "no_consent", "known", "pending"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def equation(self) -> str:
+        ok = "OK" if self.conserved else "MISMATCH"
+        return (f"files_in={self.files_in} = written {self.written} + quarantined {self.quarantined} "
+                f"+ no_consent {self.no_consent} + known {self.known} + pending {self.pending} [{ok}]")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "conserved": self.conserved}
+
+
+def imaging_model(store: FeatureStore) -> DataModel:
+    """The ``imaging:0.1`` data model, registered from ``include/schemas`` when missing."""
+    try:
+        return store.data_model(DATA_MODEL)
+    except StoreError:
+        model = load_data_model(bundled_data_model_path(BUNDLED_MODEL))
+        store.add_data_model(model)
+        return model
+
+
+def dicom_staging(home: NodeHome) -> Path:
+    """``staging/dicom/``: one folder of de-identified files per series."""
+    return home.staging_dir / "dicom"
+
+
+def node_deidentifier(home: NodeHome) -> Deidentifier:
+    """The node's :class:`~mipflow.node.imaging.deidentify.Deidentifier`: its key and its ``dicom_*`` settings."""
+    from mipflow.node.imaging.deidentify import Deidentifier
+    from mipflow.node.imaging.options import options_from_settings
+
+    return Deidentifier(home.key(), options_from_settings(home.settings))
+
+
+def waiting_series(home: NodeHome, stage: str = STAGE_CAPTURED, *,
+                   store: FeatureStore | None = None) -> list[str]:
+    """Imaging batches that finished ``stage`` (oldest first); catches up after failed runs."""
+    store = store or open_store(home)
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.select(batches_table.c.batch_id).where(
+            batches_table.c.stage == stage, batches_table.c.status == "running")
+            .order_by(batches_table.c.started_at, batches_table.c.batch_id)).all()
+    return [r[0] for r in rows]
+
