@@ -125,3 +125,27 @@ def linreg(*datasets: str) -> dict:
     doc = json.loads(json.dumps(LINREG))
     doc["inputdata"]["datasets"] = list(datasets)
     return doc
+
+
+def pin_each_other(homes) -> dict[str, str]:
+    """Each node's admin pins every other node's secure-aggregation key, as hospitals' admins do
+    after exchanging fingerprints out of band (``mipflow secagg key`` / ``mipflow secagg pin``).
+
+    Parameters
+    ----------
+    homes : mapping or iterable
+        Node name -> home, or homes (paths or :class:`~mipflow.node.home.NodeHome`) named by their config.
+
+    Returns
+    -------
+    dict
+        Node name -> its key's fingerprint.
+    """
+    from mipflow.node.home import NodeHome
+    from mipflow.secagg.trust import pin_each_other as pin
+
+    if isinstance(homes, Mapping):
+        roots = {name: Path(getattr(home, "root", home)) for name, home in homes.items()}
+    else:
+        roots = {NodeHome(getattr(h, "root", h)).name: Path(getattr(h, "root", h)) for h in homes}
+    return pin(roots)

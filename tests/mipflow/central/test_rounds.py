@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from mipflow.central.rounds import run_analysis
 from mipflow.exceptions import RequestError
 from mipflow.node.home import NodeHome
-from tests.nodes import LINREG, PROJECT, RESEARCHER, grant_all, load_frame
+from tests.nodes import LINREG, PROJECT, RESEARCHER, grant_all, load_frame, pin_each_other
 
 
 def test_run_analysis_needs_a_researcher_and_project():
@@ -43,6 +43,7 @@ def in_process_nodes(tmp_path):
         client._http = TestClient(create_app(home), base_url="http://testserver")
         clients.append(client)
         homes.append(home)
+    pin_each_other(homes)  # the admins pinned each other's keys (ADR 0014)
     yield clients, homes
     for client in clients:
         client.close()
