@@ -144,8 +144,11 @@ def pin_each_other(homes) -> dict[str, str]:
     from mipflow.node.home import NodeHome
     from mipflow.secagg.trust import pin_each_other as pin
 
+    def root(home) -> Path:
+        return home.root if isinstance(home, NodeHome) else Path(home)
+
     if isinstance(homes, Mapping):
-        roots = {name: Path(getattr(home, "root", home)) for name, home in homes.items()}
+        roots = {name: root(home) for name, home in homes.items()}
     else:
-        roots = {NodeHome(getattr(h, "root", h)).name: Path(getattr(h, "root", h)) for h in homes}
+        roots = {NodeHome(root(h)).name: root(h) for h in homes}
     return pin(roots)
