@@ -7,6 +7,9 @@
 #   docker/init-secrets.sh sites         random keys and passwords for hospital_a/b/c and central
 #   docker/init-secrets.sh connections   after the hospitals are up: issue each node a credential
 #                                        for the central site and write the central's connections
+#   docker/init-secrets.sh roster        local federation only: each hospital pins the others'
+#                                        secure-aggregation keys (real sites compare fingerprints
+#                                        out of band: mipflow secagg key / pin --fingerprint)
 # MIPFLOW_SECRETS_DIR overrides the folder (default: docker/secrets beside this script), as in
 # docker/compose.yaml.
 set -euo pipefail
@@ -49,7 +52,23 @@ print(json.dumps({"conn_type": "mipflow_node", "host": "http://" + os.environ["S
                   "login": "central", "password": secret, "extra": {"node_name": os.environ["SITE"]}}))')"
         done
         echo "connections in $dir/central" ;;
+    roster)
+        declare -A keys
+        for site in hospital_a hospital_b hospital_c; do
+            service="hospital-${site#hospital_}-node-api"
+            keys[$site]="$(docker compose -f "$here/compose.yaml" run --rm -T "$service" \
+                mipflow secagg key /data/node | python3 -c 'import json, sys; print(json.load(sys.stdin)["public_key"])')"
+        done
+        for site in hospital_a hospital_b hospital_c; do
+            service="hospital-${site#hospital_}-node-api"
+            for peer in hospital_a hospital_b hospital_c; do
+                [[ "$peer" == "$site" ]] && continue
+                docker compose -f "$here/compose.yaml" run --rm -T "$service" \
+                    mipflow secagg pin /data/node --peer "$peer" --public-key "${keys[$peer]}" >/dev/null
+            done
+        done
+        echo "each hospital pinned the others' secure-aggregation keys" ;;
     *)
-        sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' >&2
+        sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//' >&2
         exit 64 ;;
 esac

@@ -151,3 +151,30 @@ def in_process_node(root: Path, name: str, *, seed: int, rows: int, patients: st
     client._http.close()
     client._http = TestClient(create_app(home), base_url="http://testserver")
     return client, home
+
+
+def pin_each_other(homes) -> dict[str, str]:
+    """Each node's admin pins every other node's secure-aggregation key, as hospitals' admins do
+    after exchanging fingerprints out of band (``mipflow secagg key`` / ``mipflow secagg pin``).
+
+    Parameters
+    ----------
+    homes : mapping or iterable
+        Node name -> home, or homes (paths or :class:`~mipflow.node.home.NodeHome`) named by their config.
+
+    Returns
+    -------
+    dict
+        Node name -> its key's fingerprint.
+    """
+    from mipflow.node.home import NodeHome
+    from mipflow.secagg.trust import pin_each_other as pin
+
+    def root(home) -> Path:
+        return home.root if isinstance(home, NodeHome) else Path(home)
+
+    if isinstance(homes, Mapping):
+        roots = {name: root(home) for name, home in homes.items()}
+    else:
+        roots = {NodeHome(root(h)).name: root(h) for h in homes}
+    return pin(roots)

@@ -138,19 +138,33 @@ def _parser() -> argparse.ArgumentParser:
     p = dicom.add_parser("ingest", help="capture, de-identify and load features of HOME/landing/dicom now")
     p.add_argument("home", type=Path)
 
-    secure = sub.add_parser("secagg", help="node admin: secure-aggregation keys and trusted peers (ADR 0014)"
-                            ).add_subparsers(dest="secagg_command", required=True)
+    secure = sub.add_parser(
+        "secagg", help="node admin: secure-aggregation keys and the pinned roster of peers (ADR 0014)",
+        description="A node takes part in a masked round only when every other participant is pinned here "
+                    "under exactly the key the central site announces. Exchange fingerprints with the other "
+                    "hospitals' admins out of band (phone, signed letter), then pin.",
+    ).add_subparsers(dest="secagg_command", required=True)
     p = secure.add_parser("key", help="this node's public key and fingerprint (give them to the other admins)")
     p.add_argument("home", type=Path)
-    p = secure.add_parser("pin", help="pin a peer node's public key, after comparing its fingerprint")
+    p = secure.add_parser("peers", help="the trust policy and every peer with its fingerprint and source "
+                                        "(pinned, tofu, revoked) and whether it is accepted now")
+    p.add_argument("home", type=Path)
+    p = secure.add_parser("pin", help="pin a peer node's public key, after comparing its fingerprint out of band")
+    p.add_argument("home", type=Path)
+    p.add_argument("--peer", required=True, help="the peer's node name, as the federation names it")
+    p.add_argument("--public-key", required=True, help="the peer's public key (hex)")
+    p.add_argument("--fingerprint", default=None,
+                   help="the fingerprint the peer's admin read out; the pin is refused if the key's differs")
+    p = secure.add_parser("revoke", help="stop taking part in rounds with a peer (until it is pinned again)")
     p.add_argument("home", type=Path)
     p.add_argument("--peer", required=True, help="the peer's node name")
-    p.add_argument("--public-key", required=True, help="the peer's public key (hex)")
-    p = secure.add_parser("policy", help="tofu (default: a peer's key may not change) or pinned (only pinned keys)")
+    p = secure.add_parser("rotate", help="replace this node's key pair (the old one is gone); send the new "
+                                         "fingerprint to the other admins, who must pin the new key")
     p.add_argument("home", type=Path)
-    p.add_argument("policy", choices=("tofu", "pinned"))
-    p = secure.add_parser("peers", help="the trust store: policy and known peer keys with fingerprints")
+    p = secure.add_parser("policy", help="pinned (default: only pinned peers) or tofu (DEVELOPMENT ONLY: "
+                                         "trust on first use, does not stop invented peers)")
     p.add_argument("home", type=Path)
+    p.add_argument("policy", choices=("pinned", "tofu"))
 
     algorithms = sub.add_parser("algorithms", help="the algorithm catalogue").add_subparsers(
         dest="algorithms_command", required=True)
@@ -291,24 +305,38 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(ops.dumps(outcome.to_dict()))
         return 0
     if args.command == "secagg":
-        from mipflow import secagg
+        from mipflow.secagg.crypto import fingerprint, load_keypair, rotate_keypair
+        from mipflow.secagg.trust import POLICY_LABELS, TrustStore
 
         home = NodeHome(args.home)
-        store = secagg.TrustStore(home.root)
+        store = TrustStore(home.root)
         if args.secagg_command == "key":
-            pair = secagg.load_keypair(home.root)
+            pair = load_keypair(home.root)
             print(ops.dumps({"node": home.name, "public_key": pair.public_hex,
-                             "fingerprint": secagg.fingerprint(pair.public_bytes)}))
+                             "fingerprint": fingerprint(pair.public_bytes)}))
         elif args.secagg_command == "pin":
-            print(ops.dumps({"peer": args.peer, "fingerprint": store.pin(args.peer, args.public_key)}))
+            shown = store.pin(args.peer, args.public_key, args.fingerprint)
+            print(ops.dumps({"peer": args.peer, "fingerprint": shown, "source": "pinned"}))
+        elif args.secagg_command == "revoke":
+            print(ops.dumps({"peer": args.peer, "revoked": store.revoke(args.peer)}))
+        elif args.secagg_command == "rotate":
+            before = load_keypair(home.root)
+            pair = rotate_keypair(home.root)
+            print(ops.dumps({"node": home.name, "public_key": pair.public_hex,
+                             "fingerprint": fingerprint(pair.public_bytes),
+                             "previous_fingerprint": fingerprint(before.public_bytes),
+                             "next": "send the new public key and fingerprint to every peer's admin out of "
+                                     "band; until they pin it (mipflow secagg pin), they refuse rounds with "
+                                     "this node"}))
         elif args.secagg_command == "policy":
             store.set_policy(args.policy)
-            print(ops.dumps({"policy": args.policy}))
+            print(ops.dumps({"policy": args.policy, "policy_note": POLICY_LABELS[args.policy]}))
+            if args.policy == "tofu":
+                print("mipflow: warning: trust-on-first-use is a development setting only", file=sys.stderr)
         else:
-            doc = store.load()
-            for entry in doc["peers"].values():
-                entry["fingerprint"] = secagg.fingerprint(bytes.fromhex(entry["public_key"]))
-            print(ops.dumps(doc))
+            policy = store.policy()
+            print(ops.dumps({"node": home.name, "policy": policy, "policy_note": POLICY_LABELS[policy],
+                             "peers": store.peers()}))
         return 0
     if args.command == "access":
         from mipflow.node.controls.access import AccessRegistry, list_grants

@@ -16,7 +16,7 @@ from mipflow.node.home import NodeHome
 from mipflow.central.results import ResultStore
 from mipflow.demo.synth import HOSPITALS, generate_export, write_export
 from tests.conftest import REPO_ROOT
-from tests.nodes import DAG_TEST_USER, PROJECT, RESEARCHER, grant_all, running_nodes
+from tests.nodes import DAG_TEST_USER, PROJECT, RESEARCHER, grant_all, pin_each_other, running_nodes
 
 pytestmark = [pytest.mark.airflow, pytest.mark.xdist_group("airflow")]
 STROKE = REPO_ROOT / "include" / "schemas" / "stroke_v_0_1" / "CDEsMetadata.json"
@@ -36,6 +36,7 @@ def federation(tmp_path_factory, airflow_db):
         ops.ingest(home, [path], profile=REPO_ROOT / "include" / "schemas" / "profiles" / f"{hospital}.json")
         homes.append(home)
     env = {}
+    pin_each_other([h.root for h in homes])  # the admins pinned each other's keys (ADR 0014)
     with running_nodes([h.root for h in homes]) as urls:
         for home, url in zip(homes, urls):
             cred = issue_client(home.root, "central")

@@ -37,7 +37,7 @@ import sqlalchemy as sa
 
 from tests.airflow_server import CentralAirflow, _wait, airflow_env, run_dag
 from tests.conftest import PG_ADMIN_URL, REPO_ROOT
-from tests.nodes import PROJECT, free_port, grant_all, running_nodes
+from tests.nodes import PROJECT, free_port, grant_all, pin_each_other, running_nodes
 
 pytestmark = [pytest.mark.xdist_group("celery"), pytest.mark.postgres, pytest.mark.slow]
 
@@ -226,6 +226,7 @@ def deployment(tmp_path_factory):
         homes = prepare_analysis_nodes(root, databases)
         ingest_home, exported = prepare_ingestion_node(root, databases)
         env["MIPFLOW_NODE_HOME"] = str(ingest_home.root)
+        pin_each_other([h.root for h in homes])  # the admins pinned each other's keys (ADR 0014)
         urls = stack.enter_context(running_nodes([h.root for h in homes]))
         secrets_dir = root / "secrets"  # stands in for /run/secrets
         secrets_dir.mkdir(mode=0o700)

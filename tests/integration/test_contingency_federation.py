@@ -29,7 +29,7 @@ from mipflow.central.federation_file import add_node, load_federation
 from mipflow.central.rounds import run_analysis as _run_analysis
 from mipflow.node.api.app import AUDIT_FILE
 from tests.mipflow.algorithms.synthetic import MODEL, make_data
-from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, running_nodes
+from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, pin_each_other, running_nodes
 
 #: every analysis here runs as the identity the nodes' grants approve
 run_analysis = functools.partial(_run_analysis, researcher=RESEARCHER, project=PROJECT)
@@ -71,6 +71,7 @@ def fed(tmp_path_factory) -> Iterator[dict]:
         NodeHome.init(roots[name], name)  # default controls: min_row_count 10, nfilter_tab 3
         assert load_frame(roots[name], MODEL, _with_ids(frame, name)) == len(frame)
         grant_all(roots[name])
+    pin_each_other(roots)  # the admins pinned each other's keys (ADR 0014)
     with running_nodes(list(roots.values())) as urls:
         path = base / "fed.json"
         for (name, root), url in zip(roots.items(), urls):

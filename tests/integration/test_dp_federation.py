@@ -19,7 +19,7 @@ from mipflow.node.home import NodeHome
 from mipflow.protocol.datamodel import load_data_model
 from mipflow.central.client import NodeClient, NodeEndpoint, NodeRefused
 from mipflow.central.rounds import run_analysis
-from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, running_nodes
+from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, pin_each_other, running_nodes
 
 pytestmark = pytest.mark.xdist_group("dp_federation")
 
@@ -85,6 +85,7 @@ def exact_age(frame: pd.DataFrame) -> tuple[float, float]:
 
 def test_noisy_results_are_labelled_budgeted_refused_and_remembered(federation):
     roots = list(federation["roots"].values())
+    pin_each_other(roots)  # the admins pinned each other's keys (ADR 0014)
     with running_nodes(roots) as urls:
         nodes = clients(federation, urls)
         both = list(nodes.values())
@@ -150,6 +151,7 @@ def test_gaussian_node_and_the_exact_path(federation):
     dp_home = NodeHome(federation["roots"]["dp_node"])
     dp_home.set_setting("dp_mechanism", "gaussian")
     try:
+        pin_each_other(federation["roots"])  # the admins pinned each other's keys (ADR 0014)
         with running_nodes(list(federation["roots"].values())) as urls:
             nodes = clients(federation, urls)
             outcome = run_analysis("multiple_histograms", histogram("hospital_a", "hospital_b"),

@@ -22,7 +22,7 @@ from mipflow.protocol.datamodel import load_data_model
 from mipflow.exceptions import FederationError
 from mipflow.central.client import NodeRefused
 from mipflow.central.rounds import run_analysis
-from tests.nodes import PROJECT, grant_all, load_frame, served_clients
+from tests.nodes import PROJECT, grant_all, load_frame, pin_each_other, served_clients
 
 pytestmark = pytest.mark.xdist_group("dp_regression_federation")
 
@@ -72,6 +72,7 @@ def federation(tmp_path_factory, stroke_model_path, dementia_model):
     home = NodeHome(roots["dp_node"])
     for key, value in (("dp_enabled", 1), ("dp_epsilon", EPSILON), ("dp_budget_epsilon", 1.0)):
         home.set_setting(key, value)
+    pin_each_other(roots)  # the admins pinned each other's keys (ADR 0014)
     with served_clients(roots) as clients:
         yield {"roots": roots, "frames": frames, "nodes": clients}
 

@@ -54,7 +54,7 @@ from tests.mipflow.algorithms.helpers import (
 from tests.mipflow.algorithms.test_exareme2_validation import (
     ALGORITHMS, check_case, expected_path, expects_error, load_cases,
 )
-from tests.nodes import PROJECT, RESEARCHER, free_port, grant_all, load_frame, served_clients
+from tests.nodes import PROJECT, RESEARCHER, free_port, grant_all, load_frame, pin_each_other, served_clients
 
 pytestmark = pytest.mark.xdist_group("federation")
 
@@ -174,6 +174,7 @@ def federation(request, tmp_path_factory, shared_dir: Path, dementia_model: Data
         fed_frames["tbi:0.1"] = (tbi, _load_model(roots, tbi_folder, tbi, _round_robin))
     for root in roots.values():
         grant_all(root)
+    pin_each_other(roots)  # the admins pinned each other's keys (ADR 0014)
     with served_clients(roots) as served:
         yield Federation(roots=roots, clients=list(served.values()), frames=fed_frames)
 
@@ -508,6 +509,7 @@ def default_federation(tmp_path_factory, shared_dir: Path, dementia_model: DataM
         load_frame(roots[node], synthetic.MODEL, synth_frames[node])
     for root in roots.values():
         grant_all(root)
+    pin_each_other(roots)  # the admins pinned each other's keys (ADR 0014)
     with served_clients(roots) as served:
         yield Federation(roots=roots, clients=list(served.values()), frames={
             "dementia:0.1": (dementia_model, frames),

@@ -21,7 +21,7 @@ from mipflow.node.controls.access import AccessRegistry
 from mipflow.node.controls.audit import read_records, verify_log
 from mipflow.node.home import NodeHome
 from mipflow.protocol.signing import issue_client, signed_headers
-from tests.nodes import LINREG, linreg, load_frame, running_nodes
+from tests.nodes import LINREG, linreg, load_frame, pin_each_other, running_nodes
 
 pytestmark = pytest.mark.xdist_group("governance")
 
@@ -38,6 +38,7 @@ def nodes(tmp_path_factory, shared_dir, dementia_model):
         data[name] = pd.concat([pd.read_csv(csv / f"{d}.csv", dtype=str) for d in datasets], ignore_index=True)
         load_frame(roots[name], dementia_model, data[name])
     credentials = {name: issue_client(root, "central") for name, root in roots.items()}
+    pin_each_other(roots)  # the admins pinned each other's keys (ADR 0014)
     with running_nodes(list(roots.values())) as urls:
         clients = {name: NodeClient(NodeEndpoint(name, url, credentials[name].client_id,
                                                  credentials[name].secret.hex()), retries=0)

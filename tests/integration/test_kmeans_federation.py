@@ -17,7 +17,7 @@ from mipflow.node.home import NodeHome
 from mipflow.central.rounds import run_analysis as _run_analysis
 from tests.mipflow.algorithms.helpers import assert_rel_close
 from tests.mipflow.algorithms.synthetic import MODEL, request
-from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, served_clients
+from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, pin_each_other, served_clients
 
 #: every analysis here runs as the identity the nodes' grants approve
 run_analysis = functools.partial(_run_analysis, researcher=RESEARCHER, project=PROJECT)
@@ -51,6 +51,7 @@ def nodes(tmp_path_factory):
         load_frame(home.root, MODEL, frame)
         roots[name] = home.root
         grant_all(home.root)
+    pin_each_other(roots)  # the admins pinned each other's keys (ADR 0014)
     with served_clients(roots) as served:
         yield list(served.values()), frames
 
@@ -134,6 +135,7 @@ def stop_nodes(tmp_path_factory):
         load_frame(home.root, MODEL, pd.concat(parts.values(), ignore_index=True))
         roots[name] = home.root
         grant_all(home.root)
+    pin_each_other(roots)  # the admins pinned each other's keys (ADR 0014)
     with served_clients(roots) as served:
         yield list(served.values()), frames, roots
 
@@ -292,6 +294,7 @@ def corner_nodes(tmp_path_factory):
         load_frame(home.root, MODEL, frame)
         roots[name] = home.root
         grant_all(home.root)
+    pin_each_other(roots)  # the admins pinned each other's keys (ADR 0014)
     with served_clients(roots) as served:
         yield list(served.values()), frames, roots
 

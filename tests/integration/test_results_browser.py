@@ -25,7 +25,7 @@ from mipflow.central.results import ResultStore
 from mipflow.demo.synth import HOSPITALS, generate_export, write_export
 from tests.airflow_server import central_airflow, run_dag
 from tests.conftest import REPO_ROOT
-from tests.nodes import PROJECT, grant_all, running_nodes
+from tests.nodes import PROJECT, grant_all, pin_each_other, running_nodes
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow, pytest.mark.xdist_group("airflow")]
 CHROMIUM = os.environ.get("MIPFLOW_CHROMIUM", "/usr/bin/chromium")
@@ -62,6 +62,7 @@ def central(tmp_path_factory):
             ops.ingest(home, [path], profile=REPO_ROOT / "include" / "schemas" / "profiles" / f"{hospital}.json")
             grant_all(home.root, researcher="admin")  # the Airflow user who triggers the analysis
             homes.append(home)
+        pin_each_other([h.root for h in homes])  # the admins pinned each other's keys (ADR 0014)
         with running_nodes([h.root for h in homes]) as urls:
             server = ready()
             with server.client() as client:  # the nodes as Airflow connections, made through the REST API

@@ -26,7 +26,7 @@ from mipflow.central.client import NodeClient, NodeRefused, NodeUnavailable
 from mipflow.central.rounds import run_analysis
 from tests.mipflow.algorithms.helpers import assert_rel_close
 from tests.mipflow.algorithms.synthetic import MODEL, make_data, request
-from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, served_clients
+from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, pin_each_other, served_clients
 
 pytestmark = pytest.mark.xdist_group("secagg_federation")
 
@@ -72,6 +72,7 @@ def fed(tmp_path_factory) -> Iterator[Fed]:
         home.set_setting("differencing_check", 0)
         load_frame(roots[node], MODEL, data[SPLIT == k].reset_index(drop=True))
         grant_all(roots[node])
+    pin_each_other(roots)  # the admins pinned each other's keys (ADR 0014)
     with served_clients(roots) as served:
         yield Fed(roots, list(served.values()))
 

@@ -28,7 +28,7 @@ from tests.mipflow.algorithms.survival_data import (
     HOSPITALS, STROKE, complete, cox_design, make_stroke, request, round_up,
 )
 from tests.mipflow.algorithms.test_survival import COX_COLUMNS, COX_X, KM_COLUMNS, check_km, check_km_lifelines
-from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, served_clients
+from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, pin_each_other, served_clients
 
 #: every analysis here runs as the identity the nodes' grants approve
 run_analysis = functools.partial(_run_analysis, researcher=RESEARCHER, project=PROJECT)
@@ -54,6 +54,7 @@ def survival_federation(tmp_path_factory) -> Iterator[tuple[list[NodeClient], di
         home.set_setting("differencing_check", 0)
         assert load_frame(roots[hospital], STROKE, frame) == len(frame)
         grant_all(roots[hospital])
+    pin_each_other(roots)  # the admins pinned each other's keys (ADR 0014)
     with served_clients(roots) as served:
         yield list(served.values()), frames
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests.nodes import PROJECT, RESEARCHER, free_port, grant_all, load_frame, running_nodes
+from tests.nodes import PROJECT, RESEARCHER, free_port, grant_all, load_frame, pin_each_other, running_nodes
 
 #: The synthetic model's request the operator tests analyse (tests/mipflow/algorithms/synthetic.py).
 REQUEST = {"inputdata": {"data_model": "synth:1", "datasets": ["d0", "d1", "d2"], "x": ["x1", "age"],
@@ -35,6 +35,7 @@ def nodes(tmp_path_factory) -> dict[str, dict[str, Any]]:
         load_frame(home.root, MODEL, frame)
         homes.append(home)
     credentials = [issue_client(home.root, "central") for home in homes]
+    pin_each_other([home.root for home in homes])  # the admins pinned each other's keys (ADR 0014)
     with running_nodes([home.root for home in homes]) as urls:
         yield {home.name: {"url": url, "client_id": cred.client_id, "secret": cred.secret.hex(), "home": home.root}
                for home, url, cred in zip(homes, urls, credentials)}

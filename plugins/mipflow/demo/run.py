@@ -126,7 +126,8 @@ def serve_nodes(homes: Mapping[str, Path], timeout: float = 30.0) -> Iterator[di
     dict
         Hospital -> ``{"url", "client_id", "secret"}`` (secret in hex); the
         services stop when the block ends.  Each node also approves the demo
-        researcher in the demo project (:data:`DEMO_RESEARCHER`, :data:`DEMO_PROJECT`).
+        researcher in the demo project (:data:`DEMO_RESEARCHER`, :data:`DEMO_PROJECT`),
+        and pins every other node's secure-aggregation key (:func:`mipflow.secagg.trust.pin_each_other`).
     """
     import socket
     import time
@@ -134,7 +135,12 @@ def serve_nodes(homes: Mapping[str, Path], timeout: float = 30.0) -> Iterator[di
     import httpx
 
     from mipflow.protocol.signing import issue_client
+    from mipflow.secagg.trust import pin_each_other
 
+    # each hospital's admin pins the others' secure-aggregation keys (in a real federation after
+    # comparing fingerprints out of band: `mipflow secagg key`, then `mipflow secagg pin`; ADR 0014)
+    for hospital, shown in pin_each_other(homes).items():
+        print(f"{hospital}: secure-aggregation key {shown}, pinned by the other hospitals")
     procs: list[subprocess.Popen] = []
     nodes: dict[str, dict[str, str]] = {}
     try:

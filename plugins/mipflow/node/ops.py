@@ -137,6 +137,10 @@ def run_landing(home: NodeHome, *, consent: str | Path | None = None,
 
 
 def node_status(home: NodeHome, store: FeatureStore | None = None) -> dict[str, Any]:
+    """Data models, datasets, batches, and the secure-aggregation trust policy (labelled) with the
+    peers accepted now (:func:`mipflow.secagg.trust.summary`)."""
+    from mipflow.secagg.trust import summary as trust_summary
+
     store = store or open_store(home)
     return {
         "node": home.name,
@@ -146,6 +150,7 @@ def node_status(home: NodeHome, store: FeatureStore | None = None) -> dict[str, 
         "batches": [{k: b[k] for k in ("batch_id", "source", "data_model", "status", "rows_in", "loaded",
                                        "quarantined", "no_consent", "duplicates", "message")}
                     for b in store.batches()],
+        "secure_aggregation": trust_summary(home.root),
     }
 
 

@@ -49,11 +49,11 @@ central site re-runs the analysis without it.  The participant set is part
 of the seed context, so the re-run uses fresh, independent masks and no seed
 is ever revealed (see ``docs/adr/0014-secure-aggregation.md``).
 
-Key authenticity: a node checks the peers' public keys against its trust
-store (``secagg_peers.json``): keys pinned by its admin (policy ``pinned``:
-unknown or different keys are refused, which stops a malicious central site
-from substituting keys or inventing peers), or, by default, trust on first
-use (``tofu``: a peer's key may not change once seen).
+Key authenticity: a node masks only when every other participant is pinned in
+its trust store (``secagg_peers.json``) under exactly the announced key (policy
+``pinned``, the default: this stops a malicious central site from substituting
+keys or inventing peers); trust on first use (``tofu``) is a development setting
+only, and keys it learned are refused once the policy is ``pinned`` again.
 
 The package, by role: :mod:`~mipflow.secagg.codec` (ring, fixed point,
 additive form), :mod:`~mipflow.secagg.crypto` (keys, seeds, masks),

@@ -100,6 +100,32 @@ def load_keypair(root: str | Path, *, create: bool = True) -> KeyPair:
     return KeyPair.from_bytes(raw)
 
 
+def rotate_keypair(root: str | Path) -> KeyPair:
+    """Replace the node's key pair in ``HOME/secagg.key`` with a new one; the old private key is gone.
+
+    The new file is written beside the old one (mode 0600) and renamed over it, so a
+    concurrent reader sees either key, never a partial file.  Peers that pinned the old
+    public key refuse rounds with this node until their admins pin the new one.
+
+    Returns
+    -------
+    KeyPair
+        The new key pair (its public part and :func:`fingerprint` go to the peers' admins).
+    """
+    from cryptography.hazmat.primitives import serialization
+
+    path = Path(root) / KEY_FILE
+    pair = KeyPair.generate()
+    secret = pair.private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                        serialization.NoEncryption())
+    tmp = path.with_name(KEY_FILE + ".new")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret.hex() + "\n")
+    tmp.replace(path)
+    return pair
+
+
 def public_key(value: Any, name: str) -> bytes:
     try:
         key = bytes.fromhex(value) if isinstance(value, str) else b""

@@ -9,7 +9,7 @@ import pytest
 
 from mipflow.central.rounds import run_analysis
 from mipflow.exceptions import RequestError
-from tests.nodes import LINREG, PROJECT, RESEARCHER, in_process_node
+from tests.nodes import LINREG, PROJECT, RESEARCHER, in_process_node, pin_each_other
 
 
 def test_run_analysis_needs_a_researcher_and_project():
@@ -23,7 +23,9 @@ def in_process_nodes(tmp_path):
     """Three nodes on the synthetic model, reached in-process through their real signed API."""
     nodes = [in_process_node(tmp_path / f"node{i}", f"node{i}", seed=40 + i, rows=120, patients=f"p{i}")
              for i in range(3)]
-    yield [client for client, _ in nodes], [home for _, home in nodes]
+    homes = [home for _, home in nodes]
+    pin_each_other(homes)  # the admins pinned each other's keys (ADR 0014)
+    yield [client for client, _ in nodes], homes
     for client, _ in nodes:
         client.close()
 

@@ -8,6 +8,7 @@ import pytest
 from scipy import stats
 
 from mipflow import secagg
+from mipflow.secagg.trust import TrustStore
 from mipflow.exceptions import DisclosureError, RequestError
 from tests.mipflow.algorithms.synthetic import request
 from tests.mipflow.secagg.helpers import KEYS, LOCAL_REQUEST, PUBLIC, context, node_aggregate, zero_like
@@ -52,6 +53,10 @@ def test_mask_release_checks_the_call(tmp_path) -> None:
                                                        {"node": "b", "public_key": PUBLIC[1].hex()}]}
     agg = node_aggregate()
     args = dict(request=LOCAL_REQUEST.to_dict(), round_no=0, state=None, analysis_id="a1", aggregates=agg)
+    with pytest.raises(DisclosureError, match="'b' has no pinned") as err:  # pinned by default: nobody yet
+        secagg.mask_release(tmp_path, "me", "linear_regression", spec=peers, **args)
+    assert err.value.control == "secure_aggregation"
+    TrustStore(tmp_path).pin("b", PUBLIC[1].hex())
     out = secagg.mask_release(tmp_path, "me", "linear_regression", spec=peers, **args)
     assert set(out) == {"secure_aggregation"}
     assert set(out["secure_aggregation"]) == {"scheme", "layout", "masked"}

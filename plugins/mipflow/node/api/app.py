@@ -112,7 +112,7 @@ def create_app(home: NodeHome) -> FastAPI:
 
     context = StepContext.open(home)
     verifier = Verifier(load_clients(home.root))
-    pair = secagg.load_keypair(home.root)  # created at start, so its first use cannot race
+    secagg.load_keypair(home.root)  # created at start, so its first use cannot race
 
     app = FastAPI(title=f"mipflow node {home.name}", version=__version__,
                   description="Aggregate-only API of a mipflow hospital node. No endpoint returns a row.")
@@ -175,7 +175,9 @@ def create_app(home: NodeHome) -> FastAPI:
     @app.get("/v1/secagg/key", responses=UNAUTHENTICATED)
     async def secagg_key(request: Request) -> dict[str, Any]:
         client = await authenticate(request, b"", "secagg_key")
-        return describe_secagg_key(context, client, pair)
+        from mipflow.secagg.crypto import load_keypair  # read each time: `mipflow secagg rotate` takes effect
+
+        return describe_secagg_key(context, client, load_keypair(home.root))
 
     _document_step_body(app)
     return app

@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from mipflow import secagg
+from mipflow.secagg.trust import TrustStore
 from mipflow.exceptions import DisclosureError, MipflowError, RequestError, StoreError
 from mipflow.node.api.context import DataModelNotHeld, StepContext
 from mipflow.node.api.step import CHAIN, StepRequest, answer_step, refusal_of
@@ -78,9 +79,10 @@ def audit_records(context: StepContext) -> list[dict[str, Any]]:
 
 
 def peers(context: StepContext, *, me: str | None = None) -> dict[str, Any]:
-    """Participants: this node under its own key (or under ``me``'s name) and one peer."""
+    """Participants: this node under its own key (or under ``me``'s name) and one pinned peer."""
     own = secagg.load_keypair(context.home.root)
     other = secagg.KeyPair.from_bytes(bytes([17]) * 32)
+    TrustStore(context.home.root).pin("hospital_b", other.public_hex)  # the admin pinned the peer
     return {"scheme": secagg.SCHEME, "participants": [{"node": me or context.name, "public_key": own.public_hex},
                                                       {"node": "hospital_b", "public_key": other.public_hex}]}
 
