@@ -108,8 +108,8 @@ def time_grid(time_var: Variable, bin_width: float, max_time: float | None) -> n
     if max_time is not None:
         end = float(max_time)
         if end < origin or (time_var.max_value is not None and end > float(time_var.max_value)):
-            raise RequestError(f"max_time must lie within the declared range of {time_var.code!r} (its minValue, "
-                               "else 0, to its maxValue in the data model): choose a max_time inside it")
+            raise RequestError(f"max_time must lie within the declared range of {time_var.code!r} (from its "
+                               "minValue to its maxValue in the data model): choose a max_time inside it")
     elif time_var.max_value is None:
         raise RequestError(f"the time variable {time_var.code!r} declares no maxValue in the data model: give "
                            "the parameter 'max_time' (the end of follow-up; rows followed longer are censored "
