@@ -163,10 +163,12 @@ class MultipleHistograms(SpecAlgorithm):
             declared = self._declared_range(yvar)
             bins = self.params(request, model)["bins"]
             if declared is not None:
-                # the declared range is the only one: a range in the state (a central site's
-                # choice, e.g. narrowed around one value) is refused, not silently replaced
-                if state is not None and state.get("range") is not None and \
-                        [float(v) for v in state["range"]] != list(declared):
+                # the declared range and the request's bins are the only ones: a range or bins in
+                # the state (a central site's choice, e.g. narrowed around one value) are refused,
+                # not silently replaced
+                if state is not None and (
+                        (state.get("range") is not None and [float(v) for v in state["range"]] != list(declared))
+                        or (state.get("bins") is not None and int(state["bins"]) != bins)):
                     raise RequestError(self._range_refusal(yvar.code))
                 lo, hi = declared
             elif round == 0:
