@@ -245,7 +245,9 @@ def _run_case(federation: Federation, name: str, case_id: str, doc: dict, expect
     assert sorted(outcome.excluded) == sorted(refused), (case_id, outcome.excluded)
     for node, control in refused.items():
         assert f"({control})" in outcome.excluded[node], (case_id, node, outcome.excluded[node])
-        assert control != "min_row_count" or "0 row(s)" in outcome.excluded[node]
+        # the refusal names the rule and its threshold, never the node's row count (issue 14.2)
+        assert control != "min_row_count" or "fewer rows" in outcome.excluded[node] and \
+            "row(s)" not in outcome.excluded[node]
 
     if "nfilter_glm" in refused.values():
         # Exareme2's expected result includes the refused node's rows: compare
@@ -529,7 +531,8 @@ def test_small_node_is_excluded_and_the_others_give_the_result(default_federatio
     outcome = default_federation.run("linear_regression", SMALL_COHORT)
     assert set(outcome.excluded) == {"node_edsd"}
     reason = outcome.excluded["node_edsd"]
-    assert "min_row_count" in reason and f"{rows['node_edsd']} row(s)" in reason, reason
+    assert "fewer rows match than min_row_count (10)" in reason, reason
+    assert f"{rows['node_edsd']} row" not in reason, reason  # the node's row count stays there (issue 14.2)
     assert outcome.contributed == {"node_ppmi": rows["node_ppmi"], "node_desd": rows["node_desd"]}
     # the result is the other two nodes' rows, pooled
     model, frames = default_federation.frames["dementia:0.1"]

@@ -9,12 +9,14 @@ target's value be read or computed.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Iterable
 
 import numpy as np
 import pytest
 
 from mipflow.node.controls.disclosure import RAW_EXTREME_KEYS
+from tests.mipflow.algorithms.survival_data import STROKE
 from tests.privacy.conftest import (
     TARGET, TARGET_AGE, TARGET_FOLLOWUP, TARGET_NIHSS, Node, rule, start_node, where,
 )
@@ -247,3 +249,75 @@ def test_kmeans_centres_crafted_to_move_the_target_alone_are_refused(tmp_path, r
         fresh.refused("differencing", **_kmeans_round(fresh, second))
         # the centres' order is the central site's choice: reversed, still refused
         fresh.refused("differencing", **_kmeans_round(fresh, {**second, "centers": second["centers"][::-1]}))
+
+
+# --------------------------------------------------------------------------- release-shaping parameters (issue 14.4)
+
+SURVIVAL = dict(y=["followup_days", "death_90d"])
+
+
+def test_a_max_time_sweep_does_not_reveal_the_longest_follow_up(node):
+    # Before: a max_time below the target's follow-up (the longest) was refused ("holds times after
+    # the end of follow-up"), one above it answered; the switch gave the follow-up away.  Now the
+    # decision reads the request and the data model only: every max_time within the declared range
+    # of followup_days is answered (rows followed longer are censored there), every other one is
+    # refused with the same message.
+    declared = STROKE.variable("followup_days").max_value
+    assert TARGET_FOLLOWUP == declared  # the target is followed to the declared end
+    second = float(node.rows["followup_days"].drop(index=0).max())
+    sweep = sorted({second - 1, second, (second + TARGET_FOLLOWUP) / 2, TARGET_FOLLOWUP - 1, TARGET_FOLLOWUP})
+    for max_time in sweep:
+        reply = node.allowed("kaplan_meier", **SURVIVAL, parameters={"event_level": "yes", "max_time": max_time,
+                                                                      "bin_width": 30.0})
+        group = reply["aggregates"]["groups"][0]
+        assert sum(group["events"]) + sum(group["censored"]) == len(node.rows)
+    refusals = set()
+    for max_time in (TARGET_FOLLOWUP + 1, 10 * TARGET_FOLLOWUP, -1.0):
+        reply = node.call("kaplan_meier", **SURVIVAL, parameters={"event_level": "yes", "max_time": max_time})
+        assert reply.status_code == 400, reply.text
+        detail = reply.json()["detail"]
+        assert "max_time must lie within the declared range of 'followup_days'" in detail
+        refusals.add(detail)
+    assert len(refusals) == 1  # the same words whatever the value asked
+
+
+def test_a_cox_max_time_below_the_longest_follow_up_is_answered(node):
+    # the same rule for Cox regression's time grid
+    node.allowed("cox_regression", **SURVIVAL, x=["age"], parameters={"event_level": "yes", "max_time": 1000.0,
+                                                                      "bin_width": 30.0})
+
+
+@pytest.mark.parametrize("state", [
+    {"range": [18.0, 19.0], "bins": 1},      # one bin around the target's age
+    {"range": [18.4, 18.6], "bins": 2},
+    {"range": [18.0, 90.0], "bins": 1000},   # the declared range, bins beyond the bound
+], ids=["narrowed", "narrowed-two-bins", "too-many-bins"])
+def test_histogram_ranges_narrowed_around_a_value_are_refused_by_the_metadata_rule(node, state):
+    # a hostile central site skips round 0 and sends its own bins: the node bins age over its
+    # declared range (18..90) into the request's bins only, and refuses any other range
+    reply = node.call("multiple_histograms", y=["age"], parameters={"bins": 1}, round=1, state=state,
+                      analysis_id="narrow")
+    assert reply.status_code == 400, reply.text
+    assert "declared range" in reply.json()["detail"]
+    assert str(TARGET_AGE) not in reply.text
+
+
+def test_a_histogram_of_a_variable_without_a_declared_range_is_refused_before_reading_rows():
+    # the stroke model declares every numerical range; a copy without age's range stands for a
+    # data model that does not: the bins would come from the rows' extremes or the central site
+    from mipflow.algorithms import AnalysisRequest, get_algorithm
+    from mipflow.exceptions import RequestError
+    from mipflow.node.controls.disclosure import DisclosureControls
+    from mipflow.node.home import NodeSettings
+
+    model = dataclasses.replace(STROKE, variables={
+        **STROKE.variables, "age": dataclasses.replace(STROKE.variable("age"), min_value=None, max_value=None)})
+    req = AnalysisRequest(data_model=model.key, datasets=("hospital_a",), x=(), y=("age",), parameters={"bins": 5})
+    algo = get_algorithm("multiple_histograms")
+    with pytest.raises(RequestError, match="declares none") as info:
+        DisclosureControls(NodeSettings()).check_request(algo, req, model)
+    assert "'age'" in str(info.value)
+    # a node whose admin releases extremes answers as Exareme2 (pooled minimum and maximum)
+    DisclosureControls(NodeSettings(release_extremes=1)).check_request(algo, req, model)
+    # a declared range needs nothing more
+    DisclosureControls(NodeSettings()).check_request(algo, dataclasses.replace(req), STROKE)

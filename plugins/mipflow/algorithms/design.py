@@ -51,8 +51,10 @@ def category_codes(series: pd.Series, variable: Variable) -> pd.Series:
     allowed = set(variable.enumeration_codes)
     bad = sorted({c for c in unique_codes if c is not None and c not in allowed})
     if bad:
+        # the values themselves are rows' data: neither the reply nor the audit record names them
         raise DataModelError(
-            f"variable {variable.code!r} holds values outside its enumerations: {', '.join(bad[:5])}"
+            f"variable {variable.code!r} holds values outside its enumerations in the data model: the node's "
+            "admin must correct the data or the data model"
         )
     return codes
 

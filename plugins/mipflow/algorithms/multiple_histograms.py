@@ -17,8 +17,13 @@ control can replace any count below its threshold by ``None`` before
 release.  The global step sums the counts; a bin that sums to zero, or that
 every node suppressed, is reported as ``None`` (Exareme2's convention).
 
-Disclosure note: without declared bounds, the outer bin edges are the pooled
-minimum and maximum of ``y`` (as in Exareme2).
+Disclosure note: the bin edges are release-shaping parameters and come from
+public metadata only (issue 14.4, ADR 0023): the declared range, split into
+``bins`` (1 to 100) equal bins.  A state naming another range is refused.
+Without declared bounds, the outer bin edges are the pooled minimum and maximum
+of ``y`` (as in Exareme2), which only a node that releases extremes
+(``release_extremes`` 1) answers; any other node refuses the request before
+reading a row (:meth:`MultipleHistograms.undeclared_ranges`).
 """
 from __future__ import annotations
 
@@ -124,6 +129,24 @@ class MultipleHistograms(SpecAlgorithm):
             return None
         return float(var.min_value), float(var.max_value)
 
+    @staticmethod
+    def _range_refusal(code: str) -> str:
+        return (f"a histogram of {code!r} is binned over its declared range (minValue and maxValue in the "
+                "data model) into 'bins' equal bins; a range chosen by the request or the central site is "
+                "not accepted")
+
+    def undeclared_ranges(self, request: AnalysisRequest, model: DataModel) -> tuple[str, ...]:
+        """The numerical variable to bin, when the data model declares no range for it.
+
+        A node that does not release extremes refuses these requests before reading a row
+        (:meth:`mipflow.node.controls.disclosure.DisclosureControls.check_request`): the bin edges
+        would otherwise come from the rows' extremes or from the central site (issue 14.4).
+        """
+        yvar = model.variable(request.y[0])
+        if yvar.is_categorical or self._declared_range(yvar) is not None:
+            return ()
+        return (yvar.code,)
+
     def _groups(self, request: AnalysisRequest, model: DataModel) -> list[tuple[str | None, str | None]]:
         out: list[tuple[str | None, str | None]] = [(None, None)]
         for code in request.x:
@@ -138,9 +161,16 @@ class MultipleHistograms(SpecAlgorithm):
         else:
             values = numeric_values(data[yvar.code])
             declared = self._declared_range(yvar)
+            bins = self.params(request, model)["bins"]
             if declared is not None:
+                # the declared range and the request's bins are the only ones: a range or bins in
+                # the state (a central site's choice, e.g. narrowed around one value) are refused,
+                # not silently replaced
+                if state is not None and (
+                        (state.get("range") is not None and [float(v) for v in state["range"]] != list(declared))
+                        or (state.get("bins") is not None and int(state["bins"]) != bins)):
+                    raise RequestError(self._range_refusal(yvar.code))
                 lo, hi = declared
-                bins = self.params(request, model)["bins"]
             elif round == 0:
                 if len(values) == 0:
                     return {"n": 0, "min": None, "max": None}
@@ -148,7 +178,8 @@ class MultipleHistograms(SpecAlgorithm):
             else:
                 assert state is not None
                 lo, hi = state["range"]
-                bins = int(state["bins"])
+                if int(state["bins"]) != bins:
+                    raise RequestError(f"the state's number of bins is not the request's 'bins' ({bins})")
             count = bin_counter(values, bins, (lo, hi))
 
         group_codes = {code: category_codes(data[code], model.variable(code)).to_numpy()

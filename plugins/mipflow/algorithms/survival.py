@@ -60,8 +60,9 @@ SURVIVAL_PARAMETERS: dict[str, ParamSpec] = {
                            description="Times are rounded up to a grid of this width from the time "
                                        "variable's minValue (docs/adr/0008-survival-binning.md)."),
     "max_time": ParamSpec(types=("real",), label="End of follow-up",
-                          description="The end of the time grid; needed when the time variable declares "
-                                      "no maxValue."),
+                          description="The end of the time grid, within the time variable's declared "
+                                      "range; rows followed longer are censored there. Needed when the "
+                                      "time variable declares no maxValue."),
 }
 
 
@@ -86,6 +87,13 @@ def check_outcome(name: str, request: AnalysisRequest, model: DataModel, event_l
 def time_grid(time_var: Variable, bin_width: float, max_time: float | None) -> np.ndarray:
     """Grid points ``origin + k * bin_width`` up to the first point at or past the end.
 
+    The grid shapes the release, so it comes from the request and the data model only
+    (issue 14.4): ``origin`` is the declared ``minValue`` (0 when undeclared), the end is
+    ``max_time`` when given, else the declared ``maxValue``.  ``max_time`` must lie within
+    the declared range; a time variable without a declared ``maxValue`` needs ``max_time``.
+    Whether a request is refused never depends on the rows: rows followed beyond the end are
+    censored there (:func:`outcome`).
+
     Returns
     -------
     numpy.ndarray, shape (K + 1,)
@@ -93,16 +101,23 @@ def time_grid(time_var: Variable, bin_width: float, max_time: float | None) -> n
     Raises
     ------
     RequestError
-        If the end of follow-up is unknown, or the grid would be too long.
+        If the end of follow-up is unknown or outside the declared range, or the grid would be
+        too long.
     """
     origin = float(time_var.min_value) if time_var.min_value is not None else 0.0
-    end = max_time if max_time is not None else time_var.max_value
-    if end is None:
-        raise RequestError(f"the time variable {time_var.code!r} declares no maxValue: give the parameter "
-                           "'max_time' (the longest follow-up)")
-    end = float(end)
-    if end < origin:
-        raise RequestError(f"max_time {end:g} is before the time origin {origin:g}")
+    if max_time is not None:
+        end = float(max_time)
+        if end < origin or (time_var.max_value is not None and end > float(time_var.max_value)):
+            raise RequestError(f"max_time must lie within the declared range of {time_var.code!r} (from its "
+                               "minValue to its maxValue in the data model): choose a max_time inside it")
+    elif time_var.max_value is None:
+        raise RequestError(f"the time variable {time_var.code!r} declares no maxValue in the data model: give "
+                           "the parameter 'max_time' (the end of follow-up; rows followed longer are censored "
+                           "there)")
+    else:
+        end = float(time_var.max_value)
+        if end < origin:
+            raise RequestError(f"the time variable {time_var.code!r} declares a maxValue below its minValue")
     n_bins = math.ceil((end - origin) / bin_width - 1e-12)
     if n_bins + 1 > MAX_GRID_POINTS:
         raise RequestError(f"bin_width {bin_width:g} over [{origin:g}, {end:g}] gives {n_bins + 1} grid points, "
@@ -119,24 +134,26 @@ def outcome(data: pd.DataFrame, request: AnalysisRequest, model: DataModel, grid
             event_level: str) -> tuple[np.ndarray, np.ndarray]:
     """Grid index of each row's rounded-up time and its event indicator.
 
+    A row followed beyond the last grid point (the end of follow-up, ``max_time``) is
+    censored there: it was at risk through the whole grid and its later event, if any, is not
+    counted (administrative censoring).  Refusing such rows would make the refusal an oracle
+    of the longest follow-up (issue 14.2); censoring them is a rule that does not look at the
+    rows, and equals the pooled analysis of the rows censored at ``max_time``.
+
     Returns
     -------
     index : numpy.ndarray of int, shape (n,)
-        ``k`` such that ``grid[k-1] < time <= grid[k]`` (``grid[-1]`` read as -inf).
+        ``k`` such that ``grid[k-1] < time <= grid[k]`` (``grid[-1]`` read as -inf), at most
+        ``len(grid) - 1``.
     event : numpy.ndarray of bool, shape (n,)
-
-    Raises
-    ------
-    RequestError
-        If a time lies after the last grid point.
     """
     times = numeric_values(data[request.y[0]])
     index = np.searchsorted(grid, times, side="left")
-    if np.any(index >= len(grid)):
-        raise RequestError(f"{request.y[0]} holds times after the end of follow-up ({grid[-1]:g}); "
-                           "raise 'max_time'")
     event_var = model.variable(request.y[1])
     event = category_codes(data[request.y[1]], event_var).to_numpy() == str(event_level)
+    beyond = index >= len(grid)
+    index[beyond] = len(grid) - 1
+    event = event & ~beyond
     return index.astype(np.int64), event
 
 

@@ -209,8 +209,9 @@ def test_integer_coded_categories_match_their_codes() -> None:
     codes = category_codes(pd.Series([1.0, 3.0, np.nan]), MODEL.variable("stage"))
     assert codes.tolist() == ["1", "3", None]
     assert level_counts(pd.DataFrame({"stage": [1, 1, 2]}), ["stage"], MODEL) == {"stage": [2, 1, 0]}
-    with pytest.raises(DataModelError, match="outside its enumerations"):
+    with pytest.raises(DataModelError, match="outside its enumerations") as info:
         category_codes(pd.Series([7]), MODEL.variable("stage"))
+    assert "7" not in str(info.value)  # the rows' values are not named (issue 14.2)
 
 
 # --------------------------------------------------------------------------- moments

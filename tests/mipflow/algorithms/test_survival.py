@@ -433,8 +433,30 @@ def test_efron_needs_every_node_to_send_tied_event_sums() -> None:
         alg.global_step(1, [answer, old], req, STROKE, state)
 
 
-def test_times_after_the_end_of_follow_up_are_a_request_error() -> None:
+def test_times_after_the_end_of_follow_up_are_censored_there() -> None:
+    # issue 14.2: refusing rows followed beyond max_time made the refusal an oracle of the
+    # longest follow-up; they are censored at max_time instead, and the curve equals the pooled
+    # one of the rows censored there
     data = make_stroke(17, 60)
+    assert (data["followup_days"] > 100).any() and ((data["followup_days"] > 100) & (data["death_90d"] == "yes")).any()
     req = request("kaplan_meier", max_time=100.0)
-    with pytest.raises(RequestError, match="after the end of follow-up"):
-        run_in_process(get_algorithm("kaplan_meier"), [data], req, STROKE)
+    result = run_in_process(get_algorithm("kaplan_meier"), [data], req, STROKE)
+    censored = data.copy()
+    beyond = censored["followup_days"] > 100
+    censored.loc[beyond, "followup_days"] = 100.0
+    censored.loc[beyond, "death_90d"] = "no"
+    check_km(result, censored.dropna(subset=["followup_days", "death_90d"]), grouped=False)
+    assert result["curves"][0]["timeline"][-1] <= 100.0
+
+
+@pytest.mark.parametrize("algorithm", ["kaplan_meier", "cox_regression"])
+@pytest.mark.parametrize("max_time", [3651.0, 1e9, -1.0])
+def test_max_time_outside_the_declared_range_is_a_request_error(algorithm, max_time) -> None:
+    # issue 14.4: the end of the grid is checked against the data model's declared range, never the rows
+    from mipflow.algorithms import AnalysisRequest
+
+    req = AnalysisRequest(data_model=STROKE.key, datasets=("hospital_a",), x=("sex",),
+                          y=("followup_days", "death_90d"), parameters={"event_level": "yes", "max_time": max_time})
+    with pytest.raises(RequestError, match="max_time must lie within the declared range") as info:
+        get_algorithm(algorithm).validate(req, STROKE)
+    assert str(int(max_time)) not in str(info.value) and "3650" not in str(info.value)

@@ -27,7 +27,7 @@ from typing import Any, Iterable
 from mipflow.algorithms.contract import Algorithm
 from mipflow.node.home import NodeSettings
 from mipflow.protocol.datamodel import DataModel
-from mipflow.exceptions import DisclosureError
+from mipflow.exceptions import DisclosureError, RequestError
 
 #: Keys that would carry a raw extreme value of one patient.
 RAW_EXTREME_KEYS = frozenset({"min", "max", "minimum", "maximum", "q1", "q2", "q3", "median", "quantiles"})
@@ -54,38 +54,66 @@ class DisclosureControls:
                                       control="nfilter_string")
 
     def check_request(self, algorithm: Algorithm, request: Any, model: DataModel) -> None:
-        """Refuse categorical variables with more levels than ``nfilter_levels_max``."""
+        """Refuse categorical variables with more levels than ``nfilter_levels_max``, and releases
+        shaped by a range the data model does not declare (issue 14.4).
+
+        An algorithm whose release is binned over a variable's range names the variables whose
+        ``minValue``/``maxValue`` it needs in ``undeclared_ranges(request, model)`` (e.g.
+        :class:`~mipflow.algorithms.multiple_histograms.MultipleHistograms`).  Without a declared
+        range the bins would be laid over the rows' own extremes, or over a range the central site
+        chooses; a node that does not release extremes (``release_extremes`` 0) refuses such a
+        request before reading a row.  Both decisions depend on the request, the data model and
+        the settings only.
+        """
         limit = self.settings.nfilter_levels_max
         for code in algorithm.variables(request):
             var = model.variable(code)
             if var.is_categorical and len(var.enumerations) > limit:
                 raise DisclosureError(f"variable {code!r} has {len(var.enumerations)} levels, more than "
                                       f"nfilter_levels_max ({limit})", control="nfilter_levels_max")
+        undeclared_ranges = getattr(algorithm, "undeclared_ranges", None)
+        if undeclared_ranges is not None and not self.settings.release_extremes:
+            missing = undeclared_ranges(request, model)
+            if missing:
+                raise RequestError(
+                    f"{algorithm.name} bins {', '.join(map(repr, missing))} over the range the data model "
+                    "declares (minValue and maxValue), and the data model declares none: ask the data "
+                    "model's maintainers to declare it, or analyse another variable")
 
     def check_rows(self, algorithm: Algorithm, request: Any, model: DataModel, n_rows: int) -> None:
         """Refuse a step on fewer than ``min_row_count`` rows, a filter selecting fewer than
-        ``nfilter_subset`` rows, or a model with more than ``nfilter_glm`` parameters per row."""
+        ``nfilter_subset`` rows, or a model with more than ``nfilter_glm`` parameters per row.
+
+        The messages state the rule, its threshold (a setting) and what the researcher can
+        change, never the number of rows or a fold's size (issue 14.2): two nodes refusing for
+        the same reason answer the same bytes, whatever their data.  The exact count stays in
+        the node's audit record (``rows``).
+        """
         s = self.settings
         if n_rows < s.min_row_count:
-            raise DisclosureError(f"{n_rows} row(s) match, fewer than min_row_count ({s.min_row_count})",
+            raise DisclosureError(f"fewer rows match than min_row_count ({s.min_row_count}): widen the filter, "
+                                  "add datasets or choose variables with fewer missing values",
                                   control="min_row_count")
         if request.filters and 0 < n_rows < s.nfilter_subset:
-            raise DisclosureError(f"the filter selects fewer than nfilter_subset ({s.nfilter_subset}) rows",
-                                  control="nfilter_subset")
+            raise DisclosureError(f"the filter selects fewer than nfilter_subset ({s.nfilter_subset}) rows: "
+                                  "widen the filter", control="nfilter_subset")
         n_params = algorithm.parameter_count(request, model)
         if n_params is not None and n_params > s.nfilter_glm * n_rows:
-            raise DisclosureError(f"{n_params} parameters for {n_rows} rows exceeds nfilter_glm "
-                                  f"({s.nfilter_glm} parameters per row)", control="nfilter_glm")
+            raise DisclosureError(f"the model has more parameters than nfilter_glm ({s.nfilter_glm}) per matching "
+                                  "row allows: use fewer covariates (or ones with fewer levels), or select more "
+                                  "rows", control="nfilter_glm")
         fold_sizes = algorithm.fold_sizes(request, n_rows)
         if fold_sizes is not None:
             # cross-validation releases statistics of every fold: each fold is checked as a step
             smallest = min(fold_sizes)
             if smallest < s.min_row_count:
-                raise DisclosureError(f"a cross-validation fold of {smallest} row(s) is smaller than "
-                                      f"min_row_count ({s.min_row_count})", control="min_row_count")
+                raise DisclosureError(f"a cross-validation fold would hold fewer rows than min_row_count "
+                                      f"({s.min_row_count}): use fewer splits (n_splits) or select more rows",
+                                      control="min_row_count")
             if n_params is not None and n_params > s.nfilter_glm * smallest:
-                raise DisclosureError(f"{n_params} parameters for a fold of {smallest} rows exceeds "
-                                      f"nfilter_glm ({s.nfilter_glm} parameters per row)", control="nfilter_glm")
+                raise DisclosureError(f"a cross-validation fold would hold too few rows for the model under "
+                                      f"nfilter_glm ({s.nfilter_glm} parameters per row): use fewer splits "
+                                      "(n_splits) or fewer covariates, or select more rows", control="nfilter_glm")
 
     # -- the aggregates -----------------------------------------------------------
     def release(self, algorithm: Algorithm, request: Any, model: DataModel, round_no: int,

@@ -124,8 +124,16 @@ def test_small_cohort_is_refused(node):
 def test_raw_extremes_never_leave(node):
     request = {"inputdata": {"data_model": "dementia:0.1", "datasets": ["edsd0"], "x": [],
                              "y": ["lefthippocampus"], "filters": None}, "parameters": {"bins": 5}}
+    # a histogram over a range the data model does not declare is refused before any row is read
+    # (issue 14.4): its bins would come from the rows' extremes or from the central site
     with pytest.raises(NodeRefused) as info:
         client(node).step("multiple_histograms", request, 0, None, **WHO)
+    assert info.value.status == 400 and "declares none" in info.value.reason
+    assert audit(node)[-1]["control"] == "request"
+    # a step that would release the extremes themselves is refused by raw_extremes
+    request["parameters"] = {"k": 2, "init": "exareme2"}
+    with pytest.raises(NodeRefused) as info:
+        client(node).step("kmeans", request, 0, None, **WHO)
     assert info.value.control == "raw_extremes"
 
 
