@@ -9,7 +9,7 @@ apart in a result).  A node that
 drops out after the first round restarts the analysis without it, so every
 result is computed on one consistent set of nodes.  An algorithm may instead
 end the analysis on the rounds already combined when nodes refuse a later
-round (:meth:`mipflow.algorithms.contract.SpecAlgorithm.on_refusal`; k-means near
+round (:meth:`mipflow.algorithms.spec.SpecAlgorithm.on_refusal`; k-means near
 convergence, docs/adr/0020-kmeans-privacy-stop.md): every node then counts as
 contributing and the outcome's ``stopped`` says which node refused which round.
 

@@ -86,7 +86,7 @@ class SelectionCache:
     def rows(self, algo: Any, analysis: Any, model: Any, variables: Sequence[str],
              frame_cache_mb: int) -> tuple[Any, Cohorts]:
         """``(data, cohorts)``: the local step's rows (no row keys) and the cohorts they form."""
-        from mipflow.algorithms.contract import prepare_local_data
+        from mipflow.algorithms.local import prepare_local_data
         from mipflow.node.query.read import select_frame
 
         variables = list(variables)

@@ -195,7 +195,7 @@ def select_frame(store: FeatureStore, model: DataModel, *, datasets: Sequence[st
         Also return the rows' store keys ``_pid`` and ``_visit`` (text, last),
         for the node's own differencing controls (:mod:`mipflow.node.controls.differencing`).
         They must never leave the node: only the node API asks for them, and
-        :func:`mipflow.algorithms.contract.prepare_local_data` drops them.
+        :func:`mipflow.algorithms.local.prepare_local_data` drops them.
 
     Returns
     -------
