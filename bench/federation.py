@@ -52,7 +52,7 @@ def make_rows(n: int, seed: int, site: int) -> pd.DataFrame:
 
 def drop_node_caches(homes, model) -> None:
     """Make every node read its rows again: rewrite its datasets registry, as a load does."""
-    from mipflow.node.store import FeatureStore
+    from mipflow.node.store.feature_store import FeatureStore
 
     for home in homes:
         store = FeatureStore(home.db_url)
@@ -180,7 +180,7 @@ def main() -> int:
             peaks = {h.name: node_peak_rss_mib(h.root) for h in homes}
             print("  node peak memory (VmHWM) after both fits: " + ", ".join(
                 f"{name} {peak:.0f} MiB" if peak is not None else f"{name} unknown" for name, peak in peaks.items())
-                + f" (selections kept between rounds: at most frame_cache_mb, default 1024 MiB)")
+                + " (selections kept between rounds: at most frame_cache_mb, default 1024 MiB)")
             for c in clients:
                 c.close()
 

@@ -8,7 +8,7 @@ import pytest
 
 from mipflow.node import ops
 from mipflow.node.home import NodeHome
-from mipflow.node.store import open_store
+from mipflow.node.store.feature_store import open_store
 from tests.conftest import REPO_ROOT
 
 STROKE = REPO_ROOT / "include" / "schemas" / "stroke_v_0_1" / "CDEsMetadata.json"

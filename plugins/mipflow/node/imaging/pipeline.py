@@ -59,7 +59,8 @@ from mipflow.node.home import NodeHome
 from mipflow.protocol.datamodel import DataModel, bundled_data_model_path, load_data_model
 from mipflow.exceptions import ConfigError, StoreError
 from mipflow.node.files import DICOM_KIND, landing_path_key, path_index
-from mipflow.node.store import FeatureStore, batches_table, files_table, open_store, utcnow
+from mipflow.node.store.feature_store import FeatureStore, open_store, utcnow
+from mipflow.node.store.tables import batches_table, files_table
 
 log = logging.getLogger(__name__)
 

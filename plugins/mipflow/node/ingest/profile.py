@@ -25,7 +25,7 @@ from typing import Any, Mapping
 from mipflow.node.deid.rules import DeidProfile
 from mipflow.exceptions import ConfigError, ProfileError
 from mipflow.node.home import NodeHome
-from mipflow.node.store import FeatureStore
+from mipflow.node.store.feature_store import FeatureStore
 from mipflow.protocol.datamodel import DataModel
 
 

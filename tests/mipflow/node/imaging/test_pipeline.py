@@ -16,8 +16,8 @@ from pydicom.data import get_testdata_file
 from mipflow.node.home import NodeHome
 from mipflow.node.deid.pseudonyms import Pseudonymiser
 from mipflow.node.imaging import pipeline as imaging
-from mipflow.node.store import open_store
-from mipflow.node.store import files_table
+from mipflow.node.store.feature_store import open_store
+from mipflow.node.store.tables import files_table
 from tests.mipflow.node.ingest.test_pipeline import all_text
 
 from .conftest import inject_phi, phi_strings, read
