@@ -291,14 +291,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(ops.dumps(outcome.to_dict()))
         return 0
     if args.command == "secagg":
-        from mipflow import secagg
+        from mipflow.secagg.crypto import fingerprint, load_keypair
+        from mipflow.secagg.trust import TrustStore
 
         home = NodeHome(args.home)
-        store = secagg.TrustStore(home.root)
+        store = TrustStore(home.root)
         if args.secagg_command == "key":
-            pair = secagg.load_keypair(home.root)
+            pair = load_keypair(home.root)
             print(ops.dumps({"node": home.name, "public_key": pair.public_hex,
-                             "fingerprint": secagg.fingerprint(pair.public_bytes)}))
+                             "fingerprint": fingerprint(pair.public_bytes)}))
         elif args.secagg_command == "pin":
             print(ops.dumps({"peer": args.peer, "fingerprint": store.pin(args.peer, args.public_key)}))
         elif args.secagg_command == "policy":
@@ -307,7 +308,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         else:
             doc = store.load()
             for entry in doc["peers"].values():
-                entry["fingerprint"] = secagg.fingerprint(bytes.fromhex(entry["public_key"]))
+                entry["fingerprint"] = fingerprint(bytes.fromhex(entry["public_key"]))
             print(ops.dumps(doc))
         return 0
     if args.command == "access":

@@ -6,7 +6,10 @@ from fractions import Fraction
 
 import pytest
 
-from mipflow import secagg
+from mipflow.secagg.codec import SCALE, additive_form, decode
+from mipflow.secagg.crypto import KeyPair, fingerprint, load_keypair, mask
+from mipflow.secagg.node_side import masked_release
+from mipflow.secagg.trust import PEERS_FILE, TrustStore
 from mipflow.exceptions import DisclosureError
 from tests.mipflow.secagg.helpers import KEYS, PUBLIC, context, node_aggregate
 
@@ -15,17 +18,17 @@ def test_key_substitution_would_unmask_a_node_which_is_why_peers_are_checked(tmp
     """What the trust store is for: with keys the centre controls for every peer of node 0,
     the centre computes node 0's masks.  The trust store refuses those keys."""
     ctx = context()
-    centre = secagg.KeyPair.generate()
+    centre = KeyPair.generate()
     fake = [PUBLIC[0], centre.public_bytes]
     aggregate = node_aggregate()
-    release = secagg.masked_release(KEYS[0], fake, ctx, aggregate)
-    layout, truth = secagg.additive_form(aggregate)
-    theirs = secagg.mask(centre, fake, ctx, len(truth))  # the centre's side of the pair
-    unmasked = [secagg.decode(int(v, 16) + m) for v, m in zip(release["secure_aggregation"]["masked"], theirs)]
-    assert all(abs(u - t) <= Fraction(1, secagg.SCALE) for u, t in zip(unmasked, truth))
+    release = masked_release(KEYS[0], fake, ctx, aggregate)
+    layout, truth = additive_form(aggregate)
+    theirs = mask(centre, fake, ctx, len(truth))  # the centre's side of the pair
+    unmasked = [decode(int(v, 16) + m) for v, m in zip(release["secure_aggregation"]["masked"], theirs)]
+    assert all(abs(u - t) <= Fraction(1, SCALE) for u, t in zip(unmasked, truth))
 
     # trust on first use: a known peer's key may not change
-    store = secagg.TrustStore(tmp_path)
+    store = TrustStore(tmp_path)
     store.check({"hospital_b": PUBLIC[1], "hospital_c": PUBLIC[2]})
     store.check({"hospital_b": PUBLIC[1]})
     with pytest.raises(DisclosureError, match="first seen") as err:
@@ -38,7 +41,7 @@ def test_key_substitution_would_unmask_a_node_which_is_why_peers_are_checked(tmp
     store.pin("hospital_b", PUBLIC[2].hex())
     with pytest.raises(DisclosureError, match="pinned"):
         store.check({"hospital_b": PUBLIC[1]})
-    assert oct((tmp_path / secagg.PEERS_FILE).stat().st_mode & 0o777) == "0o600"
+    assert oct((tmp_path / PEERS_FILE).stat().st_mode & 0o777) == "0o600"
 
 
 def test_cli_key_pin_policy(tmp_path, capsys) -> None:
@@ -48,9 +51,9 @@ def test_cli_key_pin_policy(tmp_path, capsys) -> None:
     NodeHome.init(tmp_path / "h", "hospital_a")
     assert main(["secagg", "key", str(tmp_path / "h")]) == 0
     shown = json.loads(capsys.readouterr().out)
-    assert shown["public_key"] == secagg.load_keypair(tmp_path / "h").public_hex
+    assert shown["public_key"] == load_keypair(tmp_path / "h").public_hex
     assert main(["secagg", "pin", str(tmp_path / "h"), "--peer", "hospital_b", "--public-key", PUBLIC[1].hex()]) == 0
-    assert json.loads(capsys.readouterr().out)["fingerprint"] == secagg.fingerprint(PUBLIC[1])
+    assert json.loads(capsys.readouterr().out)["fingerprint"] == fingerprint(PUBLIC[1])
     assert main(["secagg", "policy", str(tmp_path / "h"), "pinned"]) == 0
     capsys.readouterr()
     assert main(["secagg", "peers", str(tmp_path / "h")]) == 0
