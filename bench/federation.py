@@ -52,7 +52,7 @@ def make_rows(n: int, seed: int, site: int) -> pd.DataFrame:
 
 def drop_node_caches(homes, model) -> None:
     """Make every node read its rows again: rewrite its datasets registry, as a load does."""
-    from mipflow.node.store import FeatureStore
+    from mipflow.node.store.feature_store import FeatureStore
 
     for home in homes:
         store = FeatureStore(home.db_url)

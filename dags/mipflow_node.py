@@ -20,7 +20,7 @@ FEATURE_STORE = Asset(name="mipflow_node_feature_store", uri="mipflow://node/fea
 
 
 def _waiting(stage: str) -> list[str]:
-    from mipflow.node.store import open_store
+    from mipflow.node.store.feature_store import open_store
     from mipflow.node.ingest.stages import waiting
 
     return waiting(open_store(node_home()), stage)

@@ -98,7 +98,7 @@ def load_frame(home, model, frame, pid_column: str = "subjectcode") -> int:
     import pandas as pd
 
     from mipflow.node.home import NodeHome
-    from mipflow.node.store import FeatureStore
+    from mipflow.node.store.feature_store import FeatureStore
 
     store = FeatureStore(NodeHome(home).db_url)
     store.add_data_model(model)

@@ -206,7 +206,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         serve(NodeHome(args.home), host=args.host, port=args.port)
         return 0
     from mipflow.node import ops
-    from mipflow.node.store import open_store
+    from mipflow.node.store.feature_store import open_store
 
     if args.command == "node":
         if args.node_command == "init":

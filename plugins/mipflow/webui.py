@@ -38,8 +38,9 @@ def node_quality(home: Any) -> dict[str, Any]:
 
     from mipflow.node.controls.audit import AuditLog, verify_chain
     from mipflow.node.api.app import AUDIT_FILE
-    from mipflow.node.store import open_store  # rewrites an older store's raw landing paths first (ADR 0004)
-    from mipflow.node.store import consent_log_table, quarantine_table
+    # open_store rewrites an older store's raw landing paths first (ADR 0004)
+    from mipflow.node.store.feature_store import open_store
+    from mipflow.node.store.tables import consent_log_table, quarantine_table
 
     store = open_store(home)
     try:

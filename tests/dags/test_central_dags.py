@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from mipflow.node import ops
-from mipflow.node.store import open_store
+from mipflow.node.store.feature_store import open_store
 from mipflow.protocol.signing import issue_client
 from mipflow.node.home import NodeHome
 from mipflow.central.results import ResultStore

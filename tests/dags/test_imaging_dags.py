@@ -6,7 +6,7 @@ import sqlalchemy as sa
 
 from mipflow.node.home import NodeHome
 from mipflow.node.deid.pseudonyms import Pseudonymiser
-from mipflow.node.store import open_store
+from mipflow.node.store.feature_store import open_store
 from tests.conftest import REPO_ROOT
 from tests.mipflow.node.imaging.conftest import NODE_KEY, build_landing, raw_identifiers
 

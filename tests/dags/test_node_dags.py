@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from mipflow.node import ops
-from mipflow.node.store import open_store
+from mipflow.node.store.feature_store import open_store
 from mipflow.node.home import NodeHome
 from mipflow.node.files import EHR_KIND, file_ref, landing_path_key
 from mipflow.demo.synth import generate_consent, generate_export, write_export

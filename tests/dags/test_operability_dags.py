@@ -163,7 +163,7 @@ def node_home(tmp_path_factory):
 
 
 def test_node_api_mounted_in_airflow_takes_signed_calls_and_refuses_unsigned(airflow_db, node_home):
-    from mipflow.node.store import open_store
+    from mipflow.node.store.feature_store import open_store
 
     home, cred = node_home
     request = {"inputdata": {"data_model": "stroke:0.1", "datasets": ["hospital_a"], "x": [],

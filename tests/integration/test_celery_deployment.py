@@ -348,7 +348,7 @@ def test_federated_linear_regression_through_celery_equals_pooled_ols(deployment
 
 
 def test_node_ingestion_chain_through_celery_accounts_for_every_row(deployment):
-    from mipflow.node.store import open_store
+    from mipflow.node.store.feature_store import open_store
 
     server = deployment["server"]
     home = deployment["ingest_home"]

@@ -45,7 +45,7 @@ from mipflow.protocol.datamodel import DataModel, load_data_model
 from mipflow.exceptions import FederationError, RequestError
 from mipflow.central.client import NodeClient, NodeEndpoint, NodeUnavailable
 from mipflow.central.rounds import AnalysisOutcome, run_analysis
-from mipflow.node.store import FeatureStore
+from mipflow.node.store.feature_store import FeatureStore
 from tests.mipflow.algorithms import synthetic
 from tests.mipflow.algorithms import test_federated_vs_pooled as pooled_props
 from tests.mipflow.algorithms.helpers import (

@@ -18,7 +18,10 @@ import numpy as np
 import pytest
 import statsmodels.formula.api as smf
 
-from mipflow import secagg
+from mipflow.secagg.codec import SCHEME, additive_form, decode
+from mipflow.secagg.crypto import KeyPair
+from mipflow.secagg.node_side import secure_form
+from mipflow.secagg.trust import TrustStore
 from mipflow.node.controls.audit import AUDIT_FILE
 from mipflow.node.home import NodeHome
 from mipflow.exceptions import RequestError
@@ -250,7 +253,7 @@ def test_node_releases_only_masked_values(fed: Fed, name: str, round_no: int, st
     from mipflow.protocol.request import AnalysisRequest
 
     keys = {c.name: c.secagg_key() for c in fed.clients}
-    body = {"scheme": secagg.SCHEME,
+    body = {"scheme": SCHEME,
             "participants": [{"node": k["node"], "public_key": k["public_key"]} for k in keys.values()]}
     doc = (DESCRIBED if name == "descriptive_stats" else CASES[name]).to_dict()
     analysis_id = uuid.uuid4().hex
@@ -262,9 +265,9 @@ def test_node_releases_only_masked_values(fed: Fed, name: str, round_no: int, st
     masked = [int(v, 16) for v in release["masked"]]
     plain = fed.clients[0].step(name, doc, round_no, state, researcher=RESEARCHER, project=PROJECT,
                                 analysis_id=analysis_id)["aggregates"]
-    layout, vector = secagg.additive_form(secagg.secure_form(name, plain, AnalysisRequest.from_dict(doc), MODEL))
+    layout, vector = additive_form(secure_form(name, plain, AnalysisRequest.from_dict(doc), MODEL))
     assert layout == release["layout"] and len(masked) == len(vector) > 0
-    assert all(abs(secagg.decode(m) - v) > 1e20 for m, v in zip(masked, vector))
+    assert all(abs(decode(m) - v) > 1e20 for m, v in zip(masked, vector))
     assert len(set(masked)) == len(masked)  # even equal values (zeros, counts) are masked apart
     records = (fed.roots["hospital_a"] / AUDIT_FILE).read_text().splitlines()
     assert any('"secure_aggregation": true' in line and f'"algorithm": "{name}"' in line for line in records)
@@ -334,16 +337,16 @@ def test_unsupported_algorithm(fed: Fed) -> None:
 
 def test_pinned_node_refuses_a_substituted_key(fed: Fed) -> None:
     keys = {c.name: c.secagg_key()["public_key"] for c in fed.clients}
-    store = secagg.TrustStore(fed.roots["hospital_a"])
+    store = TrustStore(fed.roots["hospital_a"])
     for peer in ("hospital_b", "hospital_c"):
         store.pin(peer, keys[peer])
     store.set_policy("pinned")
     assert fed.run("ttest_onesample").secure_aggregation["enabled"] is True  # the real keys pass
 
-    fake = secagg.KeyPair.generate().public_hex
+    fake = KeyPair.generate().public_hex
     for participants in ({**keys, "hospital_b": fake},             # substituted
                          {"hospital_a": keys["hospital_a"], "hospital_x": fake}):  # invented peer
-        body = {"scheme": secagg.SCHEME, "participants": [{"node": n, "public_key": k}
+        body = {"scheme": SCHEME, "participants": [{"node": n, "public_key": k}
                                                           for n, k in participants.items()]}
         with pytest.raises(NodeRefused) as err:
             fed.clients[0].step("ttest_onesample", CASES["ttest_onesample"].to_dict(), 0, None,

@@ -110,7 +110,7 @@ def node_home(tmp_path_factory):
 
 
 def test_node_page_shows_counts_per_batch_rule_quarantine_and_audit(node_home, stored):
-    from mipflow.node.store import open_store
+    from mipflow.node.store.feature_store import open_store
     from mipflow.webui import node_quality
 
     store = open_store(node_home)

@@ -16,7 +16,7 @@ import pytest
 from mipflow.node.controls.audit import verify_log
 from mipflow.protocol.signing import issue_client, signed_headers
 from mipflow.node.home import NodeHome
-from mipflow.node.store import FeatureStore
+from mipflow.node.store.feature_store import FeatureStore
 from tests.mipflow.algorithms.survival_data import STROKE
 from tests.privacy.conftest import Node, rule, start_node, where
 

@@ -36,7 +36,8 @@ from mipflow.node.controls.audit import AUDIT_FILE, AuditLog
 from mipflow.protocol.signing import Credential, issue_client, signed_headers
 from mipflow.node.home import NodeHome
 from mipflow.node.api.app import StepReply, create_app
-from mipflow.secagg import SCHEME, load_keypair
+from mipflow.secagg.codec import SCHEME
+from mipflow.secagg.crypto import load_keypair
 from tests.mipflow.algorithms.survival_data import STROKE
 from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame
 from tests.privacy.conftest import DATASETS, make_rows

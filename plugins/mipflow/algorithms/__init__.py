@@ -11,12 +11,7 @@ from mipflow.algorithms.anova import Anova
 from mipflow.algorithms.anova_oneway import AnovaOneway
 from mipflow.algorithms.cmh_test import CMHTest
 from mipflow.algorithms.contingency_table import ContingencyTable
-from mipflow.algorithms.contract import (
-    Algorithm,
-    Step,
-    prepare_local_data,
-    run_in_process,
-)
+from mipflow.algorithms.contract import Algorithm, Step
 from mipflow.algorithms.cox_regression import CoxRegression
 from mipflow.algorithms.descriptive_stats import DescriptiveStats
 from mipflow.algorithms.design import design_matrix
@@ -24,6 +19,7 @@ from mipflow.algorithms.kaplan_meier import KaplanMeier
 from mipflow.algorithms.kmeans import KMeans
 from mipflow.algorithms.linear_regression import LinearRegression
 from mipflow.algorithms.linear_regression_cv import LinearRegressionCV
+from mipflow.algorithms.local import prepare_local_data, run_in_process
 from mipflow.algorithms.logistic_regression import LogisticRegression
 from mipflow.algorithms.logistic_regression_cv import LogisticRegressionCV
 from mipflow.algorithms.multiple_histograms import MultipleHistograms

@@ -35,16 +35,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mipflow.algorithms.contract import (
+from mipflow.algorithms.contract import Step
+from mipflow.algorithms.design import category_codes, numeric_values, sorted_levels
+from mipflow.algorithms.moments import Moments, merge_moments
+from mipflow.algorithms.spec import (
     NOMINAL,
     NUMERICAL,
     InputSpec,
     ParamSpec,
     SpecAlgorithm,
-    Step,
 )
-from mipflow.algorithms.design import category_codes, numeric_values, sorted_levels
-from mipflow.algorithms.moments import Moments, merge_moments
 from mipflow.exceptions import RequestError
 from mipflow.protocol.datamodel import DataModel
 from mipflow.protocol.request import AnalysisRequest

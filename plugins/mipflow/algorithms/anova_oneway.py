@@ -17,13 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mipflow.algorithms.contract import (
-    NOMINAL,
-    NUMERICAL,
-    InputSpec,
-    SpecAlgorithm,
-    Step,
-)
+from mipflow.algorithms.contract import Step
 from mipflow.algorithms.design import category_codes, numeric_values
 from mipflow.algorithms.moments import (
     Moments,
@@ -31,6 +25,7 @@ from mipflow.algorithms.moments import (
     merge_moment_dicts,
     merge_moments,
 )
+from mipflow.algorithms.spec import NOMINAL, NUMERICAL, InputSpec, SpecAlgorithm
 from mipflow.exceptions import RequestError
 from mipflow.protocol.datamodel import DataModel
 from mipflow.protocol.request import AnalysisRequest

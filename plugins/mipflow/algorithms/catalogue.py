@@ -1,8 +1,8 @@
 """The algorithm catalogue, read from the algorithm classes (their one declaration).
 
 Each algorithm class declares its name, label, description, inputs
-(:class:`~mipflow.algorithms.contract.InputSpec`) and parameters
-(:class:`~mipflow.algorithms.contract.ParamSpec`) once; nodes validate requests
+(:class:`~mipflow.algorithms.spec.InputSpec`) and parameters
+(:class:`~mipflow.algorithms.spec.ParamSpec`) once; nodes validate requests
 against those declarations, and everything else is derived from them here:
 
 - :func:`describe`: the catalogue as JSON-ready dicts (``mipflow algorithms list --json``);
@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from mipflow.algorithms import ALGORITHMS
-from mipflow.algorithms.contract import InputSpec, ParamSpec, SpecAlgorithm
+from mipflow.algorithms.spec import InputSpec, ParamSpec, SpecAlgorithm
 
 #: Exareme2 type -> JSON Schema type.
 JSON_TYPES = {"int": "integer", "real": "number", "text": "string", "dict": "object"}

@@ -66,14 +66,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mipflow.algorithms.contract import (
-    NOMINAL,
-    NUMERICAL,
-    InputSpec,
-    ParamSpec,
-    SpecAlgorithm,
-    Step,
-)
+from mipflow.algorithms.contract import Step
 from mipflow.algorithms.design import (
     design_columns,
     design_matrix,
@@ -84,6 +77,13 @@ from mipflow.algorithms.design import (
 from mipflow.algorithms.moments import compute_moments, merge_moment_dicts
 from mipflow.algorithms.packed import pack, unpack
 from mipflow.algorithms.prepared import memo
+from mipflow.algorithms.spec import (
+    NOMINAL,
+    NUMERICAL,
+    InputSpec,
+    ParamSpec,
+    SpecAlgorithm,
+)
 from mipflow.algorithms.survival import (
     SURVIVAL_PARAMETERS,
     SURVIVAL_Y,

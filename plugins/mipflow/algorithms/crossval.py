@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import numpy as np
 
-from mipflow.algorithms.contract import ParamSpec
+from mipflow.algorithms.spec import ParamSpec
 from mipflow.exceptions import RequestError
 
 _Model = TypeVar("_Model")

@@ -39,13 +39,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mipflow.algorithms.contract import (
-    NOMINAL,
-    NUMERICAL,
-    InputSpec,
-    SpecAlgorithm,
-    Step,
-)
+from mipflow.algorithms.contract import Step
+from mipflow.algorithms.spec import NOMINAL, NUMERICAL, InputSpec, SpecAlgorithm
 from mipflow.algorithms.design import category_codes, numeric_values
 from mipflow.algorithms.dp_release import DPRelease, Noise, Released, declared_bounds, moments_from_sums
 from mipflow.algorithms.moments import Moments, compute_moments, merge_moments

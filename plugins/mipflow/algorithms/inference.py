@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from mipflow.algorithms.contract import ParamSpec
+from mipflow.algorithms.spec import ParamSpec
 
 # --------------------------------------------------------------------------- test statistics
 

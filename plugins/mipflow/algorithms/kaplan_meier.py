@@ -30,14 +30,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mipflow.algorithms.contract import (
-    NOMINAL,
-    InputSpec,
-    ParamSpec,
-    SpecAlgorithm,
-    Step,
-)
+from mipflow.algorithms.contract import Step
 from mipflow.algorithms.design import category_codes
+from mipflow.algorithms.spec import NOMINAL, InputSpec, ParamSpec, SpecAlgorithm
 from mipflow.algorithms.survival import (
     SURVIVAL_PARAMETERS,
     SURVIVAL_Y,

@@ -30,14 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mipflow.algorithms.contract import (
-    NOMINAL,
-    NUMERICAL,
-    InputSpec,
-    ParamSpec,
-    SpecAlgorithm,
-    Step,
-)
+from mipflow.algorithms.contract import Step
 from mipflow.algorithms.design import (
     category_codes,
     design_columns,
@@ -47,6 +40,13 @@ from mipflow.algorithms.design import (
     sum_level_counts,
 )
 from mipflow.algorithms.moments import compute_moments, merge_moment_dicts
+from mipflow.algorithms.spec import (
+    NOMINAL,
+    NUMERICAL,
+    InputSpec,
+    ParamSpec,
+    SpecAlgorithm,
+)
 from mipflow.exceptions import RequestError
 from mipflow.protocol.datamodel import DataModel
 from mipflow.protocol.request import AnalysisRequest

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mipflow.algorithms.contract import ParamSpec, Step
+from mipflow.algorithms.contract import Step
 from mipflow.algorithms.crossval import (
     N_SPLITS,
     SEED,
@@ -42,6 +42,7 @@ from mipflow.algorithms.crossval import (
 from mipflow.algorithms.design import category_codes, design_matrix, level_counts
 from mipflow.algorithms.linear_regression_cv import base_request
 from mipflow.algorithms.logistic_regression import LogisticRegression
+from mipflow.algorithms.spec import ParamSpec
 from mipflow.exceptions import RequestError
 from mipflow.protocol.datamodel import DataModel
 from mipflow.protocol.request import AnalysisRequest

@@ -32,16 +32,16 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from mipflow.algorithms.contract import (
+from mipflow.algorithms.contract import Step
+from mipflow.algorithms.design import category_codes, numeric_values
+from mipflow.algorithms.dp_release import DPRelease, Noise, Released, declared_bounds
+from mipflow.algorithms.spec import (
     NOMINAL,
     NUMERICAL,
     InputSpec,
     ParamSpec,
     SpecAlgorithm,
-    Step,
 )
-from mipflow.algorithms.design import category_codes, numeric_values
-from mipflow.algorithms.dp_release import DPRelease, Noise, Released, declared_bounds
 from mipflow.exceptions import RequestError
 from mipflow.protocol.datamodel import DataModel, Variable
 from mipflow.protocol.request import AnalysisRequest

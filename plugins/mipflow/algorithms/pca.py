@@ -38,15 +38,10 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
-from mipflow.algorithms.contract import (
-    NUMERICAL,
-    InputSpec,
-    ParamSpec,
-    SpecAlgorithm,
-    Step,
-)
+from mipflow.algorithms.contract import Step
 from mipflow.algorithms.design import numeric_values
 from mipflow.algorithms.moments import Moments, compute_moments, merge_moment_dicts
+from mipflow.algorithms.spec import NUMERICAL, InputSpec, ParamSpec, SpecAlgorithm
 from mipflow.exceptions import RequestError
 from mipflow.protocol.datamodel import DataModel
 from mipflow.protocol.request import AnalysisRequest

@@ -16,13 +16,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mipflow.algorithms.contract import (
-    NUMERICAL,
-    InputSpec,
-    ParamSpec,
-    SpecAlgorithm,
-    Step,
-)
+from mipflow.algorithms.contract import Step
+from mipflow.algorithms.spec import NUMERICAL, InputSpec, ParamSpec, SpecAlgorithm
 from mipflow.algorithms.design import numeric_values
 from mipflow.algorithms.dp_release import (DPRelease, Noise, Released, bounded_columns, moments_from_noisy_sums,
                                           moments_rows, noisy_sums, one_block)

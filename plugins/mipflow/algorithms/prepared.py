@@ -3,7 +3,7 @@
 An iterative algorithm's node is called once per round with the same data
 selection; the node API already keeps that selection (a DataFrame) in memory
 between the rounds of an analysis (``local_data`` in :mod:`mipflow.node.api.app`),
-and :func:`mipflow.algorithms.contract.run_in_process` hands every round the same
+and :func:`mipflow.algorithms.local.run_in_process` hands every round the same
 frame.  Arrays derived from the rows that do not change between rounds (a
 Cox model's sorted risk-set design, k-means' column-major values) are
 memoised here per frame and per key, so a round only does the arithmetic that

@@ -28,14 +28,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from mipflow.algorithms.contract import (
-    NOMINAL,
-    NUMERICAL,
-    InputSpec,
-    ParamSpec,
-    stattype,
-)
 from mipflow.algorithms.design import category_codes, numeric_values
+from mipflow.algorithms.spec import NOMINAL, NUMERICAL, InputSpec, ParamSpec, stattype
 from mipflow.exceptions import RequestError
 from mipflow.protocol.datamodel import DataModel, Variable
 from mipflow.protocol.request import AnalysisRequest

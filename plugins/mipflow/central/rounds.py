@@ -9,7 +9,7 @@ apart in a result).  A node that
 drops out after the first round restarts the analysis without it, so every
 result is computed on one consistent set of nodes.  An algorithm may instead
 end the analysis on the rounds already combined when nodes refuse a later
-round (:meth:`mipflow.algorithms.contract.SpecAlgorithm.on_refusal`; k-means near
+round (:meth:`mipflow.algorithms.spec.SpecAlgorithm.on_refusal`; k-means near
 convergence, docs/adr/0020-kmeans-privacy-stop.md): every node then counts as
 contributing and the outcome's ``stopped`` says which node refused which round.
 
@@ -107,10 +107,10 @@ def run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequenc
     FederationError
         If fewer than ``min_nodes`` nodes contribute; the message lists each node's reason.
     """
-    from mipflow import secagg
+    from mipflow.secagg.policy import resolve
 
     who = _on_behalf_of(researcher, project)
-    secure = secagg.resolve(secure_aggregation, algorithm_name, request)
+    secure = resolve(secure_aggregation, algorithm_name, request)
     with ThreadPoolExecutor(max_workers=max(1, min(16, len(nodes)))) as pool:
         return _run_analysis(algorithm_name, request, nodes, min_nodes, max_restarts, pool, who, secure)
 
@@ -251,22 +251,23 @@ def _secure_session(algorithm_name: str, mode: str, active: Sequence[NodeClient]
 
     ``mode`` is ``"on"``, ``"off"`` or ``"auto"``; automatic mode switches on
     (``"auto-on"``) with 3 or more nodes, when the algorithm supports this ``request``
-    and is not explicit-only (``secagg.automatic_refusal``), and stays on for restarts
+    and is not explicit-only (:func:`mipflow.secagg.policy.automatic_refusal`), and stays on for restarts
     while 2 or more remain.  With one node left there is nothing to hide its aggregates among (the
     result is that node's anyway): automatic mode goes on without masking, ``"on"`` fails.
     """
-    from mipflow import secagg
+    from mipflow.secagg.central_side import open_session
+    from mipflow.secagg.policy import AUTO_MIN_NODES, automatic_refusal
 
     if mode == "auto":
-        reason = secagg.automatic_refusal(algorithm_name, request)
+        reason = automatic_refusal(algorithm_name, request)
         if reason is not None:
             return None, mode, reason
-        if len(active) < secagg.AUTO_MIN_NODES:
-            return None, mode, f"automatic: fewer than {secagg.AUTO_MIN_NODES} nodes take part"
+        if len(active) < AUTO_MIN_NODES:
+            return None, mode, f"automatic: fewer than {AUTO_MIN_NODES} nodes take part"
         mode = "auto-on"
     if mode == "off":
         return None, mode, "not requested"
-    session = secagg.open_session(active, excluded, pool) if len(active) >= 2 else None
+    session = open_session(active, excluded, pool) if len(active) >= 2 else None
     if session is None or len(session.participants) < 2:
         if mode == "auto-on":
             return None, mode, "only one node remained"

@@ -23,7 +23,7 @@ invalidation rule; the rules are:
     purpose.  SQLite changes it whenever any other connection (any process)
     commits to the database file, so every write counts, not only loads.
   - PostgreSQL: the node listens (``LISTEN``) on the channel
-    :data:`DATA_CHANNEL`; :meth:`mipflow.node.store.FeatureStore.refresh_datasets`
+    :data:`DATA_CHANNEL`; :meth:`mipflow.node.store.feature_store.FeatureStore.refresh_datasets`
     notifies it in the transaction that rewrites the datasets registry,
     which every load and every consent deletion does (the same rule as
     before: the registry changes with the data).  PostgreSQL queues the
@@ -69,7 +69,7 @@ class DataVersion:
 
     Parameters
     ----------
-    store : mipflow.node.store.FeatureStore
+    store : mipflow.node.store.feature_store.FeatureStore
         The node's feature store.
     """
 

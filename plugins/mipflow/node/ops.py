@@ -7,7 +7,7 @@ model comes from the profile's ``data_model`` or, failing that, the node
 setting ``default_data_model``.  The helpers that apply them, shared with the
 node DAGs' stages, sit below this module: :func:`mipflow.node.ingest.capture.landing_sources`,
 :func:`mipflow.node.ingest.capture.resolve_consent`, :func:`mipflow.node.ingest.profile.resolve_profile`,
-:func:`mipflow.node.ingest.profile.resolve_model` and :func:`mipflow.node.store.open_store`.
+:func:`mipflow.node.ingest.profile.resolve_model` and :func:`mipflow.node.store.feature_store.open_store`.
 
 File and folder names of exports can carry patient names: the store, the
 results and the log lines name a file by its reference only
@@ -30,7 +30,8 @@ from mipflow.protocol.datamodel import DataModel, load_data_model
 from mipflow.node.files import DICOM_KIND, EHR_KIND, below, file_label, file_ref, landing_path_key
 from mipflow.node.ingest.pipeline import BatchCounts, BatchResult, apply_withdrawals, ingest_file
 from mipflow.node.ingest.profile import resolve_model, resolve_profile
-from mipflow.node.store import FeatureStore, files_table, open_store
+from mipflow.node.store.feature_store import FeatureStore, open_store
+from mipflow.node.store.tables import files_table
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ aggregates are built from counts, sums and moments, which it declares itself
 (``Algorithm.secure_aggregation``, :mod:`mipflow.algorithms.contract`;
 :mod:`mipflow.secagg.policy`): a node rewrites every moments object ``{n, mean, m2}`` as its raw sums
 ``(n, n * mean, m2 + n * mean mean^T)`` in exact rational arithmetic, every
-number is encoded in fixed point with :data:`FRACTION_BITS` fractional bits,
+number is encoded in fixed point with :data:`~mipflow.secagg.codec.FRACTION_BITS` fractional bits,
 and the central site turns the summed raw sums back into pooled centred
 moments exactly (Python integers and fractions, no cancellation), then runs
 the algorithm's own global step on that one pooled aggregate.
@@ -61,47 +61,6 @@ additive form), :mod:`~mipflow.secagg.crypto` (keys, seeds, masks),
 (which analyses, from the algorithms' declarations),
 :mod:`~mipflow.secagg.node_side` (a node's masked release),
 :mod:`~mipflow.secagg.central_side` (sessions and the unmasked sum); the node API
-serves the node's public key (:mod:`mipflow.node.api.describe`).  The names other
-packages use are re-exported here.
+serves the node's public key (:mod:`mipflow.node.api.describe`).  Other packages import
+each name from the module that holds it.
 """
-from __future__ import annotations
-
-from mipflow.secagg.central_side import SecureSession, open_session, unmask_sum
-from mipflow.secagg.codec import (
-    FRACTION_BITS,
-    MAX_MAGNITUDE_BITS,
-    MAX_NODE_BITS,
-    MOMENTS_MARK,
-    NOT_SUMS,
-    RING,
-    RING_BITS,
-    SCALE,
-    SCHEME,
-    additive_form,
-    decode,
-    encode,
-    from_additive,
-)
-from mipflow.secagg.crypto import (
-    ELEMENT_BYTES,
-    KEY_FILE,
-    KeyPair,
-    context_digest,
-    fingerprint,
-    keystream,
-    load_keypair,
-    mask,
-    pair_seed,
-)
-from mipflow.secagg.node_side import MAX_PARTICIPANTS, mask_release, masked_release, parse_participants, secure_form
-from mipflow.secagg.policy import AUTO_MIN_NODES, automatic_refusal, refusal, resolve, supported, unsupported_message
-from mipflow.secagg.trust import PEERS_FILE, POLICIES, TrustStore
-
-__all__ = [
-    "AUTO_MIN_NODES", "ELEMENT_BYTES", "FRACTION_BITS", "KEY_FILE", "MAX_MAGNITUDE_BITS", "MAX_NODE_BITS",
-    "MAX_PARTICIPANTS", "MOMENTS_MARK", "NOT_SUMS", "PEERS_FILE", "POLICIES", "RING", "RING_BITS", "SCALE",
-    "SCHEME", "KeyPair", "SecureSession", "TrustStore", "additive_form", "automatic_refusal",
-    "context_digest", "decode", "encode", "fingerprint", "from_additive", "keystream", "load_keypair", "mask",
-    "mask_release", "masked_release", "open_session", "pair_seed", "parse_participants", "refusal", "resolve",
-    "secure_form", "supported", "unmask_sum", "unsupported_message",
-]

@@ -11,7 +11,7 @@ import pytest
 
 from mipflow.algorithms import ALGORITHMS
 from mipflow.algorithms.catalogue import describe, format_table, parameter_schema
-from mipflow.algorithms.contract import ParamSpec
+from mipflow.algorithms.spec import ParamSpec
 from mipflow.exceptions import RequestError
 from tests.conftest import REPO_ROOT
 from tests.mipflow.algorithms.synthetic import MODEL

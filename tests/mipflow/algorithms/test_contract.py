@@ -1,5 +1,5 @@
-"""The algorithm contract: requests, registry, validation, design matrices,
-moments, the in-process driver, error paths and what aggregates reveal."""
+"""The algorithm contract: requests, registry, design matrices, moments and error paths
+(validation against the spec in test_spec.py, the in-process driver in test_local.py)."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from mipflow.algorithms import ALGORITHMS, AnalysisRequest, Algorithm, get_algorithm, run_in_process
-from mipflow.algorithms.contract import Step, prepare_local_data
+from mipflow.algorithms.contract import Step
+from mipflow.algorithms.local import prepare_local_data
 from mipflow.algorithms.design import (
     INTERCEPT,
     category_codes,
@@ -122,55 +123,6 @@ def test_unknown_algorithm_is_a_request_error() -> None:
         get_algorithm("no_such_algorithm")
 
 
-@pytest.mark.parametrize("name", sorted(VALID))
-def test_valid_requests_validate(name) -> None:
-    ALGORITHMS[name].validate(VALID[name], MODEL)
-
-
-@pytest.mark.parametrize("name, req, message", [
-    pytest.param("linear_regression", request(x=("nope",), y=("y",)), "not in data model", id="unknown-var"),
-    pytest.param("linear_regression", request(x=("x1",), y=("grp",)), "must be numerical", id="nominal-y"),
-    pytest.param("linear_regression", request(x=("y",), y=("y",)), "both", id="y-in-x"),
-    pytest.param("linear_regression", request(x=(), y=("y",)), "at least one variable in x", id="no-x"),
-    pytest.param("ttest_onesample", request(y=("y", "x1")), "exactly one", id="two-y"),
-    pytest.param("ttest_onesample", request(y=("y",), x=("x1",)), "no covariates", id="x-given"),
-    pytest.param("ttest_onesample", request(y=("y",), alpha=1.5), "above its maximum", id="alpha-range"),
-    pytest.param("ttest_onesample", request(y=("y",), alpha="high"), "must be of type", id="alpha-type"),
-    pytest.param("ttest_onesample", request(y=("y",), alt_hypothesis="bigger"), "not one of", id="alt"),
-    pytest.param("ttest_onesample", request(y=("y",), **{"lambda": 1}), "no parameter", id="unknown-param"),
-    pytest.param("ttest_independent", request(x=("grp",), y=("y",), groupA="a"), "groupB", id="no-groupB"),
-    pytest.param("ttest_independent", request(x=("grp",), y=("y",), groupA="a", groupB="a"),
-                 "different", id="same-groups"),
-    pytest.param("ttest_independent", request(x=("grp",), y=("y",), groupA="a", groupB="q"),
-                 "not a category", id="bad-group"),
-    pytest.param("ttest_independent", request(x=("x1",), y=("y",), groupA="a", groupB="b"),
-                 "must be nominal", id="numerical-x"),
-    pytest.param("logistic_regression", request(x=("x1",), y=("outcome",)), "positive_class", id="no-class"),
-    pytest.param("logistic_regression", request(x=("x1",), y=("y",), positive_class="1"),
-                 "must be nominal", id="numerical-y"),
-    pytest.param("pearson_correlation", request(y=("y", "grp")), "must be numerical", id="nominal-var"),
-    pytest.param("multiple_histograms", request(y=("y",), bins=0), "below its minimum", id="bins"),
-    pytest.param("multiple_histograms", request(y=("y",), bins=2.5), "must be of type", id="bins-float"),
-    pytest.param("anova_oneway", request(x=("x1",), y=("y",)), "must be nominal", id="numerical-x"),
-])
-def test_invalid_requests_raise_request_error(name, req, message) -> None:
-    with pytest.raises(RequestError, match=message):
-        ALGORITHMS[name].validate(req, MODEL)
-
-
-def test_request_for_another_data_model_is_refused() -> None:
-    req = AnalysisRequest("other:1", ("d0",), (), ("y",), None, {})
-    with pytest.raises(RequestError, match="data model"):
-        ALGORITHMS["ttest_onesample"].validate(req, MODEL)
-
-
-def test_parameter_defaults_are_applied() -> None:
-    params = ALGORITHMS["ttest_onesample"].params(request(y=("y",)), MODEL)
-    assert params == {"alt_hypothesis": "two-sided", "alpha": 0.05, "mu": 0.0}
-    assert ALGORITHMS["pearson_correlation"].params(request(y=("y",)), MODEL) == {"alpha": 0.95}
-    assert ALGORITHMS["multiple_histograms"].params(request(y=("y",)), MODEL) == {"bins": 20}
-
-
 # --------------------------------------------------------------------------- design matrix
 
 
@@ -245,76 +197,6 @@ def test_moments_of_empty_parts() -> None:
     empty = compute_moments(np.zeros(0))
     assert empty.n == 0 and Moments.from_dict(transport(empty.to_dict())).n == 0
     assert merge_moments([empty, empty]).n == 0
-
-
-# --------------------------------------------------------------------------- driver
-
-
-def test_prepare_local_data_drops_incomplete_rows_unless_told_not_to() -> None:
-    frame = pd.DataFrame({"y": [1.0, np.nan, 3.0], "grp": ["a", "b", None], "x1": [0.0, 0.0, 0.0],
-                          "dataset": ["d0"] * 3})
-    req = request(x=("grp",), y=("y",), groupA="a", groupB="b")
-    assert len(prepare_local_data(ALGORITHMS["ttest_independent"], frame, req)) == 1
-    assert list(prepare_local_data(ALGORITHMS["ttest_independent"], frame, req).columns) == ["y", "grp"]
-    assert len(prepare_local_data(ALGORITHMS["descriptive_stats"], frame, req)) == 3
-    with pytest.raises(RequestError, match="no column"):
-        prepare_local_data(ALGORITHMS["ttest_paired"], frame, request(x=("age",), y=("y",)))
-
-
-@pytest.mark.parametrize("name", sorted(VALID))
-def test_every_algorithm_copes_with_empty_nodes(name) -> None:
-    data = make_data(7, 120)
-    empty = data.iloc[:0]
-    alone = run_in_process(ALGORITHMS[name], [data], VALID[name], MODEL)
-    # cross-validation assigns folds inside each node: rows may not move between nodes
-    parts = [data] if hasattr(ALGORITHMS[name], "fold_sizes") else [data.iloc[:50], empty, data.iloc[50:]]
-    spread = run_in_process(ALGORITHMS[name], [empty, *parts, empty], VALID[name], MODEL)
-    assert json.dumps(spread, sort_keys=True) == json.dumps(alone, sort_keys=True) or \
-        _close(spread, alone)
-
-
-def _close(a, b) -> bool:
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
-    if isinstance(a, list):
-        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
-    if isinstance(a, float) and isinstance(b, float):
-        return abs(a - b) <= 1e-9 * max(abs(b), 1e-12)
-    return a == b
-
-
-@pytest.mark.parametrize("name", sorted(set(VALID) - {"descriptive_stats"}))
-def test_no_rows_anywhere_is_a_request_error(name) -> None:
-    empty = make_data(3, 10).iloc[:0]
-    with pytest.raises(RequestError):
-        run_in_process(ALGORITHMS[name], [empty, empty], VALID[name], MODEL)
-
-
-@pytest.mark.parametrize("name", sorted(VALID))
-def test_local_aggregates_do_not_grow_with_rows(name) -> None:
-    """What a node releases is a fixed set of aggregates, never rows: its size
-    does not depend on the number of rows (privacy review)."""
-    alg = ALGORITHMS[name]
-    req = VALID[name]
-    sizes = []
-    for n in (60, 600):
-        frame = prepare_local_data(alg, make_data(11, n), req)
-        state = None
-        if name == "multiple_histograms":
-            state = {"range": [-10.0, 10.0], "bins": 5}
-        elif name == "logistic_regression":
-            state = None
-        aggregate = transport(alg.local_step(1 if state else 0, frame, req, MODEL, state))
-        sizes.append(_shape(aggregate))
-    assert sizes[0] == sizes[1]
-
-
-def _shape(obj):
-    if isinstance(obj, dict):
-        return {k: _shape(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_shape(v) for v in obj]
-    return type(obj).__name__
 
 
 def test_json_ready_spells_infinity_and_nan_as_exareme2() -> None:

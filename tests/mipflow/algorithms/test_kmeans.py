@@ -180,7 +180,7 @@ DIFFERENCING = ("differencing", "a cluster differs from a cluster this node alre
 
 def _drive(frames: list[pd.DataFrame], req, rounds: int) -> tuple[dict, dict | None]:
     """The state and central memo after ``rounds`` global steps, as the central side holds them."""
-    from mipflow.algorithms.contract import prepare_local_data
+    from mipflow.algorithms.local import prepare_local_data
     from mipflow.protocol.wire import transport
 
     alg = get_algorithm("kmeans")

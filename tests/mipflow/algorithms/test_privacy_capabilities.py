@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from mipflow.algorithms import ALGORITHMS, Algorithm, get_algorithm, prepare_local_data
-from mipflow.algorithms.contract import SECURE_AGGREGATION, SpecAlgorithm
+from mipflow.algorithms.contract import SECURE_AGGREGATION
+from mipflow.algorithms.spec import SpecAlgorithm
 from mipflow.algorithms.dp_release import DPRelease
 from tests.mipflow.algorithms.synthetic import MODEL, make_data, request
 from tests.mipflow.algorithms.test_contract import VALID

@@ -28,7 +28,7 @@ from statsmodels.duration.survfunc import SurvfuncRight, survdiff
 
 from mipflow.algorithms import get_algorithm, prepare_local_data, run_in_process
 from mipflow.protocol.wire import transport
-from mipflow.algorithms.contract import SpecAlgorithm
+from mipflow.algorithms.spec import SpecAlgorithm
 from mipflow.algorithms.packed import unpack
 from mipflow.algorithms.survival import safe_bins
 from mipflow.node.home import NodeSettings

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from mipflow.node.home import NodeHome
-from mipflow.node.store import open_store
+from mipflow.node.store.feature_store import open_store
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from mipflow.protocol.signing import issue_client, signed_headers
 from mipflow.node.home import NodeHome
 from mipflow.node.freshness import DataVersion, file_signature
 from mipflow.node.api.app import create_app
-from mipflow.node.store import FeatureStore
+from mipflow.node.store.feature_store import FeatureStore
 from tests.mipflow.algorithms.synthetic import MODEL, make_data
 from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame
 

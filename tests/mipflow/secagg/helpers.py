@@ -3,17 +3,17 @@ from __future__ import annotations
 
 import json
 
-from mipflow import secagg
+from mipflow.secagg.crypto import KeyPair, context_digest
 from mipflow.algorithms import get_algorithm, prepare_local_data
 from tests.mipflow.algorithms.synthetic import MODEL, make_data, request
 
 #: Three nodes' long-term keys, fixed so that every statistical test below is deterministic.
-KEYS = [secagg.KeyPair.from_bytes(bytes([17 * (i + 1)]) * 32) for i in range(3)]
+KEYS = [KeyPair.from_bytes(bytes([17 * (i + 1)]) * 32) for i in range(3)]
 PUBLIC = [k.public_bytes for k in KEYS]
 
 
 def context(analysis_id: str = "analysis-1", round_no: int = 0, state=None, participants=PUBLIC) -> bytes:
-    return secagg.context_digest(analysis_id=analysis_id, algorithm="linear_regression", round_no=round_no,
+    return context_digest(analysis_id=analysis_id, algorithm="linear_regression", round_no=round_no,
                                  request={"r": 1}, state=state, participants=participants)
 
 

@@ -14,7 +14,10 @@ import pytest
 from hypothesis import given, settings
 from scipy import stats
 
-from mipflow import secagg
+from mipflow.secagg.central_side import unmask_sum
+from mipflow.secagg.codec import additive_form, from_additive
+from mipflow.secagg.crypto import context_digest
+from mipflow.secagg.node_side import masked_release, secure_form
 from mipflow.algorithms import get_algorithm, prepare_local_data
 from mipflow.algorithms.contract import MAX_ROUNDS
 from mipflow.protocol.wire import transport
@@ -31,12 +34,12 @@ def run_secure(name: str, frames, req) -> dict:
     local = [prepare_local_data(algo, f, req) for f in frames]
     state = None
     for round_no in range(MAX_ROUNDS):
-        ctx = secagg.context_digest(analysis_id="in-process", algorithm=name, round_no=round_no,
+        ctx = context_digest(analysis_id="in-process", algorithm=name, round_no=round_no,
                                     request=req.to_dict(), state=state, participants=PUBLIC)
-        plain = [transport(secagg.secure_form(name, algo.local_step(round_no, f, req, MODEL, transport(state)),
+        plain = [transport(secure_form(name, algo.local_step(round_no, f, req, MODEL, transport(state)),
                                               req, MODEL)) for f in local]
-        releases = [transport(secagg.masked_release(k, PUBLIC, ctx, a)) for k, a in zip(KEYS, plain)]
-        pooled = secagg.unmask_sum(releases)
+        releases = [transport(masked_release(k, PUBLIC, ctx, a)) for k, a in zip(KEYS, plain)]
+        pooled = unmask_sum(releases)
         _check_exact_sum(plain, pooled)
         step = algo.global_step(round_no, [pooled], req, MODEL, state)
         if step.done:
@@ -47,9 +50,9 @@ def run_secure(name: str, frames, req) -> dict:
 
 def _check_exact_sum(plain: list[dict], pooled: dict) -> None:
     """The unmasked sum equals the exact (rational) sum of the plain aggregates to fixed-point precision."""
-    layout, _ = secagg.additive_form(plain[0])
-    vectors = [secagg.additive_form(a)[1] for a in plain]
-    exact = secagg.from_additive(layout, [sum(col) for col in zip(*vectors)])
+    layout, _ = additive_form(plain[0])
+    vectors = [additive_form(a)[1] for a in plain]
+    exact = from_additive(layout, [sum(col) for col in zip(*vectors)])
     a, e = _leaves(pooled), _leaves(exact)
     assert len(a) == len(e)
     for x, y in zip(a, e):

@@ -4,29 +4,29 @@ from __future__ import annotations
 
 import pytest
 
-from mipflow import secagg
+from mipflow.secagg.policy import automatic_refusal, resolve
 from mipflow.exceptions import RequestError
 from tests.mipflow.algorithms.synthetic import request
 
 
 def test_resolve_mode() -> None:
-    assert secagg.resolve(None, "pca") == "auto"
-    assert secagg.resolve(False, "pca") == "off"
-    assert secagg.resolve(True, "linear_regression") == "on"
+    assert resolve(None, "pca") == "auto"
+    assert resolve(False, "pca") == "off"
+    assert resolve(True, "linear_regression") == "on"
     with pytest.raises(RequestError, match="not available for pca"):
-        secagg.resolve(True, "pca")
+        resolve(True, "pca")
     # k-means: the default initialisation is sums only; Exareme2's needs per-node extremes
     pca_init = request(y=("x1", "age"), k=3).to_dict()
     exareme2_init = request(y=("x1", "age"), k=3, init="exareme2").to_dict()
-    assert secagg.resolve(True, "kmeans", pca_init) == "on"
-    assert secagg.automatic_refusal("kmeans", pca_init) is None
+    assert resolve(True, "kmeans", pca_init) == "on"
+    assert automatic_refusal("kmeans", pca_init) is None
     with pytest.raises(RequestError, match="init 'exareme2'.*not sums"):
-        secagg.resolve(True, "kmeans", exareme2_init)
-    assert "init 'exareme2'" in secagg.automatic_refusal("kmeans", exareme2_init)
+        resolve(True, "kmeans", exareme2_init)
+    assert "init 'exareme2'" in automatic_refusal("kmeans", exareme2_init)
     # descriptive statistics: on request only (automatic mode would drop the per-dataset rows)
     described = request(x=("grp",), y=("y",)).to_dict()
-    assert secagg.resolve(True, "descriptive_stats", described) == "on"
-    assert "request it explicitly" in secagg.automatic_refusal("descriptive_stats", described)
+    assert resolve(True, "descriptive_stats", described) == "on"
+    assert "request it explicitly" in automatic_refusal("descriptive_stats", described)
     for name in ("ttest_independent", "anova_oneway", "linear_regression"):
-        assert secagg.automatic_refusal(name) is None
-    assert "does not support" in secagg.automatic_refusal("pca")
+        assert automatic_refusal(name) is None
+    assert "does not support" in automatic_refusal("pca")

@@ -107,12 +107,12 @@ def refusal_response(node: str, exc: MipflowError) -> Response:
 
 def create_app(home: NodeHome) -> FastAPI:
     """Build the node's FastAPI application (the step code is imported here, not at module import)."""
-    from mipflow import secagg
+    from mipflow.secagg.crypto import load_keypair
     from mipflow.node.api.step import answer_step
 
     context = StepContext.open(home)
     verifier = Verifier(load_clients(home.root))
-    secagg.load_keypair(home.root)  # created at start, so its first use cannot race
+    load_keypair(home.root)  # created at start, so its first use cannot race
 
     app = FastAPI(title=f"mipflow node {home.name}", version=__version__,
                   description="Aggregate-only API of a mipflow hospital node. No endpoint returns a row.")

@@ -86,7 +86,7 @@ class SelectionCache:
     def rows(self, algo: Any, analysis: Any, model: Any, variables: Sequence[str],
              frame_cache_mb: int) -> tuple[Any, Cohorts]:
         """``(data, cohorts)``: the local step's rows (no row keys) and the cohorts they form."""
-        from mipflow.algorithms.contract import prepare_local_data
+        from mipflow.algorithms.local import prepare_local_data
         from mipflow.node.query.read import select_frame
 
         variables = list(variables)
@@ -127,7 +127,7 @@ class StepContext:
         The node home (name, root, key).
     settings_file : SettingsFile
         ``settings_file.current()`` gives the settings in force.
-    store : mipflow.node.store.FeatureStore
+    store : mipflow.node.store.feature_store.FeatureStore
         The feature store.
     audit : AuditLog
         The hash-chained audit log (one record per request answered or refused).
@@ -157,7 +157,7 @@ class StepContext:
     @classmethod
     def open(cls, home: NodeHome) -> "StepContext":
         """The context of a node process serving ``home``."""
-        from mipflow.node.store import FeatureStore
+        from mipflow.node.store.feature_store import FeatureStore
 
         store = FeatureStore(home.db_url)
         audit = AuditLog(home.root / AUDIT_FILE)

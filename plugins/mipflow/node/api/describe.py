@@ -70,10 +70,11 @@ def describe_algorithms(context: StepContext, client: str) -> dict[str, Any]:
 def describe_secagg_key(context: StepContext, client: str, pair: Any) -> dict[str, Any]:
     """The node's secure-aggregation public key and its fingerprint (:mod:`mipflow.secagg`, ADR 0014).
 
-    ``pair`` is the node's :class:`mipflow.secagg.KeyPair`; its private part stays here.
+    ``pair`` is the node's :class:`mipflow.secagg.crypto.KeyPair`; its private part stays here.
     """
-    from mipflow import secagg
+    from mipflow.secagg.codec import SCHEME
+    from mipflow.secagg.crypto import fingerprint
 
     context.audit.append(client=client, endpoint="/v1/secagg/key", what="secagg_key", decision="allowed")
-    return {"node": context.name, "scheme": secagg.SCHEME, "public_key": pair.public_hex,
-            "fingerprint": secagg.fingerprint(pair.public_bytes)}
+    return {"node": context.name, "scheme": SCHEME, "public_key": pair.public_hex,
+            "fingerprint": fingerprint(pair.public_bytes)}

@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mipflow.exceptions import RequestError
 from mipflow.protocol.filters import QB_INPUTS, QB_TYPES, SUPPORTED_OPERATORS
-from mipflow.secagg import MAX_PARTICIPANTS, SCHEME
+from mipflow.secagg.codec import SCHEME
+from mipflow.secagg.node_side import MAX_PARTICIPANTS
 
 
 class StepBody(BaseModel):

@@ -271,12 +271,12 @@ def mask(request: StepRequest, context: StepContext, work: StepWork) -> None:
     """Secure aggregation (ADR 0014): the released aggregates masked, last thing before the reply."""
     if request.secure_aggregation is None:
         return
-    from mipflow import secagg
+    from mipflow.secagg import node_side
 
     work.record["secure_aggregation"] = True
-    work.aggregates = secagg.mask_release(context.home.root, context.name, request.algorithm, request.analysis,
-                                          request.round, request.state, request.analysis_id,
-                                          request.secure_aggregation, work.aggregates, model=work.model)
+    work.aggregates = node_side.mask_release(context.home.root, context.name, request.algorithm, request.analysis,
+                                             request.round, request.state, request.analysis_id,
+                                             request.secure_aggregation, work.aggregates, model=work.model)
 
 
 def remember_cohort(request: StepRequest, context: StepContext, work: StepWork) -> None:

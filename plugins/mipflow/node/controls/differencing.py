@@ -111,7 +111,7 @@ def cohort_sets(frame: pd.DataFrame, variables: Sequence[str], complete_case: bo
         The algorithm's variables.
     complete_case : bool
         Whether the algorithm drops rows with a missing value in ``variables``
-        (as :func:`mipflow.algorithms.contract.prepare_local_data` does).
+        (as :func:`mipflow.algorithms.local.prepare_local_data` does).
 
     Returns
     -------

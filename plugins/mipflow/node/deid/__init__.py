@@ -2,7 +2,7 @@
 
 Hospital nodes ingest EHR CSV exports (read with ``dtype=str``).  Before
 anything is stored, every row is depersonalised according to the ``"deid"``
-section of its source profile, a :class:`~mipflow.node.deid.rules.DeidProfile`:
+section of its source profile, a :class:`~mipflow.node.deid.profile.DeidProfile`:
 
 * the patient identifier column is replaced by a keyed pseudonym
   (HMAC-SHA256 under the node secret, see :class:`Pseudonymiser`);
@@ -19,8 +19,8 @@ Reasons and log messages name columns and formats only, never a cell value:
 cell values are patient data.
 
 Modules: :mod:`.pseudonyms` (:class:`Pseudonymiser`), :mod:`.rules` (:class:`DateRule`,
-:class:`QuasiRule`, :class:`DeidProfile`), :mod:`.tabular` (:func:`depersonalise`,
-:class:`DeidResult`).  They are pure pandas and standard library and import nothing from
+:class:`QuasiRule`), :mod:`.profile` (:class:`DeidProfile`), :mod:`.tabular`
+(:func:`depersonalise`, :class:`DeidResult`).  They are pure pandas and standard library and import nothing from
 Airflow.
 """
 from __future__ import annotations

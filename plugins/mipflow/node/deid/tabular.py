@@ -1,6 +1,6 @@
 """Tabular depersonalisation: EHR export rows turned into depersonalised rows by a profile.
 
-:func:`depersonalise` applies a :class:`~mipflow.node.deid.rules.DeidProfile` to a frame read
+:func:`depersonalise` applies a :class:`~mipflow.node.deid.profile.DeidProfile` to a frame read
 with ``dtype=str``; rows that cannot be depersonalised completely are reported in
 :attr:`DeidResult.row_errors` with a short reason that never contains a cell value.
 """
@@ -14,7 +14,7 @@ import pandas as pd
 
 from mipflow.exceptions import ProfileError
 from mipflow.node.deid.pseudonyms import Pseudonymiser, factorize_stripped, spread
-from mipflow.node.deid.rules import DeidProfile
+from mipflow.node.deid.profile import DeidProfile
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,8 @@ from mipflow.node.imaging.stages import (
     node_deidentifier,
 )
 from mipflow.node.ingest.capture import resolve_consent, sha256_file
-from mipflow.node.store import FeatureStore, files_table, open_store, utcnow
+from mipflow.node.store.feature_store import FeatureStore, open_store, utcnow
+from mipflow.node.store.tables import files_table
 from mipflow.protocol.datamodel import DataModel
 
 log = logging.getLogger(__name__)

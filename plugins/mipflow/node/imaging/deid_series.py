@@ -29,7 +29,8 @@ from mipflow.node.imaging.stages import (
     node_deidentifier,
 )
 from mipflow.node.ingest.capture import sha256_file
-from mipflow.node.store import FeatureStore, files_table, open_store, utcnow
+from mipflow.node.store.feature_store import FeatureStore, open_store, utcnow
+from mipflow.node.store.tables import files_table
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from mipflow.node.imaging.stages import (
     imaging_model,
     waiting_series,
 )
-from mipflow.node.store import FeatureStore, open_store, utcnow
+from mipflow.node.store.feature_store import FeatureStore, open_store, utcnow
 
 log = logging.getLogger(__name__)
 

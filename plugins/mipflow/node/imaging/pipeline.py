@@ -34,7 +34,7 @@ from mipflow.node.imaging.capture import capture_dicom
 from mipflow.node.imaging.deid_series import deidentify_series, landing_index
 from mipflow.node.imaging.load import extract_and_load, pending_outcomes
 from mipflow.node.imaging.stages import STAGE_CAPTURED, FileCounts, node_deidentifier, waiting_series
-from mipflow.node.store import FeatureStore, open_store
+from mipflow.node.store.feature_store import FeatureStore, open_store
 
 
 def run_imaging(home: NodeHome, *, dataset: str | None = None,

@@ -17,7 +17,8 @@ import sqlalchemy as sa
 from mipflow.exceptions import StoreError
 from mipflow.node.files import DICOM_KIND
 from mipflow.node.home import NodeHome
-from mipflow.node.store import FeatureStore, batches_table, open_store
+from mipflow.node.store.feature_store import FeatureStore, open_store
+from mipflow.node.store.tables import batches_table
 from mipflow.protocol.datamodel import DataModel, bundled_data_model_path, load_data_model
 
 if TYPE_CHECKING:

@@ -24,7 +24,7 @@ from mipflow.node.home import NodeHome
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-    from mipflow.node.store import FeatureStore
+    from mipflow.node.store.feature_store import FeatureStore
 
 CONSENT_STATES = ("granted", "withdrawn", "refused")
 _IGNORED_SUFFIXES = (".part", ".tmp", ".partial", ".crdownload", ".filepart")

@@ -29,7 +29,7 @@ from mipflow.node.ingest.progress import Progress, estimate_rows
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-    from mipflow.node.store import FeatureStore
+    from mipflow.node.store.feature_store import FeatureStore
 
 log = logging.getLogger(__name__)
 
@@ -441,7 +441,7 @@ def _ingest_pass(processor: ChunkProcessor, path: Path, name: _ManifestName, sto
 
 
 def _now() -> str:
-    from mipflow.node.store import utcnow
+    from mipflow.node.store.feature_store import utcnow
 
     return utcnow()
 
@@ -449,7 +449,7 @@ def _now() -> str:
 def _clear_batch(store: "FeatureStore", conn: Any, batch_id: str, name: _ManifestName, sha: str,
                  data_model: str) -> None:
     """Register the file and (re)start its batch record, dropping an earlier attempt's quarantine."""
-    from mipflow.node.store import batches_table, files_table, quarantine_table
+    from mipflow.node.store.tables import batches_table, files_table, quarantine_table
 
     conn.execute(quarantine_table.delete().where(quarantine_table.c.batch_id == batch_id))
     conn.execute(batches_table.delete().where(batches_table.c.batch_id == batch_id))

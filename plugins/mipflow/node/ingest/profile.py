@@ -6,7 +6,7 @@ A profile is a JSON file::
      "encoding": "utf-8", "delimiter": ",",
      "dataset": {"value": "hospital_b"} | {"column": "dataset"},
      "visit": {"column": "episode_no"},          # optional; pseudonymised unless "pseudonymise": false
-     "deid": {...},                               # see mipflow.node.deid.rules.DeidProfile
+     "deid": {...},                               # see mipflow.node.deid.profile.DeidProfile
      "harmonise": {"columns": {"local": "cde_code"},
                    "values": {"cde_code": {"local value": "cde enumeration code"}},
                    "drop": ["local column"]}}
@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from mipflow.node.deid.rules import DeidProfile
+from mipflow.node.deid.profile import DeidProfile
 from mipflow.exceptions import ConfigError, ProfileError
 from mipflow.node.home import NodeHome
-from mipflow.node.store import FeatureStore
+from mipflow.node.store.feature_store import FeatureStore
 from mipflow.protocol.datamodel import DataModel
 
 

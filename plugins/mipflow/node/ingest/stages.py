@@ -34,7 +34,8 @@ from mipflow.node.ingest.pipeline import (ROW_COLUMN, BatchCounts, ChunkProcesso
                               apply_withdrawals, batch_id_for, merge_summaries)
 from mipflow.node.deid.pseudonyms import Pseudonymiser
 from mipflow.node.ingest.progress import Progress, estimate_rows
-from mipflow.node.store import FeatureStore, batches_table, open_store, quarantine_table, utcnow
+from mipflow.node.store.feature_store import FeatureStore, open_store, utcnow
+from mipflow.node.store.tables import batches_table, quarantine_table
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from typing import Any, Iterator, Mapping
 import sqlalchemy as sa
 
 from mipflow.exceptions import RequestError
-from mipflow.node.store import KEY_COLUMNS, LINEAGE_COLUMNS, ROW_MD5_COLUMN
+from mipflow.node.store.tables import KEY_COLUMNS, LINEAGE_COLUMNS, ROW_MD5_COLUMN
 from mipflow.protocol.datamodel import DataModel, Variable
 from mipflow.protocol.filters import (
     GROUP_KEYS,

@@ -14,13 +14,14 @@ import pandas as pd
 import sqlalchemy as sa
 
 from mipflow.node.query.filters import code_to_db
-from mipflow.node.store import ROW_MD5_COLUMN, FeatureStore
+from mipflow.node.store.feature_store import FeatureStore
+from mipflow.node.store.tables import ROW_MD5_COLUMN
 from mipflow.protocol.datamodel import Variable
 
 #: On PostgreSQL's binary path the row identity travels as one fixed-width column instead: the MD5
 #: (hex) of ``_pid + "\x1f" + dataset + "\x1f" + _visit``, kept by the server in a stored generated
-#: column (:data:`mipflow.node.store.ROW_MD5_COLUMN`), what :func:`mipflow.node.controls.differencing.row_keys` computes
-#: itself from the two columns on the other paths.
+#: column (:data:`mipflow.node.store.tables.ROW_MD5_COLUMN`), what
+#: :func:`mipflow.node.controls.differencing.row_keys` computes itself from the two columns on the other paths.
 ROW_MD5 = ROW_MD5_COLUMN
 
 

@@ -20,7 +20,8 @@ import sqlalchemy as sa
 from mipflow.exceptions import RequestError
 from mipflow.node.query.filters import RESERVED_COLUMNS, check_text, code_to_db, compile_filters, short_repr
 from mipflow.node.query.pgcopy import binary_copy_frame, copy_out
-from mipflow.node.store import KEY_COLUMNS, FeatureStore
+from mipflow.node.store.feature_store import FeatureStore
+from mipflow.node.store.tables import KEY_COLUMNS
 from mipflow.protocol.datamodel import DataModel, Variable
 from mipflow.protocol.filters import MAX_DATASETS
 
@@ -195,7 +196,7 @@ def select_frame(store: FeatureStore, model: DataModel, *, datasets: Sequence[st
         Also return the rows' store keys ``_pid`` and ``_visit`` (text, last),
         for the node's own differencing controls (:mod:`mipflow.node.controls.differencing`).
         They must never leave the node: only the node API asks for them, and
-        :func:`mipflow.algorithms.contract.prepare_local_data` drops them.
+        :func:`mipflow.algorithms.local.prepare_local_data` drops them.
 
     Returns
     -------

@@ -8,13 +8,15 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from mipflow import secagg
 from mipflow.secagg.trust import TrustStore
 from mipflow.exceptions import DisclosureError, MipflowError, RequestError, StoreError
 from mipflow.node.api.context import DataModelNotHeld, StepContext
 from mipflow.node.api.step import CHAIN, StepRequest, answer_step, refusal_of
 from mipflow.node.home import NodeHome
 from mipflow.protocol.request import AnalysisRequest
+from mipflow.secagg import node_side
+from mipflow.secagg.codec import SCHEME
+from mipflow.secagg.crypto import KeyPair, load_keypair
 from tests.mipflow.algorithms.survival_data import STROKE
 from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame
 from tests.privacy.conftest import DATASETS, make_rows, rule, where
@@ -80,10 +82,10 @@ def audit_records(context: StepContext) -> list[dict[str, Any]]:
 
 def peers(context: StepContext, *, me: str | None = None) -> dict[str, Any]:
     """Participants: this node under its own key (or under ``me``'s name) and one pinned peer."""
-    own = secagg.load_keypair(context.home.root)
-    other = secagg.KeyPair.from_bytes(bytes([17]) * 32)
+    own = load_keypair(context.home.root)
+    other = KeyPair.from_bytes(bytes([17]) * 32)
     TrustStore(context.home.root).pin("hospital_b", other.public_hex)  # the admin pinned the peer
-    return {"scheme": secagg.SCHEME, "participants": [{"node": me or context.name, "public_key": own.public_hex},
+    return {"scheme": SCHEME, "participants": [{"node": me or context.name, "public_key": own.public_hex},
                                                       {"node": "hospital_b", "public_key": other.public_hex}]}
 
 
@@ -140,13 +142,13 @@ def test_the_request_is_parsed_once_even_under_secure_aggregation(shared, monkey
 
     monkeypatch.setattr(AnalysisRequest, "from_dict", classmethod(counting))
     masked: list[Any] = []
-    mask_release = secagg.mask_release
+    mask_release = node_side.mask_release
 
     def spy(*args, **kwargs):
         masked.append(args[3])
         return mask_release(*args, **kwargs)
 
-    monkeypatch.setattr(secagg, "mask_release", spy)
+    monkeypatch.setattr(node_side, "mask_release", spy)
     reached, chain = traced()
     reply = answer_step(shared, "central", "linear_regression",
                         body(shared, **LINREG, analysis_id="a1", secure_aggregation=peers), chain=chain)

@@ -19,7 +19,7 @@ from mipflow.node.home import NodeHome
 from mipflow.exceptions import DisclosureError
 from mipflow.central.client import NodeClient, NodeEndpoint, NodeRefused
 from mipflow.node.query.read import select_frame
-from mipflow.node.store import FeatureStore
+from mipflow.node.store.feature_store import FeatureStore
 from tests.mipflow.algorithms.synthetic import MODEL
 from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, running_nodes
 

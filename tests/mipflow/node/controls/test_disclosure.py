@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from mipflow.algorithms.contract import SpecAlgorithm
+from mipflow.algorithms.spec import SpecAlgorithm
 from mipflow.node.home import NodeSettings
 from mipflow.node.controls.disclosure import DisclosureControls
 from mipflow.exceptions import DisclosureError

@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from mipflow.node.deid.rules import DeidProfile
+from mipflow.node.deid.profile import DeidProfile
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))

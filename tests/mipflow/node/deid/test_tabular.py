@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from mipflow.exceptions import ProfileError
 from mipflow.node.deid.pseudonyms import Pseudonymiser
-from mipflow.node.deid.rules import DateRule, DeidProfile, QuasiRule
+from mipflow.node.deid.profile import DeidProfile
+from mipflow.node.deid.rules import DateRule, QuasiRule
 from mipflow.node.deid.tabular import DeidResult, depersonalise
 
 from tests.mipflow.node.deid.helpers import (

@@ -8,7 +8,8 @@ import sqlalchemy as sa
 from mipflow.node.files import landing_path_key
 from mipflow.node.imaging.capture import capture_dicom
 from mipflow.node.imaging.stages import KIND
-from mipflow.node.store import files_table, open_store
+from mipflow.node.store.feature_store import open_store
+from mipflow.node.store.tables import files_table
 
 from .conftest import build_landing
 

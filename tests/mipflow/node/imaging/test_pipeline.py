@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from mipflow.node.deid.pseudonyms import Pseudonymiser
 from mipflow.node.imaging.pipeline import run_imaging
-from mipflow.node.store import open_store
+from mipflow.node.store.feature_store import open_store
 from tests.mipflow.node.ingest.test_pipeline import all_text
 
 from .conftest import build_landing, raw_identifiers

@@ -16,7 +16,7 @@ from mipflow.node.ingest.capture import (
     scan_landing, sha256_file,
 )
 from mipflow.node.files import EHR_KIND, landing_path_key
-from mipflow.node.store import FeatureStore
+from mipflow.node.store.feature_store import FeatureStore
 from tests.conftest import REPO_ROOT
 
 KEY = b"k" * 32

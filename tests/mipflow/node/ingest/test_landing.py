@@ -17,7 +17,8 @@ from mipflow.node.ingest import stages
 from mipflow.node.home import NodeHome
 from mipflow.exceptions import StoreError
 from mipflow.node.files import DICOM_KIND, EHR_KIND, REF_LENGTH, file_ref, is_path_key, landing_path_key
-from mipflow.node.store import PATH_NAMES_MARKER, batches_table, files_table, meta_table, open_store
+from mipflow.node.store.feature_store import open_store
+from mipflow.node.store.tables import PATH_NAMES_MARKER, batches_table, files_table, meta_table
 from mipflow.demo.synth import generate_export, write_export
 from tests.conftest import REPO_ROOT
 from tests.mipflow.node.ingest.test_pipeline import all_text

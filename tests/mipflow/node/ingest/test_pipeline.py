@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from mipflow.node import ops
-from mipflow.node.store import open_store
+from mipflow.node.store.feature_store import open_store
 from mipflow.node.home import NodeHome
 from mipflow.demo.synth import generate_consent, generate_export, write_export
 from tests.conftest import REPO_ROOT

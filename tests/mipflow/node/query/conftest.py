@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from mipflow.node.store import FeatureStore
+from mipflow.node.store.feature_store import FeatureStore
 
 from tests.mipflow.node.query.cases import MODEL, ROWS
 

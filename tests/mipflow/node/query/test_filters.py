@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from mipflow.exceptions import RequestError
 from mipflow.node.query.filters import compile_filters, filter_variables
-from mipflow.node.store import FeatureStore
+from mipflow.node.store.feature_store import FeatureStore
 from mipflow.protocol.datamodel import DataModel
 from mipflow.protocol.filters import MAX_DEPTH, MAX_RULES, SUPPORTED_OPERATORS
 

@@ -7,7 +7,7 @@ import pytest
 
 from mipflow.node.query.pgcopy import ROW_MD5, binary_copy_frame
 from mipflow.node.query.read import DEFAULT_CHUNKSIZE, _prepare, _stream, select_frame
-from mipflow.node.store import FeatureStore
+from mipflow.node.store.feature_store import FeatureStore
 
 from tests.mipflow.node.query.cases import (
     ALL_DATASETS,
@@ -82,7 +82,7 @@ def test_postgresql_row_identity_column_is_added_to_an_older_table_and_kept_by_t
     """A table from before the stored row identity column gets it on the first read with row
     identity; rows loaded afterwards get theirs from the server; the keys equal the CSV path's."""
     from mipflow.node.controls.differencing import row_keys
-    from mipflow.node.store import ROW_MD5_COLUMN
+    from mipflow.node.store.tables import ROW_MD5_COLUMN
 
     table = store.model_table(MODEL).name
     with store.begin() as conn:  # as a store created by an earlier mipflow

@@ -19,7 +19,7 @@ from mipflow.node.query.read import (
     select_frame,
     select_statement,
 )
-from mipflow.node.store import FeatureStore
+from mipflow.node.store.feature_store import FeatureStore
 
 from tests.mipflow.node.query.cases import (
     ALL_DATASETS,
@@ -220,7 +220,7 @@ def test_model_without_data_at_node(db_url):
 
 
 def test_the_row_identity_column_is_never_a_request_variable(store):
-    from mipflow.node.store import ROW_MD5_COLUMN
+    from mipflow.node.store.tables import ROW_MD5_COLUMN
 
     with pytest.raises(RequestError):
         select_frame(store, MODEL, datasets=ALL_DATASETS, variables=[ROW_MD5_COLUMN])

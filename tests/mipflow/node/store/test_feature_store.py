@@ -6,7 +6,7 @@ import sqlalchemy as sa
 
 from mipflow.protocol.datamodel import DataModel
 from mipflow.exceptions import StoreError
-from mipflow.node.store import FeatureStore
+from mipflow.node.store.feature_store import FeatureStore
 
 MODEL = DataModel.from_dict({
     "code": "tiny", "version": "1", "label": "Tiny",

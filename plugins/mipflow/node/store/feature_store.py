@@ -1,19 +1,7 @@
-"""The node's feature store (SQLite by default, PostgreSQL by URL).
+"""Access to a node's feature store: data models, loads, consent, the manifest and batches.
 
-One table per data model (``dm_<code>_<version>``), generated from its CDE
-variables, keyed on ``(_pid, dataset, _visit)`` with lineage columns
-(``_batch_id``, ``_source_sha256``, ``_loaded_at``), and bookkeeping tables:
-
-``mipflow_data_models``  the CDE documents the node holds
-``mipflow_datasets``     which datasets of which data model, with row counts
-``mipflow_files``        the manifest: every landing file by SHA-256, with a keyed hash of its path
-                         (never the path: see :mod:`mipflow.node.files`)
-``mipflow_batches``      one row per ingested file: status and row counts
-``mipflow_quarantine``   rows that failed, with their reason
-``mipflow_consent_log``  deletions made because consent was withdrawn
-``mipflow_meta``         one-off migrations done on this store
-
-Loads are idempotent upserts, one transaction per batch.
+The tables are declared in :mod:`mipflow.node.store.tables`.  Loads are
+idempotent upserts, one transaction per batch.
 """
 from __future__ import annotations
 
@@ -29,99 +17,35 @@ from typing import Any, Iterable, Iterator
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from mipflow.protocol.datamodel import DataModel
 from mipflow.exceptions import StoreError
+from mipflow.node.files import (
+    DICOM_KIND,
+    EHR_KIND,
+    file_label,
+    file_ref,
+    is_path_key,
+    landing_path_key,
+)
 from mipflow.node.home import NodeHome
-from mipflow.node.files import DICOM_KIND, EHR_KIND, file_label, file_ref, is_path_key, landing_path_key
+from mipflow.node.store.tables import (
+    KEY_COLUMNS,
+    LINEAGE_COLUMNS,
+    PATH_NAMES_MARKER,
+    ROW_MD5_COLUMN,
+    ROW_MD5_EXPRESSION,
+    batches_table,
+    consent_log_table,
+    data_model_table,
+    data_models_table,
+    datasets_table,
+    files_table,
+    meta_table,
+    metadata,
+    quarantine_table,
+)
+from mipflow.protocol.datamodel import DataModel
 
 log = logging.getLogger(__name__)
-
-KEY_COLUMNS = ("_pid", "dataset", "_visit")
-LINEAGE_COLUMNS = ("_batch_id", "_source_sha256", "_loaded_at")
-#: PostgreSQL only: the MD5 (hex) of a row's key ``_pid + "\x1f" + dataset + "\x1f" + _visit``, a
-#: stored generated column the server keeps up to date, so that the node's differencing controls
-#: (:mod:`mipflow.node.controls.differencing`) read each row's identity as one fixed-width field instead of hashing
-#: every row again for every new selection.  Never selected for a request's variables.
-ROW_MD5_COLUMN = "_row_md5"
-ROW_MD5_EXPRESSION = "md5(coalesce(_pid, '') || chr(31) || dataset || chr(31) || coalesce(_visit, ''))"
-_SQL_TYPES = {"int": sa.BigInteger, "real": sa.Float(precision=53), "text": sa.Text}
-
-metadata = sa.MetaData()
-
-data_models_table = sa.Table(
-    "mipflow_data_models", metadata,
-    sa.Column("code", sa.String(100), primary_key=True),
-    sa.Column("version", sa.String(50), primary_key=True),
-    sa.Column("label", sa.Text, nullable=False),
-    sa.Column("document", sa.Text, nullable=False),
-    sa.Column("added_at", sa.String(40), nullable=False),
-)
-
-datasets_table = sa.Table(
-    "mipflow_datasets", metadata,
-    sa.Column("data_model", sa.String(160), primary_key=True),
-    sa.Column("dataset", sa.String(200), primary_key=True),
-    sa.Column("row_count", sa.BigInteger, nullable=False),
-    sa.Column("updated_at", sa.String(40), nullable=False),
-)
-
-files_table = sa.Table(
-    "mipflow_files", metadata,
-    sa.Column("sha256", sa.String(64), primary_key=True),
-    sa.Column("path", sa.Text, nullable=False),
-    sa.Column("size", sa.BigInteger, nullable=False),
-    sa.Column("kind", sa.String(20), nullable=False),
-    sa.Column("first_seen", sa.String(40), nullable=False),
-    sa.Column("batch_id", sa.String(80), nullable=True),
-)
-
-batches_table = sa.Table(
-    "mipflow_batches", metadata,
-    sa.Column("batch_id", sa.String(80), primary_key=True),
-    sa.Column("data_model", sa.String(160), nullable=False),
-    sa.Column("source", sa.Text, nullable=False),
-    sa.Column("sha256", sa.String(64), nullable=False),
-    sa.Column("stage", sa.String(20), nullable=False),
-    sa.Column("status", sa.String(20), nullable=False),
-    sa.Column("message", sa.Text, nullable=False, default=""),
-    sa.Column("rows_in", sa.BigInteger, nullable=False, default=0),
-    sa.Column("loaded", sa.BigInteger, nullable=False, default=0),
-    sa.Column("quarantined", sa.BigInteger, nullable=False, default=0),
-    sa.Column("no_consent", sa.BigInteger, nullable=False, default=0),
-    sa.Column("duplicates", sa.BigInteger, nullable=False, default=0),
-    sa.Column("validation", sa.Text, nullable=False, default="{}"),
-    sa.Column("started_at", sa.String(40), nullable=False),
-    sa.Column("finished_at", sa.String(40), nullable=True),
-)
-
-quarantine_table = sa.Table(
-    "mipflow_quarantine", metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("batch_id", sa.String(80), nullable=False, index=True),
-    sa.Column("row_number", sa.BigInteger, nullable=False),
-    sa.Column("stage", sa.String(20), nullable=False),
-    sa.Column("reason", sa.Text, nullable=False),
-    sa.Column("record", sa.Text, nullable=True),
-)
-
-consent_log_table = sa.Table(
-    "mipflow_consent_log", metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("patients", sa.Integer, nullable=False),
-    sa.Column("data_model", sa.String(160), nullable=False),
-    sa.Column("rows_deleted", sa.BigInteger, nullable=False),
-    sa.Column("at", sa.String(40), nullable=False),
-)
-
-meta_table = sa.Table(
-    "mipflow_meta", metadata,
-    sa.Column("name", sa.String(100), primary_key=True),
-    sa.Column("value", sa.Text, nullable=False),
-    sa.Column("updated_at", sa.String(40), nullable=False),
-)
-
-#: ``mipflow_meta`` entry set once the manifest holds path keys only (see :meth:`FeatureStore.migrate_path_names`).
-PATH_NAMES_MARKER = ("manifest_paths", "hmac-sha256")
 
 
 def utcnow() -> str:
@@ -172,25 +96,7 @@ class FeatureStore:
         """The SQLAlchemy table of a data model (not created)."""
         if model.key in self._tables:
             return self._tables[model.key]
-        columns: list[sa.Column] = [
-            sa.Column("_pid", sa.String(64), primary_key=True),
-            sa.Column("dataset", sa.String(200), primary_key=True),
-            sa.Column("_visit", sa.String(100), primary_key=True),
-        ]
-        for var in model:
-            if var.code in KEY_COLUMNS:
-                continue
-            if var.code.startswith("_") and var.code in LINEAGE_COLUMNS:
-                raise StoreError(f"variable {var.code!r} clashes with a lineage column")
-            columns.append(sa.Column(var.code, _SQL_TYPES[var.sql_type], nullable=True))
-        columns += [
-            sa.Column("_batch_id", sa.String(80), nullable=False),
-            sa.Column("_source_sha256", sa.String(64), nullable=False),
-            sa.Column("_loaded_at", sa.String(40), nullable=False),
-        ]
-        if self.dialect == "postgresql":
-            columns.append(sa.Column(ROW_MD5_COLUMN, sa.Text, sa.Computed(ROW_MD5_EXPRESSION, persisted=True)))
-        table = sa.Table(model.table_name, sa.MetaData(), *columns)
+        table = data_model_table(model, self.dialect)
         self._tables[model.key] = table
         return table
 
@@ -558,7 +464,7 @@ def _records(frame: Any, tail: tuple[Any, ...]) -> list[list[Any]]:
 def open_store(home: NodeHome) -> FeatureStore:
     """The node's feature store; the first open rewrites raw landing paths of older stores.
 
-    See :meth:`~mipflow.node.store.FeatureStore.migrate_path_names` (one primary-key
+    See :meth:`FeatureStore.migrate_path_names` (one primary-key
     lookup once done).
     """
     store = FeatureStore(home.db_url)
