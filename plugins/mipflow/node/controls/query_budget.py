@@ -87,7 +87,7 @@ class Spent:
         whose = "" if self.kind == "researcher" else " by all its researchers"
         setting = "query_budget" if self.kind == "researcher" else "query_budget_project"
         return (f"{self.kind} {self.who!r} has used the query budget of this node ({self.used} of {self.limit} "
-                f"analyses in the last 24 hours{whose}, {setting}); it frees up at {at}")
+                f"analyses in the last 24 hours{whose}, {setting}), which frees up at {at}")
 
 
 class QueryBudget:
