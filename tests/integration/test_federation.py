@@ -162,6 +162,10 @@ def federation(request, tmp_path_factory, shared_dir: Path, dementia_model: Data
         # a node), which refuses a node in one logistic case: see _run_case.
         for key in ("min_row_count", "nfilter_subset", "nfilter_tab", "nfilter_glm", "release_extremes"):
             home.set_setting(key, 1)
+        # the suite is hundreds of analyses by one test identity in one project: past any
+        # day's budget (ADR 0025; tests/privacy/test_budgets.py tests the budgets)
+        home.set_setting("query_budget", 0)
+        home.set_setting("query_budget_project", 0)
     fed_frames = {
         "dementia:0.1": (dementia_model, _load_model(
             roots, shared_dir / "data" / "dementia_v_0_1", dementia_model,

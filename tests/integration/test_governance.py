@@ -215,7 +215,8 @@ def test_audit_log_holds_no_row_level_data_and_verifies(nodes):
     allowed_keys = {"at", "seq", "digest", "prev", "client", "endpoint", "what", "algorithm", "round",
                     "data_model", "datasets", "x", "y", "filters", "rows", "decision", "control", "reason", "ms",
                     "researcher", "project", "grants", "analysis", "algorithm_sha256", "catalogue_version",
-                    "cohort"}  # cohort: SHA-256 digest of the keyed row hashes (ADR 0013), no row data
+                    "cohort",  # cohort: SHA-256 digest of the keyed row hashes (ADR 0013), no row data
+                    "counted"}  # counted: a refused step charged to the query budgets (ADR 0025), a boolean
     for name, root in nodes["roots"].items():
         assert verify_log(root / "audit.log").ok
         records = read_records(root / "audit.log")
@@ -223,6 +224,7 @@ def test_audit_log_holds_no_row_level_data_and_verifies(nodes):
         for record in records:
             assert set(record) <= allowed_keys, set(record) - allowed_keys
             assert isinstance(record.get("rows", 0), int)
+            assert isinstance(record.get("counted", False), bool)
         text = (root / "audit.log").read_text()
         data = nodes["data"][name]
         for code in data["subjectcode"]:

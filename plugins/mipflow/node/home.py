@@ -77,8 +77,12 @@ class NodeSettings:
     dicom_pixels_cleaned: int = 0
     #: UID root for remapped UIDs (empty: 2.25.<128-bit integer>).
     dicom_uid_root: str = ""
-    #: Distinct analyses one researcher may run at this node in any 24 hours (0 = unlimited).
-    query_budget: int = 0
+    #: Distinct analyses one researcher may run at this node in any 24 hours, answered or refused
+    #: (0 = unlimited; docs/adr/0025-budgets.md). An honest day's work is 10-20.
+    query_budget: int = 100
+    #: Distinct analyses all researchers of one project may run at this node in any 24 hours, so that
+    #: fresh researcher ids under a project grant do not reset the budget (0 = unlimited).
+    query_budget_project: int = 300
     #: Algorithms the node admin has switched off, comma-separated (refused with a reason).
     disabled_algorithms: str = ""
     # -- differential privacy (docs/adr/0015-differential-privacy.md; off by default) --
@@ -92,6 +96,11 @@ class NodeSettings:
     dp_budget_epsilon: float = 5.0
     #: Delta of the budget (Gaussian mechanism; Laplace spends none).
     dp_budget_delta: float = 1e-6
+    #: Total epsilon all researchers of one project may spend at this node (all time); by default
+    #: the per-researcher budget, so new researcher ids under one project share it.
+    dp_project_budget_epsilon: float = 5.0
+    #: Delta of the project's budget.
+    dp_project_budget_delta: float = 1e-6
     #: Algorithms a DP node may still run without noise, comma-separated (others without a DP mechanism are refused).
     dp_exempt_algorithms: str = ""
     #: Refuse cohorts that differ from an answered one by fewer than min_row_count rows, and
@@ -132,9 +141,10 @@ class NodeSettings:
             raise ConfigError(f"setting {key!r} is a fraction between 0 and 1")
         if key == "dp_mechanism" and converted not in ("laplace", "gaussian"):
             raise ConfigError(f"setting {key!r} is laplace or gaussian")
-        if key in ("dp_epsilon", "dp_budget_epsilon") and not 0 < converted < float("inf"):
+        if key in ("dp_epsilon", "dp_budget_epsilon", "dp_project_budget_epsilon") \
+                and not 0 < converted < float("inf"):
             raise ConfigError(f"setting {key!r} must be a positive number")
-        if key == "dp_budget_delta" and converted >= 1:
+        if key in ("dp_budget_delta", "dp_project_budget_delta") and converted >= 1:
             raise ConfigError(f"setting {key!r} is a probability below 1")
         if key == "dp_exempt_algorithms":
             names = sorted({n.strip() for n in converted.split(",") if n.strip()})

@@ -17,7 +17,7 @@ Order (ADR 0002, 0010, 0013, 0014, 0015, 0024)::
     parse_step           body, nfilter_string, AnalysisRequest          (400 / 403)
     resolve_algorithm    vetted step code, digest, disabled_algorithm   (400 / 403)
     check_access         grants of researcher and project              (403 access)
-    check_query_budget   distinct analyses per researcher              (403 query_budget)
+    check_query_budget   distinct analyses per researcher and project  (403 query_budget)
     find_data_model      the node holds the data model                 (404 data_model)
     validate_request     variables and parameters against the model    (400)
     check_request        disclosure controls on the request            (403)
@@ -31,7 +31,12 @@ Order (ADR 0002, 0010, 0013, 0014, 0015, 0024)::
     mask                 secure aggregation, last change to the reply  (400 / 403 secure_aggregation)
     remember_cohort      the cohort ledger learns what was released
     audit_answer         the "allowed" record
-    charge_query_budget  the analysis counts against the budget
+    charge_query_budget  the analysis counts against the budgets
+
+Every request that parses counts against the query budgets (ADR 0025), answered
+or refused: a refusal by any control is charged by :func:`answer_step` before
+its audit record is written (``counted``), except one refused by the budget
+itself.  A refusal tells the requester something, so it is not free.
 """
 from __future__ import annotations
 
@@ -149,6 +154,9 @@ def parse_step(algorithm: str, raw: bytes, work: StepWork) -> StepRequest:
     analysis = AnalysisRequest.from_dict(body.request)
     work.record.update(round=body.round, data_model=analysis.data_model, datasets=list(analysis.datasets),
                        x=list(analysis.x), y=list(analysis.y), filters=analysis.filters)
+    # the analysis the step belongs to, known before any control can refuse it (the query budget)
+    work.analysis_key = analysis_key(body.analysis_id, algorithm, analysis.to_dict())
+    work.record["analysis"] = work.analysis_key
     return StepRequest(algorithm=algorithm, round=body.round, analysis=analysis, state=body.state,
                        researcher=body.researcher, project=body.project, analysis_id=body.analysis_id,
                        secure_aggregation=body.secure_aggregation)
@@ -177,11 +185,12 @@ def check_access(request: StepRequest, context: StepContext, work: StepWork) -> 
 
 
 def check_query_budget(request: StepRequest, context: StepContext, work: StepWork) -> None:
-    """A new analysis fits the researcher's budget of distinct analyses (control ``query_budget``);
-    later rounds and restarts of one analysis count once."""
-    work.analysis_key = analysis_key(request.analysis_id, request.algorithm, request.analysis.to_dict())
-    work.record["analysis"] = work.analysis_key
-    context.budget.check(request.researcher, work.analysis_key, work.settings.query_budget)
+    """A new analysis fits the researcher's and the project's budgets of distinct analyses
+    (control ``query_budget``, ADR 0025); later rounds and restarts of one analysis count once.
+    From here on the step counts, whether it is answered or refused."""
+    context.budget.check(request.researcher, work.analysis_key, work.settings.query_budget,
+                         project=request.project, project_limit=work.settings.query_budget_project)
+    work.record["counted"] = True
 
 
 def find_data_model(request: StepRequest, context: StepContext, work: StepWork) -> None:
@@ -262,7 +271,8 @@ def add_noise(request: StepRequest, context: StepContext, work: StepWork) -> Non
     """Differential privacy (ADR 0015): noise after the controls, charged before the reply.
     The exact row count stays at the node when noise was added."""
     noisy = context.privacy.apply(work.settings, work.algo, request.analysis, work.model, request.round,
-                                  work.data, request.researcher or "", details={"analysis": work.analysis_key})
+                                  work.data, request.researcher or "", project=request.project or "",
+                                  details={"analysis": work.analysis_key})
     if noisy is not None:
         work.aggregates, work.record["dp"], work.rows = noisy.aggregates, noisy.label, noisy.rows
 
@@ -290,8 +300,24 @@ def audit_answer(request: StepRequest, context: StepContext, work: StepWork) -> 
 
 
 def charge_query_budget(request: StepRequest, context: StepContext, work: StepWork) -> None:
-    """The analysis counts against the researcher's budget (steps refused before do not)."""
-    context.budget.charge(request.researcher, work.analysis_key)
+    """The analysis counts against the researcher's and the project's budgets (a refused step is
+    charged by :func:`charge_refusal`)."""
+    context.budget.charge(request.researcher, work.analysis_key, project=request.project,
+                          limit=work.settings.query_budget, project_limit=work.settings.query_budget_project)
+
+
+def charge_refusal(request: StepRequest, context: StepContext, work: StepWork, exc: MipflowError) -> None:
+    """A refused step counts like an answered one (ADR 0025): refusals are not free probes.
+
+    Not charged again: a step refused because a budget is spent.  A step refused before
+    :func:`check_query_budget` (access, a disabled algorithm) counts while the budgets have
+    room.  ``work.record["counted"]`` says whether it counted; the ledger is rebuilt from it.
+    """
+    if isinstance(exc, DisclosureError) and exc.control == "query_budget":
+        return
+    work.record["counted"] = context.budget.charge(
+        request.researcher, work.analysis_key, project=request.project, limit=work.settings.query_budget,
+        project_limit=work.settings.query_budget_project)
 
 
 #: The node's controls in the order a step passes them (see the module docstring).
@@ -360,11 +386,14 @@ def answer_step(context: StepContext, client: str, algorithm: str, raw: bytes, *
     """
     work = StepWork(settings=context.settings(),
                     record={"client": client, "endpoint": "/v1/steps", "algorithm": algorithm})
+    request: StepRequest | None = None
     try:
         request = parse_step(algorithm, raw, work)
         for control in chain:
             control(request, context, work)
     except MipflowError as exc:
+        if request is not None:  # a body that does not parse is not charged: only its bytes decide that
+            charge_refusal(request, context, work, exc)
         context.audit.append(**work.record, **refusal_of(exc), reason=str(exc))
         raise
     return {"node": context.name, "algorithm": algorithm, "round": request.round, "rows": work.rows,

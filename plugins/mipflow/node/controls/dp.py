@@ -5,9 +5,11 @@ Gaussian measurement (``dp_mechanism``; :mod:`mipflow.node.controls.dp_noise`)
 to what a supported algorithm releases, after the disclosure controls accepted
 the step and before the reply (hook in :mod:`mipflow.node.api.app`).  Each step
 costs the node's per-query ``dp_epsilon`` (Gaussian: stated at
-``dp_budget_delta``), charged to the researcher in the node's persistent ledger
-(:mod:`mipflow.node.controls.privacy_budget`) before the answer leaves; a step
-the budget cannot pay for is refused (control ``dp_budget``).
+``dp_budget_delta``), charged to the researcher and to the project in the node's
+persistent ledger (:mod:`mipflow.node.controls.privacy_budget`) before the
+answer leaves; a step that either budget cannot pay for is refused (control
+``dp_budget``; the project's budget, ``dp_project_budget_epsilon``, holds
+whichever researcher ids a central site claims, ADR 0025).
 
 Neighbouring data sets differ by **one row added or removed** (one row of the
 feature store: a patient, or a patient-visit where a data model has visits).
@@ -82,15 +84,20 @@ class NodePrivacy:
         return self._ledger
 
     def apply(self, settings: Any, algorithm: Any, request: Any, model: Any, round_no: int, data: Any,
-              researcher: str, details: dict[str, Any] | None = None) -> NoisyRelease | None:
+              researcher: str, details: dict[str, Any] | None = None, *,
+              project: str | None = None) -> NoisyRelease | None:
         """Noisy aggregates for a DP node, ``None`` where the node releases exactly.
+
+        ``project`` (the node's step passes it, ``""`` for none) is charged too, against
+        ``dp_project_budget_epsilon`` / ``dp_project_budget_delta``; ``None`` charges the
+        researcher only.
 
         Raises
         ------
         DisclosureError
             ``dp_unsupported`` for an algorithm (or variable) with no DP mechanism here
             and not exempted by the node admin; ``dp_budget`` when the researcher's
-            budget cannot pay for the step; ``dp_config`` for unusable settings.
+            or the project's budget cannot pay for the step; ``dp_config`` for unusable settings.
         """
         if not settings.dp_enabled or algorithm.name in _names(settings.dp_exempt_algorithms):
             return None
@@ -106,7 +113,9 @@ class NodePrivacy:
         cost = noise.cost()
         # charged (on disk) before the noisy answer can leave; refused here if over budget
         spent = self.ledger.charge(researcher, cost, epsilon_budget=settings.dp_budget_epsilon,
-                                   delta_budget=settings.dp_budget_delta,
+                                   delta_budget=settings.dp_budget_delta, project=project,
+                                   project_epsilon_budget=settings.dp_project_budget_epsilon,
+                                   project_delta_budget=settings.dp_project_budget_delta,
                                    details={"algorithm": algorithm.name, **(details or {})})
         label = noise_label(mechanism=cost.mechanism, epsilon=cost.epsilon, delta=cost.delta, rho=cost.rho,
                             clamped=clamped, spent={"epsilon": spent.epsilon, "delta": spent.delta,

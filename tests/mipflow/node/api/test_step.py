@@ -223,6 +223,9 @@ def test_each_control_refuses_what_it_must(tmp_path, settings, earlier, algorith
     assert record["reason"] == str(info.value)
     rows_read = refusing in ORDER and ORDER.index(refusing) > ORDER.index("read_rows")
     assert ("rows" in record) == rows_read
+    # every refusal of a parsed request counts against the query budgets, but the budget's own (ADR 0025)
+    assert bool(record.get("counted")) == (refusing != "parse_step" and control != "query_budget")
+    assert ("analysis" in record) == (refusing != "parse_step")
 
 
 @pytest.mark.parametrize("exc, fields", [

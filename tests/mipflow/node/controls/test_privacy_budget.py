@@ -88,3 +88,38 @@ def test_any_unreadable_entry_stops_the_node(tmp_path, line):
     (tmp_path / LEDGER_FILE).write_text(line + "\n")
     with pytest.raises(ConfigError, match="line 1 is not a ledger entry"):
         PrivacyLedger(tmp_path)
+
+
+def test_a_project_is_charged_across_its_researchers_and_refused_when_spent(tmp_path):
+    """New researcher ids under one project share the project's budget; the message names it."""
+    ledger = PrivacyLedger(tmp_path)
+    for who in ("r1", "r2"):
+        ledger.charge(who, PrivacyCost("laplace", 0.5), epsilon_budget=1.0, delta_budget=1e-6, project="p",
+                      project_epsilon_budget=1.0)
+    assert ledger.project_spent("p", 1e-6).epsilon == pytest.approx(1.0)
+    with pytest.raises(DisclosureError) as info:
+        ledger.charge("r3", PrivacyCost("laplace", 0.5), epsilon_budget=1.0, delta_budget=1e-6, project="p",
+                      project_epsilon_budget=1.0)
+    assert info.value.control == "dp_budget"
+    assert str(info.value).startswith("project 'p' has spent epsilon 1 of the privacy budget (epsilon 1, delta "
+                                      "1e-06, dp_project_budget_epsilon) at this node, all its researchers together")
+    assert "does not renew" in str(info.value) and "researcher 'r3'" not in str(info.value)
+    assert ledger.costs("r3") == [] and len((tmp_path / LEDGER_FILE).read_text().splitlines()) == 2
+    # another project has room; the researcher's own budget still binds
+    ledger.charge("r1", PrivacyCost("laplace", 0.5), epsilon_budget=1.0, delta_budget=1e-6, project="q")
+    with pytest.raises(DisclosureError, match="^researcher 'r1' has spent epsilon 1 ") as info:
+        ledger.charge("r1", PrivacyCost("laplace", 0.5), epsilon_budget=1.0, delta_budget=1e-6, project="q2")
+    assert "project" not in str(info.value).split(";")[0]
+    again = PrivacyLedger(tmp_path)  # read back: nothing reset
+    assert again.project_spent("p", 1e-6).epsilon == pytest.approx(1.0) and len(again.project_costs("q")) == 1
+
+
+def test_a_ledger_from_before_projects_keeps_working(tmp_path):
+    """Old lines have no project: they count for their researcher, and a project starts from them at 0."""
+    (tmp_path / LEDGER_FILE).write_text('{"researcher": "alice", "mechanism": "laplace", "epsilon": 0.75}\n')
+    ledger = PrivacyLedger(tmp_path)
+    assert ledger.spent("alice", 1e-6).epsilon == 0.75 and ledger.project_costs("p") == []
+    with pytest.raises(DisclosureError, match="researcher 'alice' has spent epsilon 0.75"):
+        ledger.charge("alice", PrivacyCost("laplace", 0.5), epsilon_budget=1.0, delta_budget=1e-6, project="p")
+    ledger.charge("bob", PrivacyCost("laplace", 0.5), epsilon_budget=1.0, delta_budget=1e-6, project="p")
+    assert PrivacyLedger(tmp_path).project_spent("p", 1e-6).epsilon == 0.5
