@@ -14,7 +14,8 @@ from mipflow.node.store.feature_store import open_store
 from mipflow.protocol.signing import issue_client
 from mipflow.node.home import NodeHome
 from mipflow.central.results import ResultStore
-from mipflow.demo.synth import HOSPITALS, generate_export, write_export
+from mipflow.demo.formats import HOSPITALS
+from mipflow.demo.synth import generate_export, write_export
 from tests.conftest import REPO_ROOT
 from tests.nodes import DAG_TEST_USER, PROJECT, RESEARCHER, grant_all, pin_each_other, running_nodes
 

@@ -22,7 +22,8 @@ from mipflow.node import ops
 from mipflow.protocol.signing import issue_client
 from mipflow.node.home import NodeHome
 from mipflow.central.results import ResultStore
-from mipflow.demo.synth import HOSPITALS, generate_export, write_export
+from mipflow.demo.formats import HOSPITALS
+from mipflow.demo.synth import generate_export, write_export
 from tests.airflow_server import central_airflow, run_dag
 from tests.conftest import REPO_ROOT
 from tests.nodes import PROJECT, grant_all, pin_each_other, running_nodes

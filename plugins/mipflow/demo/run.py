@@ -31,7 +31,8 @@ def prepare_nodes(work_dir: Path, *, n_patients: int, seed: int) -> dict[str, Pa
     from mipflow.node.home import NodeHome
     from mipflow.protocol.datamodel import bundled_data_model_path
     from mipflow.node.ops import add_data_model
-    from mipflow.demo.synth import HOSPITALS, write_demo_exports
+    from mipflow.demo.formats import HOSPITALS
+    from mipflow.demo.synth import write_demo_exports
 
     if work_dir.exists():
         shutil.rmtree(work_dir)

@@ -30,35 +30,18 @@ Every cell of a generated export is a ``str``; a missing value is ``""``.
 """
 from __future__ import annotations
 
-import unicodedata
-from dataclasses import dataclass, field
-from datetime import date, timedelta
-from functools import lru_cache
+from datetime import timedelta
 from pathlib import Path
 from typing import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
 
-__all__ = [
-    "HOSPITALS",
-    "EXTRACTION_DATE",
-    "BAD_ROW_KINDS",
-    "generate_export",
-    "write_export",
-    "generate_consent",
-    "write_demo_exports",
-    "patient_id_column",
-    "export_columns",
-]
+from mipflow.demo.formats import FIELDS, HOSPITALS, Layout, layout_of, patient_id_column
+from mipflow.demo.population import EPOCH, EXTRACTION_DATE, FIRST_ADMISSION, hospital_pools, simulate
 
-HOSPITALS: tuple[str, ...] = ("hospital_a", "hospital_b", "hospital_c")
+__all__ = ["BAD_ROW_KINDS", "generate_export", "write_export", "generate_consent", "write_demo_exports"]
 
-#: Fixed "today" of the exports, so that output does not depend on the clock.
-EXTRACTION_DATE = date(2025, 6, 30)
-_FIRST_ADMISSION = date(2018, 1, 1)
-_LAST_ADMISSION = date(2024, 12, 31)
-_EPOCH = date(1970, 1, 1)
 
 #: The kinds of deliberately bad rows, in the order they are appended.
 BAD_ROW_KINDS: tuple[str, ...] = (
@@ -70,346 +53,6 @@ BAD_ROW_KINDS: tuple[str, ...] = (
     "birth_after_admission",
     "duplicate_row",
 )
-
-_POOL_SIZE = 2000
-
-# ---------------------------------------------------------------------------
-# Hospital layouts
-# ---------------------------------------------------------------------------
-
-#: Internal field names, in export order.  Each layout names the local column
-#: of the fields it exports (a field a hospital does not export is left out).
-_FIELDS = (
-    "mrn", "visit", "first_name", "last_name", "street", "city", "postcode", "phone",
-    "email", "national_id", "birth_date", "admission_date", "sex", "stroke_type", "nihss",
-    "onset", "sbp", "glucose", "af", "diabetes", "hypertension", "thrombolysis",
-    "thrombectomy", "dtn", "mrs", "death", "last_contact", "ward", "notes",
-)
-
-
-@dataclass(frozen=True)
-class _Layout:
-    locale: str
-    date_format: str
-    mrn_prefix: str
-    mrn_digits: int
-    mrn_base: int
-    visit_prefix: str
-    national_id: str  # "nhs", "kvnr" or "ssn"
-    columns: Mapping[str, str]
-    sex: Mapping[str, str]  # "M"/"F" -> local code
-    stroke_type: Mapping[str, str]  # CDE code -> local code
-    yes_no: Mapping[str, str]  # "yes"/"no" -> local code
-    unknown_sex: str
-    wards: tuple[str, ...]
-    #: Hospital-level differences in case mix and care (log-odds / years).
-    age_shift: float = 0.0
-    diabetes_rate: float = 0.25
-    thrombectomy_shift: float = 0.0
-    dtn_median: float = 45.0
-    email_missing: float = 0.35
-    notes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-
-
-_LAYOUTS: dict[str, _Layout] = {
-    # English column names, CDE-like codes, ISO dates, NHS number.
-    "hospital_a": _Layout(
-        locale="en_GB",
-        date_format="%Y-%m-%d",
-        mrn_prefix="A",
-        mrn_digits=7,
-        mrn_base=0,
-        visit_prefix="ENC",
-        national_id="nhs",
-        columns={
-            "mrn": "mrn", "visit": "encounter_id", "first_name": "first_name",
-            "last_name": "last_name", "street": "address_line1", "city": "town",
-            "postcode": "postcode", "phone": "phone", "email": "email",
-            "national_id": "nhs_number", "birth_date": "date_of_birth",
-            "admission_date": "admission_date", "sex": "sex", "stroke_type": "stroke_type",
-            "nihss": "nihss_on_admission", "onset": "onset_to_arrival_min",
-            "sbp": "sbp_admission", "glucose": "glucose_admission_mmol",
-            "af": "atrial_fibrillation", "diabetes": "diabetes",
-            "hypertension": "hypertension", "thrombolysis": "iv_thrombolysis",
-            "thrombectomy": "mechanical_thrombectomy", "dtn": "door_to_needle_min",
-            "mrs": "mrs_day90", "death": "died_within_90d",
-            "last_contact": "last_contact_date", "ward": "ward", "notes": "clinical_notes",
-        },
-        sex={"M": "M", "F": "F"},
-        stroke_type={"ischaemic": "Ischaemic", "haemorrhagic": "Haemorrhagic", "tia": "TIA"},
-        yes_no={"yes": "yes", "no": "no"},
-        unknown_sex="U",
-        wards=("Hyperacute Stroke Unit", "Stroke Rehab", "Acute Medical Unit", "Neuro ITU"),
-        notes={
-            "intro": ("Pt ", "", "Patient ", "Seen: "),
-            "verb": (" admitted with ", " presented with ", " brought in by ambulance with ",
-                     ", referred by GP with "),
-            "symptom": ("left-sided weakness", "right arm weakness and dysphasia",
-                        "facial droop, slurred speech", "sudden severe headache",
-                        "visual field loss", "unsteadiness and vertigo", "confusion"),
-            "contact": ("NOK: wife ", "Daughter ", "Son ", "Husband ", "Contact: partner "),
-            "contact_sex": ("F", "F", "M", "M", ""),
-            "informed": (" informed.",),
-            "tail": ("", " CT head done.", ' Family say "was fine at breakfast".',
-                     " For SALT assessment, then OT.", " Discussed with Dr "),
-        },
-    ),
-    # German column names, m/w and ja/nein codes, dd.mm.yyyy dates, KVNR.
-    "hospital_b": _Layout(
-        locale="de_DE",
-        date_format="%d.%m.%Y",
-        mrn_prefix="",
-        mrn_digits=8,
-        mrn_base=40_000_000,
-        visit_prefix="F",
-        national_id="kvnr",
-        columns={
-            "mrn": "pat_nr", "visit": "fall_nr", "first_name": "vorname",
-            "last_name": "nachname", "street": "strasse", "city": "ort", "postcode": "plz",
-            "phone": "telefon", "national_id": "versichertennummer",
-            "birth_date": "geburtsdatum", "admission_date": "aufnahmedatum",
-            "sex": "geschlecht", "stroke_type": "diagnose_typ", "nihss": "NIHSS_Aufnahme",
-            "onset": "symptombeginn_bis_aufnahme_min", "sbp": "RR_systolisch",
-            "glucose": "blutzucker_mmol_l", "af": "vorhofflimmern", "diabetes": "diabetes",
-            "hypertension": "hypertonie", "thrombolysis": "lyse",
-            "thrombectomy": "thrombektomie", "dtn": "tuer_nadel_zeit_min",
-            "mrs": "mRS_Tag90", "death": "verstorben_90d",
-            "last_contact": "letzter_kontakt", "ward": "station", "notes": "arztbrief_freitext",
-        },
-        sex={"M": "m", "F": "w"},
-        stroke_type={"ischaemic": "Hirninfarkt", "haemorrhagic": "Hirnblutung", "tia": "TIA"},
-        yes_no={"yes": "ja", "no": "nein"},
-        unknown_sex="d",
-        wards=("Stroke Unit", "Neurologie 2", "Intensivstation", "Neurologie 3"),
-        thrombectomy_shift=0.8,
-        dtn_median=35.0,
-        notes={
-            "intro": ("Pat. ", "", "Patient/in ", "Aufnahme von "),
-            "verb": (" mit ", ", eingeliefert mit ", " (Notarzt) mit ", ", zugewiesen mit "),
-            "symptom": ("Hemiparese links", "Hemiparese rechts und Aphasie",
-                        "Dysarthrie, Fazialisparese", "akutem Kopfschmerz",
-                        "Sehstörung", "Schwindel und Gangunsicherheit", "Verwirrtheit"),
-            "contact": ("Ehefrau ", "Tochter ", "Sohn ", "Ehemann ", "Angehörige/r: "),
-            "contact_sex": ("F", "F", "M", "M", ""),
-            "informed": (" informiert.",),
-            "tail": ("", " CCT durchgeführt.", ' Laut Familie "heute früh noch unauffällig".',
-                     " Logopädie, Physiotherapie angemeldet.", " Rücksprache mit Dr. "),
-        },
-    ),
-    # Upper-case column names, numeric codes, US dates, SSN.
-    "hospital_c": _Layout(
-        locale="en_US",
-        date_format="%m/%d/%Y",
-        mrn_prefix="",
-        mrn_digits=9,
-        mrn_base=100_000_000,
-        visit_prefix="V",
-        national_id="ssn",
-        columns={
-            "mrn": "MRN", "visit": "VISIT_NO", "first_name": "PT_FIRST_NAME",
-            "last_name": "PT_LAST_NAME", "street": "ADDRESS", "city": "CITY",
-            "postcode": "ZIP", "phone": "PHONE", "email": "EMAIL", "national_id": "SSN",
-            "birth_date": "DOB", "admission_date": "ADMIT_DT", "sex": "SEX",
-            "stroke_type": "STROKE_TYPE", "nihss": "NIHSS_ADM", "onset": "ONSET_ARRIVAL_MIN",
-            "sbp": "SBP", "glucose": "GLUCOSE_MMOL", "af": "HX_AFIB", "diabetes": "HX_DM",
-            "hypertension": "HX_HTN", "thrombolysis": "IV_TPA", "thrombectomy": "EVT",
-            "dtn": "DTN_MIN", "mrs": "MRS_90", "death": "DEATH_90",
-            "last_contact": "LAST_FU_DT", "ward": "PAYER", "notes": "NOTE_TEXT",
-        },
-        sex={"M": "1", "F": "2"},
-        stroke_type={"ischaemic": "1", "haemorrhagic": "2", "tia": "3"},
-        yes_no={"yes": "1", "no": "0"},
-        unknown_sex="9",
-        wards=("Medicare", "Medicaid", "Commercial", "Self-pay"),
-        age_shift=3.0,
-        diabetes_rate=0.33,
-        email_missing=0.45,
-        notes={
-            "intro": ("Pt ", "", "Patient ", "ED note: "),
-            "verb": (" presented with ", " arrived by EMS with ", " c/o ", ", transferred with "),
-            "symptom": ("L-sided weakness", "R arm weakness and aphasia",
-                        "facial droop, slurred speech", "thunderclap headache",
-                        "vision loss", "dizziness and ataxia", "AMS"),
-            "contact": ("Wife ", "Daughter ", "Son ", "Husband ", "Emergency contact: "),
-            "contact_sex": ("F", "F", "M", "M", ""),
-            "informed": (" notified.",),
-            "tail": ("", " CTA ordered.", ' Per family "was fine at dinner", LKW unclear.',
-                     " PT/OT consult.", " Discussed with Dr "),
-        },
-    ),
-}
-
-
-def _layout(hospital: str) -> _Layout:
-    try:
-        return _LAYOUTS[hospital]
-    except KeyError:
-        raise ValueError(f"unknown hospital {hospital!r}; expected one of {HOSPITALS}") from None
-
-
-def patient_id_column(hospital: str) -> str:
-    """Local column that holds the medical record number in ``hospital``'s export."""
-    return _layout(hospital).columns["mrn"]
-
-
-def export_columns(hospital: str) -> list[str]:
-    """Local columns of ``hospital``'s export, in order."""
-    cols = _layout(hospital).columns
-    return [cols[f] for f in _FIELDS if f in cols]
-
-
-# ---------------------------------------------------------------------------
-# Faker pools
-# ---------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class _Pools:
-    male: np.ndarray
-    female: np.ndarray
-    last: np.ndarray
-    male_ascii: np.ndarray
-    female_ascii: np.ndarray
-    last_ascii: np.ndarray
-    street: np.ndarray
-    city: np.ndarray
-    postcode: np.ndarray
-    phone: np.ndarray
-    domains: np.ndarray
-
-
-def _ascii_handle(name: str) -> str:
-    folded = name.replace("ß", "ss").replace("ä", "ae").replace("ö", "oe").replace("ü", "ue")
-    folded = folded.replace("Ä", "Ae").replace("Ö", "Oe").replace("Ü", "Ue")
-    folded = unicodedata.normalize("NFKD", folded).encode("ascii", "ignore").decode("ascii")
-    return "".join(ch for ch in folded.lower() if ch.isalnum())
-
-
-def _objects(values: Iterable[str]) -> np.ndarray:
-    arr = np.array(list(values), dtype=object)
-    arr.setflags(write=False)
-    return arr
-
-
-@lru_cache(maxsize=16)
-def _pools(hospital: str, seed: int) -> _Pools:
-    from faker import Faker
-
-    layout = _layout(hospital)
-    fake = Faker(layout.locale)
-    fake.seed_instance(int(np.random.SeedSequence([seed, HOSPITALS.index(hospital), 99]).generate_state(1)[0]))
-    male = [fake.first_name_male() for _ in range(_POOL_SIZE // 2)]
-    female = [fake.first_name_female() for _ in range(_POOL_SIZE // 2)]
-    last = [fake.last_name() for _ in range(_POOL_SIZE)]
-    street = [" ".join(fake.street_address().split()) for _ in range(_POOL_SIZE)]
-    city = [fake.city() for _ in range(_POOL_SIZE // 2)]
-    postcode = [fake.postcode() for _ in range(_POOL_SIZE // 2)]
-    phone = [fake.phone_number() for _ in range(_POOL_SIZE)]
-    domains = [fake.free_email_domain() for _ in range(20)]
-    return _Pools(
-        male=_objects(male), female=_objects(female), last=_objects(last),
-        male_ascii=_objects(map(_ascii_handle, male)),
-        female_ascii=_objects(map(_ascii_handle, female)),
-        last_ascii=_objects(map(_ascii_handle, last)),
-        street=_objects(street), city=_objects(city), postcode=_objects(postcode),
-        phone=_objects(phone), domains=_objects(domains),
-    )
-
-
-# ---------------------------------------------------------------------------
-# Clinical model
-# ---------------------------------------------------------------------------
-
-def _logistic(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
-
-
-# Proportional-odds cut points of the 90-day mRS latent score (calibrated so
-# that mRS 0..6 occur at roughly 13/19/14/14/13/10/17 %).
-_MRS_CUTS = np.array([-1.35, 0.05, 0.85, 1.65, 2.45, 3.3])
-
-
-def _simulate(rng: np.random.Generator, n: int, layout: _Layout) -> dict[str, np.ndarray]:
-    """Draw ``n`` patients' true clinical values (no missingness, no formatting)."""
-    female = rng.random(n) < 0.47
-    age = rng.normal(70.0 + layout.age_shift + 3.0 * female, 13.5)
-    age = np.clip(age, 18.2, 101.5)
-
-    span = (_LAST_ADMISSION - _FIRST_ADMISSION).days
-    admission = (_FIRST_ADMISSION - _EPOCH).days + rng.integers(0, span + 1, n)
-    birth = admission - np.floor(age * 365.2425).astype(np.int64)
-
-    af = rng.random(n) < _logistic(-5.9 + 0.066 * age)
-    diabetes = rng.random(n) < layout.diabetes_rate
-    hypertension = rng.random(n) < _logistic(-2.2 + 0.042 * age)
-
-    # 0 ischaemic, 1 haemorrhagic, 2 TIA
-    stroke_type = rng.choice(3, size=n, p=[0.80, 0.12, 0.08])
-    isch = stroke_type == 0
-    haem = stroke_type == 1
-    tia = stroke_type == 2
-
-    mu = np.where(isch, 5.5 + 3.0 * af + 0.03 * (age - 70), np.where(haem, 11.0, 0.8))
-    mu = np.maximum(mu, 0.3)
-    r = 1.4
-    nihss = rng.negative_binomial(r, r / (r + mu))
-    nihss = np.where(tia, rng.poisson(0.8, n), nihss)
-    nihss = np.clip(nihss, 0, 42)
-
-    onset = np.exp(rng.normal(np.log(170.0) - 0.02 * nihss, 1.0))
-    onset = np.clip(np.rint(onset), 10, 1440).astype(np.int64)
-    onset_known = rng.random(n) > 0.17  # unknown onset (wake-up strokes etc.)
-
-    sbp = rng.normal(152.0 + 12.0 * hypertension + 16.0 * haem + 0.25 * (age - 70), 23.0)
-    sbp = np.clip(np.rint(sbp), 80, 260).astype(np.int64)
-    glucose = np.exp(rng.normal(np.log(6.3) + 0.38 * diabetes, 0.22))
-    glucose_tenths = np.clip(np.rint(glucose * 10), 25, 350).astype(np.int64)
-
-    # Thrombolysis: ischaemic, arriving in time, not a trivial deficit.
-    eligible = isch & onset_known & (onset <= 210) & (nihss >= 1) & (nihss <= 30) & (sbp <= 220)
-    p_lysis = np.where(eligible, np.where(nihss >= 4, 0.62, 0.30), 0.0)
-    p_lysis = np.where(isch & ~onset_known & (nihss >= 4), 0.06, p_lysis)
-    thrombolysis = rng.random(n) < p_lysis
-    dtn = np.exp(rng.normal(np.log(layout.dtn_median), 0.45, n))
-    dtn = np.clip(np.rint(dtn), 8, 600).astype(np.int64)
-
-    p_evt = _logistic(-2.6 + layout.thrombectomy_shift + 0.16 * (nihss - 6))
-    p_evt = np.where(isch & (nihss >= 6), p_evt, 0.0)
-    p_evt = np.where(onset_known & (onset > 720), p_evt * 0.5, p_evt)
-    thrombectomy = rng.random(n) < p_evt
-
-    latent = (
-        0.045 * (age - 70)
-        + 0.17 * nihss
-        + 0.8 * haem
-        - 1.5 * tia
-        - 0.95 * thrombolysis
-        - 1.1 * thrombectomy
-        + 0.3 * diabetes
-        + 0.2 * af
-        + 0.06 * (glucose_tenths / 10.0 - 6.0)
-        + 0.1 * female
-        + rng.logistic(0.0, 1.0, n)
-    )
-    mrs = np.searchsorted(_MRS_CUTS, latent).astype(np.int64)
-    dead = mrs == 6
-
-    # Follow-up: death date for those who died, otherwise a later contact.
-    death_day = np.minimum(np.floor(rng.exponential(18.0, n)), 89).astype(np.int64)
-    lost = (~dead) & (rng.random(n) < 0.07)
-    horizon = (EXTRACTION_DATE - _EPOCH).days - admission
-    later = 90 + np.floor(rng.exponential(420.0, n)).astype(np.int64)
-    followup = np.where(dead, death_day, np.where(lost, rng.integers(2, 60, n), later))
-    followup = np.minimum(followup, np.minimum(horizon, 3650))
-    last_contact = admission + followup
-
-    return {
-        "female": female, "age": age, "admission": admission, "birth": birth,
-        "af": af, "diabetes": diabetes, "hypertension": hypertension,
-        "stroke_type": stroke_type, "nihss": nihss, "onset": onset, "onset_known": onset_known,
-        "sbp": sbp, "glucose_tenths": glucose_tenths, "thrombolysis": thrombolysis,
-        "dtn": dtn, "thrombectomy": thrombectomy, "mrs": mrs, "dead": dead,
-        "lost": lost, "last_contact": last_contact, "latent": latent,
-    }
 
 
 # ---------------------------------------------------------------------------
@@ -442,7 +85,7 @@ def _dates(days: np.ndarray, fmt: str, missing: np.ndarray | None = None) -> np.
     if days.size == 0:
         return np.array([], dtype=object)
     uniq, inverse = np.unique(days, return_inverse=True)
-    table = np.array([(_EPOCH + timedelta(days=int(d))).strftime(fmt) for d in uniq], dtype=object)
+    table = np.array([(EPOCH + timedelta(days=int(d))).strftime(fmt) for d in uniq], dtype=object)
     out = table[inverse]
     if missing is not None:
         out[missing] = ""
@@ -510,7 +153,7 @@ def generate_export(hospital: str, n_patients: int, *, seed: int, bad_rows: int 
     successive batches can be made disjoint.  Every cell is a ``str``; missing
     values are ``""``.  The same arguments always give the same frame.
     """
-    layout = _layout(hospital)
+    layout = layout_of(hospital)
     if n_patients < 0 or bad_rows < 0:
         raise ValueError("n_patients and bad_rows must not be negative")
     if bad_rows > 0 and n_patients < 1:
@@ -518,9 +161,9 @@ def generate_export(hospital: str, n_patients: int, *, seed: int, bad_rows: int 
     if start_mrn < 0:
         raise ValueError("start_mrn must not be negative")
     rng = np.random.default_rng(np.random.SeedSequence([seed, HOSPITALS.index(hospital)]))
-    pools = _pools(hospital, seed)
+    pools = hospital_pools(hospital, seed)
     total = n_patients + bad_rows
-    sim = _simulate(rng, total, layout)
+    sim = simulate(rng, total, layout)
     cols: dict[str, np.ndarray] = {}
 
     def miss(rate: float) -> np.ndarray:
@@ -619,11 +262,11 @@ def generate_export(hospital: str, n_patients: int, *, seed: int, bad_rows: int 
     if bad_rows:
         _corrupt(cols, layout, sim, n_patients, bad_rows, rng)
 
-    frame = pd.DataFrame({layout.columns[f]: cols[f] for f in _FIELDS if f in layout.columns})
+    frame = pd.DataFrame({layout.columns[f]: cols[f] for f in FIELDS if f in layout.columns})
     return frame
 
 
-def _corrupt(cols: dict[str, np.ndarray], layout: _Layout, sim: Mapping[str, np.ndarray],
+def _corrupt(cols: dict[str, np.ndarray], layout: Layout, sim: Mapping[str, np.ndarray],
              n_good: int, bad_rows: int, rng: np.random.Generator) -> None:
     """Break rows ``n_good ..`` in place, one kind of error per row."""
     fmt = layout.date_format
@@ -639,13 +282,13 @@ def _corrupt(cols: dict[str, np.ndarray], layout: _Layout, sim: Mapping[str, np.
         elif kind == "missing_patient_id":
             cols["mrn"][row] = ""
         elif kind == "unparseable_birth_date":
-            year = (_EPOCH + timedelta(days=int(sim["birth"][row]))).year
+            year = (EPOCH + timedelta(days=int(sim["birth"][row]))).year
             # 31 February written in the hospital's own date format.
             cols["birth_date"][row] = (fmt.replace("%Y", str(year)).replace("%m", "02")
                                        .replace("%d", "31"))
         elif kind == "birth_after_admission":
             later = int(sim["admission"][row]) + 400 + int(rng.integers(0, 3000))
-            cols["birth_date"][row] = (_EPOCH + timedelta(days=later)).strftime(fmt)
+            cols["birth_date"][row] = (EPOCH + timedelta(days=later)).strftime(fmt)
         elif kind == "duplicate_row":
             source = int(rng.integers(0, n_good))
             for values in cols.values():
@@ -701,8 +344,8 @@ def generate_consent(frame_or_mrns: pd.DataFrame | Iterable[str], *, seed: int,
     u = rng.random(n)
     status = np.where(u < refusal_rate, "refused",
                       np.where(u < refusal_rate * 4 / 3, "withdrawn", "granted")).astype(object)
-    start = (_FIRST_ADMISSION - _EPOCH).days
-    end = (EXTRACTION_DATE - _EPOCH).days
+    start = (FIRST_ADMISSION - EPOCH).days
+    end = (EXTRACTION_DATE - EPOCH).days
     day = rng.integers(start, end - 30, n)
     # A withdrawal is recorded some time after the original consent.
     day = np.where(status == "withdrawn", np.minimum(day + rng.integers(30, 720, n), end), day)

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mipflow.demo import synth
+from mipflow.demo import formats, synth
 from mipflow.protocol.datamodel import DataModel, load_data_model
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -21,7 +21,7 @@ PROFILES = SCHEMAS / "profiles"
 YES_NO = ("yes", "no")
 #: code -> (sql_type, categorical, enumeration codes, min, max)
 EXPECTED = {
-    "dataset": ("text", True, synth.HOSPITALS, None, None),
+    "dataset": ("text", True, formats.HOSPITALS, None, None),
     "subjectcode": ("text", False, (), None, None),
     "visitid": ("text", False, (), None, None),
     "age": ("real", False, (), 18, 90),
@@ -56,7 +56,7 @@ def _profile(hospital: str) -> dict:
 @pytest.fixture(scope="module")
 def exports() -> dict[str, pd.DataFrame]:
     """A clean and a dirty export per hospital, shared by several tests."""
-    return {h: synth.generate_export(h, 2000, seed=11, bad_rows=14) for h in synth.HOSPITALS}
+    return {h: synth.generate_export(h, 2000, seed=11, bad_rows=14) for h in formats.HOSPITALS}
 
 
 # ---------------------------------------------------------------------------
@@ -66,7 +66,7 @@ def exports() -> dict[str, pd.DataFrame]:
 def test_stroke_model_loads_with_expected_variables(model):
     assert model.key == "stroke:0.1"
     assert set(model.variables) == set(EXPECTED)
-    assert model.dataset_codes == synth.HOSPITALS
+    assert model.dataset_codes == formats.HOSPITALS
     for code, (sql_type, categorical, enums, lo, hi) in EXPECTED.items():
         var = model.variable(code)
         assert var.sql_type == sql_type, code
@@ -101,7 +101,7 @@ def test_stroke_model_variables_are_documented(model):
 # Profiles
 # ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("hospital", synth.HOSPITALS)
+@pytest.mark.parametrize("hospital", formats.HOSPITALS)
 def test_profile_has_the_documented_shape(hospital):
     profile = _profile(hospital)
     assert set(profile) <= {"source", "data_model", "dataset", "visit", "deid", "harmonise"}
@@ -116,7 +116,7 @@ def test_profile_has_the_documented_shape(hospital):
     deid = profile["deid"]
     assert set(deid) == {"patient_id", "direct_identifiers", "free_text", "date_format",
                          "dates", "quasi_identifiers"}
-    assert deid["patient_id"] == synth.patient_id_column(hospital)
+    assert deid["patient_id"] == formats.patient_id_column(hospital)
     assert all(isinstance(c, str) for c in deid["direct_identifiers"] + deid["free_text"])
     datetime.strptime(datetime(2020, 1, 31).strftime(deid["date_format"]), deid["date_format"])
     actions = {}
@@ -138,7 +138,7 @@ def test_profile_has_the_documented_shape(hospital):
     assert isinstance(harmonise["drop"], list)
 
 
-@pytest.mark.parametrize("hospital", synth.HOSPITALS)
+@pytest.mark.parametrize("hospital", formats.HOSPITALS)
 def test_profile_targets_are_in_the_stroke_model(model, hospital):
     harmonise = _profile(hospital)["harmonise"]
     targets = list(harmonise["columns"].values())
@@ -157,7 +157,7 @@ def test_profile_targets_are_in_the_stroke_model(model, hospital):
     assert set(targets) | derived == set(model.variables)
 
 
-@pytest.mark.parametrize("hospital", synth.HOSPITALS)
+@pytest.mark.parametrize("hospital", formats.HOSPITALS)
 def test_every_export_column_is_handled_exactly_once(exports, hospital):
     profile = _profile(hospital)
     deid, harmonise = profile["deid"], profile["harmonise"]
@@ -174,7 +174,7 @@ def test_every_export_column_is_handled_exactly_once(exports, hospital):
     assert len(handled) == len(set(handled)), "a column is handled twice"
     columns = list(exports[hospital].columns)
     assert set(columns) == set(handled)
-    assert columns == synth.export_columns(hospital)
+    assert columns == formats.export_columns(hospital)
 
 
 def _harmonised(frame: pd.DataFrame, profile: dict) -> pd.DataFrame:
@@ -203,7 +203,7 @@ def _harmonised(frame: pd.DataFrame, profile: dict) -> pd.DataFrame:
     return out
 
 
-@pytest.mark.parametrize("hospital", synth.HOSPITALS)
+@pytest.mark.parametrize("hospital", formats.HOSPITALS)
 def test_good_rows_conform_to_the_model_after_harmonisation(model, exports, hospital):
     frame = exports[hospital].iloc[:2000]
     out = _harmonised(frame, _profile(hospital))
@@ -230,7 +230,7 @@ def test_good_rows_conform_to_the_model_after_harmonisation(model, exports, hosp
 # Generator
 # ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("hospital", synth.HOSPITALS)
+@pytest.mark.parametrize("hospital", formats.HOSPITALS)
 def test_export_is_deterministic_and_all_strings(hospital):
     a = synth.generate_export(hospital, 300, seed=5, bad_rows=7)
     b = synth.generate_export(hospital, 300, seed=5, bad_rows=7)
@@ -243,10 +243,10 @@ def test_export_is_deterministic_and_all_strings(hospital):
 def test_mrns_follow_start_mrn_and_are_unique():
     first = synth.generate_export("hospital_b", 500, seed=1)
     second = synth.generate_export("hospital_b", 500, seed=2, start_mrn=501)
-    col = synth.patient_id_column("hospital_b")
+    col = formats.patient_id_column("hospital_b")
     assert first[col].is_unique and second[col].is_unique
     assert not set(first[col]) & set(second[col])
-    visits = synth.export_columns("hospital_b")[1]
+    visits = formats.export_columns("hospital_b")[1]
     assert not set(first[visits]) & set(second[visits])
 
 
@@ -255,7 +255,7 @@ def test_unknown_hospital_is_rejected():
         synth.generate_export("hospital_z", 10, seed=1)
 
 
-@pytest.mark.parametrize("hospital", synth.HOSPITALS)
+@pytest.mark.parametrize("hospital", formats.HOSPITALS)
 def test_bad_rows_are_appended_and_each_is_broken(model, exports, hospital):
     frame = exports[hospital]
     profile = _profile(hospital)
@@ -381,15 +381,15 @@ def test_consent_registry():
 
 def test_write_demo_exports(tmp_path):
     written = synth.write_demo_exports(tmp_path / "demo", n_patients=120, seed=7)
-    assert set(written) == set(synth.HOSPITALS)
+    assert set(written) == set(formats.HOSPITALS)
     for hospital, paths in written.items():
         assert set(paths) == {"export", "consent"}
         assert paths["export"].parent == tmp_path / "demo" / hospital
         export = pd.read_csv(paths["export"], dtype=str, keep_default_na=False, encoding="utf-8")
-        assert list(export.columns) == synth.export_columns(hospital)
+        assert list(export.columns) == formats.export_columns(hospital)
         assert len(export) == 120
         consent = pd.read_csv(paths["consent"], dtype=str, keep_default_na=False)
-        assert set(consent["patient_id"]) == set(export[synth.patient_id_column(hospital)])
+        assert set(consent["patient_id"]) == set(export[formats.patient_id_column(hospital)])
     # The files round-trip exactly and are deterministic.
     frame = pd.read_csv(written["hospital_b"]["export"], dtype=str, keep_default_na=False)
     again = synth.write_demo_exports(tmp_path / "again", n_patients=120, seed=7)
