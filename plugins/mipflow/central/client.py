@@ -100,12 +100,14 @@ class NodeClient:
 
     def step(self, algorithm: str, request: Mapping[str, Any], round_no: int,
              state: Mapping[str, Any] | None, *, researcher: str | None = None, project: str | None = None,
-             analysis_id: str | None = None, secure_aggregation: Mapping[str, Any] | None = None
-             ) -> dict[str, Any]:
+             analysis_id: str | None = None, secure_aggregation: Mapping[str, Any] | None = None,
+             transcript: Mapping[str, Any] | None = None) -> dict[str, Any]:
         body = {"request": dict(request), "round": round_no, "state": state,
                 "researcher": researcher, "project": project, "analysis_id": analysis_id}
         if secure_aggregation is not None:  # mask the aggregates for a secure sum (mipflow.secagg)
             body["secure_aggregation"] = dict(secure_aggregation)
+        if transcript is not None:  # verifiable rounds (mipflow.secagg.transcript)
+            body["transcript"] = dict(transcript)
         return self._call("POST", f"/v1/steps/{algorithm}", body)
 
     def secagg_key(self) -> dict[str, Any]:

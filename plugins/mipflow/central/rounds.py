@@ -60,6 +60,9 @@ class AnalysisOutcome:
     #: the algorithm ended early on refusals (on_refusal): {"round": refused round, "refusals":
     #: {node: {"control", "reason"}}}; the result is that of rounds 0 .. round-1; {} otherwise
     stopped: dict[str, Any] = field(default_factory=dict)
+    #: verifiable rounds (ADR 0029): {"scheme", "chain": head of the rounds' hash chain (in every
+    #: node's audit record), "participants": {node: key fingerprint}}
+    transcript: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -157,8 +160,12 @@ def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequen
         # secure aggregation (mipflow.secagg, ADR 0014): one participant set per attempt
         session, secure, secure_note = _secure_session(algorithm_name, secure, active, excluded, pool, parsed)
         active = [n for n in active if n.name not in excluded]
+        # verifiable rounds (ADR 0029): every attempt has a participant set, masked or not
+        roster = session if session is not None else _roster(active, excluded, pool)
+        active = [n for n in active if n.name not in excluded]
         if len(active) < min_nodes:
             break
+        verified = _Rounds(roster, who.analysis_id, algorithm_name, request_doc)
         state: dict | None = None
         memo: dict | None = None  # central-only (Step.memo), for on_refusal
         rows: dict[str, int] = {}
@@ -183,11 +190,12 @@ def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequen
                                    secure_aggregation={"mode": secure, **session.provenance()}
                                    if session is not None else {"enabled": False, "mode": secure,
                                                                 "reason": secure_note},
-                                   stopped=stopped)
+                                   stopped=stopped, transcript=verified.provenance())
 
         for round_no in range(MAX_ROUNDS):
             replies, failures, refusals = _call_all(algorithm_name, request_doc, active, round_no, state, pool,
-                                                    who, session.body() if session is not None else None)
+                                                    who, session.body() if session is not None else None,
+                                                    verified.body(state))
             log.info("%s (analysis %s): round %d of at most %d: %d node(s) answered, %d left out%s",
                      algorithm_name, who.analysis_id, round_no + 1, MAX_ROUNDS, len(replies), len(failures),
                      "" if not failures else " (" + "; ".join(f"{k}: {v}" for k, v in failures.items()) + ")")
@@ -234,6 +242,14 @@ def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequen
                 log.info("%s (analysis %s): finished after %d round(s) with %d node(s)", algorithm_name,
                          who.analysis_id, round_no + 1, len(active))
                 return finish(step, round_no + 1, {})
+            if failures:
+                # verifiable rounds bind every round to the participants of round 0 (ADR 0029): an
+                # iterative analysis goes on only with a participant set that all answered round 0
+                log.info("%s (analysis %s): restarting on the %d node(s) that answered round 1",
+                         algorithm_name, who.analysis_id, len(active))
+                dropped = True
+                break
+            verified.advance(round_no, [(n.name, replies[n.name]) for n in active])
             state = json.loads(json.dumps(step.state, allow_nan=False))
             memo = step.memo
         else:
@@ -274,6 +290,53 @@ def _secure_session(algorithm_name: str, mode: str, active: Sequence[NodeClient]
         raise FederationError(f"secure aggregation needs at least 2 nodes; "
                               f"{len(session.participants) if session else len(active)} can take part")
     return session, mode, ""
+
+
+def _roster(active: Sequence[NodeClient], excluded: dict[str, str], pool: ThreadPoolExecutor) -> Any:
+    """The participants of an attempt without masking: every node's own name and public key, for the
+    tags of verifiable rounds (nodes whose key cannot be fetched are excluded with the reason)."""
+    from mipflow.secagg.central_side import open_session
+
+    return open_session(active, excluded, pool)
+
+
+class _Rounds:
+    """The central site's side of verifiable rounds (:mod:`mipflow.secagg.transcript`): the
+    transcript each step call carries, advanced with every round's tagged replies."""
+
+    def __init__(self, roster: Any, analysis_id: str, algorithm: str, request: Mapping[str, Any]) -> None:
+        from mipflow.secagg.transcript import genesis
+
+        self.roster = roster
+        self.chain = genesis(analysis_id=analysis_id, algorithm=algorithm, request=request,
+                             participants=roster.participants)
+        self.previous: dict[str, Any] | None = None
+        self.sent_state: Any = None
+
+    def body(self, state: Any) -> dict[str, Any]:
+        """The transcript of the call that sends ``state`` (kept as sent: a global step may
+        update its state in place)."""
+        from mipflow.secagg.transcript import TRANSCRIPT_SCHEME
+
+        self.sent_state = json.loads(json.dumps(state, allow_nan=False))
+        return {"scheme": TRANSCRIPT_SCHEME, "participants": self.roster.body()["participants"],
+                "previous": self.previous}
+
+    def advance(self, round_no: int, replies: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+        """Round ``round_no`` answered by every participant: the next call carries it."""
+        from mipflow.secagg.transcript import advance
+
+        contributions = [{"node": self.roster.node_names.get(name, name), "aggregates": reply["aggregates"],
+                          "tags": reply.get("tags")} for name, reply in replies]
+        self.previous = {"chain": self.chain, "state": self.sent_state, "contributions": contributions}
+        self.chain = advance(self.chain, round_no, self.sent_state, contributions)
+
+    def provenance(self) -> dict[str, Any]:
+        from mipflow.secagg.crypto import fingerprint
+        from mipflow.secagg.transcript import TRANSCRIPT_SCHEME
+
+        return {"scheme": TRANSCRIPT_SCHEME, "chain": self.chain,
+                "participants": {n: fingerprint(bytes.fromhex(k)) for n, k in sorted(self.roster.participants.items())}}
 
 
 def _model_from_nodes(nodes: Sequence[NodeClient], key: str, excluded: dict[str, str],
@@ -322,7 +385,7 @@ def _model_from_nodes(nodes: Sequence[NodeClient], key: str, excluded: dict[str,
 
 def _call_all(algorithm: str, request: dict[str, Any], nodes: Sequence[NodeClient], round_no: int,
               state: dict | None, pool: ThreadPoolExecutor, who: OnBehalfOf,
-              secure_aggregation: dict[str, Any] | None = None
+              secure_aggregation: dict[str, Any] | None = None, transcript: dict[str, Any] | None = None
               ) -> tuple[dict[str, dict], dict[str, str], dict[str, tuple[str, str]]]:
     """One round: every node in parallel (one pool serves all rounds of an analysis).
 
@@ -332,7 +395,9 @@ def _call_all(algorithm: str, request: dict[str, Any], nodes: Sequence[NodeClien
     replies: dict[str, dict] = {}
     failures: dict[str, str] = {}
     refusals: dict[str, tuple[str, str]] = {}
-    extra = {"secure_aggregation": secure_aggregation} if secure_aggregation is not None else {}
+    extra: dict[str, Any] = {"secure_aggregation": secure_aggregation} if secure_aggregation is not None else {}
+    if transcript is not None:
+        extra["transcript"] = transcript
     futures = {node.name: pool.submit(node.step, algorithm, request, round_no, state, researcher=who.researcher,
                                       project=who.project, analysis_id=who.analysis_id, **extra)
                for node in nodes}

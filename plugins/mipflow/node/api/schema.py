@@ -37,6 +37,10 @@ class StepBody(BaseModel):
     secure_aggregation: dict[str, Any] | None = Field(
         None, description="mask the released aggregates for a secure sum: {scheme, participants: "
                           "[{node, public_key}]} (mipflow.secagg, docs/adr/0014-secure-aggregation.md)")
+    transcript: dict[str, Any] | None = Field(
+        None, description="verifiable rounds: {scheme, participants: [{node, public_key}], previous: null | "
+                          "{chain, state, contributions: [{node, aggregates, tags}]}} (mipflow.secagg.transcript, "
+                          "docs/adr/0029-verifiable-rounds.md); required from round 1 on")
 
 
 def read_step_body(raw: bytes) -> StepBody:
@@ -140,6 +144,9 @@ class StepReply(BaseModel):
     code: dict[str, str] = Field(description="catalogue version and SHA-256 of the step code that ran")
     privacy: dict[str, Any] | None = Field(None, description="differential privacy: mechanism, epsilon, delta "
                                                              "and clamping of the noise this node added (ADR 0015)")
+    tags: dict[str, str] | None = Field(None, description="the node's tag of this reply for each participant "
+                                                          "(verifiable rounds, ADR 0029); null without a transcript")
+    chain: str | None = Field(None, description="the analysis' hash chain up to this round (ADR 0029)")
 
 
 class Refusal(BaseModel):

@@ -20,6 +20,8 @@ Order (ADR 0002, 0010, 0013, 0014, 0015, 0024)::
     check_query_budget   distinct analyses per researcher and project  (403 query_budget)
     find_data_model      the node holds the data model                 (404 data_model)
     validate_request     variables and parameters against the model    (400)
+    verify_round         the round's state recomputed from the tagged   (403 round_verification)
+                         contributions of the previous round
     check_request        disclosure controls on the request            (403)
     read_rows            the selection (cached between rounds)         (400 on a bad filter)
     check_rows           min_row_count, nfilter_subset, nfilter_glm     (403)
@@ -28,7 +30,8 @@ Order (ADR 0002, 0010, 0013, 0014, 0015, 0024)::
     check_partition      differencing: k-means assignments             (403 differencing)
     check_release        disclosure controls on the aggregates         (403)
     add_noise            differential privacy, charged to the budget   (403 dp_*)
-    mask                 secure aggregation, last change to the reply  (400 / 403 secure_aggregation)
+    mask                 secure aggregation, last change to the aggregates (400 / 403 secure_aggregation)
+    tag_release          the reply's tag for every participant (verifiable rounds)
     remember_cohort      the cohort ledger learns what was released
     audit_answer         the "allowed" record
     charge_query_budget  the analysis counts against the budgets
@@ -88,6 +91,9 @@ class StepRequest:
         The central site's id of the analysis (all its rounds share it).
     secure_aggregation : Mapping or None
         ``{scheme, participants}`` when the release is to be masked (:mod:`mipflow.secagg`).
+    transcript : Mapping or None
+        The participants and the previous round's tagged contributions
+        (:mod:`mipflow.secagg.transcript`); required from round 1 on.
     """
 
     algorithm: str
@@ -98,6 +104,7 @@ class StepRequest:
     project: str | None = None
     analysis_id: str | None = None
     secure_aggregation: Mapping[str, Any] | None = None
+    transcript: Mapping[str, Any] | None = None
 
 
 @dataclass
@@ -123,6 +130,10 @@ class StepWork:
     rows: int = 0
     aggregates: Any = None
     labels: Any = None
+    state: Any = None        # the state the local step computes on: the node's own recomputation
+    transcript: Any = None   # the parsed transcript (mipflow.secagg.transcript.Transcript)
+    chain: str | None = None
+    tags: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         self.controls = DisclosureControls(self.settings)
@@ -157,9 +168,10 @@ def parse_step(algorithm: str, raw: bytes, work: StepWork) -> StepRequest:
     # the analysis the step belongs to, known before any control can refuse it (the query budget)
     work.analysis_key = analysis_key(body.analysis_id, algorithm, analysis.to_dict())
     work.record["analysis"] = work.analysis_key
+    work.state = body.state  # verify_round replaces it with the node's own recomputation
     return StepRequest(algorithm=algorithm, round=body.round, analysis=analysis, state=body.state,
                        researcher=body.researcher, project=body.project, analysis_id=body.analysis_id,
-                       secure_aggregation=body.secure_aggregation)
+                       secure_aggregation=body.secure_aggregation, transcript=body.transcript)
 
 
 # --------------------------------------------------------------------------- the controls, in order
@@ -202,6 +214,25 @@ def validate_request(request: StepRequest, context: StepContext, work: StepWork)
     """Variables and parameters checked against the data model and the algorithm's declaration."""
     work.algo.validate(request.analysis, work.model)
     work.variables = tuple(work.algo.variables(request.analysis))
+
+
+def verify_round(request: StepRequest, context: StepContext, work: StepWork) -> None:
+    """Verifiable rounds (ADR 0029): round 0 takes no state; round k > 0 is answered only for the
+    state the algorithm's global step gives on the tagged contributions of round k - 1 of the same
+    participants (all pinned), and the local step computes on the node's own recomputation."""
+    from mipflow.secagg import transcript as rounds
+
+    if request.transcript is None:
+        if request.round == 0 and request.state is None:
+            return  # a single-round call: its reply carries no tags, so no later round can follow it
+        raise rounds.refuse(f"round {request.round} needs a transcript: the tagged contributions of the "
+                            "previous round, from which this node recomputes the state")
+    work.transcript, work.chain, work.state = rounds.verify_step(
+        request.transcript, root=context.home.root, own_name=context.name, analysis_id=request.analysis_id,
+        algorithm=work.algo, algorithm_name=request.algorithm, round_no=request.round,
+        request=request.analysis, model=work.model, state=request.state,
+        secure_aggregation=request.secure_aggregation)
+    work.record["chain"] = work.chain
 
 
 def check_request(request: StepRequest, context: StepContext, work: StepWork) -> None:
@@ -248,7 +279,7 @@ def run_local_step(request: StepRequest, context: StepContext, work: StepWork) -
     """The algorithm's local step on the rows, with the state the central site broadcast."""
     with _reading_the_state(request):
         work.aggregates = work.algo.local_step(request.round, work.data, request.analysis, work.model,
-                                               request.state)
+                                               work.state)
 
 
 def check_partition(request: StepRequest, context: StepContext, work: StepWork) -> None:
@@ -257,7 +288,7 @@ def check_partition(request: StepRequest, context: StepContext, work: StepWork) 
         return
     with _reading_the_state(request):
         work.labels = context.differencing.check_partition(
-            request.algorithm, request.round, work.data, request.analysis, request.state, work.cohorts,
+            request.algorithm, request.round, work.data, request.analysis, work.state, work.cohorts,
             work.settings.nfilter_tab)
 
 
@@ -287,6 +318,18 @@ def mask(request: StepRequest, context: StepContext, work: StepWork) -> None:
     work.aggregates = node_side.mask_release(context.home.root, context.name, request.algorithm, request.analysis,
                                              request.round, request.state, request.analysis_id,
                                              request.secure_aggregation, work.aggregates, model=work.model)
+
+
+def tag_release(request: StepRequest, context: StepContext, work: StepWork) -> None:
+    """Verifiable rounds (ADR 0029): the reply in its wire form, tagged for every participant."""
+    if work.transcript is None:
+        return
+    from mipflow.secagg import transcript as rounds
+
+    work.aggregates, work.tags = rounds.tag_reply(
+        work.transcript, root=context.home.root, own_name=context.name, chain=work.chain,
+        analysis_id=request.analysis_id, algorithm=request.algorithm, round_no=request.round,
+        request=request.analysis, state=request.state, aggregates=work.aggregates)
 
 
 def remember_cohort(request: StepRequest, context: StepContext, work: StepWork) -> None:
@@ -327,6 +370,7 @@ CHAIN: tuple[Control, ...] = (
     check_query_budget,
     find_data_model,
     validate_request,
+    verify_round,
     check_request,
     read_rows,
     check_rows,
@@ -336,6 +380,7 @@ CHAIN: tuple[Control, ...] = (
     check_release,
     add_noise,
     mask,
+    tag_release,
     remember_cohort,
     audit_answer,
     charge_query_budget,
@@ -397,4 +442,5 @@ def answer_step(context: StepContext, client: str, algorithm: str, raw: bytes, *
         context.audit.append(**work.record, **refusal_of(exc), reason=str(exc))
         raise
     return {"node": context.name, "algorithm": algorithm, "round": request.round, "rows": work.rows,
-            "aggregates": work.aggregates, "code": work.code, "privacy": work.record.get("dp")}
+            "aggregates": work.aggregates, "code": work.code, "privacy": work.record.get("dp"),
+            "tags": work.tags, "chain": work.chain}

@@ -1,0 +1,361 @@
+"""Verifiable rounds: each node tags its contribution for every participant, and checks a round's state.
+
+A node answers round ``k > 0`` of an analysis only for the state that the
+algorithm's pure global step gives on the contributions of round ``k - 1`` of
+the same participants (issue 13.1, ADR 0029).  The protocol, on top of the
+participants' long-term X25519 keys (:mod:`mipflow.secagg.crypto`) and the
+pinned roster (:mod:`mipflow.secagg.trust`):
+
+* every step call carries a *transcript*: the participant list and, from round 1
+  on, the previous round's state and every participant's reply (its aggregates,
+  masked or not, and its tags);
+* a node's reply carries one *tag* per participant: an HMAC-SHA256 (128 bits)
+  keyed by the pair's static key ``HKDF(X25519(i, j))`` (for the node itself, a key
+  derived from its private key) over the round's *message*: analysis, algorithm,
+  round, the request, the state, the participants, the hash chain so far, the
+  node's name and its aggregates.  Only the two nodes of a pair hold that key, so
+  the central site can forward a tag but cannot make one;
+* at round ``k`` a node checks the tag addressed to it on every contribution of
+  round ``k - 1`` (its own included: that is its memory of the state it accepted
+  then), pins every peer, sums the contributions itself (under secure aggregation
+  the masks cancel) and recomputes the global step; the state it was sent must
+  equal the recomputed one (:func:`same_state`), and the node computes on its
+  own recomputation;
+* the *chain* ``c_0 = H(analysis, algorithm, request, participants)``,
+  ``c_k = H(c_{k-1}, k - 1, state_{k-1}, contributions_{k-1})`` binds every round to
+  the ones before it; each node's audit record holds it and the central result
+  carries its head, so an auditor can match a result to the nodes' records.
+
+Round 0 takes no state: its parameters come only from the researcher's request.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import hmac
+import json
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from mipflow.exceptions import DisclosureError, RequestError
+
+#: The transcript scheme; a node refuses any other.
+TRANSCRIPT_SCHEME = "mipflow-rounds-v1"
+#: Bytes of a tag (HMAC-SHA256 truncated to 128 bits).
+TAG_BYTES = 16
+#: A recomputed state equals the sent one when every number agrees to this relative tolerance
+#: (or :data:`STATE_ATOL` absolute); the node then computes on its own recomputation.
+STATE_RTOL = 1e-9
+STATE_ATOL = 1e-12
+#: The control named in every refusal of this module.
+CONTROL = "round_verification"
+
+
+def canonical(doc: Any) -> bytes:
+    """The canonical JSON bytes of a wire document (sorted keys, compact, strict numbers)."""
+    try:
+        return json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False,
+                          ensure_ascii=True).encode("ascii")
+    except (TypeError, ValueError):
+        raise RequestError("a round's transcript must be plain JSON without NaN or infinity") from None
+
+
+def _digest(*parts: Any) -> str:
+    return hashlib.sha256(canonical(list(parts))).hexdigest()
+
+
+def genesis(*, analysis_id: str, algorithm: str, request: Mapping[str, Any], participants: Mapping[str, str]) -> str:
+    """The chain before round 0: the analysis, its request and its participants (name -> key hex)."""
+    return _digest(TRANSCRIPT_SCHEME, "genesis", analysis_id, algorithm, request, dict(sorted(participants.items())))
+
+
+def advance(chain: str, round_no: int, state: Any, contributions: Sequence[Mapping[str, Any]]) -> str:
+    """The chain after round ``round_no``: the chain before it, its state and every contribution."""
+    return _digest(TRANSCRIPT_SCHEME, "round", chain, int(round_no), state,
+                   [[c.get("node"), c.get("aggregates"), c.get("tags")] for c in contributions])
+
+
+def message(*, chain: str, analysis_id: str, algorithm: str, round_no: int, request: Mapping[str, Any],
+            state: Any, participants: Mapping[str, str], node: str, aggregates: Any) -> bytes:
+    """What a node's tags authenticate for one round: everything the round depends on, and its reply."""
+    return hashlib.sha256(canonical([TRANSCRIPT_SCHEME, "contribution", chain, analysis_id, algorithm,
+                                     int(round_no), request, state, dict(sorted(participants.items())),
+                                     node, aggregates])).digest()
+
+
+# --------------------------------------------------------------------------- pairwise tag keys
+
+_KEYS: "OrderedDict[tuple[bytes, bytes], bytes]" = OrderedDict()
+_KEYS_LOCK = threading.Lock()
+_KEYS_MAX = 4096
+
+
+def tag_key(own: Any, peer_public: bytes) -> bytes:
+    """The 32-byte static key node ``own`` (a :class:`~mipflow.secagg.crypto.KeyPair`) shares with
+    the holder of ``peer_public`` for tags; with its own public key, a key only it holds."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    mine = own.public_bytes
+    cache_key = (mine, peer_public)
+    with _KEYS_LOCK:
+        if cache_key in _KEYS:
+            _KEYS.move_to_end(cache_key)
+            return _KEYS[cache_key]
+    if peer_public == mine:
+        secret = own.private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                           serialization.NoEncryption())
+        info = b"self-tag|" + mine
+    else:
+        secret = own.exchange(peer_public)
+        info = b"pair-tag|" + b"".join(sorted((mine, peer_public)))
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=TRANSCRIPT_SCHEME.encode(), info=info).derive(secret)
+    with _KEYS_LOCK:
+        _KEYS[cache_key] = key
+        while len(_KEYS) > _KEYS_MAX:
+            _KEYS.popitem(last=False)
+    return key
+
+
+def tag(key: bytes, msg: bytes) -> str:
+    return hmac.new(key, msg, hashlib.sha256).digest()[:TAG_BYTES].hex()
+
+
+def tags_for(own: Any, participants: Mapping[str, bytes], msg: bytes) -> dict[str, str]:
+    """Node ``own``'s tags of ``msg``, one per participant (name -> tag hex), itself included."""
+    return {name: tag(tag_key(own, key), msg) for name, key in sorted(participants.items())}
+
+
+# --------------------------------------------------------------------------- the transcript of a step
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """The transcript a step call carries, parsed.
+
+    ``participants`` maps each node's own name to its public key; ``previous`` is
+    ``None`` at round 0, else the previous round's ``chain`` (before it), ``state``
+    and ``contributions`` (``[{node, aggregates, tags}]``, in the central's order).
+    """
+
+    participants: dict[str, bytes]
+    previous: Mapping[str, Any] | None
+
+    @property
+    def participants_hex(self) -> dict[str, str]:
+        return {name: key.hex() for name, key in self.participants.items()}
+
+
+def parse(doc: Any, *, max_participants: int) -> Transcript:
+    """A step's ``transcript`` field, checked for its structure.
+
+    Raises
+    ------
+    RequestError
+        If it is malformed (not the scheme, participants not 1 to ``max_participants``
+        distinct names and keys, ``previous`` not a chain, a state and a list of contributions).
+    """
+    from mipflow.secagg.crypto import public_key
+
+    if not isinstance(doc, Mapping) or doc.get("scheme") != TRANSCRIPT_SCHEME:
+        raise RequestError(f"transcript must name the scheme {TRANSCRIPT_SCHEME!r}")
+    items = doc.get("participants")
+    if not isinstance(items, list) or not 1 <= len(items) <= max_participants:
+        raise RequestError(f"a transcript lists 1 to {max_participants} participants")
+    participants: dict[str, bytes] = {}
+    for item in items:
+        if not isinstance(item, Mapping) or not isinstance(item.get("node"), str) or not item["node"]:
+            raise RequestError("each transcript participant needs a node name and a public key")
+        name = item["node"][:128]
+        if name in participants:
+            raise RequestError(f"the transcript lists node {name!r} twice")
+        participants[name] = public_key(item.get("public_key"), name)
+    if len(set(participants.values())) != len(participants):
+        raise RequestError("the transcript lists one public key for two nodes")
+    previous = doc.get("previous")
+    if previous is not None:
+        if (not isinstance(previous, Mapping) or not isinstance(previous.get("chain"), str)
+                or not isinstance(previous.get("contributions"), list)
+                or not (previous.get("state") is None or isinstance(previous.get("state"), Mapping))):
+            raise RequestError("transcript 'previous' needs the chain, the state and the contributions "
+                               "of the previous round")
+    return Transcript(participants=participants, previous=previous)
+
+
+def refuse(reason: str) -> DisclosureError:
+    return DisclosureError(f"round verification: {reason}", control=CONTROL)
+
+
+def verify_previous(transcript: Transcript, *, own: Any, own_name: str, analysis_id: str, algorithm: str,
+                    round_no: int, request: Mapping[str, Any]) -> tuple[list[Mapping[str, Any]], str]:
+    """Check the tags addressed to ``own_name`` on every contribution of round ``round_no - 1``.
+
+    Returns the contributions (in the transcript's order) and the chain after that round.
+
+    Raises
+    ------
+    DisclosureError
+        (control ``round_verification``) if a participant's contribution is missing, doubled,
+        or its tag for this node does not verify (a contribution the central site changed
+        or made up, or one of another analysis, round, request, state or participant set).
+    """
+    previous = transcript.previous
+    if previous is None:
+        raise refuse(f"round {round_no} needs the tagged contributions of round {round_no - 1} "
+                     "(the transcript's 'previous')")
+    contributions = previous["contributions"]
+    names = [c.get("node") if isinstance(c, Mapping) else None for c in contributions]
+    if sorted(n for n in names if isinstance(n, str)) != sorted(transcript.participants) or len(names) != len(
+            transcript.participants):
+        raise refuse(f"the contributions of round {round_no - 1} must be exactly one per participant")
+    participants_hex = transcript.participants_hex
+    for contribution in contributions:
+        name = contribution["node"]
+        msg = message(chain=previous["chain"], analysis_id=analysis_id, algorithm=algorithm, round_no=round_no - 1,
+                      request=request, state=previous.get("state"), participants=participants_hex, node=name,
+                      aggregates=contribution.get("aggregates"))
+        tags = contribution.get("tags")
+        given = tags.get(own_name) if isinstance(tags, Mapping) else None
+        expected = tag(tag_key(own, transcript.participants[name]), msg)
+        if not isinstance(given, str) or not hmac.compare_digest(given, expected):
+            raise refuse(f"the contribution of {name!r} to round {round_no - 1} does not carry a valid tag "
+                         "for this node: it was changed, made up or taken from another round or analysis")
+    return contributions, advance(previous["chain"], round_no - 1, previous.get("state"), contributions)
+
+
+def same_state(sent: Any, expected: Any, *, rtol: float = STATE_RTOL, atol: float = STATE_ATOL) -> bool:
+    """Whether ``sent`` is ``expected`` (same structure, texts and integers equal, numbers within
+    ``rtol`` relative or ``atol`` absolute)."""
+    if isinstance(expected, bool) or isinstance(sent, bool) or expected is None or sent is None:
+        return sent is expected or (type(sent) is type(expected) and sent == expected)
+    if isinstance(expected, (int, float)) and isinstance(sent, (int, float)):
+        if isinstance(expected, int) and isinstance(sent, int):
+            return sent == expected
+        a, b = float(sent), float(expected)
+        if a != a or b != b:  # NaN
+            return a != a and b != b
+        return abs(a - b) <= max(atol, rtol * max(abs(a), abs(b)))
+    if isinstance(expected, str) or isinstance(sent, str):
+        return sent == expected
+    if isinstance(expected, Mapping):
+        return (isinstance(sent, Mapping) and set(sent) == set(expected)
+                and all(same_state(sent[k], expected[k], rtol=rtol, atol=atol) for k in expected))
+    if isinstance(expected, (list, tuple)):
+        return (isinstance(sent, (list, tuple)) and len(sent) == len(expected)
+                and all(same_state(s, e, rtol=rtol, atol=atol) for s, e in zip(sent, expected)))
+    return False
+
+
+def recompute_state(algorithm: Any, round_no: int, contributions: Sequence[Mapping[str, Any]], request: Any,
+                    model: Any, previous_state: Any, *, masked: bool) -> dict:
+    """The state of round ``round_no`` as the global step gives it on round ``round_no - 1``'s
+    contributions (summed here under secure aggregation: the masks cancel), as JSON.
+
+    Raises
+    ------
+    DisclosureError
+        (control ``round_verification``) if the global step finishes there (there is no round
+        ``round_no``) or cannot combine the contributions.
+    """
+    from mipflow.exceptions import MipflowError
+
+    aggregates = [c.get("aggregates") for c in contributions]
+    try:
+        if masked:
+            from mipflow.secagg.central_side import unmask_sum
+
+            aggregates = [unmask_sum(aggregates)]
+        # (a copy: a global step may update the state it is given in place)
+        step = algorithm.global_step(round_no - 1, aggregates, request, model, copy.deepcopy(previous_state))
+    except MipflowError:
+        raise refuse(f"the contributions of round {round_no - 1} do not combine into a next round") from None
+    except (KeyError, IndexError, TypeError, ValueError, ArithmeticError) as exc:
+        raise refuse(f"the contributions of round {round_no - 1} do not combine into a next round "
+                     f"({type(exc).__name__})") from None
+    if step.done or step.state is None:
+        raise refuse(f"the analysis ends at round {round_no - 1}: there is no round {round_no}")
+    return json.loads(json.dumps(step.state, allow_nan=False))
+
+
+# --------------------------------------------------------------------------- a node's side
+
+
+def verify_step(doc: Any, *, root: Any, own_name: str, analysis_id: str | None, algorithm: Any,
+                algorithm_name: str, round_no: int, request: Any, model: Any, state: Any,
+                secure_aggregation: Any = None) -> tuple[Transcript, str, Any]:
+    """A node's check of one step call's transcript (ADR 0029).
+
+    Returns the parsed transcript, the chain before this round (what this round's tags bind)
+    and the state the local step computes on (``None`` at round 0, else the node's own
+    recomputation, which the sent ``state`` must equal).
+
+    Raises
+    ------
+    RequestError
+        If the transcript is malformed, the call names no analysis, or the secure-aggregation
+        participants differ from the transcript's.
+    DisclosureError
+        (control ``round_verification``) if this node is not a participant under its own key,
+        round 0 carries a state or a previous round, a contribution of the previous round is
+        missing or its tag does not verify, or the state is not the global step's;
+        (control ``secure_aggregation``) if a peer is not pinned at this node (from round 1 on).
+    """
+    from mipflow.secagg.crypto import load_keypair
+    from mipflow.secagg.node_side import MAX_PARTICIPANTS, parse_participants
+    from mipflow.secagg.trust import TrustStore
+
+    transcript = parse(doc, max_participants=MAX_PARTICIPANTS)
+    if not analysis_id:
+        raise RequestError("a round with a transcript needs the analysis_id (its tags are bound to it)")
+    own = load_keypair(root)
+    if transcript.participants.get(own_name) != own.public_bytes:
+        raise refuse(f"node {own_name!r} is not among the transcript's participants under its own public key")
+    if secure_aggregation is not None and parse_participants(secure_aggregation) != transcript.participants:
+        raise RequestError("the secure-aggregation participants must be the transcript's participants")
+    document = request.to_dict()
+    participants_hex = transcript.participants_hex
+    if round_no == 0:
+        if state is not None or transcript.previous is not None:
+            raise refuse("round 0 takes no state and no previous round: its parameters come only from the "
+                         "researcher's request")
+        chain = genesis(analysis_id=analysis_id, algorithm=algorithm_name, request=document,
+                        participants=participants_hex)
+        return transcript, chain, None
+    # an unpinned or substituted peer could contribute made-up aggregates that steer the state
+    TrustStore(root).check({k: v for k, v in transcript.participants.items() if k != own_name})
+    contributions, chain = verify_previous(transcript, own=own, own_name=own_name, analysis_id=analysis_id,
+                                           algorithm=algorithm_name, round_no=round_no, request=document)
+    expected = recompute_state(algorithm, round_no, contributions, request, model,
+                               transcript.previous.get("state") if transcript.previous else None,
+                               masked=secure_aggregation is not None)
+    if not same_state(state, expected):
+        raise refuse(f"the state of round {round_no} is not the one the algorithm's global step gives on the "
+                     f"contributions of round {round_no - 1}")
+    return transcript, chain, expected
+
+
+def wire(doc: Any) -> Any:
+    """``doc`` as it travels (numpy values as Python numbers and lists; JSON round trip)."""
+    def plain(value: Any) -> Any:
+        if hasattr(value, "tolist"):
+            return value.tolist()
+        raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+    try:
+        return json.loads(json.dumps(doc, allow_nan=False, default=plain))
+    except ValueError:
+        raise RequestError("a released aggregate is NaN or infinite") from None
+
+
+def tag_reply(transcript: Transcript, *, root: Any, own_name: str, chain: str | None, analysis_id: str | None,
+              algorithm: str, round_no: int, request: Any, state: Any, aggregates: Any) -> tuple[Any, dict[str, str]]:
+    """A node's reply in wire form and its tag for every participant (ADR 0029)."""
+    from mipflow.secagg.crypto import load_keypair
+
+    released = wire(aggregates)
+    msg = message(chain=str(chain), analysis_id=str(analysis_id), algorithm=algorithm, round_no=round_no,
+                  request=request.to_dict(), state=state, participants=transcript.participants_hex,
+                  node=own_name, aggregates=released)
+    return released, tags_for(load_keypair(root), transcript.participants, msg)
