@@ -77,12 +77,25 @@ def advance(chain: str, round_no: int, state: Any, contributions: Sequence[Mappi
                    [[c.get("node"), c.get("aggregates"), c.get("tags")] for c in contributions])
 
 
+def round_digest(*, chain: str, analysis_id: str, algorithm: str, round_no: int, request: Mapping[str, Any],
+                 state: Any, participants: Mapping[str, str]) -> bytes:
+    """What every contribution of one round shares: the chain, analysis, algorithm, round, request,
+    state and participants (hashed once per round, not once per contribution)."""
+    return hashlib.sha256(canonical([TRANSCRIPT_SCHEME, "round", chain, analysis_id, algorithm, int(round_no),
+                                     request, state, dict(sorted(participants.items()))])).digest()
+
+
+def contribution_message(shared: bytes, node: str, aggregates: Any) -> bytes:
+    """What a node's tags authenticate: the round (:func:`round_digest`), its name and its aggregates."""
+    return hashlib.sha256(shared + canonical([TRANSCRIPT_SCHEME, "contribution", node, aggregates])).digest()
+
+
 def message(*, chain: str, analysis_id: str, algorithm: str, round_no: int, request: Mapping[str, Any],
             state: Any, participants: Mapping[str, str], node: str, aggregates: Any) -> bytes:
     """What a node's tags authenticate for one round: everything the round depends on, and its reply."""
-    return hashlib.sha256(canonical([TRANSCRIPT_SCHEME, "contribution", chain, analysis_id, algorithm,
-                                     int(round_no), request, state, dict(sorted(participants.items())),
-                                     node, aggregates])).digest()
+    shared = round_digest(chain=chain, analysis_id=analysis_id, algorithm=algorithm, round_no=round_no,
+                          request=request, state=state, participants=participants)
+    return contribution_message(shared, node, aggregates)
 
 
 # --------------------------------------------------------------------------- pairwise tag keys
@@ -210,12 +223,12 @@ def verify_previous(transcript: Transcript, *, own: Any, own_name: str, analysis
     if sorted(n for n in names if isinstance(n, str)) != sorted(transcript.participants) or len(names) != len(
             transcript.participants):
         raise refuse(f"the contributions of round {round_no - 1} must be exactly one per participant")
-    participants_hex = transcript.participants_hex
+    shared = round_digest(chain=previous["chain"], analysis_id=analysis_id, algorithm=algorithm,
+                          round_no=round_no - 1, request=request, state=previous.get("state"),
+                          participants=transcript.participants_hex)
     for contribution in contributions:
         name = contribution["node"]
-        msg = message(chain=previous["chain"], analysis_id=analysis_id, algorithm=algorithm, round_no=round_no - 1,
-                      request=request, state=previous.get("state"), participants=participants_hex, node=name,
-                      aggregates=contribution.get("aggregates"))
+        msg = contribution_message(shared, name, contribution.get("aggregates"))
         tags = contribution.get("tags")
         given = tags.get(own_name) if isinstance(tags, Mapping) else None
         expected = tag(tag_key(own, transcript.participants[name]), msg)
@@ -281,6 +294,27 @@ def recompute_state(algorithm: Any, round_no: int, contributions: Sequence[Mappi
 
 # --------------------------------------------------------------------------- a node's side
 
+_OWN: dict[str, tuple[float, Any]] = {}
+
+
+def own_keypair(root: Any) -> Any:
+    """The node's key pair (:func:`mipflow.secagg.crypto.load_keypair`), read again when the key
+    file changes (``mipflow secagg rotate``)."""
+    import os
+
+    from mipflow.secagg.crypto import KEY_FILE, load_keypair
+
+    path = os.path.join(str(root), KEY_FILE)
+    try:
+        stamp = os.stat(path).st_mtime_ns
+    except FileNotFoundError:
+        return load_keypair(root)
+    cached = _OWN.get(path)
+    if cached is None or cached[0] != stamp:
+        cached = (stamp, load_keypair(root))
+        _OWN[path] = cached
+    return cached[1]
+
 
 def verify_step(doc: Any, *, root: Any, own_name: str, analysis_id: str | None, algorithm: Any,
                 algorithm_name: str, round_no: int, request: Any, model: Any, state: Any,
@@ -302,14 +336,13 @@ def verify_step(doc: Any, *, root: Any, own_name: str, analysis_id: str | None, 
         missing or its tag does not verify, or the state is not the global step's;
         (control ``secure_aggregation``) if a peer is not pinned at this node (from round 1 on).
     """
-    from mipflow.secagg.crypto import load_keypair
     from mipflow.secagg.node_side import MAX_PARTICIPANTS, parse_participants
     from mipflow.secagg.trust import TrustStore
 
     transcript = parse(doc, max_participants=MAX_PARTICIPANTS)
     if not analysis_id:
         raise RequestError("a round with a transcript needs the analysis_id (its tags are bound to it)")
-    own = load_keypair(root)
+    own = own_keypair(root)
     if transcript.participants.get(own_name) != own.public_bytes:
         raise refuse(f"node {own_name!r} is not among the transcript's participants under its own public key")
     if secure_aggregation is not None and parse_participants(secure_aggregation) != transcript.participants:
@@ -352,10 +385,8 @@ def wire(doc: Any) -> Any:
 def tag_reply(transcript: Transcript, *, root: Any, own_name: str, chain: str | None, analysis_id: str | None,
               algorithm: str, round_no: int, request: Any, state: Any, aggregates: Any) -> tuple[Any, dict[str, str]]:
     """A node's reply in wire form and its tag for every participant (ADR 0029)."""
-    from mipflow.secagg.crypto import load_keypair
-
     released = wire(aggregates)
     msg = message(chain=str(chain), analysis_id=str(analysis_id), algorithm=algorithm, round_no=round_no,
                   request=request.to_dict(), state=state, participants=transcript.participants_hex,
                   node=own_name, aggregates=released)
-    return released, tags_for(load_keypair(root), transcript.participants, msg)
+    return released, tags_for(own_keypair(root), transcript.participants, msg)

@@ -1,0 +1,115 @@
+"""The cost of verifiable rounds (ADR 0029) at one node, per round, beside the same round unverified.
+
+One node (SQLite store, synthetic rows) answers round 1 of a logistic regression among
+``n`` participants: itself and ``n - 1`` peers whose keys the benchmark holds and the node has
+pinned (their contributions are the node's own round-0 aggregates, tagged with their keys).
+Measured in process through :func:`mipflow.node.api.step.answer_step` (parse, every control,
+the local step, the reply), repeated, p50 and p90 of the wall time per round:
+
+* verified: the call carries the transcript; the node checks ``n`` tags, recomputes the global
+  step, computes on its recomputation and tags its reply for ``n`` participants;
+* unverified: the same round with the state given and the two controls taken out of the chain
+  (what a node did before ADR 0029).
+
+Goal (issue 13): verified <= 1.2 x unverified per round, and p50 <= 5 ms, at 3 and 10 nodes.
+
+Usage: ``python bench/verification.py [--rows 3000] [--repeat 200]``
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=3000)
+    parser.add_argument("--repeat", type=int, default=200)
+    args = parser.parse_args()
+
+    from common import print_machine
+    from mipflow.algorithms import get_algorithm
+    from mipflow.node.api.context import StepContext
+    from mipflow.node.api.step import CHAIN, answer_step, tag_release, verify_round
+    from mipflow.node.home import NodeHome
+    from mipflow.secagg.crypto import KeyPair, load_keypair
+    from mipflow.secagg.transcript import TRANSCRIPT_SCHEME, genesis, message, tags_for
+    from mipflow.secagg.trust import TrustStore
+    from tests.mipflow.algorithms.synthetic import MODEL, make_data, request
+    from tests.nodes import grant_all, load_frame
+
+    print_machine()
+    case = request(x=("x1", "age", "sex"), y=("outcome",), positive_class="yes")
+    doc = case.to_dict()
+    algorithm = get_algorithm("logistic_regression")
+    unverified_chain = tuple(c for c in CHAIN if c not in (verify_round, tag_release))
+    print(f"logistic regression, round 1, one node with {args.rows} rows, {args.repeat} calls each")
+    print("  nodes  unverified p50 ms  p90 ms   verified p50 ms  p90 ms   ratio p50   request kB")
+    with tempfile.TemporaryDirectory(prefix="mipflow-verify-") as tmp:
+        home = NodeHome.init(Path(tmp) / "site", "site")
+        home.set_setting("query_budget", 0)
+        home.set_setting("query_budget_project", 0)
+        home.set_setting("differencing_check", 0)
+        data = make_data(11, args.rows)
+        load_frame(home.root, MODEL, data.assign(subjectcode=[f"p{i}" for i in range(len(data))]))
+        grant_all(home.root)
+        context = StepContext.open(home)
+        own = load_keypair(home.root)
+        for n in (3, 10):
+            peers = {f"peer{i}": KeyPair.generate() for i in range(n - 1)}
+            store = TrustStore(home.root)
+            for name, pair in peers.items():
+                store.pin(name, pair.public_hex)
+            keys = {"site": own.public_bytes, **{name: pair.public_bytes for name, pair in peers.items()}}
+            hexes = {name: key.hex() for name, key in keys.items()}
+            analysis_id = uuid.uuid4().hex
+            transcript0 = {"scheme": TRANSCRIPT_SCHEME, "participants": [
+                {"node": name, "public_key": key} for name, key in sorted(hexes.items())], "previous": None}
+            body0 = {"request": doc, "round": 0, "state": None, "researcher": "tester", "project": "mipflow-tests",
+                     "analysis_id": analysis_id, "transcript": transcript0}
+            reply = answer_step(context, "central", "logistic_regression", json.dumps(body0).encode())
+            chain = genesis(analysis_id=analysis_id, algorithm="logistic_regression", request=doc,
+                            participants=hexes)
+            contributions = [{"node": "site", "aggregates": reply["aggregates"], "tags": reply["tags"]}]
+            for name, pair in peers.items():
+                msg = message(chain=chain, analysis_id=analysis_id, algorithm="logistic_regression", round_no=0,
+                              request=doc, state=None, participants=hexes, node=name, aggregates=reply["aggregates"])
+                contributions.append({"node": name, "aggregates": reply["aggregates"], "tags": tags_for(pair, keys, msg)})
+            state = algorithm.global_step(0, [c["aggregates"] for c in contributions], case, MODEL, None).state
+            state = json.loads(json.dumps(state))
+            verified = dict(body0, round=1, state=state, transcript={
+                **transcript0, "previous": {"chain": chain, "state": None, "contributions": contributions}})
+            plain = dict(body0, round=1, state=state)
+            plain.pop("transcript")
+            raw_verified, raw_plain = json.dumps(verified).encode(), json.dumps(plain).encode()
+
+            def timed(raw: bytes, chain_=CHAIN) -> list[float]:
+                out = []
+                for _ in range(args.repeat):
+                    started = time.perf_counter()
+                    answer_step(context, "central", "logistic_regression", raw, chain=chain_)
+                    out.append(1000.0 * (time.perf_counter() - started))
+                return out
+
+            timed(raw_plain, unverified_chain)[:5], timed(raw_verified)[:5]  # warm
+            base, check = timed(raw_plain, unverified_chain), timed(raw_verified)
+            q = lambda xs, p: statistics.quantiles(xs, n=10)[p]  # noqa: E731
+            b50, v50 = statistics.median(base), statistics.median(check)
+            print(f"  {n:5d}  {b50:17.2f}  {q(base, 8):6.2f}   {v50:15.2f}  {q(check, 8):6.2f}   "
+                  f"{v50 / b50:9.2f}x   {len(raw_verified) / 1e3:10.1f}")
+        context.close() if hasattr(context, "close") else None
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
