@@ -60,6 +60,8 @@ class AnalysisOutcome:
     #: the algorithm ended early on refusals (on_refusal): {"round": refused round, "refusals":
     #: {node: {"control", "reason"}}}; the result is that of rounds 0 .. round-1; {} otherwise
     stopped: dict[str, Any] = field(default_factory=dict)
+    #: node -> the mode that answered, when not the standard one: {"study", "snapshot"} (ADR 0028)
+    mode: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -163,6 +165,7 @@ def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequen
         memo: dict | None = None  # central-only (Step.memo), for on_refusal
         rows: dict[str, int] = {}
         code: dict[str, Any] = {}
+        modes: dict[str, Any] = {}  # study mode (ADR 0028)
         noise_labels: dict[str, list[dict[str, Any]]] = {}  # differential privacy (ADR 0015)
         dropped = False
 
@@ -183,7 +186,7 @@ def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequen
                                    secure_aggregation={"mode": secure, **session.provenance()}
                                    if session is not None else {"enabled": False, "mode": secure,
                                                                 "reason": secure_note},
-                                   stopped=stopped)
+                                   stopped=stopped, mode={n: modes[n] for n in rows if n in modes})
 
         for round_no in range(MAX_ROUNDS):
             replies, failures, refusals = _call_all(algorithm_name, request_doc, active, round_no, state, pool,
@@ -216,6 +219,7 @@ def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequen
             if round_no == 0:
                 rows = {name: int(reply["rows"]) for name, reply in replies.items()}
                 code = _code_provenance(algorithm_name, replies)
+                modes = {name: reply["mode"] for name, reply in replies.items() if reply.get("mode")}
             aggregates = [replies[n.name]["aggregates"] for n in active]
             for name, reply in replies.items():
                 if reply.get("privacy"):

@@ -140,6 +140,8 @@ class StepReply(BaseModel):
     code: dict[str, str] = Field(description="catalogue version and SHA-256 of the step code that ran")
     privacy: dict[str, Any] | None = Field(None, description="differential privacy: mechanism, epsilon, delta "
                                                              "and clamping of the noise this node added (ADR 0015)")
+    mode: dict[str, str] | None = Field(None, description="study mode: the study and snapshot date that answered "
+                                                          "(absent in standard mode; ADR 0028)")
 
 
 class Refusal(BaseModel):
