@@ -101,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("home", type=Path)
     p.add_argument("--all", action="store_true")
 
-    from mipflow.node.study_cli import add_parser as add_study_parser
+    from mipflow.node.controls.study_cli import add_parser as add_study_parser
 
     add_study_parser(sub)  # mipflow study approve|show|refresh|withdraw (ADR 0028)
 
@@ -360,7 +360,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(ops.dumps(list_grants(home.root, include_inactive=args.all)))
         return 0
     if args.command == "study":
-        from mipflow.node.study_cli import run
+        from mipflow.node.controls.study_cli import run
 
         return run(args)
     if args.command == "audit":

@@ -35,9 +35,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--project", required=True)
 
 
+def _dumps(doc: object) -> str:
+    return json.dumps(doc, indent=2, default=str)  # as the rest of the CLI prints
+
+
 def run(args: argparse.Namespace) -> int:
     """Run a ``study`` command; prints JSON; raises :class:`~mipflow.exceptions.MipflowError` on failure."""
-    from mipflow.node import ops
     from mipflow.node.controls import study_approval
     from mipflow.node.home import NodeHome
 
@@ -47,11 +50,11 @@ def run(args: argparse.Namespace) -> int:
             document = json.loads(args.file.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot read study protocol {args.file}: {exc}") from None
-        print(ops.dumps({"node": home.name, **study_approval.approve(home, args.project, document)}))
+        print(_dumps({"node": home.name, **study_approval.approve(home, args.project, document)}))
     elif args.study_command == "refresh":
-        print(ops.dumps({"node": home.name, **study_approval.refresh(home, args.project)}))
+        print(_dumps({"node": home.name, **study_approval.refresh(home, args.project)}))
     elif args.study_command == "withdraw":
-        print(ops.dumps({"node": home.name, **study_approval.withdraw(home, args.project)}))
+        print(_dumps({"node": home.name, **study_approval.withdraw(home, args.project)}))
     else:
-        print(ops.dumps(study_approval.show(home, args.project)))
+        print(_dumps(study_approval.show(home, args.project)))
     return 0
