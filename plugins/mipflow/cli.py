@@ -101,6 +101,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("home", type=Path)
     p.add_argument("--all", action="store_true")
 
+    from mipflow.node.controls.study_cli import add_parser as add_study_parser
+
+    add_study_parser(sub)  # mipflow study approve|show|refresh|withdraw (ADR 0028)
+
     audit = sub.add_parser("audit", help="node admin: the audit log").add_subparsers(
         dest="audit_command", required=True)
     p = audit.add_parser("verify", help="check the audit log's hash chain; exit 1 at the first broken record")
@@ -355,6 +359,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             return 0
         print(ops.dumps(list_grants(home.root, include_inactive=args.all)))
         return 0
+    if args.command == "study":
+        from mipflow.node.controls.study_cli import run
+
+        return run(args)
     if args.command == "audit":
         from mipflow.node.controls.audit import AUDIT_FILE, read_records, summarize, summary_text, verify_log
 

@@ -63,6 +63,8 @@ class AnalysisOutcome:
     #: verifiable rounds (ADR 0029): {"scheme", "chain": head of the rounds' hash chain (in every
     #: node's audit record), "participants": {node: key fingerprint}}
     transcript: dict[str, Any] = field(default_factory=dict)
+    #: node -> the mode that answered, when not the standard one: {"study", "snapshot"} (ADR 0028)
+    mode: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -170,6 +172,7 @@ def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequen
         memo: dict | None = None  # central-only (Step.memo), for on_refusal
         rows: dict[str, int] = {}
         code: dict[str, Any] = {}
+        modes: dict[str, Any] = {}  # study mode (ADR 0028)
         noise_labels: dict[str, list[dict[str, Any]]] = {}  # differential privacy (ADR 0015)
         dropped = False
 
@@ -190,7 +193,8 @@ def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequen
                                    secure_aggregation={"mode": secure, **session.provenance()}
                                    if session is not None else {"enabled": False, "mode": secure,
                                                                 "reason": secure_note},
-                                   stopped=stopped, transcript=verified.provenance())
+                                   stopped=stopped, transcript=verified.provenance(),
+                                   mode={n: modes[n] for n in rows if n in modes})
 
         for round_no in range(MAX_ROUNDS):
             replies, failures, refusals = _call_all(algorithm_name, request_doc, active, round_no, state, pool,
@@ -224,6 +228,7 @@ def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequen
             if round_no == 0:
                 rows = {name: int(reply["rows"]) for name, reply in replies.items()}
                 code = _code_provenance(algorithm_name, replies)
+                modes = {name: reply["mode"] for name, reply in replies.items() if reply.get("mode")}
             aggregates = [replies[n.name]["aggregates"] for n in active]
             for name, reply in replies.items():
                 if reply.get("privacy"):

@@ -18,6 +18,7 @@ from mipflow.node.controls.audit import AUDIT_FILE, AuditLog
 from mipflow.node.controls.differencing import Cohorts, DifferencingGuard
 from mipflow.node.controls.dp import NodePrivacy
 from mipflow.node.controls.query_budget import QueryBudget
+from mipflow.node.controls.study import StudyRegistry
 from mipflow.node.freshness import DataVersion, file_signature
 from mipflow.node.home import NodeHome, NodeSettings
 
@@ -84,14 +85,17 @@ class SelectionCache:
         return sum(v[3] for v in self._kept.values())
 
     def rows(self, algo: Any, analysis: Any, model: Any, variables: Sequence[str],
-             frame_cache_mb: int) -> tuple[Any, Cohorts]:
-        """``(data, cohorts)``: the local step's rows (no row keys) and the cohorts they form."""
+             frame_cache_mb: int, study: Any = None) -> tuple[Any, Cohorts]:
+        """``(data, cohorts)``: the local step's rows (no row keys) and the cohorts they form.
+
+        ``study`` (a :class:`mipflow.node.controls.study.StudySelection`): the rows are the study
+        snapshot's (ADR 0028) instead of the request's datasets and filters."""
         from mipflow.algorithms.local import prepare_local_data
         from mipflow.node.query.read import select_frame
 
         variables = list(variables)
         key = json.dumps([model.key, sorted(analysis.datasets), variables, analysis.filters,
-                          algo.complete_case, algo.name], sort_keys=True, default=str)
+                          algo.complete_case, algo.name, study and study.token], sort_keys=True, default=str)
         version = self.version.token(model.key)
         budget = int(frame_cache_mb) * 1024 ** 2
         while self._kept and self._total() > budget:  # the admin lowered it
@@ -100,8 +104,11 @@ class SelectionCache:
         if hit is not None and hit[0] == version:
             self._kept.move_to_end(key)
             return hit[1], hit[2]
-        frame = select_frame(self.store, model, datasets=analysis.datasets, variables=variables,
-                             filters=analysis.filters, complete_case=algo.complete_case, row_identity=True)
+        if study is not None:
+            frame = study.frame(self.store, model, self.differencing.key)
+        else:
+            frame = select_frame(self.store, model, datasets=analysis.datasets, variables=variables,
+                                 filters=analysis.filters, complete_case=algo.complete_case, row_identity=True)
         cohorts = self.differencing.cohorts(model.key, frame, variables, algo.complete_case)
         data = prepare_local_data(algo, frame, analysis)  # keeps the variables only: no row keys
         del frame
@@ -141,6 +148,8 @@ class StepContext:
         The cohort ledger and k-means partition memory (ADR 0013).
     selections : SelectionCache
         Rows kept between rounds (ADR 0019).
+    studies : StudyRegistry
+        The projects' approved studies (study mode, ADR 0028).
     """
 
     home: NodeHome
@@ -152,7 +161,12 @@ class StepContext:
     privacy: NodePrivacy
     differencing: DifferencingGuard
     selections: SelectionCache
+    studies: StudyRegistry | None = None
     _models: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.studies is None:  # every node answers its projects' studies
+            self.studies = StudyRegistry(self.home.root)
 
     @classmethod
     def open(cls, home: NodeHome) -> "StepContext":

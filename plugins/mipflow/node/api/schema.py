@@ -147,6 +147,8 @@ class StepReply(BaseModel):
     tags: dict[str, str] | None = Field(None, description="the node's tag of this reply for each participant "
                                                           "(verifiable rounds, ADR 0029); null without a transcript")
     chain: str | None = Field(None, description="the analysis' hash chain up to this round (ADR 0029)")
+    mode: dict[str, str] | None = Field(None, description="study mode: the study and snapshot date that answered "
+                                                          "(absent in standard mode; ADR 0028)")
 
 
 class Refusal(BaseModel):

@@ -23,9 +23,10 @@ Order (ADR 0002, 0010, 0013, 0014, 0015, 0024)::
     verify_round         the round's state recomputed from the tagged   (403 round_verification)
                          contributions of the previous round
     check_request        disclosure controls on the request            (403)
+    check_study          study mode: inside the project's study        (403 study, ADR 0028)
     read_rows            the selection (cached between rounds)         (400 on a bad filter)
     check_rows           min_row_count, nfilter_subset, nfilter_glm     (403)
-    check_cohort         differencing: cohorts near answered ones      (403 differencing)
+    check_cohort         differencing: cohorts near answered ones      (403 differencing; a study: at approval)
     run_local_step       the algorithm's local step                    (400 on a state that does not fit)
     check_partition      differencing: k-means assignments             (403 differencing)
     check_release        disclosure controls on the aggregates         (403)
@@ -55,6 +56,7 @@ from mipflow.node.api.context import DataModelNotHeld, StepContext
 from mipflow.node.api.schema import read_step_body
 from mipflow.node.controls.disclosure import DisclosureControls
 from mipflow.node.controls.query_budget import analysis_key
+from mipflow.node.controls.study import check_study
 from mipflow.node.home import NodeSettings
 from mipflow.protocol.request import AnalysisRequest
 
@@ -134,6 +136,7 @@ class StepWork:
     transcript: Any = None   # the parsed transcript (mipflow.secagg.transcript.Transcript)
     chain: str | None = None
     tags: dict[str, str] | None = None
+    study: Any = None  # the study selection answering the request (study mode, ADR 0028)
 
     def __post_init__(self) -> None:
         self.controls = DisclosureControls(self.settings)
@@ -243,7 +246,7 @@ def check_request(request: StepRequest, context: StepContext, work: StepWork) ->
 def read_rows(request: StepRequest, context: StepContext, work: StepWork) -> None:
     """The rows the step uses (datasets, filters, complete cases), from the cache when current."""
     work.data, work.cohorts = context.selections.rows(work.algo, request.analysis, work.model, work.variables,
-                                                      work.settings.frame_cache_mb)
+                                                      work.settings.frame_cache_mb, work.study)
     work.rows = len(work.data)
     work.record["rows"] = work.rows
 
@@ -257,7 +260,7 @@ def check_cohort(request: StepRequest, context: StepContext, work: StepWork) -> 
     """Differencing (ADR 0013): the cohorts may not differ by a few rows from answered ones.
     The cohort's digest is recorded even while ``differencing_check`` is off."""
     work.record["cohort"] = work.cohorts.digest[:16]
-    if work.settings.differencing_check:
+    if work.settings.differencing_check and work.study is None:  # a study's cohorts: checked at approval
         context.differencing.before_step(work.cohorts, work.settings.min_row_count)
 
 
@@ -372,6 +375,7 @@ CHAIN: tuple[Control, ...] = (
     validate_request,
     verify_round,
     check_request,
+    check_study,
     read_rows,
     check_rows,
     check_cohort,
@@ -443,4 +447,5 @@ def answer_step(context: StepContext, client: str, algorithm: str, raw: bytes, *
         raise
     return {"node": context.name, "algorithm": algorithm, "round": request.round, "rows": work.rows,
             "aggregates": work.aggregates, "code": work.code, "privacy": work.record.get("dp"),
-            "tags": work.tags, "chain": work.chain}
+            "tags": work.tags, "chain": work.chain,
+            **({"mode": work.study.study.mode} if work.study is not None else {})}

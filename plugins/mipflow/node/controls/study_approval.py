@@ -1,0 +1,277 @@
+"""The node admin's side of study mode: approve, refresh, withdraw and show a project's study.
+
+Every decision of study mode that looks at the data is taken here, once, by the node admin
+(ADR 0023, 0028), on the whole family of cohorts the protocol can produce at this node:
+
+* **sizes**: in every dataset of the study the node holds, the population and every subgroup,
+  and each subgroup's complement within the population, hold at least ``min_row_count`` rows;
+* **the ledger**: none of these cohorts (per dataset and over all the node's datasets) is a few
+  rows away from a cohort the node answered before (the pairwise rule of ADR 0013, against
+  everything in ``cohorts.sqlite``), and no linear combination of them isolates fewer than
+  ``min_row_count`` patients (the atom rule, :mod:`mipflow.node.controls.atoms`);
+* once approved, the cohorts are recorded in the ledger (analyses outside the study cannot
+  difference against them) and the population's row keys become the study's **snapshot**.
+
+A refresh runs the same checks on the rows now in the store, with the snapshot's cohorts in the
+ledger, so the rows added, removed or changed since must each be none or at least
+``min_row_count``; else the study stays on its snapshot.  The messages are for the admin and may
+give counts; nothing here is ever sent to a researcher.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mipflow.exceptions import ConfigError, DisclosureError
+from mipflow.node.controls.study import Study, list_records, now_utc, read_record, read_study, value_hashes, write_study
+from mipflow.node.controls.study_protocol import Protocol, check_against_model, parse_protocol
+
+
+@dataclass(frozen=True)
+class Family:
+    """The cohorts a protocol produces on the rows now in a node's store."""
+
+    population: np.ndarray            # sorted row keys
+    values: np.ndarray                # value hashes in that order
+    subgroups: dict[str, np.ndarray]  # name -> sorted row keys
+    per_dataset: dict[str, dict[str | None, np.ndarray]]  # dataset -> subgroup (None: population) -> keys
+
+    def sets(self) -> list[tuple[str, np.ndarray]]:
+        """Every cohort a request of the family can be answered on or combined from, labelled."""
+        out = [("population", self.population)]
+        out += [(f"subgroup {name!r}", keys) for name, keys in self.subgroups.items()]
+        for dataset, cohorts in self.per_dataset.items():
+            for name, keys in cohorts.items():
+                label = "population" if name is None else f"subgroup {name!r}"
+                out.append((f"{label} in dataset {dataset!r}", keys))
+        return out
+
+
+def compute_family(store: Any, model: Any, protocol: Protocol, hash_key: str) -> Family:
+    """Read the population and the subgroups from the store (row keys only are kept)."""
+    from mipflow.node.controls.differencing import row_keys, sorted_unique
+    from mipflow.node.query.read import select_frame
+
+    def read(subgroup: Any) -> Any:
+        return select_frame(store, model, datasets=list(protocol.datasets), variables=list(protocol.variables),
+                            filters=protocol.subgroup_filter(subgroup), complete_case=True, row_identity=True)
+
+    frame = read(None)
+    keys = row_keys(frame, hash_key)
+    order = np.argsort(keys, kind="stable")
+    population, values = keys[order], value_hashes(frame, protocol.variables)[order]
+    datasets = frame["dataset"].to_numpy(dtype=object)
+    held = {d["dataset"] for d in store.datasets(model.key)}
+    per_dataset: dict[str, dict[str | None, np.ndarray]] = {
+        d: {None: sorted_unique(keys[datasets == d])} for d in protocol.datasets if d in held}
+    subgroups = {}
+    for subgroup in protocol.subgroups:
+        sub = read(subgroup)
+        sub_keys = row_keys(sub, hash_key)
+        subgroups[subgroup.name] = sorted_unique(sub_keys)
+        sub_datasets = sub["dataset"].to_numpy(dtype=object)
+        for d, cohorts in per_dataset.items():
+            cohorts[subgroup.name] = sorted_unique(sub_keys[sub_datasets == d])
+    return Family(population=population, values=values, subgroups=subgroups, per_dataset=per_dataset)
+
+
+def size_problems(family: Family, min_row_count: int) -> list[str]:
+    """What is too small (admin-facing: with counts)."""
+    if not family.per_dataset:
+        return ["this node holds none of the study's datasets"]
+    problems = []
+    for dataset, cohorts in family.per_dataset.items():
+        whole = len(cohorts[None])
+        if whole < min_row_count:
+            problems.append(f"dataset {dataset!r}: the population holds {whole} row(s)")
+            continue
+        for name, keys in cohorts.items():
+            if name is None:
+                continue
+            if len(keys) < min_row_count:
+                problems.append(f"dataset {dataset!r}: subgroup {name!r} holds {len(keys)} row(s)")
+            if whole - len(keys) < min_row_count:
+                problems.append(f"dataset {dataset!r}: the population outside subgroup {name!r} holds "
+                                f"{whole - len(keys)} row(s)")
+    return problems
+
+
+def change_problems(old: Study, family: Family, min_row_count: int) -> tuple[dict[str, int], list[str]]:
+    """Rows added, removed and changed since the snapshot; each must be 0 or >= min_row_count."""
+    both = np.intersect1d(old.population, family.population, assume_unique=True)
+    old_values = old.values[np.searchsorted(old.population, both)]
+    new_values = family.values[np.searchsorted(family.population, both)]
+    changed = int(np.count_nonzero(old_values != new_values))
+    counts = {"added": len(family.population) - len(both) + changed,
+              "removed": len(old.population) - len(both) + changed, "changed": changed}
+    problems = [f"{counts[k]} row(s) {k}" + (" (changed rows count as removed and added)" if changed else "")
+                for k in ("added", "removed") if 0 < counts[k] < min_row_count]
+    return counts, problems
+
+
+def _check_family(root: Any, key: bytes, data_model: str, family: Family, min_row_count: int,
+                  earlier: Study | None) -> list[tuple[str, np.ndarray]]:
+    """The ledger's pairwise rule against every cohort answered before, and the atom rule over the
+    family (and the snapshot it replaces); returns the distinct sets to record."""
+    from mipflow.node.controls.atoms import check_family, node_primes
+    from mipflow.node.controls.differencing import CohortLedger, cohort_digest
+
+    distinct: dict[str, tuple[str, np.ndarray]] = {}
+    for label, keys in family.sets():
+        distinct.setdefault(cohort_digest(data_model, keys), (label, keys))
+    ledger = CohortLedger(root)
+    try:
+        for digest, (label, keys) in distinct.items():
+            try:
+                ledger.check(data_model, [keys], min_row_count, [digest])
+            except DisclosureError:
+                raise ConfigError(f"the study's {label} differs from rows this node already answered for by "
+                                  f"fewer than min_row_count ({min_row_count}) rows (differencing): choose a broader "
+                                  "population or other subgroups") from None
+        sets = [keys for _, keys in distinct.values()]
+        if earlier is not None:
+            sets += [earlier.population, *earlier.subgroups.values()]
+        verdict = check_family(sets, min_row_count, node_primes(key))
+        if not verdict.allowed:
+            raise ConfigError(f"a combination of the study's cohorts would isolate {verdict.smallest_isolatable} "
+                              f"patient(s), fewer than min_row_count ({min_row_count}): choose subgroups that "
+                              "overlap by more rows")
+    finally:
+        ledger.close()
+    return list(distinct.values())
+
+
+def _record(root: Any, data_model: str, sets: list[tuple[str, np.ndarray]]) -> None:
+    from mipflow.node.controls.differencing import CohortLedger
+
+    ledger = CohortLedger(root)
+    try:
+        ledger.record(data_model, [keys for _, keys in sets])
+    finally:
+        ledger.close()
+
+
+def _counts(family: Family) -> dict[str, Any]:
+    return {"population": len(family.population),
+            "subgroups": {name: len(keys) for name, keys in family.subgroups.items()},
+            "datasets": {d: len(c[None]) for d, c in family.per_dataset.items()}}
+
+
+def _open(home: Any, protocol: Protocol) -> tuple[Any, Any]:
+    from mipflow.node.store.feature_store import FeatureStore
+
+    store = FeatureStore(home.db_url)
+    try:
+        model = store.data_model(protocol.data_model)
+    except Exception:
+        store.dispose()
+        raise ConfigError(f"this node holds no data model {protocol.data_model}") from None
+    check_against_model(protocol, model)
+    return store, model
+
+
+def approve(home: Any, project: str, document: Any) -> dict[str, Any]:
+    """Approve ``document`` as ``project``'s study at the node ``home`` (a :class:`NodeHome`).
+
+    Raises
+    ------
+    ConfigError
+        For a malformed protocol, a project that already has a study, or a check that fails
+        (the message names the check, with counts: it is for the node admin).
+    """
+    from mipflow.node.controls.differencing import hash_key
+
+    protocol = parse_protocol(document)
+    existing = read_record(home.root, project)
+    if existing is not None and existing.get("status") == "approved":
+        raise ConfigError(f"project {project!r} already has an approved study ({existing['protocol']['name']!r}): "
+                          "refresh it (mipflow study refresh) or withdraw it first")
+    min_row_count = home.settings.min_row_count
+    store, model = _open(home, protocol)
+    try:
+        family = compute_family(store, model, protocol, hash_key(home.key()))
+    finally:
+        store.dispose()
+    problems = size_problems(family, min_row_count)
+    if problems:
+        raise ConfigError(f"study {protocol.name!r} not approved: fewer than min_row_count ({min_row_count}): "
+                          + "; ".join(problems))
+    sets = _check_family(home.root, home.key(), protocol.data_model, family, min_row_count, None)
+    _record(home.root, protocol.data_model, sets)
+    at = now_utc()
+    study = Study(project=project, protocol=protocol, snapshot=at, population=family.population,
+                  values=family.values, subgroups=family.subgroups,
+                  record={"status": "approved", "approved_at": at, "min_row_count": min_row_count,
+                          "counts": _counts(family), "refreshes": []})
+    write_study(home.root, study)
+    return {"project": project, "study": protocol.name, "status": "approved", "snapshot": at, **_counts(family)}
+
+
+def refresh(home: Any, project: str) -> dict[str, Any]:
+    """Move ``project``'s study to the rows now in the store, if the checks pass.
+
+    Raises
+    ------
+    ConfigError
+        If the project has no approved study or a check fails (the study stays on its snapshot).
+    """
+    from mipflow.node.controls.differencing import hash_key
+
+    old = read_study(home.root, project)
+    if old is None or old.record.get("status") != "approved":
+        raise ConfigError(f"project {project!r} has no approved study to refresh")
+    min_row_count = home.settings.min_row_count
+    store, model = _open(home, old.protocol)
+    try:
+        family = compute_family(store, model, old.protocol, hash_key(home.key()))
+    finally:
+        store.dispose()
+    counts, problems = change_problems(old, family, min_row_count)
+    unchanged = counts["added"] == counts["removed"] == 0 and all(
+        np.array_equal(family.subgroups[name], keys) for name, keys in old.subgroups.items())
+    if unchanged:
+        return {"project": project, "study": old.protocol.name, "status": "unchanged", "snapshot": old.snapshot}
+    stays = f"; the study stays on its snapshot of {old.snapshot}"
+    problems += size_problems(family, min_row_count)
+    if problems:
+        raise ConfigError(f"study {old.protocol.name!r} not refreshed: fewer than min_row_count ({min_row_count}): "
+                          + "; ".join(problems) + stays)
+    try:
+        sets = _check_family(home.root, home.key(), old.protocol.data_model, family, min_row_count, old)
+    except ConfigError as exc:
+        raise ConfigError(f"study {old.protocol.name!r} not refreshed: {exc}{stays}") from None
+    _record(home.root, old.protocol.data_model, sets)
+    at = now_utc()
+    refreshes = [*old.record.get("refreshes", []), {"at": at, "previous_snapshot": old.snapshot, **counts}]
+    study = Study(project=project, protocol=old.protocol, snapshot=at, population=family.population,
+                  values=family.values, subgroups=family.subgroups,
+                  record={**old.record, "min_row_count": min_row_count, "counts": _counts(family),
+                          "refreshes": refreshes})
+    write_study(home.root, study)
+    return {"project": project, "study": old.protocol.name, "status": "refreshed", "snapshot": at,
+            "previous_snapshot": old.snapshot, **counts}
+
+
+def withdraw(home: Any, project: str) -> dict[str, Any]:
+    """End ``project``'s study: its requests go through the standard controls again (the ledger
+    keeps the study's cohorts, so analyses cannot difference against them)."""
+    study = read_study(home.root, project)
+    if study is None or study.record.get("status") != "approved":
+        raise ConfigError(f"project {project!r} has no approved study to withdraw")
+    at = now_utc()
+    write_study(home.root, Study(project=project, protocol=study.protocol, snapshot=study.snapshot,
+                                 population=study.population, values=study.values, subgroups=study.subgroups,
+                                 record={**study.record, "status": "withdrawn", "withdrawn_at": at}))
+    return {"project": project, "study": study.protocol.name, "status": "withdrawn", "withdrawn_at": at}
+
+
+def show(home: Any, project: str | None = None) -> list[dict[str, Any]]:
+    """The node's studies (or ``project``'s) as the admin sees them, counts included."""
+    records = list_records(home.root)
+    if project is not None:
+        records = [r for r in records if r.get("project") == project]
+        if not records:
+            raise ConfigError(f"project {project!r} has no study at this node")
+    return records

@@ -1,0 +1,77 @@
+"""A node home with stroke rows and a study protocol, for the study-mode tests."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mipflow.node.home import NodeHome
+from tests.mipflow.algorithms.survival_data import STROKE, make_stroke
+from tests.nodes import grant_all, load_frame
+
+PROJECT = "stroke-study"
+
+
+def rule(field: str, operator: str, value: Any = None) -> dict[str, Any]:
+    kind = "double" if isinstance(value, (int, float)) else "string"
+    return {"id": field, "field": field, "type": kind, "operator": operator, "value": value}
+
+
+def where(*rules: dict[str, Any], condition: str = "AND") -> dict[str, Any]:
+    return {"condition": condition, "rules": list(rules), "valid": True}
+
+
+ELDERLY = where(rule("age", "greater_or_equal", 65))
+WOMEN = where(rule("sex", "equal", "F"))
+MEN = where(rule("sex", "equal", "M"))
+VARIABLES = ["age", "sex", "stroke_type", "nihss_admission", "followup_days", "death_90d"]
+ALGORITHMS = ["descriptive_stats", "linear_regression", "kaplan_meier", "ttest_independent"]
+
+
+def protocol(datasets=("hospital_a", "hospital_b", "hospital_c"), **changes: Any) -> dict[str, Any]:
+    doc = {"name": "stroke-outcomes", "data_model": STROKE.key, "datasets": list(datasets),
+           "variables": list(VARIABLES), "population": {"filter": None},
+           "subgroups": [{"name": "elderly", "filter": ELDERLY}, {"name": "women", "filter": WOMEN},
+                         {"name": "men", "filter": MEN}],
+           "algorithms": list(ALGORITHMS), "note": "test protocol"}
+    doc.update(copy.deepcopy(changes))
+    return doc
+
+
+def stroke_rows(seed: int, n: int, dataset: str, prefix: str) -> pd.DataFrame:
+    """``n`` stroke rows of one dataset (a few with a missing NIHSS), patients ``<prefix>-<k>``."""
+    frame = make_stroke(seed, n)
+    frame["dataset"] = dataset
+    frame["subjectcode"] = [f"{prefix}-{k}" for k in range(n)]
+    return frame
+
+
+def node_home(root: Path, name: str = "hospital_a", *, seed: int = 11, n: int = 200,
+              dataset: str = "hospital_a", **settings: Any) -> tuple[NodeHome, pd.DataFrame]:
+    """A node home holding ``n`` rows of ``dataset``, with a grant for every identity in PROJECT."""
+    home = NodeHome.init(root, name)
+    for key, value in settings.items():
+        home.set_setting(key, value)
+    frame = stroke_rows(seed, n, dataset, f"{name}-p")
+    load_frame(root, STROKE, frame)
+    grant_all(root, researcher="*", project=PROJECT)
+    return NodeHome(root), frame
+
+
+def population(frame: pd.DataFrame, filters: dict | None = None) -> pd.DataFrame:
+    """The study population of ``frame`` (complete over VARIABLES), restricted by a simple subgroup."""
+    rows = frame.dropna(subset=VARIABLES)
+    if filters is ELDERLY:
+        rows = rows[rows["age"] >= 65]
+    elif filters is WOMEN:
+        rows = rows[rows["sex"] == "F"]
+    elif filters is MEN:
+        rows = rows[rows["sex"] == "M"]
+    return rows.reset_index(drop=True)
+
+
+def sorted_keys(values) -> np.ndarray:
+    return np.sort(np.asarray(values, dtype=np.uint64))

@@ -1,0 +1,133 @@
+"""Approving, refreshing and withdrawing a study at a node: every data-dependent check, once, by the admin."""
+from __future__ import annotations
+
+import stat
+
+import numpy as np
+import pytest
+
+from mipflow.exceptions import ConfigError
+from mipflow.node.controls import study_approval
+from mipflow.node.controls.differencing import CohortLedger, cohort_digest
+from mipflow.node.controls.study import StudyRegistry, read_study
+from tests.mipflow.algorithms.survival_data import STROKE
+from tests.mipflow.node.controls.study_helpers import (
+    ELDERLY, PROJECT, protocol, node_home, population, rule, stroke_rows, where,
+)
+from tests.nodes import load_frame
+
+
+def test_approval_records_the_snapshot_and_the_family_in_the_ledger(tmp_path) -> None:
+    home, frame = node_home(tmp_path)
+    summary = study_approval.approve(home, PROJECT, protocol())
+    whole = population(frame)
+    assert summary["status"] == "approved" and summary["population"] == len(whole)
+    assert summary["subgroups"] == {"elderly": int((whole["age"] >= 65).sum()),
+                                    "women": int((whole["sex"] == "F").sum()),
+                                    "men": int((whole["sex"] == "M").sum())}
+    assert summary["datasets"] == {"hospital_a": len(whole)}  # the node holds one of the three datasets
+    study = read_study(home.root, PROJECT)
+    assert study.snapshot == summary["snapshot"] and len(study.population) == len(whole)
+    assert np.all(np.diff(study.population.astype(np.float64)) > 0) and len(study.values) == len(whole)
+    for path in (home.root / "studies").iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    # the population and the subgroups are in the ledger: analyses outside the study meet them
+    known = CohortLedger(home.root).cohorts(STROKE.key)
+    assert cohort_digest(STROKE.key, study.population) in known
+    assert all(cohort_digest(STROKE.key, keys) in known for keys in study.subgroups.values())
+    assert StudyRegistry(home.root).for_project(PROJECT).protocol.name == "stroke-outcomes"
+    with pytest.raises(ConfigError, match="already has an approved study"):
+        study_approval.approve(home, PROJECT, protocol())
+
+
+def test_a_small_subgroup_or_complement_fails_approval_with_counts_for_the_admin(tmp_path) -> None:
+    home, frame = node_home(tmp_path)
+    whole = population(frame)
+    oldest = float(whole["age"].max())
+    doc = protocol(subgroups=[{"name": "oldest", "filter": where(rule("age", "greater_or_equal", oldest))},
+                              {"name": "all-but-oldest", "filter": where(rule("age", "less", oldest))}])
+    with pytest.raises(ConfigError) as caught:
+        study_approval.approve(home, PROJECT, doc)
+    n = int((whole["age"] >= oldest).sum())
+    message = str(caught.value)
+    assert f"subgroup 'oldest' holds {n} row(s)" in message
+    assert f"the population outside subgroup 'all-but-oldest' holds {n} row(s)" in message
+    assert read_study(home.root, PROJECT) is None and CohortLedger(home.root).cohorts(STROKE.key) == {}
+
+
+def test_approval_fails_near_a_cohort_answered_before(tmp_path) -> None:
+    """An analysis outside any study answered on 'population minus 3 rows' first: the study's
+    population would difference against it."""
+    from mipflow.node.controls.differencing import hash_key, row_keys, sorted_unique
+    from mipflow.node.query.read import select_frame
+    from mipflow.node.store.feature_store import FeatureStore
+
+    home, _ = node_home(tmp_path)
+    store = FeatureStore(home.db_url)
+    rows = select_frame(store, STROKE, datasets=["hospital_a"], variables=protocol()["variables"],
+                        complete_case=True, row_identity=True)
+    store.dispose()
+    keys = sorted_unique(row_keys(rows, hash_key(home.key())))
+    CohortLedger(home.root).record(STROKE.key, [keys[3:]])
+    with pytest.raises(ConfigError, match=r"the study's population differs from rows this node already answered"):
+        study_approval.approve(home, PROJECT, protocol())
+
+
+def test_the_atom_rule_refuses_subgroups_whose_combination_isolates_few_patients(tmp_path) -> None:
+    """'age >= 50' and 'age > 50' are each large, their difference is the few patients aged exactly 50."""
+    home, frame = node_home(tmp_path, n=400)
+    whole = population(frame)
+    assert 0 < int((whole["age"] == 50).sum()) < 10
+    doc = protocol(subgroups=[{"name": "a", "filter": where(rule("age", "greater_or_equal", 50))},
+                              {"name": "b", "filter": where(rule("age", "greater", 50))}])
+    with pytest.raises(ConfigError, match="differs from rows|would isolate"):
+        study_approval.approve(home, PROJECT, doc)
+
+
+def test_refresh_moves_the_snapshot_only_when_the_changes_are_large_enough(tmp_path) -> None:
+    home, frame = node_home(tmp_path)
+    first = study_approval.approve(home, PROJECT, protocol())
+    assert study_approval.refresh(home, PROJECT)["status"] == "unchanged"
+    load_frame(home.root, STROKE, stroke_rows(12, 3, "hospital_a", "late"))  # three new patients
+    with pytest.raises(ConfigError) as caught:
+        study_approval.refresh(home, PROJECT)
+    assert "row(s) added" in str(caught.value) and f"stays on its snapshot of {first['snapshot']}" in str(caught.value)
+    assert read_study(home.root, PROJECT).snapshot == first["snapshot"]
+    load_frame(home.root, STROKE, stroke_rows(13, 150, "hospital_a", "export2"))  # a whole new export
+    done = study_approval.refresh(home, PROJECT)
+    assert done["status"] == "refreshed" and done["previous_snapshot"] == first["snapshot"]
+    assert done["added"] >= 150 - 10 and done["removed"] == 0 and done["changed"] == 0
+    study = read_study(home.root, PROJECT)
+    assert len(study.population) == first["population"] + done["added"]
+    assert study.record["refreshes"][0]["previous_snapshot"] == first["snapshot"]
+
+
+def test_withdraw_and_show(tmp_path) -> None:
+    home, _ = node_home(tmp_path)
+    with pytest.raises(ConfigError, match="no approved study to withdraw"):
+        study_approval.withdraw(home, PROJECT)
+    with pytest.raises(ConfigError, match="no study at this node"):
+        study_approval.show(home, PROJECT)
+    study_approval.approve(home, PROJECT, protocol())
+    registry = StudyRegistry(home.root)
+    assert registry.for_project(PROJECT) is not None and registry.for_project("other") is None
+    assert study_approval.withdraw(home, PROJECT)["status"] == "withdrawn"
+    assert registry.for_project(PROJECT) is None  # re-read: the next request is in standard mode
+    [record] = study_approval.show(home, PROJECT)
+    assert record["status"] == "withdrawn" and record["protocol"]["name"] == "stroke-outcomes"
+    assert study_approval.show(home) == [record]
+    with pytest.raises(ConfigError, match="no approved study to refresh"):
+        study_approval.refresh(home, PROJECT)
+    study_approval.approve(home, PROJECT, protocol(name="second"))  # a new protocol after withdrawal
+    assert registry.for_project(PROJECT).protocol.name == "second"
+
+
+def test_approval_needs_the_data_model_and_a_held_dataset(tmp_path) -> None:
+    home, _ = node_home(tmp_path)
+    with pytest.raises(ConfigError, match="holds no data model stroke:0.2"):
+        study_approval.approve(home, PROJECT, protocol(data_model="stroke:0.2"))
+    with pytest.raises(ConfigError, match="holds none of the study's datasets"):
+        study_approval.approve(home, PROJECT, protocol(datasets=["hospital_b"]))
+    with pytest.raises(ConfigError, match="not a valid identity"):
+        study_approval.approve(home, "../etc", protocol())
+    assert ELDERLY["rules"][0]["value"] == 65
