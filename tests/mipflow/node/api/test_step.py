@@ -23,8 +23,8 @@ from tests.privacy.conftest import DATASETS, make_rows, rule, where
 from tests.privacy.test_attacks import KMEANS_Y, _projections, _slab_state
 
 #: The declared order, spelled out: a change of order is a change of this list too.
-ORDER = ["resolve_algorithm", "check_access", "check_query_budget", "find_data_model", "validate_request",
-         "check_request", "read_rows", "check_rows", "check_cohort", "run_local_step", "check_partition",
+ORDER = ["resolve_algorithm", "check_access", "check_query_budget", "require_secure_aggregation",
+         "find_data_model", "validate_request", "check_request", "read_rows", "check_rows", "check_cohort", "run_local_step", "check_partition",
          "check_release", "add_noise", "mask", "remember_cohort", "audit_answer", "charge_query_budget"]
 LINREG = {"y": ["age"], "x": ["nihss_admission"]}
 
