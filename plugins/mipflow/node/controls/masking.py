@@ -19,14 +19,10 @@ them under its own key, is checked when the release is masked
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 from mipflow.exceptions import DisclosureError
 from mipflow.secagg.policy import refusal as secagg_refusal
-
-if TYPE_CHECKING:  # the step's types; the control is a plain function of them
-    from mipflow.node.api.context import StepContext
-    from mipflow.node.api.step import StepRequest, StepWork
 
 
 def other_participants(spec: Any, node: str) -> set[str]:
@@ -47,8 +43,12 @@ def _refusal(node: str, what: str) -> DisclosureError:
         f"(secure_aggregation_required): {what}", control="secure_aggregation")
 
 
-def require_secure_aggregation(request: StepRequest, context: StepContext, work: StepWork) -> None:
+def require_secure_aggregation(request: Any, context: Any, work: Any) -> None:
     """Refuse a plain step, or a masked step without another participant, at a node that requires masking.
+
+    A control of the node's step chain (:data:`mipflow.node.api.step.CHAIN`): ``request`` is the
+    parsed ``StepRequest``, ``context`` the ``StepContext`` (its ``name``), ``work`` the
+    ``StepWork`` (its ``settings``); typed loosely because controls sit below the API layer.
 
     Raises
     ------
