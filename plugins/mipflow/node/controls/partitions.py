@@ -204,32 +204,54 @@ def canonical_labels(labels: np.ndarray) -> np.ndarray:
 
     The central site chooses the centres' order, so the same partition of the
     rows can come with its clusters numbered differently; it is remembered once.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray of int, shape (n,)
+        Non-negative cluster labels.
+
+    Returns
+    -------
+    numpy.ndarray of int16 (int64 from 2**15 clusters), shape (n,)
     """
-    labels = np.asarray(labels, dtype=np.int64)
+    labels = np.asarray(labels)
     if not len(labels):
-        return labels.astype(np.int16)
-    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
-    rank = np.empty(len(first), dtype=np.int64)
-    rank[np.argsort(first)] = np.arange(len(first))
-    out = rank[inverse]
-    return out.astype(np.int16 if len(first) < 2**15 else np.int64)
+        return np.zeros(0, dtype=np.int16)
+    narrow = np.int16 if int(labels.max()) < 2**15 else np.int64
+    labels = labels.astype(narrow, copy=False)
+    if labels.min() < 0:
+        raise ValueError("cluster labels must not be negative")
+    values = np.flatnonzero(np.bincount(labels))
+    if len(values) <= 32:  # k-means' k: one scan per cluster beats a sort
+        first = np.array([int(np.argmax(labels == v)) for v in values])
+    else:
+        order = np.argsort(labels, kind="stable")
+        ordered = labels[order]
+        starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+        values, first = ordered[starts], order[starts]
+    canonical = np.int16 if len(values) < 2**15 else np.int64  # by the clusters, not the labels given
+    renumber = np.zeros(int(values.max()) + 1, dtype=canonical)
+    renumber[values[np.argsort(first)]] = np.arange(len(values), dtype=canonical)
+    return renumber[labels]
 
 
 def _encode(labels: np.ndarray) -> bytes:
     """Canonical labels -> zlib-compressed little-endian integers (2 bytes each below 2**15 clusters)."""
-    width = "<i2" if labels.max(initial=0) < 2**15 else "<i8"
-    return zlib.compress(np.ascontiguousarray(labels, dtype=width).tobytes(), 6)
+    width = "<i2" if labels.dtype == np.int16 else "<i8"
+    return zlib.compress(np.ascontiguousarray(labels, dtype=width).tobytes(), 1)
 
 
 def _decode(blob: bytes, n_rows: int) -> np.ndarray:
-    """Inverse of :func:`_encode` for ``n_rows`` labels."""
+    """Inverse of :func:`_encode` for ``n_rows`` labels (stored canonical)."""
     raw = zlib.decompress(blob)
     width = "<i2" if n_rows and len(raw) == 2 * n_rows else "<i8"
-    return canonical_labels(np.frombuffer(raw, dtype=width))
+    return np.frombuffer(raw, dtype=width).astype(np.int16 if width == "<i2" else np.int64)
 
 
 def _digest(labels: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(labels, dtype="<i8").tobytes()).hexdigest()
+    """SHA-256 of canonical labels: equal digests, equal partitions."""
+    width = "<i2" if labels.dtype == np.int16 else "<i8"
+    return hashlib.sha256(np.ascontiguousarray(labels, dtype=width).tobytes()).hexdigest()
 
 
 class PartitionMemory:

@@ -165,6 +165,9 @@ def test_canonical_labels_name_a_partition_not_its_numbering():
     assert canonical_labels(np.array([2, 2, 0, 1, 0])).tolist() == [0, 0, 1, 2, 1]
     assert np.array_equal(canonical_labels(np.array([1, 1, 0])), canonical_labels(np.array([0, 0, 1])))
     assert canonical_labels(np.array([], dtype=int)).tolist() == []
+    assert canonical_labels(np.array([40000, 7, 40000])).tolist() == [0, 1, 0]  # the labels' values do not matter
+    many = np.random.default_rng(1).integers(0, 100, 2000)  # more clusters than one scan each takes
+    assert np.array_equal(canonical_labels(many), canonical_labels(99 - many))
 
 
 def test_the_memory_never_forgets_a_partition_however_many_others_follow(tmp_path):
