@@ -339,7 +339,7 @@ class Cohorts:
 
     @cached_property
     def canonical(self) -> np.ndarray | None:
-        """The permutation that puts the local step's rows in key order (None: they are).
+        """The permutation that puts the local step's rows in key order (None: the order is not known).
 
         Per-row labels indexed by it are in an order that does not depend on how
         the store returned the rows, so a partition remembered on disk compares

@@ -175,6 +175,8 @@ CASES = [
     pytest.param({"query_budget": 1}, [("descriptive_stats", {"y": ["age"], "analysis_id": "first"})],
                  "linear_regression", {**LINREG, "analysis_id": "second"}, "check_query_budget", DisclosureError,
                  "query_budget", id="query-budget"),
+    pytest.param({"secure_aggregation_required": 1}, [], "linear_regression", LINREG, "require_secure_aggregation",
+                 DisclosureError, "secure_aggregation", id="secure-aggregation-required"),
     pytest.param({}, [], "linear_regression", {**LINREG, "data_model": "other:1"}, "find_data_model",
                  DataModelNotHeld, "data_model", id="data-model-not-held"),
     pytest.param({}, [], "linear_regression", {"y": ["nope"]}, "validate_request", RequestError, "request",
