@@ -106,6 +106,11 @@ class NodeSettings:
     #: Refuse cohorts that differ from an answered one by fewer than min_row_count rows, and
     #: k-means rounds a few rows away from a released one (1 = on; docs/adr/0013-differencing.md).
     differencing_check: int = 1
+    #: Distinct k-means cluster assignments the node releases on one cohort; every one is kept on disk
+    #: and checked against, never forgotten, so at the limit the cohort takes no new one (ADR 0027).
+    partitions_per_cohort: int = 128
+    #: Answer steps only under secure aggregation with at least one other participant (1 = on; ADR 0027).
+    secure_aggregation_required: int = 0
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> "NodeSettings":

@@ -18,6 +18,7 @@ Order (ADR 0002, 0010, 0013, 0014, 0015, 0024)::
     resolve_algorithm    vetted step code, digest, disabled_algorithm   (400 / 403)
     check_access         grants of researcher and project              (403 access)
     check_query_budget   distinct analyses per researcher and project  (403 query_budget)
+    require_secure_aggregation  masked among >= 2 nodes, if the node requires it (403 secure_aggregation)
     find_data_model      the node holds the data model                 (404 data_model)
     validate_request     variables and parameters against the model    (400)
     verify_round         the round's state recomputed from the tagged   (403 round_verification)
@@ -55,6 +56,7 @@ from mipflow.exceptions import DisclosureError, MipflowError, RequestError, Stor
 from mipflow.node.api.context import DataModelNotHeld, StepContext
 from mipflow.node.api.schema import read_step_body
 from mipflow.node.controls.disclosure import DisclosureControls
+from mipflow.node.controls.masking import require_secure_aggregation
 from mipflow.node.controls.query_budget import analysis_key
 from mipflow.node.controls.study import check_study
 from mipflow.node.home import NodeSettings
@@ -292,7 +294,7 @@ def check_partition(request: StepRequest, context: StepContext, work: StepWork) 
     with _reading_the_state(request):
         work.labels = context.differencing.check_partition(
             request.algorithm, request.round, work.data, request.analysis, work.state, work.cohorts,
-            work.settings.nfilter_tab)
+            work.settings.nfilter_tab, work.settings.partitions_per_cohort)
 
 
 def check_release(request: StepRequest, context: StepContext, work: StepWork) -> None:
@@ -371,6 +373,7 @@ CHAIN: tuple[Control, ...] = (
     resolve_algorithm,
     check_access,
     check_query_budget,
+    require_secure_aggregation,
     find_data_model,
     validate_request,
     verify_round,

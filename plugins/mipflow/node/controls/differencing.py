@@ -26,7 +26,13 @@ K-means rounds release per-cluster sums: two rounds whose clusters differ by a
 row or two give those rows away.  The node's guard (:class:`DifferencingGuard`)
 therefore also compares the partition a round releases, as the algorithm
 states it (``Algorithm.differencing_partition``), with those it released on the
-same rows before (:mod:`mipflow.node.controls.partitions`).
+same rows before (:mod:`mipflow.node.controls.partitions`, on disk, never evicted).
+
+Masked releases (secure aggregation) are releases of the node's own
+aggregates: they pass every check here and are recorded exactly like plain
+ones, so no choice of participants or datasets can subtract one node's
+aggregate out of masked sums beyond what plain releases would give
+(``docs/adr/0027-masked-releases-and-durable-partitions.md``).
 
 The ledger (:class:`CohortLedger`) is a SQLite file in the node home
 (``cohorts.sqlite``): one row per distinct cohort with its SHA-256 digest, size,
@@ -44,6 +50,7 @@ import threading
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -53,7 +60,7 @@ import pandas as pd
 
 from mipflow.algorithms.contract import Algorithm
 from mipflow.exceptions import DisclosureError
-from mipflow.node.controls.partitions import PartitionMemory
+from mipflow.node.controls.partitions import PARTITIONS_PER_COHORT, PartitionMemory
 
 #: Ledger file in the node home.
 LEDGER_FILE = "cohorts.sqlite"
@@ -321,11 +328,24 @@ class Cohorts:
     data_model: str
     sets: tuple[np.ndarray, ...]
     digests: tuple[str, ...]
+    #: The used rows' keys in the order the local step sees them (None: not known; per-row labels then
+    #: compare in the local step's order).
+    order: np.ndarray | None = None
 
     @property
     def digest(self) -> str:
         """Digest of the rows the local step uses."""
         return self.digests[0]
+
+    @cached_property
+    def canonical(self) -> np.ndarray | None:
+        """The permutation that puts the local step's rows in key order (None: the order is not known).
+
+        Per-row labels indexed by it are in an order that does not depend on how
+        the store returned the rows, so a partition remembered on disk compares
+        with one computed after a restart row for row.
+        """
+        return None if self.order is None else np.argsort(self.order, kind="stable")
 
 
 class DifferencingGuard:
@@ -342,28 +362,31 @@ class DifferencingGuard:
     def __init__(self, root: str | Path, node_secret: bytes) -> None:
         self.ledger = CohortLedger(root)
         self.key = hash_key(node_secret)
-        self.partitions = PartitionMemory()
+        self.partitions = PartitionMemory(root)
 
     def cohorts(self, data_model: str, frame: pd.DataFrame, variables: Sequence[str],
                 complete_case: bool) -> Cohorts:
         """The cohorts of a selection with row identity (see :func:`cohort_sets`)."""
-        sets, _ = cohort_sets(frame, variables, complete_case, self.key)
-        return Cohorts(data_model, tuple(sets), tuple(cohort_digest(data_model, c) for c in sets))
+        sets, used = cohort_sets(frame, variables, complete_case, self.key)
+        return Cohorts(data_model, tuple(sets), tuple(cohort_digest(data_model, c) for c in sets),
+                       order=used if complete_case else None)
 
     def before_step(self, cohorts: Cohorts, min_row_count: int) -> None:
         """Refuse (control ``differencing``) cohorts near answered ones."""
         self.ledger.check(cohorts.data_model, cohorts.sets, min_row_count, cohorts.digests)
 
     def check_partition(self, algorithm: Algorithm | str, round_no: int, data: pd.DataFrame, request: Any,
-                        state: dict | None, cohorts: Cohorts, nfilter_tab: int) -> np.ndarray | None:
+                        state: dict | None, cohorts: Cohorts, nfilter_tab: int,
+                        limit: int = PARTITIONS_PER_COHORT) -> np.ndarray | None:
         """Refuse a released partition a few rows away from one released before (k-means rounds).
 
         The partition is the algorithm's own (``Algorithm.differencing_partition``:
         the node assigns its rows to the state's centres itself, as the local
         step does) and is compared with the partitions released on the same
         rows before; what the central site says about earlier rounds is not
-        trusted.  Returns the partition for :meth:`after_step`, or None for
-        steps that release none.
+        trusted.  Returns the partition for :meth:`after_step` (in the cohort's
+        canonical row order), or None for steps that release none.  ``limit`` is the
+        node setting ``partitions_per_cohort`` (:meth:`PartitionMemory.check`).
         """
         if nfilter_tab <= 1:
             return None
@@ -374,20 +397,25 @@ class DifferencingGuard:
         labels = algorithm.differencing_partition(round_no, data, request, state)
         if labels is None:
             return None
+        if cohorts.canonical is not None and len(cohorts.canonical) == len(labels):
+            labels = np.asarray(labels)[cohorts.canonical]
         sizes = np.bincount(labels)
         if np.any((sizes > 0) & (sizes < nfilter_tab)):
             # a cluster of 1 .. nfilter_tab - 1 rows is a cut of that weight too, but it is the cell
             # control's refusal (nfilter_tab, at release), which excludes the node (ADR 0020)
             return labels
-        self.partitions.check(self._partition_key(cohorts, request), labels, nfilter_tab)
+        self.partitions.check(self._partition_key(cohorts), labels, nfilter_tab, limit)
         return labels
 
     def after_step(self, cohorts: Cohorts, request: Any, labels: np.ndarray | None) -> None:
         """Remember what was released."""
         self.ledger.record(cohorts.data_model, cohorts.sets, cohorts.digests)
         if labels is not None:
-            self.partitions.record(self._partition_key(cohorts, request), labels)
+            self.partitions.record(self._partition_key(cohorts), labels)
 
     @staticmethod
-    def _partition_key(cohorts: Cohorts, request: Any) -> str:
-        return f"{cohorts.data_model}|{cohorts.digest}|{','.join(request.y)}"
+    def _partition_key(cohorts: Cohorts) -> str:
+        """Partitions are remembered per cohort (data model and rows), whatever the variables:
+        the same rows clustered on ``(a, b)``, ``(b, a)`` or ``(a, c)`` release counts (and sums
+        of shared variables) that combine."""
+        return f"{cohorts.data_model}|{cohorts.digest}"

@@ -1,9 +1,9 @@
 """Partition memory: a node refuses a k-means assignment a few rows away from one it released.
 
 K-means rounds release per-cluster sums: two rounds whose clusters differ by a
-row or two give those rows away.  :class:`PartitionMemory` keeps, in node
-memory, the recent cluster assignments released on a cohort and refuses an
-assignment when some linear combination of its cluster sums and those of an
+row or two give those rows away.  :class:`PartitionMemory` keeps, on disk in
+the node home (``partitions.sqlite``), every cluster assignment released on a
+cohort and refuses an assignment when some linear combination of its cluster sums and those of an
 earlier assignment would be a sum over ``0 < d < nfilter_tab`` rows: exactly
 when the bipartite graph of the two assignments (clusters as vertices, shared
 rows as weighted edges) has a minimum cut below ``nfilter_tab``
@@ -12,20 +12,39 @@ partition a step releases the algorithm states
 (``Algorithm.differencing_partition``); the node's guard
 (:class:`mipflow.node.controls.differencing.DifferencingGuard`) asks it and
 checks here.  The rule and its proof are in ``docs/adr/0013-differencing.md``.
+
+The memory is never evicted (``docs/adr/0027-masked-releases-and-durable-partitions.md``):
+a memory that forgets lets the one-row move it once refused be answered after
+enough other partitions (or cohorts) have pushed the first one out, or after a
+restart.  It is bounded instead per cohort: once a cohort holds
+``partitions_per_cohort`` (a node setting) distinct assignments, a new one on
+that cohort is refused; the old ones stay.  Assignments are kept per cohort
+(data model and rows), not per variable list: the same rows partitioned over
+``(a, b)`` or ``(b, a)`` (or other variables) are the same partition of the
+rows, and the counts (and the sums of shared variables) of both combine.
 """
 from __future__ import annotations
 
+import hashlib
+import sqlite3
 import threading
+import zlib
 from collections import OrderedDict
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
 from mipflow.exceptions import DisclosureError
 
-#: Assignments remembered per (data model, cohort, variables) by :class:`PartitionMemory`.
-MAX_PARTITIONS = 32
-#: Distinct (data model, cohort, variables) keys kept by :class:`PartitionMemory`.
-MAX_PARTITION_KEYS = 64
+#: Partition memory file in the node home.
+PARTITIONS_FILE = "partitions.sqlite"
+#: Default of the node setting ``partitions_per_cohort``: distinct assignments one cohort may take.
+PARTITIONS_PER_COHORT = 128
+#: Cohorts whose assignments a process keeps decoded in memory (a cache only: the file is the memory).
+CACHED_COHORTS = 8
 
 
 def min_cut(weights: np.ndarray) -> tuple[int, np.ndarray]:
@@ -180,37 +199,169 @@ def partition_conflict(new: np.ndarray, old: np.ndarray, threshold: int) -> bool
     return smallest_released_difference(new, old) < threshold
 
 
-class PartitionMemory:
-    """Recent cluster assignments a node released, per (data model, cohort, variables), in memory.
+def canonical_labels(labels: np.ndarray) -> np.ndarray:
+    """``labels`` renumbered by first occurrence (0, 1, ...): equal for equal partitions.
 
-    Bounded: :data:`MAX_PARTITIONS` assignments per key, :data:`MAX_PARTITION_KEYS`
-    keys (least recently used dropped).  Lost at a restart (see the ADR).
+    The central site chooses the centres' order, so the same partition of the
+    rows can come with its clusters numbered differently; it is remembered once.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray of int, shape (n,)
+        Non-negative cluster labels.
+
+    Returns
+    -------
+    numpy.ndarray of int16 (int64 from 2**15 clusters), shape (n,)
+    """
+    labels = np.asarray(labels)
+    if not len(labels):
+        return np.zeros(0, dtype=np.int16)
+    narrow = np.int16 if int(labels.max()) < 2**15 else np.int64
+    labels = labels.astype(narrow, copy=False)
+    if labels.min() < 0:
+        raise ValueError("cluster labels must not be negative")
+    values = np.flatnonzero(np.bincount(labels))
+    if len(values) <= 32:  # k-means' k: one scan per cluster beats a sort
+        first = np.array([int(np.argmax(labels == v)) for v in values])
+    else:
+        order = np.argsort(labels, kind="stable")
+        ordered = labels[order]
+        starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+        values, first = ordered[starts], order[starts]
+    canonical = np.int16 if len(values) < 2**15 else np.int64  # by the clusters, not the labels given
+    renumber = np.zeros(int(values.max()) + 1, dtype=canonical)
+    renumber[values[np.argsort(first)]] = np.arange(len(values), dtype=canonical)
+    return renumber[labels]
+
+
+def _encode(labels: np.ndarray) -> bytes:
+    """Canonical labels -> zlib-compressed little-endian integers (2 bytes each below 2**15 clusters)."""
+    width = "<i2" if labels.dtype == np.int16 else "<i8"
+    return zlib.compress(np.ascontiguousarray(labels, dtype=width).tobytes(), 1)
+
+
+def _decode(blob: bytes, n_rows: int) -> np.ndarray:
+    """Inverse of :func:`_encode` for ``n_rows`` labels (stored canonical)."""
+    raw = zlib.decompress(blob)
+    width = "<i2" if n_rows and len(raw) == 2 * n_rows else "<i8"
+    return np.frombuffer(raw, dtype=width).astype(np.int16 if width == "<i2" else np.int64)
+
+
+def _digest(labels: np.ndarray) -> str:
+    """SHA-256 of canonical labels: equal digests, equal partitions."""
+    width = "<i2" if labels.dtype == np.int16 else "<i8"
+    return hashlib.sha256(np.ascontiguousarray(labels, dtype=width).tobytes()).hexdigest()
+
+
+class PartitionMemory:
+    """Every cluster assignment a node released, per cohort, in ``HOME/partitions.sqlite``.
+
+    Labels are given in a canonical row order (the cohort's row keys sorted,
+    :meth:`mipflow.node.controls.differencing.Cohorts.canonical`), so that a
+    restart, another node process sharing the home or another read order of
+    the same rows compares the same rows.  Nothing is ever forgotten: at
+    ``limit`` distinct assignments a cohort takes no new one (:meth:`check`
+    refuses it), and the assignments already released stay.  Several node
+    processes may share one home: each reads what the others added.
+
+    Parameters
+    ----------
+    root : path or None
+        The node home; None keeps the memory in this process only (tests of the rule).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.path = Path(root) / PARTITIONS_FILE if root is not None else None
         self._lock = threading.Lock()
-        self._memory: OrderedDict[str, list[np.ndarray]] = OrderedDict()
+        self._conn: sqlite3.Connection | None = None
+        # key -> (last rowid read, digests, labels): a cache of the file, refreshed before each use
+        self._cache: OrderedDict[str, tuple[int, set[str], list[np.ndarray]]] = OrderedDict()
+        if self.path is not None:
+            with self._lock, self._connect() as conn:
+                conn.execute("CREATE TABLE IF NOT EXISTS partitions (key TEXT NOT NULL, digest TEXT NOT NULL, "
+                             "n_rows INTEGER NOT NULL, labels BLOB NOT NULL, first_at TEXT NOT NULL, "
+                             "PRIMARY KEY (key, digest))")
 
-    def check(self, key: str, labels: np.ndarray, threshold: int) -> None:
-        """Raise (control ``differencing``) if ``labels`` conflicts with a remembered assignment.
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        if self._conn is None:
+            self._conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+        with self._conn:
+            yield self._conn
 
-        Pairwise (:func:`partition_conflict`): combinations across three or
-        more released assignments are not analysed (see the ADR).
-        """
+    def close(self) -> None:
         with self._lock:
-            for old in self._memory.get(key, ()):
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def _known(self, key: str) -> tuple[set[str], list[np.ndarray]]:
+        """The assignments remembered for ``key`` (read from the file what is new since the last look)."""
+        last, digests, labels = self._cache.pop(key, (0, set(), []))
+        if self.path is not None:
+            with self._connect() as conn:
+                rows = conn.execute("SELECT rowid, digest, n_rows, labels FROM partitions WHERE key = ? AND "
+                                    "rowid > ? ORDER BY rowid", (key, last)).fetchall()
+            for rowid, digest, n_rows, blob in rows:
+                if digest not in digests:
+                    digests.add(digest)
+                    labels.append(_decode(blob, n_rows))
+                last = max(last, rowid)
+        self._cache[key] = (last, digests, labels)
+        if self.path is not None:  # without a file the cache is the memory: never dropped
+            while len(self._cache) > CACHED_COHORTS:
+                self._cache.popitem(last=False)
+        return digests, labels
+
+    def remembered(self, key: str) -> int:
+        """How many distinct assignments ``key`` holds (for the node admin and tests)."""
+        with self._lock:
+            return len(self._known(key)[0])
+
+    def check(self, key: str, labels: np.ndarray, threshold: int, limit: int = PARTITIONS_PER_COHORT) -> None:
+        """Raise (control ``differencing``) if ``labels`` may not be released on cohort ``key``.
+
+        Refused: an assignment that conflicts with a remembered one
+        (:func:`partition_conflict`; pairwise, combinations across three or
+        more released assignments are not analysed, see ADR 0013), and a new
+        assignment on a cohort that already holds ``limit`` of them (0: no
+        limit).  An assignment remembered before is answered again.
+        """
+        labels = canonical_labels(labels)
+        with self._lock:
+            digests, known = self._known(key)
+            if _digest(labels) in digests:
+                return  # released before: its sums are known already
+            for old in known:
                 if len(old) == len(labels) and partition_conflict(labels, old, threshold):
                     raise DisclosureError(
                         "the cluster sums of this assignment and of one this node already released on the "
                         f"same rows would combine into a sum over fewer than nfilter_tab ({threshold}) rows, "
                         "which could single out patients (differencing control)", control="differencing")
+            if limit and len(digests) >= limit:
+                raise DisclosureError(
+                    f"this node has released partitions_per_cohort ({limit}) different cluster assignments of "
+                    "these rows and keeps every one to check new ones against, so it takes no new assignment "
+                    "of them: use the result of the rounds already run, or choose other rows (filters, "
+                    "datasets); the node admin may raise partitions_per_cohort (differencing control)",
+                    control="differencing")
 
     def record(self, key: str, labels: np.ndarray) -> None:
+        """Remember a released assignment (one remembered before costs nothing)."""
+        labels = canonical_labels(labels)
+        digest = _digest(labels)
         with self._lock:
-            known = self._memory.setdefault(key, [])
-            self._memory.move_to_end(key)
-            if not any(np.array_equal(labels, old) for old in known):
-                known.append(np.asarray(labels, dtype=np.int16 if labels.max(initial=0) < 2**15 else np.int64))
-                del known[:-MAX_PARTITIONS]
-            while len(self._memory) > MAX_PARTITION_KEYS:
-                self._memory.popitem(last=False)
+            digests, known = self._known(key)
+            if digest in digests:
+                return
+            if self.path is not None:
+                now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+                with self._connect() as conn:
+                    conn.execute("INSERT OR IGNORE INTO partitions VALUES (?, ?, ?, ?, ?)",
+                                 (key, digest, len(labels), _encode(labels), now))
+                self._known(key)  # reads the row back
+            else:
+                digests.add(digest)
+                known.append(labels)

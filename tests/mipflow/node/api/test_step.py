@@ -23,9 +23,11 @@ from tests.privacy.conftest import DATASETS, make_rows, rule, where
 from tests.privacy.test_attacks import KMEANS_Y, _projections, _slab_state
 
 #: The declared order, spelled out: a change of order is a change of this list too.
-ORDER = ["resolve_algorithm", "check_access", "check_query_budget", "find_data_model", "validate_request",
-         "check_request", "check_study", "read_rows", "check_rows", "check_cohort", "run_local_step", "check_partition",
-         "check_release", "add_noise", "mask", "remember_cohort", "audit_answer", "charge_query_budget"]
+ORDER = ["resolve_algorithm", "check_access", "check_query_budget", "require_secure_aggregation",
+         "find_data_model", "validate_request", "verify_round", "check_request", "check_study", "read_rows",
+         "check_rows", "check_cohort", "run_local_step", "check_partition",
+         "check_release", "add_noise", "mask", "tag_release", "remember_cohort", "audit_answer",
+         "charge_query_budget"]
 LINREG = {"y": ["age"], "x": ["nihss_admission"]}
 
 
@@ -175,6 +177,8 @@ CASES = [
     pytest.param({"query_budget": 1}, [("descriptive_stats", {"y": ["age"], "analysis_id": "first"})],
                  "linear_regression", {**LINREG, "analysis_id": "second"}, "check_query_budget", DisclosureError,
                  "query_budget", id="query-budget"),
+    pytest.param({"secure_aggregation_required": 1}, [], "linear_regression", LINREG, "require_secure_aggregation",
+                 DisclosureError, "secure_aggregation", id="secure-aggregation-required"),
     pytest.param({}, [], "linear_regression", {**LINREG, "data_model": "other:1"}, "find_data_model",
                  DataModelNotHeld, "data_model", id="data-model-not-held"),
     pytest.param({}, [], "linear_regression", {"y": ["nope"]}, "validate_request", RequestError, "request",

@@ -1,5 +1,6 @@
 """K-means partition memory (mipflow.node.controls.partitions, ADR 0013): the minimum-cut rule
-against brute force over all bipartitions and over all sets of cells, its examples, the memory's bound.
+against brute force over all bipartitions and over all sets of cells, its examples; the memory on disk,
+never evicted, bounded per cohort (ADR 0027).
 
 Over a real node: ``test_differencing.py`` (``test_kmeans_rounds_a_row_apart_are_refused``).
 """
@@ -11,8 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mipflow.exceptions import DisclosureError
 from mipflow.node.controls.partitions import (
-    MAX_PARTITIONS, PartitionMemory, min_cut, partition_conflict, smallest_released_difference,
+    CACHED_COHORTS, PARTITIONS_FILE, PartitionMemory, canonical_labels, min_cut, partition_conflict,
+    smallest_released_difference,
 )
 
 
@@ -153,9 +156,73 @@ def test_a_small_cluster_is_a_small_cut():
     assert smallest_released_difference(new, old) == 2 and partition_conflict(new, old, 3)
 
 
-def test_guard_partition_memory_is_bounded():
+def _slabs(n: int, *ends: int) -> np.ndarray:
+    """Labels of ``n`` rows in order cut into slabs at ``ends``."""
+    return np.searchsorted(np.asarray(ends), np.arange(n), side="right")
+
+
+def test_canonical_labels_name_a_partition_not_its_numbering():
+    assert canonical_labels(np.array([2, 2, 0, 1, 0])).tolist() == [0, 0, 1, 2, 1]
+    assert np.array_equal(canonical_labels(np.array([1, 1, 0])), canonical_labels(np.array([0, 0, 1])))
+    assert canonical_labels(np.array([], dtype=int)).tolist() == []
+    assert canonical_labels(np.array([40000, 7, 40000])).tolist() == [0, 1, 0]  # the labels' values do not matter
+    many = np.random.default_rng(1).integers(0, 100, 2000)  # more clusters than one scan each takes
+    assert np.array_equal(canonical_labels(many), canonical_labels(99 - many))
+
+
+def test_the_memory_never_forgets_a_partition_however_many_others_follow(tmp_path):
+    """The eviction attack (issue 13.5): released partitions used to be dropped after 32 on one
+    cohort and after 64 other cohorts (least recently used); then the one-row move was answered."""
+    memory = PartitionMemory(tmp_path)
+    first, moved = _slabs(400, 200), _slabs(400, 201)
+    memory.record("m|q", first)
+    with pytest.raises(DisclosureError, match="nfilter_tab"):
+        memory.check("m|q", moved, 3)
+    for end in range(20, 380, 3):  # 120 slabs of the same rows, 3 rows apart: each is a cut of 3 from the next
+        labels = _slabs(400, end)
+        if abs(end - 200) >= 3:
+            memory.check("m|q", labels, 3, limit=0)
+            memory.record("m|q", labels)
+    for key in range(3 * CACHED_COHORTS + 70):  # other cohorts
+        memory.record(f"m|other{key}", _slabs(50, 25))
+    assert memory.remembered("m|q") == 120
+    with pytest.raises(DisclosureError, match="nfilter_tab"):
+        memory.check("m|q", moved, 3, limit=0)
+    # a new process (or a restart) reads it from the node home
+    memory.close()
+    again = PartitionMemory(tmp_path)
+    assert (tmp_path / PARTITIONS_FILE).is_file() and again.remembered("m|q") == 120
+    with pytest.raises(DisclosureError, match="nfilter_tab"):
+        again.check("m|q", moved, 3, limit=0)
+    again.check("m|q", 1 - first, 3)  # the first partition renumbered: released already
+
+
+def test_at_its_limit_a_cohort_takes_no_new_partition_and_keeps_the_old_ones(tmp_path):
+    memory = PartitionMemory(tmp_path)
+    for end in (20, 40, 60):
+        memory.check("m|q", _slabs(100, end), 3, limit=3)
+        memory.record("m|q", _slabs(100, end))
+    with pytest.raises(DisclosureError, match=r"partitions_per_cohort \(3\)") as err:
+        memory.check("m|q", _slabs(100, 80), 3, limit=3)
+    assert err.value.control == "differencing"
+    memory.check("m|q", _slabs(100, 40), 3, limit=3)  # one released before: answered again
+    memory.check("m|other", _slabs(100, 80), 3, limit=3)  # another cohort has its own room
+    with pytest.raises(DisclosureError, match="nfilter_tab"):
+        memory.check("m|q", _slabs(100, 41), 3, limit=3)  # a conflict is still named as one
+    memory.check("m|q", _slabs(100, 80), 3, limit=4)  # the admin raised the limit
+    assert memory.remembered("m|q") == 3
+
+
+def test_processes_sharing_a_home_see_each_others_partitions(tmp_path):
+    one, two = PartitionMemory(tmp_path), PartitionMemory(tmp_path)
+    two.check("m|q", _slabs(100, 50), 3)  # two has looked at the cohort (and cached it) before one records
+    one.record("m|q", _slabs(100, 50))
+    with pytest.raises(DisclosureError):
+        two.check("m|q", _slabs(100, 51), 3)
+
+
+def test_a_memory_without_a_home_is_the_rule_in_process():
     memory = PartitionMemory()
-    rng = np.random.default_rng(0)
-    for _ in range(MAX_PARTITIONS + 5):
-        memory.record("k", rng.integers(0, 2, size=50))
-    assert len(memory._memory["k"]) == MAX_PARTITIONS
+    memory.record("k", _slabs(60, 30))
+    with pytest.raises(DisclosureError):
+        memory.check("k", _slabs(60, 31), 3)
