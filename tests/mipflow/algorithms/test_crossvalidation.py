@@ -1,10 +1,13 @@
 """Cross-validated algorithms: exact against the pooled reference with the same folds,
-naive Bayes fits against Exareme2's expected fits and scikit-learn, and disclosure.
+naive Bayes fits against Exareme2's expected fits and scikit-learn, secure aggregation, and
+disclosure.
 
-Each node's complete-case rows get their folds from
-:func:`mipflow.algorithms.crossval.fold_labels`, exactly as the node does; the
-pooled reference concatenates the nodes' fold ``k`` rows (test) and the rest
-(training) and fits statsmodels / scikit-learn on them.
+Each node's rows carry the node's fold keys, as a node hands them to the local step
+(:func:`tests.mipflow.algorithms.helpers.fold_keyed`: every "node" its own secret).  The
+pooled reference gives each node's complete-case rows their folds from those keys by its
+own ranking (rank of the key modulo ``n_splits``, pandas' ``rank``), concatenates the
+nodes' fold ``k`` rows (test) and the rest (training) and fits statsmodels /
+scikit-learn on them.  The folds no longer depend on any request parameter (ADR 0026).
 """
 from __future__ import annotations
 
@@ -23,13 +26,13 @@ from sklearn.metrics import roc_auc_score
 from sklearn.naive_bayes import CategoricalNB, GaussianNB
 
 from mipflow.algorithms import AnalysisRequest, get_algorithm, prepare_local_data, run_in_process
-from mipflow.algorithms.crossval import fit_folds, fold_labels, score_bins
+from mipflow.algorithms.crossval import FOLD_KEY, SEED_REFUSAL, fit_folds, score_bins
 from mipflow.algorithms.filters_pandas import apply_filters
 from mipflow.node.home import NodeSettings
 from mipflow.node.controls.disclosure import DisclosureControls
 from mipflow.exceptions import DisclosureError, RequestError
 from tests.conftest import SHARED_DIR
-from tests.mipflow.algorithms.helpers import EXACT_RTOL, POOLED_SUMMARY, assert_rel_close
+from tests.mipflow.algorithms.helpers import EXACT_RTOL, POOLED_SUMMARY, assert_rel_close, fold_keyed
 from tests.mipflow.algorithms.synthetic import MODEL, make_data, request
 from tests.mipflow.algorithms.test_federated_vs_pooled import SETTINGS, split_data
 
@@ -39,14 +42,19 @@ def check(algorithm: str, what: str, actual, expected, *, floor: float = 1e-12) 
     POOLED_SUMMARY.record(algorithm, worst, what)
 
 
-def pooled_folds(name: str, nodes, req: AnalysisRequest, n_splits: int, seed: int):
-    """(pooled complete-case rows, their fold) with each node's own fold assignment."""
+def pooled_folds(name: str, nodes, req: AnalysisRequest, n_splits: int):
+    """(pooled complete-case rows, their fold) with each node's own fold assignment.
+
+    ``nodes`` carry their fold keys (:func:`fold_keyed`); a node's row of the ``r``-th
+    smallest key among its complete cases is in fold ``r % n_splits``.
+    """
     algo = get_algorithm(name)
     parts, folds = [], []
     for frame in nodes:
         local = prepare_local_data(algo, frame, req)
-        parts.append(local)
-        folds.append(fold_labels(len(local), n_splits, seed))
+        rank = local[FOLD_KEY].rank(method="first").to_numpy(dtype=np.int64) - 1
+        parts.append(local.drop(columns=[FOLD_KEY]))
+        folds.append(rank % n_splits)
     return pd.concat(parts, ignore_index=True), np.concatenate(folds)
 
 
@@ -82,13 +90,14 @@ def treatment_columns(frame: pd.DataFrame, x: list[str]) -> list[str]:
 
 
 @SETTINGS
-@given(split_data(min_rows=60, max_rows=200), st.integers(2, 6), st.integers(0, 1000))
-def test_linear_regression_cv_equals_pooled_ols_per_fold(split, n_splits, seed) -> None:
+@given(split_data(min_rows=60, max_rows=200), st.integers(2, 6))
+def test_linear_regression_cv_equals_pooled_ols_per_fold(split, n_splits) -> None:
     _, nodes = split
+    nodes = fold_keyed(nodes)
     x = ["grp", "x1", "x2", "age"]
-    req = request(x=x, y=("y",), n_splits=n_splits, seed=seed)
+    req = request(x=x, y=("y",), n_splits=n_splits)
     ours = run_in_process(get_algorithm("linear_regression_cv"), nodes, req, MODEL)
-    pooled, fold = pooled_folds("linear_regression_cv", nodes, req, n_splits, seed)
+    pooled, fold = pooled_folds("linear_regression_cv", nodes, req, n_splits)
     rmse = []
     for k in range(n_splits):
         train, test = pooled[fold != k], pooled[fold == k]
@@ -118,13 +127,13 @@ def test_linear_regression_cv_equals_pooled_ols_per_fold(split, n_splits, seed) 
 
 
 @SETTINGS
-@given(split_data(min_rows=120, max_rows=240), st.integers(2, 4), st.integers(0, 1000),
-       st.sampled_from([10, 50, 200]))
-def test_logistic_regression_cv_equals_pooled_logit_per_fold(split, n_splits, seed, bins) -> None:
+@given(split_data(min_rows=120, max_rows=240), st.integers(2, 4), st.sampled_from([10, 50, 200]))
+def test_logistic_regression_cv_equals_pooled_logit_per_fold(split, n_splits, bins) -> None:
     _, nodes = split
+    nodes = fold_keyed(nodes)
     x = ["sex", "x1"]
-    req = request(x=x, y=("outcome",), positive_class="yes", n_splits=n_splits, seed=seed, roc_bins=bins)
-    pooled, fold = pooled_folds("logistic_regression_cv", nodes, req, n_splits, seed)
+    req = request(x=x, y=("outcome",), positive_class="yes", n_splits=n_splits, roc_bins=bins)
+    pooled, fold = pooled_folds("logistic_regression_cv", nodes, req, n_splits)
     try:
         ours = run_in_process(get_algorithm("logistic_regression_cv"), nodes, req, MODEL)
     except RequestError as exc:
@@ -163,13 +172,14 @@ def test_logistic_regression_cv_equals_pooled_logit_per_fold(split, n_splits, se
 
 
 @SETTINGS
-@given(split_data(min_rows=60, max_rows=200), st.integers(2, 5), st.integers(0, 1000))
-def test_naive_bayes_gaussian_cv_equals_sklearn_per_fold(split, n_splits, seed) -> None:
+@given(split_data(min_rows=60, max_rows=200), st.integers(2, 5))
+def test_naive_bayes_gaussian_cv_equals_sklearn_per_fold(split, n_splits) -> None:
     _, nodes = split
+    nodes = fold_keyed(nodes)
     x = ["x1", "x2", "age"]
-    req = request(x=x, y=("grp",), n_splits=n_splits, seed=seed)
+    req = request(x=x, y=("grp",), n_splits=n_splits)
     ours = run_in_process(get_algorithm("naive_bayes_gaussian_cv"), nodes, req, MODEL)
-    pooled, fold = pooled_folds("naive_bayes_gaussian_cv", nodes, req, n_splits, seed)
+    pooled, fold = pooled_folds("naive_bayes_gaussian_cv", nodes, req, n_splits)
     labels = ours["confusion_matrix"]["labels"]
     total = np.zeros((len(labels), len(labels)), dtype=int)
     for k in range(n_splits):
@@ -188,13 +198,14 @@ def test_naive_bayes_gaussian_cv_equals_sklearn_per_fold(split, n_splits, seed) 
 
 
 @SETTINGS
-@given(split_data(min_rows=60, max_rows=200), st.integers(2, 5), st.integers(0, 1000), st.floats(0.1, 3.0))
-def test_naive_bayes_categorical_cv_equals_sklearn_per_fold(split, n_splits, seed, alpha) -> None:
+@given(split_data(min_rows=60, max_rows=200), st.integers(2, 5), st.floats(0.1, 3.0))
+def test_naive_bayes_categorical_cv_equals_sklearn_per_fold(split, n_splits, alpha) -> None:
     _, nodes = split
+    nodes = fold_keyed(nodes)
     x = ["sex", "stage"]
-    req = request(x=x, y=("grp",), n_splits=n_splits, seed=seed, alpha=alpha)
+    req = request(x=x, y=("grp",), n_splits=n_splits, alpha=alpha)
     ours = run_in_process(get_algorithm("naive_bayes_categorical_cv"), nodes, req, MODEL)
-    pooled, fold = pooled_folds("naive_bayes_categorical_cv", nodes, req, n_splits, seed)
+    pooled, fold = pooled_folds("naive_bayes_categorical_cv", nodes, req, n_splits)
     levels = {"sex": ["F", "M"], "stage": [1.0, 2.0, 3.0]}
     codes = np.column_stack([pooled[v].map({lvl: i for i, lvl in enumerate(levels[v])}).to_numpy() for v in x])
     labels = ours["confusion_matrix"]["labels"]
@@ -221,9 +232,10 @@ def _run_validation(validation_nodes, name: str, doc: dict) -> tuple[dict, pd.Da
     doc = dict(doc, parameters={**(doc.get("parameters") or {}), "n_splits": 2})
     req = AnalysisRequest.from_dict(doc)
     model, nodes = validation_nodes.get(req.data_model)
-    frames = [apply_filters(n[n["dataset"].isin(req.datasets)], req.filters, model) for n in nodes]
+    frames = fold_keyed(apply_filters(n[n["dataset"].isin(req.datasets)], req.filters, model) for n in nodes)
     algo = get_algorithm(name)
-    pooled = pd.concat([prepare_local_data(algo, f, req) for f in frames], ignore_index=True)
+    pooled = pd.concat([prepare_local_data(algo, f, req).drop(columns=[FOLD_KEY]) for f in frames],
+                       ignore_index=True)
     return run_in_process(algo, frames, req, model), pooled
 
 
@@ -316,7 +328,7 @@ def _release(name: str, data: pd.DataFrame, req: AnalysisRequest, tab: int = 3) 
     """Every round of a run at one node, through the node's release controls."""
     algo = get_algorithm(name)
     controls = _controls(min_row_count=1, nfilter_tab=tab)
-    local = prepare_local_data(algo, data, req)
+    local = prepare_local_data(algo, fold_keyed([data])[0], req)
     state = None
     for round_no in range(100):
         aggregates = controls.release(algo, req, MODEL, round_no, algo.local_step(round_no, local, req, MODEL, state))
@@ -358,7 +370,7 @@ def test_small_roc_bins_are_suppressed_and_the_auc_withheld() -> None:
     req = request(x=("sex", "x1"), y=("outcome",), positive_class="yes", n_splits=2, roc_bins=200)
     algo = get_algorithm("logistic_regression_cv")
     controls = _controls(min_row_count=1, nfilter_tab=3)
-    local = prepare_local_data(algo, data, req)
+    local = prepare_local_data(algo, fold_keyed([data])[0], req)
     state, step = None, None
     for round_no in range(100):
         raw = algo.local_step(round_no, local, req, MODEL, state)
