@@ -388,3 +388,99 @@ def test_small_roc_bins_are_suppressed_and_the_auc_withheld() -> None:
 def test_svm_scikit_is_refused_with_the_reason() -> None:
     with pytest.raises(RequestError, match=r"support vectors.*rows.*0007-svm-not-offered"):
         get_algorithm("svm_scikit")
+
+
+# --------------------------------------------------------------------------- folds from the node (ADR 0026)
+
+CV_REQUESTS = {
+    "linear_regression_cv": request(x=("grp", "x1"), y=("y",), n_splits=3),
+    "logistic_regression_cv": request(x=("sex", "x1"), y=("outcome",), positive_class="yes", n_splits=3,
+                                      roc_bins=20),
+    "naive_bayes_gaussian_cv": request(x=("x1", "x2"), y=("grp",), n_splits=3),
+    "naive_bayes_categorical_cv": request(x=("sex", "stage"), y=("grp",), n_splits=3),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CV_REQUESTS))
+def test_a_seed_is_refused_naming_the_rule(name) -> None:
+    req = CV_REQUESTS[name]
+    seeded = AnalysisRequest(data_model=req.data_model, datasets=req.datasets, x=req.x, y=req.y,
+                             filters=req.filters, parameters={**req.parameters, "seed": 3})
+    with pytest.raises(RequestError) as exc:
+        get_algorithm(name).validate(seeded, MODEL)
+    assert str(exc.value) == SEED_REFUSAL
+    assert "seed" not in get_algorithm(name).parameter_specs
+
+
+@pytest.mark.parametrize("name", sorted(CV_REQUESTS))
+def test_rows_without_the_nodes_fold_keys_are_refused(name) -> None:
+    """Only the node assigns folds: a local step never falls back to an order of its own."""
+    algo, req = get_algorithm(name), CV_REQUESTS[name]
+    with pytest.raises(RequestError, match="folds are assigned by the node"):
+        algo.local_step(0, prepare_local_data(algo, make_data(1, 90), req), req, MODEL, None)
+
+
+@pytest.mark.parametrize("name", sorted(CV_REQUESTS))
+def test_the_folds_follow_the_rows_not_their_order(name) -> None:
+    """The same rows in another order (a node reading its store differently) release the same
+    per-fold aggregates: the assignment is a function of the keys alone."""
+    algo, req = get_algorithm(name), CV_REQUESTS[name]
+    (keyed,) = fold_keyed([make_data(2, 150)])
+    local = prepare_local_data(algo, keyed, req)
+    shuffled = local.sample(frac=1.0, random_state=4).reset_index(drop=True)
+    first, second = algo.local_step(0, local, req, MODEL, None), algo.local_step(0, shuffled, req, MODEL, None)
+    assert json.dumps(first, sort_keys=True) == json.dumps(second, sort_keys=True) or \
+        _close_docs(first, second)
+
+
+def _close_docs(a, b) -> bool:
+    """Equal structure and numbers equal to summation-order rounding (moments of reordered rows)."""
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_close_docs(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_close_docs(x, y) for x, y in zip(a, b))
+    if isinstance(a, float):
+        return math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-9)
+    return a == b
+
+
+@pytest.mark.parametrize("name", sorted(CV_REQUESTS))
+def test_under_secure_aggregation_the_result_is_the_plain_one(name) -> None:
+    """Three nodes' per-fold sums masked and only their sum unmasked give the plain result
+    (the same folds, from the nodes' keys) to <= 1e-9 relative."""
+    from tests.mipflow.secagg.test_federated_vs_pooled import run_secure
+
+    assert get_algorithm(name).secure_aggregation == "automatic"
+    assert get_algorithm(name).secure_aggregation_min_nodes == 2
+    nodes = fold_keyed([make_data(40 + i, 120) for i in range(3)])
+    req = CV_REQUESTS[name]
+    plain = run_in_process(get_algorithm(name), nodes, req, MODEL)
+    secure = run_secure(name, nodes, req)
+    _assert_docs_close(secure, plain, f"{name} secure vs plain")
+
+
+def _assert_docs_close(actual, expected, where: str) -> None:
+    """Same structure, equal text and None, numbers within EXACT_RTOL (floor 1e-12)."""
+    if isinstance(expected, dict):
+        assert isinstance(actual, dict) and actual.keys() == expected.keys(), where
+        for key in expected:
+            _assert_docs_close(actual[key], expected[key], f"{where}.{key}")
+    elif isinstance(expected, list):
+        assert isinstance(actual, list) and len(actual) == len(expected), where
+        for i, (a, e) in enumerate(zip(actual, expected)):
+            _assert_docs_close(a, e, f"{where}[{i}]")
+    elif isinstance(expected, (int, float)) and not isinstance(expected, bool):
+        assert_rel_close(actual, expected, rel=EXACT_RTOL, floor=1e-12, what=where)
+    else:
+        assert actual == expected, where
+
+
+def test_a_suppressed_roc_bin_withholds_the_folds_auc_under_secure_aggregation_too() -> None:
+    algo = get_algorithm("logistic_regression_cv")
+    req = CV_REQUESTS["logistic_regression_cv"]
+    fold = {"confusion": {"group_counts": [5, 4, 3, 6]}, "roc": {"counts": [[3, None, 0], [4, 5, 0]]}}
+    secure = algo.secure_aggregates({"folds": [fold, {**fold, "roc": {"counts": [[3, 3, 0], [4, 5, 0]]}}, None]},
+                                    req, MODEL)
+    assert secure["folds"][0]["roc"] == {"counts": [[0, 0, 0], [0, 0, 0]], "suppressed": 1}
+    assert secure["folds"][1]["roc"] == {"counts": [[3, 3, 0], [4, 5, 0]], "suppressed": 0}
+    assert secure["folds"][2] == {}  # a finished fold: nothing to sum, the same layout at every node
