@@ -130,6 +130,7 @@ def fold_keyed(frames: Iterable[pd.DataFrame], secrets: Iterable[bytes] | None =
     key is the node's keyed hash of that (:func:`mipflow.node.controls.folds.add_fold_keys`, key from
     ``secrets[i]``, by default :func:`node_secret`).  The identity columns are dropped again.
     """
+    from mipflow.node.controls.differencing import hash_key
     from mipflow.node.controls.folds import add_fold_keys, fold_key
 
     frames = list(frames)
@@ -138,5 +139,5 @@ def fold_keyed(frames: Iterable[pd.DataFrame], secrets: Iterable[bytes] | None =
     for i, (frame, secret) in enumerate(zip(frames, secrets)):
         identity = frame.copy()  # one block: the columns below do not fragment it
         identity["_pid"], identity["_visit"] = [f"n{i}-{j}" for j in range(len(frame))], "1"
-        out.append(add_fold_keys(identity, fold_key(secret)).drop(columns=["_pid", "_visit"]))
+        out.append(add_fold_keys(identity, fold_key(secret), hash_key(secret)).drop(columns=["_pid", "_visit"]))
     return out

@@ -358,6 +358,9 @@ def test_small_confusion_cells_are_refused() -> None:
     n = 120
     x1 = rng.normal(size=n)
     outcome = np.where(rng.random(n) < special.expit(-3.0 + 0.3 * x1), "yes", "no")
+    # two patients far out with the outcome: whichever folds they fall in, they are the only rows
+    # a fold's model predicts positive (so the assignment cannot hide the cell)
+    x1[:2], outcome[:2] = 40.0, "yes"
     data = pd.DataFrame({"x1": x1, "outcome": outcome, "dataset": "d0"})
     req = request(x=("x1",), y=("outcome",), positive_class="yes", n_splits=2)
     with pytest.raises(DisclosureError) as exc:

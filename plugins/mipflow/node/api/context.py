@@ -108,7 +108,7 @@ class SelectionCache:
                              filters=analysis.filters, complete_case=algo.complete_case, row_identity=True)
         cohorts = self.differencing.cohorts(model.key, frame, variables, algo.complete_case)
         if needs_fold_keys(algo):  # folds fixed by the node's secret, never by the request (ADR 0026)
-            frame = add_fold_keys(frame, self.fold_key)
+            frame = add_fold_keys(frame, self.fold_key, self.differencing.key)
         data = prepare_local_data(algo, frame, analysis)  # keeps the variables (and fold keys): no row keys
         del frame
         self._kept.pop(key, None)  # a stale version

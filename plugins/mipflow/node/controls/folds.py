@@ -5,10 +5,12 @@ rows.  If the requester could choose the assignment (a ``seed``), several
 assignments of one cohort would give several systems of fold sums whose
 solution is the rows themselves, and an honest-but-curious central site would
 collect them from routine analyses.  So the node assigns folds itself: every
-row gets a keyed 64-bit hash of its feature-store identity ``(_pid, dataset,
-_visit)`` (:func:`mipflow.node.controls.differencing.row_keys`) under the
-node's **fold key**, derived from the node secret by HMAC with its own label
-(:func:`fold_key`, independent of the cohort ledger's key), and the algorithm
+row gets a keyed 64-bit hash, under the node's **fold key** (derived from the
+node secret by HMAC with its own label, :func:`fold_key`), of its cohort-ledger
+key, itself the ledger's keyed hash of the row's feature-store identity ``(_pid,
+dataset, _visit)`` (:func:`mipflow.node.controls.differencing.row_keys`); the
+folds of every cohort the ledger holds are thus a function of that ledger entry
+and the node's secret (:func:`fold_hashes`).  The algorithm
 deals the rows in the order of those hashes round robin into folds
 (:func:`mipflow.algorithms.crossval.deal_folds`).  The same cohort therefore
 always gets the same folds (a repeated analysis releases sums over the same
@@ -27,6 +29,7 @@ import hashlib
 import hmac
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from mipflow.algorithms.crossval import FOLD_KEY, CrossValidated
@@ -52,8 +55,20 @@ def needs_fold_keys(algorithm: Any) -> bool:
     return isinstance(algorithm, CrossValidated)
 
 
-def add_fold_keys(frame: pd.DataFrame, key: str) -> pd.DataFrame:
-    """``frame`` with column :data:`FOLD_KEY`: each row's keyed hash (uint64) under ``key``.
+def fold_hashes(ledger_keys: np.ndarray, key: str) -> np.ndarray:
+    """The fold hashes (uint64) of rows given by their cohort-ledger keys, under the fold ``key``.
+
+    A keyed SipHash of each ledger row key (:func:`mipflow.node.controls.differencing.row_keys`),
+    so the folds of any cohort the ledger holds can be recomputed from the ledger alone.
+    """
+    ledger_keys = np.asarray(ledger_keys, dtype=np.uint64)
+    if not len(ledger_keys):
+        return np.zeros(0, dtype=np.uint64)
+    return pd.util.hash_array(ledger_keys.astype(str).astype(object), hash_key=key, categorize=False)
+
+
+def add_fold_keys(frame: pd.DataFrame, key: str, ledger_key: str) -> pd.DataFrame:
+    """``frame`` with column :data:`FOLD_KEY`: each row's fold hash (uint64, :func:`fold_hashes`).
 
     Parameters
     ----------
@@ -63,6 +78,8 @@ def add_fold_keys(frame: pd.DataFrame, key: str) -> pd.DataFrame:
         gives it with ``row_identity=True``.
     key : str
         From :func:`fold_key`.
+    ledger_key : str
+        The cohort ledger's key (:func:`mipflow.node.controls.differencing.hash_key`).
 
     Returns
     -------
@@ -74,7 +91,7 @@ def add_fold_keys(frame: pd.DataFrame, key: str) -> pd.DataFrame:
     KeyError
         If the frame carries no row identity (a bug of the caller, never a request's fault).
     """
-    keys = row_keys(frame, key)
+    keys = fold_hashes(row_keys(frame, ledger_key), key)
     out = frame.copy()
     out[FOLD_KEY] = keys
     return out

@@ -16,7 +16,8 @@ from mipflow.algorithms import get_algorithm
 from mipflow.algorithms.crossval import FOLD_KEY, deal_folds, fold_sizes
 from mipflow.node.api.context import StepContext
 from mipflow.node.controls.differencing import hash_key
-from mipflow.node.controls.folds import add_fold_keys, fold_key, needs_fold_keys
+from mipflow.node.controls.differencing import cohort_sets
+from mipflow.node.controls.folds import add_fold_keys, fold_hashes, fold_key, needs_fold_keys
 from mipflow.node.home import NodeHome
 from tests.mipflow.algorithms.synthetic import MODEL, make_data, request
 from tests.nodes import load_frame
@@ -30,7 +31,7 @@ def _identity(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _folds_by_patient(frame: pd.DataFrame, secret: bytes, n_splits: int) -> dict[str, int]:
-    keyed = add_fold_keys(_identity(frame), fold_key(secret))
+    keyed = add_fold_keys(_identity(frame), fold_key(secret), hash_key(secret))
     return dict(zip(keyed["_pid"], deal_folds(keyed[FOLD_KEY].to_numpy(), n_splits).tolist()))
 
 
@@ -114,7 +115,7 @@ def test_the_node_hands_the_local_step_its_fold_keys_the_same_every_time(tmp_pat
     np.testing.assert_array_equal(first[FOLD_KEY].to_numpy(), again[FOLD_KEY].to_numpy())
     # the keys are the node's fold key over the rows' identity, nothing from the request
     complete = _identity(ROWS.dropna(subset=["x1", "x2", "grp"]))
-    expected = add_fold_keys(complete.sort_values(["_pid"]), fold_key(home.key()))[FOLD_KEY]
+    expected = add_fold_keys(complete, fold_key(home.key()), hash_key(home.key()))[FOLD_KEY]
     assert sorted(first[FOLD_KEY].tolist()) == sorted(expected.tolist())
 
 
@@ -130,3 +131,13 @@ def test_a_plain_algorithm_gets_no_fold_keys(tmp_path) -> None:
     algo, req = get_algorithm("linear_regression"), request(x=("x1",), y=("y",))
     data, _ = context.selections.rows(algo, req, context.data_model(MODEL.key), algo.variables(req), 64)
     assert FOLD_KEY not in data.columns
+
+
+def test_the_folds_of_a_cohort_follow_from_its_ledger_entry(tmp_path) -> None:
+    """Fold hashes are the fold key over the ledger's row keys: the folds of any cohort the ledger
+    holds can be recomputed from it (and the node's secret) alone."""
+    home = _node(tmp_path / "hospital_a")
+    data = _selection(home)
+    complete = _identity(ROWS.dropna(subset=["x1", "x2", "grp"]))
+    (ledger_rows,), _ = cohort_sets(complete, ["x1", "x2", "grp"], True, hash_key(home.key()))
+    assert sorted(fold_hashes(ledger_rows, fold_key(home.key())).tolist()) == sorted(data[FOLD_KEY].tolist())
