@@ -1,60 +1,120 @@
 """k-fold cross-validation across nodes: fold assignment and metrics from aggregates.
 
-Folds are assigned *inside* each node: a node's complete-case rows are dealt
-round robin into ``n_splits`` folds (``arange(n) % n_splits``) and the labels
-shuffled with a generator seeded by the request's ``seed``, so the assignment
-is reproducible and no row identifier ever leaves the node.  Fold ``k`` of the
-federation is the union of every node's fold ``k``; its model is trained on the
-aggregates of all the other folds of all nodes and evaluated on fold ``k`` by
-aggregates (residual sums, confusion counts, binned ROC counts).
+Folds are assigned *inside* each node and no requester can steer them (ADR
+0026): the node hands the local step a column :data:`FOLD_KEY` holding each
+row's keyed 64-bit hash (key derived from the node's secret, its own HMAC label;
+:mod:`mipflow.node.controls.folds`), and :func:`deal_folds` orders the rows by
+it and deals them round robin into ``n_splits`` folds.  A row's fold is thus a
+pure function of the node's secret and the cohort: the same cohort always gets
+the same folds, whoever asks and however often, and fold sizes depend on the
+number of rows only (:func:`fold_sizes`).  There is no ``seed``: a request that
+names one is refused (:data:`SEED_REFUSAL`).  No row identifier or key ever
+leaves the node.  Fold ``k`` of the federation is the union of every node's
+fold ``k``; its model is trained on the aggregates of all the other folds of
+all nodes and evaluated on fold ``k`` by aggregates (residual sums, confusion
+counts, binned ROC counts).
 
 A node releases statistics of each of its folds, so the smallest released unit
 is one fold at one node (``n // n_splits`` rows): the disclosure controls check
-that size (:func:`fold_sizes`), not only the node's row count.
+that size (:func:`fold_sizes`), not only the node's row count.  The per-fold
+aggregates are sums, so they travel masked under secure aggregation (automatic
+from :data:`SECURE_AGGREGATION_MIN_NODES` nodes): the central site sees only the
+federation's per-fold sums.
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TypeVar
 
 import numpy as np
 
 from mipflow.algorithms.spec import ParamSpec
 from mipflow.exceptions import RequestError
+from mipflow.protocol.datamodel import DataModel
+from mipflow.protocol.request import AnalysisRequest
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 _Model = TypeVar("_Model")
 
 #: The ``n_splits`` parameter (Exareme2's spec).
 N_SPLITS = ParamSpec(types=("int",), default=5, notblank=True, min=2, max=20, label="Number of folds",
-                     description="The number of cross-validation folds (k).")
-#: mipflow addition: the seed of the fold assignment inside each node.
-SEED = ParamSpec(types=("int",), default=0, min=0, max=2**31 - 1, label="Fold seed",
-                 description="Seed of the random assignment of each node's rows to folds.")
+                     description="The number of cross-validation folds (k); each node assigns its rows to "
+                                 "folds itself, fixed by its secret.")
+#: The column of the node's fold keys in the rows a cross-validated local step gets (uint64,
+#: :mod:`mipflow.node.controls.folds`); dropped before any statistic is computed.
+FOLD_KEY = "_fold_key"
+#: The refusal of a request that names the former ``seed`` parameter (a 400 from the request alone).
+SEED_REFUSAL = ("cross-validation folds are fixed per node by its secret (the same rows always get the "
+                "same folds); remove 'seed' from the parameters")
+#: Automatic secure aggregation masks the per-fold sums from this many nodes (the others' default is 3:
+#: :data:`mipflow.secagg.policy.AUTO_MIN_NODES`): per-node fold sums are never needed centrally.
+SECURE_AGGREGATION_MIN_NODES = 2
 
 
-def fold_labels(n_rows: int, n_splits: int, seed: int) -> np.ndarray:
-    """Fold of each of a node's rows, shape (n_rows,), values in ``0..n_splits-1``.
+def deal_folds(keys: np.ndarray, n_splits: int) -> np.ndarray:
+    """Fold of each row from the node's fold keys, shape (n_rows,), values in ``0..n_splits-1``.
 
-    Fold sizes differ by at most one (the first ``n_rows % n_splits`` folds get
-    the extra row); which rows go where is a permutation drawn from
-    ``numpy.random.default_rng(seed)``.
+    The rows are ordered by key (ties, which a 64-bit keyed hash makes
+    improbable, by position) and dealt round robin: the row of rank ``r`` goes
+    to fold ``r % n_splits``.  Fold sizes therefore differ by at most one and
+    depend on ``n_rows`` only (the first ``n_rows % n_splits`` folds get the
+    extra row, as :func:`fold_sizes`); which rows go where depends only on the
+    keys, i.e. on the node's secret and the rows' identity.
     """
-    rng = np.random.default_rng(int(seed))
-    return rng.permutation(np.arange(n_rows) % n_splits)
+    keys = np.asarray(keys)
+    labels = np.empty(len(keys), dtype=np.int64)
+    labels[np.argsort(keys, kind="stable")] = np.arange(len(keys)) % n_splits
+    return labels
+
+
+def fold_labels(data: pd.DataFrame, n_splits: int) -> np.ndarray:
+    """Fold of each of a node's rows (:func:`deal_folds` of the node's :data:`FOLD_KEY` column).
+
+    Raises
+    ------
+    RequestError
+        If the rows carry no fold keys: only the node assigns folds.
+    """
+    if FOLD_KEY not in data.columns:
+        raise RequestError("cross-validation folds are assigned by the node from its secret, and these rows "
+                           "carry no fold keys")
+    return deal_folds(data[FOLD_KEY].to_numpy(), n_splits)
+
+
+def split_folds(data: pd.DataFrame, n_splits: int) -> tuple[np.ndarray, pd.DataFrame]:
+    """``(fold of each row, the rows without the fold-key column)``."""
+    return fold_labels(data, n_splits), data.drop(columns=[FOLD_KEY])
 
 
 def fold_sizes(n_rows: int, n_splits: int) -> list[int]:
-    """Rows per fold at a node with ``n_rows`` rows (as :func:`fold_labels`)."""
+    """Rows per fold at a node with ``n_rows`` rows (as :func:`deal_folds`): a function of ``n_rows``."""
     return [n_rows // n_splits + (1 if k < n_rows % n_splits else 0) for k in range(n_splits)]
 
 
 class CrossValidated:
     """What the cross-validation algorithms share: the fold sizes the node's disclosure controls
-    check (:mod:`mipflow.node.controls.disclosure`); mixed in before the algorithm's base class."""
+    check (:mod:`mipflow.node.controls.disclosure`), the refusal of ``seed``, and the folds' secure
+    aggregation; mixed in before the algorithm's base class.  The node adds :data:`FOLD_KEY` to
+    the rows of every algorithm that is one (:mod:`mipflow.node.controls.folds`)."""
 
     def fold_sizes(self, request: Any, n_rows: int) -> list[int]:
         """Rows per fold at a node (checked by the node's disclosure controls)."""
         return fold_sizes(n_rows, self.params(request)["n_splits"])  # type: ignore[attr-defined]
+
+    def params(self, request: AnalysisRequest, model: DataModel | None = None) -> dict[str, Any]:
+        """The parameters (the algorithm's own), refusing the former ``seed`` by name (:data:`SEED_REFUSAL`)."""
+        if "seed" in request.parameters:
+            raise RequestError(SEED_REFUSAL)
+        return super().params(request, model)  # type: ignore[misc]
+
+    # -- privacy capabilities (mipflow.algorithms.contract) ------------------------------------
+
+    #: Every per-fold aggregate is a sum: masked in automatic mode, from
+    #: :data:`SECURE_AGGREGATION_MIN_NODES` nodes.
+    secure_aggregation = "automatic"
+    secure_aggregation_min_nodes = SECURE_AGGREGATION_MIN_NODES
 
 
 def fit_folds(aggregates: Sequence[Mapping[str, Any]], n_splits: int,

@@ -1,7 +1,7 @@
 """k-fold cross-validated ordinary least squares (Exareme2's ``linear_regression_cv``).
 
-Round 0: each node assigns its rows to folds (:func:`~mipflow.algorithms.crossval.fold_labels`)
-and releases, per fold, what :class:`~mipflow.algorithms.linear_regression.LinearRegression`'s
+Round 0: each node assigns its rows to folds (:func:`~mipflow.algorithms.crossval.deal_folds`,
+fixed by the node's secret) and releases, per fold, what :class:`~mipflow.algorithms.linear_regression.LinearRegression`'s
 local step releases for those rows (count, means, centred co-moments, rows per level).
 Centrally, fold ``k``'s model is :class:`LinearRegression`'s global step on the
 aggregates of every other fold of every node, i.e. exactly OLS on the pooled
@@ -31,11 +31,10 @@ import numpy as np
 from mipflow.algorithms.contract import Step
 from mipflow.algorithms.crossval import (
     N_SPLITS,
-    SEED,
     CrossValidated,
     fit_folds,
-    fold_labels,
     mean_std,
+    split_folds,
 )
 from mipflow.algorithms.design import (
     design_matrix,
@@ -66,12 +65,12 @@ class LinearRegressionCV(CrossValidated, LinearRegression):
     label = "Linear Regression Cross-validation"
     description = ("k-fold cross-validation of a linear regression: per-fold and mean error measures "
                    "(mean squared error, its root, mean absolute error, R-squared).")
-    parameter_specs = MappingProxyType({"n_splits": N_SPLITS, "seed": SEED})
+    parameter_specs = MappingProxyType({"n_splits": N_SPLITS})
 
     def local_step(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
                    model: DataModel, state: dict | None) -> dict:
         params = self.params(request, model)
-        folds = fold_labels(len(data), params["n_splits"], params["seed"])
+        folds, data = split_folds(data, params["n_splits"])
         plain = base_request(request)
         if state is None:
             return {"folds": [LinearRegression.local_step(self, 0, data[folds == k], plain, model, None)
@@ -140,6 +139,6 @@ class LinearRegressionCV(CrossValidated, LinearRegression):
 
     # -- privacy capabilities (mipflow.algorithms.contract) ------------------------------------
 
-    # per-fold statistics and no noisy release (not those of LinearRegression)
-    secure_aggregation = "unsupported"
+    # per-fold sums, masked from 2 nodes (crossval.CrossValidated); no noisy release (not LinearRegression's)
+    secure_aggregation = "automatic"
     dp_release = None

@@ -21,14 +21,19 @@ if TYPE_CHECKING:  # imported by the catalogue, which must not load pandas
 
 def prepare_local_data(algorithm: Algorithm, data: pd.DataFrame, request: AnalysisRequest) -> pd.DataFrame:
     """What a node does before the local step: keep :meth:`Algorithm.variables`
+    (and the node's fold keys, :data:`mipflow.algorithms.crossval.FOLD_KEY`, when it added them)
     and, if the algorithm wants it, drop incomplete rows.
 
     The node must have applied the request's datasets and filters already.
     """
+    from mipflow.algorithms.crossval import FOLD_KEY
+
     cols = list(algorithm.variables(request))
     missing = [c for c in cols if c not in data.columns]
     if missing:
         raise RequestError(f"the data holds no column {', '.join(map(repr, missing))}")
+    if FOLD_KEY in data.columns and FOLD_KEY not in cols:
+        cols.append(FOLD_KEY)
     out = data.loc[:, cols]
     if algorithm.complete_case:
         out = out.dropna(how="any")
@@ -44,7 +49,8 @@ def run_in_process(
     """Run a federated analysis with every "node" in this process.
 
     Each frame is one node's rows, already restricted to the request's
-    datasets and filters.  Aggregates, states and the result all pass through
+    datasets and filters; for a cross-validated algorithm, with the node's fold
+    keys (:func:`mipflow.node.controls.folds.add_fold_keys`), as a node hands them.  Aggregates, states and the result all pass through
     strict JSON, as they would over HTTP.
 
     Raises

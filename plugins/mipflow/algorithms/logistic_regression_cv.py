@@ -31,13 +31,12 @@ import numpy as np
 from mipflow.algorithms.contract import Step
 from mipflow.algorithms.crossval import (
     N_SPLITS,
-    SEED,
     CrossValidated,
     binary_metrics,
-    fold_labels,
     mean_std,
     roc_from_bins,
     score_bins,
+    split_folds,
 )
 from mipflow.algorithms.design import category_codes, design_matrix, level_counts
 from mipflow.algorithms.linear_regression_cv import base_request
@@ -63,7 +62,6 @@ class LogisticRegressionCV(CrossValidated, LogisticRegression):
     parameter_specs = MappingProxyType({
         **LogisticRegression.parameter_specs,
         "n_splits": N_SPLITS,
-        "seed": SEED,
         # mipflow addition: resolution of the shared ROC thresholds
         "roc_bins": ParamSpec(types=("int",), default=50, min=2, max=1000, label="ROC bins",
                               description="Score bins of the ROC curve (the AUC is computed on them)."),
@@ -76,7 +74,7 @@ class LogisticRegressionCV(CrossValidated, LogisticRegression):
         from scipy import special
 
         params = self.params(request, model)
-        folds = fold_labels(len(data), params["n_splits"], params["seed"])
+        folds, data = split_folds(data, params["n_splits"])
         plain = base_request(request, _PLAIN)
         if state is None or state["phase"] == "fit":
             fold_states = state["folds"] if state else [None] * params["n_splits"]
@@ -150,7 +148,8 @@ class LogisticRegressionCV(CrossValidated, LogisticRegression):
             for key, value in binary_metrics(*cells).items():
                 metrics[key].append(value)
             bins = [a["folds"][k]["roc"]["counts"] for a in aggregates]
-            if any(c is None for b in bins for row in b for c in row):
+            if any(c is None for b in bins for row in b for c in row) or \
+                    any(a["folds"][k]["roc"].get("suppressed") for a in aggregates):
                 suppressed.append(f"fold_{k + 1}")
                 roc_curves.append({"name": f"fold_{k + 1}", "tpr": None, "fpr": None, "auc": None})
                 continue
@@ -182,4 +181,23 @@ class LogisticRegressionCV(CrossValidated, LogisticRegression):
 
     # -- privacy capabilities (mipflow.algorithms.contract) ------------------------------------
 
-    secure_aggregation = "unsupported"  # per-fold statistics (not those of LogisticRegression)
+    # per-fold sums, masked from 2 nodes (crossval.CrossValidated)
+    secure_aggregation = "automatic"
+
+    def secure_aggregates(self, aggregates: dict, request: AnalysisRequest, model: DataModel) -> dict:
+        """What a node sums under secure aggregation: a finished fold's ``None`` as ``{}``, and a
+        fold's ROC counts with a suppressed bin as zeros with ``suppressed`` 1 (else 0), so the
+        layout depends on the request and state only; a fold suppressed at any node gets no AUC."""
+        folds = []
+        for fold in aggregates["folds"]:
+            if fold is None:
+                folds.append({})
+            elif "roc" in fold:
+                counts = fold["roc"]["counts"]
+                hidden = any(c is None for row in counts for c in row)
+                roc = {"counts": [[0] * len(row) for row in counts] if hidden else counts,
+                       "suppressed": int(hidden)}
+                folds.append({**fold, "roc": roc})
+            else:
+                folds.append(fold)
+        return {**aggregates, "folds": folds}

@@ -1,7 +1,8 @@
 """Naive Bayes classifiers with k-fold cross-validation (Exareme2's
 ``naive_bayes_gaussian_cv`` and ``naive_bayes_categorical_cv``).
 
-Round 0: each node assigns its rows to folds and releases, per fold and per
+Round 0: each node assigns its rows to folds (fixed by its secret,
+:func:`~mipflow.algorithms.crossval.deal_folds`) and releases, per fold and per
 class of ``y`` (the data model's enumerations, sorted):
 
 * Gaussian: the class's row count and the means and centred sums of squares
@@ -38,11 +39,10 @@ import numpy as np
 from mipflow.algorithms.contract import Step
 from mipflow.algorithms.crossval import (
     N_SPLITS,
-    SEED,
     CrossValidated,
     fit_folds,
-    fold_labels,
     multiclass_metrics,
+    split_folds,
 )
 from mipflow.algorithms.design import category_codes, numeric_values, sorted_levels
 from mipflow.algorithms.moments import Moments, compute_moments, merge_moments
@@ -95,7 +95,7 @@ class _NaiveBayesCV(CrossValidated, SpecAlgorithm):
     def local_step(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
                    model: DataModel, state: dict | None) -> dict:
         params = self.params(request, model)
-        folds = fold_labels(len(data), params["n_splits"], params["seed"])
+        folds, data = split_folds(data, params["n_splits"])
         cls = self.class_index(data, request, model)
         if state is None:
             return {"folds": [self.fold_statistics(data[folds == k], cls[folds == k], request, model)
@@ -160,7 +160,6 @@ class NaiveBayesGaussianCV(_NaiveBayesCV):
                        label="Covariates (independent)", description="Numerical variables.")
     parameter_specs = MappingProxyType({
         "n_splits": N_SPLITS,
-        "seed": SEED,
         # mipflow addition: scikit-learn's GaussianNB(var_smoothing)
         "var_smoothing": ParamSpec(types=("real",), default=1e-9, min=0.0, max=1.0, label="Variance smoothing",
                                    description="This share of the largest variance is added to every "
@@ -216,7 +215,6 @@ class NaiveBayesCategoricalCV(_NaiveBayesCV):
                        label="Covariates (independent)", description="Nominal variables.")
     parameter_specs = MappingProxyType({
         "n_splits": N_SPLITS,
-        "seed": SEED,
         # mipflow addition: scikit-learn's CategoricalNB(alpha) (Laplace smoothing)
         "alpha": ParamSpec(types=("real",), default=1.0, min=1e-10, max=1e6, label="Smoothing (alpha)",
                            description="Additive (Laplace) smoothing of the category counts "

@@ -271,20 +271,22 @@ def _secure_session(algorithm_name: str, mode: str, active: Sequence[NodeClient]
     """The secure-aggregation participant set of one attempt (or None), the mode, and why not.
 
     ``mode`` is ``"on"``, ``"off"`` or ``"auto"``; automatic mode switches on
-    (``"auto-on"``) with 3 or more nodes, when the algorithm supports this ``request``
+    (``"auto-on"``) with 3 or more nodes (or the algorithm's ``secure_aggregation_min_nodes``), when the algorithm supports this ``request``
     and is not explicit-only (:func:`mipflow.secagg.policy.automatic_refusal`), and stays on for restarts
     while 2 or more remain.  With one node left there is nothing to hide its aggregates among (the
     result is that node's anyway): automatic mode goes on without masking, ``"on"`` fails.
     """
     from mipflow.secagg.central_side import open_session
-    from mipflow.secagg.policy import AUTO_MIN_NODES, automatic_refusal
+    from mipflow.secagg.policy import AUTO_MIN_NODES, algorithm_of, automatic_refusal
 
     if mode == "auto":
         reason = automatic_refusal(algorithm_name, request)
         if reason is not None:
             return None, mode, reason
-        if len(active) < AUTO_MIN_NODES:
-            return None, mode, f"automatic: fewer than {AUTO_MIN_NODES} nodes take part"
+        # an algorithm may mask from fewer nodes (cross-validation: from 2, ADR 0026)
+        least = getattr(algorithm_of(algorithm_name), "secure_aggregation_min_nodes", AUTO_MIN_NODES)
+        if len(active) < least:
+            return None, mode, f"automatic: fewer than {least} nodes take part"
         mode = "auto-on"
     if mode == "off":
         return None, mode, "not requested"

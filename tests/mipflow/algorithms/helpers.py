@@ -116,3 +116,28 @@ def split_by(frame: pd.DataFrame, key: Iterable[str]) -> list[pd.DataFrame]:
     """Rows per node given one node label per row."""
     labels = pd.Series(list(key), index=frame.index)
     return [frame[labels == label].reset_index(drop=True) for label in sorted(labels.unique())]
+
+
+def node_secret(index: int) -> bytes:
+    """A test node's secret (distinct per node, fixed across runs)."""
+    return f"test node {index} secret".encode()
+
+
+def fold_keyed(frames: Iterable[pd.DataFrame], secrets: Iterable[bytes] | None = None) -> list[pd.DataFrame]:
+    """Node frames as a node hands them to a cross-validated local step: with the node's fold keys.
+
+    Each row's identity is its node and position (``_pid``), visit ``"1"`` and its dataset; its fold
+    key is the node's keyed hash of that (:func:`mipflow.node.controls.folds.add_fold_keys`, key from
+    ``secrets[i]``, by default :func:`node_secret`).  The identity columns are dropped again.
+    """
+    from mipflow.node.controls.differencing import hash_key
+    from mipflow.node.controls.folds import add_fold_keys, fold_key
+
+    frames = list(frames)
+    secrets = list(secrets) if secrets is not None else [node_secret(i) for i in range(len(frames))]
+    out = []
+    for i, (frame, secret) in enumerate(zip(frames, secrets)):
+        identity = frame.copy()  # one block: the columns below do not fragment it
+        identity["_pid"], identity["_visit"] = [f"n{i}-{j}" for j in range(len(frame))], "1"
+        out.append(add_fold_keys(identity, fold_key(secret), hash_key(secret)).drop(columns=["_pid", "_visit"]))
+    return out

@@ -1,10 +1,13 @@
 """Cross-validated algorithms: exact against the pooled reference with the same folds,
-naive Bayes fits against Exareme2's expected fits and scikit-learn, and disclosure.
+naive Bayes fits against Exareme2's expected fits and scikit-learn, secure aggregation, and
+disclosure.
 
-Each node's complete-case rows get their folds from
-:func:`mipflow.algorithms.crossval.fold_labels`, exactly as the node does; the
-pooled reference concatenates the nodes' fold ``k`` rows (test) and the rest
-(training) and fits statsmodels / scikit-learn on them.
+Each node's rows carry the node's fold keys, as a node hands them to the local step
+(:func:`tests.mipflow.algorithms.helpers.fold_keyed`: every "node" its own secret).  The
+pooled reference gives each node's complete-case rows their folds from those keys by its
+own ranking (rank of the key modulo ``n_splits``, pandas' ``rank``), concatenates the
+nodes' fold ``k`` rows (test) and the rest (training) and fits statsmodels /
+scikit-learn on them.  The folds no longer depend on any request parameter (ADR 0026).
 """
 from __future__ import annotations
 
@@ -23,13 +26,13 @@ from sklearn.metrics import roc_auc_score
 from sklearn.naive_bayes import CategoricalNB, GaussianNB
 
 from mipflow.algorithms import AnalysisRequest, get_algorithm, prepare_local_data, run_in_process
-from mipflow.algorithms.crossval import fit_folds, fold_labels, score_bins
+from mipflow.algorithms.crossval import FOLD_KEY, SEED_REFUSAL, fit_folds, score_bins
 from mipflow.algorithms.filters_pandas import apply_filters
 from mipflow.node.home import NodeSettings
 from mipflow.node.controls.disclosure import DisclosureControls
 from mipflow.exceptions import DisclosureError, RequestError
 from tests.conftest import SHARED_DIR
-from tests.mipflow.algorithms.helpers import EXACT_RTOL, POOLED_SUMMARY, assert_rel_close
+from tests.mipflow.algorithms.helpers import EXACT_RTOL, POOLED_SUMMARY, assert_rel_close, fold_keyed
 from tests.mipflow.algorithms.synthetic import MODEL, make_data, request
 from tests.mipflow.algorithms.test_federated_vs_pooled import SETTINGS, split_data
 
@@ -39,14 +42,19 @@ def check(algorithm: str, what: str, actual, expected, *, floor: float = 1e-12) 
     POOLED_SUMMARY.record(algorithm, worst, what)
 
 
-def pooled_folds(name: str, nodes, req: AnalysisRequest, n_splits: int, seed: int):
-    """(pooled complete-case rows, their fold) with each node's own fold assignment."""
+def pooled_folds(name: str, nodes, req: AnalysisRequest, n_splits: int):
+    """(pooled complete-case rows, their fold) with each node's own fold assignment.
+
+    ``nodes`` carry their fold keys (:func:`fold_keyed`); a node's row of the ``r``-th
+    smallest key among its complete cases is in fold ``r % n_splits``.
+    """
     algo = get_algorithm(name)
     parts, folds = [], []
     for frame in nodes:
         local = prepare_local_data(algo, frame, req)
-        parts.append(local)
-        folds.append(fold_labels(len(local), n_splits, seed))
+        rank = local[FOLD_KEY].rank(method="first").to_numpy(dtype=np.int64) - 1
+        parts.append(local.drop(columns=[FOLD_KEY]))
+        folds.append(rank % n_splits)
     return pd.concat(parts, ignore_index=True), np.concatenate(folds)
 
 
@@ -82,13 +90,14 @@ def treatment_columns(frame: pd.DataFrame, x: list[str]) -> list[str]:
 
 
 @SETTINGS
-@given(split_data(min_rows=60, max_rows=200), st.integers(2, 6), st.integers(0, 1000))
-def test_linear_regression_cv_equals_pooled_ols_per_fold(split, n_splits, seed) -> None:
+@given(split_data(min_rows=60, max_rows=200), st.integers(2, 6))
+def test_linear_regression_cv_equals_pooled_ols_per_fold(split, n_splits) -> None:
     _, nodes = split
+    nodes = fold_keyed(nodes)
     x = ["grp", "x1", "x2", "age"]
-    req = request(x=x, y=("y",), n_splits=n_splits, seed=seed)
+    req = request(x=x, y=("y",), n_splits=n_splits)
     ours = run_in_process(get_algorithm("linear_regression_cv"), nodes, req, MODEL)
-    pooled, fold = pooled_folds("linear_regression_cv", nodes, req, n_splits, seed)
+    pooled, fold = pooled_folds("linear_regression_cv", nodes, req, n_splits)
     rmse = []
     for k in range(n_splits):
         train, test = pooled[fold != k], pooled[fold == k]
@@ -118,13 +127,13 @@ def test_linear_regression_cv_equals_pooled_ols_per_fold(split, n_splits, seed) 
 
 
 @SETTINGS
-@given(split_data(min_rows=120, max_rows=240), st.integers(2, 4), st.integers(0, 1000),
-       st.sampled_from([10, 50, 200]))
-def test_logistic_regression_cv_equals_pooled_logit_per_fold(split, n_splits, seed, bins) -> None:
+@given(split_data(min_rows=120, max_rows=240), st.integers(2, 4), st.sampled_from([10, 50, 200]))
+def test_logistic_regression_cv_equals_pooled_logit_per_fold(split, n_splits, bins) -> None:
     _, nodes = split
+    nodes = fold_keyed(nodes)
     x = ["sex", "x1"]
-    req = request(x=x, y=("outcome",), positive_class="yes", n_splits=n_splits, seed=seed, roc_bins=bins)
-    pooled, fold = pooled_folds("logistic_regression_cv", nodes, req, n_splits, seed)
+    req = request(x=x, y=("outcome",), positive_class="yes", n_splits=n_splits, roc_bins=bins)
+    pooled, fold = pooled_folds("logistic_regression_cv", nodes, req, n_splits)
     try:
         ours = run_in_process(get_algorithm("logistic_regression_cv"), nodes, req, MODEL)
     except RequestError as exc:
@@ -163,13 +172,14 @@ def test_logistic_regression_cv_equals_pooled_logit_per_fold(split, n_splits, se
 
 
 @SETTINGS
-@given(split_data(min_rows=60, max_rows=200), st.integers(2, 5), st.integers(0, 1000))
-def test_naive_bayes_gaussian_cv_equals_sklearn_per_fold(split, n_splits, seed) -> None:
+@given(split_data(min_rows=60, max_rows=200), st.integers(2, 5))
+def test_naive_bayes_gaussian_cv_equals_sklearn_per_fold(split, n_splits) -> None:
     _, nodes = split
+    nodes = fold_keyed(nodes)
     x = ["x1", "x2", "age"]
-    req = request(x=x, y=("grp",), n_splits=n_splits, seed=seed)
+    req = request(x=x, y=("grp",), n_splits=n_splits)
     ours = run_in_process(get_algorithm("naive_bayes_gaussian_cv"), nodes, req, MODEL)
-    pooled, fold = pooled_folds("naive_bayes_gaussian_cv", nodes, req, n_splits, seed)
+    pooled, fold = pooled_folds("naive_bayes_gaussian_cv", nodes, req, n_splits)
     labels = ours["confusion_matrix"]["labels"]
     total = np.zeros((len(labels), len(labels)), dtype=int)
     for k in range(n_splits):
@@ -188,13 +198,14 @@ def test_naive_bayes_gaussian_cv_equals_sklearn_per_fold(split, n_splits, seed) 
 
 
 @SETTINGS
-@given(split_data(min_rows=60, max_rows=200), st.integers(2, 5), st.integers(0, 1000), st.floats(0.1, 3.0))
-def test_naive_bayes_categorical_cv_equals_sklearn_per_fold(split, n_splits, seed, alpha) -> None:
+@given(split_data(min_rows=60, max_rows=200), st.integers(2, 5), st.floats(0.1, 3.0))
+def test_naive_bayes_categorical_cv_equals_sklearn_per_fold(split, n_splits, alpha) -> None:
     _, nodes = split
+    nodes = fold_keyed(nodes)
     x = ["sex", "stage"]
-    req = request(x=x, y=("grp",), n_splits=n_splits, seed=seed, alpha=alpha)
+    req = request(x=x, y=("grp",), n_splits=n_splits, alpha=alpha)
     ours = run_in_process(get_algorithm("naive_bayes_categorical_cv"), nodes, req, MODEL)
-    pooled, fold = pooled_folds("naive_bayes_categorical_cv", nodes, req, n_splits, seed)
+    pooled, fold = pooled_folds("naive_bayes_categorical_cv", nodes, req, n_splits)
     levels = {"sex": ["F", "M"], "stage": [1.0, 2.0, 3.0]}
     codes = np.column_stack([pooled[v].map({lvl: i for i, lvl in enumerate(levels[v])}).to_numpy() for v in x])
     labels = ours["confusion_matrix"]["labels"]
@@ -221,9 +232,10 @@ def _run_validation(validation_nodes, name: str, doc: dict) -> tuple[dict, pd.Da
     doc = dict(doc, parameters={**(doc.get("parameters") or {}), "n_splits": 2})
     req = AnalysisRequest.from_dict(doc)
     model, nodes = validation_nodes.get(req.data_model)
-    frames = [apply_filters(n[n["dataset"].isin(req.datasets)], req.filters, model) for n in nodes]
+    frames = fold_keyed(apply_filters(n[n["dataset"].isin(req.datasets)], req.filters, model) for n in nodes)
     algo = get_algorithm(name)
-    pooled = pd.concat([prepare_local_data(algo, f, req) for f in frames], ignore_index=True)
+    pooled = pd.concat([prepare_local_data(algo, f, req).drop(columns=[FOLD_KEY]) for f in frames],
+                       ignore_index=True)
     return run_in_process(algo, frames, req, model), pooled
 
 
@@ -316,7 +328,7 @@ def _release(name: str, data: pd.DataFrame, req: AnalysisRequest, tab: int = 3) 
     """Every round of a run at one node, through the node's release controls."""
     algo = get_algorithm(name)
     controls = _controls(min_row_count=1, nfilter_tab=tab)
-    local = prepare_local_data(algo, data, req)
+    local = prepare_local_data(algo, fold_keyed([data])[0], req)
     state = None
     for round_no in range(100):
         aggregates = controls.release(algo, req, MODEL, round_no, algo.local_step(round_no, local, req, MODEL, state))
@@ -346,6 +358,9 @@ def test_small_confusion_cells_are_refused() -> None:
     n = 120
     x1 = rng.normal(size=n)
     outcome = np.where(rng.random(n) < special.expit(-3.0 + 0.3 * x1), "yes", "no")
+    # two patients far out with the outcome: whichever folds they fall in, they are the only rows
+    # a fold's model predicts positive (so the assignment cannot hide the cell)
+    x1[:2], outcome[:2] = 40.0, "yes"
     data = pd.DataFrame({"x1": x1, "outcome": outcome, "dataset": "d0"})
     req = request(x=("x1",), y=("outcome",), positive_class="yes", n_splits=2)
     with pytest.raises(DisclosureError) as exc:
@@ -358,7 +373,7 @@ def test_small_roc_bins_are_suppressed_and_the_auc_withheld() -> None:
     req = request(x=("sex", "x1"), y=("outcome",), positive_class="yes", n_splits=2, roc_bins=200)
     algo = get_algorithm("logistic_regression_cv")
     controls = _controls(min_row_count=1, nfilter_tab=3)
-    local = prepare_local_data(algo, data, req)
+    local = prepare_local_data(algo, fold_keyed([data])[0], req)
     state, step = None, None
     for round_no in range(100):
         raw = algo.local_step(round_no, local, req, MODEL, state)
@@ -376,3 +391,99 @@ def test_small_roc_bins_are_suppressed_and_the_auc_withheld() -> None:
 def test_svm_scikit_is_refused_with_the_reason() -> None:
     with pytest.raises(RequestError, match=r"support vectors.*rows.*0007-svm-not-offered"):
         get_algorithm("svm_scikit")
+
+
+# --------------------------------------------------------------------------- folds from the node (ADR 0026)
+
+CV_REQUESTS = {
+    "linear_regression_cv": request(x=("grp", "x1"), y=("y",), n_splits=3),
+    "logistic_regression_cv": request(x=("sex", "x1"), y=("outcome",), positive_class="yes", n_splits=3,
+                                      roc_bins=20),
+    "naive_bayes_gaussian_cv": request(x=("x1", "x2"), y=("grp",), n_splits=3),
+    "naive_bayes_categorical_cv": request(x=("sex", "stage"), y=("grp",), n_splits=3),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CV_REQUESTS))
+def test_a_seed_is_refused_naming_the_rule(name) -> None:
+    req = CV_REQUESTS[name]
+    seeded = AnalysisRequest(data_model=req.data_model, datasets=req.datasets, x=req.x, y=req.y,
+                             filters=req.filters, parameters={**req.parameters, "seed": 3})
+    with pytest.raises(RequestError) as exc:
+        get_algorithm(name).validate(seeded, MODEL)
+    assert str(exc.value) == SEED_REFUSAL
+    assert "seed" not in get_algorithm(name).parameter_specs
+
+
+@pytest.mark.parametrize("name", sorted(CV_REQUESTS))
+def test_rows_without_the_nodes_fold_keys_are_refused(name) -> None:
+    """Only the node assigns folds: a local step never falls back to an order of its own."""
+    algo, req = get_algorithm(name), CV_REQUESTS[name]
+    with pytest.raises(RequestError, match="folds are assigned by the node"):
+        algo.local_step(0, prepare_local_data(algo, make_data(1, 90), req), req, MODEL, None)
+
+
+@pytest.mark.parametrize("name", sorted(CV_REQUESTS))
+def test_the_folds_follow_the_rows_not_their_order(name) -> None:
+    """The same rows in another order (a node reading its store differently) release the same
+    per-fold aggregates: the assignment is a function of the keys alone."""
+    algo, req = get_algorithm(name), CV_REQUESTS[name]
+    (keyed,) = fold_keyed([make_data(2, 150)])
+    local = prepare_local_data(algo, keyed, req)
+    shuffled = local.sample(frac=1.0, random_state=4).reset_index(drop=True)
+    first, second = algo.local_step(0, local, req, MODEL, None), algo.local_step(0, shuffled, req, MODEL, None)
+    assert json.dumps(first, sort_keys=True) == json.dumps(second, sort_keys=True) or \
+        _close_docs(first, second)
+
+
+def _close_docs(a, b) -> bool:
+    """Equal structure and numbers equal to summation-order rounding (moments of reordered rows)."""
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_close_docs(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_close_docs(x, y) for x, y in zip(a, b))
+    if isinstance(a, float):
+        return math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-9)
+    return a == b
+
+
+@pytest.mark.parametrize("name", sorted(CV_REQUESTS))
+def test_under_secure_aggregation_the_result_is_the_plain_one(name) -> None:
+    """Three nodes' per-fold sums masked and only their sum unmasked give the plain result
+    (the same folds, from the nodes' keys) to <= 1e-9 relative."""
+    from tests.mipflow.secagg.test_federated_vs_pooled import run_secure
+
+    assert get_algorithm(name).secure_aggregation == "automatic"
+    assert get_algorithm(name).secure_aggregation_min_nodes == 2
+    nodes = fold_keyed([make_data(40 + i, 120) for i in range(3)])
+    req = CV_REQUESTS[name]
+    plain = run_in_process(get_algorithm(name), nodes, req, MODEL)
+    secure = run_secure(name, nodes, req)
+    _assert_docs_close(secure, plain, f"{name} secure vs plain")
+
+
+def _assert_docs_close(actual, expected, where: str) -> None:
+    """Same structure, equal text and None, numbers within EXACT_RTOL (floor 1e-12)."""
+    if isinstance(expected, dict):
+        assert isinstance(actual, dict) and actual.keys() == expected.keys(), where
+        for key in expected:
+            _assert_docs_close(actual[key], expected[key], f"{where}.{key}")
+    elif isinstance(expected, list):
+        assert isinstance(actual, list) and len(actual) == len(expected), where
+        for i, (a, e) in enumerate(zip(actual, expected)):
+            _assert_docs_close(a, e, f"{where}[{i}]")
+    elif isinstance(expected, (int, float)) and not isinstance(expected, bool):
+        assert_rel_close(actual, expected, rel=EXACT_RTOL, floor=1e-12, what=where)
+    else:
+        assert actual == expected, where
+
+
+def test_a_suppressed_roc_bin_withholds_the_folds_auc_under_secure_aggregation_too() -> None:
+    algo = get_algorithm("logistic_regression_cv")
+    req = CV_REQUESTS["logistic_regression_cv"]
+    fold = {"confusion": {"group_counts": [5, 4, 3, 6]}, "roc": {"counts": [[3, None, 0], [4, 5, 0]]}}
+    secure = algo.secure_aggregates({"folds": [fold, {**fold, "roc": {"counts": [[3, 3, 0], [4, 5, 0]]}}, None]},
+                                    req, MODEL)
+    assert secure["folds"][0]["roc"] == {"counts": [[0, 0, 0], [0, 0, 0]], "suppressed": 1}
+    assert secure["folds"][1]["roc"] == {"counts": [[3, 3, 0], [4, 5, 0]], "suppressed": 0}
+    assert secure["folds"][2] == {}  # a finished fold: nothing to sum, the same layout at every node

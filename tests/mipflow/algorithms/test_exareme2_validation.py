@@ -26,10 +26,11 @@ from typing import Any, Callable
 import pytest
 
 from mipflow.algorithms import AnalysisRequest, get_algorithm, run_in_process
+from mipflow.algorithms.crossval import CrossValidated
 from mipflow.algorithms.filters_pandas import apply_filters
 from mipflow.exceptions import RequestError
 from tests.conftest import SHARED_DIR
-from tests.mipflow.algorithms.helpers import VALIDATION_SUMMARY, ErrorSummary, as_float, rel_error
+from tests.mipflow.algorithms.helpers import VALIDATION_SUMMARY, ErrorSummary, as_float, fold_keyed, rel_error
 
 ALGORITHMS = (
     "descriptive_stats", "pearson_correlation", "linear_regression", "logistic_regression",
@@ -434,7 +435,10 @@ def _run(validation_nodes, name: str, doc: dict) -> dict:
         apply_filters(node[node["dataset"].isin(request.datasets)], request.filters, model)
         for node in nodes
     ]
-    return run_in_process(get_algorithm(name), frames, request, model)
+    algorithm = get_algorithm(name)
+    if isinstance(algorithm, CrossValidated):  # folds come from each node's secret (ADR 0026)
+        frames = fold_keyed(frames)
+    return run_in_process(algorithm, frames, request, model)
 
 
 @pytest.mark.parametrize("name", ALGORITHMS)

@@ -9,9 +9,11 @@ import pandas as pd
 import pytest
 
 from mipflow.algorithms import ALGORITHMS
+from mipflow.algorithms.crossval import CrossValidated
 from mipflow.algorithms.local import prepare_local_data, run_in_process
 from mipflow.exceptions import RequestError
 from mipflow.protocol.wire import transport
+from tests.mipflow.algorithms.helpers import fold_keyed
 from tests.mipflow.algorithms.synthetic import MODEL, make_data, request
 from tests.mipflow.algorithms.test_contract import VALID
 
@@ -30,10 +32,13 @@ def test_prepare_local_data_drops_incomplete_rows_unless_told_not_to() -> None:
 @pytest.mark.parametrize("name", sorted(VALID))
 def test_every_algorithm_copes_with_empty_nodes(name) -> None:
     data = make_data(7, 120)
+    cross_validated = isinstance(ALGORITHMS[name], CrossValidated)
+    if cross_validated:  # as the node hands its rows: with its fold keys (ADR 0026)
+        (data,) = fold_keyed([data])
     empty = data.iloc[:0]
     alone = run_in_process(ALGORITHMS[name], [data], VALID[name], MODEL)
     # cross-validation assigns folds inside each node: rows may not move between nodes
-    parts = [data] if hasattr(ALGORITHMS[name], "fold_sizes") else [data.iloc[:50], empty, data.iloc[50:]]
+    parts = [data] if cross_validated else [data.iloc[:50], empty, data.iloc[50:]]
     spread = run_in_process(ALGORITHMS[name], [empty, *parts, empty], VALID[name], MODEL)
     assert json.dumps(spread, sort_keys=True) == json.dumps(alone, sort_keys=True) or \
         _close(spread, alone)
@@ -64,7 +69,8 @@ def test_local_aggregates_do_not_grow_with_rows(name) -> None:
     req = VALID[name]
     sizes = []
     for n in (60, 600):
-        frame = prepare_local_data(alg, make_data(11, n), req)
+        rows = make_data(11, n)
+        frame = prepare_local_data(alg, fold_keyed([rows])[0] if isinstance(alg, CrossValidated) else rows, req)
         state = None
         if name == "multiple_histograms":
             state = {"range": [-10.0, 10.0], "bins": 5}

@@ -10,6 +10,7 @@ from mipflow.algorithms import ALGORITHMS, Algorithm, get_algorithm, prepare_loc
 from mipflow.algorithms.contract import SECURE_AGGREGATION
 from mipflow.algorithms.spec import SpecAlgorithm
 from mipflow.algorithms.dp_release import DPRelease
+from tests.mipflow.algorithms.helpers import fold_keyed
 from tests.mipflow.algorithms.synthetic import MODEL, make_data, request
 from tests.mipflow.algorithms.test_contract import VALID
 
@@ -20,7 +21,10 @@ CAPABILITIES = ("secure_aggregation", "dp_release", "secure_aggregation_refusal"
 # What the per-control lists said before the algorithms declared it themselves.
 #: secagg.SUPPORTED minus secagg.EXPLICIT_ONLY
 SECURE_AUTOMATIC = {"anova_oneway", "kmeans", "linear_regression", "logistic_regression", "pearson_correlation",
-                    "ttest_independent", "ttest_onesample", "ttest_paired"}
+                    "ttest_independent", "ttest_onesample", "ttest_paired",
+                    # per-fold sums, masked since ADR 0026 (from 2 nodes)
+                    "linear_regression_cv", "logistic_regression_cv", "naive_bayes_gaussian_cv",
+                    "naive_bayes_categorical_cv"}
 #: secagg.EXPLICIT_ONLY
 SECURE_EXPLICIT_ONLY = {"descriptive_stats"}
 #: dp.DP_MECHANISMS (with the label's note where it had one)
@@ -38,7 +42,7 @@ COARSENED = {"kaplan_meier", "cox_regression"}
 PARTITIONED = {"kmeans"}
 #: the algorithms with their own hook (the others keep the contract's default)
 OWN_REFUSAL = {"kmeans"}
-OWN_SECURE_FORM = {"descriptive_stats"}
+OWN_SECURE_FORM = {"descriptive_stats", "logistic_regression_cv"}
 
 
 def _overrides(member: str) -> set[str]:
@@ -64,7 +68,8 @@ def test_every_algorithm_answers_every_capability(name) -> None:
     assert count is None or (isinstance(count, int) and count >= 1)
     folds = alg.fold_sizes(req, 100)
     assert folds is None or (sum(folds) == 100 and len(folds) == alg.params(req, MODEL)["n_splits"])
-    data = prepare_local_data(alg, make_data(3, 60), req)
+    rows = make_data(3, 60)
+    data = prepare_local_data(alg, fold_keyed([rows])[0] if name in CROSS_VALIDATED else rows, req)  # as a node
     aggregates = alg.local_step(0, data, req, MODEL, None)
     coarse = alg.coarsen_for_release(0, aggregates, 3)
     assert isinstance(coarse, dict)

@@ -17,6 +17,7 @@ from mipflow.node.controls.access import AccessRegistry
 from mipflow.node.controls.audit import AUDIT_FILE, AuditLog
 from mipflow.node.controls.differencing import Cohorts, DifferencingGuard
 from mipflow.node.controls.dp import NodePrivacy
+from mipflow.node.controls.folds import fold_key
 from mipflow.node.controls.query_budget import QueryBudget
 from mipflow.node.controls.study import StudyRegistry
 from mipflow.node.freshness import DataVersion, file_signature
@@ -75,9 +76,10 @@ class SelectionCache:
     cached with the rows.
     """
 
-    def __init__(self, store: Any, differencing: DifferencingGuard) -> None:
+    def __init__(self, store: Any, differencing: DifferencingGuard, fold_key: str) -> None:
         self.store = store
         self.differencing = differencing
+        self.fold_key = fold_key  # cross-validation folds (mipflow.node.controls.folds)
         self.version = DataVersion(store)
         self._kept: OrderedDict[str, tuple[Any, Any, Cohorts, int]] = OrderedDict()  # key -> (version, data, cohorts, bytes)
 
@@ -86,11 +88,13 @@ class SelectionCache:
 
     def rows(self, algo: Any, analysis: Any, model: Any, variables: Sequence[str],
              frame_cache_mb: int, study: Any = None) -> tuple[Any, Cohorts]:
-        """``(data, cohorts)``: the local step's rows (no row keys) and the cohorts they form.
+        """``(data, cohorts)``: the local step's rows (no row keys; the node's fold keys for a
+        cross-validated algorithm) and the cohorts they form.
 
         ``study`` (a :class:`mipflow.node.controls.study.StudySelection`): the rows are the study
         snapshot's (ADR 0028) instead of the request's datasets and filters."""
         from mipflow.algorithms.local import prepare_local_data
+        from mipflow.node.controls.folds import add_fold_keys, needs_fold_keys
         from mipflow.node.query.read import select_frame
 
         variables = list(variables)
@@ -110,7 +114,9 @@ class SelectionCache:
             frame = select_frame(self.store, model, datasets=analysis.datasets, variables=variables,
                                  filters=analysis.filters, complete_case=algo.complete_case, row_identity=True)
         cohorts = self.differencing.cohorts(model.key, frame, variables, algo.complete_case)
-        data = prepare_local_data(algo, frame, analysis)  # keeps the variables only: no row keys
+        if needs_fold_keys(algo):  # folds fixed by the node's secret, never by the request (ADR 0026)
+            frame = add_fold_keys(frame, self.fold_key, self.differencing.key)
+        data = prepare_local_data(algo, frame, analysis)  # keeps the variables (and fold keys): no row keys
         del frame
         self._kept.pop(key, None)  # a stale version
         size = selection_bytes(data, cohorts)
@@ -179,7 +185,7 @@ class StepContext:
         return cls(home=home, settings_file=SettingsFile(home), store=store, audit=audit,
                    access=AccessRegistry(home.root), budget=QueryBudget(audit.records()),
                    privacy=NodePrivacy(home.root), differencing=differencing,
-                   selections=SelectionCache(store, differencing))
+                   selections=SelectionCache(store, differencing, fold_key(home.key())))
 
     @property
     def name(self) -> str:
