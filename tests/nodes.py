@@ -178,3 +178,41 @@ def pin_each_other(homes) -> dict[str, str]:
     else:
         roots = {NodeHome(root(h)).name: root(h) for h in homes}
     return pin(roots)
+
+
+class UnverifiedNode:
+    """A node's control chain without round verification (ADR 0029), in process, with the
+    :meth:`mipflow.central.client.NodeClient.step` signature: for the tests of the controls behind
+    verification (k-means partition memory, state checks), reached with states of the test's own
+    making as if verification were broken.  Refusals raise ``NodeRefused`` as the client does;
+    a new instance on the same home is a restarted node."""
+
+    def __init__(self, root: Path) -> None:
+        from mipflow.node.api.context import StepContext
+        from mipflow.node.home import NodeHome
+
+        self.home = NodeHome(root)
+        self.context = StepContext.open(self.home)
+        self.name = self.home.name
+
+    def step(self, algorithm: str, request: Mapping, round_no: int, state, *, researcher=None, project=None,
+             analysis_id=None) -> dict:
+        import json
+
+        from mipflow.central.client import NodeRefused
+        from mipflow.exceptions import DisclosureError, MipflowError
+        from mipflow.node.api.step import CHAIN, answer_step, tag_release, verify_round
+
+        chain = tuple(c for c in CHAIN if c not in (verify_round, tag_release))
+        raw = json.dumps({"request": dict(request), "round": round_no, "state": state, "researcher": researcher,
+                          "project": project, "analysis_id": analysis_id}).encode()
+        try:
+            return answer_step(self.context, "central", algorithm, raw, chain=chain)
+        except DisclosureError as exc:
+            raise NodeRefused(self.name, str(exc), exc.control, 403) from None
+        except MipflowError as exc:
+            raise NodeRefused(self.name, str(exc), "request", 400) from None
+
+    def close(self) -> None:
+        if hasattr(self.context, "close"):
+            self.context.close()

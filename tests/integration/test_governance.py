@@ -216,7 +216,8 @@ def test_audit_log_holds_no_row_level_data_and_verifies(nodes):
                     "data_model", "datasets", "x", "y", "filters", "rows", "decision", "control", "reason", "ms",
                     "researcher", "project", "grants", "analysis", "algorithm_sha256", "catalogue_version",
                     "cohort",  # cohort: SHA-256 digest of the keyed row hashes (ADR 0013), no row data
-                    "counted"}  # counted: a refused step charged to the query budgets (ADR 0025), a boolean
+                    "counted",  # counted: a refused step charged to the query budgets (ADR 0025), a boolean
+                    "chain"}  # chain: the analysis' hash chain of rounds (ADR 0029), a digest
     for name, root in nodes["roots"].items():
         assert verify_log(root / "audit.log").ok
         records = read_records(root / "audit.log")

@@ -9,6 +9,8 @@ a substituted peer key is refused by a node that pinned its peers.
 """
 from __future__ import annotations
 
+import json
+
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,21 +235,50 @@ def test_secure_descriptive_stats_suppress_small_cells_at_the_node_first(fed: Fe
     assert got["num_total"] == int((SPLIT != 1).sum())
 
 
-def _kmeans_state() -> dict:
-    centres = [[0.0, 0.0, 40.0], [2.0, 3.0, 55.0], [4.0, 6.0, 70.0]]
-    return {"k": 3, "centers": centres, "initial_centers": centres, "iteration": 0, "shift": None,
-            "converged": False, "final": False}
+def _step_of_one_node(fed: Fed, name: str, doc: dict, round_no: int, analysis_id: str,
+                      participants: list, secure: bool) -> dict:
+    """hospital_a's reply to round ``round_no`` of an honest run: a later round carries the transcript
+    of the rounds before it, with the state the global step gives on them (ADR 0029)."""
+    from mipflow.algorithms import get_algorithm
+    from mipflow.protocol.request import AnalysisRequest
+    from mipflow.secagg.central_side import unmask_sum
+    from mipflow.secagg.transcript import TRANSCRIPT_SCHEME, advance, genesis
+
+    masking = {"secure_aggregation": {"scheme": SCHEME, "participants": participants}} if secure else {}
+    if round_no == 0:
+        return fed.clients[0].step(name, doc, 0, None, researcher=RESEARCHER, project=PROJECT,
+                                   analysis_id=analysis_id, **masking)
+    names = {p["node"]: p["public_key"] for p in participants}
+    chain = genesis(analysis_id=analysis_id, algorithm=name, request=doc, participants=names)
+    transcript = {"scheme": TRANSCRIPT_SCHEME, "participants": participants, "previous": None}
+    state = None
+    request = AnalysisRequest.from_dict(doc)
+    for r in range(round_no + 1):
+        clients = fed.clients if r < round_no else fed.clients[:1]
+        replies = [c.step(name, doc, r, state, researcher=RESEARCHER, project=PROJECT, analysis_id=analysis_id,
+                          transcript=transcript, **masking) for c in clients]
+        if r == round_no:
+            return replies[0]
+        aggregates = [reply["aggregates"] for reply in replies]
+        step = get_algorithm(name).global_step(r, [unmask_sum(aggregates)] if secure else aggregates, request,
+                                               MODEL, json.loads(json.dumps(state)))
+        contributions = [{"node": reply["node"], "aggregates": reply["aggregates"], "tags": reply["tags"]}
+                         for reply in replies]
+        transcript = {**transcript, "previous": {"chain": chain, "state": state, "contributions": contributions}}
+        chain = advance(chain, r, state, contributions)
+        state = json.loads(json.dumps(step.state))
+    raise AssertionError("unreachable")
 
 
-@pytest.mark.parametrize("name, round_no, state", [
-    ("pearson_correlation", 0, None),
-    ("ttest_independent", 0, None),
-    ("anova_oneway", 0, None),
-    ("kmeans", 0, None),                  # moments of the initialisation
-    ("kmeans", 1, _kmeans_state()),       # per-cluster counts, deviation sums, within-cluster sums
-    ("descriptive_stats", 0, None),
+@pytest.mark.parametrize("name, round_no", [
+    ("pearson_correlation", 0),
+    ("ttest_independent", 0),
+    ("anova_oneway", 0),
+    ("kmeans", 0),                  # moments of the initialisation
+    ("kmeans", 1),                  # per-cluster counts, deviation sums, within-cluster sums
+    ("descriptive_stats", 0),
 ])
-def test_node_releases_only_masked_values(fed: Fed, name: str, round_no: int, state) -> None:
+def test_node_releases_only_masked_values(fed: Fed, name: str, round_no: int) -> None:
     """What the central site receives from one node: ring elements and a layout, no statistic
     (every element far from the node's own value), no dataset name."""
     from mipflow.protocol.request import AnalysisRequest
@@ -257,14 +288,13 @@ def test_node_releases_only_masked_values(fed: Fed, name: str, round_no: int, st
             "participants": [{"node": k["node"], "public_key": k["public_key"]} for k in keys.values()]}
     doc = (DESCRIBED if name == "descriptive_stats" else CASES[name]).to_dict()
     analysis_id = uuid.uuid4().hex
-    reply = fed.clients[0].step(name, doc, round_no, state, researcher=RESEARCHER, project=PROJECT,
-                                analysis_id=analysis_id, secure_aggregation=body)
+    reply = _step_of_one_node(fed, name, doc, round_no, analysis_id, body["participants"], secure=True)
     assert set(reply["aggregates"]) == {"secure_aggregation"}
     release = reply["aggregates"]["secure_aggregation"]
     assert not {"d0", "d1", "d2"} & set(_strings(release["layout"]))
     masked = [int(v, 16) for v in release["masked"]]
-    plain = fed.clients[0].step(name, doc, round_no, state, researcher=RESEARCHER, project=PROJECT,
-                                analysis_id=analysis_id)["aggregates"]
+    plain = _step_of_one_node(fed, name, doc, round_no, analysis_id, body["participants"],
+                              secure=False)["aggregates"]
     layout, vector = additive_form(secure_form(name, plain, AnalysisRequest.from_dict(doc), MODEL))
     assert layout == release["layout"] and len(masked) == len(vector) > 0
     assert all(abs(decode(m) - v) > 1e20 for m, v in zip(masked, vector))

@@ -65,13 +65,18 @@ class Node:
 
     def call(self, algorithm: str, *, y=(), x=(), filters=None, parameters=None, round: int = 0,
              state=None, analysis_id: str | None = None, datasets=None, raw: bytes | None = None,
-             credential: Credential | None = None):
+             credential: Credential | None = None, unverified: bool = False):
+        """One signed step call through the node's API.  ``unverified``: the same body through the
+        node's control chain without round verification (in process), to reach the controls behind it
+        with a state of the caller's making, as if verification were broken (defence in depth)."""
         body = raw if raw is not None else json.dumps({
             "request": {"inputdata": {"data_model": STROKE.key, "datasets": datasets or DATASETS,
                                       "x": list(x), "y": list(y), "filters": filters},
                         "parameters": parameters or {}},
             "round": round, "state": state, "researcher": RESEARCHER, "project": PROJECT,
             "analysis_id": analysis_id}).encode()
+        if unverified:
+            return _unverified(self.home, algorithm, body)
         cred = credential or self.credential
         path = f"/v1/steps/{algorithm}"
         headers = signed_headers(cred.client_id, cred.secret, "POST", path, body)
@@ -90,6 +95,44 @@ class Node:
         reply = self.call(*args, **kwargs)
         assert reply.status_code == 200, reply.text
         return reply.json()
+
+
+@dataclass
+class _Reply:
+    """The parts of an HTTP reply the attack tests read."""
+
+    status_code: int
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode()
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+def _unverified(home: NodeHome, algorithm: str, body: bytes) -> _Reply:
+    from fastapi import HTTPException
+
+    from mipflow.exceptions import MipflowError
+    from mipflow.node.api.app import json_bytes, refusal_response
+    from mipflow.node.api.context import StepContext
+    from mipflow.node.api.step import CHAIN, answer_step, tag_release, verify_round
+
+    chain = tuple(c for c in CHAIN if c not in (verify_round, tag_release))
+    context = StepContext.open(home)
+    try:
+        return _Reply(200, json_bytes(answer_step(context, "central", algorithm, body, chain=chain)))
+    except MipflowError as exc:
+        try:
+            response = refusal_response(home.name, exc)
+        except HTTPException as bad:
+            return _Reply(bad.status_code, json.dumps({"detail": bad.detail}).encode())
+        return _Reply(response.status_code, bytes(response.body))
+    finally:
+        if hasattr(context, "close"):
+            context.close()
 
 
 def start_node(root: Path, **settings: Any) -> Iterator[Node]:

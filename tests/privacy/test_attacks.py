@@ -134,8 +134,12 @@ def test_a_one_patient_histogram_bin_within_a_group_is_suppressed(node):
 def test_a_kmeans_cluster_around_one_patient_is_refused(node):
     # a malicious central site puts a centre on the target: that cluster would hold one patient
     state = {"k": 2, "centers": [[TARGET_AGE, TARGET_NIHSS], [60.0, 15.0]]}
-    node.refused("nfilter_tab", "kmeans", y=["age", "nihss_admission"], parameters={"k": 2},
+    # through the API: a state the node cannot recompute is refused first (ADR 0029) ...
+    node.refused("round_verification", "kmeans", y=["age", "nihss_admission"], parameters={"k": 2},
                  round=1, state=state, analysis_id="km")
+    # ... and behind that control, the cluster's size still is (defence in depth)
+    node.refused("nfilter_tab", "kmeans", y=["age", "nihss_admission"], parameters={"k": 2},
+                 round=1, state=state, analysis_id="km", unverified=True)
 
 
 def test_a_regression_with_about_as_many_parameters_as_rows_is_refused(node):
@@ -220,8 +224,10 @@ def _per_pair_rule(new: np.ndarray, old: np.ndarray, threshold: int) -> bool:
 
 
 def _kmeans_round(node: Node, state: dict, **kwargs):
+    # behind round verification (ADR 0029), which refuses any state of the centre's making first:
+    # the partition memory is the defence in depth these tests reach
     return dict(algorithm="kmeans", y=KMEANS_Y, parameters={"k": state["k"]}, round=1, state=state,
-                analysis_id="crafted", **kwargs)
+                analysis_id="crafted", unverified=True, **kwargs)
 
 
 @pytest.mark.parametrize("released, crafted, per_pair", [
@@ -295,8 +301,11 @@ def test_a_cox_max_time_below_the_longest_follow_up_is_answered(node):
 def test_histogram_ranges_narrowed_around_a_value_are_refused_by_the_metadata_rule(node, state):
     # a hostile central site skips round 0 and sends its own bins: the node bins age over its
     # declared range (18..90) into the request's bins only, and refuses any other range
+    node.refused("round_verification", "multiple_histograms", y=["age"], parameters={"bins": 1}, round=1,
+                 state=state, analysis_id="narrow")  # through the API: not the global step's state (ADR 0029)
+    # behind round verification, the metadata rule (defence in depth)
     reply = node.call("multiple_histograms", y=["age"], parameters={"bins": 1}, round=1, state=state,
-                      analysis_id="narrow")
+                      analysis_id="narrow", unverified=True)
     assert reply.status_code == 400, reply.text
     assert "declared range" in reply.json()["detail"]
     assert str(TARGET_AGE) not in reply.text

@@ -48,7 +48,7 @@ OPERATIONS = ["GET /health", "GET /v1/metadata", "GET /v1/algorithms", "GET /v1/
 SIGNED = [label for label in OPERATIONS if " /v1/" in label]
 #: Every control a step refusal may name (mipflow.node.controls.disclosure, access, budget, cohorts, dp, secagg).
 CONTROLS = {"access", "budget", "data_model", "disabled_algorithm", "min_row_count", "nfilter_tab",
-            "nfilter_string", "differencing", "privacy_budget", "secure_aggregation", "dp"}
+            "nfilter_string", "differencing", "privacy_budget", "secure_aggregation", "dp", "round_verification"}
 EXAMPLES_PER_ALGORITHM = 15
 VARIABLES = [v.code for v in STROKE if v.code not in ("subjectcode", "visitid")]
 #: Reasons of a 400 that a body valid under the documented schema (``StepCall``) must never get:
@@ -59,7 +59,8 @@ STRUCTURAL = ("body is not a valid step call", "an analysis request", "inputdata
               "filter group has unknown", "filter rule has unknown", "filter condition must", "filter key",
               "a filter group needs", "filter rule needs the variable code", "is not supported; supported",
               "is not a QueryBuilder", "secure_aggregation must name the scheme", "secure aggregation needs 2",
-              "participant needs a node name", "is not 32 bytes of hex")
+              "participant needs a node name", "is not 32 bytes of hex", "transcript must name the scheme",
+              "a transcript lists 1 to", "each transcript participant needs", "transcript 'previous' needs")
 VALUES = ["yes", "no", "F", "M", "ischaemic", "tia", "hospital_a", 0, 1, 18.5, 42, 3650, -1, 1e9, "", None]
 
 

@@ -10,6 +10,12 @@ assignment out (or ask for the same rows under ``(age, x2)``, or wait for a
 restart) and then have the one-row move answered.  Now the memory is on disk,
 per cohort, never evicted: at ``partitions_per_cohort`` the cohort takes no new
 assignment, and the one-row move stays refused, also after a restart.
+
+Since ADR 0029 a node answers no round state of the central site's making: through
+the API every crafted round below is refused by ``round_verification`` first (checked
+against the real node process).  The partition memory is the defence in depth behind
+it, reached here through the node's control chain without that control, in process
+(``tests.nodes.UnverifiedNode``; a new instance on the same home is a restart).
 """
 from __future__ import annotations
 
@@ -22,7 +28,7 @@ import pytest
 from mipflow.central.client import NodeClient, NodeRefused
 from mipflow.node.home import NodeHome
 from tests.mipflow.algorithms.synthetic import MODEL, make_data
-from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, served_clients
+from tests.nodes import PROJECT, RESEARCHER, UnverifiedNode, grant_all, load_frame, served_clients
 
 pytestmark = pytest.mark.xdist_group("partition_memory")
 
@@ -48,13 +54,13 @@ def state_for(order: np.ndarray, end: int, side: str = "age", x2_first: bool = T
     return {"k": 2, "centers": centres}, (["x2", side] if x2_first else [side, "x2"])
 
 
-def kmeans_round(client: NodeClient, state: dict[str, Any], y: list[str]) -> dict[str, Any]:
+def kmeans_round(client: NodeClient | UnverifiedNode, state: dict[str, Any], y: list[str]) -> dict[str, Any]:
     doc = {"inputdata": {"data_model": MODEL.key, "datasets": ["d0", "d1", "d2"], "x": [], "y": y,
                          "filters": None}, "parameters": {"k": 2}}
     return client.step("kmeans", doc, 1, state, researcher=RESEARCHER, project=PROJECT, analysis_id="crafted")
 
 
-def refused(client: NodeClient, state: dict[str, Any], y: list[str], setting: str) -> None:
+def refused(client: NodeClient | UnverifiedNode, state: dict[str, Any], y: list[str], setting: str) -> None:
     with pytest.raises(NodeRefused) as err:
         kmeans_round(client, state, y)
     assert err.value.status == 403 and err.value.control == "differencing", err.value
@@ -71,8 +77,13 @@ def test_the_one_row_move_stays_refused_after_filling_the_memory_and_after_a_res
     order = np.sort(frame["x2"].to_numpy(dtype=float))
     first, moved = state_for(order, FIRST), state_for(order, FIRST + 1)
 
-    with served_clients({NODE: root}) as clients:
-        client = clients[NODE]
+    with served_clients({NODE: root}) as clients:  # the real node process: verification first
+        with pytest.raises(NodeRefused) as err:
+            kmeans_round(clients[NODE], *first)
+        assert err.value.status == 403 and err.value.control == "round_verification", err.value
+
+    client = UnverifiedNode(root)
+    try:
         answered = kmeans_round(client, *first)
         assert answered["aggregates"]["group_n"] == [FIRST, ROWS - FIRST]  # the slabs are the clusters
         refused(client, *moved, "nfilter_tab")
@@ -89,10 +100,14 @@ def test_the_one_row_move_stays_refused_after_filling_the_memory_and_after_a_res
         refused(client, *state_for(order, ends[LIMIT - 1]), "partitions_per_cohort")  # full: no new one
         refused(client, *moved, "nfilter_tab")  # the first is not forgotten
         kmeans_round(client, *state_for(order, FIRST, flip=True))  # released before (renumbered): answered
+    finally:
+        client.close()
 
-    with served_clients({NODE: root}) as clients:  # a restart: a new node process on the same home
-        client = clients[NODE]
+    client = UnverifiedNode(root)  # a restart: a new node context on the same home
+    try:
         refused(client, *moved, "nfilter_tab")
         refused(client, *state_for(order, FIRST + 1, x2_first=False), "nfilter_tab")
         refused(client, *state_for(order, 200), "partitions_per_cohort")
         assert kmeans_round(client, *first)["aggregates"]["group_n"] == [FIRST, ROWS - FIRST]
+    finally:
+        client.close()

@@ -39,18 +39,19 @@ def test_analysis_logs_each_round_with_nodes_answered_and_left_out(in_process_no
     request = {"inputdata": {"data_model": "synth:1", "datasets": ["d0", "d1", "d2"], "x": ["x1", "age"],
                              "y": ["sex"], "filters": None}, "parameters": {"positive_class": "F"}}
     caplog.set_level(logging.INFO, logger="mipflow.central.rounds")
-    # plain aggregation: with secure aggregation (default for 3 nodes) a round-0 refusal restarts
-    # the analysis with fresh masks, and the round numbers start again (tests/integration/test_secagg_federation.py)
+    # plain aggregation; a round-0 refusal restarts an iterative analysis on the nodes that answered
+    # (verifiable rounds bind every round to round 0's participants, ADR 0029), so round 1 is logged twice
     outcome = run_analysis("logistic_regression", request, clients, researcher=RESEARCHER, project=PROJECT,
                            secure_aggregation=False)
     assert outcome.rounds > 2 and set(outcome.excluded) == {"node2"}
     rounds = [re.search(r"round (\d+) of at most (\d+): (\d+) node\(s\) answered, (\d+) left out",
                         r.getMessage()) for r in caplog.records]
     rounds = [tuple(int(g) for g in m.groups()) for m in rounds if m]
-    assert [r[0] for r in rounds] == list(range(1, outcome.rounds + 1))
+    assert [r[0] for r in rounds] == [1] + list(range(1, outcome.rounds + 1))
     assert {r[1] for r in rounds} == {MAX_ROUNDS}
     assert rounds[0][2:] == (2, 1)  # the disabled node refused round 1 and was left out
     assert all(r[2:] == (2, 0) for r in rounds[1:])
+    assert any("restarting on the 2 node(s) that answered round 1" in r.getMessage() for r in caplog.records)
     assert any(f"finished after {outcome.rounds} round(s) with 2 node(s)" in r.getMessage() for r in caplog.records)
     assert any("disabled_algorithm" in r.getMessage() for r in caplog.records)
     text = "\n".join(r.getMessage() for r in caplog.records)

@@ -16,6 +16,7 @@ from mipflow.exceptions import RequestError
 from mipflow.protocol.filters import QB_INPUTS, QB_TYPES, SUPPORTED_OPERATORS
 from mipflow.secagg.codec import SCHEME
 from mipflow.secagg.node_side import MAX_PARTICIPANTS
+from mipflow.secagg.transcript import TRANSCRIPT_SCHEME
 
 
 class StepBody(BaseModel):
@@ -127,12 +128,35 @@ class SecureAggregation(BaseModel):
     participants: list[Participant] = Field(min_length=2, max_length=MAX_PARTICIPANTS)
 
 
+class Contribution(BaseModel):
+    node: str = Field(min_length=1, max_length=128)
+    aggregates: dict[str, Any] = Field(description="the node's reply of the previous round, as it sent it")
+    tags: dict[str, str] = Field(description="the node's tag of that reply for each participant")
+
+
+class PreviousRound(BaseModel):
+    chain: str = Field(description="the hash chain before the previous round")
+    state: dict[str, Any] | None = Field(description="the state the previous round was sent")
+    contributions: list[Contribution] = Field(description="every participant's reply to the previous round")
+
+
+class Transcript(BaseModel):
+    """Verifiable rounds (:mod:`mipflow.secagg.transcript`, docs/adr/0029-verifiable-rounds.md)."""
+
+    scheme: Literal[TRANSCRIPT_SCHEME] = Field(description="the verifiable-rounds scheme")
+    participants: list[Participant] = Field(min_length=1, max_length=MAX_PARTICIPANTS)
+    previous: PreviousRound | None = Field(None, description="the previous round (null at round 0)")
+
+
 class StepCall(StepBody):
     """Body of a local-step call: one round of ``algorithm`` for ``researcher`` in ``project``."""
 
     request: AnalysisRequestBody = Field(description="MIP / Exareme2 algorithm request: {inputdata, parameters}")
     secure_aggregation: SecureAggregation | None = Field(
         None, description="mask the released aggregates for a secure sum (mipflow.secagg, docs/adr/0014)")
+    transcript: Transcript | None = Field(
+        None, description="the participants and the previous round's tagged replies; required from round 1 on "
+                          "(docs/adr/0029-verifiable-rounds.md)")
 
 
 class StepReply(BaseModel):

@@ -163,14 +163,17 @@ LINREG_CV = {"inputdata": {**LINREG["inputdata"]}, "parameters": {"n_splits": 2}
     pytest.param("kmeans", KMEANS, {"centers": [[1, 2], [3, 4]], "k": "two"}, id="kmeans-text-k"),
     pytest.param("linear_regression_cv", LINREG_CV, {"models": [{}]}, id="linreg-cv-empty-model"),
 ])
-def test_a_central_state_that_does_not_fit_the_step_is_a_bad_request(node, algorithm, request_, state):
-    """Regression (fuzzing): a later round with a state the central site did not broadcast was a 500."""
+def test_a_central_state_the_node_cannot_verify_is_refused_before_the_step_reads_it(node, algorithm, request_, state):
+    """Regression (fuzzing): a later round with a state the central site did not broadcast was a 500;
+    then a 400 once the step read it.  Now the node refuses any later round whose state it cannot
+    recompute from the previous round's tagged contributions (ADR 0029) before the step sees it;
+    a state that does not fit the step is still a 400 behind that control (tests/mipflow/node/api/test_step.py)."""
     response, _ = post(node, f"/v1/steps/{algorithm}", {"request": request_, "round": 2, "state": state, **WHO})
-    assert response.status_code == 400, response.text
-    detail = response.json()["detail"]
-    assert detail.startswith(f"{algorithm}: the state of round 2 does not fit this step ("), detail
+    assert response.status_code == 403, response.text
+    refusal = response.json()
+    assert refusal["control"] == "round_verification" and "round 2 needs a transcript" in refusal["refused"], refusal
     record = audit(node)[-1]
-    assert record["decision"] == "refused" and record["control"] == "request" and record["round"] == 2
+    assert record["decision"] == "refused" and record["control"] == "round_verification" and record["round"] == 2
     assert client(node).step(algorithm, request_, 0, None, **WHO)["rows"] > 0  # round 0 still runs
 
 

@@ -11,7 +11,7 @@ import pytest
 from mipflow.secagg.trust import TrustStore
 from mipflow.exceptions import DisclosureError, MipflowError, RequestError, StoreError
 from mipflow.node.api.context import DataModelNotHeld, StepContext
-from mipflow.node.api.step import CHAIN, StepRequest, answer_step, refusal_of
+from mipflow.node.api.step import CHAIN, StepRequest, answer_step, refusal_of, tag_release, verify_round
 from mipflow.node.home import NodeHome
 from mipflow.protocol.request import AnalysisRequest
 from mipflow.secagg import node_side
@@ -63,6 +63,11 @@ def body(context: StepContext, *, y=(), x=(), filters=None, parameters=None, rou
     return json.dumps(doc).encode()
 
 
+#: The chain without round verification (ADR 0029): how the tests reach the controls behind it with a
+#: later round's state of their own making (in production every later round is verified first).
+UNVERIFIED = tuple(c for c in CHAIN if c not in (verify_round, tag_release))
+
+
 def traced(chain=CHAIN) -> tuple[list[tuple[str, StepRequest]], tuple]:
     """``chain`` with every control recording its name and the request it got, in call order."""
     reached: list[tuple[str, StepRequest]] = []
@@ -112,7 +117,8 @@ def test_an_allowed_step_passes_every_control_in_order_and_is_audited_once(share
     assert [name for name, _ in reached] == ORDER
     (request,) = {id(request): request for _, request in reached}.values()  # one object, all the way
     assert request.analysis.y == ("age",) and request.researcher == RESEARCHER
-    assert set(reply) == {"node", "algorithm", "round", "rows", "aggregates", "code", "privacy"}
+    assert set(reply) == {"node", "algorithm", "round", "rows", "aggregates", "code", "privacy", "tags", "chain"}
+    assert reply["tags"] is None and reply["chain"] is None  # no transcript: a single-round call
     assert reply["rows"] == len(make_rows()) and reply["privacy"] is None
     (record,) = audit_records(shared)[before:]
     assert record["decision"] == "allowed" and record["rows"] == reply["rows"]
@@ -192,6 +198,9 @@ CASES = [
     pytest.param({}, [("linear_regression", LINREG)], "linear_regression",
                  {**LINREG, "filters": where(rule("age", "not_equal", 18.5))}, "check_cohort", DisclosureError,
                  "differencing", id="all-but-one"),
+    pytest.param({}, [], "kmeans", {"y": KMEANS_Y, "parameters": {"k": 2}, "round": 1,
+                                    "state": {"centers": [[18.5, 42.0], [60.0, 15.0]], "k": 2}},
+                 "verify_round", DisclosureError, "round_verification", id="state-not-verifiable"),
     pytest.param({}, [], "kmeans", {"y": KMEANS_Y, "parameters": {"k": 2}, "round": 2,
                                     "state": {"centers": "abc", "k": 2}},
                  "run_local_step", RequestError, "request", id="state-does-not-fit"),
@@ -214,14 +223,17 @@ def test_each_control_refuses_what_it_must(tmp_path, settings, earlier, algorith
                                            control) -> None:
     context = open_node(tmp_path / "node", **settings)
     for name, fields in earlier:
-        answer_step(context, "central", name, body(context, **fields))
-    reached, chain = traced()
+        answer_step(context, "central", name, body(context, **fields), chain=UNVERIFIED if fields.get("round") else CHAIN)
+    # a later round's state of the test's making reaches the controls behind verification only without it
+    behind = isinstance(call, dict) and bool(call.get("round")) and refusing != "verify_round"
+    order = [n for n in ORDER if not (behind and n in ("verify_round", "tag_release"))]
+    reached, chain = traced(UNVERIFIED if behind else CHAIN)
     before = len(audit_records(context))
     raw = call if isinstance(call, bytes) else body(context, **call)
     with pytest.raises(error) as info:
         answer_step(context, "central", algorithm, raw, chain=chain)
     names = [name for name, _ in reached]
-    assert names == ([] if refusing == "parse_step" else ORDER[:ORDER.index(refusing) + 1])
+    assert names == ([] if refusing == "parse_step" else order[:order.index(refusing) + 1])
     (record,) = audit_records(context)[before:]
     assert record["decision"] == "refused" and record["control"] == control
     assert record["reason"] == str(info.value)
@@ -266,8 +278,8 @@ def test_a_step_that_cannot_read_the_state_is_a_bad_request_only_with_a_state(sh
     def break_the_step(request, context, work):
         work.algo = BrokenStep(work.algo)
 
-    at = ORDER.index("run_local_step")
-    chain = CHAIN[:at] + (break_the_step,) + CHAIN[at:]
+    at = UNVERIFIED.index(CHAIN[ORDER.index("run_local_step")])  # (a state of the test's making: unverified)
+    chain = UNVERIFIED[:at] + (break_the_step,) + UNVERIFIED[at:]
     before = len(audit_records(shared))
     raw = body(shared, **LINREG, round=round_no, state=state, analysis_id="a1")
     if blamed:

@@ -21,7 +21,7 @@ from mipflow.central.client import NodeClient, NodeEndpoint, NodeRefused
 from mipflow.node.query.read import select_frame
 from mipflow.node.store.feature_store import FeatureStore
 from tests.mipflow.algorithms.synthetic import MODEL
-from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, running_nodes
+from tests.nodes import PROJECT, RESEARCHER, UnverifiedNode, grant_all, load_frame, running_nodes
 
 pytestmark = pytest.mark.xdist_group("cohorts")
 
@@ -256,8 +256,13 @@ def test_kmeans_rounds_a_row_apart_are_refused(node):
     doc = {**_request(x=(), y=("x1", "y")), "parameters": {"k": 2, "maxiter": 10, "tol": 1e-6}}
     x1 = np.sort(node.data["x1"].to_numpy())
     cut = lambda i: float((x1[i - 1] + x1[i]) / 2)  # noqa: E731 - i rows below the boundary
-    with node.serve() as (url,):
-        client = node.client(url)
+    with node.serve() as (url,):  # through the API, any state of the central's making is refused first
+        with pytest.raises(NodeRefused) as info:
+            _step(node.client(url), doc, algorithm="kmeans", round_no=1, state=_kmeans_state(cut(20)))
+        assert info.value.control == "round_verification", info.value
+    # behind round verification (ADR 0029), the partition memory: defence in depth
+    client = UnverifiedNode(node.root)
+    try:
         _step(client, doc, algorithm="kmeans")
         assert _step(client, doc, algorithm="kmeans", round_no=1, state=_kmeans_state(cut(20))) \
             ["aggregates"]["group_n"] == [20, 40]
@@ -276,6 +281,8 @@ def test_kmeans_rounds_a_row_apart_are_refused(node):
         with pytest.raises(NodeRefused) as info:
             _step(client, doc, algorithm="kmeans", round_no=4, state=_kmeans_state(cut(2)))
         assert info.value.control == "nfilter_tab", info.value
+    finally:
+        client.close()
 
 
 @given(st.lists(st.integers(min_value=0, max_value=2**64 - 1), max_size=300))
