@@ -11,9 +11,15 @@ the local step, the reply), repeated, p50 and p90 of the wall time per round:
 * unverified: the same round with the state given and the two controls taken out of the chain
   (what a node did before ADR 0029).
 
+Then whole federated rounds: ``n`` in-process nodes (their real signed API through a FastAPI
+``TestClient``, no network) run logistic regressions through :func:`mipflow.central.rounds.run_analysis`;
+wall time per round (the analysis' seconds over its rounds), p50 over the analyses, verified
+beside the same nodes answering through the chain without the two controls (the central site
+sends its transcripts either way, so its own part of the protocol is in both).
+
 Goal (issue 13): verified <= 1.2 x unverified per round, and p50 <= 5 ms, at 3 and 10 nodes.
 
-Usage: ``python bench/verification.py [--rows 3000] [--repeat 200]``
+Usage: ``python bench/verification.py [--rows 3000] [--repeat 200] [--analyses 15]``
 """
 from __future__ import annotations
 
@@ -35,8 +41,55 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=3000)
     parser.add_argument("--repeat", type=int, default=200)
+    parser.add_argument("--analyses", type=int, default=15)
     args = parser.parse_args()
+    node_round(args)
+    federated_round(args)
+    return 0
 
+
+def federated_round(args: argparse.Namespace) -> None:
+    import mipflow.node.api.step as step
+    from mipflow.central.rounds import run_analysis
+    from tests.mipflow.algorithms.synthetic import request
+    from tests.nodes import PROJECT, RESEARCHER, in_process_node, pin_each_other
+
+    case = request(x=("x1", "age", "sex"), y=("outcome",), positive_class="yes").to_dict()
+    unverified = tuple(c for c in step.CHAIN if c not in (step.verify_round, step.tag_release))
+    defaults = step.answer_step.__kwdefaults__
+    print(f"federated logistic regression, {args.analyses} analyses per line, {args.rows // 3} rows per node")
+    print("  nodes  secure  rounds  unverified p50 ms/round   verified p50 ms/round   ratio")
+    for n in (3, 10):
+        with tempfile.TemporaryDirectory(prefix="mipflow-verify-fed-") as tmp:
+            nodes = [in_process_node(Path(tmp) / f"n{i}", f"n{i}", seed=100 + i, rows=args.rows // 3,
+                                     patients=f"p{i}") for i in range(n)]
+            homes = [home for _, home in nodes]
+            for home in homes:
+                for key in ("query_budget", "query_budget_project", "differencing_check"):
+                    home.set_setting(key, 0)
+            pin_each_other(homes)
+            clients = [client for client, _ in nodes]
+            for secure in (False, True):
+                per_round: dict[str, list[float]] = {"unverified": [], "verified": []}
+                rounds = 0
+                for _ in range(args.analyses + 1):  # the first of each is a warm-up
+                    for label, chain in (("unverified", unverified), ("verified", step.CHAIN)):
+                        step.answer_step.__kwdefaults__ = {**defaults, "chain": chain}
+                        try:
+                            outcome = run_analysis("logistic_regression", case, clients, researcher=RESEARCHER,
+                                                   project=PROJECT, secure_aggregation=secure)
+                        finally:
+                            step.answer_step.__kwdefaults__ = defaults
+                        rounds = outcome.rounds
+                        per_round[label].append(1000.0 * outcome.seconds / outcome.rounds)
+                base = statistics.median(per_round["unverified"][1:])
+                check = statistics.median(per_round["verified"][1:])
+                print(f"  {n:5d}  {str(secure):6}  {rounds:6d}  {base:23.2f}   {check:21.2f}   {check / base:5.2f}x")
+            for client in clients:
+                client.close()
+
+
+def node_round(args: argparse.Namespace) -> None:
     from common import print_machine
     from mipflow.algorithms import get_algorithm
     from mipflow.node.api.context import StepContext
@@ -108,7 +161,6 @@ def main() -> int:
             print(f"  {n:5d}  {b50:17.2f}  {q(base, 8):6.2f}   {v50:15.2f}  {q(check, 8):6.2f}   "
                   f"{v50 / b50:9.2f}x   {len(raw_verified) / 1e3:10.1f}")
         context.close() if hasattr(context, "close") else None
-    return 0
 
 
 if __name__ == "__main__":
