@@ -177,8 +177,9 @@ def test_an_honest_session_through_the_central_dags_is_answered_exactly(dags, fe
     check_ols(second["result"], snapshot, FORMULAS["mrs_90d"])
     # the researcher reads on the result page where and on which data it was answered
     page = result_page(second, link=lambda run_id, kind: f"/{run_id}.{kind}", back="/")
-    assert f"answered in study {STUDY} on the data of {sorted(snapshots.values())[0][:10]}" in mode_text(second["mode"])
-    assert "answered in study" in page and STUDY in page
+    said = mode_text(second["mode"], second["contributed"])
+    assert said.startswith(f"answered in study {STUDY} on the data of {min(snapshots.values())[:10]}")
+    assert said in page
     # 2. the same in the study's subgroups: age >= 65, women, men
     for name, subgroup in SUBGROUPS.items():
         for params in (FIRST, SECOND):
@@ -221,8 +222,10 @@ def test_a_request_outside_the_study_fails_the_run_naming_what_to_change(dags, f
     message = record["message"]
     # the node's refusal, naming what to change: the study's subgroups and their filters
     assert "study" in message and STUDY in message
-    for name in SUBGROUPS:
-        assert name in message, message
+    assert "the filter is not one of the study's subgroups" in message
+    assert ('elderly: age greater_or_equal 65; women: sex equal "F"; men: sex equal "M"' in message), message
+    # the nodes refused alike: named together, the refusal said once (the record keeps 500 characters)
+    assert f"{', '.join(HOSPITALS)}: refused (study)" in message and message.count("refused (study)") == 1
     # no data-derived number: every number is the request's, the protocol's or a count of nodes
     public = numbers(json.dumps(PROTOCOL)) | numbers(json.dumps(form(**FIRST, filters=outside))) | {0.0}
     assert numbers(message) <= public, (numbers(message) - public, message)
@@ -237,16 +240,17 @@ def test_a_request_outside_the_study_fails_the_run_naming_what_to_change(dags, f
         assert last["decision"] == "refused" and last["control"] == "study"
 
 
-def test_zz_peek(dags, federation):
-    import glob
-    from mipflow.central.results import summary_lines
-    for line in federation["notifications"].read_text().splitlines():
-        r = json.loads(line); print("MESSAGE", len(r["message"]), r["message"])
-    for f in sorted(glob.glob(str(federation["central"] / "results" / "kaplan*.json"))):
-        d = json.load(open(f))
-        print("KM", d["request"]["inputdata"]["x"], d["request"]["inputdata"]["filters"] is not None,
-              [(c["group"], len(c["timeline"]), c["n_obs"], sum(np.asarray(c["events"]) > 0)) for c in d["result"]["curves"]],
-              {k: v for k, v in d["result"]["binning"].items() if k != "timeline"},
-              d["result"].get("logrank") and len(d["result"]["logrank"]["timeline"]))
-    f = sorted(glob.glob(str(federation["central"] / "results" / "linear*.json")))[0]
-    print("\n".join(summary_lines(json.load(open(f)))[:4]))
+
+@pytest.mark.xfail(strict=True, reason="issue 14 item 7, open: each node merges its own survival bins to "
+                   "nfilter_tab and the central keeps only the bin ends common to every node and group "
+                   "(mipflow.algorithms.survival.common_ends), so on ~170 patients per node the curve keeps "
+                   "1-4 of the weekly time points; the fix belongs in mipflow.algorithms (survival, kaplan_meier)")
+def test_kaplan_meier_in_the_study_keeps_the_weekly_time_points_of_the_pooled_curve(dags, federation) -> None:
+    doc = answered(dags, federation, "federated_kaplan_meier", y=["followup_days", "death_90d"], x="sex",
+                   event_level="yes", bin_width=7.0)
+    snapshot = federation["snapshot"]
+    for curve in doc["result"]["curves"]:
+        rows = snapshot[(snapshot["sex"] == curve["group"]) & (snapshot["death_90d"] == "yes")]
+        weeks_with_deaths = np.unique(np.ceil(rows["followup_days"].to_numpy(dtype=float) / 7.0))
+        # at least half the weeks in which the group's pooled rows have a death are a time point of its curve
+        assert 2 * len(curve["timeline"]) >= len(weeks_with_deaths), (len(curve["timeline"]), len(weeks_with_deaths))
