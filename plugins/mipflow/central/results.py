@@ -99,6 +99,10 @@ def summary_lines(outcome: dict[str, Any], limit: int = 40) -> list[str]:
              f"{outcome.get('seconds', '?')} s"]
     if outcome.get("researcher"):
         lines.append(f"  on behalf of researcher {outcome['researcher']} (project {outcome.get('project')})")
+    if outcome.get("mode"):
+        from mipflow.central.report.pages import mode_text
+
+        lines.append(f"  {mode_text(outcome['mode'], outcome.get('contributed'))}")
     code = outcome.get("code") or {}
     if code.get("central"):
         lines.append(f"  step code {code['central'].get('algorithm_sha256', '?')[:16]}... catalogue "

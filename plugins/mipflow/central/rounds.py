@@ -261,9 +261,21 @@ def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequen
             raise FederationError(f"{algorithm_name} did not finish within {MAX_ROUNDS} rounds")
         if not dropped:
             break
-    reasons = "; ".join(f"{k}: {v}" for k, v in excluded.items()) or "no nodes configured"
+    reasons = left_out_text(excluded) or "no nodes configured"
     raise FederationError(f"{algorithm_name}: {len(active)} node(s) contributed, fewer than "
                           f"min_nodes ({min_nodes}). Left out: {reasons}")
+
+
+def left_out_text(excluded: Mapping[str, str]) -> str:
+    """The nodes left out and why, each reason once: ``"a, b: refused (study): ..."``.
+
+    Nodes under one protocol refuse with the same text; said once, the message stays short
+    enough for a failure record (``mipflow.failures.MAX_MESSAGE``) to keep what to change.
+    """
+    nodes_by_reason: dict[str, list[str]] = {}
+    for node, reason in excluded.items():
+        nodes_by_reason.setdefault(reason, []).append(node)
+    return "; ".join(f"{', '.join(nodes)}: {reason}" for reason, nodes in nodes_by_reason.items())
 
 
 def _secure_session(algorithm_name: str, mode: str, active: Sequence[NodeClient], excluded: dict[str, str],

@@ -56,3 +56,12 @@ def test_analysis_logs_each_round_with_nodes_answered_and_left_out(in_process_no
     assert any("disabled_algorithm" in r.getMessage() for r in caplog.records)
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert not re.search(r"p[0-2]_\d{4}", text)  # no patient identifier in the round logs
+
+
+def test_nodes_left_out_for_the_same_reason_are_named_together_and_the_reason_said_once():
+    from mipflow.central.rounds import left_out_text
+
+    refusal = "refused (study): the filter is not one of the study's subgroups; send ..."
+    text = left_out_text({"a": refusal, "b": "unavailable: timed out", "c": refusal})
+    assert text == f"a, c: {refusal}; b: unavailable: timed out"
+    assert text.count(refusal) == 1 and left_out_text({}) == ""

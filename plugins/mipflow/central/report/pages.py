@@ -85,9 +85,31 @@ def provenance_table(doc: Mapping[str, Any]) -> Table:
         ["filters", json.dumps(inputdata.get("filters")) if inputdata.get("filters") else ""],
         ["parameters", json.dumps(parameters, sort_keys=True) if parameters else ""],
         ["rounds", doc.get("rounds")], ["seconds", doc.get("seconds")], ["software", doc.get("software")],
+        ["answered in", mode_text(doc.get("mode"), doc.get("contributed"))],
         ["stopped", stopped_text(doc.get("stopped"))],
     ]
     return Table("Provenance", ["field", "value"], [r for r in rows if r[1] not in (None, "")])
+
+
+def mode_text(mode: Mapping[str, Any] | None, contributed: Mapping[str, Any] | None = None) -> str:
+    """Which mode answered a result (``AnalysisOutcome.mode``, ADR 0028), as a researcher reads it.
+
+    ``"answered in study stroke-outcomes on the data of 2026-12-01"`` when every node answered in
+    the same study on snapshots of the same day; otherwise the study and snapshot per node, and
+    ``standard mode`` for contributing nodes that answered outside a study.  ``""`` when no node
+    answered in study mode.
+    """
+    if not mode:
+        return ""
+    standard = [node for node in (contributed or {}) if node not in mode]
+    studies = {str(m.get("study")) for m in mode.values()}
+    days = {str(m.get("snapshot", ""))[:10] for m in mode.values()}
+    if len(studies) == 1 and len(days) == 1 and not standard:
+        text = f"answered in study {studies.pop()} on the data of {days.pop()}"
+        return text + (" (snapshots: " + ", ".join(f"{n} {m.get('snapshot')}" for n, m in mode.items()) + ")")
+    parts = [f"{node}: study {m.get('study')} on the data of {m.get('snapshot')}" for node, m in mode.items()]
+    parts += [f"{node}: standard mode" for node in standard]
+    return "answered in study mode by node: " + "; ".join(parts)
 
 
 def stopped_text(stopped: Mapping[str, Any] | None) -> str:

@@ -71,3 +71,26 @@ def test_audit_summary_counts():
     assert summary["by_what"] == {"metadata": 2, "step:anova_oneway": 1}
     assert summary["refusals_by_control"] == {"min_row_count": 1, "authentication": 1}
     assert summary["by_client"] == {"central": 2, "(unauthenticated)": 1}
+
+
+def test_a_result_answered_in_study_mode_says_which_study_and_snapshot():
+    from mipflow.central.report.pages import mode_text
+    from mipflow.central.results import summary_lines
+
+    mode = {"a": {"study": "stroke-outcomes", "snapshot": "2026-12-01T09:00:00+00:00"},
+            "b": {"study": "stroke-outcomes", "snapshot": "2026-12-01T10:30:00+00:00"}}
+    doc = {"run_id": "r3", "algorithm": "linear_regression", "result": {"n_obs": 200}, "request": {},
+           "contributed": {"a": 100, "b": 100}, "excluded": {}, "mode": mode}
+    said = dict(provenance_table(doc).rows)["answered in"]
+    assert said.startswith("answered in study stroke-outcomes on the data of 2026-12-01 (snapshots: a 2026-12-01T09")
+    assert f"  {said}" in summary_lines(doc)
+    assert "answered in study stroke-outcomes on the data of 2026-12-01" in result_page(doc, link=lambda r, k: r,
+                                                                                        back="./")
+    # snapshots of other days, or a node that answered outside a study, are said per node
+    mixed = mode_text({"a": mode["a"], "b": {**mode["b"], "snapshot": "2026-12-03T08:00:00+00:00"}},
+                      {"a": 1, "b": 1, "c": 1})
+    assert mixed == ("answered in study mode by node: a: study stroke-outcomes on the data of 2026-12-01T09:00:00"
+                     "+00:00; b: study stroke-outcomes on the data of 2026-12-03T08:00:00+00:00; c: standard mode")
+    # standard mode: nothing said, no row
+    assert mode_text({}) == "" and "answered in" not in dict(provenance_table({**doc, "mode": {}}).rows)
+    assert not any("answered in" in line for line in summary_lines({**doc, "mode": {}}))
