@@ -178,3 +178,43 @@ def check_family(sets: Sequence[np.ndarray], min_row_count: int, primes: Sequenc
     smallest = int(sizes.min()) if sizes.size else None
     return FamilyCheck(allowed=smallest is None or smallest >= min_row_count, smallest_isolatable=smallest,
                        isolatable_atoms=int(mask.sum()), atoms=int(atoms.sizes.size))
+
+
+def check_addition(old_sets: Sequence[np.ndarray], new_sets: Sequence[np.ndarray], min_row_count: int,
+                   primes: Sequence[int]) -> bool:
+    """Whether releasing ``new_sets`` after ``old_sets`` lets no *new* combination isolate a small atom.
+
+    The per-request form of the ledger rule (ADR 0030): an atom of the whole family (old and new)
+    that some combination isolates and that holds fewer than ``min_row_count`` members refuses the
+    addition, unless the same members already formed an isolatable atom of the old family alone
+    (what was released before cannot be taken back, and refusing every later request over those
+    members would stop the node without protecting anyone).  The new sets split old atoms or add
+    members outside every old set; any such piece that becomes isolatable and is small refuses.
+
+    Returns
+    -------
+    bool
+        True when the addition is allowed.
+    """
+    if min_row_count < 1:
+        raise ValueError("min_row_count must be at least 1")
+    if min_row_count == 1 or not new_sets:
+        return True
+    old_sets, new_sets = list(old_sets), list(new_sets)
+    whole = atoms_of(old_sets + new_sets)
+    small = isolatable(whole, primes) & (whole.sizes < min_row_count)
+    if not small.any():
+        return True
+    if not old_sets:
+        return False
+    before = atoms_of(old_sets)
+    before_isolatable = isolatable(before, primes)
+    # an old atom is identified by its membership in the old sets (its column of the old incidence)
+    known = {before.incidence[:, a].tobytes(): (bool(before_isolatable[a]), int(before.sizes[a]))
+             for a in range(before.sizes.size)}
+    for a in np.flatnonzero(small):
+        signature = whole.incidence[:len(old_sets), a]
+        was = known.get(signature.tobytes())
+        if was is None or not was[0] or was[1] != int(whole.sizes[a]):
+            return False  # new members, a split of an old atom, or newly isolatable
+    return True

@@ -106,6 +106,34 @@ def row_keys(frame: pd.DataFrame, key: str) -> np.ndarray:
     return pd.util.hash_array(digests, hash_key=key, categorize=False)
 
 
+def patient_keys(frame: pd.DataFrame, key: str) -> np.ndarray | None:
+    """Keyed 64-bit hashes of the rows' patient pseudonym ``_pid`` alone (ADR 0030).
+
+    ``_pid`` is the node's patient identity: one pseudonymiser keyed by the node secret makes it
+    from the source patient id for every dataset and data model the node loads, and a withdrawal of
+    consent deletes by it everywhere.  The dataset and the visit are left out: the same patient
+    under two data models (or two versions of one) may carry other dataset codes, other visit ids
+    or none, and the ledger's unit across data models is the patient.
+
+    Returns
+    -------
+    numpy.ndarray of uint64, shape (n,), or None
+        In the frame's row order; None when the frame carries no patient identity.
+    """
+    from mipflow.node.query.pgcopy import PID_MD5
+
+    if not len(frame):
+        return np.zeros(0, dtype=np.uint64)
+    if PID_MD5 in frame.columns:  # computed by PostgreSQL on the binary read path
+        digests = frame[PID_MD5].to_numpy(dtype=object)
+    elif "_pid" in frame.columns:
+        pids = frame["_pid"].astype(object).where(frame["_pid"].notna(), "").astype(str)
+        digests = np.array([hashlib.md5(text.encode("utf-8")).hexdigest() for text in pids], dtype=object)
+    else:
+        return None
+    return pd.util.hash_array(digests, hash_key=key, categorize=False)
+
+
 def cohort_sets(frame: pd.DataFrame, variables: Sequence[str], complete_case: bool,
                 key: str) -> tuple[list[np.ndarray], np.ndarray]:
     """The cohorts a local step on ``frame`` would describe, and the used rows' keys in order.
@@ -128,20 +156,32 @@ def cohort_sets(frame: pd.DataFrame, variables: Sequence[str], complete_case: bo
     used : numpy.ndarray of uint64, shape (n_used,)
         Hashes of the rows used, in the order the local step sees them.
     """
+    cohorts, _, used = cohort_sets_and_patients(frame, variables, complete_case, key)
+    return cohorts, used
+
+
+def cohort_sets_and_patients(frame: pd.DataFrame, variables: Sequence[str], complete_case: bool, key: str
+                             ) -> tuple[list[np.ndarray], list[np.ndarray] | None, np.ndarray]:
+    """:func:`cohort_sets`, with each cohort's patients (:func:`patient_keys`, sorted unique) beside
+    its rows (None when the frame carries no patient identity)."""
     keys = row_keys(frame, key)
+    pids = patient_keys(frame, key)
     columns = [c for c in variables if c in frame.columns]
     present = frame[columns].notna().to_numpy() if columns else np.ones((len(frame), 0), dtype=bool)
     if complete_case:
-        used = keys[present.all(axis=1)] if len(frame) else keys
-        return [sorted_unique(used)], used
-    whole = sorted_unique(keys)
-    cohorts = [whole]
+        mask = present.all(axis=1) if len(frame) else np.ones(0, dtype=bool)
+        used = keys[mask]
+        return [sorted_unique(used)], None if pids is None else [sorted_unique(pids[mask])], used
+    cohorts = [sorted_unique(keys)]
+    patients = None if pids is None else [sorted_unique(pids)]
     for j in range(present.shape[1]):
         if not present[:, j].all():
             subset = sorted_unique(keys[present[:, j]])
             if len(subset) and not any(np.array_equal(subset, c) for c in cohorts):
                 cohorts.append(subset)
-    return cohorts, keys
+                if patients is not None:
+                    patients.append(sorted_unique(pids[present[:, j]]))
+    return cohorts, patients, keys
 
 
 def sorted_unique(keys: np.ndarray) -> np.ndarray:
@@ -190,34 +230,91 @@ def pair_conflict(new: np.ndarray, old: np.ndarray, threshold: int) -> bool:
 
 
 def _refusal(threshold: int) -> DisclosureError:
-    # no sizes: the number of rows that differ is exactly what must not leak
+    # no sizes, and one message for every way a cohort conflicts (a pair, a chain, another data model):
+    # which rule refused, and by how much, is exactly what must not leak
     return DisclosureError(
-        "the selected rows differ from rows this node already answered for by fewer than "
-        f"min_row_count ({threshold}) patients (or overlap them by fewer): the difference of the two "
-        "answers could single out patients (differencing control)", control="differencing")
+        "the selected rows are too close to rows this node already answered for, under this or another "
+        "data model: on its own or combined with earlier answers, this answer could single out fewer than "
+        f"min_row_count ({threshold}) patients (differencing control). Use the same filters and variables as "
+        "an earlier analysis, or a filter that selects many more or many fewer rows; for subgroups and "
+        "variable sets that must all be answered exactly, ask the node's admin for a study protocol "
+        "(mipflow study, ADR 0028)", control="differencing")
+
+
+def _cross_conflict(new: np.ndarray, old: np.ndarray, threshold: int) -> bool:
+    """Two cohorts of different data models: the same patients but for a few (ADR 0030).
+
+    Only the differences are compared, and only when the cohorts share someone: a small overlap of
+    two data models' cohorts (a few patients with both diseases) is left to the chain rule, which
+    refuses it only when a third cohort would make it computable."""
+    both = _overlap(new, old)
+    return both > 0 and (_small(len(new) - both, threshold) or _small(len(old) - both, threshold))
+
+
+#: The chain rule (ADR 0030) looks at the new cohorts with at most this many recorded ones ...
+CHAIN_COHORTS = 32
+#: ... found by this many rounds of "overlaps what is already in the family", most recent first.
+CHAIN_DEPTH = 3
+
+
+def related(seeds: Sequence[np.ndarray], candidates: Sequence[np.ndarray], cap: int = CHAIN_COHORTS,
+            depth: int = CHAIN_DEPTH) -> list[int]:
+    """Indices of ``candidates`` (oldest first) that share members with the seeds, or with
+    candidates taken before, up to ``cap``, most recent first, over ``depth`` rounds."""
+    union = sorted_unique(np.concatenate(list(seeds))) if seeds else np.zeros(0, dtype=np.uint64)
+    remaining = list(range(len(candidates)))[::-1]
+    chosen: list[int] = []
+    for _ in range(depth):
+        hits = [i for i in remaining if _overlap(union, candidates[i])]
+        if not hits:
+            break
+        take = hits[:cap - len(chosen)]
+        chosen += take
+        if len(chosen) >= cap:
+            break
+        taken = set(take)
+        remaining = [i for i in remaining if i not in taken]
+        union = sorted_unique(np.concatenate([union, *(candidates[i] for i in take)]))
+    return sorted(chosen)
+
+
+@dataclass
+class _Entry:
+    """One recorded cohort in memory."""
+
+    data_model: str
+    digest: str
+    rows: np.ndarray
+    patients: np.ndarray | None
 
 
 # --------------------------------------------------------------------------- the ledger
 
 
 class CohortLedger:
-    """The cohorts a node has answered, per data model, in ``HOME/cohorts.sqlite``.
+    """The cohorts a node has answered, under every data model, in ``HOME/cohorts.sqlite``.
 
     Use :meth:`check` before a local step runs and :meth:`record` once its
     aggregates are released.  Several node processes may share one home: each
-    reads the cohorts other processes added since its last look.
+    reads the cohorts other processes added since its last look.  A cohort is
+    stored with its rows and, since ADR 0030, its patients (column ``patients``,
+    added to a ledger from before; its older cohorts have none and are compared
+    by rows, under their own data model, as before).
     """
 
     def __init__(self, root: str | Path) -> None:
         self.path = Path(root) / LEDGER_FILE
         self._lock = threading.Lock()
-        self._known: dict[str, dict[str, np.ndarray]] = {}
-        self._seen_rowid: dict[str, int] = {}
+        self._entries: dict[int, _Entry] = {}            # rowid -> cohort, every data model
+        self._digests: dict[str, dict[str, int]] = {}    # data model -> digest -> rowid
+        self._seen_rowid = 0
         self._conn: sqlite3.Connection | None = None
         with self._lock, self._connect() as conn:
             conn.execute("CREATE TABLE IF NOT EXISTS cohorts (data_model TEXT NOT NULL, digest TEXT NOT NULL, "
                          "n_rows INTEGER NOT NULL, keys BLOB NOT NULL, first_at TEXT NOT NULL, "
                          "PRIMARY KEY (data_model, digest))")
+            if "patients" not in {row[1] for row in conn.execute("PRAGMA table_info(cohorts)")}:
+                conn.execute("ALTER TABLE cohorts ADD COLUMN patients BLOB")  # a ledger from before ADR 0030
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -234,72 +331,115 @@ class CohortLedger:
                 self._conn.close()
                 self._conn = None
 
-    def _refresh(self, data_model: str) -> dict[str, np.ndarray]:
-        known = self._known.setdefault(data_model, {})
-        last = self._seen_rowid.get(data_model, 0)
+    def _refresh(self) -> None:
         with self._connect() as conn:
-            rows = conn.execute("SELECT rowid, digest, keys FROM cohorts WHERE data_model = ? AND rowid > ? "
-                                "ORDER BY rowid", (data_model, last)).fetchall()
-        for rowid, digest, blob in rows:
-            known[digest] = decode_keys(blob)
-            last = max(last, rowid)
-        self._seen_rowid[data_model] = last
-        return known
+            rows = conn.execute("SELECT rowid, data_model, digest, keys, patients FROM cohorts WHERE rowid > ? "
+                                "ORDER BY rowid", (self._seen_rowid,)).fetchall()
+        for rowid, data_model, digest, blob, patients in rows:
+            self._entries[rowid] = _Entry(data_model, digest, decode_keys(blob),
+                                          None if patients is None else decode_keys(patients))
+            self._digests.setdefault(data_model, {})[digest] = rowid
+            self._seen_rowid = max(self._seen_rowid, rowid)
 
     def cohorts(self, data_model: str) -> dict[str, np.ndarray]:
-        """Digest -> sorted hashes of every cohort answered for ``data_model``."""
+        """Digest -> sorted row hashes of every cohort answered for ``data_model``."""
         with self._lock:
-            return dict(self._refresh(data_model))
+            self._refresh()
+            return {d: self._entries[r].rows for d, r in self._digests.get(data_model, {}).items()}
 
     def check(self, data_model: str, cohorts: Iterable[np.ndarray], threshold: int,
-              digests: Sequence[str] | None = None) -> list[str]:
+              digests: Sequence[str] | None = None, patients: Sequence[np.ndarray] | None = None,
+              primes: Sequence[int] | None = None) -> list[str]:
         """Allow cohorts (return their digests) or raise.
 
-        Each cohort is compared with every answered cohort of the data model
-        and with the other cohorts of the same request.
+        Each cohort is compared with the other cohorts of the same request and, by the pairwise
+        rule, with every answered cohort of the data model (rows); with ``patients`` (the
+        cohorts' patient keys, in the same order), also with every answered cohort of the other
+        data models (patients, :func:`_cross_conflict`).  With ``primes``
+        (:func:`mipflow.node.controls.atoms.node_primes`), cohorts not answered before then pass
+        the chain rule: with the answered cohorts they overlap (:func:`related`), no combination
+        isolates a new atom smaller than ``threshold`` (:func:`~mipflow.node.controls.atoms.check_addition`;
+        in rows within the data model, in patients when a related cohort is of another one).
 
         Raises
         ------
         DisclosureError
-            Control ``differencing``, when a pair conflicts (:func:`pair_conflict`).
+            Control ``differencing``, when a rule refuses (one message for all, :func:`_refusal`).
         """
+        from mipflow.node.controls.atoms import check_addition
+
         cohorts = list(cohorts)
         digests = list(digests) if digests is not None else [cohort_digest(data_model, c) for c in cohorts]
+        patients = list(patients) if patients is not None else None
         if threshold <= 1:
             return digests  # no count is in (0, 1): nothing to compare
         with self._lock:
-            known = self._refresh(data_model)
-            for i, (digest, cohort) in enumerate(zip(digests, cohorts)):
-                for other in cohorts[:i]:
-                    if pair_conflict(cohort, other, threshold):
+            self._refresh()
+            known = self._digests.get(data_model, {})
+            entries = list(self._entries.values())  # oldest first
+            fresh = [i for i, d in enumerate(digests) if d not in known]
+            for i, cohort in enumerate(cohorts):
+                if any(pair_conflict(cohort, other, threshold) for other in cohorts[:i]):
+                    raise _refusal(threshold)
+            for i in fresh:  # a cohort answered before: nothing new can be learnt from the difference
+                for entry in entries:
+                    if entry.data_model == data_model:
+                        conflict = pair_conflict(cohorts[i], entry.rows, threshold)
+                    elif patients is not None and entry.patients is not None:
+                        conflict = _cross_conflict(patients[i], entry.patients, threshold)
+                    else:
+                        continue  # an older cohort of another data model, recorded without its patients
+                    if conflict:
                         raise _refusal(threshold)
-                if digest in known:
-                    continue  # the same rows again: nothing new can be learnt from the difference
-                for old in known.values():
-                    if pair_conflict(cohort, old, threshold):
-                        raise _refusal(threshold)
+            if primes is None or not fresh:
+                return digests
+            own = [e for e in entries if e.data_model == data_model]
+            new_rows = [cohorts[i] for i in fresh]
+            chosen = related(new_rows, [e.rows for e in own])
+            if not check_addition([own[j].rows for j in chosen], new_rows, threshold, primes):
+                raise _refusal(threshold)
+            if patients is not None:
+                with_patients = [e for e in entries if e.patients is not None]
+                new_patients = [patients[i] for i in fresh]
+                chosen = related(new_patients, [e.patients for e in with_patients])
+                if any(with_patients[j].data_model != data_model for j in chosen) and not check_addition(
+                        [with_patients[j].patients for j in chosen], new_patients, threshold, primes):
+                    raise _refusal(threshold)
         return digests
 
     def record(self, data_model: str, cohorts: Iterable[np.ndarray],
-               digests: Sequence[str] | None = None) -> None:
-        """Remember answered cohorts (a cohort already remembered costs nothing)."""
+               digests: Sequence[str] | None = None, patients: Sequence[np.ndarray] | None = None) -> None:
+        """Remember answered cohorts (a cohort already remembered costs nothing; one remembered
+        without its patients gains them)."""
         cohorts = list(cohorts)
         digests = list(digests) if digests is not None else [cohort_digest(data_model, c) for c in cohorts]
+        patients = list(patients) if patients is not None else [None] * len(cohorts)
         with self._lock:
-            known = self._known.setdefault(data_model, {})
-            new = [(d, c) for d, c in zip(digests, cohorts) if d not in known]
-            if not new:
+            self._refresh()
+            known = self._digests.get(data_model, {})
+            new = [(d, c, p) for d, c, p in zip(digests, cohorts, patients) if d not in known]
+            completed = [(d, p) for d, p in zip(digests, patients)
+                         if p is not None and d in known and self._entries[known[d]].patients is None]
+            if not new and not completed:
                 return  # later rounds of an analysis, repeated analyses
             now = datetime.now(timezone.utc).isoformat(timespec="seconds")
             with self._connect() as conn:
-                conn.executemany("INSERT OR IGNORE INTO cohorts VALUES (?, ?, ?, ?, ?)",
-                                 [(data_model, d, len(c), encode_keys(c), now) for d, c in new])
-            self._refresh(data_model)
+                conn.executemany(
+                    "INSERT OR IGNORE INTO cohorts (data_model, digest, n_rows, keys, first_at, patients) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    [(data_model, d, len(c), encode_keys(c), now, None if p is None else encode_keys(p))
+                     for d, c, p in new])
+                conn.executemany("UPDATE cohorts SET patients = ? WHERE data_model = ? AND digest = ? "
+                                 "AND patients IS NULL", [(encode_keys(p), data_model, d) for d, p in completed])
+            for d, p in completed:
+                self._entries[known[d]].patients = p
+            self._refresh()
 
     def stats(self) -> list[dict]:
         """Per data model: distinct cohorts, their rows and bytes on disk (for the node admin)."""
         with self._lock, self._connect() as conn:
-            rows = conn.execute("SELECT data_model, COUNT(*), SUM(n_rows), SUM(LENGTH(keys)) FROM cohorts "
+            rows = conn.execute("SELECT data_model, COUNT(*), SUM(n_rows), "
+                                "SUM(LENGTH(keys) + COALESCE(LENGTH(patients), 0)) FROM cohorts "
                                 "GROUP BY data_model ORDER BY data_model").fetchall()
         return [{"data_model": m, "cohorts": c, "rows": r, "bytes": b} for m, c, r, b in rows]
 
@@ -331,6 +471,8 @@ class Cohorts:
     #: The used rows' keys in the order the local step sees them (None: not known; per-row labels then
     #: compare in the local step's order).
     order: np.ndarray | None = None
+    #: Each cohort's patients (sorted keyed hashes of ``_pid``, ADR 0030); None: not known.
+    patients: tuple[np.ndarray, ...] | None = None
 
     @property
     def digest(self) -> str:
@@ -360,20 +502,26 @@ class DifferencingGuard:
     """
 
     def __init__(self, root: str | Path, node_secret: bytes) -> None:
+        from mipflow.node.controls.atoms import node_primes
+
         self.ledger = CohortLedger(root)
         self.key = hash_key(node_secret)
+        self.primes = node_primes(node_secret)  # the chain rule's ranks (ADR 0030)
         self.partitions = PartitionMemory(root)
 
     def cohorts(self, data_model: str, frame: pd.DataFrame, variables: Sequence[str],
                 complete_case: bool) -> Cohorts:
         """The cohorts of a selection with row identity (see :func:`cohort_sets`)."""
-        sets, used = cohort_sets(frame, variables, complete_case, self.key)
+        sets, patients, used = cohort_sets_and_patients(frame, variables, complete_case, self.key)
         return Cohorts(data_model, tuple(sets), tuple(cohort_digest(data_model, c) for c in sets),
-                       order=used if complete_case else None)
+                       order=used if complete_case else None,
+                       patients=None if patients is None else tuple(patients))
 
     def before_step(self, cohorts: Cohorts, min_row_count: int) -> None:
-        """Refuse (control ``differencing``) cohorts near answered ones."""
-        self.ledger.check(cohorts.data_model, cohorts.sets, min_row_count, cohorts.digests)
+        """Refuse (control ``differencing``) cohorts near answered ones, under any data model, or
+        completing a chain with them (:meth:`CohortLedger.check`)."""
+        self.ledger.check(cohorts.data_model, cohorts.sets, min_row_count, cohorts.digests,
+                          patients=cohorts.patients, primes=self.primes)
 
     def check_partition(self, algorithm: Algorithm | str, round_no: int, data: pd.DataFrame, request: Any,
                         state: dict | None, cohorts: Cohorts, nfilter_tab: int,
@@ -409,7 +557,7 @@ class DifferencingGuard:
 
     def after_step(self, cohorts: Cohorts, request: Any, labels: np.ndarray | None) -> None:
         """Remember what was released."""
-        self.ledger.record(cohorts.data_model, cohorts.sets, cohorts.digests)
+        self.ledger.record(cohorts.data_model, cohorts.sets, cohorts.digests, patients=cohorts.patients)
         if labels is not None:
             self.partitions.record(self._partition_key(cohorts), labels)
 
