@@ -115,13 +115,15 @@ def _isolatable_mod(incidence: np.ndarray, prime: int) -> np.ndarray:
     n_rows, n_cols = matrix.shape
     pivots: list[int] = []
     row = 0
-    for col in range(n_cols):
-        if row == n_rows:
+    col = 0
+    while row < n_rows and col < n_cols:
+        # the next column with a non-zero below the pivot rows (the rank is at most the number of sets,
+        # so this skips the many dependent columns of a family with many atoms in one step)
+        ahead = np.flatnonzero(matrix[row:, col:].any(axis=0))
+        if ahead.size == 0:
             break
-        nonzero = np.flatnonzero(matrix[row:, col])
-        if nonzero.size == 0:
-            continue
-        pivot_row = row + int(nonzero[0])
+        col += int(ahead[0])
+        pivot_row = row + int(np.flatnonzero(matrix[row:, col])[0])
         if pivot_row != row:
             matrix[[row, pivot_row]] = matrix[[pivot_row, row]]
         inverse = pow(int(matrix[row, col]), prime - 2, prime)
@@ -133,6 +135,7 @@ def _isolatable_mod(incidence: np.ndarray, prime: int) -> np.ndarray:
             matrix[hit] = (matrix[hit] - (factors[hit, None] * matrix[row][None, :]) % prime) % prime
         pivots.append(col)
         row += 1
+        col += 1
     isolatable = np.zeros(n_cols, dtype=bool)
     if not pivots:
         return isolatable

@@ -109,8 +109,22 @@ def _cross_conflict(new: np.ndarray, old: np.ndarray, threshold: int) -> bool:
 
 #: The chain rule (ADR 0030) looks at the new cohorts with at most this many recorded ones ...
 CHAIN_COHORTS = 32
-#: ... found by this many rounds of "overlaps what is already in the family", most recent first.
+#: ... found by this many rounds of "overlaps what is already in the family", most recent first ...
 CHAIN_DEPTH = 3
+#: ... and fewer (the oldest of them left out) while they form more atoms than this (the rank's cost
+#: grows with the atoms: ``O(sets * atoms * rank)`` per prime; bench/ledger.py).
+CHAIN_ATOMS = 2048
+
+
+def _bounded(old: list[np.ndarray], new: list[np.ndarray], limit: int = CHAIN_ATOMS) -> list[np.ndarray]:
+    """The recorded cohorts ``old`` (oldest first), or, when the family with ``new`` has more than
+    ``limit`` atoms, only the most recent of them that can form no more than ``limit``."""
+    from mipflow.node.controls.atoms import atoms_of
+
+    if not old or atoms_of(old + new).sizes.size <= limit:
+        return old
+    keep = max(0, limit.bit_length() - 1 - len(new))  # k sets form at most 2**k - 1 atoms
+    return old[len(old) - keep:] if keep else []
 
 
 def related(seeds: Sequence[np.ndarray], candidates: Sequence[np.ndarray], cap: int = CHAIN_COHORTS,
@@ -252,14 +266,15 @@ class CohortLedger:
             own = [e for e in entries if e.data_model == data_model]
             new_rows = [cohorts[i] for i in fresh]
             chosen = related(new_rows, [e.rows for e in own])
-            if not check_addition([own[j].rows for j in chosen], new_rows, threshold, primes):
+            if not check_addition(_bounded([own[j].rows for j in chosen], new_rows), new_rows, threshold, primes):
                 raise _refusal(threshold)
             if patients is not None:
                 with_patients = [e for e in entries if e.patients is not None]
                 new_patients = [patients[i] for i in fresh]
                 chosen = related(new_patients, [e.patients for e in with_patients])
                 if any(with_patients[j].data_model != data_model for j in chosen) and not check_addition(
-                        [with_patients[j].patients for j in chosen], new_patients, threshold, primes):
+                        _bounded([with_patients[j].patients for j in chosen], new_patients), new_patients,
+                        threshold, primes):
                     raise _refusal(threshold)
         return digests
 
