@@ -94,7 +94,7 @@ def _refusal(threshold: int) -> DisclosureError:
         f"min_row_count ({threshold}) patients (differencing control). Use the same filters and variables as "
         "an earlier analysis, or a filter that selects many more or many fewer rows; for subgroups and "
         "variable sets that must all be answered exactly, ask the node's admin for a study protocol "
-        "(mipflow study, ADR 0028)", control="differencing")
+        "(mipflow study)", control="differencing")
 
 
 def _cross_conflict(new: np.ndarray, old: np.ndarray, threshold: int) -> bool:

@@ -127,7 +127,7 @@ def test_a_chain_of_three_cohorts_is_refused(tmp_path):
     _answer(ledger, "m:1", below)
     refusal = _refused(ledger, "m:1", above)
     assert "study protocol" in str(refusal) and "mipflow study" in str(refusal)
-    assert not any(ch.isdigit() for ch in str(refusal).replace(f"({M})", "").replace("0028", ""))
+    assert not any(ch.isdigit() for ch in str(refusal).replace(f"({M})", ""))
     # the same chain in any order, and through a second data model holding the same patients
     ledger = _ledger(tmp_path / "order")
     _answer(ledger, "m:1", above, above)
