@@ -115,13 +115,15 @@ def _isolatable_mod(incidence: np.ndarray, prime: int) -> np.ndarray:
     n_rows, n_cols = matrix.shape
     pivots: list[int] = []
     row = 0
-    for col in range(n_cols):
-        if row == n_rows:
+    col = 0
+    while row < n_rows and col < n_cols:
+        # the next column with a non-zero below the pivot rows (the rank is at most the number of sets,
+        # so this skips the many dependent columns of a family with many atoms in one step)
+        ahead = np.flatnonzero(matrix[row:, col:].any(axis=0))
+        if ahead.size == 0:
             break
-        nonzero = np.flatnonzero(matrix[row:, col])
-        if nonzero.size == 0:
-            continue
-        pivot_row = row + int(nonzero[0])
+        col += int(ahead[0])
+        pivot_row = row + int(np.flatnonzero(matrix[row:, col])[0])
         if pivot_row != row:
             matrix[[row, pivot_row]] = matrix[[pivot_row, row]]
         inverse = pow(int(matrix[row, col]), prime - 2, prime)
@@ -133,6 +135,7 @@ def _isolatable_mod(incidence: np.ndarray, prime: int) -> np.ndarray:
             matrix[hit] = (matrix[hit] - (factors[hit, None] * matrix[row][None, :]) % prime) % prime
         pivots.append(col)
         row += 1
+        col += 1
     isolatable = np.zeros(n_cols, dtype=bool)
     if not pivots:
         return isolatable
@@ -178,3 +181,43 @@ def check_family(sets: Sequence[np.ndarray], min_row_count: int, primes: Sequenc
     smallest = int(sizes.min()) if sizes.size else None
     return FamilyCheck(allowed=smallest is None or smallest >= min_row_count, smallest_isolatable=smallest,
                        isolatable_atoms=int(mask.sum()), atoms=int(atoms.sizes.size))
+
+
+def check_addition(old_sets: Sequence[np.ndarray], new_sets: Sequence[np.ndarray], min_row_count: int,
+                   primes: Sequence[int]) -> bool:
+    """Whether releasing ``new_sets`` after ``old_sets`` lets no *new* combination isolate a small atom.
+
+    The per-request form of the ledger rule (ADR 0030): an atom of the whole family (old and new)
+    that some combination isolates and that holds fewer than ``min_row_count`` members refuses the
+    addition, unless the same members already formed an isolatable atom of the old family alone
+    (what was released before cannot be taken back, and refusing every later request over those
+    members would stop the node without protecting anyone).  The new sets split old atoms or add
+    members outside every old set; any such piece that becomes isolatable and is small refuses.
+
+    Returns
+    -------
+    bool
+        True when the addition is allowed.
+    """
+    if min_row_count < 1:
+        raise ValueError("min_row_count must be at least 1")
+    if min_row_count == 1 or not new_sets:
+        return True
+    old_sets, new_sets = list(old_sets), list(new_sets)
+    whole = atoms_of(old_sets + new_sets)
+    small = isolatable(whole, primes) & (whole.sizes < min_row_count)
+    if not small.any():
+        return True
+    if not old_sets:
+        return False
+    before = atoms_of(old_sets)
+    before_isolatable = isolatable(before, primes)
+    # an old atom is identified by its membership in the old sets (its column of the old incidence)
+    known = {before.incidence[:, a].tobytes(): (bool(before_isolatable[a]), int(before.sizes[a]))
+             for a in range(before.sizes.size)}
+    for a in np.flatnonzero(small):
+        signature = whole.incidence[:len(old_sets), a]
+        was = known.get(signature.tobytes())
+        if was is None or not was[0] or was[1] != int(whole.sizes[a]):
+            return False  # new members, a split of an old atom, or newly isolatable
+    return True

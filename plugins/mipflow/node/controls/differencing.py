@@ -3,20 +3,21 @@
 Per-request thresholds (``min_row_count``, ``nfilter_*``) cannot stop a
 *differencing attack*: the sums over "all patients" and over "all patients but
 one" (``age != 67.3``) are each over many rows, yet their difference is one
-patient.  A node therefore remembers every cohort it has answered (per data
-model, across researchers, algorithms and restarts) and refuses a new cohort
-that, against any remembered one, leaves a small non-empty remainder.
+patient.  A node therefore remembers every cohort it has answered (under every
+data model, across researchers, algorithms and restarts) and refuses a new cohort
+that, against any remembered one, leaves a small non-empty remainder, or that
+completes a chain of cohorts isolating a few patients (ADR 0030).
 
 A **cohort** is the set of rows a local step uses, after datasets, filters and
 complete-case.  A row is identified at the node by a keyed 64-bit hash
 (SipHash-2-4, key derived from the node secret) of its feature-store key
-``(_pid, dataset, _visit)``; pseudonyms never leave the node and the ledger
-holds only these hashes.
+``(_pid, dataset, _visit)``, and its patient by a keyed hash of ``_pid`` alone
+(:func:`patient_keys`: the same patient under two data models is one patient);
+pseudonyms never leave the node and the ledger holds only these hashes.
 
-The rule (:func:`pair_conflict`), with ``m = min_row_count``: for the new
-cohort ``A`` and every answered cohort ``B`` of the same data model, each of
-``|A \\ B|``, ``|B \\ A|`` and ``|A ∩ B|`` must be 0 or at least ``m``.
-Identical cohorts (the rounds of one analysis, a repeated analysis) pass.
+The rules are in :mod:`mipflow.node.controls.ledger`: pairwise by rows within a
+data model (ADR 0013), pairwise by patients across data models, and the chain
+rule over the cohorts a new one overlaps (ADR 0030).  Identical cohorts (the rounds of one analysis, a repeated analysis) pass.
 Algorithms that do not drop incomplete rows (``descriptive_stats``) release
 statistics over each variable's non-missing rows, so each such per-variable
 subset is a cohort too.  What this covers and what it does not is in
@@ -34,36 +35,29 @@ ones, so no choice of participants or datasets can subtract one node's
 aggregate out of masked sums beyond what plain releases would give
 (``docs/adr/0027-masked-releases-and-durable-partitions.md``).
 
-The ledger (:class:`CohortLedger`) is a SQLite file in the node home
-(``cohorts.sqlite``): one row per distinct cohort with its SHA-256 digest, size,
-first and last use and its sorted hashes, delta-encoded and zlib-compressed
-(about 7 bytes a row; a cohort of 100 000 rows costs about 0.7 MB).  Growth is
-bounded by the number of *distinct* cohorts answered; repeats cost nothing.
+The ledger (:class:`~mipflow.node.controls.ledger.CohortLedger`) is a SQLite file in the
+node home (``cohorts.sqlite``); growth is bounded by the number of *distinct* cohorts
+answered; repeats cost nothing.
 """
 from __future__ import annotations
 
 import base64
 import hashlib
 import hmac
-import sqlite3
-import threading
-import zlib
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
 from mipflow.algorithms.contract import Algorithm
-from mipflow.exceptions import DisclosureError
 from mipflow.node.controls.partitions import PARTITIONS_PER_COHORT, PartitionMemory
-
-#: Ledger file in the node home.
-LEDGER_FILE = "cohorts.sqlite"
+from mipflow.node.controls.ledger import (  # noqa: F401 - the ledger's names, where they were before ADR 0030
+    CHAIN_COHORTS, LEDGER_FILE, CohortLedger, cohort_digest, decode_keys, encode_keys, pair_conflict, related,
+    sorted_unique,
+)
 
 
 # --------------------------------------------------------------------------- row keys
@@ -106,6 +100,34 @@ def row_keys(frame: pd.DataFrame, key: str) -> np.ndarray:
     return pd.util.hash_array(digests, hash_key=key, categorize=False)
 
 
+def patient_keys(frame: pd.DataFrame, key: str) -> np.ndarray | None:
+    """Keyed 64-bit hashes of the rows' patient pseudonym ``_pid`` alone (ADR 0030).
+
+    ``_pid`` is the node's patient identity: one pseudonymiser keyed by the node secret makes it
+    from the source patient id for every dataset and data model the node loads, and a withdrawal of
+    consent deletes by it everywhere.  The dataset and the visit are left out: the same patient
+    under two data models (or two versions of one) may carry other dataset codes, other visit ids
+    or none, and the ledger's unit across data models is the patient.
+
+    Returns
+    -------
+    numpy.ndarray of uint64, shape (n,), or None
+        In the frame's row order; None when the frame carries no patient identity.
+    """
+    from mipflow.node.query.pgcopy import PID_MD5
+
+    if not len(frame):
+        return np.zeros(0, dtype=np.uint64)
+    if PID_MD5 in frame.columns:  # computed by PostgreSQL on the binary read path
+        digests = frame[PID_MD5].to_numpy(dtype=object)
+    elif "_pid" in frame.columns:
+        pids = frame["_pid"].astype(object).where(frame["_pid"].notna(), "").astype(str)
+        digests = np.array([hashlib.md5(text.encode("utf-8")).hexdigest() for text in pids], dtype=object)
+    else:
+        return None
+    return pd.util.hash_array(digests, hash_key=key, categorize=False)
+
+
 def cohort_sets(frame: pd.DataFrame, variables: Sequence[str], complete_case: bool,
                 key: str) -> tuple[list[np.ndarray], np.ndarray]:
     """The cohorts a local step on ``frame`` would describe, and the used rows' keys in order.
@@ -128,194 +150,32 @@ def cohort_sets(frame: pd.DataFrame, variables: Sequence[str], complete_case: bo
     used : numpy.ndarray of uint64, shape (n_used,)
         Hashes of the rows used, in the order the local step sees them.
     """
+    cohorts, _, used = cohort_sets_and_patients(frame, variables, complete_case, key)
+    return cohorts, used
+
+
+def cohort_sets_and_patients(frame: pd.DataFrame, variables: Sequence[str], complete_case: bool, key: str
+                             ) -> tuple[list[np.ndarray], list[np.ndarray] | None, np.ndarray]:
+    """:func:`cohort_sets`, with each cohort's patients (:func:`patient_keys`, sorted unique) beside
+    its rows (None when the frame carries no patient identity)."""
     keys = row_keys(frame, key)
+    pids = patient_keys(frame, key)
     columns = [c for c in variables if c in frame.columns]
     present = frame[columns].notna().to_numpy() if columns else np.ones((len(frame), 0), dtype=bool)
     if complete_case:
-        used = keys[present.all(axis=1)] if len(frame) else keys
-        return [sorted_unique(used)], used
-    whole = sorted_unique(keys)
-    cohorts = [whole]
+        mask = present.all(axis=1) if len(frame) else np.ones(0, dtype=bool)
+        used = keys[mask]
+        return [sorted_unique(used)], None if pids is None else [sorted_unique(pids[mask])], used
+    cohorts = [sorted_unique(keys)]
+    patients = None if pids is None else [sorted_unique(pids)]
     for j in range(present.shape[1]):
         if not present[:, j].all():
             subset = sorted_unique(keys[present[:, j]])
             if len(subset) and not any(np.array_equal(subset, c) for c in cohorts):
                 cohorts.append(subset)
-    return cohorts, keys
-
-
-def sorted_unique(keys: np.ndarray) -> np.ndarray:
-    """``numpy.unique`` of row hashes by one sort (several times faster on millions of uint64)."""
-    ordered = np.sort(np.asarray(keys, dtype=np.uint64))
-    if len(ordered) > 1:
-        distinct = ordered[1:] != ordered[:-1]
-        if not distinct.all():
-            ordered = ordered[np.concatenate(([True], distinct))]
-    return ordered
-
-
-def cohort_digest(data_model: str, keys: np.ndarray) -> str:
-    """SHA-256 of a data model and a sorted cohort: equal digests, equal cohorts."""
-    h = hashlib.sha256(data_model.encode() + b"\0")
-    h.update(np.ascontiguousarray(keys, dtype="<u8").tobytes())
-    return h.hexdigest()
-
-
-# --------------------------------------------------------------------------- the rule
-
-
-def _overlap(a: np.ndarray, b: np.ndarray) -> int:
-    """``|a ∩ b|`` of two sorted unique uint64 arrays."""
-    if not len(a) or not len(b):
-        return 0
-    if len(a) > len(b):
-        a, b = b, a
-    at = np.searchsorted(b, a)
-    at[at == len(b)] = len(b) - 1
-    return int(np.count_nonzero(b[at] == a))
-
-
-def _small(count: int, threshold: int) -> bool:
-    return 0 < count < threshold
-
-
-def pair_conflict(new: np.ndarray, old: np.ndarray, threshold: int) -> bool:
-    """Whether answering ``new`` after ``old`` would isolate fewer than ``threshold`` rows.
-
-    True when ``|new \\ old|``, ``|old \\ new|`` or ``|new ∩ old|`` is
-    non-empty but smaller than ``threshold``.  Both arrays are sorted and unique.
-    """
-    both = _overlap(new, old)
-    return any(_small(n, threshold) for n in (len(new) - both, len(old) - both, both))
-
-
-def _refusal(threshold: int) -> DisclosureError:
-    # no sizes: the number of rows that differ is exactly what must not leak
-    return DisclosureError(
-        "the selected rows differ from rows this node already answered for by fewer than "
-        f"min_row_count ({threshold}) patients (or overlap them by fewer): the difference of the two "
-        "answers could single out patients (differencing control)", control="differencing")
-
-
-# --------------------------------------------------------------------------- the ledger
-
-
-class CohortLedger:
-    """The cohorts a node has answered, per data model, in ``HOME/cohorts.sqlite``.
-
-    Use :meth:`check` before a local step runs and :meth:`record` once its
-    aggregates are released.  Several node processes may share one home: each
-    reads the cohorts other processes added since its last look.
-    """
-
-    def __init__(self, root: str | Path) -> None:
-        self.path = Path(root) / LEDGER_FILE
-        self._lock = threading.Lock()
-        self._known: dict[str, dict[str, np.ndarray]] = {}
-        self._seen_rowid: dict[str, int] = {}
-        self._conn: sqlite3.Connection | None = None
-        with self._lock, self._connect() as conn:
-            conn.execute("CREATE TABLE IF NOT EXISTS cohorts (data_model TEXT NOT NULL, digest TEXT NOT NULL, "
-                         "n_rows INTEGER NOT NULL, keys BLOB NOT NULL, first_at TEXT NOT NULL, "
-                         "PRIMARY KEY (data_model, digest))")
-
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        """The ledger's connection (opened once, used under the lock), in one transaction."""
-        if self._conn is None:
-            self._conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-        with self._conn:
-            yield self._conn
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-    def _refresh(self, data_model: str) -> dict[str, np.ndarray]:
-        known = self._known.setdefault(data_model, {})
-        last = self._seen_rowid.get(data_model, 0)
-        with self._connect() as conn:
-            rows = conn.execute("SELECT rowid, digest, keys FROM cohorts WHERE data_model = ? AND rowid > ? "
-                                "ORDER BY rowid", (data_model, last)).fetchall()
-        for rowid, digest, blob in rows:
-            known[digest] = decode_keys(blob)
-            last = max(last, rowid)
-        self._seen_rowid[data_model] = last
-        return known
-
-    def cohorts(self, data_model: str) -> dict[str, np.ndarray]:
-        """Digest -> sorted hashes of every cohort answered for ``data_model``."""
-        with self._lock:
-            return dict(self._refresh(data_model))
-
-    def check(self, data_model: str, cohorts: Iterable[np.ndarray], threshold: int,
-              digests: Sequence[str] | None = None) -> list[str]:
-        """Allow cohorts (return their digests) or raise.
-
-        Each cohort is compared with every answered cohort of the data model
-        and with the other cohorts of the same request.
-
-        Raises
-        ------
-        DisclosureError
-            Control ``differencing``, when a pair conflicts (:func:`pair_conflict`).
-        """
-        cohorts = list(cohorts)
-        digests = list(digests) if digests is not None else [cohort_digest(data_model, c) for c in cohorts]
-        if threshold <= 1:
-            return digests  # no count is in (0, 1): nothing to compare
-        with self._lock:
-            known = self._refresh(data_model)
-            for i, (digest, cohort) in enumerate(zip(digests, cohorts)):
-                for other in cohorts[:i]:
-                    if pair_conflict(cohort, other, threshold):
-                        raise _refusal(threshold)
-                if digest in known:
-                    continue  # the same rows again: nothing new can be learnt from the difference
-                for old in known.values():
-                    if pair_conflict(cohort, old, threshold):
-                        raise _refusal(threshold)
-        return digests
-
-    def record(self, data_model: str, cohorts: Iterable[np.ndarray],
-               digests: Sequence[str] | None = None) -> None:
-        """Remember answered cohorts (a cohort already remembered costs nothing)."""
-        cohorts = list(cohorts)
-        digests = list(digests) if digests is not None else [cohort_digest(data_model, c) for c in cohorts]
-        with self._lock:
-            known = self._known.setdefault(data_model, {})
-            new = [(d, c) for d, c in zip(digests, cohorts) if d not in known]
-            if not new:
-                return  # later rounds of an analysis, repeated analyses
-            now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            with self._connect() as conn:
-                conn.executemany("INSERT OR IGNORE INTO cohorts VALUES (?, ?, ?, ?, ?)",
-                                 [(data_model, d, len(c), encode_keys(c), now) for d, c in new])
-            self._refresh(data_model)
-
-    def stats(self) -> list[dict]:
-        """Per data model: distinct cohorts, their rows and bytes on disk (for the node admin)."""
-        with self._lock, self._connect() as conn:
-            rows = conn.execute("SELECT data_model, COUNT(*), SUM(n_rows), SUM(LENGTH(keys)) FROM cohorts "
-                                "GROUP BY data_model ORDER BY data_model").fetchall()
-        return [{"data_model": m, "cohorts": c, "rows": r, "bytes": b} for m, c, r, b in rows]
-
-
-def encode_keys(keys: np.ndarray) -> bytes:
-    """Sorted unique uint64 hashes -> zlib-compressed little-endian deltas."""
-    keys = np.asarray(keys, dtype=np.uint64)
-    deltas = np.diff(keys, prepend=np.uint64(0)) if len(keys) else keys
-    # level 1: the deltas of uniform hashes hardly compress further at higher levels, which cost 4x the time
-    return zlib.compress(deltas.astype("<u8").tobytes(), 1)
-
-
-def decode_keys(blob: bytes) -> np.ndarray:
-    """Inverse of :func:`encode_keys`."""
-    deltas = np.frombuffer(zlib.decompress(blob), dtype="<u8").astype(np.uint64)
-    return np.cumsum(deltas, dtype=np.uint64)
+                if patients is not None:
+                    patients.append(sorted_unique(pids[present[:, j]]))
+    return cohorts, patients, keys
 
 
 # --------------------------------------------------------------------------- the node's guard
@@ -331,6 +191,8 @@ class Cohorts:
     #: The used rows' keys in the order the local step sees them (None: not known; per-row labels then
     #: compare in the local step's order).
     order: np.ndarray | None = None
+    #: Each cohort's patients (sorted keyed hashes of ``_pid``, ADR 0030); None: not known.
+    patients: tuple[np.ndarray, ...] | None = None
 
     @property
     def digest(self) -> str:
@@ -360,20 +222,26 @@ class DifferencingGuard:
     """
 
     def __init__(self, root: str | Path, node_secret: bytes) -> None:
+        from mipflow.node.controls.atoms import node_primes
+
         self.ledger = CohortLedger(root)
         self.key = hash_key(node_secret)
+        self.primes = node_primes(node_secret)  # the chain rule's ranks (ADR 0030)
         self.partitions = PartitionMemory(root)
 
     def cohorts(self, data_model: str, frame: pd.DataFrame, variables: Sequence[str],
                 complete_case: bool) -> Cohorts:
         """The cohorts of a selection with row identity (see :func:`cohort_sets`)."""
-        sets, used = cohort_sets(frame, variables, complete_case, self.key)
+        sets, patients, used = cohort_sets_and_patients(frame, variables, complete_case, self.key)
         return Cohorts(data_model, tuple(sets), tuple(cohort_digest(data_model, c) for c in sets),
-                       order=used if complete_case else None)
+                       order=used if complete_case else None,
+                       patients=None if patients is None else tuple(patients))
 
     def before_step(self, cohorts: Cohorts, min_row_count: int) -> None:
-        """Refuse (control ``differencing``) cohorts near answered ones."""
-        self.ledger.check(cohorts.data_model, cohorts.sets, min_row_count, cohorts.digests)
+        """Refuse (control ``differencing``) cohorts near answered ones, under any data model, or
+        completing a chain with them (:meth:`CohortLedger.check`)."""
+        self.ledger.check(cohorts.data_model, cohorts.sets, min_row_count, cohorts.digests,
+                          patients=cohorts.patients, primes=self.primes)
 
     def check_partition(self, algorithm: Algorithm | str, round_no: int, data: pd.DataFrame, request: Any,
                         state: dict | None, cohorts: Cohorts, nfilter_tab: int,
@@ -409,7 +277,7 @@ class DifferencingGuard:
 
     def after_step(self, cohorts: Cohorts, request: Any, labels: np.ndarray | None) -> None:
         """Remember what was released."""
-        self.ledger.record(cohorts.data_model, cohorts.sets, cohorts.digests)
+        self.ledger.record(cohorts.data_model, cohorts.sets, cohorts.digests, patients=cohorts.patients)
         if labels is not None:
             self.partitions.record(self._partition_key(cohorts), labels)
 

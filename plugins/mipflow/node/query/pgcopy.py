@@ -23,6 +23,9 @@ from mipflow.protocol.datamodel import Variable
 #: column (:data:`mipflow.node.store.tables.ROW_MD5_COLUMN`), what
 #: :func:`mipflow.node.controls.differencing.row_keys` computes itself from the two columns on the other paths.
 ROW_MD5 = ROW_MD5_COLUMN
+#: And the patient's identity beside it: the MD5 (hex) of ``_pid``, computed by the server as it reads
+#: (:func:`mipflow.node.controls.differencing.patient_keys`, ADR 0030).
+PID_MD5 = "_pid_md5"
 
 
 def copy_out(store: FeatureStore, statement: sa.Select, options: str, spool: Any) -> None:
@@ -100,12 +103,13 @@ def binary_copy_frame(store: FeatureStore, statement: sa.Select, chosen: list[Va
             columns.append(sa.cast(column, pg.DOUBLE_PRECISION).label(var.code))
     if row_identity:  # 32 hex characters, kept by the server: one more fixed-width field (ROW_MD5)
         columns.append(table.c[ROW_MD5_COLUMN].label(ROW_MD5))
+        columns.append(sa.func.md5(sa.func.coalesce(table.c._pid, "")).label(PID_MD5))
     binary = statement.with_only_columns(*columns, maintain_column_froms=True)
     # one record: int16 field count, then per field int32 length + payload (int4, float8 or 32 bytes)
     fields = [("_count", ">i2")]
     for i, column in enumerate(columns):
         is_position = i == 0 or any(name == column.name for name, _ in lists)
-        kind = "S32" if column.name == ROW_MD5 else ">i4" if is_position else ">f8"
+        kind = "S32" if column.name in (ROW_MD5, PID_MD5) else ">i4" if is_position else ">f8"
         fields += [(f"_len{i}", ">i4"), (column.name, kind)]
     record = np.dtype(fields)
     with tempfile.TemporaryFile("w+b") as spool:
@@ -138,6 +142,7 @@ def binary_copy_frame(store: FeatureStore, statement: sa.Select, chosen: list[Va
     if row_identity:
         # bytes, not str: the same keyed hashes (mipflow.node.controls.differencing.row_keys) without decoding every row
         frame[ROW_MD5] = pd.Series(out.pop(ROW_MD5).astype(object), dtype=object)
+        frame[PID_MD5] = pd.Series(out.pop(PID_MD5).astype(object), dtype=object)
     frame.update({name: pd.Series(values) for name, values in out.items()})
-    order = ["dataset"] + [v.code for v in chosen if v.code != "dataset"] + ([ROW_MD5] if row_identity else [])
+    order = ["dataset"] + [v.code for v in chosen if v.code != "dataset"] + ([ROW_MD5, PID_MD5] if row_identity else [])
     return pd.DataFrame({name: frame[name] for name in order})

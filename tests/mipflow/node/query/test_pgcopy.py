@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mipflow.node.query.pgcopy import ROW_MD5, binary_copy_frame
+from mipflow.node.query.pgcopy import PID_MD5, ROW_MD5, binary_copy_frame
 from mipflow.node.query.read import DEFAULT_CHUNKSIZE, _prepare, _stream, select_frame
 from mipflow.node.store.feature_store import FeatureStore
 
@@ -62,7 +62,7 @@ def test_postgresql_binary_read_equals_the_csv_read(store, subtests):
 def test_postgresql_binary_read_carries_the_same_row_identity(store):
     """With row identity (the node's differencing controls), the binary path sends the store's MD5
     of each row's key instead of the key columns; the keyed row keys equal the CSV path's."""
-    from mipflow.node.controls.differencing import row_keys
+    from mipflow.node.controls.differencing import patient_keys, row_keys
 
     kwargs = dict(datasets=ALL_DATASETS, variables=["age", "grade", "diag"])
     got = select_frame(store, MODEL, row_identity=True, **kwargs)
@@ -70,9 +70,10 @@ def test_postgresql_binary_read_carries_the_same_row_identity(store):
     statement, chosen = _prepare(store, MODEL, ALL_DATASETS, kwargs["variables"], None, True, True)
     via_csv = pd.concat(list(_stream(store, statement, chosen, DEFAULT_CHUNKSIZE)), ignore_index=True)
     assert "_pid" in via_csv.columns and ROW_MD5 not in via_csv.columns
-    assert_frames_equal(got.drop(columns=[ROW_MD5]), via_csv.drop(columns=["_pid", "_visit"]))
+    assert_frames_equal(got.drop(columns=[ROW_MD5, PID_MD5]), via_csv.drop(columns=["_pid", "_visit"]))
     key = "0123456789abcdef"
     np.testing.assert_array_equal(row_keys(got, key), row_keys(via_csv, key))
+    np.testing.assert_array_equal(patient_keys(got, key), patient_keys(via_csv, key))  # ADR 0030
     assert len(set(row_keys(got, key))) == len(got)  # one key per row
     assert not np.array_equal(row_keys(got, key), row_keys(got, "fedcba9876543210"))
 

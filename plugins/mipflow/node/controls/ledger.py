@@ -1,0 +1,329 @@
+"""The cohort ledger: what a node answered, under every data model, and the rules it checks.
+
+The rules (ADR 0013, 0030), with ``m = min_row_count``:
+
+* **pairwise, rows, within a data model** (:func:`pair_conflict`): for the new cohort ``A`` and
+  every answered cohort ``B`` of the same data model, each of ``|A \\ B|``, ``|B \\ A|`` and
+  ``|A ∩ B|`` is 0 or at least ``m``;
+* **pairwise, patients, across data models** (:func:`_cross_conflict`): against every answered
+  cohort of another data model, compared by patient keys (:func:`mipflow.node.controls.differencing.patient_keys`),
+  the two differences are 0 or at least ``m`` whenever the cohorts share a patient;
+* **chains** (:func:`mipflow.node.controls.atoms.check_addition`): a cohort not answered before,
+  together with the answered cohorts it overlaps (:func:`related`: at most :data:`CHAIN_COHORTS`,
+  most recent first, through :data:`CHAIN_DEPTH` rounds of overlap), lets no linear combination
+  isolate a new atom of fewer than ``m`` rows (within the data model) or patients (when a related
+  cohort is of another data model).
+
+The ledger (:class:`CohortLedger`) is a SQLite file in the node home (``cohorts.sqlite``): one row
+per distinct cohort and data model with its SHA-256 digest, size, first use, its sorted row hashes
+and (since ADR 0030) its sorted patient hashes, each delta-encoded and zlib-compressed (about 7
+bytes a row).  A ledger from before gains the ``patients`` column on open; its cohorts keep working
+by rows, and gain their patients when answered again.
+"""
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import threading
+import zlib
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from mipflow.exceptions import DisclosureError
+
+#: Ledger file in the node home.
+LEDGER_FILE = "cohorts.sqlite"
+
+
+def sorted_unique(keys: np.ndarray) -> np.ndarray:
+    """``numpy.unique`` of row hashes by one sort (several times faster on millions of uint64)."""
+    ordered = np.sort(np.asarray(keys, dtype=np.uint64))
+    if len(ordered) > 1:
+        distinct = ordered[1:] != ordered[:-1]
+        if not distinct.all():
+            ordered = ordered[np.concatenate(([True], distinct))]
+    return ordered
+
+
+def cohort_digest(data_model: str, keys: np.ndarray) -> str:
+    """SHA-256 of a data model and a sorted cohort: equal digests, equal cohorts."""
+    h = hashlib.sha256(data_model.encode() + b"\0")
+    h.update(np.ascontiguousarray(keys, dtype="<u8").tobytes())
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- the rule
+
+
+def _overlap(a: np.ndarray, b: np.ndarray) -> int:
+    """``|a ∩ b|`` of two sorted unique uint64 arrays."""
+    if not len(a) or not len(b):
+        return 0
+    if len(a) > len(b):
+        a, b = b, a
+    at = np.searchsorted(b, a)
+    at[at == len(b)] = len(b) - 1
+    return int(np.count_nonzero(b[at] == a))
+
+
+def _small(count: int, threshold: int) -> bool:
+    return 0 < count < threshold
+
+
+def pair_conflict(new: np.ndarray, old: np.ndarray, threshold: int) -> bool:
+    """Whether answering ``new`` after ``old`` would isolate fewer than ``threshold`` rows.
+
+    True when ``|new \\ old|``, ``|old \\ new|`` or ``|new ∩ old|`` is
+    non-empty but smaller than ``threshold``.  Both arrays are sorted and unique.
+    """
+    both = _overlap(new, old)
+    return any(_small(n, threshold) for n in (len(new) - both, len(old) - both, both))
+
+
+def _refusal(threshold: int) -> DisclosureError:
+    # no sizes, and one message for every way a cohort conflicts (a pair, a chain, another data model):
+    # which rule refused, and by how much, is exactly what must not leak
+    return DisclosureError(
+        "the selected rows are too close to rows this node already answered for, under this or another "
+        "data model: on its own or combined with earlier answers, this answer could single out fewer than "
+        f"min_row_count ({threshold}) patients (differencing control). Use the same filters and variables as "
+        "an earlier analysis, or a filter that selects many more or many fewer rows; for subgroups and "
+        "variable sets that must all be answered exactly, ask the node's admin for a study protocol "
+        "(mipflow study)", control="differencing")
+
+
+def _cross_conflict(new: np.ndarray, old: np.ndarray, threshold: int) -> bool:
+    """Two cohorts of different data models: the same patients but for a few (ADR 0030).
+
+    Only the differences are compared, and only when the cohorts share someone: a small overlap of
+    two data models' cohorts (a few patients with both diseases) is left to the chain rule, which
+    refuses it only when a third cohort would make it computable."""
+    both = _overlap(new, old)
+    return both > 0 and (_small(len(new) - both, threshold) or _small(len(old) - both, threshold))
+
+
+#: The chain rule (ADR 0030) looks at the new cohorts with at most this many recorded ones ...
+CHAIN_COHORTS = 32
+#: ... found by this many rounds of "overlaps what is already in the family", most recent first ...
+CHAIN_DEPTH = 3
+#: ... and fewer (the oldest of them left out) while they form more atoms than this (the rank's cost
+#: grows with the atoms: ``O(sets * atoms * rank)`` per prime; bench/ledger.py).
+CHAIN_ATOMS = 2048
+
+
+def _bounded(old: list[np.ndarray], new: list[np.ndarray], limit: int = CHAIN_ATOMS) -> list[np.ndarray]:
+    """The recorded cohorts ``old`` (oldest first), or, when the family with ``new`` has more than
+    ``limit`` atoms, only the most recent of them that can form no more than ``limit``."""
+    from mipflow.node.controls.atoms import atoms_of
+
+    if not old or atoms_of(old + new).sizes.size <= limit:
+        return old
+    keep = max(0, limit.bit_length() - 1 - len(new))  # k sets form at most 2**k - 1 atoms
+    return old[len(old) - keep:] if keep else []
+
+
+def related(seeds: Sequence[np.ndarray], candidates: Sequence[np.ndarray], cap: int = CHAIN_COHORTS,
+            depth: int = CHAIN_DEPTH) -> list[int]:
+    """Indices of ``candidates`` (oldest first) that share members with the seeds, or with
+    candidates taken before, up to ``cap``, most recent first, over ``depth`` rounds."""
+    union = sorted_unique(np.concatenate(list(seeds))) if seeds else np.zeros(0, dtype=np.uint64)
+    remaining = list(range(len(candidates)))[::-1]
+    chosen: list[int] = []
+    for _ in range(depth):
+        hits = [i for i in remaining if _overlap(union, candidates[i])]
+        if not hits:
+            break
+        take = hits[:cap - len(chosen)]
+        chosen += take
+        if len(chosen) >= cap:
+            break
+        taken = set(take)
+        remaining = [i for i in remaining if i not in taken]
+        union = sorted_unique(np.concatenate([union, *(candidates[i] for i in take)]))
+    return sorted(chosen)
+
+
+@dataclass
+class _Entry:
+    """One recorded cohort in memory."""
+
+    data_model: str
+    digest: str
+    rows: np.ndarray
+    patients: np.ndarray | None
+
+
+# --------------------------------------------------------------------------- the ledger
+
+
+class CohortLedger:
+    """The cohorts a node has answered, under every data model, in ``HOME/cohorts.sqlite``.
+
+    Use :meth:`check` before a local step runs and :meth:`record` once its
+    aggregates are released.  Several node processes may share one home: each
+    reads the cohorts other processes added since its last look.  A cohort is
+    stored with its rows and, since ADR 0030, its patients (column ``patients``,
+    added to a ledger from before; its older cohorts have none and are compared
+    by rows, under their own data model, as before).
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.path = Path(root) / LEDGER_FILE
+        self._lock = threading.Lock()
+        self._entries: dict[int, _Entry] = {}            # rowid -> cohort, every data model
+        self._digests: dict[str, dict[str, int]] = {}    # data model -> digest -> rowid
+        self._seen_rowid = 0
+        self._conn: sqlite3.Connection | None = None
+        with self._lock, self._connect() as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS cohorts (data_model TEXT NOT NULL, digest TEXT NOT NULL, "
+                         "n_rows INTEGER NOT NULL, keys BLOB NOT NULL, first_at TEXT NOT NULL, "
+                         "PRIMARY KEY (data_model, digest))")
+            if "patients" not in {row[1] for row in conn.execute("PRAGMA table_info(cohorts)")}:
+                conn.execute("ALTER TABLE cohorts ADD COLUMN patients BLOB")  # a ledger from before ADR 0030
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        """The ledger's connection (opened once, used under the lock), in one transaction."""
+        if self._conn is None:
+            self._conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+        with self._conn:
+            yield self._conn
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def _refresh(self) -> None:
+        with self._connect() as conn:
+            rows = conn.execute("SELECT rowid, data_model, digest, keys, patients FROM cohorts WHERE rowid > ? "
+                                "ORDER BY rowid", (self._seen_rowid,)).fetchall()
+        for rowid, data_model, digest, blob, patients in rows:
+            self._entries[rowid] = _Entry(data_model, digest, decode_keys(blob),
+                                          None if patients is None else decode_keys(patients))
+            self._digests.setdefault(data_model, {})[digest] = rowid
+            self._seen_rowid = max(self._seen_rowid, rowid)
+
+    def cohorts(self, data_model: str) -> dict[str, np.ndarray]:
+        """Digest -> sorted row hashes of every cohort answered for ``data_model``."""
+        with self._lock:
+            self._refresh()
+            return {d: self._entries[r].rows for d, r in self._digests.get(data_model, {}).items()}
+
+    def check(self, data_model: str, cohorts: Iterable[np.ndarray], threshold: int,
+              digests: Sequence[str] | None = None, patients: Sequence[np.ndarray] | None = None,
+              primes: Sequence[int] | None = None) -> list[str]:
+        """Allow cohorts (return their digests) or raise.
+
+        Each cohort is compared with the other cohorts of the same request and, by the pairwise
+        rule, with every answered cohort of the data model (rows); with ``patients`` (the
+        cohorts' patient keys, in the same order), also with every answered cohort of the other
+        data models (patients, :func:`_cross_conflict`).  With ``primes``
+        (:func:`mipflow.node.controls.atoms.node_primes`), cohorts not answered before then pass
+        the chain rule: with the answered cohorts they overlap (:func:`related`), no combination
+        isolates a new atom smaller than ``threshold`` (:func:`~mipflow.node.controls.atoms.check_addition`;
+        in rows within the data model, in patients when a related cohort is of another one).
+
+        Raises
+        ------
+        DisclosureError
+            Control ``differencing``, when a rule refuses (one message for all, :func:`_refusal`).
+        """
+        from mipflow.node.controls.atoms import check_addition
+
+        cohorts = list(cohorts)
+        digests = list(digests) if digests is not None else [cohort_digest(data_model, c) for c in cohorts]
+        patients = list(patients) if patients is not None else None
+        if threshold <= 1:
+            return digests  # no count is in (0, 1): nothing to compare
+        with self._lock:
+            self._refresh()
+            known = self._digests.get(data_model, {})
+            entries = list(self._entries.values())  # oldest first
+            fresh = [i for i, d in enumerate(digests) if d not in known]
+            for i, cohort in enumerate(cohorts):
+                if any(pair_conflict(cohort, other, threshold) for other in cohorts[:i]):
+                    raise _refusal(threshold)
+            for i in fresh:  # a cohort answered before: nothing new can be learnt from the difference
+                for entry in entries:
+                    if entry.data_model == data_model:
+                        conflict = pair_conflict(cohorts[i], entry.rows, threshold)
+                    elif patients is not None and entry.patients is not None:
+                        conflict = _cross_conflict(patients[i], entry.patients, threshold)
+                    else:
+                        continue  # an older cohort of another data model, recorded without its patients
+                    if conflict:
+                        raise _refusal(threshold)
+            if primes is None or not fresh:
+                return digests
+            own = [e for e in entries if e.data_model == data_model]
+            new_rows = [cohorts[i] for i in fresh]
+            chosen = related(new_rows, [e.rows for e in own])
+            if not check_addition(_bounded([own[j].rows for j in chosen], new_rows), new_rows, threshold, primes):
+                raise _refusal(threshold)
+            if patients is not None:
+                with_patients = [e for e in entries if e.patients is not None]
+                new_patients = [patients[i] for i in fresh]
+                chosen = related(new_patients, [e.patients for e in with_patients])
+                if any(with_patients[j].data_model != data_model for j in chosen) and not check_addition(
+                        _bounded([with_patients[j].patients for j in chosen], new_patients), new_patients,
+                        threshold, primes):
+                    raise _refusal(threshold)
+        return digests
+
+    def record(self, data_model: str, cohorts: Iterable[np.ndarray],
+               digests: Sequence[str] | None = None, patients: Sequence[np.ndarray] | None = None) -> None:
+        """Remember answered cohorts (a cohort already remembered costs nothing; one remembered
+        without its patients gains them)."""
+        cohorts = list(cohorts)
+        digests = list(digests) if digests is not None else [cohort_digest(data_model, c) for c in cohorts]
+        patients = list(patients) if patients is not None else [None] * len(cohorts)
+        with self._lock:
+            self._refresh()
+            known = self._digests.get(data_model, {})
+            new = [(d, c, p) for d, c, p in zip(digests, cohorts, patients) if d not in known]
+            completed = [(d, p) for d, p in zip(digests, patients)
+                         if p is not None and d in known and self._entries[known[d]].patients is None]
+            if not new and not completed:
+                return  # later rounds of an analysis, repeated analyses
+            now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            with self._connect() as conn:
+                conn.executemany(
+                    "INSERT OR IGNORE INTO cohorts (data_model, digest, n_rows, keys, first_at, patients) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    [(data_model, d, len(c), encode_keys(c), now, None if p is None else encode_keys(p))
+                     for d, c, p in new])
+                conn.executemany("UPDATE cohorts SET patients = ? WHERE data_model = ? AND digest = ? "
+                                 "AND patients IS NULL", [(encode_keys(p), data_model, d) for d, p in completed])
+            for d, p in completed:
+                self._entries[known[d]].patients = p
+            self._refresh()
+
+    def stats(self) -> list[dict]:
+        """Per data model: distinct cohorts, their rows and bytes on disk (for the node admin)."""
+        with self._lock, self._connect() as conn:
+            rows = conn.execute("SELECT data_model, COUNT(*), SUM(n_rows), "
+                                "SUM(LENGTH(keys) + COALESCE(LENGTH(patients), 0)) FROM cohorts "
+                                "GROUP BY data_model ORDER BY data_model").fetchall()
+        return [{"data_model": m, "cohorts": c, "rows": r, "bytes": b} for m, c, r, b in rows]
+
+
+def encode_keys(keys: np.ndarray) -> bytes:
+    """Sorted unique uint64 hashes -> zlib-compressed little-endian deltas."""
+    keys = np.asarray(keys, dtype=np.uint64)
+    deltas = np.diff(keys, prepend=np.uint64(0)) if len(keys) else keys
+    # level 1: the deltas of uniform hashes hardly compress further at higher levels, which cost 4x the time
+    return zlib.compress(deltas.astype("<u8").tobytes(), 1)
+
+
+def decode_keys(blob: bytes) -> np.ndarray:
+    """Inverse of :func:`encode_keys`."""
+    deltas = np.frombuffer(zlib.decompress(blob), dtype="<u8").astype(np.uint64)
+    return np.cumsum(deltas, dtype=np.uint64)
