@@ -14,6 +14,7 @@ so the masks of all participants cancel in the sum.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -36,8 +37,9 @@ class KeyPair:
 
     private: Any = field(repr=False)
 
-    @property
+    @functools.cached_property
     def public_bytes(self) -> bytes:
+        """The raw public key (computed once per key pair)."""
         from cryptography.hazmat.primitives import serialization
 
         return self.private.public_key().public_bytes(serialization.Encoding.Raw,
