@@ -32,6 +32,10 @@ from mipflow.node.home import NodeSettings
 from mipflow.protocol.datamodel import DataModel
 from mipflow.exceptions import DisclosureError, RequestError
 
+#: The key of counts the node checks against ``nfilter_tab`` and does not send: the joint cells
+#: of categorical covariates that a model's co-moments hold (ADR 0031).
+CHECKED_ONLY = "cell_n"
+
 #: Keys that would carry a raw extreme value of one patient.
 RAW_EXTREME_KEYS = frozenset({"min", "max", "minimum", "maximum", "q1", "q2", "q3", "median", "quantiles"})
 
@@ -132,6 +136,8 @@ class DisclosureControls:
                 # the size itself stays at the node: "a group of 1 row" would disclose it
                 raise DisclosureError(f"a group or cell is non-empty but smaller than nfilter_tab ({tab})",
                                       control="nfilter_tab")
+        # joint cells checked above are the node's business only: never sent (ADR 0031)
+        aggregates = _without_checked_only(aggregates)
         if is_histogram_release(aggregates):
             # cells and their sums in one result: consistent secondary suppression (ADR 0031)
             aggregates = suppress_histograms(aggregates, tab)
@@ -166,13 +172,22 @@ def _group_sizes(doc: Any) -> Iterable[int]:
     the joint cells of categorical covariates a model's co-moments release (``cell_n``, ADR 0031)."""
     if isinstance(doc, dict):
         for key, value in doc.items():
-            if key in ("group_n", "group_counts", "cell_n") and isinstance(value, list):
+            if key in ("group_n", "group_counts", CHECKED_ONLY) and isinstance(value, list):
                 yield from (int(v) for v in value if isinstance(v, (int, float)))
             else:
                 yield from _group_sizes(value)
     elif isinstance(doc, list):
         for value in doc:
             yield from _group_sizes(value)
+
+
+def _without_checked_only(doc: Any) -> Any:
+    """``doc`` without the counts under :data:`CHECKED_ONLY`, at any depth (e.g. per fold)."""
+    if isinstance(doc, dict):
+        return {k: _without_checked_only(v) for k, v in doc.items() if k != CHECKED_ONLY}
+    if isinstance(doc, list):
+        return [_without_checked_only(v) for v in doc]
+    return doc
 
 
 def _suppress_cells(doc: Any, tab: int) -> Any:
