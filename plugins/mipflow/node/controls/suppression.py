@@ -32,6 +32,15 @@ from mipflow.exceptions import DisclosureError
 TOLERANCE = 1e-9
 
 
+def _system(equations: np.ndarray, hidden: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """SVD of the relations over the hidden cells: ``(u, s, vt, cols)`` with ``s`` cut at the rank."""
+    cols = np.flatnonzero(hidden)
+    sub = equations[:, cols]
+    u, s, vt = np.linalg.svd(sub, full_matrices=True)
+    rank = int(np.sum(s > max(sub.shape) * np.finfo(float).eps * 16 * (s[0] if s.size else 0.0))) if s.size else 0
+    return u, s[:rank], vt, cols
+
+
 def determined(equations: np.ndarray, suppressed: np.ndarray) -> np.ndarray:
     """Which cells are determined by the released cells and the equations.
 
@@ -49,18 +58,30 @@ def determined(equations: np.ndarray, suppressed: np.ndarray) -> np.ndarray:
         and their known right-hand sides; False for every other cell (released cells included).
     """
     out = np.zeros(len(suppressed), dtype=bool)
-    hidden = np.flatnonzero(suppressed)
-    if hidden.size == 0:
+    if not np.any(suppressed):
         return out
-    sub = np.asarray(equations, dtype=float)[:, hidden]
-    sub = sub[np.any(sub != 0, axis=1)]
-    if sub.shape[0] == 0:
-        return out
-    _, s, vt = np.linalg.svd(sub, full_matrices=False)
-    rank = int(np.sum(s > s[0] * max(sub.shape) * np.finfo(float).eps * 16)) if s.size else 0
-    leverage = np.sum(vt[:rank] ** 2, axis=0)
-    out[hidden] = leverage >= 1.0 - TOLERANCE
+    _, s, vt, cols = _system(np.asarray(equations, dtype=float), np.asarray(suppressed, dtype=bool))
+    leverage = np.sum(vt[:len(s)] ** 2, axis=0)
+    out[cols] = leverage >= 1.0 - TOLERANCE
     return out
+
+
+def _freeing(equations: np.ndarray, hidden: np.ndarray, target: int, candidates: np.ndarray) -> np.ndarray:
+    """Which ``candidates``, hidden too, would leave ``target`` (now determined) undetermined.
+
+    ``target`` is determined by the weights ``w`` with ``w @ A_hidden = e_target``: ``w0 + null``,
+    ``null`` the left null space of ``A_hidden``.  Hiding a cell with column ``a`` adds the condition
+    ``w @ a = 0``; no weight meets it iff ``a`` is orthogonal to that null space and ``w0 @ a != 0``.
+    """
+    u, s, vt, cols = _system(equations, hidden)
+    rank = len(s)
+    at = int(np.searchsorted(cols, target))
+    w0 = u[:, :rank] @ (vt[:rank, at] / s)
+    left_null = u[:, rank:]
+    a = equations[:, candidates]
+    scale = max(1.0, float(np.abs(a).max(initial=0.0)))
+    in_span = np.linalg.norm(left_null.T @ a, axis=0) <= TOLERANCE * 1e3 * scale
+    return in_span & (np.abs(w0 @ a) > TOLERANCE * 1e3 * scale)
 
 
 def _cost(value: float) -> tuple[int, float]:
@@ -104,7 +125,7 @@ def suppress(values: Sequence[float], equations: np.ndarray, tab: int,
         fixed = np.flatnonzero(determined(eqs, hidden) & primary)
         if fixed.size == 0:
             return hidden
-        target = fixed[0]
+        target = int(fixed[0])
         own = _neighbours(touches, np.array([target]), hidden)
         frontier = _neighbours(touches, np.flatnonzero(hidden), hidden)
         if own.size == 0 and frontier.size == 0:
@@ -112,14 +133,11 @@ def suppress(values: Sequence[float], equations: np.ndarray, tab: int,
                                   "is suppressed: use coarser bins or fewer grouping variables", control="nfilter_tab")
         chosen = None
         for pool in (own, frontier):
-            for k in sorted(pool, key=lambda i: (_cost(cells[i]), i)):
-                trial = hidden.copy()
-                trial[k] = True
-                if not determined(eqs, trial)[target]:
-                    chosen = k
+            if pool.size:
+                frees = pool[_freeing(eqs, hidden, target, pool)]
+                if frees.size:
+                    chosen = min(frees, key=lambda i: (_cost(cells[i]), i))
                     break
-            if chosen is not None:
-                break
         if chosen is None:  # no single cell frees it: hide the cheapest neighbour and look again
             pool = own if own.size else frontier
             chosen = min(pool, key=lambda i: (_cost(cells[i]), i))
