@@ -11,11 +11,15 @@ columns and names as Exareme2 / patsy), and solve the centred normal
 equations ``C_xx b = C_xy`` (after scaling to unit diagonal).  The intercept
 and its standard error follow from the means, so no uncentred ``X'X`` is ever
 formed.
+
+Disclosure (ADR 0031): the co-moments of two categorical covariates' indicators
+hold their cross-tabulation; the joint cell counts go under ``cell_n``, which the
+node checks against ``nfilter_tab`` (refusing the step) and strips before release.
 """
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -23,11 +27,13 @@ from mipflow.algorithms.contract import Step
 from mipflow.algorithms.spec import NOMINAL, NUMERICAL, InputSpec, SpecAlgorithm
 from mipflow.algorithms.design import (
     INTERCEPT,
+    category_codes,
     design_columns,
     design_matrix,
     level_counts,
     numeric_values,
     select_design_columns,
+    sorted_levels,
     sum_level_counts,
 )
 from mipflow.algorithms.dp_release import (DPRelease, Noise, Released, bounded_columns, moments_from_noisy_sums,
@@ -50,6 +56,25 @@ MAX_CONDITION = 1e12
 NOT_POSITIVE_DEFINITE = (
     "the covariates' co-moment matrix is not positive definite: the differential-privacy noise a node added "
     "outweighs the data (more rows, a larger dp_epsilon or fewer covariates help)")
+
+
+def joint_cell_counts(data: pd.DataFrame, codes: Sequence[str], model: DataModel) -> list[int]:
+    """Rows in each joint level of every pair of categorical variables among ``codes`` (ADR 0031).
+
+    The co-moment of two indicator columns is ``n_ab - n * mean_a * mean_b``: released co-moments
+    give every such joint count back, a cross-tabulation no table released.  The node checks them
+    against ``nfilter_tab`` (key ``cell_n``) and does not send them.  The list's length depends on
+    the request and data model only.
+    """
+    cats = [code for code in dict.fromkeys(codes) if model.variable(code).is_categorical]
+    levels = {code: category_codes(data[code], model.variable(code)).to_numpy() for code in cats}
+    out: list[int] = []
+    for i, a in enumerate(cats):
+        for b in cats[i + 1:]:
+            for la in sorted_levels(model.variable(a)):
+                in_a = levels[a] == la
+                out.extend(int(np.count_nonzero(in_a & (levels[b] == lb))) for lb in sorted_levels(model.variable(b)))
+    return out
 
 
 def solve_centred(cxx: np.ndarray, cxy: np.ndarray, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -158,6 +183,8 @@ class LinearRegression(SpecAlgorithm):
             "level_counts": counts,
             # rows per dummy column: the co-moments release per-level sums
             "group_n": [c for code in request.x for c in counts.get(code, [])],
+            # joint levels of each pair of categorical covariates: checked at the node, not sent
+            "cell_n": joint_cell_counts(data, request.x, model),
         }
 
     def global_step(self, round: int, aggregates: list[dict], request: AnalysisRequest,

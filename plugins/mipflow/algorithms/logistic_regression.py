@@ -31,12 +31,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mipflow.algorithms.contract import Step
+from mipflow.algorithms.linear_regression import joint_cell_counts
 from mipflow.algorithms.design import (
     category_codes,
     design_columns,
     design_matrix,
     level_counts,
     select_design_columns,
+    sorted_levels,
     sum_level_counts,
 )
 from mipflow.algorithms.moments import compute_moments, merge_moment_dicts
@@ -121,7 +123,10 @@ class LogisticRegression(SpecAlgorithm):
         n_positive = int(y.sum())
         # the class sizes are group sizes too: the gradient holds the covariate sums of each class,
         # so a class of one or two rows at a node would release those patients' values
-        out: dict = {"n": len(y), "n_positive": n_positive, "group_n": [n_positive, len(y) - n_positive]}
+        out: dict = {"n": len(y), "n_positive": n_positive, "group_n": [n_positive, len(y) - n_positive],
+                     # joint levels of categorical covariates, and of each with the class: the Hessian and
+                     # gradient hold them; checked by the node against nfilter_tab, not sent (ADR 0031)
+                     "cell_n": joint_cell_counts(data, request.x, model) + _class_cells(data, request, model, y)}
         if state is None:
             design, _ = design_matrix(data, request.x, model, intercept=False)
             out["level_counts"] = level_counts(data, request.x, model)
@@ -288,6 +293,20 @@ def newton_sums(design: np.ndarray, y: np.ndarray, beta: np.ndarray) -> tuple[fl
 _DESIGN_MEMO: dict[str, object] = {}
 #: The last response vector built, for the same rows (as the design).
 _RESPONSE_MEMO: dict[str, object] = {}
+
+
+def _class_cells(data: pd.DataFrame, request: AnalysisRequest, model: DataModel, y: np.ndarray) -> list[int]:
+    """Positive and negative rows in each level of each categorical covariate (ADR 0031)."""
+    out: list[int] = []
+    for code in dict.fromkeys(request.x):
+        var = model.variable(code)
+        if var.is_categorical:
+            codes = category_codes(data[code], var).to_numpy()
+            for level in sorted_levels(var):
+                in_level = codes == level
+                positive = int(np.count_nonzero(in_level & (y == 1.0)))
+                out += [positive, int(np.count_nonzero(in_level)) - positive]
+    return out
 
 
 def _response(data: pd.DataFrame, request: AnalysisRequest, model: DataModel, positive: object) -> np.ndarray:

@@ -12,7 +12,9 @@ Checks run in three places:
    filters and complete-case), and the parameters-per-row ratio of models;
 3. :meth:`release` on the aggregates: small non-zero count cells are
    suppressed (``None``), raw extremes are refused, groups smaller than
-   ``nfilter_tab`` refuse the whole step.  An algorithm may first coarsen its
+   ``nfilter_tab`` refuse the whole step; a grouped histogram's cells are
+   suppressed consistently with its overall bins and row count
+   (:mod:`mipflow.node.controls.suppression`, ADR 0031).  An algorithm may first coarsen its
    aggregates to the node's ``nfilter_tab`` (``coarsen_for_release``, e.g.
    survival time bins merged until no count is small); the checks still run.
 
@@ -25,9 +27,14 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from mipflow.algorithms.contract import Algorithm
+from mipflow.node.controls.suppression import is_histogram_release, suppress_histograms
 from mipflow.node.home import NodeSettings
 from mipflow.protocol.datamodel import DataModel
 from mipflow.exceptions import DisclosureError, RequestError
+
+#: The key of counts the node checks against ``nfilter_tab`` and does not send: the joint cells
+#: of categorical covariates that a model's co-moments hold (ADR 0031).
+CHECKED_ONLY = "cell_n"
 
 #: Keys that would carry a raw extreme value of one patient.
 RAW_EXTREME_KEYS = frozenset({"min", "max", "minimum", "maximum", "q1", "q2", "q3", "median", "quantiles"})
@@ -129,6 +136,11 @@ class DisclosureControls:
                 # the size itself stays at the node: "a group of 1 row" would disclose it
                 raise DisclosureError(f"a group or cell is non-empty but smaller than nfilter_tab ({tab})",
                                       control="nfilter_tab")
+        # joint cells checked above are the node's business only: never sent (ADR 0031)
+        aggregates = _without_checked_only(aggregates)
+        if is_histogram_release(aggregates):
+            # cells and their sums in one result: consistent secondary suppression (ADR 0031)
+            aggregates = suppress_histograms(aggregates, tab)
         return _suppress_cells(aggregates, tab)
 
 
@@ -156,16 +168,26 @@ def _refuse_raw_extremes(doc: Any) -> None:
 
 
 def _group_sizes(doc: Any) -> Iterable[int]:
-    """Row counts of groups whose statistics are released (keys ``group_n`` / ``group_counts``)."""
+    """Row counts of groups whose statistics are released (keys ``group_n`` / ``group_counts``), and of
+    the joint cells of categorical covariates a model's co-moments release (``cell_n``, ADR 0031)."""
     if isinstance(doc, dict):
         for key, value in doc.items():
-            if key in ("group_n", "group_counts") and isinstance(value, list):
+            if key in ("group_n", "group_counts", CHECKED_ONLY) and isinstance(value, list):
                 yield from (int(v) for v in value if isinstance(v, (int, float)))
             else:
                 yield from _group_sizes(value)
     elif isinstance(doc, list):
         for value in doc:
             yield from _group_sizes(value)
+
+
+def _without_checked_only(doc: Any) -> Any:
+    """``doc`` without the counts under :data:`CHECKED_ONLY`, at any depth (e.g. per fold)."""
+    if isinstance(doc, dict):
+        return {k: _without_checked_only(v) for k, v in doc.items() if k != CHECKED_ONLY}
+    if isinstance(doc, list):
+        return [_without_checked_only(v) for v in doc]
+    return doc
 
 
 def _suppress_cells(doc: Any, tab: int) -> Any:

@@ -1,0 +1,221 @@
+"""Consistent (secondary) cell suppression within one released result (issue 14.3, ADR 0031).
+
+A released result often holds cells *and* their sums: a grouped histogram releases the overall
+bins and the bins of every level of each grouping variable, and every step reply carries the
+node's row count.  Suppressing each small cell on its own leaves it recoverable by subtraction
+(the overall bin minus the released group bins).  Here a result is described as a linear system:
+
+* ``values``: the cells, flattened;
+* ``equations``: a matrix ``A`` with one row per linear relation the requester knows holds
+  between the cells, ``A @ values = b``, where ``b`` is known to the requester (zero, or a released
+  margin such as the row count).
+
+A suppressed cell is *determined* when it follows from the released cells and the equations:
+its unit vector lies in the row space of ``A`` restricted to the suppressed cells.  Primary
+suppression hides every cell in ``(0, nfilter_tab)``; secondary suppression then hides further
+cells, cheapest first (small positive counts before zeros), until no primary cell is determined.
+This is the linear (exact recovery) protection of tau-ARGUS / sdcTable; interval bounds from
+non-negativity and integrality are not computed (ADR 0031 says what that leaves open).
+
+Everything here is a pure function of the cells, the table's structure and the threshold.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from mipflow.exceptions import DisclosureError
+
+#: A suppressed cell whose leverage (squared norm of its unit vector's projection onto the row
+#: space of the equations over the suppressed cells) reaches ``1 - TOLERANCE`` is determined.
+TOLERANCE = 1e-9
+
+
+def _system(equations: np.ndarray, hidden: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """SVD of the relations over the hidden cells: ``(u, s, vt, cols)`` with ``s`` cut at the rank."""
+    cols = np.flatnonzero(hidden)
+    sub = equations[:, cols]
+    u, s, vt = np.linalg.svd(sub, full_matrices=True)
+    rank = int(np.sum(s > max(sub.shape) * np.finfo(float).eps * 16 * (s[0] if s.size else 0.0))) if s.size else 0
+    return u, s[:rank], vt, cols
+
+
+def determined(equations: np.ndarray, suppressed: np.ndarray) -> np.ndarray:
+    """Which cells are determined by the released cells and the equations.
+
+    Parameters
+    ----------
+    equations : numpy.ndarray, shape (m, n)
+        Linear relations ``A @ cells = b`` with ``b`` known to the requester.
+    suppressed : numpy.ndarray of bool, shape (n,)
+        The cells not released.
+
+    Returns
+    -------
+    numpy.ndarray of bool, shape (n,)
+        True for a suppressed cell whose value follows from the released cells, the equations
+        and their known right-hand sides; False for every other cell (released cells included).
+    """
+    out = np.zeros(len(suppressed), dtype=bool)
+    if not np.any(suppressed):
+        return out
+    _, s, vt, cols = _system(np.asarray(equations, dtype=float), np.asarray(suppressed, dtype=bool))
+    leverage = np.sum(vt[:len(s)] ** 2, axis=0)
+    out[cols] = leverage >= 1.0 - TOLERANCE
+    return out
+
+
+def _freeing(equations: np.ndarray, hidden: np.ndarray, target: int, candidates: np.ndarray) -> np.ndarray:
+    """Which ``candidates``, hidden too, would leave ``target`` (now determined) undetermined.
+
+    ``target`` is determined by the weights ``w`` with ``w @ A_hidden = e_target``: ``w0 + null``,
+    ``null`` the left null space of ``A_hidden``.  Hiding a cell with column ``a`` adds the condition
+    ``w @ a = 0``; no weight meets it iff ``a`` is orthogonal to that null space and ``w0 @ a != 0``.
+    """
+    u, s, vt, cols = _system(equations, hidden)
+    rank = len(s)
+    at = int(np.searchsorted(cols, target))
+    w0 = u[:, :rank] @ (vt[:rank, at] / s)
+    left_null = u[:, rank:]
+    a = equations[:, candidates]
+    scale = max(1.0, float(np.abs(a).max(initial=0.0)))
+    in_span = np.linalg.norm(left_null.T @ a, axis=0) <= TOLERANCE * 1e3 * scale
+    return in_span & (np.abs(w0 @ a) > TOLERANCE * 1e3 * scale)
+
+
+def _cost(value: float) -> tuple[int, float]:
+    """Suppress small positive cells first, zeros last (a zero is information too, but rarer to hide)."""
+    return (1, 0.0) if value == 0 else (0, float(value))
+
+
+def suppress(values: Sequence[float], equations: np.ndarray, tab: int,
+             already: Sequence[bool] | None = None) -> np.ndarray:
+    """The cells to suppress: those in ``(0, tab)`` and enough others that none of them is determined.
+
+    Parameters
+    ----------
+    values : sequence of number, length n
+        The cells (counts).
+    equations : numpy.ndarray, shape (m, n)
+        The relations the requester knows (see :func:`determined`).
+    tab : int
+        ``nfilter_tab``: cells in ``(0, tab)`` are sensitive.
+    already : sequence of bool, optional
+        Cells already withheld (their ``values`` are ignored; they are hidden, never sensitive).
+
+    Returns
+    -------
+    numpy.ndarray of bool, shape (n,)
+        The suppression pattern.
+
+    Raises
+    ------
+    DisclosureError
+        (``nfilter_tab``) if a sensitive cell stays determined with every cell suppressed, i.e. the
+        equations' known right-hand sides alone fix it.  The message carries no data-derived value.
+    """
+    cells = np.asarray(values, dtype=float)
+    eqs = np.asarray(equations, dtype=float)
+    withheld = np.zeros(len(cells), dtype=bool) if already is None else np.asarray(already, dtype=bool)
+    primary = (cells > 0) & (cells < tab) & ~withheld
+    hidden = primary | withheld
+    touches = eqs != 0
+    while True:
+        fixed = np.flatnonzero(determined(eqs, hidden) & primary)
+        if fixed.size == 0:
+            return hidden
+        target = int(fixed[0])
+        own = _neighbours(touches, np.array([target]), hidden)
+        frontier = _neighbours(touches, np.flatnonzero(hidden), hidden)
+        if own.size == 0 and frontier.size == 0:
+            raise DisclosureError(f"a cell under nfilter_tab ({tab}) follows from the released margins whatever "
+                                  "is suppressed: use coarser bins or fewer grouping variables", control="nfilter_tab")
+        chosen = None
+        for pool in (own, frontier):
+            if pool.size:
+                frees = pool[_freeing(eqs, hidden, target, pool)]
+                if frees.size:
+                    chosen = min(frees, key=lambda i: (_cost(cells[i]), i))
+                    break
+        if chosen is None:  # no single cell frees it: hide the cheapest neighbour and look again
+            pool = own if own.size else frontier
+            chosen = min(pool, key=lambda i: (_cost(cells[i]), i))
+        hidden[chosen] = True
+
+
+def _neighbours(touches: np.ndarray, cells: np.ndarray, hidden: np.ndarray) -> np.ndarray:
+    """Released cells sharing an equation with any of ``cells``."""
+    rows = np.any(touches[:, cells], axis=1)
+    return np.flatnonzero(np.any(touches[rows], axis=0) & ~hidden)
+
+
+# --------------------------------------------------------------------------- grouped histograms
+
+
+def histogram_equations(n_bins: int, grouping: Sequence[str | None]) -> np.ndarray:
+    """The relations between the cells of one node's grouped histogram.
+
+    Parameters
+    ----------
+    n_bins : int
+        Bins per histogram.
+    grouping : sequence of str or None
+        The grouping variable of each record in release order (None: the overall histogram).
+
+    Returns
+    -------
+    numpy.ndarray, shape (m, len(grouping) * n_bins)
+        Cell ``(r, j)`` (record ``r``, bin ``j``) is column ``r * n_bins + j``.  Per grouping
+        variable and bin: its levels' bins sum to the overall bin (complete cases: the levels
+        partition the rows); and the overall bins sum to the node's released row count.  Both are
+        assumed exact (values outside a declared range, or a level outside the enumerations, would
+        only loosen them: assuming them is conservative).
+    """
+    n = len(grouping) * n_bins
+    overall = [r for r, g in enumerate(grouping) if g is None]
+    rows: list[np.ndarray] = []
+    for o in overall:
+        total = np.zeros(n)
+        total[o * n_bins:(o + 1) * n_bins] = 1.0
+        rows.append(total)
+    for var in dict.fromkeys(g for g in grouping if g is not None):
+        members = [r for r, g in enumerate(grouping) if g == var]
+        for j in range(n_bins):
+            eq = np.zeros(n)
+            for r in members:
+                eq[r * n_bins + j] = 1.0
+            for o in overall:
+                eq[o * n_bins + j] = -1.0
+            rows.append(eq)
+    return np.array(rows).reshape(len(rows), n)
+
+
+def is_histogram_release(aggregates: Any) -> bool:
+    """Whether ``aggregates`` hold grouped histogram records (``multiple_histograms``' layout)."""
+    records = aggregates.get("histograms") if isinstance(aggregates, dict) else None
+    return (isinstance(records, list) and bool(records)
+            and all(isinstance(r, dict) and {"grouping_var", "counts"} <= set(r) and isinstance(r["counts"], list)
+                    for r in records)
+            and len({len(r["counts"]) for r in records}) == 1)
+
+
+def suppress_histograms(aggregates: dict[str, Any], tab: int) -> dict[str, Any]:
+    """``aggregates`` with every histogram record's counts consistently suppressed (``None``).
+
+    No count in ``(0, tab)`` is released, and none can be recovered from the released counts,
+    the overall bins and the row count by any linear combination (:func:`suppress`).
+    """
+    records = aggregates["histograms"]
+    n_bins = len(records[0]["counts"])
+    if n_bins == 0:
+        return aggregates
+    flat = [c for r in records for c in r["counts"]]
+    withheld = [not isinstance(c, (int, float)) for c in flat]
+    values = [0 if w else c for c, w in zip(flat, withheld)]
+    hidden = suppress(values, histogram_equations(n_bins, [r["grouping_var"] for r in records]), tab, withheld)
+    out = []
+    for i, record in enumerate(records):
+        counts = [None if hidden[i * n_bins + j] else c for j, c in enumerate(record["counts"])]
+        out.append({**record, "counts": counts})
+    return {**aggregates, "histograms": out}
