@@ -47,16 +47,10 @@ def federation(tmp_path_factory, airflow_db):
                 {"conn_type": "mipflow_node", "host": url, "login": cred.client_id,
                  "password": cred.secret.hex(), "extra": {"node_name": home.name}})
         env["MIPFLOW_CENTRAL_HOME"] = str(root / "central")
-        old = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        try:
+        with pytest.MonkeyPatch.context() as patch:  # the DAGs read their settings from the environment
+            for key, value in env.items():
+                patch.setenv(key, value)
             yield {"homes": homes, "central": root / "central"}
-        finally:
-            for key, value in old.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
 
 
 @pytest.fixture(scope="module")

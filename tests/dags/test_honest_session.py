@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import re
 
 import numpy as np
@@ -100,18 +99,12 @@ def federation(tmp_path_factory, airflow_db):
                  "password": cred.secret.hex(), "extra": {"node_name": home.name}})
         env["MIPFLOW_CENTRAL_HOME"] = str(root / "central")
         env["MIPFLOW_NOTIFY_FILE"] = str(root / "notifications.jsonl")
-        old = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        try:
+        with pytest.MonkeyPatch.context() as patch:  # the DAGs read their settings from the environment
+            for key, value in env.items():
+                patch.setenv(key, value)
             yield {"root": root, "homes": homes, "central": root / "central",
                    "snapshot": pd.concat(snapshot_rows, ignore_index=True),
                    "notifications": root / "notifications.jsonl"}
-        finally:
-            for key, value in old.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
 
 
 @pytest.fixture(scope="module")

@@ -23,18 +23,16 @@ by rows, and gain their patients when answered again.
 from __future__ import annotations
 
 import hashlib
-import sqlite3
-import threading
 import zlib
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
 from mipflow.exceptions import DisclosureError
+from mipflow.node.controls.sqlite_state import SqliteState
 
 #: Ledger file in the node home.
 LEDGER_FILE = "cohorts.sqlite"
@@ -161,7 +159,7 @@ class _Entry:
 # --------------------------------------------------------------------------- the ledger
 
 
-class CohortLedger:
+class CohortLedger(SqliteState):
     """The cohorts a node has answered, under every data model, in ``HOME/cohorts.sqlite``.
 
     Use :meth:`check` before a local step runs and :meth:`record` once its
@@ -173,12 +171,10 @@ class CohortLedger:
     """
 
     def __init__(self, root: str | Path) -> None:
-        self.path = Path(root) / LEDGER_FILE
-        self._lock = threading.Lock()
+        super().__init__(Path(root) / LEDGER_FILE)
         self._entries: dict[int, _Entry] = {}            # rowid -> cohort, every data model
         self._digests: dict[str, dict[str, int]] = {}    # data model -> digest -> rowid
         self._seen_rowid = 0
-        self._conn: sqlite3.Connection | None = None
         with self._lock, self._connect() as conn:
             conn.execute("CREATE TABLE IF NOT EXISTS cohorts (data_model TEXT NOT NULL, digest TEXT NOT NULL, "
                          "n_rows INTEGER NOT NULL, keys BLOB NOT NULL, first_at TEXT NOT NULL, "
@@ -186,20 +182,6 @@ class CohortLedger:
             if "patients" not in {row[1] for row in conn.execute("PRAGMA table_info(cohorts)")}:
                 conn.execute("ALTER TABLE cohorts ADD COLUMN patients BLOB")  # a ledger from before ADR 0030
 
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        """The ledger's connection (opened once, used under the lock), in one transaction."""
-        if self._conn is None:
-            self._conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-        with self._conn:
-            yield self._conn
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
 
     def _refresh(self) -> None:
         with self._connect() as conn:

@@ -26,18 +26,15 @@ rows, and the counts (and the sums of shared variables) of both combine.
 from __future__ import annotations
 
 import hashlib
-import sqlite3
-import threading
 import zlib
 from collections import OrderedDict
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
 from mipflow.exceptions import DisclosureError
+from mipflow.node.controls.sqlite_state import SqliteState
 
 #: Partition memory file in the node home.
 PARTITIONS_FILE = "partitions.sqlite"
@@ -254,7 +251,7 @@ def _digest(labels: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(labels, dtype=width).tobytes()).hexdigest()
 
 
-class PartitionMemory:
+class PartitionMemory(SqliteState):
     """Every cluster assignment a node released, per cohort, in ``HOME/partitions.sqlite``.
 
     Labels are given in a canonical row order (the cohort's row keys sorted,
@@ -272,9 +269,7 @@ class PartitionMemory:
     """
 
     def __init__(self, root: str | Path | None = None) -> None:
-        self.path = Path(root) / PARTITIONS_FILE if root is not None else None
-        self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
+        super().__init__(Path(root) / PARTITIONS_FILE if root is not None else None)
         # key -> (last rowid read, digests, labels): a cache of the file, refreshed before each use
         self._cache: OrderedDict[str, tuple[int, set[str], list[np.ndarray]]] = OrderedDict()
         if self.path is not None:
@@ -283,19 +278,6 @@ class PartitionMemory:
                              "n_rows INTEGER NOT NULL, labels BLOB NOT NULL, first_at TEXT NOT NULL, "
                              "PRIMARY KEY (key, digest))")
 
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        if self._conn is None:
-            self._conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-        with self._conn:
-            yield self._conn
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
 
     def _known(self, key: str) -> tuple[set[str], list[np.ndarray]]:
         """The assignments remembered for ``key`` (read from the file what is new since the last look)."""
