@@ -91,16 +91,21 @@ def provenance_table(doc: Mapping[str, Any]) -> Table:
     return Table("Provenance", ["field", "value"], [r for r in rows if r[1] not in (None, "")])
 
 
+#: What a result answered outside any study says (ADR 0023: the standard, per-request controls).
+STANDARD_MODE = "answered in standard mode: each request checked by the nodes' per-request controls"
+
+
 def mode_text(mode: Mapping[str, Any] | None, contributed: Mapping[str, Any] | None = None) -> str:
     """Which mode answered a result (``AnalysisOutcome.mode``, ADR 0028), as a researcher reads it.
 
     ``"answered in study stroke-outcomes on the data of 2026-12-01"`` when every node answered in
     the same study on snapshots of the same day; otherwise the study and snapshot per node, and
-    ``standard mode`` for contributing nodes that answered outside a study.  ``""`` when no node
-    answered in study mode.
+    ``standard mode`` for contributing nodes that answered outside a study.  A result no node
+    answered in study mode says so too (:data:`STANDARD_MODE`: issue 14.1, results say which mode
+    produced them); ``""`` only for a result without contributing nodes.
     """
     if not mode:
-        return ""
+        return STANDARD_MODE if contributed else ""
     standard = [node for node in (contributed or {}) if node not in mode]
     studies = {str(m.get("study")) for m in mode.values()}
     days = {str(m.get("snapshot", ""))[:10] for m in mode.values()}

@@ -74,7 +74,7 @@ def test_audit_summary_counts():
 
 
 def test_a_result_answered_in_study_mode_says_which_study_and_snapshot():
-    from mipflow.central.report.pages import mode_text
+    from mipflow.central.report.pages import STANDARD_MODE, mode_text
     from mipflow.central.results import summary_lines
 
     mode = {"a": {"study": "stroke-outcomes", "snapshot": "2026-12-01T09:00:00+00:00"},
@@ -91,6 +91,8 @@ def test_a_result_answered_in_study_mode_says_which_study_and_snapshot():
                       {"a": 1, "b": 1, "c": 1})
     assert mixed == ("answered in study mode by node: a: study stroke-outcomes on the data of 2026-12-01T09:00:00"
                      "+00:00; b: study stroke-outcomes on the data of 2026-12-03T08:00:00+00:00; c: standard mode")
-    # standard mode: nothing said, no row
-    assert mode_text({}) == "" and "answered in" not in dict(provenance_table({**doc, "mode": {}}).rows)
-    assert not any("answered in" in line for line in summary_lines({**doc, "mode": {}}))
+    # standard mode is said too (issue 14.1: results say which mode produced them)
+    assert mode_text({}) == "" and mode_text({}, {"a": 1}) == STANDARD_MODE
+    standard = {**doc, "mode": {}, "contributed": {"a": 12, "b": 15}}
+    assert dict(provenance_table(standard).rows)["answered in"] == STANDARD_MODE
+    assert not any("answered in" in line for line in summary_lines(standard))  # the task log says study mode only
