@@ -17,6 +17,10 @@ wall time per round (the analysis' seconds over its rounds), p50 over the analys
 beside the same nodes answering through the chain without the two controls (the central site
 sends its transcripts either way, so its own part of the protocol is in both).
 
+Last, the same over real node processes on loopback (``mipflow node serve``; the baseline's
+processes start through a bench-only launcher that takes the two controls out of their chain),
+both federations serving the same homes, analyses interleaved.
+
 Goal (issue 13): verified <= 1.2 x unverified per round, and p50 <= 5 ms, at 3 and 10 nodes.
 
 Usage: ``python bench/verification.py [--rows 3000] [--repeat 200] [--analyses 15]``
@@ -45,7 +49,92 @@ def main() -> int:
     args = parser.parse_args()
     node_round(args)
     federated_round(args)
+    process_round(args)
     return 0
+
+
+#: Starts a node service whose steps skip round verification (bench only: the baseline).
+UNVERIFIED_SERVE = (
+    "import sys, mipflow.node.api.step as s; "
+    "s.answer_step.__kwdefaults__ = {'chain': tuple(c for c in s.CHAIN if c not in (s.verify_round, s.tag_release))}; "
+    "from mipflow.cli import main; sys.exit(main(['node', 'serve', sys.argv[1], '--port', sys.argv[2]]))")
+
+
+def _serve(homes: list, unverified: bool) -> tuple[list, list[str]]:
+    import os
+    import subprocess
+
+    import httpx
+
+    from tests.nodes import free_port
+
+    procs, urls = [], []
+    for home in homes:
+        port = str(free_port())
+        command = ([sys.executable, "-c", UNVERIFIED_SERVE, str(home.root), port] if unverified else
+                   [sys.executable, "-m", "mipflow.cli", "node", "serve", str(home.root), "--port", port])
+        log = open(Path(home.root) / f"serve-{'u' if unverified else 'v'}.log", "wb")
+        procs.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ)))
+        urls.append(f"http://127.0.0.1:{port}")
+    for url in urls:
+        for _ in range(300):
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+    return procs, urls
+
+
+def process_round(args: argparse.Namespace) -> None:
+    """Rounds over real node processes on loopback: per-round wall time, verified and not."""
+    from mipflow.central.client import NodeClient, NodeEndpoint
+    from mipflow.central.rounds import run_analysis
+    from mipflow.protocol.signing import issue_client
+    from tests.mipflow.algorithms.synthetic import request
+    from tests.nodes import PROJECT, RESEARCHER, in_process_node, pin_each_other
+
+    case = request(x=("x1", "age", "sex"), y=("outcome",), positive_class="yes").to_dict()
+    print(f"node processes on loopback (HTTP), logistic regression, {args.analyses} analyses per line, "
+          f"{args.rows // 3} rows per node")
+    print("  nodes  secure  rounds  unverified p50 ms/round   verified p50 ms/round   ratio")
+    for n in (3, 10):
+        with tempfile.TemporaryDirectory(prefix="mipflow-verify-proc-") as tmp:
+            nodes = [in_process_node(Path(tmp) / f"n{i}", f"n{i}", seed=100 + i, rows=args.rows // 3,
+                                     patients=f"p{i}") for i in range(n)]
+            homes = [home for _, home in nodes]
+            for client, home in nodes:
+                client.close()
+                for key in ("query_budget", "query_budget_project", "differencing_check"):
+                    home.set_setting(key, 0)
+            pin_each_other(homes)
+            creds = [issue_client(home.root, "bench") for home in homes]
+            running = {label: _serve(homes, label == "unverified") for label in ("unverified", "verified")}
+            clients = {label: [NodeClient(NodeEndpoint(home.name, url, cred.client_id, cred.secret.hex()), retries=0)
+                               for home, url, cred in zip(homes, urls, creds)]
+                       for label, (_, urls) in running.items()}
+            try:
+                for secure in (False, True):
+                    per_round: dict[str, list[float]] = {"unverified": [], "verified": []}
+                    rounds = 0
+                    for _ in range(args.analyses + 1):
+                        for label in ("unverified", "verified"):
+                            outcome = run_analysis("logistic_regression", case, clients[label], researcher=RESEARCHER,
+                                                   project=PROJECT, secure_aggregation=secure)
+                            rounds = outcome.rounds
+                            per_round[label].append(1000.0 * outcome.seconds / outcome.rounds)
+                    base = statistics.median(per_round["unverified"][1:])
+                    check = statistics.median(per_round["verified"][1:])
+                    print(f"  {n:5d}  {str(secure):6}  {rounds:6d}  {base:23.2f}   {check:21.2f}   {check / base:5.2f}x")
+            finally:
+                for group in clients.values():
+                    for client in group:
+                        client.close()
+                for procs, _ in running.values():
+                    for proc in procs:
+                        proc.terminate()
+                    for proc in procs:
+                        proc.wait(timeout=10)
 
 
 def federated_round(args: argparse.Namespace) -> None:
