@@ -55,6 +55,7 @@ bench: install
 	$(BIN)/python bench/federation.py
 	$(BIN)/python bench/cox.py $(COX_BENCH_ARGS)
 	$(BIN)/python bench/kmeans.py
+	$(BIN)/python bench/verification.py
 	$(BIN)/python -m pip install --quiet -r bench/requirements.txt
 	$(BIN)/python bench/dicom.py
 	$(BIN)/python bench/trigger.py
