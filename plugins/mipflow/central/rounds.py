@@ -138,6 +138,7 @@ def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequen
     from mipflow.algorithms.contract import MAX_ROUNDS
     from mipflow.protocol.request import AnalysisRequest
     from mipflow.protocol.datamodel import DataModel
+    from mipflow.secagg.central_side import open_session
 
     started = time.perf_counter()
     algorithm = get_algorithm(algorithm_name)
@@ -163,7 +164,7 @@ def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequen
         session, secure, secure_note = _secure_session(algorithm_name, secure, active, excluded, pool, parsed)
         active = [n for n in active if n.name not in excluded]
         # verifiable rounds (ADR 0029): every attempt has a participant set, masked or not
-        roster = session if session is not None else _roster(active, excluded, pool)
+        roster = session if session is not None else open_session(active, excluded, pool)
         active = [n for n in active if n.name not in excluded]
         if len(active) < min_nodes:
             break
@@ -311,14 +312,6 @@ def _secure_session(algorithm_name: str, mode: str, active: Sequence[NodeClient]
     return session, mode, ""
 
 
-def _roster(active: Sequence[NodeClient], excluded: dict[str, str], pool: ThreadPoolExecutor) -> Any:
-    """The participants of an attempt without masking: every node's own name and public key, for the
-    tags of verifiable rounds (nodes whose key cannot be fetched are excluded with the reason)."""
-    from mipflow.secagg.central_side import open_session
-
-    return open_session(active, excluded, pool)
-
-
 class _Rounds:
     """The central site's side of verifiable rounds (:mod:`mipflow.secagg.transcript`): the
     transcript each step call carries, advanced with every round's tagged replies."""
@@ -351,11 +344,9 @@ class _Rounds:
         self.chain = advance(self.chain, round_no, self.sent_state, contributions)
 
     def provenance(self) -> dict[str, Any]:
-        from mipflow.secagg.crypto import fingerprint
         from mipflow.secagg.transcript import TRANSCRIPT_SCHEME
 
-        return {"scheme": TRANSCRIPT_SCHEME, "chain": self.chain,
-                "participants": {n: fingerprint(bytes.fromhex(k)) for n, k in sorted(self.roster.participants.items())}}
+        return {"scheme": TRANSCRIPT_SCHEME, "chain": self.chain, "participants": self.roster.fingerprints()}
 
 
 def _model_from_nodes(nodes: Sequence[NodeClient], key: str, excluded: dict[str, str],

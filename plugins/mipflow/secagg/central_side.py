@@ -60,9 +60,13 @@ class SecureSession:
             raise FederationError(f"secure aggregation: no reply from {', '.join(sorted(missing))}")
         return unmask_sum([replies[name]["aggregates"] for name in self.node_names])
 
+    def fingerprints(self) -> dict[str, str]:
+        """Each participant's key fingerprint, for a result's provenance."""
+        return {n: fingerprint(bytes.fromhex(k)) for n, k in sorted(self.participants.items())}
+
     def provenance(self) -> dict[str, Any]:
         return {"enabled": True, "scheme": SCHEME, "ring_bits": RING_BITS, "fraction_bits": FRACTION_BITS,
-                "participants": {n: fingerprint(bytes.fromhex(k)) for n, k in sorted(self.participants.items())}}
+                "participants": self.fingerprints()}
 
 
 def open_session(clients: Sequence[Any], excluded: dict[str, str], pool: Any) -> SecureSession:

@@ -102,6 +102,25 @@ def load_keypair(root: str | Path, *, create: bool = True) -> KeyPair:
     return KeyPair.from_bytes(raw)
 
 
+_LOADED: dict[Path, tuple[tuple[int, int], KeyPair]] = {}
+
+
+def cached_keypair(root: str | Path) -> KeyPair:
+    """:func:`load_keypair`, read again only when the key file changes (``mipflow secagg rotate``
+    replaces it): what a node's step uses, every round."""
+    path = Path(root) / KEY_FILE
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return load_keypair(root)
+    stamp = (stat.st_mtime_ns, stat.st_ino)
+    cached = _LOADED.get(path)
+    if cached is None or cached[0] != stamp:
+        cached = (stamp, load_keypair(root))
+        _LOADED[path] = cached
+    return cached[1]
+
+
 def rotate_keypair(root: str | Path) -> KeyPair:
     """Replace the node's key pair in ``HOME/secagg.key`` with a new one; the old private key is gone.
 

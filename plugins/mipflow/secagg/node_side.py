@@ -13,12 +13,41 @@ from typing import Any, Iterable, Mapping
 
 from mipflow.exceptions import DisclosureError, RequestError
 from mipflow.secagg.codec import RING, SCHEME, additive_form, encode
-from mipflow.secagg.crypto import KeyPair, context_digest, load_keypair, mask, public_key
+from mipflow.secagg.crypto import KeyPair, cached_keypair, context_digest, mask, public_key
 from mipflow.secagg.policy import as_request, refusal
 from mipflow.secagg.trust import TrustStore
 
 #: Largest participant list a node accepts.
 MAX_PARTICIPANTS = 64
+
+
+def participant_keys(items: Any, *, minimum: int, maximum: int, count_error: str, noun: str,
+                     subject: str) -> dict[str, bytes]:
+    """A participant list ``[{"node": name, "public_key": hex}, ...]`` -> name -> key, checked.
+
+    Shared by secure aggregation (:func:`parse_participants`) and verifiable rounds
+    (:func:`mipflow.secagg.transcript.parse`); ``count_error``, ``noun`` and ``subject`` word
+    their messages.
+
+    Raises
+    ------
+    RequestError
+        If the list is not ``minimum`` to ``maximum`` entries, an entry has no node name or no
+        valid key, or it names a node or key twice.
+    """
+    if not isinstance(items, list) or not minimum <= len(items) <= maximum:
+        raise RequestError(count_error)
+    out: dict[str, bytes] = {}
+    for item in items:
+        if not isinstance(item, Mapping) or not isinstance(item.get("node"), str) or not item["node"]:
+            raise RequestError(f"each {noun} participant needs a node name and a public key")
+        name = item["node"][:128]
+        if name in out:
+            raise RequestError(f"{subject} lists node {name!r} twice")
+        out[name] = public_key(item.get("public_key"), name)
+    if len(set(out.values())) != len(out):
+        raise RequestError(f"{subject} lists one public key for two nodes")
+    return out
 
 
 def parse_participants(spec: Any) -> dict[str, bytes]:
@@ -31,20 +60,9 @@ def parse_participants(spec: Any) -> dict[str, bytes]:
     """
     if not isinstance(spec, Mapping) or spec.get("scheme") != SCHEME:
         raise RequestError(f"secure_aggregation must name the scheme {SCHEME!r} and list its participants")
-    items = spec.get("participants")
-    if not isinstance(items, list) or not 2 <= len(items) <= MAX_PARTICIPANTS:
-        raise RequestError(f"secure aggregation needs 2 to {MAX_PARTICIPANTS} participants")
-    out: dict[str, bytes] = {}
-    for item in items:
-        if not isinstance(item, Mapping) or not isinstance(item.get("node"), str) or not item["node"]:
-            raise RequestError("each secure-aggregation participant needs a node name and a public key")
-        name = item["node"][:128]
-        if name in out:
-            raise RequestError(f"secure aggregation lists node {name!r} twice")
-        out[name] = public_key(item.get("public_key"), name)
-    if len(set(out.values())) != len(out):
-        raise RequestError("secure aggregation lists one public key for two nodes")
-    return out
+    return participant_keys(spec.get("participants"), minimum=2, maximum=MAX_PARTICIPANTS,
+                            count_error=f"secure aggregation needs 2 to {MAX_PARTICIPANTS} participants",
+                            noun="secure-aggregation", subject="secure aggregation")
 
 
 def secure_form(algorithm: str, aggregates: Mapping[str, Any], request: Any, model: Any) -> Any:
@@ -81,7 +99,7 @@ def mask_release(root: str | Path, node_name: str, algorithm: str, request: Any,
     if not analysis_id:
         raise RequestError("secure aggregation needs the analysis_id (it is bound into the masks)")
     participants = parse_participants(spec)
-    own = load_keypair(root)
+    own = cached_keypair(root)
     if participants.get(node_name) != own.public_bytes:
         raise DisclosureError(f"node {node_name!r} is not among the secure-aggregation participants under its "
                               "own public key", control="secure_aggregation")

@@ -170,23 +170,13 @@ def parse(doc: Any, *, max_participants: int) -> Transcript:
         If it is malformed (not the scheme, participants not 1 to ``max_participants``
         distinct names and keys, ``previous`` not a chain, a state and a list of contributions).
     """
-    from mipflow.secagg.crypto import public_key
+    from mipflow.secagg.node_side import participant_keys
 
     if not isinstance(doc, Mapping) or doc.get("scheme") != TRANSCRIPT_SCHEME:
         raise RequestError(f"transcript must name the scheme {TRANSCRIPT_SCHEME!r}")
-    items = doc.get("participants")
-    if not isinstance(items, list) or not 1 <= len(items) <= max_participants:
-        raise RequestError(f"a transcript lists 1 to {max_participants} participants")
-    participants: dict[str, bytes] = {}
-    for item in items:
-        if not isinstance(item, Mapping) or not isinstance(item.get("node"), str) or not item["node"]:
-            raise RequestError("each transcript participant needs a node name and a public key")
-        name = item["node"][:128]
-        if name in participants:
-            raise RequestError(f"the transcript lists node {name!r} twice")
-        participants[name] = public_key(item.get("public_key"), name)
-    if len(set(participants.values())) != len(participants):
-        raise RequestError("the transcript lists one public key for two nodes")
+    participants = participant_keys(doc.get("participants"), minimum=1, maximum=max_participants,
+                                    count_error=f"a transcript lists 1 to {max_participants} participants",
+                                    noun="transcript", subject="the transcript")
     previous = doc.get("previous")
     if previous is not None:
         if (not isinstance(previous, Mapping) or not isinstance(previous.get("chain"), str)
@@ -294,28 +284,6 @@ def recompute_state(algorithm: Any, round_no: int, contributions: Sequence[Mappi
 
 # --------------------------------------------------------------------------- a node's side
 
-_OWN: dict[str, tuple[float, Any]] = {}
-
-
-def own_keypair(root: Any) -> Any:
-    """The node's key pair (:func:`mipflow.secagg.crypto.load_keypair`), read again when the key
-    file changes (``mipflow secagg rotate``)."""
-    import os
-
-    from mipflow.secagg.crypto import KEY_FILE, load_keypair
-
-    path = os.path.join(str(root), KEY_FILE)
-    try:
-        stamp = os.stat(path).st_mtime_ns
-    except FileNotFoundError:
-        return load_keypair(root)
-    cached = _OWN.get(path)
-    if cached is None or cached[0] != stamp:
-        cached = (stamp, load_keypair(root))
-        _OWN[path] = cached
-    return cached[1]
-
-
 def verify_step(doc: Any, *, root: Any, own_name: str, analysis_id: str | None, algorithm: Any,
                 algorithm_name: str, round_no: int, request: Any, model: Any, state: Any,
                 secure_aggregation: Any = None) -> tuple[Transcript, str, Any]:
@@ -336,13 +304,14 @@ def verify_step(doc: Any, *, root: Any, own_name: str, analysis_id: str | None, 
         missing or its tag does not verify, or the state is not the global step's;
         (control ``secure_aggregation``) if a peer is not pinned at this node (from round 1 on).
     """
+    from mipflow.secagg.crypto import cached_keypair
     from mipflow.secagg.node_side import MAX_PARTICIPANTS, parse_participants
     from mipflow.secagg.trust import TrustStore
 
     transcript = parse(doc, max_participants=MAX_PARTICIPANTS)
     if not analysis_id:
         raise RequestError("a round with a transcript needs the analysis_id (its tags are bound to it)")
-    own = own_keypair(root)
+    own = cached_keypair(root)
     if transcript.participants.get(own_name) != own.public_bytes:
         raise refuse(f"node {own_name!r} is not among the transcript's participants under its own public key")
     if secure_aggregation is not None and parse_participants(secure_aggregation) != transcript.participants:
@@ -385,8 +354,10 @@ def wire(doc: Any) -> Any:
 def tag_reply(transcript: Transcript, *, root: Any, own_name: str, chain: str | None, analysis_id: str | None,
               algorithm: str, round_no: int, request: Any, state: Any, aggregates: Any) -> tuple[Any, dict[str, str]]:
     """A node's reply in wire form and its tag for every participant (ADR 0029)."""
+    from mipflow.secagg.crypto import cached_keypair
+
     released = wire(aggregates)
     msg = message(chain=str(chain), analysis_id=str(analysis_id), algorithm=algorithm, round_no=round_no,
                   request=request.to_dict(), state=state, participants=transcript.participants_hex,
                   node=own_name, aggregates=released)
-    return released, tags_for(own_keypair(root), transcript.participants, msg)
+    return released, tags_for(cached_keypair(root), transcript.participants, msg)
