@@ -141,10 +141,10 @@ def federated_round(args: argparse.Namespace) -> None:
     import mipflow.node.api.step as step
     from mipflow.central.rounds import run_analysis
     from tests.mipflow.algorithms.synthetic import request
-    from tests.nodes import PROJECT, RESEARCHER, in_process_node, pin_each_other
+    from tests.nodes import PROJECT, RESEARCHER, in_process_node, pin_each_other, unverified_chain
 
     case = request(x=("x1", "age", "sex"), y=("outcome",), positive_class="yes").to_dict()
-    unverified = tuple(c for c in step.CHAIN if c not in (step.verify_round, step.tag_release))
+    unverified = unverified_chain()
     defaults = step.answer_step.__kwdefaults__
     print(f"federated logistic regression, {args.analyses} analyses per line, {args.rows // 3} rows per node")
     print("  nodes  secure  rounds  unverified p50 ms/round   verified p50 ms/round   ratio")
@@ -182,19 +182,19 @@ def node_round(args: argparse.Namespace) -> None:
     from common import print_machine
     from mipflow.algorithms import get_algorithm
     from mipflow.node.api.context import StepContext
-    from mipflow.node.api.step import CHAIN, answer_step, tag_release, verify_round
+    from mipflow.node.api.step import CHAIN, answer_step
     from mipflow.node.home import NodeHome
     from mipflow.secagg.crypto import KeyPair, load_keypair
     from mipflow.secagg.transcript import TRANSCRIPT_SCHEME, genesis, message, tags_for
     from mipflow.secagg.trust import TrustStore
     from tests.mipflow.algorithms.synthetic import MODEL, make_data, request
-    from tests.nodes import grant_all, load_frame
+    from tests.nodes import grant_all, load_frame, unverified_chain
 
     print_machine()
     case = request(x=("x1", "age", "sex"), y=("outcome",), positive_class="yes")
     doc = case.to_dict()
     algorithm = get_algorithm("logistic_regression")
-    unverified_chain = tuple(c for c in CHAIN if c not in (verify_round, tag_release))
+    unverified = unverified_chain()
     print(f"logistic regression, round 1, one node with {args.rows} rows, {args.repeat} calls each")
     print("  nodes  unverified p50 ms  p90 ms   verified p50 ms  p90 ms   ratio p50   request kB")
     with tempfile.TemporaryDirectory(prefix="mipflow-verify-") as tmp:
@@ -243,8 +243,8 @@ def node_round(args: argparse.Namespace) -> None:
                     out.append(1000.0 * (time.perf_counter() - started))
                 return out
 
-            timed(raw_plain, unverified_chain)[:5], timed(raw_verified)[:5]  # warm
-            base, check = timed(raw_plain, unverified_chain), timed(raw_verified)
+            timed(raw_plain, unverified)[:5], timed(raw_verified)[:5]  # warm
+            base, check = timed(raw_plain, unverified), timed(raw_verified)
             q = lambda xs, p: statistics.quantiles(xs, n=10)[p]  # noqa: E731
             b50, v50 = statistics.median(base), statistics.median(check)
             print(f"  {n:5d}  {b50:17.2f}  {q(base, 8):6.2f}   {v50:15.2f}  {q(check, 8):6.2f}   "

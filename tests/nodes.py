@@ -180,6 +180,14 @@ def pin_each_other(homes) -> dict[str, str]:
     return pin(roots)
 
 
+def unverified_chain() -> tuple:
+    """The node's control chain without round verification (ADR 0029): how tests and benchmarks reach
+    the controls behind it with a later round's state of their own making."""
+    from mipflow.node.api.step import CHAIN, tag_release, verify_round
+
+    return tuple(c for c in CHAIN if c not in (verify_round, tag_release))
+
+
 class UnverifiedNode:
     """A node's control chain without round verification (ADR 0029), in process, with the
     :meth:`mipflow.central.client.NodeClient.step` signature: for the tests of the controls behind
@@ -201,9 +209,9 @@ class UnverifiedNode:
 
         from mipflow.central.client import NodeRefused
         from mipflow.exceptions import DisclosureError, MipflowError
-        from mipflow.node.api.step import CHAIN, answer_step, tag_release, verify_round
+        from mipflow.node.api.step import answer_step
 
-        chain = tuple(c for c in CHAIN if c not in (verify_round, tag_release))
+        chain = unverified_chain()
         raw = json.dumps({"request": dict(request), "round": round_no, "state": state, "researcher": researcher,
                           "project": project, "analysis_id": analysis_id}).encode()
         try:

@@ -118,9 +118,10 @@ def _unverified(home: NodeHome, algorithm: str, body: bytes) -> _Reply:
     from mipflow.exceptions import MipflowError
     from mipflow.node.api.app import json_bytes, refusal_response
     from mipflow.node.api.context import StepContext
-    from mipflow.node.api.step import CHAIN, answer_step, tag_release, verify_round
+    from mipflow.node.api.step import answer_step
+    from tests.nodes import unverified_chain
 
-    chain = tuple(c for c in CHAIN if c not in (verify_round, tag_release))
+    chain = unverified_chain()
     context = StepContext.open(home)
     try:
         return _Reply(200, json_bytes(answer_step(context, "central", algorithm, body, chain=chain)))

@@ -11,14 +11,14 @@ import pytest
 from mipflow.secagg.trust import TrustStore
 from mipflow.exceptions import DisclosureError, MipflowError, RequestError, StoreError
 from mipflow.node.api.context import DataModelNotHeld, StepContext
-from mipflow.node.api.step import CHAIN, StepRequest, answer_step, refusal_of, tag_release, verify_round
+from mipflow.node.api.step import CHAIN, StepRequest, answer_step, refusal_of
 from mipflow.node.home import NodeHome
 from mipflow.protocol.request import AnalysisRequest
 from mipflow.secagg import node_side
 from mipflow.secagg.codec import SCHEME
 from mipflow.secagg.crypto import KeyPair, load_keypair
 from tests.mipflow.algorithms.survival_data import STROKE
-from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame
+from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, unverified_chain
 from tests.privacy.conftest import DATASETS, make_rows, rule, where
 from tests.privacy.test_attacks import KMEANS_Y, _projections, _slab_state
 
@@ -65,7 +65,7 @@ def body(context: StepContext, *, y=(), x=(), filters=None, parameters=None, rou
 
 #: The chain without round verification (ADR 0029): how the tests reach the controls behind it with a
 #: later round's state of their own making (in production every later round is verified first).
-UNVERIFIED = tuple(c for c in CHAIN if c not in (verify_round, tag_release))
+UNVERIFIED = unverified_chain()
 
 
 def traced(chain=CHAIN) -> tuple[list[tuple[str, StepRequest]], tuple]:
