@@ -7,7 +7,8 @@ Every decision of study mode that looks at the data is taken here, once, by the 
   and each subgroup's complement within the population, hold at least ``min_row_count`` rows;
 * **the ledger**: none of these cohorts (per dataset and over all the node's datasets) is a few
   rows away from a cohort the node answered before (the pairwise rule of ADR 0013, against
-  everything in ``cohorts.sqlite``), and no linear combination of them isolates fewer than
+  everything in ``cohorts.sqlite``; by patients against cohorts of other data models and
+  versions holding the same patients, ADR 0030), and no linear combination of them isolates fewer than
   ``min_row_count`` patients (the atom rule, :mod:`mipflow.node.controls.atoms`);
 * once approved, the cohorts are recorded in the ledger (analyses outside the study cannot
   difference against them) and the population's row keys become the study's **snapshot**.
@@ -19,7 +20,7 @@ give counts; nothing here is ever sent to a researcher.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -31,12 +32,19 @@ from mipflow.node.controls.study_protocol import Protocol, check_against_model, 
 
 @dataclass(frozen=True)
 class Family:
-    """The cohorts a protocol produces on the rows now in a node's store."""
+    """The cohorts a protocol produces on the rows now in a node's store.
+
+    ``patients`` holds, for every label of :meth:`sets`, the cohort's patients (sorted keyed
+    hashes of ``_pid``, ADR 0030), so approval compares the family with cohorts answered under
+    other data models (or versions) holding the same patients; empty when the rows carry no
+    patient identity.
+    """
 
     population: np.ndarray            # sorted row keys
     values: np.ndarray                # value hashes in that order
     subgroups: dict[str, np.ndarray]  # name -> sorted row keys
     per_dataset: dict[str, dict[str | None, np.ndarray]]  # dataset -> subgroup (None: population) -> keys
+    patients: dict[str, np.ndarray] = field(default_factory=dict)  # label of sets() -> sorted patient keys
 
     def sets(self) -> list[tuple[str, np.ndarray]]:
         """Every cohort a request of the family can be answered on or combined from, labelled."""
@@ -44,19 +52,33 @@ class Family:
         out += [(f"subgroup {name!r}", keys) for name, keys in self.subgroups.items()]
         for dataset, cohorts in self.per_dataset.items():
             for name, keys in cohorts.items():
-                label = "population" if name is None else f"subgroup {name!r}"
-                out.append((f"{label} in dataset {dataset!r}", keys))
+                out.append((_label(dataset, name), keys))
         return out
 
 
+def _label(dataset: str | None, subgroup: str | None) -> str:
+    label = "population" if subgroup is None else f"subgroup {subgroup!r}"
+    return label if dataset is None else f"{label} in dataset {dataset!r}"
+
+
 def compute_family(store: Any, model: Any, protocol: Protocol, hash_key: str) -> Family:
-    """Read the population and the subgroups from the store (row keys only are kept)."""
-    from mipflow.node.controls.differencing import row_keys, sorted_unique
+    """Read the population and the subgroups from the store (row and patient keys only are kept)."""
+    from mipflow.node.controls.differencing import patient_keys, row_keys, sorted_unique
     from mipflow.node.query.read import select_frame
 
     def read(subgroup: Any) -> Any:
         return select_frame(store, model, datasets=list(protocol.datasets), variables=list(protocol.variables),
                             filters=protocol.subgroup_filter(subgroup), complete_case=True, row_identity=True)
+
+    patients: dict[str, np.ndarray] = {}
+
+    def note_patients(pids: np.ndarray | None, datasets: np.ndarray, subgroup: str | None,
+                      held: list[str]) -> None:
+        if pids is None:
+            return
+        patients[_label(None, subgroup)] = sorted_unique(pids)
+        for d in held:
+            patients[_label(d, subgroup)] = sorted_unique(pids[datasets == d])
 
     frame = read(None)
     keys = row_keys(frame, hash_key)
@@ -66,6 +88,7 @@ def compute_family(store: Any, model: Any, protocol: Protocol, hash_key: str) ->
     held = {d["dataset"] for d in store.datasets(model.key)}
     per_dataset: dict[str, dict[str | None, np.ndarray]] = {
         d: {None: sorted_unique(keys[datasets == d])} for d in protocol.datasets if d in held}
+    note_patients(patient_keys(frame, hash_key), datasets, None, list(per_dataset))
     subgroups = {}
     for subgroup in protocol.subgroups:
         sub = read(subgroup)
@@ -74,7 +97,9 @@ def compute_family(store: Any, model: Any, protocol: Protocol, hash_key: str) ->
         sub_datasets = sub["dataset"].to_numpy(dtype=object)
         for d, cohorts in per_dataset.items():
             cohorts[subgroup.name] = sorted_unique(sub_keys[sub_datasets == d])
-    return Family(population=population, values=values, subgroups=subgroups, per_dataset=per_dataset)
+        note_patients(patient_keys(sub, hash_key), sub_datasets, subgroup.name, list(per_dataset))
+    return Family(population=population, values=values, subgroups=subgroups, per_dataset=per_dataset,
+                  patients=patients)
 
 
 def size_problems(family: Family, min_row_count: int) -> list[str]:
@@ -112,25 +137,28 @@ def change_problems(old: Study, family: Family, min_row_count: int) -> tuple[dic
 
 
 def _check_family(root: Any, key: bytes, data_model: str, family: Family, min_row_count: int,
-                  earlier: Study | None) -> list[tuple[str, np.ndarray]]:
-    """The ledger's pairwise rule against every cohort answered before, and the atom rule over the
-    family (and the snapshot it replaces); returns the distinct sets to record."""
+                  earlier: Study | None) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
+    """The ledger's pairwise rule against every cohort answered before (by rows under the study's
+    data model, by patients under any other, ADR 0030), and the atom rule over the family (and the
+    snapshot it replaces); returns the distinct sets to record, with their patients."""
     from mipflow.node.controls.atoms import check_family, node_primes
     from mipflow.node.controls.differencing import CohortLedger, cohort_digest
 
-    distinct: dict[str, tuple[str, np.ndarray]] = {}
+    distinct: dict[str, tuple[str, np.ndarray, np.ndarray | None]] = {}
     for label, keys in family.sets():
-        distinct.setdefault(cohort_digest(data_model, keys), (label, keys))
+        distinct.setdefault(cohort_digest(data_model, keys), (label, keys, family.patients.get(label)))
     ledger = CohortLedger(root)
     try:
-        for digest, (label, keys) in distinct.items():
+        for digest, (label, keys, patients) in distinct.items():
             try:
-                ledger.check(data_model, [keys], min_row_count, [digest])
+                ledger.check(data_model, [keys], min_row_count, [digest],
+                             patients=None if patients is None else [patients])
             except DisclosureError:
                 raise ConfigError(f"the study's {label} differs from rows this node already answered for by "
-                                  f"fewer than min_row_count ({min_row_count}) rows (differencing): choose a broader "
-                                  "population or other subgroups") from None
-        sets = [keys for _, keys in distinct.values()]
+                                  f"fewer than min_row_count ({min_row_count}) rows or patients, under this or "
+                                  "another data model (differencing): choose a broader population or other "
+                                  "subgroups") from None
+        sets = [keys for _, keys, _ in distinct.values()]
         if earlier is not None:
             sets += [earlier.population, *earlier.subgroups.values()]
         verdict = check_family(sets, min_row_count, node_primes(key))
@@ -143,12 +171,15 @@ def _check_family(root: Any, key: bytes, data_model: str, family: Family, min_ro
     return list(distinct.values())
 
 
-def _record(root: Any, data_model: str, sets: list[tuple[str, np.ndarray]]) -> None:
+def _record(root: Any, data_model: str, sets: list[tuple[str, np.ndarray, np.ndarray | None]]) -> None:
     from mipflow.node.controls.differencing import CohortLedger
 
     ledger = CohortLedger(root)
     try:
-        ledger.record(data_model, [keys for _, keys in sets])
+        if all(patients is not None for _, _, patients in sets):
+            ledger.record(data_model, [keys for _, keys, _ in sets], patients=[p for _, _, p in sets])
+        else:  # rows without a patient identity: compared by rows only, as before ADR 0030
+            ledger.record(data_model, [keys for _, keys, _ in sets])
     finally:
         ledger.close()
 

@@ -73,6 +73,48 @@ def test_approval_fails_near_a_cohort_answered_before(tmp_path) -> None:
         study_approval.approve(home, PROJECT, protocol())
 
 
+def test_approval_fails_near_the_same_patients_answered_under_another_data_model(tmp_path) -> None:
+    """ADR 0030 at approval: a cohort answered under another data model (or version) holding the
+    same patients under other row keys, three patients short of the study's population, refuses
+    the study; the same cohort answered under that model with few shared patients does not."""
+    from mipflow.node.controls.differencing import hash_key, patient_keys, sorted_unique
+    from mipflow.node.query.read import select_frame
+    from mipflow.node.store.feature_store import FeatureStore
+
+    home, _ = node_home(tmp_path)
+    store = FeatureStore(home.db_url)
+    rows = select_frame(store, STROKE, datasets=["hospital_a"], variables=protocol()["variables"],
+                        complete_case=True, row_identity=True)
+    store.dispose()
+    patients = sorted_unique(patient_keys(rows, hash_key(home.key())))
+    other_rows = np.arange(10_000, 10_000 + len(patients) - 3, dtype=np.uint64)  # other row keys entirely
+    CohortLedger(home.root).record("stroke_v2:1.0", [other_rows], patients=[patients[3:]])
+    with pytest.raises(ConfigError, match=r"the study's population differs .* under this or another data model"):
+        study_approval.approve(home, PROJECT, protocol())
+    assert read_study(home.root, PROJECT) is None
+
+
+def test_approval_records_the_family_with_its_patients(tmp_path) -> None:
+    """Once approved, a near copy of the population under another data model is refused by the ledger."""
+    from mipflow.exceptions import DisclosureError
+    from mipflow.node.controls.differencing import hash_key, patient_keys, sorted_unique
+    from mipflow.node.query.read import select_frame
+    from mipflow.node.store.feature_store import FeatureStore
+
+    home, _ = node_home(tmp_path)
+    study_approval.approve(home, PROJECT, protocol())
+    store = FeatureStore(home.db_url)
+    rows = select_frame(store, STROKE, datasets=["hospital_a"], variables=protocol()["variables"],
+                        complete_case=True, row_identity=True)
+    store.dispose()
+    patients = sorted_unique(patient_keys(rows, hash_key(home.key())))
+    ledger = CohortLedger(home.root)
+    with pytest.raises(DisclosureError):
+        ledger.check("stroke_v2:1.0", [np.arange(5, 5 + len(patients) - 2, dtype=np.uint64)], 10,
+                     patients=[patients[2:]])
+    ledger.check("stroke_v2:1.0", [np.arange(5, 5 + len(patients), dtype=np.uint64)], 10, patients=[patients])
+
+
 def test_the_atom_rule_refuses_subgroups_whose_combination_isolates_few_patients(tmp_path) -> None:
     """'age >= 50' and 'age > 50' are each large, their difference is the few patients aged exactly 50."""
     home, frame = node_home(tmp_path, n=400)
