@@ -136,12 +136,13 @@ def _unverified(home: NodeHome, algorithm: str, body: bytes) -> _Reply:
             context.close()
 
 
-def start_node(root: Path, **settings: Any) -> Iterator[Node]:
+def start_node(root: Path, rows: pd.DataFrame | None = None, **settings: Any) -> Iterator[Node]:
+    """A node serving ``rows`` (default :func:`make_rows`) with ``settings``, in process."""
     home = NodeHome.init(root, "hospital_a")
     for key, value in settings.items():
         home.set_setting(key, value)
     home = NodeHome(root)
-    rows = make_rows()
+    rows = make_rows() if rows is None else rows
     assert load_frame(root, STROKE, rows) == len(rows)
     grant_all(root)
     credential = issue_client(root, "central")

@@ -66,6 +66,7 @@ class Algorithm(Protocol):
 
     name: str
     complete_case: bool
+    released_by: tuple[str, ...]
 
     def variables(self, request: AnalysisRequest) -> tuple[str, ...]: ...
 
@@ -134,7 +135,11 @@ class Algorithm(Protocol):
 # * ``fold_sizes``: the folds whose statistics it releases, each checked like a step;
 # * ``coarsen_for_release``: its own coarsening to the node's ``nfilter_tab`` before the checks;
 # * ``differencing_partition``: the partition of the rows whose sums a round releases, which
-#   the node compares with the partitions it released before (k-means, ADR 0013).
+#   the node compares with the partitions it released before (k-means, ADR 0013);
+# * ``released_by``: row columns (e.g. ``dataset``) whose levels split its released statistics;
+#   each level's rows enter the differencing ledger as cohorts of their own.  (Rows complete on
+#   every variable, released by an algorithm that is not complete-case, e.g. ``descriptive_stats``'s
+#   model-based statistics, always do.)
 
 #: Values of ``Algorithm.secure_aggregation``: its aggregates are not all sums
 #: (``"unsupported"``); they are, and automatic mode masks them from 3 nodes

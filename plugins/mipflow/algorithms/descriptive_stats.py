@@ -129,6 +129,7 @@ class DescriptiveStats(SpecAlgorithm):
                    "variables) per dataset and overall, per variable and on the complete cases; no "
                    "minimum, maximum or quartile is released.")
     complete_case = False
+    released_by = ("dataset",)  # per-dataset statistics: each dataset's rows are a cohort
     y_spec = InputSpec(types=("int", "real", "text"), stattypes=(NUMERICAL, NOMINAL),
                        notblank=True, multiple=True, label="Variables", description="Variables to describe.")
     x_spec = InputSpec(types=("int", "real", "text"), stattypes=(NUMERICAL, NOMINAL),

@@ -161,6 +161,9 @@ class SpecAlgorithm:
     #: What the algorithm does, for forms and ``mipflow algorithms list``.
     description: str = ""
     complete_case: bool = True
+    #: Row columns whose levels split the statistics the local step releases (e.g. ``("dataset",)``
+    #: for per-dataset statistics): each level's rows are a cohort of the differencing ledger.
+    released_by: tuple[str, ...] = ()
     y_spec: InputSpec
     x_spec: InputSpec | None = None
     parameter_specs: Mapping[str, ParamSpec] = MappingProxyType({})

@@ -113,7 +113,8 @@ class SelectionCache:
         else:
             frame = select_frame(self.store, model, datasets=analysis.datasets, variables=variables,
                                  filters=analysis.filters, complete_case=algo.complete_case, row_identity=True)
-        cohorts = self.differencing.cohorts(model.key, frame, variables, algo.complete_case)
+        cohorts = self.differencing.cohorts(model.key, frame, variables, algo.complete_case,
+                                            getattr(algo, "released_by", ()))
         if needs_fold_keys(algo):  # folds fixed by the node's secret, never by the request (ADR 0026)
             frame = add_fold_keys(frame, self.fold_key, self.differencing.key)
         data = prepare_local_data(algo, frame, analysis)  # keeps the variables (and fold keys): no row keys

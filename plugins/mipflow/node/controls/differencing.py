@@ -129,7 +129,7 @@ def patient_keys(frame: pd.DataFrame, key: str) -> np.ndarray | None:
 
 
 def cohort_sets(frame: pd.DataFrame, variables: Sequence[str], complete_case: bool,
-                key: str) -> tuple[list[np.ndarray], np.ndarray]:
+                key: str, by: Sequence[str] = ()) -> tuple[list[np.ndarray], np.ndarray]:
     """The cohorts a local step on ``frame`` would describe, and the used rows' keys in order.
 
     Parameters
@@ -141,41 +141,69 @@ def cohort_sets(frame: pd.DataFrame, variables: Sequence[str], complete_case: bo
     complete_case : bool
         Whether the algorithm drops rows with a missing value in ``variables``
         (as :func:`mipflow.algorithms.local.prepare_local_data` does).
+    by : sequence of str
+        Row columns whose levels split the released statistics (``Algorithm.released_by``).
 
     Returns
     -------
     cohorts : list of numpy.ndarray of uint64
         Sorted unique hashes: the rows used and, without complete-case, each
-        variable's non-missing rows where they differ from the rows used.
+        variable's non-missing rows and the rows complete on every variable
+        where they differ from the rows used; then each of these within each
+        level of the ``by`` columns.
     used : numpy.ndarray of uint64, shape (n_used,)
         Hashes of the rows used, in the order the local step sees them.
     """
-    cohorts, _, used = cohort_sets_and_patients(frame, variables, complete_case, key)
+    cohorts, _, used = cohort_sets_and_patients(frame, variables, complete_case, key, by)
     return cohorts, used
 
 
-def cohort_sets_and_patients(frame: pd.DataFrame, variables: Sequence[str], complete_case: bool, key: str
+def cohort_masks(frame: pd.DataFrame, variables: Sequence[str], complete_case: bool,
+                 by: Sequence[str] = ()) -> list[np.ndarray]:
+    """Boolean row masks of the cohorts whose statistics a local step on ``frame`` releases.
+
+    The first is the rows the step uses (complete cases, or every row).  Without complete-case
+    (``descriptive_stats``) each variable's non-missing rows follow, and the rows complete on
+    every variable (its model-based statistics; issue 14.5: a cohort computed inside an
+    algorithm).  Each of these is then split by the levels of the ``by`` columns (per-dataset
+    statistics).  Empty masks and repeats are left out.
+    """
+    n = len(frame)
+    columns = [c for c in variables if c in frame.columns]
+    present = frame[columns].notna().to_numpy() if columns else np.ones((n, 0), dtype=bool)
+    complete = present.all(axis=1) if n else np.ones(0, dtype=bool)
+    base = [complete] if complete_case else [np.ones(n, dtype=bool), *present.T, complete]
+    masks: list[np.ndarray] = []
+
+    def add(mask: np.ndarray) -> None:
+        if (mask.any() or not masks) and not any(np.array_equal(mask, m) for m in masks):
+            masks.append(mask)
+
+    for mask in base:
+        add(mask)
+    for column in by:
+        if column not in frame.columns:
+            continue
+        levels = frame[column].astype(object).to_numpy()
+        for level in pd.unique(frame[column].dropna().astype(object)):
+            at = levels == level
+            for mask in base:
+                add(mask & at)
+    return masks
+
+
+def cohort_sets_and_patients(frame: pd.DataFrame, variables: Sequence[str], complete_case: bool, key: str,
+                             by: Sequence[str] = ()
                              ) -> tuple[list[np.ndarray], list[np.ndarray] | None, np.ndarray]:
     """:func:`cohort_sets`, with each cohort's patients (:func:`patient_keys`, sorted unique) beside
     its rows (None when the frame carries no patient identity)."""
     keys = row_keys(frame, key)
     pids = patient_keys(frame, key)
-    columns = [c for c in variables if c in frame.columns]
-    present = frame[columns].notna().to_numpy() if columns else np.ones((len(frame), 0), dtype=bool)
-    if complete_case:
-        mask = present.all(axis=1) if len(frame) else np.ones(0, dtype=bool)
-        used = keys[mask]
-        return [sorted_unique(used)], None if pids is None else [sorted_unique(pids[mask])], used
-    cohorts = [sorted_unique(keys)]
-    patients = None if pids is None else [sorted_unique(pids)]
-    for j in range(present.shape[1]):
-        if not present[:, j].all():
-            subset = sorted_unique(keys[present[:, j]])
-            if len(subset) and not any(np.array_equal(subset, c) for c in cohorts):
-                cohorts.append(subset)
-                if patients is not None:
-                    patients.append(sorted_unique(pids[present[:, j]]))
-    return cohorts, patients, keys
+    masks = cohort_masks(frame, variables, complete_case, by)
+    used = keys[masks[0]] if complete_case else keys
+    cohorts = [sorted_unique(keys[m]) for m in masks]
+    patients = None if pids is None else [sorted_unique(pids[m]) for m in masks]
+    return cohorts, patients, used
 
 
 # --------------------------------------------------------------------------- the node's guard
@@ -230,9 +258,9 @@ class DifferencingGuard:
         self.partitions = PartitionMemory(root)
 
     def cohorts(self, data_model: str, frame: pd.DataFrame, variables: Sequence[str],
-                complete_case: bool) -> Cohorts:
+                complete_case: bool, by: Sequence[str] = ()) -> Cohorts:
         """The cohorts of a selection with row identity (see :func:`cohort_sets`)."""
-        sets, patients, used = cohort_sets_and_patients(frame, variables, complete_case, self.key)
+        sets, patients, used = cohort_sets_and_patients(frame, variables, complete_case, self.key, by)
         return Cohorts(data_model, tuple(sets), tuple(cohort_digest(data_model, c) for c in sets),
                        order=used if complete_case else None,
                        patients=None if patients is None else tuple(patients))

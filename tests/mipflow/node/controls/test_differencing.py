@@ -112,6 +112,25 @@ def test_without_complete_case_each_variables_rows_are_a_cohort():
     assert [len(c) for c in cohorts] == [29] and np.array_equal(used, row_keys(frame, key)[1:])
 
 
+def test_rows_complete_on_every_variable_and_each_dataset_are_cohorts_too():
+    """Issue 14.5: a cohort computed inside an algorithm (descriptive statistics' model-based rows,
+    its per-dataset statistics) is a cohort of the ledger like the rows a step uses."""
+    frame = pd.DataFrame({"_pid": [f"p{i}" for i in range(40)], "dataset": ["d0"] * 25 + ["d1"] * 15,
+                          "_visit": "", "a": [np.nan] + [1.0] * 39, "b": [2.0, np.nan] + [2.0] * 38})
+    key = hash_key(SECRET)
+    keys = row_keys(frame, key)
+    cohorts, used = cohort_sets(frame, ["a", "b"], complete_case=False, key=key)
+    # every row, a's rows, b's rows, the rows complete on both
+    assert [len(c) for c in cohorts] == [40, 39, 39, 38] and np.array_equal(used, keys)
+    assert np.array_equal(cohorts[3], np.sort(keys[2:]))
+    cohorts, _ = cohort_sets(frame, ["a", "b"], complete_case=False, key=key, by=["dataset"])
+    sizes = [len(c) for c in cohorts]
+    assert sizes[:4] == [40, 39, 39, 38] and sorted(sizes[4:]) == [15, 23, 24, 24, 25]
+    assert any(np.array_equal(c, np.sort(keys[25:])) for c in cohorts[4:])  # d1: the same in every base cohort
+    cohorts, used = cohort_sets(frame, ["a", "b"], complete_case=True, key=key, by=["dataset"])
+    assert [len(c) for c in cohorts] == [38, 23, 15] and np.array_equal(used, keys[2:])
+
+
 def test_select_frame_row_identity_stays_out_of_the_local_data(tmp_path):
     home = NodeHome.init(tmp_path / "n", "n")
     frame = _patients(30)
