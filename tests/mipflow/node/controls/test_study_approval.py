@@ -55,19 +55,25 @@ def test_a_small_subgroup_or_complement_fails_approval_with_counts_for_the_admin
     assert read_study(home.root, PROJECT) is None and CohortLedger(home.root).cohorts(STROKE.key) == {}
 
 
-def test_approval_fails_near_a_cohort_answered_before(tmp_path) -> None:
-    """An analysis outside any study answered on 'population minus 3 rows' first: the study's
-    population would difference against it."""
-    from mipflow.node.controls.differencing import hash_key, row_keys, sorted_unique
+def _population_keys(home) -> tuple[np.ndarray, np.ndarray]:
+    """The study population's sorted keyed row hashes and patient hashes at ``home`` (hospital_a)."""
+    from mipflow.node.controls.differencing import hash_key, patient_keys, row_keys, sorted_unique
     from mipflow.node.query.read import select_frame
     from mipflow.node.store.feature_store import FeatureStore
 
-    home, _ = node_home(tmp_path)
     store = FeatureStore(home.db_url)
     rows = select_frame(store, STROKE, datasets=["hospital_a"], variables=protocol()["variables"],
                         complete_case=True, row_identity=True)
     store.dispose()
-    keys = sorted_unique(row_keys(rows, hash_key(home.key())))
+    key = hash_key(home.key())
+    return sorted_unique(row_keys(rows, key)), sorted_unique(patient_keys(rows, key))
+
+
+def test_approval_fails_near_a_cohort_answered_before(tmp_path) -> None:
+    """An analysis outside any study answered on 'population minus 3 rows' first: the study's
+    population would difference against it."""
+    home, _ = node_home(tmp_path)
+    keys, _ = _population_keys(home)
     CohortLedger(home.root).record(STROKE.key, [keys[3:]])
     with pytest.raises(ConfigError, match=r"the study's population differs from rows this node already answered"):
         study_approval.approve(home, PROJECT, protocol())
@@ -76,17 +82,9 @@ def test_approval_fails_near_a_cohort_answered_before(tmp_path) -> None:
 def test_approval_fails_near_the_same_patients_answered_under_another_data_model(tmp_path) -> None:
     """ADR 0030 at approval: a cohort answered under another data model (or version) holding the
     same patients under other row keys, three patients short of the study's population, refuses
-    the study; the same cohort answered under that model with few shared patients does not."""
-    from mipflow.node.controls.differencing import hash_key, patient_keys, sorted_unique
-    from mipflow.node.query.read import select_frame
-    from mipflow.node.store.feature_store import FeatureStore
-
+    the study."""
     home, _ = node_home(tmp_path)
-    store = FeatureStore(home.db_url)
-    rows = select_frame(store, STROKE, datasets=["hospital_a"], variables=protocol()["variables"],
-                        complete_case=True, row_identity=True)
-    store.dispose()
-    patients = sorted_unique(patient_keys(rows, hash_key(home.key())))
+    _, patients = _population_keys(home)
     other_rows = np.arange(10_000, 10_000 + len(patients) - 3, dtype=np.uint64)  # other row keys entirely
     CohortLedger(home.root).record("stroke_v2:1.0", [other_rows], patients=[patients[3:]])
     with pytest.raises(ConfigError, match=r"the study's population differs .* under this or another data model"):
@@ -97,17 +95,10 @@ def test_approval_fails_near_the_same_patients_answered_under_another_data_model
 def test_approval_records_the_family_with_its_patients(tmp_path) -> None:
     """Once approved, a near copy of the population under another data model is refused by the ledger."""
     from mipflow.exceptions import DisclosureError
-    from mipflow.node.controls.differencing import hash_key, patient_keys, sorted_unique
-    from mipflow.node.query.read import select_frame
-    from mipflow.node.store.feature_store import FeatureStore
 
     home, _ = node_home(tmp_path)
     study_approval.approve(home, PROJECT, protocol())
-    store = FeatureStore(home.db_url)
-    rows = select_frame(store, STROKE, datasets=["hospital_a"], variables=protocol()["variables"],
-                        complete_case=True, row_identity=True)
-    store.dispose()
-    patients = sorted_unique(patient_keys(rows, hash_key(home.key())))
+    _, patients = _population_keys(home)
     ledger = CohortLedger(home.root)
     with pytest.raises(DisclosureError):
         ledger.check("stroke_v2:1.0", [np.arange(5, 5 + len(patients) - 2, dtype=np.uint64)], 10,
