@@ -18,7 +18,8 @@ NEIGHBOURING = "add or remove one row"
 
 def noise_label(*, mechanism: str, epsilon: float, delta: float, rho: float | None,
                 clamped: dict[str, list[float]], spent: dict[str, Any], budget: dict[str, Any],
-                note: str = "") -> dict[str, Any]:
+                note: str = "", mode: str | None = None, keyed: bool = False,
+                noise_sd: dict[str, dict[str, Any]] | None = None, repeat: bool | None = None) -> dict[str, Any]:
     """The ``privacy`` label of one noisy step reply.
 
     Parameters
@@ -35,11 +36,27 @@ def noise_label(*, mechanism: str, epsilon: float, delta: float, rho: float | No
         The researcher's spending at the node after this step, and the node's budget.
     note : str
         What the noisy result is (and is not); left out when empty.
+    mode : str, optional
+        ``"explore"`` for a step answered in explore mode (ADR 0032); left out otherwise.
+    keyed : bool
+        The noise is keyed by the query and the rows (explore mode): the same request on the
+        same rows gets the same noise.
+    noise_sd : dict, optional
+        Block -> ``{"sd", "unit"}``: the standard deviation of the noise on one released value of
+        the block (before rounding to integers).
+    repeat : bool, optional
+        Explore mode: the release was charged before (the same request on the same rows).
     """
     label = {"mechanism": mechanism, "library": "opendp", "epsilon": epsilon, "delta": delta, "rho": rho,
              "neighbouring": NEIGHBOURING, "clamped": clamped, "spent": spent, "budget": budget}
     if note:
         label["note"] = note
+    if mode is not None:
+        label.update(mode=mode, keyed=bool(keyed), library="mipflow keyed noise (OpenDP privacy maps)")
+    if noise_sd is not None:
+        label["noise_sd"] = noise_sd
+    if repeat is not None:
+        label["repeat"] = bool(repeat)
     return label
 
 
