@@ -219,3 +219,66 @@ def test_small_noisy_cells_are_suppressed_without_complements():
     doc = {"histograms": [{"counts": [0, 1, 2, 3, 50]}, {"counts": [[1, 40], [0, 7]]}], "n": 2}
     assert suppress_noisy_cells(doc, 3) == {"histograms": [{"counts": [0, None, None, 3, 50]},
                                                            {"counts": [[None, 40], [0, 7]]}], "n": 2}
+
+
+# --------------------------------------------------------------------------- the admin's commands
+
+
+def run_cli(capsys, *argv) -> tuple[int, dict | None, str]:
+    import json
+
+    from mipflow.cli import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, json.loads(out) if out.strip() else None, err
+
+
+def test_the_explore_commands_and_exclusivity_with_studies(tmp_path, capsys):
+    import json
+
+    from mipflow.node.controls.explore import ExploreRegistry, read_projects
+    from tests.mipflow.node.controls.study_helpers import PROJECT, node_home, protocol
+
+    home, _ = node_home(tmp_path / "node")
+    registry = ExploreRegistry(home.root, home.key)
+    assert registry.for_project(PROJECT) is None
+    code, enabled, _ = run_cli(capsys, "explore", "enable", home.root, "--project", PROJECT)
+    assert code == 0 and enabled["status"] == "enabled" and enabled["mode"] == "explore"
+    assert registry.for_project(PROJECT) == {"enabled_at": enabled["enabled_at"]}  # seen without a restart
+    assert registry.for_project("other") is None
+    code, again, _ = run_cli(capsys, "explore", "enable", home.root, "--project", PROJECT)
+    assert code == 0 and again["status"] == "already enabled"
+    code, shown, _ = run_cli(capsys, "explore", "show", home.root)
+    assert code == 0 and set(shown["explore"]) == {PROJECT}
+    assert shown["explore"][PROJECT]["spent"]["epsilon"] == 0
+    assert shown["settings"]["explore_epsilon"] == 1.0 and shown["settings"]["explore_budget_epsilon"] == 20.0
+    # a project in explore mode cannot get a study, and the reverse
+    path = tmp_path / "protocol.json"
+    path.write_text(json.dumps(protocol()))
+    code, _, err = run_cli(capsys, "study", "approve", home.root, "--project", PROJECT, path)
+    assert code == 2 and "is in explore mode" in err and "mipflow explore disable" in err
+    code, disabled, _ = run_cli(capsys, "explore", "disable", home.root, "--project", PROJECT)
+    assert code == 0 and disabled["status"] == "disabled" and read_projects(home.root) == {}
+    assert registry.for_project(PROJECT) is None
+    code, _, err = run_cli(capsys, "explore", "disable", home.root, "--project", PROJECT)
+    assert code == 2 and "not in explore mode" in err
+    code, approved, _ = run_cli(capsys, "study", "approve", home.root, "--project", PROJECT, path)
+    assert code == 0 and approved["status"] == "approved"
+    code, _, err = run_cli(capsys, "explore", "enable", home.root, "--project", PROJECT)
+    assert code == 2 and "has an approved study" in err and "mipflow study withdraw" in err
+    code, _, err = run_cli(capsys, "explore", "enable", home.root, "--project", "bad name!")
+    assert code == 2 and "not a valid identity" in err
+
+
+def test_explore_settings_are_checked(tmp_path):
+    from mipflow.exceptions import ConfigError
+    from mipflow.node.home import NodeSettings
+
+    settings = NodeSettings()
+    assert (settings.explore_mechanism, settings.explore_epsilon, settings.explore_budget_epsilon,
+            settings.explore_project_budget_epsilon) == ("laplace", 1.0, 20.0, 50.0)
+    assert settings.with_value("explore_mechanism", "gaussian").explore_mechanism == "gaussian"
+    for key, value in (("explore_mechanism", "uniform"), ("explore_epsilon", 0), ("explore_budget_epsilon", "inf")):
+        with pytest.raises(ConfigError):
+            settings.with_value(key, value)
