@@ -231,3 +231,43 @@ def test_e_a_later_round_is_refused_by_the_request_alone(pair):
         assert caught.value.control == "explore"
         messages.append(str(caught.value))
     assert messages[0] == messages[1]
+
+
+# --------------------------------------------------------------------------- a node with DP for every project
+
+
+def test_at_a_dp_node_an_explore_project_takes_the_explore_path_and_others_do_not(tmp_path):
+    """ADR 0032 point 8: ``dp_enabled`` node-wide; the explore project gets keyed noise and the explore
+    budgets, another project the node's DP as before (fresh noise, DP budgets, no mode)."""
+    from tests.nodes import PROJECT as DP_PROJECT
+    from tests.privacy.conftest import start_node
+
+    nodes = start_node(tmp_path / "dp-node", dp_enabled=1)
+    node = next(nodes)
+    try:
+        grant_all(node.home.root, researcher="*", project="explorers")
+        grant_all(node.home.root, researcher="*", project=DP_PROJECT)
+        explore.enable(node.home.root, "explorers")
+        body = {"request": {"inputdata": {"data_model": STROKE.key, "datasets": ["hospital_a", "hospital_b"],
+                                          "x": [], "y": ["age"], "filters": None}, "parameters": {"bins": 10}},
+                "round": 0, "state": None, "researcher": "r1", "analysis_id": None}
+
+        def call(project: str) -> dict:
+            raw = json.dumps({**body, "project": project}).encode()
+            headers = signed_headers(node.credential.client_id, node.credential.secret, "POST",
+                                     "/v1/steps/multiple_histograms", raw)
+            reply = node.http.post("/v1/steps/multiple_histograms", content=raw,
+                                   headers={**headers, "Content-Type": "application/json"})
+            assert reply.status_code == 200, reply.text
+            return reply.json()
+
+        first, again = call("explorers"), call("explorers")
+        assert first["mode"] == {"mode": "explore", "project": "explorers", "mechanism": "laplace", "epsilon": 1.0}
+        assert first["privacy"]["mode"] == "explore" and first["privacy"]["budget"]["epsilon"] == 20.0
+        assert first["aggregates"] == again["aggregates"]  # keyed
+        standard = [call(DP_PROJECT) for _ in range(3)]
+        assert all("mode" not in r and "mode" not in r["privacy"] for r in standard)
+        assert standard[0]["privacy"]["budget"]["epsilon"] == 5.0 and standard[0]["privacy"]["epsilon"] == 0.5
+        assert len({json.dumps(r["aggregates"]) for r in standard}) > 1  # OpenDP's fresh noise each time
+    finally:
+        nodes.close()
