@@ -105,6 +105,10 @@ def _parser() -> argparse.ArgumentParser:
 
     add_study_parser(sub)  # mipflow study approve|show|refresh|withdraw (ADR 0028)
 
+    from mipflow.node.controls.explore_cli import add_parser as add_explore_parser
+
+    add_explore_parser(sub)  # mipflow explore enable|disable|show (ADR 0032)
+
     audit = sub.add_parser("audit", help="node admin: the audit log").add_subparsers(
         dest="audit_command", required=True)
     p = audit.add_parser("verify", help="check the audit log's hash chain; exit 1 at the first broken record")
@@ -361,6 +365,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "study":
         from mipflow.node.controls.study_cli import run
+
+        return run(args)
+    if args.command == "explore":
+        from mipflow.node.controls.explore_cli import run
 
         return run(args)
     if args.command == "audit":

@@ -103,6 +103,15 @@ class NodeSettings:
     dp_project_budget_delta: float = 1e-6
     #: Algorithms a DP node may still run without noise, comma-separated (others without a DP mechanism are refused).
     dp_exempt_algorithms: str = ""
+    # -- explore mode (docs/adr/0032-explore-mode.md; per project, mipflow explore enable) --
+    #: ``laplace`` or ``gaussian`` (stated at dp_budget_delta): the keyed noise of explore answers.
+    explore_mechanism: str = "laplace"
+    #: Epsilon each explore release costs (split over the blocks it releases).
+    explore_epsilon: float = 1.0
+    #: Total epsilon one researcher may spend in explore mode at this node (all time; one ledger with DP).
+    explore_budget_epsilon: float = 20.0
+    #: Total epsilon all researchers of one explore project may spend at this node (all time).
+    explore_project_budget_epsilon: float = 50.0
     #: Refuse cohorts that differ from an answered one by fewer than min_row_count rows, and
     #: k-means rounds a few rows away from a released one (1 = on; docs/adr/0013-differencing.md).
     differencing_check: int = 1
@@ -144,9 +153,10 @@ class NodeSettings:
             raise ConfigError(f"setting {key!r} must be at least 1")
         if key in ("max_failure_rate", "nfilter_glm") and converted > 1:
             raise ConfigError(f"setting {key!r} is a fraction between 0 and 1")
-        if key == "dp_mechanism" and converted not in ("laplace", "gaussian"):
+        if key in ("dp_mechanism", "explore_mechanism") and converted not in ("laplace", "gaussian"):
             raise ConfigError(f"setting {key!r} is laplace or gaussian")
-        if key in ("dp_epsilon", "dp_budget_epsilon", "dp_project_budget_epsilon") \
+        if key in ("dp_epsilon", "dp_budget_epsilon", "dp_project_budget_epsilon", "explore_epsilon",
+                   "explore_budget_epsilon", "explore_project_budget_epsilon") \
                 and not 0 < converted < float("inf"):
             raise ConfigError(f"setting {key!r} must be a positive number")
         if key in ("dp_budget_delta", "dp_project_budget_delta") and converted >= 1:

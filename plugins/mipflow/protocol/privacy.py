@@ -18,7 +18,8 @@ NEIGHBOURING = "add or remove one row"
 
 def noise_label(*, mechanism: str, epsilon: float, delta: float, rho: float | None,
                 clamped: dict[str, list[float]], spent: dict[str, Any], budget: dict[str, Any],
-                note: str = "") -> dict[str, Any]:
+                note: str = "", mode: str | None = None, keyed: bool = False,
+                noise_sd: dict[str, dict[str, Any]] | None = None, repeat: bool | None = None) -> dict[str, Any]:
     """The ``privacy`` label of one noisy step reply.
 
     Parameters
@@ -35,11 +36,27 @@ def noise_label(*, mechanism: str, epsilon: float, delta: float, rho: float | No
         The researcher's spending at the node after this step, and the node's budget.
     note : str
         What the noisy result is (and is not); left out when empty.
+    mode : str, optional
+        ``"explore"`` for a step answered in explore mode (ADR 0032); left out otherwise.
+    keyed : bool
+        The noise is keyed by the query and the rows (explore mode): the same request on the
+        same rows gets the same noise.
+    noise_sd : dict, optional
+        Block -> ``{"sd", "unit"}``: the standard deviation of the noise on one released value of
+        the block (before rounding to integers).
+    repeat : bool, optional
+        Explore mode: the release was charged before (the same request on the same rows).
     """
     label = {"mechanism": mechanism, "library": "opendp", "epsilon": epsilon, "delta": delta, "rho": rho,
              "neighbouring": NEIGHBOURING, "clamped": clamped, "spent": spent, "budget": budget}
     if note:
         label["note"] = note
+    if mode is not None:
+        label.update(mode=mode, keyed=bool(keyed), library="mipflow keyed noise (OpenDP privacy maps)")
+    if noise_sd is not None:
+        label["noise_sd"] = noise_sd
+    if repeat is not None:
+        label["repeat"] = bool(repeat)
     return label
 
 
@@ -70,11 +87,36 @@ def privacy_block(labels: dict[str, list[dict[str, Any]]], contributed: Sequence
                        "releases": len(items)}
         if first.get("note"):
             nodes[name]["note"] = first["note"]
+        if first.get("mode"):  # explore mode (ADR 0032): keyed noise, its sd per block
+            nodes[name].update(mode=first["mode"], keyed=bool(first.get("keyed")))
+        if first.get("noise_sd"):
+            nodes[name]["noise_sd"] = first["noise_sd"]
     block = {"approximate": True, "method": "differential privacy, noise added at the nodes",
              "noisy_nodes": nodes, "exact_nodes": sorted(set(contributed) - set(noisy)),
              "note": "statistics are approximate: each listed node added random noise calibrated to its epsilon "
                      "(and delta); numerical values were clamped to the data model's declared ranges"}
+    pooled = pooled_noise_sd(nodes)
+    if pooled:
+        block["pooled_noise_sd"] = pooled
     derived = sorted({item["note"] for items in noisy.values() for item in items if item.get("note")})
     if derived:  # what the derived statistics are (e.g. standard errors that leave out the noise)
         block["derived"] = derived
     return block
+
+
+def pooled_noise_sd(nodes: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Block -> the sd of the noise on one released value summed over the nodes that released it.
+
+    The nodes' noises are independent, so the variances add: ``sqrt(sum sd_i**2)``.  For a count
+    block this is the error of one pooled cell (a histogram bin, a level's count); a total over
+    ``k`` cells of a node carries ``sqrt(k)`` times that node's sd.  Empty when no node stated
+    its noise's sd.
+    """
+    variances: dict[str, list[float]] = {}
+    units: dict[str, str] = {}
+    for item in nodes.values():
+        for block, value in (item.get("noise_sd") or {}).items():
+            variances.setdefault(block, []).append(float(value["sd"]) ** 2)
+            units.setdefault(block, str(value.get("unit", "")))
+    return {block: {"sd": math.sqrt(math.fsum(v)), "unit": units[block], "nodes": len(v)}
+            for block, v in sorted(variances.items())}

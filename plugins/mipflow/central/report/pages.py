@@ -95,26 +95,46 @@ def provenance_table(doc: Mapping[str, Any]) -> Table:
 STANDARD_MODE = "answered in standard mode: each request checked by the nodes' per-request controls"
 
 
+def _explore_text(modes: Sequence[Mapping[str, Any]]) -> str:
+    """``explore mode: perturbed answers (keyed noise, epsilon 1 per step)`` for nodes answering in
+    explore mode (ADR 0032), the epsilons as the nodes state them."""
+    epsilons = sorted({f"{float(m['epsilon']):g}" for m in modes if m.get("epsilon") is not None})
+    per_step = f", epsilon {' / '.join(epsilons)} per step" if epsilons else ""
+    return f"explore mode: perturbed answers (keyed noise{per_step})"
+
+
+def _is_explore(mode: Mapping[str, Any]) -> bool:
+    return mode.get("mode") == "explore"
+
+
 def mode_text(mode: Mapping[str, Any] | None, contributed: Mapping[str, Any] | None = None) -> str:
-    """Which mode answered a result (``AnalysisOutcome.mode``, ADR 0028), as a researcher reads it.
+    """Which mode answered a result (``AnalysisOutcome.mode``, ADR 0028, 0032), as a researcher reads it.
 
     ``"answered in study stroke-outcomes on the data of 2026-12-01"`` when every node answered in
-    the same study on snapshots of the same day; otherwise the study and snapshot per node, and
-    ``standard mode`` for contributing nodes that answered outside a study.  A result no node
-    answered in study mode says so too (:data:`STANDARD_MODE`: issue 14.1, results say which mode
-    produced them); ``""`` only for a result without contributing nodes.
+    the same study on snapshots of the same day; ``"answered in explore mode: perturbed answers
+    (keyed noise, epsilon 1 per step)"`` when every node answered in explore mode; otherwise the
+    mode per node, and ``standard mode`` for contributing nodes that answered in neither.  A result
+    no node answered in study or explore mode says so too (:data:`STANDARD_MODE`: issue 14.1,
+    results say which mode produced them); ``""`` only for a result without contributing nodes.
     """
     if not mode:
         return STANDARD_MODE if contributed else ""
     standard = [node for node in (contributed or {}) if node not in mode]
-    studies = {str(m.get("study")) for m in mode.values()}
-    days = {str(m.get("snapshot", ""))[:10] for m in mode.values()}
-    if len(studies) == 1 and len(days) == 1 and not standard:
+    explore = {n: m for n, m in mode.items() if _is_explore(m)}
+    studies_by_node = {n: m for n, m in mode.items() if not _is_explore(m)}
+    if explore and not studies_by_node and not standard:
+        return "answered in " + _explore_text(list(explore.values()))
+    studies = {str(m.get("study")) for m in studies_by_node.values()}
+    days = {str(m.get("snapshot", ""))[:10] for m in studies_by_node.values()}
+    if not explore and len(studies) == 1 and len(days) == 1 and not standard:
         text = f"answered in study {studies.pop()} on the data of {days.pop()}"
         return text + (" (snapshots: " + ", ".join(f"{n} {m.get('snapshot')}" for n, m in mode.items()) + ")")
-    parts = [f"{node}: study {m.get('study')} on the data of {m.get('snapshot')}" for node, m in mode.items()]
+    parts = [f"{node}: {_explore_text([m])}" if _is_explore(m)
+             else f"{node}: study {m.get('study')} on the data of {m.get('snapshot')}" for node, m in mode.items()]
     parts += [f"{node}: standard mode" for node in standard]
-    return "answered in study mode by node: " + "; ".join(parts)
+    kinds = ("study" if studies_by_node else "") + (" and " if studies_by_node and explore else "") + \
+        ("explore" if explore else "")
+    return f"answered in {kinds} mode by node: " + "; ".join(parts)
 
 
 def stopped_text(stopped: Mapping[str, Any] | None) -> str:

@@ -17,6 +17,7 @@ from mipflow.node.controls.access import AccessRegistry
 from mipflow.node.controls.audit import AUDIT_FILE, AuditLog
 from mipflow.node.controls.differencing import Cohorts, DifferencingGuard
 from mipflow.node.controls.dp import NodePrivacy
+from mipflow.node.controls.explore import ExploreRegistry
 from mipflow.node.controls.folds import fold_key
 from mipflow.node.controls.query_budget import QueryBudget
 from mipflow.node.controls.study import StudyRegistry
@@ -157,6 +158,8 @@ class StepContext:
         Rows kept between rounds (ADR 0019).
     studies : StudyRegistry
         The projects' approved studies (study mode, ADR 0028).
+    explore : ExploreRegistry
+        The projects in explore mode, the explore noise key and the releases charged (ADR 0032).
     """
 
     home: NodeHome
@@ -169,11 +172,14 @@ class StepContext:
     differencing: DifferencingGuard
     selections: SelectionCache
     studies: StudyRegistry | None = None
+    explore: ExploreRegistry | None = None
     _models: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.studies is None:  # every node answers its projects' studies
             self.studies = StudyRegistry(self.home.root)
+        if self.explore is None:  # and its explore projects (the key is read at the first explore step)
+            self.explore = ExploreRegistry(self.home.root, self.home.key)
 
     @classmethod
     def open(cls, home: NodeHome) -> "StepContext":

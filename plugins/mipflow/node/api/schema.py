@@ -171,8 +171,9 @@ class StepReply(BaseModel):
     tags: dict[str, str] | None = Field(None, description="the node's tag of this reply for each participant "
                                                           "(verifiable rounds, ADR 0029); null without a transcript")
     chain: str | None = Field(None, description="the analysis' hash chain up to this round (ADR 0029)")
-    mode: dict[str, str] | None = Field(None, description="study mode: the study and snapshot date that answered "
-                                                          "(absent in standard mode; ADR 0028)")
+    mode: dict[str, Any] | None = Field(None, description="study mode: the study and snapshot date that answered "
+                                                          "(ADR 0028); explore mode: {mode: explore, project, "
+                                                          "mechanism, epsilon} (ADR 0032); absent in standard mode")
 
 
 class Refusal(BaseModel):

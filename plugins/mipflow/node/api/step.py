@@ -25,16 +25,21 @@ Order (ADR 0002, 0010, 0013, 0014, 0015, 0024)::
                          contributions of the previous round
     check_request        disclosure controls on the request            (403)
     check_study          study mode: inside the project's study        (403 study, ADR 0028)
+    check_explore        explore mode: a noisy single-round release    (403 explore / dp_unsupported, ADR 0032)
     read_rows            the selection (cached between rounds)         (400 on a bad filter)
-    check_rows           min_row_count, nfilter_subset, nfilter_glm     (403)
-    check_cohort         differencing: cohorts near answered ones      (403 differencing; a study: at approval)
-    run_local_step       the algorithm's local step                    (400 on a state that does not fit)
+    check_rows           min_row_count, nfilter_subset, nfilter_glm     (403; explore: skipped)
+    check_cohort         differencing: cohorts near answered ones      (403 differencing; a study: at approval;
+                                                                        explore: skipped)
+    run_local_step       the algorithm's local step                    (400 on a state that does not fit;
+                                                                        explore: skipped, the release computes)
     check_partition      differencing: k-means assignments             (403 differencing)
-    check_release        disclosure controls on the aggregates         (403)
-    add_noise            differential privacy, charged to the budget   (403 dp_*)
+    check_release        disclosure controls on the aggregates         (403; explore: skipped)
+    add_noise            differential privacy, charged to the budget   (403 dp_*; explore: keyed noise, charged,
+                                                                        then min_row_count / nfilter_* / cells
+                                                                        decided on the noisy values)
     mask                 secure aggregation, last change to the aggregates (400 / 403 secure_aggregation)
     tag_release          the reply's tag for every participant (verifiable rounds)
-    remember_cohort      the cohort ledger learns what was released
+    remember_cohort      the cohort ledger learns what was released    (explore: not recorded, a DP release)
     audit_answer         the "allowed" record
     charge_query_budget  the analysis counts against the budgets
 
@@ -58,6 +63,7 @@ from mipflow.node.api.schema import read_step_body
 from mipflow.node.controls.disclosure import DisclosureControls
 from mipflow.node.controls.masking import require_secure_aggregation
 from mipflow.node.controls.query_budget import analysis_key
+from mipflow.node.controls.explore import check_explore, release_explore
 from mipflow.node.controls.study import check_study
 from mipflow.node.home import NodeSettings
 from mipflow.protocol.request import AnalysisRequest
@@ -139,6 +145,7 @@ class StepWork:
     chain: str | None = None
     tags: dict[str, str] | None = None
     study: Any = None  # the study selection answering the request (study mode, ADR 0028)
+    explore: Any = None  # the admitted explore step (explore mode, ADR 0032)
 
     def __post_init__(self) -> None:
         self.controls = DisclosureControls(self.settings)
@@ -254,7 +261,10 @@ def read_rows(request: StepRequest, context: StepContext, work: StepWork) -> Non
 
 
 def check_rows(request: StepRequest, context: StepContext, work: StepWork) -> None:
-    """Disclosure controls on the number of rows, before anything is computed from them."""
+    """Disclosure controls on the number of rows, before anything is computed from them (explore
+    mode: decided on the noisy count instead, by :func:`add_noise`)."""
+    if work.explore is not None:
+        return
     work.controls.check_rows(work.algo, request.analysis, work.model, work.rows)
 
 
@@ -262,6 +272,8 @@ def check_cohort(request: StepRequest, context: StepContext, work: StepWork) -> 
     """Differencing (ADR 0013): the cohorts may not differ by a few rows from answered ones.
     The cohort's digest is recorded even while ``differencing_check`` is off."""
     work.record["cohort"] = work.cohorts.digest[:16]
+    if work.explore is not None:  # a DP release: robust to any other release, the ledger has no say (ADR 0032)
+        return
     if work.settings.differencing_check and work.study is None:  # a study's cohorts: checked at approval
         context.differencing.before_step(work.cohorts, work.settings.min_row_count)
 
@@ -281,7 +293,10 @@ def _reading_the_state(request: StepRequest) -> Iterator[None]:
 
 
 def run_local_step(request: StepRequest, context: StepContext, work: StepWork) -> None:
-    """The algorithm's local step on the rows, with the state the central site broadcast."""
+    """The algorithm's local step on the rows, with the state the central site broadcast (explore
+    mode: none; the noisy release computes from the rows, so no exact-data error can answer)."""
+    if work.explore is not None:
+        return
     with _reading_the_state(request):
         work.aggregates = work.algo.local_step(request.round, work.data, request.analysis, work.model,
                                                work.state)
@@ -298,14 +313,22 @@ def check_partition(request: StepRequest, context: StepContext, work: StepWork) 
 
 
 def check_release(request: StepRequest, context: StepContext, work: StepWork) -> None:
-    """Disclosure controls on the aggregates: refusals and suppressed cells (ADR 0002)."""
+    """Disclosure controls on the aggregates: refusals and suppressed cells (ADR 0002; explore mode:
+    on the noisy aggregates, by :func:`add_noise`)."""
+    if work.explore is not None:
+        return
     work.aggregates = work.controls.release(work.algo, request.analysis, work.model, request.round,
                                             work.aggregates)
 
 
 def add_noise(request: StepRequest, context: StepContext, work: StepWork) -> None:
     """Differential privacy (ADR 0015): noise after the controls, charged before the reply.
-    The exact row count stays at the node when noise was added."""
+    The exact row count stays at the node when noise was added.  An explore step (ADR 0032) gets
+    keyed noise, is charged to the explore budgets and then decided on its noisy values
+    (:func:`mipflow.node.controls.explore.release_explore`), whether or not the node has ``dp_enabled``."""
+    if work.explore is not None:
+        release_explore(request, context, work)
+        return
     noisy = context.privacy.apply(work.settings, work.algo, request.analysis, work.model, request.round,
                                   work.data, request.researcher or "", project=request.project or "",
                                   details={"analysis": work.analysis_key})
@@ -338,7 +361,10 @@ def tag_release(request: StepRequest, context: StepContext, work: StepWork) -> N
 
 
 def remember_cohort(request: StepRequest, context: StepContext, work: StepWork) -> None:
-    """The cohort ledger and partition memory learn what is released (even while the check is off)."""
+    """The cohort ledger and partition memory learn what is released (even while the check is off);
+    not an explore release: differentially private, it is safe whatever else is released."""
+    if work.explore is not None:
+        return
     context.differencing.after_step(work.cohorts, request.analysis, work.labels)
 
 
@@ -379,6 +405,7 @@ CHAIN: tuple[Control, ...] = (
     verify_round,
     check_request,
     check_study,
+    check_explore,
     read_rows,
     check_rows,
     check_cohort,
@@ -451,4 +478,5 @@ def answer_step(context: StepContext, client: str, algorithm: str, raw: bytes, *
     return {"node": context.name, "algorithm": algorithm, "round": request.round, "rows": work.rows,
             "aggregates": work.aggregates, "code": work.code, "privacy": work.record.get("dp"),
             "tags": work.tags, "chain": work.chain,
-            **({"mode": work.study.study.mode} if work.study is not None else {})}
+            **({"mode": work.study.study.mode} if work.study is not None else
+               {"mode": work.explore.mode} if work.explore is not None else {})}

@@ -214,7 +214,10 @@ def approve(home: Any, project: str, document: Any) -> dict[str, Any]:
     """
     from mipflow.node.controls.differencing import hash_key
 
+    from mipflow.node.controls.explore import refuse_study_if_exploring
+
     protocol = parse_protocol(document)
+    refuse_study_if_exploring(home.root, project)
     existing = read_record(home.root, project)
     if existing is not None and existing.get("status") == "approved":
         raise ConfigError(f"project {project!r} already has an approved study ({existing['protocol']['name']!r}): "

@@ -96,3 +96,24 @@ def test_a_result_answered_in_study_mode_says_which_study_and_snapshot():
     standard = {**doc, "mode": {}, "contributed": {"a": 12, "b": 15}}
     assert dict(provenance_table(standard).rows)["answered in"] == STANDARD_MODE
     assert not any("answered in" in line for line in summary_lines(standard))  # the task log says study mode only
+
+
+def test_results_say_explore_mode_and_mixed_modes_per_node():
+    """ADR 0032: a result answered in explore mode says so, with the epsilon per step."""
+    from mipflow.central.report.pages import mode_text
+    from mipflow.central.results import summary_lines
+
+    explore = {"mode": "explore", "project": "p", "mechanism": "laplace", "epsilon": 1.0}
+    doc = {"run_id": "r4", "algorithm": "multiple_histograms", "result": {}, "request": {},
+           "contributed": {"a": 100, "b": 90}, "excluded": {}, "mode": {"a": explore, "b": explore}}
+    said = dict(provenance_table(doc).rows)["answered in"]
+    assert said == "answered in explore mode: perturbed answers (keyed noise, epsilon 1 per step)"
+    assert f"  {said}" in summary_lines(doc)
+    study = {"study": "stroke-outcomes", "snapshot": "2026-12-01T09:00:00+00:00"}
+    mixed = mode_text({"a": explore, "b": {**explore, "epsilon": 0.5}, "c": study}, {"a": 1, "b": 1, "c": 1, "d": 1})
+    assert mixed == ("answered in study and explore mode by node: a: explore mode: perturbed answers (keyed noise, "
+                     "epsilon 1 per step); b: explore mode: perturbed answers (keyed noise, epsilon 0.5 per step); "
+                     "c: study stroke-outcomes on the data of 2026-12-01T09:00:00+00:00; d: standard mode")
+    assert mode_text({"a": explore}, {"a": 1, "b": 1}) == (
+        "answered in explore mode by node: a: explore mode: perturbed answers (keyed noise, epsilon 1 per step); "
+        "b: standard mode")

@@ -24,8 +24,8 @@ from tests.privacy.test_attacks import KMEANS_Y, _projections, _slab_state
 
 #: The declared order, spelled out: a change of order is a change of this list too.
 ORDER = ["resolve_algorithm", "check_access", "check_query_budget", "require_secure_aggregation",
-         "find_data_model", "validate_request", "verify_round", "check_request", "check_study", "read_rows",
-         "check_rows", "check_cohort", "run_local_step", "check_partition",
+         "find_data_model", "validate_request", "verify_round", "check_request", "check_study", "check_explore",
+         "read_rows", "check_rows", "check_cohort", "run_local_step", "check_partition",
          "check_release", "add_noise", "mask", "tag_release", "remember_cohort", "audit_answer",
          "charge_query_budget"]
 LINREG = {"y": ["age"], "x": ["nihss_admission"]}

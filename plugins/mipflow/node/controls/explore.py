@@ -1,0 +1,537 @@
+"""Explore mode at the node: perturbed answers with keyed, consistent noise, charged per release (ADR 0032).
+
+A project the node admin puts in **explore mode** (``mipflow explore enable HOME --project P``,
+stored in ``HOME/explore.json``) is answered with perturbed aggregates only (ADR 0023, slice 7):
+
+* :func:`check_explore`, a control of the step chain placed right after
+  :func:`mipflow.node.controls.study.check_study` and before any row is read, admits a request
+  from the request and the data model alone: the algorithm must declare a noisy release
+  (``Algorithm.dp_release``), the step must be round 0, every numerical variable must have a
+  declared range.  Anything else is refused (control ``explore`` or ``dp_unsupported``) with the
+  same bytes at every node.
+* The exact-data controls are skipped for an admitted step (``min_row_count`` on the exact
+  count, ``nfilter_*``, the differencing ledger, the release controls): every decision is taken
+  on the perturbed values instead (:func:`release_explore`), after the step was charged, so a
+  refusal is post-processing of a differentially private release and tells nothing beyond it.
+* The noise is **keyed** (:class:`KeyedNoise`): its uniforms are HMAC-SHA256 under a key derived
+  from the node secret, over the canonical query (algorithm, Exareme2 request without
+  ``analysis_id``, researcher or project, the variables' declared metadata and the noise
+  parameters), the *selection key* (:func:`selection_key`: order-free sums of the selected
+  rows' keyed hashes and of their values' hashes), the block, the part, the call and the
+  element.  The same request on the same rows gets byte-identical noise, so repeating it
+  averages nothing out; any change of the rows or of the query gets independent noise.
+* Each release is charged to the researcher and to the project in the node's privacy ledger
+  (:class:`mipflow.node.controls.privacy_budget.PrivacyLedger`) with the explore budgets,
+  before any decision is taken; a release whose key (:meth:`KeyedNoise.release_key`) the project
+  was already charged for is not charged again (its answer is the same bytes).
+
+Nothing here keeps a value or a pseudonym: ``explore.json`` holds project names and dates, the
+ledger holds release keys (digests).
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import math
+import os
+import struct
+import threading
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from mipflow.exceptions import ConfigError, DisclosureError
+from mipflow.node.controls.dp_noise import QueryNoise
+
+#: The node home's file of projects in explore mode.
+EXPLORE_FILE = "explore.json"
+#: The HMAC label of the explore noise key (changing it redraws every explore answer).
+NOISE_KEY_LABEL = b"mipflow explore noise v1"
+#: Float outputs are rounded to a power-of-two grid this many binary places below the noise scale
+#: (post-processing; see :meth:`KeyedNoise.add`).
+GRID_BITS = 20
+
+
+class ExploreRefusal(DisclosureError):
+    """A request an explore project cannot make (403, control ``explore``)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, control="explore")
+
+
+def now_utc() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# --------------------------------------------------------------------------- which projects explore
+
+
+def _path(root: str | Path) -> Path:
+    return Path(root) / EXPLORE_FILE
+
+
+def _check_project(project: str) -> None:
+    from mipflow.protocol.identity import IDENTITY_RE
+
+    if not isinstance(project, str) or not IDENTITY_RE.match(project):
+        raise ConfigError(f"project {str(project)[:40]!r} is not a valid identity")
+
+
+def read_projects(root: str | Path) -> dict[str, dict[str, Any]]:
+    """Project -> its record (``enabled_at``), for the projects in explore mode at the node ``root``."""
+    path = _path(root)
+    if not path.is_file():
+        return {}
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        projects = doc["projects"]
+        if not isinstance(projects, dict):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(f"{path} is not a valid explore file") from None
+    return {str(k): dict(v) for k, v in projects.items()}
+
+
+def _write_projects(root: str | Path, projects: dict[str, dict[str, Any]]) -> None:
+    path = _path(root)
+    tmp = path.with_suffix(".json.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(json.dumps({"projects": projects}, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def _approved_study(root: str | Path, project: str) -> str | None:
+    from mipflow.node.controls.study import read_record
+
+    record = read_record(root, project)
+    if record is not None and record.get("status") == "approved":
+        return str(record.get("protocol", {}).get("name", ""))
+    return None
+
+
+def refuse_study_if_exploring(root: str | Path, project: str) -> None:
+    """For ``mipflow study approve``: a project in explore mode cannot get a study.
+
+    Raises
+    ------
+    ConfigError
+        If ``project`` is in explore mode at the node ``root``.
+    """
+    if project in read_projects(root):
+        raise ConfigError(f"project {project!r} is in explore mode at this node (perturbed answers): disable it "
+                          "first (mipflow explore disable) to approve a study for exact answers")
+
+
+def enable(root: str | Path, project: str) -> dict[str, Any]:
+    """Put ``project`` in explore mode at the node ``root``.
+
+    Raises
+    ------
+    ConfigError
+        If the project has an approved study (exact answers), or is not a valid identity.
+    """
+    _check_project(project)
+    study = _approved_study(root, project)
+    if study is not None:
+        raise ConfigError(f"project {project!r} has an approved study ({study!r}, exact answers): withdraw it "
+                          "first (mipflow study withdraw) to put the project in explore mode")
+    projects = read_projects(root)
+    if project in projects:
+        return {"project": project, "mode": "explore", "status": "already enabled", **projects[project]}
+    projects[project] = {"enabled_at": now_utc()}
+    _write_projects(root, projects)
+    return {"project": project, "mode": "explore", "status": "enabled", **projects[project]}
+
+
+def disable(root: str | Path, project: str) -> dict[str, Any]:
+    """Take ``project`` out of explore mode (its requests go through the standard controls again).
+
+    What it spent stays in the privacy ledger; re-enabling the project does not reset it.
+
+    Raises
+    ------
+    ConfigError
+        If the project is not in explore mode.
+    """
+    _check_project(project)
+    projects = read_projects(root)
+    if project not in projects:
+        raise ConfigError(f"project {project!r} is not in explore mode at this node")
+    record = projects.pop(project)
+    _write_projects(root, projects)
+    return {"project": project, "mode": "standard", "status": "disabled", "enabled_at": record.get("enabled_at")}
+
+
+def show(root: str | Path, settings: Any, project: str | None = None) -> dict[str, Any]:
+    """The projects in explore mode, the explore settings and what each project spent (admin only)."""
+    from mipflow.node.controls.privacy_budget import PrivacyLedger
+
+    projects = read_projects(root)
+    if project is not None:
+        _check_project(project)
+        projects = {project: projects[project]} if project in projects else {}
+    ledger = PrivacyLedger(root)
+    out = {}
+    for name, record in sorted(projects.items()):
+        spent = ledger.project_spent(name, settings.dp_project_budget_delta)
+        out[name] = {**record, "spent": {"epsilon": spent.epsilon, "delta": spent.delta, "releases": spent.releases}}
+    return {"explore": out,
+            "settings": {"explore_mechanism": settings.explore_mechanism, "explore_epsilon": settings.explore_epsilon,
+                         "explore_budget_epsilon": settings.explore_budget_epsilon,
+                         "explore_project_budget_epsilon": settings.explore_project_budget_epsilon,
+                         "dp_budget_delta": settings.dp_budget_delta}}
+
+
+# --------------------------------------------------------------------------- the keys of the noise
+
+
+def noise_key(node_secret: bytes) -> bytes:
+    """The HMAC key of explore noise, derived from the node secret under its own label (independent
+    of the cohort ledger's and the folds' keys)."""
+    return hmac.new(node_secret, NOISE_KEY_LABEL, hashlib.sha256).digest()
+
+
+def canonical_query(algorithm: str, analysis: Any, model: Any, variables: Sequence[str], *, mechanism: str,
+                    epsilon: float, delta: float) -> bytes:
+    """The query as the noise is keyed on: canonical JSON of the algorithm, the Exareme2 request
+    (datasets as a set; no ``analysis_id``, researcher or project), the declared metadata of its
+    variables (ranges and levels shape the release) and the noise's own parameters.
+
+    Two requests that differ in any of these get independent noise; the same request sent again,
+    by anyone of the project, gets the same bytes.
+    """
+    request = analysis.to_dict()
+    request["inputdata"]["datasets"] = sorted(request["inputdata"]["datasets"])
+    meta = {code: model.variable(code).to_dict() for code in sorted(set(variables))}
+    doc = {"algorithm": algorithm, "request": request, "variables": meta, "data_model": model.key,
+           "noise": [mechanism, repr(float(epsilon)), repr(float(delta))]}
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str).encode("utf-8")
+
+
+def selection_key(row_keys: np.ndarray, data: Any) -> bytes:
+    """What the noise is keyed on from the rows: order-free and changed by any row added, removed or edited.
+
+    Parameters
+    ----------
+    row_keys : numpy.ndarray of uint64
+        The keyed row hashes of the selection
+        (:func:`mipflow.node.controls.differencing.row_keys`; ``Cohorts.sets[0]``).
+    data : pandas.DataFrame
+        The rows the release is computed from.
+
+    Returns
+    -------
+    bytes
+        24 bytes: the sum mod 2**64 of the row keys, the sum mod 2**64 of a 64-bit hash of each
+        row's values, and the number of rows.  Sums, so the store's row order does not matter.
+    """
+    import pandas as pd
+
+    keys = np.asarray(row_keys, dtype=np.uint64)
+    identity = int(keys.sum(dtype=np.uint64)) if len(keys) else 0
+    values = 0
+    if len(data):
+        columns = sorted(data.columns, key=str)
+        hashed = pd.util.hash_pandas_object(data[columns], index=False).to_numpy(np.uint64)
+        values = int(hashed.sum(dtype=np.uint64))
+    return struct.pack(">QQQ", identity, values, len(keys))
+
+
+def standard_draws(mechanism: str, uniforms: np.ndarray) -> np.ndarray:
+    """Unit-scale noise from uniforms in (0, 1) by the inverse CDF: Laplace(1) or N(0, 1)."""
+    from scipy.special import ndtri
+
+    u = np.asarray(uniforms, dtype=float)
+    if mechanism == "laplace":  # each tail from its own side, so tiny tails keep their precision
+        with np.errstate(divide="ignore"):
+            return np.where(u < 0.5, np.log(2.0 * u), -np.log(2.0 * (1.0 - u)))
+    return ndtri(u)
+
+
+def block_unit(block: str, integer: bool) -> str:
+    """The unit a block's noise ``sd`` is stated in."""
+    if integer:
+        return "count"
+    if block.startswith("sufficient_statistics"):
+        return "sums of products of the columns scaled into [-1, 1] (ADR 0021)"
+    if block.endswith("/sumsq"):
+        return "sum of squared values centred on the middle of the declared range (squared variable units)"
+    if block.endswith("/sum"):
+        return "sum of values centred on the middle of the declared range (variable units)"
+    return "released value"
+
+
+class KeyedNoise(QueryNoise):
+    """:class:`~mipflow.node.controls.dp_noise.QueryNoise`'s scales and costs, with keyed uniforms.
+
+    Parameters
+    ----------
+    mechanism, epsilon, delta, blocks
+        As :class:`QueryNoise` (the step's epsilon split evenly over ``blocks``).
+    key : bytes
+        :func:`noise_key` of the node.
+    query : bytes
+        :func:`canonical_query`.
+    selection : bytes
+        :func:`selection_key`.
+
+    Notes
+    -----
+    Element ``i`` of call ``c`` of a block ``(block, part)`` has the uniform
+    ``(floor(H / 2**11) + 1/2) / 2**53``, ``H`` the first 8 bytes of
+    ``HMAC-SHA256(key, sha256(query) | selection | [block, part, c, i, scale, integer])``, turned
+    into Laplace noise (inverse CDF) or Gaussian noise (``scipy.special.ndtri``) of the block's
+    scale.  Integer blocks are rounded to integers; other values to a power-of-two grid
+    :data:`GRID_BITS` binary places below the scale, so a release does not carry the low-order bits
+    of a floating-point sum (both post-processing).  The guarantee is stated for real-valued noise:
+    floating-point Laplace sampling is known not to be exactly DP (Mironov 2012); rounding shrinks
+    but does not provably close that gap.
+    """
+
+    def __init__(self, mechanism: str, epsilon: float, delta: float, blocks: int, *, key: bytes, query: bytes,
+                 selection: bytes) -> None:
+        super().__init__(mechanism, epsilon, delta, blocks)
+        self._key = bytes(key)
+        self._prefix = hashlib.sha256(query).digest() + bytes(selection)
+        self._calls: dict[tuple[str, str], int] = defaultdict(int)
+        self._sd: dict[str, dict[str, Any]] = {}
+        self._transcript: list[list[Any]] = []
+
+    def uniforms(self, block: str, part: str, call: int, n: int, scale: float, integer: bool) -> np.ndarray:
+        """The ``n`` keyed uniforms in (0, 1) of one call of a block."""
+        out = np.empty(n)
+        for i in range(n):
+            label = json.dumps([block, part, call, i, repr(float(scale)), bool(integer)]).encode("utf-8")
+            word = int.from_bytes(hmac.new(self._key, self._prefix + label, hashlib.sha256).digest()[:8], "big")
+            out[i] = ((word >> 11) + 0.5) / 2.0 ** 53
+        return out
+
+    def sd(self, sensitivity: float) -> float:
+        """The standard deviation of the noise of a block of this ``sensitivity`` (before rounding)."""
+        scale = self.scale(sensitivity)
+        return scale * math.sqrt(2.0) if self.mechanism == "laplace" else scale
+
+    def add(self, values: Sequence[float], sensitivity: float, *, block: str, part: str = "",
+            integer: bool = False) -> np.ndarray:
+        """Noisy ``values`` (one block, one part), the noise keyed; integers stay integers."""
+        exact = np.asarray(values, dtype=float)
+        if sensitivity <= 0:  # nothing one row could change: nothing to hide
+            return np.asarray(values, dtype=int if integer else float)
+        scale = self.scale(sensitivity)
+        call = self._calls[(block, part)]
+        self._calls[(block, part)] += 1
+        noisy = exact + scale * standard_draws(self.mechanism, self.uniforms(block, part, call, len(exact), scale,
+                                                                            integer))
+        if integer:
+            out = np.rint(noisy).astype(int)
+        else:
+            grid = 2.0 ** (math.floor(math.log2(scale)) - GRID_BITS)
+            out = np.round(noisy / grid) * grid
+        # the cost as QueryNoise states it: OpenDP's privacy map of the same measurement
+        meas = self.measurement(sensitivity, integer)
+        d_in: float = int(sensitivity) if integer and self.mechanism == "laplace" else float(sensitivity)
+        parts = self._costs[block]
+        parts[part] = max(parts.get(part, 0.0), float(meas.map(d_in)))
+        sd = self.sd(sensitivity)
+        if sd > self._sd.get(block, {}).get("sd", 0.0):
+            self._sd[block] = {"sd": sd, "unit": block_unit(block, integer)}
+        self._transcript.append([block, part, call, len(exact), repr(float(scale)), bool(integer)])
+        return out
+
+    def noise_sd(self) -> dict[str, dict[str, Any]]:
+        """Block -> ``{"sd", "unit"}``: the standard deviation of the noise on one released value."""
+        return {block: dict(value) for block, value in sorted(self._sd.items())}
+
+    def release_key(self) -> str:
+        """The digest of the query, the selection and every draw's place and scale: two releases
+        with the same key carry the same noise on the same exact values (the same bytes)."""
+        material = self._prefix + json.dumps(self._transcript, separators=(",", ":")).encode("utf-8")
+        return hmac.new(self._key, b"release|" + material, hashlib.sha256).hexdigest()
+
+
+# --------------------------------------------------------------------------- the node's registry
+
+
+class ExploreRegistry:
+    """The node's explore projects (re-read when ``explore.json`` changes), its noise key and the
+    releases each project was already charged for (from the privacy ledger)."""
+
+    def __init__(self, root: str | Path, secret: Callable[[], bytes]) -> None:
+        self.root = Path(root)
+        self._secret = secret
+        self._key: bytes | None = None
+        self._lock = threading.Lock()
+        self._seen: tuple[Any, dict[str, dict[str, Any]]] | None = None
+        self._charged: set[tuple[str, str]] | None = None
+
+    @property
+    def key(self) -> bytes:
+        if self._key is None:
+            self._key = noise_key(self._secret())
+        return self._key
+
+    def for_project(self, project: str | None) -> dict[str, Any] | None:
+        """The explore record of ``project`` (one ``stat`` per call), or None: not in explore mode."""
+        from mipflow.node.freshness import file_signature
+
+        if not project:
+            return None
+        signature = file_signature(_path(self.root))
+        with self._lock:
+            if self._seen is None or self._seen[0] != signature:
+                self._seen = (signature, read_projects(self.root) if signature is not None else {})
+            return self._seen[1].get(project)
+
+    def _load_charged(self, ledger_path: Path) -> set[tuple[str, str]]:
+        charged: set[tuple[str, str]] = set()
+        if ledger_path.exists():
+            for line in ledger_path.read_text(encoding="utf-8").splitlines():
+                try:
+                    doc = json.loads(line)
+                except ValueError:
+                    continue  # the ledger itself refuses to start on such a line
+                if isinstance(doc, dict) and doc.get("mode") == "explore" and doc.get("release") \
+                        and doc.get("project") is not None:
+                    charged.add((str(doc["project"]), str(doc["release"])))
+        return charged
+
+    def charged(self, project: str, release: str, ledger_path: Path) -> bool:
+        """Whether ``project`` was already charged for ``release`` (read from the ledger once)."""
+        with self._lock:
+            if self._charged is None:
+                self._charged = self._load_charged(ledger_path)
+            return (project, release) in self._charged
+
+    def remember(self, project: str, release: str) -> None:
+        with self._lock:
+            if self._charged is None:
+                self._charged = set()
+            self._charged.add((project, release))
+
+
+# --------------------------------------------------------------------------- the step's controls
+
+
+@dataclass(frozen=True)
+class ExploreStep:
+    """An admitted explore step: the project and the noise it gets."""
+
+    project: str
+    mechanism: str
+    epsilon: float
+
+    @property
+    def mode(self) -> dict[str, Any]:
+        """What a reply says about the mode that answered it."""
+        return {"mode": "explore", "project": self.project, "mechanism": self.mechanism, "epsilon": self.epsilon}
+
+
+def explore_algorithms() -> list[str]:
+    """The algorithms an explore project may run (those with a noisy release), sorted."""
+    from mipflow.node.controls.dp import dp_algorithms
+
+    return dp_algorithms()
+
+
+def check_explore(request: Any, context: Any, work: Any) -> None:
+    """Explore mode (ADR 0032): a request of a project in explore mode is admitted by the request
+    and the data model alone (control ``explore``; ``dp_unsupported`` for a numerical variable
+    without a declared range); the step then takes the explore path (``work.explore``)."""
+    registry = getattr(context, "explore", None)
+    if registry is None or work.study is not None:  # a study (exact, governed) wins; the CLI keeps them apart
+        return
+    record = registry.for_project(request.project)
+    if record is None:
+        return
+    if work.algo.dp_release is None or request.round != 0 or request.state is not None:
+        raise ExploreRefusal(
+            f"project {request.project!r} analyses in explore mode at this node (perturbed answers): only "
+            f"single-round algorithms with a noisy release are answered ({', '.join(explore_algorithms())}); "
+            "for exact answers ask the node admins for a study protocol (mipflow study)")
+    for code in dict.fromkeys(work.variables):
+        var = work.model.variable(code)
+        if not var.is_categorical and (var.min_value is None or var.max_value is None):
+            raise DisclosureError(f"variable {code!r} has no declared minValue and maxValue: explore mode cannot "
+                                  f"bound one row's contribution to {request.algorithm}; analyse another variable "
+                                  "or ask the data model's maintainers to declare its range", control="dp_unsupported")
+    settings = work.settings
+    work.explore = ExploreStep(project=request.project, mechanism=settings.explore_mechanism,
+                               epsilon=float(settings.explore_epsilon))
+    work.record["mode"] = "explore"
+
+
+def suppress_noisy_cells(doc: Any, tab: int) -> Any:
+    """Noisy count cells (lists under ``counts``) in ``(0, tab)`` as ``None``.
+
+    Post-processing of the noisy release: no complementary suppression is needed, as the
+    released totals are noisy themselves and nothing exact is left to subtract from.
+    """
+    if isinstance(doc, dict):
+        return {k: ([_cell(v, tab) for v in value] if k == "counts" and isinstance(value, list)
+                    else suppress_noisy_cells(value, tab)) for k, value in doc.items()}
+    if isinstance(doc, list):
+        return [suppress_noisy_cells(v, tab) for v in doc]
+    return doc
+
+
+def _cell(value: Any, tab: int) -> Any:
+    if isinstance(value, list):
+        return [_cell(v, tab) for v in value]
+    if isinstance(value, (int, float)) and 0 < value < tab:
+        return None
+    return value
+
+
+def release_explore(request: Any, context: Any, work: Any) -> None:
+    """The explore release of an admitted step: keyed noise, charged, then the decisions on it.
+
+    1. the algorithm's noisy release (``dp_release``) with :class:`KeyedNoise`;
+    2. charged to the researcher and the project (explore budgets; control ``dp_budget`` when a
+       budget cannot pay), unless the project was charged for the same release key before;
+    3. ``min_row_count``, ``nfilter_subset`` and ``nfilter_glm`` decided on the noisy row count,
+       noisy count cells in ``(0, nfilter_tab)`` suppressed.
+
+    The reply carries the noisy row count; the exact one stays in the audit record.
+    """
+    from mipflow.protocol.privacy import noise_label
+
+    settings, algo, analysis, model = work.settings, work.algo, request.analysis, work.model
+    registry, ledger = context.explore, context.privacy.ledger
+    mechanism = algo.dp_release
+    step = work.explore
+    delta = settings.dp_budget_delta
+    query = canonical_query(request.algorithm, analysis, model, work.variables, mechanism=step.mechanism,
+                            epsilon=step.epsilon, delta=delta if step.mechanism == "gaussian" else 0.0)
+    noise = KeyedNoise(step.mechanism, step.epsilon, delta, mechanism.blocks(algo, analysis, model),
+                       key=registry.key, query=query, selection=selection_key(work.cohorts.sets[0], work.data))
+    aggregates, clamped = mechanism.release(algo, work.data, analysis, model, noise)
+    cost = noise.cost()
+    release = noise.release_key()
+    researcher, project = request.researcher or "", step.project
+    repeat = registry.charged(project, release, ledger.path)
+    if repeat:
+        spent = ledger.spent(researcher, delta)
+    else:  # on disk before any decision, and before the answer can leave
+        spent = ledger.charge(researcher, cost, epsilon_budget=settings.explore_budget_epsilon, delta_budget=delta,
+                              project=project, project_epsilon_budget=settings.explore_project_budget_epsilon,
+                              project_delta_budget=settings.dp_project_budget_delta,
+                              details={"algorithm": request.algorithm, "analysis": work.analysis_key,
+                                       "mode": "explore", "release": release})
+        registry.remember(project, release)
+    work.record["explore"] = {"release": release[:16], "charged": not repeat}
+    rows = mechanism.rows(aggregates)
+    work.controls.check_rows(algo, analysis, model, rows)  # on the noisy count: post-processing
+    work.aggregates = suppress_noisy_cells(aggregates, settings.nfilter_tab)
+    work.rows = rows
+    work.record["dp"] = noise_label(
+        mechanism=cost.mechanism, epsilon=cost.epsilon, delta=cost.delta, rho=cost.rho, clamped=clamped,
+        spent={"epsilon": spent.epsilon, "delta": spent.delta, "accountant": spent.accountant},
+        budget={"epsilon": settings.explore_budget_epsilon, "delta": delta,
+                "project_epsilon": settings.explore_project_budget_epsilon},
+        note=mechanism.note, mode="explore", keyed=True, noise_sd=noise.noise_sd(), repeat=repeat)

@@ -1,0 +1,273 @@
+"""Explore mode against a hostile researcher (ADR 0032), through two real node processes.
+
+Two node services (``mipflow node serve``) run under the same name with other stroke rows (sizes
+220 and 340), every project below in explore mode, with a project-wide grant (any researcher id
+of the project).  The attacks of issue 14 that used the exact-data controls as an oracle:
+
+(a) a filter threshold swept in explore mode: no ``differencing`` refusal (the standard mode of
+    the same node refuses the sweep); a tiny cohort is refused or answered on its *noisy* count,
+    and every such step is charged, refused or not;
+(b) the same request 30 times: byte-identical aggregates, charged once;
+(c) all vs all-but-one: both answered, the difference is not the target's exact contribution,
+    and the project's budget bounds how many pairs can be taken (``dp_budget``), (d) whatever
+    researcher ids the attacker uses;
+(e) what explore mode does not answer is refused by the request alone: the same bytes at both nodes.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import numpy as np
+import pytest
+
+from mipflow.node.controls import explore
+from mipflow.node.controls.privacy_budget import PrivacyLedger
+from mipflow.node.home import NodeHome
+from mipflow.protocol.signing import issue_client, signed_headers
+from tests.mipflow.algorithms.survival_data import STROKE
+from tests.mipflow.node.controls.study_helpers import rule, stroke_rows, where
+from tests.nodes import grant_all, load_frame, running_nodes
+
+NAME = "hospital"
+DATASETS = ["hospital_a"]
+STANDARD = "standard-project"
+PROJECTS = ("sweep", "repeat", "pairs", "refusals", "other")
+BUDGET = {"explore_epsilon": 1.0, "explore_budget_epsilon": 30.0, "explore_project_budget_epsilon": 40.0}
+
+
+class Served:
+    def __init__(self, url: str, credential: Any, root: Path, rows: Any) -> None:
+        self.url, self.credential, self.root, self.rows = url, credential, root, rows
+
+    def call(self, algorithm: str, request: dict[str, Any], *, project: str, researcher: str = "mallory",
+             round: int = 0, state: Any = None, analysis_id: str | None = None) -> httpx.Response:
+        body = json.dumps({"request": request, "round": round, "state": state, "researcher": researcher,
+                           "project": project, "analysis_id": analysis_id}).encode()
+        path = f"/v1/steps/{algorithm}"
+        headers = signed_headers(self.credential.client_id, self.credential.secret, "POST", path, body)
+        return httpx.post(self.url + path, content=body, headers={**headers, "Content-Type": "application/json"},
+                          timeout=60)
+
+    def spent(self, project: str) -> tuple[float, int]:
+        """The project's epsilon and number of charged releases, from the node's ledger on disk."""
+        total = PrivacyLedger(self.root).project_spent(project, 1e-6)
+        return total.epsilon, total.releases
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory) -> Iterator[dict[str, Served]]:
+    roots, credentials, frames = {}, {}, {}
+    for which, (seed, n) in {"small": (31, 220), "large": (32, 340)}.items():
+        root = Path(tmp_path_factory.mktemp(f"explore-{which}"))
+        home = NodeHome.init(root, NAME)
+        for key, value in BUDGET.items():
+            home.set_setting(key, value)
+        frames[which] = stroke_rows(seed, n, "hospital_a", which)
+        load_frame(root, STROKE, frames[which])
+        for project in (*PROJECTS, STANDARD):
+            grant_all(root, researcher="*", project=project)
+        for project in PROJECTS:
+            explore.enable(root, project)
+        credentials[which] = issue_client(root, "central")
+        roots[which] = root
+    with running_nodes(list(roots.values())) as urls:
+        yield {which: Served(url, credentials[which], roots[which], frames[which])
+               for which, url in zip(roots, urls)}
+
+
+def request_of(y=("nihss_admission",), x=(), filters=None, **parameters) -> dict[str, Any]:
+    return {"inputdata": {"data_model": STROKE.key, "datasets": DATASETS, "x": list(x), "y": list(y),
+                          "filters": filters}, "parameters": parameters}
+
+
+def histogram(filters=None, y="nihss_admission", bins=20) -> dict[str, Any]:
+    return request_of(y=(y,), filters=filters, bins=bins)
+
+
+# --------------------------------------------------------------------------- (a) the refusal oracle
+
+
+def test_a_swept_threshold_gets_no_differencing_refusal_and_tiny_cohorts_are_decided_on_noise(pair):
+    node = pair["small"]
+    ages = np.unique(node.rows["age"].dropna().to_numpy())  # sorted, distinct: distinct requests
+    thresholds = [float(a) for a in ages[-40:-10:3]]  # cohorts one to a few rows apart
+    # standard mode on the same node: the sweep meets the differencing control
+    standard = [node.call("multiple_histograms", histogram(where(rule("age", "greater_or_equal", 18))), project=STANDARD)]
+    standard += [node.call("multiple_histograms", histogram(where(rule("age", "less", t))), project=STANDARD)
+                 for t in thresholds]
+    assert standard[0].status_code == 200
+    assert any(r.status_code == 403 and r.json()["control"] == "differencing" for r in standard[1:])
+    # explore mode: every step of the sweep is answered (the cohorts are large), none is a differencing refusal
+    before = node.spent("sweep")
+    replies = [node.call("multiple_histograms", histogram(where(rule("age", "less", t))), project="sweep")
+               for t in thresholds]
+    assert all(r.status_code == 200 for r in replies), [r.text for r in replies if r.status_code != 200]
+    for r in replies:
+        doc = r.json()
+        assert doc["mode"]["mode"] == "explore" and doc["privacy"]["keyed"] is True
+        assert doc["privacy"]["noise_sd"]["overall"]["unit"] == "count"
+    after = node.spent("sweep")
+    assert after[1] - before[1] == len(thresholds)  # every distinct release charged
+    # tiny cohorts: refused (min_row_count) or answered on the noisy count; each charged either way
+    complete = node.rows.dropna(subset=["nihss_admission"])
+    tiny = [float(a) for a in np.arange(20.0, 60.0, 0.5) if (complete["age"] <= a).sum() < 10][-12:]
+    assert len(tiny) >= 5
+    outcomes = []
+    for t in tiny:
+        spent = node.spent("sweep")[0]
+        # 40 bins: the noisy cells of an almost empty histogram add up to more than a few rows
+        reply = node.call("multiple_histograms", histogram(where(rule("age", "less_or_equal", t)), bins=40),
+                          project="sweep")
+        assert node.spent("sweep")[0] == pytest.approx(spent + 1.0)  # charged, refused or not
+        exact = int((complete["age"] <= t).sum())
+        assert reply.status_code in (200, 403), reply.text
+        if reply.status_code == 403:
+            assert reply.json()["control"] == "min_row_count"
+            assert str(exact) not in reply.json()["refused"].replace("min_row_count (10)", "")
+        outcomes.append((exact, reply.status_code))
+    assert all(exact < 10 for exact, _ in outcomes)
+    # some cohort smaller than min_row_count is answered: the decision is not the exact rule
+    assert any(status == 200 for _, status in outcomes), outcomes
+
+
+# --------------------------------------------------------------------------- (b) repetition
+
+
+def test_b_the_same_request_thirty_times_is_the_same_bytes_and_charged_once(pair):
+    node = pair["large"]
+    request = request_of(y=("age", "nihss_admission", "sex"))
+    replies = [node.call("descriptive_stats", request, project="repeat", researcher=f"r{i % 3}",
+                         analysis_id=f"analysis-{i}") for i in range(30)]
+    assert all(r.status_code == 200 for r in replies)
+    aggregates = {json.dumps(r.json()["aggregates"], sort_keys=True) for r in replies}
+    assert len(aggregates) == 1
+    assert node.spent("repeat") == (pytest.approx(1.0), 1)
+    labels = [r.json()["privacy"] for r in replies]
+    assert labels[0]["repeat"] is False and all(label["repeat"] for label in labels[1:])
+    # the other node, on other rows, gets other noise for the same request
+    other = node_other = pair["small"].call("descriptive_stats", request, project="repeat")
+    assert node_other.status_code == 200 and json.dumps(other.json()["aggregates"], sort_keys=True) not in aggregates
+
+
+# --------------------------------------------------------------------------- (c, d) all vs all-but-one
+
+
+def test_c_d_all_versus_all_but_one_is_perturbed_and_bounded_by_the_project_budget(pair):
+    node = pair["large"]
+    rows = node.rows.dropna(subset=["age", "nihss_admission"])
+    # "age != a" leaves out the patients of age a (one or a few): the difference of the two
+    # histograms would be their exact histogram without the noise
+    targets = rows["age"].value_counts().sort_values(kind="stable").index.tolist()
+    everyone = node.call("multiple_histograms", histogram(), project="pairs", researcher="fresh-0")
+    assert everyone.status_code == 200
+    all_counts = np.array(everyone.json()["aggregates"]["histograms"][0]["counts"], dtype=float)
+    differences, exact_hits, refused = [], 0, None
+    for i, age in enumerate(targets):
+        # a fresh researcher id for every pair (d): the project's budget still binds
+        reply = node.call("multiple_histograms", histogram(where(rule("age", "not_equal", float(age)))),
+                          project="pairs", researcher=f"fresh-{i + 1}")
+        if reply.status_code == 403:
+            refused = reply.json()
+            break
+        assert reply.status_code == 200, reply.text
+        but_one = np.array(reply.json()["aggregates"]["histograms"][0]["counts"], dtype=float)
+        left_out = rows.loc[rows["age"] == age, "nihss_admission"].clip(0, 42)
+        exact = np.histogram(left_out, bins=20, range=(0, 42))[0]
+        difference = np.nan_to_num(all_counts) - np.nan_to_num(but_one)
+        differences.append(difference)
+        exact_hits += int(np.array_equal(difference, exact))
+    assert len(differences) >= 5
+    assert exact_hits < len(differences)  # the pairs do not give the targets' values away
+    # the budget: 40 epsilon for the project, 1 per release, whatever the researcher ids
+    assert refused is not None and refused["control"] == "dp_budget", refused
+    assert "project 'pairs'" in refused["refused"]
+    assert len(differences) + 1 == 40 == node.spent("pairs")[1]
+    # a fresh id is refused too; another project is not
+    assert node.call("multiple_histograms", histogram(bins=7), project="pairs",
+                     researcher="brand-new").json()["control"] == "dp_budget"
+    assert node.call("multiple_histograms", histogram(bins=7), project="other", researcher="brand-new").status_code == 200
+
+
+# --------------------------------------------------------------------------- (e) refused by the request alone
+
+
+@pytest.mark.parametrize("algorithm,request_doc", [
+    ("kaplan_meier", request_of(y=("followup_days", "death_90d"), event_level="yes")),
+    ("logistic_regression", request_of(y=("death_90d",), x=("age",), positive_class="yes")),
+    ("kmeans", request_of(y=("age", "nihss_admission"), k=2)),
+], ids=["kaplan_meier", "logistic_regression", "kmeans"])
+def test_e_what_explore_mode_does_not_answer_is_refused_by_the_request_alone(pair, algorithm, request_doc):
+    replies = [pair[which].call(algorithm, request_doc, project="refusals") for which in ("small", "large")]
+    assert replies[0].status_code == replies[1].status_code == 403
+    assert replies[0].content == replies[1].content  # nodes with other data: the same bytes
+    doc = replies[0].json()
+    assert doc["control"] == "explore" and "mipflow study" in doc["refused"]
+    assert not any(ch.isdigit() for ch in doc["refused"].split("(")[0])
+
+
+def test_e_a_later_round_is_refused_by_the_request_alone(pair):
+    """Round 1 without a transcript is refused before the rows (round verification); a round 1 that
+    reaches the explore control (the chain without verification, as if it were broken) is refused
+    there, with the same bytes at both nodes."""
+    from mipflow.node.api.context import StepContext
+    from mipflow.node.api.step import answer_step
+    from mipflow.exceptions import DisclosureError
+    from tests.nodes import unverified_chain
+
+    request = histogram()
+    replies = [pair[which].call("multiple_histograms", request, project="refusals", round=1, state={})
+               for which in ("small", "large")]
+    assert replies[0].status_code == replies[1].status_code == 403 and replies[0].content == replies[1].content
+    messages = []
+    for which in ("small", "large"):
+        context = StepContext.open(NodeHome(pair[which].root))
+        body = json.dumps({"request": request, "round": 1, "state": {}, "researcher": "mallory",
+                           "project": "refusals", "analysis_id": None}).encode()
+        with pytest.raises(DisclosureError) as caught:
+            answer_step(context, "central", "multiple_histograms", body, chain=unverified_chain())
+        assert caught.value.control == "explore"
+        messages.append(str(caught.value))
+    assert messages[0] == messages[1]
+
+
+# --------------------------------------------------------------------------- a node with DP for every project
+
+
+def test_at_a_dp_node_an_explore_project_takes_the_explore_path_and_others_do_not(tmp_path):
+    """ADR 0032 point 8: ``dp_enabled`` node-wide; the explore project gets keyed noise and the explore
+    budgets, another project the node's DP as before (fresh noise, DP budgets, no mode)."""
+    from tests.nodes import PROJECT as DP_PROJECT
+    from tests.privacy.conftest import start_node
+
+    nodes = start_node(tmp_path / "dp-node", dp_enabled=1)
+    node = next(nodes)
+    try:
+        grant_all(node.home.root, researcher="*", project="explorers")
+        grant_all(node.home.root, researcher="*", project=DP_PROJECT)
+        explore.enable(node.home.root, "explorers")
+        body = {"request": {"inputdata": {"data_model": STROKE.key, "datasets": ["hospital_a", "hospital_b"],
+                                          "x": [], "y": ["age"], "filters": None}, "parameters": {"bins": 10}},
+                "round": 0, "state": None, "researcher": "r1", "analysis_id": None}
+
+        def call(project: str) -> dict:
+            raw = json.dumps({**body, "project": project}).encode()
+            headers = signed_headers(node.credential.client_id, node.credential.secret, "POST",
+                                     "/v1/steps/multiple_histograms", raw)
+            reply = node.http.post("/v1/steps/multiple_histograms", content=raw,
+                                   headers={**headers, "Content-Type": "application/json"})
+            assert reply.status_code == 200, reply.text
+            return reply.json()
+
+        first, again = call("explorers"), call("explorers")
+        assert first["mode"] == {"mode": "explore", "project": "explorers", "mechanism": "laplace", "epsilon": 1.0}
+        assert first["privacy"]["mode"] == "explore" and first["privacy"]["budget"]["epsilon"] == 20.0
+        assert first["aggregates"] == again["aggregates"]  # keyed
+        standard = [call(DP_PROJECT) for _ in range(3)]
+        assert all("mode" not in r and "mode" not in r["privacy"] for r in standard)
+        assert standard[0]["privacy"]["budget"]["epsilon"] == 5.0 and standard[0]["privacy"]["epsilon"] == 0.5
+        assert len({json.dumps(r["aggregates"]) for r in standard}) > 1  # OpenDP's fresh noise each time
+    finally:
+        nodes.close()
