@@ -173,6 +173,9 @@ class StepReply(BaseModel):
     chain: str | None = Field(None, description="the analysis' hash chain up to this round (ADR 0029)")
     mode: dict[str, str] | None = Field(None, description="study mode: the study and snapshot date that answered "
                                                           "(absent in standard mode; ADR 0028)")
+    longitudinal: dict[str, int | None] | None = Field(
+        None, description="longitudinal transformer: patients_dropped, or null when under the node's thresholds "
+                          "(absent without a transformer; ADR 0034)")
 
 
 class Refusal(BaseModel):

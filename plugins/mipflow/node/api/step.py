@@ -211,8 +211,11 @@ def check_query_budget(request: StepRequest, context: StepContext, work: StepWor
 
 
 def find_data_model(request: StepRequest, context: StepContext, work: StepWork) -> None:
-    """The data model the request names, if the node holds data of it (else 404, control ``data_model``)."""
-    work.model = context.data_model(request.analysis.data_model)
+    """The data model the request names, if the node holds data of it (else 404, control ``data_model``);
+    with a longitudinal transformer, its view with the transformed variables (ADR 0034)."""
+    from mipflow.algorithms.longitudinal import model_view
+
+    work.model = model_view(context.data_model(request.analysis.data_model), request.analysis)
 
 
 def validate_request(request: StepRequest, context: StepContext, work: StepWork) -> None:
@@ -247,7 +250,8 @@ def check_request(request: StepRequest, context: StepContext, work: StepWork) ->
 
 def read_rows(request: StepRequest, context: StepContext, work: StepWork) -> None:
     """The rows the step uses (datasets, filters, complete cases), from the cache when current."""
-    work.data, work.cohorts = context.selections.rows(work.algo, request.analysis, work.model, work.variables,
+    model = work.model if request.analysis.longitudinal is None else context.data_model(request.analysis.data_model)
+    work.data, work.cohorts = context.selections.rows(work.algo, request.analysis, model, work.variables,
                                                       work.settings.frame_cache_mb, work.study)
     work.rows = len(work.data)
     work.record["rows"] = work.rows
@@ -451,4 +455,18 @@ def answer_step(context: StepContext, client: str, algorithm: str, raw: bytes, *
     return {"node": context.name, "algorithm": algorithm, "round": request.round, "rows": work.rows,
             "aggregates": work.aggregates, "code": work.code, "privacy": work.record.get("dp"),
             "tags": work.tags, "chain": work.chain,
-            **({"mode": work.study.study.mode} if work.study is not None else {})}
+            **({"mode": work.study.study.mode} if work.study is not None else {}),
+            **({"longitudinal": longitudinal_release(work)} if request.analysis.longitudinal is not None else {})}
+
+
+def longitudinal_release(work: StepWork) -> dict[str, Any]:
+    """What a step with a longitudinal transformer says of the patients it dropped (ADR 0034).
+
+    ``patients_dropped`` (those with a row at either visit but not used) is released only when it is
+    at least ``min_row_count`` and ``nfilter_tab`` and no noise was added (an exact count would
+    undo it); otherwise null.  Both cohorts it is computed from are in the ledger."""
+    seen = getattr(work.cohorts, "seen", None)
+    dropped = None if seen is None else seen - work.rows
+    floor = max(work.settings.min_row_count, work.settings.nfilter_tab)
+    released = dropped is not None and dropped >= floor and not work.record.get("dp")
+    return {"patients_dropped": dropped if released else None}
