@@ -139,6 +139,7 @@ class StepWork:
     chain: str | None = None
     tags: dict[str, str] | None = None
     study: Any = None  # the study selection answering the request (study mode, ADR 0028)
+    dropped: int | None = None  # longitudinal transformer: patients dropped, when released (ADR 0034)
 
     def __post_init__(self) -> None:
         self.controls = DisclosureControls(self.settings)
@@ -255,6 +256,25 @@ def read_rows(request: StepRequest, context: StepContext, work: StepWork) -> Non
                                                       work.settings.frame_cache_mb, work.study)
     work.rows = len(work.data)
     work.record["rows"] = work.rows
+    if request.analysis.longitudinal is not None:
+        work.cohorts, work.dropped = longitudinal_cohorts(work.cohorts, work.rows, work.settings)
+
+
+def longitudinal_cohorts(cohorts: Any, rows: int, settings: NodeSettings) -> tuple[Any, int | None]:
+    """A longitudinal transformer's cohorts and the patients dropped that the step releases (ADR 0034).
+
+    The count of patients dropped (those with a row at either visit, less the ``rows`` used) is
+    released only when it is at least ``min_row_count`` and ``nfilter_tab``; then the rows of either
+    visit of every patient looked at stay a cohort of the ledger beside the rows used, else that
+    cohort is left out (nothing is released about it)."""
+    import dataclasses
+
+    seen = getattr(cohorts, "seen", None)
+    dropped = None if seen is None else seen - rows
+    if dropped is not None and dropped >= max(settings.min_row_count, settings.nfilter_tab):
+        return cohorts, dropped
+    return dataclasses.replace(cohorts, sets=cohorts.sets[:1], digests=cohorts.digests[:1],
+                               patients=None if cohorts.patients is None else cohorts.patients[:1]), None
 
 
 def check_rows(request: StepRequest, context: StepContext, work: StepWork) -> None:
@@ -460,13 +480,7 @@ def answer_step(context: StepContext, client: str, algorithm: str, raw: bytes, *
 
 
 def longitudinal_release(work: StepWork) -> dict[str, Any]:
-    """What a step with a longitudinal transformer says of the patients it dropped (ADR 0034).
-
-    ``patients_dropped`` (those with a row at either visit but not used) is released only when it is
-    at least ``min_row_count`` and ``nfilter_tab`` and no noise was added (an exact count would
-    undo it); otherwise null.  Both cohorts it is computed from are in the ledger."""
-    seen = getattr(work.cohorts, "seen", None)
-    dropped = None if seen is None else seen - work.rows
-    floor = max(work.settings.min_row_count, work.settings.nfilter_tab)
-    released = dropped is not None and dropped >= floor and not work.record.get("dp")
-    return {"patients_dropped": dropped if released else None}
+    """What a step with a longitudinal transformer says of the patients it dropped (ADR 0034):
+    ``patients_dropped`` as :func:`longitudinal_cohorts` allowed it, and null when noise was added
+    (an exact count beside the noisy rows would undo it)."""
+    return {"patients_dropped": None if work.record.get("dp") else work.dropped}
