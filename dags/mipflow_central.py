@@ -39,6 +39,8 @@ def _form(algorithm: dict) -> dict[str, Param]:
     params |= {which: Param(**item["form"]) for which, item in algorithm["inputs"].items() if item is not None}
     params["filters"] = Param(None, type=["object", "null"], title="Filters (jQuery QueryBuilder JSON)")
     params |= {name: Param(**item["form"]) for name, item in algorithm["parameters"].items()}
+    # Exareme2's preprocessing (the longitudinal transformer, ADR 0034) for the algorithms that take it
+    params |= {name: Param(**item["form"]) for name, item in (algorithm.get("preprocessing") or {}).items()}
     params["nodes"] = Param(DEFAULT_NODES, type="array", items={"type": "string"},
                             title="Node connections", description="Airflow connection ids of the nodes")
     params["project"] = Param("", type="string", minLength=1, title="Project",
@@ -53,7 +55,7 @@ def _form(algorithm: dict) -> dict[str, Param]:
     return params
 
 
-def _request(algorithm_params: list[str]) -> dict:
+def _request(algorithm_params: list[str], transformers: list[str] = ()) -> dict:
     p = get_current_context()["params"]
 
     def as_list(value):
@@ -62,9 +64,13 @@ def _request(algorithm_params: list[str]) -> dict:
         return value if isinstance(value, list) else [value]
 
     parameters = {k: p[k] for k in algorithm_params if p.get(k) not in (None, "")}
-    return {"inputdata": {"data_model": p["data_model"], "datasets": as_list(p["datasets"]),
-                          "x": as_list(p.get("x")), "y": as_list(p["y"]), "filters": p.get("filters")},
-            "parameters": parameters}
+    doc = {"inputdata": {"data_model": p["data_model"], "datasets": as_list(p["datasets"]),
+                         "x": as_list(p.get("x")), "y": as_list(p["y"]), "filters": p.get("filters")},
+           "parameters": parameters}
+    preprocessing = {k: p[k] for k in transformers if p.get(k) not in (None, "", {})}
+    if preprocessing:
+        doc["preprocessing"] = preprocessing
+    return doc
 
 
 for _algorithm in describe():
@@ -83,11 +89,11 @@ for _algorithm in describe():
     ):
 
         @task(task_id="build_request")
-        def build_request(algorithm_params: list[str]) -> dict:
+        def build_request(algorithm_params: list[str], transformers: list[str]) -> dict:
             """Turn the form into a MIP / Exareme2 request."""
-            return _request(algorithm_params)
+            return _request(algorithm_params, transformers)
 
-        request = build_request(list(_algorithm["parameters"]))
+        request = build_request(list(_algorithm["parameters"]), list(_algorithm.get("preprocessing") or {}))
         analysis = FederatedAnalysisOperator(
             task_id="run_analysis",
             algorithm=_name,

@@ -90,10 +90,11 @@ def grant_all(home, researcher: str = RESEARCHER, project: str = PROJECT, *, dat
                                       note="test fixture")
 
 
-def load_frame(home, model, frame, pid_column: str = "subjectcode") -> int:
+def load_frame(home, model, frame, pid_column: str = "subjectcode", visit_column: str | None = None) -> int:
     """Put rows straight into a node's store (for API tests; ingestion has its own tests).
 
-    ``frame`` holds data-model columns with string cells as in the CSVs.
+    ``frame`` holds data-model columns with string cells as in the CSVs; ``visit_column`` (e.g.
+    ``"visitid"``) gives the rows' visit key ``_visit``, else every row's is empty.
     """
     import pandas as pd
 
@@ -103,7 +104,7 @@ def load_frame(home, model, frame, pid_column: str = "subjectcode") -> int:
     store = FeatureStore(NodeHome(home).db_url)
     store.add_data_model(model)
     columns = {"_pid": frame[pid_column].astype(str), "dataset": frame["dataset"].astype(str),
-               "_visit": pd.Series("", index=frame.index)}
+               "_visit": (frame[visit_column].astype(str) if visit_column else pd.Series("", index=frame.index))}
     for var in model:
         if var.code in frame.columns and var.code not in ("dataset",):
             col = frame[var.code]

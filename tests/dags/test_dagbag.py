@@ -95,8 +95,9 @@ def test_analysis_dag_forms_equal_the_catalogue(dagbag, entry):
     (defaults, bounds, enumerations, titles, descriptions), and there is no other."""
     dag = dagbag.dags[f"federated_{entry['name']}"]
     inputs = {which: item for which, item in entry["inputs"].items() if item is not None}
-    assert set(dag.params) == RUN_FIELDS | set(inputs) | set(entry["parameters"])
-    for name, item in (inputs | entry["parameters"]).items():
+    transformers = entry["preprocessing"]  # the longitudinal transformer of the compatible ones (ADR 0034)
+    assert set(dag.params) == RUN_FIELDS | set(inputs) | set(entry["parameters"]) | set(transformers)
+    for name, item in (inputs | entry["parameters"] | transformers).items():
         assert _form_field(dag.params.get_param(name)) == item["form"], name
     assert dag.description.startswith(f"Federated {entry['label']}:")
 

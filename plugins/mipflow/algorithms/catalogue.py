@@ -118,11 +118,33 @@ def describe_algorithm(algorithm: SpecAlgorithm) -> dict[str, Any]:
         schema; ``x`` is None when the algorithm takes no covariates) and
         ``parameters`` (wire name -> label, description, types, default,
         required, optional, bounds, enum, enum_from and the form schema), in
-        declaration order.
+        declaration order.  ``preprocessing``: the transformers the algorithm takes
+        (``longitudinal_transformer`` for the compatible ones: its Exareme2 spec and form schema).
     """
     return {"name": algorithm.name, "label": algorithm.label, "description": algorithm.description,
             "inputs": {"y": _describe_input("y", algorithm.y_spec), "x": _describe_input("x", algorithm.x_spec)},
-            "parameters": {name: _describe_parameter(spec) for name, spec in algorithm.parameter_specs.items()}}
+            "parameters": {name: _describe_parameter(spec) for name, spec in algorithm.parameter_specs.items()},
+            "preprocessing": _describe_preprocessing(algorithm.name)}
+
+
+def transformer_schema() -> dict[str, Any]:
+    """The JSON Schema of the longitudinal transformer's form field (an object, or null for none)."""
+    from mipflow.algorithms.longitudinal import SPEC
+
+    return {"type": ["object", "null"], "default": None, "title": SPEC["label"],
+            "description": SPEC["desc"] + ' Written {"visit1": "BL", "visit2": "FL1", "strategies": '
+                                          '{"<variable>": "diff" | "first" | "second", ...}}, one strategy per '
+                                          "variable of x and y; empty for none."}
+
+
+def _describe_preprocessing(name: str) -> dict[str, Any]:
+    """The transformers ``name`` takes (Exareme2's ``preprocessing``), with their form schema."""
+    from mipflow.algorithms.longitudinal import COMPATIBLE, SPEC
+
+    if name not in COMPATIBLE:
+        return {}
+    return {SPEC["name"]: {"label": SPEC["label"], "description": SPEC["desc"], "parameters": SPEC["parameters"],
+                           "form": transformer_schema()}}
 
 
 def describe() -> list[dict[str, Any]]:
@@ -174,5 +196,7 @@ def format_table(catalogue: list[dict[str, Any]]) -> str:
             widths = [max(len(r[i]) for r in rows) for i in range(4)]
             for row in rows:
                 lines.append("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[4])
+        for name in entry.get("preprocessing") or {}:
+            lines.append(f"  preprocessing: {name} (visit1, visit2, a strategy per variable: diff/first/second)")
         lines.append("")
     return "\n".join(lines).rstrip("\n") + "\n"

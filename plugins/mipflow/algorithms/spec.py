@@ -292,7 +292,13 @@ class SpecAlgorithm:
     # -- validation ---------------------------------------------------------------
 
     def validate(self, request: AnalysisRequest, model: DataModel) -> None:
-        """Raise :class:`RequestError` unless the request fits this algorithm."""
+        """Raise :class:`RequestError` unless the request fits this algorithm.
+
+        With a longitudinal transformer, ``model`` is the data model's view
+        (:func:`mipflow.algorithms.longitudinal.model_view`) and the algorithm must take one."""
+        from mipflow.algorithms.longitudinal import check_compatible
+
+        check_compatible(self.name, request.longitudinal)
         if request.data_model != model.key:
             raise RequestError(
                 f"request is for data model {request.data_model}, not {model.key}"

@@ -136,6 +136,7 @@ def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequen
                   secure: str = "off") -> AnalysisOutcome:
     from mipflow.algorithms import get_algorithm
     from mipflow.algorithms.contract import MAX_ROUNDS
+    from mipflow.algorithms.longitudinal import model_view, result_block
     from mipflow.protocol.request import AnalysisRequest
     from mipflow.protocol.datamodel import DataModel
     from mipflow.secagg.central_side import open_session
@@ -156,6 +157,7 @@ def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequen
                      algorithm_name, who.analysis_id, restart, max_restarts, len(active))
         if model is None:
             model, dataset_rows = _model_from_nodes(active, parsed.data_model, excluded, parsed.datasets, who)
+            model = model_view(model, parsed)  # a longitudinal transformer's variables (ADR 0034)
             active = [n for n in active if n.name not in excluded]
             log.info("%s (analysis %s): metadata from %d of %d node(s)", algorithm_name, who.analysis_id,
                      len(active), len(nodes))
@@ -175,6 +177,7 @@ def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequen
         code: dict[str, Any] = {}
         modes: dict[str, Any] = {}  # study mode (ADR 0028)
         noise_labels: dict[str, list[dict[str, Any]]] = {}  # differential privacy (ADR 0015)
+        dropped_by: dict[str, int | None] = {}  # longitudinal transformer: patients dropped per node
         dropped = False
 
         def finish(step: Any, rounds: int, stopped: dict[str, Any]) -> AnalysisOutcome:
@@ -185,6 +188,8 @@ def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequen
             privacy = privacy_block(noise_labels, list(rows))
             # a noisy result says so itself, not only in the provenance
             result = {**step.result, "privacy": privacy} if privacy else step.result
+            if parsed.longitudinal is not None:  # the transformation applied says so too (ADR 0034)
+                result = {**result, "longitudinal_transformer": result_block(parsed.longitudinal, rows, dropped_by)}
             return AnalysisOutcome(algorithm=algorithm_name, request=request_doc, result=result,
                                    contributed=rows, excluded=excluded, rounds=rounds,
                                    datasets={n: dataset_rows.get(n, {}) for n in rows},
@@ -230,6 +235,8 @@ def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequen
                 rows = {name: int(reply["rows"]) for name, reply in replies.items()}
                 code = _code_provenance(algorithm_name, replies)
                 modes = {name: reply["mode"] for name, reply in replies.items() if reply.get("mode")}
+                dropped_by = {name: (reply.get("longitudinal") or {}).get("patients_dropped")
+                              for name, reply in replies.items()}
             aggregates = [replies[n.name]["aggregates"] for n in active]
             for name, reply in replies.items():
                 if reply.get("privacy"):

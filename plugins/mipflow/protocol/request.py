@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from mipflow.exceptions import RequestError
+from mipflow.protocol.longitudinal import NAME as LONGITUDINAL, LongitudinalTransformer, parse_preprocessing
 
 # --------------------------------------------------------------------------- request
 
@@ -45,6 +46,11 @@ class AnalysisRequest:
     parameters : Mapping
         Algorithm parameters as sent; see :meth:`SpecAlgorithm.params` for the
         resolved values with defaults.
+    longitudinal : LongitudinalTransformer or None
+        The request's ``preprocessing.longitudinal_transformer``
+        (:mod:`mipflow.protocol.longitudinal`).  With one, ``x`` and ``y`` are the variables as
+        the algorithm sees them (``<code>_diff`` under ``diff``), as Exareme2's controller
+        rewrites them; :meth:`to_dict` gives the request as sent.
     """
 
     data_model: str
@@ -53,6 +59,7 @@ class AnalysisRequest:
     y: tuple[str, ...] = ()
     filters: dict | None = None
     parameters: Mapping[str, Any] = field(default_factory=dict)
+    longitudinal: LongitudinalTransformer | None = None
 
     def __post_init__(self) -> None:
         # own copies, so that the caller's dicts cannot change the request
@@ -93,24 +100,32 @@ class AnalysisRequest:
         parameters = doc.get("parameters") or {}
         if not isinstance(parameters, Mapping):
             raise RequestError("'parameters' must be a JSON object")
+        x, y = _names(inputdata.get("x"), "x"), _names(inputdata.get("y"), "y")
+        transformer = parse_preprocessing(doc.get("preprocessing"), x, y)
         return cls(
             data_model=data_model,
             datasets=datasets,
-            x=_names(inputdata.get("x"), "x"),
-            y=_names(inputdata.get("y"), "y"),
+            x=x if transformer is None else transformer.x,
+            y=y if transformer is None else transformer.y,
             filters=filters,  # __post_init__ takes deep copies
             parameters=parameters,
+            longitudinal=transformer,
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """The request in its JSON form (round-trips through :meth:`from_dict`)."""
-        return {
+        """The request in its JSON form (round-trips through :meth:`from_dict`); with a transformer,
+        its ``preprocessing`` and the variables as sent."""
+        transformer = self.longitudinal
+        doc: dict[str, Any] = {
             "inputdata": {
                 "data_model": self.data_model,
                 "datasets": list(self.datasets),
-                "x": list(self.x),
-                "y": list(self.y),
+                "x": list(self.x if transformer is None else transformer.raw_x),
+                "y": list(self.y if transformer is None else transformer.raw_y),
                 "filters": copy.deepcopy(self.filters),
             },
             "parameters": copy.deepcopy(dict(self.parameters)),
         }
+        if transformer is not None:
+            doc["preprocessing"] = {LONGITUDINAL: transformer.to_dict()}
+        return doc

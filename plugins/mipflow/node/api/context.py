@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from mipflow.exceptions import MipflowError
+from mipflow.exceptions import MipflowError, RequestError
 from mipflow.node.controls.access import AccessRegistry
 from mipflow.node.controls.audit import AUDIT_FILE, AuditLog
 from mipflow.node.controls.differencing import Cohorts, DifferencingGuard
@@ -99,8 +99,11 @@ class SelectionCache:
         from mipflow.node.query.read import select_frame
 
         variables = list(variables)
+        transformer = getattr(analysis, "longitudinal", None)
         key = json.dumps([model.key, sorted(analysis.datasets), variables, analysis.filters,
-                          algo.complete_case, algo.name, study and study.token], sort_keys=True, default=str)
+                          algo.complete_case, algo.name, study and study.token]
+                         + ([transformer.to_dict()] if transformer is not None else []),
+                         sort_keys=True, default=str)
         version = self.version.token(model.key)
         budget = int(frame_cache_mb) * 1024 ** 2
         while self._kept and self._total() > budget:  # the admin lowered it
@@ -109,13 +112,19 @@ class SelectionCache:
         if hit is not None and hit[0] == version:
             self._kept.move_to_end(key)
             return hit[1], hit[2]
-        if study is not None:
-            frame = study.frame(self.store, model, self.differencing.key)
+        if transformer is not None:
+            if study is not None:
+                raise RequestError("the longitudinal transformer is not offered in study mode")
+            frame, cohorts = self._transformed(transformer, analysis, model)
         else:
-            frame = select_frame(self.store, model, datasets=analysis.datasets, variables=variables,
-                                 filters=analysis.filters, complete_case=algo.complete_case, row_identity=True)
-        cohorts = self.differencing.cohorts(model.key, frame, variables, algo.complete_case,
-                                            getattr(algo, "released_by", ()))
+            if study is not None:
+                frame = study.frame(self.store, model, self.differencing.key)
+            else:
+                frame = select_frame(self.store, model, datasets=analysis.datasets, variables=variables,
+                                     filters=analysis.filters, complete_case=algo.complete_case,
+                                     row_identity=True)
+            cohorts = self.differencing.cohorts(model.key, frame, variables, algo.complete_case,
+                                                getattr(algo, "released_by", ()))
         if needs_fold_keys(algo):  # folds fixed by the node's secret, never by the request (ADR 0026)
             frame = add_fold_keys(frame, self.fold_key, self.differencing.key)
         data = prepare_local_data(algo, frame, analysis)  # keeps the variables (and fold keys): no row keys
@@ -130,6 +139,24 @@ class SelectionCache:
             log.info("a selection of %.0f MiB is larger than frame_cache_mb (%d): used once, not kept",
                      size / 1024 ** 2, frame_cache_mb)
         return data, cohorts
+
+
+    def _transformed(self, transformer: Any, analysis: Any, model: Any) -> tuple[Any, Cohorts]:
+        """The longitudinal transformer's rows (one per patient kept, with a row identity of their
+        own for fold keys) and their cohorts (ADR 0034): the rows of both visits of the patients
+        kept, then the rows of either visit of every patient looked at (whose count a release of
+        the patients dropped gives away)."""
+        from mipflow.algorithms.longitudinal import transform_rows
+        from mipflow.node.query.read import select_frame
+        from mipflow.protocol.longitudinal import VISIT_VARIABLE
+
+        raw = list(dict.fromkeys([*(v for v, _ in transformer.strategies), VISIT_VARIABLE]))
+        rows = select_frame(self.store, model, datasets=analysis.datasets, variables=raw,
+                            filters=analysis.filters, complete_case=False, row_identity=True)
+        done = transform_rows(rows, transformer)
+        cohorts = self.differencing.cohorts_of(model.key, rows, [done.used, done.candidates],
+                                               seen=done.patients_seen)
+        return done.data, cohorts
 
 
 @dataclass

@@ -174,6 +174,9 @@ class StepReply(BaseModel):
     mode: dict[str, Any] | None = Field(None, description="study mode: the study and snapshot date that answered "
                                                           "(ADR 0028); explore mode: {mode: explore, project, "
                                                           "mechanism, epsilon} (ADR 0032); absent in standard mode")
+    longitudinal: dict[str, int | None] | None = Field(
+        None, description="longitudinal transformer: patients_dropped, or null when under the node's thresholds "
+                          "(absent without a transformer; ADR 0034)")
 
 
 class Refusal(BaseModel):

@@ -146,6 +146,7 @@ class StepWork:
     tags: dict[str, str] | None = None
     study: Any = None  # the study selection answering the request (study mode, ADR 0028)
     explore: Any = None  # the admitted explore step (explore mode, ADR 0032)
+    dropped: int | None = None  # longitudinal transformer: patients dropped, when released (ADR 0034)
 
     def __post_init__(self) -> None:
         self.controls = DisclosureControls(self.settings)
@@ -218,8 +219,11 @@ def check_query_budget(request: StepRequest, context: StepContext, work: StepWor
 
 
 def find_data_model(request: StepRequest, context: StepContext, work: StepWork) -> None:
-    """The data model the request names, if the node holds data of it (else 404, control ``data_model``)."""
-    work.model = context.data_model(request.analysis.data_model)
+    """The data model the request names, if the node holds data of it (else 404, control ``data_model``);
+    with a longitudinal transformer, its view with the transformed variables (ADR 0034)."""
+    from mipflow.algorithms.longitudinal import model_view
+
+    work.model = model_view(context.data_model(request.analysis.data_model), request.analysis)
 
 
 def validate_request(request: StepRequest, context: StepContext, work: StepWork) -> None:
@@ -254,10 +258,30 @@ def check_request(request: StepRequest, context: StepContext, work: StepWork) ->
 
 def read_rows(request: StepRequest, context: StepContext, work: StepWork) -> None:
     """The rows the step uses (datasets, filters, complete cases), from the cache when current."""
-    work.data, work.cohorts = context.selections.rows(work.algo, request.analysis, work.model, work.variables,
+    model = work.model if request.analysis.longitudinal is None else context.data_model(request.analysis.data_model)
+    work.data, work.cohorts = context.selections.rows(work.algo, request.analysis, model, work.variables,
                                                       work.settings.frame_cache_mb, work.study)
     work.rows = len(work.data)
     work.record["rows"] = work.rows
+    if request.analysis.longitudinal is not None:
+        work.cohorts, work.dropped = longitudinal_cohorts(work.cohorts, work.rows, work.settings)
+
+
+def longitudinal_cohorts(cohorts: Any, rows: int, settings: NodeSettings) -> tuple[Any, int | None]:
+    """A longitudinal transformer's cohorts and the patients dropped that the step releases (ADR 0034).
+
+    The count of patients dropped (those with a row at either visit, less the ``rows`` used) is
+    released only when it is at least ``min_row_count`` and ``nfilter_tab``; then the rows of either
+    visit of every patient looked at stay a cohort of the ledger beside the rows used, else that
+    cohort is left out (nothing is released about it)."""
+    import dataclasses
+
+    seen = getattr(cohorts, "seen", None)
+    dropped = None if seen is None else seen - rows
+    if dropped is not None and dropped >= max(settings.min_row_count, settings.nfilter_tab):
+        return cohorts, dropped
+    return dataclasses.replace(cohorts, sets=cohorts.sets[:1], digests=cohorts.digests[:1],
+                               patients=None if cohorts.patients is None else cohorts.patients[:1]), None
 
 
 def check_rows(request: StepRequest, context: StepContext, work: StepWork) -> None:
@@ -479,4 +503,12 @@ def answer_step(context: StepContext, client: str, algorithm: str, raw: bytes, *
             "aggregates": work.aggregates, "code": work.code, "privacy": work.record.get("dp"),
             "tags": work.tags, "chain": work.chain,
             **({"mode": work.study.study.mode} if work.study is not None else
-               {"mode": work.explore.mode} if work.explore is not None else {})}
+               {"mode": work.explore.mode} if work.explore is not None else {}),
+            **({"longitudinal": longitudinal_release(work)} if request.analysis.longitudinal is not None else {})}
+
+
+def longitudinal_release(work: StepWork) -> dict[str, Any]:
+    """What a step with a longitudinal transformer says of the patients it dropped (ADR 0034):
+    ``patients_dropped`` as :func:`longitudinal_cohorts` allowed it, and null when noise was added
+    (an exact count beside the noisy rows would undo it)."""
+    return {"patients_dropped": None if work.record.get("dp") or work.explore is not None else work.dropped}

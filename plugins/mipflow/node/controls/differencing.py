@@ -221,6 +221,9 @@ class Cohorts:
     order: np.ndarray | None = None
     #: Each cohort's patients (sorted keyed hashes of ``_pid``, ADR 0030); None: not known.
     patients: tuple[np.ndarray, ...] | None = None
+    #: Longitudinal transformer (ADR 0034): the patients with a row at either visit (the second
+    #: cohort's); None without a transformer.
+    seen: int | None = None
 
     @property
     def digest(self) -> str:
@@ -264,6 +267,24 @@ class DifferencingGuard:
         return Cohorts(data_model, tuple(sets), tuple(cohort_digest(data_model, c) for c in sets),
                        order=used if complete_case else None,
                        patients=None if patients is None else tuple(patients))
+
+    def cohorts_of(self, data_model: str, frame: pd.DataFrame, masks: Sequence[np.ndarray],
+                   seen: int | None = None) -> Cohorts:
+        """The cohorts given by row ``masks`` of a selection with row identity, the first being
+        the rows used (empty masks after the first and repeats are left out).  The local step's
+        rows are not ``frame``'s (the longitudinal transformer: one row per patient), so their
+        order is not known."""
+        keys = row_keys(frame, self.key)
+        pids = patient_keys(frame, self.key)
+        kept: list[np.ndarray] = []
+        for mask in masks:
+            mask = np.asarray(mask, dtype=bool)
+            if (mask.any() or not kept) and not any(np.array_equal(mask, m) for m in kept):
+                kept.append(mask)
+        sets = [sorted_unique(keys[m]) for m in kept]
+        patients = None if pids is None else tuple(sorted_unique(pids[m]) for m in kept)
+        return Cohorts(data_model, tuple(sets), tuple(cohort_digest(data_model, c) for c in sets),
+                       order=None, patients=patients, seen=seen)
 
     def before_step(self, cohorts: Cohorts, min_row_count: int) -> None:
         """Refuse (control ``differencing``) cohorts near answered ones, under any data model, or
