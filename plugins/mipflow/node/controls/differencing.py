@@ -173,23 +173,24 @@ def cohort_masks(frame: pd.DataFrame, variables: Sequence[str], complete_case: b
     present = frame[columns].notna().to_numpy() if columns else np.ones((n, 0), dtype=bool)
     complete = present.all(axis=1) if n else np.ones(0, dtype=bool)
     base = [complete] if complete_case else [np.ones(n, dtype=bool), *present.T, complete]
-    masks: list[np.ndarray] = []
-
-    def add(mask: np.ndarray) -> None:
-        if (mask.any() or not masks) and not any(np.array_equal(mask, m) for m in masks):
-            masks.append(mask)
-
-    for mask in base:
-        add(mask)
+    masks = list(base)
     for column in by:
         if column not in frame.columns:
             continue
         levels = frame[column].astype(object).to_numpy()
         for level in pd.unique(frame[column].dropna().astype(object)):
-            at = levels == level
-            for mask in base:
-                add(mask & at)
-    return masks
+            masks += [mask & (levels == level) for mask in base]
+    return distinct_masks(masks)
+
+
+def distinct_masks(masks: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """``masks`` without empty masks after the first and without repeats, in order."""
+    kept: list[np.ndarray] = []
+    for mask in masks:
+        mask = np.asarray(mask, dtype=bool)
+        if (mask.any() or not kept) and not any(np.array_equal(mask, m) for m in kept):
+            kept.append(mask)
+    return kept
 
 
 def cohort_sets_and_patients(frame: pd.DataFrame, variables: Sequence[str], complete_case: bool, key: str,
@@ -276,11 +277,7 @@ class DifferencingGuard:
         order is not known."""
         keys = row_keys(frame, self.key)
         pids = patient_keys(frame, self.key)
-        kept: list[np.ndarray] = []
-        for mask in masks:
-            mask = np.asarray(mask, dtype=bool)
-            if (mask.any() or not kept) and not any(np.array_equal(mask, m) for m in kept):
-                kept.append(mask)
+        kept = distinct_masks(masks)
         sets = [sorted_unique(keys[m]) for m in kept]
         patients = None if pids is None else tuple(sorted_unique(pids[m]) for m in kept)
         return Cohorts(data_model, tuple(sets), tuple(cohort_digest(data_model, c) for c in sets),
