@@ -14,6 +14,7 @@ from mipflow.algorithms.contingency_table import ContingencyTable
 from mipflow.algorithms.contract import Algorithm, Step
 from mipflow.algorithms.cox_regression import CoxRegression
 from mipflow.algorithms.descriptive_stats import DescriptiveStats
+from mipflow.algorithms.gee import Gee
 from mipflow.algorithms.design import design_matrix
 from mipflow.algorithms.kaplan_meier import KaplanMeier
 from mipflow.algorithms.kmeans import KMeans
@@ -56,6 +57,7 @@ ALGORITHMS: dict[str, Algorithm] = {
         PCA(),
         PCAWithTransformation(),
         CMHTest(),
+        Gee(),
     )
 }
 
