@@ -132,6 +132,8 @@ class Algorithm(Protocol):
 # * ``dp_release``: its noisy release at a node with differential privacy
 #   (:class:`mipflow.algorithms.dp_release.DPRelease`, ADR 0015 / 0021), or None;
 # * ``parameter_count``: its model's parameters, checked against ``nfilter_glm``;
+# * ``cluster_count``: the patients among its rows (``gee``), checked like rows against
+#   ``min_row_count`` and ``nfilter_glm``;
 # * ``fold_sizes``: the folds whose statistics it releases, each checked like a step;
 # * ``coarsen_for_release``: its own coarsening to the node's ``nfilter_tab`` before the checks;
 # * ``differencing_partition``: the partition of the rows whose sums a round releases, which

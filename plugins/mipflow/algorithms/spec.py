@@ -260,6 +260,11 @@ class SpecAlgorithm:
         """The number of model parameters the node checks against ``nfilter_glm`` (None: not a model)."""
         return None
 
+    def cluster_count(self, data: pd.DataFrame) -> int | None:
+        """Patients (clusters) among the local step's rows, counted like rows by ``min_row_count`` and
+        ``nfilter_glm`` (None, the default: the rows are not clustered)."""
+        return None
+
     def fold_sizes(self, request: AnalysisRequest, n_rows: int) -> list[int] | None:
         """Rows of each fold whose statistics a node with ``n_rows`` rows releases (None: no folds).
 

@@ -290,6 +290,7 @@ def check_rows(request: StepRequest, context: StepContext, work: StepWork) -> No
     if work.explore is not None:
         return
     work.controls.check_rows(work.algo, request.analysis, work.model, work.rows)
+    work.controls.check_clusters(work.algo, request.analysis, work.model, work.data)  # patients (gee)
 
 
 def check_cohort(request: StepRequest, context: StepContext, work: StepWork) -> None:

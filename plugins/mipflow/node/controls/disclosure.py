@@ -122,6 +122,25 @@ class DisclosureControls:
                                       f"nfilter_glm ({s.nfilter_glm} parameters per row): use fewer splits "
                                       "(n_splits) or fewer covariates, or select more rows", control="nfilter_glm")
 
+    def check_clusters(self, algorithm: Algorithm, request: Any, model: DataModel, data: Any) -> None:
+        """For an algorithm whose rows are clustered by patient (``cluster_count``, e.g. ``gee``):
+        ``min_row_count`` and ``nfilter_glm`` count the patients as well as the rows (issue 17.4).
+        The messages carry no count."""
+        count = getattr(algorithm, "cluster_count", None)
+        n_clusters = count(data) if count is not None else None
+        if n_clusters is None:
+            return
+        s = self.settings
+        if n_clusters < s.min_row_count:
+            raise DisclosureError(f"fewer patients match than min_row_count ({s.min_row_count}): widen the "
+                                  "filter, add datasets or choose variables with fewer missing values",
+                                  control="min_row_count")
+        n_params = algorithm.parameter_count(request, model)
+        if n_params is not None and n_params > s.nfilter_glm * n_clusters:
+            raise DisclosureError(f"the model has more parameters than nfilter_glm ({s.nfilter_glm}) per matching "
+                                  "patient allows: use fewer covariates (or ones with fewer levels), or select "
+                                  "more patients", control="nfilter_glm")
+
     # -- the aggregates -----------------------------------------------------------
     def release(self, algorithm: Algorithm, request: Any, model: DataModel, round_no: int,
                 aggregates: dict[str, Any]) -> dict[str, Any]:

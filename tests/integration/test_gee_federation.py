@@ -1,0 +1,153 @@
+"""``gee`` (issue 17.2) through three real node processes on the MIP's ``longitudinal_dementia`` data.
+
+The CSVs of ``../shared/data/longitudinal_dementia_v_0_1`` (one dataset per node, read in place),
+loaded with their visits as the rows' visit keys, are fitted by federated GEE and compared with
+statsmodels' ``GEE`` on the pooled rows (clusters = ``subjectid`` within dataset, visits in order)
+to 1e-8 relative; the nodes keep their default disclosure thresholds (``min_row_count``,
+``nfilter_glm``, ``nfilter_tab``).  A node with fewer patients than its ``min_row_count`` (but more
+rows) refuses and is left out.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import pytest
+import statsmodels.api as sm
+
+from mipflow.central.rounds import run_analysis
+from mipflow.node.home import NodeHome
+from mipflow.protocol.datamodel import DataModel, load_data_model
+from tests.mipflow.algorithms.helpers import assert_rel_close, reported_summary
+from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, pin_each_other, served_clients
+
+pytestmark = pytest.mark.xdist_group("gee")
+
+SUMMARY = reported_summary("mipflow gee: federated via HTTP vs pooled statsmodels GEE")
+FOLDER = "longitudinal_dementia_v_0_1"
+DATASETS = ["longitudinal_dementia0", "longitudinal_dementia1", "longitudinal_dementia2"]
+NUMERICAL = ("lefthippocampus", "righthippocampus", "leftamygdala", "minimentalstate", "timesincebaseline",
+             "subjectage")
+GEE_RTOL = 1e-8
+
+
+@dataclass
+class Federation:
+    roots: dict[str, Path]
+    clients: list
+    raw: pd.DataFrame
+    model: DataModel
+
+    def run(self, doc: dict):
+        return run_analysis("gee", doc, self.clients, researcher=RESEARCHER, project=PROJECT)
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory, shared_dir: Path) -> Iterator[Federation]:
+    folder = shared_dir / "data" / FOLDER
+    model = load_data_model(folder / "CDEsMetadata.json")
+    base = tmp_path_factory.mktemp("gee")
+    roots, raws = {}, []
+    for i, dataset in enumerate(DATASETS):
+        node = f"node_g{i}"
+        roots[node] = base / node
+        home = NodeHome.init(roots[node], node)
+        home.set_setting("query_budget", 0)
+        home.set_setting("query_budget_project", 0)
+        home.set_setting("differencing_check", 0)  # several analyses of nearly the same rows, on purpose
+        frame = pd.read_csv(folder / f"{dataset}.csv", dtype=str)
+        load_frame(roots[node], model, frame, pid_column="subjectid", visit_column="visitid")
+        raws.append(frame)
+        grant_all(roots[node])
+    pin_each_other(roots)
+    raw = pd.concat(raws, ignore_index=True)
+    for var in NUMERICAL:
+        raw[var] = pd.to_numeric(raw[var])
+    with served_clients(roots) as served:
+        yield Federation(roots=roots, clients=list(served.values()), raw=raw, model=model)
+
+
+def request(y: str, x: list[str], **parameters) -> dict:
+    return {"inputdata": {"data_model": "longitudinal_dementia:0.1", "datasets": DATASETS, "y": [y], "x": x,
+                          "filters": None}, "parameters": parameters}
+
+
+def pooled_fit(raw: pd.DataFrame, y: str, x: list[str], family: str, cov_struct: str, *,
+               positive: str | None = None, time: str | None = None):
+    cols = [y, *x] + ([time] if time else [])
+    rows = raw.dropna(subset=cols).copy()
+    rows["_cluster"] = rows["dataset"] + "\x1f" + rows["subjectid"]
+    rows = rows.sort_values(["_cluster"] + ([time] if time else []) + ["visitid"], kind="stable")
+    endog = (rows[y] == positive).astype(float) if positive else rows[y].astype(float)
+    parts, names = [np.ones(len(rows))], ["Intercept"]
+    for code in x:
+        if code in NUMERICAL:
+            continue
+        levels = sorted(rows[code].unique())
+        parts += [(rows[code] == lvl).to_numpy(dtype=float) for lvl in levels[1:]]
+        names += [f"{code}[{lvl}]" for lvl in levels[1:]]
+    parts += [rows[c].to_numpy(dtype=float) for c in x if c in NUMERICAL]
+    names += [c for c in x if c in NUMERICAL]
+    fam = {"gaussian": sm.families.Gaussian(), "binomial": sm.families.Binomial(),
+           "poisson": sm.families.Poisson()}[family]
+    cov = {"independence": sm.cov_struct.Independence(), "exchangeable": sm.cov_struct.Exchangeable(),
+           "ar1": sm.cov_struct.Autoregressive(grid=True)}[cov_struct]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = sm.GEE(endog.to_numpy(), np.column_stack(parts), groups=pd.factorize(rows["_cluster"])[0],
+                     family=fam, cov_struct=cov).fit()
+    return fit, names, len(rows), rows["_cluster"].nunique()
+
+
+CASES = [
+    ("lefthippocampus", ["righthippocampus", "gender", "subjectage"], "gaussian", "exchangeable", {}),
+    ("lefthippocampus", ["leftamygdala", "gender"], "gaussian", "ar1", {"time": "timesincebaseline"}),
+    ("gender", ["lefthippocampus", "leftamygdala"], "binomial", "exchangeable", {"positive_class": "F"}),
+    ("minimentalstate", ["lefthippocampus", "subjectage"], "poisson", "independence", {}),
+    ("minimentalstate", ["lefthippocampus"], "poisson", "ar1", {}),
+]
+
+
+@pytest.mark.parametrize("y, x, family, cov_struct, extra", CASES,
+                         ids=[f"{c[2]}-{c[3]}{'-time' if 'time' in c[4] else ''}" for c in CASES])
+def test_equal_to_statsmodels_on_pooled_rows(federation: Federation, y, x, family, cov_struct, extra) -> None:
+    outcome = federation.run(request(y, x, family=family, cov_struct=cov_struct, **extra))
+    assert not outcome.excluded
+    ours = outcome.result
+    fit, names, n, m = pooled_fit(federation.raw, y, x, family, cov_struct,
+                                  positive=extra.get("positive_class"), time=extra.get("time"))
+    assert ours["indep_vars"] == names
+    assert ours["n_obs"] == n == sum(outcome.contributed.values()) and ours["n_clusters"] == m
+    worst = 0.0
+    for key, expected in (("coefficients", fit.params), ("stderr", np.sqrt(np.diag(fit.cov_robust))),
+                          ("stderr_naive", np.sqrt(np.diag(fit.cov_naive)))):
+        worst = max(worst, assert_rel_close(ours[key], expected, rel=GEE_RTOL, floor=1e-12, what=key))
+    assert ours["converged"] is True
+    SUMMARY.record("gee", worst, f"{family}.{cov_struct}")
+
+
+def test_a_node_with_too_few_patients_refuses(federation: Federation) -> None:
+    """``min_row_count`` above one node's patients (but below its rows): that node refuses, naming
+    patients and no count, and the fit is the other two nodes' pooled one."""
+    y, x = "lefthippocampus", ["righthippocampus"]
+    raw = federation.raw
+    first = raw[raw["dataset"] == DATASETS[0]].dropna(subset=[y, *x])
+    patients, rows = first["subjectid"].nunique(), len(first)
+    assert patients + 1 < rows  # the rule counts patients, not rows
+    node = next(iter(federation.roots))
+    home = NodeHome(federation.roots[node])
+    home.set_setting("min_row_count", patients + 1)
+    try:
+        outcome = federation.run(request(y, x, family="gaussian", cov_struct="exchangeable"))
+    finally:
+        home.set_setting("min_row_count", 10)
+    assert set(outcome.excluded) == {node}
+    reason = str(outcome.excluded[node])
+    assert "patients" in reason and str(patients) not in reason.replace(f"({patients + 1})", "")
+    fit, _, n, m = pooled_fit(raw[raw["dataset"] != DATASETS[0]], y, x, "gaussian", "exchangeable")
+    assert outcome.result["n_clusters"] == m
+    assert_rel_close(outcome.result["coefficients"], fit.params, rel=GEE_RTOL, floor=1e-12, what="coefficients")
