@@ -292,7 +292,6 @@ class Gee(SpecAlgorithm):
             "iterations": state["iteration"],
             "glm_iterations": state["glm_iterations"],
             "converged": bool(converged),
-            "score_norm": state["score_norm"],
             "note": "statsmodels GEE (0.15) iterations and defaults; robust = sandwich standard errors; "
                     "ar1 is Autoregressive(grid=True) over the visits in order",
         })

@@ -61,6 +61,7 @@ VALID = {
     "pca_with_transformation": request(y=("y", "x1", "x2", "age"), data_transformation={
         "log": ["age"], "exp": ["x1"], "center": ["y"], "standardize": ["x2"]}),
     "cmh_test": request(x=("sex", "stage"), y=("outcome",), outcome_level="yes"),
+    "gee": request(x=("grp", "x1"), y=("y",), family="gaussian", cov_struct="exchangeable"),
 }
 
 

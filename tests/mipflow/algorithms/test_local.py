@@ -29,9 +29,17 @@ def test_prepare_local_data_drops_incomplete_rows_unless_told_not_to() -> None:
         prepare_local_data(ALGORITHMS["ttest_paired"], frame, request(x=("age",), y=("y",)))
 
 
+def _with_identity(alg, data):
+    """The rows as a node hands them to an algorithm clustered by patient (gee): with their row
+    identity, five visits per patient."""
+    if not getattr(alg, "row_identity", False):
+        return data
+    return data.assign(_pid=[f"p{i // 5}" for i in range(len(data))], _visit=[f"V{i % 5}" for i in range(len(data))])
+
+
 @pytest.mark.parametrize("name", sorted(VALID))
 def test_every_algorithm_copes_with_empty_nodes(name) -> None:
-    data = make_data(7, 120)
+    data = _with_identity(ALGORITHMS[name], make_data(7, 120))
     cross_validated = isinstance(ALGORITHMS[name], CrossValidated)
     if cross_validated:  # as the node hands its rows: with its fold keys (ADR 0026)
         (data,) = fold_keyed([data])
@@ -69,7 +77,7 @@ def test_local_aggregates_do_not_grow_with_rows(name) -> None:
     req = VALID[name]
     sizes = []
     for n in (60, 600):
-        rows = make_data(11, n)
+        rows = _with_identity(alg, make_data(11, n))
         frame = prepare_local_data(alg, fold_keyed([rows])[0] if isinstance(alg, CrossValidated) else rows, req)
         state = None
         if name == "multiple_histograms":

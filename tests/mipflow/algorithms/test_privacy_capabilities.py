@@ -16,7 +16,7 @@ from tests.mipflow.algorithms.test_contract import VALID
 
 #: Every capability member of the protocol.
 CAPABILITIES = ("secure_aggregation", "dp_release", "secure_aggregation_refusal", "secure_aggregates",
-                "parameter_count", "fold_sizes", "coarsen_for_release", "differencing_partition")
+                "parameter_count", "fold_sizes", "coarsen_for_release", "differencing_partition", "cluster_count")
 
 # What the per-control lists said before the algorithms declared it themselves.
 #: secagg.SUPPORTED minus secagg.EXPLICIT_ONLY
@@ -32,7 +32,7 @@ DP_NOTES = {"descriptive_stats": "", "multiple_histograms": "", "linear_regressi
             "pearson_correlation": "noisy sufficient statistics"}
 #: disclosure.MODEL_ALGORITHMS
 MODELS = {"linear_regression", "logistic_regression", "cox_regression", "linear_regression_cv",
-          "logistic_regression_cv"}
+          "logistic_regression_cv", "gee"}
 #: the algorithms with a fold_sizes hook
 CROSS_VALIDATED = {"linear_regression_cv", "logistic_regression_cv", "naive_bayes_gaussian_cv",
                    "naive_bayes_categorical_cv"}
@@ -69,6 +69,12 @@ def test_every_algorithm_answers_every_capability(name) -> None:
     folds = alg.fold_sizes(req, 100)
     assert folds is None or (sum(folds) == 100 and len(folds) == alg.params(req, MODEL)["n_splits"])
     rows = make_data(3, 60)
+    if getattr(alg, "row_identity", False):  # the node's row identity: patients of 3 visits (gee)
+        rows = rows.assign(_pid=[f"p{i // 3}" for i in range(len(rows))], _visit=[f"V{i % 3}" for i in range(len(rows))])
+        prepared = prepare_local_data(alg, rows, req)
+        assert alg.cluster_count(prepared) == prepared.groupby(["dataset", "_pid"]).ngroups
+    else:
+        assert alg.cluster_count(rows) is None
     data = prepare_local_data(alg, fold_keyed([rows])[0] if name in CROSS_VALIDATED else rows, req)  # as a node
     aggregates = alg.local_step(0, data, req, MODEL, None)
     coarse = alg.coarsen_for_release(0, aggregates, 3)
