@@ -75,3 +75,41 @@ def test_logistic_regression_with_one_patient_in_a_class_is_refused(round_no):
     data.loc[1:2, "outcome"] = "yes"  # three positives: released
     assert DisclosureControls(NodeSettings(nfilter_tab=3)).release(
         algo, req, MODEL, round_no, algo.local_step(round_no, data, req, MODEL, state))
+
+
+class Clustered(SpecAlgorithm):
+    """A model whose rows are clustered by patient (like ``gee``): 4 parameters, patients from ``_pid``."""
+
+    name = "gee"
+
+    def parameter_count(self, request, model):
+        return 4
+
+    def cluster_count(self, data):
+        return int(data["_pid"].nunique())
+
+
+def _visits(patients: int, visits: int):
+    import pandas as pd
+
+    return pd.DataFrame({"_pid": [f"p{i}" for i in range(patients) for _ in range(visits)]})
+
+
+@pytest.mark.parametrize("patients, visits, settings, control", [
+    pytest.param(9, 5, {}, "min_row_count", id="45-rows-of-9-patients"),
+    pytest.param(12, 5, {"nfilter_glm": 0.3}, "nfilter_glm", id="4-parameters-for-12-patients"),
+])
+def test_clustered_rows_count_patients(patients, visits, settings, control):
+    """Issue 17.4: rows enough, patients not: refused with the control and no count in the message."""
+    rows = _visits(patients, visits)
+    controls = DisclosureControls(NodeSettings(**settings))
+    controls.check_rows(Clustered(), _Request(), None, len(rows))  # by rows it passes
+    with pytest.raises(DisclosureError) as info:
+        controls.check_clusters(Clustered(), _Request(), None, rows)
+    assert info.value.control == control
+    assert str(patients) not in str(info.value) and str(len(rows)) not in str(info.value)
+    DisclosureControls(NodeSettings()).check_clusters(Clustered(), _Request(), None, _visits(14, 5))
+
+
+class _Request:
+    filters = None
