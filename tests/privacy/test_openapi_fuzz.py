@@ -192,6 +192,7 @@ SEEDS: dict[str, tuple[list[str], list[str], dict[str, Any]]] = {
     "contingency_table": (["death_90d"], ["sex"], {}),
     "cox_regression": (["followup_days", "death_90d"], ["age"], {"event_level": "yes"}),
     "descriptive_stats": (["age", "sex"], [], {}),
+    "gee": (["age"], ["systolic_bp", "sex"], {"family": "gaussian", "cov_struct": "exchangeable"}),
     "kaplan_meier": (["followup_days", "death_90d"], [], {"event_level": "yes"}),
     "kmeans": (["age", "systolic_bp"], [], {"k": 2}),
     "linear_regression": (["age"], ["systolic_bp", "sex"], {}),
