@@ -15,6 +15,7 @@ only for the triggering user and project; a scheduled run syncs data models).
 """
 from __future__ import annotations
 
+import logging
 import os
 from datetime import datetime, timezone
 
@@ -108,9 +109,10 @@ for _algorithm in describe():
             run_id = context["run_id"]
             who = getattr(context.get("dag_run"), "triggering_user_name", None)
             path = ResultStore().save(run_id, {**outcome, "triggered_by": who})
+            log = logging.getLogger("mipflow.central.results")
             for line in summary_lines(outcome):
-                print(line)
-            print(f"result stored: {path}")
+                log.info("%s", line)
+            log.info("result stored: run %s in %s", run_id, path)
             return str(path)
 
         store_and_report(analysis.output)

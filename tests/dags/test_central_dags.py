@@ -233,3 +233,14 @@ def test_federated_kmeans_dag_equals_pooled_lloyd(dags, federation):
     assert result["n_obs"] == len(values) and result["n_iter"] == reference["n_iter"]
     np.testing.assert_allclose(result["centers"], reference["centers"], rtol=1e-9)
     np.testing.assert_allclose(result["inertia"], reference["inertia"], rtol=1e-9)
+
+
+def test_task_logs_show_progress_summary_and_where_the_result_is_stored(dags, federation, caplog, capfd):
+    """The shipped airflow.cfg logs at INFO: a researcher reading the task log sees the rounds, the
+    summary and where the result went (the test does not lower any logger's level itself)."""
+    run = dags["federated_linear_regression"].test(run_conf=conf(y="mrs_90d", x=["age"]))
+    assert "success" in str(run.state)
+    out, err = capfd.readouterr()
+    text = out + err + caplog.text
+    assert "round 1 of at most" in text and "node(s) contributed" in text
+    assert "result stored:" in text and run.run_id in text
