@@ -44,9 +44,10 @@ def _form(algorithm: dict) -> dict[str, Param]:
                             title="Node connections", description="Airflow connection ids of the nodes")
     params["project"] = Param("", type="string", minLength=1, title="Project",
                               description="the project this analysis belongs to (nodes check their grants)")
-    params["min_nodes"] = Param(1, type="integer", minimum=1, title="Minimum contributing nodes",
-                                description="3 or more recommended: with fewer, one node's aggregates "
-                                            "can be read off the result")
+    params["min_nodes"] = Param(None, type=["integer", "null"], minimum=1, title="Minimum contributing nodes",
+                                description="empty: every node selected must contribute; 3 or more "
+                                            "recommended: with fewer, one node's aggregates can be read "
+                                            "off the result")
     params["secure_aggregation"] = Param("auto", type="string", enum=["auto", "on", "off"],
                                          title="Secure aggregation",
                                          description="mask each node's aggregates so that only their sum is "

@@ -244,3 +244,18 @@ def test_task_logs_show_progress_summary_and_where_the_result_is_stored(dags, fe
     text = out + err + caplog.text
     assert "round 1 of at most" in text and "node(s) contributed" in text
     assert "result stored:" in text and run.run_id in text
+
+
+def test_kaplan_meier_dag_runs_without_a_group_and_min_nodes_defaults_to_every_node(dags, federation):
+    """The form's optional grouping variable and min_nodes left out (issue 15): one curve over the
+    pooled rows, from every node selected."""
+    run_conf = {k: v for k, v in conf(y=["followup_days", "death_90d"], event_level="yes", bin_width=7.0).items()
+                if k != "min_nodes"}
+    run = dags["federated_kaplan_meier"].test(run_conf=run_conf)
+    assert "success" in str(run.state)
+    stored = ResultStore(federation["central"]).get(run.run_id)
+    assert set(stored["contributed"]) == set(HOSPITALS)
+    (curve,) = stored["result"]["curves"]
+    data = pooled(federation["homes"], ["followup_days", "death_90d"])
+    assert curve["group"] is None and stored["result"]["grouping_variable"] is None
+    assert curve["n_obs"] == len(data) and curve["n_events"] == int((data["death_90d"] == "yes").sum())

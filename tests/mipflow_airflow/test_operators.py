@@ -48,8 +48,13 @@ def test_comma_separated_connections_and_an_explicit_researcher(node_connections
 
 
 @pytest.mark.parametrize(("kwargs", "user", "message"), [
-    pytest.param({"researcher": "mallory"}, RESEARCHER, r"fewer than min_nodes \(1\).*refused \(access\)",
+    pytest.param({"researcher": "mallory"}, RESEARCHER, r"fewer than min_nodes \(2\).*refused \(access\)",
                  id="refused-by-every-node"),
+    pytest.param({"researcher": "mallory", "min_nodes": 1}, RESEARCHER,
+                 r"fewer than min_nodes \(1\).*refused \(access\)", id="refused-by-every-node-min-1"),
+    pytest.param({"node_conn_ids": ["mipflow_node_node0", "mipflow_node_nowhere"]}, RESEARCHER,
+                 r"no Airflow connection 'mipflow_node_nowhere'", id="unknown-connection"),
+    pytest.param({"min_nodes": 0}, RESEARCHER, "min_nodes must be at least 1", id="min-nodes-zero"),
     pytest.param({"request": {**REQUEST, "inputdata": {**REQUEST["inputdata"], "y": ["no_such_variable"]}}},
                  RESEARCHER, "no_such_variable", id="invalid-request"),
     pytest.param({"node_conn_ids": []}, RESEARCHER, r"no nodes: give node connection ids \(param 'nodes'\)",
@@ -85,6 +90,18 @@ def test_too_few_reachable_nodes_is_a_retryable_failure(node_connections, dead_c
     assert isinstance(caught.value, AirflowException) and not isinstance(caught.value, AirflowFailException)
 
 
+@pytest.mark.parametrize("empty", [None, "", "None"])
+def test_min_nodes_defaults_to_every_node_selected(node_connections, dead_connection, empty):
+    """Empty min_nodes (the form's default; "None" is how a template renders it as text): every
+    node selected must contribute, so an unreachable one fails the run instead of being left out."""
+    from mipflow_airflow.exceptions import NodesUnavailableError
+
+    outcome = _operator(node_conn_ids=node_connections, min_nodes=empty).execute(_context())
+    assert set(outcome["contributed"]) == {"node0", "node1"}
+    with pytest.raises(NodesUnavailableError, match=r"2 of 3 node\(s\) reachable, fewer than min_nodes \(3\)"):
+        _operator(node_conn_ids=[*node_connections, dead_connection], min_nodes=empty).execute(_context())
+
+
 def test_an_unreachable_node_is_left_out_when_enough_others_answer(node_connections, dead_connection):
     outcome = _operator(node_conn_ids=[*node_connections, dead_connection], min_nodes=2).execute(_context())
     assert set(outcome["contributed"]) == {"node0", "node1"}
@@ -109,6 +126,9 @@ def test_template_fields_render_to_typed_values():
     assert operator.node_conn_ids == ["mipflow_node_a", "mipflow_node_b"] and operator.min_nodes == 2
     assert (operator.project, operator.secure_aggregation) == ("p", "on")
     assert operator.request == {"inputdata": {"y": ["y"]}} and operator.researcher is None
+    operator.min_nodes = "{{ params.min_nodes }}"
+    operator.render_template_fields({"params": {**params, "min_nodes": None}})  # the form's default
+    assert operator._min_nodes(operator.node_conn_ids) == 2
 
 
 def test_arguments_are_keyword_only():

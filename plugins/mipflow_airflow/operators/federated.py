@@ -50,8 +50,9 @@ class FederatedAnalysisOperator(BaseOperator):
         Connection ids of the nodes, or one comma-separated string; templated.
     project : str
         The project the analysis belongs to (every node checks its grants); templated.
-    min_nodes : int or str
-        Fewest contributing nodes for a result (a template rendering to an int); templated.
+    min_nodes : int, str or None
+        Fewest contributing nodes for a result (a template rendering to an int); ``None``
+        (the default) or empty: every node of ``node_conn_ids``; templated.
     researcher : str, optional
         On whose behalf; default the user who triggered the run
         (``dag_run.triggering_user_name``); templated.
@@ -64,7 +65,7 @@ class FederatedAnalysisOperator(BaseOperator):
     ui_color = "#d8e9f5"
 
     def __init__(self, *, algorithm: str, request: dict[str, Any] | XComArg, node_conn_ids: list[str] | str,
-                 project: str, min_nodes: int | str = 1, researcher: str | None = None,
+                 project: str, min_nodes: int | str | None = None, researcher: str | None = None,
                  secure_aggregation: Literal["auto", "on", "off"] | bool | str = "auto", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.algorithm = algorithm
@@ -90,10 +91,7 @@ class FederatedAnalysisOperator(BaseOperator):
         secure = SECURE_AGGREGATION.get(self.secure_aggregation, "invalid")
         if secure == "invalid":
             raise AirflowFailException("secure_aggregation must be auto, on or off")
-        try:
-            min_nodes = int(self.min_nodes)
-        except (TypeError, ValueError):
-            raise AirflowFailException(f"min_nodes must be a whole number, not {self.min_nodes!r}") from None
+        min_nodes = self._min_nodes(conn_ids)
         clients: list[NodeClient] = []
         try:
             for conn_id in conn_ids:
@@ -128,6 +126,18 @@ class FederatedAnalysisOperator(BaseOperator):
         if not conn_ids:
             raise AirflowFailException("no nodes: give node connection ids (param 'nodes')")
         return list(conn_ids)
+
+    def _min_nodes(self, conn_ids: Sequence[str]) -> int:
+        """``min_nodes`` as a number: empty means every node selected."""
+        if self.min_nodes in (None, "", "None"):
+            return len(conn_ids)
+        try:
+            min_nodes = int(self.min_nodes)
+        except (TypeError, ValueError):
+            raise AirflowFailException(f"min_nodes must be a whole number, not {self.min_nodes!r}") from None
+        if min_nodes < 1:
+            raise AirflowFailException(f"min_nodes must be at least 1, not {min_nodes}")
+        return min_nodes
 
     def _check_reachable(self, clients: Sequence[NodeClient], min_nodes: int) -> None:
         """Raise :class:`NodesUnavailableError` if fewer than ``min_nodes`` nodes answer ``/health``."""
