@@ -103,13 +103,14 @@ for _algorithm in describe():
 
         @task(task_id="store_and_report")
         def store_and_report(outcome: dict) -> str:
-            """Store the result with provenance and log a readable summary."""
+            """Store the result with provenance and log a readable summary (a run that fails before
+        this is stored as failed or refused by ``run_analysis``)."""
             from mipflow.central.results import ResultStore, summary_lines
 
             context = get_current_context()
             run_id = context["run_id"]
             who = getattr(context.get("dag_run"), "triggering_user_name", None)
-            path = ResultStore().save(run_id, {**outcome, "triggered_by": who})
+            path = ResultStore().save(run_id, {**outcome, "triggered_by": who, "dag_id": context["dag"].dag_id})
             log = logging.getLogger("mipflow.central.results")
             for line in summary_lines(outcome):
                 log.info("%s", line)

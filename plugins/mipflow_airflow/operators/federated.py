@@ -77,6 +77,32 @@ class FederatedAnalysisOperator(BaseOperator):
         self.secure_aggregation = secure_aggregation
 
     def execute(self, context: Context) -> dict[str, Any]:
+        """Run the analysis; a run that fails is stored as failed or refused (the results pages list it)."""
+        self._left_out: dict[str, str] = {}
+        try:
+            return self._execute(context)
+        except (AirflowFailException, NodesUnavailableError) as exc:
+            self._store_failure(context, str(exc))
+            raise
+
+    def _store_failure(self, context: Context, error: str) -> None:
+        """Keep the failed run in the central results store (never hides the task's own error)."""
+        run_id = context.get("run_id") if hasattr(context, "get") else None
+        if not run_id:
+            return
+        try:
+            from mipflow.central.results import ResultStore, failed_outcome
+
+            dag_run = context.get("dag_run")
+            doc = failed_outcome(self.algorithm, self.request, error, excluded=self._left_out,
+                                 researcher=self.researcher or triggering_user(context), project=self.project,
+                                 dag_id=getattr(dag_run, "dag_id", None) or self.dag_id)
+            path = ResultStore().save(str(run_id), {**doc, "triggered_by": triggering_user(context)})
+            self.log.info("analysis %s: stored as %s in %s", run_id, doc["status"], path)
+        except Exception:  # noqa: BLE001 - the task fails with its own error either way
+            self.log.warning("could not store the failed run %s in the results store", run_id, exc_info=True)
+
+    def _execute(self, context: Context) -> dict[str, Any]:
         from mipflow.central.client import NodeRefused, NodeUnavailable
         from mipflow.central.rounds import run_analysis
         from mipflow.exceptions import FederationError, RequestError
@@ -101,6 +127,7 @@ class FederatedAnalysisOperator(BaseOperator):
                 outcome = run_analysis(self.algorithm, self.request, clients, researcher=str(researcher),
                                        project=str(self.project), min_nodes=min_nodes, secure_aggregation=secure)
             except FederationError as exc:
+                self._left_out = dict(exc.excluded)
                 self._check_reachable(clients, min_nodes)  # too few contributed: a retry helps only if nodes were down
                 raise AirflowFailException(str(exc)) from None
         except (NodeConnectionError, RequestError, NodeRefused) as exc:
