@@ -139,12 +139,18 @@ with DAG(
         from mipflow_airflow.hooks.node import NodeHook
         from mipflow_airflow.operators.federated import triggering_user
 
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from mipflow_airflow.exceptions import NodeConnectionError
+
         context = get_current_context()
         clients = {}
         try:
             for conn_id in context["params"]["nodes"]:
                 clients[conn_id] = NodeHook(conn_id).get_conn()
             return sync(clients, researcher=triggering_user(context), project=context["params"].get("project"))
+        except NodeConnectionError as exc:  # an unknown or incomplete connection: a retry cannot help
+            raise AirflowFailException(str(exc)) from None
         finally:
             for client in clients.values():
                 client.close()

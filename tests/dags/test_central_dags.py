@@ -339,3 +339,33 @@ def test_a_dataset_no_node_holds_fails_the_run_before_any_step(dags, federation)
         for client in clients:
             client.close()
 
+
+
+def test_the_run_analysis_task_links_to_the_runs_results_page(dags, federation):
+    """The task's "Result" extra link (pushed when the task ends, succeeded or failed) opens the run's page."""
+    from urllib.parse import quote
+
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    run = dags["federated_ttest_onesample"].test(run_conf=conf(y="nihss_admission", mu=5.0))
+    assert "success" in str(run.state)
+    with create_session() as session:
+        link = session.scalar(XComModel.get_many(run_id=run.run_id, key="_link_ResultLink",
+                                                 dag_ids="federated_ttest_onesample",
+                                                 task_ids="run_analysis").with_only_columns(XComModel.value))
+    assert link is not None and str(link).endswith(f"/mipflow/run?id={quote(run.run_id, safe='')}")
+
+
+def test_an_unknown_node_connection_fails_the_run_naming_it(dags, federation):
+    """Both kinds of central DAG: the failure record (and so the notifier) names the connection."""
+    for dag_id, run_conf in (("federation_metadata", {"nodes": ["mipflow_node_nowhere"], "project": PROJECT}),
+                             ("federated_ttest_onesample", conf(y="nihss_admission", mu=5.0,
+                                                                nodes=["mipflow_node_nowhere"]))):
+        run = dags[dag_id].test(run_conf=run_conf)
+        assert "failed" in str(run.state)
+        records = [json.loads(line) for line in
+                   (federation["central"] / "notifications.jsonl").read_text().splitlines()]
+        (record,) = [r for r in records if r["run_id"] == run.run_id]
+        assert record["exception"] == "AirflowFailException", dag_id  # not retried
+        assert "no Airflow connection 'mipflow_node_nowhere'" in record["message"], dag_id

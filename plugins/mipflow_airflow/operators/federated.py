@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from airflow.sdk import BaseOperator
+from airflow.sdk import BaseOperator, BaseOperatorLink
 from airflow.sdk.exceptions import AirflowFailException
 
 from mipflow_airflow.exceptions import NodeConnectionError, NodesUnavailableError
@@ -20,6 +20,33 @@ SECURE_AGGREGATION: dict[Any, bool | None] = {"auto": None, "on": True, "off": F
                                               True: True, False: False}
 
 
+#: Where the results pages are mounted in the api-server (``plugins/mipflow_ui_plugin.py``).
+RESULTS_PREFIX = "/mipflow"
+
+
+def results_url(run_id: str, base_url: str | None = None) -> str:
+    """The results page of one run: under Airflow's ``[api] base_url`` when set, else from the site root."""
+    from urllib.parse import quote
+
+    if base_url is None:
+        try:
+            from airflow.configuration import conf
+
+            base_url = conf.get("api", "base_url", fallback="") or ""
+        except Exception:  # noqa: BLE001 - a link from the site root still works
+            base_url = ""
+    return f"{base_url.rstrip('/')}{RESULTS_PREFIX}/run?id={quote(run_id, safe='')}"
+
+
+class ResultLink(BaseOperatorLink):
+    """The task's "Result" button: the run's page on the results pages (its result, or why it has none)."""
+
+    name = "Result"
+
+    def get_link(self, operator: BaseOperator, *, ti_key: Any) -> str:
+        return results_url(ti_key.run_id)
+
+
 class FederatedAnalysisOperator(BaseOperator):
     """Run ``algorithm`` over the nodes behind ``node_conn_ids``; return the result with provenance.
 
@@ -28,9 +55,9 @@ class FederatedAnalysisOperator(BaseOperator):
     :class:`mipflow_airflow.hooks.node.NodeHook` client per connection and decides
     what a failure means for the task:
 
-    - an invalid request, a request the nodes refuse, a connection without its
-      credential, or too few contributing nodes while enough are reachable fail
-      the task at once (``AirflowFailException``: a retry cannot help);
+    - an invalid request, a request the nodes refuse, an unknown connection or one
+      without its credential, or too few contributing nodes while enough are
+      reachable fail the task at once (``AirflowFailException``: a retry cannot help);
     - fewer reachable nodes than ``min_nodes`` (before the analysis, or when it
       ends with too few contributors) raises :class:`NodesUnavailableError`,
       which Airflow retries (``MIPFLOW_TASK_RETRIES``).  Single calls are retried
@@ -39,6 +66,9 @@ class FederatedAnalysisOperator(BaseOperator):
     Progress (``round k of at most N: n node(s) answered, m left out``) is logged
     by :mod:`mipflow.central.rounds` into the task log.  The central DAGs put
     this task in the federation pool when ``MIPFLOW_POOLS=1`` (``pool=``).
+    A run that fails is stored in the central results store as ``failed`` or
+    ``refused`` (:func:`mipflow.central.results.failed_outcome`), and the task's
+    "Result" link (:class:`ResultLink`) opens the run's results page either way.
 
     Parameters
     ----------
@@ -63,6 +93,7 @@ class FederatedAnalysisOperator(BaseOperator):
     template_fields: Sequence[str] = ("request", "node_conn_ids", "min_nodes", "researcher", "project",
                                       "secure_aggregation")
     ui_color = "#d8e9f5"
+    operator_extra_links = (ResultLink(),)
 
     def __init__(self, *, algorithm: str, request: dict[str, Any] | XComArg, node_conn_ids: list[str] | str,
                  project: str, min_nodes: int | str | None = None, researcher: str | None = None,

@@ -172,12 +172,15 @@ def nodes_table(doc: Mapping[str, Any]) -> Table:
     return Table("Nodes", ["node", "status", "rows used", "rows held per dataset"], rows)
 
 
-def result_page(doc: Mapping[str, Any], *, link: Any, back: str) -> str:
-    """One result: provenance, nodes, plots, tables and download links."""
+def result_page(doc: Mapping[str, Any], *, link: Any, back: str, airflow_run: str | None = None) -> str:
+    """One result (or why a run has none): provenance, nodes, plots, tables, download links and,
+    where given, a link to the run in Airflow (``airflow_run``)."""
     result = doc.get("result") or {}
     plots = result_plots(result)
+    run_link = (f' | <a id="airflow-run" href="{html.escape(airflow_run)}" target="_top">Run in Airflow</a>'
+                if airflow_run else "")
     parts = [
-        f'<p><a href="{html.escape(back)}">All results</a> | '
+        f'<p><a href="{html.escape(back)}">All results</a>{run_link} | '
         f'<a href="{html.escape(link(doc["run_id"], "json"))}">Download JSON</a> | '
         f'<a href="{html.escape(link(doc["run_id"], "csv"))}">Download CSV</a></p>',
         failure_html(doc),
