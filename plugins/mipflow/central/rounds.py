@@ -396,8 +396,8 @@ def _model_from_nodes(nodes: Sequence[NodeClient], key: str, excluded: dict[str,
 
 def _check_datasets(requested: Sequence[str], listed: Mapping[str, Mapping[str, int | None]],
                     excluded: dict[str, str], who: OnBehalfOf) -> None:
-    """Before any step: every requested dataset is listed by some node, and a node that lists none
-    of them is left out (it would have nothing to answer on).
+    """Before any step: every requested dataset is listed by some node.  (A node that lists none of
+    them is still asked: its own refusal says why, e.g. no grant or too few rows.)
 
     ``listed`` is each node's requested datasets as its metadata lists them for the researcher and
     project (a node lists only the datasets it holds and approves for them).  Each node answers
@@ -416,9 +416,6 @@ def _check_datasets(requested: Sequence[str], listed: Mapping[str, Mapping[str, 
                            f"project {who.project}: no node holds them, or none approves them for you; remove "
                            "them from the request or ask the node's admin for a grant"
                            + (f" (not asked: {unasked})" if unasked else ""))
-    for name, rows in listed.items():
-        if not rows and name not in excluded:
-            excluded[name] = "lists none of the requested datasets for this researcher and project"
 
 
 def _call_all(algorithm: str, request: dict[str, Any], nodes: Sequence[NodeClient], round_no: int,
