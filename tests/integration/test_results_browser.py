@@ -178,7 +178,7 @@ def test_a_refused_run_is_listed_with_its_reason_and_the_task_links_to_it(centra
     with server.client() as client:
         links = client.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}/taskInstances/run_analysis/links")
         assert links.status_code == 200, links.text
-    link = links.json()["Result"]
+    link = links.json()["extra_links"]["Result"]
     assert link.endswith(f"/mipflow/run?id={quote(run_id, safe='')}"), link
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)

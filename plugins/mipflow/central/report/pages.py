@@ -185,14 +185,17 @@ def result_page(doc: Mapping[str, Any], *, link: Any, back: str, airflow_run: st
         f'<a href="{html.escape(link(doc["run_id"], "csv"))}">Download CSV</a></p>',
         failure_html(doc),
         table_html(provenance_table(doc)),
-        table_html(nodes_table(doc)),
     ]
+    status = run_status(doc)
+    nodes = nodes_table(doc)
+    if nodes.rows or status == "succeeded":  # a failed run's nodes are in its failure section
+        parts.append(table_html(nodes))
     if plots:
         parts.append('<h2>Plots</h2><div class="plots">'
                      + "".join(f"<figure>{svg}</figure>" for svg in plots) + "</div>")
-    parts.append('<h2>Result</h2><div id="result">' + "".join(table_html(t) for t in result_tables(result))
-                 + "</div>")
-    status = run_status(doc)
+    if result or status == "succeeded":
+        parts.append('<h2>Result</h2><div id="result">' + "".join(table_html(t) for t in result_tables(result))
+                     + "</div>")
     title = f"{doc.get('algorithm', 'result')}: {doc.get('run_id', '')}"
     return page(title if status == "succeeded" else f"{title} ({status})", "".join(parts))
 

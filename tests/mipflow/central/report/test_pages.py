@@ -122,3 +122,11 @@ def test_a_refused_run_is_listed_and_its_page_says_why_and_what_to_change():
     provenance = dict(provenance_table(doc).rows)
     assert provenance["status"] == "refused" and provenance["Airflow DAG"] == "federated_linear_regression"
     assert 'id="failure"' not in result_page(ok, link=lambda r, k: "run?id=" + r, back="./")
+
+
+def test_a_failed_run_without_nodes_shows_no_empty_sections():
+    from mipflow.central.results import failed_outcome
+
+    doc = {"run_id": "r", **failed_outcome("anova", {}, "no Airflow connection 'x'")}
+    page = result_page(doc, link=lambda r, k: "run?id=" + r, back="./")
+    assert "Failed: no result" in page and "<h3>Nodes</h3>" not in page and 'id="result"' not in page
