@@ -15,6 +15,7 @@ only for the triggering user and project; a scheduled run syncs data models).
 """
 from __future__ import annotations
 
+import logging
 import os
 from datetime import datetime, timezone
 
@@ -45,9 +46,10 @@ def _form(algorithm: dict) -> dict[str, Param]:
                             title="Node connections", description="Airflow connection ids of the nodes")
     params["project"] = Param("", type="string", minLength=1, title="Project",
                               description="the project this analysis belongs to (nodes check their grants)")
-    params["min_nodes"] = Param(1, type="integer", minimum=1, title="Minimum contributing nodes",
-                                description="3 or more recommended: with fewer, one node's aggregates "
-                                            "can be read off the result")
+    params["min_nodes"] = Param(None, type=["integer", "null"], minimum=1, title="Minimum contributing nodes",
+                                description="empty: every node selected must contribute; 3 or more "
+                                            "recommended: with fewer, one node's aggregates can be read "
+                                            "off the result")
     params["secure_aggregation"] = Param("auto", type="string", enum=["auto", "on", "off"],
                                          title="Secure aggregation",
                                          description="mask each node's aggregates so that only their sum is "
@@ -107,16 +109,18 @@ for _algorithm in describe():
 
         @task(task_id="store_and_report")
         def store_and_report(outcome: dict) -> str:
-            """Store the result with provenance and log a readable summary."""
+            """Store the result with provenance and log a readable summary (a run that fails before
+        this is stored as failed or refused by ``run_analysis``)."""
             from mipflow.central.results import ResultStore, summary_lines
 
             context = get_current_context()
             run_id = context["run_id"]
             who = getattr(context.get("dag_run"), "triggering_user_name", None)
-            path = ResultStore().save(run_id, {**outcome, "triggered_by": who})
+            path = ResultStore().save(run_id, {**outcome, "triggered_by": who, "dag_id": context["dag"].dag_id})
+            log = logging.getLogger("mipflow.central.results")
             for line in summary_lines(outcome):
-                print(line)
-            print(f"result stored: {path}")
+                log.info("%s", line)
+            log.info("result stored: run %s in %s", run_id, path)
             return str(path)
 
         store_and_report(analysis.output)
@@ -141,12 +145,18 @@ with DAG(
         from mipflow_airflow.hooks.node import NodeHook
         from mipflow_airflow.operators.federated import triggering_user
 
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from mipflow_airflow.exceptions import NodeConnectionError
+
         context = get_current_context()
         clients = {}
         try:
             for conn_id in context["params"]["nodes"]:
                 clients[conn_id] = NodeHook(conn_id).get_conn()
             return sync(clients, researcher=triggering_user(context), project=context["params"].get("project"))
+        except NodeConnectionError as exc:  # an unknown or incomplete connection: a retry cannot help
+            raise AirflowFailException(str(exc)) from None
         finally:
             for client in clients.values():
                 client.close()

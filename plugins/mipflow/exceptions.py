@@ -43,4 +43,11 @@ class DisclosureError(MipflowError):
 
 
 class FederationError(MipflowError):
-    """A federated analysis cannot produce a result (too few nodes, all refused)."""
+    """A federated analysis cannot produce a result (too few nodes, all refused).
+
+    ``excluded``: the nodes left out and why (node -> reason), where known.
+    """
+
+    def __init__(self, message: str, *, excluded: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.excluded = dict(excluded or {})

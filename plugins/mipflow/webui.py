@@ -70,6 +70,15 @@ def _links(request: Request) -> tuple[str, Callable[[str, str], str]]:
     return root + "/", link
 
 
+def airflow_run_link(request: Request, doc: dict[str, Any]) -> str | None:
+    """The run's page in Airflow's UI (``/dags/DAG/runs/RUN`` beside where the pages are mounted)."""
+    if not doc.get("dag_id"):
+        return None
+    root = request.scope.get("root_path", "").rstrip("/")
+    site = root.rsplit("/", 1)[0] if root else ""
+    return f"{site}/dags/{quote(str(doc['dag_id']), safe='')}/runs/{quote(str(doc['run_id']), safe='')}"
+
+
 def create_app(*, user: Callable[..., Any], can_read: Callable[[Any, str], bool] | None = None,
                result_store: Callable[[], Any] | None = None,
                node_home: Callable[[], Any] | None = None) -> FastAPI:
@@ -121,7 +130,8 @@ def create_app(*, user: Callable[..., Any], can_read: Callable[[Any, str], bool]
     def run_page(request: Request, id: str = Query(..., min_length=1, max_length=250),
                  who: Any = Depends(user)) -> str:
         back, link = _links(request)
-        return pages.result_page(readable(id, who), link=link, back=back)
+        doc = readable(id, who)
+        return pages.result_page(doc, link=link, back=back, airflow_run=airflow_run_link(request, doc))
 
     @app.get("/run.json")
     def run_json(id: str = Query(..., min_length=1, max_length=250), who: Any = Depends(user)) -> Response:

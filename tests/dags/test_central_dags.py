@@ -20,6 +20,8 @@ from tests.conftest import REPO_ROOT
 from tests.nodes import DAG_TEST_USER, PROJECT, RESEARCHER, grant_all, pin_each_other, running_nodes
 
 pytestmark = [pytest.mark.airflow, pytest.mark.xdist_group("airflow")]
+#: A researcher whom every node approves for its own dataset only.
+OWN_ONLY = "own_only"
 STROKE = REPO_ROOT / "include" / "schemas" / "stroke_v_0_1" / "CDEsMetadata.json"
 
 
@@ -43,6 +45,7 @@ def federation(tmp_path_factory, airflow_db):
             cred = issue_client(home.root, "central")
             grant_all(home.root, DAG_TEST_USER, PROJECT)  # dag.test() runs as user "dag_test"
             grant_all(home.root, RESEARCHER, PROJECT)
+            grant_all(home.root, OWN_ONLY, PROJECT, datasets=home.name)  # this hospital's dataset only
             env[f"AIRFLOW_CONN_MIPFLOW_NODE_{home.name.upper()}"] = json.dumps(
                 {"conn_type": "mipflow_node", "host": url, "login": cred.client_id,
                  "password": cred.secret.hex(), "extra": {"node_name": home.name}})
@@ -111,13 +114,19 @@ def test_federated_dag_fails_for_a_project_the_nodes_did_not_approve(dags, feder
     run = dags["federated_linear_regression"].test(
         run_conf=conf(y="mrs_90d", x=["age"], project="not-approved"))
     assert "failed" in str(run.state)
-    assert ResultStore(federation["central"]).get(run.run_id) is None
+    failed = ResultStore(federation["central"]).document(run.run_id)  # listed on the results pages
+    assert (failed["status"], failed["result"], failed["dag_id"]) == ("failed", {}, "federated_linear_regression")
+    assert "no node lists dataset(s)" in failed["error"] and failed["triggered_by"] == DAG_TEST_USER
     from mipflow.node.controls.audit import read_records
 
+    # the nodes list no dataset for this project, so the run fails before any step, saying why
     for home in federation["homes"]:
-        last = [r for r in read_records(home.root / "audit.log") if r.get("project") == "not-approved"][-1]
-        assert last["decision"] == "refused" and last["control"] == "access"
-        assert last["researcher"] == DAG_TEST_USER
+        mine = [r for r in read_records(home.root / "audit.log") if r.get("project") == "not-approved"]
+        assert mine and all(r["endpoint"] == "/v1/metadata" for r in mine)
+        assert mine[-1]["researcher"] == DAG_TEST_USER
+    records = [json.loads(line) for line in (federation["central"] / "notifications.jsonl").read_text().splitlines()]
+    (record,) = [r for r in records if r["run_id"] == run.run_id]
+    assert "no node lists dataset(s)" in record["message"] and "project not-approved" in record["message"]
 
 
 def test_federated_anova_dag_equals_pooled_anova_lm(dags, federation):
@@ -142,7 +151,14 @@ def test_federated_dag_fails_clearly_when_too_few_nodes_qualify(dags, federation
     filters = {"condition": "AND", "rules": [{"id": "age", "operator": "greater", "value": 89.5}]}
     run = dags["federated_ttest_onesample"].test(run_conf=conf(y="nihss_admission", filters=filters, mu=5.0))
     assert "failed" in str(run.state)
-    assert ResultStore(federation["central"]).get(run.run_id) is None
+    refused = ResultStore(federation["central"]).document(run.run_id)
+    assert refused["status"] == "refused" and "fewer than min_nodes (3)" in refused["error"]
+    assert refused["nodes"] and set(refused["nodes"]) <= set(HOSPITALS) and {
+        n["control"] for n in refused["nodes"].values()} <= {"min_row_count", "nfilter_subset"}
+    from mipflow.central.report.pages import result_page
+
+    page = result_page(refused, link=lambda r, k: f"run?id={r}", back="./")
+    assert "Refused: no result" in page and "widen the filter" in page
 
 
 def test_federation_metadata_dag_syncs_what_nodes_hold(dags, federation):
@@ -233,3 +249,123 @@ def test_federated_kmeans_dag_equals_pooled_lloyd(dags, federation):
     assert result["n_obs"] == len(values) and result["n_iter"] == reference["n_iter"]
     np.testing.assert_allclose(result["centers"], reference["centers"], rtol=1e-9)
     np.testing.assert_allclose(result["inertia"], reference["inertia"], rtol=1e-9)
+
+
+def test_task_logs_show_progress_summary_and_where_the_result_is_stored(dags, federation, caplog, capfd):
+    """The shipped airflow.cfg logs at INFO: a researcher reading the task log sees the rounds, the
+    summary and where the result went (the test does not lower any logger's level itself)."""
+    run = dags["federated_linear_regression"].test(run_conf=conf(y="mrs_90d", x=["age"]))
+    assert "success" in str(run.state)
+    out, err = capfd.readouterr()
+    text = out + err + caplog.text
+    assert "round 1 of at most" in text and "node(s) contributed" in text
+    assert "result stored:" in text and run.run_id in text
+
+
+def test_kaplan_meier_dag_runs_without_a_group_and_min_nodes_defaults_to_every_node(dags, federation):
+    """The form's optional grouping variable and min_nodes left out (issue 15): one curve over the
+    pooled rows, from every node selected."""
+    run_conf = {k: v for k, v in conf(y=["followup_days", "death_90d"], event_level="yes", bin_width=7.0).items()
+                if k != "min_nodes"}
+    run = dags["federated_kaplan_meier"].test(run_conf=run_conf)
+    assert "success" in str(run.state)
+    stored = ResultStore(federation["central"]).get(run.run_id)
+    assert set(stored["contributed"]) == set(HOSPITALS)
+    (curve,) = stored["result"]["curves"]
+    data = pooled(federation["homes"], ["followup_days", "death_90d"])
+    assert curve["group"] is None and stored["result"]["grouping_variable"] is None
+    assert curve["n_obs"] == len(data) and curve["n_events"] == int((data["death_90d"] == "yes").sum())
+
+
+def _clients():
+    from mipflow.central.client import NodeClient, NodeEndpoint
+
+    clients = []
+    for hospital in HOSPITALS:
+        conn = json.loads(os.environ[f"AIRFLOW_CONN_MIPFLOW_NODE_{hospital.upper()}"])
+        clients.append(NodeClient(NodeEndpoint(hospital, conn["host"], conn["login"], conn["password"])))
+    return clients
+
+
+def test_a_grant_for_each_nodes_own_dataset_answers_a_request_across_nodes(federation):
+    """Every node approves the researcher for its own dataset only: each answers on it (issue 15),
+    and the result is the pooled one."""
+    import statsmodels.api as sm
+
+    from mipflow.central.rounds import run_analysis
+
+    request = {"inputdata": {"data_model": "stroke:0.1", "datasets": list(HOSPITALS), "x": ["age"],
+                             "y": ["mrs_90d"], "filters": None}, "parameters": {}}
+    clients = _clients()
+    try:
+        outcome = run_analysis("linear_regression", request, clients, researcher=OWN_ONLY, project=PROJECT,
+                               min_nodes=3)
+    finally:
+        for client in clients:
+            client.close()
+    assert set(outcome.contributed) == set(HOSPITALS) and not outcome.excluded
+    assert {node: set(rows) for node, rows in outcome.datasets.items()} == {h: {h} for h in HOSPITALS}
+    data = pooled(federation["homes"], ["mrs_90d", "age"])
+    fit = sm.OLS(data["mrs_90d"], sm.add_constant(data[["age"]])).fit()
+    np.testing.assert_allclose(outcome.result["coefficients"], fit.params.to_numpy(), rtol=1e-9)
+    from mipflow.node.controls.audit import read_records
+
+    for home in federation["homes"]:
+        (answered,) = [r for r in read_records(home.root / "audit.log")
+                       if r.get("analysis") and r.get("researcher") == OWN_ONLY]
+        assert answered["decision"] == "allowed" and answered["datasets_answered"] == [home.name]
+
+
+def test_a_dataset_no_node_holds_fails_the_run_before_any_step(dags, federation):
+    from mipflow.node.controls.audit import read_records
+
+    before = {home.name: len(read_records(home.root / "audit.log")) for home in federation["homes"]}
+    run = dags["federated_linear_regression"].test(run_conf=conf(y="mrs_90d", x=["age"],
+                                                                 datasets=[*HOSPITALS, "hospital_z"]))
+    assert "failed" in str(run.state)
+    for home in federation["homes"]:
+        new = read_records(home.root / "audit.log")[before[home.name]:]
+        assert new and all(r.get("endpoint") != "/v1/steps" for r in new)  # metadata only: no step was sent
+    from mipflow.central.rounds import run_analysis
+    from mipflow.exceptions import RequestError
+
+    clients = _clients()
+    try:
+        with pytest.raises(RequestError, match=r"no node lists dataset\(s\) hospital_z for researcher"):
+            run_analysis("linear_regression", {"inputdata": {"data_model": "stroke:0.1", "datasets": ["hospital_z"],
+                                                             "y": ["mrs_90d"], "x": ["age"]}, "parameters": {}},
+                         clients, researcher=RESEARCHER, project=PROJECT)
+    finally:
+        for client in clients:
+            client.close()
+
+
+
+def test_the_run_analysis_task_links_to_the_runs_results_page(dags, federation):
+    """The task's "Result" extra link (pushed when the task ends, succeeded or failed) opens the run's page."""
+    from urllib.parse import quote
+
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    run = dags["federated_ttest_onesample"].test(run_conf=conf(y="nihss_admission", mu=5.0))
+    assert "success" in str(run.state)
+    with create_session() as session:
+        link = session.scalar(XComModel.get_many(run_id=run.run_id, key="_link_ResultLink",
+                                                 dag_ids="federated_ttest_onesample",
+                                                 task_ids="run_analysis").with_only_columns(XComModel.value))
+    assert link is not None and str(link).endswith(f"/mipflow/run?id={quote(run.run_id, safe='')}")
+
+
+def test_an_unknown_node_connection_fails_the_run_naming_it(dags, federation):
+    """Both kinds of central DAG: the failure record (and so the notifier) names the connection."""
+    for dag_id, run_conf in (("federation_metadata", {"nodes": ["mipflow_node_nowhere"], "project": PROJECT}),
+                             ("federated_ttest_onesample", conf(y="nihss_admission", mu=5.0,
+                                                                nodes=["mipflow_node_nowhere"]))):
+        run = dags[dag_id].test(run_conf=run_conf)
+        assert "failed" in str(run.state)
+        records = [json.loads(line) for line in
+                   (federation["central"] / "notifications.jsonl").read_text().splitlines()]
+        (record,) = [r for r in records if r["run_id"] == run.run_id]
+        assert record["exception"] == "AirflowFailException", dag_id  # not retried
+        assert "no Airflow connection 'mipflow_node_nowhere'" in record["message"], dag_id

@@ -114,6 +114,51 @@ def test_optional_parameters_may_be_left_empty_and_required_ones_not(dagbag):
                 assert not param.has_value, (entry["name"], name)
 
 
+def _form_requires(param) -> bool:
+    """Whether Airflow's trigger form (3.x) marks a field required: it has a type and null is not one of
+    them.  An emptied field is sent as null, so a required field left empty blocks the Trigger button."""
+    kind = param.schema.get("type")
+    return bool(kind) and (not isinstance(kind, list) or "null" not in kind)
+
+
+def test_the_trigger_form_requires_only_what_the_algorithm_requires(dagbag):
+    """Optional inputs (Kaplan-Meier's group, descriptive statistics' x), optional parameters (CMH's
+    levels) and the run's min_nodes and filters may be left empty in the form; a required field may not."""
+    for entry in CATALOGUE:
+        dag = dagbag.dags[f"federated_{entry['name']}"]
+        for which, item in entry["inputs"].items():
+            if item is not None:
+                assert _form_requires(dag.params.get_param(which)) == item["required"], (entry["name"], which)
+        for name, item in entry["parameters"].items():
+            if item["optional"] or item["required"]:
+                assert _form_requires(dag.params.get_param(name)) == item["required"], (entry["name"], name)
+        for name in ("min_nodes", "filters"):
+            assert not _form_requires(dag.params.get_param(name)), (entry["name"], name)
+        for name in ("data_model", "datasets", "nodes", "project"):
+            assert _form_requires(dag.params.get_param(name)), (entry["name"], name)
+
+
+@pytest.mark.parametrize(("dag_id", "fields"), [
+    pytest.param("federated_kaplan_meier", {"y": ["followup_days", "death_90d"], "event_level": "yes"},
+                 id="kaplan-meier-without-group"),
+    pytest.param("federated_kaplan_meier", {"y": ["followup_days", "death_90d"], "event_level": "yes", "x": None},
+                 id="kaplan-meier-group-emptied"),
+    pytest.param("federated_cmh_test", {"y": "death_90d", "x": ["thrombolysis", "sex"]}, id="cmh-without-levels"),
+    pytest.param("federated_cmh_test", {"y": "death_90d", "x": ["thrombolysis", "sex"], "exposure_level": None,
+                                        "outcome_level": None}, id="cmh-levels-emptied"),
+    pytest.param("federated_descriptive_stats", {"y": ["age"], "x": None}, id="descriptive-stats-x-emptied"),
+    pytest.param("federated_linear_regression", {"y": "mrs_90d", "x": ["age"], "min_nodes": None},
+                 id="min-nodes-emptied"),
+])
+def test_a_run_without_the_optional_fields_passes_the_forms_validation(dagbag, dag_id, fields):
+    """What Airflow checks before it creates a run: the DAG's params with the run's conf."""
+    params = copy.deepcopy(dagbag.dags[dag_id].params)
+    params.update({"datasets": ["hospital_a"], "project": "p", "nodes": ["mipflow_node_a"], **fields})
+    resolved = params.validate()
+    assert all(resolved[name] == value for name, value in fields.items())
+    assert resolved["min_nodes"] is None  # every node selected must contribute unless the form says otherwise
+
+
 def test_cli_catalogue_equals_the_forms_and_kmeans_runs_with_the_forms_defaults(dagbag):
     """`mipflow algorithms list --json` and every form agree on every default and bound, and the
     defaults a request without parameters gets (CLI, API) are the form's: kmeans 100 / 0.0001."""

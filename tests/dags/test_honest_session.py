@@ -208,7 +208,9 @@ def test_a_request_outside_the_study_fails_the_run_naming_what_to_change(dags, f
     outside = where(rule("age", "greater_or_equal", 70))  # not one of the study's subgroups
     run = dags["federated_linear_regression"].test(run_conf=form(**FIRST, filters=outside))
     assert "failed" in str(run.state)
-    assert ResultStore(federation["central"]).get(run.run_id) is None
+    stored = ResultStore(federation["central"]).document(run.run_id)  # listed as refused, no result
+    assert (stored["status"], stored["result"]) == ("refused", {})
+    assert {n["control"] for n in stored["nodes"].values()} == {"study"} and set(stored["nodes"]) == set(HOSPITALS)
     records = [json.loads(line) for line in federation["notifications"].read_text().splitlines()]
     (record,) = [r for r in records if r["run_id"] == run.run_id]
     assert record["task_id"] == "run_analysis" and record["exception"] == "AirflowFailException"
@@ -222,6 +224,8 @@ def test_a_request_outside_the_study_fails_the_run_naming_what_to_change(dags, f
     # no data-derived number: every number is the request's, the protocol's or a count of nodes
     public = numbers(json.dumps(PROTOCOL)) | numbers(json.dumps(form(**FIRST, filters=outside))) | {0.0}
     assert numbers(message) <= public, (numbers(message) - public, message)
+    stored_text = json.dumps(stored["nodes"]) + stored["error"]
+    assert numbers(stored_text) <= public, (numbers(stored_text) - public, stored_text)
     held = {float(len(held_rows(h))) for h in federation["homes"]}
     held |= {float(len(subgroup_rows(federation["snapshot"], n))) for n in (None, *SUBGROUPS)}
     assert not (numbers(message) & held - public)

@@ -16,7 +16,7 @@ import pytest
 from mipflow.algorithms.provenance import catalogue, code_of
 from mipflow.central.client import NodeClient, NodeEndpoint, NodeRefused
 from mipflow.central.rounds import run_analysis
-from mipflow.exceptions import ConfigError, FederationError
+from mipflow.exceptions import ConfigError, FederationError, RequestError
 from mipflow.node.controls.access import AccessRegistry
 from mipflow.node.controls.audit import read_records, verify_log
 from mipflow.node.home import NodeHome
@@ -82,7 +82,13 @@ def test_node_refuses_without_a_grant_then_allows_and_audits_who(nodes):
         record = last_audit(nodes, "hosp_a")
         assert record["decision"] == "allowed" and record["rows"] == reply["rows"]
         assert (record["researcher"], record["project"], record["grants"]) == ("alice", "p1", [grant.id])
-        assert "edsd2" in refused(nodes, "hosp_a", "access", request=linreg("edsd0", "edsd2"))
+        # a request across nodes is answered on the datasets the grant covers (ADR 0033), and refused
+        # when it covers none
+        across = step(nodes, "hosp_a", linreg("edsd0", "edsd2"))
+        record = last_audit(nodes, "hosp_a")
+        assert record["decision"] == "allowed" and record["datasets_answered"] == ["edsd0"]
+        assert across["rows"] == step(nodes, "hosp_a", linreg("edsd0"))["rows"]
+        assert "edsd2" in refused(nodes, "hosp_a", "access", request=linreg("edsd2"))
         refused(nodes, "hosp_a", "access", algorithm="anova_oneway")
         refused(nodes, "hosp_a", "access", researcher="bob")
         refused(nodes, "hosp_a", "access", project="p2")
@@ -191,9 +197,14 @@ def test_result_provenance_names_researcher_and_step_code(nodes):
     """Through run_analysis: code digests from each node, a node without a grant left out with its reason."""
     AccessRegistry(nodes["roots"]["hosp_a"]).grant(researcher="hana", project="study-7", data_model="dementia:0.1",
                                                    datasets="*", algorithms="ttest_onesample", expires="never")
-    request = {"inputdata": {"data_model": "dementia:0.1", "datasets": ["edsd0", "edsd1", "ppmi0"], "x": [],
+    request = {"inputdata": {"data_model": "dementia:0.1", "datasets": ["edsd0", "edsd1"], "x": [],
                              "y": ["lefthippocampus"], "filters": None}, "parameters": {"mu": 3.0}}
     clients = list(nodes["clients"].values())
+    # a dataset no node lists for hana (hosp_b holds ppmi0 but does not approve her): an error before any step
+    with pytest.raises(RequestError, match=r"no node lists dataset\(s\) ppmi0 for researcher hana"):
+        run_analysis("ttest_onesample", {**request, "inputdata": {**request["inputdata"],
+                                                                  "datasets": ["edsd0", "ppmi0"]}},
+                     clients, researcher="hana", project="study-7")
     outcome = run_analysis("ttest_onesample", request, clients, researcher="hana", project="study-7")
     assert set(outcome.contributed) == {"hosp_a"}
     assert outcome.excluded["hosp_b"].startswith("refused (access)")
@@ -217,7 +228,8 @@ def test_audit_log_holds_no_row_level_data_and_verifies(nodes):
                     "researcher", "project", "grants", "analysis", "algorithm_sha256", "catalogue_version",
                     "cohort",  # cohort: SHA-256 digest of the keyed row hashes (ADR 0013), no row data
                     "counted",  # counted: a refused step charged to the query budgets (ADR 0025), a boolean
-                    "chain"}  # chain: the analysis' hash chain of rounds (ADR 0029), a digest
+                    "chain",  # chain: the analysis' hash chain of rounds (ADR 0029), a digest
+                    "datasets_answered"}  # the requested dataset codes the grants cover (ADR 0033)
     for name, root in nodes["roots"].items():
         assert verify_log(root / "audit.log").ok
         records = read_records(root / "audit.log")

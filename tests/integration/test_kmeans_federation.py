@@ -4,6 +4,7 @@ Lloyd round refused under the differencing control ends the analysis, labelled (
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
 import json
 
 import numpy as np
@@ -16,7 +17,8 @@ from mipflow.node.controls.partitions import partition_conflict
 from mipflow.node.home import NodeHome
 from mipflow.central.rounds import run_analysis as _run_analysis
 from tests.mipflow.algorithms.helpers import assert_rel_close
-from tests.mipflow.algorithms.synthetic import MODEL, request
+from tests.mipflow.algorithms.synthetic import MODEL
+from tests.mipflow.algorithms.synthetic import request as synthetic_request
 from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, pin_each_other, served_clients
 
 #: every analysis here runs as the identity the nodes' grants approve
@@ -25,6 +27,12 @@ run_analysis = functools.partial(_run_analysis, researcher=RESEARCHER, project=P
 pytestmark = pytest.mark.xdist_group("federation")
 
 OUTLIER = (30.0, 30.0)
+
+
+def request(**kwargs) -> AnalysisRequest:
+    """The synthetic request on the one dataset these nodes hold (a dataset no node lists is an
+    error before any step: ADR 0033)."""
+    return replace(synthetic_request(**kwargs), datasets=("d0",))
 
 
 def _rows(seed: int, blobs: list[tuple[float, float, int]], extra: list[tuple[float, float]] = ()) -> pd.DataFrame:

@@ -159,3 +159,45 @@ def test_result_page_in_a_browser_shows_the_stored_numbers(central):
             page.screenshot(path=str(ARTIFACTS / "airflow-browse-results.png"), full_page=True)
         finally:
             browser.close()
+
+
+def test_a_refused_run_is_listed_with_its_reason_and_the_task_links_to_it(central):
+    """A run the nodes cannot answer (a project no node approved) turns red, is stored, is listed as
+    failed with the reason, and the run_analysis task's Result link opens its page (issue 15)."""
+    from playwright.sync_api import sync_playwright
+
+    server, store = central["server"], central["store"]
+    conf = {"data_model": "stroke:0.1", "datasets": list(HOSPITALS), "filters": None, "y": "mrs_90d",
+            "x": ["age"], "nodes": [f"mipflow_node_{h}" for h in HOSPITALS], "min_nodes": None,
+            "project": "not-approved"}
+    run = run_dag(server, DAG_ID, conf)
+    assert run["state"] == "failed", server.tail()
+    run_id = run["dag_run_id"]
+    stored = store.document(run_id)
+    assert stored["status"] == "failed" and "no node lists dataset(s)" in stored["error"]
+    with server.client() as client:
+        links = client.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}/taskInstances/run_analysis/links")
+        assert links.status_code == 200, links.text
+    link = links.json()["extra_links"]["Result"]
+    assert link.endswith(f"/mipflow/run?id={quote(run_id, safe='')}"), link
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=central["chromium"], args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(f"{server.base_url}/auth/login?next={quote(server.base_url + '/mipflow/')}")
+            page.locator("input[name=username]").fill("admin")
+            page.locator("input[name=password]").fill(server.users["admin"])
+            page.locator("button[type=submit]").click()
+            page.wait_for_url(f"{server.base_url}/mipflow/", timeout=30_000)
+            row = page.locator("#runs tbody tr.failed")
+            assert row.count() == 1 and run_id in row.inner_text() and "no node lists dataset(s)" in row.inner_text()
+            page.goto(server.base_url + link if link.startswith("/") else link)
+            page.wait_for_selector("#failure")
+            assert "Failed: no result" in page.locator("#failure").inner_text()
+            page.screenshot(path=str(ARTIFACTS / "result-failed-run.png"), full_page=True)
+            page.locator("#airflow-run").click()  # back to the run in Airflow's own UI
+            page.wait_for_url(f"**/dags/{DAG_ID}/runs/**", timeout=30_000)
+        finally:
+            browser.close()

@@ -59,7 +59,8 @@ def test_app_lists_runs_and_serves_a_result(stored):
     auth = {"Authorization": "Bearer good"}
     index = client.get("/", headers=auth)
     assert index.status_code == 200
-    assert index.text.count("<tr>") == 3 and "node_c: refused (min_row_count): 4 rows" in index.text
+    assert index.text.count('<tr class="succeeded">') == 2
+    assert "node_c: refused (min_row_count): 4 rows" in index.text
     assert "admin" in index.text and "synth:1" in index.text and "d0, d1" in index.text
     run = "manual__2026-01-01T00:00:00+00:00"
     assert "run?id=manual__2026-01-01T00%3A00%3A00%2B00%3A00" in index.text
@@ -70,6 +71,30 @@ def test_app_lists_runs_and_serves_a_result(stored):
     csv_text = client.get("/run.csv", params={"id": run}, headers=auth)
     assert csv_text.headers["content-type"].startswith("text/csv") and "coefficients" in csv_text.text
     assert client.get("/run", params={"id": "nope"}, headers=auth).status_code == 404
+
+
+def test_a_refused_run_is_listed_and_links_back_to_its_airflow_run(stored):
+    """Mounted at /mipflow in Airflow's api-server: the run's page links to /dags/DAG/runs/RUN."""
+    from mipflow.central.results import failed_outcome
+    from mipflow.webui import create_app
+
+    run = "manual__2026-01-03T00:00:00+00:00"
+    stored.save(run, {**failed_outcome(
+        "anova_oneway", {"inputdata": {"data_model": "synth:1", "datasets": ["d0"]}},
+        "anova_oneway: 0 node(s) contributed, fewer than min_nodes (2)",
+        excluded={"node_a": "refused (query_budget): the researcher's budget of 100 analyses is spent"},
+        dag_id="federated_anova_oneway"), "triggered_by": "admin"})
+    client = TestClient(create_app(user=fake_user, result_store=lambda: stored), root_path="/mipflow")
+    auth = {"Authorization": "Bearer good"}
+    index = client.get("/", headers=auth).text
+    assert index.count('<tr class="refused">') == 1 and "fewer than min_nodes (2)" in index
+    page = client.get("/run", params={"id": run}, headers=auth).text
+    assert "Refused: no result" in page and "<td>node_a</td><td>query_budget</td>" in page
+    assert "wait for the budget" in page
+    assert ('id="airflow-run" href="/dags/federated_anova_oneway/runs/manual__2026-01-03T00%3A00%3A00%2B00%3A00"'
+            in page)
+    assert 'id="airflow-run"' not in client.get("/run", params={"id": "manual__2026-01-01T00:00:00+00:00"},
+                                                headers=auth).text  # stored without its DAG: no link
 
 
 def test_app_hides_results_the_user_may_not_read(stored):

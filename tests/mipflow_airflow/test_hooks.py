@@ -106,3 +106,13 @@ def test_the_hook_owns_the_connection_only():
     names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) for alias in node.names}
     modules = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert "AirflowFailException" not in names and "mipflow_airflow.dags" not in modules
+
+
+def test_an_unknown_connection_is_the_hooks_own_error_naming_it():
+    """Not Airflow's not-found error (a retryable failure): the operator fails the task at once."""
+    from mipflow_airflow.exceptions import NodeConnectionError
+    from mipflow_airflow.hooks.node import NodeHook
+
+    with pytest.raises(NodeConnectionError, match=r"no Airflow connection 'mipflow_node_nowhere'.*param 'nodes'"):
+        NodeHook("mipflow_node_nowhere").get_conn()
+

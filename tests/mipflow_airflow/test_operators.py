@@ -48,8 +48,15 @@ def test_comma_separated_connections_and_an_explicit_researcher(node_connections
 
 
 @pytest.mark.parametrize(("kwargs", "user", "message"), [
-    pytest.param({"researcher": "mallory"}, RESEARCHER, r"fewer than min_nodes \(1\).*refused \(access\)",
+    pytest.param({"researcher": "mallory"}, RESEARCHER,
+                 r"no node lists dataset\(s\) d0, d1, d2 for researcher mallory", id="approved-nowhere"),
+    pytest.param({"researcher": "trudy"}, RESEARCHER, r"fewer than min_nodes \(2\).*refused \(access\)",
                  id="refused-by-every-node"),
+    pytest.param({"researcher": "trudy", "min_nodes": 1}, RESEARCHER,
+                 r"fewer than min_nodes \(1\).*refused \(access\)", id="refused-by-every-node-min-1"),
+    pytest.param({"node_conn_ids": ["mipflow_node_node0", "mipflow_node_nowhere"]}, RESEARCHER,
+                 r"no Airflow connection 'mipflow_node_nowhere'", id="unknown-connection"),
+    pytest.param({"min_nodes": 0}, RESEARCHER, "min_nodes must be at least 1", id="min-nodes-zero"),
     pytest.param({"request": {**REQUEST, "inputdata": {**REQUEST["inputdata"], "y": ["no_such_variable"]}}},
                  RESEARCHER, "no_such_variable", id="invalid-request"),
     pytest.param({"node_conn_ids": []}, RESEARCHER, r"no nodes: give node connection ids \(param 'nodes'\)",
@@ -65,7 +72,12 @@ def test_failures_a_retry_cannot_help_fail_the_task_at_once(monkeypatch, nodes, 
                                                             message):
     from airflow.sdk.exceptions import AirflowFailException
 
+    from tests.nodes import grant_all
+
     set_connection(monkeypatch, "mipflow_node_blank", host=nodes["node0"]["url"])
+    if kwargs.get("researcher") == "trudy":  # approved for another algorithm only: the nodes list her datasets
+        for node in nodes.values():  # but refuse her steps
+            grant_all(node["home"], "trudy", algorithms="ttest_onesample")
     operator = _operator(**{"node_conn_ids": node_connections, **kwargs})
     with pytest.raises(AirflowFailException, match=message):
         operator.execute(_context(user))
@@ -83,6 +95,18 @@ def test_too_few_reachable_nodes_is_a_retryable_failure(node_connections, dead_c
         _operator(node_conn_ids=conn_ids, min_nodes=min_nodes).execute(_context())
     # an ordinary task failure: Airflow retries it (MIPFLOW_TASK_RETRIES); AirflowFailException would not be
     assert isinstance(caught.value, AirflowException) and not isinstance(caught.value, AirflowFailException)
+
+
+@pytest.mark.parametrize("empty", [None, "", "None"])
+def test_min_nodes_defaults_to_every_node_selected(node_connections, dead_connection, empty):
+    """Empty min_nodes (the form's default; "None" is how a template renders it as text): every
+    node selected must contribute, so an unreachable one fails the run instead of being left out."""
+    from mipflow_airflow.exceptions import NodesUnavailableError
+
+    outcome = _operator(node_conn_ids=node_connections, min_nodes=empty).execute(_context())
+    assert set(outcome["contributed"]) == {"node0", "node1"}
+    with pytest.raises(NodesUnavailableError, match=r"2 of 3 node\(s\) reachable, fewer than min_nodes \(3\)"):
+        _operator(node_conn_ids=[*node_connections, dead_connection], min_nodes=empty).execute(_context())
 
 
 def test_an_unreachable_node_is_left_out_when_enough_others_answer(node_connections, dead_connection):
@@ -109,6 +133,9 @@ def test_template_fields_render_to_typed_values():
     assert operator.node_conn_ids == ["mipflow_node_a", "mipflow_node_b"] and operator.min_nodes == 2
     assert (operator.project, operator.secure_aggregation) == ("p", "on")
     assert operator.request == {"inputdata": {"y": ["y"]}} and operator.researcher is None
+    operator.min_nodes = "{{ params.min_nodes }}"
+    operator.render_template_fields({"params": {**params, "min_nodes": None}})  # the form's default
+    assert operator._min_nodes(operator.node_conn_ids) == 2
 
 
 def test_arguments_are_keyword_only():
@@ -116,3 +143,29 @@ def test_arguments_are_keyword_only():
 
     with pytest.raises(TypeError):
         FederatedAnalysisOperator("run_analysis", "linear_regression")  # type: ignore[misc]
+
+
+def test_a_refused_or_failed_run_is_stored_for_the_results_pages(monkeypatch, tmp_path, nodes, node_connections):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from mipflow.central.results import ResultStore
+    from tests.nodes import grant_all
+
+    monkeypatch.setenv("MIPFLOW_CENTRAL_HOME", str(tmp_path / "central"))
+    monkeypatch.delenv("MIPFLOW_RESULTS_DB_URL", raising=False)
+    for node in nodes.values():  # approved for another algorithm only: every node refuses the step
+        grant_all(node["home"], "trudy", algorithms="ttest_onesample")
+    context = {**_context(), "run_id": "manual__refused"}
+    with pytest.raises(AirflowFailException):
+        _operator(node_conn_ids=node_connections, researcher="trudy").execute(context)
+    doc = ResultStore(tmp_path / "central").document("manual__refused")
+    assert doc["status"] == "refused" and "fewer than min_nodes (2)" in doc["error"]
+    assert doc["researcher"] == "trudy" and doc["request"]["inputdata"]["datasets"] == ["d0", "d1", "d2"]
+    assert {n["control"] for n in doc["nodes"].values()} == {"access"} and set(doc["nodes"]) == {"node0", "node1"}
+    assert all("grant" in n["what_to_change"] for n in doc["nodes"].values())
+
+    context = {**_context(), "run_id": "manual__failed"}
+    with pytest.raises(AirflowFailException):
+        _operator(node_conn_ids=["mipflow_node_nowhere"]).execute(context)
+    doc = ResultStore(tmp_path / "central").document("manual__failed")
+    assert doc["status"] == "failed" and "no Airflow connection 'mipflow_node_nowhere'" in doc["error"]

@@ -73,14 +73,17 @@ def input_schema(which: str, spec: InputSpec) -> dict[str, Any]:
     """The JSON Schema of the form field for input ``which`` (``"y"`` or ``"x"``): variable codes.
 
     A list input is an array of codes (at least one if ``notblank``); a single
-    one is a code, which may be left empty unless ``notblank``.
+    one is a code, which may be left empty unless ``notblank``.  An optional
+    input also accepts null: Airflow's form sends null for an emptied field, and
+    a type without null would make the field required there (issue 15).
     """
     kinds = f"{' or '.join(spec.stattypes)} ({'/'.join(spec.types)})"
     description = f"{spec.description} {'Variable codes' if spec.multiple else 'A variable code'}: {kinds}."
     schema: dict[str, Any] = {"title": f"{which}: {spec.label}" if spec.label else which,
                               "description": description.strip()}
     if spec.multiple:
-        schema |= {"type": "array", "items": {"type": "string"}, "default": []}
+        schema |= {"type": "array" if spec.notblank else ["array", "null"], "items": {"type": "string"},
+                   "default": []}
         if spec.notblank:
             schema["minItems"] = 1
     elif spec.notblank:

@@ -2,6 +2,10 @@
 
 ``CENTRAL_HOME`` (``MIPFLOW_CENTRAL_HOME``) holds ``results.sqlite`` (or the
 ``MIPFLOW_RESULTS_DB_URL`` database) and ``results/<run_id>.json``.
+
+A run that produced no result is stored too (:func:`failed_outcome`), with ``status``
+``"refused"`` (nodes refused it) or ``"failed"`` (anything else), the error, and each node's
+control, public refusal text and what to change: the results pages list it beside the results.
 """
 from __future__ import annotations
 
@@ -27,7 +31,28 @@ results_table = sa.Table(
     sa.Column("contributed", sa.Text, nullable=False),
     sa.Column("excluded", sa.Text, nullable=False),
     sa.Column("software", sa.String(80), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False, server_default="succeeded"),
 )
+#: A run's ``status``: it produced a result, nodes refused it, or it failed otherwise.
+STATUSES = ("succeeded", "refused", "failed")
+#: What a researcher can change, per refusing control (the node's own reason says more).
+WHAT_TO_CHANGE = {
+    "access": "ask the node's admin for a grant covering you, this project, the datasets and the algorithm",
+    "query_budget": "wait for the budget's window to pass, or ask the node's admin for a larger budget",
+    "disabled_algorithm": "choose another algorithm, or ask the node's admin to enable it",
+    "data_model": "request a data model the node holds",
+    "request": "correct the request as the message says",
+    "min_row_count": "select more rows: widen the filter, add datasets, use variables with fewer missing values",
+    "nfilter_subset": "widen the filter",
+    "nfilter_glm": "use fewer covariates, or select more rows",
+    "nfilter_tab": "use variables with fewer levels, or select more rows",
+    "nfilter_levels_max": "use a variable with fewer levels",
+    "nfilter_string": "shorten the long text in the request",
+    "differencing": "request a cohort that differs more from ones already answered (a wider filter)",
+    "study": "keep to the study's datasets, variables and subgroups, as the message says",
+    "secure_aggregation": "run with secure aggregation on, across at least 2 nodes",
+    "unavailable": "try again later; the node's admin can check that the node is running",
+}
 
 
 def central_home(path: str | Path | None = None) -> Path:
@@ -36,12 +61,68 @@ def central_home(path: str | Path | None = None) -> Path:
     return root
 
 
+def node_failure(reason: str) -> dict[str, str]:
+    """A left-out node's reason as ``control``, ``reason`` and ``what_to_change``.
+
+    ``reason`` is :func:`mipflow.central.rounds.run_analysis`'s text: ``"refused (CONTROL): TEXT"``
+    (the node's public refusal text), ``"unavailable: ..."`` or a sentence of ours.
+    """
+    match = re.match(r"refused \(([A-Za-z0-9_]*)\): (.*)", reason, re.S)
+    if match:
+        control, text = match.group(1) or "refused", match.group(2)
+    elif reason.startswith("unavailable"):
+        control, text = "unavailable", reason.removeprefix("unavailable").lstrip(": ")
+    else:
+        control, text = "", reason
+    return {"control": control, "reason": text, "what_to_change": WHAT_TO_CHANGE.get(control, "")}
+
+
+def failed_outcome(algorithm: str, request: Any, error: str, *, excluded: dict[str, str] | None = None,
+                   researcher: str | None = None, project: str | None = None,
+                   dag_id: str | None = None) -> dict[str, Any]:
+    """What :meth:`ResultStore.save` keeps of a run that produced no result.
+
+    Parameters
+    ----------
+    algorithm : str
+    request : dict or any
+        The request as the run had it (kept only if it is a dict).
+    error : str
+        The task's message (ours: no data values).
+    excluded : dict, optional
+        node -> reason, as :func:`mipflow.central.rounds.run_analysis` gives them.
+    researcher, project, dag_id : str, optional
+
+    Returns
+    -------
+    dict
+        ``status`` (``"refused"`` when some node refused, else ``"failed"``), ``error``, ``excluded``
+        and ``nodes`` (node -> :func:`node_failure`), an empty ``result``.
+    """
+    excluded = dict(excluded or {})
+    nodes = {node: node_failure(reason) for node, reason in excluded.items()}
+    refused = any(n["control"] not in ("", "unavailable") for n in nodes.values())
+    return {"algorithm": algorithm, "request": request if isinstance(request, dict) else {},
+            "status": "refused" if refused else "failed", "error": error, "result": {}, "contributed": {},
+            "excluded": excluded, "nodes": nodes, "researcher": researcher or "", "project": project or "",
+            "dag_id": dag_id}
+
+
 class ResultStore:
     def __init__(self, home: str | Path | None = None, url: str | None = None) -> None:
         self.home = central_home(home)
         self.url = url or os.environ.get("MIPFLOW_RESULTS_DB_URL") or f"sqlite:///{self.home / 'results.sqlite'}"
         self.engine = sa.create_engine(self.url)
         metadata.create_all(self.engine)
+        self._add_status_column()
+
+    def _add_status_column(self) -> None:
+        """A results table made before failures were stored gains its ``status`` column."""
+        columns = {c["name"] for c in sa.inspect(self.engine).get_columns(results_table.name)}
+        if "status" not in columns:
+            with self.engine.begin() as conn:
+                conn.execute(sa.text(f"ALTER TABLE {results_table.name} ADD COLUMN status VARCHAR(20) "
+                                     "NOT NULL DEFAULT 'succeeded'"))
 
     def save(self, run_id: str, outcome: dict[str, Any]) -> Path:
         """Store one result (idempotent per run id); returns the JSON file written."""
@@ -52,7 +133,8 @@ class ResultStore:
         row = {"run_id": run_id, "algorithm": doc["algorithm"], "created_at": doc["created_at"],
                "request": json.dumps(doc.get("request", {})), "result": json.dumps(doc.get("result", {})),
                "contributed": json.dumps(doc.get("contributed", {})),
-               "excluded": json.dumps(doc.get("excluded", {})), "software": doc["software"]}
+               "excluded": json.dumps(doc.get("excluded", {})), "software": doc["software"],
+               "status": doc.get("status") if doc.get("status") in STATUSES else "succeeded"}
         with self.engine.begin() as conn:
             conn.execute(results_table.delete().where(results_table.c.run_id == run_id))
             conn.execute(results_table.insert().values(**row))

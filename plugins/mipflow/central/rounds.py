@@ -157,6 +157,7 @@ def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequen
                      algorithm_name, who.analysis_id, restart, max_restarts, len(active))
         if model is None:
             model, dataset_rows = _model_from_nodes(active, parsed.data_model, excluded, parsed.datasets, who)
+            _check_datasets(parsed.datasets, dataset_rows, excluded, who)
             model = model_view(model, parsed)  # a longitudinal transformer's variables (ADR 0034)
             active = [n for n in active if n.name not in excluded]
             log.info("%s (analysis %s): metadata from %d of %d node(s)", algorithm_name, who.analysis_id,
@@ -271,7 +272,7 @@ def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequen
             break
     reasons = left_out_text(excluded) or "no nodes configured"
     raise FederationError(f"{algorithm_name}: {len(active)} node(s) contributed, fewer than "
-                          f"min_nodes ({min_nodes}). Left out: {reasons}")
+                          f"min_nodes ({min_nodes}). Left out: {reasons}", excluded=excluded)
 
 
 def left_out_text(excluded: Mapping[str, str]) -> str:
@@ -398,6 +399,30 @@ def _model_from_nodes(nodes: Sequence[NodeClient], key: str, excluded: dict[str,
         reasons = "; ".join(f"{k}: {v}" for k, v in excluded.items())
         raise RequestError(f"no reachable node holds data model {key}" + (f" ({reasons})" if reasons else ""))
     return model, counts
+
+
+def _check_datasets(requested: Sequence[str], listed: Mapping[str, Mapping[str, int | None]],
+                    excluded: dict[str, str], who: OnBehalfOf) -> None:
+    """Before any step: every requested dataset is listed by some node.  (A node that lists none of
+    them is still asked: its own refusal says why, e.g. no grant or too few rows.)
+
+    ``listed`` is each node's requested datasets as its metadata lists them for the researcher and
+    project (a node lists only the datasets it holds and approves for them).  Each node answers
+    on the requested datasets its own grants cover (:meth:`mipflow.node.controls.access.AccessRegistry.covered`),
+    so a grant for a node's own dataset is enough for a request across nodes.
+
+    Raises
+    ------
+    RequestError
+        Naming the datasets no node lists (and the nodes that could not be asked).
+    """
+    nowhere = [d for d in requested if not any(d in rows for rows in listed.values())]
+    if nowhere:
+        unasked = left_out_text(excluded)
+        raise RequestError(f"no node lists dataset(s) {', '.join(nowhere)} for researcher {who.researcher} in "
+                           f"project {who.project}: no node holds them, or none approves them for you; remove "
+                           "them from the request or ask the node's admin for a grant"
+                           + (f" (not asked: {unasked})" if unasked else ""))
 
 
 def _call_all(algorithm: str, request: dict[str, Any], nodes: Sequence[NodeClient], round_no: int,

@@ -55,11 +55,18 @@ class NodeHook(BaseHook):
         Raises
         ------
         NodeConnectionError
-            If the connection has no login (client id) or password (client secret).
+            If the connection is not defined, or has no login (client id) or password
+            (client secret): a retry cannot help.
         """
+        from airflow.sdk.exceptions import AirflowNotFoundException
+
         from mipflow.central.client import NodeEndpoint
 
-        conn = self.get_connection(self.mipflow_conn_id)
+        try:
+            conn = self.get_connection(self.mipflow_conn_id)
+        except AirflowNotFoundException:
+            raise NodeConnectionError(f"no Airflow connection {self.mipflow_conn_id!r}: check the node list "
+                                      "(param 'nodes') or add the connection (Admin > Connections)") from None
         host = conn.host or ""
         if not host.startswith(("http://", "https://")):
             scheme = conn.schema if conn.schema in ("http", "https") else "http"

@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from airflow.sdk import BaseOperator
+from airflow.sdk import BaseOperator, BaseOperatorLink
 from airflow.sdk.exceptions import AirflowFailException
 
 from mipflow_airflow.exceptions import NodeConnectionError, NodesUnavailableError
@@ -20,6 +20,33 @@ SECURE_AGGREGATION: dict[Any, bool | None] = {"auto": None, "on": True, "off": F
                                               True: True, False: False}
 
 
+#: Where the results pages are mounted in the api-server (``plugins/mipflow_ui_plugin.py``).
+RESULTS_PREFIX = "/mipflow"
+
+
+def results_url(run_id: str, base_url: str | None = None) -> str:
+    """The results page of one run: under Airflow's ``[api] base_url`` when set, else from the site root."""
+    from urllib.parse import quote
+
+    if base_url is None:
+        try:
+            from airflow.configuration import conf
+
+            base_url = conf.get("api", "base_url", fallback="") or ""
+        except Exception:  # noqa: BLE001 - a link from the site root still works
+            base_url = ""
+    return f"{base_url.rstrip('/')}{RESULTS_PREFIX}/run?id={quote(run_id, safe='')}"
+
+
+class ResultLink(BaseOperatorLink):
+    """The task's "Result" button: the run's page on the results pages (its result, or why it has none)."""
+
+    name = "Result"
+
+    def get_link(self, operator: BaseOperator, *, ti_key: Any) -> str:
+        return results_url(ti_key.run_id)
+
+
 class FederatedAnalysisOperator(BaseOperator):
     """Run ``algorithm`` over the nodes behind ``node_conn_ids``; return the result with provenance.
 
@@ -28,9 +55,9 @@ class FederatedAnalysisOperator(BaseOperator):
     :class:`mipflow_airflow.hooks.node.NodeHook` client per connection and decides
     what a failure means for the task:
 
-    - an invalid request, a request the nodes refuse, a connection without its
-      credential, or too few contributing nodes while enough are reachable fail
-      the task at once (``AirflowFailException``: a retry cannot help);
+    - an invalid request, a request the nodes refuse, an unknown connection or one
+      without its credential, or too few contributing nodes while enough are
+      reachable fail the task at once (``AirflowFailException``: a retry cannot help);
     - fewer reachable nodes than ``min_nodes`` (before the analysis, or when it
       ends with too few contributors) raises :class:`NodesUnavailableError`,
       which Airflow retries (``MIPFLOW_TASK_RETRIES``).  Single calls are retried
@@ -39,6 +66,9 @@ class FederatedAnalysisOperator(BaseOperator):
     Progress (``round k of at most N: n node(s) answered, m left out``) is logged
     by :mod:`mipflow.central.rounds` into the task log.  The central DAGs put
     this task in the federation pool when ``MIPFLOW_POOLS=1`` (``pool=``).
+    A run that fails is stored in the central results store as ``failed`` or
+    ``refused`` (:func:`mipflow.central.results.failed_outcome`), and the task's
+    "Result" link (:class:`ResultLink`) opens the run's results page either way.
 
     Parameters
     ----------
@@ -50,8 +80,9 @@ class FederatedAnalysisOperator(BaseOperator):
         Connection ids of the nodes, or one comma-separated string; templated.
     project : str
         The project the analysis belongs to (every node checks its grants); templated.
-    min_nodes : int or str
-        Fewest contributing nodes for a result (a template rendering to an int); templated.
+    min_nodes : int, str or None
+        Fewest contributing nodes for a result (a template rendering to an int); ``None``
+        (the default) or empty: every node of ``node_conn_ids``; templated.
     researcher : str, optional
         On whose behalf; default the user who triggered the run
         (``dag_run.triggering_user_name``); templated.
@@ -62,9 +93,10 @@ class FederatedAnalysisOperator(BaseOperator):
     template_fields: Sequence[str] = ("request", "node_conn_ids", "min_nodes", "researcher", "project",
                                       "secure_aggregation")
     ui_color = "#d8e9f5"
+    operator_extra_links = (ResultLink(),)
 
     def __init__(self, *, algorithm: str, request: dict[str, Any] | XComArg, node_conn_ids: list[str] | str,
-                 project: str, min_nodes: int | str = 1, researcher: str | None = None,
+                 project: str, min_nodes: int | str | None = None, researcher: str | None = None,
                  secure_aggregation: Literal["auto", "on", "off"] | bool | str = "auto", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.algorithm = algorithm
@@ -76,6 +108,32 @@ class FederatedAnalysisOperator(BaseOperator):
         self.secure_aggregation = secure_aggregation
 
     def execute(self, context: Context) -> dict[str, Any]:
+        """Run the analysis; a run that fails is stored as failed or refused (the results pages list it)."""
+        self._left_out: dict[str, str] = {}
+        try:
+            return self._execute(context)
+        except (AirflowFailException, NodesUnavailableError) as exc:
+            self._store_failure(context, str(exc))
+            raise
+
+    def _store_failure(self, context: Context, error: str) -> None:
+        """Keep the failed run in the central results store (never hides the task's own error)."""
+        run_id = context.get("run_id") if hasattr(context, "get") else None
+        if not run_id:
+            return
+        try:
+            from mipflow.central.results import ResultStore, failed_outcome
+
+            dag_run = context.get("dag_run")
+            doc = failed_outcome(self.algorithm, self.request, error, excluded=self._left_out,
+                                 researcher=self.researcher or triggering_user(context), project=self.project,
+                                 dag_id=getattr(dag_run, "dag_id", None) or self.dag_id)
+            path = ResultStore().save(str(run_id), {**doc, "triggered_by": triggering_user(context)})
+            self.log.info("analysis %s: stored as %s in %s", run_id, doc["status"], path)
+        except Exception:  # noqa: BLE001 - the task fails with its own error either way
+            self.log.warning("could not store the failed run %s in the results store", run_id, exc_info=True)
+
+    def _execute(self, context: Context) -> dict[str, Any]:
         from mipflow.central.client import NodeRefused, NodeUnavailable
         from mipflow.central.rounds import run_analysis
         from mipflow.exceptions import FederationError, RequestError
@@ -90,10 +148,7 @@ class FederatedAnalysisOperator(BaseOperator):
         secure = SECURE_AGGREGATION.get(self.secure_aggregation, "invalid")
         if secure == "invalid":
             raise AirflowFailException("secure_aggregation must be auto, on or off")
-        try:
-            min_nodes = int(self.min_nodes)
-        except (TypeError, ValueError):
-            raise AirflowFailException(f"min_nodes must be a whole number, not {self.min_nodes!r}") from None
+        min_nodes = self._min_nodes(conn_ids)
         clients: list[NodeClient] = []
         try:
             for conn_id in conn_ids:
@@ -103,6 +158,7 @@ class FederatedAnalysisOperator(BaseOperator):
                 outcome = run_analysis(self.algorithm, self.request, clients, researcher=str(researcher),
                                        project=str(self.project), min_nodes=min_nodes, secure_aggregation=secure)
             except FederationError as exc:
+                self._left_out = dict(exc.excluded)
                 self._check_reachable(clients, min_nodes)  # too few contributed: a retry helps only if nodes were down
                 raise AirflowFailException(str(exc)) from None
         except (NodeConnectionError, RequestError, NodeRefused) as exc:
@@ -128,6 +184,18 @@ class FederatedAnalysisOperator(BaseOperator):
         if not conn_ids:
             raise AirflowFailException("no nodes: give node connection ids (param 'nodes')")
         return list(conn_ids)
+
+    def _min_nodes(self, conn_ids: Sequence[str]) -> int:
+        """``min_nodes`` as a number: empty means every node selected."""
+        if self.min_nodes in (None, "", "None"):
+            return len(conn_ids)
+        try:
+            min_nodes = int(self.min_nodes)
+        except (TypeError, ValueError):
+            raise AirflowFailException(f"min_nodes must be a whole number, not {self.min_nodes!r}") from None
+        if min_nodes < 1:
+            raise AirflowFailException(f"min_nodes must be at least 1, not {min_nodes}")
+        return min_nodes
 
     def _check_reachable(self, clients: Sequence[NodeClient], min_nodes: int) -> None:
         """Raise :class:`NodesUnavailableError` if fewer than ``min_nodes`` nodes answer ``/health``."""

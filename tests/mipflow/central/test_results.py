@@ -99,3 +99,48 @@ def test_summary_lines_are_bounded():
     lines = summary_lines(doc, limit=10)
     assert len(lines) == 11 and lines[-1] == "  ..."
     assert all(len(line) < 240 for line in lines) and lines[2].endswith("...")
+
+
+def test_a_refused_run_is_stored_with_each_nodes_control_reason_and_what_to_change(store):
+    from mipflow.central.results import failed_outcome
+
+    excluded = {"node_a": "refused (access): researcher 'bob' (project 'p') has no grant for algorithm 'kmeans'",
+                "node_b": "refused (min_row_count): fewer rows match than min_row_count (10): widen the filter",
+                "node_c": "unavailable: connection refused"}
+    doc = failed_outcome("kmeans", {"inputdata": {"datasets": ["a"]}}, "kmeans: 0 node(s) contributed",
+                         excluded=excluded, researcher="bob", project="p", dag_id="federated_kmeans")
+    store.save("r-refused", doc)
+    stored = store.document("r-refused")
+    assert stored["status"] == "refused" and store.get("r-refused")["status"] == "refused"
+    assert stored["error"] == "kmeans: 0 node(s) contributed" and stored["excluded"] == excluded
+    assert stored["nodes"]["node_a"]["control"] == "access"
+    assert stored["nodes"]["node_a"]["reason"].startswith("researcher 'bob'")
+    assert "grant" in stored["nodes"]["node_a"]["what_to_change"]
+    assert stored["nodes"]["node_b"]["control"] == "min_row_count"
+    assert stored["nodes"]["node_c"] == {"control": "unavailable", "reason": "connection refused",
+                                         "what_to_change": "try again later; the node's admin can check that "
+                                                           "the node is running"}
+    # nothing refused, e.g. an unknown connection or nodes down: "failed"
+    store.save("r-failed", failed_outcome("kmeans", None, "no Airflow connection 'x'"))
+    assert store.get("r-failed")["status"] == "failed" and store.get("r-failed")["request"] == {}
+    store.save("r-ok", outcome())
+    assert store.get("r-ok")["status"] == "succeeded"
+    assert {d["run_id"]: d["status"] for d in store.runs()} == {"r-ok": "succeeded", "r-failed": "failed",
+                                                                "r-refused": "refused"}
+
+
+def test_a_results_table_made_before_failures_were_stored_gains_its_status(tmp_path):
+    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    engine = sa.create_engine(url)
+    old = sa.MetaData()
+    sa.Table("mipflow_results", old, *[sa.Column(c.name, c.type, primary_key=c.primary_key)
+                                       for c in results_table.columns if c.name != "status"])
+    old.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO mipflow_results VALUES ('r0', 'anova', 't', '{}', '{}', '{}', '{}', 's')"))
+    engine.dispose()
+    store = ResultStore(tmp_path / "central", url=url)
+    assert store.get("r0")["status"] == "succeeded"
+    store.save("r1", {"algorithm": "anova", "status": "failed", "error": "e"})
+    assert store.get("r1")["status"] == "failed"
+    store.engine.dispose()

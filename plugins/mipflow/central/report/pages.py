@@ -50,15 +50,19 @@ def index_page(runs: Sequence[Mapping[str, Any]], *, link: Any) -> str:
     """
     if not runs:
         return page("Federated analysis results", '<p class="muted">No analysis has been stored yet.</p>')
-    head = ["run", "when", "who", "algorithm", "data model", "datasets", "contributed (rows)", "left out",
-            "download"]
+    head = ["run", "status", "when", "who", "algorithm", "data model", "datasets", "contributed (rows)",
+            "left out", "download"]
     rows = []
     for doc in runs:
         inputdata = _inputdata(doc)
         contributed = doc.get("contributed") or {}
+        status = run_status(doc)
         rows.append(
-            "<tr>"
+            f'<tr class="{status}">'
             f'<td><a href="{html.escape(link(doc["run_id"], "html"))}">{html.escape(doc["run_id"])}</a></td>'
+            f'<td class="{"" if status == "succeeded" else "bad"}">{status}'
+            + (f'<br><span class="muted">{html.escape(_short(doc.get("error") or ""))}</span>'
+               if status != "succeeded" else "") + "</td>"
             f"<td>{html.escape(str(doc.get('created_at', '')))}</td>"
             f"<td>{html.escape(str(doc.get('triggered_by') or ''))}</td>"
             f"<td>{html.escape(doc.get('algorithm', ''))}</td>"
@@ -74,11 +78,41 @@ def index_page(runs: Sequence[Mapping[str, Any]], *, link: Any) -> str:
     return page("Federated analysis results", table)
 
 
+def run_status(doc: Mapping[str, Any]) -> str:
+    """``"succeeded"``, ``"refused"`` or ``"failed"`` (a result stored before failures were has none)."""
+    return str(doc.get("status") or "succeeded")
+
+
+def _short(text: str, limit: int = 160) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def failure_html(doc: Mapping[str, Any]) -> str:
+    """Why a run produced no result, and what to change: the error and each node's control and reason."""
+    status = run_status(doc)
+    if status == "succeeded":
+        return ""
+    nodes = doc.get("nodes") or {}
+    rows = [[node, n.get("control") or "", n.get("reason") or "", n.get("what_to_change") or ""]
+            for node, n in nodes.items()]
+    hints = sorted({n.get("what_to_change") for n in nodes.values() if n.get("what_to_change")})
+    parts = [f'<div id="failure"><h2 class="bad">{"Refused" if status == "refused" else "Failed"}: '
+             "no result</h2>"
+             f'<p class="bad">{html.escape(str(doc.get("error") or ""))}</p>']
+    if hints:
+        parts.append("<p>What to change:</p><ul>" + "".join(f"<li>{html.escape(h)}</li>" for h in hints) + "</ul>")
+    if rows:
+        parts.append(table_html(Table("Why each node left out", ["node", "control", "reason", "what to change"],
+                                      rows)))
+    return "".join(parts) + "</div>"
+
+
 def provenance_table(doc: Mapping[str, Any]) -> Table:
     inputdata = _inputdata(doc)
     parameters = (doc.get("request") or {}).get("parameters") or {}
     rows: list[list[Any]] = [
-        ["run", doc.get("run_id")], ["algorithm", doc.get("algorithm")], ["stored at", doc.get("created_at")],
+        ["run", doc.get("run_id")], ["status", run_status(doc)], ["Airflow DAG", doc.get("dag_id")],
+        ["algorithm", doc.get("algorithm")], ["stored at", doc.get("created_at")],
         ["triggered by", doc.get("triggered_by")], ["data model", inputdata.get("data_model")],
         ["datasets", ", ".join(inputdata.get("datasets") or [])],
         ["y", ", ".join(inputdata.get("y") or [])], ["x", ", ".join(inputdata.get("x") or [])],
@@ -158,23 +192,32 @@ def nodes_table(doc: Mapping[str, Any]) -> Table:
     return Table("Nodes", ["node", "status", "rows used", "rows held per dataset"], rows)
 
 
-def result_page(doc: Mapping[str, Any], *, link: Any, back: str) -> str:
-    """One result: provenance, nodes, plots, tables and download links."""
+def result_page(doc: Mapping[str, Any], *, link: Any, back: str, airflow_run: str | None = None) -> str:
+    """One result (or why a run has none): provenance, nodes, plots, tables, download links and,
+    where given, a link to the run in Airflow (``airflow_run``)."""
     result = doc.get("result") or {}
     plots = result_plots(result)
+    run_link = (f' | <a id="airflow-run" href="{html.escape(airflow_run)}" target="_top">Run in Airflow</a>'
+                if airflow_run else "")
     parts = [
-        f'<p><a href="{html.escape(back)}">All results</a> | '
+        f'<p><a href="{html.escape(back)}">All results</a>{run_link} | '
         f'<a href="{html.escape(link(doc["run_id"], "json"))}">Download JSON</a> | '
         f'<a href="{html.escape(link(doc["run_id"], "csv"))}">Download CSV</a></p>',
+        failure_html(doc),
         table_html(provenance_table(doc)),
-        table_html(nodes_table(doc)),
     ]
+    status = run_status(doc)
+    nodes = nodes_table(doc)
+    if nodes.rows or status == "succeeded":  # a failed run's nodes are in its failure section
+        parts.append(table_html(nodes))
     if plots:
         parts.append('<h2>Plots</h2><div class="plots">'
                      + "".join(f"<figure>{svg}</figure>" for svg in plots) + "</div>")
-    parts.append('<h2>Result</h2><div id="result">' + "".join(table_html(t) for t in result_tables(result))
-                 + "</div>")
-    return page(f"{doc.get('algorithm', 'result')}: {doc.get('run_id', '')}", "".join(parts))
+    if result or status == "succeeded":
+        parts.append('<h2>Result</h2><div id="result">' + "".join(table_html(t) for t in result_tables(result))
+                     + "</div>")
+    title = f"{doc.get('algorithm', 'result')}: {doc.get('run_id', '')}"
+    return page(title if status == "succeeded" else f"{title} ({status})", "".join(parts))
 
 
 def result_csv(doc: Mapping[str, Any]) -> str:

@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from mipflow.algorithms import get_algorithm
@@ -147,6 +147,8 @@ class StepWork:
     study: Any = None  # the study selection answering the request (study mode, ADR 0028)
     explore: Any = None  # the admitted explore step (explore mode, ADR 0032)
     dropped: int | None = None  # longitudinal transformer: patients dropped, when released (ADR 0034)
+    #: the request narrowed to the datasets the grants cover, when that is fewer (rows are read for it)
+    covered: Any = None
 
     def __post_init__(self) -> None:
         self.controls = DisclosureControls(self.settings)
@@ -202,11 +204,15 @@ def resolve_algorithm(request: StepRequest, context: StepContext, work: StepWork
 
 
 def check_access(request: StepRequest, context: StepContext, work: StepWork) -> None:
-    """The node's own grants cover the researcher, project, data model, datasets and algorithm
-    (control ``access``, ADR 0010)."""
-    work.record["grants"] = context.access.check(
+    """The node's own grants cover the researcher, project, data model, algorithm and at least one
+    of the datasets (control ``access``, ADR 0010); the rows are read from the covered datasets only
+    (a request across nodes names every node's datasets)."""
+    datasets, work.record["grants"] = context.access.covered(
         researcher=request.researcher, project=request.project, data_model=request.analysis.data_model,
         datasets=request.analysis.datasets, algorithm=request.algorithm)
+    if tuple(datasets) != tuple(request.analysis.datasets):
+        work.covered = replace(request.analysis, datasets=tuple(datasets))
+        work.record["datasets_answered"] = list(datasets)
 
 
 def check_query_budget(request: StepRequest, context: StepContext, work: StepWork) -> None:
@@ -259,8 +265,8 @@ def check_request(request: StepRequest, context: StepContext, work: StepWork) ->
 def read_rows(request: StepRequest, context: StepContext, work: StepWork) -> None:
     """The rows the step uses (datasets, filters, complete cases), from the cache when current."""
     model = work.model if request.analysis.longitudinal is None else context.data_model(request.analysis.data_model)
-    work.data, work.cohorts = context.selections.rows(work.algo, request.analysis, model, work.variables,
-                                                      work.settings.frame_cache_mb, work.study)
+    work.data, work.cohorts = context.selections.rows(work.algo, work.covered or request.analysis, model,
+                                                      work.variables, work.settings.frame_cache_mb, work.study)
     work.rows = len(work.data)
     work.record["rows"] = work.rows
     if request.analysis.longitudinal is not None:

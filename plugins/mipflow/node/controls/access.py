@@ -15,7 +15,9 @@ the node's own, current grants cover it:
 Wildcards are only ever the whole value ``*``, written on purpose by the admin
 (``mipflow access grant HOME --researcher alice --datasets '*' ...``).  A
 request for several datasets is allowed when the union of the grants that
-match its researcher, project, data model and algorithm covers every dataset.
+match its researcher, project, data model and algorithm covers every dataset;
+a step is answered on the requested datasets the grants cover (:meth:`AccessRegistry.covered`:
+a request across nodes names the datasets of every node) and refused if they cover none.
 Revoked grants stay in the file (with ``revoked_at``) for the record.  See
 ``docs/adr/0010-governance.md``.
 """
@@ -257,6 +259,29 @@ class AccessRegistry:
             raise AccessDenied(f"{who} has no grant for algorithm {algorithm!r} on data model {data_model}")
         raise AccessDenied(f"{who} is not approved for dataset(s) {missing} of {data_model} "
                            f"with {algorithm}")
+
+    def covered(self, *, researcher: str, project: str, data_model: str, datasets: Sequence[str],
+                algorithm: str, today: date | None = None) -> tuple[list[str], list[str]]:
+        """The requested datasets the current grants cover for ``algorithm``, and those grants' ids.
+
+        A request across several nodes names every node's datasets; a node answers on the ones
+        its grants cover (so a grant for the node's own dataset is enough), whether or not it holds
+        the others.  Which datasets are covered depends on the grants only, never on what the node
+        holds: an answer tells nothing about datasets the researcher is not approved for.
+
+        Raises
+        ------
+        AccessDenied
+            As :meth:`check`, when the grants cover none of the datasets.
+        """
+        today = today or _today()
+        check_identity(researcher, "researcher")
+        check_identity(project, "project")
+        current = [g for g in self.grants() if g.matches(researcher, project, data_model, algorithm)
+                   and g.status(today) == "active"]
+        usable = [d for d in datasets if any(g.covers_dataset(d) for g in current)] or list(datasets)
+        return usable, self.check(researcher=researcher, project=project, data_model=data_model, datasets=usable,
+                                  algorithm=algorithm, today=today)
 
     def visible_datasets(self, researcher: str, project: str, data_model: str,
                          today: date | None = None) -> tuple[bool, set[str]]:

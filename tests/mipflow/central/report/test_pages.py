@@ -117,3 +117,37 @@ def test_results_say_explore_mode_and_mixed_modes_per_node():
     assert mode_text({"a": explore}, {"a": 1, "b": 1}) == (
         "answered in explore mode by node: a: explore mode: perturbed answers (keyed noise, epsilon 1 per step); "
         "b: standard mode")
+
+
+def test_a_refused_run_is_listed_and_its_page_says_why_and_what_to_change():
+    from mipflow.central.results import failed_outcome
+
+    doc = {"run_id": "manual__refused", "created_at": "2026-12-01T10:00:00+00:00",
+           **failed_outcome("linear_regression", {"inputdata": {"data_model": "stroke:0.1", "datasets": ["a"]}},
+                            "linear_regression: 0 node(s) contributed, fewer than min_nodes (2)",
+                            excluded={"node_a": "refused (access): researcher 'bob' is not approved for <a>",
+                                      "node_b": "unavailable: timed out"}, dag_id="federated_linear_regression")}
+    ok = {"run_id": "manual__ok", "algorithm": "anova", "request": {}, "contributed": {"a": 1}, "excluded": {},
+          "result": {}}
+    index = index_page([doc, ok], link=lambda r, k: "run?id=" + r)
+    rows = {row.split('href="run?id=', 1)[1].split('"', 1)[0]: row for row in index.split("<tr")[2:]}
+    assert "<td class=\"bad\">refused" in rows["manual__refused"] and "fewer than min_nodes (2)" in rows[
+        "manual__refused"]
+    assert "<td class=\"\">succeeded" in rows["manual__ok"]
+    page = result_page(doc, link=lambda r, k: "run?id=" + r, back="./")
+    assert "<title>linear_regression: manual__refused (refused)</title>" in page
+    failure = page.split('<div id="failure">', 1)[1].split("</div>", 1)[0]
+    assert "Refused: no result" in failure and "fewer than min_nodes (2)" in failure
+    assert "<td>node_a</td><td>access</td>" in failure and "not approved for &lt;a&gt;" in failure
+    assert "ask the node&#x27;s admin for a grant" in failure and "<td>node_b</td><td>unavailable</td>" in failure
+    provenance = dict(provenance_table(doc).rows)
+    assert provenance["status"] == "refused" and provenance["Airflow DAG"] == "federated_linear_regression"
+    assert 'id="failure"' not in result_page(ok, link=lambda r, k: "run?id=" + r, back="./")
+
+
+def test_a_failed_run_without_nodes_shows_no_empty_sections():
+    from mipflow.central.results import failed_outcome
+
+    doc = {"run_id": "r", **failed_outcome("anova", {}, "no Airflow connection 'x'")}
+    page = result_page(doc, link=lambda r, k: "run?id=" + r, back="./")
+    assert "Failed: no result" in page and "<h3>Nodes</h3>" not in page and 'id="result"' not in page

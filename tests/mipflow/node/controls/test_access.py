@@ -106,3 +106,20 @@ def test_requests_without_a_valid_identity_are_refused(registry, researcher, pro
     registry.grant(researcher="*", project="*", data_model="*", datasets="*", algorithms="*", expires="never")
     with pytest.raises(AccessDenied, match=message):
         check(registry, researcher=researcher, project=project)
+
+
+def test_a_request_across_nodes_is_answered_on_the_datasets_the_grants_cover(registry):
+    """A request names every node's datasets; a grant for this node's own one is enough, and what is
+    covered depends on the grants only (not on what the node holds)."""
+    own = registry.grant(researcher="alice", data_model="dementia:0.1", datasets="edsd0", algorithms="*",
+                         expires="never")
+    args = dict(researcher="alice", project="p1", data_model="dementia:0.1", algorithm="linear_regression",
+                today=TODAY)
+    assert registry.covered(datasets=["edsd0", "ppmi", "adni"], **args) == (["edsd0"], [own.id])
+    with pytest.raises(AccessDenied, match=r"not approved for dataset\(s\) \['ppmi', 'adni'\]"):
+        registry.covered(datasets=["ppmi", "adni"], **args)
+    with pytest.raises(AccessDenied, match="has no grant for algorithm 'kmeans'"):
+        registry.covered(datasets=["edsd0"], **{**args, "algorithm": "kmeans", "researcher": "bob"})
+    wide = registry.grant(researcher="alice", data_model="dementia:0.1", datasets="*", algorithms="*",
+                          expires="never")
+    assert registry.covered(datasets=["edsd0", "ppmi"], **args) == (["edsd0", "ppmi"], [own.id, wide.id])
