@@ -348,6 +348,11 @@ def check_release(request: StepRequest, context: StepContext, work: StepWork) ->
     on the noisy aggregates, by :func:`add_noise`)."""
     if work.explore is not None:
         return
+    if work.study is not None:  # a study's histograms hide the family's pattern first (ADR 0035)
+        from mipflow.node.controls.study_suppression import apply_pattern
+
+        work.aggregates = apply_pattern(context.home.root, work.study, request.analysis, work.model,
+                                        work.aggregates)
     work.aggregates = work.controls.release(work.algo, request.analysis, work.model, request.round,
                                             work.aggregates)
 

@@ -28,6 +28,7 @@ import numpy as np
 from mipflow.exceptions import ConfigError, DisclosureError
 from mipflow.node.controls.study import Study, list_records, now_utc, read_record, read_study, value_hashes, write_study
 from mipflow.node.controls.study_protocol import Protocol, check_against_model, parse_protocol
+from mipflow.node.controls.study_suppression import Patterns, compute_patterns, read_patterns, write_patterns
 
 
 @dataclass(frozen=True)
@@ -203,6 +204,19 @@ def _open(home: Any, protocol: Protocol) -> tuple[Any, Any]:
     return store, model
 
 
+def _patterns(home: Any, store: Any, model: Any, protocol: Protocol, family: Family, snapshot: str,
+              failed: str, stays: str = "") -> tuple[Patterns, dict[str, Any]]:
+    """The family's suppression patterns (ADR 0035); a variable that cannot be made safe fails the
+    approval or refresh, named for the admin."""
+    from mipflow.node.controls.differencing import hash_key
+
+    try:
+        return compute_patterns(store, model, protocol, family, hash_key(home.key()), home.settings.nfilter_tab,
+                                snapshot)
+    except ConfigError as exc:
+        raise ConfigError(f"{failed}: {exc}{stays}") from None
+
+
 def approve(home: Any, project: str, document: Any) -> dict[str, Any]:
     """Approve ``document`` as ``project``'s study at the node ``home`` (a :class:`NodeHome`).
 
@@ -226,19 +240,21 @@ def approve(home: Any, project: str, document: Any) -> dict[str, Any]:
     store, model = _open(home, protocol)
     try:
         family = compute_family(store, model, protocol, hash_key(home.key()))
+        problems = size_problems(family, min_row_count)
+        if problems:
+            raise ConfigError(f"study {protocol.name!r} not approved: fewer than min_row_count ({min_row_count}): "
+                              + "; ".join(problems))
+        sets = _check_family(home.root, home.key(), protocol.data_model, family, min_row_count, None)
+        at = now_utc()
+        patterns, summary = _patterns(home, store, model, protocol, family, at, f"study {protocol.name!r} not approved")
     finally:
         store.dispose()
-    problems = size_problems(family, min_row_count)
-    if problems:
-        raise ConfigError(f"study {protocol.name!r} not approved: fewer than min_row_count ({min_row_count}): "
-                          + "; ".join(problems))
-    sets = _check_family(home.root, home.key(), protocol.data_model, family, min_row_count, None)
     _record(home.root, protocol.data_model, sets)
-    at = now_utc()
     study = Study(project=project, protocol=protocol, snapshot=at, population=family.population,
                   values=family.values, subgroups=family.subgroups,
                   record={"status": "approved", "approved_at": at, "min_row_count": min_row_count,
-                          "counts": _counts(family), "refreshes": []})
+                          "counts": _counts(family), "suppression": summary, "refreshes": []})
+    write_patterns(home.root, project, patterns)
     write_study(home.root, study)
     return {"project": project, "study": protocol.name, "status": "approved", "snapshot": at, **_counts(family)}
 
@@ -260,29 +276,38 @@ def refresh(home: Any, project: str) -> dict[str, Any]:
     store, model = _open(home, old.protocol)
     try:
         family = compute_family(store, model, old.protocol, hash_key(home.key()))
+        counts, problems = change_problems(old, family, min_row_count)
+        unchanged = counts["added"] == counts["removed"] == 0 and all(
+            np.array_equal(family.subgroups[name], keys) for name, keys in old.subgroups.items())
+        stays = f"; the study stays on its snapshot of {old.snapshot}"
+        if unchanged:
+            stored = read_patterns(home.root, project)
+            if stored is None or stored.snapshot != old.snapshot or stored.tab != home.settings.nfilter_tab:
+                # patterns missing (a study approved before ADR 0035) or nfilter_tab changed: recomputed
+                patterns, _ = _patterns(home, store, model, old.protocol, family, old.snapshot,
+                                        f"study {old.protocol.name!r} not refreshed")
+                write_patterns(home.root, project, patterns)
+            return {"project": project, "study": old.protocol.name, "status": "unchanged", "snapshot": old.snapshot}
+        problems += size_problems(family, min_row_count)
+        if problems:
+            raise ConfigError(f"study {old.protocol.name!r} not refreshed: fewer than min_row_count "
+                              f"({min_row_count}): " + "; ".join(problems) + stays)
+        try:
+            sets = _check_family(home.root, home.key(), old.protocol.data_model, family, min_row_count, old)
+        except ConfigError as exc:
+            raise ConfigError(f"study {old.protocol.name!r} not refreshed: {exc}{stays}") from None
+        at = now_utc()
+        patterns, summary = _patterns(home, store, model, old.protocol, family, at,
+                                      f"study {old.protocol.name!r} not refreshed", stays)
     finally:
         store.dispose()
-    counts, problems = change_problems(old, family, min_row_count)
-    unchanged = counts["added"] == counts["removed"] == 0 and all(
-        np.array_equal(family.subgroups[name], keys) for name, keys in old.subgroups.items())
-    if unchanged:
-        return {"project": project, "study": old.protocol.name, "status": "unchanged", "snapshot": old.snapshot}
-    stays = f"; the study stays on its snapshot of {old.snapshot}"
-    problems += size_problems(family, min_row_count)
-    if problems:
-        raise ConfigError(f"study {old.protocol.name!r} not refreshed: fewer than min_row_count ({min_row_count}): "
-                          + "; ".join(problems) + stays)
-    try:
-        sets = _check_family(home.root, home.key(), old.protocol.data_model, family, min_row_count, old)
-    except ConfigError as exc:
-        raise ConfigError(f"study {old.protocol.name!r} not refreshed: {exc}{stays}") from None
     _record(home.root, old.protocol.data_model, sets)
-    at = now_utc()
+    write_patterns(home.root, project, patterns)
     refreshes = [*old.record.get("refreshes", []), {"at": at, "previous_snapshot": old.snapshot, **counts}]
     study = Study(project=project, protocol=old.protocol, snapshot=at, population=family.population,
                   values=family.values, subgroups=family.subgroups,
                   record={**old.record, "min_row_count": min_row_count, "counts": _counts(family),
-                          "refreshes": refreshes})
+                          "suppression": summary, "refreshes": refreshes})
     write_study(home.root, study)
     return {"project": project, "study": old.protocol.name, "status": "refreshed", "snapshot": at,
             "previous_snapshot": old.snapshot, **counts}

@@ -11,6 +11,7 @@ It is a JSON document::
      "subgroups": [{"name": "elderly", "filter": {QueryBuilder group: age >= 65}},
                    {"name": "women", "filter": {QueryBuilder group: sex = F}}],
      "algorithms": ["linear_regression", "kaplan_meier"],
+     "histogram_bins": 10,
      "note": "ethics approval 2027/12"}
 
 The **analysis population** is the rows of the datasets that pass the population filter and are
@@ -18,7 +19,10 @@ complete over *all* study variables, so every analysis of any subset of the vari
 same rows.  A **subgroup** is a filter applied within the population.  A request belongs to the
 study's *family* when it names the data model, datasets among the study's, variables among the
 study's, no filter or exactly one subgroup's filter (compared canonically, :func:`canonical_filter`),
-and an allowed algorithm.  Everything here depends on the protocol and the request only.
+and an allowed algorithm.  ``histogram_bins`` (1 to 100, default :data:`DEFAULT_HISTOGRAM_BINS`) fixes
+the binning of every numerical study variable: a histogram request with other ``bins`` is outside the
+family (ADR 0035), so each variable has one binning whose suppression pattern is fixed at approval.
+Everything here depends on the protocol and the request only.
 """
 from __future__ import annotations
 
@@ -32,10 +36,12 @@ from mipflow.node.query.filters import filter_variables
 
 #: Keys a protocol may hold (anything else is a typo the admin should see).
 PROTOCOL_KEYS = frozenset({"name", "data_model", "datasets", "variables", "population", "subgroups",
-                           "algorithms", "note"})
+                           "algorithms", "histogram_bins", "note"})
 REQUIRED_KEYS = ("name", "data_model", "datasets", "variables", "algorithms")
 #: Most subgroups one protocol may name (the approval checks each, per dataset).
 MAX_SUBGROUPS = 50
+#: Bins of a numerical study variable's histogram when the protocol names none (ADR 0035).
+DEFAULT_HISTOGRAM_BINS = 10
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 CODE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
 DATA_MODEL_RE = re.compile(r"^[A-Za-z0-9_\-]+:[A-Za-z0-9_.\-]+$")
@@ -65,13 +71,14 @@ class Protocol:
     subgroups: tuple[Subgroup, ...]
     algorithms: tuple[str, ...]
     note: str = ""
+    histogram_bins: int = DEFAULT_HISTOGRAM_BINS
 
     def to_dict(self) -> dict[str, Any]:
         """The protocol as the admin wrote it (round-trips through :func:`parse_protocol`)."""
         return {"name": self.name, "data_model": self.data_model, "datasets": list(self.datasets),
                 "variables": list(self.variables), "population": {"filter": self.population_filter},
                 "subgroups": [{"name": s.name, "filter": s.filter} for s in self.subgroups],
-                "algorithms": list(self.algorithms), "note": self.note}
+                "algorithms": list(self.algorithms), "histogram_bins": self.histogram_bins, "note": self.note}
 
     def subgroup(self, name: str) -> Subgroup:
         for subgroup in self.subgroups:
@@ -176,9 +183,13 @@ def parse_protocol(doc: Any) -> Protocol:
     note = doc.get("note", "")
     if not isinstance(note, str) or len(note) > 1000:
         raise _fail("'note' must be text of at most 1000 characters")
+    histogram_bins = doc.get("histogram_bins", DEFAULT_HISTOGRAM_BINS)
+    if isinstance(histogram_bins, bool) or not isinstance(histogram_bins, int) or not 1 <= histogram_bins <= 100:
+        raise _fail("'histogram_bins' must be a whole number from 1 to 100 (the bins of every numerical "
+                    "study variable's histogram)")
     return Protocol(name=name, data_model=data_model, datasets=datasets, variables=variables,
                     population_filter=population_filter, subgroups=tuple(subgroups), algorithms=algorithms,
-                    note=note)
+                    note=note, histogram_bins=histogram_bins)
 
 
 def check_against_model(protocol: Protocol, model: Any) -> None:

@@ -32,13 +32,22 @@ from mipflow.exceptions import DisclosureError
 TOLERANCE = 1e-9
 
 
-def _system(equations: np.ndarray, hidden: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """SVD of the relations over the hidden cells: ``(u, s, vt, cols)`` with ``s`` cut at the rank."""
+def _system(equations: np.ndarray, hidden: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                                                  np.ndarray]:
+    """Economy SVD of the relations over the hidden cells: ``(u, s, vt, cols, rows)``.
+
+    Only the ``rows`` (equations) with a nonzero on a hidden cell enter: the others are zero
+    there and change neither the row space nor the range.  ``s`` is cut at the rank; ``u`` and
+    ``vt`` are cut to it too (``u``: ``len(rows) x rank``, ``vt``: ``rank x len(cols)``).
+    """
     cols = np.flatnonzero(hidden)
-    sub = equations[:, cols]
-    u, s, vt = np.linalg.svd(sub, full_matrices=True)
-    rank = int(np.sum(s > max(sub.shape) * np.finfo(float).eps * 16 * (s[0] if s.size else 0.0))) if s.size else 0
-    return u, s[:rank], vt, cols
+    rows = np.flatnonzero(np.any(equations[:, cols] != 0, axis=1)) if cols.size else np.zeros(0, dtype=int)
+    sub = equations[np.ix_(rows, cols)]
+    if sub.size == 0:
+        return np.zeros((len(rows), 0)), np.zeros(0), np.zeros((0, len(cols))), cols, rows
+    u, s, vt = np.linalg.svd(sub, full_matrices=False)
+    rank = int(np.sum(s > max(sub.shape) * np.finfo(float).eps * 16 * s[0]))
+    return u[:, :rank], s[:rank], vt[:rank], cols, rows
 
 
 def determined(equations: np.ndarray, suppressed: np.ndarray) -> np.ndarray:
@@ -60,28 +69,43 @@ def determined(equations: np.ndarray, suppressed: np.ndarray) -> np.ndarray:
     out = np.zeros(len(suppressed), dtype=bool)
     if not np.any(suppressed):
         return out
-    _, s, vt, cols = _system(np.asarray(equations, dtype=float), np.asarray(suppressed, dtype=bool))
-    leverage = np.sum(vt[:len(s)] ** 2, axis=0)
-    out[cols] = leverage >= 1.0 - TOLERANCE
+    return _determined(_system(np.asarray(equations, dtype=float), np.asarray(suppressed, dtype=bool)), len(out))
+
+
+def _determined(system: tuple[np.ndarray, ...], n: int) -> np.ndarray:
+    _, _, vt, cols, _ = system
+    out = np.zeros(n, dtype=bool)
+    out[cols] = np.sum(vt ** 2, axis=0) >= 1.0 - TOLERANCE
     return out
 
 
-def _freeing(equations: np.ndarray, hidden: np.ndarray, target: int, candidates: np.ndarray) -> np.ndarray:
+def _in_range(equations: np.ndarray, system: tuple[np.ndarray, ...]) -> np.ndarray:
+    """Which columns of ``equations`` lie in the range of ``A_hidden`` (``|a - U U' a| ~ 0``)."""
+    u, _, _, _, rows = system
+    off = np.ones(len(equations), dtype=bool)
+    off[rows] = False
+    inside = equations[rows]
+    residual = np.sum((inside - u @ (u.T @ inside)) ** 2, axis=0) + np.sum(equations[off] ** 2, axis=0)
+    scale = np.maximum(1.0, np.abs(equations).max(axis=0, initial=0.0))
+    return np.sqrt(residual) <= TOLERANCE * 1e3 * scale
+
+
+def _freeing(equations: np.ndarray, system: tuple[np.ndarray, ...], in_range: np.ndarray, target: int,
+             candidates: np.ndarray) -> np.ndarray:
     """Which ``candidates``, hidden too, would leave ``target`` (now determined) undetermined.
 
     ``target`` is determined by the weights ``w`` with ``w @ A_hidden = e_target``: ``w0 + null``,
     ``null`` the left null space of ``A_hidden``.  Hiding a cell with column ``a`` adds the condition
-    ``w @ a = 0``; no weight meets it iff ``a`` is orthogonal to that null space and ``w0 @ a != 0``.
+    ``w @ a = 0``; no weight meets it iff ``a`` lies in the range of ``A_hidden`` (orthogonal to that
+    null space: ``in_range``, from :func:`_in_range`) and ``w0 @ a != 0``.  With ``A_hidden = U S V'``
+    (economy, rows touching the hidden cells), ``w0 = U (V[target] / S)``.
     """
-    u, s, vt, cols = _system(equations, hidden)
-    rank = len(s)
+    u, s, vt, cols, rows = system
     at = int(np.searchsorted(cols, target))
-    w0 = u[:, :rank] @ (vt[:rank, at] / s)
-    left_null = u[:, rank:]
-    a = equations[:, candidates]
-    scale = max(1.0, float(np.abs(a).max(initial=0.0)))
-    in_span = np.linalg.norm(left_null.T @ a, axis=0) <= TOLERANCE * 1e3 * scale
-    return in_span & (np.abs(w0 @ a) > TOLERANCE * 1e3 * scale)
+    w0 = u @ (vt[:, at] / s)
+    a = equations[np.ix_(rows, candidates)]
+    scale = np.maximum(1.0, np.abs(equations[:, candidates]).max(axis=0, initial=0.0))
+    return in_range[candidates] & (np.abs(w0 @ a) > TOLERANCE * 1e3 * scale)
 
 
 def _cost(value: float) -> tuple[int, float]:
@@ -90,7 +114,7 @@ def _cost(value: float) -> tuple[int, float]:
 
 
 def suppress(values: Sequence[float], equations: np.ndarray, tab: int,
-             already: Sequence[bool] | None = None) -> np.ndarray:
+             already: Sequence[bool] | None = None, *, batch: bool = False) -> np.ndarray:
     """The cells to suppress: those in ``(0, tab)`` and enough others that none of them is determined.
 
     Parameters
@@ -103,6 +127,12 @@ def suppress(values: Sequence[float], equations: np.ndarray, tab: int,
         ``nfilter_tab``: cells in ``(0, tab)`` are sensitive.
     already : sequence of bool, optional
         Cells already withheld (their ``values`` are ignored; they are hidden, never sensitive).
+    batch : bool
+        Free every determined sensitive cell in one pass (one decomposition per pass, each choice
+        on the pass's system; a cell next to one chosen in the pass waits for the next pass)
+        instead of one cell per pass: far fewer decompositions on large systems (a study's
+        family, ADR 0035), possibly a few more hidden cells.  Either way the loop ends only when
+        no sensitive cell is determined.
 
     Returns
     -------
@@ -122,26 +152,43 @@ def suppress(values: Sequence[float], equations: np.ndarray, tab: int,
     hidden = primary | withheld
     touches = eqs != 0
     while True:
-        fixed = np.flatnonzero(determined(eqs, hidden) & primary)
+        system = _system(eqs, hidden) if np.any(hidden) else None
+        fixed = np.flatnonzero(_determined(system, len(cells)) & primary) if system is not None else np.zeros(0, int)
         if fixed.size == 0:
             return hidden
-        target = int(fixed[0])
-        own = _neighbours(touches, np.array([target]), hidden)
-        frontier = _neighbours(touches, np.flatnonzero(hidden), hidden)
-        if own.size == 0 and frontier.size == 0:
-            raise DisclosureError(f"a cell under nfilter_tab ({tab}) follows from the released margins whatever "
-                                  "is suppressed: use coarser bins or fewer grouping variables", control="nfilter_tab")
-        chosen = None
-        for pool in (own, frontier):
-            if pool.size:
-                frees = pool[_freeing(eqs, hidden, target, pool)]
-                if frees.size:
-                    chosen = min(frees, key=lambda i: (_cost(cells[i]), i))
-                    break
-        if chosen is None:  # no single cell frees it: hide the cheapest neighbour and look again
-            pool = own if own.size else frontier
-            chosen = min(pool, key=lambda i: (_cost(cells[i]), i))
-        hidden[chosen] = True
+        chosen_now: list[int] = []
+        in_range = _in_range(eqs, system)
+        for target in (fixed if batch else fixed[:1]):
+            target = int(target)
+            if batch and chosen_now and _touches_any(touches, target, chosen_now):
+                continue  # the system around it changed this pass: look again on the next one
+            chosen = _choose(eqs, touches, hidden, system, in_range, target, cells, tab)
+            hidden[chosen] = True
+            chosen_now.append(chosen)
+
+
+def _touches_any(touches: np.ndarray, target: int, cells: list[int]) -> bool:
+    """Whether ``target`` shares an equation with any of ``cells``."""
+    rows = touches[:, target]
+    return bool(np.any(touches[np.ix_(rows, cells)]))
+
+
+def _choose(eqs: np.ndarray, touches: np.ndarray, hidden: np.ndarray, system: tuple[np.ndarray, ...],
+            in_range: np.ndarray, target: int, cells: np.ndarray, tab: int) -> int:
+    """The released cell to hide for the determined ``target`` (see :func:`suppress`)."""
+    own = _neighbours(touches, np.array([target]), hidden)
+    frontier = _neighbours(touches, np.flatnonzero(hidden), hidden)
+    if own.size == 0 and frontier.size == 0:
+        raise DisclosureError(f"a cell under nfilter_tab ({tab}) follows from the released margins whatever "
+                              "is suppressed: use coarser bins or fewer grouping variables", control="nfilter_tab")
+    for pool in (own, frontier):
+        if pool.size:
+            frees = pool[_freeing(eqs, system, in_range, target, pool)]
+            if frees.size:
+                return int(min(frees, key=lambda i: (_cost(cells[i]), i)))
+    # no single cell frees it: hide the cheapest neighbour and look again
+    pool = own if own.size else frontier
+    return int(min(pool, key=lambda i: (_cost(cells[i]), i)))
 
 
 def _neighbours(touches: np.ndarray, cells: np.ndarray, hidden: np.ndarray) -> np.ndarray:

@@ -1,0 +1,377 @@
+"""One suppression pattern per histogram layout over a study's whole family (issue 14.3, ADR 0035).
+
+Inside one result, :mod:`mipflow.node.controls.suppression` hides small cells consistently with
+the result's own margins (ADR 0031).  Across the results of a study it cannot: a histogram of
+``age`` over the population (bin: 12) and over subgroup ``men`` (the same bin: 10) gives the bin of
+``women`` (2) although the women's histogram hid it, because the population is women plus men.
+Every linear relation between the family's cohorts (``population = women + men``, ``population =
+sum of its datasets``, ...) holds bin by bin for every count table over them, and the requester
+knows the family.
+
+So in study mode the node fixes, once per snapshot (at approval and refresh), one pattern of hidden
+cells per numerical study variable, over the whole family at once:
+
+* cells ``(c, r, j)``: cohort ``c`` (the population and each subgroup, over all the node's study
+  datasets and per dataset: :meth:`~mipflow.node.controls.study_approval.Family.sets`), record
+  ``r`` (the overall histogram and one per level of each nominal study variable, as
+  ``multiple_histograms`` lays out its groupings ``x``), bin ``j`` (the protocol's
+  ``histogram_bins`` over the declared range);
+* relations the requester may know: for every ``lambda`` with ``sum_c lambda_c 1_c = 0`` over the
+  rows (the left null space of the cohort x atom incidence, exact over the rationals) and every
+  ``(r, j)``, ``sum_c lambda_c cell(c, r, j) = 0``; within each cohort, the levels of a grouping
+  variable sum to the overall bin, the overall bins sum to the released row count, and each
+  record's bins sum to the level's count (released elsewhere, e.g. by ``descriptive_stats``:
+  assumed known, which is conservative);
+* :func:`~mipflow.node.controls.suppression.suppress` on that joint system (primary: cells in
+  ``(0, nfilter_tab)``).
+
+The patterns (booleans only, no count) are stored beside the study
+(``HOME/studies/<project>.suppression.npz``, mode 0600).  At a step, a histogram of the study takes
+its hidden cells from the pattern (:func:`apply_pattern`) before the per-result controls run, so
+every result of the study hides the same cells.  A request over a subset of the node's datasets is
+a union of per-dataset cohorts: a cell is hidden there when any of its parts is hidden, so what it
+releases is a sum of released cells.
+"""
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from mipflow.exceptions import ConfigError, DisclosureError
+
+#: The algorithm whose releases take the family's pattern.
+HISTOGRAMS = "multiple_histograms"
+BATCH = True
+
+Record = tuple[str | None, str | None]   # (grouping variable, level); (None, None): overall
+Cohort = tuple[str | None, str | None]   # (subgroup, dataset); None: the population / every dataset
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The cells of one variable's histograms over the family."""
+
+    variable: str
+    n_bins: int
+    records: tuple[Record, ...]
+
+
+@dataclass(frozen=True)
+class Patterns:
+    """A study's stored patterns: per variable, hidden flags of shape (cohorts, records, bins)."""
+
+    snapshot: str
+    tab: int
+    cohorts: tuple[Cohort, ...]
+    layouts: dict[str, Layout]
+    hidden: dict[str, np.ndarray]
+
+
+# --------------------------------------------------------------------------- the layouts
+
+
+def layouts(protocol: Any, model: Any) -> list[Layout]:
+    """One layout per numerical study variable with a declared range (records: overall, then the
+    levels of each nominal study variable in the protocol's order)."""
+    nominal = [v for v in protocol.variables if model.variable(v).is_categorical]
+    records: list[Record] = [(None, None)]
+    for code in nominal:
+        records.extend((code, level) for level in model.variable(code).enumeration_codes)
+    out = []
+    for code in protocol.variables:
+        var = model.variable(code)
+        if var.is_categorical or var.min_value is None or var.max_value is None:
+            continue
+        out.append(Layout(code, protocol.histogram_bins, tuple(records)))
+    return out
+
+
+def cohorts_of(protocol: Any, held: Sequence[str]) -> list[Cohort]:
+    """The family's cohorts in a fixed order: over all held datasets, then per held dataset."""
+    names: list[str | None] = [None, *(s.name for s in protocol.subgroups)]
+    return [(s, None) for s in names] + [(s, d) for d in held for s in names]
+
+
+def cells(frame: Any, membership: np.ndarray, layout: Layout, model: Any) -> np.ndarray:
+    """The counts ``(cohorts, records, bins)`` of ``layout`` on the snapshot's rows ``frame``,
+    binned exactly as ``multiple_histograms``' local step bins them."""
+    from mipflow.algorithms.design import category_codes, numeric_values
+    from mipflow.algorithms.multiple_histograms import bin_counter
+
+    var = model.variable(layout.variable)
+    count = bin_counter(numeric_values(frame[layout.variable]), layout.n_bins,
+                        (float(var.min_value), float(var.max_value)))
+    codes = {g: category_codes(frame[g], model.variable(g)).to_numpy()
+             for g in dict.fromkeys(g for g, _ in layout.records if g is not None)}
+    out = np.zeros((membership.shape[1], len(layout.records), layout.n_bins))
+    for c in range(membership.shape[1]):
+        for r, (g, level) in enumerate(layout.records):
+            mask = membership[:, c] if g is None else membership[:, c] & (codes[g] == level)
+            out[c, r] = count(mask)
+    return out
+
+
+# --------------------------------------------------------------------------- the relations
+
+
+def cohort_relations(membership: np.ndarray) -> np.ndarray:
+    """A basis of ``{lambda : sum_c lambda_c 1_c = 0}`` over the rows, exact (integer entries).
+
+    Parameters
+    ----------
+    membership : numpy.ndarray of bool, shape (rows, cohorts)
+
+    Returns
+    -------
+    numpy.ndarray, shape (k, cohorts)
+        The left null space of the cohort x atom incidence (atoms: the distinct membership
+        patterns of the rows), from a reduced row echelon form over the rationals.
+    """
+    atoms = np.unique(np.asarray(membership, dtype=np.int64), axis=0)  # (atoms, cohorts)
+    n = atoms.shape[1]
+    rows = [[Fraction(int(v)) for v in atom] for atom in atoms]
+    pivots: list[int] = []
+    r = 0
+    for col in range(n):
+        pivot = next((i for i in range(r, len(rows)) if rows[i][col] != 0), None)
+        if pivot is None:
+            continue
+        rows[r], rows[pivot] = rows[pivot], rows[r]
+        lead = rows[r][col]
+        rows[r] = [v / lead for v in rows[r]]
+        for i in range(len(rows)):
+            if i != r and rows[i][col] != 0:
+                factor = rows[i][col]
+                rows[i] = [a - factor * b for a, b in zip(rows[i], rows[r])]
+        pivots.append(col)
+        r += 1
+    basis = []
+    for free in (c for c in range(n) if c not in pivots):
+        vec = [Fraction(0)] * n
+        vec[free] = Fraction(1)
+        for i, p in enumerate(pivots):
+            vec[p] = -rows[i][free]
+        scale = np.lcm.reduce([v.denominator for v in vec])
+        basis.append([float(v * scale) for v in vec])
+    return np.array(basis, dtype=float).reshape(len(basis), n)
+
+
+def within_relations(layout: Layout) -> np.ndarray:
+    """Relations between one cohort's cells ``(r, j)`` (column ``r * n_bins + j``): the grouped
+    histogram's (:func:`~mipflow.node.controls.suppression.histogram_equations`) and each grouping
+    record's bins summing to the level's count."""
+    from mipflow.node.controls.suppression import histogram_equations
+
+    J = layout.n_bins
+    base = histogram_equations(J, [g for g, _ in layout.records])
+    sums = []
+    for r, (g, _) in enumerate(layout.records):
+        if g is not None:
+            row = np.zeros(len(layout.records) * J)
+            row[r * J:(r + 1) * J] = 1.0
+            sums.append(row)
+    return np.vstack([base, *sums]) if sums else base
+
+
+def family_relations(membership: np.ndarray, layout: Layout) -> np.ndarray:
+    """Every relation of the joint system, cell ``(c, r, j)`` at column ``(c * R + r) * J + j``."""
+    C = membership.shape[1]
+    RJ = len(layout.records) * layout.n_bins
+    between = np.kron(cohort_relations(membership), np.eye(RJ))
+    within = np.kron(np.eye(C), within_relations(layout))
+    return np.vstack([between, within])
+
+
+def family_pattern(counts: np.ndarray, membership: np.ndarray, layout: Layout, tab: int) -> np.ndarray:
+    """The hidden cells ``(cohorts, records, bins)`` of one layout over the family.
+
+    Raises
+    ------
+    DisclosureError
+        (``nfilter_tab``) if a small cell follows from the known relations whatever is hidden.
+    """
+    from mipflow.node.controls.suppression import suppress
+
+    with _one_thread():
+        hidden = suppress(counts.reshape(-1), family_relations(membership, layout), tab, batch=BATCH)
+    return hidden.reshape(counts.shape)
+
+
+def _one_thread() -> Any:
+    """One BLAS thread for the decompositions (on a busy node, threads only fight; 5-10x faster)."""
+    import contextlib
+
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - an optional speed-up
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+# --------------------------------------------------------------------------- approval
+
+
+def compute_patterns(store: Any, model: Any, protocol: Any, family: Any, hash_key: str, tab: int,
+                     snapshot: str) -> tuple[Patterns, dict[str, Any]]:
+    """The study's patterns on the snapshot's rows (``family``: from ``compute_family``), with
+    an admin-facing summary (cells, hidden cells, seconds per variable).
+
+    Raises
+    ------
+    ConfigError
+        Naming the variable whose pattern cannot be made safe.
+    """
+    from mipflow.node.controls.differencing import row_keys
+    from mipflow.node.query.read import select_frame
+
+    frame = select_frame(store, model, datasets=list(protocol.datasets), variables=list(protocol.variables),
+                         filters=protocol.population_filter, complete_case=True, row_identity=True)
+    keys = row_keys(frame, hash_key)
+    datasets = frame["dataset"].to_numpy(dtype=object)
+    held = list(family.per_dataset)
+    cohorts = cohorts_of(protocol, held)
+    membership = np.zeros((len(frame), len(cohorts)), dtype=bool)
+    for c, (subgroup, dataset) in enumerate(cohorts):
+        rows = np.isin(keys, family.population if subgroup is None else family.subgroups[subgroup])
+        membership[:, c] = rows if dataset is None else rows & (datasets == dataset)
+    # cohorts with the same rows (a node holding one dataset: the population and the population in
+    # that dataset) have the same cells: one set of cells, one pattern
+    distinct, which = np.unique(membership, axis=1, return_inverse=True)
+    which = np.asarray(which).reshape(-1)
+    hidden, found, summary = {}, {}, {}
+    for layout in layouts(protocol, model):
+        started = time.perf_counter()
+        counts = cells(frame, distinct, layout, model)
+        try:
+            hidden[layout.variable] = family_pattern(counts, distinct, layout, tab)[which]
+        except DisclosureError:
+            raise ConfigError(f"variable {layout.variable!r}: a histogram cell under nfilter_tab ({tab}) follows "
+                              "from the study's cohorts and margins whatever is hidden; use fewer "
+                              "histogram_bins, other subgroups, or leave the variable out") from None
+        found[layout.variable] = layout
+        small = int(np.count_nonzero((counts > 0) & (counts < tab)))
+        summary[layout.variable] = {"cells": int(counts.size), "small": small, "distinct_cohorts": len(counts),
+                                    "hidden": int(np.count_nonzero(hidden[layout.variable][np.unique(which,
+                                                                                     return_index=True)[1]])),
+                                    "seconds": round(time.perf_counter() - started, 3)}
+    return Patterns(snapshot=snapshot, tab=tab, cohorts=tuple(cohorts), layouts=found, hidden=hidden), summary
+
+
+# --------------------------------------------------------------------------- storage
+
+
+def pattern_path(root: str | Path, project: str) -> Path:
+    from mipflow.node.controls.study import _paths
+
+    record_path, _ = _paths(Path(root), project)
+    return record_path.with_name(f"{project}.suppression.npz")
+
+
+def write_patterns(root: str | Path, project: str, patterns: Patterns) -> None:
+    """Store the hidden flags (booleans only) and the layout they index, mode 0600."""
+    from mipflow.node.controls.study import _write_private
+
+    meta = {"snapshot": patterns.snapshot, "tab": patterns.tab, "cohorts": [list(c) for c in patterns.cohorts],
+            "layouts": {v: {"n_bins": lay.n_bins, "records": [list(r) for r in lay.records]}
+                        for v, lay in patterns.layouts.items()}}
+    buffer = io.BytesIO()
+    np.savez(buffer, meta=np.array(json.dumps(meta)),
+             **{f"hidden:{v}": flags.astype(bool) for v, flags in patterns.hidden.items()})
+    _write_private(pattern_path(root, project), buffer.getvalue())
+
+
+def read_patterns(root: str | Path, project: str) -> Patterns | None:
+    path = pattern_path(root, project)
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as arrays:
+        meta = json.loads(str(arrays["meta"]))
+        hidden = {name.split(":", 1)[1]: arrays[name].astype(bool) for name in arrays.files
+                  if name.startswith("hidden:")}
+    lays = {v: Layout(v, int(d["n_bins"]), tuple(tuple(r) for r in d["records"]))  # type: ignore[misc]
+            for v, d in meta["layouts"].items()}
+    return Patterns(snapshot=meta["snapshot"], tab=int(meta["tab"]),
+                    cohorts=tuple(tuple(c) for c in meta["cohorts"]), layouts=lays, hidden=hidden)  # type: ignore[misc]
+
+
+_cache: dict[Path, tuple[Any, Patterns | None]] = {}
+_lock = threading.Lock()
+
+
+def patterns_for(root: str | Path, project: str) -> Patterns | None:
+    """The stored patterns of ``project``'s study, re-read when the file changes."""
+    from mipflow.node.freshness import file_signature
+
+    path = pattern_path(root, project)
+    signature = file_signature(path)
+    with _lock:
+        seen = _cache.get(path)
+        if seen is not None and seen[0] == signature:
+            return seen[1]
+        patterns = read_patterns(root, project) if signature is not None else None
+        _cache[path] = (signature, patterns)
+        return patterns
+
+
+# --------------------------------------------------------------------------- at a step
+
+
+def check_layout(study: Any, algorithm: str, analysis: Any, model: Any) -> None:
+    """A histogram of a numerical study variable uses the protocol's ``histogram_bins`` (decided
+    from the request, the protocol and the data model alone; control ``study``)."""
+    if algorithm != HISTOGRAMS or not analysis.y:
+        return
+    var = model.variable(analysis.y[0])
+    if var.is_categorical:
+        return
+    bins = study.protocol.histogram_bins
+    asked = analysis.parameters.get("bins") if isinstance(analysis.parameters, dict) else None
+    if asked != bins:
+        raise study._refuse(f"histograms of its numerical variables have the study's bins ({bins} equal bins over "
+                            f"the declared range); send the parameter bins = {bins}")
+
+
+def apply_pattern(root: str | Path, selection: Any, analysis: Any, model: Any, aggregates: Any) -> Any:
+    """``aggregates`` of a study histogram with the family pattern's cells hidden (``None``).
+
+    Histograms of a nominal variable keep the per-result suppression only (ADR 0035: left).
+
+    Raises
+    ------
+    DisclosureError
+        (control ``study``) if the study has no pattern for the numerical variable at its snapshot
+        (a study approved before patterns existed: its node admin refreshes it).  Decided without data.
+    """
+    from mipflow.node.controls.suppression import is_histogram_release
+
+    variable = analysis.y[0] if analysis.y else None
+    if variable is None or model.variable(variable).is_categorical or not is_histogram_release(aggregates):
+        return aggregates
+    study = selection.study
+    patterns = patterns_for(root, study.project)
+    if patterns is None or patterns.snapshot != study.snapshot or variable not in patterns.hidden:
+        raise study._refuse("its histograms are answered with the study's suppression pattern, which this node "
+                            "has not computed for the snapshot; it is answered once its node admin refreshes the "
+                            "study (mipflow study refresh)")
+    layout, flags = patterns.layouts[variable], patterns.hidden[variable]
+    index = {cohort: c for c, cohort in enumerate(patterns.cohorts)}
+    held = [d for s, d in patterns.cohorts if s is None and d is not None]
+    asked = [d for d in selection.datasets if d in held]
+    parts = [index[(selection.subgroup, None)]] if set(asked) == set(held) else \
+        [index[(selection.subgroup, d)] for d in asked]
+    hidden = np.any(flags[parts], axis=0) if parts else np.zeros(flags.shape[1:], dtype=bool)
+    where = {record: r for r, record in enumerate(layout.records)}
+    out = []
+    for record in aggregates["histograms"]:
+        r = where[(record["grouping_var"], record["grouping_enum"])]
+        counts = [None if hidden[r, j] else c for j, c in enumerate(record["counts"])]
+        out.append({**record, "counts": counts})
+    return {**aggregates, "histograms": out}

@@ -1,0 +1,141 @@
+"""Secondary suppression across a study's results (issue 14.3, ADR 0035), through real node processes.
+
+Two nodes (``mipflow node serve``) under one name hold other stroke rows (220 and 340) with the
+same young patients added: 2 women aged 20 and 5 men aged 21, so the first age bin (18 to 25.2
+of 10 bins over the declared 18..90) holds 7 in the population, 5 among men, 2 among women.  The
+same study protocol (population, ``elderly``, ``women``, ``men``; ``histogram_bins`` 10) is approved
+for the project.
+
+* Standard mode (another project, the same cohorts): each histogram is suppressed on its own, so
+  the women's bin is hidden in their histogram and recovered as population minus men: 7 - 5 = 2.
+* Study mode: every cell under ``nfilter_tab`` is hidden in all three histograms, and no bin is
+  hidden in exactly one of population, women and men (so no subtraction gives it), nor is any
+  histogram's hidden bin alone against its row count.
+* Other bins are refused from the request alone, naming the study's bins, the same bytes at both nodes.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.linalg import null_space
+
+from mipflow.node.controls import study_approval
+from mipflow.node.home import NodeHome
+from mipflow.protocol.signing import issue_client
+from tests.mipflow.algorithms.survival_data import STROKE
+from tests.mipflow.node.controls.study_helpers import ALGORITHMS, MEN, PROJECT, WOMEN, protocol, stroke_rows
+from tests.nodes import grant_all, load_frame, running_nodes
+from tests.privacy.test_study_attacks import NAME, OTHER_PROJECT, Served, request_of
+
+TAB = 3  # the nodes' nfilter_tab (default)
+SEEDS = {"small": (31, 220), "large": (32, 340)}
+PROTOCOL = protocol(algorithms=[*ALGORITHMS, "multiple_histograms"], histogram_bins=10)
+
+
+def rows_with_young_patients(seed: int, n: int, which: str) -> pd.DataFrame:
+    frame = stroke_rows(seed, n, "hospital_a", which)
+    frame["nihss_admission"] = frame["nihss_admission"].fillna(10.0)  # complete: every cohort is the study's
+    frame.loc[frame["age"] < 33, "age"] += 30  # the second bin (25.2..32.4) empty: no other small cell there
+    young = [{**frame.iloc[0].to_dict(), "subjectcode": f"{which}-young-{k}", "age": age, "sex": sex}
+             for k, (age, sex) in enumerate([(20.0, "F")] * 2 + [(21.0, "M")] * 5)]
+    return pd.concat([frame, pd.DataFrame(young)], ignore_index=True)
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory) -> Iterator[dict[str, Served]]:
+    roots, credentials = {}, {}
+    for which, (seed, n) in SEEDS.items():
+        root = Path(tmp_path_factory.mktemp(f"supp-{which}"))
+        NodeHome.init(root, NAME)
+        load_frame(root, STROKE, rows_with_young_patients(seed, n, which))
+        grant_all(root, researcher="*", project=PROJECT)
+        grant_all(root, researcher="alice", project=OTHER_PROJECT)
+        study_approval.approve(NodeHome(root), PROJECT, PROTOCOL)
+        credentials[which] = issue_client(root, "central")
+        roots[which] = root
+    with running_nodes(list(roots.values())) as urls:
+        yield {which: Served(url, credentials[which]) for which, url in zip(roots, urls)}
+
+
+def histograms(node: Served, project: str, bins: int = 10) -> dict[str, list]:
+    out = {}
+    for label, filters in (("population", None), ("women", WOMEN), ("men", MEN)):
+        reply = node.call("multiple_histograms", request_of(y=("age",), x=(), filters=filters, bins=bins),
+                          project=project)
+        assert reply.status_code == 200, reply.text
+        out[label] = reply.json()["aggregates"]["histograms"][0]["counts"]
+    return out
+
+
+def test_standard_mode_leaves_the_womens_bin_to_a_subtraction(pair) -> None:
+    """The hole, still open outside study mode (ADR 0035: the ledger and per-result suppression)."""
+    for node in pair.values():
+        h = histograms(node, OTHER_PROJECT)
+        assert h["women"][0] is None  # the women's histogram hid it...
+        assert h["population"][0] - h["men"][0] == 2  # ...the other two give it: 7 - 5
+
+
+def true_counts(which: str) -> dict[str, np.ndarray]:
+    frame = rows_with_young_patients(*SEEDS[which], which)
+    cohorts = {"population": frame, "women": frame[frame["sex"] == "F"], "men": frame[frame["sex"] == "M"]}
+    return {c: np.histogram(rows["age"], bins=10, range=(18.0, 90.0))[0] for c, rows in cohorts.items()}
+
+
+def test_study_mode_hides_every_small_cell_in_every_cohort_and_no_subtraction_gives_one(pair) -> None:
+    """The attacker's full linear solve: the three replies' released bins, population = women + men
+    bin by bin, each histogram's bins summing to its row count.  No small cell is determined."""
+    order = ("population", "women", "men")
+    equations = []
+    for j in range(10):
+        eq = np.zeros(30)
+        eq[[j, 10 + j, 20 + j]] = [1, -1, -1]
+        equations.append(eq)
+    for c in range(3):
+        eq = np.zeros(30)
+        eq[c * 10:(c + 1) * 10] = 1
+        equations.append(eq)
+    equations = np.array(equations)
+    for which, node in pair.items():
+        h, truth = histograms(node, PROJECT), true_counts(which)
+        standard = histograms(node, OTHER_PROJECT)
+        assert truth["women"][0] == 2 and truth["men"][0] == 5 and truth["population"][0] == 7
+        hidden = np.array([v is None for c in order for v in h[c]])
+        values = np.concatenate([truth[c] for c in order])
+        small = (values > 0) & (values < TAB)
+        assert hidden[small].all()  # every small cell hidden, in every cohort
+        for cell in np.flatnonzero(small):  # the null space over the hidden cells moves every small one
+            cols = np.flatnonzero(hidden)
+            basis = null_space(equations[:, cols])
+            assert basis.shape[1] > 0 and np.abs(basis[list(cols).index(cell)]).max() > 1e-9
+        released = values[~hidden]
+        assert np.array_equal(np.array([v for c in order for v in h[c] if v is not None]), released)  # exact
+        # honest: most cells are still released; the standard mode hides fewer (and leaks)
+        n_study, n_standard = int(hidden.sum()), sum(v is None for c in order for v in standard[c])
+        print(f"{which}: hidden {n_study} of 30 cells in study mode, {n_standard} per result")
+        assert n_standard <= n_study <= 15, (n_standard, n_study)
+
+
+def test_other_bins_are_refused_by_the_request_alone_naming_the_studys_bins(pair) -> None:
+    replies = {which: node.call("multiple_histograms", request_of(y=("age",), x=("sex",), bins=20))
+               for which, node in pair.items()}
+    for reply in replies.values():
+        assert reply.status_code == 403 and reply.json()["control"] == "study", reply.text
+        assert "bins = 10" in reply.json()["refused"]
+    assert replies["small"].content == replies["large"].content
+    public = set(re.findall(r"\d+", json.dumps(PROTOCOL) + NAME)) | {"20"}
+    assert set(re.findall(r"\d+", replies["small"].json()["refused"])) <= public
+
+
+def test_a_grouped_study_histogram_hides_the_same_cells_as_the_ungrouped_one(pair) -> None:
+    for node in pair.values():
+        plain = node.call("multiple_histograms", request_of(y=("age",), x=(), bins=10)).json()
+        grouped = node.call("multiple_histograms", request_of(y=("age",), x=("sex",), bins=10)).json()
+        overall: Any = grouped["aggregates"]["histograms"][0]["counts"]
+        assert overall == plain["aggregates"]["histograms"][0]["counts"]
+        assert grouped["mode"]["study"] == "stroke-outcomes"
