@@ -102,15 +102,15 @@ def load_keypair(root: str | Path, *, create: bool = True) -> KeyPair:
     return KeyPair.from_bytes(raw)
 
 
-_LOADED: dict[Path, tuple[tuple[int, int], KeyPair]] = {}
+_LOADED: dict[str, tuple[tuple[int, int], KeyPair]] = {}
 
 
 def cached_keypair(root: str | Path) -> KeyPair:
     """:func:`load_keypair`, read again only when the key file changes (``mipflow secagg rotate``
-    replaces it): what a node's step uses, every round."""
-    path = Path(root) / KEY_FILE
+    replaces it): what a node's step uses, every round (one ``stat``)."""
+    path = os.path.join(root, KEY_FILE)
     try:
-        stat = path.stat()
+        stat = os.stat(path)
     except FileNotFoundError:
         return load_keypair(root)
     stamp = (stat.st_mtime_ns, stat.st_ino)
