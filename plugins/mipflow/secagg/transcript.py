@@ -31,6 +31,7 @@ Round 0 takes no state: its parameters come only from the researcher's request.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import hmac
 import json
@@ -178,8 +179,9 @@ class Transcript:
     participants: dict[str, bytes]
     previous: Mapping[str, Any] | None
 
-    @property
+    @functools.cached_property
     def participants_hex(self) -> dict[str, str]:
+        """Each participant's key in hex (computed once per step; read, not changed)."""
         return {name: key.hex() for name, key in self.participants.items()}
 
 
