@@ -11,7 +11,9 @@ interleaved, ``--repeat`` of each, p50 and p90 of the wall time:
   local step, the reply as a dict);
 * ``ASGI app``: a signed ``POST /v1/steps/logistic_regression`` straight into the node's ASGI app
   (:func:`mipflow.node.api.app.create_app`), no socket and no HTTP client: authentication,
-  routing, the step and the reply's JSON, i.e. the node's whole request path except the network.
+  routing, the step and the reply's JSON, i.e. the node's whole request path except the network;
+* ``HTTP``: the same signed call to the node served as a process (``mipflow node serve``, uvicorn)
+  on loopback, one call at a time, timed at the client (``httpx``): the above plus HTTP.
 
 and two kinds of call:
 
@@ -43,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -54,6 +57,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
+# this checkout's code, here and in the node services it starts (not an installed copy)
+sys.path.insert(0, str(REPO / "plugins"))
+os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO / "plugins"), str(REPO),
+                                            *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
 
 
 def main() -> int:
@@ -81,7 +88,6 @@ UNVERIFIED_SERVE = (
 
 
 def _serve(homes: list, unverified: bool) -> tuple[list, list[str]]:
-    import os
     import subprocess
 
     import httpx
@@ -325,8 +331,11 @@ def node_round(args: argparse.Namespace) -> None:
     """One node's round 1 of logistic regression, verified and not, in process: through
     :func:`answer_step` (the step and its controls) and through the node's ASGI app (the signed
     request path: authentication, routing, the step, the reply's JSON), calls interleaved."""
+    import httpx
+
     import mipflow.node.api.step as step
     from mipflow.node.api.context import StepContext
+    from mipflow.protocol.signing import signed_headers
     from mipflow.node.home import NodeHome
     from tests.mipflow.algorithms.synthetic import MODEL, make_data
     from tests.nodes import grant_all, load_frame, unverified_chain
@@ -361,7 +370,24 @@ def node_round(args: argparse.Namespace) -> None:
                     finally:
                         step.answer_step.__kwdefaults__ = defaults
 
-                for label, call in (("answer_step", in_process), ("ASGI app", through_app)):
+                # the same node served as two processes (one with the chain without verification)
+                served = {label: _serve([home], label == "bare") for label in ("bare", "verified")}
+                http = {label: httpx.Client(base_url=urls[0]) for label, (_, urls) in served.items()}
+                credential = asgi.credential
+
+                def over_http(raw: bytes, chain: tuple) -> float:
+                    path = "/v1/steps/logistic_regression"
+                    headers = signed_headers(credential.client_id, credential.secret, "POST", path, raw)
+                    headers["Content-Type"] = "application/json"
+                    client = http["bare" if chain is unverified else "verified"]
+                    started = time.perf_counter()
+                    response = client.post(path, content=raw, headers=headers)
+                    elapsed = 1000.0 * (time.perf_counter() - started)
+                    if response.status_code != 200:
+                        raise RuntimeError(f"the node answered {response.status_code}")
+                    return elapsed
+
+                for label, call in (("answer_step", in_process), ("ASGI app", through_app), ("HTTP", over_http)):
                     times: dict[str, list[float]] = {"bare": [], "verified": []}
                     for i in range(args.repeat + 10):  # interleaved, the first 10 of each a warm-up
                         for kind, raw, chain in (("bare", raw_bare, unverified), ("verified", raw_verified, step.CHAIN)):
@@ -374,6 +400,12 @@ def node_round(args: argparse.Namespace) -> None:
                           f"{p50['verified']:6.2f} [{p90['verified']:5.2f}]     {p50['verified'] / p50['bare']:5.2f}x"
                           f"   {len(raw_verified) / 1e3:10.1f}")
                 asgi.close()
+                for client in http.values():
+                    client.close()
+                for procs, _ in served.values():
+                    for proc in procs:
+                        proc.terminate()
+                        proc.wait(timeout=10)
                 context.close() if hasattr(context, "close") else None
 
 
