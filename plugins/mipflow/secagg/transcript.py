@@ -13,7 +13,8 @@ pinned roster (:mod:`mipflow.secagg.trust`):
   keyed by the pair's static key ``HKDF(X25519(i, j))`` (for the node itself, a key
   derived from its private key) over the round's *message*: analysis, algorithm,
   round, the request, the state, the participants, the hash chain so far, the
-  node's name and its aggregates.  Only the two nodes of a pair hold that key, so
+  node's name and its aggregates (through their digest, :func:`aggregates_digest`, computed
+  once per contribution and round).  Only the two nodes of a pair hold that key, so
   the central site can forward a tag but cannot make one;
 * at round ``k`` a node checks the tag addressed to it on every contribution of
   round ``k - 1`` (its own included: that is its memory of the state it accepted
@@ -22,7 +23,8 @@ pinned roster (:mod:`mipflow.secagg.trust`):
   equal the recomputed one (:func:`same_state`), and the node computes on its
   own recomputation;
 * the *chain* ``c_0 = H(analysis, algorithm, request, participants)``,
-  ``c_k = H(c_{k-1}, k - 1, state_{k-1}, contributions_{k-1})`` binds every round to
+  ``c_k = H(c_{k-1}, k - 1, state_{k-1}, contributions_{k-1})`` (each contribution as its node,
+  the digest of its aggregates and its tags) binds every round to
   the ones before it; each node's audit record holds it and the central result
   carries its head, so an auditor can match a result to the nodes' records.
 
@@ -43,8 +45,9 @@ from typing import Any
 
 from mipflow.exceptions import DisclosureError, RequestError
 
-#: The transcript scheme; a node refuses any other.
-TRANSCRIPT_SCHEME = "mipflow-rounds-v1"
+#: The transcript scheme; a node refuses any other.  (v2: a contribution's aggregates enter its tags
+#: and the chain through one digest, :func:`aggregates_digest`; a v1 node's tags do not verify here.)
+TRANSCRIPT_SCHEME = "mipflow-rounds-v2"
 #: Bytes of a tag (HMAC-SHA256 truncated to 128 bits).
 TAG_BYTES = 16
 #: A recomputed state equals the sent one when every number agrees to this relative tolerance
