@@ -39,6 +39,9 @@ each node runs on its own machine.
 
 Goal (issue 13): verified <= 1.2 x unverified per round, and round p50 <= 5 ms, at 3 and 10 nodes.
 
+``breakdown`` prints the same node's round at 10 participants control by control (each control of
+the chain timed), unverified beside verified.
+
 Usage: ``python bench/verification.py [--rows 3000] [--repeat 200] [--analyses 15] [--only node]``
 """
 from __future__ import annotations
@@ -68,13 +71,14 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=3000)
     parser.add_argument("--repeat", type=int, default=200)
     parser.add_argument("--analyses", type=int, default=15)
-    parser.add_argument("--only", choices=("node", "federated", "processes"), default=None,
+    parser.add_argument("--only", choices=("node", "breakdown", "federated", "processes"), default=None,
                         help="run one part only")
     args = parser.parse_args()
     from common import print_machine
 
     print_machine()
-    for name, part in (("node", node_round), ("federated", federated_round), ("processes", process_round)):
+    for name, part in (("node", node_round), ("breakdown", control_breakdown), ("federated", federated_round),
+                       ("processes", process_round)):
         if args.only in (None, name):
             part(args)
     return 0
@@ -325,6 +329,60 @@ class _Asgi:
 
     def close(self) -> None:
         self.loop.close()
+
+
+def control_breakdown(args: argparse.Namespace) -> None:
+    """Where one node's round 1 goes, control by control (``answer_step`` with each control of the
+    chain timed), unverified beside verified, at 10 participants in the clear and masked."""
+    import mipflow.node.api.step as step
+    from mipflow.node.api.context import StepContext
+    from mipflow.node.home import NodeHome
+    from tests.mipflow.algorithms.synthetic import MODEL, make_data
+    from tests.nodes import grant_all, load_frame, unverified_chain
+
+    print(f"where one node's round 1 goes (logistic regression, {args.rows} rows, 10 participants), "
+          f"p50 ms over {args.repeat} calls of each kind, interleaved")
+    for secure in (False, True):
+        with tempfile.TemporaryDirectory(prefix="mipflow-verify-") as tmp:
+            home = NodeHome.init(Path(tmp) / "site", "site")
+            for key in ("query_budget", "query_budget_project", "differencing_check"):
+                home.set_setting(key, 0)
+            data = make_data(11, args.rows)
+            load_frame(home.root, MODEL, data.assign(subjectcode=[f"p{i}" for i in range(len(data))]))
+            grant_all(home.root)
+            context = StepContext.open(home)
+            raws = dict(zip(("unverified", "verified"), _node_bodies(home, context, 10, secure)))
+            times: dict[str, dict[str, list[float]]] = {"unverified": {}, "verified": {}}
+
+            def timed(kind: str, control: Any) -> Any:
+                def run(request: Any, context_: Any, work: Any) -> None:
+                    started = time.perf_counter()
+                    try:
+                        control(request, context_, work)
+                    finally:
+                        times[kind].setdefault(control.__name__, []).append(time.perf_counter() - started)
+                return run
+
+            chains = {"unverified": tuple(timed("unverified", c) for c in unverified_chain()),
+                      "verified": tuple(timed("verified", c) for c in step.CHAIN)}
+            for i in range(args.repeat + 10):
+                if i == 10:  # the first 10 of each are a warm-up
+                    times = {"unverified": {}, "verified": {}}
+                for kind in ("unverified", "verified"):
+                    started = time.perf_counter()
+                    step.answer_step(context, "central", "logistic_regression", raws[kind], chain=chains[kind])
+                    times[kind].setdefault("total", []).append(time.perf_counter() - started)
+            p50 = {kind: {name: 1000.0 * statistics.median(v) for name, v in series.items()}
+                   for kind, series in times.items()}
+            for kind in p50:
+                p50[kind]["parsing the body, the reply"] = p50[kind]["total"] - sum(
+                    v for name, v in p50[kind].items() if name != "total")
+            print(f"  {'masked' if secure else 'in the clear'}")
+            print(f"    {'control':32} {'unverified':>10} {'verified':>10}")
+            for name in [c.__name__ for c in step.CHAIN] + ["parsing the body, the reply", "total"]:
+                base, check = p50["unverified"].get(name), p50["verified"].get(name)
+                if max(base or 0.0, check or 0.0) >= 0.005:
+                    print(f"    {name:32} {'-' if base is None else f'{base:.3f}':>10} {'-' if check is None else f'{check:.3f}':>10}")
 
 
 def node_round(args: argparse.Namespace) -> None:
