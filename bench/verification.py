@@ -239,7 +239,7 @@ def _node_bodies(home: Any, context: Any, n: int, secure: bool) -> tuple[bytes, 
     from mipflow.secagg.codec import SCHEME
     from mipflow.secagg.crypto import KeyPair, context_digest, load_keypair
     from mipflow.secagg.node_side import masked_release, secure_form
-    from mipflow.secagg.transcript import TRANSCRIPT_SCHEME, genesis, message, tags_for
+    from mipflow.secagg.transcript import TRANSCRIPT_SCHEME, addressed_to, genesis, message, tags_for
     from mipflow.secagg.trust import TrustStore
     from tests.mipflow.algorithms.synthetic import MODEL, request
 
@@ -279,8 +279,10 @@ def _node_bodies(home: Any, context: Any, n: int, secure: bool) -> tuple[bytes, 
     aggregates = [c["aggregates"] for c in contributions]
     state = algorithm.global_step(0, [unmask_sum(aggregates)] if secure else aggregates, case, MODEL, None).state
     state = json.loads(json.dumps(state))
+    # as the central site sends it: each contribution with its tag for this node only
     verified = dict(body0, round=1, state=state, transcript={
-        **transcript0, "previous": {"chain": chain, "state": None, "contributions": contributions}})
+        **transcript0, "previous": addressed_to({"chain": chain, "state": None, "contributions": contributions},
+                                                home.name)})
     bare = dict(body0, round=1, state=state)
     bare.pop("transcript")
     return json.dumps(bare).encode(), json.dumps(verified).encode()
@@ -382,7 +384,8 @@ def control_breakdown(args: argparse.Namespace) -> None:
             for name in [c.__name__ for c in step.CHAIN] + ["parsing the body, the reply", "total"]:
                 base, check = p50["unverified"].get(name), p50["verified"].get(name)
                 if max(base or 0.0, check or 0.0) >= 0.005:
-                    print(f"    {name:32} {'-' if base is None else f'{base:.3f}':>10} {'-' if check is None else f'{check:.3f}':>10}")
+                    cells = ["-" if v is None else f"{v:.3f}" for v in (base, check)]
+                    print(f"    {name:32} {cells[0]:>10} {cells[1]:>10}")
 
 
 def node_round(args: argparse.Namespace) -> None:
@@ -448,7 +451,8 @@ def node_round(args: argparse.Namespace) -> None:
                 for label, call in (("answer_step", in_process), ("ASGI app", through_app), ("HTTP", over_http)):
                     times: dict[str, list[float]] = {"bare": [], "verified": []}
                     for i in range(args.repeat + 10):  # interleaved, the first 10 of each a warm-up
-                        for kind, raw, chain in (("bare", raw_bare, unverified), ("verified", raw_verified, step.CHAIN)):
+                        for kind, raw, chain in (("bare", raw_bare, unverified),
+                                                 ("verified", raw_verified, step.CHAIN)):
                             elapsed = call(raw, chain)
                             if i >= 10:
                                 times[kind].append(elapsed)

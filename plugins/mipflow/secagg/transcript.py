@@ -8,7 +8,7 @@ pinned roster (:mod:`mipflow.secagg.trust`):
 
 * every step call carries a *transcript*: the participant list and, from round 1
   on, the previous round's state and every participant's reply (its aggregates,
-  masked or not, and its tags);
+  masked or not, and its tag for the node called);
 * a node's reply carries one *tag* per participant: an HMAC-SHA256 (128 bits)
   keyed by the pair's static key ``HKDF(X25519(i, j))`` (for the node itself, a key
   derived from its private key) over the round's *message*: analysis, algorithm,
@@ -23,8 +23,8 @@ pinned roster (:mod:`mipflow.secagg.trust`):
   equal the recomputed one (:func:`same_state`), and the node computes on its
   own recomputation;
 * the *chain* ``c_0 = H(analysis, algorithm, request, participants)``,
-  ``c_k = H(c_{k-1}, k - 1, state_{k-1}, contributions_{k-1})`` (each contribution as its node,
-  the digest of its aggregates and its tags) binds every round to
+  ``c_k = H(c_{k-1}, k - 1, state_{k-1}, contributions_{k-1})`` (each contribution as its node
+  and the digest of its aggregates) binds every round to
   the ones before it; each node's audit record holds it and the central result
   carries its head, so an auditor can match a result to the nodes' records.
 
@@ -91,12 +91,29 @@ def aggregates_digest(aggregates: Any) -> bytes:
 def advance(chain: str, round_no: int, state: Any, contributions: Sequence[Mapping[str, Any]],
             digests: Sequence[bytes] | None = None) -> str:
     """The chain after round ``round_no``: the chain before it, its state and every contribution
-    (its node, the :func:`aggregates_digest` of its aggregates, its tags); ``digests``, when given,
-    are those digests already computed, in the contributions' order."""
+    (its node and the :func:`aggregates_digest` of its aggregates); ``digests``, when given, are
+    those digests already computed, in the contributions' order.
+
+    The tags are not part of it: they are functions of what the chain binds (and of keys), and each
+    node receives only the tags addressed to it (:func:`addressed_to`)."""
     if digests is None:
         digests = [aggregates_digest(c.get("aggregates")) for c in contributions]
     return _digest(TRANSCRIPT_SCHEME, "round", chain, int(round_no), state,
-                   [[c.get("node"), d.hex(), c.get("tags")] for c, d in zip(contributions, digests, strict=True)])
+                   [[c.get("node"), d.hex()] for c, d in zip(contributions, digests, strict=True)])
+
+
+def addressed_to(previous: Mapping[str, Any] | None, node: str) -> Mapping[str, Any] | None:
+    """The transcript's ``previous`` as the central site sends it to ``node``: every contribution
+    with only its tag for ``node`` (the one that node checks), so a request carries ``n`` tags, not
+    ``n^2``."""
+    if previous is None:
+        return None
+    contributions = []
+    for c in previous["contributions"]:
+        tags = c.get("tags")
+        mine = {node: tags[node]} if isinstance(tags, Mapping) and node in tags else {}
+        contributions.append({"node": c.get("node"), "aggregates": c.get("aggregates"), "tags": mine})
+    return {**previous, "contributions": contributions}
 
 
 def round_digest(*, chain: str, analysis_id: str, algorithm: str, round_no: int, request: Mapping[str, Any],
