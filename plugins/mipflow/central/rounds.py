@@ -206,7 +206,7 @@ def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequen
         for round_no in range(MAX_ROUNDS):
             replies, failures, refusals = _call_all(algorithm_name, request_doc, active, round_no, state, pool,
                                                     who, session.body() if session is not None else None,
-                                                    verified.body(state))
+                                                    verified.bodies(state, active))
             log.info("%s (analysis %s): round %d of at most %d: %d node(s) answered, %d left out%s",
                      algorithm_name, who.analysis_id, round_no + 1, MAX_ROUNDS, len(replies), len(failures),
                      "" if not failures else " (" + "; ".join(f"{k}: {v}" for k, v in failures.items()) + ")")
@@ -333,14 +333,17 @@ class _Rounds:
         self.previous: dict[str, Any] | None = None
         self.sent_state: Any = None
 
-    def body(self, state: Any) -> dict[str, Any]:
-        """The transcript of the call that sends ``state`` (kept as sent: a global step may
-        update its state in place)."""
-        from mipflow.secagg.transcript import TRANSCRIPT_SCHEME
+    def bodies(self, state: Any, nodes: Sequence[NodeClient]) -> dict[str, dict[str, Any]]:
+        """The transcript of the call that sends ``state`` to each of ``nodes`` (by the federation's
+        name): the previous round's contributions with each one's tag for that node only.  The state
+        is kept as sent (a global step may update its state in place)."""
+        from mipflow.secagg.transcript import TRANSCRIPT_SCHEME, addressed_to
 
         self.sent_state = json.loads(json.dumps(state, allow_nan=False))
-        return {"scheme": TRANSCRIPT_SCHEME, "participants": self.roster.body()["participants"],
-                "previous": self.previous}
+        participants = self.roster.body()["participants"]
+        return {node.name: {"scheme": TRANSCRIPT_SCHEME, "participants": participants,
+                            "previous": addressed_to(self.previous, self.roster.node_names.get(node.name, node.name))}
+                for node in nodes}
 
     def advance(self, round_no: int, replies: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
         """Round ``round_no`` answered by every participant: the next call carries it."""
@@ -427,9 +430,11 @@ def _check_datasets(requested: Sequence[str], listed: Mapping[str, Mapping[str, 
 
 def _call_all(algorithm: str, request: dict[str, Any], nodes: Sequence[NodeClient], round_no: int,
               state: dict | None, pool: ThreadPoolExecutor, who: OnBehalfOf,
-              secure_aggregation: dict[str, Any] | None = None, transcript: dict[str, Any] | None = None
+              secure_aggregation: dict[str, Any] | None = None,
+              transcripts: Mapping[str, dict[str, Any]] | None = None
               ) -> tuple[dict[str, dict], dict[str, str], dict[str, tuple[str, str]]]:
-    """One round: every node in parallel (one pool serves all rounds of an analysis).
+    """One round: every node in parallel (one pool serves all rounds of an analysis); ``transcripts``
+    holds each node's transcript by its name in the federation.
 
     Returns the replies, every failed node's reason, and of those the nodes that
     refused (rather than could not be reached) with their ``(control, reason)``.
@@ -438,10 +443,9 @@ def _call_all(algorithm: str, request: dict[str, Any], nodes: Sequence[NodeClien
     failures: dict[str, str] = {}
     refusals: dict[str, tuple[str, str]] = {}
     extra: dict[str, Any] = {"secure_aggregation": secure_aggregation} if secure_aggregation is not None else {}
-    if transcript is not None:
-        extra["transcript"] = transcript
     futures = {node.name: pool.submit(node.step, algorithm, request, round_no, state, researcher=who.researcher,
-                                      project=who.project, analysis_id=who.analysis_id, **extra)
+                                      project=who.project, analysis_id=who.analysis_id, **extra,
+                                      **({"transcript": transcripts[node.name]} if transcripts is not None else {}))
                for node in nodes}
     for name, future in futures.items():
         try:

@@ -8,10 +8,11 @@ aggregates appear, which the algorithm's own global step then combines.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from mipflow.exceptions import FederationError, RequestError
-from mipflow.secagg.codec import FRACTION_BITS, RING, RING_BITS, SCHEME, decode, from_additive
+from mipflow.secagg.codec import FRACTION_BITS, RING_BITS, SCHEME, decode, from_additive
 from mipflow.secagg.crypto import fingerprint, public_key
 
 
@@ -35,9 +36,10 @@ def unmask_sum(replies: Sequence[Mapping[str, Any]]) -> Any:
     length = len(parts[0]["masked"])
     if any(p["layout"] != layout or len(p["masked"]) != length for p in parts):
         raise FederationError("secure aggregation: the nodes' releases do not have the same layout")
+    # each ring element parsed once; the sum reduced modulo the ring once, at the end (by decode)
     total = [0] * length
     for part in parts:
-        total = [(t + int(v, 16)) % RING for t, v in zip(total, part["masked"])]
+        total = [t + int(v, 16) for t, v in zip(total, part["masked"])]
     return from_additive(layout, [decode(v) for v in total])
 
 

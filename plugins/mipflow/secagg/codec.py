@@ -15,7 +15,8 @@ into pooled centred moments exactly (no cancellation).
 from __future__ import annotations
 
 from fractions import Fraction
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from mipflow.exceptions import FederationError, RequestError
 

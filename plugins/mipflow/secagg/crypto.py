@@ -29,6 +29,8 @@ from mipflow.secagg.codec import RING, RING_BITS, SCHEME
 ELEMENT_BYTES = RING_BITS // 8
 #: The node's key pair in its home.
 KEY_FILE = "secagg.key"
+#: Shared secrets a key pair keeps (one per peer key; more peers than this start the memory afresh).
+MAX_SHARED = 4096
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,9 @@ class KeyPair:
     """A node's long-term X25519 key pair (the private part never leaves the node home)."""
 
     private: Any = field(repr=False)
+    #: X25519 shared secrets with peers' public keys, computed once per key pair and peer (the
+    #: masks' seeds and the tag keys are derived from them by HKDF each time they are needed)
+    _shared: dict[bytes, bytes] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @functools.cached_property
     def public_bytes(self) -> bytes:
@@ -62,13 +67,21 @@ class KeyPair:
         return cls(X25519PrivateKey.generate())
 
     def exchange(self, peer_public: bytes) -> bytes:
+        """The X25519 shared secret with ``peer_public`` (kept for the next round with that peer)."""
+        known = self._shared.get(peer_public)
+        if known is not None:
+            return known
         from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
         try:
-            return self.private.exchange(X25519PublicKey.from_public_bytes(peer_public))
+            secret = self.private.exchange(X25519PublicKey.from_public_bytes(peer_public))
         except ValueError:  # a low-order point gives an all-zero secret
             raise DisclosureError("a peer's secure-aggregation key is invalid (low-order point)",
                                   control="secure_aggregation") from None
+        if len(self._shared) >= MAX_SHARED:
+            self._shared.clear()
+        self._shared[bytes(peer_public)] = secret
+        return secret
 
 
 def fingerprint(public_key: bytes) -> str:
@@ -102,15 +115,15 @@ def load_keypair(root: str | Path, *, create: bool = True) -> KeyPair:
     return KeyPair.from_bytes(raw)
 
 
-_LOADED: dict[Path, tuple[tuple[int, int], KeyPair]] = {}
+_LOADED: dict[str, tuple[tuple[int, int], KeyPair]] = {}
 
 
 def cached_keypair(root: str | Path) -> KeyPair:
     """:func:`load_keypair`, read again only when the key file changes (``mipflow secagg rotate``
-    replaces it): what a node's step uses, every round."""
-    path = Path(root) / KEY_FILE
+    replaces it): what a node's step uses, every round (one ``stat``)."""
+    path = os.path.join(root, KEY_FILE)
     try:
-        stat = path.stat()
+        stat = os.stat(path)
     except FileNotFoundError:
         return load_keypair(root)
     stamp = (stat.st_mtime_ns, stat.st_ino)
@@ -195,6 +208,8 @@ def mask(own: KeyPair, peers: Iterable[bytes], context: bytes, length: int) -> l
         if peer == me:
             continue
         stream = keystream(pair_seed(own, peer, context), length)
-        sign = 1 if me < peer else -1
-        total = [(t + sign * s) % RING for t, s in zip(total, stream)]
-    return total
+        if me < peer:
+            total = [t + s for t, s in zip(total, stream)]
+        else:
+            total = [t - s for t, s in zip(total, stream)]
+    return [t % RING for t in total]  # reduced once, at the end

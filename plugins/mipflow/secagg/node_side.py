@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from mipflow.exceptions import DisclosureError, RequestError
 from mipflow.secagg.codec import RING, SCHEME, additive_form, encode

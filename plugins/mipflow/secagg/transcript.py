@@ -8,12 +8,13 @@ pinned roster (:mod:`mipflow.secagg.trust`):
 
 * every step call carries a *transcript*: the participant list and, from round 1
   on, the previous round's state and every participant's reply (its aggregates,
-  masked or not, and its tags);
+  masked or not, and its tag for the node called);
 * a node's reply carries one *tag* per participant: an HMAC-SHA256 (128 bits)
   keyed by the pair's static key ``HKDF(X25519(i, j))`` (for the node itself, a key
   derived from its private key) over the round's *message*: analysis, algorithm,
   round, the request, the state, the participants, the hash chain so far, the
-  node's name and its aggregates.  Only the two nodes of a pair hold that key, so
+  node's name and its aggregates (through their digest, :func:`aggregates_digest`, computed
+  once per contribution and round).  Only the two nodes of a pair hold that key, so
   the central site can forward a tag but cannot make one;
 * at round ``k`` a node checks the tag addressed to it on every contribution of
   round ``k - 1`` (its own included: that is its memory of the state it accepted
@@ -22,7 +23,8 @@ pinned roster (:mod:`mipflow.secagg.trust`):
   equal the recomputed one (:func:`same_state`), and the node computes on its
   own recomputation;
 * the *chain* ``c_0 = H(analysis, algorithm, request, participants)``,
-  ``c_k = H(c_{k-1}, k - 1, state_{k-1}, contributions_{k-1})`` binds every round to
+  ``c_k = H(c_{k-1}, k - 1, state_{k-1}, contributions_{k-1})`` (each contribution as its node
+  and the digest of its aggregates) binds every round to
   the ones before it; each node's audit record holds it and the central result
   carries its head, so an auditor can match a result to the nodes' records.
 
@@ -31,18 +33,21 @@ Round 0 takes no state: its parameters come only from the researcher's request.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import hmac
 import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from mipflow.exceptions import DisclosureError, RequestError
 
-#: The transcript scheme; a node refuses any other.
-TRANSCRIPT_SCHEME = "mipflow-rounds-v1"
+#: The transcript scheme; a node refuses any other.  (v2: a contribution's aggregates enter its tags
+#: and the chain through one digest, :func:`aggregates_digest`; a v1 node's tags do not verify here.)
+TRANSCRIPT_SCHEME = "mipflow-rounds-v2"
 #: Bytes of a tag (HMAC-SHA256 truncated to 128 bits).
 TAG_BYTES = 16
 #: A recomputed state equals the sent one when every number agrees to this relative tolerance
@@ -53,13 +58,19 @@ STATE_ATOL = 1e-12
 CONTROL = "round_verification"
 
 
+#: One encoder for :func:`canonical` (``json.dumps`` would build one per call).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False, ensure_ascii=True)
+
+
 def canonical(doc: Any) -> bytes:
     """The canonical JSON bytes of a wire document (sorted keys, compact, strict numbers)."""
     try:
-        return json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False,
-                          ensure_ascii=True).encode("ascii")
+        return _CANONICAL.encode(doc).encode("ascii")
     except (TypeError, ValueError):
         raise RequestError("a round's transcript must be plain JSON without NaN or infinity") from None
+
+
+_CONTRIBUTION = f"{TRANSCRIPT_SCHEME}|contribution|".encode()
 
 
 def _digest(*parts: Any) -> str:
@@ -71,10 +82,38 @@ def genesis(*, analysis_id: str, algorithm: str, request: Mapping[str, Any], par
     return _digest(TRANSCRIPT_SCHEME, "genesis", analysis_id, algorithm, request, dict(sorted(participants.items())))
 
 
-def advance(chain: str, round_no: int, state: Any, contributions: Sequence[Mapping[str, Any]]) -> str:
-    """The chain after round ``round_no``: the chain before it, its state and every contribution."""
+def aggregates_digest(aggregates: Any) -> bytes:
+    """SHA-256 of a contribution's aggregates in canonical form: computed once per contribution and
+    round, bound into its tags (:func:`contribution_message`) and the chain (:func:`advance`)."""
+    return hashlib.sha256(canonical([TRANSCRIPT_SCHEME, "aggregates", aggregates])).digest()
+
+
+def advance(chain: str, round_no: int, state: Any, contributions: Sequence[Mapping[str, Any]],
+            digests: Sequence[bytes] | None = None) -> str:
+    """The chain after round ``round_no``: the chain before it, its state and every contribution
+    (its node and the :func:`aggregates_digest` of its aggregates); ``digests``, when given, are
+    those digests already computed, in the contributions' order.
+
+    The tags are not part of it: they are functions of what the chain binds (and of keys), and each
+    node receives only the tags addressed to it (:func:`addressed_to`)."""
+    if digests is None:
+        digests = [aggregates_digest(c.get("aggregates")) for c in contributions]
     return _digest(TRANSCRIPT_SCHEME, "round", chain, int(round_no), state,
-                   [[c.get("node"), c.get("aggregates"), c.get("tags")] for c in contributions])
+                   [[c.get("node"), d.hex()] for c, d in zip(contributions, digests, strict=True)])
+
+
+def addressed_to(previous: Mapping[str, Any] | None, node: str) -> Mapping[str, Any] | None:
+    """The transcript's ``previous`` as the central site sends it to ``node``: every contribution
+    with only its tag for ``node`` (the one that node checks), so a request carries ``n`` tags, not
+    ``n^2``."""
+    if previous is None:
+        return None
+    contributions = []
+    for c in previous["contributions"]:
+        tags = c.get("tags")
+        mine = {node: tags[node]} if isinstance(tags, Mapping) and node in tags else {}
+        contributions.append({"node": c.get("node"), "aggregates": c.get("aggregates"), "tags": mine})
+    return {**previous, "contributions": contributions}
 
 
 def round_digest(*, chain: str, analysis_id: str, algorithm: str, round_no: int, request: Mapping[str, Any],
@@ -85,9 +124,11 @@ def round_digest(*, chain: str, analysis_id: str, algorithm: str, round_no: int,
                                      request, state, dict(sorted(participants.items()))])).digest()
 
 
-def contribution_message(shared: bytes, node: str, aggregates: Any) -> bytes:
-    """What a node's tags authenticate: the round (:func:`round_digest`), its name and its aggregates."""
-    return hashlib.sha256(shared + canonical([TRANSCRIPT_SCHEME, "contribution", node, aggregates])).digest()
+def contribution_message(shared: bytes, node: str, digest: bytes) -> bytes:
+    """What a node's tags authenticate: the round (:func:`round_digest`), its aggregates (their
+    :func:`aggregates_digest`) and its name (both digests are 32 bytes and the name comes last, so
+    the concatenation is unambiguous)."""
+    return hashlib.sha256(_CONTRIBUTION + shared + digest + node.encode("utf-8")).digest()
 
 
 def message(*, chain: str, analysis_id: str, algorithm: str, round_no: int, request: Mapping[str, Any],
@@ -95,11 +136,13 @@ def message(*, chain: str, analysis_id: str, algorithm: str, round_no: int, requ
     """What a node's tags authenticate for one round: everything the round depends on, and its reply."""
     shared = round_digest(chain=chain, analysis_id=analysis_id, algorithm=algorithm, round_no=round_no,
                           request=request, state=state, participants=participants)
-    return contribution_message(shared, node, aggregates)
+    return contribution_message(shared, node, aggregates_digest(aggregates))
 
 
 # --------------------------------------------------------------------------- pairwise tag keys
 
+#: Tag keys by (own public key, peer public key): one X25519 and HKDF per pair and process, not per
+#: round; at most :data:`_KEYS_MAX`, the oldest derived dropped first.
 _KEYS: "OrderedDict[tuple[bytes, bytes], bytes]" = OrderedDict()
 _KEYS_LOCK = threading.Lock()
 _KEYS_MAX = 4096
@@ -108,15 +151,14 @@ _KEYS_MAX = 4096
 def tag_key(own: Any, peer_public: bytes) -> bytes:
     """The 32-byte static key node ``own`` (a :class:`~mipflow.secagg.crypto.KeyPair`) shares with
     the holder of ``peer_public`` for tags; with its own public key, a key only it holds."""
+    mine = own.public_bytes
+    cache_key = (mine, peer_public)
+    known = _KEYS.get(cache_key)  # (one dict read needs no lock)
+    if known is not None:
+        return known
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-    mine = own.public_bytes
-    cache_key = (mine, peer_public)
-    with _KEYS_LOCK:
-        if cache_key in _KEYS:
-            _KEYS.move_to_end(cache_key)
-            return _KEYS[cache_key]
     if peer_public == mine:
         secret = own.private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
                                            serialization.NoEncryption())
@@ -133,7 +175,8 @@ def tag_key(own: Any, peer_public: bytes) -> bytes:
 
 
 def tag(key: bytes, msg: bytes) -> str:
-    return hmac.new(key, msg, hashlib.sha256).digest()[:TAG_BYTES].hex()
+    """HMAC-SHA256 of ``msg`` under ``key``, truncated to :data:`TAG_BYTES`, hex (one-shot C HMAC)."""
+    return hmac.digest(key, msg, "sha256")[:TAG_BYTES].hex()
 
 
 def tags_for(own: Any, participants: Mapping[str, bytes], msg: bytes) -> dict[str, str]:
@@ -156,8 +199,9 @@ class Transcript:
     participants: dict[str, bytes]
     previous: Mapping[str, Any] | None
 
-    @property
+    @functools.cached_property
     def participants_hex(self) -> dict[str, str]:
+        """Each participant's key in hex (computed once per step; read, not changed)."""
         return {name: key.hex() for name, key in self.participants.items()}
 
 
@@ -216,16 +260,18 @@ def verify_previous(transcript: Transcript, *, own: Any, own_name: str, analysis
     shared = round_digest(chain=previous["chain"], analysis_id=analysis_id, algorithm=algorithm,
                           round_no=round_no - 1, request=request, state=previous.get("state"),
                           participants=transcript.participants_hex)
+    digests = []
     for contribution in contributions:
         name = contribution["node"]
-        msg = contribution_message(shared, name, contribution.get("aggregates"))
+        digests.append(aggregates_digest(contribution.get("aggregates")))
+        msg = contribution_message(shared, name, digests[-1])
         tags = contribution.get("tags")
         given = tags.get(own_name) if isinstance(tags, Mapping) else None
         expected = tag(tag_key(own, transcript.participants[name]), msg)
         if not isinstance(given, str) or not hmac.compare_digest(given, expected):
             raise refuse(f"the contribution of {name!r} to round {round_no - 1} does not carry a valid tag "
                          "for this node: it was changed, made up or taken from another round or analysis")
-    return contributions, advance(previous["chain"], round_no - 1, previous.get("state"), contributions)
+    return contributions, advance(previous["chain"], round_no - 1, previous.get("state"), contributions, digests)
 
 
 def same_state(sent: Any, expected: Any, *, rtol: float = STATE_RTOL, atol: float = STATE_ATOL) -> bool:

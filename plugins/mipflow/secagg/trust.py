@@ -44,6 +44,8 @@ POLICY_LABELS = {
 FORMAT = 2
 #: Where a peer's entry came from.
 SOURCES = ("pinned", "tofu", "revoked")
+#: Trust stores as :meth:`TrustStore.check` last parsed them: path -> (file stamp, document).
+_PARSED: dict[str, tuple[tuple[int, int, int, int], dict[str, Any]]] = {}
 
 
 class TrustStore:
@@ -74,6 +76,23 @@ class TrustStore:
             doc["policy"] = DEFAULT_POLICY
         doc.setdefault("peers", {})
         return doc
+
+    def _current(self) -> Mapping[str, Any]:
+        """:meth:`load`, parsed again only when the file changes (read-only: what :meth:`check` reads
+        every round).  The file's inode, size and times tell a change (:func:`_save` renames a new
+        file over it, so even two writes within one clock tick differ by inode; the rule of
+        :func:`mipflow.node.freshness.file_signature`, ADR 0019)."""
+        key = str(self.path)
+        try:
+            st = os.stat(key)
+        except FileNotFoundError:
+            return self.load()
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        cached = _PARSED.get(key)
+        if cached is None or cached[0] != stamp:
+            cached = (stamp, self.load())
+            _PARSED[key] = cached
+        return cached[1]
 
     def _save(self, doc: Mapping[str, Any]) -> None:
         tmp = self.path.with_suffix(".tmp")
@@ -163,7 +182,7 @@ class TrustStore:
             seen, or, under policy ``pinned``, if it is not pinned under exactly
             that key (a key learned under ``tofu`` included).
         """
-        doc = self.load()
+        doc = self._current()
         known = doc["peers"]
         pinned = doc["policy"] == "pinned"
         new: dict[str, bytes] = {}
@@ -186,8 +205,9 @@ class TrustStore:
                 raise DisclosureError(f"peer {name!r} has a key learned under trust-on-first-use, not pinned, at "
                                       "this node: not taking part", control="secure_aggregation")
         if new:
+            doc = self.load()  # a fresh copy: the cached one is not written to
             for name, key in new.items():
-                known[name] = {"public_key": key.hex(), "source": "tofu", "at": _now()}
+                doc["peers"].setdefault(name, {"public_key": key.hex(), "source": "tofu", "at": _now()})
             self._save(doc)
 
 
