@@ -21,6 +21,8 @@ from mipflow.demo.run import (ANALYSES, REPO_ROOT, STUDY_VARIABLES, analysis_con
                               prepare_nodes, results_page_hint, row_accounting, serve_nodes, should_serve)
 
 NODE_DAGS = ("node_capture", "node_depersonalise", "node_validate", "node_load")
+#: Lines of each result's summary the demo prints (the task log has them all).
+DEMO_SUMMARY_LINES = 8
 
 
 def load_dags() -> dict[str, Any]:
@@ -44,7 +46,7 @@ def run_node_dags(home: Path, dags: dict[str, Any]) -> None:
 
 def run_federation(homes: dict[str, Path], dags: dict[str, Any], work_dir: Path) -> bool:
     """Serve the nodes, register them as Airflow connections, run the analyses through the central DAGs."""
-    from mipflow.central.results import ResultStore
+    from mipflow.central.results import ResultStore, summary_lines
 
     with serve_nodes(homes) as nodes:
         for hospital, node in nodes.items():
@@ -60,11 +62,12 @@ def run_federation(homes: dict[str, Path], dags: dict[str, Any], work_dir: Path)
             conf = analysis_conf(list(homes), form, [f"mipflow_node_{h}" for h in homes])
             print(f"\n== {dag_id}: {title}")
             run = dags[dag_id].test(run_conf=conf)
-            stored = store.get(run.run_id)
+            stored = store.document(run.run_id)
             if "success" not in str(run.state) or stored is None:
                 print(f"{dag_id} ended {run.state}", file=sys.stderr)
                 ok = False
                 continue
+            print("\n".join(summary_lines(stored, limit=DEMO_SUMMARY_LINES)))
             if dag_id == "federated_linear_regression":
                 print(pooled_check(homes, form, stored["result"]))
         return ok
@@ -99,6 +102,9 @@ def run_demo(args: argparse.Namespace) -> int:
     """The whole demo (nodes, node DAGs, federated analyses); returns the exit code."""
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(REPO_ROOT / "dags"))
+    # the task logs are at INFO in airflow.cfg (deployments read them); in the demo's own terminal
+    # Airflow's bookkeeping would bury the story, so the demo prints each result's summary itself
+    os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
 
     print(f"== mipflow demo: three hospital nodes under {args.work_dir}")
     homes = prepare_nodes(args.work_dir, n_patients=args.patients, seed=args.seed)
