@@ -4,14 +4,19 @@ Each node runs its own Airflow with ``MIPFLOW_NODE_HOME`` pointing at its node
 home (``mipflow node init``).  The capture DAG runs nightly (and on demand);
 each later stage is scheduled on the Asset the stage before it emits, and
 works through every batch waiting for it, so a failed run is caught up by
-the next one.  The logic lives in :mod:`mipflow.node.ingest.stages`; the tasks only call
+the next one.  The four DAGs are created unpaused (``MIPFLOW_NODE_DAGS_PAUSED=1``
+creates them paused, together) and never catch up past schedules.
+
+A batch that ends failed, held or empty fails its task at once (no retry) with
+what to fix; the failure notifier records it in ``HOME/notifications.jsonl``.
+The stage's report still runs and passes the other batches on.  The logic lives in :mod:`mipflow.node.ingest.stages`; the tasks only call
 it (imports happen inside tasks to keep parsing cheap).
 """
 from __future__ import annotations
 
 from airflow.sdk import DAG, Asset, task
 
-from mipflow_airflow.dags import START, default_args, node_home, node_params
+from mipflow_airflow.dags import START, default_args, node_dags_paused, node_home, node_params
 
 CAPTURED = Asset(name="mipflow_node_captured", uri="mipflow://node/captured")
 DEPERSONALISED = Asset(name="mipflow_node_depersonalised", uri="mipflow://node/depersonalised")
@@ -32,6 +37,7 @@ with DAG(
     schedule="0 2 * * *",
     start_date=START,
     catchup=False,
+    is_paused_upon_creation=node_dags_paused(),
     max_active_runs=1,
     params=node_params(),
     default_args=default_args(),
@@ -40,7 +46,7 @@ with DAG(
 ):
 
     @task(outlets=[CAPTURED])
-    def capture_landing(*, outlet_events=None) -> list[str]:
+    def capture_landing(*, outlet_events=None) -> dict:
         """Scan landing/, register new files by SHA-256 and keyed path hash, delete withdrawn patients' rows."""
         from mipflow.node.ingest.stages import capture
 
@@ -50,9 +56,17 @@ with DAG(
         print(f"captured {len(summary['captured'])} batch(es); "
               f"{summary['withdrawn_rows_deleted']} row(s) deleted for withdrawn consent")
         outlet_events[CAPTURED].extra = {"batches": summary["captured"]}
-        return summary["captured"]
+        return {"captured": summary["captured"], "problems": summary["problems"]}
 
-    capture_landing()
+    @task
+    def landing_problems(summary: dict) -> None:
+        """Fail (no retry) on an empty file or a file no profile or data model fits."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        if summary["problems"]:
+            raise AirflowFailException("; ".join(summary["problems"]))
+
+    landing_problems(capture_landing())
 
 
 #: (dag_id, description, triggering Asset, stage the batches wait after, stage function, emitted Asset)
@@ -72,6 +86,7 @@ for _dag_id, _description, _trigger, _after, _stage, _outlet in STAGES:
         schedule=[_trigger],
         start_date=START,
         catchup=False,
+        is_paused_upon_creation=node_dags_paused(),
         max_active_runs=1,
         params=node_params(),
         default_args=default_args(),
@@ -88,9 +103,18 @@ for _dag_id, _description, _trigger, _after, _stage, _outlet in STAGES:
         def run_stage(batch_id: str, stage: str) -> dict:
             from mipflow.node.ingest import stages
 
+            from airflow.sdk.exceptions import AirflowFailException
+
             result = getattr(stages, stage)(node_home(), batch_id)
             print(f"{batch_id}: {result.get('equation', result)}")
+            problem = stages.failure_message(result)
+            if problem:  # a failed, held or empty batch is red; a retry cannot fix the file
+                raise AirflowFailException(problem)
             return result
+
+        @task(task_id="all_batches_passed")
+        def all_batches_passed() -> None:
+            """Leaf task: upstream-failed when a batch failed, so the run is red too (the report still runs)."""
 
         @task(task_id="report", outlets=[_outlet], trigger_rule="all_done")
         def report(batches: list[str], outlet: Asset, *, outlet_events=None) -> dict:
@@ -107,4 +131,6 @@ for _dag_id, _description, _trigger, _after, _stage, _outlet in STAGES:
             return {"datasets": status["datasets"]}
 
         _batches = waiting_batches(_after)
-        run_stage.partial(stage=_stage).expand(batch_id=_batches) >> report(_batches, _outlet)
+        _runs = run_stage.partial(stage=_stage).expand(batch_id=_batches)
+        _runs >> report(_batches, _outlet)
+        _runs >> all_batches_passed()
