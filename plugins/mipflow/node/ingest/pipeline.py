@@ -274,6 +274,9 @@ class ChunkProcessor:
         return frame.iloc[keep], entries, exact
 
 
+#: Why a header-only file is not ingested (the batch's status is ``empty``).
+HEADER_ONLY = "header line only, no data rows: nothing to ingest; re-export it"
+
 #: Delimiters :func:`detect_delimiter` recognises.
 DELIMITERS = (",", ";", "\t", "|")
 
@@ -447,7 +450,10 @@ def _ingest_pass(processor: ChunkProcessor, path: Path, name: _ManifestName, sto
             progress.finish()
         counts.quarantined += store.quarantine(conn, batch_id, "capture", [(n, r, None) for n, r in bad_lines])
         counts.loaded = ready_rows
-        status, message = decide_status(counts, processor.settings)
+        if counts.rows_in == 0:  # a header-only file is empty, not "loaded, no consented rows"
+            status, message = "empty", f"{file_label(name.ref)}: {HEADER_ONLY}"
+        else:
+            status, message = decide_status(counts, processor.settings)
         if status == "held":
             if load:
                 raise _Held()

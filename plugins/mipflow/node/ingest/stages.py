@@ -30,8 +30,8 @@ from mipflow.exceptions import InputFileError, MipflowError
 from mipflow.node.files import EHR_KIND, file_label, file_ref
 from mipflow.node.ingest.capture import landing_index, landing_sources, resolve_consent
 from mipflow.node.ingest.profile import resolve_model, resolve_profile
-from mipflow.node.ingest.pipeline import (ROW_COLUMN, BatchCounts, ChunkProcessor, MalformedCSV, decide_status,
-                              apply_withdrawals, batch_id_for, merge_summaries)
+from mipflow.node.ingest.pipeline import (HEADER_ONLY, ROW_COLUMN, BatchCounts, ChunkProcessor, MalformedCSV,
+                              decide_status, apply_withdrawals, batch_id_for, merge_summaries)
 from mipflow.node.deid.pseudonyms import Pseudonymiser
 from mipflow.node.ingest.progress import Progress, estimate_rows
 from mipflow.node.ingest.validation import EXPECT_EXISTS
@@ -45,7 +45,6 @@ STAGES = ("capture", "depersonalise", "validate", "load")
 FAILED_STATUSES = ("failed", "held", "empty")
 EMPTY_FILE = "empty file (0 bytes): nothing to ingest; re-export it"
 NOT_WAITING = "not waiting for this stage"
-HEADER_ONLY = "header line only, no data rows: nothing to ingest; re-export it"
 
 
 def failure_message(result: dict[str, Any]) -> str | None:
