@@ -5,7 +5,8 @@ home (``mipflow node init``).  The capture DAG runs nightly (and on demand);
 each later stage is scheduled on the Asset the stage before it emits, and
 works through every batch waiting for it, so a failed run is caught up by
 the next one.  The four DAGs are created unpaused (``MIPFLOW_NODE_DAGS_PAUSED=1``
-creates them paused, together) and never catch up past schedules.
+creates them paused, together) and never catch up past schedules: the first
+nightly capture is the next 02:00, not the one before the DAG was created.
 
 A batch that ends failed, held or empty fails its task at once (no retry) with
 what to fix; the failure notifier records it in ``HOME/notifications.jsonl``.
@@ -14,7 +15,7 @@ it (imports happen inside tasks to keep parsing cheap).
 """
 from __future__ import annotations
 
-from airflow.sdk import DAG, Asset, task
+from airflow.sdk import DAG, Asset, CronTriggerTimetable, task
 
 from mipflow_airflow.dags import START, default_args, node_dags_paused, node_home, node_params
 
@@ -34,8 +35,8 @@ def _waiting(stage: str) -> list[str]:
 with DAG(
     dag_id="node_capture",
     description="Register new EHR exports from the landing folder; apply consent withdrawals",
-    schedule="0 2 * * *",
-    start_date=START,
+    # no start_date: the first scheduled run is the next 02:00, not the last one (no surprise run)
+    schedule=CronTriggerTimetable("0 2 * * *", timezone="UTC", run_immediately=False),
     catchup=False,
     is_paused_upon_creation=node_dags_paused(),
     max_active_runs=1,

@@ -97,6 +97,18 @@ def test_node_dags_are_created_unpaused_without_catch_up(dags):
         emitted = {o.uri for t in dags[before].tasks for o in t.outlets}
         assert len(emitted) == 1
         assert {a.uri for a in dags[after].timetable.asset_condition.objects} == emitted
+    # the first nightly capture is the next 02:00, never the one already past (no surprise run)
+    from datetime import datetime, timedelta, timezone
+
+    from airflow.serialization.serialized_objects import DagSerialization
+    from airflow.timetables.base import TimeRestriction
+
+    capture = DagSerialization.from_dict(DagSerialization.to_dict(dags["node_capture"]))
+    assert capture.start_date is None
+    now = datetime.now(timezone.utc)
+    first = capture.timetable.next_dagrun_info(
+        last_automated_data_interval=None, restriction=TimeRestriction(earliest=None, latest=None, catchup=False))
+    assert now < first.run_after <= now + timedelta(days=1) and (first.run_after.hour, first.run_after.minute) == (2, 0)
     # one switch pauses the four together
     assert node_dags_paused({}) is False
     assert node_dags_paused({"MIPFLOW_NODE_DAGS_PAUSED": "1"}) is True
