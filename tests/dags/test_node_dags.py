@@ -166,10 +166,20 @@ def test_broken_files_turn_the_runs_red_with_what_to_fix(dags, tmp_path, db_url)
     refs = {name: file_ref(landing_path_key(home.key(), home.landing_dir, landing / name, kind=EHR_KIND))
             for name in ("held.csv", "semicolon.csv", "columns.csv", "header_only.csv", "zero.csv")}
 
-    states = {dag_id: str(dags[dag_id].test(run_conf={"node_home": str(home.root)}).state) for dag_id in CHAIN}
+    runs = {dag_id: dags[dag_id].test(run_conf={"node_home": str(home.root)}) for dag_id in CHAIN}
+    states = {dag_id: str(run.state) for dag_id, run in runs.items()}
     assert "failed" in states["node_capture"]  # the 0-byte file
     assert "failed" in states["node_depersonalise"]  # delimiter, columns, header only
     assert "failed" in states["node_validate"]  # the held batch
+    # the good batch went on: each red run still emitted its Asset event for the next stage
+    import sqlalchemy as sa
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        for dag_id in ("node_capture", "node_depersonalise"):
+            assert session.scalar(sa.select(sa.func.count()).select_from(AssetEvent).where(
+                AssetEvent.source_dag_id == dag_id, AssetEvent.source_run_id == runs[dag_id].run_id)) == 1, dag_id
 
     records = notifications(home)
     by_task: dict[str, list[str]] = {}

@@ -34,7 +34,6 @@ from mipflow.node.ingest.pipeline import (HEADER_ONLY, ROW_COLUMN, BatchCounts, 
                               decide_status, apply_withdrawals, batch_id_for, merge_summaries)
 from mipflow.node.deid.pseudonyms import Pseudonymiser
 from mipflow.node.ingest.progress import Progress, estimate_rows
-from mipflow.node.ingest.validation import EXPECT_EXISTS
 from mipflow.node.store.feature_store import FeatureStore, open_store, utcnow
 from mipflow.node.store.tables import batches_table, quarantine_table
 
@@ -247,10 +246,6 @@ def validate(home: NodeHome, batch_id: str) -> dict[str, Any]:
             out.write_text("")
         counts.loaded = ready_rows  # provisional: what the load stage will load
         status, message = decide_status(counts, home.settings)
-        missing = sorted({e["column"] for s in summaries for e in s.get("expectations", [])
-                          if e.get("expectation") == EXPECT_EXISTS and not e.get("success", True)})
-        if status == "held" and missing:
-            message += f"; required column(s) missing: {', '.join(missing)}"
         if status == "held":
             counts.quarantined += ready_rows
             counts.loaded = 0
