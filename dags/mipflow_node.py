@@ -6,7 +6,9 @@ each later stage is scheduled on the Asset the stage before it emits, and
 works through every batch waiting for it, so a failed run is caught up by
 the next one.  The four DAGs are created unpaused (``MIPFLOW_NODE_DAGS_PAUSED=1``
 creates them paused, together) and never catch up past schedules: the first
-nightly capture is the next 02:00, not the one before the DAG was created.
+nightly capture is the next 02:00, not the one before the DAG was created.  The
+later stages also run daily at 04:00, so a batch whose Asset event came while
+its stage was paused is picked up then.
 
 A batch that ends failed, held or empty fails its task at once (no retry) with
 what to fix; the failure notifier records it in ``HOME/notifications.jsonl``.
@@ -15,9 +17,9 @@ it (imports happen inside tasks to keep parsing cheap).
 """
 from __future__ import annotations
 
-from airflow.sdk import DAG, Asset, CronTriggerTimetable, task
+from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, task
 
-from mipflow_airflow.dags import START, default_args, node_dags_paused, node_home, node_params
+from mipflow_airflow.dags import default_args, node_dags_paused, node_home, node_params
 
 CAPTURED = Asset(name="mipflow_node_captured", uri="mipflow://node/captured")
 DEPERSONALISED = Asset(name="mipflow_node_depersonalised", uri="mipflow://node/depersonalised")
@@ -69,6 +71,10 @@ with DAG(
 
     landing_problems(capture_landing())
 
+#: Each later stage also runs daily at 04:00 (after the nightly chain) to pick up batches whose Asset event
+#: it missed while paused; no start_date, so neither creating nor unpausing it fires a past run.
+CATCH_UP = CronTriggerTimetable("0 4 * * *", timezone="UTC", run_immediately=False)
+
 
 #: (dag_id, description, triggering Asset, stage the batches wait after, stage function, emitted Asset)
 STAGES = (
@@ -84,8 +90,8 @@ for _dag_id, _description, _trigger, _after, _stage, _outlet in STAGES:
     with DAG(
         dag_id=_dag_id,
         description=_description,
-        schedule=[_trigger],
-        start_date=START,
+        # the Asset event, or the daily catch-up run (an event that came while the DAG was paused is lost)
+        schedule=AssetOrTimeSchedule(assets=[_trigger], timetable=CATCH_UP),
         catchup=False,
         is_paused_upon_creation=node_dags_paused(),
         max_active_runs=1,

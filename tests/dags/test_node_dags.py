@@ -103,12 +103,15 @@ def test_node_dags_are_created_unpaused_without_catch_up(dags):
     from airflow.serialization.serialized_objects import DagSerialization
     from airflow.timetables.base import TimeRestriction
 
-    capture = DagSerialization.from_dict(DagSerialization.to_dict(dags["node_capture"]))
-    assert capture.start_date is None
-    now = datetime.now(timezone.utc)
-    first = capture.timetable.next_dagrun_info(
-        last_automated_data_interval=None, restriction=TimeRestriction(earliest=None, latest=None, catchup=False))
-    assert now < first.run_after <= now + timedelta(days=1) and (first.run_after.hour, first.run_after.minute) == (2, 0)
+    # and the later stages' daily catch-up run (for Asset events missed while paused) is the next 04:00
+    for dag_id, hour in zip(CHAIN, (2, 4, 4, 4)):
+        dag = DagSerialization.from_dict(DagSerialization.to_dict(dags[dag_id]))
+        assert dag.start_date is None, dag_id
+        now = datetime.now(timezone.utc)
+        first = dag.timetable.next_dagrun_info(
+            last_automated_data_interval=None, restriction=TimeRestriction(earliest=None, latest=None, catchup=False))
+        assert now < first.run_after <= now + timedelta(days=1), dag_id
+        assert (first.run_after.hour, first.run_after.minute) == (hour, 0), dag_id
     # one switch pauses the four together
     assert node_dags_paused({}) is False
     assert node_dags_paused({"MIPFLOW_NODE_DAGS_PAUSED": "1"}) is True
