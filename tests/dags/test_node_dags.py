@@ -166,13 +166,16 @@ def test_broken_files_turn_the_runs_red_with_what_to_fix(dags, tmp_path, db_url)
     good.drop(columns=["pat_nr", "geburtsdatum", "plz"]).to_csv(landing / "columns.csv", index=False)
     good.head(0).to_csv(landing / "header_only.csv", index=False)
     (landing / "zero.csv").write_bytes(b"")
+    latin = good.copy()
+    latin["nachname"] = "Müller"
+    latin.to_csv(landing / "latin1.csv", index=False, encoding="latin-1")
     refs = {name: file_ref(landing_path_key(home.key(), home.landing_dir, landing / name, kind=EHR_KIND))
-            for name in ("held.csv", "semicolon.csv", "columns.csv", "header_only.csv", "zero.csv")}
+            for name in ("held.csv", "semicolon.csv", "columns.csv", "header_only.csv", "zero.csv", "latin1.csv")}
 
     runs = {dag_id: dags[dag_id].test(run_conf={"node_home": str(home.root)}) for dag_id in CHAIN}
     states = {dag_id: str(run.state) for dag_id, run in runs.items()}
     assert "failed" in states["node_capture"]  # the 0-byte file
-    assert "failed" in states["node_depersonalise"]  # delimiter, columns, header only
+    assert "failed" in states["node_depersonalise"]  # delimiter, columns, header only, encoding
     assert "failed" in states["node_validate"]  # the held batch
     # the good batch went on: each red run still emitted its Asset event for the next stage
     import sqlalchemy as sa
@@ -194,7 +197,9 @@ def test_broken_files_turn_the_runs_red_with_what_to_fix(dags, tmp_path, db_url)
     (empty,) = by_task["node_capture.landing_problems"]
     assert f"file {refs['zero.csv']}: empty file" in empty
     messages = "\n".join(by_task["node_depersonalise.depersonalise_batch"])
-    assert len(by_task["node_depersonalise.depersonalise_batch"]) == 3
+    assert len(by_task["node_depersonalise.depersonalise_batch"]) == 4
+    latin_message = next(m for m in by_task["node_depersonalise.depersonalise_batch"] if refs["latin1.csv"] in m)
+    assert "not valid utf-8 text" in latin_message and "'encoding' in the source profile" in latin_message
     semicolon = next(m for m in by_task["node_depersonalise.depersonalise_batch"] if refs["semicolon.csv"] in m)
     assert "looks ';'-delimited" in semicolon and "reads ','" in semicolon
     columns = next(m for m in by_task["node_depersonalise.depersonalise_batch"] if refs["columns.csv"] in m)
@@ -207,14 +212,14 @@ def test_broken_files_turn_the_runs_red_with_what_to_fix(dags, tmp_path, db_url)
     # no row data in the notifications: no patient number, name or birth date of the exports
     text = json.dumps(records)
     values = {str(v) for column in ("nachname", "vorname", "geburtsdatum", "versichertennummer")
-              for frame in (held, good) for v in frame[column]}
+              for frame in (held, good, latin) for v in frame[column]}
     assert [v for v in values if len(v) >= 4 and v in text] == []
 
     # the batches tell the same story, and their rows still add up
     batches = {b["source"].split("/")[1]: b for b in open_store(home).batches()}
     status = {name: batches[f"{ref}"]["status"] for name, ref in refs.items()}
     assert status == {"held.csv": "held", "semicolon.csv": "failed", "columns.csv": "failed",
-                      "header_only.csv": "empty", "zero.csv": "empty"}
+                      "header_only.csv": "empty", "zero.csv": "empty", "latin1.csv": "failed"}
     for batch in batches.values():
         assert batch["rows_in"] == batch["loaded"] + batch["quarantined"] + batch["no_consent"] + batch["duplicates"]
     assert batches[refs["held.csv"]]["rows_in"] == len(held) and batches[refs["held.csv"]]["loaded"] == 0
