@@ -106,9 +106,13 @@ for _dag_id, _description, _trigger, _after, _stage, _outlet in STAGES:
             """Every batch that finished the previous stage (catches up after failed runs)."""
             return _waiting(after)
 
-        @task(task_id=f"{_stage}_batch", max_active_tis_per_dag=2)
+        @task(task_id=f"{_stage}_batch", max_active_tis_per_dag=2, map_index_template="{{ batch_id }}")
         def run_stage(batch_id: str, stage: str) -> dict:
+            from airflow.sdk import get_current_context
+
             from mipflow.node.ingest import stages
+
+            get_current_context()["batch_id"] = batch_id  # the mapped task is labelled by its batch, not 0..n
 
             from airflow.sdk.exceptions import AirflowFailException
 

@@ -217,6 +217,13 @@ def test_broken_files_turn_the_runs_red_with_what_to_fix(dags, tmp_path, db_url)
 
     # the batches tell the same story, and their rows still add up
     batches = {b["source"].split("/")[1]: b for b in open_store(home).batches()}
+    from airflow.models.taskinstance import TaskInstance
+
+    with create_session() as session:  # mapped tasks are labelled by batch, not 0..n
+        labels = set(session.scalars(sa.select(TaskInstance.rendered_map_index).where(
+            TaskInstance.dag_id == "node_depersonalise", TaskInstance.run_id == runs["node_depersonalise"].run_id,
+            TaskInstance.task_id == "depersonalise_batch")))
+    assert labels == {b["batch_id"] for ref, b in batches.items() if ref != refs["zero.csv"]}  # 0 bytes: not mapped
     status = {name: batches[f"{ref}"]["status"] for name, ref in refs.items()}
     assert status == {"held.csv": "held", "semicolon.csv": "failed", "columns.csv": "failed",
                       "header_only.csv": "empty", "zero.csv": "empty", "latin1.csv": "failed"}
