@@ -4,14 +4,22 @@ Each node runs its own Airflow with ``MIPFLOW_NODE_HOME`` pointing at its node
 home (``mipflow node init``).  The capture DAG runs nightly (and on demand);
 each later stage is scheduled on the Asset the stage before it emits, and
 works through every batch waiting for it, so a failed run is caught up by
-the next one.  The logic lives in :mod:`mipflow.node.ingest.stages`; the tasks only call
+the next one.  The four DAGs are created unpaused (``MIPFLOW_NODE_DAGS_PAUSED=1``
+creates them paused, together) and never catch up past schedules: the first
+nightly capture is the next 02:00, not the one before the DAG was created.  The
+later stages also run daily at 04:00, so a batch whose Asset event came while
+its stage was paused is picked up then.
+
+A batch that ends failed, held or empty fails its task at once (no retry) with
+what to fix; the failure notifier records it in ``HOME/notifications.jsonl``.
+The stage's report still runs and passes the other batches on.  The logic lives in :mod:`mipflow.node.ingest.stages`; the tasks only call
 it (imports happen inside tasks to keep parsing cheap).
 """
 from __future__ import annotations
 
-from airflow.sdk import DAG, Asset, task
+from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, task
 
-from mipflow_airflow.dags import START, default_args, node_home, node_params
+from mipflow_airflow.dags import default_args, node_dags_paused, node_home, node_params
 
 CAPTURED = Asset(name="mipflow_node_captured", uri="mipflow://node/captured")
 DEPERSONALISED = Asset(name="mipflow_node_depersonalised", uri="mipflow://node/depersonalised")
@@ -29,9 +37,10 @@ def _waiting(stage: str) -> list[str]:
 with DAG(
     dag_id="node_capture",
     description="Register new EHR exports from the landing folder; apply consent withdrawals",
-    schedule="0 2 * * *",
-    start_date=START,
+    # no start_date: the first scheduled run is the next 02:00, not the last one (no surprise run)
+    schedule=CronTriggerTimetable("0 2 * * *", timezone="UTC", run_immediately=False),
     catchup=False,
+    is_paused_upon_creation=node_dags_paused(),
     max_active_runs=1,
     params=node_params(),
     default_args=default_args(),
@@ -40,7 +49,7 @@ with DAG(
 ):
 
     @task(outlets=[CAPTURED])
-    def capture_landing(*, outlet_events=None) -> list[str]:
+    def capture_landing(*, outlet_events=None) -> dict:
         """Scan landing/, register new files by SHA-256 and keyed path hash, delete withdrawn patients' rows."""
         from mipflow.node.ingest.stages import capture
 
@@ -50,9 +59,21 @@ with DAG(
         print(f"captured {len(summary['captured'])} batch(es); "
               f"{summary['withdrawn_rows_deleted']} row(s) deleted for withdrawn consent")
         outlet_events[CAPTURED].extra = {"batches": summary["captured"]}
-        return summary["captured"]
+        return {"captured": summary["captured"], "problems": summary["problems"]}
 
-    capture_landing()
+    @task
+    def landing_problems(summary: dict) -> None:
+        """Fail (no retry) on an empty file or a file no profile or data model fits."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        if summary["problems"]:
+            raise AirflowFailException("; ".join(summary["problems"]))
+
+    landing_problems(capture_landing())
+
+#: Each later stage also runs daily at 04:00 (after the nightly chain) to pick up batches whose Asset event
+#: it missed while paused; no start_date, so neither creating nor unpausing it fires a past run.
+CATCH_UP = CronTriggerTimetable("0 4 * * *", timezone="UTC", run_immediately=False)
 
 
 #: (dag_id, description, triggering Asset, stage the batches wait after, stage function, emitted Asset)
@@ -69,9 +90,10 @@ for _dag_id, _description, _trigger, _after, _stage, _outlet in STAGES:
     with DAG(
         dag_id=_dag_id,
         description=_description,
-        schedule=[_trigger],
-        start_date=START,
+        # the Asset event, or the daily catch-up run (an event that came while the DAG was paused is lost)
+        schedule=AssetOrTimeSchedule(assets=[_trigger], timetable=CATCH_UP),
         catchup=False,
+        is_paused_upon_creation=node_dags_paused(),
         max_active_runs=1,
         params=node_params(),
         default_args=default_args(),
@@ -84,13 +106,26 @@ for _dag_id, _description, _trigger, _after, _stage, _outlet in STAGES:
             """Every batch that finished the previous stage (catches up after failed runs)."""
             return _waiting(after)
 
-        @task(task_id=f"{_stage}_batch", max_active_tis_per_dag=2)
+        @task(task_id=f"{_stage}_batch", max_active_tis_per_dag=2, map_index_template="{{ batch_id }}")
         def run_stage(batch_id: str, stage: str) -> dict:
+            from airflow.sdk import get_current_context
+
             from mipflow.node.ingest import stages
+
+            get_current_context()["batch_id"] = batch_id  # the mapped task is labelled by its batch, not 0..n
+
+            from airflow.sdk.exceptions import AirflowFailException
 
             result = getattr(stages, stage)(node_home(), batch_id)
             print(f"{batch_id}: {result.get('equation', result)}")
+            problem = stages.failure_message(result)
+            if problem:  # a failed, held or empty batch is red; a retry cannot fix the file
+                raise AirflowFailException(problem)
             return result
+
+        @task(task_id="all_batches_passed")
+        def all_batches_passed() -> None:
+            """Leaf task: upstream-failed when a batch failed, so the run is red too (the report still runs)."""
 
         @task(task_id="report", outlets=[_outlet], trigger_rule="all_done")
         def report(batches: list[str], outlet: Asset, *, outlet_events=None) -> dict:
@@ -107,4 +142,6 @@ for _dag_id, _description, _trigger, _after, _stage, _outlet in STAGES:
             return {"datasets": status["datasets"]}
 
         _batches = waiting_batches(_after)
-        run_stage.partial(stage=_stage).expand(batch_id=_batches) >> report(_batches, _outlet)
+        _runs = run_stage.partial(stage=_stage).expand(batch_id=_batches)
+        _runs >> report(_batches, _outlet)
+        _runs >> all_batches_passed()

@@ -12,6 +12,7 @@ Operations settings are environment variables read when a DAG file is parsed
     MIPFLOW_TASK_TIMEOUT_MINUTES      execution_timeout of every task (default: none)
     MIPFLOW_POOLS                     1: central tasks that call nodes run in the pool below (default 0)
     MIPFLOW_POOL                      that pool's name (default ``mipflow_federation``)
+    MIPFLOW_NODE_DAGS_PAUSED          1: the node DAGs are created paused (default 0: the chain runs by itself)
 
 Airflow Variables are not read at parse time (that is a database call on every
 parse); Airflow's own ``AIRFLOW_VAR_*`` variables are environment variables too,
@@ -63,6 +64,15 @@ def default_args(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         args["execution_timeout"] = timedelta(
             minutes=number("MIPFLOW_TASK_TIMEOUT_MINUTES", timeout, float, environ, minimum=0.01))
     return args
+
+
+def node_dags_paused(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether the node DAGs are created paused (``MIPFLOW_NODE_DAGS_PAUSED``, default no).
+
+    One switch for the whole chain: an Asset event reaches only unpaused DAGs
+    (a paused stage never sees it), so the four DAGs are paused or not together.
+    """
+    return setting("MIPFLOW_NODE_DAGS_PAUSED", "0", environ).lower() in ("1", "true", "yes", "on")
 
 
 def node_params() -> dict[str, Param]:

@@ -1,6 +1,7 @@
 """The node DAG chain run through Airflow (dag.test) on SQLite and PostgreSQL feature stores."""
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 
@@ -79,3 +80,153 @@ def test_node_chain_through_airflow(dags, tmp_path, db_url, caplog, capfd):
     counts = summary["files"][0]["counts"]
     assert (counts["loaded"], counts["quarantined"], counts["no_consent"], counts["duplicates"]) == (
         batch["loaded"], batch["quarantined"], batch["no_consent"], batch["duplicates"])
+
+
+# --------------------------------------------------------------------------
+# the chain runs by itself (issue 15, item 5)
+# --------------------------------------------------------------------------
+
+def test_node_dags_are_created_unpaused_without_catch_up(dags):
+    from mipflow_airflow.dags import node_dags_paused
+
+    for dag_id in CHAIN:
+        assert dags[dag_id].is_paused_upon_creation is False, dag_id
+        assert dags[dag_id].catchup is False, dag_id
+    # each stage is scheduled on the Asset the stage before it emits
+    for before, after in zip(CHAIN, CHAIN[1:]):
+        emitted = {o.uri for t in dags[before].tasks for o in t.outlets}
+        assert len(emitted) == 1
+        assert {a.uri for a in dags[after].timetable.asset_condition.objects} == emitted
+    # the first nightly capture is the next 02:00, never the one already past (no surprise run)
+    from datetime import datetime, timedelta, timezone
+
+    from airflow.serialization.serialized_objects import DagSerialization
+    from airflow.timetables.base import TimeRestriction
+
+    # and the later stages' daily catch-up run (for Asset events missed while paused) is the next 04:00
+    for dag_id, hour in zip(CHAIN, (2, 4, 4, 4)):
+        dag = DagSerialization.from_dict(DagSerialization.to_dict(dags[dag_id]))
+        assert dag.start_date is None, dag_id
+        now = datetime.now(timezone.utc)
+        first = dag.timetable.next_dagrun_info(
+            last_automated_data_interval=None, restriction=TimeRestriction(earliest=None, latest=None, catchup=False))
+        assert now < first.run_after <= now + timedelta(days=1), dag_id
+        assert (first.run_after.hour, first.run_after.minute) == (hour, 0), dag_id
+    # one switch pauses the four together
+    assert node_dags_paused({}) is False
+    assert node_dags_paused({"MIPFLOW_NODE_DAGS_PAUSED": "1"}) is True
+
+
+def test_a_capture_run_queues_the_next_stage_by_itself(dags, tmp_path):
+    """After a capture run, the metadata DB has the DAGs unpaused and depersonalise queued by the Asset event."""
+    import sqlalchemy as sa
+    from airflow.models.asset import AssetDagRunQueue
+    from airflow.models.dag import DagModel
+    from airflow.utils.session import create_session
+
+    home = make_node_home(tmp_path)
+    write_export(home.landing_dir / "hospital_b" / "export1.csv", generate_export("hospital_b", 20, seed=4))
+    run = dags["node_capture"].test(run_conf={"node_home": str(home.root)})
+    assert "success" in str(run.state)
+    with create_session() as session:
+        paused = dict(session.execute(sa.select(DagModel.dag_id, DagModel.is_paused)
+                                      .where(DagModel.dag_id.in_(CHAIN))).all())
+        queued = set(session.scalars(sa.select(AssetDagRunQueue.target_dag_id)))
+    assert paused == {dag_id: False for dag_id in CHAIN}
+    assert "node_depersonalise" in queued
+
+
+# --------------------------------------------------------------------------
+# failure is red (issue 15, item 6)
+# --------------------------------------------------------------------------
+
+def make_node_home(tmp_path, db_url: str = "") -> NodeHome:
+    home = NodeHome.init(tmp_path / "hospital_b", "hospital_b", db_url)
+    home.set_setting("settle_seconds", "0")
+    ops.add_data_model(home, REPO_ROOT / "include" / "schemas" / "stroke_v_0_1" / "CDEsMetadata.json")
+    shutil.copyfile(REPO_ROOT / "include" / "schemas" / "profiles" / "hospital_b.json",
+                    home.profiles_dir / "hospital_b.json")
+    return home
+
+
+def notifications(home: NodeHome) -> list[dict]:
+    path = home.root / "notifications.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def test_broken_files_turn_the_runs_red_with_what_to_fix(dags, tmp_path, db_url):
+    home = make_node_home(tmp_path, db_url)
+    home.set_setting("max_failure_rate", "0.05")
+    landing = home.landing_dir / "hospital_b"
+    landing.mkdir(parents=True)
+    held = generate_export("hospital_b", 40, seed=11, bad_rows=10)  # 20 % of rows fail: held
+    write_export(landing / "held.csv", held)
+    good = generate_export("hospital_b", 30, seed=12, start_mrn=900)
+    good.to_csv(landing / "semicolon.csv", sep=";", index=False)
+    good.drop(columns=["pat_nr", "geburtsdatum", "plz"]).to_csv(landing / "columns.csv", index=False)
+    good.head(0).to_csv(landing / "header_only.csv", index=False)
+    (landing / "zero.csv").write_bytes(b"")
+    latin = good.copy()
+    latin["nachname"] = "Müller"
+    latin.to_csv(landing / "latin1.csv", index=False, encoding="latin-1")
+    refs = {name: file_ref(landing_path_key(home.key(), home.landing_dir, landing / name, kind=EHR_KIND))
+            for name in ("held.csv", "semicolon.csv", "columns.csv", "header_only.csv", "zero.csv", "latin1.csv")}
+
+    runs = {dag_id: dags[dag_id].test(run_conf={"node_home": str(home.root)}) for dag_id in CHAIN}
+    states = {dag_id: str(run.state) for dag_id, run in runs.items()}
+    assert "failed" in states["node_capture"]  # the 0-byte file
+    assert "failed" in states["node_depersonalise"]  # delimiter, columns, header only, encoding
+    assert "failed" in states["node_validate"]  # the held batch
+    # the good batch went on: each red run still emitted its Asset event for the next stage
+    import sqlalchemy as sa
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        for dag_id in ("node_capture", "node_depersonalise"):
+            assert session.scalar(sa.select(sa.func.count()).select_from(AssetEvent).where(
+                AssetEvent.source_dag_id == dag_id, AssetEvent.source_run_id == runs[dag_id].run_id)) == 1, dag_id
+
+    records = notifications(home)
+    by_task: dict[str, list[str]] = {}
+    for record in records:
+        assert record["exception"] == "AirflowFailException"
+        by_task.setdefault(f"{record['dag_id']}.{record['task_id']}", []).append(record["message"])
+    assert set(by_task) == {"node_capture.landing_problems", "node_depersonalise.depersonalise_batch",
+                            "node_validate.validate_batch"}
+    (empty,) = by_task["node_capture.landing_problems"]
+    assert f"file {refs['zero.csv']}: empty file" in empty
+    messages = "\n".join(by_task["node_depersonalise.depersonalise_batch"])
+    assert len(by_task["node_depersonalise.depersonalise_batch"]) == 4
+    latin_message = next(m for m in by_task["node_depersonalise.depersonalise_batch"] if refs["latin1.csv"] in m)
+    assert "not valid utf-8 text" in latin_message and "'encoding' in the source profile" in latin_message
+    semicolon = next(m for m in by_task["node_depersonalise.depersonalise_batch"] if refs["semicolon.csv"] in m)
+    assert "looks ';'-delimited" in semicolon and "reads ','" in semicolon
+    columns = next(m for m in by_task["node_depersonalise.depersonalise_batch"] if refs["columns.csv"] in m)
+    for column in ("'pat_nr'", "'geburtsdatum'", "'plz'"):  # every missing column, not only the first
+        assert column in columns
+    assert "delimited" not in columns
+    assert f"file {refs['header_only.csv']}: header line only" in messages
+    (held_message,) = by_task["node_validate.validate_batch"]
+    assert "held" in held_message and "max_failure_rate" in held_message
+    # no row data in the notifications: no patient number, name or birth date of the exports
+    text = json.dumps(records)
+    values = {str(v) for column in ("nachname", "vorname", "geburtsdatum", "versichertennummer")
+              for frame in (held, good, latin) for v in frame[column]}
+    assert [v for v in values if len(v) >= 4 and v in text] == []
+
+    # the batches tell the same story, and their rows still add up
+    batches = {b["source"].split("/")[1]: b for b in open_store(home).batches()}
+    from airflow.models.taskinstance import TaskInstance
+
+    with create_session() as session:  # mapped tasks are labelled by batch, not 0..n
+        labels = set(session.scalars(sa.select(TaskInstance.rendered_map_index).where(
+            TaskInstance.dag_id == "node_depersonalise", TaskInstance.run_id == runs["node_depersonalise"].run_id,
+            TaskInstance.task_id == "depersonalise_batch")))
+    assert labels == {b["batch_id"] for ref, b in batches.items() if ref != refs["zero.csv"]}  # 0 bytes: not mapped
+    status = {name: batches[f"{ref}"]["status"] for name, ref in refs.items()}
+    assert status == {"held.csv": "held", "semicolon.csv": "failed", "columns.csv": "failed",
+                      "header_only.csv": "empty", "zero.csv": "empty", "latin1.csv": "failed"}
+    for batch in batches.values():
+        assert batch["rows_in"] == batch["loaded"] + batch["quarantined"] + batch["no_consent"] + batch["duplicates"]
+    assert batches[refs["held.csv"]]["rows_in"] == len(held) and batches[refs["held.csv"]]["loaded"] == 0

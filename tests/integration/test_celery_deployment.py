@@ -256,9 +256,12 @@ def deployment(tmp_path_factory):
             for dag_id in (ANALYSIS_DAG, *CHAIN):
                 _wait(f"{dag_id} to be parsed", lambda: client.get(f"/api/v2/dags/{dag_id}").status_code == 200,
                       120, server)
-                client.patch(f"/api/v2/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
-        # node_capture, unpaused last, now runs once for its latest nightly interval (catchup off) and
-        # the later stages follow on their Assets, while the analysis test runs
+            client.patch(f"/api/v2/dags/{ANALYSIS_DAG}", json={"is_paused": False}).raise_for_status()
+            # the node DAGs are created unpaused; no past nightly run fires: node_capture is triggered
+            assert {d: client.get(f"/api/v2/dags/{d}").json()["is_paused"] for d in CHAIN} == dict.fromkeys(
+                CHAIN, False)
+            client.post("/api/v2/dags/node_capture/dagRuns", json={"logical_date": None}).raise_for_status()
+        # the later stages follow node_capture on their Assets, while the analysis test runs
         yield {"server": server, "homes": homes, "central": root / "central", "ingest_home": ingest_home,
                "exported": exported, "metadata_url": metadata_url, "redis": redis_client, "af_home": af_home}
 
@@ -306,7 +309,7 @@ def _chain_runs(deployment) -> dict:
     """The node ingestion chain's runs, once node_load has run (or a stage failed)."""
     server = deployment["server"]
 
-    # node_capture was unpaused by the fixture; each later stage runs on its predecessor's Asset
+    # node_capture was triggered by the fixture; each later stage runs on its predecessor's Asset
     def chain_runs() -> dict | None:
         with server.client() as client:
             runs = {dag_id: client.get(f"/api/v2/dags/{dag_id}/dagRuns").json()["dag_runs"] for dag_id in CHAIN}
@@ -355,7 +358,7 @@ def test_node_ingestion_chain_through_celery_accounts_for_every_row(deployment):
     runs = _chain_runs(deployment)
     assert {dag_id: [r["state"] for r in rs] for dag_id, rs in runs.items()} == \
         {dag_id: ["success"] for dag_id in CHAIN}, server.tail()
-    assert runs["node_capture"][0]["run_type"] == "scheduled"
+    assert runs["node_capture"][0]["run_type"] == "manual"  # one run: no surprise nightly run
     assert {runs[dag_id][0]["run_type"] for dag_id in CHAIN[1:]} == {"asset_triggered"}
 
     store = open_store(home)

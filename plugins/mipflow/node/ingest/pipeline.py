@@ -125,7 +125,7 @@ class ChunkProcessor:
         except OSError as exc:  # the exception's message would name the file
             raise InputFileError(f"{label}: cannot be read ({type(exc).__name__})") from None
         n_fields = len(header.columns)
-        self._check_columns(label, raw_header)
+        self._check_columns(label, raw_header, path)
         def on_bad(fields: list[str]) -> None:
             bad_lines.append((-1, f"malformed CSV line: {len(fields)} fields where the header has {n_fields}"))
             return None
@@ -154,7 +154,7 @@ class ChunkProcessor:
             raise InputFileError(f"{label}: cannot be read ({type(exc).__name__})") from None
         counts.rows_in += len(bad_lines)
 
-    def _check_columns(self, label: str, columns: list[str]) -> None:
+    def _check_columns(self, label: str, columns: list[str], path: Path | None = None) -> None:
         if len(set(columns)) != len(columns):
             raise InputFileError(f"{label}: the header repeats a column name")
         problems = self.profile.deid.check_columns(columns)
@@ -171,6 +171,11 @@ class ChunkProcessor:
         if self.profile.visit_column and self.profile.visit_column not in columns:
             problems.append(f"visit column {self.profile.visit_column!r} is missing")
         if problems:
+            detected = detect_delimiter(path, self.profile.encoding) if path is not None else None
+            if detected is not None and detected != self.profile.delimiter:  # the cause, said first
+                problems.insert(0, f"the header looks {detected!r}-delimited but the source profile reads "
+                                   f"{self.profile.delimiter!r} (so {len(problems)} column problem(s) below); "
+                                   "set 'delimiter' in the source profile or re-export the file")
             raise InputFileError(f"{label}: " + "; ".join(problems))
 
     # -- capture --------------------------------------------------------------
@@ -267,6 +272,29 @@ class ChunkProcessor:
                     "duplicate key (patient, dataset, visit) with different values; first occurrence kept",
                     _record(frame.iloc[i], drop=("_pid", "_visit"))) for i in conflict_rows]
         return frame.iloc[keep], entries, exact
+
+
+#: Why a header-only file is not ingested (the batch's status is ``empty``).
+HEADER_ONLY = "header line only, no data rows: nothing to ingest; re-export it"
+
+#: Delimiters :func:`detect_delimiter` recognises.
+DELIMITERS = (",", ";", "\t", "|")
+
+
+def detect_delimiter(path: Path, encoding: str) -> str | None:
+    """The delimiter the header line of a CSV file most likely uses, or ``None``.
+
+    Only the header line is read (column names, never row data): the
+    candidate of :data:`DELIMITERS` that occurs most often in it.
+    """
+    try:
+        with open(path, newline="", encoding=encoding) as handle:
+            line = handle.readline()
+    except (OSError, UnicodeDecodeError):
+        return None
+    counts = {d: line.count(d) for d in DELIMITERS}
+    best = max(counts, key=lambda d: counts[d])
+    return best if counts[best] else None
 
 
 def _raw_header(path: Path, profile: SourceProfile) -> list[str]:
@@ -422,7 +450,10 @@ def _ingest_pass(processor: ChunkProcessor, path: Path, name: _ManifestName, sto
             progress.finish()
         counts.quarantined += store.quarantine(conn, batch_id, "capture", [(n, r, None) for n, r in bad_lines])
         counts.loaded = ready_rows
-        status, message = decide_status(counts, processor.settings)
+        if counts.rows_in == 0:  # a header-only file is empty, not "loaded, no consented rows"
+            status, message = "empty", f"{file_label(name.ref)}: {HEADER_ONLY}"
+        else:
+            status, message = decide_status(counts, processor.settings)
         if status == "held":
             if load:
                 raise _Held()

@@ -30,8 +30,8 @@ from mipflow.exceptions import InputFileError, MipflowError
 from mipflow.node.files import EHR_KIND, file_label, file_ref
 from mipflow.node.ingest.capture import landing_index, landing_sources, resolve_consent
 from mipflow.node.ingest.profile import resolve_model, resolve_profile
-from mipflow.node.ingest.pipeline import (ROW_COLUMN, BatchCounts, ChunkProcessor, MalformedCSV, decide_status,
-                              apply_withdrawals, batch_id_for, merge_summaries)
+from mipflow.node.ingest.pipeline import (HEADER_ONLY, ROW_COLUMN, BatchCounts, ChunkProcessor, MalformedCSV,
+                              decide_status, apply_withdrawals, batch_id_for, merge_summaries)
 from mipflow.node.deid.pseudonyms import Pseudonymiser
 from mipflow.node.ingest.progress import Progress, estimate_rows
 from mipflow.node.store.feature_store import FeatureStore, open_store, utcnow
@@ -40,6 +40,21 @@ from mipflow.node.store.tables import batches_table, quarantine_table
 log = logging.getLogger(__name__)
 
 STAGES = ("capture", "depersonalise", "validate", "load")
+#: Batch statuses that end a batch without loading it: the DAG task that reaches one fails.
+FAILED_STATUSES = ("failed", "held", "empty")
+EMPTY_FILE = "empty file (0 bytes): nothing to ingest; re-export it"
+NOT_WAITING = "not waiting for this stage"
+
+
+def failure_message(result: dict[str, Any]) -> str | None:
+    """What to fix when a stage left a batch failed, held or empty (``None`` otherwise).
+
+    The message names the batch and repeats the stage's reason (which names
+    the file by reference only and carries no row data).
+    """
+    if result.get("status") not in FAILED_STATUSES or result.get("message") == NOT_WAITING:
+        return None  # a batch another run already finished is not this run's failure
+    return f"batch {result.get('batch_id')} {result['status']}: {result.get('message') or 'no reason recorded'}"
 
 
 def _processor(home: NodeHome, store: FeatureStore, batch: dict[str, Any]) -> ChunkProcessor:
@@ -82,7 +97,7 @@ def capture(home: NodeHome) -> dict[str, Any]:
     store = open_store(home)
     registry = resolve_consent(home, None)
     deleted = apply_withdrawals(store, registry, home.key())
-    batches, skipped = [], []
+    batches, skipped, problems = [], [], []
     for item in landing_sources(home, store):
         if item["status"] == "skipped":
             skipped.append({"file": item["file"], "reason": item["reason"]})
@@ -95,6 +110,7 @@ def capture(home: NodeHome) -> dict[str, Any]:
             model = resolve_model(home, store, None, profile)
         except MipflowError as exc:
             skipped.append({"file": item["file"], "reason": str(exc)})
+            problems.append(f"{file_label(item['file'])}: {exc}")
             continue
         batch_id = batch_id_for(item["sha256"], model.key)
         with store.begin() as conn:
@@ -103,10 +119,12 @@ def capture(home: NodeHome) -> dict[str, Any]:
             store.start_batch(conn, batch_id=batch_id, data_model=model.key, source=source_name,
                               sha256=item["sha256"])
             if item["status"] == "empty":
-                store.update_batch(conn, batch_id, status="empty", message="empty file: nothing to ingest",
-                                   finished_at=utcnow())
+                message = f"{file_label(item['file'])}: {EMPTY_FILE}"
+                store.update_batch(conn, batch_id, status="empty", message=message, finished_at=utcnow())
+                problems.append(message)
         batches.append(batch_id)
-    return {"node": home.name, "captured": batches, "skipped": skipped, "withdrawn_rows_deleted": deleted}
+    return {"node": home.name, "captured": batches, "skipped": skipped, "problems": problems,
+            "withdrawn_rows_deleted": deleted}
 
 
 def _landing_path(home: NodeHome, store: FeatureStore, batch: dict[str, Any]) -> tuple[Path | None, str]:
@@ -124,7 +142,7 @@ def depersonalise(home: NodeHome, batch_id: str) -> dict[str, Any]:
     store = open_store(home)
     batch = store.batch(batch_id)
     if batch["stage"] != "capture" or batch["status"] != "running":
-        return {"batch_id": batch_id, "status": batch["status"], "message": "not waiting for this stage"}
+        return {"batch_id": batch_id, "status": batch["status"], "message": NOT_WAITING}
     path, label = _landing_path(home, store, batch)
     try:
         unchanged = path is not None and path.is_file() and sha256_file(path) == batch["sha256"]
@@ -166,6 +184,11 @@ def _depersonalise_pass(home: NodeHome, store: FeatureStore, processor: ChunkPro
             if header:  # no rows at all: still leave a header-less marker
                 out.write_text("")
             counts.quarantined += store.quarantine(conn, batch_id, "capture", [(n, r, None) for n, r in bad_lines])
+            if counts.rows_in == 0:  # a header-only file is empty, not "loaded, no consented rows"
+                message = f"{label}: {HEADER_ONLY}"
+                store.update_batch(conn, batch_id, stage="depersonalise", status="empty", message=message,
+                                   finished_at=utcnow(), **asdict(counts))
+                return {"batch_id": batch_id, "status": "empty", "message": message, **asdict(counts)}
             store.update_batch(conn, batch_id, stage="depersonalise", **asdict(counts))
     except MalformedCSV:
         raise
@@ -199,7 +222,7 @@ def validate(home: NodeHome, batch_id: str) -> dict[str, Any]:
     store = open_store(home)
     batch = store.batch(batch_id)
     if batch["stage"] != "depersonalise" or batch["status"] != "running":
-        return {"batch_id": batch_id, "status": batch["status"], "message": "not waiting for this stage"}
+        return {"batch_id": batch_id, "status": batch["status"], "message": NOT_WAITING}
     processor = _processor(home, store, batch)
     counts = _counts(batch)
     staged = _staging(home, batch_id) / "depersonalised.csv"
@@ -248,7 +271,7 @@ def load(home: NodeHome, batch_id: str) -> dict[str, Any]:
     store = open_store(home)
     batch = store.batch(batch_id)
     if batch["stage"] != "validate" or batch["status"] != "running":
-        return {"batch_id": batch_id, "status": batch["status"], "message": "not waiting for this stage"}
+        return {"batch_id": batch_id, "status": batch["status"], "message": NOT_WAITING}
     model = store.data_model(batch["data_model"])
     counts = _counts(batch)
     staged = _staging(home, batch_id) / "validated.csv"

@@ -287,3 +287,38 @@ def test_raw_paths_of_an_older_store_are_rewritten_on_first_open(tmp_path, db_ur
     assert again["status"] == "skipped"
     assert_nameless(all_text(store), home, "the store")
     assert_nameless(logged(caplog), home, "the logs")
+
+
+# --------------------------------------------------------------------------
+# failed, held and empty batches: what the DAG tasks fail with
+# --------------------------------------------------------------------------
+
+def test_stages_report_empty_header_only_and_held_batches_as_failures(tmp_path, caplog):
+    home = make_home(tmp_path)
+    home.set_setting("max_failure_rate", "0.05")
+    folder = home.landing_dir / "hospital_a"
+    export = generate_export("hospital_a", 30, seed=8, bad_rows=6)
+    write_export(folder / "held.csv", export)
+    export.head(0).to_csv(folder / "header.csv", index=False)
+    (folder / "zero.csv").write_bytes(b"")
+    refs = {name: file_ref(ehr_key(home, folder / name)) for name in ("held.csv", "header.csv", "zero.csv")}
+
+    results = run_stages(home)
+    (zero_problem,) = results[0]["problems"]
+    assert zero_problem == f"file {refs['zero.csv']}: {stages.EMPTY_FILE}"
+    failures = [stages.failure_message(r) for r in results[1:]]
+    header = next(m for m in failures if m and refs["header.csv"] in m)
+    assert "empty: file" in header and "header line only" in header
+    held = next(m for m in failures if m and " held: " in m)
+    assert "exceeds max_failure_rate" in held
+    assert sum(m is not None for m in failures) == 2  # the held batch is not loaded, so load saw nothing
+    batches = {b["source"].split("/")[1]: b for b in open_store(home).batches()}
+    assert {name: batches[ref]["status"] for name, ref in refs.items()} == {
+        "held.csv": "held", "header.csv": "empty", "zero.csv": "empty"}
+    for batch in batches.values():
+        assert batch["rows_in"] == batch["loaded"] + batch["quarantined"] + batch["no_consent"] + batch["duplicates"]
+    # a batch another run already finished is no failure of this one
+    done = batches[refs["held.csv"]]["batch_id"]
+    assert stages.validate(home, done)["message"] == stages.NOT_WAITING
+    assert stages.failure_message(stages.validate(home, done)) is None
+    assert stages.failure_message({"batch_id": "b", "status": "running", "message": ""}) is None

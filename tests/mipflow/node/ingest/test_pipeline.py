@@ -163,7 +163,9 @@ MIP_HEADER = "subjectcode,dataset,gender,minimentalstate,subjectage\n"
 
 @pytest.mark.parametrize("content, status, counts, message", [
     pytest.param(b"", "empty", (0, 0, 0), "empty file", id="zero-bytes"),
-    pytest.param(MIP_HEADER.encode(), "loaded", (0, 0, 0), "", id="header-only"),
+    pytest.param(MIP_HEADER.encode(), "empty", (0, 0, 0), "header line only, no data rows", id="header-only"),
+    pytest.param(MIP_HEADER.replace(",", ";").encode() + b"s1;edsd0;M;20;70\n", "failed", (0, 0, 0),
+                 "the header looks ';'-delimited but the source profile reads ','", id="semicolon-delimited"),
     pytest.param((MIP_HEADER + "s1,edsd0,M,20,70\ns2,edsd0,F,21,71,EXTRA\ns3,edsd0,F,22,72\n").encode(),
                  "loaded", (3, 2, 1), "", id="line-with-extra-field"),
     pytest.param((MIP_HEADER + "s1,edsd0,M,20,70\n").encode() + "s2,edsd0,F,21,7\xe9\n".encode("latin-1"),
@@ -245,3 +247,14 @@ def test_visit_pseudonyms_do_not_link_to_patient_pseudonyms():
     p = Pseudonymiser(b"k" * 32)
     ids = pd.Series(["12345"])
     assert p.pseudonyms(ids)[0][:32] != p.visit_pseudonyms(ids)[0]
+
+
+@pytest.mark.parametrize("header, expected", [
+    ("a;b;c\n", ";"), ("a,b,c\n", ","), ("a\tb\tc\n", "\t"), ("a|b\n", "|"), ("abc\n", None),
+])
+def test_detect_delimiter_reads_the_header_line_only(tmp_path, header, expected):
+    from mipflow.node.ingest.pipeline import detect_delimiter
+
+    path = tmp_path / "in.csv"
+    path.write_text(header + "1,2,3,4,5,6,7,8\n")  # a row with other delimiters is not looked at
+    assert detect_delimiter(path, "utf-8") == expected
