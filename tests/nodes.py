@@ -225,3 +225,27 @@ class UnverifiedNode:
     def close(self) -> None:
         if hasattr(self.context, "close"):
             self.context.close()
+
+
+def csv_nodes(base: Path, prefix: str, folder: Path, datasets, model, **settings):
+    """One node home per dataset CSV of ``folder`` (a ../shared data model folder, read in place),
+    each holding its CSV with patients (``subjectid``) and visits (``visitid``), every analysis
+    granted, the secure-aggregation keys pinned by each other, query budgets off and ``settings``
+    applied.  Returns ``(roots, raw)``: node name -> home, and the CSVs' rows (text) concatenated."""
+    import pandas as pd
+
+    from mipflow.node.home import NodeHome
+
+    roots, raws = {}, []
+    for i, dataset in enumerate(datasets):
+        node = f"{prefix}{i}"
+        roots[node] = Path(base) / node
+        home = NodeHome.init(roots[node], node)
+        for key, value in {"query_budget": 0, "query_budget_project": 0, **settings}.items():
+            home.set_setting(key, value)
+        frame = pd.read_csv(Path(folder) / f"{dataset}.csv", dtype=str)
+        load_frame(roots[node], model, frame, pid_column="subjectid", visit_column="visitid")
+        raws.append(frame)
+        grant_all(roots[node])
+    pin_each_other(roots)
+    return roots, pd.concat(raws, ignore_index=True)

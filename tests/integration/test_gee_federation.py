@@ -23,7 +23,7 @@ from mipflow.central.rounds import run_analysis
 from mipflow.node.home import NodeHome
 from mipflow.protocol.datamodel import DataModel, load_data_model
 from tests.mipflow.algorithms.helpers import assert_rel_close, reported_summary
-from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, pin_each_other, served_clients
+from tests.nodes import PROJECT, RESEARCHER, csv_nodes, served_clients
 
 pytestmark = pytest.mark.xdist_group("gee")
 
@@ -50,21 +50,9 @@ class Federation:
 def federation(tmp_path_factory, shared_dir: Path) -> Iterator[Federation]:
     folder = shared_dir / "data" / FOLDER
     model = load_data_model(folder / "CDEsMetadata.json")
-    base = tmp_path_factory.mktemp("gee")
-    roots, raws = {}, []
-    for i, dataset in enumerate(DATASETS):
-        node = f"node_g{i}"
-        roots[node] = base / node
-        home = NodeHome.init(roots[node], node)
-        home.set_setting("query_budget", 0)
-        home.set_setting("query_budget_project", 0)
-        home.set_setting("differencing_check", 0)  # several analyses of nearly the same rows, on purpose
-        frame = pd.read_csv(folder / f"{dataset}.csv", dtype=str)
-        load_frame(roots[node], model, frame, pid_column="subjectid", visit_column="visitid")
-        raws.append(frame)
-        grant_all(roots[node])
-    pin_each_other(roots)
-    raw = pd.concat(raws, ignore_index=True)
+    # several analyses of nearly the same rows, on purpose: differencing off
+    roots, raw = csv_nodes(tmp_path_factory.mktemp("gee"), "node_g", folder, DATASETS, model,
+                           differencing_check=0)
     for var in NUMERICAL:
         raw[var] = pd.to_numeric(raw[var])
     with served_clients(roots) as served:

@@ -30,7 +30,7 @@ from mipflow.exceptions import FederationError, RequestError
 from mipflow.node.home import NodeHome
 from mipflow.protocol.datamodel import DataModel, load_data_model
 from tests.mipflow.algorithms.helpers import EXACT_RTOL, assert_rel_close, reported_summary
-from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, pin_each_other, served_clients
+from tests.nodes import PROJECT, RESEARCHER, csv_nodes, grant_all, load_frame, served_clients
 
 pytestmark = pytest.mark.xdist_group("longitudinal")
 
@@ -123,31 +123,16 @@ def _typed(frame: pd.DataFrame) -> pd.DataFrame:
 def federation(tmp_path_factory, shared_dir: Path) -> Iterator[Federation]:
     folder = shared_dir / "data" / FOLDER
     model = load_data_model(folder / "CDEsMetadata.json")
-    base = tmp_path_factory.mktemp("longitudinal")
-    roots, raws = {}, []
-    for i, dataset in enumerate(DATASETS):
-        node = f"node_l{i}"
-        roots[node] = base / node
-        home = NodeHome.init(roots[node], node)
-        home.set_setting("query_budget", 0)
-        home.set_setting("query_budget_project", 0)
-        # the analyses below pick cohorts a few patients apart on purpose (visits, a variable
-        # with missing values): the ledger's refusal is tested on a node of its own
-        home.set_setting("differencing_check", 0)
-        # ~27 patients per node against Exareme2's 6-parameter case: nfilter_glm's default (0.33
-        # parameters per row) refuses it, as it should; the fidelity tests allow one per row, and
-        # cells of 1-2 patients (an age group at one node); min_row_count 5 lets BL -> FL4 (9
-        # patients per node, Exareme2's 27-patient case) through
-        home.set_setting("min_row_count", 5)
-        home.set_setting("nfilter_glm", 1)
-        home.set_setting("nfilter_tab", 1)
-        frame = pd.read_csv(folder / f"{dataset}.csv", dtype=str)
-        load_frame(roots[node], model, frame, pid_column="subjectid", visit_column="visitid")
-        raws.append(frame)
-        grant_all(roots[node])
-    pin_each_other(roots)
+    # the analyses below pick cohorts a few patients apart on purpose (visits, a variable with
+    # missing values): the ledger's refusal is tested on a node of its own.  ~27 patients per node
+    # against Exareme2's 6-parameter case: nfilter_glm's default (0.33 parameters per row) refuses
+    # it, as it should; the fidelity tests allow one per row, and cells of 1-2 patients (an age group
+    # at one node); min_row_count 5 lets BL -> FL4 (9 patients per node, Exareme2's 27-patient case)
+    # through
+    roots, raw = csv_nodes(tmp_path_factory.mktemp("longitudinal"), "node_l", folder, DATASETS, model,
+                           differencing_check=0, min_row_count=5, nfilter_glm=1, nfilter_tab=1)
     with served_clients(roots) as served:
-        yield Federation(roots=roots, clients=list(served.values()), raw=_typed(pd.concat(raws, ignore_index=True)),
+        yield Federation(roots=roots, clients=list(served.values()), raw=_typed(raw),
                          model=model)
 
 

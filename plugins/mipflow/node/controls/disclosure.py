@@ -232,7 +232,7 @@ def _suppress_vector(values: list, tab: int) -> list:
     """
     if values and all(isinstance(v, list) for v in values):
         return [_suppress_vector(v, tab) for v in values]
-    out = [_cell(v, tab) for v in values]
+    out = [hide_small(v, tab) for v in values]
     suppressed = [i for i, (a, b) in enumerate(zip(values, out)) if a is not None and b is None]
     if len(suppressed) == 1:
         others = [(v, i) for i, v in enumerate(out) if isinstance(v, (int, float)) and v > 0]
@@ -241,9 +241,10 @@ def _suppress_vector(values: list, tab: int) -> list:
     return out
 
 
-def _cell(value: Any, tab: int) -> Any:
+def hide_small(value: Any, tab: int) -> Any:
+    """``value`` (a count, or nested lists of counts) with every count in ``(0, tab)`` as ``None``."""
     if isinstance(value, list):
-        return [_cell(v, tab) for v in value]
+        return [hide_small(v, tab) for v in value]
     if isinstance(value, (int, float)) and 0 < value < tab:
         return None
     return value

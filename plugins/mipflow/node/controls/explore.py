@@ -46,6 +46,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from mipflow.exceptions import ConfigError, DisclosureError
+from mipflow.node.controls.disclosure import hide_small
 from mipflow.node.controls.dp_noise import QueryNoise
 
 #: The node home's file of projects in explore mode.
@@ -473,19 +474,11 @@ def suppress_noisy_cells(doc: Any, tab: int) -> Any:
     released totals are noisy themselves and nothing exact is left to subtract from.
     """
     if isinstance(doc, dict):
-        return {k: ([_cell(v, tab) for v in value] if k == "counts" and isinstance(value, list)
+        return {k: ([hide_small(v, tab) for v in value] if k == "counts" and isinstance(value, list)
                     else suppress_noisy_cells(value, tab)) for k, value in doc.items()}
     if isinstance(doc, list):
         return [suppress_noisy_cells(v, tab) for v in doc]
     return doc
-
-
-def _cell(value: Any, tab: int) -> Any:
-    if isinstance(value, list):
-        return [_cell(v, tab) for v in value]
-    if isinstance(value, (int, float)) and 0 < value < tab:
-        return None
-    return value
 
 
 def release_explore(request: Any, context: Any, work: Any) -> None:
