@@ -34,7 +34,7 @@ from tests.nodes import grant_all, load_frame, running_nodes
 NAME = "hospital"
 DATASETS = ["hospital_a"]
 STANDARD = "standard-project"
-PROJECTS = ("sweep", "repeat", "pairs", "refusals", "other")
+PROJECTS = ("sweep", "repeat", "pairs", "refusals", "other", "spent", "watch")
 BUDGET = {"explore_epsilon": 1.0, "explore_budget_epsilon": 30.0, "explore_project_budget_epsilon": 40.0}
 
 
@@ -271,3 +271,67 @@ def test_at_a_dp_node_an_explore_project_takes_the_explore_path_and_others_do_no
         assert len({json.dumps(r["aggregates"]) for r in standard}) > 1  # OpenDP's fresh noise each time
     finally:
         nodes.close()
+
+
+# --------------------------------------------------------------------------- (f) the red team's two attacks
+
+
+def test_f_an_exhausted_researcher_gets_the_same_refusal_for_an_empty_and_a_one_row_cohort(pair):
+    """Found by an outside review from the docs: an empty selection was charged nothing and, once the
+    budget was spent, answered ``min_row_count`` while a non-empty one answered ``dp_budget``: a free,
+    exact membership oracle.  Now a step is charged its whole cost at admission, before any row is
+    read, and an over-budget request is refused there, whatever it selects."""
+    node = pair["small"]
+    oldest = float(node.rows["age"].max())
+    one = where(rule("age", "greater_or_equal", oldest))          # one patient (or a few of that age)
+    empty = where(rule("age", "greater", oldest))                 # nobody
+    def eve() -> float:  # read from the node's ledger on disk, afresh
+        return PrivacyLedger(node.root).spent("eve", 1e-6).epsilon
+
+    before = eve()
+    for filters in (empty, one):  # both charged the same, whatever they select
+        reply = node.call("descriptive_stats", request_of(filters=filters), project="spent", researcher="eve")
+        assert reply.status_code in (200, 403), reply.text
+        after = eve()
+        assert after - before == pytest.approx(BUDGET["explore_epsilon"])
+        before = after
+    # spend the rest of eve's budget on distinct requests
+    k = 0
+    while True:
+        reply = node.call("descriptive_stats", request_of(filters=where(rule("age", "greater", 1.0 + k / 1000))),
+                          project="spent", researcher="eve")
+        k += 1
+        if reply.status_code == 403 and reply.json()["control"] == "dp_budget":
+            break
+        assert k < 100
+    # new requests (a repeat of an earlier release is the same bytes again and stays free): an empty
+    # cohort, the oldest patient's, everyone's
+    probes = (where(rule("age", "greater", oldest + 5)), where(rule("age", "greater_or_equal", oldest - 1e-9)),
+              where(rule("age", "greater", 2.0)))
+    refusals = [node.call("descriptive_stats", request_of(filters=f), project="spent", researcher="eve")
+                for f in probes]
+    assert {r.status_code for r in refusals} == {403}
+    assert len({r.content for r in refusals}) == 1, [r.text for r in refusals]  # the same bytes
+    assert refusals[0].json()["control"] == "dp_budget"
+
+
+def test_f_equal_answers_do_not_tell_whether_a_cohort_changed(pair, tmp_path):
+    """Found by the same review: the noise was keyed by the selected rows, so the same query gave the
+    same bytes exactly while its cohort was unchanged and new bytes once one patient entered or left:
+    watching a narrow cohort told whether its patients changed, exactly.  Now the noise is keyed by
+    the data model's version (every load or deletion): a load that leaves the cohort untouched gives
+    the query fresh noise too, charged again."""
+    node = pair["small"]
+    cohort = request_of(filters=where(rule("age", "greater_or_equal", 70)))
+    first = node.call("descriptive_stats", cohort, project="watch")
+    again = node.call("descriptive_stats", cohort, project="watch")
+    assert first.status_code == again.status_code == 200
+    assert first.json()["aggregates"] == again.json()["aggregates"] and again.json()["privacy"]["repeat"] is True
+    charged = node.spent("watch")[1]
+    young = stroke_rows(77, 12, "hospital_a", "late-young")
+    young["age"] = 30.0  # outside the watched cohort
+    load_frame(node.root, STROKE, young)
+    later = node.call("descriptive_stats", cohort, project="watch")
+    assert later.status_code == 200
+    assert later.json()["aggregates"] != first.json()["aggregates"]  # fresh noise: the cohort did not change
+    assert node.spent("watch")[1] == charged + 1

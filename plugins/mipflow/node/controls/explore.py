@@ -16,14 +16,16 @@ stored in ``HOME/explore.json``) is answered with perturbed aggregates only (ADR
 * The noise is **keyed** (:class:`KeyedNoise`): its uniforms are HMAC-SHA256 under a key derived
   from the node secret, over the canonical query (algorithm, Exareme2 request without
   ``analysis_id``, researcher or project, the variables' declared metadata and the noise
-  parameters), the *selection key* (:func:`selection_key`: order-free sums of the selected
-  rows' keyed hashes and of their values' hashes), the block, the part, the call and the
-  element.  The same request on the same rows gets byte-identical noise, so repeating it
-  averages nothing out; any change of the rows or of the query gets independent noise.
-* Each release is charged to the researcher and to the project in the node's privacy ledger
+  parameters), the data model's *version* (:func:`data_version`: every load and deletion changes
+  it; since the outside review of ADR 0032 it replaces :func:`selection_key`, whose equality told
+  whether a cohort's rows changed), the block, the part, the call and the element.  The same
+  request on the same version gets byte-identical noise, so repeating it averages nothing out;
+  any load or deletion, or any change of the query, gets independent noise.
+* Each step is charged its whole declared cost at admission (:func:`check_explore`, before any row
+  is read: the charge never depends on the rows) to the researcher and to the project in the node's privacy ledger
   (:class:`mipflow.node.controls.privacy_budget.PrivacyLedger`) with the explore budgets,
-  before any decision is taken; a release whose key (:meth:`KeyedNoise.release_key`) the project
-  was already charged for is not charged again (its answer is the same bytes).
+  before any decision is taken; a release whose key (:func:`release_key`: the query and the
+  version) the project was already charged for is not charged again (its answer is the same bytes).
 
 Nothing here keeps a value or a pseudonym: ``explore.json`` holds project names and dates, the
 ledger holds release keys (digests).
@@ -426,6 +428,16 @@ class ExploreStep:
     project: str
     mechanism: str
     epsilon: float
+    #: what the noise is keyed on beside the query: the data model's version (:func:`data_version`)
+    version: bytes = b""
+    #: the canonical query (:func:`canonical_query`)
+    query: bytes = b""
+    #: the release key (:func:`release_key`) and whether the project was charged for it before
+    release: str = ""
+    repeat: bool = False
+    #: what the step cost (charged at admission, before any row is read) and the spending after it
+    cost: Any = None
+    spent: Any = None
 
     @property
     def mode(self) -> dict[str, Any]:
@@ -462,9 +474,62 @@ def check_explore(request: Any, context: Any, work: Any) -> None:
                                   f"bound one row's contribution to {request.algorithm}; analyse another variable "
                                   "or ask the data model's maintainers to declare its range", control="dp_unsupported")
     settings = work.settings
-    work.explore = ExploreStep(project=request.project, mechanism=settings.explore_mechanism,
-                               epsilon=float(settings.explore_epsilon))
+    mechanism, epsilon = settings.explore_mechanism, float(settings.explore_epsilon)
+    delta = settings.dp_budget_delta
+    query = canonical_query(request.algorithm, request.analysis, work.model, work.variables, mechanism=mechanism,
+                            epsilon=epsilon, delta=delta if mechanism == "gaussian" else 0.0)
+    version = data_version(context.store, work.model.key)
+    release = release_key(registry.key, query, version)
+    project, researcher = request.project, request.researcher or ""
+    ledger = context.privacy.ledger
+    cost = step_cost(mechanism, epsilon, delta)
+    repeat = registry.charged(project, release, ledger.path)
+    if repeat:
+        spent = ledger.spent(researcher, delta)
+    else:  # charged here, before any row is read: what a step costs depends on the request alone
+        spent = ledger.charge(researcher, cost, epsilon_budget=settings.explore_budget_epsilon, delta_budget=delta,
+                              project=project, project_epsilon_budget=settings.explore_project_budget_epsilon,
+                              project_delta_budget=settings.dp_project_budget_delta,
+                              details={"algorithm": request.algorithm, "analysis": work.analysis_key,
+                                       "mode": "explore", "release": release})
+        registry.remember(project, release)
+    work.explore = ExploreStep(project=project, mechanism=mechanism, epsilon=epsilon, version=version, query=query,
+                               release=release, repeat=repeat, cost=cost, spent=spent)
     work.record["mode"] = "explore"
+    work.record["explore"] = {"release": release[:16], "charged": not repeat}
+
+
+def data_version(store: Any, data_model: str) -> bytes:
+    """What explore noise is keyed on beside the query: the data model's datasets registry (each
+    dataset's row count and the time of its last load or deletion), which every load and every
+    consent deletion rewrites, kept in the store (the same across node processes and restarts).
+
+    Two requests of the same query on the same version read the same rows and get the same noise;
+    any load or deletion of the data model gives every query fresh noise, charged again.  Keying on
+    the version rather than on the selected rows themselves keeps "did this cohort change?" out of
+    the answers (equal answers tell only that the data model's registry is unchanged).
+    """
+    rows = store.datasets(data_model)
+    return hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode("utf-8")).digest()
+
+
+def release_key(key: bytes, query: bytes, version: bytes) -> str:
+    """The key of a release: the same for the same query on the same data version (then the same
+    bytes), whatever the rows; known before any row is read."""
+    return hmac.new(key, b"release|" + hashlib.sha256(query).digest() + version, hashlib.sha256).hexdigest()
+
+
+def step_cost(mechanism: str, epsilon: float, delta: float) -> Any:
+    """What one explore step is charged: its whole budget (Laplace: ``epsilon``; Gaussian: the zCDP
+    ``rho`` of ``epsilon`` at ``delta``), whatever blocks the rows let the release draw (an empty
+    selection costs the same as a full one).  The blocks drawn never cost more (ADR 0032)."""
+    from mipflow.node.controls.dp_noise import gaussian_rho
+    from mipflow.node.controls.privacy_budget import PrivacyCost, rho_to_epsilon
+
+    if mechanism == "gaussian":
+        rho = gaussian_rho(epsilon, delta)
+        return PrivacyCost("gaussian", epsilon=rho_to_epsilon(rho, delta), delta=delta, rho=rho)
+    return PrivacyCost("laplace", epsilon=epsilon, delta=0.0)
 
 
 def suppress_noisy_cells(doc: Any, tab: int) -> Any:
@@ -495,29 +560,13 @@ def release_explore(request: Any, context: Any, work: Any) -> None:
     from mipflow.protocol.privacy import noise_label
 
     settings, algo, analysis, model = work.settings, work.algo, request.analysis, work.model
-    registry, ledger = context.explore, context.privacy.ledger
     mechanism = algo.dp_release
     step = work.explore
     delta = settings.dp_budget_delta
-    query = canonical_query(request.algorithm, analysis, model, work.variables, mechanism=step.mechanism,
-                            epsilon=step.epsilon, delta=delta if step.mechanism == "gaussian" else 0.0)
     noise = KeyedNoise(step.mechanism, step.epsilon, delta, mechanism.blocks(algo, analysis, model),
-                       key=registry.key, query=query, selection=selection_key(work.cohorts.sets[0], work.data))
+                       key=context.explore.key, query=step.query, selection=step.version)
     aggregates, clamped = mechanism.release(algo, work.data, analysis, model, noise)
-    cost = noise.cost()
-    release = noise.release_key()
-    researcher, project = request.researcher or "", step.project
-    repeat = registry.charged(project, release, ledger.path)
-    if repeat:
-        spent = ledger.spent(researcher, delta)
-    else:  # on disk before any decision, and before the answer can leave
-        spent = ledger.charge(researcher, cost, epsilon_budget=settings.explore_budget_epsilon, delta_budget=delta,
-                              project=project, project_epsilon_budget=settings.explore_project_budget_epsilon,
-                              project_delta_budget=settings.dp_project_budget_delta,
-                              details={"algorithm": request.algorithm, "analysis": work.analysis_key,
-                                       "mode": "explore", "release": release})
-        registry.remember(project, release)
-    work.record["explore"] = {"release": release[:16], "charged": not repeat}
+    cost, spent, repeat = step.cost, step.spent, step.repeat
     rows = mechanism.rows(aggregates)
     work.controls.check_rows(algo, analysis, model, rows)  # on the noisy count: post-processing
     work.aggregates = suppress_noisy_cells(aggregates, settings.nfilter_tab)
