@@ -17,8 +17,8 @@ stored in ``HOME/explore.json``) is answered with perturbed aggregates only (ADR
   from the node secret, over the canonical query (algorithm, Exareme2 request without
   ``analysis_id``, researcher or project, the variables' declared metadata and the noise
   parameters), the data model's *version* (:func:`data_version`: every load and deletion changes
-  it; since the outside review of ADR 0032 it replaces :func:`selection_key`, whose equality told
-  whether a cohort's rows changed), the block, the part, the call and the element.  The same
+  it; since the outside review of ADR 0032 it replaces a key of the selected rows, whose equality
+  told whether a cohort's rows changed), the block, the part, the call and the element.  The same
   request on the same version gets byte-identical noise, so repeating it averages nothing out;
   any load or deletion, or any change of the query, gets independent noise.
 * Each step is charged its whole declared cost at admission (:func:`check_explore`, before any row
@@ -37,7 +37,6 @@ import hmac
 import json
 import math
 import os
-import struct
 import threading
 from collections import defaultdict
 from dataclasses import dataclass
@@ -217,35 +216,6 @@ def canonical_query(algorithm: str, analysis: Any, model: Any, variables: Sequen
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str).encode("utf-8")
 
 
-def selection_key(row_keys: np.ndarray, data: Any) -> bytes:
-    """What the noise is keyed on from the rows: order-free and changed by any row added, removed or edited.
-
-    Parameters
-    ----------
-    row_keys : numpy.ndarray of uint64
-        The keyed row hashes of the selection
-        (:func:`mipflow.node.controls.differencing.row_keys`; ``Cohorts.sets[0]``).
-    data : pandas.DataFrame
-        The rows the release is computed from.
-
-    Returns
-    -------
-    bytes
-        24 bytes: the sum mod 2**64 of the row keys, the sum mod 2**64 of a 64-bit hash of each
-        row's values, and the number of rows.  Sums, so the store's row order does not matter.
-    """
-    import pandas as pd
-
-    keys = np.asarray(row_keys, dtype=np.uint64)
-    identity = int(keys.sum(dtype=np.uint64)) if len(keys) else 0
-    values = 0
-    if len(data):
-        columns = sorted(data.columns, key=str)
-        hashed = pd.util.hash_pandas_object(data[columns], index=False).to_numpy(np.uint64)
-        values = int(hashed.sum(dtype=np.uint64))
-    return struct.pack(">QQQ", identity, values, len(keys))
-
-
 def standard_draws(mechanism: str, uniforms: np.ndarray) -> np.ndarray:
     """Unit-scale noise from uniforms in (0, 1) by the inverse CDF: Laplace(1) or N(0, 1)."""
     from scipy.special import ndtri
@@ -281,14 +251,14 @@ class KeyedNoise(QueryNoise):
         :func:`noise_key` of the node.
     query : bytes
         :func:`canonical_query`.
-    selection : bytes
-        :func:`selection_key`.
+    version : bytes
+        :func:`data_version` of the data model the rows are read from.
 
     Notes
     -----
     Element ``i`` of call ``c`` of a block ``(block, part)`` has the uniform
     ``(floor(H / 2**11) + 1/2) / 2**53``, ``H`` the first 8 bytes of
-    ``HMAC-SHA256(key, sha256(query) | selection | [block, part, c, i, scale, integer])``, turned
+    ``HMAC-SHA256(key, sha256(query) | version | [block, part, c, i, scale, integer])``, turned
     into Laplace noise (inverse CDF) or Gaussian noise (``scipy.special.ndtri``) of the block's
     scale.  Integer blocks are rounded to integers; other values to a power-of-two grid
     :data:`GRID_BITS` binary places below the scale, so a release does not carry the low-order bits
@@ -298,13 +268,12 @@ class KeyedNoise(QueryNoise):
     """
 
     def __init__(self, mechanism: str, epsilon: float, delta: float, blocks: int, *, key: bytes, query: bytes,
-                 selection: bytes) -> None:
+                 version: bytes) -> None:
         super().__init__(mechanism, epsilon, delta, blocks)
         self._key = bytes(key)
-        self._prefix = hashlib.sha256(query).digest() + bytes(selection)
+        self._prefix = hashlib.sha256(query).digest() + bytes(version)
         self._calls: dict[tuple[str, str], int] = defaultdict(int)
         self._sd: dict[str, dict[str, Any]] = {}
-        self._transcript: list[list[Any]] = []
 
     def uniforms(self, block: str, part: str, call: int, n: int, scale: float, integer: bool) -> np.ndarray:
         """The ``n`` keyed uniforms in (0, 1) of one call of a block."""
@@ -344,18 +313,11 @@ class KeyedNoise(QueryNoise):
         sd = self.sd(sensitivity)
         if sd > self._sd.get(block, {}).get("sd", 0.0):
             self._sd[block] = {"sd": sd, "unit": block_unit(block, integer)}
-        self._transcript.append([block, part, call, len(exact), repr(float(scale)), bool(integer)])
         return out
 
     def noise_sd(self) -> dict[str, dict[str, Any]]:
         """Block -> ``{"sd", "unit"}``: the standard deviation of the noise on one released value."""
         return {block: dict(value) for block, value in sorted(self._sd.items())}
-
-    def release_key(self) -> str:
-        """The digest of the query, the selection and every draw's place and scale: two releases
-        with the same key carry the same noise on the same exact values (the same bytes)."""
-        material = self._prefix + json.dumps(self._transcript, separators=(",", ":")).encode("utf-8")
-        return hmac.new(self._key, b"release|" + material, hashlib.sha256).hexdigest()
 
 
 # --------------------------------------------------------------------------- the node's registry
@@ -564,7 +526,7 @@ def release_explore(request: Any, context: Any, work: Any) -> None:
     step = work.explore
     delta = settings.dp_budget_delta
     noise = KeyedNoise(step.mechanism, step.epsilon, delta, mechanism.blocks(algo, analysis, model),
-                       key=context.explore.key, query=step.query, selection=step.version)
+                       key=context.explore.key, query=step.query, version=step.version)
     aggregates, clamped = mechanism.release(algo, work.data, analysis, model, noise)
     cost, spent, repeat = step.cost, step.spent, step.repeat
     rows = mechanism.rows(aggregates)

@@ -1,10 +1,11 @@
 """Explore mode's keyed noise and its storage (mipflow.node.controls.explore, ADR 0032).
 
-The noise is a deterministic function of (node key, query, rows): the statistical tests draw it
-over many distinct selections made by a fixed-seed generator, so they are reproducible.
+The noise is a deterministic function of (node key, query, data version): the statistical tests
+draw it over many distinct versions, so they are reproducible.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 
 import numpy as np
@@ -14,7 +15,7 @@ from scipy import stats
 
 from mipflow.node.controls.dp_noise import QueryNoise
 from mipflow.node.controls.explore import (
-    KeyedNoise, canonical_query, noise_key, selection_key, standard_draws, suppress_noisy_cells,
+    KeyedNoise, canonical_query, data_version, noise_key, release_key, standard_draws, suppress_noisy_cells,
 )
 from mipflow.protocol.request import AnalysisRequest
 from tests.mipflow.algorithms.survival_data import STROKE
@@ -44,8 +45,14 @@ def frame(n: int, seed: int = 0) -> tuple[np.ndarray, pd.DataFrame]:
     return keys, data
 
 
-def noisy_histogram(q: bytes, keys: np.ndarray, data: pd.DataFrame, *, mechanism="laplace") -> np.ndarray:
-    noise = KeyedNoise(mechanism, 1.0, 1e-6, 1, key=KEY, query=q, selection=selection_key(keys, data))
+def version(i: int) -> bytes:
+    """A data version (:func:`data_version` is a SHA-256 digest): one per ``i``."""
+    return hashlib.sha256(str(i).encode()).digest()
+
+
+def noisy_histogram(q: bytes, keys: np.ndarray, data: pd.DataFrame, *, mechanism="laplace", at: int = 0
+                    ) -> np.ndarray:
+    noise = KeyedNoise(mechanism, 1.0, 1e-6, 1, key=KEY, query=q, version=version(at))
     counts = np.histogram(data["age"], bins=10, range=(18, 90))[0]
     return noise.add(counts, 1, block="overall", integer=True)
 
@@ -53,35 +60,43 @@ def noisy_histogram(q: bytes, keys: np.ndarray, data: pd.DataFrame, *, mechanism
 # --------------------------------------------------------------------------- consistency
 
 
-def test_same_query_on_same_rows_gets_the_same_noise_in_any_row_order():
+def test_same_query_on_the_same_data_version_gets_the_same_noise():
     keys, data = frame(200)
     first = noisy_histogram(query(), keys, data)
-    order = np.random.default_rng(1).permutation(len(keys))
-    again = noisy_histogram(query(), keys[order], data.iloc[order].reset_index(drop=True))
+    again = noisy_histogram(query(), keys, data)
     assert first.tolist() == again.tolist()
     # a request with the datasets in another order, or another analysis id, is the same query
     assert query(request(datasets=("hospital_b", "hospital_a"))) == query()
     exact = np.histogram(data["age"], bins=10, range=(18, 90))[0]
     assert not np.array_equal(first, exact)  # there is noise
+    # another data version (a load or a deletion): independent noise on the same counts
+    assert not np.array_equal(noisy_histogram(query(), keys, data, at=1), first)
 
 
-def test_a_row_added_removed_or_edited_gets_independent_noise():
-    keys, data = frame(200)
+def test_the_data_version_changes_with_every_load_and_deletion_and_only_then(tmp_path):
+    """What the noise is keyed on beside the query (ADR 0032, after the outside review)."""
+    import sqlalchemy as sa
 
-    def noise_of(k, d):
-        return noisy_histogram(query(), k, d) - np.histogram(d["age"], bins=10, range=(18, 90))[0]
+    from mipflow.node.home import NodeHome
+    from mipflow.node.store.feature_store import FeatureStore
+    from tests.mipflow.node.controls.study_helpers import stroke_rows
+    from tests.nodes import load_frame
 
-    base = noise_of(keys, data)
-    extra_keys, extra = frame(1, seed=9)
-    edited = data.copy()
-    edited.loc[0, "age"] = 19.0
-    others = {"removed": noise_of(keys[1:], data.iloc[1:].reset_index(drop=True)),
-              "added": noise_of(np.concatenate([keys, extra_keys]), pd.concat([data, extra], ignore_index=True)),
-              "edited": noise_of(keys, edited)}
-    for name, other in others.items():
-        assert not np.array_equal(other, base), name
-    # so the difference of the all and all-but-one answers is not the removed row's exact contribution
-    assert np.any(np.abs(others["removed"] - base) > 0)
+    home = NodeHome.init(tmp_path / "n", "n")
+    load_frame(home.root, STROKE, stroke_rows(3, 40, "hospital_a", "a"))
+    store = FeatureStore(NodeHome(home.root).db_url)
+    try:
+        first = data_version(store, STROKE.key)
+        assert data_version(store, STROKE.key) == first  # nothing changed: the same version
+        load_frame(home.root, STROKE, stroke_rows(4, 5, "hospital_a", "b"))  # rows added
+        added = data_version(store, STROKE.key)
+        assert added != first
+        with store.engine.connect() as conn:  # a patient's consent withdrawn
+            pid = conn.execute(sa.select(store.model_table(STROKE).c._pid).limit(1)).scalar_one()
+        store.delete_patients([pid])
+        assert data_version(store, STROKE.key) not in (first, added)
+    finally:
+        store.dispose()
 
 
 @pytest.mark.parametrize("changes", [
@@ -100,16 +115,14 @@ def test_any_change_of_the_query_gets_independent_noise(changes):
 def test_noise_parameters_are_part_of_the_key():
     """The same uniforms at two scales would give the exact value away (v = (b2 x1 - b1 x2) / (b2 - b1))."""
     assert query(epsilon=1.0) != query(epsilon=0.5)
-    keys, data = frame(100)
-    sel = selection_key(keys, data)
-    one = KeyedNoise("laplace", 1.0, 0.0, 1, key=KEY, query=query(), selection=sel)
-    two = KeyedNoise("laplace", 0.5, 0.0, 1, key=KEY, query=query(), selection=sel)  # same query bytes, other scale
+    one = KeyedNoise("laplace", 1.0, 0.0, 1, key=KEY, query=query(), version=version(0))
+    two = KeyedNoise("laplace", 0.5, 0.0, 1, key=KEY, query=query(), version=version(0))  # same query bytes, other scale
     a, b = one.add([0.0] * 5, 1, block="b"), two.add([0.0] * 5, 1, block="b")
     assert not np.allclose(a * 2, b)  # not the same draws rescaled
 
 
 def test_blocks_parts_calls_and_elements_get_independent_noise():
-    noise = KeyedNoise("laplace", 1.0, 0.0, 2, key=KEY, query=query(), selection=b"x" * 24)
+    noise = KeyedNoise("laplace", 1.0, 0.0, 2, key=KEY, query=query(), version=version(0))
     a = noise.add([0.0] * 4, 1, block="a")
     b = noise.add([0.0] * 4, 1, block="b")
     a2 = noise.add([0.0] * 4, 1, block="a")  # a second call of the same block
@@ -119,42 +132,31 @@ def test_blocks_parts_calls_and_elements_get_independent_noise():
 
 
 def test_another_node_key_gets_other_noise():
-    keys, data = frame(50)
-    sel = selection_key(keys, data)
-    one = KeyedNoise("laplace", 1.0, 0.0, 1, key=KEY, query=query(), selection=sel).add([0.0] * 3, 1, block="b")
+    one = KeyedNoise("laplace", 1.0, 0.0, 1, key=KEY, query=query(), version=version(0)).add([0.0] * 3, 1, block="b")
     two = KeyedNoise("laplace", 1.0, 0.0, 1, key=noise_key(b"t" * 32), query=query(),
-                     selection=sel).add([0.0] * 3, 1, block="b")
+                     version=version(0)).add([0.0] * 3, 1, block="b")
     assert not np.array_equal(one, two)
 
 
-def test_release_key_follows_query_rows_and_draws():
-    keys, data = frame(80)
-    sel = selection_key(keys, data)
-
-    def key(q=None, s=sel, bins=10):
-        noise = KeyedNoise("laplace", 1.0, 0.0, 1, key=KEY, query=q or query(), selection=s)
-        noise.add([1] * bins, 1, block="overall", integer=True)
-        return noise.release_key()
-
-    assert key() == key()
-    assert key(s=selection_key(keys[1:], data.iloc[1:])) != key()
-    assert key(q=query(request(parameters={"bins": 11})), bins=11) != key()
-    assert key(bins=9) != key()  # another shape of draws
+def test_release_key_follows_the_query_and_the_data_version_only():
+    """Known before any row is read, so whether a release is a repeat depends on the request and
+    the data version alone (ADR 0032, after the outside review)."""
+    assert release_key(KEY, query(), version(0)) == release_key(KEY, query(), version(0))
+    assert release_key(KEY, query(), version(1)) != release_key(KEY, query(), version(0))
+    assert release_key(KEY, query(request(parameters={"bins": 11})), version(0)) != release_key(KEY, query(), version(0))
+    assert release_key(noise_key(b"t" * 32), query(), version(0)) != release_key(KEY, query(), version(0))
 
 
 # --------------------------------------------------------------------------- calibration and cost
 
 
 def _noise_over_selections(mechanism: str, integer: bool, *, epsilon=0.8, blocks=3, sensitivity=1.0):
-    """The noise of one released value over SELECTIONS distinct selections (fixed-seed generator)."""
-    rng = np.random.default_rng(2026)
+    """The noise of one released value over SELECTIONS distinct data versions."""
     out = np.empty(SELECTIONS)
     q = query(mechanism=mechanism, epsilon=epsilon)
     scale = sd = None
     for i in range(SELECTIONS):
-        keys = rng.integers(0, 2 ** 63, 20, dtype=np.uint64)
-        noise = KeyedNoise(mechanism, epsilon, 1e-6, blocks, key=KEY, query=q,
-                           selection=selection_key(keys, pd.DataFrame({"v": rng.normal(size=20)})))
+        noise = KeyedNoise(mechanism, epsilon, 1e-6, blocks, key=KEY, query=q, version=version(i))
         exact = 1000 if integer else 0.0
         out[i] = noise.add([exact], sensitivity, block="counts" if integer else "sum", integer=integer)[0] - exact
         scale, sd = noise.scale(sensitivity), noise.noise_sd()["counts" if integer else "sum"]["sd"]
@@ -194,7 +196,7 @@ def test_inverse_cdf_draws():
 
 @pytest.mark.parametrize("mechanism", ["laplace", "gaussian"])
 def test_costs_and_scales_equal_query_noise(mechanism):
-    keyed = KeyedNoise(mechanism, 0.6, 1e-6, 3, key=KEY, query=query(), selection=b"y" * 24)
+    keyed = KeyedNoise(mechanism, 0.6, 1e-6, 3, key=KEY, query=query(), version=version(7))
     plain = QueryNoise(mechanism, 0.6, 1e-6, 3)
     for noise in (keyed, plain):
         for block in ("a", "b"):
@@ -208,7 +210,7 @@ def test_costs_and_scales_equal_query_noise(mechanism):
 
 
 def test_float_values_are_rounded_to_a_grid_below_the_scale():
-    noise = KeyedNoise("laplace", 1.0, 0.0, 1, key=KEY, query=query(), selection=b"z" * 24)
+    noise = KeyedNoise("laplace", 1.0, 0.0, 1, key=KEY, query=query(), version=version(8))
     value = noise.add([1234.56789012345], 3.0, block="sum")[0]
     grid = 2.0 ** (math.floor(math.log2(noise.scale(3.0))) - 20)
     assert value / grid == round(value / grid)
