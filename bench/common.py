@@ -35,6 +35,7 @@ def site_homes(tag: str, *, sqlite: bool = False, sites: int = 3) -> Iterator[li
                     databases.append(name)
                     url = PG_ADMIN.rsplit("/", 1)[0] + "/" + name
                 homes.append(NodeHome.init(Path(tmp) / f"site{site}", f"site{site}", url))
+                homes[-1].set_setting("default_mode", "standard")  # exact algorithms (ADR 0038)
             yield homes
     finally:
         if admin is not None:

@@ -85,6 +85,7 @@ def main() -> int:
             url = PG_ADMIN.rsplit("/", 1)[0] + "/" + database
         try:
             home = NodeHome.init(Path(tmp) / "site0", "site0", url)
+            home.set_setting("default_mode", "standard")  # the exact local steps (ADR 0038)
             load_frame(home.root, model, make_rows(args.rows, 0, 0))
             grant_all(home.root, "bench", "bench")
             secret = issue_client(home.root, "central").secret

@@ -347,6 +347,7 @@ def control_breakdown(args: argparse.Namespace) -> None:
     for secure in (False, True):
         with tempfile.TemporaryDirectory(prefix="mipflow-verify-") as tmp:
             home = NodeHome.init(Path(tmp) / "site", "site")
+            home.set_setting("default_mode", "standard")  # the exact rounds (ADR 0038)
             for key in ("query_budget", "query_budget_project", "differencing_check"):
                 home.set_setting(key, 0)
             data = make_data(11, args.rows)
@@ -410,6 +411,7 @@ def node_round(args: argparse.Namespace) -> None:
         for secure in (False, True):
             with tempfile.TemporaryDirectory(prefix="mipflow-verify-") as tmp:
                 home = NodeHome.init(Path(tmp) / "site", "site")
+                home.set_setting("default_mode", "standard")  # the exact rounds (ADR 0038)
                 for key in ("query_budget", "query_budget_project", "differencing_check"):
                     home.set_setting(key, 0)
                 data = make_data(11, args.rows)

@@ -14,6 +14,20 @@ from typing import Iterator, Mapping
 import httpx
 
 
+def standard_home(root, name: str, db_url: str = "", **kwargs):
+    """A new node home that answers projects without a study in **standard** mode (exact answers under
+    the per-request controls), for the tests of those controls and of the exact algorithms.
+
+    The shipped default is explore mode (``default_mode``, ADR 0038): tests of the default build their
+    homes with ``NodeHome.init`` (``tests/privacy/test_default_mode.py``).
+    """
+    from mipflow.node.home import NodeHome
+
+    home = NodeHome.init(root, name, db_url, **kwargs)
+    home.set_setting("default_mode", "standard")
+    return home
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -138,11 +152,10 @@ def in_process_node(root: Path, name: str, *, seed: int, rows: int, patients: st
 
     from mipflow.central.client import NodeClient, NodeEndpoint
     from mipflow.node.api.app import create_app
-    from mipflow.node.home import NodeHome
     from mipflow.protocol.signing import issue_client
     from tests.mipflow.algorithms.synthetic import MODEL, make_data
 
-    home = NodeHome.init(root, name)
+    home = standard_home(root, name)
     grant_all(home.root)
     frame = make_data(seed, rows)
     frame.insert(0, "subjectcode", [f"{patients}_{k:04d}" for k in range(len(frame))])
@@ -234,13 +247,12 @@ def csv_nodes(base: Path, prefix: str, folder: Path, datasets, model, **settings
     applied.  Returns ``(roots, raw)``: node name -> home, and the CSVs' rows (text) concatenated."""
     import pandas as pd
 
-    from mipflow.node.home import NodeHome
 
     roots, raws = {}, []
     for i, dataset in enumerate(datasets):
         node = f"{prefix}{i}"
         roots[node] = Path(base) / node
-        home = NodeHome.init(roots[node], node)
+        home = standard_home(roots[node], node)
         for key, value in {"query_budget": 0, "query_budget_project": 0, **settings}.items():
             home.set_setting(key, value)
         frame = pd.read_csv(Path(folder) / f"{dataset}.csv", dtype=str)

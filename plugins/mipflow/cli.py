@@ -107,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
 
     from mipflow.node.controls.explore_cli import add_parser as add_explore_parser
 
-    add_explore_parser(sub)  # mipflow explore enable|disable|show (ADR 0032)
+    add_explore_parser(sub)  # mipflow explore enable|disable|show (ADR 0032), mipflow mode show|set (ADR 0038)
 
     audit = sub.add_parser("audit", help="node admin: the audit log").add_subparsers(
         dest="audit_command", required=True)
@@ -367,7 +367,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from mipflow.node.controls.study_cli import run
 
         return run(args)
-    if args.command == "explore":
+    if args.command in ("explore", "mode"):
         from mipflow.node.controls.explore_cli import run
 
         return run(args)

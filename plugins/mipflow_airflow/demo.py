@@ -17,8 +17,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mipflow.demo.run import (ANALYSES, REPO_ROOT, STUDY_VARIABLES, analysis_conf, node_counts, pooled_check,
-                              prepare_nodes, results_page_hint, row_accounting, serve_nodes, should_serve)
+from mipflow.demo.run import (ANALYSES, DEMO_PROJECT, EXPLORE_PROJECT, REPO_ROOT, STUDY_VARIABLES, analysis_conf,
+                              approve_study, node_counts, pooled_check, prepare_nodes, results_page_hint,
+                              row_accounting, serve_nodes, should_serve)
 
 NODE_DAGS = ("node_capture", "node_depersonalise", "node_validate", "node_load")
 #: Lines of each result's summary the demo prints (the task log has them all).
@@ -56,8 +57,9 @@ def run_federation(homes: dict[str, Path], dags: dict[str, Any], work_dir: Path)
         os.environ["MIPFLOW_CENTRAL_HOME"] = str(work_dir / "central")
         store = ResultStore(work_dir / "central")
         ok = True
-        print(f"\nstudy cohort: rows complete in {', '.join(STUDY_VARIABLES)} (every analysis uses the same "
-              "cohort; nodes refuse near-duplicate cohorts, docs/adr/0013-differencing.md)")
+        print(f"\nproject {DEMO_PROJECT}: exact answers inside the approved study (rows complete in "
+              f"{', '.join(STUDY_VARIABLES)}); project {EXPLORE_PROJECT}: no study, so the nodes answer in their "
+              "default mode, explore (perturbed answers; docs/adr/0038-safe-default-mode.md)")
         for dag_id, form, title in ANALYSES:
             conf = analysis_conf(list(homes), form, [f"mipflow_node_{h}" for h in homes])
             print(f"\n== {dag_id}: {title}")
@@ -120,6 +122,8 @@ def run_demo(args: argparse.Namespace) -> int:
     if not ok:
         print("demo: a batch did not load or its counts do not add up", file=sys.stderr)
         return 1
+    print("\n== Each hospital's node admin approves the demo study protocol (mipflow study approve)")
+    print("\n".join(approve_study(homes)))
     print("\n== Federated analyses through the central Airflow DAGs (aggregates only left each node)")
     if not run_federation(homes, dags, args.work_dir):
         return 1

@@ -12,12 +12,12 @@ import sqlalchemy as sa
 from mipflow.node import ops
 from mipflow.node.store.feature_store import open_store
 from mipflow.protocol.signing import issue_client
-from mipflow.node.home import NodeHome
 from mipflow.central.results import ResultStore
 from mipflow.demo.formats import HOSPITALS
 from mipflow.demo.synth import generate_export, write_export
 from tests.conftest import REPO_ROOT
 from tests.nodes import DAG_TEST_USER, PROJECT, RESEARCHER, grant_all, pin_each_other, running_nodes
+from tests.nodes import standard_home
 
 pytestmark = [pytest.mark.airflow, pytest.mark.xdist_group("airflow")]
 #: A researcher whom every node approves for its own dataset only.
@@ -30,7 +30,7 @@ def federation(tmp_path_factory, airflow_db):
     root = tmp_path_factory.mktemp("federation")
     homes = []
     for i, hospital in enumerate(HOSPITALS):
-        home = NodeHome.init(root / hospital, hospital)
+        home = standard_home(root / hospital, hospital)
         # the DAGs here analyse overlapping cohorts on purpose (complete cases of different
         # variables); the differencing control has its own tests (tests/mipflow/node/controls/test_differencing.py)
         home.set_setting("differencing_check", 0)

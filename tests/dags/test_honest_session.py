@@ -35,6 +35,7 @@ from tests.mipflow.algorithms.helpers import assert_rel_close
 from tests.mipflow.algorithms.test_survival import check_km
 from tests.mipflow.node.controls.study_helpers import ELDERLY, MEN, WOMEN, rule, where
 from tests.nodes import DAG_TEST_USER, grant_all, pin_each_other, running_nodes
+from tests.nodes import standard_home
 
 pytestmark = [pytest.mark.airflow, pytest.mark.xdist_group("airflow")]
 
@@ -78,7 +79,7 @@ def federation(tmp_path_factory, airflow_db):
     protocol_file.write_text(json.dumps(PROTOCOL))
     homes, snapshot_rows = [], []
     for i, hospital in enumerate(HOSPITALS):
-        home = NodeHome.init(root / hospital, hospital)  # default settings: differencing on
+        home = standard_home(root / hospital, hospital)  # default settings: differencing on
         ops.add_data_model(home, STROKE)
         path = write_export(root / f"{hospital}.csv", generate_export(hospital, 200, seed=40 + i))
         ops.ingest(home, [path], profile=PROFILES / f"{hospital}.json")

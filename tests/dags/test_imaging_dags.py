@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from mipflow.node.home import NodeHome
 from mipflow.node.deid.pseudonyms import Pseudonymiser
 from mipflow.node.store.feature_store import open_store
 from tests.conftest import REPO_ROOT
 from tests.mipflow.node.imaging.conftest import NODE_KEY, build_landing, raw_identifiers
+from tests.nodes import standard_home
 
 pytestmark = [pytest.mark.airflow, pytest.mark.xdist_group("airflow")]
 CHAIN = ("imaging_capture", "imaging_deidentify")
@@ -38,7 +38,7 @@ def test_dags_are_linked_by_assets(dags):
 
 
 def test_imaging_chain_through_airflow(dags, tmp_path):
-    home = NodeHome.init(tmp_path / "imaging_test", "imaging_test")
+    home = standard_home(tmp_path / "imaging_test", "imaging_test")
     (home.root / "secret.key").write_text(NODE_KEY.hex() + "\n")
     home.set_setting("settle_seconds", "0")
     expected = build_landing(home)

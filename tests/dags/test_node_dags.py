@@ -14,6 +14,7 @@ from mipflow.node.files import EHR_KIND, file_ref, landing_path_key
 from mipflow.demo.synth import generate_consent, generate_export, write_export
 from tests.conftest import REPO_ROOT
 from tests.mipflow.node.ingest.test_pipeline import all_text
+from tests.nodes import standard_home
 
 pytestmark = [pytest.mark.airflow, pytest.mark.xdist_group("airflow")]
 CHAIN = ("node_capture", "node_depersonalise", "node_validate", "node_load")
@@ -35,7 +36,7 @@ def run_chain(dags, home) -> None:
 
 
 def test_node_chain_through_airflow(dags, tmp_path, db_url, caplog, capfd):
-    home = NodeHome.init(tmp_path / "hospital_b", "hospital_b", db_url)
+    home = standard_home(tmp_path / "hospital_b", "hospital_b", db_url)
     home.set_setting("settle_seconds", "0")
     ops.add_data_model(home, REPO_ROOT / "include" / "schemas" / "stroke_v_0_1" / "CDEsMetadata.json")
     shutil.copyfile(REPO_ROOT / "include" / "schemas" / "profiles" / "hospital_b.json",
@@ -71,7 +72,7 @@ def test_node_chain_through_airflow(dags, tmp_path, db_url, caplog, capfd):
     assert len(store.batches()) == 1 and store.count_rows(model) == batch["loaded"]
 
     # the CLI path on the same export gives the same store content
-    other = NodeHome.init(tmp_path / "cli", "cli")
+    other = standard_home(tmp_path / "cli", "cli")
     ops.add_data_model(other, REPO_ROOT / "include" / "schemas" / "stroke_v_0_1" / "CDEsMetadata.json")
     home_key = (home.root / "secret.key").read_text()
     (other.root / "secret.key").write_text(home_key)
@@ -141,7 +142,7 @@ def test_a_capture_run_queues_the_next_stage_by_itself(dags, tmp_path):
 # --------------------------------------------------------------------------
 
 def make_node_home(tmp_path, db_url: str = "") -> NodeHome:
-    home = NodeHome.init(tmp_path / "hospital_b", "hospital_b", db_url)
+    home = standard_home(tmp_path / "hospital_b", "hospital_b", db_url)
     home.set_setting("settle_seconds", "0")
     ops.add_data_model(home, REPO_ROOT / "include" / "schemas" / "stroke_v_0_1" / "CDEsMetadata.json")
     shutil.copyfile(REPO_ROOT / "include" / "schemas" / "profiles" / "hospital_b.json",

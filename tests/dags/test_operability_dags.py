@@ -12,6 +12,7 @@ from datetime import timedelta
 import pytest
 
 from tests.conftest import REPO_ROOT
+from tests.nodes import standard_home
 
 pytestmark = [pytest.mark.airflow, pytest.mark.xdist_group("airflow")]
 STROKE = REPO_ROOT / "include" / "schemas" / "stroke_v_0_1" / "CDEsMetadata.json"
@@ -88,9 +89,8 @@ def test_failure_callback_records_a_failed_task(airflow_db, tmp_path, monkeypatc
 
 
 def test_a_succeeding_run_writes_no_failure_record(airflow_db, tmp_path, monkeypatch):
-    from mipflow.node.home import NodeHome
 
-    home = NodeHome.init(tmp_path / "hospital_a", "hospital_a")
+    home = standard_home(tmp_path / "hospital_a", "hospital_a")
     notify_file = tmp_path / "notifications.jsonl"
     monkeypatch.setenv("MIPFLOW_NOTIFY_FILE", str(notify_file))
     run = _dagbag("mipflow_node.py")["node_capture"].test(run_conf={"node_home": str(home.root)})
@@ -149,12 +149,11 @@ def _run_mounted(env: dict[str, str]) -> dict:
 def node_home(tmp_path_factory):
     from mipflow.node import ops
     from mipflow.protocol.signing import issue_client
-    from mipflow.node.home import NodeHome
     from mipflow.demo.synth import generate_export, write_export
     from tests.nodes import grant_all
 
     root = tmp_path_factory.mktemp("mounted")
-    home = NodeHome.init(root / "hospital_a", "hospital_a")
+    home = standard_home(root / "hospital_a", "hospital_a")
     ops.add_data_model(home, STROKE)
     path = write_export(root / "a.csv", generate_export("hospital_a", 60, seed=4))
     ops.ingest(home, [path], profile=REPO_ROOT / "include" / "schemas" / "profiles" / "hospital_a.json")

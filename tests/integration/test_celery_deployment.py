@@ -38,6 +38,7 @@ import sqlalchemy as sa
 from tests.airflow_server import CentralAirflow, _wait, airflow_env, run_dag
 from tests.conftest import PG_ADMIN_URL, REPO_ROOT
 from tests.nodes import PROJECT, free_port, grant_all, pin_each_other, running_nodes
+from tests.nodes import standard_home
 
 pytestmark = [pytest.mark.xdist_group("celery"), pytest.mark.postgres, pytest.mark.slow]
 
@@ -158,12 +159,11 @@ def stop_all(procs: dict[str, subprocess.Popen]) -> None:
 def prepare_analysis_nodes(root: Path, databases: Databases) -> list:
     """Three hospitals' homes with PostgreSQL stores, their synthetic exports ingested in process."""
     from mipflow.node import ops
-    from mipflow.node.home import NodeHome
     from mipflow.demo.synth import generate_export, write_export
 
     homes = []
     for i, hospital in enumerate(HOSPITALS):
-        home = NodeHome.init(root / hospital, hospital, databases.create(hospital))
+        home = standard_home(root / hospital, hospital, databases.create(hospital))
         ops.add_data_model(home, STROKE)
         path = write_export(root / f"{hospital}.csv", generate_export(hospital, 120, seed=40 + i))
         ops.ingest(home, [path], profile=PROFILES / f"{hospital}.json")
@@ -175,10 +175,9 @@ def prepare_analysis_nodes(root: Path, databases: Databases) -> list:
 def prepare_ingestion_node(root: Path, databases: Databases):
     """A node home (PostgreSQL store) with one export and a consent registry in its landing folder."""
     from mipflow.node import ops
-    from mipflow.node.home import NodeHome
     from mipflow.demo.synth import generate_consent, generate_export, write_export
 
-    home = NodeHome.init(root / "ingest_node", "hospital_b", databases.create("ingest"))
+    home = standard_home(root / "ingest_node", "hospital_b", databases.create("ingest"))
     home.set_setting("settle_seconds", "0")
     ops.add_data_model(home, STROKE)
     shutil.copyfile(PROFILES / "hospital_b.json", home.profiles_dir / "hospital_b.json")

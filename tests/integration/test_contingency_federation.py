@@ -22,7 +22,6 @@ import pytest
 from scipy import stats
 
 from mipflow.node.controls.audit import AuditLog
-from mipflow.node.home import NodeHome
 from mipflow.exceptions import FederationError
 from mipflow.central.client import NodeClient, NodeRefused
 from mipflow.central.federation_file import add_node, load_federation
@@ -30,6 +29,7 @@ from mipflow.central.rounds import run_analysis as _run_analysis
 from mipflow.node.api.app import AUDIT_FILE
 from tests.mipflow.algorithms.synthetic import MODEL, make_data
 from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, pin_each_other, running_nodes
+from tests.nodes import standard_home
 
 #: every analysis here runs as the identity the nodes' grants approve
 run_analysis = functools.partial(_run_analysis, researcher=RESEARCHER, project=PROJECT)
@@ -68,7 +68,7 @@ def fed(tmp_path_factory) -> Iterator[dict]:
     roots = {}
     for name, frame in frames.items():
         roots[name] = base / name
-        NodeHome.init(roots[name], name)  # default controls: min_row_count 10, nfilter_tab 3
+        standard_home(roots[name], name)  # default controls: min_row_count 10, nfilter_tab 3
         assert load_frame(roots[name], MODEL, _with_ids(frame, name)) == len(frame)
         grant_all(roots[name])
     pin_each_other(roots)  # the admins pinned each other's keys (ADR 0014)

@@ -20,6 +20,7 @@ from mipflow.protocol.datamodel import load_data_model
 from mipflow.central.client import NodeClient, NodeEndpoint, NodeRefused
 from mipflow.central.rounds import run_analysis
 from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, pin_each_other, running_nodes
+from tests.nodes import standard_home
 
 pytestmark = pytest.mark.xdist_group("dp_federation")
 
@@ -54,7 +55,7 @@ def federation(tmp_path_factory, stroke_model_path):
     roots, frames = {}, {}
     for seed, (name, dataset) in enumerate(DATASETS.items()):
         roots[name] = base / name
-        NodeHome.init(roots[name], name)
+        standard_home(roots[name], name)
         frames[name] = stroke_frame(seed, 400, dataset)
         load_frame(roots[name], model, frames[name])
         grant_all(roots[name])

@@ -23,6 +23,7 @@ from mipflow.exceptions import FederationError
 from mipflow.central.client import NodeRefused
 from mipflow.central.rounds import run_analysis
 from tests.nodes import PROJECT, grant_all, load_frame, pin_each_other, served_clients
+from tests.nodes import standard_home
 
 pytestmark = pytest.mark.xdist_group("dp_regression_federation")
 
@@ -63,7 +64,7 @@ def federation(tmp_path_factory, stroke_model_path, dementia_model):
     roots, frames = {}, {}
     for seed, (name, dataset) in enumerate(DATASETS.items()):
         roots[name] = base / name
-        NodeHome.init(roots[name], name)
+        standard_home(roots[name], name)
         frames[name] = stroke_frame(seed, ROWS[name], dataset)
         load_frame(roots[name], model, frames[name])
         for who in ("dp_alice", "dp_bob", "dp_carol"):

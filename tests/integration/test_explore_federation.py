@@ -21,10 +21,10 @@ import pytest
 from mipflow.central.report.pages import mode_text
 from mipflow.central.rounds import run_analysis as _run_analysis
 from mipflow.node.controls import explore
-from mipflow.node.home import NodeHome
 from tests.mipflow.algorithms.survival_data import STROKE
 from tests.mipflow.node.controls.study_helpers import ELDERLY, PROJECT, stroke_rows
 from tests.nodes import grant_all, load_frame, pin_each_other, served_clients
+from tests.nodes import standard_home
 
 pytestmark = pytest.mark.xdist_group("federation")
 
@@ -39,7 +39,7 @@ def federation(tmp_path_factory) -> Iterator[tuple[list, dict[str, pd.DataFrame]
     frames, roots = {}, {}
     for i, hospital in enumerate(HOSPITALS):
         roots[hospital] = base / hospital
-        NodeHome.init(roots[hospital], hospital)  # default settings: differencing on
+        standard_home(roots[hospital], hospital)  # default settings: differencing on
         frames[hospital] = stroke_rows(200 + i, 300 + 60 * i, hospital, f"{hospital}-p")
         load_frame(roots[hospital], STROKE, frames[hospital])
         grant_all(roots[hospital], researcher=RESEARCHER, project=PROJECT)

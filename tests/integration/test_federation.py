@@ -55,6 +55,7 @@ from tests.mipflow.algorithms.test_exareme2_validation import (
     ALGORITHMS, check_case, expected_path, expects_error, load_cases,
 )
 from tests.nodes import PROJECT, RESEARCHER, free_port, grant_all, load_frame, pin_each_other, served_clients
+from tests.nodes import standard_home
 
 pytestmark = pytest.mark.xdist_group("federation")
 
@@ -153,7 +154,7 @@ def federation(request, tmp_path_factory, shared_dir: Path, dementia_model: Data
     roots = {}
     for node in NODES:
         roots[node] = base / node
-        home = NodeHome.init(roots[node], node)
+        home = standard_home(roots[node], node)
         # Exareme2's validation suite runs with its privacy threshold at 1: its
         # expected results include per-dataset statistics of a handful of rows
         # and histograms binned on the pooled min/max.  Set every threshold
@@ -504,7 +505,7 @@ def default_federation(tmp_path_factory, shared_dir: Path, dementia_model: DataM
     base = tmp_path_factory.mktemp("federation-defaults")
     roots = {node: base / node for node in NODES}
     for node, root in roots.items():
-        NodeHome.init(root, node)
+        standard_home(root, node)
     frames = _load_model(roots, shared_dir / "data" / "dementia_v_0_1", dementia_model,
                          lambda datasets: datasets.map(_family_node))
     # the synthetic model is held by two of the three nodes only

@@ -22,6 +22,7 @@ from mipflow.node.controls.audit import read_records, verify_log
 from mipflow.node.home import NodeHome
 from mipflow.protocol.signing import issue_client, signed_headers
 from tests.nodes import LINREG, linreg, load_frame, pin_each_other, running_nodes
+from tests.nodes import standard_home
 
 pytestmark = pytest.mark.xdist_group("governance")
 
@@ -34,7 +35,7 @@ def nodes(tmp_path_factory, shared_dir, dementia_model):
     roots, data = {}, {}
     for name, datasets in holdings.items():
         roots[name] = base / name
-        NodeHome.init(roots[name], name)
+        standard_home(roots[name], name)
         data[name] = pd.concat([pd.read_csv(csv / f"{d}.csv", dtype=str) for d in datasets], ignore_index=True)
         load_frame(roots[name], dementia_model, data[name])
     credentials = {name: issue_client(root, "central") for name, root in roots.items()}

@@ -20,6 +20,7 @@ from tests.mipflow.algorithms.helpers import assert_rel_close
 from tests.mipflow.algorithms.synthetic import MODEL
 from tests.mipflow.algorithms.synthetic import request as synthetic_request
 from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, pin_each_other, served_clients
+from tests.nodes import standard_home
 
 #: every analysis here runs as the identity the nodes' grants approve
 run_analysis = functools.partial(_run_analysis, researcher=RESEARCHER, project=PROJECT)
@@ -54,7 +55,7 @@ def nodes(tmp_path_factory):
     base = tmp_path_factory.mktemp("kmeans-nodes")
     roots = {}
     for name, frame in frames.items():
-        home = NodeHome.init(base / name, name)  # default settings: nfilter_tab 3, min_row_count 10
+        home = standard_home(base / name, name)  # default settings: nfilter_tab 3, min_row_count 10
         assert home.settings.nfilter_tab == 3
         load_frame(home.root, MODEL, frame)
         roots[name] = home.root
@@ -138,7 +139,7 @@ def stop_nodes(tmp_path_factory):
     base = tmp_path_factory.mktemp("kmeans-stop-nodes")
     roots = {}
     for name, parts in frames.items():
-        home = NodeHome.init(base / name, name)  # default settings: nfilter_tab 3, differencing on
+        home = standard_home(base / name, name)  # default settings: nfilter_tab 3, differencing on
         assert home.settings.nfilter_tab == 3 and home.settings.differencing_check
         load_frame(home.root, MODEL, pd.concat(parts.values(), ignore_index=True))
         roots[name] = home.root
@@ -297,7 +298,7 @@ def corner_nodes(tmp_path_factory):
     base = tmp_path_factory.mktemp("kmeans-corner-nodes")
     roots = {}
     for name, frame in frames.items():
-        home = NodeHome.init(base / name, name)  # default settings: nfilter_tab 3, differencing on
+        home = standard_home(base / name, name)  # default settings: nfilter_tab 3, differencing on
         assert home.settings.nfilter_tab == 3 and home.settings.differencing_check
         load_frame(home.root, MODEL, frame)
         roots[name] = home.root

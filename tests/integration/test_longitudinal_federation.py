@@ -31,6 +31,7 @@ from mipflow.node.home import NodeHome
 from mipflow.protocol.datamodel import DataModel, load_data_model
 from tests.mipflow.algorithms.helpers import EXACT_RTOL, assert_rel_close, reported_summary
 from tests.nodes import PROJECT, RESEARCHER, csv_nodes, grant_all, load_frame, served_clients
+from tests.nodes import standard_home
 
 pytestmark = pytest.mark.xdist_group("longitudinal")
 
@@ -373,7 +374,7 @@ def test_a_cohort_a_few_patients_away_is_refused(tmp_path, shared_dir: Path) -> 
     folder = shared_dir / "data" / FOLDER
     model = load_data_model(folder / "CDEsMetadata.json")
     root = tmp_path / "node_ledger"
-    NodeHome.init(root, "node_ledger")
+    standard_home(root, "node_ledger")
     load_frame(root, model, pd.read_csv(folder / f"{DATASETS[0]}.csv", dtype=str), pid_column="subjectid",
                visit_column="visitid")
     grant_all(root)

@@ -20,13 +20,13 @@ import pytest
 
 from mipflow.node import ops
 from mipflow.protocol.signing import issue_client
-from mipflow.node.home import NodeHome
 from mipflow.central.results import ResultStore
 from mipflow.demo.formats import HOSPITALS
 from mipflow.demo.synth import generate_export, write_export
 from tests.airflow_server import central_airflow, run_dag
 from tests.conftest import REPO_ROOT
 from tests.nodes import PROJECT, grant_all, pin_each_other, running_nodes
+from tests.nodes import standard_home
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow, pytest.mark.xdist_group("airflow")]
 CHROMIUM = os.environ.get("MIPFLOW_CHROMIUM", "/usr/bin/chromium")
@@ -57,7 +57,7 @@ def central(tmp_path_factory):
     with central_airflow(root / "airflow", env, dag_ids=[DAG_ID]) as ready:
         homes = []  # while Airflow starts
         for i, hospital in enumerate(HOSPITALS):
-            home = NodeHome.init(root / hospital, hospital)
+            home = standard_home(root / hospital, hospital)
             ops.add_data_model(home, REPO_ROOT / "include" / "schemas" / "stroke_v_0_1" / "CDEsMetadata.json")
             path = write_export(root / f"{hospital}.csv", generate_export(hospital, 60, seed=40 + i))
             ops.ingest(home, [path], profile=REPO_ROOT / "include" / "schemas" / "profiles" / f"{hospital}.json")

@@ -32,6 +32,7 @@ from mipflow.central.rounds import run_analysis
 from tests.mipflow.algorithms.helpers import assert_rel_close
 from tests.mipflow.algorithms.synthetic import MODEL, make_data, request
 from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, pin_each_other, served_clients
+from tests.nodes import standard_home
 
 pytestmark = pytest.mark.xdist_group("secagg_federation")
 
@@ -71,7 +72,7 @@ def fed(tmp_path_factory) -> Iterator[Fed]:
     data = DATA.assign(subjectcode=[f"p{i}" for i in range(len(DATA))])
     for k, node in enumerate(NODES):
         roots[node] = base / node
-        home = NodeHome.init(roots[node], node)  # default disclosure settings (min_row_count 10, nfilter_tab 3)
+        home = standard_home(roots[node], node)  # default disclosure settings (min_row_count 10, nfilter_tab 3)
         # the analyses here use overlapping cohorts on purpose (complete cases of different
         # variables); the differencing control has its own tests (tests/mipflow/node/controls/test_differencing.py)
         home.set_setting("differencing_check", 0)

@@ -29,6 +29,7 @@ from tests.mipflow.node.controls.study_helpers import (
     ELDERLY, MEN, PROJECT, VARIABLES, WOMEN, population, protocol, stroke_rows,
 )
 from tests.nodes import grant_all, load_frame, pin_each_other, served_clients
+from tests.nodes import standard_home
 
 pytestmark = pytest.mark.xdist_group("federation")
 
@@ -43,7 +44,7 @@ def study_federation(tmp_path_factory) -> Iterator[tuple[list, dict[str, pd.Data
     frames, roots = {}, {}
     for i, hospital in enumerate(HOSPITALS):
         roots[hospital] = base / hospital
-        NodeHome.init(roots[hospital], hospital)  # default settings: differencing on
+        standard_home(roots[hospital], hospital)  # default settings: differencing on
         frames[hospital] = stroke_rows(100 + i, 260 + 40 * i, hospital, f"{hospital}-p")
         load_frame(roots[hospital], STROKE, frames[hospital])
         grant_all(roots[hospital], researcher=RESEARCHER, project=PROJECT)

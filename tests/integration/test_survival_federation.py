@@ -19,7 +19,6 @@ import pandas as pd
 import pytest
 from statsmodels.duration.hazard_regression import PHReg
 
-from mipflow.node.home import NodeHome
 from mipflow.central.client import NodeClient
 from mipflow.central.rounds import run_analysis as _run_analysis
 from tests.mipflow.algorithms import lifelines_reference
@@ -29,6 +28,7 @@ from tests.mipflow.algorithms.survival_data import (
 )
 from tests.mipflow.algorithms.test_survival import COX_COLUMNS, COX_X, KM_COLUMNS, check_km, check_km_lifelines
 from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, pin_each_other, served_clients
+from tests.nodes import standard_home
 
 #: every analysis here runs as the identity the nodes' grants approve
 run_analysis = functools.partial(_run_analysis, researcher=RESEARCHER, project=PROJECT)
@@ -48,7 +48,7 @@ def survival_federation(tmp_path_factory) -> Iterator[tuple[list[NodeClient], di
     roots = {}
     for hospital, frame in frames.items():
         roots[hospital] = base / hospital
-        home = NodeHome.init(roots[hospital], hospital)
+        home = standard_home(roots[hospital], hospital)
         # the analyses here use overlapping cohorts on purpose (complete cases of different
         # variables); the differencing control has its own tests (tests/mipflow/node/controls/test_differencing.py)
         home.set_setting("differencing_check", 0)

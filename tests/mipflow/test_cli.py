@@ -15,6 +15,7 @@ from mipflow.node.controls.audit import AuditLog
 from mipflow.node.home import NodeHome
 from tests.conftest import REPO_ROOT
 from tests.nodes import running_nodes
+from tests.nodes import standard_home
 
 pytestmark = pytest.mark.xdist_group("cli")
 STROKE = REPO_ROOT / "include" / "schemas" / "stroke_v_0_1" / "CDEsMetadata.json"
@@ -88,7 +89,7 @@ def test_clear_errors(tmp_path):
 
 
 def test_access_cli_grant_list_revoke(tmp_path, capsys):
-    NodeHome.init(tmp_path / "h", "h")
+    standard_home(tmp_path / "h", "h")
     home = str(tmp_path / "h")
     assert cli.main(["access", "grant", home, "--researcher", "alice", "--data-model", "dementia:0.1",
                      "--datasets", "edsd0,edsd1", "--algorithms", "*", "--until", "2099-12-31",
@@ -111,7 +112,7 @@ def test_access_cli_grant_list_revoke(tmp_path, capsys):
 
 
 def test_audit_show_summarises_per_researcher_algorithm_and_reason(tmp_path, capsys):
-    home = NodeHome.init(tmp_path / "h", "h")
+    home = standard_home(tmp_path / "h", "h")
     log = AuditLog(home.root / "audit.log")
     rows = [("alice", "linear_regression", "allowed", "", "a1"), ("alice", "linear_regression", "allowed", "", "a1"),
             ("alice", "anova_oneway", "refused", "min_row_count", None), ("bob", "linear_regression", "refused",
@@ -138,7 +139,7 @@ def test_audit_show_summarises_per_researcher_algorithm_and_reason(tmp_path, cap
 
 
 def test_disabled_algorithms_setting(tmp_path, capsys):
-    home = NodeHome.init(tmp_path / "h", "h")
+    home = standard_home(tmp_path / "h", "h")
     assert cli.main(["node", "config", str(home.root), "disabled_algorithms", "ttest_paired, anova_oneway"]) == 0
     assert NodeHome(home.root).settings.disabled_algorithms == "anova_oneway,ttest_paired"
     capsys.readouterr()

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from mipflow.central.results import ResultStore
 from tests.mipflow.central.report.helpers import analysis_results, cells_of
+from tests.nodes import standard_home
 
 
 @pytest.fixture(scope="module")
@@ -110,12 +111,11 @@ def test_app_hides_results_the_user_may_not_read(stored):
 @pytest.fixture(scope="module")
 def node_home(tmp_path_factory):
     from mipflow.node import ops
-    from mipflow.node.home import NodeHome
     from mipflow.demo.synth import generate_consent, generate_export, write_export
     from tests.conftest import REPO_ROOT
 
     root = tmp_path_factory.mktemp("node")
-    home = NodeHome.init(root / "hospital_a", "hospital_a")
+    home = standard_home(root / "hospital_a", "hospital_a")
     ops.add_data_model(home, REPO_ROOT / "include" / "schemas" / "stroke_v_0_1" / "CDEsMetadata.json")
     frame = generate_export("hospital_a", 80, seed=3, bad_rows=6)
     consent = generate_consent(frame, seed=3)

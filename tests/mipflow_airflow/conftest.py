@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from tests.nodes import PROJECT, RESEARCHER, free_port, grant_all, load_frame, pin_each_other, running_nodes
+from tests.nodes import standard_home
 
 #: The synthetic model's request the operator tests analyse (tests/mipflow/algorithms/synthetic.py).
 REQUEST = {"inputdata": {"data_model": "synth:1", "datasets": ["d0", "d1", "d2"], "x": ["x1", "age"],
@@ -20,14 +21,13 @@ def nodes(tmp_path_factory) -> dict[str, dict[str, Any]]:
     Each entry: ``url``, ``client_id``, ``secret`` (hex) and ``home``.  Both nodes approve
     :data:`tests.nodes.RESEARCHER` in :data:`tests.nodes.PROJECT`; nobody else.
     """
-    from mipflow.node.home import NodeHome
     from mipflow.protocol.signing import issue_client
     from tests.mipflow.algorithms.synthetic import MODEL, make_data
 
     root = tmp_path_factory.mktemp("airflow-layer-nodes")
     homes = []
     for i in range(2):
-        home = NodeHome.init(root / f"node{i}", f"node{i}")
+        home = standard_home(root / f"node{i}", f"node{i}")
         home.set_setting("differencing_check", 0)  # the tests ask overlapping cohorts on purpose
         grant_all(home.root)
         frame = make_data(60 + i, 150)

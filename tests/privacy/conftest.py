@@ -16,6 +16,7 @@ from mipflow.node.home import NodeHome
 from mipflow.node.api.app import create_app
 from tests.mipflow.algorithms.survival_data import STROKE, make_stroke
 from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame
+from tests.nodes import standard_home
 
 #: The patient every attack is after: the only one aged 18.5, with NIHSS 42, the longest
 #: follow-up, and the only one who had thrombolysis.
@@ -138,7 +139,7 @@ def _unverified(home: NodeHome, algorithm: str, body: bytes) -> _Reply:
 
 def start_node(root: Path, rows: pd.DataFrame | None = None, **settings: Any) -> Iterator[Node]:
     """A node serving ``rows`` (default :func:`make_rows`) with ``settings``, in process."""
-    home = NodeHome.init(root, "hospital_a")
+    home = standard_home(root, "hospital_a")
     for key, value in settings.items():
         home.set_setting(key, value)
     home = NodeHome(root)

@@ -18,10 +18,11 @@ import pytest
 from mipflow.central.client import NodeRefused
 from mipflow.central.rounds import run_analysis
 from mipflow.node.controls.audit import AUDIT_FILE, AuditLog
-from mipflow.node.home import NodeHome, NodeSettings
+from mipflow.node.home import NodeSettings
 from tests.mipflow.algorithms.survival_data import STROKE
 from tests.nodes import grant_all, load_frame, served_clients
 from tests.privacy.conftest import DATASETS, make_rows, rule, where
+from tests.nodes import standard_home
 
 PROJECT = "stroke-outcomes"
 DEFAULTS = NodeSettings()
@@ -29,7 +30,7 @@ DEFAULTS = NodeSettings()
 
 def make_home(root: Path, **settings: Any) -> Path:
     """A node home with the privacy suite's stroke rows and a project-wide grant (any researcher id)."""
-    home = NodeHome.init(root, "hospital_a")
+    home = standard_home(root, "hospital_a")
     for key, value in settings.items():
         home.set_setting(key, value)
     load_frame(root, STROKE, make_rows())

@@ -22,6 +22,7 @@ from mipflow.protocol.signing import issue_client
 from tests.mipflow.algorithms.survival_data import STROKE
 from tests.nodes import grant_all, load_frame
 from tests.privacy.conftest import TARGET, TARGET_AGE, Node, make_rows
+from tests.nodes import standard_home
 
 TAB = 3  # the node's default nfilter_tab
 
@@ -143,7 +144,7 @@ def cell_of_one_rows():
 @pytest.fixture(scope="module")
 def cell_node(tmp_path_factory) -> Iterator[Node]:
     root = Path(tmp_path_factory.mktemp("cell-node"))
-    NodeHome.init(root, "hospital_a")
+    standard_home(root, "hospital_a")
     home = NodeHome(root)
     rows = cell_of_one_rows()
     assert load_frame(root, STROKE, rows) == len(rows)

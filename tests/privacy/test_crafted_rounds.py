@@ -25,13 +25,13 @@ from mipflow.algorithms import get_algorithm
 from mipflow.central.client import NodeClient, NodeRefused
 from mipflow.central.rounds import run_analysis
 from mipflow.node.controls.audit import AUDIT_FILE
-from mipflow.node.home import NodeHome
 from mipflow.secagg.codec import SCHEME
 from mipflow.secagg.crypto import KeyPair
 from mipflow.secagg.transcript import TRANSCRIPT_SCHEME, message, tags_for
 from tests.mipflow.algorithms.helpers import assert_rel_close
 from tests.mipflow.algorithms.synthetic import MODEL, make_data, request
 from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, pin_each_other, served_clients
+from tests.nodes import standard_home
 
 pytestmark = pytest.mark.xdist_group("crafted_rounds")
 
@@ -133,7 +133,7 @@ def centre(tmp_path_factory) -> Iterator[Centre]:
     data = DATA.assign(subjectcode=[f"p{i}" for i in range(len(DATA))])
     for k, node in enumerate(NODES):
         roots[node] = base / node
-        home = NodeHome.init(roots[node], node)  # default settings: pinned trust policy, min_row_count 10
+        home = standard_home(roots[node], node)  # default settings: pinned trust policy, min_row_count 10
         # the attacks reuse one cohort many times; the differencing control has its own tests
         home.set_setting("differencing_check", 0)
         home.set_setting("query_budget", 0)

@@ -30,6 +30,7 @@ from mipflow.protocol.signing import issue_client, signed_headers
 from tests.mipflow.algorithms.survival_data import STROKE
 from tests.mipflow.node.controls.study_helpers import rule, stroke_rows, where
 from tests.nodes import grant_all, load_frame, running_nodes
+from tests.nodes import standard_home
 
 NAME = "hospital"
 DATASETS = ["hospital_a"]
@@ -62,7 +63,7 @@ def pair(tmp_path_factory) -> Iterator[dict[str, Served]]:
     roots, credentials, frames = {}, {}, {}
     for which, (seed, n) in {"small": (31, 220), "large": (32, 340)}.items():
         root = Path(tmp_path_factory.mktemp(f"explore-{which}"))
-        home = NodeHome.init(root, NAME)
+        home = standard_home(root, NAME)
         for key, value in BUDGET.items():
             home.set_setting(key, value)
         frames[which] = stroke_rows(seed, n, "hospital_a", which)
@@ -262,7 +263,8 @@ def test_at_a_dp_node_an_explore_project_takes_the_explore_path_and_others_do_no
             return reply.json()
 
         first, again = call("explorers"), call("explorers")
-        assert first["mode"] == {"mode": "explore", "project": "explorers", "mechanism": "laplace", "epsilon": 1.0}
+        assert first["mode"] == {"mode": "explore", "project": "explorers", "mechanism": "laplace", "epsilon": 1.0,
+                                 "by": "project"}
         assert first["privacy"]["mode"] == "explore" and first["privacy"]["budget"]["epsilon"] == 20.0
         assert first["aggregates"] == again["aggregates"]  # keyed
         standard = [call(DP_PROJECT) for _ in range(3)]

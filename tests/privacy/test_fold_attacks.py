@@ -32,6 +32,7 @@ from mipflow.node.home import NodeHome
 from tests.mipflow.algorithms.helpers import EXACT_RTOL, assert_rel_close
 from tests.mipflow.algorithms.synthetic import MODEL, make_data, request
 from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, pin_each_other, served_clients
+from tests.nodes import standard_home
 
 pytestmark = pytest.mark.xdist_group("fold_attacks")
 
@@ -47,7 +48,7 @@ def fed(tmp_path_factory) -> Iterator[tuple[dict[str, Path], dict[str, NodeClien
     roots = {}
     for k, node in enumerate(NODES):
         roots[node] = base / node
-        NodeHome.init(roots[node], node)  # default settings: min_row_count 10, differencing on
+        standard_home(roots[node], node)  # default settings: min_row_count 10, differencing on
         load_frame(roots[node], MODEL, DATA[SPLIT == k].reset_index(drop=True))
         grant_all(roots[node])
     pin_each_other(roots)

@@ -15,10 +15,10 @@ import pytest
 
 from mipflow.node.controls.audit import verify_log
 from mipflow.protocol.signing import issue_client, signed_headers
-from mipflow.node.home import NodeHome
 from mipflow.node.store.feature_store import FeatureStore
 from tests.mipflow.algorithms.survival_data import STROKE
 from tests.privacy.conftest import Node, rule, start_node, where
+from tests.nodes import standard_home
 
 PAYLOADS = ["age; DROP TABLE mipflow_quarantine; --", "x' OR '1'='1", 'age") OR 1=1 --',
             "hospital_a' --", "1; DELETE FROM sqlite_master", "age/**/UNION/**/SELECT/**/1"]
@@ -94,7 +94,7 @@ def _post(node: Node, body: bytes, headers: dict) -> int:
 def test_each_authentication_attack_gets_401_and_is_audited(node, tmp_path):
     cred, body = node.credential, _body()
     good = signed_headers(cred.client_id, cred.secret, "POST", PATH, body)
-    other_home = NodeHome.init(tmp_path / "other", "hospital_b")
+    other_home = standard_home(tmp_path / "other", "hospital_b")
     other = issue_client(other_home.root, "central")  # the credential another node issued
     attacks = {
         "no token": (body, {}),

@@ -26,11 +26,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mipflow.node.home import NodeHome
 from mipflow.protocol.signing import Credential, issue_client, signed_headers
 from tests.mipflow.algorithms.survival_data import STROKE
 from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, running_nodes
 from tests.privacy.conftest import DATASETS, make_rows, rule, where
+from tests.nodes import standard_home
 
 pytestmark = pytest.mark.xdist_group("ledger-attacks")
 
@@ -72,7 +72,7 @@ def nodes(tmp_path_factory) -> Iterator[list[Served]]:
     roots, credentials = [], []
     for seed, n in ((3, 240), (5, 300)):
         root = Path(tmp_path_factory.mktemp(f"ledger-{seed}"))
-        NodeHome.init(root, NAME)
+        standard_home(root, NAME)
         rows = node_rows(seed, n)
         assert (rows["age"] == TARGET_AGE).sum() == 1 and rows["age"].is_unique
         for model in (STROKE, STROKE_V2):

@@ -38,6 +38,7 @@ from mipflow.secagg.codec import RING, SCHEME, additive_form, decode, encode
 from mipflow.secagg.node_side import secure_form
 from tests.mipflow.algorithms.synthetic import MODEL, make_data
 from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, pin_each_other, served_clients
+from tests.nodes import standard_home
 
 pytestmark = pytest.mark.xdist_group("masked_selections")
 
@@ -121,7 +122,7 @@ def fed(tmp_path) -> Iterator[Fed]:
     roots = {}
     for node, frame in frames().items():
         roots[node] = tmp_path / node
-        NodeHome.init(roots[node], node)
+        standard_home(roots[node], node)
         load_frame(roots[node], MODEL, frame)
         grant_all(roots[node])
     pin_each_other(roots)

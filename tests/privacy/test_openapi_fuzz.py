@@ -41,6 +41,7 @@ from mipflow.secagg.crypto import load_keypair
 from tests.mipflow.algorithms.survival_data import STROKE
 from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame
 from tests.privacy.conftest import DATASETS, make_rows
+from tests.nodes import standard_home
 
 NODE = "fuzzed"
 OPERATIONS = ["GET /health", "GET /v1/metadata", "GET /v1/algorithms", "GET /v1/secagg/key",
@@ -98,7 +99,7 @@ class Fuzzed:
 @pytest.fixture(scope="module")
 def fuzzed(tmp_path_factory) -> Iterator[Fuzzed]:
     root = tmp_path_factory.mktemp("fuzz") / "n"
-    home = NodeHome.init(root, NODE)
+    home = standard_home(root, NODE)
     # hundreds of fuzzed calls are hundreds of analyses: the budgets (ADR 0025, tests/privacy/test_budgets.py)
     # would refuse all calls after the first few algorithms, and the fuzz is after what lies behind them
     home.set_setting("query_budget", 0)

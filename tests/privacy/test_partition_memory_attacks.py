@@ -26,9 +26,9 @@ import numpy as np
 import pytest
 
 from mipflow.central.client import NodeClient, NodeRefused
-from mipflow.node.home import NodeHome
 from tests.mipflow.algorithms.synthetic import MODEL, make_data
 from tests.nodes import PROJECT, RESEARCHER, UnverifiedNode, grant_all, load_frame, served_clients
+from tests.nodes import standard_home
 
 pytestmark = pytest.mark.xdist_group("partition_memory")
 
@@ -69,7 +69,7 @@ def refused(client: NodeClient | UnverifiedNode, state: dict[str, Any], y: list[
 
 def test_the_one_row_move_stays_refused_after_filling_the_memory_and_after_a_restart(tmp_path: Path) -> None:
     root = tmp_path / NODE
-    home = NodeHome.init(root, NODE)
+    home = standard_home(root, NODE)
     home.set_setting("partitions_per_cohort", LIMIT)
     frame = make_data(20270505, ROWS).assign(subjectcode=[f"p{i}" for i in range(ROWS)])
     load_frame(root, MODEL, frame)

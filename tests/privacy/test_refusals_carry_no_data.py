@@ -30,6 +30,7 @@ from mipflow.protocol.signing import Credential, issue_client, signed_headers
 from tests.mipflow.algorithms.survival_data import STROKE
 from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, running_nodes
 from tests.privacy.conftest import DATASETS, make_rows, rule, where
+from tests.nodes import standard_home
 
 #: Both nodes answer as this node (no digit: the name is in every refusal).
 NAME = "hospital"
@@ -92,7 +93,7 @@ def pair(tmp_path_factory) -> Iterator[dict[str, Served]]:
     roots, frames, credentials = {}, {}, {}
     for which in ("small", "large"):
         root = Path(tmp_path_factory.mktemp(f"refusals-{which}"))
-        NodeHome.init(root, NAME)
+        standard_home(root, NAME)
         frames[which] = node_rows(which)
         assert load_frame(root, STROKE, frames[which]) == len(frames[which])
         grant_all(root)

@@ -24,12 +24,12 @@ from mipflow.central.client import NodeClient, NodeRefused
 from mipflow.central.rounds import run_analysis
 from mipflow.cli import main as mipflow
 from mipflow.node.controls.audit import AUDIT_FILE
-from mipflow.node.home import NodeHome
 from mipflow.secagg.codec import SCHEME
 from mipflow.secagg.crypto import KeyPair
 from mipflow.secagg.trust import PEERS_FILE, TrustStore
 from tests.mipflow.algorithms.synthetic import MODEL, make_data, request
 from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, pin_each_other, served_clients
+from tests.nodes import standard_home
 
 pytestmark = pytest.mark.xdist_group("roster_attacks")
 
@@ -76,7 +76,7 @@ def fed(tmp_path_factory) -> Iterator[Fed]:
     data = DATA.assign(subjectcode=[f"p{i}" for i in range(len(DATA))])
     for k, node in enumerate(NODES):
         roots[node] = base / node
-        NodeHome.init(roots[node], node)  # default settings; trust policy pinned by default
+        standard_home(roots[node], node)  # default settings; trust policy pinned by default
         load_frame(roots[node], MODEL, data[SPLIT == k].reset_index(drop=True))
         grant_all(roots[node])
     pin_each_other(roots)  # the admins compared fingerprints out of band and pinned each other

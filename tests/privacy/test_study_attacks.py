@@ -27,6 +27,7 @@ from tests.mipflow.node.controls.study_helpers import (
     ELDERLY, PROJECT, WOMEN, protocol, rule, stroke_rows, where,
 )
 from tests.nodes import grant_all, load_frame, running_nodes
+from tests.nodes import standard_home
 
 NAME = "hospital"
 DATASETS = ["hospital_a", "hospital_b", "hospital_c"]
@@ -52,7 +53,7 @@ def pair(tmp_path_factory) -> Iterator[dict[str, Served]]:
     roots, credentials = {}, {}
     for which, (seed, n) in {"small": (21, 220), "large": (22, 340)}.items():
         root = Path(tmp_path_factory.mktemp(f"study-{which}"))
-        NodeHome.init(root, NAME)
+        standard_home(root, NAME)
         load_frame(root, STROKE, stroke_rows(seed, n, "hospital_a", which))
         grant_all(root, researcher="*", project=PROJECT)  # a project-wide grant: any id in the project
         grant_all(root, researcher="alice", project=OTHER_PROJECT)

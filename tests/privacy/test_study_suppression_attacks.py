@@ -32,6 +32,7 @@ from tests.mipflow.algorithms.survival_data import STROKE
 from tests.mipflow.node.controls.study_helpers import ALGORITHMS, MEN, PROJECT, WOMEN, protocol, stroke_rows
 from tests.nodes import grant_all, load_frame, running_nodes
 from tests.privacy.test_study_attacks import NAME, OTHER_PROJECT, Served, request_of
+from tests.nodes import standard_home
 
 TAB = 3  # the nodes' nfilter_tab (default)
 SEEDS = {"small": (31, 220), "large": (32, 340)}
@@ -52,7 +53,7 @@ def pair(tmp_path_factory) -> Iterator[dict[str, Served]]:
     roots, credentials = {}, {}
     for which, (seed, n) in SEEDS.items():
         root = Path(tmp_path_factory.mktemp(f"supp-{which}"))
-        NodeHome.init(root, NAME)
+        standard_home(root, NAME)
         load_frame(root, STROKE, rows_with_young_patients(seed, n, which))
         grant_all(root, researcher="*", project=PROJECT)
         grant_all(root, researcher="alice", project=OTHER_PROJECT)

@@ -59,6 +59,12 @@ def node_counts(home: Path) -> dict[str, Any]:
     return node_status(NodeHome(home))
 
 
+#: The demo's study project and its exploratory project (no study: the nodes' default mode,
+#: explore); ``dag.test()`` runs as the Airflow user ``dag_test``.
+DEMO_PROJECT = "stroke-demo"
+EXPLORE_PROJECT = "stroke-explore"
+DEMO_RESEARCHER = "dag_test"
+#: (DAG, form, title): three exact analyses in the study, one in the exploratory project.
 ANALYSES = (
     ("federated_linear_regression", {"y": "mrs_90d", "x": ["age", "nihss_admission", "thrombolysis"]},
      "mRS at 90 days ~ age + NIHSS + thrombolysis"),
@@ -66,16 +72,39 @@ ANALYSES = (
                                        "positive_class": "yes"},
      "death within 90 days ~ age + NIHSS"),
     ("federated_anova_oneway", {"y": "nihss_admission", "x": "stroke_type"}, "NIHSS by stroke type"),
+    ("federated_descriptive_stats", {"y": ["age", "nihss_admission"], "project": EXPLORE_PROJECT},
+     "age and NIHSS, explored without a study (the nodes' default mode: perturbed answers)"),
 )
-#: Every variable the demo analyses use.
+#: Every variable the demo's study analyses use.
 STUDY_VARIABLES = ("age", "nihss_admission", "thrombolysis", "mrs_90d", "death_90d", "stroke_type")
-#: The study cohort: rows complete in every study variable.  The analyses share it because a node
-#: refuses a cohort that differs from one it already answered by fewer than min_row_count rows
-#: (differencing control, docs/adr/0013-differencing.md): complete cases of different variable
-#: sets would differ by the few rows missing one variable and not the other.
-STUDY_COHORT = {"condition": "AND",
-                "rules": [{"id": code, "field": code, "operator": "is_not_null", "value": None}
-                          for code in STUDY_VARIABLES]}
+#: The demo's study protocol, approved by each hospital's node admin (``mipflow study approve``,
+#: ADR 0028): exact answers for these algorithms on the rows complete in every study variable, the
+#: same rows for every analysis.  A project without a study is answered in the nodes' default mode,
+#: explore (perturbed answers; docs/adr/0038-safe-default-mode.md).
+DEMO_STUDY = "stroke-outcomes-demo"
+
+
+def study_protocol(hospitals: list[str]) -> dict[str, Any]:
+    """The protocol every hospital's admin approves for :data:`DEMO_PROJECT`."""
+    return {"name": DEMO_STUDY, "data_model": "stroke:0.1", "datasets": list(hospitals),
+            "variables": list(STUDY_VARIABLES), "population": {"filter": None},
+            "subgroups": [{"name": "elderly", "filter": {"condition": "AND", "rules": [
+                {"id": "age", "field": "age", "operator": "greater_or_equal", "value": 65}]}}],
+            "algorithms": ["linear_regression", "logistic_regression", "anova_oneway"],
+            "note": "demo: approved by each hospital's steering committee"}
+
+
+def approve_study(homes: Mapping[str, Path]) -> list[str]:
+    """Each hospital's node admin approves :func:`study_protocol` for the demo project; report lines."""
+    from mipflow.node.controls.study_approval import approve
+    from mipflow.node.home import NodeHome
+
+    lines = []
+    for hospital, root in homes.items():
+        done = approve(NodeHome(root), DEMO_PROJECT, study_protocol(list(homes)))
+        lines.append(f"{hospital:12s} study {done['study']} approved for project {DEMO_PROJECT} "
+                     f"(snapshot {done['snapshot']})")
+    return lines
 
 
 def pooled_check(homes: dict[str, Path], form: dict[str, Any], result: dict[str, Any]) -> str:
@@ -94,7 +123,7 @@ def pooled_check(homes: dict[str, Path], form: dict[str, Any], result: dict[str,
         with engine.connect() as conn:
             frames.append(pd.read_sql(sa.text(f"SELECT {', '.join(columns)} FROM dm_stroke_0_1"), conn))
         engine.dispose()
-    data = pd.concat(frames).dropna()  # the study cohort: complete in every study variable
+    data = pd.concat(frames).dropna()  # the study population: complete in every study variable
     fit = smf.ols(f"{form['y']} ~ {' + '.join(form['x'])}", data).fit()
     ours = np.array(result["coefficients"])
     rel = np.max(np.abs(ours - fit.params.to_numpy()) / np.abs(fit.params.to_numpy()))
@@ -102,9 +131,6 @@ def pooled_check(homes: dict[str, Path], form: dict[str, Any], result: dict[str,
             f"max relative difference of coefficients = {rel:.1e}")
 
 
-#: The demo's project; ``dag.test()`` runs as the Airflow user ``dag_test``.
-DEMO_PROJECT = "stroke-demo"
-DEMO_RESEARCHER = "dag_test"
 
 
 def _grant_demo(home: Path) -> None:
@@ -112,10 +138,11 @@ def _grant_demo(home: Path) -> None:
     from mipflow.node.controls.access import AccessRegistry
 
     registry = AccessRegistry(home)
-    if not any(g.researcher == DEMO_RESEARCHER and g.project == DEMO_PROJECT and g.status() == "active"
-               for g in registry.grants()):
-        registry.grant(researcher=DEMO_RESEARCHER, project=DEMO_PROJECT, data_model="stroke:0.1", datasets="*",
-                       algorithms="*", expires="never", note="demo analyses run through dag.test()")
+    for project in (DEMO_PROJECT, EXPLORE_PROJECT):
+        if not any(g.researcher == DEMO_RESEARCHER and g.project == project and g.status() == "active"
+                   for g in registry.grants()):
+            registry.grant(researcher=DEMO_RESEARCHER, project=project, data_model="stroke:0.1", datasets="*",
+                           algorithms="*", expires="never", note="demo analyses run through dag.test()")
 
 
 @contextmanager
@@ -173,9 +200,10 @@ def serve_nodes(homes: Mapping[str, Path], timeout: float = 30.0) -> Iterator[di
 
 
 def analysis_conf(hospitals: list[str], form: Mapping[str, Any], conn_ids: list[str]) -> dict[str, Any]:
-    """The trigger form of one demo analysis: every hospital's dataset, the study cohort, all nodes required."""
-    return {"data_model": "stroke:0.1", "datasets": list(hospitals), "filters": STUDY_COHORT,
-            "project": DEMO_PROJECT, "nodes": list(conn_ids), "min_nodes": len(conn_ids), **form}
+    """The trigger form of one demo analysis: every hospital's dataset, the study project unless the
+    form names another, all nodes required."""
+    return {"data_model": "stroke:0.1", "datasets": list(hospitals), "project": DEMO_PROJECT,
+            "nodes": list(conn_ids), "min_nodes": len(conn_ids), **form}
 
 
 def row_accounting(summary: Mapping[str, Mapping[str, Any]]) -> tuple[bool, list[str]]:

@@ -103,6 +103,12 @@ class NodeSettings:
     dp_project_budget_delta: float = 1e-6
     #: Algorithms a DP node may still run without noise, comma-separated (others without a DP mechanism are refused).
     dp_exempt_algorithms: str = ""
+    # -- modes (docs/adr/0038-safe-default-mode.md) --
+    #: How the node answers a project that has no approved study and no mode of its own
+    #: (``mipflow mode set``): ``explore`` (perturbed answers with keyed noise, charged per release;
+    #: ADR 0032) or ``standard`` (exact answers under per-request controls, whose refusals read the
+    #: rows: docs/privacy.md section 4).  Exact answers otherwise need a study (``mipflow study``).
+    default_mode: str = "explore"
     # -- explore mode (docs/adr/0032-explore-mode.md; per project, mipflow explore enable) --
     #: ``laplace`` or ``gaussian`` (stated at dp_budget_delta): the keyed noise of explore answers.
     explore_mechanism: str = "laplace"
@@ -153,6 +159,9 @@ class NodeSettings:
             raise ConfigError(f"setting {key!r} must be at least 1")
         if key in ("max_failure_rate", "nfilter_glm") and converted > 1:
             raise ConfigError(f"setting {key!r} is a fraction between 0 and 1")
+        if key == "default_mode" and converted not in ("explore", "standard"):
+            raise ConfigError(f"setting {key!r} is explore (perturbed answers, the default) or standard (exact "
+                              "answers under per-request controls; docs/adr/0038-safe-default-mode.md)")
         if key in ("dp_mechanism", "explore_mechanism") and converted not in ("laplace", "gaussian"):
             raise ConfigError(f"setting {key!r} is laplace or gaussian")
         if key in ("dp_epsilon", "dp_budget_epsilon", "dp_project_budget_epsilon", "explore_epsilon",

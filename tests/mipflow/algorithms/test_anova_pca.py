@@ -19,13 +19,13 @@ from fastapi.testclient import TestClient
 
 from mipflow.algorithms import ALGORITHMS, run_in_process
 from mipflow.protocol.signing import issue_client, signed_headers
-from mipflow.node.home import NodeHome
 from mipflow.exceptions import RequestError
 from mipflow.node.api.app import create_app
 from tests.mipflow.algorithms.helpers import assert_rel_close
 from tests.mipflow.algorithms.synthetic import MODEL, make_data, request
 from tests.mipflow.algorithms.test_federated_vs_pooled import _anova_reference
 from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame
+from tests.nodes import standard_home
 
 PCA_Y = ("y", "x1", "x2", "age")
 
@@ -140,7 +140,7 @@ def test_centre_and_standardise_do_not_change_the_components() -> None:
 @pytest.fixture
 def node(tmp_path):
     """A node home holding synthetic rows, and a function posting one signed local step."""
-    home = NodeHome.init(tmp_path / "hospital_x", "hospital_x")
+    home = standard_home(tmp_path / "hospital_x", "hospital_x")
     cred = issue_client(home.root, "central")
     grant_all(home.root)
     client = TestClient(create_app(home))

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import pytest
 
-from mipflow.node.home import NodeHome
 from mipflow.node.store.feature_store import open_store
+from tests.nodes import standard_home
 
 
 @pytest.fixture
 def node_home(tmp_path, db_url):
-    return NodeHome.init(tmp_path / "node", "node_a", db_url)
+    return standard_home(tmp_path / "node", "node_a", db_url)
 
 
 @pytest.fixture

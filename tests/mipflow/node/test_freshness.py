@@ -15,12 +15,12 @@ from fastapi.testclient import TestClient
 from mipflow.node.controls.access import AccessRegistry
 from mipflow.node.controls.audit import HEAD_WIDTH, AuditLog, head_path, verify_log
 from mipflow.protocol.signing import issue_client, signed_headers
-from mipflow.node.home import NodeHome
 from mipflow.node.freshness import DataVersion, file_signature
 from mipflow.node.api.app import create_app
 from mipflow.node.store.feature_store import FeatureStore
 from tests.mipflow.algorithms.synthetic import MODEL, make_data
 from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame
+from tests.nodes import standard_home
 
 REQUEST = {"inputdata": {"data_model": MODEL.key, "datasets": ["d0", "d1", "d2"], "x": ["x1"], "y": ["y"],
                          "filters": None}, "parameters": {}}
@@ -54,7 +54,7 @@ def test_file_signature_tells_a_replaced_file_apart_within_one_clock_tick(tmp_pa
 
 
 def test_data_version_changes_with_every_load_and_consent_deletion(tmp_path, db_url):
-    home = NodeHome.init(tmp_path / "h", "h", "" if db_url.startswith("sqlite") else db_url)
+    home = standard_home(tmp_path / "h", "h", "" if db_url.startswith("sqlite") else db_url)
     load_frame(home.root, MODEL, _rows(1, 60, "a"))
     store = FeatureStore(home.db_url)
     watcher = DataVersion(store)
@@ -75,7 +75,7 @@ def test_data_version_changes_with_every_load_and_consent_deletion(tmp_path, db_
 
 @pytest.mark.postgres
 def test_data_version_recovers_from_a_lost_listener(tmp_path, pg_url):
-    home = NodeHome.init(tmp_path / "h", "h", pg_url)
+    home = standard_home(tmp_path / "h", "h", pg_url)
     load_frame(home.root, MODEL, _rows(1, 40, "a"))
     store = FeatureStore(home.db_url)
     watcher = DataVersion(store)
@@ -113,7 +113,7 @@ def test_audit_head_is_rewritten_in_place_and_the_chain_verifies(tmp_path):
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def node(request, tmp_path):
     url = "" if request.param == "sqlite" else request.getfixturevalue("pg_url")
-    home = NodeHome.init(tmp_path / "node", "node", url)
+    home = standard_home(tmp_path / "node", "node", url)
     # rounds here see a few rows come and go on purpose; with the differencing control on, the
     # node would refuse the changed cohort (tests/mipflow/node/controls/test_differencing.py), not show the count
     home.set_setting("differencing_check", 0)
@@ -184,7 +184,7 @@ def test_the_selection_cache_is_bounded_in_bytes(tmp_path, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(mipflow.node.query.read, "select_frame", counting)
-    home = NodeHome.init(tmp_path / "node", "node", "")
+    home = standard_home(tmp_path / "node", "node", "")
     load_frame(home.root, MODEL, _rows(1, 80, "a"))
     grant_all(home.root)
     credential = issue_client(home.root, "central")

@@ -13,6 +13,7 @@ from mipflow.secagg.crypto import KEY_FILE, KeyPair, fingerprint, load_keypair, 
 from mipflow.secagg.node_side import masked_release
 from mipflow.secagg.trust import PEERS_FILE, TrustStore, pin_each_other, summary
 from tests.mipflow.secagg.helpers import KEYS, PUBLIC, context, node_aggregate
+from tests.nodes import standard_home
 
 
 def _refused(store: TrustStore, peers: dict, match: str) -> DisclosureError:
@@ -132,9 +133,8 @@ def _cli(capsys, *args: str) -> tuple[int, dict]:
 
 
 def test_cli_key_peers_pin_revoke_rotate_policy(tmp_path, capsys) -> None:
-    from mipflow.node.home import NodeHome
 
-    NodeHome.init(tmp_path / "h", "hospital_a")
+    standard_home(tmp_path / "h", "hospital_a")
     home = str(tmp_path / "h")
     code, shown = _cli(capsys, "secagg", "key", home)
     assert code == 0 and shown["public_key"] == load_keypair(tmp_path / "h").public_hex
@@ -191,9 +191,8 @@ def test_cli_help_labels_tofu_as_development_only(capsys) -> None:
 
 
 def test_node_status_shows_the_trust_policy_and_accepted_peers(tmp_path, capsys) -> None:
-    from mipflow.node.home import NodeHome
 
-    NodeHome.init(tmp_path / "h", "hospital_a")
+    standard_home(tmp_path / "h", "hospital_a")
     assert _cli(capsys, "node", "status", str(tmp_path / "h"))[1]["secure_aggregation"]["fingerprint"] is None
     load_keypair(tmp_path / "h")  # created when the node first serves, or by `mipflow secagg key`
     TrustStore(tmp_path / "h").pin("hospital_b", PUBLIC[1].hex())

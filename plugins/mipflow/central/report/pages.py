@@ -134,7 +134,9 @@ def _explore_text(modes: Sequence[Mapping[str, Any]]) -> str:
     explore mode (ADR 0032), the epsilons as the nodes state them."""
     epsilons = sorted({f"{float(m['epsilon']):g}" for m in modes if m.get("epsilon") is not None})
     per_step = f", epsilon {' / '.join(epsilons)} per step" if epsilons else ""
-    return f"explore mode: perturbed answers (keyed noise{per_step})"
+    default = ", the nodes' default mode for a project without a study" \
+        if modes and all(m.get("by") == "node default" for m in modes) else ""
+    return f"explore mode: perturbed answers (keyed noise{per_step}{default})"
 
 
 def _is_explore(mode: Mapping[str, Any]) -> bool:

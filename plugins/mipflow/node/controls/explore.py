@@ -50,8 +50,10 @@ from mipflow.exceptions import ConfigError, DisclosureError
 from mipflow.node.controls.disclosure import hide_small
 from mipflow.node.controls.dp_noise import QueryNoise
 
-#: The node home's file of projects in explore mode.
+#: The node home's file of the projects given a mode of their own (explore or standard; ADR 0038).
 EXPLORE_FILE = "explore.json"
+#: The modes a project can be given (a study is approved with ``mipflow study``, not set here).
+MODES = ("explore", "standard")
 #: The HMAC label of the explore noise key (changing it redraws every explore answer).
 NOISE_KEY_LABEL = b"mipflow explore noise v1"
 #: Float outputs are rounded to a power-of-two grid this many binary places below the noise scale
@@ -84,8 +86,10 @@ def _check_project(project: str) -> None:
         raise ConfigError(f"project {str(project)[:40]!r} is not a valid identity")
 
 
-def read_projects(root: str | Path) -> dict[str, dict[str, Any]]:
-    """Project -> its record (``enabled_at``), for the projects in explore mode at the node ``root``."""
+def read_modes(root: str | Path) -> dict[str, dict[str, Any]]:
+    """Project -> its record (``mode``: ``explore`` or ``standard``, and when it was set), for the
+    projects the node admin gave a mode of their own at the node ``root`` (ADR 0038).  A record
+    without ``mode`` (written before ADR 0038) is an explore record."""
     path = _path(root)
     if not path.is_file():
         return {}
@@ -94,9 +98,31 @@ def read_projects(root: str | Path) -> dict[str, dict[str, Any]]:
         projects = doc["projects"]
         if not isinstance(projects, dict):
             raise TypeError
+        out = {str(k): {"mode": "explore", **dict(v)} for k, v in projects.items()}
     except (ValueError, KeyError, TypeError):
         raise ConfigError(f"{path} is not a valid explore file") from None
-    return {str(k): dict(v) for k, v in projects.items()}
+    if any(record["mode"] not in MODES for record in out.values()):
+        raise ConfigError(f"{path} names a mode other than {' or '.join(MODES)}")
+    return out
+
+
+def read_projects(root: str | Path) -> dict[str, dict[str, Any]]:
+    """Project -> its record (``enabled_at``), for the projects put in explore mode explicitly at the
+    node ``root`` (``mipflow explore enable`` or ``mipflow mode set ... explore``)."""
+    return {name: record for name, record in read_modes(root).items() if record["mode"] == "explore"}
+
+
+def project_mode(root: str | Path, project: str | None, default_mode: str) -> tuple[str, str]:
+    """How the node ``root`` answers ``project``, and why: ``("study", name)`` for an approved study,
+    ``(mode, "project")`` for a mode the admin set for the project, else ``(default_mode, "default")``."""
+    if project:
+        study = _approved_study(root, project)
+        if study is not None:
+            return "study", study
+        record = read_modes(root).get(project)
+        if record is not None:
+            return str(record["mode"]), "project"
+    return default_mode, "default"
 
 
 def _write_projects(root: str | Path, projects: dict[str, dict[str, Any]]) -> None:
@@ -130,8 +156,42 @@ def refuse_study_if_exploring(root: str | Path, project: str) -> None:
                           "first (mipflow explore disable) to approve a study for exact answers")
 
 
+def set_mode(root: str | Path, project: str, mode: str) -> dict[str, Any]:
+    """Give ``project`` a mode of its own at the node ``root`` (``explore`` or ``standard``), or
+    ``default`` to remove it (the node's ``default_mode`` applies again).  What the project spent in
+    explore mode stays in the privacy ledger whatever its mode becomes.
+
+    Raises
+    ------
+    ConfigError
+        If the mode is unknown, the project has an approved study (exact answers: withdraw it first),
+        or is not a valid identity.
+    """
+    _check_project(project)
+    if mode not in (*MODES, "default"):
+        raise ConfigError(f"mode {str(mode)[:20]!r} is explore, standard or default")
+    study = _approved_study(root, project)
+    if study is not None:
+        raise ConfigError(f"project {project!r} has an approved study ({study!r}, exact answers): withdraw it "
+                          f"first (mipflow study withdraw) to answer the project in {mode} mode")
+    projects = read_modes(root)
+    before = projects.get(project)
+    if mode == "default":
+        if before is None:
+            return {"project": project, "mode": "default", "status": "unchanged"}
+        projects.pop(project)
+        status = "removed"
+    elif before is not None and before["mode"] == mode:
+        return {"project": project, "status": f"already {mode}", **before}
+    else:
+        projects[project] = {"mode": mode, ("enabled_at" if mode == "explore" else "set_at"): now_utc()}
+        status = "set"
+    _write_projects(root, projects)
+    return {"project": project, "status": status, **projects.get(project, {"mode": "default"})}
+
+
 def enable(root: str | Path, project: str) -> dict[str, Any]:
-    """Put ``project`` in explore mode at the node ``root``.
+    """Put ``project`` in explore mode at the node ``root`` (:func:`set_mode` with ``explore``).
 
     Raises
     ------
@@ -143,31 +203,33 @@ def enable(root: str | Path, project: str) -> dict[str, Any]:
     if study is not None:
         raise ConfigError(f"project {project!r} has an approved study ({study!r}, exact answers): withdraw it "
                           "first (mipflow study withdraw) to put the project in explore mode")
-    projects = read_projects(root)
-    if project in projects:
-        return {"project": project, "mode": "explore", "status": "already enabled", **projects[project]}
-    projects[project] = {"enabled_at": now_utc()}
-    _write_projects(root, projects)
-    return {"project": project, "mode": "explore", "status": "enabled", **projects[project]}
+    before = read_modes(root).get(project)
+    if before is not None and before["mode"] == "explore":
+        return {"project": project, "mode": "explore", "status": "already enabled", **before}
+    set_mode(root, project, "explore")
+    return {"project": project, "status": "enabled", **read_modes(root)[project]}
 
 
-def disable(root: str | Path, project: str) -> dict[str, Any]:
-    """Take ``project`` out of explore mode (its requests go through the standard controls again).
-
-    What it spent stays in the privacy ledger; re-enabling the project does not reset it.
+def disable(root: str | Path, project: str, default_mode: str = "explore") -> dict[str, Any]:
+    """Remove ``project``'s explicit explore mode: the node's ``default_mode`` applies to it again
+    (still explore under the shipped default; ``mipflow mode set ... standard`` for exact answers
+    under per-request controls).  What it spent stays in the privacy ledger.
 
     Raises
     ------
     ConfigError
-        If the project is not in explore mode.
+        If the project is not in explore mode explicitly.
     """
     _check_project(project)
-    projects = read_projects(root)
-    if project not in projects:
-        raise ConfigError(f"project {project!r} is not in explore mode at this node")
+    projects = read_modes(root)
+    if project not in projects or projects[project]["mode"] != "explore":
+        raise ConfigError(f"project {project!r} is not in explore mode explicitly at this node "
+                          f"(the node's default_mode is {default_mode})")
     record = projects.pop(project)
     _write_projects(root, projects)
-    return {"project": project, "mode": "standard", "status": "disabled", "enabled_at": record.get("enabled_at")}
+    return {"project": project, "mode": default_mode, "status": "disabled",
+            "note": f"the node's default_mode ({default_mode}) applies to the project again",
+            "enabled_at": record.get("enabled_at")}
 
 
 def show(root: str | Path, settings: Any, project: str | None = None) -> dict[str, Any]:
@@ -177,17 +239,40 @@ def show(root: str | Path, settings: Any, project: str | None = None) -> dict[st
     projects = read_projects(root)
     if project is not None:
         _check_project(project)
-        projects = {project: projects[project]} if project in projects else {}
+        mode, why = project_mode(root, project, settings.default_mode)
+        projects = {project: projects[project]} if project in projects else \
+            ({project: {"mode": "explore", "by": "the node's default_mode"}} if (mode, why) == ("explore", "default")
+             else {})
     ledger = PrivacyLedger(root)
     out = {}
     for name, record in sorted(projects.items()):
         spent = ledger.project_spent(name, settings.dp_project_budget_delta)
         out[name] = {**record, "spent": {"epsilon": spent.epsilon, "delta": spent.delta, "releases": spent.releases}}
     return {"explore": out,
-            "settings": {"explore_mechanism": settings.explore_mechanism, "explore_epsilon": settings.explore_epsilon,
+            "settings": {"default_mode": settings.default_mode, "explore_mechanism": settings.explore_mechanism, "explore_epsilon": settings.explore_epsilon,
                          "explore_budget_epsilon": settings.explore_budget_epsilon,
                          "explore_project_budget_epsilon": settings.explore_project_budget_epsilon,
                          "dp_budget_delta": settings.dp_budget_delta}}
+
+
+def show_modes(root: str | Path, settings: Any, project: str | None = None) -> dict[str, Any]:
+    """``mipflow mode show``: the node's default mode and how each project with a study or a mode of
+    its own (or the named project) is answered (admin only)."""
+    from mipflow.node.controls.study import list_records
+
+    names = set(read_modes(root)) | {str(r["project"]) for r in list_records(root) if r.get("project")}
+    if project is not None:
+        _check_project(project)
+        names = {project}
+    out = {}
+    for name in sorted(names):
+        mode, why = project_mode(root, name, settings.default_mode)
+        out[name] = {"mode": mode, "by": {"default": "the node's default_mode", "project": "mipflow mode set"}
+                     .get(why, f"approved study {why!r}")}
+    return {"default_mode": settings.default_mode, "projects": out,
+            "modes": {"study": "exact, inside an approved protocol (mipflow study)",
+                      "explore": "perturbed, keyed noise charged per release (ADR 0032)",
+                      "standard": "exact, per-request controls whose refusals read the rows (docs/privacy.md 4)"}}
 
 
 # --------------------------------------------------------------------------- the keys of the noise
@@ -341,17 +426,22 @@ class ExploreRegistry:
             self._key = noise_key(self._secret())
         return self._key
 
-    def for_project(self, project: str | None) -> dict[str, Any] | None:
-        """The explore record of ``project`` (one ``stat`` per call), or None: not in explore mode."""
+    def for_project(self, project: str | None, default_mode: str = "standard") -> dict[str, Any] | None:
+        """The explore record of ``project`` (one ``stat`` per call), or None: not in explore mode.
+
+        A project the admin set to explore has its record; one set to standard has None; any other
+        request (no mode of its own, or no project) follows ``default_mode`` (ADR 0038) and gets
+        ``{"by": "default"}`` under explore.  An approved study is decided before (``check_study``)."""
         from mipflow.node.freshness import file_signature
 
-        if not project:
-            return None
         signature = file_signature(_path(self.root))
         with self._lock:
             if self._seen is None or self._seen[0] != signature:
-                self._seen = (signature, read_projects(self.root) if signature is not None else {})
-            return self._seen[1].get(project)
+                self._seen = (signature, read_modes(self.root) if signature is not None else {})
+            record = self._seen[1].get(project) if project else None
+        if record is not None:
+            return record if record["mode"] == "explore" else None
+        return {"mode": "explore", "by": "default"} if default_mode == "explore" else None
 
     def _load_charged(self, ledger_path: Path) -> set[tuple[str, str]]:
         charged: set[tuple[str, str]] = set()
@@ -390,6 +480,8 @@ class ExploreStep:
     project: str
     mechanism: str
     epsilon: float
+    #: answered in explore mode because it is the node's ``default_mode`` (no mode set for the project)
+    by_default: bool = False
     #: what the noise is keyed on beside the query: the data model's version (:func:`data_version`)
     version: bytes = b""
     #: the canonical query (:func:`canonical_query`)
@@ -404,7 +496,8 @@ class ExploreStep:
     @property
     def mode(self) -> dict[str, Any]:
         """What a reply says about the mode that answered it."""
-        return {"mode": "explore", "project": self.project, "mechanism": self.mechanism, "epsilon": self.epsilon}
+        return {"mode": "explore", "project": self.project, "mechanism": self.mechanism, "epsilon": self.epsilon,
+                "by": "node default" if self.by_default else "project"}
 
 
 def explore_algorithms() -> list[str]:
@@ -421,14 +514,18 @@ def check_explore(request: Any, context: Any, work: Any) -> None:
     registry = getattr(context, "explore", None)
     if registry is None or work.study is not None:  # a study (exact, governed) wins; the CLI keeps them apart
         return
-    record = registry.for_project(request.project)
+    record = registry.for_project(request.project, work.settings.default_mode)
     if record is None:
         return
+    by_default = record.get("by") == "default"
     if work.algo.dp_release is None or request.round != 0 or request.state is not None:
+        who = f"project {request.project!r}" if request.project else "a request without a project"
+        why = ("as every project without an approved study at this node (its default_mode)" if by_default
+               else "as its node admin set")
         raise ExploreRefusal(
-            f"project {request.project!r} analyses in explore mode at this node (perturbed answers): only "
-            f"single-round algorithms with a noisy release are answered ({', '.join(explore_algorithms())}); "
-            "for exact answers ask the node admins for a study protocol (mipflow study)")
+            f"{who} is answered in explore mode (perturbed answers), {why}: only single-round algorithms with a "
+            f"noisy release are answered ({', '.join(explore_algorithms())}); for exact answers of "
+            f"{request.algorithm} ask the node admins to approve a study protocol for the project (mipflow study)")
     for code in dict.fromkeys(work.variables):
         var = work.model.variable(code)
         if not var.is_categorical and (var.min_value is None or var.max_value is None):
@@ -442,10 +539,11 @@ def check_explore(request: Any, context: Any, work: Any) -> None:
                             epsilon=epsilon, delta=delta if mechanism == "gaussian" else 0.0)
     version = data_version(context.store, work.model.key)
     release = release_key(registry.key, query, version)
-    project, researcher = request.project, request.researcher or ""
+    project, researcher = request.project or None, request.researcher or ""
     ledger = context.privacy.ledger
     cost = step_cost(mechanism, epsilon, delta)
-    repeat = registry.charged(project, release, ledger.path)
+    # a release is free again only within a project (without one, every request is charged)
+    repeat = project is not None and registry.charged(project, release, ledger.path)
     if repeat:
         spent = ledger.spent(researcher, delta)
     else:  # charged here, before any row is read: what a step costs depends on the request alone
@@ -454,9 +552,10 @@ def check_explore(request: Any, context: Any, work: Any) -> None:
                               project_delta_budget=settings.dp_project_budget_delta,
                               details={"algorithm": request.algorithm, "analysis": work.analysis_key,
                                        "mode": "explore", "release": release})
-        registry.remember(project, release)
-    work.explore = ExploreStep(project=project, mechanism=mechanism, epsilon=epsilon, version=version, query=query,
-                               release=release, repeat=repeat, cost=cost, spent=spent)
+        if project is not None:
+            registry.remember(project, release)
+    work.explore = ExploreStep(project=project or "", by_default=by_default, mechanism=mechanism, epsilon=epsilon,
+                               version=version, query=query, release=release, repeat=repeat, cost=cost, spent=spent)
     work.record["mode"] = "explore"
     work.record["explore"] = {"release": release[:16], "charged": not repeat}
 

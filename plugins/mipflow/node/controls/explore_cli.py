@@ -27,6 +27,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = explore.add_parser("show", help="the projects in explore mode, the settings and what each spent (admin only)")
     p.add_argument("home", type=Path)
     p.add_argument("--project", default=None)
+    mode = sub.add_parser(
+        "mode", help="node admin: how each project is answered (study, explore or standard; ADR 0038)",
+        description="A project with an approved study is answered exactly inside its protocol (mipflow study). "
+                    "Any other project is answered in the mode set for it here, else in the node's default_mode "
+                    "(explore unless changed with mipflow node config HOME default_mode standard). Standard mode "
+                    "gives exact answers under per-request controls whose refusals read the rows: set it only "
+                    "for projects whose researchers the hospital trusts (docs/privacy.md, section 4)."
+    ).add_subparsers(dest="mode_command", required=True)
+    p = mode.add_parser("show", help="the node's default mode and each project's mode")
+    p.add_argument("home", type=Path)
+    p.add_argument("--project", default=None)
+    p = mode.add_parser("set", help="give a project a mode of its own (default: remove it)")
+    p.add_argument("home", type=Path)
+    p.add_argument("--project", required=True)
+    p.add_argument("mode", choices=("explore", "standard", "default"))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,10 +50,16 @@ def run(args: argparse.Namespace) -> int:
     from mipflow.node.home import NodeHome
 
     home = NodeHome(args.home)
-    if args.explore_command == "enable":
+    if args.command == "mode":
+        if args.mode_command == "set":
+            doc = {"node": home.name, **explore.set_mode(home.root, args.project, args.mode),
+                   "default_mode": home.settings.default_mode}
+        else:
+            doc = {"node": home.name, **explore.show_modes(home.root, home.settings, args.project)}
+    elif args.explore_command == "enable":
         doc = {"node": home.name, **explore.enable(home.root, args.project)}
     elif args.explore_command == "disable":
-        doc = {"node": home.name, **explore.disable(home.root, args.project)}
+        doc = {"node": home.name, **explore.disable(home.root, args.project, home.settings.default_mode)}
     else:
         doc = {"node": home.name, **explore.show(home.root, home.settings, args.project)}
     print(json.dumps(doc, indent=2, default=str))

@@ -10,9 +10,9 @@ import pytest
 
 from mipflow.node.controls.audit import verify_chain
 from mipflow.protocol.signing import issue_client, signed_headers
-from mipflow.node.home import NodeHome
 from mipflow.central.client import NodeClient, NodeEndpoint, NodeRefused
 from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, running_nodes
+from tests.nodes import standard_home
 
 pytestmark = pytest.mark.xdist_group("nodeapi")
 
@@ -25,7 +25,7 @@ WHO = {"researcher": RESEARCHER, "project": PROJECT}
 @pytest.fixture(scope="module")
 def node(tmp_path_factory, shared_dir, dementia_model):
     root = tmp_path_factory.mktemp("node") / "hospital_x"
-    home = NodeHome.init(root, "hospital_x")
+    home = standard_home(root, "hospital_x")
     frames = [pd.read_csv(shared_dir / "data" / "dementia_v_0_1" / f"edsd{i}.csv", dtype=str) for i in (0, 1)]
     tiny = pd.read_csv(shared_dir / "data" / "dementia_v_0_1" / "ppmi0.csv", dtype=str).head(5)
     data = pd.concat(frames + [tiny], ignore_index=True)

@@ -21,6 +21,7 @@ from tests.mipflow.algorithms.survival_data import STROKE
 from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, unverified_chain
 from tests.privacy.conftest import DATASETS, make_rows, rule, where
 from tests.privacy.test_attacks import KMEANS_Y, _projections, _slab_state
+from tests.nodes import standard_home
 
 #: The declared order, spelled out: a change of order is a change of this list too.
 ORDER = ["resolve_algorithm", "check_access", "check_query_budget", "require_secure_aggregation",
@@ -33,7 +34,7 @@ LINREG = {"y": ["age"], "x": ["nihss_admission"]}
 
 def open_node(root: Path, **settings: Any) -> StepContext:
     """A node home with the privacy suite's stroke rows, everything granted, and its step context."""
-    home = NodeHome.init(root, "hospital_a")
+    home = standard_home(root, "hospital_a")
     for key, value in settings.items():
         home.set_setting(key, value)
     home = NodeHome(root)

@@ -11,6 +11,7 @@ import pandas as pd
 from mipflow.node.home import NodeHome
 from tests.mipflow.algorithms.survival_data import STROKE, make_stroke
 from tests.nodes import grant_all, load_frame
+from tests.nodes import standard_home
 
 PROJECT = "stroke-study"
 
@@ -52,7 +53,7 @@ def stroke_rows(seed: int, n: int, dataset: str, prefix: str) -> pd.DataFrame:
 def node_home(root: Path, name: str = "hospital_a", *, seed: int = 11, n: int = 200,
               dataset: str = "hospital_a", **settings: Any) -> tuple[NodeHome, pd.DataFrame]:
     """A node home holding ``n`` rows of ``dataset``, with a grant for every identity in PROJECT."""
-    home = NodeHome.init(root, name)
+    home = standard_home(root, name)
     for key, value in settings.items():
         home.set_setting(key, value)
     frame = stroke_rows(seed, n, dataset, f"{name}-p")

@@ -7,7 +7,7 @@ import pytest
 
 from mipflow import cli
 from mipflow.node.controls.audit import AuditLog, read_records, verify_log
-from mipflow.node.home import NodeHome
+from tests.nodes import standard_home
 
 
 def _write_log(path, n=6):
@@ -48,7 +48,7 @@ def _recomputed(line: bytes, **changes) -> bytes:
     pytest.param(lambda ls: ls[:3] + [b"{not json\n"] + ls[4:], 4, "not a JSON object", id="garbled"),
 ])
 def test_audit_verify_finds_the_first_broken_record(tmp_path, capsys, tamper, broken_at, words):
-    home = NodeHome.init(tmp_path / "h", "h")
+    home = standard_home(tmp_path / "h", "h")
     path = home.root / "audit.log"
     lines = _write_log(path)
     assert verify_log(path).ok and verify_log(path).records == 6

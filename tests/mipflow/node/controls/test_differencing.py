@@ -22,6 +22,7 @@ from mipflow.node.query.read import select_frame
 from mipflow.node.store.feature_store import FeatureStore
 from tests.mipflow.algorithms.synthetic import MODEL
 from tests.nodes import PROJECT, RESEARCHER, UnverifiedNode, grant_all, load_frame, running_nodes
+from tests.nodes import standard_home
 
 pytestmark = pytest.mark.xdist_group("cohorts")
 
@@ -132,7 +133,7 @@ def test_rows_complete_on_every_variable_and_each_dataset_are_cohorts_too():
 
 
 def test_select_frame_row_identity_stays_out_of_the_local_data(tmp_path):
-    home = NodeHome.init(tmp_path / "n", "n")
+    home = standard_home(tmp_path / "n", "n")
     frame = _patients(30)
     load_frame(home.root, MODEL, frame)
     store = FeatureStore(home.db_url)
@@ -176,7 +177,7 @@ def _rule(field, operator, value) -> dict:
 @pytest.fixture
 def node(tmp_path):
     """One node with 60 patients; alice and bob may run anything; the node can be restarted."""
-    home = NodeHome.init(tmp_path / "hospital", "hospital")
+    home = standard_home(tmp_path / "hospital", "hospital")
     frame = _patients(60)
     load_frame(home.root, MODEL, frame)
     for who in ("alice", "bob", RESEARCHER):

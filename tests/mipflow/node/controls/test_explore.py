@@ -19,6 +19,7 @@ from mipflow.node.controls.explore import (
 )
 from mipflow.protocol.request import AnalysisRequest
 from tests.mipflow.algorithms.survival_data import STROKE
+from tests.nodes import standard_home
 
 KEY = noise_key(b"s" * 32)
 SELECTIONS = 2500
@@ -82,7 +83,7 @@ def test_the_data_version_changes_with_every_load_and_deletion_and_only_then(tmp
     from tests.mipflow.node.controls.study_helpers import stroke_rows
     from tests.nodes import load_frame
 
-    home = NodeHome.init(tmp_path / "n", "n")
+    home = standard_home(tmp_path / "n", "n")
     load_frame(home.root, STROKE, stroke_rows(3, 40, "hospital_a", "a"))
     store = FeatureStore(NodeHome(home.root).db_url)
     try:
@@ -247,7 +248,7 @@ def test_the_explore_commands_and_exclusivity_with_studies(tmp_path, capsys):
     assert registry.for_project(PROJECT) is None
     code, enabled, _ = run_cli(capsys, "explore", "enable", home.root, "--project", PROJECT)
     assert code == 0 and enabled["status"] == "enabled" and enabled["mode"] == "explore"
-    assert registry.for_project(PROJECT) == {"enabled_at": enabled["enabled_at"]}  # seen without a restart
+    assert registry.for_project(PROJECT) == {"mode": "explore", "enabled_at": enabled["enabled_at"]}  # no restart
     assert registry.for_project("other") is None
     code, again, _ = run_cli(capsys, "explore", "enable", home.root, "--project", PROJECT)
     assert code == 0 and again["status"] == "already enabled"

@@ -21,6 +21,7 @@ from mipflow.node.controls.folds import add_fold_keys, fold_hashes, fold_key, ne
 from mipflow.node.home import NodeHome
 from tests.mipflow.algorithms.synthetic import MODEL, make_data, request
 from tests.nodes import load_frame
+from tests.nodes import standard_home
 
 CV = request(x=("x1", "x2"), y=("grp",), n_splits=5)
 ROWS = make_data(31, 300).assign(subjectcode=[f"p{i:04d}" for i in range(300)])
@@ -36,7 +37,7 @@ def _folds_by_patient(frame: pd.DataFrame, secret: bytes, n_splits: int) -> dict
 
 
 def _node(root, rows=ROWS) -> NodeHome:
-    home = NodeHome.init(root, root.name)
+    home = standard_home(root, root.name)
     load_frame(home.root, MODEL, rows)
     return NodeHome(root)
 

@@ -22,6 +22,7 @@ from pydicom.sequence import Sequence
 from mipflow.node.home import NodeHome
 from mipflow.node.imaging.deidentify import deidentify_dataset
 from mipflow.node.imaging.options import DeidOptions
+from tests.nodes import standard_home
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
@@ -277,7 +278,7 @@ def build_landing(home: NodeHome) -> dict[str, int]:
 
 @pytest.fixture
 def home(tmp_path) -> NodeHome:
-    home = NodeHome.init(tmp_path / "imaging_test", "imaging_test")
+    home = standard_home(tmp_path / "imaging_test", "imaging_test")
     (home.root / "secret.key").write_text(NODE_KEY.hex() + "\n")
     home.set_setting("settle_seconds", "0")
     return home

@@ -9,13 +9,13 @@ import sys
 
 import pydicom
 
-from mipflow.node.home import NodeHome
 from mipflow.node.deid.pseudonyms import Pseudonymiser
 from tests.mipflow.node.imaging.conftest import PHI_TOP, read, shipped
+from tests.nodes import standard_home
 
 
 def test_cli_mirrors_tree_and_reports_quarantine(tmp_path):
-    home = NodeHome.init(tmp_path / "node", "hospital_a")
+    home = standard_home(tmp_path / "node", "hospital_a")
     src = tmp_path / "in"
     (src / "study1" / "series1").mkdir(parents=True)
     ds = read("CT_small.dcm")

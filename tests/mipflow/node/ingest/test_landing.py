@@ -22,6 +22,7 @@ from mipflow.node.store.tables import PATH_NAMES_MARKER, batches_table, files_ta
 from mipflow.demo.synth import generate_export, write_export
 from tests.conftest import REPO_ROOT
 from tests.mipflow.node.ingest.test_pipeline import all_text
+from tests.nodes import standard_home
 
 STROKE = REPO_ROOT / "include" / "schemas" / "stroke_v_0_1" / "CDEsMetadata.json"
 PROFILE = REPO_ROOT / "include" / "schemas" / "profiles" / "hospital_a.json"
@@ -34,7 +35,7 @@ FORBIDDEN = ("Doe", "John", "MRN8812345", "8812345", "Roe_Jane", "MRN7733104", "
 
 
 def make_home(tmp_path, db_url="") -> NodeHome:
-    home = NodeHome.init(tmp_path / "hospital_a", "hospital_a", db_url)
+    home = standard_home(tmp_path / "hospital_a", "hospital_a", db_url)
     ops.add_data_model(home, STROKE)
     shutil.copyfile(PROFILE, home.profiles_dir / "hospital_a.json")
     home.set_setting("settle_seconds", "0")

@@ -11,16 +11,16 @@ import sqlalchemy as sa
 
 from mipflow.node import ops
 from mipflow.node.store.feature_store import open_store
-from mipflow.node.home import NodeHome
 from mipflow.demo.synth import generate_consent, generate_export, write_export
 from tests.conftest import REPO_ROOT
+from tests.nodes import standard_home
 
 STROKE = REPO_ROOT / "include" / "schemas" / "stroke_v_0_1" / "CDEsMetadata.json"
 PROFILES = REPO_ROOT / "include" / "schemas" / "profiles"
 
 
 def make_node(tmp_path, name="hospital_a", db_url=""):
-    home = NodeHome.init(tmp_path / name, name, db_url)
+    home = standard_home(tmp_path / name, name, db_url)
     ops.add_data_model(home, STROKE)
     return home
 
@@ -77,7 +77,7 @@ def test_stroke_export_is_accounted_for_and_depersonalised(tmp_path, db_url, hos
 
 
 def test_default_profile_on_mip_csv(tmp_path, db_url, shared_dir):
-    home = NodeHome.init(tmp_path / "n", "n", db_url)
+    home = standard_home(tmp_path / "n", "n", db_url)
     ops.add_data_model(home, shared_dir / "data" / "dementia_v_0_1" / "CDEsMetadata.json")
     files = [shared_dir / "data" / "dementia_v_0_1" / f"edsd{i}.csv" for i in range(3)]
     summary = ops.ingest(home, files, data_model="dementia:0.1")
@@ -179,7 +179,7 @@ MIP_HEADER = "subjectcode,dataset,gender,minimentalstate,subjectage\n"
                  "repeats a column", id="repeated-header"),
 ])
 def test_bad_input_gets_a_clear_outcome(tmp_path, shared_dir, content, status, counts, message):
-    home = NodeHome.init(tmp_path / "n", "n")
+    home = standard_home(tmp_path / "n", "n")
     home.set_setting("max_failure_rate", "1")
     ops.add_data_model(home, shared_dir / "data" / "dementia_v_0_1" / "CDEsMetadata.json")
     path = tmp_path / "in.csv"
@@ -199,7 +199,7 @@ def test_bad_input_gets_a_clear_outcome(tmp_path, shared_dir, content, status, c
 
 
 def test_quarantine_reasons_hold_no_values(tmp_path, shared_dir):
-    home = NodeHome.init(tmp_path / "n", "n")
+    home = standard_home(tmp_path / "n", "n")
     home.set_setting("max_failure_rate", "1")
     ops.add_data_model(home, shared_dir / "data" / "dementia_v_0_1" / "CDEsMetadata.json")
     path = tmp_path / "in.csv"

@@ -9,8 +9,8 @@ import shutil
 
 from mipflow.demo.synth import generate_consent, generate_export, write_export
 from mipflow.node import ops
-from mipflow.node.home import NodeHome
 from tests.conftest import REPO_ROOT
+from tests.nodes import standard_home
 
 STROKE = REPO_ROOT / "include" / "schemas" / "stroke_v_0_1" / "CDEsMetadata.json"
 PROFILES = REPO_ROOT / "include" / "schemas" / "profiles"
@@ -33,7 +33,7 @@ def _progress(caplog) -> list[tuple[str, str, int, int]]:
 
 
 def test_ingest_logs_rows_done_of_total_per_chunk_and_no_row_data(tmp_path, caplog):
-    home = NodeHome.init(tmp_path / "hospital_a", "hospital_a")
+    home = standard_home(tmp_path / "hospital_a", "hospital_a")
     ops.add_data_model(home, STROKE)
     home.set_setting("chunk_rows", "40")
     export = generate_export("hospital_a", 150, seed=3, bad_rows=5)
@@ -56,7 +56,7 @@ def test_ingest_logs_rows_done_of_total_per_chunk_and_no_row_data(tmp_path, capl
 def test_each_dag_stage_logs_its_progress(tmp_path, caplog):
     from mipflow.node.ingest import stages
 
-    home = NodeHome.init(tmp_path / "hospital_b", "hospital_b")
+    home = standard_home(tmp_path / "hospital_b", "hospital_b")
     home.set_setting("settle_seconds", "0")
     home.set_setting("chunk_rows", "30")
     ops.add_data_model(home, STROKE)
