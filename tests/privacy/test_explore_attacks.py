@@ -195,10 +195,10 @@ def test_c_d_all_versus_all_but_one_is_perturbed_and_bounded_by_the_project_budg
 
 
 @pytest.mark.parametrize("algorithm,request_doc", [
-    ("kaplan_meier", request_of(y=("followup_days", "death_90d"), event_level="yes")),
+    ("cox_regression", request_of(y=("followup_days", "death_90d"), x=("age",), event_level="yes")),
     ("logistic_regression", request_of(y=("death_90d",), x=("age",), positive_class="yes")),
     ("kmeans", request_of(y=("age", "nihss_admission"), k=2)),
-], ids=["kaplan_meier", "logistic_regression", "kmeans"])
+], ids=["cox_regression", "logistic_regression", "kmeans"])
 def test_e_what_explore_mode_does_not_answer_is_refused_by_the_request_alone(pair, algorithm, request_doc):
     replies = [pair[which].call(algorithm, request_doc, project="refusals") for which in ("small", "large")]
     assert replies[0].status_code == replies[1].status_code == 403
