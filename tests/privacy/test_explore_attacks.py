@@ -11,7 +11,9 @@ of the project).  The attacks of issue 14 that used the exact-data controls as a
 (c) all vs all-but-one: both answered, the difference is not the target's exact contribution,
     and the project's budget bounds how many pairs can be taken (``dp_budget``), (d) whatever
     researcher ids the attacker uses;
-(e) what explore mode does not answer is refused by the request alone: the same bytes at both nodes.
+(e) what explore mode does not answer is refused by the request alone: the same bytes at both nodes;
+(g) Kaplan-Meier on a daily grid (one bin per day) around one patient: only noisy counts, every
+    day's cell noised (no bin merged and none exact), charged whether answered or refused.
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ from tests.nodes import standard_home
 NAME = "hospital"
 DATASETS = ["hospital_a"]
 STANDARD = "standard-project"
-PROJECTS = ("sweep", "repeat", "pairs", "refusals", "other", "spent", "watch")
+PROJECTS = ("sweep", "repeat", "pairs", "refusals", "other", "spent", "watch", "survival")
 BUDGET = {"explore_epsilon": 1.0, "explore_budget_epsilon": 30.0, "explore_project_budget_epsilon": 40.0}
 
 
@@ -196,10 +198,10 @@ def test_c_d_all_versus_all_but_one_is_perturbed_and_bounded_by_the_project_budg
 
 
 @pytest.mark.parametrize("algorithm,request_doc", [
-    ("kaplan_meier", request_of(y=("followup_days", "death_90d"), event_level="yes")),
+    ("cox_regression", request_of(y=("followup_days", "death_90d"), x=("age",), event_level="yes")),
     ("logistic_regression", request_of(y=("death_90d",), x=("age",), positive_class="yes")),
     ("kmeans", request_of(y=("age", "nihss_admission"), k=2)),
-], ids=["kaplan_meier", "logistic_regression", "kmeans"])
+], ids=["cox_regression", "logistic_regression", "kmeans"])
 def test_e_what_explore_mode_does_not_answer_is_refused_by_the_request_alone(pair, algorithm, request_doc):
     replies = [pair[which].call(algorithm, request_doc, project="refusals") for which in ("small", "large")]
     assert replies[0].status_code == replies[1].status_code == 403
@@ -337,3 +339,61 @@ def test_f_equal_answers_do_not_tell_whether_a_cohort_changed(pair, tmp_path):
     assert later.status_code == 200
     assert later.json()["aggregates"] != first.json()["aggregates"]  # fresh noise: the cohort did not change
     assert node.spent("watch")[1] == charged + 1
+
+
+# --------------------------------------------------------------------------- (g) survival around one patient
+
+
+def test_g_a_daily_survival_grid_around_one_patient_gives_only_noisy_counts_charged(pair):
+    """Kaplan-Meier with one bin per day, on a cohort of the oldest patient(s) and on everyone but
+    them: in standard mode the node would merge bins until no count is small (or refuse); here
+    every day's count is released with noise, none merged and none exact, each step charged
+    (refused on its noisy row count or not), and the difference of all and all-but-them is not the
+    target's exact day and outcome."""
+    node = pair["large"]
+    rows = node.rows.dropna(subset=["followup_days", "death_90d", "sex"])
+    oldest = float(rows["age"].max())
+    target = rows[rows["age"] >= oldest]
+    days = 400  # max_time: 401 daily grid points per group and outcome
+
+    def km(filters) -> tuple[dict[str, Any] | None, httpx.Response]:
+        doc = request_of(y=("followup_days", "death_90d"), x=("sex",), filters=filters, event_level="yes",
+                         bin_width=1.0, max_time=float(days))
+        before = node.spent("survival")[0]
+        reply = node.call("kaplan_meier", doc, project="survival")
+        assert node.spent("survival")[0] == pytest.approx(before + BUDGET["explore_epsilon"])  # charged either way
+        assert reply.status_code in (200, 403), reply.text
+        if reply.status_code == 403:
+            assert reply.json()["control"] == "min_row_count"
+            assert str(len(target)) not in reply.json()["refused"].replace("min_row_count (10)", "")
+            return None, reply
+        doc = reply.json()
+        assert doc["mode"]["mode"] == "explore" and doc["privacy"]["noise_sd"]["survival_counts"]["unit"] == "count"
+        groups = doc["aggregates"]["groups"]
+        assert [g["level"] for g in groups] == ["M", "F"]
+        assert all("ends" not in g and len(g["events"]) == len(g["censored"]) == days + 1 for g in groups)
+        return doc, reply
+
+    def cells(doc: dict[str, Any]) -> np.ndarray:
+        return np.concatenate([np.r_[g["events"], g["censored"]] for g in doc["aggregates"]["groups"]])
+
+    def exact(frame) -> np.ndarray:
+        out = []
+        for level in ("M", "F"):
+            part = frame[frame["sex"] == level]
+            times = np.minimum(np.ceil(part["followup_days"].to_numpy(float)), days).astype(int)
+            died = (part["death_90d"] == "yes").to_numpy() & (part["followup_days"].to_numpy(float) <= days)
+            out += [np.bincount(times[died], minlength=days + 1), np.bincount(times[~died], minlength=days + 1)]
+        return np.concatenate(out)
+
+    narrow, _ = km(where(rule("age", "greater_or_equal", oldest)))
+    if narrow is not None:  # answered on its noisy row count: noise in (almost) every cell, none exact
+        released, truth = cells(narrow), exact(target)
+        assert not np.array_equal(released, truth)
+        assert np.mean(released != truth) > 0.5  # a rounded Laplace(1) draw is non-zero with probability 0.61
+    everyone, _ = km(None)
+    but_them, _ = km(where(rule("age", "less", oldest)))
+    assert everyone is not None and but_them is not None  # large cohorts: answered
+    difference = cells(everyone) - cells(but_them)
+    assert not np.array_equal(difference, exact(target))
+    assert np.count_nonzero(difference) > 10 * max(len(target), 1)  # the target's cells drown in noise

@@ -30,6 +30,13 @@ Levels no node observed are left out of the tests (a row or column of zeros
 has no expected count) and listed in ``absent_levels``.  The chi-squared and
 G-test p-values are asymptotic; the result says so and counts the expected
 cells below 5.
+
+Noisy release (explore mode, a node with differential privacy; ADR 0032): the node adds noise to
+every cell of its table (one row is in exactly one cell: sensitivity L1 = L2 = 1, one block) and
+releases the noisy cells as they are (signed integers, nothing suppressed: the noise protects the
+small cells) with the sd of their noise.  The central side sums the tables and clamps each pooled
+cell to >= 0 (post-processing) before the statistics above; they are those of the noisy table
+(the tests leave out the noise: labelled approximate, with the pooled cell's noise sd).
 """
 from __future__ import annotations
 
@@ -41,6 +48,7 @@ import numpy as np
 
 from mipflow.algorithms.contract import Step
 from mipflow.algorithms.design import category_codes
+from mipflow.algorithms.dp_release import DPRelease, Noise, Released, one_block
 from mipflow.algorithms.inference import alternative_spec
 from mipflow.algorithms.spec import NOMINAL, InputSpec, ParamSpec, SpecAlgorithm
 from mipflow.exceptions import RequestError
@@ -53,6 +61,11 @@ if TYPE_CHECKING:
 
 #: Expected counts below this make the asymptotic p-values doubtful (Cochran's rule).
 SMALL_EXPECTED = 5.0
+
+#: The block of the noisy release.
+DP_BLOCK = "table"
+DP_NOTE = ("the table of noisy cell counts (nothing suppressed), pooled cells clamped to >= 0; the tests, "
+           "Cramer's V and the ratios are those of the noisy table and leave out the noise")
 
 
 # --------------------------------------------------------------------------- tables
@@ -205,6 +218,8 @@ def ratio_measures(observed: np.ndarray, alpha: float) -> dict[str, Any]:
 def pool_tables(aggregates: Sequence[dict], shape: tuple[int, int]) -> np.ndarray:
     """Sum the nodes' tables (``group_counts``, row-major), checking their shape.
 
+    A noisy table (one with ``noise``) may have negative cells; the sum is then clamped to >= 0.
+
     Raises
     ------
     RequestError
@@ -217,11 +232,31 @@ def pool_tables(aggregates: Sequence[dict], shape: tuple[int, int]) -> np.ndarra
             raise RequestError(f"a node sent a table of shape {agg.get('shape')}, expected {list(shape)}")
         cells = agg.get("group_counts")
         if (not isinstance(cells, list) or len(cells) != shape[0] * shape[1]
-                or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in cells)):
+                or not all(isinstance(v, int) and not isinstance(v, bool) and (v >= 0 or "noise" in agg)
+                           for v in cells)):
             raise RequestError("a node sent a table with cells that are not counts (suppressed?); "
                                "the pooled table would be unknown")
         total += np.asarray(cells, dtype=np.int64).reshape(shape)
-    return total
+    return np.maximum(total, 0)
+
+
+# --------------------------------------------------------------------------- differential privacy
+
+
+def _dp_release(algo: ContingencyTable, data: pd.DataFrame, request: AnalysisRequest, model: DataModel,
+                noise: Noise) -> Released:
+    """Noisy cells of the node's table (see the module docstring)."""
+    xvar, yvar = model.variable(request.x[0]), model.variable(request.y[0])
+    row_levels, col_levels = algo._levels(request, model)
+    table = cross_tabulate(category_codes(data[xvar.code], xvar).to_numpy(),
+                           category_codes(data[yvar.code], yvar).to_numpy(), row_levels, col_levels)
+    noisy = noise.add(table.ravel(), 1, block=DP_BLOCK, integer=True)
+    return {"shape": list(table.shape), "group_counts": noisy.tolist(),
+            "noise": {"sd": noise.sd(1), "unit": "count", "mechanism": noise.mechanism}}, {}
+
+
+def _dp_rows(aggregates: dict) -> int:
+    return max(int(sum(aggregates["group_counts"])), 0)
 
 
 # --------------------------------------------------------------------------- the algorithm
@@ -272,6 +307,8 @@ class ContingencyTable(SpecAlgorithm):
         # nfilter_tab control refuses the table if any cell is small
         return {"shape": list(table.shape), "group_counts": table.ravel().tolist()}
 
+    dp_release = DPRelease(one_block, _dp_release, _dp_rows, note=DP_NOTE)
+
     def global_step(self, round: int, aggregates: list[dict], request: AnalysisRequest,
                     model: DataModel, state: dict | None) -> Step:
         params = self.params(request, model)
@@ -317,4 +354,10 @@ class ContingencyTable(SpecAlgorithm):
                                       "alternative": params["alt_hypothesis"], "p_value_method": "exact"}
             measures = ratio_measures(observed, params["alpha"])
             result.update(measures, confidence_level=1.0 - params["alpha"])
+        noisy = [a["noise"] for a in aggregates if "noise" in a]
+        if noisy:
+            result["noise"] = {"approximate": True, "noisy_nodes": len(noisy),
+                               "exact_nodes": len(aggregates) - len(noisy),
+                               "node_cell_sd": [float(v["sd"]) for v in noisy],
+                               "cell_sd": math.sqrt(math.fsum(float(v["sd"]) ** 2 for v in noisy)), "note": DP_NOTE}
         return Step(done=True, result=json_ready(result))

@@ -41,6 +41,11 @@ class Noise(Protocol):
 
     def count(self, value: int, *, block: str, part: str = "") -> int: ...
 
+    def sd(self, sensitivity: float) -> float:
+        """The sd of the noise on one value of a block of this ``sensitivity`` (what a release may
+        state beside its values: it depends on the settings only)."""
+        ...
+
 
 #: A noisy release: ``(aggregates in the local step's own shape, declared [lo, hi] of each clamped variable)``.
 Released = tuple[dict[str, Any], dict[str, list[float]]]

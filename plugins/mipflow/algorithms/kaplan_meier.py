@@ -22,9 +22,26 @@ and a log-rank test of equal survival across the groups present (on the
 bins common to every group; chi2 with ``groups - 1`` df, as statsmodels'
 ``survdiff``).  ``binning.method`` is ``exact`` only when every distinct time
 had its own bin.
+
+Noisy release (explore mode, a node with differential privacy; ADR 0032)
+-----------------------------------------------------------------------
+:data:`KaplanMeier.dp_release`: the node counts events and censorings per group and per point of
+the same grid (from the request and the data model only) and adds noise to every count, with **no
+bin merged**: the noise protects the small cells.  One row (add or remove) is in exactly one group
+and leaves follow-up at exactly one grid point, as an event or as a censoring, so it changes one
+count of the vector ``(events, censored)`` of its group by 1 and nothing else: sensitivity L1 = L2
+= 1 per group, and the groups (levels of the grouping variable, complete cases) are disjoint
+parts of one block, composed in parallel.  The node releases the noisy counts as they are (signed
+integers) and the sd of their noise; the central side (:func:`_noisy_survival`) sums them on the
+common grid and post-processes: at risk at a grid point = the noisy total less the noisy events and
+censorings before it (= the noisy counts summed from the end), made non-increasing and >= 0;
+survival from the signed noisy events (no clamping bias), made non-increasing within [0, 1]; the
+counts shown are clamped to >= 0.  Each curve carries the first-order sd of the noise on its
+survival (``noise_sd``); its intervals combine Greenwood's variance with that of the noise.
 """
 from __future__ import annotations
 
+import math
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
@@ -32,6 +49,7 @@ import numpy as np
 
 from mipflow.algorithms.contract import Step
 from mipflow.algorithms.design import category_codes
+from mipflow.algorithms.dp_release import DPRelease, Noise, Released, one_block
 from mipflow.algorithms.spec import NOMINAL, InputSpec, ParamSpec, SpecAlgorithm
 from mipflow.algorithms.survival import (
     SURVIVAL_PARAMETERS,
@@ -53,6 +71,45 @@ from mipflow.protocol.wire import json_ready
 
 if TYPE_CHECKING:
     import pandas as pd
+
+#: The block of the noisy release (one vector of counts per group, the groups its parts).
+DP_BLOCK = "survival_counts"
+
+DP_NOTE = ("survival from noisy counts of events and censorings per time bin (no bin merged): at risk is the noisy "
+           "total less the noisy events and censorings before each time, made non-increasing; survival is "
+           "post-processed to be non-increasing within [0, 1]; noise_sd is the first-order sd of the noise on "
+           "the survival; stderr is Greenwood's (sampling only) and the intervals combine both; the log-rank "
+           "test adds the variance of the noise on the events (not on the at-risk counts)")
+
+
+# --------------------------------------------------------------------------- differential privacy
+
+
+def _dp_release(algo: KaplanMeier, data: pd.DataFrame, request: AnalysisRequest, model: DataModel,
+                noise: Noise) -> Released:
+    """Noisy events and censorings per group and grid point (see the module docstring)."""
+    params = algo.params(request, model)
+    grid = grid_for(request, model, params)
+    index, event = outcome(data, request, model, grid, params["event_level"])
+    levels = algo._levels(request, model)
+    codes = (category_codes(data[request.x[0]], model.variable(request.x[0])).to_numpy()
+             if request.x else None)
+    k = len(grid)
+    groups = []
+    for level in levels:
+        mask = np.ones(len(data), dtype=bool) if codes is None else codes == level
+        events, censored = grid_counts(index[mask], event[mask], k)
+        noisy = noise.add(np.concatenate([events, censored]), 1, block=DP_BLOCK,
+                          part="" if level is None else str(level), integer=True)
+        groups.append({"level": level, "events": noisy[:k].tolist(), "censored": noisy[k:].tolist()})
+    # the times are rounded up to the grid: below its origin into the first point, beyond its end censored there
+    clamped = {request.y[0]: [float(grid[0]), float(grid[-1])]}
+    return {"group_n": [max(int(sum(g["events"]) + sum(g["censored"])), 0) for g in groups], "groups": groups,
+            "noise": {"sd": noise.sd(1), "unit": "count", "mechanism": noise.mechanism}}, clamped
+
+
+def _dp_rows(aggregates: dict) -> int:
+    return max(int(sum(sum(g["events"]) + sum(g["censored"]) for g in aggregates["groups"])), 0)
 
 
 class KaplanMeier(SpecAlgorithm):
@@ -107,12 +164,18 @@ class KaplanMeier(SpecAlgorithm):
         groups = coarsen_groups(aggregates["groups"], min_count)
         return {**aggregates, "groups": groups, "group_counts": released_cells(groups)}
 
+    # -- privacy capabilities (mipflow.algorithms.contract) ------------------------------------
+
+    dp_release = DPRelease(one_block, _dp_release, _dp_rows, note=DP_NOTE)
+
     # -- global -----------------------------------------------------------------
 
     def global_step(self, round: int, aggregates: list[dict], request: AnalysisRequest,
                     model: DataModel, state: dict | None) -> Step:
         from scipy import stats
 
+        if any("noise" in a for a in aggregates):
+            return Step(done=True, result=json_ready(_noisy_survival(self, aggregates, request, model)))
         params = self.params(request, model)
         grid = grid_for(request, model, params)
         levels = self._levels(request, model)
@@ -214,3 +277,191 @@ def _logrank(events: np.ndarray, censored: np.ndarray) -> dict:
         chi2 = float("nan")
     return {"chi2": chi2, "df": df, "p_value": float(stats.chi2.sf(chi2, df)),
             "observed": observed, "expected": expected}
+
+
+# --------------------------------------------------------------------------- noisy counts, combined
+
+
+def _noisy_survival(algo: KaplanMeier, aggregates: list[dict], request: AnalysisRequest,
+                    model: DataModel) -> dict:
+    """The result from noisy counts (some nodes may have released exact, merged bins).
+
+    The counts are summed on the bins every node's bins nest in (the whole fine grid when every
+    node added noise); each summed count carries the variance of the noise of the nodes that added
+    noise (their sd squared, times the fine points in the bin).
+    """
+    from scipy import stats
+
+    params = algo.params(request, model)
+    grid = grid_for(request, model, params)
+    levels = algo._levels(request, model)
+    fine = list(range(len(grid)))
+    end_lists = [fine] + [g.get("ends", fine) for a in aggregates for g in a["groups"]]
+    shared = common_ends(end_lists)
+    width = np.diff(np.concatenate([[-1], shared]))  # fine points per common bin
+    variance = width * sum(float(a["noise"]["sd"]) ** 2 for a in aggregates if "noise" in a)
+    q = stats.norm.ppf(0.5 + params["alpha"] / 2.0)
+    curves, present = [], []
+    for g, level in enumerate(levels):
+        parts = [a["groups"][g] for a in aggregates]
+        events = sum(rebin(p.get("ends", fine), p["events"], shared) for p in parts)
+        censored = sum(rebin(p.get("ends", fine), p["censored"], shared) for p in parts)
+        curve = noisy_curve(events, censored, variance, q)
+        if curve is None:  # nobody at risk in this group (as the noisy counts tell)
+            continue
+        present.append((np.asarray(events, dtype=float), curve["_at_risk"]))
+        used = curve.pop("_used")
+        curve.pop("_at_risk")
+        curves.append({"group": level, "timeline": grid[np.asarray(shared)[used]], **curve})
+    if not curves:
+        raise RequestError("no complete rows to estimate survival from (as the noisy counts tell)")
+    logrank = None
+    if request.x and len(present) >= 2:
+        logrank = noisy_logrank(np.vstack([e for e, _ in present]), np.vstack([n for _, n in present]), variance)
+        logrank["timeline"] = grid[np.asarray(shared)]
+    time_var = model.variable(request.y[0])
+    binning = binning_summary(time_var, grid, params["bin_width"], shared)
+    binning["note"] = ("times rounded up to the bin ends (timeline); noisy counts per bin, none merged; "
+                       "an approximation of the analysis of the rounded times")
+    binning["method"] = "binned"
+    noisy = [a["noise"] for a in aggregates if "noise" in a]
+    return {
+        "time_variable": request.y[0],
+        "event_variable": request.y[1],
+        "event_level": params["event_level"],
+        "grouping_variable": request.x[0] if request.x else None,
+        "binning": binning,
+        "confidence": params["alpha"],
+        "ci_method": "log-log",
+        "curves": curves,
+        "logrank": logrank,
+        "noise": {"approximate": True, "noisy_nodes": len(noisy), "exact_nodes": len(aggregates) - len(noisy),
+                  "node_cell_sd": [float(n["sd"]) for n in noisy],
+                  "cell_sd": float(math.sqrt(sum(float(n["sd"]) ** 2 for n in noisy))),
+                  "note": DP_NOTE},
+    }
+
+
+def noisy_at_risk(events: np.ndarray, censored: np.ndarray) -> np.ndarray:
+    """At risk at each bin end from noisy counts: the noisy total less the noisy events and censorings
+    of the bins before (the counts summed from the end), made non-increasing (least squares,
+    pool-adjacent-violators) and >= 0.  Post-processing only."""
+    from scipy.optimize import isotonic_regression
+
+    raw = np.cumsum((np.asarray(events, float) + np.asarray(censored, float))[::-1])[::-1]
+    if len(raw) == 0:
+        return raw
+    return np.maximum(isotonic_regression(raw, increasing=False).x, 0.0)
+
+
+def survival_noise_sd(survival: np.ndarray, events: np.ndarray, at_risk: np.ndarray,
+                      variance: np.ndarray, tail: float = 0.0) -> np.ndarray:
+    """First-order sd of the noise on the survival, from independent noise of ``variance`` on every
+    event and every censoring count of the bins.
+
+    With ``n_j = sum_{i >= j} (d_i + c_i)`` and ``log S_k = sum_{j <= k} log(1 - d_j / n_j)``:
+    ``d log S_k / d d_i = A_i - 1 / (n_i - d_i)`` and ``d log S_k / d c_i = A_i`` for ``i <= k``,
+    both ``A_k`` for ``i > k``, where ``A_m = sum_{j <= m} d_j / (n_j (n_j - d_j))``.  Evaluated at
+    the post-processed values (``n_j - d_j`` at least 1).
+
+    Parameters
+    ----------
+    survival, events, at_risk, variance : numpy.ndarray, shape (bins,)
+    tail : float
+        The summed variance of the counts of the bins after these (no one at risk there, but their
+        noisy counts enter every at-risk count).
+
+    Returns
+    -------
+    numpy.ndarray, shape (bins,)
+    """
+    n = np.maximum(at_risk, 1.0)
+    d = np.clip(events, 0.0, n)
+    alive = np.maximum(n - d, 1.0)
+    big_a = np.cumsum(d / (n * alive))
+    before = np.cumsum(variance * ((big_a - 1.0 / alive) ** 2 + big_a ** 2))
+    after = 2.0 * (np.sum(variance) - np.cumsum(variance) + tail)  # the bins after k: events and censorings
+    var_log = before + big_a ** 2 * after
+    return survival * np.sqrt(var_log)
+
+
+def noisy_curve(events: np.ndarray, censored: np.ndarray, variance: np.ndarray, q: float) -> dict | None:
+    """One group's curve from summed noisy counts on common bins (``variance``: of each count's noise).
+
+    Every bin up to the last with someone at risk is kept (a bin whose noisy events are 0 or below
+    may hold deaths).  Survival is ``prod (1 - d_j / n_j)`` over the signed noisy events (clamping
+    them would bias it), then made non-increasing (least squares) within [0, 1].  None when nobody
+    is at risk.
+    """
+    from scipy.optimize import isotonic_regression
+
+    events = np.asarray(events, dtype=float)
+    censored = np.asarray(censored, dtype=float)
+    at_risk = noisy_at_risk(events, censored)
+    used = np.flatnonzero(at_risk >= 1.0)  # a prefix of the bins: at_risk does not increase
+    if len(used) == 0:
+        return None
+    n = at_risk[used]
+    hazard = np.clip(events[used] / n, -1.0, 1.0)
+    raw = np.cumprod(1.0 - hazard)
+    survival = np.clip(isotonic_regression(raw, increasing=False).x, 0.0, 1.0)
+    d = np.clip(np.rint(events[used]), 0.0, np.floor(n))
+    c = np.maximum(np.rint(censored[used]), 0.0)
+    variance = np.asarray(variance, dtype=float)
+    noise_sd = survival_noise_sd(survival, events[used], n, variance[used], float(variance[used[-1] + 1:].sum()))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        terms = np.where(n > d, d / (n * (n - d)), np.nan)
+        stderr = survival * np.sqrt(np.cumsum(terms))
+        total = np.sqrt(stderr ** 2 + noise_sd ** 2)
+        log_s = np.log(survival)
+        half = q * total / (survival * np.abs(log_s))
+        lower = np.exp(-np.exp(np.log(-log_s) + half))
+        upper = np.exp(-np.exp(np.log(-log_s) - half))
+    at_one = survival >= 1.0
+    lower[at_one] = upper[at_one] = 1.0
+    return {
+        "n_obs": int(max(round(float(events.sum() + censored.sum())), 0)),
+        "n_events": int(max(round(float(events.sum())), 0)),
+        "at_risk": np.rint(n).astype(np.int64),
+        "events": d.astype(np.int64),
+        "censored": c.astype(np.int64),
+        "survival": survival,
+        "stderr": stderr,
+        "noise_sd": noise_sd,
+        "lower_ci": lower,
+        "upper_ci": upper,
+        "_used": used,
+        "_at_risk": at_risk,
+    }
+
+
+def noisy_logrank(events: np.ndarray, at_risk: np.ndarray, variance: np.ndarray) -> dict:
+    """Log-rank test from noisy counts, shape (groups, bins): observed minus expected from the signed
+    noisy events; its covariance is the hypergeometric one plus that of the events' noise
+    (``sum_j var_j (I - s_j 1^T)(I - s_j 1^T)^T``, ``s_j`` the groups' shares at risk).  The noise
+    on the at-risk counts is left out (first order, approximate)."""
+    from scipy import stats
+
+    at_risk = np.asarray(at_risk, dtype=float)
+    total_risk = at_risk.sum(axis=0)
+    keep = total_risk > 1
+    share = at_risk[:, keep] / total_risk[keep]
+    d_signed = events[:, keep]
+    n = total_risk[keep]
+    d = np.clip(d_signed.sum(axis=0), 0.0, n)
+    observed = d_signed.sum(axis=1)
+    expected = (share * d_signed.sum(axis=0)).sum(axis=1)
+    scale = d * (n - d) / (n - 1.0)
+    k = events.shape[0]
+    eye = np.eye(k)
+    cov = np.einsum("j,gj,ghj->gh", scale, share, eye[:, :, None] - share[None, :, :])
+    project = eye[:, :, None] - share[:, None, :]  # (I - s 1^T) per bin: [g, h, j]
+    cov += np.einsum("j,gij,hij->gh", np.asarray(variance, float)[keep], project, project)
+    diff = (observed - expected)[1:]
+    df = k - 1
+    try:
+        chi2 = float(diff @ np.linalg.solve(cov[1:, 1:], diff))
+    except np.linalg.LinAlgError:
+        chi2 = float("nan")
+    return {"chi2": chi2, "df": df, "p_value": float(stats.chi2.sf(chi2, df)),
+            "observed": observed, "expected": expected, "approximate": True}

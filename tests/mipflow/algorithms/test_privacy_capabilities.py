@@ -29,7 +29,9 @@ SECURE_AUTOMATIC = {"anova_oneway", "kmeans", "linear_regression", "logistic_reg
 SECURE_EXPLICIT_ONLY = {"descriptive_stats"}
 #: dp.DP_MECHANISMS (with the label's note where it had one)
 DP_NOTES = {"descriptive_stats": "", "multiple_histograms": "", "linear_regression": "noisy sufficient statistics",
-            "pearson_correlation": "noisy sufficient statistics"}
+            "pearson_correlation": "noisy sufficient statistics",
+            "kaplan_meier": "noisy counts of events and censorings per time bin (no bin merged)",
+            "contingency_table": "the table of noisy cell counts (nothing suppressed)"}
 #: disclosure.MODEL_ALGORITHMS
 MODELS = {"linear_regression", "logistic_regression", "cox_regression", "linear_regression_cv",
           "logistic_regression_cv", "gee"}

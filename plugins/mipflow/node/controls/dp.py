@@ -30,9 +30,11 @@ in parallel.  The cost charged is what OpenDP's own privacy maps say for the
 measurements that ran.  Which algorithms have a noisy release, and what it is,
 each algorithm states itself (``Algorithm.dp_release``,
 :mod:`mipflow.algorithms.dp_release`): ``descriptive_stats`` and
-``multiple_histograms`` (variables with declared bounds, or nominal), and
+``multiple_histograms`` (variables with declared bounds, or nominal),
 ``linear_regression`` and ``pearson_correlation`` through noisy sufficient
-statistics (``docs/adr/0021-dp-sufficient-statistics.md``).  Other
+statistics (``docs/adr/0021-dp-sufficient-statistics.md``), and
+``kaplan_meier`` and ``contingency_table`` through noisy counts
+(``docs/adr/0032-explore-mode.md``).  Other
 algorithms are refused on a DP node unless the admin lists them in
 ``dp_exempt_algorithms`` (they then run exactly, and the result says so).
 The label's shape is :mod:`mipflow.protocol.privacy`.

@@ -73,6 +73,12 @@ class QueryNoise:
             return sensitivity * self.blocks / self.epsilon
         return sensitivity / math.sqrt(2.0 * self.rho / self.blocks)
 
+    def sd(self, sensitivity: float) -> float:
+        """The standard deviation of the noise on one value of a block of this ``sensitivity``
+        (Laplace ``b sqrt(2)``, Gaussian ``sigma``; of the continuous noise, before rounding)."""
+        scale = self.scale(sensitivity)
+        return scale * math.sqrt(2.0) if self.mechanism == "laplace" else scale
+
     def measurement(self, sensitivity: float, integer: bool) -> Any:
         """The OpenDP measurement that noises a vector of this block."""
         dp = self._dp

@@ -369,11 +369,6 @@ class KeyedNoise(QueryNoise):
             out[i] = ((word >> 11) + 0.5) / 2.0 ** 53
         return out
 
-    def sd(self, sensitivity: float) -> float:
-        """The standard deviation of the noise of a block of this ``sensitivity`` (before rounding)."""
-        scale = self.scale(sensitivity)
-        return scale * math.sqrt(2.0) if self.mechanism == "laplace" else scale
-
     def add(self, values: Sequence[float], sensitivity: float, *, block: str, part: str = "",
             integer: bool = False) -> np.ndarray:
         """Noisy ``values`` (one block, one part), the noise keyed; integers stay integers."""
