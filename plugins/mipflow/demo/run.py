@@ -151,7 +151,8 @@ def serve_nodes(homes: Mapping[str, Path], timeout: float = 30.0) -> Iterator[di
                 port = sock.getsockname()[1]
             log = open(home / "serve.log", "wb")
             procs.append(subprocess.Popen([sys.executable, "-m", "mipflow.cli", "node", "serve", str(home),
-                                           "--port", str(port)], stdout=log, stderr=subprocess.STDOUT))
+                                           "--port", str(port), "--insecure-http"],
+                                          stdout=log, stderr=subprocess.STDOUT))
             url = f"http://127.0.0.1:{port}"
             cred = issue_client(home, "central")
             _grant_demo(home)
