@@ -210,16 +210,17 @@ def client_context(ca_cert: str | Path | None = None, client_cert: str | Path | 
     ConfigError
         If a file is missing or unusable (the message names it).
     """
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    if ca_cert:
+    if ca_cert:  # the pinned anchor alone: the system's store is not loaded beside it
         try:
-            ctx.load_verify_locations(cafile=str(ca_cert))
+            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca_cert))
         except FileNotFoundError:
             raise ConfigError(f"CA file ca_cert={ca_cert} does not exist") from None
         except ssl.SSLError:
             raise ConfigError(f"CA file ca_cert={ca_cert} holds no PEM certificate") from None
         ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    else:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if client_key and not client_cert:
         raise ConfigError("client_key given without client_cert")
     if client_cert:
