@@ -11,7 +11,7 @@ from mipflow.cli import main
 from mipflow.exceptions import ConfigError
 from mipflow.node.api.tls import CLIENT_CA, NODE_CERT, NODE_KEY, TLS_DIR, ServerTls, resolve_server_tls
 from mipflow.node.home import NodeHome
-from mipflow.protocol.tls import issue_certificate, make_ca
+from mipflow.protocol.tls import issue_certificate
 
 
 @pytest.fixture
