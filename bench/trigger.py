@@ -170,7 +170,8 @@ def run(args, tmp: Path, procs: list, airflow_log: Path, register_airflow) -> in
     for hospital, home in homes.items():
         port = free_port()
         log = open(home / "serve.log", "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "mipflow.cli", "node", "serve", str(home), "--port", str(port)],
+        proc = subprocess.Popen([sys.executable, "-m", "mipflow.cli", "node", "serve", str(home), "--port", str(port),
+                                 "--insecure-http"],
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
         log.close()

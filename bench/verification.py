@@ -88,7 +88,7 @@ def main() -> int:
 UNVERIFIED_SERVE = (
     "import sys, mipflow.node.api.step as s; "
     "s.answer_step.__kwdefaults__ = {'chain': tuple(c for c in s.CHAIN if c not in (s.verify_round, s.tag_release))}; "
-    "from mipflow.cli import main; sys.exit(main(['node', 'serve', sys.argv[1], '--port', sys.argv[2]]))")
+    "from mipflow.cli import main; sys.exit(main(['node', 'serve', sys.argv[1], '--port', sys.argv[2], '--insecure-http']))")
 
 
 def _serve(homes: list, unverified: bool) -> tuple[list, list[str]]:
@@ -102,7 +102,8 @@ def _serve(homes: list, unverified: bool) -> tuple[list, list[str]]:
     for home in homes:
         port = str(free_port())
         command = ([sys.executable, "-c", UNVERIFIED_SERVE, str(home.root), port] if unverified else
-                   [sys.executable, "-m", "mipflow.cli", "node", "serve", str(home.root), "--port", port])
+                   [sys.executable, "-m", "mipflow.cli", "node", "serve", str(home.root), "--port", port,
+                    "--insecure-http"])
         log = open(Path(home.root) / f"serve-{'u' if unverified else 'v'}.log", "wb")
         procs.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ)))
         urls.append(f"http://127.0.0.1:{port}")

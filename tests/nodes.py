@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -35,24 +36,32 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_nodes(homes: list[Path], timeout: float = 60.0) -> Iterator[list[str]]:
-    """Run ``mipflow node serve`` for each home; yield their URLs; stop them afterwards."""
+def running_nodes(homes: list[Path], timeout: float = 60.0, *, https: bool = False,
+                  verify: ssl.SSLContext | None = None) -> Iterator[list[str]]:
+    """Run ``mipflow node serve`` for each home; yield their URLs; stop them afterwards.
+
+    By default the nodes serve plain HTTP (``--insecure-http``, the development setting); with
+    ``https`` each serves the certificate in its home's ``tls/`` (:func:`tls_federation`), and
+    ``verify`` (the central side's context, with a client certificate for mutual TLS) checks
+    that each answers.
+    """
     procs, urls = [], []
     try:
         for home in homes:
             port = free_port()
             log = open(Path(home) / "serve.log", "wb")
             procs.append(subprocess.Popen(
-                [sys.executable, "-m", "mipflow.cli", "node", "serve", str(home), "--port", str(port)],
+                [sys.executable, "-m", "mipflow.cli", "node", "serve", str(home), "--port", str(port),
+                 *(() if https else ("--insecure-http",))],
                 stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}))
-            urls.append(f"http://127.0.0.1:{port}")
+            urls.append(f"{'https' if https else 'http'}://127.0.0.1:{port}")
         deadline = time.monotonic() + timeout
         for url, proc, home in zip(urls, procs, homes):
             while True:
                 if proc.poll() is not None:
                     raise RuntimeError(f"node at {home} exited: {(Path(home) / 'serve.log').read_text()[-2000:]}")
                 try:
-                    if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    if httpx.get(url + "/health", timeout=1, verify=verify or True).status_code == 200:
                         break
                 except httpx.TransportError:
                     pass
@@ -68,6 +77,30 @@ def running_nodes(homes: list[Path], timeout: float = 60.0) -> Iterator[list[str
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def tls_federation(ca_dir: Path, homes, *, mutual: bool = False, client: str = "central") -> dict[str, str]:
+    """A development CA in ``ca_dir`` that issues each node home a loopback server certificate
+    (``HOME/tls/``; DNS localhost, IP 127.0.0.1) and the central site a client certificate;
+    with ``mutual`` each node also requires client certificates from that CA.
+
+    Returns the central side's files: ``ca_cert``, ``client_cert``, ``client_key`` (paths as text),
+    as a connection's extra or a :class:`~mipflow.central.client.NodeEndpoint` takes them.
+    """
+    from mipflow.node.api.tls import CLIENT_CA, NODE_CERT, NODE_KEY, TLS_DIR
+    from mipflow.node.home import NodeHome
+    from mipflow.protocol.tls import CA_CERT, issue_certificate, make_ca
+
+    ca = make_ca(ca_dir)
+    for home in homes:
+        folder = Path(home) / TLS_DIR
+        issue_certificate(ca_dir, folder / NODE_CERT, folder / NODE_KEY, common_name=NodeHome(home).name,
+                          usage="server", dns_names=["localhost"], ip_addresses=["127.0.0.1"])
+        if mutual:
+            (folder / CLIENT_CA).write_bytes((Path(ca_dir) / CA_CERT).read_bytes())
+    central = issue_certificate(ca_dir, Path(ca_dir) / f"{client}.crt", Path(ca_dir) / f"{client}.key",
+                                common_name=client, usage="client")
+    return {"ca_cert": str(ca.cert), "client_cert": str(central.cert), "client_key": str(central.key)}
 
 
 @contextmanager

@@ -42,10 +42,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("home", type=Path)
     p.add_argument("--consent", type=Path, default=None)
 
-    p = node.add_parser("serve", help="run the node's aggregate API (HTTP)")
+    p = node.add_parser("serve", help="run the node's aggregate API (HTTPS; certificate from HOME/tls/ or options)")
     p.add_argument("home", type=Path)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8700)
+    p.add_argument("--tls-cert", type=Path, default=None, help="server certificate (default HOME/tls/node.crt)")
+    p.add_argument("--tls-key", type=Path, default=None, help="its private key, mode 0600 (default HOME/tls/node.key)")
+    p.add_argument("--tls-client-ca", type=Path, default=None,
+                   help="require client certificates issued by this CA (mutual TLS; default HOME/tls/client-ca.crt "
+                        "if present)")
+    p.add_argument("--insecure-http", action="store_true",
+                   help="DEVELOPMENT ONLY: serve plain HTTP (aggregates unencrypted on the network)")
     p = node.add_parser("add-client", help="issue a credential for a client (e.g. the central site)")
     p.add_argument("home", type=Path)
     p.add_argument("--client", default="central")
@@ -55,9 +62,12 @@ def _parser() -> argparse.ArgumentParser:
     p = fed.add_parser("add", help="add a node to a federation file, with a credential from its home")
     p.add_argument("federation", type=Path)
     p.add_argument("--node", required=True, help="node name")
-    p.add_argument("--url", required=True, help="node API URL, e.g. http://127.0.0.1:8701")
+    p.add_argument("--url", required=True, help="node API URL, e.g. https://127.0.0.1:8701")
     p.add_argument("--credentials-from", required=True, type=Path, help="the node's home (issues a credential)")
     p.add_argument("--client", default="central")
+    p.add_argument("--ca-cert", default=None, help="pinned CA (or node certificate) an https:// node is verified with")
+    p.add_argument("--client-cert", default=None, help="the central site's client certificate (mutual TLS)")
+    p.add_argument("--client-key", default=None, help="its private key")
     p = fed.add_parser("list", help="nodes of a federation file (no secrets)")
     p.add_argument("federation", type=Path)
 
@@ -179,6 +189,30 @@ def _parser() -> argparse.ArgumentParser:
     p = algorithms.add_parser("list", help="every algorithm with its inputs and parameters (defaults, bounds)")
     p.add_argument("--json", action="store_true", help="the whole catalogue as JSON (with each form field's schema)")
 
+    tls = sub.add_parser("tls", help="certificates for HTTPS between the central site and the nodes "
+                                     "(a development CA; use your PKI in production)").add_subparsers(
+        dest="tls_command", required=True)
+    p = tls.add_parser("ca", help="make a CA: CA_DIR/ca.crt (give it to the central site) and ca.key (0600)")
+    p.add_argument("ca_dir", type=Path)
+    p.add_argument("--days", type=int, default=825)
+    p = tls.add_parser("node", help="issue a node's server certificate into HOME/tls/node.crt and node.key (0600)")
+    p.add_argument("ca_dir", type=Path)
+    p.add_argument("home", type=Path)
+    p.add_argument("--dns", action="append", default=None, metavar="NAME",
+                   help="host name the central site uses (repeatable; default localhost)")
+    p.add_argument("--ip", action="append", default=None, metavar="ADDRESS",
+                   help="IP address the central site uses (repeatable; default 127.0.0.1)")
+    p.add_argument("--days", type=int, default=397)
+    p.add_argument("--require-client-cert", action="store_true",
+                   help="also copy CA_DIR/ca.crt to HOME/tls/client-ca.crt: the node then requires client "
+                        "certificates from this CA (mutual TLS)")
+    p = tls.add_parser("client", help="issue the central site's client certificate (for mutual TLS): "
+                                      "OUT.crt and OUT.key (0600)")
+    p.add_argument("ca_dir", type=Path)
+    p.add_argument("--name", default="central")
+    p.add_argument("--out", type=Path, default=None, help="file prefix (default CA_DIR/NAME)")
+    p.add_argument("--days", type=int, default=397)
+
     p = sub.add_parser("synth", help="write synthetic stroke-registry exports for the demo hospitals")
     p.add_argument("out_dir", type=Path)
     p.add_argument("--patients", type=int, default=300)
@@ -206,12 +240,18 @@ def _dispatch(args: argparse.Namespace) -> int:
         catalogue = describe()
         print(json.dumps(catalogue, indent=2) if args.json else format_table(catalogue).rstrip("\n"))
         return 0
+    if args.command == "tls":
+        return _tls(args)
     from mipflow.node.home import NodeHome
 
     if args.command == "node" and args.node_command == "serve":  # keep the service's imports small
         from mipflow.node.api.app import serve
+        from mipflow.node.api.tls import resolve_server_tls
 
-        serve(NodeHome(args.home), host=args.host, port=args.port)
+        home = NodeHome(args.home)
+        tls = resolve_server_tls(home.root, cert=args.tls_cert, key=args.tls_key, client_ca=args.tls_client_ca,
+                                 insecure_http=args.insecure_http)
+        serve(home, host=args.host, port=args.port, tls=tls)
         return 0
     from mipflow.node import ops
     from mipflow.node.store.feature_store import open_store
@@ -291,7 +331,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         if args.fed_command == "add":
             endpoint = add_node(args.federation, name=args.node, url=args.url,
-                                credentials_from=args.credentials_from, client_id=args.client)
+                                credentials_from=args.credentials_from, client_id=args.client,
+                                ca_cert=args.ca_cert, client_cert=args.client_cert, client_key=args.client_key)
             print(ops.dumps({"federation": str(args.federation), "node": endpoint.name, "url": endpoint.url}))
             return 0
         print(ops.dumps([{"node": e.name, "url": e.url, "client_id": e.client_id}
@@ -431,6 +472,38 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(ops.dumps({h: {k: str(v) for k, v in files.items()} for h, files in written.items()}))
         return 0
     raise AssertionError(f"unhandled command {args.command}")  # pragma: no cover
+
+
+def _tls(args: argparse.Namespace) -> int:
+    from mipflow.protocol import tls
+
+    if args.tls_command == "ca":
+        files = tls.make_ca(args.ca_dir, days=args.days)
+        print(f"CA certificate {files.cert} (pin it as the central site's ca_cert; with mutual TLS the nodes' "
+              f"--tls-client-ca), key {files.key} (keep it offline)")
+        return 0
+    if args.tls_command == "node":
+        from mipflow.node.api.tls import CLIENT_CA, NODE_CERT, NODE_KEY, TLS_DIR
+        from mipflow.node.home import NodeHome
+
+        home = NodeHome(args.home)
+        folder = home.root / TLS_DIR
+        files = tls.issue_certificate(args.ca_dir, folder / NODE_CERT, folder / NODE_KEY, common_name=home.name,
+                                      usage="server", dns_names=args.dns if args.dns is not None else ["localhost"],
+                                      ip_addresses=args.ip if args.ip is not None else ["127.0.0.1"], days=args.days)
+        info = tls.certificate_info(files.cert)
+        print(f"node certificate {files.cert} ({', '.join(info.names)}; until {info.not_after.date()}), "
+              f"key {files.key}")
+        if args.require_client_cert:
+            (folder / CLIENT_CA).write_bytes((args.ca_dir / tls.CA_CERT).read_bytes())
+            print(f"mutual TLS: the node requires client certificates issued by {folder / CLIENT_CA}")
+        return 0
+    prefix = args.out or args.ca_dir / args.name
+    files = tls.issue_certificate(args.ca_dir, prefix.with_name(prefix.name + ".crt"),
+                                  prefix.with_name(prefix.name + ".key"), common_name=args.name, usage="client",
+                                  days=args.days)
+    print(f"client certificate {files.cert}, key {files.key} (the connection's client_cert and client_key)")
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -46,14 +46,16 @@ def run_node_dags(home: Path, dags: dict[str, Any]) -> None:
 
 
 def run_federation(homes: dict[str, Path], dags: dict[str, Any], work_dir: Path) -> bool:
-    """Serve the nodes, register them as Airflow connections, run the analyses through the central DAGs."""
+    """Serve the nodes (HTTPS, mutual TLS with a demo CA), register them as Airflow connections, run the
+    analyses through the central DAGs."""
     from mipflow.central.results import ResultStore, summary_lines
 
-    with serve_nodes(homes) as nodes:
+    with serve_nodes(homes, tls_dir=work_dir / "central" / "tls") as nodes:
         for hospital, node in nodes.items():
+            tls = {key: node[key] for key in ("ca_cert", "client_cert", "client_key") if key in node}
             os.environ[f"AIRFLOW_CONN_MIPFLOW_NODE_{hospital.upper()}"] = json.dumps(
                 {"conn_type": "mipflow_node", "host": node["url"], "login": node["client_id"],
-                 "password": node["secret"], "extra": {"node_name": hospital}})
+                 "password": node["secret"], "extra": {"node_name": hospital, **tls}})
         os.environ["MIPFLOW_CENTRAL_HOME"] = str(work_dir / "central")
         store = ResultStore(work_dir / "central")
         ok = True

@@ -24,6 +24,11 @@ class NodeEndpoint:
     url: str
     client_id: str
     secret: str = field(repr=False)
+    #: The pinned trust anchor for an ``https://`` node: the federation's CA, or the node's certificate.
+    ca_cert: str | None = None
+    #: The central site's client certificate and key, for nodes that require mutual TLS.
+    client_cert: str | None = None
+    client_key: str | None = None
 
 
 class NodeRefused(MipflowError):
@@ -38,18 +43,43 @@ class NodeUnavailable(MipflowError):
     """A node could not be reached or failed after retries."""
 
 
+class NodeTlsError(NodeUnavailable):
+    """The TLS connection to a node failed on a certificate, a CA or the scheme: a retry cannot help.
+
+    The message names the certificate or CA at fault (:func:`mipflow.protocol.tls.explain_tls_failure`).
+    """
+
+
 class NodeClient:
-    """Signed HTTP calls to one node; retries connection errors and 5xx, never 4xx."""
+    """Signed HTTP calls to one node; retries connection errors and 5xx, never 4xx nor TLS failures.
+
+    An ``https://`` node is verified against the endpoint's pinned ``ca_cert`` (else the system's
+    trust store) with hostname verification; ``client_cert``/``client_key`` answer a node that
+    requires mutual TLS.  Connections are kept alive between calls.
+    """
 
     def __init__(self, endpoint: NodeEndpoint, *, timeout: float = 60.0, retries: int = 2,
                  backoff: float = 0.2) -> None:
         import httpx
 
+        from mipflow.exceptions import ConfigError
+
         self.endpoint = endpoint
         self.retries = retries
         self.backoff = backoff
         self._secret = bytes.fromhex(endpoint.secret)
-        self._http = httpx.Client(base_url=endpoint.url.rstrip("/"), timeout=timeout)
+        tls_files = endpoint.ca_cert or endpoint.client_cert or endpoint.client_key
+        if endpoint.url.startswith("https://") or tls_files:
+            if not endpoint.url.startswith("https://"):
+                raise ConfigError(f"{endpoint.name}: ca_cert/client_cert are set but the node URL {endpoint.url} "
+                                  "is not https://")
+            from mipflow.protocol.tls import client_context
+
+            self._tls: Any = client_context(endpoint.ca_cert, endpoint.client_cert, endpoint.client_key)
+        else:
+            self._tls = None
+        self._http = httpx.Client(base_url=endpoint.url.rstrip("/"), timeout=timeout,
+                                  verify=self._tls if self._tls is not None else True)
 
     @property
     def name(self) -> str:
@@ -70,6 +100,9 @@ class NodeClient:
             try:
                 response = self._http.request(method, path, content=body, headers=headers)
             except httpx.TransportError as exc:
+                tls_failure = self._tls_failure(exc)
+                if tls_failure is not None:
+                    raise NodeTlsError(tls_failure) from None
                 last = exc
             else:
                 if response.status_code < 400:
@@ -83,6 +116,28 @@ class NodeClient:
             if attempt < self.retries:
                 time.sleep(self.backoff * (2 ** attempt))
         raise NodeUnavailable(f"{self.name} unreachable at {self.endpoint.url}: {type(last).__name__}")
+
+    def _tls_failure(self, exc: Exception) -> str | None:
+        """A sentence if ``exc`` is a TLS failure: a certificate or CA refused, a node that closes a TLS
+        connection without answering (mutual TLS refused the client), or a plain-HTTP request cut off
+        by a node that speaks TLS.  ``None`` for anything else (retried as usual)."""
+        import httpx
+
+        from mipflow.protocol import tls
+
+        endpoint = self.endpoint
+        explained = tls.explain_tls_failure(exc, node=self.name, url=endpoint.url, ca_cert=endpoint.ca_cert,
+                                            client_cert=endpoint.client_cert)
+        if explained is not None or not isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError)):
+            return explained
+        url = httpx.URL(endpoint.url)
+        if url.scheme == "https" and self._tls is not None:
+            if tls.closes_after_handshake(url.host, url.port or 443, self._tls):
+                return tls.mutual_tls_refusal(self.name, endpoint.url, endpoint.client_cert)
+        elif url.scheme == "http" and tls.speaks_tls(url.host, url.port or 80):
+            return (f"{self.name}: the node at {endpoint.url} serves HTTPS, not plain HTTP: use an https:// "
+                    "URL and pin the federation's CA (ca_cert)")
+        return None
 
     def health(self) -> dict[str, Any]:
         return self._call("GET", "/health")

@@ -146,13 +146,19 @@ def _grant_demo(home: Path) -> None:
 
 
 @contextmanager
-def serve_nodes(homes: Mapping[str, Path], timeout: float = 30.0) -> Iterator[dict[str, dict[str, str]]]:
+def serve_nodes(homes: Mapping[str, Path], timeout: float = 30.0, *,
+                tls_dir: Path | None = None) -> Iterator[dict[str, dict[str, str]]]:
     """Serve each node's aggregate API on loopback, each with a credential for the central site.
+
+    With ``tls_dir`` the nodes serve HTTPS with mutual TLS: a development CA there (made once,
+    ``mipflow tls ca``) issues each node a loopback certificate and the central site a client
+    certificate; without it they serve plain HTTP (``--insecure-http``).
 
     Yields
     ------
     dict
-        Hospital -> ``{"url", "client_id", "secret"}`` (secret in hex); the
+        Hospital -> ``{"url", "client_id", "secret"}`` (secret in hex), with ``tls_dir`` also
+        ``ca_cert``, ``client_cert`` and ``client_key`` (paths); the
         services stop when the block ends.  Each node also approves the demo
         researcher in the demo project (:data:`DEMO_RESEARCHER`, :data:`DEMO_PROJECT`),
         and pins every other node's secure-aggregation key (:func:`mipflow.secagg.trust.pin_each_other`).
@@ -169,6 +175,12 @@ def serve_nodes(homes: Mapping[str, Path], timeout: float = 30.0) -> Iterator[di
     # comparing fingerprints out of band: `mipflow secagg key`, then `mipflow secagg pin`; ADR 0014)
     for hospital, shown in pin_each_other(homes).items():
         print(f"{hospital}: secure-aggregation key {shown}, pinned by the other hospitals")
+    central_tls = _demo_certificates(tls_dir, homes) if tls_dir is not None else {}
+    verify: Any = True
+    if central_tls:
+        from mipflow.protocol.tls import client_context
+
+        verify = client_context(**central_tls)
     procs: list[subprocess.Popen] = []
     nodes: dict[str, dict[str, str]] = {}
     try:
@@ -178,25 +190,45 @@ def serve_nodes(homes: Mapping[str, Path], timeout: float = 30.0) -> Iterator[di
                 port = sock.getsockname()[1]
             log = open(home / "serve.log", "wb")
             procs.append(subprocess.Popen([sys.executable, "-m", "mipflow.cli", "node", "serve", str(home),
-                                           "--port", str(port)], stdout=log, stderr=subprocess.STDOUT))
-            url = f"http://127.0.0.1:{port}"
+                                           "--port", str(port), *(() if central_tls else ("--insecure-http",))],
+                                          stdout=log, stderr=subprocess.STDOUT))
+            url = f"{'https' if central_tls else 'http'}://127.0.0.1:{port}"
             cred = issue_client(home, "central")
             _grant_demo(home)
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
                 try:
-                    if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    if httpx.get(url + "/health", timeout=1, verify=verify).status_code == 200:
                         break
                 except httpx.TransportError:
                     time.sleep(0.1)
-            print(f"{hospital}: node API at {url} (OpenAPI: {url}/docs)")
-            nodes[hospital] = {"url": url, "client_id": cred.client_id, "secret": cred.secret.hex()}
+            print(f"{hospital}: node API at {url}" + (" (mutual TLS)" if central_tls else f" (OpenAPI: {url}/docs)"))
+            nodes[hospital] = {"url": url, "client_id": cred.client_id, "secret": cred.secret.hex(), **central_tls}
         yield nodes
     finally:
         for proc in procs:
             proc.terminate()
         for proc in procs:
             proc.wait(timeout=10)
+
+
+def _demo_certificates(tls_dir: Path, homes: Mapping[str, Path]) -> dict[str, str]:
+    """A development CA in ``tls_dir`` (made once), a loopback server certificate for each node that
+    requires client certificates from it, and the central site's client certificate."""
+    from mipflow.node.api.tls import CLIENT_CA, NODE_CERT, NODE_KEY, TLS_DIR
+    from mipflow.protocol.tls import CA_CERT, CA_KEY, issue_certificate, make_ca
+
+    if not (tls_dir / CA_KEY).exists():
+        make_ca(tls_dir, common_name="mipflow demo CA")
+    for hospital, home in homes.items():
+        folder = Path(home) / TLS_DIR
+        issue_certificate(tls_dir, folder / NODE_CERT, folder / NODE_KEY, common_name=hospital, usage="server",
+                          dns_names=["localhost"], ip_addresses=["127.0.0.1"])
+        (folder / CLIENT_CA).write_bytes((tls_dir / CA_CERT).read_bytes())
+    central = issue_certificate(tls_dir, tls_dir / "central.crt", tls_dir / "central.key", common_name="central",
+                                usage="client")
+    print(f"TLS: demo CA {tls_dir / CA_CERT}; every node requires the central site's client certificate")
+    return {"ca_cert": str(tls_dir / CA_CERT), "client_cert": str(central.cert), "client_key": str(central.key)}
 
 
 def analysis_conf(hospitals: list[str], form: Mapping[str, Any], conn_ids: list[str]) -> dict[str, Any]:

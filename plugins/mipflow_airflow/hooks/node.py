@@ -3,7 +3,11 @@
 Connection fields: ``host`` is the node API URL (``http://127.0.0.1:8701``, or a
 host name with ``port`` and ``schema`` ``http``/``https``), ``login`` the client
 id the node issued, ``password`` the client secret (hex), optional extra
-``{"node_name": "hospital_a", "timeout": 60}``.  The hook owns the connection
+``{"node_name": "hospital_a", "timeout": 60, "ca_cert": "/etc/mipflow/ca.crt",
+"client_cert": "/etc/mipflow/central.crt", "client_key": "/etc/mipflow/central.key"}``:
+``ca_cert`` pins the CA (or the node's certificate) an ``https://`` node is verified with
+(hostname verification on), ``client_cert``/``client_key`` answer a node that requires
+mutual TLS (file paths on the workers; docs/adr/0039-tls.md).  The hook owns the connection
 only; the HTTP client, request signing and retry policy (connection errors and
 5xx, never 4xx) are :class:`mipflow.central.client.NodeClient`'s, and what a
 failure means for a task is the operator's decision.
@@ -76,15 +80,20 @@ class NodeHook(BaseHook):
         if not conn.login or not conn.password:
             raise NodeConnectionError(f"connection {self.mipflow_conn_id} needs login (client id) and "
                                       "password (client secret) issued by the node")
-        return NodeEndpoint(name=name, url=host, client_id=conn.login, secret=conn.password), extra
+        tls = {key: str(extra[key]) for key in ("ca_cert", "client_cert", "client_key") if extra.get(key)}
+        return NodeEndpoint(name=name, url=host, client_id=conn.login, secret=conn.password, **tls), extra
 
     def get_conn(self) -> NodeClient:
         """A :class:`mipflow.central.client.NodeClient` for this node (the caller closes it)."""
         from mipflow.central.client import NodeClient
+        from mipflow.exceptions import ConfigError
 
         endpoint, extra = self.endpoint()
         timeout = self.timeout or (float(extra["timeout"]) if extra.get("timeout") else node_timeout())
-        return NodeClient(endpoint, timeout=timeout, retries=self.retries)
+        try:
+            return NodeClient(endpoint, timeout=timeout, retries=self.retries)
+        except ConfigError as exc:  # a TLS file missing or unusable: fix the connection
+            raise NodeConnectionError(f"connection {self.mipflow_conn_id}: {exc}") from None
 
     def test_connection(self) -> tuple[bool, str]:
         """Whether the node answers and accepts the credential (Airflow's "Test" button)."""

@@ -198,17 +198,24 @@ class FederatedAnalysisOperator(BaseOperator):
         return min_nodes
 
     def _check_reachable(self, clients: Sequence[NodeClient], min_nodes: int) -> None:
-        """Raise :class:`NodesUnavailableError` if fewer than ``min_nodes`` nodes answer ``/health``."""
-        from mipflow.central.client import NodeRefused, NodeUnavailable
+        """Raise :class:`NodesUnavailableError` if fewer than ``min_nodes`` nodes answer ``/health``
+        (``AirflowFailException`` if a TLS failure is among the reasons: a retry cannot fix a certificate)."""
+        from mipflow.central.client import NodeRefused, NodeTlsError, NodeUnavailable
 
-        down = []
+        down, tls_failures = [], []
         for client in clients:
             try:
                 client.health()
+            except NodeTlsError as exc:
+                down.append(client.name)
+                tls_failures.append(str(exc))
             except NodeUnavailable:
                 down.append(client.name)
             except NodeRefused:
                 pass  # it answered
+        if tls_failures and len(clients) - len(down) < min_nodes:
+            raise AirflowFailException(f"{len(clients) - len(down)} of {len(clients)} node(s) reachable, fewer than "
+                                       f"min_nodes ({min_nodes}); " + "; ".join(tls_failures))
         if down and len(clients) - len(down) < min_nodes:
             raise NodesUnavailableError(f"{len(clients) - len(down)} of {len(clients)} node(s) reachable, fewer "
                                         f"than min_nodes ({min_nodes}); unreachable: {', '.join(down)}")

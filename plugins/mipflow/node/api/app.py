@@ -29,7 +29,7 @@ once and passed through the node's controls in their declared order (:data:`~mip
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
@@ -43,6 +43,9 @@ from mipflow.node.controls.audit import AUDIT_FILE
 from mipflow.node.freshness import file_signature
 from mipflow.node.home import NodeHome
 from mipflow.protocol.signing import AuthError, Verifier, load_clients
+
+if TYPE_CHECKING:
+    from mipflow.node.api.tls import ServerTls
 
 # AUDIT_FILE, StepReply and selection_bytes are imported from here by callers of the node API
 __all__ = ["AUDIT_FILE", "StepReply", "api_path", "create_app", "json_bytes", "selection_bytes", "serve"]
@@ -203,8 +206,14 @@ def api_path(request: Request) -> str:
     return path
 
 
-def serve(home: NodeHome, host: str = "127.0.0.1", port: int = 8700) -> None:
-    """Run the node API with uvicorn (blocking)."""
+def serve(home: NodeHome, host: str = "127.0.0.1", port: int = 8700, *, tls: ServerTls | None = None) -> None:
+    """Run the node API with uvicorn (blocking): HTTPS with ``tls`` (see :mod:`mipflow.node.api.tls`),
+    plain HTTP without (development only; the caller decided and it is announced)."""
     import uvicorn
 
-    uvicorn.run(create_app(home), host=host, port=port, log_level="warning", access_log=False)
+    from mipflow.node.api.tls import announce
+
+    app = create_app(home)
+    announce(tls, host, port)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
+                **(tls.uvicorn_options() if tls is not None else {}))
