@@ -382,21 +382,35 @@ def range_id(source: str, after: str | None, upto: str | None, del_after: str | 
 # -- reading -------------------------------------------------------------------
 
 def _text_column(values: Any, date_format: str) -> Any:
-    """One column of driver values as the strings a CSV export would hold (``None`` where missing)."""
-    import numpy as np
+    """One column of driver values as the strings a CSV export would hold (``None`` where missing).
 
-    column = np.asarray(values, dtype=object)
-    present = np.fromiter((v is not None for v in column), dtype=bool, count=len(column))
-    kinds = set(map(type, column[present]))
+    A column of one Python type (what a typed database column gives) is
+    converted in one pass without a per-cell dispatch; mixed columns cell by cell.
+    """
+    import numpy as np
+    import pandas as pd
+
+    values = list(values)
+    column = np.fromiter(values, dtype=object, count=len(values))  # cells that are sequences stay cells
+    present = ~pd.isna(column)
+    values_present = column[present]
+    kinds = set(map(type, values_present))
     if kinds <= {str}:
         return column
     out = np.empty(len(column), dtype=object)
     if kinds <= {int}:
-        out[present] = np.asarray(column[present], dtype=np.int64).astype(str).astype(object)
+        text: Any = np.asarray(values_present, dtype=np.int64).astype(str).astype(object)
     elif kinds <= {float}:
-        out[present] = np.asarray(column[present], dtype=np.float64).astype(str).astype(object)
+        text = np.asarray(values_present, dtype=np.float64).astype(str).astype(object)
+    elif kinds <= {date} and date_format == "%Y-%m-%d":
+        text = list(map(date.isoformat, values_present))
+    elif kinds <= {date, datetime}:
+        text = [v.strftime(date_format) for v in values_present]
+    elif kinds <= {Decimal}:
+        text = [t if "E" not in t else format(v, "f") for v, t in zip(values_present, map(str, values_present))]
     else:
-        out[present] = [_text(v, date_format) for v in column[present]]
+        text = [_text(v, date_format) for v in values_present]
+    out[present] = text
     return out
 
 

@@ -499,3 +499,20 @@ def test_an_unreachable_source_fails_its_batch_without_the_url(tmp_path, capsys)
     assert summary["batches"] == [] and "cannot read the source's watermark (OperationalError)" in \
         summary["problems"][0]
     assert PASSWORD not in out + err and "127.0.0.1:1" not in out + err
+
+
+@pytest.mark.parametrize("values, date_format, expected", [
+    pytest.param([1, None, 30], "%Y-%m-%d", ["1", None, "30"], id="integers"),
+    pytest.param([1.5, None, 7.0], "%Y-%m-%d", ["1.5", None, "7.0"], id="floats"),
+    pytest.param([Decimal("7.7"), Decimal("1E+1"), None], "%Y-%m-%d", ["7.7", "10", None], id="numerics"),
+    pytest.param([date(1950, 11, 23), None], "%Y-%m-%d", ["1950-11-23", None], id="dates-iso"),
+    pytest.param([date(1950, 11, 23), datetime(2024, 2, 1, 13, 5)], "%d.%m.%Y", ["23.11.1950", "01.02.2024"],
+                 id="dates-profile-format"),
+    pytest.param([True, False, None], "%Y-%m-%d", ["true", "false", None], id="booleans"),
+    pytest.param(["a", 2, b"b"], "%Y-%m-%d", ["a", "2", "b"], id="mixed"),
+    pytest.param([[1, 2], [3, 4]], "%Y-%m-%d", ["[1, 2]", "[3, 4]"], id="arrays-stay-cells"),
+])
+def test_database_values_become_the_text_a_csv_export_holds(values, date_format, expected):
+    from mipflow.node.ingest.database import _text_column
+
+    assert list(_text_column(values, date_format)) == expected
