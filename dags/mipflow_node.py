@@ -36,7 +36,8 @@ def _waiting(stage: str) -> list[str]:
 
 with DAG(
     dag_id="node_capture",
-    description="Register new EHR exports from the landing folder; apply consent withdrawals",
+    description="Register new EHR exports from the landing folder and changes at EHR databases; "
+                "apply consent withdrawals",
     # no start_date: the first scheduled run is the next 02:00, not the last one (no surprise run)
     schedule=CronTriggerTimetable("0 2 * * *", timezone="UTC", run_immediately=False),
     catchup=False,
@@ -52,10 +53,13 @@ with DAG(
     def capture_landing(*, outlet_events=None) -> dict:
         """Scan landing/, register new files by SHA-256 and keyed path hash, delete withdrawn patients' rows."""
         from mipflow.node.ingest.stages import capture
+        from mipflow_airflow.hooks.ehr import ehr_connection_url
 
-        summary = capture(node_home())
+        summary = capture(node_home(), connections=ehr_connection_url)  # landing files and EHR databases
         for item in summary["skipped"]:
             print(f"skipped file {item['file']}: {item['reason']}")  # a reference, never the file's name
+        for source in summary["unchanged_sources"]:
+            print(f"database source {source}: nothing changed since the last load")
         print(f"captured {len(summary['captured'])} batch(es); "
               f"{summary['withdrawn_rows_deleted']} row(s) deleted for withdrawn consent")
         outlet_events[CAPTURED].extra = {"batches": summary["captured"]}
@@ -116,7 +120,12 @@ for _dag_id, _description, _trigger, _after, _stage, _outlet in STAGES:
 
             from airflow.sdk.exceptions import AirflowFailException
 
-            result = getattr(stages, stage)(node_home(), batch_id)
+            if stage == "depersonalise":  # a database batch reads its source through its Airflow connection
+                from mipflow_airflow.hooks.ehr import ehr_connection_url
+
+                result = stages.depersonalise(node_home(), batch_id, connections=ehr_connection_url)
+            else:
+                result = getattr(stages, stage)(node_home(), batch_id)
             print(f"{batch_id}: {result.get('equation', result)}")
             problem = stages.failure_message(result)
             if problem:  # a failed, held or empty batch is red; a retry cannot fix the file

@@ -90,6 +90,43 @@ def pg_url():
         admin.dispose()
 
 
+MARIADB_ADMIN_URL = os.environ.get("MIPFLOW_TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/")
+
+
+def _mariadb_reachable() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 3306), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def mariadb_url():
+    """A fresh MariaDB database (dropped afterwards).
+
+    Skips when no server is reachable, except in CI (``CI=true``), where the
+    MariaDB tests must run.
+    """
+    if not _mariadb_reachable():
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("CI=true but no MariaDB server at 127.0.0.1:3306")
+        pytest.skip("no MariaDB server at 127.0.0.1:3306")
+    import sqlalchemy as sa
+
+    name = f"mipflow_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(MARIADB_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+    url = MARIADB_ADMIN_URL.rstrip("/") + "/" + name + "?charset=utf8mb4"
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}`")
+        admin.dispose()
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def db_url(request, tmp_path):
     """Each store-backed test runs on SQLite and on PostgreSQL."""

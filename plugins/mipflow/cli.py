@@ -147,6 +147,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="consent registry CSV (default: HOME/consent.csv if present, else everyone consented)")
     p.add_argument("--force", action="store_true", help="re-ingest files already in the manifest")
 
+    p = sub.add_parser("ingest-db", help="extract what changed at the node's EHR database sources since the "
+                                         "last load, then depersonalise, validate and load it now")
+    p.add_argument("home", type=Path)
+    p.add_argument("--profile", default=None, metavar="SOURCE",
+                   help="just this source: HOME/profiles/SOURCE.json (default: every profile with a "
+                        "'database' section)")
+
     dicom = sub.add_parser("dicom", help="imaging: DICOM de-identification (PS3.15 Annex E)").add_subparsers(
         dest="dicom_command", required=True)
     p = dicom.add_parser("deidentify", help="de-identify a folder tree with the node's key and options")
@@ -326,6 +333,20 @@ def _dispatch(args: argparse.Namespace) -> int:
                              consent=args.consent, force=args.force)
         print(ops.dumps(summary))
         return 1 if summary["failed_files"] or summary["held_batches"] else 0
+    if args.command == "ingest-db":
+        home = NodeHome(args.home)
+        source = None
+        if args.profile:
+            given = Path(args.profile)
+            if given.suffix == ".json" and given.parent != Path("") and \
+                    given.resolve().parent != home.profiles_dir.resolve():
+                print(f"mipflow: error: a database profile lives in {home.profiles_dir} (the DAGs read it "
+                      "there); copy it there and name it by its source", file=sys.stderr)
+                return 2
+            source = given.stem
+        summary = ops.ingest_db(home, source=source)
+        print(ops.dumps(summary))
+        return 1 if summary["failed_batches"] or summary["held_batches"] or summary["problems"] else 0
     if args.command == "federation":
         from mipflow.central.federation_file import add_node, load_federation
 

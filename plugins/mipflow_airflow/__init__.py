@@ -4,6 +4,7 @@ Everything that imports Airflow lives here; the logic it drives is the
 Airflow-free :mod:`mipflow` package (docs/adr/0001-architecture.md)::
 
     hooks/node.py               NodeHook: one node's connection (conn_type ``mipflow_node``)
+    hooks/ehr.py                EhrDatabaseHook: a hospital's EHR database (common.sql DbApiHook)
     operators/federated.py      FederatedAnalysisOperator: one federated analysis
     notifications/failure.py    FailureNotifier: every task's ``on_failure_callback``
     exceptions.py               what the hook and operator raise

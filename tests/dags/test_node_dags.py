@@ -231,3 +231,42 @@ def test_broken_files_turn_the_runs_red_with_what_to_fix(dags, tmp_path, db_url)
     for batch in batches.values():
         assert batch["rows_in"] == batch["loaded"] + batch["quarantined"] + batch["no_consent"] + batch["duplicates"]
     assert batches[refs["held.csv"]]["rows_in"] == len(held) and batches[refs["held.csv"]]["loaded"] == 0
+
+
+@pytest.mark.postgres
+def test_a_database_source_through_the_dag_chain(dags, tmp_path, pg_url, monkeypatch, capfd):
+    """The capture task reads an EHR database named by an Airflow connection (common.sql's DbApiHook);
+    the chain loads it, a second chain with changes at the source loads only those."""
+    from sqlalchemy.engine import make_url
+
+    from mipflow.node.ingest import stages
+    from tests.mipflow.node.ingest.test_database import PASSWORD, Source, stored
+
+    src = Source("postgresql", pg_url)
+    export = generate_export("hospital_a", 30, seed=12)
+    src.insert(export.iloc[:25])
+    url = make_url(pg_url)
+    monkeypatch.setenv("AIRFLOW_CONN_EHR_HOSPITAL_A", json.dumps(  # Airflow reads connections from the environment
+        {"conn_type": "postgres", "host": url.host, "port": url.port, "login": url.username,
+         "password": PASSWORD, "schema": url.database}))
+    home = NodeHome.init(tmp_path / "hospital_a", "hospital_a")
+    ops.add_data_model(home, REPO_ROOT / "include" / "schemas" / "stroke_v_0_1" / "CDEsMetadata.json")
+    doc = json.loads((REPO_ROOT / "include" / "schemas" / "profiles" / "hospital_a.json").read_text())
+    doc |= {"source": "ehr_a", "database": src.database_section({"airflow_conn_id": "ehr_hospital_a"})}
+    (home.profiles_dir / "ehr_a.json").write_text(json.dumps(doc))
+
+    run_chain(dags, home)
+    store = open_store(home)
+    (batch,) = store.batches()
+    assert (batch["status"], batch["rows_in"], batch["loaded"]) == ("loaded", 25, 25)
+    src.insert(export.iloc[25:])
+    src.delete(list(export["mrn"][:2]))
+    run_chain(dags, home)
+    latest = store.batches()[-1]
+    assert (latest["status"], latest["rows_in"], latest["loaded"]) == ("loaded", 5, 5)
+    assert len(stored(store)) == 28
+    assert stages.watermark(store, "ehr_a")["batch_id"] == latest["batch_id"]
+    out, err = capfd.readouterr()
+    for text in (out, err, all_text(store)):
+        assert PASSWORD not in text and export["last_name"][0] not in text
+    src.engine.dispose()

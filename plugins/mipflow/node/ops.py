@@ -137,6 +137,72 @@ def run_landing(home: NodeHome, *, consent: str | Path | None = None,
     return summarise(home, results, deleted)
 
 
+def ingest_db(home: NodeHome, *, source: str | None = None, connections: Any = None) -> dict[str, Any]:
+    """Extract, depersonalise, validate and load what changed at the node's database sources, now.
+
+    The stages the node DAGs run (:mod:`mipflow.node.ingest.stages`), one after
+    the other: first every database batch a crashed or failed run left in the
+    chain, then a new batch per source that changed since its committed
+    watermark.  Re-running after a crash therefore finishes the batch in flight
+    (the watermark moved only if its load committed) and loads nothing twice.
+
+    Parameters
+    ----------
+    source : str, optional
+        Just this source (``profiles/<source>.json``); default every profile with a ``database`` section.
+    connections : callable, optional
+        Resolves ``airflow_conn_id`` connections (default: Airflow's ``AIRFLOW_CONN_<ID>`` variables).
+
+    Returns
+    -------
+    dict
+        Per batch its status and row accounting (``rows_in = loaded + quarantined + no_consent +
+        duplicates``) and the rows deleted at the source; the sources without changes; problems.
+    """
+    from mipflow.node.ingest import stages
+
+    store = open_store(home)
+    results: dict[str, dict[str, Any]] = {}
+
+    def run_chain(batch_ids: Iterable[str], first: str) -> None:
+        order = ("depersonalise", "validate", "load")
+        for batch_id in batch_ids:
+            for stage in order[order.index(first):]:
+                if stage == "depersonalise":
+                    result = stages.depersonalise(home, batch_id, connections=connections)
+                else:
+                    result = getattr(stages, stage)(home, batch_id)
+                if result.get("status") != "running":
+                    break
+            results[batch_id] = result
+
+    def ours(batch_id: str) -> bool:
+        extract = stages.db_extract(store, batch_id)
+        return extract is not None and (source is None or extract["source"] == source)
+
+    for after, first in (("capture", "depersonalise"), ("depersonalise", "validate"), ("validate", "load")):
+        run_chain([b for b in stages.waiting(store, after) if ours(b)], first)  # left by a crashed run
+    summary = stages.capture(home, connections=connections, landing=False, only=source)
+    run_chain(summary["captured"], "depersonalise")
+    batches = []
+    totals = BatchCounts()
+    for batch_id in results:
+        batch = store.batch(batch_id)
+        extract = stages.db_extract(store, batch_id) or {}
+        counts = BatchCounts(**{k: int(batch[k]) for k in ("rows_in", "loaded", "quarantined", "no_consent",
+                                                          "duplicates")})
+        for field in ("rows_in", "loaded", "quarantined", "no_consent", "duplicates"):
+            setattr(totals, field, getattr(totals, field) + getattr(counts, field))
+        batches.append({"batch_id": batch_id, "source": extract.get("source"), "status": batch["status"],
+                        "message": batch["message"], **counts.__dict__, "conserved": counts.conserved,
+                        "deleted": int(extract.get("deleted") or 0)})
+    return {"node": home.name, "batches": batches, "totals": {**totals.__dict__, "conserved": totals.conserved},
+            "unchanged_sources": summary["unchanged_sources"], "problems": summary["problems"],
+            "withdrawn_rows_deleted": summary["withdrawn_rows_deleted"],
+            "failed_batches": sum(b["status"] in ("failed", "empty") for b in batches),
+            "held_batches": sum(b["status"] == "held" for b in batches)}
+
+
 def node_status(home: NodeHome, store: FeatureStore | None = None) -> dict[str, Any]:
     """Data models, datasets, batches, and the secure-aggregation trust policy (labelled) with the
     peers accepted now (:func:`mipflow.secagg.trust.summary`)."""

@@ -9,7 +9,9 @@ A profile is a JSON file::
      "deid": {...},                               # see mipflow.node.deid.profile.DeidProfile
      "harmonise": {"columns": {"local": "cde_code"},
                    "values": {"cde_code": {"local value": "cde enumeration code"}},
-                   "drop": ["local column"]}}
+                   "drop": ["local column"]},
+     "database": {...}}                           # optional: an EHR database instead of a landing folder,
+                                                  # see mipflow.node.ingest.database
 
 Without a profile file, :func:`default_profile` applies (the MIP CSV layout:
 patient identifier ``subjectcode``, dataset column ``dataset``, no direct
@@ -20,13 +22,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from mipflow.node.deid.profile import DeidProfile
 from mipflow.exceptions import ConfigError, ProfileError
 from mipflow.node.home import NodeHome
 from mipflow.node.store.feature_store import FeatureStore
 from mipflow.protocol.datamodel import DataModel
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mipflow.node.ingest.database import DatabaseSource
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,7 @@ class SourceProfile:
     pseudonymise_visit: bool = True
     encoding: str = "utf-8"
     delimiter: str = ","
+    database: "DatabaseSource | None" = None
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> "SourceProfile":
@@ -109,6 +115,7 @@ class SourceProfile:
             pseudonymise_visit=bool(visit.get("pseudonymise", True)),
             encoding=encoding,
             delimiter=delimiter,
+            database=_database(doc.get("database")),
         )
 
     @classmethod
@@ -129,6 +136,8 @@ class SourceProfile:
                                "encoding": self.encoding, "delimiter": self.delimiter}
         if self.visit_column:
             out["visit"] = {"column": self.visit_column, "pseudonymise": self.pseudonymise_visit}
+        if self.database is not None:
+            out["database"] = self.database.to_dict()
         return out
 
     @property
@@ -140,6 +149,55 @@ class SourceProfile:
         if self.visit_column:
             cols.append(self.visit_column)
         return tuple(cols)
+
+
+def _database(doc: Any) -> "DatabaseSource | None":
+    if doc is None:
+        return None
+    from mipflow.node.ingest.database import DatabaseSource
+
+    return DatabaseSource.from_dict(doc)
+
+
+def database_profiles(home: NodeHome, only: str | None = None) -> tuple[list[SourceProfile], list[str]]:
+    """The node's database sources: every ``profiles/<source>.json`` with a ``database`` section.
+
+    A database profile's ``source`` must be its file's name (the later stages
+    find the profile again by it).  Returns the profiles and, for each profile
+    file that cannot be read or breaks that rule, a problem (so one bad file
+    stops neither the other sources nor the landing folder).
+
+    Parameters
+    ----------
+    only : str, optional
+        Just this source (its file name without ``.json``).
+    """
+    out: list[SourceProfile] = []
+    problems: list[str] = []
+    paths = sorted(home.profiles_dir.glob("*.json"))
+    if only is not None:
+        paths = [p for p in paths if p.stem == only]
+        if not paths:
+            raise ConfigError(f"no source profile {only!r} in {home.profiles_dir}")
+    for path in paths:
+        try:  # a landing-folder profile is the CSV capture's to read and report
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            doc = None
+        if not isinstance(doc, dict) or "database" not in doc:
+            if only is not None:
+                raise ConfigError(f"source profile {only!r} has no 'database' section")
+            continue
+        try:
+            profile = SourceProfile.from_dict(doc)
+        except ProfileError as exc:
+            problems.append(f"profile {path.name}: {exc}")
+            continue
+        if profile.source != path.stem:
+            problems.append(f"database profile {path.name}: 'source' must be {path.stem!r}, its file name")
+            continue
+        out.append(profile)
+    return out, problems
 
 
 def default_profile() -> SourceProfile:

@@ -4,10 +4,13 @@ Each stage works on every batch waiting at the stage before it, so a DAG run
 triggered by an Asset event also catches up on batches left behind by a
 failed run, and a re-run does nothing twice.
 
-``capture``        register new landing files (manifest, batch records); delete withdrawn patients
-``depersonalise``  read the landing file, keep consented rows, depersonalise -> staging file
+``capture``        register new landing files (manifest, batch records); delete withdrawn patients;
+                   for each database source, the watermark range changed since the last load
+``depersonalise``  read the landing file (or the database range), keep consented rows,
+                   depersonalise -> staging file (deleted rows' keys, pseudonymised, beside it)
 ``validate``       harmonise and validate -> staging file; quarantine; hold a bad batch
-``load``           upsert into the feature store in one transaction; datasets registry
+``load``           upsert into the feature store in one transaction; datasets registry; a database
+                   batch's deletions and its source's watermark in the same transaction
 
 Staging files never hold direct identifiers: the raw export stays in
 ``landing/`` and the first staging file is already depersonalised.  Nor do
@@ -21,7 +24,7 @@ import logging
 import shutil
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import sqlalchemy as sa
 
@@ -29,13 +32,16 @@ from mipflow.node.home import NodeHome
 from mipflow.exceptions import InputFileError, MipflowError
 from mipflow.node.files import EHR_KIND, file_label, file_ref
 from mipflow.node.ingest.capture import landing_index, landing_sources, resolve_consent
-from mipflow.node.ingest.profile import resolve_model, resolve_profile
+from mipflow.node.ingest.profile import SourceProfile, database_profiles, resolve_model, resolve_profile
 from mipflow.node.ingest.pipeline import (HEADER_ONLY, ROW_COLUMN, BatchCounts, ChunkProcessor, MalformedCSV,
                               decide_status, apply_withdrawals, batch_id_for, merge_summaries)
 from mipflow.node.deid.pseudonyms import Pseudonymiser
 from mipflow.node.ingest.progress import Progress, estimate_rows
 from mipflow.node.store.feature_store import FeatureStore, open_store, utcnow
-from mipflow.node.store.tables import batches_table, quarantine_table
+from mipflow.node.store.tables import batches_table, db_extracts_table, quarantine_table, watermarks_table
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mipflow.node.ingest.database import ConnectionResolver
 
 log = logging.getLogger(__name__)
 
@@ -92,13 +98,25 @@ def _fail(store: FeatureStore, batch_id: str, message: str) -> dict[str, Any]:
     return {"batch_id": batch_id, "status": "failed", "message": message}
 
 
-def capture(home: NodeHome) -> dict[str, Any]:
-    """Register new landing files as batches; delete rows of withdrawn patients."""
+def capture(home: NodeHome, *, connections: "ConnectionResolver | None" = None, landing: bool = True,
+            databases: bool = True, only: str | None = None) -> dict[str, Any]:
+    """Register new landing files and database changes as batches; delete rows of withdrawn patients.
+
+    Parameters
+    ----------
+    connections : callable, optional
+        Resolves a database profile's ``airflow_conn_id`` to its URL (the DAG passes Airflow's).
+    landing, databases : bool
+        Capture the landing folder, the database sources (both by default).
+    only : str, optional
+        Just this database source.
+    """
     store = open_store(home)
     registry = resolve_consent(home, None)
     deleted = apply_withdrawals(store, registry, home.key())
     batches, skipped, problems = [], [], []
-    for item in landing_sources(home, store):
+    unchanged: list[str] = []
+    for item in (landing_sources(home, store) if landing else ()):
         if item["status"] == "skipped":
             skipped.append({"file": item["file"], "reason": item["reason"]})
             continue
@@ -123,8 +141,185 @@ def capture(home: NodeHome) -> dict[str, Any]:
                 store.update_batch(conn, batch_id, status="empty", message=message, finished_at=utcnow())
                 problems.append(message)
         batches.append(batch_id)
+    if databases:
+        profiles, profile_problems = database_profiles(home, only)
+        problems += profile_problems
+        for profile in profiles:
+            try:
+                model = resolve_model(home, store, None, profile)
+                batch_id = capture_database(home, store, profile, model.key, connections)
+            except MipflowError as exc:
+                problems.append(str(exc))
+                continue
+            if batch_id is None:
+                unchanged.append(profile.source)
+            else:
+                batches.append(batch_id)
     return {"node": home.name, "captured": batches, "skipped": skipped, "problems": problems,
-            "withdrawn_rows_deleted": deleted}
+            "withdrawn_rows_deleted": deleted, "unchanged_sources": unchanged}
+
+
+# -- database sources ------------------------------------------------------------
+
+def db_extract(store: FeatureStore, batch_id: str) -> dict[str, Any] | None:
+    """The watermark range of a database batch (``None`` for a landing file's batch)."""
+    with store.engine.connect() as conn:
+        row = conn.execute(sa.select(db_extracts_table).where(db_extracts_table.c.batch_id == batch_id)).first()
+    return dict(row._mapping) if row else None
+
+
+def watermark(store: FeatureStore, source: str) -> dict[str, Any] | None:
+    """The committed watermarks of a database source (``None`` before its first capture)."""
+    with store.engine.connect() as conn:
+        row = conn.execute(sa.select(watermarks_table).where(watermarks_table.c.source == source)).first()
+    return dict(row._mapping) if row else None
+
+
+def _in_flight(store: FeatureStore, source: str) -> str | None:
+    with store.engine.connect() as conn:
+        return conn.execute(
+            sa.select(batches_table.c.batch_id)
+            .join(db_extracts_table, db_extracts_table.c.batch_id == batches_table.c.batch_id)
+            .where(db_extracts_table.c.source == source, batches_table.c.status == "running")).scalar()
+
+
+def capture_database(home: NodeHome, store: FeatureStore, profile: SourceProfile, data_model: str,
+                     connections: "ConnectionResolver | None" = None) -> str | None:
+    """Register what changed at a database source since its committed watermark as one batch.
+
+    Reads only the source's highest watermarks (no row): the batch extracts the
+    range ``(committed, upto]``; the depersonalise stage reads its rows.  While
+    a batch of the source is still in the chain, no new one is captured (its
+    load has not committed the watermark yet).  A range captured before whose
+    batch failed or was held is captured again under the same batch id.
+
+    Returns
+    -------
+    str or None
+        The batch id, or ``None`` when nothing changed (or a batch is in flight).
+    """
+    from mipflow.node.ingest.database import current_watermarks, range_id, source_engine, source_url
+
+    db = profile.database
+    assert db is not None
+    source = profile.source
+    if _in_flight(store, source) is not None:
+        log.info("source %s: a batch is still in the chain; nothing new captured", source)
+        return None
+    state = watermark(store, source) or {}
+    after, del_after = state.get("changes"), state.get("deletions")
+    engine = source_engine(source_url(source, db, home, connections))
+    try:
+        upto, del_upto = current_watermarks(source, engine, db)
+    finally:
+        engine.dispose()
+    changed = db.watermark.after(upto, after)
+    deleted = db.deletion_watermark is not None and db.deletion_watermark.after(del_upto, del_after)
+    if not changed and not deleted:
+        return None
+    upto = upto if changed else after
+    del_upto = del_upto if deleted else del_after
+    sha = range_id(source, after, upto, del_after, del_upto)
+    batch_id = batch_id_for(sha, data_model)
+    with store.begin() as conn:
+        if state == {}:
+            conn.execute(watermarks_table.insert().values(source=source, data_model=data_model, changes=None,
+                                                          deletions=None, batch_id=None, updated_at=utcnow()))
+        for table in (quarantine_table, db_extracts_table, batches_table):  # an earlier failed/held try
+            conn.execute(table.delete().where(table.c.batch_id == batch_id))
+        store.start_batch(conn, batch_id=batch_id, data_model=data_model, source=f"{source}/db", sha256=sha)
+        conn.execute(db_extracts_table.insert().values(
+            batch_id=batch_id, source=source, changes_after=after, changes_upto=upto,
+            deletions_after=del_after, deletions_upto=del_upto, deleted=0))
+    log.info("source %s: batch %s captured (changes %s, deletions %s)", source, batch_id,
+             "yes" if changed else "no", "yes" if deleted else "no")
+    return batch_id
+
+
+def _depersonalise_db(home: NodeHome, store: FeatureStore, batch: dict[str, Any], extract: dict[str, Any],
+                      connections: "ConnectionResolver | None") -> dict[str, Any]:
+    """Read a database batch's range, keep consented rows, depersonalise -> staging; deleted keys beside."""
+    from mipflow.node.ingest.database import read_changes, read_deleted_keys, source_engine, source_url
+
+    batch_id = batch["batch_id"]
+    source = extract["source"]
+    try:
+        profile = resolve_profile(home, None, source)
+        db = profile.database
+        if db is None:
+            raise InputFileError(f"source {source}: its profile no longer has a 'database' section")
+        processor = _processor(home, store, batch)
+        engine = source_engine(source_url(source, db, home, connections))
+    except MipflowError as exc:
+        return _fail(store, batch_id, str(exc))
+    counts = BatchCounts()
+    staging = _staging(home, batch_id)
+    out = staging / "depersonalised.csv"
+    try:
+        with store.begin() as conn:
+            conn.execute(quarantine_table.delete().where(quarantine_table.c.batch_id == batch_id))
+            header = True
+            if extract["changes_upto"] is not None and extract["changes_upto"] != extract["changes_after"]:
+                progress = Progress(f"batch {batch_id} depersonalise", None)
+                for chunk in read_changes(source, engine, db, processor, extract["changes_after"],
+                                          extract["changes_upto"], counts, progress):
+                    kept, no_consent = processor.capture(chunk)
+                    counts.no_consent += no_consent
+                    good, entries = processor.depersonalise(kept)
+                    counts.quarantined += store.quarantine(conn, batch_id, "depersonalise", entries)
+                    good.to_csv(out, mode="w" if header else "a", header=header, index=False)
+                    header = False
+                progress.finish()
+            if header:
+                out.write_text("")
+            deletions = staging / "deleted_keys.csv"
+            if extract["deletions_upto"] is not None and extract["deletions_upto"] != extract["deletions_after"]:
+                read_deleted_keys(source, engine, db, processor, extract["deletions_after"],
+                                  extract["deletions_upto"]).to_csv(deletions, index=False)
+            else:
+                deletions.unlink(missing_ok=True)
+            store.update_batch(conn, batch_id, stage="depersonalise", **asdict(counts))
+    except InputFileError as exc:
+        return _fail(store, batch_id, str(exc))
+    finally:
+        engine.dispose()
+    return {"batch_id": batch_id, "status": "running", **asdict(counts)}
+
+
+def _apply_deletions(store: FeatureStore, conn: Any, model: Any, staging: Path) -> int:
+    """Inside the load's transaction: delete the rows deleted at the source (their keys, pseudonymised)."""
+    import pandas as pd
+
+    from mipflow.node.store.tables import KEY_COLUMNS
+
+    path = staging / "deleted_keys.csv"
+    if not path.is_file() or not path.stat().st_size:
+        return 0
+    keys = pd.read_csv(path, dtype=str, keep_default_na=False)
+    table = store.model_table(model)
+    statement = table.delete().where(*(table.c[k] == sa.bindparam(f"k_{k}") for k in KEY_COLUMNS))
+    deleted = 0
+    for row in keys.to_dict("records"):
+        deleted += max(int(conn.execute(statement, {f"k_{k}": row[k] for k in KEY_COLUMNS}).rowcount or 0), 0)
+    return deleted
+
+
+def _advance_watermark(conn: Any, batch_id: str, extract: dict[str, Any], deleted: int) -> None:
+    """Inside the load's transaction, last: move the source's watermark to the batch's upper bound.
+
+    Compare-and-set: the watermark moves only from the value the batch was
+    captured at; if another load moved it, the transaction rolls back.
+    """
+    w = watermarks_table.c
+    moved = conn.execute(watermarks_table.update().where(
+        w.source == extract["source"], w.changes.is_not_distinct_from(extract["changes_after"]),
+        w.deletions.is_not_distinct_from(extract["deletions_after"])).values(
+        changes=extract["changes_upto"], deletions=extract["deletions_upto"], batch_id=batch_id,
+        updated_at=utcnow()))
+    if moved.rowcount != 1:
+        raise MipflowError(f"batch {batch_id}: the watermark of source {extract['source']} moved since the batch "
+                           "was captured; nothing loaded (the next capture starts from the committed watermark)")
+    conn.execute(db_extracts_table.update().where(db_extracts_table.c.batch_id == batch_id).values(deleted=deleted))
 
 
 def _landing_path(home: NodeHome, store: FeatureStore, batch: dict[str, Any]) -> tuple[Path | None, str]:
@@ -135,14 +330,21 @@ def _landing_path(home: NodeHome, store: FeatureStore, batch: dict[str, Any]) ->
     return landing_index(home).get(record["path"]), file_label(file_ref(record["path"]))
 
 
-def depersonalise(home: NodeHome, batch_id: str) -> dict[str, Any]:
-    """Consent filter and depersonalisation of one captured batch into its staging file."""
+def depersonalise(home: NodeHome, batch_id: str, *,
+                  connections: "ConnectionResolver | None" = None) -> dict[str, Any]:
+    """Consent filter and depersonalisation of one captured batch into its staging file.
+
+    ``connections`` resolves a database source's Airflow connection (see :func:`capture`).
+    """
     from mipflow.node.ingest.capture import sha256_file
 
     store = open_store(home)
     batch = store.batch(batch_id)
     if batch["stage"] != "capture" or batch["status"] != "running":
         return {"batch_id": batch_id, "status": batch["status"], "message": NOT_WAITING}
+    extract = db_extract(store, batch_id)
+    if extract is not None:
+        return _depersonalise_db(home, store, batch, extract, connections)
     path, label = _landing_path(home, store, batch)
     try:
         unchanged = path is not None and path.is_file() and sha256_file(path) == batch["sha256"]
@@ -275,8 +477,11 @@ def load(home: NodeHome, batch_id: str) -> dict[str, Any]:
     model = store.data_model(batch["data_model"])
     counts = _counts(batch)
     staged = _staging(home, batch_id) / "validated.csv"
-    loaded = 0
+    extract = db_extract(store, batch_id)
+    loaded = deleted = 0
     with store.begin() as conn:
+        if extract is not None:  # deletions first: a row deleted and re-inserted at the source is loaded again
+            deleted = _apply_deletions(store, conn, model, staged.parent)
         progress = _staged_progress(staged, f"batch {batch_id} load")
         for chunk in _read_staged(staged, home.settings.chunk_rows, progress):
             for var in model:
@@ -291,6 +496,11 @@ def load(home: NodeHome, batch_id: str) -> dict[str, Any]:
         if not counts.conserved:
             raise MipflowError(f"row conservation violated for batch {batch_id}: {counts.equation()}")
         store.update_batch(conn, batch_id, stage="load", status="loaded", finished_at=utcnow(), **asdict(counts))
+        if extract is not None:  # last, so the watermark commits with the rows or not at all
+            _advance_watermark(conn, batch_id, extract, deleted)
     shutil.rmtree(home.staging_dir / batch_id, ignore_errors=True)
     log.info("batch %s loaded: %s", batch_id, counts.equation())
-    return {"batch_id": batch_id, "status": "loaded", "equation": counts.equation(), **asdict(counts)}
+    out = {"batch_id": batch_id, "status": "loaded", "equation": counts.equation(), **asdict(counts)}
+    if extract is not None:
+        out["deleted"] = deleted
+    return out

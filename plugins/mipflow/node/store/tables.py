@@ -13,6 +13,8 @@ bookkeeping tables:
 ``mipflow_quarantine``   rows that failed, with their reason
 ``mipflow_consent_log``  deletions made because consent was withdrawn
 ``mipflow_meta``         one-off migrations done on this store
+``mipflow_watermarks``   per database source: the committed extraction watermarks (advanced by the load)
+``mipflow_db_extracts``  per database batch: the watermark range it extracts and the rows it deleted
 """
 from __future__ import annotations
 
@@ -103,6 +105,27 @@ meta_table = sa.Table(
     sa.Column("name", sa.String(100), primary_key=True),
     sa.Column("value", sa.Text, nullable=False),
     sa.Column("updated_at", sa.String(40), nullable=False),
+)
+
+watermarks_table = sa.Table(
+    "mipflow_watermarks", metadata,
+    sa.Column("source", sa.String(100), primary_key=True),
+    sa.Column("data_model", sa.String(160), nullable=False),
+    sa.Column("changes", sa.Text, nullable=True),    # last committed value of the change watermark
+    sa.Column("deletions", sa.Text, nullable=True),  # last committed value of the deletion watermark
+    sa.Column("batch_id", sa.String(80), nullable=True),
+    sa.Column("updated_at", sa.String(40), nullable=False),
+)
+
+db_extracts_table = sa.Table(
+    "mipflow_db_extracts", metadata,
+    sa.Column("batch_id", sa.String(80), primary_key=True),
+    sa.Column("source", sa.String(100), nullable=False, index=True),
+    sa.Column("changes_after", sa.Text, nullable=True),
+    sa.Column("changes_upto", sa.Text, nullable=True),
+    sa.Column("deletions_after", sa.Text, nullable=True),
+    sa.Column("deletions_upto", sa.Text, nullable=True),
+    sa.Column("deleted", sa.BigInteger, nullable=False, default=0),
 )
 
 #: ``mipflow_meta`` entry set once the manifest holds path keys only (see
