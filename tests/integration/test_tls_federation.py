@@ -22,10 +22,10 @@ import pytest
 from mipflow.central.client import NodeClient, NodeEndpoint, NodeTlsError
 from mipflow.central.rounds import run_analysis
 from mipflow.node.api.tls import NODE_CERT, NODE_KEY, TLS_DIR
-from mipflow.node.home import NodeHome
 from mipflow.protocol.signing import issue_client
 from mipflow.protocol.tls import issue_certificate, make_ca
-from tests.nodes import PROJECT, RESEARCHER, grant_all, in_process_node, load_frame, running_nodes, tls_federation
+from tests.nodes import (PROJECT, RESEARCHER, grant_all, in_process_node, load_frame, running_nodes, standard_home,
+                         tls_federation)
 
 pytestmark = pytest.mark.xdist_group("tls")
 
@@ -38,7 +38,7 @@ def _home(root: Path, name: str) -> Path:
     from tests.mipflow.algorithms.synthetic import MODEL, make_data
 
     seed, rows = ROWS[name]
-    home = NodeHome.init(root / name, name)
+    home = standard_home(root / name, name)
     grant_all(home.root)
     frame = make_data(seed, rows)
     frame.insert(0, "subjectcode", [f"{name}_{k:04d}" for k in range(len(frame))])

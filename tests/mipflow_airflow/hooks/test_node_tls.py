@@ -8,19 +8,18 @@ from types import SimpleNamespace
 import pytest
 
 from tests.mipflow_airflow.conftest import PROJECT, REQUEST, RESEARCHER, set_connection
-from tests.nodes import grant_all, load_frame, running_nodes, tls_federation
+from tests.nodes import grant_all, load_frame, running_nodes, tls_federation, standard_home
 
 
 @pytest.fixture(scope="module")
 def tls_node(tmp_path_factory):
     """One node (``secure0``) holding synthetic rows, serving HTTPS with mutual TLS required."""
-    from mipflow.node.home import NodeHome
     from mipflow.protocol.signing import issue_client
     from mipflow.protocol.tls import client_context
     from tests.mipflow.algorithms.synthetic import MODEL, make_data
 
     root = tmp_path_factory.mktemp("airflow-tls")
-    home = NodeHome.init(root / "secure0", "secure0")
+    home = standard_home(root / "secure0", "secure0")
     grant_all(home.root)
     frame = make_data(80, 150)
     frame.insert(0, "subjectcode", [f"s_{k:04d}" for k in range(len(frame))])
