@@ -1,0 +1,195 @@
+"""Red-team review of the shipped default (ADR 0038: explore mode), from the documentation only.
+
+One real node process (``mipflow node serve``) built with ``NodeHome.init`` and nothing changed (explore
+budgets 1 per release, 20 per researcher, 50 per project), holding two stroke datasets:
+``hospital_a`` (200 rows) and ``hospital_b`` (12 rows).  The attacker is a hostile researcher with a
+project-wide grant (any researcher id) sending documented requests (``POST /v1/steps/{algorithm}``).
+
+Tests named ``test_hole_*`` PASS WHEN THE ATTACK SUCCEEDS (they demonstrate a leak the documents say
+explore mode does not have).  Tests named ``test_defence_*`` are attacks that failed: they assert the
+defence.
+"""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any, Iterator
+
+import pandas as pd
+import pytest
+
+from mipflow.node.home import NodeHome
+from mipflow.protocol.signing import issue_client
+from tests.mipflow.algorithms.survival_data import STROKE
+from tests.mipflow.node.controls.study_helpers import rule, stroke_rows, where
+from tests.nodes import grant_all, load_frame, running_nodes
+from tests.privacy.test_explore_attacks import Served
+
+BOTH = ["hospital_a", "hospital_b"]
+PROJECTS = ("blocks", "empty", "noproject", "levels", "canonical", "flip")
+_ids = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory) -> Iterator[Served]:
+    root = Path(tmp_path_factory.mktemp("redteam-default"))
+    home = NodeHome.init(root, "hospital")  # the shipped settings, nothing changed
+    assert home.settings.default_mode == "explore"
+    frame = pd.concat([stroke_rows(1, 200, "hospital_a", "a"), stroke_rows(2, 12, "hospital_b", "b")],
+                      ignore_index=True)
+    load_frame(root, STROKE, frame)
+    for project in PROJECTS:
+        grant_all(root, researcher="*", project=project)
+    credential = issue_client(root, "central")
+    with running_nodes([root]) as (url,):
+        yield Served(url, credential, root, frame)
+
+
+def ask(node: Served, algorithm: str, project: str, y=("age",), x=(), filters=None, datasets=BOTH,
+        **parameters: Any):
+    """A documented step request under a fresh researcher id of the project (ids are free)."""
+    request = {"inputdata": {"data_model": STROKE.key, "datasets": list(datasets), "x": list(x), "y": list(y),
+                             "filters": filters}, "parameters": parameters}
+    return node.call(algorithm, request, project=project, researcher=f"mallory-{next(_ids)}")
+
+
+def target(node: Served) -> pd.Series:
+    rows = node.rows[(node.rows["dataset"] == "hospital_b") & node.rows["age"].notna()]
+    return rows.iloc[3]
+
+
+# ------------------------------------------------------------------------------------------- holes
+
+
+def _b_block_present(node: Served, project: str, secret: dict) -> bool:
+    """One explore release: is there a ``hospital_b`` block in ``descriptive_stats``'s reply?
+
+    The filter is everyone of ``hospital_a`` (a large cohort, so the step is answered) OR the secret
+    condition; only the secret condition can select a ``hospital_b`` row.
+    """
+    filters = where(rule("dataset", "equal", "hospital_a"), secret, condition="OR")
+    reply = ask(node, "descriptive_stats", project, y=("age",), filters=filters)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["mode"]["mode"] == "explore" and reply.json()["privacy"]["keyed"] is True
+    return "hospital_b" in reply.json()["aggregates"]["datasets"]
+
+
+def test_hole_dataset_blocks_tell_exactly_whether_a_filter_selects_anyone(node):
+    """HOLE (exact membership / exact value): ``descriptive_stats`` releases one block per dataset
+    the cohort has rows in.  Which blocks are present is not noised: it is exactly "does the filter
+    select at least one row of this dataset".  With a large carrier cohort in another dataset the
+    step is always answered, so every release is one exact bit about the rows (DP at epsilon 1 allows
+    a likelihood ratio of e; this one is infinite).  A patient's exact age by bisection: 8 releases."""
+    project = "blocks"
+    who = target(node)
+    pid, age = who["subjectcode"], float(who["age"])
+
+    def secret(*rules):
+        return where(rule("subjectcode", "equal", pid), *rules)
+
+    # membership, one release each, no noise on the answer
+    assert _b_block_present(node, project, secret()) is True
+    assert _b_block_present(node, project, where(rule("subjectcode", "equal", "nobody-7"))) is False
+    # the side of a value, exact (both sides, several rewrites: never wrong)
+    for delta in (0.25, 1.0, 3.0):
+        assert _b_block_present(node, project, secret(rule("age", "less", age + delta))) is True
+        assert _b_block_present(node, project, secret(rule("age", "less", age - delta))) is False
+    # the patient's age to half a year from 8 releases, within the researcher's own budget
+    low, high, asked = 18.0, 90.0, 0
+    while high - low > 0.5:
+        mid = (low + high) / 2
+        asked += 1
+        if _b_block_present(node, project, secret(rule("age", "less", mid))):
+            high = mid
+        else:
+            low = mid
+    assert asked == 8 and low <= age < high
+    # the same bit without a pseudonym: quasi-identifiers (sex, age band) of someone the attacker knows
+    assert _b_block_present(node, project, where(rule("sex", "equal", str(who["sex"])),
+                                                   rule("age", "equal", age))) is True
+    assert node.spent(project)[1] == 6 + 1 + 8 + 1  # each charged epsilon 1 as documented; the bits are exact
+
+
+def test_hole_an_empty_cohort_is_never_answered_a_one_patient_cohort_sometimes(node):
+    """HOLE (one-sided exact membership, any single-dataset node): the ``min_row_count`` decision is
+    documented as taken on the noisy row count, but an empty cohort is refused every time (no noise
+    is drawn for no rows), while a one-patient cohort's noisy count passes about a third of the time.
+    So an answer proves the cohort is not empty (e.g. "patient P is in and aged under T"): under
+    epsilon-DP an empty cohort would be answered with probability at least p(one row) / e."""
+    project = "empty"
+    who = target(node)
+    empty, one = [], []
+    for i in range(25):  # 50 releases: the project's whole shipped budget, over fresh researcher ids
+        bound = 100.0 + i  # a rewrite: fresh keyed noise, the same rows
+        empty.append(ask(node, "descriptive_stats", project, datasets=["hospital_b"], filters=where(
+            rule("subjectcode", "equal", "nobody-7"), rule("age", "less", bound))).status_code)
+        one.append(ask(node, "descriptive_stats", project, datasets=["hospital_b"], filters=where(
+            rule("subjectcode", "equal", who["subjectcode"]), rule("age", "less", bound))).status_code)
+    assert set(empty) | set(one) <= {200, 403}
+    assert empty.count(200) == 0  # never answered
+    assert one.count(200) >= 2, one  # answered often: each answer is certain evidence of membership
+    assert node.spent(project)[1] == 50
+
+
+# ---------------------------------------------------------------------------------------- defences
+
+
+def test_defence_requests_without_a_project_are_refused_under_a_project_grant(node):
+    """DEFENCE: a request naming no project (which ADR 0038 charges to the researcher only, so fresh
+    ids would be fresh budgets) is refused by ``access`` under a project-wide grant, uncharged."""
+    before = node.spent("noproject")
+    for project in (None, ""):
+        reply = ask(node, "descriptive_stats", project)
+        assert reply.status_code == 403 and reply.json()["control"] == "access"
+    assert node.spent("noproject") == before
+
+
+@pytest.mark.parametrize("algorithm,params", [
+    ("multiple_histograms", dict(y=("nihss_admission",), x=("stroke_type",), bins=5)),
+    ("contingency_table", dict(y=("stroke_type",), x=("sex",))),
+    ("kaplan_meier", dict(y=("followup_days", "death_90d"), x=("stroke_type",), event_level="yes",
+                          bin_width=90, max_time=360)),
+    ("linear_regression", dict(y=("nihss_admission",), x=("age", "stroke_type"))),
+], ids=["histograms", "contingency", "kaplan_meier", "linear_regression"])
+def test_defence_levels_absent_from_the_cohort_do_not_change_the_reply_shape(node, algorithm, params):
+    """DEFENCE: groups, cells and indicator columns come from the data model's enumerations, not
+    from the rows: a cohort without any ``tia`` stroke has the same reply layout as one with them."""
+    def layout(value):
+        if isinstance(value, dict):
+            return {k: layout(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return ["list", len(value), layout(value[0]) if value else None]
+        return type(value).__name__
+
+    shapes = []
+    for filters in (None, where(rule("stroke_type", "not_equal", "tia"))):
+        reply = ask(node, algorithm, "levels", filters=filters, datasets=["hospital_a"], **params)
+        assert reply.status_code == 200, reply.text
+        shapes.append(layout(reply.json()["aggregates"]))
+    assert shapes[0] == shapes[1]
+
+
+def test_defence_reordered_datasets_are_one_release_charged_once(node):
+    """DEFENCE (free repeats): rewriting the request's dataset order or analysis id gives the same
+    bytes and no charge; nothing new is learnt from the free repeat."""
+    first = ask(node, "descriptive_stats", "canonical", y=("nihss_admission",), datasets=BOTH)
+    spent = node.spent("canonical")
+    again = ask(node, "descriptive_stats", "canonical", y=("nihss_admission",), datasets=BOTH[::-1])
+    assert first.status_code == again.status_code == 200
+    assert again.json()["aggregates"] == first.json()["aggregates"]
+    assert again.json()["privacy"]["repeat"] is True
+    assert node.spent("canonical") == spent
+
+
+def test_defence_flipping_event_level_is_a_new_release_with_its_own_noise(node):
+    """DEFENCE: Kaplan-Meier with ``event_level`` yes and no select the same rows with events and
+    censorings swapped; were they keyed alike, events(yes) - censored(no) would cancel the noise.
+    Both are charged, and the swapped counts are not equal (independent noise)."""
+    common = dict(y=("followup_days", "death_90d"), bin_width=90, max_time=360, datasets=["hospital_a"])
+    yes = ask(node, "kaplan_meier", "flip", event_level="yes", **common)
+    no = ask(node, "kaplan_meier", "flip", event_level="no", **common)
+    assert yes.status_code == no.status_code == 200
+    assert node.spent("flip")[1] == 2
+    assert yes.json()["privacy"]["repeat"] is False and no.json()["privacy"]["repeat"] is False
+    g_yes, g_no = yes.json()["aggregates"]["groups"][0], no.json()["aggregates"]["groups"][0]
+    assert g_yes["events"] != g_no["censored"] or g_yes["censored"] != g_no["events"]
