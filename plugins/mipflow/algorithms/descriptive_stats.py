@@ -80,12 +80,14 @@ def _dp_release(algo: DescriptiveStats, data: pd.DataFrame, request: AnalysisReq
     """
     described = algo.described(request)
     bounds = {c: declared_bounds(model, c, algo.name) for c in described if not model.variable(c).is_categorical}
-    wanted = set(request.datasets)
     out: dict[str, Any] = {}
-    for dataset, frame in data.groupby(DATASET, sort=True):
-        part = str(dataset)
-        if part not in wanted:
-            continue
+    # one block for every dataset of the request, rows or not: which blocks a reply holds must not
+    # tell whether the cohort has a row in a dataset (an outside review found that the blocks of
+    # the datasets with rows only were an exact membership oracle; ADR 0032).  The node narrows the
+    # request to the datasets it holds (public metadata) before the release.
+    labels = data[DATASET].astype(str).to_numpy() if DATASET in data.columns else np.array([], dtype=str)
+    for part in sorted(set(request.datasets)):
+        frame = data.loc[labels == part]
         complete = frame.dropna(subset=described, how="any")
         record: dict[str, Any] = {}
         for kind, rows in (("variable_based", frame), ("model_based", complete)):

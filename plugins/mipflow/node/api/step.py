@@ -365,7 +365,13 @@ def add_noise(request: StepRequest, context: StepContext, work: StepWork) -> Non
     if work.explore is not None:
         release_explore(request, context, work)
         return
-    noisy = context.privacy.apply(work.settings, work.algo, request.analysis, work.model, request.round,
+    analysis = request.analysis
+    if work.settings.dp_enabled and work.algo.dp_release is not None:
+        # per-dataset parts for the datasets the grants cover and the node holds, rows or not (ADR 0032)
+        held = {str(r["dataset"]) for r in context.store.datasets(work.model.key)}
+        scope = work.covered or analysis
+        analysis = replace(scope, datasets=tuple(d for d in scope.datasets if d in held))
+    noisy = context.privacy.apply(work.settings, work.algo, analysis, work.model, request.round,
                                   work.data, request.researcher or "", project=request.project or "",
                                   details={"analysis": work.analysis_key})
     if noisy is not None:

@@ -39,7 +39,7 @@ import math
 import os
 import threading
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -487,6 +487,9 @@ class ExploreStep:
     #: what the step cost (charged at admission, before any row is read) and the spending after it
     cost: Any = None
     spent: Any = None
+    #: the datasets of the data model the node holds (its registry: public metadata, the same for
+    #: every request on this version); a release's per-dataset parts are these, rows or not
+    held: tuple[str, ...] = ()
 
     @property
     def mode(self) -> dict[str, Any]:
@@ -532,7 +535,9 @@ def check_explore(request: Any, context: Any, work: Any) -> None:
     delta = settings.dp_budget_delta
     query = canonical_query(request.algorithm, request.analysis, work.model, work.variables, mechanism=mechanism,
                             epsilon=epsilon, delta=delta if mechanism == "gaussian" else 0.0)
-    version = data_version(context.store, work.model.key)
+    held_registry = context.store.datasets(work.model.key)
+    version = version_of(held_registry)
+    held = tuple(sorted({str(r["dataset"]) for r in held_registry}))
     release = release_key(registry.key, query, version)
     project, researcher = request.project or None, request.researcher or ""
     ledger = context.privacy.ledger
@@ -550,7 +555,8 @@ def check_explore(request: Any, context: Any, work: Any) -> None:
         if project is not None:
             registry.remember(project, release)
     work.explore = ExploreStep(project=project or "", by_default=by_default, mechanism=mechanism, epsilon=epsilon,
-                               version=version, query=query, release=release, repeat=repeat, cost=cost, spent=spent)
+                               version=version, query=query, release=release, repeat=repeat, cost=cost, spent=spent,
+                               held=held)
     work.record["mode"] = "explore"
     work.record["explore"] = {"release": release[:16], "charged": not repeat}
 
@@ -565,8 +571,12 @@ def data_version(store: Any, data_model: str) -> bytes:
     the version rather than on the selected rows themselves keeps "did this cohort change?" out of
     the answers (equal answers tell only that the data model's registry is unchanged).
     """
-    rows = store.datasets(data_model)
-    return hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode("utf-8")).digest()
+    return version_of(store.datasets(data_model))
+
+
+def version_of(registry: Sequence[dict[str, Any]]) -> bytes:
+    """:func:`data_version` of a datasets registry already read."""
+    return hashlib.sha256(json.dumps(list(registry), sort_keys=True, default=str).encode("utf-8")).digest()
 
 
 def release_key(key: bytes, query: bytes, version: bytes) -> str:
@@ -621,7 +631,11 @@ def release_explore(request: Any, context: Any, work: Any) -> None:
     delta = settings.dp_budget_delta
     noise = KeyedNoise(step.mechanism, step.epsilon, delta, mechanism.blocks(algo, analysis, model),
                        key=context.explore.key, query=step.query, version=step.version)
-    aggregates, clamped = mechanism.release(algo, work.data, analysis, model, noise)
+    # the request's datasets narrowed by the grants and to those the node holds: by the request
+    # and the registry alone, never by which datasets the cohort has rows in
+    scope = work.covered or analysis
+    scope = replace(scope, datasets=tuple(d for d in scope.datasets if d in set(step.held)))
+    aggregates, clamped = mechanism.release(algo, work.data, scope, model, noise)
     cost, spent, repeat = step.cost, step.spent, step.repeat
     rows = mechanism.rows(aggregates)
     work.controls.check_rows(algo, analysis, model, rows)  # on the noisy count: post-processing
