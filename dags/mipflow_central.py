@@ -54,25 +54,17 @@ def _form(algorithm: dict) -> dict[str, Param]:
                                          title="Secure aggregation",
                                          description="mask each node's aggregates so that only their sum is "
                                                      "seen centrally (auto: on from 3 nodes; ADR 0014)")
+    params["standing"] = Param(False, type="boolean", title="Keep as a standing analysis",
+                               description="re-run this analysis whenever a node's data change (new batches "
+                                           "loaded), keeping every version (ADR 0043; the nodes' controls "
+                                           "decide whether a re-run may be answered)")
     return params
 
 
-def _request(algorithm_params: list[str], transformers: list[str] = ()) -> dict:
-    p = get_current_context()["params"]
+def _request(algorithm: str) -> dict:
+    from mipflow.central.standing import request_from_conf
 
-    def as_list(value):
-        if value in (None, ""):
-            return []
-        return value if isinstance(value, list) else [value]
-
-    parameters = {k: p[k] for k in algorithm_params if p.get(k) not in (None, "")}
-    doc = {"inputdata": {"data_model": p["data_model"], "datasets": as_list(p["datasets"]),
-                         "x": as_list(p.get("x")), "y": as_list(p["y"]), "filters": p.get("filters")},
-           "parameters": parameters}
-    preprocessing = {k: p[k] for k in transformers if p.get(k) not in (None, "", {})}
-    if preprocessing:
-        doc["preprocessing"] = preprocessing
-    return doc
+    return request_from_conf(algorithm, get_current_context()["params"])
 
 
 for _algorithm in describe():
@@ -91,11 +83,11 @@ for _algorithm in describe():
     ):
 
         @task(task_id="build_request")
-        def build_request(algorithm_params: list[str], transformers: list[str]) -> dict:
+        def build_request(algorithm: str) -> dict:
             """Turn the form into a MIP / Exareme2 request."""
-            return _request(algorithm_params, transformers)
+            return _request(algorithm)
 
-        request = build_request(list(_algorithm["parameters"]), list(_algorithm.get("preprocessing") or {}))
+        request = build_request(_name)
         analysis = FederatedAnalysisOperator(
             task_id="run_analysis",
             algorithm=_name,
@@ -121,6 +113,17 @@ for _algorithm in describe():
             for line in summary_lines(outcome):
                 log.info("%s", line)
             log.info("result stored: run %s in %s", run_id, path)
+            if context["params"].get("standing"):  # registered for the researcher who triggered it
+                from mipflow.central.standing import StandingRegistry
+
+                registry = StandingRegistry()
+                try:
+                    standing = registry.add(algorithm=outcome["algorithm"], conf=dict(context["params"]),
+                                            researcher=outcome["researcher"], project=outcome["project"],
+                                            dag_id=context["dag"].dag_id)
+                finally:
+                    registry.dispose()
+                log.info("registered as standing analysis %s: re-run when a node's data change", standing.standing_id)
             return str(path)
 
         store_and_report(analysis.output)

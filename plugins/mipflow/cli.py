@@ -79,6 +79,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="mipflow_federation", help="pool name (MIPFLOW_POOL; default mipflow_federation)")
     p.add_argument("--dry-run", action="store_true", help="print the airflow command instead of running it")
 
+    from mipflow.central.standing_cli import add_parser as add_standing_parser
+
+    add_standing_parser(sub)
+
     p = sub.add_parser("analyze", help="run a federated analysis; prints the result as JSON")
     p.add_argument("algorithm")
     p.add_argument("--federation", required=True, type=Path)
@@ -249,6 +253,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "tls":
         return _tls(args)
+    if args.command == "standing":  # the central site's registry: no node home
+        from mipflow.central.standing_cli import run as standing
+
+        return standing(args)
     from mipflow.node.home import NodeHome
 
     if args.command == "node" and args.node_command == "serve":  # keep the service's imports small

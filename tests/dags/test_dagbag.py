@@ -21,7 +21,7 @@ EXPECTED_IMAGING_DAGS = {"imaging_capture", "imaging_deidentify"}
 CATALOGUE = describe()
 EXPECTED_CENTRAL_DAGS = {f"federated_{entry['name']}" for entry in CATALOGUE} | {"federation_metadata"}
 #: Form fields of every analysis DAG besides the algorithm's inputs and parameters.
-RUN_FIELDS = {"data_model", "datasets", "filters", "nodes", "project", "min_nodes", "secure_aggregation"}
+RUN_FIELDS = {"data_model", "datasets", "filters", "nodes", "project", "min_nodes", "secure_aggregation", "standing"}
 #: What a DAG file may import at module level beyond Airflow: the central DAGs build their forms from the
 #: catalogue, which costs mipflow's algorithm declarations and numpy, never pandas, scipy or statsmodels
 #: (docs/adr/0022-algorithm-catalogue.md).
@@ -57,6 +57,17 @@ def test_node_chain_is_linked_by_assets(dagbag):
         # on the Asset, or the daily catch-up run
         assert dag.timetable.__class__.__name__ == "AssetOrTimeSchedule", dag_id
         assert dag.timetable.asset_condition is not None, dag_id
+
+
+def test_standing_analyses_are_scheduled_by_an_asset_watcher_of_the_nodes_data_versions(dagbag):
+    from airflow.triggers.base import BaseEventTrigger
+
+    dag = dagbag.dags["standing_analyses"]
+    (asset,) = dag.timetable.asset_condition.objects
+    assert asset.name == "mipflow_node_data_versions"
+    (watcher,) = asset.watchers
+    assert isinstance(watcher.trigger, BaseEventTrigger)
+    assert watcher.trigger.serialize()[0] == "mipflow_airflow.triggers.data_version.NodeDataVersionTrigger"
 
 
 @pytest.mark.parametrize("dag_file", sorted(p.name for p in (REPO_ROOT / "dags").glob("*.py")))

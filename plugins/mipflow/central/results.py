@@ -33,8 +33,9 @@ results_table = sa.Table(
     sa.Column("software", sa.String(80), nullable=False),
     sa.Column("status", sa.String(20), nullable=False, server_default="succeeded"),
 )
-#: A run's ``status``: it produced a result, nodes refused it, or it failed otherwise.
-STATUSES = ("succeeded", "refused", "failed")
+#: A run's ``status``: it produced a result, nodes refused it, or it failed otherwise; a standing
+#: analysis's re-run that the nodes refused is ``waiting`` for more data (:mod:`mipflow.central.standing`).
+STATUSES = ("succeeded", "refused", "failed", "waiting")
 #: What a researcher can change, per refusing control (the node's own reason says more).
 WHAT_TO_CHANGE = {
     "access": "ask the node's admin for a grant covering you, this project, the datasets and the algorithm",

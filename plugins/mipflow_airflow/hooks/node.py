@@ -64,13 +64,29 @@ class NodeHook(BaseHook):
         """
         from airflow.sdk.exceptions import AirflowNotFoundException
 
-        from mipflow.central.client import NodeEndpoint
-
         try:
             conn = self.get_connection(self.mipflow_conn_id)
         except AirflowNotFoundException:
-            raise NodeConnectionError(f"no Airflow connection {self.mipflow_conn_id!r}: check the node list "
-                                      "(param 'nodes') or add the connection (Admin > Connections)") from None
+            raise self._not_found() from None
+        return self._endpoint(conn)
+
+    async def aendpoint(self) -> tuple[NodeEndpoint, dict[str, Any]]:
+        """:meth:`endpoint` for async code (a trigger in the triggerer)."""
+        from airflow.sdk.exceptions import AirflowNotFoundException
+
+        try:
+            conn = await self.aget_connection(self.mipflow_conn_id)
+        except AirflowNotFoundException:
+            raise self._not_found() from None
+        return self._endpoint(conn)
+
+    def _not_found(self) -> NodeConnectionError:
+        return NodeConnectionError(f"no Airflow connection {self.mipflow_conn_id!r}: check the node list "
+                                   "(param 'nodes') or add the connection (Admin > Connections)")
+
+    def _endpoint(self, conn: Any) -> tuple[NodeEndpoint, dict[str, Any]]:
+        from mipflow.central.client import NodeEndpoint
+
         host = conn.host or ""
         if not host.startswith(("http://", "https://")):
             scheme = conn.schema if conn.schema in ("http", "https") else "http"
@@ -85,10 +101,17 @@ class NodeHook(BaseHook):
 
     def get_conn(self) -> NodeClient:
         """A :class:`mipflow.central.client.NodeClient` for this node (the caller closes it)."""
+        return self._client(*self.endpoint())
+
+    async def aget_conn(self) -> NodeClient:
+        """:meth:`get_conn` for async code: the connection is read asynchronously; the client's
+        calls are synchronous (run them with ``asyncio.to_thread``)."""
+        return self._client(*await self.aendpoint())
+
+    def _client(self, endpoint: NodeEndpoint, extra: dict[str, Any]) -> NodeClient:
         from mipflow.central.client import NodeClient
         from mipflow.exceptions import ConfigError
 
-        endpoint, extra = self.endpoint()
         timeout = self.timeout or (float(extra["timeout"]) if extra.get("timeout") else node_timeout())
         try:
             return NodeClient(endpoint, timeout=timeout, retries=self.retries)

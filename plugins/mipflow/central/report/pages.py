@@ -96,8 +96,9 @@ def failure_html(doc: Mapping[str, Any]) -> str:
     rows = [[node, n.get("control") or "", n.get("reason") or "", n.get("what_to_change") or ""]
             for node, n in nodes.items()]
     hints = sorted({n.get("what_to_change") for n in nodes.values() if n.get("what_to_change")})
-    parts = [f'<div id="failure"><h2 class="bad">{"Refused" if status == "refused" else "Failed"}: '
-             "no result</h2>"
+    heading = {"refused": "Refused: no result", "waiting": "Waiting for more data: no new version"}.get(
+        status, "Failed: no result")
+    parts = [f'<div id="failure"><h2 class="bad">{heading}</h2>'
              f'<p class="bad">{html.escape(str(doc.get("error") or ""))}</p>']
     if hints:
         parts.append("<p>What to change:</p><ul>" + "".join(f"<li>{html.escape(h)}</li>" for h in hints) + "</ul>")
@@ -120,6 +121,7 @@ def provenance_table(doc: Mapping[str, Any]) -> Table:
         ["parameters", json.dumps(parameters, sort_keys=True) if parameters else ""],
         ["rounds", doc.get("rounds")], ["seconds", doc.get("seconds")], ["software", doc.get("software")],
         ["answered in", mode_text(doc.get("mode"), doc.get("contributed"))],
+        ["standing analysis", standing_text(doc.get("standing"))],
         ["stopped", stopped_text(doc.get("stopped"))],
     ]
     return Table("Provenance", ["field", "value"], [r for r in rows if r[1] not in (None, "")])
@@ -182,6 +184,42 @@ def stopped_text(stopped: Mapping[str, Any] | None) -> str:
             "every node contributed, see the result's own labels")
 
 
+def standing_text(standing: Mapping[str, Any] | None) -> str:
+    """``"s1a2b3c: version 2 (after version 1)"`` for a standing analysis's result; "" otherwise."""
+    if not standing:
+        return ""
+    version = f"version {standing['version']}" if standing.get("version") else "no new version"
+    after = f" (after version {standing['previous_version']})" if standing.get("previous_version") else ""
+    return f"{standing.get('id')}: {version}{after}"
+
+
+def standing_html(doc: Mapping[str, Any]) -> str:
+    """A standing analysis's version (ADR 0043): each node's data version and the batches new since
+    the previous version, and every number beside the previous version's (with the difference)."""
+    standing = doc.get("standing")
+    if not standing:
+        return ""
+    new = standing.get("new_batches") or {}
+    rows = []
+    for node, version in (standing.get("data_versions") or {}).items():
+        if version.get("error"):
+            rows.append([node, "", "", "", version["error"]])
+            continue
+        source = ("study " + str(version.get("study")) + " snapshot " + str(version.get("snapshot"))
+                  if version.get("answers_from") == "study" else "live data")
+        rows.append([node, version.get("version"), source, ", ".join(new.get(node) or []), ""])
+    parts = ['<div id="standing"><h2>Standing analysis</h2>',
+             f"<p>{html.escape(standing_text(standing))}: re-run when a node's data version changes.</p>",
+             table_html(Table("Data versions (provenance)", ["node", "data version", "answers from",
+                                                               "batches new since the previous version", "note"],
+                              rows))]
+    changes = standing.get("changes")
+    if changes:
+        parts.append(table_html(Table(f"Change against version {standing.get('previous_version')}",
+                                      ["number", "previous version", "this version", "difference"], changes)))
+    return "".join(parts) + "</div>"
+
+
 def nodes_table(doc: Mapping[str, Any]) -> Table:
     """Which nodes contributed (rows used, rows held per dataset) and which were left out, and why."""
     rows: list[list[Any]] = []
@@ -207,6 +245,7 @@ def result_page(doc: Mapping[str, Any], *, link: Any, back: str, airflow_run: st
         f'<a href="{html.escape(link(doc["run_id"], "csv"))}">Download CSV</a></p>',
         failure_html(doc),
         table_html(provenance_table(doc)),
+        standing_html(doc),
     ]
     status = run_status(doc)
     nodes = nodes_table(doc)

@@ -4,8 +4,9 @@ Endpoints (OpenAPI schema at ``/openapi.json``)::
 
     GET  /health                      liveness, no data
     GET  /v1/metadata?researcher=R&project=P
-                                      data models, variables, and the datasets R is approved for
-                                      (counts only at or above min_row_count)
+                                      data models, variables, each one's data version (ADR 0043),
+                                      and the datasets R is approved for (counts only at or
+                                      above min_row_count)
     GET  /v1/algorithms               the catalogue of vetted local steps, with code digests
     GET  /v1/secagg/key               the node's secure-aggregation public key (mipflow.secagg)
     POST /v1/steps/{algorithm}        one local step: {"request": <MIP request>, "round": n, "state": {...},

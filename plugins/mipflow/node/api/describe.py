@@ -17,9 +17,12 @@ from mipflow.node.controls.disclosure import DisclosureControls
 
 def describe_data(context: StepContext, client: str, researcher: str | None,
                   project: str | None) -> dict[str, Any]:
-    """Data models, their variables, and the datasets ``researcher`` in ``project`` may use.
+    """Data models, their variables, their data version, and the datasets ``researcher`` in
+    ``project`` may use.
 
-    Without a researcher and project the datasets are not listed.
+    Without a researcher and project the datasets are not listed.  Each data model's
+    ``data_version`` (:mod:`mipflow.node.versions`) is the project's study snapshot's when the
+    project has an approved study of that data model, else the live data's.
 
     Raises
     ------
@@ -37,7 +40,11 @@ def describe_data(context: StepContext, client: str, researcher: str | None,
     except AccessDenied as exc:
         context.audit.append(**record, decision="refused", control="access", reason=str(exc))
         raise
+    from mipflow.node.versions import data_version, version_key
+
     controls = DisclosureControls(context.settings())
+    key = version_key(context.home.key())
+    study = context.studies.for_project(project) if on_behalf and context.studies is not None else None
     out: dict[str, Any] = {"node": context.name, "data_models": [],
                            "datasets_for": {"researcher": researcher, "project": project} if on_behalf else None}
     for model in context.store.data_models():
@@ -46,8 +53,11 @@ def describe_data(context: StepContext, client: str, researcher: str | None,
             every, names = context.access.visible_datasets(researcher, project, model.key)
             datasets = [{"dataset": d["dataset"], "row_count": controls.released_count(d["row_count"])}
                         for d in context.store.datasets(model.key) if every or d["dataset"] in names]
+        in_study = study if study is not None and study.protocol.data_model == model.key else None
         out["data_models"].append({"data_model": model.key, "label": model.label,
-                                   "variables": [v.to_dict() for v in model], "datasets": datasets})
+                                   "variables": [v.to_dict() for v in model], "datasets": datasets,
+                                   # what standing analyses follow (ADR 0043): changes with the answers
+                                   "data_version": data_version(context.store, model.key, key, in_study)})
     context.audit.append(**record, decision="allowed")
     return out
 

@@ -233,6 +233,26 @@ class FeatureStore:
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 
+    def data_changes(self, data_model: str, latest: int = 10) -> dict[str, Any]:
+        """What changed the rows of ``data_model``, for its data version (:mod:`mipflow.node.versions`).
+
+        Returns
+        -------
+        dict
+            ``loaded``: every batch id that loaded rows (status ``loaded``), oldest first;
+            ``latest``: the ``latest`` most recent of them, newest first; ``registry_updated``: the
+            last rewrite of the datasets registry (every load and consent deletion rewrites it).
+            No row count.
+        """
+        query = (sa.select(batches_table.c.batch_id)
+                 .where(batches_table.c.data_model == data_model, batches_table.c.status == "loaded")
+                 .order_by(batches_table.c.finished_at, batches_table.c.batch_id))
+        updated = sa.select(sa.func.max(datasets_table.c.updated_at)).where(datasets_table.c.data_model == data_model)
+        with self.engine.connect() as conn:
+            loaded = [row.batch_id for row in conn.execute(query)]
+            registry_updated = conn.execute(updated).scalar_one_or_none()
+        return {"loaded": loaded, "latest": loaded[::-1][:latest], "registry_updated": registry_updated or ""}
+
     def count_rows(self, model: DataModel) -> int:
         table = self.model_table(model)
         with self.engine.connect() as conn:
