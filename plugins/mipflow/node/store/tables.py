@@ -13,7 +13,8 @@ bookkeeping tables:
 ``mipflow_quarantine``   rows that failed, with their reason
 ``mipflow_consent_log``  deletions made because consent was withdrawn
 ``mipflow_meta``         one-off migrations done on this store
-``mipflow_watermarks``   per database source: the committed extraction watermarks (advanced by the load)
+``mipflow_watermarks``   per database source: the committed extraction watermarks (advanced by the load);
+                        per PACS (`pacs:<name>`): the committed change cursor
 ``mipflow_db_extracts``  per database batch: the watermark range it extracts and the rows it deleted
 ``mipflow_pacs_pulls``   per PACS pull: the change range it downloaded and its instances (keyed names, SHA-256)
 """
