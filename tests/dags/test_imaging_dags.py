@@ -68,7 +68,7 @@ def test_imaging_chain_through_airflow(dags, tmp_path):
     assert store.count_rows(model) == 2 and len(store.batches()) == len(series) + 1
 
 
-def test_pacs_studies_through_the_imaging_dags(dags, tmp_path, capsys):
+def test_pacs_studies_through_the_imaging_dags(dags, tmp_path, capsys, monkeypatch):
     """A real Orthanc: its stable studies pulled, de-identified and loaded by the DAGs; the cursor committed."""
     from mipflow.node.imaging.pacs import committed_cursor, load_pacs_source
     from tests.mipflow.node.imaging.test_pacs import assert_nothing_identifying, pacs_home, store_state, \
@@ -77,6 +77,12 @@ def test_pacs_studies_through_the_imaging_dags(dags, tmp_path, capsys):
 
     with running_orthanc(tmp_path / "orthanc") as orthanc:
         home = pacs_home(tmp_path, orthanc)
+        # the credentials from an Airflow connection this time (environment secrets backend)
+        (home.root / "secrets" / "pacs.auth").unlink()
+        (home.root / "pacs.json").write_text(__import__("json").dumps({
+            "name": "main", "url": orthanc.url, "credentials": {"airflow_conn_id": "pacs_test"}}))
+        monkeypatch.setenv("AIRFLOW_CONN_PACS_TEST", __import__("json").dumps(
+            {"conn_type": "http", "host": "127.0.0.1", "login": orthanc.user, "password": orthanc.password}))
         assert upload_patients(orthanc) == 9
         orthanc.wait_stable()
         run_chain(dags, home)

@@ -269,3 +269,26 @@ def test_commit_waits_while_instances_are_in_the_chain(tmp_path, orthanc):
     (pending,) = commit_pacs(home)  # capture has not run: the instances are still waiting
     assert pending["waiting"] == 2 and not pending["committed"]
     assert committed_cursor(open_store(home), load_pacs_source(home)) is None
+
+
+def test_changes_are_paged_and_max_studies_splits_pulls_that_commit_in_order(tmp_path, orthanc):
+    home = pacs_home(tmp_path, orthanc)
+    doc = json.loads((home.root / "pacs.json").read_text())
+    (home.root / "pacs.json").write_text(json.dumps({**doc, "max_studies": 3}))
+    upload_patients(orthanc)
+    orthanc.wait_stable()
+    source = load_pacs_source(home)
+    client = pacs.OrthancClient(source, pacs.pacs_credentials(source, home))
+    whole = [c["Seq"] for c in client.changes(0)]
+    assert [c["Seq"] for c in client.changes(0, limit=4)] == whole and len(whole) > 8
+
+    first = run_pacs(home)
+    assert first["pull"]["studies"] == 3 and first["pull"]["until"] < whole[-1]
+    second = run_pacs(home)
+    assert second["pull"]["since"] == first["pull"]["until"] and second["pull"]["studies"] == 1
+    assert second["pull"]["until"] == whole[-1]
+    total = {k: first["commits"][0][k] + second["commits"][0][k] for k in ("loaded", "quarantined", "no_consent")}
+    assert total == {"loaded": 5, "quarantined": 1, "no_consent": 3}
+    state = store_state(home)
+    assert [p["state"] for p in state["pulls"]] == ["committed", "committed"]
+    assert state["cursor"] == whole[-1] and len(state["rows"]) == 2
