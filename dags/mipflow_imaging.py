@@ -11,6 +11,11 @@ features and upserts them into the ``imaging:0.1`` table, keyed on the EHR
 pseudonym so they join the clinical rows.  The logic lives in
 :mod:`mipflow.node.imaging` (``capture``, ``deid_series``, ``load``); the tasks only call it (imports happen inside
 tasks to keep parsing cheap).
+
+When the node has a PACS (``HOME/pacs.json``, :mod:`mipflow.node.imaging.pacs`), ``imaging_capture``
+first pulls the studies that became stable there since the committed cursor into
+``landing/dicom/pacs/`` (``pull_pacs``), and ``imaging_deidentify`` ends by accounting for every
+pulled instance and advancing the cursor once none is still in the chain (``commit_pacs``).
 """
 from __future__ import annotations
 
@@ -40,6 +45,20 @@ with DAG(
     doc_md=__doc__,
 ):
 
+    @task
+    def pull_pacs() -> dict:
+        """Download the PACS's newly stable studies into landing/dicom/pacs/ (no-op without pacs.json)."""
+        from mipflow.node.imaging.pacs import pull_pacs as pull
+        from mipflow_airflow.hooks.pacs import pacs_connection_credentials
+
+        result = pull(node_home(), connections=pacs_connection_credentials)
+        if result.get("configured"):
+            print(f"PACS {result['source']}: changes {result['since']}..{result['until']}, "
+                  f"{result['studies']} stable study(ies), {result['instances']} instance(s), {result['gone']} gone")
+        else:
+            print("no PACS configured (HOME/pacs.json)")
+        return result
+
     @task(outlets=[IMAGING_CAPTURED])
     def capture_dicom(*, outlet_events=None) -> dict:
         """Scan landing/dicom/, register new files by SHA-256, group by series, quarantine non-instances."""
@@ -54,7 +73,7 @@ with DAG(
         outlet_events[IMAGING_CAPTURED].extra = {"series": len(batches), "files": summary["captured"]}
         return summary
 
-    capture_dicom()
+    pull_pacs() >> capture_dicom()
 
 
 with DAG(
@@ -106,4 +125,17 @@ with DAG(
         outlet_events[IMAGING_FEATURES].extra = {"series": result["loaded"]}
         return {"loaded": result["loaded"], "failed": result["failed"], "files": files}
 
-    load_features(deidentify_chunk.expand(batch_ids=waiting_series()))
+    @task
+    def commit_pacs() -> list:
+        """Account for every pulled PACS instance; advance the cursor once none is still in the chain."""
+        from mipflow.node.imaging.pacs import commit_pacs as commit
+
+        commits = commit(node_home())
+        for item in commits:
+            print(f"pull {item['pull_id']} (changes {item['since']}..{item['until']}): {item['instances']} "
+                  f"instance(s): loaded {item['loaded']}, quarantined {item['quarantined']} {item['reasons']}, "
+                  f"no_consent {item['no_consent']}, failed {item['failed']}, waiting {item['waiting']}; "
+                  f"committed={item['committed']}")
+        return commits
+
+    load_features(deidentify_chunk.expand(batch_ids=waiting_series())) >> commit_pacs()

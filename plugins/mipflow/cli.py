@@ -166,6 +166,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", type=Path)
     p = dicom.add_parser("ingest", help="capture, de-identify and load features of HOME/landing/dicom now")
     p.add_argument("home", type=Path)
+    p = dicom.add_parser("pull", help="pull the studies that became stable at the node's PACS (HOME/pacs.json) "
+                                      "since the last committed pull, then capture, de-identify, load and "
+                                      "commit the cursor now")
+    p.add_argument("home", type=Path)
 
     secure = sub.add_parser(
         "secagg", help="node admin: secure-aggregation keys and the pinned roster of peers (ADR 0014)",
@@ -475,6 +479,14 @@ def _dispatch(args: argparse.Namespace) -> int:
             from mipflow.node.imaging.pipeline import run_imaging
 
             print(ops.dumps(run_imaging(home)))
+            return 0
+        if args.dicom_command == "pull":
+            from mipflow.node.imaging.pacs import load_pacs_source, run_pacs
+
+            if load_pacs_source(home) is None:
+                print("mipflow: error: the node has no PACS: write HOME/pacs.json (see the README)", file=sys.stderr)
+                return 2
+            print(ops.dumps(run_pacs(home)))
             return 0
         summary = deidentify_tree(args.in_dir, args.out_dir, key=home.key(),
                                   options=options_from_settings(home.settings))

@@ -66,3 +66,43 @@ def test_imaging_chain_through_airflow(dags, tmp_path):
     # nothing new: both DAGs still succeed and the store is unchanged
     run_chain(dags, home)
     assert store.count_rows(model) == 2 and len(store.batches()) == len(series) + 1
+
+
+def test_pacs_studies_through_the_imaging_dags(dags, tmp_path, capsys, monkeypatch):
+    """A real Orthanc: its stable studies pulled, de-identified and loaded by the DAGs; the cursor committed."""
+    from mipflow.node.imaging.pacs import committed_cursor, load_pacs_source
+    from tests.mipflow.node.imaging.test_pacs import assert_nothing_identifying, pacs_home, store_state, \
+        upload_patients
+    from tests.orthanc import running_orthanc
+
+    with running_orthanc(tmp_path / "orthanc") as orthanc:
+        home = pacs_home(tmp_path, orthanc)
+        # the credentials from an Airflow connection this time (environment secrets backend)
+        (home.root / "secrets" / "pacs.auth").unlink()
+        (home.root / "pacs.json").write_text(__import__("json").dumps({
+            "name": "main", "url": orthanc.url, "credentials": {"airflow_conn_id": "pacs_test"}}))
+        monkeypatch.setenv("AIRFLOW_CONN_PACS_TEST", __import__("json").dumps(
+            {"conn_type": "http", "host": "127.0.0.1", "login": orthanc.user, "password": orthanc.password}))
+        assert upload_patients(orthanc) == 9
+        orthanc.wait_stable()
+        run_chain(dags, home)
+        state = store_state(home)
+        pseudo = Pseudonymiser(home.key())
+        assert {pid for pid, _ in state["rows"]} == {pseudo.pseudonym("PHIPAT-A1"), pseudo.pseudonym("PHIPAT-B2")}
+        (pull,) = state["pulls"]
+        accounting = __import__("json").loads(pull["accounting"])
+        assert pull["state"] == "committed" and accounting["conserved"]
+        assert (accounting["loaded"], accounting["quarantined"], accounting["no_consent"]) == (5, 1, 3)
+        assert state["cursor"] == pull["until"]
+
+        run_chain(dags, home)  # nothing new
+        assert store_state(home) == state
+
+        assert upload_patients(orthanc, study="study2", only=("PHIPAT-A1",)) == 3
+        orthanc.wait_stable()
+        run_chain(dags, home)
+        after = store_state(home)
+        assert len(after["rows"]) == 3 and len(after["pulls"]) == 2
+        assert after["pulls"][1]["since"] == state["cursor"] and after["pulls"][1]["state"] == "committed"
+        assert committed_cursor(open_store(home), load_pacs_source(home)) == after["pulls"][1]["until"]
+        assert_nothing_identifying(home, orthanc, capsys.readouterr().out)

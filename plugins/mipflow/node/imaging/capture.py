@@ -44,6 +44,8 @@ from mipflow.protocol.datamodel import DataModel
 
 log = logging.getLogger(__name__)
 
+#: Below ``landing/dicom/``: the instances the PACS pull downloads (:mod:`mipflow.node.imaging.pacs`).
+PACS_FOLDER = "pacs"
 _IGNORED_SUFFIXES = (".part", ".tmp", ".partial", ".crdownload", ".filepart")
 _HEADER_TAGS = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
                 "SOPClassUID", "Modality", "DirectoryRecordSequence")
@@ -94,9 +96,11 @@ def _read_header(path: Path) -> tuple[Any, str | None, str | None]:
     return ds, None, None
 
 
-def _pending(path: Path, settle: float, now: float) -> bool:
+def _pending(path: Path, settle: float, now: float, pacs_root: Path | None = None) -> bool:
     if path.name.startswith(".") or path.suffix.lower() in _IGNORED_SUFFIXES:
         return True
+    if pacs_root is not None and pacs_root in path.parents:
+        return False  # written by the PACS pull itself, whole files renamed into place
     try:
         return settle > 0 and now - path.stat().st_mtime < settle
     except OSError:
@@ -144,7 +148,7 @@ def capture_dicom(home: NodeHome, *, store: FeatureStore | None = None,
 
     for path in paths:
         counts.files_in += 1
-        if _pending(path, home.settings.settle_seconds, now):
+        if _pending(path, home.settings.settle_seconds, now, root / PACS_FOLDER):
             counts.pending += 1
             continue
         try:

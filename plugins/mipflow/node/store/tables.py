@@ -13,8 +13,10 @@ bookkeeping tables:
 ``mipflow_quarantine``   rows that failed, with their reason
 ``mipflow_consent_log``  deletions made because consent was withdrawn
 ``mipflow_meta``         one-off migrations done on this store
-``mipflow_watermarks``   per database source: the committed extraction watermarks (advanced by the load)
+``mipflow_watermarks``   per database source: the committed extraction watermarks (advanced by the load);
+                        per PACS (`pacs:<name>`): the committed change cursor
 ``mipflow_db_extracts``  per database batch: the watermark range it extracts and the rows it deleted
+``mipflow_pacs_pulls``   per PACS pull: the change range it downloaded and its instances (keyed names, SHA-256)
 """
 from __future__ import annotations
 
@@ -115,6 +117,19 @@ watermarks_table = sa.Table(
     sa.Column("deletions", sa.Text, nullable=True),  # last committed value of the deletion watermark
     sa.Column("batch_id", sa.String(80), nullable=True),
     sa.Column("updated_at", sa.String(40), nullable=False),
+)
+
+pacs_pulls_table = sa.Table(
+    "mipflow_pacs_pulls", metadata,
+    sa.Column("pull_id", sa.String(80), primary_key=True),
+    sa.Column("source", sa.String(100), nullable=False, index=True),
+    sa.Column("since", sa.BigInteger, nullable=False),   # the PACS change sequence it read after
+    sa.Column("until", sa.BigInteger, nullable=False),   # the last change it covers
+    sa.Column("instances", sa.Text, nullable=False),     # JSON [[keyed file name, sha256], ...]
+    sa.Column("state", sa.String(20), nullable=False),   # open | committed
+    sa.Column("accounting", sa.Text, nullable=False, default="{}"),
+    sa.Column("created_at", sa.String(40), nullable=False),
+    sa.Column("committed_at", sa.String(40), nullable=True),
 )
 
 db_extracts_table = sa.Table(

@@ -11,6 +11,7 @@ import io
 import re
 import shutil
 from pathlib import Path
+from typing import Iterator
 
 import pandas as pd
 import pydicom
@@ -234,6 +235,31 @@ def raw_identifiers() -> list[str]:
     return out
 
 
+def patient_instances(p: int, patient: str, series: list[tuple[str, str, int]], *,
+                      study: str = "study") -> Iterator[tuple[str, int, Dataset]]:
+    """The instances of one patient of :data:`PATIENTS`: ``(series tag, number, dataset)``."""
+    for tag, name, copies in series:
+        base = inject_phi(read(name))
+        base.PatientID = patient
+        base.PatientName = f"PHINAME{p}^{patient}"
+        base.StudyInstanceUID = _uid(patient, study)
+        base.SeriesInstanceUID = _uid(patient, tag if study == "study" else study + tag)
+        for i in range(copies):
+            ds = copy.deepcopy(base)
+            ds.SOPInstanceUID = _uid(patient, tag if study == "study" else study + tag, i)
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            if "ImagePositionPatient" in ds:
+                pos = [float(v) for v in ds.ImagePositionPatient]
+                ds.ImagePositionPatient = [pos[0], pos[1], pos[2] + 5.0 * i]
+            yield tag, i, ds
+
+
+def write_consent(home: NodeHome) -> None:
+    """The consent registry of :data:`PATIENTS`."""
+    rows = [{"patient_id": patient, "consent": consent} for patient, (consent, _) in PATIENTS.items() if consent]
+    pd.DataFrame(rows).to_csv(home.consent_path, index=False)
+
+
 def build_landing(home: NodeHome) -> dict[str, int]:
     """A nested landing tree; returns the expected file accounting."""
     root = home.landing_dir / "dicom"
@@ -242,23 +268,11 @@ def build_landing(home: NodeHome) -> dict[str, int]:
     for p, (patient, (consent, series)) in enumerate(PATIENTS.items()):
         if consent:
             rows.append({"patient_id": patient, "consent": consent})
-        for tag, name, copies in series:
-            base = inject_phi(read(name))
-            base.PatientID = patient
-            base.PatientName = f"PHINAME{p}^{patient}"
-            base.StudyInstanceUID = _uid(patient, "study")
-            base.SeriesInstanceUID = _uid(patient, tag)
-            for i in range(copies):
-                ds = copy.deepcopy(base)
-                ds.SOPInstanceUID = _uid(patient, tag, i)
-                ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-                if "ImagePositionPatient" in ds:
-                    pos = [float(v) for v in ds.ImagePositionPatient]
-                    ds.ImagePositionPatient = [pos[0], pos[1], pos[2] + 5.0 * i]
-                folder = root / _folder(p, patient, tag)
-                folder.mkdir(parents=True, exist_ok=True)
-                ds.save_as(folder / f"IM{i:04d}_PHINAME{p}", enforce_file_format=True)
-                n_files += 1
+        for tag, i, ds in patient_instances(p, patient, series):
+            folder = root / _folder(p, patient, tag)
+            folder.mkdir(parents=True, exist_ok=True)
+            ds.save_as(folder / f"IM{i:04d}_PHINAME{p}", enforce_file_format=True)
+            n_files += 1
     pd.DataFrame(rows).to_csv(home.consent_path, index=False)
     junk = root / "junk"
     junk.mkdir(parents=True)
