@@ -1,4 +1,5 @@
-"""An honest researcher's session in study mode, through the central analysis DAGs (issue 14's evidence).
+"""An honest researcher's sessions in study mode and, without a study, in the nodes' default mode
+(explore), through the central analysis DAGs (issue 14's evidence).
 
 Three real node processes (``mipflow node serve``) hold the demo hospitals' stroke exports, ingested
 as in production, with the **default** disclosure settings (the differencing control on).  Each
@@ -15,6 +16,7 @@ to change and carries no number derived from the data.
 from __future__ import annotations
 
 import contextlib
+import html
 import io
 import json
 import re
@@ -35,13 +37,14 @@ from tests.mipflow.algorithms.helpers import assert_rel_close
 from tests.mipflow.algorithms.test_survival import check_km
 from tests.mipflow.node.controls.study_helpers import ELDERLY, MEN, WOMEN, rule, where
 from tests.nodes import DAG_TEST_USER, grant_all, pin_each_other, running_nodes
-from tests.nodes import standard_home
 
 pytestmark = [pytest.mark.airflow, pytest.mark.xdist_group("airflow")]
 
 STROKE = REPO_ROOT / "include" / "schemas" / "stroke_v_0_1" / "CDEsMetadata.json"
 PROFILES = REPO_ROOT / "include" / "schemas" / "profiles"
 PROJECT = "honest-study"
+#: the same researcher's project without a study: the nodes' default mode, explore (ADR 0038)
+EXPLORE = "honest-explore"
 STUDY = "stroke-outcomes"
 VARIABLES = ["age", "sex", "nihss_admission", "mrs_90d", "followup_days", "death_90d"]
 PROTOCOL = {"name": STUDY, "data_model": "stroke:0.1", "datasets": list(HOSPITALS), "variables": VARIABLES,
@@ -79,11 +82,12 @@ def federation(tmp_path_factory, airflow_db):
     protocol_file.write_text(json.dumps(PROTOCOL))
     homes, snapshot_rows = [], []
     for i, hospital in enumerate(HOSPITALS):
-        home = standard_home(root / hospital, hospital)  # default settings: differencing on
+        home = NodeHome.init(root / hospital, hospital)  # the shipped settings (explore by default, ADR 0038)
         ops.add_data_model(home, STROKE)
         path = write_export(root / f"{hospital}.csv", generate_export(hospital, 200, seed=40 + i))
         ops.ingest(home, [path], profile=PROFILES / f"{hospital}.json")
         grant_all(home.root, DAG_TEST_USER, PROJECT)  # dag.test() runs as user "dag_test"
+        grant_all(home.root, DAG_TEST_USER, EXPLORE)  # a project without a study
         approved = approve(home, protocol_file)
         assert (approved["node"], approved["status"], approved["study"]) == (hospital, "approved", STUDY)
         population = held_rows(home).dropna(subset=VARIABLES)
@@ -252,3 +256,56 @@ def test_kaplan_meier_in_the_study_keeps_the_weekly_time_points_of_the_pooled_cu
         weeks_with_deaths = np.unique(np.ceil(rows["followup_days"].to_numpy(dtype=float) / 7.0))
         # at least half the weeks in which the group's pooled rows have a death are a time point of its curve
         assert 2 * len(curve["timeline"]) >= len(weeks_with_deaths), (len(curve["timeline"]), len(weeks_with_deaths))
+
+
+def explored(dags, federation, dag_id: str, **params) -> dict:
+    """Trigger ``dag_id`` in the project without a study; the stored result, answered by every node in
+    explore mode because it is their default."""
+    run = dags[dag_id].test(run_conf=form(**params, project=EXPLORE))
+    doc = ResultStore(federation["central"]).document(run.run_id)
+    assert "success" in str(run.state), f"{dag_id} {params}: {run.state} {doc and doc.get('error')}"
+    assert doc is not None and set(doc["contributed"]) == set(HOSPITALS) and not doc["excluded"]
+    assert {m["mode"] for m in doc["mode"].values()} == {"explore"}
+    assert {m["by"] for m in doc["mode"].values()} == {"node default"}
+    return doc
+
+
+def test_an_honest_session_without_a_study_is_answered_in_the_default_mode(dags, federation) -> None:
+    """No study, no admin action: the first analyses, other variable sets, subgroups (age >= 65, by
+    sex), a histogram, Kaplan-Meier with and without a group, and a re-run after a new export are all
+    answered, perturbed and labelled; nothing is refused."""
+    from mipflow.central.report.pages import mode_text, result_page
+
+    held = pd.concat([held_rows(h) for h in federation["homes"]], ignore_index=True)
+    # descriptive statistics of two variable sets
+    for y in (["age", "nihss_admission"], ["age", "mrs_90d", "sex"]):
+        doc = explored(dags, federation, "federated_descriptive_stats", y=y)
+        ages = [item for item in doc["result"]["variable_based"] if item["variable"] == "age"]
+        assert {item["dataset"] for item in ages} == {*HOSPITALS, "all datasets"}
+        # over all datasets near the exact mean (the noise's sd there is about 2 years on ~600 rows)
+        pooled = next(item for item in ages if item["dataset"] == "all datasets")
+        assert abs(pooled["data"]["mean"] - held["age"].mean()) < 10, pooled
+    page = result_page(doc, link=lambda run_id, kind: f"/{run_id}.{kind}", back="/")
+    said = mode_text(doc["mode"], doc["contributed"])
+    assert "explore mode" in said and "default mode for a project without a study" in said
+    assert said in html.unescape(page)
+    # regressions on two variable sets, then in subgroups
+    for params in (FIRST, SECOND):
+        doc = explored(dags, federation, "federated_linear_regression", **params)
+        assert len(doc["result"]["coefficients"]) == 1 + len(params["x"])
+    for subgroup in SUBGROUPS.values():
+        explored(dags, federation, "federated_linear_regression", **FIRST, filters=subgroup)
+    explored(dags, federation, "federated_multiple_histograms", y="nihss_admission", x=["sex"], bins=7)
+    # Kaplan-Meier without and with a group, on everyone and the elderly: a weekly curve
+    for x, filters in ((None, None), ("sex", None), (None, SUBGROUPS["elderly"])):
+        doc = explored(dags, federation, "federated_kaplan_meier", y=["followup_days", "death_90d"], x=x,
+                       filters=filters, event_level="yes", bin_width=7.0, max_time=91.0)
+        assert all(len(curve["timeline"]) >= 10 for curve in doc["result"]["curves"])
+    # a node loads a new export: the first regression again is answered, with fresh noise
+    first = explored(dags, federation, "federated_linear_regression", **FIRST)
+    hospital_c = federation["homes"][2]
+    path = write_export(federation["root"] / "hospital_c-2.csv",
+                        generate_export("hospital_c", 60, seed=123, start_mrn=7000))
+    ops.ingest(hospital_c, [path], profile=PROFILES / "hospital_c.json")
+    again = explored(dags, federation, "federated_linear_regression", **FIRST)
+    assert again["result"]["coefficients"] != first["result"]["coefficients"]
