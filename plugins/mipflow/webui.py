@@ -121,10 +121,15 @@ def create_app(*, user: Callable[..., Any], can_read: Callable[[Any, str], bool]
         return doc
 
     @app.get("/", response_class=HTMLResponse)
-    def index(request: Request, who: Any = Depends(user)) -> str:
+    def index(request: Request, q: str = Query("", max_length=200), status: str = Query("", max_length=20),
+              algorithm: str = Query("", max_length=80), who: Any = Depends(user)) -> str:
+        from mipflow.central.report.readable import algorithms_of, matches
+
         _, link = _links(request)
         runs = [doc for doc in store().runs() if allowed(who, doc["algorithm"])]
-        return pages.index_page(runs, link=link)
+        shown = [doc for doc in runs if matches(doc, text=q, status=status, algorithm=algorithm)]
+        return pages.index_page(shown, link=link, search={"q": q, "status": status, "algorithm": algorithm},
+                                algorithms=algorithms_of(runs), total=len(runs))
 
     @app.get("/run", response_class=HTMLResponse)
     def run_page(request: Request, id: str = Query(..., min_length=1, max_length=250),
