@@ -47,7 +47,8 @@ def describe_data(context: StepContext, client: str, researcher: str | None,
             datasets = [{"dataset": d["dataset"], "row_count": controls.released_count(d["row_count"])}
                         for d in context.store.datasets(model.key) if every or d["dataset"] in names]
         out["data_models"].append({"data_model": model.key, "label": model.label,
-                                   "variables": [v.to_dict() for v in model], "datasets": datasets})
+                                   "variables": [{**v.to_dict(), **({"group": v.group} if v.group else {})}
+                                                 for v in model], "datasets": datasets})
     context.audit.append(**record, decision="allowed")
     return out
 
