@@ -274,19 +274,21 @@ def new_analysis_page(catalogue: Sequence[Mapping[str, Any]], choices: Mapping[s
         + "</select></label> "
         f'<label>Project <input name="project" value="{_e(project)}" required></label> '
         '<button type="submit">Show the form</button></fieldset></form>')
+    if project:  # what the nodes hold and, for this researcher and project, their datasets
+        sync = (f'<form id="sync" method="post" action="{_e(sync_action)}">'
+                f'<input type="hidden" name="project" value="{_e(project)}">'
+                f'<input type="hidden" name="algorithm" value="{_e(algorithm)}">'
+                f'<input type="hidden" name="data_model" value="{_e(data_model)}">'
+                '<button type="submit">Refresh my datasets from the nodes</button>'
+                + (f' <span class="muted">last synced {_e(synced_at)}</span>' if synced_at else "") + "</form>")
+        parts.append(sync)
     if not models:
-        parts.append('<p class="muted">No data model synced yet: the federation_metadata DAG has not run.</p>')
+        parts.append('<p class="muted" id="no-models">No data model synced yet: refresh from the nodes '
+                     "(give a project first).</p>")
     if entry is None or data_model not in choices or not project:
         return page("New analysis", "".join(parts))
     model = choices[data_model]
     datasets = model["datasets"]
-    sync = (f'<form id="sync" method="post" action="{_e(sync_action)}">'
-            f'<input type="hidden" name="project" value="{_e(project)}">'
-            f'<input type="hidden" name="algorithm" value="{_e(algorithm)}">'
-            f'<input type="hidden" name="data_model" value="{_e(data_model)}">'
-            '<button type="submit">Refresh my datasets from the nodes</button>'
-            + (f' <span class="muted">last synced {_e(synced_at)}</span>' if synced_at else "") + "</form>")
-    parts.append(sync)
     body = [f'<form id="analysis" method="post" action="{_e(action)}">',
             f'<input type="hidden" name="algorithm" value="{_e(algorithm)}">',
             f'<input type="hidden" name="data_model" value="{_e(data_model)}">',
