@@ -30,12 +30,53 @@ def _can_read(user: Any, algorithm: str) -> bool:
                                                 user=user)
 
 
+class AirflowRuns:
+    """Start and read DAG runs through the api-server's own REST API with the logged-in user's token
+    (``Authorization`` header or the UI's ``_token`` cookie): the run is theirs
+    (``triggering_user_name``), under the auth manager's permissions and Airflow's Params checks."""
+
+    def _client(self, request: Any) -> Any:
+        import httpx
+
+        from airflow.api_fastapi.auth.managers.base_auth_manager import COOKIE_NAME_JWT_TOKEN
+
+        auth = request.headers.get("authorization")
+        if not auth:
+            auth = "Bearer " + request.cookies.get(COOKIE_NAME_JWT_TOKEN, "")
+        base = os.environ.get("MIPFLOW_API_SERVER_URL") or f"{request.url.scheme}://{request.url.netloc}"
+        return httpx.Client(base_url=base, headers={"Authorization": auth}, timeout=30)
+
+    def trigger(self, request: Any, dag_id: str, conf: dict) -> str:
+        from urllib.parse import quote
+
+        from mipflow.webui import TriggerRefused
+
+        with self._client(request) as client:
+            resp = client.post(f"/api/v2/dags/{quote(dag_id, safe='')}/dagRuns",
+                               json={"logical_date": None, "conf": conf})
+        if resp.status_code not in (200, 201):
+            try:
+                detail = resp.json().get("detail")
+            except ValueError:
+                detail = None
+            raise TriggerRefused(f"Airflow refused to start {dag_id} (HTTP {resp.status_code}): "
+                                 f"{detail if isinstance(detail, str) else resp.text[:300]}")
+        return str(resp.json()["dag_run_id"])
+
+    def state(self, request: Any, dag_id: str, run_id: str) -> str | None:
+        from urllib.parse import quote
+
+        with self._client(request) as client:
+            resp = client.get(f"/api/v2/dags/{quote(dag_id, safe='')}/dagRuns/{quote(run_id, safe='')}")
+        return str(resp.json().get("state")) if resp.status_code == 200 else None
+
+
 def build_app() -> Any:
     """The pages' FastAPI app, behind Airflow's authentication."""
     from airflow.api_fastapi.core_api.security import get_user
     from mipflow.webui import create_app
 
-    return create_app(user=get_user, can_read=_can_read)
+    return create_app(user=get_user, can_read=_can_read, runs=AirflowRuns())
 
 
 _views = [{"name": "Analysis results", "href": URL_PREFIX.lstrip("/") + "/", "destination": "nav",

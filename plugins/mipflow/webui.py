@@ -11,6 +11,13 @@ reachable without it.  Routes (relative to where the app is mounted)::
     GET /run.json?id=RUN  the stored result with its provenance
     GET /run.csv?id=RUN   the result's tables as tidy CSV (table,row,column,value)
     GET /node             the node's data quality and audit summary (where a node home is set)
+    GET /new              "New analysis": a form from the catalogue and the synced federation metadata
+    POST /new             trigger the algorithm's central DAG on behalf of the logged-in user
+    POST /new/sync        trigger federation_metadata for the user's project (their datasets)
+    GET /submitted?id=RUN&dag=DAG  a triggered run: links to its result (refreshes until stored)
+
+Triggering goes through ``runs`` (:class:`Runs`), which the Airflow plugin implements with
+Airflow's REST API and the user's own token: the run is the user's, with Airflow's checks.
 """
 from __future__ import annotations
 
@@ -18,11 +25,11 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from mipflow.central.report import pages
 
@@ -79,9 +86,41 @@ def airflow_run_link(request: Request, doc: dict[str, Any]) -> str | None:
     return f"{site}/dags/{quote(str(doc['dag_id']), safe='')}/runs/{quote(str(doc['run_id']), safe='')}"
 
 
+class TriggerRefused(Exception):
+    """Airflow did not start the run (the message is Airflow's: permissions, a bad parameter)."""
+
+
+class Runs(Protocol):
+    """How the pages start DAG runs and read their state, as the logged-in user."""
+
+    def trigger(self, request: Request, dag_id: str, conf: dict[str, Any]) -> str:
+        """Start a run of ``dag_id`` with ``conf`` on behalf of the request's user; its run id
+        (raises :class:`TriggerRefused`)."""
+
+    def state(self, request: Request, dag_id: str, run_id: str) -> str | None:
+        """The run's state (``queued``, ``running``, ``success``, ``failed``) or None if unknown."""
+
+
+def user_name(who: Any) -> str:
+    """The name of an authenticated user (Airflow's ``BaseUser.get_name()``)."""
+    get_name = getattr(who, "get_name", None)
+    return str(get_name() if callable(get_name) else who)
+
+
+def same_origin(request: Request) -> bool:
+    """A form post from these pages, not from another site (the login cookie goes with both)."""
+    from urllib.parse import urlsplit
+
+    origin = request.headers.get("origin") or request.headers.get("referer")
+    if not origin:
+        return request.headers.get("sec-fetch-site", "same-origin") in ("same-origin", "none")
+    return urlsplit(origin).netloc == request.headers.get("host", request.url.netloc)
+
+
 def create_app(*, user: Callable[..., Any], can_read: Callable[[Any, str], bool] | None = None,
                result_store: Callable[[], Any] | None = None,
-               node_home: Callable[[], Any] | None = None) -> FastAPI:
+               node_home: Callable[[], Any] | None = None, runs: Runs | None = None,
+               central_home: Callable[[], Any] | None = None) -> FastAPI:
     """Build the pages' app.
 
     Parameters
@@ -95,9 +134,14 @@ def create_app(*, user: Callable[..., Any], can_read: Callable[[Any, str], bool]
     node_home : callable, optional
         Returns the node's :class:`mipflow.node.home.NodeHome`, or None at a site that is not a node
         (default: ``MIPFLOW_NODE_HOME``).
+    runs : Runs, optional
+        Starts DAG runs as the logged-in user; without it there is no "New analysis" page.
+    central_home : callable, optional
+        Returns the central home holding the synced federation metadata (default ``MIPFLOW_CENTRAL_HOME``).
     """
     app = FastAPI(title="mipflow results", docs_url=None, redoc_url=None, openapi_url=None)
     allowed = can_read or (lambda _user, _algorithm: True)
+    starter = runs
 
     def store() -> Any:
         if result_store is not None:
@@ -121,10 +165,16 @@ def create_app(*, user: Callable[..., Any], can_read: Callable[[Any, str], bool]
         return doc
 
     @app.get("/", response_class=HTMLResponse)
-    def index(request: Request, who: Any = Depends(user)) -> str:
+    def index(request: Request, q: str = Query("", max_length=200), status: str = Query("", max_length=20),
+              algorithm: str = Query("", max_length=80), who: Any = Depends(user)) -> str:
+        from mipflow.central.report.readable import algorithms_of, matches
+
         _, link = _links(request)
         runs = [doc for doc in store().runs() if allowed(who, doc["algorithm"])]
-        return pages.index_page(runs, link=link)
+        shown = [doc for doc in runs if matches(doc, text=q, status=status, algorithm=algorithm)]
+        return pages.index_page(shown, link=link, search={"q": q, "status": status, "algorithm": algorithm},
+                                algorithms=algorithms_of(runs), total=len(runs),
+                                new_analysis=_root(request) + "/new" if starter is not None else None)
 
     @app.get("/run", response_class=HTMLResponse)
     def run_page(request: Request, id: str = Query(..., min_length=1, max_length=250),
@@ -152,7 +202,137 @@ def create_app(*, user: Callable[..., Any], can_read: Callable[[Any, str], bool]
             raise HTTPException(status_code=404, detail="this site is not a node (MIPFLOW_NODE_HOME is not set)")
         return pages.node_quality_page(node_quality(node))
 
+    if starter is not None:
+        _analysis_routes(app, user=user, runs=starter, readable=readable, central_home=central_home)
     return app
+
+
+def _root(request: Request) -> str:
+    return request.scope.get("root_path", "").rstrip("/")
+
+
+def _analysis_routes(app: FastAPI, *, user: Callable[..., Any], runs: Runs,
+                     readable: Callable[[str, Any], dict[str, Any]],
+                     central_home: Callable[[], Any] | None) -> None:
+    """The "New analysis" page, its posts and the page of a started run."""
+    from urllib.parse import parse_qs, urlencode
+
+    from mipflow.central.report import analysis_form
+
+    def metadata() -> dict[str, Any]:
+        from mipflow.central.metadata import load_metadata
+
+        return load_metadata(central_home() if central_home is not None else None)
+
+    def form_page(request: Request, who: Any, *, algorithm: str, data_model: str, project: str,
+                  error: str = "") -> str:
+        from mipflow.algorithms.catalogue import describe
+        from mipflow.central.metadata import form_choices
+
+        meta = metadata()
+        name = user_name(who)
+        synced = ((meta.get("datasets") or {}).get(f"{name}\n{project}") or {}).get("synced_at")
+        root = _root(request)
+        return analysis_form.new_analysis_page(
+            describe(), form_choices(meta, name, project), algorithm=algorithm, data_model=data_model,
+            project=project, user=name, action=f"{root}/new", sync_action=f"{root}/new/sync", back=root + "/",
+            error=error, synced_at=synced)
+
+    async def posted(request: Request) -> dict[str, list[str]]:
+        if not same_origin(request):
+            raise HTTPException(status_code=403, detail="a form post from another site")
+        body = (await request.body()).decode("utf-8", errors="replace")
+        return parse_qs(body, keep_blank_values=True, max_num_fields=2000)
+
+    @app.get("/new", response_class=HTMLResponse)
+    def new_analysis(request: Request, algorithm: str = Query("", max_length=80),
+                     data_model: str = Query("", max_length=120), project: str = Query("", max_length=128),
+                     who: Any = Depends(user)) -> str:
+        return form_page(request, who, algorithm=algorithm, data_model=data_model, project=project)
+
+    @app.post("/new", response_model=None)
+    async def start_analysis(request: Request, who: Any = Depends(user)) -> Any:
+        from starlette.concurrency import run_in_threadpool
+
+        from mipflow.algorithms.catalogue import describe
+        from mipflow.central.metadata import form_choices
+
+        form = await posted(request)
+        first = {k: (v[0] if v else "") for k, v in form.items()}
+        algorithm, project = first.get("algorithm", ""), first.get("project", "")
+        entry = next((a for a in describe() if a["name"] == algorithm), None)
+        again = {"algorithm": algorithm, "data_model": first.get("data_model", ""), "project": project}
+        try:
+            if entry is None:
+                raise analysis_form.FormError("choose an algorithm")
+            conf = analysis_form.build_conf(entry, form, form_choices(metadata(), user_name(who), project))
+            dag_id = f"federated_{algorithm}"
+            run_id = await run_in_threadpool(runs.trigger, request, dag_id, conf)
+        except (analysis_form.FormError, TriggerRefused) as exc:
+            return HTMLResponse(form_page(request, who, error=str(exc), **again), status_code=400)
+        query = urlencode({"id": run_id, "dag": dag_id})
+        return RedirectResponse(f"{_root(request)}/submitted?{query}", status_code=303)
+
+    @app.post("/new/sync", response_model=None)
+    async def sync_datasets(request: Request, who: Any = Depends(user)) -> Any:
+        from starlette.concurrency import run_in_threadpool
+
+        form = await posted(request)
+        first = {k: (v[0] if v else "") for k, v in form.items()}
+        again = {"algorithm": first.get("algorithm", ""), "data_model": first.get("data_model", ""),
+                 "project": first.get("project", "")}
+        if not again["project"]:
+            return HTMLResponse(form_page(request, who, error="project: required", **again), status_code=400)
+        try:
+            run_id = await run_in_threadpool(runs.trigger, request, "federation_metadata",
+                                             {"project": again["project"]})
+        except TriggerRefused as exc:
+            return HTMLResponse(form_page(request, who, error=str(exc), **again), status_code=400)
+        query = urlencode({**again, "sync": run_id})
+        return RedirectResponse(f"{_root(request)}/new/syncing?{query}", status_code=303)
+
+    @app.get("/new/syncing", response_class=HTMLResponse)
+    def syncing(request: Request, sync: str = Query(..., max_length=250), algorithm: str = Query("", max_length=80),
+                data_model: str = Query("", max_length=120), project: str = Query("", max_length=128),
+                who: Any = Depends(user)) -> Any:
+        state = runs.state(request, "federation_metadata", sync)
+        back = f"{_root(request)}/new?" + urlencode({"algorithm": algorithm, "data_model": data_model,
+                                                     "project": project})
+        if state in ("queued", "running", None):
+            return pages.page("Refreshing your datasets", '<meta http-equiv="refresh" content="1">'
+                              f'<p id="syncing">Asking the nodes which datasets you may use in {html_escape(project)} '
+                              f'(run {html_escape(sync)}: {html_escape(state or "starting")}).</p>'
+                              f'<p><a href="{html_escape(back)}">Back to the form</a></p>')
+        if state != "success":
+            return pages.page("Refreshing your datasets", f'<p class="bad">The sync ended {html_escape(state)}: '
+                              f'see run {html_escape(sync)} of federation_metadata in Airflow.</p>'
+                              f'<p><a href="{html_escape(back)}">Back to the form</a></p>')
+        return RedirectResponse(back, status_code=303)
+
+    @app.get("/submitted", response_class=HTMLResponse)
+    def submitted(request: Request, id: str = Query(..., min_length=1, max_length=250),
+                  dag: str = Query(..., min_length=1, max_length=250), who: Any = Depends(user)) -> str:
+        _, link = _links(request)
+        try:
+            readable(id, who)
+            stored = True
+        except HTTPException:
+            stored = False
+        state = None if stored else runs.state(request, dag, id)
+        body = analysis_form.submitted_page(
+            run_id=id, dag_id=dag, result=link(id, "html"), stored=stored, back=_root(request) + "/",
+            airflow_run=airflow_run_link(request, {"dag_id": dag, "run_id": id}) or "")
+        if state == "failed":  # failed before anything was stored (e.g. a bad parameter)
+            body = body.replace('<meta http-equiv="refresh" content="2">', "").replace(
+                "Running: this page refreshes until the result is stored.",
+                "The run failed in Airflow before a result was stored: see the run in Airflow.")
+        return body
+
+
+def html_escape(value: Any) -> str:
+    import html
+
+    return html.escape(str(value))
 
 
 def _filename(doc: dict[str, Any]) -> str:

@@ -165,7 +165,9 @@ def test_federation_metadata_dag_syncs_what_nodes_hold(dags, federation):
     run = dags["federation_metadata"].test(run_conf={"nodes": [f"mipflow_node_{h}" for h in HOSPITALS],
                                                      "project": PROJECT})
     assert "success" in str(run.state)
-    synced = json.loads((federation["central"] / "federation_metadata.json").read_text())
+    from mipflow.central.metadata import datasets_for, load_metadata
+
+    synced = datasets_for(load_metadata(federation["central"]), DAG_TEST_USER, PROJECT)
     for home in federation["homes"]:
         (entry,) = synced[home.name]["stroke:0.1"]
         assert entry["dataset"] == home.name

@@ -8,7 +8,8 @@ import html
 import json
 from typing import Any, Iterable, Mapping, Sequence
 
-from mipflow.central.report.plots import result_plots
+from mipflow.central.report.plots import ratio_plot, result_plots
+from mipflow.central.report.readable import is_perturbed, ratio_table, result_title, result_warnings
 from mipflow.central.report.tables import Table, result_tables, table_html, tables_csv
 
 STYLE = """
@@ -22,12 +23,21 @@ th{background:#f2f4f7}
 .plots svg{max-width:100%;height:auto}
 .muted{color:#666}
 .bad{color:#a00}
+.warnings{margin:.5rem 0 1rem;padding:0;list-style:none}
+.warnings li{margin:.3rem 0;padding:.45rem .7rem;border-left:5px solid #d89b00;background:#fff6dc}
+.warnings li.noise{border-color:#c0392b;background:#fdecea;font-weight:600}
+.badge{display:inline-block;padding:0 .35rem;margin-left:.3rem;border-radius:.3rem;font-size:.8em;
+ background:#c0392b;color:white}
+.badge.warn{background:#d89b00}
+form.search{margin:.5rem 0 1rem}
+form.search input,form.search select{margin-right:.5rem}
+nav.top a{margin-right:1rem}
 """
 
 
-def page(title: str, body: str) -> str:
+def page(title: str, body: str, *, heading: str | None = None) -> str:
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>")
+            f"<style>{STYLE}</style></head><body><h1>{html.escape(heading or title)}</h1>{body}</body></html>")
 
 
 def _inputdata(doc: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -38,34 +48,70 @@ def _excluded_text(excluded: Mapping[str, str]) -> str:
     return "; ".join(f"{node}: {reason}" for node, reason in excluded.items())
 
 
-def index_page(runs: Sequence[Mapping[str, Any]], *, link: Any) -> str:
-    """The list of analysis runs.
+def search_form(search: Mapping[str, str], algorithms: Sequence[str]) -> str:
+    """The list page's search box and filters (a GET form: the URL keeps the search)."""
+    text = html.escape(search.get("q", ""))
+    status = search.get("status", "")
+    chosen = search.get("algorithm", "")
+    statuses = "".join(f'<option value="{s}"{" selected" if s == status else ""}>{s or "any status"}</option>'
+                       for s in ("", "succeeded", "refused", "failed"))
+    algos = '<option value="">any algorithm</option>' + "".join(
+        f'<option value="{html.escape(a)}"{" selected" if a == chosen else ""}>{html.escape(a)}</option>'
+        for a in algorithms)
+    return ('<form class="search" method="get" action="">'
+            f'<input type="search" name="q" value="{text}" placeholder="search: variables, algorithm, dataset, '
+            'who, run" size="40" aria-label="search">'
+            f'<select name="status" aria-label="status">{statuses}</select>'
+            f'<select name="algorithm" aria-label="algorithm">{algos}</select>'
+            '<button type="submit">Search</button></form>')
+
+
+def index_page(runs: Sequence[Mapping[str, Any]], *, link: Any, search: Mapping[str, str] | None = None,
+               algorithms: Sequence[str] = (), total: int | None = None, new_analysis: str | None = None) -> str:
+    """The list of analysis runs, titled by what they analysed, with a search form.
 
     Parameters
     ----------
     runs : sequence of mapping
-        Stored results (:meth:`mipflow.central.results.ResultStore.runs`), newest first.
+        Stored results (:meth:`mipflow.central.results.ResultStore.runs`), newest first, already filtered.
     link : callable
         ``link(run_id, kind)`` -> URL of the run's page (``kind`` ``"html"``, ``"json"``, ``"csv"``).
+    search : mapping, optional
+        The search shown in the form (``q``, ``status``, ``algorithm``).
+    algorithms : sequence of str
+        The algorithm filter's choices.
+    total : int, optional
+        How many runs there are before the search (to say "3 of 10").
+    new_analysis : str, optional
+        URL of the "New analysis" page.
     """
+    nav = f'<nav class="top"><a id="new-analysis" href="{html.escape(new_analysis)}">New analysis</a></nav>' \
+        if new_analysis else ""
+    form = search_form(search or {}, algorithms) if total else ""
     if not runs:
-        return page("Federated analysis results", '<p class="muted">No analysis has been stored yet.</p>')
-    head = ["run", "status", "when", "who", "algorithm", "data model", "datasets", "contributed (rows)",
+        empty = "No result matches the search." if total else "No analysis has been stored yet."
+        return page("Federated analysis results", nav + form + f'<p class="muted">{empty}</p>')
+    head = ["analysis", "status", "when", "who", "data model", "datasets", "contributed (rows)",
             "left out", "download"]
     rows = []
     for doc in runs:
         inputdata = _inputdata(doc)
         contributed = doc.get("contributed") or {}
         status = run_status(doc)
+        warnings = result_warnings(doc)
+        badges = ('<span class="badge noise">perturbed</span>' if is_perturbed(doc) else "") + "".join(
+            f'<span class="badge warn">{html.escape(w.kind.replace("_", " "))}</span>'
+            for w in warnings if w.kind != "noise")
         rows.append(
             f'<tr class="{status}">'
-            f'<td><a href="{html.escape(link(doc["run_id"], "html"))}">{html.escape(doc["run_id"])}</a></td>'
+            f'<td><a class="title" href="{html.escape(link(doc["run_id"], "html"))}">'
+            f"{html.escape(result_title(doc))}</a>{badges}"
+            f'<br><span class="muted run-id">{html.escape(doc["run_id"])}</span></td>'
             f'<td class="{"" if status == "succeeded" else "bad"}">{status}'
             + (f'<br><span class="muted">{html.escape(_short(doc.get("error") or ""))}</span>'
                if status != "succeeded" else "") + "</td>"
             f"<td>{html.escape(str(doc.get('created_at', '')))}</td>"
             f"<td>{html.escape(str(doc.get('triggered_by') or ''))}</td>"
-            f"<td>{html.escape(doc.get('algorithm', ''))}</td>"
             f"<td>{html.escape(str(inputdata.get('data_model', '')))}</td>"
             f"<td>{html.escape(', '.join(inputdata.get('datasets') or []))}</td>"
             f"<td>{html.escape(', '.join(f'{n} ({r})' for n, r in contributed.items()))}</td>"
@@ -73,9 +119,10 @@ def index_page(runs: Sequence[Mapping[str, Any]], *, link: Any) -> str:
             f'<td><a href="{html.escape(link(doc["run_id"], "json"))}">JSON</a> '
             f'<a href="{html.escape(link(doc["run_id"], "csv"))}">CSV</a></td>'
             "</tr>")
+    count = f'<p class="muted" id="count">{len(runs)} of {total} runs</p>' if total else ""
     table = ("<table id=\"runs\"><thead><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead><tbody>"
              + "".join(rows) + "</tbody></table>")
-    return page("Federated analysis results", table)
+    return page("Federated analysis results", nav + form + count + table)
 
 
 def run_status(doc: Mapping[str, Any]) -> str:
@@ -244,9 +291,15 @@ def result_page(doc: Mapping[str, Any], *, link: Any, back: str, airflow_run: st
         f'<a href="{html.escape(link(doc["run_id"], "json"))}">Download JSON</a> | '
         f'<a href="{html.escape(link(doc["run_id"], "csv"))}">Download CSV</a></p>',
         failure_html(doc),
-        table_html(provenance_table(doc)),
+        warnings_html(doc),
         standing_html(doc),
     ]
+    ratios = ratio_table(str(doc.get("algorithm") or ""), result)
+    if ratios is not None and ratios.rows:
+        plot = ratio_plot(ratios)
+        parts.append('<div id="ratios">' + table_html(ratios)
+                     + (f'<div class="plots"><figure>{plot}</figure></div>' if plot else "") + "</div>")
+    parts.append(table_html(provenance_table(doc)))
     status = run_status(doc)
     nodes = nodes_table(doc)
     if nodes.rows or status == "succeeded":  # a failed run's nodes are in its failure section
@@ -257,12 +310,24 @@ def result_page(doc: Mapping[str, Any], *, link: Any, back: str, airflow_run: st
     if result or status == "succeeded":
         parts.append('<h2>Result</h2><div id="result">' + "".join(table_html(t) for t in result_tables(result))
                      + "</div>")
-    title = f"{doc.get('algorithm', 'result')}: {doc.get('run_id', '')}"
-    return page(title if status == "succeeded" else f"{title} ({status})", "".join(parts))
+    title = result_title(doc)
+    title = title if status == "succeeded" else f"{title} ({status})"
+    return page(f"{title}: {doc.get('run_id', '')}", "".join(parts), heading=title)
+
+
+def warnings_html(doc: Mapping[str, Any]) -> str:
+    """The result's warnings (:func:`.readable.result_warnings`) above everything else; noise first."""
+    warnings = result_warnings(doc)
+    if not warnings:
+        return ""
+    return '<ul class="warnings" id="warnings">' + "".join(
+        f'<li class="{html.escape(w.kind)}">{html.escape(w.text)}</li>' for w in warnings) + "</ul>"
 
 
 def result_csv(doc: Mapping[str, Any]) -> str:
-    return tables_csv([provenance_table(doc), nodes_table(doc), *result_tables(doc.get("result") or {})])
+    ratios = ratio_table(str(doc.get("algorithm") or ""), doc.get("result") or {})
+    return tables_csv([provenance_table(doc), nodes_table(doc), *([ratios] if ratios is not None else []),
+                       *result_tables(doc.get("result") or {})])
 
 
 # -- node data quality --------------------------------------------------------------

@@ -110,11 +110,21 @@ def correlation_heatmap(result: Mapping[str, Any]) -> str | None:
     return _svg(fig)
 
 
+#: Keys of a curve's times (``timeline``: mipflow's Kaplan-Meier; ``time``: other tools).
+TIME_KEYS = ("timeline", "time")
+#: Keys of a curve's confidence band: (lower, upper).
+BAND_KEYS = (("lower_ci", "upper_ci"), ("ci_lower", "ci_upper"))
+
+
+def _times(curve: Mapping[str, Any]) -> Any:
+    return next((curve[k] for k in TIME_KEYS if isinstance(curve.get(k), list)), None)
+
+
 def _survival_curves(value: Any, label: str = "") -> list[tuple[str, Mapping[str, Any]]]:
-    """Every mapping holding equal-length ``time`` and ``survival`` lists, with a label."""
+    """Every mapping holding equal-length ``timeline`` (or ``time``) and ``survival`` lists, with a label."""
     found: list[tuple[str, Mapping[str, Any]]] = []
     if isinstance(value, Mapping):
-        t, s = value.get("time"), value.get("survival")
+        t, s = _times(value), value.get("survival")
         if isinstance(t, list) and isinstance(s, list) and len(t) == len(s) and t:
             name = value.get("group", value.get("group_level", value.get("name", label)))
             found.append((str(name) if name not in (None, "") else "all", value))
@@ -128,26 +138,50 @@ def _survival_curves(value: Any, label: str = "") -> list[tuple[str, Mapping[str
 
 
 def survival_plot(result: Mapping[str, Any]) -> str | None:
-    """Kaplan-Meier step curves (with ``ci_lower``/``ci_upper`` bands where present)."""
+    """Kaplan-Meier step curves, from 1 at time 0 (with ``lower_ci``/``upper_ci`` bands where present)."""
     curves = _survival_curves(result)
     if not curves:
         return None
     fig, ax = _figure(6.4, 3.8)
     for name, curve in curves[:MAX_PLOTS]:
-        time, surv = _finite(curve["time"]), _finite(curve["survival"])
-        if time[0] != 0:
+        times = _times(curve)
+        time, surv = _finite(times), _finite(curve["survival"])
+        if time[0] > 0:
             time, surv = [0.0, *time], [1.0, *surv]
         line, = ax.step(time, surv, where="post", label=name)
-        lo, hi = curve.get("ci_lower"), curve.get("ci_upper")
-        if isinstance(lo, list) and isinstance(hi, list) and len(lo) == len(hi) == len(curve["time"]):
-            ax.fill_between(_finite(curve["time"]), _finite(lo), _finite(hi), step="post",
-                            alpha=0.15, color=line.get_color())
+        for lo_key, hi_key in BAND_KEYS:
+            lo, hi = curve.get(lo_key), curve.get(hi_key)
+            if isinstance(lo, list) and isinstance(hi, list) and len(lo) == len(hi) == len(times):
+                ax.fill_between(_finite(times), _finite(lo), _finite(hi), step="post",
+                                alpha=0.15, color=line.get_color())
+                break
     ax.set_ylim(0, 1.02)
-    ax.set_xlabel("time")
+    ax.set_xlabel(str(result.get("time_variable") or "time"))
     ax.set_ylabel("survival probability")
     ax.set_title("Kaplan-Meier estimate")
     if len(curves) > 1:
         ax.legend(fontsize=8)
+    return _svg(fig)
+
+
+def ratio_plot(table: Any) -> str | None:
+    """Odds or hazard ratios with their confidence intervals on a log scale, a line at 1
+    (``table``: :func:`mipflow.central.report.readable.ratio_table`)."""
+    if table is None or not table.rows:
+        return None
+    rows = [r for r in table.rows if all(is_number(v) and math.isfinite(v) and v > 0 for v in r[1:4])]
+    if not rows:
+        return None
+    fig, ax = _figure(6.4, 0.45 * len(rows) + 1.2)
+    ys = list(range(len(rows)))[::-1]
+    ratio = [r[1] for r in rows]
+    ax.errorbar(ratio, ys, xerr=[[v - r[2] for v, r in zip(ratio, rows)], [r[3] - v for v, r in zip(ratio, rows)]],
+                fmt="s", color="#7a3d99", ecolor="#b99acb", capsize=3)
+    ax.axvline(1, color="#888", linewidth=0.8, linestyle="--")
+    ax.set_xscale("log")
+    ax.set_yticks(ys, [str(r[0]) for r in rows])
+    ax.set_xlabel(f"{table.columns[1]} (confidence interval, log scale)")
+    ax.set_title(table.title)
     return _svg(fig)
 
 

@@ -55,7 +55,8 @@ def describe_data(context: StepContext, client: str, researcher: str | None,
                         for d in context.store.datasets(model.key) if every or d["dataset"] in names]
         in_study = study if study is not None and study.protocol.data_model == model.key else None
         out["data_models"].append({"data_model": model.key, "label": model.label,
-                                   "variables": [v.to_dict() for v in model], "datasets": datasets,
+                                   "variables": [{**v.to_dict(), **({"group": v.group} if v.group else {})}
+                                                 for v in model], "datasets": datasets,
                                    # what standing analyses follow (ADR 0043): changes with the answers
                                    "data_version": data_version(context.store, model.key, key, in_study)})
     context.audit.append(**record, decision="allowed")

@@ -135,7 +135,7 @@ def test_a_refused_run_is_listed_and_its_page_says_why_and_what_to_change():
         "manual__refused"]
     assert "<td class=\"\">succeeded" in rows["manual__ok"]
     page = result_page(doc, link=lambda r, k: "run?id=" + r, back="./")
-    assert "<title>linear_regression: manual__refused (refused)</title>" in page
+    assert "<title>linear regression (refused): manual__refused</title>" in page
     failure = page.split('<div id="failure">', 1)[1].split("</div>", 1)[0]
     assert "Refused: no result" in failure and "fewer than min_nodes (2)" in failure
     assert "<td>node_a</td><td>access</td>" in failure and "not approved for &lt;a&gt;" in failure
