@@ -29,6 +29,17 @@ def standard_home(root, name: str, db_url: str = "", **kwargs):
     return home
 
 
+def published(home, data_model: str, dataset: str, count: int):
+    """What a node's metadata says of ``count`` rows of ``dataset`` (approximate; ADR 0038's review):
+    the test holds the node home, so it recomputes the keyed value the node publishes."""
+    from mipflow.node.controls.metadata_counts import count_key, published_count
+    from mipflow.node.home import NodeHome
+
+    home = home if isinstance(home, NodeHome) else NodeHome(home)
+    return published_count(count, key=count_key(home.key()), data_model=data_model, dataset=dataset,
+                           min_row_count=home.settings.min_row_count)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -17,7 +17,7 @@ from mipflow.demo.formats import HOSPITALS
 from mipflow.demo.synth import generate_export, write_export
 from tests.conftest import REPO_ROOT
 from tests.nodes import DAG_TEST_USER, PROJECT, RESEARCHER, grant_all, pin_each_other, running_nodes
-from tests.nodes import standard_home
+from tests.nodes import published, standard_home
 
 pytestmark = [pytest.mark.airflow, pytest.mark.xdist_group("airflow")]
 #: A researcher whom every node approves for its own dataset only.
@@ -171,7 +171,8 @@ def test_federation_metadata_dag_syncs_what_nodes_hold(dags, federation):
     for home in federation["homes"]:
         (entry,) = synced[home.name]["stroke:0.1"]
         assert entry["dataset"] == home.name
-        assert entry["row_count"] == open_store(home).count_rows(open_store(home).data_model("stroke:0.1"))
+        held = open_store(home).count_rows(open_store(home).data_model("stroke:0.1"))
+        assert entry["row_count"] == published(home, "stroke:0.1", home.name, held)
 
 
 def test_result_provenance_lists_datasets_and_software(federation):
@@ -190,7 +191,7 @@ def test_result_provenance_lists_datasets_and_software(federation):
                       min_nodes=3).to_dict()
     for home in federation["homes"]:
         held = open_store(home).count_rows(open_store(home).data_model("stroke:0.1"))
-        assert outcome["datasets"][home.name] == {home.name: held}
+        assert outcome["datasets"][home.name] == {home.name: published(home, "stroke:0.1", home.name, held)}
     assert outcome["software"].startswith("mipflow ") and outcome["request"]["parameters"] == {"mu": 5}
 
 

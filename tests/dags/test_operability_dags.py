@@ -12,7 +12,7 @@ from datetime import timedelta
 import pytest
 
 from tests.conftest import REPO_ROOT
-from tests.nodes import standard_home
+from tests.nodes import published, standard_home
 
 pytestmark = [pytest.mark.airflow, pytest.mark.xdist_group("airflow")]
 STROKE = REPO_ROOT / "include" / "schemas" / "stroke_v_0_1" / "CDEsMetadata.json"
@@ -174,7 +174,8 @@ def test_node_api_mounted_in_airflow_takes_signed_calls_and_refuses_unsigned(air
     assert out["unsigned_metadata"] == 401
     assert out["forged"] == [401, "bad signature"]
     held = open_store(home).count_rows(open_store(home).data_model("stroke:0.1"))
-    assert out["metadata"] == [{"dataset": "hospital_a", "row_count": held}]
+    assert out["metadata"] == [{"dataset": "hospital_a", "row_count_approximate": True,
+                                "row_count": published(home, "stroke:0.1", "hospital_a", held)}]
     assert out["step"]["node"] == "hospital_a" and 0 < out["step"]["rows"] <= held
     from mipflow.node.controls.audit import read_records
 

@@ -3,8 +3,9 @@
 The answers of the node API's read-only endpoints, as plain functions over a
 :class:`~mipflow.node.api.context.StepContext` (the transport,
 :mod:`mipflow.node.api.app`, authenticates first).  Each writes one audit record,
-allowed or refused.  No answer holds a row; dataset row counts are released only at
-or above ``min_row_count``.
+allowed or refused.  No answer holds a row; dataset row counts are approximate (keyed noise,
+rounded to tens, :mod:`mipflow.node.controls.metadata_counts`) and released only at or above
+``min_row_count``.
 """
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from typing import Any
 
 from mipflow.node.api.context import StepContext
 from mipflow.node.controls.access import AccessDenied, check_identity
-from mipflow.node.controls.disclosure import DisclosureControls
 
 
 def describe_data(context: StepContext, client: str, researcher: str | None,
@@ -42,7 +42,10 @@ def describe_data(context: StepContext, client: str, researcher: str | None,
         raise
     from mipflow.node.versions import data_version, version_key
 
-    controls = DisclosureControls(context.settings())
+    from mipflow.node.controls.metadata_counts import count_key, published_count
+
+    min_rows = context.settings().min_row_count
+    counts_key = count_key(context.home.key())
     key = version_key(context.home.key())
     study = context.studies.for_project(project) if on_behalf and context.studies is not None else None
     out: dict[str, Any] = {"node": context.name, "data_models": [],
@@ -51,7 +54,9 @@ def describe_data(context: StepContext, client: str, researcher: str | None,
         datasets = []
         if on_behalf:  # only what this researcher is approved for; nothing without a researcher
             every, names = context.access.visible_datasets(researcher, project, model.key)
-            datasets = [{"dataset": d["dataset"], "row_count": controls.released_count(d["row_count"])}
+            datasets = [{"dataset": d["dataset"], "row_count_approximate": True,
+                         "row_count": published_count(d["row_count"], key=counts_key, data_model=model.key,
+                                                      dataset=d["dataset"], min_row_count=min_rows)}
                         for d in context.store.datasets(model.key) if every or d["dataset"] in names]
         in_study = study if study is not None and study.protocol.data_model == model.key else None
         out["data_models"].append({"data_model": model.key, "label": model.label,

@@ -12,7 +12,7 @@ from mipflow.node.controls.audit import verify_chain
 from mipflow.protocol.signing import issue_client, signed_headers
 from mipflow.central.client import NodeClient, NodeEndpoint, NodeRefused
 from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, running_nodes
-from tests.nodes import standard_home
+from tests.nodes import published, standard_home
 
 pytestmark = pytest.mark.xdist_group("nodeapi")
 
@@ -65,9 +65,13 @@ def test_metadata_counts_only_above_threshold(node):
     meta = client(node).metadata(RESEARCHER, PROJECT)
     (model,) = meta["data_models"]
     counts = {d["dataset"]: d["row_count"] for d in model["datasets"]}
+    assert all(d["row_count_approximate"] is True for d in model["datasets"])
     expected = node["data"].groupby("dataset").size()
-    assert counts["edsd0"] == expected["edsd0"] >= 10
-    assert counts["ppmi0"] is None  # 5 rows < min_row_count 10: not released
+    # approximate: keyed noise on the count, rounded to tens (the node's key is the test's to use)
+    assert counts["edsd0"] == published(node["home"], model["data_model"], "edsd0", int(expected["edsd0"]))
+    assert counts["edsd0"] % 10 == 0 and abs(counts["edsd0"] - expected["edsd0"]) <= 30
+    # 5 rows: not released when the noisy, rounded count is below min_row_count 10, else "about 10"
+    assert counts["ppmi0"] == published(node["home"], model["data_model"], "ppmi0", 5) in (None, 10)
     assert any(v["code"] == "lefthippocampus" for v in model["variables"])
 
 
