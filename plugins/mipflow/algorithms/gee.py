@@ -332,10 +332,10 @@ def _memo(kind: str, key: tuple, data: Any, make: Any) -> Any:
     return value
 
 
-def _clusters(data: pd.DataFrame, time: str | None = None) -> _Clusters:
+def _clusters(data: pd.DataFrame, time: str | None = None, *, algorithm: str = "gee") -> _Clusters:
     missing = [c for c in (*PATIENT, VISIT) if c not in data.columns]
     if missing:
-        raise RequestError("gee needs the rows' patient identity, which this selection does not carry")
+        raise RequestError(f"{algorithm} needs the rows' patient identity, which this selection does not carry")
 
     def make() -> _Clusters:
         import pandas as pd
