@@ -70,6 +70,9 @@ CONFIDENCE = 0.95
 ARMIJO = 1e-4
 #: The line search gives up below this step (the last accepted point is then evaluated once more).
 MIN_STEP = 2.0 ** -40
+#: ``boundary`` in the result: the smallest eigenvalue of ``cov_re / scale`` at most this (relative to the
+#: largest, or to 1): a variance (or a correlation of -1 or 1) on the edge of the parameter space.
+BOUNDARY = 1e-8
 #: A trial point no worse than this relative rounding of the log-likelihood passes the line search.
 ROUNDING = 1e-13
 
@@ -250,6 +253,8 @@ class LinearMixedModel(SpecAlgorithm):
         reml = params["method"] == "reml"
         k = p + q * (q + 1) // 2 + 1  # statsmodels' df of the information criteria
         llf = fit["llf"]
+        eigenvalues = np.linalg.eigvalsh(fit["psi"])
+        boundary = bool(eigenvalues[0] <= BOUNDARY * max(float(eigenvalues[-1]), 1.0))
         return json_ready({
             "dependent_var": request.y[0],
             "indep_vars": columns,
@@ -277,6 +282,7 @@ class LinearMixedModel(SpecAlgorithm):
             "iterations": iterations,
             "newton_decrement": decrement,
             "converged": converged,
+            "boundary": boundary,
             "note": "the optimum of statsmodels' MixedLM (0.15) profiled likelihood, by Newton's method on "
                     "the Cholesky factor of cov_re / scale; standard errors from statsmodels' Hessian "
                     "(cov_params = inv(-hessian)); z tests",
