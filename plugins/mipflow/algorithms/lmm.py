@@ -149,14 +149,14 @@ class LinearMixedModel(SpecAlgorithm):
 
     def cluster_count(self, data: pd.DataFrame) -> int | None:
         """Patients among the rows (``min_row_count`` and ``nfilter_glm`` count them too)."""
-        return _clusters(data, algorithm=self.name).n_clusters
+        return _clusters(data, algorithm=self.name, ordered=False).n_clusters
 
     # -- local --------------------------------------------------------------------------
 
     def local_step(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
                    model: DataModel, state: dict | None) -> dict:
         params = self.params(request, model)
-        clusters = _clusters(data, algorithm=self.name)
+        clusters = _clusters(data, algorithm=self.name, ordered=False)
         out: dict[str, Any] = {"n": int(len(data)), "n_clusters": clusters.n_clusters}
         if state is None:
             counts = level_counts(data, request.x, model)
@@ -454,14 +454,20 @@ def _round_sums(psi: np.ndarray, gram: np.ndarray, cross: np.ndarray, total: np.
     sign, logdets = np.linalg.slogdet(shifted)
     if np.any(sign <= 0):
         raise RequestError("the random effects' covariance is not positive semi-definite")
-    mvm = total - np.einsum("iqa,iqr,irb->ab", cross, solved @ psi, cross)
+    def summed(left: np.ndarray, right: np.ndarray) -> np.ndarray:  # sum_i left_i' right_i
+        return np.tensordot(left, right, axes=([0, 1], [0, 1]))
+
+    mvm = total - summed(cross, (solved @ psi) @ cross)
     reduced = np.swapaxes(solved, 1, 2) @ cross  # N_i (m, q, p+1)
     within = gram @ solved  # S_i (m, q, q), symmetric
-    w1 = np.einsum("iqa,jqr,irb->jab", reduced, basis, reduced)
-    right = np.einsum("iqr,krs,isb->kiqb", within, basis, reduced)  # S E_k N, (k, m, q, p+1)
-    w2 = np.einsum("iqa,jqr,kirb->jkab", reduced, basis, right)
+    k = len(basis)
+    spread = [basis[j] @ reduced for j in range(k)]  # E_j N_i
+    w1 = np.stack([summed(reduced, spread[j]) for j in range(k)])
+    w2 = np.stack([np.stack([summed(spread[j], within @ spread[l]) for l in range(k)]) for j in range(k)])
     w2 = w2 + np.swapaxes(w2, 2, 3)
-    trace1 = np.einsum("jqr,irq->j", basis, within)
-    trace2 = np.einsum("jab,ibc,kcd,ida->jk", basis, within, basis, within)
+    trace1 = np.array([float(np.sum(basis[j] * within.sum(axis=0).T)) for j in range(k)])
+    scaled = [basis[j] @ within for j in range(k)]  # E_j S_i
+    trace2 = np.array([[float(np.sum(scaled[j] * np.swapaxes(scaled[l], 1, 2))) for l in range(k)]
+                       for j in range(k)])
     return {"mvm": mvm.tolist(), "w1": w1.tolist(), "w2": w2.tolist(), "trace1": trace1.tolist(),
             "trace2": trace2.tolist(), "logdet": float(np.sum(logdets))}

@@ -261,3 +261,20 @@ def test_too_few_patients_are_refused(patients, settings, control):
     message = str(info.value).replace(f"({threshold})", "")
     for number in {ALGO.cluster_count(prepared), len(prepared), ALGO.parameter_count(req, MODEL_LONG)}:
         assert str(number) not in message
+
+
+def test_a_postgresql_nodes_patient_digest_serves_as_the_patient():
+    """A PostgreSQL node's binary read carries ``_pid_md5`` (bytes) in place of ``_pid`` and ``_visit``:
+    the mixed model (whose visits need no order) fits the same; GEE still needs the visits' keys."""
+    import hashlib
+
+    req = requested(True, True, ["x1", "time"])
+    digest = DATA["_pid"].map(lambda pid: hashlib.md5(pid.encode()).hexdigest().encode())
+    postgres_like = DATA.drop(columns=["_pid", "_visit"]).assign(_pid_md5=digest)
+    ours = run_in_process(ALGO, split(DATA, 2, 3), req, MODEL_LONG)
+    digested = run_in_process(ALGO, [postgres_like[DATA["dataset"] == d].reset_index(drop=True)
+                                     for d in ("d0", "d1", "d2")], req, MODEL_LONG)
+    assert digested["n_groups"] == ours["n_groups"] == DATA.dropna(subset=["x1"])["_pid"].nunique()
+    assert_rel_close(digested["coefficients"], ours["coefficients"], rel=1e-9, what="coefficients")
+    with pytest.raises(RequestError, match="patient identity"):
+        run_in_process(get_algorithm("gee"), [postgres_like], request(x=["x1"], y=["y"]), MODEL_LONG)
