@@ -73,23 +73,28 @@ def print_machine() -> None:
 
 @contextmanager
 def loaded_federation(tag: str, model: Any, rows_for: Callable[[int], Any], *, rows_per_node: int,
-                      sqlite: bool = False, timeout: float = 600.0) -> Iterator[tuple[list, list, Any]]:
+                      sqlite: bool = False, timeout: float = 600.0, pid_column: str = "subjectcode",
+                      visit_column: str | None = None, pinned: bool = False) -> Iterator[tuple[list, list, Any]]:
     """Three node homes (:func:`site_homes`) loaded with ``rows_for(site)`` and access granted to the
     test identity, served on loopback; yields the homes, a client per node (slow steps allowed
-    ``timeout`` seconds) and a :class:`bench.rounds.RoundLog` attached to every client."""
+    ``timeout`` seconds) and a :class:`bench.rounds.RoundLog` attached to every client.
+    ``pid_column`` / ``visit_column`` name the rows' patient and visit keys (:func:`tests.nodes.load_frame`);
+    ``pinned``: each node pins the others' keys (verified rounds of an iterative analysis, ADR 0029)."""
     import time
 
     from bench.rounds import RoundLog
     from mipflow.protocol.signing import issue_client
     from mipflow.central.client import NodeClient, NodeEndpoint
-    from tests.nodes import grant_all, load_frame, running_nodes
+    from tests.nodes import grant_all, load_frame, pin_each_other, running_nodes
 
     with site_homes(tag, sqlite=sqlite) as homes:
         for site, home in enumerate(homes):
             t = time.perf_counter()
-            load_frame(home.root, model, rows_for(site))
+            load_frame(home.root, model, rows_for(site), pid_column=pid_column, visit_column=visit_column)
             print(f"site{site}: loaded {rows_per_node} rows in {time.perf_counter() - t:.1f}s")
             grant_all(home.root)
+        if pinned:
+            pin_each_other([h.root for h in homes])
         with running_nodes([h.root for h in homes]) as urls:
             clients = [NodeClient(NodeEndpoint(h.name, u, "central", issue_client(h.root, "central").secret.hex()),
                                   timeout=timeout)

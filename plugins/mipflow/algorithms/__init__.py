@@ -20,6 +20,7 @@ from mipflow.algorithms.kaplan_meier import KaplanMeier
 from mipflow.algorithms.kmeans import KMeans
 from mipflow.algorithms.linear_regression import LinearRegression
 from mipflow.algorithms.linear_regression_cv import LinearRegressionCV
+from mipflow.algorithms.lmm import LinearMixedModel
 from mipflow.algorithms.local import prepare_local_data, run_in_process
 from mipflow.algorithms.logistic_regression import LogisticRegression
 from mipflow.algorithms.logistic_regression_cv import LogisticRegressionCV
@@ -58,6 +59,7 @@ ALGORITHMS: dict[str, Algorithm] = {
         PCAWithTransformation(),
         CMHTest(),
         Gee(),
+        LinearMixedModel(),
     )
 }
 

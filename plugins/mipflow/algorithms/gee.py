@@ -65,6 +65,9 @@ COV_STRUCTS = ("independence", "exchangeable", "ar1")
 #: plus the dataset): kept at the node, never released.
 PATIENT = ("dataset", "_pid")
 VISIT = "_visit"
+#: The patient's digest a PostgreSQL node's binary read gives in place of ``_pid``
+#: (:data:`mipflow.node.query.pgcopy.PID_MD5`): enough for clusters whose visits need no order.
+PATIENT_DIGEST = "_pid_md5"
 CONFIDENCE = 0.95
 #: statsmodels' ``GLM.fit()`` defaults (IRLS): tolerance on the deviance, iterations.
 GLM_TOL = 1e-8
@@ -332,17 +335,23 @@ def _memo(kind: str, key: tuple, data: Any, make: Any) -> Any:
     return value
 
 
-def _clusters(data: pd.DataFrame, time: str | None = None) -> _Clusters:
-    missing = [c for c in (*PATIENT, VISIT) if c not in data.columns]
+def _clusters(data: pd.DataFrame, time: str | None = None, *, algorithm: str = "gee",
+              ordered: bool = True) -> _Clusters:
+    """The rows' patients; with ``ordered`` (GEE) each patient's visits in order (time, then visit key).
+
+    Without ``ordered`` the patient may also be given by :data:`PATIENT_DIGEST` (the MD5 of ``_pid``,
+    what a PostgreSQL node's binary read carries instead of ``_pid`` and ``_visit``)."""
+    pid = "_pid" if "_pid" in data.columns or ordered else PATIENT_DIGEST
+    missing = [c for c in ("dataset", pid, *((VISIT,) if ordered else ())) if c not in data.columns]
     if missing:
-        raise RequestError("gee needs the rows' patient identity, which this selection does not carry")
+        raise RequestError(f"{algorithm} needs the rows' patient identity, which this selection does not carry")
 
     def make() -> _Clusters:
         import pandas as pd
 
         patient = pd.factorize(data["dataset"].astype(str).to_numpy() + "\x1f"
-                               + data["_pid"].astype(str).to_numpy(), sort=True)[0]
-        visit = data[VISIT].astype(str).to_numpy()
+                               + data[pid].astype(str).to_numpy(), sort=True)[0]
+        visit = data[VISIT].astype(str).to_numpy() if ordered else np.zeros(len(data))
         keys = [visit]
         if time is not None:
             keys.append(numeric_values(data[time]))
@@ -356,7 +365,7 @@ def _clusters(data: pd.DataFrame, time: str | None = None) -> _Clusters:
         sizes = np.diff(np.r_[starts, len(order)])
         return _Clusters(order, starts, sizes)
 
-    return _memo("clusters", (id(data), len(data), time), data, make)
+    return _memo("clusters", (id(data), len(data), time, ordered), data, make)
 
 
 def _response(data: pd.DataFrame, request: AnalysisRequest, model: DataModel, params: dict,

@@ -62,6 +62,7 @@ VALID = {
         "log": ["age"], "exp": ["x1"], "center": ["y"], "standardize": ["x2"]}),
     "cmh_test": request(x=("sex", "stage"), y=("outcome",), outcome_level="yes"),
     "gee": request(x=("grp", "x1"), y=("y",), family="gaussian", cov_struct="exchangeable"),
+    "linear_mixed_model": request(x=("grp", "x1"), y=("y",)),
 }
 
 

@@ -34,7 +34,7 @@ DP_NOTES = {"descriptive_stats": "", "multiple_histograms": "", "linear_regressi
             "contingency_table": "the table of noisy cell counts (nothing suppressed)"}
 #: disclosure.MODEL_ALGORITHMS
 MODELS = {"linear_regression", "logistic_regression", "cox_regression", "linear_regression_cv",
-          "logistic_regression_cv", "gee"}
+          "logistic_regression_cv", "gee", "linear_mixed_model"}
 #: the algorithms with a fold_sizes hook
 CROSS_VALIDATED = {"linear_regression_cv", "logistic_regression_cv", "naive_bayes_gaussian_cv",
                    "naive_bayes_categorical_cv"}
@@ -114,7 +114,9 @@ def test_parameter_count_is_the_design_columns(name) -> None:
     from mipflow.algorithms.design import design_columns
 
     req = VALID[name]
-    assert get_algorithm(name).parameter_count(req, MODEL) == len(design_columns(req.x, MODEL))
+    # a mixed model also counts its random intercept's variance and the residual variance
+    extra = {"linear_mixed_model": 2}.get(name, 0)
+    assert get_algorithm(name).parameter_count(req, MODEL) == len(design_columns(req.x, MODEL)) + extra
 
 
 def test_kmeans_partition_is_the_nearest_centre_assignment_of_a_lloyd_round() -> None:
