@@ -166,12 +166,11 @@ def test_hole_c_linear_regression_results_alone_give_the_young_patients_value(no
 
 
 def test_hole_d_logistic_regression_on_the_rare_outcome_is_answered_in_both_cohorts(node) -> None:
-    """Class: a rare outcome class across subgroups.  Logistic regression of death_90d on age and
-    NIHSS is answered on the population and on `elderly` (each class >= nfilter_tab): the
-    difference of the two cohorts' class counts (reported n_obs, the intercept-only fits' logits) is
-    one patient, and the model's sufficient statistics are sums over that class.  Shown here through
-    the intercept-only model: logit(p) of each cohort gives its count of deaths exactly, and the
-    difference is the cell of one the per-result check never saw."""
+    """Class: a rare outcome class across subgroups.  Logistic regression of death_90d on sex is
+    answered on the population and on `elderly` (each class and covariate-by-class cell >=
+    nfilter_tab); its intercept is logit P(death | woman), which times the women's count (a level
+    count, Hole A) is the deaths among women in each cohort: the difference is one, the cell of one
+    (young, woman, dead) that no single result's check saw."""
     counts = []
     for filters in (None, ELDERLY):
         fit = result(node, "logistic_regression", request(("death_90d",), ("sex",), filters, positive_class="yes"))
@@ -183,6 +182,24 @@ def test_hole_d_logistic_regression_on_the_rare_outcome_is_answered_in_both_coho
     hist_eld = level_counts(node, "sex", ELDERLY)[None]
     deaths_f = [p * hist["F"] for (n, p), hist in zip(counts, (hist_pop, hist_eld))]
     assert round(deaths_f[0] - deaths_f[1], 6) == 1  # the one young death is a woman
+
+
+def test_hole_f_kaplan_meier_groups_across_subgroups_give_the_young_womans_death(node) -> None:
+    """Class: algorithm-internal groups (Kaplan-Meier by sex) across subgroups, with the honest-session
+    protocol's own algorithm.  Curves by sex on the population and on `elderly` are both answered
+    (every group and merged bin passes nfilter_tab); the events per group subtract to one death
+    among women under 65 and none among men, and the first merged bins (bin_width 1, a free
+    parameter) put her death at day 41 or before: sex, outcome and a follow-up bound of one patient."""
+    curves = []
+    for filters in (None, ELDERLY):
+        out = result(node, "kaplan_meier", request(("followup_days", "death_90d"), ("sex",), filters,
+                                                    event_level="yes", bin_width=1.0))
+        curves.append({c["group"]: c for c in out["curves"]})
+    assert {g: curves[0][g]["n_events"] - curves[1][g]["n_events"] for g in ("F", "M")} == {"F": 1, "M": 0}
+    pop = dict(zip(curves[0]["F"]["timeline"], np.cumsum(curves[0]["F"]["events"])))
+    eld = dict(zip(curves[1]["F"]["timeline"], np.cumsum(curves[1]["F"]["events"])))
+    by = min(t for t in set(pop) & set(eld) if pop[t] - eld[t] == 1)
+    assert TARGET["followup_days"] <= by <= 41.0
 
 
 # --- Hole E: a refresh with at least min_row_count new rows, differenced through a rare level -------------
