@@ -139,7 +139,9 @@ def test_compose_services_use_the_entrypoint_roles_the_celery_test_starts():
     for name, svc in services.items():
         assert svc["command"][0] in roles, name
     central = {svc["command"][0] for name, svc in services.items() if name.startswith("central-")}
-    assert central - {"migrate"} == set(ROLES)  # what tests/integration/test_celery_deployment.py runs
+    # what tests/integration/test_celery_deployment.py runs, and the triggerer of the standing analyses'
+    # asset watcher (ADR 0043; its trigger is driven directly in tests/mipflow/central/test_standing.py)
+    assert central - {"migrate", "triggerer"} == set(ROLES) and "triggerer" in central
     for name, svc in services.items():
         if svc["command"][0] not in (*ROLES, "migrate"):
             continue  # not an Airflow component
