@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import math
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -44,7 +43,7 @@ PROJECT = "stroke-outcomes-2027"
 NODE = "hospital_a"
 TARGET = {"age": 52.0, "sex": "F", "nihss_admission": 23.0, "followup_days": 41.0, "death_90d": "yes"}
 PROTOCOL = {"name": "stroke-outcomes", "data_model": STROKE.key, "datasets": [NODE],
-            "variables": ["age", "sex", "stroke_type", "nihss_admission", "followup_days", "death_90d"],
+            "variables": ["age", "sex", "nihss_admission", "followup_days", "death_90d"],
             "population": {"filter": None},
             "subgroups": [{"name": "elderly", "filter": ELDERLY}, {"name": "women", "filter": WOMEN},
                           {"name": "men", "filter": MEN}],
@@ -87,7 +86,7 @@ def approved_node(root: Path, frame: pd.DataFrame) -> Path:
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory) -> Iterator[Any]:
-    frame = registry(7, 160, "a", target=True)
+    frame = registry(7, 160, "a", target=False)  # no young death: the level cells pass
     root = approved_node(Path(tmp_path_factory.mktemp("redstudy")), frame)
     with served_clients({NODE: root}) as clients:
         yield clients[NODE]
@@ -110,126 +109,50 @@ def level_counts(client, variable: str, filters, by: str | None = None) -> dict:
     return {(h["grouping_enum"]): dict(zip(h["bins"], h["counts"])) for h in out["histogram"]}
 
 
-# --- Hole A: nominal level counts across the family's results --------------------------------------------
+# --- What the review found, and the rule that now stops it -----------------------------------------------
+# With the study approved on these rows, six attacks recovered the target's record from admitted
+# requests only: nominal level counts, ANOVA / t-test group means, two linear regressions of
+# y ~ death_90d, a logistic model's intercepts, Kaplan-Meier's events (each on the population and on
+# the elderly, subtracted: the young deaths, one patient), and an ANOVA before and after a refresh
+# of 40 rows (one new death).  Approval and refresh now decide the cells of cohort differences by
+# the nominal variables' levels (ADR 0028, level cells), so neither study can be approved.
 
-def test_hole_a_nominal_level_counts_of_population_minus_elderly_give_a_cell_of_one(node) -> None:
-    """Class: complements across results (nominal level counts, ADR 0035 "not yet").
-    Two admitted histograms of death_90d (population, elderly), each cell >= nfilter_tab, subtract to
-    the non-elderly deaths: exactly 1.  Grouped by sex (admitted too), the same subtraction says the
-    one young death is a woman: membership of the target in a cell of one."""
-    population, elderly = level_counts(node, "death_90d", None), level_counts(node, "death_90d", ELDERLY)
-    assert min(v for v in population[None].values()) >= 3 and min(v for v in elderly[None].values()) >= 3
-    assert population[None]["yes"] - elderly[None]["yes"] == 1  # one death below 65
-    population, elderly = level_counts(node, "death_90d", None, "sex"), level_counts(node, "death_90d", ELDERLY, "sex")
-    young_deaths = {sex: population[sex]["yes"] - elderly[sex]["yes"] for sex in ("F", "M")}
-    assert young_deaths == {"F": 1, "M": 0}
+def study_cli(*argv: str) -> tuple[int, str]:
+    """``mipflow study ...`` as the node admin runs it: exit code and error text."""
+    from mipflow.cli import main
 
-
-# --- Hole B: an algorithm's internal groups (a rare level) across the family's subgroups ------------------
-
-def test_hole_b_anova_group_means_across_subgroups_give_the_young_patients_values(node) -> None:
-    """Class: algorithm-internal groups across subgroups (ADR 0028: not in the atom rule).
-    One-way ANOVA of y by death_90d, on the population and on `elderly`: each group is large (the
-    step passes group_n), and the result carries each group's mean; with the level counts (Hole A)
-    the sum of y over deaths in each cohort follows, and population minus elderly is the one young
-    death: her exact NIHSS, age and follow-up."""
-    n_pop = level_counts(node, "death_90d", None)[None]["yes"]
-    n_eld = level_counts(node, "death_90d", ELDERLY)[None]["yes"]
-    assert n_pop - n_eld == 1
-    recovered = {}
-    for y in ("nihss_admission", "age", "followup_days"):
-        means = []
-        for filters in (None, ELDERLY):
-            tukey = result(node, "anova_oneway", request((y,), ("death_90d",), filters))["tuckey_test"][0]
-            means.append(tukey["meanB"] if tukey["groupB"] == "yes" else tukey["meanA"])
-        recovered[y] = means[0] * n_pop - means[1] * n_eld
-    assert {k: round(v, 6) for k, v in recovered.items()} == \
-        {k: TARGET[k] for k in ("nihss_admission", "age", "followup_days")}
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        code = main(["study", *argv])
+    return code, err.getvalue()
 
 
-def test_hole_c_linear_regression_results_alone_give_the_young_patients_value(node) -> None:
-    """Class: algorithm-internal groups (regression indicator) across subgroups, from the final
-    results only (the honest-session protocol's own algorithm).  y ~ death_90d on the population and
-    on `elderly`: the intercept is the mean of y among survivors, intercept + slope among deaths, and
-    the slope's standard error gives the deaths' count: se^2 / rse^2 = 1/n_yes + 1/n_no.  The sums
-    over deaths subtract to the one young death's value."""
-    sums = []
-    for filters in (None, ELDERLY):
-        fit = result(node, "linear_regression", request(("nihss_admission",), ("death_90d",), filters))
-        assert fit["indep_vars"] == ["Intercept", "death_90d[yes]"]
-        n, k = fit["n_obs"], (fit["std_err"][1] / fit["rse"]) ** 2  # 1/a + 1/(n-a) = k
-        a = (n - math.sqrt(n * n - 4 * n / k)) / 2  # the smaller root: deaths are the rarer level
-        n_yes = round(a) if fit["coefficients"][1] else None
-        assert abs(a - round(a)) < 1e-6
-        sums.append(n_yes * (fit["coefficients"][0] + fit["coefficients"][1]))
-    assert round(sums[0] - sums[1], 6) == TARGET["nihss_admission"]
+def test_the_approval_that_let_six_attacks_through_is_refused_naming_the_cells(tmp_path) -> None:
+    from mipflow.node.controls.study import StudyRegistry
+
+    root = tmp_path / "node"
+    NodeHome.init(root, NODE)
+    load_frame(root, STROKE, registry(7, 160, "a", target=True))
+    (root / "protocol.json").write_text(json.dumps(PROTOCOL))
+    code, err = study_cli("approve", str(root), str(root / "protocol.json"), "--project", PROJECT)
+    assert code == 2
+    assert "population minus subgroup 'elderly'" in err and "death_90d=yes: 1 row(s)" in err  # the young death
+    assert StudyRegistry(root).for_project(PROJECT) is None  # no exact answers: the node's default mode
 
 
-def test_hole_d_logistic_regression_on_the_rare_outcome_is_answered_in_both_cohorts(node) -> None:
-    """Class: a rare outcome class across subgroups.  Logistic regression of death_90d on sex is
-    answered on the population and on `elderly` (each class and covariate-by-class cell >=
-    nfilter_tab); its intercept is logit P(death | woman), which times the women's count (a level
-    count, Hole A) is the deaths among women in each cohort: the difference is one, the cell of one
-    (young, woman, dead) that no single result's check saw."""
-    counts = []
-    for filters in (None, ELDERLY):
-        fit = result(node, "logistic_regression", request(("death_90d",), ("sex",), filters, positive_class="yes"))
-        n = fit["n_obs"]
-        coef = dict(zip(fit["indep_vars"], fit["coefficients"]))
-        p_f = 1 / (1 + math.exp(-coef["Intercept"]))  # women are the reference level: P(death | F)
-        counts.append((n, p_f))
-    hist_pop = level_counts(node, "sex", None)[None]
-    hist_eld = level_counts(node, "sex", ELDERLY)[None]
-    deaths_f = [p * hist["F"] for (n, p), hist in zip(counts, (hist_pop, hist_eld))]
-    assert round(deaths_f[0] - deaths_f[1], 6) == 1  # the one young death is a woman
-
-
-def test_hole_f_kaplan_meier_groups_across_subgroups_give_the_young_womans_death(node) -> None:
-    """Class: algorithm-internal groups (Kaplan-Meier by sex) across subgroups, with the honest-session
-    protocol's own algorithm.  Curves by sex on the population and on `elderly` are both answered
-    (every group and merged bin passes nfilter_tab); the events per group subtract to one death
-    among women under 65 and none among men, and the first merged bins (bin_width 1, a free
-    parameter) put her death at day 41 or before: sex, outcome and a follow-up bound of one patient."""
-    curves = []
-    for filters in (None, ELDERLY):
-        out = result(node, "kaplan_meier", request(("followup_days", "death_90d"), ("sex",), filters,
-                                                    event_level="yes", bin_width=1.0))
-        curves.append({c["group"]: c for c in out["curves"]})
-    assert {g: curves[0][g]["n_events"] - curves[1][g]["n_events"] for g in ("F", "M")} == {"F": 1, "M": 0}
-    pop = dict(zip(curves[0]["F"]["timeline"], np.cumsum(curves[0]["F"]["events"])))
-    eld = dict(zip(curves[1]["F"]["timeline"], np.cumsum(curves[1]["F"]["events"])))
-    by = min(t for t in set(pop) & set(eld) if pop[t] - eld[t] == 1)
-    assert TARGET["followup_days"] <= by <= 41.0
-
-
-# --- Hole E: a refresh with at least min_row_count new rows, differenced through a rare level -------------
-
-def test_hole_e_a_refresh_of_forty_new_rows_gives_the_one_new_deaths_values(tmp_path) -> None:
-    """Class: snapshot differencing across a refresh.  The documented rule (rows added none or at
-    least min_row_count per cohort) holds for 40 new admissions; but one of them died, and the
-    deaths' group (an internal group) changes by one: the ANOVA of NIHSS by death before and after
-    the refresh gives her exact NIHSS."""
+def test_a_refresh_whose_new_rows_hold_one_death_is_refused(tmp_path) -> None:
     old = registry(8, 160, "b", target=False)
     root = approved_node(tmp_path / "node", old)
+    snapshot = json.loads(next((root / "studies").glob("*.json")).read_text())["snapshot"]
     new = registry(9, 40, "b-new", target=False)
     new["death_90d"] = "no"
-    newcomer = {"age": 71.0, "sex": "M", "nihss_admission": 17.0, "followup_days": 12.0, "death_90d": "yes"}
-    for key, value in newcomer.items():
+    for key, value in {"age": 71.0, "sex": "M", "nihss_admission": 17.0, "followup_days": 12.0,
+                       "death_90d": "yes"}.items():
         new.loc[5, key] = value
-    with served_clients({NODE: root}) as clients:
-        client = clients[NODE]
-
-        def deaths_sum() -> float:
-            n = level_counts(client, "death_90d", None)[None]["yes"]
-            tukey = result(client, "anova_oneway", request(("nihss_admission",), ("death_90d",)))["tuckey_test"][0]
-            return n, n * (tukey["meanB"] if tukey["groupB"] == "yes" else tukey["meanA"])
-
-        n0, before = deaths_sum()
-        load_frame(root, STROKE, new)  # the hospital's next export
-        refreshed = cli("refresh", str(root), "--project", PROJECT)
-        assert refreshed.get("status") in ("refreshed", "approved"), refreshed
-        n1, after = deaths_sum()
-    assert n1 - n0 == 1 and round(after - before, 6) == newcomer["nihss_admission"]
+    load_frame(root, STROKE, new)  # the hospital's next export: 40 rows, one of them a death
+    code, err = study_cli("refresh", str(root), "--project", PROJECT)
+    assert code == 2 and "death_90d=yes: 1 row(s) added" in err and f"stays on its snapshot of {snapshot}" in err
+    assert json.loads(next((root / "studies").glob("*.json")).read_text())["snapshot"] == snapshot
 
 
 # --- Defences that held ----------------------------------------------------------------------------------
@@ -241,25 +164,3 @@ def test_defence_the_young_deaths_cohort_itself_is_refused_by_the_request(node) 
                     where(rule("age", "greater_or_equal", 65), rule("sex", "equal", "F"))):
         with pytest.raises(FederationError, match=r"refused \(study\)"):
             result(node, "anova_oneway", request(("nihss_admission",), ("death_90d",), filters))
-
-
-def test_defence_numeric_histograms_by_death_do_not_give_the_targets_bin(node) -> None:
-    """ADR 0035's pattern holds for a numerical variable grouped by a nominal one: the histograms
-    of NIHSS by death_90d on population, elderly, women and men never release the deaths' bin that
-    holds the target in both the population and `elderly` (nor in women and the population minus men)."""
-    bins = np.linspace(*_range("nihss_admission"), 11)
-    j = int(np.clip(np.searchsorted(bins, TARGET["nihss_admission"], side="right") - 1, 0, 9))
-    got = {}
-    for name, filters in (("population", None), ("elderly", ELDERLY), ("women", WOMEN), ("men", MEN)):
-        out = result(node, "multiple_histograms", request(("nihss_admission",), ("death_90d",), filters, bins=10))
-        got[name] = {h["grouping_enum"]: h["counts"] for h in out["histogram"]}
-    pop, eld = got["population"]["yes"], got["elderly"]["yes"]
-    assert pop[j] is None or eld[j] is None
-    assert got["women"]["yes"][j] is None or eld[j] is None or got["men"]["yes"][j] is None
-
-
-def _range(code: str) -> tuple[float, float]:
-    for var in STROKE:
-        if var.code == code:
-            return float(var.min_value), float(var.max_value)
-    raise KeyError(code)
