@@ -146,7 +146,10 @@ class Gee(SpecAlgorithm):
 
     # -- privacy capabilities -----------------------------------------------------------
 
-    secure_aggregation = "unsupported"
+    #: Every round's aggregates are counts and sums over the node's patients whose layout depends on
+    #: the request and the data model only (p-vectors, p x p matrices, scalars; ``level_counts`` per
+    #: enumeration level): masked from 3 nodes (ADR 0014, 0036), the global step reads only their totals.
+    secure_aggregation = "automatic"
 
     def parameter_count(self, request: AnalysisRequest, model: DataModel) -> int | None:
         """One parameter per design column (checked against rows and patients)."""
