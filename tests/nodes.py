@@ -305,3 +305,78 @@ def csv_nodes(base: Path, prefix: str, folder: Path, datasets, model, **settings
         grant_all(roots[node])
     pin_each_other(roots)
     return roots, pd.concat(raws, ignore_index=True)
+
+
+@contextmanager
+def recording_clients(clients) -> Iterator[tuple[list, list]]:
+    """Clients on the same nodes as ``clients`` that record what the central site receives: yields
+    ``(recording, seen)``, ``seen`` filled with ``(node, round, reply)`` for every step reply."""
+    from mipflow.central.client import NodeClient
+
+    seen: list[tuple[str, int, dict]] = []
+
+    class Recording(NodeClient):
+        def step(self, algorithm, request, round_no, state, **kwargs):
+            reply = super().step(algorithm, request, round_no, state, **kwargs)
+            seen.append((self.name, round_no, reply))
+            return reply
+
+    recording = [Recording(c.endpoint, retries=0) for c in clients]
+    try:
+        yield recording, seen
+    finally:
+        for client in recording:
+            client.close()
+
+
+def assert_only_masked(seen, node_names, datasets) -> None:
+    """Every reply in ``seen`` (:func:`recording_clients`) carries ring elements and a layout, no
+    statistic: each element decodes (as a fixed-point number) to a magnitude above 1e20, where no
+    statistic of the tests' data lies; no two are equal; the layout names no dataset."""
+    from mipflow.secagg.codec import SCHEME, decode
+
+    assert seen and {node for node, _, _ in seen} == set(node_names)
+    for node, round_no, reply in seen:
+        assert set(reply["aggregates"]) == {"secure_aggregation"}, (node, round_no)
+        release = reply["aggregates"]["secure_aggregation"]
+        assert release["scheme"] == SCHEME and not set(datasets) & set(layout_strings(release["layout"]))
+        masked = [int(v, 16) for v in release["masked"]]
+        assert masked and all(abs(decode(m)) > 1e20 for m in masked), (node, round_no)
+        assert len(set(masked)) == len(masked)
+
+
+def layout_strings(doc) -> list[str]:
+    """Every key and string of a secure-aggregation layout."""
+    if isinstance(doc, dict):
+        return [*map(str, doc), *(t for v in doc.values() for t in layout_strings(v))]
+    if isinstance(doc, list):
+        return [t for v in doc for t in layout_strings(v)]
+    return [doc] if isinstance(doc, str) else []
+
+
+def assert_round_zero_is_the_plain_sum(seen_masked, seen_plain, algorithm: str, doc: dict, model) -> None:
+    """Round 0 (no state, so the same question in both runs) as the central site saw it masked and in
+    the clear: each node's masked vector is far from its own plain release element by element, and
+    the unmasked sum of the three is the sum of the plain releases (counts exactly)."""
+    from mipflow.protocol.request import AnalysisRequest
+    from mipflow.secagg.central_side import unmask_sum
+    from mipflow.secagg.codec import additive_form, decode
+    from mipflow.secagg.node_side import secure_form
+
+    masked = {node: reply["aggregates"] for node, r, reply in seen_masked if r == 0}
+    plain = {node: reply["aggregates"] for node, r, reply in seen_plain if r == 0}
+    assert set(masked) == set(plain) and len(masked) >= 3
+    request = AnalysisRequest.from_dict(doc)
+    vectors = {}
+    for node, release in masked.items():
+        layout, vector = additive_form(secure_form(algorithm, plain[node], request, model))
+        assert layout == release["secure_aggregation"]["layout"]
+        elements = [int(v, 16) for v in release["secure_aggregation"]["masked"]]
+        assert len(elements) == len(vector) and all(abs(decode(m) - v) > 1e20 for m, v in zip(elements, vector))
+        vectors[node] = vector
+    total = unmask_sum(list(masked.values()))
+    exact_layout, _ = additive_form(plain[next(iter(plain))])
+    from mipflow.secagg.codec import from_additive
+
+    expected = from_additive(exact_layout, [sum(column) for column in zip(*vectors.values())])
+    assert total == expected
