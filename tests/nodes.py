@@ -166,7 +166,11 @@ def load_frame(home, model, frame, pid_column: str = "subjectcode", visit_column
     for var in model:
         if var.code in frame.columns and var.code not in ("dataset",):
             col = frame[var.code]
-            columns[var.code] = pd.to_numeric(col, errors="coerce") if var.sql_type in ("int", "real") else col
+            if var.sql_type in ("int", "real"):
+                col = pd.to_numeric(col, errors="coerce")
+                if var.sql_type == "int" and col.dropna().mod(1).eq(0).all():  # PostgreSQL's bigint
+                    col = col.astype("Int64")
+            columns[var.code] = col
     df = pd.DataFrame(columns)
     with store.begin() as conn:
         store.upsert_rows(conn, model, df, batch_id="test", sha256="0" * 64)
@@ -284,19 +288,19 @@ class UnverifiedNode:
             self.context.close()
 
 
-def csv_nodes(base: Path, prefix: str, folder: Path, datasets, model, **settings):
+def csv_nodes(base: Path, prefix: str, folder: Path, datasets, model, *, db_urls=None, **settings):
     """One node home per dataset CSV of ``folder`` (a ../shared data model folder, read in place),
     each holding its CSV with patients (``subjectid``) and visits (``visitid``), every analysis
     granted, the secure-aggregation keys pinned by each other, query budgets off and ``settings``
-    applied.  Returns ``(roots, raw)``: node name -> home, and the CSVs' rows (text) concatenated."""
+    applied; ``db_urls`` (one per dataset): the nodes' feature stores (default: SQLite in the home).
+    Returns ``(roots, raw)``: node name -> home, and the CSVs' rows (text) concatenated."""
     import pandas as pd
-
 
     roots, raws = {}, []
     for i, dataset in enumerate(datasets):
         node = f"{prefix}{i}"
         roots[node] = Path(base) / node
-        home = standard_home(roots[node], node)
+        home = standard_home(roots[node], node, db_urls[i] if db_urls else "")
         for key, value in {"query_budget": 0, "query_budget_project": 0, **settings}.items():
             home.set_setting(key, value)
         frame = pd.read_csv(Path(folder) / f"{dataset}.csv", dtype=str)
@@ -305,6 +309,37 @@ def csv_nodes(base: Path, prefix: str, folder: Path, datasets, model, **settings
         grant_all(roots[node])
     pin_each_other(roots)
     return roots, pd.concat(raws, ignore_index=True)
+
+
+@contextmanager
+def postgresql_databases(count: int, *, icu_locale: str | None = None) -> Iterator[list[str]]:
+    """``count`` fresh PostgreSQL databases (URLs), dropped afterwards; as the ``pg_url`` fixture,
+    skips when no server is reachable except in CI (``CI=true``), where it fails.  ``icu_locale``:
+    the databases collate text by that ICU locale (``"und"``: ``"a" < "B"``), as a hospital's may."""
+    import uuid
+
+    import pytest
+    import sqlalchemy as sa
+
+    from tests.conftest import PG_ADMIN_URL, _pg_reachable
+
+    if not _pg_reachable():
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("CI=true but no PostgreSQL server at 127.0.0.1:5432")
+        pytest.skip("no PostgreSQL server at 127.0.0.1:5432")
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    names = [f"mipflow_test_{uuid.uuid4().hex[:12]}" for _ in range(count)]
+    try:
+        with admin.connect() as conn:
+            for name in names:
+                locale = f" TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE '{icu_locale}'" if icu_locale else ""
+                conn.exec_driver_sql(f'CREATE DATABASE "{name}"{locale}')
+        yield [PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name for name in names]
+    finally:
+        with admin.connect() as conn:
+            for name in names:
+                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
 
 
 @contextmanager

@@ -7,7 +7,8 @@ to 1e-8 relative.  With three nodes every round is masked (secure aggregation, a
 nodes, ADR 0014 / 0036): the central site receives only ring elements, and the masked fit equals the
 plain one and statsmodels to the same tolerance; the nodes keep their default disclosure thresholds (``min_row_count``,
 ``nfilter_glm``, ``nfilter_tab``).  A node with fewer patients than its ``min_row_count`` (but more
-rows) refuses and is left out.
+rows) refuses and is left out.  The same on three PostgreSQL nodes, whose fast binary read carries
+the patient's digest and each visit's rank by visit key in place of ``_pid`` and ``_visit``.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from mipflow.node.home import NodeHome
 from mipflow.protocol.datamodel import DataModel, load_data_model
 from tests.mipflow.algorithms.helpers import assert_rel_close, reported_summary
 from tests.nodes import (PROJECT, RESEARCHER, assert_only_masked, assert_round_zero_is_the_plain_sum, csv_nodes,
-                         recording_clients, served_clients)
+                         postgresql_databases, recording_clients, served_clients)
 
 pytestmark = pytest.mark.xdist_group("gee")
 
@@ -177,3 +178,56 @@ def test_masked_equals_plain_and_the_central_sees_only_masked_vectors(federation
                 assert_rel_close(secure.result["stderr"], np.sqrt(np.diag(fit.cov_robust)), rel=GEE_RTOL,
                                  floor=1e-12, what="stderr"))
     SUMMARY.record("gee (masked)", worst, f"{family}.{cov_struct}")
+
+
+@pytest.fixture(scope="module")
+def pg_federation(tmp_path_factory, shared_dir: Path) -> Iterator[Federation]:
+    """The same three nodes on PostgreSQL feature stores (databases created and dropped here)."""
+    folder = shared_dir / "data" / FOLDER
+    model = load_data_model(folder / "CDEsMetadata.json")
+    with postgresql_databases(len(DATASETS)) as urls:
+        roots, raw = csv_nodes(tmp_path_factory.mktemp("gee_pg"), "node_p", folder, DATASETS, model,
+                               db_urls=urls, differencing_check=0)
+        for var in NUMERICAL:
+            raw[var] = pd.to_numeric(raw[var])
+        with served_clients(roots) as served:
+            yield Federation(roots=roots, clients=list(served.values()), raw=raw, model=model)
+
+
+@pytest.mark.parametrize("y, x, family, cov_struct, extra", [
+    pytest.param("lefthippocampus", ["leftamygdala", "gender"], "gaussian", "ar1", {}, id="gaussian-ar1-visits"),
+    pytest.param("minimentalstate", ["lefthippocampus"], "poisson", "ar1", {}, id="poisson-ar1-visits"),
+    pytest.param(*CASES[1], id="gaussian-ar1-time"),
+    pytest.param(*CASES[0], id="gaussian-exchangeable"),
+])
+def test_on_postgresql_nodes_equal_to_statsmodels(pg_federation: Federation, y, x, family, cov_struct,
+                                                  extra) -> None:
+    """GEE on PostgreSQL nodes (it refused there before: "needs the rows' patient identity"): the
+    nodes' binary read carries ``_pid_md5`` and ``_visit_rank``, never ``_pid`` or ``_visit``, and the
+    masked fit equals statsmodels on the pooled rows ordered by visit key (AR(1) without a time
+    variable depends on that order) to the SQLite nodes' 1e-8."""
+    from mipflow.node.query.pgcopy import PID_MD5, VISIT_RANK
+    from mipflow.node.query.read import select_frame
+    from mipflow.node.store.feature_store import FeatureStore
+
+    store = FeatureStore(NodeHome(next(iter(pg_federation.roots.values()))).db_url)
+    try:
+        assert store.dialect == "postgresql"
+        read = select_frame(store, pg_federation.model, datasets=DATASETS, variables=[y, *x], row_identity=True,
+                            visit_order=True)
+    finally:
+        store.dispose()
+    assert {PID_MD5, VISIT_RANK} <= set(read.columns) and not {"_pid", "_visit"} & set(read.columns)
+    outcome = pg_federation.run(request(y, x, family=family, cov_struct=cov_struct, **extra))
+    assert not outcome.excluded and outcome.secure_aggregation["enabled"] is True
+    fit, names, n, m = pooled_fit(pg_federation.raw, y, x, family, cov_struct,
+                                  positive=extra.get("positive_class"), time=extra.get("time"))
+    ours = outcome.result
+    assert ours["indep_vars"] == names and ours["n_obs"] == n and ours["n_clusters"] == m
+    worst = 0.0
+    for key, expected in (("coefficients", fit.params), ("stderr", np.sqrt(np.diag(fit.cov_robust))),
+                          ("stderr_naive", np.sqrt(np.diag(fit.cov_naive))),
+                          ("dep_param", fit.model.cov_struct.dep_params)):
+        worst = max(worst, assert_rel_close(ours[key], expected, rel=GEE_RTOL, floor=1e-12, what=key))
+    assert ours["converged"] is True
+    SUMMARY.record("gee (PostgreSQL nodes)", worst, f"{family}.{cov_struct}")
