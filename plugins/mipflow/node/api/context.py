@@ -117,12 +117,13 @@ class SelectionCache:
                 raise RequestError("the longitudinal transformer is not offered in study mode")
             frame, cohorts = self._transformed(transformer, analysis, model)
         else:
+            visit_order = bool(getattr(algo, "visit_order", False))  # gee: the visits' order
             if study is not None:
-                frame = study.frame(self.store, model, self.differencing.key)
+                frame = study.frame(self.store, model, self.differencing.key, visit_order=visit_order)
             else:
                 frame = select_frame(self.store, model, datasets=analysis.datasets, variables=variables,
                                      filters=analysis.filters, complete_case=algo.complete_case,
-                                     row_identity=True)
+                                     row_identity=True, visit_order=visit_order)
             cohorts = self.differencing.cohorts(model.key, frame, variables, algo.complete_case,
                                                 getattr(algo, "released_by", ()))
         if needs_fold_keys(algo):  # folds fixed by the node's secret, never by the request (ADR 0026)
