@@ -202,3 +202,16 @@ def test_shares_and_members_are_stored_and_revoked(store):
         store.share("r1", "team", "x", shared_by="alice")
     with pytest.raises(ValueError):
         store.share("r1", "user", " ", shared_by="alice")
+
+
+def test_project_members_from_the_cli(tmp_path, capsys):
+    from mipflow.cli import main
+
+    home = tmp_path / "central"
+    assert main(["central", "members", "add", "stroke", "bob", "carol", "--home", str(home)]) == 0
+    assert main(["central", "members", "remove", "stroke", "carol", "--home", str(home)]) == 0
+    capsys.readouterr()
+    assert main(["central", "members", "list", "--home", str(home)]) == 0
+    assert json.loads(capsys.readouterr().out) == [{"project": "stroke", "member": "bob"}]
+    assert ResultStore(home).projects_of("bob") == {"stroke"}
+    assert main(["central", "members", "add", "stroke", "--home", str(home)]) == 2  # nobody named
