@@ -12,7 +12,8 @@ reachable without it.  Routes (relative to where the app is mounted)::
     POST /run/unshare     the owner revokes a share
     GET /run.json?id=RUN  the stored result with its provenance
     GET /run.csv?id=RUN   the result's tables as tidy CSV (table,row,column,value)
-    GET /node             the node's data quality and audit summary (where a node home is set)
+    GET /node?page=N      the node's data quality (batches newest first, a page at a time, failures
+                          highlighted, failing rules only) and audit summary (where a node home is set)
     GET /new              "New analysis": a form from the catalogue and the synced federation metadata
     POST /new             trigger the algorithm's central DAG on behalf of the logged-in user
     POST /new/sync        trigger federation_metadata for the user's project (their datasets)
@@ -251,11 +252,11 @@ def create_app(*, user: Callable[..., Any], can_read: Callable[[Any, str], bool]
                         headers={"Content-Disposition": f'attachment; filename="{_filename(doc)}.csv"'})
 
     @app.get("/node", response_class=HTMLResponse)
-    def node_page(who: Any = Depends(user)) -> str:
+    def node_page(page: int = Query(1, ge=1, le=1_000_000), who: Any = Depends(user)) -> str:
         node = home()
         if node is None:
             raise HTTPException(status_code=404, detail="this site is not a node (MIPFLOW_NODE_HOME is not set)")
-        return pages.node_quality_page(node_quality(node))
+        return pages.node_quality_page(node_quality(node), page_number=page)
 
     if starter is not None:
         _analysis_routes(app, user=user, runs=starter, readable=readable, central_home=central_home)

@@ -248,11 +248,16 @@ def row_accounting(summary: Mapping[str, Mapping[str, Any]]) -> tuple[bool, list
     lines = []
     for hospital, status in summary.items():
         for batch in status["batches"]:
-            total = batch["loaded"] + batch["quarantined"] + batch["no_consent"] + batch["duplicates"]
-            ok &= total == batch["rows_in"] and batch["status"] == "loaded"
+            held = int(batch.get("held") or 0)
+            total = batch["loaded"] + batch["quarantined"] + held + batch["no_consent"] + batch["duplicates"]
+            split = sum(int(batch.get(k) or 0) for k in ("inserted", "updated", "unchanged"))
+            ok &= total == batch["rows_in"] and split == batch["loaded"] and batch["status"] == "loaded"
             lines.append(f"{hospital:12s} {batch['source']:32s} {batch['status']:7s} rows_in={batch['rows_in']:5d} "
-                         f"loaded={batch['loaded']:5d} quarantined={batch['quarantined']:3d} "
-                         f"no_consent={batch['no_consent']:3d} duplicates={batch['duplicates']:2d}")
+                         f"loaded={batch['loaded']:5d} (inserted={int(batch.get('inserted') or 0)} "
+                         f"updated={int(batch.get('updated') or 0)} unchanged={int(batch.get('unchanged') or 0)}) "
+                         f"quarantined={batch['quarantined']:3d} held={held} "
+                         f"no_consent={batch['no_consent']:3d} duplicates={batch['duplicates']:2d}"
+                         + (f" IDENTITY CHANGED={batch['identity_changed']}" if batch.get("identity_changed") else ""))
         lines.append(f"{'':12s} datasets: " + json.dumps({d["dataset"]: d["row_count"] for d in status["datasets"]}))
     return ok, lines
 

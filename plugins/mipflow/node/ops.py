@@ -28,7 +28,8 @@ from mipflow.node.ingest.capture import landing_csv_files, landing_sources, reso
 from mipflow.node.home import NodeHome
 from mipflow.protocol.datamodel import DataModel, load_data_model
 from mipflow.node.files import DICOM_KIND, EHR_KIND, below, file_label, file_ref, landing_path_key
-from mipflow.node.ingest.pipeline import BatchCounts, BatchResult, apply_withdrawals, ingest_file
+from mipflow.failures import notify_file
+from mipflow.node.ingest.pipeline import COUNT_FIELDS, BatchCounts, BatchResult, apply_withdrawals, ingest_file
 from mipflow.node.ingest.profile import resolve_model, resolve_profile
 from mipflow.node.store.feature_store import FeatureStore, open_store
 from mipflow.node.store.tables import files_table
@@ -51,8 +52,7 @@ def add_data_model(home: NodeHome, path: str | Path, store: FeatureStore | None 
 def summarise(home: NodeHome, results: list[BatchResult], withdrawn_deleted: int) -> dict[str, Any]:
     totals = BatchCounts()
     for result in results:
-        for field in ("rows_in", "loaded", "quarantined", "no_consent", "duplicates"):
-            setattr(totals, field, getattr(totals, field) + getattr(result.counts, field))
+        totals.add(result.counts)
     return {
         "node": home.name,
         "files": [r.to_dict() for r in results],
@@ -73,7 +73,8 @@ def ingest(home: NodeHome, files: Iterable[str | Path], *, data_model: str | Non
     model = resolve_model(home, store, data_model, source_profile)
     deleted = apply_withdrawals(store, registry, home.key())
     results = [ingest_file(path, store=store, model=model, profile=source_profile, key=home.key(),
-                           consent=registry, settings=home.settings, force=force, landing=home.landing_dir)
+                           consent=registry, settings=home.settings, force=force, landing=home.landing_dir,
+                           notify=notify_file(str(home.root)))
                for path in files]
     for result in results:
         log.info("%s: %s (%s) %s", file_label(result.file), result.status, result.message,
@@ -133,7 +134,7 @@ def run_landing(home: NodeHome, *, consent: str | Path | None = None,
         model = resolve_model(home, store, None, profile)
         results.append(ingest_file(item["path"], store=store, model=model, profile=profile, key=home.key(),
                                    consent=registry, settings=home.settings, landing=home.landing_dir,
-                                   source=item["source"]))
+                                   source=item["source"], notify=notify_file(str(home.root))))
     return summarise(home, results, deleted)
 
 
@@ -189,10 +190,8 @@ def ingest_db(home: NodeHome, *, source: str | None = None, connections: Any = N
     for batch_id in results:
         batch = store.batch(batch_id)
         extract = stages.db_extract(store, batch_id) or {}
-        counts = BatchCounts(**{k: int(batch[k]) for k in ("rows_in", "loaded", "quarantined", "no_consent",
-                                                          "duplicates")})
-        for field in ("rows_in", "loaded", "quarantined", "no_consent", "duplicates"):
-            setattr(totals, field, getattr(totals, field) + getattr(counts, field))
+        counts = BatchCounts.from_record(batch)
+        totals.add(counts)
         batches.append({"batch_id": batch_id, "source": extract.get("source"), "status": batch["status"],
                         "message": batch["message"], **counts.__dict__, "conserved": counts.conserved,
                         "deleted": int(extract.get("deleted") or 0)})
@@ -214,8 +213,7 @@ def node_status(home: NodeHome, store: FeatureStore | None = None) -> dict[str, 
         "store": redact_url(home.db_url),
         "data_models": [m.key for m in store.data_models()],
         "datasets": store.datasets(),
-        "batches": [{k: b[k] for k in ("batch_id", "source", "data_model", "status", "rows_in", "loaded",
-                                       "quarantined", "no_consent", "duplicates", "message")}
+        "batches": [{k: b[k] for k in ("batch_id", "source", "data_model", "status", *COUNT_FIELDS, "message")}
                     for b in store.batches()],
         "secure_aggregation": trust_summary(home.root),
     }

@@ -23,6 +23,8 @@ th{background:#f2f4f7}
 .plots svg{max-width:100%;height:auto}
 .muted{color:#666}
 .bad{color:#a00}
+tr.fail td{background:#fdecea;color:#a00;font-weight:600}
+.pager a{margin-left:.8rem}
 .warnings{margin:.5rem 0 1rem;padding:0;list-style:none}
 .warnings li{margin:.3rem 0;padding:.45rem .7rem;border-left:5px solid #d89b00;background:#fff6dc}
 .warnings li.noise{border-color:#c0392b;background:#fdecea;font-weight:600}
@@ -383,27 +385,83 @@ def audit_summary(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def node_quality_page(quality: Mapping[str, Any]) -> str:
-    """The node's data quality: batches, validation counts per rule, quarantine, consent, audit."""
-    batches = quality.get("batches") or []
+#: Batch statuses the quality page highlights as failures (the batch loaded nothing).
+FAILED_BATCH = ("failed", "held", "empty")
+#: Batches per page of the node quality page (newest first).
+BATCHES_PER_PAGE = 25
+
+
+def batch_failed(batch: Mapping[str, Any]) -> bool:
+    """Whether the quality page highlights ``batch``: it loaded nothing, or changed identifying-derived values."""
+    return batch.get("status") in FAILED_BATCH or int(batch.get("identity_changed") or 0) > 0
+
+
+def _marked_table(title: str, columns: Sequence[str], rows: Sequence[tuple[bool, Sequence[Any]]],
+                  empty: str = "") -> str:
+    """A table whose rows flagged ``True`` are highlighted (class ``fail``)."""
+    from mipflow.central.report.tables import _cell
+
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+    body = "".join(("<tr class=\"fail\">" if bad else "<tr>") + "".join(_cell(v) for v in row) + "</tr>"
+                   for bad, row in rows)
+    if not rows and empty:
+        body = f'<tr><td colspan="{len(columns)}" class="muted">{html.escape(empty)}</td></tr>'
+    return (f'<section class="table"><h3>{html.escape(title)}</h3>'
+            f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></section>")
+
+
+def _pager(page_number: int, pages: int, total: int) -> str:
+    links = []
+    if page_number > 1:
+        links.append(f'<a rel="prev" href="?page={page_number - 1}">&larr; newer</a>')
+    if page_number < pages:
+        links.append(f'<a rel="next" href="?page={page_number + 1}">older &rarr;</a>')
+    return (f'<p class="pager">Batches page {page_number} of {pages} ({total} batches, newest first) '
+            + " ".join(links) + "</p>")
+
+
+def node_quality_page(quality: Mapping[str, Any], *, page_number: int = 1,
+                      per_page: int = BATCHES_PER_PAGE) -> str:
+    """The node's data quality: batches (a page of them), failing rules, quarantine, consent, audit.
+
+    Batches are listed newest first, ``per_page`` to a page; batches that
+    loaded nothing or changed identifying-derived values are highlighted;
+    the rules table lists only the failing rules of the page's batches, the
+    quarantine table only the page's batches.
+    """
+    batches = list(reversed(quality.get("batches") or []))
+    pages = max(1, -(-len(batches) // per_page))
+    page_number = min(max(1, page_number), pages)
+    shown = batches[(page_number - 1) * per_page:page_number * per_page]
+    ids = {b["batch_id"] for b in shown}
+    failing = sum(batch_failed(b) for b in batches)
     parts = [f"<p>Node <b>{html.escape(str(quality.get('node', '')))}</b>. Counts only: no row, value or "
              "patient identifier is shown here.</p>"]
-    parts.append(table_html(Table("Batches", [
-        "batch", "data model", "source", "stage", "status", "rows in", "loaded", "quarantined", "no consent",
-        "duplicates", "started", "finished", "message"], [
-        [b["batch_id"], b["data_model"], b["source"], b["stage"], b["status"], b["rows_in"], b["loaded"],
-         b["quarantined"], b["no_consent"], b["duplicates"], b["started_at"], b["finished_at"], b.get("message")]
-        for b in batches])))
+    if failing:
+        parts.append(f'<p class="bad"><b>{failing} of {len(batches)} batches need attention</b> '
+                     "(highlighted: held, failed or empty, or identifying-derived values changed).</p>")
+    parts.append(_pager(page_number, pages, len(batches)))
+    parts.append(_marked_table("Batches", [
+        "batch", "data model", "source", "stage", "status", "rows in", "loaded", "inserted", "updated",
+        "unchanged", "identity changed", "quarantined", "held", "no consent", "duplicates", "started",
+        "finished", "message"], [
+        (batch_failed(b), [b["batch_id"], b["data_model"], b["source"], b["stage"], b["status"], b["rows_in"],
+                           b["loaded"], b.get("inserted", 0), b.get("updated", 0), b.get("unchanged", 0),
+                           b.get("identity_changed", 0), b["quarantined"], b.get("held", 0), b["no_consent"],
+                           b["duplicates"], b["started_at"], b["finished_at"], b.get("message")])
+        for b in shown]))
     rules = []
-    for b in batches:
+    for b in shown:
         for exp in (b.get("validation") or {}).get("expectations", []):
-            rules.append([b["batch_id"], exp.get("column"), exp.get("expectation"), exp.get("success"),
-                          exp.get("unexpected_count"), exp.get("element_count")])
-    parts.append(table_html(Table("Validation rules per batch", [
-        "batch", "column", "rule", "passed", "failing rows", "rows checked"], rules)))
+            if not exp.get("success", True):
+                rules.append((True, [b["batch_id"], exp.get("column"), exp.get("expectation"),
+                                     exp.get("unexpected_count"), exp.get("element_count")]))
+    parts.append(_marked_table("Failing validation rules", [
+        "batch", "column", "rule", "failing rows", "rows checked"], rules,
+        empty="no failing rule in the batches of this page"))
     parts.append(table_html(Table("Quarantine per batch and reason", ["batch", "stage", "reason", "rows"],
                                   [[q["batch_id"], q["stage"], q["reason"], q["rows"]]
-                                   for q in quality.get("quarantine") or []])))
+                                   for q in quality.get("quarantine") or [] if q["batch_id"] in ids])))
     parts.append(table_html(Table("Consent withdrawals applied", ["at", "data model", "patients", "rows deleted"],
                                   [[c["at"], c["data_model"], c["patients"], c["rows_deleted"]]
                                    for c in quality.get("consent") or []])))

@@ -14,7 +14,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from mipflow.node.ingest.capture import ConsentRegistry, read_head, sha256_file
 from mipflow.node.home import NodeSettings
@@ -29,7 +29,7 @@ from mipflow.node.ingest.progress import Progress, estimate_rows
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-    from mipflow.node.store.feature_store import FeatureStore
+    from mipflow.node.store.feature_store import FeatureStore, LoadCounts
 
 log = logging.getLogger(__name__)
 
@@ -41,24 +41,66 @@ class MalformedCSV(InputFileError):
     """A line has the wrong number of fields: read again with the tolerant parser."""
 
 
+#: The buckets every input row of a batch ends in (they add up to ``rows_in``).
+ROW_BUCKETS = ("loaded", "quarantined", "held", "no_consent", "duplicates")
+#: How the loaded rows split (they add up to ``loaded``), counted in the load's transaction.
+LOAD_SPLIT = ("inserted", "updated", "unchanged")
+#: Every count of a batch, as the batch record stores it.
+COUNT_FIELDS = ("rows_in", *ROW_BUCKETS, *LOAD_SPLIT, "identity_changed")
+
+
 @dataclass
 class BatchCounts:
-    """Where the rows of one batch went. ``rows_in`` must equal the sum of the rest."""
+    """Where the rows of one batch went.
+
+    ``rows_in = loaded + quarantined + held + no_consent + duplicates``: a
+    quarantined row has a quarantine entry with its reason; ``held`` counts the
+    valid rows of a held batch, not loaded for the batch's reason (zero unless
+    the batch is held, so ``rows_in = loaded + quarantined + no_consent +
+    duplicates`` for every other batch).  The loaded rows split into
+    ``inserted`` (new key), ``updated`` (existing key, other values) and
+    ``unchanged`` (existing key, same values); ``identity_changed`` counts the
+    updated keys whose identifying-derived values (see
+    :meth:`ChunkProcessor.identity_columns`) changed.
+    """
 
     rows_in: int = 0
     loaded: int = 0
     quarantined: int = 0
+    held: int = 0
     no_consent: int = 0
     duplicates: int = 0
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    identity_changed: int = 0
+
+    @property
+    def split_conserved(self) -> bool:
+        """The loaded rows split into inserted, updated and unchanged (and no more changed identities than updates)."""
+        return (self.loaded == self.inserted + self.updated + self.unchanged
+                and 0 <= self.identity_changed <= self.updated)
 
     @property
     def conserved(self) -> bool:
-        return self.rows_in == self.loaded + self.quarantined + self.no_consent + self.duplicates
+        return (self.rows_in == sum(getattr(self, b) for b in ROW_BUCKETS)) and self.split_conserved
 
     def equation(self) -> str:
         ok = "OK" if self.conserved else "MISMATCH"
-        return (f"rows_in={self.rows_in} = loaded {self.loaded} + quarantined {self.quarantined} "
+        held = f" + held {self.held}" if self.held else ""
+        return (f"rows_in={self.rows_in} = loaded {self.loaded} (inserted {self.inserted}, updated {self.updated}, "
+                f"unchanged {self.unchanged}) + quarantined {self.quarantined}{held} "
                 f"+ no_consent {self.no_consent} + duplicates {self.duplicates} [{ok}]")
+
+    def add(self, other: "BatchCounts") -> None:
+        """Add ``other``'s counts to these (totals over batches)."""
+        for name in COUNT_FIELDS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    @classmethod
+    def from_record(cls, batch: Mapping[str, Any]) -> "BatchCounts":
+        """The counts of a batch record (a store written before a count existed reads it as 0)."""
+        return cls(**{k: int(batch.get(k) or 0) for k in COUNT_FIELDS})
 
 
 @dataclass
@@ -99,6 +141,12 @@ class ChunkProcessor:
         self.settings = settings
         self._validator: Any = None
         self._seen: dict[int, int] = {}
+
+    @property
+    def identity_columns(self) -> tuple[str, ...]:
+        """The data model's columns derived from identifying values
+        (:meth:`SourceProfile.identity_derived_columns`): a change of one for a loaded key is flagged."""
+        return tuple(c for c in self.profile.identity_derived_columns() if c in self.model)
 
     # -- reading ------------------------------------------------------------
     def read_chunks(self, path: Path, counts: BatchCounts, bad_lines: list[tuple[int, str]],
@@ -324,7 +372,8 @@ def _entries(frame: "pd.DataFrame", reasons: "pd.Series", drop: tuple[str, ...])
 
 def ingest_file(path: str | Path, *, store: "FeatureStore", model: DataModel, profile: SourceProfile,
                 key: bytes, consent: ConsentRegistry | None, settings: NodeSettings,
-                force: bool = False, landing: Path | None = None, source: str | None = None) -> BatchResult:
+                force: bool = False, landing: Path | None = None, source: str | None = None,
+                notify: Path | None = None) -> BatchResult:
     """Run the whole pipeline on one file in one pass and one transaction.
 
     The same file (same SHA-256) is skipped unless ``force``; nothing is
@@ -344,6 +393,9 @@ def ingest_file(path: str | Path, *, store: "FeatureStore", model: DataModel, pr
         Prefix of the batch's ``source`` (``<source>/<ref>``): the landing
         source whose profile reads the file.  Must not come from a file or
         folder name that has no profile.
+    notify : Path, optional
+        The node's notification file: a batch whose loaded keys changed
+        identifying-derived values is recorded there (:func:`identity_notice`).
     """
     path = Path(path)
     path_key = landing_path_key(key, landing, path, kind=EHR_KIND)
@@ -401,6 +453,9 @@ def ingest_file(path: str | Path, *, store: "FeatureStore", model: DataModel, pr
     if not counts.conserved:  # a bug, never bad input: refuse to pretend
         raise MipflowError(f"row conservation violated for {label}: {counts.equation()}")
     log.info("batch %s (%s): %s; %s", batch_id, label, status, counts.equation())
+    if counts.identity_changed:
+        notify_identity_changed(notify, identity_notice(batch_id, result.source, data_model, counts,
+                                                        result.message))
     return result
 
 
@@ -428,10 +483,14 @@ def _ingest_pass(processor: ChunkProcessor, path: Path, name: _ManifestName, sto
     rolls everything back and the caller runs a second pass with ``load=False``
     that records the quarantine and the held batch only.
     """
+    from mipflow.node.store.feature_store import LoadCounts
+
     counts = BatchCounts()
     bad_lines: list[tuple[int, str]] = []
     summaries: list[dict] = []
     ready_rows = 0
+    accounting = LoadCounts()
+    identity = processor.identity_columns
     with store.begin() as conn:
         _clear_batch(store, conn, batch_id, name, sha, model.key)
         for chunk in processor.read_chunks(path, counts, bad_lines, progress, label=file_label(name.ref)):
@@ -444,7 +503,8 @@ def _ingest_pass(processor: ChunkProcessor, path: Path, name: _ManifestName, sto
             counts.quarantined += store.quarantine(conn, batch_id, "depersonalise", deid_entries)
             counts.quarantined += store.quarantine(conn, batch_id, "validate", val_entries)
             if load:
-                store.upsert_rows(conn, model, ready.drop(columns=[ROW_COLUMN]), batch_id=batch_id, sha256=sha)
+                store.upsert_rows(conn, model, ready.drop(columns=[ROW_COLUMN]), batch_id=batch_id, sha256=sha,
+                                  accounting=accounting, identity_columns=identity)
             ready_rows += len(ready)
         if progress is not None:
             progress.finish()
@@ -457,12 +517,11 @@ def _ingest_pass(processor: ChunkProcessor, path: Path, name: _ManifestName, sto
         if status == "held":
             if load:
                 raise _Held()
-            counts.quarantined += ready_rows
-            counts.loaded = 0
-            store.quarantine(conn, batch_id, "validate",
-                             [(0, f"batch held: {message}; {ready_rows} valid rows not loaded", None)])
+            counts.held, counts.loaded = ready_rows, 0
+            message = held_message(message, ready_rows)
         else:
             store.refresh_datasets(conn, model)
+            message = account_load(counts, accounting, message)
         result = BatchResult(source=name.source, file=name.ref, sha256=sha, status=status, batch_id=batch_id,
                              data_model=model.key, message=message, counts=counts,
                              validation=merge_summaries(summaries))
@@ -507,6 +566,60 @@ def decide_status(counts: BatchCounts, settings: NodeSettings) -> tuple[str, str
         return "held", (f"failure rate {rate:.1%} exceeds max_failure_rate {settings.max_failure_rate:.1%}; "
                         "fix the export or raise the limit, then re-run")
     return "loaded", f"failure rate {rate:.1%}"
+
+
+def held_message(reason: str, held_rows: int) -> str:
+    """A held batch's message: the reason, and its valid rows held with it (counted in ``held``)."""
+    return f"{reason}; {held_rows} valid rows held (not loaded) with the batch"
+
+
+def identity_message(accounting: "LoadCounts") -> str:
+    """What a batch's message says when loaded keys changed identifying-derived values (names and counts)."""
+    columns = ", ".join(f"{c} {n}" for c, n in sorted(accounting.identity_columns.items()))
+    return (f"IDENTITY CHANGED: {accounting.identity_changed} existing keys got other identifying-derived values "
+            f"({columns}) and were replaced: the export may reuse patient identifiers for other patients, "
+            "or correct birth dates; check with the source")
+
+
+def account_load(counts: BatchCounts, accounting: "LoadCounts", message: str) -> str:
+    """Copy the load's inserted/updated/unchanged split into ``counts``; the batch message, flagged when
+    identifying-derived values changed."""
+    counts.inserted, counts.updated = accounting.inserted, accounting.updated
+    counts.unchanged, counts.identity_changed = accounting.unchanged, accounting.identity_changed
+    if accounting.identity_changed:
+        return f"{message}; {identity_message(accounting)}" if message else identity_message(accounting)
+    return message
+
+
+def identity_notice(batch_id: str, source: str, data_model: str, counts: BatchCounts, message: str,
+                    now: Any = None) -> dict[str, Any]:
+    """The notification record of a batch whose loaded keys changed identifying-derived values.
+
+    Counts, column names and the batch's message only (its source names the
+    file by reference); appended to the node's ``notifications.jsonl`` with
+    the failure records (:func:`mipflow.failures.write_record`, ADR 0037).
+    """
+    from datetime import datetime, timezone
+
+    return {"event": "identity_changed", "site": "node",
+            "at": (now or datetime.now(timezone.utc)).isoformat(timespec="seconds"),
+            "batch_id": batch_id, "source": source, "data_model": data_model,
+            "identity_changed": counts.identity_changed, "updated": counts.updated,
+            "inserted": counts.inserted, "message": message}
+
+
+def notify_identity_changed(path: Path | None, record: Mapping[str, Any]) -> None:
+    """Append ``record`` (:func:`identity_notice`) to the notification file ``path`` (nothing when ``None``)."""
+    from mipflow.failures import write_record
+
+    log.warning("batch %s: %d existing keys changed identifying-derived values", record["batch_id"],
+                record["identity_changed"])
+    if path is None:
+        return
+    try:
+        write_record(path, record)
+    except OSError as exc:
+        log.warning("could not write the notification: %s", type(exc).__name__)
 
 
 def merge_summaries(summaries: list[dict]) -> dict[str, Any]:

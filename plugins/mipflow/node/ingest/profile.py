@@ -10,8 +10,10 @@ A profile is a JSON file::
      "harmonise": {"columns": {"local": "cde_code"},
                    "values": {"cde_code": {"local value": "cde enumeration code"}},
                    "drop": ["local column"]},
-     "database": {...}}                           # optional: an EHR database instead of a landing folder,
+     "database": {...},                           # optional: an EHR database instead of a landing folder,
                                                   # see mipflow.node.ingest.database
+     "identity_columns": ["age"]}                 # optional: data-model columns derived from identifying
+                                                  # values (default: every "age" date rule's output), ADR 0004
 
 Without a profile file, :func:`default_profile` applies (the MIP CSV layout:
 patient identifier ``subjectcode``, dataset column ``dataset``, no direct
@@ -83,6 +85,8 @@ class SourceProfile:
     encoding: str = "utf-8"
     delimiter: str = ","
     database: "DatabaseSource | None" = None
+    #: Data-model columns derived from identifying values (``None``: every ``age`` date rule's output).
+    identity_columns: tuple[str, ...] | None = None
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> "SourceProfile":
@@ -104,7 +108,12 @@ class SourceProfile:
             "".encode(encoding)
         except LookupError:
             raise ProfileError(f"unknown encoding {encoding!r}") from None
+        identity = doc.get("identity_columns")
+        if identity is not None and (not isinstance(identity, list)
+                                     or not all(isinstance(c, str) and c.strip() for c in identity)):
+            raise ProfileError("'identity_columns' must be a list of data-model column names")
         return cls(
+            identity_columns=None if identity is None else tuple(c.strip() for c in identity),
             source=str(doc.get("source", "export")),
             deid=DeidProfile.from_dict(doc["deid"]),
             harmonise=HarmoniseMap.from_dict(doc.get("harmonise")),
@@ -138,7 +147,28 @@ class SourceProfile:
             out["visit"] = {"column": self.visit_column, "pseudonymise": self.pseudonymise_visit}
         if self.database is not None:
             out["database"] = self.database.to_dict()
+        if self.identity_columns is not None:
+            out["identity_columns"] = list(self.identity_columns)
         return out
+
+    def identity_derived_columns(self) -> tuple[str, ...]:
+        """The data-model columns derived from identifying values, after harmonisation.
+
+        A re-export that changes one of them for a key already loaded (same
+        pseudonym, dataset and visit) is flagged (ADR 0004): the identifier
+        may have been reused for another patient, or a birth date corrected.
+        The profile's ``identity_columns`` when given; otherwise the output
+        of every ``age`` date rule (age at an event, from the birth date: for
+        one key, i.e. one patient's visit, it changes only when the birth date
+        or the visit's date does), renamed as ``harmonise.columns`` renames
+        it.  Other date outputs (days since, shifted dates) follow event dates
+        that re-exports legitimately correct, so they are not flagged unless
+        listed.
+        """
+        if self.identity_columns is not None:
+            return self.identity_columns
+        outputs = [rule.output_column for rule in self.deid.dates if rule.action == "age" and rule.output_column]
+        return tuple(dict.fromkeys(self.harmonise.columns.get(c, c) for c in outputs if c))
 
     @property
     def control_columns(self) -> tuple[str, ...]:

@@ -34,7 +34,8 @@ from mipflow.node.files import EHR_KIND, file_label, file_ref
 from mipflow.node.ingest.capture import landing_index, landing_sources, resolve_consent
 from mipflow.node.ingest.profile import SourceProfile, database_profiles, resolve_model, resolve_profile
 from mipflow.node.ingest.pipeline import (HEADER_ONLY, ROW_COLUMN, BatchCounts, ChunkProcessor, MalformedCSV,
-                              decide_status, apply_withdrawals, batch_id_for, merge_summaries)
+                              account_load, decide_status, apply_withdrawals, batch_id_for, held_message,
+                              identity_notice, merge_summaries, notify_identity_changed)
 from mipflow.node.deid.pseudonyms import Pseudonymiser
 from mipflow.node.ingest.progress import Progress, estimate_rows
 from mipflow.node.store.feature_store import FeatureStore, open_store, utcnow
@@ -72,8 +73,14 @@ def _processor(home: NodeHome, store: FeatureStore, batch: dict[str, Any]) -> Ch
 
 
 def _counts(batch: dict[str, Any]) -> BatchCounts:
-    return BatchCounts(**{k: int(batch[k]) for k in ("rows_in", "loaded", "quarantined", "no_consent",
-                                                      "duplicates")})
+    return BatchCounts.from_record(batch)
+
+
+def _identity_columns(home: NodeHome, batch: dict[str, Any], model: Any) -> tuple[str, ...]:
+    """The batch's identifying-derived columns (its source's profile, :meth:`SourceProfile.identity_derived_columns`)."""
+    source = batch["source"].split("/")[0] if "/" in batch["source"] else None
+    profile = resolve_profile(home, None, source)
+    return tuple(c for c in profile.identity_derived_columns() if c in model)
 
 
 def _staging(home: NodeHome, batch_id: str) -> Path:
@@ -93,7 +100,7 @@ def waiting(store: FeatureStore, stage: str) -> list[str]:
 
 def _fail(store: FeatureStore, batch_id: str, message: str) -> dict[str, Any]:
     store.update_batch(None, batch_id, status="failed", message=message, finished_at=utcnow(),
-                       loaded=0, quarantined=0, no_consent=0, duplicates=0, rows_in=0)
+                       **asdict(BatchCounts()))
     log.warning("batch %s failed: %s", batch_id, message)
     return {"batch_id": batch_id, "status": "failed", "message": message}
 
@@ -448,11 +455,9 @@ def validate(home: NodeHome, batch_id: str) -> dict[str, Any]:
             out.write_text("")
         counts.loaded = ready_rows  # provisional: what the load stage will load
         status, message = decide_status(counts, home.settings)
-        if status == "held":
-            counts.quarantined += ready_rows
-            counts.loaded = 0
-            store.quarantine(conn, batch_id, "validate",
-                             [(0, f"batch held: {message}; {ready_rows} valid rows not loaded", None)])
+        if status == "held":  # every row accounted: quarantined (with reasons) or held with the batch
+            counts.held, counts.loaded = ready_rows, 0
+            message = held_message(message, ready_rows)
             store.update_batch(conn, batch_id, stage="validate", status="held", message=message,
                                validation=merge_summaries(summaries), finished_at=utcnow(), **asdict(counts))
         else:
@@ -467,8 +472,16 @@ def validate(home: NodeHome, batch_id: str) -> dict[str, Any]:
 
 
 def load(home: NodeHome, batch_id: str) -> dict[str, Any]:
-    """Load one validated batch into the feature store in a single transaction."""
+    """Load one validated batch into the feature store in a single transaction.
+
+    The loaded rows are counted as inserted, updated or unchanged in the same
+    transaction; when existing keys got other identifying-derived values, the
+    batch's message says so and a record goes to the node's notifications.
+    """
     import pandas as pd
+
+    from mipflow.failures import notify_file
+    from mipflow.node.store.feature_store import LoadCounts
 
     store = open_store(home)
     batch = store.batch(batch_id)
@@ -479,6 +492,8 @@ def load(home: NodeHome, batch_id: str) -> dict[str, Any]:
     staged = _staging(home, batch_id) / "validated.csv"
     extract = db_extract(store, batch_id)
     loaded = deleted = 0
+    accounting = LoadCounts()
+    identity = _identity_columns(home, batch, model)
     with store.begin() as conn:
         if extract is not None:  # deletions first: a row deleted and re-inserted at the source is loaded again
             deleted = _apply_deletions(store, conn, model, staged.parent)
@@ -490,17 +505,23 @@ def load(home: NodeHome, batch_id: str) -> dict[str, Any]:
                 elif var.code in chunk.columns and var.sql_type == "real":
                     chunk[var.code] = pd.to_numeric(chunk[var.code]).astype("float64")
             loaded += store.upsert_rows(conn, model, chunk.drop(columns=[ROW_COLUMN]), batch_id=batch_id,
-                                        sha256=batch["sha256"])
+                                        sha256=batch["sha256"], accounting=accounting, identity_columns=identity)
         store.refresh_datasets(conn, model)
         counts.loaded = loaded
+        message = account_load(counts, accounting, batch["message"])
         if not counts.conserved:
             raise MipflowError(f"row conservation violated for batch {batch_id}: {counts.equation()}")
-        store.update_batch(conn, batch_id, stage="load", status="loaded", finished_at=utcnow(), **asdict(counts))
+        store.update_batch(conn, batch_id, stage="load", status="loaded", finished_at=utcnow(), message=message,
+                           **asdict(counts))
         if extract is not None:  # last, so the watermark commits with the rows or not at all
             _advance_watermark(conn, batch_id, extract, deleted)
     shutil.rmtree(home.staging_dir / batch_id, ignore_errors=True)
     log.info("batch %s loaded: %s", batch_id, counts.equation())
-    out = {"batch_id": batch_id, "status": "loaded", "equation": counts.equation(), **asdict(counts)}
+    if counts.identity_changed:
+        notify_identity_changed(notify_file(str(home.root)), identity_notice(
+            batch_id, batch["source"], batch["data_model"], counts, message))
+    out = {"batch_id": batch_id, "status": "loaded", "equation": counts.equation(), "message": message,
+           **asdict(counts)}
     if extract is not None:
         out["deleted"] = deleted
     return out

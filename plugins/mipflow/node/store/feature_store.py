@@ -12,7 +12,8 @@ import logging
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -28,6 +29,8 @@ from mipflow.node.files import (
 )
 from mipflow.node.home import NodeHome
 from mipflow.node.store.tables import (
+    BATCH_COUNT_COLUMNS,
+    BATCH_COUNTS_MARKER,
     KEY_COLUMNS,
     LINEAGE_COLUMNS,
     PATH_NAMES_MARKER,
@@ -46,6 +49,21 @@ from mipflow.node.store.tables import (
 from mipflow.protocol.datamodel import DataModel
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadCounts:
+    """How loaded rows compared with the stored rows of their keys (:meth:`FeatureStore.upsert_rows`).
+
+    ``identity_columns``: per identifying-derived column, the existing keys whose value changed
+    (column names and counts only).
+    """
+
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    identity_changed: int = 0
+    identity_columns: dict[str, int] = field(default_factory=dict)
 
 
 def utcnow() -> str:
@@ -81,6 +99,29 @@ class FeatureStore:
         metadata.create_all(self.engine)
         self._tables: dict[str, sa.Table] = {}
         self._row_md5_checked: set[str] = set()
+        self._ensure_batch_counts()
+
+    def _ensure_batch_counts(self) -> None:
+        """Give an older store's ``mipflow_batches`` the :data:`BATCH_COUNT_COLUMNS` (once; recorded in
+        ``mipflow_meta``, so later opens cost one primary-key lookup)."""
+        name, value = BATCH_COUNTS_MARKER
+        with self.engine.connect() as conn:
+            if conn.execute(sa.select(meta_table.c.value).where(meta_table.c.name == name)).scalar() == value:
+                return
+        with self.begin() as conn:
+            present = {c["name"] for c in sa.inspect(conn).get_columns(batches_table.name)}
+            for column in BATCH_COUNT_COLUMNS:
+                if column in present:
+                    continue
+                exists = "IF NOT EXISTS " if self.dialect == "postgresql" else ""
+                conn.exec_driver_sql(f"ALTER TABLE {batches_table.name} ADD COLUMN {exists}{column} "
+                                     "BIGINT NOT NULL DEFAULT 0")
+                log.info("feature store: batch records gain the %r count (0 for earlier batches)", column)
+        try:
+            with self.begin() as conn:
+                conn.execute(meta_table.insert().values(name=name, value=value, updated_at=utcnow()))
+        except sa.exc.IntegrityError:  # another process recorded it first
+            pass
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -159,7 +200,8 @@ class FeatureStore:
 
     # -- loading ------------------------------------------------------------
     def upsert_rows(self, conn: Connection, model: DataModel, frame: Any, *, batch_id: str,
-                    sha256: str) -> int:
+                    sha256: str, accounting: "LoadCounts | None" = None,
+                    identity_columns: Sequence[str] = ()) -> int:
         """Insert or update rows keyed on ``(_pid, dataset, _visit)`` inside ``conn``'s transaction.
 
         Parameters
@@ -167,6 +209,14 @@ class FeatureStore:
         frame : pandas.DataFrame
             Columns ``_pid``, ``dataset``, ``_visit`` and any data-model variables, without
             repeated keys (the pipeline removes them).
+        accounting : LoadCounts, optional
+            Where to add how the rows compare with the stored ones, before they are written:
+            new keys, existing keys with other values, existing keys with the same values (all the
+            frame's value columns equal, missing equal to missing), and existing keys whose
+            ``identity_columns`` changed (per column too).  Counts only, in the same transaction.
+        identity_columns : sequence of str
+            The data-model columns derived from identifying values (birth date...); those not
+            in ``frame`` are ignored.
 
         Returns
         -------
@@ -186,11 +236,11 @@ class FeatureStore:
         conflict = ", ".join(_quote(c) for c in KEY_COLUMNS)
         updates = ", ".join(f"{_quote(c)} = excluded.{_quote(c)}" for c in columns if c not in KEY_COLUMNS)
         target = _quote(table.name)
+        staging = _quote("mipflow_stage_" + table.name)
         cursor = conn.connection.dbapi_connection.cursor()
         try:
             if self.dialect == "postgresql":
                 # COPY into a temporary table, then one set-based upsert
-                staging = _quote("mipflow_stage_" + table.name)
                 cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {staging} "
                                f"(LIKE {target} INCLUDING DEFAULTS) ON COMMIT DROP")
                 cursor.execute(f"TRUNCATE {staging}")
@@ -199,18 +249,56 @@ class FeatureStore:
                 writer.writerows(["\\N" if v is None else v for v in rec] for rec in records)
                 buffer.seek(0)
                 cursor.copy_expert(f"COPY {staging} ({quoted}) FROM STDIN WITH (FORMAT csv, NULL '\\N')", buffer)
+                if accounting is not None:
+                    self._account(cursor, staging, target, value_columns, identity_columns, accounting)
                 cursor.execute(f"INSERT INTO {target} ({quoted}) SELECT {quoted} FROM {staging} "
                                f"ON CONFLICT ({conflict}) DO UPDATE SET {updates}")
             elif self.dialect == "sqlite":
                 marks = ", ".join("?" for _ in columns)
-                cursor.executemany(f"INSERT INTO {target} ({quoted}) VALUES ({marks}) "
-                                   f"ON CONFLICT ({conflict}) DO UPDATE SET {updates}", records)
+                if accounting is None:
+                    cursor.executemany(f"INSERT INTO {target} ({quoted}) VALUES ({marks}) "
+                                       f"ON CONFLICT ({conflict}) DO UPDATE SET {updates}", records)
+                else:  # stage the rows (same column affinities) to compare them with the stored ones
+                    cursor.execute(f"DROP TABLE IF EXISTS temp.{staging}")
+                    cursor.execute(f"CREATE TEMP TABLE {staging} AS SELECT {quoted} FROM {target} WHERE 0")
+                    cursor.executemany(f"INSERT INTO {staging} ({quoted}) VALUES ({marks})", records)
+                    self._account(cursor, staging, target, value_columns, identity_columns, accounting)
+                    cursor.execute(f"INSERT INTO {target} ({quoted}) SELECT {quoted} FROM {staging} WHERE true "
+                                   f"ON CONFLICT ({conflict}) DO UPDATE SET {updates}")
+                    cursor.execute(f"DROP TABLE temp.{staging}")
             else:
                 raise StoreError(f"feature store dialect {self.dialect!r} is not supported "
                                  "(use SQLite or PostgreSQL)")
         finally:
             cursor.close()
         return len(records)
+
+    def _account(self, cursor: Any, staging: str, target: str, value_columns: Sequence[str],
+                 identity_columns: Sequence[str], accounting: "LoadCounts") -> None:
+        """Compare the staged rows with the stored rows of the same keys (one aggregate query)."""
+        distinct = "IS DISTINCT FROM" if self.dialect == "postgresql" else "IS NOT"
+
+        def differs(names: Sequence[str]) -> str:
+            return " OR ".join(f"s.{_quote(c)} {distinct} t.{_quote(c)}" for c in names) or "1 = 0"
+
+        compared = [c for c in value_columns if c not in KEY_COLUMNS]
+        identity = [c for c in identity_columns if c in compared]
+        join = " AND ".join(f"s.{_quote(k)} = t.{_quote(k)}" for k in KEY_COLUMNS)
+        cases = [f"SUM(CASE WHEN t.{_quote('dataset')} IS NULL THEN 1 ELSE 0 END)",
+                 f"SUM(CASE WHEN t.{_quote('dataset')} IS NOT NULL AND ({differs(compared)}) THEN 1 ELSE 0 END)",
+                 f"SUM(CASE WHEN t.{_quote('dataset')} IS NOT NULL AND ({differs(identity)}) THEN 1 ELSE 0 END)",
+                 *(f"SUM(CASE WHEN t.{_quote('dataset')} IS NOT NULL AND ({differs([c])}) THEN 1 ELSE 0 END)"
+                   for c in identity), "COUNT(*)"]
+        cursor.execute(f"SELECT {', '.join(cases)} FROM {staging} s LEFT JOIN {target} t ON {join}")
+        row = [int(v or 0) for v in cursor.fetchone()]
+        inserted, updated, changed, per_column, total = row[0], row[1], row[2], row[3:-1], row[-1]
+        accounting.inserted += inserted
+        accounting.updated += updated
+        accounting.unchanged += total - inserted - updated
+        accounting.identity_changed += changed
+        for column, n in zip(identity, per_column):
+            if n:
+                accounting.identity_columns[column] = accounting.identity_columns.get(column, 0) + n
 
     def refresh_datasets(self, conn: Connection, model: DataModel) -> None:
         """Recompute the datasets registry of ``model`` from its table."""
@@ -396,7 +484,7 @@ class FeatureStore:
         conn.execute(batches_table.insert().values(
             batch_id=batch_id, data_model=data_model, source=source, sha256=sha256, stage="capture",
             status="running", message="", rows_in=0, loaded=0, quarantined=0, no_consent=0,
-            duplicates=0, validation="{}", started_at=utcnow(), finished_at=None))
+            duplicates=0, held=0, inserted=0, updated=0, unchanged=0, identity_changed=0, validation="{}", started_at=utcnow(), finished_at=None))
 
     def update_batch(self, conn: Connection | None, batch_id: str, **values: Any) -> None:
         if "validation" in values and not isinstance(values["validation"], str):

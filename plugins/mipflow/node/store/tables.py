@@ -9,7 +9,9 @@ bookkeeping tables:
 ``mipflow_datasets``     which datasets of which data model, with row counts
 ``mipflow_files``        the manifest: every landing file by SHA-256, with a keyed hash of its path
                          (never the path: see :mod:`mipflow.node.files`)
-``mipflow_batches``      one row per ingested file: status and row counts
+``mipflow_batches``      one row per ingested file: status and row counts (where every row went; the
+                         loaded rows as inserted, updated, unchanged; keys whose identifying-derived
+                         values changed)
 ``mipflow_quarantine``   rows that failed, with their reason
 ``mipflow_consent_log``  deletions made because consent was withdrawn
 ``mipflow_meta``         one-off migrations done on this store
@@ -26,6 +28,9 @@ from mipflow.exceptions import StoreError
 from mipflow.protocol.datamodel import DataModel
 
 KEY_COLUMNS = ("_pid", "dataset", "_visit")
+#: Count columns of ``mipflow_batches`` added after its first release: an older store gets them
+#: (``ALTER TABLE ... ADD COLUMN``, default 0) when it is first opened.
+BATCH_COUNT_COLUMNS = ("held", "inserted", "updated", "unchanged", "identity_changed")
 LINEAGE_COLUMNS = ("_batch_id", "_source_sha256", "_loaded_at")
 #: PostgreSQL only: the MD5 (hex) of a row's key ``_pid + "\x1f" + dataset + "\x1f" + _visit``, a
 #: stored generated column the server keeps up to date, so that the node's differencing controls
@@ -78,6 +83,12 @@ batches_table = sa.Table(
     sa.Column("quarantined", sa.BigInteger, nullable=False, default=0),
     sa.Column("no_consent", sa.BigInteger, nullable=False, default=0),
     sa.Column("duplicates", sa.BigInteger, nullable=False, default=0),
+    # ADR 0004, issue 15 item 7 (added to older stores by FeatureStore: BATCH_COUNT_COLUMNS)
+    sa.Column("held", sa.BigInteger, nullable=False, default=0, server_default="0"),
+    sa.Column("inserted", sa.BigInteger, nullable=False, default=0, server_default="0"),
+    sa.Column("updated", sa.BigInteger, nullable=False, default=0, server_default="0"),
+    sa.Column("unchanged", sa.BigInteger, nullable=False, default=0, server_default="0"),
+    sa.Column("identity_changed", sa.BigInteger, nullable=False, default=0, server_default="0"),
     sa.Column("validation", sa.Text, nullable=False, default="{}"),
     sa.Column("started_at", sa.String(40), nullable=False),
     sa.Column("finished_at", sa.String(40), nullable=True),
@@ -146,6 +157,8 @@ db_extracts_table = sa.Table(
 #: ``mipflow_meta`` entry set once the manifest holds path keys only (see
 #: :meth:`mipflow.node.store.feature_store.FeatureStore.migrate_path_names`).
 PATH_NAMES_MARKER = ("manifest_paths", "hmac-sha256")
+#: ``mipflow_meta`` entry recording that ``mipflow_batches`` has :data:`BATCH_COUNT_COLUMNS`.
+BATCH_COUNTS_MARKER = ("batch_count_columns", "v1")
 
 
 def data_model_table(model: DataModel, dialect: str) -> sa.Table:
