@@ -262,3 +262,48 @@ def test_node_page_shows_counts_per_batch_rule_quarantine_and_audit(node_home, s
 def test_node_page_is_absent_where_there_is_no_node(stored):
     client = client_for(stored, node_home=lambda: None)
     assert client.get("/node", headers={"Authorization": "Bearer good"}).status_code == 404
+
+
+def _batch(i: int, *, status: str = "loaded", failing_rule: bool = False, identity_changed: int = 0) -> dict:
+    expectations = [{"expectation": "expect_column_values_to_be_between", "column": "age", "success": True,
+                     "unexpected_count": 0, "element_count": 10}]
+    if failing_rule:
+        expectations.append({"expectation": "expect_column_values_to_be_in_set", "column": f"rulecol{i:04d}",
+                             "success": False, "unexpected_count": 3, "element_count": 10})
+    return {"batch_id": f"b{i:04d}", "data_model": "stroke:0.1", "source": f"ref{i:04d}", "stage": "load",
+            "status": status, "rows_in": 10, "loaded": 0 if status == "held" else 10, "inserted": 10,
+            "updated": 0, "unchanged": 0, "identity_changed": identity_changed, "quarantined": 0,
+            "held": 10 if status == "held" else 0, "no_consent": 0, "duplicates": 0,
+            "started_at": f"2026-01-01T00:{i // 60:02d}:{i % 60:02d}", "finished_at": None, "message": "",
+            "validation": {"expectations": expectations}}
+
+
+def test_node_page_highlights_failures_shows_failing_rules_only_and_paginates():
+    from mipflow.central.report.pages import BATCHES_PER_PAGE, node_quality_page
+
+    n = BATCHES_PER_PAGE + 5
+    batches = [_batch(i, status="held" if i == 2 else "loaded", failing_rule=i in (2, n - 1),
+                      identity_changed=4 if i == n - 3 else 0) for i in range(n)]
+    quality = {"node": "hospital_a", "batches": batches, "quarantine": [], "consent": []}
+    first = node_quality_page(quality)  # newest first: b{n-1} .. b0005
+    assert f"b{n - 1:04d}" in first and "b0005" in first and "b0004" not in first
+    assert "page 1 of 2" in first and 'href="?page=2"' in first and 'href="?page=0"' not in first
+    # failing rules only: the passing rule of every batch is not listed
+    assert "expect_column_values_to_be_between" not in first
+    assert f"rulecol{n - 1:04d}" in first and "rulecol0002" not in first  # only the page's batches
+    # highlighted: the batch whose identifying-derived values changed, and the failing rule
+    highlighted = first.split('<tr class="fail">')[1:]
+    assert [row.split("</tr>")[0].count(f"b{n - 3:04d}") for row in highlighted].count(1) == 1
+    assert sum(f"rulecol{n - 1:04d}" in row for row in highlighted) == 1
+    assert len(highlighted) == 2 and "2 of 30 batches need attention" in first
+    second = node_quality_page(quality, page_number=2)
+    assert "b0004" in second and "b0005" not in second and 'href="?page=1"' in second
+    assert "rulecol0002" in second and second.count('<tr class="fail">') == 2  # the held batch and its rule
+    assert node_quality_page(quality, page_number=99).count("page 2 of 2") == 1
+
+
+def test_node_page_route_takes_a_page(stored, node_home):
+    client = client_for(stored, node_home=lambda: node_home)
+    headers = {"Authorization": "Bearer good"}
+    assert "page 1 of 1" in client.get("/node?page=1", headers=headers).text
+    assert client.get("/node?page=0", headers=headers).status_code == 422

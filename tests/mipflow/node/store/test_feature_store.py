@@ -100,3 +100,30 @@ def test_unknown_model_message(tmp_path):
     store = FeatureStore(f"sqlite:///{tmp_path / 's.sqlite'}")
     with pytest.raises(StoreError, match="mipflow data-model add"):
         store.data_model("nope:1")
+
+
+def test_an_older_store_gains_the_new_batch_counts_once(tmp_path):
+    """Batch records written before issue 15 item 7 read with 0 for held/inserted/updated/unchanged/identity_changed."""
+    import sqlalchemy as sa
+
+    from mipflow.node.store.tables import BATCH_COUNT_COLUMNS
+
+    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE TABLE mipflow_batches (batch_id VARCHAR(80) PRIMARY KEY, data_model VARCHAR(160) NOT NULL, "
+            "source TEXT NOT NULL, sha256 VARCHAR(64) NOT NULL, stage VARCHAR(20) NOT NULL, "
+            "status VARCHAR(20) NOT NULL, message TEXT NOT NULL, rows_in BIGINT NOT NULL, loaded BIGINT NOT NULL, "
+            "quarantined BIGINT NOT NULL, no_consent BIGINT NOT NULL, duplicates BIGINT NOT NULL, "
+            "validation TEXT NOT NULL, started_at VARCHAR(40) NOT NULL, finished_at VARCHAR(40))")
+        conn.exec_driver_sql("INSERT INTO mipflow_batches VALUES ('b1', 'm:1', 'ref', 'ab', 'load', 'loaded', '', "
+                             "5, 5, 0, 0, 0, '{}', '2026-01-01', NULL)")
+    engine.dispose()
+    store = FeatureStore(url)
+    batch = store.batch("b1")
+    assert batch["loaded"] == 5 and all(batch[c] == 0 for c in BATCH_COUNT_COLUMNS)
+    store.dispose()
+    again = FeatureStore(url)  # the marker makes the second open a lookup; the columns stay
+    assert set(BATCH_COUNT_COLUMNS) <= {c["name"] for c in sa.inspect(again.engine).get_columns("mipflow_batches")}
+    again.dispose()
