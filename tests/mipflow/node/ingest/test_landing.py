@@ -274,7 +274,7 @@ def test_raw_paths_of_an_older_store_are_rewritten_on_first_open(tmp_path, db_ur
     assert_nameless(logged(caplog), home, "the logs")
     assert "renamed to keyed path hashes" in caplog.text
     with store.engine.connect() as conn:
-        assert conn.execute(sa.select(meta_table.c.value)).scalars().all() == [PATH_NAMES_MARKER[1]]
+        assert conn.execute(sa.select(meta_table.c.value).where(meta_table.c.name == PATH_NAMES_MARKER[0])).scalars().all() == [PATH_NAMES_MARKER[1]]
     assert store.migrate_path_names(home.key(), home.landing_dir, home.profiles_dir) == 0  # once only
 
     # detection works on the migrated manifest, and the waiting batch finds its file by its key
@@ -317,7 +317,9 @@ def test_stages_report_empty_header_only_and_held_batches_as_failures(tmp_path, 
     assert {name: batches[ref]["status"] for name, ref in refs.items()} == {
         "held.csv": "held", "header.csv": "empty", "zero.csv": "empty"}
     for batch in batches.values():
-        assert batch["rows_in"] == batch["loaded"] + batch["quarantined"] + batch["no_consent"] + batch["duplicates"]
+        assert batch["rows_in"] == (batch["loaded"] + batch["quarantined"] + batch["held"] + batch["no_consent"]
+                                    + batch["duplicates"])  # held: the valid rows of the held batch (ADR 0004)
+    assert batches[refs["held.csv"]]["held"] > 0
     # a batch another run already finished is no failure of this one
     done = batches[refs["held.csv"]]["batch_id"]
     assert stages.validate(home, done)["message"] == stages.NOT_WAITING
