@@ -63,6 +63,7 @@ def test_node_chain_through_airflow(dags, tmp_path, db_url, caplog, capfd):
     assert batch["status"] == "loaded", batch["message"]
     assert batch["rows_in"] == len(export) == 87
     assert batch["rows_in"] == batch["loaded"] + batch["quarantined"] + batch["no_consent"] + batch["duplicates"]
+    assert batch["inserted"] == batch["loaded"] and batch["updated"] == batch["unchanged"] == 0  # a first load
     model = store.data_model("stroke:0.1")
     assert store.count_rows(model) == batch["loaded"] > 0
     assert not any((home.staging_dir / batch["batch_id"]).glob("*"))  # staging cleaned up
@@ -228,9 +229,11 @@ def test_broken_files_turn_the_runs_red_with_what_to_fix(dags, tmp_path, db_url)
     status = {name: batches[f"{ref}"]["status"] for name, ref in refs.items()}
     assert status == {"held.csv": "held", "semicolon.csv": "failed", "columns.csv": "failed",
                       "header_only.csv": "empty", "zero.csv": "empty", "latin1.csv": "failed"}
-    for batch in batches.values():
-        assert batch["rows_in"] == batch["loaded"] + batch["quarantined"] + batch["no_consent"] + batch["duplicates"]
+    for batch in batches.values():  # held: the valid rows of the held batch (ADR 0004)
+        assert batch["rows_in"] == (batch["loaded"] + batch["quarantined"] + batch["held"] + batch["no_consent"]
+                                    + batch["duplicates"])
     assert batches[refs["held.csv"]]["rows_in"] == len(held) and batches[refs["held.csv"]]["loaded"] == 0
+    assert batches[refs["held.csv"]]["held"] > 0
 
 
 @pytest.mark.postgres
