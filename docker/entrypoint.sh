@@ -16,6 +16,10 @@
 #   celery-worker   Airflow Celery worker (needs AIRFLOW__CORE__EXECUTOR=CeleryExecutor)
 #   node-init       create the node home $MIPFLOW_NODE_HOME once, register $MIPFLOW_NODE_DATA_MODELS
 #   node-api        the hospital node's aggregate API (the only port a node opens to the central site)
+#   tls-install     copy the mounted TLS files /run/secrets/tls_NAME (MIPFLOW_TLS_SECRETS) into
+#                   $MIPFLOW_TLS_DIR/NAME owned by $MIPFLOW_TLS_OWNER (default airflow:0), keys (*.key)
+#                   0600, certificates 0644, then exit; run as root (user "0:0"): bind-mounted secrets
+#                   keep the host's owner and mode, so a 0600 key is readable by root only
 #   anything else   run as a command (e.g. `mipflow access grant ...`)
 #
 # Secrets from files (docker secrets are files under /run/secrets): for NAME_FILE, where NAME is
@@ -72,7 +76,7 @@ writable_passwords_file() {
 
 ROLE="${1:-}"
 if [[ -z "$ROLE" ]]; then
-    sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 64
 fi
 shift
@@ -103,6 +107,27 @@ case "$ROLE" in
         require MIPFLOW_NODE_HOME
         exec mipflow node serve "$MIPFLOW_NODE_HOME" --host "${MIPFLOW_NODE_API_HOST:-0.0.0.0}" \
             --port "${MIPFLOW_NODE_API_PORT:-8700}" "$@" ;;
+    tls-install)
+        require MIPFLOW_TLS_DIR
+        owner="${MIPFLOW_TLS_OWNER:-airflow:0}"
+        parent="$(dirname "$MIPFLOW_TLS_DIR")"  # e.g. /data/central before the site first writes it
+        [[ -d "$parent" ]] || install -d -m 0775 -o "${owner%%:*}" -g "${owner#*:}" "$parent"
+        install -d -m 0700 -o "${owner%%:*}" -g "${owner#*:}" "$MIPFLOW_TLS_DIR"
+        found=0
+        for src in "${MIPFLOW_TLS_SECRETS:-/run/secrets}"/tls_*; do
+            [[ -f "$src" ]] || continue
+            name="${src##*/tls_}"
+            mode=0644
+            [[ "$name" == *.key ]] && mode=0600
+            install -m "$mode" -o "${owner%%:*}" -g "${owner#*:}" "$src" "$MIPFLOW_TLS_DIR/$name"
+            found=$((found + 1))
+        done
+        if [[ "$found" -eq 0 ]]; then
+            echo "entrypoint: no TLS files (tls_*) in ${MIPFLOW_TLS_SECRETS:-/run/secrets}" >&2
+            exit 66
+        fi
+        echo "entrypoint: installed $found TLS files into $MIPFLOW_TLS_DIR"
+        exit 0 ;;
     *)
         exec "$ROLE" "$@" ;;
 esac

@@ -141,7 +141,7 @@ def test_compose_services_use_the_entrypoint_roles_the_celery_test_starts():
     central = {svc["command"][0] for name, svc in services.items() if name.startswith("central-")}
     # what tests/integration/test_celery_deployment.py runs, and the triggerer of the standing analyses'
     # asset watcher (ADR 0043; its trigger is driven directly in tests/mipflow/central/test_standing.py)
-    assert central - {"migrate", "triggerer"} == set(ROLES) and "triggerer" in central
+    assert central - {"migrate", "triggerer", "tls-install"} == set(ROLES) and "triggerer" in central
     for name, svc in services.items():
         if svc["command"][0] not in (*ROLES, "migrate"):
             continue  # not an Airflow component
@@ -151,7 +151,7 @@ def test_compose_services_use_the_entrypoint_roles_the_celery_test_starts():
     assert hospitals == {"hospital-a", "hospital-b", "hospital-c"}
     for hospital in hospitals:
         assert {svc["command"][0] for name, svc in services.items() if name.startswith(hospital + "-")} == {
-            "migrate", "node-init", "node-api", "scheduler", "dag-processor", "api-server"}
+            "migrate", "node-init", "tls-install", "node-api", "scheduler", "dag-processor", "api-server"}
 
 
 def test_only_node_apis_are_reachable_from_the_central_site():
@@ -223,7 +223,7 @@ def test_init_secrets_makes_every_file_the_compose_file_mounts(tmp_path):
     made = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()}
     wanted = {s["file"].split("}/", 1)[1] for s in compose()["secrets"].values()}
     assert wanted - made == {f"central/conn_hospital_{x}.json" for x in "abc"}  # made by `connections`
-    assert made <= wanted
+    assert made - wanted == {"ca/ca.key"}  # the development CA's key stays on the host, never mounted
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o700 for p in tmp_path.iterdir())
     first = (tmp_path / "central" / "fernet_key").read_text()
     subprocess.run(["bash", str(DOCKER / "init-secrets.sh"), "sites"], check=True, capture_output=True,
@@ -324,3 +324,229 @@ def test_a_read_only_passwords_file_is_copied_where_airflow_can_append(tmp_path_
         assert done.returncode == 0 and done.stdout.splitlines()[0] == str(writable), done.stderr
     finally:
         shutil.rmtree(root)
+
+
+# --- TLS in the compose federation (ADR 0039): mutual TLS between the central site and the node APIs
+
+
+def run_init_secrets(step: str, secrets: Path, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(DOCKER / "init-secrets.sh"), step], capture_output=True, text=True,
+                          env={**os.environ, "MIPFLOW_SECRETS_DIR": str(secrets), **env}, timeout=60)
+
+
+def secret_file(secrets: Path, source: str) -> Path:
+    """The host file of a compose secret, under ``secrets`` (MIPFLOW_SECRETS_DIR)."""
+    return secrets / compose()["secrets"][source]["file"].split("}/", 1)[1]
+
+
+def installed_tls(service: dict) -> dict[str, str]:
+    """What a ``tls-install`` one-shot puts where: {path in the volume: secret source}."""
+    folder = service["environment"]["MIPFLOW_TLS_DIR"]
+    return {f"{folder}/{s['target'].removeprefix('tls_')}": s["source"] for s in service["secrets"]}
+
+
+def option(command: list[str], name: str) -> str:
+    return command[command.index(name) + 1]
+
+
+def test_no_service_of_the_compose_file_serves_plain_http():
+    assert "--insecure-http" not in COMPOSE.read_text(encoding="utf-8")
+    assert "--insecure-http" not in ENTRYPOINT.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("x", ["a", "b", "c"])
+def test_every_node_api_serves_mutual_tls_with_files_its_tls_one_shot_installs(x):
+    services = compose()["services"]
+    api, one_shot = services[f"hospital-{x}-node-api"], services[f"hospital-{x}-tls"]
+    command = api["command"]
+    assert command[0] == "node-api"
+    installed = installed_tls(one_shot)
+    assert installed == {  # the node's own certificate and key, and the federation CA as client CA
+        "/data/node/tls/node.crt": f"hospital_{x}_tls_cert", "/data/node/tls/node.key": f"hospital_{x}_tls_key",
+        "/data/node/tls/client-ca.crt": "tls_ca_cert"}
+    assert {option(command, "--tls-cert"), option(command, "--tls-key"), option(command, "--tls-client-ca")} == set(
+        installed)
+    assert option(command, "--tls-client-ca").endswith("client-ca.crt")  # mutual TLS: the central's client cert
+    # installed into the node API's own volume before it starts, by root (only root can read a 0600
+    # bind-mounted key), with no network; the node API itself has no TLS secret mounted
+    assert one_shot["volumes"] == [v for v in api["volumes"] if v.startswith(f"hospital-{x}-home:")]
+    assert one_shot["user"] == "0:0" and one_shot["network_mode"] == "none" and one_shot["command"] == ["tls-install"]
+    assert api["depends_on"] == {f"hospital-{x}-tls": {"condition": "service_completed_successfully"}}
+    assert one_shot["depends_on"] == {f"hospital-{x}-init": {"condition": "service_completed_successfully"}}
+    assert not any("tls" in s["source"] for s in api["secrets"])
+    assert "user" not in api and "user" not in services[f"hospital-{x}-scheduler"]
+
+
+def test_the_central_site_gets_the_ca_and_its_client_certificate_before_anything_starts():
+    services = compose()["services"]
+    one_shot = services["central-tls"]
+    assert installed_tls(one_shot) == {"/data/central/tls/ca.crt": "tls_ca_cert",
+                                       "/data/central/tls/central.crt": "central_tls_cert",
+                                       "/data/central/tls/central.key": "central_tls_key"}
+    assert one_shot["volumes"] == ["central-data:/data"] and one_shot["user"] == "0:0"
+    assert services["central-migrate"]["depends_on"]["central-tls"] == {"condition": "service_completed_successfully"}
+    for name, svc in services.items():  # every other central service waits for migrate, so for central-tls
+        if name.startswith("central-") and svc.get("image", "").startswith("mipflow-") and name not in (
+                "central-tls", "central-migrate"):
+            assert svc["depends_on"]["central-migrate"] == {"condition": "service_completed_successfully"}, name
+            assert "central-data:/data" in svc["volumes"], name
+
+
+@pytest.fixture
+def stub_docker(tmp_path) -> Path:
+    """A ``docker`` that answers ``compose run ... node add-client`` with a clients.json (no engine)."""
+    bin_dir = tmp_path / "docker-bin"
+    bin_dir.mkdir()
+    docker = bin_dir / "docker"
+    docker.write_text('#!/usr/bin/env bash\necho "$*" >> "$(dirname "$0")/calls"\n'
+                      'echo \'{"central": {"secret": "s3cret-from-the-node"}}\'\n', encoding="utf-8")
+    docker.chmod(0o755)
+    return bin_dir
+
+
+def test_the_central_connections_name_https_urls_the_ca_and_the_client_certificate(tmp_path, stub_docker):
+    secrets = tmp_path / "secrets"
+    done = run_init_secrets("connections", secrets, PATH=f"{stub_docker}{os.pathsep}{os.environ['PATH']}")
+    assert done.returncode == 0, done.stderr
+    installed = installed_tls(compose()["services"]["central-tls"])
+    for x in "abc":
+        conn = json.loads(secret_file(secrets, f"conn_hospital_{x}").read_text())
+        assert conn["host"] == f"https://hospital-{x}-node-api:8700"
+        assert conn["password"] == "s3cret-from-the-node" and conn["extra"]["node_name"] == f"hospital_{x}"
+        tls_paths = {installed[conn["extra"][k]] for k in ("ca_cert", "client_cert", "client_key")}
+        assert tls_paths == {"tls_ca_cert", "central_tls_cert", "central_tls_key"}
+        assert installed[conn["extra"]["client_key"]] == "central_tls_key"
+        assert stat.S_IMODE(secret_file(secrets, f"conn_hospital_{x}").stat().st_mode) == 0o644
+    calls = (stub_docker / "calls").read_text().splitlines()
+    assert [c.split(" run ")[1].split()[2] for c in calls] == [f"hospital-{x}-node-api" for x in "abc"]
+
+
+def test_init_secrets_issues_a_ca_node_certificates_for_the_service_names_and_a_client_certificate(tmp_path):
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    done = run_init_secrets("sites", tmp_path)
+    assert done.returncode == 0, done.stderr
+    ca = x509.load_pem_x509_certificate(secret_file(tmp_path, "tls_ca_cert").read_bytes())
+    for x in "abc":
+        cert = x509.load_pem_x509_certificate(secret_file(tmp_path, f"hospital_{x}_tls_cert").read_bytes())
+        cert.verify_directly_issued_by(ca)
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert set(sans.get_values_for_type(x509.DNSName)) == {f"hospital-{x}-node-api", "localhost"}
+        assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+        assert list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
+            ExtendedKeyUsageOID.SERVER_AUTH]
+    client = x509.load_pem_x509_certificate(secret_file(tmp_path, "central_tls_cert").read_bytes())
+    client.verify_directly_issued_by(ca)
+    assert list(client.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
+        ExtendedKeyUsageOID.CLIENT_AUTH]
+    keys = [secret_file(tmp_path, s) for s in ("hospital_a_tls_key", "hospital_b_tls_key", "hospital_c_tls_key",
+                                               "central_tls_key")] + [tmp_path / "ca" / "ca.key"]
+    assert all(stat.S_IMODE(k.stat().st_mode) == 0o600 for k in keys)
+    mounted = {secret_file(tmp_path, s) for s in compose()["secrets"]}
+    assert tmp_path / "ca" / "ca.key" not in mounted  # the CA key is never mounted into a container
+    before = {p: p.read_bytes() for p in keys}
+    again = run_init_secrets("tls", tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert {p: p.read_bytes() for p in keys} == before  # never overwritten
+
+
+def test_tls_install_copies_keys_0600_and_certificates_0644_and_refuses_an_empty_mount(stub_bin, tmp_path):
+    mounted = tmp_path / "run-secrets"
+    mounted.mkdir()
+    (mounted / "tls_node.key").write_text("KEY")
+    (mounted / "tls_node.crt").write_text("CERT")
+    (mounted / "db_password").write_text("not TLS")
+    env = {"MIPFLOW_TLS_SECRETS": str(mounted), "MIPFLOW_TLS_DIR": str(tmp_path / "data" / "node" / "tls"),
+           "MIPFLOW_TLS_OWNER": f"{os.getuid()}:{os.getgid()}"}
+    done = run_entrypoint(stub_bin, "tls-install", **env)
+    assert done.returncode == 0, done.stderr
+    folder = tmp_path / "data" / "node" / "tls"
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()} == {"node.key": 0o600,
+                                                                                  "node.crt": 0o644}
+    assert (folder / "node.key").read_text() == "KEY" and stat.S_IMODE(folder.stat().st_mode) == 0o700
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    refused = run_entrypoint(stub_bin, "tls-install", **(env | {"MIPFLOW_TLS_SECRETS": str(empty)}))
+    assert refused.returncode == 66 and "no TLS files" in refused.stderr
+
+
+def _install(service: dict, secrets: Path, volume: Path, stub_bin: Path) -> None:
+    """Run a compose ``tls-install`` one-shot here: its secrets as the mount, ``volume`` as /data."""
+    mount = volume.parent / (volume.name + "-run-secrets")
+    mount.mkdir()
+    for s in service["secrets"]:
+        shutil.copyfile(secret_file(secrets, s["source"]), mount / s["target"])
+    folder = service["environment"]["MIPFLOW_TLS_DIR"].replace("/data", str(volume), 1)
+    done = run_entrypoint(stub_bin, "tls-install", MIPFLOW_TLS_SECRETS=str(mount), MIPFLOW_TLS_DIR=folder,
+                          MIPFLOW_TLS_OWNER=f"{os.getuid()}:{os.getgid()}")
+    assert done.returncode == 0, done.stderr
+
+
+def test_compose_tls_files_complete_a_mutual_tls_handshake_under_the_service_name(tmp_path, stub_bin, stub_docker):
+    """init-secrets.sh -> the tls-install one-shots -> the node API's checks and server options, and
+    the central's connection extra -> a handshake on loopback naming the compose service."""
+    import socket
+    import ssl
+    import threading
+
+    from mipflow.node.api.tls import resolve_server_tls
+    from mipflow.protocol.tls import client_context
+
+    secrets = tmp_path / "secrets"
+    assert run_init_secrets("sites", secrets).returncode == 0
+    assert run_init_secrets("connections", secrets,
+                            PATH=f"{stub_docker}{os.pathsep}{os.environ['PATH']}").returncode == 0
+    services = compose()["services"]
+    node_volume, central_volume = tmp_path / "hospital-a-home", tmp_path / "central-data"
+    _install(services["hospital-a-tls"], secrets, node_volume, stub_bin)
+    _install(services["central-tls"], secrets, central_volume, stub_bin)
+
+    command = services["hospital-a-node-api"]["command"]
+
+    def here(path: str, volume: Path) -> str:
+        return path.replace("/data", str(volume), 1)
+    server = resolve_server_tls(node_volume / "node", cert=here(option(command, "--tls-cert"), node_volume),
+                                key=here(option(command, "--tls-key"), node_volume),
+                                client_ca=here(option(command, "--tls-client-ca"), node_volume))
+    options = server.uvicorn_options()  # what `mipflow node serve` hands uvicorn
+    assert options["ssl_cert_reqs"] == ssl.CERT_REQUIRED
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(options["ssl_certfile"], options["ssl_keyfile"])
+    server_ctx.load_verify_locations(cafile=options["ssl_ca_certs"])
+    server_ctx.verify_mode = options["ssl_cert_reqs"]
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    peers: list = []
+
+    def serve(n: int) -> None:
+        for _ in range(n):
+            conn, _ = listener.accept()
+            try:
+                with server_ctx.wrap_socket(conn, server_side=True) as tls_conn:
+                    peers.append(tls_conn.getpeercert()["subject"])
+                    tls_conn.sendall(b"ok")
+            except (ssl.SSLError, OSError):
+                peers.append(None)
+
+    thread = threading.Thread(target=serve, args=(3,), daemon=True)
+    thread.start()
+    conn = json.loads(secret_file(secrets, "conn_hospital_a").read_text())
+    host = conn["host"].removeprefix("https://").split(":")[0]
+    extra = {k: here(conn["extra"][k], central_volume) for k in ("ca_cert", "client_cert", "client_key")}
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with client_context(**extra).wrap_socket(raw, server_hostname=host) as tls_conn:
+            assert tls_conn.recv(2) == b"ok"
+    assert (("commonName", "central"),) in peers[0]  # the server saw the central's client certificate
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:  # no client certificate: refused
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            with client_context(ca_cert=extra["ca_cert"]).wrap_socket(raw, server_hostname=host) as tls_conn:
+                if not tls_conn.recv(2):  # TLS 1.3: the refusal may arrive as a closed connection
+                    raise ConnectionError("closed without an answer")
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:  # another node's name: refused
+        with pytest.raises(ssl.SSLCertVerificationError):
+            client_context(**extra).wrap_socket(raw, server_hostname="hospital-b-node-api")
+    thread.join(timeout=5)
+    listener.close()
+    assert peers[1:] == [None, None]
