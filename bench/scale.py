@@ -159,6 +159,10 @@ def main() -> int:
     print(f"{args.nodes} node(s) x {args.rows} rows x {N_COVARIATES} covariates, {store_kind} stores")
     with site_homes("scale", sqlite=sqlite, sites=args.nodes) as homes:
         load(homes, model, args.rows, distinct, sqlite)
+        if args.nodes >= 3:  # secure aggregation (on by default from 3 nodes) needs the peers' pinned keys
+            from tests.nodes import pin_each_other
+
+            pin_each_other([h.root for h in homes])
         with running_nodes([h.root for h in homes], timeout=120.0) as urls:
             clients = [NodeClient(NodeEndpoint(h.name, u, "central", issue_client(h.root, "central").secret.hex()),
                                   timeout=600.0) for h, u in zip(homes, urls)]

@@ -29,6 +29,9 @@ from mipflow.protocol.filters import MAX_DATASETS
 ROW_IDENTITY_COLUMNS = ("_pid", "_visit")
 #: Rows fetched per round trip by :func:`iter_frames`.
 DEFAULT_CHUNKSIZE = 50_000
+#: SQLite page cache (``PRAGMA cache_size``, negative: KiB) while :func:`sqlite_columns` reads a
+#: selection: the rows stream past once, the file stays in the OS's cache (ADR 0044).
+READ_PAGE_CACHE_KIB = -8192
 
 
 def _check_datasets(datasets: Any) -> list[str]:
@@ -167,10 +170,25 @@ def _stream(store: FeatureStore, statement: sa.Select, chosen: list[Variable],
         yield from _stream_copy(store, statement, chosen, chunksize)
         return
     with store.engine.connect() as conn:
-        conn = conn.execution_options(stream_results=True, max_row_buffer=chunksize)
-        for chunk in pd.read_sql(statement, conn, chunksize=chunksize):
-            if len(chunk):
-                yield _typed(chunk, chosen)
+        try:
+            streaming = conn.execution_options(stream_results=True, max_row_buffer=chunksize)
+            for chunk in pd.read_sql(statement, streaming, chunksize=chunksize):
+                if len(chunk):
+                    yield _typed(chunk, chosen)
+        finally:
+            release_page_cache(conn)
+
+
+def release_page_cache(conn: sa.Connection) -> None:
+    """SQLite: free the pages a read left in the connection's page cache (ADR 0044).
+
+    The store's connections keep a 128 MiB page cache for the random-order key inserts of a load
+    (:func:`mipflow.node.store.feature_store.make_engine`); a node's read of a large selection
+    filled it and the pooled connection kept it resident (the OS keeps the file cached anyway, and
+    the rows read are kept by :class:`mipflow.node.api.context.SelectionCache`).
+    """
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("PRAGMA shrink_memory")
 
 
 def select_frame(store: FeatureStore, model: DataModel, *, datasets: Sequence[str], variables: Sequence[str],
@@ -307,9 +325,13 @@ def sqlite_columns(store: FeatureStore, statement: sa.Select, chosen: list[Varia
 
     names = ["dataset"] + [v.code for v in chosen if v.code != "dataset"]
     kinds = {v.code: v for v in chosen if v.code != "dataset"}
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in [*names, ROW_KEY, PID_KEY]}
+    dtypes = {name: np.float64 if name in kinds and kinds[name].is_numerical else object for name in names}
+    dtypes.update({ROW_KEY: np.uint64, PID_KEY: np.uint64})
+    columns_out = {name: _Growing(dtype) for name, dtype in dtypes.items()}
     shared: dict[Any, Any] = {}  # one object per distinct dataset code
     with store.engine.connect() as conn:
+        previous = conn.exec_driver_sql("PRAGMA cache_size").scalar()
+        conn.exec_driver_sql(f"PRAGMA cache_size={READ_PAGE_CACHE_KIB}")
         result = conn.execute(statement)
         cursor = result.cursor  # the DB-API cursor: plain tuples, no row objects
         try:
@@ -320,34 +342,60 @@ def sqlite_columns(store: FeatureStore, statement: sa.Select, chosen: list[Varia
                 columns = list(zip(*rows))
                 del rows
                 datasets = columns[0]
-                parts["dataset"].append(np.array([shared.setdefault(d, d) for d in datasets], dtype=object))
+                columns_out["dataset"].append([shared.setdefault(d, d) for d in datasets])
                 for i, name in enumerate(names[1:], start=1):
                     var = kinds[name]
                     if var.is_numerical:
                         try:
-                            parts[name].append(np.array(columns[i], dtype=np.float64))
+                            columns_out[name].append(columns[i])
                         except (TypeError, ValueError):
                             return None
                     else:
-                        parts[name].append(_as_codes(pd.Series(np.array(columns[i], dtype=object)), var).to_numpy())
+                        columns_out[name].append(_as_codes(pd.Series(np.array(columns[i], dtype=object)), var).to_numpy())
                 # row_md5 and pid_md5 of mipflow.node.controls.differencing, inlined (a million calls)
                 pids = ["" if p is None else str(p) for p in columns[-2]]
                 visits = ["" if v is None else str(v) for v in columns[-1]]
                 digests = np.array([md5(f"{p}\x1f{'' if d is None else d}\x1f{v}".encode("utf-8")).hexdigest()
                                     for p, d, v in zip(pids, datasets, visits)], dtype=object)
-                parts[ROW_KEY].append(pd.util.hash_array(digests, hash_key=row_key, categorize=False))
+                columns_out[ROW_KEY].append(pd.util.hash_array(digests, hash_key=row_key, categorize=False))
                 digests = np.array([md5(p.encode("utf-8")).hexdigest() for p in pids], dtype=object)
-                parts[PID_KEY].append(pd.util.hash_array(digests, hash_key=row_key, categorize=False))
+                columns_out[PID_KEY].append(pd.util.hash_array(digests, hash_key=row_key, categorize=False))
                 del columns, pids, visits, digests
         finally:
             result.close()
-    out: dict[str, Any] = {}
-    for name, chunks in parts.items():
-        dtype = np.uint64 if name in (ROW_KEY, PID_KEY) else object if name == "dataset" or \
-            not kinds[name].is_numerical else np.float64
-        column = np.concatenate(chunks) if chunks else np.zeros(0, dtype=dtype)
-        chunks.clear()  # each column's chunks go as soon as it is whole
-        out[name] = pd.Series(column, dtype=dtype, copy=False)  # object stays object (not a string dtype)
-    frame = pd.DataFrame(out, copy=False)
+            release_page_cache(conn)
+            conn.exec_driver_sql(f"PRAGMA cache_size={int(previous)}")
+    # object stays object (not a string dtype)
+    frame = pd.DataFrame({name: pd.Series(column.array(), dtype=dtypes[name], copy=False)
+                          for name, column in columns_out.items()}, copy=False)
     frame.attrs[KEY_OWNER] = key_fingerprint(row_key)
     return frame
+
+
+class _Growing:
+    """A column filled chunk by chunk into one buffer that doubles when full.
+
+    Many chunk-sized arrays concatenated at the end leave the allocator's heap fragmented (on
+    a million rows about 100 MiB stayed resident after the read); buffers this large are mapped
+    and unmapped whole instead.
+    """
+
+    def __init__(self, dtype: Any) -> None:
+        self.buffer = np.empty(0, dtype=dtype)
+        self.size = 0
+
+    def append(self, values: Any) -> None:
+        values = np.asarray(values, dtype=self.buffer.dtype)
+        end = self.size + len(values)
+        if end > len(self.buffer):
+            grown = np.empty(max(end, 2 * len(self.buffer)), dtype=self.buffer.dtype)
+            grown[:self.size] = self.buffer[:self.size]
+            self.buffer = grown
+        self.buffer[self.size:end] = values
+        self.size = end
+
+    def array(self) -> np.ndarray:
+        """The values (the buffer itself when full, else a copy of its filled part)."""
+        out = self.buffer if self.size == len(self.buffer) else self.buffer[:self.size].copy()
+        self.buffer = np.empty(0, dtype=out.dtype)
+        return out
