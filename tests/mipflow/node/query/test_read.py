@@ -265,3 +265,25 @@ def test_rows_read_with_their_ledger_keys_equal_the_text_identity_path(kwargs, d
     if store.dialect == "sqlite" and len(keyed):
         with pytest.raises(ValueError, match="another ledger key"):  # keys of one node are no other's
             row_keys(keyed, hash_key(b"another node"))
+
+
+def test_a_keyed_read_leaves_the_stores_page_cache_setting_as_it_was(tmp_path):
+    """The keyed SQLite read streams with a small page cache and puts the store's own back (the
+    load's 128 MiB, ``make_engine``) on the pooled connection it used."""
+    from mipflow.node.controls.differencing import hash_key
+
+    store = FeatureStore(f"sqlite:///{tmp_path / 's.sqlite'}")
+    store.add_data_model(MODEL)
+    with store.begin() as conn:
+        store.upsert_rows(conn, MODEL, ROWS, batch_id="b", sha256="0" * 64)
+    try:
+        with store.engine.connect() as conn:
+            before = conn.exec_driver_sql("PRAGMA cache_size").scalar()
+        frame = select_frame(store, MODEL, datasets=ALL_DATASETS, variables=["age"], row_identity=True,
+                             row_key=hash_key(b"secret"))
+        with store.engine.connect() as conn:
+            after = conn.exec_driver_sql("PRAGMA cache_size").scalar()
+    finally:
+        store.dispose()
+    assert "_row_key" in frame.columns and len(frame)
+    assert before == after == -131072
