@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 # `make demo DEMO_ARGS=--serve` (or MIPFLOW_DEMO_SERVE=1) leaves the results pages up after the run
 DEMO_ARGS ?=
 
-.PHONY: install test demo bench airflow-db clean results-ui
+.PHONY: install test test-containers images demo bench airflow-db clean results-ui
 
 $(STAMP): requirements.txt requirements-test.txt requirements-reference.txt pyproject.toml
 	@test -n "$(PYTHON)" || { echo "mipflow needs Python 3.11 or newer on PATH" >&2; exit 1; }
@@ -41,8 +41,18 @@ airflow-db: var/airflow/airflow.db
 # --dist loadfile: a test file runs on one worker, in order, so its module fixtures (node services,
 # Airflow) start once. (--dist loadgroup would honour xdist_group marks, but pytest-xdist 3.8 sets the
 # group on Item._nodeid, which pytest 9 no longer reads: the marks were silently ignored.)
+# the container federation (minutes: image build, 3 nodes and a Celery central in containers) runs on
+# its own in `make test-containers`; a later -m in PYTEST_ARGS overrides the selection
 test: install
-	$(BIN)/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not containers" $(PYTEST_ARGS)
+
+test-containers: install
+	$(BIN)/python -m pytest -n 0 -m containers tests/integration/test_container_federation.py $(PYTEST_ARGS)
+
+# mipflow-node and mipflow-central with podman or docker (base: the official Airflow image where it
+# can be pulled, else one made from Debian's packages); MIPFLOW_VERSION tags them (default dev)
+images:
+	bash docker/build-images.sh
 
 demo: install airflow-db
 	$(BIN)/python -m mipflow_airflow.demo --work-dir $(CURDIR)/var/demo $(DEMO_ARGS)

@@ -23,7 +23,7 @@ import os
 
 from airflow.sdk import DAG, Asset, task
 
-from mipflow_airflow.dags import START, default_args, node_home, node_params
+from mipflow_airflow.dags import START, default_args, node_home, node_params, site_runs
 
 IMAGING_CAPTURED = Asset(name="mipflow_imaging_captured", uri="mipflow://node/imaging/captured")
 IMAGING_FEATURES = Asset(name="mipflow_imaging_features", uri="mipflow://node/imaging/features")
@@ -32,110 +32,112 @@ IMAGING_FEATURES = Asset(name="mipflow_imaging_features", uri="mipflow://node/im
 MAX_CHUNKS = int(os.environ.get("MIPFLOW_DICOM_MAX_CHUNKS", "64"))
 
 
-with DAG(
-    dag_id="imaging_capture",
-    description="Register new DICOM files from landing/dicom/ (headers only), apply consent, one batch per series",
-    schedule="30 2 * * *",
-    start_date=START,
-    catchup=False,
-    max_active_runs=1,
-    params=node_params(),
-    default_args=default_args(),
-    tags=["mipflow", "node", "imaging"],
-    doc_md=__doc__,
-):
+# Defined only where node DAGs belong (MIPFLOW_SITE node or local, not central: ADR 0045).
+if site_runs("node"):
+    with DAG(
+        dag_id="imaging_capture",
+        description="Register new DICOM files from landing/dicom/ (headers only), apply consent, one batch per series",
+        schedule="30 2 * * *",
+        start_date=START,
+        catchup=False,
+        max_active_runs=1,
+        params=node_params(),
+        default_args=default_args(),
+        tags=["mipflow", "node", "imaging"],
+        doc_md=__doc__,
+    ):
 
-    @task
-    def pull_pacs() -> dict:
-        """Download the PACS's newly stable studies into landing/dicom/pacs/ (no-op without pacs.json)."""
-        from mipflow.node.imaging.pacs import pull_pacs as pull
-        from mipflow_airflow.hooks.pacs import pacs_connection_credentials
+        @task
+        def pull_pacs() -> dict:
+            """Download the PACS's newly stable studies into landing/dicom/pacs/ (no-op without pacs.json)."""
+            from mipflow.node.imaging.pacs import pull_pacs as pull
+            from mipflow_airflow.hooks.pacs import pacs_connection_credentials
 
-        result = pull(node_home(), connections=pacs_connection_credentials)
-        if result.get("configured"):
-            print(f"PACS {result['source']}: changes {result['since']}..{result['until']}, "
-                  f"{result['studies']} stable study(ies), {result['instances']} instance(s), {result['gone']} gone")
-        else:
-            print("no PACS configured (HOME/pacs.json)")
-        return result
+            result = pull(node_home(), connections=pacs_connection_credentials)
+            if result.get("configured"):
+                print(f"PACS {result['source']}: changes {result['since']}..{result['until']}, "
+                      f"{result['studies']} stable study(ies), {result['instances']} instance(s), {result['gone']} gone")
+            else:
+                print("no PACS configured (HOME/pacs.json)")
+            return result
 
-    @task(outlets=[IMAGING_CAPTURED])
-    def capture_dicom(*, outlet_events=None) -> dict:
-        """Scan landing/dicom/, register new files by SHA-256, group by series, quarantine non-instances."""
-        from mipflow.node.imaging.capture import capture_dicom as capture
+        @task(outlets=[IMAGING_CAPTURED])
+        def capture_dicom(*, outlet_events=None) -> dict:
+            """Scan landing/dicom/, register new files by SHA-256, group by series, quarantine non-instances."""
+            from mipflow.node.imaging.capture import capture_dicom as capture
 
-        summary: dict = {}
-        batches = capture(node_home(), summary=summary)
-        print(f"captured {summary['series']} series ({summary['captured']} file(s)); files_in="
-              f"{summary['files_in']} quarantined={summary['quarantined']} no_consent={summary['no_consent']} "
-              f"known={summary['known']} pending={summary['pending']} conserved={summary['conserved']} "
-              f"reasons={summary['quarantine_reasons']}")
-        outlet_events[IMAGING_CAPTURED].extra = {"series": len(batches), "files": summary["captured"]}
-        return summary
+            summary: dict = {}
+            batches = capture(node_home(), summary=summary)
+            print(f"captured {summary['series']} series ({summary['captured']} file(s)); files_in="
+                  f"{summary['files_in']} quarantined={summary['quarantined']} no_consent={summary['no_consent']} "
+                  f"known={summary['known']} pending={summary['pending']} conserved={summary['conserved']} "
+                  f"reasons={summary['quarantine_reasons']}")
+            outlet_events[IMAGING_CAPTURED].extra = {"series": len(batches), "files": summary["captured"]}
+            return summary
 
-    pull_pacs() >> capture_dicom()
+        pull_pacs() >> capture_dicom()
 
 
-with DAG(
-    dag_id="imaging_deidentify",
-    description="De-identify waiting DICOM series (PS3.15 Annex E) and load per-series features",
-    schedule=[IMAGING_CAPTURED],
-    start_date=START,
-    catchup=False,
-    max_active_runs=1,
-    params=node_params(),
-    default_args=default_args(),
-    tags=["mipflow", "node", "imaging"],
-    doc_md=__doc__,
-):
+    with DAG(
+        dag_id="imaging_deidentify",
+        description="De-identify waiting DICOM series (PS3.15 Annex E) and load per-series features",
+        schedule=[IMAGING_CAPTURED],
+        start_date=START,
+        catchup=False,
+        max_active_runs=1,
+        params=node_params(),
+        default_args=default_args(),
+        tags=["mipflow", "node", "imaging"],
+        doc_md=__doc__,
+    ):
 
-    @task
-    def waiting_series() -> list[list[str]]:
-        """Every captured series batch not yet de-identified, in at most MAX_CHUNKS chunks."""
-        from mipflow.node.imaging.deid_series import chunked
-        from mipflow.node.imaging.stages import waiting_series as waiting
+        @task
+        def waiting_series() -> list[list[str]]:
+            """Every captured series batch not yet de-identified, in at most MAX_CHUNKS chunks."""
+            from mipflow.node.imaging.deid_series import chunked
+            from mipflow.node.imaging.stages import waiting_series as waiting
 
-        batches = waiting(node_home())
-        print(f"{len(batches)} series waiting")
-        return chunked(batches, MAX_CHUNKS)
+            batches = waiting(node_home())
+            print(f"{len(batches)} series waiting")
+            return chunked(batches, MAX_CHUNKS)
 
-    @task(max_active_tis_per_dag=2)
-    def deidentify_chunk(batch_ids: list[str]) -> dict:
-        """De-identify the series of one chunk into staging/dicom/<series>/ (one file in memory at a time)."""
-        from mipflow.node.imaging.deid_series import deidentify_many
+        @task(max_active_tis_per_dag=2)
+        def deidentify_chunk(batch_ids: list[str]) -> dict:
+            """De-identify the series of one chunk into staging/dicom/<series>/ (one file in memory at a time)."""
+            from mipflow.node.imaging.deid_series import deidentify_many
 
-        outcomes = deidentify_many(node_home(), batch_ids)
-        totals = {k: sum(o[k] for o in outcomes) for k in ("files_in", "written", "quarantined")}
-        for outcome in outcomes:
-            if outcome["quarantined"]:
-                print(f"{outcome['batch_id']}: {outcome['quarantined']} quarantined {outcome['reasons']}")
-        print(f"{len(outcomes)} series: {totals}")
-        return {"series": len(outcomes), **totals}
+            outcomes = deidentify_many(node_home(), batch_ids)
+            totals = {k: sum(o[k] for o in outcomes) for k in ("files_in", "written", "quarantined")}
+            for outcome in outcomes:
+                if outcome["quarantined"]:
+                    print(f"{outcome['batch_id']}: {outcome['quarantined']} quarantined {outcome['reasons']}")
+            print(f"{len(outcomes)} series: {totals}")
+            return {"series": len(outcomes), **totals}
 
-    @task(outlets=[IMAGING_FEATURES], trigger_rule="all_done")
-    def load_features(chunks: list[dict], *, outlet_events=None) -> dict:
-        """Per-series features of every de-identified series into the imaging:0.1 table (one transaction)."""
-        from mipflow.node.imaging.load import extract_and_load, pending_outcomes
+        @task(outlets=[IMAGING_FEATURES], trigger_rule="all_done")
+        def load_features(chunks: list[dict], *, outlet_events=None) -> dict:
+            """Per-series features of every de-identified series into the imaging:0.1 table (one transaction)."""
+            from mipflow.node.imaging.load import extract_and_load, pending_outcomes
 
-        home = node_home()
-        result = extract_and_load(home, pending_outcomes(home))
-        files = {k: sum(c[k] for c in chunks if c) for k in ("files_in", "written", "quarantined")}
-        print(f"files de-identified this run: {files}; series loaded: {result['loaded']}; "
-              f"failed: {len(result['failed'])}")
-        outlet_events[IMAGING_FEATURES].extra = {"series": result["loaded"]}
-        return {"loaded": result["loaded"], "failed": result["failed"], "files": files}
+            home = node_home()
+            result = extract_and_load(home, pending_outcomes(home))
+            files = {k: sum(c[k] for c in chunks if c) for k in ("files_in", "written", "quarantined")}
+            print(f"files de-identified this run: {files}; series loaded: {result['loaded']}; "
+                  f"failed: {len(result['failed'])}")
+            outlet_events[IMAGING_FEATURES].extra = {"series": result["loaded"]}
+            return {"loaded": result["loaded"], "failed": result["failed"], "files": files}
 
-    @task
-    def commit_pacs() -> list:
-        """Account for every pulled PACS instance; advance the cursor once none is still in the chain."""
-        from mipflow.node.imaging.pacs import commit_pacs as commit
+        @task
+        def commit_pacs() -> list:
+            """Account for every pulled PACS instance; advance the cursor once none is still in the chain."""
+            from mipflow.node.imaging.pacs import commit_pacs as commit
 
-        commits = commit(node_home())
-        for item in commits:
-            print(f"pull {item['pull_id']} (changes {item['since']}..{item['until']}): {item['instances']} "
-                  f"instance(s): loaded {item['loaded']}, quarantined {item['quarantined']} {item['reasons']}, "
-                  f"no_consent {item['no_consent']}, failed {item['failed']}, waiting {item['waiting']}; "
-                  f"committed={item['committed']}")
-        return commits
+            commits = commit(node_home())
+            for item in commits:
+                print(f"pull {item['pull_id']} (changes {item['since']}..{item['until']}): {item['instances']} "
+                      f"instance(s): loaded {item['loaded']}, quarantined {item['quarantined']} {item['reasons']}, "
+                      f"no_consent {item['no_consent']}, failed {item['failed']}, waiting {item['waiting']}; "
+                      f"committed={item['committed']}")
+            return commits
 
-    load_features(deidentify_chunk.expand(batch_ids=waiting_series())) >> commit_pacs()
+        load_features(deidentify_chunk.expand(batch_ids=waiting_series())) >> commit_pacs()

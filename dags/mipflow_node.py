@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, task
 
-from mipflow_airflow.dags import default_args, node_dags_paused, node_home, node_params
+from mipflow_airflow.dags import default_args, node_dags_paused, node_home, node_params, site_runs
 
 CAPTURED = Asset(name="mipflow_node_captured", uri="mipflow://node/captured")
 DEPERSONALISED = Asset(name="mipflow_node_depersonalised", uri="mipflow://node/depersonalised")
@@ -34,46 +34,50 @@ def _waiting(stage: str) -> list[str]:
     return waiting(open_store(node_home()), stage)
 
 
-with DAG(
-    dag_id="node_capture",
-    description="Register new EHR exports from the landing folder and changes at EHR databases; "
-                "apply consent withdrawals",
-    # no start_date: the first scheduled run is the next 02:00, not the last one (no surprise run)
-    schedule=CronTriggerTimetable("0 2 * * *", timezone="UTC", run_immediately=False),
-    catchup=False,
-    is_paused_upon_creation=node_dags_paused(),
-    max_active_runs=1,
-    params=node_params(),
-    default_args=default_args(),
-    tags=["mipflow", "node"],
-    doc_md=__doc__,
-):
+#: Defined only where node DAGs belong (MIPFLOW_SITE node or local, not central: ADR 0045).
+NODE_SITE = site_runs("node")
 
-    @task(outlets=[CAPTURED])
-    def capture_landing(*, outlet_events=None) -> dict:
-        """Scan landing/, register new files by SHA-256 and keyed path hash, delete withdrawn patients' rows."""
-        from mipflow.node.ingest.stages import capture
-        from mipflow_airflow.hooks.ehr import ehr_connection_url
+if NODE_SITE:
+    with DAG(
+        dag_id="node_capture",
+        description="Register new EHR exports from the landing folder and changes at EHR databases; "
+                    "apply consent withdrawals",
+        # no start_date: the first scheduled run is the next 02:00, not the last one (no surprise run)
+        schedule=CronTriggerTimetable("0 2 * * *", timezone="UTC", run_immediately=False),
+        catchup=False,
+        is_paused_upon_creation=node_dags_paused(),
+        max_active_runs=1,
+        params=node_params(),
+        default_args=default_args(),
+        tags=["mipflow", "node"],
+        doc_md=__doc__,
+    ):
 
-        summary = capture(node_home(), connections=ehr_connection_url)  # landing files and EHR databases
-        for item in summary["skipped"]:
-            print(f"skipped file {item['file']}: {item['reason']}")  # a reference, never the file's name
-        for source in summary["unchanged_sources"]:
-            print(f"database source {source}: nothing changed since the last load")
-        print(f"captured {len(summary['captured'])} batch(es); "
-              f"{summary['withdrawn_rows_deleted']} row(s) deleted for withdrawn consent")
-        outlet_events[CAPTURED].extra = {"batches": summary["captured"]}
-        return {"captured": summary["captured"], "problems": summary["problems"]}
+        @task(outlets=[CAPTURED])
+        def capture_landing(*, outlet_events=None) -> dict:
+            """Scan landing/, register new files by SHA-256 and keyed path hash, delete withdrawn patients' rows."""
+            from mipflow.node.ingest.stages import capture
+            from mipflow_airflow.hooks.ehr import ehr_connection_url
 
-    @task
-    def landing_problems(summary: dict) -> None:
-        """Fail (no retry) on an empty file or a file no profile or data model fits."""
-        from airflow.sdk.exceptions import AirflowFailException
+            summary = capture(node_home(), connections=ehr_connection_url)  # landing files and EHR databases
+            for item in summary["skipped"]:
+                print(f"skipped file {item['file']}: {item['reason']}")  # a reference, never the file's name
+            for source in summary["unchanged_sources"]:
+                print(f"database source {source}: nothing changed since the last load")
+            print(f"captured {len(summary['captured'])} batch(es); "
+                  f"{summary['withdrawn_rows_deleted']} row(s) deleted for withdrawn consent")
+            outlet_events[CAPTURED].extra = {"batches": summary["captured"]}
+            return {"captured": summary["captured"], "problems": summary["problems"]}
 
-        if summary["problems"]:
-            raise AirflowFailException("; ".join(summary["problems"]))
+        @task
+        def landing_problems(summary: dict) -> None:
+            """Fail (no retry) on an empty file or a file no profile or data model fits."""
+            from airflow.sdk.exceptions import AirflowFailException
 
-    landing_problems(capture_landing())
+            if summary["problems"]:
+                raise AirflowFailException("; ".join(summary["problems"]))
+
+        landing_problems(capture_landing())
 
 #: Each later stage also runs daily at 04:00 (after the nightly chain) to pick up batches whose Asset event
 #: it missed while paused; no start_date, so neither creating nor unpausing it fires a past run.
@@ -90,7 +94,7 @@ STAGES = (
      VALIDATED, "validate", "load", FEATURE_STORE),
 )
 
-for _dag_id, _description, _trigger, _after, _stage, _outlet in STAGES:
+for _dag_id, _description, _trigger, _after, _stage, _outlet in (STAGES if NODE_SITE else ()):
     with DAG(
         dag_id=_dag_id,
         description=_description,

@@ -22,6 +22,8 @@
 # PGPASSWORD (libpq: the feature store's password, kept out of node.json), AIRFLOW_CONN_* (a
 # connection) or AIRFLOW_VAR_* (a variable), NAME is set to the file's content. Airflow's own
 # sensitive options take AIRFLOW__SECTION__KEY_CMD (e.g. `cat /run/secrets/x`) or a secrets backend.
+# A read-only AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE (a mounted secret) is copied to
+# $AIRFLOW_HOME first: Airflow opens that file for appending.
 set -euo pipefail
 
 load_file_secrets() {
@@ -57,6 +59,17 @@ require() {
     done
 }
 
+writable_passwords_file() {
+    # Airflow's simple auth manager opens its passwords file for appending (it adds generated
+    # passwords), but secrets are mounted read-only: start from a private copy of a read-only one.
+    local file="${AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE:-}" copy
+    [[ -n "$file" && -f "$file" && ! -w "$file" ]] || return 0
+    copy="${AIRFLOW_HOME:-$HOME/airflow}/simple_auth_manager_passwords.json"
+    mkdir -p "$(dirname "$copy")"
+    (umask 077; cat "$file" > "$copy")
+    export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE="$copy"
+}
+
 ROLE="${1:-}"
 if [[ -z "$ROLE" ]]; then
     sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//' >&2
@@ -64,6 +77,7 @@ if [[ -z "$ROLE" ]]; then
 fi
 shift
 load_file_secrets
+writable_passwords_file
 
 case "$ROLE" in
     migrate)

@@ -75,8 +75,9 @@ def build_app() -> Any:
     """The pages' FastAPI app, behind Airflow's authentication."""
     from airflow.api_fastapi.core_api.security import get_user
     from mipflow.webui import create_app
+    from mipflow_airflow.auth_manager import is_admin
 
-    return create_app(user=get_user, can_read=_can_read, runs=AirflowRuns())
+    return create_app(user=get_user, can_read=_can_read, is_admin=is_admin, runs=AirflowRuns())
 
 
 _views = [{"name": "Analysis results", "href": URL_PREFIX.lstrip("/") + "/", "destination": "nav",

@@ -33,16 +33,17 @@ class CentralAirflow:
     users: dict[str, str]
     log: Path
     process: subprocess.Popen
+    env: dict[str, str] | None = None  # the environment its components run with
+
+    def client(self, user: str = "admin", timeout: float = 10) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=timeout,
+                            headers={"Authorization": "Bearer " + self.token(user)})
 
     def token(self, user: str = "admin") -> str:
         resp = httpx.post(self.base_url + "/auth/token", json={"username": user, "password": self.users[user]},
                           timeout=10)
         resp.raise_for_status()
         return resp.json()["access_token"]
-
-    def client(self, user: str = "admin") -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, timeout=10,
-                            headers={"Authorization": "Bearer " + self.token(user)})
 
     def tail(self, lines: int = 60) -> str:
         text = self.log.read_text(encoding="utf-8", errors="replace") if self.log.exists() else ""
@@ -85,11 +86,13 @@ def _wait(what: str, check: Any, timeout: float, server: CentralAirflow) -> Any:
     raise RuntimeError(f"timed out waiting for {what} (last error: {last}):\n{server.tail()}")
 
 
-def airflow_env(home: Path, port: int, users: dict[str, str]) -> dict[str, str]:
+def airflow_env(home: Path, port: int, users: dict[str, str],
+                roles: dict[str, str] | None = None) -> dict[str, str]:
     """Environment for a test Airflow in ``home`` (SQLite, LocalExecutor; api-server on ``port``):
     this process's environment without its Airflow and mipflow settings, this checkout's DAGs and
     plugins, fresh keys, fast scheduling, and the passwords of ``users`` (name -> password; each
-    name is also the user's role in the simple auth manager, e.g. "admin" and "viewer")."""
+    name is also the user's role in the simple auth manager, e.g. "admin" and "viewer", unless ``roles``
+    names another: ``{"alice": "user"}``)."""
     passwords = home / "passwords.json"
     passwords.write_text(json.dumps(users), encoding="utf-8")
     base = f"http://127.0.0.1:{port}"
@@ -107,7 +110,7 @@ def airflow_env(home: Path, port: int, users: dict[str, str]) -> dict[str, str]:
         "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.1",
         "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{name}:{name}" for name in users),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{name}:{(roles or {}).get(name, name)}" for name in users),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
         "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__PORT": str(port),
@@ -125,24 +128,25 @@ def airflow_env(home: Path, port: int, users: dict[str, str]) -> dict[str, str]:
 
 
 @contextmanager
-def central_airflow(home: Path, env: dict[str, str], *, dag_ids: list[str],
-                    timeout: float = 150.0) -> Iterator[Callable[[], CentralAirflow]]:
+def central_airflow(home: Path, env: dict[str, str], *, dag_ids: list[str], timeout: float = 150.0,
+                    roles: dict[str, str] | None = None) -> Iterator[Callable[[], CentralAirflow]]:
     """Start ``airflow standalone`` in ``home`` with ``env`` added and yield at once a function that
     waits until ``dag_ids`` are parsed (and unpaused) and returns the server; stop everything on exit.
 
-    The caller prepares the rest of its world (nodes) while Airflow starts.
+    The caller prepares the rest of its world (nodes) while Airflow starts.  Users ``admin`` and
+    ``viewer`` always exist; ``roles`` adds more (name -> simple auth manager role, e.g. ``{"alice": "user"}``).
     """
     home.mkdir(parents=True, exist_ok=True)
-    users = {"admin": secrets.token_urlsafe(12), "viewer": secrets.token_urlsafe(12)}
+    users = {name: secrets.token_urlsafe(12) for name in ("admin", "viewer", *(roles or {}))}
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    full_env = airflow_env(home, port, users)
+    full_env = airflow_env(home, port, users, roles)
     full_env.update(env)
     log_path = home / "standalone.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([str(VENV_BIN / "airflow"), "standalone"], cwd=home, env=full_env, stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    server = CentralAirflow(base_url=base, users=users, log=log_path, process=proc)
+    server = CentralAirflow(base_url=base, users=users, log=log_path, process=proc, env=full_env)
     started = time.monotonic()
 
     def ready() -> CentralAirflow:
@@ -163,9 +167,10 @@ def central_airflow(home: Path, env: dict[str, str], *, dag_ids: list[str],
         _stop(proc)
 
 
-def run_dag(server: CentralAirflow, dag_id: str, conf: dict[str, Any], timeout: float = 90.0) -> dict[str, Any]:
-    """Trigger ``dag_id`` through the REST API as ``admin``; wait for it to end; return the run."""
-    with server.client() as client:
+def run_dag(server: CentralAirflow, dag_id: str, conf: dict[str, Any], timeout: float = 90.0,
+            user: str = "admin") -> dict[str, Any]:
+    """Trigger ``dag_id`` through the REST API as ``user``; wait for it to end; return the run."""
+    with server.client(user) as client:
         resp = client.post(f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf})
         assert resp.status_code in (200, 201), resp.text
         run_id = resp.json()["dag_run_id"]
@@ -175,3 +180,24 @@ def run_dag(server: CentralAirflow, dag_id: str, conf: dict[str, Any], timeout: 
             return doc if doc["state"] in ("success", "failed") else None
 
         return _wait(f"{dag_id} run {run_id}", finished, timeout, server)
+
+
+@contextmanager
+def api_server(central: CentralAirflow, timeout: float = 90.0) -> Iterator[CentralAirflow]:
+    """A second api-server (``airflow api-server``, one worker, core API only) on ``central``'s
+    database, users and keys: the configured auth manager, which ``airflow standalone`` replaces by
+    the plain ``SimpleAuthManager`` ("Forcing auth manager to SimpleAuthManager")."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {**(central.env or {}), "AIRFLOW__API__PORT": str(port), "AIRFLOW__API__BASE_URL": base}
+    log_path = central.log.with_name(f"api-server-{port}.log")
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([str(VENV_BIN / "airflow"), "api-server", "--apps", "core", "--workers", "1",
+                                 "--port", str(port)], cwd=central.log.parent, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    server = CentralAirflow(base_url=base, users=central.users, log=log_path, process=proc, env=env)
+    try:
+        _wait("the second api-server", lambda: server.token(), timeout, server)
+        yield server
+    finally:
+        _stop(proc)

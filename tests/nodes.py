@@ -166,7 +166,11 @@ def load_frame(home, model, frame, pid_column: str = "subjectcode", visit_column
     for var in model:
         if var.code in frame.columns and var.code not in ("dataset",):
             col = frame[var.code]
-            columns[var.code] = pd.to_numeric(col, errors="coerce") if var.sql_type in ("int", "real") else col
+            if var.sql_type in ("int", "real"):
+                col = pd.to_numeric(col, errors="coerce")
+                if var.sql_type == "int" and col.dropna().mod(1).eq(0).all():  # PostgreSQL's bigint
+                    col = col.astype("Int64")
+            columns[var.code] = col
     df = pd.DataFrame(columns)
     with store.begin() as conn:
         store.upsert_rows(conn, model, df, batch_id="test", sha256="0" * 64)
@@ -284,19 +288,19 @@ class UnverifiedNode:
             self.context.close()
 
 
-def csv_nodes(base: Path, prefix: str, folder: Path, datasets, model, **settings):
+def csv_nodes(base: Path, prefix: str, folder: Path, datasets, model, *, db_urls=None, **settings):
     """One node home per dataset CSV of ``folder`` (a ../shared data model folder, read in place),
     each holding its CSV with patients (``subjectid``) and visits (``visitid``), every analysis
     granted, the secure-aggregation keys pinned by each other, query budgets off and ``settings``
-    applied.  Returns ``(roots, raw)``: node name -> home, and the CSVs' rows (text) concatenated."""
+    applied; ``db_urls`` (one per dataset): the nodes' feature stores (default: SQLite in the home).
+    Returns ``(roots, raw)``: node name -> home, and the CSVs' rows (text) concatenated."""
     import pandas as pd
-
 
     roots, raws = {}, []
     for i, dataset in enumerate(datasets):
         node = f"{prefix}{i}"
         roots[node] = Path(base) / node
-        home = standard_home(roots[node], node)
+        home = standard_home(roots[node], node, db_urls[i] if db_urls else "")
         for key, value in {"query_budget": 0, "query_budget_project": 0, **settings}.items():
             home.set_setting(key, value)
         frame = pd.read_csv(Path(folder) / f"{dataset}.csv", dtype=str)
@@ -305,3 +309,109 @@ def csv_nodes(base: Path, prefix: str, folder: Path, datasets, model, **settings
         grant_all(roots[node])
     pin_each_other(roots)
     return roots, pd.concat(raws, ignore_index=True)
+
+
+@contextmanager
+def postgresql_databases(count: int, *, icu_locale: str | None = None) -> Iterator[list[str]]:
+    """``count`` fresh PostgreSQL databases (URLs), dropped afterwards; as the ``pg_url`` fixture,
+    skips when no server is reachable except in CI (``CI=true``), where it fails.  ``icu_locale``:
+    the databases collate text by that ICU locale (``"und"``: ``"a" < "B"``), as a hospital's may."""
+    import uuid
+
+    import pytest
+    import sqlalchemy as sa
+
+    from tests.conftest import PG_ADMIN_URL, _pg_reachable
+
+    if not _pg_reachable():
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("CI=true but no PostgreSQL server at 127.0.0.1:5432")
+        pytest.skip("no PostgreSQL server at 127.0.0.1:5432")
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    names = [f"mipflow_test_{uuid.uuid4().hex[:12]}" for _ in range(count)]
+    try:
+        with admin.connect() as conn:
+            for name in names:
+                locale = f" TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE '{icu_locale}'" if icu_locale else ""
+                conn.exec_driver_sql(f'CREATE DATABASE "{name}"{locale}')
+        yield [PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name for name in names]
+    finally:
+        with admin.connect() as conn:
+            for name in names:
+                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+@contextmanager
+def recording_clients(clients) -> Iterator[tuple[list, list]]:
+    """Clients on the same nodes as ``clients`` that record what the central site receives: yields
+    ``(recording, seen)``, ``seen`` filled with ``(node, round, reply)`` for every step reply."""
+    from mipflow.central.client import NodeClient
+
+    seen: list[tuple[str, int, dict]] = []
+
+    class Recording(NodeClient):
+        def step(self, algorithm, request, round_no, state, **kwargs):
+            reply = super().step(algorithm, request, round_no, state, **kwargs)
+            seen.append((self.name, round_no, reply))
+            return reply
+
+    recording = [Recording(c.endpoint, retries=0) for c in clients]
+    try:
+        yield recording, seen
+    finally:
+        for client in recording:
+            client.close()
+
+
+def assert_only_masked(seen, node_names, datasets) -> None:
+    """Every reply in ``seen`` (:func:`recording_clients`) carries ring elements and a layout, no
+    statistic: each element decodes (as a fixed-point number) to a magnitude above 1e20, where no
+    statistic of the tests' data lies; no two are equal; the layout names no dataset."""
+    from mipflow.secagg.codec import SCHEME, decode
+
+    assert seen and {node for node, _, _ in seen} == set(node_names)
+    for node, round_no, reply in seen:
+        assert set(reply["aggregates"]) == {"secure_aggregation"}, (node, round_no)
+        release = reply["aggregates"]["secure_aggregation"]
+        assert release["scheme"] == SCHEME and not set(datasets) & set(layout_strings(release["layout"]))
+        masked = [int(v, 16) for v in release["masked"]]
+        assert masked and all(abs(decode(m)) > 1e20 for m in masked), (node, round_no)
+        assert len(set(masked)) == len(masked)
+
+
+def layout_strings(doc) -> list[str]:
+    """Every key and string of a secure-aggregation layout."""
+    if isinstance(doc, dict):
+        return [*map(str, doc), *(t for v in doc.values() for t in layout_strings(v))]
+    if isinstance(doc, list):
+        return [t for v in doc for t in layout_strings(v)]
+    return [doc] if isinstance(doc, str) else []
+
+
+def assert_round_zero_is_the_plain_sum(seen_masked, seen_plain, algorithm: str, doc: dict, model) -> None:
+    """Round 0 (no state, so the same question in both runs) as the central site saw it masked and in
+    the clear: each node's masked vector is far from its own plain release element by element, and
+    the unmasked sum of the three is the sum of the plain releases (counts exactly)."""
+    from mipflow.protocol.request import AnalysisRequest
+    from mipflow.secagg.central_side import unmask_sum
+    from mipflow.secagg.codec import additive_form, decode
+    from mipflow.secagg.node_side import secure_form
+
+    masked = {node: reply["aggregates"] for node, r, reply in seen_masked if r == 0}
+    plain = {node: reply["aggregates"] for node, r, reply in seen_plain if r == 0}
+    assert set(masked) == set(plain) and len(masked) >= 3
+    request = AnalysisRequest.from_dict(doc)
+    vectors = {}
+    for node, release in masked.items():
+        layout, vector = additive_form(secure_form(algorithm, plain[node], request, model))
+        assert layout == release["secure_aggregation"]["layout"]
+        elements = [int(v, 16) for v in release["secure_aggregation"]["masked"]]
+        assert len(elements) == len(vector) and all(abs(decode(m) - v) > 1e20 for m, v in zip(elements, vector))
+        vectors[node] = vector
+    total = unmask_sum(list(masked.values()))
+    exact_layout, _ = additive_form(plain[next(iter(plain))])
+    from mipflow.secagg.codec import from_additive
+
+    expected = from_additive(exact_layout, [sum(column) for column in zip(*vectors.values())])
+    assert total == expected

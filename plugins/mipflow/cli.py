@@ -78,6 +78,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--slots", type=int, default=4, help="most concurrent calls per node (default 4)")
     p.add_argument("--name", default="mipflow_federation", help="pool name (MIPFLOW_POOL; default mipflow_federation)")
     p.add_argument("--dry-run", action="store_true", help="print the airflow command instead of running it")
+    p = central.add_parser("members", help="who belongs to a project at the central site: they read the results "
+                                           "shared with that project (ADR 0011)")
+    p.add_argument("action", choices=["add", "remove", "list"])
+    p.add_argument("project", nargs="?", help="the project (list: all projects when left out)")
+    p.add_argument("users", nargs="*", help="Airflow user names (add, remove)")
+    p.add_argument("--home", type=Path, help="the central home (default MIPFLOW_CENTRAL_HOME)")
 
     from mipflow.central.standing_cli import add_parser as add_standing_parser
 
@@ -491,6 +497,24 @@ def _dispatch(args: argparse.Namespace) -> int:
         summary = deidentify_tree(args.in_dir, args.out_dir, key=home.key(),
                                   options=options_from_settings(home.settings))
         print(ops.dumps(summary))
+        return 0
+    if args.command == "central" and args.central_command == "members":
+        from mipflow.central.results import ResultStore
+
+        results = ResultStore(args.home)
+        try:
+            if args.action != "list":
+                if not args.project or not args.users:
+                    print(f"mipflow: error: central members {args.action} PROJECT USER [USER ...]", file=sys.stderr)
+                    return 2
+                for name in args.users:
+                    if args.action == "add":
+                        results.add_member(args.project, name)
+                    else:
+                        results.remove_member(args.project, name)
+            print(ops.dumps(results.members(args.project)))
+        finally:
+            results.engine.dispose()
         return 0
     if args.command == "central":
         import shlex

@@ -7,7 +7,9 @@ it in the api-server with Airflow's own authentication; nothing here is
 reachable without it.  Routes (relative to where the app is mounted)::
 
     GET /                 analysis runs (who, when, algorithm, data model, datasets, nodes)
-    GET /run?id=RUN       one result: provenance, nodes, plots, tables
+    GET /run?id=RUN       one result: provenance, nodes, plots, tables (and, for its owner, sharing)
+    POST /run/share       the owner shares a result with a user or with its project's members
+    POST /run/unshare     the owner revokes a share
     GET /run.json?id=RUN  the stored result with its provenance
     GET /run.csv?id=RUN   the result's tables as tidy CSV (table,row,column,value)
     GET /node             the node's data quality and audit summary (where a node home is set)
@@ -15,6 +17,11 @@ reachable without it.  Routes (relative to where the app is mounted)::
     POST /new             trigger the algorithm's central DAG on behalf of the logged-in user
     POST /new/sync        trigger federation_metadata for the user's project (their datasets)
     GET /submitted?id=RUN&dag=DAG  a triggered run: links to its result (refreshes until stored)
+
+A result is private (ADR 0011, "private results"): listed, shown and downloaded only for the
+researcher who triggered its run (``triggered_by``), the admins (``is_admin``), users the owner
+shared it with, and members of its project once the owner shared it with the project
+(:func:`mipflow.central.results.may_read`).  Any other user gets the same 404 as for a missing run.
 
 Triggering goes through ``runs`` (:class:`Runs`), which the Airflow plugin implements with
 Airflow's REST API and the user's own token: the run is the user's, with Airflow's checks.
@@ -118,7 +125,7 @@ def same_origin(request: Request) -> bool:
 
 
 def create_app(*, user: Callable[..., Any], can_read: Callable[[Any, str], bool] | None = None,
-               result_store: Callable[[], Any] | None = None,
+               is_admin: Callable[[Any], bool] | None = None, result_store: Callable[[], Any] | None = None,
                node_home: Callable[[], Any] | None = None, runs: Runs | None = None,
                central_home: Callable[[], Any] | None = None) -> FastAPI:
     """Build the pages' app.
@@ -129,6 +136,9 @@ def create_app(*, user: Callable[..., Any], can_read: Callable[[Any, str], bool]
         FastAPI dependency that returns the authenticated user or raises ``HTTPException`` (401/403).
     can_read : callable, optional
         ``can_read(user, algorithm)``: may this user see results of this algorithm (default: yes).
+        Checked on top of the result's privacy (owner, shares, admins).
+    is_admin : callable, optional
+        ``is_admin(user)``: an admin reads every result and manages its shares (default: nobody).
     result_store : callable, optional
         Returns the :class:`mipflow.central.results.ResultStore` (default: the central home's).
     node_home : callable, optional
@@ -141,6 +151,7 @@ def create_app(*, user: Callable[..., Any], can_read: Callable[[Any, str], bool]
     """
     app = FastAPI(title="mipflow results", docs_url=None, redoc_url=None, openapi_url=None)
     allowed = can_read or (lambda _user, _algorithm: True)
+    admin = is_admin or (lambda _user: False)
     starter = runs
 
     def store() -> Any:
@@ -159,10 +170,16 @@ def create_app(*, user: Callable[..., Any], can_read: Callable[[Any, str], bool]
         return NodeHome(root) if root else None
 
     def readable(run_id: str, who: Any) -> dict[str, Any]:
-        doc = store().document(run_id)
+        doc = store().readable(run_id, user_name(who), admin=admin(who))
         if doc is None or not allowed(who, doc["algorithm"]):  # same answer: do not confirm it exists
             raise HTTPException(status_code=404, detail=f"no result {run_id!r} that you may read")
         return doc
+
+    def manages(doc: dict[str, Any], who: Any) -> bool:
+        """The result's owner or an admin: may share it and revoke its shares."""
+        from mipflow.central.results import owner_of
+
+        return admin(who) or (bool(owner_of(doc)) and owner_of(doc) == user_name(who))
 
     @app.get("/", response_class=HTMLResponse)
     def index(request: Request, q: str = Query("", max_length=200), status: str = Query("", max_length=20),
@@ -170,7 +187,8 @@ def create_app(*, user: Callable[..., Any], can_read: Callable[[Any, str], bool]
         from mipflow.central.report.readable import algorithms_of, matches
 
         _, link = _links(request)
-        runs = [doc for doc in store().runs() if allowed(who, doc["algorithm"])]
+        runs = [doc for doc in store().readable_runs(user_name(who), admin=admin(who))
+                if allowed(who, doc["algorithm"])]
         shown = [doc for doc in runs if matches(doc, text=q, status=status, algorithm=algorithm)]
         return pages.index_page(shown, link=link, search={"q": q, "status": status, "algorithm": algorithm},
                                 algorithms=algorithms_of(runs), total=len(runs),
@@ -181,7 +199,44 @@ def create_app(*, user: Callable[..., Any], can_read: Callable[[Any, str], bool]
                  who: Any = Depends(user)) -> str:
         back, link = _links(request)
         doc = readable(id, who)
-        return pages.result_page(doc, link=link, back=back, airflow_run=airflow_run_link(request, doc))
+        root = _root(request)
+        sharing = pages.sharing_html(doc, store().shares(id), share_action=f"{root}/run/share",
+                                     unshare_action=f"{root}/run/unshare") if manages(doc, who) else ""
+        return pages.result_page(doc, link=link, back=back, airflow_run=airflow_run_link(request, doc),
+                                 sharing=sharing)
+
+    async def share_form(request: Request, who: Any) -> tuple[dict[str, Any], str, str]:
+        """The posted share (run, kind, name) of a result the user manages; 404 if they may not read it,
+        403 if they read it but do not own it."""
+        from urllib.parse import parse_qs
+
+        if not same_origin(request):
+            raise HTTPException(status_code=403, detail="a form post from another site")
+        body = (await request.body()).decode("utf-8", errors="replace")
+        form = {k: v[0] for k, v in parse_qs(body, keep_blank_values=True, max_num_fields=20).items()}
+        run_id, kind, name = form.get("id", ""), form.get("kind", ""), form.get("name", "").strip()
+        if not run_id or len(run_id) > 250:
+            raise HTTPException(status_code=400, detail="id: required")
+        doc = readable(run_id, who)
+        if not manages(doc, who):
+            raise HTTPException(status_code=403, detail="only the researcher who ran it (or an admin) shares a result")
+        if kind not in ("user", "project") or not name or len(name) > 128:
+            raise HTTPException(status_code=400, detail="share with a user (a name) or with the result's project")
+        if kind == "project" and name != str(doc.get("project") or ""):
+            raise HTTPException(status_code=400, detail="a result is shared only with its own project")
+        return doc, kind, name
+
+    @app.post("/run/share", response_model=None)
+    async def share(request: Request, who: Any = Depends(user)) -> Any:
+        doc, kind, name = await share_form(request, who)
+        store().share(doc["run_id"], kind, name, shared_by=user_name(who))
+        return RedirectResponse(_links(request)[1](doc["run_id"], "html") + "#sharing", status_code=303)
+
+    @app.post("/run/unshare", response_model=None)
+    async def unshare(request: Request, who: Any = Depends(user)) -> Any:
+        doc, kind, name = await share_form(request, who)
+        store().unshare(doc["run_id"], kind, name)
+        return RedirectResponse(_links(request)[1](doc["run_id"], "html") + "#sharing", status_code=303)
 
     @app.get("/run.json")
     def run_json(id: str = Query(..., min_length=1, max_length=250), who: Any = Depends(user)) -> Response:

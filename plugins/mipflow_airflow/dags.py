@@ -13,6 +13,8 @@ Operations settings are environment variables read when a DAG file is parsed
     MIPFLOW_POOLS                     1: central tasks that call nodes run in the pool below (default 0)
     MIPFLOW_POOL                      that pool's name (default ``mipflow_federation``)
     MIPFLOW_NODE_DAGS_PAUSED          1: the node DAGs are created paused (default 0: the chain runs by itself)
+    MIPFLOW_SITE                      central: the node and imaging DAG files define nothing (ADR 0045);
+                                      node or local (default): every DAG file defines its DAGs
 
 Airflow Variables are not read at parse time (that is a database call on every
 parse); Airflow's own ``AIRFLOW_VAR_*`` variables are environment variables too,
@@ -73,6 +75,31 @@ def node_dags_paused(environ: Mapping[str, str] | None = None) -> bool:
     (a paused stage never sees it), so the four DAGs are paused or not together.
     """
     return setting("MIPFLOW_NODE_DAGS_PAUSED", "0", environ).lower() in ("1", "true", "yes", "on")
+
+
+#: What ``MIPFLOW_SITE`` may say: a central site, a hospital node, or one machine playing both (local).
+SITES = ("local", "central", "node")
+
+
+def site(environ: Mapping[str, str] | None = None) -> str:
+    """This Airflow's site (``MIPFLOW_SITE``, default ``local``).
+
+    Raises
+    ------
+    ValueError
+        Naming the variable, for another value (the DAG file then fails to parse, visibly).
+    """
+    value = setting("MIPFLOW_SITE", "local", environ).lower()
+    if value not in SITES:
+        raise ValueError(f"MIPFLOW_SITE={value!r} must be one of {', '.join(SITES)}")
+    return value
+
+
+def site_runs(kind: str, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether DAGs of ``kind`` (``"node"``: capture, imaging) belong to this site: a central site shows
+    only the central DAGs; a node, and a local site, show the node's too."""
+    here = site(environ)
+    return kind == "central" or here in ("local", kind)
 
 
 def node_params() -> dict[str, Param]:

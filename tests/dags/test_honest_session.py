@@ -84,7 +84,7 @@ def federation(tmp_path_factory, airflow_db):
     for i, hospital in enumerate(HOSPITALS):
         home = NodeHome.init(root / hospital, hospital)  # the shipped settings (explore by default, ADR 0038)
         ops.add_data_model(home, STROKE)
-        path = write_export(root / f"{hospital}.csv", generate_export(hospital, 200, seed=40 + i))
+        path = write_export(root / f"{hospital}.csv", generate_export(hospital, 500, seed=40 + i))
         ops.ingest(home, [path], profile=PROFILES / f"{hospital}.json")
         grant_all(home.root, DAG_TEST_USER, PROJECT)  # dag.test() runs as user "dag_test"
         grant_all(home.root, DAG_TEST_USER, EXPLORE)  # a project without a study

@@ -139,7 +139,9 @@ def test_compose_services_use_the_entrypoint_roles_the_celery_test_starts():
     for name, svc in services.items():
         assert svc["command"][0] in roles, name
     central = {svc["command"][0] for name, svc in services.items() if name.startswith("central-")}
-    assert central - {"migrate"} == set(ROLES)  # what tests/integration/test_celery_deployment.py runs
+    # what tests/integration/test_celery_deployment.py runs, and the triggerer of the standing analyses'
+    # asset watcher (ADR 0043; its trigger is driven directly in tests/mipflow/central/test_standing.py)
+    assert central - {"migrate", "triggerer"} == set(ROLES) and "triggerer" in central
     for name, svc in services.items():
         if svc["command"][0] not in (*ROLES, "migrate"):
             continue  # not an Airflow component
@@ -286,3 +288,39 @@ def test_compose_validation_is_real(tmp_path, compose_cli):
     path.write_text(yaml.safe_dump(broken))
     done = _compose_config(compose_cli, path, tmp_path, "--quiet")
     assert done.returncode != 0 and "no-such-service" in (done.stderr + done.stdout)
+
+
+def test_a_read_only_passwords_file_is_copied_where_airflow_can_append(tmp_path_factory):
+    """Secrets are mounted read-only, but Airflow's simple auth manager opens its passwords file for
+    appending: the entrypoint starts Airflow on a private copy (found when the images first ran)."""
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="mipflow-entrypoint-", dir="/tmp"))
+    try:
+        root.chmod(0o755)
+        secret = root / "airflow_passwords"
+        secret.write_text('{"admin": "pw"}')
+        secret.chmod(0o444)
+        airflow_home = root / "airflow"
+        airflow_home.mkdir(mode=0o777)
+        airflow_home.chmod(0o777)
+        shutil.copyfile(ENTRYPOINT, root / "entrypoint.sh")
+        script = 'echo "$AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"; cat "$AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"'
+        command = ["bash", str(root / "entrypoint.sh"), "bash", "-c", script]
+        if os.geteuid() == 0:  # root may write any file: run as nobody, as the images run as "airflow"
+            command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+        env = {"PATH": "/usr/bin:/bin", "AIRFLOW_HOME": str(airflow_home),
+               "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(secret)}
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        path, content = done.stdout.splitlines()
+        assert path == str(airflow_home / "simple_auth_manager_passwords.json") and content == '{"admin": "pw"}'
+        assert stat.S_IMODE(Path(path).stat().st_mode) == 0o600
+        writable = root / "writable_passwords"  # a writable file is used where it is
+        writable.write_text("{}")
+        writable.chmod(0o666)
+        done = subprocess.run(command, env=env | {"AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(writable)},
+                              capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0 and done.stdout.splitlines()[0] == str(writable), done.stderr
+    finally:
+        shutil.rmtree(root)

@@ -32,6 +32,8 @@ pytestmark = [pytest.mark.airflow, pytest.mark.slow, pytest.mark.xdist_group("ai
 CHROMIUM = os.environ.get("MIPFLOW_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = REPO_ROOT / "var" / "test-artifacts"
 DAG_ID = "federated_linear_regression"
+#: Researchers besides admin and viewer: Airflow users with the simple auth manager's ``user`` role.
+RESEARCHERS = {"alice": "user", "bob": "user"}
 #: The DAGs the New analysis page triggers in the tests below.
 FORM_DAGS = ["federation_metadata"]
 
@@ -56,7 +58,7 @@ def central(tmp_path_factory):
     root = tmp_path_factory.mktemp("browser")
     conn_ids = [f"mipflow_node_{h}" for h in HOSPITALS]
     env = {"MIPFLOW_CENTRAL_HOME": str(root / "central"), "MIPFLOW_NODE_CONN_IDS": ",".join(conn_ids)}
-    with central_airflow(root / "airflow", env, dag_ids=[DAG_ID, *FORM_DAGS]) as ready:
+    with central_airflow(root / "airflow", env, dag_ids=[DAG_ID, *FORM_DAGS], roles=RESEARCHERS) as ready:
         homes = []  # while Airflow starts
         for i, hospital in enumerate(HOSPITALS):
             home = standard_home(root / hospital, hospital)
@@ -64,6 +66,7 @@ def central(tmp_path_factory):
             path = write_export(root / f"{hospital}.csv", generate_export(hospital, 60, seed=40 + i))
             ops.ingest(home, [path], profile=REPO_ROOT / "include" / "schemas" / "profiles" / f"{hospital}.json")
             grant_all(home.root, researcher="admin")  # the Airflow user who triggers the analysis
+            grant_all(home.root, researcher="alice")  # a researcher (role user) with private results
             homes.append(home)
         pin_each_other([h.root for h in homes])  # the admins pinned each other's keys (ADR 0014)
         with running_nodes([h.root for h in homes]) as urls:
@@ -326,3 +329,109 @@ def test_a_researcher_picks_variables_and_datasets_runs_an_analysis_and_reads_it
             browser.close()
     assert {"new-analysis-form.png", "new-analysis-result.png", "kaplan-meier-form.png",
             "refused-analysis.png", "before-sync-linear_regression.png"} <= {p.name for p in tmp_path.glob("*.png")}
+
+
+# -- issue 15: results private to their researcher, shared explicitly; the user role deletes no DAG --
+
+
+def _login_as(browser, server, name: str, to: str = "/mipflow/"):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})  # a context of its own: its own cookie
+    page.goto(f"{server.base_url}/auth/login?next={quote(server.base_url + to)}")
+    page.locator("input[name=username]").fill(name)
+    page.locator("input[name=password]").fill(server.users[name])
+    page.locator("button[type=submit]").click()
+    page.wait_for_url(f"{server.base_url}{to}", timeout=30_000)
+    return page
+
+
+def _what_bob_gets(server, run_id: str) -> dict[str, int]:
+    """bob's view of a run through the api-server with his own token: listed (1/0), page, downloads."""
+    with server.client("bob", timeout=60) as client:  # the first request builds the pages' app
+        listed = client.get("/mipflow/")
+        assert listed.status_code == 200
+        got = {"listed": int(quote(run_id, safe="") in listed.text)}
+        for path in ("/mipflow/run", "/mipflow/run.json", "/mipflow/run.csv"):
+            got[path] = client.get(path, params={"id": run_id}).status_code
+    return got
+
+
+def test_a_researchers_result_is_private_until_shared_and_again_after_revocation(central):
+    """alice (role user) runs an analysis; bob (role user) can neither list, read nor download it
+    (404, as for a run that does not exist) until alice shares it with him on its page, and not after
+    she revokes the share; an admin reads it throughout."""
+    from playwright.sync_api import sync_playwright
+
+    server, store = central["server"], central["store"]
+    conf = {"data_model": "stroke:0.1", "datasets": list(HOSPITALS), "filters": None, "y": "mrs_90d",
+            "x": ["age", "nihss_admission"], "nodes": [f"mipflow_node_{h}" for h in HOSPITALS], "min_nodes": 3,
+            "project": PROJECT}
+    run = run_dag(server, DAG_ID, conf, user="alice")
+    assert run["state"] == "success", server.tail()
+    run_id = run["dag_run_id"]
+    stored = store.document(run_id)
+    assert stored["triggered_by"] == "alice" and stored["project"] == PROJECT
+
+    hidden = {"listed": 0, "/mipflow/run": 404, "/mipflow/run.json": 404, "/mipflow/run.csv": 404}
+    sees = {"listed": 1, "/mipflow/run": 200, "/mipflow/run.json": 200, "/mipflow/run.csv": 200}
+    assert _what_bob_gets(server, run_id) == hidden
+    with server.client("bob") as client:  # the same answer as for a run that does not exist
+        assert (client.get("/mipflow/run.json", params={"id": "manual__nope"}).json()["detail"]
+                == client.get("/mipflow/run.json", params={"id": run_id}).json()["detail"].replace(
+                    run_id, "manual__nope"))
+    with server.client("admin") as client:
+        assert client.get("/mipflow/run.json", params={"id": run_id}).json()["result"] == stored["result"]
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=central["chromium"], args=["--no-sandbox"])
+        try:
+            alice = _login_as(browser, server, "alice", f"/mipflow/run?id={quote(run_id, safe='')}")
+            assert "Private: only you and the admins read it." in alice.locator("#sharing").inner_text()
+            alice.locator("#share-user input[name=name]").fill("bob")
+            alice.locator("#share-user button").click()
+            alice.wait_for_selector("#sharing li.share[data-name=bob]")
+            alice.screenshot(path=str(ARTIFACTS / "result-shared-with-bob.png"), full_page=True)
+
+            bob = _login_as(browser, server, "bob")
+            row = bob.locator("#runs tbody tr").filter(has_text=run_id)
+            assert row.count() == 1
+            row.locator("a.title").click()
+            bob.wait_for_selector("#result table")
+            assert bob.locator("#sharing").count() == 0  # a reader, not the owner
+            with bob.expect_download() as download:
+                bob.get_by_text("Download JSON").click()
+            assert json.loads(Path(download.value.path()).read_text(encoding="utf-8"))["result"] == stored["result"]
+            bob.screenshot(path=str(ARTIFACTS / "result-read-by-bob.png"), full_page=True)
+            assert _what_bob_gets(server, run_id) == sees
+
+            alice.locator("#sharing li.share[data-name=bob] button.revoke").click()
+            alice.wait_for_selector("#sharing li.share", state="detached")
+            assert store.shares(run_id) == []
+            bob.reload()
+            assert bob.locator("#result").count() == 0  # the page now answers 404
+        finally:
+            browser.close()
+    assert _what_bob_gets(server, run_id) == hidden
+    with server.client("admin") as client:
+        assert client.get("/mipflow/run.csv", params={"id": run_id}).status_code == 200
+
+
+def test_the_user_role_triggers_and_reads_dags_but_deletes_none(central):
+    """Item 4's safe default at a real api-server with airflow.cfg's auth manager
+    (``MipflowSimpleAuthManager``; ``airflow standalone`` would force the plain one): bob (role user)
+    reads a DAG and may not delete it (403); an admin may (404 for a DAG that does not exist: the
+    delete was authorised and found nothing)."""
+    from tests.airflow_server import api_server
+
+    with api_server(central["server"]) as server:
+        with server.client("bob", timeout=60) as client:
+            assert client.get(f"/api/v2/dags/{DAG_ID}").status_code == 200
+            assert client.delete(f"/api/v2/dags/{DAG_ID}").status_code == 403
+            assert client.delete("/api/v2/dags/no_such_dag").status_code == 403
+            assert client.patch(f"/api/v2/dags/{DAG_ID}", json={"is_paused": False}).status_code == 200
+        with server.client("viewer", timeout=60) as client:
+            assert client.patch(f"/api/v2/dags/{DAG_ID}", json={"is_paused": False}).status_code == 403
+        with server.client("admin", timeout=60) as client:
+            assert client.get(f"/api/v2/dags/{DAG_ID}").status_code == 200  # bob deleted nothing
+            assert client.delete("/api/v2/dags/no_such_dag").status_code == 404
+    assert "Forcing auth manager to SimpleAuthManager" in central["server"].log.read_text(encoding="utf-8")

@@ -36,6 +36,7 @@ NODE_LAYERS: dict[str, int] = {
     "home": 0,
     "files": 0,
     "freshness": 1,
+    "versions": 2,  # a data model's keyed data version (ADR 0043), read by the API
     "store": 1,
     "query": 2,
     "deid": 1,

@@ -21,10 +21,15 @@ def results() -> dict[str, dict]:
 
 # -- the app, with a stand-in for Airflow's authentication ---------------------------
 
+#: Bearer token -> user name; "good" is the researcher who triggered the stored runs below.
+TOKENS = {"Bearer good": "admin", "Bearer alice": "alice", "Bearer bob": "bob", "Bearer carol": "carol",
+          "Bearer boss": "boss"}
+
+
 def fake_user(authorization: str | None = Header(None)) -> str:
-    if authorization != "Bearer good":
+    if authorization not in TOKENS:
         raise HTTPException(status_code=401, detail="Not authenticated")
-    return "analyst"
+    return TOKENS[authorization]
 
 
 @pytest.fixture
@@ -104,6 +109,92 @@ def test_app_hides_results_the_user_may_not_read(stored):
     assert "anova_oneway" not in client.get("/", headers=auth).text
     hidden = "manual__2026-01-02T00:00:00+00:00"
     assert client.get("/run.json", params={"id": hidden}, headers=auth).status_code == 404
+
+
+# -- private results: the researcher who ran it, the admins, and whom it was shared with ----------
+
+ALICE_RUN = "manual__2026-02-01T00:00:00+00:00"
+
+
+def as_(name: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {name}"}
+
+
+@pytest.fixture
+def private(stored, results):
+    """alice's result in project stroke, and a client whose admin is "boss"."""
+    stored.save(ALICE_RUN, {
+        "algorithm": "linear_regression", "request": {"inputdata": {"data_model": "synth:1", "datasets": ["d0"],
+                                                                    "x": [], "y": ["y"]}, "parameters": {}},
+        "result": results["linear_regression"], "contributed": {"node_a": 300}, "excluded": {},
+        "triggered_by": "alice", "researcher": "alice", "project": "stroke"})
+    return client_for(stored, is_admin=lambda who: who == "boss")
+
+
+def readable_by(client, name: str) -> dict[str, int]:
+    """What ``name`` gets for alice's result: the list (1 if listed), the page and both downloads."""
+    listed = client.get("/", headers=as_(name))
+    assert listed.status_code == 200
+    got = {"listed": int("2026-02-01T00%3A00%3A00" in listed.text)}
+    for path in ("/run", "/run.json", "/run.csv"):
+        got[path] = client.get(path, params={"id": ALICE_RUN}, headers=as_(name)).status_code
+    return got
+
+
+SEES = {"listed": 1, "/run": 200, "/run.json": 200, "/run.csv": 200}
+HIDDEN = {"listed": 0, "/run": 404, "/run.json": 404, "/run.csv": 404}
+
+
+def test_a_result_is_private_to_its_researcher_until_shared_and_again_after_revocation(private, stored):
+    assert readable_by(private, "alice") == SEES
+    assert readable_by(private, "bob") == HIDDEN
+    assert readable_by(private, "boss") == SEES  # an admin
+    # the same 404 as for a run that does not exist: nothing tells bob that alice's run exists
+    hidden = private.get("/run.json", params={"id": ALICE_RUN}, headers=as_("bob")).json()["detail"]
+    missing = private.get("/run.json", params={"id": "manual__nope"}, headers=as_("bob")).json()["detail"]
+    assert hidden.replace(ALICE_RUN, "RUN") == missing.replace("manual__nope", "RUN")
+    # bob cannot share it with himself (he may not read it: 404, and nothing stored)
+    assert private.post("/run/share", data={"id": ALICE_RUN, "kind": "user", "name": "bob"},
+                        headers=as_("bob")).status_code == 404
+    assert stored.shares(ALICE_RUN) == []
+
+    page = private.get("/run", params={"id": ALICE_RUN}, headers=as_("alice")).text
+    assert 'id="sharing"' in page and "Private: only you and the admins read it." in page
+    shared = private.post("/run/share", data={"id": ALICE_RUN, "kind": "user", "name": "bob"},
+                          headers=as_("alice"), follow_redirects=False)
+    assert shared.status_code == 303 and shared.headers["location"].endswith("#sharing")
+    assert readable_by(private, "bob") == SEES
+    assert readable_by(private, "carol") == HIDDEN
+    bob_page = private.get("/run", params={"id": ALICE_RUN}, headers=as_("bob")).text
+    assert 'id="sharing"' not in bob_page  # a reader, not its owner: no sharing panel
+    assert private.post("/run/share", data={"id": ALICE_RUN, "kind": "user", "name": "carol"},
+                        headers=as_("bob")).status_code == 403  # reads it, does not own it
+    assert 'data-name="bob"' in private.get("/run", params={"id": ALICE_RUN}, headers=as_("alice")).text
+
+    revoked = private.post("/run/unshare", data={"id": ALICE_RUN, "kind": "user", "name": "bob"},
+                           headers=as_("alice"), follow_redirects=False)
+    assert revoked.status_code == 303 and stored.shares(ALICE_RUN) == []
+    assert readable_by(private, "bob") == HIDDEN
+    assert readable_by(private, "alice") == SEES
+
+
+def test_a_result_shared_with_its_project_is_read_by_the_projects_members(private, stored):
+    assert private.post("/run/share", data={"id": ALICE_RUN, "kind": "project", "name": "other"},
+                        headers=as_("alice")).status_code == 400  # only the result's own project
+    assert private.post("/run/share", data={"id": ALICE_RUN, "kind": "project", "name": "stroke"},
+                        headers=as_("alice")).status_code == 200  # redirected to the page
+    assert readable_by(private, "bob") == HIDDEN  # not a member of stroke
+    stored.add_member("stroke", "bob")
+    assert readable_by(private, "bob") == SEES
+    assert readable_by(private, "carol") == HIDDEN
+    private.post("/run/unshare", data={"id": ALICE_RUN, "kind": "project", "name": "stroke"}, headers=as_("boss"))
+    assert readable_by(private, "bob") == HIDDEN  # an admin revoked it
+
+
+def test_a_share_posted_from_another_site_is_refused(private, stored):
+    resp = private.post("/run/share", data={"id": ALICE_RUN, "kind": "user", "name": "bob"},
+                        headers={**as_("alice"), "Origin": "https://evil.example"})
+    assert resp.status_code == 403 and stored.shares(ALICE_RUN) == []
 
 
 # -- node page -------------------------------------------------------------------------

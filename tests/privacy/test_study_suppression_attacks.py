@@ -36,7 +36,10 @@ from tests.nodes import standard_home
 
 TAB = 3  # the nodes' nfilter_tab (default)
 SEEDS = {"small": (31, 220), "large": (32, 340)}
-PROTOCOL = protocol(algorithms=[*ALGORITHMS, "multiple_histograms"], histogram_bins=10)
+#: the study's numerical variables and one nominal variable (sex): the cells the level-cell rule
+#: checks at approval (young women, young men) are large; this module is about histogram bins
+PROTOCOL = protocol(algorithms=[*ALGORITHMS, "multiple_histograms"], histogram_bins=10,
+                    variables=["age", "sex", "nihss_admission", "followup_days"])
 
 
 def rows_with_young_patients(seed: int, n: int, which: str) -> pd.DataFrame:

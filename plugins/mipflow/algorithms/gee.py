@@ -68,6 +68,9 @@ VISIT = "_visit"
 #: The patient's digest a PostgreSQL node's binary read gives in place of ``_pid``
 #: (:data:`mipflow.node.query.pgcopy.PID_MD5`): enough for clusters whose visits need no order.
 PATIENT_DIGEST = "_pid_md5"
+#: And the visits' order beside it, when the algorithm asks for it (``visit_order``): each row's rank
+#: among its patient's rows by visit key (:data:`mipflow.node.query.pgcopy.VISIT_RANK`).
+VISIT_RANK = "_visit_rank"
 CONFIDENCE = 0.95
 #: statsmodels' ``GLM.fit()`` defaults (IRLS): tolerance on the deviance, iterations.
 GLM_TOL = 1e-8
@@ -143,10 +146,16 @@ class Gee(SpecAlgorithm):
     #: The node keeps its row identity (``dataset``, ``_pid``, ``_visit``) in the local step's rows:
     #: the clusters (:func:`mipflow.algorithms.local.prepare_local_data`).
     row_identity = True
+    #: ... and the visits' order: where the read carries no visit key (PostgreSQL's binary read), the
+    #: rows' ranks by visit key within their patient (:data:`VISIT_RANK`; never released either).
+    visit_order = True
 
     # -- privacy capabilities -----------------------------------------------------------
 
-    secure_aggregation = "unsupported"
+    #: Every round's aggregates are counts and sums over the node's patients whose layout depends on
+    #: the request and the data model only (p-vectors, p x p matrices, scalars; ``level_counts`` per
+    #: enumeration level): masked from 3 nodes (ADR 0014, 0036), the global step reads only their totals.
+    secure_aggregation = "automatic"
 
     def parameter_count(self, request: AnalysisRequest, model: DataModel) -> int | None:
         """One parameter per design column (checked against rows and patients)."""
@@ -339,10 +348,12 @@ def _clusters(data: pd.DataFrame, time: str | None = None, *, algorithm: str = "
               ordered: bool = True) -> _Clusters:
     """The rows' patients; with ``ordered`` (GEE) each patient's visits in order (time, then visit key).
 
-    Without ``ordered`` the patient may also be given by :data:`PATIENT_DIGEST` (the MD5 of ``_pid``,
-    what a PostgreSQL node's binary read carries instead of ``_pid`` and ``_visit``)."""
-    pid = "_pid" if "_pid" in data.columns or ordered else PATIENT_DIGEST
-    missing = [c for c in ("dataset", pid, *((VISIT,) if ordered else ())) if c not in data.columns]
+    The patient may also be given by :data:`PATIENT_DIGEST` (the MD5 of ``_pid``) and the visits'
+    order by :data:`VISIT_RANK` (their ranks by visit key within the patient): what a PostgreSQL
+    node's binary read carries instead of ``_pid`` and ``_visit``."""
+    pid = "_pid" if "_pid" in data.columns else PATIENT_DIGEST
+    visit = VISIT if VISIT in data.columns else VISIT_RANK
+    missing = [c for c in ("dataset", pid, *((visit,) if ordered else ())) if c not in data.columns]
     if missing:
         raise RequestError(f"{algorithm} needs the rows' patient identity, which this selection does not carry")
 
@@ -351,8 +362,13 @@ def _clusters(data: pd.DataFrame, time: str | None = None, *, algorithm: str = "
 
         patient = pd.factorize(data["dataset"].astype(str).to_numpy() + "\x1f"
                                + data[pid].astype(str).to_numpy(), sort=True)[0]
-        visit = data[VISIT].astype(str).to_numpy() if ordered else np.zeros(len(data))
-        keys = [visit]
+        if not ordered:
+            rank = np.zeros(len(data))
+        elif visit == VISIT:
+            rank = data[VISIT].astype(str).to_numpy()
+        else:  # the server's ranks by the same keys, compared as Python compares them (ADR 0036)
+            rank = data[VISIT_RANK].to_numpy(dtype=np.int64)
+        keys = [rank]
         if time is not None:
             keys.append(numeric_values(data[time]))
         keys.append(patient)

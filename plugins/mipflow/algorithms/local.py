@@ -35,8 +35,10 @@ def prepare_local_data(algorithm: Algorithm, data: pd.DataFrame, request: Analys
     if FOLD_KEY in data.columns and FOLD_KEY not in cols:
         cols.append(FOLD_KEY)
     if getattr(algorithm, "row_identity", False):  # clusters of patients (gee): kept at the node, never released
-        # (a PostgreSQL node's binary read gives the patient as ``_pid_md5`` instead)
-        cols += [c for c in ("dataset", "_pid", "_visit", "_pid_md5") if c in data.columns and c not in cols]
+        # (a PostgreSQL node's binary read gives the patient as ``_pid_md5`` and the visits' order as
+        # ``_visit_rank`` instead)
+        cols += [c for c in ("dataset", "_pid", "_visit", "_pid_md5", "_visit_rank")
+                 if c in data.columns and c not in cols]
     out = data.loc[:, cols]
     if algorithm.complete_case:
         out = out.dropna(how="any")

@@ -33,6 +33,24 @@ results_table = sa.Table(
     sa.Column("software", sa.String(80), nullable=False),
     sa.Column("status", sa.String(20), nullable=False, server_default="succeeded"),
 )
+#: Results shared beyond their owner (ADR 0011, "private results"): with one user (``kind`` ``user``,
+#: ``name`` the user) or with the members of the result's project (``kind`` ``project``).
+shares_table = sa.Table(
+    "mipflow_result_shares", metadata,
+    sa.Column("run_id", sa.String(250), primary_key=True),
+    sa.Column("kind", sa.String(10), primary_key=True),
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("shared_by", sa.String(128), nullable=False),
+    sa.Column("shared_at", sa.String(40), nullable=False),
+)
+#: Who belongs to a project at the central site (``mipflow central members``): the readers of results
+#: shared with that project.
+members_table = sa.Table(
+    "mipflow_project_members", metadata,
+    sa.Column("project", sa.String(128), primary_key=True),
+    sa.Column("member", sa.String(128), primary_key=True),
+)
+SHARE_KINDS = ("user", "project")
 #: A run's ``status``: it produced a result, nodes refused it, or it failed otherwise; a standing
 #: analysis's re-run that the nodes refused is ``waiting`` for more data (:mod:`mipflow.central.standing`).
 STATUSES = ("succeeded", "refused", "failed", "waiting")
@@ -164,6 +182,84 @@ class ResultStore:
             extra = {}
         return {**extra, **row} if extra.get("run_id") == run_id else row
 
+    # -- who may read a result (ADR 0011, "private results") ---------------------------------------
+
+    def share(self, run_id: str, kind: str, name: str, *, shared_by: str) -> None:
+        """Share a result with a user or with a project's members (idempotent)."""
+        if kind not in SHARE_KINDS:
+            raise ValueError(f"share kind must be one of {SHARE_KINDS}")
+        name = name.strip()
+        if not name or len(name) > 128:
+            raise ValueError("share with: a name of 1 to 128 characters")
+        row = {"run_id": run_id, "kind": kind, "name": name, "shared_by": shared_by,
+               "shared_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        c = shares_table.c
+        with self.engine.begin() as conn:
+            conn.execute(shares_table.delete().where(c.run_id == run_id, c.kind == kind, c.name == name))
+            conn.execute(shares_table.insert().values(**row))
+
+    def unshare(self, run_id: str, kind: str, name: str) -> bool:
+        """Revoke one share; whether there was one."""
+        c = shares_table.c
+        with self.engine.begin() as conn:
+            gone = conn.execute(shares_table.delete().where(c.run_id == run_id, c.kind == kind, c.name == name))
+        return bool(gone.rowcount)
+
+    def shares(self, run_id: str) -> list[dict[str, Any]]:
+        """A result's shares, oldest first."""
+        c = shares_table.c
+        query = sa.select(shares_table).where(c.run_id == run_id).order_by(c.shared_at, c.kind, c.name)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def add_member(self, project: str, member: str) -> None:
+        c = members_table.c
+        with self.engine.begin() as conn:
+            conn.execute(members_table.delete().where(c.project == project, c.member == member))
+            conn.execute(members_table.insert().values(project=project, member=member))
+
+    def remove_member(self, project: str, member: str) -> bool:
+        c = members_table.c
+        with self.engine.begin() as conn:
+            gone = conn.execute(members_table.delete().where(c.project == project, c.member == member))
+        return bool(gone.rowcount)
+
+    def members(self, project: str | None = None) -> list[dict[str, str]]:
+        """Project memberships (of one project, or all), sorted."""
+        c = members_table.c
+        query = sa.select(members_table).order_by(c.project, c.member)
+        if project is not None:
+            query = query.where(c.project == project)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def projects_of(self, member: str) -> set[str]:
+        c = members_table.c
+        with self.engine.connect() as conn:
+            return {r.project for r in conn.execute(sa.select(c.project).where(c.member == member))}
+
+    def readable(self, run_id: str, user: str, *, admin: bool) -> dict[str, Any] | None:
+        """The result if ``user`` may read it (:func:`may_read`), else None: missing and unreadable alike."""
+        doc = self.document(run_id)
+        if doc is None or not may_read(doc, user, admin=admin, shares=self.shares(run_id),
+                                       projects=self.projects_of(user)):
+            return None
+        return doc
+
+    def readable_runs(self, user: str, *, admin: bool, limit: int = 500) -> list[dict[str, Any]]:
+        """:meth:`runs` that ``user`` may read."""
+        docs = self.runs(limit)
+        if admin:
+            return docs
+        projects = self.projects_of(user)
+        with self.engine.connect() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(sa.select(shares_table))]
+        by_run: dict[str, list[dict[str, Any]]] = {}
+        for row in rows:
+            by_run.setdefault(row["run_id"], []).append(row)
+        return [d for d in docs if may_read(d, user, admin=False, shares=by_run.get(d["run_id"], []),
+                                            projects=projects)]
+
     def get(self, run_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(results_table).where(results_table.c.run_id == run_id)).first()
@@ -173,6 +269,40 @@ class ResultStore:
         for key in ("request", "result", "contributed", "excluded"):
             out[key] = json.loads(out[key])
         return out
+
+
+def owner_of(doc: dict[str, Any]) -> str:
+    """The researcher a result belongs to: the Airflow user who triggered its run ("" if unknown)."""
+    return str(doc.get("triggered_by") or "")
+
+
+def may_read(doc: dict[str, Any], user: str, *, admin: bool, shares: list[dict[str, Any]],
+             projects: set[str]) -> bool:
+    """Whether ``user`` may read the result ``doc``: an admin, its owner, a user it was shared with,
+    or a member of its project once shared with the project.
+
+    Parameters
+    ----------
+    doc : dict
+        The result (:meth:`ResultStore.document`).
+    user : str
+        The logged-in user's name.
+    admin : bool
+        The user is an admin of the central site (reads every result).
+    shares : list of dict
+        The result's shares (:meth:`ResultStore.shares`).
+    projects : set of str
+        The projects ``user`` is a member of (:meth:`ResultStore.projects_of`).
+    """
+    if admin:
+        return True
+    if not user:
+        return False
+    if owner_of(doc) == user:
+        return True
+    project = str(doc.get("project") or "")
+    return any((s["kind"] == "user" and s["name"] == user)
+               or (s["kind"] == "project" and s["name"] == project and project in projects) for s in shares)
 
 
 def summary_lines(outcome: dict[str, Any], limit: int = 40) -> list[str]:

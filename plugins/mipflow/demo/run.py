@@ -87,9 +87,7 @@ DEMO_STUDY = "stroke-outcomes-demo"
 def study_protocol(hospitals: list[str]) -> dict[str, Any]:
     """The protocol every hospital's admin approves for :data:`DEMO_PROJECT`."""
     return {"name": DEMO_STUDY, "data_model": "stroke:0.1", "datasets": list(hospitals),
-            "variables": list(STUDY_VARIABLES), "population": {"filter": None},
-            "subgroups": [{"name": "elderly", "filter": {"condition": "AND", "rules": [
-                {"id": "age", "field": "age", "operator": "greater_or_equal", "value": 65}]}}],
+            "variables": list(STUDY_VARIABLES), "population": {"filter": None}, "subgroups": [],
             "algorithms": ["linear_regression", "logistic_regression", "anova_oneway"],
             "note": "demo: approved by each hospital's steering committee"}
 

@@ -187,6 +187,30 @@ def test_binomial_numeric_y_must_be_binary():
         run_in_process(get_algorithm("gee"), [DATA], req, MODEL_LONG)
 
 
+def test_a_postgresql_nodes_patient_digest_and_visit_ranks_serve_as_the_clusters():
+    """A PostgreSQL node's binary read carries ``_pid_md5`` (bytes) and ``_visit_rank`` (the rows'
+    ranks by visit key within the patient) in place of ``_pid`` and ``_visit``: the same fit (AR(1)
+    with visits shuffled so that their order matters); without the ranks GEE refuses."""
+    import hashlib
+
+    data = DATA.copy()
+    data["_visit"] = data["_visit"].map({"V0": "V3", "V1": "V0", "V2": "V4", "V3": "V1", "V4": "V2"})
+    ranks = data.groupby(["dataset", "_pid"])["_visit"].rank(method="first").astype("int32")
+    digest = data["_pid"].map(lambda pid: hashlib.md5(pid.encode()).hexdigest().encode())
+    postgres_like = data.drop(columns=["_pid", "_visit"]).assign(_pid_md5=digest, _visit_rank=ranks)
+    req = request(x=["x1", "grp"], y=["y"], family="gaussian", cov_struct="ar1")
+    ours = run_in_process(get_algorithm("gee"), split(data, 3, 2), req, MODEL_LONG)
+    nodes = [postgres_like[data["dataset"] == d].reset_index(drop=True) for d in ("d0", "d1", "d2")]
+    ranked = run_in_process(get_algorithm("gee"), nodes, req, MODEL_LONG)
+    fit, n, m = pooled(data, "y", ["x1", "grp"], "gaussian", "ar1")
+    check_against(ranked, fit, n, m, "gaussian.ar1.postgresql")
+    assert_rel_close(ranked["coefficients"], ours["coefficients"], rel=1e-12, what="coefficients")
+    shuffled = pooled(DATA, "y", ["x1", "grp"], "gaussian", "ar1")[0]  # another visit order: another fit
+    assert abs(shuffled.model.cov_struct.dep_params - ranked["dep_param"]) > 1e-6
+    with pytest.raises(RequestError, match="patient identity"):
+        run_in_process(get_algorithm("gee"), [postgres_like.drop(columns=["_visit_rank"])], req, MODEL_LONG)
+
+
 from mipflow.protocol.datamodel import DataModel  # noqa: E402
 
 MODEL_LONG = DataModel.from_dict({

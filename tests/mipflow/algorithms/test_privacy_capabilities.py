@@ -22,6 +22,8 @@ CAPABILITIES = ("secure_aggregation", "dp_release", "secure_aggregation_refusal"
 #: secagg.SUPPORTED minus secagg.EXPLICIT_ONLY
 SECURE_AUTOMATIC = {"anova_oneway", "kmeans", "linear_regression", "logistic_regression", "pearson_correlation",
                     "ttest_independent", "ttest_onesample", "ttest_paired",
+                    # sums over patients (ADR 0036, 0041)
+                    "gee", "linear_mixed_model",
                     # per-fold sums, masked since ADR 0026 (from 2 nodes)
                     "linear_regression_cv", "logistic_regression_cv", "naive_bayes_gaussian_cv",
                     "naive_bayes_categorical_cv"}

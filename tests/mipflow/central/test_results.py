@@ -144,3 +144,74 @@ def test_a_results_table_made_before_failures_were_stored_gains_its_status(tmp_p
     store.save("r1", {"algorithm": "anova", "status": "failed", "error": "e"})
     assert store.get("r1")["status"] == "failed"
     store.engine.dispose()
+
+
+# -- private results (ADR 0011, "private results") ------------------------------------------------
+
+from mipflow.central.results import may_read  # noqa: E402
+
+_DOC = {"run_id": "r1", "triggered_by": "alice", "project": "stroke"}
+
+
+@pytest.mark.parametrize(("user", "admin", "shares", "projects", "expected"), [
+    pytest.param("alice", False, [], set(), True, id="owner"),
+    pytest.param("bob", False, [], set(), False, id="another-researcher"),
+    pytest.param("bob", True, [], set(), True, id="admin"),
+    pytest.param("bob", False, [{"kind": "user", "name": "bob"}], set(), True, id="shared-with-the-user"),
+    pytest.param("carol", False, [{"kind": "user", "name": "bob"}], set(), False, id="shared-with-someone-else"),
+    pytest.param("bob", False, [{"kind": "project", "name": "stroke"}], {"stroke"}, True, id="project-member"),
+    pytest.param("bob", False, [{"kind": "project", "name": "stroke"}], set(), False, id="not-a-member"),
+    pytest.param("bob", False, [{"kind": "project", "name": "other"}], {"other"}, False,
+                 id="a-share-naming-another-project"),
+    pytest.param("bob", False, [], {"stroke"}, False, id="member-but-not-shared"),
+    pytest.param("", False, [{"kind": "user", "name": ""}], set(), False, id="no-user-name"),
+])
+def test_who_may_read_a_result(user, admin, shares, projects, expected):
+    assert may_read(_DOC, user, admin=admin, shares=shares, projects=projects) is expected
+
+
+def test_a_result_without_its_researcher_is_read_by_admins_only():
+    assert not may_read({"run_id": "r", "triggered_by": None}, "alice", admin=False, shares=[], projects=set())
+    assert may_read({"run_id": "r"}, "alice", admin=True, shares=[], projects=set())
+
+
+def test_shares_and_members_are_stored_and_revoked(store):
+    store.save("r1", {"algorithm": "anova_oneway", "result": {"f": 1.0}, "triggered_by": "alice",
+                      "project": "stroke"})
+    store.save("r2", {"algorithm": "anova_oneway", "result": {"f": 2.0}, "triggered_by": "bob",
+                      "project": "stroke"})
+    assert store.readable("r1", "bob", admin=False) is None
+    assert [d["run_id"] for d in store.readable_runs("bob", admin=False)] == ["r2"]
+    store.share("r1", "user", "bob", shared_by="alice")
+    store.share("r1", "user", "bob", shared_by="alice")  # idempotent
+    assert [(s["kind"], s["name"], s["shared_by"]) for s in store.shares("r1")] == [("user", "bob", "alice")]
+    assert store.readable("r1", "bob", admin=False)["result"] == {"f": 1.0}
+    assert {d["run_id"] for d in store.readable_runs("bob", admin=False)} == {"r1", "r2"}
+    assert store.unshare("r1", "user", "bob") and not store.unshare("r1", "user", "bob")
+    assert store.readable("r1", "bob", admin=False) is None
+    store.share("r1", "project", "stroke", shared_by="alice")
+    assert store.readable("r1", "bob", admin=False) is None  # bob is not a member yet
+    store.add_member("stroke", "bob")
+    assert store.projects_of("bob") == {"stroke"} and store.members("stroke") == [{"project": "stroke",
+                                                                                    "member": "bob"}]
+    assert store.readable("r1", "bob", admin=False) is not None
+    assert store.remove_member("stroke", "bob")
+    assert store.readable("r1", "bob", admin=False) is None
+    assert {d["run_id"] for d in store.readable_runs("carol", admin=True)} == {"r1", "r2"}
+    with pytest.raises(ValueError):
+        store.share("r1", "team", "x", shared_by="alice")
+    with pytest.raises(ValueError):
+        store.share("r1", "user", " ", shared_by="alice")
+
+
+def test_project_members_from_the_cli(tmp_path, capsys):
+    from mipflow.cli import main
+
+    home = tmp_path / "central"
+    assert main(["central", "members", "add", "stroke", "bob", "carol", "--home", str(home)]) == 0
+    assert main(["central", "members", "remove", "stroke", "carol", "--home", str(home)]) == 0
+    capsys.readouterr()
+    assert main(["central", "members", "list", "--home", str(home)]) == 0
+    assert json.loads(capsys.readouterr().out) == [{"project": "stroke", "member": "bob"}]
+    assert ResultStore(home).projects_of("bob") == {"stroke"}
+    assert main(["central", "members", "add", "stroke", "--home", str(home)]) == 2  # nobody named

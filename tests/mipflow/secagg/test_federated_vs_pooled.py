@@ -27,21 +27,21 @@ from tests.mipflow.algorithms.synthetic import MODEL, make_data, request
 from tests.mipflow.secagg.helpers import KEYS, PUBLIC
 
 
-def run_secure(name: str, frames, req) -> dict:
+def run_secure(name: str, frames, req, model=MODEL) -> dict:
     """:func:`run_in_process` with every node's aggregates masked and only the sum unmasked."""
     algo = get_algorithm(name)
-    algo.validate(req, MODEL)
+    algo.validate(req, model)
     local = [prepare_local_data(algo, f, req) for f in frames]
     state = None
     for round_no in range(MAX_ROUNDS):
         ctx = context_digest(analysis_id="in-process", algorithm=name, round_no=round_no,
                                     request=req.to_dict(), state=state, participants=PUBLIC)
-        plain = [transport(secure_form(name, algo.local_step(round_no, f, req, MODEL, transport(state)),
-                                              req, MODEL)) for f in local]
+        plain = [transport(secure_form(name, algo.local_step(round_no, f, req, model, transport(state)),
+                                              req, model)) for f in local]
         releases = [transport(masked_release(k, PUBLIC, ctx, a)) for k, a in zip(KEYS, plain)]
         pooled = unmask_sum(releases)
         _check_exact_sum(plain, pooled)
-        step = algo.global_step(round_no, [pooled], req, MODEL, state)
+        step = algo.global_step(round_no, [pooled], req, model, state)
         if step.done:
             return transport(step.result)
         state = transport(step.state)
@@ -123,6 +123,53 @@ def test_secure_kmeans_equals_pooled_lloyd_on_random_splits(monkeypatch) -> None
     monkeypatch.setattr(test_kmeans, "run_in_process", secure)
     test_kmeans.test_federated_lloyd_equals_pooled_lloyd()
     assert calls and set(calls) == {"kmeans"}
+    assert SUM_ERRORS and max(SUM_ERRORS) < 1e-12
+
+
+@pytest.mark.parametrize("family, cov_struct", [
+    pytest.param("gaussian", "exchangeable", id="gaussian-exchangeable"),
+    pytest.param("binomial", "ar1", id="binomial-ar1"),
+    pytest.param("poisson", "independence", id="poisson-independence"),
+])
+def test_secure_gee_equals_pooled_statsmodels(family, cov_struct) -> None:
+    """``gee`` with every round masked (level counts, IRLS, scoring, correlation and covariance sums):
+    statsmodels' GEE on the pooled rows to the unmasked tests' 1e-8, and the plain federated fit."""
+    from mipflow.algorithms import run_in_process
+    from tests.mipflow.algorithms import test_gee
+
+    SUM_ERRORS.clear()
+    x = ["x1", "grp", "age"]
+    y = test_gee._y(family)
+    req = request(x=x, y=[y], family=family, cov_struct=cov_struct)
+    frames = test_gee.split(test_gee.DATA, 3, 1)
+    ours = run_secure("gee", frames, req, test_gee.MODEL_LONG)
+    fit, n, m = test_gee.pooled(test_gee.DATA, y, x, family, cov_struct)
+    test_gee.check_against(ours, fit, n, m, f"secure.{family}.{cov_struct}")
+    plain = run_in_process(get_algorithm("gee"), frames, req, test_gee.MODEL_LONG)
+    assert ours["iterations"] == plain["iterations"] and ours["glm_iterations"] == plain["glm_iterations"]
+    assert_rel_close(ours["coefficients"], plain["coefficients"], rel=1e-12, what="secure vs plain")
+    assert SUM_ERRORS and max(SUM_ERRORS) < 1e-12
+
+
+@pytest.mark.parametrize("slope, reml", [pytest.param(False, True, id="intercept-reml"),
+                                         pytest.param(True, False, id="slope-ml")])
+def test_secure_linear_mixed_model_equals_pooled_statsmodels(slope, reml) -> None:
+    """``linear_mixed_model`` with every round masked: statsmodels' converged MixedLM on the pooled rows
+    to the unmasked tests' 1e-8 (fixed effects, standard errors, cov_re, scale, llf)."""
+    from tests.mipflow.algorithms import test_gee, test_lmm
+
+    SUM_ERRORS.clear()
+    x = ["x1", "grp", "age"] + (["time"] if slope else [])
+    ours = run_secure("linear_mixed_model", test_gee.split(test_lmm.DATA, 3, 1), test_lmm.requested(slope, reml, x),
+                      test_lmm.MODEL_LONG)
+    model, names = test_lmm.statsmodels_model(test_lmm.DATA, x, slope)
+    reference, _ = test_lmm.converged_reference(model, reml)
+    assert ours["indep_vars"] == names and ours["converged"] is True
+    assert ours["n_obs"] == model.nobs and ours["n_groups"] == model.n_groups
+    for key, expected in (("coefficients", reference.fe_params), ("stderr", reference.bse_fe),
+                          ("cov_re", reference.cov_re), ("scale", reference.scale),
+                          ("cov_re_stderr", reference.bse_re), ("llf", reference.llf)):
+        assert_rel_close(ours[key], expected, rel=test_lmm.LMM_RTOL, floor=1e-12, what=f"secure lmm {key}")
     assert SUM_ERRORS and max(SUM_ERRORS) < 1e-12
 
 

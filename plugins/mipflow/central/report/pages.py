@@ -161,7 +161,7 @@ def provenance_table(doc: Mapping[str, Any]) -> Table:
     rows: list[list[Any]] = [
         ["run", doc.get("run_id")], ["status", run_status(doc)], ["Airflow DAG", doc.get("dag_id")],
         ["algorithm", doc.get("algorithm")], ["stored at", doc.get("created_at")],
-        ["triggered by", doc.get("triggered_by")], ["data model", inputdata.get("data_model")],
+        ["triggered by", doc.get("triggered_by")], ["project", doc.get("project")], ["data model", inputdata.get("data_model")],
         ["datasets", ", ".join(inputdata.get("datasets") or [])],
         ["y", ", ".join(inputdata.get("y") or [])], ["x", ", ".join(inputdata.get("x") or [])],
         ["filters", json.dumps(inputdata.get("filters")) if inputdata.get("filters") else ""],
@@ -279,9 +279,38 @@ def nodes_table(doc: Mapping[str, Any]) -> Table:
     return Table("Nodes", ["node", "status", "rows used", "rows held per dataset"], rows)
 
 
-def result_page(doc: Mapping[str, Any], *, link: Any, back: str, airflow_run: str | None = None) -> str:
+def sharing_html(doc: Mapping[str, Any], shares: Sequence[Mapping[str, Any]], *, share_action: str,
+                 unshare_action: str) -> str:
+    """The owner's (or an admin's) sharing panel: who else may read this result, a form to share it
+    with a user or with the members of its project, and a Revoke button per share."""
+    run_id = html.escape(str(doc.get("run_id") or ""))
+    project = str(doc.get("project") or "")
+    hidden = f'<input type="hidden" name="id" value="{run_id}">'
+    rows = []
+    for s in shares:
+        who = (f"members of project {s['name']}" if s["kind"] == "project" else f"user {s['name']}")
+        rows.append(f'<li class="share" data-kind="{html.escape(s["kind"])}" data-name="{html.escape(s["name"])}">'
+                    f'{html.escape(who)} (by {html.escape(str(s["shared_by"]))}, {html.escape(str(s["shared_at"]))}) '
+                    f'<form method="post" action="{html.escape(unshare_action)}" style="display:inline">{hidden}'
+                    f'<input type="hidden" name="kind" value="{html.escape(s["kind"])}">'
+                    f'<input type="hidden" name="name" value="{html.escape(s["name"])}">'
+                    f'<button type="submit" class="revoke">Revoke</button></form></li>')
+    listing = ("<ul>" + "".join(rows) + "</ul>") if rows else "<p>Private: only you and the admins read it.</p>"
+    by_project = (f'<form method="post" action="{html.escape(share_action)}" id="share-project">{hidden}'
+                  f'<input type="hidden" name="kind" value="project"><input type="hidden" name="name" '
+                  f'value="{html.escape(project)}"><button type="submit">Share with the members of project '
+                  f'{html.escape(project)}</button></form>') if project else ""
+    return (f'<div id="sharing"><h2>Sharing</h2>{listing}'
+            f'<form method="post" action="{html.escape(share_action)}" id="share-user">{hidden}'
+            f'<input type="hidden" name="kind" value="user"><label>Share with user '
+            f'<input name="name" maxlength="128" required></label> <button type="submit">Share</button></form>'
+            f'{by_project}</div>')
+
+
+def result_page(doc: Mapping[str, Any], *, link: Any, back: str, airflow_run: str | None = None,
+                sharing: str = "") -> str:
     """One result (or why a run has none): provenance, nodes, plots, tables, download links and,
-    where given, a link to the run in Airflow (``airflow_run``)."""
+    where given, a link to the run in Airflow (``airflow_run``) and the sharing panel (``sharing``)."""
     result = doc.get("result") or {}
     plots = result_plots(result)
     run_link = (f' | <a id="airflow-run" href="{html.escape(airflow_run)}" target="_top">Run in Airflow</a>'
@@ -300,6 +329,7 @@ def result_page(doc: Mapping[str, Any], *, link: Any, back: str, airflow_run: st
         parts.append('<div id="ratios">' + table_html(ratios)
                      + (f'<div class="plots"><figure>{plot}</figure></div>' if plot else "") + "</div>")
     parts.append(table_html(provenance_table(doc)))
+    parts.append(sharing)
     status = run_status(doc)
     nodes = nodes_table(doc)
     if nodes.rows or status == "succeeded":  # a failed run's nodes are in its failure section

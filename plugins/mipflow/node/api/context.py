@@ -117,14 +117,15 @@ class SelectionCache:
                 raise RequestError("the longitudinal transformer is not offered in study mode")
             frame, cohorts = self._transformed(transformer, analysis, model)
         else:
+            visit_order = bool(getattr(algo, "visit_order", False))  # gee: the visits' order
             if study is not None:
-                frame = study.frame(self.store, model, self.differencing.key)
+                frame = study.frame(self.store, model, self.differencing.key, visit_order=visit_order)
             else:
                 # the ledger's keys computed as the rows are read (ADR 0044), unless the algorithm keeps the
                 # patient's identity beside its rows (gee)
                 frame = select_frame(self.store, model, datasets=analysis.datasets, variables=variables,
                                      filters=analysis.filters, complete_case=algo.complete_case,
-                                     row_identity=True,
+                                     row_identity=True, visit_order=visit_order,
                                      row_key=None if getattr(algo, "row_identity", False) else self.differencing.key)
             cohorts = self.differencing.cohorts(model.key, frame, variables, algo.complete_case,
                                                 getattr(algo, "released_by", ()))

@@ -154,8 +154,9 @@ class StudySelection:
         s = self.study
         return ["study", s.project, s.protocol.name, s.snapshot, self.subgroup, list(self.datasets)]
 
-    def frame(self, store: Any, model: Any, hash_key: str) -> pd.DataFrame:
-        """The selection's rows with their identity columns, as ``select_frame(row_identity=True)``.
+    def frame(self, store: Any, model: Any, hash_key: str, *, visit_order: bool = False) -> pd.DataFrame:
+        """The selection's rows with their identity columns, as ``select_frame(row_identity=True)``
+        (and ``visit_order``).
 
         The rows are the snapshot's: the population's rows now in the store, restricted to the
         snapshot's row keys (rows loaded since are left out), to the subgroup and to the
@@ -171,7 +172,8 @@ class StudySelection:
 
         study, p = self.study, self.study.protocol
         frame = select_frame(store, model, datasets=list(p.datasets), variables=list(p.variables),
-                             filters=p.population_filter, complete_case=True, row_identity=True)
+                             filters=p.population_filter, complete_case=True, row_identity=True,
+                             visit_order=visit_order)
         keys = row_keys(frame, hash_key)
         in_snapshot = np.isin(keys, study.population)
         order = np.argsort(keys[in_snapshot], kind="stable")

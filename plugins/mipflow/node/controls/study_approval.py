@@ -46,6 +46,12 @@ class Family:
     subgroups: dict[str, np.ndarray]  # name -> sorted row keys
     per_dataset: dict[str, dict[str | None, np.ndarray]]  # dataset -> subgroup (None: population) -> keys
     patients: dict[str, np.ndarray] = field(default_factory=dict)  # label of sets() -> sorted patient keys
+    #: the level-cell rule (:mod:`mipflow.node.controls.study_cells`): every cohort's cells' row
+    #: counts, and per population row (sorted order) its nominal variables' levels
+    cells: dict[str, int] = field(default_factory=dict)
+    cell_levels: Any = None
+    nominal: tuple[str, ...] = ()
+    cross: int = 0
 
     def sets(self) -> list[tuple[str, np.ndarray]]:
         """Every cohort a request of the family can be answered on or combined from, labelled."""
@@ -99,8 +105,49 @@ def compute_family(store: Any, model: Any, protocol: Protocol, hash_key: str) ->
         for d, cohorts in per_dataset.items():
             cohorts[subgroup.name] = sorted_unique(sub_keys[sub_datasets == d])
         note_patients(patient_keys(sub, hash_key), sub_datasets, subgroup.name, list(per_dataset))
-    return Family(population=population, values=values, subgroups=subgroups, per_dataset=per_dataset,
-                  patients=patients)
+    from mipflow.node.controls.study_cells import cohort_cells, crossing, nominal_variables
+
+    nominal = nominal_variables(model, protocol.variables)
+    levels = frame[nominal].reset_index(drop=True).iloc[order].reset_index(drop=True)
+    family = Family(population=population, values=values, subgroups=subgroups, per_dataset=per_dataset,
+                    patients=patients, cell_levels=levels, nominal=tuple(nominal),
+                    cross=crossing(protocol.algorithms))
+    family.cells.update(cohort_cells(family.sets(), population, levels, nominal, family.cross))
+    return family
+
+
+def cell_problems(family: Family, tab: int, key: bytes) -> list[str]:
+    """The level-cell rule at approval (admin-facing, with counts; :mod:`study_cells`)."""
+    from mipflow.node.controls.atoms import node_primes
+    from mipflow.node.controls.study_cells import chain_problem, difference_problems
+
+    sets = family.sets()
+    problems = difference_problems(sets, family.population, family.cell_levels, family.nominal, family.cross, tab)
+    if not problems:
+        chain = chain_problem(sets, family.population, family.cell_levels, family.nominal, family.cross, tab,
+                              node_primes(key))
+        problems += [chain] if chain else []
+    return problems
+
+
+def cell_change_problems(old: Study, family: Family, tab: int) -> list[str]:
+    """The level-cell rule at a refresh: rows added and removed per cell since the snapshot."""
+    from mipflow.node.controls.study_cells import change_cells, cohort_cells
+
+    both = np.intersect1d(old.population, family.population, assume_unique=True)
+    old_values = old.values[np.searchsorted(old.population, both)]
+    changed_keys = both[old_values != family.values[np.searchsorted(family.population, both)]]
+    added = ~np.isin(family.population, old.population, assume_unique=True) | \
+        np.isin(family.population, changed_keys, assume_unique=True)
+    added_cells = cohort_cells(family.sets(), family.population, family.cell_levels, family.nominal, family.cross,
+                               added)
+    previous = old.record.get("cells")
+    if previous is None:  # approved before the rule: only what was added can be checked
+        removed = len(old.population) - len(both) + len(changed_keys)
+        problems = change_cells({}, {}, added_cells, tab)
+        return problems + ([f"{removed} row(s) removed from a study approved before the level-cell rule: "
+                            "withdraw it and approve it again"] if removed else [])
+    return change_cells(previous, family.cells, added_cells, tab)
 
 
 def size_problems(family: Family, min_row_count: int) -> list[str]:
@@ -170,6 +217,14 @@ def _check_family(root: Any, key: bytes, data_model: str, family: Family, min_ro
     finally:
         ledger.close()
     return list(distinct.values())
+
+
+def _cells_message(failed: str, problems: list[str], tab: int) -> str:
+    shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
+    return (f"{failed}: subtracting the study's results would give groups of fewer than nfilter_tab ({tab}) rows "
+            f"(levels of nominal study variables inside the difference of two cohorts, or rows added or removed "
+            f"since the snapshot): {shown}. Choose subgroups whose differences hold more rows, leave the "
+            "variable out of the study, or wait for more data (docs/adr/0028-study-mode.md, level cells)")
 
 
 def _record(root: Any, data_model: str, sets: list[tuple[str, np.ndarray, np.ndarray | None]]) -> None:
@@ -244,6 +299,9 @@ def approve(home: Any, project: str, document: Any) -> dict[str, Any]:
         if problems:
             raise ConfigError(f"study {protocol.name!r} not approved: fewer than min_row_count ({min_row_count}): "
                               + "; ".join(problems))
+        small = cell_problems(family, home.settings.nfilter_tab, home.key())
+        if small:
+            raise ConfigError(_cells_message(f"study {protocol.name!r} not approved", small, home.settings.nfilter_tab))
         sets = _check_family(home.root, home.key(), protocol.data_model, family, min_row_count, None)
         at = now_utc()
         patterns, summary = _patterns(home, store, model, protocol, family, at, f"study {protocol.name!r} not approved")
@@ -253,7 +311,8 @@ def approve(home: Any, project: str, document: Any) -> dict[str, Any]:
     study = Study(project=project, protocol=protocol, snapshot=at, population=family.population,
                   values=family.values, subgroups=family.subgroups,
                   record={"status": "approved", "approved_at": at, "min_row_count": min_row_count,
-                          "counts": _counts(family), "suppression": summary, "refreshes": []})
+                          "counts": _counts(family), "suppression": summary, "refreshes": [],
+                          "cells": family.cells})
     write_patterns(home.root, project, patterns)
     write_study(home.root, study)
     return {"project": project, "study": protocol.name, "status": "approved", "snapshot": at, **_counts(family)}
@@ -292,6 +351,10 @@ def refresh(home: Any, project: str) -> dict[str, Any]:
         if problems:
             raise ConfigError(f"study {old.protocol.name!r} not refreshed: fewer than min_row_count "
                               f"({min_row_count}): " + "; ".join(problems) + stays)
+        tab = home.settings.nfilter_tab
+        cells = cell_problems(family, tab, home.key()) + cell_change_problems(old, family, tab)
+        if cells:
+            raise ConfigError(_cells_message(f"study {old.protocol.name!r} not refreshed", cells, tab) + stays)
         try:
             sets = _check_family(home.root, home.key(), old.protocol.data_model, family, min_row_count, old)
         except ConfigError as exc:
@@ -307,7 +370,7 @@ def refresh(home: Any, project: str) -> dict[str, Any]:
     study = Study(project=project, protocol=old.protocol, snapshot=at, population=family.population,
                   values=family.values, subgroups=family.subgroups,
                   record={**old.record, "min_row_count": min_row_count, "counts": _counts(family),
-                          "suppression": summary, "refreshes": refreshes})
+                          "suppression": summary, "refreshes": refreshes, "cells": family.cells})
     write_study(home.root, study)
     return {"project": project, "study": old.protocol.name, "status": "refreshed", "snapshot": at,
             "previous_snapshot": old.snapshot, **counts}

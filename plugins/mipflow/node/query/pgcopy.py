@@ -26,6 +26,11 @@ ROW_MD5 = ROW_MD5_COLUMN
 #: And the patient's identity beside it: the MD5 (hex) of ``_pid``, computed by the server as it reads
 #: (:func:`mipflow.node.controls.differencing.patient_keys`, ADR 0030).
 PID_MD5 = "_pid_md5"
+#: And, when asked for (``visit_order``), each row's place among its patient's selected visits: 1, 2, ...
+#: in the order of the visit keys (``_visit`` compared byte by byte, ``COLLATE "C"``: the order Python
+#: gives the same keys), computed by the server as it reads.  What an algorithm whose visits need an
+#: order (``gee``'s AR(1), ADR 0036) needs of ``_visit``, and less: never the key itself.
+VISIT_RANK = "_visit_rank"
 
 
 def copy_out(store: FeatureStore, statement: sa.Select, options: str, spool: Any) -> None:
@@ -52,7 +57,7 @@ _PGCOPY_TRAILER = b"\xff\xff"
 
 def binary_copy_frame(store: FeatureStore, statement: sa.Select, chosen: list[Variable],
                       datasets: list[str], row_identity: bool = False, *,
-                      chunksize: int) -> pd.DataFrame | None:
+                      chunksize: int, visit_order: bool = False) -> pd.DataFrame | None:
     """:func:`~mipflow.node.query.read.select_frame` for complete-case numerical and categorical
     variables on PostgreSQL.
 
@@ -79,6 +84,9 @@ def binary_copy_frame(store: FeatureStore, statement: sa.Select, chosen: list[Va
         Also read the stored row identity (column :data:`ROW_MD5`, 32 bytes per row).
     chunksize : int
         Records decoded per step.
+    visit_order : bool
+        With ``row_identity``: also each row's rank among its patient's selected rows by visit key
+        (column :data:`VISIT_RANK`, int32; a window over the selection, so only when asked for).
     """
     import tempfile
 
@@ -104,12 +112,17 @@ def binary_copy_frame(store: FeatureStore, statement: sa.Select, chosen: list[Va
     if row_identity:  # 32 hex characters, kept by the server: one more fixed-width field (ROW_MD5)
         columns.append(table.c[ROW_MD5_COLUMN].label(ROW_MD5))
         columns.append(sa.func.md5(sa.func.coalesce(table.c._pid, "")).label(PID_MD5))
+        if visit_order:
+            rank = sa.func.row_number().over(partition_by=(table.c.dataset, table.c._pid),
+                                             order_by=table.c._visit.collate("C"))
+            columns.append(sa.cast(rank, sa.Integer).label(VISIT_RANK))
     binary = statement.with_only_columns(*columns, maintain_column_froms=True)
     # one record: int16 field count, then per field int32 length + payload (int4, float8 or 32 bytes)
     fields = [("_count", ">i2")]
     for i, column in enumerate(columns):
         is_position = i == 0 or any(name == column.name for name, _ in lists)
-        kind = "S32" if column.name in (ROW_MD5, PID_MD5) else ">i4" if is_position else ">f8"
+        kind = "S32" if column.name in (ROW_MD5, PID_MD5) else ">i4" if is_position or column.name == VISIT_RANK \
+            else ">f8"
         fields += [(f"_len{i}", ">i4"), (column.name, kind)]
     record = np.dtype(fields)
     with tempfile.TemporaryFile("w+b") as spool:
@@ -144,5 +157,6 @@ def binary_copy_frame(store: FeatureStore, statement: sa.Select, chosen: list[Va
         frame[ROW_MD5] = pd.Series(out.pop(ROW_MD5).astype(object), dtype=object)
         frame[PID_MD5] = pd.Series(out.pop(PID_MD5).astype(object), dtype=object)
     frame.update({name: pd.Series(values) for name, values in out.items()})
-    order = ["dataset"] + [v.code for v in chosen if v.code != "dataset"] + ([ROW_MD5, PID_MD5] if row_identity else [])
+    order = ["dataset"] + [v.code for v in chosen if v.code != "dataset"] + ([ROW_MD5, PID_MD5] if row_identity else []) \
+        + ([VISIT_RANK] if row_identity and visit_order else [])
     return pd.DataFrame({name: frame[name] for name in order})

@@ -193,7 +193,8 @@ def release_page_cache(conn: sa.Connection) -> None:
 
 def select_frame(store: FeatureStore, model: DataModel, *, datasets: Sequence[str], variables: Sequence[str],
                  filters: Mapping[str, Any] | None = None, complete_case: bool = True,
-                 row_identity: bool = False, row_key: str | None = None) -> pd.DataFrame:
+                 row_identity: bool = False, visit_order: bool = False,
+                 row_key: str | None = None) -> pd.DataFrame:
     """The rows of ``datasets`` that pass ``filters``, with column ``dataset`` and ``variables``.
 
     Parameters
@@ -215,6 +216,12 @@ def select_frame(store: FeatureStore, model: DataModel, *, datasets: Sequence[st
         for the node's own differencing controls (:mod:`mipflow.node.controls.differencing`).
         They must never leave the node: only the node API asks for them, and
         :func:`mipflow.algorithms.local.prepare_local_data` drops them.
+        (PostgreSQL's binary read gives the row and patient digests ``_row_md5`` and ``_pid_md5`` in
+        their place, :mod:`mipflow.node.query.pgcopy`.)
+    visit_order : bool
+        With ``row_identity``, for an algorithm whose visits need an order (``gee``): where the read
+        carries no ``_visit`` (PostgreSQL's binary read) it carries each row's rank among its
+        patient's rows by visit key instead (:data:`mipflow.node.query.pgcopy.VISIT_RANK`).
     row_key : str or None
         With ``row_identity``: the ledger's key (:func:`mipflow.node.controls.differencing.hash_key`).
         On SQLite, for a complete-case selection of numerical and categorical variables, the
@@ -241,7 +248,7 @@ def select_frame(store: FeatureStore, model: DataModel, *, datasets: Sequence[st
         store.ensure_row_md5(model)  # a store from before the row identity column: added once
     if store.dialect == "postgresql" and complete_case and all(v.is_numerical or v.is_categorical for v in chosen):
         frame = binary_copy_frame(store, statement, chosen, _check_datasets(datasets), row_identity,
-                                  chunksize=DEFAULT_CHUNKSIZE)
+                                  chunksize=DEFAULT_CHUNKSIZE, visit_order=visit_order)
         if frame is not None:
             return frame
     if (store.dialect == "sqlite" and row_identity and row_key is not None and complete_case

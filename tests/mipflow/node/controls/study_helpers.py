@@ -50,7 +50,7 @@ def stroke_rows(seed: int, n: int, dataset: str, prefix: str) -> pd.DataFrame:
     return frame
 
 
-def node_home(root: Path, name: str = "hospital_a", *, seed: int = 11, n: int = 200,
+def node_home(root: Path, name: str = "hospital_a", *, seed: int = 11, n: int = 400,
               dataset: str = "hospital_a", **settings: Any) -> tuple[NodeHome, pd.DataFrame]:
     """A node home holding ``n`` rows of ``dataset``, with a grant for every identity in PROJECT."""
     home = standard_home(root, name)

@@ -9,6 +9,7 @@ from mipflow.node.query.pgcopy import PID_MD5, ROW_MD5, binary_copy_frame
 from mipflow.node.query.read import DEFAULT_CHUNKSIZE, _prepare, _stream, select_frame
 from mipflow.node.store.feature_store import FeatureStore
 
+from tests.nodes import postgresql_databases
 from tests.mipflow.node.query.cases import (
     ALL_DATASETS,
     MODEL,
@@ -116,3 +117,56 @@ def test_postgresql_row_identity_column_is_added_to_an_older_table_and_kept_by_t
         reopened.dispose()
 
 
+
+
+def test_postgresql_binary_read_carries_the_visit_order_not_the_visit_keys():
+    """With ``visit_order`` (gee, ADR 0036) the binary read adds each row's rank among its patient's
+    selected rows by visit key, compared byte by byte as Python compares the keys (``"B" < "a"``,
+    ``"V10" < "V2"``, ``"Z" < "ä"``: a locale's collation orders these otherwise), and never the keys;
+    without it no rank is read.  The ranks order each patient's rows exactly as ``_visit`` does on the
+    other read paths, also when a filter leaves some visits out."""
+
+    keys = ["V2", "V10", "a", "B", "ä", "Z", "V1"]
+    rng = np.random.default_rng(7)
+    rows = []
+    for patient in range(12):
+        visits = rng.permutation(keys)[: 2 + patient % 6]
+        rows += [{"_pid": f"p{patient:02d}", "dataset": ALL_DATASETS[patient % 3], "_visit": str(v),
+                  "age": float(rng.integers(40, 90)), "score": int(rng.integers(0, 10))} for v in visits]
+    frame = pd.DataFrame(rows)
+    frame["score"] = frame["score"].astype("Int64")
+    with postgresql_databases(1, icu_locale="und") as (url,):
+        _check_visit_ranks(FeatureStore(url), frame, keys)
+
+
+def _check_visit_ranks(store: FeatureStore, frame: pd.DataFrame, keys: list[str]) -> None:
+    from mipflow.node.query.pgcopy import VISIT_RANK
+
+    try:
+        store.add_data_model(MODEL)
+        with store.begin() as conn:
+            store.upsert_rows(conn, MODEL, frame, batch_id="b", sha256="0" * 64)
+            # the database collates by a locale (as a hospital's may): "a" < "B" there, not in Python
+            assert conn.exec_driver_sql(f"SELECT min(_visit) FROM {TABLE} WHERE _visit IN ('a', 'B')").scalar() == "a"
+        for filters in (None, where("age", "greater", 60)):
+            kwargs = dict(datasets=ALL_DATASETS, variables=["age", "score"], filters=filters)
+            got = select_frame(store, MODEL, row_identity=True, visit_order=True, **kwargs)
+            assert VISIT_RANK in got.columns and not {"_pid", "_visit"} & set(got.columns) and len(got) > 0
+            assert VISIT_RANK not in select_frame(store, MODEL, row_identity=True, **kwargs).columns
+            statement, chosen = _prepare(store, MODEL, ALL_DATASETS, ["age", "score"], filters, True, True)
+            via_csv = pd.concat(list(_stream(store, statement, chosen, DEFAULT_CHUNKSIZE)), ignore_index=True)
+            assert len(via_csv) == len(got)
+            # the same rows on both paths (ages and scores identify them within a patient here)
+            ranked = {}
+            for pid, part in via_csv.groupby("_pid"):
+                ordered = sorted(part["_visit"])  # Python's order of the keys
+                for _, row in part.iterrows():
+                    ranked[(pid, row["age"], row["score"])] = ordered.index(row["_visit"]) + 1
+            import hashlib
+
+            digest = {hashlib.md5(pid.encode()).hexdigest().encode(): pid for pid in via_csv["_pid"]}
+            for _, row in got.iterrows():
+                assert row[VISIT_RANK] == ranked[(digest[row[PID_MD5]], row["age"], row["score"])]
+        assert sorted(keys) != sorted(keys, key=str.lower)  # the case where a locale's order differs
+    finally:
+        store.dispose()

@@ -1,0 +1,147 @@
+"""Groups inside algorithms across a study's cohorts: the level-cell rule of study approval.
+
+An algorithm groups a cohort's rows by the levels of its nominal variables (a t-test's or an
+ANOVA's groups, a regression's indicators and their co-moments, Kaplan-Meier's groups and its
+event indicator, a logistic model's classes, a contingency table's cells).  Within one result the
+release controls keep every such group at ``nfilter_tab`` or more.  Across the study's cohorts they
+do not: the population's deaths minus the elderly's deaths are the young deaths, a group no
+request could ask for, and a group of one gives a patient's exact values (an outside review of
+study mode recovered a patient's record from two linear regressions this way).
+
+So approval and refresh take this decision too, once, on the rows (ADR 0028, extended):
+
+* a **cell** is a cohort of the family intersected with one level of a nominal study variable, or
+  with one level of each of two (what an algorithm's groups, events, classes and co-moments cross);
+  one result releases sums over the cells of its cohort, under the release controls as before;
+* **differences**: for every cohort nested in another (the elderly in the population, a
+  subgroup within one dataset), every cell of the difference (the young, the young deaths, the
+  young women who died) holds no row or at least ``nfilter_tab`` rows (the pairwise rule of ADR
+  0013 lifted to cells);
+* **chains**: no linear combination of all the cells' sums isolates a group of rows with the same
+  membership in every cell (an atom of :mod:`mipflow.node.controls.atoms`) of fewer than
+  ``nfilter_tab`` rows (exact for single atoms, whatever the chain);
+* at a refresh, in every cell, the rows added and the rows removed since the snapshot are each
+  none or at least ``nfilter_tab`` (the same subtraction across two snapshots).
+
+:func:`cohort_cells` keeps counts only (a cell's label to its row count, no key and no value); the
+study record keeps them so that a refresh can compare (admin-facing, 0600).
+"""
+from __future__ import annotations
+
+from itertools import combinations, product
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+#: how many nominal variables the sums an algorithm releases cross at most: its groups by one
+#: variable, its events or classes or a second covariate by another (Kaplan-Meier by sex with its
+#: event, a logistic model's class by a covariate, two indicators' co-moment), a stratum by a third
+#: (CMH; histograms of a nominal variable by two groupings); the default for an algorithm not listed
+CROSS = 2
+CROSSES = {"pearson_correlation": 0, "ttest_onesample": 0, "ttest_paired": 0, "kmeans": 0, "pca": 0,
+           "pca_with_transformation": 0, "descriptive_stats": 1, "ttest_independent": 1, "anova_oneway": 1,
+           "cmh_test": 3, "multiple_histograms": 3}
+
+
+def crossing(algorithms: Sequence[str]) -> int:
+    """How many nominal variables a study's cells cross: the most any of its algorithms crosses."""
+    return max((CROSSES.get(name, CROSS) for name in algorithms), default=0)
+
+
+def nominal_variables(model: Any, variables: Sequence[str]) -> list[str]:
+    """The study variables with levels (``dataset`` is a cohort's part already)."""
+    return [v for v in variables if v != "dataset" and model.variable(v).is_categorical]
+
+
+def level_masks(levels: pd.DataFrame, nominal: Sequence[str], cross: int) -> list[tuple[str, np.ndarray]]:
+    """Every cell's label suffix and row mask over ``levels`` (the whole, then up to ``cross`` variables)."""
+    out: list[tuple[str, np.ndarray]] = [("", np.ones(len(levels), dtype=bool))]
+    values = {code: levels[code].astype(str).to_numpy() for code in nominal}
+    for width in range(1, min(cross, len(nominal)) + 1):
+        for group in combinations(nominal, width):
+            present = [sorted(set(values[code])) for code in group]
+            for combo in product(*present):
+                mask = np.ones(len(levels), dtype=bool)
+                for code, level in zip(group, combo):
+                    mask &= values[code] == level
+                if mask.any():
+                    out.append(("".join(f"|{c}={lv}" for c, lv in zip(group, combo)), mask))
+    return out
+
+
+def _rows(population: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """A cohort's rows as a mask over the (sorted) population."""
+    mask = np.zeros(len(population), dtype=bool)
+    mask[np.searchsorted(population, keys)] = True
+    return mask
+
+
+def cohort_cells(sets: Sequence[tuple[str, np.ndarray]], population: np.ndarray, levels: pd.DataFrame,
+                 nominal: Sequence[str], cross: int, added: np.ndarray | None = None) -> dict[str, int]:
+    """Row counts of every non-empty cell of every cohort (``label``, ``label|V=l``, ...);
+    with ``added`` (a mask over the population), of the added rows only."""
+    cells = level_masks(levels, nominal, cross)
+    counts: dict[str, int] = {}
+    for label, keys in sets:
+        rows = _rows(population, keys) if added is None else _rows(population, keys) & added
+        for suffix, mask in cells:
+            n = int(np.count_nonzero(rows & mask))
+            if n:
+                counts[label + suffix] = n
+    return counts
+
+
+def difference_problems(sets: Sequence[tuple[str, np.ndarray]], population: np.ndarray, levels: pd.DataFrame,
+                        nominal: Sequence[str], cross: int, tab: int) -> list[str]:
+    """Cells of the difference of two nested cohorts with 1 to ``tab - 1`` rows (admin-facing)."""
+    cells = level_masks(levels, nominal, cross)
+    masks = [(label, _rows(population, keys)) for label, keys in sets]
+    problems: list[str] = []
+    # a difference that is itself a cohort of the family (the population minus the women are the
+    # men) is released directly, under the release controls of each result
+    seen: set[bytes] = {mask.tobytes() for _, mask in masks}
+    for (outer, big), (inner, small) in product(masks, masks):
+        if outer == inner or not small.any() or (small & ~big).any() or not (big & ~small).any():
+            continue
+        difference = big & ~small
+        if difference.tobytes() in seen:
+            continue
+        seen.add(difference.tobytes())
+        for suffix, mask in cells:
+            n = int(np.count_nonzero(difference & mask))
+            if 0 < n < tab:
+                problems.append(f"{outer} minus {inner}{_levels(suffix)}: {n} row(s)")
+    return problems
+
+
+def chain_problem(sets: Sequence[tuple[str, np.ndarray]], population: np.ndarray, levels: pd.DataFrame,
+                  nominal: Sequence[str], cross: int, tab: int, primes: Sequence[int]) -> str | None:
+    """Whether a linear combination of every cell's sums isolates an atom of fewer than ``tab`` rows."""
+    from mipflow.node.controls.atoms import check_family
+
+    cells = level_masks(levels, nominal, cross)
+    masks = [_rows(population, keys) for _, keys in sets]
+    family = [population[rows & mask] for rows in masks for _, mask in cells if (rows & mask).any()]
+    verdict = check_family(family, max(tab, 1), primes)
+    if verdict.allowed:
+        return None
+    return (f"a combination of the cells' sums (cohorts by levels of the nominal study variables) would "
+            f"isolate {verdict.smallest_isolatable} row(s)")
+
+
+def _levels(suffix: str) -> str:
+    return "" if not suffix else ", " + " and ".join(suffix.strip("|").split("|"))
+
+
+def change_cells(old: Mapping[str, int], new: Mapping[str, int], added: Mapping[str, int], tab: int) -> list[str]:
+    """Cells whose rows added or removed since the snapshot are 1 to ``tab - 1`` (admin-facing)."""
+    problems = []
+    for cell in sorted(set(old) | set(new) | set(added)):
+        plus = int(added.get(cell, 0))
+        minus = int(old.get(cell, 0)) - int(new.get(cell, 0)) + plus
+        label, _, rest = cell.partition("|")
+        for n, what in ((plus, "added"), (minus, "removed")):
+            if 0 < n < tab:
+                problems.append(f"{label}{_levels('|' + rest if rest else '')}: {n} row(s) {what}")
+    return problems
