@@ -3,7 +3,7 @@
 Event-driven scheduling (Airflow 3): the Asset ``mipflow_node_data_versions`` has an
 ``AssetWatcher`` whose trigger (:class:`mipflow_airflow.triggers.data_version.NodeDataVersionTrigger`,
 run by the triggerer) polls every node of every active standing analysis for its data version,
-every ``MIPFLOW_STANDING_POLL_SECONDS`` (default 300), and raises an Asset event when one
+every ``MIPFLOW_STANDING_POLL_SECONDS`` (default 30), and raises an Asset event when one
 changed.  The event schedules ``standing_analyses``: one mapped task per active standing
 analysis runs it again when its nodes' data versions differ from its last attempt's
 (:func:`mipflow.central.standing.rerun`: the same request, researcher, project and nodes, the
@@ -24,7 +24,7 @@ NODE_POOL = {"pool": federation_pool()} if federation_pool() else {}
 NODE_DATA_VERSIONS = Asset(
     "mipflow_node_data_versions", uri="mipflow://central/node-data-versions",
     watchers=[AssetWatcher(name="mipflow_node_data_versions", trigger=NodeDataVersionTrigger(
-        poll_seconds=number("MIPFLOW_STANDING_POLL_SECONDS", "300", float, minimum=1)))])
+        poll_seconds=number("MIPFLOW_STANDING_POLL_SECONDS", "30", float, minimum=1)))])
 
 with DAG(
     dag_id="standing_analyses",

@@ -25,7 +25,7 @@ from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 log = logging.getLogger(__name__)
 
 #: Default seconds between polls (``MIPFLOW_STANDING_POLL_SECONDS``).
-POLL_SECONDS = 300.0
+POLL_SECONDS = 30.0
 
 
 class _MemoClient:
