@@ -3,7 +3,7 @@ dummy (treatment) columns with the patsy / Exareme2 names, per-level counts."""
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -123,20 +123,21 @@ def design_matrix(
     names : list of str, length p
     """
     n = len(data)
-    blocks: dict[str, np.ndarray] = {}
+    # each column is made as it is written into the matrix (no second copy of the whole design)
+    makers: dict[str, Callable[[], np.ndarray]] = {}
     if intercept:
-        blocks[INTERCEPT] = np.ones(n)
+        makers[INTERCEPT] = lambda: np.ones(n)
     for code in x:
         var = model.variable(code)
         if var.is_categorical:
-            codes = category_codes(data[code], var).to_numpy()
+            codes = category_codes(data[code], var).to_numpy()  # checked here, used or not
             for level in sorted_levels(var):
-                blocks[f"{code}[{level}]"] = (codes == level).astype(float)
+                makers[f"{code}[{level}]"] = lambda codes=codes, level=level: (codes == level).astype(float)
         else:
-            blocks[code] = numeric_values(data[code])
+            makers[code] = lambda code=code: _numeric_view(data[code])
     names = design_columns(x, model, intercept=intercept)
     if columns is not None:
-        missing = [c for c in columns if c not in blocks]
+        missing = [c for c in columns if c not in makers]
         if missing:
             raise RequestError(f"unknown design columns: {', '.join(missing)}")
         names = list(columns)
@@ -147,8 +148,16 @@ def design_matrix(
     # column-major: each column is one contiguous copy (a row-major stack gathers every value)
     matrix = np.empty((n, len(names)), order="F")
     for j, name in enumerate(names):
-        matrix[:, j] = blocks[name]
+        matrix[:, j] = makers[name]()
     return matrix, names
+
+
+def _numeric_view(series: pd.Series) -> np.ndarray:
+    """:func:`numeric_values` without its copy when the column is float64 already (it is copied into
+    the design matrix at once)."""
+    if series.dtype == np.float64:
+        return series.to_numpy(dtype=np.float64)
+    return numeric_values(series)
 
 
 def level_counts(data: pd.DataFrame, codes: Sequence[str], model: DataModel) -> dict[str, list[int]]:

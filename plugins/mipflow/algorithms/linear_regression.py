@@ -31,7 +31,6 @@ from mipflow.algorithms.design import (
     design_columns,
     design_matrix,
     level_counts,
-    numeric_values,
     select_design_columns,
     sorted_levels,
     sum_level_counts,
@@ -173,10 +172,9 @@ class LinearRegression(SpecAlgorithm):
 
     def local_step(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
                    model: DataModel, state: dict | None) -> dict:
-        design, _ = design_matrix(data, request.x, model, intercept=False)
-        z = np.empty((design.shape[0], design.shape[1] + 1), order="F")  # column copies (see design_matrix)
-        z[:, :-1] = design
-        z[:, -1] = numeric_values(data[request.y[0]])
+        # the candidate design columns and y last, written once into one column-major matrix (y is numerical,
+        # so design_columns(x + [y]) puts it after them)
+        z, _ = design_matrix(data, [*request.x, request.y[0]], model, intercept=False)
         counts = level_counts(data, request.x, model)
         return {
             "moments": compute_moments(z, matrix=True).to_dict(),

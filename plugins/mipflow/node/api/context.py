@@ -121,9 +121,12 @@ class SelectionCache:
             if study is not None:
                 frame = study.frame(self.store, model, self.differencing.key, visit_order=visit_order)
             else:
+                # the ledger's keys computed as the rows are read (ADR 0044), unless the algorithm keeps the
+                # patient's identity beside its rows (gee)
                 frame = select_frame(self.store, model, datasets=analysis.datasets, variables=variables,
                                      filters=analysis.filters, complete_case=algo.complete_case,
-                                     row_identity=True, visit_order=visit_order)
+                                     row_identity=True, visit_order=visit_order,
+                                     row_key=None if getattr(algo, "row_identity", False) else self.differencing.key)
             cohorts = self.differencing.cohorts(model.key, frame, variables, algo.complete_case,
                                                 getattr(algo, "released_by", ()))
         if needs_fold_keys(algo):  # folds fixed by the node's secret, never by the request (ADR 0026)

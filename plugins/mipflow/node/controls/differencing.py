@@ -87,17 +87,48 @@ def row_keys(frame: pd.DataFrame, key: str) -> np.ndarray:
     """
     from mipflow.node.query.pgcopy import ROW_MD5
 
+    if ROW_KEY in frame.columns:  # computed while the rows were read (select_frame(row_key=...))
+        return _read_keys(frame, ROW_KEY, key)
     if not len(frame):
         return np.zeros(0, dtype=np.uint64)
     if ROW_MD5 in frame.columns:  # computed by PostgreSQL on the binary read path
         digests = frame[ROW_MD5].to_numpy(dtype=object)
     else:
-        parts = [frame[c].astype(object).where(frame[c].notna(), "").astype(str)
+        parts = [frame[c].astype(object).where(frame[c].notna(), "").astype(str).tolist()
                  for c in ("_pid", "dataset", "_visit")]
-        joined = parts[0] + "\x1f" + parts[1] + "\x1f" + parts[2]
-        digests = np.array([hashlib.md5(text.encode("utf-8")).hexdigest() for text in joined], dtype=object)
+        digests = np.array([row_md5(p, d, v) for p, d, v in zip(*parts)], dtype=object)
     # the node's key makes the ledger's row keys its own (the MD5 only fixes the identity's width)
     return pd.util.hash_array(digests, hash_key=key, categorize=False)
+
+
+#: Columns of a selection read with its ledger keys already computed (uint64, 8 bytes a row each;
+#: :func:`mipflow.node.query.read.select_frame` with ``row_key``): the row's :func:`row_keys` and
+#: its patient's :func:`patient_keys`, in place of the text identity columns.
+ROW_KEY = "_row_key"
+PID_KEY = "_pid_key"
+#: ``frame.attrs`` entry naming the key those columns were computed with (:func:`key_fingerprint`).
+KEY_OWNER = "mipflow_ledger_key"
+
+
+def row_md5(pid: str, dataset: str, visit: str) -> str:
+    """MD5 (hex) of a row's store identity, what PostgreSQL keeps as ``_row_md5``."""
+    return hashlib.md5(f"{pid}\x1f{dataset}\x1f{visit}".encode("utf-8")).hexdigest()
+
+
+def pid_md5(pid: str) -> str:
+    """MD5 (hex) of a patient pseudonym (PostgreSQL's ``md5(_pid)``)."""
+    return hashlib.md5(pid.encode("utf-8")).hexdigest()
+
+
+def key_fingerprint(key: str) -> str:
+    """A short digest naming a ledger key (never the key itself) in ``frame.attrs``."""
+    return hashlib.sha256(b"mipflow ledger key\0" + key.encode()).hexdigest()[:16]
+
+
+def _read_keys(frame: pd.DataFrame, column: str, key: str) -> np.ndarray:
+    if frame.attrs.get(KEY_OWNER) != key_fingerprint(key):  # a bug, never a request's fault
+        raise ValueError(f"column {column} was computed under another ledger key")
+    return frame[column].to_numpy(dtype=np.uint64)
 
 
 def patient_keys(frame: pd.DataFrame, key: str) -> np.ndarray | None:
@@ -116,13 +147,15 @@ def patient_keys(frame: pd.DataFrame, key: str) -> np.ndarray | None:
     """
     from mipflow.node.query.pgcopy import PID_MD5
 
+    if PID_KEY in frame.columns:  # computed while the rows were read (select_frame(row_key=...))
+        return _read_keys(frame, PID_KEY, key)
     if not len(frame):
         return np.zeros(0, dtype=np.uint64)
     if PID_MD5 in frame.columns:  # computed by PostgreSQL on the binary read path
         digests = frame[PID_MD5].to_numpy(dtype=object)
     elif "_pid" in frame.columns:
-        pids = frame["_pid"].astype(object).where(frame["_pid"].notna(), "").astype(str)
-        digests = np.array([hashlib.md5(text.encode("utf-8")).hexdigest() for text in pids], dtype=object)
+        pids = frame["_pid"].astype(object).where(frame["_pid"].notna(), "").astype(str).tolist()
+        digests = np.array([pid_md5(text) for text in pids], dtype=object)
     else:
         return None
     return pd.util.hash_array(digests, hash_key=key, categorize=False)

@@ -29,6 +29,9 @@ from mipflow.protocol.filters import MAX_DATASETS
 ROW_IDENTITY_COLUMNS = ("_pid", "_visit")
 #: Rows fetched per round trip by :func:`iter_frames`.
 DEFAULT_CHUNKSIZE = 50_000
+#: SQLite page cache (``PRAGMA cache_size``, negative: KiB) while :func:`sqlite_columns` reads a
+#: selection: the rows stream past once, the file stays in the OS's cache (ADR 0044).
+READ_PAGE_CACHE_KIB = -8192
 
 
 def _check_datasets(datasets: Any) -> list[str]:
@@ -167,15 +170,31 @@ def _stream(store: FeatureStore, statement: sa.Select, chosen: list[Variable],
         yield from _stream_copy(store, statement, chosen, chunksize)
         return
     with store.engine.connect() as conn:
-        conn = conn.execution_options(stream_results=True, max_row_buffer=chunksize)
-        for chunk in pd.read_sql(statement, conn, chunksize=chunksize):
-            if len(chunk):
-                yield _typed(chunk, chosen)
+        try:
+            streaming = conn.execution_options(stream_results=True, max_row_buffer=chunksize)
+            for chunk in pd.read_sql(statement, streaming, chunksize=chunksize):
+                if len(chunk):
+                    yield _typed(chunk, chosen)
+        finally:
+            release_page_cache(conn)
+
+
+def release_page_cache(conn: sa.Connection) -> None:
+    """SQLite: free the pages a read left in the connection's page cache (ADR 0044).
+
+    The store's connections keep a 128 MiB page cache for the random-order key inserts of a load
+    (:func:`mipflow.node.store.feature_store.make_engine`); a node's read of a large selection
+    filled it and the pooled connection kept it resident (the OS keeps the file cached anyway, and
+    the rows read are kept by :class:`mipflow.node.api.context.SelectionCache`).
+    """
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("PRAGMA shrink_memory")
 
 
 def select_frame(store: FeatureStore, model: DataModel, *, datasets: Sequence[str], variables: Sequence[str],
                  filters: Mapping[str, Any] | None = None, complete_case: bool = True,
-                 row_identity: bool = False, visit_order: bool = False) -> pd.DataFrame:
+                 row_identity: bool = False, visit_order: bool = False,
+                 row_key: str | None = None) -> pd.DataFrame:
     """The rows of ``datasets`` that pass ``filters``, with column ``dataset`` and ``variables``.
 
     Parameters
@@ -203,6 +222,13 @@ def select_frame(store: FeatureStore, model: DataModel, *, datasets: Sequence[st
         With ``row_identity``, for an algorithm whose visits need an order (``gee``): where the read
         carries no ``_visit`` (PostgreSQL's binary read) it carries each row's rank among its
         patient's rows by visit key instead (:data:`mipflow.node.query.pgcopy.VISIT_RANK`).
+    row_key : str or None
+        With ``row_identity``: the ledger's key (:func:`mipflow.node.controls.differencing.hash_key`).
+        On SQLite, for a complete-case selection of numerical and categorical variables, the
+        identity then comes as the ledger's row and patient keys themselves (uint64 columns
+        :data:`~mipflow.node.controls.differencing.ROW_KEY` and ``PID_KEY``, computed chunk by
+        chunk as the rows are read), not as text: 16 bytes a row instead of two strings
+        (ADR 0044).  Elsewhere it is ignored (the text or MD5 columns come as without it).
 
     Returns
     -------
@@ -223,6 +249,11 @@ def select_frame(store: FeatureStore, model: DataModel, *, datasets: Sequence[st
     if store.dialect == "postgresql" and complete_case and all(v.is_numerical or v.is_categorical for v in chosen):
         frame = binary_copy_frame(store, statement, chosen, _check_datasets(datasets), row_identity,
                                   chunksize=DEFAULT_CHUNKSIZE, visit_order=visit_order)
+        if frame is not None:
+            return frame
+    if (store.dialect == "sqlite" and row_identity and row_key is not None and complete_case
+            and all(v.is_numerical or v.is_categorical for v in chosen)):
+        frame = sqlite_columns(store, statement, chosen, row_key, chunksize=DEFAULT_CHUNKSIZE)
         if frame is not None:
             return frame
     frames = list(_stream(store, statement, chosen, DEFAULT_CHUNKSIZE))
@@ -275,3 +306,103 @@ def _stream_copy(store: FeatureStore, statement: sa.Select, chosen: list[Variabl
                     yield _typed(chunk.reset_index(drop=True), chosen)
         except pd.errors.EmptyDataError:  # pragma: no cover - COPY always writes the header
             return
+
+
+def sqlite_columns(store: FeatureStore, statement: sa.Select, chosen: list[Variable], row_key: str, *,
+                   chunksize: int) -> pd.DataFrame | None:
+    """:func:`select_frame` with ``row_key`` on SQLite: the rows read chunk by chunk into column arrays.
+
+    The same rows, in the same order and with the same values, as the pandas path, but the
+    DB-API rows are turned into numpy columns a chunk at a time (no SQLAlchemy row objects, no
+    pandas frame per chunk, no ``concat`` of them), categorical values and the dataset become
+    shared code objects, and the row identity ``(_pid, dataset, _visit)`` is hashed into the
+    ledger's keys as it is read (:func:`mipflow.node.controls.differencing.row_keys` and
+    ``patient_keys``, bit for bit), so the text identity is never held for the whole selection.
+
+    Returns
+    -------
+    pandas.DataFrame or None
+        ``dataset``, the variables, then uint64 columns ``_row_key`` and ``_pid_key`` (whose key
+        ``frame.attrs`` names); None (the caller takes the pandas path, which reports it in its
+        usual way) when a stored value of a numerical variable is not a number.
+    """
+    from hashlib import md5
+
+    from mipflow.node.controls.differencing import KEY_OWNER, PID_KEY, ROW_KEY, key_fingerprint
+
+    names = ["dataset"] + [v.code for v in chosen if v.code != "dataset"]
+    kinds = {v.code: v for v in chosen if v.code != "dataset"}
+    dtypes = {name: np.float64 if name in kinds and kinds[name].is_numerical else object for name in names}
+    dtypes.update({ROW_KEY: np.uint64, PID_KEY: np.uint64})
+    columns_out = {name: _Growing(dtype) for name, dtype in dtypes.items()}
+    shared: dict[Any, Any] = {}  # one object per distinct dataset code
+    with store.engine.connect() as conn:
+        previous = conn.exec_driver_sql("PRAGMA cache_size").scalar()
+        conn.exec_driver_sql(f"PRAGMA cache_size={READ_PAGE_CACHE_KIB}")
+        result = conn.execute(statement)
+        cursor = result.cursor  # the DB-API cursor: plain tuples, no row objects
+        try:
+            while True:
+                rows = cursor.fetchmany(chunksize)
+                if not rows:
+                    break
+                columns = list(zip(*rows))
+                del rows
+                datasets = columns[0]
+                columns_out["dataset"].append([shared.setdefault(d, d) for d in datasets])
+                for i, name in enumerate(names[1:], start=1):
+                    var = kinds[name]
+                    if var.is_numerical:
+                        try:
+                            columns_out[name].append(columns[i])
+                        except (TypeError, ValueError):
+                            return None
+                    else:
+                        columns_out[name].append(_as_codes(pd.Series(np.array(columns[i], dtype=object)), var).to_numpy())
+                # row_md5 and pid_md5 of mipflow.node.controls.differencing, inlined (a million calls)
+                pids = ["" if p is None else str(p) for p in columns[-2]]
+                visits = ["" if v is None else str(v) for v in columns[-1]]
+                digests = np.array([md5(f"{p}\x1f{'' if d is None else d}\x1f{v}".encode("utf-8")).hexdigest()
+                                    for p, d, v in zip(pids, datasets, visits)], dtype=object)
+                columns_out[ROW_KEY].append(pd.util.hash_array(digests, hash_key=row_key, categorize=False))
+                digests = np.array([md5(p.encode("utf-8")).hexdigest() for p in pids], dtype=object)
+                columns_out[PID_KEY].append(pd.util.hash_array(digests, hash_key=row_key, categorize=False))
+                del columns, pids, visits, digests
+        finally:
+            result.close()
+            release_page_cache(conn)
+            conn.exec_driver_sql(f"PRAGMA cache_size={int(previous)}")
+    # object stays object (not a string dtype)
+    frame = pd.DataFrame({name: pd.Series(column.array(), dtype=dtypes[name], copy=False)
+                          for name, column in columns_out.items()}, copy=False)
+    frame.attrs[KEY_OWNER] = key_fingerprint(row_key)
+    return frame
+
+
+class _Growing:
+    """A column filled chunk by chunk into one buffer that doubles when full.
+
+    Many chunk-sized arrays concatenated at the end leave the allocator's heap fragmented (on
+    a million rows about 100 MiB stayed resident after the read); buffers this large are mapped
+    and unmapped whole instead.
+    """
+
+    def __init__(self, dtype: Any) -> None:
+        self.buffer = np.empty(0, dtype=dtype)
+        self.size = 0
+
+    def append(self, values: Any) -> None:
+        values = np.asarray(values, dtype=self.buffer.dtype)
+        end = self.size + len(values)
+        if end > len(self.buffer):
+            grown = np.empty(max(end, 2 * len(self.buffer)), dtype=self.buffer.dtype)
+            grown[:self.size] = self.buffer[:self.size]
+            self.buffer = grown
+        self.buffer[self.size:end] = values
+        self.size = end
+
+    def array(self) -> np.ndarray:
+        """The values (the buffer itself when full, else a copy of its filled part)."""
+        out = self.buffer if self.size == len(self.buffer) else self.buffer[:self.size].copy()
+        self.buffer = np.empty(0, dtype=out.dtype)
+        return out

@@ -225,3 +225,65 @@ def test_the_row_identity_column_is_never_a_request_variable(store):
     with pytest.raises(RequestError):
         select_frame(store, MODEL, datasets=ALL_DATASETS, variables=[ROW_MD5_COLUMN])
 
+
+
+# --------------------------------------------------------------------------- ledger keys read with the rows (ADR 0044)
+
+KEYED_CASES = [
+    pytest.param(dict(datasets=ALL_DATASETS, variables=["age", "score"]), id="numerical"),
+    pytest.param(dict(datasets=ALL_DATASETS, variables=["age", "grade", "diag"]), id="with-categorical"),
+    pytest.param(dict(datasets=["b", "a"], variables=["score", "diag"],
+                      filters=where("age", "greater", 30)), id="filtered"),
+    pytest.param(dict(datasets=["zz-not-here"], variables=["age"]), id="empty"),
+]
+
+
+@pytest.mark.parametrize("kwargs", KEYED_CASES)
+def test_rows_read_with_their_ledger_keys_equal_the_text_identity_path(kwargs, db_url):
+    """With ``row_key`` the selection carries the ledger's row and patient keys (uint64) instead of
+    ``_pid``/``_visit`` text; values, order and keys are those of the text path, bit for bit (on
+    PostgreSQL ``row_key`` is not used and the frame is the one without it)."""
+    from mipflow.node.controls.differencing import PID_KEY, ROW_KEY, hash_key, patient_keys, row_keys
+
+    store = FeatureStore(db_url)
+    store.add_data_model(MODEL)
+    with store.begin() as conn:
+        store.upsert_rows(conn, MODEL, ROWS, batch_id="b", sha256="0" * 64)
+    key = hash_key(b"node secret for the test")
+    try:
+        text = select_frame(store, MODEL, row_identity=True, **kwargs)
+        keyed = select_frame(store, MODEL, row_identity=True, row_key=key, **kwargs)
+    finally:
+        store.dispose()
+    if store.dialect == "sqlite":
+        assert ROW_KEY in keyed.columns and "_pid" not in keyed.columns
+        assert keyed[ROW_KEY].dtype == np.uint64 and keyed[PID_KEY].dtype == np.uint64
+    values = ["dataset", *dict.fromkeys(kwargs["variables"])]
+    assert_frames_equal(keyed[values], text[values])
+    np.testing.assert_array_equal(row_keys(keyed, key), row_keys(text, key))
+    np.testing.assert_array_equal(patient_keys(keyed, key), patient_keys(text, key))
+    if store.dialect == "sqlite" and len(keyed):
+        with pytest.raises(ValueError, match="another ledger key"):  # keys of one node are no other's
+            row_keys(keyed, hash_key(b"another node"))
+
+
+def test_a_keyed_read_leaves_the_stores_page_cache_setting_as_it_was(tmp_path):
+    """The keyed SQLite read streams with a small page cache and puts the store's own back (the
+    load's 128 MiB, ``make_engine``) on the pooled connection it used."""
+    from mipflow.node.controls.differencing import hash_key
+
+    store = FeatureStore(f"sqlite:///{tmp_path / 's.sqlite'}")
+    store.add_data_model(MODEL)
+    with store.begin() as conn:
+        store.upsert_rows(conn, MODEL, ROWS, batch_id="b", sha256="0" * 64)
+    try:
+        with store.engine.connect() as conn:
+            before = conn.exec_driver_sql("PRAGMA cache_size").scalar()
+        frame = select_frame(store, MODEL, datasets=ALL_DATASETS, variables=["age"], row_identity=True,
+                             row_key=hash_key(b"secret"))
+        with store.engine.connect() as conn:
+            after = conn.exec_driver_sql("PRAGMA cache_size").scalar()
+    finally:
+        store.dispose()
+    assert "_row_key" in frame.columns and len(frame)
+    assert before == after == -131072
