@@ -58,6 +58,9 @@ from mipflow.node.controls.ledger import (  # noqa: F401 - the ledger's names, w
     CHAIN_COHORTS, LEDGER_FILE, CohortLedger, cohort_digest, decode_keys, encode_keys, pair_conflict, related,
     sorted_unique,
 )
+from mipflow.node.query.rowkeys import (  # noqa: F401 - the read's key columns, named here too
+    KEY_OWNER, PID_KEY, ROW_KEY, key_fingerprint, pid_md5, row_md5,
+)
 
 
 # --------------------------------------------------------------------------- row keys
@@ -99,30 +102,6 @@ def row_keys(frame: pd.DataFrame, key: str) -> np.ndarray:
         digests = np.array([row_md5(p, d, v) for p, d, v in zip(*parts)], dtype=object)
     # the node's key makes the ledger's row keys its own (the MD5 only fixes the identity's width)
     return pd.util.hash_array(digests, hash_key=key, categorize=False)
-
-
-#: Columns of a selection read with its ledger keys already computed (uint64, 8 bytes a row each;
-#: :func:`mipflow.node.query.read.select_frame` with ``row_key``): the row's :func:`row_keys` and
-#: its patient's :func:`patient_keys`, in place of the text identity columns.
-ROW_KEY = "_row_key"
-PID_KEY = "_pid_key"
-#: ``frame.attrs`` entry naming the key those columns were computed with (:func:`key_fingerprint`).
-KEY_OWNER = "mipflow_ledger_key"
-
-
-def row_md5(pid: str, dataset: str, visit: str) -> str:
-    """MD5 (hex) of a row's store identity, what PostgreSQL keeps as ``_row_md5``."""
-    return hashlib.md5(f"{pid}\x1f{dataset}\x1f{visit}".encode("utf-8")).hexdigest()
-
-
-def pid_md5(pid: str) -> str:
-    """MD5 (hex) of a patient pseudonym (PostgreSQL's ``md5(_pid)``)."""
-    return hashlib.md5(pid.encode("utf-8")).hexdigest()
-
-
-def key_fingerprint(key: str) -> str:
-    """A short digest naming a ledger key (never the key itself) in ``frame.attrs``."""
-    return hashlib.sha256(b"mipflow ledger key\0" + key.encode()).hexdigest()[:16]
 
 
 def _read_keys(frame: pd.DataFrame, column: str, key: str) -> np.ndarray:

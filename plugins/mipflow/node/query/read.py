@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from mipflow.exceptions import RequestError
 from mipflow.node.query.filters import RESERVED_COLUMNS, check_text, code_to_db, compile_filters, short_repr
 from mipflow.node.query.pgcopy import binary_copy_frame, copy_out
+from mipflow.node.query.rowkeys import KEY_OWNER, PID_KEY, ROW_KEY, key_fingerprint
 from mipflow.node.store.feature_store import FeatureStore
 from mipflow.node.store.tables import KEY_COLUMNS
 from mipflow.protocol.datamodel import DataModel, Variable
@@ -226,7 +227,7 @@ def select_frame(store: FeatureStore, model: DataModel, *, datasets: Sequence[st
         With ``row_identity``: the ledger's key (:func:`mipflow.node.controls.differencing.hash_key`).
         On SQLite, for a complete-case selection of numerical and categorical variables, the
         identity then comes as the ledger's row and patient keys themselves (uint64 columns
-        :data:`~mipflow.node.controls.differencing.ROW_KEY` and ``PID_KEY``, computed chunk by
+        :data:`~mipflow.node.query.rowkeys.ROW_KEY` and ``PID_KEY``, computed chunk by
         chunk as the rows are read), not as text: 16 bytes a row instead of two strings
         (ADR 0044).  Elsewhere it is ignored (the text or MD5 columns come as without it).
 
@@ -328,8 +329,6 @@ def sqlite_columns(store: FeatureStore, statement: sa.Select, chosen: list[Varia
     """
     from hashlib import md5
 
-    from mipflow.node.controls.differencing import KEY_OWNER, PID_KEY, ROW_KEY, key_fingerprint
-
     names = ["dataset"] + [v.code for v in chosen if v.code != "dataset"]
     kinds = {v.code: v for v in chosen if v.code != "dataset"}
     dtypes = {name: np.float64 if name in kinds and kinds[name].is_numerical else object for name in names}
@@ -359,7 +358,7 @@ def sqlite_columns(store: FeatureStore, statement: sa.Select, chosen: list[Varia
                             return None
                     else:
                         columns_out[name].append(_as_codes(pd.Series(np.array(columns[i], dtype=object)), var).to_numpy())
-                # row_md5 and pid_md5 of mipflow.node.controls.differencing, inlined (a million calls)
+                # row_md5 and pid_md5 of mipflow.node.query.rowkeys, inlined (a million calls)
                 pids = ["" if p is None else str(p) for p in columns[-2]]
                 visits = ["" if v is None else str(v) for v in columns[-1]]
                 digests = np.array([md5(f"{p}\x1f{'' if d is None else d}\x1f{v}".encode("utf-8")).hexdigest()
