@@ -51,7 +51,8 @@ PROTOCOL = {"name": STUDY, "data_model": "stroke:0.1", "datasets": list(HOSPITAL
             "population": {"filter": None},
             "subgroups": [{"name": "elderly", "filter": ELDERLY}, {"name": "women", "filter": WOMEN},
                           {"name": "men", "filter": MEN}],
-            "algorithms": ["linear_regression", "kaplan_meier"], "note": "ethics approval 2027/12"}
+            "algorithms": ["linear_regression", "kaplan_meier"], "survival": {"time": "followup_days", "bin_width": 7.0},
+            "note": "ethics approval 2027/12"}
 SUBGROUPS = {"elderly": ELDERLY, "women": WOMEN, "men": MEN}
 
 

@@ -36,7 +36,7 @@ from mipflow.node.query.filters import filter_variables
 
 #: Keys a protocol may hold (anything else is a typo the admin should see).
 PROTOCOL_KEYS = frozenset({"name", "data_model", "datasets", "variables", "population", "subgroups",
-                           "algorithms", "histogram_bins", "note"})
+                           "algorithms", "histogram_bins", "survival", "note"})
 REQUIRED_KEYS = ("name", "data_model", "datasets", "variables", "algorithms")
 #: Most subgroups one protocol may name (the approval checks each, per dataset).
 MAX_SUBGROUPS = 50
@@ -72,13 +72,17 @@ class Protocol:
     algorithms: tuple[str, ...]
     note: str = ""
     histogram_bins: int = DEFAULT_HISTOGRAM_BINS
+    #: the study's survival grid (``{"time": code, "bin_width": number}``): Kaplan-Meier in the study
+    #: takes this time variable and bin width over the declared range, and no ``max_time``
+    survival: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The protocol as the admin wrote it (round-trips through :func:`parse_protocol`)."""
         return {"name": self.name, "data_model": self.data_model, "datasets": list(self.datasets),
                 "variables": list(self.variables), "population": {"filter": self.population_filter},
                 "subgroups": [{"name": s.name, "filter": s.filter} for s in self.subgroups],
-                "algorithms": list(self.algorithms), "histogram_bins": self.histogram_bins, "note": self.note}
+                "algorithms": list(self.algorithms), "histogram_bins": self.histogram_bins, "note": self.note,
+                **({"survival": dict(self.survival)} if self.survival is not None else {})}
 
     def subgroup(self, name: str) -> Subgroup:
         for subgroup in self.subgroups:
@@ -187,9 +191,18 @@ def parse_protocol(doc: Any) -> Protocol:
     if isinstance(histogram_bins, bool) or not isinstance(histogram_bins, int) or not 1 <= histogram_bins <= 100:
         raise _fail("'histogram_bins' must be a whole number from 1 to 100 (the bins of every numerical "
                     "study variable's histogram)")
+    survival = doc.get("survival")
+    if survival is not None:
+        width = survival.get("bin_width") if isinstance(survival, dict) else None
+        if not isinstance(survival, dict) or set(survival) != {"time", "bin_width"} \
+                or survival.get("time") not in variables or isinstance(width, bool) \
+                or not isinstance(width, (int, float)) or not 0 < float(width) < float("inf"):
+            raise _fail("'survival' is {\"time\": a study variable, \"bin_width\": a positive number}: the grid "
+                        "of every Kaplan-Meier analysis of the study")
+        survival = {"time": survival["time"], "bin_width": float(width)}
     return Protocol(name=name, data_model=data_model, datasets=datasets, variables=variables,
                     population_filter=population_filter, subgroups=tuple(subgroups), algorithms=algorithms,
-                    note=note, histogram_bins=histogram_bins)
+                    note=note, histogram_bins=histogram_bins, survival=survival)
 
 
 def check_against_model(protocol: Protocol, model: Any) -> None:
@@ -208,6 +221,8 @@ def check_against_model(protocol: Protocol, model: Any) -> None:
     unknown = sorted(v for v in named if v not in model)
     if unknown:
         raise _fail(f"variable(s) {', '.join(map(repr, unknown))} are not in data model {model.key}")
+    if protocol.survival is not None and model.variable(protocol.survival["time"]).is_categorical:
+        raise _fail(f"the survival time {protocol.survival['time']!r} is not a numerical variable")
 
 
 # --------------------------------------------------------------------------- canonical filters

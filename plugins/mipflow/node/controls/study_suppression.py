@@ -327,6 +327,9 @@ def patterns_for(root: str | Path, project: str) -> Patterns | None:
 def check_layout(study: Any, algorithm: str, analysis: Any, model: Any) -> None:
     """A histogram of a numerical study variable uses the protocol's ``histogram_bins`` (decided
     from the request, the protocol and the data model alone; control ``study``)."""
+    if algorithm == "kaplan_meier":
+        _check_survival_grid(study, analysis)
+        return
     if algorithm != HISTOGRAMS or not analysis.y:
         return
     var = model.variable(analysis.y[0])
@@ -337,6 +340,27 @@ def check_layout(study: Any, algorithm: str, analysis: Any, model: Any) -> None:
     if asked != bins:
         raise study._refuse(f"histograms of its numerical variables have the study's bins ({bins} equal bins over "
                             f"the declared range); send the parameter bins = {bins}")
+
+
+def _check_survival_grid(study: Any, analysis: Any) -> None:
+    """Kaplan-Meier in a study uses the protocol's survival grid: its time variable and bin width, no
+    ``max_time`` (a requester's cut point censors later rows there, so sweeping it counts events up
+    to any point; any numerical variable as "time" is a grouping by cut points: a fourth outside
+    review recovered a young death's day this way).  Decided from the request and the protocol."""
+    grid = study.protocol.survival
+    if grid is None:
+        raise study._refuse("Kaplan-Meier needs the study's survival grid, which this protocol does not declare "
+                            "(the node admins add \"survival\": {\"time\": ..., \"bin_width\": ...})")
+    parameters = analysis.parameters if isinstance(analysis.parameters, dict) else {}
+    asked_width = parameters.get("bin_width", 1.0)
+    try:
+        same_width = asked_width is not None and float(asked_width) == float(grid["bin_width"])
+    except (TypeError, ValueError):
+        same_width = False
+    time = analysis.y[0] if analysis.y else None
+    if time != grid["time"] or not same_width or parameters.get("max_time") is not None:
+        raise study._refuse(f"Kaplan-Meier analyses take the study's survival grid: time variable "
+                            f"{grid['time']!r}, bin_width = {grid['bin_width']:g}, and no max_time")
 
 
 def apply_pattern(root: str | Path, selection: Any, analysis: Any, model: Any, aggregates: Any) -> Any:

@@ -30,6 +30,8 @@ WOMEN = where(rule("sex", "equal", "F"))
 MEN = where(rule("sex", "equal", "M"))
 VARIABLES = ["age", "sex", "stroke_type", "nihss_admission", "followup_days", "death_90d"]
 ALGORITHMS = ["descriptive_stats", "linear_regression", "kaplan_meier", "ttest_independent"]
+#: the study's survival grid: every Kaplan-Meier analysis of the study takes it (ADR 0028)
+SURVIVAL = {"time": "followup_days", "bin_width": 7.0}
 
 
 def protocol(datasets=("hospital_a", "hospital_b", "hospital_c"), **changes: Any) -> dict[str, Any]:
@@ -37,7 +39,7 @@ def protocol(datasets=("hospital_a", "hospital_b", "hospital_c"), **changes: Any
            "variables": list(VARIABLES), "population": {"filter": None},
            "subgroups": [{"name": "elderly", "filter": ELDERLY}, {"name": "women", "filter": WOMEN},
                          {"name": "men", "filter": MEN}],
-           "algorithms": list(ALGORITHMS), "note": "test protocol"}
+           "algorithms": list(ALGORITHMS), "survival": dict(SURVIVAL), "note": "test protocol"}
     doc.update(copy.deepcopy(changes))
     return doc
 

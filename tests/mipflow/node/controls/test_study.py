@@ -121,3 +121,43 @@ def test_new_rows_are_left_out_and_changed_rows_stop_the_study_until_a_refresh(t
         assert caught.value.control == "study"
     finally:
         store.dispose()
+
+
+@pytest.mark.parametrize("y, parameters, admitted", [
+    pytest.param(("followup_days", "death_90d"), {"event_level": "yes", "bin_width": 7.0}, True, id="the-grid"),
+    pytest.param(("followup_days", "death_90d"), {"event_level": "yes", "bin_width": 7.0, "max_time": 41.0}, False,
+                 id="a-max-time-cut-point"),
+    pytest.param(("followup_days", "death_90d"), {"event_level": "yes", "bin_width": 1.0}, False, id="another-width"),
+    pytest.param(("followup_days", "death_90d"), {"event_level": "yes"}, False, id="the-default-width"),
+    pytest.param(("nihss_admission", "death_90d"), {"event_level": "yes", "bin_width": 7.0}, False,
+                 id="another-numerical-variable-as-time"),
+])
+def test_kaplan_meier_in_a_study_takes_the_protocols_survival_grid(approved, y, parameters, admitted):
+    """A fourth outside review swept max_time (rows beyond it are censored there) and used any numerical
+    variable as the time to count events up to chosen cut points; in a study the grid is the protocol's,
+    decided from the request alone (control ``study``, the same message whatever the data)."""
+    from mipflow.node.controls.study_suppression import check_layout
+
+    _, _, study = approved
+    request = AnalysisRequest(data_model=STROKE.key, datasets=DATASETS, x=("sex",), y=y, filters=None,
+                              parameters=parameters)
+    if admitted:
+        check_layout(study, "kaplan_meier", request, STROKE)
+        return
+    with pytest.raises(StudyRefusal) as caught:
+        check_layout(study, "kaplan_meier", request, STROKE)
+    assert caught.value.control == "study"
+    assert "'followup_days', bin_width = 7, and no max_time" in str(caught.value)
+
+
+def test_kaplan_meier_in_a_study_without_a_survival_grid_is_refused(tmp_path):
+    from mipflow.node.controls.study_suppression import check_layout
+
+    home, _ = node_home(tmp_path)
+    doc = protocol()
+    doc.pop("survival")
+    study_approval.approve(home, PROJECT, doc)
+    request = AnalysisRequest(data_model=STROKE.key, datasets=DATASETS, x=(), y=("followup_days", "death_90d"),
+                              filters=None, parameters={"event_level": "yes", "bin_width": 7.0})
+    with pytest.raises(StudyRefusal, match="survival grid"):
+        check_layout(read_study(home.root, PROJECT), "kaplan_meier", request, STROKE)
