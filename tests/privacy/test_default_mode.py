@@ -175,7 +175,7 @@ def test_an_approved_study_answers_exactly_and_a_mode_cannot_override_it(pair, t
     node = pair["large"]
     home = NodeHome(node.root)
     document = protocol(datasets=("hospital_a",), variables=["age", "nihss_admission", "sex"],
-                        algorithms=["anova_oneway"])
+                        algorithms=["anova_oneway"], survival=None)
     request = request_of(y=("nihss_admission",), x=("sex",))
     assert node.call("anova_oneway", request, project="study-later").json()["control"] == "explore"
     from mipflow.node.controls.study_approval import approve
