@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import stat
 from pathlib import Path
 from typing import Iterable
 
@@ -126,3 +127,27 @@ def file_label(ref: str) -> str:
 def path_index(key: bytes, root: Path | None, paths: Iterable[Path], *, kind: str) -> dict[str, Path]:
     """Path key -> path of each of ``paths`` (to find a manifest entry's file again)."""
     return {landing_path_key(key, root, p, kind=kind): p for p in paths}
+
+
+def read_private_line(root: Path, name: str, *, label: str, holds: str) -> str:
+    """The first line of the secret file ``name`` (relative to the node home ``root``), which only
+    its owner may read: a PACS's ``user:password``, an EHR database's URL.  Never log what it returns.
+
+    Raises
+    ------
+    ConfigError
+        ``"<label> secret file cannot be read ..."`` or ``"... is open to other users ..."``; the
+        message never holds the file's content.
+    """
+    from mipflow.exceptions import ConfigError
+
+    path = Path(name) if Path(name).is_absolute() else root / name
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"{label} secret file cannot be read ({type(exc).__name__}); write {holds} into it, "
+                          "mode 0600") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(f"{label} secret file is open to other users; chmod 600 it")
+    return text.splitlines()[0] if text else ""

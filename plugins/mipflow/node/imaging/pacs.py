@@ -33,7 +33,6 @@ import hmac
 import json
 import logging
 import os
-import stat
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -44,6 +43,7 @@ from typing import Any, Callable, Iterator, Mapping
 import sqlalchemy as sa
 
 from mipflow.exceptions import ConfigError, InputFileError, MipflowError
+from mipflow.node.files import read_private_line
 from mipflow.node.home import NodeHome
 from mipflow.node.imaging.capture import PACS_FOLDER
 from mipflow.node.imaging.stages import DATA_MODEL, KIND
@@ -137,16 +137,8 @@ def pacs_credentials(source: PacsSource, home: NodeHome,
         return None
     kind, name = source.credentials
     if kind == "secret_file":
-        path = Path(name) if Path(name).is_absolute() else home.root / name
-        try:
-            mode = path.stat().st_mode
-            text = path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(f"PACS {source.name}: the credentials' secret file cannot be read "
-                              f"({type(exc).__name__}); write user:password into it, mode 0600") from None
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise ConfigError(f"PACS {source.name}: the credentials' secret file is open to other users; chmod 600 it")
-        pair = text.splitlines()[0] if text else ""
+        pair = read_private_line(home.root, name, label=f"PACS {source.name}: the credentials'",
+                                 holds="user:password")
     elif kind == "env":
         pair = os.environ.get(name, "")
         if not pair:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -44,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 import sqlalchemy as sa
 
 from mipflow.exceptions import ConfigError, InputFileError, ProfileError
+from mipflow.node.files import read_private_line
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -246,17 +246,7 @@ def source_url(source: str, db: DatabaseSource, home: "NodeHome",
     """
     kind, name = db.connection
     if kind == "secret_file":
-        path = Path(name) if Path(name).is_absolute() else home.root / name
-        try:
-            mode = path.stat().st_mode
-            text = path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(f"source {source}: the connection's secret file cannot be read "
-                              f"({type(exc).__name__}); write the URL into it, mode 0600") from None
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise ConfigError(f"source {source}: the connection's secret file is open to other users; "
-                              "chmod 600 it")
-        url = text.splitlines()[0] if text else ""
+        url = read_private_line(home.root, name, label=f"source {source}: the connection's", holds="the URL")
     elif kind == "env":
         url = os.environ.get(name, "")
         if not url:
