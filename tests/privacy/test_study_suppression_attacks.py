@@ -29,7 +29,7 @@ from mipflow.node.controls import study_approval
 from mipflow.node.home import NodeHome
 from mipflow.protocol.signing import issue_client
 from tests.mipflow.algorithms.survival_data import STROKE
-from tests.mipflow.node.controls.study_helpers import ALGORITHMS, MEN, PROJECT, WOMEN, protocol, stroke_rows
+from tests.mipflow.node.controls.study_helpers import ALGORITHMS, ELDERLY, MEN, PROJECT, WOMEN, protocol, stroke_rows
 from tests.nodes import grant_all, load_frame, running_nodes
 from tests.privacy.test_study_attacks import NAME, OTHER_PROJECT, Served, request_of
 from tests.nodes import standard_home
@@ -143,3 +143,68 @@ def test_a_grouped_study_histogram_hides_the_same_cells_as_the_ungrouped_one(pai
         overall: Any = grouped["aggregates"]["histograms"][0]["counts"]
         assert overall == plain["aggregates"]["histograms"][0]["counts"]
         assert grouped["mode"]["study"] == "stroke-outcomes"
+
+
+def mostly_elderly_rows(seed: int = 41, n: int = 300) -> pd.DataFrame:
+    """Stroke rows of which all but twelve are 65 or older: the young are few, so their cells in the
+    bins of any numerical variable are ones and twos beside the elderly's larger cells."""
+    frame = stroke_rows(seed, n, "hospital_a", "old")
+    frame["nihss_admission"] = frame["nihss_admission"].fillna(10.0)
+    rng = np.random.default_rng(seed)
+    frame["age"] = rng.uniform(65.0, 90.0, len(frame)).round(1)
+    young = np.arange(12)
+    frame.loc[young, "age"] = rng.uniform(30.0, 60.0, 12).round(1)
+    frame.loc[young, "sex"] = ["F", "M"] * 6  # six young women, six young men: sizes and level cells pass
+    return frame
+
+
+@pytest.fixture(scope="module")
+def elderly_node(tmp_path_factory) -> Iterator[tuple[Served, pd.DataFrame]]:
+    root = Path(tmp_path_factory.mktemp("supp-elderly"))
+    standard_home(root, NAME)
+    frame = mostly_elderly_rows()
+    load_frame(root, STROKE, frame)
+    grant_all(root, researcher="*", project=PROJECT)
+    study_approval.approve(NodeHome(root), PROJECT, PROTOCOL)
+    credential = issue_client(root, "central")
+    with running_nodes([root]) as urls:
+        yield Served(urls[0], credential), frame
+
+
+def _differences(frame: pd.DataFrame, variable: str, grouping: str | None) -> dict[tuple[str | None, int], int]:
+    """True population-minus-elderly counts per (grouping level, bin), from the rows (the attacker's
+    target; the test uses them only to show the hole exists)."""
+    lo, hi = STROKE.variable(variable).min_value, STROKE.variable(variable).max_value
+    young = frame[frame["age"] < 65]
+    groups = [(None, young)] + ([] if grouping is None else
+                                [(lv, young[young[grouping] == lv]) for lv in sorted(young[grouping].unique())])
+    return {(lv, j): int(n) for lv, rows in groups
+            for j, n in enumerate(np.histogram(rows[variable], bins=10, range=(lo, hi))[0])}
+
+
+def test_no_difference_of_nested_cohorts_gives_a_small_cell(elderly_node) -> None:
+    """The fourth outside review's hole: the study's histograms of a numerical variable (overall and
+    by sex) on the population and on the elderly, each suppressed consistently, subtract to a cell
+    of the young (a cohort no request may ask for) of one or two rows.  ADR 0035's pattern now
+    holds every nested pair's difference as a cell that must not be determined."""
+    node, frame = elderly_node
+    holes_in_the_data = compared = 0
+    for variable in ("age", "nihss_admission", "followup_days"):
+        for x in ((), ("sex",)):
+            truth = _differences(frame, variable, x[0] if x else None)
+            holes_in_the_data += sum(0 < n < TAB for n in truth.values())
+            replies = {}
+            for label, filters in (("population", None), ("elderly", ELDERLY)):
+                reply = node.call("multiple_histograms", request_of(y=(variable,), x=x, filters=filters,
+                                                                    bins=10), project=PROJECT)
+                assert reply.status_code == 200, reply.text
+                replies[label] = {(h["grouping_enum"], j): c for h in reply.json()["aggregates"]["histograms"]
+                                  for j, c in enumerate(h["counts"])}
+            for cell, count in replies["population"].items():
+                other = replies["elderly"].get(cell)
+                if count is None or other is None:
+                    continue
+                compared += 1
+                assert count - other == 0 or count - other >= TAB, (variable, x, cell)
+    assert holes_in_the_data > 5  # the rows do hold young cells of one or two
+    assert compared > 60  # and many cells are still released on both sides

@@ -23,7 +23,13 @@ cells per numerical study variable, over the whole family at once:
   record's bins sum to the level's count (released elsewhere, e.g. by ``descriptive_stats``:
   assumed known, which is conservative);
 * :func:`~mipflow.node.controls.suppression.suppress` on that joint system (primary: cells in
-  ``(0, nfilter_tab)``).
+  ``(0, nfilter_tab)``);
+* the sets the requester can subtract out of the cohorts without asking for them
+  (:func:`derived_sets`: each nested pair's difference, the young as the population less the
+  elderly, and each atom) join the system as cohorts whose cells are never released but must not
+  be determined when small: two released cells whose difference is a young cell of one are never
+  both released (a fourth outside review subtracted the elderly's histograms by sex from the
+  population's).
 
 The patterns (booleans only, no count) are stored beside the study
 (``HOME/studies/<project>.suppression.npz``, mode 0600).  At a step, a histogram of the study takes
@@ -190,8 +196,66 @@ def family_relations(membership: np.ndarray, layout: Layout) -> np.ndarray:
     return np.vstack([between, within])
 
 
-def family_pattern(counts: np.ndarray, membership: np.ndarray, layout: Layout, tab: int) -> np.ndarray:
+def derived_sets(membership: np.ndarray) -> np.ndarray:
+    """Row sets the requester can subtract out of the family's cohorts without asking for them: the
+    difference of every two nested cohorts (the population less the elderly are the young; a
+    subgroup's rows outside one dataset) and every atom (rows alike in every cohort: the young men
+    of one dataset), each once and only when it is not a cohort of the family already.
+
+    Their cells are sums and differences of released cells, so a small one is as disclosive as a
+    cohort's own (a fourth outside review subtracted the elderly's histogram by sex from the
+    population's and read a young patient's bin); :func:`family_pattern` adds them to the system as
+    cells that are never released but must not be determined when small.
+
+    Parameters
+    ----------
+    membership : numpy.ndarray of bool, shape (rows, cohorts)
+
+    Returns
+    -------
+    numpy.ndarray of bool, shape (rows, k)
+    """
+    member = np.asarray(membership, dtype=bool)
+    seen = {member[:, c].tobytes() for c in range(member.shape[1])}
+    out: list[np.ndarray] = []
+
+    def add(rows: np.ndarray) -> None:
+        key = rows.tobytes()
+        if rows.any() and key not in seen:
+            seen.add(key)
+            out.append(rows)
+
+    for a in range(member.shape[1]):
+        for b in range(member.shape[1]):
+            big, small = member[:, a], member[:, b]
+            if a != b and small.any() and not (small & ~big).any():
+                add(big & ~small)
+    atoms, which = np.unique(member, axis=0, return_inverse=True)
+    which = np.asarray(which).reshape(-1)
+    for i, atom in enumerate(atoms):
+        if atom.any():  # rows in no cohort are never counted
+            add(which == i)
+    return np.column_stack(out) if out else np.zeros((member.shape[0], 0), dtype=bool)
+
+
+def cohort_pattern(frame: Any, membership: np.ndarray, layout: Layout, model: Any, tab: int,
+                   derived: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The cohorts' counts and hidden cells ``(cohorts, records, bins)`` of ``layout`` on ``frame``,
+    protecting the :func:`derived_sets` of ``membership`` too (pass them to reuse them)."""
+    derived = derived_sets(membership) if derived is None else derived
+    system = np.hstack([membership, derived])
+    counts = cells(frame, system, layout, model)
+    hidden = family_pattern(counts, system, layout, tab, derived=derived.shape[1])
+    n = membership.shape[1]
+    return counts[:n], hidden[:n]
+
+
+def family_pattern(counts: np.ndarray, membership: np.ndarray, layout: Layout, tab: int,
+                   derived: int = 0) -> np.ndarray:
     """The hidden cells ``(cohorts, records, bins)`` of one layout over the family.
+
+    The last ``derived`` columns of ``membership`` (and cohorts of ``counts``) are
+    :func:`derived_sets`: never released, sensitive when small; their flags come back hidden.
 
     Raises
     ------
@@ -200,8 +264,12 @@ def family_pattern(counts: np.ndarray, membership: np.ndarray, layout: Layout, t
     """
     from mipflow.node.controls.suppression import suppress
 
+    unreleased = np.zeros(counts.shape, dtype=bool)
+    if derived:
+        unreleased[-derived:] = True
     with _one_thread():
-        hidden = suppress(counts.reshape(-1), family_relations(membership, layout), tab, batch=BATCH)
+        hidden = suppress(counts.reshape(-1), family_relations(membership, layout), tab, batch=BATCH,
+                          unreleased=unreleased.reshape(-1))
     return hidden.reshape(counts.shape)
 
 
@@ -246,19 +314,22 @@ def compute_patterns(store: Any, model: Any, protocol: Any, family: Any, hash_ke
     # that dataset) have the same cells: one set of cells, one pattern
     distinct, which = np.unique(membership, axis=1, return_inverse=True)
     which = np.asarray(which).reshape(-1)
+    derived = derived_sets(distinct)
     hidden, found, summary = {}, {}, {}
     for layout in layouts(protocol, model):
         started = time.perf_counter()
-        counts = cells(frame, distinct, layout, model)
         try:
-            hidden[layout.variable] = family_pattern(counts, distinct, layout, tab)[which]
+            counts, flags = cohort_pattern(frame, distinct, layout, model, tab, derived)
+            hidden[layout.variable] = flags[which]
         except DisclosureError:
-            raise ConfigError(f"variable {layout.variable!r}: a histogram cell under nfilter_tab ({tab}) follows "
+            raise ConfigError(f"variable {layout.variable!r}: a histogram cell under nfilter_tab ({tab}) of a cohort, "
+                              "of a difference of two nested cohorts or of rows alike in every cohort follows "
                               "from the study's cohorts and margins whatever is hidden; use fewer "
                               "histogram_bins, other subgroups, or leave the variable out") from None
         found[layout.variable] = layout
         small = int(np.count_nonzero((counts > 0) & (counts < tab)))
         summary[layout.variable] = {"cells": int(counts.size), "small": small, "distinct_cohorts": len(counts),
+                                    "derived_sets": int(derived.shape[1]),
                                     "hidden": int(np.count_nonzero(hidden[layout.variable][np.unique(which,
                                                                                      return_index=True)[1]])),
                                     "seconds": round(time.perf_counter() - started, 3)}

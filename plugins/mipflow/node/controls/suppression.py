@@ -114,7 +114,8 @@ def _cost(value: float) -> tuple[int, float]:
 
 
 def suppress(values: Sequence[float], equations: np.ndarray, tab: int,
-             already: Sequence[bool] | None = None, *, batch: bool = False) -> np.ndarray:
+             already: Sequence[bool] | None = None, *, batch: bool = False,
+             unreleased: Sequence[bool] | None = None) -> np.ndarray:
     """The cells to suppress: those in ``(0, tab)`` and enough others that none of them is determined.
 
     Parameters
@@ -127,6 +128,11 @@ def suppress(values: Sequence[float], equations: np.ndarray, tab: int,
         ``nfilter_tab``: cells in ``(0, tab)`` are sensitive.
     already : sequence of bool, optional
         Cells already withheld (their ``values`` are ignored; they are hidden, never sensitive).
+    unreleased : sequence of bool, optional
+        Cells never released that are still sensitive: sums the requester can form from released
+        cells (a difference of two nested cohorts, an atom of a family; ADR 0035), added to the
+        system as cells of their own with the relation that defines them.  They start hidden;
+        their ``values`` count, so a small one must not be determined either.
     batch : bool
         Free every determined sensitive cell in one pass (one decomposition per pass, each choice
         on the pass's system; a cell next to one chosen in the pass waits for the next pass)
@@ -148,8 +154,9 @@ def suppress(values: Sequence[float], equations: np.ndarray, tab: int,
     cells = np.asarray(values, dtype=float)
     eqs = np.asarray(equations, dtype=float)
     withheld = np.zeros(len(cells), dtype=bool) if already is None else np.asarray(already, dtype=bool)
+    kept = np.zeros(len(cells), dtype=bool) if unreleased is None else np.asarray(unreleased, dtype=bool)
     primary = (cells > 0) & (cells < tab) & ~withheld
-    hidden = primary | withheld
+    hidden = primary | withheld | kept
     touches = eqs != 0
     while True:
         system = _system(eqs, hidden) if np.any(hidden) else None
