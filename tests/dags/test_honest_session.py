@@ -244,10 +244,11 @@ def test_a_request_outside_the_study_fails_the_run_naming_what_to_change(dags, f
 
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14 item 7, open: each node merges its own survival bins to "
-                   "nfilter_tab and the central keeps only the bin ends common to every node and group "
-                   "(mipflow.algorithms.survival.common_ends), so on ~170 patients per node the curve keeps "
-                   "1-4 of the weekly time points; the fix belongs in mipflow.algorithms (survival, kaplan_meier)")
+@pytest.mark.xfail(strict=True, reason="issue 14 item 7, open: each node's survival partition (fixed at "
+                   "approval for every cohort, group and nested difference of the study, ADR 0028) is as coarse "
+                   "as its thinnest cell needs, and the central keeps only the bin ends common to every node "
+                   "(mipflow.algorithms.survival.common_ends), so on ~170 patients per node the curve keeps a "
+                   "few of the weekly time points; needs a partition shared across nodes or a pooled threshold")
 def test_kaplan_meier_in_the_study_keeps_the_weekly_time_points_of_the_pooled_curve(dags, federation) -> None:
     doc = answered(dags, federation, "federated_kaplan_meier", y=["followup_days", "death_90d"], x="sex",
                    event_level="yes", bin_width=7.0)

@@ -248,10 +248,13 @@ def binning_summary(time_var: Variable, grid: np.ndarray, bin_width: float, used
 
 
 def coarsen_groups(groups: list[dict], min_count: int) -> list[dict]:
-    """Per-group fine grid counts -> :func:`safe_bins` (what a node releases)."""
+    """Per-group grid counts -> :func:`safe_bins` (what a node releases).  A group already on
+    merged bins (``ends``: a study's survival partition) is merged further on those bins."""
     out = []
     for group in groups:
         ends, events, censored = safe_bins(group["events"], group["censored"], min_count)
+        if group.get("ends") is not None:
+            ends = [int(group["ends"][e]) for e in ends]
         out.append({**group, "ends": ends, "events": events, "censored": censored})
     return out
 

@@ -353,6 +353,10 @@ def check_release(request: StepRequest, context: StepContext, work: StepWork) ->
 
         work.aggregates = apply_pattern(context.home.root, work.study, request.analysis, work.model,
                                         work.aggregates)
+        if request.algorithm == "kaplan_meier":  # and its survival releases the family's partition
+            from mipflow.node.controls.study_survival import apply_partition
+
+            work.aggregates = apply_partition(work.study.study, work.aggregates)
     work.aggregates = work.controls.release(work.algo, request.analysis, work.model, request.round,
                                             work.aggregates)
 

@@ -20,7 +20,7 @@ give counts; nothing here is ever sent to a researcher.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -52,6 +52,17 @@ class Family:
     cell_levels: Any = None
     nominal: tuple[str, ...] = ()
     cross: int = 0
+    #: Kaplan-Meier's cells (:func:`~mipflow.node.controls.study_cells.survival_masks`) and each
+    #: population row's bin on the protocol's survival grid (none without Kaplan-Meier)
+    survival_cells: list[tuple[str, np.ndarray]] = field(default_factory=list)
+    bins: np.ndarray | None = None
+    bin_labels: tuple[str, ...] = ()
+    #: the study's survival partition (:mod:`mipflow.node.controls.study_survival`): merged bin ends,
+    #: every survival cell's counts on them (admin-facing, for the next refresh) and, at a refresh,
+    #: the cells whose change cannot be merged away
+    survival_ends: tuple[int, ...] = ()
+    survival_counts: dict[str, list[int]] = field(default_factory=dict)
+    survival_problems: tuple[str, ...] = ()
 
     def sets(self) -> list[tuple[str, np.ndarray]]:
         """Every cohort a request of the family can be answered on or combined from, labelled."""
@@ -68,8 +79,13 @@ def _label(dataset: str | None, subgroup: str | None) -> str:
     return label if dataset is None else f"{label} in dataset {dataset!r}"
 
 
-def compute_family(store: Any, model: Any, protocol: Protocol, hash_key: str) -> Family:
-    """Read the population and the subgroups from the store (row and patient keys only are kept)."""
+def compute_family(store: Any, model: Any, protocol: Protocol, hash_key: str, tab: int = 1,
+                   old: Study | None = None) -> Family:
+    """Read the population and the subgroups from the store (row and patient keys only are kept).
+
+    With Kaplan-Meier and a survival grid in the protocol, also the study's survival partition for
+    ``tab`` (``nfilter_tab``): at a refresh of ``old``, a coarsening of the partition in force
+    that keeps the change safe too (:mod:`mipflow.node.controls.study_survival`)."""
     from mipflow.node.controls.differencing import patient_keys, row_keys, sorted_unique
     from mipflow.node.query.read import select_frame
 
@@ -112,8 +128,46 @@ def compute_family(store: Any, model: Any, protocol: Protocol, hash_key: str) ->
     family = Family(population=population, values=values, subgroups=subgroups, per_dataset=per_dataset,
                     patients=patients, cell_levels=levels, nominal=tuple(nominal),
                     cross=crossing(protocol.algorithms))
+    if protocol.survival is not None and "kaplan_meier" in protocol.algorithms:
+        family = _with_survival(family, frame[protocol.survival["time"]].to_numpy(dtype=float)[order], model,
+                                protocol, tab, old)
     family.cells.update(cohort_cells(family.sets(), population, levels, nominal, family.cross))
     return family
+
+
+def _with_survival(family: Family, times: np.ndarray, model: Any, protocol: Protocol, tab: int,
+                   old: Study | None) -> Family:
+    """``family`` with the study's survival partition and its cells (see :func:`compute_family`)."""
+    from mipflow.node.controls import study_survival as sv
+    from mipflow.node.controls.study_cells import survival_base, survival_masks
+
+    time_var, width = model.variable(protocol.survival["time"]), protocol.survival["bin_width"]
+    points, n_points = sv.grid_bins(times, time_var, width)
+    base = survival_base(family.cell_levels, family.nominal, protocol.survival.get("event"))
+    cells = sv.labelled_cells(family.sets(), family.population, base)
+    previous = None if old is None else old.record.get("survival")
+    problems: list[str] = []
+    if previous:
+        change = sv.refresh_partition(cells, points, n_points, _added(old, family), previous, tab)
+        ends, counts, problems = change.ends, change.counts, change.problems
+    else:
+        fine = sv.cell_counts(cells, points, n_points)
+        ends = sv.partition(fine, tab)
+        counts = {label: row.tolist() for (label, _), row in zip(cells, sv.merge(fine, ends))}
+    merged = sv.merged_bins(points, ends)
+    labels = sv.grid_labels(time_var, width, ends)
+    return replace(family, survival_cells=survival_masks(base, merged, labels), bins=merged,
+                   bin_labels=tuple(labels), survival_ends=tuple(int(e) for e in ends),
+                   survival_counts=counts, survival_problems=tuple(problems))
+
+
+def _added(old: Study, family: Family) -> np.ndarray:
+    """Rows of ``family``'s population added or changed since ``old``'s snapshot (a mask)."""
+    both = np.intersect1d(old.population, family.population, assume_unique=True)
+    old_values = old.values[np.searchsorted(old.population, both)]
+    changed_keys = both[old_values != family.values[np.searchsorted(family.population, both)]]
+    return ~np.isin(family.population, old.population, assume_unique=True) | \
+        np.isin(family.population, changed_keys, assume_unique=True)
 
 
 def cell_problems(family: Family, tab: int, key: bytes) -> list[str]:
@@ -122,10 +176,11 @@ def cell_problems(family: Family, tab: int, key: bytes) -> list[str]:
     from mipflow.node.controls.study_cells import chain_problem, difference_problems
 
     sets = family.sets()
-    problems = difference_problems(sets, family.population, family.cell_levels, family.nominal, family.cross, tab)
+    problems = difference_problems(sets, family.population, family.cell_levels, family.nominal, family.cross, tab,
+                                   extra=family.survival_cells)
     if not problems:
         chain = chain_problem(sets, family.population, family.cell_levels, family.nominal, family.cross, tab,
-                              node_primes(key))
+                              node_primes(key), bins=family.bins, labels=family.bin_labels)
         problems += [chain] if chain else []
     return problems
 
@@ -134,16 +189,13 @@ def cell_change_problems(old: Study, family: Family, tab: int) -> list[str]:
     """The level-cell rule at a refresh: rows added and removed per cell since the snapshot."""
     from mipflow.node.controls.study_cells import change_cells, cohort_cells
 
-    both = np.intersect1d(old.population, family.population, assume_unique=True)
-    old_values = old.values[np.searchsorted(old.population, both)]
-    changed_keys = both[old_values != family.values[np.searchsorted(family.population, both)]]
-    added = ~np.isin(family.population, old.population, assume_unique=True) | \
-        np.isin(family.population, changed_keys, assume_unique=True)
+    added = _added(old, family)
     added_cells = cohort_cells(family.sets(), family.population, family.cell_levels, family.nominal, family.cross,
                                added)
     previous = old.record.get("cells")
     if previous is None:  # approved before the rule: only what was added can be checked
-        removed = len(old.population) - len(both) + len(changed_keys)
+        removed = int(len(old.population) - np.count_nonzero(np.isin(old.population, family.population))
+                      + np.count_nonzero(added & np.isin(family.population, old.population)))
         problems = change_cells({}, {}, added_cells, tab)
         return problems + ([f"{removed} row(s) removed from a study approved before the level-cell rule: "
                             "withdraw it and approve it again"] if removed else [])
@@ -240,6 +292,14 @@ def _record(root: Any, data_model: str, sets: list[tuple[str, np.ndarray, np.nda
         ledger.close()
 
 
+def _survival_record(family: Family) -> dict[str, Any]:
+    """The survival partition for the study record (grid points; what every release shows anyway)."""
+    if not family.survival_ends:
+        return {}
+    return {"survival_ends": list(family.survival_ends),
+            "survival": {"ends": list(family.survival_ends), "counts": family.survival_counts}}
+
+
 def _counts(family: Family) -> dict[str, Any]:
     return {"population": len(family.population),
             "subgroups": {name: len(keys) for name, keys in family.subgroups.items()},
@@ -294,7 +354,7 @@ def approve(home: Any, project: str, document: Any) -> dict[str, Any]:
     min_row_count = home.settings.min_row_count
     store, model = _open(home, protocol)
     try:
-        family = compute_family(store, model, protocol, hash_key(home.key()))
+        family = compute_family(store, model, protocol, hash_key(home.key()), home.settings.nfilter_tab)
         problems = size_problems(family, min_row_count)
         if problems:
             raise ConfigError(f"study {protocol.name!r} not approved: fewer than min_row_count ({min_row_count}): "
@@ -312,7 +372,7 @@ def approve(home: Any, project: str, document: Any) -> dict[str, Any]:
                   values=family.values, subgroups=family.subgroups,
                   record={"status": "approved", "approved_at": at, "min_row_count": min_row_count,
                           "counts": _counts(family), "suppression": summary, "refreshes": [],
-                          "cells": family.cells})
+                          "cells": family.cells, **_survival_record(family)})
     write_patterns(home.root, project, patterns)
     write_study(home.root, study)
     return {"project": project, "study": protocol.name, "status": "approved", "snapshot": at, **_counts(family)}
@@ -334,7 +394,7 @@ def refresh(home: Any, project: str) -> dict[str, Any]:
     min_row_count = home.settings.min_row_count
     store, model = _open(home, old.protocol)
     try:
-        family = compute_family(store, model, old.protocol, hash_key(home.key()))
+        family = compute_family(store, model, old.protocol, hash_key(home.key()), home.settings.nfilter_tab, old)
         counts, problems = change_problems(old, family, min_row_count)
         unchanged = counts["added"] == counts["removed"] == 0 and all(
             np.array_equal(family.subgroups[name], keys) for name, keys in old.subgroups.items())
@@ -346,13 +406,18 @@ def refresh(home: Any, project: str) -> dict[str, Any]:
                 patterns, _ = _patterns(home, store, model, old.protocol, family, old.snapshot,
                                         f"study {old.protocol.name!r} not refreshed")
                 write_patterns(home.root, project, patterns)
+            if family.survival_ends and old.record.get("survival_ends") != list(family.survival_ends):
+                # a study approved before survival partitions (or with another nfilter_tab): computed now
+                write_study(home.root, replace(old, record={**old.record, "cells": family.cells,
+                                                            **_survival_record(family)}))
             return {"project": project, "study": old.protocol.name, "status": "unchanged", "snapshot": old.snapshot}
         problems += size_problems(family, min_row_count)
         if problems:
             raise ConfigError(f"study {old.protocol.name!r} not refreshed: fewer than min_row_count "
                               f"({min_row_count}): " + "; ".join(problems) + stays)
         tab = home.settings.nfilter_tab
-        cells = cell_problems(family, tab, home.key()) + cell_change_problems(old, family, tab)
+        cells = cell_problems(family, tab, home.key()) + cell_change_problems(old, family, tab) \
+            + list(family.survival_problems)
         if cells:
             raise ConfigError(_cells_message(f"study {old.protocol.name!r} not refreshed", cells, tab) + stays)
         try:
@@ -370,7 +435,8 @@ def refresh(home: Any, project: str) -> dict[str, Any]:
     study = Study(project=project, protocol=old.protocol, snapshot=at, population=family.population,
                   values=family.values, subgroups=family.subgroups,
                   record={**old.record, "min_row_count": min_row_count, "counts": _counts(family),
-                          "suppression": summary, "refreshes": refreshes, "cells": family.cells})
+                          "suppression": summary, "refreshes": refreshes, "cells": family.cells,
+                          **_survival_record(family)})
     write_study(home.root, study)
     return {"project": project, "study": old.protocol.name, "status": "refreshed", "snapshot": at,
             "previous_snapshot": old.snapshot, **counts}

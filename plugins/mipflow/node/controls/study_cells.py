@@ -70,6 +70,48 @@ def level_masks(levels: pd.DataFrame, nominal: Sequence[str], cross: int) -> lis
     return out
 
 
+#: how many nominal variables Kaplan-Meier's per-bin counts cross: its group and its event
+SURVIVAL_CROSS = 2
+
+
+def survival_base(levels: pd.DataFrame, nominal: Sequence[str], event: str | None) -> list[tuple[str, np.ndarray]]:
+    """The level cells Kaplan-Meier's per-bin counts cross (before the bins).
+
+    With the protocol's ``event`` variable: each event level, and each event level by each level
+    of one other nominal variable (the group).  Without it, any nominal variable may be the event:
+    the levels of up to :data:`SURVIVAL_CROSS` nominal variables.  A censoring count is the sum of
+    the other levels' cells and an at-risk count a sum of later bins: sums of cells that are each
+    0 or at least ``nfilter_tab`` are too.
+    """
+    if event is None:
+        return level_masks(levels, nominal, SURVIVAL_CROSS)
+    values = {code: levels[code].astype(str).to_numpy() for code in nominal}
+    base = []
+    for level in sorted(set(values[event])):
+        is_level = values[event] == level
+        base.append((f"|{event}={level}", is_level))
+        for other in (v for v in nominal if v != event):
+            for lv in sorted(set(values[other])):
+                mask = is_level & (values[other] == lv)
+                if mask.any():
+                    base.append((f"|{event}={level}|{other}={lv}", mask))
+    return base
+
+
+def survival_masks(base: Sequence[tuple[str, np.ndarray]], bins: np.ndarray,
+                   labels: Sequence[str]) -> list[tuple[str, np.ndarray]]:
+    """Kaplan-Meier's cells: each bin (``bins``: a bin per population row, ``labels`` by bin)
+    crossed with each of :func:`survival_base`'s level cells."""
+    out = []
+    for j in np.unique(bins):
+        in_bin = bins == j
+        for suffix, mask in base:
+            both = in_bin & mask
+            if both.any():
+                out.append((f"|{labels[j]}{suffix}", both))
+    return out
+
+
 def _rows(population: np.ndarray, keys: np.ndarray) -> np.ndarray:
     """A cohort's rows as a mask over the (sorted) population."""
     mask = np.zeros(len(population), dtype=bool)
@@ -78,10 +120,12 @@ def _rows(population: np.ndarray, keys: np.ndarray) -> np.ndarray:
 
 
 def cohort_cells(sets: Sequence[tuple[str, np.ndarray]], population: np.ndarray, levels: pd.DataFrame,
-                 nominal: Sequence[str], cross: int, added: np.ndarray | None = None) -> dict[str, int]:
+                 nominal: Sequence[str], cross: int, added: np.ndarray | None = None,
+                 extra: Sequence[tuple[str, np.ndarray]] = ()) -> dict[str, int]:
     """Row counts of every non-empty cell of every cohort (``label``, ``label|V=l``, ...);
-    with ``added`` (a mask over the population), of the added rows only."""
-    cells = level_masks(levels, nominal, cross)
+    with ``added`` (a mask over the population), of the added rows only.  ``extra``: further
+    cells (:func:`survival_masks`)."""
+    cells = level_masks(levels, nominal, cross) + list(extra)
     counts: dict[str, int] = {}
     for label, keys in sets:
         rows = _rows(population, keys) if added is None else _rows(population, keys) & added
@@ -93,9 +137,10 @@ def cohort_cells(sets: Sequence[tuple[str, np.ndarray]], population: np.ndarray,
 
 
 def difference_problems(sets: Sequence[tuple[str, np.ndarray]], population: np.ndarray, levels: pd.DataFrame,
-                        nominal: Sequence[str], cross: int, tab: int) -> list[str]:
+                        nominal: Sequence[str], cross: int, tab: int,
+                        extra: Sequence[tuple[str, np.ndarray]] = ()) -> list[str]:
     """Cells of the difference of two nested cohorts with 1 to ``tab - 1`` rows (admin-facing)."""
-    cells = level_masks(levels, nominal, cross)
+    cells = level_masks(levels, nominal, cross) + list(extra)
     masks = [(label, _rows(population, keys)) for label, keys in sets]
     problems: list[str] = []
     # a difference that is itself a cohort of the family (the population minus the women are the
@@ -116,18 +161,31 @@ def difference_problems(sets: Sequence[tuple[str, np.ndarray]], population: np.n
 
 
 def chain_problem(sets: Sequence[tuple[str, np.ndarray]], population: np.ndarray, levels: pd.DataFrame,
-                  nominal: Sequence[str], cross: int, tab: int, primes: Sequence[int]) -> str | None:
-    """Whether a linear combination of every cell's sums isolates an atom of fewer than ``tab`` rows."""
+                  nominal: Sequence[str], cross: int, tab: int, primes: Sequence[int],
+                  bins: np.ndarray | None = None, labels: Sequence[str] = ()) -> str | None:
+    """Whether a linear combination of every cell's sums isolates an atom of fewer than ``tab`` rows.
+
+    With ``bins`` (the survival grid's bin of each population row), the same is decided within each
+    bin too.  Kaplan-Meier's per-bin cells cross at most two nominal variables, and their sums over
+    the bins are the unbinned cells, so what the requester knows lies in the span of the cells
+    restricted to each bin, a block per bin: one check per bin over every cell restricted to it
+    decides the binned family (conservatively, as the restriction of a wider cell is not released).
+    """
     from mipflow.node.controls.atoms import check_family
 
     cells = level_masks(levels, nominal, cross)
     masks = [_rows(population, keys) for _, keys in sets]
-    family = [population[rows & mask] for rows in masks for _, mask in cells if (rows & mask).any()]
-    verdict = check_family(family, max(tab, 1), primes)
-    if verdict.allowed:
-        return None
-    return (f"a combination of the cells' sums (cohorts by levels of the nominal study variables) would "
-            f"isolate {verdict.smallest_isolatable} row(s)")
+    blocks: list[tuple[str, np.ndarray]] = [("", np.ones(len(population), dtype=bool))]
+    if bins is not None:
+        blocks += [(f" within {labels[j]}", bins == j) for j in np.unique(bins)]
+    for where, block in blocks:
+        family = [population[rows & mask & block] for rows in masks for _, mask in cells
+                  if (rows & mask & block).any()]
+        verdict = check_family(family, max(tab, 1), primes)
+        if not verdict.allowed:
+            return (f"a combination of the cells' sums (cohorts by levels of the nominal study variables)"
+                    f"{where} would isolate {verdict.smallest_isolatable} row(s)")
+    return None
 
 
 def _levels(suffix: str) -> str:

@@ -72,8 +72,9 @@ class Protocol:
     algorithms: tuple[str, ...]
     note: str = ""
     histogram_bins: int = DEFAULT_HISTOGRAM_BINS
-    #: the study's survival grid (``{"time": code, "bin_width": number}``): Kaplan-Meier in the study
-    #: takes this time variable and bin width over the declared range, and no ``max_time``
+    #: the study's survival grid (``{"time": code, "bin_width": number}``, optionally ``"event": code``):
+    #: Kaplan-Meier in the study takes this time variable and bin width over the declared range, no
+    #: ``max_time``, and that event variable when one is named; approval checks the grid's cells
     survival: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -194,12 +195,16 @@ def parse_protocol(doc: Any) -> Protocol:
     survival = doc.get("survival")
     if survival is not None:
         width = survival.get("bin_width") if isinstance(survival, dict) else None
-        if not isinstance(survival, dict) or set(survival) != {"time", "bin_width"} \
+        if not isinstance(survival, dict) or not {"time", "bin_width"} <= set(survival) <= {"time", "bin_width", "event"} \
                 or survival.get("time") not in variables or isinstance(width, bool) \
-                or not isinstance(width, (int, float)) or not 0 < float(width) < float("inf"):
-            raise _fail("'survival' is {\"time\": a study variable, \"bin_width\": a positive number}: the grid "
-                        "of every Kaplan-Meier analysis of the study")
-        survival = {"time": survival["time"], "bin_width": float(width)}
+                or not isinstance(width, (int, float)) or not 0 < float(width) < float("inf") \
+                or ("event" in survival and (survival["event"] not in variables
+                                             or survival["event"] == survival["time"])):
+            raise _fail("'survival' is {\"time\": a study variable, \"bin_width\": a positive number, and "
+                        "optionally \"event\": a nominal study variable}: the grid of every Kaplan-Meier analysis "
+                        "of the study (and its event variable)")
+        survival = {"time": survival["time"], "bin_width": float(width),
+                    **({"event": survival["event"]} if "event" in survival else {})}
     return Protocol(name=name, data_model=data_model, datasets=datasets, variables=variables,
                     population_filter=population_filter, subgroups=tuple(subgroups), algorithms=algorithms,
                     note=note, histogram_bins=histogram_bins, survival=survival)
@@ -223,6 +228,9 @@ def check_against_model(protocol: Protocol, model: Any) -> None:
         raise _fail(f"variable(s) {', '.join(map(repr, unknown))} are not in data model {model.key}")
     if protocol.survival is not None and model.variable(protocol.survival["time"]).is_categorical:
         raise _fail(f"the survival time {protocol.survival['time']!r} is not a numerical variable")
+    event = None if protocol.survival is None else protocol.survival.get("event")
+    if event is not None and not model.variable(event).is_categorical:
+        raise _fail(f"the survival event {event!r} is not a nominal variable")
 
 
 # --------------------------------------------------------------------------- canonical filters

@@ -429,9 +429,12 @@ def _check_survival_grid(study: Any, analysis: Any) -> None:
     except (TypeError, ValueError):
         same_width = False
     time = analysis.y[0] if analysis.y else None
-    if time != grid["time"] or not same_width or parameters.get("max_time") is not None:
+    event = analysis.y[1] if len(analysis.y or ()) > 1 else None
+    if time != grid["time"] or not same_width or parameters.get("max_time") is not None \
+            or ("event" in grid and event != grid["event"]):
+        named = f", event variable {grid['event']!r}" if "event" in grid else ""
         raise study._refuse(f"Kaplan-Meier analyses take the study's survival grid: time variable "
-                            f"{grid['time']!r}, bin_width = {grid['bin_width']:g}, and no max_time")
+                            f"{grid['time']!r}{named}, bin_width = {grid['bin_width']:g}, and no max_time")
 
 
 def apply_pattern(root: str | Path, selection: Any, analysis: Any, model: Any, aggregates: Any) -> Any:

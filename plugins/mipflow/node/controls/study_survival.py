@@ -1,0 +1,218 @@
+"""One survival partition per study at a node: Kaplan-Meier's bins, merged once, for every cohort.
+
+Outside a study a node merges Kaplan-Meier's time bins per request, per group, until no count is
+below ``nfilter_tab`` (:func:`mipflow.algorithms.survival.safe_bins`).  Across a study's cohorts
+that is not enough: the population's deaths in a bin less the elderly's are the young's, a cohort
+no request may ask for, and two cohorts merged differently give differences over bins finer than
+either merge protected (a fourth outside review bounded a young death's time this way).
+
+So approval (and refresh) fixes, on the snapshot, one partition of the protocol's survival grid
+(``survival``: time variable, bin width, optionally the event variable) for the whole family:
+
+* the **cells**: every cohort of the family and every difference of two nested cohorts, crossed
+  with :func:`~mipflow.node.controls.study_cells.survival_base`'s levels (the event's levels, by
+  the levels of one other nominal variable);
+* the **partition**: adjacent grid bins merged, scanning forward, until every cell of the open
+  bin holds 0 or at least ``nfilter_tab`` rows (a small remainder merged backwards); a cell whose
+  total over the whole grid is small is left to the per-request controls (a cohort's group of
+  fewer than ``nfilter_tab`` events is refused there) or to the level-cell rule (a difference's);
+* the merged bins then join the level-cell rule as cells of their own (differences, the atom rule
+  within each merged bin, and the rows added and removed per cell at a refresh).
+
+At a step, every Kaplan-Meier release of the study sums its grid counts into the partition's bins
+(:func:`apply_partition`) before the per-request controls, which then find nothing to merge in a
+group of at least ``nfilter_tab`` events; every cohort and group at this node shares the bins.
+Sums and differences of cells that are each 0 or at least ``nfilter_tab`` over the same bins are
+too (the counts are nonnegative), so no subtraction of the study's survival releases gives fewer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from mipflow.exceptions import ConfigError
+
+
+def grid_bins(times: np.ndarray, time_var: Any, bin_width: float) -> tuple[np.ndarray, int]:
+    """Each row's point on the protocol's grid (``grid[k-1] < time <= grid[k]``, as Kaplan-Meier's
+    local step counts), and the number of grid points.
+
+    Raises
+    ------
+    ConfigError
+        If a row's time lies beyond the declared end (validation keeps such rows out; Kaplan-Meier
+        would censor them at the end, a cell the partition does not describe).  Admin-facing.
+    """
+    from mipflow.algorithms.survival import time_grid
+
+    grid = time_grid(time_var, float(bin_width), None)
+    index = np.searchsorted(grid, np.asarray(times, dtype=float), side="left")
+    if np.any(index >= len(grid)):
+        raise ConfigError(f"rows of the study's population have {time_var.code!r} beyond its declared maxValue "
+                          f"({grid[-1]:g}): correct the rows or the data model before the study")
+    return index.astype(np.int64), len(grid)
+
+
+def grid_labels(time_var: Any, bin_width: float, ends: Sequence[int]) -> list[str]:
+    """Labels of the merged bins ending at grid points ``ends``."""
+    from mipflow.algorithms.survival import time_grid
+
+    grid = time_grid(time_var, float(bin_width), None)
+    out, start = [], None
+    for end in ends:
+        out.append(f"{time_var.code} up to {grid[end]:g}" if start is None
+                   else f"{time_var.code} in ({grid[start]:g}, {grid[end]:g}]")
+        start = end
+    return out
+
+
+def merged_bins(points: np.ndarray, ends: Sequence[int]) -> np.ndarray:
+    """Each row's merged bin (index into ``ends``) from its grid point."""
+    return np.searchsorted(np.asarray(ends, dtype=np.int64), points, side="left").astype(np.int64)
+
+
+def labelled_cells(sets: Sequence[tuple[str, np.ndarray]], population: np.ndarray,
+                   base: Sequence[tuple[str, np.ndarray]]) -> list[tuple[str, np.ndarray]]:
+    """Every cohort and every difference of two nested cohorts (row masks over the sorted
+    ``population``), by every level cell of ``base``: ``(label, mask)``, each set once."""
+    from mipflow.node.controls.study_cells import _rows
+
+    masks = [(label, _rows(population, keys)) for label, keys in sets]
+    rows: list[tuple[str, np.ndarray]] = []
+    seen: set[bytes] = set()
+    for label, mask in masks:
+        if mask.tobytes() not in seen:
+            seen.add(mask.tobytes())
+            rows.append((label, mask))
+    for outer, big in masks:
+        for inner, small in masks:
+            if small.any() and not (small & ~big).any() and (big & ~small).any():
+                difference = big & ~small
+                if difference.tobytes() not in seen:
+                    seen.add(difference.tobytes())
+                    rows.append((f"{outer} minus {inner}", difference))
+    return [(label + suffix, mask & level) for label, mask in rows for suffix, level in base]
+
+
+def cell_counts(cells: Sequence[tuple[str, np.ndarray]], points: np.ndarray, n_points: int,
+                only: np.ndarray | None = None) -> np.ndarray:
+    """Counts ``(cells, grid points)``; with ``only`` (a row mask), of those rows only."""
+    out = [np.bincount(points[mask if only is None else mask & only], minlength=n_points) for _, mask in cells]
+    return np.array(out, dtype=np.int64).reshape(len(out), n_points)
+
+
+def merge(counts: np.ndarray, ends: Sequence[int]) -> np.ndarray:
+    """Counts on the bins ending at ``ends`` (grid points, or columns of ``counts``)."""
+    if counts.size == 0:
+        return counts.reshape(counts.shape[0], len(ends))
+    starts = [0, *[int(e) + 1 for e in ends[:-1]]]
+    return np.add.reduceat(counts, starts, axis=1)
+
+
+@dataclass(frozen=True)
+class Change:
+    """A refresh's survival partition: the new ends, the cells' counts on them, and what the
+    change would disclose (admin-facing)."""
+
+    ends: list[int]
+    counts: dict[str, list[int]]
+    problems: list[str]
+
+
+def refresh_partition(cells: Sequence[tuple[str, np.ndarray]], points: np.ndarray, n_points: int,
+                      added: np.ndarray, previous: dict[str, Any], tab: int) -> Change:
+    """The partition after a refresh: a coarsening of the one in force such that, in every merged
+    bin, every cell holds 0 or at least ``tab`` rows now, and the rows added and the rows removed
+    since the snapshot are each 0 or at least ``tab`` too (a study's release before and after the
+    refresh differ by exactly those).  ``previous``: the record's ``survival`` (``ends`` and the
+    cells' counts on them).  A cell whose rows added or removed over the whole grid are 1 to
+    ``tab - 1`` cannot be merged away: a problem."""
+    old_ends = [int(e) for e in previous["ends"]]
+    now = merge(cell_counts(cells, points, n_points), old_ends)
+    plus = merge(cell_counts(cells, points, n_points, added), old_ends)
+    labels = [label for label, _ in cells]
+    old = np.array([previous["counts"].get(label, [0] * len(old_ends)) for label in labels],
+                   dtype=np.int64).reshape(len(labels), len(old_ends))
+    minus = old - now + plus
+    gone = [label for label in previous["counts"] if label not in set(labels)]
+    problems = []
+    for label, a, r in zip(labels, plus.sum(axis=1), minus.sum(axis=1)):
+        for n, what in ((int(a), "added"), (int(r), "removed")):
+            if 0 < n < tab:
+                problems.append(f"{label.replace('|', ', ')}: {n} row(s) {what}")
+    for label in gone:  # a cell that no longer exists lost all its rows
+        n = int(sum(previous["counts"][label]))
+        if 0 < n < tab:
+            problems.append(f"{label.replace('|', ', ')}: {n} row(s) removed")
+    columns = partition(np.vstack([now, plus, minus]), tab)
+    ends = [old_ends[c] for c in columns]
+    merged = merge(now, columns)
+    return Change(ends=ends, counts={label: row.tolist() for label, row in zip(labels, merged)}, problems=problems)
+
+
+def partition(counts: np.ndarray, tab: int) -> list[int]:
+    """Merged bin ends (grid points) such that every cell whose total is at least ``tab`` holds 0
+    or at least ``tab`` rows in every merged bin (forward scan, small remainder merged backwards)."""
+    n_points = counts.shape[1]
+    totals = counts.sum(axis=1)
+    watched = counts[totals >= tab]
+
+    def ok(column: np.ndarray) -> bool:
+        return bool(np.all((column == 0) | (column >= tab)))
+
+    ends: list[int] = []
+    sums: list[np.ndarray] = []
+    open_sum = np.zeros(len(watched), dtype=np.int64)
+    for k in range(n_points):
+        open_sum = open_sum + watched[:, k]
+        if ok(open_sum):
+            ends.append(k)
+            sums.append(open_sum)
+            open_sum = np.zeros(len(watched), dtype=np.int64)
+    # a small remainder after the last safe end: merged into the bins before it until safe
+    while open_sum.any() and not ok(open_sum) and ends:
+        ends.pop()
+        open_sum = open_sum + sums.pop()
+    if not ends or ends[-1] != n_points - 1:
+        ends.append(n_points - 1)
+    return ends
+
+
+def holds(counts: np.ndarray, ends: Sequence[int], tab: int) -> bool:
+    """Whether the partition ``ends`` still keeps every watched cell at 0 or at least ``tab``."""
+    totals = counts.sum(axis=1)
+    watched = counts[totals >= tab]
+    if not ends or ends[-1] != counts.shape[1] - 1:
+        return False
+    starts = [0, *[e + 1 for e in ends[:-1]]]
+    merged = np.add.reduceat(watched, starts, axis=1) if watched.size else watched
+    return bool(np.all((merged == 0) | (merged >= tab)))
+
+
+# --------------------------------------------------------------------------- at a step
+
+
+def apply_partition(study: Any, aggregates: dict[str, Any]) -> dict[str, Any]:
+    """Kaplan-Meier's grid counts summed into the study's partition (``ends`` per group), before
+    the per-request controls.
+
+    Raises
+    ------
+    DisclosureError
+        (control ``study``) if the study has no partition (approved before partitions existed: its
+        node admin refreshes it).  Decided without data.
+    """
+    ends = study.record.get("survival_ends")
+    if not ends:
+        raise study._refuse("its Kaplan-Meier analyses are answered on the study's survival partition, which this "
+                            "node has not computed for the snapshot; it is answered once its node admin refreshes "
+                            "the study (mipflow study refresh)")
+    starts = [0, *[e + 1 for e in ends[:-1]]]
+    groups = []
+    for group in aggregates["groups"]:
+        events = np.add.reduceat(np.asarray(group["events"], dtype=np.int64), starts)
+        censored = np.add.reduceat(np.asarray(group["censored"], dtype=np.int64), starts)
+        groups.append({**group, "ends": list(ends), "events": events.tolist(), "censored": censored.tolist()})
+    return {**aggregates, "groups": groups}
