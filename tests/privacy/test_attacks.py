@@ -287,6 +287,55 @@ def test_a_max_time_sweep_does_not_reveal_the_longest_follow_up(node):
     assert len(refusals) == 1  # the same words whatever the value asked
 
 
+def _released_events(reply: dict) -> int:
+    return sum(sum(group["events"]) for group in reply["aggregates"]["groups"])
+
+
+def test_a_max_time_sweep_in_one_cohort_isolates_no_cell_of_fewer_than_nfilter_tab_events(node):
+    # Issue 14: rows followed beyond max_time are censored there, and the node used to merge its bins on
+    # the grid up to max_time, so the event totals of max_time t and t + bin_width differed by the deaths
+    # in (t, t + bin_width]: 1 in a bin of one death, and a sweep gave each death's time.  Now the node
+    # merges on the declared range whatever max_time and cuts the merged bins afterwards: every release
+    # is the one without max_time cut at a bin end, and consecutive totals differ by 0 or >= nfilter_tab.
+    tab, width = 3, 10.0
+    rows = node.rows
+    died = rows.loc[rows["death_90d"] == "yes", "followup_days"].to_numpy()
+    per_bin = np.bincount(np.ceil(died / width).astype(int))
+    sweep = range(1, 61)
+    # the attack's targets exist: bins within the sweep holding one or two deaths
+    assert any(0 < per_bin[k] < tab for k in sweep if k < len(per_bin))
+    full = node.allowed("kaplan_meier", **SURVIVAL, x=["sex"],
+                        parameters={"event_level": "yes", "bin_width": width})["aggregates"]
+    totals = []
+    for k in sweep:
+        reply = node.allowed("kaplan_meier", **SURVIVAL, x=["sex"],
+                             parameters={"event_level": "yes", "bin_width": width, "max_time": k * width})
+        for group, whole in zip(reply["aggregates"]["groups"], full["groups"]):
+            # the release without max_time, cut at its last bin end at or before max_time
+            ends = [e for e in whole["ends"] if e <= k]
+            assert group["ends"] == ends and group["events"] == whole["events"][:len(ends)]
+            assert sum(group["censored"]) == sum(whole["events"]) + sum(whole["censored"]) - sum(group["events"])
+            assert all(v == 0 or v >= tab for v in group["events"] + group["censored"])
+        totals.append(_released_events(reply))
+    steps = np.diff([0, *totals])
+    assert all(d == 0 or d >= tab for d in steps), steps
+    assert totals[-1] > 0 and len(set(totals)) > 2  # the sweep did see deaths, in steps of >= nfilter_tab
+    # an honest request still gets curves: max_time within the first year, by sex
+    from mipflow.algorithms import AnalysisRequest, get_algorithm
+
+    honest = {"event_level": "yes", "bin_width": 30.0, "max_time": 365.0}
+    reply = node.allowed("kaplan_meier", **SURVIVAL, x=["sex"], parameters=honest)
+    request = AnalysisRequest(data_model=STROKE.key, datasets=("hospital_a",), x=("sex",),
+                              y=tuple(SURVIVAL["y"]), parameters=honest)
+    result = get_algorithm("kaplan_meier").global_step(0, [reply["aggregates"]], request, STROKE, None).result
+    binning = result["binning"]
+    assert binning["max_time"] == 365.0 and 0 < binning["end_of_follow_up"] <= 390.0
+    assert {c["group"] for c in result["curves"]} == {"F", "M"}
+    for curve in result["curves"]:
+        assert curve["n_events"] >= tab and min(curve["survival"]) < 1.0
+        assert max(curve["timeline"]) <= binning["end_of_follow_up"] and min(curve["at_risk"]) >= tab
+
+
 def test_a_cox_max_time_below_the_longest_follow_up_is_answered(node):
     # the same rule for Cox regression's time grid
     node.allowed("cox_regression", **SURVIVAL, x=["age"], parameters={"event_level": "yes", "max_time": 1000.0,

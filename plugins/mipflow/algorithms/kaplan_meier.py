@@ -5,11 +5,16 @@ level ``event_level`` marks the event; every other level is a censoring),
 optional ``x`` = one nominal grouping variable.
 
 One round.  Each node counts events and censorings per point of the
-request's time grid, per group (:mod:`mipflow.algorithms.survival`); its
-disclosure controls merge adjacent points until no released count is below
-``nfilter_tab`` (:meth:`KaplanMeier.coarsen_for_release`).  The central side
-intersects the nodes' bin ends, sums the counts and computes, at each bin
-end where rows leave follow-up:
+time grid over the time variable's declared range, per group
+(:mod:`mipflow.algorithms.survival`); its disclosure controls merge adjacent
+points until no released count is below ``nfilter_tab``
+(:meth:`KaplanMeier.coarsen_for_release`), and only then, if the request gives
+``max_time``, cut the merged bins at the last bin end at or before it (later
+bins folded into censorings there): the release with ``max_time`` is
+post-processing of the release without it (issue 14).  The central side
+intersects the nodes' bin ends, cuts every node's bins at the last common end
+at or before ``max_time`` (``binning.end_of_follow_up``), sums the counts and
+computes, at each bin end where rows leave follow-up:
 
 * at risk ``n_j`` (rows whose rounded time is at or after the bin end),
   events ``d_j``, censorings;
@@ -58,11 +63,15 @@ from mipflow.algorithms.survival import (
     check_outcome,
     coarsen_groups,
     common_ends,
+    follow_up_cut,
     grid_counts,
     grid_for,
     outcome,
     rebin,
+    release_grid,
     released_cells,
+    truncate_bins,
+    truncate_groups,
 )
 from mipflow.exceptions import RequestError
 from mipflow.protocol.datamodel import DataModel
@@ -74,6 +83,9 @@ if TYPE_CHECKING:
 
 #: The block of the noisy release (one vector of counts per group, the groups its parts).
 DP_BLOCK = "survival_counts"
+#: The local step's key for the grid index of ``max_time`` (rounded up), read and dropped by
+#: :meth:`KaplanMeier.coarsen_for_release`.
+FOLLOW_UP_KEY = "follow_up_end"
 
 DP_NOTE = ("survival from noisy counts of events and censorings per time bin (no bin merged): at risk is the noisy "
            "total less the noisy events and censorings before each time, made non-increasing; survival is "
@@ -134,6 +146,9 @@ class KaplanMeier(SpecAlgorithm):
         params = self.params(request, model)
         check_outcome(self.name, request, model, params["event_level"])
         grid_for(request, model, params)
+        time_var = model.variable(request.y[0])
+        if time_var.max_value is None:  # every mode needs the declared range (explore and study did already)
+            release_grid(time_var, params["bin_width"])
 
     def _levels(self, request: AnalysisRequest, model: DataModel) -> list[str | None]:
         if not request.x:
@@ -145,7 +160,8 @@ class KaplanMeier(SpecAlgorithm):
     def local_step(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
                    model: DataModel, state: dict | None) -> dict:
         params = self.params(request, model)
-        grid = grid_for(request, model, params)
+        # counted on the declared range whatever max_time: the cut comes after the merge (issue 14)
+        grid = release_grid(model.variable(request.y[0]), params["bin_width"])
         index, event = outcome(data, request, model, grid, params["event_level"])
         levels = self._levels(request, model)
         codes = (category_codes(data[request.x[0]], model.variable(request.x[0])).to_numpy()
@@ -156,13 +172,27 @@ class KaplanMeier(SpecAlgorithm):
             events, censored = grid_counts(index[mask], event[mask], len(grid))
             groups.append({"level": level, "events": events.tolist(), "censored": censored.tolist()})
         # Fine counts: without coarsen_for_release a node refuses them (group_counts)
-        return {"group_n": [int(sum(g["events"]) + sum(g["censored"])) for g in groups],
-                "groups": groups, "group_counts": released_cells(groups)}
+        out = {"group_n": [int(sum(g["events"]) + sum(g["censored"])) for g in groups],
+               "groups": groups, "group_counts": released_cells(groups)}
+        if params["max_time"] is not None:
+            # the grid index of max_time rounded up to the grid (from the request and the data model)
+            out[FOLLOW_UP_KEY] = len(grid_for(request, model, params)) - 1
+        return out
 
     def coarsen_for_release(self, round: int, aggregates: dict, min_count: int) -> dict:
-        """Merge time bins until no count is in ``(0, min_count)`` (run by the node's disclosure controls)."""
-        groups = coarsen_groups(aggregates["groups"], min_count)
-        return {**aggregates, "groups": groups, "group_counts": released_cells(groups)}
+        """Merge time bins until no count is in ``(0, min_count)`` (run by the node's disclosure controls),
+        then, with ``max_time``, cut the merged bins there (:func:`~mipflow.algorithms.survival.truncate_bins`).
+
+        The merge never sees ``max_time``: it is the release without ``max_time``, and the cut is a
+        function of it.  Its counts are checked too (``cell_n``, checked and not sent), so a request
+        with ``max_time`` is refused whenever the one without it is."""
+        last = aggregates.get(FOLLOW_UP_KEY)
+        rest = {k: v for k, v in aggregates.items() if k != FOLLOW_UP_KEY}
+        merged = coarsen_groups(aggregates["groups"], min_count)
+        if last is None:
+            return {**rest, "groups": merged, "group_counts": released_cells(merged)}
+        cut = truncate_groups(merged, int(last))
+        return {**rest, "groups": cut, "group_counts": released_cells(cut), "cell_n": released_cells(merged)}
 
     # -- privacy capabilities (mipflow.algorithms.contract) ------------------------------------
 
@@ -179,11 +209,16 @@ class KaplanMeier(SpecAlgorithm):
         params = self.params(request, model)
         grid = grid_for(request, model, params)
         levels = self._levels(request, model)
+        by_group = [[_part(a["groups"][g]) for a in aggregates] for g in range(len(levels))]
+        # one end of follow-up for the whole result, a bin end of every node and group
+        cut = follow_up_cut([range(len(grid))] + [p[0] for parts in by_group for p in parts], len(grid) - 1)
+        grid = grid[:cut + 1]
         all_ends = [list(range(len(grid)))]
         per_group = []
-        for g, level in enumerate(levels):
-            parts = [a["groups"][g] for a in aggregates]
-            part_ends = [p.get("ends", range(len(grid))) for p in parts]
+        for level, full_parts in zip(levels, by_group):
+            folded = [truncate_bins(*p, cut) for p in full_parts]
+            parts = [{"events": ev, "censored": ce} for _, ev, ce in folded]
+            part_ends = [e for e, _, _ in folded]
             all_ends.extend(part_ends)
             ends = common_ends(part_ends)
             events = sum(rebin(e, p["events"], ends) for e, p in zip(part_ends, parts))
@@ -211,12 +246,30 @@ class KaplanMeier(SpecAlgorithm):
             "event_variable": request.y[1],
             "event_level": params["event_level"],
             "grouping_variable": request.x[0] if request.x else None,
-            "binning": binning_summary(time_var, grid, params["bin_width"], shared),
+            "binning": _with_follow_up(binning_summary(time_var, grid, params["bin_width"], shared), params,
+                                       grid, cut_moved=len(grid) < len(grid_for(request, model, params))),
             "confidence": params["alpha"],
             "ci_method": "log-log",
             "curves": curves,
             "logrank": logrank,
         }))
+
+
+def _part(group: dict) -> tuple[list[int], list, list]:
+    """A node's bins of one group: its bin ends (every grid point when it sent unmerged counts)
+    and counts."""
+    events, censored = group["events"], group["censored"]
+    return list(group.get("ends", range(len(events)))), list(events), list(censored)
+
+
+def _with_follow_up(binning: dict, params: dict, grid: np.ndarray, cut_moved: bool) -> dict:
+    """``binning`` with the end of follow-up used, when the request gave ``max_time``."""
+    if params["max_time"] is None:
+        return binning
+    how = ("moved down to the last time bin end every node released at or before max_time (bins merged "
+           "for disclosure control)" if cut_moved else "max_time rounded up to the grid")
+    return {**binning, "max_time": float(params["max_time"]), "end_of_follow_up": float(grid[-1]),
+            "note": f"{binning['note']}; rows followed beyond end_of_follow_up ({how}) are censored there"}
 
 
 def _curve(level: str | None, grid: np.ndarray, ends: list[int], events: np.ndarray, censored: np.ndarray,
@@ -295,18 +348,23 @@ def _noisy_survival(algo: KaplanMeier, aggregates: list[dict], request: Analysis
     params = algo.params(request, model)
     grid = grid_for(request, model, params)
     levels = algo._levels(request, model)
-    fine = list(range(len(grid)))
-    end_lists = [fine] + [g.get("ends", fine) for a in aggregates for g in a["groups"]]
-    shared = common_ends(end_lists)
+    by_group = [[_part(a["groups"][g]) for a in aggregates] for g in range(len(levels))]
+    # exact nodes' bins end at their cut of max_time (ADR 0008): every node's counts are cut at the common end
+    cut = follow_up_cut([range(len(grid))] + [p[0] for parts in by_group for p in parts], len(grid) - 1)
+    grid = grid[:cut + 1]
+    shared = common_ends([range(len(grid))] + [truncate_bins(*p, cut)[0] for parts in by_group for p in parts])
     width = np.diff(np.concatenate([[-1], shared]))  # fine points per common bin
     variance = width * sum(float(a["noise"]["sd"]) ** 2 for a in aggregates if "noise" in a)
+    # the noisy counts after the cut, folded into the censorings there (0 unless an exact node cut earlier)
+    folded_variance = sum(float(a["noise"]["sd"]) ** 2 * max(len(a["groups"][0]["events"]) - 1 - cut, 0)
+                          for a in aggregates if "noise" in a and a["groups"])
     q = stats.norm.ppf(0.5 + params["alpha"] / 2.0)
     curves, present = [], []
     for g, level in enumerate(levels):
-        parts = [a["groups"][g] for a in aggregates]
-        events = sum(rebin(p.get("ends", fine), p["events"], shared) for p in parts)
-        censored = sum(rebin(p.get("ends", fine), p["censored"], shared) for p in parts)
-        curve = noisy_curve(events, censored, variance, q)
+        parts = [truncate_bins(*p, cut) for p in by_group[g]]
+        events = sum(rebin(e, ev, shared) for e, ev, _ in parts)
+        censored = sum(rebin(e, ce, shared) for e, _, ce in parts)
+        curve = noisy_curve(events, censored, variance, q, censored_tail=folded_variance)
         if curve is None:  # nobody at risk in this group (as the noisy counts tell)
             continue
         present.append((np.asarray(events, dtype=float), curve["_at_risk"]))
@@ -324,6 +382,7 @@ def _noisy_survival(algo: KaplanMeier, aggregates: list[dict], request: Analysis
     binning["note"] = ("times rounded up to the bin ends (timeline); noisy counts per bin, none merged; "
                        "an approximation of the analysis of the rounded times")
     binning["method"] = "binned"
+    binning = _with_follow_up(binning, params, grid, cut_moved=len(grid) < len(grid_for(request, model, params)))
     noisy = [a["noise"] for a in aggregates if "noise" in a]
     return {
         "time_variable": request.y[0],
@@ -385,8 +444,11 @@ def survival_noise_sd(survival: np.ndarray, events: np.ndarray, at_risk: np.ndar
     return survival * np.sqrt(var_log)
 
 
-def noisy_curve(events: np.ndarray, censored: np.ndarray, variance: np.ndarray, q: float) -> dict | None:
-    """One group's curve from summed noisy counts on common bins (``variance``: of each count's noise).
+def noisy_curve(events: np.ndarray, censored: np.ndarray, variance: np.ndarray, q: float,
+                censored_tail: float = 0.0) -> dict | None:
+    """One group's curve from summed noisy counts on common bins (``variance``: of each count's noise;
+    ``censored_tail``: the extra variance of the last bin's censorings, noisy counts of later bins
+    folded into them).
 
     Every bin up to the last with someone at risk is kept (a bin whose noisy events are 0 or below
     may hold deaths).  Survival is ``prod (1 - d_j / n_j)`` over the signed noisy events (clamping
@@ -408,7 +470,9 @@ def noisy_curve(events: np.ndarray, censored: np.ndarray, variance: np.ndarray, 
     d = np.clip(np.rint(events[used]), 0.0, np.floor(n))
     c = np.maximum(np.rint(censored[used]), 0.0)
     variance = np.asarray(variance, dtype=float)
-    noise_sd = survival_noise_sd(survival, events[used], n, variance[used], float(variance[used[-1] + 1:].sum()))
+    # a censoring count at or after bin k enters log S_k as the counts after it: half of `tail`'s weight
+    tail = float(variance[used[-1] + 1:].sum()) + censored_tail / 2.0
+    noise_sd = survival_noise_sd(survival, events[used], n, variance[used], tail)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         terms = np.where(n > d, d / (n * (n - d)), np.nan)
         stderr = survival * np.sqrt(np.cumsum(terms))

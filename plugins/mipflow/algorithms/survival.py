@@ -9,6 +9,20 @@ declared ``maxValue`` (or the ``max_time`` parameter).  A row's time is
 *rounded up* to the first grid point at or after it; rows whose rounded time
 is ``b`` leave the risk set at ``b`` (events before censorings, as usual).
 
+End of follow-up (``max_time``) in an exact release
+---------------------------------------------------
+A cut point the requester chooses must not shape what a node counts or merges:
+two requests whose ``max_time`` differ by one bin would otherwise give event
+totals whose difference is the events of that bin, a cell of one patient
+(issue 14).  So a node's exact Kaplan-Meier release is always counted and
+merged on the grid over the declared range (:func:`release_grid`, the release
+without ``max_time``); with ``max_time`` it is then cut at the last merged bin
+end at or before ``max_time`` rounded up to the grid (:func:`truncate_bins`):
+the later bins are folded into censorings at that end.  The release with
+``max_time`` is thus a function of the release without it and of the request
+(post-processing), and the central side reports the end of follow-up actually
+used (:func:`follow_up_cut`).
+
 A node counts events and censorings per grid point, then (in its disclosure
 controls, :func:`safe_bins`) merges adjacent points until every released count
 is zero or at least ``nfilter_tab``.  It releases the merged bins as the grid
@@ -54,9 +68,10 @@ SURVIVAL_PARAMETERS: dict[str, ParamSpec] = {
                            description="Times are rounded up to a grid of this width from the time "
                                        "variable's minValue (docs/adr/0008-survival-binning.md)."),
     "max_time": ParamSpec(types=("real",), label="End of follow-up",
-                          description="The end of the time grid, within the time variable's declared "
-                                      "range; rows followed longer are censored there. Needed when the "
-                                      "time variable declares no maxValue."),
+                          description="The end of follow-up, within the time variable's declared range; "
+                                      "rows followed longer are censored there. Kaplan-Meier's exact "
+                                      "answers move it down to the last time bin end released at or "
+                                      "before it (binning.end_of_follow_up)."),
 }
 
 
@@ -122,6 +137,69 @@ def time_grid(time_var: Variable, bin_width: float, max_time: float | None) -> n
 def grid_for(request: AnalysisRequest, model: DataModel, params: Mapping[str, Any]) -> np.ndarray:
     """The request's time grid (see :func:`time_grid`)."""
     return time_grid(model.variable(request.y[0]), float(params["bin_width"]), params["max_time"])
+
+
+def release_grid(time_var: Variable, bin_width: float) -> np.ndarray:
+    """The grid of an exact release: over the time variable's declared range, whatever ``max_time``.
+
+    A node counts and merges its bins on this grid only, so the requester's ``max_time`` shapes
+    nothing it merges (issue 14; :func:`truncate_bins` cuts the release afterwards).  Decided from
+    the data model and the request alone.
+
+    Raises
+    ------
+    RequestError
+        If the time variable declares no ``maxValue`` (``max_time`` cannot stand in for it: the
+        bins would follow the requester's cut point), or the grid would be too long.
+    """
+    if time_var.max_value is None:
+        raise RequestError(f"the time variable {time_var.code!r} declares no maxValue in the data model: "
+                           "Kaplan-Meier lays its time bins over the declared range (max_time cannot set "
+                           "them: sweeping it would count events up to chosen cut points); ask the data "
+                           "model's maintainers to declare its maxValue")
+    return time_grid(time_var, bin_width, None)
+
+
+def truncate_bins(ends: Sequence[int], events: Sequence[int | None], censored: Sequence[int | None],
+                  last: int) -> tuple[list[int], list[int], list[int]]:
+    """A release's bins cut at its last bin end at or before grid index ``last``.
+
+    The bins after the cut are folded into censorings at the cut (their rows were at risk there
+    and leave follow-up), so every count is a sum of the release's counts: zero or at least
+    ``min_count`` when they are.  With no bin end at or before ``last`` nothing is followed:
+    three empty lists.  A deterministic function of the release and ``last``.
+
+    Raises
+    ------
+    RequestError
+        If a count to fold was suppressed (``None``).
+    """
+    keep = [i for i, end in enumerate(ends) if int(end) <= last]
+    if not keep:
+        return [], [], []
+    k = keep[-1]
+    tail = [*events[k + 1:], *censored[k + 1:]]
+    if censored[k] is None or any(c is None for c in tail):
+        raise RequestError("a node suppressed survival counts; its bins cannot be combined")
+    out_censored = list(censored[:k + 1])
+    out_censored[k] = censored[k] + sum(tail)  # whole numbers stay whole; a noisy node's signed ones too
+    return [int(e) for e in ends[:k + 1]], list(events[:k + 1]), out_censored
+
+
+def follow_up_cut(end_lists: Sequence[Sequence[int]], last: int) -> int:
+    """The end of follow-up the central side uses: the last bin end every list holds at or before
+    grid index ``last`` (the request's ``max_time`` rounded up to the grid, else the grid's end).
+
+    Raises
+    ------
+    RequestError
+        If there is none (a node merged its first bin past ``max_time``).
+    """
+    common = [e for e in common_ends(end_lists) if e <= last]
+    if not common:
+        raise RequestError("max_time lies before the first time bin end that every node releases (bins are "
+                           "merged for disclosure control): choose a later max_time, or none")
+    return common[-1]
 
 
 def outcome(data: pd.DataFrame, request: AnalysisRequest, model: DataModel, grid: np.ndarray,
@@ -255,6 +333,15 @@ def coarsen_groups(groups: list[dict], min_count: int) -> list[dict]:
         ends, events, censored = safe_bins(group["events"], group["censored"], min_count)
         if group.get("ends") is not None:
             ends = [int(group["ends"][e]) for e in ends]
+        out.append({**group, "ends": ends, "events": events, "censored": censored})
+    return out
+
+
+def truncate_groups(groups: list[dict], last: int) -> list[dict]:
+    """Each group's merged bins cut at grid index ``last`` (:func:`truncate_bins`)."""
+    out = []
+    for group in groups:
+        ends, events, censored = truncate_bins(group["ends"], group["events"], group["censored"], last)
         out.append({**group, "ends": ends, "events": events, "censored": censored})
     return out
 

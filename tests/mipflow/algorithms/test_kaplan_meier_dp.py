@@ -239,3 +239,47 @@ def test_the_noisy_log_rank_test_keeps_its_level_and_sees_a_real_difference():
     null = np.array([one(1.0) for _ in range(1000)])
     assert np.mean(null < 0.05) <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / 1000)
     assert np.mean([one(2.0) < 0.05 for _ in range(50)]) >= 0.9
+
+
+def test_an_exact_node_that_cut_max_time_earlier_cuts_the_noisy_nodes_counts_there():
+    """A node without noise releases its merged bins cut at its last bin end before max_time (issue 14);
+    the central side cuts the noisy node's counts at the same end (later counts censored there): with
+    noise-free counts, the result equals the exact path's on the same two nodes, and it reports the
+    end of follow-up used."""
+    from mipflow.node.controls.disclosure import DisclosureControls
+    from mipflow.node.home import NodeSettings
+
+    req = request("kaplan_meier", **WEEKLY)
+    noisy_frame, exact_frame = local(make_stroke(4, 170), req), local(make_stroke(9, 80, scale_days=200), req)
+    exact_release = transport(DisclosureControls(NodeSettings(nfilter_tab=5)).release(
+        KM, req, STROKE, 0, transport(KM.local_step(0, exact_frame, req, STROKE, None))))
+    last = len(grid_for(req, STROKE, KM.params(req, STROKE))) - 1
+    assert 0 < exact_release["groups"][0]["ends"][-1] < last  # cut before max_time (week 33 of 52)
+    mixed = KM.global_step(0, [released(noisy_frame, req), exact_release], req, STROKE, None).result
+    exact = KM.global_step(0, [transport(KM.local_step(0, noisy_frame, req, STROKE, None)), exact_release], req,
+                           STROKE, None).result
+    end = exact["binning"]["end_of_follow_up"]
+    assert mixed["binning"]["end_of_follow_up"] == end < 364.0 and "moved down" in mixed["binning"]["note"]
+    assert mixed["noise"]["cell_sd"] == 0.0
+    for mine, theirs in zip(mixed["curves"], exact["curves"]):
+        assert mine["group"] == theirs["group"] and max(mine["timeline"]) <= end
+        assert mine["n_obs"] == theirs["n_obs"] and mine["n_events"] == theirs["n_events"]
+        at = np.searchsorted(np.asarray(mine["timeline"]), theirs["timeline"])
+        np.testing.assert_allclose(np.asarray(mine["survival"])[at], theirs["survival"], rtol=1e-12)
+        np.testing.assert_array_equal(np.asarray(mine["at_risk"])[at], theirs["at_risk"])
+        np.testing.assert_array_equal(np.asarray(mine["censored"])[at], theirs["censored"])
+
+
+def test_noisy_counts_folded_into_the_last_censorings_add_their_variance_to_the_noise_sd():
+    """A folded variance (censored_tail) enters each survival's first-order sd as the counts of a later
+    bin do: d log S_k / d c = A_k for a censoring count at or after bin k, and a later bin's events
+    weigh alike, so a tail of 8 on the censorings equals one more bin with variance 4 on each."""
+    events, censored = np.array([5.0, 4.0, 6.0]), np.array([3.0, 2.0, 20.0])
+    variance = np.array([2.0, 2.0, 2.0])
+    q = stats.norm.ppf(0.975)
+    folded = noisy_curve(events, censored, variance, q, censored_tail=8.0)
+    # the last bin's 20 censorings moved to a bin of their own after it, variance 4 on its two counts
+    spread = noisy_curve(np.r_[events, 0.0], np.r_[censored[:-1], 0.0, censored[-1]], np.r_[variance, 4.0], q)
+    plain = noisy_curve(events, censored, variance, q)
+    np.testing.assert_allclose(folded["noise_sd"], spread["noise_sd"][:3], rtol=1e-12)
+    assert np.all(folded["noise_sd"][1:] > plain["noise_sd"][1:])

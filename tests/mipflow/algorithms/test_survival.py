@@ -14,6 +14,7 @@ share a time) as a second, independent reference.
 """
 from __future__ import annotations
 
+import math
 import os
 import warnings
 
@@ -75,7 +76,7 @@ def _status(frame: pd.DataFrame) -> np.ndarray:
 # --------------------------------------------------------------------------- Kaplan-Meier
 
 
-def check_km(result: dict, pooled: pd.DataFrame, grouped: bool) -> None:
+def check_km(result: dict, pooled: pd.DataFrame, grouped: bool, logrank: bool = True) -> None:
     levels = sorted(pooled["sex"].unique()) if grouped else [None]
     curves = {c["group"]: c for c in result["curves"]}
     assert sorted(curves, key=str) == sorted(levels, key=str)
@@ -102,7 +103,7 @@ def check_km(result: dict, pooled: pd.DataFrame, grouped: bool) -> None:
         check("kaplan_meier", "lower_ci", lower, np.exp(-np.exp(np.log(-np.log(s[inner])) + half)))
         # every censoring is counted too (rows leave at the bin end)
         assert sum(curve["censored"]) + sum(curve["events"]) == len(rows)
-    if grouped and len(levels) >= 2:
+    if logrank and grouped and len(levels) >= 2:
         logrank = result["logrank"]
         times = round_up(pooled["followup_days"].to_numpy(), logrank["timeline"])
         chi2, p_value = survdiff(times, _status(pooled), pooled["sex"].to_numpy())
@@ -111,7 +112,7 @@ def check_km(result: dict, pooled: pd.DataFrame, grouped: bool) -> None:
         assert logrank["df"] == len(levels) - 1
 
 
-def check_km_lifelines(result: dict, pooled: pd.DataFrame, grouped: bool) -> None:
+def check_km_lifelines(result: dict, pooled: pd.DataFrame, grouped: bool, logrank: bool = True) -> None:
     """The curves and the log-rank test equal lifelines on the pooled rows with the result's binning."""
     for curve in result["curves"]:
         rows = pooled if curve["group"] is None else pooled[pooled["sex"] == curve["group"]]
@@ -124,7 +125,7 @@ def check_km_lifelines(result: dict, pooled: pd.DataFrame, grouped: bool) -> Non
             ours = np.array([np.nan if v is None else v for v in curve[bound]], dtype=float)[inner]
             check("kaplan_meier", f"{bound} (lifelines)", ours, reference[bound][inner])
     levels = pooled["sex"].unique()
-    if grouped and len(levels) >= 2:
+    if logrank and grouped and len(levels) >= 2:
         logrank = result["logrank"]
         times = round_up(pooled["followup_days"].to_numpy(), logrank["timeline"])
         reference = lifelines_reference.logrank(times, pooled["sex"].to_numpy(), _status(pooled))
@@ -460,3 +461,141 @@ def test_max_time_outside_the_declared_range_is_a_request_error(algorithm, max_t
     with pytest.raises(RequestError, match="max_time must lie within the declared range") as info:
         get_algorithm(algorithm).validate(req, STROKE)
     assert str(int(max_time)) not in str(info.value) and "3650" not in str(info.value)
+
+
+# --------------------------------------------------------------------------- max_time (issue 14)
+
+
+def _cut_by_hand(release: dict, last: int) -> dict:
+    """What a release with max_time must be, from the release without it alone: each group's merged
+    bins up to its last bin end at or before grid index ``last``, the later bins' counts censored at
+    that end (written out here, independently of ``survival.truncate_bins``)."""
+    groups = []
+    for group in release["groups"]:
+        ends = [e for e in group["ends"] if e <= last]  # a prefix: the ends ascend
+        k = len(ends)
+        events, censored = list(group["events"][:k]), list(group["censored"][:k])
+        if k:
+            censored[-1] += sum(group["events"][k:]) + sum(group["censored"][k:])
+        groups.append({**group, "ends": ends, "events": events, "censored": censored})
+    return {"group_n": release["group_n"], "groups": groups}
+
+
+def _release_or_refusal(frame: pd.DataFrame, req, tab: int):
+    try:
+        return _release("kaplan_meier", frame, req, tab=tab)
+    except DisclosureError as exc:
+        return exc.control
+
+
+@SETTINGS
+@given(st.integers(0, 2**32 - 1), st.integers(12, 240), WIDTHS, TABS, st.booleans(),
+       st.lists(st.floats(0.0, 3650.0), min_size=1, max_size=6))
+def test_a_release_with_max_time_is_a_function_of_the_release_without_it(seed, n, width, tab, grouped,
+                                                                          drawn) -> None:
+    """Issue 14: the merge never sees max_time.  For random data and many max_time values (consecutive
+    grid points near the start, where events are few, and drawn ones), the node's release with
+    max_time equals the release without it cut by hand at max_time rounded up to the grid, every
+    released count is 0 or >= nfilter_tab, and it is refused exactly when the release without it is."""
+    data = make_stroke(seed, n, real_times=bool(seed % 2))
+    x = ("sex",) if grouped else ()
+    without = _release_or_refusal(data, request("kaplan_meier", x=x, bin_width=width), tab)
+    sweep = [width * k for k in range(12)] + [width * k + width / 3 for k in range(3)] + drawn
+    cut_somewhere = False
+    for max_time in sweep:
+        if max_time > 3650.0:
+            continue
+        req = request("kaplan_meier", x=x, bin_width=width, max_time=max_time)
+        released = _release_or_refusal(data, req, tab)
+        if isinstance(without, str):
+            assert released == without  # the same refusal, whatever max_time
+            continue
+        assert not isinstance(released, str), released
+        last = math.ceil(max_time / width - 1e-12)  # max_time rounded up to the grid (origin 0)
+        expected = _cut_by_hand(without, last)
+        assert released["group_n"] == expected["group_n"]
+        assert [{k: g[k] for k in ("level", "ends", "events", "censored")} for g in released["groups"]] == \
+            [{k: g[k] for k in ("level", "ends", "events", "censored")} for g in expected["groups"]]
+        assert all(v == 0 or v >= tab for v in _cells(released))
+        assert released["group_counts"] == _cells(released)
+        assert "cell_n" not in released and "follow_up_end" not in released  # checked at the node, not sent
+        cut_somewhere |= released["groups"] != without["groups"]
+    event(f"cut={cut_somewhere}, refused={isinstance(without, str)}")
+
+
+@SETTINGS
+@given(survival_split(), WIDTHS, TABS, st.booleans(), st.floats(0.0, 3650.0))
+def test_kaplan_meier_with_max_time_equals_pooled_censored_at_the_end_used(nodes, width, tab, grouped,
+                                                                           max_time) -> None:
+    """Through every node's controls: the result equals statsmodels and lifelines on the pooled rows
+    censored at the end of follow-up the result reports (a bin end every node released at or before
+    max_time rounded up to the grid), with the result's binning."""
+    lifelines_reference.lifelines()
+    req = request("kaplan_meier", x=("sex",) if grouped else (), bin_width=width, max_time=max_time)
+    try:
+        result, used, _ = run_with_controls("kaplan_meier", nodes, req, NodeSettings(min_row_count=1, nfilter_tab=tab))
+    except RequestError as exc:  # a node's first merged bin ends after max_time
+        assert "max_time lies before the first time bin end" in str(exc)
+        event("first bin after max_time")
+        return
+    assume(result is not None)
+    binning = result["binning"]
+    end = binning["end_of_follow_up"]
+    assert binning["max_time"] == max_time
+    assert end <= width * math.ceil(max_time / width - 1e-12) + 1e-9 and (end / width) == pytest.approx(round(end / width))
+    assert binning["grid_points"] == round(end / width) + 1
+    pooled = complete(pd.concat([nodes[i] for i in used], ignore_index=True), KM_COLUMNS)
+    beyond = pooled["followup_days"] > end
+    pooled.loc[beyond, "followup_days"] = end
+    pooled.loc[beyond, "death_90d"] = "no"
+    defined = True
+    if grouped and pooled["sex"].nunique() >= 2:
+        try:  # statsmodels' reference is undefined without events among two groups at risk (e.g. an early end)
+            survdiff(round_up(pooled["followup_days"].to_numpy(), result["logrank"]["timeline"]), _status(pooled),
+                     pooled["sex"].to_numpy())
+        except np.linalg.LinAlgError:
+            defined = False
+            assert np.isnan(result["logrank"]["chi2"] if result["logrank"]["chi2"] is not None else np.nan)
+    check_km(result, pooled, grouped, logrank=defined)
+    check_km_lifelines(result, pooled, grouped, logrank=defined)
+    for curve in result["curves"]:
+        assert max(curve["timeline"]) <= end and all(v >= tab for v in curve["at_risk"])
+    event(f"moved={'moved down' in binning['note']}")
+
+
+def test_an_honest_max_time_on_the_grid_keeps_the_curve_up_to_it() -> None:
+    """Enough rows that nothing is merged near day 100: max_time 100 cuts there exactly, the note
+    says rows followed longer are censored there, and the curve is the one without max_time up to
+    day 100."""
+    data = make_stroke(21, 2000, scale_days=150)
+    alg = get_algorithm("kaplan_meier")
+    cut = alg.global_step(0, [_release("kaplan_meier", data, request("kaplan_meier", bin_width=10.0,
+                                                                     max_time=100.0))],
+                          request("kaplan_meier", bin_width=10.0, max_time=100.0), STROKE, None).result
+    full = alg.global_step(0, [_release("kaplan_meier", data, request("kaplan_meier", bin_width=10.0))],
+                           request("kaplan_meier", bin_width=10.0), STROKE, None).result
+    assert cut["binning"]["end_of_follow_up"] == 100.0 and "max_time rounded up" in cut["binning"]["note"]
+    assert "end_of_follow_up" not in full["binning"]
+    (c,), (f,) = cut["curves"], full["curves"]
+    assert c["timeline"] == [t for t in f["timeline"] if t <= 100.0] and c["timeline"][-1] == 100.0
+    k = len(c["timeline"])
+    assert c["survival"] == f["survival"][:k] and c["events"] == f["events"][:k]
+    assert c["at_risk"] == f["at_risk"][:k]
+
+
+def test_kaplan_meier_refuses_a_time_variable_without_a_declared_max_value_by_the_request() -> None:
+    """Without a declared maxValue the grid of an exact release would follow max_time: refused before
+    any row is read, naming what to declare, with or without max_time."""
+    import dataclasses
+
+    from mipflow.algorithms import AnalysisRequest
+
+    model = dataclasses.replace(STROKE, variables={
+        **STROKE.variables,
+        "followup_days": dataclasses.replace(STROKE.variable("followup_days"), max_value=None)})
+    for parameters in ({"event_level": "yes", "max_time": 100.0}, {"event_level": "yes"}):
+        req = AnalysisRequest(data_model=model.key, datasets=("hospital_a",), x=(),
+                              y=("followup_days", "death_90d"), parameters=parameters)
+        with pytest.raises(RequestError, match="declares no maxValue") as info:
+            get_algorithm("kaplan_meier").validate(req, model)
+        assert "maxValue" in str(info.value) and "100" not in str(info.value)
