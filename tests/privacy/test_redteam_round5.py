@@ -14,7 +14,9 @@ The level-cell rule now makes every cell of cohorts by nominal levels 0 or at le
 nominal level: numerical variables used as groupings, parameters a study leaves to the request,
 and what lies outside one study's family (a refresh, a second study).
 
-* ``test_hole_*`` PASS WHILE THE ATTACK SUCCEEDS (the node leaks); the lead turns them into defences.
+* ``test_hole_*`` PASS WHILE THE ATTACK SUCCEEDS (the node leaks); ``test_defence_*`` check a closed
+  hole (1, 2 and 5 closed the same day: Cox regression takes the study's survival grid and
+  partition, and the survival time has no histograms in a study; ADR 0028).
 
 Found (each recovers a value of one patient exactly):
 
@@ -40,7 +42,6 @@ Found (each recovers a value of one patient exactly):
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -48,7 +49,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mipflow.algorithms.packed import unpack
 from mipflow.central.rounds import run_analysis
 from mipflow.node.controls import study_approval
 from mipflow.node.controls.study import read_study
@@ -56,7 +56,7 @@ from mipflow.node.home import NodeHome
 from mipflow.protocol.signing import issue_client
 from tests.mipflow.algorithms.survival_data import STROKE
 from tests.mipflow.node.controls.study_helpers import ELDERLY, MEN, WOMEN, protocol, rule, stroke_rows, where
-from tests.nodes import grant_all, load_frame, recording_clients, running_nodes, served_clients
+from tests.nodes import grant_all, load_frame, running_nodes, served_clients
 from tests.privacy.test_study_attacks import Served, request_of
 
 PROJECT = "stroke-outcomes-2027"
@@ -106,63 +106,44 @@ def cox_registry(seed: int = 61, n: int = 400) -> pd.DataFrame:
 def cox_node(tmp_path_factory) -> Iterator[Any]:
     root = node_with(Path(tmp_path_factory.mktemp("red5-cox")), cox_registry(), {PROJECT: COX_PROTOCOL})
     with served_clients({NODE: root}) as clients:
+        _ROOTS[id(clients[NODE])] = root
         yield clients[NODE]
 
 
-def test_hole_cox_in_a_study_takes_any_time_variable_and_cut_so_a_known_age_gives_the_record(cox_node) -> None:
-    """Class: release-shaping parameters left to the request in study mode (ADR 0023 principle 2,
-    ADR 0008's open "Cox regression's max_time", ADR 0028's survival grid bound to Kaplan-Meier only).
-
-    A researcher, from results only: Cox regression with ``y = [age, V]`` (``age`` as the "time",
-    a nominal study variable V as the "event") and ``max_time`` 51.95 then 52.05 on a 0.05 grid.
-    Rows beyond ``max_time`` are censored there, so ``n_events`` counts the rows with V's level and
-    age up to the cut; the two counts differ by the patients aged 52.0: the target alone.  Recovers
-    her death within 90 days, sex and stroke type (and that she is the only one: the other levels
-    differ by 0).  Should have stopped it: the study's survival grid (time variable, bin width, no
-    ``max_time``) applied to every survival algorithm of the study, Cox included, and Cox's bins
-    summed into the study's survival partition."""
-    def events_up_to(cut: float, event: str, level: str) -> int:
-        req = request_of(y=("age", event), x=("nihss_admission",), datasets=DATASETS,
-                         event_level=level, bin_width=0.05, max_time=cut)
-        return int(result(cox_node, "cox_regression", req)["n_events"])
-
-    recovered = {}
-    for event, levels in {"death_90d": ("yes", "no"), "sex": ("F", "M"),
-                          "stroke_type": ("ischaemic", "haemorrhagic", "tia")}.items():
-        window = {level: events_up_to(52.05, event, level) - events_up_to(51.95, event, level) for level in levels}
-        assert sum(window.values()) == 1  # one patient aged 51.95 to 52.05: the target
-        recovered[event] = next(level for level, count in window.items() if count == 1)
-    assert recovered == {k: COX_TARGET[k] for k in ("death_90d", "sex", "stroke_type")}
+_ROOTS: dict[int, Path] = {}
 
 
-def test_hole_cox_risk_set_sums_at_two_bin_widths_give_the_targets_numerical_values(cox_node) -> None:
-    """Class: release-shaping parameters in study mode (a free ``bin_width``: ADR 0023 slice 2's
-    "bin_width is free", ADR 0008's "sweeps of bin_width"), read by the central site.
+def cox_root(client: Any) -> Path:
+    return _ROOTS[id(client)]
 
-    Cox regression with ``age`` as time, covariates NIHSS and follow-up, bin widths 34 and 33.9 from
-    the declared minimum 18: the first grid point is 52.0 in one and 51.9 in the other, so the risk
-    set of the second bin is the rows aged over 52.0 in one and over 51.9 in the other.  Round 1's
-    risk-set sums (``s0``, ``s1``: counts and centred covariate sums, which the central site receives
-    in the clear from a single node) differ by the target's row alone; adding the released mean gives
-    her NIHSS and follow-up exactly.  Should have stopped it: the study's grid and partition for
-    every survival algorithm (one time variable, one bin width), so no two requests' bins differ by
-    a row."""
-    replies = {}
-    with recording_clients([cox_node]) as (recording, seen):
-        for width in (34.0, 33.9):
-            seen.clear()
-            req = request_of(y=("age", "death_90d"), x=("nihss_admission", "followup_days"), datasets=DATASETS,
-                             event_level="yes", bin_width=width)
-            run_analysis("cox_regression", req, recording, researcher="mallory", project=PROJECT)
-            replies[width] = {round_no: reply["aggregates"] for _, round_no, reply in seen}
-    mean = np.asarray(replies[34.0][0]["moments"]["mean"])
-    assert np.allclose(mean, replies[33.9][0]["moments"]["mean"])  # the same rows: the same centring
-    s0 = {w: unpack(replies[w][1]["s0"]) for w in replies}
-    s1 = {w: unpack(replies[w][1]["s1"]) for w in replies}
-    one = s0[33.9][1] - s0[34.0][1]
-    assert math.isclose(one, 1.0, abs_tol=1e-9)  # exactly one row between: exp(x'b) = 1 at round 1
-    values = mean + (s1[33.9][1] - s1[34.0][1]) / one
-    assert np.allclose(values, [COX_TARGET["nihss_admission"], COX_TARGET["followup_days"]], atol=1e-6), values
+
+def test_defence_cox_in_a_study_takes_the_protocols_survival_grid_and_partition(cox_node) -> None:
+    """Hole 1 (Cox with ``age`` as time, ``max_time`` swept around a known age) and hole 2 (two
+    bin widths) are refused by the request alone, naming the study's grid: Cox regression in a
+    study takes the protocol's survival time, event, bin width and no ``max_time``, like
+    Kaplan-Meier; the same request is the same bytes whatever the rows."""
+    swept = [request_of(y=("age", "death_90d"), x=("nihss_admission",), datasets=DATASETS, event_level="yes",
+                        bin_width=0.05, max_time=cut) for cut in (51.95, 52.05)]
+    widths = [request_of(y=("followup_days", "death_90d"), x=("nihss_admission",), datasets=DATASETS,
+                         event_level="yes", bin_width=w) for w in (34.0, 33.9)]
+    cut = [request_of(y=("followup_days", "death_90d"), x=("nihss_admission",), datasets=DATASETS,
+                      event_level="yes", bin_width=7.0, max_time=364.0)]
+    other_event = [request_of(y=("followup_days", "sex"), x=("nihss_admission",), datasets=DATASETS,
+                              event_level="F", bin_width=7.0)]
+    texts = set()
+    for req in swept + widths + cut + other_event:
+        with pytest.raises(Exception) as caught:
+            result(cox_node, "cox_regression", req)
+        text = str(caught.value)
+        assert "refused (study)" in text and "Cox regression analyses take the study's survival grid" in text, text
+        texts.add(text.split("refused (study): ", 1)[1])
+    assert len(texts) == 1  # one message, naming the protocol's grid only
+    # honest: Cox on the study's grid is answered, on the study's partition
+    honest = result(cox_node, "cox_regression", request_of(y=("followup_days", "death_90d"), x=("nihss_admission",),
+                                                             datasets=DATASETS, event_level="yes", bin_width=7.0))
+    assert np.isfinite(np.asarray(honest["coefficients"], dtype=float)).all()
+    ends = read_study(cox_root(cox_node), PROJECT).record["survival_ends"]
+    assert honest["binning"]["bins_used"] <= len(ends)  # the study's partition bins, at most
 
 
 # --- 3: histograms before and after a refresh ------------------------------------------------------------
@@ -321,17 +302,11 @@ def follow_up_registry(seed: int = 91) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def test_hole_kaplan_meier_partition_and_histogram_bins_of_the_time_variable_leave_one_day(tmp_path) -> None:
-    """Class: two partitions of one numerical variable that do not nest (ADR 0028: "the grid
-    nesting the histogram bins and sharing their pattern" is open).
-
-    The study's Kaplan-Meier (by sex, the protocol's 7-day grid merged into the study's partition)
-    releases cumulative events and censorings at day 728; the study's histogram of ``followup_days``
-    (10 bins of 365 days, by death and by sex) releases the rows below day 730.  Both are released
-    exactly (every cell 0 or >= 3), yet the two cumulative counts differ by the rows followed 729
-    days: the target alone, a woman who died.  The attacker who knows the target's follow-up (her
-    last visit) learns her death.  Should have stopped it: the survival partition's ends refining
-    the histogram edges (or the histogram bins sharing the partition), with one pattern over both."""
+def test_defence_histograms_of_the_survival_time_are_refused_by_the_request(tmp_path) -> None:
+    """Hole 5: the study's histogram bins of the survival time beside Kaplan-Meier's partition left
+    one day between them.  In a study with a survival grid the time variable is counted by the
+    survival analyses only: its histograms are refused by the request alone (naming Kaplan-Meier),
+    while Kaplan-Meier on the partition and histograms of other variables are answered."""
     root = node_with(tmp_path / "node", follow_up_registry(), {PROJECT: KM_PROTOCOL})
     ends = read_study(root, PROJECT).record["survival_ends"]
     with running_nodes([root]) as urls:
@@ -340,23 +315,9 @@ def test_hole_kaplan_meier_partition_and_histogram_bins_of_the_time_variable_lea
                                                     event_level="yes", bin_width=7.0), project=PROJECT)
         hist = served.call("multiple_histograms", request_of(y=("followup_days",), x=("death_90d", "sex"),
                                                              datasets=DATASETS, bins=10), project=PROJECT)
-    assert km.status_code == 200 and hist.status_code == 200, (km.text, hist.text)
-    groups = {g["level"]: g for g in km.json()["aggregates"]["groups"]}
-    cut = ends.index(104)  # grid point 104 = day 728 is an end of the study's partition
-    assert all(g["ends"] == ends for g in groups.values())
-
-    def km_upto(level: str, kind: str) -> int:  # released counts at days <= 728
-        return int(sum(groups[level][kind][:cut + 1]))
-
-    bins = {(h["grouping_var"], h["grouping_enum"]): h["counts"] for h in hist.json()["aggregates"]["histograms"]}
-    assert all(None not in counts[:2] for counts in bins.values())  # days 0..729: released
-
-    def below_730(key) -> int:
-        return int(bins[key][0] + bins[key][1])
-
-    everyone = sum(km_upto(s, "events") + km_upto(s, "censored") for s in ("F", "M"))
-    deaths = sum(km_upto(s, "events") for s in ("F", "M"))
-    women = km_upto("F", "events") + km_upto("F", "censored")
-    assert below_730((None, None)) - everyone == 1  # one patient followed 729 days
-    assert below_730(("death_90d", "yes")) - deaths == 1  # she died
-    assert below_730(("sex", "F")) - women == 1  # a woman
+        ages = served.call("multiple_histograms", request_of(y=("age",), x=("sex",), datasets=DATASETS, bins=10),
+                           project=PROJECT)
+    assert km.status_code == 200 and ages.status_code == 200, (km.text, ages.text)
+    assert all(g["ends"] == ends for g in km.json()["aggregates"]["groups"])
+    assert hist.status_code == 403 and hist.json()["control"] == "study"
+    assert "use kaplan_meier" in hist.text and "729" not in hist.text

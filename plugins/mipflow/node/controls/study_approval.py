@@ -128,7 +128,7 @@ def compute_family(store: Any, model: Any, protocol: Protocol, hash_key: str, ta
     family = Family(population=population, values=values, subgroups=subgroups, per_dataset=per_dataset,
                     patients=patients, cell_levels=levels, nominal=tuple(nominal),
                     cross=crossing(protocol.algorithms))
-    if protocol.survival is not None and "kaplan_meier" in protocol.algorithms:
+    if protocol.survival is not None and set(protocol.algorithms) & {"kaplan_meier", "cox_regression"}:
         family = _with_survival(family, frame[protocol.survival["time"]].to_numpy(dtype=float)[order], model,
                                 protocol, tab, old)
     family.cells.update(cohort_cells(family.sets(), population, levels, nominal, family.cross))

@@ -398,14 +398,21 @@ def patterns_for(root: str | Path, project: str) -> Patterns | None:
 def check_layout(study: Any, algorithm: str, analysis: Any, model: Any) -> None:
     """A histogram of a numerical study variable uses the protocol's ``histogram_bins`` (decided
     from the request, the protocol and the data model alone; control ``study``)."""
-    if algorithm == "kaplan_meier":
-        _check_survival_grid(study, analysis)
+    if algorithm in SURVIVAL_ALGORITHMS:
+        _check_survival_grid(study, analysis, algorithm)
         return
     if algorithm != HISTOGRAMS or not analysis.y:
         return
     var = model.variable(analysis.y[0])
     if var.is_categorical:
         return
+    survival = study.protocol.survival
+    if survival is not None and analysis.y[0] == survival["time"]:
+        # its counts come from the survival partition; a histogram's left-closed bins beside the
+        # partition's right-closed ends would leave single days between them (a fifth outside review)
+        raise study._refuse(f"the survival time {survival['time']!r} is counted by the study's survival analyses "
+                            "(Kaplan-Meier's numbers at risk and events on the study's survival partition), not by "
+                            "histograms; use kaplan_meier")
     bins = study.protocol.histogram_bins
     asked = analysis.parameters.get("bins") if isinstance(analysis.parameters, dict) else None
     if asked != bins:
@@ -413,14 +420,22 @@ def check_layout(study: Any, algorithm: str, analysis: Any, model: Any) -> None:
                             f"the declared range); send the parameter bins = {bins}")
 
 
-def _check_survival_grid(study: Any, analysis: Any) -> None:
-    """Kaplan-Meier in a study uses the protocol's survival grid: its time variable and bin width, no
-    ``max_time`` (a requester's cut point censors later rows there, so sweeping it counts events up
-    to any point; any numerical variable as "time" is a grouping by cut points: a fourth outside
-    review recovered a young death's day this way).  Decided from the request and the protocol."""
+#: the algorithms that bin a time variable: in a study they take the protocol's survival grid and
+#: the study's survival partition (ADR 0028)
+SURVIVAL_ALGORITHMS = ("kaplan_meier", "cox_regression")
+_TITLES = {"kaplan_meier": "Kaplan-Meier", "cox_regression": "Cox regression"}
+
+
+def _check_survival_grid(study: Any, analysis: Any, algorithm: str = "kaplan_meier") -> None:
+    """Survival analyses in a study use the protocol's survival grid: its time variable, bin width
+    and event variable, no ``max_time`` (a requester's cut point censors later rows there, so
+    sweeping it counts events up to any point; any numerical variable as "time" is a grouping by cut
+    points: outside reviews recovered a young death's day through Kaplan-Meier and a patient's
+    record through Cox regression this way).  Decided from the request and the protocol."""
+    title = _TITLES.get(algorithm, algorithm)
     grid = study.protocol.survival
     if grid is None:
-        raise study._refuse("Kaplan-Meier needs the study's survival grid, which this protocol does not declare "
+        raise study._refuse(f"{title} needs the study's survival grid, which this protocol does not declare "
                             "(the node admins add \"survival\": {\"time\": ..., \"bin_width\": ...})")
     parameters = analysis.parameters if isinstance(analysis.parameters, dict) else {}
     asked_width = parameters.get("bin_width", 1.0)
@@ -433,7 +448,7 @@ def _check_survival_grid(study: Any, analysis: Any) -> None:
     if time != grid["time"] or not same_width or parameters.get("max_time") is not None \
             or ("event" in grid and event != grid["event"]):
         named = f", event variable {grid['event']!r}" if "event" in grid else ""
-        raise study._refuse(f"Kaplan-Meier analyses take the study's survival grid: time variable "
+        raise study._refuse(f"{title} analyses take the study's survival grid: time variable "
                             f"{grid['time']!r}{named}, bin_width = {grid['bin_width']:g}, and no max_time")
 
 

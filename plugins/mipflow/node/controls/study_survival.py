@@ -216,3 +216,28 @@ def apply_partition(study: Any, aggregates: dict[str, Any]) -> dict[str, Any]:
         censored = np.add.reduceat(np.asarray(group["censored"], dtype=np.int64), starts)
         groups.append({**group, "ends": list(ends), "events": events.tolist(), "censored": censored.tolist()})
     return {**aggregates, "groups": groups}
+
+
+def apply_cox(study: Any, round_no: int, aggregates: dict[str, Any], state: Any) -> dict[str, Any]:
+    """Cox regression in a study: round 0's grid counts summed into the study's partition; later rounds only on bins that are unions
+    of the partition's (``state.ends`` a subset of its ends), so a central site cannot ask for risk
+    sets at finer bins than the family's cells were checked on.  Decided from the state and the
+    stored partition."""
+    ends = study.record.get("survival_ends")
+    if not ends:
+        raise study._refuse("its Cox regressions are answered on the study's survival partition, which this node "
+                            "has not computed for the snapshot; it is answered once its node admin refreshes the "
+                            "study (mipflow study refresh)")
+    if round_no == 0:
+        starts = [0, *[e + 1 for e in ends[:-1]]]
+        events = np.add.reduceat(np.asarray(aggregates["events"], dtype=np.int64), starts)
+        censored = np.add.reduceat(np.asarray(aggregates["censored"], dtype=np.int64), starts)
+        # every count is then checked per request (group_counts): a cohort with fewer events than
+        # nfilter_tab in a partition bin is refused, not merged further
+        return {**aggregates, "ends": list(ends), "events": events.tolist(), "censored": censored.tolist(),
+                "group_counts": [*events.tolist(), *censored.tolist()]}
+    asked = state.get("ends") if isinstance(state, dict) else None
+    if not isinstance(asked, list) or not set(int(e) for e in asked) <= set(ends):
+        raise study._refuse("a later round of Cox regression uses bins that are not unions of the study's survival "
+                            "partition (the state's ends must be among the partition's ends)")
+    return aggregates
