@@ -1,7 +1,11 @@
 """Hospital node DAGs: capture -> depersonalise -> validate -> load, chained by Assets.
 
 Each node runs its own Airflow with ``MIPFLOW_NODE_HOME`` pointing at its node
-home (``mipflow node init``).  The capture DAG runs nightly (and on demand);
+home (``mipflow node init``).  The capture DAG runs nightly (and on demand), and,
+when the node home has an EHR database source, also as soon as the node's asset
+watcher sees a source's watermark move beyond what was captured (``EhrWatermarkTrigger``
+in the triggerer, every ``MIPFLOW_NODE_WATCH_SECONDS``, default 10; 0 turns it off;
+docs/adr/0043-standing-analyses.md, "Latency"); an idle source costs one query per check and no run;
 each later stage is scheduled on the Asset the stage before it emits, and
 works through every batch waiting for it, so a failed run is caught up by
 the next one.  The four DAGs are created unpaused (``MIPFLOW_NODE_DAGS_PAUSED=1``
@@ -17,9 +21,11 @@ it (imports happen inside tasks to keep parsing cheap).
 """
 from __future__ import annotations
 
-from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, task
+import os
 
-from mipflow_airflow.dags import default_args, node_dags_paused, node_home, node_params, site_runs
+from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, AssetWatcher, CronTriggerTimetable, task
+
+from mipflow_airflow.dags import default_args, node_dags_paused, node_home, node_params, node_watch_seconds, site_runs
 
 CAPTURED = Asset(name="mipflow_node_captured", uri="mipflow://node/captured")
 DEPERSONALISED = Asset(name="mipflow_node_depersonalised", uri="mipflow://node/depersonalised")
@@ -36,14 +42,30 @@ def _waiting(stage: str) -> list[str]:
 
 #: Defined only where node DAGs belong (MIPFLOW_SITE node or local, not central: ADR 0045).
 NODE_SITE = site_runs("node")
+#: The nightly capture; no start_date: the first scheduled run is the next 02:00, not the last one (no surprise run).
+NIGHTLY = CronTriggerTimetable("0 2 * * *", timezone="UTC", run_immediately=False)
+#: Seconds between the EHR watermark checks, or None: no database source (or MIPFLOW_NODE_WATCH_SECONDS=0).
+WATCH_SECONDS = node_watch_seconds() if NODE_SITE else None
+
+
+def _capture_schedule() -> object:
+    """The nightly cron, or that cron OR the watcher's Asset when the node has an EHR database source."""
+    if WATCH_SECONDS is None:
+        return NIGHTLY
+    from mipflow_airflow.triggers.ehr_watermark import EhrWatermarkTrigger
+
+    changed = Asset(name="mipflow_node_ehr_changed", uri="mipflow://node/ehr-changed", watchers=[AssetWatcher(
+        name="mipflow_node_ehr_watermarks", trigger=EhrWatermarkTrigger(
+            node_home=os.environ["MIPFLOW_NODE_HOME"], poll_seconds=WATCH_SECONDS))])
+    return AssetOrTimeSchedule(assets=[changed], timetable=NIGHTLY)
+
 
 if NODE_SITE:
     with DAG(
         dag_id="node_capture",
         description="Register new EHR exports from the landing folder and changes at EHR databases; "
                     "apply consent withdrawals",
-        # no start_date: the first scheduled run is the next 02:00, not the last one (no surprise run)
-        schedule=CronTriggerTimetable("0 2 * * *", timezone="UTC", run_immediately=False),
+        schedule=_capture_schedule(),
         catchup=False,
         is_paused_upon_creation=node_dags_paused(),
         max_active_runs=1,

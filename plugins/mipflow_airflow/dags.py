@@ -13,6 +13,9 @@ Operations settings are environment variables read when a DAG file is parsed
     MIPFLOW_POOLS                     1: central tasks that call nodes run in the pool below (default 0)
     MIPFLOW_POOL                      that pool's name (default ``mipflow_federation``)
     MIPFLOW_NODE_DAGS_PAUSED          1: the node DAGs are created paused (default 0: the chain runs by itself)
+    MIPFLOW_NODE_WATCH_SECONDS        seconds between the node's checks of its EHR database sources' watermarks
+                                      (default 10; 0: no watcher, node_capture runs nightly only). The watcher
+                                      exists only while the node home has a database source profile.
     MIPFLOW_SITE                      central: the node and imaging DAG files define nothing (ADR 0045);
                                       node or local (default): every DAG file defines its DAGs
 
@@ -22,8 +25,10 @@ so ``AIRFLOW_VAR_MIPFLOW_TASK_RETRIES`` etc. are honoured as a fallback.
 """
 from __future__ import annotations
 
+import json
 import os
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from airflow.sdk import Param, get_current_context
@@ -100,6 +105,52 @@ def site_runs(kind: str, environ: Mapping[str, str] | None = None) -> bool:
     only the central DAGs; a node, and a local site, show the node's too."""
     here = site(environ)
     return kind == "central" or here in ("local", kind)
+
+
+#: Default seconds between the node's watermark checks (``MIPFLOW_NODE_WATCH_SECONDS``).
+NODE_WATCH_SECONDS = "10"
+
+
+def database_sources_configured(home: str | Path) -> bool:
+    """Whether the node home has a source profile with a ``database`` section (``profiles/*.json``).
+
+    Read when the node DAG file is parsed (a directory listing and a few small
+    JSON files, stdlib only; no database, no mipflow import), so that the watcher
+    exists exactly while there is a source to watch: adding or removing a
+    database profile turns it on or off at the next parse.
+    """
+    try:
+        paths = sorted((Path(home) / "profiles").glob("*.json"))  # NodeHome.profiles_dir
+    except OSError:
+        return False
+    for path in paths:
+        try:
+            text = path.read_text(encoding="utf-8")
+            if '"database"' in text and isinstance(json.loads(text).get("database"), dict):
+                return True
+        except (OSError, ValueError, AttributeError):
+            continue
+    return False
+
+
+def node_watch_seconds(environ: Mapping[str, str] | None = None) -> float | None:
+    """Seconds between the node's EHR watermark checks, or ``None`` when there is no watcher.
+
+    ``None`` when ``MIPFLOW_NODE_WATCH_SECONDS`` is 0, when ``MIPFLOW_NODE_HOME``
+    is unset, or when that home has no database source profile.
+
+    Raises
+    ------
+    ValueError
+        Naming the variable, when it is not a number, or is below 1 and not 0.
+    """
+    seconds = number("MIPFLOW_NODE_WATCH_SECONDS", NODE_WATCH_SECONDS, float, environ)
+    if seconds == 0:
+        return None
+    if seconds < 1:
+        raise ValueError(f"MIPFLOW_NODE_WATCH_SECONDS={seconds:g} must be at least 1 (0: no watcher)")
+    home = (os.environ if environ is None else environ).get("MIPFLOW_NODE_HOME", "")
+    return seconds if home and database_sources_configured(home) else None
 
 
 def node_params() -> dict[str, Param]:

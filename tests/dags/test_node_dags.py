@@ -273,3 +273,183 @@ def test_a_database_source_through_the_dag_chain(dags, tmp_path, pg_url, monkeyp
     for text in (out, err, all_text(store)):
         assert PASSWORD not in text and export["last_name"][0] not in text
     src.engine.dispose()
+
+
+# --------------------------------------------------------------------------
+# the EHR watermark watcher wakes node_capture (issue 16 item 3, ADR 0043 "Latency")
+# --------------------------------------------------------------------------
+
+WATCHER = "mipflow_airflow.triggers.ehr_watermark.EhrWatermarkTrigger"
+
+
+def parse_node_dags(monkeypatch, **env: str | None) -> dict:
+    """The node DAG file parsed afresh with ``env`` (None removes a variable)."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    for name, value in env.items():
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    bag = DagBag(dag_folder=str(REPO_ROOT / "dags" / "mipflow_node.py"))
+    assert not bag.import_errors
+    return bag.dags
+
+
+def ehr_profile(home: NodeHome, connection: dict, src=None) -> None:
+    """``profiles/ehr_a.json``: hospital_a's profile reading an EHR database (the connection need not work)."""
+    from tests.mipflow.node.ingest.test_database import Source
+
+    doc = json.loads((REPO_ROOT / "include" / "schemas" / "profiles" / "hospital_a.json").read_text())
+    section = src.database_section(connection) if src is not None else Source.database_section(
+        type("S", (), {"kind": "postgresql"})(), connection)
+    doc |= {"source": "ehr_a", "database": section}
+    (home.profiles_dir / "ehr_a.json").write_text(json.dumps(doc))
+
+
+def test_node_capture_is_scheduled_on_the_ehr_watcher_or_the_nightly_cron(tmp_path, monkeypatch):
+    """With a database source in the node home, node_capture runs on the watcher's Asset OR at 02:00; without
+    one (or with MIPFLOW_NODE_WATCH_SECONDS=0) at 02:00 only, and no trigger exists.  The serialised DAG (what
+    the dag-processor stores) keeps both, and the file still parses without importing mipflow."""
+    import subprocess
+    import sys
+    from datetime import datetime, timedelta, timezone
+
+    from airflow.sdk import CronTriggerTimetable
+    from airflow.serialization.serialized_objects import DagSerialization
+    from airflow.timetables.base import TimeRestriction
+    from airflow.triggers.base import BaseEventTrigger
+
+    home = NodeHome.init(tmp_path / "hospital_a", "hospital_a")
+    shutil.copyfile(REPO_ROOT / "include" / "schemas" / "profiles" / "hospital_b.json",
+                    home.profiles_dir / "hospital_b.json")  # a landing-folder profile: nothing to watch
+    for env in ({"MIPFLOW_NODE_HOME": None}, {"MIPFLOW_NODE_HOME": str(home.root)}):
+        capture = parse_node_dags(monkeypatch, MIPFLOW_NODE_WATCH_SECONDS=None, **env)["node_capture"]
+        assert isinstance(capture.timetable, CronTriggerTimetable), env
+        assert capture.timetable.expression == "0 2 * * *"
+
+    ehr_profile(home, {"secret_file": "secrets/ehr.url"})
+    dags = parse_node_dags(monkeypatch, MIPFLOW_NODE_HOME=str(home.root), MIPFLOW_NODE_WATCH_SECONDS=None)
+    capture = dags["node_capture"]
+    assert capture.timetable.__class__.__name__ == "AssetOrTimeSchedule"
+    assert capture.timetable.timetable.expression == "0 2 * * *"
+    (asset,) = capture.timetable.asset_condition.objects
+    assert asset.name == "mipflow_node_ehr_changed"
+    (watcher,) = asset.watchers
+    assert isinstance(watcher.trigger, BaseEventTrigger)
+    assert watcher.trigger.serialize() == (WATCHER, {"node_home": str(home.root), "poll_seconds": 10.0})
+    assert dags["node_depersonalise"].timetable.asset_condition.objects[0].name == "mipflow_node_captured"
+
+    serialised = DagSerialization.to_dict(capture)
+    assert WATCHER in json.dumps(serialised)
+    again = DagSerialization.from_dict(serialised)
+    assert again.timetable.__class__.__name__ == "AssetOrTimeSchedule"
+    first = again.timetable.next_dagrun_info(
+        last_automated_data_interval=None, restriction=TimeRestriction(earliest=None, latest=None, catchup=False))
+    now = datetime.now(timezone.utc)
+    assert now < first.run_after <= now + timedelta(days=1) and (first.run_after.hour, first.run_after.minute) == (2, 0)
+
+    capture = parse_node_dags(monkeypatch, MIPFLOW_NODE_WATCH_SECONDS="3")["node_capture"]
+    assert capture.timetable.asset_condition.objects[0].watchers[0].trigger.poll_seconds == 3.0
+    capture = parse_node_dags(monkeypatch, MIPFLOW_NODE_WATCH_SECONDS="0")["node_capture"]  # switched off
+    assert isinstance(capture.timetable, CronTriggerTimetable)
+
+    code = ("import sys, runpy\n"
+            f"sys.path.insert(0, {str(REPO_ROOT / 'plugins')!r})\n"
+            "import airflow.sdk, airflow.triggers.base\n"
+            "before = set(sys.modules)\n"
+            f"runpy.run_path({str(REPO_ROOT / 'dags' / 'mipflow_node.py')!r})\n"
+            "new = set(sys.modules) - before\n"
+            "print(sorted({m.split('.')[0] for m in new} & {'mipflow', 'pandas', 'numpy', 'sqlalchemy'}))\n"
+            "print('mipflow_airflow.triggers.ehr_watermark' in new)\n")
+    env = {**__import__("os").environ, "MIPFLOW_NODE_HOME": str(home.root)}
+    env.pop("MIPFLOW_NODE_WATCH_SECONDS", None)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env,
+                         cwd=REPO_ROOT, timeout=120).stdout.splitlines()
+    assert out[-2:] == ["[]", "True"]  # the watcher's trigger is imported, mipflow's logic is not
+
+
+@pytest.mark.postgres
+def test_a_row_committed_at_the_ehr_database_wakes_node_capture(dags, tmp_path, pg_url, monkeypatch, capfd):
+    """End to end short of the scheduler and triggerer processes: the DAG sync writes the watcher's trigger
+    row; that trigger, built from its row as the triggerer builds it (Airflow connection read asynchronously),
+    stays quiet while nothing changes; a committed row fires it; the event, submitted as the triggerer submits
+    it, queues a node_capture run; the chain then loads the row and the watcher is quiet again."""
+    import asyncio
+    import time
+
+    import sqlalchemy as sa
+    from airflow.models.asset import AssetDagRunQueue, AssetEvent
+    from airflow.models.trigger import Trigger
+    from airflow._shared.module_loading import import_string
+    from airflow.serialization.decoders import smart_decode_trigger_kwargs
+    from airflow.utils.session import create_session
+    from sqlalchemy.engine import make_url
+
+    from mipflow.node.ingest import stages
+    from tests.mipflow.node.ingest.test_database import PASSWORD, Source, stored
+
+    src = Source("postgresql", pg_url)
+    export = generate_export("hospital_a", 30, seed=14)
+    src.insert(export.iloc[:20])
+    url = make_url(pg_url)
+    monkeypatch.setenv("AIRFLOW_CONN_EHR_HOSPITAL_A", json.dumps(
+        {"conn_type": "postgres", "host": url.host, "port": url.port, "login": url.username,
+         "password": PASSWORD, "schema": url.database}))
+    home = NodeHome.init(tmp_path / "hospital_a", "hospital_a")
+    ops.add_data_model(home, REPO_ROOT / "include" / "schemas" / "stroke_v_0_1" / "CDEsMetadata.json")
+    ehr_profile(home, {"airflow_conn_id": "ehr_hospital_a"}, src)
+    monkeypatch.setenv("MIPFLOW_NODE_HOME", str(home.root))  # the node's Airflow: its home, a 1 s watcher
+    monkeypatch.setenv("MIPFLOW_NODE_WATCH_SECONDS", "1")
+    run_chain(dags, home)  # the first load; dag.test syncs the DAG files (and so the watcher) to the metadata DB
+    store = open_store(home)
+    assert len(stored(store)) == 20
+
+    with create_session() as session:
+        row = session.scalars(sa.select(Trigger).where(Trigger.classpath == WATCHER)).one()
+        assert [a.name for a in row.assets] == ["mipflow_node_ehr_changed"]
+        kwargs = {k: smart_decode_trigger_kwargs(v) for k, v in Trigger._decrypt_kwargs(row.encrypted_kwargs).items()}
+        trigger_id, trigger = row.id, import_string(row.classpath)(**kwargs)  # as the triggerer inflates it
+        session.execute(sa.delete(AssetDagRunQueue))
+    assert (trigger.node_home, trigger.poll_seconds) == (str(home.root), 1.0)
+
+    events: list = []
+
+    async def watch() -> float:
+        async def collect() -> None:
+            async for event in trigger.run():
+                events.append((time.monotonic(), event))
+
+        task = asyncio.create_task(collect())
+        try:
+            await asyncio.sleep(2.5)  # three checks, nothing changed
+            assert events == []
+            await asyncio.to_thread(src.insert, export.iloc[20:21])
+            committed = time.monotonic()
+            while not events and time.monotonic() - committed < 15:
+                await asyncio.sleep(0.05)
+            return committed
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    committed = asyncio.run(watch())
+    (fired_at, event), = events
+    assert event.payload == {"sources": ["ehr_a"]} and fired_at - committed < 3.5
+
+    Trigger.submit_event(trigger_id, event)  # what the triggerer does with a watcher's event
+    with create_session() as session:
+        queued = set(session.scalars(sa.select(AssetDagRunQueue.target_dag_id)))
+        extra = session.scalars(sa.select(AssetEvent.extra).order_by(AssetEvent.id.desc()).limit(1)).one()
+    assert queued == {"node_capture"}  # the scheduler makes it a node_capture run
+    assert extra == {"from_trigger": True, "payload": {"sources": ["ehr_a"]}}  # no value read from the source
+
+    run_chain(dags, home)  # that run and the chain it sets off
+    latest = store.batches()[-1]
+    assert (latest["status"], latest["rows_in"], latest["loaded"]) == ("loaded", 1, 1)
+    assert len(stored(store)) == 21 and stages.watermark(store, "ehr_a")["batch_id"] == latest["batch_id"]
+    assert asyncio.run(trigger.poll()) is None  # loaded: the committed watermark is the source's again
+    trigger.close()
+    out, err = capfd.readouterr()
+    assert PASSWORD not in out + err and export["last_name"][20] not in out + err
+    src.engine.dispose()

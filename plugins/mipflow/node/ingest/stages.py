@@ -205,7 +205,7 @@ def capture_database(home: NodeHome, store: FeatureStore, profile: SourceProfile
     str or None
         The batch id, or ``None`` when nothing changed (or a batch is in flight).
     """
-    from mipflow.node.ingest.database import current_watermarks, range_id, source_engine, source_url
+    from mipflow.node.ingest.database import current_watermarks, source_engine, source_url
 
     db = profile.database
     assert db is not None
@@ -213,20 +213,17 @@ def capture_database(home: NodeHome, store: FeatureStore, profile: SourceProfile
     if _in_flight(store, source) is not None:
         log.info("source %s: a batch is still in the chain; nothing new captured", source)
         return None
-    state = watermark(store, source) or {}
-    after, del_after = state.get("changes"), state.get("deletions")
     engine = source_engine(source_url(source, db, home, connections))
     try:
         upto, del_upto = current_watermarks(source, engine, db)
     finally:
         engine.dispose()
-    changed = db.watermark.after(upto, after)
-    deleted = db.deletion_watermark is not None and db.deletion_watermark.after(del_upto, del_after)
-    if not changed and not deleted:
+    pending = _pending_range(store, profile, upto, del_upto)
+    if pending is None:
         return None
-    upto = upto if changed else after
-    del_upto = del_upto if deleted else del_after
-    sha = range_id(source, after, upto, del_after, del_upto)
+    state, (after, upto, del_after, del_upto), sha = pending
+    changed = upto != after
+    deleted = del_upto != del_after
     batch_id = batch_id_for(sha, data_model)
     with store.begin() as conn:
         if state == {}:
@@ -241,6 +238,51 @@ def capture_database(home: NodeHome, store: FeatureStore, profile: SourceProfile
     log.info("source %s: batch %s captured (changes %s, deletions %s)", source, batch_id,
              "yes" if changed else "no", "yes" if deleted else "no")
     return batch_id
+
+
+def _pending_range(store: FeatureStore, profile: SourceProfile, upto: str | None, del_upto: str | None
+                   ) -> tuple[dict[str, Any], tuple[str | None, str | None, str | None, str | None], str] | None:
+    """The range a capture would register for these current watermarks of the source, or ``None``.
+
+    Returns the committed watermark row (``{}`` before the first capture), the
+    range ``(after, upto, deletions after, deletions upto)`` and its content id
+    (:func:`mipflow.node.ingest.database.range_id`); ``None`` when nothing lies
+    beyond the committed watermarks.
+    """
+    from mipflow.node.ingest.database import range_id
+
+    db = profile.database
+    assert db is not None
+    state = watermark(store, profile.source) or {}
+    after, del_after = state.get("changes"), state.get("deletions")
+    changed = db.watermark.after(upto, after)
+    deleted = db.deletion_watermark is not None and db.deletion_watermark.after(del_upto, del_after)
+    if not changed and not deleted:
+        return None
+    upto = upto if changed else after
+    del_upto = del_upto if deleted else del_after
+    return state, (after, upto, del_after, del_upto), range_id(profile.source, after, upto, del_after, del_upto)
+
+
+def capture_due(store: FeatureStore, profile: SourceProfile, upto: str | None, del_upto: str | None) -> bool:
+    """Whether a capture would register a new batch of a database source whose watermarks are now these.
+
+    No while a batch of the source is in the chain (the capture would wait for
+    its load), nor when nothing lies beyond the committed watermarks, nor when
+    this very range was captured before (its batch failed or was held: the
+    nightly capture tries it again; a new change makes a new range).  What the
+    node's watermark watcher (:mod:`mipflow.node.ingest.watch`) asks before it
+    wakes ``node_capture``; reads only the feature store.
+    """
+    if _in_flight(store, profile.source) is not None:
+        return False
+    pending = _pending_range(store, profile, upto, del_upto)
+    if pending is None:
+        return False
+    with store.engine.connect() as conn:
+        seen = conn.execute(sa.select(batches_table.c.batch_id).where(
+            batches_table.c.sha256 == pending[2], batches_table.c.source == f"{profile.source}/db").limit(1)).first()
+    return seen is None
 
 
 def _depersonalise_db(home: NodeHome, store: FeatureStore, batch: dict[str, Any], extract: dict[str, Any],
