@@ -15,8 +15,9 @@ nominal level: numerical variables used as groupings, parameters a study leaves 
 and what lies outside one study's family (a refresh, a second study).
 
 * ``test_hole_*`` PASS WHILE THE ATTACK SUCCEEDS (the node leaks); ``test_defence_*`` check a closed
-  hole (1, 2 and 5 closed the same day: Cox regression takes the study's survival grid and
-  partition, and the survival time has no histograms in a study; ADR 0028).
+  hole (1, 2, 4 and 5 closed the same day: Cox regression takes the study's survival grid and
+  partition, the survival time has no histograms in a study, and approval checks every study's
+  cohorts at the node together; ADR 0028).
 
 Found (each recovers a value of one patient exactly):
 
@@ -55,7 +56,7 @@ from mipflow.node.controls.study import read_study
 from mipflow.node.home import NodeHome
 from mipflow.protocol.signing import issue_client
 from tests.mipflow.algorithms.survival_data import STROKE
-from tests.mipflow.node.controls.study_helpers import ELDERLY, MEN, WOMEN, protocol, rule, stroke_rows, where
+from tests.mipflow.node.controls.study_helpers import MEN, WOMEN, protocol, rule, stroke_rows, where
 from tests.nodes import grant_all, load_frame, running_nodes, served_clients
 from tests.privacy.test_study_attacks import Served, request_of
 
@@ -237,39 +238,43 @@ def band_registry(seed: int = 101, n: int = 400) -> pd.DataFrame:
     return frame
 
 
-def test_hole_two_studies_at_one_node_subtract_to_one_patients_record(tmp_path) -> None:
-    """Class: differencing across two studies' families at one node (level cells are decided
-    within one family; approval checks the other study's cohorts only with the pairwise and atom
-    rules at ``min_row_count``, and the band 65-69 holds about thirty rows).
+def test_defence_a_second_study_whose_cohorts_subtract_to_a_small_cell_is_not_approved(tmp_path) -> None:
+    """Hole 4 (two projects' studies, elderly >= 65 and older >= 70, subtracting to the one death
+    aged 65-69): the level-cell and atom rules now run over every approved study's cohorts at the
+    node, so the second approval is refused, naming the cell for the admin; the first study stays
+    answerable.  With more deaths in the band both studies are approved."""
+    root = tmp_path / "node"
+    protocols = two_protocols()
+    node_with(root, band_registry(), {PROJECT: protocols[PROJECT]})
+    grant_all(root, researcher="*", project=OTHER_PROJECT)
+    with pytest.raises(Exception) as caught:
+        study_approval.approve(NodeHome(root), OTHER_PROJECT, protocols[OTHER_PROJECT])
+    message = str(caught.value)
+    assert "not approved" in message and f"project {PROJECT!r}: subgroup 'elderly' minus subgroup 'older'" in message
+    assert "death_90d=yes: 1 row(s)" in message
+    assert read_study(root, OTHER_PROJECT) is None
+    # honest: a band with deaths of both sexes lets both projects have their study
+    frame = band_registry()
+    band = frame.index[(frame["age"] >= 65) & (frame["age"] < 70)]
+    frame.loc[band[: len(band) // 2], "death_90d"] = "yes"
+    both = node_with(tmp_path / "other", frame, protocols)
+    assert {read_study(both, p).record["status"] for p in protocols} == {"approved"}
 
-    Project A's study has subgroup elderly (age >= 65), project B's (another research group on the
-    same registry) older (age >= 70); both approvals pass.  A researcher granted in both (or the
-    central site, which may claim any granted project) runs in each: ``contingency_table`` sex x
-    death and ``linear_regression`` of age, NIHSS and follow-up on death.  Deaths by sex subtract to
-    one woman; count x (intercept + coefficient) is each cohort's sum over its deaths, and those
-    subtract to her exact age, NIHSS and follow-up.  Should have stopped it: the level cells (and
-    the atom rule on cells) over every approved study's cohorts at the node, not one family."""
-    root = node_with(tmp_path / "node", band_registry(), two_protocols())
-    with served_clients({NODE: root}) as clients:
-        client = clients[NODE]
-        deaths, sums = {}, {}
-        for project, cohort in ((PROJECT, ELDERLY), (OTHER_PROJECT, OLDER)):
-            table = result(client, "contingency_table",
-                           request_of(y=("death_90d",), x=("sex",), datasets=DATASETS, filters=cohort), project)
-            yes = table["col_levels"].index("yes")
-            deaths[project] = {sex: row[yes] for sex, row in zip(table["row_levels"], table["observed"])}
-            n_dead = sum(deaths[project].values())
-            sums[project] = {}
-            for variable in ("age", "nihss_admission", "followup_days"):
-                fit = result(client, "linear_regression",
-                             request_of(y=(variable,), x=("death_90d",), datasets=DATASETS, filters=cohort), project)
-                intercept, dead = fit["coefficients"][0], fit["coefficients"][fit["indep_vars"].index("death_90d[yes]")]
-                sums[project][variable] = n_dead * (intercept + dead)
-    band = {sex: deaths[PROJECT][sex] - deaths[OTHER_PROJECT][sex] for sex in ("F", "M")}
-    assert band == {"F": 1, "M": 0}  # one death aged 65 to 69, a woman
-    record = {v: round(sums[PROJECT][v] - sums[OTHER_PROJECT][v], 6) for v in sums[PROJECT]}
-    assert record == {"age": BAND_TARGET["age"], "nihss_admission": BAND_TARGET["nihss_admission"],
-                      "followup_days": BAND_TARGET["followup_days"]}
+
+def test_defence_two_studies_with_histograms_or_survival_at_one_node_are_refused_by_rule(tmp_path) -> None:
+    """Suppression patterns and survival partitions are per family: a second study at the node with
+    histograms or survival analyses on the same data model is refused, naming the other project."""
+    root = tmp_path / "node"
+    first = protocol(datasets=DATASETS, name="stroke-outcomes", algorithms=["descriptive_stats", "kaplan_meier"],
+                     variables=STUDY_VARIABLES, survival={"time": "followup_days", "bin_width": 30.0,
+                                                          "event": "death_90d"})
+    node_with(root, band_registry(), {PROJECT: first})
+    grant_all(root, researcher="*", project=OTHER_PROJECT)
+    second = {**first, "name": "stroke-frailty", "algorithms": ["descriptive_stats", "multiple_histograms"]}
+    second.pop("survival")
+    with pytest.raises(Exception) as caught:
+        study_approval.approve(NodeHome(root), OTHER_PROJECT, second)
+    assert f"project {PROJECT!r} has an approved study at this node with histograms or survival" in str(caught.value)
 
 
 # --- 5: Kaplan-Meier's partition against the histogram bins of the time variable -----------------------

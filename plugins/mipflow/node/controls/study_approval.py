@@ -170,12 +170,62 @@ def _added(old: Study, family: Family) -> np.ndarray:
         np.isin(family.population, changed_keys, assume_unique=True)
 
 
-def cell_problems(family: Family, tab: int, key: bytes) -> list[str]:
-    """The level-cell rule at approval (admin-facing, with counts; :mod:`study_cells`)."""
+#: algorithms whose releases a study fixes per family (ADR 0035 patterns, the survival partition):
+#: two different families at one node would each be consistent only with itself
+PER_FAMILY_LAYOUTS = frozenset({"multiple_histograms", "kaplan_meier", "cox_regression"})
+
+
+def other_studies(root: Any, project: str, data_model: str) -> list[Study]:
+    """The node's other approved studies under ``data_model``."""
+    out = []
+    for record in list_records(root):
+        other = record.get("project")
+        if other == project or record.get("status") != "approved":
+            continue
+        study = read_study(root, other)
+        if study is not None and study.protocol.data_model == data_model:
+            out.append(study)
+    return out
+
+
+def other_sets(others: list[Study], family: Family) -> list[tuple[str, np.ndarray]]:
+    """Every cohort of the other studies' families on the rows now in the store (whole and per
+    dataset of this family): for the level-cell and atom rules across studies (a fifth outside
+    review subtracted two projects' studies, elderly >= 65 and older >= 70, to one death aged 65-69)."""
+    out: list[tuple[str, np.ndarray]] = []
+    for study in others:
+        cohorts = [("population", study.population), *((f"subgroup {n!r}", k) for n, k in study.subgroups.items())]
+        for label, keys in cohorts:
+            rows = np.intersect1d(keys, family.population, assume_unique=True)
+            if rows.size:
+                out.append((f"project {study.project!r}: {label}", rows))
+            for dataset, mine in family.per_dataset.items():
+                part = np.intersect1d(rows, mine[None], assume_unique=True)
+                if part.size and part.size != rows.size:
+                    out.append((f"project {study.project!r}: {label} in dataset {dataset!r}", part))
+    return out
+
+
+def layout_conflict(protocol: Protocol, others: list[Study]) -> str | None:
+    """A reason to refuse when this study and another at the node both release per-family layouts."""
+    if not set(protocol.algorithms) & PER_FAMILY_LAYOUTS:
+        return None
+    for study in others:
+        if set(study.protocol.algorithms) & PER_FAMILY_LAYOUTS:
+            return (f"project {study.project!r} has an approved study at this node with histograms or survival "
+                    "analyses on the same data model; suppression patterns and survival partitions are decided per "
+                    "study, so two families' releases could subtract: leave multiple_histograms, kaplan_meier and "
+                    "cox_regression out of one of the two studies, or serve both projects with one study")
+    return None
+
+
+def cell_problems(family: Family, tab: int, key: bytes, others: list[tuple[str, np.ndarray]] = ()) -> list[str]:
+    """The level-cell rule at approval (admin-facing, with counts; :mod:`study_cells`), over this
+    family and ``others`` (the node's other studies' cohorts, :func:`other_sets`)."""
     from mipflow.node.controls.atoms import node_primes
     from mipflow.node.controls.study_cells import chain_problem, difference_problems
 
-    sets = family.sets()
+    sets = family.sets() + list(others)
     problems = difference_problems(sets, family.population, family.cell_levels, family.nominal, family.cross, tab,
                                    extra=family.survival_cells)
     if not problems:
@@ -359,7 +409,11 @@ def approve(home: Any, project: str, document: Any) -> dict[str, Any]:
         if problems:
             raise ConfigError(f"study {protocol.name!r} not approved: fewer than min_row_count ({min_row_count}): "
                               + "; ".join(problems))
-        small = cell_problems(family, home.settings.nfilter_tab, home.key())
+        others = other_studies(home.root, project, protocol.data_model)
+        conflict = layout_conflict(protocol, others)
+        if conflict:
+            raise ConfigError(f"study {protocol.name!r} not approved: {conflict}")
+        small = cell_problems(family, home.settings.nfilter_tab, home.key(), other_sets(others, family))
         if small:
             raise ConfigError(_cells_message(f"study {protocol.name!r} not approved", small, home.settings.nfilter_tab))
         sets = _check_family(home.root, home.key(), protocol.data_model, family, min_row_count, None)
@@ -416,7 +470,8 @@ def refresh(home: Any, project: str) -> dict[str, Any]:
             raise ConfigError(f"study {old.protocol.name!r} not refreshed: fewer than min_row_count "
                               f"({min_row_count}): " + "; ".join(problems) + stays)
         tab = home.settings.nfilter_tab
-        cells = cell_problems(family, tab, home.key()) + cell_change_problems(old, family, tab) \
+        others = other_sets(other_studies(home.root, project, old.protocol.data_model), family)
+        cells = cell_problems(family, tab, home.key(), others) + cell_change_problems(old, family, tab) \
             + list(family.survival_problems)
         if cells:
             raise ConfigError(_cells_message(f"study {old.protocol.name!r} not refreshed", cells, tab) + stays)
