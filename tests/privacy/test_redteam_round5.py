@@ -14,10 +14,9 @@ The level-cell rule now makes every cell of cohorts by nominal levels 0 or at le
 nominal level: numerical variables used as groupings, parameters a study leaves to the request,
 and what lies outside one study's family (a refresh, a second study).
 
-* ``test_hole_*`` PASS WHILE THE ATTACK SUCCEEDS (the node leaks); ``test_defence_*`` check a closed
-  hole (1, 2, 4 and 5 closed the same day: Cox regression takes the study's survival grid and
-  partition, the survival time has no histograms in a study, and approval checks every study's
-  cohorts at the node together; ADR 0028).
+* ``test_defence_*`` check a closed hole (all five closed the same day: Cox regression takes the study's survival grid and
+  partition, the survival time has no histograms in a study, approval checks every study's cohorts
+  at the node together, and a refresh's histogram pattern protects each cell's change; ADR 0028, 0035).
 
 Found (each recovers a value of one patient exactly):
 
@@ -174,36 +173,34 @@ def next_export(seed: int = 72) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def test_hole_histograms_before_and_after_a_refresh_give_a_new_patients_death(tmp_path) -> None:
-    """Class: rows added at a refresh, binned by a numerical variable (ADR 0028's refresh rule counts
-    rows per cohort and per cell of nominal levels; ADR 0035's pattern is per snapshot).
-
-    The researcher asks the study's age histogram by death and sex on the population before the
-    refresh and after it.  The refresh passes (30 rows added, 0 or >= 3 per nominal cell), and the
-    top age bin (82.8 to 90) gains exactly one row, one death and one woman in released cells (the
-    bin's "no" cell is hidden; it is not needed): the
-    target, whom the attacker knows to be 86 and newly admitted, died.  Should have stopped it: the
-    refresh checking (and the pattern protecting) every released bin's change between the two
-    snapshots, as the survival partition does for Kaplan-Meier's bins."""
+def test_defence_histograms_before_and_after_a_refresh_subtract_to_nothing_small(tmp_path) -> None:
+    """Hole 3 (the top age bin gaining exactly one new patient, a woman who died, in released cells
+    before and after a refresh): the refreshed pattern also protects every cell of a cohort or a
+    nested difference whose rows added or removed are 1 or 2 (the old counts are kept beside the
+    pattern, 0600), so no bin released both before and after changes by 1 or 2; the refresh still
+    passes and most bins are still released."""
     frame = stroke_rows(71, 300, NODE, "b")
     frame["nihss_admission"] = frame["nihss_admission"].fillna(10.0)
     root = node_with(tmp_path / "node", frame, {PROJECT: REFRESH_PROTOCOL})
 
-    def top_age_bin(client) -> dict[tuple, int | None]:
+    def histograms(client) -> dict[tuple, list]:
         out = result(client, "multiple_histograms",
                      request_of(y=("age",), x=("death_90d", "sex"), datasets=DATASETS, bins=10))
-        return {(h["grouping_var"], h["grouping_enum"]): h["counts"][9] for h in out["histogram"]}
+        return {(h["grouping_var"], h["grouping_enum"]): h["counts"] for h in out["histogram"]}
 
     with served_clients({NODE: root}) as clients:
-        before = top_age_bin(clients[NODE])
+        before = histograms(clients[NODE])
         load_frame(root, STROKE, next_export())
         assert study_approval.refresh(NodeHome(root), PROJECT)["status"] == "refreshed"
-        after = top_age_bin(clients[NODE])
-    keys = [(None, None), ("death_90d", "yes"), ("sex", "F"), ("sex", "M")]
-    assert all(before[k] is not None and after[k] is not None for k in keys)  # released, exact
-    change = {k: after[k] - before[k] for k in keys}
-    assert change == {(None, None): 1, ("death_90d", "yes"): 1,
-                      ("sex", "F"): 1, ("sex", "M"): 0}  # one new patient of 82.8+: a woman who died
+        after = histograms(clients[NODE])
+    compared = 0
+    for key, counts in after.items():
+        for j, (new, old) in enumerate(zip(counts, before[key])):
+            if new is None or old is None:
+                continue
+            compared += 1
+            assert new - old == 0 or abs(new - old) >= TAB, (key, j, old, new)
+    assert compared >= 20  # most bins still released on both sides
 
 
 # --- 4: two studies at one node ---------------------------------------------------------------------------

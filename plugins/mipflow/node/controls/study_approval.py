@@ -370,14 +370,21 @@ def _open(home: Any, protocol: Protocol) -> tuple[Any, Any]:
 
 
 def _patterns(home: Any, store: Any, model: Any, protocol: Protocol, family: Family, snapshot: str,
-              failed: str, stays: str = "") -> tuple[Patterns, dict[str, Any]]:
+              failed: str, stays: str = "", old: Study | None = None) -> tuple[Patterns, dict[str, Any]]:
     """The family's suppression patterns (ADR 0035); a variable that cannot be made safe fails the
     approval or refresh, named for the admin."""
     from mipflow.node.controls.differencing import hash_key
 
     try:
+        previous = added = None
+        if old is not None:  # a refresh: the change since the snapshot is protected too
+            previous = read_patterns(home.root, old.project)
+            if previous is not None and previous.snapshot == old.snapshot:
+                added = family.population[_added(old, family)]
+            else:
+                previous = None
         return compute_patterns(store, model, protocol, family, hash_key(home.key()), home.settings.nfilter_tab,
-                                snapshot)
+                                snapshot, previous, added)
     except ConfigError as exc:
         raise ConfigError(f"{failed}: {exc}{stays}") from None
 
@@ -481,7 +488,7 @@ def refresh(home: Any, project: str) -> dict[str, Any]:
             raise ConfigError(f"study {old.protocol.name!r} not refreshed: {exc}{stays}") from None
         at = now_utc()
         patterns, summary = _patterns(home, store, model, old.protocol, family, at,
-                                      f"study {old.protocol.name!r} not refreshed", stays)
+                                      f"study {old.protocol.name!r} not refreshed", stays, old)
     finally:
         store.dispose()
     _record(home.root, old.protocol.data_model, sets)

@@ -44,7 +44,7 @@ import io
 import json
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Sequence
@@ -79,6 +79,9 @@ class Patterns:
     cohorts: tuple[Cohort, ...]
     layouts: dict[str, Layout]
     hidden: dict[str, np.ndarray]
+    #: per variable, the cells' counts ``(records, bins)`` of every cohort and nested difference by
+    #: label (admin-facing, 0600): a refresh compares them with the new snapshot's
+    counts: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- the layouts
@@ -197,10 +200,18 @@ def family_relations(membership: np.ndarray, layout: Layout) -> np.ndarray:
 
 
 def derived_sets(membership: np.ndarray) -> np.ndarray:
+    """Row sets the requester can subtract out of the family's cohorts without asking for them
+    (:func:`derived_sets_labelled` without the labels)."""
+    return derived_sets_labelled(membership)[0]
+
+
+def derived_sets_labelled(membership: np.ndarray, names: Sequence[str] | None = None
+                          ) -> tuple[np.ndarray, list[str]]:
     """Row sets the requester can subtract out of the family's cohorts without asking for them: the
     difference of every two nested cohorts (the population less the elderly are the young; a
     subgroup's rows outside one dataset) and every atom (rows alike in every cohort: the young men
-    of one dataset), each once and only when it is not a cohort of the family already.
+    of one dataset), each once and only when it is not a cohort of the family already; labelled
+    ``"<a> minus <b>"`` (``names``: the cohorts' labels) and ``"atom <bits>"``.
 
     Their cells are sums and differences of released cells, so a small one is as disclosive as a
     cohort's own (a fourth outside review subtracted the elderly's histogram by sex from the
@@ -213,45 +224,51 @@ def derived_sets(membership: np.ndarray) -> np.ndarray:
 
     Returns
     -------
-    numpy.ndarray of bool, shape (rows, k)
+    numpy.ndarray of bool, shape (rows, k), and the k labels
     """
     member = np.asarray(membership, dtype=bool)
+    names = [str(c) for c in range(member.shape[1])] if names is None else list(names)
     seen = {member[:, c].tobytes() for c in range(member.shape[1])}
     out: list[np.ndarray] = []
+    labels: list[str] = []
 
-    def add(rows: np.ndarray) -> None:
+    def add(rows: np.ndarray, label: str) -> None:
         key = rows.tobytes()
         if rows.any() and key not in seen:
             seen.add(key)
             out.append(rows)
+            labels.append(label)
 
     for a in range(member.shape[1]):
         for b in range(member.shape[1]):
             big, small = member[:, a], member[:, b]
             if a != b and small.any() and not (small & ~big).any():
-                add(big & ~small)
+                add(big & ~small, f"{names[a]} minus {names[b]}")
     atoms, which = np.unique(member, axis=0, return_inverse=True)
     which = np.asarray(which).reshape(-1)
     for i, atom in enumerate(atoms):
         if atom.any():  # rows in no cohort are never counted
-            add(which == i)
-    return np.column_stack(out) if out else np.zeros((member.shape[0], 0), dtype=bool)
+            add(which == i, "atom " + "".join("1" if v else "0" for v in atom))
+    masks = np.column_stack(out) if out else np.zeros((member.shape[0], 0), dtype=bool)
+    return masks, labels
 
 
 def cohort_pattern(frame: Any, membership: np.ndarray, layout: Layout, model: Any, tab: int,
-                   derived: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   derived: np.ndarray | None = None, sensitive: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """The cohorts' counts and hidden cells ``(cohorts, records, bins)`` of ``layout`` on ``frame``,
-    protecting the :func:`derived_sets` of ``membership`` too (pass them to reuse them)."""
+    protecting the :func:`derived_sets` of ``membership`` too (pass them to reuse them) and the
+    ``sensitive`` cells (shape of cohorts and derived sets together)."""
     derived = derived_sets(membership) if derived is None else derived
     system = np.hstack([membership, derived])
     counts = cells(frame, system, layout, model)
-    hidden = family_pattern(counts, system, layout, tab, derived=derived.shape[1])
+    hidden = family_pattern(counts, system, layout, tab, derived=derived.shape[1], sensitive=sensitive)
     n = membership.shape[1]
     return counts[:n], hidden[:n]
 
 
 def family_pattern(counts: np.ndarray, membership: np.ndarray, layout: Layout, tab: int,
-                   derived: int = 0) -> np.ndarray:
+                   derived: int = 0, sensitive: np.ndarray | None = None) -> np.ndarray:
     """The hidden cells ``(cohorts, records, bins)`` of one layout over the family.
 
     The last ``derived`` columns of ``membership`` (and cohorts of ``counts``) are
@@ -269,7 +286,8 @@ def family_pattern(counts: np.ndarray, membership: np.ndarray, layout: Layout, t
         unreleased[-derived:] = True
     with _one_thread():
         hidden = suppress(counts.reshape(-1), family_relations(membership, layout), tab, batch=BATCH,
-                          unreleased=unreleased.reshape(-1))
+                          unreleased=unreleased.reshape(-1),
+                          sensitive=None if sensitive is None else np.asarray(sensitive, dtype=bool).reshape(-1))
     return hidden.reshape(counts.shape)
 
 
@@ -288,9 +306,15 @@ def _one_thread() -> Any:
 
 
 def compute_patterns(store: Any, model: Any, protocol: Any, family: Any, hash_key: str, tab: int,
-                     snapshot: str) -> tuple[Patterns, dict[str, Any]]:
+                     snapshot: str, previous: Patterns | None = None,
+                     added_keys: np.ndarray | None = None) -> tuple[Patterns, dict[str, Any]]:
     """The study's patterns on the snapshot's rows (``family``: from ``compute_family``), with
     an admin-facing summary (cells, hidden cells, seconds per variable).
+
+    At a refresh (``previous``: the patterns in force, with their counts; ``added_keys``: the row
+    keys added or changed since), a cell of a cohort or of a nested difference whose rows added or
+    removed are 1 to ``tab - 1`` must not be determined either: the same histogram before and after
+    the refresh would subtract to them (a fifth outside review read a new patient's death so).
 
     Raises
     ------
@@ -312,28 +336,47 @@ def compute_patterns(store: Any, model: Any, protocol: Any, family: Any, hash_ke
         membership[:, c] = rows if dataset is None else rows & (datasets == dataset)
     # cohorts with the same rows (a node holding one dataset: the population and the population in
     # that dataset) have the same cells: one set of cells, one pattern
-    distinct, which = np.unique(membership, axis=1, return_inverse=True)
+    distinct, first, which = np.unique(membership, axis=1, return_index=True, return_inverse=True)
     which = np.asarray(which).reshape(-1)
-    derived = derived_sets(distinct)
-    hidden, found, summary = {}, {}, {}
+    names = [json.dumps(list(cohorts[int(k)])) for k in first]
+    derived, derived_names = derived_sets_labelled(distinct, names)
+    system = np.hstack([distinct, derived])
+    labels = names + derived_names
+    added = None if added_keys is None else np.isin(keys, added_keys)
+    hidden, found, summary, stored = {}, {}, {}, {}
     for layout in layouts(protocol, model):
         started = time.perf_counter()
+        all_counts = cells(frame, system, layout, model)
+        sensitive = None
+        old = previous.counts.get(layout.variable) if previous is not None else None
+        if old is not None and added is not None and previous.layouts.get(layout.variable) == layout:
+            plus = cells(frame, system & added[:, None], layout, model)
+            sensitive = np.zeros(all_counts.shape, dtype=bool)
+            for i, label in enumerate(labels):
+                if label in old:
+                    minus = old[label] - all_counts[i] + plus[i]
+                    sensitive[i] = ((plus[i] > 0) & (plus[i] < tab)) | ((minus > 0) & (minus < tab))
         try:
-            counts, flags = cohort_pattern(frame, distinct, layout, model, tab, derived)
-            hidden[layout.variable] = flags[which]
+            flags = family_pattern(all_counts, system, layout, tab, derived=derived.shape[1], sensitive=sensitive)
         except DisclosureError:
             raise ConfigError(f"variable {layout.variable!r}: a histogram cell under nfilter_tab ({tab}) of a cohort, "
-                              "of a difference of two nested cohorts or of rows alike in every cohort follows "
-                              "from the study's cohorts and margins whatever is hidden; use fewer "
-                              "histogram_bins, other subgroups, or leave the variable out") from None
+                              "of a difference of two nested cohorts or of rows alike in every cohort (or its "
+                              "change since the last snapshot) follows from the study's cohorts and margins "
+                              "whatever is hidden; use fewer histogram_bins, other subgroups, or leave the "
+                              "variable out") from None
+        counts = all_counts[:distinct.shape[1]]
+        hidden[layout.variable] = flags[:distinct.shape[1]][which]
+        stored[layout.variable] = {label: all_counts[i] for i, label in enumerate(labels)
+                                   if not label.startswith("atom ")}
         found[layout.variable] = layout
         small = int(np.count_nonzero((counts > 0) & (counts < tab)))
         summary[layout.variable] = {"cells": int(counts.size), "small": small, "distinct_cohorts": len(counts),
                                     "derived_sets": int(derived.shape[1]),
-                                    "hidden": int(np.count_nonzero(hidden[layout.variable][np.unique(which,
-                                                                                     return_index=True)[1]])),
+                                    "changed_small": 0 if sensitive is None else int(np.count_nonzero(sensitive)),
+                                    "hidden": int(np.count_nonzero(flags[:distinct.shape[1]])),
                                     "seconds": round(time.perf_counter() - started, 3)}
-    return Patterns(snapshot=snapshot, tab=tab, cohorts=tuple(cohorts), layouts=found, hidden=hidden), summary
+    return Patterns(snapshot=snapshot, tab=tab, cohorts=tuple(cohorts), layouts=found, hidden=hidden,
+                    counts=stored), summary
 
 
 # --------------------------------------------------------------------------- storage
@@ -350,12 +393,15 @@ def write_patterns(root: str | Path, project: str, patterns: Patterns) -> None:
     """Store the hidden flags (booleans only) and the layout they index, mode 0600."""
     from mipflow.node.controls.study import _write_private
 
+    labels = {v: list(counts) for v, counts in patterns.counts.items()}
     meta = {"snapshot": patterns.snapshot, "tab": patterns.tab, "cohorts": [list(c) for c in patterns.cohorts],
             "layouts": {v: {"n_bins": lay.n_bins, "records": [list(r) for r in lay.records]}
-                        for v, lay in patterns.layouts.items()}}
+                        for v, lay in patterns.layouts.items()}, "count_labels": labels}
     buffer = io.BytesIO()
-    np.savez(buffer, meta=np.array(json.dumps(meta)),
-             **{f"hidden:{v}": flags.astype(bool) for v, flags in patterns.hidden.items()})
+    arrays = {f"hidden:{v}": flags.astype(bool) for v, flags in patterns.hidden.items()}
+    arrays.update({f"counts:{v}": np.array([patterns.counts[v][label] for label in names], dtype=np.int64)
+                   for v, names in labels.items() if names})
+    np.savez(buffer, meta=np.array(json.dumps(meta)), **arrays)
     _write_private(pattern_path(root, project), buffer.getvalue())
 
 
@@ -367,10 +413,13 @@ def read_patterns(root: str | Path, project: str) -> Patterns | None:
         meta = json.loads(str(arrays["meta"]))
         hidden = {name.split(":", 1)[1]: arrays[name].astype(bool) for name in arrays.files
                   if name.startswith("hidden:")}
+        counts = {v: dict(zip(names, arrays[f"counts:{v}"])) for v, names in meta.get("count_labels", {}).items()
+                  if names and f"counts:{v}" in arrays.files}
     lays = {v: Layout(v, int(d["n_bins"]), tuple(tuple(r) for r in d["records"]))  # type: ignore[misc]
             for v, d in meta["layouts"].items()}
     return Patterns(snapshot=meta["snapshot"], tab=int(meta["tab"]),
-                    cohorts=tuple(tuple(c) for c in meta["cohorts"]), layouts=lays, hidden=hidden)  # type: ignore[misc]
+                    cohorts=tuple(tuple(c) for c in meta["cohorts"]), layouts=lays, hidden=hidden,  # type: ignore[misc]
+                    counts=counts)
 
 
 _cache: dict[Path, tuple[Any, Patterns | None]] = {}

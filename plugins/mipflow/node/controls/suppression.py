@@ -115,7 +115,7 @@ def _cost(value: float) -> tuple[int, float]:
 
 def suppress(values: Sequence[float], equations: np.ndarray, tab: int,
              already: Sequence[bool] | None = None, *, batch: bool = False,
-             unreleased: Sequence[bool] | None = None) -> np.ndarray:
+             unreleased: Sequence[bool] | None = None, sensitive: Sequence[bool] | None = None) -> np.ndarray:
     """The cells to suppress: those in ``(0, tab)`` and enough others that none of them is determined.
 
     Parameters
@@ -133,6 +133,10 @@ def suppress(values: Sequence[float], equations: np.ndarray, tab: int,
         cells (a difference of two nested cohorts, an atom of a family; ADR 0035), added to the
         system as cells of their own with the relation that defines them.  They start hidden;
         their ``values`` count, so a small one must not be determined either.
+    sensitive : sequence of bool, optional
+        Further cells that must not be determined whatever their value (e.g. a cell whose rows
+        added or removed since an earlier release are 1 to ``tab - 1``: its new value minus the
+        released old one would give them).
     batch : bool
         Free every determined sensitive cell in one pass (one decomposition per pass, each choice
         on the pass's system; a cell next to one chosen in the pass waits for the next pass)
@@ -155,7 +159,9 @@ def suppress(values: Sequence[float], equations: np.ndarray, tab: int,
     eqs = np.asarray(equations, dtype=float)
     withheld = np.zeros(len(cells), dtype=bool) if already is None else np.asarray(already, dtype=bool)
     kept = np.zeros(len(cells), dtype=bool) if unreleased is None else np.asarray(unreleased, dtype=bool)
-    primary = (cells > 0) & (cells < tab) & ~withheld
+    primary = ((cells > 0) & (cells < tab) & ~withheld)
+    if sensitive is not None:
+        primary |= np.asarray(sensitive, dtype=bool) & ~withheld
     hidden = primary | withheld | kept
     touches = eqs != 0
     while True:
