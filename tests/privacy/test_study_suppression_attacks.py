@@ -189,7 +189,8 @@ def test_no_difference_of_nested_cohorts_gives_a_small_cell(elderly_node) -> Non
     holds every nested pair's difference as a cell that must not be determined."""
     node, frame = elderly_node
     holes_in_the_data = compared = 0
-    for variable in ("age", "nihss_admission", "followup_days"):
+    # (the survival time, followup_days, has no histograms in a study with Kaplan-Meier: ADR 0028)
+    for variable in ("age", "nihss_admission"):
         for x in ((), ("sex",)):
             truth = _differences(frame, variable, x[0] if x else None)
             holes_in_the_data += sum(0 < n < TAB for n in truth.values())
@@ -207,4 +208,4 @@ def test_no_difference_of_nested_cohorts_gives_a_small_cell(elderly_node) -> Non
                 compared += 1
                 assert count - other == 0 or count - other >= TAB, (variable, x, cell)
     assert holes_in_the_data > 5  # the rows do hold young cells of one or two
-    assert compared > 60  # and many cells are still released on both sides
+    assert compared > 30  # and many cells are still released on both sides
