@@ -10,7 +10,7 @@ target's value be read or computed.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import pytest
@@ -311,8 +311,9 @@ def test_a_max_time_sweep_in_one_cohort_isolates_no_cell_of_fewer_than_nfilter_t
         reply = node.allowed("kaplan_meier", **SURVIVAL, x=["sex"],
                              parameters={"event_level": "yes", "bin_width": width, "max_time": k * width})
         for group, whole in zip(reply["aggregates"]["groups"], full["groups"]):
-            # the release without max_time, cut at its last bin end at or before max_time
-            ends = [e for e in whole["ends"] if e <= k]
+            # the release without max_time, cut at its last bin end at or before max_time (bin ends are
+            # indices of the fine grid: followup_days is an integer variable from 0, so day e is index e)
+            ends = [e for e in whole["ends"] if e <= k * width]
             assert group["ends"] == ends and group["events"] == whole["events"][:len(ends)]
             assert sum(group["censored"]) == sum(whole["events"]) + sum(whole["censored"]) - sum(group["events"])
             assert all(v == 0 or v >= tab for v in group["events"] + group["censored"])
@@ -334,6 +335,111 @@ def test_a_max_time_sweep_in_one_cohort_isolates_no_cell_of_fewer_than_nfilter_t
     for curve in result["curves"]:
         assert curve["n_events"] >= tab and min(curve["survival"]) < 1.0
         assert max(curve["timeline"]) <= binning["end_of_follow_up"] and min(curve["at_risk"]) >= tab
+
+
+def _leaving_by_time(node: Node, x: list[str], parameters: dict) -> dict[tuple, tuple[int, int | None]]:
+    """What the central site reads off one standard-mode release: per group and released bin end (a
+    time), the cumulative events and censorings up to it (the global step turns ends into times).  With
+    max_time the last end's censorings include the rows followed longer: not a count up to that time."""
+    from mipflow.algorithms import AnalysisRequest, get_algorithm
+
+    reply = node.allowed("kaplan_meier", **SURVIVAL, x=x, parameters=parameters)
+    request = AnalysisRequest(data_model=STROKE.key, datasets=("hospital_a",), x=tuple(x),
+                              y=tuple(SURVIVAL["y"]), parameters=parameters)
+    result = get_algorithm("kaplan_meier").global_step(0, [reply["aggregates"]], request, STROKE, None).result
+    out = {}
+    for curve in result["curves"]:
+        events, censored = np.cumsum(curve["events"]), np.cumsum(curve["censored"])
+        for t, d, c in zip(curve["timeline"], events, censored):
+            out[(curve["group"], float(t))] = (int(d), int(c))
+        if "max_time" in parameters:
+            t = float(curve["timeline"][-1])
+            out[(curve["group"], t)] = (out[(curve["group"], t)][0], None)
+    return out
+
+
+def _small_steps(releases: list[dict[tuple, tuple[int, int]]], tab: int) -> list[tuple]:
+    """Every pair of consecutive bin ends, over the union of the releases' ends per group, whose
+    cumulative events or censorings differ by 1 .. tab - 1: a cell the releases isolate together."""
+    small = []
+    for kind in (0, 1):  # cumulative events, cumulative censorings
+        union: dict[tuple, int] = {}
+        for release in releases:
+            for key, counts in release.items():
+                if counts[kind] is not None:  # every release counts the same rows up to a time
+                    assert union.setdefault(key, counts[kind]) == counts[kind]
+        for group in {g for g, _ in union}:
+            previous = 0
+            for t in sorted(t for g, t in union if g == group):
+                if 0 < union[(group, t)] - previous < tab:
+                    small.append((group, t, kind, union[(group, t)] - previous))
+                previous = union[(group, t)]
+    return small
+
+
+@pytest.fixture(scope="module")
+def sweeps(tmp_path_factory) -> Iterator[Node]:
+    """The default node with room in its query budget for sweeps of many distinct requests."""
+    yield from start_node(tmp_path_factory.mktemp("sweep-node"), query_budget=10_000)
+
+
+@pytest.mark.parametrize("x", [[], ["sex"]], ids=["one-curve", "by-sex"])
+def test_a_bin_width_sweep_in_one_cohort_isolates_no_cell_of_fewer_than_nfilter_tab_events(sweeps, x):
+    # Issue 14.4: the node merged adjacent points of the request's grid (origin + k * bin_width) until no
+    # count was small, so two widths (1 and 1.001, 7 and 10) gave merged bin ends at different times; the
+    # cumulative counts at the union of both releases' ends gave the deaths between an end of one and the
+    # next end of the other: a cell of one or two.  Now every release is the node's one canonical release
+    # (merged on the data model's fine grid) coarsened to the request's grid at its merged ends only, so
+    # any two releases' ends are ends of the canonical release and every step between them is a sum of
+    # its cells: 0 or >= nfilter_tab.
+    node = sweeps
+    tab = node.home.settings.nfilter_tab
+    widths = [1.0, 1.001, 2.0, 3.0, 7.0, 10.0, 13.0, 30.0, 30.5]
+    releases = [_leaving_by_time(node, x, {"event_level": "yes", "bin_width": width}) for width in widths]
+    assert len(set().union(*releases)) > max(len(r) for r in releases)  # the widths' ends differ
+    assert _small_steps(releases, tab) == []
+    # and with max_time swept on top, nothing either
+    releases += [_leaving_by_time(node, x, {"event_level": "yes", "bin_width": width, "max_time": end})
+                 for width in (7.0, 10.0) for end in (35.0, 60.0, 95.0, 400.0)]
+    assert _small_steps(releases, tab) == []
+    # an honest request still gets curves, with deaths and nobody small at risk
+    for release in releases[:len(widths)]:
+        assert {g for g, _ in release} == ({None} if not x else {"F", "M"})
+        assert all(d > 0 for (g, t), (d, c) in release.items() if t == max(u for h, u in release if h == g))
+
+
+def _cox_events(node: Node, parameters: dict) -> int:
+    reply = node.allowed("cox_regression", **SURVIVAL, x=["age"], parameters=parameters)
+    return sum(reply["aggregates"]["events"])
+
+
+def test_a_cox_max_time_sweep_in_one_cohort_isolates_no_cell_of_fewer_than_nfilter_tab_events(sweeps):
+    # Cox regression's round 0 releases the node's event and censoring counts, merged; rows followed beyond
+    # max_time are censored there.  Merged on the grid up to max_time, the event totals of max_time t and
+    # t + bin_width differed by the deaths in (t, t + bin_width]: a cell of one.  Now the round-0 release with
+    # max_time is the one without it, cut at one of its bin ends (as Kaplan-Meier's).
+    node = sweeps
+    tab, width = node.home.settings.nfilter_tab, 10.0
+    died = node.rows.loc[node.rows["death_90d"] == "yes", "followup_days"].to_numpy()
+    per_bin = np.bincount(np.ceil(died / width).astype(int))
+    sweep = range(1, 61)
+    assert any(0 < per_bin[k] < tab for k in sweep if k < len(per_bin))  # the attack's targets exist
+    totals = [_cox_events(node, {"event_level": "yes", "bin_width": width, "max_time": k * width}) for k in sweep]
+    steps = np.diff([0, *totals])
+    assert all(d == 0 or d >= tab for d in steps), steps
+    assert totals[-1] > 0 and len(set(totals)) > 2  # the sweep did see deaths, in steps of >= nfilter_tab
+    # and across bin widths too
+    totals = [_cox_events(node, {"event_level": "yes", "bin_width": w, "max_time": 100.0})
+              for w in (1.0, 3.0, 7.0, 9.0, 10.0, 11.0, 30.0)]
+    assert all(abs(a - b) == 0 or abs(a - b) >= tab for a in totals for b in totals), totals
+    # an honest request still gets a fit: through the node's controls in process, censored at the end used
+    from tests.mipflow.algorithms.survival_data import request, run_with_controls
+
+    result, used, _ = run_with_controls("cox_regression", [node.rows], request("cox_regression", x=("age",),
+                                                                               bin_width=30.0, max_time=365.0),
+                                        node.home.settings)
+    assert used == [0] and result["coefficients"][0] > 0  # older patients die sooner (make_stroke)
+    assert 0 < result["binning"]["end_of_follow_up"] <= 365.0
 
 
 def test_a_cox_max_time_below_the_longest_follow_up_is_answered(node):

@@ -4,19 +4,24 @@
 numerical and nominal covariates (treatment-coded against the first level
 present in the pooled data, no intercept).
 
-Round 0: every node sends its event and censoring counts on the request's
-time grid (merged by its disclosure controls until no count is below
-``nfilter_tab``), its rows per level of each nominal covariate and the means
-of the candidate design columns.  The central side intersects the nodes' bin
-ends (the common bins ``B``), picks the coding, centres the covariates on
-their pooled means (the slopes and the log partial likelihood do not change)
-and starts at zero.
+Round 0: every node sends its event and censoring counts, its rows per level
+of each nominal covariate and the means of the candidate design columns.  The
+counts are Kaplan-Meier's (one group): counted on the data model's fine grid,
+merged by the node's disclosure controls until no count is below
+``nfilter_tab`` (the canonical release), coarsened to the request's grid at
+the merged ends and cut at ``max_time`` (:mod:`mipflow.algorithms.survival`):
+neither ``bin_width`` nor ``max_time`` shapes the merge (issue 14.4).  The
+central side intersects the nodes' bin ends, cuts them at the last common end
+at or before ``max_time`` (the common bins ``B``; rows followed longer are
+censored there), picks the coding, centres the covariates on their pooled
+means (the slopes and the log partial likelihood do not change) and starts at
+zero.
 
 Later rounds: the central side sends ``B``, the coding, the centre and the
 coefficients.  For each bin of ``B`` holding events, a node returns the sums
 over its rows still at risk there (rounded time at or after the bin end) of
 ``w = exp(x'b)``, ``w x`` and ``w x x'`` (S0, S1, S2), the sum of ``x`` over its
-events, and its event and censoring counts per bin of ``B`` (which the node's
+events (up to the end of follow-up, the last end of ``B``), and its event and censoring counts per bin of ``B`` (which the node's
 controls refuse if any is below ``nfilter_tab``: a grid finer than the node's
 own safe bins is refused).  With Breslow's handling of ties the pooled log
 partial likelihood, score and information are
@@ -89,12 +94,15 @@ from mipflow.algorithms.survival import (
     SURVIVAL_Y,
     binning_summary,
     check_outcome,
+    combine_parts,
     common_ends,
+    fine_grid,
     grid_counts,
-    grid_for,
     outcome,
     rebin,
-    safe_bins,
+    request_level,
+    request_points,
+    shape_release,
 )
 from mipflow.exceptions import RequestError
 from mipflow.protocol.datamodel import DataModel
@@ -112,6 +120,11 @@ TIES = ("breslow", "efron")
 #: Largest cached matrix of cross products ``x_a x_b`` per node (bytes); beyond it the product
 #: columns are formed anew each round, one at a time.
 MAX_PRODUCTS_BYTES = 768 * 1024 ** 2
+#: Round 0's keys for the request's grid on the fine grid and the fine index of ``max_time`` rounded
+#: up to it, read and dropped by :meth:`CoxRegression.coarsen_for_release`.
+POINTS_KEY = "request_points"
+FOLLOW_UP_KEY = "follow_up_end"
+LEVEL_KEY = "request_level"
 
 
 class CoxRegression(SpecAlgorithm):
@@ -136,23 +149,30 @@ class CoxRegression(SpecAlgorithm):
     def check(self, request: AnalysisRequest, model: DataModel) -> None:
         params = self.params(request, model)
         check_outcome(self.name, request, model, params["event_level"])
-        grid_for(request, model, params)
+        # the fine grid needs the declared range (a time variable without maxValue is refused)
+        request_points(model.variable(request.y[0]), params["bin_width"], params["max_time"])
 
     # -- local ------------------------------------------------------------------
 
     def local_step(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
                    model: DataModel, state: dict | None) -> dict:
         params = self.params(request, model)
-        grid = grid_for(request, model, params)
+        time_var = model.variable(request.y[0])
+        grid = fine_grid(time_var)  # whatever bin_width and max_time (issue 14.4)
         rows = _rows(data, request, model, params, grid)
         index, event = rows["index"], rows["event"]
         if state is None:
             events, censored = grid_counts(index, event, len(grid))
             counts = level_counts(data, request.x, model)
-            return {"n": len(data), "events": events.tolist(), "censored": censored.tolist(),
-                    "group_counts": [int(v) for v in (*events, *censored)],
-                    "level_counts": counts, "group_n": [c for code in request.x for c in counts.get(code, [])],
-                    "moments": compute_moments(rows["design"]).to_dict()}
+            out = {"n": len(data), "events": events.tolist(), "censored": censored.tolist(),
+                   "group_counts": [int(v) for v in (*events, *censored)],
+                   "level_counts": counts, "group_n": [c for code in request.x for c in counts.get(code, [])],
+                   "moments": compute_moments(rows["design"]).to_dict(),
+                   POINTS_KEY: request_points(time_var, params["bin_width"], None),
+                   LEVEL_KEY: request_level(time_var, params["bin_width"])}
+            if params["max_time"] is not None:
+                out[FOLLOW_UP_KEY] = request_points(time_var, params["bin_width"], params["max_time"])[-1]
+            return out
         risk = _risk_sets(data, request, model, params, grid, state)
         n_bins = len(risk["leaving_events"])
         event_bins = np.asarray(state["event_bins"], dtype=np.int64)
@@ -163,7 +183,7 @@ class CoxRegression(SpecAlgorithm):
         # rows at risk at a bin: their time is in this bin or a later one
         at_risk = np.cumsum(sums[::-1], axis=0)[::-1][event_bins]
         p = risk["design"].shape[0]
-        out = {"n": len(data), "n_events": int(event.sum()),
+        out = {"n": len(data), "n_events": int(risk["leaving_events"].sum()),  # up to the end of follow-up
                # every sum below covers rows counted here (controls: 0 or >= nfilter_tab per bin)
                "group_counts": [int(v) for v in (*risk["leaving_events"], *risk["leaving_censored"])],
                "events": risk["leaving_events"][event_bins].tolist(),
@@ -180,12 +200,18 @@ class CoxRegression(SpecAlgorithm):
         return out
 
     def coarsen_for_release(self, round: int, aggregates: dict, min_count: int) -> dict:
-        """Round 0: merge time bins until no count is in ``(0, min_count)`` (node disclosure controls)."""
+        """Round 0 (node disclosure controls): merge fine time bins until no count is in ``(0, min_count)``
+        (the canonical release), coarsen them to the request's grid at their merged ends and cut them at
+        ``max_time`` (:func:`~mipflow.algorithms.survival.shape_release`, as Kaplan-Meier's): a function
+        of the canonical release, whose counts are checked too (``cell_n``, not sent)."""
         if round != 0 or "ends" in aggregates:
             return aggregates
-        ends, events, censored = safe_bins(aggregates["events"], aggregates["censored"], min_count)
-        return {**aggregates, "ends": ends, "events": events, "censored": censored,
-                "group_counts": [*events, *censored]}
+        rest = {k: v for k, v in aggregates.items() if k not in (POINTS_KEY, FOLLOW_UP_KEY, LEVEL_KEY)}
+        (shaped,), canonical = shape_release([{"events": aggregates["events"], "censored": aggregates["censored"]}],
+                                             min_count, aggregates.get(POINTS_KEY), aggregates.get(FOLLOW_UP_KEY),
+                                             int(aggregates.get(LEVEL_KEY, 1)))
+        return {**rest, "ends": shaped["ends"], "events": shaped["events"], "censored": shaped["censored"],
+                "group_counts": [*shaped["events"], *shaped["censored"]], "cell_n": canonical}
 
     # -- global -----------------------------------------------------------------
 
@@ -241,13 +267,20 @@ class CoxRegression(SpecAlgorithm):
 
     @staticmethod
     def _start(request: AnalysisRequest, model: DataModel, aggregates: list[dict], params: dict) -> dict:
-        grid = grid_for(request, model, params)
+        time_var = model.variable(request.y[0])
+        grid = fine_grid(time_var)
         n = sum(int(a["n"]) for a in aggregates)
         if n == 0:
             raise RequestError("no complete rows to fit")
-        part_ends = [a.get("ends", list(range(len(grid)))) for a in aggregates]
+        parts = [(a.get("ends", list(range(len(grid)))), a["events"], a["censored"]) for a in aggregates]
+        if any(len(e) != len(ev) or len(ev) != len(ce) for e, ev, ce in parts):
+            raise RequestError("a node's survival counts do not match its time bins")
+        # one end of follow-up, a bin end of every node (rows followed longer are censored there)
+        _, cut_parts = combine_parts(parts, request_points(time_var, params["bin_width"], None),
+                                     request_points(time_var, params["bin_width"], params["max_time"])[-1], len(grid))
+        part_ends = [e for e, _, _ in cut_parts]
         ends = common_ends(part_ends)
-        events = sum(rebin(e, a["events"], ends) for e, a in zip(part_ends, aggregates))
+        events = sum(rebin(e, ev, ends) for e, ev, _ in cut_parts)
         if events.sum() == 0:
             raise RequestError(f"no events ({request.y[1]} = {params['event_level']!r}) in the selected data")
         counts = sum_level_counts([a["level_counts"] for a in aggregates])
@@ -272,7 +305,21 @@ class CoxRegression(SpecAlgorithm):
         z = beta / stderr
         q = stats.norm.ppf(1.0 - (1.0 - CONFIDENCE) / 2.0)
         lower, upper = beta - q * stderr, beta + q * stderr
-        grid = grid_for(request, model, params)
+        time_var = model.variable(request.y[0])
+        ends = [int(e) for e in state["ends"]]
+        grid = fine_grid(time_var)[:ends[-1] + 1]  # up to the end of follow-up used
+        asked_end = request_points(time_var, params["bin_width"], params["max_time"])[-1]
+        binning = {**binning_summary(time_var, grid, params["bin_width"], ends,
+                                     request_points(time_var, params["bin_width"], None),
+                                     request_level(time_var, params["bin_width"])),
+                   "timeline": grid[np.asarray(ends, dtype=np.int64)]}
+        if params["max_time"] is not None:
+            how = ("moved down to the last time bin end every node released at or before max_time rounded up to "
+                   "the grid (bins merged for disclosure control)" if ends[-1] < asked_end
+                   else "max_time rounded up to the grid")
+            binning.update({"max_time": float(params["max_time"]), "end_of_follow_up": float(grid[-1]),
+                            "note": f"{binning['note']}; rows followed beyond end_of_follow_up ({how}) are "
+                                    "censored there"})
         k = len(beta)
         return json_ready({
             "time_variable": request.y[0],
@@ -294,8 +341,7 @@ class CoxRegression(SpecAlgorithm):
             "aic": -2.0 * loglik + 2.0 * k,
             "iterations": int(state["iteration"]),
             "ties": params["ties"],
-            "binning": {**binning_summary(model.variable(request.y[0]), grid, params["bin_width"], state["ends"]),
-                        "timeline": grid[np.asarray(state["ends"], dtype=np.int64)]},
+            "binning": binning,
         })
 
     # -- privacy capabilities (mipflow.algorithms.contract) ------------------------------------
@@ -390,6 +436,7 @@ def _inverse(information: np.ndarray) -> np.ndarray:
 
 
 def _rows_key(request: AnalysisRequest, model: DataModel, params: dict) -> str:
+    # the rows' fine-grid points depend on the data model only; bin_width and max_time shape the bins B
     return json.dumps(["cox_regression", model.key, list(request.x), list(request.y), params["event_level"],
                        params["bin_width"], params["max_time"]], default=str)
 
@@ -418,8 +465,9 @@ def _risk_sets(data: pd.DataFrame, request: AnalysisRequest, model: DataModel, p
     ends = [int(e) for e in state["ends"]]
     if len(center) != len(columns) or len(state["coefficients"]) != len(columns):
         raise RequestError("the Cox state's columns, centre and coefficients differ in length")
-    if not ends or ends != sorted(set(ends)) or ends[0] < 0 or ends[-1] != len(grid) - 1:
-        raise RequestError("state.ends must be increasing grid indices ending at the last grid point")
+    last = request_points(model.variable(request.y[0]), params["bin_width"], params["max_time"])[-1]
+    if not ends or ends != sorted(set(ends)) or ends[0] < 0 or ends[-1] > last:
+        raise RequestError("state.ends must be increasing grid indices ending at or before the end of follow-up")
     key = json.dumps([_rows_key(request, model, params), ends, columns, center])
 
     def build() -> dict:
@@ -430,7 +478,9 @@ def _risk_sets(data: pd.DataFrame, request: AnalysisRequest, model: DataModel, p
         design = rows["design"][:, [names.index(c) for c in columns]] - np.asarray(center)
         index, event = rows["index"], rows["event"]
         n_bins = len(ends)
-        bins = np.searchsorted(np.asarray(ends, dtype=np.int64), index, side="left")
+        # rows followed beyond the end of follow-up (the last end) are censored there
+        event = event & (index <= ends[-1])
+        bins = np.minimum(np.searchsorted(np.asarray(ends, dtype=np.int64), index, side="left"), n_bins - 1)
         # within a bin, rows keep their order (a stable radix sort on 16-bit bin numbers)
         order = np.argsort(bins.astype(np.uint16) if n_bins <= 1 << 16 else bins, kind="stable")
         sorted_design = np.ascontiguousarray(design[order].T)

@@ -4,17 +4,19 @@
 level ``event_level`` marks the event; every other level is a censoring),
 optional ``x`` = one nominal grouping variable.
 
-One round.  Each node counts events and censorings per point of the
-time grid over the time variable's declared range, per group
+One round.  Each node counts events and censorings per point of the data
+model's **fine grid** of the time variable, per group
 (:mod:`mipflow.algorithms.survival`); its disclosure controls merge adjacent
-points until no released count is below ``nfilter_tab``
-(:meth:`KaplanMeier.coarsen_for_release`), and only then, if the request gives
-``max_time``, cut the merged bins at the last bin end at or before it (later
-bins folded into censorings there): the release with ``max_time`` is
-post-processing of the release without it (issue 14).  The central side
-intersects the nodes' bin ends, cuts every node's bins at the last common end
-at or before ``max_time`` (``binning.end_of_follow_up``), sums the counts and
-computes, at each bin end where rows leave follow-up:
+points until no released count is below ``nfilter_tab`` (the canonical
+release, which no request parameter shapes), then coarsen it to the
+request's grid (for each point of ``origin + k * bin_width``, the last merged
+end of the request's level at or before it) and, if the request gives ``max_time``, cut it at the
+last bin end at or before it (later bins folded into censorings there)
+(:meth:`KaplanMeier.coarsen_for_release`): every release is post-processing
+of the canonical one (issue 14.4).  The central side intersects the nodes'
+bin ends, cuts every node's bins at the last common end at or before
+``max_time`` (``binning.end_of_follow_up``), sums the counts and computes, at
+each bin end where rows leave follow-up:
 
 * at risk ``n_j`` (rows whose rounded time is at or after the bin end),
   events ``d_j``, censorings;
@@ -30,8 +32,9 @@ had its own bin.
 
 Noisy release (explore mode, a node with differential privacy; ADR 0032)
 -----------------------------------------------------------------------
-:data:`KaplanMeier.dp_release`: the node counts events and censorings per group and per point of
-the same grid (from the request and the data model only) and adds noise to every count, with **no
+:data:`KaplanMeier.dp_release`: the node counts events and censorings per group and per point of the
+request's grid on the fine grid (:func:`~mipflow.algorithms.survival.request_points`, from the request and
+the data model only) and adds noise to every count, with **no
 bin merged**: the noise protects the small cells.  One row (add or remove) is in exactly one group
 and leaves follow-up at exactly one grid point, as an event or as a censoring, so it changes one
 count of the vector ``(events, censored)`` of its group by 1 and nothing else: sensitivity L1 = L2
@@ -48,7 +51,7 @@ from __future__ import annotations
 
 import math
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -61,17 +64,17 @@ from mipflow.algorithms.survival import (
     SURVIVAL_Y,
     binning_summary,
     check_outcome,
-    coarsen_groups,
+    combine_parts,
     common_ends,
-    follow_up_cut,
+    fine_grid,
     grid_counts,
-    grid_for,
     outcome,
+    point_outcome,
     rebin,
-    release_grid,
     released_cells,
-    truncate_bins,
-    truncate_groups,
+    request_level,
+    request_points,
+    shape_release,
 )
 from mipflow.exceptions import RequestError
 from mipflow.protocol.datamodel import DataModel
@@ -83,9 +86,15 @@ if TYPE_CHECKING:
 
 #: The block of the noisy release (one vector of counts per group, the groups its parts).
 DP_BLOCK = "survival_counts"
-#: The local step's key for the grid index of ``max_time`` (rounded up), read and dropped by
-#: :meth:`KaplanMeier.coarsen_for_release`.
+#: The local step's key for the fine index of ``max_time`` rounded up to the request's grid, read and
+#: dropped by :meth:`KaplanMeier.coarsen_for_release`.
 FOLLOW_UP_KEY = "follow_up_end"
+#: The local step's key for the request's grid on the fine grid over the declared range
+#: (:func:`~mipflow.algorithms.survival.request_points`), read and dropped likewise.
+POINTS_KEY = "request_points"
+#: The local step's key for the level of the canonical bins the request coarsens
+#: (:func:`~mipflow.algorithms.survival.request_level`), read and dropped likewise.
+LEVEL_KEY = "request_level"
 
 DP_NOTE = ("survival from noisy counts of events and censorings per time bin (no bin merged): at risk is the noisy "
            "total less the noisy events and censorings before each time, made non-increasing; survival is "
@@ -101,12 +110,13 @@ def _dp_release(algo: KaplanMeier, data: pd.DataFrame, request: AnalysisRequest,
                 noise: Noise) -> Released:
     """Noisy events and censorings per group and grid point (see the module docstring)."""
     params = algo.params(request, model)
-    grid = grid_for(request, model, params)
-    index, event = outcome(data, request, model, grid, params["event_level"])
+    time_var = model.variable(request.y[0])
+    points = request_points(time_var, params["bin_width"], params["max_time"])
+    index, event = point_outcome(data, request, model, points, params["event_level"])
     levels = algo._levels(request, model)
     codes = (category_codes(data[request.x[0]], model.variable(request.x[0])).to_numpy()
              if request.x else None)
-    k = len(grid)
+    k = len(points)
     groups = []
     for level in levels:
         mask = np.ones(len(data), dtype=bool) if codes is None else codes == level
@@ -115,7 +125,8 @@ def _dp_release(algo: KaplanMeier, data: pd.DataFrame, request: AnalysisRequest,
                           part="" if level is None else str(level), integer=True)
         groups.append({"level": level, "events": noisy[:k].tolist(), "censored": noisy[k:].tolist()})
     # the times are rounded up to the grid: below its origin into the first point, beyond its end censored there
-    clamped = {request.y[0]: [float(grid[0]), float(grid[-1])]}
+    fine = fine_grid(time_var)
+    clamped = {request.y[0]: [float(fine[points[0]]), float(fine[points[-1]])]}
     return {"group_n": [max(int(sum(g["events"]) + sum(g["censored"])), 0) for g in groups], "groups": groups,
             "noise": {"sd": noise.sd(1), "unit": "count", "mechanism": noise.mechanism}}, clamped
 
@@ -145,10 +156,8 @@ class KaplanMeier(SpecAlgorithm):
     def check(self, request: AnalysisRequest, model: DataModel) -> None:
         params = self.params(request, model)
         check_outcome(self.name, request, model, params["event_level"])
-        grid_for(request, model, params)
-        time_var = model.variable(request.y[0])
-        if time_var.max_value is None:  # every mode needs the declared range (explore and study did already)
-            release_grid(time_var, params["bin_width"])
+        # the fine grid needs the declared range in every mode; the request's grid is checked too
+        request_points(model.variable(request.y[0]), params["bin_width"], params["max_time"])
 
     def _levels(self, request: AnalysisRequest, model: DataModel) -> list[str | None]:
         if not request.x:
@@ -160,39 +169,46 @@ class KaplanMeier(SpecAlgorithm):
     def local_step(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
                    model: DataModel, state: dict | None) -> dict:
         params = self.params(request, model)
-        # counted on the declared range whatever max_time: the cut comes after the merge (issue 14)
-        grid = release_grid(model.variable(request.y[0]), params["bin_width"])
-        index, event = outcome(data, request, model, grid, params["event_level"])
+        # counted on the data model's fine grid whatever bin_width and max_time: the merge is the canonical
+        # release, the request coarsens and cuts it afterwards (issue 14.4)
+        time_var = model.variable(request.y[0])
+        fine = fine_grid(time_var)
+        index, event = outcome(data, request, model, fine, params["event_level"])
         levels = self._levels(request, model)
         codes = (category_codes(data[request.x[0]], model.variable(request.x[0])).to_numpy()
                  if request.x else None)
         groups = []
         for level in levels:
             mask = np.ones(len(data), dtype=bool) if codes is None else codes == level
-            events, censored = grid_counts(index[mask], event[mask], len(grid))
+            events, censored = grid_counts(index[mask], event[mask], len(fine))
             groups.append({"level": level, "events": events.tolist(), "censored": censored.tolist()})
         # Fine counts: without coarsen_for_release a node refuses them (group_counts)
         out = {"group_n": [int(sum(g["events"]) + sum(g["censored"])) for g in groups],
-               "groups": groups, "group_counts": released_cells(groups)}
+               "groups": groups, "group_counts": released_cells(groups),
+               # the request's grid on the fine grid (from the request and the data model)
+               POINTS_KEY: request_points(time_var, params["bin_width"], None),
+               LEVEL_KEY: request_level(time_var, params["bin_width"])}
         if params["max_time"] is not None:
-            # the grid index of max_time rounded up to the grid (from the request and the data model)
-            out[FOLLOW_UP_KEY] = len(grid_for(request, model, params)) - 1
+            # the fine index of max_time rounded up to the request's grid
+            out[FOLLOW_UP_KEY] = request_points(time_var, params["bin_width"], params["max_time"])[-1]
         return out
 
     def coarsen_for_release(self, round: int, aggregates: dict, min_count: int) -> dict:
-        """Merge time bins until no count is in ``(0, min_count)`` (run by the node's disclosure controls),
-        then, with ``max_time``, cut the merged bins there (:func:`~mipflow.algorithms.survival.truncate_bins`).
+        """Merge fine time bins until no count is in ``(0, min_count)`` (run by the node's disclosure
+        controls: the canonical release, :func:`~mipflow.algorithms.survival.canonical_bins`), coarsen
+        them to the request's grid at their merged ends of the request's level
+        (:func:`~mipflow.algorithms.survival.coarsen_to`) and, with ``max_time``, cut them there
+        (:func:`~mipflow.algorithms.survival.truncate_bins`).
 
-        The merge never sees ``max_time``: it is the release without ``max_time``, and the cut is a
-        function of it.  Its counts are checked too (``cell_n``, checked and not sent), so a request
-        with ``max_time`` is refused whenever the one without it is."""
+        The merge sees neither ``bin_width`` nor ``max_time``: every release is a function of the
+        canonical one.  Its counts are checked too (``cell_n``, checked and not sent), so every request
+        is refused exactly when the canonical release would be."""
         last = aggregates.get(FOLLOW_UP_KEY)
-        rest = {k: v for k, v in aggregates.items() if k != FOLLOW_UP_KEY}
-        merged = coarsen_groups(aggregates["groups"], min_count)
-        if last is None:
-            return {**rest, "groups": merged, "group_counts": released_cells(merged)}
-        cut = truncate_groups(merged, int(last))
-        return {**rest, "groups": cut, "group_counts": released_cells(cut), "cell_n": released_cells(merged)}
+        points = aggregates.get(POINTS_KEY)
+        rest = {k: v for k, v in aggregates.items() if k not in (FOLLOW_UP_KEY, POINTS_KEY, LEVEL_KEY)}
+        shaped, canonical = shape_release(aggregates["groups"], min_count, points, last,
+                                          int(aggregates.get(LEVEL_KEY, 1)))
+        return {**rest, "groups": shaped, "group_counts": released_cells(shaped), "cell_n": canonical}
 
     # -- privacy capabilities (mipflow.algorithms.contract) ------------------------------------
 
@@ -207,16 +223,19 @@ class KaplanMeier(SpecAlgorithm):
         if any("noise" in a for a in aggregates):
             return Step(done=True, result=json_ready(_noisy_survival(self, aggregates, request, model)))
         params = self.params(request, model)
-        grid = grid_for(request, model, params)
+        time_var = model.variable(request.y[0])
+        fine = fine_grid(time_var)
+        points = request_points(time_var, params["bin_width"], None)
+        asked_end = request_points(time_var, params["bin_width"], params["max_time"])[-1]
         levels = self._levels(request, model)
-        by_group = [[_part(a["groups"][g]) for a in aggregates] for g in range(len(levels))]
+        by_group = [[_part(a["groups"][g], len(fine)) for a in aggregates] for g in range(len(levels))]
         # one end of follow-up for the whole result, a bin end of every node and group
-        cut = follow_up_cut([range(len(grid))] + [p[0] for parts in by_group for p in parts], len(grid) - 1)
-        grid = grid[:cut + 1]
+        cut, _ = combine_parts([p for parts in by_group for p in parts], points, asked_end, len(fine))
+        grid = fine[:cut + 1]
         all_ends = [list(range(len(grid)))]
         per_group = []
         for level, full_parts in zip(levels, by_group):
-            folded = [truncate_bins(*p, cut) for p in full_parts]
+            _, folded = combine_parts(full_parts, points, cut, len(fine))
             parts = [{"events": ev, "censored": ce} for _, ev, ce in folded]
             part_ends = [e for e, _, _ in folded]
             all_ends.extend(part_ends)
@@ -240,14 +259,14 @@ class KaplanMeier(SpecAlgorithm):
             logrank = _logrank(events, censored)
             used = np.flatnonzero((events + censored).sum(axis=0) > 0)
             logrank["timeline"] = grid[np.asarray(shared)[used]]
-        time_var = model.variable(request.y[0])
         return Step(done=True, result=json_ready({
             "time_variable": request.y[0],
             "event_variable": request.y[1],
             "event_level": params["event_level"],
             "grouping_variable": request.x[0] if request.x else None,
-            "binning": _with_follow_up(binning_summary(time_var, grid, params["bin_width"], shared), params,
-                                       grid, cut_moved=len(grid) < len(grid_for(request, model, params))),
+            "binning": _with_follow_up(binning_summary(time_var, grid, params["bin_width"], shared, points,
+                                                       request_level(time_var, params["bin_width"])),
+                                       params, grid, cut_moved=cut < asked_end),
             "confidence": params["alpha"],
             "ci_method": "log-log",
             "curves": curves,
@@ -255,19 +274,25 @@ class KaplanMeier(SpecAlgorithm):
         }))
 
 
-def _part(group: dict) -> tuple[list[int], list, list]:
-    """A node's bins of one group: its bin ends (every grid point when it sent unmerged counts)
-    and counts."""
+def _part(group: dict, default_ends: int | Sequence[int]) -> tuple[list[int], list, list]:
+    """A node's bins of one group: its bin ends (fine-grid indices; when it sent unmerged counts,
+    ``default_ends``: every fine point, as a count, or the request's points of a noisy release) and
+    counts."""
     events, censored = group["events"], group["censored"]
-    return list(group.get("ends", range(len(events)))), list(events), list(censored)
+    ends = group.get("ends")
+    if ends is None:
+        ends = range(default_ends) if isinstance(default_ends, int) else default_ends
+    if len(ends) != len(events) or len(events) != len(censored):
+        raise RequestError("a node's survival counts do not match its time bins")
+    return list(ends), list(events), list(censored)
 
 
 def _with_follow_up(binning: dict, params: dict, grid: np.ndarray, cut_moved: bool) -> dict:
     """``binning`` with the end of follow-up used, when the request gave ``max_time``."""
     if params["max_time"] is None:
         return binning
-    how = ("moved down to the last time bin end every node released at or before max_time (bins merged "
-           "for disclosure control)" if cut_moved else "max_time rounded up to the grid")
+    how = ("moved down to the last time bin end every node released at or before max_time rounded up to the "
+           "grid (bins merged for disclosure control)" if cut_moved else "max_time rounded up to the grid")
     return {**binning, "max_time": float(params["max_time"]), "end_of_follow_up": float(grid[-1]),
             "note": f"{binning['note']}; rows followed beyond end_of_follow_up ({how}) are censored there"}
 
@@ -346,22 +371,29 @@ def _noisy_survival(algo: KaplanMeier, aggregates: list[dict], request: Analysis
     from scipy import stats
 
     params = algo.params(request, model)
-    grid = grid_for(request, model, params)
+    time_var = model.variable(request.y[0])
+    fine = fine_grid(time_var)
+    points = request_points(time_var, params["bin_width"], None)
+    asked = request_points(time_var, params["bin_width"], params["max_time"])  # a noisy node's bin ends
     levels = algo._levels(request, model)
-    by_group = [[_part(a["groups"][g]) for a in aggregates] for g in range(len(levels))]
+    by_group = [[_part(a["groups"][g], asked if "noise" in a else len(fine)) for a in aggregates]
+                for g in range(len(levels))]
     # exact nodes' bins end at their cut of max_time (ADR 0008): every node's counts are cut at the common end
-    cut = follow_up_cut([range(len(grid))] + [p[0] for parts in by_group for p in parts], len(grid) - 1)
-    grid = grid[:cut + 1]
-    shared = common_ends([range(len(grid))] + [truncate_bins(*p, cut)[0] for parts in by_group for p in parts])
-    width = np.diff(np.concatenate([[-1], shared]))  # fine points per common bin
+    cut, _ = combine_parts([p for parts in by_group for p in parts], points, asked[-1], len(fine))
+    grid = fine[:cut + 1]
+    cut_parts = [combine_parts(by_group[g], points, cut, len(fine))[1] for g in range(len(levels))]
+    shared = common_ends([range(cut + 1)] + [part[0] for parts in cut_parts for part in parts])
+    # noisy counts per common bin: the noisy nodes' request points in it
+    noisy_points = np.asarray([p for p in asked if p <= cut], dtype=np.int64)
+    width = np.bincount(np.searchsorted(np.asarray(shared), noisy_points, side="left"), minlength=len(shared))
     variance = width * sum(float(a["noise"]["sd"]) ** 2 for a in aggregates if "noise" in a)
     # the noisy counts after the cut, folded into the censorings there (0 unless an exact node cut earlier)
-    folded_variance = sum(float(a["noise"]["sd"]) ** 2 * max(len(a["groups"][0]["events"]) - 1 - cut, 0)
+    folded_variance = sum(float(a["noise"]["sd"]) ** 2 * max(len(a["groups"][0]["events"]) - len(noisy_points), 0)
                           for a in aggregates if "noise" in a and a["groups"])
     q = stats.norm.ppf(0.5 + params["alpha"] / 2.0)
     curves, present = [], []
     for g, level in enumerate(levels):
-        parts = [truncate_bins(*p, cut) for p in by_group[g]]
+        parts = cut_parts[g]
         events = sum(rebin(e, ev, shared) for e, ev, _ in parts)
         censored = sum(rebin(e, ce, shared) for e, _, ce in parts)
         curve = noisy_curve(events, censored, variance, q, censored_tail=folded_variance)
@@ -377,12 +409,12 @@ def _noisy_survival(algo: KaplanMeier, aggregates: list[dict], request: Analysis
     if request.x and len(present) >= 2:
         logrank = noisy_logrank(np.vstack([e for e, _ in present]), np.vstack([n for _, n in present]), variance)
         logrank["timeline"] = grid[np.asarray(shared)]
-    time_var = model.variable(request.y[0])
-    binning = binning_summary(time_var, grid, params["bin_width"], shared)
+    binning = binning_summary(time_var, grid, params["bin_width"], shared, points,
+                              request_level(time_var, params["bin_width"]))
     binning["note"] = ("times rounded up to the bin ends (timeline); noisy counts per bin, none merged; "
                        "an approximation of the analysis of the rounded times")
     binning["method"] = "binned"
-    binning = _with_follow_up(binning, params, grid, cut_moved=len(grid) < len(grid_for(request, model, params)))
+    binning = _with_follow_up(binning, params, grid, cut_moved=cut < asked[-1])
     noisy = [a["noise"] for a in aggregates if "noise" in a]
     return {
         "time_variable": request.y[0],

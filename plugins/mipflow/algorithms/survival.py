@@ -2,38 +2,39 @@
 
 Time binning
 ------------
-Event times are never released.  Every request fixes a **grid** of time
-points ``origin + k * bin_width`` (``k = 0..K``), where ``origin`` is the time
-variable's declared ``minValue`` (0 when undeclared) and the grid reaches the
-declared ``maxValue`` (or the ``max_time`` parameter).  A row's time is
-*rounded up* to the first grid point at or after it; rows whose rounded time
-is ``b`` leave the risk set at ``b`` (events before censorings, as usual).
+Event times are never released.  What a node counts and merges must not depend on anything a
+requester chooses (issue 14.4): two requests whose bins end at different times give, together,
+the counts between an end of one and the next end of the other.  So every exact release of a
+node is a function of **one canonical release** per cohort and group, fixed by the data model:
 
-End of follow-up (``max_time``) in an exact release
----------------------------------------------------
-A cut point the requester chooses must not shape what a node counts or merges:
-two requests whose ``max_time`` differ by one bin would otherwise give event
-totals whose difference is the events of that bin, a cell of one patient
-(issue 14).  So a node's exact Kaplan-Meier release is always counted and
-merged on the grid over the declared range (:func:`release_grid`, the release
-without ``max_time``); with ``max_time`` it is then cut at the last merged bin
-end at or before ``max_time`` rounded up to the grid (:func:`truncate_bins`):
-the later bins are folded into censorings at that end.  The release with
-``max_time`` is thus a function of the release without it and of the request
-(post-processing), and the central side reports the end of follow-up actually
-used (:func:`follow_up_cut`).
+* the **fine grid** (:func:`fine_grid`) over the time variable's declared range: for an integer
+  variable unit steps from its ``minValue`` (0 when undeclared) to its ``maxValue`` (steps of
+  ``ceil(range / FINE_BINS)`` when the range is longer than :data:`FINE_BINS`); otherwise
+  :data:`FINE_BINS` equal steps over the range.  A row's time is *rounded up* to the first fine
+  point at or after it; rows whose rounded time is ``b`` leave the risk set at ``b`` (events
+  before censorings, as usual);
+* the node counts events and censorings per fine point and (in its disclosure controls,
+  :func:`safe_bins`) merges adjacent points until every count is zero or at least
+  ``nfilter_tab``: the canonical release;
+* the request's grid ``origin + k * bin_width`` only **coarsens** it (:func:`request_points`,
+  :func:`coarsen_to`): for each request grid point, the last canonical bin end at or before it
+  (deduplicated; the last fine point always).  The released ends are canonical ends, the counts
+  sums of canonical counts;
+* ``max_time`` then **cuts** the release at its last bin end at or before ``max_time`` rounded up
+  to the request's grid (:func:`truncate_bins`): the later bins are folded into censorings there.
 
-A node counts events and censorings per grid point, then (in its disclosure
-controls, :func:`safe_bins`) merges adjacent points until every released count
-is zero or at least ``nfilter_tab``.  It releases the merged bins as the grid
-indices of their ends.  The central side intersects the ends of all nodes:
-each node's bins then nest inside the common bins, whose counts are sums of
-the nodes' counts.  Every number the central side computes is the pooled
-statistic of the rows with their times rounded up to the common bin ends.
+Any two releases of a cohort therefore have their bin ends among the canonical ends, and every
+difference of their cumulative counts is a sum of canonical counts: zero or at least
+``nfilter_tab``.  Bin ends travel as fine-grid indices; the central side intersects the ends of
+all nodes (each node's bins then nest inside the common bins, whose counts are sums of the
+nodes' counts), coarsens them to the request's points the same way and cuts every node at the
+last common end at or before ``max_time`` (:func:`follow_up_cut`).  Every number it computes is
+the pooled statistic of the rows with their times rounded up to the common bin ends (rows followed
+beyond the end of follow-up censored there).
 
-With an integer time variable, ``bin_width`` 1 and no bin merged anywhere,
-each distinct time is its own bin and the result is exact; otherwise it is
-labelled ``binned``.  See ``docs/adr/0008-survival-binning.md``.
+With an integer time variable, unit fine steps, ``bin_width`` at most 1 and no bin merged
+anywhere, each distinct time is its own bin and the result is exact; otherwise it is labelled
+``binned``.  See ``docs/adr/0008-survival-binning.md``.
 """
 from __future__ import annotations
 
@@ -53,6 +54,11 @@ if TYPE_CHECKING:
 
 #: Most grid points a request may ask for (bounds the size of every aggregate).
 MAX_GRID_POINTS = 20_000
+#: Steps of the fine grid over a time variable's declared range, unless it is an integer variable
+#: with a range of at most this many units (unit steps then).
+FINE_BINS = 10_000
+#: The level of a bin end that every request may use (a study partition's ends).
+MAX_LEVEL = 1 << 62
 
 #: y = [time variable, event variable].
 SURVIVAL_Y = InputSpec(types=("real", "int", "text"), stattypes=(NUMERICAL, NOMINAL), notblank=True,
@@ -65,7 +71,9 @@ SURVIVAL_PARAMETERS: dict[str, ParamSpec] = {
                              description="The level of the event variable that means the event happened "
                                          "(e.g. yes); the other levels mean censored."),
     "bin_width": ParamSpec(types=("real",), default=1.0, min=0.0, min_exclusive=True, label="Time bin width",
-                           description="Times are rounded up to a grid of this width from the time "
+                           description="The time bins end at the last bin end of the node's canonical "
+                                       "bins (the data model's fine grid, merged for disclosure control) at "
+                                       "or before each point of a grid of this width from the time "
                                        "variable's minValue (docs/adr/0008-survival-binning.md)."),
     "max_time": ParamSpec(types=("real",), label="End of follow-up",
                           description="The end of follow-up, within the time variable's declared range; "
@@ -94,11 +102,11 @@ def check_outcome(name: str, request: AnalysisRequest, model: DataModel, event_l
 
 
 def time_grid(time_var: Variable, bin_width: float, max_time: float | None) -> np.ndarray:
-    """Grid points ``origin + k * bin_width`` up to the first point at or past the end.
+    """The request's grid: points ``origin + k * bin_width`` up to the first point at or past the end.
 
-    The grid shapes the release, so it comes from the request and the data model only
-    (issue 14.4): ``origin`` is the declared ``minValue`` (0 when undeclared), the end is
-    ``max_time`` when given, else the declared ``maxValue``.  ``max_time`` must lie within
+    It only coarsens a node's canonical release (:func:`request_points`) and comes from the request
+    and the data model only (issue 14.4): ``origin`` is the declared ``minValue`` (0 when
+    undeclared), the end is ``max_time`` when given, else the declared ``maxValue``.  ``max_time`` must lie within
     the declared range; a time variable without a declared ``maxValue`` needs ``max_time``.
     Whether a request is refused never depends on the rows: rows followed beyond the end are
     censored there (:func:`outcome`).
@@ -139,25 +147,94 @@ def grid_for(request: AnalysisRequest, model: DataModel, params: Mapping[str, An
     return time_grid(model.variable(request.y[0]), float(params["bin_width"]), params["max_time"])
 
 
-def release_grid(time_var: Variable, bin_width: float) -> np.ndarray:
-    """The grid of an exact release: over the time variable's declared range, whatever ``max_time``.
+def fine_grid(time_var: Variable) -> np.ndarray:
+    """The fine grid of a time variable, from the data model alone: every exact survival release of a
+    node is counted and merged on it (the canonical release), whatever the request asks.
 
-    A node counts and merges its bins on this grid only, so the requester's ``max_time`` shapes
-    nothing it merges (issue 14; :func:`truncate_bins` cuts the release afterwards).  Decided from
-    the data model and the request alone.
+    From ``origin`` (the declared ``minValue``, 0 when undeclared) to the declared ``maxValue``: unit
+    steps for an integer variable (steps of ``ceil(range / FINE_BINS)`` units beyond
+    :data:`FINE_BINS`), else :data:`FINE_BINS` equal steps.  The last point is at or after
+    ``maxValue``.
 
     Raises
     ------
     RequestError
-        If the time variable declares no ``maxValue`` (``max_time`` cannot stand in for it: the
-        bins would follow the requester's cut point), or the grid would be too long.
+        If the time variable declares no ``maxValue`` (neither ``max_time`` nor the rows may set the
+        grid: sweeping either would count events up to chosen cut points), or one below its minValue.
     """
     if time_var.max_value is None:
         raise RequestError(f"the time variable {time_var.code!r} declares no maxValue in the data model: "
-                           "Kaplan-Meier lays its time bins over the declared range (max_time cannot set "
-                           "them: sweeping it would count events up to chosen cut points); ask the data "
+                           "survival analyses lay their time bins over the declared range (max_time cannot "
+                           "set them: sweeping it would count events up to chosen cut points); ask the data "
                            "model's maintainers to declare its maxValue")
-    return time_grid(time_var, bin_width, None)
+    origin = float(time_var.min_value) if time_var.min_value is not None else 0.0
+    end = float(time_var.max_value)
+    if end < origin:
+        raise RequestError(f"the time variable {time_var.code!r} declares a maxValue below its minValue")
+    span = end - origin
+    if span == 0.0:
+        return np.array([origin])
+    if time_var.sql_type == "int":
+        step = float(max(1, math.ceil(span / FINE_BINS - 1e-12)))
+        return origin + step * np.arange(math.ceil(span / step - 1e-12) + 1, dtype=float)
+    return np.linspace(origin, end, FINE_BINS + 1)
+
+
+def request_points(time_var: Variable, bin_width: float, max_time: float | None) -> list[int]:
+    """The request's grid on the fine grid: for each point of ``origin + k * bin_width`` (up to the
+    first point at or past ``max_time``, else the declared ``maxValue``: :func:`time_grid`), the
+    index of the last fine point at or before it (a point at or past ``maxValue``: the last fine
+    point), deduplicated and ascending.  Starts at 0; without ``max_time`` it ends at the last fine
+    point.  From the request and the data model alone.
+
+    Raises
+    ------
+    RequestError
+        As :func:`time_grid` and :func:`fine_grid`.
+    """
+    fine = fine_grid(time_var)
+    grid = time_grid(time_var, float(bin_width), max_time)
+    step = float(fine[1] - fine[0]) if len(fine) > 1 else 1.0
+    tol = 1e-9 * step  # k * bin_width a hair below a fine point (0.29 * 100) is that point
+    index = np.searchsorted(fine, grid + tol, side="right") - 1
+    index[grid >= float(time_var.max_value) - tol] = len(fine) - 1
+    return sorted({int(i) for i in np.clip(index, 0, len(fine) - 1)})
+
+
+def coarsen_to(ends: Sequence[int], events: Sequence, censored: Sequence, points: Sequence[int],
+               levels: Sequence[int] | None = None, level: int = 1) -> tuple[list[int], list, list]:
+    """A release's bins coarsened to the request's ``points`` (fine-grid indices): for each point, the
+    last bin end at or before it (with ``levels``: among the ends of level ``level`` or above,
+    :func:`canonical_bins`), deduplicated, and the release's last end always; the counts of the bins in
+    between summed.  Every end is an end of the release and every count a sum of its counts: a
+    function of the release and the request only.
+
+    Raises
+    ------
+    RequestError
+        If a count was suppressed (``None``).
+    """
+    ends = [int(e) for e in ends]
+    if not ends:
+        return [], [], []
+    if any(v is None for v in (*events, *censored)):
+        raise RequestError("a node suppressed survival counts; its bins cannot be combined")
+    eligible = ends if levels is None else [e for e, b in zip(ends, levels) if int(b) >= level]
+    keep: set[int] = {ends[-1]}
+    position = 0
+    for point in sorted(int(p) for p in points):
+        while position < len(eligible) and eligible[position] <= point:
+            position += 1
+        if position:
+            keep.add(eligible[position - 1])
+    target = sorted(keep)
+    where = np.searchsorted(np.asarray(target), np.asarray(ends), side="left")
+    out_events: list = [0] * len(target)
+    out_censored: list = [0] * len(target)
+    for k, d, c in zip(where.tolist(), events, censored):
+        out_events[k] += d  # whole numbers stay whole; a noisy node's signed ones too
+        out_censored[k] += c
+    return target, out_events, out_censored
 
 
 def truncate_bins(ends: Sequence[int], events: Sequence[int | None], censored: Sequence[int | None],
@@ -283,6 +360,84 @@ def safe_bins(events: Sequence[int], censored: Sequence[int], min_count: int
     return ends, out_events, out_censored
 
 
+def canonical_bins(events: Sequence[int], censored: Sequence[int], min_count: int
+                   ) -> tuple[list[int], list[int], list[int], list[int]]:
+    """A group's canonical bins on the fine grid: merged top down on nested blocks of the fine grid.
+
+    Level ``B`` (a power of two) cuts the fine grid at the indices that are multiples of ``B`` (and at
+    its last index).  From one bin over the whole grid (the coarsest level, one block), each level in
+    turn cuts every bin of the level above at its multiples of ``B`` and merges the pieces back with
+    :func:`safe_bins`, down to ``B = 1``.  Every bin end of a level stays a bin end below it, so the
+    bins of level ``B`` (the ends created at ``B`` or above) are a coarsening of the final bins, and
+    their ends are multiples of ``B``: where the data are sparse, bins close at round indices, so the
+    bins of two nodes, or of two groups, share their ends far more often than bins closed at the first
+    index where the counts allow it.  Every count is zero or at least ``min_count`` unless the whole
+    group's are not (then one bin, as :func:`safe_bins`).  The empty bins after the last rows are
+    merged into the last bin with rows (:func:`close_tail`).
+
+    Returns
+    -------
+    ends : list of int
+        Fine index of each bin's last point; the last is ``len(events) - 1``.
+    merged_events, merged_censored : list of int
+    levels : list of int
+        For each end, the largest ``B`` whose bins end there.
+    """
+    n = len(events)
+    cum_events = np.concatenate([[0], np.cumsum(np.asarray(events, dtype=np.int64))])
+    cum_censored = np.concatenate([[0], np.cumsum(np.asarray(censored, dtype=np.int64))])
+    top = 1
+    while top < n - 1:
+        top *= 2
+    parts = [(0, n - 1)]
+    level = {n - 1: top}
+    block = top
+    while block > 1:
+        block //= 2
+        refined = []
+        for lo, hi in parts:
+            cuts = [*range(-(-lo // block) * block, hi, block), hi]
+            if len(cuts) == 1:
+                refined.append((lo, hi))
+                continue
+            starts = [lo, *(c + 1 for c in cuts[:-1])]
+            merged, _, _ = safe_bins([int(cum_events[c + 1] - cum_events[a]) for a, c in zip(starts, cuts)],
+                                     [int(cum_censored[c + 1] - cum_censored[a]) for a, c in zip(starts, cuts)],
+                                     min_count)
+            start = lo
+            for k in merged:
+                level.setdefault(cuts[k], block)
+                refined.append((start, cuts[k]))
+                start = cuts[k] + 1
+        parts = refined
+    ends = [hi for _, hi in parts]
+    starts = [lo for lo, _ in parts]
+    events_out = [int(cum_events[e + 1] - cum_events[a]) for a, e in zip(starts, ends)]
+    censored_out = [int(cum_censored[e + 1] - cum_censored[a]) for a, e in zip(starts, ends)]
+    if min_count > 1:
+        ends, events_out, censored_out = close_tail(ends, events_out, censored_out)
+    return ends, events_out, censored_out, [level[e] for e in ends]
+
+
+def close_tail(ends: list[int], events: list[int], censored: list[int]) -> tuple[list[int], list[int], list[int]]:
+    """The empty bins after the last bin with rows merged into it: that bin ends at the last point, not
+    at the time its last row leaves (the group's longest follow-up, a raw extreme; with ``nfilter_tab``
+    1 a node releases single rows' times anyway, and the bins are left as they are)."""
+    last = max((k for k, (d, c) in enumerate(zip(events, censored)) if d or c), default=len(ends) - 1)
+    return [*ends[:last], ends[-1]], events[:last + 1], censored[:last + 1]
+
+
+def request_level(time_var: Variable, bin_width: float) -> int:
+    """The level of the canonical bins a request coarsens (:func:`canonical_bins`): the largest power of
+    two of fine steps at most ``bin_width`` (1 when ``bin_width`` is below one fine step)."""
+    fine = fine_grid(time_var)
+    step = float(fine[1] - fine[0]) if len(fine) > 1 else 1.0
+    block = 1
+    while 2 * block * step <= float(bin_width) * (1 + 1e-12) and block < len(fine):
+        block *= 2
+    return block
+
+
 def common_ends(end_lists: Sequence[Sequence[int]]) -> list[int]:
     """Bin ends present in every list (the coarsest bins every node's bins nest in)."""
     if not end_lists:
@@ -313,27 +468,58 @@ def rebin(ends: Sequence[int], counts: Sequence[int | None], target: Sequence[in
     return np.bincount(where, weights=np.asarray(counts, dtype=float), minlength=len(target_arr))
 
 
-def binning_summary(time_var: Variable, grid: np.ndarray, bin_width: float, used_ends: Sequence[int]) -> dict:
-    """How the times were binned, for the result (``exact`` or ``binned``)."""
-    merged = len(used_ends) < len(grid)
-    exact = (time_var.sql_type == "int" and float(bin_width) == 1.0 and float(grid[0]).is_integer()
-             and not merged)
+def binning_summary(time_var: Variable, fine: np.ndarray, bin_width: float, used_ends: Sequence[int],
+                    points: Sequence[int], level: int) -> dict:
+    """How the times were binned, for the result (``exact`` or ``binned``).
+
+    ``fine`` is the fine grid up to the end of follow-up used, ``used_ends`` the common bin ends (fine
+    indices), ``points`` the request's grid on the fine grid (:func:`request_points`) and ``level``
+    the request's level of the canonical bins (:func:`request_level`).  ``merged_for_disclosure``:
+    the bins are not the request's grid points (ends merged by some node, or moved down to a
+    canonical bin end).  ``exact``: every fine point up to the end is a bin end and the fine grid has
+    unit steps from a whole number over an integer variable.
+    """
+    used = [int(e) for e in used_ends]
+    wanted = [int(p) for p in points if p <= len(fine) - 1]
+    step = float(fine[1] - fine[0]) if len(fine) > 1 else 1.0
+    merged = used != wanted
+    exact = (time_var.sql_type == "int" and step == 1.0 and float(fine[0]).is_integer()
+             and used == list(range(len(fine))))
     note = ("every distinct time is its own bin: equal to the unbinned analysis" if exact else
-            "times rounded up to the bin ends (timeline); equal to the analysis of the rounded times, "
-            "an approximation of the unbinned analysis")
-    return {"method": "exact" if exact else "binned", "origin": float(grid[0]), "bin_width": float(bin_width),
-            "grid_points": len(grid), "bins_used": len(used_ends), "merged_for_disclosure": merged, "note": note}
+            "times rounded up to the bin ends (timeline): each node's canonical bins on the data model's fine "
+            "grid (fine_step), merged for disclosure control, coarsened to the request's grid at their ends on "
+            "multiples of level from the origin (the last such end at or before each grid point of bin_width); "
+            "equal to the analysis of the rounded times, an approximation of the unbinned analysis")
+    return {"method": "exact" if exact else "binned", "origin": float(fine[0]), "bin_width": float(bin_width),
+            "fine_step": step, "level": level * step, "grid_points": len(wanted), "bins_used": len(used),
+            "merged_for_disclosure": merged, "note": note}
 
 
 def coarsen_groups(groups: list[dict], min_count: int) -> list[dict]:
-    """Per-group grid counts -> :func:`safe_bins` (what a node releases).  A group already on
-    merged bins (``ends``: a study's survival partition) is merged further on those bins."""
+    """Per-group fine counts -> :func:`canonical_bins` (the canonical release, with each end's level
+    under ``levels``).  A group already on merged bins (``ends``: a study's survival partition) is
+    merged further on those bins with :func:`safe_bins`, every end of any level."""
     out = []
     for group in groups:
-        ends, events, censored = safe_bins(group["events"], group["censored"], min_count)
-        if group.get("ends") is not None:
-            ends = [int(group["ends"][e]) for e in ends]
-        out.append({**group, "ends": ends, "events": events, "censored": censored})
+        if group.get("ends") is None:
+            ends, events, censored, levels = canonical_bins(group["events"], group["censored"], min_count)
+        else:
+            merged, events, censored = safe_bins(group["events"], group["censored"], min_count)
+            ends = [int(group["ends"][e]) for e in merged]
+            levels = [MAX_LEVEL] * len(ends)
+        out.append({**group, "ends": ends, "events": events, "censored": censored, "levels": levels})
+    return out
+
+
+def coarsen_groups_to(groups: list[dict], points: Sequence[int], level: int = 1) -> list[dict]:
+    """Each group's canonical bins coarsened to the request's points at the request's level
+    (:func:`coarsen_to`); the levels stay at the node."""
+    out = []
+    for group in groups:
+        ends, events, censored = coarsen_to(group["ends"], group["events"], group["censored"], points,
+                                            group.get("levels"), level)
+        out.append({**{k: v for k, v in group.items() if k != "levels"}, "ends": ends, "events": events,
+                    "censored": censored})
     return out
 
 
@@ -349,3 +535,49 @@ def truncate_groups(groups: list[dict], last: int) -> list[dict]:
 def released_cells(groups: Sequence[Mapping[str, Any]]) -> list[int]:
     """Every event and censoring count of the groups (checked by the node's ``group_counts`` control)."""
     return [int(v) for g in groups for key in ("events", "censored") for v in g[key]]
+
+
+def point_outcome(data: pd.DataFrame, request: AnalysisRequest, model: DataModel, points: Sequence[int],
+                  event_level: str) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's bin among the request's ``points`` (fine-grid indices, the bin ``(points[k-1],
+    points[k]]`` of its fine point) and its event indicator; rows beyond the last point are censored
+    there (:func:`outcome`).  For an unmerged (noisy) release on the request's grid."""
+    index, event = outcome(data, request, model, fine_grid(model.variable(request.y[0])), event_level)
+    where = np.searchsorted(np.asarray(points, dtype=np.int64), index, side="left")
+    beyond = where >= len(points)
+    where[beyond] = len(points) - 1
+    return where.astype(np.int64), event & ~beyond
+
+
+def shape_release(groups: list[dict], min_count: int, points: Sequence[int] | None, last: int | None,
+                  level: int = 1) -> tuple[list[dict], list[int]]:
+    """What a node releases of its per-group fine counts: the canonical release (:func:`coarsen_groups`),
+    coarsened to the request's ``points`` at the request's ``level`` (:func:`coarsen_groups_to`), cut
+    at fine index ``last`` (``max_time`` rounded up to the request's grid, :func:`truncate_groups`).
+    Also the canonical release's counts, which the node checks (``cell_n``) so that every request is
+    refused exactly when the canonical release would be."""
+    merged = coarsen_groups(groups, min_count)
+    shaped = ([{k: v for k, v in g.items() if k != "levels"} for g in merged] if points is None
+              else coarsen_groups_to(merged, points, level))
+    if last is not None:
+        shaped = truncate_groups(shaped, int(last))
+    return shaped, released_cells(merged)
+
+
+def combine_parts(parts: Sequence[tuple[Sequence[int], Sequence, Sequence]], points: Sequence[int],
+                  last: int, fine_points: int) -> tuple[int, list[tuple[list[int], list, list]]]:
+    """The central side's view of the nodes' bins ``(ends, events, censored)`` (fine-grid indices):
+    each coarsened to the request's ``points`` over the declared range (a node's released bins are
+    already; unmerged counts sent in process are not), then every one cut at the end of follow-up,
+    the last end common to all at or before fine index ``last`` (:func:`follow_up_cut`).
+
+    Returns
+    -------
+    cut : int
+        The end of follow-up (a fine index).
+    parts : list
+        Each part's bins up to the cut, the later ones folded into censorings there.
+    """
+    coarse = [coarsen_to(ends, events, censored, points) for ends, events, censored in parts]
+    cut = follow_up_cut([range(fine_points)] + [ends for ends, _, _ in coarse], last)
+    return cut, [truncate_bins(*part, cut) for part in coarse]

@@ -253,8 +253,9 @@ def test_an_exact_node_that_cut_max_time_earlier_cuts_the_noisy_nodes_counts_the
     noisy_frame, exact_frame = local(make_stroke(4, 170), req), local(make_stroke(9, 80, scale_days=200), req)
     exact_release = transport(DisclosureControls(NodeSettings(nfilter_tab=5)).release(
         KM, req, STROKE, 0, transport(KM.local_step(0, exact_frame, req, STROKE, None))))
-    last = len(grid_for(req, STROKE, KM.params(req, STROKE))) - 1
-    assert 0 < exact_release["groups"][0]["ends"][-1] < last  # cut before max_time (week 33 of 52)
+    # bin ends are fine-grid indices: followup_days is an integer variable from 0, so day 364 is index 364
+    last = int(grid_for(req, STROKE, KM.params(req, STROKE))[-1])
+    assert 0 < exact_release["groups"][0]["ends"][-1] < last  # cut before max_time
     mixed = KM.global_step(0, [released(noisy_frame, req), exact_release], req, STROKE, None).result
     exact = KM.global_step(0, [transport(KM.local_step(0, noisy_frame, req, STROKE, None)), exact_release], req,
                            STROKE, None).result

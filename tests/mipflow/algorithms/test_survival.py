@@ -511,7 +511,9 @@ def test_a_release_with_max_time_is_a_function_of_the_release_without_it(seed, n
             assert released == without  # the same refusal, whatever max_time
             continue
         assert not isinstance(released, str), released
-        last = math.ceil(max_time / width - 1e-12)  # max_time rounded up to the grid (origin 0)
+        # max_time rounded up to the request's grid (origin 0), as a fine index: followup_days is an integer
+        # variable declared over 0..3650, so its fine grid is every day and the index of day t is t
+        last = min(math.floor(width * math.ceil(max_time / width - 1e-12) + 1e-9), 3650)
         expected = _cut_by_hand(without, last)
         assert released["group_n"] == expected["group_n"]
         assert [{k: g[k] for k in ("level", "ends", "events", "censored")} for g in released["groups"]] == \
@@ -521,6 +523,94 @@ def test_a_release_with_max_time_is_a_function_of_the_release_without_it(seed, n
         assert "cell_n" not in released and "follow_up_end" not in released  # checked at the node, not sent
         cut_somewhere |= released["groups"] != without["groups"]
     event(f"cut={cut_somewhere}, refused={isinstance(without, str)}")
+
+
+# --------------------------------------------------------------------------- bin_width (issue 14.4)
+
+
+def _days(width: float, up_to: float = 3650.0) -> list[int]:
+    """The request's grid ``k * width`` (up to the first point at or past ``up_to``) as fine indices,
+    written out for followup_days: an integer variable declared over 0..3650, whose fine grid is every
+    day (index = day), each point moved down to a whole day, a point at or past 3650 to 3650."""
+    last = math.ceil(up_to / width - 1e-12)
+    return sorted({min(math.floor(k * width + 1e-9), 3650) for k in range(last + 1)})
+
+
+def _select_by_hand(canonical: tuple, width: float, max_time: float | None) -> tuple[list, list, list]:
+    """What a release must be, from the canonical release ``(ends, events, censored, levels)`` and the
+    request alone: at the request's level (the largest power of two of days at most ``width``), for each
+    point of its grid the last canonical end of that level or above at or before it, and the last end;
+    counts summed; with ``max_time`` cut at the last end at or before it rounded up to the grid, the
+    later counts censored there (independently of ``survival.coarsen_to`` and ``truncate_bins``)."""
+    ends, events, censored, levels = canonical
+    level = 1
+    while 2 * level <= width + 1e-9:
+        level *= 2
+    eligible = [e for e, b in zip(ends, levels) if b >= level]
+    keep = {ends[-1]} | {max(e for e in eligible if e <= p) for p in _days(width) if any(e <= p for e in eligible)}
+    out_ends, out_events, out_censored = sorted(keep), [], []
+    start = 0
+    for end in out_ends:
+        inside = [k for k in range(start, len(ends)) if ends[k] <= end]
+        out_events.append(sum(events[k] for k in inside))
+        out_censored.append(sum(censored[k] for k in inside))
+        start = inside[-1] + 1 if inside else start
+    if max_time is not None:
+        last = _days(width, max_time)[-1]
+        k = len([e for e in out_ends if e <= last])
+        if k == 0:
+            return [], [], []
+        tail = sum(out_events[k:]) + sum(out_censored[k:])
+        out_ends, out_events, out_censored = out_ends[:k], out_events[:k], out_censored[:k]
+        out_censored[-1] += tail
+    return out_ends, out_events, out_censored
+
+
+@SETTINGS
+@given(st.integers(0, 2**32 - 1), st.integers(12, 240), TABS, st.booleans(), st.sampled_from(["kaplan_meier", "cox_regression"]),
+       st.lists(st.floats(0.3, 400.0), min_size=1, max_size=4),
+       st.lists(st.one_of(st.none(), st.floats(0.0, 3650.0)), min_size=1, max_size=3))
+def test_a_release_for_any_bin_width_is_a_function_of_the_canonical_release(seed, n, tab, grouped, algorithm,
+                                                                            drawn, ends_of_follow_up) -> None:
+    """Issue 14.4: the node merges on the data model's fine grid only (the canonical release,
+    ``survival.canonical_bins`` on its fine counts), and a request's ``bin_width`` and ``max_time`` only
+    coarsen and cut it.  For random data, widths (common ones, close pairs such as 1 and 1.001, drawn
+    ones) and ends of follow-up, each released group equals the selection written out by hand from the
+    canonical release, every released end is a canonical end (so the cumulative counts of any two
+    releases at their ends are canonical ones, and their differences sums of canonical cells), and
+    every count is 0 or >= nfilter_tab; a request is refused exactly when the canonical release is."""
+    from mipflow.algorithms.survival import canonical_bins
+
+    data = make_stroke(seed, n, real_times=bool(seed % 2))
+    x = ("sex",) if grouped and algorithm == "kaplan_meier" else ()
+    extra = {"x": ("age",)} if algorithm == "cox_regression" else {"x": x}
+    alg = get_algorithm(algorithm)
+    base = request(algorithm, bin_width=1.0, **extra)
+    fine = alg.local_step(0, prepare_local_data(alg, data, base), base, STROKE, None)
+    groups = fine["groups"] if algorithm == "kaplan_meier" else [fine]
+    canonical = [canonical_bins(g["events"], g["censored"], tab) for g in groups]
+    for ends, events, censored, levels in canonical:
+        assert ends[-1] == 3650 and ends == sorted(set(ends))
+        assert all(e % b == 0 or e == 3650 for e, b in zip(ends, levels))  # level-B ends on multiples of B
+    small = any(0 < v < tab for c in canonical for v in (*c[1], *c[2]))
+    for width in [1.0, 1.001, 7.0, 10.0, 30.0, 30.5, 365.0, *drawn]:
+        for max_time in ends_of_follow_up:
+            req = request(algorithm, bin_width=width, max_time=max_time, **extra)
+            try:
+                released = _release(algorithm, data, req, tab=tab)
+            except DisclosureError as exc:
+                assert small and exc.control == "nfilter_tab"  # refused exactly when the canonical release is
+                continue
+            except RequestError as exc:  # cox: too few rows for the model (nfilter_glm is a DisclosureError)
+                raise AssertionError(exc)
+            assert not small
+            got = released["groups"] if algorithm == "kaplan_meier" else [released]
+            for group, whole in zip(got, canonical):
+                expected = _select_by_hand(whole, width, max_time)
+                assert (group["ends"], group["events"], group["censored"]) == expected
+                assert set(group["ends"]) <= set(whole[0])
+                assert all(v == 0 or v >= tab for v in (*group["events"], *group["censored"]))
+            assert "cell_n" not in released and "request_points" not in released
 
 
 @SETTINGS
@@ -542,8 +632,11 @@ def test_kaplan_meier_with_max_time_equals_pooled_censored_at_the_end_used(nodes
     binning = result["binning"]
     end = binning["end_of_follow_up"]
     assert binning["max_time"] == max_time
-    assert end <= width * math.ceil(max_time / width - 1e-12) + 1e-9 and (end / width) == pytest.approx(round(end / width))
-    assert binning["grid_points"] == round(end / width) + 1
+    # at or before max_time rounded up to the request's grid, on the fine grid (whole days)
+    assert end <= width * math.ceil(max_time / width - 1e-12) + 1e-9 and float(end).is_integer()
+    # the request's grid points up to the end, each moved down to a whole day
+    assert binning["grid_points"] == len({min(math.floor(k * width + 1e-9), 3650) for k in range(4000)
+                                          if min(math.floor(k * width + 1e-9), 3650) <= end})
     pooled = complete(pd.concat([nodes[i] for i in used], ignore_index=True), KM_COLUMNS)
     beyond = pooled["followup_days"] > end
     pooled.loc[beyond, "followup_days"] = end
@@ -566,14 +659,15 @@ def test_kaplan_meier_with_max_time_equals_pooled_censored_at_the_end_used(nodes
 def test_an_honest_max_time_on_the_grid_keeps_the_curve_up_to_it() -> None:
     """Enough rows that nothing is merged near day 100: max_time 100 cuts there exactly, the note
     says rows followed longer are censored there, and the curve is the one without max_time up to
-    day 100."""
+    day 100.  (bin_width 4 days: a power of two of fine steps, so the request's grid points are the
+    canonical bins' ends of its level.)"""
     data = make_stroke(21, 2000, scale_days=150)
     alg = get_algorithm("kaplan_meier")
-    cut = alg.global_step(0, [_release("kaplan_meier", data, request("kaplan_meier", bin_width=10.0,
+    cut = alg.global_step(0, [_release("kaplan_meier", data, request("kaplan_meier", bin_width=4.0,
                                                                      max_time=100.0))],
-                          request("kaplan_meier", bin_width=10.0, max_time=100.0), STROKE, None).result
-    full = alg.global_step(0, [_release("kaplan_meier", data, request("kaplan_meier", bin_width=10.0))],
-                           request("kaplan_meier", bin_width=10.0), STROKE, None).result
+                          request("kaplan_meier", bin_width=4.0, max_time=100.0), STROKE, None).result
+    full = alg.global_step(0, [_release("kaplan_meier", data, request("kaplan_meier", bin_width=4.0))],
+                           request("kaplan_meier", bin_width=4.0), STROKE, None).result
     assert cut["binning"]["end_of_follow_up"] == 100.0 and "max_time rounded up" in cut["binning"]["note"]
     assert "end_of_follow_up" not in full["binning"]
     (c,), (f,) = cut["curves"], full["curves"]

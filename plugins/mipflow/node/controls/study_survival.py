@@ -7,7 +7,9 @@ no request may ask for, and two cohorts merged differently give differences over
 either merge protected (a fourth outside review bounded a young death's time this way).
 
 So approval (and refresh) fixes, on the snapshot, one partition of the protocol's survival grid
-(``survival``: time variable, bin width, optionally the event variable) for the whole family:
+(``survival``: time variable, bin width, optionally the event variable; the grid is the request's grid on
+the data model's fine grid, :func:`mipflow.algorithms.survival.request_points`, as every Kaplan-Meier
+release bins its times) for the whole family:
 
 * the **cells**: every cohort of the family and every difference of two nested cohorts, crossed
   with :func:`~mipflow.node.controls.study_cells.survival_base`'s levels (the event's levels, by
@@ -19,7 +21,7 @@ So approval (and refresh) fixes, on the snapshot, one partition of the protocol'
 * the merged bins then join the level-cell rule as cells of their own (differences, the atom rule
   within each merged bin, and the rows added and removed per cell at a refresh).
 
-At a step, every Kaplan-Meier release of the study sums its grid counts into the partition's bins
+At a step, every Kaplan-Meier release of the study sums its fine counts into the partition's bins
 (:func:`apply_partition`) before the per-request controls, which then find nothing to merge in a
 group of at least ``nfilter_tab`` events; every cohort and group at this node shares the bins.
 Sums and differences of cells that are each 0 or at least ``nfilter_tab`` over the same bins are
@@ -36,8 +38,10 @@ from mipflow.exceptions import ConfigError
 
 
 def grid_bins(times: np.ndarray, time_var: Any, bin_width: float) -> tuple[np.ndarray, int]:
-    """Each row's point on the protocol's grid (``grid[k-1] < time <= grid[k]``, as Kaplan-Meier's
-    local step counts), and the number of grid points.
+    """Each row's point on the protocol's grid (the request's grid on the fine grid,
+    :func:`~mipflow.algorithms.survival.request_points`: the point ``k`` with
+    ``points[k-1] < fine point <= points[k]``, as Kaplan-Meier's releases bin it), and the number of
+    grid points.
 
     Raises
     ------
@@ -45,21 +49,23 @@ def grid_bins(times: np.ndarray, time_var: Any, bin_width: float) -> tuple[np.nd
         If a row's time lies beyond the declared end (validation keeps such rows out; Kaplan-Meier
         would censor them at the end, a cell the partition does not describe).  Admin-facing.
     """
-    from mipflow.algorithms.survival import time_grid
+    from mipflow.algorithms.survival import fine_grid, request_points
 
-    grid = time_grid(time_var, float(bin_width), None)
-    index = np.searchsorted(grid, np.asarray(times, dtype=float), side="left")
-    if np.any(index >= len(grid)):
+    fine = fine_grid(time_var)
+    points = np.asarray(request_points(time_var, float(bin_width), None), dtype=np.int64)
+    index = np.searchsorted(fine, np.asarray(times, dtype=float), side="left")
+    if np.any(index >= len(fine)):
         raise ConfigError(f"rows of the study's population have {time_var.code!r} beyond its declared maxValue "
-                          f"({grid[-1]:g}): correct the rows or the data model before the study")
-    return index.astype(np.int64), len(grid)
+                          f"({fine[-1]:g}): correct the rows or the data model before the study")
+    return np.searchsorted(points, index, side="left").astype(np.int64), len(points)
 
 
 def grid_labels(time_var: Any, bin_width: float, ends: Sequence[int]) -> list[str]:
     """Labels of the merged bins ending at grid points ``ends``."""
-    from mipflow.algorithms.survival import time_grid
+    from mipflow.algorithms.survival import fine_grid, request_points
 
-    grid = time_grid(time_var, float(bin_width), None)
+    fine = fine_grid(time_var)
+    grid = fine[np.asarray(request_points(time_var, float(bin_width), None), dtype=np.int64)]
     out, start = [], None
     for end in ends:
         out.append(f"{time_var.code} up to {grid[end]:g}" if start is None
@@ -195,26 +201,33 @@ def holds(counts: np.ndarray, ends: Sequence[int], tab: int) -> bool:
 
 
 def apply_partition(study: Any, aggregates: dict[str, Any]) -> dict[str, Any]:
-    """Kaplan-Meier's grid counts summed into the study's partition (``ends`` per group), before
-    the per-request controls.
+    """Kaplan-Meier's fine counts summed into the study's partition (``ends`` per group, as fine-grid
+    indices), before the per-request controls.
+
+    The partition's ends are points of the protocol's grid, which the request takes (checked by the
+    request alone); the local step sends that grid on the fine grid (``request_points``).
 
     Raises
     ------
     DisclosureError
         (control ``study``) if the study has no partition (approved before partitions existed: its
-        node admin refreshes it).  Decided without data.
+        node admin refreshes it), or one that does not fit the grid.  Decided without data.
     """
+    from mipflow.algorithms.kaplan_meier import POINTS_KEY
+
     ends = study.record.get("survival_ends")
-    if not ends:
+    points = aggregates.get(POINTS_KEY)
+    if not ends or not points or len(ends) > len(points) or int(ends[-1]) != len(points) - 1:
         raise study._refuse("its Kaplan-Meier analyses are answered on the study's survival partition, which this "
                             "node has not computed for the snapshot; it is answered once its node admin refreshes "
                             "the study (mipflow study refresh)")
-    starts = [0, *[e + 1 for e in ends[:-1]]]
+    fine_ends = [int(points[int(e)]) for e in ends]
+    starts = [0, *[e + 1 for e in fine_ends[:-1]]]
     groups = []
     for group in aggregates["groups"]:
         events = np.add.reduceat(np.asarray(group["events"], dtype=np.int64), starts)
         censored = np.add.reduceat(np.asarray(group["censored"], dtype=np.int64), starts)
-        groups.append({**group, "ends": list(ends), "events": events.tolist(), "censored": censored.tolist()})
+        groups.append({**group, "ends": fine_ends, "events": events.tolist(), "censored": censored.tolist()})
     return {**aggregates, "groups": groups}
 
 
