@@ -58,6 +58,7 @@ from tests.mipflow.algorithms.survival_data import STROKE
 from tests.mipflow.node.controls.study_helpers import MEN, WOMEN, protocol, rule, stroke_rows, where
 from tests.nodes import grant_all, load_frame, running_nodes, served_clients
 from tests.privacy.test_study_attacks import Served, request_of
+from tests.privacy.test_study_survival_attacks import fine_ends
 
 PROJECT = "stroke-outcomes-2027"
 NODE = "hospital_a"
@@ -310,7 +311,7 @@ def test_defence_histograms_of_the_survival_time_are_refused_by_the_request(tmp_
     survival analyses only: its histograms are refused by the request alone (naming Kaplan-Meier),
     while Kaplan-Meier on the partition and histograms of other variables are answered."""
     root = node_with(tmp_path / "node", follow_up_registry(), {PROJECT: KM_PROTOCOL})
-    ends = read_study(root, PROJECT).record["survival_ends"]
+    ends = fine_ends(read_study(root, PROJECT).record["survival_ends"])
     with running_nodes([root]) as urls:
         served = Served(urls[0], issue_client(root, "central"))
         km = served.call("kaplan_meier", request_of(y=("followup_days", "death_90d"), x=("sex",), datasets=DATASETS,

@@ -360,7 +360,7 @@ def check_release(request: StepRequest, context: StepContext, work: StepWork) ->
         elif request.algorithm == "cox_regression":
             from mipflow.node.controls.study_survival import apply_cox
 
-            work.aggregates = apply_cox(work.study.study, request.round, work.aggregates, work.state)
+            work.aggregates = apply_cox(work.study.study, request.round, work.aggregates, work.state, work.model)
     work.aggregates = work.controls.release(work.algo, request.analysis, work.model, request.round,
                                             work.aggregates)
 

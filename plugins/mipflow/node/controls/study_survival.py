@@ -231,26 +231,34 @@ def apply_partition(study: Any, aggregates: dict[str, Any]) -> dict[str, Any]:
     return {**aggregates, "groups": groups}
 
 
-def apply_cox(study: Any, round_no: int, aggregates: dict[str, Any], state: Any) -> dict[str, Any]:
-    """Cox regression in a study: round 0's grid counts summed into the study's partition; later rounds only on bins that are unions
-    of the partition's (``state.ends`` a subset of its ends), so a central site cannot ask for risk
-    sets at finer bins than the family's cells were checked on.  Decided from the state and the
-    stored partition."""
+def apply_cox(study: Any, round_no: int, aggregates: dict[str, Any], state: Any, model: Any) -> dict[str, Any]:
+    """Cox regression in a study: round 0's fine counts summed into the study's partition (as
+    :func:`apply_partition`; then released as they are, each count checked per request); later
+    rounds only on bins that are unions of the partition's (``state.ends`` among its fine ends), so
+    a central site cannot ask for risk sets at finer bins than the family's cells were checked on.
+    Decided from the state, the protocol and the stored partition."""
+    from mipflow.algorithms.cox_regression import FOLLOW_UP_KEY, LEVEL_KEY, POINTS_KEY
+    from mipflow.algorithms.survival import request_points
+
     ends = study.record.get("survival_ends")
-    if not ends:
+    grid = study.protocol.survival
+    points = request_points(model.variable(grid["time"]), grid["bin_width"], None) if grid else None
+    if not ends or not points or len(ends) > len(points) or int(ends[-1]) != len(points) - 1:
         raise study._refuse("its Cox regressions are answered on the study's survival partition, which this node "
                             "has not computed for the snapshot; it is answered once its node admin refreshes the "
                             "study (mipflow study refresh)")
+    fine_ends = [int(points[int(e)]) for e in ends]
     if round_no == 0:
-        starts = [0, *[e + 1 for e in ends[:-1]]]
+        starts = [0, *[e + 1 for e in fine_ends[:-1]]]
         events = np.add.reduceat(np.asarray(aggregates["events"], dtype=np.int64), starts)
         censored = np.add.reduceat(np.asarray(aggregates["censored"], dtype=np.int64), starts)
+        rest = {k: v for k, v in aggregates.items() if k not in (POINTS_KEY, FOLLOW_UP_KEY, LEVEL_KEY)}
         # every count is then checked per request (group_counts): a cohort with fewer events than
         # nfilter_tab in a partition bin is refused, not merged further
-        return {**aggregates, "ends": list(ends), "events": events.tolist(), "censored": censored.tolist(),
+        return {**rest, "ends": fine_ends, "events": events.tolist(), "censored": censored.tolist(),
                 "group_counts": [*events.tolist(), *censored.tolist()]}
     asked = state.get("ends") if isinstance(state, dict) else None
-    if not isinstance(asked, list) or not set(int(e) for e in asked) <= set(ends):
+    if not isinstance(asked, list) or not set(int(e) for e in asked) <= set(fine_ends):
         raise study._refuse("a later round of Cox regression uses bins that are not unions of the study's survival "
                             "partition (the state's ends must be among the partition's ends)")
     return aggregates
