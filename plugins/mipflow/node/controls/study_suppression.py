@@ -94,10 +94,14 @@ def layouts(protocol: Any, model: Any) -> list[Layout]:
     records: list[Record] = [(None, None)]
     for code in nominal:
         records.extend((code, level) for level in model.variable(code).enumeration_codes)
+    # the survival time has no histograms in a study with survival analyses (:func:`check_layout`)
+    survival = protocol.survival if set(protocol.algorithms) & set(SURVIVAL_ALGORITHMS) else None
     out = []
     for code in protocol.variables:
         var = model.variable(code)
         if var.is_categorical or var.min_value is None or var.max_value is None:
+            continue
+        if survival is not None and code == survival["time"]:
             continue
         out.append(Layout(code, protocol.histogram_bins, tuple(records)))
     return out
