@@ -1,0 +1,488 @@
+"""A sixth outside review (study mode's refresh, Cox regression in a study, explore mode), from the documents only.
+
+The reviewer read docs/privacy.md, ADR 0028 (with its survival partition and fifth review), 0035 (derived
+sets, refresh), 0008, 0038, 0032, 0023, 0031 and the README, and the test harness; not the controls'
+nor the algorithms' source.  Every attack runs through real node processes (``mipflow node serve``)
+with the **shipped** settings (``NodeHome.init``: explore by default, ``min_row_count`` 10,
+``nfilter_tab`` 3), after the node admin did what a realistic admin does (approves a protocol with
+``study_approval.approve``, loads the hospital's next export and refreshes the study).  The attacker
+sends only requests the node admits, through the central site's ``run_analysis`` (a researcher reads
+the result) or, where said, reads the step replies the central site receives (the hostile or
+honest-but-curious central site of docs/privacy.md).
+
+``test_hole_*`` PASS WHILE THE HOLE EXISTS (each asserts what the attack recovers).
+
+Found (tests: 1 and 2 ``test_hole_a_*``, 3 ``test_hole_b_*``, 4 ``test_hole_c_*``, 5 ``test_hole_d_*``):
+
+1. **A refresh counts a cell's rows added and removed, not its net change** (ADR 0028 level cells,
+   ADR 0035 refresh).  Corrected rows count as both added and removed, so a cell can gain 4 (one new
+   death and three corrected deaths) and lose 3 (the same three): each is >= ``nfilter_tab``, the
+   net is one patient, and the corrected rows' unchanged values cancel: a new death's age, follow-up
+   and sex come out of the study's group means before and after.
+2. **Refreshes are checked against the previous snapshot only**: an export with five deaths, then a
+   correction of four of them to survivors, each refresh moving every cell by 0 or >= 3 (net too),
+   leave one new death between the snapshot before the first and after the second.
+3. **Cox regression's per-bin sums at the Newton iterates are a solvable system**: the central site
+   (even an honest-but-curious one, running an honest researcher's analysis) receives each node's
+   risk-set sums ``S0, S1, S2`` of ``exp(x'b)`` per event bin for every round in the clear (Cox is not
+   maskable).  Differences of consecutive bins are sums over the 3 to 5 deaths of one partition bin
+   at 5 coefficient vectors: the integer ages and NIHSS of every such death come out exactly.
+4. **Explore mode's Kaplan-Meier cells averaged over rewrites** (documented budget limit, quantified):
+   with ``age`` as the time variable on a 0.1-year grid a known patient is alone in her grid point;
+   the project budget buys 50 releases with fresh noise (``alpha`` changes the query), two projects 100,
+   and the mean of her point's noisy counts (sd 1.41 each) tells her death and sex (wrong with odds of about 1e-6),
+   where ADR 0038 estimates "a few in 20" at B 50.
+5. **Two studies on two versions of one data model**: the fifth review's fix (level-cell and atom rules
+   over every approved study at the node) runs per data model, so elderly (>= 65) under ``stroke:0.1``
+   and older (>= 70) under ``stroke:0.2``, the same patients, subtract to the one death aged 65-69.
+
+Tried and held (see the report): a chain of refreshes whose cohorts differ by one row, one new
+patient beside ten corrections (both ``differencing`` at refresh); numerical variables as groupings
+(400 by the request); the survival time or the event as a Cox covariate (400); crafted Cox round
+states, coefficients or finer bin ends (``round_verification``); explore ``rows`` (noisy).
+"""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import itertools
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mipflow.central.client import NodeClient, NodeEndpoint
+from mipflow.central.rounds import run_analysis
+from mipflow.node.controls import study_approval
+from mipflow.node.home import NodeHome
+from mipflow.protocol.signing import issue_client
+from tests.mipflow.algorithms.survival_data import STROKE
+from tests.mipflow.node.controls.study_helpers import MEN, WOMEN, protocol, rule, stroke_rows, where
+from tests.nodes import grant_all, load_frame, running_nodes, served_clients
+from tests.privacy.test_study_attacks import Served, request_of
+
+PROJECT = "stroke-outcomes-2027"
+NODE = "hospital_a"
+DATASETS = [NODE]
+TAB = 3  # the shipped nfilter_tab
+VARIABLES = ["age", "sex", "nihss_admission", "followup_days", "death_90d"]
+
+
+def node_with(root: Path, frame: pd.DataFrame, studies: dict[str, dict[str, Any]]) -> Path:
+    """A node with the shipped settings holding ``frame``, a grant for every id of each project, and
+    each project's protocol approved by the admin."""
+    NodeHome.init(root, NODE)
+    load_frame(root, STROKE, frame)
+    for project, document in studies.items():
+        grant_all(root, researcher="*", project=project)
+        assert study_approval.approve(NodeHome(root), project, document)["status"] == "approved"
+    return root
+
+
+def result(client, algorithm: str, request: dict[str, Any], project: str = PROJECT) -> dict[str, Any]:
+    return run_analysis(algorithm, request, [client], researcher="mallory", project=project).result
+
+
+# --- 1 and 2: refreshes ---------------------------------------------------------------------------------
+
+REFRESH_PROTOCOL = protocol(datasets=DATASETS, name="stroke-outcomes", variables=VARIABLES,
+                            algorithms=["anova_oneway", "ttest_independent", "linear_regression",
+                                        "multiple_histograms"],
+                            subgroups=[{"name": "women", "filter": WOMEN}, {"name": "men", "filter": MEN}],
+                            histogram_bins=10)
+REFRESH_PROTOCOL.pop("survival")
+#: the new patient the attacker is after: she came in since the last export (the attacker knows that
+#: much, e.g. she is a neighbour); the attack recovers her age, follow-up, sex and death
+NEW_DEATH = {"subjectcode": "target", "dataset": NODE, "age": 86.0, "sex": "F", "stroke_type": "ischaemic",
+             "nihss_admission": 23.0, "followup_days": 41.0, "death_90d": "yes"}
+
+
+def registry() -> pd.DataFrame:
+    frame = stroke_rows(5, 300, NODE, "reg")
+    frame["nihss_admission"] = frame["nihss_admission"].fillna(10.0)
+    return frame
+
+
+def new_patients(seed: int, women_alive: int, women_dead: int, men_dead: int, men_alive: int) -> pd.DataFrame:
+    """New patients of the next export (deaths within 90 days, survivors followed longer)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for sex, dead, count in (("F", False, women_alive), ("F", True, women_dead), ("M", True, men_dead),
+                             ("M", False, men_alive)):
+        for _ in range(count):
+            rows.append({"subjectcode": f"new-{seed}-{len(rows)}", "dataset": NODE,
+                         "age": float(rng.integers(40, 85)), "sex": sex, "stroke_type": "ischaemic",
+                         "nihss_admission": float(rng.integers(0, 25)),
+                         "followup_days": float(rng.integers(5, 90) if dead else rng.integers(100, 900)),
+                         "death_90d": "yes" if dead else "no"})
+    return pd.DataFrame(rows)
+
+
+def women_deaths(client) -> dict[str, float]:
+    """What the attacker reads in the study: the women's deaths (count, and sums of age and follow-up)
+    from the level counts of ``death_90d`` and the group means of two one-way ANOVAs."""
+    counts = result(client, "multiple_histograms", request_of(y=("death_90d",), x=(), filters=WOMEN,
+                                                               datasets=DATASETS, bins=10))["histogram"][0]
+    deaths = dict(zip(counts["bins"], counts["counts"]))["yes"]
+    out = {"deaths": float(deaths)}
+    for variable in ("age", "followup_days"):
+        tukey = result(client, "anova_oneway", request_of(y=(variable,), x=("death_90d",), filters=WOMEN,
+                                                          datasets=DATASETS))["tuckey_test"][0]
+        mean = tukey["meanB"] if tukey["groupB"] == "yes" else tukey["meanA"]
+        out[variable] = mean * deaths
+    return out
+
+
+def men_deaths(client) -> int:
+    counts = result(client, "multiple_histograms", request_of(y=("death_90d",), x=(), filters=MEN,
+                                                               datasets=DATASETS, bins=10))["histogram"][0]
+    return dict(zip(counts["bins"], counts["counts"]))["yes"]
+
+
+def corrected(frame: pd.DataFrame, *, women_dead: int, women_alive: int, seed: int) -> pd.DataFrame:
+    """Corrections the registry sends with an export: ``women_dead`` women who died get their NIHSS
+    re-scored, ``women_alive`` surviving women get their follow-up extended (ages untouched)."""
+    rows = frame[frame["sex"] == "F"]
+    dead = rows[rows["death_90d"] == "yes"].sample(women_dead, random_state=seed).copy()
+    alive = rows[rows["death_90d"] == "no"].sample(women_alive, random_state=seed).copy()
+    dead["nihss_admission"] = (dead["nihss_admission"] + 2).clip(upper=42)
+    alive["followup_days"] = (alive["followup_days"] + 60).clip(upper=3650)
+    return pd.concat([dead, alive], ignore_index=True)
+
+
+def test_hole_a_refresh_that_adds_four_and_removes_three_in_a_cell_gives_one_new_death(tmp_path) -> None:
+    """Class: groups inside algorithms across a refresh (ADR 0028 level cells, ADR 0035 refresh).
+    Recovers: a new patient's age (86), follow-up (41 days), sex and death, exactly.
+    Control that should stop it: the refresh's level-cell rule (``study_cells``, and the pattern's
+    ``changed_small``) counts rows added (new *or changed*) and removed per cell, each 0 or >= 3;
+    it must bound the cell's net change (and treat a corrected row whose released values did not move
+    as unchanged), else +4 / -3 passes with a net of one patient.
+
+    The export: the target (a woman who died) with 9 surviving women, 3 men who died and 7 who
+    survived, plus corrections of 10 women (3 deaths' NIHSS re-scored, 7 survivors' follow-up
+    extended): every cohort gains and loses >= 10 rows, every cell of sex x death gains and loses 0
+    or >= 3 ((F, yes): +4 / -3), so the refresh passes."""
+    frame = registry()
+    root = node_with(tmp_path / "node", frame, {PROJECT: REFRESH_PROTOCOL})
+    export = pd.concat([pd.DataFrame([NEW_DEATH]), new_patients(1, 9, 0, 3, 7),
+                        corrected(frame, women_dead=3, women_alive=7, seed=2)], ignore_index=True)
+    with served_clients({NODE: root}) as clients:
+        before, men_before = women_deaths(clients[NODE]), men_deaths(clients[NODE])
+        load_frame(root, STROKE, export)
+        refreshed = study_approval.refresh(NodeHome(root), PROJECT)
+        assert refreshed["status"] == "refreshed" and refreshed["changed"] == 10
+        after, men_after = women_deaths(clients[NODE]), men_deaths(clients[NODE])
+    assert after["deaths"] - before["deaths"] == 1  # one more woman died: the new patient
+    assert men_after - men_before == 3  # (the men's deaths moved by a safe 3)
+    assert after["age"] - before["age"] == pytest.approx(NEW_DEATH["age"], abs=1e-6)
+    assert after["followup_days"] - before["followup_days"] == pytest.approx(NEW_DEATH["followup_days"], abs=1e-6)
+
+
+def test_hole_a_two_refreshes_each_safe_leave_one_new_death_between_the_first_and_last_snapshot(tmp_path) -> None:
+    """Class: groups inside algorithms across refreshes (ADR 0028 level cells, ADR 0035 refresh).
+    Recovers: a new patient's age, follow-up, sex and death, exactly.
+    Control that should stop it: the refresh rules compare the new snapshot with the previous one
+    only; they must bound the change of every cell against every snapshot answered before (e.g. keep
+    every released snapshot's cell counts, or put the snapshots' cells in the atom rule).
+
+    Refresh 1: the next export, 20 women (the target and four other deaths, 15 survivors) and 10 men
+    (3 deaths): (F, yes) +5.  Refresh 2: four of the new deaths were miscoded (they survived) and six
+    women's follow-up is extended: (F, yes) -4, (F, no) +10 / -6.  Every cohort moves by >= 10 rows
+    at each refresh (and by 30 between the first and last snapshot, so the ledger's pairwise rule
+    passes), every cell by 0 or >= 3 gross and net; between the snapshot before and after, the
+    women's deaths differ by the target alone."""
+    frame = registry()
+    root = node_with(tmp_path / "node", frame, {PROJECT: REFRESH_PROTOCOL})
+    new = pd.concat([pd.DataFrame([NEW_DEATH]), new_patients(3, 15, 4, 3, 7)], ignore_index=True)
+    miscoded = new[(new["sex"] == "F") & (new["death_90d"] == "yes") & (new["subjectcode"] != "target")].copy()
+    miscoded["death_90d"] = "no"
+    miscoded["followup_days"] = 400.0
+    correction = pd.concat([miscoded, corrected(frame, women_dead=0, women_alive=6, seed=4)], ignore_index=True)
+    with served_clients({NODE: root}) as clients:
+        before = women_deaths(clients[NODE])
+        load_frame(root, STROKE, new)
+        assert study_approval.refresh(NodeHome(root), PROJECT)["status"] == "refreshed"
+        middle = women_deaths(clients[NODE])
+        load_frame(root, STROKE, correction)
+        assert study_approval.refresh(NodeHome(root), PROJECT)["status"] == "refreshed"
+        after = women_deaths(clients[NODE])
+    assert middle["deaths"] - before["deaths"] == 5 and after["deaths"] - middle["deaths"] == -4  # each safe
+    assert after["deaths"] - before["deaths"] == 1
+    assert after["age"] - before["age"] == pytest.approx(NEW_DEATH["age"], abs=1e-6)
+    assert after["followup_days"] - before["followup_days"] == pytest.approx(NEW_DEATH["followup_days"], abs=1e-6)
+
+
+# --- 3: Cox regression's risk-set sums, as the central site receives them ---------------------------------
+
+COX_PROTOCOL = protocol(datasets=DATASETS, name="stroke-outcomes", variables=VARIABLES,
+                        algorithms=["kaplan_meier", "cox_regression", "anova_oneway"],
+                        subgroups=[{"name": "women", "filter": WOMEN}, {"name": "men", "filter": MEN}],
+                        survival={"time": "followup_days", "bin_width": 7.0, "event": "death_90d"})
+AGES, NIHSS = (30, 89), (0, 29)
+
+
+def death_registry(seed: int = 7, n: int = 300) -> pd.DataFrame:
+    """A registry of 90-day deaths: about 30 % die within 90 days (whole days), the others are
+    followed 91 to 1500 days; ages in years and NIHSS are whole numbers, as registries keep them."""
+    rng = np.random.default_rng(seed)
+    dead = rng.random(n) < 0.3
+    followup = np.where(dead, rng.integers(1, 91, n), rng.integers(91, 1500, n))
+    return pd.DataFrame({"subjectcode": [f"d{k}" for k in range(n)], "dataset": NODE,
+                         "age": rng.integers(AGES[0], AGES[1] + 1, n).astype(float),
+                         "sex": rng.choice(["F", "M"], n), "stroke_type": "ischaemic",
+                         "nihss_admission": rng.integers(NIHSS[0], NIHSS[1] + 1, n).astype(float),
+                         "followup_days": followup.astype(float), "death_90d": np.where(dead, "yes", "no")})
+
+
+class Recording(NodeClient):
+    """The central site's client, keeping every round's state it sent and the reply it received."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.rounds: list[tuple[int, Any, dict]] = []
+
+    def step(self, algorithm, request, round_no, state, **kwargs):
+        reply = super().step(algorithm, request, round_no, state, **kwargs)
+        self.rounds.append((round_no, state, reply))
+        return reply
+
+
+def array(block: dict[str, Any]) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(block["base64"]), dtype=block["dtype"]).reshape(block["shape"])
+
+
+def tuples(m: int, low: int, high: int, total: int, squares: int, start: int | None = None) -> Iterator[tuple]:
+    """Non-decreasing ``m``-tuples of integers in [low, high] with the given sum and sum of squares."""
+    start = low if start is None else start
+    if m == 0:
+        if total == 0 and squares == 0:
+            yield ()
+        return
+    for v in range(start, high + 1):
+        rest, rest_sq, k = total - v, squares - v * v, m - 1
+        if rest < k * v:
+            break
+        if rest > k * high or rest_sq < 0 or (k and (rest_sq * k < rest * rest or rest_sq > k * high * high)):
+            continue
+        for tail in tuples(k, low, high, rest, rest_sq, v):
+            yield (v, *tail)
+
+
+def solve_bin(m: int, center: np.ndarray, sums: list[tuple[np.ndarray, float, np.ndarray, np.ndarray]]) -> list:
+    """Every set of ``m`` (age, NIHSS) integer pairs whose sums of ``exp(x'b)``, ``x exp(x'b)`` and
+    ``x x' exp(x'b)`` (x centred) equal the released ones at each round's coefficients ``b``.
+    ``sums[0]`` is the round at b = 0 (plain sums and sums of squares and products)."""
+    _, _, s1, s2 = sums[0]
+    total = s1 + m * center
+    age_sq = s2[0] + 2 * center[0] * total[0] - m * center[0] ** 2
+    nihss_sq = s2[2] + 2 * center[1] * total[1] - m * center[1] ** 2
+    product = s2[1] + center[0] * total[1] + center[1] * total[0] - m * center[0] * center[1]
+    age_sum, nihss_sum, age_sq, nihss_sq, product = (int(round(v)) for v in (*total, age_sq, nihss_sq, product))
+    found: set[tuple] = set()
+    for ages in tuples(m, *AGES, age_sum, age_sq):
+        for scores in tuples(m, *NIHSS, nihss_sum, nihss_sq):
+            for order in set(itertools.permutations(scores)):
+                if sum(a * s for a, s in zip(ages, order)) != product:
+                    continue
+                x = np.column_stack([ages, order]).astype(float) - center
+                if all(abs(np.exp(x @ beta).sum() - s0) <= 1e-7 * s0 and np.allclose((x * np.exp(x @ beta)[:, None]).sum(0), s1, rtol=1e-7, atol=1e-6)
+                       for beta, s0, s1, _ in sums[1:]):
+                    found.add(tuple(sorted(zip(ages, order))))
+    return sorted(found)
+
+
+def deaths_per_bin(client: Recording, cohort: dict) -> tuple[list[tuple[float, float, list]], int]:
+    """The central site's reading of an honest Cox analysis (default ties) of one cohort: per pair of
+    consecutive event bins, the risk-set sums' difference is a sum over the rows that left in between
+    (here the deaths of the first bin; censoring starts after day 90), solved for their values."""
+    client.rounds.clear()
+    run_analysis("cox_regression", request_of(y=("followup_days", "death_90d"), x=("age", "nihss_admission"),
+                                              filters=cohort, datasets=DATASETS, event_level="yes", bin_width=7.0),
+                 [client], researcher="alice", project=PROJECT)
+    later = [(state, reply["aggregates"]) for round_no, state, reply in client.rounds if round_no >= 1]
+    first = later[0][0]
+    assert first["coefficients"] == [0.0, 0.0] and len(later) >= 3  # round 1 at b = 0, then Newton's iterates
+    center, ends, event_bins = np.asarray(first["center"]), first["ends"], first["event_bins"]
+    released = [(np.asarray(state["coefficients"]), array(agg["s0"]), array(agg["s1"]), array(agg["s2"]))
+                for state, agg in later]
+    out, unsolved = [], 0
+    for j in range(len(event_bins) - 1):
+        left = [(beta, s0[j] - s0[j + 1], s1[j] - s1[j + 1], s2[j] - s2[j + 1]) for beta, s0, s1, s2 in released]
+        m = int(round(left[0][1]))
+        days = (ends[event_bins[j] - 1] * 7.0, ends[event_bins[j]] * 7.0)
+        if m > 5:  # more unknowns: more rounds (other covariates, participants) would do; not needed here
+            unsolved += 1
+            continue
+        out.append((*days, solve_bin(m, center, left)))
+    return out, unsolved
+
+
+def test_hole_b_cox_risk_set_sums_at_the_newton_iterates_give_each_deaths_age_and_nihss(tmp_path) -> None:
+    """Class: per-node aggregates the central site receives in the clear (docs/privacy.md, hostile and
+    honest-but-curious central site); Cox regression in a study (ADR 0028 survival partition, ADR 0008
+    "residual risk: risk-set sums at several coefficient vectors over the same >= nfilter_tab rows").
+    Recovers: for every partition bin holding 3 to 5 deaths of a cohort, each death's exact age and
+    NIHSS (and sex, from the cohort, and the week range of her death, from the bin): 42 of the 87 deaths.
+    Control that should stop it: ``check_release`` / the survival partition bound only the *count*
+    per bin (>= nfilter_tab); a round's ``s0, s1, s2`` over k rows at r coefficient vectors are
+    r (1 + p + p(p+1)/2) equations in k p unknowns.  Cox's per-bin sums need masking (Cox is not
+    maskable), bins with many more rows than unknowns, or noise; ``secure_aggregation_required`` 1
+    refuses Cox altogether.
+
+    The analysis is an honest one (a researcher's Cox model of age and NIHSS in the subgroups women
+    and men, default ties, the study's grid and partition); the central site only reads what each
+    round's reply and state hold: the round at b = 0 gives each bin's sums and sums of squares and
+    products, the iterates' sums of ``exp(x'b)`` pick the one integer solution."""
+    frame = death_registry()
+    root = node_with(tmp_path / "node", frame, {PROJECT: COX_PROTOCOL})
+    credential = issue_client(root, "central")
+    recovered = []
+    with running_nodes([root]) as urls:
+        client = Recording(NodeEndpoint(NODE, urls[0], credential.client_id, credential.secret.hex()), retries=0)
+        try:
+            for sex, cohort in (("F", WOMEN), ("M", MEN)):
+                bins, _ = deaths_per_bin(client, cohort)
+                recovered += [(sex, lo, hi, found) for lo, hi, found in bins]
+        finally:
+            client.close()
+    deaths = frame[frame["death_90d"] == "yes"]
+    exact = 0
+    for sex, lo, hi, found in recovered:
+        truth = deaths[(deaths["sex"] == sex) & (deaths["followup_days"] > lo) & (deaths["followup_days"] <= hi)]
+        assert found == [tuple(sorted(zip(truth["age"].astype(int), truth["nihss_admission"].astype(int))))], (sex, lo, hi)
+        exact += len(truth)
+    assert exact >= 30  # each an exact (sex, age, NIHSS, week range of death) record
+
+
+# --- 4: explore mode, Kaplan-Meier cells averaged over rewrites --------------------------------------------
+
+EXPLORE_TARGET_AGE = 52.0
+
+
+def explore_registry(seed: int = 5, n: int = 300) -> pd.DataFrame:
+    """Ages to one decimal; nobody but the target (a woman who died) aged 51.5 to 52.5."""
+    frame = stroke_rows(seed, n, NODE, "ex")
+    frame["age"] = np.random.default_rng(seed).uniform(30.0, 90.0, n).round(1)
+    frame.loc[(frame["age"] > 51.5) & (frame["age"] < 52.5), "age"] += 1.0
+    frame.loc[0, ["age", "sex", "death_90d"]] = [EXPLORE_TARGET_AGE, "F", "yes"]
+    return frame
+
+
+def test_hole_c_explore_kaplan_meier_cells_averaged_over_rewrites_give_a_known_patients_death_and_sex(tmp_path) -> None:
+    """Class: averaging rewritten perturbed answers in explore mode, the default (docs/privacy.md
+    "Averaging repeated perturbed answers", "All vs all-but-one ... bounded by the project's explore
+    budget"; ADR 0038 "The budget": a documented limit, quantified here).  Recovers: a known patient's
+    death within 90 days and her sex (the attacker knows her age to the decimal).
+    Control that should stop it: the explore budgets (``explore_project_budget_epsilon`` 50 per project,
+    ``explore_budget_epsilon`` 20 per researcher).  ADR 0038 estimates the gain at B 50 from split
+    histogram noise ("a guess from 1 in 20 to a few in 20"); Kaplan-Meier's (and a contingency
+    table's) counts are unsplit (sd 1.41 at epsilon 1), so B 50 averages a count to sd 0.2 and two
+    projects (each its own budget) to 0.14: one patient's cell is read, not guessed.
+
+    ``age`` as Kaplan-Meier's time (declared range 18..90) with ``bin_width`` 0.1 and ``death_90d`` as
+    the event: the target is alone at her grid point, an event if she died, a censoring otherwise, in
+    her sex's group.  Each release changes ``alpha`` (a new query: fresh noise, charged 1)."""
+    root = tmp_path / "node"
+    NodeHome.init(root, NODE)  # shipped settings: every project in explore mode
+    load_frame(root, STROKE, explore_registry())
+    for project in ("open-questions", "side-questions"):
+        grant_all(root, researcher="*", project=project)
+    point = int(round((EXPLORE_TARGET_AGE - 18.0) / 0.1))
+    cells = []
+    with running_nodes([root]) as urls:
+        served = Served(urls[0], issue_client(root, "central"))
+        for project in ("open-questions", "side-questions"):
+            for i in range(50):
+                reply = served.call("kaplan_meier", request_of(y=("age", "death_90d"), x=("sex",), datasets=DATASETS,
+                                                               event_level="yes", bin_width=0.1,
+                                                               alpha=round(0.9 + 0.001 * i, 3)),
+                                    project=project, researcher=f"{project}-{i // 20}")
+                assert reply.status_code == 200, reply.text
+                assert reply.json()["mode"]["mode"] == "explore"
+                groups = {g["level"]: g for g in reply.json()["aggregates"]["groups"]}
+                cells.append([groups[s][kind][point] for s in ("F", "M") for kind in ("events", "censored")])
+        over = served.call("kaplan_meier", request_of(y=("age", "death_90d"), x=("sex",), datasets=DATASETS,
+                                                      event_level="yes", bin_width=0.1, alpha=0.99),
+                           project="open-questions", researcher="open-questions-9")
+    assert over.status_code == 403 and over.json()["control"] == "dp_budget"  # the budget was the bound
+    means = np.asarray(cells, dtype=float).mean(axis=0)  # (F events, F censored, M events, M censored)
+    assert int(np.argmax(means)) == 0, means  # a woman, who died (about 1 against about 0, sd 0.14 each)
+
+
+# --- 5: two studies on two versions of one data model ---------------------------------------------------
+
+#: the registry's next data-model version, the same variables (the node holds both while projects move)
+STROKE_V2 = dataclasses.replace(STROKE, version="0.2", raw={**STROKE.raw, "version": "0.2"})
+ELDERLY_65 = where(rule("age", "greater_or_equal", 65))
+OLDER_70 = where(rule("age", "greater_or_equal", 70))
+BAND_TARGET = {"age": 66.3, "sex": "F", "nihss_admission": 23.0, "followup_days": 41.0, "death_90d": "yes"}
+
+
+def band_registry(seed: int = 101, n: int = 400) -> pd.DataFrame:
+    """Ages to one decimal; of the patients aged 65 to 69 (about thirty), only the target died."""
+    frame = stroke_rows(seed, n, NODE, "band")
+    frame["age"] = np.random.default_rng(seed).uniform(30.0, 90.0, n).round(1)
+    frame["nihss_admission"] = frame["nihss_admission"].fillna(10.0)
+    frame.loc[(frame["age"] >= 65) & (frame["age"] < 70), "death_90d"] = "no"
+    for key, value in BAND_TARGET.items():
+        frame.loc[0, key] = value
+    return frame
+
+
+def deaths_in(client, project: str, model: str, cohort: dict) -> dict[str, float]:
+    """A cohort's deaths: count (and women's count) from level counts, sums from ANOVA group means."""
+    histograms = result(client, "multiple_histograms", request_of(y=("death_90d",), x=("sex",), filters=cohort,
+                                                                  datasets=DATASETS, data_model=model, bins=10),
+                        project)["histogram"]
+    counts = {h["grouping_enum"]: dict(zip(h["bins"], h["counts"]))["yes"] for h in histograms}
+    out = {"deaths": float(counts[None]), "women": float(counts["F"])}
+    for variable in ("age", "nihss_admission", "followup_days"):
+        tukey = result(client, "anova_oneway", request_of(y=(variable,), x=("death_90d",), filters=cohort,
+                                                          datasets=DATASETS, data_model=model), project)["tuckey_test"][0]
+        out[variable] = (tukey["meanB"] if tukey["groupB"] == "yes" else tukey["meanA"]) * counts[None]
+    return out
+
+
+def test_hole_d_two_studies_on_two_versions_of_a_data_model_subtract_to_one_death(tmp_path) -> None:
+    """Class: study mode beyond one family (the fifth review's hole 4, two projects' studies at one
+    node), across data-model versions (ADR 0030: the same patients under two versions).
+    Recovers: the only death aged 65 to 69: her age (66.3), NIHSS (23), follow-up (41 days) and sex.
+    Control that should stop it: ``study_approval.other_sets`` runs the level-cell and atom rules over
+    the approved studies *under the same data model* only (ADR 0028, fifth review); it must take every
+    study whose rows are the same patients (by ``_pid``, as the ledger does since ADR 0030).  The same
+    gap lets a second study with histograms or survival analyses on the other version past
+    ``layout_conflict`` (two partitions of the same patients).
+
+    The node holds the registry under ``stroke:0.1`` and, after the CDE update, under ``stroke:0.2``
+    (the same patients).  Project A's study (v0.1): subgroups elderly (>= 65), women, men; project B's
+    (v0.2): older (>= 70), women, men.  Both are approved (each family alone is fine; the ledger's
+    pairwise and atom rules by patient pass: the band 65-69 holds about thirty patients)."""
+    root = tmp_path / "node"
+    NodeHome.init(root, NODE)
+    frame = band_registry()
+    load_frame(root, STROKE, frame)
+    load_frame(root, STROKE_V2, frame)
+    algorithms = ["anova_oneway", "ttest_independent", "linear_regression", "multiple_histograms"]
+    studies = {
+        "stroke-outcomes-2027": (STROKE, protocol(datasets=DATASETS, name="stroke-outcomes", variables=VARIABLES,
+                                                  algorithms=algorithms, subgroups=[
+                                                      {"name": "elderly", "filter": ELDERLY_65},
+                                                      {"name": "women", "filter": WOMEN}, {"name": "men", "filter": MEN}])),
+        "stroke-frailty-2027": (STROKE_V2, protocol(datasets=DATASETS, name="stroke-frailty", variables=VARIABLES,
+                                                    data_model=STROKE_V2.key, algorithms=algorithms, subgroups=[
+                                                        {"name": "older", "filter": OLDER_70},
+                                                        {"name": "women", "filter": WOMEN}, {"name": "men", "filter": MEN}])),
+    }
+    for project, (_, document) in studies.items():
+        document.pop("survival")
+        grant_all(root, researcher="*", project=project)
+        assert study_approval.approve(NodeHome(root), project, document)["status"] == "approved"
+    with served_clients({NODE: root}) as clients:
+        elderly = deaths_in(clients[NODE], "stroke-outcomes-2027", STROKE.key, ELDERLY_65)
+        older = deaths_in(clients[NODE], "stroke-frailty-2027", STROKE_V2.key, OLDER_70)
+    band = {key: elderly[key] - older[key] for key in elderly}
+    assert band["deaths"] == 1 and band["women"] == 1  # one death aged 65-69, a woman
+    for variable in ("age", "nihss_admission", "followup_days"):
+        assert band[variable] == pytest.approx(BAND_TARGET[variable], abs=1e-6), variable
