@@ -219,7 +219,7 @@ class CMHTest(SpecAlgorithm):
         "tarone_adjustment": ParamSpec(types=("text",), default="no", notblank=True, enums=YES_NO,
                                        label="Tarone's adjustment", description="Tarone's adjustment of the "
                                                                                 "Breslow-Day test."),
-        "alpha": ParamSpec(types=("real",), default=0.05, notblank=True, min=0.0, max=1.0, min_exclusive=True,
+        "alpha": ParamSpec(types=("real",), central_only=True, default=0.05, notblank=True, min=0.0, max=1.0, min_exclusive=True,
                            max_exclusive=True, label="Significance level (alpha)",
                            description="The significance level: the common odds ratio interval is at level "
                                        "1 - alpha (0.05: 95 %)."),

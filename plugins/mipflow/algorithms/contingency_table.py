@@ -281,7 +281,7 @@ class ContingencyTable(SpecAlgorithm):
                                                   "2x2 table."),
         "alt_hypothesis": alternative_spec("Fisher's exact test (2x2 tables): two-sided, or the odds ratio "
                                            "less or greater than 1."),
-        "alpha": ParamSpec(types=("real",), default=0.05, notblank=True, min=0.0, max=1.0, min_exclusive=True,
+        "alpha": ParamSpec(types=("real",), central_only=True, default=0.05, notblank=True, min=0.0, max=1.0, min_exclusive=True,
                            max_exclusive=True, label="Significance level (alpha)",
                            description="The significance level: the odds and risk ratio intervals are "
                                        "at level 1 - alpha (0.05: 95 %)."),

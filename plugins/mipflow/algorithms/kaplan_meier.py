@@ -147,7 +147,7 @@ class KaplanMeier(SpecAlgorithm):
         **SURVIVAL_PARAMETERS,
         # a confidence level here, unlike the tests' alpha; under 0.5 it is most likely a significance
         # level sent by mistake (ADR 0022)
-        "alpha": ParamSpec(types=("real",), default=0.95, min=0.5, max=1.0, max_exclusive=True,
+        "alpha": ParamSpec(types=("real",), central_only=True, default=0.95, min=0.5, max=1.0, max_exclusive=True,
                            label="Confidence level (alpha)",
                            description="The confidence level of the survival intervals (0.95: 95 % "
                                        "intervals); at least 0.5 and below 1."),

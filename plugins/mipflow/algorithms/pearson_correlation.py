@@ -75,7 +75,7 @@ class PearsonCorrelation(SpecAlgorithm):
                                                                    "default: y against itself).")
     parameter_specs = MappingProxyType({
         # Exareme2's wire name, default and intervals, which are at 1 - alpha (ADR 0022).
-        "alpha": ParamSpec(types=("real",), default=0.95, notblank=True, min=0.0, max=1.0,
+        "alpha": ParamSpec(types=("real",), central_only=True, default=0.95, notblank=True, min=0.0, max=1.0,
                            label="Alpha (intervals at level 1 - alpha)",
                            description="Exareme2 calls it the confidence level, but the intervals are at "
                                        "level 1 - alpha, as Exareme2 computes them: the default 0.95 gives "

@@ -88,6 +88,11 @@ class ParamSpec:
         Exareme2's spec it says so (docs/adr/0022-algorithm-catalogue.md).
     min_exclusive, max_exclusive : bool
         The bound itself is refused.
+    central_only : bool
+        Only the central side's global step reads it (a confidence level, a significance level):
+        the nodes' releases do not depend on it, so explore mode's noise is not keyed on it (a
+        sixth outside review changed ``alpha`` on each request to draw fresh noise and average one
+        patient's cell).
     """
 
     types: tuple[str, ...]
@@ -101,6 +106,7 @@ class ParamSpec:
     description: str = ""
     min_exclusive: bool = False
     max_exclusive: bool = False
+    central_only: bool = False
 
     @property
     def required(self) -> bool:

@@ -295,10 +295,27 @@ def canonical_query(algorithm: str, analysis: Any, model: Any, variables: Sequen
     """
     request = analysis.to_dict()
     request["inputdata"]["datasets"] = sorted(request["inputdata"]["datasets"])
+    request["parameters"] = release_parameters(algorithm, request.get("parameters"))
+    # filters that differ only in writing (rule order, 65 against 65.0, nesting) are one query
+    from mipflow.node.controls.study_protocol import canonical_filter
+
+    request["inputdata"]["filters"] = canonical_filter(request["inputdata"].get("filters"))
     meta = {code: model.variable(code).to_dict() for code in sorted(set(variables))}
     doc = {"algorithm": algorithm, "request": request, "variables": meta, "data_model": model.key,
            "noise": [mechanism, repr(float(epsilon)), repr(float(delta))]}
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str).encode("utf-8")
+
+
+def release_parameters(algorithm: str, parameters: Any) -> Any:
+    """The request's parameters less those only the central side reads (``ParamSpec.central_only``,
+    e.g. a confidence level): the node's release does not depend on them, so neither does its
+    noise (a sixth outside review drew fresh noise by changing ``alpha`` and averaged a cell)."""
+    if not isinstance(parameters, dict):
+        return parameters
+    from mipflow.algorithms import get_algorithm
+
+    specs = getattr(get_algorithm(algorithm), "parameter_specs", {}) or {}
+    return {k: v for k, v in parameters.items() if not getattr(specs.get(k), "central_only", False)}
 
 
 def standard_draws(mechanism: str, uniforms: np.ndarray) -> np.ndarray:

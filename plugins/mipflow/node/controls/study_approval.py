@@ -249,7 +249,7 @@ def cell_change_problems(old: Study, family: Family, tab: int) -> list[str]:
         problems = change_cells({}, {}, added_cells, tab)
         return problems + ([f"{removed} row(s) removed from a study approved before the level-cell rule: "
                             "withdraw it and approve it again"] if removed else [])
-    return change_cells(previous, family.cells, added_cells, tab)
+    return change_cells(previous, family.cells, added_cells, tab, old.record.get("cells_history", []))
 
 
 def size_problems(family: Family, min_row_count: int) -> list[str]:
@@ -498,6 +498,10 @@ def refresh(home: Any, project: str) -> dict[str, Any]:
                   values=family.values, subgroups=family.subgroups,
                   record={**old.record, "min_row_count": min_row_count, "counts": _counts(family),
                           "suppression": summary, "refreshes": refreshes, "cells": family.cells,
+                          # every earlier snapshot's cells (counts only): a later refresh's net change
+                          # is checked against each of them too
+                          "cells_history": [old.record["cells"], *old.record.get("cells_history", [])]
+                          if old.record.get("cells") is not None else old.record.get("cells_history", []),
                           **_survival_record(family)})
     write_study(home.root, study)
     return {"project": project, "study": old.protocol.name, "status": "refreshed", "snapshot": at,

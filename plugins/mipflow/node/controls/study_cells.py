@@ -192,14 +192,30 @@ def _levels(suffix: str) -> str:
     return "" if not suffix else ", " + " and ".join(suffix.strip("|").split("|"))
 
 
-def change_cells(old: Mapping[str, int], new: Mapping[str, int], added: Mapping[str, int], tab: int) -> list[str]:
-    """Cells whose rows added or removed since the snapshot are 1 to ``tab - 1`` (admin-facing)."""
+def change_cells(old: Mapping[str, int], new: Mapping[str, int], added: Mapping[str, int], tab: int,
+                 earlier: Sequence[Mapping[str, int]] = ()) -> list[str]:
+    """Cells whose rows added or removed since the snapshot are 1 to ``tab - 1``, or whose count
+    moved by 1 to ``tab - 1`` net (four added and three removed is one more: a sixth outside review
+    read a new death so), since the snapshot or since any ``earlier`` snapshot the study answered on
+    (two refreshes each safe can still add up to one); admin-facing."""
     problems = []
     for cell in sorted(set(old) | set(new) | set(added)):
         plus = int(added.get(cell, 0))
-        minus = int(old.get(cell, 0)) - int(new.get(cell, 0)) + plus
+        now = int(new.get(cell, 0))
+        minus = int(old.get(cell, 0)) - now + plus
         label, _, rest = cell.partition("|")
+        where = f"{label}{_levels('|' + rest if rest else '')}"
         for n, what in ((plus, "added"), (minus, "removed")):
             if 0 < n < tab:
-                problems.append(f"{label}{_levels('|' + rest if rest else '')}: {n} row(s) {what}")
+                problems.append(f"{where}: {n} row(s) {what}")
+        for k, before in enumerate([old, *earlier]):
+            net = now - int(before.get(cell, 0))
+            if 0 < abs(net) < tab:
+                since = "since the snapshot" if k == 0 else f"since the snapshot {k} refresh(es) before it"
+                problems.append(f"{where}: {net:+d} row(s) net {since}")
+    for before in [old, *earlier]:  # a cell that had rows and has none now (not in new, old or added)
+        for cell in set(before) - set(old) - set(new) - set(added):
+            if 0 < int(before[cell]) < tab:
+                label, _, rest = cell.partition("|")
+                problems.append(f"{label}{_levels('|' + rest if rest else '')}: {-int(before[cell]):+d} row(s) net")
     return problems
