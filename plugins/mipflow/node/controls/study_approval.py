@@ -61,6 +61,9 @@ class Family:
     #: every survival cell's counts on them (admin-facing, for the next refresh) and, at a refresh,
     #: the cells whose change cannot be merged away
     survival_ends: tuple[int, ...] = ()
+    #: each population row's patient key (sorted order; None without ``_pid``): other studies under
+    #: other data models are mapped onto these rows by patient (ADR 0030)
+    row_patients: np.ndarray | None = None
     survival_counts: dict[str, list[int]] = field(default_factory=dict)
     survival_problems: tuple[str, ...] = ()
 
@@ -125,9 +128,10 @@ def compute_family(store: Any, model: Any, protocol: Protocol, hash_key: str, ta
 
     nominal = nominal_variables(model, protocol.variables)
     levels = frame[nominal].reset_index(drop=True).iloc[order].reset_index(drop=True)
+    row_pids = patient_keys(frame, hash_key)
     family = Family(population=population, values=values, subgroups=subgroups, per_dataset=per_dataset,
                     patients=patients, cell_levels=levels, nominal=tuple(nominal),
-                    cross=crossing(protocol.algorithms))
+                    cross=crossing(protocol.algorithms), row_patients=None if row_pids is None else row_pids[order])
     if protocol.survival is not None and set(protocol.algorithms) & {"kaplan_meier", "cox_regression"}:
         family = _with_survival(family, frame[protocol.survival["time"]].to_numpy(dtype=float)[order], model,
                                 protocol, tab, old)
@@ -175,26 +179,59 @@ def _added(old: Study, family: Family) -> np.ndarray:
 PER_FAMILY_LAYOUTS = frozenset({"multiple_histograms", "kaplan_meier", "cox_regression"})
 
 
-def other_studies(root: Any, project: str, data_model: str) -> list[Study]:
-    """The node's other approved studies under ``data_model``."""
+def other_studies(root: Any, project: str, data_model: str | None = None) -> list[Study]:
+    """The node's other approved studies (under any data model: the same patients may be loaded
+    under several, ADR 0030)."""
     out = []
     for record in list_records(root):
         other = record.get("project")
         if other == project or record.get("status") != "approved":
             continue
         study = read_study(root, other)
-        if study is not None and study.protocol.data_model == data_model:
+        if study is not None:
             out.append(study)
     return out
 
 
-def other_sets(others: list[Study], family: Family) -> list[tuple[str, np.ndarray]]:
+def _on_these_rows(study: Study, family: Family, data_model: str, store: Any, hash_key: str
+                   ) -> list[tuple[str, np.ndarray]]:
+    """``study``'s cohorts as row keys of ``family``: by row under the same data model, by patient
+    under another (its snapshot's rows read again for their patients; a cohort with no patient
+    identity, or a data model the node no longer holds, maps to nothing)."""
+    cohorts = [("population", study.population), *((f"subgroup {n!r}", k) for n, k in study.subgroups.items())]
+    if study.protocol.data_model == data_model:
+        return cohorts
+    if family.row_patients is None:
+        return []
+    from mipflow.node.controls.differencing import patient_keys, row_keys
+    from mipflow.node.query.read import select_frame
+
+    try:
+        model = store.data_model(study.protocol.data_model)
+    except Exception:  # noqa: BLE001 - the other data model is gone: nothing to compare with
+        return []
+    frame = select_frame(store, model, datasets=list(study.protocol.datasets), variables=list(study.protocol.variables),
+                         filters=study.protocol.population_filter, complete_case=True, row_identity=True)
+    keys, pids = row_keys(frame, hash_key), patient_keys(frame, hash_key)
+    if pids is None:
+        return []
+    out = []
+    for label, members in cohorts:
+        patients = pids[np.isin(keys, members)]
+        out.append((label, family.population[np.isin(family.row_patients, patients)]))
+    return out
+
+
+def other_sets(others: list[Study], family: Family, data_model: str = "", store: Any = None,
+               hash_key: str = "") -> list[tuple[str, np.ndarray]]:
     """Every cohort of the other studies' families on the rows now in the store (whole and per
-    dataset of this family): for the level-cell and atom rules across studies (a fifth outside
-    review subtracted two projects' studies, elderly >= 65 and older >= 70, to one death aged 65-69)."""
+    dataset of this family; under another data model, by patient): for the level-cell and atom rules
+    across studies (a fifth outside review subtracted two projects' studies, elderly >= 65 and older
+    >= 70, to one death aged 65-69; a sixth did it across two versions of the data model)."""
     out: list[tuple[str, np.ndarray]] = []
     for study in others:
-        cohorts = [("population", study.population), *((f"subgroup {n!r}", k) for n, k in study.subgroups.items())]
+        cohorts = _on_these_rows(study, family, data_model, store, hash_key) if store is not None else \
+            [("population", study.population), *((f"subgroup {n!r}", k) for n, k in study.subgroups.items())]
         for label, keys in cohorts:
             rows = np.intersect1d(keys, family.population, assume_unique=True)
             if rows.size:
@@ -206,14 +243,17 @@ def other_sets(others: list[Study], family: Family) -> list[tuple[str, np.ndarra
     return out
 
 
-def layout_conflict(protocol: Protocol, others: list[Study]) -> str | None:
-    """A reason to refuse when this study and another at the node both release per-family layouts."""
+def layout_conflict(protocol: Protocol, others: list[Study], shared: set[str] | None = None) -> str | None:
+    """A reason to refuse when this study and another at the node both release per-family layouts
+    (``shared``: the projects whose cohorts hold rows or patients of this family; None: all)."""
     if not set(protocol.algorithms) & PER_FAMILY_LAYOUTS:
         return None
     for study in others:
+        if shared is not None and study.project not in shared:
+            continue
         if set(study.protocol.algorithms) & PER_FAMILY_LAYOUTS:
             return (f"project {study.project!r} has an approved study at this node with histograms or survival "
-                    "analyses on the same data model; suppression patterns and survival partitions are decided per "
+                    "analyses on the same patients; suppression patterns and survival partitions are decided per "
                     "study, so two families' releases could subtract: leave multiple_histograms, kaplan_meier and "
                     "cox_regression out of one of the two studies, or serve both projects with one study")
     return None
@@ -416,11 +456,13 @@ def approve(home: Any, project: str, document: Any) -> dict[str, Any]:
         if problems:
             raise ConfigError(f"study {protocol.name!r} not approved: fewer than min_row_count ({min_row_count}): "
                               + "; ".join(problems))
-        others = other_studies(home.root, project, protocol.data_model)
-        conflict = layout_conflict(protocol, others)
+        others = other_studies(home.root, project)
+        theirs = other_sets(others, family, protocol.data_model, store, hash_key(home.key()))
+        shared = {label.split("'")[1] for label, _ in theirs}
+        conflict = layout_conflict(protocol, others, shared)
         if conflict:
             raise ConfigError(f"study {protocol.name!r} not approved: {conflict}")
-        small = cell_problems(family, home.settings.nfilter_tab, home.key(), other_sets(others, family))
+        small = cell_problems(family, home.settings.nfilter_tab, home.key(), theirs)
         if small:
             raise ConfigError(_cells_message(f"study {protocol.name!r} not approved", small, home.settings.nfilter_tab))
         sets = _check_family(home.root, home.key(), protocol.data_model, family, min_row_count, None)
@@ -477,7 +519,8 @@ def refresh(home: Any, project: str) -> dict[str, Any]:
             raise ConfigError(f"study {old.protocol.name!r} not refreshed: fewer than min_row_count "
                               f"({min_row_count}): " + "; ".join(problems) + stays)
         tab = home.settings.nfilter_tab
-        others = other_sets(other_studies(home.root, project, old.protocol.data_model), family)
+        others = other_sets(other_studies(home.root, project), family, old.protocol.data_model, store,
+                            hash_key(home.key()))
         cells = cell_problems(family, tab, home.key(), others) + cell_change_problems(old, family, tab) \
             + list(family.survival_problems)
         if cells:
