@@ -151,7 +151,7 @@ def test_compose_services_use_the_entrypoint_roles_the_celery_test_starts():
     assert hospitals == {"hospital-a", "hospital-b", "hospital-c"}
     for hospital in hospitals:
         assert {svc["command"][0] for name, svc in services.items() if name.startswith(hospital + "-")} == {
-            "migrate", "node-init", "tls-install", "node-api", "scheduler", "dag-processor", "api-server"}
+            "migrate", "node-init", "tls-install", "node-api", "scheduler", "dag-processor", "triggerer", "api-server"}
 
 
 def test_only_node_apis_are_reachable_from_the_central_site():
