@@ -215,12 +215,13 @@ def test_defence_a_variable_level_or_column_only_the_target_has_does_not_change_
     assert node.spent("layout")[1] == before + 2
 
 
-def test_defence_cosmetic_rewrites_of_a_filter_are_fresh_releases_each_charged(node):
-    """DEFENCE (shared noise): rewrites that select the same rows (``65`` vs ``65.0``, QueryBuilder's
-    ``type``/``input`` keys, a nested group, a one-rule OR, ``condition`` case) never reuse a release's
-    noise under a different selection: each is a new release with its own noise, charged; a rewrite
-    that changes the selection (``not``) is charged too.  Malformed ones are refused before the rows
-    (400, the same whatever the data)."""
+def test_defence_cosmetic_rewrites_of_a_filter_are_one_release_charged_once(node):
+    """DEFENCE (shared noise, and averaging over rewrites): rewrites that select the same rows (``65``
+    vs ``65.0``, QueryBuilder's ``type``/``input`` keys, a nested group, a one-rule OR, ``condition``
+    case) are one release: the filter is keyed in canonical form (ADR 0032, after a sixth outside
+    review), so they get the same bytes and are charged once, and averaging them gains nothing; a
+    filter that selects other rows is another release, charged.  Malformed ones are refused before
+    the rows (400, the same whatever the data)."""
     def r(**kw) -> dict:
         base = {"id": "age", "field": "age", "type": "double", "input": "number",
                 "operator": "greater_or_equal", "value": 65}
@@ -232,8 +233,12 @@ def test_defence_cosmetic_rewrites_of_a_filter_are_fresh_releases_each_charged(n
     before = node.spent("rewrites")[1]
     replies = [ask(node, "multiple_histograms", "rewrites", y=("sex",), datasets=A, filters=f) for f in variants]
     assert all(x.status_code == 200 for x in replies), [x.text for x in replies]
-    assert all(x.json()["privacy"]["repeat"] is False for x in replies)
-    assert node.spent("rewrites")[1] == before + len(variants)
+    assert [x.json()["privacy"]["repeat"] for x in replies] == [False] + [True] * (len(variants) - 1)
+    assert all(x.json()["aggregates"] == replies[0].json()["aggregates"] for x in replies)
+    assert node.spent("rewrites")[1] == before + 1
+    other = ask(node, "multiple_histograms", "rewrites", y=("sex",), datasets=A, filters=where(r(value=66)))
+    assert other.status_code == 200 and other.json()["privacy"]["repeat"] is False
+    assert node.spent("rewrites")[1] == before + 2
     for bad in (where(r(value="65")), where(r(id="nihss_admission")), {**where(r()), "valid": False}):
         refused = ask(node, "multiple_histograms", "rewrites", y=("sex",), datasets=A, filters=bad)
         assert refused.status_code == 400 and not any(ch.isdigit() for ch in refused.json()["detail"].replace("65", ""))
