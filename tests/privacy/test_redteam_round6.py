@@ -52,7 +52,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import itertools
-from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -67,6 +66,7 @@ from mipflow.protocol.signing import issue_client
 from tests.mipflow.algorithms.survival_data import STROKE
 from tests.mipflow.node.controls.study_helpers import MEN, WOMEN, protocol, rule, stroke_rows, where
 from tests.nodes import grant_all, load_frame, running_nodes, served_clients
+from tests.privacy.test_redteam_round5 import node_with, result  # the same node and reader (shipped settings)
 from tests.privacy.test_study_attacks import Served, request_of
 
 PROJECT = "stroke-outcomes-2027"
@@ -74,21 +74,6 @@ NODE = "hospital_a"
 DATASETS = [NODE]
 TAB = 3  # the shipped nfilter_tab
 VARIABLES = ["age", "sex", "nihss_admission", "followup_days", "death_90d"]
-
-
-def node_with(root: Path, frame: pd.DataFrame, studies: dict[str, dict[str, Any]]) -> Path:
-    """A node with the shipped settings holding ``frame``, a grant for every id of each project, and
-    each project's protocol approved by the admin."""
-    NodeHome.init(root, NODE)
-    load_frame(root, STROKE, frame)
-    for project, document in studies.items():
-        grant_all(root, researcher="*", project=project)
-        assert study_approval.approve(NodeHome(root), project, document)["status"] == "approved"
-    return root
-
-
-def result(client, algorithm: str, request: dict[str, Any], project: str = PROJECT) -> dict[str, Any]:
-    return run_analysis(algorithm, request, [client], researcher="mallory", project=project).result
 
 
 # --- 1 and 2: refreshes ---------------------------------------------------------------------------------

@@ -47,14 +47,18 @@ def mostly_elderly(seed: int = 43, n: int = 320) -> pd.DataFrame:
     return frame.dropna(subset=["age", "sex", "followup_days", "death_90d"]).reset_index(drop=True)
 
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory) -> Iterator[tuple[Served, Path, pd.DataFrame]]:
-    root = Path(tmp_path_factory.mktemp("km-study"))
+def approved_node(root: Path, frame: pd.DataFrame) -> tuple[Path, pd.DataFrame]:
+    """A standard node home holding ``frame`` with the study approved for PROJECT."""
     standard_home(root, NAME)
-    frame = mostly_elderly()
     load_frame(root, STROKE, frame)
     grant_all(root, researcher="*", project=PROJECT)
     study_approval.approve(NodeHome(root), PROJECT, PROTOCOL)
+    return root, frame
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory) -> Iterator[tuple[Served, Path, pd.DataFrame]]:
+    root, frame = approved_node(Path(tmp_path_factory.mktemp("km-study")), mostly_elderly())
     credential = issue_client(root, "central")
     with running_nodes([root]) as urls:
         yield Served(urls[0], credential), root, frame
@@ -123,12 +127,7 @@ def test_a_refresh_coarsens_the_partition_so_before_and_after_differ_by_no_small
     """A new export spreads new patients thinly over the bins: the refresh keeps the partition in
     force where it can and merges where a bin's added or removed rows would be 1 or 2, so the same
     analysis before and after the refresh subtracts to nothing small either."""
-    root = tmp_path / "node"
-    standard_home(root, NAME)
-    frame = mostly_elderly(47, 300)
-    load_frame(root, STROKE, frame)
-    grant_all(root, researcher="*", project=PROJECT)
-    study_approval.approve(NodeHome(root), PROJECT, PROTOCOL)
+    root, _ = approved_node(tmp_path / "node", mostly_elderly(47, 300))
     before_ends = read_study(root, PROJECT).record["survival_ends"]
     credential = issue_client(root, "central")
     with running_nodes([root]) as urls:
@@ -156,12 +155,7 @@ def test_a_refresh_coarsens_the_partition_so_before_and_after_differ_by_no_small
 
 
 def test_a_refresh_adding_one_death_in_a_cell_is_refused_naming_it(tmp_path) -> None:
-    root = tmp_path / "node"
-    standard_home(root, NAME)
-    frame = mostly_elderly(49, 300)
-    load_frame(root, STROKE, frame)
-    grant_all(root, researcher="*", project=PROJECT)
-    study_approval.approve(NodeHome(root), PROJECT, PROTOCOL)
+    root, frame = approved_node(tmp_path / "node", mostly_elderly(49, 300))
     one = frame.iloc[[20]].copy()
     one["subjectcode"] = "late-arrival"
     one["age"], one["sex"], one["death_90d"] = 40.0, "F", "yes"  # one young woman who died
