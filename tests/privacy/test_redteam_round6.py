@@ -66,7 +66,7 @@ from mipflow.protocol.signing import issue_client
 from tests.mipflow.algorithms.survival_data import STROKE
 from tests.mipflow.node.controls.study_helpers import MEN, WOMEN, protocol, rule, stroke_rows, where
 from tests.nodes import grant_all, load_frame, running_nodes, served_clients
-from tests.privacy.test_redteam_round5 import node_with, result  # the same node and reader (shipped settings)
+from tests.privacy.test_redteam_round5 import band_registry, node_with, result  # shipped settings
 from tests.privacy.test_study_attacks import Served, request_of
 
 PROJECT = "stroke-outcomes-2027"
@@ -408,20 +408,6 @@ def test_defence_c_explore_rewrites_that_change_only_alpha_get_the_same_noise(tm
 STROKE_V2 = dataclasses.replace(STROKE, version="0.2", raw={**STROKE.raw, "version": "0.2"})
 ELDERLY_65 = where(rule("age", "greater_or_equal", 65))
 OLDER_70 = where(rule("age", "greater_or_equal", 70))
-BAND_TARGET = {"age": 66.3, "sex": "F", "nihss_admission": 23.0, "followup_days": 41.0, "death_90d": "yes"}
-
-
-def band_registry(seed: int = 101, n: int = 400) -> pd.DataFrame:
-    """Ages to one decimal; of the patients aged 65 to 69 (about thirty), only the target died."""
-    frame = stroke_rows(seed, n, NODE, "band")
-    frame["age"] = np.random.default_rng(seed).uniform(30.0, 90.0, n).round(1)
-    frame["nihss_admission"] = frame["nihss_admission"].fillna(10.0)
-    frame.loc[(frame["age"] >= 65) & (frame["age"] < 70), "death_90d"] = "no"
-    for key, value in BAND_TARGET.items():
-        frame.loc[0, key] = value
-    return frame
-
-
 def deaths_in(client, project: str, model: str, cohort: dict) -> dict[str, float]:
     """A cohort's deaths: count (and women's count) from level counts, sums from ANOVA group means."""
     histograms = result(client, "multiple_histograms", request_of(y=("death_90d",), x=("sex",), filters=cohort,
