@@ -458,7 +458,8 @@ def approve(home: Any, project: str, document: Any) -> dict[str, Any]:
                               + "; ".join(problems))
         others = other_studies(home.root, project)
         theirs = other_sets(others, family, protocol.data_model, store, hash_key(home.key()))
-        shared = {label.split("'")[1] for label, _ in theirs}
+        shared = {study.project for study in others
+                  if any(label.startswith(f"project {study.project!r}: ") for label, _ in theirs)}
         conflict = layout_conflict(protocol, others, shared)
         if conflict:
             raise ConfigError(f"study {protocol.name!r} not approved: {conflict}")
