@@ -169,3 +169,20 @@ def test_a_refresh_adding_one_death_in_a_cell_is_refused_naming_it(tmp_path) -> 
     message = str(caught.value)
     assert "not refreshed" in message and "1 row(s) added" in message
     assert read_study(root, PROJECT).record["survival_ends"]  # the study stays on its snapshot
+
+
+def test_approval_tells_the_admin_how_many_survival_bins_the_partition_kept(tmp_path) -> None:
+    """Honest work: an admin sees at approval whether the study's survival curves will have time
+    points; a partition of one or two bins comes with a warning saying what to change."""
+    standard_home(tmp_path / "coarse", NAME)
+    load_frame(tmp_path / "coarse", STROKE, mostly_elderly())  # forty young patients: wide bins
+    grant_all(tmp_path / "coarse", researcher="*", project=PROJECT)
+    coarse = study_approval.approve(NodeHome(tmp_path / "coarse"), PROJECT, PROTOCOL)
+    assert coarse["survival_bins"] <= 2
+    assert "survival partition kept" in coarse["warning"] and "survival event" in coarse["warning"]
+    # no subgroups: only the population's cells, so the bins stay fine and no warning
+    standard_home(tmp_path / "fine", NAME)
+    load_frame(tmp_path / "fine", STROKE, mostly_elderly())
+    grant_all(tmp_path / "fine", researcher="*", project=PROJECT)
+    fine = study_approval.approve(NodeHome(tmp_path / "fine"), PROJECT, {**PROTOCOL, "subgroups": []})
+    assert fine["survival_bins"] >= 3 and "warning" not in fine, fine

@@ -390,6 +390,21 @@ def _survival_record(family: Family) -> dict[str, Any]:
             "survival": {"ends": list(family.survival_ends), "counts": family.survival_counts}}
 
 
+def _survival_summary(family: Family) -> dict[str, Any]:
+    """For the admin: how many bins the survival partition kept, with a warning when survival curves
+    of the study would show at most two time points (small subgroups or differences make the bins
+    wide; naming the protocol's ``event`` or dropping a subgroup narrows them)."""
+    if not family.survival_ends:
+        return {}
+    bins = int(np.unique(family.bins).size) if family.bins is not None else len(family.survival_ends)
+    out: dict[str, Any] = {"survival_bins": bins}
+    if bins <= 2:
+        out["warning"] = (f"the survival partition kept {bins} bin(s) holding rows: Kaplan-Meier curves and Cox "
+                          "models of this study will have at most that many time points; name the protocol's "
+                          "survival event, use fewer subgroups or wait for more data for finer bins")
+    return out
+
+
 def _counts(family: Family) -> dict[str, Any]:
     return {"population": len(family.population),
             "subgroups": {name: len(keys) for name, keys in family.subgroups.items()},
@@ -479,7 +494,8 @@ def approve(home: Any, project: str, document: Any) -> dict[str, Any]:
                           "cells": family.cells, **_survival_record(family)})
     write_patterns(home.root, project, patterns)
     write_study(home.root, study)
-    return {"project": project, "study": protocol.name, "status": "approved", "snapshot": at, **_counts(family)}
+    return {"project": project, "study": protocol.name, "status": "approved", "snapshot": at, **_counts(family),
+            **_survival_summary(family)}
 
 
 def refresh(home: Any, project: str) -> dict[str, Any]:
