@@ -356,7 +356,7 @@ def check_release(request: StepRequest, context: StepContext, work: StepWork) ->
         if request.algorithm == "kaplan_meier":  # and its survival releases the family's partition
             from mipflow.node.controls.study_survival import apply_partition
 
-            work.aggregates = apply_partition(work.study.study, work.aggregates)
+            work.aggregates = apply_partition(work.study.study, work.aggregates, work.model)
         elif request.algorithm == "cox_regression":
             from mipflow.node.controls.study_survival import apply_cox
 

@@ -179,7 +179,7 @@ def _added(old: Study, family: Family) -> np.ndarray:
 PER_FAMILY_LAYOUTS = frozenset({"multiple_histograms", "kaplan_meier", "cox_regression"})
 
 
-def other_studies(root: Any, project: str, data_model: str | None = None) -> list[Study]:
+def other_studies(root: Any, project: str) -> list[Study]:
     """The node's other approved studies (under any data model: the same patients may be loaded
     under several, ADR 0030)."""
     out = []

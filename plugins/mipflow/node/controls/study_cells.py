@@ -143,21 +143,28 @@ def difference_problems(sets: Sequence[tuple[str, np.ndarray]], population: np.n
     cells = level_masks(levels, nominal, cross) + list(extra)
     masks = [(label, _rows(population, keys)) for label, keys in sets]
     problems: list[str] = []
-    # a difference that is itself a cohort of the family (the population minus the women are the
-    # men) is released directly, under the release controls of each result
-    seen: set[bytes] = {mask.tobytes() for _, mask in masks}
-    for (outer, big), (inner, small) in product(masks, masks):
-        if outer == inner or not small.any() or (small & ~big).any() or not (big & ~small).any():
-            continue
-        difference = big & ~small
-        if difference.tobytes() in seen:
-            continue
-        seen.add(difference.tobytes())
+    for label, difference in nested_differences(masks):
         for suffix, mask in cells:
             n = int(np.count_nonzero(difference & mask))
             if 0 < n < tab:
-                problems.append(f"{outer} minus {inner}{_levels(suffix)}: {n} row(s)")
+                problems.append(f"{label}{_levels(suffix)}: {n} row(s)")
     return problems
+
+
+def nested_differences(masks: Sequence[tuple[str, np.ndarray]]) -> list[tuple[str, np.ndarray]]:
+    """``("<outer> minus <inner>", rows)`` for every two nested sets of ``masks`` (row masks), each
+    difference once, non-empty, and only when it is not one of ``masks`` itself (the population
+    minus the women are the men: a cohort released directly, under its own controls)."""
+    seen: set[bytes] = {mask.tobytes() for _, mask in masks}
+    out = []
+    for (outer, big), (inner, small) in product(masks, masks):
+        if not small.any() or (small & ~big).any() or not (big & ~small).any():
+            continue
+        difference = big & ~small
+        if difference.tobytes() not in seen:
+            seen.add(difference.tobytes())
+            out.append((f"{outer} minus {inner}", difference))
+    return out
 
 
 def chain_problem(sets: Sequence[tuple[str, np.ndarray]], population: np.ndarray, levels: pd.DataFrame,
@@ -213,7 +220,7 @@ def change_cells(old: Mapping[str, int], new: Mapping[str, int], added: Mapping[
             if 0 < abs(net) < tab:
                 since = "since the snapshot" if k == 0 else f"since the snapshot {k} refresh(es) before it"
                 problems.append(f"{where}: {net:+d} row(s) net {since}")
-    for before in [old, *earlier]:  # a cell that had rows and has none now (not in new, old or added)
+    for before in earlier:  # a cell of an earlier snapshot that has no rows since (in none of the above)
         for cell in set(before) - set(old) - set(new) - set(added):
             if 0 < int(before[cell]) < tab:
                 label, _, rest = cell.partition("|")

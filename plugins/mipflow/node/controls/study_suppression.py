@@ -230,29 +230,22 @@ def derived_sets_labelled(membership: np.ndarray, names: Sequence[str] | None = 
     -------
     numpy.ndarray of bool, shape (rows, k), and the k labels
     """
+    from mipflow.node.controls.study_cells import nested_differences
+
     member = np.asarray(membership, dtype=bool)
     names = [str(c) for c in range(member.shape[1])] if names is None else list(names)
-    seen = {member[:, c].tobytes() for c in range(member.shape[1])}
-    out: list[np.ndarray] = []
-    labels: list[str] = []
-
-    def add(rows: np.ndarray, label: str) -> None:
-        key = rows.tobytes()
-        if rows.any() and key not in seen:
-            seen.add(key)
-            out.append(rows)
-            labels.append(label)
-
-    for a in range(member.shape[1]):
-        for b in range(member.shape[1]):
-            big, small = member[:, a], member[:, b]
-            if a != b and small.any() and not (small & ~big).any():
-                add(big & ~small, f"{names[a]} minus {names[b]}")
+    differences = nested_differences([(names[c], member[:, c]) for c in range(member.shape[1])])
+    out = [rows for _, rows in differences]
+    labels = [label for label, _ in differences]
+    seen = {member[:, c].tobytes() for c in range(member.shape[1])} | {rows.tobytes() for rows in out}
     atoms, which = np.unique(member, axis=0, return_inverse=True)
     which = np.asarray(which).reshape(-1)
     for i, atom in enumerate(atoms):
-        if atom.any():  # rows in no cohort are never counted
-            add(which == i, "atom " + "".join("1" if v else "0" for v in atom))
+        rows = which == i
+        if atom.any() and rows.tobytes() not in seen:  # rows in no cohort are never counted
+            seen.add(rows.tobytes())
+            out.append(rows)
+            labels.append("atom " + "".join("1" if v else "0" for v in atom))
     masks = np.column_stack(out) if out else np.zeros((member.shape[0], 0), dtype=bool)
     return masks, labels
 

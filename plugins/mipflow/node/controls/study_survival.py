@@ -83,22 +83,16 @@ def labelled_cells(sets: Sequence[tuple[str, np.ndarray]], population: np.ndarra
                    base: Sequence[tuple[str, np.ndarray]]) -> list[tuple[str, np.ndarray]]:
     """Every cohort and every difference of two nested cohorts (row masks over the sorted
     ``population``), by every level cell of ``base``: ``(label, mask)``, each set once."""
-    from mipflow.node.controls.study_cells import _rows
+    from mipflow.node.controls.study_cells import _rows, nested_differences
 
-    masks = [(label, _rows(population, keys)) for label, keys in sets]
-    rows: list[tuple[str, np.ndarray]] = []
+    masks: list[tuple[str, np.ndarray]] = []
     seen: set[bytes] = set()
-    for label, mask in masks:
+    for label, keys in sets:  # cohorts with the same rows (one dataset's population) once
+        mask = _rows(population, keys)
         if mask.tobytes() not in seen:
             seen.add(mask.tobytes())
-            rows.append((label, mask))
-    for outer, big in masks:
-        for inner, small in masks:
-            if small.any() and not (small & ~big).any() and (big & ~small).any():
-                difference = big & ~small
-                if difference.tobytes() not in seen:
-                    seen.add(difference.tobytes())
-                    rows.append((f"{outer} minus {inner}", difference))
+            masks.append((label, mask))
+    rows = masks + nested_differences(masks)
     return [(label + suffix, mask & level) for label, mask in rows for suffix, level in base]
 
 
@@ -110,11 +104,12 @@ def cell_counts(cells: Sequence[tuple[str, np.ndarray]], points: np.ndarray, n_p
 
 
 def merge(counts: np.ndarray, ends: Sequence[int]) -> np.ndarray:
-    """Counts on the bins ending at ``ends`` (grid points, or columns of ``counts``)."""
+    """Counts on the bins ending at ``ends`` (indices along the last axis of ``counts``)."""
+    counts = np.asarray(counts, dtype=np.int64)
     if counts.size == 0:
-        return counts.reshape(counts.shape[0], len(ends))
+        return counts.reshape(*counts.shape[:-1], len(ends))
     starts = [0, *[int(e) + 1 for e in ends[:-1]]]
-    return np.add.reduceat(counts, starts, axis=1)
+    return np.add.reduceat(counts, starts, axis=-1)
 
 
 @dataclass(frozen=True)
@@ -186,48 +181,37 @@ def partition(counts: np.ndarray, tab: int) -> list[int]:
     return ends
 
 
-def holds(counts: np.ndarray, ends: Sequence[int], tab: int) -> bool:
-    """Whether the partition ``ends`` still keeps every watched cell at 0 or at least ``tab``."""
-    totals = counts.sum(axis=1)
-    watched = counts[totals >= tab]
-    if not ends or ends[-1] != counts.shape[1] - 1:
-        return False
-    starts = [0, *[e + 1 for e in ends[:-1]]]
-    merged = np.add.reduceat(watched, starts, axis=1) if watched.size else watched
-    return bool(np.all((merged == 0) | (merged >= tab)))
-
-
 # --------------------------------------------------------------------------- at a step
 
 
-def apply_partition(study: Any, aggregates: dict[str, Any]) -> dict[str, Any]:
-    """Kaplan-Meier's fine counts summed into the study's partition (``ends`` per group, as fine-grid
-    indices), before the per-request controls.
-
-    The partition's ends are points of the protocol's grid, which the request takes (checked by the
-    request alone); the local step sends that grid on the fine grid (``request_points``).
+def _fine_ends(study: Any, model: Any, what: str) -> list[int]:
+    """The study's partition as fine-grid indices (its ends are points of the protocol's grid, which
+    every survival request of the study takes, on the fine grid as the local steps count).
 
     Raises
     ------
     DisclosureError
         (control ``study``) if the study has no partition (approved before partitions existed: its
-        node admin refreshes it), or one that does not fit the grid.  Decided without data.
+        node admin refreshes it) or one that does not fit the grid.  Decided without data.
     """
-    from mipflow.algorithms.kaplan_meier import POINTS_KEY
+    from mipflow.algorithms.survival import request_points
 
     ends = study.record.get("survival_ends")
-    points = aggregates.get(POINTS_KEY)
+    grid = study.protocol.survival
+    points = request_points(model.variable(grid["time"]), grid["bin_width"], None) if grid else None
     if not ends or not points or len(ends) > len(points) or int(ends[-1]) != len(points) - 1:
-        raise study._refuse("its Kaplan-Meier analyses are answered on the study's survival partition, which this "
-                            "node has not computed for the snapshot; it is answered once its node admin refreshes "
-                            "the study (mipflow study refresh)")
-    fine_ends = [int(points[int(e)]) for e in ends]
-    starts = [0, *[e + 1 for e in fine_ends[:-1]]]
-    groups = []
-    for group in aggregates["groups"]:
-        events = np.add.reduceat(np.asarray(group["events"], dtype=np.int64), starts)
-        censored = np.add.reduceat(np.asarray(group["censored"], dtype=np.int64), starts)
-        groups.append({**group, "ends": fine_ends, "events": events.tolist(), "censored": censored.tolist()})
+        raise study._refuse(f"its {what} are answered on the study's survival partition, which this node has not "
+                            "computed for the snapshot; it is answered once its node admin refreshes the study "
+                            "(mipflow study refresh)")
+    return [int(points[int(e)]) for e in ends]
+
+
+def apply_partition(study: Any, aggregates: dict[str, Any], model: Any) -> dict[str, Any]:
+    """Kaplan-Meier's fine counts summed into the study's partition (``ends`` per group, as fine-grid
+    indices), before the per-request controls."""
+    ends = _fine_ends(study, model, "Kaplan-Meier analyses")
+    groups = [{**group, "ends": ends, "events": merge(group["events"], ends).tolist(),
+               "censored": merge(group["censored"], ends).tolist()} for group in aggregates["groups"]]
     return {**aggregates, "groups": groups}
 
 
@@ -238,27 +222,16 @@ def apply_cox(study: Any, round_no: int, aggregates: dict[str, Any], state: Any,
     a central site cannot ask for risk sets at finer bins than the family's cells were checked on.
     Decided from the state, the protocol and the stored partition."""
     from mipflow.algorithms.cox_regression import FOLLOW_UP_KEY, LEVEL_KEY, POINTS_KEY
-    from mipflow.algorithms.survival import request_points
 
-    ends = study.record.get("survival_ends")
-    grid = study.protocol.survival
-    points = request_points(model.variable(grid["time"]), grid["bin_width"], None) if grid else None
-    if not ends or not points or len(ends) > len(points) or int(ends[-1]) != len(points) - 1:
-        raise study._refuse("its Cox regressions are answered on the study's survival partition, which this node "
-                            "has not computed for the snapshot; it is answered once its node admin refreshes the "
-                            "study (mipflow study refresh)")
-    fine_ends = [int(points[int(e)]) for e in ends]
+    ends = _fine_ends(study, model, "Cox regressions")
     if round_no == 0:
-        starts = [0, *[e + 1 for e in fine_ends[:-1]]]
-        events = np.add.reduceat(np.asarray(aggregates["events"], dtype=np.int64), starts)
-        censored = np.add.reduceat(np.asarray(aggregates["censored"], dtype=np.int64), starts)
+        events, censored = merge(aggregates["events"], ends).tolist(), merge(aggregates["censored"], ends).tolist()
         rest = {k: v for k, v in aggregates.items() if k not in (POINTS_KEY, FOLLOW_UP_KEY, LEVEL_KEY)}
         # every count is then checked per request (group_counts): a cohort with fewer events than
         # nfilter_tab in a partition bin is refused, not merged further
-        return {**rest, "ends": fine_ends, "events": events.tolist(), "censored": censored.tolist(),
-                "group_counts": [*events.tolist(), *censored.tolist()]}
+        return {**rest, "ends": ends, "events": events, "censored": censored, "group_counts": [*events, *censored]}
     asked = state.get("ends") if isinstance(state, dict) else None
-    if not isinstance(asked, list) or not set(int(e) for e in asked) <= set(fine_ends):
+    if not isinstance(asked, list) or not set(int(e) for e in asked) <= set(ends):
         raise study._refuse("a later round of Cox regression uses bins that are not unions of the study's survival "
                             "partition (the state's ends must be among the partition's ends)")
     return aggregates
