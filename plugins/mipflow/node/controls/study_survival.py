@@ -221,7 +221,7 @@ def apply_cox(study: Any, round_no: int, aggregates: dict[str, Any], state: Any,
     rounds only on bins that are unions of the partition's (``state.ends`` among its fine ends), so
     a central site cannot ask for risk sets at finer bins than the family's cells were checked on.
     Decided from the state, the protocol and the stored partition."""
-    from mipflow.algorithms.cox_regression import FOLLOW_UP_KEY, LEVEL_KEY, POINTS_KEY
+    from mipflow.algorithms.survival import FOLLOW_UP_KEY, LEVEL_KEY, POINTS_KEY
 
     ends = _fine_ends(study, model, "Cox regressions")
     if round_no == 0:
