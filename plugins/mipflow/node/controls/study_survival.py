@@ -235,3 +235,15 @@ def apply_cox(study: Any, round_no: int, aggregates: dict[str, Any], state: Any,
         raise study._refuse("a later round of Cox regression uses bins that are not unions of the study's survival "
                             "partition (the state's ends must be among the partition's ends)")
     return aggregates
+
+
+def apply_survival(study: Any, algorithm: str, round_no: int, aggregates: dict[str, Any], state: Any,
+                   model: Any) -> dict[str, Any]:
+    """A study step's survival release on the study's partition, by algorithm: Kaplan-Meier's
+    (:func:`apply_partition`), Cox regression's (:func:`apply_cox`); any other algorithm's
+    ``aggregates`` unchanged.  Before the per-request controls."""
+    if algorithm == "kaplan_meier":
+        return apply_partition(study, aggregates, model)
+    if algorithm == "cox_regression":
+        return apply_cox(study, round_no, aggregates, state, model)
+    return aggregates
