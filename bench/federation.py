@@ -24,41 +24,19 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 N_COVARIATES = 10
+COVARIATES = [f"x{i}" for i in range(N_COVARIATES)]
 
 
 def model_doc() -> dict:
-    variables = [{"code": "dataset", "sql_type": "text", "isCategorical": True,
-                  "enumerations": [{"code": f"site{i}", "label": f"Site {i}"} for i in range(3)]},
-                 {"code": "y", "sql_type": "real", "isCategorical": False},
-                 {"code": "event", "sql_type": "text", "isCategorical": True,
-                  "enumerations": [{"code": "no", "label": "No"}, {"code": "yes", "label": "Yes"}]}]
-    variables += [{"code": f"x{i}", "sql_type": "real", "isCategorical": False} for i in range(N_COVARIATES)]
-    return {"code": "bench", "version": "1", "label": "Benchmark", "variables": variables}
+    from bench.common import regression_model_doc
+
+    return regression_model_doc("bench", "Benchmark", 3, COVARIATES)
 
 
 def make_rows(n: int, seed: int, site: int) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, N_COVARIATES))
-    beta = np.linspace(-1, 1, N_COVARIATES)
-    y = 2.0 + x @ beta + rng.normal(scale=1.5, size=n)
-    p = 1 / (1 + np.exp(-(-0.5 + x @ (beta / 3))))
-    frame = pd.DataFrame(x, columns=[f"x{i}" for i in range(N_COVARIATES)])
-    frame.insert(0, "y", y)
-    frame.insert(0, "event", np.where(rng.random(n) < p, "yes", "no"))
-    frame.insert(0, "dataset", f"site{site}")
-    frame.insert(0, "subjectcode", [f"s{site}-{i}" for i in range(n)])
-    return frame
+    from bench.common import regression_rows
 
-
-def drop_node_caches(homes, model) -> None:
-    """Make every node read its rows again: rewrite its datasets registry, as a load does."""
-    from mipflow.node.store.feature_store import FeatureStore
-
-    for home in homes:
-        store = FeatureStore(home.db_url)
-        with store.begin() as conn:
-            store.refresh_datasets(conn, model)
-        store.dispose()
+    return regression_rows(n, seed, f"site{site}", f"s{site}", COVARIATES)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -76,10 +54,8 @@ def main() -> int:
     import httpx
     import statsmodels.api as sm
 
-    from bench.common import read_pooled, site_homes
-    from mipflow.protocol.signing import issue_client
+    from bench.common import central_clients, drop_node_caches, read_pooled, site_homes
     from mipflow.protocol.datamodel import DataModel
-    from mipflow.central.client import NodeClient, NodeEndpoint
     from mipflow.central.rounds import run_analysis
     from tests.nodes import grant_all, load_frame, running_nodes
 
@@ -90,8 +66,7 @@ def main() -> int:
             load_frame(home.root, model, make_rows(args.rows_per_node, site, site))
             print(f"site{site}: loaded {args.rows_per_node} rows in {time.perf_counter() - t:.1f}s")
         with running_nodes([h.root for h in homes]) as urls:
-            clients = [NodeClient(NodeEndpoint(h.name, u, "central", issue_client(h.root, "central").secret.hex()))
-                       for h, u in zip(homes, urls)]
+            clients = central_clients(homes, urls)
             for h in homes:
                 grant_all(h.root, "bench", "bench")
             who = {"researcher": "bench", "project": "bench"}
@@ -130,7 +105,7 @@ def main() -> int:
                   f"p50 {percentile(cold_times, 50):6.2f} ms  p99 {percentile(cold_times, 99):6.2f} ms  "
                   f"(p50 {np.median(cold_times) / np.median(bare_times):.1f}x bare)")
 
-            covariates = [f"x{i}" for i in range(N_COVARIATES)]
+            covariates = COVARIATES
             full = {**request, "inputdata": {**request["inputdata"], "x": covariates}}
             logit_request = {**full, "inputdata": {**full["inputdata"], "y": ["event"]},
                              "parameters": {"positive_class": "yes"}}

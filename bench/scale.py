@@ -43,61 +43,22 @@ WHO = {"researcher": "bench", "project": "bench"}
 
 
 def model_doc(nodes: int) -> dict:
-    variables = [{"code": "dataset", "sql_type": "text", "isCategorical": True,
-                  "enumerations": [{"code": f"site{i}", "label": f"Site {i}"} for i in range(nodes)]},
-                 {"code": "y", "sql_type": "real", "isCategorical": False},
-                 {"code": "event", "sql_type": "text", "isCategorical": True,
-                  "enumerations": [{"code": "no", "label": "No"}, {"code": "yes", "label": "Yes"}]}]
-    variables += [{"code": c, "sql_type": "real", "isCategorical": False} for c in COVARIATES]
-    return {"code": "scale", "version": "1", "label": "Scale benchmark", "variables": variables}
+    from bench.common import regression_model_doc
+
+    return regression_model_doc("scale", "Scale benchmark", nodes, COVARIATES)
 
 
 def make_rows(n: int, seed: int, dataset: str) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, N_COVARIATES))
-    beta = np.linspace(-1, 1, N_COVARIATES)
-    y = 2.0 + x @ beta + rng.normal(scale=1.5, size=n)
-    p = 1 / (1 + np.exp(-(-0.5 + x @ (beta / 3))))
-    frame = pd.DataFrame(x, columns=COVARIATES)
-    frame.insert(0, "y", y)
-    frame.insert(0, "event", np.where(rng.random(n) < p, "yes", "no"))
-    frame.insert(0, "dataset", dataset)
-    frame.insert(0, "subjectcode", [f"s{seed}-{i}" for i in range(n)])
-    return frame
+    from bench.common import regression_rows
+
+    return regression_rows(n, seed, dataset, f"s{seed}", COVARIATES)
 
 
 def rss_mib(pid: int, field: str) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    from bench.common import status_mib
 
-
-def node_pids(homes) -> dict[str, int]:
-    """The process id of each home's ``mipflow node serve`` process."""
-    out = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        for home in homes:
-            if b"serve" in argv and str(home.root).encode() in argv:
-                out[home.name] = int(proc.name)
-    return out
-
-
-def drop_node_caches(homes, model) -> None:
-    """Make every node read its rows again: rewrite its datasets registry, as a load does."""
-    from mipflow.node.store.feature_store import FeatureStore
-
-    for home in homes:
-        store = FeatureStore(home.db_url)
-        with store.begin() as conn:
-            store.refresh_datasets(conn, model)
-        store.dispose()
+    value = status_mib(pid, field)
+    return float("nan") if value is None else value
 
 
 def load(homes, model, rows: int, distinct: bool, sqlite: bool) -> None:
@@ -140,11 +101,9 @@ def main() -> int:
     parser.add_argument("--later", type=int, default=5, help="later rounds measured (median)")
     args = parser.parse_args()
 
-    from bench.common import print_machine, read_pooled, site_homes
-    from mipflow.central.client import NodeClient, NodeEndpoint
+    from bench.common import central_clients, drop_node_caches, node_pids, print_machine, read_pooled, site_homes
     from mipflow.central.rounds import run_analysis
     from mipflow.protocol.datamodel import DataModel
-    from mipflow.protocol.signing import issue_client
     from tests.nodes import running_nodes
 
     print_machine()
@@ -164,8 +123,7 @@ def main() -> int:
 
             pin_each_other([h.root for h in homes])
         with running_nodes([h.root for h in homes], timeout=120.0) as urls:
-            clients = [NodeClient(NodeEndpoint(h.name, u, "central", issue_client(h.root, "central").secret.hex()),
-                                  timeout=600.0) for h, u in zip(homes, urls)]
+            clients = central_clients(homes, urls, timeout=600.0)
             pids = node_pids(homes)
             idle = {name: rss_mib(pid, "VmRSS") for name, pid in pids.items()}
             one = clients[0]

@@ -90,6 +90,9 @@ from mipflow.algorithms.spec import (
     SpecAlgorithm,
 )
 from mipflow.algorithms.survival import (
+    FOLLOW_UP_KEY,
+    LEVEL_KEY,
+    POINTS_KEY,
     SURVIVAL_PARAMETERS,
     SURVIVAL_Y,
     binning_summary,
@@ -120,11 +123,6 @@ TIES = ("breslow", "efron")
 #: Largest cached matrix of cross products ``x_a x_b`` per node (bytes); beyond it the product
 #: columns are formed anew each round, one at a time.
 MAX_PRODUCTS_BYTES = 768 * 1024 ** 2
-#: Round 0's keys for the request's grid on the fine grid and the fine index of ``max_time`` rounded
-#: up to it, read and dropped by :meth:`CoxRegression.coarsen_for_release`.
-POINTS_KEY = "request_points"
-FOLLOW_UP_KEY = "follow_up_end"
-LEVEL_KEY = "request_level"
 
 
 class CoxRegression(SpecAlgorithm):

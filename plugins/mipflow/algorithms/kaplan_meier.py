@@ -60,6 +60,9 @@ from mipflow.algorithms.design import category_codes
 from mipflow.algorithms.dp_release import DPRelease, Noise, Released, one_block
 from mipflow.algorithms.spec import NOMINAL, InputSpec, ParamSpec, SpecAlgorithm
 from mipflow.algorithms.survival import (
+    FOLLOW_UP_KEY,
+    LEVEL_KEY,
+    POINTS_KEY,
     SURVIVAL_PARAMETERS,
     SURVIVAL_Y,
     binning_summary,
@@ -86,15 +89,6 @@ if TYPE_CHECKING:
 
 #: The block of the noisy release (one vector of counts per group, the groups its parts).
 DP_BLOCK = "survival_counts"
-#: The local step's key for the fine index of ``max_time`` rounded up to the request's grid, read and
-#: dropped by :meth:`KaplanMeier.coarsen_for_release`.
-FOLLOW_UP_KEY = "follow_up_end"
-#: The local step's key for the request's grid on the fine grid over the declared range
-#: (:func:`~mipflow.algorithms.survival.request_points`), read and dropped likewise.
-POINTS_KEY = "request_points"
-#: The local step's key for the level of the canonical bins the request coarsens
-#: (:func:`~mipflow.algorithms.survival.request_level`), read and dropped likewise.
-LEVEL_KEY = "request_level"
 
 DP_NOTE = ("survival from noisy counts of events and censorings per time bin (no bin merged): at risk is the noisy "
            "total less the noisy events and censorings before each time, made non-increasing; survival is "

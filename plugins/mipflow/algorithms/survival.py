@@ -59,6 +59,16 @@ MAX_GRID_POINTS = 20_000
 FINE_BINS = 10_000
 #: The level of a bin end that every request may use (a study partition's ends).
 MAX_LEVEL = 1 << 62
+#: Round 0's key (Kaplan-Meier's and Cox's local steps) for the request's grid on the fine grid over
+#: the declared range (:func:`request_points`), read and dropped by the algorithm's
+#: ``coarsen_for_release`` (and by the study partition at the node).
+POINTS_KEY = "request_points"
+#: Round 0's key for the fine index of ``max_time`` rounded up to the request's grid, read and
+#: dropped likewise.
+FOLLOW_UP_KEY = "follow_up_end"
+#: Round 0's key for the level of the canonical bins the request coarsens (:func:`request_level`),
+#: read and dropped likewise.
+LEVEL_KEY = "request_level"
 
 #: y = [time variable, event variable].
 SURVIVAL_Y = InputSpec(types=("real", "int", "text"), stattypes=(NUMERICAL, NOMINAL), notblank=True,

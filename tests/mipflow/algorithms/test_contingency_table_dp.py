@@ -12,7 +12,8 @@ from scipy import stats
 from mipflow.algorithms import AnalysisRequest, get_algorithm, prepare_local_data
 from mipflow.algorithms.contingency_table import DP_BLOCK, cross_tabulate
 from mipflow.exceptions import RequestError
-from mipflow.node.controls.explore import KeyedNoise, noise_key
+from mipflow.node.controls.explore import KeyedNoise
+from mipflow.node.controls.explore_keys import noise_key
 from mipflow.protocol.wire import transport
 from tests.mipflow.algorithms.survival_data import HOSPITALS, STROKE, make_stroke
 from tests.mipflow.algorithms.test_kaplan_meier_dp import ExactNoise

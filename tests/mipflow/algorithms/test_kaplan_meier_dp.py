@@ -18,7 +18,8 @@ from scipy import stats
 from mipflow.algorithms import get_algorithm, prepare_local_data
 from mipflow.algorithms.kaplan_meier import DP_BLOCK, noisy_at_risk, noisy_curve, survival_noise_sd
 from mipflow.algorithms.survival import grid_counts, grid_for, outcome
-from mipflow.node.controls.explore import KeyedNoise, noise_key
+from mipflow.node.controls.explore import KeyedNoise
+from mipflow.node.controls.explore_keys import noise_key
 from mipflow.protocol.wire import transport
 from tests.mipflow.algorithms.survival_data import STROKE, make_stroke, request
 

@@ -353,14 +353,11 @@ def check_release(request: StepRequest, context: StepContext, work: StepWork) ->
 
         work.aggregates = apply_pattern(context.home.root, work.study, request.analysis, work.model,
                                         work.aggregates)
-        if request.algorithm == "kaplan_meier":  # and its survival releases the family's partition
-            from mipflow.node.controls.study_survival import apply_partition
+        from mipflow.node.controls.study_survival import apply_survival
 
-            work.aggregates = apply_partition(work.study.study, work.aggregates, work.model)
-        elif request.algorithm == "cox_regression":
-            from mipflow.node.controls.study_survival import apply_cox
-
-            work.aggregates = apply_cox(work.study.study, request.round, work.aggregates, work.state, work.model)
+        # and its survival releases (Kaplan-Meier, Cox) the family's partition
+        work.aggregates = apply_survival(work.study.study, request.algorithm, request.round, work.aggregates,
+                                         work.state, work.model)
     work.aggregates = work.controls.release(work.algo, request.analysis, work.model, request.round,
                                             work.aggregates)
 

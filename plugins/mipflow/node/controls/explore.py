@@ -20,7 +20,9 @@ stored in ``HOME/explore.json``) is answered with perturbed aggregates only (ADR
   it; since the outside review of ADR 0032 it replaces a key of the selected rows, whose equality
   told whether a cohort's rows changed), the block, the part, the call and the element.  The same
   request on the same version gets byte-identical noise, so repeating it averages nothing out;
-  any load or deletion, or any change of the query, gets independent noise.
+  any load or deletion, or any change of the query, gets independent noise.  The keys
+  (:func:`noise_key`, :func:`canonical_query`, :func:`data_version`, :func:`release_key`) are in
+  :mod:`mipflow.node.controls.explore_keys`.
 * Each step is charged its whole declared cost at admission (:func:`check_explore`, before any row
   is read: the charge never depends on the rows) to the researcher and to the project in the node's privacy ledger
   (:class:`mipflow.node.controls.privacy_budget.PrivacyLedger`) with the explore budgets,
@@ -49,13 +51,12 @@ import numpy as np
 from mipflow.exceptions import ConfigError, DisclosureError
 from mipflow.node.controls.disclosure import hide_small
 from mipflow.node.controls.dp_noise import QueryNoise
+from mipflow.node.controls.explore_keys import canonical_query, noise_key, release_key, version_of
 
 #: The node home's file of the projects given a mode of their own (explore or standard; ADR 0038).
 EXPLORE_FILE = "explore.json"
 #: The modes a project can be given (a study is approved with ``mipflow study``, not set here).
 MODES = ("explore", "standard")
-#: The HMAC label of the explore noise key (changing it redraws every explore answer).
-NOISE_KEY_LABEL = b"mipflow explore noise v1"
 #: Float outputs are rounded to a power-of-two grid this many binary places below the noise scale
 #: (post-processing; see :meth:`KeyedNoise.add`).
 GRID_BITS = 20
@@ -275,47 +276,7 @@ def show_modes(root: str | Path, settings: Any, project: str | None = None) -> d
                       "standard": "exact, per-request controls whose refusals read the rows (docs/privacy.md 4)"}}
 
 
-# --------------------------------------------------------------------------- the keys of the noise
-
-
-def noise_key(node_secret: bytes) -> bytes:
-    """The HMAC key of explore noise, derived from the node secret under its own label (independent
-    of the cohort ledger's and the folds' keys)."""
-    return hmac.new(node_secret, NOISE_KEY_LABEL, hashlib.sha256).digest()
-
-
-def canonical_query(algorithm: str, analysis: Any, model: Any, variables: Sequence[str], *, mechanism: str,
-                    epsilon: float, delta: float) -> bytes:
-    """The query as the noise is keyed on: canonical JSON of the algorithm, the Exareme2 request
-    (datasets as a set; no ``analysis_id``, researcher or project), the declared metadata of its
-    variables (ranges and levels shape the release) and the noise's own parameters.
-
-    Two requests that differ in any of these get independent noise; the same request sent again,
-    by anyone of the project, gets the same bytes.
-    """
-    request = analysis.to_dict()
-    request["inputdata"]["datasets"] = sorted(request["inputdata"]["datasets"])
-    request["parameters"] = release_parameters(algorithm, request.get("parameters"))
-    # filters that differ only in writing (rule order, 65 against 65.0, nesting) are one query
-    from mipflow.node.controls.study_protocol import canonical_filter
-
-    request["inputdata"]["filters"] = canonical_filter(request["inputdata"].get("filters"))
-    meta = {code: model.variable(code).to_dict() for code in sorted(set(variables))}
-    doc = {"algorithm": algorithm, "request": request, "variables": meta, "data_model": model.key,
-           "noise": [mechanism, repr(float(epsilon)), repr(float(delta))]}
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str).encode("utf-8")
-
-
-def release_parameters(algorithm: str, parameters: Any) -> Any:
-    """The request's parameters less those only the central side reads (``ParamSpec.central_only``,
-    e.g. a confidence level): the node's release does not depend on them, so neither does its
-    noise (a sixth outside review drew fresh noise by changing ``alpha`` and averaged a cell)."""
-    if not isinstance(parameters, dict):
-        return parameters
-    from mipflow.algorithms import get_algorithm
-
-    specs = getattr(get_algorithm(algorithm), "parameter_specs", {}) or {}
-    return {k: v for k, v in parameters.items() if not getattr(specs.get(k), "central_only", False)}
+# --------------------------------------------------------------------------- the keyed noise
 
 
 def standard_draws(mechanism: str, uniforms: np.ndarray) -> np.ndarray:
@@ -576,30 +537,6 @@ def check_explore(request: Any, context: Any, work: Any) -> None:
                                held=held)
     work.record["mode"] = "explore"
     work.record["explore"] = {"release": release[:16], "charged": not repeat}
-
-
-def data_version(store: Any, data_model: str) -> bytes:
-    """What explore noise is keyed on beside the query: the data model's datasets registry (each
-    dataset's row count and the time of its last load or deletion), which every load and every
-    consent deletion rewrites, kept in the store (the same across node processes and restarts).
-
-    Two requests of the same query on the same version read the same rows and get the same noise;
-    any load or deletion of the data model gives every query fresh noise, charged again.  Keying on
-    the version rather than on the selected rows themselves keeps "did this cohort change?" out of
-    the answers (equal answers tell only that the data model's registry is unchanged).
-    """
-    return version_of(store.datasets(data_model))
-
-
-def version_of(registry: Sequence[dict[str, Any]]) -> bytes:
-    """:func:`data_version` of a datasets registry already read."""
-    return hashlib.sha256(json.dumps(list(registry), sort_keys=True, default=str).encode("utf-8")).digest()
-
-
-def release_key(key: bytes, query: bytes, version: bytes) -> str:
-    """The key of a release: the same for the same query on the same data version (then the same
-    bytes), whatever the rows; known before any row is read."""
-    return hmac.new(key, b"release|" + hashlib.sha256(query).digest() + version, hashlib.sha256).hexdigest()
 
 
 def step_cost(mechanism: str, epsilon: float, delta: float) -> Any:

@@ -221,7 +221,7 @@ def apply_cox(study: Any, round_no: int, aggregates: dict[str, Any], state: Any,
     rounds only on bins that are unions of the partition's (``state.ends`` among its fine ends), so
     a central site cannot ask for risk sets at finer bins than the family's cells were checked on.
     Decided from the state, the protocol and the stored partition."""
-    from mipflow.algorithms.cox_regression import FOLLOW_UP_KEY, LEVEL_KEY, POINTS_KEY
+    from mipflow.algorithms.survival import FOLLOW_UP_KEY, LEVEL_KEY, POINTS_KEY
 
     ends = _fine_ends(study, model, "Cox regressions")
     if round_no == 0:
@@ -234,4 +234,16 @@ def apply_cox(study: Any, round_no: int, aggregates: dict[str, Any], state: Any,
     if not isinstance(asked, list) or not set(int(e) for e in asked) <= set(ends):
         raise study._refuse("a later round of Cox regression uses bins that are not unions of the study's survival "
                             "partition (the state's ends must be among the partition's ends)")
+    return aggregates
+
+
+def apply_survival(study: Any, algorithm: str, round_no: int, aggregates: dict[str, Any], state: Any,
+                   model: Any) -> dict[str, Any]:
+    """A study step's survival release on the study's partition, by algorithm: Kaplan-Meier's
+    (:func:`apply_partition`), Cox regression's (:func:`apply_cox`); any other algorithm's
+    ``aggregates`` unchanged.  Before the per-request controls."""
+    if algorithm == "kaplan_meier":
+        return apply_partition(study, aggregates, model)
+    if algorithm == "cox_regression":
+        return apply_cox(study, round_no, aggregates, state, model)
     return aggregates

@@ -25,11 +25,13 @@ from mipflow.exceptions import InputFileError, MipflowError
 from mipflow.node.files import EHR_KIND, file_label, file_ref, landing_path_key
 from mipflow.node.ingest.profile import SourceProfile
 from mipflow.node.ingest.progress import Progress, estimate_rows
+from mipflow.node.ingest.outcome import (account_load, decide_status, held_message, identity_notice,
+                                       notify_identity_changed)
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-    from mipflow.node.store.feature_store import FeatureStore, LoadCounts
+    from mipflow.node.store.feature_store import FeatureStore
 
 log = logging.getLogger(__name__)
 
@@ -395,7 +397,8 @@ def ingest_file(path: str | Path, *, store: "FeatureStore", model: DataModel, pr
         folder name that has no profile.
     notify : Path, optional
         The node's notification file: a batch whose loaded keys changed
-        identifying-derived values is recorded there (:func:`identity_notice`).
+        identifying-derived values is recorded there
+        (:func:`~mipflow.node.ingest.outcome.identity_notice`).
     """
     path = Path(path)
     path_key = landing_path_key(key, landing, path, kind=EHR_KIND)
@@ -554,72 +557,6 @@ def _record_outcome(store: "FeatureStore", result: BatchResult, name: _ManifestN
         _clear_batch(store, conn, result.batch_id, name, result.sha256, result.data_model)
         store.update_batch(conn, result.batch_id, stage="capture", status=result.status, message=result.message,
                            finished_at=_now(), **asdict(result.counts))
-
-
-def decide_status(counts: BatchCounts, settings: NodeSettings) -> tuple[str, str]:
-    """Hold a batch back whole when too many of its consented rows failed."""
-    considered = counts.rows_in - counts.no_consent
-    if considered <= 0:
-        return "loaded", "no consented rows"
-    rate = counts.quarantined / considered
-    if rate > settings.max_failure_rate:
-        return "held", (f"failure rate {rate:.1%} exceeds max_failure_rate {settings.max_failure_rate:.1%}; "
-                        "fix the export or raise the limit, then re-run")
-    return "loaded", f"failure rate {rate:.1%}"
-
-
-def held_message(reason: str, held_rows: int) -> str:
-    """A held batch's message: the reason, and its valid rows held with it (counted in ``held``)."""
-    return f"{reason}; {held_rows} valid rows held (not loaded) with the batch"
-
-
-def identity_message(accounting: "LoadCounts") -> str:
-    """What a batch's message says when loaded keys changed identifying-derived values (names and counts)."""
-    columns = ", ".join(f"{c} {n}" for c, n in sorted(accounting.identity_columns.items()))
-    return (f"IDENTITY CHANGED: {accounting.identity_changed} existing keys got other identifying-derived values "
-            f"({columns}) and were replaced: the export may reuse patient identifiers for other patients, "
-            "or correct birth dates; check with the source")
-
-
-def account_load(counts: BatchCounts, accounting: "LoadCounts", message: str) -> str:
-    """Copy the load's inserted/updated/unchanged split into ``counts``; the batch message, flagged when
-    identifying-derived values changed."""
-    counts.inserted, counts.updated = accounting.inserted, accounting.updated
-    counts.unchanged, counts.identity_changed = accounting.unchanged, accounting.identity_changed
-    if accounting.identity_changed:
-        return f"{message}; {identity_message(accounting)}" if message else identity_message(accounting)
-    return message
-
-
-def identity_notice(batch_id: str, source: str, data_model: str, counts: BatchCounts, message: str,
-                    now: Any = None) -> dict[str, Any]:
-    """The notification record of a batch whose loaded keys changed identifying-derived values.
-
-    Counts, column names and the batch's message only (its source names the
-    file by reference); appended to the node's ``notifications.jsonl`` with
-    the failure records (:func:`mipflow.failures.write_record`, ADR 0037).
-    """
-    from datetime import datetime, timezone
-
-    return {"event": "identity_changed", "site": "node",
-            "at": (now or datetime.now(timezone.utc)).isoformat(timespec="seconds"),
-            "batch_id": batch_id, "source": source, "data_model": data_model,
-            "identity_changed": counts.identity_changed, "updated": counts.updated,
-            "inserted": counts.inserted, "message": message}
-
-
-def notify_identity_changed(path: Path | None, record: Mapping[str, Any]) -> None:
-    """Append ``record`` (:func:`identity_notice`) to the notification file ``path`` (nothing when ``None``)."""
-    from mipflow.failures import write_record
-
-    log.warning("batch %s: %d existing keys changed identifying-derived values", record["batch_id"],
-                record["identity_changed"])
-    if path is None:
-        return
-    try:
-        write_record(path, record)
-    except OSError as exc:
-        log.warning("could not write the notification: %s", type(exc).__name__)
 
 
 def merge_summaries(summaries: list[dict]) -> dict[str, Any]:

@@ -33,9 +33,10 @@ from mipflow.exceptions import InputFileError, MipflowError
 from mipflow.node.files import EHR_KIND, file_label, file_ref
 from mipflow.node.ingest.capture import landing_index, landing_sources, resolve_consent
 from mipflow.node.ingest.profile import SourceProfile, database_profiles, resolve_model, resolve_profile
+from mipflow.node.ingest.outcome import (account_load, decide_status, held_message, identity_notice,
+                                       notify_identity_changed)
 from mipflow.node.ingest.pipeline import (HEADER_ONLY, ROW_COLUMN, BatchCounts, ChunkProcessor, MalformedCSV,
-                              account_load, decide_status, apply_withdrawals, batch_id_for, held_message,
-                              identity_notice, merge_summaries, notify_identity_changed)
+                              apply_withdrawals, batch_id_for, merge_summaries)
 from mipflow.node.deid.pseudonyms import Pseudonymiser
 from mipflow.node.ingest.progress import Progress, estimate_rows
 from mipflow.node.store.feature_store import FeatureStore, open_store, utcnow

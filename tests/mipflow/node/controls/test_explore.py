@@ -1,4 +1,4 @@
-"""Explore mode's keyed noise and its storage (mipflow.node.controls.explore, ADR 0032).
+"""Explore mode's keyed noise and its storage (mipflow.node.controls.explore and explore_keys, ADR 0032).
 
 The noise is a deterministic function of (node key, query, data version): the statistical tests
 draw it over many distinct versions, so they are reproducible.
@@ -14,9 +14,8 @@ import pytest
 from scipy import stats
 
 from mipflow.node.controls.dp_noise import QueryNoise
-from mipflow.node.controls.explore import (
-    KeyedNoise, canonical_query, data_version, noise_key, release_key, standard_draws, suppress_noisy_cells,
-)
+from mipflow.node.controls.explore import KeyedNoise, standard_draws, suppress_noisy_cells
+from mipflow.node.controls.explore_keys import canonical_query, data_version, noise_key, release_key
 from mipflow.protocol.request import AnalysisRequest
 from tests.mipflow.algorithms.survival_data import STROKE
 from tests.nodes import standard_home
