@@ -500,24 +500,35 @@ def _cumulative_totals(node: Node, y: list[str], x: list[str], parameters: dict)
 
 @pytest.mark.parametrize("event", [("death_90d", "yes"), ("death_90d", "no"), ("diabetes", "yes"),
                                    ("stroke_type", "tia")], ids=lambda e: "-".join(e))
-def test_hole_releases_of_one_cohort_with_different_grouping_variables_isolate_cells_of_one_or_two(sweeps, event):
-    # OPEN (ADR 0008, docs/privacy.md): the canonical release is merged per group, so the ungrouped release
-    # and releases grouped by another variable (sex, dataset, ...) of one cohort have different bin ends;
-    # the groups' cumulative counts summed at their common ends against the ungrouped ones at interleaved
-    # ends give the rows in between: 1 or 2.  This test passes while the hole exists; once every exact
-    # release of a cohort is a function of one partition of its rows (every candidate event and grouping
-    # variable at once), turn it into: _small_steps(...) == [] (branch wip/kmgroup-partition).
+def test_releases_of_one_cohort_with_different_grouping_variables_isolate_no_cell(sweeps, event):
+    # Class: a release's complements across requests (ADR 0008 "one partition per cohort"; an outside
+    # review found it): the ungrouped release and releases grouped by other variables (sex, dataset,
+    # ...) of one cohort, their groups' cumulative counts summed at their common ends, against each
+    # other at interleaved ends.  When each group was merged on its own, the differences gave cells of
+    # 1 or 2 rows.  Every release of the cohort is now on bins that coarsen the ungrouped release's,
+    # shared by all its groups: every difference is a sum of the ungrouped release's cells.
     node = sweeps
     tab = node.home.settings.nfilter_tab
     y = ["followup_days", event[0]]
     groupings = [[], ["sex"], ["dataset"], ["hypertension"], ["atrial_fibrillation"],
                  ["stroke_type"] if event[0] != "stroke_type" else ["diabetes"]]
-    small = []
     for width in (1.0, 30.0):
         releases = [_cumulative_totals(node, y, x, {"event_level": event[1], "bin_width": width}) for x in groupings]
-        # every release alone is safe: its own steps are 0 or >= nfilter_tab
-        for release in releases:
-            assert _small_steps([{(None, float(e)): v for e, v in release.items()}], tab) == []
-        small += _small_steps([{(None, float(e)): v for e, v in r.items()} for r in releases], tab)
-    # together they isolate cells of 1 or 2 rows (events or censorings)
-    assert small and all(0 < size < tab for *_, size in small)
+        assert _small_steps([{(None, float(e)): v for e, v in r.items()} for r in releases], tab) == []
+        # and the curves are still curves: the groups' releases keep several time points each
+        assert all(len(r) >= 3 for r in releases), [len(r) for r in releases]
+
+
+def test_releases_with_different_event_variables_isolate_no_follow_up_cell(sweeps):
+    # Class: the same, across event definitions: whatever the event (death or not, diabetes, a stroke
+    # type), the rows leaving follow-up are the same rows, so their cumulative count (events plus
+    # censorings) at the ends of one release against another's must not isolate a cell either: every
+    # release's bins coarsen one partition of the cohort's follow-up times.
+    node = sweeps
+    tab = node.home.settings.nfilter_tab
+    releases = []
+    for event in (("death_90d", "yes"), ("diabetes", "yes"), ("stroke_type", "tia"), ("hypertension", "yes")):
+        for x in ([], ["sex"]):
+            totals = _cumulative_totals(node, ["followup_days", event[0]], x, {"event_level": event[1], "bin_width": 1.0})
+            releases.append({(None, float(e)): (d + c, 0) for e, (d, c) in totals.items()})
+    assert _small_steps(releases, tab) == []

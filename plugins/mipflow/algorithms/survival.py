@@ -370,32 +370,57 @@ def safe_bins(events: Sequence[int], censored: Sequence[int], min_count: int
     return ends, out_events, out_censored
 
 
-def canonical_bins(events: Sequence[int], censored: Sequence[int], min_count: int
-                   ) -> tuple[list[int], list[int], list[int], list[int]]:
-    """A group's canonical bins on the fine grid: merged top down on nested blocks of the fine grid.
+def _safe_runs(columns: Sequence[Sequence[int]], min_count: int) -> list[int]:
+    """:func:`safe_bins` over any number of count series (``columns``: per piece, its count in each series):
+    the indices of the pieces that close a merged bin, every series' count in every merged bin zero or
+    at least ``min_count`` (a small remainder merged backwards; one bin if the totals are small)."""
+    def ok(values: list[int]) -> bool:
+        return all(v == 0 or v >= min_count for v in values)
+
+    closing: list[int] = []
+    sums: list[list[int]] = []
+    width = len(columns[0])
+    open_ = [0] * width
+    for k, column in enumerate(columns):
+        open_ = [a + b for a, b in zip(open_, column)]
+        if ok(open_):
+            closing.append(k)
+            sums.append(open_)
+            open_ = [0] * width
+    while any(open_) and not ok(open_) and closing:
+        closing.pop()
+        open_ = [a + b for a, b in zip(open_, sums.pop())]
+    if any(open_) or not closing or closing[-1] != len(columns) - 1:
+        closing.append(len(columns) - 1)
+    return closing
+
+
+def nested_bins(series: Sequence[Sequence[int]], min_count: int, allowed: Sequence[int] | None = None
+                ) -> tuple[list[int], list[int]]:
+    """Bins of the fine grid, merged top down on nested blocks, in which **every** series' count is zero
+    or at least ``min_count``; with ``allowed``, bins end only at those fine indices (a coarsening of
+    the bins that gave them).
 
     Level ``B`` (a power of two) cuts the fine grid at the indices that are multiples of ``B`` (and at
     its last index).  From one bin over the whole grid (the coarsest level, one block), each level in
-    turn cuts every bin of the level above at its multiples of ``B`` and merges the pieces back with
-    :func:`safe_bins`, down to ``B = 1``.  Every bin end of a level stays a bin end below it, so the
-    bins of level ``B`` (the ends created at ``B`` or above) are a coarsening of the final bins, and
-    their ends are multiples of ``B``: where the data are sparse, bins close at round indices, so the
-    bins of two nodes, or of two groups, share their ends far more often than bins closed at the first
-    index where the counts allow it.  Every count is zero or at least ``min_count`` unless the whole
-    group's are not (then one bin, as :func:`safe_bins`).  The empty bins after the last rows are
-    merged into the last bin with rows (:func:`close_tail`).
+    turn cuts every bin of the level above at its multiples of ``B`` (among ``allowed``) and merges the
+    pieces back with :func:`_safe_runs`, down to ``B = 1``.  Every bin end of a level stays a bin end
+    below it, so the bins of level ``B`` are a coarsening of the final bins and their ends are multiples
+    of ``B``: where the data are sparse, bins close at round indices, so the bins of two nodes share
+    their ends far more often than bins closed at the first index where the counts allow it.  If the
+    totals are small, one bin.
 
     Returns
     -------
     ends : list of int
-        Fine index of each bin's last point; the last is ``len(events) - 1``.
-    merged_events, merged_censored : list of int
+        Fine index of each bin's last point; the last is the grid's last index.
     levels : list of int
         For each end, the largest ``B`` whose bins end there.
     """
-    n = len(events)
-    cum_events = np.concatenate([[0], np.cumsum(np.asarray(events, dtype=np.int64))])
-    cum_censored = np.concatenate([[0], np.cumsum(np.asarray(censored, dtype=np.int64))])
+    matrix = np.asarray(series, dtype=np.int64).reshape(len(series), -1)
+    n = matrix.shape[1]
+    cum = [[0, *row] for row in np.cumsum(matrix, axis=1).tolist()]
+    permitted = None if allowed is None else {int(e) for e in allowed}
     top = 1
     while top < n - 1:
         top *= 2
@@ -406,27 +431,86 @@ def canonical_bins(events: Sequence[int], censored: Sequence[int], min_count: in
         block //= 2
         refined = []
         for lo, hi in parts:
-            cuts = [*range(-(-lo // block) * block, hi, block), hi]
+            cuts = [c for c in range(-(-lo // block) * block, hi, block) if permitted is None or c in permitted]
+            cuts.append(hi)
             if len(cuts) == 1:
                 refined.append((lo, hi))
                 continue
             starts = [lo, *(c + 1 for c in cuts[:-1])]
-            merged, _, _ = safe_bins([int(cum_events[c + 1] - cum_events[a]) for a, c in zip(starts, cuts)],
-                                     [int(cum_censored[c + 1] - cum_censored[a]) for a, c in zip(starts, cuts)],
-                                     min_count)
+            pieces = [[row[c + 1] - row[a] for row in cum] for a, c in zip(starts, cuts)]
             start = lo
-            for k in merged:
+            for k in _safe_runs(pieces, min_count):
                 level.setdefault(cuts[k], block)
                 refined.append((start, cuts[k]))
                 start = cuts[k] + 1
         parts = refined
     ends = [hi for _, hi in parts]
-    starts = [lo for lo, _ in parts]
-    events_out = [int(cum_events[e + 1] - cum_events[a]) for a, e in zip(starts, ends)]
-    censored_out = [int(cum_censored[e + 1] - cum_censored[a]) for a, e in zip(starts, ends)]
+    return ends, [level[e] for e in ends]
+
+
+def bin_counts(counts: Sequence[int], ends: Sequence[int]) -> list[int]:
+    """Fine counts summed into the bins that end at ``ends`` (fine indices, the last the grid's last)."""
+    cum = np.concatenate([[0], np.cumsum(np.asarray(counts, dtype=np.int64))])
+    edges = np.asarray([-1, *ends], dtype=np.int64) + 1
+    return [int(v) for v in cum[edges[1:]] - cum[edges[:-1]]]
+
+
+def canonical_bins(events: Sequence[int], censored: Sequence[int], min_count: int
+                   ) -> tuple[list[int], list[int], list[int], list[int]]:
+    """A group's canonical bins on the fine grid (:func:`nested_bins` on its events and censorings).
+
+    Every count is zero or at least ``min_count`` unless the whole group's are not (then one bin, as
+    :func:`safe_bins`).  The empty bins after the last rows are merged into the last bin with rows
+    (:func:`close_tail`).
+
+    Returns
+    -------
+    ends : list of int
+        Fine index of each bin's last point; the last is ``len(events) - 1``.
+    merged_events, merged_censored : list of int
+    levels : list of int
+        For each end, the largest ``B`` whose bins end there.
+    """
+    ends, levels = nested_bins([events, censored], min_count)
+    events_out, censored_out = bin_counts(events, ends), bin_counts(censored, ends)
     if min_count > 1:
-        ends, events_out, censored_out = close_tail(ends, events_out, censored_out)
-    return ends, events_out, censored_out, [level[e] for e in ends]
+        kept, events_out, censored_out = close_tail(ends, events_out, censored_out)
+        levels = [*levels[:len(kept) - 1], levels[-1]]
+        ends = kept
+    return ends, events_out, censored_out, levels
+
+
+def cohort_bins(groups: Sequence[Mapping[str, Any]], min_count: int) -> tuple[list[int], list[int]]:
+    """The bins one standard-mode release of a cohort's groups shares (ADR 0008, "one partition per
+    cohort"): nested coarsenings of one another, each a function of the cohort's rows and the request's
+    event and grouping only:
+
+    1. ``L``: :func:`nested_bins` of the rows leaving follow-up (events and censorings of every group
+       together), the same whatever the event variable, its level or the grouping;
+    2. ``P``: ``L``'s bins merged until the cohort's events and censorings (the groups summed) are each
+       zero or at least ``min_count``: the ungrouped release's bins, the same whatever the grouping;
+    3. with two or more groups, ``P``'s bins merged until every group's events and censorings are,
+       **shared by all the groups**.
+
+    So the cumulative counts of a cohort that any two releases give (summed over their groups) are at
+    ends of ``P`` (of ``L`` across event definitions), and the difference of two is a sum of ``P``'s
+    (``L``'s) counts; and within a release, a group's complement (the cohort less the group) has the
+    group's ends too.  The empty bins after the last rows are merged into the last bin with rows.
+
+    Returns the ends (fine indices; the last the grid's last) and their levels (:func:`nested_bins`).
+    """
+    events = [np.asarray(g["events"], dtype=np.int64) for g in groups]
+    censored = [np.asarray(g["censored"], dtype=np.int64) for g in groups]
+    total_events, total_censored = np.sum(events, axis=0), np.sum(censored, axis=0)
+    ends, levels = nested_bins([total_events + total_censored], min_count)
+    ends, levels = nested_bins([total_events, total_censored], min_count, allowed=ends)
+    if len(groups) > 1:
+        ends, levels = nested_bins([*events, *censored], min_count, allowed=ends)
+    if min_count > 1:
+        kept, _, _ = close_tail(ends, bin_counts(total_events, ends), bin_counts(total_censored, ends))
+        levels = [*levels[:len(kept) - 1], levels[-1]]
+        ends = kept
+    return ends, levels
 
 
 def close_tail(ends: list[int], events: list[int], censored: list[int]) -> tuple[list[int], list[int], list[int]]:
@@ -506,9 +590,14 @@ def binning_summary(time_var: Variable, fine: np.ndarray, bin_width: float, used
 
 
 def coarsen_groups(groups: list[dict], min_count: int) -> list[dict]:
-    """Per-group fine counts -> :func:`canonical_bins` (the canonical release, with each end's level
-    under ``levels``).  A group already on merged bins (``ends``: a study's survival partition) is
-    merged further on those bins with :func:`safe_bins`, every end of any level."""
+    """Per-group fine counts -> the canonical release: every group on the cohort's shared bins
+    (:func:`cohort_bins`), with each end's level under ``levels``.  Groups already on merged bins
+    (``ends``: a study's survival partition) are merged further on those bins with :func:`safe_bins`,
+    every end of any level."""
+    if groups and all(group.get("ends") is None for group in groups):
+        ends, levels = cohort_bins(groups, min_count)
+        return [{**group, "ends": ends, "events": bin_counts(group["events"], ends),
+                 "censored": bin_counts(group["censored"], ends), "levels": levels} for group in groups]
     out = []
     for group in groups:
         if group.get("ends") is None:

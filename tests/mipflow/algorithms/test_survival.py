@@ -282,6 +282,37 @@ def test_safe_bins_release_no_small_count_and_keep_totals(cells, tab) -> None:
         assert len(ends) == 1
 
 
+@SETTINGS
+@given(st.integers(0, 2**32 - 1), st.integers(1, 4), st.integers(2, 300), st.integers(1, 8), st.floats(0.05, 3.0))
+def test_one_release_of_a_cohort_shares_bins_nested_in_the_cohort_s_own(seed, n_groups, n_points, tab, rate) -> None:
+    """ADR 0008, one partition per cohort: a grouped release's groups share their bins, which coarsen
+    the ungrouped release's (so their sums at the shared ends are cumulative counts of the cohort that
+    the ungrouped release holds already), which coarsen the bins of the rows leaving follow-up (the same
+    for any event definition of the same rows); every count is 0 or >= tab unless a whole group's is."""
+    from mipflow.algorithms.survival import coarsen_groups, nested_bins
+
+    rng = np.random.default_rng(seed)
+    leaving = rng.poisson(rate, (n_groups, n_points))
+    # two event definitions of the same rows: each leaving row is an event under one, maybe the other
+    first, second = rng.binomial(leaving, 0.4).tolist(), rng.binomial(leaving, 0.7).tolist()
+    leaving = leaving.tolist()
+    floor, _ = nested_bins([np.sum(leaving, axis=0)], tab)
+    for events in (first, second):
+        groups = [{"events": e, "censored": [v - d for v, d in zip(lv, e)]} for e, lv in zip(events, leaving)]
+        merged = coarsen_groups(groups, tab)
+        ungrouped = coarsen_groups([{"events": np.sum([g["events"] for g in groups], axis=0).tolist(),
+                                     "censored": np.sum([g["censored"] for g in groups], axis=0).tolist()}], tab)[0]
+        ends = merged[0]["ends"]
+        assert all(g["ends"] == ends and g["levels"] == merged[0]["levels"] for g in merged)
+        assert set(ends) <= set(ungrouped["ends"]) <= set(floor) | {n_points - 1}
+        assert ends[-1] == n_points - 1
+        for g, fine in zip(merged, groups):  # counts are sums of the fine counts between the ends
+            assert sum(g["events"]) == sum(fine["events"]) and sum(g["censored"]) == sum(fine["censored"])
+        small = any(0 < v < tab for g in merged for v in (*g["events"], *g["censored"]))
+        whole_small = any(0 < sum(g[k]) < tab for g in groups for k in ("events", "censored"))
+        assert not small or whole_small or len(ends) == 1
+
+
 # --------------------------------------------------------------------------- disclosure
 
 
@@ -573,13 +604,13 @@ def _select_by_hand(canonical: tuple, width: float, max_time: float | None) -> t
 def test_a_release_for_any_bin_width_is_a_function_of_the_canonical_release(seed, n, tab, grouped, algorithm,
                                                                             drawn, ends_of_follow_up) -> None:
     """Issue 14.4: the node merges on the data model's fine grid only (the canonical release,
-    ``survival.canonical_bins`` on its fine counts), and a request's ``bin_width`` and ``max_time`` only
+    ``survival.coarsen_groups`` on its fine counts: the cohort's shared bins), and a request's ``bin_width`` and ``max_time`` only
     coarsen and cut it.  For random data, widths (common ones, close pairs such as 1 and 1.001, drawn
     ones) and ends of follow-up, each released group equals the selection written out by hand from the
     canonical release, every released end is a canonical end (so the cumulative counts of any two
     releases at their ends are canonical ones, and their differences sums of canonical cells), and
     every count is 0 or >= nfilter_tab; a request is refused exactly when the canonical release is."""
-    from mipflow.algorithms.survival import canonical_bins
+    from mipflow.algorithms.survival import coarsen_groups
 
     data = make_stroke(seed, n, real_times=bool(seed % 2))
     x = ("sex",) if grouped and algorithm == "kaplan_meier" else ()
@@ -588,7 +619,7 @@ def test_a_release_for_any_bin_width_is_a_function_of_the_canonical_release(seed
     base = request(algorithm, bin_width=1.0, **extra)
     fine = alg.local_step(0, prepare_local_data(alg, data, base), base, STROKE, None)
     groups = fine["groups"] if algorithm == "kaplan_meier" else [fine]
-    canonical = [canonical_bins(g["events"], g["censored"], tab) for g in groups]
+    canonical = [(g["ends"], g["events"], g["censored"], g["levels"]) for g in coarsen_groups(groups, tab)]
     for ends, events, censored, levels in canonical:
         assert ends[-1] == 3650 and ends == sorted(set(ends))
         assert all(e % b == 0 or e == 3650 for e, b in zip(ends, levels))  # level-B ends on multiples of B
