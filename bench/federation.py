@@ -57,7 +57,7 @@ def main() -> int:
     from bench.common import central_clients, drop_node_caches, read_pooled, site_homes
     from mipflow.protocol.datamodel import DataModel
     from mipflow.central.rounds import run_analysis
-    from tests.nodes import grant_all, load_frame, running_nodes
+    from tests.nodes import grant_all, load_frame, pin_each_other, running_nodes
 
     model = DataModel.from_dict(model_doc())
     with site_homes("fedbench", sqlite=args.sqlite) as homes:
@@ -65,6 +65,7 @@ def main() -> int:
             t = time.perf_counter()
             load_frame(home.root, model, make_rows(args.rows_per_node, site, site))
             print(f"site{site}: loaded {args.rows_per_node} rows in {time.perf_counter() - t:.1f}s")
+        pin_each_other([h.root for h in homes])  # three nodes mask by default: pinned peers (ADR 0014)
         with running_nodes([h.root for h in homes]) as urls:
             clients = central_clients(homes, urls)
             for h in homes:

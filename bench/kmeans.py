@@ -76,7 +76,7 @@ def main() -> int:
     print_machine()
     model = DataModel.from_dict(model_doc())
     with loaded_federation("kmbench", model, lambda site: make_rows(args.rows_per_node, site),
-                           rows_per_node=args.rows_per_node, sqlite=args.sqlite) as (homes, clients, round_log):
+                           rows_per_node=args.rows_per_node, sqlite=args.sqlite, pinned=True) as (homes, clients, round_log):
         request = {"inputdata": {"data_model": "kbench:1", "datasets": ["site0", "site1", "site2"],
                                  "x": [], "y": list(VARIABLES), "filters": None},
                    "parameters": {"k": args.k, "tol": args.tol, "maxiter": 100}}

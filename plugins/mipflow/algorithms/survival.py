@@ -5,7 +5,7 @@ Time binning
 Event times are never released.  What a node counts and merges must not depend on anything a
 requester chooses (issue 14.4): two requests whose bins end at different times give, together,
 the counts between an end of one and the next end of the other.  So every exact release of a
-node is a function of **one canonical release** per cohort and group, fixed by the data model:
+node is a function of **one canonical release** per cohort, fixed by the data model:
 
 * the **fine grid** (:func:`fine_grid`) over the time variable's declared range: for an integer
   variable unit steps from its ``minValue`` (0 when undeclared) to its ``maxValue`` (steps of
@@ -14,8 +14,10 @@ node is a function of **one canonical release** per cohort and group, fixed by t
   point at or after it; rows whose rounded time is ``b`` leave the risk set at ``b`` (events
   before censorings, as usual);
 * the node counts events and censorings per fine point and (in its disclosure controls,
-  :func:`safe_bins`) merges adjacent points until every count is zero or at least
-  ``nfilter_tab``: the canonical release;
+  :func:`cohort_bins`) merges adjacent points until every count is zero or at least
+  ``nfilter_tab``: the canonical release.  Its bins are nested coarsenings of the cohort's own:
+  the bins of the rows leaving follow-up (whatever the event), then of the cohort's events and
+  censorings (whatever the grouping), then, shared by every group of the release, of each group's;
 * the request's grid ``origin + k * bin_width`` only **coarsens** it (:func:`request_points`,
   :func:`coarsen_to`): for each request grid point, the last canonical bin end at or before it
   (deduplicated; the last fine point always).  The released ends are canonical ends, the counts
@@ -23,9 +25,9 @@ node is a function of **one canonical release** per cohort and group, fixed by t
 * ``max_time`` then **cuts** the release at its last bin end at or before ``max_time`` rounded up
   to the request's grid (:func:`truncate_bins`): the later bins are folded into censorings there.
 
-Any two releases of a cohort therefore have their bin ends among the canonical ends, and every
-difference of their cumulative counts is a sum of canonical counts: zero or at least
-``nfilter_tab``.  Bin ends travel as fine-grid indices; the central side intersects the ends of
+Any two releases of a cohort therefore have their bin ends among the cohort's canonical ends,
+and every difference of their cumulative counts (groups summed) is a sum of canonical counts: zero
+or at least ``nfilter_tab``.  Bin ends travel as fine-grid indices; the central side intersects the ends of
 all nodes (each node's bins then nest inside the common bins, whose counts are sums of the
 nodes' counts), coarsens them to the request's points the same way and cuts every node at the
 last common end at or before ``max_time`` (:func:`follow_up_cut`).  Every number it computes is
