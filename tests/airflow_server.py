@@ -86,11 +86,22 @@ def _wait(what: str, check: Any, timeout: float, server: CentralAirflow) -> Any:
     raise RuntimeError(f"timed out waiting for {what} (last error: {last}):\n{server.tail()}")
 
 
+#: What :func:`airflow_env` sets beyond the repo's airflow.cfg to make a test Airflow fast (``fast=False`` leaves
+#: them out: the shipped scheduling, as ``bench/standing_latency.py --airflow`` measures it).
+FAST_SETTINGS = {
+    "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.1",
+    "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
+    "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+    "MIPFLOW_TASK_RETRIES": "0",
+}
+
+
 def airflow_env(home: Path, port: int, users: dict[str, str],
-                roles: dict[str, str] | None = None) -> dict[str, str]:
+                roles: dict[str, str] | None = None, *, fast: bool = True) -> dict[str, str]:
     """Environment for a test Airflow in ``home`` (SQLite, LocalExecutor; api-server on ``port``):
     this process's environment without its Airflow and mipflow settings, this checkout's DAGs and
-    plugins, fresh keys, fast scheduling, and the passwords of ``users`` (name -> password; each
+    plugins, fresh keys, fast scheduling (:data:`FAST_SETTINGS`; ``fast=False``: the repo's airflow.cfg and
+    mipflow's defaults only), and the passwords of ``users`` (name -> password; each
     name is also the user's role in the simple auth manager, e.g. "admin" and "viewer", unless ``roles``
     names another: ``{"alice": "user"}``)."""
     passwords = home / "passwords.json"
@@ -107,9 +118,7 @@ def airflow_env(home: Path, port: int, users: dict[str, str],
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__PARALLELISM": "4",
-        "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.1",
-        "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
-        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        **(FAST_SETTINGS if fast else {}),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{name}:{(roles or {}).get(name, name)}" for name in users),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
         "AIRFLOW__API__HOST": "127.0.0.1",
@@ -121,7 +130,6 @@ def airflow_env(home: Path, port: int, users: dict[str, str],
         "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(64),  # >= 64 bytes for HS512
         "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(32),
         "AIRFLOW__CORE__FERNET_KEY": urlsafe_b64encode(os.urandom(32)).decode(),
-        "MIPFLOW_TASK_RETRIES": "0",
         "PYTHONUNBUFFERED": "1",
     })
     return full_env
@@ -129,18 +137,19 @@ def airflow_env(home: Path, port: int, users: dict[str, str],
 
 @contextmanager
 def central_airflow(home: Path, env: dict[str, str], *, dag_ids: list[str], timeout: float = 150.0,
-                    roles: dict[str, str] | None = None) -> Iterator[Callable[[], CentralAirflow]]:
+                    roles: dict[str, str] | None = None, fast: bool = True) -> Iterator[Callable[[], CentralAirflow]]:
     """Start ``airflow standalone`` in ``home`` with ``env`` added and yield at once a function that
     waits until ``dag_ids`` are parsed (and unpaused) and returns the server; stop everything on exit.
 
     The caller prepares the rest of its world (nodes) while Airflow starts.  Users ``admin`` and
-    ``viewer`` always exist; ``roles`` adds more (name -> simple auth manager role, e.g. ``{"alice": "user"}``).
+    ``viewer`` always exist; ``roles`` adds more (name -> simple auth manager role, e.g. ``{"alice": "user"}``);
+    ``fast=False``: the shipped scheduling settings (:func:`airflow_env`).
     """
     home.mkdir(parents=True, exist_ok=True)
     users = {name: secrets.token_urlsafe(12) for name in ("admin", "viewer", *(roles or {}))}
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    full_env = airflow_env(home, port, users, roles)
+    full_env = airflow_env(home, port, users, roles, fast=fast)
     full_env.update(env)
     log_path = home / "standalone.log"
     with open(log_path, "wb") as log:
