@@ -76,7 +76,7 @@ def main() -> int:
     print_machine()
     model = DataModel.from_dict(model_doc())
     with loaded_federation("coxbench", model, lambda site: make_rows(args.rows_per_node, 100 + site, site),
-                           rows_per_node=args.rows_per_node, sqlite=args.sqlite) as (homes, clients, round_log):
+                           rows_per_node=args.rows_per_node, sqlite=args.sqlite, pinned=True) as (homes, clients, round_log):
         request = {"inputdata": {"data_model": "coxbench:1", "datasets": ["site0", "site1", "site2"],
                                  "x": ["arm", *NUMERICAL], "y": ["days", "death"], "filters": None},
                    "parameters": {"event_level": "yes", "bin_width": 1}}

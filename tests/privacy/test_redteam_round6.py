@@ -14,11 +14,11 @@ honest-but-curious central site of docs/privacy.md).
 check a closed hole.  Closed the same day: 1 and 2 (a refresh checks each cell's net change against
 the snapshot and every earlier one), 4's rewrite channel (explore noise is not keyed on
 central-only parameters such as ``alpha``; filters are keyed in canonical form), 5 (other studies
-compared by patient across data models).  Open: 3 (Cox's per-bin sums to the central site), and
-4's root (equivalent but differently written cohorts still draw fresh noise, each charged: the
+compared by patient across data models), 3 (ADR 0046: Cox's per-bin sums are sealed to the
+participating nodes; the central site receives each node's share of l, U and I).  Open: 4's root (equivalent but differently written cohorts still draw fresh noise, each charged: the
 budget bounds the averaging of an unsplit count; docs/privacy.md).
 
-Found (tests: 1 and 2 ``test_hole_a_*``, 3 ``test_hole_b_*``, 4 ``test_hole_c_*``, 5 ``test_hole_d_*``):
+Found (tests: 1 and 2 ``test_defence_a_*``, 3 ``test_defence_b_*``, 4 ``test_defence_c_*``, 5 ``test_defence_d_*``):
 
 1. **A refresh counts a cell's rows added and removed, not its net change** (ADR 0028 level cells,
    ADR 0035 refresh).  Corrected rows count as both added and removed, so a cell can gain 4 (one new
@@ -51,8 +51,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import itertools
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -63,6 +62,7 @@ from mipflow.central.rounds import run_analysis
 from mipflow.node.controls import study_approval
 from mipflow.node.home import NodeHome
 from mipflow.protocol.signing import issue_client
+from tests.mipflow.algorithms.helpers import assert_rel_close
 from tests.mipflow.algorithms.survival_data import STROKE
 from tests.mipflow.node.controls.study_helpers import MEN, WOMEN, protocol, rule, stroke_rows, where
 from tests.nodes import grant_all, load_frame, running_nodes, served_clients
@@ -224,123 +224,106 @@ def death_registry(seed: int = 7, n: int = 300) -> pd.DataFrame:
 
 
 class Recording(NodeClient):
-    """The central site's client, keeping every round's state it sent and the reply it received."""
+    """The central site's client, keeping every round's state and transcript it sent and the reply it received."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.rounds: list[tuple[int, Any, dict]] = []
+        self.rounds: list[tuple[int, Any, dict, dict]] = []
 
     def step(self, algorithm, request, round_no, state, **kwargs):
         reply = super().step(algorithm, request, round_no, state, **kwargs)
-        self.rounds.append((round_no, state, reply))
+        self.rounds.append((round_no, state, reply, kwargs))
         return reply
 
 
-def array(block: dict[str, Any]) -> np.ndarray:
-    return np.frombuffer(base64.b64decode(block["base64"]), dtype=block["dtype"]).reshape(block["shape"])
+def clear_numbers(doc: Any) -> list[float]:
+    """Every number a reply's aggregates hold in the clear (packed arrays counted value by value)."""
+    if isinstance(doc, dict) and "base64" in doc and "dtype" in doc:
+        return list(np.frombuffer(base64.b64decode(doc["base64"]), dtype=doc["dtype"]))
+    if isinstance(doc, dict):
+        return [v for value in doc.values() for v in clear_numbers(value)]
+    if isinstance(doc, list):
+        return [v for value in doc for v in clear_numbers(value)]
+    return [doc] if isinstance(doc, (int, float)) and not isinstance(doc, bool) else []
 
 
-def tuples(m: int, low: int, high: int, total: int, squares: int, start: int | None = None) -> Iterator[tuple]:
-    """Non-decreasing ``m``-tuples of integers in [low, high] with the given sum and sum of squares."""
-    start = low if start is None else start
-    if m == 0:
-        if total == 0 and squares == 0:
-            yield ()
-        return
-    for v in range(start, high + 1):
-        rest, rest_sq, k = total - v, squares - v * v, m - 1
-        if rest < k * v:
-            break
-        if rest > k * high or rest_sq < 0 or (k and (rest_sq * k < rest * rest or rest_sq > k * high * high)):
-            continue
-        for tail in tuples(k, low, high, rest, rest_sq, v):
-            yield (v, *tail)
+def pooled_phreg(frame: pd.DataFrame, sex: str, result: dict[str, Any]) -> Any:
+    """statsmodels' PHReg (Breslow) on the node's rows of one sex, times rounded up to the result's
+    bin ends (rows followed beyond its end of follow-up censored there)."""
+    from statsmodels.duration.hazard_regression import PHReg
+
+    rows = frame[frame["sex"] == sex]
+    timeline = np.asarray(result["binning"]["timeline"], dtype=float)
+    index = np.searchsorted(timeline, rows["followup_days"].to_numpy(dtype=float), side="left")
+    beyond = index >= len(timeline)
+    times = timeline[np.minimum(index, len(timeline) - 1)]
+    status = ((rows["death_90d"] == "yes").to_numpy() & ~beyond).astype(float)
+    return PHReg(times, rows[["age", "nihss_admission"]].to_numpy(dtype=float), status=status,
+                 ties="breslow").fit(method="newton", tol=1e-12)
 
 
-def solve_bin(m: int, center: np.ndarray, sums: list[tuple[np.ndarray, float, np.ndarray, np.ndarray]]) -> list:
-    """Every set of ``m`` (age, NIHSS) integer pairs whose sums of ``exp(x'b)``, ``x exp(x'b)`` and
-    ``x x' exp(x'b)`` (x centred) equal the released ones at each round's coefficients ``b``.
-    ``sums[0]`` is the round at b = 0 (plain sums and sums of squares and products)."""
-    _, _, s1, s2 = sums[0]
-    total = s1 + m * center
-    age_sq = s2[0] + 2 * center[0] * total[0] - m * center[0] ** 2
-    nihss_sq = s2[2] + 2 * center[1] * total[1] - m * center[1] ** 2
-    product = s2[1] + center[0] * total[1] + center[1] * total[0] - m * center[0] * center[1]
-    age_sum, nihss_sum, age_sq, nihss_sq, product = (int(round(v)) for v in (*total, age_sq, nihss_sq, product))
-    found: set[tuple] = set()
-    for ages in tuples(m, *AGES, age_sum, age_sq):
-        for scores in tuples(m, *NIHSS, nihss_sum, nihss_sq):
-            for order in set(itertools.permutations(scores)):
-                if sum(a * s for a, s in zip(ages, order)) != product:
-                    continue
-                x = np.column_stack([ages, order]).astype(float) - center
-                if all(abs(np.exp(x @ beta).sum() - s0) <= 1e-7 * s0 and np.allclose((x * np.exp(x @ beta)[:, None]).sum(0), s1, rtol=1e-7, atol=1e-6)
-                       for beta, s0, s1, _ in sums[1:]):
-                    found.add(tuple(sorted(zip(ages, order))))
-    return sorted(found)
+def test_defence_b_cox_risk_set_sums_are_sealed_to_the_nodes_and_the_central_site_sees_l_u_i_only(tmp_path) -> None:
+    """Hole 3 (Cox's per-bin sums at the Newton iterates, a solvable system) closed by ADR 0046.
 
+    The same honest analysis (a researcher's Cox model of age and NIHSS in the subgroups women and
+    men, default ties, the study's grid and partition) through the real node: the recording central
+    site reads every reply.  Each Newton evaluation is a "sums" round, whose per-bin sums leave the
+    node only as AES-GCM ciphertexts for the participants (here the node itself), and a "score"
+    round, whose plaintext is the counts the controls checked plus the node's share of the log
+    partial likelihood, score and information: 1 + p + p(p+1)/2 numbers, however many bins.  The
+    central site cannot open a ciphertext (a key it can derive, its own X25519 with the node's public
+    key, fails; only the node's key opens it, and what it holds are the per-bin sums the attack
+    solved).  The result still equals statsmodels PHReg on the node's rows."""
+    from mipflow.secagg import sealing
+    from mipflow.secagg.crypto import KeyPair, cached_keypair
 
-def deaths_per_bin(client: Recording, cohort: dict) -> tuple[list[tuple[float, float, list]], int]:
-    """The central site's reading of an honest Cox analysis (default ties) of one cohort: per pair of
-    consecutive event bins, the risk-set sums' difference is a sum over the rows that left in between
-    (here the deaths of the first bin; censoring starts after day 90), solved for their values."""
-    client.rounds.clear()
-    run_analysis("cox_regression", request_of(y=("followup_days", "death_90d"), x=("age", "nihss_admission"),
-                                              filters=cohort, datasets=DATASETS, event_level="yes", bin_width=7.0),
-                 [client], researcher="alice", project=PROJECT)
-    later = [(state, reply["aggregates"]) for round_no, state, reply in client.rounds if round_no >= 1]
-    first = later[0][0]
-    assert first["coefficients"] == [0.0, 0.0] and len(later) >= 3  # round 1 at b = 0, then Newton's iterates
-    center, ends, event_bins = np.asarray(first["center"]), first["ends"], first["event_bins"]
-    released = [(np.asarray(state["coefficients"]), array(agg["s0"]), array(agg["s1"]), array(agg["s2"]))
-                for state, agg in later]
-    out, unsolved = [], 0
-    for j in range(len(event_bins) - 1):
-        left = [(beta, s0[j] - s0[j + 1], s1[j] - s1[j + 1], s2[j] - s2[j + 1]) for beta, s0, s1, s2 in released]
-        m = int(round(left[0][1]))
-        days = (float(ends[event_bins[j] - 1]), float(ends[event_bins[j]]))  # fine-grid ends: days
-        if m > 5:  # more unknowns: more rounds (other covariates, participants) would do; not needed here
-            unsolved += 1
-            continue
-        out.append((*days, solve_bin(m, center, left)))
-    return out, unsolved
-
-
-def test_hole_b_cox_risk_set_sums_at_the_newton_iterates_give_each_deaths_age_and_nihss(tmp_path) -> None:
-    """Class: per-node aggregates the central site receives in the clear (docs/privacy.md, hostile and
-    honest-but-curious central site); Cox regression in a study (ADR 0028 survival partition, ADR 0008
-    "residual risk: risk-set sums at several coefficient vectors over the same >= nfilter_tab rows").
-    Recovers: for every partition bin holding 3 to 5 deaths of a cohort, each death's exact age and
-    NIHSS (and sex, from the cohort, and the week range of her death, from the bin): 42 of the 87 deaths.
-    Control that should stop it: ``check_release`` / the survival partition bound only the *count*
-    per bin (>= nfilter_tab); a round's ``s0, s1, s2`` over k rows at r coefficient vectors are
-    r (1 + p + p(p+1)/2) equations in k p unknowns.  Cox's per-bin sums need masking (Cox is not
-    maskable), bins with many more rows than unknowns, or noise; ``secure_aggregation_required`` 1
-    refuses Cox altogether.
-
-    The analysis is an honest one (a researcher's Cox model of age and NIHSS in the subgroups women
-    and men, default ties, the study's grid and partition); the central site only reads what each
-    round's reply and state hold: the round at b = 0 gives each bin's sums and sums of squares and
-    products, the iterates' sums of ``exp(x'b)`` pick the one integer solution."""
     frame = death_registry()
     root = node_with(tmp_path / "node", frame, {PROJECT: COX_PROTOCOL})
     credential = issue_client(root, "central")
-    recovered = []
+    node_key = cached_keypair(root)
+    p = 2
     with running_nodes([root]) as urls:
         client = Recording(NodeEndpoint(NODE, urls[0], credential.client_id, credential.secret.hex()), retries=0)
         try:
             for sex, cohort in (("F", WOMEN), ("M", MEN)):
-                bins, _ = deaths_per_bin(client, cohort)
-                recovered += [(sex, lo, hi, found) for lo, hi, found in bins]
+                client.rounds.clear()
+                outcome = run_analysis("cox_regression", request_of(
+                    y=("followup_days", "death_90d"), x=("age", "nihss_admission"), filters=cohort,
+                    datasets=DATASETS, event_level="yes", bin_width=7.0), [client], researcher="alice",
+                    project=PROJECT)
+                later = client.rounds[1:]
+                phases = [state["phase"] for _, state, _, _ in later]
+                assert phases == ["sums", "score"] * (len(later) // 2) and len(later) >= 6, phases
+                n_bins = len(later[0][1]["ends"])
+                assert len(later[0][1]["event_bins"]) >= 5  # many bins: the sums would have been many numbers
+                for k, (round_no, state, reply, _) in enumerate(later):
+                    aggregates = dict(reply["aggregates"])
+                    counts = [aggregates.pop(key) for key in ("n", "n_events", "group_counts")]
+                    assert len(counts[2]) == 2 * n_bins  # the counts checked by nfilter_tab, as before
+                    if state["phase"] == "sums":
+                        sealed = aggregates.pop("sealed")
+                        assert aggregates == {} and set(sealed) == {NODE}
+                        assert all(isinstance(box, str) for box in sealed.values())
+                        # the next round's transcript binds the chain the ciphertext was sealed under
+                        chain = later[k + 1][3]["transcript"]["previous"]["chain"]
+                        bound = dict(analysis_id=outcome.analysis_id, algorithm="cox_regression", chain=chain,
+                                     round_no=round_no, sender=NODE, recipient=NODE)
+                        for wrong in (KeyPair.generate(), KeyPair.generate()):  # e.g. the central site's own key
+                            assert sealing.open_one(wrong, node_key.public_bytes, sealed[NODE], **bound) is None
+                        opened = sealing.open_one(node_key, node_key.public_bytes, sealed[NODE], **bound)
+                        assert set(opened) == {"events", "s0", "s1", "s2"}
+                        s0 = np.asarray(clear_numbers(opened["s0"]))
+                        assert len(s0) == len(state["event_bins"])
+                        if state["coefficients"] == [0.0, 0.0]:  # what the attack solved: sums at b = 0
+                            assert s0[0] == reply["aggregates"]["n"] and np.all(np.diff(s0) < 0)
+                    else:
+                        assert set(aggregates) == {"loglik", "score", "information"}
+                        assert len(clear_numbers(aggregates)) == 1 + p + p * (p + 1) // 2
+                fit = pooled_phreg(frame, sex, outcome.result)
+                assert_rel_close(outcome.result["coefficients"], fit.params, rel=1e-9, what=f"coefficients ({sex})")
+                assert_rel_close(outcome.result["stderr"], fit.bse, rel=1e-9, what=f"stderr ({sex})")
         finally:
             client.close()
-    deaths = frame[frame["death_90d"] == "yes"]
-    exact = 0
-    for sex, lo, hi, found in recovered:
-        truth = deaths[(deaths["sex"] == sex) & (deaths["followup_days"] > lo) & (deaths["followup_days"] <= hi)]
-        assert found == [tuple(sorted(zip(truth["age"].astype(int), truth["nihss_admission"].astype(int))))], (sex, lo, hi)
-        exact += len(truth)
-    assert exact >= 30  # each an exact (sex, age, NIHSS, week range of death) record
 
 
 # --- 4: explore mode, Kaplan-Meier cells averaged over rewrites --------------------------------------------

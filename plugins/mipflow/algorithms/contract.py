@@ -20,7 +20,7 @@ node's rows for a local step and runs a whole analysis in one process.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence, runtime_checkable
 
 from mipflow.protocol.datamodel import DataModel
 from mipflow.protocol.request import AnalysisRequest
@@ -104,6 +104,7 @@ class Algorithm(Protocol):
 
     secure_aggregation: str
     dp_release: DPRelease | None
+    sealed_rounds: bool
 
     def secure_aggregation_refusal(self, request: AnalysisRequest) -> str | None: ...
 
@@ -117,6 +118,8 @@ class Algorithm(Protocol):
 
     def differencing_partition(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
                                state: dict | None) -> np.ndarray | None: ...
+
+    def pool_sealed(self, parts: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]: ...
 
 
 # --------------------------------------------------------------------------- privacy capabilities
@@ -138,6 +141,11 @@ class Algorithm(Protocol):
 # * ``coarsen_for_release``: its own coarsening to the node's ``nfilter_tab`` before the checks;
 # * ``differencing_partition``: the partition of the rows whose sums a round releases, which
 #   the node compares with the partitions it released before (k-means, ADR 0013);
+# * ``sealed_rounds`` and ``pool_sealed``: its local steps may return sums for the other nodes only,
+#   under the aggregate key ``sealed`` (:mod:`mipflow.algorithms.sealed`, ADR 0046): the node seals
+#   them to every participant after its controls saw them, the central site forwards ciphertexts, and
+#   each node pools what it opens (``pool_sealed``, default: elementwise sums) for its next local step
+#   (state key ``sealed_pooled``); the global step never reads them;
 # * ``released_by``: row columns (e.g. ``dataset``) whose levels split its released statistics;
 #   each level's rows enter the differencing ledger as cohorts of their own.  (Rows complete on
 #   every variable, released by an algorithm that is not complete-case, e.g. ``descriptive_stats``'s

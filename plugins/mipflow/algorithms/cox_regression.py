@@ -17,33 +17,39 @@ censored there), picks the coding, centres the covariates on their pooled
 means (the slopes and the log partial likelihood do not change) and starts at
 zero.
 
-Later rounds: the central side sends ``B``, the coding, the centre and the
-coefficients.  For each bin of ``B`` holding events, a node returns the sums
-over its rows still at risk there (rounded time at or after the bin end) of
-``w = exp(x'b)``, ``w x`` and ``w x x'`` (S0, S1, S2), the sum of ``x`` over its
-events (up to the end of follow-up, the last end of ``B``), and its event and censoring counts per bin of ``B`` (which the node's
-controls refuse if any is below ``nfilter_tab``: a grid finer than the node's
-own safe bins is refused).  With Breslow's handling of ties the pooled log
-partial likelihood, score and information are
+Later rounds come in pairs, one pair per evaluation of the likelihood (ADR 0046).  The central
+side sends ``B``, the coding, the centre, the coefficients and the phase.  In a ``"sums"`` round,
+for each bin of ``B`` holding events, a node computes the sums over its rows still at risk there
+(rounded time at or after the bin end) of ``w = exp(x'b)``, ``w x`` and ``w x x'`` (S0, S1, S2)
+and its events there; these go under ``sealed`` (:mod:`mipflow.algorithms.sealed`): the node's
+controls check them with its event and censoring counts per bin of ``B`` (refused if any is below
+``nfilter_tab``: a grid finer than the node's own safe bins is refused), then the node encrypts
+them to every participating node, and the central site only forwards them.  In the ``"score"``
+round that follows, each node opens and adds every participant's sums (the pooled ``S0_j``,
+``S1_j``, ``S2_j``, ``d_j``) and returns only its share of the pooled log partial likelihood, score
+and information: with Breslow's handling of ties, its events ``d_ij`` and the sum ``event_x`` of
+``x`` over its events (up to the end of follow-up, the last end of ``B``),
 
-    l = sum_events x'b - sum_j d_j log S0_j
-    U = sum_events x - sum_j d_j S1_j / S0_j
-    I = sum_j d_j (S2_j / S0_j - S1_j S1_j' / S0_j^2)
+    l_i = event_x'b - sum_j d_ij log S0_j
+    U_i = event_x - sum_j d_ij S1_j / S0_j
+    I_i = sum_j d_ij (S2_j / S0_j - S1_j S1_j' / S0_j^2)
 
-and the central side makes a Newton step (halved while the likelihood falls).
+whose sums over the nodes are the pooled ``l``, ``U`` and ``I``; the central side adds them and
+makes a Newton step (halved while the likelihood falls).
 
-With ``ties = "efron"`` a node also returns, per bin of ``B`` holding events,
+With ``ties = "efron"`` a node also seals, per bin of ``B`` holding events,
 the sums over its rows *with an event* in that bin of ``w``, ``w x`` and
 ``w x x'`` (E0, E1, E2).  These are additive too, so Efron's approximation is
 exact federated: with ``d_j`` pooled events in bin ``j``, ``f_r = r / d_j``
 (``r = 0..d_j-1``) and ``phi_jr = S0_j - f_r E0_j`` (likewise ``S1 - f_r E1``,
-``S2 - f_r E2``),
+``S2 - f_r E2``), the pooled terms are
 
     l = sum_events x'b - sum_j sum_r log phi_jr
     U = sum_events x - sum_j sum_r (S1_j - f_r E1_j) / phi_jr
     I = sum_j sum_r [(S2_j - f_r E2_j) / phi_jr - (S1_j - f_r E1_j)(S1_j - f_r E1_j)' / phi_jr^2]
 
-(bins with one event give Breslow's terms).  E0..E2 cover the node's events
+and a node returns the terms of its own events (``x'b``, ``x``) and its share ``d_ij / d_j`` of each
+bin's other terms (bins with one event give Breslow's terms).  E0..E2 cover the node's events
 in a bin of ``B``, a count its controls already check (zero or at least
 ``nfilter_tab``) as for the risk-set sums.
 
@@ -55,7 +61,7 @@ cumulative sums over the bins.  S2 travels as its upper triangle and the sums
 as packed float64 (:mod:`mipflow.algorithms.packed`); see
 ``docs/adr/0018-cox-performance.md``.
 It stops as statsmodels' Newton (no coefficient moved by more than ``tol``),
-and one more round gives the information at the final coefficients.
+and one more pair of rounds gives the information at the final coefficients.
 
 The estimate equals ``statsmodels.duration.hazard_regression.PHReg(ties=
 "breslow")`` (``ties = "efron"``: ``PHReg(ties="efron")`` and lifelines'
@@ -80,8 +86,9 @@ from mipflow.algorithms.design import (
     sum_level_counts,
 )
 from mipflow.algorithms.moments import compute_moments, merge_moment_dicts
-from mipflow.algorithms.packed import pack, unpack
+from mipflow.algorithms.packed import pack
 from mipflow.algorithms.prepared import memo
+from mipflow.algorithms.sealed import SEALED, pooled_sums
 from mipflow.algorithms.spec import (
     NOMINAL,
     NUMERICAL,
@@ -123,6 +130,9 @@ TIES = ("breslow", "efron")
 #: Largest cached matrix of cross products ``x_a x_b`` per node (bytes); beyond it the product
 #: columns are formed anew each round, one at a time.
 MAX_PRODUCTS_BYTES = 768 * 1024 ** 2
+#: The two rounds of one Newton evaluation (ADR 0046): the nodes exchange their per-bin sums sealed
+#: to each other, then each sends its share of the pooled likelihood, score and information.
+SUMS, SCORE = "sums", "score"
 
 
 class CoxRegression(SpecAlgorithm):
@@ -177,25 +187,35 @@ class CoxRegression(SpecAlgorithm):
         if event_bins.size and (event_bins.min() < 0 or event_bins.max() >= n_bins):
             raise RequestError("state.event_bins lies outside the common bins")
         efron = params["ties"] == "efron"
-        sums, tied = _bin_sums(risk, np.asarray(state["coefficients"], dtype=float), efron)
-        # rows at risk at a bin: their time is in this bin or a later one
-        at_risk = np.cumsum(sums[::-1], axis=0)[::-1][event_bins]
+        beta = np.asarray(state["coefficients"], dtype=float)
         p = risk["design"].shape[0]
+        own_events = risk["leaving_events"][event_bins]
+        # every number below covers rows counted here (controls: 0 or >= nfilter_tab per bin)
         out = {"n": len(data), "n_events": int(risk["leaving_events"].sum()),  # up to the end of follow-up
-               # every sum below covers rows counted here (controls: 0 or >= nfilter_tab per bin)
-               "group_counts": [int(v) for v in (*risk["leaving_events"], *risk["leaving_censored"])],
-               "events": risk["leaving_events"][event_bins].tolist(),
-               "event_x_sum": risk["event_x_sum"].tolist(),
-               "s0": pack(at_risk[:, 0], "the risk-set sum S0"),
-               "s1": pack(at_risk[:, 1:1 + p], "the risk-set sum S1"),
-               "s2": pack(at_risk[:, 1 + p:], "the risk-set sum S2")}
-        if efron:
-            # the node's events in each event bin: as many rows as its released event count there
-            tied = tied[event_bins]
-            out.update({"e0": pack(tied[:, 0], "the tied-event sum E0"),
-                        "e1": pack(tied[:, 1:1 + p], "the tied-event sum E1"),
-                        "e2": pack(tied[:, 1 + p:], "the tied-event sum E2")})
-        return out
+               "group_counts": [int(v) for v in (*risk["leaving_events"], *risk["leaving_censored"])]}
+        if state["phase"] == SUMS:
+            # the per-bin sums, sealed to the participating nodes (ADR 0046): the central site never reads them
+            sums, tied = _bin_sums(risk, beta, efron)
+            # rows at risk at a bin: their time is in this bin or a later one
+            at_risk = np.cumsum(sums[::-1], axis=0)[::-1][event_bins]
+            sealed = {"events": pack(own_events, "the event counts"),
+                      "s0": pack(at_risk[:, 0], "the risk-set sum S0"),
+                      "s1": pack(at_risk[:, 1:1 + p], "the risk-set sum S1"),
+                      "s2": pack(at_risk[:, 1 + p:], "the risk-set sum S2")}
+            if efron:
+                # the node's events in each event bin: as many rows as its released event count there
+                tied = tied[event_bins]
+                sealed.update({"e0": pack(tied[:, 0], "the tied-event sum E0"),
+                               "e1": pack(tied[:, 1:1 + p], "the tied-event sum E1"),
+                               "e2": pack(tied[:, 1 + p:], "the tied-event sum E2")})
+            return {**out, SEALED: sealed}
+        if state["phase"] != SCORE:
+            raise RequestError(f"state.phase must be {SUMS!r} or {SCORE!r}")
+        loglik, score, information = _node_share(pooled_sums(state, "a Cox score round"), own_events,
+                                                 risk["event_x_sum"], beta, efron)
+        upper_a, upper_b = np.triu_indices(p)
+        return {**out, "loglik": loglik, "score": score.tolist(),
+                "information": information[upper_a, upper_b].tolist()}
 
     def coarsen_for_release(self, round: int, aggregates: dict, min_count: int) -> dict:
         """Round 0 (node disclosure controls): merge fine time bins until no count is in ``(0, min_count)``
@@ -218,26 +238,16 @@ class CoxRegression(SpecAlgorithm):
         params = self.params(request, model)
         if state is None:
             return Step(done=False, state=self._start(request, model, aggregates, params))
+        if state["phase"] == SUMS:
+            # the nodes pool the sealed sums among themselves; here the round only moves on
+            return Step(done=False, state={**state, "phase": SCORE})
         p = len(state["columns"])
         beta = np.asarray(state["coefficients"], dtype=float)
-        events = np.sum([np.asarray(a["events"], dtype=float) for a in aggregates], axis=0)
-        s0 = np.sum([unpack(a["s0"]) for a in aggregates], axis=0)
-        s1 = np.sum([unpack(a["s1"]).reshape(-1, p) for a in aggregates], axis=0)
-        s2 = np.sum([_full_s2(unpack(a["s2"]), p) for a in aggregates], axis=0)
-        event_x = np.sum([np.asarray(a["event_x_sum"], dtype=float) for a in aggregates], axis=0)
-        if params["ties"] == "efron":
-            if any(key not in a for a in aggregates for key in ("e0", "e1", "e2")):
-                raise RequestError("a node sent no tied-event sums: it does not support ties = 'efron'")
-            e0 = np.sum([unpack(a["e0"]) for a in aggregates], axis=0)
-            e1 = np.sum([unpack(a["e1"]).reshape(-1, p) for a in aggregates], axis=0)
-            e2 = np.sum([_full_s2(unpack(a["e2"]), p) for a in aggregates], axis=0)
-            loglik, score, information = _efron(events, event_x, beta, (s0, s1, s2), (e0, e1, e2))
-        else:
-            mean = s1 / s0[:, None]
-            loglik = float(event_x @ beta - events @ np.log(s0))
-            score = event_x - events @ mean
-            information = np.einsum("j,jab->ab", events,
-                                    s2 / s0[:, None, None] - mean[:, :, None] * mean[:, None, :])
+        if any(len(a["score"]) != p or len(a["information"]) != p * (p + 1) // 2 for a in aggregates):
+            raise RequestError("a node's share of the Cox score or information does not fit the covariates")
+        loglik = float(np.sum([float(a["loglik"]) for a in aggregates]))
+        score = np.sum([np.asarray(a["score"], dtype=float) for a in aggregates], axis=0)
+        information = _full_s2(np.sum([np.asarray(a["information"], dtype=float) for a in aggregates], axis=0), p)[0]
 
         if state["final"]:
             cov = _inverse(information)
@@ -249,7 +259,8 @@ class CoxRegression(SpecAlgorithm):
             if halvings > MAX_HALVINGS:
                 raise RequestError("the Cox fit does not improve (monotone likelihood?)")
             trial = np.asarray(accepted["beta"]) + np.asarray(accepted["step"]) / 2.0 ** halvings
-            return Step(done=False, state={**state, "coefficients": trial.tolist(), "halvings": halvings})
+            return Step(done=False, state={**state, "coefficients": trial.tolist(), "halvings": halvings,
+                                           "phase": SUMS})
         step = _solve(information, score)
         if not np.all(np.isfinite(step)):
             raise RequestError("the Cox fit diverged (monotone likelihood?)")
@@ -261,7 +272,7 @@ class CoxRegression(SpecAlgorithm):
                                "remove covariates")
         return Step(done=False, state={
             **state, "coefficients": (beta + step).tolist(), "iteration": iteration, "final": converged,
-            "halvings": 0, "accepted": {"beta": beta.tolist(), "step": step.tolist(), "loglik": loglik}})
+            "halvings": 0, "phase": SUMS, "accepted": {"beta": beta.tolist(), "step": step.tolist(), "loglik": loglik}})
 
     @staticmethod
     def _start(request: AnalysisRequest, model: DataModel, aggregates: list[dict], params: dict) -> dict:
@@ -292,7 +303,7 @@ class CoxRegression(SpecAlgorithm):
         return {"ends": ends, "event_bins": np.flatnonzero(events > 0).tolist(), "columns": columns,
                 "center": [float(means[candidates.index(c)]) for c in columns],
                 "coefficients": [0.0] * len(columns), "iteration": 0, "final": False,
-                "halvings": 0, "accepted": None}
+                "halvings": 0, "accepted": None, "phase": SUMS}
 
     @staticmethod
     def _result(request: AnalysisRequest, model: DataModel, params: dict, state: dict, beta: np.ndarray,
@@ -344,15 +355,71 @@ class CoxRegression(SpecAlgorithm):
 
     # -- privacy capabilities (mipflow.algorithms.contract) ------------------------------------
 
+    #: The per-bin sums go to the participating nodes only (ADR 0046).
+    sealed_rounds = True
+
     def parameter_count(self, request: AnalysisRequest, model: DataModel) -> int | None:
         """The model's parameters, checked against ``nfilter_glm``: one per design column."""
         return len(design_columns(request.x, model))
 
 
+def _node_share(pooled: dict[str, np.ndarray], own_events: np.ndarray, event_x: np.ndarray, beta: np.ndarray,
+                efron: bool) -> tuple[float, np.ndarray, np.ndarray]:
+    """A node's share of the pooled log partial likelihood, score and information (ADR 0046).
+
+    Parameters
+    ----------
+    pooled : dict of numpy.ndarray
+        Every participant's sealed sums added: ``events`` (bins,), ``s0`` (bins,), ``s1`` (bins * p),
+        ``s2`` (bins * p(p+1)/2), and with Efron's ties ``e0``, ``e1``, ``e2`` likewise.
+    own_events : numpy.ndarray, shape (bins,)
+        The node's events ``d_ij`` per event bin.
+    event_x : numpy.ndarray, shape (p,)
+        Sum of the node's covariates over its events.
+    beta : numpy.ndarray, shape (p,)
+    efron : bool
+        Efron's handling of ties, else Breslow's.
+
+    Returns
+    -------
+    loglik : float
+    score : numpy.ndarray, shape (p,)
+    information : numpy.ndarray, shape (p, p)
+
+    Notes
+    -----
+    Breslow: ``l_i = event_x'b - sum_j d_ij log S0_j``, ``U_i = event_x - sum_j d_ij S1_j / S0_j``,
+    ``I_i = sum_j d_ij (S2_j / S0_j - m_j m_j')`` with ``m_j = S1_j / S0_j``; Efron: the share
+    ``d_ij / d_j`` of each bin's pooled terms (:func:`_efron`).  Summed over the nodes, these are the
+    pooled ``l``, ``U`` and ``I``.
+    """
+    p = len(beta)
+    try:
+        events, s0 = pooled["events"], pooled["s0"]
+        s1, s2 = pooled["s1"].reshape(-1, p), _full_s2(pooled["s2"], p)
+        tied = (pooled["e0"], pooled["e1"].reshape(-1, p), _full_s2(pooled["e2"], p)) if efron else None
+    except KeyError as exc:
+        raise RequestError(f"the pooled Cox sums hold no {exc.args[0]!r}: a node does not support "
+                           f"ties = {'efron' if efron else 'breslow'!r}") from None
+    bins = len(own_events)
+    if any(len(a) != bins for a in (events, s0, s1, s2, *(tied or ()))):
+        raise RequestError("the pooled Cox sums do not match the event bins")
+    if np.any(own_events > events) or np.any(events <= 0) or np.any(s0 <= 0):
+        raise RequestError("the pooled Cox sums are inconsistent with this node's events")
+    if efron:
+        return _efron(events, event_x, beta, (s0, s1, s2), tied, share=own_events / events)
+    mean = s1 / s0[:, None]
+    loglik = float(event_x @ beta - own_events @ np.log(s0))
+    score = event_x - own_events @ mean
+    information = np.einsum("j,jab->ab", own_events, s2 / s0[:, None, None] - mean[:, :, None] * mean[:, None, :])
+    return loglik, score, information
+
+
 def _efron(events: np.ndarray, event_x: np.ndarray, beta: np.ndarray,
-           risk: tuple[np.ndarray, np.ndarray, np.ndarray], tied: tuple[np.ndarray, np.ndarray, np.ndarray]
-           ) -> tuple[float, np.ndarray, np.ndarray]:
-    """Efron's log partial likelihood, score and information from pooled per-bin sums.
+           risk: tuple[np.ndarray, np.ndarray, np.ndarray], tied: tuple[np.ndarray, np.ndarray, np.ndarray],
+           share: np.ndarray | None = None) -> tuple[float, np.ndarray, np.ndarray]:
+    """Efron's log partial likelihood, score and information from pooled per-bin sums (with ``share``:
+    a node's part of them, each bin's terms weighted by ``share``).
 
     Parameters
     ----------
@@ -365,6 +432,9 @@ def _efron(events: np.ndarray, event_x: np.ndarray, beta: np.ndarray,
         ``S0`` (bins,), ``S1`` (bins, p), ``S2`` (bins, p, p) over the rows at risk.
     tied : tuple of numpy.ndarray
         ``E0``, ``E1``, ``E2`` over the rows with an event in the bin, same shapes.
+    share : numpy.ndarray, shape (bins,), optional
+        A node's share ``d_ij / d_j`` of each bin's events (default: all of them); ``event_x``
+        is then the node's own.
 
     Returns
     -------
@@ -396,9 +466,11 @@ def _efron(events: np.ndarray, event_x: np.ndarray, beta: np.ndarray,
     def per_bin(values: np.ndarray) -> np.ndarray:
         return np.bincount(bins, weights=values, minlength=n_bins)
 
-    inv, f_inv = per_bin(1.0 / phi), per_bin(f / phi)
-    inv2, f_inv2, ff_inv2 = per_bin(1.0 / phi ** 2), per_bin(f / phi ** 2), per_bin(f * f / phi ** 2)
-    loglik = float(event_x @ beta - np.sum(np.log(phi)))
+    weight = np.ones(n_bins) if share is None else np.asarray(share, dtype=float)
+    inv, f_inv = weight * per_bin(1.0 / phi), weight * per_bin(f / phi)
+    inv2, f_inv2, ff_inv2 = (weight * per_bin(1.0 / phi ** 2), weight * per_bin(f / phi ** 2),
+                             weight * per_bin(f * f / phi ** 2))
+    loglik = float(event_x @ beta - (np.sum(np.log(phi)) if share is None else weight @ per_bin(np.log(phi))))
     score = event_x - inv @ s1 + f_inv @ e1
     cross = np.einsum("j,ja,jb->ab", f_inv2, s1, e1)
     information = (np.einsum("j,jab->ab", inv, s2) - np.einsum("j,jab->ab", f_inv, e2)

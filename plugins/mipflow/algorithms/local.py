@@ -56,7 +56,8 @@ def run_in_process(
     Each frame is one node's rows, already restricted to the request's
     datasets and filters; for a cross-validated algorithm, with the node's fold
     keys (:func:`mipflow.node.controls.folds.add_fold_keys`), as a node hands them.  Aggregates, states and the result all pass through
-    strict JSON, as they would over HTTP.
+    strict JSON, as they would over HTTP; sealed sums (:mod:`mipflow.algorithms.sealed`) are pooled
+    as the nodes pool them and handed to the next local steps only.
 
     Raises
     ------
@@ -65,12 +66,15 @@ def run_in_process(
     FederationError
         If the algorithm does not finish within :data:`MAX_ROUNDS` rounds.
     """
+    from mipflow.algorithms.sealed import local_state
+
     algorithm.validate(request, model)
     local_frames = [prepare_local_data(algorithm, f, request) for f in frames]
     state: dict | None = None
+    local: dict | None = None  # the state the local steps compute on: with the pooled sealed sums, if any
     for round_no in range(MAX_ROUNDS):
         aggregates = [
-            transport(algorithm.local_step(round_no, frame, request, model, transport(state)))
+            transport(algorithm.local_step(round_no, frame, request, model, local))
             for frame in local_frames
         ]
         step = algorithm.global_step(round_no, aggregates, request, model, state)
@@ -79,4 +83,6 @@ def run_in_process(
                 raise FederationError(f"{algorithm.name} finished without a result")
             return transport(step.result)
         state = transport(step.state)
+        # sealed sums (ADR 0046): pooled as the nodes pool what they open, never seen by the global step
+        local = local_state(algorithm, transport(state), aggregates)
     raise FederationError(f"{algorithm.name} did not finish within {MAX_ROUNDS} rounds")

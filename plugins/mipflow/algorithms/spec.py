@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from mipflow.algorithms.contract import Step
 from mipflow.exceptions import RequestError
@@ -246,6 +246,18 @@ class SpecAlgorithm:
     #: Its noisy release at a node with differential privacy; None: a DP node refuses it
     #: (``dp_unsupported``) unless its admin exempts it.
     dp_release: DPRelease | None = None
+
+    #: Its local steps may return sealed sums (:data:`mipflow.algorithms.sealed.SEALED`), which only the
+    #: participating nodes open (ADR 0046); False: a reply never carries any.
+    sealed_rounds: bool = False
+
+    def pool_sealed(self, parts: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+        """The participants' sealed sums of one round combined for the next local step (default: added
+        elementwise per key, :func:`mipflow.algorithms.sealed.sum_parts`); run by every node on what it
+        opened, and by :func:`~mipflow.algorithms.local.run_in_process` on the sums in the clear."""
+        from mipflow.algorithms.sealed import sum_parts
+
+        return sum_parts(parts)
 
     def secure_aggregation_refusal(self, request: AnalysisRequest) -> str | None:
         """Why this request of a secure-aggregation algorithm cannot be summed (None: it can).

@@ -108,7 +108,12 @@ def mask_release(root: str | Path, node_name: str, algorithm: str, request: Any,
     document = request.to_dict() if hasattr(request, "to_dict") else request
     context = context_digest(analysis_id=analysis_id, algorithm=algorithm, round_no=round_no,
                              request=document, state=state, participants=participants.values())
-    return masked_release(own, participants.values(), context, secure_form(algorithm, aggregates, request, model))
+    # sealed sums (ciphertexts for the other nodes, ADR 0046) are not summed centrally: kept beside the masks
+    from mipflow.algorithms.sealed import SEALED
+
+    rest = {k: v for k, v in aggregates.items() if k != SEALED}
+    released = masked_release(own, participants.values(), context, secure_form(algorithm, rest, request, model))
+    return {**released, SEALED: aggregates[SEALED]} if SEALED in aggregates else released
 
 
 def masked_release(own: KeyPair, participants: Iterable[bytes], context: bytes,

@@ -141,18 +141,21 @@ def message(*, chain: str, analysis_id: str, algorithm: str, round_no: int, requ
 
 # --------------------------------------------------------------------------- pairwise tag keys
 
-#: Tag keys by (own public key, peer public key): one X25519 and HKDF per pair and process, not per
-#: round; at most :data:`_KEYS_MAX`, the oldest derived dropped first.
-_KEYS: "OrderedDict[tuple[bytes, bytes], bytes]" = OrderedDict()
+#: Pair keys by (own public key, peer public key, purpose): one X25519 and HKDF per pair, purpose and
+#: process, not per round; at most :data:`_KEYS_MAX`, the oldest derived dropped first.
+_KEYS: "OrderedDict[tuple[bytes, bytes, str], bytes]" = OrderedDict()
 _KEYS_LOCK = threading.Lock()
 _KEYS_MAX = 4096
 
 
-def tag_key(own: Any, peer_public: bytes) -> bytes:
+def pair_key(own: Any, peer_public: bytes, purpose: str) -> bytes:
     """The 32-byte static key node ``own`` (a :class:`~mipflow.secagg.crypto.KeyPair`) shares with
-    the holder of ``peer_public`` for tags; with its own public key, a key only it holds."""
+    the holder of ``peer_public`` for ``purpose`` (``"tag"``: the round tags; ``"seal"``: sealed
+    sums, :mod:`mipflow.secagg.sealing`): ``HKDF(X25519(own, peer), salt=scheme,
+    info="pair-<purpose>|" + both public keys sorted)``; with its own public key, a key only it holds
+    (from its private key, info ``"self-<purpose>|" + its public key``)."""
     mine = own.public_bytes
-    cache_key = (mine, peer_public)
+    cache_key = (mine, peer_public, purpose)
     known = _KEYS.get(cache_key)  # (one dict read needs no lock)
     if known is not None:
         return known
@@ -162,16 +165,22 @@ def tag_key(own: Any, peer_public: bytes) -> bytes:
     if peer_public == mine:
         secret = own.private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
                                            serialization.NoEncryption())
-        info = b"self-tag|" + mine
+        info = f"self-{purpose}|".encode() + mine
     else:
         secret = own.exchange(peer_public)
-        info = b"pair-tag|" + b"".join(sorted((mine, peer_public)))
+        info = f"pair-{purpose}|".encode() + b"".join(sorted((mine, peer_public)))
     key = HKDF(algorithm=hashes.SHA256(), length=32, salt=TRANSCRIPT_SCHEME.encode(), info=info).derive(secret)
     with _KEYS_LOCK:
         _KEYS[cache_key] = key
         while len(_KEYS) > _KEYS_MAX:
             _KEYS.popitem(last=False)
     return key
+
+
+def tag_key(own: Any, peer_public: bytes) -> bytes:
+    """The 32-byte static key node ``own`` shares with the holder of ``peer_public`` for tags; with
+    its own public key, a key only it holds (:func:`pair_key`)."""
+    return pair_key(own, peer_public, "tag")
 
 
 def tag(key: bytes, msg: bytes) -> str:

@@ -9,6 +9,7 @@ import pandas as pd
 
 from mipflow.algorithms import AnalysisRequest, get_algorithm, prepare_local_data
 from mipflow.algorithms.contract import MAX_ROUNDS
+from mipflow.algorithms.sealed import local_state
 from mipflow.protocol.wire import transport
 from mipflow.node.home import NodeSettings
 from mipflow.protocol.datamodel import load_data_model
@@ -73,12 +74,13 @@ def run_with_controls(algorithm: str, frames: Sequence[pd.DataFrame], req: Analy
     local = {i: prepare_local_data(alg, f, req) for i, f in enumerate(frames)}
     refused: dict[int, DisclosureError] = {}
     state = None
+    pooled = None  # the state with the previous round's pooled sealed sums, as the nodes compute on it
     for round_no in range(MAX_ROUNDS):
         aggregates = []
         for i, data in list(local.items()):
             try:
                 controls.check_rows(alg, req, STROKE, len(data))
-                out = alg.local_step(round_no, data, req, STROKE, transport(state))
+                out = alg.local_step(round_no, data, req, STROKE, pooled)
                 aggregates.append(transport(controls.release(alg, req, STROKE, round_no, out)))
             except DisclosureError as exc:
                 if round_no:
@@ -91,6 +93,7 @@ def run_with_controls(algorithm: str, frames: Sequence[pd.DataFrame], req: Analy
         if step.done:
             return transport(step.result), sorted(local), refused
         state = transport(step.state)
+        pooled = local_state(alg, transport(state), aggregates)
     raise AssertionError("did not finish")
 
 

@@ -16,7 +16,8 @@ from tests.mipflow.algorithms.test_contract import VALID
 
 #: Every capability member of the protocol.
 CAPABILITIES = ("secure_aggregation", "dp_release", "secure_aggregation_refusal", "secure_aggregates",
-                "parameter_count", "fold_sizes", "coarsen_for_release", "differencing_partition", "cluster_count")
+                "parameter_count", "fold_sizes", "coarsen_for_release", "differencing_partition", "cluster_count",
+                "sealed_rounds", "pool_sealed")
 
 # What the per-control lists said before the algorithms declared it themselves.
 #: secagg.SUPPORTED minus secagg.EXPLICIT_ONLY
@@ -42,6 +43,8 @@ CROSS_VALIDATED = {"linear_regression_cv", "logistic_regression_cv", "naive_baye
                    "naive_bayes_categorical_cv"}
 #: the algorithms with a coarsen_for_release hook
 COARSENED = {"kaplan_meier", "cox_regression"}
+#: the algorithms whose later rounds exchange sums among the nodes only (ADR 0046)
+SEALED_ROUNDS = {"cox_regression"}
 #: differencing tested algorithm == "kmeans"
 PARTITIONED = {"kmeans"}
 #: the algorithms with their own hook (the others keep the contract's default)
@@ -134,3 +137,8 @@ def test_kmeans_partition_is_the_nearest_centre_assignment_of_a_lloyd_round() ->
     np.testing.assert_array_equal(labels, expected)
     assert kmeans.differencing_partition(0, data, req, state) is None
     assert kmeans.differencing_partition(1, data, req, {"k": 2}) is None
+
+
+def test_sealed_rounds_are_declared_by_the_algorithms_that_seal() -> None:
+    assert {name for name, alg in ALGORITHMS.items() if alg.sealed_rounds} == SEALED_ROUNDS
+    assert _overrides("pool_sealed") == set()  # every algorithm pools by elementwise sums

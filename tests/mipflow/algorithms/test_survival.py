@@ -406,14 +406,15 @@ def test_cox_refuses_a_grid_finer_than_its_safe_bins(ties) -> None:
     released = _release("cox_regression", data, req, tab=3)
     assert all(v == 0 or v >= 3 for v in released["events"] + released["censored"])
     honest = alg.global_step(0, [released], req, STROKE, None).state
-    rounds = _release("cox_regression", data, req, tab=3, round_no=1, state=honest)
+    # the per-bin sums, sealed to the participating nodes after the controls saw them (ADR 0046)
+    rounds = _release("cox_regression", data, req, tab=3, round_no=1, state=honest)["sealed"]
     assert unpack(rounds["s0"]).shape == (len(honest["event_bins"]),)
     # Efron's sums cover the node's events per event bin, a count the controls saw: 0 or >= 3
     assert ("e0" in rounds) == (ties == "efron")
     if ties == "efron":
         assert unpack(rounds["e0"]).shape == (len(honest["event_bins"]),)
-        assert np.all((unpack(rounds["e0"]) > 0) == (np.asarray(rounds["events"]) >= 3))
-        assert np.all((np.asarray(rounds["events"]) == 0) | (np.asarray(rounds["events"]) >= 3))
+        assert np.all((unpack(rounds["e0"]) > 0) == (unpack(rounds["events"]) >= 3))
+        assert np.all((unpack(rounds["events"]) == 0) | (unpack(rounds["events"]) >= 3))
     grid_points = len(released["events"]) and (released["ends"][-1] + 1)
     every_day = dict(honest, ends=list(range(grid_points)),
                      event_bins=list(range(grid_points)))
@@ -453,16 +454,22 @@ def test_cox_ties_must_be_breslow_or_efron() -> None:
 
 def test_efron_needs_every_node_to_send_tied_event_sums() -> None:
     """A node that answers an Efron round without E0..E2 (an older node) is a clear error, never a
-    silent Breslow fit."""
+    silent Breslow fit: the sealed sums do not pool, and pooled sums without them do not score."""
+    from mipflow.algorithms.sealed import local_state
+
     data = make_stroke(18, 300)
     req = request("cox_regression", x=("age", "sex"), ties="efron")
     alg = get_algorithm("cox_regression")
     state = transport(alg.global_step(0, [_release("cox_regression", data, req)], req, STROKE, None).state)
     answer = _release("cox_regression", data, req, round_no=1, state=state)
-    assert alg.global_step(1, [answer], req, STROKE, state).state["iteration"] == 1
-    old = {k: v for k, v in answer.items() if k not in ("e0", "e1", "e2")}
+    scoring = transport(alg.global_step(1, [answer], req, STROKE, state).state)
+    score = _release("cox_regression", data, req, round_no=2, state=local_state(alg, scoring, [answer]))
+    assert alg.global_step(2, [score], req, STROKE, scoring).state["iteration"] == 1
+    old = {**answer, "sealed": {k: v for k, v in answer["sealed"].items() if k not in ("e0", "e1", "e2")}}
+    with pytest.raises(RequestError, match="e0, e1, e2 in some only"):
+        local_state(alg, scoring, [answer, old])
     with pytest.raises(RequestError, match="efron"):
-        alg.global_step(1, [answer, old], req, STROKE, state)
+        _release("cox_regression", data, req, round_no=2, state=local_state(alg, scoring, [old]))
 
 
 def test_times_after_the_end_of_follow_up_are_censored_there() -> None:

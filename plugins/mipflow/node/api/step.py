@@ -12,7 +12,7 @@ transport (:mod:`mipflow.node.api.app`) authenticates the call before
 :func:`answer_step` and maps the errors to HTTP afterwards; every request
 answered or refused here gets exactly one audit record.
 
-Order (ADR 0002, 0010, 0013, 0014, 0015, 0024)::
+Order (ADR 0002, 0010, 0013, 0014, 0015, 0024, 0029, 0046)::
 
     parse_step           body, nfilter_string, AnalysisRequest          (400 / 403)
     resolve_algorithm    vetted step code, digest, disabled_algorithm   (400 / 403)
@@ -23,6 +23,8 @@ Order (ADR 0002, 0010, 0013, 0014, 0015, 0024)::
     validate_request     variables and parameters against the model    (400)
     verify_round         the round's state recomputed from the tagged   (403 round_verification)
                          contributions of the previous round
+    open_sealed          the sealed sums addressed to the node, pooled  (403 round_verification, ADR 0046)
+                         for the local step
     check_request        disclosure controls on the request            (403)
     check_study          study mode: inside the project's study        (403 study, ADR 0028)
     check_explore        explore mode: a noisy single-round release    (403 explore / dp_unsupported, ADR 0032)
@@ -37,6 +39,7 @@ Order (ADR 0002, 0010, 0013, 0014, 0015, 0024)::
     add_noise            differential privacy, charged to the budget   (403 dp_*; explore: keyed noise, charged,
                                                                         then min_row_count / nfilter_* / cells
                                                                         decided on the noisy values)
+    seal                 sealed sums encrypted to every participant    (403 round_verification, ADR 0046)
     mask                 secure aggregation, last change to the aggregates (400 / 403 secure_aggregation)
     tag_release          the reply's tag for every participant (verifiable rounds)
     remember_cohort      the cohort ledger learns what was released    (explore: not recorded, a DP release)
@@ -257,6 +260,33 @@ def verify_round(request: StepRequest, context: StepContext, work: StepWork) -> 
     work.record["chain"] = work.chain
 
 
+def open_sealed(request: StepRequest, context: StepContext, work: StepWork) -> None:
+    """Sealed sums (ADR 0046): after the round is verified, the node opens what every participant
+    sealed to it in the previous round, pools it (the algorithm's ``pool_sealed``) and hands the sum
+    to its local step in the state it computes on (:data:`~mipflow.algorithms.sealed.POOLED`), never
+    from the request (control ``round_verification`` for a ciphertext missing, extra or unopenable)."""
+    from mipflow.algorithms.sealed import POOLED, SEALED
+    from mipflow.exceptions import FederationError
+    from mipflow.secagg import sealing
+    from mipflow.secagg import transcript as rounds
+    from mipflow.secagg.crypto import cached_keypair
+
+    if isinstance(work.state, dict) and POOLED in work.state:  # (a global step never sets it)
+        raise rounds.refuse(f"the state may not carry {POOLED!r}: the node pools the sealed sums itself")
+    if work.transcript is None:
+        return
+    parts = sealing.open_previous(work.transcript, own=cached_keypair(context.home.root), own_name=context.name,
+                                  analysis_id=str(request.analysis_id), algorithm=request.algorithm,
+                                  round_no=request.round, sealed_key=SEALED)
+    if parts is None:
+        return
+    try:
+        pooled = work.algo.pool_sealed(parts)
+    except (RequestError, FederationError) as exc:
+        raise rounds.refuse(f"the sealed sums of round {request.round - 1} do not pool ({exc})") from None
+    work.state = {**(work.state or {}), POOLED: pooled}
+
+
 def check_request(request: StepRequest, context: StepContext, work: StepWork) -> None:
     """Disclosure controls on the request itself, before any row is read (ADR 0002)."""
     work.controls.check_request(work.algo, request.analysis, work.model)
@@ -383,6 +413,28 @@ def add_noise(request: StepRequest, context: StepContext, work: StepWork) -> Non
         work.aggregates, work.record["dp"], work.rows = noisy.aggregates, noisy.label, noisy.rows
 
 
+def seal(request: StepRequest, context: StepContext, work: StepWork) -> None:
+    """Sealed sums (ADR 0046): what the local step released under :data:`~mipflow.algorithms.sealed.SEALED`,
+    seen in the clear by the controls above, replaced by one ciphertext per participant (the node
+    itself included), which the tags below cover.  Without a transcript there is no one to seal
+    to: refused (control ``round_verification``)."""
+    from mipflow.algorithms.sealed import SEALED
+
+    if not isinstance(work.aggregates, dict) or SEALED not in work.aggregates:
+        return
+    from mipflow.secagg import sealing
+    from mipflow.secagg import transcript as rounds
+    from mipflow.secagg.crypto import cached_keypair
+
+    if work.transcript is None:
+        raise rounds.refuse("this step's sums are for the participating nodes only, sealed to each of them: "
+                            "it needs a transcript naming the participants")
+    work.aggregates = {**work.aggregates, SEALED: sealing.seal(
+        cached_keypair(context.home.root), context.name, work.transcript.participants, work.aggregates[SEALED],
+        analysis_id=str(request.analysis_id), algorithm=request.algorithm, chain=str(work.chain),
+        round_no=request.round)}
+
+
 def mask(request: StepRequest, context: StepContext, work: StepWork) -> None:
     """Secure aggregation (ADR 0014): the released aggregates masked, last thing before the reply."""
     if request.secure_aggregation is None:
@@ -450,6 +502,7 @@ CHAIN: tuple[Control, ...] = (
     find_data_model,
     validate_request,
     verify_round,
+    open_sealed,
     check_request,
     check_study,
     check_explore,
@@ -460,6 +513,7 @@ CHAIN: tuple[Control, ...] = (
     check_partition,
     check_release,
     add_noise,
+    seal,
     mask,
     tag_release,
     remember_cohort,

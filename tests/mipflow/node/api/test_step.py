@@ -25,9 +25,9 @@ from tests.nodes import standard_home
 
 #: The declared order, spelled out: a change of order is a change of this list too.
 ORDER = ["resolve_algorithm", "check_access", "check_query_budget", "require_secure_aggregation",
-         "find_data_model", "validate_request", "verify_round", "check_request", "check_study", "check_explore",
+         "find_data_model", "validate_request", "verify_round", "open_sealed", "check_request", "check_study", "check_explore",
          "read_rows", "check_rows", "check_cohort", "run_local_step", "check_partition",
-         "check_release", "add_noise", "mask", "tag_release", "remember_cohort", "audit_answer",
+         "check_release", "add_noise", "seal", "mask", "tag_release", "remember_cohort", "audit_answer",
          "charge_query_budget"]
 LINREG = {"y": ["age"], "x": ["nihss_admission"]}
 
@@ -292,3 +292,19 @@ def test_a_step_that_cannot_read_the_state_is_a_bad_request_only_with_a_state(sh
         with pytest.raises(KeyError):
             answer_step(shared, "central", "linear_regression", raw, chain=chain)
         assert audit_records(shared)[before:] == []
+
+
+def test_sealed_sums_without_a_transcript_are_refused() -> None:
+    """ADR 0046: a reply with sealed content and no participants to seal it to never leaves the node."""
+    from types import SimpleNamespace
+
+    from mipflow.node.api.step import seal
+
+    work = SimpleNamespace(aggregates={"n": 30, "sealed": {"s0": [1.0, 2.0]}}, transcript=None)
+    with pytest.raises(DisclosureError, match="needs a transcript") as info:
+        seal(SimpleNamespace(analysis_id="an-1", algorithm="cox_regression", round=1), None, work)
+    assert info.value.control == "round_verification"
+    assert work.aggregates["sealed"] == {"s0": [1.0, 2.0]}  # (refused, not sent)
+    plain = SimpleNamespace(aggregates={"n": 30}, transcript=None)
+    seal(SimpleNamespace(analysis_id=None, algorithm="linear_regression", round=0), None, plain)
+    assert plain.aggregates == {"n": 30}
