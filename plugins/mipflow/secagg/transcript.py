@@ -82,10 +82,33 @@ def genesis(*, analysis_id: str, algorithm: str, request: Mapping[str, Any], par
     return _digest(TRANSCRIPT_SCHEME, "genesis", analysis_id, algorithm, request, dict(sorted(participants.items())))
 
 
+#: The aggregates' key of sealed sums (:data:`mipflow.algorithms.sealed.SEALED`, ADR 0046): recipient ->
+#: ciphertext.  Each ciphertext is bound by its SHA-256 (:func:`bound_form`), so the central site
+#: forwards a node only the ciphertexts addressed to it and the others' digests (:func:`addressed_to`).
+SEALED_KEY = "sealed"
+#: How a ciphertext's digest is written in its place.
+SEALED_DIGEST = "sha256:"
+
+
+def _box_digest(box: Any) -> Any:
+    if isinstance(box, str) and not box.startswith(SEALED_DIGEST):
+        return SEALED_DIGEST + hashlib.sha256(box.encode("utf-8")).hexdigest()
+    return box
+
+
+def bound_form(aggregates: Any) -> Any:
+    """The aggregates as tags and chain bind them: each sealed ciphertext by its digest (a digest
+    already in a ciphertext's place stays as it is), everything else as it is."""
+    if isinstance(aggregates, Mapping) and isinstance(aggregates.get(SEALED_KEY), Mapping):
+        return {**aggregates, SEALED_KEY: {name: _box_digest(box) for name, box in aggregates[SEALED_KEY].items()}}
+    return aggregates
+
+
 def aggregates_digest(aggregates: Any) -> bytes:
-    """SHA-256 of a contribution's aggregates in canonical form: computed once per contribution and
-    round, bound into its tags (:func:`contribution_message`) and the chain (:func:`advance`)."""
-    return hashlib.sha256(canonical([TRANSCRIPT_SCHEME, "aggregates", aggregates])).digest()
+    """SHA-256 of a contribution's aggregates in canonical form (sealed ciphertexts by their digest,
+    :func:`bound_form`): computed once per contribution and round, bound into its tags
+    (:func:`contribution_message`) and the chain (:func:`advance`)."""
+    return hashlib.sha256(canonical([TRANSCRIPT_SCHEME, "aggregates", bound_form(aggregates)])).digest()
 
 
 def advance(chain: str, round_no: int, state: Any, contributions: Sequence[Mapping[str, Any]],
@@ -105,14 +128,20 @@ def advance(chain: str, round_no: int, state: Any, contributions: Sequence[Mappi
 def addressed_to(previous: Mapping[str, Any] | None, node: str) -> Mapping[str, Any] | None:
     """The transcript's ``previous`` as the central site sends it to ``node``: every contribution
     with only its tag for ``node`` (the one that node checks), so a request carries ``n`` tags, not
-    ``n^2``."""
+    ``n^2``; and of its sealed sums only the ciphertext for ``node``, the others by their digests
+    (:func:`bound_form`: the tags verify the same), so it carries ``n`` ciphertexts, not ``n^2``."""
     if previous is None:
         return None
     contributions = []
     for c in previous["contributions"]:
         tags = c.get("tags")
         mine = {node: tags[node]} if isinstance(tags, Mapping) and node in tags else {}
-        contributions.append({"node": c.get("node"), "aggregates": c.get("aggregates"), "tags": mine})
+        aggregates = c.get("aggregates")
+        if isinstance(aggregates, Mapping) and isinstance(aggregates.get(SEALED_KEY), Mapping):
+            boxes = aggregates[SEALED_KEY]
+            aggregates = {**aggregates, SEALED_KEY: {name: box if name == node else _box_digest(box)
+                                                      for name, box in boxes.items()}}
+        contributions.append({"node": c.get("node"), "aggregates": aggregates, "tags": mine})
     return {**previous, "contributions": contributions}
 
 

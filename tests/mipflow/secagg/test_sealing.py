@@ -2,6 +2,8 @@
 its analysis, algorithm, chain, round, sender and recipient; a node's opening of the previous round."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from mipflow.exceptions import DisclosureError
@@ -83,3 +85,26 @@ def test_a_missing_extra_or_unopenable_ciphertext_is_refused(change, says) -> No
         open_previous(_transcript(boxes), own=KEYS["a"], own_name="a", analysis_id="an-1",
                       algorithm="cox_regression", round_no=2, sealed_key="sealed")
     assert info.value.control == "round_verification"
+
+
+def test_a_node_is_sent_only_the_ciphertexts_addressed_to_it_and_the_tags_bind_them_the_same():
+    """ADR 0046: the central site forwards each node its own ciphertext and the others' digests; the
+    contribution's digest (what its tags and the chain bind) is the same either way, and changes with
+    any ciphertext."""
+    from mipflow.algorithms.sealed import SEALED
+    from mipflow.secagg.transcript import SEALED_KEY, addressed_to, aggregates_digest
+
+    assert SEALED == SEALED_KEY
+    boxes = {"a": "QUJD" * 1000, "b": "REVG" * 1000, "c": "R0hJ" * 1000}
+    aggregates = {"n": 10, SEALED_KEY: boxes}
+    previous = {"chain": "x", "state": None, "contributions": [
+        {"node": "a", "aggregates": aggregates, "tags": {"a": "t1", "b": "t2", "c": "t3"}}]}
+    sent = addressed_to(previous, "b")["contributions"][0]
+    assert sent["tags"] == {"b": "t2"}
+    assert sent["aggregates"][SEALED_KEY]["b"] == boxes["b"]
+    assert all(v.startswith("sha256:") and len(v) == 71 for k, v in sent["aggregates"][SEALED_KEY].items() if k != "b")
+    assert aggregates_digest(sent["aggregates"]) == aggregates_digest(aggregates)
+    changed = {**aggregates, SEALED_KEY: {**boxes, "c": "R0hK" * 1000}}
+    assert aggregates_digest(changed) != aggregates_digest(aggregates)
+    # and what the node receives is a fraction of the whole reply
+    assert len(json.dumps(sent)) < len(json.dumps(previous["contributions"][0])) / 2
