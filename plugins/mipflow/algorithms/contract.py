@@ -104,6 +104,7 @@ class Algorithm(Protocol):
 
     secure_aggregation: str
     dp_release: DPRelease | None
+    bin_count_setting: str
     sealed_rounds: bool
 
     def secure_aggregation_refusal(self, request: AnalysisRequest) -> str | None: ...
@@ -138,7 +139,8 @@ class Algorithm(Protocol):
 # * ``cluster_count``: the patients among its rows (``gee``), checked like rows against
 #   ``min_row_count`` and ``nfilter_glm``;
 # * ``fold_sizes``: the folds whose statistics it releases, each checked like a step;
-# * ``coarsen_for_release``: its own coarsening to the node's ``nfilter_tab`` before the checks;
+# * ``coarsen_for_release``: its own coarsening to the node's ``nfilter_tab`` before the checks
+#   (``bin_count_setting``: or to ``min_row_count``, when sums of covariates per bin reach anyone);
 # * ``differencing_partition``: the partition of the rows whose sums a round releases, which
 #   the node compares with the partitions it released before (k-means, ADR 0013);
 # * ``sealed_rounds`` and ``pool_sealed``: its local steps may return sums for the other nodes only,

@@ -137,6 +137,11 @@ SUMS, SCORE = "sums", "score"
 
 class CoxRegression(SpecAlgorithm):
     name = "cox_regression"
+    #: Every bin's events, censorings and risk-set sums enter the node's share of l, U, I, and a
+    #: requester who varies ``max_time`` or ``bin_width`` can take differences of those shares bin by
+    #: bin (the eighth outside review): so a bin holds 0 or at least ``min_row_count`` events and
+    #: censorings, as a cohort does rows (ADR 0046, "requester-shaped bins").
+    bin_count_setting = "min_row_count"
     label = "Cox proportional hazards regression"
     description = ("Federated Newton iterations on the partial likelihood of binned event times: "
                    "coefficients, standard errors, Wald tests and intervals, hazard ratios.")

@@ -170,6 +170,10 @@ class SpecAlgorithm:
     #: Row columns whose levels split the statistics the local step releases (e.g. ``("dataset",)``
     #: for per-dataset statistics): each level's rows are a cohort of the differencing ledger.
     released_by: tuple[str, ...] = ()
+    #: The node setting that bounds each count of :meth:`coarsen_for_release`'s bins: ``"nfilter_tab"``
+    #: (counts only are released per bin) or ``"min_row_count"`` (sums of covariates per bin reach
+    #: someone, e.g. Cox regression's risk-set sums, ADR 0046: a bin is then as large as a cohort).
+    bin_count_setting: str = "nfilter_tab"
     y_spec: InputSpec
     x_spec: InputSpec | None = None
     parameter_specs: Mapping[str, ParamSpec] = MappingProxyType({})
