@@ -86,13 +86,28 @@ def _wait(what: str, check: Any, timeout: float, server: CentralAirflow) -> Any:
     raise RuntimeError(f"timed out waiting for {what} (last error: {last}):\n{server.tail()}")
 
 
+#: What the tests set beyond the shipped airflow.cfg: faster parsing and heartbeats, no retries, a
+#: patient execution API on a loaded CI machine.  ``airflow_env(shipped=True)`` (bench/trigger.py)
+#: leaves them out, so that a benchmark measures what a deployment runs.
+TEST_ONLY_SETTINGS = {
+    "AIRFLOW__CORE__PARALLELISM": "4",
+    "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.1",
+    "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
+    "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+    # a loaded CI machine answers slower than Airflow's 5 s default; a timeout there fails the task
+    "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "60",
+    "MIPFLOW_TASK_RETRIES": "0",
+}
+
+
 def airflow_env(home: Path, port: int, users: dict[str, str],
-                roles: dict[str, str] | None = None) -> dict[str, str]:
+                roles: dict[str, str] | None = None, *, shipped: bool = False) -> dict[str, str]:
     """Environment for a test Airflow in ``home`` (SQLite, LocalExecutor; api-server on ``port``):
     this process's environment without its Airflow and mipflow settings, this checkout's DAGs and
     plugins, fresh keys, fast scheduling, and the passwords of ``users`` (name -> password; each
     name is also the user's role in the simple auth manager, e.g. "admin" and "viewer", unless ``roles``
-    names another: ``{"alice": "user"}``)."""
+    names another: ``{"alice": "user"}``).  ``shipped``: without :data:`TEST_ONLY_SETTINGS` (the
+    shipped airflow.cfg's scheduling; only paths, addresses, users and keys are set here)."""
     passwords = home / "passwords.json"
     passwords.write_text(json.dumps(users), encoding="utf-8")
     base = f"http://127.0.0.1:{port}"
@@ -106,24 +121,19 @@ def airflow_env(home: Path, port: int, users: dict[str, str],
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__PARALLELISM": "4",
-        "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.1",
-        "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
-        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{name}:{(roles or {}).get(name, name)}" for name in users),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
         "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__API__BASE_URL": base,
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{base}/execution/",
-        # a loaded CI machine answers slower than Airflow's 5 s default; a timeout there fails the task
-        "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "60",
         "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(64),  # >= 64 bytes for HS512
         "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(32),
         "AIRFLOW__CORE__FERNET_KEY": urlsafe_b64encode(os.urandom(32)).decode(),
-        "MIPFLOW_TASK_RETRIES": "0",
         "PYTHONUNBUFFERED": "1",
     })
+    if not shipped:
+        full_env.update(TEST_ONLY_SETTINGS)
     return full_env
 
 
