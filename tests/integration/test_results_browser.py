@@ -462,3 +462,67 @@ def test_the_user_role_triggers_and_reads_dags_but_deletes_none(central):
             assert client.delete("/api/v2/dags/no_such_dag").status_code == 404
     assert "Forcing auth manager to SimpleAuthManager" in central["server"].log.read_text(encoding="utf-8")
 
+
+# -- project members, managed by the admins from the results pages (ADR 0011 addendum) -------------
+
+
+def test_only_an_admin_manages_project_members_through_the_api_server(central):
+    """The members page behind Airflow's login: 401 without it, 403 and no link for the user and viewer
+    roles; an admin adds and removes members in the store the CLI uses, and a project share follows."""
+    server, store = central["server"], central["store"]
+    assert httpx.get(server.base_url + "/mipflow/projects", timeout=10).status_code == 401
+    for name in ("bob", "viewer"):
+        with server.client(name, timeout=60) as client:  # the first request may build the pages' app
+            assert client.get("/mipflow/projects").status_code == 403, name
+            assert 'id="project-members"' not in client.get("/mipflow/").text, name
+            refused = client.post("/mipflow/projects/add", data={"project": PROJECT, "members": name},
+                                  follow_redirects=False)
+            assert refused.status_code == 403, name
+    assert store.members(PROJECT) == []
+    with server.client("admin", timeout=60) as client:
+        assert 'id="project-members"' in client.get("/mipflow/").text
+        added = client.post("/mipflow/projects/add", data={"project": PROJECT, "members": "bob, carol"},
+                            follow_redirects=False)
+        assert added.status_code == 303 and added.headers["location"].startswith("/mipflow/projects?")
+        assert [m["member"] for m in store.members(PROJECT)] == ["bob", "carol"]
+        page = client.get("/mipflow/projects").text
+        assert f'data-project="{PROJECT}" data-member="bob"' in page
+        cross = client.post("/mipflow/projects/remove", data={"project": PROJECT, "member": "bob"},
+                            headers={"Origin": "https://evil.example"})
+        assert cross.status_code == 403 and len(store.members(PROJECT)) == 2
+        removed = client.post("/mipflow/projects/remove", data={"project": PROJECT, "member": "carol"},
+                              follow_redirects=False)
+        assert removed.status_code == 303 and [m["member"] for m in store.members(PROJECT)] == ["bob"]
+    store.remove_member(PROJECT, "bob")  # the module's other tests start without members
+
+
+def test_an_admin_adds_and_removes_a_project_member_in_a_browser(central, chromium):
+    """The Project members link on the results list, the add form and a Remove button (same-origin posts
+    from Airflow's login session); a researcher sees no link."""
+    from playwright.sync_api import sync_playwright
+
+    store = central["store"]
+    server = central["server"]
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            bob = _login_as(browser, server, "bob")
+            assert bob.locator("#project-members").count() == 0
+            admin = _login_as(browser, server, "admin")
+            admin.locator("#project-members").click()
+            admin.wait_for_url("**/mipflow/projects", timeout=30_000)
+            form = admin.locator("#new-project form")
+            form.locator("input[name=project]").fill("dementia-2027")
+            form.locator("input[name=members]").fill("bob, carol")
+            form.locator("button[type=submit]").click()
+            admin.wait_for_selector('li.member[data-project="dementia-2027"][data-member="carol"]')
+            assert "added to dementia-2027: bob, carol" in admin.locator("#message").inner_text()
+            assert [m["member"] for m in store.members("dementia-2027")] == ["bob", "carol"]
+            admin.screenshot(path=str(ARTIFACTS / "project-members.png"), full_page=True)
+            admin.locator('li.member[data-project="dementia-2027"][data-member="bob"] button.remove').click()
+            admin.wait_for_selector('li.member[data-project="dementia-2027"][data-member="bob"]', state="detached")
+            assert [m["member"] for m in store.members("dementia-2027")] == ["carol"]
+        finally:
+            browser.close()
+    store.remove_member("dementia-2027", "carol")
