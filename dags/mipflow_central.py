@@ -3,8 +3,9 @@
 Nodes are Airflow connections (``mipflow_node_<name>``: host = node API URL,
 login = client id, password = client secret).  The default node list comes
 from ``MIPFLOW_NODE_CONN_IDS`` (comma-separated) and can be changed in the
-form.  Each run: check the request -> :class:`FederatedAnalysisOperator`
-(rounds across nodes) -> store the result with provenance -> log a summary.
+form.  Each run is one task, :class:`FederatedAnalysisOperator` (ADR 0047): the
+request from the form -> rounds across nodes -> the result (or the refusal) stored
+with provenance -> a summary in the task log.
 The form's inputs and algorithm parameters come from the algorithm catalogue
 (:func:`mipflow.algorithms.catalogue.describe`): the labels, defaults, bounds and
 choices a node checks requests against (docs/adr/0022-algorithm-catalogue.md).
@@ -15,7 +16,6 @@ only for the triggering user and project; a scheduled run syncs data models).
 """
 from __future__ import annotations
 
-import logging
 import os
 from datetime import datetime, timezone
 
@@ -61,12 +61,6 @@ def _form(algorithm: dict) -> dict[str, Param]:
     return params
 
 
-def _request(algorithm: str) -> dict:
-    from mipflow.central.standing import request_from_conf
-
-    return request_from_conf(algorithm, get_current_context()["params"])
-
-
 for _algorithm in describe():
     _name = _algorithm["name"]
     with DAG(
@@ -82,51 +76,19 @@ for _algorithm in describe():
         doc_md=__doc__,
     ):
 
-        @task(task_id="build_request")
-        def build_request(algorithm: str) -> dict:
-            """Turn the form into a MIP / Exareme2 request."""
-            return _request(algorithm)
-
-        request = build_request(_name)
-        analysis = FederatedAnalysisOperator(
+        # One task per analysis run (ADR 0047): it makes the request from the form, runs the rounds,
+        # stores the result (or the refusal, failing the task) and logs the summary; its "Result" link
+        # opens the run's results page.
+        FederatedAnalysisOperator(
             task_id="run_analysis",
             algorithm=_name,
-            request=request,
             node_conn_ids="{{ params.nodes }}",
             min_nodes="{{ params.min_nodes }}",
             project="{{ params.project }}",
-            **NODE_POOL,
             secure_aggregation="{{ params.secure_aggregation }}",
+            standing="{{ params.standing }}",
+            **NODE_POOL,
         )
-
-        @task(task_id="store_and_report")
-        def store_and_report(outcome: dict) -> str:
-            """Store the result with provenance and log a readable summary (a run that fails before
-        this is stored as failed or refused by ``run_analysis``)."""
-            from mipflow.central.results import ResultStore, summary_lines
-
-            context = get_current_context()
-            run_id = context["run_id"]
-            who = getattr(context.get("dag_run"), "triggering_user_name", None)
-            path = ResultStore().save(run_id, {**outcome, "triggered_by": who, "dag_id": context["dag"].dag_id})
-            log = logging.getLogger("mipflow.central.results")
-            for line in summary_lines(outcome):
-                log.info("%s", line)
-            log.info("result stored: run %s in %s", run_id, path)
-            if context["params"].get("standing"):  # registered for the researcher who triggered it
-                from mipflow.central.standing import StandingRegistry
-
-                registry = StandingRegistry()
-                try:
-                    standing = registry.add(algorithm=outcome["algorithm"], conf=dict(context["params"]),
-                                            researcher=outcome["researcher"], project=outcome["project"],
-                                            dag_id=context["dag"].dag_id)
-                finally:
-                    registry.dispose()
-                log.info("registered as standing analysis %s: re-run when a node's data change", standing.standing_id)
-            return str(path)
-
-        store_and_report(analysis.output)
 
 
 with DAG(

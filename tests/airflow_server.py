@@ -86,22 +86,29 @@ def _wait(what: str, check: Any, timeout: float, server: CentralAirflow) -> Any:
     raise RuntimeError(f"timed out waiting for {what} (last error: {last}):\n{server.tail()}")
 
 
-#: What :func:`airflow_env` sets beyond the repo's airflow.cfg to make a test Airflow fast (``fast=False`` leaves
-#: them out: the shipped scheduling, as ``bench/standing_latency.py --airflow`` measures it).
-FAST_SETTINGS = {
+#: What the tests set beyond the shipped airflow.cfg: faster parsing and heartbeats, no retries, a
+#: patient execution API on a loaded CI machine.  ``airflow_env(shipped=True)`` (bench/trigger.py)
+#: leaves them out, so that a benchmark measures what a deployment runs.
+TEST_ONLY_SETTINGS = {
+    "AIRFLOW__CORE__PARALLELISM": "4",
     "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.1",
     "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
     "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+    # a loaded CI machine answers slower than Airflow's 5 s default; a timeout there fails the task
+    "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "60",
     "MIPFLOW_TASK_RETRIES": "0",
 }
+#: The same settings under the name ``bench/standing_latency.py`` uses.
+FAST_SETTINGS = TEST_ONLY_SETTINGS
 
 
 def airflow_env(home: Path, port: int, users: dict[str, str],
-                roles: dict[str, str] | None = None, *, fast: bool = True) -> dict[str, str]:
+                roles: dict[str, str] | None = None, *, fast: bool = True,
+                shipped: bool = False) -> dict[str, str]:
     """Environment for a test Airflow in ``home`` (SQLite, LocalExecutor; api-server on ``port``):
     this process's environment without its Airflow and mipflow settings, this checkout's DAGs and
-    plugins, fresh keys, fast scheduling (:data:`FAST_SETTINGS`; ``fast=False``: the repo's airflow.cfg and
-    mipflow's defaults only), and the passwords of ``users`` (name -> password; each
+    plugins, fresh keys, fast scheduling (:data:`TEST_ONLY_SETTINGS`; ``fast=False`` or ``shipped``: the repo's
+    airflow.cfg and mipflow's defaults only), and the passwords of ``users`` (name -> password; each
     name is also the user's role in the simple auth manager, e.g. "admin" and "viewer", unless ``roles``
     names another: ``{"alice": "user"}``)."""
     passwords = home / "passwords.json"
@@ -117,21 +124,19 @@ def airflow_env(home: Path, port: int, users: dict[str, str],
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__PARALLELISM": "4",
-        **(FAST_SETTINGS if fast else {}),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{name}:{(roles or {}).get(name, name)}" for name in users),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
         "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__API__BASE_URL": base,
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{base}/execution/",
-        # a loaded CI machine answers slower than Airflow's 5 s default; a timeout there fails the task
-        "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "60",
         "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(64),  # >= 64 bytes for HS512
         "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(32),
         "AIRFLOW__CORE__FERNET_KEY": urlsafe_b64encode(os.urandom(32)).decode(),
         "PYTHONUNBUFFERED": "1",
     })
+    if fast and not shipped:
+        full_env.update(TEST_ONLY_SETTINGS)
     return full_env
 
 

@@ -18,11 +18,17 @@ reachable without it.  Routes (relative to where the app is mounted)::
     POST /new             trigger the algorithm's central DAG on behalf of the logged-in user
     POST /new/sync        trigger federation_metadata for the user's project (their datasets)
     GET /submitted?id=RUN&dag=DAG  a triggered run: links to its result (refreshes until stored)
+    GET /projects         admins: every project and its members (who reads results shared with it)
+    POST /projects/add    admins: add users to a project (same store as ``mipflow central members``)
+    POST /projects/remove admins: remove a user from a project
 
 A result is private (ADR 0011, "private results"): listed, shown and downloaded only for the
 researcher who triggered its run (``triggered_by``), the admins (``is_admin``), users the owner
 shared it with, and members of its project once the owner shared it with the project
 (:func:`mipflow.central.results.may_read`).  Any other user gets the same 404 as for a missing run.
+
+Project membership (ADR 0011 addendum) is managed by the admins only: anyone else gets 403 on
+the project pages and sees no link to them.
 
 Triggering goes through ``runs`` (:class:`Runs`), which the Airflow plugin implements with
 Airflow's REST API and the user's own token: the run is the user's, with Airflow's checks.
@@ -193,7 +199,8 @@ def create_app(*, user: Callable[..., Any], can_read: Callable[[Any, str], bool]
         shown = [doc for doc in runs if matches(doc, text=q, status=status, algorithm=algorithm)]
         return pages.index_page(shown, link=link, search={"q": q, "status": status, "algorithm": algorithm},
                                 algorithms=algorithms_of(runs), total=len(runs),
-                                new_analysis=_root(request) + "/new" if starter is not None else None)
+                                new_analysis=_root(request) + "/new" if starter is not None else None,
+                                projects=_root(request) + "/projects" if admin(who) else None)
 
     @app.get("/run", response_class=HTMLResponse)
     def run_page(request: Request, id: str = Query(..., min_length=1, max_length=250),
@@ -258,9 +265,87 @@ def create_app(*, user: Callable[..., Any], can_read: Callable[[Any, str], bool]
             raise HTTPException(status_code=404, detail="this site is not a node (MIPFLOW_NODE_HOME is not set)")
         return pages.node_quality_page(node_quality(node), page_number=page)
 
+    _project_routes(app, user=user, admin=admin, store=store)
     if starter is not None:
         _analysis_routes(app, user=user, runs=starter, readable=readable, central_home=central_home)
     return app
+
+
+def split_names(text: str) -> list[str]:
+    """User names from a form field: separated by commas, semicolons or white space, in order, once each."""
+    import re
+
+    return list(dict.fromkeys(name for name in re.split(r"[\s,;]+", text) if name))
+
+
+def _project_routes(app: FastAPI, *, user: Callable[..., Any], admin: Callable[[Any], bool],
+                    store: Callable[[], Any]) -> None:
+    """The admins' project members page and its two posts (ADR 0011 addendum)."""
+    from urllib.parse import parse_qs, urlencode
+
+    from mipflow.protocol.identity import IDENTITY_RE
+
+    def admin_only(who: Any) -> None:
+        if not admin(who):
+            raise HTTPException(status_code=403, detail="only an admin manages project members")
+
+    def projects() -> dict[str, list[str]]:
+        """Every project with members, and every project a stored result names (perhaps without members)."""
+        results = store()
+        listed: dict[str, list[str]] = {}
+        for doc in results.runs():
+            if doc.get("project"):
+                listed.setdefault(str(doc["project"]), [])
+        for row in results.members():
+            listed.setdefault(row["project"], []).append(row["member"])
+        return dict(sorted(listed.items()))
+
+    def show(request: Request, *, message: str = "", error: str = "", status_code: int = 200) -> HTMLResponse:
+        root = _root(request)
+        return HTMLResponse(pages.projects_page(projects(), add_action=f"{root}/projects/add",
+                                                remove_action=f"{root}/projects/remove", back=root + "/",
+                                                message=message, error=error), status_code=status_code)
+
+    async def posted(request: Request, who: Any) -> dict[str, str]:
+        if not same_origin(request):
+            raise HTTPException(status_code=403, detail="a form post from another site")
+        admin_only(who)
+        body = (await request.body()).decode("utf-8", errors="replace")
+        return {k: v[0] for k, v in parse_qs(body, keep_blank_values=True, max_num_fields=20).items()}
+
+    def after(request: Request, project: str, message: str) -> RedirectResponse:
+        query = urlencode({"done": message})
+        return RedirectResponse(f"{_root(request)}/projects?{query}#project-{quote(project, safe='')}",
+                                status_code=303)
+
+    @app.get("/projects", response_class=HTMLResponse)
+    def project_members(request: Request, done: str = Query("", max_length=300), who: Any = Depends(user)) -> Any:
+        admin_only(who)
+        return show(request, message=done)
+
+    @app.post("/projects/add", response_model=None)
+    async def add_members(request: Request, who: Any = Depends(user)) -> Any:
+        form = await posted(request, who)
+        project, names = form.get("project", "").strip(), split_names(form.get("members", ""))
+        bad = [n for n in [project, *names] if not IDENTITY_RE.match(n)]
+        if not project or not names or bad:
+            error = ("give a project and one or more user names" if not project or not names else
+                     "not a valid name: " + ", ".join(bad[:5]) + " (letters, digits, _ . @ + -, up to 128)")
+            return show(request, error=error, status_code=400)
+        results = store()
+        for name in names:
+            results.add_member(project, name)
+        return after(request, project, f"added to {project}: {', '.join(names)}")
+
+    @app.post("/projects/remove", response_model=None)
+    async def remove_member(request: Request, who: Any = Depends(user)) -> Any:
+        form = await posted(request, who)
+        project, member = form.get("project", "").strip(), form.get("member", "").strip()
+        if not project or not member:
+            return show(request, error="give a project and a member", status_code=400)
+        if not store().remove_member(project, member):
+            return show(request, error=f"{member} is not a member of {project}", status_code=404)
+        return after(request, project, f"removed from {project}: {member}")
 
 
 def _root(request: Request) -> str:

@@ -48,6 +48,19 @@ def test_analysis_dags_have_trigger_forms(dagbag):
             assert name in dag.params, (dag_id, name)
 
 
+def test_an_analysis_run_is_one_task_that_makes_its_request_from_the_form(dagbag):
+    """ADR 0047: one task instance per analysis run (each costs about a second to start in Airflow 3):
+    the operator makes the request from the run's Params, stores the result and registers it as standing."""
+    from mipflow_airflow.operators.federated import FederatedAnalysisOperator
+
+    for dag_id in EXPECTED_CENTRAL_DAGS - {"federation_metadata"}:
+        (task,) = dagbag.dags[dag_id].tasks
+        assert isinstance(task, FederatedAnalysisOperator) and task.task_id == "run_analysis", dag_id
+        assert task.algorithm == dag_id.removeprefix("federated_") and task.request is None, dag_id
+        assert (task.standing, task.project) == ("{{ params.standing }}", "{{ params.project }}"), dag_id
+        assert task.do_xcom_push is False, dag_id
+
+
 def test_node_chain_is_linked_by_assets(dagbag):
     capture = dagbag.dags["node_capture"]
     outlets = {o.name for t in capture.tasks for o in t.outlets}

@@ -2,8 +2,9 @@
 against three node services, then its result page opened in headless Chromium after logging
 in through Airflow's own login page.  The numbers on the page must be the stored ones.
 
-Needs Debian's ``/usr/bin/chromium`` (Playwright drives it; no browser download).  Skips where
-it is absent, except in CI (``CI=true``), where it must run.  Screenshots go to
+The browser tests need Debian's ``/usr/bin/chromium`` (Playwright drives it; no browser
+download) and skip where it is absent, except in CI (``CI=true``), where they must run; the
+tests through the api-server alone (no browser) run everywhere.  Screenshots go to
 ``var/test-artifacts/``.
 """
 from __future__ import annotations
@@ -53,8 +54,13 @@ def _chromium() -> str:
 
 
 @pytest.fixture(scope="module")
+def chromium() -> str:
+    """Chromium's path, or the test skips (fails in CI)."""
+    return _chromium()
+
+
+@pytest.fixture(scope="module")
 def central(tmp_path_factory):
-    chromium = _chromium()
     root = tmp_path_factory.mktemp("browser")
     conn_ids = [f"mipflow_node_{h}" for h in HOSPITALS]
     env = {"MIPFLOW_CENTRAL_HOME": str(root / "central"), "MIPFLOW_NODE_CONN_IDS": ",".join(conn_ids)}
@@ -79,7 +85,7 @@ def central(tmp_path_factory):
                         "login": cred.client_id, "password": cred.secret.hex(),
                         "extra": json.dumps({"node_name": home.name})})
                     assert resp.status_code == 201, resp.text
-            yield {"server": server, "store": ResultStore(root / "central"), "chromium": chromium}
+            yield {"server": server, "store": ResultStore(root / "central")}
 
 
 def test_plugin_pages_refuse_requests_without_airflow_login(central):
@@ -94,7 +100,7 @@ def test_plugin_pages_refuse_requests_without_airflow_login(central):
         assert plugin["external_views"][0]["href"] == "mipflow/"
 
 
-def test_result_page_in_a_browser_shows_the_stored_numbers(central):
+def test_result_page_in_a_browser_shows_the_stored_numbers(central, chromium):
     from playwright.sync_api import sync_playwright
 
     server, store = central["server"], central["store"]
@@ -109,7 +115,7 @@ def test_result_page_in_a_browser_shows_the_stored_numbers(central):
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=central["chromium"], args=["--no-sandbox"])
+        browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             # Not logged in: Airflow's UI sends the browser to the simple auth manager's login page.
@@ -167,29 +173,49 @@ def test_result_page_in_a_browser_shows_the_stored_numbers(central):
             browser.close()
 
 
-def test_a_refused_run_is_listed_with_its_reason_and_the_task_links_to_it(central):
-    """A run the nodes cannot answer (a project no node approved) turns red, is stored, is listed as
-    failed with the reason, and the run_analysis task's Result link opens its page (issue 15)."""
-    from playwright.sync_api import sync_playwright
-
-    server, store = central["server"], central["store"]
+@pytest.fixture(scope="module")
+def refused_run(central) -> dict:
+    """A run the nodes cannot answer (a project no node approved), once for the module."""
     conf = {"data_model": "stroke:0.1", "datasets": list(HOSPITALS), "filters": None, "y": "mrs_90d",
             "x": ["age"], "nodes": [f"mipflow_node_{h}" for h in HOSPITALS], "min_nodes": None,
             "project": "not-approved"}
-    run = run_dag(server, DAG_ID, conf)
-    assert run["state"] == "failed", server.tail()
-    run_id = run["dag_run_id"]
+    return run_dag(central["server"], DAG_ID, conf)
+
+
+def test_a_refused_run_is_one_red_task_stored_as_failed_and_linked_to_its_page(central, refused_run):
+    """Through the real scheduler (ADR 0047): the run is one task, run_analysis, which turns red; the run
+    is stored as failed with the reason, and the task's Result link is the run's results page (issue 15)."""
+    server, store = central["server"], central["store"]
+    assert refused_run["state"] == "failed", server.tail()
+    run_id = refused_run["dag_run_id"]
     stored = store.document(run_id)
     assert stored["status"] == "failed" and "no node lists dataset(s)" in stored["error"]
+    assert (stored["triggered_by"], stored["dag_id"]) == ("admin", DAG_ID)
     with server.client() as client:
+        tis = client.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}/taskInstances").json()
+        assert [(ti["task_id"], ti["state"]) for ti in tis["task_instances"]] == [("run_analysis", "failed")]
         links = client.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}/taskInstances/run_analysis/links")
         assert links.status_code == 200, links.text
+        assert links.json()["extra_links"]["Result"].endswith(f"/mipflow/run?id={quote(run_id, safe='')}")
+        page = client.get("/mipflow/run", params={"id": run_id})  # the page links back to the run
+        assert page.status_code == 200 and "Failed: no result" in page.text
+        assert f'href="/dags/{DAG_ID}/runs/{quote(run_id, safe="")}"' in page.text
+
+
+def test_a_refused_run_is_listed_with_its_reason_and_the_task_links_to_it(central, chromium, refused_run):
+    """A run the nodes cannot answer turns red, is stored, is listed as failed with the reason, and the
+    run_analysis task's Result link opens its page (issue 15), in a browser."""
+    from playwright.sync_api import sync_playwright
+
+    server = central["server"]
+    run_id = refused_run["dag_run_id"]
+    with server.client() as client:
+        links = client.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}/taskInstances/run_analysis/links")
     link = links.json()["extra_links"]["Result"]
-    assert link.endswith(f"/mipflow/run?id={quote(run_id, safe='')}"), link
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=central["chromium"], args=["--no-sandbox"])
+        browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.goto(f"{server.base_url}/auth/login?next={quote(server.base_url + '/mipflow/')}")
@@ -244,7 +270,7 @@ def _submit_and_open_result(page, store):
     return run_id, store.document(run_id)
 
 
-def test_a_researcher_picks_variables_and_datasets_runs_an_analysis_and_reads_it(central, tmp_path):
+def test_a_researcher_picks_variables_and_datasets_runs_an_analysis_and_reads_it(central, chromium, tmp_path):
     """Issue 15.1 and 15.3 in a browser: lists from the synced metadata, a run on the researcher's
     behalf, a readable title, the numbers stored, the plot, the list searched; the event level offered
     from the event variable's levels; a refused analysis shows its reason."""
@@ -252,7 +278,7 @@ def test_a_researcher_picks_variables_and_datasets_runs_an_analysis_and_reads_it
 
     server, store = central["server"], central["store"]
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=central["chromium"], args=["--no-sandbox"])
+        browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
             _login(page, server)
@@ -355,7 +381,7 @@ def _what_bob_gets(server, run_id: str) -> dict[str, int]:
     return got
 
 
-def test_a_researchers_result_is_private_until_shared_and_again_after_revocation(central):
+def test_a_researchers_result_is_private_until_shared_and_again_after_revocation(central, chromium):
     """alice (role user) runs an analysis; bob (role user) can neither list, read nor download it
     (404, as for a run that does not exist) until alice shares it with him on its page, and not after
     she revokes the share; an admin reads it throughout."""
@@ -383,7 +409,7 @@ def test_a_researchers_result_is_private_until_shared_and_again_after_revocation
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=central["chromium"], args=["--no-sandbox"])
+        browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         try:
             alice = _login_as(browser, server, "alice", f"/mipflow/run?id={quote(run_id, safe='')}")
             assert "Private: only you and the admins read it." in alice.locator("#sharing").inner_text()
@@ -435,3 +461,68 @@ def test_the_user_role_triggers_and_reads_dags_but_deletes_none(central):
             assert client.get(f"/api/v2/dags/{DAG_ID}").status_code == 200  # bob deleted nothing
             assert client.delete("/api/v2/dags/no_such_dag").status_code == 404
     assert "Forcing auth manager to SimpleAuthManager" in central["server"].log.read_text(encoding="utf-8")
+
+
+# -- project members, managed by the admins from the results pages (ADR 0011 addendum) -------------
+
+
+def test_only_an_admin_manages_project_members_through_the_api_server(central):
+    """The members page behind Airflow's login: 401 without it, 403 and no link for the user and viewer
+    roles; an admin adds and removes members in the store the CLI uses, and a project share follows."""
+    server, store = central["server"], central["store"]
+    assert httpx.get(server.base_url + "/mipflow/projects", timeout=10).status_code == 401
+    for name in ("bob", "viewer"):
+        with server.client(name, timeout=60) as client:  # the first request may build the pages' app
+            assert client.get("/mipflow/projects").status_code == 403, name
+            assert 'id="project-members"' not in client.get("/mipflow/").text, name
+            refused = client.post("/mipflow/projects/add", data={"project": PROJECT, "members": name},
+                                  follow_redirects=False)
+            assert refused.status_code == 403, name
+    assert store.members(PROJECT) == []
+    with server.client("admin", timeout=60) as client:
+        assert 'id="project-members"' in client.get("/mipflow/").text
+        added = client.post("/mipflow/projects/add", data={"project": PROJECT, "members": "bob, carol"},
+                            follow_redirects=False)
+        assert added.status_code == 303 and added.headers["location"].startswith("/mipflow/projects?")
+        assert [m["member"] for m in store.members(PROJECT)] == ["bob", "carol"]
+        page = client.get("/mipflow/projects").text
+        assert f'data-project="{PROJECT}" data-member="bob"' in page
+        cross = client.post("/mipflow/projects/remove", data={"project": PROJECT, "member": "bob"},
+                            headers={"Origin": "https://evil.example"})
+        assert cross.status_code == 403 and len(store.members(PROJECT)) == 2
+        removed = client.post("/mipflow/projects/remove", data={"project": PROJECT, "member": "carol"},
+                              follow_redirects=False)
+        assert removed.status_code == 303 and [m["member"] for m in store.members(PROJECT)] == ["bob"]
+    store.remove_member(PROJECT, "bob")  # the module's other tests start without members
+
+
+def test_an_admin_adds_and_removes_a_project_member_in_a_browser(central, chromium):
+    """The Project members link on the results list, the add form and a Remove button (same-origin posts
+    from Airflow's login session); a researcher sees no link."""
+    from playwright.sync_api import sync_playwright
+
+    store = central["store"]
+    server = central["server"]
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            bob = _login_as(browser, server, "bob")
+            assert bob.locator("#project-members").count() == 0
+            admin = _login_as(browser, server, "admin")
+            admin.locator("#project-members").click()
+            admin.wait_for_url("**/mipflow/projects", timeout=30_000)
+            form = admin.locator("#new-project form")
+            form.locator("input[name=project]").fill("dementia-2027")
+            form.locator("input[name=members]").fill("bob, carol")
+            form.locator("button[type=submit]").click()
+            admin.wait_for_selector('li.member[data-project="dementia-2027"][data-member="carol"]')
+            assert "added to dementia-2027: bob, carol" in admin.locator("#message").inner_text()
+            assert [m["member"] for m in store.members("dementia-2027")] == ["bob", "carol"]
+            admin.screenshot(path=str(ARTIFACTS / "project-members.png"), full_page=True)
+            admin.locator('li.member[data-project="dementia-2027"][data-member="bob"] button.remove').click()
+            admin.wait_for_selector('li.member[data-project="dementia-2027"][data-member="bob"]', state="detached")
+            assert [m["member"] for m in store.members("dementia-2027")] == ["carol"]
+        finally:
+            browser.close()
+    store.remove_member("dementia-2027", "carol")

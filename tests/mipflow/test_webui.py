@@ -197,6 +197,70 @@ def test_a_share_posted_from_another_site_is_refused(private, stored):
     assert resp.status_code == 403 and stored.shares(ALICE_RUN) == []
 
 
+# -- project members, managed by the admins (ADR 0011 addendum) ----------------------------
+
+
+def test_an_admin_lists_projects_and_adds_and_removes_members_the_share_rule_follows(private, stored):
+    """The page lists the projects of stored results and of memberships; an admin's adds and removes
+    are the store's (the CLI's ``mipflow central members``), and a project share follows them."""
+    assert 'id="project-members"' in private.get("/", headers=as_("boss")).text  # the admins' link
+    page = private.get("/projects", headers=as_("boss"))
+    assert page.status_code == 200 and 'data-project="stroke"' in page.text and "No members yet." in page.text
+    private.post("/run/share", data={"id": ALICE_RUN, "kind": "project", "name": "stroke"}, headers=as_("alice"))
+    assert readable_by(private, "bob") == HIDDEN
+
+    added = private.post("/projects/add", data={"project": "stroke", "members": "bob, carol\ndave bob"},
+                         headers=as_("boss"), follow_redirects=False)
+    assert added.status_code == 303 and added.headers["location"].endswith("#project-stroke")
+    assert stored.members("stroke") == [{"project": "stroke", "member": m} for m in ("bob", "carol", "dave")]
+    assert readable_by(private, "bob") == SEES
+    page = private.get(added.headers["location"].split("#")[0].replace("http://testserver", ""),
+                       headers=as_("boss")).text
+    assert "added to stroke: bob, carol, dave" in page and 'data-member="carol"' in page
+
+    removed = private.post("/projects/remove", data={"project": "stroke", "member": "bob"}, headers=as_("boss"),
+                           follow_redirects=False)
+    assert removed.status_code == 303 and [m["member"] for m in stored.members("stroke")] == ["carol", "dave"]
+    assert readable_by(private, "bob") == HIDDEN
+    assert private.post("/projects/remove", data={"project": "stroke", "member": "bob"},
+                        headers=as_("boss")).status_code == 404  # no longer a member
+    # a project no result names yet
+    assert private.post("/projects/add", data={"project": "dementia-2027", "members": "erin"},
+                        headers=as_("boss"), follow_redirects=False).status_code == 303
+    assert 'data-project="dementia-2027"' in private.get("/projects", headers=as_("boss")).text
+
+
+@pytest.mark.parametrize(("form", "message"), [
+    pytest.param({"project": "stroke", "members": ""}, "give a project and one or more user names", id="no-users"),
+    pytest.param({"project": "", "members": "bob"}, "give a project and one or more user names", id="no-project"),
+    pytest.param({"project": "stroke", "members": "bob <script>"}, "not a valid name: &lt;script&gt;",
+                 id="bad-name"),
+    pytest.param({"project": "x" * 129, "members": "bob"}, "not a valid name", id="long-project"),
+])
+def test_member_adds_that_name_nobody_are_refused_and_store_nothing(private, stored, form, message):
+    resp = private.post("/projects/add", data=form, headers=as_("boss"))
+    assert resp.status_code == 400 and message in resp.text
+    assert stored.members() == []
+
+
+def test_only_admins_manage_project_members_and_only_from_these_pages(private, stored):
+    for name in ("alice", "bob"):
+        assert private.get("/projects", headers=as_(name)).status_code == 403
+        assert 'id="project-members"' not in private.get("/", headers=as_(name)).text  # no link either
+        assert private.post("/projects/add", data={"project": "stroke", "members": name},
+                            headers=as_(name)).status_code == 403
+    stored.add_member("stroke", "bob")
+    assert private.post("/projects/remove", data={"project": "stroke", "member": "bob"},
+                        headers=as_("alice")).status_code == 403
+    # an admin's browser made to post from another site (the login cookie goes along): refused
+    assert private.post("/projects/add", data={"project": "stroke", "members": "mallory"},
+                        headers={**as_("boss"), "Origin": "https://evil.example"}).status_code == 403
+    assert private.post("/projects/remove", data={"project": "stroke", "member": "bob"},
+                        headers={**as_("boss"), "Referer": "https://evil.example/x"}).status_code == 403
+    assert stored.members() == [{"project": "stroke", "member": "bob"}]
+    assert private.get("/projects").status_code == 401  # not logged in
+
+
 # -- node page -------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

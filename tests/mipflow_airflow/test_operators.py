@@ -121,7 +121,7 @@ def test_template_fields_render_to_typed_values():
     from mipflow_airflow.operators.federated import FederatedAnalysisOperator
 
     assert set(FederatedAnalysisOperator.template_fields) == {"request", "node_conn_ids", "min_nodes", "researcher",
-                                                              "project", "secure_aggregation"}
+                                                              "project", "secure_aggregation", "standing"}
     with DAG("templated", schedule=None, render_template_as_native_obj=True):
         operator = FederatedAnalysisOperator(
             task_id="run_analysis", algorithm="linear_regression", request={"inputdata": "{{ params.inputdata }}"},
@@ -169,3 +169,60 @@ def test_a_refused_or_failed_run_is_stored_for_the_results_pages(monkeypatch, tm
         _operator(node_conn_ids=["mipflow_node_nowhere"]).execute(context)
     doc = ResultStore(tmp_path / "central").document("manual__failed")
     assert doc["status"] == "failed" and "no Airflow connection 'mipflow_node_nowhere'" in doc["error"]
+
+
+def _run_context(run_id: str, params: dict, user: str = RESEARCHER) -> dict:
+    """What a DAG run gives the task: its id, its DAG, its triggering user and its form's values."""
+    return {"dag_run": SimpleNamespace(triggering_user_name=user, dag_id="federated_linear_regression"),
+            "run_id": run_id, "params": params}
+
+
+def _form(node_connections) -> dict:
+    inputdata = REQUEST["inputdata"]
+    return {"data_model": inputdata["data_model"], "datasets": list(inputdata["datasets"]), "x": list(inputdata["x"]),
+            "y": inputdata["y"][0], "filters": None, "nodes": node_connections, "min_nodes": 2, "project": PROJECT,
+            "secure_aggregation": "off", "standing": False}
+
+
+def test_one_task_makes_the_request_from_the_form_stores_the_result_and_logs_its_summary(
+        monkeypatch, tmp_path, caplog, capfd, node_connections):
+    """The central DAGs' single task (ADR 0047): no request given, so the run's Params make it; the
+    outcome is stored under the run id with the triggering user and the DAG, the summary is in the log,
+    and the result is not pushed to XCom (private to the researcher and the project)."""
+    import logging
+
+    from mipflow.central.results import ResultStore
+
+    monkeypatch.setenv("MIPFLOW_CENTRAL_HOME", str(tmp_path / "central"))
+    monkeypatch.delenv("MIPFLOW_RESULTS_DB_URL", raising=False)
+    operator = _operator(request=None, node_conn_ids=node_connections, min_nodes=2)
+    assert operator.do_xcom_push is False
+    with caplog.at_level(logging.INFO):
+        outcome = operator.execute(_run_context("manual__one_task", _form(node_connections)))
+    assert operator.request == REQUEST  # the form made the same request as the test's own
+    stored = ResultStore(tmp_path / "central").document("manual__one_task")
+    assert stored["result"]["coefficients"] == outcome["result"]["coefficients"]
+    assert (stored["triggered_by"], stored["dag_id"], stored["researcher"]) == (
+        RESEARCHER, "federated_linear_regression", RESEARCHER)
+    assert set(stored["contributed"]) == {"node0", "node1"}
+    out, err = capfd.readouterr()
+    text = out + err + caplog.text  # the operator's own log goes through Airflow's structlog
+    assert "linear_regression: 2 node(s) contributed" in text and "result stored: run manual__one_task in" in text
+    # outside a DAG run (no run id) nothing is stored
+    _operator(node_conn_ids=node_connections, min_nodes=2).execute(_context())
+    assert [r["run_id"] for r in ResultStore(tmp_path / "central").runs()] == ["manual__one_task"]
+
+
+def test_a_form_that_makes_no_request_fails_the_task_and_is_stored_as_failed(monkeypatch, tmp_path,
+                                                                            node_connections):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from mipflow.central.results import ResultStore
+
+    monkeypatch.setenv("MIPFLOW_CENTRAL_HOME", str(tmp_path / "central"))
+    monkeypatch.delenv("MIPFLOW_RESULTS_DB_URL", raising=False)
+    with pytest.raises(AirflowFailException, match="unknown algorithm 'no_such_algorithm'"):
+        _operator(algorithm="no_such_algorithm", request=None, node_conn_ids=node_connections).execute(
+            _run_context("manual__no_request", _form(node_connections)))
+    doc = ResultStore(tmp_path / "central").document("manual__no_request")
+    assert doc["status"] == "failed" and "unknown algorithm" in doc["error"] and doc["result"] == {}

@@ -48,7 +48,14 @@ class ResultLink(BaseOperatorLink):
 
 
 class FederatedAnalysisOperator(BaseOperator):
-    """Run ``algorithm`` over the nodes behind ``node_conn_ids``; return the result with provenance.
+    """Run ``algorithm`` over the nodes behind ``node_conn_ids``; store the result with provenance.
+
+    The whole analysis run is this one task (ADR 0047: a task instance's start-up in Airflow 3 costs
+    about a second, so the central DAGs do not split the request, the rounds and the storing into
+    three tasks): build the request from the run's Params when ``request`` is not given, run the
+    rounds, store the outcome in the central results store (:class:`mipflow.central.results.ResultStore`,
+    under the run id, with the triggering user and the DAG id) and log its summary at INFO, then
+    register it as a standing analysis when ``standing`` is true.
 
     The rounds, parallel calls, dropout policy (``min_nodes``) and combination
     are :func:`mipflow.central.rounds.run_analysis`; this operator builds one
@@ -67,15 +74,21 @@ class FederatedAnalysisOperator(BaseOperator):
     by :mod:`mipflow.central.rounds` into the task log.  The central DAGs put
     this task in the federation pool when ``MIPFLOW_POOLS=1`` (``pool=``).
     A run that fails is stored in the central results store as ``failed`` or
-    ``refused`` (:func:`mipflow.central.results.failed_outcome`), and the task's
-    "Result" link (:class:`ResultLink`) opens the run's results page either way.
+    ``refused`` (:func:`mipflow.central.results.failed_outcome`) and the task fails;
+    the task's "Result" link (:class:`ResultLink`) opens the run's results page either way.
+    Storing happens only in a DAG run (a context with a ``run_id``); ``execute`` returns the
+    outcome, which is not pushed to XCom unless ``do_xcom_push=True`` is given: the result
+    is private to the researcher and the project (ADR 0011), and XCom is readable by everyone
+    who may read the DAG's runs.
 
     Parameters
     ----------
     algorithm : str
         A catalogue algorithm (``linear_regression``, ...).
-    request : dict or XComArg
-        The MIP / Exareme2 request (``inputdata``, ``parameters``); templated.
+    request : dict, XComArg or None
+        The MIP / Exareme2 request (``inputdata``, ``parameters``); templated.  ``None`` (the
+        central DAGs): made from the run's Params when the task runs
+        (:func:`mipflow.central.standing.request_from_conf`).
     node_conn_ids : list of str, or str
         Connection ids of the nodes, or one comma-separated string; templated.
     project : str
@@ -88,16 +101,22 @@ class FederatedAnalysisOperator(BaseOperator):
         (``dag_run.triggering_user_name``); templated.
     secure_aggregation : {"auto", "on", "off"} or bool
         Mask each node's aggregates so only their sum is seen (:mod:`mipflow.secagg`); templated.
+    standing : bool or str
+        Register the analysis as a standing analysis of the researcher after it succeeds
+        (ADR 0043; the run's Params are its form); templated (the central DAGs: ``params.standing``).
     """
 
     template_fields: Sequence[str] = ("request", "node_conn_ids", "min_nodes", "researcher", "project",
-                                      "secure_aggregation")
+                                      "secure_aggregation", "standing")
     ui_color = "#d8e9f5"
     operator_extra_links = (ResultLink(),)
 
-    def __init__(self, *, algorithm: str, request: dict[str, Any] | XComArg, node_conn_ids: list[str] | str,
-                 project: str, min_nodes: int | str | None = None, researcher: str | None = None,
-                 secure_aggregation: Literal["auto", "on", "off"] | bool | str = "auto", **kwargs: Any) -> None:
+    def __init__(self, *, algorithm: str, node_conn_ids: list[str] | str, project: str,
+                 request: dict[str, Any] | XComArg | None = None, min_nodes: int | str | None = None,
+                 researcher: str | None = None,
+                 secure_aggregation: Literal["auto", "on", "off"] | bool | str = "auto",
+                 standing: bool | str = False, **kwargs: Any) -> None:
+        kwargs.setdefault("do_xcom_push", False)  # the result lives in the results store (private), not XCom
         super().__init__(**kwargs)
         self.algorithm = algorithm
         self.request = request
@@ -106,15 +125,59 @@ class FederatedAnalysisOperator(BaseOperator):
         self.min_nodes = min_nodes
         self.researcher = researcher
         self.secure_aggregation = secure_aggregation
+        self.standing = standing
 
     def execute(self, context: Context) -> dict[str, Any]:
-        """Run the analysis; a run that fails is stored as failed or refused (the results pages list it)."""
+        """Run the analysis and store its outcome; a run that fails is stored as failed or refused
+        (the results pages list it) and fails the task."""
         self._left_out: dict[str, str] = {}
         try:
-            return self._execute(context)
+            outcome = self._execute(context)
         except (AirflowFailException, NodesUnavailableError) as exc:
             self._store_failure(context, str(exc))
             raise
+        self._store_result(context, outcome)
+        return outcome
+
+    def _store_result(self, context: Context, outcome: dict[str, Any]) -> None:
+        """Store a result under the run id, log its summary and where it went; register it as standing
+        when asked.  Outside a DAG run (no ``run_id``) nothing is stored."""
+        run_id = context.get("run_id") if hasattr(context, "get") else None
+        if not run_id:
+            return
+        from mipflow.central.results import ResultStore, summary_lines
+
+        dag_run = context.get("dag_run")
+        path = ResultStore().save(str(run_id), {**outcome, "triggered_by": triggering_user(context),
+                                                "dag_id": getattr(dag_run, "dag_id", None) or self.dag_id})
+        for line in summary_lines(outcome):
+            self.log.info("%s", line)
+        self.log.info("result stored: run %s in %s", run_id, path)
+        if str(self.standing).strip().lower() not in ("true", "1", "yes", "on"):
+            return
+        from mipflow.central.standing import StandingRegistry
+        from mipflow.exceptions import RequestError
+
+        registry = StandingRegistry()
+        try:  # registered for the researcher who triggered it, with the run's Params as its form
+            standing = registry.add(algorithm=outcome["algorithm"], conf=dict(context["params"]),
+                                    researcher=outcome["researcher"], project=outcome["project"],
+                                    dag_id=getattr(dag_run, "dag_id", None) or self.dag_id)
+        except RequestError as exc:  # the result is stored; the task says why it is not standing
+            raise AirflowFailException(f"result stored, but not registered as a standing analysis: {exc}") from None
+        finally:
+            registry.dispose()
+        self.log.info("registered as standing analysis %s: re-run when a node's data change", standing.standing_id)
+
+    def _request_from_params(self, context: Context) -> dict[str, Any]:
+        """The request the run's trigger form makes (``request=None``)."""
+        from mipflow.central.standing import request_from_conf
+        from mipflow.exceptions import RequestError
+
+        try:
+            return request_from_conf(self.algorithm, context["params"])
+        except RequestError as exc:
+            raise AirflowFailException(str(exc)) from None
 
     def _store_failure(self, context: Context, error: str) -> None:
         """Keep the failed run in the central results store (never hides the task's own error)."""
@@ -138,6 +201,8 @@ class FederatedAnalysisOperator(BaseOperator):
         from mipflow.central.rounds import run_analysis
         from mipflow.exceptions import FederationError, RequestError
 
+        if self.request is None:
+            self.request = self._request_from_params(context)
         conn_ids = self._conn_ids()
         researcher = self.researcher or triggering_user(context)
         if not researcher:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 import json
 from typing import Any, Iterable, Mapping, Sequence
+from urllib.parse import quote
 
 from mipflow.central.report.plots import ratio_plot, result_plots
 from mipflow.central.report.readable import is_perturbed, ratio_table, result_title, result_warnings
@@ -69,7 +70,8 @@ def search_form(search: Mapping[str, str], algorithms: Sequence[str]) -> str:
 
 
 def index_page(runs: Sequence[Mapping[str, Any]], *, link: Any, search: Mapping[str, str] | None = None,
-               algorithms: Sequence[str] = (), total: int | None = None, new_analysis: str | None = None) -> str:
+               algorithms: Sequence[str] = (), total: int | None = None, new_analysis: str | None = None,
+               projects: str | None = None) -> str:
     """The list of analysis runs, titled by what they analysed, with a search form.
 
     Parameters
@@ -86,9 +88,12 @@ def index_page(runs: Sequence[Mapping[str, Any]], *, link: Any, search: Mapping[
         How many runs there are before the search (to say "3 of 10").
     new_analysis : str, optional
         URL of the "New analysis" page.
+    projects : str, optional
+        URL of the "Project members" page (given to admins only).
     """
-    nav = f'<nav class="top"><a id="new-analysis" href="{html.escape(new_analysis)}">New analysis</a></nav>' \
-        if new_analysis else ""
+    links = ([f'<a id="new-analysis" href="{html.escape(new_analysis)}">New analysis</a>'] if new_analysis else []) \
+        + ([f'<a id="project-members" href="{html.escape(projects)}">Project members</a>'] if projects else [])
+    nav = f'<nav class="top">{"".join(links)}</nav>' if links else ""
     form = search_form(search or {}, algorithms) if total else ""
     if not runs:
         empty = "No result matches the search." if total else "No analysis has been stored yet."
@@ -307,6 +312,51 @@ def sharing_html(doc: Mapping[str, Any], shares: Sequence[Mapping[str, Any]], *,
             f'<input type="hidden" name="kind" value="user"><label>Share with user '
             f'<input name="name" maxlength="128" required></label> <button type="submit">Share</button></form>'
             f'{by_project}</div>')
+
+
+def projects_page(projects: Mapping[str, Sequence[str]], *, add_action: str, remove_action: str, back: str,
+                  message: str = "", error: str = "") -> str:
+    """The admins' page of project members (ADR 0011 addendum): who belongs to each project at the
+    central site, and so reads the results shared with that project.
+
+    Parameters
+    ----------
+    projects : mapping
+        project -> its members (a project without members is listed too: it has results).
+    add_action, remove_action : str
+        Where the add and remove forms post (same-origin form posts).
+    back : str
+        URL of the results list.
+    message, error : str
+        What the last post did, or why it was refused.
+    """
+    notes = (f'<p class="bad" id="error">{html.escape(error)}</p>' if error else "") + (
+        f'<p id="message">{html.escape(message)}</p>' if message else "")
+    sections = []
+    for project, members in projects.items():
+        name = html.escape(project)
+        items = "".join(
+            f'<li class="member" data-project="{name}" data-member="{html.escape(m)}">{html.escape(m)} '
+            f'<form method="post" action="{html.escape(remove_action)}" style="display:inline">'
+            f'<input type="hidden" name="project" value="{name}"><input type="hidden" name="member" '
+            f'value="{html.escape(m)}"><button type="submit" class="remove">Remove</button></form></li>'
+            for m in members)
+        listing = f"<ul>{items}</ul>" if members else '<p class="muted">No members yet.</p>'
+        anchor = html.escape("project-" + quote(project, safe=""))
+        sections.append(f'<section class="project" id="{anchor}" data-project="{name}"><h2>{name}</h2>{listing}'
+                        f'<form method="post" action="{html.escape(add_action)}" class="add-members">'
+                        f'<input type="hidden" name="project" value="{name}"><label>Add users '
+                        f'<input name="members" maxlength="2000" required placeholder="alice, bob"></label> '
+                        f'<button type="submit">Add</button></form></section>')
+    new_project = (f'<section id="new-project"><h2>Another project</h2>'
+                   f'<form method="post" action="{html.escape(add_action)}" class="add-members">'
+                   f'<label>Project <input name="project" maxlength="128" required></label> <label>Users '
+                   f'<input name="members" maxlength="2000" required placeholder="alice, bob"></label> '
+                   f'<button type="submit">Add</button></form></section>')
+    intro = ('<p>Members of a project read the results their owners shared with the project. Nodes keep '
+             'their own grants: membership here gives no access to any data.</p>')
+    return page("Project members", f'<p><a href="{html.escape(back)}">All results</a></p>' + notes + intro
+                + ("".join(sections) if sections else '<p class="muted">No project yet.</p>') + new_project)
 
 
 def result_page(doc: Mapping[str, Any], *, link: Any, back: str, airflow_run: str | None = None,
