@@ -46,10 +46,12 @@ import numpy as np
 from mipflow.algorithms.contract import Step
 from mipflow.algorithms.design import (
     INTERCEPT,
+    covariates_block,
     design_columns,
     design_matrix,
     level_counts,
     numeric_values,
+    reference_levels,
     select_design_columns,
     sum_level_counts,
 )
@@ -193,7 +195,8 @@ class LinearMixedModel(SpecAlgorithm):
                                    "than that")
             start = _theta(np.eye(q))  # statsmodels' start: cov_re / scale = I
             return Step(done=False, state={"phase": "fit", "columns": columns, "theta": start.tolist(),
-                                           "base": None, "iteration": 0, "finish": False})
+                                           "base": None, "iteration": 0, "finish": False,
+                                           "references": reference_levels(request.x, model, counts)})
         if state.get("phase") != "fit":
             raise RequestError(f"unknown phase {state.get('phase')!r}")
 
@@ -223,7 +226,7 @@ class LinearMixedModel(SpecAlgorithm):
         iteration = int(state["iteration"])
         converged = definite and decrement <= params["tol"]
         if state["finish"] or iteration >= params["maxiter"]:
-            return Step(done=True, result=self._result(request, params, state, fit, n, m, q, iteration,
+            return Step(done=True, result=self._result(request, model, params, state, fit, n, m, q, iteration,
                                                        bool(converged), decrement))
         trial = theta + direction
         if converged:  # one more (full) Newton step, the last: its error is about the square of this one's
@@ -235,7 +238,8 @@ class LinearMixedModel(SpecAlgorithm):
                                                 "direction": direction.tolist(), "alpha": 1.0}})
 
     @staticmethod
-    def _result(request: AnalysisRequest, params: dict, state: dict, fit: dict, n: int, m: int, q: int,
+    def _result(request: AnalysisRequest, model: DataModel, params: dict, state: dict, fit: dict, n: int, m: int,
+                q: int,
                 iterations: int, converged: bool, decrement: float) -> dict:
         from scipy import stats
 
@@ -261,6 +265,7 @@ class LinearMixedModel(SpecAlgorithm):
         return json_ready({
             "dependent_var": request.y[0],
             "indep_vars": columns,
+            "covariates": covariates_block(request.x, model, columns, state.get("references") or {}),
             "n_obs": n,
             "n_groups": m,
             "method": "REML" if reml else "ML",
