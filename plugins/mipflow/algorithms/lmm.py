@@ -156,6 +156,31 @@ class LinearMixedModel(SpecAlgorithm):
         """Patients among the rows (``min_row_count`` and ``nfilter_glm`` count them too)."""
         return _clusters(data, algorithm=self.name, ordered=False).n_clusters
 
+    #: What a node's :meth:`release_notes` flags mean, in the result (:meth:`result_notes`).
+    NOTES = MappingProxyType({
+        "single_visit": "contributes to the fixed effects and the random intercept only: its patients have one "
+                        "visit each (none has two visits at different times), which says nothing of the random "
+                        "slope's variance",
+    })
+
+    def release_notes(self, data: pd.DataFrame, request: AnalysisRequest, model: DataModel) -> dict[str, bool] | None:
+        """Round 0, at a node whose rows passed its controls (at least ``min_row_count`` patients):
+        ``{"single_visit": True}`` when a random slope is fitted and no patient of the selection has two
+        visits at different times (so the node's rows carry no information on the slope's variance),
+        else None.  One bit about all the node's selected patients, never a count (ADR 0041)."""
+        params = self.params(request, model)
+        if params["random_effects"] != "intercept_slope" or not len(data):
+            return None
+        clusters = _clusters(data, algorithm=self.name, ordered=False)
+        times = numeric_values(data[params["time"]])[clusters.order]
+        flat = np.maximum.reduceat(times, clusters.starts) == np.minimum.reduceat(times, clusters.starts)
+        return {"single_visit": True} if bool(np.all(flat)) else None
+
+    def result_notes(self, by_node: dict[str, dict[str, bool]]) -> list[str]:
+        """The result's ``notes``: one sentence per node and flag it released (:meth:`release_notes`)."""
+        return [f"Node {node} {self.NOTES[flag]}." for node, flags in sorted(by_node.items())
+                for flag, on in sorted((flags or {}).items()) if on and flag in self.NOTES]
+
     # -- local --------------------------------------------------------------------------
 
     def local_step(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
