@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 import statsmodels.api as sm
 
+from mipflow.algorithms.lmm import LinearMixedModel
 from mipflow.central.rounds import run_analysis
 from mipflow.node.home import NodeHome
 from mipflow.protocol.datamodel import DataModel, load_data_model
@@ -38,6 +39,7 @@ NUMERICAL = ("lefthippocampus", "righthippocampus", "leftamygdala", "minimentals
              "subjectage")
 LMM_RTOL = 1e-8
 TIME = "timesincebaseline"
+ALGO_NOTES = LinearMixedModel.NOTES
 
 
 @dataclass
@@ -218,3 +220,61 @@ def test_masked_equals_plain_and_the_central_sees_only_masked_vectors(federation
                           ("cov_re", reference.cov_re), ("scale", reference.scale), ("llf", reference.llf)):
         worst = max(worst, assert_rel_close(secure.result[key], expected, rel=LMM_RTOL, floor=1e-12, what=key))
     SUMMARY.record("linear_mixed_model (masked)", worst, f"{'slope' if slope else 'intercept'}.{method}")
+
+
+# --------------------------------------------------------------------------- a node of single-visit patients
+
+
+@pytest.fixture(scope="module")
+def single_visit_federation(tmp_path_factory, shared_dir: Path) -> Iterator[Federation]:
+    """The three CSVs, the last node's reduced to its patients' baseline visits: one visit each."""
+    source = shared_dir / "data" / FOLDER
+    folder = tmp_path_factory.mktemp("lmm_single_visit_data")
+    (folder / "CDEsMetadata.json").write_text((source / "CDEsMetadata.json").read_text())
+    for i, dataset in enumerate(DATASETS):
+        frame = pd.read_csv(source / f"{dataset}.csv", dtype=str)
+        if i == len(DATASETS) - 1:
+            frame = frame[frame["visitid"] == "BL"]
+        frame.to_csv(folder / f"{dataset}.csv", index=False)
+    model = load_data_model(folder / "CDEsMetadata.json")
+    roots, raw = csv_nodes(tmp_path_factory.mktemp("lmm_single"), "node_s", folder, DATASETS, model,
+                           differencing_check=0)
+    for var in NUMERICAL:
+        raw[var] = pd.to_numeric(raw[var])
+    with served_clients(roots) as served:
+        yield Federation(roots=roots, clients=list(served.values()), raw=raw, model=model)
+
+
+@pytest.mark.parametrize("slope", [pytest.param(True, id="slope"), pytest.param(False, id="intercept")])
+def test_a_node_of_single_visit_patients_is_named_and_the_fit_is_pooled(single_visit_federation: Federation,
+                                                                         slope) -> None:
+    """A random slope: the node whose patients have one visit each says so (a flag beside its masked
+    aggregates, after its patients passed min_row_count), the result names it and the results page
+    shows it; the fit still equals the converged pooled MixedLM.  A random intercept: no note."""
+    fed = single_visit_federation
+    y, x = "lefthippocampus", ["subjectage", TIME]
+    single = list(fed.roots)[-1]
+    assert fed.raw[fed.raw["dataset"] == DATASETS[-1]]["subjectid"].is_unique  # the data are as meant
+    extra = {"random_effects": "intercept_slope", "time": TIME} if slope else {}
+    outcome = fed.run(request(y, x, method="reml", **extra))
+    assert not outcome.excluded and outcome.secure_aggregation["enabled"] is True
+    ours = outcome.result
+    if slope:
+        assert ours["notes"] == [f"Node {single} {ALGO_NOTES['single_visit']}."]
+        assert all(node not in ours["notes"][0] for node in list(fed.roots)[:-1])
+        from mipflow.central.report.readable import result_warnings
+
+        warnings = result_warnings({"status": "succeeded", "result": ours})
+        assert [w.kind for w in warnings] == ["partial"] and single in warnings[0].text
+        assert "one visit each" in warnings[0].text
+    else:
+        assert "notes" not in ours
+    model, names = pooled_model(fed.raw, y, x, slope)
+    reference, _ = converged_reference(model, True)
+    assert ours["indep_vars"] == names and ours["n_groups"] == model.n_groups and ours["converged"] is True
+    worst = 0.0
+    for key, expected in (("coefficients", reference.fe_params), ("stderr", reference.bse_fe),
+                          ("cov_re", reference.cov_re), ("scale", reference.scale), ("llf", reference.llf),
+                          ("cov_re_stderr", reference.bse_re)):
+        worst = max(worst, assert_rel_close(ours[key], expected, rel=LMM_RTOL, floor=1e-12, what=key))
+    SUMMARY.record("linear_mixed_model (a single-visit node)", worst, "slope.reml" if slope else "intercept.reml")

@@ -205,3 +205,46 @@ def select_design_columns(
                 if level not in present[1:]:
                     keep.discard(f"{code}[{level}]")
     return [c for c in design_columns(x, model, intercept=intercept) if c in keep]
+
+
+def reference_levels(x: Sequence[str], model: DataModel, counts: Mapping[str, Sequence[int]]) -> dict[str, str]:
+    """Each nominal covariate's reference level in :func:`select_design_columns`' coding: the first
+    level (sorted) present in the pooled level counts."""
+    out: dict[str, str] = {}
+    for code in x:
+        var = model.variable(code)
+        if var.is_categorical:
+            levels = sorted_levels(var)
+            present = [lvl for lvl, c in zip(levels, counts.get(code, [0] * len(levels))) if c > 0]
+            if present:
+                out[code] = present[0]
+    return out
+
+
+def covariates_block(x: Sequence[str], model: DataModel, columns: Sequence[str],
+                     references: Mapping[str, str]) -> list[dict[str, Any]]:
+    """What a regression result says of its covariates, from the data model and the chosen coding
+    only (no row): for readers and the results pages' plots (fitted trajectories by group).
+
+    Returns
+    -------
+    list of dict
+        Per covariate in ``x`` order: ``{"code", "type": "nominal", "reference", "levels"}`` (the
+        reference first, then the levels with a design column) or ``{"code", "type": "numerical",
+        "range"}`` (the data model's declared ``[min, max]``, or None), and ``"label"``.
+    """
+    out: list[dict[str, Any]] = []
+    present = set(columns)
+    for code in x:
+        var = model.variable(code)
+        if var.is_categorical:
+            reference = references.get(code)
+            levels = ([reference] if reference is not None else []) + [
+                lvl for lvl in sorted_levels(var) if f"{code}[{lvl}]" in present]
+            out.append({"code": code, "label": var.label, "type": "nominal", "reference": reference,
+                        "levels": levels})
+        else:
+            declared = var.min_value is not None and var.max_value is not None
+            out.append({"code": code, "label": var.label, "type": "numerical",
+                        "range": [float(var.min_value), float(var.max_value)] if declared else None})
+    return out

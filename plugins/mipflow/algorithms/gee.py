@@ -43,10 +43,12 @@ import numpy as np
 from mipflow.algorithms.contract import Step
 from mipflow.algorithms.design import (
     category_codes,
+    covariates_block,
     design_columns,
     design_matrix,
     level_counts,
     numeric_values,
+    reference_levels,
     select_design_columns,
     sum_level_counts,
 )
@@ -212,7 +214,8 @@ class Gee(SpecAlgorithm):
                 raise RequestError(f"gee with {len(columns)} coefficients needs more rows than that")
             ybar = math.fsum(float(a["sum_y"]) for a in aggregates) / n
             return Step(done=False, state={"phase": "glm", "columns": columns, "ybar": ybar, "beta": None,
-                                           "deviance": [], "glm_iterations": 0})
+                                           "deviance": [], "glm_iterations": 0,
+                                           "references": reference_levels(request.x, model, counts)})
         p = len(state["columns"])
 
         def total(key: str) -> np.ndarray:
@@ -247,7 +250,7 @@ class Gee(SpecAlgorithm):
                                                 else "mean"})
             return Step(done=False, state={**nxt, "phase": "assoc"})
         if phase == "final":
-            return Step(done=True, result=self._result(request, params, state, total, n, m))
+            return Step(done=True, result=self._result(request, model, params, state, total, n, m))
         raise RequestError(f"unknown phase {phase!r}")
 
     @staticmethod
@@ -257,10 +260,11 @@ class Gee(SpecAlgorithm):
         return {"phase": "mean", "columns": state["columns"], "beta": state["beta"],
                 "dep": None if params["cov_struct"] == "independence" else 0.0,
                 "iteration": 0, "assoc_updates": 0, "score_norm": None,
-                "glm_iterations": state["glm_iterations"]}
+                "glm_iterations": state["glm_iterations"], "references": state.get("references") or {}}
 
     @staticmethod
-    def _result(request: AnalysisRequest, params: dict, state: dict, total: Any, n: int, m: int) -> dict:
+    def _result(request: AnalysisRequest, model: DataModel, params: dict, state: dict, total: Any, n: int,
+                m: int) -> dict:
         from scipy import stats
 
         columns = state["columns"]
@@ -282,6 +286,7 @@ class Gee(SpecAlgorithm):
         return json_ready({
             "dependent_var": request.y[0],
             "indep_vars": columns,
+            "covariates": covariates_block(request.x, model, columns, state.get("references") or {}),
             "n_obs": n,
             "n_clusters": m,
             "family": params["family"],

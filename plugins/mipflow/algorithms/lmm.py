@@ -46,10 +46,12 @@ import numpy as np
 from mipflow.algorithms.contract import Step
 from mipflow.algorithms.design import (
     INTERCEPT,
+    covariates_block,
     design_columns,
     design_matrix,
     level_counts,
     numeric_values,
+    reference_levels,
     select_design_columns,
     sum_level_counts,
 )
@@ -154,6 +156,31 @@ class LinearMixedModel(SpecAlgorithm):
         """Patients among the rows (``min_row_count`` and ``nfilter_glm`` count them too)."""
         return _clusters(data, algorithm=self.name, ordered=False).n_clusters
 
+    #: What a node's :meth:`release_notes` flags mean, in the result (:meth:`result_notes`).
+    NOTES = MappingProxyType({
+        "single_visit": "contributes to the fixed effects and the random intercept only: its patients have one "
+                        "visit each (none has two visits at different times), which says nothing of the random "
+                        "slope's variance",
+    })
+
+    def release_notes(self, data: pd.DataFrame, request: AnalysisRequest, model: DataModel) -> dict[str, bool] | None:
+        """Round 0, at a node whose rows passed its controls (at least ``min_row_count`` patients):
+        ``{"single_visit": True}`` when a random slope is fitted and no patient of the selection has two
+        visits at different times (so the node's rows carry no information on the slope's variance),
+        else None.  One bit about all the node's selected patients, never a count (ADR 0041)."""
+        params = self.params(request, model)
+        if params["random_effects"] != "intercept_slope" or not len(data):
+            return None
+        clusters = _clusters(data, algorithm=self.name, ordered=False)
+        times = numeric_values(data[params["time"]])[clusters.order]
+        flat = np.maximum.reduceat(times, clusters.starts) == np.minimum.reduceat(times, clusters.starts)
+        return {"single_visit": True} if bool(np.all(flat)) else None
+
+    def result_notes(self, by_node: dict[str, dict[str, bool]]) -> list[str]:
+        """The result's ``notes``: one sentence per node and flag it released (:meth:`release_notes`)."""
+        return [f"Node {node} {self.NOTES[flag]}." for node, flags in sorted(by_node.items())
+                for flag, on in sorted((flags or {}).items()) if on and flag in self.NOTES]
+
     # -- local --------------------------------------------------------------------------
 
     def local_step(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
@@ -193,7 +220,8 @@ class LinearMixedModel(SpecAlgorithm):
                                    "than that")
             start = _theta(np.eye(q))  # statsmodels' start: cov_re / scale = I
             return Step(done=False, state={"phase": "fit", "columns": columns, "theta": start.tolist(),
-                                           "base": None, "iteration": 0, "finish": False})
+                                           "base": None, "iteration": 0, "finish": False,
+                                           "references": reference_levels(request.x, model, counts)})
         if state.get("phase") != "fit":
             raise RequestError(f"unknown phase {state.get('phase')!r}")
 
@@ -223,7 +251,7 @@ class LinearMixedModel(SpecAlgorithm):
         iteration = int(state["iteration"])
         converged = definite and decrement <= params["tol"]
         if state["finish"] or iteration >= params["maxiter"]:
-            return Step(done=True, result=self._result(request, params, state, fit, n, m, q, iteration,
+            return Step(done=True, result=self._result(request, model, params, state, fit, n, m, q, iteration,
                                                        bool(converged), decrement))
         trial = theta + direction
         if converged:  # one more (full) Newton step, the last: its error is about the square of this one's
@@ -235,7 +263,8 @@ class LinearMixedModel(SpecAlgorithm):
                                                 "direction": direction.tolist(), "alpha": 1.0}})
 
     @staticmethod
-    def _result(request: AnalysisRequest, params: dict, state: dict, fit: dict, n: int, m: int, q: int,
+    def _result(request: AnalysisRequest, model: DataModel, params: dict, state: dict, fit: dict, n: int, m: int,
+                q: int,
                 iterations: int, converged: bool, decrement: float) -> dict:
         from scipy import stats
 
@@ -261,6 +290,7 @@ class LinearMixedModel(SpecAlgorithm):
         return json_ready({
             "dependent_var": request.y[0],
             "indep_vars": columns,
+            "covariates": covariates_block(request.x, model, columns, state.get("references") or {}),
             "n_obs": n,
             "n_groups": m,
             "method": "REML" if reml else "ML",

@@ -179,6 +179,7 @@ def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequen
         modes: dict[str, Any] = {}  # study mode (ADR 0028)
         noise_labels: dict[str, list[dict[str, Any]]] = {}  # differential privacy (ADR 0015)
         dropped_by: dict[str, int | None] = {}  # longitudinal transformer: patients dropped per node
+        node_notes: dict[str, dict[str, bool]] = {}  # round 0: the algorithm's flags per node (ADR 0041)
         dropped = False
 
         def finish(step: Any, rounds: int, stopped: dict[str, Any]) -> AnalysisOutcome:
@@ -191,6 +192,9 @@ def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequen
             result = {**step.result, "privacy": privacy} if privacy else step.result
             if parsed.longitudinal is not None:  # the transformation applied says so too (ADR 0034)
                 result = {**result, "longitudinal_transformer": result_block(parsed.longitudinal, rows, dropped_by)}
+            notes = {name: flags for name, flags in node_notes.items() if name in rows}
+            if notes and hasattr(algorithm, "result_notes"):  # e.g. a node without slope information
+                result = {**result, "notes": [*result.get("notes", []), *algorithm.result_notes(notes)]}
             return AnalysisOutcome(algorithm=algorithm_name, request=request_doc, result=result,
                                    contributed=rows, excluded=excluded, rounds=rounds,
                                    datasets={n: dataset_rows.get(n, {}) for n in rows},
@@ -238,6 +242,7 @@ def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequen
                 modes = {name: reply["mode"] for name, reply in replies.items() if reply.get("mode")}
                 dropped_by = {name: (reply.get("longitudinal") or {}).get("patients_dropped")
                               for name, reply in replies.items()}
+                node_notes = {name: dict(reply["notes"]) for name, reply in replies.items() if reply.get("notes")}
             aggregates = [replies[n.name]["aggregates"] for n in active]
             for name, reply in replies.items():
                 if reply.get("privacy"):

@@ -278,3 +278,25 @@ def test_a_postgresql_nodes_patient_digest_serves_as_the_patient():
     assert_rel_close(digested["coefficients"], ours["coefficients"], rel=1e-9, what="coefficients")
     with pytest.raises(RequestError, match="patient identity"):
         run_in_process(get_algorithm("gee"), [postgres_like], request(x=["x1"], y=["y"]), MODEL_LONG)
+
+
+@pytest.mark.parametrize("visits, slope, expected", [
+    pytest.param("one", True, {"single_visit": True}, id="one-visit-each"),
+    pytest.param("same-time", True, {"single_visit": True}, id="two-visits-at-one-time"),
+    pytest.param("several", True, None, id="several-visits"),
+    pytest.param("one", False, None, id="random-intercept-only"),
+])
+def test_release_notes_flag_a_node_without_slope_information(visits, slope, expected):
+    """One bit about all the node's patients: no patient has two visits at different times."""
+    rows = DATA.sort_values(["_pid", "_visit"])
+    if visits == "one":
+        rows = rows.drop_duplicates("_pid")
+    elif visits == "same-time":
+        first = rows.drop_duplicates("_pid")
+        rows = pd.concat([first, first.assign(_visit="V9", y=first["y"] + 1.0)], ignore_index=True)
+    req = requested(slope, True, ["x1", "time"] if slope else ["x1"])
+    data = prepare_local_data(ALGO, rows.reset_index(drop=True), req)
+    assert ALGO.release_notes(data, req, MODEL_LONG) == expected
+    if expected:
+        assert ALGO.result_notes({"n1": expected, "n2": {"single_visit": False}}) == [
+            "Node n1 " + ALGO.NOTES["single_visit"] + "."]

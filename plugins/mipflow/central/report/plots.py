@@ -21,14 +21,14 @@ def _svg(fig: Any) -> str:
     return text[text.index("<svg"):]  # drop the XML prolog and DOCTYPE: inline in HTML
 
 
-def _figure(width: float = 6.4, height: float = 3.6) -> tuple[Any, Any]:
+def _figure(width: float = 6.4, height: float = 3.6, **subplots: Any) -> tuple[Any, Any]:
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     plt.rcParams["svg.hashsalt"] = "mipflow"  # stable element ids
-    return plt.subplots(figsize=(width, height))
+    return plt.subplots(figsize=(width, height), **subplots)
 
 
 def _finite(values: Sequence[Any]) -> list[float]:
@@ -209,7 +209,125 @@ def scree_plot(result: Mapping[str, Any]) -> str | None:
     return _svg(fig)
 
 
+#: Words that mark a numerical covariate as the time axis of a GEE's (or a random-intercept model's)
+#: fitted trajectories, when the result names no time variable among its covariates.
+TIME_WORDS = ("time", "visit", "year", "month", "week", "day", "follow")
+#: Points along the time axis of a fitted trajectory (straight lines on the linear scale).
+TRAJECTORY_POINTS = 50
+#: The fitted mean from the linear predictor, by the result's ``link`` (GEE; a mixed model is linear).
+INVERSE_LINKS = {"identity": lambda eta: eta, "logit": lambda eta: 1.0 / (1.0 + math.exp(-eta)),
+                 "log": lambda eta: math.exp(min(eta, 700.0))}
+
+
+def _is_longitudinal(result: Mapping[str, Any]) -> bool:
+    return "random_effects" in result or "cov_struct" in result
+
+
+def _time_covariate(result: Mapping[str, Any], covariates: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The numerical covariate on the time axis: the result's ``time`` (the mixed model's random
+    slope) when it is a covariate, else the first numerical covariate named like a time."""
+    numerical = [c for c in covariates if c.get("type") == "numerical" and c.get("code") in result["indep_vars"]]
+    named = result.get("time")
+    chosen = next((c for c in numerical if c["code"] == named), None)
+    if chosen is None:
+        chosen = next((c for c in numerical if any(w in str(c["code"]).lower() for w in TIME_WORDS)), None)
+    return chosen
+
+
+def trajectory_plot(result: Mapping[str, Any]) -> str | None:
+    """Fitted trajectories by group (``gee``, ``linear_mixed_model``): the model's fitted mean over the
+    time covariate, one line per level of the first nominal covariate, from the coefficients and the
+    result's ``covariates`` block only (no row).  The other covariates are held at values the caption
+    names: nominal ones at their reference level, numerical ones at 0 (the result carries no means
+    and says nothing of centring).  None without a time covariate among the fixed effects."""
+    names, coef, covariates = result.get("indep_vars"), result.get("coefficients"), result.get("covariates")
+    if not (_is_longitudinal(result) and isinstance(names, list) and isinstance(coef, list)
+            and len(names) == len(coef) and isinstance(covariates, list)):
+        return None
+    time = _time_covariate(result, covariates)
+    inverse = INVERSE_LINKS.get(str(result.get("link") or "identity"))
+    if time is None or inverse is None:
+        return None
+    beta = dict(zip(names, _finite(coef)))
+    group = next((c for c in covariates if c.get("type") == "nominal" and len(c.get("levels") or []) > 1), None)
+    span = time.get("range")
+    if isinstance(span, list) and len(span) == 2 and all(is_number(v) for v in span) and span[1] > span[0]:
+        low, high, span_text = float(span[0]), float(span[1]), "its range in the data model"
+    else:
+        low, high, span_text = 0.0, 1.0, "0 to 1 (the data model declares no range)"
+    held = []
+    for c in covariates:
+        if c is time or c is group:
+            continue
+        if c.get("type") == "nominal":
+            held.append(f"{c['code']} at its reference level {c.get('reference')}")
+        else:
+            held.append(f"{c['code']} = 0")
+    ts = [low + (high - low) * i / (TRAJECTORY_POINTS - 1) for i in range(TRAJECTORY_POINTS)]
+    base = beta.get("Intercept", 0.0)
+    levels = list(group["levels"]) if group is not None else [None]
+    fig, ax = _figure(6.4, 3.9)
+    for level in levels:
+        shift = 0.0 if level is None else beta.get(f"{group['code']}[{level}]", 0.0)  # the reference: 0
+        values = [inverse(base + shift + beta[time["code"]] * t) for t in ts]
+        label = "all" if level is None else f"{group['code']} = {level}"
+        line, = ax.plot(ts, values, label=label)
+        line.set_gid(f"trajectory-{level if level is not None else 'all'}")
+    y = result.get("dependent_var", "y")
+    ax.set_xlabel(str(time["code"]))
+    ax.set_ylabel(f"fitted mean of {y}")
+    ax.set_title(f"{y}: fitted trajectories" + (f" by {group['code']}" if group is not None else ""))
+    if group is not None:
+        ax.legend(fontsize=8)
+    caption = (f"Fitted mean of {y} (fixed effects) over {time['code']}, {span_text}"
+               + (f", one line per level of {group['code']}" if group is not None else "")
+               + ". Other covariates: " + ("; ".join(held) if held else "none")
+               + ("" if not held else " (they shift every line alike on the linear scale)") + ".")
+    fig.text(0.0, -0.02, caption, ha="left", va="top", fontsize=7.5, wrap=True, color="#444")
+    return _svg(fig)
+
+
+def variance_plot(result: Mapping[str, Any]) -> str | None:
+    """``linear_mixed_model``: the variance components as bars with their values (random intercept,
+    random slope, residual), and the random effects' correlation beside them (with a slope)."""
+    cov, names = result.get("cov_re"), result.get("random_effects")
+    scale = result.get("scale")
+    if not (isinstance(cov, list) and isinstance(names, list) and len(cov) == len(names) and names
+            and is_number(scale)):
+        return None
+    matrix = [_finite(row) for row in cov]
+    labels = [f"{'random intercept' if i == 0 else f'random slope ({n})'}" for i, n in enumerate(names)]
+    values = [matrix[i][i] for i in range(len(names))]
+    labels.append("residual")
+    values.append(float(scale))
+    correlation = None
+    if len(names) == 2 and values[0] > 0 and values[1] > 0:
+        correlation = matrix[0][1] / math.sqrt(values[0] * values[1])
+    if correlation is not None:
+        fig, (ax, right) = _figure(7.2, 3.4, ncols=2, gridspec_kw={"width_ratios": [3, 1]})
+    else:
+        fig, ax = _figure(5.2, 3.4)
+    bars = ax.bar(labels, values, color=["#4c8bc4"] * (len(labels) - 1) + ["#9a9a9a"])
+    ax.bar_label(bars, labels=[f"{v:.4g}" for v in values], fontsize=8)
+    ax.set_ylabel("variance")
+    ax.set_title("Variance components")
+    ax.tick_params(axis="x", labelsize=8)
+    if correlation is not None:
+        bar = right.bar(["correlation"], [correlation], color="#c44e52")
+        right.bar_label(bar, labels=[f"{correlation:.3f}"], fontsize=8)
+        right.set_ylim(-1.05, 1.05)
+        right.axhline(0, color="#888", linewidth=0.8)
+        right.set_title("intercept x slope")
+    caption = (f"Variances of the random effects per patient and of the residual ({result.get('method', '')}); "
+               + ("their correlation on the right" if correlation is not None else "a random intercept only")
+               + (" (on the boundary: a variance of 0 or a correlation of +-1)" if result.get("boundary") else "")
+               + ".")
+    fig.text(0.0, -0.02, caption, ha="left", va="top", fontsize=7.5, wrap=True, color="#444")
+    return _svg(fig)
+
+
 def result_plots(result: Mapping[str, Any]) -> list[str]:
     """Every plot that fits the result's shape, as inline SVG strings."""
-    plots = [coefficient_plot(result), correlation_heatmap(result), survival_plot(result), scree_plot(result)]
+    plots = [coefficient_plot(result), trajectory_plot(result), variance_plot(result), correlation_heatmap(result),
+             survival_plot(result), scree_plot(result)]
     return [p for p in plots if p] + histogram_plots(result)

@@ -79,7 +79,8 @@ class Warning:
 
     ``kind``: ``noise`` (perturbed, approximate numbers), ``left_out`` (a node did not contribute),
     ``bins`` (times merged or a single bin), ``approximate`` (an approximation of the exact
-    analysis), ``stopped`` (ended before converging on every round).
+    analysis), ``stopped`` (ended before converging on every round), ``partial`` (a node contributed
+    to part of the model only, as the result's ``notes`` say).
     """
 
     kind: str
@@ -148,6 +149,9 @@ def result_warnings(doc: Mapping[str, Any]) -> list[Warning]:
     if isinstance(result, Mapping) and result.get("approximate") is True:
         out.append(Warning("approximate", "Approximation: " + str(result.get("note") or
                                                                 "the federated result approximates the pooled one")))
+    notes = result.get("notes") if isinstance(result, Mapping) else None
+    for note in notes if isinstance(notes, list) else []:
+        out.append(Warning("partial", str(note)))
     if doc.get("stopped"):
         from mipflow.central.report.pages import stopped_text
 

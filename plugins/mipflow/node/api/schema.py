@@ -177,6 +177,9 @@ class StepReply(BaseModel):
     longitudinal: dict[str, int | None] | None = Field(
         None, description="longitudinal transformer: patients_dropped, or null when under the node's thresholds "
                           "(absent without a transformer; ADR 0034)")
+    notes: dict[str, bool] | None = Field(
+        None, description="round 0: the algorithm's flags about the node's rows, e.g. linear_mixed_model's "
+                          "single_visit (absent when none; ADR 0041)")
 
 
 class Refusal(BaseModel):

@@ -150,6 +150,7 @@ class StepWork:
     study: Any = None  # the study selection answering the request (study mode, ADR 0028)
     explore: Any = None  # the admitted explore step (explore mode, ADR 0032)
     dropped: int | None = None  # longitudinal transformer: patients dropped, when released (ADR 0034)
+    notes: dict[str, bool] | None = None  # round 0: the algorithm's flags about the rows (ADR 0041)
     #: the request narrowed to the datasets the grants cover, when that is fewer (rows are read for it)
     covered: Any = None
 
@@ -361,6 +362,9 @@ def run_local_step(request: StepRequest, context: StepContext, work: StepWork) -
     with _reading_the_state(request):
         work.aggregates = work.algo.local_step(request.round, work.data, request.analysis, work.model,
                                                work.state)
+    notes = getattr(work.algo, "release_notes", None)
+    if request.round == 0 and notes is not None:  # after check_rows: the patients passed min_row_count
+        work.notes = notes(work.data, request.analysis, work.model)
 
 
 def check_partition(request: StepRequest, context: StepContext, work: StepWork) -> None:
@@ -581,7 +585,9 @@ def answer_step(context: StepContext, client: str, algorithm: str, raw: bytes, *
             "tags": work.tags, "chain": work.chain,
             **({"mode": work.study.study.mode} if work.study is not None else
                {"mode": work.explore.mode} if work.explore is not None else {}),
-            **({"longitudinal": longitudinal_release(work)} if request.analysis.longitudinal is not None else {})}
+            **({"longitudinal": longitudinal_release(work)} if request.analysis.longitudinal is not None else {}),
+            # an exact flag beside noisy aggregates would be an exact release: none then (ADR 0041)
+            **({"notes": work.notes} if work.notes and not work.record.get("dp") else {})}
 
 
 def longitudinal_release(work: StepWork) -> dict[str, Any]:
