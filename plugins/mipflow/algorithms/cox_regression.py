@@ -112,6 +112,7 @@ from mipflow.algorithms.survival import (
     rebin,
     request_level,
     request_points,
+    leaving_series,
     shape_release,
 )
 from mipflow.exceptions import RequestError
@@ -178,6 +179,8 @@ class CoxRegression(SpecAlgorithm):
             events, censored = grid_counts(index, event, len(grid))
             counts = level_counts(data, request.x, model)
             out = {"n": len(data), "events": events.tolist(), "censored": censored.tolist(),
+                   # per level of the event variable: the merge's input, never released (ADR 0008)
+                   "series": leaving_series(index, data, request, model, grid),
                    "group_counts": [int(v) for v in (*events, *censored)],
                    "level_counts": counts, "group_n": [c for code in request.x for c in counts.get(code, [])],
                    "moments": compute_moments(rows["design"]).to_dict(),
@@ -222,17 +225,20 @@ class CoxRegression(SpecAlgorithm):
         return {**out, "loglik": loglik, "score": score.tolist(),
                 "information": information[upper_a, upper_b].tolist()}
 
-    def coarsen_for_release(self, round: int, aggregates: dict, min_count: int) -> dict:
+    def coarsen_for_release(self, round: int, aggregates: dict, min_count: int, bin_count: int | None = None) -> dict:
         """Round 0 (node disclosure controls): merge fine time bins until no count is in ``(0, min_count)``
         (the canonical release), coarsen them to the request's grid at their merged ends and cut them at
         ``max_time`` (:func:`~mipflow.algorithms.survival.shape_release`, as Kaplan-Meier's): a function
         of the canonical release, whose counts are checked too (``cell_n``, not sent)."""
+        series = aggregates.get("series")
+        aggregates = {k: v for k, v in aggregates.items() if k != "series"}  # node-only, never released
         if round != 0 or "ends" in aggregates:
             return aggregates
         rest = {k: v for k, v in aggregates.items() if k not in (POINTS_KEY, FOLLOW_UP_KEY, LEVEL_KEY)}
-        (shaped,), canonical = shape_release([{"events": aggregates["events"], "censored": aggregates["censored"]}],
+        (shaped,), canonical = shape_release([{"events": aggregates["events"], "censored": aggregates["censored"],
+                                               "series": series}],
                                              min_count, aggregates.get(POINTS_KEY), aggregates.get(FOLLOW_UP_KEY),
-                                             int(aggregates.get(LEVEL_KEY, 1)))
+                                             int(aggregates.get(LEVEL_KEY, 1)), bin_count)
         return {**rest, "ends": shaped["ends"], "events": shaped["events"], "censored": shaped["censored"],
                 "group_counts": [*shaped["events"], *shaped["censored"]], "cell_n": canonical}
 

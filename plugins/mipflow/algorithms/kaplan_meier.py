@@ -77,6 +77,7 @@ from mipflow.algorithms.survival import (
     released_cells,
     request_level,
     request_points,
+    leaving_series,
     shape_release,
 )
 from mipflow.exceptions import RequestError
@@ -175,7 +176,9 @@ class KaplanMeier(SpecAlgorithm):
         for level in levels:
             mask = np.ones(len(data), dtype=bool) if codes is None else codes == level
             events, censored = grid_counts(index[mask], event[mask], len(fine))
-            groups.append({"level": level, "events": events.tolist(), "censored": censored.tolist()})
+            # per level of the event variable: the merge's input, never released (ADR 0008)
+            groups.append({"level": level, "events": events.tolist(), "censored": censored.tolist(),
+                           "series": leaving_series(index, data, request, model, fine, mask)})
         # Fine counts: without coarsen_for_release a node refuses them (group_counts)
         out = {"group_n": [int(sum(g["events"]) + sum(g["censored"])) for g in groups],
                "groups": groups, "group_counts": released_cells(groups),
@@ -187,7 +190,7 @@ class KaplanMeier(SpecAlgorithm):
             out[FOLLOW_UP_KEY] = request_points(time_var, params["bin_width"], params["max_time"])[-1]
         return out
 
-    def coarsen_for_release(self, round: int, aggregates: dict, min_count: int) -> dict:
+    def coarsen_for_release(self, round: int, aggregates: dict, min_count: int, bin_count: int | None = None) -> dict:
         """Merge fine time bins until no count is in ``(0, min_count)`` (run by the node's disclosure
         controls: the canonical release, :func:`~mipflow.algorithms.survival.canonical_bins`), coarsen
         them to the request's grid at their merged ends of the request's level
@@ -201,7 +204,7 @@ class KaplanMeier(SpecAlgorithm):
         points = aggregates.get(POINTS_KEY)
         rest = {k: v for k, v in aggregates.items() if k not in (FOLLOW_UP_KEY, POINTS_KEY, LEVEL_KEY)}
         shaped, canonical = shape_release(aggregates["groups"], min_count, points, last,
-                                          int(aggregates.get(LEVEL_KEY, 1)))
+                                          int(aggregates.get(LEVEL_KEY, 1)), bin_count)
         return {**rest, "groups": shaped, "group_counts": released_cells(shaped), "cell_n": canonical}
 
     # -- privacy capabilities (mipflow.algorithms.contract) ------------------------------------

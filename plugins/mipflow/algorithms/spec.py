@@ -294,8 +294,10 @@ class SpecAlgorithm:
         """
         return None
 
-    def coarsen_for_release(self, round: int, aggregates: dict, min_count: int) -> dict:
-        """The node's ``aggregates`` coarsened until no count is in ``(0, min_count)`` (default: as is).
+    def coarsen_for_release(self, round: int, aggregates: dict, min_count: int, bin_count: int | None = None) -> dict:
+        """The node's ``aggregates`` coarsened until no count is in ``(0, min_count)`` (default: as is);
+        ``bin_count`` (the node setting :attr:`bin_count_setting` names, when above ``min_count``): the
+        count each time bin must hold, its bins a coarsening of the ``min_count`` ones.
 
         Run by the node's disclosure controls before their checks, which still run.
         """

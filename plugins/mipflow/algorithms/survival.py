@@ -482,20 +482,26 @@ def canonical_bins(events: Sequence[int], censored: Sequence[int], min_count: in
     return ends, events_out, censored_out, levels
 
 
-def cohort_bins(groups: Sequence[Mapping[str, Any]], min_count: int) -> tuple[list[int], list[int]]:
+def cohort_bins(groups: Sequence[Mapping[str, Any]], min_count: int, bin_count: int | None = None
+                ) -> tuple[list[int], list[int]]:
     """The bins one standard-mode release of a cohort's groups shares (ADR 0008, "one partition per
     cohort"): nested coarsenings of one another, each a function of the cohort's rows and the request's
-    event and grouping only:
+    event variable and grouping only:
 
     1. ``L``: :func:`nested_bins` of the rows leaving follow-up (events and censorings of every group
        together), the same whatever the event variable, its level or the grouping;
-    2. ``P``: ``L``'s bins merged until the cohort's events and censorings (the groups summed) are each
-       zero or at least ``min_count``: the ungrouped release's bins, the same whatever the grouping;
-    3. with two or more groups, ``P``'s bins merged until every group's events and censorings are,
-       **shared by all the groups**.
+    2. ``P``: ``L``'s bins merged until the cohort's count of **every level of the event variable** (and
+       of the rows followed beyond the grid) is zero or at least ``min_count`` (each group's ``series``,
+       :func:`leaving_series`; without them, its events and censorings): the ungrouped release's bins,
+       the same whatever the grouping and whichever level is the event (a level's censorings are the
+       other series summed);
+    3. with two or more groups, ``P``'s bins merged until every group's series are, **shared by all
+       the groups of the release**;
+    4. with ``bin_count`` above ``min_count`` (Cox regression: ``min_row_count``, ADR 0046), those bins
+       merged further until every count is zero or at least ``bin_count``: a coarsening of the above.
 
     So the cumulative counts of a cohort that any two releases give (summed over their groups) are at
-    ends of ``P`` (of ``L`` across event definitions), and the difference of two is a sum of ``P``'s
+    ends of ``P`` (of ``L`` across event variables), and the difference of two is a sum of ``P``'s
     (``L``'s) counts; and within a release, a group's complement (the cohort less the group) has the
     group's ends too.  The empty bins after the last rows are merged into the last bin with rows.
 
@@ -504,15 +510,39 @@ def cohort_bins(groups: Sequence[Mapping[str, Any]], min_count: int) -> tuple[li
     events = [np.asarray(g["events"], dtype=np.int64) for g in groups]
     censored = [np.asarray(g["censored"], dtype=np.int64) for g in groups]
     total_events, total_censored = np.sum(events, axis=0), np.sum(censored, axis=0)
+    if all(g.get("series") is not None for g in groups):
+        series = [[np.asarray(v, dtype=np.int64) for v in g["series"]] for g in groups]
+    else:
+        series = [[e, c] for e, c in zip(events, censored)]
+    totals = [np.sum(column, axis=0) for column in zip(*series)]
     ends, levels = nested_bins([total_events + total_censored], min_count)
-    ends, levels = nested_bins([total_events, total_censored], min_count, allowed=ends)
+    ends, levels = nested_bins(totals, min_count, allowed=ends)
     if len(groups) > 1:
-        ends, levels = nested_bins([*events, *censored], min_count, allowed=ends)
+        ends, levels = nested_bins([v for g in series for v in g], min_count, allowed=ends)
+    if bin_count is not None and bin_count > min_count:
+        ends, levels = nested_bins([v for g in series for v in g], bin_count, allowed=ends)
     if min_count > 1:
         kept, _, _ = close_tail(ends, bin_counts(total_events, ends), bin_counts(total_censored, ends))
         levels = [*levels[:len(kept) - 1], levels[-1]]
         ends = kept
     return ends, levels
+
+
+def leaving_series(index: np.ndarray, data: pd.DataFrame, request: AnalysisRequest, model: DataModel,
+                   grid: np.ndarray, mask: np.ndarray | None = None) -> list[list[int]]:
+    """Fine counts of the rows leaving follow-up at each grid point (``index``, :func:`outcome`), one
+    series per level of the event variable (rows followed within the grid) and one of the rows followed
+    beyond it (censored at its last point whatever the event): what :func:`cohort_bins` merges on, so
+    that every level of the event variable gets the same bins.  Node-only: never released."""
+    times = numeric_values(data[request.y[0]])
+    beyond = np.searchsorted(grid, times, side="left") >= len(grid)
+    event_var = model.variable(request.y[1])
+    codes = category_codes(data[request.y[1]], event_var).to_numpy()
+    keep = np.ones(len(index), dtype=bool) if mask is None else mask
+    out = [np.bincount(index[keep & (codes == str(level)) & ~beyond], minlength=len(grid)).tolist()
+           for level in event_var.enumeration_codes]
+    out.append(np.bincount(index[keep & beyond], minlength=len(grid)).tolist())
+    return out
 
 
 def close_tail(ends: list[int], events: list[int], censored: list[int]) -> tuple[list[int], list[int], list[int]]:
@@ -591,15 +621,17 @@ def binning_summary(time_var: Variable, fine: np.ndarray, bin_width: float, used
             "merged_for_disclosure": merged, "note": note}
 
 
-def coarsen_groups(groups: list[dict], min_count: int) -> list[dict]:
+def coarsen_groups(groups: list[dict], min_count: int, bin_count: int | None = None) -> list[dict]:
     """Per-group fine counts -> the canonical release: every group on the cohort's shared bins
     (:func:`cohort_bins`), with each end's level under ``levels``.  Groups already on merged bins
     (``ends``: a study's survival partition) are merged further on those bins with :func:`safe_bins`,
-    every end of any level."""
+    every end of any level.  The node-only ``series`` never come out."""
     if groups and all(group.get("ends") is None for group in groups):
-        ends, levels = cohort_bins(groups, min_count)
-        return [{**group, "ends": ends, "events": bin_counts(group["events"], ends),
-                 "censored": bin_counts(group["censored"], ends), "levels": levels} for group in groups]
+        ends, levels = cohort_bins(groups, min_count, bin_count)
+        return [{**{k: v for k, v in group.items() if k != "series"}, "ends": ends,
+                 "events": bin_counts(group["events"], ends), "censored": bin_counts(group["censored"], ends),
+                 "levels": levels} for group in groups]
+    groups = [{k: v for k, v in group.items() if k != "series"} for group in groups]
     out = []
     for group in groups:
         if group.get("ends") is None:
@@ -651,13 +683,13 @@ def point_outcome(data: pd.DataFrame, request: AnalysisRequest, model: DataModel
 
 
 def shape_release(groups: list[dict], min_count: int, points: Sequence[int] | None, last: int | None,
-                  level: int = 1) -> tuple[list[dict], list[int]]:
+                  level: int = 1, bin_count: int | None = None) -> tuple[list[dict], list[int]]:
     """What a node releases of its per-group fine counts: the canonical release (:func:`coarsen_groups`),
     coarsened to the request's ``points`` at the request's ``level`` (:func:`coarsen_groups_to`), cut
     at fine index ``last`` (``max_time`` rounded up to the request's grid, :func:`truncate_groups`).
     Also the canonical release's counts, which the node checks (``cell_n``) so that every request is
-    refused exactly when the canonical release would be."""
-    merged = coarsen_groups(groups, min_count)
+    refused exactly when the canonical release would be.  ``bin_count``: see :func:`cohort_bins`."""
+    merged = coarsen_groups(groups, min_count, bin_count)
     shaped = ([{k: v for k, v in g.items() if k != "levels"} for g in merged] if points is None
               else coarsen_groups_to(merged, points, level))
     if last is not None:

@@ -147,9 +147,10 @@ class DisclosureControls:
         """Check and clean aggregates before they leave the node."""
         # e.g. survival: time bins merged until no count is below nfilter_tab (default: as they are)
         # (Cox regression: bins as large as min_row_count, ADR 0046)
-        bins = max(self.settings.nfilter_tab,
-                   int(getattr(self.settings, getattr(algorithm, "bin_count_setting", "nfilter_tab"))))
-        aggregates = algorithm.coarsen_for_release(round_no, aggregates, bins)
+        tab = self.settings.nfilter_tab
+        bins = max(tab, int(getattr(self.settings, getattr(algorithm, "bin_count_setting", "nfilter_tab"))))
+        aggregates = (algorithm.coarsen_for_release(round_no, aggregates, tab, bins) if bins > tab
+                      else algorithm.coarsen_for_release(round_no, aggregates, tab))
         if not self.settings.release_extremes:
             _refuse_raw_extremes(aggregates)
         tab = self.settings.nfilter_tab
