@@ -346,30 +346,8 @@ def safe_bins(events: Sequence[int], censored: Sequence[int], min_count: int
     merged_events, merged_censored : list of int
         Counts per merged bin.
     """
-    def ok(count: int) -> bool:
-        return count == 0 or count >= min_count
-
-    ends: list[int] = []
-    out_events: list[int] = []
-    out_censored: list[int] = []
-    open_events = open_censored = 0
-    for k, (d, c) in enumerate(zip(events, censored)):
-        open_events += int(d)
-        open_censored += int(c)
-        if ok(open_events) and ok(open_censored):
-            ends.append(k)
-            out_events.append(open_events)
-            out_censored.append(open_censored)
-            open_events = open_censored = 0
-    while (open_events or open_censored) and not (ok(open_events) and ok(open_censored)) and ends:
-        ends.pop()
-        open_events += out_events.pop()
-        open_censored += out_censored.pop()
-    if open_events or open_censored or not ends or ends[-1] != len(events) - 1:
-        ends.append(len(events) - 1)
-        out_events.append(open_events)
-        out_censored.append(open_censored)
-    return ends, out_events, out_censored
+    ends = _safe_runs([(int(d), int(c)) for d, c in zip(events, censored)], min_count)
+    return ends, bin_counts(events, ends), bin_counts(censored, ends)
 
 
 def _safe_runs(columns: Sequence[Sequence[int]], min_count: int) -> list[int]:
@@ -381,7 +359,7 @@ def _safe_runs(columns: Sequence[Sequence[int]], min_count: int) -> list[int]:
 
     closing: list[int] = []
     sums: list[list[int]] = []
-    width = len(columns[0])
+    width = len(columns[0]) if columns else 0
     open_ = [0] * width
     for k, column in enumerate(columns):
         open_ = [a + b for a, b in zip(open_, column)]

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from mipflow.algorithms.sealed import SEALED
 from mipflow.exceptions import DisclosureError, RequestError
 
 #: The transcript scheme; a node refuses any other.  (v2: a contribution's aggregates enter its tags
@@ -82,10 +83,10 @@ def genesis(*, analysis_id: str, algorithm: str, request: Mapping[str, Any], par
     return _digest(TRANSCRIPT_SCHEME, "genesis", analysis_id, algorithm, request, dict(sorted(participants.items())))
 
 
-#: The aggregates' key of sealed sums (:data:`mipflow.algorithms.sealed.SEALED`, ADR 0046): recipient ->
+#: The aggregates' key of sealed sums (:data:`mipflow.algorithms.sealed.SEALED`, ADR 0046), there recipient ->
 #: ciphertext.  Each ciphertext is bound by its SHA-256 (:func:`bound_form`), so the central site
 #: forwards a node only the ciphertexts addressed to it and the others' digests (:func:`addressed_to`).
-SEALED_KEY = "sealed"
+SEALED_KEY = SEALED
 #: How a ciphertext's digest is written in its place.
 SEALED_DIGEST = "sha256:"
 
