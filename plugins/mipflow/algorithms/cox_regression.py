@@ -428,24 +428,23 @@ def _node_share(pooled: dict[str, np.ndarray], own_events: np.ndarray, event_x: 
 
 def _efron(events: np.ndarray, event_x: np.ndarray, beta: np.ndarray,
            risk: tuple[np.ndarray, np.ndarray, np.ndarray], tied: tuple[np.ndarray, np.ndarray, np.ndarray],
-           share: np.ndarray | None = None) -> tuple[float, np.ndarray, np.ndarray]:
-    """Efron's log partial likelihood, score and information from pooled per-bin sums (with ``share``:
-    a node's part of them, each bin's terms weighted by ``share``).
+           share: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """A node's part of Efron's log partial likelihood, score and information from pooled per-bin
+    sums: each bin's terms weighted by the node's ``share`` of the bin's events (ADR 0046).
 
     Parameters
     ----------
     events : numpy.ndarray, shape (bins,)
         Pooled events ``d_j`` per event bin.
     event_x : numpy.ndarray, shape (p,)
-        Sum of the covariates over all events.
+        Sum of the node's covariates over its events.
     beta : numpy.ndarray, shape (p,)
     risk : tuple of numpy.ndarray
         ``S0`` (bins,), ``S1`` (bins, p), ``S2`` (bins, p, p) over the rows at risk.
     tied : tuple of numpy.ndarray
         ``E0``, ``E1``, ``E2`` over the rows with an event in the bin, same shapes.
-    share : numpy.ndarray, shape (bins,), optional
-        A node's share ``d_ij / d_j`` of each bin's events (default: all of them); ``event_x``
-        is then the node's own.
+    share : numpy.ndarray, shape (bins,)
+        The node's share ``d_ij / d_j`` of each bin's events.
 
     Returns
     -------
@@ -477,11 +476,11 @@ def _efron(events: np.ndarray, event_x: np.ndarray, beta: np.ndarray,
     def per_bin(values: np.ndarray) -> np.ndarray:
         return np.bincount(bins, weights=values, minlength=n_bins)
 
-    weight = np.ones(n_bins) if share is None else np.asarray(share, dtype=float)
+    weight = np.asarray(share, dtype=float)
     inv, f_inv = weight * per_bin(1.0 / phi), weight * per_bin(f / phi)
     inv2, f_inv2, ff_inv2 = (weight * per_bin(1.0 / phi ** 2), weight * per_bin(f / phi ** 2),
                              weight * per_bin(f * f / phi ** 2))
-    loglik = float(event_x @ beta - (np.sum(np.log(phi)) if share is None else weight @ per_bin(np.log(phi))))
+    loglik = float(event_x @ beta - weight @ per_bin(np.log(phi)))
     score = event_x - inv @ s1 + f_inv @ e1
     cross = np.einsum("j,ja,jb->ab", f_inv2, s1, e1)
     information = (np.einsum("j,jab->ab", inv, s2) - np.einsum("j,jab->ab", f_inv, e2)
