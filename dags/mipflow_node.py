@@ -22,11 +22,9 @@ it (imports happen inside tasks to keep parsing cheap).
 from __future__ import annotations
 
 import os
-from datetime import timedelta
+from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, AssetWatcher, task
 
-from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, AssetWatcher, CronTriggerTimetable, task
-
-from mipflow_airflow.dags import default_args, node_dags_paused, node_home, node_params, node_watch_seconds, site_runs
+from mipflow_airflow.dags import daily_at, default_args, node_dags_paused, node_home, node_params, node_watch_seconds, site_runs
 
 CAPTURED = Asset(name="mipflow_node_captured", uri="mipflow://node/captured")
 DEPERSONALISED = Asset(name="mipflow_node_depersonalised", uri="mipflow://node/depersonalised")
@@ -44,9 +42,8 @@ def _waiting(stage: str) -> list[str]:
 #: Defined only where node DAGs belong (MIPFLOW_SITE node or local, not central: ADR 0045).
 NODE_SITE = site_runs("node")
 #: The nightly capture; no start_date: the first scheduled run is the next 02:00, not the last one (no surprise run).
-#: run_immediately is a zero timedelta, not False: Airflow 3.3 treats False like None (a past slot up to 10% of the
-#: period ago, 2.4 h here, still runs at once), while a zero timedelta never reaches back.
-NIGHTLY = CronTriggerTimetable("0 2 * * *", timezone="UTC", run_immediately=timedelta(0))
+#: (daily_at: run_immediately is a zero timedelta, not False, which Airflow 3.3 treats like None: ADR 0037.)
+NIGHTLY = daily_at("0 2 * * *")
 #: Seconds between the EHR watermark checks, or None: no database source (or MIPFLOW_NODE_WATCH_SECONDS=0).
 WATCH_SECONDS = node_watch_seconds() if NODE_SITE else None
 
@@ -106,7 +103,7 @@ if NODE_SITE:
 
 #: Each later stage also runs daily at 04:00 (after the nightly chain) to pick up batches whose Asset event
 #: it missed while paused; no start_date, so neither creating nor unpausing it fires a past run.
-CATCH_UP = CronTriggerTimetable("0 4 * * *", timezone="UTC", run_immediately=timedelta(0))
+CATCH_UP = daily_at("0 4 * * *")
 
 
 #: (dag_id, description, triggering Asset, stage the batches wait after, stage function, emitted Asset)

@@ -31,7 +31,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from airflow.sdk import Param, get_current_context
+from airflow.sdk import CronTriggerTimetable, Param, get_current_context
 
 from mipflow_airflow.notifications.failure import FailureNotifier
 from mipflow_airflow.settings import number, setting
@@ -80,6 +80,17 @@ def node_dags_paused(environ: Mapping[str, str] | None = None) -> bool:
     (a paused stage never sees it), so the four DAGs are paused or not together.
     """
     return setting("MIPFLOW_NODE_DAGS_PAUSED", "0", environ).lower() in ("1", "true", "yes", "on")
+
+
+def daily_at(expression: str) -> CronTriggerTimetable:
+    """A cron timetable (UTC) for a DAG without ``start_date`` that never runs a past slot.
+
+    Its first run is the next ``expression`` time after the DAG is first seen or unpaused, never the
+    one before.  ``run_immediately`` is a zero timedelta, not ``False``: Airflow 3.3 treats ``False``
+    like ``None`` and still runs a slot up to 10% of the period in the past at once (2.4 h for a daily
+    cron), while a zero timedelta never reaches back (ADR 0037).
+    """
+    return CronTriggerTimetable(expression, timezone="UTC", run_immediately=timedelta(0))
 
 
 #: What ``MIPFLOW_SITE`` may say: a central site, a hospital node, or one machine playing both (local).

@@ -115,7 +115,8 @@ def capture_dicom(home: NodeHome, *, store: FeatureStore | None = None,
     ----------
     summary : dict, optional
         Filled with the run's file accounting (``FileCounts.to_dict()``, with
-        ``quarantine_reasons``, ``series`` and ``withdrawn_rows_deleted``).
+        ``quarantine_reasons``, ``quarantine_batch`` (the batch id of this run's quarantined files,
+        or None), ``series`` and ``withdrawn_rows_deleted``).
 
     Returns
     -------
@@ -228,6 +229,7 @@ def capture_dicom(home: NodeHome, *, store: FeatureStore | None = None,
                                                    + counts.known + counts.pending)
         summary["series"] = len(batches)
         summary["quarantine_reasons"] = dict(reasons)
+        summary["quarantine_batch"] = report_id if quarantined else None
         summary["withdrawn_rows_deleted"] = withdrawn_deleted
     return batches
 

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 #: Quarantine reasons of files that changed between capture and de-identification.
 MISSING_AFTER_CAPTURE = "missing-after-capture"
 CHANGED_AFTER_CAPTURE = "changed-after-capture"
+#: ``message`` of a batch another run had already de-identified (not this run's outcome, nor its failure).
+NOT_WAITING = "not waiting for de-identification"
 
 
 def landing_index(home: NodeHome) -> dict[str, Path]:
@@ -67,7 +69,9 @@ def deidentify_series(home: NodeHome, series: str | dict[str, Any], *,
     -------
     dict
         ``batch_id``, ``series``, ``files_in``, ``written``, ``quarantined``,
-        ``reasons``, ``patient_pseudonym``, ``status``; JSON-able, no raw identifier.
+        ``reasons``, ``patient_pseudonym``, ``status``; JSON-able, no raw identifier.  A batch
+        no longer waiting (another run de-identified it) comes back as recorded, with
+        ``message`` :data:`NOT_WAITING`.
     """
     store = store or open_store(home)
     batch_id = series if isinstance(series, str) else series["batch_id"]
@@ -77,7 +81,7 @@ def deidentify_series(home: NodeHome, series: str | dict[str, Any], *,
            "written": 0, "quarantined": 0, "reasons": {}, "patient_pseudonym": None}
     if batch["stage"] != STAGE_CAPTURED or batch["status"] != "running":  # done already: idempotent
         out.update(written=int(batch["loaded"]), quarantined=int(batch["quarantined"]),
-                   status=batch["status"], stage=batch["stage"])
+                   status=batch["status"], stage=batch["stage"], message=NOT_WAITING)
         return out
     with store.engine.connect() as conn:
         files = conn.execute(sa.select(files_table.c.path, files_table.c.sha256)

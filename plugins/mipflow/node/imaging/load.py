@@ -145,4 +145,5 @@ def extract_and_load(home: NodeHome, series_outcomes: Iterable[dict[str, Any]], 
             store.refresh_datasets(conn, model)
     log.info("imaging features: %d series loaded, %d failed", loaded, len(failed))
     return {"loaded": loaded, "series": loaded_batches, "failed": [b for b, _ in failed],
+            "failed_reasons": dict(failed),
             "files": totals.to_dict(), "dataset": dataset, "data_model": model.key}

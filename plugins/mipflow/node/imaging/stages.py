@@ -96,3 +96,53 @@ def waiting_series(home: NodeHome, stage: str = STAGE_CAPTURED, *,
             .order_by(batches_table.c.started_at, batches_table.c.batch_id)).all()
     return [r[0] for r in rows]
 
+
+
+# --------------------------------------------------------------------------
+# what makes an imaging task red (issue 15 item 6, ADR 0037): the messages name batches and
+# reason codes, never a file name or a header value
+# --------------------------------------------------------------------------
+
+def _reasons(counts: dict[str, int]) -> str:
+    return ", ".join(f"{reason} {n}" for reason, n in sorted(counts.items())) or "no reason recorded"
+
+
+def capture_problem(summary: dict[str, Any]) -> str | None:
+    """What to fix when a capture run quarantined files of ``landing/dicom/`` (``None`` otherwise).
+
+    ``summary`` is :func:`mipflow.node.imaging.capture.capture_dicom`'s: empty files, files that are
+    not DICOM instances, DICOMDIRs.  Each such file is captured once (by its SHA-256), so it turns one
+    run red, not every run.
+    """
+    if not summary.get("quarantined"):
+        return None
+    return (f"{summary['quarantined']} file(s) of landing/dicom/ quarantined at capture "
+            f"({_reasons(summary.get('quarantine_reasons') or {})}), batch {summary.get('quarantine_batch')}: "
+            "replace them with readable DICOM instances or remove them; `mipflow node files HOME` "
+            "lists the landing files by reference on the node's console")
+
+
+def series_problem(outcomes: list[dict[str, Any]]) -> str | None:
+    """What to fix when de-identification failed series of this run: every file quarantined (``None`` otherwise).
+
+    ``outcomes`` are :func:`mipflow.node.imaging.deid_series.deidentify_series`'s; a series another run
+    had already finished is not this run's failure.  A series with some files quarantined and some
+    written goes on (its quarantine entries say which and why).
+    """
+    from mipflow.node.imaging.deid_series import NOT_WAITING
+
+    failed = [o for o in outcomes if o.get("status") == "failed" and o.get("message") != NOT_WAITING]
+    if not failed:
+        return None
+    return "; ".join(f"series batch {o['batch_id']} failed: every file quarantined at de-identification "
+                     f"({_reasons(o.get('reasons') or {})})" for o in failed)
+
+
+def load_problem(result: dict[str, Any]) -> str | None:
+    """What to fix when the feature load failed series (``None`` otherwise); ``result`` is
+    :func:`mipflow.node.imaging.load.extract_and_load`'s."""
+    reasons = result.get("failed_reasons") or {b: "" for b in result.get("failed") or ()}
+    if not reasons:
+        return None
+    return "; ".join(f"series batch {batch_id} failed at the feature load: {message or 'no reason recorded'}"
+                     for batch_id, message in sorted(reasons.items()))
