@@ -145,6 +145,47 @@ def test_a_capture_run_queues_the_next_stage_by_itself(dags, tmp_path):
     assert "node_depersonalise" in queued
 
 
+def next_scheduled_run(dag):
+    """When the scheduler runs ``dag`` next by its timetable (serialised as the dag-processor stores it)."""
+    from airflow.serialization.serialized_objects import DagSerialization
+    from airflow.timetables.base import TimeRestriction
+
+    serialised = DagSerialization.from_dict(DagSerialization.to_dict(dag))
+    return serialised.timetable.next_dagrun_info(
+        last_automated_data_interval=None,
+        restriction=TimeRestriction(earliest=None, latest=None, catchup=False)).run_after
+
+
+def test_a_batch_left_waiting_while_a_stage_was_paused_is_picked_up_by_the_catch_up_run(dags, tmp_path):
+    """node_validate paused when node_depersonalise emitted its event: the event is lost and the batch waits
+    at "depersonalise"; the 04:00 catch-up runs (no triggering event) validate and then load it."""
+    import sqlalchemy as sa
+    from airflow.models.asset import AssetDagRunQueue
+    from airflow.utils.session import create_session
+
+    home = make_node_home(tmp_path)
+    write_export(home.landing_dir / "hospital_b" / "export1.csv", generate_export("hospital_b", 20, seed=5))
+    for dag_id in CHAIN[:2]:
+        assert "success" in str(dags[dag_id].test(run_conf={"node_home": str(home.root)}).state), dag_id
+    with create_session() as session:  # what a paused consumer gets: no queued run
+        session.execute(sa.delete(AssetDagRunQueue))
+    store = open_store(home)
+    (batch,) = store.batches()
+    assert (batch["stage"], batch["status"]) == ("depersonalise", "running")
+
+    for dag_id, stage in (("node_validate", "validate"), ("node_load", "load")):
+        with create_session() as session:
+            session.execute(sa.delete(AssetDagRunQueue))  # no Asset event: the timetable's run only
+        catch_up = next_scheduled_run(dags[dag_id])
+        assert (catch_up.hour, catch_up.minute) == (4, 0), dag_id
+        run = dags[dag_id].test(run_after=catch_up, run_conf={"node_home": str(home.root)})
+        assert "success" in str(run.state), dag_id
+        (batch,) = store.batches()
+        assert batch["stage"] == stage, dag_id
+    assert batch["status"] == "loaded" and batch["loaded"] > 0
+    assert store.count_rows(store.data_model("stroke:0.1")) == batch["loaded"]
+
+
 # --------------------------------------------------------------------------
 # failure is red (issue 15, item 6)
 # --------------------------------------------------------------------------
