@@ -11,7 +11,8 @@ The form's inputs and algorithm parameters come from the algorithm catalogue
 choices a node checks requests against (docs/adr/0022-algorithm-catalogue.md).
 An analysis runs on behalf of the Airflow user who triggered the run (the
 researcher) in the project named in the form; every node checks both against
-its own grants.  ``federation_metadata`` syncs what every node holds (datasets
+its own grants.  The analysis DAGs have no schedule and are created unpaused
+(whatever ``dags_are_paused_at_creation`` says), so a fresh central runs what is triggered.  ``federation_metadata`` syncs what every node holds (datasets
 only for the triggering user and project; a scheduled run syncs data models).
 """
 from __future__ import annotations
@@ -69,6 +70,9 @@ for _algorithm in describe():
         schedule=None,
         start_date=START,
         catchup=False,
+        # unpaused at creation: a run is only ever triggered (no schedule), and a run of a paused DAG (the
+        # "New analysis" page's, a REST trigger) would stay queued until an admin unpaused it
+        is_paused_upon_creation=False,
         params=_form(_algorithm),
         tags=["mipflow", "central", "federated"],
         default_args=default_args(),

@@ -372,3 +372,30 @@ def test_an_unknown_node_connection_fails_the_run_naming_it(dags, federation):
         (record,) = [r for r in records if r["run_id"] == run.run_id]
         assert record["exception"] == "AirflowFailException", dag_id  # not retried
         assert "no Airflow connection 'mipflow_node_nowhere'" in record["message"], dag_id
+
+
+def test_the_analysis_dags_are_created_unpaused_on_a_fresh_central(airflow_db):
+    """airflow.cfg creates DAGs paused; the analysis DAGs (no schedule: they only run when triggered) are
+    created unpaused, so the "New analysis" page's run (a REST trigger) does not wait in the queue forever."""
+    from airflow.api.common.delete_dag import delete_dag
+    from airflow.configuration import conf as airflow_conf
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
+    from airflow.models.dag import DagModel
+    from airflow.utils.session import create_session
+
+    assert airflow_conf.getboolean("core", "dags_are_paused_at_creation") is True  # the shipped default
+    bag = DagBag(dag_folder=str(REPO_ROOT / "dags" / "mipflow_central.py"))
+    assert not bag.import_errors
+    analyses = sorted(d for d in bag.dags if d.startswith("federated_"))
+    assert len(analyses) >= 20
+    with create_session() as session:  # a fresh central: none of them known yet (earlier tests' runs go too)
+        known = list(session.scalars(sa.select(DagModel.dag_id).where(DagModel.dag_id.in_(list(bag.dags)))))
+    for dag_id in known:
+        delete_dag(dag_id, keep_records_in_log=False)
+    DagBundlesManager().sync_bundles_to_db()
+    sync_bag_to_db(bag, "dags-folder", None)
+    with create_session() as session:
+        paused = dict(session.execute(sa.select(DagModel.dag_id, DagModel.is_paused)
+                                      .where(DagModel.dag_id.in_(list(bag.dags)))).all())
+    assert paused == {**dict.fromkeys(analyses, False), "federation_metadata": True}
