@@ -164,10 +164,40 @@ def node_watch_seconds(environ: Mapping[str, str] | None = None) -> float | None
     return seconds if home and database_sources_configured(home) else None
 
 
-def node_params() -> dict[str, Param]:
-    """The ``node_home`` Param, defaulting to ``MIPFLOW_NODE_HOME``."""
-    return {"node_home": Param(os.environ.get("MIPFLOW_NODE_HOME", ""), type="string",
-                               title="Node home", description="Folder made by `mipflow node init`")}
+def node_params(environ: Mapping[str, str] | None = None) -> dict[str, Param]:
+    """The node DAGs' trigger-form parameters: none where ``MIPFLOW_NODE_HOME`` is set.
+
+    A node's home is the deployment's (``MIPFLOW_NODE_HOME``), not a run's: where it is set, the
+    trigger form has no ``node_home`` field, and :func:`node_home` fails a run whose conf names
+    another folder.  Without it (development, ``dag.test()`` in the tests, the demo's several
+    hospitals in one Airflow) ``node_home`` is a parameter.
+    """
+    if (os.environ if environ is None else environ).get("MIPFLOW_NODE_HOME", ""):
+        return {}
+    return {"node_home": Param("", type="string", title="Node home",
+                               description="Folder made by `mipflow node init` (MIPFLOW_NODE_HOME is not set)")}
+
+
+#: Why a run that names another node home fails (the folder it named is not repeated).
+NODE_HOME_FIXED = ("this node's home is set by MIPFLOW_NODE_HOME; a run's conf may not name another "
+                   "(remove node_home from the conf)")
+
+
+def configured_node_home(params: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> str:
+    """The folder of the run's node home: ``MIPFLOW_NODE_HOME``, else the run's ``node_home`` param.
+
+    Raises
+    ------
+    PermissionError
+        With :data:`NODE_HOME_FIXED`, when ``MIPFLOW_NODE_HOME`` is set and the run's conf names another folder.
+    """
+    configured = (os.environ if environ is None else environ).get("MIPFLOW_NODE_HOME", "")
+    asked = str(params.get("node_home") or "")
+    if not configured:
+        return asked
+    if asked and os.path.realpath(asked) != os.path.realpath(configured):
+        raise PermissionError(NODE_HOME_FIXED)
+    return configured
 
 
 def node_home() -> NodeHome:
@@ -176,13 +206,16 @@ def node_home() -> NodeHome:
     Raises
     ------
     AirflowFailException
-        When the run has no node home (a retry cannot help).
+        When the run has no node home, or names another than ``MIPFLOW_NODE_HOME`` (a retry cannot help).
     """
     from airflow.sdk.exceptions import AirflowFailException
 
     from mipflow.node.home import NodeHome
 
-    home = get_current_context()["params"]["node_home"]
+    try:
+        home = configured_node_home(get_current_context()["params"])
+    except PermissionError as exc:
+        raise AirflowFailException(str(exc)) from None
     if not home:
         raise AirflowFailException("no node home: set MIPFLOW_NODE_HOME or the node_home param")
     return NodeHome(home)

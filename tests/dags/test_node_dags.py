@@ -126,6 +126,33 @@ def test_node_dags_are_created_unpaused_without_catch_up(dags):
     assert node_dags_paused({"MIPFLOW_NODE_DAGS_PAUSED": "1"}) is True
 
 
+def test_node_home_is_not_a_run_parameter_where_mipflow_node_home_is_set(airflow_db, tmp_path, monkeypatch):
+    """With MIPFLOW_NODE_HOME set (a deployed node) the trigger form has no node_home field, and a run whose
+    conf names another folder fails at once (red, notified in the node's own home) without touching either
+    home; a run without it works on MIPFLOW_NODE_HOME."""
+    home = make_node_home(tmp_path)
+    other = make_node_home(tmp_path / "other")
+    for target in (home, other):
+        write_export(target.landing_dir / "hospital_b" / "export1.csv", generate_export("hospital_b", 20, seed=6))
+    assert all("node_home" in dag.params for dag in parse_node_dags(monkeypatch, MIPFLOW_NODE_HOME=None).values())
+    dags = parse_node_dags(monkeypatch, MIPFLOW_NODE_HOME=str(home.root), MIPFLOW_NODE_WATCH_SECONDS="0")
+    assert set(CHAIN) <= set(dags)
+    assert [dag_id for dag_id, dag in dags.items() if "node_home" in dag.params] == []
+
+    run = dags["node_capture"].test(run_conf={"node_home": str(other.root)})
+    assert "failed" in str(run.state)
+    assert open_store(home).batches() == [] and open_store(other).batches() == []
+    assert notifications(other) == []
+    (record,) = notifications(home)
+    assert (record["dag_id"], record["task_id"], record["exception"]) == (
+        "node_capture", "capture_landing", "AirflowFailException")
+    assert "set by MIPFLOW_NODE_HOME" in record["message"] and str(other.root) not in record["message"]
+
+    run = dags["node_capture"].test(run_conf={})
+    assert "success" in str(run.state)
+    assert len(open_store(home).batches()) == 1 and open_store(other).batches() == []
+
+
 def test_a_capture_run_queues_the_next_stage_by_itself(dags, tmp_path):
     """After a capture run, the metadata DB has the DAGs unpaused and depersonalise queued by the Asset event."""
     import sqlalchemy as sa

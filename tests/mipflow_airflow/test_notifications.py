@@ -114,3 +114,24 @@ def test_an_unwritable_record_file_never_fails_the_callback(tmp_path, monkeypatc
     monkeypatch.setenv("MIPFLOW_NOTIFY_FILE", str(blocker / "n.jsonl"))  # its folder is a file
     monkeypatch.delenv("MIPFLOW_NOTIFY_CONN_ID", raising=False)
     FailureNotifier()(_context(FederationError("x")))
+
+
+def test_a_node_dags_record_goes_to_mipflow_node_home_whatever_the_runs_conf_says(tmp_path, monkeypatch):
+    """Where MIPFLOW_NODE_HOME is set, a node DAG (tagged "node") has no node_home param: its record goes to
+    that home, not to a folder a run's conf names; a central DAG's record stays central."""
+    from mipflow.exceptions import InputFileError
+    from mipflow_airflow.notifications.failure import FailureNotifier
+
+    monkeypatch.delenv("MIPFLOW_NOTIFY_CONN_ID", raising=False)
+    monkeypatch.setenv("MIPFLOW_NODE_HOME", str(tmp_path / "node"))
+    monkeypatch.setenv("MIPFLOW_CENTRAL_HOME", str(tmp_path / "central"))
+    node_dag = SimpleNamespace(tags=["mipflow", "node"])
+    for context in ({**_context(InputFileError("batch b1: empty")), "dag": node_dag},
+                    {**_context(InputFileError("batch b1: empty"), node_home=str(tmp_path / "elsewhere")),
+                     "dag": node_dag}):
+        assert FailureNotifier().record(context)["site"] == "node"
+        FailureNotifier().notify(context)
+    assert len((tmp_path / "node" / "notifications.jsonl").read_text().splitlines()) == 2
+    assert not (tmp_path / "elsewhere").exists()
+    central = {**_context(InputFileError("refused")), "dag": SimpleNamespace(tags=["mipflow", "central"])}
+    assert FailureNotifier().record(central)["site"] == "central"

@@ -60,7 +60,12 @@ class FailureNotifier(BaseNotifier):
 
     @staticmethod
     def _node_home(context: Mapping[str, Any]) -> str:
-        return str(_get(_get(context, "params") or {}, "node_home") or "")
+        """A node DAG's node home (empty for a central DAG): ``MIPFLOW_NODE_HOME`` where set (a run's conf
+        cannot redirect the record; the DAGs then have no ``node_home`` param), else the run's param."""
+        asked = str(_get(_get(context, "params") or {}, "node_home") or "")
+        if not asked and "node" not in (_get(_get(context, "dag"), "tags") or ()):
+            return ""
+        return os.environ.get("MIPFLOW_NODE_HOME") or asked
 
     def notify(self, context: Mapping[str, Any]) -> None:
         """Write the record; post it if a webhook connection is set."""
