@@ -1,4 +1,4 @@
-"""What the DAG files share: task defaults, the federation pool, the node home Param.
+"""What the DAG files share: task defaults, timetables, the federation pool, the node home.
 
 Cheap to import (stdlib and ``airflow.sdk`` only, no mipflow logic): DAG files
 import it at parse time.
@@ -12,7 +12,7 @@ Operations settings are environment variables read when a DAG file is parsed
     MIPFLOW_TASK_TIMEOUT_MINUTES      execution_timeout of every task (default: none)
     MIPFLOW_POOLS                     1: central tasks that call nodes run in the pool below (default 0)
     MIPFLOW_POOL                      that pool's name (default ``mipflow_federation``)
-    MIPFLOW_NODE_DAGS_PAUSED          1: the node DAGs are created paused (default 0: the chain runs by itself)
+    MIPFLOW_NODE_DAGS_PAUSED          1: the node and imaging DAGs are created paused (default 0: the chains run by themselves)
     MIPFLOW_NODE_WATCH_SECONDS        seconds between the node's checks of its EHR database sources' watermarks
                                       (default 10; 0: no watcher, node_capture runs nightly only). The watcher
                                       exists only while the node home has a database source profile.
