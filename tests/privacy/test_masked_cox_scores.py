@@ -26,7 +26,9 @@ from mipflow.central.client import NodeClient
 from mipflow.central.rounds import run_analysis
 from mipflow.node.controls.audit import AUDIT_FILE
 from mipflow.secagg.central_side import unmask_sum
+from mipflow.protocol.request import AnalysisRequest
 from mipflow.secagg.codec import additive_form, decode
+from mipflow.secagg.node_side import secure_form
 from tests.mipflow.algorithms.helpers import assert_rel_close
 from tests.mipflow.algorithms.survival_data import HOSPITALS, STROKE, make_stroke, request
 from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, pin_each_other, served_clients
@@ -144,6 +146,7 @@ def test_the_central_site_reads_no_nodes_share_of_l_u_i(federation) -> None:
     assert masked.secure_aggregation["enabled"] is True and plain.secure_aggregation["enabled"] is False
     assert masked.rounds == plain.rounds  # the same Newton path (states equal to rounding)
     p = len(X)
+    req = AnalysisRequest.from_dict(masked.request)
     scores = [k for k, (_, state, _) in enumerate(rounds_of(masked_rec[HOSPITALS[0]])) if k and state["phase"] == "score"]
     assert len(scores) >= 3
     for k in scores:
@@ -157,7 +160,8 @@ def test_the_central_site_reads_no_nodes_share_of_l_u_i(federation) -> None:
             share = plain_reply["aggregates"]
             assert len(share["score"]) == p and len(share["information"]) == p * (p + 1) // 2
             release = reply["aggregates"]["secure_aggregation"]
-            layout, vector = additive_form(share)
+            layout, vector = additive_form(secure_form("cox_regression", share, req, STROKE))
+            assert set(layout) == {"n", "n_events", *SHARE}  # the counts per common bin stay out (ADR 0048)
             elements = [int(v, 16) for v in release["masked"]]
             assert release["layout"] == layout and len(elements) == len(vector)
             assert all(abs(decode(m) - v) > 1e20 for m, v in zip(elements, vector)), name

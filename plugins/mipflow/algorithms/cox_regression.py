@@ -377,6 +377,11 @@ class CoxRegression(SpecAlgorithm):
         their ends), and a ``"sums"`` round's sums travel sealed beside counts that round 0 already gave."""
         return isinstance(state, dict) and state.get("phase") == SCORE
 
+    def secure_aggregates(self, aggregates: dict, request: AnalysisRequest, model: DataModel) -> dict:
+        """A score round's masked sum leaves out the counts per common bin (checked by the controls, in the
+        clear in the sums round before, unused here): ``n``, ``n_events`` and the share of l, U, I."""
+        return {k: v for k, v in aggregates.items() if k != "group_counts"}
+
     def parameter_count(self, request: AnalysisRequest, model: DataModel) -> int | None:
         """The model's parameters, checked against ``nfilter_glm``: one per design column."""
         return len(design_columns(request.x, model))

@@ -51,7 +51,7 @@ SEALED_ROUNDS = {"cox_regression"}
 PARTITIONED = {"kmeans"}
 #: the algorithms with their own hook (the others keep the contract's default)
 OWN_REFUSAL = {"kmeans"}
-OWN_SECURE_FORM = {"descriptive_stats", "logistic_regression_cv"}
+OWN_SECURE_FORM = {"descriptive_stats", "logistic_regression_cv", "cox_regression"}
 #: the algorithms that mask only some rounds under secure aggregation (ADR 0048)
 MASKED_IN_PART = {"cox_regression"}
 
