@@ -111,6 +111,8 @@ class Algorithm(Protocol):
 
     def secure_aggregates(self, aggregates: dict, request: AnalysisRequest, model: DataModel) -> dict: ...
 
+    def masked_round(self, round: int, state: dict | None) -> bool: ...
+
     def parameter_count(self, request: AnalysisRequest, model: DataModel) -> int | None: ...
 
     def fold_sizes(self, request: AnalysisRequest, n_rows: int) -> list[int] | None: ...
@@ -133,7 +135,9 @@ class Algorithm(Protocol):
 #
 # * ``secure_aggregation`` (one of :data:`SECURE_AGGREGATION`), ``secure_aggregation_refusal``
 #   and ``secure_aggregates``: whether and how its aggregates are summed under secure
-#   aggregation (:mod:`mipflow.secagg`, ADR 0014);
+#   aggregation (:mod:`mipflow.secagg`, ADR 0014); ``masked_round``: which rounds of a secure
+#   analysis are masked (default all; Cox regression's round 0 and "sums" rounds are not, ADR 0048),
+#   decided on the round and its verified state only, so every node and the central site agree;
 # * ``dp_release``: its noisy release at a node with differential privacy
 #   (:class:`mipflow.algorithms.dp_release.DPRelease`, ADR 0015 / 0021), or None;
 # * ``parameter_count``: its model's parameters, checked against ``nfilter_glm``;

@@ -35,7 +35,8 @@ and information: with Breslow's handling of ties, its events ``d_ij`` and the su
     I_i = sum_j d_ij (S2_j / S0_j - S1_j S1_j' / S0_j^2)
 
 whose sums over the nodes are the pooled ``l``, ``U`` and ``I``; the central side adds them and
-makes a Newton step (halved while the likelihood falls).
+makes a Newton step (halved while the likelihood falls).  Under secure aggregation the score rounds
+alone are masked, so the central site reads only that sum (:meth:`CoxRegression.masked_round`, ADR 0048).
 
 With ``ties = "efron"`` a node also seals, per bin of ``B`` holding events,
 the sums over its rows *with an event* in that bin of ``w``, ``w x`` and
@@ -368,6 +369,18 @@ class CoxRegression(SpecAlgorithm):
 
     #: The per-bin sums go to the participating nodes only (ADR 0046).
     sealed_rounds = True
+    #: Masked from 3 nodes: the score rounds only, whose shares of l, U, I add up (ADR 0048).
+    secure_aggregation = "automatic"
+
+    def masked_round(self, round: int, state: dict | None) -> bool:
+        """Only a ``"score"`` round is masked: round 0's bins are each node's own (the centre intersects
+        their ends), and a ``"sums"`` round's sums travel sealed beside counts that round 0 already gave."""
+        return isinstance(state, dict) and state.get("phase") == SCORE
+
+    def secure_aggregates(self, aggregates: dict, request: AnalysisRequest, model: DataModel) -> dict:
+        """A score round's masked sum leaves out the counts per common bin (checked by the controls, in the
+        clear in the sums round before, unused here): ``n``, ``n_events`` and the share of l, U, I."""
+        return {k: v for k, v in aggregates.items() if k != "group_counts"}
 
     def parameter_count(self, request: AnalysisRequest, model: DataModel) -> int | None:
         """The model's parameters, checked against ``nfilter_glm``: one per design column."""

@@ -278,6 +278,16 @@ class SpecAlgorithm:
         """
         return aggregates
 
+    def masked_round(self, round: int, state: dict | None) -> bool:
+        """Under secure aggregation, whether round ``round`` (sent ``state``) is masked (default: every round).
+
+        An algorithm some of whose rounds release per-node structure that cannot be summed answers
+        False for those; they then travel as in a plain analysis.  Decided on the round and the state
+        only (the state every node verifies, ADR 0029), never on a node's rows, so the central site,
+        every node and every node's verification of the round agree (ADR 0048).
+        """
+        return True
+
     def parameter_count(self, request: AnalysisRequest, model: DataModel) -> int | None:
         """The number of model parameters the node checks against ``nfilter_glm`` (None: not a model)."""
         return None

@@ -140,6 +140,7 @@ def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequen
     from mipflow.protocol.request import AnalysisRequest
     from mipflow.protocol.datamodel import DataModel
     from mipflow.secagg.central_side import open_session
+    from mipflow.secagg.policy import masked_round
 
     started = time.perf_counter()
     algorithm = get_algorithm(algorithm_name)
@@ -247,7 +248,7 @@ def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequen
             for name, reply in replies.items():
                 if reply.get("privacy"):
                     noise_labels.setdefault(name, []).append(reply["privacy"])
-            if session is not None:
+            if session is not None and masked_round(algorithm, round_no, state):  # (Cox: score rounds only)
                 aggregates = [session.combine(replies)]
             try:
                 step = algorithm.global_step(round_no, aggregates, parsed, model, state)

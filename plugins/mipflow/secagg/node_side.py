@@ -15,7 +15,7 @@ from typing import Any
 from mipflow.exceptions import DisclosureError, RequestError
 from mipflow.secagg.codec import RING, SCHEME, additive_form, encode
 from mipflow.secagg.crypto import KeyPair, cached_keypair, context_digest, mask, public_key
-from mipflow.secagg.policy import as_request, refusal
+from mipflow.secagg.policy import as_request, masked_round, refusal
 from mipflow.secagg.trust import TrustStore
 
 #: Largest participant list a node accepts.
@@ -89,7 +89,8 @@ def mask_release(root: str | Path, node_name: str, algorithm: str, request: Any,
     ------
     RequestError
         If the algorithm (or this request of it) does not support secure
-        aggregation or the call is malformed.
+        aggregation, masks no release in this round (``masked_round``), or the
+        call is malformed.
     DisclosureError
         (control ``secure_aggregation``) if the node is not among the
         participants under its own key, or a peer's key is not trusted.
@@ -97,6 +98,8 @@ def mask_release(root: str | Path, node_name: str, algorithm: str, request: Any,
     reason = refusal(algorithm, request)
     if reason is not None:
         raise RequestError(reason)
+    if not masked_round(algorithm, round_no, state):  # (the step chain does not call it for such a round)
+        raise RequestError(f"round {round_no} of {algorithm} is released in the clear, not masked (ADR 0048)")
     if not analysis_id:
         raise RequestError("secure aggregation needs the analysis_id (it is bound into the masks)")
     participants = parse_participants(spec)

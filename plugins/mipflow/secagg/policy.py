@@ -59,6 +59,20 @@ def refusal(algorithm: str, request: Any = None) -> str | None:
     return None if reason is None else f"secure aggregation is not available for this {algorithm} request: {reason}"
 
 
+def masked_round(algorithm: str | Algorithm, round_no: int, state: Any) -> bool:
+    """Whether round ``round_no`` of a secure analysis, sent ``state``, is masked: the algorithm's
+    ``masked_round`` (default every round; Cox regression masks its score rounds only, ADR 0048).
+
+    The central site asks it to sum a round, each node to mask its release and to recompute the
+    previous round's state (:mod:`mipflow.secagg.transcript`), so all decide alike: on the round and
+    the state (which every node verifies), never on data.
+    """
+    declared = algorithm_of(algorithm) if isinstance(algorithm, str) else algorithm
+    if declared is None:
+        return True
+    return bool(declared.masked_round(round_no, state))
+
+
 def automatic_refusal(algorithm: str, request: Any = None) -> str | None:
     """Why automatic mode leaves secure aggregation off for this analysis (``None``: it switches on,
     given enough nodes): :func:`refusal`, or the algorithm is masked only when asked for

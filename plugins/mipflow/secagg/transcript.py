@@ -391,6 +391,7 @@ def verify_step(doc: Any, *, root: Any, own_name: str, analysis_id: str | None, 
     """
     from mipflow.secagg.crypto import cached_keypair
     from mipflow.secagg.node_side import MAX_PARTICIPANTS, parse_participants
+    from mipflow.secagg.policy import masked_round
     from mipflow.secagg.trust import TrustStore
 
     transcript = parse(doc, max_participants=MAX_PARTICIPANTS)
@@ -414,9 +415,9 @@ def verify_step(doc: Any, *, root: Any, own_name: str, analysis_id: str | None, 
     TrustStore(root).check({k: v for k, v in transcript.participants.items() if k != own_name})
     contributions, chain = verify_previous(transcript, own=own, own_name=own_name, analysis_id=analysis_id,
                                            algorithm=algorithm_name, round_no=round_no, request=document)
-    expected = recompute_state(algorithm, round_no, contributions, request, model,
-                               transcript.previous.get("state") if transcript.previous else None,
-                               masked=secure_aggregation is not None)
+    previous_state = transcript.previous.get("state") if transcript.previous else None
+    masked = secure_aggregation is not None and masked_round(algorithm, round_no - 1, previous_state)
+    expected = recompute_state(algorithm, round_no, contributions, request, model, previous_state, masked=masked)
     if not same_state(state, expected):
         raise refuse(f"the state of round {round_no} is not the one the algorithm's global step gives on the "
                      f"contributions of round {round_no - 1}")

@@ -17,7 +17,7 @@ from tests.mipflow.algorithms.test_contract import VALID
 #: Every capability member of the protocol.
 CAPABILITIES = ("secure_aggregation", "dp_release", "secure_aggregation_refusal", "secure_aggregates",
                 "parameter_count", "fold_sizes", "coarsen_for_release", "differencing_partition", "cluster_count",
-                "sealed_rounds", "pool_sealed")
+                "sealed_rounds", "pool_sealed", "masked_round")
 
 # What the per-control lists said before the algorithms declared it themselves.
 #: secagg.SUPPORTED minus secagg.EXPLICIT_ONLY
@@ -27,7 +27,9 @@ SECURE_AUTOMATIC = {"anova_oneway", "kmeans", "linear_regression", "logistic_reg
                     "gee", "linear_mixed_model",
                     # per-fold sums, masked since ADR 0026 (from 2 nodes)
                     "linear_regression_cv", "logistic_regression_cv", "naive_bayes_gaussian_cv",
-                    "naive_bayes_categorical_cv"}
+                    "naive_bayes_categorical_cv",
+                    # its score rounds' shares of l, U, I (ADR 0048)
+                    "cox_regression"}
 #: secagg.EXPLICIT_ONLY
 SECURE_EXPLICIT_ONLY = {"descriptive_stats"}
 #: dp.DP_MECHANISMS (with the label's note where it had one)
@@ -49,7 +51,9 @@ SEALED_ROUNDS = {"cox_regression"}
 PARTITIONED = {"kmeans"}
 #: the algorithms with their own hook (the others keep the contract's default)
 OWN_REFUSAL = {"kmeans"}
-OWN_SECURE_FORM = {"descriptive_stats", "logistic_regression_cv"}
+OWN_SECURE_FORM = {"descriptive_stats", "logistic_regression_cv", "cox_regression"}
+#: the algorithms that mask only some rounds under secure aggregation (ADR 0048)
+MASKED_IN_PART = {"cox_regression"}
 
 
 def _overrides(member: str) -> set[str]:
@@ -112,6 +116,8 @@ def test_the_capabilities_are_what_the_controls_listed_before() -> None:
     assert _overrides("differencing_partition") == PARTITIONED
     assert _overrides("secure_aggregation_refusal") == OWN_REFUSAL
     assert _overrides("secure_aggregates") == OWN_SECURE_FORM
+    assert _overrides("masked_round") == MASKED_IN_PART
+    assert all(ALGORITHMS[n].masked_round(0, None) for n in set(ALGORITHMS) - MASKED_IN_PART)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

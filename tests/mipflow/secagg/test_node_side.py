@@ -76,3 +76,7 @@ def test_mask_release_checks_the_call(tmp_path) -> None:
                             spec={**peers, "participants": peers["participants"][:1]}, **args)
     with pytest.raises(RequestError, match="analysis_id"):
         mask_release(tmp_path, "me", "linear_regression", spec=peers, **{**args, "analysis_id": None})
+    # a round the algorithm releases in the clear (Cox's round 0 and sums rounds, ADR 0048) is not masked
+    for round_no, state in ((0, None), (1, {"phase": "sums"})):
+        with pytest.raises(RequestError, match="in the clear"):
+            mask_release(tmp_path, "me", "cox_regression", spec=peers, **{**args, "round_no": round_no, "state": state})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mipflow.secagg.policy import automatic_refusal, resolve
+from mipflow.secagg.policy import automatic_refusal, masked_round, resolve
 from mipflow.exceptions import RequestError
 from tests.mipflow.algorithms.synthetic import request
 
@@ -30,3 +30,14 @@ def test_resolve_mode() -> None:
     for name in ("ttest_independent", "anova_oneway", "linear_regression"):
         assert automatic_refusal(name) is None
     assert "does not support" in automatic_refusal("pca")
+
+
+def test_masked_round_is_every_round_unless_the_algorithm_says_otherwise() -> None:
+    """Cox regression masks its score rounds only (ADR 0048); every other algorithm every round. The
+    decision reads the round's state, never data: the same for every node and the central site."""
+    for name in ("linear_regression", "logistic_regression", "kmeans"):
+        assert masked_round(name, 0, None) and masked_round(name, 3, {"phase": "score"})
+    assert not masked_round("cox_regression", 0, None)
+    assert not masked_round("cox_regression", 1, {"phase": "sums", "coefficients": [0.0]})
+    assert masked_round("cox_regression", 2, {"phase": "score", "coefficients": [0.0]})
+    assert automatic_refusal("cox_regression") is None and resolve(True, "cox_regression") == "on"

@@ -440,10 +440,17 @@ def seal(request: StepRequest, context: StepContext, work: StepWork) -> None:
 
 
 def mask(request: StepRequest, context: StepContext, work: StepWork) -> None:
-    """Secure aggregation (ADR 0014): the released aggregates masked, last thing before the reply."""
+    """Secure aggregation (ADR 0014): the released aggregates masked, last thing before the reply; a
+    round the algorithm releases in the clear (Cox regression's round 0 and sums rounds, ADR 0048;
+    decided on the node's verified state) is left as it is."""
     if request.secure_aggregation is None:
         return
     from mipflow.secagg import node_side
+    from mipflow.secagg.policy import masked_round
+
+    if not masked_round(work.algo, request.round, work.state):
+        work.record["secure_aggregation"] = "clear_round"
+        return
 
     work.record["secure_aggregation"] = True
     work.aggregates = node_side.mask_release(context.home.root, context.name, request.algorithm, request.analysis,

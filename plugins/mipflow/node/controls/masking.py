@@ -8,9 +8,11 @@ never a reason to relax a control.  A node admin may want more: that the
 central site never sees this node's aggregates one by one, not even the ones
 its controls would let out in the clear.  With ``secure_aggregation_required``
 set, the node answers a step only when it is to be masked among at least two
-participants (itself and at least one other node); anything else is refused
-(control ``secure_aggregation``) before any row is read, so the decision
-depends on the request and the setting only.  The same ``analysis_id`` asked
+participants (itself and at least one other node), and only in a round the
+algorithm masks (Cox regression releases its round 0 and "sums" rounds in the
+clear, ADR 0048); anything else is refused (control ``secure_aggregation``)
+before any row is read, so the decision depends on the request, its round and
+state, and the setting only.  The same ``analysis_id`` asked
 again in the clear is refused like any plain step.
 
 Whether the other participants are pinned peers, and whether the node is among
@@ -22,7 +24,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from mipflow.exceptions import DisclosureError
-from mipflow.secagg.policy import refusal as secagg_refusal
+from mipflow.secagg.policy import masked_round, refusal as secagg_refusal
 
 
 def other_participants(spec: Any, node: str) -> set[str]:
@@ -67,3 +69,6 @@ def require_secure_aggregation(request: Any, context: Any, work: Any) -> None:
     if not other_participants(request.secure_aggregation, node):
         raise _refusal(node, "the step lists no other participant; ask the central site to run it with "
                              "more nodes")
+    if not masked_round(getattr(work, "algo", None) or request.algorithm, request.round, request.state):
+        raise _refusal(node, f"round {request.round} of {request.algorithm} is released in the clear even under "
+                             "secure aggregation (ADR 0048), so this node cannot answer it")

@@ -26,9 +26,10 @@ def masked(*nodes: str) -> dict[str, Any]:
     return {"scheme": SCHEME, "participants": [{"node": n, "public_key": "00" * 32} for n in nodes]}
 
 
-def run(required: int, secure_aggregation: Any, algorithm: str = "ttest_onesample") -> None:
-    request = StepRequest(algorithm=algorithm, round=0, analysis=ANALYSIS, analysis_id="a",
-                          secure_aggregation=secure_aggregation)
+def run(required: int, secure_aggregation: Any, algorithm: str = "ttest_onesample", round_no: int = 0,
+        state: dict | None = None) -> None:
+    request = StepRequest(algorithm=algorithm, round=round_no, analysis=ANALYSIS, analysis_id="a",
+                          secure_aggregation=secure_aggregation, state=state)
     work = StepWork(settings=NodeSettings(secure_aggregation_required=required), record={})
     require_secure_aggregation(request, NODE, work)
 
@@ -62,3 +63,16 @@ def test_a_masked_step_with_another_node_passes() -> None:
     run(1, masked("hospital_a", "hospital_b"))
     # a list without the node itself passes here; the masking step refuses it (own key not listed)
     run(1, masked("hospital_b", "hospital_c"))
+
+
+@pytest.mark.parametrize("round_no, phase", [pytest.param(0, None, id="round-0"), pytest.param(1, "sums", id="sums")])
+def test_a_node_that_requires_masking_refuses_a_round_released_in_the_clear(round_no, phase) -> None:
+    """Cox regression masks its score rounds only (ADR 0048): its round 0 (the node's own bins) and its
+    sums rounds (counts beside the sealed sums) go out in the clear even under secure aggregation, so a
+    node that requires masking refuses them, from the round and state alone."""
+    state = None if phase is None else {"phase": phase}
+    with pytest.raises(DisclosureError, match="secure_aggregation_required") as err:
+        run(1, masked("hospital_a", "hospital_b"), "cox_regression", round_no, state)
+    assert err.value.control == "secure_aggregation" and "in the clear" in str(err.value)
+    run(0, masked("hospital_a", "hospital_b"), "cox_regression", round_no, state)
+    run(1, masked("hospital_a", "hospital_b"), "cox_regression", round_no + 1, {"phase": "score"})  # masked
