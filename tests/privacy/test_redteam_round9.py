@@ -20,6 +20,9 @@ Found:
    each value's exact count (3 equations, 3 unknowns): over the five analyses, the exact count of every NIHSS value
    0-23, i.e. the column's whole frequency table at integer resolution, finer than any histogram the study
    releases (protocol bins, ADR 0035 pattern), and with the top cluster, values held by one patient each.
+   **Closed** (ADR 0050): k-means takes variables declared real only, refused from the request and the data
+   model before any row is read; every released cluster holds ``min_row_count`` rows; a study with k-means
+   is approved only if no 3 values of a real study variable hold ``min_row_count`` rows (the tie rule).
 
 Tried and held (``test_defence_*``): explore noise keyed apart for filters that canonicalise alike but select
 other rows (text values ``"012"``/``"12"``, a ``not`` group against its inner rule); one release, one charge,
@@ -30,7 +33,7 @@ project budget; an empty and a one-patient cohort decided alike, on noisy counts
 from __future__ import annotations
 
 import itertools
-import math
+import json
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -41,7 +44,9 @@ import pytest
 
 from mipflow.central.client import NodeClient, NodeEndpoint
 from mipflow.central.rounds import run_analysis
+from mipflow.exceptions import ConfigError, RequestError
 from mipflow.node.controls import study_approval
+from mipflow.node.controls.audit import AUDIT_FILE, read_records
 from mipflow.node.home import NodeHome
 from mipflow.protocol.signing import issue_client
 from tests.mipflow.algorithms.survival_data import STROKE
@@ -52,8 +57,6 @@ from tests.privacy.test_explore_attacks import Served
 pytestmark = pytest.mark.xdist_group("redteam_round9")
 
 NODE = "hospital_a"
-NIHSS_MAX = 42  # the data model's declared maxValue of nihss_admission
-TAB = 3  # the shipped nfilter_tab
 
 
 # ------------------------------------------------------------------------------------ 1. k-means in a study
@@ -67,75 +70,121 @@ def kmeans_registry(seed: int = 5, n: int = 300) -> pd.DataFrame:
     return frame
 
 
-def multisets(n: int, total: int, squares: int, low: int, high: int) -> list[tuple[int, ...]]:
-    return [c for c in itertools.combinations_with_replacement(range(low, high + 1), n)
-            if sum(c) == total and sum(v * v for v in c) == squares]
+def sweep_request(y: list[str]) -> dict:
+    return {"inputdata": {"data_model": STROKE.key, "datasets": [NODE], "x": [], "y": y, "filters": None},
+            "parameters": {}}
 
 
-def test_hole_kmeans_in_a_study_releases_the_maximum_and_integer_cells_of_one(tmp_path) -> None:
-    """Hole 1: an admitted study analysis (k-means on NIHSS, the protocol's variables, no filter) swept over ``k``
-    gives per cluster ``n``, ``S`` and ``Q``; the top cluster of 3 solves to the three most severe patients'
-    NIHSS (the raw maximum included), and clusters spanning 2-3 integers give exact counts per value."""
+def test_defence_kmeans_on_an_integer_variable_is_refused_from_the_request_in_a_study(tmp_path) -> None:
+    """Hole 1, closed (ADR 0050): the same sweep (k-means on NIHSS, k = 10..14, in an approved study that
+    allows k-means) is refused by the node from the request and the data model alone, before any row is
+    read: NIHSS is declared ``int``, and k-means takes real variables only (``KMeans.y_spec``).  The
+    refusal is the same bytes for every ``k`` (it depends on no row), says why and what to use instead;
+    the central site refuses it before calling any node; and nothing is released."""
     root = tmp_path / "node"
     NodeHome.init(root, NODE)  # the shipped settings
     frame = kmeans_registry()
     load_frame(root, STROKE, frame)
     grant_all(root, researcher="*", project="severity")
-    document = protocol(datasets=[NODE], variables=["age", "sex", "nihss_admission"], subgroups=[],
+    # no real study variable: nothing for the tie rule (test below) to refuse, the study is approved
+    document = protocol(datasets=[NODE], variables=["sex", "nihss_admission"], subgroups=[],
                         algorithms=["descriptive_stats", "kmeans"])
     document.pop("survival")
     assert study_approval.approve(NodeHome(root), "severity", document)["status"] == "approved"
     credential = issue_client(root, "central")
-    request = {"inputdata": {"data_model": STROKE.key, "datasets": [NODE], "x": [], "y": ["nihss_admission"],
-                             "filters": None}, "parameters": {}}
-    results = {}
+    request = sweep_request(["nihss_admission"])
+    with running_nodes([root]) as (url,):
+        node = Served(url, credential, root, frame)
+        replies = []
+        for k in range(10, 15):
+            request["parameters"] = {"k": k}
+            reply = node.call("kmeans", request, project="severity", analysis_id=f"sweep-{k}")
+            assert reply.status_code == 400, reply.text
+            replies.append(reply.content)
+        assert len(set(replies)) == 1  # the same bytes for every k: no row behind it
+        message = json.loads(replies[0])["detail"]
+        assert "'nihss_admission'" in message and "of type real" in message
+        assert "count of each value" in message and "multiple_histograms" in message and "0050" in message
+        client = NodeClient(NodeEndpoint(NODE, url, credential.client_id, credential.secret.hex()), retries=0)
+        try:
+            request["parameters"] = {"k": 10}
+            with pytest.raises(RequestError, match="of type real"):
+                run_analysis("kmeans", request, [client], researcher="mallory", project="severity")
+        finally:
+            client.close()
+    # the refused steps read no row: the audit records them refused, with no row count
+    refused = [r for r in read_records(root / AUDIT_FILE) if r.get("algorithm") == "kmeans"]
+    assert len(refused) == 5 and all(r.get("rows") is None for r in refused), refused
+
+
+def test_defence_a_study_with_kmeans_on_a_real_variable_of_whole_numbers_is_not_approved(tmp_path) -> None:
+    """The residual of hole 1 (ADR 0050): a variable declared real that holds whole numbers (here age, in
+    years) would give the same per-value counts.  Approval reads the population once and refuses a
+    protocol with k-means when the 3 most frequent values of a real study variable hold ``min_row_count``
+    rows (the tie rule, ``mipflow.node.controls.study_kmeans``), naming the variable for the admin; the
+    same protocol without k-means is approved."""
+    root = tmp_path / "node"
+    home = NodeHome.init(root, NODE)
+    frame = kmeans_registry()
+    assert (frame["age"] == frame["age"].round()).all()  # whole years, declared real
+    load_frame(root, STROKE, frame)
+    document = protocol(datasets=[NODE], variables=["age", "sex", "nihss_admission"], subgroups=[],
+                        algorithms=["descriptive_stats", "kmeans"])
+    document.pop("survival")
+    with pytest.raises(ConfigError) as refused:
+        study_approval.approve(home, "severity", document)
+    message = str(refused.value)
+    assert "'age'" in message and "min_row_count (10)" in message and "Leave kmeans out" in message
+    assert study_approval.approve(home, "severity", {**document, "algorithms": ["descriptive_stats"]})[
+        "status"] == "approved"
+
+
+def continuous_registry(seed: int = 5, n: int = 300) -> pd.DataFrame:
+    """Stroke rows whose age and glucose are measured, not counted (no two rows tie), in three groups."""
+    frame = stroke_rows(seed, n, NODE, "k")
+    rng = np.random.default_rng(seed + 1)
+    group = rng.integers(0, 3, n)
+    frame["age"] = np.array([35.0, 60.0, 82.0])[group] + rng.normal(0.0, 3.0, n)
+    frame["glucose_mmol"] = np.array([5.0, 8.0, 11.0])[group] + rng.normal(0.0, 0.6, n)
+    return frame
+
+
+def test_defence_an_honest_kmeans_on_real_variables_in_a_study_answers_and_equals_pooled(tmp_path) -> None:
+    """What the fix keeps: k-means on measured (real, untied) variables in an approved study passes the
+    tie rule and answers exactly, equal to pooled Lloyd from the same start (numpy) to 1e-9, every
+    cluster at least ``min_row_count`` rows."""
+    from mipflow.algorithms.kmeans import principal_axis_centres
+    from tests.mipflow.algorithms.test_kmeans import numpy_lloyd
+
+    root = tmp_path / "node"
+    home = NodeHome.init(root, NODE)
+    frame = continuous_registry()
+    load_frame(root, STROKE, frame)
+    grant_all(root, researcher="*", project="metabolic")
+    variables = ["age", "sex", "glucose_mmol"]
+    document = protocol(datasets=[NODE], variables=variables, subgroups=[], algorithms=["kmeans"])
+    document.pop("survival")
+    assert study_approval.approve(home, "metabolic", document)["status"] == "approved"
+    credential = issue_client(root, "central")
+    request = sweep_request(["age", "glucose_mmol"])
+    request["parameters"] = {"k": 3, "maxiter": 50, "tol": 1e-8}
     with running_nodes([root]) as (url,):
         client = NodeClient(NodeEndpoint(NODE, url, credential.client_id, credential.secret.hex()), retries=0)
         try:
-            for k in range(10, 15):
-                request["parameters"] = {"k": k}
-                outcome = run_analysis("kmeans", request, [client], researcher="mallory", project="severity")
-                assert outcome.mode  # answered in the study, exactly
-                results[k] = outcome.result
+            outcome = run_analysis("kmeans", request, [client], researcher="alice", project="metabolic")
         finally:
             client.close()
-
-    truth = frame["nihss_admission"].dropna().astype(int)
-    top_found, cells = None, {}
-    for k, result in results.items():
-        centres = [c[0] for c in result["centers"]]
-        order = np.argsort(centres)
-        bounds = [0.0] + [(centres[a] + centres[b]) / 2 for a, b in zip(order, order[1:])] + [float(NIHSS_MAX)]
-        for rank, j in enumerate(order):
-            n = int(result["cluster_counts"][j])
-            if n == 0:
-                continue
-            total = round(centres[j] * n)
-            squares = round(result["within_ss"][j] + total * total / n)
-            # the cluster's interval between the midpoints (a value on a midpoint may be on either side)
-            low, high = math.ceil(bounds[rank]), math.floor(bounds[rank + 1])
-            if rank == len(order) - 1 and n <= 4:
-                found = multisets(n, total, squares, low, high)
-                if len(found) == 1:
-                    top_found = found[0]
-            values = list(range(low, high + 1))
-            if 2 <= len(values) <= 3:  # n, S, Q: a Vandermonde system in the counts per value
-                vander = np.array([[v ** p for v in values] for p in range(len(values))], dtype=float)
-                counts = np.linalg.lstsq(vander, np.array([n, total, squares][:len(values)], dtype=float),
-                                         rcond=None)[0]
-                if len(values) == 3 or np.allclose(vander @ counts, [n, total, squares][:2]):
-                    for v, c in zip(values, np.rint(counts).astype(int)):
-                        cells[v] = c
-    # the raw extremes: the three most severe patients' NIHSS, the maximum among them
-    assert top_found == tuple(sorted(truth.nlargest(3))) == (33, 37, 42)
-    assert max(top_found) == truth.max() == NIHSS_MAX
-    # exact counts per NIHSS value, checked against the rows; some are under nfilter_tab
-    assert set(range(0, 24)) <= set(cells), sorted(cells)  # every value 0-23: the column's exact table
-    for value, count in cells.items():
-        assert count == int((truth == value).sum()), (value, count)
-    # with the top cluster's multiset: NIHSS 33, 37 and 42 hold one patient each, and nobody lies between
-    # the top cluster's lower bound and 42 otherwise (cells of one, under nfilter_tab)
-    assert all(int((truth == v).sum()) == 1 < TAB for v in top_found)
+    assert outcome.mode and not outcome.excluded
+    result = outcome.result
+    assert "stopped" not in result and result["converged"] is True
+    values = frame.dropna(subset=variables)[["age", "glucose_mmol"]].to_numpy(dtype=float)
+    start = principal_axis_centres(values.mean(axis=0), np.cov(values, rowvar=False), 3)
+    reference = numpy_lloyd(values, start, 1e-8, 50)
+    assert result["n_obs"] == len(values) and result["n_iter"] == reference["n_iter"]
+    np.testing.assert_allclose(result["centers"], reference["centers"], rtol=1e-9)
+    np.testing.assert_allclose(result["inertia"], reference["inertia"], rtol=1e-9)
+    assert result["cluster_counts"] == reference["counts"].tolist()
+    assert min(result["cluster_counts"]) >= home.settings.min_row_count
 
 
 # ------------------------------------------------------------------------------ 2-5. explore mode, the default
