@@ -45,3 +45,38 @@ def test_the_rule_refuses_from_min_row_count_rows_and_names_the_variable() -> No
     with pytest.raises(ConfigError, match="study 's' not approved: k-means would release exact counts.*'age'.*stays"):
         check_ties({"age": 10}, 10, "study 's' not approved", "; stays")
     check_ties({"age": 9}, 10, "study 's' not approved")  # passes
+
+
+def _measured(seed: int, n: int, prefix: str) -> pd.DataFrame:
+    from tests.mipflow.node.controls.study_helpers import stroke_rows
+
+    frame = stroke_rows(seed, n, "hospital_a", prefix)
+    rng = np.random.default_rng(seed)
+    frame["age"] = rng.uniform(30.0, 90.0, n)
+    frame["glucose_mmol"] = rng.normal(7.0, 1.5, n)
+    return frame
+
+
+def test_approval_passes_measured_values_and_a_refresh_that_brings_ties_is_refused(tmp_path) -> None:
+    """At approval the population's ages are measured (no ties): approved.  Ten new rows all aged 50.0
+    make 3 values hold min_row_count rows: the refresh is refused, the study stays on its snapshot."""
+    from mipflow.node.controls import study_approval
+    from mipflow.node.home import NodeHome
+    from tests.mipflow.node.controls.study_helpers import protocol
+    from tests.nodes import load_frame, standard_home
+
+    home = standard_home(tmp_path / "node", "hospital_a")
+    load_frame(home.root, STROKE, _measured(3, 200, "a"))
+    document = protocol(datasets=["hospital_a"], variables=["age", "sex", "glucose_mmol"], subgroups=[],
+                        algorithms=["kmeans"])
+    document.pop("survival")
+    approved = study_approval.approve(home, "clusters", document)
+    assert approved["status"] == "approved"
+    tied = _measured(4, home.settings.min_row_count, "b")
+    tied["age"] = 50.0
+    load_frame(home.root, STROKE, tied)
+    with pytest.raises(ConfigError) as refused:
+        study_approval.refresh(NodeHome(home.root), "clusters")
+    message = str(refused.value)
+    assert "not refreshed" in message and "'age'" in message and "'glucose_mmol'" not in message
+    assert f"stays on its snapshot of {approved['snapshot']}" in message
