@@ -70,7 +70,7 @@ def test_a_node_with_a_one_patient_cluster_is_left_out(nodes) -> None:
     req = request(y=("x1", "y"), k=2, maxiter=50, tol=1e-6)
     outcome = run_analysis("kmeans", req.to_dict(), clients)
     assert list(outcome.excluded) == ["node_a"], outcome.excluded
-    assert "(nfilter_tab)" in outcome.excluded["node_a"] and "1 row" not in outcome.excluded["node_a"]
+    assert "(min_row_count)" in outcome.excluded["node_a"] and "1 row" not in outcome.excluded["node_a"]  # ADR 0050
     assert sorted(outcome.contributed) == ["node_b", "node_c"]
     # the result is k-means of the other two nodes' rows, and the outlier is in no centre
     alone = run_in_process(get_algorithm("kmeans"), [frames["node_b"], frames["node_c"]], req, MODEL)
@@ -84,7 +84,7 @@ def test_min_nodes_turns_the_refusal_into_an_error(nodes) -> None:
 
     clients, _ = nodes
     req = request(y=("x1", "y"), k=2, maxiter=50, tol=1e-6)
-    with pytest.raises(FederationError, match="node_a: refused \\(nfilter_tab\\)"):
+    with pytest.raises(FederationError, match="node_a: refused \\(min_row_count\\)"):
         run_analysis("kmeans", req.to_dict(), clients, min_nodes=3)
 
 
@@ -121,20 +121,20 @@ def _overlapping(seed: int, tag: str, n: int) -> pd.DataFrame:
 #: rows between the bisector of the initial centres and that of the first update's centres: they
 #: change cluster in round 2 (one at node_a, two at node_b), nothing else moves
 BETWEEN = {"node_a": [(3.5, 3.5)], "node_b": [(3.4, 3.7), (3.8, 3.3)], "node_c": []}
-#: d2: node_c's high cluster is 3 such rows and 2 blob rows, so round 2 leaves 2 rows in it
+#: d2: node_c's high cluster is 3 such rows and 7 blob rows (min_row_count, ADR 0050), so round 2 leaves 7 in it
 SMALL_LATE = [(3.5, 3.5), (3.4, 3.7), (3.8, 3.3)]
 
 
 @pytest.fixture(scope="module")
 def stop_nodes(tmp_path_factory):
     """d0: overlapping clusters, 2000 rows a node; d1: the two-blob case with rows in between;
-    d2: a node whose cluster falls to 2 rows in round 2 (for a control other than differencing)."""
+    d2: a node whose cluster falls to 7 rows in round 2 (for a control other than differencing)."""
     frames = {}
     for i, name in enumerate(("node_a", "node_b", "node_c")):
         frames[name] = {
             "d0": _overlapping(i, f"{name}-o", 2000),
             "d1": _blobs(11 + i, f"{name}-b", "d1", 40, 10, BETWEEN[name]),
-            "d2": _blobs(21 + i, f"{name}-s", "d2", 40, *((2, SMALL_LATE) if name == "node_c" else (10, []))),
+            "d2": _blobs(21 + i, f"{name}-s", "d2", 40, *((7, SMALL_LATE) if name == "node_c" else (10, []))),
         }
     base = tmp_path_factory.mktemp("kmeans-stop-nodes")
     roots = {}
@@ -247,7 +247,7 @@ def test_a_late_round_on_overlapping_clusters_stops_at_the_last_released_round(s
 
 
 def test_other_controls_in_a_late_round_still_exclude_the_node(stop_nodes) -> None:
-    """With node_c's differencing check off, round 2 leaves 2 rows in one of its clusters: nfilter_tab."""
+    """With node_c's differencing check off, round 2 leaves 7 rows in one of its clusters: min_row_count (ADR 0050)."""
     clients, frames, roots = stop_nodes
     req = _request("d2", k=2, maxiter=50, tol=1e-6)
     NodeHome(roots["node_c"]).set_setting("differencing_check", 0)
@@ -255,7 +255,7 @@ def test_other_controls_in_a_late_round_still_exclude_the_node(stop_nodes) -> No
         outcome = run_analysis("kmeans", req.to_dict(), clients)
     finally:
         NodeHome(roots["node_c"]).set_setting("differencing_check", 1)
-    assert list(outcome.excluded) == ["node_c"] and "(nfilter_tab)" in outcome.excluded["node_c"]
+    assert list(outcome.excluded) == ["node_c"] and "(min_row_count)" in outcome.excluded["node_c"]
     assert outcome.stopped == {} and "stopped" not in outcome.result and outcome.result["converged"] is True
     assert [r["round"] for r in _audit(roots["node_c"]) if r.get("decision") == "refused"][-1:] == [2]
     alone = run_in_process(get_algorithm("kmeans"), [frames["node_a"]["d2"], frames["node_b"]["d2"]], req, MODEL)

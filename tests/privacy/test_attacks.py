@@ -108,7 +108,7 @@ def test_descriptive_stats_never_release_extremes_or_quantiles(node):
 
 
 def test_kmeans_initialisation_from_extremes_is_refused(node):
-    node.refused("raw_extremes", "kmeans", y=["age", "nihss_admission"], parameters={"k": 2, "init": "exareme2"})
+    node.refused("raw_extremes", "kmeans", y=["age", "glucose_mmol"], parameters={"k": 2, "init": "exareme2"})
 
 
 def test_a_one_patient_histogram_bin_is_suppressed(node):
@@ -133,12 +133,13 @@ def test_a_one_patient_histogram_bin_within_a_group_is_suppressed(node):
 
 def test_a_kmeans_cluster_around_one_patient_is_refused(node):
     # a malicious central site puts a centre on the target: that cluster would hold one patient
-    state = {"k": 2, "centers": [[TARGET_AGE, TARGET_NIHSS], [60.0, 15.0]]}
+    # (age alone: k-means takes real variables, ADR 0050; the target is the only one under 29)
+    state = {"k": 2, "centers": [[TARGET_AGE], [40.0]]}
     # through the API: a state the node cannot recompute is refused first (ADR 0029) ...
-    node.refused("round_verification", "kmeans", y=["age", "nihss_admission"], parameters={"k": 2},
+    node.refused("round_verification", "kmeans", y=["age"], parameters={"k": 2},
                  round=1, state=state, analysis_id="km")
     # ... and behind that control, the cluster's size still is (defence in depth)
-    node.refused("nfilter_tab", "kmeans", y=["age", "nihss_admission"], parameters={"k": 2},
+    node.refused("min_row_count", "kmeans", y=["age"], parameters={"k": 2},
                  round=1, state=state, analysis_id="km", unverified=True)
 
 

@@ -39,7 +39,7 @@ NODES = ("hospital_a", "hospital_b", "hospital_c")
 DATA = make_data(20261206, 330)
 SPLIT = np.arange(len(DATA)) % 3
 LOGISTIC = request(x=("x1", "age"), y=("outcome",), positive_class="yes")
-KMEANS = request(y=("x1", "y", "age"), k=3, maxiter=30, tol=1e-6)
+KMEANS = request(y=("x1", "y", "x2"), k=3, maxiter=30, tol=1e-6)  # real variables (ADR 0050)
 LINEAR = request(x=("x1", "age"), y=("y",))
 #: The hostile centre's own key pair, which it passes off as a fourth hospital.
 CENTRE = KeyPair.generate()

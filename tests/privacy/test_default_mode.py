@@ -128,7 +128,7 @@ def test_all_versus_all_but_one_is_perturbed_and_ended_by_the_project_budget(pai
 @pytest.mark.parametrize("algorithm,request_doc", [
     ("logistic_regression", request_of(y=("death_90d",), x=("age",), positive_class="yes")),
     ("anova_oneway", request_of(y=("nihss_admission",), x=("sex",))),
-    ("kmeans", request_of(y=("age", "nihss_admission"), k=2)),
+    ("kmeans", request_of(y=("age", "glucose_mmol"), k=2)),
 ], ids=["logistic", "anova", "kmeans"])
 def test_what_only_exact_answers_give_is_refused_by_the_request_alone(pair, algorithm, request_doc):
     replies = [pair[which].call(algorithm, request_doc, project="refusals") for which in ("small", "large")]

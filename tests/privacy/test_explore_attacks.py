@@ -200,7 +200,7 @@ def test_c_d_all_versus_all_but_one_is_perturbed_and_bounded_by_the_project_budg
 @pytest.mark.parametrize("algorithm,request_doc", [
     ("cox_regression", request_of(y=("followup_days", "death_90d"), x=("age",), event_level="yes")),
     ("logistic_regression", request_of(y=("death_90d",), x=("age",), positive_class="yes")),
-    ("kmeans", request_of(y=("age", "nihss_admission"), k=2)),
+    ("kmeans", request_of(y=("age", "glucose_mmol"), k=2)),
 ], ids=["cox_regression", "logistic_regression", "kmeans"])
 def test_e_what_explore_mode_does_not_answer_is_refused_by_the_request_alone(pair, algorithm, request_doc):
     replies = [pair[which].call(algorithm, request_doc, project="refusals") for which in ("small", "large")]

@@ -195,7 +195,7 @@ SEEDS: dict[str, tuple[list[str], list[str], dict[str, Any]]] = {
     "descriptive_stats": (["age", "sex"], [], {}),
     "gee": (["age"], ["systolic_bp", "sex"], {"family": "gaussian", "cov_struct": "exchangeable"}),
     "kaplan_meier": (["followup_days", "death_90d"], [], {"event_level": "yes"}),
-    "kmeans": (["age", "systolic_bp"], [], {"k": 2}),
+    "kmeans": (["age", "glucose_mmol"], [], {"k": 2}),
     "linear_mixed_model": (["age"], ["systolic_bp", "sex"], {}),
     "linear_regression": (["age"], ["systolic_bp", "sex"], {}),
     "linear_regression_cv": (["age"], ["systolic_bp"], {"n_splits": 2}),

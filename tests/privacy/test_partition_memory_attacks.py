@@ -6,7 +6,7 @@ boundary moved by one row would give that row away (ADR 0013): the node
 refuses it.  Before ADR 0027 the node kept 32 assignments per cohort and 64
 cohorts in memory, least recently used dropped, keyed by the variable list, and
 forgot everything at a restart, so the central site could push the first
-assignment out (or ask for the same rows under ``(age, x2)``, or wait for a
+assignment out (or ask for the same rows under ``(x1, x2)``, or wait for a
 restart) and then have the one-row move answered.  Now the memory is on disk,
 per cohort, never evicted: at ``partitions_per_cohort`` the cohort takes no new
 assignment, and the one-row move stays refused, also after a restart.
@@ -38,10 +38,10 @@ LIMIT = 40
 #: The released boundary; the attack moves it by one row.
 FIRST = 150
 #: Another variable held without missing values: the same rows, the same cohort.
-SIDE = {"age": 50.0, "score": 15.0}
+SIDE = {"x1": 2.0, "y": 4.0}  # real variables (k-means takes no integer one, ADR 0050)
 
 
-def state_for(order: np.ndarray, end: int, side: str = "age", x2_first: bool = True, flip: bool = False
+def state_for(order: np.ndarray, end: int, side: str = "x1", x2_first: bool = True, flip: bool = False
               ) -> tuple[dict[str, Any], list[str]]:
     """A k = 2 round whose clusters are the ``end`` lowest rows along x2 and the rest."""
     assert order[end] - order[end - 1] > 1e-6  # clear of rounding in the node's distances
@@ -72,6 +72,7 @@ def test_the_one_row_move_stays_refused_after_filling_the_memory_and_after_a_res
     home = standard_home(root, NODE)
     home.set_setting("partitions_per_cohort", LIMIT)
     frame = make_data(20270505, ROWS).assign(subjectcode=[f"p{i}" for i in range(ROWS)])
+    frame[["x1", "y"]] = frame[["x1", "y"]].fillna(0.0)  # complete: every variable order is the same rows
     load_frame(root, MODEL, frame)
     grant_all(root)
     order = np.sort(frame["x2"].to_numpy(dtype=float))
@@ -89,7 +90,7 @@ def test_the_one_row_move_stays_refused_after_filling_the_memory_and_after_a_res
         refused(client, *moved, "nfilter_tab")
         # the same rows under another variable order or another second variable: one memory per cohort
         refused(client, *state_for(order, FIRST + 1, x2_first=False), "nfilter_tab")
-        refused(client, *state_for(order, FIRST + 1, side="score"), "nfilter_tab")
+        refused(client, *state_for(order, FIRST + 1, side="y"), "nfilter_tab")
 
         # fill the memory: slabs 3 rows apart (each a cut of 3 from its neighbours: answered)
         ends = [e for e in range(10, 10 + 3 * LIMIT, 3) if abs(e - FIRST) >= 3]

@@ -105,6 +105,7 @@ class Algorithm(Protocol):
     secure_aggregation: str
     dp_release: DPRelease | None
     bin_count_setting: str
+    group_count_setting: str
     sealed_rounds: bool
 
     def secure_aggregation_refusal(self, request: AnalysisRequest) -> str | None: ...
@@ -146,6 +147,8 @@ class Algorithm(Protocol):
 # * ``fold_sizes``: the folds whose statistics it releases, each checked like a step;
 # * ``coarsen_for_release``: its own coarsening to the node's ``nfilter_tab`` before the checks
 #   (``bin_count_setting``: or to ``min_row_count``, when sums of covariates per bin reach anyone);
+# * ``group_count_setting``: the node setting every released non-empty group must reach (default
+#   ``nfilter_tab``; k-means clusters ``min_row_count``, ADR 0050);
 # * ``differencing_partition``: the partition of the rows whose sums a round releases, which
 #   the node compares with the partitions it released before (k-means, ADR 0013);
 # * ``sealed_rounds`` and ``pool_sealed``: its local steps may return sums for the other nodes only,

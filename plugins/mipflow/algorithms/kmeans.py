@@ -21,12 +21,21 @@ of squares) at the final centres.
 Given the same initial centres the iterates are those of Lloyd's algorithm
 on the pooled rows (the node split changes only the summation order).
 
-Disclosure: a cluster holding 1 or 2 rows at a node would release (nearly)
-those rows through its sum.  Counts travel under ``group_n``, so a node's
-controls refuse the step when a cluster has ``0 < n < nfilter_tab`` rows
-there; the central side then leaves the node out (``excluded`` in the
-outcome, with the reason) and restarts on the others.  See
-``docs/adr/0009-kmeans-initialisation.md``.
+Disclosure: a cluster is the rows in a range of values the data choose (in
+one dimension an interval between midpoints of centres), released with its
+count, sum and sum of squares: three moments, which pin the rows of a cluster
+of few rows or the per-value counts of one spanning few distinct values (an
+outside review recovered NIHSS's whole frequency table and its maximum this
+way, ADR 0050).  So the variables must be declared real (``y_spec``: an
+integer variable is refused from the request and the data model alone, before
+any row is read), and every released cluster holds at least ``min_row_count``
+rows (``group_count_setting``; counts travel under ``group_n``, and a node's
+controls refuse the step when a cluster has ``0 < n < min_row_count`` rows
+there); the central side then leaves the node out (``excluded`` in the
+outcome, with the reason) and restarts on the others.  A study protocol with
+k-means is approved only if no three neighbouring distinct values of a real
+study variable hold ``min_row_count`` rows (:mod:`mipflow.node.controls.study_cells`).
+See ``docs/adr/0009-kmeans-initialisation.md`` and ``0050-kmeans-real-variables.md``.
 
 Privacy stop (:meth:`KMeans.on_refusal`, ``docs/adr/0020-kmeans-privacy-stop.md``):
 a node also refuses (control ``differencing``, ADR 0013) a round whose
@@ -189,9 +198,17 @@ class KMeans(SpecAlgorithm):
     label = "K-Means"
     description = ("Federated Lloyd iterations from centres on the pooled first principal axis: centres, "
                    "cluster sizes and inertia.")
-    # Exareme2 takes real variables only; mipflow also takes integer ones (deliberate).
-    y_spec = InputSpec(types=("real", "int"), stattypes=(NUMERICAL,), notblank=True, multiple=True,
-                       label="Variables", description="The numerical variables to cluster on.")
+    # Real variables only, as Exareme2's spec (ADR 0050): a cluster's count, sum and sum of squares over
+    # a range of an integer variable's values solve to each value's count and to the extremes.
+    y_spec = InputSpec(types=("real",), stattypes=(NUMERICAL,), notblank=True, multiple=True,
+                       label="Variables", description="The real-valued variables to cluster on.",
+                       why=("k-means releases each cluster's row count, sum and sum of squares over a range of "
+                            "values chosen by the data, which on a variable of whole numbers solve to the count "
+                            "of each value and to its extremes (docs/adr/0050-kmeans-real-variables.md); for "
+                            "an integer variable ask for a histogram (multiple_histograms, on the study's bins "
+                            "in a study) or descriptive statistics, or use explore mode"))
+    # every released cluster holds min_row_count rows, not only nfilter_tab (ADR 0050)
+    group_count_setting = "min_row_count"
     x_spec = None
     parameter_specs = MappingProxyType({
         "k": ParamSpec(types=("int",), default=4, notblank=True, min=1, max=100, label="Clusters (k)",

@@ -46,6 +46,9 @@ class InputSpec:
         A list of variables (else at most one).
     label, description : str
         What forms and ``mipflow algorithms list`` show.
+    why : str
+        Why the types or kinds are restricted and what to use instead, added to the refusal of a
+        variable outside them (e.g. k-means on an integer variable, ADR 0050).
     """
 
     types: tuple[str, ...]
@@ -54,6 +57,7 @@ class InputSpec:
     multiple: bool
     label: str = ""
     description: str = ""
+    why: str = ""
 
 
 @dataclass(frozen=True)
@@ -174,6 +178,11 @@ class SpecAlgorithm:
     #: (counts only are released per bin) or ``"min_row_count"`` (sums of covariates per bin reach
     #: someone, e.g. Cox regression's risk-set sums, ADR 0046: a bin is then as large as a cohort).
     bin_count_setting: str = "nfilter_tab"
+    #: The node setting that bounds each non-empty group whose statistics the local step releases
+    #: (``group_n`` / ``group_counts`` / ``cell_n``): ``"nfilter_tab"``, or ``"min_row_count"`` when a
+    #: group's rows are chosen by the data and its statistics carry as many moments as a few rows
+    #: have values (k-means clusters: count, sum and sum of squares over a range of values, ADR 0050).
+    group_count_setting: str = "nfilter_tab"
     y_spec: InputSpec
     x_spec: InputSpec | None = None
     parameter_specs: Mapping[str, ParamSpec] = MappingProxyType({})
@@ -371,7 +380,7 @@ class SpecAlgorithm:
                 raise RequestError(
                     f"{self.name}: {which} variable {code!r} is {kind or 'free text'} "
                     f"({var.sql_type}); it must be {' or '.join(spec.stattypes)} "
-                    f"of type {'/'.join(spec.types)}"
+                    f"of type {'/'.join(spec.types)}" + (f": {spec.why}" if spec.why else "")
                 )
 
     def params(self, request: AnalysisRequest, model: DataModel | None = None) -> dict[str, Any]:

@@ -489,7 +489,6 @@ def test_anova_oneway_with_one_level_is_a_request_error(validation_nodes) -> Non
 SPEC_DEVIATIONS = {
     ("linear_regression", "y", "types"): ["real", "int"],  # Exareme2's suite regresses int variables
     ("linear_regression_cv", "y", "types"): ["real", "int"],  # the same model as linear_regression
-    ("kmeans", "y", "types"): ["real", "int"],  # integer scores (NIHSS, mRS) are clustered too
 }
 #: Where mipflow's parameters knowingly differ from Exareme2's spec (docs/adr/0022-algorithm-catalogue.md).
 PARAMETER_DEVIATIONS = {

@@ -27,7 +27,7 @@ from tests.mipflow.algorithms.helpers import EXACT_RTOL, POOLED_SUMMARY, assert_
 from tests.mipflow.algorithms.synthetic import MODEL, make_data, request
 from tests.mipflow.algorithms.test_federated_vs_pooled import SETTINGS, split_data
 
-VARIABLES = ("x1", "y", "age")
+VARIABLES = ("x1", "y", "x2")  # real variables only (ADR 0050)
 
 
 def numpy_lloyd(values: np.ndarray, centres: np.ndarray, tol: float, maxiter: int) -> dict:
@@ -131,14 +131,22 @@ def test_a_one_patient_cluster_is_refused_by_the_node() -> None:
     # what the node computed: the outlier alone in cluster 1, its sum is its row
     assert aggregates["group_n"] == [30, 1]
     assert aggregates["deviation_sums"][1] == [0.0, 0.0]
-    with pytest.raises(DisclosureError) as refused:
-        DisclosureControls(NodeSettings()).release(algo, req, MODEL, 1, aggregates)
-    assert refused.value.control == "nfilter_tab"
-    # three patients in the small cluster pass
-    three = pd.concat([_outlier_node(), pd.DataFrame([[39.0, 40.0], [40.0, 41.0]], columns=["x1", "y"])])
-    released = DisclosureControls(NodeSettings()).release(
-        algo, req, MODEL, 1, algo.local_step(1, three, req, MODEL, state))
-    assert released["group_n"] == [30, 3]
+    settings = NodeSettings()
+    assert settings.nfilter_tab < settings.min_row_count
+    # a cluster of 1, and of nfilter_tab to min_row_count - 1 patients (ADR 0050), is refused
+    for extra in (0, settings.nfilter_tab - 1, settings.min_row_count - 2):
+        near = pd.DataFrame([[40.0 - 0.1 * i, 40.0] for i in range(1, extra + 1)], columns=["x1", "y"])
+        rows = pd.concat([_outlier_node(), near])
+        aggregates = algo.local_step(1, rows, req, MODEL, state)
+        assert aggregates["group_n"] == [30, 1 + extra]
+        with pytest.raises(DisclosureError) as refused:
+            DisclosureControls(settings).release(algo, req, MODEL, 1, aggregates)
+        assert refused.value.control == "min_row_count" and "min_row_count (10)" in str(refused.value)
+    # min_row_count patients in the small cluster pass
+    near = pd.DataFrame([[40.0 - 0.1 * i, 40.0] for i in range(1, settings.min_row_count)], columns=["x1", "y"])
+    released = DisclosureControls(settings).release(
+        algo, req, MODEL, 1, algo.local_step(1, pd.concat([_outlier_node(), near]), req, MODEL, state))
+    assert released["group_n"] == [30, settings.min_row_count]
 
 
 def test_exareme2_initialisation_needs_raw_extremes() -> None:
@@ -171,6 +179,21 @@ def test_nominal_variables_and_covariates_are_refused() -> None:
         get_algorithm("kmeans").validate(request(y=("grp",)), MODEL)
     with pytest.raises(RequestError, match="takes no covariates"):
         get_algorithm("kmeans").validate(request(y=("x1",), x=("x2",)), MODEL)
+
+
+@pytest.mark.parametrize("y", [
+    pytest.param(("age",), id="integer"),
+    pytest.param(("score",), id="integer-with-declared-range"),
+    pytest.param(("x1", "age"), id="integer-beside-a-real"),
+    pytest.param(("stage",), id="integer-coded-categorical"),
+])
+def test_variables_not_declared_real_are_refused_from_the_request(y) -> None:
+    """ADR 0050: decided from the request and the data model alone (no row), saying why and what instead."""
+    with pytest.raises(RequestError) as refused:
+        get_algorithm("kmeans").validate(request(y=y, k=2), MODEL)
+    message = str(refused.value)
+    assert "of type real" in message and "multiple_histograms" in message
+    get_algorithm("kmeans").validate(request(y=("x1", "x2"), k=2), MODEL)  # real variables pass
 
 
 # --------------------------------------------------------------------------- privacy stop (ADR 0020)

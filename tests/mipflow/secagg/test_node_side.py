@@ -66,7 +66,7 @@ def test_mask_release_checks_the_call(tmp_path) -> None:
     assert not any(repr(v) in released for v in agg["moments"]["mean"])
     with pytest.raises(RequestError, match="not available for pca.*linear_regression"):
         mask_release(tmp_path, "me", "pca", spec=peers, **args)
-    exareme2_init = request(y=("x1", "age"), k=2, init="exareme2").to_dict()
+    exareme2_init = request(y=("x1", "x2"), k=2, init="exareme2").to_dict()
     with pytest.raises(RequestError, match="kmeans request.*minima and maxima"):
         mask_release(tmp_path, "me", "kmeans", spec=peers, **{**args, "request": exareme2_init})
     with pytest.raises(DisclosureError, match="own public key"):

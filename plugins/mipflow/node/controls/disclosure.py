@@ -12,7 +12,8 @@ Checks run in three places:
    filters and complete-case), and the parameters-per-row ratio of models;
 3. :meth:`release` on the aggregates: small non-zero count cells are
    suppressed (``None``), raw extremes are refused, groups smaller than
-   ``nfilter_tab`` refuse the whole step; a grouped histogram's cells are
+   ``nfilter_tab`` (or the setting the algorithm's ``group_count_setting`` names, when larger:
+   k-means clusters, ADR 0050) refuse the whole step; a grouped histogram's cells are
    suppressed consistently with its overall bins and row count
    (:mod:`mipflow.node.controls.suppression`, ADR 0031).  An algorithm may first coarsen its
    aggregates to the node's ``nfilter_tab`` (``coarsen_for_release``, e.g.
@@ -154,11 +155,15 @@ class DisclosureControls:
         if not self.settings.release_extremes:
             _refuse_raw_extremes(aggregates)
         tab = self.settings.nfilter_tab
+        # k-means clusters: min_row_count (a data-chosen range released with n, sum and squares, ADR 0050)
+        setting = getattr(algorithm, "group_count_setting", "nfilter_tab")
+        smallest = max(tab, int(getattr(self.settings, setting)))
+        control = setting if smallest > tab else "nfilter_tab"
         for n in _group_sizes(aggregates):
-            if 0 < n < tab:
+            if 0 < n < smallest:
                 # the size itself stays at the node: "a group of 1 row" would disclose it
-                raise DisclosureError(f"a group or cell is non-empty but smaller than nfilter_tab ({tab})",
-                                      control="nfilter_tab")
+                raise DisclosureError(f"a group or cell is non-empty but smaller than {control} ({smallest})",
+                                      control=control)
         # joint cells checked above are the node's business only: never sent (ADR 0031)
         aggregates = _without_checked_only(aggregates)
         if is_histogram_release(aggregates):

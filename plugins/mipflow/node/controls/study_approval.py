@@ -28,6 +28,7 @@ import numpy as np
 from mipflow.exceptions import ConfigError, DisclosureError
 from mipflow.node.controls.study import Study, list_records, now_utc, read_record, read_study, value_hashes, write_study
 from mipflow.node.controls.study_protocol import Protocol, check_against_model, parse_protocol
+from mipflow.node.controls.study_kmeans import check_ties
 from mipflow.node.controls.study_suppression import Patterns, compute_patterns, read_patterns, write_patterns
 
 
@@ -66,6 +67,8 @@ class Family:
     row_patients: np.ndarray | None = None
     survival_counts: dict[str, list[int]] = field(default_factory=dict)
     survival_problems: tuple[str, ...] = ()
+    #: with k-means: rows of the 3 most frequent values of each real study variable (ADR 0050)
+    ties: dict[str, int] = field(default_factory=dict)
 
     def sets(self) -> list[tuple[str, np.ndarray]]:
         """Every cohort a request of the family can be answered on or combined from, labelled."""
@@ -136,6 +139,10 @@ def compute_family(store: Any, model: Any, protocol: Protocol, hash_key: str, ta
         family = _with_survival(family, frame[protocol.survival["time"]].to_numpy(dtype=float)[order], model,
                                 protocol, tab, old)
     family.cells.update(cohort_cells(family.sets(), population, levels, nominal, family.cross))
+    if "kmeans" in protocol.algorithms:
+        from mipflow.node.controls.study_kmeans import tie_counts
+
+        family.ties.update(tie_counts(frame, model, protocol.variables))
     return family
 
 
@@ -471,6 +478,7 @@ def approve(home: Any, project: str, document: Any) -> dict[str, Any]:
         if problems:
             raise ConfigError(f"study {protocol.name!r} not approved: fewer than min_row_count ({min_row_count}): "
                               + "; ".join(problems))
+        check_ties(family.ties, min_row_count, f"study {protocol.name!r} not approved")
         others = other_studies(home.root, project)
         theirs = other_sets(others, family, protocol.data_model, store, hash_key(home.key()))
         shared = {study.project for study in others
@@ -535,6 +543,7 @@ def refresh(home: Any, project: str) -> dict[str, Any]:
         if problems:
             raise ConfigError(f"study {old.protocol.name!r} not refreshed: fewer than min_row_count "
                               f"({min_row_count}): " + "; ".join(problems) + stays)
+        check_ties(family.ties, min_row_count, f"study {old.protocol.name!r} not refreshed", stays)
         tab = home.settings.nfilter_tab
         others = other_sets(other_studies(home.root, project), family, old.protocol.data_model, store,
                             hash_key(home.key()))

@@ -296,11 +296,11 @@ def test_kmeans_rounds_a_row_apart_are_refused(node):
             ["aggregates"]["group_n"] == [23, 37]
         # the same centres again (a later round, a repeated analysis) are fine
         _step(client, doc, algorithm="kmeans", round_no=3, state=_kmeans_state(cut(23)))
-        # a cluster of 2 rows is a small cut too, but it is the cell control's refusal (it leaves
-        # the node out instead of stopping the run, ADR 0020)
+        # a cluster of 2 rows is a small cut too, but it is the cluster-size control's refusal (it
+        # leaves the node out instead of stopping the run, ADR 0020; min_row_count, ADR 0050)
         with pytest.raises(NodeRefused) as info:
             _step(client, doc, algorithm="kmeans", round_no=4, state=_kmeans_state(cut(2)))
-        assert info.value.control == "nfilter_tab", info.value
+        assert info.value.control == "min_row_count", info.value
     finally:
         client.close()
 

@@ -35,6 +35,30 @@ def test_refused_aggregates(aggregates, control):
     assert info.value.control == control
 
 
+class Clusters(SpecAlgorithm):  # groups chosen by the data, released with three moments (k-means, ADR 0050)
+    name = "kmeans"
+    group_count_setting = "min_row_count"
+
+
+@pytest.mark.parametrize("settings, sizes, control", [
+    pytest.param({}, [40, 9], "min_row_count", id="under-min_row_count"),
+    pytest.param({}, [40, 3], "min_row_count", id="at-nfilter_tab"),
+    pytest.param({"min_row_count": 2, "nfilter_tab": 5}, [40, 4], "nfilter_tab", id="nfilter_tab-larger"),
+    pytest.param({}, [40, 10, 0], None, id="min_row_count-and-empty-pass"),
+])
+def test_groups_reach_the_setting_the_algorithm_names(settings, sizes, control):
+    controls = DisclosureControls(NodeSettings(**settings))
+    if control is None:
+        assert controls.release(Clusters(), None, None, 1, {"group_n": sizes})["group_n"] == sizes
+        return
+    with pytest.raises(DisclosureError) as info:
+        controls.release(Clusters(), None, None, 1, {"group_n": sizes})
+    assert info.value.control == control and str(sizes[1]) not in str(info.value).split("(")[0]
+    # the default (nfilter_tab) is unchanged for other algorithms
+    if sizes[1] >= controls.settings.nfilter_tab:
+        assert controls.release(Algo(), None, None, 1, {"group_n": sizes})["group_n"] == sizes
+
+
 def test_extremes_only_with_explicit_setting():
     out = DisclosureControls(NodeSettings(release_extremes=1)).release(Algo(), None, None, 0, {"min": 1.0})
     assert out == {"min": 1.0}
