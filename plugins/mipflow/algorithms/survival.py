@@ -47,6 +47,15 @@ import numpy as np
 
 from mipflow.algorithms.design import category_codes, numeric_values
 from mipflow.algorithms.spec import NOMINAL, NUMERICAL, InputSpec, ParamSpec, stattype
+from mipflow.algorithms.survival_bins import (  # noqa: F401  (the merges, re-exported)
+    _safe_runs,
+    bin_counts,
+    canonical_bins,
+    close_tail,
+    cohort_bins,
+    nested_bins,
+    safe_bins,
+)
 from mipflow.exceptions import RequestError
 from mipflow.protocol.datamodel import DataModel, Variable
 from mipflow.protocol.request import AnalysisRequest
@@ -325,187 +334,6 @@ def grid_counts(index: np.ndarray, event: np.ndarray, n_points: int) -> tuple[np
     return events.astype(np.int64), censored.astype(np.int64)
 
 
-def safe_bins(events: Sequence[int], censored: Sequence[int], min_count: int
-              ) -> tuple[list[int], list[int], list[int]]:
-    """Merge adjacent grid points until no count is in ``(0, min_count)``.
-
-    Scans forward, closing a bin as soon as both its event and its censoring
-    count are zero or at least ``min_count``; a small remainder at the end is
-    merged backwards into the bins before it.  If all rows together still give
-    a small count, that one bin is returned as it is (the disclosure control
-    then refuses the release).
-
-    Then every at-risk count the central side can derive (rows whose time is
-    in this bin or later) is zero or at least ``min_count`` too, and so is
-    every difference between two of them.
-
-    Returns
-    -------
-    ends : list of int
-        Grid index of each merged bin's last point; the last is ``len(events) - 1``.
-    merged_events, merged_censored : list of int
-        Counts per merged bin.
-    """
-    ends = _safe_runs([(int(d), int(c)) for d, c in zip(events, censored)], min_count)
-    return ends, bin_counts(events, ends), bin_counts(censored, ends)
-
-
-def _safe_runs(columns: Sequence[Sequence[int]], min_count: int) -> list[int]:
-    """:func:`safe_bins` over any number of count series (``columns``: per piece, its count in each series):
-    the indices of the pieces that close a merged bin, every series' count in every merged bin zero or
-    at least ``min_count`` (a small remainder merged backwards; one bin if the totals are small)."""
-    def ok(values: list[int]) -> bool:
-        return all(v == 0 or v >= min_count for v in values)
-
-    closing: list[int] = []
-    sums: list[list[int]] = []
-    width = len(columns[0]) if columns else 0
-    open_ = [0] * width
-    for k, column in enumerate(columns):
-        open_ = [a + b for a, b in zip(open_, column)]
-        if ok(open_):
-            closing.append(k)
-            sums.append(open_)
-            open_ = [0] * width
-    while any(open_) and not ok(open_) and closing:
-        closing.pop()
-        open_ = [a + b for a, b in zip(open_, sums.pop())]
-    if any(open_) or not closing or closing[-1] != len(columns) - 1:
-        closing.append(len(columns) - 1)
-    return closing
-
-
-def nested_bins(series: Sequence[Sequence[int]], min_count: int, allowed: Sequence[int] | None = None
-                ) -> tuple[list[int], list[int]]:
-    """Bins of the fine grid, merged top down on nested blocks, in which **every** series' count is zero
-    or at least ``min_count``; with ``allowed``, bins end only at those fine indices (a coarsening of
-    the bins that gave them).
-
-    Level ``B`` (a power of two) cuts the fine grid at the indices that are multiples of ``B`` (and at
-    its last index).  From one bin over the whole grid (the coarsest level, one block), each level in
-    turn cuts every bin of the level above at its multiples of ``B`` (among ``allowed``) and merges the
-    pieces back with :func:`_safe_runs`, down to ``B = 1``.  Every bin end of a level stays a bin end
-    below it, so the bins of level ``B`` are a coarsening of the final bins and their ends are multiples
-    of ``B``: where the data are sparse, bins close at round indices, so the bins of two nodes share
-    their ends far more often than bins closed at the first index where the counts allow it.  If the
-    totals are small, one bin.
-
-    Returns
-    -------
-    ends : list of int
-        Fine index of each bin's last point; the last is the grid's last index.
-    levels : list of int
-        For each end, the largest ``B`` whose bins end there.
-    """
-    matrix = np.asarray(series, dtype=np.int64).reshape(len(series), -1)
-    n = matrix.shape[1]
-    cum = [[0, *row] for row in np.cumsum(matrix, axis=1).tolist()]
-    permitted = None if allowed is None else {int(e) for e in allowed}
-    top = 1
-    while top < n - 1:
-        top *= 2
-    parts = [(0, n - 1)]
-    level = {n - 1: top}
-    block = top
-    while block > 1:
-        block //= 2
-        refined = []
-        for lo, hi in parts:
-            cuts = [c for c in range(-(-lo // block) * block, hi, block) if permitted is None or c in permitted]
-            cuts.append(hi)
-            if len(cuts) == 1:
-                refined.append((lo, hi))
-                continue
-            starts = [lo, *(c + 1 for c in cuts[:-1])]
-            pieces = [[row[c + 1] - row[a] for row in cum] for a, c in zip(starts, cuts)]
-            start = lo
-            for k in _safe_runs(pieces, min_count):
-                level.setdefault(cuts[k], block)
-                refined.append((start, cuts[k]))
-                start = cuts[k] + 1
-        parts = refined
-    ends = [hi for _, hi in parts]
-    return ends, [level[e] for e in ends]
-
-
-def bin_counts(counts: Sequence[int], ends: Sequence[int]) -> list[int]:
-    """Fine counts summed into the bins that end at ``ends`` (fine indices, the last the grid's last)."""
-    cum = np.concatenate([[0], np.cumsum(np.asarray(counts, dtype=np.int64))])
-    edges = np.asarray([-1, *ends], dtype=np.int64) + 1
-    return [int(v) for v in cum[edges[1:]] - cum[edges[:-1]]]
-
-
-def canonical_bins(events: Sequence[int], censored: Sequence[int], min_count: int
-                   ) -> tuple[list[int], list[int], list[int], list[int]]:
-    """A group's canonical bins on the fine grid (:func:`nested_bins` on its events and censorings).
-
-    Every count is zero or at least ``min_count`` unless the whole group's are not (then one bin, as
-    :func:`safe_bins`).  The empty bins after the last rows are merged into the last bin with rows
-    (:func:`close_tail`).
-
-    Returns
-    -------
-    ends : list of int
-        Fine index of each bin's last point; the last is ``len(events) - 1``.
-    merged_events, merged_censored : list of int
-    levels : list of int
-        For each end, the largest ``B`` whose bins end there.
-    """
-    ends, levels = nested_bins([events, censored], min_count)
-    events_out, censored_out = bin_counts(events, ends), bin_counts(censored, ends)
-    if min_count > 1:
-        kept, events_out, censored_out = close_tail(ends, events_out, censored_out)
-        levels = [*levels[:len(kept) - 1], levels[-1]]
-        ends = kept
-    return ends, events_out, censored_out, levels
-
-
-def cohort_bins(groups: Sequence[Mapping[str, Any]], min_count: int, bin_count: int | None = None
-                ) -> tuple[list[int], list[int]]:
-    """The bins one standard-mode release of a cohort's groups shares (ADR 0008, "one partition per
-    cohort"): nested coarsenings of one another, each a function of the cohort's rows and the request's
-    event variable and grouping only:
-
-    1. ``L``: :func:`nested_bins` of the rows leaving follow-up (events and censorings of every group
-       together), the same whatever the event variable, its level or the grouping;
-    2. ``P``: ``L``'s bins merged until the cohort's count of **every level of the event variable** (and
-       of the rows followed beyond the grid) is zero or at least ``min_count`` (each group's ``series``,
-       :func:`leaving_series`; without them, its events and censorings): the ungrouped release's bins,
-       the same whatever the grouping and whichever level is the event (a level's censorings are the
-       other series summed);
-    3. with two or more groups, ``P``'s bins merged until every group's series are, **shared by all
-       the groups of the release**;
-    4. with ``bin_count`` above ``min_count`` (Cox regression: ``min_row_count``, ADR 0046), those bins
-       merged further until every count is zero or at least ``bin_count``: a coarsening of the above.
-
-    So the cumulative counts of a cohort that any two releases give (summed over their groups) are at
-    ends of ``P`` (of ``L`` across event variables), and the difference of two is a sum of ``P``'s
-    (``L``'s) counts; and within a release, a group's complement (the cohort less the group) has the
-    group's ends too.  The empty bins after the last rows are merged into the last bin with rows.
-
-    Returns the ends (fine indices; the last the grid's last) and their levels (:func:`nested_bins`).
-    """
-    events = [np.asarray(g["events"], dtype=np.int64) for g in groups]
-    censored = [np.asarray(g["censored"], dtype=np.int64) for g in groups]
-    total_events, total_censored = np.sum(events, axis=0), np.sum(censored, axis=0)
-    if all(g.get("series") is not None for g in groups):
-        series = [[np.asarray(v, dtype=np.int64) for v in g["series"]] for g in groups]
-    else:
-        series = [[e, c] for e, c in zip(events, censored)]
-    totals = [np.sum(column, axis=0) for column in zip(*series)]
-    ends, levels = nested_bins([total_events + total_censored], min_count)
-    ends, levels = nested_bins(totals, min_count, allowed=ends)
-    if len(groups) > 1:
-        ends, levels = nested_bins([v for g in series for v in g], min_count, allowed=ends)
-    if bin_count is not None and bin_count > min_count:
-        ends, levels = nested_bins([v for g in series for v in g], bin_count, allowed=ends)
-    if min_count > 1:
-        kept, _, _ = close_tail(ends, bin_counts(total_events, ends), bin_counts(total_censored, ends))
-        levels = [*levels[:len(kept) - 1], levels[-1]]
-        ends = kept
-    return ends, levels
-
-
 def leaving_series(index: np.ndarray, data: pd.DataFrame, request: AnalysisRequest, model: DataModel,
                    grid: np.ndarray, mask: np.ndarray | None = None) -> list[list[int]]:
     """Fine counts of the rows leaving follow-up at each grid point (``index``, :func:`outcome`), one
@@ -521,14 +349,6 @@ def leaving_series(index: np.ndarray, data: pd.DataFrame, request: AnalysisReque
            for level in event_var.enumeration_codes]
     out.append(np.bincount(index[keep & beyond], minlength=len(grid)).tolist())
     return out
-
-
-def close_tail(ends: list[int], events: list[int], censored: list[int]) -> tuple[list[int], list[int], list[int]]:
-    """The empty bins after the last bin with rows merged into it: that bin ends at the last point, not
-    at the time its last row leaves (the group's longest follow-up, a raw extreme; with ``nfilter_tab``
-    1 a node releases single rows' times anyway, and the bins are left as they are)."""
-    last = max((k for k, (d, c) in enumerate(zip(events, censored)) if d or c), default=len(ends) - 1)
-    return [*ends[:last], ends[-1]], events[:last + 1], censored[:last + 1]
 
 
 def request_level(time_var: Variable, bin_width: float) -> int:
