@@ -182,6 +182,14 @@ class FeatureStore:
                     document=document, added_at=utcnow()))
         table = self.model_table(model)
         table.create(self.engine, checkfirst=True)
+        if self.dialect == "sqlite":  # the row stamp the node's columnar snapshots are read by (ADR 0049)
+            from mipflow.node.store.stamp import install_stamp
+
+            raw = self.engine.raw_connection()
+            try:
+                install_stamp(raw.dbapi_connection, table.name)
+            finally:
+                raw.close()
         return table
 
     def data_models(self) -> list[DataModel]:
