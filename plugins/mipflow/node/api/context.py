@@ -23,7 +23,6 @@ from mipflow.node.controls.query_budget import QueryBudget
 from mipflow.node.controls.study import StudyRegistry
 from mipflow.node.freshness import DataVersion, file_signature
 from mipflow.node.home import NodeHome, NodeSettings
-from mipflow.node.query.snapshot import SNAPSHOT_DIR
 
 log = logging.getLogger(__name__)
 #: Data selections kept in node memory between rounds (see :class:`SelectionCache`).
@@ -78,10 +77,8 @@ class SelectionCache:
     cached with the rows.
     """
 
-    def __init__(self, store: Any, differencing: DifferencingGuard, fold_key: str,
-                 snapshots: Path | None = None) -> None:
+    def __init__(self, store: Any, differencing: DifferencingGuard, fold_key: str) -> None:
         self.store = store
-        self.snapshots = snapshots  # the node home's columnar snapshots (ADR 0049), None: none
         self.differencing = differencing
         self.fold_key = fold_key  # cross-validation folds (mipflow.node.controls.folds)
         self.version = DataVersion(store)
@@ -131,7 +128,7 @@ class SelectionCache:
                                      filters=analysis.filters, complete_case=algo.complete_case,
                                      row_identity=True, visit_order=visit_order,
                                      row_key=None if getattr(algo, "row_identity", False) else self.differencing.key,
-                                     snapshots=self.snapshots if columnar else None)
+                                     snapshot=columnar)
             cohorts = self.differencing.cohorts(model.key, frame, variables, algo.complete_case,
                                                 getattr(algo, "released_by", ()))
         if needs_fold_keys(algo):  # folds fixed by the node's secret, never by the request (ADR 0026)
@@ -228,8 +225,7 @@ class StepContext:
         return cls(home=home, settings_file=SettingsFile(home), store=store, audit=audit,
                    access=AccessRegistry(home.root), budget=QueryBudget(audit.records()),
                    privacy=NodePrivacy(home.root), differencing=differencing,
-                   selections=SelectionCache(store, differencing, fold_key(home.key()),
-                                             snapshots=Path(home.root) / SNAPSHOT_DIR))
+                   selections=SelectionCache(store, differencing, fold_key(home.key())))
 
     @property
     def name(self) -> str:

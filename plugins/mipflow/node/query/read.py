@@ -11,7 +11,6 @@ categorical selections.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -196,7 +195,7 @@ def release_page_cache(conn: sa.Connection) -> None:
 def select_frame(store: FeatureStore, model: DataModel, *, datasets: Sequence[str], variables: Sequence[str],
                  filters: Mapping[str, Any] | None = None, complete_case: bool = True,
                  row_identity: bool = False, visit_order: bool = False,
-                 row_key: str | None = None, snapshots: str | Path | None = None) -> pd.DataFrame:
+                 row_key: str | None = None, snapshot: bool = False) -> pd.DataFrame:
     """The rows of ``datasets`` that pass ``filters``, with column ``dataset`` and ``variables``.
 
     Parameters
@@ -231,12 +230,11 @@ def select_frame(store: FeatureStore, model: DataModel, *, datasets: Sequence[st
         :data:`~mipflow.node.query.rowkeys.ROW_KEY` and ``PID_KEY``, computed chunk by
         chunk as the rows are read), not as text: 16 bytes a row instead of two strings
         (ADR 0044).  Elsewhere it is ignored (the text or MD5 columns come as without it).
-    snapshots : path or None
-        With ``row_key`` on a SQLite file: the node home's snapshot folder
-        (:data:`mipflow.node.query.snapshot.SNAPSHOT_DIR`).  Such a keyed read is then answered from
-        the data model's columnar snapshot (written first when the rows changed since the last),
-        the same frame bit for bit; what the snapshot cannot answer exactly is read as without it
-        (ADR 0049).
+    snapshot : bool
+        With ``row_key`` on a SQLite file: answer the keyed read from the data model's columnar
+        snapshot (:mod:`mipflow.node.query.snapshot`; written first when the rows changed since the
+        last), the same frame bit for bit; what the snapshot cannot answer exactly is read as without
+        it (ADR 0049).
 
     Returns
     -------
@@ -261,12 +259,12 @@ def select_frame(store: FeatureStore, model: DataModel, *, datasets: Sequence[st
             return frame
     if (store.dialect == "sqlite" and row_identity and row_key is not None and complete_case
             and all(v.is_numerical or v.is_categorical for v in chosen)):
-        if snapshots is not None:
+        if snapshot:
             from mipflow.node.query.snapshot import current_snapshot, select_columns
 
-            snapshot = current_snapshot(store, model, snapshots, row_key)
-            if snapshot is not None:
-                frame = select_columns(snapshot, model, chosen, _check_datasets(datasets), filters, row_key)
+            columns = current_snapshot(store, model, row_key)
+            if columns is not None:
+                frame = select_columns(columns, model, chosen, _check_datasets(datasets), filters, row_key)
                 if frame is not None:
                     return frame
         frame = sqlite_columns(store, statement, chosen, row_key, chunksize=DEFAULT_CHUNKSIZE)

@@ -21,7 +21,10 @@ snapshot is of exactly the rows that stamp names.
 
 **Written atomically.**  Into a temporary folder beside it, renamed into place when complete; a
 concurrent writer of the same stamp loses the rename and removes its copy; older snapshots of the
-table are removed after.  Folders are ``0700`` and files ``0600``: row-level data, like the store.
+table are removed after.  Folders are ``0700`` and files ``0600``: row-level data, like the store.  They live in
+:data:`~mipflow.node.store.stamp.SNAPSHOT_DIR` beside the store's file (the node home for the default
+store); a consent withdrawal drops the table's snapshots at once
+(:meth:`~mipflow.node.store.feature_store.FeatureStore.delete_patients`).
 
 :func:`select_columns` answers :func:`mipflow.node.query.read.select_frame`'s keyed reads from it:
 datasets, filters (:mod:`mipflow.node.query.masks`) and complete-case as boolean masks, then the
@@ -46,13 +49,20 @@ import pandas as pd
 
 from mipflow.node.query.masks import MaskColumn, Unsupported, filter_mask
 from mipflow.node.query.rowkeys import KEY_OWNER, PID_KEY, ROW_KEY, identity_keys, key_fingerprint
-from mipflow.node.store.stamp import install_stamp, read_stamp
+from mipflow.node.store.stamp import (
+    SNAPSHOT_DIR,
+    current_stamp,
+    install_stamp,
+    read_stamp,
+    snapshot_folder,
+    snapshot_name,
+    sqlite_file,
+)
 from mipflow.protocol.datamodel import DataModel, Variable
 
 log = logging.getLogger(__name__)
 
-#: The node home's folder of snapshots.
-SNAPSHOT_DIR = "snapshots"
+__all__ = ["SNAPSHOT_DIR", "Snapshot", "current_snapshot", "select_columns", "write_snapshot"]
 #: Layout version of a snapshot folder (another is ignored and written again).
 FORMAT = 1
 #: Rows fetched from SQLite per round trip while writing.
@@ -62,20 +72,12 @@ _PAGE_CACHE = -8192
 _EXACT = 2.0 ** 53
 
 
-def _database_path(store: Any) -> str | None:
-    url = store.engine.url
-    if store.dialect != "sqlite" or not url.database or url.database == ":memory:" \
-            or str(url.database).startswith("file:"):
-        return None
-    return str(url.database)
-
-
 def _connect(path: str) -> sqlite3.Connection:
     return sqlite3.connect(path, timeout=60, isolation_level=None)  # transactions begun explicitly
 
 
 def _name(table: str, stamp: tuple[str, int], key: str) -> str:
-    return f"{table}@{stamp[0]}.{stamp[1]}.{key_fingerprint(key)}"
+    return snapshot_name(table, stamp, key_fingerprint(key))
 
 
 # --------------------------------------------------------------------------- the snapshot on disk
@@ -173,7 +175,7 @@ def _decode_level(pair: list[Any]) -> Any:
     return int(value) if kind == "int" else float(value) if kind == "float" else value
 
 
-def write_snapshot(store: Any, model: DataModel, folder: str | Path, key: str) -> Snapshot | None:
+def write_snapshot(store: Any, model: DataModel, key: str) -> Snapshot | None:
     """Write the snapshot of ``model``'s rows as they are now (unless it exists); return it.
 
     Parameters
@@ -182,8 +184,6 @@ def write_snapshot(store: Any, model: DataModel, folder: str | Path, key: str) -
         The node's store; only a SQLite file has snapshots (None otherwise).
     model : DataModel
         The data model whose table is written.
-    folder : path
-        The node home's :data:`SNAPSHOT_DIR` (created ``0700``).
     key : str
         The ledger's key (:func:`mipflow.node.controls.differencing.hash_key`).
 
@@ -192,10 +192,9 @@ def write_snapshot(store: Any, model: DataModel, folder: str | Path, key: str) -
     Snapshot or None
         None when the store has no snapshot (not a SQLite file, or no table yet).
     """
-    path = _database_path(store)
-    if path is None:
+    path, folder = sqlite_file(store), snapshot_folder(store)
+    if path is None or folder is None:
         return None
-    folder = Path(folder)
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     table = store.model_table(model)
     conn = _connect(path)
@@ -241,6 +240,9 @@ def write_snapshot(store: Any, model: DataModel, folder: str | Path, key: str) -
     for old in folder.glob(f"{table.name}@*"):
         if old.name != final.name:
             shutil.rmtree(old, ignore_errors=True)
+    if current_stamp(store, table.name) != stamp:  # rows changed meanwhile (a deletion may have dropped
+        shutil.rmtree(final, ignore_errors=True)  # the snapshots before this one was in place): not kept
+        return None
     return _open(final, key)
 
 
@@ -313,23 +315,20 @@ def _write_rows(cursor: sqlite3.Cursor, model: DataModel, table: str, tmp: Path,
     return {"rows": rows, "columns": meta_columns, "datasets": datasets.values if dataset_ok else None}
 
 
-def current_snapshot(store: Any, model: DataModel, folder: str | Path, key: str) -> Snapshot | None:
+def current_snapshot(store: Any, model: DataModel, key: str) -> Snapshot | None:
     """The snapshot of ``model``'s rows as they are now: the one on disk if its stamp is current,
-    else a new one written now (:func:`write_snapshot`).  None when the store has none."""
-    path = _database_path(store)
-    if path is None:
+    else a new one written now (:func:`write_snapshot`).  None when the store has none (or the rows
+    changed while it was written: the caller reads through SQL)."""
+    folder = snapshot_folder(store)
+    if folder is None:
         return None
     table = store.model_table(model)
-    conn = _connect(path)
-    try:
-        stamp = read_stamp(conn.cursor(), table.name)
-    finally:
-        conn.close()
+    stamp = current_stamp(store, table.name)
     if stamp is not None:
-        done = _open(Path(folder) / _name(table.name, stamp, key), key)
+        done = _open(folder / _name(table.name, stamp, key), key)
         if done is not None:
             return done
-    return write_snapshot(store, model, folder, key)
+    return write_snapshot(store, model, key)
 
 
 # --------------------------------------------------------------------------- selections

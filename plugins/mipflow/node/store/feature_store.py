@@ -375,6 +375,11 @@ class FeatureStore:
                         patients=len(pids), data_model=model.key, rows_deleted=deleted_here, at=utcnow()))
                     self.refresh_datasets(conn, model)
                 total += deleted_here
+        if total and self.dialect == "sqlite":  # no copy of the rows left in a columnar snapshot (ADR 0049)
+            from mipflow.node.store.stamp import drop_snapshots
+
+            for model in models:
+                drop_snapshots(self, self.model_table(model).name)
         return total
 
     # -- manifest and batches -----------------------------------------------

@@ -10,15 +10,77 @@ transaction.  A stamp is ``(epoch, counter)``: the epoch is drawn at random when
 an older mipflow starts a new series and no snapshot of before can match.
 
 PostgreSQL stores have no stamp (their selections are read as before; ADR 0049).
+
+The snapshots live in :data:`SNAPSHOT_DIR` beside the store's file (for the default store, in the
+node home), so the store can drop a table's snapshots itself when rows must be gone from disk (a
+consent withdrawal: :meth:`mipflow.node.store.feature_store.FeatureStore.delete_patients`).
 """
 from __future__ import annotations
 
+import shutil
+import sqlite3
 import uuid
+from pathlib import Path
 from typing import Any
 
 #: The counters: one row per data model table.
 STAMP_TABLE = "mipflow_row_stamps"
 _EVENTS = ("INSERT", "UPDATE", "DELETE")
+#: The folder of columnar snapshots, beside the SQLite file (:mod:`mipflow.node.query.snapshot`).
+SNAPSHOT_DIR = "snapshots"
+
+
+def sqlite_file(store: Any) -> str | None:
+    """The path of a store's SQLite file, None for PostgreSQL or an in-memory / URI database."""
+    url = store.engine.url
+    if store.dialect != "sqlite" or not url.database or url.database == ":memory:" \
+            or str(url.database).startswith("file:"):
+        return None
+    return str(url.database)
+
+
+def snapshot_folder(store: Any) -> Path | None:
+    """Where a store's columnar snapshots live (None: it has none)."""
+    path = sqlite_file(store)
+    return None if path is None else Path(path).parent / SNAPSHOT_DIR
+
+
+def snapshot_name(table: str, stamp: tuple[str, int], key_fingerprint: str) -> str:
+    """A snapshot folder's name: the table, the stamp it was written at, its key's fingerprint."""
+    return f"{table}@{stamp[0]}.{stamp[1]}.{key_fingerprint}"
+
+
+def current_stamp(store: Any, table: str) -> tuple[str, int] | None:
+    """``table``'s stamp now (a short connection of its own), None when it has none."""
+    path = sqlite_file(store)
+    if path is None:
+        return None
+    conn = sqlite3.connect(path, timeout=60)
+    try:
+        return read_stamp(conn.cursor(), table)
+    finally:
+        conn.close()
+
+
+def drop_snapshots(store: Any, table: str, *, stale_only: bool = False) -> int:
+    """Remove ``table``'s snapshots (``stale_only``: those not of its current stamp); returns how many.
+
+    Called after rows were deleted (consent withdrawn, rows deleted at a source), so that no copy of
+    them waits on disk for the node's next read to replace it.
+    """
+    folder = snapshot_folder(store)
+    if folder is None or not folder.is_dir():
+        return 0
+    keep = None
+    if stale_only:
+        stamp = current_stamp(store, table)
+        keep = None if stamp is None else f"{table}@{stamp[0]}.{stamp[1]}."
+    removed = 0
+    for old in folder.glob(f"{table}@*"):
+        if keep is None or not old.name.startswith(keep):
+            shutil.rmtree(old, ignore_errors=True)
+            removed += 1
+    return removed
 
 
 def _quote(name: str) -> str:

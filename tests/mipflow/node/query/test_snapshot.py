@@ -29,7 +29,7 @@ HELD = ["age", "score", "grade", "diag"]  # numerical and categorical (note is t
 
 @pytest.fixture
 def home(tmp_path):
-    """``(store, snapshot folder)``: a SQLite store in a node-home-like folder holding ROWS."""
+    """``(store, snapshot folder)``: a SQLite store holding ROWS (its snapshots beside its file)."""
     store = FeatureStore(f"sqlite:///{tmp_path / 'store.sqlite'}")
     store.add_data_model(MODEL)
     with store.begin() as conn:
@@ -43,7 +43,7 @@ def sql_read(store, **kwargs) -> pd.DataFrame:
 
 
 def snapshot_read(store, folder, *, datasets, variables, filters=None) -> pd.DataFrame | None:
-    snap = current_snapshot(store, MODEL, folder, KEY)
+    snap = current_snapshot(store, MODEL, KEY)
     assert snap is not None
     chosen = _check_variables(MODEL, variables)
     select_statement(store, MODEL, datasets=datasets, variables=variables, filters=filters)  # the request's checks
@@ -77,7 +77,7 @@ def test_every_filter_of_the_query_tests_selects_the_sql_reads_rows(filters, _re
     else:
         assert got is not None
         assert_same(got, want)
-    assert_same(sql_read(store, datasets=ALL_DATASETS, variables=HELD, filters=filters, snapshots=folder), want)
+    assert_same(sql_read(store, datasets=ALL_DATASETS, variables=HELD, filters=filters, snapshot=True), want)
 
 
 SELECTIONS = [
@@ -112,7 +112,7 @@ def test_a_text_variable_is_read_through_sql(home):
     store, folder = home
     kwargs = dict(datasets=ALL_DATASETS, variables=["age"], filters=where("note", "equal", "plain"))
     assert snapshot_read(store, folder, **kwargs) is None
-    assert_same(sql_read(store, snapshots=folder, **kwargs), sql_read(store, **kwargs))
+    assert_same(sql_read(store, snapshot=True, **kwargs), sql_read(store, **kwargs))
 
 
 def _rows(start: int, n: int, dataset: str = "a") -> pd.DataFrame:
@@ -128,7 +128,7 @@ def test_never_stale_loads_updates_deletes_and_an_admins_sql(home):
     kwargs = dict(datasets=ALL_DATASETS, variables=["age", "grade"])
 
     def check() -> pd.DataFrame:
-        got = sql_read(store, snapshots=folder, **kwargs)
+        got = sql_read(store, snapshot=True, **kwargs)
         assert_same(got, sql_read(store, **kwargs))
         return got
 
@@ -145,6 +145,7 @@ def test_never_stale_loads_updates_deletes_and_an_admins_sql(home):
     third = check()
     assert (third["age"] == 1000.0).sum() == 5
     assert store.delete_patients(["q000", "q001", ROWS["_pid"].iloc[10]]) > 0  # consent withdrawn
+    assert list(folder.glob(f"{TABLE}@*")) == []  # no copy of the withdrawn rows waits for the next read
     fourth = check()
     assert len(fourth) < len(third)
     with sqlite3.connect(store.engine.url.database) as raw:  # an admin's own SQL, outside mipflow
@@ -159,7 +160,7 @@ def test_a_table_created_again_starts_a_new_stamp(home):
     snapshot of before can be taken for the rows loaded meanwhile."""
     store, folder = home
     kwargs = dict(datasets=ALL_DATASETS, variables=["age"])
-    before = sql_read(store, snapshots=folder, **kwargs)
+    before = sql_read(store, snapshot=True, **kwargs)
     with sqlite3.connect(store.engine.url.database) as raw:
         raw.execute(f"DROP TABLE {TABLE}")
     store.add_data_model(MODEL)
@@ -168,7 +169,7 @@ def test_a_table_created_again_starts_a_new_stamp(home):
             raw.execute(f'DROP TRIGGER "{name}"')
     with store.begin() as conn:
         store.upsert_rows(conn, MODEL, _rows(0, 30), batch_id="b2", sha256="1" * 64)
-    after = sql_read(store, snapshots=folder, **kwargs)
+    after = sql_read(store, snapshot=True, **kwargs)
     assert_same(after, sql_read(store, **kwargs))
     assert len(after) != len(before)
 
@@ -179,7 +180,7 @@ def test_snapshots_are_private_and_written_whole(home):
     store, folder = home
     folder.mkdir(mode=0o700)
     (folder / f".{TABLE}@crashed.tmp").mkdir()
-    snap = write_snapshot(store, MODEL, folder, KEY)
+    snap = write_snapshot(store, MODEL, KEY)
     assert snap is not None and snap.rows == len(ROWS)
     assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(snap.path).st_mode) == 0o700
@@ -187,14 +188,14 @@ def test_snapshots_are_private_and_written_whole(home):
     assert {f.name for f in files} >= {"meta.json", "row_key.npy", "pid_key.npy", "dataset.npy"}
     assert all(stat.S_IMODE(os.stat(f).st_mode) == 0o600 for f in files)
     assert [p.name for p in folder.iterdir() if p.name.endswith(".tmp") and "crashed" not in p.name] == []
-    assert write_snapshot(store, MODEL, folder, KEY).path == snap.path  # current: not written again
+    assert write_snapshot(store, MODEL, KEY).path == snap.path  # current: not written again
 
 
 def test_a_snapshot_under_another_key_is_never_used(home):
     store, folder = home
     other = hash_key(b"another node")
-    mine = write_snapshot(store, MODEL, folder, KEY)
-    theirs = current_snapshot(store, MODEL, folder, other)
+    mine = write_snapshot(store, MODEL, KEY)
+    theirs = current_snapshot(store, MODEL, other)
     assert theirs.path != mine.path
     chosen = _check_variables(MODEL, ["age"])
     assert select_columns(theirs, MODEL, chosen, ALL_DATASETS, None, KEY) is None
@@ -207,9 +208,9 @@ def test_a_number_column_holding_text_is_read_through_sql(home):
     with sqlite3.connect(store.engine.url.database) as raw:
         raw.execute(f"UPDATE {TABLE} SET age = 'n/a' WHERE _pid = ?", (ROWS["_pid"].iloc[3],))
     assert snapshot_read(store, folder, datasets=ALL_DATASETS, variables=["age"]) is None
-    for snapshots in (None, folder):  # the SQL read reports it, with or without snapshots
+    for snapshot in (False, True):  # the SQL read reports it, with or without snapshots
         with pytest.raises(ValueError, match="n/a"):
-            sql_read(store, datasets=ALL_DATASETS, variables=["age"], snapshots=snapshots)
+            sql_read(store, datasets=ALL_DATASETS, variables=["age"], snapshot=snapshot)
     assert snapshot_read(store, folder, datasets=ALL_DATASETS, variables=["score"],
                          filters=where("age", "greater", 50)) is None
     got = snapshot_read(store, folder, datasets=ALL_DATASETS, variables=["score", "diag"])
@@ -225,7 +226,7 @@ def test_integers_beyond_2_53_are_filtered_through_sql(home):
     kwargs = dict(datasets=ALL_DATASETS, variables=["score"], filters=where("score", "greater", 2 ** 53))
     assert snapshot_read(store, folder, **kwargs) is None
     assert len(sql_read(store, **kwargs)) == 1  # SQLite tells 2**53 + 1 from 2**53
-    assert_same(sql_read(store, snapshots=folder, **kwargs), sql_read(store, **kwargs))
+    assert_same(sql_read(store, snapshot=True, **kwargs), sql_read(store, **kwargs))
     plain = dict(datasets=ALL_DATASETS, variables=["score"])
     assert_same(snapshot_read(store, folder, **plain), sql_read(store, **plain))
 
@@ -233,4 +234,4 @@ def test_integers_beyond_2_53_are_filtered_through_sql(home):
 def test_no_snapshot_without_a_sqlite_file():
     store = FeatureStore("sqlite://")
     store.add_data_model(MODEL)
-    assert current_snapshot(store, MODEL, "/nonexistent", KEY) is None
+    assert current_snapshot(store, MODEL, KEY) is None

@@ -72,3 +72,23 @@ def test_an_older_store_has_no_stamp_until_installed(tmp_path):
         install_stamp(raw, TABLE)
         raw.execute(f"INSERT INTO {TABLE} VALUES ('p', 'a', '', 1.0)")
     assert stamp_of(path)[1] == 1
+
+
+def test_drop_snapshots_removes_stale_or_all(tmp_path):
+    from mipflow.node.store.stamp import drop_snapshots, snapshot_folder, snapshot_name
+
+    path = tmp_path / "store.sqlite"
+    store = FeatureStore(f"sqlite:///{path}")
+    store.add_data_model(MODEL)
+    folder = snapshot_folder(store)
+    assert folder == tmp_path / "snapshots"
+    current = folder / snapshot_name(TABLE, stamp_of(path), "k")
+    stale = folder / snapshot_name(TABLE, (stamp_of(path)[0], 99), "k")
+    other = folder / snapshot_name("dm_other_1", stamp_of(path), "k")
+    for made in (current, stale, other):
+        made.mkdir(parents=True)
+    assert drop_snapshots(store, TABLE, stale_only=True) == 1
+    assert current.is_dir() and not stale.exists() and other.is_dir()
+    assert drop_snapshots(store, TABLE) == 1 and not current.exists() and other.is_dir()
+    assert drop_snapshots(FeatureStore("sqlite://"), TABLE) == 0  # no file, no snapshots
+    store.dispose()
