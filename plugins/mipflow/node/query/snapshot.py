@@ -413,14 +413,23 @@ def select_columns(snapshot: Snapshot, model: DataModel, chosen: list[Variable],
         data = np.asarray(snapshot.array(entry["file"]))
         mask &= ~np.isnan(data) if entry["kind"] == "numerical" else data >= 0
         del data
-    rows = np.flatnonzero(mask)
-    del mask
-    outputs = {"dataset": np.array(list(levels) + [None], dtype=object)[np.asarray(snapshot.array("dataset"))[rows]]}
+    if mask.all():  # every row: whole copies (a memory copy, no gather)
+        del mask
+
+        def take(name: str) -> np.ndarray:
+            return np.array(snapshot.array(name))
+    else:
+        rows = np.flatnonzero(mask)
+        del mask
+
+        def take(name: str) -> np.ndarray:
+            return np.asarray(snapshot.array(name))[rows]
+    outputs = {"dataset": np.array(list(levels) + [None], dtype=object)[take("dataset")]}
     for var, entry in zip(held, entries):
-        values = np.asarray(snapshot.array(entry["file"]))[rows]
+        values = take(entry["file"])
         outputs[var.code] = values if entry["kind"] == "numerical" else codes_of[var.code][values]
-    outputs[ROW_KEY] = np.asarray(snapshot.array("row_key"))[rows]
-    outputs[PID_KEY] = np.asarray(snapshot.array("pid_key"))[rows]
+    outputs[ROW_KEY] = take("row_key")
+    outputs[PID_KEY] = take("pid_key")
     numerical = {v.code for v in held if v.is_numerical}
     dtypes = {name: np.float64 if name in numerical else object for name in outputs}
     dtypes.update({ROW_KEY: np.uint64, PID_KEY: np.uint64})
