@@ -81,6 +81,7 @@ def test_every_filter_of_the_query_tests_selects_the_sql_reads_rows(filters, _re
 
 
 SELECTIONS = [
+    pytest.param(dict(datasets=ALL_DATASETS, variables=["dataset"]), id="every-row"),
     pytest.param(dict(datasets=ALL_DATASETS, variables=["age", "score"]), id="numerical"),
     pytest.param(dict(datasets=ALL_DATASETS, variables=["grade", "diag"]), id="categorical"),
     pytest.param(dict(datasets=["b"], variables=["diag", "age"]), id="one-dataset"),
@@ -106,6 +107,8 @@ def test_selections_equal_the_sql_read(kwargs, home):
     got = snapshot_read(store, folder, **kwargs)
     assert got is not None
     assert_same(got, want)
+    if kwargs["variables"] == ["dataset"]:
+        assert len(got) == len(ROWS)  # the whole-column copy, not the gather
 
 
 def test_a_text_variable_is_read_through_sql(home):
