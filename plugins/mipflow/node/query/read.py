@@ -10,7 +10,9 @@ categorical selections.
 """
 from __future__ import annotations
 
+import logging
 import math
+import sqlite3
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -25,6 +27,8 @@ from mipflow.node.store.feature_store import FeatureStore
 from mipflow.node.store.tables import KEY_COLUMNS
 from mipflow.protocol.datamodel import DataModel, Variable
 from mipflow.protocol.filters import MAX_DATASETS
+
+log = logging.getLogger(__name__)
 
 #: Row identity a node may select for its own controls (``select_frame(row_identity=True)``).
 ROW_IDENTITY_COLUMNS = ("_pid", "_visit")
@@ -262,7 +266,12 @@ def select_frame(store: FeatureStore, model: DataModel, *, datasets: Sequence[st
         if snapshot:
             from mipflow.node.query.snapshot import current_snapshot, select_columns
 
-            columns = current_snapshot(store, model, row_key)
+            try:
+                columns = current_snapshot(store, model, row_key)
+            except (OSError, sqlite3.Error) as exc:  # no room, no permission...: the SQL read answers
+                log.warning("columnar snapshot of %s unavailable (%s); reading the store", model.key,
+                            type(exc).__name__)
+                columns = None
             if columns is not None:
                 frame = select_columns(columns, model, chosen, _check_datasets(datasets), filters, row_key)
                 if frame is not None:

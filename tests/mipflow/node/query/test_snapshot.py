@@ -238,3 +238,13 @@ def test_no_snapshot_without_a_sqlite_file():
     store = FeatureStore("sqlite://")
     store.add_data_model(MODEL)
     assert current_snapshot(store, MODEL, KEY) is None
+
+
+def test_a_snapshot_that_cannot_be_written_leaves_the_sql_read(home):
+    """The snapshot folder cannot be made (here a file stands in its place; a full disk alike): the
+    request is answered through SQL, as before."""
+    store, folder = home
+    folder.write_text("not a folder")
+    kwargs = dict(datasets=ALL_DATASETS, variables=["age", "grade"])
+    assert_same(sql_read(store, snapshot=True, **kwargs), sql_read(store, **kwargs))
+    assert folder.read_text() == "not a folder"
