@@ -268,14 +268,14 @@ def select_frame(store: FeatureStore, model: DataModel, *, datasets: Sequence[st
 
             try:
                 columns = current_snapshot(store, model, row_key)
-            except (OSError, sqlite3.Error) as exc:  # no room, no permission...: the SQL read answers
+                frame = None if columns is None else \
+                    select_columns(columns, model, chosen, _check_datasets(datasets), filters, row_key)
+            except (OSError, sqlite3.Error) as exc:  # no room, no permission, replaced meanwhile...:
                 log.warning("columnar snapshot of %s unavailable (%s); reading the store", model.key,
-                            type(exc).__name__)
-                columns = None
-            if columns is not None:
-                frame = select_columns(columns, model, chosen, _check_datasets(datasets), filters, row_key)
-                if frame is not None:
-                    return frame
+                            type(exc).__name__)  # the SQL read answers
+                frame = None
+            if frame is not None:
+                return frame
         frame = sqlite_columns(store, statement, chosen, row_key, chunksize=DEFAULT_CHUNKSIZE)
         if frame is not None:
             return frame

@@ -248,3 +248,22 @@ def test_a_snapshot_that_cannot_be_written_leaves_the_sql_read(home):
     kwargs = dict(datasets=ALL_DATASETS, variables=["age", "grade"])
     assert_same(sql_read(store, snapshot=True, **kwargs), sql_read(store, **kwargs))
     assert folder.read_text() == "not a folder"
+
+
+def test_a_snapshot_removed_while_it_is_read_leaves_the_sql_read(home, monkeypatch):
+    """A newer snapshot's writer removed the one a read had found (a load committed meanwhile): the
+    read is answered through SQL."""
+    import shutil
+
+    from mipflow.node.query import snapshot as module
+
+    store, folder = home
+    found = write_snapshot(store, MODEL, KEY)
+
+    def removed_meanwhile(*args):
+        shutil.rmtree(found.path)
+        return found
+
+    monkeypatch.setattr(module, "current_snapshot", removed_meanwhile)
+    kwargs = dict(datasets=ALL_DATASETS, variables=["age", "grade"])
+    assert_same(sql_read(store, snapshot=True, **kwargs), sql_read(store, **kwargs))
