@@ -39,6 +39,7 @@ import logging
 import os
 import shutil
 import sqlite3
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,8 @@ CHUNK_ROWS = 50_000
 #: SQLite page cache (KiB, negative) while a snapshot is written: the rows stream past once.
 _PAGE_CACHE = -8192
 _EXACT = 2.0 ** 53
+#: A temporary snapshot folder untouched this long was left by a writer that crashed.
+STALE_TEMPORARY_SECONDS = 3600
 
 
 def _connect(path: str) -> sqlite3.Connection:
@@ -228,18 +231,26 @@ def write_snapshot(store: Any, model: DataModel, key: str) -> Snapshot | None:
         conn.close()
     meta.update(format=FORMAT, table=table.name, data_model=model.key, epoch=stamp[0], counter=stamp[1],
                 key=key_fingerprint(key))
-    with _private_file(tmp / "meta.json") as handle:
-        handle.write(json.dumps(meta, sort_keys=True).encode("utf-8"))
-        handle.flush()
-        os.fsync(handle.fileno())
     try:
+        with _private_file(tmp / "meta.json") as handle:
+            handle.write(json.dumps(meta, sort_keys=True).encode("utf-8"))
+            handle.flush()
+            os.fsync(handle.fileno())
         os.rename(tmp, final)
-    except OSError:  # another writer put the same snapshot in place first
+    except OSError:  # no room; or another writer put the same snapshot in place first
         shutil.rmtree(tmp, ignore_errors=True)
+        if not final.is_dir():
+            raise
     _fsync_dir(folder)
     for old in folder.glob(f"{table.name}@*"):
         if old.name != final.name:
             shutil.rmtree(old, ignore_errors=True)
+    for left in folder.glob(f".{table.name}@*.tmp"):  # a writer that crashed (never one at work: an hour)
+        try:
+            if time.time() - left.stat().st_mtime > STALE_TEMPORARY_SECONDS:
+                shutil.rmtree(left, ignore_errors=True)
+        except OSError:
+            continue
     if current_stamp(store, table.name) != stamp:  # rows changed meanwhile (a deletion may have dropped
         shutil.rmtree(final, ignore_errors=True)  # the snapshots before this one was in place): not kept
         return None

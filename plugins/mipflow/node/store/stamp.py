@@ -80,6 +80,9 @@ def drop_snapshots(store: Any, table: str, *, stale_only: bool = False) -> int:
         if keep is None or not old.name.startswith(keep):
             shutil.rmtree(old, ignore_errors=True)
             removed += 1
+    if not stale_only:  # and what writers left or are writing (a writer that loses its folder gives up)
+        for left in folder.glob(f".{table}@*.tmp"):
+            shutil.rmtree(left, ignore_errors=True)
     return removed
 
 

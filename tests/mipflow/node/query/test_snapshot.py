@@ -178,20 +178,26 @@ def test_a_table_created_again_starts_a_new_stamp(home):
 
 
 def test_snapshots_are_private_and_written_whole(home):
-    """Folders 0700, files 0600 (row-level data), no temporary folder left; a leftover temporary
-    folder of a crashed writer is never read."""
+    """Folders 0700, files 0600 (row-level data), no temporary folder left; a crashed writer's
+    temporary folder is removed after an hour, and by a consent withdrawal at once."""
     store, folder = home
     folder.mkdir(mode=0o700)
-    (folder / f".{TABLE}@crashed.tmp").mkdir()
+    crashed, recent = folder / f".{TABLE}@crashed.tmp", folder / f".{TABLE}@at-work.tmp"
+    crashed.mkdir()
+    recent.mkdir()
+    os.utime(crashed, (0, 0))  # untouched for decades: its writer crashed
     snap = write_snapshot(store, MODEL, KEY)
+    assert not crashed.exists() and recent.is_dir()  # another writer may be at work on this one
     assert snap is not None and snap.rows == len(ROWS)
     assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(snap.path).st_mode) == 0o700
     files = list(snap.path.iterdir())
     assert {f.name for f in files} >= {"meta.json", "row_key.npy", "pid_key.npy", "dataset.npy"}
     assert all(stat.S_IMODE(os.stat(f).st_mode) == 0o600 for f in files)
-    assert [p.name for p in folder.iterdir() if p.name.endswith(".tmp") and "crashed" not in p.name] == []
+    assert [p.name for p in folder.iterdir() if p.name.endswith(".tmp")] == [recent.name]
     assert write_snapshot(store, MODEL, KEY).path == snap.path  # current: not written again
+    store.delete_patients([ROWS["_pid"].iloc[0]])  # consent withdrawn: nothing of the table left
+    assert list(folder.iterdir()) == []
 
 
 def test_a_snapshot_under_another_key_is_never_used(home):
