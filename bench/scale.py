@@ -89,6 +89,80 @@ def floor_seconds(x: np.ndarray, y: np.ndarray) -> float:
     np.linalg.solve(m2[:-1, :-1], m2[:-1, -1])
     return time.perf_counter() - t
 
+#: (label, field, format) of the phases' table
+ROWS = [
+    ("node resident once started, MiB (median)", "idle", ".0f"),
+    ("node peak after one linear step, MiB (node 0)", "peak_one", ".0f"),
+    ("node peak after every analysis, MiB (largest)", "peak_all", ".0f"),
+    ("first round, one node over HTTP, ms (new cohort)", "first_ms", ".0f"),
+    ("new selection, same cohort, over HTTP, ms", "new_selection_ms", ".0f"),
+    ("later round, ms (median)", "later_ms", ".1f"),
+    ("federated linear, cold, s", "ols_cold", ".2f"),
+    ("federated linear, warm, s", "ols_warm", ".2f"),
+    ("federated logistic, cold, s", "logit_cold", ".2f"),
+]
+
+
+def forget_cohorts(root: Path) -> None:
+    """Benchmark only: remove a node's cohort ledger, so the next phase's first round is a new cohort
+    there too (the ledger's check and record of a new 1M-row cohort are most of a first round)."""
+    from mipflow.node.controls.ledger import LEDGER_FILE
+
+    for path in Path(root).glob(LEDGER_FILE + "*"):
+        path.unlink()
+
+
+def run_phase(homes, model, args, request, logit_request, store_kind) -> dict:
+    """One node process per home: a node's first and later rounds, federated linear (cold, warm) and
+    logistic (cold) regression, the nodes' memory."""
+    from bench.common import central_clients, drop_node_caches, node_pids
+    from mipflow.central.rounds import run_analysis
+    from tests.nodes import running_nodes
+
+    out: dict = {}
+    with running_nodes([h.root for h in homes], timeout=120.0) as urls:
+        clients = central_clients(homes, urls, timeout=600.0)
+        pids = node_pids(homes)
+        out["idle"] = float(np.median([rss_mib(pid, "VmRSS") for pid in pids.values()]))
+        one = clients[0]
+        # 1. one node's step: first round (new selection), then later rounds (selection kept)
+        t = time.perf_counter()
+        one.step("linear_regression", request, 0, None, **WHO)
+        out["first"] = time.perf_counter() - t
+        later = []
+        for _ in range(args.later):
+            t = time.perf_counter()
+            one.step("linear_regression", request, 0, None, **WHO)
+            later.append(time.perf_counter() - t)
+        out["peak_one"] = rss_mib(pids[homes[0].name], "VmHWM")
+        # a new selection (covariates in another order) of the same rows: a cohort the ledger holds
+        again = {**request, "inputdata": {**request["inputdata"], "x": COVARIATES[::-1]}}
+        t = time.perf_counter()
+        one.step("linear_regression", again, 0, None, **WHO)
+        out["new_selection_ms"] = (time.perf_counter() - t) * 1000
+        # 2. federated analyses end to end, every node cold (the snapshot stays: the rows did not change)
+        drop_node_caches(homes, model)
+        t = time.perf_counter()
+        out["ols"] = run_analysis("linear_regression", request, clients, min_nodes=args.nodes, **WHO)
+        out["ols_cold"] = time.perf_counter() - t
+        t = time.perf_counter()
+        run_analysis("linear_regression", request, clients, min_nodes=args.nodes, **WHO)
+        out["ols_warm"] = time.perf_counter() - t
+        if not args.no_logistic:
+            drop_node_caches(homes, model)
+            t = time.perf_counter()
+            out["logit"] = run_analysis("logistic_regression", logit_request, clients, min_nodes=args.nodes, **WHO)
+            out["logit_cold"] = time.perf_counter() - t
+        out["peak_all"] = max(rss_mib(pid, "VmHWM") for pid in pids.values())
+        for c in clients:
+            c.close()
+    out["first_ms"] = out["first"] * 1000
+    out["later_ms"] = float(np.median(later)) * 1000
+    out["summary"] = (f"first round {out['first_ms']:.0f} ms, later {out['later_ms']:.1f} ms, node peak "
+                      f"{out['peak_one']:.0f} MiB; federated linear cold {out['ols_cold']:.2f} s "
+                      f"(n={out['ols'].result['n_obs']})")
+    return out
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -99,12 +173,12 @@ def main() -> int:
     parser.add_argument("--no-logistic", action="store_true")
     parser.add_argument("--no-pooled", action="store_true", help="skip the pooled baseline (all rows in one process)")
     parser.add_argument("--later", type=int, default=5, help="later rounds measured (median)")
+    parser.add_argument("--no-before", action="store_true",
+                        help="SQLite: skip the SQL read (columnar_snapshot 0) measured beside the snapshot")
     args = parser.parse_args()
 
-    from bench.common import central_clients, drop_node_caches, node_pids, print_machine, read_pooled, site_homes
-    from mipflow.central.rounds import run_analysis
+    from bench.common import print_machine, read_pooled, site_homes
     from mipflow.protocol.datamodel import DataModel
-    from tests.nodes import running_nodes
 
     print_machine()
     sqlite = not args.postgres
@@ -122,48 +196,39 @@ def main() -> int:
             from tests.nodes import pin_each_other
 
             pin_each_other([h.root for h in homes])
-        with running_nodes([h.root for h in homes], timeout=120.0) as urls:
-            clients = central_clients(homes, urls, timeout=600.0)
-            pids = node_pids(homes)
-            idle = {name: rss_mib(pid, "VmRSS") for name, pid in pids.items()}
-            one = clients[0]
-            # 1. one node's step: first round (new selection), then later rounds (selection kept)
-            t = time.perf_counter()
-            one.step("linear_regression", request, 0, None, **WHO)
-            first = time.perf_counter() - t
-            later = []
-            for _ in range(args.later):
-                t = time.perf_counter()
-                one.step("linear_regression", request, 0, None, **WHO)
-                later.append(time.perf_counter() - t)
-            peak_one = rss_mib(pids[homes[0].name], "VmHWM")
-            # 2. federated analyses end to end, every node cold
-            drop_node_caches(homes, model)
-            t = time.perf_counter()
-            fed_ols = run_analysis("linear_regression", request, clients, min_nodes=args.nodes, **WHO)
-            fed_ols_s = time.perf_counter() - t
-            t = time.perf_counter()
-            run_analysis("linear_regression", request, clients, min_nodes=args.nodes, **WHO)
-            fed_ols_warm = time.perf_counter() - t
-            fed_logit = None
-            if not args.no_logistic:
-                drop_node_caches(homes, model)
-                t = time.perf_counter()
-                fed_logit = run_analysis("logistic_regression", logit_request, clients, min_nodes=args.nodes, **WHO)
-                fed_logit_s = time.perf_counter() - t
-            peaks = {name: rss_mib(pid, "VmHWM") for name, pid in pids.items()}
-            for c in clients:
-                c.close()
-        print(f"\nnode memory: resident once started {np.median(list(idle.values())):.0f} MiB (median); "
-              f"peak after one linear step {peak_one:.0f} MiB; peak after every analysis "
-              f"{max(peaks.values()):.0f} MiB (largest node), {np.median(list(peaks.values())):.0f} MiB (median)")
-        print(f"one node, linear_regression step over HTTP: first round {first * 1000:.0f} ms, later rounds "
-              f"{np.median(later) * 1000:.1f} ms (median of {args.later})")
-        print(f"federated linear_regression end to end: cold {fed_ols_s:.2f} s, warm {fed_ols_warm:.2f} s "
-              f"(n={fed_ols.result['n_obs']})")
-        if fed_logit is not None:
-            print(f"federated logistic_regression end to end: cold {fed_logit_s:.2f} s, {fed_logit.rounds} rounds")
+        phases = [("snapshot", 1), ("before", 0)] if sqlite and not args.no_before else [("snapshot", 1)]
+        if sqlite:  # as a load's last step writes them (mipflow.node.ops.refresh_snapshots, ADR 0049)
+            from mipflow.node.home import NodeHome
+            from mipflow.node.ops import refresh_snapshots
 
+            for home in homes:
+                t = time.perf_counter()
+                refresh_snapshots(NodeHome(home.root))
+                if home is homes[0] or home is homes[-1]:
+                    print(f"{home.name}: columnar snapshot written in {time.perf_counter() - t:.1f}s", flush=True)
+        measured = {}
+        for phase, columnar in phases:  # each phase its own node processes: its own peak memory
+            for home in homes:
+                home.set_setting("columnar_snapshot", columnar)
+                forget_cohorts(home.root)  # each phase's first round answers a cohort new to the node
+            measured[phase] = run_phase(homes, model, args, request, logit_request, store_kind)
+            print(f"[{phase}] {measured[phase]['summary']}", flush=True)
+        print()
+        names = [p for p, _ in phases]
+        print(f"{'':52s}" + "".join(f"{n:>14s}" for n in names))
+        for label, field, unit in ROWS:
+            cells = [measured[n].get(field) for n in names]
+            print(f"{label:52s}" + "".join(f"{'-' if v is None else format(v, unit):>14s}" for v in cells))
+        fed_ols, fed_ols_s = measured["snapshot"]["ols"], measured["snapshot"]["ols_cold"]
+        fed_logit, fed_logit_s = measured["snapshot"].get("logit"), measured["snapshot"].get("logit_cold")
+        fed_ols_warm, first = measured["snapshot"]["ols_warm"], measured["snapshot"]["first"]
+        if "before" in measured:  # the same analyses through the SQL read: the same results, bit for bit
+            for name in ("ols", "logit"):
+                if name in measured["before"]:
+                    a = np.array(measured["snapshot"][name].result["coefficients"])
+                    b = np.array(measured["before"][name].result["coefficients"])
+                    print(f"{name}: snapshot vs before, coefficients identical: {bool(np.array_equal(a, b))} "
+                          f"(max abs diff {np.max(np.abs(a - b)):.1e})")
         if not args.no_pooled:
             import statsmodels.api as sm
 

@@ -163,10 +163,14 @@ for _dag_id, _description, _trigger, _after, _stage, _outlet in (STAGES if NODE_
             """Leaf task: upstream-failed when a batch failed, so the run is red too (the report still runs)."""
 
         @task(task_id="report", outlets=[_outlet], trigger_rule="all_done")
-        def report(batches: list[str], outlet: Asset, *, outlet_events=None) -> dict:
-            """Per-batch row accounting (rows_in = loaded + quarantined + no_consent + duplicates)."""
-            from mipflow.node.ops import node_status
+        def report(batches: list[str], outlet: Asset, stage: str, *, outlet_events=None) -> dict:
+            """Per-batch row accounting (rows_in = loaded + quarantined + no_consent + duplicates); after
+            loads, the columnar snapshots of the rows as they are now (ADR 0049)."""
+            from mipflow.node.ops import node_status, refresh_snapshots
 
+            if stage == "load" and batches:
+                for model_key, rows in refresh_snapshots(node_home()).items():
+                    print(f"columnar snapshot of {model_key}: current ({rows} rows)")
             status = node_status(node_home())
             for batch in status["batches"]:
                 if batch["batch_id"] in batches:
@@ -178,5 +182,5 @@ for _dag_id, _description, _trigger, _after, _stage, _outlet in (STAGES if NODE_
 
         _batches = waiting_batches(_after)
         _runs = run_stage.partial(stage=_stage).expand(batch_id=_batches)
-        _runs >> report(_batches, _outlet)
+        _runs >> report(_batches, _outlet, _stage)
         _runs >> all_batches_passed()

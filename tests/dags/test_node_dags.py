@@ -67,6 +67,11 @@ def test_node_chain_through_airflow(dags, tmp_path, db_url, caplog, capfd):
     model = store.data_model("stroke:0.1")
     assert store.count_rows(model) == batch["loaded"] > 0
     assert not any((home.staging_dir / batch["batch_id"]).glob("*"))  # staging cleaned up
+    if store.dialect == "sqlite":  # node_load's report wrote the columnar snapshot (ADR 0049)
+        from mipflow.node.store.stamp import snapshot_folder
+
+        (snapshot,) = snapshot_folder(store).glob(model.table_name + "@*")
+        assert json.loads((snapshot / "meta.json").read_text())["rows"] == batch["loaded"]
 
     # same file again: nothing new; the chain still succeeds (idempotent)
     run_chain(dags, home)

@@ -59,6 +59,9 @@ class NodeSettings:
     #: MiB of data selections the node API keeps between the rounds of analyses (at most 4
     #: selections; a larger one is used once and not kept). 0 keeps none.
     frame_cache_mb: int = 1024
+    #: Read SQLite selections from a columnar snapshot of each data model's rows kept in the node home
+    #: (``snapshots/``, written again whenever the rows change; 1 = on; ADR 0049). 0 reads the store.
+    columnar_snapshot: int = 1
     #: A landing file modified less than this many seconds ago is still being written.
     settle_seconds: float = 5.0
     #: Data model used for landing files when none is named.

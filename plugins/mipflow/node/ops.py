@@ -79,6 +79,7 @@ def ingest(home: NodeHome, files: Iterable[str | Path], *, data_model: str | Non
     for result in results:
         log.info("%s: %s (%s) %s", file_label(result.file), result.status, result.message,
                  result.counts.equation())
+    refresh_snapshots(home, store)
     return summarise(home, results, deleted)
 
 
@@ -135,6 +136,7 @@ def run_landing(home: NodeHome, *, consent: str | Path | None = None,
         results.append(ingest_file(item["path"], store=store, model=model, profile=profile, key=home.key(),
                                    consent=registry, settings=home.settings, landing=home.landing_dir,
                                    source=item["source"], notify=notify_file(str(home.root))))
+    refresh_snapshots(home, store)
     return summarise(home, results, deleted)
 
 
@@ -185,6 +187,8 @@ def ingest_db(home: NodeHome, *, source: str | None = None, connections: Any = N
         run_chain([b for b in stages.waiting(store, after) if ours(b)], first)  # left by a crashed run
     summary = stages.capture(home, connections=connections, landing=False, only=source)
     run_chain(summary["captured"], "depersonalise")
+    if results:
+        refresh_snapshots(home, store)
     batches = []
     totals = BatchCounts()
     for batch_id in results:
@@ -200,6 +204,41 @@ def ingest_db(home: NodeHome, *, source: str | None = None, connections: Any = N
             "withdrawn_rows_deleted": summary["withdrawn_rows_deleted"],
             "failed_batches": sum(b["status"] in ("failed", "empty") for b in batches),
             "held_batches": sum(b["status"] == "held" for b in batches)}
+
+
+def refresh_snapshots(home: NodeHome, store: FeatureStore | None = None) -> dict[str, int]:
+    """Write the columnar snapshot of every data model whose rows changed (ADR 0049), as a load's last step.
+
+    The node API writes a stale snapshot itself at its next keyed read; writing it here, after the
+    load, keeps that work off the first analysis.  Nothing to do on PostgreSQL or with the
+    ``columnar_snapshot`` setting off.  A failure is logged (its type only) and left to the node's
+    next read: the load itself has committed.
+
+    Returns
+    -------
+    dict
+        Rows per data model whose snapshot is current.
+    """
+    from mipflow.node.controls.differencing import hash_key
+    from mipflow.node.query.snapshot import current_snapshot
+
+    if not home.settings.columnar_snapshot:
+        return {}
+    store = store or open_store(home)
+    if store.dialect != "sqlite":
+        return {}
+    key = hash_key(home.key())
+    out: dict[str, int] = {}
+    for model in store.data_models():
+        try:
+            snapshot = current_snapshot(store, model, key)
+        except Exception as exc:  # noqa: BLE001 - the node writes it at its next read instead
+            log.warning("columnar snapshot of %s not written (%s); the node writes it at its next read",
+                        model.key, type(exc).__name__)
+            continue
+        if snapshot is not None:
+            out[model.key] = snapshot.rows
+    return out
 
 
 def node_status(home: NodeHome, store: FeatureStore | None = None) -> dict[str, Any]:

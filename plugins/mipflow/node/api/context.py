@@ -88,12 +88,13 @@ class SelectionCache:
         return sum(v[3] for v in self._kept.values())
 
     def rows(self, algo: Any, analysis: Any, model: Any, variables: Sequence[str],
-             frame_cache_mb: int, study: Any = None) -> tuple[Any, Cohorts]:
+             frame_cache_mb: int, study: Any = None, columnar: bool = True) -> tuple[Any, Cohorts]:
         """``(data, cohorts)``: the local step's rows (no row keys; the node's fold keys for a
         cross-validated algorithm) and the cohorts they form.
 
         ``study`` (a :class:`mipflow.node.controls.study.StudySelection`): the rows are the study
-        snapshot's (ADR 0028) instead of the request's datasets and filters."""
+        snapshot's (ADR 0028) instead of the request's datasets and filters.  ``columnar``: keyed reads
+        may come from the data model's columnar snapshot (setting ``columnar_snapshot``, ADR 0049)."""
         from mipflow.algorithms.local import prepare_local_data
         from mipflow.node.controls.folds import add_fold_keys, needs_fold_keys
         from mipflow.node.query.read import select_frame
@@ -126,7 +127,8 @@ class SelectionCache:
                 frame = select_frame(self.store, model, datasets=analysis.datasets, variables=variables,
                                      filters=analysis.filters, complete_case=algo.complete_case,
                                      row_identity=True, visit_order=visit_order,
-                                     row_key=None if getattr(algo, "row_identity", False) else self.differencing.key)
+                                     row_key=None if getattr(algo, "row_identity", False) else self.differencing.key,
+                                     snapshot=columnar)
             cohorts = self.differencing.cohorts(model.key, frame, variables, algo.complete_case,
                                                 getattr(algo, "released_by", ()))
         if needs_fold_keys(algo):  # folds fixed by the node's secret, never by the request (ADR 0026)

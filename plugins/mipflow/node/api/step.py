@@ -297,7 +297,8 @@ def read_rows(request: StepRequest, context: StepContext, work: StepWork) -> Non
     """The rows the step uses (datasets, filters, complete cases), from the cache when current."""
     model = work.model if request.analysis.longitudinal is None else context.data_model(request.analysis.data_model)
     work.data, work.cohorts = context.selections.rows(work.algo, work.covered or request.analysis, model,
-                                                      work.variables, work.settings.frame_cache_mb, work.study)
+                                                      work.variables, work.settings.frame_cache_mb, work.study,
+                                                      columnar=bool(work.settings.columnar_snapshot))
     work.rows = len(work.data)
     work.record["rows"] = work.rows
     if request.analysis.longitudinal is not None:

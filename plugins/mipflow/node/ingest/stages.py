@@ -559,6 +559,10 @@ def load(home: NodeHome, batch_id: str) -> dict[str, Any]:
         if extract is not None:  # last, so the watermark commits with the rows or not at all
             _advance_watermark(conn, batch_id, extract, deleted)
     shutil.rmtree(home.staging_dir / batch_id, ignore_errors=True)
+    if deleted:  # rows deleted at the source: no copy of them left in an older columnar snapshot (ADR 0049)
+        from mipflow.node.store.stamp import drop_snapshots
+
+        drop_snapshots(store, store.model_table(model).name, stale_only=True)
     log.info("batch %s loaded: %s", batch_id, counts.equation())
     if counts.identity_changed:
         notify_identity_changed(notify_file(str(home.root)), identity_notice(

@@ -10,7 +10,9 @@ categorical selections.
 """
 from __future__ import annotations
 
+import logging
 import math
+import sqlite3
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -20,11 +22,13 @@ import sqlalchemy as sa
 from mipflow.exceptions import RequestError
 from mipflow.node.query.filters import RESERVED_COLUMNS, check_text, code_to_db, compile_filters, short_repr
 from mipflow.node.query.pgcopy import binary_copy_frame, copy_out
-from mipflow.node.query.rowkeys import KEY_OWNER, PID_KEY, ROW_KEY, key_fingerprint
+from mipflow.node.query.rowkeys import KEY_OWNER, PID_KEY, ROW_KEY, identity_keys, key_fingerprint
 from mipflow.node.store.feature_store import FeatureStore
 from mipflow.node.store.tables import KEY_COLUMNS
 from mipflow.protocol.datamodel import DataModel, Variable
 from mipflow.protocol.filters import MAX_DATASETS
+
+log = logging.getLogger(__name__)
 
 #: Row identity a node may select for its own controls (``select_frame(row_identity=True)``).
 ROW_IDENTITY_COLUMNS = ("_pid", "_visit")
@@ -195,7 +199,7 @@ def release_page_cache(conn: sa.Connection) -> None:
 def select_frame(store: FeatureStore, model: DataModel, *, datasets: Sequence[str], variables: Sequence[str],
                  filters: Mapping[str, Any] | None = None, complete_case: bool = True,
                  row_identity: bool = False, visit_order: bool = False,
-                 row_key: str | None = None) -> pd.DataFrame:
+                 row_key: str | None = None, snapshot: bool = False) -> pd.DataFrame:
     """The rows of ``datasets`` that pass ``filters``, with column ``dataset`` and ``variables``.
 
     Parameters
@@ -230,6 +234,11 @@ def select_frame(store: FeatureStore, model: DataModel, *, datasets: Sequence[st
         :data:`~mipflow.node.query.rowkeys.ROW_KEY` and ``PID_KEY``, computed chunk by
         chunk as the rows are read), not as text: 16 bytes a row instead of two strings
         (ADR 0044).  Elsewhere it is ignored (the text or MD5 columns come as without it).
+    snapshot : bool
+        With ``row_key`` on a SQLite file: answer the keyed read from the data model's columnar
+        snapshot (:mod:`mipflow.node.query.snapshot`; written first when the rows changed since the
+        last), the same frame bit for bit; what the snapshot cannot answer exactly is read as without
+        it (ADR 0049).
 
     Returns
     -------
@@ -254,6 +263,19 @@ def select_frame(store: FeatureStore, model: DataModel, *, datasets: Sequence[st
             return frame
     if (store.dialect == "sqlite" and row_identity and row_key is not None and complete_case
             and all(v.is_numerical or v.is_categorical for v in chosen)):
+        if snapshot:
+            from mipflow.node.query.snapshot import current_snapshot, select_columns
+
+            try:
+                columns = current_snapshot(store, model, row_key)
+                frame = None if columns is None else \
+                    select_columns(columns, model, chosen, _check_datasets(datasets), filters, row_key)
+            except (OSError, sqlite3.Error) as exc:  # no room, no permission, replaced meanwhile...:
+                log.warning("columnar snapshot of %s unavailable (%s); reading the store", model.key,
+                            type(exc).__name__)  # the SQL read answers
+                frame = None
+            if frame is not None:
+                return frame
         frame = sqlite_columns(store, statement, chosen, row_key, chunksize=DEFAULT_CHUNKSIZE)
         if frame is not None:
             return frame
@@ -327,8 +349,6 @@ def sqlite_columns(store: FeatureStore, statement: sa.Select, chosen: list[Varia
         ``frame.attrs`` names); None (the caller takes the pandas path, which reports it in its
         usual way) when a stored value of a numerical variable is not a number.
     """
-    from hashlib import md5
-
     names = ["dataset"] + [v.code for v in chosen if v.code != "dataset"]
     kinds = {v.code: v for v in chosen if v.code != "dataset"}
     dtypes = {name: np.float64 if name in kinds and kinds[name].is_numerical else object for name in names}
@@ -358,15 +378,10 @@ def sqlite_columns(store: FeatureStore, statement: sa.Select, chosen: list[Varia
                             return None
                     else:
                         columns_out[name].append(_as_codes(pd.Series(np.array(columns[i], dtype=object)), var).to_numpy())
-                # row_md5 and pid_md5 of mipflow.node.query.rowkeys, inlined (a million calls)
-                pids = ["" if p is None else str(p) for p in columns[-2]]
-                visits = ["" if v is None else str(v) for v in columns[-1]]
-                digests = np.array([md5(f"{p}\x1f{'' if d is None else d}\x1f{v}".encode("utf-8")).hexdigest()
-                                    for p, d, v in zip(pids, datasets, visits)], dtype=object)
-                columns_out[ROW_KEY].append(pd.util.hash_array(digests, hash_key=row_key, categorize=False))
-                digests = np.array([md5(p.encode("utf-8")).hexdigest() for p in pids], dtype=object)
-                columns_out[PID_KEY].append(pd.util.hash_array(digests, hash_key=row_key, categorize=False))
-                del columns, pids, visits, digests
+                row_keys, pid_keys = identity_keys(columns[-2], datasets, columns[-1], row_key)
+                columns_out[ROW_KEY].append(row_keys)
+                columns_out[PID_KEY].append(pid_keys)
+                del columns, row_keys, pid_keys
         finally:
             result.close()
             release_page_cache(conn)

@@ -9,6 +9,9 @@ live in the query layer, below the controls.
 from __future__ import annotations
 
 import hashlib
+from typing import Sequence
+
+import numpy as np
 
 #: Columns of a selection read with its ledger keys already computed (uint64, 8 bytes a row each):
 #: the row's key (:func:`mipflow.node.controls.differencing.row_keys`) and its patient's
@@ -32,3 +35,27 @@ def pid_md5(pid: str) -> str:
 def key_fingerprint(key: str) -> str:
     """A short digest naming a ledger key (never the key itself) in ``frame.attrs``."""
     return hashlib.sha256(b"mipflow ledger key\0" + key.encode()).hexdigest()[:16]
+
+
+def identity_keys(pids: Sequence[str | None], datasets: Sequence[str | None], visits: Sequence[str | None],
+                  key: str) -> tuple[np.ndarray, np.ndarray]:
+    """The ledger's row and patient keys of rows given by their store identity, in order.
+
+    :func:`row_md5` and :func:`pid_md5` inlined (called a million times), each hashed under ``key``
+    as :func:`mipflow.node.controls.differencing.row_keys` and ``patient_keys`` hash them: the same
+    uint64 values bit for bit.  A missing part counts as empty text.
+
+    Returns
+    -------
+    row_keys, patient_keys : numpy.ndarray of uint64, shape (n,)
+    """
+    import pandas as pd
+    from hashlib import md5
+
+    pid_text = ["" if p is None else str(p) for p in pids]
+    visit_text = ["" if v is None else str(v) for v in visits]
+    digests = np.array([md5(f"{p}\x1f{'' if d is None else d}\x1f{v}".encode("utf-8")).hexdigest()
+                        for p, d, v in zip(pid_text, datasets, visit_text)], dtype=object)
+    rows = pd.util.hash_array(digests, hash_key=key, categorize=False)
+    digests = np.array([md5(p.encode("utf-8")).hexdigest() for p in pid_text], dtype=object)
+    return rows, pd.util.hash_array(digests, hash_key=key, categorize=False)

@@ -182,6 +182,14 @@ class FeatureStore:
                     document=document, added_at=utcnow()))
         table = self.model_table(model)
         table.create(self.engine, checkfirst=True)
+        if self.dialect == "sqlite":  # the row stamp the node's columnar snapshots are read by (ADR 0049)
+            from mipflow.node.store.stamp import install_stamp
+
+            raw = self.engine.raw_connection()
+            try:
+                install_stamp(raw.dbapi_connection, table.name)
+            finally:
+                raw.close()
         return table
 
     def data_models(self) -> list[DataModel]:
@@ -367,6 +375,11 @@ class FeatureStore:
                         patients=len(pids), data_model=model.key, rows_deleted=deleted_here, at=utcnow()))
                     self.refresh_datasets(conn, model)
                 total += deleted_here
+        if total and self.dialect == "sqlite":  # no copy of the rows left in a columnar snapshot (ADR 0049)
+            from mipflow.node.store.stamp import drop_snapshots
+
+            for model in models:
+                drop_snapshots(self, self.model_table(model).name)
         return total
 
     # -- manifest and batches -----------------------------------------------

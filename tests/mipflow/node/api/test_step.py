@@ -308,3 +308,21 @@ def test_sealed_sums_without_a_transcript_are_refused() -> None:
     plain = SimpleNamespace(aggregates={"n": 30}, transcript=None)
     seal(SimpleNamespace(analysis_id=None, algorithm="linear_regression", round=0), None, plain)
     assert plain.aggregates == {"n": 30}
+
+
+def test_a_step_reads_its_rows_from_the_columnar_snapshot_with_the_same_answer(tmp_path) -> None:
+    """ADR 0049: with ``columnar_snapshot`` on (the default) a SQLite node writes its data model's
+    snapshot at the first keyed read and answers from it; the answer is the one read through SQL."""
+    filters = where(rule("age", "greater", 40))
+    replies, snapshots = [], []
+    for columnar in (1, 0):
+        context = open_node(tmp_path / f"node{columnar}", columnar_snapshot=columnar)
+        replies.append(answer_step(context, "central", "linear_regression",
+                                   body(context, **LINREG, filters=filters, analysis_id=f"c{columnar}")))
+        folder = Path(context.home.root) / "snapshots"
+        snapshots.append(sorted(p.name for p in folder.iterdir()) if folder.is_dir() else [])
+    on, off = replies
+    assert on["rows"] == off["rows"] > 0
+    assert json.dumps(on["aggregates"], sort_keys=True) == json.dumps(off["aggregates"], sort_keys=True)
+    assert len(snapshots[0]) == 1 and snapshots[0][0].startswith(STROKE.table_name + "@")
+    assert snapshots[1] == []

@@ -232,6 +232,11 @@ def test_incremental_runs_with_updates_and_deletions(tmp_path, source, caplog):
     assert list(updated["nihss_admission"]) == [41, 41, 41]
     # the store equals the source's current rows, one row each
     assert len(table) == len(source.rows()) and not table.duplicated(["_pid", "dataset", "_visit"]).any()
+    if store.dialect == "sqlite":  # one columnar snapshot, of the rows after the deletions (ADR 0049)
+        from mipflow.node.store.stamp import snapshot_folder
+
+        (snapshot,) = snapshot_folder(store).glob("dm_*@*")
+        assert json.loads((snapshot / "meta.json").read_text())["rows"] == len(table)
 
     # a deleted row back at the source (same key) comes back
     source.restore(export[export["mrn"] == mrns[10]])
