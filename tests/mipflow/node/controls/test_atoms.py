@@ -143,3 +143,23 @@ def test_min_row_count_must_be_positive() -> None:
 def test_empty_family() -> None:
     verdict = check_family([], M, PRIMES)
     assert verdict.allowed and verdict.atoms == 0 and verdict.smallest_isolatable is None
+
+
+@pytest.mark.parametrize("n_sets", [1, 5, 64, 65, 70])
+def test_atoms_are_the_patients_grouped_by_the_sets_they_are_in(n_sets) -> None:
+    """Both ways of grouping (one 64-bit mask per patient up to 64 sets, packed rows beyond) give the
+    atoms counted by hand: each distinct membership pattern once, with its number of patients."""
+    from collections import Counter
+
+    from mipflow.node.controls.atoms import atoms_of, sorted_unique
+
+    rng = np.random.default_rng(n_sets)
+    universe = rng.integers(0, 2**63, 400, dtype=np.uint64)
+    sets = [universe[rng.random(universe.size) < rng.uniform(0.1, 0.9)] for _ in range(n_sets)]
+    sets = [np.concatenate([s, s[:3]]) for s in sets]  # a patient listed twice counts once
+    pattern = Counter(tuple(int(k in set(s.tolist())) for s in sets) for k in set(np.concatenate(sets).tolist()))
+    atoms = atoms_of(sets)
+    got = Counter({tuple(int(v) for v in atoms.incidence[:, a]): int(atoms.sizes[a]) for a in range(atoms.sizes.size)})
+    assert got == pattern
+    keys = np.concatenate(sets)
+    assert np.array_equal(sorted_unique(keys), np.unique(keys))
