@@ -1,6 +1,8 @@
 """K-means through real node services with default disclosure settings: a node where
 one patient would form a cluster on their own refuses, and the result says so; a late
-Lloyd round refused under the differencing control ends the analysis, labelled (ADR 0020)."""
+Lloyd round refused under the differencing control ends the analysis, labelled (ADR 0020).
+Two assignments of a node's rows may not single out fewer than ``min_row_count`` rows
+(the minimum-cut threshold of k-means since ADR 0050's residual was closed)."""
 from __future__ import annotations
 
 import functools
@@ -13,7 +15,7 @@ import pytest
 
 from mipflow.algorithms import AnalysisRequest, get_algorithm, run_in_process
 from mipflow.algorithms.kmeans import principal_axis_centres
-from mipflow.node.controls.partitions import partition_conflict
+from mipflow.node.controls.partitions import partition_conflict, smallest_released_difference
 from mipflow.node.home import NodeHome
 from mipflow.central.rounds import run_analysis as _run_analysis
 from tests.mipflow.algorithms.helpers import assert_rel_close
@@ -28,6 +30,9 @@ run_analysis = functools.partial(_run_analysis, researcher=RESEARCHER, project=P
 pytestmark = pytest.mark.xdist_group("federation")
 
 OUTLIER = (30.0, 30.0)
+#: the nodes' min_row_count (default): the smallest cluster, and the smallest minimum cut of two
+#: assignments of a node's rows, the nodes release for k-means (ADR 0050)
+MIN_ROWS = 10
 
 
 def request(**kwargs) -> AnalysisRequest:
@@ -139,8 +144,9 @@ def stop_nodes(tmp_path_factory):
     base = tmp_path_factory.mktemp("kmeans-stop-nodes")
     roots = {}
     for name, parts in frames.items():
-        home = standard_home(base / name, name)  # default settings: nfilter_tab 3, differencing on
+        home = standard_home(base / name, name)  # default settings: nfilter_tab 3, min_row_count 10, differencing on
         assert home.settings.nfilter_tab == 3 and home.settings.differencing_check
+        assert home.settings.min_row_count == MIN_ROWS
         load_frame(home.root, MODEL, pd.concat(parts.values(), ignore_index=True))
         roots[name] = home.root
         grant_all(home.root)
@@ -234,16 +240,23 @@ def test_a_late_round_on_overlapping_clusters_stops_at_the_last_released_round(s
     k = 3
     req = _request("d0", k=k, maxiter=100, tol=1e-9)
     outcome = run_analysis("kmeans", req.to_dict(), clients)
-    assert outcome.stopped, "premise: Lloyd on these rows reaches a round that moves 1-2 rows at a node"
+    assert outcome.stopped, "premise: Lloyd on these rows reaches a round that singles out < 10 rows at a node"
     assert outcome.result["n_iter"] >= 2  # a late round, not the first update
     nodes = ("node_a", "node_b", "node_c")
     centres, _ = _check_stopped(outcome, np.vstack([_values(frames[n]["d0"]) for n in nodes]), k)
-    # each refusing node's assignment at the final centres is 1-2 rows from one it released, and only theirs
+    # each refusing node's assignment at the final centres has a minimum cut below min_row_count with one
+    # it released (ADR 0050: not only below nfilter_tab), and only theirs
+    smallest = {}
     for name in nodes:
         rows = _values(frames[name]["d0"])
         at_final = _nearest(rows, centres[-1])
-        conflict = any(partition_conflict(at_final, _nearest(rows, c), 3) for c in centres[:-1])
+        conflict = any(partition_conflict(at_final, _nearest(rows, c), MIN_ROWS) for c in centres[:-1])
         assert conflict == (name in outcome.stopped["refusals"]), name
+        cuts = [smallest_released_difference(at_final, _nearest(rows, c)) for c in centres[:-1]]
+        smallest[name] = min((c for c in cuts if c > 0), default=0)
+    # the run stopped at a difference of nfilter_tab (3) to min_row_count - 1 rows, which the threshold
+    # before ADR 0050's residual was closed released: the stop is still labelled, not a failure
+    assert any(3 <= smallest[name] < MIN_ROWS for name in outcome.stopped["refusals"]), smallest
 
 
 def test_other_controls_in_a_late_round_still_exclude_the_node(stop_nodes) -> None:
@@ -268,8 +281,10 @@ def test_other_controls_in_a_late_round_still_exclude_the_node(stop_nodes) -> No
 #: boundary between the two clusters turns between the first two Lloyd rounds
 CORNERS = [((0.0, 0.0), 20), ((0.0, 8.0), 20), ((10.0, 0.0), 35), ((10.0, 8.0), 5)]
 #: node_a's rows in the two wedges between the boundary at the initial centres and the one after
-#: the first update: in round 2 the first three change cluster one way, the last one the other way
-SWAPPED = [(6.71, 6.5), (6.92, 7.0), (7.14, 7.5), (4.34, 1.0)]
+#: the first update: in round 2 the first ten change cluster one way, the last one the other way
+#: (a minimum cut of 11 rows, at least min_row_count; no later round moves any of them)
+SWAPPED = [(6.45, 5.6), (6.56, 5.86), (6.67, 6.11), (6.79, 6.37), (6.9, 6.62), (7.02, 6.88), (7.13, 7.13),
+           (7.24, 7.39), (7.36, 7.64), (7.47, 7.9), (3.51, -1.0)]
 
 
 def _corners(seed: int, tag: str, extra: list[tuple[float, float]] = ()) -> pd.DataFrame:
@@ -298,8 +313,9 @@ def corner_nodes(tmp_path_factory):
     base = tmp_path_factory.mktemp("kmeans-corner-nodes")
     roots = {}
     for name, frame in frames.items():
-        home = standard_home(base / name, name)  # default settings: nfilter_tab 3, differencing on
+        home = standard_home(base / name, name)  # default settings: nfilter_tab 3, min_row_count 10, differencing on
         assert home.settings.nfilter_tab == 3 and home.settings.differencing_check
+        assert home.settings.min_row_count == MIN_ROWS
         load_frame(home.root, MODEL, frame)
         roots[name] = home.root
         grant_all(home.root)
@@ -318,20 +334,20 @@ def test_a_cluster_gaining_rows_while_losing_one_runs_on_to_convergence(corner_n
     start = principal_axis_centres(pooled.mean(axis=0), np.cov(pooled, rowvar=False), k)
     reference = numpy_lloyd(pooled, start, tol, 100)
     assert reference["converged"] and reference["n_iter"] >= 3
-    # premise, on each node's rows along pooled Lloyd: in round 2 node_a's cluster gains three rows and
+    # premise, on each node's rows along pooled Lloyd: in round 2 node_a's cluster gains ten rows and
     # loses one (the per-pair rule refused that), and no round at any node releases a combination of
-    # cluster sums over fewer than nfilter_tab rows with any earlier one (the exact rule)
+    # cluster sums over fewer than min_row_count rows with any earlier one (the exact rule, ADR 0050)
     centres, _ = _lloyd_path(pooled, k, reference["n_iter"])
     for name in nodes:
         rows = _values(frames[name])
         labels = [_nearest(rows, c) for c in centres]  # rounds 1 .. n_iter and the evaluation round
         for r in range(1, len(labels)):
-            assert not any(partition_conflict(labels[r], earlier, 3) for earlier in labels[:r]), (name, r)
+            assert not any(partition_conflict(labels[r], earlier, MIN_ROWS) for earlier in labels[:r]), (name, r)
         if name == "node_a":
             moved = rows[labels[0] != labels[1]]
             assert sorted(map(tuple, moved)) == sorted(SWAPPED)
-            assert np.bincount(labels[0][labels[0] != labels[1]]).tolist() in ([3, 1], [1, 3])
-            assert _per_pair_rule(labels[1], labels[0], 3)
+            assert np.bincount(labels[0][labels[0] != labels[1]]).tolist() in ([10, 1], [1, 10])
+            assert _per_pair_rule(labels[1], labels[0], MIN_ROWS)
 
     outcome = run_analysis("kmeans", _request("d0", k=k, maxiter=100, tol=tol).to_dict(), clients)
     result = outcome.result

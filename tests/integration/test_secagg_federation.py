@@ -49,7 +49,7 @@ CASES = {
     "ttest_independent": request(x=("grp",), y=("y",), alt_hypothesis="two-sided", alpha=0.05,
                                  groupA="b", groupB="a"),
     "anova_oneway": request(x=("grp",), y=("y",)),
-    "kmeans": request(y=("x1", "y", "age"), k=3, maxiter=30, tol=1e-6),
+    "kmeans": request(y=("x1", "y", "x2"), k=3, maxiter=30, tol=1e-6),  # real variables (ADR 0050)
 }
 #: Requested with secure_aggregation=True only (automatic mode leaves it off: ADR 0014).
 DESCRIBED = request(x=("grp",), y=("y", "x2", "dataset"))
@@ -162,7 +162,7 @@ def test_secure_kmeans_equals_pooled_lloyd(fed: Fed) -> None:
     outcome = fed.run("kmeans")  # automatic: 3 nodes take part
     assert outcome.secure_aggregation["enabled"] is True and outcome.rounds > 3
     ours = outcome.result
-    pooled = DATA.dropna(subset=["x1", "y", "age"])[["x1", "y", "age"]].to_numpy(dtype=float)
+    pooled = DATA.dropna(subset=["x1", "y", "x2"])[["x1", "y", "x2"]].to_numpy(dtype=float)
     start = principal_axis_centres(pooled.mean(axis=0), np.cov(pooled, rowvar=False), 3)
     ref = numpy_lloyd(pooled, start, 1e-6, 30)
     assert ours["n_obs"] == len(pooled) and ours["cluster_counts"] == ref["counts"].tolist()

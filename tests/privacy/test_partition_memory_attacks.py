@@ -9,7 +9,10 @@ forgot everything at a restart, so the central site could push the first
 assignment out (or ask for the same rows under ``(x1, x2)``, or wait for a
 restart) and then have the one-row move answered.  Now the memory is on disk,
 per cohort, never evicted: at ``partitions_per_cohort`` the cohort takes no new
-assignment, and the one-row move stays refused, also after a restart.
+assignment, and the one-row move stays refused, also after a restart.  Since ADR 0050
+a move of ``nfilter_tab`` (3) to ``min_row_count - 1`` (9) rows is refused as well
+(a cluster holds ``min_row_count`` rows, and so must the difference of two
+assignments): the refusal names ``min_row_count``.
 
 Since ADR 0029 a node answers no round state of the central site's making: through
 the API every crafted round below is refused by ``round_verification`` first (checked
@@ -33,7 +36,7 @@ from tests.nodes import standard_home
 pytestmark = pytest.mark.xdist_group("partition_memory")
 
 NODE = "hospital_a"
-ROWS = 300
+ROWS = 500  # room for more than 32 slabs min_row_count rows apart, each cluster min_row_count rows
 LIMIT = 40
 #: The released boundary; the attack moves it by one row.
 FIRST = 150
@@ -87,28 +90,34 @@ def test_the_one_row_move_stays_refused_after_filling_the_memory_and_after_a_res
     try:
         answered = kmeans_round(client, *first)
         assert answered["aggregates"]["group_n"] == [FIRST, ROWS - FIRST]  # the slabs are the clusters
-        refused(client, *moved, "nfilter_tab")
+        refused(client, *moved, "min_row_count")
         # the same rows under another variable order or another second variable: one memory per cohort
-        refused(client, *state_for(order, FIRST + 1, x2_first=False), "nfilter_tab")
-        refused(client, *state_for(order, FIRST + 1, side="y"), "nfilter_tab")
+        refused(client, *state_for(order, FIRST + 1, x2_first=False), "min_row_count")
+        refused(client, *state_for(order, FIRST + 1, side="y"), "min_row_count")
+        # moves of nfilter_tab (3) to min_row_count - 1 (9) rows, either way: a group of 3-9 rows with
+        # its count, sum and sum of squares (ADR 0050)
+        for moved_rows in (3, 5, 9):
+            refused(client, *state_for(order, FIRST + moved_rows), "min_row_count")
+            refused(client, *state_for(order, FIRST - moved_rows, flip=True), "min_row_count")
 
-        # fill the memory: slabs 3 rows apart (each a cut of 3 from its neighbours: answered)
-        ends = [e for e in range(10, 10 + 3 * LIMIT, 3) if abs(e - FIRST) >= 3]
+        # fill the memory: slabs min_row_count (10) rows apart (each a cut of 10 from its neighbours: answered)
+        ends = [e for e in range(10, ROWS - 9, 10) if abs(e - FIRST) >= 10]
         for end in ends[:LIMIT - 1]:
             reply = kmeans_round(client, *state_for(order, end))
             assert reply["aggregates"]["group_n"] == [end, ROWS - end]
         assert LIMIT - 1 > 32  # beyond the old in-memory bound, which would have dropped the first
         refused(client, *state_for(order, ends[LIMIT - 1]), "partitions_per_cohort")  # full: no new one
-        refused(client, *moved, "nfilter_tab")  # the first is not forgotten
+        refused(client, *moved, "min_row_count")  # the first is not forgotten
         kmeans_round(client, *state_for(order, FIRST, flip=True))  # released before (renumbered): answered
     finally:
         client.close()
 
     client = UnverifiedNode(root)  # a restart: a new node context on the same home
     try:
-        refused(client, *moved, "nfilter_tab")
-        refused(client, *state_for(order, FIRST + 1, x2_first=False), "nfilter_tab")
-        refused(client, *state_for(order, 200), "partitions_per_cohort")
+        refused(client, *moved, "min_row_count")
+        refused(client, *state_for(order, FIRST + 1, x2_first=False), "min_row_count")
+        refused(client, *state_for(order, FIRST + 5), "min_row_count")
+        refused(client, *state_for(order, 450), "partitions_per_cohort")  # clear of every slab: the limit
         assert kmeans_round(client, *first)["aggregates"]["group_n"] == [FIRST, ROWS - FIRST]
     finally:
         client.close()

@@ -40,8 +40,9 @@ See ``docs/adr/0009-kmeans-initialisation.md`` and ``0050-kmeans-real-variables.
 Privacy stop (:meth:`KMeans.on_refusal`, ``docs/adr/0020-kmeans-privacy-stop.md``):
 a node also refuses (control ``differencing``, ADR 0013) a round whose
 assignment, together with one it released, would let a combination of cluster
-sums single out ``0 < d < nfilter_tab`` rows (a minimum cut of the two
-assignments' graph), which Lloyd rounds near convergence can do on large data.
+sums single out ``0 < d < min_row_count`` rows (a minimum cut of the two
+assignments' graph below the cluster threshold ``group_count_setting``, ADR 0050),
+which Lloyd rounds near convergence can do on large data.
 Such a refusal after at least one update ends the analysis instead of
 excluding the node: the result holds the centres of the last update, the
 cluster sizes of the last released assignment and that assignment's
@@ -293,7 +294,7 @@ class KMeans(SpecAlgorithm):
         update has been made (a Lloyd round after the first, or the evaluation
         round): the node's own memory says that the assignment at the current
         centres and one it released would let a combination of cluster sums
-        single out fewer than ``nfilter_tab`` rows.  Any other refusal (or one in the first Lloyd round,
+        single out fewer rows than a released cluster holds (``min_row_count``, ADR 0050).  Any other refusal (or one in the first Lloyd round,
         which has no earlier assignment of this analysis to stop at) returns
         None: the node is left out as before.
 
@@ -332,7 +333,8 @@ class KMeans(SpecAlgorithm):
                 "message": (
                     f"Stopped before {what}: node(s) {', '.join(nodes)} refused it under the differencing "
                     f"control (its assignment to these centres and one the node already released would let a "
-                    f"combination of cluster sums single out fewer than nfilter_tab rows). The centres are those after {iteration} update(s); cluster_counts, within_ss "
+                    f"combination of cluster sums single out fewer rows than a released cluster holds, "
+                    f"min_row_count). The centres are those after {iteration} update(s); cluster_counts, within_ss "
                     f"and inertia are those of the last released assignment (rows nearest the centres "
                     f"before), about these centres."),
             },

@@ -63,7 +63,7 @@ from mipflow.algorithms.provenance import code_of
 from mipflow.exceptions import DisclosureError, MipflowError, RequestError, StoreError
 from mipflow.node.api.context import DataModelNotHeld, StepContext
 from mipflow.node.api.schema import read_step_body
-from mipflow.node.controls.disclosure import DisclosureControls
+from mipflow.node.controls.disclosure import DisclosureControls, group_threshold
 from mipflow.node.controls.masking import require_secure_aggregation
 from mipflow.node.controls.query_budget import analysis_key
 from mipflow.node.controls.explore import check_explore, release_explore
@@ -369,13 +369,15 @@ def run_local_step(request: StepRequest, context: StepContext, work: StepWork) -
 
 
 def check_partition(request: StepRequest, context: StepContext, work: StepWork) -> None:
-    """Differencing of k-means rounds (ADR 0013), once the step has checked the state's centres."""
+    """Differencing of k-means rounds (ADR 0013), once the step has checked the state's centres: two
+    released assignments may not single out fewer rows than a released cluster holds (ADR 0050)."""
     if not work.settings.differencing_check:
         return
+    setting, threshold = group_threshold(work.algo, work.settings)
     with _reading_the_state(request):
         work.labels = context.differencing.check_partition(
-            request.algorithm, request.round, work.data, request.analysis, work.state, work.cohorts,
-            work.settings.nfilter_tab, work.settings.partitions_per_cohort)
+            work.algo, request.round, work.data, request.analysis, work.state, work.cohorts,
+            threshold, work.settings.partitions_per_cohort, setting)
 
 
 def check_release(request: StepRequest, context: StepContext, work: StepWork) -> None:

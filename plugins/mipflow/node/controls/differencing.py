@@ -24,7 +24,7 @@ subset is a cohort too.  What this covers and what it does not is in
 ``docs/adr/0013-differencing.md``.
 
 K-means rounds release per-cluster sums: two rounds whose clusters differ by a
-row or two give those rows away.  The node's guard (:class:`DifferencingGuard`)
+row or two (or any number below min_row_count, ADR 0050) give those rows away.  The node's guard (:class:`DifferencingGuard`)
 therefore also compares the partition a round releases, as the algorithm
 states it (``Algorithm.differencing_partition``), with those it released on the
 same rows before (:mod:`mipflow.node.controls.partitions`, on disk, never evicted).
@@ -302,19 +302,24 @@ class DifferencingGuard:
                           patients=cohorts.patients, primes=self.primes)
 
     def check_partition(self, algorithm: Algorithm | str, round_no: int, data: pd.DataFrame, request: Any,
-                        state: dict | None, cohorts: Cohorts, nfilter_tab: int,
-                        limit: int = PARTITIONS_PER_COHORT) -> np.ndarray | None:
+                        state: dict | None, cohorts: Cohorts, threshold: int,
+                        limit: int = PARTITIONS_PER_COHORT, setting: str = "nfilter_tab") -> np.ndarray | None:
         """Refuse a released partition a few rows away from one released before (k-means rounds).
 
         The partition is the algorithm's own (``Algorithm.differencing_partition``:
         the node assigns its rows to the state's centres itself, as the local
         step does) and is compared with the partitions released on the same
         rows before; what the central site says about earlier rounds is not
-        trusted.  Returns the partition for :meth:`after_step` (in the cohort's
-        canonical row order), or None for steps that release none.  ``limit`` is the
-        node setting ``partitions_per_cohort`` (:meth:`PartitionMemory.check`).
+        trusted.  ``threshold`` is the fewest rows a released group of the
+        algorithm holds, named by ``setting``
+        (:func:`mipflow.node.controls.disclosure.group_threshold`: ``min_row_count``
+        for k-means, ADR 0050): no combination of two assignments' sums may
+        single out fewer rows than a cluster holds.  Returns the partition for
+        :meth:`after_step` (in the cohort's canonical row order), or None for
+        steps that release none.  ``limit`` is the node setting
+        ``partitions_per_cohort`` (:meth:`PartitionMemory.check`).
         """
-        if nfilter_tab <= 1:
+        if threshold <= 1:
             return None
         if isinstance(algorithm, str):
             from mipflow.algorithms import get_algorithm
@@ -326,11 +331,11 @@ class DifferencingGuard:
         if cohorts.canonical is not None and len(cohorts.canonical) == len(labels):
             labels = np.asarray(labels)[cohorts.canonical]
         sizes = np.bincount(labels)
-        if np.any((sizes > 0) & (sizes < nfilter_tab)):
-            # a cluster of 1 .. nfilter_tab - 1 rows is a cut of that weight too, but it is the cell
-            # control's refusal (nfilter_tab, at release), which excludes the node (ADR 0020)
+        if np.any((sizes > 0) & (sizes < threshold)):
+            # a cluster of 1 .. threshold - 1 rows is a cut of that weight too, but it is the group
+            # control's refusal (the same threshold, at release), which excludes the node (ADR 0020)
             return labels
-        self.partitions.check(self._partition_key(cohorts), labels, nfilter_tab, limit)
+        self.partitions.check(self._partition_key(cohorts), labels, threshold, limit, setting)
         return labels
 
     def after_step(self, cohorts: Cohorts, request: Any, labels: np.ndarray | None) -> None:

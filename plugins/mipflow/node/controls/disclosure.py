@@ -156,9 +156,7 @@ class DisclosureControls:
             _refuse_raw_extremes(aggregates)
         tab = self.settings.nfilter_tab
         # k-means clusters: min_row_count (a data-chosen range released with n, sum and squares, ADR 0050)
-        setting = getattr(algorithm, "group_count_setting", "nfilter_tab")
-        smallest = max(tab, int(getattr(self.settings, setting)))
-        control = setting if smallest > tab else "nfilter_tab"
+        control, smallest = group_threshold(algorithm, self.settings)
         for n in _group_sizes(aggregates):
             if 0 < n < smallest:
                 # the size itself stays at the node: "a group of 1 row" would disclose it
@@ -170,6 +168,20 @@ class DisclosureControls:
             # cells and their sums in one result: consistent secondary suppression (ADR 0031)
             aggregates = suppress_histograms(aggregates, tab)
         return _suppress_cells(aggregates, tab)
+
+
+def group_threshold(algorithm: Algorithm, settings: NodeSettings) -> tuple[str, int]:
+    """The fewest rows a released group of ``algorithm`` must hold, and the setting that says so.
+
+    ``nfilter_tab``, or the setting the algorithm's ``group_count_setting`` names when that is
+    larger (k-means clusters: ``min_row_count``, ADR 0050).  Also the smallest difference two of
+    its released partitions of the same rows may give (the partition check, ADR 0013 and 0050):
+    every group a release lets anyone form is held to the same standard.
+    """
+    tab = int(settings.nfilter_tab)
+    setting = getattr(algorithm, "group_count_setting", "nfilter_tab")
+    smallest = max(tab, int(getattr(settings, setting)))
+    return (setting if smallest > tab else "nfilter_tab"), smallest
 
 
 def _strings(doc: Any) -> Iterable[str]:

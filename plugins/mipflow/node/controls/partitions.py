@@ -4,10 +4,13 @@ K-means rounds release per-cluster sums: two rounds whose clusters differ by a
 row or two give those rows away.  :class:`PartitionMemory` keeps, on disk in
 the node home (``partitions.sqlite``), every cluster assignment released on a
 cohort and refuses an assignment when some linear combination of its cluster sums and those of an
-earlier assignment would be a sum over ``0 < d < nfilter_tab`` rows: exactly
+earlier assignment would be a sum over ``0 < d < threshold`` rows: exactly
 when the bipartite graph of the two assignments (clusters as vertices, shared
-rows as weighted edges) has a minimum cut below ``nfilter_tab``
-(:func:`partition_conflict`, Stoer-Wagner in :func:`min_cut`).  Which
+rows as weighted edges) has a minimum cut below ``threshold``
+(:func:`partition_conflict`, Stoer-Wagner in :func:`min_cut`).  The threshold
+is the fewest rows a released cluster holds: ``min_row_count`` for k-means
+(``group_count_setting``, ADR 0050), ``nfilter_tab`` for an algorithm whose
+groups are held to that.  Which
 partition a step releases the algorithm states
 (``Algorithm.differencing_partition``); the node's guard
 (:class:`mipflow.node.controls.differencing.DifferencingGuard`) asks it and
@@ -186,7 +189,8 @@ def partition_conflict(new: np.ndarray, old: np.ndarray, threshold: int) -> bool
     new, old : numpy.ndarray of int, shape (n,)
         Cluster labels of the same rows in the same order.
     threshold : int
-        ``nfilter_tab``: refuse below it (nothing is refused at 1 or less).
+        The fewest rows a released group holds (``min_row_count`` for k-means,
+        ADR 0050; else ``nfilter_tab``): refuse below it (nothing is refused at 1 or less).
     """
     if threshold <= 1 or not len(new):
         return False
@@ -302,11 +306,13 @@ class PartitionMemory(SqliteState):
         with self._lock:
             return len(self._known(key)[0])
 
-    def check(self, key: str, labels: np.ndarray, threshold: int, limit: int = PARTITIONS_PER_COHORT) -> None:
+    def check(self, key: str, labels: np.ndarray, threshold: int, limit: int = PARTITIONS_PER_COHORT,
+              setting: str = "nfilter_tab") -> None:
         """Raise (control ``differencing``) if ``labels`` may not be released on cohort ``key``.
 
         Refused: an assignment that conflicts with a remembered one
-        (:func:`partition_conflict`; pairwise, combinations across three or
+        (:func:`partition_conflict` below ``threshold``, the node setting named
+        ``setting`` in the message; pairwise, combinations across three or
         more released assignments are not analysed, see ADR 0013), and a new
         assignment on a cohort that already holds ``limit`` of them (0: no
         limit).  An assignment remembered before is answered again.
@@ -320,7 +326,7 @@ class PartitionMemory(SqliteState):
                 if len(old) == len(labels) and partition_conflict(labels, old, threshold):
                     raise DisclosureError(
                         "the cluster sums of this assignment and of one this node already released on the "
-                        f"same rows would combine into a sum over fewer than nfilter_tab ({threshold}) rows, "
+                        f"same rows would combine into a sum over fewer than {setting} ({threshold}) rows, "
                         "which could single out patients (differencing control)", control="differencing")
             if limit and len(digests) >= limit:
                 raise DisclosureError(

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from mipflow.algorithms import get_algorithm, prepare_local_data
 from mipflow.protocol.signing import issue_client
+from mipflow.node.controls.partitions import smallest_released_difference
 from mipflow.node.controls.differencing import (
     CohortLedger, cohort_digest, cohort_sets, decode_keys, encode_keys, hash_key, pair_conflict, row_keys,
 )
@@ -291,16 +292,56 @@ def test_kmeans_rounds_a_row_apart_are_refused(node):
         _refused(client, doc, algorithm="kmeans", round_no=2, state=_kmeans_state(cut(19), swap=True))
         # in another analysis, by another researcher: still the same rows
         _refused(client, doc, algorithm="kmeans", round_no=1, state=_kmeans_state(cut(22)), researcher="bob")
-        # moves of at least nfilter_tab (3) rows are Lloyd's ordinary business
-        assert _step(client, doc, algorithm="kmeans", round_no=2, state=_kmeans_state(cut(23))) \
-            ["aggregates"]["group_n"] == [23, 37]
+        # a move of 3 rows (nfilter_tab) too: a released cluster holds min_row_count rows, and so must
+        # every difference of two assignments (ADR 0050)
+        assert "min_row_count (10)" in _refused(client, doc, algorithm="kmeans", round_no=2,
+                                                 state=_kmeans_state(cut(23))).reason
+        # moves of at least min_row_count (10) rows are Lloyd's ordinary business
+        assert _step(client, doc, algorithm="kmeans", round_no=2, state=_kmeans_state(cut(30))) \
+            ["aggregates"]["group_n"] == [30, 30]
         # the same centres again (a later round, a repeated analysis) are fine
-        _step(client, doc, algorithm="kmeans", round_no=3, state=_kmeans_state(cut(23)))
+        _step(client, doc, algorithm="kmeans", round_no=3, state=_kmeans_state(cut(30)))
         # a cluster of 2 rows is a small cut too, but it is the cluster-size control's refusal (it
         # leaves the node out instead of stopping the run, ADR 0020; min_row_count, ADR 0050)
         with pytest.raises(NodeRefused) as info:
             _step(client, doc, algorithm="kmeans", round_no=4, state=_kmeans_state(cut(2)))
         assert info.value.control == "min_row_count", info.value
+    finally:
+        client.close()
+
+
+def test_kmeans_assignments_nfilter_tab_to_min_row_count_rows_apart_are_refused(node):
+    """ADR 0050's residual, closed: two assignments of the same rows whose minimum cut is
+    ``nfilter_tab`` .. ``min_row_count - 1`` rows (a group with its count, sum and sum of squares)."""
+    settings = NodeHome(node.root).settings
+    tab, m = settings.nfilter_tab, settings.min_row_count
+    assert 1 < tab < m and settings.differencing_check
+    doc = {**_request(x=(), y=("x1", "y")), "parameters": {"k": 2, "maxiter": 10, "tol": 1e-6}}
+    x1 = np.sort(node.data["x1"].to_numpy())
+    cut = lambda i: float((x1[i - 1] + x1[i]) / 2)  # noqa: E731 - i rows below the boundary
+    released = 25  # 15 .. 34 below the boundary keeps both clusters at min_row_count or more
+    client = UnverifiedNode(node.root)  # the partition memory, behind round verification
+    try:
+        _step(client, doc, algorithm="kmeans")
+        assert _step(client, doc, algorithm="kmeans", round_no=1, state=_kmeans_state(cut(released))) \
+            ["aggregates"]["group_n"] == [released, len(x1) - released]
+        for d in range(tab, m):
+            for end in (released - d, released + d):
+                sizes = [end, len(x1) - end]
+                assert min(sizes) >= m  # not the cluster-size control's refusal
+                # premise: the smallest combination of the two assignments' sums is over d rows
+                old = (x1 > cut(released)).astype(int)
+                new = (x1 > cut(end)).astype(int)
+                assert smallest_released_difference(new, old) == d
+                refusal = _refused(client, doc, algorithm="kmeans", round_no=2, state=_kmeans_state(cut(end)))
+                # the reason names the setting, never the size of the difference
+                assert f"min_row_count ({m})" in refusal.reason
+                assert not re.search(r"\d", refusal.reason.replace(f"({m})", "")), refusal.reason
+                assert _last_audit(node.root)["control"] == "differencing"
+        # min_row_count rows apart: answered (and nothing refused above was remembered)
+        for end in (released - m, released + m):
+            assert _step(client, doc, algorithm="kmeans", round_no=2, state=_kmeans_state(cut(end))) \
+                ["aggregates"]["group_n"] == [end, len(x1) - end]
     finally:
         client.close()
 

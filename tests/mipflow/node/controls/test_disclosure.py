@@ -4,7 +4,7 @@ import pytest
 
 from mipflow.algorithms.spec import SpecAlgorithm
 from mipflow.node.home import NodeSettings
-from mipflow.node.controls.disclosure import DisclosureControls
+from mipflow.node.controls.disclosure import DisclosureControls, group_threshold
 from mipflow.exceptions import DisclosureError
 
 
@@ -57,6 +57,18 @@ def test_groups_reach_the_setting_the_algorithm_names(settings, sizes, control):
     # the default (nfilter_tab) is unchanged for other algorithms
     if sizes[1] >= controls.settings.nfilter_tab:
         assert controls.release(Algo(), None, None, 1, {"group_n": sizes})["group_n"] == sizes
+
+
+@pytest.mark.parametrize("settings, clusters, others", [
+    pytest.param({}, ("min_row_count", 10), ("nfilter_tab", 3), id="defaults"),
+    pytest.param({"min_row_count": 2, "nfilter_tab": 5}, ("nfilter_tab", 5), ("nfilter_tab", 5), id="nfilter_tab-larger"),
+    pytest.param({"min_row_count": 1, "nfilter_tab": 1}, ("nfilter_tab", 1), ("nfilter_tab", 1), id="exareme2-validation"),
+])
+def test_group_threshold_is_the_larger_of_nfilter_tab_and_the_named_setting(settings, clusters, others):
+    """One threshold for a released group and for the partition check's minimum cut (ADR 0050)."""
+    node = NodeSettings(**settings)
+    assert group_threshold(Clusters(), node) == clusters
+    assert group_threshold(Algo(), node) == others
 
 
 def test_extremes_only_with_explicit_setting():

@@ -221,6 +221,28 @@ def test_processes_sharing_a_home_see_each_others_partitions(tmp_path):
         two.check("m|q", _slabs(100, 51), 3)
 
 
+def test_at_min_row_count_a_move_of_three_to_nine_rows_is_refused_and_named():
+    """k-means checks its partitions at min_row_count (ADR 0050): a slab moved by 3 .. 9 rows, or rows
+    moving both ways with a cut of 3 + 3, conflicts there and not at nfilter_tab (3); 9 + 1 does not."""
+    memory = PartitionMemory()
+    memory.record("k", _slabs(60, 30))
+    for moved in range(3, 10):
+        assert partition_conflict(_slabs(60, 30 + moved), _slabs(60, 30), 10)
+        assert not partition_conflict(_slabs(60, 30 + moved), _slabs(60, 30), 3)
+        with pytest.raises(DisclosureError, match=r"fewer than min_row_count \(10\) rows") as err:
+            memory.check("k", _slabs(60, 30 - moved), 10, setting="min_row_count")
+        assert err.value.control == "differencing" and str(moved) not in str(err.value).replace("(10)", "")
+    memory.check("k", _slabs(60, 40), 10, setting="min_row_count")  # 10 rows apart
+    old = np.repeat([0, 1], 30)
+    both_ways = old.copy()
+    both_ways[:3], both_ways[30:33] = 1, 0  # three rows each way: a 4-cycle whose smallest cut is 6
+    assert smallest_released_difference(both_ways, old) == 6
+    assert partition_conflict(both_ways, old, 10) and not partition_conflict(both_ways, old, 3)
+    nine_one = old.copy()
+    nine_one[:1], nine_one[30:39] = 1, 0
+    assert smallest_released_difference(nine_one, old) == 10 and not partition_conflict(nine_one, old, 10)
+
+
 def test_a_memory_without_a_home_is_the_rule_in_process():
     memory = PartitionMemory()
     memory.record("k", _slabs(60, 30))
