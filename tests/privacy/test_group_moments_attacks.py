@@ -8,16 +8,20 @@ nominal variable (3 patients with a transient ischaemic attack), outcome NIHSS. 
 centred sum of squares of group A are solved by enumerating the integer triples of NIHSS's declared range.
 
 Every attack runs through a real node process (``mipflow node serve``), in standard mode and in an approved
-study.  ``test_hole_*`` PASS WHILE THE HOLE EXISTS (they assert what the attack recovers).
+study.  The attack first ran as ``test_hole_*`` (they passed, recovering the values, before ADR 0050's
+amendment); ``test_defence_*`` assert the refusals that stop it now.
 """
 from __future__ import annotations
 
 import itertools
+import math
+import re
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from mipflow.exceptions import ConfigError
 from mipflow.node.controls import study_approval
 from mipflow.node.home import NodeHome
 from mipflow.protocol.signing import issue_client
@@ -73,40 +77,88 @@ def attack(reply_json: dict) -> list[tuple[int, ...]]:
     return solve_triples(int(group["n"]), float(group["mean"][0]), float(group["m2"][0]))
 
 
-def test_hole_a_rare_groups_nihss_values_from_an_independent_t_test_in_standard_mode(tmp_path) -> None:
-    """Standard mode: the t-test of NIHSS between TIA (3 patients) and ischaemic stroke answers (the group of 3
-    reaches ``nfilter_tab``), and group A's ``n``, mean and ``m2`` have exactly one integer solution in 0-42:
-    the three patients' NIHSS."""
+def test_defence_a_rare_group_of_an_independent_t_test_is_refused_in_standard_mode(tmp_path) -> None:
+    """Hole closed (ADR 0050, the class): the attack that recovered the three TIA patients' NIHSS (7, 19, 31)
+    from group A's ``n``, mean and ``m2`` (a test_hole_ in this file's history) gets a refusal: the t-test
+    declares ``group_count_setting = "min_row_count"``, so a group of 3 refuses the node's step (control
+    ``min_row_count``).  The refusal names the rule and the setting only: the same bytes for another outcome
+    of the same groups; an honest t-test between two large groups still answers."""
     root = tmp_path / "node"
-    standard_home(root, NODE)
+    home = standard_home(root, NODE)
     frame = rare_level_registry()
     load_frame(root, STROKE, frame)
     grant_all(root, researcher="*", project="severity")
     credential = issue_client(root, "central")
+    other = ttest_request()
+    other["inputdata"]["y"] = ["age"]
+    honest = ttest_request("haemorrhagic")
     with running_nodes([root]) as (url,):
-        reply = Served(url, credential, root, frame).call("ttest_independent", ttest_request(), project="severity")
-    assert reply.status_code == 200, reply.text
-    assert attack(reply.json()) == [tuple(int(v) for v in RARE)]
+        node = Served(url, credential, root, frame)
+        reply = node.call("ttest_independent", ttest_request(), project="severity")
+        again = node.call("ttest_independent", other, project="severity")
+        answered = node.call("ttest_independent", honest, project="severity")
+    assert reply.status_code == 403, reply.text
+    assert reply.json()["control"] == "min_row_count"
+    assert reply.content == again.content  # depends on no value
+    message = reply.json()["refused"]
+    assert f"min_row_count ({home.settings.min_row_count})" in message
+    assert set(re.findall(r"\d+", message)) == {str(home.settings.min_row_count)}  # no count, no value
+    assert "a" not in reply.json().get("aggregates", {})
+    assert answered.status_code == 200, answered.text
+    rows = frame.dropna(subset=["nihss_admission"])
+    group = answered.json()["aggregates"]["a"]
+    assert group["n"] == int((rows["stroke_type"] == "haemorrhagic").sum())
+    assert math.isclose(group["mean"][0], rows.loc[rows["stroke_type"] == "haemorrhagic", "nihss_admission"].mean(),
+                        rel_tol=1e-12)
 
 
-def test_hole_a_rare_groups_nihss_values_from_an_independent_t_test_in_a_study(tmp_path) -> None:
-    """Study mode: a protocol with the t-test and stroke type is approved (every level cell holds 0 or at
-    least ``nfilter_tab`` rows), and the same request recovers the same three values."""
+def study_document(algorithms: list[str]) -> dict:
+    document = protocol(datasets=[NODE], variables=["sex", "stroke_type", "nihss_admission"], subgroups=[],
+                        algorithms=algorithms)
+    document.pop("survival")
+    return document
+
+
+def test_defence_a_study_whose_t_test_groups_are_rare_is_not_approved(tmp_path) -> None:
+    """Hole closed in study mode: approval holds the level cells a t-test's groups can be to
+    ``min_row_count`` (``study_cells.moment_problems``), so the protocol that let the attack through is not
+    approved (the message, for the admin, names the cell).  The same protocol without the t-test is approved,
+    and the t-test is then refused from the request alone, as outside the study."""
     root = tmp_path / "node"
     home = NodeHome.init(root, NODE)
     frame = rare_level_registry()
     load_frame(root, STROKE, frame)
     grant_all(root, researcher="*", project="severity")
-    document = protocol(datasets=[NODE], variables=["sex", "stroke_type", "nihss_admission"], subgroups=[],
-                        algorithms=["ttest_independent"])
-    document.pop("survival")
-    assert study_approval.approve(home, "severity", document)["status"] == "approved"
+    with pytest.raises(ConfigError) as refused:
+        study_approval.approve(home, "severity", study_document(["ttest_independent"]))
+    message = str(refused.value)
+    assert "stroke_type=tia: 3 row(s)" in message and "min_row_count (10)" in message
+    assert study_approval.approve(home, "severity", study_document(["descriptive_stats"]))["status"] == "approved"
+    credential = issue_client(root, "central")
+    with running_nodes([root]) as (url,):
+        reply = Served(url, credential, root, frame).call("ttest_independent", ttest_request(), project="severity")
+    assert reply.status_code == 403 and reply.json()["control"] == "study", reply.text
+
+
+def test_defence_a_study_whose_t_test_groups_are_large_is_approved_and_answers(tmp_path) -> None:
+    """What the fix keeps: with ten TIA patients every cell reaches ``min_row_count``; the study is approved
+    and the t-test answers exactly in study mode (group A: the ten patients' count and mean)."""
+    root = tmp_path / "node"
+    home = NodeHome.init(root, NODE)
+    frame = rare_level_registry()
+    frame.loc[frame.index[:10], "stroke_type"] = "tia"
+    frame.loc[frame.index[:10], "sex"] = np.repeat(["F", "M"], 5)
+    load_frame(root, STROKE, frame)
+    grant_all(root, researcher="*", project="severity")
+    assert study_approval.approve(home, "severity", study_document(["ttest_independent"]))["status"] == "approved"
     credential = issue_client(root, "central")
     with running_nodes([root]) as (url,):
         reply = Served(url, credential, root, frame).call("ttest_independent", ttest_request(), project="severity")
     assert reply.status_code == 200, reply.text
     assert reply.json()["mode"]["study"] == "stroke-outcomes"
-    assert attack(reply.json()) == [tuple(int(v) for v in RARE)]
+    tia = frame.loc[frame["stroke_type"] == "tia", "nihss_admission"]
+    group = reply.json()["aggregates"]["a"]
+    assert group["n"] == 10 and math.isclose(group["mean"][0], tia.mean(), rel_tol=1e-12)
 
 
 def test_the_solver_finds_every_multiset_and_only_those() -> None:
