@@ -7,8 +7,9 @@ count and the mean of ``y``, plus the node's within-cell sum of squares
 and ``y'y`` of the saturated dummy design (``X'X`` is a linear image of the
 cell counts, ``X'y`` of the cell sums, and ``y'y = W + sum(n_c * mean_c**2)``),
 sent in centred form so that nothing cancels (see :mod:`.moments`).  The cell
-counts go under ``group_n``: a node holding a cell of ``0 < n < nfilter_tab``
-rows refuses the step rather than release that cell's mean.
+counts go under ``group_n``: a node holding a cell of ``0 < n < min_row_count``
+rows refuses the step rather than release that cell's mean (``group_count_setting``,
+ADR 0050: a cell's mean and, through the pooled sum of squares, its spread).
 
 Global step: merge the cells over nodes (Chan et al.); the pooled
 within-cell sum of squares is the residual sum of squares of the saturated
@@ -91,6 +92,9 @@ def _rss_and_rank(design: np.ndarray, means: np.ndarray, weights: np.ndarray) ->
 
 class Anova(SpecAlgorithm):
     name = "anova"
+    # each cell is released with its count and mean beside the pooled within-cell sum of squares, from
+    # which one cell's sum of squares follows with one-way analyses of the same y (ADR 0050, the class)
+    group_count_setting = "min_row_count"
     label = "Two-way ANOVA"
     description = ("Test the difference in the means of the dependent variable between groups of two "
                    "nominal factors, with their interaction.")
@@ -145,7 +149,7 @@ class Anova(SpecAlgorithm):
                 within += float(((values - mean) ** 2).sum())
             else:
                 means.append(0.0)
-        # group_n: the sizes of the cells whose means are released (nfilter_tab)
+        # group_n: the sizes of the cells whose means are released (min_row_count, ADR 0050)
         return {"group_n": counts, "cell_means": means, "ss_within": within}
 
     def global_step(self, round: int, aggregates: list[dict], request: AnalysisRequest,

@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
 class AnovaOneway(SpecAlgorithm):
     name = "anova_oneway"
+    # each group is released with its count, mean and centred sum of squares (ADR 0050, the class)
+    group_count_setting = "min_row_count"
     label = "One-way ANOVA"
     description = ("Test the difference in the means of the dependent variable between the levels of one "
                    "nominal variable, with Tukey's HSD comparisons.")

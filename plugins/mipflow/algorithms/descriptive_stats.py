@@ -126,6 +126,9 @@ def _dp_rows(aggregates: dict[str, Any]) -> int:
 
 class DescriptiveStats(SpecAlgorithm):
     name = "descriptive_stats"
+    # each dataset's variable is released with its count, mean and centred sum of squares over the rows
+    # holding it (fewer than the dataset's when values are missing; ADR 0050, the class)
+    group_count_setting = "min_row_count"
     label = "Descriptive statistics"
     description = ("Counts, missing values, means and standard deviations (counts per level for nominal "
                    "variables) per dataset and overall, per variable and on the complete cases; no "

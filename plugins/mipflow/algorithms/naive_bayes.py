@@ -26,7 +26,8 @@ and F1 per class and fold, all exact.
 Disclosure: per-class counts, category counts and confusion cells are
 released under ``group_n``/``group_counts``: a class or cell of a fold in
 ``(0, nfilter_tab)`` refuses the node's step (a class mean of one or two
-patients is their value).
+patients is their value); the Gaussian classifier's classes, released with
+means and sums of squares, in ``(0, min_row_count)`` (ADR 0050).
 """
 from __future__ import annotations
 
@@ -153,6 +154,9 @@ class _NaiveBayesCV(CrossValidated, SpecAlgorithm):
 
 class NaiveBayesGaussianCV(_NaiveBayesCV):
     name = "naive_bayes_gaussian_cv"
+    # each class of each fold is released with its count and the covariates' means and centred sums of
+    # squares (ADR 0050, the class)
+    group_count_setting = "min_row_count"
     label = "Gaussian Naive Bayes classifier with cross-validation"
     description = ("Classifies y from numerical features assumed independent and normal within each class; "
                    "k-fold cross-validated.")

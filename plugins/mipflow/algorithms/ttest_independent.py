@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 
 class TTestIndependent(SpecAlgorithm):
     name = "ttest_independent"
+    # each group is released with its count, mean and centred sum of squares: three moments pin a few
+    # rows of a variable with a small range, so a group holds min_row_count rows (ADR 0050, the class)
+    group_count_setting = "min_row_count"
     label = "T-Test Independent"
     description = "Test the difference in means between two independent groups (Welch's t-test)."
     y_spec = InputSpec(types=("real", "int"), stattypes=(NUMERICAL,), notblank=True, multiple=False,

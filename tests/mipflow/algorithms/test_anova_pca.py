@@ -193,7 +193,8 @@ def test_pca_on_enough_rows_is_released(node) -> None:
 
 
 def test_small_anova_cell_is_not_released(node) -> None:
-    """One (grp, sex) cell of 2 rows at the node: the step is refused, the cell's mean never sent."""
+    """One (grp, sex) cell of 2 rows at the node: the step is refused, the cell's mean never sent (a cell is
+    held to min_row_count: its mean beside the pooled sum of squares, ADR 0050's amendment)."""
     home, load, step = node
     data = _complete(80)
     small = data[(data["grp"] == "c") & (data["sex"] == "F")]
@@ -202,10 +203,11 @@ def test_small_anova_cell_is_not_released(node) -> None:
     load(data)
     req = request(x=("grp", "sex"), y=("y",))
     status, body = step("anova", req)
-    assert status == 403 and body["control"] == "nfilter_tab", body
-    assert "nfilter_tab" in body["refused"] and "2 row" not in body["refused"]
-    # the same node answers once every cell holds at least nfilter_tab rows
+    assert status == 403 and body["control"] == "min_row_count", body
+    assert "min_row_count" in body["refused"] and "2 row" not in body["refused"]
+    # the same node answers once every cell holds at least min_row_count (and nfilter_tab) rows
     home.set_setting("nfilter_tab", 2)
+    home.set_setting("min_row_count", 2)
     status, body = step("anova", req)
     assert status == 200
     assert sorted(set(body["aggregates"]["group_n"]) - {0})[0] == 2

@@ -148,3 +148,16 @@ def test_kmeans_partition_is_the_nearest_centre_assignment_of_a_lloyd_round() ->
 def test_sealed_rounds_are_declared_by_the_algorithms_that_seal() -> None:
     assert {name for name, alg in ALGORITHMS.items() if alg.sealed_rounds} == SEALED_ROUNDS
     assert _overrides("pool_sealed") == set()  # every algorithm pools by elementwise sums
+
+
+def test_groups_released_with_their_moments_hold_min_row_count_and_studies_know_them() -> None:
+    """ADR 0050 and its amendment: the algorithms whose groups are released with a count, a mean and a
+    spread (or a pooled spread) name ``min_row_count``; every other one keeps ``nfilter_tab``; and study
+    approval knows how many nominal variables each of them groups by (``study_cells.MOMENT_CROSSES``)."""
+    from mipflow.node.controls.study_cells import MOMENT_CROSSES
+
+    named = {name for name, algorithm in ALGORITHMS.items() if algorithm.group_count_setting == "min_row_count"}
+    assert named == {"kmeans", "ttest_independent", "anova_oneway", "anova", "naive_bayes_gaussian_cv",
+                     "descriptive_stats"}
+    assert {a.group_count_setting for name, a in ALGORITHMS.items() if name not in named} == {"nfilter_tab"}
+    assert set(MOMENT_CROSSES) == named

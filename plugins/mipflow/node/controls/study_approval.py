@@ -28,6 +28,8 @@ import numpy as np
 from mipflow.exceptions import ConfigError, DisclosureError
 from mipflow.node.controls.study import Study, list_records, now_utc, read_record, read_study, value_hashes, write_study
 from mipflow.node.controls.study_protocol import Protocol, check_against_model, parse_protocol
+from mipflow.node.controls.atoms import node_primes
+from mipflow.node.controls.study_cells import check_moment_cells, moment_crossing, moment_problems
 from mipflow.node.controls.study_kmeans import check_ties
 from mipflow.node.controls.study_suppression import Patterns, compute_patterns, read_patterns, write_patterns
 
@@ -282,13 +284,19 @@ def cell_problems(family: Family, tab: int, key: bytes, others: list[tuple[str, 
     return problems
 
 
-def cell_change_problems(old: Study, family: Family, tab: int) -> list[str]:
-    """The level-cell rule at a refresh: rows added and removed per cell since the snapshot."""
-    from mipflow.node.controls.study_cells import change_cells, cohort_cells
+def cell_change_problems(old: Study, family: Family, tab: int, cross: int | None = None) -> list[str]:
+    """The level-cell rule at a refresh: rows added and removed per cell since the snapshot (with
+    ``cross``: of the cells crossing at most that many variables only, ADR 0050)."""
+    from mipflow.node.controls.study_cells import change_cells, cohort_cells, moment_cells
 
     added = _added(old, family)
-    added_cells = cohort_cells(family.sets(), family.population, family.cell_levels, family.nominal, family.cross,
-                               added)
+    added_cells = cohort_cells(family.sets(), family.population, family.cell_levels, family.nominal,
+                               family.cross if cross is None else cross, added)
+    if cross is not None:
+        previous, now = moment_cells(old.record.get("cells") or {}, cross), moment_cells(family.cells, cross)
+        earlier = [moment_cells(cells, cross) for cells in old.record.get("cells_history", [])]
+        return change_cells(previous, now, added_cells, tab, earlier) if old.record.get("cells") is not None \
+            else change_cells({}, {}, added_cells, tab)
     previous = old.record.get("cells")
     if previous is None:  # approved before the rule: only what was added can be checked
         removed = int(len(old.population) - np.count_nonzero(np.isin(old.population, family.population))
@@ -489,6 +497,9 @@ def approve(home: Any, project: str, document: Any) -> dict[str, Any]:
         small = cell_problems(family, home.settings.nfilter_tab, home.key(), theirs)
         if small:
             raise ConfigError(_cells_message(f"study {protocol.name!r} not approved", small, home.settings.nfilter_tab))
+        check_moment_cells(moment_problems(family.sets() + list(theirs), family.population, family.cell_levels,
+                                           family.nominal, protocol.algorithms, min_row_count,
+                                           node_primes(home.key())), min_row_count, f"study {protocol.name!r} not approved")
         sets = _check_family(home.root, home.key(), protocol.data_model, family, min_row_count, None)
         at = now_utc()
         patterns, summary = _patterns(home, store, model, protocol, family, at, f"study {protocol.name!r} not approved")
@@ -551,6 +562,12 @@ def refresh(home: Any, project: str) -> dict[str, Any]:
             + list(family.survival_problems)
         if cells:
             raise ConfigError(_cells_message(f"study {old.protocol.name!r} not refreshed", cells, tab) + stays)
+        moments = moment_crossing(old.protocol.algorithms)
+        check_moment_cells(moment_problems(family.sets() + list(others), family.population, family.cell_levels,
+                                           family.nominal, old.protocol.algorithms, min_row_count,
+                                           node_primes(home.key()))
+                           + (cell_change_problems(old, family, min_row_count, moments) if moments else []),
+                           min_row_count, f"study {old.protocol.name!r} not refreshed", stays)
         try:
             sets = _check_family(home.root, home.key(), old.protocol.data_model, family, min_row_count, old)
         except ConfigError as exc:

@@ -44,6 +44,69 @@ CROSSES = {"pearson_correlation": 0, "ttest_onesample": 0, "ttest_paired": 0, "k
            "cmh_test": 3, "multiple_histograms": 3}
 
 
+#: how many nominal variables cross the groups an algorithm releases with their count, mean and spread
+#: (``group_count_setting = "min_row_count"``, ADR 0050): a t-test's and a one-way ANOVA's groups and a
+#: Gaussian naive Bayes's classes by one variable, a two-way ANOVA's cells by two; descriptive statistics'
+#: groups are the cohorts (complete in a study) and k-means's clusters are no level cells (its tie rule)
+MOMENT_CROSSES = {"ttest_independent": 1, "anova_oneway": 1, "naive_bayes_gaussian_cv": 1, "anova": 2,
+                  "descriptive_stats": 0, "kmeans": 0}
+
+
+def moment_crossing(algorithms: Sequence[str]) -> int:
+    """How many nominal variables the study's groups released with their moments cross (0: none)."""
+    return max((MOMENT_CROSSES.get(name, 0) for name in algorithms), default=0)
+
+
+def moment_problems(sets: Sequence[tuple[str, np.ndarray]], population: np.ndarray, levels: pd.DataFrame,
+                    nominal: Sequence[str], algorithms: Sequence[str], min_row_count: int,
+                    primes: Sequence[int]) -> list[str]:
+    """The level-cell rule at ``min_row_count`` for the cells whose count, mean and spread the study's
+    algorithms release (:data:`MOMENT_CROSSES`, ADR 0050): every cell of every cohort, and of the
+    difference of two nested cohorts, holds no row or ``min_row_count`` rows, and no combination of the
+    cells isolates fewer.  The release controls hold such a group to ``min_row_count`` in each result, so
+    deciding it here keeps a study's per-request decisions free of the rows.  Admin-facing, with counts."""
+    cross = moment_crossing(algorithms)
+    if not cross or not nominal:
+        return []
+    problems = []
+    for label, keys in sets:  # the cells themselves (the chain rule below would also find them)
+        rows = _rows(population, keys)
+        for suffix, mask in level_masks(levels, nominal, cross)[1:]:
+            n = int(np.count_nonzero(rows & mask))
+            if 0 < n < min_row_count:
+                problems.append(f"{label}{_levels(suffix)}: {n} row(s)")
+    problems += difference_problems(sets, population, levels, nominal, cross, min_row_count)
+    if not problems:
+        chain = chain_problem(sets, population, levels, nominal, cross, min_row_count, primes)
+        problems += [chain] if chain else []
+    return problems
+
+
+def check_moment_cells(problems: Sequence[str], min_row_count: int, failed: str, stays: str = "") -> None:
+    """Refuse an approval or refresh with :func:`moment_problems` (or their change at a refresh).
+
+    Raises
+    ------
+    ConfigError
+        Naming the cells for the admin (with counts).
+    """
+    from mipflow.exceptions import ConfigError
+
+    if problems:
+        shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
+        raise ConfigError(f"{failed}: the study's algorithms release groups by levels of nominal study variables "
+                          f"with their mean and spread (t-tests, ANOVA, Gaussian naive Bayes), and such a group "
+                          f"must hold min_row_count ({min_row_count}) rows, directly, inside the difference of "
+                          f"two cohorts or as rows added or removed since the snapshot: {shown}. Leave those "
+                          "algorithms or the variable out of the study, choose other subgroups, or wait for more "
+                          f"data (docs/adr/0050-kmeans-real-variables.md){stays}")
+
+
+def moment_cells(cells: Mapping[str, int], cross: int) -> dict[str, int]:
+    """The cells of a study record (``label|V=l...`` to a count) crossing at most ``cross`` variables."""
+    return {cell: n for cell, n in cells.items() if cell.count("|") <= cross}
+
+
 def crossing(algorithms: Sequence[str]) -> int:
     """How many nominal variables a study's cells cross: the most any of its algorithms crosses."""
     return max((CROSSES.get(name, CROSS) for name in algorithms), default=0)

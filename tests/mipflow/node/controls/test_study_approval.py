@@ -4,6 +4,7 @@ from __future__ import annotations
 import stat
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from mipflow.exceptions import ConfigError
@@ -164,3 +165,23 @@ def test_approval_needs_the_data_model_and_a_held_dataset(tmp_path) -> None:
     with pytest.raises(ConfigError, match="not a valid identity"):
         study_approval.approve(home, "../etc", protocol())
     assert ELDERLY["rules"][0]["value"] == 65
+
+
+def test_moment_cells_hold_min_row_count_directly_in_differences_and_in_chains() -> None:
+    """ADR 0050's amendment: the level cells a t-test or an ANOVA groups by hold 0 or ``min_row_count``
+    rows, in every cohort and in the difference of two nested cohorts; other algorithms add no check."""
+    from mipflow.node.controls.atoms import node_primes
+    from mipflow.node.controls.study_cells import moment_problems
+
+    population = np.arange(40, dtype=np.uint64)
+    levels = pd.DataFrame({"kind": ["rare"] * 12 + ["common"] * 28})
+    elderly = population[8:]  # the population minus the elderly holds 8 "rare" rows, the elderly 4
+    sets = [("population", population), ("subgroup 'elderly'", elderly)]
+    primes = node_primes(b"k" * 32)
+    direct = moment_problems(sets, population, levels, ["kind"], ["ttest_independent"], 10, primes)
+    assert "subgroup 'elderly', kind=rare: 4 row(s)" in direct
+    assert any(p.startswith("population minus subgroup 'elderly', kind=rare: 8 row(s)") for p in direct), direct
+    assert moment_problems(sets, population, levels, ["kind"], ["linear_regression", "kmeans"], 10, primes) == []
+    assert moment_problems(sets[:1], population, levels, ["kind"], ["anova_oneway"], 10, primes) == []
+    assert moment_problems(sets[:1], population, levels, ["kind"], ["anova_oneway"], 13, primes) == [
+        "population, kind=rare: 12 row(s)"]
