@@ -175,19 +175,19 @@ def test_defence_a_second_refresh_one_death_away_from_an_earlier_snapshot_is_ref
     only; they must bound the change of every cell against every snapshot answered before (e.g. keep
     every released snapshot's cell counts, or put the snapshots' cells in the atom rule).
 
-    Refresh 1: the next export, 20 women (the target and four other deaths, 15 survivors) and 10 men
-    (3 deaths): (F, yes) +5.  Refresh 2: four of the new deaths were miscoded (they survived) and six
-    women's follow-up is extended: (F, yes) -4, (F, no) +10 / -6.  Every cohort moves by >= 10 rows
-    at each refresh (and by 30 between the first and last snapshot, so the ledger's pairwise rule
-    passes), every cell by 0 or >= 3 gross and net; between the snapshot before and after, the
-    women's deaths differ by the target alone."""
+    Refresh 1: the next export, 29 women (the target and 13 other deaths, 15 survivors) and 20 men
+    (10 deaths): (F, yes) +14.  Refresh 2: 13 of the new deaths were miscoded (they survived) and ten
+    women's follow-up is extended: (F, yes) -13, (F, no) +23 / -10.  Every cohort moves by >= 10 rows
+    at each refresh (so the ledger's pairwise rule passes), every cell by 0 or >= 10 gross and net (the
+    t-test's and ANOVA's groups hold min_row_count since ADR 0050, so smaller moves are refused sooner);
+    between the snapshot before and after, the women's deaths differ by the target alone."""
     frame = registry()
     root = node_with(tmp_path / "node", frame, {PROJECT: REFRESH_PROTOCOL})
-    new = pd.concat([pd.DataFrame([NEW_DEATH]), new_patients(3, 15, 4, 3, 7)], ignore_index=True)
+    new = pd.concat([pd.DataFrame([NEW_DEATH]), new_patients(3, 15, 13, 10, 10)], ignore_index=True)
     miscoded = new[(new["sex"] == "F") & (new["death_90d"] == "yes") & (new["subjectcode"] != "target")].copy()
     miscoded["death_90d"] = "no"
     miscoded["followup_days"] = 400.0
-    correction = pd.concat([miscoded, corrected(frame, women_dead=0, women_alive=6, seed=4)], ignore_index=True)
+    correction = pd.concat([miscoded, corrected(frame, women_dead=0, women_alive=10, seed=4)], ignore_index=True)
     with served_clients({NODE: root}) as clients:
         before = women_deaths(clients[NODE])
         load_frame(root, STROKE, new)
@@ -198,7 +198,7 @@ def test_defence_a_second_refresh_one_death_away_from_an_earlier_snapshot_is_ref
             study_approval.refresh(NodeHome(root), PROJECT)
         assert "sex=F and death_90d=yes: +1 row(s) net since the snapshot 1 refresh(es) before it" in str(caught.value)
         assert "the study stays on its snapshot" in str(caught.value)
-    assert middle["deaths"] - before["deaths"] == 5  # the first refresh was safe and stands
+    assert middle["deaths"] - before["deaths"] == 14  # the first refresh was safe and stands
 
 
 # --- 3: Cox regression's risk-set sums, as the central site receives them ---------------------------------

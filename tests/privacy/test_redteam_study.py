@@ -86,7 +86,7 @@ def approved_node(root: Path, frame: pd.DataFrame) -> Path:
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory) -> Iterator[Any]:
-    frame = registry(7, 160, "a", target=False)  # no young death: the level cells pass
+    frame = registry(7, 400, "a", target=False)  # no young death: the level cells pass
     root = approved_node(Path(tmp_path_factory.mktemp("redstudy")), frame)
     with served_clients({NODE: root}) as clients:
         yield clients[NODE]

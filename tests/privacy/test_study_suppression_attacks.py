@@ -38,7 +38,10 @@ TAB = 3  # the nodes' nfilter_tab (default)
 SEEDS = {"small": (31, 220), "large": (32, 340)}
 #: the study's numerical variables and one nominal variable (sex): the cells the level-cell rule
 #: checks at approval (young women, young men) are large; this module is about histogram bins
-PROTOCOL = protocol(algorithms=[*ALGORITHMS, "multiple_histograms"], histogram_bins=10,
+#: without the t-test, whose groups hold min_row_count in a study (ADR 0050): the young patients by sex
+#: are fewer, and the attacks here read histograms
+PROTOCOL = protocol(algorithms=[*(a for a in ALGORITHMS if a != "ttest_independent"), "multiple_histograms"],
+                    histogram_bins=10,
                     variables=["age", "sex", "nihss_admission", "followup_days"])
 
 
