@@ -55,7 +55,7 @@ VALID = {
     "naive_bayes_categorical_cv": request(x=("sex",), y=("grp",), n_splits=3),
     "kaplan_meier": request(x=("sex",), y=("score", "outcome"), event_level="yes"),
     "cox_regression": request(x=("grp", "x1"), y=("score", "outcome"), event_level="yes"),
-    "kmeans": request(y=("x1", "y", "age"), k=3, maxiter=20, tol=1e-4),
+    "kmeans": request(y=("x1", "y", "x2"), k=3, maxiter=20, tol=1e-4),  # real variables only (ADR 0050)
     "anova": request(x=("grp", "sex"), y=("y",), sstype=1),
     "pca": request(y=("y", "x1", "x2", "age")),
     "pca_with_transformation": request(y=("y", "x1", "x2", "age"), data_transformation={
