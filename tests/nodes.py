@@ -415,3 +415,24 @@ def assert_round_zero_is_the_plain_sum(seen_masked, seen_plain, algorithm: str, 
 
     expected = from_additive(exact_layout, [sum(column) for column in zip(*vectors.values())])
     assert total == expected
+
+
+@contextmanager
+def pinned_federation(base: Path, data, model, hospitals) -> Iterator[tuple[dict, dict, dict]]:
+    """One standard node per hospital under ``base`` holding its rows of ``data`` (column ``dataset``),
+    granted to every identity, pinning each other's keys and served: ``(roots, clients, frames)``.
+    Differencing and the query budgets are off: such federations analyse one cohort many times, and
+    those controls have their own tests."""
+    roots, frames = {}, {}
+    for hospital in hospitals:
+        roots[hospital] = base / hospital
+        frames[hospital] = data[data["dataset"] == hospital].reset_index(drop=True)
+        home = standard_home(roots[hospital], hospital)
+        home.set_setting("differencing_check", 0)
+        home.set_setting("query_budget", 0)
+        home.set_setting("query_budget_project", 0)
+        load_frame(roots[hospital], model, frames[hospital])
+        grant_all(roots[hospital])
+    pin_each_other(roots)
+    with served_clients(roots) as served:
+        yield roots, served, frames

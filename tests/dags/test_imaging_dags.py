@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 
 import pytest
 import sqlalchemy as sa
@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from mipflow.node.deid.pseudonyms import Pseudonymiser
 from mipflow.node.store.feature_store import open_store
 from tests.conftest import REPO_ROOT
+from tests.dags.test_node_dags import assert_first_run_is_the_next
 from tests.mipflow.node.imaging.conftest import NODE_KEY, build_landing, raw_identifiers
 from tests.nodes import standard_home
 
@@ -116,26 +117,11 @@ def test_imaging_dags_are_created_unpaused_without_surprise_runs(dags):
     """Like the EHR chain (ADR 0037): unpaused at creation (the same switch), no start_date, and the first
     capture is the next 02:30 and the first catch-up de-identification the next 04:00, whatever the time of
     day the DAGs are first seen (Airflow's run_immediately would otherwise reach back up to 2.4 h)."""
-    import airflow.timetables.trigger as trigger
-    from airflow.serialization.serialized_objects import DagSerialization
-    from airflow.timetables.base import TimeRestriction
-
     for dag_id in CHAIN:
         assert dags[dag_id].is_paused_upon_creation is False, dag_id
         assert dags[dag_id].catchup is False, dag_id
-    day = datetime(2026, 12, 7, tzinfo=timezone.utc)
-    moments = [day + timedelta(minutes=m) for m in (0, 1, 149, 150, 151, 239, 240, 241, 300, 384, 385, 1439)]
     for dag_id, (hour, minute) in zip(CHAIN, ((2, 30), (4, 0))):
-        dag = DagSerialization.from_dict(DagSerialization.to_dict(dags[dag_id]))
-        assert dag.start_date is None, dag_id
-        for now in moments + [datetime.now(timezone.utc)]:
-            with pytest.MonkeyPatch.context() as mp:
-                mp.setattr(trigger, "utcnow", lambda now=now: now)
-                first = dag.timetable.next_dagrun_info(
-                    last_automated_data_interval=None,
-                    restriction=TimeRestriction(earliest=None, latest=None, catchup=False))
-            assert now <= first.run_after <= now + timedelta(days=1), (dag_id, now)
-            assert (first.run_after.hour, first.run_after.minute) == (hour, minute), (dag_id, now)
+        assert_first_run_is_the_next(dags[dag_id], hour, minute)
 
 
 def test_the_imaging_dags_follow_the_node_dags_pause_switch(monkeypatch):

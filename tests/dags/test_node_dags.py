@@ -104,28 +104,10 @@ def test_node_dags_are_created_unpaused_without_catch_up(dags):
         emitted = {o.uri for t in dags[before].tasks for o in t.outlets}
         assert len(emitted) == 1
         assert {a.uri for a in dags[after].timetable.asset_condition.objects} == emitted
-    # the first nightly capture is the next 02:00, never the one already past (no surprise run), whatever
-    # the time of day the DAG is first seen (Airflow reaches back up to 10% of the period unless told not to)
-    from datetime import datetime, timedelta, timezone
-
-    import airflow.timetables.trigger as trigger
-    from airflow.serialization.serialized_objects import DagSerialization
-    from airflow.timetables.base import TimeRestriction
-
-    # and the later stages' daily catch-up run (for Asset events missed while paused) is the next 04:00
-    day = datetime(2026, 12, 7, tzinfo=timezone.utc)
-    moments = [day + timedelta(minutes=m) for m in (0, 1, 119, 120, 121, 150, 239, 240, 241, 300, 384, 385, 1439)]
+    # the first nightly capture is the next 02:00, never the one already past (no surprise run), and the
+    # later stages' daily catch-up run (for Asset events missed while paused) is the next 04:00
     for dag_id, hour in zip(CHAIN, (2, 4, 4, 4)):
-        dag = DagSerialization.from_dict(DagSerialization.to_dict(dags[dag_id]))
-        assert dag.start_date is None, dag_id
-        for now in moments + [datetime.now(timezone.utc)]:
-            with pytest.MonkeyPatch.context() as mp:
-                mp.setattr(trigger, "utcnow", lambda now=now: now)
-                first = dag.timetable.next_dagrun_info(
-                    last_automated_data_interval=None,
-                    restriction=TimeRestriction(earliest=None, latest=None, catchup=False))
-            assert now <= first.run_after <= now + timedelta(days=1), (dag_id, now)
-            assert (first.run_after.hour, first.run_after.minute) == (hour, 0), (dag_id, now)
+        assert_first_run_is_the_next(dags[dag_id], hour, 0)
     # one switch pauses the four together
     assert node_dags_paused({}) is False
     assert node_dags_paused({"MIPFLOW_NODE_DAGS_PAUSED": "1"}) is True
@@ -533,3 +515,28 @@ def test_a_row_committed_at_the_ehr_database_wakes_node_capture(dags, tmp_path, 
     out, err = capfd.readouterr()
     assert PASSWORD not in out + err and export["last_name"][20] not in out + err
     src.engine.dispose()
+
+
+def assert_first_run_is_the_next(dag, hour: int, minute: int) -> None:
+    """A DAG without start_date first runs at the next ``hour:minute`` UTC, never at the slot already
+    past, whatever the time of day it is first seen (Airflow 3.3 reaches back up to 10% of the period
+    unless ``run_immediately`` is a zero timedelta); checked at minutes around the slots and now."""
+    from datetime import datetime, timedelta, timezone
+
+    import airflow.timetables.trigger as trigger
+    from airflow.serialization.serialized_objects import DagSerialization
+    from airflow.timetables.base import TimeRestriction
+
+    dag = DagSerialization.from_dict(DagSerialization.to_dict(dag))
+    assert dag.start_date is None, dag.dag_id
+    day = datetime(2026, 12, 7, tzinfo=timezone.utc)
+    slot = 60 * hour + minute
+    offsets = {0, 1, slot - 1, slot, slot + 1, slot + 30, slot + 144, slot + 145, 300, 1439}
+    for now in [day + timedelta(minutes=m % 1440) for m in sorted(offsets)] + [datetime.now(timezone.utc)]:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(trigger, "utcnow", lambda now=now: now)
+            first = dag.timetable.next_dagrun_info(
+                last_automated_data_interval=None,
+                restriction=TimeRestriction(earliest=None, latest=None, catchup=False))
+        assert now <= first.run_after <= now + timedelta(days=1), (dag.dag_id, now)
+        assert (first.run_after.hour, first.run_after.minute) == (hour, minute), (dag.dag_id, now)

@@ -31,8 +31,7 @@ from mipflow.secagg.codec import additive_form, decode
 from mipflow.secagg.node_side import secure_form
 from tests.mipflow.algorithms.helpers import assert_rel_close
 from tests.mipflow.algorithms.survival_data import HOSPITALS, STROKE, make_stroke, request
-from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, pin_each_other, served_clients
-from tests.nodes import standard_home
+from tests.nodes import PROJECT, RESEARCHER, pinned_federation
 from tests.privacy.test_redteam_round6 import Recording
 
 pytestmark = pytest.mark.xdist_group("masked_cox_scores")
@@ -64,20 +63,7 @@ class Federation:
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory) -> Iterator[Federation]:
-    base = tmp_path_factory.mktemp("masked_cox")
-    roots, frames = {}, {}
-    for hospital in HOSPITALS:
-        roots[hospital] = base / hospital
-        frames[hospital] = DATA[DATA["dataset"] == hospital].reset_index(drop=True)
-        home = standard_home(roots[hospital], hospital)
-        # the same cohort is analysed several times (masked and in the clear); differencing has its own tests
-        home.set_setting("differencing_check", 0)
-        home.set_setting("query_budget", 0)
-        home.set_setting("query_budget_project", 0)
-        load_frame(roots[hospital], STROKE, frames[hospital])
-        grant_all(roots[hospital])
-    pin_each_other(roots)
-    with served_clients(roots) as served:
+    with pinned_federation(tmp_path_factory.mktemp("masked_cox"), DATA, STROKE, HOSPITALS) as (roots, served, frames):
         yield Federation(roots, served, frames)
 
 
