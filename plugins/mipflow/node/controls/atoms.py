@@ -28,6 +28,8 @@ from typing import Sequence
 
 import numpy as np
 
+from mipflow.node.controls.ledger import sorted_unique  # one sort, not numpy 2.4's hash path
+
 #: Primes are below 2**31, so that a product of two residues fits in a signed 64-bit integer.
 PRIME_BITS = 31
 #: How many primes decide; a miss needs all of them to divide a minor of the incidence matrix.
@@ -119,14 +121,6 @@ def atoms_of(sets: Sequence[np.ndarray]) -> Atoms:
     incidence = signature[first].T.astype(np.uint8)
     return Atoms(incidence=incidence, sizes=sizes.astype(np.int64))
 
-
-def sorted_unique(keys: np.ndarray) -> np.ndarray:
-    """``np.unique(keys)`` by a sort and a neighbour comparison (numpy 2.4's ``unique`` takes a hash
-    path for 64-bit keys that is some forty times slower on a million keys)."""
-    ordered = np.sort(np.asarray(keys).ravel())
-    if ordered.size < 2:
-        return ordered
-    return ordered[np.concatenate([[True], ordered[1:] != ordered[:-1]])]
 
 
 def _isolatable_mod(incidence: np.ndarray, prime: int) -> np.ndarray:
