@@ -25,6 +25,7 @@ from tests.privacy.conftest import TARGET, TARGET_AGE, Node, make_rows
 from tests.nodes import standard_home
 
 TAB = 3  # the node's default nfilter_tab
+MIN_ROWS = 10  # the node's default min_row_count: groups released with their mean and spread hold it (ADR 0050)
 
 
 def attacker_recovers(reply: dict) -> dict[tuple[int, int], float]:
@@ -119,14 +120,15 @@ def test_an_honest_grouped_histogram_keeps_its_large_cells(node):
 
 
 def test_tukey_against_the_overall_mean_has_no_small_group_to_recover(node):
-    # a group of one (the only thrombolysed patient) refuses the step: no group mean to subtract
-    doc = node.refused("nfilter_tab", "anova_oneway", y=["age"], x=["thrombolysis"])
+    # a group of one (the only thrombolysed patient) refuses the step: no group mean to subtract; since
+    # ADR 0050 a group released with its mean and spread holds min_row_count rows (not only nfilter_tab)
+    doc = node.refused("min_row_count", "anova_oneway", y=["age"], x=["thrombolysis"])
     assert str(TARGET_AGE) not in json.dumps(doc)
-    assert not any(ch.isdigit() for ch in doc["refused"].replace(f"({TAB})", ""))
-    # groups that are released are at least nfilter_tab each: overall = their combination, no complement
+    assert not any(ch.isdigit() for ch in doc["refused"].replace(f"({MIN_ROWS})", ""))
+    # groups that are released are at least min_row_count each: overall = their combination, no complement
     reply = node.allowed("anova_oneway", y=["age"], x=["sex"])
     sizes = [n for n in reply["aggregates"]["group_n"] if n]
-    assert all(n >= TAB for n in sizes) and sum(reply["aggregates"]["group_n"]) == reply["rows"]
+    assert all(n >= MIN_ROWS for n in sizes) and sum(reply["aggregates"]["group_n"]) == reply["rows"]
 
 
 # --------------------------------------------------------------------------- (c) regression co-moments
