@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import re
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -23,15 +24,26 @@ import pandas as pd
 import pytest
 import statsmodels.api as sm
 import statsmodels.formula.api as smf
-from sklearn.naive_bayes import CategoricalNB, GaussianNB
-
 from mipflow.central.rounds import run_analysis
 from mipflow.exceptions import FederationError, RequestError
 from mipflow.node.home import NodeHome
 from mipflow.protocol.datamodel import DataModel, load_data_model
-from tests.mipflow.algorithms.helpers import EXACT_RTOL, assert_rel_close, reported_summary
-from tests.nodes import PROJECT, RESEARCHER, csv_nodes, grant_all, load_frame, served_clients
-from tests.nodes import standard_home
+from sklearn.naive_bayes import CategoricalNB, GaussianNB
+
+from tests.mipflow.algorithms.helpers import (
+    EXACT_RTOL,
+    assert_rel_close,
+    reported_summary,
+)
+from tests.nodes import (
+    PROJECT,
+    RESEARCHER,
+    csv_nodes,
+    grant_all,
+    load_frame,
+    served_clients,
+    standard_home,
+)
 
 pytestmark = pytest.mark.xdist_group("longitudinal")
 
@@ -120,21 +132,26 @@ def _typed(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-@pytest.fixture(scope="module")
-def federation(tmp_path_factory, shared_dir: Path) -> Iterator[Federation]:
+@contextmanager
+def _served(base: Path, shared_dir: Path, min_row_count: int) -> Iterator[Federation]:
     folder = shared_dir / "data" / FOLDER
     model = load_data_model(folder / "CDEsMetadata.json")
+    roots, raw = csv_nodes(base, "node_l", folder, DATASETS, model,
+                           differencing_check=0, min_row_count=min_row_count, nfilter_glm=1, nfilter_tab=1)
+    with served_clients(roots) as served:
+        yield Federation(roots=roots, clients=list(served.values()), raw=_typed(raw), model=model)
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory, shared_dir: Path) -> Iterator[Federation]:
     # the analyses below pick cohorts a few patients apart on purpose (visits, a variable with
     # missing values): the ledger's refusal is tested on a node of its own.  ~27 patients per node
     # against Exareme2's 6-parameter case: nfilter_glm's default (0.33 parameters per row) refuses
     # it, as it should; the fidelity tests allow one per row, and cells of 1-2 patients (an age group
     # at one node); min_row_count 5 lets BL -> FL4 (9 patients per node, Exareme2's 27-patient case)
     # through
-    roots, raw = csv_nodes(tmp_path_factory.mktemp("longitudinal"), "node_l", folder, DATASETS, model,
-                           differencing_check=0, min_row_count=5, nfilter_glm=1, nfilter_tab=1)
-    with served_clients(roots) as served:
-        yield Federation(roots=roots, clients=list(served.values()), raw=_typed(raw),
-                         model=model)
+    with _served(tmp_path_factory.mktemp("longitudinal"), shared_dir, 5) as federation:
+        yield federation
 
 
 @pytest.fixture(scope="module")
@@ -142,13 +159,8 @@ def group_federation(tmp_path_factory, shared_dir: Path) -> Iterator[Federation]
     """The same nodes with ``min_row_count`` 1: two-way ANOVA's cells and naive Bayes's classes are groups
     released with their mean and spread, which hold ``min_row_count`` rows (ADR 0050), and these ~27
     patients per node have cells of 1-4; the fidelity tests of those two algorithms run here."""
-    folder = shared_dir / "data" / FOLDER
-    model = load_data_model(folder / "CDEsMetadata.json")
-    roots, raw = csv_nodes(tmp_path_factory.mktemp("longitudinal-groups"), "node_l", folder, DATASETS, model,
-                           differencing_check=0, min_row_count=1, nfilter_glm=1, nfilter_tab=1)
-    with served_clients(roots) as served:
-        yield Federation(roots=roots, clients=list(served.values()), raw=_typed(raw),
-                         model=model)
+    with _served(tmp_path_factory.mktemp("longitudinal-groups"), shared_dir, 1) as federation:
+        yield federation
 
 
 # --------------------------------------------------------------------------- regressions
