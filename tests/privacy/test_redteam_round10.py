@@ -1,0 +1,78 @@
+"""Tenth outside review: groups released with their moments (ADR 0050's class), attacked from the documents.
+
+ADR 0050 holds every group released with its count, mean and spread (t-test groups, ANOVA cells, Gaussian
+naive Bayes classes, descriptive statistics per dataset) to ``min_row_count``.  The privacy table reads
+"closed for groups under ``min_row_count``"; the ADR's amendment says the difference of two nested cohorts'
+groups is stopped *in a study*.  These attacks run through a real node process (``mipflow node serve``).
+``test_hole_*`` pass while the hole is open (they recover the values the controls should protect).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mipflow.protocol.signing import issue_client
+from tests.mipflow.algorithms.survival_data import STROKE
+from tests.mipflow.node.controls.study_helpers import rule, stroke_rows, where
+from tests.nodes import grant_all, load_frame, running_nodes, standard_home
+from tests.privacy.test_explore_attacks import Served
+from tests.privacy.test_group_moments_attacks import solve_triples
+
+pytestmark = pytest.mark.xdist_group("redteam_round10")
+
+NODE = "hospital_a"
+#: NIHSS of the three young TIA patients (what the attack must not get back)
+TARGETS = [7.0, 19.0, 31.0]
+
+
+def registry(seed: int = 10, n: int = 300) -> pd.DataFrame:
+    """Stroke rows: 13 TIA patients (a group of ``min_row_count`` and more); 3 of them are under 25 (ages 20-22,
+    NIHSS 7, 19, 31), beside 7 other patients under 25, so that "age >= 25" drops exactly 10 rows."""
+    frame = stroke_rows(seed, n, NODE, "r10")
+    rng = np.random.default_rng(seed)
+    frame["nihss_admission"] = rng.integers(0, 30, n).astype(float)
+    frame["age"] = rng.integers(30, 90, n).astype(float)
+    frame["stroke_type"] = np.where(np.arange(n) % 2 == 0, "ischaemic", "haemorrhagic")
+    frame.loc[frame.index[:13], "stroke_type"] = "tia"
+    frame.loc[frame.index[:3], "nihss_admission"] = TARGETS
+    frame.loc[frame.index[:3], "age"] = [20.0, 21.0, 22.0]
+    frame.loc[frame.index[13:20], "age"] = 23.0  # seven other young patients (the cohorts differ by 10 rows)
+    return frame
+
+
+def ttest(filters=None) -> dict:
+    return {"inputdata": {"data_model": STROKE.key, "datasets": [NODE], "x": ["stroke_type"],
+                          "y": ["nihss_admission"], "filters": filters},
+            "parameters": {"groupA": "tia", "groupB": "ischaemic"}}
+
+
+def moments(group: dict) -> tuple[int, float, float]:
+    """(n, sum, sum of squares) of a released group."""
+    n, mean, m2 = int(group["n"]), float(group["mean"][0]), float(group["m2"][0])
+    return n, n * mean, m2 + n * mean * mean
+
+
+def test_hole_two_passing_t_tests_isolate_three_patients_of_a_group_in_standard_mode(tmp_path) -> None:
+    """Two t-tests, each releasing a TIA group of ``min_row_count`` rows or more (13, then 10), on cohorts 10
+    rows apart (the differencing ledger's threshold is met): the difference of group A's (n, sum, sum of
+    squares) is 3 rows' moments, solved as ADR 0050's review solved a cluster of 3."""
+    root = tmp_path / "node"
+    standard_home(root, NODE)
+    frame = registry()
+    load_frame(root, STROKE, frame)
+    grant_all(root, researcher="*", project="severity")
+    credential = issue_client(root, "central")
+    with running_nodes([root]) as (url,):
+        node = Served(url, credential, root, frame)
+        whole = node.call("ttest_independent", ttest(), project="severity")
+        older = node.call("ttest_independent", ttest(where(rule("age", "greater_or_equal", 25))),
+                          project="severity")
+    assert whole.status_code == 200, whole.text
+    assert older.status_code == 200, older.text
+    n1, s1, q1 = moments(whole.json()["aggregates"]["a"])
+    n2, s2, q2 = moments(older.json()["aggregates"]["a"])
+    n = n1 - n2
+    assert n == 3 and n2 >= 10
+    mean, m2 = (s1 - s2) / n, (q1 - q2) - (s1 - s2) ** 2 / n
+    assert solve_triples(n, mean, m2) == [tuple(int(v) for v in TARGETS)]
