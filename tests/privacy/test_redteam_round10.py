@@ -76,3 +76,35 @@ def test_hole_two_passing_t_tests_isolate_three_patients_of_a_group_in_standard_
     assert n == 3 and n2 >= 10
     mean, m2 = (s1 - s2) / n, (q1 - q2) - (s1 - s2) ** 2 / n
     assert solve_triples(n, mean, m2) == [tuple(int(v) for v in TARGETS)]
+
+
+def test_hole_a_t_test_of_the_two_large_groups_beside_descriptive_statistics_gives_the_rare_group(tmp_path) -> None:
+    """One cohort, no filter: a t-test between the two large levels (149 and 148 rows, both pass) and descriptive
+    statistics of the same rows (300, passes) release every group but the third level (3 TIA patients); the
+    whole minus the two groups is the rare group's (n, sum, sum of squares).  The same rows, so the differencing
+    ledger sees one cohort; no released group is under ``min_row_count``; the complement group is."""
+    from tests.privacy.test_group_moments_attacks import RARE, rare_level_registry
+
+    root = tmp_path / "node"
+    standard_home(root, NODE)
+    frame = rare_level_registry()
+    load_frame(root, STROKE, frame)
+    grant_all(root, researcher="*", project="severity")
+    credential = issue_client(root, "central")
+    large = ttest()
+    large["parameters"] = {"groupA": "haemorrhagic", "groupB": "ischaemic"}
+    stats = {"inputdata": {**large["inputdata"], "x": []}, "parameters": {}}
+    with running_nodes([root]) as (url,):
+        node = Served(url, credential, root, frame)
+        groups = node.call("ttest_independent", large, project="severity")
+        whole = node.call("descriptive_stats", stats, project="severity")
+    assert groups.status_code == 200, groups.text
+    assert whole.status_code == 200, whole.text
+    released = groups.json()["aggregates"]
+    assert min(released["a"]["n"], released["b"]["n"]) >= 10
+    n, s, q = moments(whole.json()["aggregates"]["datasets"][NODE]["variable_based"]["nihss_admission"]["moments"])
+    for key in ("a", "b"):
+        n_g, s_g, q_g = moments(released[key])
+        n, s, q = n - n_g, s - s_g, q - q_g
+    assert n == 3
+    assert solve_triples(n, s / n, q - s * s / n) == [tuple(int(v) for v in RARE)]
