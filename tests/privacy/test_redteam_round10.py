@@ -108,3 +108,58 @@ def test_hole_a_t_test_of_the_two_large_groups_beside_descriptive_statistics_giv
         n, s, q = n - n_g, s - s_g, q - q_g
     assert n == 3
     assert solve_triples(n, s / n, q - s * s / n) == [tuple(int(v) for v in RARE)]
+
+
+def test_defence_descriptive_statistics_with_three_rows_missing_a_second_variable_are_refused(tmp_path) -> None:
+    """Tried and stopped: descriptive statistics of NIHSS beside age, with age missing for the 3 TIA patients,
+    would release NIHSS over the rows holding it (300) and over the complete cases (297); their difference is
+    3 rows.  The differencing control sees the two row sets of one answer and refuses (control
+    ``differencing``)."""
+    from tests.privacy.test_group_moments_attacks import rare_level_registry
+
+    root = tmp_path / "node"
+    standard_home(root, NODE)
+    frame = rare_level_registry()
+    frame.loc[frame.index[:3], "age"] = np.nan
+    load_frame(root, STROKE, frame)
+    grant_all(root, researcher="*", project="severity")
+    credential = issue_client(root, "central")
+    request = {"inputdata": {"data_model": STROKE.key, "datasets": [NODE], "x": [],
+                             "y": ["nihss_admission", "age"], "filters": None}, "parameters": {}}
+    with running_nodes([root]) as (url,):
+        reply = Served(url, credential, root, frame).call("descriptive_stats", request, project="severity")
+    assert reply.status_code == 403, reply.text
+    assert reply.json()["control"] == "differencing"
+
+
+def test_defence_a_study_whose_subgroups_combine_to_three_patients_of_a_group_is_not_approved(tmp_path) -> None:
+    """Tried and stopped: subgroups women, elderly and elderly women; TIA cells of 10 in each of the four
+    sex-by-age corners but the young men (3).  Every cell and every nested difference holds 10 or more, but
+    whole - women - elderly + elderly women is the 3 young men; approval's combination check refuses."""
+    from mipflow.exceptions import ConfigError
+    from mipflow.node.controls import study_approval
+    from mipflow.node.home import NodeHome
+    from tests.mipflow.node.controls.study_helpers import protocol
+
+    n = 300
+    frame = registry(n=n)
+    rng = np.random.default_rng(4)
+    frame["sex"] = np.where(rng.random(n) < 0.5, "F", "M")
+    frame["age"] = rng.integers(30, 90, n).astype(float)
+    frame["stroke_type"] = np.where(np.arange(n) % 2 == 0, "ischaemic", "haemorrhagic")
+    idx = frame.index
+    frame.loc[idx[:33], "stroke_type"] = "tia"  # 10 + 10 + 10 + 3
+    for start, sex, age in ((0, "F", 70.0), (10, "F", 40.0), (20, "M", 70.0), (30, "M", 40.0)):
+        frame.loc[idx[start:start + (3 if start == 30 else 10)], ["sex", "age"]] = [sex, age]
+    root = tmp_path / "node"
+    home = NodeHome.init(root, NODE)
+    load_frame(root, STROKE, frame)
+    elderly, women = rule("age", "greater_or_equal", 65), rule("sex", "equal", "F")
+    document = protocol(datasets=[NODE], variables=["age", "sex", "stroke_type", "nihss_admission"],
+                        subgroups=[{"name": "elderly", "filter": where(elderly)}, {"name": "women", "filter": where(women)},
+                                   {"name": "elderly_women", "filter": where(elderly, women)}],
+                        algorithms=["ttest_independent"])
+    document.pop("survival")
+    with pytest.raises(ConfigError) as refused:
+        study_approval.approve(home, "severity", document)
+    assert "isolate 3 row(s)" in str(refused.value)
