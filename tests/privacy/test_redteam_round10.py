@@ -156,7 +156,8 @@ def test_defence_a_study_whose_subgroups_combine_to_three_patients_of_a_group_is
     load_frame(root, STROKE, frame)
     elderly, women = rule("age", "greater_or_equal", 65), rule("sex", "equal", "F")
     document = protocol(datasets=[NODE], variables=["age", "sex", "stroke_type", "nihss_admission"],
-                        subgroups=[{"name": "elderly", "filter": where(elderly)}, {"name": "women", "filter": where(women)},
+                        subgroups=[{"name": "elderly", "filter": where(elderly)},
+                                   {"name": "women", "filter": where(women)},
                                    {"name": "elderly_women", "filter": where(elderly, women)}],
                         algorithms=["ttest_independent"])
     document.pop("survival")
