@@ -47,15 +47,7 @@ import numpy as np
 
 from mipflow.algorithms.design import category_codes, numeric_values
 from mipflow.algorithms.spec import NOMINAL, NUMERICAL, InputSpec, ParamSpec, stattype
-from mipflow.algorithms.survival_bins import (  # noqa: F401  (the merges, re-exported)
-    _safe_runs,
-    bin_counts,
-    canonical_bins,
-    close_tail,
-    cohort_bins,
-    nested_bins,
-    safe_bins,
-)
+from mipflow.algorithms.survival_bins import bin_counts, canonical_bins, cohort_bins, safe_bins
 from mipflow.exceptions import RequestError
 from mipflow.protocol.datamodel import DataModel, Variable
 from mipflow.protocol.request import AnalysisRequest

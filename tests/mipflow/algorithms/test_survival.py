@@ -289,7 +289,8 @@ def test_one_release_of_a_cohort_shares_bins_nested_in_the_cohort_s_own(seed, n_
     the ungrouped release's (so their sums at the shared ends are cumulative counts of the cohort that
     the ungrouped release holds already), which coarsen the bins of the rows leaving follow-up (the same
     for any event definition of the same rows); every count is 0 or >= tab unless a whole group's is."""
-    from mipflow.algorithms.survival import coarsen_groups, nested_bins
+    from mipflow.algorithms.survival import coarsen_groups
+    from mipflow.algorithms.survival_bins import nested_bins
 
     rng = np.random.default_rng(seed)
     leaving = rng.poisson(rate, (n_groups, n_points))
