@@ -13,7 +13,8 @@ Checks run in three places:
 3. :meth:`release` on the aggregates: small non-zero count cells are
    suppressed (``None``), raw extremes are refused, groups smaller than
    ``nfilter_tab`` (or the setting the algorithm's ``group_count_setting`` names, when larger:
-   k-means clusters, ADR 0050) refuse the whole step; a grouped histogram's cells are
+   groups released with their mean and spread, k-means clusters among them, ADR 0050) refuse
+   the whole step; a grouped histogram's cells are
    suppressed consistently with its overall bins and row count
    (:mod:`mipflow.node.controls.suppression`, ADR 0031).  An algorithm may first coarsen its
    aggregates to the node's ``nfilter_tab`` (``coarsen_for_release``, e.g.
@@ -155,7 +156,8 @@ class DisclosureControls:
         if not self.settings.release_extremes:
             _refuse_raw_extremes(aggregates)
         tab = self.settings.nfilter_tab
-        # k-means clusters: min_row_count (a data-chosen range released with n, sum and squares, ADR 0050)
+        # groups released with n, sum and squares (k-means clusters, t-test and ANOVA groups...):
+        # min_row_count (ADR 0050)
         control, smallest = group_threshold(algorithm, self.settings)
         for n in _group_sizes(aggregates):
             if 0 < n < smallest:
@@ -174,9 +176,9 @@ def group_threshold(algorithm: Algorithm, settings: NodeSettings) -> tuple[str, 
     """The fewest rows a released group of ``algorithm`` must hold, and the setting that says so.
 
     ``nfilter_tab``, or the setting the algorithm's ``group_count_setting`` names when that is
-    larger (k-means clusters: ``min_row_count``, ADR 0050).  Also the smallest difference two of
-    its released partitions of the same rows may give (the partition check, ADR 0013 and 0050):
-    every group a release lets anyone form is held to the same standard.
+    larger (groups released with their mean and spread: ``min_row_count``, ADR 0050).  Also the
+    smallest difference two of its released partitions of the same rows may give (the partition
+    check, ADR 0013 and 0050): every group a release lets anyone form is held to the same standard.
     """
     tab = int(settings.nfilter_tab)
     setting = getattr(algorithm, "group_count_setting", "nfilter_tab")
