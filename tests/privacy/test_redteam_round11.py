@@ -1,0 +1,353 @@
+"""An eleventh outside review: algorithms, parameters and channels earlier rounds left alone, from the documents only.
+
+The reviewer read README.md, docs/privacy.md and the ADRs (0012 PCA, 0026 folds, 0032/0038 explore, 0028 study,
+0034 longitudinal, 0036 GEE, 0041 LMM, 0043 standing analyses), and the test harness; not the controls' nor the
+algorithms' source while looking for attacks.  Every attack runs through real node processes (``mipflow node serve``).
+Threat models: a hostile researcher with a valid grant, against the shipped default (explore mode), an approved
+study and a project the admin set to standard mode; and the central site with its credentials.
+
+``test_hole_*`` PASS WHILE THE HOLE IS OPEN (each asserts what the attack recovers); ``test_defence_*`` assert the
+refusal or perturbation that stopped an attack, naming the control.
+
+Found:
+
+1. **``pca_with_transformation``'s ``exp`` releases the extreme patient's record** (study and standard mode).  ADR
+   0012: "log/exp are applied by the nodes to their rows", then the node releases ``n``, means and co-moments.  The
+   exponential of a variable is dominated by its largest value: ``log(sum exp(2 g)) / 2`` is the maximum of ``g``
+   (``release_extremes`` 0 says no raw extreme leaves), and the co-moment of ``exp(g)`` with any other variable is that
+   patient's value of it, weighted by ``exp(g_max)``: the patient with the highest glucose, her age and NIHSS, exact
+   to 1e-9, from one admitted request of an approved study (the protocol lists the algorithm; the transformation is a
+   request parameter no approval looks at).
+2. **The transformations' errors answer by the rows** (study mode says "admission and refusal depend on the request
+   and the protocol only").  ``log`` of a cohort holding a follow-up of 0 days, and ``exp`` of a cohort holding one
+   of more than 709 days (overflow), are 400s; one over 354.9 days gives a 500 (an infinite sum of squares the
+   node cannot serialise); the same request on another subgroup is answered.  Subgroup by
+   subgroup, the study tells which subgroups hold the one patient who left on the day of admission.
+3. **The metadata's ``data_version`` tells whether a withdrawn patient was at the hospital** (the central site, no
+   grant needed, nothing charged).  ADR 0043 keys the version "because an unkeyed digest would date a consent
+   withdrawal", but the keyed version still changes exactly when a withdrawal deletes rows and at no other time
+   without a new batch (``batches_loaded`` and ``latest_batches`` unchanged): a central site that knows when a
+   person withdrew everywhere (a withdrawal sent to the whole network) learns at which hospitals she was a patient.
+
+Held (``test_defence_*``): CMH's ``exposure_level`` binarisation (the node checks the unmerged three-way cells);
+naive Bayes' class x level counts; patients, not rows, in GEE and the mixed model; the per-researcher explore budget
+across any number of project names of a researcher-only grant; duplicated roles (a variable twice, an outcome as its
+own grouping) that would double a row's weight in a noisy release; every transformation attack in explore mode.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from mipflow.node.controls import explore, study_approval
+from mipflow.node.controls.access import AccessRegistry
+from mipflow.node.home import NodeHome
+from mipflow.protocol.signing import issue_client, signed_headers
+from tests.mipflow.algorithms.survival_data import STROKE
+from tests.mipflow.node.controls.study_helpers import ELDERLY, MEN, WOMEN, protocol, rule, stroke_rows, where
+from tests.nodes import grant_all, load_frame, running_nodes, standard_home
+from tests.privacy.test_explore_attacks import Served
+
+pytestmark = pytest.mark.xdist_group("redteam_round11")
+
+NODE = "hospital_a"
+STUDY, STANDARD, BROWSE = "severity", "audit", "browse"
+#: the patient with the highest glucose (what hole 1 must not give back)
+TARGET = {"glucose_mmol": 37.93, "age": 61.4, "nihss_admission": 23.0}
+#: the one patient who left follow-up on the day of admission (hole 2): a woman over 65
+EARLY = {"sex": "F", "age": 78.0, "followup_days": 0.0}
+STUDY_VARIABLES = ["age", "sex", "glucose_mmol", "nihss_admission", "followup_days"]
+
+
+def registry(n: int = 200, seed: int = 11) -> pd.DataFrame:
+    """Stroke rows with measured (real) ages and glucose; follow-up of at least a day and under 700 days except
+    for the two targets' rows."""
+    frame = stroke_rows(seed, n, NODE, "r11")
+    rng = np.random.default_rng(seed)
+    frame["age"] = np.round(rng.uniform(30, 85, n), 1)
+    frame["glucose_mmol"] = np.round(rng.uniform(3, 12, n), 2)
+    frame["nihss_admission"] = rng.integers(0, 30, n).astype(float)
+    frame["followup_days"] = rng.integers(1, 700, n).astype(float)
+    frame.loc[frame.index[1], list(TARGET)] = list(TARGET.values())
+    frame.loc[frame.index[2], list(EARLY)] = list(EARLY.values())
+    return frame
+
+
+def pca(transformation: dict | None, y: list[str], filters: dict | None = None) -> dict[str, Any]:
+    return {"inputdata": {"data_model": STROKE.key, "datasets": [NODE], "x": [], "y": y, "filters": filters},
+            "parameters": {"data_transformation": transformation}}
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory) -> Iterator[Served]:
+    """The shipped settings (``NodeHome.init``: explore by default, ``release_extremes`` 0); the admin approved a
+    study for project ``severity`` (PCA with transformations and descriptive statistics of five variables,
+    subgroups women, men, elderly), set project ``audit`` to standard mode, and left ``browse`` at the default."""
+    root = Path(tmp_path_factory.mktemp("round11")) / "node"
+    home = NodeHome.init(root, NODE)
+    frame = registry()
+    load_frame(root, STROKE, frame)
+    for project in (STUDY, STANDARD, BROWSE):
+        grant_all(root, researcher="*", project=project)
+    AccessRegistry(root).grant(researcher="alice", data_model="*", datasets="*", algorithms="*", expires="never",
+                               note="a researcher-only grant")
+    document = protocol(datasets=[NODE], variables=STUDY_VARIABLES, algorithms=["pca_with_transformation",
+                                                                                 "descriptive_stats"],
+                        subgroups=[{"name": "women", "filter": WOMEN}, {"name": "men", "filter": MEN},
+                                   {"name": "elderly", "filter": ELDERLY}])
+    document.pop("survival")
+    assert study_approval.approve(home, STUDY, document)["status"] == "approved"
+    explore.set_mode(root, STANDARD, "standard")
+    assert NodeHome(root).settings.release_extremes == 0
+    credential = issue_client(root, "central")
+    with running_nodes([root]) as (url,):
+        yield Served(url, credential, root, frame)
+
+
+def extreme_record(reply: dict, variables: list[str], transformed: str) -> dict[str, float]:
+    """The record of the row with the largest ``transformed`` value, from the released n, means and co-moments of
+    ``exp(transformed)`` and the other variables: sum exp(2 g) = m2 + n mean^2 gives max g; sum v exp(g) / sum exp(g)
+    gives that row's v (the other rows weigh exp(g_i - g_max) < 1e-11 here)."""
+    moments = reply["aggregates"]["moments"]
+    n, mean, m2 = moments["n"], np.asarray(moments["mean"]), np.asarray(moments["m2"])
+    e = variables.index(transformed)
+    record = {transformed: math.log(m2[e, e] + n * mean[e] ** 2) / 2}
+    total = n * mean[e]
+    for v, name in enumerate(variables):
+        if v != e:
+            record[name] = (m2[v, e] + n * mean[v] * mean[e]) / total
+    return record
+
+
+def test_hole_pca_exp_transformation_releases_the_extreme_patients_record_in_a_study(node) -> None:
+    """Hole 1.  Class: a non-linear transformation parameter of an admitted algorithm (ADR 0012, study mode).
+    One request the approved study admits (``pca_with_transformation``, study variables, no filter, ``exp`` on
+    glucose) gives the highest glucose (37.93 mmol/l; ``release_extremes`` is 0) and that patient's age and NIHSS,
+    exact.  The same request in the standard-mode project gives the same record (the ledger sees one cohort)."""
+    variables = ["glucose_mmol", "age", "nihss_admission"]
+    for project in (STUDY, STANDARD):
+        reply = node.call("pca_with_transformation", pca({"exp": ["glucose_mmol"]}, variables), project=project)
+        assert reply.status_code == 200, reply.text
+        assert (reply.json().get("mode") or {}).get("study") == ("stroke-outcomes" if project == STUDY else None)
+        record = extreme_record(reply.json(), variables, "glucose_mmol")
+        assert record["glucose_mmol"] == pytest.approx(TARGET["glucose_mmol"], abs=1e-9)
+        assert record["age"] == pytest.approx(TARGET["age"], abs=1e-9)
+        assert record["nihss_admission"] == pytest.approx(TARGET["nihss_admission"], abs=1e-9)
+        assert node.rows["glucose_mmol"].nlargest(2).iloc[1] < 12  # one patient: an extreme, not a group
+
+
+def test_hole_transformation_errors_answer_by_the_rows_in_a_study(node) -> None:
+    """Hole 2.  Class: data-dependent errors (a 400 that is not a control) in study mode, whose refusals should
+    depend on the request and the protocol only.  ``log`` of the follow-up fails exactly on the subgroups holding
+    the patient with 0 days (the population, women, elderly) and is answered on men; the error names the column,
+    so the study tells the researcher that patient's sex and age class.  ``exp`` of the follow-up does the same
+    for a follow-up of more than 709 days (a 400), and a follow-up of more than 354.9 days makes the released sum
+    of squares infinite: the node answers 500 (its JSON encoder refuses the infinity), a third data-dependent
+    outcome of one request."""
+    variables = ["age", "followup_days"]
+    answers = {}
+    for name, subgroup in (("population", None), ("women", WOMEN), ("men", MEN), ("elderly", ELDERLY)):
+        reply = node.call("pca_with_transformation", pca({"log": ["followup_days"]}, variables, subgroup),
+                          project=STUDY)
+        answers[name] = reply.status_code
+        if reply.status_code == 400:
+            assert "non-positive" in reply.json()["detail"]
+    assert answers == {"population": 400, "women": 400, "men": 200, "elderly": 400}
+    early = node.rows[node.rows["followup_days"] <= 0]
+    assert len(early) == 1 and early["sex"].iloc[0] == "F" and early["age"].iloc[0] >= 65
+    # exp: a follow-up over 709.78 days overflows exp (a 400 naming the column); one over 354.9 days overflows the
+    # released sum of squares, and the node fails serialising it (a 500); under 354.9 days everywhere it answers.
+    overflow = node.call("pca_with_transformation", pca({"exp": ["followup_days"]}, variables), project=STUDY)
+    assert 354.9 < node.rows["followup_days"].max() < 709.78
+    assert overflow.status_code == 500, overflow.text
+    short = node.call("pca_with_transformation", pca({"exp": ["age"]}, variables), project=STUDY)
+    assert short.status_code == 200, short.text
+
+
+def test_defence_transformations_are_refused_by_the_request_in_explore_mode(node) -> None:
+    """The shipped default: PCA (with or without transformations) has no noisy release, so ``check_explore``
+    refuses both attacks above from the request alone (control ``explore``), the same bytes whatever the rows."""
+    replies = [node.call("pca_with_transformation", pca(t, v), project=BROWSE)
+               for t, v in (({"exp": ["glucose_mmol"]}, ["glucose_mmol", "age"]), ({"log": ["followup_days"]},
+                                                                                    ["age", "followup_days"]))]
+    assert [r.status_code for r in replies] == [403, 403]
+    assert {r.json()["control"] for r in replies} == {"explore"}
+    assert replies[0].json()["refused"] == replies[1].json()["refused"]
+
+
+def test_defence_duplicated_roles_are_refused_before_a_noisy_release(node) -> None:
+    """Class: sensitivity of a noisy release (ADR 0032: one row changes one cell by one).  A variable named twice
+    (Pearson), the same variable as both margins of a contingency table, and Kaplan-Meier grouped by its own event
+    variable would count a row twice or put it in a cell chosen by its outcome; each is a 400 from the request."""
+    base = {"data_model": STROKE.key, "datasets": [NODE], "filters": None}
+    tries = {
+        "pearson_correlation": {"inputdata": {**base, "x": [], "y": ["age", "age"]}, "parameters": {}},
+        "contingency_table": {"inputdata": {**base, "x": ["sex"], "y": ["sex"]}, "parameters": {}},
+        "kaplan_meier": {"inputdata": {**base, "x": ["death_90d"], "y": ["followup_days", "death_90d"]},
+                         "parameters": {"event_level": "yes", "bin_width": 30, "max_time": 360}},
+    }
+    for algorithm, request in tries.items():
+        reply = node.call(algorithm, request, project=BROWSE)
+        assert reply.status_code == 400, (algorithm, reply.text)
+
+
+def test_defence_a_researcher_only_grant_has_one_explore_budget_across_project_names(node) -> None:
+    """Class: explore budget accounting across projects.  A grant naming a researcher and no project admits any
+    project name, so each name brings a fresh project budget (50); the researcher's own budget (20, for good)
+    still binds: 20 rewrites of one cohort under 20 project names are answered, the 21st is refused ``dp_budget``.
+    Another researcher id under that grant is refused ``access``."""
+    statuses = []
+    for k in range(21):
+        request = {"inputdata": {"data_model": STROKE.key, "datasets": [NODE], "x": [], "y": ["age"],
+                                 "filters": where(rule("age", "greater", 18.0 + k / 1000))}, "parameters": {}}
+        reply = node.call("descriptive_stats", request, project=f"fresh-{k}", researcher="alice")
+        statuses.append((reply.status_code, reply.json().get("control")))
+    assert statuses[:20] == [(200, None)] * 20
+    assert statuses[20] == (403, "dp_budget")
+    other = node.call("descriptive_stats", {"inputdata": {"data_model": STROKE.key, "datasets": [NODE], "x": [],
+                                                          "y": ["age"], "filters": None}, "parameters": {}},
+                      project="fresh-0", researcher="alice2")
+    assert (other.status_code, other.json()["control"]) == (403, "access")
+
+
+# ------------------------------------------------------------------------------- standard mode, nominal cells
+
+
+def nominal_registry(n: int = 240) -> pd.DataFrame:
+    """Balanced sex, stroke types and deaths; 20 TIA patients of whom one woman and four men died (the three-way
+    cell TIA x women x died holds 1, every two-way cell 5 or more); six had thrombolysis, one of whom died; three
+    patients aged 19 with six visits each (18 rows)."""
+    frame = stroke_rows(21, n, NODE, "nom")
+    idx = np.arange(n)
+    frame["sex"] = np.where(idx % 2 == 0, "F", "M")
+    frame["stroke_type"] = np.where(idx % 4 < 2, "ischaemic", "haemorrhagic")
+    frame["death_90d"] = np.where(idx % 3 == 0, "yes", "no")
+    frame["thrombolysis"] = "no"
+    frame["age"] = np.random.default_rng(21).integers(30, 90, n).astype(float)
+    tia = frame.index[20:40]
+    frame.loc[tia, "stroke_type"] = "tia"
+    frame.loc[tia, "death_90d"] = "no"
+    women = [i for i in tia if frame.loc[i, "sex"] == "F"]
+    men = [i for i in tia if frame.loc[i, "sex"] == "M"]
+    frame.loc[women[:1] + men[:4], "death_90d"] = "yes"
+    thrombolysed = frame.index[60:66]
+    frame.loc[thrombolysed, "thrombolysis"] = "yes"
+    frame.loc[thrombolysed, "death_90d"] = ["yes", "no", "no", "no", "no", "no"]
+    frame["visitid"] = "v1"
+    repeated = frame.index[100:118]
+    frame.loc[repeated, "subjectcode"] = [f"rep-{k // 6}" for k in range(18)]
+    frame.loc[repeated, "visitid"] = [f"v{k % 6 + 1}" for k in range(18)]
+    frame.loc[repeated, "age"] = 19.0
+    frame.loc[repeated, "nihss_admission"] = np.arange(18, dtype=float)
+    return frame
+
+
+@pytest.fixture(scope="module")
+def standard_node(tmp_path_factory) -> Iterator[Served]:
+    root = Path(tmp_path_factory.mktemp("round11-standard")) / "node"
+    standard_home(root, NODE)
+    frame = nominal_registry()
+    load_frame(root, STROKE, frame, visit_column="visitid")
+    grant_all(root, researcher="*", project=STANDARD)
+    credential = issue_client(root, "central")
+    with running_nodes([root]) as (url,):
+        yield Served(url, credential, root, frame)
+
+
+def test_defence_cmh_exposure_levels_do_not_merge_a_three_way_cell_of_one_away(standard_node) -> None:
+    """Class: a parameter that merges nominal levels (``cmh_test``'s ``exposure_level``: that level against the
+    others).  With TIA x women x died = 1, the binarised tables "ischaemic vs others" and "haemorrhagic vs others"
+    hold no small cell, and their difference would give the TIA cell per stratum.  The node checks the unmerged
+    (stratum, exposure, outcome) cells: every level is refused ``nfilter_tab``, while the two-way table of the same
+    cohort (cells of 5 or more) is answered."""
+    base = {"data_model": STROKE.key, "datasets": [NODE], "filters": None, "y": ["death_90d"]}
+    table = standard_node.call("contingency_table", {"inputdata": {**base, "x": ["stroke_type"]}, "parameters": {}},
+                               project=STANDARD)
+    assert table.status_code == 200, table.text
+    for level in ("ischaemic", "haemorrhagic", "tia"):
+        reply = standard_node.call("cmh_test", {"inputdata": {**base, "x": ["stroke_type", "sex"]},
+                                                "parameters": {"exposure_level": level, "outcome_level": "yes"}},
+                                   project=STANDARD)
+        assert (reply.status_code, reply.json()["control"]) == (403, "nfilter_tab"), level
+
+
+def test_defence_naive_bayes_class_by_level_counts_hold_no_single_patient(standard_node) -> None:
+    """Class: per-class level counts of ``naive_bayes_categorical_cv`` (each fold's class x level table).  The one
+    thrombolysed patient who died is a cell of 1: refused ``nfilter_tab`` before any fold's counts leave."""
+    reply = standard_node.call("naive_bayes_categorical_cv",
+                               {"inputdata": {"data_model": STROKE.key, "datasets": [NODE], "filters": None,
+                                              "x": ["thrombolysis"], "y": ["death_90d"]}, "parameters": {}},
+                               project=STANDARD)
+    assert (reply.status_code, reply.json()["control"]) == (403, "nfilter_tab")
+
+
+def test_defence_repeated_measures_models_count_patients_not_rows(standard_node) -> None:
+    """Class: repeated measures (ADR 0036, 0041).  A filter selecting three patients with six visits each (18 rows,
+    over ``min_row_count``) is answered by a linear regression (rows are counted there, a documented limit) but
+    refused ``min_row_count`` by GEE and the mixed model: they release per-patient sums, and three patients'
+    sums are three records."""
+    request = {"inputdata": {"data_model": STROKE.key, "datasets": [NODE], "x": ["followup_days"],
+                             "y": ["nihss_admission"], "filters": where(rule("age", "less", 20))}, "parameters": {}}
+    rows = standard_node.call("linear_regression", request, project=STANDARD)
+    assert rows.status_code == 200, rows.text
+    assert rows.json()["rows"] == 18
+    for algorithm in ("gee", "linear_mixed_model"):
+        reply = standard_node.call(algorithm, request, project=STANDARD)
+        assert (reply.status_code, reply.json()["control"]) == (403, "min_row_count"), (algorithm, reply.text)
+
+
+# ------------------------------------------------------------------------------------ the central site's metadata
+
+
+def test_hole_the_data_version_tells_whether_a_withdrawn_patient_was_a_member(tmp_path) -> None:
+    """Hole 3.  Class: metadata as a membership channel (ADR 0043's ``data_version``), for the central site (its
+    credentials, no grant, nothing charged).  Two withdrawals go through the consent path of every ingest
+    (``apply_withdrawals``): one of a person who was never at this hospital, then one of a patient.  The version
+    stays for the first and changes for the second, with ``batches_loaded`` and ``latest_batches`` unchanged (so
+    no load explains it): a change without a batch is a withdrawal that deleted rows.  The approximate counts
+    (round 2) are not needed."""
+    from mipflow.node.ingest.capture import ConsentRegistry
+    from mipflow.node.ingest.pipeline import apply_withdrawals
+    from mipflow.node.deid.pseudonyms import Pseudonymiser
+    from mipflow.node.store.feature_store import FeatureStore
+
+    root = tmp_path / "node"
+    home = NodeHome.init(root, NODE)
+    frame = stroke_rows(31, 60, NODE, "patient")
+    pseudonyms = Pseudonymiser(home.key())
+    stored = frame.assign(subjectcode=[pseudonyms.pseudonym(pid) for pid in frame["subjectcode"]])
+    load_frame(root, STROKE, stored)  # as an ingest stores them: keyed pseudonyms
+    credential = issue_client(root, "central")
+
+    def withdraw(person: str) -> int:
+        (tmp_path / "consent.csv").write_text(f"patient_id,consent\n{person},withdrawn\n")
+        store = FeatureStore(NodeHome(root).db_url)
+        try:
+            return apply_withdrawals(store, ConsentRegistry.load(tmp_path / "consent.csv"), home.key())
+        finally:
+            store.dispose()
+
+    with running_nodes([root]) as (url,):
+        def version() -> dict:
+            path = "/v1/metadata"
+            headers = signed_headers(credential.client_id, credential.secret, "GET", path, b"")
+            reply = httpx.get(url + path, headers=headers, timeout=30)
+            assert reply.status_code == 200, reply.text
+            model = next(m for m in reply.json()["data_models"] if m["data_model"] == STROKE.key)
+            return model["data_version"]
+
+        before = version()
+        assert withdraw("someone-never-treated-here") == 0
+        after_stranger = version()
+        assert withdraw("patient-7") == 1
+        after_patient = version()
+    assert after_stranger == before  # not a patient here: nothing moves
+    assert after_patient["version"] != before["version"]  # a patient here: the version moves ...
+    assert {k: after_patient[k] for k in ("batches_loaded", "latest_batches")} == \
+        {k: before[k] for k in ("batches_loaded", "latest_batches")}  # ... with no new batch to explain it
