@@ -29,6 +29,14 @@ Found:
    without a new batch (``batches_loaded`` and ``latest_batches`` unchanged): a central site that knows when a
    person withdrew everywhere (a withdrawal sent to the whole network) learns at which hospitals she was a patient.
 
+4. **A perfectly separated logistic regression hands the central site two patients' records through masked sums**
+   (the honest-but-curious central site, in an approved study, under secure aggregation).  The Newton rounds go on
+   as the coefficients diverge; the pooled Hessian and gradient are then sums whose weights ``p (1 - p)`` vanish
+   for every row but the two nearest the boundary, so the central site's unmasked sums are those two rows'
+   covariate vectors.  Masking hides which node; the masked-release bound of ADR 0027 ("a function of the vectors X
+   would have released in the clear, each past X's controls") holds and does not help: no control looks at how many
+   rows a weighted sum effectively holds.
+
 Held (``test_defence_*``): CMH's ``exposure_level`` binarisation (the node checks the unmerged three-way cells);
 naive Bayes' class x level counts; patients, not rows, in GEE and the mixed model; the per-researcher explore budget
 across any number of project names of a researcher-only grant; duplicated roles (a variable twice, an outcome as its
@@ -300,6 +308,64 @@ def test_defence_repeated_measures_models_count_patients_not_rows(standard_node)
     for algorithm in ("gee", "linear_mixed_model"):
         reply = standard_node.call(algorithm, request, project=STANDARD)
         assert (reply.status_code, reply.json()["control"]) == (403, "min_row_count"), (algorithm, reply.text)
+
+
+# ------------------------------------------------------------- the central site: Newton iterates under masking
+
+
+def test_hole_a_separated_logistic_regression_hands_the_central_site_two_patients_records_under_masking(tmp_path):
+    """Hole 4.  Class: late rounds of an iterative fit whose weights concentrate on a few rows (honest-but-curious
+    central site; study mode; secure aggregation).  Three hospitals thrombolyse by protocol under 80 years, so
+    thrombolysis is perfectly separated by age; the admins approved a study with logistic regression of
+    thrombolysis on age and NIHSS.  The analysis runs its Newton rounds (the nodes verify each state, ADR 0029) and
+    ends with "did not converge (perfect separation?)": the researcher learns nothing.  But the central site, which
+    reads only the masked sums (from 3 nodes, ADR 0014), unmasks at each round the pooled gradient ``g`` and Hessian
+    ``H``; as the coefficients diverge, the weights ``p (1 - p)`` vanish except for the two patients nearest the
+    boundary, so ``(H[0] + g) / (H00 + g0)`` and ``(H[0] - g) / (H00 - g0)`` are their covariate vectors: the
+    oldest thrombolysed patient (79.6 years, NIHSS 17, at hospital_a) and the youngest not thrombolysed (80.4, 17,
+    at hospital_b).  Every released round holds all 240 rows and passes every control (``min_row_count`` counts rows,
+    not weight)."""
+    from mipflow.central.rounds import run_analysis
+    from mipflow.exceptions import MipflowError
+    from mipflow.secagg.central_side import unmask_sum
+    from tests.nodes import PROJECT, pinned_federation, recording_clients
+
+    hospitals = ("hospital_a", "hospital_b", "hospital_c")
+    frames = []
+    for i, hospital in enumerate(hospitals):
+        frame = stroke_rows(40 + i, 80, hospital, hospital)
+        rng = np.random.default_rng(40 + i)
+        frame["age"] = np.round(np.where(rng.random(80) < 0.5, rng.uniform(30, 75, 80), rng.uniform(85, 90, 80)), 1)
+        frame["nihss_admission"] = rng.integers(0, 30, 80).astype(float)
+        frames.append(frame)
+    data = pd.concat(frames, ignore_index=True)
+    oldest, youngest = (79.6, 17.0), (80.4, 17.0)
+    data.loc[5, ["age", "nihss_admission"]] = oldest  # hospital_a
+    data.loc[100, ["age", "nihss_admission"]] = youngest  # hospital_b
+    data["thrombolysis"] = np.where(data["age"] < 80, "yes", "no")
+    request = {"inputdata": {"data_model": STROKE.key, "datasets": list(hospitals), "x": ["age", "nihss_admission"],
+                             "y": ["thrombolysis"], "filters": None},
+               "parameters": {"positive_class": "yes", "max_iter": 16}}
+    with pinned_federation(tmp_path, data, STROKE, hospitals) as (roots, clients, _):
+        for root in roots.values():
+            document = protocol(datasets=list(hospitals), variables=["age", "nihss_admission", "thrombolysis"],
+                                subgroups=[], algorithms=["logistic_regression"])
+            document.pop("survival")
+            assert study_approval.approve(NodeHome(root), PROJECT, document)["status"] == "approved"
+        with recording_clients(list(clients.values())) as (recording, seen):
+            with pytest.raises(MipflowError, match="perfect separation"):
+                run_analysis("logistic_regression", request, recording, researcher="tester", project=PROJECT)
+    assert all(reply.get("mode", {}).get("study") for _, _, reply in seen)
+    assert all(set(reply["aggregates"]) == {"secure_aggregation"} for _, _, reply in seen)  # masked, every round
+    last = max(r for _, r, _ in seen)
+    means = np.asarray(unmask_sum([reply["aggregates"] for _, r, reply in seen if r == 0])["moments"]["mean"])
+    pooled = unmask_sum([reply["aggregates"] for _, r, reply in seen if r == last])
+    g, h = np.asarray(pooled["gradient"]), np.asarray(pooled["hessian"])
+    assert pooled["n"] == len(data)
+    treated = (h[0] + g)[1:] / (h[0, 0] + g[0]) + means  # y = 1: y - p = 1 - p = p (1 - p) / p
+    untreated = (h[0] - g)[1:] / (h[0, 0] - g[0]) + means  # y = 0: y - p = -p
+    assert np.allclose(treated, oldest, atol=0.01) and np.allclose(untreated, youngest, atol=0.01)
+    assert tuple(np.round(treated, 1)) == oldest and tuple(np.round(untreated, 1)) == youngest  # as recorded
 
 
 # ------------------------------------------------------------------------------------ the central site's metadata
