@@ -53,6 +53,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mipflow.exceptions import ConfigError
 from mipflow.node.controls import explore, study_approval
 from mipflow.node.controls.access import AccessRegistry
 from mipflow.node.home import NodeHome
@@ -133,49 +134,112 @@ def extreme_record(reply: dict, variables: list[str], transformed: str) -> dict[
     return record
 
 
-def test_hole_pca_exp_transformation_releases_the_extreme_patients_record_in_a_study(node) -> None:
-    """Hole 1.  Class: a non-linear transformation parameter of an admitted algorithm (ADR 0012, study mode).
-    One request the approved study admits (``pca_with_transformation``, study variables, no filter, ``exp`` on
-    glucose) gives the highest glucose (37.93 mmol/l; ``release_extremes`` is 0) and that patient's age and NIHSS,
-    exact.  The same request in the standard-mode project gives the same record (the ledger sees one cohort)."""
+def no_data_in(text: str) -> None:
+    """A refusal names the rule and the request's own words: no value of the rows, no count."""
+    for value in ("37.9", "61.4", "23.0", "78.0", "0.0", "row(s)"):
+        assert value not in text, text
+
+
+def test_defence_pca_exp_transformation_is_refused_in_a_study_and_when_dominated_in_standard_mode(node) -> None:
+    """Hole 1, closed (ADR 0053).  Class: a non-linear transformation parameter of an admitted algorithm.  In the
+    study the transformations are the protocol's (like ``histogram_bins``): this protocol fixes none, so ``exp`` on
+    glucose is refused from the request (control ``study``, the message says what to send).  In standard mode the
+    exp-weighted sums hold fewer than ``min_row_count`` rows' worth (the highest glucose takes nearly all their
+    weight): refused ``dominated_sums``, the co-moments never sent.  The same request without ``exp`` is answered
+    in both (the extreme record is not in plain moments)."""
     variables = ["glucose_mmol", "age", "nihss_admission"]
-    for project in (STUDY, STANDARD):
+    for project, control in ((STUDY, "study"), (STANDARD, "dominated_sums")):
         reply = node.call("pca_with_transformation", pca({"exp": ["glucose_mmol"]}, variables), project=project)
-        assert reply.status_code == 200, reply.text
-        assert (reply.json().get("mode") or {}).get("study") == ("stroke-outcomes" if project == STUDY else None)
-        record = extreme_record(reply.json(), variables, "glucose_mmol")
-        assert record["glucose_mmol"] == pytest.approx(TARGET["glucose_mmol"], abs=1e-9)
-        assert record["age"] == pytest.approx(TARGET["age"], abs=1e-9)
-        assert record["nihss_admission"] == pytest.approx(TARGET["nihss_admission"], abs=1e-9)
-        assert node.rows["glucose_mmol"].nlargest(2).iloc[1] < 12  # one patient: an extreme, not a group
+        assert (reply.status_code, reply.json()["control"]) == (403, control), reply.text
+        assert "aggregates" not in reply.json()
+        no_data_in(reply.json()["refused"])
+        plain = node.call("pca_with_transformation", pca({"standardize": ["age"]}, variables), project=project)
+        assert plain.status_code == 200, plain.text
+    study = node.call("pca_with_transformation", pca({"exp": ["glucose_mmol"]}, variables), project=STUDY)
+    assert 'data_transformation {}' in study.json()["refused"]  # the protocol's: none for these variables
+    assert node.rows["glucose_mmol"].nlargest(2).iloc[1] < 12  # one patient: an extreme, not a group
 
 
-def test_hole_transformation_errors_answer_by_the_rows_in_a_study(node) -> None:
-    """Hole 2.  Class: data-dependent errors (a 400 that is not a control) in study mode, whose refusals should
-    depend on the request and the protocol only.  ``log`` of the follow-up fails exactly on the subgroups holding
-    the patient with 0 days (the population, women, elderly) and is answered on men; the error names the column,
-    so the study tells the researcher that patient's sex and age class.  ``exp`` of the follow-up does the same
-    for a follow-up of more than 709 days (a 400), and a follow-up of more than 354.9 days makes the released sum
-    of squares infinite: the node answers 500 (its JSON encoder refuses the infinity), a third data-dependent
-    outcome of one request."""
+def test_defence_transformation_requests_of_a_study_are_decided_by_the_request(node) -> None:
+    """Hole 2, closed (ADR 0053).  Class: data-dependent errors in study mode.  ``log`` and ``exp`` of the follow-up
+    are not the protocol's transformations: every subgroup gets the same refusal, byte for byte (control ``study``),
+    whether or not it holds the patient with 0 days; ``exp`` of the follow-up (whose sums would overflow) and of
+    age are refused alike, before any row is read.  The same requests with the protocol's transformations (none)
+    are answered on every subgroup."""
     variables = ["age", "followup_days"]
-    answers = {}
-    for name, subgroup in (("population", None), ("women", WOMEN), ("men", MEN), ("elderly", ELDERLY)):
-        reply = node.call("pca_with_transformation", pca({"log": ["followup_days"]}, variables, subgroup),
-                          project=STUDY)
-        answers[name] = reply.status_code
-        if reply.status_code == 400:
-            assert "non-positive" in reply.json()["detail"]
-    assert answers == {"population": 400, "women": 400, "men": 200, "elderly": 400}
+    subgroups = (None, WOMEN, MEN, ELDERLY)
+    for transformation in ({"log": ["followup_days"]}, {"exp": ["followup_days"]}, {"exp": ["age"]}):
+        replies = [node.call("pca_with_transformation", pca(transformation, variables, subgroup), project=STUDY)
+                   for subgroup in subgroups]
+        assert {(r.status_code, r.json()["control"]) for r in replies} == {(403, "study")}, transformation
+        assert len({r.content.replace(b'"node":"hospital_a",', b"") for r in replies}) == 1
+        no_data_in(replies[0].json()["refused"])
+    answered = [node.call("pca_with_transformation", pca({"center": ["age"]}, variables, subgroup), project=STUDY)
+                for subgroup in subgroups]
+    assert [r.status_code for r in answered] == [200] * 4
     early = node.rows[node.rows["followup_days"] <= 0]
     assert len(early) == 1 and early["sex"].iloc[0] == "F" and early["age"].iloc[0] >= 65
-    # exp: a follow-up over 709.78 days overflows exp (a 400 naming the column); one over 354.9 days overflows the
-    # released sum of squares, and the node fails serialising it (a 500); under 354.9 days everywhere it answers.
-    overflow = node.call("pca_with_transformation", pca({"exp": ["followup_days"]}, variables), project=STUDY)
-    assert 354.9 < node.rows["followup_days"].max() < 709.78
-    assert overflow.status_code == 500, overflow.text
-    short = node.call("pca_with_transformation", pca({"exp": ["age"]}, variables), project=STUDY)
-    assert short.status_code == 200, short.text
+    assert 354.9 < node.rows["followup_days"].max() < 709.78  # exp would overflow the sum of squares
+
+
+def test_defence_approval_checks_the_protocols_transformations_on_every_cohort(node) -> None:
+    """ADR 0053: the admin's one data-reading step.  A protocol fixing ``exp`` of glucose is not approved (its
+    exp-weighted sums are one patient's), nor one fixing ``log`` of the follow-up (a value of 0); one fixing ``log``
+    of age is, and its requests (with that transformation, and only with it) are answered on the population and
+    every subgroup: the released means are those of log(age) on the subgroup's rows, exactly."""
+    home = NodeHome(node.root)
+    base = dict(datasets=[NODE], variables=STUDY_VARIABLES, algorithms=["pca_with_transformation"],
+                subgroups=[{"name": "women", "filter": WOMEN}, {"name": "men", "filter": MEN},
+                           {"name": "elderly", "filter": ELDERLY}])
+    for transformation, complaint in (({"exp": ["glucose_mmol"]}, "exp of 'glucose_mmol'"),
+                                      ({"log": ["followup_days"]}, "log of 'followup_days'")):
+        document = protocol(**base, data_transformation=transformation)
+        document.pop("survival")
+        with pytest.raises(ConfigError, match=complaint):
+            study_approval.approve(home, "transforms", document)
+    document = protocol(**base, data_transformation={"log": ["age"]})
+    document.pop("survival")
+    assert study_approval.approve(home, "transforms", document)["status"] == "approved"
+    grant_all(node.root, researcher="*", project="transforms")
+    variables = ["age", "glucose_mmol"]
+    for subgroup, rows in ((None, node.rows), (WOMEN, node.rows[node.rows["sex"] == "F"]),
+                           (MEN, node.rows[node.rows["sex"] == "M"]), (ELDERLY, node.rows[node.rows["age"] >= 65])):
+        reply = node.call("pca_with_transformation", pca({"log": ["age"]}, variables, subgroup), project="transforms")
+        assert reply.status_code == 200, reply.text
+        mean = reply.json()["aggregates"]["moments"]["mean"]
+        assert mean[0] == pytest.approx(np.log(rows["age"]).mean(), rel=1e-12)
+        assert mean[1] == pytest.approx(rows["glucose_mmol"].mean(), rel=1e-12)
+        refused = node.call("pca_with_transformation", pca(None, variables, subgroup), project="transforms")
+        assert (refused.status_code, refused.json()["control"]) == (403, "study")
+        assert '"log": ["age"]' in refused.json()["refused"]
+
+
+def test_defence_a_release_that_is_not_finite_is_refused_with_one_message(tmp_path) -> None:
+    """ADR 0053, every mode.  A standard-mode node with every threshold at 1 (the Exareme2 suite's settings):
+    ``exp`` of a follow-up over 354.9 days makes the sum of squares infinite.  The node refuses (403, control
+    ``non_finite``, one fixed message naming no value), where it answered 500; ``exp`` of age is answered."""
+    from mipflow.node.controls.finite import NON_FINITE_MESSAGE
+
+    root = tmp_path / "node"
+    home = standard_home(root, NODE)
+    for key in ("min_row_count", "nfilter_subset", "nfilter_tab", "nfilter_glm"):
+        home.set_setting(key, 1)
+    frame = registry()
+    load_frame(root, STROKE, frame)
+    grant_all(root, researcher="*", project=STANDARD)
+    credential = issue_client(root, "central")
+    with running_nodes([root]) as (url,):
+        served = Served(url, credential, root, frame)
+        overflow = served.call("pca_with_transformation", pca({"exp": ["followup_days"]}, ["age", "followup_days"]),
+                               project=STANDARD)
+        assert (overflow.status_code, overflow.json()["control"]) == (403, "non_finite"), overflow.text
+        assert overflow.json()["refused"] == NON_FINITE_MESSAGE
+        no_data_in(overflow.json()["refused"])
+        fine = served.call("pca_with_transformation", pca({"exp": ["age"]}, ["age", "followup_days"]),
+                           project=STANDARD)
+        assert fine.status_code == 200, fine.text
+        assert set(fine.json()["aggregates"]) == {"moments", "group_n"}
+    assert 354.9 < frame["followup_days"].max() < 709.78
 
 
 def test_defence_transformations_are_refused_by_the_request_in_explore_mode(node) -> None:

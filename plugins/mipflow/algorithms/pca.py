@@ -19,7 +19,10 @@ positive (scikit-learn's ``svd_flip`` convention for ``PCA.components_``).
 ``pca_with_transformation`` first transforms variables, per Exareme2's
 ``data_transformation`` parameter (``{"log": [...], "exp": [...], "center":
 [...], "standardize": [...]}``).  ``log`` and ``exp`` are applied by the nodes
-to their rows (``log`` of a value <= 0 is refused with Exareme2's message).
+to their rows (``log`` of a value <= 0 is refused with Exareme2's message; the node
+also refuses an ``exp``-weighted sum that fewer than ``min_row_count`` rows
+dominate, and a release that is not finite, ADR 0053; in a study the protocol
+fixes ``log`` and ``exp`` and approval checks them).
 ``center`` (subtract the pooled mean) and ``standardize`` (subtract the pooled
 mean, divide by the pooled population standard deviation, ``ddof=0``, as
 Exareme2's expected results show) are affine maps of a column: the moments of
@@ -42,6 +45,7 @@ from mipflow.algorithms.contract import Step
 from mipflow.algorithms.design import numeric_values
 from mipflow.algorithms.moments import Moments, compute_moments, merge_moment_dicts
 from mipflow.algorithms.spec import NUMERICAL, InputSpec, ParamSpec, SpecAlgorithm
+from mipflow.algorithms.weighted import WEIGHTED_ROWS, exp_weighted_rows
 from mipflow.exceptions import RequestError
 from mipflow.protocol.datamodel import DataModel
 from mipflow.protocol.request import AnalysisRequest
@@ -92,6 +96,8 @@ def principal_components(moments: Moments, names: tuple[str, ...]) -> tuple[np.n
     """
     if moments.n < 2:
         raise RequestError(f"PCA needs at least 2 rows, got {moments.n}")
+    if not (np.isfinite(moments.mean).all() and np.isfinite(moments.m2).all()):
+        raise RequestError("PCA: the pooled moments are not finite (an overflow of a transformation)")
     scale = np.sqrt(np.diagonal(moments.m2))
     constant = [names[i] for i in np.flatnonzero(scale == 0)]
     if constant:
@@ -188,7 +194,13 @@ class PCAWithTransformation(PCA):
         return out
 
     def transform_rows(self, data: pd.DataFrame, request: AnalysisRequest, model: DataModel) -> np.ndarray:
-        values = super().transform_rows(data, request, model)
+        return self.apply_row_transforms(super().transform_rows(data, request, model), request, model)
+
+    def apply_row_transforms(self, values: np.ndarray, request: AnalysisRequest, model: DataModel) -> np.ndarray:
+        """``log`` and ``exp`` of the request's columns of ``values`` (changed in place and returned).
+
+        ``exp`` of a value over ~709.78 is infinite: the release then holds a number that is not
+        finite, which the node refuses (control ``non_finite``, ADR 0053) and the global step too."""
         methods = self.params(request, model)["data_transformation"]
         for method in ROW_TRANSFORMS:
             for code in methods.get(method, []):
@@ -202,9 +214,20 @@ class PCAWithTransformation(PCA):
                 else:
                     with np.errstate(over="ignore"):
                         values[:, j] = np.exp(values[:, j])
-                    if not np.isfinite(values[:, j]).all():
-                        raise RequestError(f"exp transformation of {code!r} overflows")
         return values
+
+    def local_step(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
+                   model: DataModel, state: dict | None) -> dict:
+        raw = PCA.transform_rows(self, data, request, model)
+        methods = self.params(request, model)["data_transformation"]
+        # the rows each exp-weighted sum holds, from the untransformed values (ADR 0053): checked
+        # against min_row_count by the node (control dominated_sums), never sent
+        held = exp_weighted_rows(raw, [request.y.index(code) for code in methods.get("exp", [])])
+        values = self.apply_row_transforms(raw, request, model)
+        with np.errstate(invalid="ignore", over="ignore"):
+            moments = compute_moments(values, matrix=True)
+        out = {"moments": moments.to_dict(), "group_n": [moments.n]}
+        return out if held is None else {**out, WEIGHTED_ROWS: [held]}
 
     def global_step(self, round: int, aggregates: list[dict], request: AnalysisRequest,
                     model: DataModel, state: dict | None) -> Step:

@@ -39,6 +39,7 @@ Order (ADR 0002, 0010, 0013, 0014, 0015, 0024, 0029, 0046)::
     add_noise            differential privacy, charged to the budget   (403 dp_*; explore: keyed noise, charged,
                                                                         then min_row_count / nfilter_* / cells
                                                                         decided on the noisy values)
+    check_finite         the release holds finite numbers only          (403 non_finite, ADR 0053)
     seal                 sealed sums encrypted to every participant    (403 round_verification, ADR 0046)
     mask                 secure aggregation, last change to the aggregates (400 / 403 secure_aggregation)
     tag_release          the reply's tag for every participant (verifiable rounds)
@@ -67,6 +68,7 @@ from mipflow.node.controls.disclosure import DisclosureControls, group_threshold
 from mipflow.node.controls.masking import require_secure_aggregation
 from mipflow.node.controls.query_budget import analysis_key
 from mipflow.node.controls.explore import check_explore, release_explore
+from mipflow.node.controls.finite import check_finite
 from mipflow.node.controls.study import check_study
 from mipflow.node.home import NodeSettings
 from mipflow.protocol.request import AnalysisRequest
@@ -527,6 +529,7 @@ CHAIN: tuple[Control, ...] = (
     check_partition,
     check_release,
     add_noise,
+    check_finite,
     seal,
     mask,
     tag_release,

@@ -16,7 +16,8 @@ Checks run in three places:
    groups released with their mean and spread, k-means clusters among them, ADR 0050) refuse
    the whole step; a grouped histogram's cells are
    suppressed consistently with its overall bins and row count
-   (:mod:`mipflow.node.controls.suppression`, ADR 0031).  An algorithm may first coarsen its
+   (:mod:`mipflow.node.controls.suppression`, ADR 0031); a weighted sum that fewer than
+   ``min_row_count`` rows dominate refuses the step (``dominated_sums``, ADR 0053).  An algorithm may first coarsen its
    aggregates to the node's ``nfilter_tab`` (``coarsen_for_release``, e.g.
    survival time bins merged until no count is small); the checks still run.
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from mipflow.algorithms.contract import Algorithm
+from mipflow.algorithms.weighted import WEIGHTED_ROWS
 from mipflow.node.controls.suppression import is_histogram_release, suppress_histograms
 from mipflow.node.home import NodeSettings
 from mipflow.protocol.datamodel import DataModel
@@ -164,7 +166,12 @@ class DisclosureControls:
                 # the size itself stays at the node: "a group of 1 row" would disclose it
                 raise DisclosureError(f"a group or cell is non-empty but smaller than {control} ({smallest})",
                                       control=control)
-        # joint cells checked above are the node's business only: never sent (ADR 0031)
+        # weighted sums (the exponential of a variable) hold sum w / max w rows: min_row_count (ADR 0053)
+        if any(held < self.settings.min_row_count for held in _weighted_rows(aggregates)):
+            raise DisclosureError(f"a weighted sum of the release (e.g. of an exp transformation) is dominated by "
+                                  f"fewer rows than min_row_count ({self.settings.min_row_count}): analyse the "
+                                  "variable without that transformation", control="dominated_sums")
+        # joint cells checked above are the node's business only: never sent (ADR 0031), nor weighted rows
         aggregates = _without_checked_only(aggregates)
         if is_histogram_release(aggregates):
             # cells and their sums in one result: consistent secondary suppression (ADR 0031)
@@ -223,10 +230,24 @@ def _group_sizes(doc: Any) -> Iterable[int]:
             yield from _group_sizes(value)
 
 
-def _without_checked_only(doc: Any) -> Any:
-    """``doc`` without the counts under :data:`CHECKED_ONLY`, at any depth (e.g. per fold)."""
+def _weighted_rows(doc: Any) -> Iterable[float]:
+    """The rows each weighted sum of the release holds (key ``weighted_n``, ADR 0053), at any depth."""
     if isinstance(doc, dict):
-        return {k: _without_checked_only(v) for k, v in doc.items() if k != CHECKED_ONLY}
+        for key, value in doc.items():
+            if key == WEIGHTED_ROWS and isinstance(value, list):
+                yield from (float(v) for v in value if isinstance(v, (int, float)))
+            else:
+                yield from _weighted_rows(value)
+    elif isinstance(doc, list):
+        for value in doc:
+            yield from _weighted_rows(value)
+
+
+def _without_checked_only(doc: Any) -> Any:
+    """``doc`` without the counts under :data:`CHECKED_ONLY` and :data:`WEIGHTED_ROWS`, at any depth
+    (e.g. per fold)."""
+    if isinstance(doc, dict):
+        return {k: _without_checked_only(v) for k, v in doc.items() if k not in (CHECKED_ONLY, WEIGHTED_ROWS)}
     if isinstance(doc, list):
         return [_without_checked_only(v) for v in doc]
     return doc

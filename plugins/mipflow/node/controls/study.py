@@ -290,10 +290,12 @@ def check_study(request: Any, context: Any, work: Any) -> None:
     study's family (control ``study``, decided from the request alone); it is then answered on
     the study's snapshot (``work.study``), and the reply says so (``mode``)."""
     from mipflow.node.controls.study_suppression import check_layout
+    from mipflow.node.controls.study_transforms import check_transformations
 
     study = context.studies.for_project(request.project)
     if study is None:
         return
     work.study = study.admit(request.algorithm, request.analysis, work.variables)
     check_layout(study, request.algorithm, request.analysis, work.model)  # the study's bins (ADR 0035)
+    check_transformations(study, request.algorithm, request.analysis)  # and transformations (ADR 0053)
     work.record["study"] = {**study.mode, "subgroup": work.study.subgroup}

@@ -32,6 +32,7 @@ from mipflow.node.controls.atoms import node_primes
 from mipflow.node.controls.study_cells import check_moment_cells, moment_crossing, moment_problems
 from mipflow.node.controls.study_kmeans import check_ties
 from mipflow.node.controls.study_suppression import Patterns, compute_patterns, read_patterns, write_patterns
+from mipflow.node.controls.study_transforms import check_transformed, transformation_values
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,8 @@ class Family:
     survival_problems: tuple[str, ...] = ()
     #: with k-means: rows of the 3 most frequent values of each real study variable (ADR 0050)
     ties: dict[str, int] = field(default_factory=dict)
+    #: with pca_with_transformation: the protocol's log/exp variables' values, sorted order (ADR 0053)
+    transformed: dict[str, np.ndarray] = field(default_factory=dict)
 
     def sets(self) -> list[tuple[str, np.ndarray]]:
         """Every cohort a request of the family can be answered on or combined from, labelled."""
@@ -145,6 +148,7 @@ def compute_family(store: Any, model: Any, protocol: Protocol, hash_key: str, ta
         from mipflow.node.controls.study_kmeans import tie_counts
 
         family.ties.update(tie_counts(frame, model, protocol.variables))
+    family.transformed.update(transformation_values(frame, protocol, order))
     return family
 
 
@@ -487,6 +491,8 @@ def approve(home: Any, project: str, document: Any) -> dict[str, Any]:
             raise ConfigError(f"study {protocol.name!r} not approved: fewer than min_row_count ({min_row_count}): "
                               + "; ".join(problems))
         check_ties(family.ties, min_row_count, f"study {protocol.name!r} not approved")
+        check_transformed(family, protocol, min_row_count, node_primes(home.key()),
+                          f"study {protocol.name!r} not approved")
         others = other_studies(home.root, project)
         theirs = other_sets(others, family, protocol.data_model, store, hash_key(home.key()))
         shared = {study.project for study in others
@@ -555,6 +561,8 @@ def refresh(home: Any, project: str) -> dict[str, Any]:
             raise ConfigError(f"study {old.protocol.name!r} not refreshed: fewer than min_row_count "
                               f"({min_row_count}): " + "; ".join(problems) + stays)
         check_ties(family.ties, min_row_count, f"study {old.protocol.name!r} not refreshed", stays)
+        check_transformed(family, old.protocol, min_row_count, node_primes(home.key()),
+                          f"study {old.protocol.name!r} not refreshed", stays)
         tab = home.settings.nfilter_tab
         others = other_sets(other_studies(home.root, project), family, old.protocol.data_model, store,
                             hash_key(home.key()))

@@ -12,6 +12,7 @@ It is a JSON document::
                    {"name": "women", "filter": {QueryBuilder group: sex = F}}],
      "algorithms": ["linear_regression", "kaplan_meier"],
      "histogram_bins": 10,
+     "data_transformation": {"log": ["followup_days"]},
      "note": "ethics approval 2027/12"}
 
 The **analysis population** is the rows of the datasets that pass the population filter and are
@@ -22,6 +23,10 @@ study's, no filter or exactly one subgroup's filter (compared canonically, :func
 and an allowed algorithm.  ``histogram_bins`` (1 to 100, default :data:`DEFAULT_HISTOGRAM_BINS`) fixes
 the binning of every numerical study variable: a histogram request with other ``bins`` is outside the
 family (ADR 0035), so each variable has one binning whose suppression pattern is fixed at approval.
+``data_transformation`` (``log`` and ``exp`` -> study variables, default none) fixes the row
+transformations of ``pca_with_transformation``: its requests transform each variable as the protocol
+says, and approval checks them on every cohort of the family (ADR 0053,
+:mod:`mipflow.node.controls.study_transforms`).
 Everything here depends on the protocol and the request only.
 """
 from __future__ import annotations
@@ -36,7 +41,7 @@ from mipflow.node.query.filters import filter_variables
 
 #: Keys a protocol may hold (anything else is a typo the admin should see).
 PROTOCOL_KEYS = frozenset({"name", "data_model", "datasets", "variables", "population", "subgroups",
-                           "algorithms", "histogram_bins", "survival", "note"})
+                           "algorithms", "histogram_bins", "survival", "data_transformation", "note"})
 REQUIRED_KEYS = ("name", "data_model", "datasets", "variables", "algorithms")
 #: Most subgroups one protocol may name (the approval checks each, per dataset).
 MAX_SUBGROUPS = 50
@@ -76,6 +81,16 @@ class Protocol:
     #: Kaplan-Meier in the study takes this time variable and bin width over the declared range, no
     #: ``max_time``, and that event variable when one is named; approval checks the grid's cells
     survival: dict[str, Any] | None = None
+    #: the row transformations of ``pca_with_transformation`` (``log``/``exp`` -> study variables,
+    #: ADR 0053): a request transforms exactly these of its variables, approval checks them
+    data_transformation: Mapping[str, tuple[str, ...]] | None = None
+
+    def row_transform(self, code: str) -> str | None:
+        """The protocol's row transformation of study variable ``code`` (``log``, ``exp`` or None)."""
+        for method, codes in (self.data_transformation or {}).items():
+            if code in codes:
+                return method
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         """The protocol as the admin wrote it (round-trips through :func:`parse_protocol`)."""
@@ -83,7 +98,9 @@ class Protocol:
                 "variables": list(self.variables), "population": {"filter": self.population_filter},
                 "subgroups": [{"name": s.name, "filter": s.filter} for s in self.subgroups],
                 "algorithms": list(self.algorithms), "histogram_bins": self.histogram_bins, "note": self.note,
-                **({"survival": dict(self.survival)} if self.survival is not None else {})}
+                **({"survival": dict(self.survival)} if self.survival is not None else {}),
+                **({"data_transformation": {m: list(c) for m, c in self.data_transformation.items()}}
+                   if self.data_transformation else {})}
 
     def subgroup(self, name: str) -> Subgroup:
         for subgroup in self.subgroups:
@@ -207,7 +224,34 @@ def parse_protocol(doc: Any) -> Protocol:
                     **({"event": survival["event"]} if "event" in survival else {})}
     return Protocol(name=name, data_model=data_model, datasets=datasets, variables=variables,
                     population_filter=population_filter, subgroups=tuple(subgroups), algorithms=algorithms,
-                    note=note, histogram_bins=histogram_bins, survival=survival)
+                    note=note, histogram_bins=histogram_bins, survival=survival,
+                    data_transformation=_transformations(doc.get("data_transformation"), variables))
+
+
+#: Row transformations a protocol may fix (``center``/``standardize`` are affine maps the central
+#: site applies to the released moments: a request chooses them freely).
+PROTOCOL_TRANSFORMS = ("log", "exp")
+
+
+def _transformations(value: Any, variables: tuple[str, ...]) -> dict[str, tuple[str, ...]] | None:
+    if value in (None, {}):
+        return None
+    usage = ("'data_transformation' is {\"log\": [study variables], \"exp\": [study variables]}, each variable "
+             "at most once: the row transformations of pca_with_transformation (center and standardize are "
+             "the request's choice)")
+    if not isinstance(value, Mapping) or set(value) - set(PROTOCOL_TRANSFORMS):
+        raise _fail(usage)
+    out: dict[str, tuple[str, ...]] = {}
+    seen: set[str] = set()
+    for method in PROTOCOL_TRANSFORMS:
+        codes = value.get(method, [])
+        if not isinstance(codes, list) or any(c not in variables or c in seen for c in codes) \
+                or len(set(codes)) != len(codes):
+            raise _fail(usage)
+        seen.update(codes)
+        if codes:
+            out[method] = tuple(codes)
+    return out or None
 
 
 def check_against_model(protocol: Protocol, model: Any) -> None:
@@ -228,6 +272,10 @@ def check_against_model(protocol: Protocol, model: Any) -> None:
         raise _fail(f"variable(s) {', '.join(map(repr, unknown))} are not in data model {model.key}")
     if protocol.survival is not None and model.variable(protocol.survival["time"]).is_categorical:
         raise _fail(f"the survival time {protocol.survival['time']!r} is not a numerical variable")
+    transformed = [c for codes in (protocol.data_transformation or {}).values() for c in codes]
+    nominal = [c for c in transformed if model.variable(c).is_categorical]
+    if nominal:
+        raise _fail(f"data_transformation names nominal variable(s) {', '.join(map(repr, nominal))}")
     event = None if protocol.survival is None else protocol.survival.get("event")
     if event is not None and not model.variable(event).is_categorical:
         raise _fail(f"the survival event {event!r} is not a nominal variable")
