@@ -17,12 +17,16 @@ Found:
    (``release_extremes`` 0 says no raw extreme leaves), and the co-moment of ``exp(g)`` with any other variable is that
    patient's value of it, weighted by ``exp(g_max)``: the patient with the highest glucose, her age and NIHSS, exact
    to 1e-9, from one admitted request of an approved study (the protocol lists the algorithm; the transformation is a
-   request parameter no approval looks at).
+   request parameter no approval looks at).  **Closed** (ADR 0053): in a study the protocol fixes ``log``/``exp``
+   and approval checks them on every cohort; every mode holds exp-weighted sums to ``min_row_count`` rows' worth
+   (``sum w / max w``, control ``dominated_sums``).
 2. **The transformations' errors answer by the rows** (study mode says "admission and refusal depend on the request
    and the protocol only").  ``log`` of a cohort holding a follow-up of 0 days, and ``exp`` of a cohort holding one
    of more than 709 days (overflow), are 400s; one over 354.9 days gives a 500 (an infinite sum of squares the
    node cannot serialise); the same request on another subgroup is answered.  Subgroup by
-   subgroup, the study tells which subgroups hold the one patient who left on the day of admission.
+   subgroup, the study tells which subgroups hold the one patient who left on the day of admission.  **Closed**
+   (ADR 0053): in a study such requests are refused by the request alone; every mode refuses a release that is not
+   finite with one fixed message (control ``non_finite``), never a 500.
 3. **The metadata's ``data_version`` tells whether a withdrawn patient was at the hospital** (the central site, no
    grant needed, nothing charged).  ADR 0043 keys the version "because an unkeyed digest would date a consent
    withdrawal", but the keyed version still changes exactly when a withdrawal deletes rows and at no other time
