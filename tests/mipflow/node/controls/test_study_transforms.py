@@ -167,3 +167,26 @@ def test_nothing_to_check_without_the_algorithm_or_transformations() -> None:
     fam = family({"glucose_mmol": np.r_[np.full(99, 5.0), 40.0], "followup_days": np.zeros(100)})
     fam_none = Family(population=fam.population, values=fam.values, subgroups={}, per_dataset=fam.per_dataset)
     assert transformation_problems(fam_none, parse_protocol(DOC), 10, PRIMES) == []
+
+
+def test_rows_loaded_later_meet_the_checks_at_refresh_and_the_study_stays_on_its_snapshot(tmp_path) -> None:
+    """ADR 0053 (4): rows loaded after approval are outside the snapshot, so no request meets them; the refresh
+    that would take them in checks the transformations again and, with a follow-up of 0 among them, fails for the
+    admin, the study staying on its snapshot."""
+    from mipflow.node.controls import study_approval
+    from mipflow.node.controls.study import read_study
+    from tests.mipflow.node.controls.study_helpers import PROJECT, node_home, protocol, stroke_rows
+    from tests.nodes import load_frame
+
+    home, _ = node_home(tmp_path / "node")
+    document = protocol(datasets=["hospital_a"], algorithms=["pca_with_transformation"],
+                        data_transformation={"log": ["followup_days"]})
+    document.pop("survival")
+    approved = study_approval.approve(home, PROJECT, document)
+    assert approved["status"] == "approved"
+    late = stroke_rows(12, 20, "hospital_a", "late")
+    late.loc[late.index[0], "followup_days"] = 0.0
+    load_frame(home.root, STROKE, late)
+    with pytest.raises(ConfigError, match="log of 'followup_days': 1 row.*stays on its snapshot"):
+        study_approval.refresh(home, PROJECT)
+    assert read_study(home.root, PROJECT).snapshot == approved["snapshot"]
