@@ -28,6 +28,8 @@ Found:
    withdrawal", but the keyed version still changes exactly when a withdrawal deletes rows and at no other time
    without a new batch (``batches_loaded`` and ``latest_batches`` unchanged): a central site that knows when a
    person withdrew everywhere (a withdrawal sent to the whole network) learns at which hospitals she was a patient.
+   **Closed**: the version follows a keyed digest of the registry's withdrawn set as applied, recorded at every
+   application whether or not it deleted rows (``test_defence_the_data_version_moves_alike_...``).
 
 4. **A perfectly separated logistic regression hands the central site two patients' records through masked sums**
    (the honest-but-curious central site, in an approved study, under secure aggregation).  The Newton rounds go on
@@ -371,13 +373,13 @@ def test_hole_a_separated_logistic_regression_hands_the_central_site_two_patient
 # ------------------------------------------------------------------------------------ the central site's metadata
 
 
-def test_hole_the_data_version_tells_whether_a_withdrawn_patient_was_a_member(tmp_path) -> None:
-    """Hole 3.  Class: metadata as a membership channel (ADR 0043's ``data_version``), for the central site (its
-    credentials, no grant, nothing charged).  Two withdrawals go through the consent path of every ingest
-    (``apply_withdrawals``): one of a person who was never at this hospital, then one of a patient.  The version
-    stays for the first and changes for the second, with ``batches_loaded`` and ``latest_batches`` unchanged (so
-    no load explains it): a change without a batch is a withdrawal that deleted rows.  The approximate counts
-    (round 2) are not needed."""
+def test_defence_the_data_version_moves_alike_for_a_member_and_a_stranger_withdrawing(tmp_path) -> None:
+    """Hole 3, closed.  Class: metadata as a membership channel (ADR 0043's ``data_version``), for the central
+    site (its credentials, no grant, nothing charged).  Withdrawals go through the consent path of every ingest
+    (``apply_withdrawals``): of a person who was never at this hospital, then of a patient.  The version used to
+    stay for the first and move for the second (it followed the datasets registry, which only a deletion
+    rewrites).  Now it follows the registry's withdrawn set as applied: it moves for both, alike, and applying
+    the same registry again moves it for neither; no load is listed either way."""
     from mipflow.node.ingest.capture import ConsentRegistry
     from mipflow.node.ingest.pipeline import apply_withdrawals
     from mipflow.node.deid.pseudonyms import Pseudonymiser
@@ -391,8 +393,9 @@ def test_hole_the_data_version_tells_whether_a_withdrawn_patient_was_a_member(tm
     load_frame(root, STROKE, stored)  # as an ingest stores them: keyed pseudonyms
     credential = issue_client(root, "central")
 
-    def withdraw(person: str) -> int:
-        (tmp_path / "consent.csv").write_text(f"patient_id,consent\n{person},withdrawn\n")
+    def withdraw(*people: str) -> int:
+        lines = "".join(f"{person},withdrawn\n" for person in people)
+        (tmp_path / "consent.csv").write_text("patient_id,consent\n" + lines)
         store = FeatureStore(NodeHome(root).db_url)
         try:
             return apply_withdrawals(store, ConsentRegistry.load(tmp_path / "consent.csv"), home.key())
@@ -408,12 +411,16 @@ def test_hole_the_data_version_tells_whether_a_withdrawn_patient_was_a_member(tm
             model = next(m for m in reply.json()["data_models"] if m["data_model"] == STROKE.key)
             return model["data_version"]
 
-        before = version()
+        seen = [version()]
         assert withdraw("someone-never-treated-here") == 0
-        after_stranger = version()
-        assert withdraw("patient-7") == 1
-        after_patient = version()
-    assert after_stranger == before  # not a patient here: nothing moves
-    assert after_patient["version"] != before["version"]  # a patient here: the version moves ...
-    assert {k: after_patient[k] for k in ("batches_loaded", "latest_batches")} == \
-        {k: before[k] for k in ("batches_loaded", "latest_batches")}  # ... with no new batch to explain it
+        seen.append(version())
+        assert withdraw("someone-never-treated-here") == 0  # the same registry, applied again (next night)
+        seen.append(version())
+        assert withdraw("someone-never-treated-here", "patient-7") == 1
+        seen.append(version())
+        assert withdraw("someone-never-treated-here", "patient-7") == 0
+        seen.append(version())
+    moved = [a["version"] != b["version"] for a, b in zip(seen, seen[1:])]
+    assert moved == [True, False, True, False]  # a stranger's withdrawal and a member's look alike
+    assert all({k: v[k] for k in ("batches_loaded", "latest_batches")} ==
+               {k: seen[0][k] for k in ("batches_loaded", "latest_batches")} for v in seen)
