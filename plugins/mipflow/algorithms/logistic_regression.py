@@ -241,6 +241,32 @@ class LogisticRegression(SpecAlgorithm):
         """The model's parameters, checked against ``nfilter_glm``: one per design column."""
         return len(design_columns(request.x, model))
 
+    def row_weights(self, round: int, data: pd.DataFrame, request: AnalysisRequest, model: DataModel,
+                    state: dict | None) -> list[np.ndarray] | None:
+        """A Newton round's weights on the rows (ADR 0054): the Hessian's ``p (1 - p)`` and the
+        gradient's ``y - p`` at the state's coefficients (round 0: none, its sums are unweighted)."""
+        if state is None:
+            return None
+        positive = self.params(request, model)["positive_class"]
+        return newton_weights(_centred_design(data, request, model, state), _response(data, request, model, positive),
+                              np.asarray(state["coefficients"], dtype=float))
+
+    #: What the central site says when nodes refuse a round under ``effective_rows`` (ADR 0054).
+    concentrated_fit = ("the classes appear perfectly or almost perfectly separated by the covariates (perfect separation; "
+                        "statsmodels raises PerfectSeparationError), so the fit would rest on the few patients "
+                        "nearest the boundary; remove or merge the separating covariates, or select "
+                        "rows where both classes overlap")
+
+
+def newton_weights(design: np.ndarray, y: np.ndarray, beta: np.ndarray) -> list[np.ndarray]:
+    """The weights :func:`newton_sums` puts on the rows at ``beta``: ``p (1 - p)`` (information) and
+    ``|y - p|`` (score), each computed without cancellation (``1 - p = expit(-eta)``)."""
+    from scipy import special
+
+    eta = design @ beta
+    p, q = special.expit(eta), special.expit(-eta)
+    return [p * q, np.where(y == 1.0, q, p)]
+
 
 #: Rows per block of :func:`newton_sums`: the block's temporaries (a few arrays of
 #: ``BLOCK_ROWS`` x p doubles) stay in the CPU cache instead of streaming through memory.
