@@ -48,13 +48,41 @@ def prepare(root: Path, rows: int) -> None:
     (root / "ready").write_text("1")
 
 
-def body(algorithm: str, x: list[str], n: int) -> bytes:
+def body(algorithm: str, x: list[str], n: int, round_no: int = 0, state: dict | None = None,
+         analysis_id: str | None = None) -> bytes:
     y, params = (["y"], {}) if algorithm == "linear_regression" else (["event"], {"positive_class": "yes"})
     doc = {"request": {"inputdata": {"data_model": "scale:1", "datasets": ["site0"], "x": x, "y": y,
                                      "filters": None}, "parameters": params},
-           "round": 0, "state": None, "researcher": "bench", "project": "bench",
-           "analysis_id": f"fr-{n}-{time.time_ns()}", "secure_aggregation": None}
+           "round": round_no, "state": state, "researcher": "bench", "project": "bench",
+           "analysis_id": analysis_id or f"fr-{n}-{time.time_ns()}", "secure_aggregation": None}
     return json.dumps(doc).encode()
+
+
+def whole_analysis(context, algorithm: str, x: list[str], n: int) -> list[float]:
+    """Every round of one analysis at this one node (the central site's global steps in between, round
+    verification left out: tests.nodes.unverified_chain); the seconds of each node round."""
+    from mipflow.algorithms import get_algorithm
+    from mipflow.node.api.step import answer_step
+    from mipflow.protocol.datamodel import DataModel
+    from mipflow.protocol.request import AnalysisRequest
+    from tests.nodes import unverified_chain
+
+    algo = get_algorithm(algorithm)
+    chain = unverified_chain()
+    doc = json.loads(body(algorithm, x, n))
+    request = AnalysisRequest.from_dict(doc["request"])
+    model = DataModel.from_dict(model_doc(1))
+    state, times, round_no = None, [], 0
+    while True:
+        raw = body(algorithm, x, n, round_no, state, doc["analysis_id"])
+        t = time.perf_counter()
+        reply = answer_step(context, "central", algorithm, raw, chain=chain)
+        times.append(time.perf_counter() - t)
+        step = algo.global_step(round_no, [reply["aggregates"]], request, model, state)
+        if step.done:
+            return times
+        state, round_no = step.state, round_no + 1
+
 
 
 def main() -> int:
@@ -63,6 +91,7 @@ def main() -> int:
     parser.add_argument("--home", default="/tmp/fr-home")
     parser.add_argument("--algorithm", default="linear_regression")
     parser.add_argument("--case", choices=("new", "known"), default="new")
+    parser.add_argument("--whole", action="store_true", help="every round of the analysis (known cohort)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--top", type=int, default=35)
@@ -91,7 +120,12 @@ def main() -> int:
         t = time.perf_counter()
         if profiler is not None:
             profiler.enable()
-        reply = answer_step(context, "central", args.algorithm, raw)
+        if args.whole:
+            rounds = whole_analysis(context, args.algorithm, x, i)
+            print("rounds: " + ", ".join(f"{r:.3f}" for r in rounds) + " s", flush=True)
+            reply = {"rows": "-"}
+        else:
+            reply = answer_step(context, "central", args.algorithm, raw)
         if profiler is not None:
             profiler.disable()
         times.append(time.perf_counter() - t)
