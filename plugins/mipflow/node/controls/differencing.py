@@ -56,10 +56,10 @@ from mipflow.algorithms.contract import Algorithm
 from mipflow.node.controls.partitions import PARTITIONS_PER_COHORT, PartitionMemory
 from mipflow.node.controls.ledger import (  # noqa: F401 - the ledger's names, where they were before ADR 0030
     CHAIN_COHORTS, LEDGER_FILE, CohortLedger, cohort_digest, decode_keys, encode_keys, pair_conflict, related,
-    sorted_unique,
+    sorted_unique, unique_of_sorted,
 )
 from mipflow.node.query.rowkeys import (  # noqa: F401 - the read's key columns, named here too
-    KEY_OWNER, PID_KEY, ROW_KEY, key_fingerprint, pid_md5, row_md5,
+    KEY_OWNER, PID_KEY, ROW_KEY, key_fingerprint, pid_md5, row_md5, sorted_keys_of,
 )
 
 
@@ -214,8 +214,13 @@ def cohort_sets_and_patients(frame: pd.DataFrame, variables: Sequence[str], comp
     pids = patient_keys(frame, key)
     masks = cohort_masks(frame, variables, complete_case, by)
     used = keys[masks[0]] if complete_case else keys
-    cohorts = [sorted_unique(keys[m]) for m in masks]
-    patients = None if pids is None else [sorted_unique(pids[m]) for m in masks]
+    # every row used: the read's sorted keys, when it found them sorted (a columnar snapshot), else a sort
+    presorted = sorted_keys_of(frame, keys, pids) if masks[0].all() else None
+    cohorts = [unique_of_sorted(presorted[0]) if presorted is not None and i == 0 else sorted_unique(keys[m])
+               for i, m in enumerate(masks)]
+    patients = None if pids is None else [
+        unique_of_sorted(presorted[1]) if presorted is not None and i == 0 else sorted_unique(pids[m])
+        for i, m in enumerate(masks)]
     return cohorts, patients, used
 
 

@@ -46,7 +46,11 @@ def sorted_unique(keys: np.ndarray) -> np.ndarray:
     keys = np.asarray(keys, dtype=np.uint64)
     if len(keys) > 1 and bool(np.all(keys[1:] > keys[:-1])):
         return keys.copy()
-    ordered = np.sort(keys)
+    return unique_of_sorted(np.sort(keys))
+
+
+def unique_of_sorted(ordered: np.ndarray) -> np.ndarray:
+    """Sorted uint64 keys without their repeats (the second half of :func:`sorted_unique`)."""
     if len(ordered) > 1:
         distinct = ordered[1:] != ordered[:-1]
         if not distinct.all():
