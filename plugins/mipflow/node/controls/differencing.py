@@ -182,9 +182,15 @@ def cohort_masks(frame: pd.DataFrame, variables: Sequence[str], complete_case: b
     """
     n = len(frame)
     columns = [c for c in variables if c in frame.columns]
-    present = frame[columns].notna().to_numpy() if columns else np.ones((n, 0), dtype=bool)
-    complete = present.all(axis=1) if n else np.ones(0, dtype=bool)
-    base = [complete] if complete_case else [np.ones(n, dtype=bool), *present.T, complete]
+    if complete_case and frame.columns.is_unique:  # one column at a time: no (rows x columns) matrix
+        complete = np.ones(n, dtype=bool)
+        for column in dict.fromkeys(columns):
+            complete &= frame[column].notna().to_numpy()
+        base = [complete]
+    else:
+        present = frame[columns].notna().to_numpy() if columns else np.ones((n, 0), dtype=bool)
+        complete = present.all(axis=1) if n else np.ones(0, dtype=bool)
+        base = [complete] if complete_case else [np.ones(n, dtype=bool), *present.T, complete]
     masks = list(base)
     for column in by:
         if column not in frame.columns:
