@@ -76,7 +76,7 @@ def _fingerprint(values: np.ndarray) -> tuple[int, int, int, int]:
     """Count, sum, xor and sum of squares (mod 2**64) of uint64 values: equal for a permutation."""
     return (len(values), int(np.add.reduce(values, dtype=np.uint64)),
             int(np.bitwise_xor.reduce(values)) if len(values) else 0,
-            int(np.add.reduce(values * values, dtype=np.uint64)))
+            int(np.dot(values, values)))  # wraps mod 2**64, no temporary array
 
 
 def sorted_keys_of(frame: object, rows: np.ndarray, patients: np.ndarray | None
