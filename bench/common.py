@@ -124,9 +124,11 @@ def regression_model_doc(code: str, label: str, sites: int, covariates: Sequence
     return {"code": code, "version": "1", "label": label, "variables": variables}
 
 
-def regression_rows(n: int, seed: int, dataset: str, subject_prefix: str, covariates: Sequence[str]) -> Any:
+def regression_rows(n: int, seed: int, dataset: str, subject_prefix: str, covariates: Sequence[str],
+                    first: int = 0) -> Any:
     """``n`` rows of :func:`regression_model_doc` from seed ``seed``: normal covariates, ``y`` linear
-    in them with normal noise, ``event`` logistic in them; subject codes ``<subject_prefix>-<i>``."""
+    in them with normal noise, ``event`` logistic in them; subject codes ``<subject_prefix>-<i>``
+    (``i`` from ``first``)."""
     import numpy as np
     import pandas as pd
 
@@ -140,7 +142,7 @@ def regression_rows(n: int, seed: int, dataset: str, subject_prefix: str, covari
     frame.insert(0, "y", y)
     frame.insert(0, "event", np.where(rng.random(n) < p, "yes", "no"))
     frame.insert(0, "dataset", dataset)
-    frame.insert(0, "subjectcode", [f"{subject_prefix}-{i}" for i in range(n)])
+    frame.insert(0, "subjectcode", [f"{subject_prefix}-{i}" for i in range(first, first + n)])
     return frame
 
 

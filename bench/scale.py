@@ -48,10 +48,17 @@ def model_doc(nodes: int) -> dict:
     return regression_model_doc("scale", "Scale benchmark", nodes, COVARIATES)
 
 
-def make_rows(n: int, seed: int, dataset: str) -> pd.DataFrame:
+#: Rows generated and loaded at a time (a 10M-row frame and its load would take several GiB at once).
+LOAD_CHUNK = 1_000_000
+
+
+def make_rows(n: int, seed: int, dataset: str, first: int = 0) -> pd.DataFrame:
+    """Rows ``first .. first + n`` of a site: the first chunk from ``seed`` (as before chunks), each
+    later chunk from a seed of its own."""
     from bench.common import regression_rows
 
-    return regression_rows(n, seed, dataset, f"s{seed}", COVARIATES)
+    chunk_seed = seed if first == 0 else seed * 1_000_003 + first // LOAD_CHUNK
+    return regression_rows(n, chunk_seed, dataset, f"s{seed}", COVARIATES, first=first)
 
 
 def rss_mib(pid: int, field: str) -> float:
@@ -70,9 +77,11 @@ def load(homes, model, rows: int, distinct: bool, sqlite: bool) -> None:
             shutil.copyfile(Path(homes[0].root) / "store.sqlite", Path(home.root) / "store.sqlite")
             how = "copied"
         else:
-            frame = make_rows(rows, site, "site0" if not distinct else f"site{site}")
-            load_frame(home.root, model, frame)
-            del frame
+            for first in range(0, rows, LOAD_CHUNK):
+                frame = make_rows(min(LOAD_CHUNK, rows - first), site, "site0" if not distinct else f"site{site}",
+                                  first)
+                load_frame(home.root, model, frame)
+                del frame
             how = "loaded"
         grant_all(home.root, "bench", "bench")
         if site < 3 or site == len(homes) - 1:

@@ -32,16 +32,19 @@ Found:
    withdrawal", but the keyed version still changes exactly when a withdrawal deletes rows and at no other time
    without a new batch (``batches_loaded`` and ``latest_batches`` unchanged): a central site that knows when a
    person withdrew everywhere (a withdrawal sent to the whole network) learns at which hospitals she was a patient.
+   **Closed**: the version follows a keyed digest of the registry's withdrawn set as applied, recorded at every
+   application whether or not it deleted rows (``test_defence_the_data_version_moves_alike_...``).
 
 4. **A perfectly separated logistic regression hands the central site two patients' records through masked sums**
    (the honest-but-curious central site, in an approved study, under secure aggregation).  The Newton rounds go on
    as the coefficients diverge; the pooled Hessian and gradient are then sums whose weights ``p (1 - p)`` vanish
    for every row but the two nearest the boundary, so the central site's unmasked sums are those two rows'
    covariate vectors.  Masking hides which node; the masked-release bound of ADR 0027 ("a function of the vectors X
-   would have released in the clear, each past X's controls") holds and does not help: no control looks at how many
-   rows a weighted sum effectively holds.
+   would have released in the clear, each past X's controls") holds and does not help: no control looked at how many
+   rows a weighted sum effectively holds.  **Closed** (ADR 0054, control ``effective_rows``): the node refuses a
+   round whose weights rest on fewer than ``min_row_count`` rows in effect, and the fit ends with an error.
 
-Held (``test_defence_*``): CMH's ``exposure_level`` binarisation (the node checks the unmerged three-way cells);
+Held (``test_defence_*``): the separated logistic regression (hole 4, since ADR 0054); CMH's ``exposure_level`` binarisation (the node checks the unmerged three-way cells);
 naive Bayes' class x level counts; patients, not rows, in GEE and the mixed model; the per-researcher explore budget
 across any number of project names of a researcher-only grant; duplicated roles (a variable twice, an outcome as its
 own grouping) that would double a row's weight in a noisy release; every transformation attack in explore mode.
@@ -381,26 +384,15 @@ def test_defence_repeated_measures_models_count_patients_not_rows(standard_node)
 # ------------------------------------------------------------- the central site: Newton iterates under masking
 
 
-def test_hole_a_separated_logistic_regression_hands_the_central_site_two_patients_records_under_masking(tmp_path):
-    """Hole 4.  Class: late rounds of an iterative fit whose weights concentrate on a few rows (honest-but-curious
-    central site; study mode; secure aggregation).  Three hospitals thrombolyse by protocol under 80 years, so
-    thrombolysis is perfectly separated by age; the admins approved a study with logistic regression of
-    thrombolysis on age and NIHSS.  The analysis runs its Newton rounds (the nodes verify each state, ADR 0029) and
-    ends with "did not converge (perfect separation?)": the researcher learns nothing.  But the central site, which
-    reads only the masked sums (from 3 nodes, ADR 0014), unmasks at each round the pooled gradient ``g`` and Hessian
-    ``H``; as the coefficients diverge, the weights ``p (1 - p)`` vanish except for the two patients nearest the
-    boundary, so ``(H[0] + g) / (H00 + g0)`` and ``(H[0] - g) / (H00 - g0)`` are their covariate vectors: the
-    oldest thrombolysed patient (79.6 years, NIHSS 17, at hospital_a) and the youngest not thrombolysed (80.4, 17,
-    at hospital_b).  Every released round holds all 240 rows and passes every control (``min_row_count`` counts rows,
-    not weight)."""
-    from mipflow.central.rounds import run_analysis
-    from mipflow.exceptions import MipflowError
-    from mipflow.secagg.central_side import unmask_sum
-    from tests.nodes import PROJECT, pinned_federation, recording_clients
+HOSPITALS = ("hospital_a", "hospital_b", "hospital_c")
 
-    hospitals = ("hospital_a", "hospital_b", "hospital_c")
+
+def separated_federation() -> tuple[pd.DataFrame, tuple[float, float], tuple[float, float]]:
+    """Three hospitals of 80 rows that thrombolyse by protocol under 80 years (thrombolysis perfectly
+    separated by age); the oldest thrombolysed patient (79.6 years, NIHSS 17, at hospital_a) and the
+    youngest not thrombolysed (80.4, 17, at hospital_b) are the two rows nearest the boundary."""
     frames = []
-    for i, hospital in enumerate(hospitals):
+    for i, hospital in enumerate(HOSPITALS):
         frame = stroke_rows(40 + i, 80, hospital, hospital)
         rng = np.random.default_rng(40 + i)
         frame["age"] = np.round(np.where(rng.random(80) < 0.5, rng.uniform(30, 75, 80), rng.uniform(85, 90, 80)), 1)
@@ -411,41 +403,75 @@ def test_hole_a_separated_logistic_regression_hands_the_central_site_two_patient
     data.loc[5, ["age", "nihss_admission"]] = oldest  # hospital_a
     data.loc[100, ["age", "nihss_admission"]] = youngest  # hospital_b
     data["thrombolysis"] = np.where(data["age"] < 80, "yes", "no")
-    request = {"inputdata": {"data_model": STROKE.key, "datasets": list(hospitals), "x": ["age", "nihss_admission"],
+    return data, oldest, youngest
+
+
+def test_defence_a_separated_logistic_regression_stops_before_its_masked_sums_are_two_patients(tmp_path):
+    """Hole 4, closed (ADR 0054).  Class: late rounds of an iterative fit whose weights concentrate on a
+    few rows (honest-but-curious central site; study mode; secure aggregation).  The admins approved a
+    study with logistic regression of thrombolysis on age and NIHSS, perfectly separated by age.  The
+    attack: as the Newton iterates diverge, the weights ``p (1 - p)`` and ``y - p`` vanish for every row
+    but the two nearest the boundary, so the central site's unmasked gradient ``g`` and Hessian ``H``
+    give ``(H[0] + g) / (H00 + g0)`` and ``(H[0] - g) / (H00 - g0)``, those two patients' covariate
+    vectors (exact to 0.01 before the defence).
+
+    Now each node computes the effective rows of its round's weights, ``(sum w)^2 / sum w^2``, and
+    refuses (control ``effective_rows``, in its audit record) the round where they fall under
+    ``min_row_count``: hospital_a (its oldest thrombolysed patient now carries most of its residual weight)
+    refuses, the analysis ends with an error naming the node, the control and the separation, and no
+    coefficients; no restart refits the others.  The last round every node answered, unmasked, no
+    longer gives either record (the weighted means it gives are more than a year of age away)."""
+    from mipflow.central.rounds import run_analysis
+    from mipflow.exceptions import MipflowError
+    from mipflow.node.controls.audit import AUDIT_FILE, AuditLog
+    from mipflow.secagg.central_side import unmask_sum
+    from tests.nodes import PROJECT, pinned_federation, recording_clients
+
+    data, oldest, youngest = separated_federation()
+    request = {"inputdata": {"data_model": STROKE.key, "datasets": list(HOSPITALS), "x": ["age", "nihss_admission"],
                              "y": ["thrombolysis"], "filters": None},
                "parameters": {"positive_class": "yes", "max_iter": 16}}
-    with pinned_federation(tmp_path, data, STROKE, hospitals) as (roots, clients, _):
+    with pinned_federation(tmp_path, data, STROKE, HOSPITALS) as (roots, clients, _):
         for root in roots.values():
-            document = protocol(datasets=list(hospitals), variables=["age", "nihss_admission", "thrombolysis"],
+            document = protocol(datasets=list(HOSPITALS), variables=["age", "nihss_admission", "thrombolysis"],
                                 subgroups=[], algorithms=["logistic_regression"])
             document.pop("survival")
             assert study_approval.approve(NodeHome(root), PROJECT, document)["status"] == "approved"
         with recording_clients(list(clients.values())) as (recording, seen):
-            with pytest.raises(MipflowError, match="perfect separation"):
+            with pytest.raises(MipflowError, match="perfect separation") as info:
                 run_analysis("logistic_regression", request, recording, researcher="tester", project=PROJECT)
+        refused = {name: [r for r in AuditLog(root / AUDIT_FILE).records()
+                          if r.get("endpoint") == "/v1/steps" and r.get("decision") == "refused"]
+                   for name, root in roots.items()}
+    message = str(info.value)
+    assert "node(s) hospital_a refused it under effective_rows" in message and "No coefficients" in message
+    assert [r["control"] for r in refused["hospital_a"]] == ["effective_rows"]
+    assert refused["hospital_b"] == refused["hospital_c"] == []
     assert all(reply.get("mode", {}).get("study") for _, _, reply in seen)
     assert all(set(reply["aggregates"]) == {"secure_aggregation"} for _, _, reply in seen)  # masked, every round
-    last = max(r for _, r, _ in seen)
+    answered = {r for r in {r for _, r, _ in seen} if sum(1 for _, q, _ in seen if q == r) == len(HOSPITALS)}
+    last = max(answered)
+    # the refused round: hospital_b's and hospital_c's masked replies only, which do not sum without hospital_a's
+    assert last >= 2 and max(r for _, r, _ in seen) == last + 1
     means = np.asarray(unmask_sum([reply["aggregates"] for _, r, reply in seen if r == 0])["moments"]["mean"])
     pooled = unmask_sum([reply["aggregates"] for _, r, reply in seen if r == last])
     g, h = np.asarray(pooled["gradient"]), np.asarray(pooled["hessian"])
     assert pooled["n"] == len(data)
-    treated = (h[0] + g)[1:] / (h[0, 0] + g[0]) + means  # y = 1: y - p = 1 - p = p (1 - p) / p
-    untreated = (h[0] - g)[1:] / (h[0, 0] - g[0]) + means  # y = 0: y - p = -p
-    assert np.allclose(treated, oldest, atol=0.01) and np.allclose(untreated, youngest, atol=0.01)
-    assert tuple(np.round(treated, 1)) == oldest and tuple(np.round(untreated, 1)) == youngest  # as recorded
+    treated = (h[0] + g)[1:] / (h[0, 0] + g[0]) + means
+    untreated = (h[0] - g)[1:] / (h[0, 0] - g[0]) + means
+    assert abs(treated[0] - oldest[0]) > 1.0 and abs(untreated[0] - youngest[0]) > 1.0
 
 
 # ------------------------------------------------------------------------------------ the central site's metadata
 
 
-def test_hole_the_data_version_tells_whether_a_withdrawn_patient_was_a_member(tmp_path) -> None:
-    """Hole 3.  Class: metadata as a membership channel (ADR 0043's ``data_version``), for the central site (its
-    credentials, no grant, nothing charged).  Two withdrawals go through the consent path of every ingest
-    (``apply_withdrawals``): one of a person who was never at this hospital, then one of a patient.  The version
-    stays for the first and changes for the second, with ``batches_loaded`` and ``latest_batches`` unchanged (so
-    no load explains it): a change without a batch is a withdrawal that deleted rows.  The approximate counts
-    (round 2) are not needed."""
+def test_defence_the_data_version_moves_alike_for_a_member_and_a_stranger_withdrawing(tmp_path) -> None:
+    """Hole 3, closed.  Class: metadata as a membership channel (ADR 0043's ``data_version``), for the central
+    site (its credentials, no grant, nothing charged).  Withdrawals go through the consent path of every ingest
+    (``apply_withdrawals``): of a person who was never at this hospital, then of a patient.  The version used to
+    stay for the first and move for the second (it followed the datasets registry, which only a deletion
+    rewrites).  Now it follows the registry's withdrawn set as applied: it moves for both, alike, and applying
+    the same registry again moves it for neither; no load is listed either way."""
     from mipflow.node.ingest.capture import ConsentRegistry
     from mipflow.node.ingest.pipeline import apply_withdrawals
     from mipflow.node.deid.pseudonyms import Pseudonymiser
@@ -459,8 +485,9 @@ def test_hole_the_data_version_tells_whether_a_withdrawn_patient_was_a_member(tm
     load_frame(root, STROKE, stored)  # as an ingest stores them: keyed pseudonyms
     credential = issue_client(root, "central")
 
-    def withdraw(person: str) -> int:
-        (tmp_path / "consent.csv").write_text(f"patient_id,consent\n{person},withdrawn\n")
+    def withdraw(*people: str) -> int:
+        lines = "".join(f"{person},withdrawn\n" for person in people)
+        (tmp_path / "consent.csv").write_text("patient_id,consent\n" + lines)
         store = FeatureStore(NodeHome(root).db_url)
         try:
             return apply_withdrawals(store, ConsentRegistry.load(tmp_path / "consent.csv"), home.key())
@@ -476,12 +503,16 @@ def test_hole_the_data_version_tells_whether_a_withdrawn_patient_was_a_member(tm
             model = next(m for m in reply.json()["data_models"] if m["data_model"] == STROKE.key)
             return model["data_version"]
 
-        before = version()
+        seen = [version()]
         assert withdraw("someone-never-treated-here") == 0
-        after_stranger = version()
-        assert withdraw("patient-7") == 1
-        after_patient = version()
-    assert after_stranger == before  # not a patient here: nothing moves
-    assert after_patient["version"] != before["version"]  # a patient here: the version moves ...
-    assert {k: after_patient[k] for k in ("batches_loaded", "latest_batches")} == \
-        {k: before[k] for k in ("batches_loaded", "latest_batches")}  # ... with no new batch to explain it
+        seen.append(version())
+        assert withdraw("someone-never-treated-here") == 0  # the same registry, applied again (next night)
+        seen.append(version())
+        assert withdraw("someone-never-treated-here", "patient-7") == 1
+        seen.append(version())
+        assert withdraw("someone-never-treated-here", "patient-7") == 0
+        seen.append(version())
+    moved = [a["version"] != b["version"] for a, b in zip(seen, seen[1:])]
+    assert moved == [True, False, True, False]  # a stranger's withdrawal and a member's look alike
+    assert all({k: v[k] for k in ("batches_loaded", "latest_batches")} ==
+               {k: seen[0][k] for k in ("batches_loaded", "latest_batches")} for v in seen)

@@ -20,7 +20,7 @@ node's rows for a local step and runs a whole analysis in one process.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
 from mipflow.protocol.datamodel import DataModel
 from mipflow.protocol.request import AnalysisRequest
@@ -126,6 +126,9 @@ class Algorithm(Protocol):
 
     def pool_sealed(self, parts: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]: ...
 
+    def row_weights(self, round: int, data: pd.DataFrame, request: AnalysisRequest, model: DataModel,
+                    state: dict | None) -> Iterable[np.ndarray] | None: ...
+
 
 # --------------------------------------------------------------------------- privacy capabilities
 #
@@ -156,6 +159,10 @@ class Algorithm(Protocol):
 #   them to every participant after its controls saw them, the central site forwards ciphertexts, and
 #   each node pools what it opens (``pool_sealed``, default: elementwise sums) for its next local step
 #   (state key ``sealed_pooled``); the global step never reads them;
+# * ``row_weights``: the weights a round's sums put on the rows when the iterate in the state sets them
+#   (logistic regression's ``p (1 - p)`` and ``y - p``, Cox regression's ``exp(x'b)`` per risk set, a
+#   GEE's variance and residual): the node refuses a round whose weights rest on fewer than
+#   ``min_row_count`` rows in effect (control ``effective_rows``, ADR 0054);
 # * ``released_by``: row columns (e.g. ``dataset``) whose levels split its released statistics;
 #   each level's rows enter the differencing ledger as cohorts of their own.  (Rows complete on
 #   every variable, released by an algorithm that is not complete-case, e.g. ``descriptive_stats``'s

@@ -98,6 +98,7 @@ def design_matrix(
     *,
     columns: Sequence[str] | None = None,
     intercept: bool = True,
+    center: Sequence[float] | None = None,
 ) -> tuple[np.ndarray, list[str]]:
     """Dummy-coded design matrix of complete-case rows.
 
@@ -116,14 +117,69 @@ def design_matrix(
         is not of full rank together with the intercept).
     intercept : bool
         Include the ``Intercept`` column.
+    center : sequence of float, optional
+        Subtracted from every column after the first (the intercept of a centred design), in order,
+        as each column is written: the values of ``matrix[:, 1:] -= center`` after, in one pass.
 
     Returns
     -------
-    matrix : numpy.ndarray, shape (n, p)
+    matrix : numpy.ndarray, shape (n, p), Fortran-ordered
     names : list of str, length p
     """
+    makers, names, n = _column_makers(data, x, model, columns=columns, intercept=intercept)
+    if not names:
+        return np.zeros((n, 0)), []
+    if not n:
+        return np.zeros((0, len(names))), names
+    shifts = [None] * len(names)
+    if center is not None:
+        if len(center) != len(names) - 1:
+            raise ValueError("center must have one value per design column after the first")
+        shifts[1:] = [float(c) for c in center]
+    # column-major: each column is one contiguous copy (a row-major stack gathers every value)
+    matrix = np.empty((n, len(names)), order="F")
+    for j, name in enumerate(names):
+        if shifts[j] is None:
+            matrix[:, j] = makers[name]()
+        else:
+            np.subtract(makers[name](), shifts[j], out=matrix[:, j])
+    return matrix, names
+
+
+def design_columns_of(
+    data: pd.DataFrame,
+    x: Sequence[str],
+    model: DataModel,
+    *,
+    columns: Sequence[str] | None = None,
+    intercept: bool = True,
+) -> tuple[list[np.ndarray], list[str]]:
+    """The columns of :func:`design_matrix` (same arguments, same values), each its own float64
+    array: a numerical covariate already float64 is the frame's column itself (a read-only view, no
+    copy), so sums over the design need not copy the selection (e.g.
+    :func:`mipflow.algorithms.moments.column_moments`).
+
+    Returns
+    -------
+    columns : list of numpy.ndarray, each shape (n,), read-only
+    names : list of str
+    """
+    makers, names, _ = _column_makers(data, x, model, columns=columns, intercept=intercept)
+    out = []
+    for name in names:
+        column = makers[name]()
+        if column.flags.writeable:  # the frame's own column is never written through
+            column = column.view()
+            column.setflags(write=False)
+        out.append(column)
+    return out, names
+
+
+def _column_makers(data: pd.DataFrame, x: Sequence[str], model: DataModel, *, columns: Sequence[str] | None,
+                   intercept: bool) -> tuple[dict[str, Callable[[], np.ndarray]], list[str], int]:
+    """A function making each design column (when called), the columns' names, the rows."""
     n = len(data)
-    # each column is made as it is written into the matrix (no second copy of the whole design)
+    # each column is made when it is asked for (no second copy of the whole design)
     makers: dict[str, Callable[[], np.ndarray]] = {}
     if intercept:
         makers[INTERCEPT] = lambda: np.ones(n)
@@ -141,15 +197,7 @@ def design_matrix(
         if missing:
             raise RequestError(f"unknown design columns: {', '.join(missing)}")
         names = list(columns)
-    if not names:
-        return np.zeros((n, 0)), []
-    if not n:
-        return np.zeros((0, len(names))), names
-    # column-major: each column is one contiguous copy (a row-major stack gathers every value)
-    matrix = np.empty((n, len(names)), order="F")
-    for j, name in enumerate(names):
-        matrix[:, j] = makers[name]()
-    return matrix, names
+    return makers, names, n
 
 
 def _numeric_view(series: pd.Series) -> np.ndarray:

@@ -167,6 +167,27 @@ class Gee(SpecAlgorithm):
         """Patients among the rows (``min_row_count`` and ``nfilter_glm`` count them too)."""
         return _clusters(data).n_clusters
 
+    def row_weights(self, round: int, data: pd.DataFrame, request: AnalysisRequest, model: DataModel,
+                    state: dict | None) -> list[np.ndarray] | None:
+        """With a non-identity link (binomial, Poisson), the weights a round's sums put on each patient
+        at the state's coefficients (ADR 0054): the variance ``V(mu)`` (``X' W X``, the bread) and the
+        residual ``y - mu`` (``X' W z`` less ``X' W eta``, the score), summed over the patient's rows;
+        patients are the units, as ``min_row_count`` counts them.  Gaussian: none (its sums are linear
+        in ``X' y`` and ``X' X``, which weigh every row alike)."""
+        params = self.params(request, model)
+        if state is None or params["family"] == "gaussian" or state.get("beta") is None:
+            return None
+        clusters = _clusters(data, params.get("time"))
+        y = _response(data, request, model, params, clusters)
+        design = _design(data, request, model, state["columns"], clusters)
+        family = _family(params["family"])
+        mu = family.fitted(design @ np.asarray(state["beta"], dtype=float))
+        return [clusters.sums(family.variance(mu)), clusters.sums(np.abs(y - mu))]
+
+    #: What the central site says when nodes refuse a round under ``effective_rows`` (ADR 0054).
+    concentrated_fit = ("the fit appears to separate the outcome (binomial) or to diverge on a few patients "
+                        "(Poisson), so it would rest on a few patients' visits; remove or merge covariates")
+
     # -- local --------------------------------------------------------------------------
 
     def local_step(self, round: int, data: pd.DataFrame, request: AnalysisRequest,

@@ -29,7 +29,7 @@ from mipflow.algorithms.design import (
     INTERCEPT,
     category_codes,
     design_columns,
-    design_matrix,
+    design_columns_of,
     level_counts,
     select_design_columns,
     sorted_levels,
@@ -37,7 +37,7 @@ from mipflow.algorithms.design import (
 )
 from mipflow.algorithms.dp_release import (DPRelease, Noise, Released, bounded_columns, moments_from_noisy_sums,
                                           moments_rows, noisy_sums, one_block)
-from mipflow.algorithms.moments import compute_moments, merge_moment_dicts
+from mipflow.algorithms.moments import column_moments, merge_moment_dicts
 from mipflow.exceptions import RequestError
 from mipflow.protocol.datamodel import DataModel
 from mipflow.protocol.request import AnalysisRequest
@@ -172,12 +172,12 @@ class LinearRegression(SpecAlgorithm):
 
     def local_step(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
                    model: DataModel, state: dict | None) -> dict:
-        # the candidate design columns and y last, written once into one column-major matrix (y is numerical,
-        # so design_columns(x + [y]) puts it after them)
-        z, _ = design_matrix(data, [*request.x, request.y[0]], model, intercept=False)
+        # the candidate design columns and y last (y is numerical, so design_columns(x + [y]) puts it after
+        # them); their moments are those of the column-major matrix of them, computed without making it
+        z, _ = design_columns_of(data, [*request.x, request.y[0]], model, intercept=False)
         counts = level_counts(data, request.x, model)
         return {
-            "moments": compute_moments(z, matrix=True).to_dict(),
+            "moments": column_moments(z, matrix=True, rows=len(data)).to_dict(),
             "level_counts": counts,
             # rows per dummy column: the co-moments release per-level sums
             "group_n": [c for code in request.x for c in counts.get(code, [])],

@@ -35,13 +35,14 @@ from mipflow.algorithms.linear_regression import joint_cell_counts
 from mipflow.algorithms.design import (
     category_codes,
     design_columns,
+    design_columns_of,
     design_matrix,
     level_counts,
     select_design_columns,
     sorted_levels,
     sum_level_counts,
 )
-from mipflow.algorithms.moments import compute_moments, merge_moment_dicts
+from mipflow.algorithms.moments import column_moments, merge_moment_dicts
 from mipflow.algorithms.spec import (
     NOMINAL,
     NUMERICAL,
@@ -128,10 +129,11 @@ class LogisticRegression(SpecAlgorithm):
                      # gradient hold them; checked by the node against nfilter_tab, not sent (ADR 0031)
                      "cell_n": joint_cell_counts(data, request.x, model) + _class_cells(data, request, model, y)}
         if state is None:
-            design, _ = design_matrix(data, request.x, model, intercept=False)
+            # the moments of the design's columns, without making the design (the same values, bit for bit)
+            design, _ = design_columns_of(data, request.x, model, intercept=False)
             out["level_counts"] = level_counts(data, request.x, model)
             out["group_n"] += [c for code in request.x for c in out["level_counts"].get(code, [])]
-            out["moments"] = compute_moments(design).to_dict()
+            out["moments"] = column_moments(design, rows=len(data)).to_dict()
             return out
         design = _centred_design(data, request, model, state)
         loglik, gradient, hessian = newton_sums(design, y, np.asarray(state["coefficients"], dtype=float))
@@ -241,6 +243,32 @@ class LogisticRegression(SpecAlgorithm):
         """The model's parameters, checked against ``nfilter_glm``: one per design column."""
         return len(design_columns(request.x, model))
 
+    def row_weights(self, round: int, data: pd.DataFrame, request: AnalysisRequest, model: DataModel,
+                    state: dict | None) -> list[np.ndarray] | None:
+        """A Newton round's weights on the rows (ADR 0054): the Hessian's ``p (1 - p)`` and the
+        gradient's ``y - p`` at the state's coefficients (round 0: none, its sums are unweighted)."""
+        if state is None:
+            return None
+        positive = self.params(request, model)["positive_class"]
+        return newton_weights(_centred_design(data, request, model, state), _response(data, request, model, positive),
+                              np.asarray(state["coefficients"], dtype=float))
+
+    #: What the central site says when nodes refuse a round under ``effective_rows`` (ADR 0054).
+    concentrated_fit = ("the classes appear perfectly or almost perfectly separated by the covariates (perfect separation; "
+                        "statsmodels raises PerfectSeparationError), so the fit would rest on the few patients "
+                        "nearest the boundary; remove or merge the separating covariates, or select "
+                        "rows where both classes overlap")
+
+
+def newton_weights(design: np.ndarray, y: np.ndarray, beta: np.ndarray) -> list[np.ndarray]:
+    """The weights :func:`newton_sums` puts on the rows at ``beta``: ``p (1 - p)`` (information) and
+    ``|y - p|`` (score), each computed without cancellation (``1 - p = expit(-eta)``)."""
+    from scipy import special
+
+    eta = design @ beta
+    p, q = special.expit(eta), special.expit(-eta)
+    return [p * q, np.where(y == 1.0, q, p)]
+
 
 #: Rows per block of :func:`newton_sums`: the block's temporaries (a few arrays of
 #: ``BLOCK_ROWS`` x p doubles) stay in the CPU cache instead of streaming through memory.
@@ -325,8 +353,7 @@ def _centred_design(data: pd.DataFrame, request: AnalysisRequest, model: DataMod
     key = (id(data), len(data), tuple(request.x), tuple(state["columns"]), tuple(state["center"]))
     if _DESIGN_MEMO.get("key") == key and _DESIGN_MEMO.get("data") is data:
         return _DESIGN_MEMO["design"]  # type: ignore[return-value]
-    design, _ = design_matrix(data, request.x, model, columns=state["columns"])
-    design[:, 1:] -= np.asarray(state["center"], dtype=float)
+    design, _ = design_matrix(data, request.x, model, columns=state["columns"], center=state["center"])
     design.setflags(write=False)
     _DESIGN_MEMO.update(key=key, data=data, design=design)
     return design

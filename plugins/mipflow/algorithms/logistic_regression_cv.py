@@ -181,6 +181,18 @@ class LogisticRegressionCV(CrossValidated, LogisticRegression):
 
     # -- privacy capabilities (mipflow.algorithms.contract) ------------------------------------
 
+    def row_weights(self, round: int, data: pd.DataFrame, request: AnalysisRequest, model: DataModel,
+                    state: dict | None) -> list[np.ndarray] | None:
+        """Each unfinished fold's Newton weights on its training rows (ADR 0054); the evaluation
+        round releases counts only."""
+        if state is None or state["phase"] != "fit":
+            return None
+        folds, data = split_folds(data, self.params(request, model)["n_splits"])
+        plain = base_request(request, _PLAIN)
+        return [w for k, s in enumerate(state["folds"]) if s is not None
+                for w in LogisticRegression.row_weights(self, round, data[folds != k].reset_index(drop=True),
+                                                        plain, model, s) or ()]
+
     # per-fold sums, masked from 2 nodes (crossval.CrossValidated)
     secure_aggregation = "automatic"
 

@@ -16,7 +16,7 @@ catastrophically (large means, small spread).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -96,6 +96,53 @@ def compute_moments(values: np.ndarray, *, matrix: bool = False) -> Moments:
     for start in range(0, n, MOMENT_BLOCK):
         centred = arr[start:start + MOMENT_BLOCK] - mean
         m2 += centred.T @ centred if matrix else np.einsum("ij,ij->j", centred, centred)
+    return Moments(int(n), mean, m2)
+
+
+def column_moments(columns: Sequence[np.ndarray], *, matrix: bool = False, rows: int | None = None) -> Moments:
+    """:func:`compute_moments` of the column-major matrix whose columns are ``columns``, without
+    making that matrix: the same values, bit for bit.
+
+    ``compute_moments`` of a Fortran-ordered ``(n, k)`` array reduces each column alone (its mean) and
+    centres it a block of :data:`MOMENT_BLOCK` rows at a time into a Fortran-ordered block; here each
+    block is written from the columns (views of a node's kept selection, no copy of the whole design),
+    so every sum and product sees the same operands in the same order.
+
+    Parameters
+    ----------
+    columns : sequence of numpy.ndarray of float64, each shape (n,)
+        Complete-case columns (no NaN), e.g. :func:`mipflow.algorithms.design.design_columns_of`.
+    matrix : bool
+        Return the full ``(k, k)`` co-moment matrix instead of its diagonal.
+    rows : int, optional
+        The rows ``n`` (needed only when there is no column, as for an ``(n, 0)`` matrix).
+    """
+    cols = [np.asarray(c, dtype=float) for c in columns]
+    k = len(cols)
+    n = len(cols[0]) if k else int(rows or 0)
+    if any(c.shape != (n,) for c in cols):
+        raise ValueError("columns of different lengths")
+    if n == 0 or k == 0:  # as compute_moments of an (n, 0) or (0, k) array
+        return Moments(int(n), np.zeros(k), np.zeros((k, k)) if matrix else np.zeros(k))
+    # a column of a Fortran-ordered matrix is contiguous: its reduction is the one of the column alone
+    mean = np.array([np.add.reduce(c) for c in cols]) / n
+    block = np.empty((min(n, MOMENT_BLOCK), k), order="F")
+
+    def centred(start: int, centre: np.ndarray) -> np.ndarray:
+        rows = min(MOMENT_BLOCK, n - start)
+        out = block[:rows] if rows == len(block) else np.empty((rows, k), order="F")
+        for j, c in enumerate(cols):
+            np.subtract(c[start:start + rows], centre[j], out=out[:, j])
+        return out
+
+    correction = np.zeros(k)
+    for start in range(0, n, MOMENT_BLOCK):
+        correction += centred(start, mean).sum(axis=0)
+    mean = mean + correction / n
+    m2 = np.zeros((k, k)) if matrix else np.zeros(k)
+    for start in range(0, n, MOMENT_BLOCK):
+        z = centred(start, mean)
+        m2 += z.T @ z if matrix else np.einsum("ij,ij->j", z, z)
     return Moments(int(n), mean, m2)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from mipflow.algorithms.contract import Step
 from mipflow.exceptions import RequestError
@@ -286,6 +286,19 @@ class SpecAlgorithm:
         result's layout may depend on the request and data model only.
         """
         return aggregates
+
+    def row_weights(self, round: int, data: pd.DataFrame, request: AnalysisRequest, model: DataModel,
+                    state: dict | None) -> Iterable[np.ndarray] | None:
+        """The weights round ``round``'s sums put on the rows (or patients), one vector per family of
+        weighted sums, when they are a function of the iterate in ``state`` (None, the default: the
+        sums weigh every row alike, or as the request and the rows alone decide).
+
+        The node refuses the round when a vector holds fewer than ``min_row_count`` rows in effect,
+        ``(sum |w|)^2 / sum w^2`` (control ``effective_rows``, ADR 0054).  A vector covers what one
+        released sum adds up, in any order; weights of either sign (residuals) count by magnitude.
+        Computed by the node on its verified state (ADR 0029), like the local step.
+        """
+        return None
 
     def masked_round(self, round: int, state: dict | None) -> bool:
         """Under secure aggregation, whether round ``round`` (sent ``state``) is masked (default: every round).

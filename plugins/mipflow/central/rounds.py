@@ -229,6 +229,13 @@ def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequen
                         "round": round_no,
                         "refusals": {name: {"control": control, "reason": reason}
                                      for name, (control, reason) in sorted(refusals.items())}})
+            concentrated = sorted(n for n, (control, _) in refusals.items() if control == EFFECTIVE_ROWS)
+            if concentrated and round_no > 0:
+                # ADR 0054: the verified iterate concentrates the sums on a few rows; the fit ends here,
+                # no iterate is released, and no restart refits the other nodes' rows to the same end
+                log.info("%s (analysis %s): stopped at round %d: %s refused it under %s", algorithm_name,
+                         who.analysis_id, round_no + 1, ", ".join(concentrated), EFFECTIVE_ROWS)
+                raise RequestError(concentrated_message(algorithm, algorithm_name, round_no, concentrated))
             if failures:
                 excluded.update(failures)
                 active = [n for n in active if n.name not in failures]
@@ -279,6 +286,21 @@ def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequen
     reasons = left_out_text(excluded) or "no nodes configured"
     raise FederationError(f"{algorithm_name}: {len(active)} node(s) contributed, fewer than "
                           f"min_nodes ({min_nodes}). Left out: {reasons}", excluded=excluded)
+
+
+#: The node control that refuses a round whose weighted sums rest on few rows (ADR 0054).
+EFFECTIVE_ROWS = "effective_rows"
+
+
+def concentrated_message(algorithm: Any, name: str, round_no: int, nodes: Sequence[str]) -> str:
+    """The error of a fit stopped by ``effective_rows`` refusals (ADR 0054): what happened, what it
+    suggests about the data (the algorithm's ``concentrated_fit``), what to change; no number
+    computed from the rows, and no coefficients."""
+    hint = getattr(algorithm, "concentrated_fit", None) or (
+        "the fit puts nearly all its weight on a few rows; remove or merge covariates")
+    return (f"{name} stopped without a result at round {round_no + 1}: node(s) {', '.join(nodes)} refused it "
+            f"under {EFFECTIVE_ROWS} (the round's weighted sums would rest on fewer rows in effect than the "
+            f"node's min_row_count): {hint}. No coefficients are released (did not converge).")
 
 
 def left_out_text(excluded: Mapping[str, str]) -> str:

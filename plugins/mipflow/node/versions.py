@@ -8,17 +8,23 @@
      "latest_batches": ["b91d...", ...]}  # the most recent of them, newest first (live only)
 
 Live data: the version is a keyed digest (HMAC-SHA-256 with a key derived from the node secret)
-of the ids of the batches that loaded rows and of the last rewrite of the datasets registry
-(every load and every consent deletion rewrites it).  The digest is keyed because its inputs are
-guessable (batch ids are in the reply; a timestamp has few candidates): unkeyed, it would tell
-the central site *when* a consent withdrawal happened.  Keyed, it says only "changed".
+of the ids of the batches that loaded rows and of the consent registry's withdrawn set as last
+applied (a keyed digest of it, recorded at every application whether or not it deleted rows).  The
+digest is keyed because its inputs are guessable (batch ids are in the reply): unkeyed, it would
+tell the central site more than "changed".
+
+Consent withdrawals move the version when the *registry's* withdrawn set changes, never because
+rows were deleted: a node that held the withdrawn patient and one that never did move at the same
+application (before, the version followed the datasets registry's rewrite time, which a deletion
+moves and a withdrawal of a stranger does not: a membership channel to a central site that knows
+when a person withdrew; eleventh outside review, ``tests/privacy/test_redteam_round11.py``).
 
 A project with an approved study at this node (ADR 0028) is answered on the study's snapshot,
 not on the live data, so when metadata is asked on behalf of such a project its version is the
 snapshot's (it changes when the node admin refreshes or re-approves the study), and no batch is
 listed: batches loaded since the snapshot do not change an answer.
 
-What this reveals: that some load or deletion happened, and the ids of loaded batches (opaque
+What this reveals: that some load happened or the consent registry's withdrawn set changed, and the ids of loaded batches (opaque
 hashes of the file, :func:`mipflow.node.ingest.pipeline.batch_id_for`). No row count, no value.
 """
 from __future__ import annotations
@@ -59,6 +65,6 @@ def data_version(store: Any, data_model: str, key: bytes, study: Any = None) -> 
         return {"version": _digest(key, ["study", data_model, study.project, study.protocol.name, study.snapshot]),
                 "answers_from": "study", "study": study.protocol.name, "snapshot": study.snapshot}
     changes = store.data_changes(data_model, LATEST_BATCHES)
-    return {"version": _digest(key, ["live", data_model, changes["loaded"], changes["registry_updated"]]),
+    return {"version": _digest(key, ["live", data_model, changes["loaded"], changes["consent"]]),
             "answers_from": "live", "batches_loaded": len(changes["loaded"]),
             "latest_batches": changes["latest"]}

@@ -14,6 +14,7 @@ from mipflow.protocol.wire import transport
 from mipflow.node.home import NodeSettings
 from mipflow.protocol.datamodel import load_data_model
 from mipflow.node.controls.disclosure import DisclosureControls
+from mipflow.node.controls.effective_rows import check_effective_rows
 from mipflow.exceptions import DisclosureError
 from tests.conftest import REPO_ROOT
 
@@ -81,6 +82,7 @@ def run_with_controls(algorithm: str, frames: Sequence[pd.DataFrame], req: Analy
             try:
                 controls.check_rows(alg, req, STROKE, len(data))
                 out = alg.local_step(round_no, data, req, STROKE, pooled)
+                check_effective_rows(alg.row_weights(round_no, data, req, STROKE, pooled), settings.min_row_count)
                 aggregates.append(transport(controls.release(alg, req, STROKE, round_no, out)))
             except DisclosureError as exc:
                 if round_no:

@@ -54,3 +54,33 @@ def test_one_dimensional_and_empty_input():
     np.testing.assert_allclose(got.m2, [((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2)])
     empty = compute_moments(np.zeros((0, 2)), matrix=True)
     assert empty.n == 0 and empty.m2.shape == (2, 2) and not empty.m2.any()
+
+
+@pytest.mark.parametrize("rows", [1, 2, 7, MOMENT_BLOCK - 1, MOMENT_BLOCK, MOMENT_BLOCK + 1, 3 * MOMENT_BLOCK + 5])
+@pytest.mark.parametrize("k", [1, 4])
+def test_column_moments_are_those_of_the_column_major_matrix_bit_for_bit(rows, k):
+    from mipflow.algorithms.moments import column_moments
+
+    rng = np.random.default_rng(rows + k)
+    values = np.asfortranarray(rng.normal(size=(rows, k)) * np.geomspace(1e-3, 50.0, k)
+                               + np.linspace(-3.0, 1e6, k))
+    columns = [np.array(values[:, j]) for j in range(k)]  # separate arrays, as a frame's columns
+    for matrix in (True, False):
+        want = compute_moments(values, matrix=matrix)
+        got = column_moments(columns, matrix=matrix)
+        assert got.n == want.n
+        assert np.array_equal(got.mean, want.mean) and np.array_equal(got.m2, want.m2)  # not only close
+        assert got.m2.shape == want.m2.shape
+
+
+def test_column_moments_without_rows_or_columns_and_of_unequal_columns():
+    from mipflow.algorithms.moments import column_moments
+
+    for rows, k in ((0, 3), (5, 0), (0, 0)):
+        for matrix in (True, False):
+            want = compute_moments(np.zeros((rows, k)), matrix=matrix)
+            got = column_moments([np.zeros(rows)] * k, matrix=matrix, rows=rows)
+            assert (got.n, got.mean.shape, got.m2.shape) == (want.n, want.mean.shape, want.m2.shape)
+            assert np.array_equal(got.m2, want.m2)
+    with pytest.raises(ValueError):
+        column_moments([np.zeros(3), np.zeros(4)])

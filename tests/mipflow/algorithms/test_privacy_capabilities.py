@@ -17,7 +17,7 @@ from tests.mipflow.algorithms.test_contract import VALID
 #: Every capability member of the protocol.
 CAPABILITIES = ("secure_aggregation", "dp_release", "secure_aggregation_refusal", "secure_aggregates",
                 "parameter_count", "fold_sizes", "coarsen_for_release", "differencing_partition", "cluster_count",
-                "sealed_rounds", "pool_sealed", "masked_round")
+                "sealed_rounds", "pool_sealed", "masked_round", "row_weights")
 
 # What the per-control lists said before the algorithms declared it themselves.
 #: secagg.SUPPORTED minus secagg.EXPLICIT_ONLY
@@ -54,6 +54,8 @@ OWN_REFUSAL = {"kmeans"}
 OWN_SECURE_FORM = {"descriptive_stats", "logistic_regression_cv", "cox_regression"}
 #: the algorithms that mask only some rounds under secure aggregation (ADR 0048)
 MASKED_IN_PART = {"cox_regression"}
+#: the algorithms whose later rounds weigh the rows by a function of the iterate (ADR 0054)
+ITERATE_WEIGHTED = {"logistic_regression", "logistic_regression_cv", "cox_regression", "gee"}
 
 
 def _overrides(member: str) -> set[str]:
@@ -97,6 +99,7 @@ def test_every_algorithm_answers_every_capability(name) -> None:
     if name not in OWN_SECURE_FORM:
         assert secure is coarse
     assert alg.differencing_partition(0, data, req, None) is None  # round 0 releases no partition
+    assert alg.row_weights(0, data, req, MODEL, None) is None  # round 0: no iterate weighs the rows
 
 
 def test_the_capabilities_are_what_the_controls_listed_before() -> None:
@@ -117,6 +120,7 @@ def test_the_capabilities_are_what_the_controls_listed_before() -> None:
     assert _overrides("secure_aggregation_refusal") == OWN_REFUSAL
     assert _overrides("secure_aggregates") == OWN_SECURE_FORM
     assert _overrides("masked_round") == MASKED_IN_PART
+    assert _overrides("row_weights") == ITERATE_WEIGHTED
     assert all(ALGORITHMS[n].masked_round(0, None) for n in set(ALGORITHMS) - MASKED_IN_PART)
 
 

@@ -12,7 +12,7 @@ transport (:mod:`mipflow.node.api.app`) authenticates the call before
 :func:`answer_step` and maps the errors to HTTP afterwards; every request
 answered or refused here gets exactly one audit record.
 
-Order (ADR 0002, 0010, 0013, 0014, 0015, 0024, 0029, 0046)::
+Order (ADR 0002, 0010, 0013, 0014, 0015, 0024, 0029, 0046, 0054)::
 
     parse_step           body, nfilter_string, AnalysisRequest          (400 / 403)
     resolve_algorithm    vetted step code, digest, disabled_algorithm   (400 / 403)
@@ -35,6 +35,8 @@ Order (ADR 0002, 0010, 0013, 0014, 0015, 0024, 0029, 0046)::
     run_local_step       the algorithm's local step                    (400 on a state that does not fit;
                                                                         explore: skipped, the release computes)
     check_partition      differencing: k-means assignments             (403 differencing)
+    check_weights        effective rows of sums weighted by the iterate (403 effective_rows, ADR 0054;
+                                                                        explore: skipped)
     check_release        disclosure controls on the aggregates         (403; explore: skipped)
     add_noise            differential privacy, charged to the budget   (403 dp_*; explore: keyed noise, charged,
                                                                         then min_row_count / nfilter_* / cells
@@ -382,6 +384,22 @@ def check_partition(request: StepRequest, context: StepContext, work: StepWork) 
             threshold, work.settings.partitions_per_cohort, setting)
 
 
+def check_weights(request: StepRequest, context: StepContext, work: StepWork) -> None:
+    """Effective rows (ADR 0054): a round whose sums the algorithm weights per row by a function of
+    the verified iterate (``row_weights``: logistic regression, Cox regression, GEE with a non-identity
+    link) is refused when those weights rest on fewer than ``min_row_count`` rows in effect (control
+    ``effective_rows``), however many rows the step reads: a diverging fit's sums are a few patients'
+    records.  Explore mode: skipped (a noisy single-round release, no iterate)."""
+    weights = getattr(work.algo, "row_weights", None)
+    if work.explore is not None or weights is None or work.settings.min_row_count <= 1:
+        return
+    from mipflow.node.controls.effective_rows import check_effective_rows
+
+    with _reading_the_state(request):
+        vectors = weights(request.round, work.data, request.analysis, work.model, work.state)
+        check_effective_rows(vectors, work.settings.min_row_count)
+
+
 def check_release(request: StepRequest, context: StepContext, work: StepWork) -> None:
     """Disclosure controls on the aggregates: refusals and suppressed cells (ADR 0002; explore mode:
     on the noisy aggregates, by :func:`add_noise`)."""
@@ -527,6 +545,7 @@ CHAIN: tuple[Control, ...] = (
     check_cohort,
     run_local_step,
     check_partition,
+    check_weights,
     check_release,
     add_noise,
     check_finite,

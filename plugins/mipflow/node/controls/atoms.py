@@ -103,7 +103,9 @@ def atoms_of(sets: Sequence[np.ndarray]) -> Atoms:
     if len(members) <= 64:  # each patient's sets as one 64-bit mask: atoms are the distinct masks
         code = np.zeros(universe.size, dtype=np.uint64)
         for j, keys in enumerate(members):
-            code[np.searchsorted(universe, keys)] |= np.uint64(1) << np.uint64(j)
+            # a set as large as the universe is the universe (both sorted, unique): no search
+            at = slice(None) if keys.size == universe.size else np.searchsorted(universe, keys)
+            code[at] |= np.uint64(1) << np.uint64(j)
         order = np.argsort(code, kind="stable")
         ordered = code[order]
         starts = np.flatnonzero(np.concatenate([[True], ordered[1:] != ordered[:-1]]))

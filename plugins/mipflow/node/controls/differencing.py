@@ -56,10 +56,10 @@ from mipflow.algorithms.contract import Algorithm
 from mipflow.node.controls.partitions import PARTITIONS_PER_COHORT, PartitionMemory
 from mipflow.node.controls.ledger import (  # noqa: F401 - the ledger's names, where they were before ADR 0030
     CHAIN_COHORTS, LEDGER_FILE, CohortLedger, cohort_digest, decode_keys, encode_keys, pair_conflict, related,
-    sorted_unique,
+    sorted_unique, unique_of_sorted,
 )
 from mipflow.node.query.rowkeys import (  # noqa: F401 - the read's key columns, named here too
-    KEY_OWNER, PID_KEY, ROW_KEY, key_fingerprint, pid_md5, row_md5,
+    KEY_OWNER, PID_KEY, ROW_KEY, key_fingerprint, pid_md5, row_md5, sorted_keys_of,
 )
 
 
@@ -182,9 +182,15 @@ def cohort_masks(frame: pd.DataFrame, variables: Sequence[str], complete_case: b
     """
     n = len(frame)
     columns = [c for c in variables if c in frame.columns]
-    present = frame[columns].notna().to_numpy() if columns else np.ones((n, 0), dtype=bool)
-    complete = present.all(axis=1) if n else np.ones(0, dtype=bool)
-    base = [complete] if complete_case else [np.ones(n, dtype=bool), *present.T, complete]
+    if complete_case and frame.columns.is_unique:  # one column at a time: no (rows x columns) matrix
+        complete = np.ones(n, dtype=bool)
+        for column in dict.fromkeys(columns):
+            complete &= frame[column].notna().to_numpy()
+        base = [complete]
+    else:
+        present = frame[columns].notna().to_numpy() if columns else np.ones((n, 0), dtype=bool)
+        complete = present.all(axis=1) if n else np.ones(0, dtype=bool)
+        base = [complete] if complete_case else [np.ones(n, dtype=bool), *present.T, complete]
     masks = list(base)
     for column in by:
         if column not in frame.columns:
@@ -214,8 +220,13 @@ def cohort_sets_and_patients(frame: pd.DataFrame, variables: Sequence[str], comp
     pids = patient_keys(frame, key)
     masks = cohort_masks(frame, variables, complete_case, by)
     used = keys[masks[0]] if complete_case else keys
-    cohorts = [sorted_unique(keys[m]) for m in masks]
-    patients = None if pids is None else [sorted_unique(pids[m]) for m in masks]
+    # every row used: the read's sorted keys, when it found them sorted (a columnar snapshot), else a sort
+    presorted = sorted_keys_of(frame, keys, pids) if masks[0].all() else None
+    cohorts = [unique_of_sorted(presorted[0]) if presorted is not None and i == 0 else sorted_unique(keys[m])
+               for i, m in enumerate(masks)]
+    patients = None if pids is None else [
+        unique_of_sorted(presorted[1]) if presorted is not None and i == 0 else sorted_unique(pids[m])
+        for i, m in enumerate(masks)]
     return cohorts, patients, used
 
 

@@ -59,3 +59,40 @@ def identity_keys(pids: Sequence[str | None], datasets: Sequence[str | None], vi
     rows = pd.util.hash_array(digests, hash_key=key, categorize=False)
     digests = np.array([md5(p.encode("utf-8")).hexdigest() for p in pid_text], dtype=object)
     return rows, pd.util.hash_array(digests, hash_key=key, categorize=False)
+
+
+#: Instance attribute (not a column, not ``attrs``: no derived frame inherits it) of a frame read from a
+#: columnar snapshot: its row keys and patient keys, each sorted (ADR 0049, amended).
+_SORTED = "_mipflow_sorted_keys"
+
+
+def attach_sorted_keys(frame: object, rows: np.ndarray, patients: np.ndarray) -> None:
+    """Hand :func:`sorted_keys_of` the frame's :data:`ROW_KEY` and :data:`PID_KEY` columns' values each
+    sorted (repeats kept), as the read found them without a sort (the snapshot's key order)."""
+    object.__setattr__(frame, _SORTED, (rows, patients))
+
+
+def _fingerprint(values: np.ndarray) -> tuple[int, int, int, int]:
+    """Count, sum, xor and sum of squares (mod 2**64) of uint64 values: equal for a permutation."""
+    return (len(values), int(np.add.reduce(values, dtype=np.uint64)),
+            int(np.bitwise_xor.reduce(values)) if len(values) else 0,
+            int(np.dot(values, values)))  # wraps mod 2**64, no temporary array
+
+
+def sorted_keys_of(frame: object, rows: np.ndarray, patients: np.ndarray | None
+                   ) -> tuple[np.ndarray, np.ndarray] | None:
+    """The sorted row and patient keys attached to ``frame`` by its read, if they are those of ``rows``
+    and ``patients`` (the frame's key columns) in sorted order: non-decreasing, and the same count,
+    sum, xor and sum of squares.  None otherwise (no snapshot read, or anything amiss: the caller sorts)."""
+    hint = frame.__dict__.get(_SORTED) if hasattr(frame, "__dict__") else None
+    if hint is None or patients is None:
+        return None
+    sorted_rows, sorted_patients = hint
+    for ordered, values in ((sorted_rows, rows), (sorted_patients, patients)):
+        if ordered.dtype != np.uint64 or len(ordered) != len(values):
+            return None
+        if len(ordered) > 1 and not bool(np.all(ordered[1:] >= ordered[:-1])):
+            return None
+        if _fingerprint(ordered) != _fingerprint(np.asarray(values, dtype=np.uint64)):
+            return None
+    return sorted_rows, sorted_patients

@@ -9,7 +9,9 @@ that work once per change of the rows.  It holds, in the store's key order
   converts), per categorical variable (int32 codes, -1 where NULL, into a level table of the stored
   values) and for the dataset (codes and levels);
 * the ledger's row and patient keys (uint64, :func:`mipflow.node.query.rowkeys.identity_keys` under
-  the node's key, bit for bit those of the SQL read);
+  the node's key, bit for bit those of the SQL read), and each in key order with the rows' positions
+  (``*_sorted.npy``, ``*_order.npy``; ``meta.json``'s ``sorted_keys``): a selection's sorted keys,
+  which the differencing controls need, are a gather instead of a sort;
 * ``meta.json``: the stamp it was written at, the key's fingerprint, the row count, the columns and
   their level tables.  Text variables are not held.
 
@@ -49,7 +51,9 @@ import numpy as np
 import pandas as pd
 
 from mipflow.node.query.masks import MaskColumn, Unsupported, filter_mask
-from mipflow.node.query.rowkeys import KEY_OWNER, PID_KEY, ROW_KEY, identity_keys, key_fingerprint
+from mipflow.node.query.rowkeys import (
+    KEY_OWNER, PID_KEY, ROW_KEY, attach_sorted_keys, identity_keys, key_fingerprint,
+)
 from mipflow.node.store.stamp import (
     SNAPSHOT_DIR,
     current_stamp,
@@ -312,6 +316,8 @@ def _write_rows(cursor: sqlite3.Cursor, model: DataModel, table: str, tmp: Path,
         del columns, row_keys, pid_keys
     for writer in writers.values():
         writer.close()
+    for name in ("row_key", "pid_key"):
+        _write_sorted(tmp, name, rows)
     meta_columns: dict[str, Any] = {}
     for var in held:
         entry: dict[str, Any] = {"file": files[var.code], "usable": usable[var.code]}
@@ -323,7 +329,33 @@ def _write_rows(cursor: sqlite3.Cursor, model: DataModel, table: str, tmp: Path,
             entry["usable"] = not found.mixed and all(isinstance(v, (int, float, str)) for v in found.values)
         meta_columns[var.code] = entry
     dataset_ok = not datasets.mixed and all(isinstance(v, str) for v in datasets.values)
-    return {"rows": rows, "columns": meta_columns, "datasets": datasets.values if dataset_ok else None}
+    return {"rows": rows, "columns": meta_columns, "datasets": datasets.values if dataset_ok else None,
+            "sorted_keys": True}
+
+
+def _write_sorted(tmp: Path, name: str, rows: int) -> None:
+    """Beside a key file ``<name>.npy``: ``<name>_order.npy``, the rows' positions in key order (a
+    stable sort), and ``<name>_sorted.npy``, the keys in that order.  A selection's sorted keys are then
+    a gather of its mask, not a sort (:func:`_sorted_selection`)."""
+    keys = np.load(tmp / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+    order = np.argsort(keys, kind="stable")
+    positions = _ColumnFile(tmp / f"{name}_order.npy", np.int64, rows)
+    ordered = _ColumnFile(tmp / f"{name}_sorted.npy", np.uint64, rows)
+    for start in range(0, rows, CHUNK_ROWS):
+        chunk = order[start:start + CHUNK_ROWS]
+        positions.append(chunk)
+        ordered.append(keys[chunk])
+    positions.close()
+    ordered.close()
+    del keys, order
+
+
+def _sorted_selection(snapshot: Snapshot, name: str, mask: np.ndarray | None) -> np.ndarray:
+    """The keys of file ``name`` at the rows ``mask`` selects (None: every row), sorted."""
+    ordered = np.asarray(snapshot.array(f"{name}_sorted"))
+    if mask is None:
+        return np.array(ordered)
+    return ordered[mask[np.asarray(snapshot.array(f"{name}_order"))]]
 
 
 def current_snapshot(store: Any, model: DataModel, key: str) -> Snapshot | None:
@@ -424,7 +456,12 @@ def select_columns(snapshot: Snapshot, model: DataModel, chosen: list[Variable],
         data = np.asarray(snapshot.array(entry["file"]))
         mask &= ~np.isnan(data) if entry["kind"] == "numerical" else data >= 0
         del data
-    if mask.all():  # every row: whole copies (a memory copy, no gather)
+    whole = bool(mask.all())
+    # the selection's keys sorted, from the snapshot's key order (a gather, no sort; the differencing
+    # controls check them against the key columns before they use them)
+    presorted = [_sorted_selection(snapshot, name, None if whole else mask) for name in ("row_key", "pid_key")] \
+        if snapshot.meta.get("sorted_keys") else None
+    if whole:  # every row: whole copies (a memory copy, no gather)
         del mask
 
         def take(name: str) -> np.ndarray:
@@ -447,4 +484,6 @@ def select_columns(snapshot: Snapshot, model: DataModel, chosen: list[Variable],
     frame = pd.DataFrame({name: pd.Series(values, dtype=dtypes[name], copy=False)
                           for name, values in outputs.items()}, copy=False)
     frame.attrs[KEY_OWNER] = key_fingerprint(row_key)
+    if presorted is not None:
+        attach_sorted_keys(frame, *presorted)
     return frame

@@ -31,6 +31,7 @@ from mipflow.node.home import NodeHome
 from mipflow.node.store.tables import (
     BATCH_COUNT_COLUMNS,
     BATCH_COUNTS_MARKER,
+    CONSENT_APPLIED,
     KEY_COLUMNS,
     LINEAGE_COLUMNS,
     PATH_NAMES_MARKER,
@@ -336,18 +337,29 @@ class FeatureStore:
         -------
         dict
             ``loaded``: every batch id that loaded rows (status ``loaded``), oldest first;
-            ``latest``: the ``latest`` most recent of them, newest first; ``registry_updated``: the
-            last rewrite of the datasets registry (every load and consent deletion rewrites it).
-            No row count.
+            ``latest``: the ``latest`` most recent of them, newest first; ``consent``: the digest of
+            the withdrawn set last applied (:meth:`record_consent_applied`). No row count, and nothing
+            that moves only when a withdrawal deleted rows (a consent deletion rewrites the datasets
+            registry, so its rewrite time is not given: it would tell a member's withdrawal from a
+            stranger's).
         """
         query = (sa.select(batches_table.c.batch_id)
                  .where(batches_table.c.data_model == data_model, batches_table.c.status == "loaded")
                  .order_by(batches_table.c.finished_at, batches_table.c.batch_id))
-        updated = sa.select(sa.func.max(datasets_table.c.updated_at)).where(datasets_table.c.data_model == data_model)
+        consent = sa.select(meta_table.c.value).where(meta_table.c.name == CONSENT_APPLIED)
         with self.engine.connect() as conn:
             loaded = [row.batch_id for row in conn.execute(query)]
-            registry_updated = conn.execute(updated).scalar_one_or_none()
-        return {"loaded": loaded, "latest": loaded[::-1][:latest], "registry_updated": registry_updated or ""}
+            applied = conn.execute(consent).scalar_one_or_none()
+        return {"loaded": loaded, "latest": loaded[::-1][:latest], "consent": applied or ""}
+
+    def record_consent_applied(self, digest: str) -> None:
+        """Record the digest of the withdrawn set just applied (a no-op when it is the one recorded)."""
+        with self.begin() as conn:
+            row = conn.execute(sa.select(meta_table.c.value).where(meta_table.c.name == CONSENT_APPLIED)).first()
+            if row is not None and row.value == digest:
+                return
+            conn.execute(meta_table.delete().where(meta_table.c.name == CONSENT_APPLIED))
+            conn.execute(meta_table.insert().values(name=CONSENT_APPLIED, value=digest, updated_at=utcnow()))
 
     def count_rows(self, model: DataModel) -> int:
         table = self.model_table(model)

@@ -159,6 +159,8 @@ db_extracts_table = sa.Table(
 PATH_NAMES_MARKER = ("manifest_paths", "hmac-sha256")
 #: ``mipflow_meta`` entry recording that ``mipflow_batches`` has :data:`BATCH_COUNT_COLUMNS`.
 BATCH_COUNTS_MARKER = ("batch_count_columns", "v1")
+#: ``mipflow_meta`` row holding the digest of the withdrawn set last applied (the data version follows it)
+CONSENT_APPLIED = "consent_applied"
 
 
 def data_model_table(model: DataModel, dialect: str) -> sa.Table:

@@ -13,7 +13,8 @@ from mipflow.node.controls.atoms import check_addition, node_primes
 from mipflow.node.controls.differencing import (
     DifferencingGuard, cohort_sets_and_patients, hash_key, patient_keys, row_keys,
 )
-from mipflow.node.controls.ledger import CohortLedger, cohort_digest, encode_keys, related
+from mipflow.node.controls.keycodec import encode_keys_v1
+from mipflow.node.controls.ledger import CohortLedger, cohort_digest, related
 
 SECRET = bytes(range(32))
 PRIMES = node_primes(SECRET)
@@ -96,7 +97,7 @@ def test_a_ledger_from_before_keeps_working_and_gains_patients(tmp_path):
         conn.execute("CREATE TABLE cohorts (data_model TEXT NOT NULL, digest TEXT NOT NULL, n_rows INTEGER NOT NULL, "
                      "keys BLOB NOT NULL, first_at TEXT NOT NULL, PRIMARY KEY (data_model, digest))")
         conn.execute("INSERT INTO cohorts VALUES (?, ?, ?, ?, ?)",
-                     ("m:1", cohort_digest("m:1", everyone), 100, encode_keys(everyone), "2026-01-01T00:00:00"))
+                     ("m:1", cohort_digest("m:1", everyone), 100, encode_keys_v1(everyone), "2026-01-01T00:00:00"))
     ledger = CohortLedger(tmp_path)
     assert list(ledger.cohorts("m:1")) == [cohort_digest("m:1", everyone)]
     _refused(ledger, "m:1", everyone[1:])  # by rows, as before
