@@ -10,7 +10,8 @@ from mipflow.node.controls.differencing import cohort_sets_and_patients, patient
 from mipflow.node.query.rowkeys import attach_sorted_keys, sorted_keys_of
 from mipflow.node.query.snapshot import current_snapshot, select_columns
 from tests.mipflow.node.query.cases import ALL_DATASETS, FILTER_CASES
-from tests.mipflow.node.query.test_snapshot import HELD, KEY, MODEL, _check_variables, _uses_text, home  # noqa: F401
+from tests.mipflow.node.query.test_snapshot import HELD, KEY, MODEL, _check_variables, _uses_text
+from tests.mipflow.node.query.test_snapshot import home as home  # noqa: F401  (the fixture)
 from tests.mipflow.node.query.test_snapshot import snapshot_read
 
 CASES = [pytest.param(case.values[0], id=case.id) for case in FILTER_CASES if not _uses_text(case.values[0])]
