@@ -51,13 +51,15 @@ from __future__ import annotations
 
 import math
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
 from mipflow.algorithms.contract import Step
 from mipflow.algorithms.design import category_codes
 from mipflow.algorithms.dp_release import DPRelease, Noise, Released, one_block
+from mipflow.algorithms import survival_pooled as pooled_bins
+from mipflow.algorithms.sealed import SEALED, pooled_sums
 from mipflow.algorithms.spec import NOMINAL, InputSpec, ParamSpec, SpecAlgorithm
 from mipflow.algorithms.survival import (
     FOLLOW_UP_KEY,
@@ -142,6 +144,14 @@ class KaplanMeier(SpecAlgorithm):
         **SURVIVAL_PARAMETERS,
         # a confidence level here, unlike the tests' alpha; under 0.5 it is most likely a significance
         # level sent by mistake (ADR 0022)
+        pooled_bins.BINS_PARAMETER: ParamSpec(
+            types=("text",), default=pooled_bins.AUTO, notblank=True,
+            enums=(pooled_bins.AUTO, pooled_bins.POOLED, pooled_bins.PER_NODE), label="Time bins",
+            description="pooled: one partition derived from the nodes' pooled counts, every pooled count at "
+                        "least nfilter_tab, each node's counts masked (needs secure aggregation among at least "
+                        "3 nodes); per_node: each node's own safe bins, the ends common to all kept; auto "
+                        "(default): pooled when the analysis is masked among at least 3 nodes "
+                        "(docs/adr/0052-pooled-survival-bins.md)"),
         "alpha": ParamSpec(types=("real",), central_only=True, default=0.95, min=0.5, max=1.0, max_exclusive=True,
                            label="Confidence level (alpha)",
                            description="The confidence level of the survival intervals (0.95: 95 % "
@@ -179,8 +189,22 @@ class KaplanMeier(SpecAlgorithm):
             # per level of the event variable: the merge's input, never released (ADR 0008)
             groups.append({"level": level, "events": events.tolist(), "censored": censored.tolist(),
                            "series": leaving_series(index, data, request, model, fine, mask)})
+        group_n = [int(sum(g["events"]) + sum(g["censored"])) for g in groups]
+        if pooled_bins.is_pooled(params):  # one partition from the pooled counts (ADR 0052)
+            if state is None:  # round 0: the fine counts sealed (masked) to the participants, group_n in the clear
+                return {"group_n": group_n, SEALED: pooled_bins.sealed_counts(groups)}
+            if state.get("phase") != pooled_bins.PHASE:
+                raise RequestError(f"state.phase must be {pooled_bins.PHASE!r}")
+            pool = pooled_sums(state, "Kaplan-Meier's pooled time bins")
+            out = {"group_n": group_n, "nodes": 1,
+                   "groups": [{k: g[k] for k in ("events", "censored", "series")} for g in groups],
+                   pooled_bins.POOL_KEY: pool, POINTS_KEY: request_points(time_var, params["bin_width"], None),
+                   LEVEL_KEY: request_level(time_var, params["bin_width"])}
+            if params["max_time"] is not None:
+                out[FOLLOW_UP_KEY] = request_points(time_var, params["bin_width"], params["max_time"])[-1]
+            return out
         # Fine counts: without coarsen_for_release a node refuses them (group_counts)
-        out = {"group_n": [int(sum(g["events"]) + sum(g["censored"])) for g in groups],
+        out = {"group_n": group_n,
                "groups": groups, "group_counts": released_cells(groups),
                # the request's grid on the fine grid (from the request and the data model)
                POINTS_KEY: request_points(time_var, params["bin_width"], None),
@@ -200,6 +224,10 @@ class KaplanMeier(SpecAlgorithm):
         The merge sees neither ``bin_width`` nor ``max_time``: every release is a function of the
         canonical one.  Its counts are checked too (``cell_n``, checked and not sent), so every request
         is refused exactly when the canonical release would be."""
+        if pooled_bins.POOL_KEY in aggregates:  # round 1 of pooled bins: pooled cells checked (ADR 0052)
+            return pooled_bins.pooled_release(aggregates, min_count)
+        if "groups" not in aggregates:  # round 0 of pooled bins: group_n only in the clear
+            return aggregates
         last = aggregates.get(FOLLOW_UP_KEY)
         points = aggregates.get(POINTS_KEY)
         rest = {k: v for k, v in aggregates.items() if k not in (FOLLOW_UP_KEY, POINTS_KEY, LEVEL_KEY)}
@@ -211,6 +239,38 @@ class KaplanMeier(SpecAlgorithm):
 
     dp_release = DPRelease(one_block, _dp_release, _dp_rows, note=DP_NOTE)
 
+    #: Pooled bins (ADR 0052): round 0's fine counts go to the participating nodes only, masked so
+    #: that each learns the pool; round 1 is masked.  Per-node bins: one round in the clear.
+    sealed_rounds = True
+    sealed_masked = True
+    secure_aggregation = "automatic"
+
+    def masked_round(self, round: int, state: dict | None) -> bool:
+        """Only round 1 of pooled bins is masked (state phase ``pooled``): round 0 releases per-node
+        ``group_n`` (and, with per-node bins, each node's own bins, which the centre intersects)."""
+        return isinstance(state, dict) and state.get("phase") == pooled_bins.PHASE
+
+    def secure_aggregates(self, aggregates: dict, request: AnalysisRequest, model: DataModel) -> dict:
+        """The masked sum of round 1: the node's counts in slots, ``group_n`` and ``nodes`` (the pooled
+        cells the controls checked stay out: every node derived the same)."""
+        return {k: v for k, v in aggregates.items() if k in ("slots", "group_n", "nodes")}
+
+    def pool_sealed(self, parts: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+        """Round 0's fine counts added (their masks cancel in the sum)."""
+        return pooled_bins.pool(parts)
+
+    def pooled_threshold(self, request: AnalysisRequest, model: DataModel) -> bool:
+        """Whether the request's bins are derived from pooled counts (checked against ``nfilter_tab``
+        pooled): the node then requires masking among pinned participants and one participant set and
+        pool per cohort (:mod:`mipflow.node.controls.pooled_bins`)."""
+        return pooled_bins.is_pooled(self.params(request, model))
+
+    def session_request(self, request: dict, masked_participants: int, fallback: bool) -> dict:
+        """The request of one attempt of the central site: ``survival_bins = auto`` decided
+        (:func:`mipflow.algorithms.survival_pooled.resolve`)."""
+        parameters = pooled_bins.resolve(request.get("parameters") or {}, masked_participants, fallback)
+        return {**request, "parameters": parameters}
+
     # -- global -----------------------------------------------------------------
 
     def global_step(self, round: int, aggregates: list[dict], request: AnalysisRequest,
@@ -219,6 +279,18 @@ class KaplanMeier(SpecAlgorithm):
 
         if any("noise" in a for a in aggregates):
             return Step(done=True, result=json_ready(_noisy_survival(self, aggregates, request, model)))
+        partition = "per_node"
+        if state is None and aggregates and all("groups" not in a for a in aggregates):
+            # round 0 of pooled bins: the nodes pool their sealed counts; the masked round follows
+            return Step(done=False, state={"phase": pooled_bins.PHASE})
+        if state is not None:
+            if state.get("phase") != pooled_bins.PHASE:
+                raise RequestError(f"state.phase must be {pooled_bins.PHASE!r}")
+            if all("slots" in a for a in aggregates):
+                aggregates = [{"groups": pooled_bins.read_slots(aggregates)}]
+                partition = "pooled"
+        elif any("groups" not in a for a in aggregates):
+            raise RequestError("some nodes answered with pooled time bins and others with their own")
         params = self.params(request, model)
         time_var = model.variable(request.y[0])
         fine = fine_grid(time_var)
@@ -261,9 +333,10 @@ class KaplanMeier(SpecAlgorithm):
             "event_variable": request.y[1],
             "event_level": params["event_level"],
             "grouping_variable": request.x[0] if request.x else None,
-            "binning": _with_follow_up(binning_summary(time_var, grid, params["bin_width"], shared, points,
-                                                       request_level(time_var, params["bin_width"])),
-                                       params, grid, cut_moved=cut < asked_end),
+            "binning": _partition_label(_with_follow_up(
+                binning_summary(time_var, grid, params["bin_width"], shared, points,
+                                request_level(time_var, params["bin_width"])),
+                params, grid, cut_moved=cut < asked_end), partition),
             "confidence": params["alpha"],
             "ci_method": "log-log",
             "curves": curves,
@@ -282,6 +355,16 @@ def _part(group: dict, default_ends: int | Sequence[int]) -> tuple[list[int], li
     if len(ends) != len(events) or len(events) != len(censored):
         raise RequestError("a node's survival counts do not match its time bins")
     return list(ends), list(events), list(censored)
+
+
+def _partition_label(binning: dict, partition: str) -> dict:
+    """``binning`` saying whose bins these are: ``pooled`` (one partition derived from the nodes' pooled
+    counts, every pooled count at least nfilter_tab, each node's counts masked: ADR 0052) or
+    ``per_node`` (each node's own safe bins, the ends common to every node kept)."""
+    how = ("one partition derived by every node from the nodes' pooled counts (every pooled count 0 or at least "
+           "nfilter_tab), each node's counts masked" if partition == "pooled" else
+           "each node's own bins (every node's counts 0 or at least nfilter_tab), the ends common to every node")
+    return {**binning, "partition": partition, "note": f"{binning['note']}; time bins: {how}"}
 
 
 def _with_follow_up(binning: dict, params: dict, grid: np.ndarray, cut_moved: bool) -> dict:
