@@ -107,6 +107,7 @@ class Algorithm(Protocol):
     bin_count_setting: str
     group_count_setting: str
     sealed_rounds: bool
+    sealed_masked: bool
 
     def secure_aggregation_refusal(self, request: AnalysisRequest) -> str | None: ...
 
@@ -125,6 +126,10 @@ class Algorithm(Protocol):
                                state: dict | None) -> np.ndarray | None: ...
 
     def pool_sealed(self, parts: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]: ...
+
+    def pooled_threshold(self, request: AnalysisRequest, model: DataModel) -> bool: ...
+
+    def session_request(self, request: dict, masked_participants: int, fallback: bool) -> dict: ...
 
 
 # --------------------------------------------------------------------------- privacy capabilities
@@ -155,7 +160,12 @@ class Algorithm(Protocol):
 #   under the aggregate key ``sealed`` (:mod:`mipflow.algorithms.sealed`, ADR 0046): the node seals
 #   them to every participant after its controls saw them, the central site forwards ciphertexts, and
 #   each node pools what it opens (``pool_sealed``, default: elementwise sums) for its next local step
-#   (state key ``sealed_pooled``); the global step never reads them;
+#   (state key ``sealed_pooled``); the global step never reads them; ``sealed_masked``: they are masked
+#   before sealing, so that each peer learns only their pool (ADR 0052);
+# * ``pooled_threshold``: a request whose release is checked on counts pooled over the participants
+#   (Kaplan-Meier's pooled time bins, ADR 0052), which a node answers only masked among at least 3
+#   pinned participants, one participant set and pool per cohort; ``session_request``: the request
+#   of one attempt given the participants it masks (Kaplan-Meier's ``survival_bins = auto``);
 # * ``released_by``: row columns (e.g. ``dataset``) whose levels split its released statistics;
 #   each level's rows enter the differencing ledger as cohorts of their own.  (Rows complete on
 #   every variable, released by an algorithm that is not complete-case, e.g. ``descriptive_stats``'s

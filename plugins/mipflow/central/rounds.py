@@ -177,10 +177,7 @@ def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequen
             break
         # the request of this attempt: an algorithm may decide a parameter from the attempt's masking
         # (Kaplan-Meier's survival_bins, ADR 0052); the result records the request as sent
-        attempt_doc = request_doc
-        if hasattr(algorithm, "session_request"):
-            attempt_doc = algorithm.session_request(request_doc, len(session.participants) if session else 0,
-                                                    declined)
+        attempt_doc = algorithm.session_request(request_doc, len(session.participants) if session else 0, declined)
         attempt = AnalysisRequest.from_dict(attempt_doc)
         verified = _Rounds(roster, who.analysis_id, algorithm_name, attempt_doc)
         state: dict | None = None

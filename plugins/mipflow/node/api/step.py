@@ -441,7 +441,7 @@ def seal(request: StepRequest, context: StepContext, work: StepWork) -> None:
         raise rounds.refuse("this step's sums are for the participating nodes only, sealed to each of them: "
                             "it needs a transcript naming the participants")
     sums = work.aggregates[SEALED]
-    if getattr(work.algo, "sealed_masked", False):  # the peers learn only the pool (ADR 0052)
+    if work.algo.sealed_masked:  # the peers learn only the pool (ADR 0052)
         from mipflow.secagg.crypto import context_digest
         from mipflow.secagg.sealed_masks import mask_sums
 

@@ -48,8 +48,7 @@ def _refuse(what: str) -> DisclosureError:
 
 def is_pooled(work: Any, request: Any) -> bool:
     """Whether the step's release is checked on pooled counts (and not an explore mode release)."""
-    check = getattr(work.algo, "pooled_threshold", None)
-    return check is not None and work.explore is None and bool(check(request.analysis, work.model))
+    return work.explore is None and bool(work.algo.pooled_threshold(request.analysis, work.model))
 
 
 def require_pooled_masking(request: Any, context: Any, work: Any) -> None:
