@@ -64,6 +64,17 @@ def mask_sums(own: Any, participants: Mapping[str, bytes], context: bytes,
             "masked": base64.b64encode(vector.astype("<u8").tobytes()).decode("ascii")}
 
 
+def mask_step_sums(own: Any, participants: Mapping[str, bytes], sums: Mapping[str, Any], *, analysis_id: str,
+                   algorithm: str, round_no: int, request: Mapping[str, Any], state: Any) -> dict[str, Any]:
+    """:func:`mask_sums` for one step: the seeds bound to the analysis, the round, the request, the
+    state and the participants, apart from the round's masked release (``algorithm + "|sealed"``)."""
+    from mipflow.secagg.crypto import context_digest
+
+    context = context_digest(analysis_id=analysis_id, algorithm=f"{algorithm}|sealed", round_no=round_no,
+                             request=request, state=state, participants=participants.values())
+    return mask_sums(own, participants, context, sums)
+
+
 def is_masked(part: Any) -> bool:
     """Whether ``part`` is a masked sealed payload (:func:`mask_sums`)."""
     return isinstance(part, Mapping) and part.get("scheme") == MASKED_SCHEME

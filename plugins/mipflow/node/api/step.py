@@ -442,14 +442,11 @@ def seal(request: StepRequest, context: StepContext, work: StepWork) -> None:
                             "it needs a transcript naming the participants")
     sums = work.aggregates[SEALED]
     if work.algo.sealed_masked:  # the peers learn only the pool (ADR 0052)
-        from mipflow.secagg.crypto import context_digest
-        from mipflow.secagg.sealed_masks import mask_sums
+        from mipflow.secagg.sealed_masks import mask_step_sums
 
-        participants = work.transcript.participants
-        step_context = context_digest(analysis_id=str(request.analysis_id), algorithm=f"{request.algorithm}|sealed",
-                                      round_no=request.round, request=request.analysis.to_dict(),
-                                      state=request.state, participants=participants.values())
-        sums = mask_sums(cached_keypair(context.home.root), participants, step_context, sums)
+        sums = mask_step_sums(cached_keypair(context.home.root), work.transcript.participants, sums,
+                              analysis_id=str(request.analysis_id), algorithm=request.algorithm,
+                              round_no=request.round, request=request.analysis.to_dict(), state=request.state)
     work.aggregates = {**work.aggregates, SEALED: sealing.seal(
         cached_keypair(context.home.root), context.name, work.transcript.participants, sums,
         analysis_id=str(request.analysis_id), algorithm=request.algorithm, chain=str(work.chain),
