@@ -4,7 +4,7 @@
 level ``event_level`` marks the event; every other level is a censoring),
 optional ``x`` = one nominal grouping variable.
 
-One round.  Each node counts events and censorings per point of the data
+One round (per-node bins; pooled bins: below).  Each node counts events and censorings per point of the data
 model's **fine grid** of the time variable, per group
 (:mod:`mipflow.algorithms.survival`); its disclosure controls merge adjacent
 points until no released count is below ``nfilter_tab`` (the canonical
@@ -29,6 +29,17 @@ and a log-rank test of equal survival across the groups present (on the
 bins common to every group; chi2 with ``groups - 1`` df, as statsmodels'
 ``survdiff``).  ``binning.method`` is ``exact`` only when every distinct time
 had its own bin.
+
+Pooled bins (ADR 0052)
+----------------------
+Per-node bins keep few time points at a few hundred patients per node (each node's own counts
+must reach ``nfilter_tab`` and only the ends common to every node survive).  With ``survival_bins =
+"pooled"`` (decided by the central site: ``auto`` when secure aggregation masks at least 3 pinned
+participants) the analysis takes two rounds: the nodes seal their fine counts to each other, masked
+(each learns only the pool), then each derives the same bins from the pooled counts (every pooled
+count 0 or at least ``nfilter_tab``) and releases its own counts on them masked
+(:mod:`mipflow.algorithms.survival_pooled`; the node's rule: :mod:`mipflow.node.controls.pooled_bins`).
+The result says which: ``binning.partition`` is ``pooled`` or ``per_node``.
 
 Noisy release (explore mode, a node with differential privacy; ADR 0032)
 -----------------------------------------------------------------------

@@ -123,3 +123,5 @@ def test_pooled_bins_equal_the_pooled_computation_and_release_no_small_pooled_co
     check_km(result, pooled, grouped)
     for curve in result["curves"]:
         assert all(v == 0 or v >= tab for v in (*curve["events"], *curve["censored"]))
+        # every pooled cell is 0 or at least tab, so nobody derives fewer than tab patients at risk
+        assert all(v >= tab for v in curve["at_risk"])
