@@ -244,15 +244,15 @@ def test_a_request_outside_the_study_fails_the_run_naming_what_to_change(dags, f
 
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14 item 7, open: each node's survival partition (fixed at "
-                   "approval for every cohort, group and nested difference of the study, ADR 0028) is as coarse "
-                   "as its thinnest cell needs, and the central keeps only the bin ends common to every node "
-                   "(mipflow.algorithms.survival.common_ends), so on ~170 patients per node the curve keeps a "
-                   "few of the weekly time points; needs a partition shared across nodes or a pooled threshold")
 def test_kaplan_meier_in_the_study_keeps_the_weekly_time_points_of_the_pooled_curve(dags, federation) -> None:
+    """Issue 14 item 7: on ~430 patients per node the study's per-node partitions keep a curve of one or
+    two time points; masked among the three pinned nodes, the bins are derived from the pooled counts
+    of the study's family (ADR 0052), and the curve equals the pooled computation on them."""
     doc = answered(dags, federation, "federated_kaplan_meier", y=["followup_days", "death_90d"], x="sex",
                    event_level="yes", bin_width=7.0)
     snapshot = federation["snapshot"]
+    assert doc["result"]["binning"]["partition"] == "pooled"
+    check_km(doc["result"], snapshot, grouped=True)
     for curve in doc["result"]["curves"]:
         rows = snapshot[(snapshot["sex"] == curve["group"]) & (snapshot["death_90d"] == "yes")]
         weeks_with_deaths = np.unique(np.ceil(rows["followup_days"].to_numpy(dtype=float) / 7.0))

@@ -61,8 +61,10 @@ def survival_federation(tmp_path_factory) -> Iterator[tuple[list[NodeClient], di
 
 def test_kaplan_meier_via_http(survival_federation) -> None:
     clients, frames = survival_federation
-    doc = request("kaplan_meier", x=("sex",), bin_width=7.0).to_dict()
+    # per-node bins: every node's own counts must reach nfilter_tab
+    doc = request("kaplan_meier", x=("sex",), bin_width=7.0, survival_bins="per_node").to_dict()
     outcome = run_analysis("kaplan_meier", doc, clients)
+    assert outcome.result["binning"]["partition"] == "per_node"
     assert set(outcome.excluded) == {"hospital_c"}
     assert "(nfilter_tab)" in outcome.excluded["hospital_c"]
     used = ["hospital_a", "hospital_b"]
@@ -71,10 +73,16 @@ def test_kaplan_meier_via_http(survival_federation) -> None:
     check_km(outcome.result, pooled, grouped=True)
     check_km_lifelines(outcome.result, pooled, grouped=True)
     assert outcome.result["binning"]["method"] == "binned"
+    # pooled bins (automatic among the three pinned nodes, ADR 0052): only the pooled counts must reach
+    # nfilter_tab, and each node's are masked, so hospital_c's two deaths among its women take part
+    pooled_bins = run_analysis("kaplan_meier", request("kaplan_meier", x=("sex",), bin_width=7.0).to_dict(), clients)
+    assert pooled_bins.result["binning"]["partition"] == "pooled" and not pooled_bins.excluded
+    everyone = complete(pd.concat(frames.values(), ignore_index=True), KM_COLUMNS)
+    check_km(pooled_bins.result, everyone, grouped=True)
+    check_km_lifelines(pooled_bins.result, everyone, grouped=True)
     # without grouping every hospital can bin its counts safely
     whole = run_analysis("kaplan_meier", request("kaplan_meier").to_dict(), clients)
     assert not whole.excluded
-    everyone = complete(pd.concat(frames.values(), ignore_index=True), KM_COLUMNS)
     check_km(whole.result, everyone, grouped=False)
     check_km_lifelines(whole.result, everyone, grouped=False)
 

@@ -107,6 +107,7 @@ class Algorithm(Protocol):
     bin_count_setting: str
     group_count_setting: str
     sealed_rounds: bool
+    sealed_masked: bool
 
     def secure_aggregation_refusal(self, request: AnalysisRequest) -> str | None: ...
 
@@ -128,6 +129,10 @@ class Algorithm(Protocol):
 
     def row_weights(self, round: int, data: pd.DataFrame, request: AnalysisRequest, model: DataModel,
                     state: dict | None) -> Iterable[np.ndarray] | None: ...
+
+    def pooled_threshold(self, request: AnalysisRequest, model: DataModel) -> bool: ...
+
+    def session_request(self, request: dict, masked_participants: int, fallback: bool) -> dict: ...
 
 
 # --------------------------------------------------------------------------- privacy capabilities
@@ -158,7 +163,12 @@ class Algorithm(Protocol):
 #   under the aggregate key ``sealed`` (:mod:`mipflow.algorithms.sealed`, ADR 0046): the node seals
 #   them to every participant after its controls saw them, the central site forwards ciphertexts, and
 #   each node pools what it opens (``pool_sealed``, default: elementwise sums) for its next local step
-#   (state key ``sealed_pooled``); the global step never reads them;
+#   (state key ``sealed_pooled``); the global step never reads them; ``sealed_masked``: they are masked
+#   before sealing, so that each peer learns only their pool (ADR 0052);
+# * ``pooled_threshold``: a request whose release is checked on counts pooled over the participants
+#   (Kaplan-Meier's pooled time bins, ADR 0052), which a node answers only masked among at least 3
+#   pinned participants, one participant set and pool per cohort; ``session_request``: the request
+#   of one attempt given the participants it masks (Kaplan-Meier's ``survival_bins = auto``);
 # * ``row_weights``: the weights a round's sums put on the rows when the iterate in the state sets them
 #   (logistic regression's ``p (1 - p)`` and ``y - p``, Cox regression's ``exp(x'b)`` per risk set, a
 #   GEE's variance and residual): the node refuses a round whose weights rest on fewer than

@@ -4,7 +4,7 @@
 level ``event_level`` marks the event; every other level is a censoring),
 optional ``x`` = one nominal grouping variable.
 
-One round.  Each node counts events and censorings per point of the data
+One round (per-node bins; pooled bins: below).  Each node counts events and censorings per point of the data
 model's **fine grid** of the time variable, per group
 (:mod:`mipflow.algorithms.survival`); its disclosure controls merge adjacent
 points until no released count is below ``nfilter_tab`` (the canonical
@@ -30,6 +30,17 @@ bins common to every group; chi2 with ``groups - 1`` df, as statsmodels'
 ``survdiff``).  ``binning.method`` is ``exact`` only when every distinct time
 had its own bin.
 
+Pooled bins (ADR 0052)
+----------------------
+Per-node bins keep few time points at a few hundred patients per node (each node's own counts
+must reach ``nfilter_tab`` and only the ends common to every node survive).  With ``survival_bins =
+"pooled"`` (decided by the central site: ``auto`` when secure aggregation masks at least 3 pinned
+participants) the analysis takes two rounds: the nodes seal their fine counts to each other, masked
+(each learns only the pool), then each derives the same bins from the pooled counts (every pooled
+count 0 or at least ``nfilter_tab``) and releases its own counts on them masked
+(:mod:`mipflow.algorithms.survival_pooled`; the node's rule: :mod:`mipflow.node.controls.pooled_bins`).
+The result says which: ``binning.partition`` is ``pooled`` or ``per_node``.
+
 Noisy release (explore mode, a node with differential privacy; ADR 0032)
 -----------------------------------------------------------------------
 :data:`KaplanMeier.dp_release`: the node counts events and censorings per group and per point of the
@@ -51,14 +62,17 @@ from __future__ import annotations
 
 import math
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
 from mipflow.algorithms.contract import Step
 from mipflow.algorithms.design import category_codes
 from mipflow.algorithms.dp_release import DPRelease, Noise, Released, one_block
+from mipflow.algorithms import survival_pooled as pooled_bins
+from mipflow.algorithms.sealed import SEALED, pooled_sums
 from mipflow.algorithms.spec import NOMINAL, InputSpec, ParamSpec, SpecAlgorithm
+from mipflow.algorithms.survival_noise import noisy_curve, noisy_logrank
 from mipflow.algorithms.survival import (
     FOLLOW_UP_KEY,
     LEVEL_KEY,
@@ -142,6 +156,14 @@ class KaplanMeier(SpecAlgorithm):
         **SURVIVAL_PARAMETERS,
         # a confidence level here, unlike the tests' alpha; under 0.5 it is most likely a significance
         # level sent by mistake (ADR 0022)
+        pooled_bins.BINS_PARAMETER: ParamSpec(
+            types=("text",), default=pooled_bins.AUTO, notblank=True,
+            enums=(pooled_bins.AUTO, pooled_bins.POOLED, pooled_bins.PER_NODE), label="Time bins",
+            description="pooled: one partition derived from the nodes' pooled counts, every pooled count at "
+                        "least nfilter_tab, each node's counts masked (needs secure aggregation among at least "
+                        "3 nodes); per_node: each node's own safe bins, the ends common to all kept; auto "
+                        "(default): pooled when the analysis is masked among at least 3 nodes "
+                        "(docs/adr/0052-pooled-survival-bins.md)"),
         "alpha": ParamSpec(types=("real",), central_only=True, default=0.95, min=0.5, max=1.0, max_exclusive=True,
                            label="Confidence level (alpha)",
                            description="The confidence level of the survival intervals (0.95: 95 % "
@@ -179,8 +201,22 @@ class KaplanMeier(SpecAlgorithm):
             # per level of the event variable: the merge's input, never released (ADR 0008)
             groups.append({"level": level, "events": events.tolist(), "censored": censored.tolist(),
                            "series": leaving_series(index, data, request, model, fine, mask)})
+        group_n = [int(sum(g["events"]) + sum(g["censored"])) for g in groups]
+        if pooled_bins.is_pooled(params):  # one partition from the pooled counts (ADR 0052)
+            if state is None:  # round 0: the fine counts sealed (masked) to the participants, group_n in the clear
+                return {"group_n": group_n, SEALED: pooled_bins.sealed_counts(groups)}
+            if state.get("phase") != pooled_bins.PHASE:
+                raise RequestError(f"state.phase must be {pooled_bins.PHASE!r}")
+            pool = pooled_sums(state, "Kaplan-Meier's pooled time bins")
+            out = {"group_n": group_n, "nodes": 1,
+                   "groups": [{k: g[k] for k in ("events", "censored", "series")} for g in groups],
+                   pooled_bins.POOL_KEY: pool, POINTS_KEY: request_points(time_var, params["bin_width"], None),
+                   LEVEL_KEY: request_level(time_var, params["bin_width"])}
+            if params["max_time"] is not None:
+                out[FOLLOW_UP_KEY] = request_points(time_var, params["bin_width"], params["max_time"])[-1]
+            return out
         # Fine counts: without coarsen_for_release a node refuses them (group_counts)
-        out = {"group_n": [int(sum(g["events"]) + sum(g["censored"])) for g in groups],
+        out = {"group_n": group_n,
                "groups": groups, "group_counts": released_cells(groups),
                # the request's grid on the fine grid (from the request and the data model)
                POINTS_KEY: request_points(time_var, params["bin_width"], None),
@@ -200,6 +236,10 @@ class KaplanMeier(SpecAlgorithm):
         The merge sees neither ``bin_width`` nor ``max_time``: every release is a function of the
         canonical one.  Its counts are checked too (``cell_n``, checked and not sent), so every request
         is refused exactly when the canonical release would be."""
+        if pooled_bins.POOL_KEY in aggregates:  # round 1 of pooled bins: pooled cells checked (ADR 0052)
+            return pooled_bins.pooled_release(aggregates, min_count)
+        if "groups" not in aggregates:  # round 0 of pooled bins: group_n only in the clear
+            return aggregates
         last = aggregates.get(FOLLOW_UP_KEY)
         points = aggregates.get(POINTS_KEY)
         rest = {k: v for k, v in aggregates.items() if k not in (FOLLOW_UP_KEY, POINTS_KEY, LEVEL_KEY)}
@@ -211,6 +251,38 @@ class KaplanMeier(SpecAlgorithm):
 
     dp_release = DPRelease(one_block, _dp_release, _dp_rows, note=DP_NOTE)
 
+    #: Pooled bins (ADR 0052): round 0's fine counts go to the participating nodes only, masked so
+    #: that each learns the pool; round 1 is masked.  Per-node bins: one round in the clear.
+    sealed_rounds = True
+    sealed_masked = True
+    secure_aggregation = "automatic"
+
+    def masked_round(self, round: int, state: dict | None) -> bool:
+        """Only round 1 of pooled bins is masked (state phase ``pooled``): round 0 releases per-node
+        ``group_n`` (and, with per-node bins, each node's own bins, which the centre intersects)."""
+        return isinstance(state, dict) and state.get("phase") == pooled_bins.PHASE
+
+    def secure_aggregates(self, aggregates: dict, request: AnalysisRequest, model: DataModel) -> dict:
+        """The masked sum of round 1: the node's counts in slots, ``group_n`` and ``nodes`` (the pooled
+        cells the controls checked stay out: every node derived the same)."""
+        return {k: v for k, v in aggregates.items() if k in ("slots", "group_n", "nodes")}
+
+    def pool_sealed(self, parts: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+        """Round 0's fine counts added (their masks cancel in the sum)."""
+        return pooled_bins.pool(parts)
+
+    def pooled_threshold(self, request: AnalysisRequest, model: DataModel) -> bool:
+        """Whether the request's bins are derived from pooled counts (checked against ``nfilter_tab``
+        pooled): the node then requires masking among pinned participants and one participant set and
+        pool per cohort (:mod:`mipflow.node.controls.pooled_bins`)."""
+        return pooled_bins.is_pooled(self.params(request, model))
+
+    def session_request(self, request: dict, masked_participants: int, fallback: bool) -> dict:
+        """The request of one attempt of the central site: ``survival_bins = auto`` decided
+        (:func:`mipflow.algorithms.survival_pooled.resolve`)."""
+        parameters = pooled_bins.resolve(request.get("parameters") or {}, masked_participants, fallback)
+        return {**request, "parameters": parameters}
+
     # -- global -----------------------------------------------------------------
 
     def global_step(self, round: int, aggregates: list[dict], request: AnalysisRequest,
@@ -219,6 +291,18 @@ class KaplanMeier(SpecAlgorithm):
 
         if any("noise" in a for a in aggregates):
             return Step(done=True, result=json_ready(_noisy_survival(self, aggregates, request, model)))
+        partition = "per_node"
+        if state is None and aggregates and all("groups" not in a for a in aggregates):
+            # round 0 of pooled bins: the nodes pool their sealed counts; the masked round follows
+            return Step(done=False, state={"phase": pooled_bins.PHASE})
+        if state is not None:
+            if state.get("phase") != pooled_bins.PHASE:
+                raise RequestError(f"state.phase must be {pooled_bins.PHASE!r}")
+            if all("slots" in a for a in aggregates):
+                aggregates = [{"groups": pooled_bins.read_slots(aggregates)}]
+                partition = "pooled"
+        elif any("groups" not in a for a in aggregates):
+            raise RequestError("some nodes answered with pooled time bins and others with their own")
         params = self.params(request, model)
         time_var = model.variable(request.y[0])
         fine = fine_grid(time_var)
@@ -261,9 +345,10 @@ class KaplanMeier(SpecAlgorithm):
             "event_variable": request.y[1],
             "event_level": params["event_level"],
             "grouping_variable": request.x[0] if request.x else None,
-            "binning": _with_follow_up(binning_summary(time_var, grid, params["bin_width"], shared, points,
-                                                       request_level(time_var, params["bin_width"])),
-                                       params, grid, cut_moved=cut < asked_end),
+            "binning": _partition_label(_with_follow_up(
+                binning_summary(time_var, grid, params["bin_width"], shared, points,
+                                request_level(time_var, params["bin_width"])),
+                params, grid, cut_moved=cut < asked_end), partition),
             "confidence": params["alpha"],
             "ci_method": "log-log",
             "curves": curves,
@@ -282,6 +367,16 @@ def _part(group: dict, default_ends: int | Sequence[int]) -> tuple[list[int], li
     if len(ends) != len(events) or len(events) != len(censored):
         raise RequestError("a node's survival counts do not match its time bins")
     return list(ends), list(events), list(censored)
+
+
+def _partition_label(binning: dict, partition: str) -> dict:
+    """``binning`` saying whose bins these are: ``pooled`` (one partition derived from the nodes' pooled
+    counts, every pooled count at least nfilter_tab, each node's counts masked: ADR 0052) or
+    ``per_node`` (each node's own safe bins, the ends common to every node kept)."""
+    how = ("one partition derived by every node from the nodes' pooled counts (every pooled count 0 or at least "
+           "nfilter_tab), each node's counts masked" if partition == "pooled" else
+           "each node's own bins (every node's counts 0 or at least nfilter_tab), the ends common to every node")
+    return {**binning, "partition": partition, "note": f"{binning['note']}; time bins: {how}"}
 
 
 def _with_follow_up(binning: dict, params: dict, grid: np.ndarray, cut_moved: bool) -> dict:
@@ -428,133 +523,3 @@ def _noisy_survival(algo: KaplanMeier, aggregates: list[dict], request: Analysis
                   "cell_sd": float(math.sqrt(sum(float(n["sd"]) ** 2 for n in noisy))),
                   "note": DP_NOTE},
     }
-
-
-def noisy_at_risk(events: np.ndarray, censored: np.ndarray) -> np.ndarray:
-    """At risk at each bin end from noisy counts: the noisy total less the noisy events and censorings
-    of the bins before (the counts summed from the end), made non-increasing (least squares,
-    pool-adjacent-violators) and >= 0.  Post-processing only."""
-    from scipy.optimize import isotonic_regression
-
-    raw = np.cumsum((np.asarray(events, float) + np.asarray(censored, float))[::-1])[::-1]
-    if len(raw) == 0:
-        return raw
-    return np.maximum(isotonic_regression(raw, increasing=False).x, 0.0)
-
-
-def survival_noise_sd(survival: np.ndarray, events: np.ndarray, at_risk: np.ndarray,
-                      variance: np.ndarray, tail: float = 0.0) -> np.ndarray:
-    """First-order sd of the noise on the survival, from independent noise of ``variance`` on every
-    event and every censoring count of the bins.
-
-    With ``n_j = sum_{i >= j} (d_i + c_i)`` and ``log S_k = sum_{j <= k} log(1 - d_j / n_j)``:
-    ``d log S_k / d d_i = A_i - 1 / (n_i - d_i)`` and ``d log S_k / d c_i = A_i`` for ``i <= k``,
-    both ``A_k`` for ``i > k``, where ``A_m = sum_{j <= m} d_j / (n_j (n_j - d_j))``.  Evaluated at
-    the post-processed values (``n_j - d_j`` at least 1).
-
-    Parameters
-    ----------
-    survival, events, at_risk, variance : numpy.ndarray, shape (bins,)
-    tail : float
-        The summed variance of the counts of the bins after these (no one at risk there, but their
-        noisy counts enter every at-risk count).
-
-    Returns
-    -------
-    numpy.ndarray, shape (bins,)
-    """
-    n = np.maximum(at_risk, 1.0)
-    d = np.clip(events, 0.0, n)
-    alive = np.maximum(n - d, 1.0)
-    big_a = np.cumsum(d / (n * alive))
-    before = np.cumsum(variance * ((big_a - 1.0 / alive) ** 2 + big_a ** 2))
-    after = 2.0 * (np.sum(variance) - np.cumsum(variance) + tail)  # the bins after k: events and censorings
-    var_log = before + big_a ** 2 * after
-    return survival * np.sqrt(var_log)
-
-
-def noisy_curve(events: np.ndarray, censored: np.ndarray, variance: np.ndarray, q: float,
-                censored_tail: float = 0.0) -> dict | None:
-    """One group's curve from summed noisy counts on common bins (``variance``: of each count's noise;
-    ``censored_tail``: the extra variance of the last bin's censorings, noisy counts of later bins
-    folded into them).
-
-    Every bin up to the last with someone at risk is kept (a bin whose noisy events are 0 or below
-    may hold deaths).  Survival is ``prod (1 - d_j / n_j)`` over the signed noisy events (clamping
-    them would bias it), then made non-increasing (least squares) within [0, 1].  None when nobody
-    is at risk.
-    """
-    from scipy.optimize import isotonic_regression
-
-    events = np.asarray(events, dtype=float)
-    censored = np.asarray(censored, dtype=float)
-    at_risk = noisy_at_risk(events, censored)
-    used = np.flatnonzero(at_risk >= 1.0)  # a prefix of the bins: at_risk does not increase
-    if len(used) == 0:
-        return None
-    n = at_risk[used]
-    hazard = np.clip(events[used] / n, -1.0, 1.0)
-    raw = np.cumprod(1.0 - hazard)
-    survival = np.clip(isotonic_regression(raw, increasing=False).x, 0.0, 1.0)
-    d = np.clip(np.rint(events[used]), 0.0, np.floor(n))
-    c = np.maximum(np.rint(censored[used]), 0.0)
-    variance = np.asarray(variance, dtype=float)
-    # a censoring count at or after bin k enters log S_k as the counts after it: half of `tail`'s weight
-    tail = float(variance[used[-1] + 1:].sum()) + censored_tail / 2.0
-    noise_sd = survival_noise_sd(survival, events[used], n, variance[used], tail)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        terms = np.where(n > d, d / (n * (n - d)), np.nan)
-        stderr = survival * np.sqrt(np.cumsum(terms))
-        total = np.sqrt(stderr ** 2 + noise_sd ** 2)
-        log_s = np.log(survival)
-        half = q * total / (survival * np.abs(log_s))
-        lower = np.exp(-np.exp(np.log(-log_s) + half))
-        upper = np.exp(-np.exp(np.log(-log_s) - half))
-    at_one = survival >= 1.0
-    lower[at_one] = upper[at_one] = 1.0
-    return {
-        "n_obs": int(max(round(float(events.sum() + censored.sum())), 0)),
-        "n_events": int(max(round(float(events.sum())), 0)),
-        "at_risk": np.rint(n).astype(np.int64),
-        "events": d.astype(np.int64),
-        "censored": c.astype(np.int64),
-        "survival": survival,
-        "stderr": stderr,
-        "noise_sd": noise_sd,
-        "lower_ci": lower,
-        "upper_ci": upper,
-        "_used": used,
-        "_at_risk": at_risk,
-    }
-
-
-def noisy_logrank(events: np.ndarray, at_risk: np.ndarray, variance: np.ndarray) -> dict:
-    """Log-rank test from noisy counts, shape (groups, bins): observed minus expected from the signed
-    noisy events; its covariance is the hypergeometric one plus that of the events' noise
-    (``sum_j var_j (I - s_j 1^T)(I - s_j 1^T)^T``, ``s_j`` the groups' shares at risk).  The noise
-    on the at-risk counts is left out (first order, approximate)."""
-    from scipy import stats
-
-    at_risk = np.asarray(at_risk, dtype=float)
-    total_risk = at_risk.sum(axis=0)
-    keep = total_risk > 1
-    share = at_risk[:, keep] / total_risk[keep]
-    d_signed = events[:, keep]
-    n = total_risk[keep]
-    d = np.clip(d_signed.sum(axis=0), 0.0, n)
-    observed = d_signed.sum(axis=1)
-    expected = (share * d_signed.sum(axis=0)).sum(axis=1)
-    scale = d * (n - d) / (n - 1.0)
-    k = events.shape[0]
-    eye = np.eye(k)
-    cov = np.einsum("j,gj,ghj->gh", scale, share, eye[:, :, None] - share[None, :, :])
-    project = eye[:, :, None] - share[:, None, :]  # (I - s 1^T) per bin: [g, h, j]
-    cov += np.einsum("j,gij,hij->gh", np.asarray(variance, float)[keep], project, project)
-    diff = (observed - expected)[1:]
-    df = k - 1
-    try:
-        chi2 = float(diff @ np.linalg.solve(cov[1:, 1:], diff))
-    except np.linalg.LinAlgError:
-        chi2 = float("nan")
-    return {"chi2": chi2, "df": df, "p_value": float(stats.chi2.sf(chi2, df)),
-            "observed": observed, "expected": expected, "approximate": True}

@@ -263,6 +263,22 @@ class SpecAlgorithm:
     #: Its local steps may return sealed sums (:data:`mipflow.algorithms.sealed.SEALED`), which only the
     #: participating nodes open (ADR 0046); False: a reply never carries any.
     sealed_rounds: bool = False
+    #: Its sealed sums are masked before they are sealed, so that each peer learns only their pool
+    #: (:mod:`mipflow.secagg.sealed_masks`, ADR 0052); integer sums only.
+    sealed_masked: bool = False
+
+    def pooled_threshold(self, request: AnalysisRequest, model: DataModel) -> bool:
+        """Whether this request's release is checked on counts pooled over the participants rather than
+        on the node's own (default False).  A node answers such a step only masked among at least 3
+        pinned participants, with one participant set and one pool per cohort
+        (:mod:`mipflow.node.controls.pooled_bins`, ADR 0052)."""
+        return False
+
+    def session_request(self, request: dict, masked_participants: int, fallback: bool) -> dict:
+        """The request (its JSON form) the central site sends in one attempt, given how many participants
+        the attempt masks and whether a node declined pooled thresholds before (default: as it is).
+        Whatever it decides is in the request every node verifies and the result records."""
+        return request
 
     def pool_sealed(self, parts: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
         """The participants' sealed sums of one round combined for the next local step (default: added

@@ -150,7 +150,10 @@ def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequen
     excluded: dict[str, str] = {}
     model: DataModel | None = None
     dataset_rows: dict[str, dict[str, int | None]] = {}
-    for restart in range(max_restarts + 1):
+    declined = False  # a node declined pooled thresholds (ADR 0052): the next attempt asks without them
+    restart = -1
+    while restart < max_restarts:
+        restart += 1
         if len(active) < min_nodes:
             break
         if restart:
@@ -172,7 +175,11 @@ def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequen
         active = [n for n in active if n.name not in excluded]
         if len(active) < min_nodes:
             break
-        verified = _Rounds(roster, who.analysis_id, algorithm_name, request_doc)
+        # the request of this attempt: an algorithm may decide a parameter from the attempt's masking
+        # (Kaplan-Meier's survival_bins, ADR 0052); the result records the request as sent
+        attempt_doc = algorithm.session_request(request_doc, len(session.participants) if session else 0, declined)
+        attempt = AnalysisRequest.from_dict(attempt_doc)
+        verified = _Rounds(roster, who.analysis_id, algorithm_name, attempt_doc)
         state: dict | None = None
         memo: dict | None = None  # central-only (Step.memo), for on_refusal
         rows: dict[str, int] = {}
@@ -196,7 +203,7 @@ def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequen
             notes = {name: flags for name, flags in node_notes.items() if name in rows}
             if notes and hasattr(algorithm, "result_notes"):  # e.g. a node without slope information
                 result = {**result, "notes": [*result.get("notes", []), *algorithm.result_notes(notes)]}
-            return AnalysisOutcome(algorithm=algorithm_name, request=request_doc, result=result,
+            return AnalysisOutcome(algorithm=algorithm_name, request=attempt_doc, result=result,
                                    contributed=rows, excluded=excluded, rounds=rounds,
                                    datasets={n: dataset_rows.get(n, {}) for n in rows},
                                    seconds=round(time.perf_counter() - started, 4),
@@ -209,16 +216,26 @@ def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequen
                                    mode={n: modes[n] for n in rows if n in modes})
 
         for round_no in range(MAX_ROUNDS):
-            replies, failures, refusals = _call_all(algorithm_name, request_doc, active, round_no, state, pool,
+            replies, failures, refusals = _call_all(algorithm_name, attempt_doc, active, round_no, state, pool,
                                                     who, session.body() if session is not None else None,
                                                     verified.bodies(state, active))
             log.info("%s (analysis %s): round %d of at most %d: %d node(s) answered, %d left out%s",
                      algorithm_name, who.analysis_id, round_no + 1, MAX_ROUNDS, len(replies), len(failures),
                      "" if not failures else " (" + "; ".join(f"{k}: {v}" for k, v in failures.items()) + ")")
+            if not declined and any(control == "pooled_bins" for control, _ in refusals.values()):
+                # a node answers pooled thresholds for one participant set and pool per cohort only (ADR 0052):
+                # the analysis runs again, with every node, on per-node bins; that attempt is not a restart
+                log.info("%s (analysis %s): %s declined pooled time bins; running again with per-node bins",
+                         algorithm_name, who.analysis_id, ", ".join(sorted(
+                             name for name, (control, _) in refusals.items() if control == "pooled_bins")))
+                declined = True
+                restart -= 1
+                dropped = True
+                break
             if failures and round_no > 0 and len(refusals) == len(failures):
                 # the algorithm may end on the rounds already combined (this round's replies are not used;
                 # with secure aggregation a partial round could not be summed anyway)
-                stop = algorithm.on_refusal(round_no, refusals, parsed, model, state, memo)
+                stop = algorithm.on_refusal(round_no, refusals, attempt, model, state, memo)
                 if stop is not None:
                     if not stop.done:
                         raise FederationError(f"{algorithm_name}.on_refusal must finish or return None")
@@ -258,7 +275,7 @@ def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequen
             if session is not None and masked_round(algorithm, round_no, state):  # (Cox: score rounds only)
                 aggregates = [session.combine(replies)]
             try:
-                step = algorithm.global_step(round_no, aggregates, parsed, model, state)
+                step = algorithm.global_step(round_no, aggregates, attempt, model, state)
             except RequestError as exc:
                 if not noise_labels:
                     raise

@@ -16,7 +16,8 @@ import pytest
 from scipy import stats
 
 from mipflow.algorithms import get_algorithm, prepare_local_data
-from mipflow.algorithms.kaplan_meier import DP_BLOCK, noisy_at_risk, noisy_curve, survival_noise_sd
+from mipflow.algorithms.kaplan_meier import DP_BLOCK
+from mipflow.algorithms.survival_noise import noisy_at_risk, noisy_curve, survival_noise_sd
 from mipflow.algorithms.survival import grid_counts, grid_for, outcome
 from mipflow.node.controls.explore import KeyedNoise
 from mipflow.node.controls.explore_keys import noise_key
@@ -217,7 +218,7 @@ def test_the_noisy_log_rank_test_keeps_its_level_and_sees_a_real_difference():
     """Two groups of 250 on a weekly grid over a year, three nodes' Laplace(1) noise on every count:
     under equal hazards the noisy test rejects at most about 5 % of the time at the 5 % level (the
     noise is in its variance); with a hazard ratio of 2 it rejects almost always."""
-    from mipflow.algorithms.kaplan_meier import noisy_logrank
+    from mipflow.algorithms.survival_noise import noisy_logrank
 
     rng = np.random.default_rng(5)
     weeks = 53

@@ -17,7 +17,8 @@ from tests.mipflow.algorithms.test_contract import VALID
 #: Every capability member of the protocol.
 CAPABILITIES = ("secure_aggregation", "dp_release", "secure_aggregation_refusal", "secure_aggregates",
                 "parameter_count", "fold_sizes", "coarsen_for_release", "differencing_partition", "cluster_count",
-                "sealed_rounds", "pool_sealed", "masked_round", "row_weights")
+                "sealed_rounds", "pool_sealed", "masked_round", "row_weights", "sealed_masked",
+                "pooled_threshold", "session_request")
 
 # What the per-control lists said before the algorithms declared it themselves.
 #: secagg.SUPPORTED minus secagg.EXPLICIT_ONLY
@@ -29,7 +30,9 @@ SECURE_AUTOMATIC = {"anova_oneway", "kmeans", "linear_regression", "logistic_reg
                     "linear_regression_cv", "logistic_regression_cv", "naive_bayes_gaussian_cv",
                     "naive_bayes_categorical_cv",
                     # its score rounds' shares of l, U, I (ADR 0048)
-                    "cox_regression"}
+                    "cox_regression",
+                    # each node's counts on the pooled time bins (ADR 0052)
+                    "kaplan_meier"}
 #: secagg.EXPLICIT_ONLY
 SECURE_EXPLICIT_ONLY = {"descriptive_stats"}
 #: dp.DP_MECHANISMS (with the label's note where it had one)
@@ -46,14 +49,18 @@ CROSS_VALIDATED = {"linear_regression_cv", "logistic_regression_cv", "naive_baye
 #: the algorithms with a coarsen_for_release hook
 COARSENED = {"kaplan_meier", "cox_regression"}
 #: the algorithms whose later rounds exchange sums among the nodes only (ADR 0046)
-SEALED_ROUNDS = {"cox_regression"}
+SEALED_ROUNDS = {"cox_regression", "kaplan_meier"}
+#: the algorithms whose sealed sums are masked, so that a peer learns only their pool (ADR 0052)
+SEALED_MASKED = {"kaplan_meier"}
+#: the algorithms with releases checked on pooled counts (ADR 0052), and a request decided per attempt
+POOLED_THRESHOLD = {"kaplan_meier"}
 #: differencing tested algorithm == "kmeans"
 PARTITIONED = {"kmeans"}
 #: the algorithms with their own hook (the others keep the contract's default)
 OWN_REFUSAL = {"kmeans"}
-OWN_SECURE_FORM = {"descriptive_stats", "logistic_regression_cv", "cox_regression"}
+OWN_SECURE_FORM = {"descriptive_stats", "logistic_regression_cv", "cox_regression", "kaplan_meier"}
 #: the algorithms that mask only some rounds under secure aggregation (ADR 0048)
-MASKED_IN_PART = {"cox_regression"}
+MASKED_IN_PART = {"cox_regression", "kaplan_meier"}
 #: the algorithms whose later rounds weigh the rows by a function of the iterate (ADR 0054)
 ITERATE_WEIGHTED = {"logistic_regression", "logistic_regression_cv", "cox_regression", "gee"}
 
@@ -151,7 +158,10 @@ def test_kmeans_partition_is_the_nearest_centre_assignment_of_a_lloyd_round() ->
 
 def test_sealed_rounds_are_declared_by_the_algorithms_that_seal() -> None:
     assert {name for name, alg in ALGORITHMS.items() if alg.sealed_rounds} == SEALED_ROUNDS
-    assert _overrides("pool_sealed") == set()  # every algorithm pools by elementwise sums
+    assert {name for name, alg in ALGORITHMS.items() if alg.sealed_masked} == SEALED_MASKED
+    # every algorithm pools by elementwise sums; Kaplan-Meier's masked integer parts by sums modulo 2^64
+    assert _overrides("pool_sealed") == SEALED_MASKED
+    assert _overrides("pooled_threshold") == POOLED_THRESHOLD == _overrides("session_request")
 
 
 def test_groups_released_with_their_moments_hold_min_row_count_and_studies_know_them() -> None:

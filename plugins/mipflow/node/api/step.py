@@ -28,12 +28,15 @@ Order (ADR 0002, 0010, 0013, 0014, 0015, 0024, 0029, 0046, 0054)::
     check_request        disclosure controls on the request            (403)
     check_study          study mode: inside the project's study        (403 study, ADR 0028)
     check_explore        explore mode: a noisy single-round release    (403 explore / dp_unsupported, ADR 0032)
+    require_pooled_masking  pooled thresholds: masked among >= 3         (403 pooled_bins, ADR 0052)
     read_rows            the selection (cached between rounds)         (400 on a bad filter)
     check_rows           min_row_count, nfilter_subset, nfilter_glm     (403; explore: skipped)
     check_cohort         differencing: cohorts near answered ones      (403 differencing; a study: at approval;
                                                                         explore: skipped)
     run_local_step       the algorithm's local step                    (400 on a state that does not fit;
                                                                         explore: skipped, the release computes)
+    bind_pooled          pooled thresholds: one participant set and     (403 pooled_bins, ADR 0052)
+                         one pool per cohort
     check_partition      differencing: k-means assignments             (403 differencing)
     check_weights        effective rows of sums weighted by the iterate (403 effective_rows, ADR 0054;
                                                                         explore: skipped)
@@ -68,6 +71,7 @@ from mipflow.node.api.context import DataModelNotHeld, StepContext
 from mipflow.node.api.schema import read_step_body
 from mipflow.node.controls.disclosure import DisclosureControls, group_threshold
 from mipflow.node.controls.masking import require_secure_aggregation
+from mipflow.node.controls.pooled_bins import bind_pooled, require_pooled_masking
 from mipflow.node.controls.query_budget import analysis_key
 from mipflow.node.controls.explore import check_explore, release_explore
 from mipflow.node.controls.finite import check_finite
@@ -456,8 +460,15 @@ def seal(request: StepRequest, context: StepContext, work: StepWork) -> None:
     if work.transcript is None:
         raise rounds.refuse("this step's sums are for the participating nodes only, sealed to each of them: "
                             "it needs a transcript naming the participants")
+    sums = work.aggregates[SEALED]
+    if work.algo.sealed_masked:  # the peers learn only the pool (ADR 0052)
+        from mipflow.secagg.sealed_masks import mask_step_sums
+
+        sums = mask_step_sums(cached_keypair(context.home.root), work.transcript.participants, sums,
+                              analysis_id=str(request.analysis_id), algorithm=request.algorithm,
+                              round_no=request.round, request=request.analysis.to_dict(), state=request.state)
     work.aggregates = {**work.aggregates, SEALED: sealing.seal(
-        cached_keypair(context.home.root), context.name, work.transcript.participants, work.aggregates[SEALED],
+        cached_keypair(context.home.root), context.name, work.transcript.participants, sums,
         analysis_id=str(request.analysis_id), algorithm=request.algorithm, chain=str(work.chain),
         round_no=request.round)}
 
@@ -540,10 +551,12 @@ CHAIN: tuple[Control, ...] = (
     check_request,
     check_study,
     check_explore,
+    require_pooled_masking,
     read_rows,
     check_rows,
     check_cohort,
     run_local_step,
+    bind_pooled,
     check_partition,
     check_weights,
     check_release,

@@ -243,6 +243,9 @@ def apply_survival(study: Any, algorithm: str, round_no: int, aggregates: dict[s
     (:func:`apply_partition`), Cox regression's (:func:`apply_cox`); any other algorithm's
     ``aggregates`` unchanged.  Before the per-request controls."""
     if algorithm == "kaplan_meier":
+        if "groups" not in aggregates or "_pool" in aggregates:
+            # pooled bins (ADR 0052): the family's pooled partition, applied with the pooled counts
+            return aggregates
         return apply_partition(study, aggregates, model)
     if algorithm == "cox_regression":
         return apply_cox(study, round_no, aggregates, state, model)
