@@ -20,7 +20,7 @@ from tests.mipflow.node.ingest.test_database import PASSWORD, Source, stored
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow, pytest.mark.postgres, pytest.mark.xdist_group("airflow")]
 CHAIN = ["node_capture", "node_depersonalise", "node_validate", "node_load"]
-WATCH_SECONDS = 1  # the least the node accepts: the quiet check below waits 4 watcher periods
+WATCH_SECONDS = 2
 
 
 def _wait(what: str, check, timeout: float, server) -> float:
