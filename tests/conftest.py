@@ -5,6 +5,7 @@ private, per-worker Airflow home is set here, before any test imports it.
 """
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -142,6 +143,41 @@ def airflow_db():
 
     resetdb()
     return _airflow_home
+
+
+# --------------------------------------------------------------------------- scheduling: slow files first
+# ``--dist loadfile`` hands each worker whole files, in the order of the collection, and refills a worker
+# when it has two tests or fewer left, so a slow file with a handful of tests can start last and keep one
+# worker busy alone at the end.  Left alone, pytest-xdist orders the files by their number of tests (many
+# cheap parametrised cases first, the slow integration files with few tests last); instead the files go
+# in decreasing order of their measured run time (``tests/durations.json``: seconds per file, from
+# ``--junitxml`` of a whole run, regenerated with ``python -m tests.durations JUNIT.xml``), the longest
+# processing time first.  A file not listed counts as quick.  Within a file the order is kept.
+
+DURATIONS_FILE = Path(__file__).with_name("durations.json")
+
+
+def _file_seconds() -> dict[str, float] | None:
+    try:
+        return json.loads(DURATIONS_FILE.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def pytest_configure(config) -> None:
+    if getattr(config.option, "dist", "no") in ("loadfile", "loadscope") and _file_seconds() is not None:
+        config.option.loadscopereorder = False  # keep the order below
+
+
+def pytest_collection_modifyitems(session, config, items) -> None:
+    seconds = _file_seconds()
+    if seconds is None:
+        return
+    rank = {}
+    for item in items:
+        path = item.nodeid.split("::", 1)[0]
+        rank.setdefault(path, (-float(seconds.get(path, 0.0)), len(rank)))
+    items.sort(key=lambda item: rank[item.nodeid.split("::", 1)[0]])  # stable: a file's order is kept
 
 
 # --------------------------------------------------------------------------- error summaries

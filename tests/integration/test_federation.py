@@ -1,11 +1,13 @@
 """The federation end to end: central driver -> signed HTTP -> three real node processes.
 
-1. Exareme2's validation suite (every case of every algorithm Exareme2 also has) through
-   :func:`mipflow.central.rounds.run_analysis` over three running nodes, compared
-   with the expected results to the tolerances of the in-process test
-   (``tests/mipflow/algorithms/test_exareme2_validation.py``, whose
-   :func:`check_case` is reused).  Nodes with no matching rows must be refused
-   (``min_row_count``) and listed in ``outcome.excluded``.
+1. Exareme2's validation suite through :func:`mipflow.central.rounds.run_analysis` over three
+   running nodes, compared with the expected results to the tolerances of the in-process test
+   (``tests/mipflow/algorithms/test_exareme2_validation.py``, whose :func:`check_case` is
+   reused, and which compares every case in process).  Over HTTP run the cases that cover every
+   feature of the algorithm's cases (data model, which nodes are refused and by which control,
+   filters, parameter names and choices: :func:`_http_cases`); nodes with no matching rows must
+   be refused (``min_row_count``) and listed in ``outcome.excluded``.  For every case, the rows
+   each node's SQL read selects are counted against pandas (``test_exareme2_case_rows_at_the_nodes``).
 2. Federated == pooled on random splits: Hypothesis assigns the rows of one
    fixed synthetic data set to the three nodes (sometimes leaving one empty),
    the nodes' stores are reloaded, and the pooled-reference properties of
@@ -38,13 +40,14 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from mipflow.algorithms import AnalysisRequest, get_algorithm, prepare_local_data, run_in_process
-from mipflow.algorithms.filters_pandas import apply_filters
+from mipflow.algorithms.filters_pandas import apply_filters, filter_variables
 from mipflow.protocol.signing import issue_client
 from mipflow.node.home import NodeHome
 from mipflow.protocol.datamodel import DataModel, load_data_model
 from mipflow.exceptions import FederationError, RequestError
 from mipflow.central.client import NodeClient, NodeEndpoint, NodeUnavailable
 from mipflow.central.rounds import AnalysisOutcome, run_analysis
+from mipflow.node.query.read import count_rows
 from mipflow.node.store.feature_store import FeatureStore
 from tests.mipflow.algorithms import synthetic
 from tests.mipflow.algorithms import test_federated_vs_pooled as pooled_props
@@ -52,7 +55,7 @@ from tests.mipflow.algorithms.helpers import (
     ErrorSummary, assert_rel_close, read_dataset_csvs, rel_error,
 )
 from tests.mipflow.algorithms.test_exareme2_validation import (
-    ALGORITHMS, check_case, expected_path, expects_error, load_cases,
+    ALGORITHMS, KMEANS_OTHER_OPTIMUM, check_case, expected_path, expects_error, load_cases,
 )
 from tests.nodes import PROJECT, RESEARCHER, free_port, grant_all, load_frame, pin_each_other, served_clients
 from tests.nodes import standard_home
@@ -120,16 +123,25 @@ class Federation:
         return run_analysis(algorithm, doc, self.clients, researcher=RESEARCHER, project=PROJECT,
                             min_nodes=min_nodes)
 
+    #: (algorithm, request as JSON) -> :meth:`expected_rows` (the frames do not change)
+    _rows: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
+
     def expected_rows(self, algorithm: str, doc: dict) -> dict[str, int]:
         """Rows each node should use (datasets, filters, complete case), computed with pandas."""
-        request = AnalysisRequest.from_dict(doc)
-        model, frames = self.frames[request.data_model]
-        algo = get_algorithm(algorithm)
-        out = {}
-        for node, frame in frames.items():
-            chosen = apply_filters(frame[frame["dataset"].isin(request.datasets)], request.filters, model)
-            out[node] = len(prepare_local_data(algo, chosen, request))
-        return out
+        key = (algorithm, json.dumps(doc, sort_keys=True))
+        if key not in self._rows:
+            request = AnalysisRequest.from_dict(doc)
+            model, frames = self.frames[request.data_model]
+            algo = get_algorithm(algorithm)
+            # only the columns the datasets, the filters and the algorithm read (the same rows, faster)
+            wanted = dict.fromkeys(["dataset", *filter_variables(request.filters), *algo.variables(request)])
+            out = {}
+            for node, frame in frames.items():
+                frame = frame[[c for c in wanted if c in frame.columns]]
+                chosen = apply_filters(frame[frame["dataset"].isin(request.datasets)], request.filters, model)
+                out[node] = len(prepare_local_data(algo, chosen, request))
+            self._rows[key] = out
+        return dict(self._rows[key])
 
 
 def _load_model(roots: dict[str, Path], folder: Path, model: DataModel, node_of) -> dict[str, pd.DataFrame]:
@@ -276,12 +288,51 @@ def _run_case(federation: Federation, name: str, case_id: str, doc: dict, expect
     check_case(name, case_id, expected, outcome.result, rerun, summary=HTTP_VALIDATION).finish()
 
 
+#: Parameters whose text values are labels of the data (positive class, groups), not choices of
+#: the algorithm: their names count as features, their values do not.
+_LABEL_PARAMETERS = frozenset({"positive_class", "groupA", "groupB"})
+
+
+def _case_features(federation: Federation, name: str, case_id: str, doc: dict, expected: Any) -> set:
+    """What a case exercises beyond its numbers: its data model, whether it must be refused, which
+    nodes the disclosure controls refuse and by which control, filters, its parameter names and
+    the values of its choice parameters (e.g. ``alt_hypothesis``, each PCA transformation)."""
+    request = AnalysisRequest.from_dict(doc)
+    features: set = {("data_model", request.data_model), ("error", expects_error(expected)),
+                     ("filters", bool(request.filters)), ("kmeans other optimum", case_id in KMEANS_OTHER_OPTIMUM)}
+    if request.data_model in federation.frames and not expects_error(expected):
+        rows = federation.expected_rows(name, doc)
+        features.add(("refused", tuple(sorted(_expected_refusals(federation, name, doc, rows).items()))))
+    for key, value in (doc.get("parameters") or {}).items():
+        features.add(("parameter", key, value is None))
+        if isinstance(value, str) and key not in _LABEL_PARAMETERS:
+            features.add(("choice", key, value))
+        elif isinstance(value, dict):
+            features.update(("choice", key, sub) for sub in value)
+    return features
+
+
+def _http_cases(federation: Federation, name: str) -> list[tuple[str, dict, Any]]:
+    """The cases of ``name`` run over HTTP: the first two, then every case that adds a feature
+    (:func:`_case_features`) not seen yet, in file order.  Every case is compared with its expected
+    result in process (test_exareme2_validation.py) and its rows at each node are counted against
+    pandas (``test_exareme2_case_rows_at_the_nodes``)."""
+    chosen, seen = [], set()
+    for i, (case_id, doc, expected) in enumerate(load_cases(name)):
+        features = _case_features(federation, name, case_id, doc, expected)
+        if i < 2 or not features <= seen:
+            chosen.append((case_id, doc, expected))
+            seen |= features
+    return chosen
+
+
 @pytest.mark.parametrize("name", ALGORITHMS)
 def test_exareme2_cases_via_http(federation: Federation, name: str, subtests) -> None:
-    """Every case of ``<name>_expected.json``; each failing case is reported as a subtest named by it."""
+    """The cases of ``<name>_expected.json`` that cover every feature of its cases
+    (:func:`_http_cases`); each failing case is reported as a subtest named by it."""
     if not expected_path(name).exists():
         pytest.skip(f"{expected_path(name)} is absent")
-    cases = load_cases(name)
+    cases = _http_cases(federation, name)
     assert cases
     failed = []
     for case_id, doc, expected in cases:
@@ -294,6 +345,34 @@ def test_exareme2_cases_via_http(federation: Federation, name: str, subtests) ->
                 failed.append(case_id)
                 raise
     assert not failed, f"{len(failed)} of {len(cases)} cases failed: {', '.join(failed[:30])}"
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_exareme2_case_rows_at_the_nodes(federation: Federation, name: str) -> None:
+    """Every case, the cases run over HTTP or not: the rows each node's store selects (the SQL read
+    of a step: datasets, filters, complete cases of the algorithm's variables) are the rows pandas
+    selects from the same node's CSV rows (what the in-process comparison analyses)."""
+    if not expected_path(name).exists():
+        pytest.skip(f"{expected_path(name)} is absent")
+    algorithm = get_algorithm(name)
+    stores = {node: FeatureStore(NodeHome(root).db_url) for node, root in federation.roots.items()}
+    checked = 0
+    try:
+        for case_id, doc, expected in load_cases(name):
+            request = AnalysisRequest.from_dict(doc)
+            if expects_error(expected) or request.data_model not in federation.frames:
+                continue
+            model, _ = federation.frames[request.data_model]
+            selected = {node: count_rows(store, model, datasets=request.datasets,
+                                         variables=list(algorithm.variables(request)), filters=request.filters,
+                                         complete_case=algorithm.complete_case)
+                        for node, store in stores.items()}
+            assert selected == federation.expected_rows(name, doc), case_id
+            checked += 1
+    finally:
+        for store in stores.values():
+            store.dispose()
+    assert checked
 
 
 def test_excluded_nodes_were_exercised(federation: Federation) -> None:
