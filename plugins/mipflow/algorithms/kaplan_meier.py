@@ -72,7 +72,7 @@ from mipflow.algorithms.dp_release import DPRelease, Noise, Released, one_block
 from mipflow.algorithms import survival_pooled as pooled_bins
 from mipflow.algorithms.sealed import SEALED, pooled_sums
 from mipflow.algorithms.spec import NOMINAL, InputSpec, ParamSpec, SpecAlgorithm
-from mipflow.algorithms.survival_noise import noisy_curve, noisy_logrank
+from mipflow.algorithms.survival_noise import loglog_band, noisy_curve, noisy_logrank
 from mipflow.algorithms.survival import (
     FOLLOW_UP_KEY,
     LEVEL_KEY,
@@ -397,15 +397,7 @@ def _curve(level: str | None, grid: np.ndarray, ends: list[int], events: np.ndar
     used = np.flatnonzero(leaving > 0)
     d, n = events[used], at_risk[used]
     survival = np.cumprod(1.0 - d / n)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(n > d, d / (n * (n - d)), np.nan)
-        stderr = survival * np.sqrt(np.cumsum(terms))
-        log_s = np.log(survival)
-        half = q * stderr / (survival * np.abs(log_s))
-        lower = np.exp(-np.exp(np.log(-log_s) + half))
-        upper = np.exp(-np.exp(np.log(-log_s) - half))
-    at_one = survival >= 1.0
-    lower[at_one] = upper[at_one] = 1.0
+    stderr, lower, upper = loglog_band(survival, d, n, q)
     return {
         "group": level,
         "n_obs": int(leaving.sum()),

@@ -82,16 +82,7 @@ def noisy_curve(events: np.ndarray, censored: np.ndarray, variance: np.ndarray, 
     # a censoring count at or after bin k enters log S_k as the counts after it: half of `tail`'s weight
     tail = float(variance[used[-1] + 1:].sum()) + censored_tail / 2.0
     noise_sd = survival_noise_sd(survival, events[used], n, variance[used], tail)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        terms = np.where(n > d, d / (n * (n - d)), np.nan)
-        stderr = survival * np.sqrt(np.cumsum(terms))
-        total = np.sqrt(stderr ** 2 + noise_sd ** 2)
-        log_s = np.log(survival)
-        half = q * total / (survival * np.abs(log_s))
-        lower = np.exp(-np.exp(np.log(-log_s) + half))
-        upper = np.exp(-np.exp(np.log(-log_s) - half))
-    at_one = survival >= 1.0
-    lower[at_one] = upper[at_one] = 1.0
+    stderr, lower, upper = loglog_band(survival, d, n, q, noise_sd)
     return {
         "n_obs": int(max(round(float(events.sum() + censored.sum())), 0)),
         "n_events": int(max(round(float(events.sum())), 0)),
@@ -138,3 +129,24 @@ def noisy_logrank(events: np.ndarray, at_risk: np.ndarray, variance: np.ndarray)
         chi2 = float("nan")
     return {"chi2": chi2, "df": df, "p_value": float(stats.chi2.sf(chi2, df)),
             "observed": observed, "expected": expected, "approximate": True}
+
+
+def loglog_band(survival: np.ndarray, d: np.ndarray, n: np.ndarray, q: float,
+                noise_sd: np.ndarray | float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Greenwood's standard error of a Kaplan-Meier curve and its log(-log) confidence band.
+
+    ``d`` and ``n`` are the events and numbers at risk at the curve's time points, ``q`` the normal
+    quantile of the band; ``noise_sd`` (explore mode) widens the band by the noise's spread, added in
+    quadrature.  Returns ``(stderr, lower, upper)``; the band is 1 where the curve is still 1.
+    """
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        terms = np.where(n > d, d / (n * (n - d)), np.nan)
+        stderr = survival * np.sqrt(np.cumsum(terms))
+        total = stderr if np.isscalar(noise_sd) and noise_sd == 0 else np.sqrt(stderr ** 2 + noise_sd ** 2)
+        log_s = np.log(survival)
+        half = q * total / (survival * np.abs(log_s))
+        lower = np.exp(-np.exp(np.log(-log_s) + half))
+        upper = np.exp(-np.exp(np.log(-log_s) - half))
+    at_one = survival >= 1.0
+    lower[at_one] = upper[at_one] = 1.0
+    return stderr, lower, upper
