@@ -123,3 +123,30 @@ def test_defence_linear_regressions_whose_dummy_level_differs_by_one_row_are_ref
     assert near.status_code == 403, near.text
     assert near.json()["control"] == "differencing"
     assert "nfilter_tab (3)" in near.text and no_data_number(near.text, 3)
+
+
+def test_defence_a_filter_pinning_a_level_a_few_rows_from_that_level_s_group_is_refused_either_way(
+        tmp_path) -> None:
+    """A group against a cohort: the TIA group of a t-test on the whole cohort (13 rows) and descriptive
+    statistics of "stroke_type = tia AND age >= 25" (10 rows) would subtract to the 3 young TIA patients.  The
+    cohort is a subset of the group but for 3 rows: refused (control ``differencing``), in either order."""
+    from tests.privacy.test_redteam_round10 import registry, ttest
+
+    frame = registry()
+    pinned = where(rule("stroke_type", "equal", "tia"), rule("age", "greater_or_equal", 25))
+    stats = {"inputdata": {"data_model": STROKE.key, "datasets": [NODE], "x": [], "y": ["nihss_admission"],
+                           "filters": pinned}, "parameters": {}}
+    for order in ("group_first", "cohort_first"):
+        root = tmp_path / order
+        standard_home(root, NODE)
+        load_frame(root, STROKE, frame)
+        grant_all(root, researcher="*", project="severity")
+        credential = issue_client(root, "central")
+        with running_nodes([root]) as (url,):
+            served = Served(url, credential, root, frame)
+            calls = [("ttest_independent", ttest()), ("descriptive_stats", stats)]
+            first, second = (served.call(a, r, project="severity")
+                             for a, r in (calls if order == "group_first" else calls[::-1]))
+        assert first.status_code == 200, first.text
+        assert second.status_code == 403, second.text
+        assert second.json()["control"] == "differencing" and no_data_number(second.text, 10)

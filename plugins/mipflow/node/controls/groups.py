@@ -20,7 +20,10 @@ groups (``Algorithm.released_groups``, :class:`mipflow.algorithms.contract.Relea
 * **the union of a release's groups is a cohort** of the ledger (it is one: the sums over it are the
   sums of its cells), so it meets descriptive statistics of the cohort (a cohort of the ledger) and
   every other cohort by the ledger's rules; and the rows of the step's cohort outside it (levels not
-  released) are none or at least the group threshold (:func:`check_complement`).
+  released) are none or at least the group threshold (:func:`check_complement`);
+* **groups against cohorts**: a group and a cohort of the ledger (any step's rows, e.g. a filter pinning
+  the level, ``stroke_type = tia AND age >= 25``) may not hold each other but for 1 .. threshold - 1
+  rows (:func:`nested_small`: their sums subtract to exactly those rows), checked from either side.
 
 The threshold is :func:`mipflow.node.controls.disclosure.group_threshold`: ``min_row_count`` for the
 groups released with their spread (ADR 0050), ``nfilter_tab`` for first moments (regression dummies).
@@ -33,7 +36,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -42,7 +44,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from mipflow.exceptions import DisclosureError
-from mipflow.node.controls.ledger import cohort_digest, decode_keys, encode_keys, pair_conflict, sorted_unique
+from mipflow.node.controls.ledger import (
+    _overlap, cohort_digest, decode_keys, encode_keys, pair_conflict, sorted_unique,
+)
 from mipflow.node.controls.sqlite_state import SqliteState
 
 if TYPE_CHECKING:
@@ -53,8 +57,6 @@ if TYPE_CHECKING:
 
 #: Group memory file in the node home.
 GROUPS_FILE = "groups.sqlite"
-#: Kinds whose groups a process keeps decoded in memory (a cache only: the file is the memory).
-CACHED_KINDS = 64
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class Group:
     kind: str
     rows: np.ndarray
     digest: str
+    data_model: str = ""
 
 
 @dataclass(frozen=True)
@@ -120,7 +123,7 @@ def level_groups(data: pd.DataFrame, keys: np.ndarray, groupings: Sequence[Relea
                     levels = levels if isinstance(levels, tuple) else (levels,)
                     kind = kind_of(data_model, [(columns[i], level) for i, level in zip(subset, levels)])
                     members = sorted_unique(keys[rows[positions]])
-                    groups.setdefault(kind, Group(kind, members, _digest(kind, members)))
+                    groups.setdefault(kind, Group(kind, members, _digest(kind, members), data_model))
     return list(groups.values()), sorted_unique(keys[union])
 
 
@@ -146,6 +149,14 @@ def group_refusal(setting: str, threshold: int) -> DisclosureError:
         control="differencing")
 
 
+def cohort_refusal() -> DisclosureError:
+    return DisclosureError(
+        "the selected rows and a group this node released before (the rows of a level of a grouping variable) "
+        "hold each other but for a few rows: their statistics would combine into a group of fewer rows than "
+        "the group threshold, which could single out patients (differencing control). Use a filter that "
+        "selects many more or many fewer rows, or the same rows as the earlier group", control="differencing")
+
+
 def check_complement(cohort: np.ndarray, union: np.ndarray, threshold: int, setting: str) -> None:
     """Refuse when the step's cohort holds 1 .. ``threshold - 1`` rows outside its released groups."""
     outside = len(cohort) - len(np.intersect1d(cohort, union, assume_unique=True))
@@ -153,8 +164,19 @@ def check_complement(cohort: np.ndarray, union: np.ndarray, threshold: int, sett
         raise complement_refusal(setting, threshold)
 
 
+def nested_small(a: np.ndarray, b: np.ndarray, threshold: int) -> bool:
+    """Whether one of two sorted unique key sets holds the other but for 1 .. ``threshold - 1`` rows
+    (their sums subtract to exactly those rows)."""
+    both = _overlap(a, b)
+    if both == len(a):
+        return 0 < len(b) - both < threshold
+    if both == len(b):
+        return 0 < len(a) - both < threshold
+    return False
+
+
 class GroupMemory(SqliteState):
-    """Every group a node released, by kind, in ``HOME/groups.sqlite`` (never evicted).
+    """Every group a node released, by data model and kind, in ``HOME/groups.sqlite`` (never evicted).
 
     Parameters
     ----------
@@ -164,61 +186,81 @@ class GroupMemory(SqliteState):
 
     def __init__(self, root: str | Path | None = None) -> None:
         super().__init__(Path(root) / GROUPS_FILE if root is not None else None)
-        # kind -> (last rowid read, {digest: (rows, threshold)}): a cache of the file
-        self._cache: OrderedDict[str, tuple[int, dict[str, tuple[np.ndarray, int]]]] = OrderedDict()
+        # data model -> kind -> digest -> (rows, threshold); the file's rows up to self._seen are read
+        self._groups: dict[str, dict[str, dict[str, tuple[np.ndarray, int]]]] = {}
+        self._seen = 0
         if self.path is not None:
             with self._lock, self._connect() as conn:
-                conn.execute("CREATE TABLE IF NOT EXISTS groups (kind TEXT NOT NULL, digest TEXT NOT NULL, "
-                             "n_rows INTEGER NOT NULL, threshold INTEGER NOT NULL, keys BLOB NOT NULL, "
-                             "first_at TEXT NOT NULL, PRIMARY KEY (kind, digest))")
+                conn.execute("CREATE TABLE IF NOT EXISTS groups (data_model TEXT NOT NULL, kind TEXT NOT NULL, "
+                             "digest TEXT NOT NULL, n_rows INTEGER NOT NULL, threshold INTEGER NOT NULL, "
+                             "keys BLOB NOT NULL, first_at TEXT NOT NULL, PRIMARY KEY (kind, digest))")
 
-    def _known(self, kind: str) -> dict[str, tuple[np.ndarray, int]]:
-        last, known = self._cache.pop(kind, (0, {}))
-        if self.path is not None:
-            with self._connect() as conn:
-                rows = conn.execute("SELECT rowid, digest, threshold, keys FROM groups WHERE kind = ? AND rowid > ? "
-                                    "ORDER BY rowid", (kind, last)).fetchall()
-            for rowid, digest, threshold, blob in rows:
-                known.setdefault(digest, (decode_keys(blob), int(threshold)))
-                last = max(last, rowid)
-        self._cache[kind] = (last, known)
-        if self.path is not None:
-            while len(self._cache) > CACHED_KINDS:
-                self._cache.popitem(last=False)
-        return known
+    def _refresh(self) -> None:
+        if self.path is None:
+            return
+        with self._connect() as conn:
+            rows = conn.execute("SELECT rowid, data_model, kind, digest, threshold, keys FROM groups WHERE rowid > ? "
+                                "ORDER BY rowid", (self._seen,)).fetchall()
+        for rowid, data_model, kind, digest, threshold, blob in rows:
+            self._groups.setdefault(data_model, {}).setdefault(kind, {}).setdefault(
+                digest, (decode_keys(blob), int(threshold)))
+            self._seen = max(self._seen, rowid)
+
+    def _kind(self, group: Group) -> dict[str, tuple[np.ndarray, int]]:
+        return self._groups.get(group.data_model, {}).get(group.kind, {})
 
     def remembered(self, kind: str) -> int:
         """How many distinct groups of ``kind`` are remembered (for the node admin and tests)."""
         with self._lock:
-            return len(self._known(kind))
+            self._refresh()
+            return sum(len(kinds.get(kind, {})) for kinds in self._groups.values())
 
-    def check(self, groups: Sequence[Group], threshold: int, setting: str) -> None:
-        """Raise (control ``differencing``) if a new group is near a remembered one of its kind."""
+    def check(self, groups: Sequence[Group], threshold: int, setting: str,
+              cohorts: Sequence[np.ndarray] = ()) -> None:
+        """Raise (control ``differencing``) if a new group is near a remembered one of its kind (the
+        pairwise rule), or holds or is held by one of ``cohorts`` (the ledger's) but for a few rows."""
         if threshold <= 1:
             return
         with self._lock:
+            self._refresh()
             for group in groups:
-                known = self._known(group.kind)
+                known = self._kind(group)
                 if group.digest in known:
                     continue  # released before: nothing new
                 for rows, old_threshold in known.values():
                     if pair_conflict(group.rows, rows, min(threshold, old_threshold)):
                         raise group_refusal(setting, threshold)
+                if any(nested_small(group.rows, cohort, threshold) for cohort in cohorts):
+                    raise group_refusal(setting, threshold)
+
+    def check_cohorts(self, data_model: str, cohorts: Sequence[np.ndarray]) -> None:
+        """Raise (control ``differencing``) if a new cohort holds, or is held by, a remembered group of
+        ``data_model`` but for 1 .. (the group's threshold - 1) rows: a filter pinning a level (``stroke_type
+        = tia AND age >= 25``) against that level's group, whatever algorithm answers it."""
+        with self._lock:
+            self._refresh()
+            for known in self._groups.get(data_model, {}).values():
+                for rows, group_threshold in known.values():
+                    if any(nested_small(c, rows, group_threshold) for c in cohorts):
+                        raise cohort_refusal()
 
     def record(self, groups: Sequence[Group], threshold: int) -> None:
         """Remember released groups (one remembered before costs nothing)."""
         with self._lock:
-            new = [g for g in groups if g.digest not in self._known(g.kind)]
+            self._refresh()
+            new = [g for g in groups if g.digest not in self._kind(g)]
             if not new:
                 return
             if self.path is None:
                 for g in new:
-                    self._known(g.kind)[g.digest] = (g.rows, threshold)
+                    self._groups.setdefault(g.data_model, {}).setdefault(g.kind, {})[g.digest] = (g.rows, threshold)
                 return
             now = datetime.now(timezone.utc).isoformat(timespec="seconds")
             with self._connect() as conn:
-                conn.executemany("INSERT OR IGNORE INTO groups VALUES (?, ?, ?, ?, ?, ?)",
-                                 [(g.kind, g.digest, len(g.rows), threshold, encode_keys(g.rows), now) for g in new])
+                conn.executemany("INSERT OR IGNORE INTO groups VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                 [(g.data_model, g.kind, g.digest, len(g.rows), threshold, encode_keys(g.rows), now)
+                                  for g in new])
+            self._refresh()
 
 
 def group_release(algo: Any, data: pd.DataFrame, request: Any, model: DataModel, cohorts: Any,
@@ -238,22 +280,28 @@ def group_release(algo: Any, data: pd.DataFrame, request: Any, model: DataModel,
 
 
 def check_groups(request: Any, context: Any, work: Any) -> None:
-    """Control (after ``check_cohort``): the groups the step releases, held to the group threshold
-    against the cohort's rows outside them, the ledger's cohorts (their union) and the same groups
-    released before (control ``differencing``, ADR 0051).  Computed even while ``differencing_check``
+    """Control (after ``check_cohort``): every step's new cohorts against the groups released before
+    (nested), then the groups the step releases, held to the group threshold against the cohort's rows
+    outside them, the ledger's cohorts (their union; nested) and the same groups released before (control ``differencing``, ADR 0051).  Computed even while ``differencing_check``
     is off or in a study, so that :func:`remember_groups` remembers them; explore releases are DP."""
     if work.explore is not None:
         return
     work.groups = release = group_release(work.algo, work.data, request.analysis, work.model, work.cohorts,
                                           work.settings)
-    if release is None or not work.settings.differencing_check or work.study is not None:
+    if not work.settings.differencing_check or work.study is not None:
+        return
+    guard, data_model = context.differencing, work.cohorts.data_model
+    answered = guard.ledger.cohorts(data_model)
+    # every step's new cohorts against the groups released before: a filter pinning a level
+    guard.groups.check_cohorts(data_model, [s for s, d in zip(work.cohorts.sets, work.cohorts.digests)
+                                            if d not in answered])
+    if release is None:
         return
     check_complement(work.cohorts.sets[0], release.union, release.threshold, release.setting)
-    guard = context.differencing
     if release.union_digest not in work.cohorts.digests:
-        guard.ledger.check(work.cohorts.data_model, [release.union], work.settings.min_row_count,
+        guard.ledger.check(data_model, [release.union], work.settings.min_row_count,
                            [release.union_digest], primes=guard.primes)
-    guard.groups.check(release.groups, release.threshold, release.setting)
+    guard.groups.check(release.groups, release.threshold, release.setting, cohorts=list(answered.values()))
 
 
 def remember_groups(context: Any, work: Any) -> None:

@@ -11,7 +11,7 @@ from mipflow.algorithms import get_algorithm
 from mipflow.algorithms.contract import ReleasedGroups
 from mipflow.exceptions import DisclosureError
 from mipflow.node.controls.groups import (
-    Group, GroupMemory, _digest, check_complement, kind_of, level_groups,
+    Group, GroupMemory, _digest, check_complement, kind_of, level_groups, nested_small,
 )
 from mipflow.protocol.request import AnalysisRequest
 from tests.mipflow.algorithms.survival_data import STROKE
@@ -21,7 +21,7 @@ MODEL = STROKE.key
 
 def group(kind: str, rows) -> Group:
     rows = np.array(sorted(rows), dtype=np.uint64)
-    return Group(kind, rows, _digest(kind, rows))
+    return Group(kind, rows, _digest(kind, rows), MODEL)
 
 
 def frame() -> tuple[pd.DataFrame, np.ndarray]:
@@ -102,3 +102,24 @@ def test_algorithms_declare_the_groups_they_release(name, x, y, parameters, expe
     request = AnalysisRequest(data_model=MODEL, datasets=("hospital_a",), x=tuple(x), y=tuple(y),
                               parameters=parameters)
     assert get_algorithm(name).released_groups(request, STROKE) == expected
+
+
+def test_a_group_and_a_cohort_holding_each_other_but_for_a_few_rows_are_refused_from_either_side() -> None:
+    """A filter pinning a level (a cohort of the ledger) against that level's group: nested, a few rows apart."""
+    tia = kind_of(MODEL, [("stroke_type", "tia")])
+    assert nested_small(np.arange(10, dtype=np.uint64), np.arange(13, dtype=np.uint64), 10)
+    assert not nested_small(np.arange(3, dtype=np.uint64), np.arange(13, dtype=np.uint64), 10)  # 10 apart
+    assert not nested_small(np.arange(13, dtype=np.uint64), np.arange(13, dtype=np.uint64), 10)  # the same rows
+    assert not nested_small(np.arange(12, dtype=np.uint64), np.arange(1, 13, dtype=np.uint64), 10)  # not nested
+    memory = GroupMemory()
+    memory.record([group(tia, range(13))], 10)
+    memory.check_cohorts(MODEL, [np.arange(13, dtype=np.uint64), np.arange(100, 400, dtype=np.uint64)])
+    memory.check_cohorts("other:1.0", [np.arange(10, dtype=np.uint64)])  # another data model's groups: none
+    for cohort in (np.arange(10, dtype=np.uint64), np.arange(15, dtype=np.uint64)):
+        with pytest.raises(DisclosureError) as refused:
+            memory.check_cohorts(MODEL, [cohort])
+        assert refused.value.control == "differencing" and not re.findall(r"\d+", str(refused.value))
+    fresh = GroupMemory()
+    with pytest.raises(DisclosureError):
+        fresh.check([group(tia, range(13))], 10, "min_row_count", cohorts=[np.arange(10, dtype=np.uint64)])
+    fresh.check([group(tia, range(13))], 10, "min_row_count", cohorts=[np.arange(300, dtype=np.uint64)])
