@@ -295,7 +295,9 @@ def check_groups(request: Any, context: Any, work: Any) -> None:
     # every step's new cohorts against the groups released before: a filter pinning a level
     guard.groups.check_cohorts(data_model, [s for s, d in zip(work.cohorts.sets, work.cohorts.digests)
                                             if d not in answered])
-    if release is None:
+    if release is None or any(0 < len(g.rows) < release.threshold for g in release.groups):
+        # a group under the threshold is the release check's refusal (control min_row_count, the node
+        # is left out), as for a k-means cluster (ADR 0050): the two refusals stay distinct
         return
     check_complement(work.cohorts.sets[0], release.union, release.threshold, release.setting)
     if release.union_digest not in work.cohorts.digests:
