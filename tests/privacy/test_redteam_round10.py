@@ -19,7 +19,6 @@ from tests.mipflow.algorithms.survival_data import STROKE
 from tests.mipflow.node.controls.study_helpers import rule, stroke_rows, where
 from tests.nodes import grant_all, load_frame, running_nodes, standard_home
 from tests.privacy.test_explore_attacks import Served
-from tests.privacy.test_group_moments_attacks import solve_triples
 
 pytestmark = pytest.mark.xdist_group("redteam_round10")
 
