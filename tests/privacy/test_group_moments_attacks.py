@@ -82,7 +82,8 @@ def test_defence_a_rare_group_of_an_independent_t_test_is_refused_in_standard_mo
     from group A's ``n``, mean and ``m2`` (a test_hole_ in this file's history) gets a refusal: the t-test
     declares ``group_count_setting = "min_row_count"``, so a group of 3 refuses the node's step (control
     ``min_row_count``).  The refusal names the rule and the setting only: the same bytes for another outcome
-    of the same groups; an honest t-test between two large groups still answers."""
+    of the same groups; an honest t-test between two large groups still answers (on those two levels' rows:
+    leaving the 3 TIA rows outside its groups would be refused, ADR 0051)."""
     root = tmp_path / "node"
     home = standard_home(root, NODE)
     frame = rare_level_registry()
@@ -92,6 +93,10 @@ def test_defence_a_rare_group_of_an_independent_t_test_is_refused_in_standard_mo
     other = ttest_request()
     other["inputdata"]["y"] = ["age"]
     honest = ttest_request("haemorrhagic")
+    # the two levels' rows only: a release leaving the 3 TIA rows outside its groups is refused (ADR 0051)
+    honest["inputdata"]["filters"] = {"condition": "AND", "valid": True, "rules": [
+        {"id": "stroke_type", "field": "stroke_type", "type": "string", "operator": "in",
+         "value": ["haemorrhagic", "ischaemic"]}]}
     with running_nodes([root]) as (url,):
         node = Served(url, credential, root, frame)
         reply = node.call("ttest_independent", ttest_request(), project="severity")

@@ -4,9 +4,11 @@ ADR 0050 holds every group released with its count, mean and spread (t-test grou
 naive Bayes classes, descriptive statistics per dataset) to ``min_row_count``.  The privacy table reads
 "closed for groups under ``min_row_count``"; the ADR's amendment says the difference of two nested cohorts'
 groups is stopped *in a study*.  These attacks run through a real node process (``mipflow node serve``).
-``test_hole_*`` pass while the hole is open (they recover the values the controls should protect).
+The two ``test_hole_*`` of the review (they recovered the values) are ``test_defence_*`` since ADR 0051.
 """
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pandas as pd
@@ -17,7 +19,6 @@ from tests.mipflow.algorithms.survival_data import STROKE
 from tests.mipflow.node.controls.study_helpers import rule, stroke_rows, where
 from tests.nodes import grant_all, load_frame, running_nodes, standard_home
 from tests.privacy.test_explore_attacks import Served
-from tests.privacy.test_group_moments_attacks import solve_triples
 
 pytestmark = pytest.mark.xdist_group("redteam_round10")
 
@@ -53,10 +54,16 @@ def moments(group: dict) -> tuple[int, float, float]:
     return n, n * mean, m2 + n * mean * mean
 
 
-def test_hole_two_passing_t_tests_isolate_three_patients_of_a_group_in_standard_mode(tmp_path) -> None:
-    """Two t-tests, each releasing a TIA group of ``min_row_count`` rows or more (13, then 10), on cohorts 10
-    rows apart (the differencing ledger's threshold is met): the difference of group A's (n, sum, sum of
-    squares) is 3 rows' moments, solved as ADR 0050's review solved a cluster of 3."""
+def no_data_number(message: str, min_row_count: int = 10) -> bool:
+    """The refusal names its setting's value at most: no other number (a size would be the leak)."""
+    return set(re.findall(r"\d+", message)) <= {str(min_row_count)}
+
+
+def test_defence_two_t_tests_whose_groups_differ_by_three_patients_are_refused_in_standard_mode(tmp_path) -> None:
+    """Was ``test_hole_*`` (tenth review): two t-tests, each TIA group of ``min_row_count`` rows or more (13, then
+    10), on cohorts 10 rows apart.  Group A's difference would be 3 rows whose (n, sum, sum of squares) solve.
+    Now the second is refused (control ``differencing``, ADR 0051): the union of its groups is a cohort of the
+    ledger and its groups are compared with the same groups released before; the message names the setting only."""
     root = tmp_path / "node"
     standard_home(root, NODE)
     frame = registry()
@@ -68,46 +75,61 @@ def test_hole_two_passing_t_tests_isolate_three_patients_of_a_group_in_standard_
         whole = node.call("ttest_independent", ttest(), project="severity")
         older = node.call("ttest_independent", ttest(where(rule("age", "greater_or_equal", 25))),
                           project="severity")
+        again = node.call("ttest_independent", ttest(), project="severity")
     assert whole.status_code == 200, whole.text
-    assert older.status_code == 200, older.text
-    n1, s1, q1 = moments(whole.json()["aggregates"]["a"])
-    n2, s2, q2 = moments(older.json()["aggregates"]["a"])
-    n = n1 - n2
-    assert n == 3 and n2 >= 10
-    mean, m2 = (s1 - s2) / n, (q1 - q2) - (s1 - s2) ** 2 / n
-    assert solve_triples(n, mean, m2) == [tuple(int(v) for v in TARGETS)]
+    assert whole.json()["aggregates"]["a"]["n"] == 13
+    assert older.status_code == 403, older.text
+    refusal = older.json()
+    assert refusal["control"] == "differencing"
+    assert "aggregates" not in refusal
+    assert no_data_number(older.text)
+    assert again.status_code == 200, again.text  # the same groups again: nothing new, answered
+    assert again.json()["aggregates"] == whole.json()["aggregates"]
 
 
-def test_hole_a_t_test_of_the_two_large_groups_beside_descriptive_statistics_gives_the_rare_group(tmp_path) -> None:
-    """One cohort, no filter: a t-test between the two large levels (149 and 148 rows, both pass) and descriptive
-    statistics of the same rows (300, passes) release every group but the third level (3 TIA patients); the
-    whole minus the two groups is the rare group's (n, sum, sum of squares).  The same rows, so the differencing
-    ledger sees one cohort; no released group is under ``min_row_count``; the complement group is."""
-    from tests.privacy.test_group_moments_attacks import RARE, rare_level_registry
+def test_defence_a_t_test_leaving_a_small_level_out_is_refused_before_or_after_descriptive_statistics(
+        tmp_path) -> None:
+    """Was ``test_hole_*`` (tenth review): a t-test between the two large levels (149 and 148 rows) beside
+    descriptive statistics of the same rows (300) would give the third level's 3 rows by subtraction.  Now a
+    release holds its cohort's rows outside its groups to 0 or ``min_row_count`` (control ``differencing``), in
+    either order; the same t-test on the two levels' rows only (a filter) is answered when nothing closer was."""
+    from tests.privacy.test_group_moments_attacks import rare_level_registry
 
-    root = tmp_path / "node"
-    standard_home(root, NODE)
     frame = rare_level_registry()
-    load_frame(root, STROKE, frame)
-    grant_all(root, researcher="*", project="severity")
-    credential = issue_client(root, "central")
     large = ttest()
     large["parameters"] = {"groupA": "haemorrhagic", "groupB": "ischaemic"}
     stats = {"inputdata": {**large["inputdata"], "x": []}, "parameters": {}}
-    with running_nodes([root]) as (url,):
-        node = Served(url, credential, root, frame)
-        groups = node.call("ttest_independent", large, project="severity")
-        whole = node.call("descriptive_stats", stats, project="severity")
-    assert groups.status_code == 200, groups.text
-    assert whole.status_code == 200, whole.text
-    released = groups.json()["aggregates"]
-    assert min(released["a"]["n"], released["b"]["n"]) >= 10
-    n, s, q = moments(whole.json()["aggregates"]["datasets"][NODE]["variable_based"]["nihss_admission"]["moments"])
-    for key in ("a", "b"):
-        n_g, s_g, q_g = moments(released[key])
-        n, s, q = n - n_g, s - s_g, q - q_g
-    assert n == 3
-    assert solve_triples(n, s / n, q - s * s / n) == [tuple(int(v) for v in RARE)]
+    two_levels = {**large, "inputdata": {**large["inputdata"], "filters": where(
+        rule("stroke_type", "in", ["haemorrhagic", "ischaemic"]))}}
+    replies = {}
+    for order in ("ttest_first", "stats_first"):
+        root = tmp_path / order
+        standard_home(root, NODE)
+        load_frame(root, STROKE, frame)
+        grant_all(root, researcher="*", project="severity")
+        credential = issue_client(root, "central")
+        with running_nodes([root]) as (url,):
+            node = Served(url, credential, root, frame)
+            if order == "stats_first":
+                replies["stats", order] = node.call("descriptive_stats", stats, project="severity")
+            replies["groups", order] = node.call("ttest_independent", large, project="severity")
+            replies["two_levels", order] = node.call("ttest_independent", two_levels, project="severity")
+            if order == "ttest_first":
+                replies["stats", order] = node.call("descriptive_stats", stats, project="severity")
+    for order in ("ttest_first", "stats_first"):
+        refused = replies["groups", order]
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["control"] == "differencing"
+        assert "levels" in refused.text and no_data_number(refused.text)
+    # the honest way: the t-test on the two levels' rows (297), answered when nothing 1-9 rows away was ...
+    honest = replies["two_levels", "ttest_first"]
+    assert honest.status_code == 200, honest.text
+    assert {honest.json()["aggregates"][k]["n"] for k in ("a", "b")} == {148, 149}
+    # ... and then the whole cohort's statistics (300 rows, 3 from it) are refused, as is the reverse order
+    assert replies["stats", "stats_first"].status_code == 200, replies["stats", "stats_first"].text
+    for late in (replies["stats", "ttest_first"], replies["two_levels", "stats_first"]):
+        assert late.status_code == 403 and late.json()["control"] == "differencing", late.text
+        assert no_data_number(late.text)
 
 
 def test_defence_descriptive_statistics_with_three_rows_missing_a_second_variable_are_refused(tmp_path) -> None:

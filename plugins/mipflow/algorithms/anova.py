@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mipflow.algorithms.contract import Step
+from mipflow.algorithms.contract import ReleasedGroups, Step
 from mipflow.algorithms.design import category_codes, numeric_values, sorted_levels
 from mipflow.algorithms.moments import Moments, merge_moments
 from mipflow.algorithms.spec import (
@@ -131,6 +131,10 @@ class Anova(SpecAlgorithm):
                     f"The variable {code} has less than 2 levels and Anova cannot be performed. "
                     "Please choose another variable."
                 )
+
+    def released_groups(self, request: AnalysisRequest, model: DataModel) -> tuple[ReleasedGroups, ...]:
+        # every cell's count and mean; a factor's level is the sum of its cells (ADR 0051)
+        return (ReleasedGroups(tuple(request.x[:2])),)
 
     def local_step(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
                    model: DataModel, state: dict | None) -> dict:

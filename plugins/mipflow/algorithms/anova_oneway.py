@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mipflow.algorithms.contract import Step
+from mipflow.algorithms.contract import ReleasedGroups, Step
 from mipflow.algorithms.design import category_codes, numeric_values
 from mipflow.algorithms.moments import (
     Moments,
@@ -46,6 +46,9 @@ class AnovaOneway(SpecAlgorithm):
                        label="Variable (dependent)", description="A numerical variable.")
     x_spec = InputSpec(types=("int", "text"), stattypes=(NOMINAL,), notblank=True, multiple=False,
                        label="Covariate (independent)", description="A nominal variable.")
+
+    def released_groups(self, request: AnalysisRequest, model: DataModel) -> tuple[ReleasedGroups, ...]:
+        return (ReleasedGroups((request.x[0],)),)  # every level's moments (ADR 0051)
 
     def local_step(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
                    model: DataModel, state: dict | None) -> dict:

@@ -125,6 +125,8 @@ class Algorithm(Protocol):
     def differencing_partition(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
                                state: dict | None) -> np.ndarray | None: ...
 
+    def released_groups(self, request: AnalysisRequest, model: DataModel) -> tuple[ReleasedGroups, ...]: ...
+
     def pool_sealed(self, parts: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]: ...
 
     def row_weights(self, round: int, data: pd.DataFrame, request: AnalysisRequest, model: DataModel,
@@ -159,6 +161,12 @@ class Algorithm(Protocol):
 #   ``nfilter_tab``; k-means clusters ``min_row_count``, ADR 0050);
 # * ``differencing_partition``: the partition of the rows whose sums a round releases, which
 #   the node compares with the partitions it released before (k-means, ADR 0013);
+# * ``released_groups``: the level cells of nominal variables whose sums (count, means, spreads)
+#   its local step releases (:class:`ReleasedGroups`): t-test and ANOVA groups, Gaussian naive
+#   Bayes classes, linear regression's dummy levels.  The node derives every group they let anyone
+#   form (cells, margins of cells, their union) and holds each, against the same group of earlier
+#   releases and against the rows of the cohort outside it, to the group threshold
+#   (:mod:`mipflow.node.controls.groups`, ADR 0051);
 # * ``sealed_rounds`` and ``pool_sealed``: its local steps may return sums for the other nodes only,
 #   under the aggregate key ``sealed`` (:mod:`mipflow.algorithms.sealed`, ADR 0046): the node seals
 #   them to every participant after its controls saw them, the central site forwards ciphertexts, and
@@ -177,6 +185,20 @@ class Algorithm(Protocol):
 #   each level's rows enter the differencing ledger as cohorts of their own.  (Rows complete on
 #   every variable, released by an algorithm that is not complete-case, e.g. ``descriptive_stats``'s
 #   model-based statistics, always do.)
+
+@dataclass(frozen=True)
+class ReleasedGroups:
+    """Groups of rows a local step releases sums over: the joint level cells of ``columns``.
+
+    ``columns`` are nominal variables of the request; ``levels`` (one tuple of enumeration codes per
+    column, or None for every level) are the levels whose cells are released.  A step that releases
+    the cells of two columns (two-way ANOVA) releases their margins too (sums of cells), and every
+    grouping releases the union of its cells.  Declared by the algorithm from the request alone.
+    """
+
+    columns: tuple[str, ...]
+    levels: tuple[tuple[str, ...], ...] | None = None
+
 
 #: Values of ``Algorithm.secure_aggregation``: its aggregates are not all sums
 #: (``"unsupported"``); they are, and automatic mode masks them from 3 nodes

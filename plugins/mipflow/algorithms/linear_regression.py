@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from mipflow.algorithms.contract import Step
+from mipflow.algorithms.contract import ReleasedGroups, Step
 from mipflow.algorithms.spec import NOMINAL, NUMERICAL, InputSpec, SpecAlgorithm
 from mipflow.algorithms.design import (
     INTERCEPT,
@@ -169,6 +169,11 @@ class LinearRegression(SpecAlgorithm):
     def check(self, request: AnalysisRequest, model: DataModel) -> None:
         if request.y[0] in request.x:
             raise RequestError(f"{request.y[0]!r} cannot be both the dependent variable and a covariate")
+
+    def released_groups(self, request: AnalysisRequest, model: DataModel) -> tuple[ReleasedGroups, ...]:
+        # each dummy's co-moments are its level's count and sums of y and of the numerical covariates (first
+        # moments: group threshold nfilter_tab); two releases' levels one row apart give that row (ADR 0051)
+        return tuple(ReleasedGroups((code,)) for code in request.x if model.variable(code).is_categorical)
 
     def local_step(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
                    model: DataModel, state: dict | None) -> dict:

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mipflow.algorithms.contract import Step
+from mipflow.algorithms.contract import ReleasedGroups, Step
 from mipflow.algorithms.crossval import (
     N_SPLITS,
     CrossValidated,
@@ -169,6 +169,11 @@ class NaiveBayesGaussianCV(_NaiveBayesCV):
                                    description="This share of the largest variance is added to every "
                                                "variance (scikit-learn's var_smoothing)."),
     })
+
+    def released_groups(self, request: AnalysisRequest, model: DataModel) -> tuple[ReleasedGroups, ...]:
+        # each class's moments, per fold; a class over the cohort is the sum of its folds (ADR 0051;
+        # the folds themselves depend on the cohort: not keyed across cohorts)
+        return (ReleasedGroups((request.y[0],)),)
 
     def fold_statistics(self, data: pd.DataFrame, cls: np.ndarray, request: AnalysisRequest,
                         model: DataModel) -> dict:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
-from mipflow.algorithms.contract import Step
+from mipflow.algorithms.contract import ReleasedGroups, Step
 from mipflow.exceptions import RequestError
 from mipflow.protocol.datamodel import DataModel, Variable
 from mipflow.protocol.request import AnalysisRequest
@@ -350,6 +350,14 @@ class SpecAlgorithm:
         Run by the node's disclosure controls before their checks, which still run.
         """
         return aggregates
+
+    def released_groups(self, request: AnalysisRequest, model: DataModel) -> tuple[ReleasedGroups, ...]:
+        """The level cells of nominal variables whose sums the local step releases (default: none).
+
+        Decided from the request alone; the node derives the groups from its rows and holds each,
+        with its margins and union, to the group threshold across releases (ADR 0051).
+        """
+        return ()
 
     def differencing_partition(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
                                state: dict | None) -> np.ndarray | None:

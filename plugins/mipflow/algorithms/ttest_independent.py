@@ -15,7 +15,7 @@ import math
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from mipflow.algorithms.contract import Step
+from mipflow.algorithms.contract import ReleasedGroups, Step
 from mipflow.algorithms.spec import NOMINAL, NUMERICAL, InputSpec, ParamSpec, SpecAlgorithm
 from mipflow.algorithms.design import category_codes, numeric_values
 from mipflow.algorithms.inference import SIGNIFICANCE_ALPHA, alternative_spec, t_interval, t_pvalue
@@ -49,6 +49,11 @@ class TTestIndependent(SpecAlgorithm):
         "groupB": ParamSpec(types=("text", "int"), notblank=True, enums_from="x", label="Group B",
                             description="The level of the grouping variable x used as group B."),
     })
+
+    def released_groups(self, request: AnalysisRequest, model: DataModel) -> tuple[ReleasedGroups, ...]:
+        # groups A and B of x, not its other levels (their rows are the cohort's complement, ADR 0051)
+        params = self.params(request, model)
+        return (ReleasedGroups((request.x[0],), ((str(params["groupA"]), str(params["groupB"])),)),)
 
     def check(self, request: AnalysisRequest, model: DataModel) -> None:
         params = self.params(request, model)

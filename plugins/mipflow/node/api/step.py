@@ -33,6 +33,7 @@ Order (ADR 0002, 0010, 0013, 0014, 0015, 0024, 0029, 0046, 0054)::
     check_rows           min_row_count, nfilter_subset, nfilter_glm     (403; explore: skipped)
     check_cohort         differencing: cohorts near answered ones      (403 differencing; a study: at approval;
                                                                         explore: skipped)
+    check_groups         differencing: released groups (levels, cells) (403 differencing, ADR 0051; as above)
     run_local_step       the algorithm's local step                    (400 on a state that does not fit;
                                                                         explore: skipped, the release computes)
     bind_pooled          pooled thresholds: one participant set and     (403 pooled_bins, ADR 0052)
@@ -75,6 +76,7 @@ from mipflow.node.controls.pooled_bins import bind_pooled, require_pooled_maskin
 from mipflow.node.controls.query_budget import analysis_key
 from mipflow.node.controls.explore import check_explore, release_explore
 from mipflow.node.controls.finite import check_finite
+from mipflow.node.controls.groups import check_groups, remember_groups
 from mipflow.node.controls.study import check_study
 from mipflow.node.home import NodeSettings
 from mipflow.protocol.request import AnalysisRequest
@@ -151,6 +153,7 @@ class StepWork:
     rows: int = 0
     aggregates: Any = None
     labels: Any = None
+    groups: Any = None  # the groups the step releases (mipflow.node.controls.groups, ADR 0051)
     state: Any = None        # the state the local step computes on: the node's own recomputation
     transcript: Any = None   # the parsed transcript (mipflow.secagg.transcript.Transcript)
     chain: str | None = None
@@ -510,6 +513,7 @@ def remember_cohort(request: StepRequest, context: StepContext, work: StepWork) 
     if work.explore is not None:
         return
     context.differencing.after_step(work.cohorts, request.analysis, work.labels)
+    remember_groups(context, work)
 
 
 def audit_answer(request: StepRequest, context: StepContext, work: StepWork) -> None:
@@ -555,6 +559,7 @@ CHAIN: tuple[Control, ...] = (
     read_rows,
     check_rows,
     check_cohort,
+    check_groups,
     run_local_step,
     bind_pooled,
     check_partition,

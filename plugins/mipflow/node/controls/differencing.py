@@ -283,6 +283,9 @@ class DifferencingGuard:
         self.key = hash_key(node_secret)
         self.primes = node_primes(node_secret)  # the chain rule's ranks (ADR 0030)
         self.partitions = PartitionMemory(root)
+        from mipflow.node.controls.groups import GroupMemory
+
+        self.groups = GroupMemory(root)  # groups released with their sums, by kind (ADR 0051)
 
     def cohorts(self, data_model: str, frame: pd.DataFrame, variables: Sequence[str],
                 complete_case: bool, by: Sequence[str] = ()) -> Cohorts:
