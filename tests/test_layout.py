@@ -33,8 +33,7 @@ CROSS_CUTTING: dict[str, tuple[str, ...]] = {
                                            "algorithms/logistic_regression_cv.py", "algorithms/naive_bayes.py"),
     # every iterate-weighted algorithm's row weights against its own sums (ADR 0054)
     "algorithms/test_row_weights.py": ("algorithms/contract.py", "algorithms/logistic_regression.py",
-                                       "algorithms/logistic_regression_cv.py", "algorithms/cox_regression.py",
-                                       "algorithms/gee.py"),
+                                       "algorithms/logistic_regression_cv.py", "algorithms/gee.py"),
     "algorithms/test_privacy_capabilities.py": ("algorithms/contract.py", "algorithms/spec.py",
                                                 "algorithms"),  # every algorithm's capabilities
     "secagg/test_federated_vs_pooled.py": ("secagg",),  # property: masked sums == pooled, all algorithms

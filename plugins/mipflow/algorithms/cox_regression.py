@@ -74,7 +74,7 @@ from __future__ import annotations
 
 import json
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -386,36 +386,8 @@ class CoxRegression(SpecAlgorithm):
         """The model's parameters, checked against ``nfilter_glm``: one per design column."""
         return len(design_columns(request.x, model))
 
-    def row_weights(self, round: int, data: pd.DataFrame, request: AnalysisRequest, model: DataModel,
-                    state: dict | None) -> Iterator[np.ndarray] | None:
-        """The weights ``exp(x'b)`` of a sums or score round on the node's rows at risk in each event
-        bin (ADR 0054): the sealed ``S0``, ``S1``, ``S2`` of a bin are sums with these weights, and a
-        score round's share of ``U`` and ``I`` weighs the node's rows by a non-negative combination of
-        them (so it holds at least as many rows in effect as the fewest of one bin); with Efron's ties,
-        also the weights on the node's events in each bin (``E0``..``E2``).  Round 0: none."""
-        if state is None:
-            return None
-        params = self.params(request, model)
-        risk = _risk_sets(data, request, model, params, fine_grid(model.variable(request.y[0])), state)
-        eta = np.asarray(state["coefficients"], dtype=float) @ risk["design"]
-        bounds, event = risk["bounds"], risk["event"]
-        event_bins = np.asarray(state["event_bins"], dtype=np.int64)
-        efron = params["ties"] == "efron"
-
-        def vectors() -> Iterator[np.ndarray]:
-            for j in event_bins:
-                at_risk = eta[bounds[j]:]  # rows leaving in bin j or later
-                if at_risk.size:
-                    yield np.exp(at_risk - at_risk.max())  # scaled: the effective rows do not change
-                tied = eta[bounds[j]:bounds[j + 1]][event[bounds[j]:bounds[j + 1]]]
-                if efron and tied.size:
-                    yield np.exp(tied - tied.max())
-        return vectors()
-
-    #: What the central site says when nodes refuse a round under ``effective_rows`` (ADR 0054).
-    concentrated_fit = ("the partial likelihood appears monotone (a covariate, or a combination of them, "
-                        "almost decides who has an event first), so the fit would rest on a few patients "
-                        "of each risk set; remove or merge those covariates")
+    # No ``row_weights`` (ADR 0054, amendment): a per-risk-set measure refuses honest fits, whose last
+    # risk sets and tied events are few rows by nature; Cox awaits a measure on its released shares.
 
 
 def _node_share(pooled: dict[str, np.ndarray], own_events: np.ndarray, event_x: np.ndarray, beta: np.ndarray,

@@ -16,6 +16,7 @@ agree.  See docs/adr/0046-sealed-round-sums.md.
 """
 from __future__ import annotations
 
+import base64
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -88,3 +89,48 @@ def local_state(algorithm: Any, state: dict | None, aggregates: Sequence[Mapping
     if any(not isinstance(part, Mapping) for part in parts):
         raise RequestError("some nodes sent sealed sums and others none: every node must run the same step code")
     return {**(state or {}), POOLED: algorithm.pool_sealed(parts)}
+
+
+#: The scheme of a masked sealed payload (``mipflow.secagg.sealed_masks.mask_sums``, ADR 0052).
+MASKED_SCHEME = "mipflow-sealed-mask-v1"
+#: Bytes per masked element.
+ELEMENT_BYTES = 8
+
+
+def is_masked(part: Any) -> bool:
+    """Whether ``part`` is a masked sealed payload (:func:`mask_sums`)."""
+    return isinstance(part, Mapping) and part.get("scheme") == MASKED_SCHEME
+
+
+def unmask_parts(parts: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+    """The sum of every participant's masked payload, its masks cancelled: name -> int64 array.
+
+    Raises
+    ------
+    RequestError
+        If the parts differ in layout or length, or one is malformed (the masks could not cancel).
+    """
+    if not parts or not all(is_masked(p) for p in parts):
+        raise RequestError("masked sealed sums: every participant's part must be masked")
+    layout = parts[0]["layout"]
+    if any(p["layout"] != layout for p in parts):
+        raise RequestError("masked sealed sums: the participants' parts differ in layout")
+    total = None
+    for part in parts:
+        try:
+            vector = np.frombuffer(base64.b64decode(part["masked"], validate=True), dtype="<u8")
+        except (ValueError, TypeError):
+            raise RequestError("masked sealed sums: a part is not well formed") from None
+        if total is not None and len(vector) != len(total):
+            raise RequestError("masked sealed sums: the participants' parts differ in length")
+        with np.errstate(over="ignore"):
+            total = vector.astype(np.uint64) if total is None else total + vector
+    values = total.view(np.int64)
+    out, offset = {}, 0
+    for name, shape in layout:
+        size = int(np.prod(shape)) if shape else 1
+        out[str(name)] = values[offset:offset + size].reshape(shape).copy()
+        offset += size
+    if offset != len(values):
+        raise RequestError("masked sealed sums: the layout does not fit the masked vector")
+    return out

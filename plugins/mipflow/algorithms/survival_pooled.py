@@ -89,14 +89,14 @@ def sealed_counts(groups: Sequence[Mapping[str, Any]], with_series: bool = True)
 
 def pool(parts: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
     """The participants' sealed counts added (masked parts: their masks cancel,
-    :func:`~mipflow.secagg.sealed_masks.unmask_parts`; in process, parts in the clear).
+    :func:`~mipflow.algorithms.sealed.unmask_parts`; in process, parts in the clear).
 
     Raises
     ------
     RequestError
         If the parts differ in keys or shapes, or masked and clear parts are mixed.
     """
-    from mipflow.secagg.sealed_masks import is_masked, unmask_parts
+    from mipflow.algorithms.sealed import is_masked, unmask_parts
 
     if not parts:
         raise RequestError("no sealed counts to pool")

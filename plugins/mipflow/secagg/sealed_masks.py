@@ -16,16 +16,17 @@ Integers only (counts): the sum of the parts must stay below 2^63 in absolute va
 from __future__ import annotations
 
 import base64
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
 from mipflow.exceptions import RequestError
 
-#: The scheme of a masked sealed payload.
-MASKED_SCHEME = "mipflow-sealed-mask-v1"
-#: Bytes per masked element.
-ELEMENT_BYTES = 8
+from mipflow.algorithms.sealed import ELEMENT_BYTES, MASKED_SCHEME, is_masked, unmask_parts  # noqa: F401
+
+# ``is_masked`` and ``unmask_parts`` (adding parts whose masks cancel: no key) live with the algorithms'
+# sealed-rounds capability, which pools them (``mipflow.algorithms.survival_pooled``); masking, which
+# needs the node's pairwise seeds, stays here.
 
 
 def _stream(seed: bytes, length: int) -> np.ndarray:
@@ -73,42 +74,3 @@ def mask_step_sums(own: Any, participants: Mapping[str, bytes], sums: Mapping[st
     context = context_digest(analysis_id=analysis_id, algorithm=f"{algorithm}|sealed", round_no=round_no,
                              request=request, state=state, participants=participants.values())
     return mask_sums(own, participants, context, sums)
-
-
-def is_masked(part: Any) -> bool:
-    """Whether ``part`` is a masked sealed payload (:func:`mask_sums`)."""
-    return isinstance(part, Mapping) and part.get("scheme") == MASKED_SCHEME
-
-
-def unmask_parts(parts: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
-    """The sum of every participant's masked payload, its masks cancelled: name -> int64 array.
-
-    Raises
-    ------
-    RequestError
-        If the parts differ in layout or length, or one is malformed (the masks could not cancel).
-    """
-    if not parts or not all(is_masked(p) for p in parts):
-        raise RequestError("masked sealed sums: every participant's part must be masked")
-    layout = parts[0]["layout"]
-    if any(p["layout"] != layout for p in parts):
-        raise RequestError("masked sealed sums: the participants' parts differ in layout")
-    total = None
-    for part in parts:
-        try:
-            vector = np.frombuffer(base64.b64decode(part["masked"], validate=True), dtype="<u8")
-        except (ValueError, TypeError):
-            raise RequestError("masked sealed sums: a part is not well formed") from None
-        if total is not None and len(vector) != len(total):
-            raise RequestError("masked sealed sums: the participants' parts differ in length")
-        with np.errstate(over="ignore"):
-            total = vector.astype(np.uint64) if total is None else total + vector
-    values = total.view(np.int64)
-    out, offset = {}, 0
-    for name, shape in layout:
-        size = int(np.prod(shape)) if shape else 1
-        out[str(name)] = values[offset:offset + size].reshape(shape).copy()
-        offset += size
-    if offset != len(values):
-        raise RequestError("masked sealed sums: the layout does not fit the masked vector")
-    return out

@@ -62,7 +62,7 @@ OWN_SECURE_FORM = {"descriptive_stats", "logistic_regression_cv", "cox_regressio
 #: the algorithms that mask only some rounds under secure aggregation (ADR 0048)
 MASKED_IN_PART = {"cox_regression", "kaplan_meier"}
 #: the algorithms whose later rounds weigh the rows by a function of the iterate (ADR 0054)
-ITERATE_WEIGHTED = {"logistic_regression", "logistic_regression_cv", "cox_regression", "gee"}
+ITERATE_WEIGHTED = {"logistic_regression", "logistic_regression_cv", "gee"}
 
 
 def _overrides(member: str) -> set[str]:
