@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mipflow.protocol.signing import issue_client
 from tests.mipflow.algorithms.survival_data import STROKE
 from tests.mipflow.node.controls.study_helpers import rule, stroke_rows, where
-from tests.nodes import grant_all, load_frame, running_nodes, standard_home
+from tests.nodes import running_nodes
 from tests.privacy.test_explore_attacks import Served
+from tests.privacy.test_redteam_round10 import severity_node
 
 pytestmark = pytest.mark.xdist_group("group_memory")
 
@@ -51,10 +51,7 @@ def no_data_number(text: str, setting_value: int) -> bool:
 def node(tmp_path):
     def start(frame: pd.DataFrame):
         root = tmp_path / "node"
-        standard_home(root, NODE)
-        load_frame(root, STROKE, frame)
-        grant_all(root, researcher="*", project="severity")
-        return root, issue_client(root, "central")
+        return root, severity_node(root, frame)
     return start
 
 
@@ -138,10 +135,7 @@ def test_defence_a_filter_pinning_a_level_a_few_rows_from_that_level_s_group_is_
                            "filters": pinned}, "parameters": {}}
     for order in ("group_first", "cohort_first"):
         root = tmp_path / order
-        standard_home(root, NODE)
-        load_frame(root, STROKE, frame)
-        grant_all(root, researcher="*", project="severity")
-        credential = issue_client(root, "central")
+        credential = severity_node(root, frame)
         with running_nodes([root]) as (url,):
             served = Served(url, credential, root, frame)
             calls = [("ttest_independent", ttest()), ("descriptive_stats", stats)]

@@ -42,6 +42,15 @@ def registry(seed: int = 10, n: int = 300) -> pd.DataFrame:
     return frame
 
 
+def severity_node(root, frame: pd.DataFrame):
+    """A standard-mode node at ``root`` holding ``frame``, every researcher granted project "severity";
+    the central site's credential."""
+    standard_home(root, NODE)
+    load_frame(root, STROKE, frame)
+    grant_all(root, researcher="*", project="severity")
+    return issue_client(root, "central")
+
+
 def ttest(filters=None) -> dict:
     return {"inputdata": {"data_model": STROKE.key, "datasets": [NODE], "x": ["stroke_type"],
                           "y": ["nihss_admission"], "filters": filters},
@@ -65,11 +74,8 @@ def test_defence_two_t_tests_whose_groups_differ_by_three_patients_are_refused_i
     Now the second is refused (control ``differencing``, ADR 0051): the union of its groups is a cohort of the
     ledger and its groups are compared with the same groups released before; the message names the setting only."""
     root = tmp_path / "node"
-    standard_home(root, NODE)
     frame = registry()
-    load_frame(root, STROKE, frame)
-    grant_all(root, researcher="*", project="severity")
-    credential = issue_client(root, "central")
+    credential = severity_node(root, frame)
     with running_nodes([root]) as (url,):
         node = Served(url, credential, root, frame)
         whole = node.call("ttest_independent", ttest(), project="severity")
@@ -104,10 +110,7 @@ def test_defence_a_t_test_leaving_a_small_level_out_is_refused_before_or_after_d
     replies = {}
     for order in ("ttest_first", "stats_first"):
         root = tmp_path / order
-        standard_home(root, NODE)
-        load_frame(root, STROKE, frame)
-        grant_all(root, researcher="*", project="severity")
-        credential = issue_client(root, "central")
+        credential = severity_node(root, frame)
         with running_nodes([root]) as (url,):
             node = Served(url, credential, root, frame)
             if order == "stats_first":
