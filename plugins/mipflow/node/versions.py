@@ -48,6 +48,15 @@ def _digest(key: bytes, parts: Any) -> str:
     return hmac.new(key, text, hashlib.sha256).hexdigest()[:16]
 
 
+def consent_digest(key: bytes, pseudonyms: list[str]) -> str:
+    """A keyed digest of a sorted withdrawn set, as :func:`mipflow.node.ingest.pipeline.apply_withdrawals`
+    records it (never the set itself: the store keeps no list of them); :func:`data_version` follows it."""
+    mac = hmac.new(hmac.new(key, b"mipflow consent applied v1", hashlib.sha256).digest(), digestmod=hashlib.sha256)
+    for pseudonym in pseudonyms:
+        mac.update(pseudonym.encode() + b"\n")
+    return mac.hexdigest()[:32]
+
+
 def data_version(store: Any, data_model: str, key: bytes, study: Any = None) -> dict[str, Any]:
     """The ``data_version`` of ``data_model`` as ``/v1/metadata`` gives it.
 

@@ -219,28 +219,25 @@ def _refuse_raw_extremes(doc: Any) -> None:
 def _group_sizes(doc: Any) -> Iterable[int]:
     """Row counts of groups whose statistics are released (keys ``group_n`` / ``group_counts``), and of
     the joint cells of categorical covariates a model's co-moments release (``cell_n``, ADR 0031)."""
-    if isinstance(doc, dict):
-        for key, value in doc.items():
-            if key in ("group_n", "group_counts", CHECKED_ONLY) and isinstance(value, list):
-                yield from (int(v) for v in value if isinstance(v, (int, float)))
-            else:
-                yield from _group_sizes(value)
-    elif isinstance(doc, list):
-        for value in doc:
-            yield from _group_sizes(value)
+    return (int(v) for v in _numbers_under(doc, ("group_n", "group_counts", CHECKED_ONLY)))
 
 
 def _weighted_rows(doc: Any) -> Iterable[float]:
     """The rows each weighted sum of the release holds (key ``weighted_n``, ADR 0053), at any depth."""
+    return (float(v) for v in _numbers_under(doc, (WEIGHTED_ROWS,)))
+
+
+def _numbers_under(doc: Any, keys: tuple[str, ...]) -> Iterable[int | float]:
+    """The numbers of every list under one of ``keys``, at any depth of ``doc`` (other keys are walked)."""
     if isinstance(doc, dict):
         for key, value in doc.items():
-            if key == WEIGHTED_ROWS and isinstance(value, list):
-                yield from (float(v) for v in value if isinstance(v, (int, float)))
+            if key in keys and isinstance(value, list):
+                yield from (v for v in value if isinstance(v, (int, float)))
             else:
-                yield from _weighted_rows(value)
+                yield from _numbers_under(value, keys)
     elif isinstance(doc, list):
         for value in doc:
-            yield from _weighted_rows(value)
+            yield from _numbers_under(value, keys)
 
 
 def _without_checked_only(doc: Any) -> Any:

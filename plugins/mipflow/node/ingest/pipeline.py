@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from mipflow.node.ingest.capture import ConsentRegistry, read_head, sha256_file
 from mipflow.node.home import NodeSettings
+from mipflow.node.versions import consent_digest
 from mipflow.protocol.datamodel import DataModel
 from mipflow.node.deid.pseudonyms import Pseudonymiser
 from mipflow.node.deid.tabular import depersonalise
@@ -584,13 +585,9 @@ def merge_summaries(summaries: list[dict]) -> dict[str, Any]:
 
 
 def apply_withdrawals(store: "FeatureStore", consent: ConsentRegistry | None, key: bytes) -> int:
-    """Delete the stored rows of every patient whose consent is withdrawn or refused.
-
-    Every application is recorded (``FeatureStore.record_consent_applied``) by a keyed digest of the
-    withdrawn set, *whether or not it deleted rows*: the node's data version follows that digest, so it
-    moves when the registry's withdrawn set changes, at a node that held the patient and at one that never
-    did alike (docs/adr/0043-standing-analyses.md, "Consent withdrawals").
-    """
+    """Delete the stored rows of every patient whose consent is withdrawn or refused, and record the
+    withdrawn set's digest whether or not rows went: the data version follows it alike at every node
+    (ADR 0043, "Consent withdrawals")."""
     if consent is None:
         return 0
     withdrawn = consent.withdrawn()
@@ -600,12 +597,3 @@ def apply_withdrawals(store: "FeatureStore", consent: ConsentRegistry | None, ke
     store.record_consent_applied(consent_digest(key, pseudonyms))
     return deleted
 
-
-def consent_digest(key: bytes, pseudonyms: list[str]) -> str:
-    """A keyed digest of a sorted withdrawn set (never the set itself: the store keeps no list of them)."""
-    import hmac
-
-    mac = hmac.new(hmac.new(key, b"mipflow consent applied v1", hashlib.sha256).digest(), digestmod=hashlib.sha256)
-    for pseudonym in pseudonyms:
-        mac.update(pseudonym.encode() + b"\n")
-    return mac.hexdigest()[:32]
