@@ -178,8 +178,8 @@ class Algorithm(Protocol):
 #   pinned participants, one participant set and pool per cohort; ``session_request``: the request
 #   of one attempt given the participants it masks (Kaplan-Meier's ``survival_bins = auto``);
 # * ``row_weights``: the weights a round's sums put on the rows when the iterate in the state sets them
-#   (logistic regression's ``p (1 - p)`` and ``y - p``, Cox regression's ``exp(x'b)`` per risk set, a
-#   GEE's variance and residual): the node refuses a round whose weights rest on fewer than
+#   (logistic regression's ``p (1 - p)`` and ``y - p``, a GEE's variance and residual; not Cox yet,
+#   ADR 0054's amendment): the node refuses a round whose weights rest on fewer than
 #   ``min_row_count`` rows in effect (control ``effective_rows``, ADR 0054);
 # * ``released_by``: row columns (e.g. ``dataset``) whose levels split its released statistics;
 #   each level's rows enter the differencing ledger as cohorts of their own.  (Rows complete on

@@ -393,8 +393,8 @@ def check_partition(request: StepRequest, context: StepContext, work: StepWork) 
 
 def check_weights(request: StepRequest, context: StepContext, work: StepWork) -> None:
     """Effective rows (ADR 0054): a round whose sums the algorithm weights per row by a function of
-    the verified iterate (``row_weights``: logistic regression, Cox regression, GEE with a non-identity
-    link) is refused when those weights rest on fewer than ``min_row_count`` rows in effect (control
+    the verified iterate (``row_weights``: logistic regression and its CV, GEE with a non-identity link;
+    not Cox yet, ADR 0054's amendment) is refused when those weights rest on fewer than ``min_row_count`` rows in effect (control
     ``effective_rows``), however many rows the step reads: a diverging fit's sums are a few patients'
     records.  Explore mode: skipped (a noisy single-round release, no iterate)."""
     weights = getattr(work.algo, "row_weights", None)

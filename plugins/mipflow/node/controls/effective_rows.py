@@ -2,8 +2,8 @@
 
 ``min_row_count`` counts the rows a step reads.  An iterative fit's later rounds release sums
 *weighted* per row by a function of the current iterate: a logistic regression's Hessian puts
-``p (1 - p)`` on each row and its gradient ``y - p``, Cox regression's risk-set sums ``exp(x'b)``,
-a GEE with a log or logit link the variance and the residual of each row.  When the iterate
+``p (1 - p)`` on each row and its gradient ``y - p`` (Cox regression's risk-set sums ``exp(x'b)``
+likewise, not checked yet: ADR 0054's amendment), a GEE with a log or logit link the variance and the residual of each row.  When the iterate
 diverges (perfectly separated classes, a monotone partial likelihood) those weights vanish on
 every row but a few, and a sum over 240 rows is, to any precision that matters, the covariate
 vector of one or two patients (the eleventh outside review).
