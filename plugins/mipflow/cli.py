@@ -104,9 +104,12 @@ def _parser() -> argparse.ArgumentParser:
                             ).add_subparsers(dest="access_command", required=True)
     p = access.add_parser("grant", help="approve a researcher and/or project (wildcards only as '*', on purpose)")
     p.add_argument("home", type=Path)
-    p.add_argument("--researcher", default=None, help="researcher identity, or '*' for anyone")
-    p.add_argument("--project", default=None, help="project, or '*' for any project (default when only "
-                                                   "--researcher is given)")
+    p.add_argument("--researcher", default=None, help="researcher identity (any researcher of the project "
+                                                      "when left out)")
+    p.add_argument("--project", default=None, help="project (any project of the researcher when left out)")
+    p.add_argument("--any-researcher", action="store_true", help="admit ANY researcher id (a warning is printed "
+                                                                 "when the grant is open on projects too)")
+    p.add_argument("--any-project", action="store_true", help="admit any project explicitly")
     p.add_argument("--data-model", required=True, help="CODE:VERSION, or '*'")
     p.add_argument("--datasets", required=True, help="comma-separated dataset codes, or '*' for all")
     p.add_argument("--algorithms", required=True, help="comma-separated algorithm names, or '*' for all")
@@ -431,9 +434,16 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         home = NodeHome(args.home)
         if args.access_command == "grant":
+            from mipflow.node.controls.access import grant_scope
+
+            researcher, project, warning = grant_scope(args.researcher, args.project,
+                                                       any_researcher=args.any_researcher,
+                                                       any_project=args.any_project)
             grant = AccessRegistry(home.root).grant(
-                researcher=args.researcher, project=args.project, data_model=args.data_model,
+                researcher=researcher, project=project, data_model=args.data_model,
                 datasets=args.datasets, algorithms=args.algorithms, expires=args.until, note=args.note)
+            if warning:
+                print(warning, file=sys.stderr)
             print(ops.dumps({"node": home.name, "granted": grant.__dict__}))
             return 0
         if args.access_command == "revoke":

@@ -154,3 +154,34 @@ def test_pool_command_dry_run_prints_the_airflow_command(capsys):
     assert main(["central", "pools", "--slots", "2", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("airflow pools set mipflow_federation 2 ")
+
+
+@pytest.mark.parametrize("args, message", [
+    pytest.param(["--researcher", "*", "--project", "p1"], "--any-researcher", id="researcher-star"),
+    pytest.param(["--researcher", "alice", "--project", "*"], "--any-project", id="project-star"),
+    pytest.param(["--researcher", "alice", "--any-researcher"], "contradict", id="named-and-any"),
+])
+def test_a_typed_wildcard_needs_its_explicit_flag(tmp_path, capsys, args, message):
+    standard_home(tmp_path / "h", "h")
+    assert cli.main(["access", "grant", str(tmp_path / "h"), *args, "--data-model", "*", "--datasets", "*",
+                     "--algorithms", "*", "--until", "never"]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "h" / "access.json").exists()  # nothing granted
+
+
+def test_a_grant_open_to_any_researcher_on_any_project_warns_and_others_do_not(tmp_path, capsys):
+    standard_home(tmp_path / "h", "h")
+    home = str(tmp_path / "h")
+    common = ["--data-model", "*", "--datasets", "*", "--algorithms", "*", "--until", "never"]
+    assert cli.main(["access", "grant", home, "--any-researcher", *common]) == 0
+    out = capsys.readouterr()
+    assert "ANY researcher id on ANY project" in out.err
+    granted = json.loads(out.out)["granted"]
+    assert (granted["researcher"], granted["project"]) == ("*", "*")
+    assert cli.main(["access", "grant", home, "--any-researcher", "--any-project", *common]) == 0
+    assert "ANY researcher id on ANY project" in capsys.readouterr().err
+    # a project grant (any researcher of the project) and a researcher grant (any of their projects): no warning
+    for args in (["--project", "p1"], ["--any-researcher", "--project", "p1"], ["--researcher", "alice"],
+                 ["--researcher", "alice", "--any-project"]):
+        assert cli.main(["access", "grant", home, *args, *common]) == 0
+        assert "WARNING" not in capsys.readouterr().err, args

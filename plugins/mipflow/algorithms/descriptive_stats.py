@@ -44,6 +44,7 @@ from mipflow.algorithms.spec import NOMINAL, NUMERICAL, InputSpec, SpecAlgorithm
 from mipflow.algorithms.design import category_codes, numeric_values
 from mipflow.algorithms.dp_release import DPRelease, Noise, Released, declared_bounds, moments_from_sums
 from mipflow.algorithms.moments import Moments, compute_moments, merge_moments
+from mipflow.algorithms.noise_error import NoiseTerm, noisy_count_error, noisy_mean_and_std, pool_sums
 from mipflow.protocol.datamodel import DataModel
 from mipflow.protocol.request import AnalysisRequest
 from mipflow.protocol.wire import json_ready
@@ -91,32 +92,45 @@ def _dp_release(algo: DescriptiveStats, data: pd.DataFrame, request: AnalysisReq
         complete = frame.dropna(subset=described, how="any")
         record: dict[str, Any] = {}
         for kind, rows in (("variable_based", frame), ("model_based", complete)):
-            n_total = noise.count(len(rows), block=f"{kind}/n_total", part=part)
+            # signed noisy counts and sums leave the node; clamping them is the central side's display
+            # (a pooled sum of counts clamped per node would be biased upwards)
+            n_signed = _noisy_count(noise, len(rows), block=f"{kind}/n_total", part=part)
+            n_total = max(n_signed, 0)
             items: dict[str, Any] = {}
             for code in described:
                 var = model.variable(code)
                 if var.is_categorical:
                     counts = category_codes(rows[code], var).value_counts()
                     exact = [int(counts.get(c, 0)) for c in var.enumeration_codes]
-                    noisy = np.maximum(noise.add(exact, 1, block=f"{kind}/{code}/counts", part=part, integer=True), 0)
-                    items[code] = {"n_total": max(n_total, int(noisy.sum())), "counts": noisy.tolist()}
+                    noisy = noise.add(exact, 1, block=f"{kind}/{code}/counts", part=part, integer=True)
+                    items[code] = {"n_total": max(n_total, int(noisy.sum())), "counts": noisy.tolist(),
+                                   "noise": {"terms": [[noise.mechanism, noise.sd(1)]]}}
                     continue
                 lo, hi = bounds[code]
                 values = numeric_values(rows[code])
                 clamped = np.clip(values[~np.isnan(values)], lo, hi) - (lo + hi) / 2.0
                 half = (hi - lo) / 2.0
                 # model-based rows are complete: every variable's count is the row count
-                n = n_total if kind == "model_based" else noise.count(len(clamped), block=f"{kind}/{code}/n",
-                                                                       part=part)
+                n = n_signed if kind == "model_based" else _noisy_count(noise, len(clamped), block=f"{kind}/{code}/n",
+                                                                         part=part)
                 s1 = float(noise.add([math.fsum(clamped)], half, block=f"{kind}/{code}/sum", part=part)[0])
                 s2 = float(noise.add([math.fsum(clamped * clamped)], half * half, block=f"{kind}/{code}/sumsq",
                                      part=part)[0])
-                items[code] = {"n_total": max(n_total, n), "moments": moments_from_sums(n, s1, s2, lo, hi)}
+                terms = [NoiseTerm("n", noise.mechanism, noise.sd(1)), NoiseTerm("s1", noise.mechanism, noise.sd(half)),
+                         NoiseTerm("s2", noise.mechanism, noise.sd(half * half))]
+                items[code] = {"n_total": max(n_total, n), "moments": moments_from_sums(max(n, 0), s1, s2, lo, hi),
+                               "noisy_sums": {"n": int(n), "s1": s1, "s2": s2, "centre": (lo + hi) / 2.0,
+                                              "terms": [t.to_list() for t in terms]}}
             record[kind] = items
         record["group_n"] = [r["moments"]["n"] for kind in ("variable_based", "model_based")
                              for r in record[kind].values() if "moments" in r]
         out[part] = record
     return {"datasets": out}, {c: [lo, hi] for c, (lo, hi) in bounds.items()}
+
+
+def _noisy_count(noise: Noise, value: int, *, block: str, part: str) -> int:
+    """A signed noisy count (sensitivity 1): the same draw as ``noise.count``, not clamped."""
+    return int(noise.add([value], 1, block=block, part=part, integer=True)[0])
 
 
 def _dp_rows(aggregates: dict[str, Any]) -> int:
@@ -199,6 +213,8 @@ class DescriptiveStats(SpecAlgorithm):
             out[kind] = {}
             for code in described:
                 merged = self._merge([r[kind][code] for r in records if self._count(r[kind][code]) > 0])
+                if merged is not None:  # the masked sum holds numbers only (no noise terms: ADR 0057's gap)
+                    merged = {k: v for k, v in merged.items() if k not in ("noisy_sums", "noise")}
                 if merged is None:
                     var = model.variable(code)
                     merged = ({"n_total": 0, "counts": [0] * len(var.enumeration_codes)} if var.is_categorical
@@ -221,16 +237,23 @@ class DescriptiveStats(SpecAlgorithm):
             for cells in zip(*(r["counts"] for r in records)):
                 released = [int(c) for c in cells if c is not None]
                 counts.append(sum(released) if released else None)
-            return {"n_total": n_total, "counts": counts}
+            out: dict[str, Any] = {"n_total": n_total, "counts": counts}
+            noisy = [r["noise"] for r in records if "noise" in r]
+            if noisy:  # one independent draw per node record on every cell
+                out["noise"] = {"terms": [term for v in noisy for term in v["terms"]]}
+            return out
         mom = merge_moments(Moments.from_dict(r["moments"]) for r in records)
-        return {"n_total": n_total, "moments": mom.to_dict()}
+        out = {"n_total": n_total, "moments": mom.to_dict()}
+        if any("noisy_sums" in r for r in records):
+            out["noisy_sums"] = pool_sums(records)
+        return out
 
     @staticmethod
     def _count(record: dict[str, Any] | None) -> int:
         if record is None:
             return 0
-        if "counts" in record:
-            return int(sum(c for c in record["counts"] if c is not None))
+        if "counts" in record:  # noisy cells are signed
+            return max(int(sum(c for c in record["counts"] if c is not None)), 0)
         return int(record["moments"]["n"])
 
     def _render(self, record: dict[str, Any] | None, code: str, model: DataModel) -> dict | None:
@@ -242,7 +265,13 @@ class DescriptiveStats(SpecAlgorithm):
                                "num_total": record["n_total"]}
         if "counts" in record:
             var = model.variable(code)
-            out["counts"] = {c: k for c, k in zip(var.enumeration_codes, record["counts"]) if k}
+            # a noisy pooled cell is shown clamped to >= 0, with its error (ADR 0057)
+            out["counts"] = {c: max(k, 0) for c, k in zip(var.enumeration_codes, record["counts"]) if k and k > 0}
+            if "noise" in record:
+                out.update(noisy_count_error(record["noise"]["terms"]))
+        elif "noisy_sums" in record:
+            var = model.variable(code)
+            out.update(noisy_mean_and_std(record["noisy_sums"], float(var.min_value), float(var.max_value)))
         else:
             mom = Moments.from_dict(record["moments"])
             out["mean"] = float(mom.mean[0])

@@ -112,6 +112,21 @@ def is_perturbed(doc: Mapping[str, Any]) -> bool:
     return bool(_noisy_nodes(doc)) or bool(isinstance(noise, Mapping) and noise.get("approximate"))
 
 
+def noise_dominated(result: Any) -> list[str]:
+    """``variable (dataset)`` of every record whose ``data`` says ``noise_dominates`` (ADR 0057)."""
+    out: list[str] = []
+    if not isinstance(result, Mapping):
+        return out
+    for records in result.values():
+        for item in records if isinstance(records, list) else []:
+            data = item.get("data") if isinstance(item, Mapping) else None
+            if isinstance(data, Mapping) and data.get("noise_dominates"):
+                label = f"{item.get('variable')} ({item.get('dataset')})"
+                if label not in out:
+                    out.append(label)
+    return out
+
+
 def result_warnings(doc: Mapping[str, Any]) -> list[Warning]:
     """Every reason to read this result with care, most important first (none for a failed run)."""
     if str(doc.get("status") or "succeeded") != "succeeded":
@@ -124,6 +139,12 @@ def result_warnings(doc: Mapping[str, Any]) -> list[Warning]:
         out.append(Warning("noise", "Perturbed result: random noise was added at the node(s) to protect "
                                     "patients, so every number is approximate" + (f" ({by})" if by else "")
                            + ". Do not report it as exact; ask for an approved study for exact answers."))
+    dominated = noise_dominated(result)
+    if dominated:
+        out.append(Warning("noise", "The noise dominates the standard deviation of " + ", ".join(dominated)
+                           + ": its interval reaches 0, so the std shown (none where the noisy variance is not "
+                             "positive) says little; read its std_interval. Each perturbed number carries its "
+                             "noise's sd and a 95 % interval (approximate)."))
     excluded = doc.get("excluded") or {}
     if excluded:
         out.append(Warning("left_out", f"{len(excluded)} node(s) left out, the result is from the others only: "

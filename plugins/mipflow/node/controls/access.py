@@ -41,6 +41,43 @@ WILDCARD = "*"
 NEVER = "never"
 
 
+#: What the node admin is told when a grant admits any researcher id on any project.
+OPEN_GRANT_WARNING = ("WARNING: this grant admits ANY researcher id on ANY project: whoever the central site vouches "
+                      "for may analyse these data, and each new project brings a fresh explore budget. Prefer a "
+                      "named project (--project P) or researcher (--researcher R).")
+
+
+def grant_scope(researcher: str | None, project: str | None, *, any_researcher: bool = False,
+                any_project: bool = False) -> tuple[str | None, str | None, str | None]:
+    """The researcher and project of a grant asked for on the command line, and a warning.
+
+    A wildcard is never implied by a typed ``'*'`` alone: ``--researcher '*'`` needs
+    ``--any-researcher`` and ``--project '*'`` needs ``--any-project`` (the flags alone mean
+    the wildcard).  Leaving one out keeps its documented meaning (a project grant admits any
+    researcher of the project; a researcher grant covers any of their projects).  A grant open
+    on both sides returns :data:`OPEN_GRANT_WARNING`.
+
+    Raises
+    ------
+    ConfigError
+        A ``'*'`` without its flag, or a flag beside a named researcher or project.
+    """
+    for value, flag, what, option in ((researcher, any_researcher, "researcher", "--any-researcher"),
+                                      (project, any_project, "project", "--any-project")):
+        if value == WILDCARD and not flag:
+            raise ConfigError(f"'*' as the {what} admits any {what} id; say so with {option} "
+                              f"(instead of --{what} '*')")
+        if flag and value not in (None, WILDCARD):
+            raise ConfigError(f"{option} and a named {what} contradict each other: give one")
+    researcher = WILDCARD if any_researcher else researcher
+    project = WILDCARD if any_project else project
+    if researcher is None and project is None:
+        return researcher, project, None  # AccessRegistry.grant refuses it with its own message
+    open_researcher = researcher in (None, WILDCARD)
+    open_project = project in (None, WILDCARD)
+    return researcher, project, OPEN_GRANT_WARNING if open_researcher and open_project else None
+
+
 class AccessDenied(DisclosureError):
     """No current grant covers the request (HTTP 403, control ``access``)."""
 

@@ -146,3 +146,19 @@ def test_degenerate_results_carry_warnings_on_the_page_and_the_list(doc, kinds, 
 def test_a_failed_run_has_no_result_warnings():
     doc = _doc("linear_regression", ["y"], status="refused", excluded={"a": "refused (access): no"})
     assert result_warnings(doc) == []
+
+
+def test_a_std_the_noise_dominates_is_named_in_a_warning_and_its_interval_is_on_the_page():
+    """ADR 0057: a perturbed std whose interval reaches 0 is flagged, never shown as 0.0."""
+    data = {"num_dtps": 120, "num_na": 0, "num_total": 120, "approximate": True, "interval_level": 0.95,
+            "mean": 61.2, "mean_noise_sd": 2.1, "mean_interval": [57.0, 65.4], "std": None,
+            "std_interval": [0.0, 19.5], "variance_noise_sd": 150.0, "noise_dominates": True}
+    clear = dict(data, std=12.0, std_interval=[9.0, 14.5], noise_dominates=False)
+    doc = {"run_id": "r1", "algorithm": "descriptive_stats", "status": "succeeded",
+           "result": {"variable_based": [{"variable": "age", "dataset": "hospital_a", "data": data},
+                                         {"variable": "age", "dataset": "hospital_b", "data": clear}],
+                      "model_based": []}}
+    warnings = [w for w in result_warnings(doc) if "dominates" in w.text]
+    assert len(warnings) == 1 and "age (hospital_a)" in warnings[0].text and "hospital_b" not in warnings[0].text
+    page = result_page(doc, link=lambda run_id, kind: f"/{run_id}.{kind}", back="/")
+    assert "std_interval" in page and "noise_dominates" in page and "age (hospital_a)" in page
