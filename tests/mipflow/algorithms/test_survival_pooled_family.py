@@ -165,13 +165,14 @@ def counts_a_requester_forms(frame: pd.DataFrame, proto, tab: int) -> tuple[tupl
                     add(died, starts[i], ends[j], sum(ev[i:j + 1]))
                     add(stayed, starts[i], ends[j], sum(ce[i:j + 1]))
                     add(died | stayed, starts[i], ends[j], sum(ev[i:j + 1]) + sum(ce[i:j + 1]))
-            per_group.append(dict(zip(ends, np.cumsum(np.add(ev, ce)).tolist())))
-            per_group[-1][-1] = 0
-        if len(groups) > 1:  # the groups summed between ends they share (the cohort's leaving rows)
+            per_group.append({-1: (0, 0), **dict(zip(ends, zip(np.cumsum(ev).tolist(), np.cumsum(ce).tolist())))})
+        if len(groups) > 1:  # the groups summed between ends they share: the cohort's events and censorings
             shared = sorted(set.intersection(*(set(g) for g in per_group)))
-            whole = kinds.kind(c)
+            died, stayed = kinds.kind(c, **{event: level}), kinds.kind(c, **{event: ("not", level)})
             for a, b in ((a, b) for a in shared for b in shared if a < b):
-                add(whole, a, b, sum(g[b] - g[a] for g in per_group))
+                add(died, a, b, sum(g[b][0] - g[a][0] for g in per_group))
+                add(stayed, a, b, sum(g[b][1] - g[a][1] for g in per_group))
+                add(died | stayed, a, b, sum(g[b][0] + g[b][1] - g[a][0] - g[a][1] for g in per_group))
     keys = np.array(list(found), dtype=np.int64).reshape(-1, 3)
     counts = np.array(list(found.values()), dtype=np.int64)
     return (keys[:, 0], keys[:, 1], keys[:, 2], counts), {c for c, *_ in made}
