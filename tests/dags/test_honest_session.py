@@ -268,11 +268,10 @@ def drop_points(curve: dict) -> int:
     return int(np.sum(np.diff(np.concatenate([[1.0], survival])) < 0))
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14 item 7, partly open: with pooled bins (ADR 0052) the curve keeps "
-                   "47 time points, but falls at 4 of the 12-13 weeks holding deaths: the study's family cells "
-                   "(every cohort, group and nested difference, pooled) are held to nfilter_tab, and the thinnest "
-                   "of them (young women's deaths, weeks 0-6) merges the first weeks' deaths")
 def test_kaplan_meier_in_the_study_falls_at_half_the_weeks_holding_deaths(dags, federation) -> None:
+    """Issue 14 item 7: on the family partition (ADR 0052) the population's curve by sex fell at 4 of the
+    12-13 weeks holding deaths, the thinnest family cell (young women's deaths) merging the first weeks
+    for every cohort; the population's releases are on its refinement (ADR 0056) and fall at 9 of them."""
     doc = answered(dags, federation, "federated_kaplan_meier", y=["followup_days", "death_90d"], x="sex",
                    event_level="yes", bin_width=7.0)
     snapshot = federation["snapshot"]

@@ -302,3 +302,33 @@ def finest_partition(counts: np.ndarray, tab: int) -> list[int]:
     ends.reverse()
     ends[-1] = n_points - 1
     return ends
+
+
+def refine_partition(counts: np.ndarray, coarse: Sequence[int], tab: int) -> list[int]:
+    """The finest partition under :func:`finest_partition`'s rule for the cells ``counts`` (cells, grid
+    points) that keeps every end of the partition ``coarse`` (grid points, the last the grid's last):
+    :func:`finest_partition` within each of ``coarse``'s bins.
+
+    A refinement, so every bin of ``coarse`` is a union of bins of the result.  Where ``coarse`` keeps
+    every cell of ``counts`` at 0 or at least ``tab`` in each of its bins (it was derived with these
+    cells among others, ADR 0056), a cell watched over the whole grid (total at least ``tab``) is
+    watched in every bin of ``coarse`` in which it has rows, so the result keeps it safe in each of its
+    bins too.
+
+    Raises
+    ------
+    ValueError
+        If a watched cell holds 1 to ``tab - 1`` rows in a bin of ``coarse`` (no refinement is safe).
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    watched = counts[counts.sum(axis=1) >= tab]
+    ends: list[int] = []
+    start = 0
+    for end in (int(e) for e in coarse):
+        segment = counts[:, start:end + 1]
+        held = watched[:, start:end + 1].sum(axis=1)
+        if np.any((held > 0) & (held < tab)):
+            raise ValueError("the coarse partition does not keep the cells safe: it cannot be refined under the rule")
+        ends += [start + e for e in finest_partition(segment, tab)] if segment.size else [end]
+        start = end + 1
+    return ends

@@ -16,7 +16,8 @@ central site sets it when secure aggregation masks at least 3 pinned participant
 * **round 1** (masked): each node opens the pool, identical at every node, and its controls derive
   the **pooled** canonical release (:func:`pooled_release`: :func:`~mipflow.algorithms.survival.shape_release`
   on the pooled counts; in a study the family's pooled partition,
-  :func:`~mipflow.algorithms.survival_bins.finest_partition`, first), check every pooled cell against
+  :func:`~mipflow.algorithms.survival_bins.finest_partition`, first, refined for the population's
+  releases, :func:`family_ends`, ADR 0056), check every pooled cell against
   ``nfilter_tab`` and release the node's **own** counts on those bins, masked
   (:func:`slot_release`: one slot per point of the request's grid, so every node's layout is the same).
   The central site reads only the sum.
@@ -31,7 +32,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from mipflow.algorithms.survival import FOLLOW_UP_KEY, LEVEL_KEY, POINTS_KEY, released_cells, shape_release
-from mipflow.algorithms.survival_bins import bin_counts, finest_partition
+from mipflow.algorithms.survival_bins import bin_counts, finest_partition, refine_partition
 from mipflow.exceptions import RequestError
 
 #: The request parameter choosing the bins, and its values.
@@ -43,6 +44,8 @@ PHASE = "pooled"
 POOL_KEY = "_pool"
 #: Node-only key (study mode): the protocol grid's points on the fine grid, for the family's partition.
 FAMILY_POINTS_KEY = "family_points"
+#: Node-only key (study mode): how many of the family's first cells are the population's (0: a subgroup's release).
+FAMILY_POPULATION_KEY = "family_population"
 #: The least number of masked participants for pooled bins.
 MIN_NODES = 3
 
@@ -133,19 +136,38 @@ def pooled_groups(pooled: Mapping[str, Any], min_count: int) -> list[dict[str, A
     """The pooled fine counts per group, ready for :func:`~mipflow.algorithms.survival.shape_release`:
     outside a study with their series (one partition per cohort, ADR 0008, on the pooled counts); in a
     study summed into the family's pooled partition (``family``: cells by protocol grid points,
-    ``family_points``: those points on the fine grid), merged further per group there as a study's
-    per-node release is."""
+    ``family_points``: those points on the fine grid; on the population, its refinement,
+    :func:`family_ends`), merged further per group there as a study's per-node release is."""
     events = np.asarray(pooled["events"], dtype=np.int64)
     censored = np.asarray(pooled["censored"], dtype=np.int64)
     if "family" in pooled:
         points = [int(p) for p in pooled[FAMILY_POINTS_KEY]]
-        grid_ends = finest_partition(np.asarray(pooled["family"], dtype=np.int64), min_count)
+        grid_ends = family_ends(np.asarray(pooled["family"], dtype=np.int64), int(pooled.get(FAMILY_POPULATION_KEY, 0)),
+                                min_count)
         ends = [points[e] for e in grid_ends]
         return [{"ends": ends, "events": bin_counts(ev, ends), "censored": bin_counts(ce, ends)}
                 for ev, ce in zip(events, censored)]
     series = np.asarray(pooled["series"], dtype=np.int64)
     return [{"events": ev.tolist(), "censored": ce.tolist(), "series": s.tolist()}
             for ev, ce, s in zip(events, censored, series)]
+
+
+def family_ends(family: np.ndarray, population_cells: int, min_count: int) -> list[int]:
+    """The bins (ends: protocol grid points) of a study's pooled Kaplan-Meier release (ADR 0056).
+
+    A subgroup's release: the **family partition** (:func:`~mipflow.algorithms.survival_bins.finest_partition`
+    of every family cell: each cohort and each difference of two, by the level cells), as ADR 0052.
+    The population's release (``population_cells`` > 0: the family's first ``population_cells`` rows,
+    the population by the level cells): the finest refinement of the family partition that keeps the
+    population's own cells at 0 or at least ``min_count``
+    (:func:`~mipflow.algorithms.survival_bins.refine_partition`).  Every subgroup's bin is then a union
+    of the population's, so a difference of the population's and a subgroup's releases is a sum of the
+    population's cells over its own bins and of family cells over the family's bins.
+    """
+    coarse = finest_partition(family, min_count)
+    if population_cells <= 0:
+        return coarse
+    return refine_partition(family[:population_cells], coarse, min_count)
 
 
 def pooled_release(aggregates: Mapping[str, Any], min_count: int) -> dict[str, Any]:

@@ -22,7 +22,8 @@ by one node's part.  So a node answers such a step only
    per-node bins (which need no fixed set), and says so in the result.
 
 In a study the node also seals its family's cells (:func:`mipflow.node.controls.study_pooled.family_cells`),
-from which every node derives the family's pooled partition.
+from which every node derives the family's pooled partition (and, for a release of the population,
+its refinement, ADR 0056).
 """
 from __future__ import annotations
 
@@ -168,7 +169,7 @@ def bind_pooled(request: Any, context: Any, work: Any) -> None:
     if not is_pooled(work, request) or not isinstance(work.aggregates, dict):
         return
     from mipflow.algorithms.sealed import POOLED, SEALED
-    from mipflow.algorithms.survival_pooled import FAMILY_POINTS_KEY, POOL_KEY
+    from mipflow.algorithms.survival_pooled import FAMILY_POINTS_KEY, FAMILY_POPULATION_KEY, POOL_KEY
 
     aggregates = work.aggregates
     key = _cohort_key(request, work, aggregates)
@@ -181,10 +182,15 @@ def bind_pooled(request: Any, context: Any, work: Any) -> None:
             aggregates = {**aggregates, SEALED: {**sealed, "family": cells.tolist()}}
         elif POOL_KEY in aggregates:
             from mipflow.algorithms.survival import request_points
+            from mipflow.node.controls.study_pooled import base_levels
 
-            grid = work.study.study.protocol.survival
+            protocol = work.study.study.protocol
+            grid = protocol.survival
             points = request_points(work.model.variable(grid["time"]), float(grid["bin_width"]), None)
-            aggregates = {**aggregates, POOL_KEY: {**aggregates[POOL_KEY], FAMILY_POINTS_KEY: points}}
+            # the population's release is on the family partition's refinement (ADR 0056): its cells lead
+            population = len(base_levels(work.model, protocol)) if work.study.subgroup is None else 0
+            aggregates = {**aggregates, POOL_KEY: {**aggregates[POOL_KEY], FAMILY_POINTS_KEY: points,
+                                                   FAMILY_POPULATION_KEY: population}}
     participants = json.dumps(sorted(work.transcript.participants_hex.items()))
     pool = None
     if isinstance(work.state, dict) and POOLED in work.state:
