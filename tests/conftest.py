@@ -37,6 +37,40 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
     [str(REPO_ROOT / "plugins"), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
 
 
+def _check_each_schema_once() -> None:
+    """``jsonschema.validate`` checks the schema itself (``check_schema``, against the metaschema) at every
+    call before it validates the value.  Airflow validates every DAG param that way whenever it compares
+    or prints a DAG's params, which ``dag.test()`` does for every DAG of the folder on every call (it
+    re-serialises the bundle): most of a dag.test() run's CPU went to checking the same few schemas
+    again.  Here a schema that passed its check once is not checked again (one that fails is checked,
+    and fails, every time); the value is validated at every call, as before."""
+    import jsonschema
+    from jsonschema import exceptions, validators
+
+    passed: set = set()
+
+    def validate(instance, schema, cls=None, *args, **kwargs):
+        if cls is None:
+            cls = validators.validator_for(schema)
+        try:
+            key = (cls, json.dumps(schema, sort_keys=True))
+        except (TypeError, ValueError):
+            key = None
+        if key is None or key not in passed:
+            cls.check_schema(schema)
+            if key is not None:
+                passed.add(key)
+        error = exceptions.best_match(cls(schema, *args, **kwargs).iter_errors(instance))
+        if error is not None:
+            raise error
+
+    validate.__doc__ = validators.validate.__doc__
+    jsonschema.validate = validators.validate = validate
+
+
+_check_each_schema_once()
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     """The read-only ``../shared`` folder beside the project (skips where absent)."""
@@ -138,11 +172,60 @@ def db_url(request, tmp_path):
 
 @pytest.fixture(scope="session")
 def airflow_db():
-    """A migrated Airflow metadata DB in this worker's private Airflow home."""
-    from airflow.utils.db import resetdb
+    """A migrated Airflow metadata DB in this worker's private Airflow home.
 
-    resetdb()
+    Migrating takes seconds per worker; the first worker to need it migrates its own DB and leaves a
+    copy as a template (:func:`_airflow_template`), which later workers and runs copy page by page
+    into their DB instead.  A template is keyed by what decides its content: the Airflow and provider
+    versions and the Airflow configuration."""
+    import fcntl
+
+    template = _airflow_template()
+    template.parent.mkdir(parents=True, exist_ok=True)
+    with open(template.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the other worker may be writing it
+        if not template.is_file():
+            from airflow.utils.db import resetdb
+
+            resetdb()
+            _sqlite_copy(_airflow_home / "airflow.db", template.with_suffix(".part"))
+            os.replace(template.with_suffix(".part"), template)
+            return _airflow_home
+    _sqlite_copy(template, _airflow_home / "airflow.db")
     return _airflow_home
+
+
+def _airflow_template() -> Path:
+    """Where the migrated Airflow DB for this Airflow, its providers and ``airflow.cfg`` is kept."""
+    import hashlib
+    from importlib import metadata
+
+    digest = hashlib.sha256()
+    for dist in sorted(metadata.distributions(), key=lambda d: d.metadata["Name"] or ""):
+        name = (dist.metadata["Name"] or "").lower()
+        if name.startswith("apache-airflow"):
+            digest.update(f"{name}=={dist.version}\n".encode())
+    digest.update((REPO_ROOT / "airflow.cfg").read_bytes())
+    for key in sorted(os.environ):  # the settings the suite adds to airflow.cfg, less the per-worker paths
+        if key.startswith("AIRFLOW__") and key not in ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",):
+            digest.update(f"{key}={os.environ[key]}\n".encode())
+    from airflow import __version__
+
+    cache = Path(os.environ.get("MIPFLOW_TEST_CACHE", Path(tempfile.gettempdir()) / "mipflow-test-cache"))
+    return cache / f"airflow-{__version__}-{digest.hexdigest()[:16]}.db"
+
+
+def _sqlite_copy(source: Path, target: Path) -> None:
+    """Copy a SQLite database with SQLite's backup API (consistent even while another connection has
+    ``target`` open, as this worker's Airflow engine may)."""
+    import sqlite3
+
+    src, dst = sqlite3.connect(source), sqlite3.connect(target)
+    try:
+        src.backup(dst)
+    finally:
+        src.close()
+        dst.close()
 
 
 # --------------------------------------------------------------------------- scheduling: slow files first

@@ -1,7 +1,11 @@
-"""The `mipflow` command line, as the README documents it: the node lifecycle in real subprocesses,
-the governance and pool commands in process (``cli.main``)."""
+"""The `mipflow` command line, as the README documents it: the node lifecycle against real node
+processes, its commands in process (``cli.main``, what ``python -m mipflow.cli`` runs) but for a few
+through the real entry point (``python -m mipflow.cli``: exit codes, stdout and stderr of a new
+process); the governance and pool commands in process."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -21,9 +25,22 @@ pytestmark = pytest.mark.xdist_group("cli")
 STROKE = REPO_ROOT / "include" / "schemas" / "stroke_v_0_1" / "CDEsMetadata.json"
 
 
-def mipflow(*args, check=True):
+def mipflow_process(*args, check=True):
+    """``python -m mipflow.cli ARGS`` in a new process (the entry point itself)."""
     out = subprocess.run([sys.executable, "-m", "mipflow.cli", *map(str, args)], capture_output=True, text=True,
                          timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if check and out.returncode != 0:
+        raise AssertionError(f"mipflow {args} exited {out.returncode}: {out.stderr[-2000:]}")
+    return out
+
+
+def mipflow(*args, check=True):
+    """``mipflow ARGS`` in this process (``cli.main``, which the entry point runs): its exit code and
+    what it printed, as :func:`mipflow_process` returns them, without a new interpreter per command."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        returncode = cli.main([str(a) for a in args])
+    out = subprocess.CompletedProcess(["mipflow", *map(str, args)], returncode, stdout.getvalue(), stderr.getvalue())
     if check and out.returncode != 0:
         raise AssertionError(f"mipflow {args} exited {out.returncode}: {out.stderr[-2000:]}")
     return out
@@ -34,7 +51,8 @@ def test_node_lifecycle_and_federated_analysis(tmp_path):
     homes = []
     for hospital in ("hospital_a", "hospital_b"):
         home = tmp_path / hospital
-        assert json.loads(mipflow("node", "init", home, "--name", hospital).stdout)["node"] == hospital
+        init = mipflow_process if hospital == "hospital_a" else mipflow  # one through the entry point
+        assert json.loads(init("node", "init", home, "--name", hospital).stdout)["node"] == hospital
         assert json.loads(mipflow("data-model", "add", home, STROKE).stdout)["data_model"] == "stroke:0.1"
         summary = json.loads(mipflow("ingest", home, "--data-model", "stroke:0.1", "--profile",
                                      REPO_ROOT / "include" / "schemas" / "profiles" / f"{hospital}.json",
@@ -61,22 +79,22 @@ def test_node_lifecycle_and_federated_analysis(tmp_path):
                     "--data-model", "stroke:0.1", "--datasets", "*", "--algorithms", "linear_regression",
                     "--until", "never")
         who = ("--researcher", "alice", "--project", "stroke-study")
-        outcome = json.loads(mipflow("analyze", "linear_regression", "--federation", fed, "--request", request,
-                                     *who).stdout)
+        outcome = json.loads(mipflow_process("analyze", "linear_regression", "--federation", fed, "--request",
+                                             request, *who).stdout)
         assert set(outcome["contributed"]) == {"hospital_a", "hospital_b"}
         assert outcome["result"]["indep_vars"] == ["Intercept", "age"]
         # a refusal: every node under its threshold -> non-zero exit with the reasons
         for home in homes:
             mipflow("node", "config", home, "min_row_count", "100000")
-        refused = mipflow("analyze", "linear_regression", "--federation", fed, "--request", request, *who,
-                          check=False)
+        refused = mipflow_process("analyze", "linear_regression", "--federation", fed, "--request", request, *who,
+                                  check=False)
         assert refused.returncode != 0
         assert "min_row_count" in refused.stderr and "hospital_a" in refused.stderr
     assert oct(fed.stat().st_mode & 0o777) == "0o600"
 
 
 def test_clear_errors(tmp_path):
-    out = mipflow("node", "status", tmp_path / "nowhere", check=False)
+    out = mipflow_process("node", "status", tmp_path / "nowhere", check=False)
     assert out.returncode == 2 and "not a node home" in out.stderr
     mipflow("node", "init", tmp_path / "n", "--name", "n")
     out = mipflow("ingest", tmp_path / "n", "--data-model", "nope:1", tmp_path / "x.csv", check=False)
