@@ -225,8 +225,6 @@ def moment_sums(reply: dict) -> tuple[np.ndarray, np.ndarray]:
     return n * mean, m2 + n * np.outer(mean, mean)
 
 
-@pytest.mark.xfail(strict=True, reason="hole: the ledger counts rows, so two releases 10 rows apart leave a "
-                                       "difference of exp-weighted sums carried by one patient")
 def test_hole_exp_weighted_sums_of_two_cohorts_ten_rows_apart_give_one_patients_record(standard):
     """Hole 4.  Class: weighted sums across releases (ADR 0053's open line, "the differencing ledger's
     business").  PCA of (exp glucose, age, NIHSS) on everyone and on ``age >= 25``: each release holds fifty

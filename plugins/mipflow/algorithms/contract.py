@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # the catalogue (and so the DAG files) imports this module wi
     import pandas as pd
 
     from mipflow.algorithms.dp_release import DPRelease
+    from mipflow.algorithms.weighted import WeightFamily
 
 #: Safety stop for the rounds of one analysis (:func:`mipflow.algorithms.local.run_in_process`,
 #: :func:`mipflow.central.rounds.run_analysis`).
@@ -132,6 +133,8 @@ class Algorithm(Protocol):
     def row_weights(self, round: int, data: pd.DataFrame, request: AnalysisRequest, model: DataModel,
                     state: dict | None) -> Iterable[np.ndarray] | None: ...
 
+    def weight_families(self, request: AnalysisRequest, model: DataModel) -> tuple[WeightFamily, ...]: ...
+
     def pooled_threshold(self, request: AnalysisRequest, model: DataModel) -> bool: ...
 
     def session_request(self, request: dict, masked_participants: int, fallback: bool) -> dict: ...
@@ -181,6 +184,10 @@ class Algorithm(Protocol):
 #   (logistic regression's ``p (1 - p)`` and ``y - p``, a GEE's variance and residual; not Cox yet,
 #   ADR 0054's amendment): the node refuses a round whose weights rest on fewer than
 #   ``min_row_count`` rows in effect (control ``effective_rows``, ADR 0054);
+# * ``weight_families``: the weight functions of sums weighted by the rows' own values, fixed by the
+#   request (PCA's ``exp``: ``exp(x_a)``, ``exp(2 x_a)``, ``exp(x_a + x_b)``); the node holds, across
+#   releases of the same family, the rows between two cohorts to ``min_row_count`` in effect
+#   (control ``dominated_sums``, ADR 0058);
 # * ``released_by``: row columns (e.g. ``dataset``) whose levels split its released statistics;
 #   each level's rows enter the differencing ledger as cohorts of their own.  (Rows complete on
 #   every variable, released by an algorithm that is not complete-case, e.g. ``descriptive_stats``'s

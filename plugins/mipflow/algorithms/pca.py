@@ -45,7 +45,7 @@ from mipflow.algorithms.contract import Step
 from mipflow.algorithms.design import numeric_values
 from mipflow.algorithms.moments import Moments, compute_moments, merge_moment_dicts
 from mipflow.algorithms.spec import NUMERICAL, InputSpec, ParamSpec, SpecAlgorithm
-from mipflow.algorithms.weighted import WEIGHTED_ROWS, exp_weighted_rows
+from mipflow.algorithms.weighted import WEIGHTED_ROWS, WeightFamily, exp_families, exp_weighted_rows
 from mipflow.exceptions import RequestError
 from mipflow.protocol.datamodel import DataModel
 from mipflow.protocol.request import AnalysisRequest
@@ -192,6 +192,11 @@ class PCAWithTransformation(PCA):
         out = super().params(dataclasses.replace(request, parameters=parameters), model)
         out["data_transformation"] = parse_transformations(raw, request.y)
         return out
+
+    def weight_families(self, request: AnalysisRequest, model: DataModel) -> tuple[WeightFamily, ...]:
+        """The exp-weighted sums' families (ADR 0058): ``exp(x_a)``, ``exp(2 x_a)``, ``exp(x_a + x_b)``
+        for the request's ``exp`` variables (from the request alone)."""
+        return exp_families(self.params(request, model)["data_transformation"].get("exp", []))
 
     def transform_rows(self, data: pd.DataFrame, request: AnalysisRequest, model: DataModel) -> np.ndarray:
         return self.apply_row_transforms(super().transform_rows(data, request, model), request, model)

@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # the catalogue (and so the DAG files) imports this module wi
     import pandas as pd
 
     from mipflow.algorithms.dp_release import DPRelease
+    from mipflow.algorithms.weighted import WeightFamily
 
 NUMERICAL = "numerical"
 NOMINAL = "nominal"
@@ -315,6 +316,16 @@ class SpecAlgorithm:
         Computed by the node on its verified state (ADR 0029), like the local step.
         """
         return None
+
+    def weight_families(self, request: AnalysisRequest, model: DataModel) -> tuple[WeightFamily, ...]:
+        """The weight functions of the sums the local step weighs by a function of the rows' own values,
+        fixed by the request (:class:`~mipflow.algorithms.weighted.WeightFamily`; default: none).
+
+        The node remembers, per family, the rows of every release and holds the rows between two
+        releases of the same family to ``min_row_count`` in effect (``sum w / max w``, control
+        ``dominated_sums``, ADR 0058).  Weights set by an iterate are :meth:`row_weights`' business.
+        """
+        return ()
 
     def masked_round(self, round: int, state: dict | None) -> bool:
         """Under secure aggregation, whether round ``round`` (sent ``state``) is masked (default: every round).

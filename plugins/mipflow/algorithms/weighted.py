@@ -15,10 +15,17 @@ which is what the row-count rule already releases.  It implies Kish's effective 
 ``(sum w)^2 / sum w^2 >= min_row_count`` (as ``sum w^2 <= max w * sum w``).
 
 Computed from the logarithms of the weights (no overflow, whatever the values).
+
+A **weight family** (:class:`WeightFamily`) names the weight function of such sums: ``exp`` of a
+linear form of variables (``exp(x_a)``, ``exp(2 x_a)``, ``exp(x_a + x_b)``).  Two releases with the
+same family at one node, over cohorts that overlap, subtract to the same weighted sums over the rows
+between them: the node holds those rows to ``min_row_count`` in effect too (ADR 0058,
+:mod:`mipflow.node.controls.weighted_ledger`).
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -59,4 +66,47 @@ def exp_weighted_rows(values: np.ndarray, columns: Sequence[int]) -> float | Non
     return min(weighted_rows(w) for w in exp_log_weights(np.asarray(values, dtype=float), columns))
 
 
-__all__ = ["WEIGHTED_ROWS", "exp_log_weights", "exp_weighted_rows", "weighted_rows"]
+@dataclass(frozen=True)
+class WeightFamily:
+    """The weights ``w_i = exp(sum_k c_k x_ik)`` of a family of released sums.
+
+    ``terms`` are ``(variable code, coefficient)`` pairs sorted by code, so that the family's
+    :attr:`name` (its identity at the node) does not depend on the order a request lists them in.
+    """
+
+    terms: tuple[tuple[str, float], ...]
+
+    @property
+    def name(self) -> str:
+        """``exp(glucose)``, ``exp(2*glucose)``, ``exp(age+glucose)``: the family's identity."""
+        return "exp(" + "+".join(code if c == 1 else f"{c:g}*{code}" for code, c in self.terms) + ")"
+
+    @property
+    def variables(self) -> tuple[str, ...]:
+        return tuple(code for code, _ in self.terms)
+
+    def log_weights(self, columns: Mapping[str, np.ndarray]) -> np.ndarray:
+        """``log w`` of each row, shape (n,), from the untransformed values of :attr:`variables`."""
+        out: np.ndarray | None = None
+        for code, coefficient in self.terms:
+            part = np.asarray(columns[code], dtype=float)
+            part = part if coefficient == 1 else coefficient * part
+            out = part.copy() if out is None else out + part
+        return np.zeros(0) if out is None else out
+
+
+def exp_families(codes: Sequence[str]) -> tuple[WeightFamily, ...]:
+    """The families of a release of first and second moments whose ``codes`` are exponentiated,
+    in :func:`exp_log_weights`'s order: ``exp(x_a)``, ``exp(2 x_a)``, ``exp(x_a + x_b)``."""
+    codes = list(codes)
+    out: list[WeightFamily] = []
+    for i, a in enumerate(codes):
+        out.append(WeightFamily(((a, 1.0),)))
+        out.append(WeightFamily(((a, 2.0),)))
+        for b in codes[i + 1:]:
+            out.append(WeightFamily(tuple(sorted(((a, 1.0), (b, 1.0))))))
+    return tuple(out)
+
+
+__all__ = ["WEIGHTED_ROWS", "WeightFamily", "exp_families", "exp_log_weights", "exp_weighted_rows",
+           "weighted_rows"]

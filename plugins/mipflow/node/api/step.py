@@ -12,7 +12,7 @@ transport (:mod:`mipflow.node.api.app`) authenticates the call before
 :func:`answer_step` and maps the errors to HTTP afterwards; every request
 answered or refused here gets exactly one audit record.
 
-Order (ADR 0002, 0010, 0013, 0014, 0015, 0024, 0029, 0046, 0054)::
+Order (ADR 0002, 0010, 0013, 0014, 0015, 0024, 0029, 0046, 0054, 0058)::
 
     parse_step           body, nfilter_string, AnalysisRequest          (400 / 403)
     resolve_algorithm    vetted step code, digest, disabled_algorithm   (400 / 403)
@@ -34,6 +34,9 @@ Order (ADR 0002, 0010, 0013, 0014, 0015, 0024, 0029, 0046, 0054)::
     check_cohort         differencing: cohorts near answered ones      (403 differencing; a study: at approval;
                                                                         explore: skipped)
     check_groups         differencing: released groups (levels, cells) (403 differencing, ADR 0051; as above)
+    check_weighted       differencing of weighted sums: the rows between (403 dominated_sums, ADR 0058; as above)
+                         two releases of one weight family hold min_row_count
+                         rows in effect
     run_local_step       the algorithm's local step                    (400 on a state that does not fit;
                                                                         explore: skipped, the release computes)
     bind_pooled          pooled thresholds: one participant set and     (403 pooled_bins, ADR 0052)
@@ -78,6 +81,7 @@ from mipflow.node.controls.explore import check_explore, release_explore
 from mipflow.node.controls.finite import check_finite
 from mipflow.node.controls.groups import check_groups, remember_groups
 from mipflow.node.controls.study import check_study
+from mipflow.node.controls.weighted_ledger import check_weighted, remember_weighted
 from mipflow.node.home import NodeSettings
 from mipflow.protocol.request import AnalysisRequest
 
@@ -154,6 +158,7 @@ class StepWork:
     aggregates: Any = None
     labels: Any = None
     groups: Any = None  # the groups the step releases (mipflow.node.controls.groups, ADR 0051)
+    weighted: Any = None  # its rows under each weight family (mipflow.node.controls.weighted_ledger, ADR 0058)
     state: Any = None        # the state the local step computes on: the node's own recomputation
     transcript: Any = None   # the parsed transcript (mipflow.secagg.transcript.Transcript)
     chain: str | None = None
@@ -514,6 +519,7 @@ def remember_cohort(request: StepRequest, context: StepContext, work: StepWork) 
         return
     context.differencing.after_step(work.cohorts, request.analysis, work.labels)
     remember_groups(context, work)
+    remember_weighted(context, work)
 
 
 def audit_answer(request: StepRequest, context: StepContext, work: StepWork) -> None:
@@ -560,6 +566,7 @@ CHAIN: tuple[Control, ...] = (
     check_rows,
     check_cohort,
     check_groups,
+    check_weighted,
     run_local_step,
     bind_pooled,
     check_partition,

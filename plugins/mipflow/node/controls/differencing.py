@@ -286,6 +286,9 @@ class DifferencingGuard:
         from mipflow.node.controls.groups import GroupMemory
 
         self.groups = GroupMemory(root)  # groups released with their sums, by kind (ADR 0051)
+        from mipflow.node.controls.weighted_ledger import WeightedMemory
+
+        self.weighted = WeightedMemory(root, self.key)  # releases of sums weighted by the rows' values (ADR 0058)
 
     def cohorts(self, data_model: str, frame: pd.DataFrame, variables: Sequence[str],
                 complete_case: bool, by: Sequence[str] = ()) -> Cohorts:

@@ -17,7 +17,8 @@ Checks run in three places:
    the whole step; a grouped histogram's cells are
    suppressed consistently with its overall bins and row count
    (:mod:`mipflow.node.controls.suppression`, ADR 0031); a weighted sum that fewer than
-   ``min_row_count`` rows dominate refuses the step (``dominated_sums``, ADR 0053).  An algorithm may first coarsen its
+   ``min_row_count`` rows dominate refuses the step (``dominated_sums``, ADR 0053; across releases,
+   :mod:`mipflow.node.controls.weighted_ledger`, ADR 0058).  An algorithm may first coarsen its
    aggregates to the node's ``nfilter_tab`` (``coarsen_for_release``, e.g.
    survival time bins merged until no count is small); the checks still run.
 
@@ -168,15 +169,25 @@ class DisclosureControls:
                                       control=control)
         # weighted sums (the exponential of a variable) hold sum w / max w rows: min_row_count (ADR 0053)
         if any(held < self.settings.min_row_count for held in _weighted_rows(aggregates)):
-            raise DisclosureError(f"a weighted sum of the release (e.g. of an exp transformation) is dominated by "
-                                  f"fewer rows than min_row_count ({self.settings.min_row_count}): analyse the "
-                                  "variable without that transformation", control="dominated_sums")
+            raise dominated_refusal(self.settings.min_row_count)
         # joint cells checked above are the node's business only: never sent (ADR 0031), nor weighted rows
         aggregates = _without_checked_only(aggregates)
         if is_histogram_release(aggregates):
             # cells and their sums in one result: consistent secondary suppression (ADR 0031)
             aggregates = suppress_histograms(aggregates, tab)
         return _suppress_cells(aggregates, tab)
+
+
+def dominated_refusal(min_row_count: int) -> DisclosureError:
+    """The refusal of a dominated weighted sum (control ``dominated_sums``): one message whether the
+    release alone (ADR 0053) or its difference with an earlier release of the same weighted sums
+    (ADR 0058) is dominated, naming the rule and the setting only."""
+    return DisclosureError(
+        "a weighted sum of the release (e.g. of an exp transformation), alone or less the same weighted sum of "
+        "an earlier release of this node over overlapping rows, is dominated by fewer rows than min_row_count "
+        f"({min_row_count}) (dominated_sums control): analyse the variable without that transformation, or "
+        "repeat an earlier analysis's filters and datasets exactly; for several cohorts with the transformation, "
+        "ask the node's admin for a study protocol that fixes it", control="dominated_sums")
 
 
 def group_threshold(algorithm: Algorithm, settings: NodeSettings) -> tuple[str, int]:

@@ -1,0 +1,345 @@
+"""Weighted differencing: the rows between two releases of the same weighted sums hold min_row_count rows in effect (ADR 0058).
+
+ADR 0053 holds a sum weighted by the rows' own values (PCA's ``exp``: ``sum exp(g)``, ``sum v exp(g)``)
+to ``min_row_count`` rows in effect, ``sum w / max w``, per release.  Two releases of the same
+weighted sums over cohorts ``A`` and ``B`` subtract to the weighted sums over ``A \\ B`` less those over
+``B \\ A``; the cohort ledger counts those rows, not their weight, so ten rows of which one carries
+nearly all the weight passed it (twelfth outside review, hole 4: one patient's glucose, age and NIHSS).
+
+The rule (:meth:`WeightedMemory.check`): for every **weight family** a release uses
+(:class:`mipflow.algorithms.weighted.WeightFamily`: the transformation and its variables, declared by
+the algorithm from the request, ``weight_families``) and every earlier release of the same family at
+this node whose rows overlap the new ones (any researcher, algorithm, data model, across restarts),
+each of ``new \\ old``, ``old \\ new`` and ``new ∩ old`` is empty or holds ``min_row_count`` rows in
+effect (``sum w / max w``; the intersection under either release's weights).  Within a data model the
+units are rows (the ledger's row keys); across data models, patients (the ledger's patient keys), a
+patient's weight the sum of its rows'.  The weights are **recomputed from the current rows** at check
+time: the memory holds no value, only the rows' keyed hashes and a keyed fingerprint of the weights
+each release used (:func:`fingerprint`).  When an earlier release's rows no longer give the weights it
+used (a row withdrawn or deleted, a value corrected, a variable now missing, its data model gone), the
+difference cannot be measured and an overlapping release is refused.
+
+Refusals are control ``dominated_sums`` with the message of ADR 0053's per-release rule
+(:func:`mipflow.node.controls.disclosure.dominated_refusal`): the rule and the setting, never a size,
+and the same bytes whether the release alone or its difference with an earlier one is dominated.
+Checked in standard mode with ``differencing_check`` on and ``min_row_count`` above 1; a study's
+releases are decided at approval (its transformations and cohorts are the protocol's, ADR 0053) and
+remembered like any other; explore mode refuses PCA.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from mipflow.algorithms.weighted import WeightFamily, weighted_rows
+from mipflow.node.controls.ledger import _overlap, cohort_digest, decode_keys, encode_keys, sorted_unique
+from mipflow.node.controls.sqlite_state import SqliteState
+
+#: The weighted release memory's file in the node home.
+WEIGHTED_FILE = "weighted.sqlite"
+
+
+def fingerprint(key: bytes, rows: np.ndarray, log_weights: np.ndarray) -> str:
+    """A keyed digest of a release's rows (sorted keys) and the log-weights it used, in key order:
+    equal when the current rows give exactly the weights released (no value is stored)."""
+    mac = hmac.new(key, b"mipflow weighted release v1\0", hashlib.sha256)
+    mac.update(np.ascontiguousarray(rows, dtype="<u8").tobytes())
+    mac.update(np.ascontiguousarray(log_weights, dtype="<f8").tobytes())
+    return mac.hexdigest()[:32]
+
+
+def fingerprint_key(ledger_key: str) -> bytes:
+    """The fingerprints' key, derived from the ledger's row-hash key (itself from the node secret)."""
+    return hmac.new(ledger_key.encode(), b"mipflow weighted fingerprint v1", hashlib.sha256).digest()
+
+
+@dataclass(frozen=True)
+class FamilyRows:
+    """One release's rows under one weight family (stays at the node).
+
+    ``rows`` are sorted unique row keys; ``log_weights`` and ``patients`` (per-row patient keys, None
+    when unknown) are aligned with them."""
+
+    family: str
+    data_model: str
+    rows: np.ndarray
+    log_weights: np.ndarray
+    patients: np.ndarray | None = None
+
+    @property
+    def digest(self) -> str:
+        return cohort_digest(self.data_model, self.rows)
+
+
+@dataclass(frozen=True)
+class Population:
+    """Every current row of a data model complete on some variables: sorted row keys, their patients
+    and values (aligned), for recomputing earlier releases' weights."""
+
+    rows: np.ndarray
+    patients: np.ndarray | None
+    columns: dict[str, np.ndarray]
+
+    def take(self, keys: np.ndarray, family: WeightFamily) -> tuple[np.ndarray, np.ndarray | None] | None:
+        """The log-weights (and patients) of ``keys`` (sorted) under ``family``; None when a key is no
+        longer a row complete on the family's variables, or a variable is not read."""
+        if any(code not in self.columns for code in family.variables):
+            return None
+        at = np.searchsorted(self.rows, keys)
+        if len(keys) and (at.max(initial=0) >= len(self.rows) or not np.array_equal(self.rows[at], keys)):
+            return None
+        logw = family.log_weights({code: self.columns[code][at] for code in family.variables})
+        return logw, None if self.patients is None else self.patients[at]
+
+
+#: What the check reads an earlier release's data model with: ``(data_model, variables) -> Population``
+#: (None: the node no longer holds that data model).
+PopulationReader = Callable[[str, Sequence[str]], "Population | None"]
+
+
+def per_patient(patients: np.ndarray, log_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted unique patients and the log of the sum of their rows' weights (no overflow)."""
+    order = np.argsort(patients, kind="stable")
+    keys, logw = patients[order], log_weights[order]
+    starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1]))) if len(keys) else np.zeros(0, int)
+    top = np.maximum.reduceat(logw, starts) if len(keys) else np.zeros(0)
+    spans = np.diff(np.append(starts, len(keys)))
+    sums = np.add.reduceat(np.exp(logw - np.repeat(top, spans)), starts) if len(keys) else np.zeros(0)
+    return keys[starts], top + np.log(sums)
+
+
+def _member(keys: np.ndarray, of: np.ndarray) -> np.ndarray:
+    """Which of sorted ``keys`` are in sorted ``of``."""
+    if not len(of):
+        return np.zeros(len(keys), dtype=bool)
+    at = np.minimum(np.searchsorted(of, keys), len(of) - 1)
+    return of[at] == keys
+
+
+def pair_dominated(new: np.ndarray, new_logw: np.ndarray, old: np.ndarray, old_logw: np.ndarray,
+                   threshold: int) -> bool:
+    """Whether two overlapping releases of one family leave ``new \\ old``, ``old \\ new`` or
+    ``new ∩ old`` (under either one's weights) non-empty but holding fewer than ``threshold`` rows
+    in effect (``sum w / max w``).  ``new`` and ``old`` are sorted unique unit keys, the log-weights
+    aligned with them.  Disjoint releases subtract to nothing: False."""
+    if not _overlap(new, old):
+        return False
+    in_old, in_new = _member(new, old), _member(old, new)
+    parts = (new_logw[~in_old], old_logw[~in_new], new_logw[in_old], old_logw[in_new])
+    return any(len(p) and weighted_rows(p) < threshold for p in parts)
+
+
+@dataclass(frozen=True)
+class _Remembered:
+    data_model: str
+    rows: np.ndarray
+    fingerprint: str
+    patients: np.ndarray | None = None  # sorted unique
+
+
+class WeightedMemory(SqliteState):
+    """Every weighted release of the node, per family, in ``HOME/weighted.sqlite`` (never evicted):
+    its data model, its rows (keyed hashes) and the fingerprint of the weights it used.
+
+    Parameters
+    ----------
+    root : path or None
+        The node home; None keeps the memory in this process only (tests of the rule).
+    key : str
+        The ledger's row-hash key (:func:`mipflow.node.controls.differencing.hash_key`).
+    """
+
+    def __init__(self, root: str | Path | None, key: str) -> None:
+        super().__init__(Path(root) / WEIGHTED_FILE if root is not None else None)
+        self.key = fingerprint_key(key)
+        self._releases: dict[str, dict[tuple[str, str, str], _Remembered]] = {}  # family -> id -> release
+        self._seen = 0
+        if self.path is not None:
+            with self._lock, self._connect() as conn:
+                conn.execute("CREATE TABLE IF NOT EXISTS weighted (family TEXT NOT NULL, data_model TEXT NOT NULL, "
+                             "digest TEXT NOT NULL, fingerprint TEXT NOT NULL, n_rows INTEGER NOT NULL, "
+                             "keys BLOB NOT NULL, patients BLOB, first_at TEXT NOT NULL, "
+                             "PRIMARY KEY (family, data_model, digest, fingerprint))")
+
+    def _refresh(self) -> None:
+        if self.path is None:
+            return
+        with self._connect() as conn:
+            rows = conn.execute("SELECT rowid, family, data_model, digest, fingerprint, keys, patients FROM weighted "
+                                "WHERE rowid > ? ORDER BY rowid", (self._seen,)).fetchall()
+        for rowid, family, data_model, digest, mark, blob, patients in rows:
+            self._releases.setdefault(family, {}).setdefault((data_model, digest, mark), _Remembered(
+                data_model, decode_keys(blob), mark, None if patients is None else decode_keys(patients)))
+            self._seen = max(self._seen, rowid)
+
+    def remembered(self, family: str) -> int:
+        """How many distinct releases of ``family`` are remembered (for the node admin and tests)."""
+        with self._lock:
+            self._refresh()
+            return len(self._releases.get(family, {}))
+
+    def check(self, releases: Sequence[FamilyRows], families: Sequence[WeightFamily], threshold: int,
+              read: PopulationReader) -> bool:
+        """Whether every family's rows, against every remembered release of that family they overlap,
+        pass :func:`pair_dominated` (False: refuse).  ``read`` gives an earlier release's data model's
+        current rows; an earlier release whose weights they no longer give refuses an overlapping one."""
+        if threshold <= 1:
+            return True
+        by_name = {f.name: f for f in families}
+        with self._lock:
+            self._refresh()
+            remembered = {r.family: list(self._releases.get(r.family, {}).values()) for r in releases}
+        for release in releases:
+            family = by_name[release.family]
+            mark = fingerprint(self.key, release.rows, release.log_weights)
+            if any(old.data_model == release.data_model and old.fingerprint == mark
+                   and np.array_equal(old.rows, release.rows) for old in remembered[release.family]):
+                continue  # released before, rows and weights: nothing new (a repeat, a later round)
+            for old in remembered[release.family]:
+                if not self._pair_allowed(release, old, family, threshold, read):
+                    return False
+        return True
+
+    def _pair_allowed(self, new: FamilyRows, old: _Remembered, family: WeightFamily, threshold: int,
+                      read: PopulationReader) -> bool:
+        same_model = old.data_model == new.data_model
+        if same_model:
+            if not _overlap(new.rows, old.rows):
+                return True  # disjoint: nothing subtracts
+            if old.rows.size == new.rows.size and np.array_equal(old.rows, new.rows):
+                return False  # the same rows with other weights (a value changed): the change, dominated
+        elif new.patients is None or old.patients is None or not _overlap(sorted_unique(new.patients), old.patients):
+            return True  # another data model: compared by patients, when both releases know them and share some
+        population = read(old.data_model, family.variables)
+        taken = None if population is None else population.take(old.rows, family)
+        if taken is None or fingerprint(self.key, old.rows, taken[0]) != old.fingerprint:
+            return False  # the weights released are gone or changed: the difference is not measurable
+        if same_model:
+            return not pair_dominated(new.rows, new.log_weights, old.rows, taken[0], threshold)
+        if taken[1] is None:
+            return False
+        new_patients, new_logw = per_patient(new.patients, new.log_weights)
+        old_patients, old_logw = per_patient(taken[1], taken[0])
+        return not pair_dominated(new_patients, new_logw, old_patients, old_logw, threshold)
+
+    def record(self, releases: Iterable[FamilyRows]) -> None:
+        """Remember released rows under their families (a release remembered before costs nothing)."""
+        with self._lock:
+            self._refresh()
+            now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            new = []
+            for r in releases:
+                mark = fingerprint(self.key, r.rows, r.log_weights)
+                ident = (r.data_model, r.digest, mark)
+                if ident in self._releases.get(r.family, {}):
+                    continue
+                patients = None if r.patients is None else sorted_unique(r.patients)
+                if self.path is None:
+                    self._releases.setdefault(r.family, {})[ident] = _Remembered(r.data_model, r.rows, mark, patients)
+                else:
+                    new.append((r.family, r.data_model, r.digest, mark, len(r.rows), encode_keys(r.rows),
+                                None if patients is None else encode_keys(patients), now))
+            if new:
+                with self._connect() as conn:
+                    conn.executemany("INSERT OR IGNORE INTO weighted VALUES (?, ?, ?, ?, ?, ?, ?, ?)", new)
+                self._refresh()
+
+
+# --------------------------------------------------------------------------- the step's controls
+
+
+def read_population(store: Any, model: Any, variables: Sequence[str], key: str, columnar: bool) -> Population:
+    """Every current row of ``model`` (all datasets the node holds, no filter) complete on ``variables``:
+    its row and patient keys (the ledger's) and values, sorted by row key.  Stays at the node."""
+    from mipflow.algorithms.design import numeric_values
+    from mipflow.node.controls.differencing import patient_keys, row_keys
+    from mipflow.node.query.read import select_frame
+
+    datasets = sorted({str(r["dataset"]) for r in store.datasets(model.key)})
+    variables = list(dict.fromkeys(variables))
+    frame = select_frame(store, model, datasets=datasets, variables=variables, filters=None, complete_case=True,
+                         row_identity=True, row_key=key, snapshot=columnar)
+    rows = row_keys(frame, key)
+    pids = patient_keys(frame, key)
+    order = np.argsort(rows, kind="stable")
+    return Population(rows[order], None if pids is None else pids[order],
+                      {code: numeric_values(frame[code])[order] for code in variables})
+
+
+def release_rows(families: Sequence[WeightFamily], data: Any, cohorts: Any,
+                 population: Population | None) -> list[FamilyRows] | None:
+    """The step's rows under each family, weighted by the values the local step reads (``data``, in the
+    order of ``cohorts.order``), with their patients from ``population`` (None: rows not aligned)."""
+    from mipflow.algorithms.design import numeric_values
+
+    order = getattr(cohorts, "order", None)
+    if order is None or len(order) != len(data):
+        return None
+    keys = np.asarray(order, dtype=np.uint64)
+    sort = np.argsort(keys, kind="stable")
+    rows = keys[sort]
+    patients = None
+    if population is not None and population.patients is not None and len(rows):
+        at = np.minimum(np.searchsorted(population.rows, rows), max(len(population.rows) - 1, 0))
+        if len(population.rows) and np.array_equal(population.rows[at], rows):
+            patients = population.patients[at]
+    columns = {code: numeric_values(data[code])[sort] for f in families for code in f.variables}
+    return [FamilyRows(f.name, cohorts.data_model, rows, f.log_weights(columns), patients) for f in families]
+
+
+def check_weighted(request: Any, context: Any, work: Any) -> None:
+    """Control (after ``check_groups``): a release of sums weighted by the rows' values (the algorithm's
+    ``weight_families``) against every earlier release of the same family at this node (ADR 0058;
+    control ``dominated_sums``).  The release's rows are worked out even while ``differencing_check``
+    is off or in a study, so that :func:`remember_weighted` remembers them; explore releases are DP."""
+    from mipflow.node.api.context import DataModelNotHeld
+    from mipflow.node.controls.disclosure import dominated_refusal
+
+    work.weighted = None
+    declared = getattr(work.algo, "weight_families", None)
+    if work.explore is not None or declared is None:
+        return
+    families = tuple(declared(request.analysis, work.model))
+    if not families:
+        return
+    guard, settings = context.differencing, work.settings
+    columnar = bool(settings.columnar_snapshot)
+    read: dict[tuple[str, tuple[str, ...]], Population | None] = {}
+    variables = sorted({code for f in families for code in f.variables})
+
+    def population(data_model: str, wanted: Sequence[str] = variables) -> Population | None:
+        """The rows of ``data_model`` complete on ``wanted`` (read once per step)."""
+        at = (data_model, tuple(sorted(set(wanted))))
+        if at not in read:
+            try:
+                model = work.model if data_model == work.model.key else context.data_model(data_model)
+            except DataModelNotHeld:
+                read[at] = None
+            else:
+                read[at] = read_population(context.store, model, at[1], guard.key, columnar)
+        return read[at]
+
+    rows = release_rows(families, work.data, work.cohorts, population(work.cohorts.data_model))
+    if rows is None:  # rows the node cannot key (none of today's weighted algorithms): not answered
+        raise dominated_refusal(settings.min_row_count)
+    work.weighted = (families, rows)
+    if not settings.differencing_check or work.study is not None or settings.min_row_count <= 1:
+        return
+    if not guard.weighted.check(rows, families, settings.min_row_count, population):
+        raise dominated_refusal(settings.min_row_count)
+
+
+def remember_weighted(context: Any, work: Any) -> None:
+    """After the release: its rows under each family join the weighted memory."""
+    if getattr(work, "weighted", None) is not None:
+        context.differencing.weighted.record(work.weighted[1])
+
+
+__all__ = ["FamilyRows", "Population", "PopulationReader", "WEIGHTED_FILE", "WeightedMemory", "check_weighted",
+           "fingerprint", "pair_dominated", "per_patient", "read_population", "release_rows", "remember_weighted"]
