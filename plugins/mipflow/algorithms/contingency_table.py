@@ -385,4 +385,9 @@ class ContingencyTable(SpecAlgorithm):
                                "cell_sd": math.sqrt(math.fsum(float(v["sd"]) ** 2 for v in noisy)), "note": DP_NOTE,
                                **noisy_cells(aggregates, full.shape),
                                "row_levels": list(row_levels), "col_levels": list(col_levels)}
+            # every level's cells, signed, and their bounds as grids (a results page shows them as tables)
+            cells = result["noise"]
+            result["noisy_cells_signed"] = cells["cells_signed"]
+            result["noisy_cells_low"] = [[v[0] for v in row] for row in cells["cells_interval"]]
+            result["noisy_cells_high"] = [[v[1] for v in row] for row in cells["cells_interval"]]
         return Step(done=True, result=json_ready(result))

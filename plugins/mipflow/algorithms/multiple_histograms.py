@@ -141,6 +141,9 @@ def pool_bins(records: Sequence[dict], level: float = INTERVAL_LEVEL) -> dict[st
         coverage.append(error["coverage"] if complete else None)
     return {"counts": [c if c > 0 else None for c in signed], "counts_signed": signed,
             "counts_noise_sd": sds, "counts_interval": intervals, "counts_interval_coverage": coverage,
+            # the same bounds as flat columns (a results page shows lists of numbers as a bin's columns)
+            "counts_low": [None if v is None else v[0] for v in intervals],
+            "counts_high": [None if v is None else v[1] for v in intervals],
             "approximate": True, "interval_level": level,
             "noisy_nodes": len(noisy), "exact_nodes": len(records) - len(noisy), "display": DISPLAY_NOTE}
 

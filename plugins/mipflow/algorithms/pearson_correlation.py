@@ -256,9 +256,10 @@ class PearsonCorrelation(SpecAlgorithm):
         return {"n_obs": int(round(pooled["n"])),
                 "correlations": matrix("r"), "p-values": matrix("p_value"),
                 "low_confidence_intervals": matrix("ci_low"), "high_confidence_intervals": matrix("ci_high"),
-                "noise": {"approximate": True, "interval_level": INTERVAL_LEVEL, "r_noise_sd": matrix("r_noise_sd"),
-                          "r_noise_low": matrix("r_noise_low"), "r_noise_high": matrix("r_noise_high"),
-                          "r_unclipped": matrix("r_unclipped"), "noise_dominates": matrix("noise_dominates"),
+                "r_noise_sd": matrix("r_noise_sd"), "r_noise_low": matrix("r_noise_low"),
+                "r_noise_high": matrix("r_noise_high"), "r_unclipped": matrix("r_unclipped"),
+                "noise_dominates": matrix("noise_dominates"),
+                "noise": {"approximate": True, "interval_level": INTERVAL_LEVEL,
                           "p_values_account_for_noise": True, "confidence_intervals_account_for_noise": True,
                           "noisy_nodes": int(pooled["noise"]["laplace_nodes"] + pooled["noise"]["gaussian_nodes"]),
                           "note": DP_NOTE}}

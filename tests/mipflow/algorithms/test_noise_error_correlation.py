@@ -52,7 +52,7 @@ def test_the_noise_interval_of_r_covers_the_rows_exact_correlation_through_the_n
         result = algo.global_step(0, aggregates, req, stroke, None).result
         noise = result["noise"]
         assert noise["approximate"] and noise["p_values_account_for_noise"] and noise["noisy_nodes"] == 2
-        low, high = noise["r_noise_low"]["age"][1], noise["r_noise_high"]["age"][1]
+        low, high = result["r_noise_low"]["age"][1], result["r_noise_high"]["age"][1]
         hits += low <= exact <= high
         assert result["low_confidence_intervals"]["age"][1] <= result["correlations"]["age"][1] \
             <= result["high_confidence_intervals"]["age"][1]
