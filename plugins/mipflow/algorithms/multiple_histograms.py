@@ -24,6 +24,10 @@ Without declared bounds, the outer bin edges are the pooled minimum and maximum
 of ``y`` (as in Exareme2), which only a node that releases extremes
 (``release_extremes`` 1) answers; any other node refuses the request before
 reading a row (:meth:`MultipleHistograms.undeclared_ranges`).
+
+Noisy release (explore mode, a DP node; ADR 0057): the bins go out signed with their noise term; the
+global step pools them signed and states each bin's noise sd and interval (:func:`pool_bins`);
+``counts`` clamps only the pooled bins, for display.
 """
 from __future__ import annotations
 

@@ -8,6 +8,10 @@ Output as Exareme2: each matrix is ``{"variables": [row names], <y var>:
 [value per row]}`` where rows are the covariates ``x`` (or ``y`` when ``x``
 is empty).  p-values are two-sided; the intervals are at confidence level
 ``1 - alpha`` (``alpha`` defaults to 0.95 as in Exareme2's spec).
+
+From noisy nodes (explore mode, DP; ADR 0057) the correlations come from the pooled signed scaled
+sums and carry the noise's error (:func:`noisy_correlation`): ``r_noise_*`` matrices, and intervals
+and p-values that combine the sampling error with the noise.
 """
 from __future__ import annotations
 
