@@ -34,9 +34,11 @@ cells below 5.
 Noisy release (explore mode, a node with differential privacy; ADR 0032): the node adds noise to
 every cell of its table (one row is in exactly one cell: sensitivity L1 = L2 = 1, one block) and
 releases the noisy cells as they are (signed integers, nothing suppressed: the noise protects the
-small cells) with the sd of their noise.  The central side sums the tables and clamps each pooled
-cell to >= 0 (post-processing) before the statistics above; they are those of the noisy table
-(the tests leave out the noise: labelled approximate, with the pooled cell's noise sd).
+small cells) with the sd of their noise and how its integers are drawn.  The central side sums the
+signed tables and states every pooled cell signed, with its noise sd and its interval (exact for the
+integer noise, ADR 0057, under ``noise``); only then, for display and for the statistics above, is
+each pooled cell clamped to >= 0 (post-processing, stated in ``noise.clamped``).  The statistics are
+those of the clamped noisy table (the tests leave out the noise: labelled approximate).
 """
 from __future__ import annotations
 
@@ -50,6 +52,7 @@ from mipflow.algorithms.contract import Step
 from mipflow.algorithms.design import category_codes
 from mipflow.algorithms.dp_release import DPRelease, Noise, Released, one_block
 from mipflow.algorithms.inference import alternative_spec
+from mipflow.algorithms.noise_error import INTERVAL_LEVEL, cell_interval, count_error, integer_noise_kind
 from mipflow.algorithms.spec import NOMINAL, InputSpec, ParamSpec, SpecAlgorithm
 from mipflow.exceptions import RequestError
 from mipflow.protocol.datamodel import DataModel
@@ -64,8 +67,9 @@ SMALL_EXPECTED = 5.0
 
 #: The block of the noisy release.
 DP_BLOCK = "table"
-DP_NOTE = ("the table of noisy cell counts (nothing suppressed), pooled cells clamped to >= 0; the tests, "
-           "Cramer's V and the ratios are those of the noisy table and leave out the noise")
+DP_NOTE = ("the table of noisy cell counts (nothing suppressed), pooled signed, each cell with its noise sd and "
+           "interval (noise.cells_signed, noise.cells_interval); observed is clamped to >= 0 for display; the "
+           "tests, Cramer's V and the ratios are those of the clamped noisy table and leave out the noise")
 
 
 # --------------------------------------------------------------------------- tables
@@ -215,10 +219,11 @@ def ratio_measures(observed: np.ndarray, alpha: float) -> dict[str, Any]:
     }
 
 
-def pool_tables(aggregates: Sequence[dict], shape: tuple[int, int]) -> np.ndarray:
+def pool_tables(aggregates: Sequence[dict], shape: tuple[int, int], *, signed: bool = False) -> np.ndarray:
     """Sum the nodes' tables (``group_counts``, row-major), checking their shape.
 
-    A noisy table (one with ``noise``) may have negative cells; the sum is then clamped to >= 0.
+    A noisy table (one with ``noise``) may have negative cells; the sum is then clamped to >= 0,
+    unless ``signed`` (the pooled signed cells, what their intervals are about).
 
     Raises
     ------
@@ -237,7 +242,24 @@ def pool_tables(aggregates: Sequence[dict], shape: tuple[int, int]) -> np.ndarra
             raise RequestError("a node sent a table with cells that are not counts (suppressed?); "
                                "the pooled table would be unknown")
         total += np.asarray(cells, dtype=np.int64).reshape(shape)
-    return np.maximum(total, 0)
+    return total if signed else np.maximum(total, 0)
+
+
+def noisy_cells(aggregates: Sequence[dict], shape: tuple[int, int], level: float = INTERVAL_LEVEL) -> dict[str, Any]:
+    """The pooled signed cells of noisy tables, each with its noise sd and interval (ADR 0057).
+
+    Every cell holds one independent integer noise per noisy node (the same distribution for all
+    cells), so one sd, half-width and exact coverage serve the whole table; intervals are cut at 0.
+    """
+    signed = pool_tables(aggregates, shape, signed=True)
+    terms = [[a["noise"]["mechanism"], float(a["noise"]["sd"]), a["noise"].get("integer", "rounded")]
+             for a in aggregates if "noise" in a]
+    error = count_error(terms, level)
+    return {"cells_signed": signed, "cell_noise_sd_exact": error["sd"],
+            "cells_interval": [[cell_interval(float(v), error) for v in row] for row in signed],
+            "cells_interval_coverage": error["coverage"], "interval_level": level,
+            "clamped": "observed, the totals and every statistic use the pooled cells clamped to >= 0 (display "
+                       "only); cells_signed are the unclamped pooled cells the intervals are about"}
 
 
 # --------------------------------------------------------------------------- differential privacy
@@ -252,7 +274,8 @@ def _dp_release(algo: ContingencyTable, data: pd.DataFrame, request: AnalysisReq
                            category_codes(data[yvar.code], yvar).to_numpy(), row_levels, col_levels)
     noisy = noise.add(table.ravel(), 1, block=DP_BLOCK, integer=True)
     return {"shape": list(table.shape), "group_counts": noisy.tolist(),
-            "noise": {"sd": noise.sd(1), "unit": "count", "mechanism": noise.mechanism}}, {}
+            "noise": {"sd": noise.sd(1), "unit": "count", "mechanism": noise.mechanism,
+                      "integer": integer_noise_kind(noise)}}, {}
 
 
 def _dp_rows(aggregates: dict) -> int:
@@ -359,5 +382,12 @@ class ContingencyTable(SpecAlgorithm):
             result["noise"] = {"approximate": True, "noisy_nodes": len(noisy),
                                "exact_nodes": len(aggregates) - len(noisy),
                                "node_cell_sd": [float(v["sd"]) for v in noisy],
-                               "cell_sd": math.sqrt(math.fsum(float(v["sd"]) ** 2 for v in noisy)), "note": DP_NOTE}
+                               "cell_sd": math.sqrt(math.fsum(float(v["sd"]) ** 2 for v in noisy)), "note": DP_NOTE,
+                               **noisy_cells(aggregates, full.shape),
+                               "row_levels": list(row_levels), "col_levels": list(col_levels)}
+            # every level's cells, signed, and their bounds as grids (a results page shows them as tables)
+            cells = result["noise"]
+            result["noisy_cells_signed"] = cells["cells_signed"]
+            result["noisy_cells_low"] = [[v[0] for v in row] for row in cells["cells_interval"]]
+            result["noisy_cells_high"] = [[v[1] for v in row] for row in cells["cells_interval"]]
         return Step(done=True, result=json_ready(result))

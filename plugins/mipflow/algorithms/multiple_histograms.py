@@ -24,6 +24,10 @@ Without declared bounds, the outer bin edges are the pooled minimum and maximum
 of ``y`` (as in Exareme2), which only a node that releases extremes
 (``release_extremes`` 1) answers; any other node refuses the request before
 reading a row (:meth:`MultipleHistograms.undeclared_ranges`).
+
+Noisy release (explore mode, a DP node; ADR 0057): the bins go out signed with their noise term; the
+global step pools them signed and states each bin's noise sd and interval (:func:`pool_bins`);
+``counts`` clamps only the pooled bins, for display.
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ import numpy as np
 from mipflow.algorithms.contract import Step
 from mipflow.algorithms.design import category_codes, numeric_values
 from mipflow.algorithms.dp_release import DPRelease, Noise, Released, declared_bounds
+from mipflow.algorithms.noise_error import INTERVAL_LEVEL, cell_interval, count_error, integer_noise_kind
 from mipflow.algorithms.spec import (
     NOMINAL,
     NUMERICAL,
@@ -94,13 +99,63 @@ def _dp_release(algo: MultipleHistograms, data: pd.DataFrame, request: AnalysisR
         else:
             codes = category_codes(data[grouping_var], model.variable(grouping_var)).to_numpy()
             mask, block, part = codes == level, f"by/{grouping_var}", str(level)
-        noisy = np.maximum(noise.add(count(mask), 1, block=block, part=part, integer=True), 0)
-        records.append({"grouping_var": grouping_var, "grouping_enum": level, "counts": noisy.tolist()})
+        # signed: a bin clamped at 0 per node would bias the pooled bin upwards (ADR 0057)
+        noisy = noise.add(count(mask), 1, block=block, part=part, integer=True)
+        records.append({"grouping_var": grouping_var, "grouping_enum": level, "counts": noisy.tolist(),
+                        "noise": {"terms": [[noise.mechanism, noise.sd(1), integer_noise_kind(noise)]]}})
     return {"histograms": records}, clamped
 
 
 def _dp_rows(aggregates: dict[str, Any]) -> int:
-    return int(sum(aggregates["histograms"][0]["counts"]))
+    # the positive noisy cells, as before the bins went out signed (the row count decisions are unchanged)
+    return int(sum(max(c, 0) for c in aggregates["histograms"][0]["counts"] if c is not None))
+
+
+def pool_bins(records: Sequence[dict], level: float = INTERVAL_LEVEL) -> dict[str, Any] | None:
+    """One histogram's bins pooled over the nodes' records, with each bin's noise error (ADR 0057).
+
+    A record with ``noise`` is a node's signed noisy bins; a cell it hid (``None``, its noisy value
+    in ``suppressed_range``) counts as that range's middle and widens the bin's interval by half the
+    range.  Exact records add their counts (a cell an exact node hid counts 0, as before, and leaves
+    the bin without an interval).  Returns ``None`` when no record is noisy.
+    """
+    noisy = [r for r in records if "noise" in r]
+    if not noisy:
+        return None
+    signed, sds, intervals, coverage = [], [], [], []
+    for i in range(len(records[0]["counts"])):
+        estimate, unknown, terms, complete = 0.0, 0.0, [], True
+        for r in records:
+            cell = r["counts"][i]
+            if "noise" in r:
+                terms.extend(r["noise"]["terms"])
+                if cell is None:
+                    lo, hi = (float(v) for v in r.get("suppressed_range", (0, 0)))
+                    estimate, unknown = estimate + (lo + hi) / 2.0, unknown + (hi - lo) / 2.0
+                    complete = complete and "suppressed_range" in r
+                    continue
+            elif cell is None:
+                complete = False
+                continue
+            estimate += float(cell)
+        error = count_error(terms, level)
+        signed.append(estimate)
+        sds.append(error["sd"])
+        intervals.append(cell_interval(estimate, error, unknown) if complete else None)
+        coverage.append(error["coverage"] if complete else None)
+    return {"counts": [c if c > 0 else None for c in signed], "counts_signed": signed,
+            "counts_noise_sd": sds, "counts_interval": intervals, "counts_interval_coverage": coverage,
+            # the same bounds as flat columns (a results page shows lists of numbers as a bin's columns)
+            "counts_low": [None if v is None else v[0] for v in intervals],
+            "counts_high": [None if v is None else v[1] for v in intervals],
+            "approximate": True, "interval_level": level,
+            "noisy_nodes": len(noisy), "exact_nodes": len(records) - len(noisy), "display": DISPLAY_NOTE}
+
+
+#: How a noisy histogram's ``counts`` are shown.
+DISPLAY_NOTE = ("counts: the pooled signed noisy bins, a bin at or below 0 shown as None (clamped for display only); "
+                "counts_signed unclamped; counts_interval: each bin's interval at interval_level (exact for the "
+                "integer noise, so it covers at least that: counts_interval_coverage), cut at 0")
 
 
 class MultipleHistograms(SpecAlgorithm):
@@ -215,13 +270,18 @@ class MultipleHistograms(SpecAlgorithm):
                 if (rec["grouping_var"], rec["grouping_enum"]) != (grouping_var, level):
                     raise RequestError("a node sent histograms in an unexpected order")
                 parts.append(rec["counts"])
+            record: dict[str, Any] = {"var": yvar.code, "grouping_var": grouping_var, "grouping_enum": level,
+                                      "bins": edges}
+            pooled = pool_bins([a["histograms"][i] for a in aggregates])
+            if pooled is not None:  # a noisy node: signed bins pooled signed, each with its error
+                histograms.append({**record, **pooled})
+                continue
             counts = []
             for column in zip(*parts):
                 released = [c for c in column if c is not None]
                 total = sum(released)
                 counts.append(total if released and total > 0 else None)
-            histograms.append({"var": yvar.code, "grouping_var": grouping_var,
-                               "grouping_enum": level, "bins": edges, "counts": counts})
+            histograms.append({**record, "counts": counts})
         return Step(done=True, result=json_ready({"histogram": histograms}))
 
     # -- privacy capabilities (mipflow.algorithms.contract) ------------------------------------

@@ -127,6 +127,16 @@ def noise_dominated(result: Any) -> list[str]:
     return out
 
 
+def correlations_noise_dominated(result: Any) -> list[str]:
+    """``y ~ x`` of every noisy correlation whose noise outweighs its sampling error (ADR 0057)."""
+    flags = result.get("noise_dominates") if isinstance(result, Mapping) else None
+    if not isinstance(flags, Mapping) or not isinstance(flags.get("variables"), list):
+        return []
+    rows = flags["variables"]
+    return [f"{y} ~ {x}" for y, column in flags.items() if y != "variables" and isinstance(column, list)
+            for x, flag in zip(rows, column) if flag is True and x != y]
+
+
 def result_warnings(doc: Mapping[str, Any]) -> list[Warning]:
     """Every reason to read this result with care, most important first (none for a failed run)."""
     if str(doc.get("status") or "succeeded") != "succeeded":
@@ -145,6 +155,10 @@ def result_warnings(doc: Mapping[str, Any]) -> list[Warning]:
                            + ": its interval reaches 0, so the std shown (none where the noisy variance is not "
                              "positive) says little; read its std_interval. Each perturbed number carries its "
                              "noise's sd and a 95 % interval (approximate)."))
+    pairs = correlations_noise_dominated(result)
+    if pairs:
+        out.append(Warning("noise", "The noise outweighs the sampling error of the correlation of " + ", ".join(pairs)
+                           + ": read r_noise_low / r_noise_high and the intervals, which account for it."))
     excluded = doc.get("excluded") or {}
     if excluded:
         out.append(Warning("left_out", f"{len(excluded)} node(s) left out, the result is from the others only: "

@@ -49,6 +49,10 @@ class QueryNoise:
     the sum over blocks (an upper bound of the loss of any one row).
     """
 
+    #: integers get OpenDP's discrete Laplace / discrete Gaussian noise (what a release states beside a
+    #: count, so the central side knows its error's exact distribution: ADR 0057)
+    integer_noise = "discrete"
+
     def __init__(self, mechanism: str, epsilon: float, delta: float, blocks: int) -> None:
         if mechanism not in MECHANISMS:
             raise DisclosureError(f"unknown dp_mechanism {mechanism!r} (laplace or gaussian)", control="dp_config")

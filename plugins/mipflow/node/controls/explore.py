@@ -330,6 +330,9 @@ class KeyedNoise(QueryNoise):
     but does not provably close that gap.
     """
 
+    #: integers are continuous draws rounded to the nearest integer (ADR 0057)
+    integer_noise = "rounded"
+
     def __init__(self, mechanism: str, epsilon: float, delta: float, blocks: int, *, key: bytes, query: bytes,
                  version: bytes) -> None:
         super().__init__(mechanism, epsilon, delta, blocks)
@@ -556,11 +559,17 @@ def suppress_noisy_cells(doc: Any, tab: int) -> Any:
     """Noisy count cells (lists under ``counts``) in ``(0, tab)`` as ``None``.
 
     Post-processing of the noisy release: no complementary suppression is needed, as the
-    released totals are noisy themselves and nothing exact is left to subtract from.
+    released totals are noisy themselves and nothing exact is left to subtract from.  An object
+    whose ``counts`` lost a cell says where the hidden cells lie, ``suppressed_range``
+    ``[1, tab - 1]`` (a setting, not data), so the central side can pool the other cells
+    without pretending a hidden cell was 0 (ADR 0057).
     """
     if isinstance(doc, dict):
-        return {k: ([hide_small(v, tab) for v in value] if k == "counts" and isinstance(value, list)
-                    else suppress_noisy_cells(value, tab)) for k, value in doc.items()}
+        out = {k: ([hide_small(v, tab) for v in value] if k == "counts" and isinstance(value, list)
+                   else suppress_noisy_cells(value, tab)) for k, value in doc.items()}
+        if isinstance(doc.get("counts"), list) and out["counts"] != doc["counts"]:
+            out["suppressed_range"] = [1, int(tab) - 1]
+        return out
     if isinstance(doc, list):
         return [suppress_noisy_cells(v, tab) for v in doc]
     return doc

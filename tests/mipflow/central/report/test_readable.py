@@ -162,3 +162,42 @@ def test_a_std_the_noise_dominates_is_named_in_a_warning_and_its_interval_is_on_
     assert len(warnings) == 1 and "age (hospital_a)" in warnings[0].text and "hospital_b" not in warnings[0].text
     page = result_page(doc, link=lambda run_id, kind: f"/{run_id}.{kind}", back="/")
     assert "std_interval" in page and "noise_dominates" in page and "age (hospital_a)" in page
+
+
+def test_noisy_bins_cells_and_correlations_show_their_error_on_the_page(stroke_model_path):
+    """ADR 0057: a noisy histogram's bins, a noisy table's cells and a noisy correlation carry their
+    noise sd and interval into the page's tables; a correlation the noise dominates is named."""
+    import json as _json
+
+    import pandas as pd
+
+    from mipflow.algorithms import AnalysisRequest
+    from mipflow.node.controls.explore import KeyedNoise
+    from mipflow.protocol.datamodel import load_data_model
+
+    model = load_data_model(stroke_model_path)
+    rng = np.random.default_rng(4)
+    frame = pd.DataFrame({"dataset": "hospital_a", "age": rng.normal(60, 10, 200).clip(18, 90),
+                          "nihss_admission": rng.integers(0, 42, 200).astype(float),
+                          "sex": rng.choice(["M", "F"], 200), "thrombolysis": rng.choice(["yes", "no"], 200)})
+
+    def run(name: str, y: list[str], x: list[str], **parameters) -> dict:
+        algo = get_algorithm(name)
+        req = AnalysisRequest.from_dict({"inputdata": {"data_model": model.key, "datasets": ["hospital_a"],
+                                                       "x": x, "y": y, "filters": None}, "parameters": parameters})
+        noise = KeyedNoise("laplace", 1.0, 0.0, algo.dp_release.blocks(algo, req, model), key=b"k" * 32,
+                           query=b"q", version=b"v")
+        aggregates = _json.loads(_json.dumps(algo.dp_release.release(algo, frame, req, model, noise)[0]))
+        result = _json.loads(_json.dumps(algo.global_step(0, [aggregates], req, model, None).result))
+        return {"run_id": name, "algorithm": name, "status": "succeeded", "result": result}
+
+    link = lambda run_id, kind: f"/{run_id}.{kind}"  # noqa: E731
+    hist = result_page(run("multiple_histograms", ["age"], [], bins=10), link=link, back="/")
+    assert all(f">{field}<" in hist for field in ("counts_signed", "counts_noise_sd", "counts_low", "counts_high"))
+    table = result_page(run("contingency_table", ["thrombolysis"], ["sex"]), link=link, back="/")
+    assert "Noisy Cells Low" in table or "noisy_cells_low" in table.lower().replace(" ", "_")
+    doc = run("pearson_correlation", ["age", "nihss_admission"], [], alpha=0.05)
+    page = result_page(doc, link=link, back="/")
+    assert "r_noise_sd" in page.lower().replace(" ", "_") and "noise_dominates" in page.lower().replace(" ", "_")
+    dominated = any(doc["result"]["noise_dominates"]["age"][i] for i in (1,))
+    assert any("outweighs" in w.text for w in result_warnings(doc)) == dominated

@@ -219,8 +219,11 @@ def test_float_values_are_rounded_to_a_grid_below_the_scale():
 
 def test_small_noisy_cells_are_suppressed_without_complements():
     doc = {"histograms": [{"counts": [0, 1, 2, 3, 50]}, {"counts": [[1, 40], [0, 7]]}], "n": 2}
-    assert suppress_noisy_cells(doc, 3) == {"histograms": [{"counts": [0, None, None, 3, 50]},
-                                                           {"counts": [[None, 40], [0, 7]]}], "n": 2}
+    assert suppress_noisy_cells(doc, 3) == {"histograms": [{"counts": [0, None, None, 3, 50], "suppressed_range": [1, 2]},
+                                                           {"counts": [[None, 40], [0, 7]], "suppressed_range": [1, 2]}],
+                                            "n": 2}
+    # where nothing was hidden, nothing is added; negative noisy cells are released as they are
+    assert suppress_noisy_cells({"counts": [-2, 0, 5]}, 3) == {"counts": [-2, 0, 5]}
 
 
 # --------------------------------------------------------------------------- the admin's commands
