@@ -133,3 +133,28 @@ def _formats(root) -> set[str]:
     with sqlite3.connect(root / "cohorts.sqlite") as conn:
         blobs = [b for row in conn.execute("SELECT keys, patients FROM cohorts") for b in row if b is not None]
     return {"v2" if bytes(b).startswith(TAG) else "v1" for b in blobs}
+
+
+def test_a_cohort_another_process_stored_first_is_kept_as_stored(tmp_path, monkeypatch):
+    """The same cohort stored by another process between this one's look and its insert (ignored): this
+    process keeps what is stored (its patients none), not what it meant to write."""
+    first, second = CohortLedger(tmp_path), CohortLedger(tmp_path)
+    rows = sorted_unique(np.random.default_rng(2).integers(0, 2**64, size=3000, dtype=np.uint64))
+    real, calls = second._refresh, []
+
+    def then_the_other(written=None):
+        real(written)
+        calls.append(written)
+        if len(calls) == 1:  # after this process's look, before its insert
+            first.record("m:1", [rows])
+
+    monkeypatch.setattr(second, "_refresh", then_the_other)
+    second.record("m:1", [rows], patients=[rows[::3]])
+    assert calls[-1] is not None  # the insert was ignored and what is stored read back
+    (entry,) = second._entries.values()
+    assert np.array_equal(entry.rows, rows) and entry.patients is None
+    with sqlite3.connect(tmp_path / "cohorts.sqlite") as conn:
+        assert conn.execute("SELECT COUNT(*), MAX(patients IS NULL) FROM cohorts").fetchone() == (1, 1)
+    third = CohortLedger(tmp_path)  # a later process: the same
+    (entry,) = third._entries.values() if third._refresh() is None else ()
+    assert np.array_equal(entry.rows, rows) and entry.patients is None
