@@ -44,6 +44,13 @@ def selection_bytes(data: Any, cohorts: Any) -> int:
     return size + sum(int(keys.nbytes) for keys in getattr(cohorts, "sets", ()))
 
 
+def _still_there(data: Any) -> bool:
+    """A kept selection can still be used: a frame always, rows left on disk while their snapshot's
+    folder is in place (a newer snapshot replaces it; its files are never changed in place)."""
+    snapshot = getattr(data, "snapshot", None)
+    return snapshot is None or Path(snapshot.path).is_dir()
+
+
 class SettingsFile:
     """The node's settings, parsed again when the admin changed ``node.json`` (no restart needed).
 
@@ -124,6 +131,9 @@ class SelectionCache:
         while self._kept and self._total() > budget:  # the admin lowered it
             self._kept.popitem(last=False)
         hit = self._kept.get(key)
+        if hit is not None and not _still_there(hit[1]):  # rows left on disk whose snapshot was replaced
+            self._kept.pop(key)  # (an admin's SQL moves the rows' stamp, not the data version): read again
+            hit = None
         if hit is not None and hit[0] == version:
             self._kept.move_to_end(key)
             return hit[1], hit[2]

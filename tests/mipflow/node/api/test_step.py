@@ -332,6 +332,21 @@ def test_a_linear_regression_of_numbers_keeps_its_rows_on_disk_with_the_same_ans
         json.dumps(replies["sql"]["aggregates"], sort_keys=True)
 
 
+def test_rows_on_disk_whose_snapshot_was_replaced_are_read_again(tmp_path) -> None:
+    """A kept selection left on disk is not used once its snapshot's folder is gone (a newer snapshot
+    replaced it: an admin's SQL moves the rows' stamp but not the data version): read again, same answer."""
+    import shutil
+
+    context = open_node(tmp_path / "node")
+    first = answer_step(context, "central", "linear_regression", body(context, **LINREG, analysis_id="r1"))
+    (kept,) = [v[1] for v in context.selections._kept.values()]
+    shutil.rmtree(kept.snapshot.path)
+    again = answer_step(context, "central", "linear_regression", body(context, **LINREG, analysis_id="r2"))
+    (now,) = [v[1] for v in context.selections._kept.values()]
+    assert now is not kept and now.snapshot.path.is_dir()
+    assert json.dumps(again["aggregates"], sort_keys=True) == json.dumps(first["aggregates"], sort_keys=True)
+
+
 def test_a_step_reads_its_rows_from_the_columnar_snapshot_with_the_same_answer(tmp_path) -> None:
     """ADR 0049: with ``columnar_snapshot`` on (the default) a SQLite node writes its data model's
     snapshot at the first keyed read and answers from it; the answer is the one read through SQL."""
