@@ -3,6 +3,7 @@ a ledger written in format 1 (before) is read as it is, and the ledger decides t
 from __future__ import annotations
 
 import sqlite3
+import struct
 import zlib
 
 import numpy as np
@@ -158,3 +159,24 @@ def test_a_cohort_another_process_stored_first_is_kept_as_stored(tmp_path, monke
     third = CohortLedger(tmp_path)  # a later process: the same
     (entry,) = third._entries.values() if third._refresh() is None else ()
     assert np.array_equal(entry.rows, rows) and entry.patients is None
+
+
+def _format_2_as_first_written(keys: np.ndarray) -> bytes:
+    """encode_keys as format 2 was first written (every plane transposed at once): the reference."""
+    keys = np.asarray(keys, dtype=np.uint64)
+    n = len(keys)
+    deltas = np.diff(keys, prepend=np.uint64(0)) if n else keys
+    raw = min(((int(keys[-1]) // n).bit_length() + 7) // 8, 7) if n else 0
+    planes = np.ascontiguousarray(deltas.astype("<u8", copy=False).view(np.uint8).reshape(n, 8).T)
+    return b"".join((TAG, struct.pack("<QB", n, raw), planes[:raw].tobytes(),
+                     zlib.compress(planes[raw:].tobytes(), 1)))
+
+
+@pytest.mark.parametrize("size", [0, 1, 2, 1000, 100_000])
+def test_format_2_written_plane_by_plane_is_the_same_blob(size):
+    rng = np.random.default_rng(size)
+    for keys in (sorted_unique(rng.integers(0, 2**64, size=size, dtype=np.uint64)),
+                 np.arange(size, dtype=np.uint64) * np.uint64(3)):
+        blob = encode_keys(keys)
+        assert isinstance(blob, bytes) and blob == _format_2_as_first_written(keys)
+        assert np.array_equal(decode_keys(blob), keys)
