@@ -127,6 +127,8 @@ class SelectionCache:
                          + ([transformer.to_dict()] if transformer is not None else []),
                          sort_keys=True, default=str)
         version = self.version.token(model.key)
+        for old in [k for k, v in self._kept.items() if v[0] != version and json.loads(k)[0] == model.key]:
+            del self._kept[old]  # read before a change of the rows: never used again, its memory freed now
         budget = int(frame_cache_mb) * 1024 ** 2
         while self._kept and self._total() > budget:  # the admin lowered it
             self._kept.popitem(last=False)

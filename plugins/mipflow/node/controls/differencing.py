@@ -314,7 +314,11 @@ class DifferencingGuard:
             ordered = tuple(np.sort(rows.keys(name)) for name in names)
         sets, patients = unique_of_sorted(ordered[0]), unique_of_sorted(ordered[1])
         del ordered
-        return Cohorts(data_model, (sets,), (cohort_digest(data_model, sets),), order=None, patients=(patients,))
+        digest = cohort_digest(data_model, sets)
+        known = self.ledger.recorded(data_model, digest)
+        if known is not None and known[1] is not None and np.array_equal(known[1], patients):
+            sets, patients = known  # the ledger's arrays, the same keys: one copy in memory, not two
+        return Cohorts(data_model, (sets,), (digest,), order=None, patients=(patients,))
 
     def cohorts_of(self, data_model: str, frame: pd.DataFrame, masks: Sequence[np.ndarray],
                    seen: int | None = None) -> Cohorts:

@@ -218,6 +218,17 @@ class CohortLedger(SqliteState):
                 self._digests.setdefault(data_model, {})[digest] = rowid
                 self._seen_rowid = max(self._seen_rowid, rowid)
 
+    def recorded(self, data_model: str, digest: str) -> tuple[np.ndarray, np.ndarray | None] | None:
+        """The row and patient keys of a cohort this ledger holds (None: not recorded), as held in
+        memory (a caller keeping a cohort it recorded shares them rather than holding a copy)."""
+        with self._lock:
+            self._refresh()
+            rowid = self._digests.get(data_model, {}).get(digest)
+            if rowid is None:
+                return None
+            entry = self._entries[rowid]
+            return entry.rows, entry.patients
+
     def cohorts(self, data_model: str) -> dict[str, np.ndarray]:
         """Digest -> sorted row hashes of every cohort answered for ``data_model``."""
         with self._lock:

@@ -347,6 +347,19 @@ def test_rows_on_disk_whose_snapshot_was_replaced_are_read_again(tmp_path) -> No
     assert json.dumps(again["aggregates"], sort_keys=True) == json.dumps(first["aggregates"], sort_keys=True)
 
 
+def test_selections_read_before_a_change_of_the_rows_are_dropped_at_the_next_read(tmp_path) -> None:
+    """Kept selections of the data model read before its rows changed are never used again: the next
+    read of the model drops them all (not only the one it replaces), freeing their memory."""
+    context = open_node(tmp_path / "node")
+    for i, age in enumerate((30, 40)):
+        answer_step(context, "central", "linear_regression",
+                    body(context, **LINREG, filters=where(rule("age", "greater", age)), analysis_id=f"k{i}"))
+    assert len(context.selections._kept) == 2
+    load_frame(Path(context.home.root), STROKE, make_rows(seed=99, n=30))  # more rows: a new data version
+    answer_step(context, "central", "linear_regression", body(context, **LINREG, analysis_id="k2"))
+    assert len(context.selections._kept) == 1
+
+
 def test_a_step_reads_its_rows_from_the_columnar_snapshot_with_the_same_answer(tmp_path) -> None:
     """ADR 0049: with ``columnar_snapshot`` on (the default) a SQLite node writes its data model's
     snapshot at the first keyed read and answers from it; the answer is the one read through SQL."""

@@ -230,3 +230,16 @@ def test_a_selection_holds_a_bit_a_row_at_most(store):
     assert len(every) == ROWS and every.nbytes == 0  # no missing value in those: every row, no mask
     _, some = _both(store, ["b"], None)
     assert 0 < some.nbytes <= (ROWS + 7) // 8
+
+
+def test_a_recorded_cohort_is_kept_once_the_ledgers_arrays(store, tmp_path):
+    _, rows = _both(store, ["a", "b"], None)
+    guard = DifferencingGuard(tmp_path, SECRET)
+    first = guard.cohorts_of_selection(MODEL.key, rows)
+    guard.ledger.record(MODEL.key, first.sets, first.digests, first.patients)
+    again = guard.cohorts_of_selection(MODEL.key, rows)  # the same cohort, another selection of it
+    held = guard.ledger.recorded(MODEL.key, first.digest)
+    assert again.sets[0] is held[0] and again.patients[0] is held[1]
+    np.testing.assert_array_equal(again.sets[0], first.sets[0])
+    other = DifferencingGuard(tmp_path, SECRET)  # another process: reads what is stored
+    np.testing.assert_array_equal(other.cohorts_of_selection(MODEL.key, rows).patients[0], first.patients[0])
