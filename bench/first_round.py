@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.scale import COVARIATES, forget_cohorts, make_rows, model_doc  # noqa: E402
+from bench.scale import COVARIATES, LOAD_CHUNK, forget_cohorts, make_rows, model_doc  # noqa: E402
 
 
 def prepare(root: Path, rows: int) -> None:
@@ -41,7 +41,8 @@ def prepare(root: Path, rows: int) -> None:
     home.set_setting("default_mode", "standard")
     model = DataModel.from_dict(model_doc(1))
     t = time.perf_counter()
-    load_frame(home.root, model, make_rows(rows, 0, "site0"))
+    for first in range(0, rows, LOAD_CHUNK):  # a million rows at a time, as bench/scale.py loads them
+        load_frame(home.root, model, make_rows(min(LOAD_CHUNK, rows - first), 0, "site0", first))
     grant_all(home.root, "bench", "bench")
     refresh_snapshots(NodeHome(root))
     print(f"prepared {rows} rows in {time.perf_counter() - t:.1f}s", flush=True)

@@ -184,6 +184,8 @@ def main() -> int:
     parser.add_argument("--later", type=int, default=5, help="later rounds measured (median)")
     parser.add_argument("--no-before", action="store_true",
                         help="SQLite: skip the SQL read (columnar_snapshot 0) measured beside the snapshot")
+    parser.add_argument("--home", help="one node's existing home with --rows rows of this model (bench/first_round.py "
+                        "builds one: a 10M-row load takes minutes), measured instead of new homes")
     args = parser.parse_args()
 
     from bench.common import print_machine, read_pooled, site_homes
@@ -199,8 +201,19 @@ def main() -> int:
     logit_request = {"inputdata": {**request["inputdata"], "y": ["event"]}, "parameters": {"positive_class": "yes"}}
     store_kind = "SQLite" if sqlite else "PostgreSQL"
     print(f"{args.nodes} node(s) x {args.rows} rows x {N_COVARIATES} covariates, {store_kind} stores")
-    with site_homes("scale", sqlite=sqlite, sites=args.nodes) as homes:
-        load(homes, model, args.rows, distinct, sqlite)
+    if args.home:
+        import contextlib
+
+        from mipflow.node.home import NodeHome
+
+        if args.nodes != 1 or not sqlite:
+            parser.error("--home is one SQLite node's home")
+        built = contextlib.nullcontext([NodeHome(Path(args.home))])
+    else:
+        built = site_homes("scale", sqlite=sqlite, sites=args.nodes)
+    with built as homes:
+        if not args.home:
+            load(homes, model, args.rows, distinct, sqlite)
         if args.nodes >= 3:  # secure aggregation (on by default from 3 nodes) needs the peers' pinned keys
             from tests.nodes import pin_each_other
 
@@ -222,6 +235,8 @@ def main() -> int:
                 forget_cohorts(home.root)  # each phase's first round answers a cohort new to the node
             measured[phase] = run_phase(homes, model, args, request, logit_request, store_kind)
             print(f"[{phase}] {measured[phase]['summary']}", flush=True)
+        for home in homes:  # the node's default again (an existing home is used again)
+            home.set_setting("columnar_snapshot", 1)
         print()
         names = [p for p, _ in phases]
         print(f"{'':52s}" + "".join(f"{n:>14s}" for n in names))

@@ -37,7 +37,7 @@ from mipflow.algorithms.design import (
 )
 from mipflow.algorithms.dp_release import (DPRelease, Noise, Released, bounded_columns, moments_from_noisy_sums,
                                           moments_rows, noisy_sums, one_block)
-from mipflow.algorithms.moments import column_moments, merge_moment_dicts
+from mipflow.algorithms.moments import column_moments, merge_moment_dicts, streamed_column_moments
 from mipflow.exceptions import RequestError
 from mipflow.protocol.datamodel import DataModel
 from mipflow.protocol.request import AnalysisRequest
@@ -175,14 +175,25 @@ class LinearRegression(SpecAlgorithm):
         # moments: group threshold nfilter_tab); two releases' levels one row apart give that row (ADR 0051)
         return tuple(ReleasedGroups((code,)) for code in request.x if model.variable(code).is_categorical)
 
+    #: Its local step also takes a node's selection left on disk when every variable is numerical
+    #: (:class:`mipflow.algorithms.moments.ColumnSource`; ADR 0049 amended): the node then holds no
+    #: copy of the rows (:meth:`mipflow.node.api.context.SelectionCache.rows`).
+    streams_rows = True
+
     def local_step(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
                    model: DataModel, state: dict | None) -> dict:
         # the candidate design columns and y last (y is numerical, so design_columns(x + [y]) puts it after
         # them); their moments are those of the column-major matrix of them, computed without making it
-        z, _ = design_columns_of(data, [*request.x, request.y[0]], model, intercept=False)
+        if hasattr(data, "reader"):  # rows left on disk, numerical variables only (streams_rows): a block
+            # at a time, the same values bit for bit
+            moments = streamed_column_moments(data, design_columns([*request.x, request.y[0]], model,
+                                                                   intercept=False), matrix=True)
+        else:
+            z, _ = design_columns_of(data, [*request.x, request.y[0]], model, intercept=False)
+            moments = column_moments(z, matrix=True, rows=len(data))
         counts = level_counts(data, request.x, model)
         return {
-            "moments": column_moments(z, matrix=True, rows=len(data)).to_dict(),
+            "moments": moments.to_dict(),
             "level_counts": counts,
             # rows per dummy column: the co-moments release per-level sums
             "group_n": [c for code in request.x for c in counts.get(code, [])],

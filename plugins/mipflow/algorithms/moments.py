@@ -16,7 +16,7 @@ catastrophically (large means, small spread).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -142,6 +142,89 @@ def column_moments(columns: Sequence[np.ndarray], *, matrix: bool = False, rows:
     m2 = np.zeros((k, k)) if matrix else np.zeros(k)
     for start in range(0, n, MOMENT_BLOCK):
         z = centred(start, mean)
+        m2 += z.T @ z if matrix else np.einsum("ij,ij->j", z, z)
+    return Moments(int(n), mean, m2)
+
+
+class ColumnSource(Protocol):
+    """Rows whose columns are read a block at a time (a node's selection left on disk, ADR 0049's
+    amendment "Memory at 10M rows"): ``len()`` rows; ``reader(codes)`` starts a pass over them, a
+    function giving the next ``m`` rows of each of ``codes`` (float64 arrays of ``m`` values each)."""
+
+    def __len__(self) -> int: ...
+
+    def reader(self, codes: Sequence[str]) -> Callable[[int], list[np.ndarray]]: ...
+
+
+#: The most rows :func:`streamed_column_moments` asks of a source at a time in its first pass.
+STREAM_BLOCK = 262_144
+#: numpy's pairwise summation: a run this long or shorter is summed in one loop.
+_PAIRWISE_LEAF = 128
+
+
+def _pairwise_sum(next_rows: Callable[[int], list[np.ndarray]], n: int, leaf: int) -> np.ndarray:
+    """Each column's ``np.add.reduce`` over the next ``n`` rows, read ``leaf`` rows or fewer at a time.
+
+    numpy sums a contiguous float64 array of ``n > 128`` values as the sum of its first ``n2`` and its
+    last ``n - n2`` values (``n2 = n // 2`` rounded down to a multiple of 8), each summed the same
+    way: any run of that recursion summed by ``np.add.reduce`` of that run alone is the same number.
+    """
+    if n <= leaf:
+        return np.array([np.add.reduce(c) for c in next_rows(n)]) if n else np.zeros(0)
+    half = n // 2
+    half -= half % 8
+    first = _pairwise_sum(next_rows, half, leaf)
+    return first + _pairwise_sum(next_rows, n - half, leaf)
+
+
+def streamed_column_moments(source: ColumnSource, codes: Sequence[str], *, matrix: bool = False,
+                            block: int | None = None) -> Moments:
+    """:func:`column_moments` of ``source``'s columns ``codes``, bit for bit, holding a few blocks
+    of rows at a time: no column is ever whole in memory.
+
+    Three passes over the rows, as ``column_moments`` makes them: each column's sum (numpy's pairwise
+    summation, its recursion followed down to runs of at most ``block`` rows, :func:`_pairwise_sum`),
+    then the mean's correction and the centred co-moments over the same Fortran-ordered blocks of
+    :data:`MOMENT_BLOCK` rows.  Memory: ``block`` rows of the columns read, and a block of
+    ``MOMENT_BLOCK x k`` values (independent of ``len(source)``).
+
+    Parameters
+    ----------
+    source : ColumnSource
+        Complete-case rows (no NaN in ``codes``).
+    codes : sequence of str
+        The columns, in the order of the moments.
+    matrix : bool
+        Return the full ``(k, k)`` co-moment matrix instead of its diagonal.
+    block : int, optional
+        The most rows read at a time in the first pass (default :data:`STREAM_BLOCK`; any value gives
+        the same result).
+    """
+    codes = list(codes)
+    k, n = len(codes), len(source)
+    if n == 0 or k == 0:
+        return Moments(int(n), np.zeros(k), np.zeros((k, k)) if matrix else np.zeros(k))
+    # a leaf of the recursion is a run of at least _PAIRWISE_LEAF + 1 rows unless n is smaller
+    block = STREAM_BLOCK if block is None else int(block)
+    mean = _pairwise_sum(source.reader(codes), n, max(block, _PAIRWISE_LEAF)) / n
+    buffer = np.empty((min(n, MOMENT_BLOCK), k), order="F")
+
+    def centred(next_rows: Callable[[int], list[np.ndarray]], start: int, centre: np.ndarray) -> np.ndarray:
+        rows = min(MOMENT_BLOCK, n - start)
+        out = buffer[:rows] if rows == len(buffer) else np.empty((rows, k), order="F")
+        for j, values in enumerate(next_rows(rows)):
+            np.subtract(values, centre[j], out=out[:, j])
+        return out
+
+    correction = np.zeros(k)
+    next_rows = source.reader(codes)
+    for start in range(0, n, MOMENT_BLOCK):
+        correction += centred(next_rows, start, mean).sum(axis=0)
+    mean = mean + correction / n
+    m2 = np.zeros((k, k)) if matrix else np.zeros(k)
+    next_rows = source.reader(codes)
+    for start in range(0, n, MOMENT_BLOCK):
+        z = centred(next_rows, start, mean)
         m2 += z.T @ z if matrix else np.einsum("ij,ij->j", z, z)
     return Moments(int(n), mean, m2)
 

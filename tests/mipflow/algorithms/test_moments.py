@@ -6,7 +6,9 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from mipflow.algorithms.moments import MOMENT_BLOCK, compute_moments, merge_moments
+from mipflow.algorithms.moments import (
+    MOMENT_BLOCK, STREAM_BLOCK, column_moments, compute_moments, merge_moments, streamed_column_moments,
+)
 
 
 def _assert_comoments_close(got: np.ndarray, ref: np.ndarray, rtol: float) -> None:
@@ -84,3 +86,64 @@ def test_column_moments_without_rows_or_columns_and_of_unequal_columns():
             assert np.array_equal(got.m2, want.m2)
     with pytest.raises(ValueError):
         column_moments([np.zeros(3), np.zeros(4)])
+
+
+class _Rows:
+    """A :class:`~mipflow.algorithms.moments.ColumnSource` over arrays in memory, counting the rows
+    each call asks for (the largest must stay at most the block)."""
+
+    def __init__(self, columns: dict[str, np.ndarray]) -> None:
+        self.columns = columns
+        self.asked: list[int] = []
+
+    def __len__(self) -> int:
+        return len(next(iter(self.columns.values())))
+
+    def reader(self, codes):
+        position = [0]
+
+        def next_rows(m: int) -> list[np.ndarray]:
+            self.asked.append(m)
+            start, position[0] = position[0], position[0] + m
+            assert position[0] <= len(self)
+            return [self.columns[c][start:start + m] for c in codes]
+
+        return next_rows
+
+
+@pytest.mark.parametrize("block", [128, 1000, MOMENT_BLOCK, STREAM_BLOCK])
+@pytest.mark.parametrize("rows", [1, 127, 129, MOMENT_BLOCK, MOMENT_BLOCK + 1, STREAM_BLOCK, 2 * STREAM_BLOCK,
+                                  2 * STREAM_BLOCK + 9])
+def test_streamed_moments_are_column_moments_bit_for_bit(rows, block):
+    """Read ``block`` rows or fewer at a time (run lengths hitting the block exactly, one row over, a
+    block of one row), the same bits as the columns whole: large offsets, small spreads, a sum whose
+    order matters (values 1e8 apart)."""
+    rng = np.random.default_rng(rows + block)
+    columns = {"a": rng.normal(1e6, 1e-3, rows), "b": rng.normal(-3.0, 1.0, rows) * rng.choice([1.0, 1e8], rows),
+               "y": rng.normal(2e4, 50.0, rows)}
+    source = _Rows(columns)
+    codes = ["y", "a", "b", "a"]  # any order, repeats
+    for matrix in (True, False):
+        got = streamed_column_moments(source, codes, matrix=matrix, block=block)
+        want = column_moments([columns[c] for c in codes], matrix=matrix)
+        assert got.n == want.n == rows
+        np.testing.assert_array_equal(got.mean, want.mean)
+        np.testing.assert_array_equal(got.m2, want.m2)
+    assert max(source.asked) <= max(block, MOMENT_BLOCK)
+
+
+def test_streamed_moments_differ_from_a_plain_blocked_sum_where_order_matters():
+    """The check above can fail: summing the same values block after block gives other bits here."""
+    rng = np.random.default_rng(3)
+    values = rng.normal(-3.0, 1.0, 2 * STREAM_BLOCK + 9) * rng.choice([1.0, 1e8], 2 * STREAM_BLOCK + 9)
+    blocked = sum(np.add.reduce(values[s:s + 1000]) for s in range(0, len(values), 1000))
+    assert blocked != np.add.reduce(values)
+    got = streamed_column_moments(_Rows({"v": values}), ["v"], block=1000)
+    assert got.mean[0] == column_moments([values]).mean[0]
+
+
+def test_streamed_moments_without_rows_or_columns():
+    empty = streamed_column_moments(_Rows({"a": np.zeros(0)}), ["a", "a"], matrix=True)
+    assert empty.n == 0 and empty.m2.shape == (2, 2) and not empty.m2.any()
+    none = streamed_column_moments(_Rows({"a": np.ones(5)}), [], matrix=True)
+    assert none.n == 5 and none.m2.shape == (0, 0)

@@ -177,13 +177,16 @@ def test_the_selection_cache_is_bounded_in_bytes(tmp_path, monkeypatch):
     import mipflow.node.query.read
 
     reads = []
-    real = mipflow.node.query.read.select_frame
 
-    def counting(*args, **kwargs):
-        reads.append(1)
-        return real(*args, **kwargs)
+    def counting(real):
+        def read(*args, **kwargs):
+            reads.append(1)
+            return real(*args, **kwargs)
+        return read
 
-    monkeypatch.setattr(mipflow.node.query.read, "select_frame", counting)
+    # a frame, or the rows left on disk (a linear regression of numerical variables, ADR 0049 amended)
+    for name in ("select_frame", "select_rows"):
+        monkeypatch.setattr(mipflow.node.query.read, name, counting(getattr(mipflow.node.query.read, name)))
     home = standard_home(tmp_path / "node", "node", "")
     load_frame(home.root, MODEL, _rows(1, 80, "a"))
     grant_all(home.root)

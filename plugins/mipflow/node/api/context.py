@@ -37,8 +37,18 @@ class DataModelNotHeld(MipflowError):
 def selection_bytes(data: Any, cohorts: Any) -> int:
     """Memory a cached selection holds: the frame's arrays (object columns as their pointers; their
     values are shared codes) and the cohorts' row keys."""
-    size = int(data.memory_usage(index=True, deep=False).sum())
+    if not hasattr(data, "memory_usage"):  # rows left on disk (SnapshotRows): their mask
+        size = int(data.nbytes)
+    else:
+        size = int(data.memory_usage(index=True, deep=False).sum())
     return size + sum(int(keys.nbytes) for keys in getattr(cohorts, "sets", ()))
+
+
+def _still_there(data: Any) -> bool:
+    """A kept selection can still be used: a frame always, rows left on disk while their snapshot's
+    folder is in place (a newer snapshot replaces it; its files are never changed in place)."""
+    snapshot = getattr(data, "snapshot", None)
+    return snapshot is None or Path(snapshot.path).is_dir()
 
 
 class SettingsFile:
@@ -88,31 +98,55 @@ class SelectionCache:
         return sum(v[3] for v in self._kept.values())
 
     def rows(self, algo: Any, analysis: Any, model: Any, variables: Sequence[str],
-             frame_cache_mb: int, study: Any = None, columnar: bool = True) -> tuple[Any, Cohorts]:
+             frame_cache_mb: int, study: Any = None, columnar: bool = True,
+             streamed: bool = False) -> tuple[Any, Cohorts]:
         """``(data, cohorts)``: the local step's rows (no row keys; the node's fold keys for a
         cross-validated algorithm) and the cohorts they form.
 
         ``study`` (a :class:`mipflow.node.controls.study.StudySelection`): the rows are the study
         snapshot's (ADR 0028) instead of the request's datasets and filters.  ``columnar``: keyed reads
-        may come from the data model's columnar snapshot (setting ``columnar_snapshot``, ADR 0049)."""
+        may come from the data model's columnar snapshot (setting ``columnar_snapshot``, ADR 0049).
+        ``streamed``: the caller's step takes rows left on disk (no differential privacy, no explore
+        mode): for an algorithm that ``streams_rows``, a complete-case selection of numerical
+        variables from the snapshot is kept as :class:`mipflow.node.query.snapshot_rows.SnapshotRows`
+        (a bit a snapshot row) and its cohort computed from the snapshot's keys (ADR 0049 amended:
+        no copy of the rows, no key column per row)."""
         from mipflow.algorithms.local import prepare_local_data
         from mipflow.node.controls.folds import add_fold_keys, needs_fold_keys
         from mipflow.node.query.read import select_frame
 
         variables = list(variables)
         transformer = getattr(analysis, "longitudinal", None)
+        streamed = bool(streamed and columnar and study is None and transformer is None
+                        and getattr(algo, "streams_rows", False) and algo.complete_case
+                        and not getattr(algo, "row_identity", False) and not needs_fold_keys(algo)
+                        and not getattr(algo, "released_by", ())
+                        and not (hasattr(algo, "released_groups") and algo.released_groups(analysis, model)))
         key = json.dumps([model.key, sorted(analysis.datasets), variables, analysis.filters,
-                          algo.complete_case, algo.name, study and study.token]
+                          algo.complete_case, algo.name, study and study.token, streamed]
                          + ([transformer.to_dict()] if transformer is not None else []),
                          sort_keys=True, default=str)
         version = self.version.token(model.key)
+        for old in [k for k, v in self._kept.items() if v[0] != version and json.loads(k)[0] == model.key]:
+            del self._kept[old]  # read before a change of the rows: never used again, its memory freed now
         budget = int(frame_cache_mb) * 1024 ** 2
         while self._kept and self._total() > budget:  # the admin lowered it
             self._kept.popitem(last=False)
         hit = self._kept.get(key)
+        if hit is not None and not _still_there(hit[1]):  # rows left on disk whose snapshot was replaced
+            self._kept.pop(key)  # (an admin's SQL moves the rows' stamp, not the data version): read again
+            hit = None
         if hit is not None and hit[0] == version:
             self._kept.move_to_end(key)
             return hit[1], hit[2]
+        if streamed:
+            from mipflow.node.query.read import select_rows
+
+            rows = select_rows(self.store, model, datasets=analysis.datasets, variables=variables,
+                               filters=analysis.filters, row_key=self.differencing.key)
+            if rows is not None:
+                return self._keep(key, version, budget, rows,
+                                  self.differencing.cohorts_of_selection(model.key, rows))
         if transformer is not None:
             if study is not None:
                 raise RequestError("the longitudinal transformer is not offered in study mode")
@@ -135,6 +169,10 @@ class SelectionCache:
             frame = add_fold_keys(frame, self.fold_key, self.differencing.key)
         data = prepare_local_data(algo, frame, analysis)  # keeps the variables (and fold keys): no row keys
         del frame
+        return self._keep(key, version, budget, data, cohorts)
+
+    def _keep(self, key: str, version: Any, budget: int, data: Any, cohorts: Cohorts) -> tuple[Any, Cohorts]:
+        """Keep a selection read at ``version`` under ``key`` if it fits the budget; ``(data, cohorts)``."""
         self._kept.pop(key, None)  # a stale version
         size = selection_bytes(data, cohorts)
         if size <= budget:
@@ -143,7 +181,7 @@ class SelectionCache:
                 self._kept.popitem(last=False)
         else:
             log.info("a selection of %.0f MiB is larger than frame_cache_mb (%d): used once, not kept",
-                     size / 1024 ** 2, frame_cache_mb)
+                     size / 1024 ** 2, budget // 1024 ** 2)
         return data, cohorts
 
 

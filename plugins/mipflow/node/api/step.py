@@ -314,7 +314,8 @@ def read_rows(request: StepRequest, context: StepContext, work: StepWork) -> Non
     model = work.model if request.analysis.longitudinal is None else context.data_model(request.analysis.data_model)
     work.data, work.cohorts = context.selections.rows(work.algo, work.covered or request.analysis, model,
                                                       work.variables, work.settings.frame_cache_mb, work.study,
-                                                      columnar=bool(work.settings.columnar_snapshot))
+                                                      columnar=bool(work.settings.columnar_snapshot),
+                                                      streamed=work.explore is None and not work.settings.dp_enabled)
     work.rows = len(work.data)
     work.record["rows"] = work.rows
     if request.analysis.longitudinal is not None:

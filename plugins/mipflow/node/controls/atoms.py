@@ -91,6 +91,15 @@ class Atoms:
     sizes: np.ndarray
 
 
+def _as_set(keys: np.ndarray) -> np.ndarray:
+    """``keys`` sorted and unique: themselves when they are already (read only here: no copy), else
+    :func:`sorted_unique` of them."""
+    keys = np.asarray(keys)
+    if keys.dtype == np.uint64 and (len(keys) < 2 or bool(np.all(keys[1:] > keys[:-1]))):
+        return keys
+    return sorted_unique(keys)
+
+
 def atoms_of(sets: Sequence[np.ndarray]) -> Atoms:
     """Group the patients of ``sets`` (arrays of patient keys) into atoms.
 
@@ -98,7 +107,11 @@ def atoms_of(sets: Sequence[np.ndarray]) -> Atoms:
     """
     if not sets:
         return Atoms(np.zeros((0, 0), dtype=np.uint8), np.zeros(0, dtype=np.int64))
-    members = [sorted_unique(np.asarray(s)) for s in sets]
+    members = [_as_set(s) for s in sets]
+    if len(members) == 1:  # one set: its members are one atom (no universe to build: 10M keys, ~0.5 GB)
+        size = members[0].size
+        return Atoms(incidence=np.ones((1, 1 if size else 0), dtype=np.uint8),
+                     sizes=np.array([size] if size else [], dtype=np.int64))
     universe = sorted_unique(np.concatenate(members))
     if len(members) <= 64:  # each patient's sets as one 64-bit mask: atoms are the distinct masks
         code = np.zeros(universe.size, dtype=np.uint64)

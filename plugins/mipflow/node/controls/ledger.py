@@ -139,6 +139,8 @@ def related(seeds: Sequence[np.ndarray], candidates: Sequence[np.ndarray], cap: 
             depth: int = CHAIN_DEPTH) -> list[int]:
     """Indices of ``candidates`` (oldest first) that share members with the seeds, or with
     candidates taken before, up to ``cap``, most recent first, over ``depth`` rounds."""
+    if not candidates:  # nothing recorded to relate to (a new ledger): no union of the seeds to build
+        return []
     union = sorted_unique(np.concatenate(list(seeds))) if seeds else np.zeros(0, dtype=np.uint64)
     remaining = list(range(len(candidates)))[::-1]
     chosen: list[int] = []
@@ -193,23 +195,39 @@ class CohortLedger(SqliteState):
                 conn.execute("ALTER TABLE cohorts ADD COLUMN patients BLOB")  # a ledger from before ADR 0030
 
 
-    def _refresh(self, written: dict[bytes, np.ndarray] | None = None) -> None:
-        """Read the cohorts added since the last look; ``written``: blobs this process has just
-        written -> their keys (a stored blob equal to one of them is not decoded again)."""
+    def _refresh(self, written: dict[tuple[str, str], tuple[np.ndarray, np.ndarray | None]] | None = None) -> None:
+        """Read the cohorts added since the last look; ``written``: ``(data model, digest)`` of the
+        cohorts this process has just written -> their keys and patients.  Those are not read back
+        nor decoded (the digest is the SHA-256 of the sorted keys: a row stored under it, by this
+        process or another, holds those keys; its patients, when stored, are those of its rows)."""
         written = written or {}
-
-        def keys_of(blob: bytes) -> np.ndarray:
-            known = written.get(blob)
-            return decode_keys(blob) if known is None else known
-
         with self._connect() as conn:
-            rows = conn.execute("SELECT rowid, data_model, digest, keys, patients FROM cohorts WHERE rowid > ? "
-                                "ORDER BY rowid", (self._seen_rowid,)).fetchall()
-        for rowid, data_model, digest, blob, patients in rows:
-            self._entries[rowid] = _Entry(data_model, digest, keys_of(blob),
-                                          None if patients is None else keys_of(patients))
-            self._digests.setdefault(data_model, {})[digest] = rowid
-            self._seen_rowid = max(self._seen_rowid, rowid)
+            found = conn.execute("SELECT rowid, data_model, digest, patients IS NULL FROM cohorts WHERE rowid > ? "
+                                 "ORDER BY rowid", (self._seen_rowid,)).fetchall()
+            for rowid, data_model, digest, no_patients in found:
+                mine = written.get((data_model, digest))
+                if mine is not None and (no_patients or mine[1] is not None):
+                    keys, patients = mine[0], None if no_patients else mine[1]
+                else:  # another process's cohort (or its patients, where this process had none)
+                    blob, patient_blob = conn.execute("SELECT keys, patients FROM cohorts WHERE rowid = ?",
+                                                      (rowid,)).fetchone()
+                    keys = decode_keys(blob) if mine is None else mine[0]
+                    patients = None if patient_blob is None else decode_keys(patient_blob)
+                    del blob, patient_blob
+                self._entries[rowid] = _Entry(data_model, digest, keys, patients)
+                self._digests.setdefault(data_model, {})[digest] = rowid
+                self._seen_rowid = max(self._seen_rowid, rowid)
+
+    def recorded(self, data_model: str, digest: str) -> tuple[np.ndarray, np.ndarray | None] | None:
+        """The row and patient keys of a cohort this ledger holds (None: not recorded), as held in
+        memory (a caller keeping a cohort it recorded shares them rather than holding a copy)."""
+        with self._lock:
+            self._refresh()
+            rowid = self._digests.get(data_model, {}).get(digest)
+            if rowid is None:
+                return None
+            entry = self._entries[rowid]
+            return entry.rows, entry.patients
 
     def cohorts(self, data_model: str) -> dict[str, np.ndarray]:
         """Digest -> sorted row hashes of every cohort answered for ``data_model``."""
@@ -294,19 +312,15 @@ class CohortLedger(SqliteState):
             if not new and not completed:
                 return  # later rounds of an analysis, repeated analyses
             now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            written: dict[bytes, np.ndarray] = {}  # what is written, by its bytes (not decoded again below)
-
-            def blob(keys: np.ndarray) -> bytes:
-                keys = np.asarray(keys, dtype=np.uint64)
-                out = encode_keys(keys)
-                written[out] = keys
-                return out
-
+            # what is written (not read back nor decoded below)
+            written = {(data_model, d): (np.asarray(c, dtype=np.uint64),
+                                         None if p is None else np.asarray(p, dtype=np.uint64)) for d, c, p in new}
             with self._connect() as conn:
-                conn.executemany(
-                    "INSERT OR IGNORE INTO cohorts (data_model, digest, n_rows, keys, first_at, patients) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    [(data_model, d, len(c), blob(c), now, None if p is None else blob(p)) for d, c, p in new])
+                for d, c, p in new:  # one cohort's blobs at a time (10M keys: ~60 MB each)
+                    conn.execute(
+                        "INSERT OR IGNORE INTO cohorts (data_model, digest, n_rows, keys, first_at, patients) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        (data_model, d, len(c), encode_keys(c), now, None if p is None else encode_keys(p)))
                 conn.executemany("UPDATE cohorts SET patients = ? WHERE data_model = ? AND digest = ? "
                                  "AND patients IS NULL", [(encode_keys(p), data_model, d) for d, p in completed])
             for d, p in completed:

@@ -287,6 +287,29 @@ def select_frame(store: FeatureStore, model: DataModel, *, datasets: Sequence[st
     return pd.concat(frames, ignore_index=True)
 
 
+def select_rows(store: FeatureStore, model: DataModel, *, datasets: Sequence[str], variables: Sequence[str],
+                filters: Mapping[str, Any] | None, row_key: str) -> Any:
+    """:func:`select_frame`'s complete-case keyed selection left on disk: the data model's columnar
+    snapshot's rows it selects, read a block at a time
+    (:class:`mipflow.node.query.snapshot_rows.SnapshotRows`, ADR 0049 amended), or None where the
+    snapshot cannot give exactly those rows (a variable not numerical, a filter it cannot evaluate, a
+    store without snapshots...): the caller then reads a frame.  The request is checked first, with
+    :func:`select_frame`'s errors.
+    """
+    _, chosen = _prepare(store, model, datasets, variables, filters, True, True)
+    if store.dialect != "sqlite" or not all(v.is_numerical for v in chosen):
+        return None
+    from mipflow.node.query.snapshot import current_snapshot, select_rows as snapshot_rows
+
+    try:
+        columns = current_snapshot(store, model, row_key)
+        return None if columns is None else \
+            snapshot_rows(columns, model, chosen, _check_datasets(datasets), filters, row_key)
+    except (OSError, sqlite3.Error) as exc:  # as select_frame: the frame's read answers
+        log.warning("columnar snapshot of %s unavailable (%s); reading the store", model.key, type(exc).__name__)
+        return None
+
+
 def count_rows(store: FeatureStore, model: DataModel, *, datasets: Sequence[str], variables: Sequence[str],
                filters: Mapping[str, Any] | None = None, complete_case: bool = True) -> int:
     """How many rows :func:`select_frame` would return (for disclosure checks before computing).

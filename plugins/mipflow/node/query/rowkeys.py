@@ -72,7 +72,7 @@ def attach_sorted_keys(frame: object, rows: np.ndarray, patients: np.ndarray) ->
     object.__setattr__(frame, _SORTED, (rows, patients))
 
 
-def _fingerprint(values: np.ndarray) -> tuple[int, int, int, int]:
+def fingerprint(values: np.ndarray) -> tuple[int, int, int, int]:
     """Count, sum, xor and sum of squares (mod 2**64) of uint64 values: equal for a permutation."""
     return (len(values), int(np.add.reduce(values, dtype=np.uint64)),
             int(np.bitwise_xor.reduce(values)) if len(values) else 0,
@@ -87,12 +87,19 @@ def sorted_keys_of(frame: object, rows: np.ndarray, patients: np.ndarray | None
     hint = frame.__dict__.get(_SORTED) if hasattr(frame, "__dict__") else None
     if hint is None or patients is None:
         return None
-    sorted_rows, sorted_patients = hint
-    for ordered, values in ((sorted_rows, rows), (sorted_patients, patients)):
-        if ordered.dtype != np.uint64 or len(ordered) != len(values):
+    prints = [fingerprint(np.asarray(values, dtype=np.uint64)) for values in (rows, patients)]
+    return verified_sorted(hint, prints)
+
+
+def verified_sorted(ordered: Sequence[np.ndarray], prints: Sequence[tuple[int, int, int, int]]
+                    ) -> tuple[np.ndarray, ...] | None:
+    """``ordered`` (key arrays said to be sorted) when each is non-decreasing, uint64 and has the
+    :func:`fingerprint` in ``prints`` (that of the keys it claims to sort), else None."""
+    for keys, print_ in zip(ordered, prints, strict=True):
+        if keys is None or keys.dtype != np.uint64 or len(keys) != print_[0]:
             return None
-        if len(ordered) > 1 and not bool(np.all(ordered[1:] >= ordered[:-1])):
+        if len(keys) > 1 and not bool(np.all(keys[1:] >= keys[:-1])):
             return None
-        if _fingerprint(ordered) != _fingerprint(np.asarray(values, dtype=np.uint64)):
+        if fingerprint(keys) != tuple(print_):
             return None
-    return sorted_rows, sorted_patients
+    return tuple(ordered)

@@ -412,21 +412,13 @@ class _Columns:
         return MaskColumn(null=data < 0, codes=data, levels=[_decode_level(p) for p in entry["levels"]])
 
 
-def select_columns(snapshot: Snapshot, model: DataModel, chosen: list[Variable], datasets: list[str],
-                   filters: Mapping[str, Any] | None, row_key: str) -> pd.DataFrame | None:
-    """The frame of :func:`mipflow.node.query.read.sqlite_columns` (complete-case), read from ``snapshot``.
-
-    ``datasets`` and ``filters`` must have been checked (as ``select_frame`` does first).  Memory
-    beyond the frame returned: a mask and the selected rows' positions (9 bytes a row), the columns
-    a filter names while it is evaluated, one column mapped at a time otherwise.
-
-    Returns
-    -------
-    pandas.DataFrame or None
-        ``dataset``, the chosen variables, ``_row_key`` and ``_pid_key`` (their key named in
-        ``frame.attrs``), in the store's key order; None when the snapshot cannot give exactly the SQL
-        read's frame (the caller reads through SQL).
-    """
+def selection_mask(snapshot: Snapshot, model: DataModel, chosen: list[Variable], datasets: list[str],
+                   filters: Mapping[str, Any] | None, row_key: str
+                   ) -> tuple[np.ndarray, list[dict[str, Any]]] | None:
+    """The snapshot rows a checked request selects, complete on ``chosen``: ``(mask, entries)``, the
+    mask (one bool a snapshot row) and the ``meta.json`` entries of the chosen variables other than
+    ``dataset``; None when the snapshot cannot select exactly the SQL read's rows.  The columns a
+    filter names are mapped while it is evaluated, then one column at a time."""
     levels = snapshot.meta["datasets"]
     if snapshot.meta.get("key") != key_fingerprint(row_key) or levels is None:
         return None
@@ -435,12 +427,6 @@ def select_columns(snapshot: Snapshot, model: DataModel, chosen: list[Variable],
     if any(not (v.is_numerical or v.is_categorical) for v in chosen) \
             or any(entry is None or not entry["usable"] for entry in entries):
         return None  # a text variable, or one the snapshot does not hold exactly
-    try:
-        # the stored levels as the SQL read converts them (a value it refuses: it reports it)
-        codes_of = {v.code: np.append(_as_codes([_decode_level(p) for p in e["levels"]], v), None)
-                    for v, e in zip(held, entries) if e["kind"] == "categorical"}
-    except (TypeError, ValueError):
-        return None
     wanted = set(datasets)
     mask = np.array([level in wanted for level in levels] + [False])[np.asarray(snapshot.array("dataset"))]
     columns = _Columns(snapshot)
@@ -456,6 +442,52 @@ def select_columns(snapshot: Snapshot, model: DataModel, chosen: list[Variable],
         data = np.asarray(snapshot.array(entry["file"]))
         mask &= ~np.isnan(data) if entry["kind"] == "numerical" else data >= 0
         del data
+    return mask, entries
+
+
+def select_rows(snapshot: Snapshot, model: DataModel, chosen: list[Variable], datasets: list[str],
+                filters: Mapping[str, Any] | None, row_key: str) -> Any:
+    """The rows of :func:`select_columns` left on disk, every chosen variable numerical:
+    a :class:`mipflow.node.query.snapshot_rows.SnapshotRows` (read a block at a time), or None
+    (a variable not numerical, or whatever :func:`select_columns` cannot answer)."""
+    from mipflow.node.query.snapshot_rows import SnapshotRows
+
+    if any(not v.is_numerical or v.code == "dataset" for v in chosen):
+        return None
+    chosen_mask = selection_mask(snapshot, model, chosen, datasets, filters, row_key)
+    if chosen_mask is None:
+        return None
+    mask, entries = chosen_mask
+    return SnapshotRows(snapshot, {v.code: e["file"] for v, e in zip(chosen, entries)}, mask)
+
+
+def select_columns(snapshot: Snapshot, model: DataModel, chosen: list[Variable], datasets: list[str],
+                   filters: Mapping[str, Any] | None, row_key: str) -> pd.DataFrame | None:
+    """The frame of :func:`mipflow.node.query.read.sqlite_columns` (complete-case), read from ``snapshot``.
+
+    ``datasets`` and ``filters`` must have been checked (as ``select_frame`` does first).  Memory
+    beyond the frame returned: a mask and the selected rows' positions (9 bytes a row), the columns
+    a filter names while it is evaluated, one column mapped at a time otherwise.
+
+    Returns
+    -------
+    pandas.DataFrame or None
+        ``dataset``, the chosen variables, ``_row_key`` and ``_pid_key`` (their key named in
+        ``frame.attrs``), in the store's key order; None when the snapshot cannot give exactly the SQL
+        read's frame (the caller reads through SQL).
+    """
+    chosen_mask = selection_mask(snapshot, model, chosen, datasets, filters, row_key)
+    if chosen_mask is None:
+        return None
+    mask, entries = chosen_mask
+    levels = snapshot.meta["datasets"]
+    held = [v for v in chosen if v.code != "dataset"]
+    try:
+        # the stored levels as the SQL read converts them (a value it refuses: it reports it)
+        codes_of = {v.code: np.append(_as_codes([_decode_level(p) for p in e["levels"]], v), None)
+                    for v, e in zip(held, entries) if e["kind"] == "categorical"}
+    except (TypeError, ValueError):
+        return None
     whole = bool(mask.all())
     # the selection's keys sorted, from the snapshot's key order (a gather, no sort; the differencing
     # controls check them against the key columns before they use them)

@@ -311,6 +311,56 @@ def test_sealed_sums_without_a_transcript_are_refused() -> None:
     assert plain.aggregates == {"n": 30}
 
 
+def test_a_linear_regression_of_numbers_keeps_its_rows_on_disk_with_the_same_answer(tmp_path) -> None:
+    """ADR 0049 amended: a linear regression of numerical variables keeps its selection as a bit a
+    snapshot row (no frame) and answers what the frame gave, bit for bit; a nominal covariate, or
+    differential privacy, keeps a frame."""
+    from mipflow.node.query.snapshot_rows import SnapshotRows
+
+    filters = where(rule("age", "greater", 40))
+    kept: dict[str, list[str]] = {}
+    replies: dict[str, Any] = {}
+    for case, x, settings in (("disk", LINREG["x"], {}), ("sql", LINREG["x"], {"columnar_snapshot": 0}),
+                              ("nominal", [*LINREG["x"], "sex"], {}), ("dp", LINREG["x"], {"dp_enabled": True})):
+        context = open_node(tmp_path / case, **settings)
+        replies[case] = answer_step(context, "central", "linear_regression",
+                                    body(context, y=LINREG["y"], x=x, filters=filters, analysis_id=case))
+        kept[case] = [type(v[1]).__name__ for v in context.selections._kept.values()]
+    assert kept == {"disk": [SnapshotRows.__name__], "sql": ["DataFrame"], "nominal": ["DataFrame"],
+                    "dp": ["DataFrame"]}
+    assert replies["disk"]["rows"] == replies["sql"]["rows"] > 0
+    assert json.dumps(replies["disk"]["aggregates"], sort_keys=True) == \
+        json.dumps(replies["sql"]["aggregates"], sort_keys=True)
+
+
+def test_rows_on_disk_whose_snapshot_was_replaced_are_read_again(tmp_path) -> None:
+    """A kept selection left on disk is not used once its snapshot's folder is gone (a newer snapshot
+    replaced it: an admin's SQL moves the rows' stamp but not the data version): read again, same answer."""
+    import shutil
+
+    context = open_node(tmp_path / "node")
+    first = answer_step(context, "central", "linear_regression", body(context, **LINREG, analysis_id="r1"))
+    (kept,) = [v[1] for v in context.selections._kept.values()]
+    shutil.rmtree(kept.snapshot.path)
+    again = answer_step(context, "central", "linear_regression", body(context, **LINREG, analysis_id="r2"))
+    (now,) = [v[1] for v in context.selections._kept.values()]
+    assert now is not kept and now.snapshot.path.is_dir()
+    assert json.dumps(again["aggregates"], sort_keys=True) == json.dumps(first["aggregates"], sort_keys=True)
+
+
+def test_selections_read_before_a_change_of_the_rows_are_dropped_at_the_next_read(tmp_path) -> None:
+    """Kept selections of the data model read before its rows changed are never used again: the next
+    read of the model drops them all (not only the one it replaces), freeing their memory."""
+    context = open_node(tmp_path / "node")
+    for i, age in enumerate((30, 40)):
+        answer_step(context, "central", "linear_regression",
+                    body(context, **LINREG, filters=where(rule("age", "greater", age)), analysis_id=f"k{i}"))
+    assert len(context.selections._kept) == 2
+    load_frame(Path(context.home.root), STROKE, make_rows(seed=99, n=30))  # more rows: a new data version
+    answer_step(context, "central", "linear_regression", body(context, **LINREG, analysis_id="k2"))
+    assert len(context.selections._kept) == 1
+
+
 def test_a_step_reads_its_rows_from_the_columnar_snapshot_with_the_same_answer(tmp_path) -> None:
     """ADR 0049: with ``columnar_snapshot`` on (the default) a SQLite node writes its data model's
     snapshot at the first keyed read and answers from it; the answer is the one read through SQL."""

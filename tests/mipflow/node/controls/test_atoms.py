@@ -163,3 +163,14 @@ def test_atoms_are_the_patients_grouped_by_the_sets_they_are_in(n_sets) -> None:
     assert got == pattern
     keys = np.concatenate(sets)
     assert np.array_equal(sorted_unique(keys), np.unique(keys))
+
+
+def test_one_set_is_one_atom_as_the_general_grouping_gives_it():
+    """A new ledger's check groups one cohort alone (10M keys at a large node): one atom, its size the
+    set's distinct members, as the grouping of the set with itself gives (no universe built)."""
+    rng = np.random.default_rng(5)
+    keys = rng.integers(0, 2 ** 63, 1000, dtype=np.uint64)
+    for given in (np.sort(keys), keys, np.concatenate([keys, keys[:10]])):
+        alone, twice = atoms_of([given]), atoms_of([given, given])
+        assert alone.sizes.tolist() == twice.sizes.tolist() == [1000]
+        assert alone.incidence.tolist() == twice.incidence[:1].tolist() == [[1]]

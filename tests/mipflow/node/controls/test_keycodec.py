@@ -3,6 +3,7 @@ a ledger written in format 1 (before) is read as it is, and the ledger decides t
 from __future__ import annotations
 
 import sqlite3
+import struct
 import zlib
 
 import numpy as np
@@ -133,3 +134,49 @@ def _formats(root) -> set[str]:
     with sqlite3.connect(root / "cohorts.sqlite") as conn:
         blobs = [b for row in conn.execute("SELECT keys, patients FROM cohorts") for b in row if b is not None]
     return {"v2" if bytes(b).startswith(TAG) else "v1" for b in blobs}
+
+
+def test_a_cohort_another_process_stored_first_is_kept_as_stored(tmp_path, monkeypatch):
+    """The same cohort stored by another process between this one's look and its insert (ignored): this
+    process keeps what is stored (its patients none), not what it meant to write."""
+    first, second = CohortLedger(tmp_path), CohortLedger(tmp_path)
+    rows = sorted_unique(np.random.default_rng(2).integers(0, 2**64, size=3000, dtype=np.uint64))
+    real, calls = second._refresh, []
+
+    def then_the_other(written=None):
+        real(written)
+        calls.append(written)
+        if len(calls) == 1:  # after this process's look, before its insert
+            first.record("m:1", [rows])
+
+    monkeypatch.setattr(second, "_refresh", then_the_other)
+    second.record("m:1", [rows], patients=[rows[::3]])
+    assert calls[-1] is not None  # the insert was ignored and what is stored read back
+    (entry,) = second._entries.values()
+    assert np.array_equal(entry.rows, rows) and entry.patients is None
+    with sqlite3.connect(tmp_path / "cohorts.sqlite") as conn:
+        assert conn.execute("SELECT COUNT(*), MAX(patients IS NULL) FROM cohorts").fetchone() == (1, 1)
+    third = CohortLedger(tmp_path)  # a later process: the same
+    (entry,) = third._entries.values() if third._refresh() is None else ()
+    assert np.array_equal(entry.rows, rows) and entry.patients is None
+
+
+def _format_2_as_first_written(keys: np.ndarray) -> bytes:
+    """encode_keys as format 2 was first written (every plane transposed at once): the reference."""
+    keys = np.asarray(keys, dtype=np.uint64)
+    n = len(keys)
+    deltas = np.diff(keys, prepend=np.uint64(0)) if n else keys
+    raw = min(((int(keys[-1]) // n).bit_length() + 7) // 8, 7) if n else 0
+    planes = np.ascontiguousarray(deltas.astype("<u8", copy=False).view(np.uint8).reshape(n, 8).T)
+    return b"".join((TAG, struct.pack("<QB", n, raw), planes[:raw].tobytes(),
+                     zlib.compress(planes[raw:].tobytes(), 1)))
+
+
+@pytest.mark.parametrize("size", [0, 1, 2, 1000, 100_000])
+def test_format_2_written_plane_by_plane_is_the_same_blob(size):
+    rng = np.random.default_rng(size)
+    for keys in (sorted_unique(rng.integers(0, 2**64, size=size, dtype=np.uint64)),
+                 np.arange(size, dtype=np.uint64) * np.uint64(3)):
+        blob = encode_keys(keys)
+        assert isinstance(blob, bytes) and blob == _format_2_as_first_written(keys)
+        assert np.array_equal(decode_keys(blob), keys)

@@ -1,0 +1,202 @@
+"""A selection of a columnar snapshot's rows left on disk, read a block at a time (ADR 0049, amended).
+
+:func:`mipflow.node.query.snapshot.select_columns` copies the chosen columns of the selected rows into
+a frame: ``8 p`` bytes a row for ``p`` numerical variables, 16 more for the ledger's keys, the whole
+selection at once (1.1 GB for 11 columns at 10M rows).  An algorithm whose local step only sums over
+its rows (:func:`mipflow.algorithms.moments.streamed_column_moments`) needs none of that at once:
+:class:`SnapshotRows` keeps the selection as a bit per snapshot row and reads the chosen columns'
+files a block of :data:`READ_ROWS` rows at a time (plain reads, no memory map: mapped pages would count
+as the node's memory while the mapping lives).
+
+What the node keeps of a selection here: the packed mask (1 bit a snapshot row, none when every row
+is selected) and the file names.  The ledger's keys are read block by block too
+(:meth:`SnapshotRows.sorted_keys`, :meth:`SnapshotRows.key_fingerprint`): the cohorts need only each
+key column sorted, which the snapshot holds, and a fingerprint of it in the rows' order.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from mipflow.node.query.snapshot import Snapshot
+
+__all__ = ["READ_ROWS", "SnapshotRows"]
+
+#: Snapshot rows read from a column file at a time (a multiple of 8: the packed mask's bytes).
+READ_ROWS = 262_144
+
+
+def _open_npy(path: Any) -> tuple[Any, np.dtype, int]:
+    """A ``.npy`` file opened at its first value: ``(file, dtype, values)``."""
+    handle = open(path, "rb")
+    try:
+        version = np.lib.format.read_magic(handle)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+            np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(handle)
+    except BaseException:
+        handle.close()
+        raise
+    if len(shape) != 1 or fortran:
+        handle.close()
+        raise ValueError("a snapshot column is one-dimensional")
+    return handle, dtype, int(shape[0])
+
+
+class SnapshotRows:
+    """The rows of a snapshot a request selects, complete on ``columns`` (all numerical, float64).
+
+    Parameters
+    ----------
+    snapshot : Snapshot
+        The snapshot (its folder stays while the selection is used: a newer snapshot is written
+        under another name, and a selection is used only at the data version it was read at).
+    files : dict of str to str
+        Variable code -> the column's file stem.
+    mask : numpy.ndarray of bool, shape (snapshot.rows,), or None
+        The rows selected (None: every row).
+    """
+
+    def __init__(self, snapshot: Snapshot, files: dict[str, str], mask: np.ndarray | None) -> None:
+        self.snapshot = snapshot
+        self.files = dict(files)
+        self.total = snapshot.rows
+        if mask is not None and bool(mask.all()):
+            mask = None
+        self.count = self.total if mask is None else int(np.count_nonzero(mask))
+        self._packed = None if mask is None else np.packbits(mask)
+
+    def __len__(self) -> int:
+        return self.count
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.files)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory the selection holds (what a node's selection cache counts)."""
+        return 0 if self._packed is None else int(self._packed.nbytes)
+
+    def _mask_of(self, start: int, stop: int) -> np.ndarray | None:
+        if self._packed is None:
+            return None
+        return np.unpackbits(self._packed[start // 8:(stop + 7) // 8], count=stop - start).view(bool)
+
+    def mask(self) -> np.ndarray:
+        """The rows selected, one bool a snapshot row (a new array)."""
+        if self._packed is None:
+            return np.ones(self.total, dtype=bool)
+        return np.unpackbits(self._packed, count=self.total).view(bool)
+
+    def _blocks(self, stem: str) -> Iterator[tuple[int, np.ndarray]]:
+        """``(first snapshot row, selected values)`` of a column file, block by block (each block a new
+        array)."""
+        handle, dtype, rows = _open_npy(self.snapshot.path / f"{stem}.npy")
+        with handle:
+            if rows != self.total:
+                raise ValueError("a snapshot column of another length")
+            for start in range(0, rows, READ_ROWS):
+                count = min(READ_ROWS, rows - start)
+                values = np.fromfile(handle, dtype=dtype, count=count)
+                if len(values) != count:
+                    raise ValueError("a snapshot column file is short")
+                selected = self._mask_of(start, start + count)
+                yield start, values if selected is None else values[selected]
+
+    def reader(self, codes: Sequence[str]) -> Callable[[int], list[np.ndarray]]:
+        """A pass over the selected rows: a function giving the next ``m`` values of each of ``codes``
+        (float64 arrays; :class:`mipflow.algorithms.moments.ColumnSource`).  The arrays it gives are
+        valid until its next call (their memory is used again)."""
+        opened = [_open_npy(self.snapshot.path / f"{self.files[code]}.npy") for code in codes]
+        for _, dtype, rows in opened:
+            if rows != self.total or dtype != np.float64:
+                for handle, _, _ in opened:
+                    handle.close()
+                raise ValueError("a snapshot column of another length or type")
+        handles = [handle for handle, _, _ in opened]
+        buffers: list[np.ndarray] = [np.empty(0) for _ in codes]
+        pending = [np.zeros(0) for _ in codes]
+        position = [0]  # snapshot rows read so far
+
+        def read_into(j: int, count: int) -> np.ndarray:
+            if len(buffers[j]) < count:
+                buffers[j] = np.empty(count)
+            out = buffers[j][:count]
+            if handles[j].readinto(memoryview(out).cast("B")) != out.nbytes:
+                raise ValueError("a snapshot column file is short")
+            return out
+
+        def next_rows(m: int) -> list[np.ndarray]:
+            if m < 0:
+                raise ValueError("a negative number of rows")
+            if self._packed is None:  # every row: the next m values of each file, read in place
+                if position[0] + m > self.total:
+                    raise ValueError("more rows asked for than the selection holds")
+                position[0] += m
+                out = [read_into(j, m) for j in range(len(codes))]
+            else:
+                while pending and len(pending[0]) < m:
+                    if position[0] >= self.total:
+                        raise ValueError("more rows asked for than the selection holds")
+                    start = position[0]
+                    count = min(READ_ROWS, self.total - start)
+                    selected = self._mask_of(start, start + count)
+                    position[0] += count
+                    for j in range(len(codes)):
+                        values = read_into(j, count)[selected]  # a new array: the buffer is read again
+                        pending[j] = np.concatenate([pending[j], values]) if len(pending[j]) else values
+                out = []
+                for j in range(len(pending)):
+                    out.append(pending[j][:m])
+                    pending[j] = pending[j][m:]
+            if position[0] >= self.total and not (pending and len(pending[0])):
+                for handle in handles:
+                    handle.close()
+            return out
+
+        return next_rows
+
+    def values(self, code: str) -> np.ndarray:
+        """A whole column at the selected rows (8 bytes a row: for tests and small selections)."""
+        return np.array(self.reader([code])(self.count)[0])
+
+    def keys(self, name: str) -> np.ndarray:
+        """A key column (``row_key`` or ``pid_key``) at the selected rows, in their order."""
+        parts = [values for _, values in self._blocks(name)]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
+
+    def key_fingerprint(self, name: str) -> tuple[int, int, int, int]:
+        """:func:`mipflow.node.query.rowkeys.fingerprint` of :meth:`keys`, without holding them."""
+        from mipflow.node.query.rowkeys import fingerprint
+
+        count, total, xor, squares = 0, 0, 0, 0
+        for _, values in self._blocks(name):
+            c, s, x, q = fingerprint(values)
+            count, total, xor, squares = count + c, (total + s) % 2 ** 64, xor ^ x, (squares + q) % 2 ** 64
+        return count, total, xor, squares
+
+    def sorted_keys(self, name: str) -> np.ndarray | None:
+        """The selected rows' keys of ``name`` sorted (repeats kept), from the snapshot's key order
+        (a gather, block by block); None when the snapshot has no sorted keys."""
+        if not self.snapshot.meta.get("sorted_keys"):
+            return None
+        mask = None if self._packed is None else self.mask()
+        out = np.empty(self.count, dtype=np.uint64)
+        filled = 0
+        ordered_file, ordered_type, rows = _open_npy(self.snapshot.path / f"{name}_sorted.npy")
+        order_file, order_type, order_rows = _open_npy(self.snapshot.path / f"{name}_order.npy")
+        with ordered_file, order_file:
+            if rows != self.total or order_rows != self.total:
+                raise ValueError("a snapshot key file of another length")
+            for start in range(0, rows, READ_ROWS):
+                count = min(READ_ROWS, rows - start)
+                ordered = np.fromfile(ordered_file, dtype=ordered_type, count=count)
+                if mask is not None:
+                    ordered = ordered[mask[np.fromfile(order_file, dtype=order_type, count=count)]]
+                out[filled:filled + len(ordered)] = ordered
+                filled += len(ordered)
+        if filled != self.count:
+            raise ValueError("the snapshot's key order does not match its rows")
+        return out
