@@ -74,7 +74,7 @@ from __future__ import annotations
 
 import json
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
@@ -89,7 +89,7 @@ from mipflow.algorithms.design import (
 from mipflow.algorithms.moments import compute_moments, merge_moment_dicts
 from mipflow.algorithms.packed import pack
 from mipflow.algorithms.prepared import memo
-from mipflow.algorithms.sealed import SEALED, pooled_sums
+from mipflow.algorithms.sealed import REAL_FRACTION_BITS, REAL_MASKED_SCHEME, SEALED, pooled_sums
 from mipflow.algorithms.spec import (
     NOMINAL,
     NUMERICAL,
@@ -135,6 +135,9 @@ MAX_PRODUCTS_BYTES = 768 * 1024 ** 2
 #: The two rounds of one Newton evaluation (ADR 0046): the nodes exchange their per-bin sums sealed
 #: to each other, then each sends its share of the pooled likelihood, score and information.
 SUMS, SCORE = "sums", "score"
+#: The least pooled ``S0`` a masked sums round may give: the fixed point's resolution (2^-128) is then at
+#: most float64's (2^-53) relative to it (ADR 0055).
+MIN_MASKED_S0 = 2.0 ** (53 - REAL_FRACTION_BITS)
 
 
 class CoxRegression(SpecAlgorithm):
@@ -367,8 +370,28 @@ class CoxRegression(SpecAlgorithm):
 
     # -- privacy capabilities (mipflow.algorithms.contract) ------------------------------------
 
-    #: The per-bin sums go to the participating nodes only (ADR 0046).
+    #: The per-bin sums go to the participating nodes only (ADR 0046), masked in fixed point from 3
+    #: participants, so that each peer learns only their pool (ADR 0055).
     sealed_rounds = True
+    sealed_masked = True
+
+    def sealed_mask_scheme(self, participants: int) -> str | None:
+        """Fixed point in ``Z/2^256`` from 3 participants (ADR 0055); with 2, each node's pool less its
+        own part is the other's part, masked or not, and with 1 there is no peer: sealed as they are."""
+        return REAL_MASKED_SCHEME if participants >= 3 else None
+
+    def pool_sealed(self, parts: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+        """The participants' per-bin sums added: masked parts decoded from their exact sum in the ring
+        (refused below the fixed point's resolution), parts in the clear added as floats."""
+        from mipflow.algorithms.sealed import is_masked, sum_parts, unmask_parts
+
+        if not any(is_masked(part, REAL_MASKED_SCHEME) for part in parts):
+            return sum_parts(parts)
+        pooled = unmask_parts(parts, REAL_MASKED_SCHEME)
+        if "s0" not in pooled or np.any(pooled["s0"] < MIN_MASKED_S0):
+            raise RequestError("the pooled risk-set sums at this iterate fall below the resolution of the masked "
+                               "fixed point (exp(x'b) too small for every row at risk in some bin)")
+        return pooled
     #: Masked from 3 nodes: the score rounds only, whose shares of l, U, I add up (ADR 0048).
     secure_aggregation = "automatic"
 
