@@ -12,6 +12,7 @@ the pooled rows; with 2 nodes automatic mode leaves it off, as for every algorit
 """
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 from dataclasses import dataclass
@@ -182,3 +183,107 @@ def test_two_nodes_run_unmasked_as_documented(federation) -> None:
         later = rounds_of(client)[1:]
         assert later and all(set(SHARE) <= set(reply["aggregates"]) for _, state, reply in later
                              if state["phase"] == "score")
+
+
+# --------------------------------------------------------------------------- a curious peer (ADR 0055)
+
+
+def _open_sums_rounds(federation: Federation, outcome: Any, recording: dict[str, Recording], peer: str,
+                      nodes=HOSPITALS) -> list[tuple[int, dict, list[dict]]]:
+    """What ``peer`` reads with its own key from every sums round: per round, the state and the part it
+    opens from each node's reply (chain from the transcript it was sent next)."""
+    from mipflow.secagg.crypto import load_keypair
+    from mipflow.secagg.sealing import open_one
+
+    own = load_keypair(federation.roots[peer], create=False)
+    keys = {n: load_keypair(federation.roots[n], create=False).public_bytes for n in nodes}
+    peer_rounds = recording[peer].rounds
+    opened = []
+    for k, (round_no, state, _, _) in enumerate(peer_rounds):
+        if not k or state["phase"] != "sums":
+            continue
+        chain = peer_rounds[k + 1][3]["transcript"]["previous"]["chain"]
+        parts = []
+        for sender in nodes:
+            box = recording[sender].rounds[k][2]["aggregates"]["sealed"][peer]
+            part = open_one(own, keys[sender], box, analysis_id=outcome.analysis_id, algorithm="cox_regression",
+                            chain=chain, round_no=round_no, sender=sender, recipient=peer)
+            assert part is not None, (sender, round_no)
+            parts.append(part)
+        opened.append((round_no, state, parts))
+    return opened
+
+
+def _own_sums(federation: Federation, name: str, outcome: Any, round_no: int, state: dict) -> dict[str, np.ndarray]:
+    """The sums node ``name`` sealed in a round, computed from its rows in the clear (the attack's target)."""
+    from mipflow.algorithms import get_algorithm, prepare_local_data
+    from mipflow.algorithms.packed import unpack
+    from mipflow.algorithms.sealed import SEALED
+
+    cox = get_algorithm("cox_regression")
+    req = AnalysisRequest.from_dict(outcome.request)
+    out = cox.local_step(round_no, prepare_local_data(cox, federation.frames[name], req), req, STROKE, state)
+    return {key: unpack(value) for key, value in out[SEALED].items()}
+
+
+#: more rows per hospital than ``DATA``, so that Cox's bins (each node's counts 0 or >= min_row_count) are many
+MANY_BINS = make_stroke(20261214, 3000)
+
+
+@pytest.fixture(scope="module")
+def busy_federation(tmp_path_factory) -> Iterator[Federation]:
+    with pinned_federation(tmp_path_factory.mktemp("masked_cox_bins"), MANY_BINS, STROKE,
+                           HOSPITALS) as (roots, served, frames):
+        yield Federation(roots, served, frames)
+
+
+@pytest.mark.parametrize("ties", ["breslow", "efron"])
+def test_a_peer_opens_only_uniform_parts_of_the_risk_set_sums_whose_sum_is_the_pool(busy_federation, ties) -> None:
+    """ADR 0055 (closing ADR 0052's correction to ADR 0046 for Cox): hospital_b, opening with its own key
+    every ciphertext sealed to it in every sums round, gets from each node a part in fixed point masked
+    in Z/2^256: uniform elements, none near the node's actual per-bin sums (S0, S1, S2, events, and
+    Efron's E0..E2, from its rows at the same iterate); only the three parts together decode, to the
+    pooled sums.  The fit still equals pooled PHReg."""
+    from mipflow.algorithms.sealed import REAL_MASKED_SCHEME, ring_elements
+    from mipflow.secagg.sealed_masks import unmask_parts
+    from scipy import stats
+
+    federation = busy_federation
+    outcome, recording = federation.run(ties)
+    assert_equals_pooled(outcome, list(federation.frames.values()), ties)
+    opened = _open_sums_rounds(federation, outcome, recording, "hospital_b")
+    assert len(opened) == outcome.result["iterations"] + 1 >= 3
+    assert len(opened[0][1]["event_bins"]) >= 5  # per-bin sums, not one total
+    keys = {"events", "s0", "s1", "s2", *(("e0", "e1", "e2") if ties == "efron" else ())}
+    for round_no, state, parts in opened:
+        own = {name: _own_sums(federation, name, outcome, round_no, state) for name in HOSPITALS}
+        assert set(own["hospital_a"]) == keys
+        for name, part in zip(HOSPITALS, parts):
+            assert part["scheme"] == REAL_MASKED_SCHEME and {n for n, _ in part["layout"]} == keys
+            elements = np.array([e / 2.0 ** 256 for e in ring_elements(base64.b64decode(part["masked"]))])
+            assert stats.kstest(elements, "uniform").pvalue > 1e-4, (name, round_no)
+            alone = unmask_parts([part], REAL_MASKED_SCHEME)
+            for key, actual in own[name].items():
+                # as real numbers a part's elements are of order 2^127: none is within 1e20 of the sum it masks
+                assert np.all(np.abs(alone[key] - actual) > 1e20), (name, round_no, key)
+        pooled = unmask_parts(parts, REAL_MASKED_SCHEME)
+        for key in keys:
+            expected = sum(own[name][key] for name in HOSPITALS)
+            # (S1 of centred covariates cancels in the pool: compared to the parts' scale there)
+            scale = max(np.max(np.abs(own[name][key])) for name in HOSPITALS)
+            np.testing.assert_allclose(pooled[key], expected, rtol=1e-12, atol=1e-13 * scale, err_msg=key)
+        # hospital_b's own part is of no help either: the pool less it is the sum of the other two only
+        partial = unmask_parts([parts[0], parts[2]], REAL_MASKED_SCHEME)
+        assert np.all(np.abs(partial["s0"] - (own["hospital_a"]["s0"] + own["hospital_c"]["s0"])) > 1e20)
+
+
+def test_with_two_nodes_the_sums_are_sealed_unmasked_as_documented(federation) -> None:
+    """With 2 participants the pool less a node's own part is its partner's, masked or not (ADR 0055):
+    the sums are sealed as they are (packed floats), and the fit is the pooled one."""
+    two = HOSPITALS[:2]
+    outcome, recording = federation.run("breslow", nodes=two)
+    assert_equals_pooled(outcome, [federation.frames[n] for n in two], "breslow")
+    opened = _open_sums_rounds(federation, outcome, recording, two[1], nodes=two)
+    assert opened
+    for _, _, parts in opened:
+        assert all("scheme" not in part and {"events", "s0", "s1", "s2"} == set(part) for part in parts)

@@ -130,6 +130,8 @@ class Algorithm(Protocol):
 
     def pool_sealed(self, parts: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]: ...
 
+    def sealed_mask_scheme(self, participants: int) -> str | None: ...
+
     def row_weights(self, round: int, data: pd.DataFrame, request: AnalysisRequest, model: DataModel,
                     state: dict | None) -> Iterable[np.ndarray] | None: ...
 
@@ -175,7 +177,9 @@ class Algorithm(Protocol):
 #   them to every participant after its controls saw them, the central site forwards ciphertexts, and
 #   each node pools what it opens (``pool_sealed``, default: elementwise sums) for its next local step
 #   (state key ``sealed_pooled``); the global step never reads them; ``sealed_masked``: they are masked
-#   before sealing, so that each peer learns only their pool (ADR 0052);
+#   before sealing, so that each peer learns only their pool (ADR 0052), in the scheme
+#   ``sealed_mask_scheme(participants)`` names (integers; Cox's real sums in fixed point from 3
+#   participants, ADR 0055; None: sealed as they are);
 # * ``pooled_threshold``: a request whose release is checked on counts pooled over the participants
 #   (Kaplan-Meier's pooled time bins, ADR 0052), which a node answers only masked among at least 3
 #   pinned participants, one participant set and pool per cohort; ``session_request``: the request

@@ -24,7 +24,9 @@ for each bin of ``B`` holding events, a node computes the sums over its rows sti
 and its events there; these go under ``sealed`` (:mod:`mipflow.algorithms.sealed`): the node's
 controls check them with its event and censoring counts per bin of ``B`` (refused if any is below
 ``nfilter_tab``: a grid finer than the node's own safe bins is refused), then the node encrypts
-them to every participating node, and the central site only forwards them.  In the ``"score"``
+them to every participating node, and the central site only forwards them.  From 3 participants
+the node first masks them in fixed point (``Z/2^256``, 128 fractional bits; ADR 0055), so that each
+peer opens uniform parts and reads only their pool.  In the ``"score"``
 round that follows, each node opens and adds every participant's sums (the pooled ``S0_j``,
 ``S1_j``, ``S2_j``, ``d_j``) and returns only its share of the pooled log partial likelihood, score
 and information: with Breslow's handling of ties, its events ``d_ij`` and the sum ``event_x`` of
@@ -74,11 +76,13 @@ from __future__ import annotations
 
 import json
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
 from mipflow.algorithms.contract import Step
+from mipflow.algorithms.cox_shares import full_s2 as _full_s2
+from mipflow.algorithms.cox_shares import node_share as _node_share
 from mipflow.algorithms.design import (
     design_columns,
     design_matrix,
@@ -89,7 +93,7 @@ from mipflow.algorithms.design import (
 from mipflow.algorithms.moments import compute_moments, merge_moment_dicts
 from mipflow.algorithms.packed import pack
 from mipflow.algorithms.prepared import memo
-from mipflow.algorithms.sealed import SEALED, pooled_sums
+from mipflow.algorithms.sealed import REAL_FRACTION_BITS, REAL_MASKED_SCHEME, SEALED, pooled_sums
 from mipflow.algorithms.spec import (
     NOMINAL,
     NUMERICAL,
@@ -135,6 +139,9 @@ MAX_PRODUCTS_BYTES = 768 * 1024 ** 2
 #: The two rounds of one Newton evaluation (ADR 0046): the nodes exchange their per-bin sums sealed
 #: to each other, then each sends its share of the pooled likelihood, score and information.
 SUMS, SCORE = "sums", "score"
+#: The least pooled ``S0`` a masked sums round may give: the fixed point's resolution (2^-128) is then at
+#: most float64's (2^-53) relative to it (ADR 0055).
+MIN_MASKED_S0 = 2.0 ** (53 - REAL_FRACTION_BITS)
 
 
 class CoxRegression(SpecAlgorithm):
@@ -367,8 +374,28 @@ class CoxRegression(SpecAlgorithm):
 
     # -- privacy capabilities (mipflow.algorithms.contract) ------------------------------------
 
-    #: The per-bin sums go to the participating nodes only (ADR 0046).
+    #: The per-bin sums go to the participating nodes only (ADR 0046), masked in fixed point from 3
+    #: participants, so that each peer learns only their pool (ADR 0055).
     sealed_rounds = True
+    sealed_masked = True
+
+    def sealed_mask_scheme(self, participants: int) -> str | None:
+        """Fixed point in ``Z/2^256`` from 3 participants (ADR 0055); with 2, each node's pool less its
+        own part is the other's part, masked or not, and with 1 there is no peer: sealed as they are."""
+        return REAL_MASKED_SCHEME if participants >= 3 else None
+
+    def pool_sealed(self, parts: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+        """The participants' per-bin sums added: masked parts decoded from their exact sum in the ring
+        (refused below the fixed point's resolution), parts in the clear added as floats."""
+        from mipflow.algorithms.sealed import is_masked, sum_parts, unmask_parts
+
+        if not any(is_masked(part, REAL_MASKED_SCHEME) for part in parts):
+            return sum_parts(parts)
+        pooled = unmask_parts(parts, REAL_MASKED_SCHEME)
+        if "s0" not in pooled or np.any(pooled["s0"] < MIN_MASKED_S0):
+            raise RequestError("the pooled risk-set sums at this iterate fall below the resolution of the masked "
+                               "fixed point (exp(x'b) too small for every row at risk in some bin)")
+        return pooled
     #: Masked from 3 nodes: the score rounds only, whose shares of l, U, I add up (ADR 0048).
     secure_aggregation = "automatic"
 
@@ -388,121 +415,6 @@ class CoxRegression(SpecAlgorithm):
 
     # No ``row_weights`` (ADR 0054, amendment): a per-risk-set measure refuses honest fits, whose last
     # risk sets and tied events are few rows by nature; Cox awaits a measure on its released shares.
-
-
-def _node_share(pooled: dict[str, np.ndarray], own_events: np.ndarray, event_x: np.ndarray, beta: np.ndarray,
-                efron: bool) -> tuple[float, np.ndarray, np.ndarray]:
-    """A node's share of the pooled log partial likelihood, score and information (ADR 0046).
-
-    Parameters
-    ----------
-    pooled : dict of numpy.ndarray
-        Every participant's sealed sums added: ``events`` (bins,), ``s0`` (bins,), ``s1`` (bins * p),
-        ``s2`` (bins * p(p+1)/2), and with Efron's ties ``e0``, ``e1``, ``e2`` likewise.
-    own_events : numpy.ndarray, shape (bins,)
-        The node's events ``d_ij`` per event bin.
-    event_x : numpy.ndarray, shape (p,)
-        Sum of the node's covariates over its events.
-    beta : numpy.ndarray, shape (p,)
-    efron : bool
-        Efron's handling of ties, else Breslow's.
-
-    Returns
-    -------
-    loglik : float
-    score : numpy.ndarray, shape (p,)
-    information : numpy.ndarray, shape (p, p)
-
-    Notes
-    -----
-    Breslow: ``l_i = event_x'b - sum_j d_ij log S0_j``, ``U_i = event_x - sum_j d_ij S1_j / S0_j``,
-    ``I_i = sum_j d_ij (S2_j / S0_j - m_j m_j')`` with ``m_j = S1_j / S0_j``; Efron: the share
-    ``d_ij / d_j`` of each bin's pooled terms (:func:`_efron`).  Summed over the nodes, these are the
-    pooled ``l``, ``U`` and ``I``.
-    """
-    p = len(beta)
-    try:
-        events, s0 = pooled["events"], pooled["s0"]
-        s1, s2 = pooled["s1"].reshape(-1, p), _full_s2(pooled["s2"], p)
-        tied = (pooled["e0"], pooled["e1"].reshape(-1, p), _full_s2(pooled["e2"], p)) if efron else None
-    except KeyError as exc:
-        raise RequestError(f"the pooled Cox sums hold no {exc.args[0]!r}: a node does not support "
-                           f"ties = {'efron' if efron else 'breslow'!r}") from None
-    bins = len(own_events)
-    if any(len(a) != bins for a in (events, s0, s1, s2, *(tied or ()))):
-        raise RequestError("the pooled Cox sums do not match the event bins")
-    if np.any(own_events > events) or np.any(events <= 0) or np.any(s0 <= 0):
-        raise RequestError("the pooled Cox sums are inconsistent with this node's events")
-    if efron:
-        return _efron(events, event_x, beta, (s0, s1, s2), tied, share=own_events / events)
-    mean = s1 / s0[:, None]
-    loglik = float(event_x @ beta - own_events @ np.log(s0))
-    score = event_x - own_events @ mean
-    information = np.einsum("j,jab->ab", own_events, s2 / s0[:, None, None] - mean[:, :, None] * mean[:, None, :])
-    return loglik, score, information
-
-
-def _efron(events: np.ndarray, event_x: np.ndarray, beta: np.ndarray,
-           risk: tuple[np.ndarray, np.ndarray, np.ndarray], tied: tuple[np.ndarray, np.ndarray, np.ndarray],
-           share: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """A node's part of Efron's log partial likelihood, score and information from pooled per-bin
-    sums: each bin's terms weighted by the node's ``share`` of the bin's events (ADR 0046).
-
-    Parameters
-    ----------
-    events : numpy.ndarray, shape (bins,)
-        Pooled events ``d_j`` per event bin.
-    event_x : numpy.ndarray, shape (p,)
-        Sum of the node's covariates over its events.
-    beta : numpy.ndarray, shape (p,)
-    risk : tuple of numpy.ndarray
-        ``S0`` (bins,), ``S1`` (bins, p), ``S2`` (bins, p, p) over the rows at risk.
-    tied : tuple of numpy.ndarray
-        ``E0``, ``E1``, ``E2`` over the rows with an event in the bin, same shapes.
-    share : numpy.ndarray, shape (bins,)
-        The node's share ``d_ij / d_j`` of each bin's events.
-
-    Returns
-    -------
-    loglik : float
-    score : numpy.ndarray, shape (p,)
-    information : numpy.ndarray, shape (p, p)
-
-    Notes
-    -----
-    With ``f_r = r / d_j`` and ``phi_r = S0 - f_r E0`` a bin contributes
-    ``sum_r log phi_r`` to the likelihood, ``sum_r (S1 - f_r E1) / phi_r`` to the score and
-    ``sum_r (S2 - f_r E2) / phi_r - (S1 - f_r E1)(S1 - f_r E1)' / phi_r^2`` to the
-    information.  Expanding the products, each bin needs only the sums over ``r`` of
-    ``1/phi``, ``f/phi``, ``1/phi^2``, ``f/phi^2`` and ``f^2/phi^2``, computed over one entry
-    per event (``r`` runs over the bin's events).
-    """
-    (s0, s1, s2), (e0, e1, e2) = risk, tied
-    counts = np.rint(events).astype(np.int64)
-    if np.any(counts < 1) or np.any(np.abs(events - counts) > 0):
-        raise RequestError("the Cox aggregates' event counts are not positive whole numbers")
-    bins = np.repeat(np.arange(len(counts)), counts)
-    starts = np.cumsum(counts) - counts
-    f = (np.arange(len(bins)) - starts[bins]) / counts[bins]
-    phi = s0[bins] - f * e0[bins]
-    if np.any(phi <= 0):
-        raise RequestError("the Cox risk-set sums are inconsistent (a non-positive Efron denominator)")
-    n_bins = len(counts)
-
-    def per_bin(values: np.ndarray) -> np.ndarray:
-        return np.bincount(bins, weights=values, minlength=n_bins)
-
-    weight = np.asarray(share, dtype=float)
-    inv, f_inv = weight * per_bin(1.0 / phi), weight * per_bin(f / phi)
-    inv2, f_inv2, ff_inv2 = (weight * per_bin(1.0 / phi ** 2), weight * per_bin(f / phi ** 2),
-                             weight * per_bin(f * f / phi ** 2))
-    loglik = float(event_x @ beta - weight @ per_bin(np.log(phi)))
-    score = event_x - inv @ s1 + f_inv @ e1
-    cross = np.einsum("j,ja,jb->ab", f_inv2, s1, e1)
-    information = (np.einsum("j,jab->ab", inv, s2) - np.einsum("j,jab->ab", f_inv, e2)
-                   - np.einsum("j,ja,jb->ab", inv2, s1, s1) + cross + cross.T
-                   - np.einsum("j,ja,jb->ab", ff_inv2, e1, e1))
-    return loglik, score, information
 
 
 def _unit_diagonal(information: np.ndarray) -> np.ndarray:
@@ -633,16 +545,3 @@ def _bin_sums(risk: dict, beta: np.ndarray, tied: bool = False) -> tuple[np.ndar
         if by_bin_events is not None:
             out_events[:, k] = by_bin_events @ column
     return out, out_events
-
-
-def _full_s2(upper: np.ndarray, p: int) -> np.ndarray:
-    """``S2`` per bin as full symmetric matrices, shape (bins, p, p), from the upper triangles
-    a node sends (shape (bins, p(p+1)/2)); full matrices (older nodes) pass through."""
-    if upper.ndim == 3 or (upper.ndim == 2 and upper.shape[1] == p * p and p * p != p * (p + 1) // 2):
-        return upper.reshape(-1, p, p)
-    upper_a, upper_b = np.triu_indices(p)
-    upper = upper.reshape(-1, len(upper_a))
-    full = np.empty((len(upper), p, p))
-    full[:, upper_a, upper_b] = upper
-    full[:, upper_b, upper_a] = upper
-    return full

@@ -91,41 +91,54 @@ def local_state(algorithm: Any, state: dict | None, aggregates: Sequence[Mapping
     return {**(state or {}), POOLED: algorithm.pool_sealed(parts)}
 
 
-#: The scheme of a masked sealed payload (``mipflow.secagg.sealed_masks.mask_sums``, ADR 0052).
+#: The scheme of a masked sealed payload of integers (``mipflow.secagg.sealed_masks.mask_sums``, ADR 0052).
 MASKED_SCHEME = "mipflow-sealed-mask-v1"
-#: Bytes per masked element.
+#: Bytes per masked element (integers, ``Z/2^64``).
 ELEMENT_BYTES = 8
+#: The scheme of a masked sealed payload of real numbers in fixed point (ADR 0055): elements of
+#: ``Z/2^REAL_RING_BITS``, a value ``v`` encoded as ``round(v * 2^REAL_FRACTION_BITS)``.
+REAL_MASKED_SCHEME = "mipflow-sealed-mask-real-v1:z2^256:f128"
+REAL_RING_BITS = 256
+REAL_FRACTION_BITS = 128
+REAL_ELEMENT_BYTES = REAL_RING_BITS // 8
+#: A node refuses to encode a value of magnitude ``2^REAL_MAGNITUDE_BITS`` (about 1.3e33) or more, so
+#: sums over up to ``2^16`` nodes stay below ``2^254`` (the sign bit) and decode without wrapping.
+REAL_MAGNITUDE_BITS = 110
 
 
-def is_masked(part: Any) -> bool:
-    """Whether ``part`` is a masked sealed payload (:func:`mask_sums`)."""
-    return isinstance(part, Mapping) and part.get("scheme") == MASKED_SCHEME
+def is_masked(part: Any, scheme: str = MASKED_SCHEME) -> bool:
+    """Whether ``part`` is a masked sealed payload of ``scheme`` (:func:`mask_sums`)."""
+    return isinstance(part, Mapping) and part.get("scheme") == scheme
 
 
-def unmask_parts(parts: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
-    """The sum of every participant's masked payload, its masks cancelled: name -> int64 array.
+def unmask_parts(parts: Sequence[Mapping[str, Any]], scheme: str = MASKED_SCHEME) -> dict[str, np.ndarray]:
+    """The sum of every participant's masked payload, its masks cancelled: name -> array (int64 for
+    :data:`MASKED_SCHEME`; float64 for :data:`REAL_MASKED_SCHEME`, the exact sum of the encoded values
+    rounded once to float).
 
     Raises
     ------
     RequestError
-        If the parts differ in layout or length, or one is malformed (the masks could not cancel).
+        If a part is not of ``scheme``, the parts differ in layout or length, or one is malformed (the
+        masks could not cancel).
     """
-    if not parts or not all(is_masked(p) for p in parts):
-        raise RequestError("masked sealed sums: every participant's part must be masked")
+    if not parts or not all(is_masked(p, scheme) for p in parts):
+        raise RequestError("masked sealed sums: every participant's part must be masked (the same scheme)")
+    if scheme not in (MASKED_SCHEME, REAL_MASKED_SCHEME):
+        raise RequestError("masked sealed sums: unknown scheme")
     layout = parts[0]["layout"]
     if any(p["layout"] != layout for p in parts):
         raise RequestError("masked sealed sums: the participants' parts differ in layout")
-    total = None
+    vectors = []
     for part in parts:
         try:
-            vector = np.frombuffer(base64.b64decode(part["masked"], validate=True), dtype="<u8")
+            raw = base64.b64decode(part["masked"], validate=True)
         except (ValueError, TypeError):
             raise RequestError("masked sealed sums: a part is not well formed") from None
-        if total is not None and len(vector) != len(total):
-            raise RequestError("masked sealed sums: the participants' parts differ in length")
-        with np.errstate(over="ignore"):
-            total = vector.astype(np.uint64) if total is None else total + vector
-    values = total.view(np.int64)
+        vectors.append(raw)
+    if any(len(v) != len(vectors[0]) for v in vectors):
+        raise RequestError("masked sealed sums: the participants' parts differ in length")
+    values = _sum_integers(vectors) if scheme == MASKED_SCHEME else _sum_real(vectors)
     out, offset = {}, 0
     for name, shape in layout:
         size = int(np.prod(shape)) if shape else 1
@@ -134,3 +147,32 @@ def unmask_parts(parts: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
     if offset != len(values):
         raise RequestError("masked sealed sums: the layout does not fit the masked vector")
     return out
+
+
+def _sum_integers(vectors: Sequence[bytes]) -> np.ndarray:
+    if len(vectors[0]) % ELEMENT_BYTES:
+        raise RequestError("masked sealed sums: a part is not well formed")
+    total = None
+    for raw in vectors:
+        vector = np.frombuffer(raw, dtype="<u8")
+        with np.errstate(over="ignore"):
+            total = vector.astype(np.uint64) if total is None else total + vector
+    return total.view(np.int64)
+
+
+def _sum_real(vectors: Sequence[bytes]) -> np.ndarray:
+    """The parts' elements added in ``Z/2^256`` and decoded: signed, times ``2^-128``, rounded once."""
+    size = REAL_ELEMENT_BYTES
+    if len(vectors[0]) % size:
+        raise RequestError("masked sealed sums: a part is not well formed")
+    ring, half = 1 << REAL_RING_BITS, 1 << (REAL_RING_BITS - 1)
+    totals = [sum(integers) % ring for integers in zip(*(ring_elements(raw) for raw in vectors))]
+    # int -> float rounds correctly; scaling by a power of two is exact (results are 0 or >= 2^-128)
+    return np.ldexp(np.array([float(t - ring if t >= half else t) for t in totals], dtype=float),
+                    -REAL_FRACTION_BITS)
+
+
+def ring_elements(raw: bytes) -> list[int]:
+    """The little-endian elements of ``Z/2^256`` in ``raw`` (a real masked payload's bytes)."""
+    size = REAL_ELEMENT_BYTES
+    return [int.from_bytes(raw[i:i + size], "little") for i in range(0, len(raw), size)]

@@ -281,6 +281,14 @@ class SpecAlgorithm:
         Whatever it decides is in the request every node verifies and the result records."""
         return request
 
+    def sealed_mask_scheme(self, participants: int) -> str | None:
+        """The scheme a node masks its sealed sums in before sealing them, with ``participants`` taking
+        part (:mod:`mipflow.secagg.sealed_masks`): integers when ``sealed_masked`` (ADR 0052), else None
+        (sealed as they are).  Decided on public facts only, so every node decides alike."""
+        from mipflow.algorithms.sealed import MASKED_SCHEME
+
+        return MASKED_SCHEME if self.sealed_masked else None
+
     def pool_sealed(self, parts: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
         """The participants' sealed sums of one round combined for the next local step (default: added
         elementwise per key, :func:`mipflow.algorithms.sealed.sum_parts`); run by every node on what it

@@ -11,7 +11,11 @@ release (``algorithm + "|sealed"`` in the context).  Each part a peer opens is u
 knows the node's masks with *every* other participant; the masks cancel only in the sum over all
 participants, which every node forms (:func:`unmask_parts`).
 
-Integers only (counts): the sum of the parts must stay below 2^63 in absolute value.
+Integers (counts, :data:`MASKED_SCHEME`): the sum of the parts must stay below 2^63 in absolute value.
+Real numbers (Cox regression's risk-set sums, ADR 0055, :data:`REAL_MASKED_SCHEME`): fixed point in
+``Z/2^256`` with 128 fractional bits (:func:`encode_real`): a value ``v`` is ``round(v * 2^128)``,
+resolution 2.9e-39 absolute; a node refuses a value of magnitude ``2^110`` or more, or one not finite,
+without naming it, so sums over up to ``2^16`` nodes decode without wrapping.
 """
 from __future__ import annotations
 
@@ -22,7 +26,19 @@ import numpy as np
 
 from mipflow.exceptions import RequestError
 
-from mipflow.algorithms.sealed import ELEMENT_BYTES, MASKED_SCHEME, is_masked, unmask_parts  # noqa: F401
+from mipflow.algorithms.packed import unpack
+from mipflow.algorithms.sealed import (  # noqa: F401
+    ELEMENT_BYTES,
+    MASKED_SCHEME,
+    REAL_ELEMENT_BYTES,
+    REAL_FRACTION_BITS,
+    REAL_MAGNITUDE_BITS,
+    REAL_MASKED_SCHEME,
+    REAL_RING_BITS,
+    is_masked,
+    ring_elements,
+    unmask_parts,
+)
 
 # ``is_masked`` and ``unmask_parts`` (adding parts whose masks cancel: no key) live with the algorithms'
 # sealed-rounds capability, which pools them (``mipflow.algorithms.survival_pooled``); masking, which
@@ -65,12 +81,66 @@ def mask_sums(own: Any, participants: Mapping[str, bytes], context: bytes,
             "masked": base64.b64encode(vector.astype("<u8").tobytes()).decode("ascii")}
 
 
+def encode_real(sums: Mapping[str, Any]) -> tuple[list[list[Any]], list[int]]:
+    """``sums`` (name -> real array, packed or not) in fixed point: the layout and the elements of
+    ``Z/2^256`` (``round(v * 2^128)``, negative values as their residue), names sorted.
+
+    Raises
+    ------
+    RequestError
+        If a value is not finite or its magnitude is ``2^110`` or more (no value is named).
+    """
+    ring = 1 << REAL_RING_BITS
+    layout, elements = [], []
+    for name in sorted(sums):
+        array = unpack(sums[name])
+        if not np.all(np.isfinite(array)) or np.any(np.abs(array) >= 2.0 ** REAL_MAGNITUDE_BITS):
+            raise RequestError(f"the sealed sums {name!r} exceed the range of masked fixed point (magnitude "
+                               f"below 2^{REAL_MAGNITUDE_BITS}): the fit diverged, or covariates need rescaling")
+        layout.append([name, list(array.shape)])
+        # scaling by a power of two is exact; round() of a float gives the nearest integer exactly
+        elements.extend(round(v) % ring for v in np.ldexp(array.ravel(), REAL_FRACTION_BITS).tolist())
+    return layout, elements
+
+
+def _real_stream(seed: bytes, length: int) -> list[int]:
+    """``length`` uniform elements of ``Z/2^256`` from a ChaCha20 keystream keyed by ``seed``."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+    encryptor = Cipher(algorithms.ChaCha20(seed, b"\x00" * 16), mode=None).encryptor()
+    return ring_elements(encryptor.update(b"\x00" * (REAL_ELEMENT_BYTES * length)))
+
+
+def mask_real_sums(own: Any, participants: Mapping[str, bytes], context: bytes,
+                   sums: Mapping[str, Any]) -> dict[str, Any]:
+    """``sums`` (name -> real array) in fixed point (:func:`encode_real`), masked as :func:`mask_sums`
+    masks integers: ``{"scheme", "layout", "masked"}`` with 32 little-endian bytes per element."""
+    from mipflow.secagg.crypto import pair_seed
+
+    layout, vector = encode_real(sums)
+    me = own.public_bytes
+    for peer in sorted(participants.values()):
+        if peer == me:
+            continue
+        stream = _real_stream(pair_seed(own, peer, context), len(vector))
+        vector = [v + m for v, m in zip(vector, stream)] if me < peer else [v - m for v, m in zip(vector, stream)]
+    ring = 1 << REAL_RING_BITS
+    raw = b"".join((v % ring).to_bytes(REAL_ELEMENT_BYTES, "little") for v in vector)
+    return {"scheme": REAL_MASKED_SCHEME, "layout": layout, "masked": base64.b64encode(raw).decode("ascii")}
+
+
 def mask_step_sums(own: Any, participants: Mapping[str, bytes], sums: Mapping[str, Any], *, analysis_id: str,
-                   algorithm: str, round_no: int, request: Mapping[str, Any], state: Any) -> dict[str, Any]:
-    """:func:`mask_sums` for one step: the seeds bound to the analysis, the round, the request, the
-    state and the participants, apart from the round's masked release (``algorithm + "|sealed"``)."""
+                   algorithm: str, round_no: int, request: Mapping[str, Any], state: Any,
+                   scheme: str = MASKED_SCHEME) -> dict[str, Any]:
+    """:func:`mask_sums` (or :func:`mask_real_sums`, by ``scheme``) for one step: the seeds bound to the
+    analysis, the round, the request, the state and the participants, apart from the round's masked
+    release (``algorithm + "|sealed"``)."""
     from mipflow.secagg.crypto import context_digest
 
     context = context_digest(analysis_id=analysis_id, algorithm=f"{algorithm}|sealed", round_no=round_no,
                              request=request, state=state, participants=participants.values())
+    if scheme == REAL_MASKED_SCHEME:
+        return mask_real_sums(own, participants, context, sums)
+    if scheme != MASKED_SCHEME:
+        raise RequestError("masked sealed sums: unknown scheme")
     return mask_sums(own, participants, context, sums)

@@ -18,7 +18,7 @@ from tests.mipflow.algorithms.test_contract import VALID
 CAPABILITIES = ("secure_aggregation", "dp_release", "secure_aggregation_refusal", "secure_aggregates",
                 "parameter_count", "fold_sizes", "coarsen_for_release", "differencing_partition", "cluster_count",
                 "sealed_rounds", "pool_sealed", "masked_round", "row_weights", "sealed_masked",
-                "pooled_threshold", "session_request")
+                "pooled_threshold", "session_request", "sealed_mask_scheme")
 
 # What the per-control lists said before the algorithms declared it themselves.
 #: secagg.SUPPORTED minus secagg.EXPLICIT_ONLY
@@ -51,7 +51,7 @@ COARSENED = {"kaplan_meier", "cox_regression"}
 #: the algorithms whose later rounds exchange sums among the nodes only (ADR 0046)
 SEALED_ROUNDS = {"cox_regression", "kaplan_meier"}
 #: the algorithms whose sealed sums are masked, so that a peer learns only their pool (ADR 0052)
-SEALED_MASKED = {"kaplan_meier"}
+SEALED_MASKED = {"kaplan_meier", "cox_regression"}  # Cox in fixed point (ADR 0055)
 #: the algorithms with releases checked on pooled counts (ADR 0052), and a request decided per attempt
 POOLED_THRESHOLD = {"kaplan_meier"}
 #: differencing tested algorithm == "kmeans"
@@ -160,8 +160,10 @@ def test_kmeans_partition_is_the_nearest_centre_assignment_of_a_lloyd_round() ->
 def test_sealed_rounds_are_declared_by_the_algorithms_that_seal() -> None:
     assert {name for name, alg in ALGORITHMS.items() if alg.sealed_rounds} == SEALED_ROUNDS
     assert {name for name, alg in ALGORITHMS.items() if alg.sealed_masked} == SEALED_MASKED
-    # every algorithm pools by elementwise sums; Kaplan-Meier's masked integer parts by sums modulo 2^64
+    # every algorithm pools by elementwise sums; Kaplan-Meier's masked integer parts by sums modulo 2^64,
+    # Cox's masked fixed-point parts by sums modulo 2^256 (ADR 0055)
     assert _overrides("pool_sealed") == SEALED_MASKED
+    assert _overrides("sealed_mask_scheme") == {"cox_regression"}  # from 3 participants only
     assert _overrides("pooled_threshold") == POOLED_THRESHOLD == _overrides("session_request")
 
 

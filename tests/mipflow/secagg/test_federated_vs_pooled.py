@@ -290,3 +290,44 @@ def test_secure_cox_regression_equals_pooled_phreg_on_random_splits(monkeypatch)
     test_survival.test_cox_regression_equals_pooled_phreg_on_rounded_times()
     assert masked_rounds and all(r % 2 == 0 and r > 0 for r in masked_rounds)  # the score rounds only
     assert SUM_ERRORS and max(SUM_ERRORS) < 1e-12
+
+
+def test_cox_regression_with_masked_sealed_sums_equals_pooled_phreg_on_random_splits(monkeypatch) -> None:
+    """The same Cox property with every sums round's per-bin sums masked in fixed point before they are
+    pooled (ADR 0055), wherever 3 nodes take part: each node's part masked with its pairwise masks, and the
+    pool decoded from the exact sum in Z/2^256, as the nodes do after opening their ciphertexts.  The
+    decoded pool is the exact sum of the parts rounded once (``math.fsum``), and the fits equal PHReg (Breslow,
+    Efron) and lifelines to <= 1e-9 as without masking."""
+    from mipflow.algorithms.packed import unpack
+    from mipflow.algorithms.sealed import REAL_MASKED_SCHEME, sum_parts
+    from mipflow.secagg.sealed_masks import mask_real_sums
+    from tests.mipflow.algorithms import test_survival
+
+    cox = get_algorithm("cox_regression")
+    plain_pool = cox.pool_sealed
+    masked_pools: list[int] = []
+
+    def masked_pool(parts):
+        if cox.sealed_mask_scheme(len(parts)) is None:
+            return plain_pool(parts)
+        keys = KEYS[:len(parts)]
+        participants = {f"node_{i}": k.public_bytes for i, k in enumerate(keys)}
+        ctx = context_digest(analysis_id="in-process", algorithm="cox_regression|sealed", round_no=len(masked_pools),
+                             request={}, state=None, participants=participants.values())
+        masked = [transport(mask_real_sums(k, participants, ctx, part)) for k, part in zip(keys, parts)]
+        assert all(m["scheme"] == REAL_MASKED_SCHEME for m in masked)
+        pooled = plain_pool(masked)
+        clear = sum_parts(parts)
+        for name in clear:
+            # the exact sum of the parts (each rounded to 2^-128) rounded once: math.fsum's, to the
+            # fixed point's resolution (float addition of centred S1 differs from it by an ulp of the parts)
+            stacked = np.stack([unpack(part[name]) for part in parts])
+            exact = np.apply_along_axis(math.fsum, 0, stacked)
+            assert np.all(np.abs(pooled[name] - exact) <= np.spacing(np.abs(exact)) / 2 + len(parts) * 2.0 ** -129), name
+            np.testing.assert_allclose(pooled[name], clear[name], rtol=1e-12, atol=1e-12, err_msg=name)
+        masked_pools.append(len(parts))
+        return pooled
+
+    monkeypatch.setattr(cox, "pool_sealed", masked_pool)
+    test_survival.test_cox_regression_equals_pooled_phreg_on_rounded_times()
+    assert masked_pools and set(masked_pools) == {3}

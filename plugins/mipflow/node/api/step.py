@@ -470,12 +470,14 @@ def seal(request: StepRequest, context: StepContext, work: StepWork) -> None:
         raise rounds.refuse("this step's sums are for the participating nodes only, sealed to each of them: "
                             "it needs a transcript naming the participants")
     sums = work.aggregates[SEALED]
-    if work.algo.sealed_masked:  # the peers learn only the pool (ADR 0052)
+    scheme = work.algo.sealed_mask_scheme(len(work.transcript.participants))
+    if scheme is not None:  # the peers learn only the pool (ADR 0052; Cox's real sums, ADR 0055)
         from mipflow.secagg.sealed_masks import mask_step_sums
 
         sums = mask_step_sums(cached_keypair(context.home.root), work.transcript.participants, sums,
                               analysis_id=str(request.analysis_id), algorithm=request.algorithm,
-                              round_no=request.round, request=request.analysis.to_dict(), state=request.state)
+                              round_no=request.round, request=request.analysis.to_dict(), state=request.state,
+                              scheme=scheme)
     work.aggregates = {**work.aggregates, SEALED: sealing.seal(
         cached_keypair(context.home.root), context.name, work.transcript.participants, sums,
         analysis_id=str(request.analysis_id), algorithm=request.algorithm, chain=str(work.chain),
