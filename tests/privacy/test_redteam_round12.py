@@ -303,8 +303,6 @@ def cumulative_events(result: dict) -> dict[float, int]:
     return dict(zip(curve["timeline"], np.cumsum(curve["events"]).tolist()))
 
 
-@pytest.mark.xfail(strict=True, reason="hole: pooled bins over {A,B,C} less per-node bins over {B,C} give A's own "
-                                       "counts on the pooled bins, cells of 1 and 2")
 def test_hole_pooled_bins_less_the_other_hospitals_per_node_release_give_a_hospitals_small_cells(survival):
     """Hole 1.  Class: a pooled-threshold release (ADR 0052) beside releases in the clear of part of the pool
     (ADR 0027's precondition: never two sums that differ by one node).  Two requests a researcher may send

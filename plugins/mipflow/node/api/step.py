@@ -34,6 +34,8 @@ Order (ADR 0002, 0010, 0013, 0014, 0015, 0024, 0029, 0046, 0054)::
     check_cohort         differencing: cohorts near answered ones      (403 differencing; a study: at approval;
                                                                         explore: skipped)
     check_groups         differencing: released groups (levels, cells) (403 differencing, ADR 0051; as above)
+    check_pooled_parts   survival releases of rows bound to a pool: that (403 pooled_bins, ADR 0059)
+                         pooled release only
     run_local_step       the algorithm's local step                    (400 on a state that does not fit;
                                                                         explore: skipped, the release computes)
     bind_pooled          pooled thresholds: one participant set and     (403 pooled_bins, ADR 0052)
@@ -50,6 +52,7 @@ Order (ADR 0002, 0010, 0013, 0014, 0015, 0024, 0029, 0046, 0054)::
     mask                 secure aggregation, last change to the aggregates (400 / 403 secure_aggregation)
     tag_release          the reply's tag for every participant (verifiable rounds)
     remember_cohort      the cohort ledger learns what was released    (explore: not recorded, a DP release)
+    remember_pooled_parts  survival releases on per-node bins, by rows (ADR 0059)
     audit_answer         the "allowed" record
     charge_query_budget  the analysis counts against the budgets
 
@@ -72,7 +75,7 @@ from mipflow.node.api.context import DataModelNotHeld, StepContext
 from mipflow.node.api.schema import read_step_body
 from mipflow.node.controls.disclosure import DisclosureControls, group_threshold
 from mipflow.node.controls.masking import require_secure_aggregation
-from mipflow.node.controls.pooled_bins import bind_pooled, require_pooled_masking
+from mipflow.node.controls.pooled_bins import bind_pooled, check_pooled_parts, remember_pooled_parts, require_pooled_masking
 from mipflow.node.controls.query_budget import analysis_key
 from mipflow.node.controls.explore import check_explore, release_explore
 from mipflow.node.controls.finite import check_finite
@@ -560,6 +563,7 @@ CHAIN: tuple[Control, ...] = (
     check_rows,
     check_cohort,
     check_groups,
+    check_pooled_parts,
     run_local_step,
     bind_pooled,
     check_partition,
@@ -571,6 +575,7 @@ CHAIN: tuple[Control, ...] = (
     mask,
     tag_release,
     remember_cohort,
+    remember_pooled_parts,
     audit_answer,
     charge_query_budget,
 )
