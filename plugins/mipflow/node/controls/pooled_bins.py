@@ -187,18 +187,19 @@ class PooledBindings(SqliteState):
 
     def _cohorts_table(self, conn: Any) -> None:
         conn.execute("CREATE TABLE IF NOT EXISTS survival_cohorts (kind TEXT NOT NULL, data_model TEXT NOT NULL, "
-                     "digest TEXT NOT NULL, rows BLOB NOT NULL, patients BLOB, "
-                     "PRIMARY KEY (kind, data_model, digest))")
+                     "digest TEXT NOT NULL, binding TEXT NOT NULL, rows BLOB NOT NULL, patients BLOB, "
+                     "PRIMARY KEY (kind, data_model, digest, binding))")
 
     def remember(self, kind: str, data_model: str, digest: str, rows: np.ndarray | None = None,
-                 patients: np.ndarray | None = None) -> None:
+                 patients: np.ndarray | None = None, binding: str = "") -> None:
         """Remember a survival release of ``kind`` (:data:`POOLED_RELEASE`, :data:`PER_NODE_RELEASE`) on a
-        cohort: its sorted row keys and patients (None: a study's mark, ``data_model`` :data:`STUDY_MARK`)."""
+        cohort: its sorted row keys and patients (None: a study's mark, ``data_model`` :data:`STUDY_MARK`) and,
+        for a pooled one, the binding (:func:`_cohort_key`) it was answered under."""
         rows = np.zeros(0, dtype=np.uint64) if rows is None else rows
         with self._lock, self._connect() as conn:
             self._cohorts_table(conn)
-            conn.execute("INSERT OR IGNORE INTO survival_cohorts VALUES (?, ?, ?, ?, ?)",
-                         (kind, data_model, digest, encode_keys(rows),
+            conn.execute("INSERT OR IGNORE INTO survival_cohorts VALUES (?, ?, ?, ?, ?, ?)",
+                         (kind, data_model, digest, binding, encode_keys(rows),
                           None if patients is None else encode_keys(patients)))
 
     def marked(self, kind: str, mark: str) -> bool:
@@ -211,16 +212,18 @@ class PooledBindings(SqliteState):
     def near(self, kind: str, data_model: str, rows: np.ndarray, patients: np.ndarray | None, threshold: int,
              *, other_than: str | None = None) -> bool:
         """Whether a cohort remembered with ``kind`` is these rows or within ``threshold`` rows of them
-        (by rows under ``data_model``, by patients under another); ``other_than``: a digest of the same
-        data model left out (the cohort itself)."""
+        (by rows under ``data_model``, by patients under another); ``other_than``: a binding whose
+        cohorts are left out (the pooled release being answered again)."""
         threshold = max(int(threshold), 1)
         with self._lock, self._connect() as conn:
             self._cohorts_table(conn)
-            stored = conn.execute("SELECT data_model, digest, rows, patients FROM survival_cohorts "
+            stored = conn.execute("SELECT data_model, binding, rows, patients FROM survival_cohorts "
                                   "WHERE kind = ? AND data_model != ?", (kind, STUDY_MARK)).fetchall()
-        for model, digest, row_blob, patient_blob in stored:
+        for model, binding, row_blob, patient_blob in stored:
+            if other_than is not None and binding == other_than:
+                continue
             if model == data_model:
-                if digest != other_than and _near(rows, decode_keys(row_blob), threshold):
+                if _near(rows, decode_keys(row_blob), threshold):
                     return True
             elif patients is not None and patient_blob is not None:
                 if _near(patients, decode_keys(patient_blob), threshold):
@@ -329,8 +332,8 @@ def check_pooled_parts(request: Any, context: Any, work: Any) -> None:
             raise _refuse("this study's survival analyses were answered on per-node bins at this node")
         if memory.near(PER_NODE_RELEASE, model, rows, patients, threshold):
             raise _refuse("these rows, or rows within min_row_count of them, were answered on per-node bins")
-        if memory.near(POOLED_RELEASE, model, rows, patients, threshold, other_than=digest):
-            raise _rule_refusal()  # rows near (not equal to) a bound cohort: another pool of almost the same rows
+        if memory.near(POOLED_RELEASE, model, rows, patients, threshold, other_than=_cohort_key(request, work)):
+            raise _rule_refusal()  # the rows, or rows near them, bound under another binding (a refreshed study)
         return
     if work.study is not None and memory.marked(POOLED_RELEASE, _study_mark(work)):
         raise _rule_refusal()
@@ -355,5 +358,6 @@ def remember_pooled_parts(request: Any, context: Any, work: Any) -> None:
     from mipflow.algorithms.sealed import POOLED
 
     if isinstance(work.state, dict) and POOLED in work.state:
+        key = _cohort_key(request, work)
         for model, digest, rows, patients in _bound_sets(work):
-            memory.remember(POOLED_RELEASE, model, digest, rows, patients)
+            memory.remember(POOLED_RELEASE, model, digest, rows, patients, binding=key)
