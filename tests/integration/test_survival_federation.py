@@ -9,6 +9,7 @@ safely is left out with its reason.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import warnings
@@ -36,9 +37,8 @@ run_analysis = functools.partial(_run_analysis, researcher=RESEARCHER, project=P
 pytestmark = pytest.mark.xdist_group("federation")
 
 
-@pytest.fixture(scope="module")
-def survival_federation(tmp_path_factory) -> Iterator[tuple[list[NodeClient], dict[str, pd.DataFrame]]]:
-    base = tmp_path_factory.mktemp("survival-federation")
+@contextlib.contextmanager
+def _federation(base) -> Iterator[tuple[list[NodeClient], dict[str, pd.DataFrame]]]:
     data = make_stroke(2026, 900)
     frames = {h: data[data["dataset"] == h].reset_index(drop=True) for h in HOSPITALS}
     # hospital_c: two deaths among its women, too few to bin at nfilter_tab 3
@@ -59,6 +59,21 @@ def survival_federation(tmp_path_factory) -> Iterator[tuple[list[NodeClient], di
         yield list(served.values()), frames
 
 
+@pytest.fixture(scope="module")
+def survival_federation(tmp_path_factory) -> Iterator[tuple[list[NodeClient], dict[str, pd.DataFrame]]]:
+    """The federation of the per-node analyses (Kaplan-Meier on per-node bins, Cox regression)."""
+    with _federation(tmp_path_factory.mktemp("survival-federation")) as federation:
+        yield federation
+
+
+@pytest.fixture(scope="module")
+def pooled_federation(tmp_path_factory) -> Iterator[tuple[list[NodeClient], dict[str, pd.DataFrame]]]:
+    """The same hospitals, other homes: rows analysed on pooled bins are answered on those bins only
+    (ADR 0059), so the per-node analyses above need homes of their own."""
+    with _federation(tmp_path_factory.mktemp("pooled-federation")) as federation:
+        yield federation
+
+
 def test_kaplan_meier_via_http(survival_federation) -> None:
     clients, frames = survival_federation
     # per-node bins: every node's own counts must reach nfilter_tab
@@ -73,6 +88,14 @@ def test_kaplan_meier_via_http(survival_federation) -> None:
     check_km(outcome.result, pooled, grouped=True)
     check_km_lifelines(outcome.result, pooled, grouped=True)
     assert outcome.result["binning"]["method"] == "binned"
+    # the same rows are not answered on pooled bins after that (ADR 0059: pooled {a, b, c} less per-node
+    # {a, b} would be hospital_c's own counts): the central site falls back to per-node bins
+    again = run_analysis("kaplan_meier", request("kaplan_meier", x=("sex",), bin_width=7.0).to_dict(), clients)
+    assert again.result["binning"]["partition"] == "per_node" and set(again.excluded) == {"hospital_c"}
+
+
+def test_kaplan_meier_on_pooled_bins_via_http(pooled_federation) -> None:
+    clients, frames = pooled_federation
     # pooled bins (automatic among the three pinned nodes, ADR 0052): only the pooled counts must reach
     # nfilter_tab, and each node's are masked, so hospital_c's two deaths among its women take part
     pooled_bins = run_analysis("kaplan_meier", request("kaplan_meier", x=("sex",), bin_width=7.0).to_dict(), clients)
@@ -80,11 +103,16 @@ def test_kaplan_meier_via_http(survival_federation) -> None:
     everyone = complete(pd.concat(frames.values(), ignore_index=True), KM_COLUMNS)
     check_km(pooled_bins.result, everyone, grouped=True)
     check_km_lifelines(pooled_bins.result, everyone, grouped=True)
-    # without grouping every hospital can bin its counts safely
+    # without grouping: the same rows, the same pool, so the same pooled bins answer
     whole = run_analysis("kaplan_meier", request("kaplan_meier").to_dict(), clients)
-    assert not whole.excluded
+    assert not whole.excluded and whole.result["binning"]["partition"] == "pooled"
     check_km(whole.result, everyone, grouped=False)
     check_km_lifelines(whole.result, everyone, grouped=False)
+    # ADR 0059: these rows' survival releases on any other bins are refused by every node, naming the rule
+    for algorithm, parameters in (("kaplan_meier", {"survival_bins": "per_node"}), ("cox_regression", {})):
+        with pytest.raises(Exception, match="pooled_bins") as refused:
+            run_analysis(algorithm, request(algorithm, x=("sex",), bin_width=7.0, **parameters).to_dict(), clients)
+        assert "all the original datasets" in str(refused.value)
 
 
 @pytest.mark.parametrize("ties", ["breslow", "efron"])

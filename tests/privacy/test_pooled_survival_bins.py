@@ -17,8 +17,10 @@ their own counts on it masked.  What this file shows:
 * the precondition of ADR 0027: a node answers pooled bins on one cohort with one participant set and
   one pool only.  The same analysis over another participant set that shares nodes (``{B, C, D}``
   after ``{A, B, C}``: the subtraction that would isolate a node), or after another node's data changed,
-  is refused by the bound nodes (control ``pooled_bins``) before anything pooled is released, and the
-  central site falls back to per-node bins, labelled.
+  is refused by the bound nodes (control ``pooled_bins``) before anything pooled is released;
+* and since ADR 0059 no other survival release of a bound cohort follows: the central site's fallback
+  to per-node bins is refused by the bound nodes too (per-node ``{B, C}`` less pooled ``{A, B, C}`` is
+  A's own counts), naming the rule and telling the researcher to re-run with all the original datasets.
 """
 from __future__ import annotations
 
@@ -44,7 +46,7 @@ from mipflow.secagg.crypto import load_keypair
 from mipflow.secagg.sealed_masks import unmask_parts
 from mipflow.secagg.sealing import open_one
 from mipflow.secagg.transcript import genesis
-from tests.mipflow.algorithms.survival_data import STROKE, complete, make_stroke, request
+from tests.mipflow.algorithms.survival_data import STROKE, complete, make_stroke, request, run_with_controls
 from tests.mipflow.algorithms.test_survival import KM_COLUMNS, check_km
 from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, pin_each_other, served_clients, standard_home
 from tests.privacy.test_redteam_round6 import Recording
@@ -120,10 +122,13 @@ def test_three_pinned_nodes_release_kaplan_meier_on_one_pooled_partition(federat
     assert outcome.secure_aggregation["enabled"] is True and sorted(outcome.secure_aggregation["participants"]) == list(FIRST)
     assert outcome.result["binning"]["partition"] == "pooled" and outcome.rounds == 2
     check_km(outcome.result, federation.pooled(), grouped=True)
-    per_node, _ = federation.run(survival_bins="per_node")
-    assert per_node.result["binning"]["partition"] == "per_node"
-    check_km(per_node.result, federation.pooled(), grouped=True)
-    for pooled, own in zip(outcome.result["curves"], per_node.result["curves"]):
+    # per-node bins of the same rows are no longer answered by these nodes (ADR 0059): computed in process
+    # under the same controls, for the comparison
+    ask = request("kaplan_meier", x=("sex",), bin_width=7.0, survival_bins="per_node")
+    own_bins, used, _ = run_with_controls("kaplan_meier", [federation.frames[n] for n in FIRST], ask,
+                                          NodeHome(federation.roots["hospital_a"]).settings)
+    assert own_bins is not None and own_bins["binning"]["partition"] == "per_node" and used == [0, 1, 2]
+    for pooled, own in zip(outcome.result["curves"], own_bins["curves"]):
         # many weekly time points instead of the few every node's own bins share
         assert len(pooled["timeline"]) >= 4 * len(own["timeline"]) and len(pooled["timeline"]) >= 8
     for name, client in recording.items():
@@ -227,16 +232,22 @@ def _refusals(federation, name: str) -> list[dict]:
 
 def test_another_participant_set_sharing_nodes_gets_no_pooled_release(federation, first) -> None:
     """``{B, C, D}`` after ``{A, B, C}``: B and C answered pooled bins on these rows with another set, so
-    they refuse before sealing anything; the analysis runs again on per-node bins and says so."""
+    they refuse before sealing anything; the central site's per-node attempt is refused by them too (ADR
+    0059: per-node ``{B, C}`` would subtract from the pooled ``{A, B, C}``), and only D's rows, bound to
+    nothing, are answered."""
     before = {n: len(_refusals(federation, n)) for n in NODES}
     outcome, recording = federation.run(nodes=NODES[1:])
     assert outcome.request["parameters"]["survival_bins"] == "per_node"
     assert outcome.result["binning"]["partition"] == "per_node"
-    check_km(outcome.result, federation.pooled(NODES[1:]), grouped=True)
+    assert set(outcome.contributed) == {"hospital_d"} and set(outcome.excluded) == {"hospital_b", "hospital_c"}
+    check_km(outcome.result, federation.pooled(NODES[3:]), grouped=True)
     for name in ("hospital_b", "hospital_c"):
-        assert len(_refusals(federation, name)) == before[name] + 1
-        refused = _refusals(federation, name)[-1]
-        assert refused["round"] == 0 and "another" in refused["reason"]
+        refused = _refusals(federation, name)[before[name]:]
+        assert [r["round"] for r in refused] == [0, 0]
+        assert "another" in refused[0]["reason"]  # the pooled attempt: another participant set
+        assert "re-run the analysis with all the original datasets" in refused[1]["reason"].lower()
+        assert "re-run the analysis with all the original datasets" in outcome.excluded[name].lower()
+    assert len(_refusals(federation, "hospital_d")) == before["hospital_d"]
     # nothing pooled reached the central site: no masked round was answered in this analysis
     for client in recording.values():
         assert all(round_no == 0 for round_no, *_ in client.rounds)
@@ -245,16 +256,19 @@ def test_another_participant_set_sharing_nodes_gets_no_pooled_release(federation
 
 def test_a_changed_peer_ends_pooled_bins_for_the_others(federation, first) -> None:
     """hospital_c loads new rows: a and b, whose rows did not change, see another pool at round 1 and
-    refuse; the central site falls back to per-node bins."""
+    refuse; the per-node attempt is refused by every node that answered a pooled round 1 on its rows
+    (ADR 0059), so the analysis ends refused, naming the rule: the cost of the rule is an answer."""
+    from mipflow.exceptions import MipflowError
+
     extra = make_stroke(99, 40).assign(dataset="hospital_c")
     extra["subjectcode"] = [f"new-{i}" for i in range(len(extra))]
     load_frame(federation.roots["hospital_c"], STROKE, extra)
     federation.frames["hospital_c"] = pd.concat([federation.frames["hospital_c"], extra], ignore_index=True)
     before = {n: len(_refusals(federation, n)) for n in FIRST}
-    outcome, recording = federation.run()
-    assert outcome.result["binning"]["partition"] == "per_node"
-    check_km(outcome.result, federation.pooled(), grouped=True)
+    with pytest.raises(MipflowError, match="pooled_bins") as refused_run:
+        federation.run()
+    assert "all the original datasets" in str(refused_run.value)
     for name in ("hospital_a", "hospital_b"):
-        refused = _refusals(federation, name)
-        assert len(refused) == before[name] + 1 and refused[-1]["round"] == 1
-        assert "first" in refused[-1]["reason"]
+        refused = _refusals(federation, name)[before[name]:]
+        assert [r["round"] for r in refused] == [1, 0]
+        assert "first" in refused[0]["reason"] and "all the original datasets" in refused[1]["reason"]

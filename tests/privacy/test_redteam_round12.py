@@ -50,6 +50,7 @@ hole 3); and the honest work the attacks start from is answered.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -301,8 +302,6 @@ def cumulative_events(result: dict) -> dict[float, int]:
     return dict(zip(curve["timeline"], np.cumsum(curve["events"]).tolist()))
 
 
-@pytest.mark.xfail(strict=True, reason="hole: pooled bins over {A,B,C} less per-node bins over {B,C} give A's own "
-                                       "counts on the pooled bins, cells of 1 and 2")
 def test_hole_pooled_bins_less_the_other_hospitals_per_node_release_give_a_hospitals_small_cells(survival):
     """Hole 1.  Class: a pooled-threshold release (ADR 0052) beside releases in the clear of part of the pool
     (ADR 0027's precondition: never two sums that differ by one node).  Two requests a researcher may send
@@ -413,8 +412,6 @@ def regression(hospital: str) -> dict:
     return request(["age"], ["nihss_admission"], datasets=[hospital])
 
 
-@pytest.mark.xfail(strict=True, reason="hole: a withdrawal stops the study only at the hospital that held the "
-                                       "patient, a membership bit ADR 0043's consent amendment closed for data_version")
 def test_hole_a_network_wide_withdrawal_stops_the_study_only_where_the_patient_was(consent):
     """Hole 5.  Class: consent withdrawals as a membership channel (ADR 0043, amended after the eleventh review)
     through a study's stop (ADR 0028).  A person withdraws consent everywhere (the registry at every hospital lists
@@ -430,8 +427,21 @@ def test_hole_a_network_wide_withdrawal_stops_the_study_only_where_the_patient_w
     assert deleted == {"hospital_a": 1, "hospital_b": 0}
     after = {h: typed(consent[h].call("linear_regression", regression(h), project=STUDY))
              for h in ("hospital_a", "hospital_b")}
-    # today: {"hospital_a": (403, "study"), "hospital_b": (200, None)}: she was at hospital_a
+    # before ADR 0059: {"hospital_a": (403, "study"), "hospital_b": (200, None)}: she was at hospital_a
     assert after["hospital_a"] == after["hospital_b"], "the stop tells which hospital held the withdrawn patient"
+    # ADR 0059: both stop, with the same words (no data-derived value in them)
+    def words(hospital: str) -> str:
+        body = consent[hospital].call("linear_regression", regression(hospital), project=STUDY).json()
+        text = json.dumps({k: v for k, v in body.items() if k != "node"}, sort_keys=True)
+        return text.replace(study_approval.read_study(consent[hospital].root, STUDY).snapshot, "SNAPSHOT")
+
+    assert words("hospital_a") == words("hospital_b") and "changed at this node" in words("hospital_a")
+    # the honest admin's refresh moves the study to a new snapshot and it answers again (at hospital_b: no
+    # row changed, the registry did)
+    home = NodeHome(b.root)
+    assert study_approval.refresh(home, STUDY)["status"] == "refreshed"
+    assert typed(b.call("linear_regression", regression("hospital_b"), project=STUDY)) == (200, None)
+    assert study_approval.refresh(home, STUDY)["status"] == "unchanged"  # nothing applied since
 
 
 def test_defence_explore_noise_is_fresh_and_charged_after_a_refused_consent_deletes_a_row(consent):
@@ -455,6 +465,22 @@ def test_defence_explore_noise_is_fresh_and_charged_after_a_refused_consent_dele
         return moments["n"] * moments["mean"][0]
 
     assert abs((total(first) - total(second)) - person["age"]) > 0.5
+
+
+def test_explore_noise_moves_at_a_node_that_held_no_one_when_a_consent_registry_changes(consent):
+    """ADR 0059, the same rule for explore noise: a registry change that deletes no row here (a stranger
+    withdraws) gives the same query fresh noise, charged again, as a deletion would."""
+    node = consent["hospital_c"]
+    ask = request(["nihss_admission"], datasets=["hospital_c"])
+    first = node.call("descriptive_stats", ask, project=BROWSE)
+    spent = node.spent(BROWSE)
+    repeat = node.call("descriptive_stats", ask, project=BROWSE)
+    assert repeat.json()["aggregates"] == first.json()["aggregates"] and node.spent(BROWSE) == spent
+    assert apply_consent(node.root, ["someone-never-treated-anywhere"]) == 0
+    second = node.call("descriptive_stats", ask, project=BROWSE)
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert node.spent(BROWSE)[1] == spent[1] + 1  # a new release: fresh noise, charged
+    assert second.json()["aggregates"] != first.json()["aggregates"]
 
 
 # ------------------------------------------------------------------------------------------ honest work

@@ -222,9 +222,11 @@ def _run_analysis(algorithm_name: str, request: Mapping[str, Any], nodes: Sequen
             log.info("%s (analysis %s): round %d of at most %d: %d node(s) answered, %d left out%s",
                      algorithm_name, who.analysis_id, round_no + 1, MAX_ROUNDS, len(replies), len(failures),
                      "" if not failures else " (" + "; ".join(f"{k}: {v}" for k, v in failures.items()) + ")")
-            if not declined and any(control == "pooled_bins" for control, _ in refusals.values()):
+            if not declined and algorithm.pooled_threshold(attempt, model) and any(
+                    control == "pooled_bins" for control, _ in refusals.values()):
                 # a node answers pooled thresholds for one participant set and pool per cohort only (ADR 0052):
                 # the analysis runs again, with every node, on per-node bins; that attempt is not a restart
+                # (an attempt on per-node bins refused by pooled_bins, ADR 0059, is not run again)
                 log.info("%s (analysis %s): %s declined pooled time bins; running again with per-node bins",
                          algorithm_name, who.analysis_id, ", ".join(sorted(
                              name for name, (control, _) in refusals.items() if control == "pooled_bins")))

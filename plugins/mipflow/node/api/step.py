@@ -37,6 +37,8 @@ Order (ADR 0002, 0010, 0013, 0014, 0015, 0024, 0029, 0046, 0054, 0058)::
     check_weighted       differencing of weighted sums: the rows between (403 dominated_sums, ADR 0058; as above)
                          two releases of one weight family hold min_row_count
                          rows in effect
+    check_pooled_parts   survival releases of rows bound to a pool: that (403 pooled_bins, ADR 0059)
+                         pooled release only
     run_local_step       the algorithm's local step                    (400 on a state that does not fit;
                                                                         explore: skipped, the release computes)
     bind_pooled          pooled thresholds: one participant set and     (403 pooled_bins, ADR 0052)
@@ -53,6 +55,7 @@ Order (ADR 0002, 0010, 0013, 0014, 0015, 0024, 0029, 0046, 0054, 0058)::
     mask                 secure aggregation, last change to the aggregates (400 / 403 secure_aggregation)
     tag_release          the reply's tag for every participant (verifiable rounds)
     remember_cohort      the cohort ledger learns what was released    (explore: not recorded, a DP release)
+    remember_pooled_parts  survival releases on per-node bins, by rows (ADR 0059)
     audit_answer         the "allowed" record
     charge_query_budget  the analysis counts against the budgets
 
@@ -75,7 +78,7 @@ from mipflow.node.api.context import DataModelNotHeld, StepContext
 from mipflow.node.api.schema import read_step_body
 from mipflow.node.controls.disclosure import DisclosureControls, group_threshold
 from mipflow.node.controls.masking import require_secure_aggregation
-from mipflow.node.controls.pooled_bins import bind_pooled, require_pooled_masking
+from mipflow.node.controls.pooled_bins import bind_pooled, check_pooled_parts, remember_pooled_parts, require_pooled_masking
 from mipflow.node.controls.query_budget import analysis_key
 from mipflow.node.controls.explore import check_explore, release_explore
 from mipflow.node.controls.finite import check_finite
@@ -570,6 +573,7 @@ CHAIN: tuple[Control, ...] = (
     check_cohort,
     check_groups,
     check_weighted,
+    check_pooled_parts,
     run_local_step,
     bind_pooled,
     check_partition,
@@ -581,6 +585,7 @@ CHAIN: tuple[Control, ...] = (
     mask,
     tag_release,
     remember_cohort,
+    remember_pooled_parts,
     audit_answer,
     charge_query_budget,
 )

@@ -517,7 +517,8 @@ def check_explore(request: Any, context: Any, work: Any) -> None:
     query = canonical_query(request.algorithm, request.analysis, work.model, work.variables, mechanism=mechanism,
                             epsilon=epsilon, delta=delta if mechanism == "gaussian" else 0.0)
     held_registry = context.store.datasets(work.model.key)
-    version = version_of(held_registry)
+    # the consent registry's digest too: a withdrawal moves every node's noise, holder or not (ADR 0059)
+    version = version_of(held_registry, context.store.consent_applied())
     held = tuple(sorted({str(r["dataset"]) for r in held_registry}))
     release = release_key(registry.key, query, version)
     project, researcher = request.project or None, request.researcher or ""

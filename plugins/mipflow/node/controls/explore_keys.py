@@ -8,7 +8,8 @@ Explore mode (:mod:`mipflow.node.controls.explore`) draws its noise as HMAC-SHA2
   (:func:`release_parameters`), its filters in canonical form, the declared metadata of its
   variables and the noise's own parameters;
 * the data model's **version** (:func:`data_version`, :func:`version_of`): a digest of the
-  datasets registry, which every load and every consent deletion rewrites.
+  datasets registry, which every load and every consent deletion rewrites, and of the consent
+  registry's digest as last applied (which moves at every node that applies a change, ADR 0059).
 
 :func:`release_key` names a release by the two: the same query on the same version is the same
 release (the same bytes, charged once per project).  Nothing here reads a row or keeps a value.
@@ -74,12 +75,16 @@ def data_version(store: Any, data_model: str) -> bytes:
     the version rather than on the selected rows themselves keeps "did this cohort change?" out of
     the answers (equal answers tell only that the data model's registry is unchanged).
     """
-    return version_of(store.datasets(data_model))
+    return version_of(store.datasets(data_model), store.consent_applied())
 
 
-def version_of(registry: Sequence[dict[str, Any]]) -> bytes:
-    """:func:`data_version` of a datasets registry already read."""
-    return hashlib.sha256(json.dumps(list(registry), sort_keys=True, default=str).encode("utf-8")).digest()
+def version_of(registry: Sequence[dict[str, Any]], consent: str = "") -> bytes:
+    """:func:`data_version` of a datasets registry already read, and of the consent registry's digest as
+    last applied (:meth:`~mipflow.node.store.feature_store.FeatureStore.consent_applied`): a consent
+    deletion rewrites the registry only where it deleted rows, so the digest moves every node's noise
+    (fresh, charged) alike, whether or not the withdrawn person was held (ADR 0059)."""
+    text = json.dumps([list(registry), consent] if consent else list(registry), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).digest()
 
 
 def release_key(key: bytes, query: bytes, version: bytes) -> str:

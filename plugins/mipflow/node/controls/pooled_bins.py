@@ -17,9 +17,19 @@ by one node's part.  So a node answers such a step only
    participant set (a subset: ``{A, B, C}`` then ``{B, C}``), or another pool (the same participants
    with another node's rows changed: a dataset left out, a filter, new data, a refreshed study) is
    refused, control ``pooled_bins``.  So every pooled release that involves this node's rows sums the
-   same parts, and no difference of two isolates one node.  Honest dropouts, new data at a peer and
-   refreshed studies end in that refusal too: the central site then runs the analysis again with
-   per-node bins (which need no fixed set), and says so in the result.
+   same parts, and no difference of two isolates one node;
+3. **no other survival release of a bound cohort** (:func:`check_pooled_parts`, ADR 0059): the cohort is
+   the node's **rows** (keyed row hashes, as the cohort ledger's; by patients against cohorts of another
+   data model), not their counts.  Once bound, any Kaplan-Meier or Cox release of those rows, or of rows
+   within ``min_row_count`` of them (per-node bins, another participant set, another dataset list,
+   masked or not), is refused, control ``pooled_bins``, naming the rule and telling the researcher to
+   re-run with all the original datasets: pooled ``{A, B, C}`` less per-node ``{B, C}`` is A's own counts
+   on the pooled bins, cells of 1 and 2 (twelfth outside review).  The other way round, rows released
+   on per-node bins are not answered on pooled bins (the central site falls back to per-node ones).  In
+   a study the bound cohort is the study's family at the node (population, subgroups, complements) and
+   its snapshot: once one of its survival releases is pooled, none is per-node, and the reverse.
+   Honest dropouts, new data at a peer and refreshed studies now end a bound cohort's survival
+   analyses (no per-node fallback): the cost is an answer, not resolution (ADR 0059).
 
 In a study the node also seals its family's cells (:func:`mipflow.node.controls.study_pooled.family_cells`),
 from which every node derives the family's pooled partition (and, for a release of the population,
@@ -35,16 +45,36 @@ from typing import Any
 import numpy as np
 
 from mipflow.exceptions import DisclosureError
+from mipflow.node.controls.keycodec import decode_keys, encode_keys
 from mipflow.node.controls.sqlite_state import SqliteState
 
 #: The file of the bindings in the node home.
 BINDINGS_FILE = "pooled_bins.sqlite"
 #: The least number of participants of a pooled-threshold step.
 MIN_PARTICIPANTS = 3
+#: The algorithms whose releases count a cohort's events on time bins (ADR 0008, 0048): any of their
+#: releases of a bound cohort other than the same pooled one is a part ADR 0027 forbids (ADR 0059).
+SURVIVAL_ALGORITHMS = ("kaplan_meier", "cox_regression")
+#: The kinds of survival release remembered per cohort.
+POOLED_RELEASE, PER_NODE_RELEASE = "pooled", "per_node"
+#: The ``data_model`` column of a study's marks (its family and snapshot as one cohort).
+STUDY_MARK = "(study)"
 
 
 def _refuse(what: str) -> DisclosureError:
     return DisclosureError(f"pooled time bins: {what}; per-node bins are answered", control="pooled_bins")
+
+
+def _rule_refusal() -> DisclosureError:
+    """A bound cohort's survival release other than on its pooled bins (ADR 0059); no count, no value."""
+    return DisclosureError(
+        "pooled time bins (ADR 0052, 0059): these rows took part in a survival analysis on time bins derived "
+        "from counts pooled with other nodes, so this node answers survival analyses of them, or of rows within "
+        "min_row_count of them, only on those pooled bins with the same participating nodes: any other release "
+        "of their counts (per-node bins, other nodes or datasets) would subtract from the pooled one to another "
+        "hospital's own small counts. Re-run the analysis with all the original datasets, on the same nodes (if a "
+        "node's data changed since, the pooled release cannot be repeated and these rows' survival analyses stay "
+        "refused)", control="pooled_bins")
 
 
 def is_pooled(work: Any, request: Any) -> bool:
@@ -89,21 +119,33 @@ def _digest(*parts: Any) -> str:
     return h.hexdigest()
 
 
-def _cohort_key(request: Any, work: Any, aggregates: dict) -> str:
-    """What identifies the node's rows for the binding: in a study its snapshot; else the rows' leaving
-    counts per level of the event variable on the fine grid, summed over the groups (the same
-    whatever the grouping)."""
+def _cohort_key(request: Any, work: Any) -> str:
+    """What identifies the node's rows for the binding: in a study its snapshot; else the rows
+    themselves (the cohort ledger's digest of the rows used, the same whatever the grouping).  Not
+    their leaving counts (ADR 0059): two filters whose rows differ but count alike are two cohorts."""
     head = ["pooled-bins", request.algorithm, request.analysis.data_model, list(request.analysis.y)]
     if work.study is not None:
-        study = work.study.study
-        return _digest(*head, "study", study.project, study.protocol.name, study.snapshot)
-    from mipflow.algorithms.sealed import SEALED
+        return _digest(*head, "study", _study_mark(work))
+    return _digest(*head, "rows", work.cohorts.digest)
 
-    if SEALED in aggregates:
-        series = np.asarray(aggregates[SEALED]["series"], dtype=np.int64)
-    else:
-        series = np.asarray([g["series"] for g in aggregates["groups"]], dtype=np.int64)
-    return _digest(*head, series.sum(axis=0))
+
+def _study_mark(work: Any) -> str:
+    """A study's family at this node as one cohort: its project, protocol and snapshot."""
+    study = work.study.study
+    return _digest("study", study.project, study.protocol.name, study.snapshot)
+
+
+def _overlap(a: np.ndarray, b: np.ndarray) -> int:
+    from mipflow.node.controls.ledger import _overlap as overlap
+
+    return overlap(a, b)
+
+
+def _near(new: np.ndarray, old: np.ndarray, threshold: int) -> bool:
+    """The same rows, or rows within ``threshold`` of them: they share some and each difference is
+    smaller than ``threshold``."""
+    both = _overlap(new, old)
+    return both > 0 and len(new) - both < threshold and len(old) - both < threshold
 
 
 def _pool_digest(pool: dict[str, Any]) -> str:
@@ -144,6 +186,51 @@ class PooledBindings(SqliteState):
             if pool is not None and row[1] is None:
                 conn.execute("UPDATE bindings SET pool = ? WHERE cohort = ?", (pool, key))
 
+    def _cohorts_table(self, conn: Any) -> None:
+        conn.execute("CREATE TABLE IF NOT EXISTS survival_cohorts (kind TEXT NOT NULL, data_model TEXT NOT NULL, "
+                     "digest TEXT NOT NULL, binding TEXT NOT NULL, rows BLOB NOT NULL, patients BLOB, "
+                     "PRIMARY KEY (kind, data_model, digest, binding))")
+
+    def remember(self, kind: str, data_model: str, digest: str, rows: np.ndarray | None = None,
+                 patients: np.ndarray | None = None, binding: str = "") -> None:
+        """Remember a survival release of ``kind`` (:data:`POOLED_RELEASE`, :data:`PER_NODE_RELEASE`) on a
+        cohort: its sorted row keys and patients (None: a study's mark, ``data_model`` :data:`STUDY_MARK`) and,
+        for a pooled one, the binding (:func:`_cohort_key`) it was answered under."""
+        rows = np.zeros(0, dtype=np.uint64) if rows is None else rows
+        with self._lock, self._connect() as conn:
+            self._cohorts_table(conn)
+            conn.execute("INSERT OR IGNORE INTO survival_cohorts VALUES (?, ?, ?, ?, ?, ?)",
+                         (kind, data_model, digest, binding, encode_keys(rows),
+                          None if patients is None else encode_keys(patients)))
+
+    def marked(self, kind: str, mark: str) -> bool:
+        """Whether a study's mark was remembered with ``kind``."""
+        with self._lock, self._connect() as conn:
+            self._cohorts_table(conn)
+            return conn.execute("SELECT 1 FROM survival_cohorts WHERE kind = ? AND data_model = ? AND digest = ?",
+                                (kind, STUDY_MARK, mark)).fetchone() is not None
+
+    def near(self, kind: str, data_model: str, rows: np.ndarray, patients: np.ndarray | None, threshold: int,
+             *, other_than: str | None = None) -> bool:
+        """Whether a cohort remembered with ``kind`` is these rows or within ``threshold`` rows of them
+        (by rows under ``data_model``, by patients under another); ``other_than``: a binding whose
+        cohorts are left out (the pooled release being answered again)."""
+        threshold = max(int(threshold), 1)
+        with self._lock, self._connect() as conn:
+            self._cohorts_table(conn)
+            stored = conn.execute("SELECT data_model, binding, rows, patients FROM survival_cohorts "
+                                  "WHERE kind = ? AND data_model != ?", (kind, STUDY_MARK)).fetchall()
+        for model, binding, row_blob, patient_blob in stored:
+            if other_than is not None and binding == other_than:
+                continue
+            if model == data_model:
+                if _near(rows, decode_keys(row_blob), threshold):
+                    return True
+            elif patients is not None and patient_blob is not None:
+                if _near(patients, decode_keys(patient_blob), threshold):
+                    return True
+        return False
+
 
 _BINDINGS: dict[str, PooledBindings] = {}
 
@@ -172,7 +259,7 @@ def bind_pooled(request: Any, context: Any, work: Any) -> None:
     from mipflow.algorithms.survival_pooled import FAMILY_POINTS_KEY, FAMILY_POPULATION_KEY, POOL_KEY
 
     aggregates = work.aggregates
-    key = _cohort_key(request, work, aggregates)
+    key = _cohort_key(request, work)
     if work.study is not None:
         from mipflow.node.controls.study_pooled import family_cells
 
@@ -197,3 +284,86 @@ def bind_pooled(request: Any, context: Any, work: Any) -> None:
         pool = _pool_digest(work.state[POOLED])
     bindings(context.home.root).bind(key, participants, pool)
     work.aggregates = aggregates
+
+
+def _selection(work: Any) -> tuple[str, str, np.ndarray, np.ndarray | None]:
+    """The step's cohort: data model, digest, sorted row keys, sorted patients (or None)."""
+    cohorts = work.cohorts
+    return (cohorts.data_model, cohorts.digest, cohorts.sets[0],
+            None if cohorts.patients is None else cohorts.patients[0])
+
+
+def _bound_sets(work: Any) -> list[tuple[str, str, np.ndarray | None, np.ndarray | None]]:
+    """What a pooled step binds, by rows: the step's cohort; in a study also the study's mark and its
+    family at this node (the population, every subgroup and its complement: every pooled release of
+    the study is summed from the family's cells)."""
+    sets = [_selection(work)]
+    if work.study is not None:
+        from mipflow.node.controls.ledger import cohort_digest
+
+        study = work.study.study
+        model = work.cohorts.data_model
+        family = [study.population]
+        for keys in study.subgroups.values():
+            family += [keys, np.setdiff1d(study.population, keys, assume_unique=True)]
+        sets += [(model, cohort_digest(model, keys), keys, None) for keys in family if len(keys)]
+        sets.append((STUDY_MARK, _study_mark(work), None, None))
+    return sets
+
+
+def is_survival(work: Any, request: Any) -> bool:
+    """Whether the step releases a cohort's counts on time bins (and is not an explore release, whose
+    noise makes it safe beside any other release)."""
+    return work.explore is None and request.algorithm in SURVIVAL_ALGORITHMS and work.cohorts is not None
+
+
+def check_pooled_parts(request: Any, context: Any, work: Any) -> None:
+    """ADR 0059, after the rows are read: a survival step on rows bound to a pool (or within
+    ``min_row_count`` of them) is answered only as that pooled release (:func:`bind_pooled` checks the
+    participants and the pool); a pooled step on rows released on per-node bins is declined (the
+    central site falls back to per-node bins).  In a study, by the study's mark as well.
+
+    Raises
+    ------
+    DisclosureError
+        Control ``pooled_bins``.
+    """
+    if not is_survival(work, request):
+        return
+    memory = bindings(context.home.root)
+    model, digest, rows, patients = _selection(work)
+    threshold = work.settings.min_row_count
+    if is_pooled(work, request):
+        if work.study is not None and memory.marked(PER_NODE_RELEASE, _study_mark(work)):
+            raise _refuse("this study's survival analyses were answered on per-node bins at this node")
+        if memory.near(PER_NODE_RELEASE, model, rows, patients, threshold):
+            raise _refuse("these rows, or rows within min_row_count of them, were answered on per-node bins")
+        if memory.near(POOLED_RELEASE, model, rows, patients, threshold, other_than=_cohort_key(request, work)):
+            raise _rule_refusal()  # the rows, or rows near them, bound under another binding (a refreshed study)
+        return
+    if work.study is not None and memory.marked(POOLED_RELEASE, _study_mark(work)):
+        raise _rule_refusal()
+    if memory.near(POOLED_RELEASE, model, rows, patients, threshold):
+        raise _rule_refusal()
+
+
+def remember_pooled_parts(request: Any, context: Any, work: Any) -> None:
+    """After a survival release (ADR 0059): on pooled bins (the masked round, whose state holds the
+    pool), the rows it binds (:func:`_bound_sets`), so that no other survival release of them follows;
+    on per-node bins, its rows (and in a study, the study's mark), so that no pooled release of them
+    follows.  Round 0 of pooled bins releases ``group_n`` and sealed parts only: nothing is
+    remembered then (a node refused at round 0 leaves its peers free to answer per-node bins)."""
+    if not is_survival(work, request):
+        return
+    memory = bindings(context.home.root)
+    if not is_pooled(work, request):
+        memory.remember(PER_NODE_RELEASE, *_selection(work))
+        if work.study is not None:
+            memory.remember(PER_NODE_RELEASE, STUDY_MARK, _study_mark(work))
+        return
+    from mipflow.algorithms.sealed import POOLED
+
+    if isinstance(work.state, dict) and POOLED in work.state:
+        key = _cohort_key(request, work)
+        for model, digest, rows, patients in _bound_sets(work):
+            memory.remember(POOLED_RELEASE, model, digest, rows, patients, binding=key)

@@ -12,7 +12,9 @@ A project whose node admin approved a study protocol (:mod:`mipflow.node.control
   of the request's subgroup) recorded at approval, read from the store by their row keys, so a
   new export loaded since does not change an answer.  If a row of the snapshot changed or left
   the store (a correction, a withdrawal of consent), every request of the study is refused until
-  the admin refreshes it (the same answer for every request; ``mipflow study refresh``).
+  the admin refreshes it (the same answer for every request; ``mipflow study refresh``).  So is it
+  once the node applied a changed consent registry, whether or not the person withdrawn was held
+  here (ADR 0059: a stop only where she was treated would tell where).
 * The per-request ``min_row_count`` and differencing decisions were taken at approval; the
   release controls (``nfilter_tab``, ``nfilter_glm``, DP) still apply to every step.
 
@@ -99,6 +101,20 @@ class Study:
         return StudyRefusal(f"project {self.project!r} analyses in study mode (study {p.name!r}, approved by the "
                             f"node admin): {what}")
 
+    def stale(self) -> StudyRefusal:
+        """The one refusal of a study whose snapshot must be refreshed: a row changed or left, or the
+        node applied a changed consent registry since the snapshot (whether or not it held anyone in it:
+        the same words either way, ADR 0059)."""
+        return self._refuse(f"rows of the study's snapshot of {self.snapshot} changed at this node (a "
+                            "correction or a withdrawal of consent); it is answered again once its node admin "
+                            "refreshes it (mipflow study refresh)")
+
+    @property
+    def consent_applied(self) -> str:
+        """The consent registry's digest the snapshot was taken under ("" for a study recorded before ADR
+        0059: such a study stops at the first registry applied after all, until refreshed)."""
+        return str(self.record.get("consent_applied", ""))
+
     def admit(self, algorithm: str, analysis: Any, variables: Sequence[str]) -> "StudySelection":
         """The request's place in the study's family, or a refusal naming what to change.
 
@@ -179,9 +195,7 @@ class StudySelection:
         order = np.argsort(keys[in_snapshot], kind="stable")
         current = value_hashes(frame.loc[in_snapshot], p.variables)[order]
         if len(current) != len(study.population) or not np.array_equal(current, study.values):
-            raise study._refuse(f"rows of the study's snapshot of {study.snapshot} changed at this node (a "
-                                "correction or a withdrawal of consent); it is answered again once its node admin "
-                                "refreshes it (mipflow study refresh)")
+            raise study.stale()
         allowed = study.population if self.subgroup is None else study.subgroups[self.subgroup]
         keep = np.isin(keys, allowed) & frame["dataset"].isin(self.datasets).to_numpy()
         return frame.loc[keep].reset_index(drop=True)
@@ -288,7 +302,8 @@ class StudyRegistry:
 def check_study(request: Any, context: Any, work: Any) -> None:
     """Study mode (ADR 0028): a request of a project with an approved study must lie inside the
     study's family (control ``study``, decided from the request alone); it is then answered on
-    the study's snapshot (``work.study``), and the reply says so (``mode``)."""
+    the study's snapshot (``work.study``), and the reply says so (``mode``).  A consent registry
+    applied since the snapshot (its digest moved) stops the study until refreshed (ADR 0059)."""
     from mipflow.node.controls.study_suppression import check_layout
     from mipflow.node.controls.study_transforms import check_transformations
 
@@ -296,6 +311,10 @@ def check_study(request: Any, context: Any, work: Any) -> None:
     if study is None:
         return
     work.study = study.admit(request.algorithm, request.analysis, work.variables)
+    if context.store.consent_applied() != study.consent_applied:
+        # a consent registry applied since the snapshot stops the study at every node that applied it,
+        # holder of the withdrawn person or not (ADR 0059): decided here, before any row is read
+        raise study.stale()
     check_layout(study, request.algorithm, request.analysis, work.model)  # the study's bins (ADR 0035)
     check_transformations(study, request.algorithm, request.analysis)  # and transformations (ADR 0053)
     work.record["study"] = {**study.mode, "subgroup": work.study.subgroup}

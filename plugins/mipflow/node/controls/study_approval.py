@@ -507,6 +507,7 @@ def approve(home: Any, project: str, document: Any) -> dict[str, Any]:
                                            family.nominal, protocol.algorithms, min_row_count,
                                            node_primes(home.key())), min_row_count, f"study {protocol.name!r} not approved")
         sets = _check_family(home.root, home.key(), protocol.data_model, family, min_row_count, None)
+        consent = store.consent_applied()
         at = now_utc()
         patterns, summary = _patterns(home, store, model, protocol, family, at, f"study {protocol.name!r} not approved")
     finally:
@@ -516,7 +517,7 @@ def approve(home: Any, project: str, document: Any) -> dict[str, Any]:
                   values=family.values, subgroups=family.subgroups,
                   record={"status": "approved", "approved_at": at, "min_row_count": min_row_count,
                           "counts": _counts(family), "suppression": summary, "refreshes": [],
-                          "cells": family.cells, **_survival_record(family)})
+                          "cells": family.cells, "consent_applied": consent, **_survival_record(family)})
     write_patterns(home.root, project, patterns)
     write_study(home.root, study)
     return {"project": project, "study": protocol.name, "status": "approved", "snapshot": at, **_counts(family),
@@ -541,7 +542,10 @@ def refresh(home: Any, project: str) -> dict[str, Any]:
     try:
         family = compute_family(store, model, old.protocol, hash_key(home.key()), home.settings.nfilter_tab, old)
         counts, problems = change_problems(old, family, min_row_count)
-        unchanged = counts["added"] == counts["removed"] == 0 and all(
+        consent = store.consent_applied()
+        # a consent registry applied since the snapshot is a change even where it deleted no row: the
+        # study moves to a new snapshot at every node that applied it alike (ADR 0059)
+        unchanged = counts["added"] == counts["removed"] == 0 and old.consent_applied == consent and all(
             np.array_equal(family.subgroups[name], keys) for name, keys in old.subgroups.items())
         stays = f"; the study stays on its snapshot of {old.snapshot}"
         if unchanged:
@@ -591,6 +595,7 @@ def refresh(home: Any, project: str) -> dict[str, Any]:
     study = Study(project=project, protocol=old.protocol, snapshot=at, population=family.population,
                   values=family.values, subgroups=family.subgroups,
                   record={**old.record, "min_row_count": min_row_count, "counts": _counts(family),
+                          "consent_applied": consent,
                           "suppression": summary, "refreshes": refreshes, "cells": family.cells,
                           # every earlier snapshot's cells (counts only): a later refresh's net change
                           # is checked against each of them too

@@ -352,6 +352,13 @@ class FeatureStore:
             applied = conn.execute(consent).scalar_one_or_none()
         return {"loaded": loaded, "latest": loaded[::-1][:latest], "consent": applied or ""}
 
+    def consent_applied(self) -> str:
+        """The digest of the withdrawn set last applied ("" before any): every public effect of applying a
+        consent registry follows it, never the rows deleted (ADR 0043, 0059)."""
+        consent = sa.select(meta_table.c.value).where(meta_table.c.name == CONSENT_APPLIED)
+        with self.engine.connect() as conn:
+            return conn.execute(consent).scalar_one_or_none() or ""
+
     def record_consent_applied(self, digest: str) -> None:
         """Record the digest of the withdrawn set just applied (a no-op when it is the one recorded)."""
         with self.begin() as conn:

@@ -29,3 +29,35 @@ def test_one_participant_set_and_one_pool_per_cohort(tmp_path) -> None:
     with pytest.raises(DisclosureError):
         again.bind("cohort-2", BCD, "pool-1")
     again.bind("cohort-2", BCD, "pool-2")
+
+
+def _keys(*ranges: tuple[int, int]):
+    import numpy as np
+
+    return np.unique(np.concatenate([np.arange(a, b, dtype=np.uint64) for a, b in ranges]))
+
+
+def test_survival_cohorts_are_compared_by_rows_and_by_patients_across_data_models(tmp_path) -> None:
+    """ADR 0059: the memory of survival releases holds rows, not counts; the same rows or rows within the
+    threshold are near (either kind), other rows of any size are not, and another data model compares
+    by patients; a pooled release's own binding is left out when it is answered again."""
+    from mipflow.node.controls.pooled_bins import PER_NODE_RELEASE, POOLED_RELEASE, STUDY_MARK
+
+    store = PooledBindings(tmp_path)
+    rows, patients = _keys((0, 100)), _keys((1000, 1100))
+    store.remember(POOLED_RELEASE, "m:0.1", "d1", rows, patients, binding="key-1")
+    assert store.near(POOLED_RELEASE, "m:0.1", rows, None, 10)  # the same rows
+    assert store.near(POOLED_RELEASE, "m:0.1", _keys((0, 91)), None, 10)  # 9 rows fewer
+    assert store.near(POOLED_RELEASE, "m:0.1", _keys((0, 109)), None, 10)  # 9 rows more
+    assert not store.near(POOLED_RELEASE, "m:0.1", _keys((0, 90)), None, 10)  # 10 rows apart
+    assert not store.near(POOLED_RELEASE, "m:0.1", _keys((500, 600)), None, 10)  # other rows, same size
+    assert not store.near(PER_NODE_RELEASE, "m:0.1", rows, None, 10)  # kinds apart
+    assert not store.near(POOLED_RELEASE, "m:0.1", rows, None, 10, other_than="key-1")
+    # another data model version: the same patients (other row keys)
+    assert store.near(POOLED_RELEASE, "m:0.2", _keys((7000, 7100)), patients, 10)
+    assert not store.near(POOLED_RELEASE, "m:0.2", _keys((7000, 7100)), None, 10)  # no patients: not compared
+    store.remember(PER_NODE_RELEASE, STUDY_MARK, "study-1")
+    assert store.marked(PER_NODE_RELEASE, "study-1") and not store.marked(POOLED_RELEASE, "study-1")
+    store.close()
+    again = PooledBindings(tmp_path)  # durable
+    assert again.near(POOLED_RELEASE, "m:0.1", rows, None, 10) and again.marked(PER_NODE_RELEASE, "study-1")
