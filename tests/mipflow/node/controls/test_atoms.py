@@ -170,7 +170,7 @@ def test_one_set_is_one_atom_as_the_general_grouping_gives_it():
     set's distinct members, as the grouping of the set with itself gives (no universe built)."""
     rng = np.random.default_rng(5)
     keys = rng.integers(0, 2 ** 63, 1000, dtype=np.uint64)
-    for given in (np.sort(keys), keys, np.concatenate([keys, keys[:10]])):
-        alone, twice = atoms_of([given]), atoms_of([given, given])
+    for sets in (np.sort(keys), keys, np.concatenate([keys, keys[:10]])):
+        alone, twice = atoms_of([sets]), atoms_of([sets, sets])
         assert alone.sizes.tolist() == twice.sizes.tolist() == [1000]
         assert alone.incidence.tolist() == twice.incidence[:1].tolist() == [[1]]
