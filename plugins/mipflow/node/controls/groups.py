@@ -274,15 +274,23 @@ class GroupMemory(SqliteState):
             self._by_patients.setdefault(len(kept.patients), []).append(index)
         self._largest_threshold = max(self._largest_threshold, kept.threshold)
 
-    def _refresh(self) -> None:
+    def _refresh(self, written: dict[bytes, np.ndarray] | None = None) -> None:
+        """Read the groups added since the last look (by any process on the home); ``written``: blobs this
+        process has just written -> their keys (not decoded again)."""
         if self.path is None:
             return
+        written = written or {}
+
+        def keys_of(blob: bytes) -> np.ndarray:
+            known = written.get(blob)
+            return decode_keys(blob) if known is None else known
+
         with self._connect() as conn:
             rows = conn.execute("SELECT rowid, data_model, kind, digest, threshold, keys, patients FROM groups "
                                 "WHERE rowid > ? ORDER BY rowid", (self._seen,)).fetchall()
         for rowid, data_model, kind, digest, threshold, blob, patients in rows:
-            self._add(_Kept(data_model, kind, digest, decode_keys(blob),
-                            None if patients is None else decode_keys(patients), int(threshold)))
+            self._add(_Kept(data_model, kind, digest, keys_of(blob),
+                            None if patients is None else keys_of(patients), int(threshold)))
             self._seen = max(self._seen, rowid)
 
     def _near_in_size(self, released: Rows, threshold: int) -> list[_Kept]:
@@ -354,13 +362,22 @@ class GroupMemory(SqliteState):
                     self._add(_Kept(g.data_model, g.kind, g.digest, g.rows, g.patients, threshold))
                 return
             now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            written: dict[bytes, np.ndarray] = {}
+
+            def blob(keys: np.ndarray | None) -> bytes | None:
+                if keys is None:
+                    return None
+                out = encode_keys(keys)
+                written[out] = keys
+                return out
+
             with self._connect() as conn:
                 conn.executemany(
                     "INSERT OR IGNORE INTO groups (data_model, kind, digest, n_rows, threshold, keys, first_at, "
                     "patients) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(g.data_model, g.kind, g.digest, len(g.rows), threshold, encode_keys(g.rows), now,
-                      None if g.patients is None else encode_keys(g.patients)) for g in new])
-            self._refresh()
+                    [(g.data_model, g.kind, g.digest, len(g.rows), threshold, blob(g.rows), now, blob(g.patients))
+                     for g in new])
+            self._refresh(written)
 
     def stats(self) -> dict[str, int]:
         """Distinct groups, their rows and their bytes on disk (for the node admin)."""
