@@ -40,8 +40,9 @@ Storage: one row per distinct group and kind: its sorted row keys and, where kno
 patient keys, each as the ledger stores keys (:mod:`mipflow.node.controls.keycodec`: 7 bytes a key
 and a few bytes of header for groups of hundreds of rows, about 6 at a million), so about 14 bytes a
 row of a group on disk and 16 in memory.  A check reads only the groups whose size is within the
-threshold of the new one's (:meth:`GroupMemory._near_in_size`), so it costs a few set comparisons
-however many groups a node remembers.
+threshold of the new one's (:meth:`GroupMemory._near_in_size`), and :func:`few_apart` rejects most
+of those by looking a few keys up (exactly), so a check costs a few set comparisons however many
+groups a node remembers.
 """
 from __future__ import annotations
 
@@ -200,12 +201,20 @@ def nested_small(a: np.ndarray, b: np.ndarray, threshold: int) -> bool:
     return False
 
 
+#: :func:`few_apart` looks this many keys (plus the threshold) of one set up in the other before comparing
+#: the two whole.
+PROBE = 64
+
+
 def few_apart(a: np.ndarray, b: np.ndarray, threshold: int) -> bool:
     """Whether two sorted unique key sets are the same keys but for 1 .. ``threshold - 1`` (the size of
     their symmetric difference): their sums subtract to the sums over those rows, less or plus; with
     the sums of squares two rows swapped solve too."""
     if abs(len(a) - len(b)) >= threshold:
         return False  # cheap: the symmetric difference is at least the difference of the sizes
+    probe = a[:PROBE + threshold]
+    if len(probe) < len(a) and len(probe) - _overlap(probe, b) >= threshold:
+        return False  # cheap and exact: rows of ``a`` outside ``b`` are at most the symmetric difference
     apart = len(a) + len(b) - 2 * _overlap(a, b)
     return 0 < apart < threshold
 
@@ -317,6 +326,11 @@ class GroupMemory(SqliteState):
         the pairwise rule."""
         if threshold <= 1:
             return
+        others = [(g.data_model, c, None) if isinstance(c, np.ndarray) else c
+                  for g in groups[:1] for c in cohorts]
+        # the cohorts' sizes, rows and patients (-threshold: none), to compare only those near in size
+        sizes = np.array([[len(c[1]), -threshold if c[2] is None else len(c[2])] for c in others],
+                         dtype=np.int64).reshape(-1, 2)
         with self._lock:
             self._refresh()
             for i, group in enumerate(groups):
@@ -332,10 +346,11 @@ class GroupMemory(SqliteState):
                     kept = self._kept[index]
                     if pair_conflict(group.rows, kept.rows, min(threshold, kept.threshold)):
                         raise group_refusal(setting, threshold)
-                for cohort in cohorts:
-                    other = (group.data_model, cohort, None) if isinstance(cohort, np.ndarray) else cohort
-                    if _few_apart(mine, other, threshold):
-                        raise group_refusal(setting, threshold)
+                near = np.abs(sizes[:, 0] - len(group.rows)) < threshold
+                if group.patients is not None:
+                    near |= np.abs(sizes[:, 1] - len(group.patients)) < threshold
+                if any(_few_apart(mine, others[j], threshold) for j in np.flatnonzero(near)):
+                    raise group_refusal(setting, threshold)
 
     def check_cohorts(self, data_model: str, cohorts: Sequence[np.ndarray],
                       patients: Sequence[np.ndarray] | None = None) -> None:

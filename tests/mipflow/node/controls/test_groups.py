@@ -211,3 +211,17 @@ def test_a_memory_from_before_gains_patients_and_keeps_comparing_its_groups_by_r
     stats = GroupMemory(tmp_path).stats()
     assert stats["groups"] == 2 and stats["rows"] == 240
     assert stats["bytes"] <= 8 * 40 + 2 * 8 * 200 + 3 * 64  # about 7 bytes a key, rows and patients
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_few_apart_is_the_size_of_the_symmetric_difference_whatever_keys_differ(seed) -> None:
+    """The quick look-up of a set's first keys in the other (``PROBE``) only ever rejects pairs that are far apart."""
+    rng = np.random.default_rng(seed)
+    for _ in range(300):
+        a = np.unique(rng.integers(0, 2 ** 63, int(rng.integers(1, 400)), dtype=np.uint64))
+        out = rng.choice(len(a), int(rng.integers(0, min(len(a), 14) + 1)), replace=False)
+        b = np.unique(np.concatenate([np.delete(a, out), rng.integers(0, 2 ** 63, int(rng.integers(0, 14)),
+                                                                      dtype=np.uint64)]))
+        threshold = int(rng.integers(2, 20))
+        apart = len(np.setxor1d(a, b))
+        assert few_apart(a, b, threshold) == few_apart(b, a, threshold) == (0 < apart < threshold)
