@@ -26,10 +26,12 @@ Found (holes):
    ``sex = F AND age >= 25`` are the same rows but one, and of two kinds: ``(stroke_type, sex)`` and
    ``(stroke_type)``.  Neither rule 1 (same kind), rule 4 (a group against a cohort) nor the ledger (cohorts 10
    rows apart) meets them; ``n`` and means subtract to the one young TIA woman's NIHSS, exactly.
+   **Closed** (ADR 0051's twelfth-review amendment): the group memory compares every group by its rows.
 3. **The group memory is per data model, the ledger is per patient** (ADR 0051 against ADR 0030).  Round 10's
    attack (the same one-way ANOVA with and without ``age >= 25``; one TIA patient among the 10 left out) is
    refused under one data model, and answered when the second release names the next version of the data model
-   holding the same patients: the patient's NIHSS, exactly.
+   holding the same patients: the patient's NIHSS, exactly.  **Closed** (the same amendment): one memory per
+   node, groups of different data models compared by their patients too.
 4. **Exp-weighted sums differenced across two releases** (ADR 0053, standard mode).  ADR 0053 leaves "a
    dominated sum across two releases" to "the differencing ledger's business, as for plain sums".  But the
    ledger counts rows: the cohorts everyone and ``age >= 25`` are 10 rows apart (allowed) and each passes
@@ -167,14 +169,12 @@ def group_sum(reply: dict, index: int) -> tuple[int, float]:
 TIA, TIA_WOMEN = 2, 2 * 2 + 0
 
 
-@pytest.mark.xfail(strict=True, reason="hole: groups are compared by kind, so a filter pinning a level makes a "
-                                       "one-row difference between a cell and a group of another kind")
 def test_hole_a_two_way_cell_and_a_filtered_one_way_group_of_another_kind_subtract_to_one_patient(standard):
-    """Hole 2.  Class: groups inside algorithms across releases (ADR 0051), the group's kind.  Release 1: the
-    two-way ANOVA of NIHSS by stroke type and sex on everyone (every cell 40 rows).  Release 2: the one-way ANOVA
-    by stroke type of ``sex = F AND age >= 25`` (the ten women under 25 left out: 10 rows, the ledger's threshold
-    met; the remembered margin "women" is 10 rows away too).  The cell (TIA, F) and release 2's TIA group are
-    40 and 39 rows: the young TIA woman."""
+    """Hole 2, closed (ADR 0051, amended).  Class: groups inside algorithms across releases, the group's kind.
+    Release 1: the two-way ANOVA of NIHSS by stroke type and sex on everyone (every cell 40 rows).  Release 2: the
+    one-way ANOVA by stroke type of ``sex = F AND age >= 25`` (the ten women under 25 left out: 10 rows, the
+    ledger's threshold met; the remembered margin "women" is 10 rows away too).  The cell (TIA, F) and release
+    2's TIA group are 40 and 39 rows: the young TIA woman."""
     node = standard["groups"]
     frame = node.rows
     two_way = node.call("anova", request(["nihss_admission"], ["stroke_type", "sex"]), project=AUDIT)
@@ -195,13 +195,12 @@ def test_hole_a_two_way_cell_and_a_filtered_one_way_group_of_another_kind_subtra
     assert n1 - n2 == 0 or n1 - n2 >= 10, "a group and a group of another kind differ by one patient"
 
 
-@pytest.mark.xfail(strict=True, reason="hole: the group memory is per data model while the ledger compares "
-                                       "cohorts by patient across data-model versions")
 def test_hole_round_ten_s_pair_of_groups_passes_when_the_second_names_the_next_data_model_version(standard):
-    """Hole 3.  Class: the ledger across data models (ADR 0030) and groups across releases (ADR 0051).  One-way
-    ANOVA of NIHSS by stroke type on everyone under stroke 0.1; under one data model the same with ``age >= 25``
-    is refused by the group memory (TIA groups 80 and 79 rows).  Under stroke 0.2 (the same patients: the
-    cohorts are 10 patients apart for the ledger) it is answered, and the TIA groups subtract to the target."""
+    """Hole 3, closed (ADR 0051, amended).  Class: the ledger across data models (ADR 0030) and groups across
+    releases (ADR 0051).  One-way ANOVA of NIHSS by stroke type on everyone under stroke 0.1; under one data
+    model the same with ``age >= 25`` is refused by the group memory (TIA groups 80 and 79 rows).  Under stroke
+    0.2 (the same patients: the cohorts are 10 patients apart for the ledger) it is answered, and the TIA groups
+    subtract to the target."""
     node = standard["versions"]
     everyone = node.call("anova_oneway", request(["nihss_admission"], ["stroke_type"]), project=AUDIT)
     assert everyone.status_code == 200, everyone.text

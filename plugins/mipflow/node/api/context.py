@@ -36,12 +36,14 @@ class DataModelNotHeld(MipflowError):
 
 def selection_bytes(data: Any, cohorts: Any) -> int:
     """Memory a cached selection holds: the frame's arrays (object columns as their pointers; their
-    values are shared codes) and the cohorts' row keys."""
+    values are shared codes), the cohorts' row keys and the used rows' keys in order (rows, patients)."""
     if not hasattr(data, "memory_usage"):  # rows left on disk (SnapshotRows): their mask
         size = int(data.nbytes)
     else:
         size = int(data.memory_usage(index=True, deep=False).sum())
-    return size + sum(int(keys.nbytes) for keys in getattr(cohorts, "sets", ()))
+    ordered = (getattr(cohorts, "order", None), getattr(cohorts, "patient_order", None))
+    return size + sum(int(keys.nbytes) for keys in getattr(cohorts, "sets", ())) + sum(
+        int(keys.nbytes) for keys in ordered if keys is not None)
 
 
 def _still_there(data: Any) -> bool:

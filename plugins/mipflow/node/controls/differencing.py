@@ -216,6 +216,15 @@ def cohort_sets_and_patients(frame: pd.DataFrame, variables: Sequence[str], comp
                              ) -> tuple[list[np.ndarray], list[np.ndarray] | None, np.ndarray]:
     """:func:`cohort_sets`, with each cohort's patients (:func:`patient_keys`, sorted unique) beside
     its rows (None when the frame carries no patient identity)."""
+    cohorts, patients, used, _ = _cohorts_patients_and_order(frame, variables, complete_case, key, by)
+    return cohorts, patients, used
+
+
+def _cohorts_patients_and_order(frame: pd.DataFrame, variables: Sequence[str], complete_case: bool, key: str,
+                                by: Sequence[str] = ()
+                                ) -> tuple[list[np.ndarray], list[np.ndarray] | None, np.ndarray, np.ndarray | None]:
+    """:func:`cohort_sets_and_patients`, and the used rows' patient keys in the local step's order
+    (beside ``used``; None without a patient identity)."""
     keys = row_keys(frame, key)
     pids = patient_keys(frame, key)
     masks = cohort_masks(frame, variables, complete_case, by)
@@ -227,7 +236,8 @@ def cohort_sets_and_patients(frame: pd.DataFrame, variables: Sequence[str], comp
     patients = None if pids is None else [
         unique_of_sorted(presorted[1]) if presorted is not None and i == 0 else sorted_unique(pids[m])
         for i, m in enumerate(masks)]
-    return cohorts, patients, used
+    used_patients = None if pids is None else (pids[masks[0]] if complete_case else pids)
+    return cohorts, patients, used, used_patients
 
 
 # --------------------------------------------------------------------------- the node's guard
@@ -245,6 +255,9 @@ class Cohorts:
     order: np.ndarray | None = None
     #: Each cohort's patients (sorted keyed hashes of ``_pid``, ADR 0030); None: not known.
     patients: tuple[np.ndarray, ...] | None = None
+    #: The used rows' patient keys, beside ``order`` (None: not known); a released group's patients
+    #: (ADR 0051, twelfth review).
+    patient_order: np.ndarray | None = None
     #: Longitudinal transformer (ADR 0034): the patients with a row at either visit (the second
     #: cohort's); None without a transformer.
     seen: int | None = None
@@ -285,7 +298,7 @@ class DifferencingGuard:
         self.partitions = PartitionMemory(root)
         from mipflow.node.controls.groups import GroupMemory
 
-        self.groups = GroupMemory(root)  # groups released with their sums, by kind (ADR 0051)
+        self.groups = GroupMemory(root)  # groups released with their sums, by rows (ADR 0051)
         from mipflow.node.controls.weighted_ledger import WeightedMemory
 
         self.weighted = WeightedMemory(root, self.key)  # releases of sums weighted by the rows' values (ADR 0058)
@@ -293,10 +306,12 @@ class DifferencingGuard:
     def cohorts(self, data_model: str, frame: pd.DataFrame, variables: Sequence[str],
                 complete_case: bool, by: Sequence[str] = ()) -> Cohorts:
         """The cohorts of a selection with row identity (see :func:`cohort_sets`)."""
-        sets, patients, used = cohort_sets_and_patients(frame, variables, complete_case, self.key, by)
+        sets, patients, used, used_patients = _cohorts_patients_and_order(frame, variables, complete_case,
+                                                                          self.key, by)
         return Cohorts(data_model, tuple(sets), tuple(cohort_digest(data_model, c) for c in sets),
                        order=used if complete_case else None,
-                       patients=None if patients is None else tuple(patients))
+                       patients=None if patients is None else tuple(patients),
+                       patient_order=used_patients if complete_case else None)
 
     def cohorts_of_selection(self, data_model: str, rows: Any) -> Cohorts:
         """The cohort of a complete-case selection left on disk

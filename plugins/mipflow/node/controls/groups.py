@@ -9,27 +9,40 @@ statistics of the same cohort leaves the third level's rows to subtraction (tent
 groups (``Algorithm.released_groups``, :class:`mipflow.algorithms.contract.ReleasedGroups`):
 
 * **the groups a release lets anyone form** are its level cells, every margin of them (two-way
-  ANOVA: the sum of a row of cells is that level's group), and their union; each group is keyed by
-  its **kind**: the data model and the (variable, level) pairs that define it, so that the same
-  level's group in another cohort (another filter, other datasets) is compared with it;
-* **against the same kind released before** (:class:`GroupMemory`, on disk in
-  ``HOME/groups.sqlite``, never evicted): the ledger's pairwise rule at the group threshold, each of
-  ``|A \\ B|``, ``|B \\ A|`` and ``|A ∩ B|`` 0 or at least the threshold (the smaller of the two
-  releases' thresholds: their difference carries only the moments both release).  The same group
-  released again (a repeat, another outcome variable on the same rows) is 0 rows apart: allowed;
+  ANOVA: the sum of a row of cells is that level's group), and their union;
+* **by their rows, against every group released before** (:class:`GroupMemory`, one per node, on
+  disk in ``HOME/groups.sqlite``, never evicted; the twelfth review's amendment): whatever their
+  variables, levels, algorithm or data model, two groups may not be the same rows but for 1 ..
+  threshold - 1 (:func:`few_apart`: the size of their symmetric difference; their sums subtract to
+  those rows).  Rows are the ledger's keyed row hashes; across data models the groups' patients
+  (keyed pseudonym hashes, ADR 0030) are compared too.  The release's own groups are compared with
+  each other the same way (two nominal covariates of one regression);
+* **the same kind** (data model and (variable, level) pairs) keeps the stricter pairwise rule of the
+  ledger: each of ``|A \\ B|``, ``|B \\ A|`` and ``|A ∩ B|`` 0 or at least the threshold.  The threshold of a
+  pair is the smaller of the two releases' (their difference carries only the moments both release);
+  the same group released again (a repeat, another outcome variable on the same rows) is 0 rows
+  apart: allowed;
 * **the union of a release's groups is a cohort** of the ledger (it is one: the sums over it are the
   sums of its cells), so it meets descriptive statistics of the cohort (a cohort of the ledger) and
   every other cohort by the ledger's rules; and the rows of the step's cohort outside it (levels not
   released) are none or at least the group threshold (:func:`check_complement`);
-* **groups against cohorts**: a group and a cohort of the ledger (any step's rows, e.g. a filter pinning
-  the level, ``stroke_type = tia AND age >= 25``) may not hold each other but for 1 .. threshold - 1
-  rows (:func:`nested_small`: their sums subtract to exactly those rows), checked from either side.
+* **groups against cohorts**: a group and a cohort of the ledger (any step's rows under any data
+  model, e.g. a filter pinning the level, ``stroke_type = tia AND age >= 25``) may not be the same
+  rows but for 1 .. threshold - 1 (:func:`few_apart`), checked from either side.
 
 The threshold is :func:`mipflow.node.controls.disclosure.group_threshold`: ``min_row_count`` for the
 groups released with their spread (ADR 0050), ``nfilter_tab`` for first moments (regression dummies).
 Refusals are control ``differencing`` and name the setting and the rule, never a size.  A study's
 groups are checked at approval (``study_cells``), explore releases are DP: neither is checked here
 (a study's are remembered).
+
+Storage: one row per distinct group and kind: its sorted row keys and, where known, its sorted
+patient keys, each as the ledger stores keys (:mod:`mipflow.node.controls.keycodec`: 7 bytes a key
+and a few bytes of header for groups of hundreds of rows, about 6 at a million), so about 14 bytes a
+row of a group on disk and 16 in memory.  A check reads only the groups whose size is within the
+threshold of the new one's (:meth:`GroupMemory._near_in_size`), and :func:`few_apart` rejects most
+of those by looking a few keys up (exactly), so a check costs a few set comparisons however many
+groups a node remembers.
 """
 from __future__ import annotations
 
@@ -61,12 +74,14 @@ GROUPS_FILE = "groups.sqlite"
 
 @dataclass(frozen=True)
 class Group:
-    """One released group: its kind, its rows (sorted keyed hashes) and their digest."""
+    """One released group: its kind, its rows (sorted keyed hashes), their digest and its patients
+    (sorted keyed hashes of the pseudonyms, ADR 0030; None: not known)."""
 
     kind: str
     rows: np.ndarray
     digest: str
     data_model: str = ""
+    patients: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -82,13 +97,17 @@ class GroupRelease:
     setting: str
 
 
+#: A released set of rows to compare a group with: (data model, sorted row keys, sorted patient keys or None).
+Rows = tuple[str, np.ndarray, "np.ndarray | None"]
+
+
 def kind_of(data_model: str, pairs: Sequence[tuple[str, str]]) -> str:
     """The key of a group: the data model and its defining (variable, level) pairs, sorted."""
     return json.dumps([data_model, sorted([str(c), str(v)] for c, v in pairs)])
 
 
 def level_groups(data: pd.DataFrame, keys: np.ndarray, groupings: Sequence[ReleasedGroups], model: DataModel,
-                 data_model: str) -> tuple[list[Group], np.ndarray]:
+                 data_model: str, patients: np.ndarray | None = None) -> tuple[list[Group], np.ndarray]:
     """Every group ``groupings`` release on ``data`` (cells, margins), and the union of the cells.
 
     Parameters
@@ -97,7 +116,11 @@ def level_groups(data: pd.DataFrame, keys: np.ndarray, groupings: Sequence[Relea
         The local step's rows.
     keys : numpy.ndarray of uint64, shape (n,)
         The rows' ledger keys, in ``data``'s order.
+    patients : numpy.ndarray of uint64, shape (n,), optional
+        The rows' patient keys, in ``data``'s order (each group's patients then come with it).
     """
+    import pandas as pd
+
     from mipflow.algorithms.design import category_codes
 
     groups: dict[str, Group] = {}
@@ -113,17 +136,18 @@ def level_groups(data: pd.DataFrame, keys: np.ndarray, groupings: Sequence[Relea
                 present &= np.array([c in allowed for c in column_codes], dtype=bool)
             released &= present
         union |= released
+        rows = np.flatnonzero(released)
         for size in range(1, len(columns) + 1):  # the cells (all columns) and every margin of them
             for subset in itertools.combinations(range(len(columns)), size):
-                import pandas as pd
-
-                rows = np.flatnonzero(released)
                 frame = pd.DataFrame({str(i): codes[i][rows] for i in subset})
                 for levels, positions in frame.groupby(list(frame.columns), sort=False).indices.items():
                     levels = levels if isinstance(levels, tuple) else (levels,)
                     kind = kind_of(data_model, [(columns[i], level) for i, level in zip(subset, levels)])
+                    if kind in groups:
+                        continue
                     members = sorted_unique(keys[rows[positions]])
-                    groups.setdefault(kind, Group(kind, members, _digest(kind, members), data_model))
+                    people = None if patients is None else sorted_unique(patients[rows[positions]])
+                    groups[kind] = Group(kind, members, _digest(kind, members), data_model, people)
     return list(groups.values()), sorted_unique(keys[union])
 
 
@@ -141,20 +165,22 @@ def complement_refusal(setting: str, threshold: int) -> DisclosureError:
 
 def group_refusal(setting: str, threshold: int) -> DisclosureError:
     return DisclosureError(
-        "a group this analysis releases (the rows of a level of a grouping variable, or of a cell of two) "
-        "and the same group released before by this node would combine into a group of fewer than "
-        f"{setting} ({threshold}) rows, which could single out patients (differencing control). Use the "
-        "same filters and datasets as the earlier analysis, or ones that change each group by many rows; "
-        "for subgroups that must all be answered exactly, ask the node's admin for a study protocol",
-        control="differencing")
+        "a group this analysis releases (the rows of a level of a grouping variable, or of a cell of two) and "
+        "a group or cohort this node released before (of any variable, level, algorithm or data model) would be "
+        f"the same rows but for fewer than {setting} ({threshold}), or combine into a group that small: their "
+        "statistics would single out those patients (group memory, differencing control). Use the same filters "
+        "and datasets as the earlier analysis, group by a variable rather than filter on one of its levels (a "
+        "two-way analysis answers both), or use filters that change each group by many rows; for subgroups "
+        "that must all be answered exactly, ask the node's admin for a study protocol", control="differencing")
 
 
 def cohort_refusal() -> DisclosureError:
     return DisclosureError(
-        "the selected rows and a group this node released before (the rows of a level of a grouping variable) "
-        "hold each other but for a few rows: their statistics would combine into a group of fewer rows than "
-        "the group threshold, which could single out patients (differencing control). Use a filter that "
-        "selects many more or many fewer rows, or the same rows as the earlier group", control="differencing")
+        "the selected rows and a group this node released before (the rows of a level of a grouping variable, "
+        "under this or another data model) are the same rows but for a few: their statistics would combine "
+        "into a group of fewer rows than the group threshold, which could single out patients (group memory, "
+        "differencing control). Use a filter that selects many more or many fewer rows, the same rows as the "
+        "earlier group, or group by the variable instead of filtering on its level", control="differencing")
 
 
 def check_complement(cohort: np.ndarray, union: np.ndarray, threshold: int, setting: str) -> None:
@@ -166,7 +192,7 @@ def check_complement(cohort: np.ndarray, union: np.ndarray, threshold: int, sett
 
 def nested_small(a: np.ndarray, b: np.ndarray, threshold: int) -> bool:
     """Whether one of two sorted unique key sets holds the other but for 1 .. ``threshold - 1`` rows
-    (their sums subtract to exactly those rows)."""
+    (their sums subtract to exactly those rows; a case of :func:`few_apart`)."""
     both = _overlap(a, b)
     if both == len(a):
         return 0 < len(b) - both < threshold
@@ -175,8 +201,53 @@ def nested_small(a: np.ndarray, b: np.ndarray, threshold: int) -> bool:
     return False
 
 
+#: :func:`few_apart` looks this many keys (plus the threshold) of one set up in the other before comparing
+#: the two whole.
+PROBE = 64
+
+
+def few_apart(a: np.ndarray, b: np.ndarray, threshold: int) -> bool:
+    """Whether two sorted unique key sets are the same keys but for 1 .. ``threshold - 1`` (the size of
+    their symmetric difference): their sums subtract to the sums over those rows, less or plus; with
+    the sums of squares two rows swapped solve too."""
+    if abs(len(a) - len(b)) >= threshold:
+        return False  # cheap: the symmetric difference is at least the difference of the sizes
+    probe = a[:PROBE + threshold]
+    if len(probe) < len(a) and len(probe) - _overlap(probe, b) >= threshold:
+        return False  # cheap and exact: rows of ``a`` outside ``b`` are at most the symmetric difference
+    apart = len(a) + len(b) - 2 * _overlap(a, b)
+    return 0 < apart < threshold
+
+
+def _few_apart(a: Rows, b: Rows, threshold: int) -> bool:
+    """:func:`few_apart` by rows, and by patients too when the two are of different data models (the
+    same patient's rows under two data models, or two versions of one, have other row keys; ADR 0030)."""
+    if few_apart(a[1], b[1], threshold):
+        return True
+    return a[0] != b[0] and a[2] is not None and b[2] is not None and few_apart(a[2], b[2], threshold)
+
+
+@dataclass(frozen=True)
+class _Kept:
+    """One remembered group."""
+
+    data_model: str
+    kind: str
+    digest: str
+    rows: np.ndarray
+    patients: np.ndarray | None
+    threshold: int
+
+    @property
+    def released(self) -> Rows:
+        return self.data_model, self.rows, self.patients
+
+
 class GroupMemory(SqliteState):
-    """Every group a node released, by data model and kind, in ``HOME/groups.sqlite`` (never evicted).
+    """Every group a node released, under every data model, in ``HOME/groups.sqlite`` (never evicted).
+
+    Indexed by kind (the stricter rule of the same kind), and by the number of rows and of patients
+    (:meth:`_near_in_size`: only groups within the threshold in size can be a few rows apart).
 
     Parameters
     ----------
@@ -186,81 +257,153 @@ class GroupMemory(SqliteState):
 
     def __init__(self, root: str | Path | None = None) -> None:
         super().__init__(Path(root) / GROUPS_FILE if root is not None else None)
-        # data model -> kind -> digest -> (rows, threshold); the file's rows up to self._seen are read
-        self._groups: dict[str, dict[str, dict[str, tuple[np.ndarray, int]]]] = {}
-        self._seen = 0
+        self._kept: list[_Kept] = []
+        self._by_kind: dict[str, dict[str, int]] = {}   # kind -> digest -> index in self._kept
+        self._by_rows: dict[int, list[int]] = {}        # rows -> indices
+        self._by_patients: dict[int, list[int]] = {}    # patients -> indices
+        self._largest_threshold = 0
+        self._seen = 0  # the file's rows up to this rowid are read
         if self.path is not None:
             with self._lock, self._connect() as conn:
                 conn.execute("CREATE TABLE IF NOT EXISTS groups (data_model TEXT NOT NULL, kind TEXT NOT NULL, "
                              "digest TEXT NOT NULL, n_rows INTEGER NOT NULL, threshold INTEGER NOT NULL, "
                              "keys BLOB NOT NULL, first_at TEXT NOT NULL, PRIMARY KEY (kind, digest))")
+                if "patients" not in {row[1] for row in conn.execute("PRAGMA table_info(groups)")}:
+                    # a memory from before the twelfth review: its groups are compared by rows only
+                    conn.execute("ALTER TABLE groups ADD COLUMN patients BLOB")
 
-    def _refresh(self) -> None:
+    def _add(self, kept: _Kept) -> None:
+        if kept.digest in self._by_kind.get(kept.kind, {}):
+            return
+        index = len(self._kept)
+        self._kept.append(kept)
+        self._by_kind.setdefault(kept.kind, {})[kept.digest] = index
+        self._by_rows.setdefault(len(kept.rows), []).append(index)
+        if kept.patients is not None:
+            self._by_patients.setdefault(len(kept.patients), []).append(index)
+        self._largest_threshold = max(self._largest_threshold, kept.threshold)
+
+    def _refresh(self, written: dict[bytes, np.ndarray] | None = None) -> None:
+        """Read the groups added since the last look (by any process on the home); ``written``: blobs this
+        process has just written -> their keys (not decoded again)."""
         if self.path is None:
             return
+        written = written or {}
+
+        def keys_of(blob: bytes) -> np.ndarray:
+            known = written.get(blob)
+            return decode_keys(blob) if known is None else known
+
         with self._connect() as conn:
-            rows = conn.execute("SELECT rowid, data_model, kind, digest, threshold, keys FROM groups WHERE rowid > ? "
-                                "ORDER BY rowid", (self._seen,)).fetchall()
-        for rowid, data_model, kind, digest, threshold, blob in rows:
-            self._groups.setdefault(data_model, {}).setdefault(kind, {}).setdefault(
-                digest, (decode_keys(blob), int(threshold)))
+            rows = conn.execute("SELECT rowid, data_model, kind, digest, threshold, keys, patients FROM groups "
+                                "WHERE rowid > ? ORDER BY rowid", (self._seen,)).fetchall()
+        for rowid, data_model, kind, digest, threshold, blob, patients in rows:
+            self._add(_Kept(data_model, kind, digest, keys_of(blob),
+                            None if patients is None else keys_of(patients), int(threshold)))
             self._seen = max(self._seen, rowid)
 
-    def _kind(self, group: Group) -> dict[str, tuple[np.ndarray, int]]:
-        return self._groups.get(group.data_model, {}).get(group.kind, {})
+    def _near_in_size(self, released: Rows, threshold: int) -> list[_Kept]:
+        """The remembered groups whose rows, or patients, number within ``threshold - 1`` of ``released``'s."""
+        found: set[int] = set()
+        for index, keys in ((self._by_rows, released[1]), (self._by_patients, released[2])):
+            if keys is None:
+                continue
+            for size in range(max(0, len(keys) - threshold + 1), len(keys) + threshold):
+                found.update(index.get(size, ()))
+        return [self._kept[i] for i in sorted(found)]
 
-    def remembered(self, kind: str) -> int:
-        """How many distinct groups of ``kind`` are remembered (for the node admin and tests)."""
+    def remembered(self, kind: str | None = None) -> int:
+        """How many distinct groups (of ``kind``) are remembered (for the node admin and tests)."""
         with self._lock:
             self._refresh()
-            return sum(len(kinds.get(kind, {})) for kinds in self._groups.values())
+            return len(self._kept) if kind is None else len(self._by_kind.get(kind, {}))
 
     def check(self, groups: Sequence[Group], threshold: int, setting: str,
-              cohorts: Sequence[np.ndarray] = ()) -> None:
-        """Raise (control ``differencing``) if a new group is near a remembered one of its kind (the
-        pairwise rule), or holds or is held by one of ``cohorts`` (the ledger's) but for a few rows."""
+              cohorts: Sequence[np.ndarray | Rows] = ()) -> None:
+        """Raise (control ``differencing``) if a new group is a few rows from a remembered group of any
+        kind or data model, from another group of the release, or from one of ``cohorts`` (the ledger's:
+        ``(data model, rows, patients)``, or rows of the group's data model), or near one of its kind by
+        the pairwise rule."""
         if threshold <= 1:
             return
+        others = [(g.data_model, c, None) if isinstance(c, np.ndarray) else c
+                  for g in groups[:1] for c in cohorts]
+        # the cohorts' sizes, rows and patients (-threshold: none), to compare only those near in size
+        sizes = np.array([[len(c[1]), -threshold if c[2] is None else len(c[2])] for c in others],
+                         dtype=np.int64).reshape(-1, 2)
         with self._lock:
             self._refresh()
-            for group in groups:
-                known = self._kind(group)
-                if group.digest in known:
+            for i, group in enumerate(groups):
+                mine: Rows = (group.data_model, group.rows, group.patients)
+                if any(_few_apart(mine, (g.data_model, g.rows, g.patients), threshold) for g in groups[:i]):
+                    raise group_refusal(setting, threshold)
+                if group.digest in self._by_kind.get(group.kind, {}):
                     continue  # released before: nothing new
-                for rows, old_threshold in known.values():
-                    if pair_conflict(group.rows, rows, min(threshold, old_threshold)):
+                for kept in self._near_in_size(mine, threshold):
+                    if _few_apart(mine, kept.released, min(threshold, kept.threshold)):
                         raise group_refusal(setting, threshold)
-                if any(nested_small(group.rows, cohort, threshold) for cohort in cohorts):
+                for index in self._by_kind.get(group.kind, {}).values():  # the same kind: the pairwise rule
+                    kept = self._kept[index]
+                    if pair_conflict(group.rows, kept.rows, min(threshold, kept.threshold)):
+                        raise group_refusal(setting, threshold)
+                near = np.abs(sizes[:, 0] - len(group.rows)) < threshold
+                if group.patients is not None:
+                    near |= np.abs(sizes[:, 1] - len(group.patients)) < threshold
+                if any(_few_apart(mine, others[j], threshold) for j in np.flatnonzero(near)):
                     raise group_refusal(setting, threshold)
 
-    def check_cohorts(self, data_model: str, cohorts: Sequence[np.ndarray]) -> None:
-        """Raise (control ``differencing``) if a new cohort holds, or is held by, a remembered group of
-        ``data_model`` but for 1 .. (the group's threshold - 1) rows: a filter pinning a level (``stroke_type
-        = tia AND age >= 25``) against that level's group, whatever algorithm answers it."""
+    def check_cohorts(self, data_model: str, cohorts: Sequence[np.ndarray],
+                      patients: Sequence[np.ndarray] | None = None) -> None:
+        """Raise (control ``differencing``) if a new cohort is a remembered group of any data model but for
+        1 .. (the group's threshold - 1) rows (or patients, across data models): a filter pinning a level
+        (``stroke_type = tia AND age >= 25``) against that level's group, whatever algorithm answers it."""
         with self._lock:
             self._refresh()
-            for known in self._groups.get(data_model, {}).values():
-                for rows, group_threshold in known.values():
-                    if any(nested_small(c, rows, group_threshold) for c in cohorts):
+            for i, cohort in enumerate(cohorts):
+                mine: Rows = (data_model, cohort, None if patients is None else patients[i])
+                for kept in self._near_in_size(mine, self._largest_threshold):
+                    if kept.threshold > 1 and _few_apart(mine, kept.released, kept.threshold):
                         raise cohort_refusal()
 
     def record(self, groups: Sequence[Group], threshold: int) -> None:
         """Remember released groups (one remembered before costs nothing)."""
         with self._lock:
             self._refresh()
-            new = [g for g in groups if g.digest not in self._kind(g)]
+            new = [g for g in groups if g.digest not in self._by_kind.get(g.kind, {})]
             if not new:
                 return
             if self.path is None:
                 for g in new:
-                    self._groups.setdefault(g.data_model, {}).setdefault(g.kind, {})[g.digest] = (g.rows, threshold)
+                    self._add(_Kept(g.data_model, g.kind, g.digest, g.rows, g.patients, threshold))
                 return
             now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            written: dict[bytes, np.ndarray] = {}
+
+            def blob(keys: np.ndarray | None) -> bytes | None:
+                if keys is None:
+                    return None
+                out = encode_keys(keys)
+                written[out] = keys
+                return out
+
             with self._connect() as conn:
-                conn.executemany("INSERT OR IGNORE INTO groups VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                 [(g.data_model, g.kind, g.digest, len(g.rows), threshold, encode_keys(g.rows), now)
-                                  for g in new])
-            self._refresh()
+                conn.executemany(
+                    "INSERT OR IGNORE INTO groups (data_model, kind, digest, n_rows, threshold, keys, first_at, "
+                    "patients) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(g.data_model, g.kind, g.digest, len(g.rows), threshold, blob(g.rows), now, blob(g.patients))
+                     for g in new])
+            self._refresh(written)
+
+    def stats(self) -> dict[str, int]:
+        """Distinct groups, their rows and their bytes on disk (for the node admin)."""
+        with self._lock:
+            if self.path is None:
+                return {"groups": len(self._kept), "rows": sum(len(k.rows) for k in self._kept), "bytes": 0}
+            with self._connect() as conn:
+                count, rows, size = conn.execute(
+                    "SELECT COUNT(*), COALESCE(SUM(n_rows), 0), COALESCE(SUM(LENGTH(keys) + "
+                    "COALESCE(LENGTH(patients), 0)), 0) FROM groups").fetchone()
+        return {"groups": int(count), "rows": int(rows), "bytes": int(size)}
 
 
 def group_release(algo: Any, data: pd.DataFrame, request: Any, model: DataModel, cohorts: Any,
@@ -272,7 +415,10 @@ def group_release(algo: Any, data: pd.DataFrame, request: Any, model: DataModel,
     order = getattr(cohorts, "order", None)
     if not groupings or order is None or len(order) != len(data):
         return None
-    groups, union = level_groups(data, np.asarray(order, dtype=np.uint64), groupings, model, cohorts.data_model)
+    people = getattr(cohorts, "patient_order", None)
+    people = None if people is None or len(people) != len(data) else np.asarray(people, dtype=np.uint64)
+    groups, union = level_groups(data, np.asarray(order, dtype=np.uint64), groupings, model, cohorts.data_model,
+                                 patients=people)
     if not len(union):
         return None  # no row in a released group: nothing released about any
     setting, threshold = group_threshold(algo, settings)
@@ -281,29 +427,32 @@ def group_release(algo: Any, data: pd.DataFrame, request: Any, model: DataModel,
 
 def check_groups(request: Any, context: Any, work: Any) -> None:
     """Control (after ``check_cohort``): every step's new cohorts against the groups released before
-    (nested), then the groups the step releases, held to the group threshold against the cohort's rows
-    outside them, the ledger's cohorts (their union; nested) and the same groups released before (control ``differencing``, ADR 0051).  Computed even while ``differencing_check``
-    is off or in a study, so that :func:`remember_groups` remembers them; explore releases are DP."""
+    (a few rows apart, any data model), then the groups the step releases, held to the group threshold
+    against the cohort's rows outside them, the ledger's cohorts (their union; a few rows apart) and every
+    group released before (by rows, whatever its kind; control ``differencing``, ADR 0051).  Computed even
+    while ``differencing_check`` is off or in a study, so that :func:`remember_groups` remembers them;
+    explore releases are DP."""
     if work.explore is not None:
         return
     work.groups = release = group_release(work.algo, work.data, request.analysis, work.model, work.cohorts,
                                           work.settings)
     if not work.settings.differencing_check or work.study is not None:
         return
-    guard, data_model = context.differencing, work.cohorts.data_model
-    answered = guard.ledger.cohorts(data_model)
+    guard, cohorts = context.differencing, work.cohorts
+    answered = guard.ledger.cohorts(cohorts.data_model)
+    fresh = [i for i, d in enumerate(cohorts.digests) if d not in answered]
     # every step's new cohorts against the groups released before: a filter pinning a level
-    guard.groups.check_cohorts(data_model, [s for s, d in zip(work.cohorts.sets, work.cohorts.digests)
-                                            if d not in answered])
+    guard.groups.check_cohorts(cohorts.data_model, [cohorts.sets[i] for i in fresh],
+                               None if cohorts.patients is None else [cohorts.patients[i] for i in fresh])
     if release is None or any(0 < len(g.rows) < release.threshold for g in release.groups):
         # a group under the threshold is the release check's refusal (control min_row_count, the node
         # is left out), as for a k-means cluster (ADR 0050): the two refusals stay distinct
         return
-    check_complement(work.cohorts.sets[0], release.union, release.threshold, release.setting)
-    if release.union_digest not in work.cohorts.digests:
-        guard.ledger.check(data_model, [release.union], work.settings.min_row_count,
+    check_complement(cohorts.sets[0], release.union, release.threshold, release.setting)
+    if release.union_digest not in cohorts.digests:
+        guard.ledger.check(cohorts.data_model, [release.union], work.settings.min_row_count,
                            [release.union_digest], primes=guard.primes)
-    guard.groups.check(release.groups, release.threshold, release.setting, cohorts=list(answered.values()))
+    guard.groups.check(release.groups, release.threshold, release.setting, cohorts=guard.ledger.every_cohort())
 
 
 def remember_groups(context: Any, work: Any) -> None:

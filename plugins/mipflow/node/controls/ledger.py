@@ -235,6 +235,13 @@ class CohortLedger(SqliteState):
             self._refresh()
             return {d: self._entries[r].rows for d, r in self._digests.get(data_model, {}).items()}
 
+    def every_cohort(self) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
+        """``(data model, sorted row hashes, sorted patient hashes or None)`` of every cohort answered,
+        under every data model, oldest first (the group memory compares groups with them, ADR 0051)."""
+        with self._lock:
+            self._refresh()
+            return [(e.data_model, e.rows, e.patients) for e in self._entries.values()]
+
     def check(self, data_model: str, cohorts: Iterable[np.ndarray], threshold: int,
               digests: Sequence[str] | None = None, patients: Sequence[np.ndarray] | None = None,
               primes: Sequence[int] | None = None) -> list[str]:

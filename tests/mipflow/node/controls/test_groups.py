@@ -11,17 +11,22 @@ from mipflow.algorithms import get_algorithm
 from mipflow.algorithms.contract import ReleasedGroups
 from mipflow.exceptions import DisclosureError
 from mipflow.node.controls.groups import (
-    Group, GroupMemory, _digest, check_complement, kind_of, level_groups, nested_small,
+    GROUPS_FILE, Group, GroupMemory, _digest, check_complement, few_apart, kind_of, level_groups, nested_small,
 )
+from mipflow.node.controls.keycodec import encode_keys
 from mipflow.protocol.request import AnalysisRequest
 from tests.mipflow.algorithms.survival_data import STROKE
 
 MODEL = STROKE.key
 
 
-def group(kind: str, rows) -> Group:
-    rows = np.array(sorted(rows), dtype=np.uint64)
-    return Group(kind, rows, _digest(kind, rows), MODEL)
+def keys(values) -> np.ndarray:
+    return np.array(sorted(values), dtype=np.uint64)
+
+
+def group(kind: str, rows, model: str = MODEL, patients=None) -> Group:
+    rows = keys(rows)
+    return Group(kind, rows, _digest(kind, rows), model, None if patients is None else keys(patients))
 
 
 def frame() -> tuple[pd.DataFrame, np.ndarray]:
@@ -62,7 +67,7 @@ def test_a_group_near_one_of_its_kind_is_refused_and_the_same_group_is_not() -> 
     tia, other = kind_of(MODEL, [("stroke_type", "tia")]), kind_of(MODEL, [("stroke_type", "ischaemic")])
     memory.record([group(tia, range(13))], 10)
     memory.check([group(tia, range(13))], 10, "min_row_count")        # the same group: 0 rows apart
-    memory.check([group(other, range(3, 13))], 10, "min_row_count")   # another kind: not compared
+    memory.check([group(other, range(3, 23))], 10, "min_row_count")   # another kind: 13 rows apart
     memory.check([group(tia, range(100, 120))], 10, "min_row_count")  # disjoint, large
     for near in (range(3, 13), range(16), range(3, 23)):               # 3 fewer, 3 more, an overlap of 10
         with pytest.raises(DisclosureError) as refused:
@@ -114,12 +119,109 @@ def test_a_group_and_a_cohort_holding_each_other_but_for_a_few_rows_are_refused_
     memory = GroupMemory()
     memory.record([group(tia, range(13))], 10)
     memory.check_cohorts(MODEL, [np.arange(13, dtype=np.uint64), np.arange(100, 400, dtype=np.uint64)])
-    memory.check_cohorts("other:1.0", [np.arange(10, dtype=np.uint64)])  # another data model's groups: none
-    for cohort in (np.arange(10, dtype=np.uint64), np.arange(15, dtype=np.uint64)):
-        with pytest.raises(DisclosureError) as refused:
-            memory.check_cohorts(MODEL, [cohort])
-        assert refused.value.control == "differencing" and not re.findall(r"\d+", str(refused.value))
+    memory.check_cohorts(MODEL, [np.arange(3, 23, dtype=np.uint64)])  # 13 rows apart, not nested
+    swapped = np.array([*range(12), 500], dtype=np.uint64)               # one row swapped for another
+    for cohort in (np.arange(10, dtype=np.uint64), np.arange(15, dtype=np.uint64), swapped):
+        for model in (MODEL, "other:1.0"):  # the same rows under another data model too
+            with pytest.raises(DisclosureError) as refused:
+                memory.check_cohorts(model, [cohort])
+            assert refused.value.control == "differencing" and not re.findall(r"\d+", str(refused.value))
     fresh = GroupMemory()
     with pytest.raises(DisclosureError):
         fresh.check([group(tia, range(13))], 10, "min_row_count", cohorts=[np.arange(10, dtype=np.uint64)])
     fresh.check([group(tia, range(13))], 10, "min_row_count", cohorts=[np.arange(300, dtype=np.uint64)])
+
+
+# ---------------------------------------------------------------- by rows, whatever the kind (twelfth review)
+
+
+def test_groups_of_any_kind_a_few_rows_apart_are_refused_by_the_size_of_their_difference() -> None:
+    """Round 12, hole 2's class: a two-way cell (TIA, women) and a one-way TIA group of women aged 25 or more."""
+    cell, tia = kind_of(MODEL, [("sex", "F"), ("stroke_type", "tia")]), kind_of(MODEL, [("stroke_type", "tia")])
+    assert few_apart(keys(range(40)), keys(range(1, 40)), 10)
+    assert few_apart(keys(range(40)), keys([*range(1, 40), 99]), 10)          # one row swapped
+    assert not few_apart(keys(range(40)), keys(range(40)), 10)                # the same rows
+    assert not few_apart(keys(range(40)), keys(range(5, 45)), 10)             # 10 apart: at the threshold
+    assert few_apart(keys(range(40)), keys(range(4, 45)), 10)                 # 9 apart
+    assert not few_apart(keys(range(40)), keys(range(30, 120)), 10)           # sizes 50 apart
+    memory = GroupMemory()
+    memory.record([group(cell, range(40))], 10)
+    for near in (range(1, 40), range(41), [*range(39), 1000]):
+        with pytest.raises(DisclosureError) as refused:
+            memory.check([group(tia, near)], 10, "min_row_count")
+        assert refused.value.control == "differencing" and "min_row_count (10)" in str(refused.value)
+        assert set(re.findall(r"\d+", str(refused.value))) == {"10"}
+    memory.check([group(tia, range(40))], 10, "min_row_count")          # the same rows under another kind
+    memory.check([group(tia, range(10, 50))], 10, "min_row_count")      # 20 rows apart
+    memory.check([group(tia, range(3, 43))], 3, "nfilter_tab")          # 6 apart: at a dummy's threshold
+    with pytest.raises(DisclosureError):
+        memory.check([group(tia, range(1, 41))], 3, "nfilter_tab")      # 2 apart
+
+
+def test_groups_under_another_data_model_are_compared_by_their_patients() -> None:
+    """Round 12, hole 3's class: the same patients under the next data-model version carry other row keys."""
+    tia_v1, tia_v2 = kind_of(MODEL, [("stroke_type", "tia")]), kind_of("stroke:0.2", [("stroke_type", "tia")])
+    memory = GroupMemory()
+    memory.record([group(tia_v1, range(80), patients=range(1000, 1080))], 10)
+    with pytest.raises(DisclosureError):  # other rows, the same patients but one
+        memory.check([group(tia_v2, range(500, 579), "stroke:0.2", range(1001, 1080))], 10, "min_row_count")
+    memory.check([group(tia_v2, range(500, 580), "stroke:0.2", range(1000, 1080))], 10, "min_row_count")
+    memory.check([group(tia_v2, range(500, 570), "stroke:0.2", range(1010, 1080))], 10, "min_row_count")
+    # under one data model the rows decide: a patient's visits are other rows of other values
+    memory.check([group(tia_v1, range(500, 579), patients=range(1001, 1080))], 10, "min_row_count")
+    with pytest.raises(DisclosureError):  # a cohort of the next version, the group's patients but one
+        memory.check_cohorts("stroke:0.2", [keys(range(700, 779))], [keys(range(1001, 1080))])
+    memory.check_cohorts("stroke:0.2", [keys(range(700, 779))], [keys(range(1001, 1070))])
+    ledger = [("stroke:0.2", keys(range(700, 779)), keys(range(1001, 1080)))]
+    with pytest.raises(DisclosureError):  # a group against a cohort of the ledger under another data model
+        GroupMemory().check([group(tia_v1, range(80), patients=range(1000, 1080))], 10, "min_row_count",
+                            cohorts=ledger)
+
+
+def test_a_release_s_own_groups_are_compared_with_each_other() -> None:
+    """Two nominal covariates of one regression whose levels are the same rows but for a few."""
+    memory = GroupMemory()
+    a, b = kind_of(MODEL, [("sex", "F")]), kind_of(MODEL, [("pregnant", "no")])
+    with pytest.raises(DisclosureError):
+        memory.check([group(a, range(50)), group(b, range(48))], 3, "nfilter_tab")
+    memory.check([group(a, range(50)), group(b, range(50))], 3, "nfilter_tab")
+    data, row_keys = frame()
+    groups, _ = level_groups(data, row_keys, [ReleasedGroups(("stroke_type", "sex"))], STROKE, MODEL,
+                             patients=row_keys + np.uint64(1000))
+    assert all(set(g.patients.tolist()) == {k + 1000 for k in g.rows.tolist()} for g in groups)
+    GroupMemory().check(groups, 1, "min_row_count")  # cells and margins of one release: every pair far apart
+
+
+def test_a_memory_from_before_gains_patients_and_keeps_comparing_its_groups_by_rows(tmp_path) -> None:
+    import sqlite3
+
+    tia = kind_of(MODEL, [("stroke_type", "tia")])
+    with sqlite3.connect(tmp_path / GROUPS_FILE) as conn:  # ADR 0051 before the twelfth review
+        conn.execute("CREATE TABLE groups (data_model TEXT NOT NULL, kind TEXT NOT NULL, digest TEXT NOT NULL, "
+                     "n_rows INTEGER NOT NULL, threshold INTEGER NOT NULL, keys BLOB NOT NULL, "
+                     "first_at TEXT NOT NULL, PRIMARY KEY (kind, digest))")
+        old = keys(range(40))
+        conn.execute("INSERT INTO groups VALUES (?, ?, ?, ?, ?, ?, ?)",
+                     (MODEL, tia, _digest(tia, old), 40, 10, encode_keys(old), "2026-12-01T00:00:00+00:00"))
+    memory = GroupMemory(tmp_path)
+    assert memory.remembered() == 1
+    with pytest.raises(DisclosureError):
+        memory.check([group(kind_of(MODEL, [("sex", "F")]), range(39), patients=range(39))], 10, "min_row_count")
+    memory.record([group(kind_of(MODEL, [("sex", "F")]), range(100, 300), patients=range(100, 300))], 10)
+    stats = GroupMemory(tmp_path).stats()
+    assert stats["groups"] == 2 and stats["rows"] == 240
+    assert stats["bytes"] <= 8 * 40 + 2 * 8 * 200 + 3 * 64  # about 7 bytes a key, rows and patients
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_few_apart_is_the_size_of_the_symmetric_difference_whatever_keys_differ(seed) -> None:
+    """The quick look-up of a set's first keys in the other (``PROBE``) only ever rejects pairs that are far apart."""
+    rng = np.random.default_rng(seed)
+    for _ in range(300):
+        a = np.unique(rng.integers(0, 2 ** 63, int(rng.integers(1, 400)), dtype=np.uint64))
+        out = rng.choice(len(a), int(rng.integers(0, min(len(a), 14) + 1)), replace=False)
+        b = np.unique(np.concatenate([np.delete(a, out), rng.integers(0, 2 ** 63, int(rng.integers(0, 14)),
+                                                                      dtype=np.uint64)]))
+        threshold = int(rng.integers(2, 20))
+        apart = len(np.setxor1d(a, b))
+        assert few_apart(a, b, threshold) == few_apart(b, a, threshold) == (0 < apart < threshold)
