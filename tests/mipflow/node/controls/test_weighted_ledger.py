@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from pathlib import Path
 from typing import Iterator
 
@@ -12,6 +13,7 @@ import pytest
 
 from mipflow.algorithms.weighted import WeightFamily, exp_families, weighted_rows
 from mipflow.central.client import NodeRefused
+from mipflow.node.controls.atoms import node_primes
 from mipflow.node.controls.weighted_ledger import (
     FamilyRows, Population, WeightedMemory, pair_dominated, per_patient,
 )
@@ -23,6 +25,7 @@ from tests.nodes import grant_all, load_frame, standard_home
 
 GLUCOSE = exp_families(["glucose_mmol"])[0]
 KEY = "k" * 16
+PRIMES = node_primes(b"\x02" * 32)
 
 
 def keys(*ranges: range) -> np.ndarray:
@@ -257,3 +260,93 @@ def test_the_next_data_model_version_is_compared_by_patients(tmp_path: Path) -> 
     assert node.pca()["aggregates"]["moments"]["n"] == 240
     assert refused(lambda: node.pca(ADULTS, model=v2.key)).control == "dominated_sums"
     assert node.pca(WOMEN, model=v2.key)["aggregates"]["moments"]["n"] == N_WOMEN
+
+
+# ------------------------------------------------------------------------------------------ the chain rule
+
+
+def chain_rows(target: float | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Glucose of 240 rows and the four releases ``U``, ``U \\ X``, ``U \\ Y``, ``U \\ (X ∪ Y)``: ``X ∩ Y``
+    rows 0-9 at 4-5.5 but row 3 (``target``), or, ``target`` None, rows 0-19 near the top (12-12.25);
+    ``X \\ Y`` and ``Y \\ X`` 25 rows each near the top; thirty of the other rows near the top too."""
+    rng = np.random.default_rng(21)
+    glucose = rng.uniform(4, 9, 240)
+    both = 10 if target is not None else 20
+    glucose[:both] = rng.uniform(4, 5.5, both) if target is not None else rng.uniform(12.0, 12.25, both)
+    if target is not None:
+        glucose[3] = target
+    glucose[both:both + 50] = rng.uniform(12.0, 12.25, 50)
+    glucose[200:230] = rng.uniform(12.0, 12.25, 30)
+    everyone = keys(range(0, 240))
+    x, y = everyone[:both + 25], np.r_[everyone[:both], everyone[both + 25:both + 50]]
+    return glucose, {"U": everyone, "U-X": np.setdiff1d(everyone, x), "U-Y": np.setdiff1d(everyone, y),
+                     "U-(X|Y)": np.setdiff1d(everyone, np.union1d(x, y))}
+
+
+@pytest.mark.parametrize("last", ["U-(X|Y)", "U", "U-X"])
+def test_four_releases_isolating_one_dominated_atom_are_refused_though_every_pair_passes(last: str) -> None:
+    from mipflow.node.controls.atoms import check_addition
+
+    glucose, chain = chain_rows(12.3)
+    logw = GLUCOSE.log_weights({"glucose_mmol": glucose})
+    for a, b in itertools.combinations(chain.values(), 2):  # the pair rule lets every pair through ...
+        assert not pair_dominated(a, logw[a.astype(int)], b, logw[b.astype(int)], 10)
+    assert weighted_rows(logw[:10]) < 1.01  # ... while X ∩ Y, ten rows, is one in effect
+    first = [chain[name] for name in chain if name != last]
+    assert check_addition(first, [chain[last]], 10, PRIMES)  # and the row ledger's chain rule: ten rows
+    memory, read = WeightedMemory(None, KEY, PRIMES), population_of(keys(range(0, 240)), glucose)
+    for rows in first:
+        assert memory.check(release(rows, glucose[rows.astype(int)]), [GLUCOSE], 10, read)
+        memory.record(release(rows, glucose[rows.astype(int)]))
+    assert not memory.check(release(chain[last], glucose[chain[last].astype(int)]), [GLUCOSE], 10, read)
+    assert memory.check(release(chain[last], glucose[chain[last].astype(int)]), [GLUCOSE], 1, read)
+
+
+def test_a_chain_whose_atoms_hold_the_threshold_in_effect_is_answered() -> None:
+    glucose, chain = chain_rows(None)
+    memory, read = WeightedMemory(None, KEY, PRIMES), population_of(keys(range(0, 240)), glucose)
+    for rows in chain.values():
+        assert memory.check(release(rows, glucose[rows.astype(int)]), [GLUCOSE], 10, read)
+        memory.record(release(rows, glucose[rows.astype(int)]))
+
+
+def test_a_chained_release_whose_weights_are_no_longer_known_refuses_only_an_atom_it_weighs() -> None:
+    glucose, chain = chain_rows(None)
+    everyone = keys(range(0, 240))
+    memory = WeightedMemory(None, KEY, PRIMES)
+    for name in ("U-X", "U-Y"):
+        memory.record(release(chain[name], glucose[chain[name].astype(int)]))
+    corrected = glucose.copy()
+    corrected[5] += 0.01  # X ∩ Y: in neither release, whose weights stay known
+    assert memory.check(release(chain["U"], corrected), [GLUCOSE], 10, population_of(everyone, corrected))
+    corrected[100] += 0.01  # in both: every overlapping release is refused (the pair rule)
+    assert not memory.check(release(chain["U"], corrected), [GLUCOSE], 10, population_of(everyone, corrected))
+    # chained only: A and B overlap, the new C overlaps B alone; no combination isolates an atom of A ...
+    a, b, c = everyone[:100], everyone[50:150], everyone[120:200]
+    glucose = np.random.default_rng(8).uniform(12.0, 12.25, 240)  # every atom holds the threshold in effect
+    memory = WeightedMemory(None, KEY, PRIMES)
+    for rows in (a, b):
+        memory.record(release(rows, glucose[rows.astype(int)]))
+    changed = glucose.copy()
+    changed[10] += 0.01  # ... whose weights changed since: answered
+    assert memory.check(release(c, changed[120:200]), [GLUCOSE], 10, population_of(everyone, changed))
+    # ... but a fourth, B \ A (disjoint from A), isolates A \ B = A - B + (B \ A) and A ∩ B = B - (B \ A):
+    # atoms of A, weighed by A's weights, which are no longer known: refused, and answered while they are
+    memory.record(release(c, changed[120:200]))
+    d = everyone[100:150]
+    assert memory.check(release(d, glucose[100:150]), [GLUCOSE], 10, population_of(everyone, glucose))
+    assert not memory.check(release(d, changed[100:150]), [GLUCOSE], 10, population_of(everyone, changed))
+
+
+def test_atoms_are_labelled_by_their_members_membership() -> None:
+    from mipflow.node.controls.atoms import atom_labels, atoms_of
+
+    rng = np.random.default_rng(2)
+    for n_sets in (3, 70):  # one 64-bit mask per member, and the packed rows beyond 64 sets
+        sets = [rng.choice(500, 120, replace=False).astype(np.uint64) for _ in range(n_sets)]
+        atoms, universe, labels = atom_labels(sets)
+        assert np.array_equal(atoms.sizes, atoms_of(sets).sizes)
+        assert np.array_equal(np.bincount(labels, minlength=atoms.sizes.size), atoms.sizes)
+        for j, members in enumerate(sets):
+            inside = np.isin(universe, members)
+            assert np.array_equal(atoms.incidence[j, labels].astype(bool), inside)
