@@ -19,6 +19,12 @@ each release used (:func:`fingerprint`).  When an earlier release's rows no long
 used (a row withdrawn or deleted, a value corrected, a variable now missing, its data model gone), the
 difference cannot be measured and an overlapping release is refused.
 
+Pairs are not enough: ``U``, ``U \\ X``, ``U \\ Y``, ``U \\ (X ∪ Y)`` isolate ``X ∩ Y``.  The chain rule
+(:func:`chain_dominated`, ADR 0058's amendment) runs the cohort ledger's (ADR 0030,
+:func:`mipflow.node.controls.atoms.check_addition`) on the family's releases chained to the new one,
+atoms sized by the rows they hold in effect (:func:`rows_in_effect`): no linear combination of the
+releases may isolate a new atom holding fewer than ``min_row_count`` rows in effect.
+
 Refusals are control ``dominated_sums`` with the message of ADR 0053's per-release rule
 (:func:`mipflow.node.controls.disclosure.dominated_refusal`): the rule and the setting, never a size,
 and the same bytes whether the release alone or its difference with an earlier one is dominated.

@@ -310,6 +310,19 @@ def test_a_chain_whose_atoms_hold_the_threshold_in_effect_is_answered() -> None:
         memory.record(release(rows, glucose[rows.astype(int)]))
 
 
+@pytest.mark.parametrize("target", [12.3, None])
+def test_a_chain_across_data_models_is_weighed_by_patients(target: float | None) -> None:
+    glucose, chain = chain_rows(target)
+    everyone, patients = keys(range(0, 240)), keys(range(1000, 1240))
+    memory, read = WeightedMemory(None, KEY, PRIMES), population_of(everyone, glucose, patients)
+    for name in ("U", "U-X", "U-Y"):
+        at = chain[name].astype(int)
+        memory.record(release(chain[name], glucose[at], patients=patients[at]))
+    last = chain["U-(X|Y)"].astype(int)  # the next data-model version: other row keys, the same patients
+    fourth = release(keys(range(5000, 5240))[last], glucose[last], "stroke:0.2", patients[last])
+    assert memory.check(fourth, [GLUCOSE], 10, read) is (target is None)
+
+
 def test_a_chained_release_whose_weights_are_no_longer_known_refuses_only_an_atom_it_weighs() -> None:
     glucose, chain = chain_rows(None)
     everyone = keys(range(0, 240))
@@ -350,3 +363,62 @@ def test_atoms_are_labelled_by_their_members_membership() -> None:
         for j, members in enumerate(sets):
             inside = np.isin(universe, members)
             assert np.array_equal(atoms.incidence[j, labels].astype(bool), inside)
+
+
+def chain_registry(target: float | None) -> pd.DataFrame:
+    """240 patients; ``X``: age under 30, ``Y``: NIHSS over 20.  ``X ∩ Y``: ten patients with glucose
+    4-5.5 but one (``target``), or, ``target`` None, twenty near the top (12-12.25); ``X \\ Y`` and
+    ``Y \\ X``: 25 patients each near the top; thirty of the others near the top too."""
+    frame = stroke_rows(13, 240, "hospital_a", "chn")
+    rng = np.random.default_rng(17)
+    both = 10 if target is not None else 20
+    x = np.arange(240) < both + 25
+    y = (np.arange(240) < both) | ((np.arange(240) >= both + 25) & (np.arange(240) < both + 50))
+    frame["age"] = np.where(x, np.round(rng.uniform(19, 29.5, 240), 1), np.round(rng.uniform(30, 85, 240), 1))
+    frame["nihss_admission"] = np.where(y, rng.integers(21, 31, 240), rng.integers(0, 21, 240)).astype(float)
+    glucose = rng.uniform(4, 9, 240)
+    glucose[:both] = rng.uniform(4, 5.5, both) if target is not None else rng.uniform(12.0, 12.25, both)
+    glucose[both:both + 50] = rng.uniform(12.0, 12.25, 50)
+    glucose[200:230] = rng.uniform(12.0, 12.25, 30)
+    frame["glucose_mmol"] = np.round(glucose, 2)
+    if target is not None:
+        frame.loc[frame.index[3], "glucose_mmol"] = target
+    return frame
+
+
+NOT_X = where(rule("age", "greater_or_equal", 30))
+NOT_Y = where(rule("nihss_admission", "less_or_equal", 20))
+NOT_X_OR_Y = where(rule("age", "greater_or_equal", 30), rule("nihss_admission", "less_or_equal", 20))
+NOT_X_AND_Y = where(rule("age", "greater_or_equal", 30), rule("nihss_admission", "less_or_equal", 20),
+                    condition="OR")
+
+
+def chain_node(root: Path, target: float | None) -> Node:
+    standard_home(root, "hospital_a")
+    load_frame(root, STROKE, chain_registry(target))
+    grant_all(root, researcher="*", project="p")
+    return Node(root)
+
+
+def test_a_node_refuses_the_fourth_release_of_a_weighted_chain_with_the_pair_rule_s_message(tmp_path: Path) -> None:
+    """``U``, ``U \\ X``, ``U \\ Y``, ``U \\ (X ∪ Y)``: every pair's rows between hold the threshold in effect,
+    ``X ∩ Y`` holds ten rows (the row ledger's chain rule) of which one carries nearly all the weight."""
+    node = chain_node(tmp_path / "hospital_a", 12.3)
+    assert node.pca()["aggregates"]["moments"]["n"] == 240
+    assert node.pca(NOT_X)["aggregates"]["moments"]["n"] == 205
+    assert node.pca(NOT_Y)["aggregates"]["moments"]["n"] == 205
+    fourth = refused(lambda: node.pca(NOT_X_OR_Y))
+    assert (fourth.status, fourth.control) == (403, "dominated_sums")
+    pair = refused(lambda: node.pca(NOT_X_AND_Y))  # U less X ∩ Y: the pair rule, against U
+    assert (pair.status, pair.control, pair.reason) == (fourth.status, fourth.control, fourth.reason)
+    for value in ("12.3", "row(s)", "240", "205", "180", "X", "chain"):
+        assert value not in fourth.reason
+    # the same four releases of plain sums: ten rows in X ∩ Y, the row ledger answers
+    assert node.pca(NOT_X_OR_Y, exp=())["aggregates"]["moments"]["n"] == 180
+    assert refused(lambda: Node(node.root).pca(NOT_X_OR_Y)).reason == fourth.reason  # after a restart too
+
+
+def test_a_node_answers_overlapping_weighted_releases_whose_atoms_hold_the_threshold(tmp_path: Path) -> None:
+    node = chain_node(tmp_path / "hospital_a", None)
+    for filters, n in ((None, 240), (NOT_X, 195), (NOT_Y, 195), (NOT_X_OR_Y, 170), (NOT_X_AND_Y, 220), (None, 240)):
+        assert node.pca(filters)["aggregates"]["moments"]["n"] == n
