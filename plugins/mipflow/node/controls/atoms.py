@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -105,13 +105,21 @@ def atoms_of(sets: Sequence[np.ndarray]) -> Atoms:
 
     Patients in none of the sets belong to no atom (nothing about them was released).
     """
-    if not sets:
-        return Atoms(np.zeros((0, 0), dtype=np.uint8), np.zeros(0, dtype=np.int64))
-    members = [_as_set(s) for s in sets]
-    if len(members) == 1:  # one set: its members are one atom (no universe to build: 10M keys, ~0.5 GB)
-        size = members[0].size
+    if len(sets) == 1:  # one set: its members are one atom (no universe to build: 10M keys, ~0.5 GB)
+        size = _as_set(sets[0]).size
         return Atoms(incidence=np.ones((1, 1 if size else 0), dtype=np.uint8),
                      sizes=np.array([size] if size else [], dtype=np.int64))
+    return atom_labels(sets)[0]
+
+
+def atom_labels(sets: Sequence[np.ndarray]) -> tuple[Atoms, np.ndarray, np.ndarray]:
+    """:func:`atoms_of`, with every member's atom: ``(atoms, universe, labels)``, ``universe`` the
+    sorted unique members of the sets and ``labels[i]`` the atom (column of the incidence) of
+    ``universe[i]`` (for sizing atoms other than by their count, ADR 0058's weighted chain rule)."""
+    if not sets:
+        empty = np.zeros(0, dtype=np.uint64)
+        return Atoms(np.zeros((0, 0), dtype=np.uint8), np.zeros(0, dtype=np.int64)), empty, np.zeros(0, np.int64)
+    members = [_as_set(s) for s in sets]
     universe = sorted_unique(np.concatenate(members))
     if len(members) <= 64:  # each patient's sets as one 64-bit mask: atoms are the distinct masks
         code = np.zeros(universe.size, dtype=np.uint64)
@@ -121,21 +129,30 @@ def atoms_of(sets: Sequence[np.ndarray]) -> Atoms:
             code[at] |= np.uint64(1) << np.uint64(j)
         order = np.argsort(code, kind="stable")
         ordered = code[order]
-        starts = np.flatnonzero(np.concatenate([[True], ordered[1:] != ordered[:-1]]))
+        first = np.concatenate([[True], ordered[1:] != ordered[:-1]])
+        starts = np.flatnonzero(first)
         sizes = np.diff(np.append(starts, ordered.size))
         masks = ordered[starts]
         bits = np.uint64(1) << np.arange(len(members), dtype=np.uint64)
         incidence = ((masks[None, :] & bits[:, None]) != 0).astype(np.uint8)
-        return Atoms(incidence=incidence, sizes=sizes.astype(np.int64))
+        labels = np.empty(universe.size, dtype=np.int64)
+        labels[order] = np.cumsum(first) - 1
+        return Atoms(incidence=incidence, sizes=sizes.astype(np.int64)), universe, labels
     signature = np.zeros((universe.size, len(members)), dtype=bool)
     for j, keys in enumerate(members):
         signature[np.searchsorted(universe, keys), j] = True
     packed = np.packbits(signature, axis=1)
-    rows, first, sizes = np.unique(packed, axis=0, return_index=True, return_counts=True)
+    rows, first, inverse, sizes = np.unique(packed, axis=0, return_index=True, return_inverse=True,
+                                            return_counts=True)
     del rows
     incidence = signature[first].T.astype(np.uint8)
-    return Atoms(incidence=incidence, sizes=sizes.astype(np.int64))
+    return (Atoms(incidence=incidence, sizes=sizes.astype(np.int64)), universe,
+            np.asarray(inverse, dtype=np.int64).reshape(-1))
 
+
+#: How atoms are sized when not by their count: ``(universe, labels, n_atoms) -> sizes`` (float, one per
+#: atom), the arguments as :func:`atom_labels` gives them.
+AtomSizes = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
 
 
 def _isolatable_mod(incidence: np.ndarray, prime: int) -> np.ndarray:
@@ -214,7 +231,7 @@ def check_family(sets: Sequence[np.ndarray], min_row_count: int, primes: Sequenc
 
 
 def check_addition(old_sets: Sequence[np.ndarray], new_sets: Sequence[np.ndarray], min_row_count: int,
-                   primes: Sequence[int]) -> bool:
+                   primes: Sequence[int], sizes: AtomSizes | None = None) -> bool:
     """Whether releasing ``new_sets`` after ``old_sets`` lets no *new* combination isolate a small atom.
 
     The per-request form of the ledger rule (ADR 0030): an atom of the whole family (old and new)
@@ -223,6 +240,10 @@ def check_addition(old_sets: Sequence[np.ndarray], new_sets: Sequence[np.ndarray
     (what was released before cannot be taken back, and refusing every later request over those
     members would stop the node without protecting anyone).  The new sets split old atoms or add
     members outside every old set; any such piece that becomes isolatable and is small refuses.
+
+    An atom is small by its count of members, or, with ``sizes``, by the size that gives it (ADR 0058:
+    ``sum w / max w`` over its rows, a weighted sum's rows in effect); which members an atom holds is
+    still told by their count.
 
     Returns
     -------
@@ -234,8 +255,9 @@ def check_addition(old_sets: Sequence[np.ndarray], new_sets: Sequence[np.ndarray
     if min_row_count == 1 or not new_sets:
         return True
     old_sets, new_sets = list(old_sets), list(new_sets)
-    whole = atoms_of(old_sets + new_sets)
-    small = isolatable(whole, primes) & (whole.sizes < min_row_count)
+    whole, universe, labels = atom_labels(old_sets + new_sets)
+    measured = whole.sizes if sizes is None else np.asarray(sizes(universe, labels, whole.sizes.size))
+    small = isolatable(whole, primes) & (measured < min_row_count)
     if not small.any():
         return True
     if not old_sets:

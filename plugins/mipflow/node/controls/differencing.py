@@ -301,7 +301,8 @@ class DifferencingGuard:
         self.groups = GroupMemory(root)  # groups released with their sums, by rows (ADR 0051)
         from mipflow.node.controls.weighted_ledger import WeightedMemory
 
-        self.weighted = WeightedMemory(root, self.key)  # releases of sums weighted by the rows' values (ADR 0058)
+        # releases of sums weighted by the rows' values, with the chain rule's primes (ADR 0058)
+        self.weighted = WeightedMemory(root, self.key, self.primes)
 
     def cohorts(self, data_model: str, frame: pd.DataFrame, variables: Sequence[str],
                 complete_case: bool, by: Sequence[str] = ()) -> Cohorts:

@@ -19,6 +19,12 @@ each release used (:func:`fingerprint`).  When an earlier release's rows no long
 used (a row withdrawn or deleted, a value corrected, a variable now missing, its data model gone), the
 difference cannot be measured and an overlapping release is refused.
 
+Pairs are not enough: ``U``, ``U \\ X``, ``U \\ Y``, ``U \\ (X ∪ Y)`` isolate ``X ∩ Y``.  The chain rule
+(:func:`chain_dominated`, ADR 0058's amendment) runs the cohort ledger's (ADR 0030,
+:func:`mipflow.node.controls.atoms.check_addition`) on the family's releases chained to the new one,
+atoms sized by the rows they hold in effect (:func:`rows_in_effect`): no linear combination of the
+releases may isolate a new atom holding fewer than ``min_row_count`` rows in effect.
+
 Refusals are control ``dominated_sums`` with the message of ADR 0053's per-release rule
 (:func:`mipflow.node.controls.disclosure.dominated_refusal`): the rule and the setting, never a size,
 and the same bytes whether the release alone or its difference with an earlier one is dominated.
@@ -38,7 +44,10 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from mipflow.algorithms.weighted import WeightFamily, weighted_rows
-from mipflow.node.controls.ledger import _overlap, cohort_digest, decode_keys, encode_keys, sorted_unique
+from mipflow.node.controls.atoms import AtomSizes, check_addition, node_primes
+from mipflow.node.controls.ledger import (
+    _bounded, _overlap, cohort_digest, decode_keys, encode_keys, related, sorted_unique,
+)
 from mipflow.node.controls.sqlite_state import SqliteState
 
 #: The weighted release memory's file in the node home.
@@ -135,6 +144,88 @@ def pair_dominated(new: np.ndarray, new_logw: np.ndarray, old: np.ndarray, old_l
     return any(len(p) and weighted_rows(p) < threshold for p in parts)
 
 
+def unit_bounds(parts: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sorted unique units of ``parts`` (``(keys, least, largest log-weight)`` of several releases) and
+    the least and largest log-weight each carries in them.  Equal within a data model, where a row's
+    weight is a function of its current values; a patient's may differ across data models (her rows in
+    each); ``-inf`` and ``inf`` for the units of a release whose weights are no longer known."""
+    keys = np.concatenate([np.asarray(k, dtype=np.uint64) for k, _, _ in parts])
+    low = np.concatenate([np.asarray(w, dtype=float) for _, w, _ in parts])
+    high = np.concatenate([np.asarray(w, dtype=float) for _, _, w in parts])
+    order = np.argsort(keys, kind="stable")
+    keys, low, high = keys[order], low[order], high[order]
+    if not len(keys):
+        return keys, low, high
+    starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
+    return keys[starts], np.minimum.reduceat(low, starts), np.maximum.reduceat(high, starts)
+
+
+def rows_in_effect(units: np.ndarray, low: np.ndarray, high: np.ndarray) -> AtomSizes:
+    """Atoms sized by the rows they hold in effect, ``sum w / max w`` over their units (with ``units``'
+    weights known only within bounds, the least: ``sum low / max high``), for
+    :func:`mipflow.node.controls.atoms.check_addition`."""
+
+    def sizes(universe: np.ndarray, labels: np.ndarray, n_atoms: int) -> np.ndarray:
+        at = np.searchsorted(units, universe)
+        order = np.argsort(labels, kind="stable")
+        ordered = labels[order]
+        out = np.zeros(n_atoms)
+        if not len(ordered):
+            return out
+        starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+        top = np.maximum.reduceat(high[at][order], starts)
+        spans = np.diff(np.append(starts, len(ordered)))
+        out[ordered[starts]] = np.add.reduceat(np.exp(low[at][order] - np.repeat(top, spans)), starts)
+        return out
+
+    return sizes
+
+
+def _part(keys: np.ndarray, log_weights: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A release's units with their log-weights as bounds (unknown: ``[-inf, inf]``, every atom holding
+    one of them weighs nothing in effect)."""
+    if log_weights is None:
+        return keys, np.full(len(keys), -np.inf), np.full(len(keys), np.inf)
+    return keys, log_weights, log_weights
+
+
+def chain_dominated(new: FamilyRows, olds: Sequence["_Remembered"],
+                    used: Callable[[int], tuple[np.ndarray, np.ndarray | None] | None], threshold: int,
+                    primes: Sequence[int]) -> bool:
+    """The chain rule (ADR 0058, ADR 0030's atoms with weighted sizes): with the remembered releases of
+    its family it is chained to (:func:`mipflow.node.controls.ledger.related`, oldest first, bounded as
+    the cohort ledger bounds them), the new release lets no linear combination isolate a new atom
+    holding fewer than ``threshold`` rows in effect (:func:`rows_in_effect`).  Within the data model,
+    atoms of rows; when a chained release is of another data model, of patients (a patient's weight
+    the sum of her rows' in each release: the least counted, the largest dividing).  The rows of a
+    chained release whose weights the current rows no longer give (``used`` None) weigh nothing: an
+    isolatable new atom holding one refuses."""
+    own = [i for i, old in enumerate(olds) if old.data_model == new.data_model]
+    chosen = [own[j] for j in related([new.rows], [olds[i].rows for i in own])]
+    chosen = chosen[len(chosen) - len(_bounded([olds[i].rows for i in chosen], [new.rows])):]
+    if chosen:
+        taken = [used(i) for i in chosen]
+        parts = [_part(new.rows, new.log_weights),
+                 *(_part(olds[i].rows, None if t is None else t[0]) for i, t in zip(chosen, taken))]
+        if not check_addition([olds[i].rows for i in chosen], [new.rows], threshold, primes,
+                              rows_in_effect(*unit_bounds(parts))):
+            return True
+    if new.patients is None:
+        return False
+    patients = sorted_unique(new.patients)
+    known = [i for i, old in enumerate(olds) if old.patients is not None]
+    chosen = [known[j] for j in related([patients], [olds[i].patients for i in known])]
+    chosen = chosen[len(chosen) - len(_bounded([olds[i].patients for i in chosen], [patients])):]
+    if not any(olds[i].data_model != new.data_model for i in chosen):
+        return False  # one data model: its rows were weighed above
+    parts = [_part(*per_patient(new.patients, new.log_weights))]
+    for i in chosen:
+        t = used(i)
+        parts.append(_part(olds[i].patients, None) if t is None or t[1] is None else _part(*per_patient(t[1], t[0])))
+    return not check_addition([olds[i].patients for i in chosen], [patients], threshold, primes,
+                              rows_in_effect(*unit_bounds(parts)))
+
+
 @dataclass(frozen=True)
 class _Remembered:
     data_model: str
@@ -153,11 +244,15 @@ class WeightedMemory(SqliteState):
         The node home; None keeps the memory in this process only (tests of the rule).
     key : str
         The ledger's row-hash key (:func:`mipflow.node.controls.differencing.hash_key`).
+    primes : sequence of int, optional
+        The chain rule's primes (:func:`mipflow.node.controls.atoms.node_primes`, the ledger's); by
+        default derived from ``key``.
     """
 
-    def __init__(self, root: str | Path | None, key: str) -> None:
+    def __init__(self, root: str | Path | None, key: str, primes: Sequence[int] | None = None) -> None:
         super().__init__(Path(root) / WEIGHTED_FILE if root is not None else None)
         self.key = fingerprint_key(key)
+        self.primes = tuple(primes) if primes is not None else node_primes(self.key)
         self._releases: dict[str, dict[tuple[str, str, str], _Remembered]] = {}  # family -> id -> release
         self._seen = 0
         if self.path is not None:
@@ -186,9 +281,11 @@ class WeightedMemory(SqliteState):
 
     def check(self, releases: Sequence[FamilyRows], families: Sequence[WeightFamily], threshold: int,
               read: PopulationReader) -> bool:
-        """Whether every family's rows, against every remembered release of that family they overlap,
-        pass :func:`pair_dominated` (False: refuse).  ``read`` gives an earlier release's data model's
-        current rows; an earlier release whose weights they no longer give refuses an overlapping one."""
+        """Whether every family's rows pass, against every remembered release of that family they
+        overlap, :func:`pair_dominated`, and with the remembered releases they are chained to, the chain
+        rule (:func:`chain_dominated`) (False: refuse).  ``read`` gives an earlier release's data
+        model's current rows; an earlier release whose weights they no longer give refuses an
+        overlapping or chained one."""
         if threshold <= 1:
             return True
         by_name = {f.name: f for f in families}
@@ -196,18 +293,37 @@ class WeightedMemory(SqliteState):
             self._refresh()
             remembered = {r.family: list(self._releases.get(r.family, {}).values()) for r in releases}
         for release in releases:
-            family = by_name[release.family]
+            family, olds = by_name[release.family], remembered[release.family]
             mark = fingerprint(self.key, release.rows, release.log_weights)
             if any(old.data_model == release.data_model and old.fingerprint == mark
-                   and np.array_equal(old.rows, release.rows) for old in remembered[release.family]):
+                   and np.array_equal(old.rows, release.rows) for old in olds):
                 continue  # released before, rows and weights: nothing new (a repeat, a later round)
-            for old in remembered[release.family]:
-                if not self._pair_allowed(release, old, family, threshold, read):
-                    return False
+            verified: dict[int, tuple[np.ndarray, np.ndarray | None] | None] = {}
+
+            def used(i: int, family: WeightFamily = family) -> tuple[np.ndarray, np.ndarray | None] | None:
+                """Remembered release ``i``'s log-weights (and patients) from the current rows, when they
+                still give the weights it released (its fingerprint); None when not."""
+                if i not in verified:
+                    verified[i] = self._weights_used(olds[i], family, read)
+                return verified[i]
+
+            if not all(self._pair_allowed(release, old, used, i, threshold) for i, old in enumerate(olds)):
+                return False
+            if chain_dominated(release, olds, used, threshold, self.primes):
+                return False
         return True
 
-    def _pair_allowed(self, new: FamilyRows, old: _Remembered, family: WeightFamily, threshold: int,
-                      read: PopulationReader) -> bool:
+    def _weights_used(self, old: _Remembered, family: WeightFamily,
+                      read: PopulationReader) -> tuple[np.ndarray, np.ndarray | None] | None:
+        population = read(old.data_model, family.variables)
+        taken = None if population is None else population.take(old.rows, family)
+        if taken is None or fingerprint(self.key, old.rows, taken[0]) != old.fingerprint:
+            return None  # the weights released are gone or changed: the difference is not measurable
+        return taken
+
+    @staticmethod
+    def _pair_allowed(new: FamilyRows, old: _Remembered, used: Callable[[int], Any], at: int,
+                      threshold: int) -> bool:
         same_model = old.data_model == new.data_model
         if same_model:
             if not _overlap(new.rows, old.rows):
@@ -216,10 +332,9 @@ class WeightedMemory(SqliteState):
                 return False  # the same rows with other weights (a value changed): the change, dominated
         elif new.patients is None or old.patients is None or not _overlap(sorted_unique(new.patients), old.patients):
             return True  # another data model: compared by patients, when both releases know them and share some
-        population = read(old.data_model, family.variables)
-        taken = None if population is None else population.take(old.rows, family)
-        if taken is None or fingerprint(self.key, old.rows, taken[0]) != old.fingerprint:
-            return False  # the weights released are gone or changed: the difference is not measurable
+        taken = used(at)
+        if taken is None:
+            return False
         if same_model:
             return not pair_dominated(new.rows, new.log_weights, old.rows, taken[0], threshold)
         if taken[1] is None:
@@ -341,5 +456,6 @@ def remember_weighted(context: Any, work: Any) -> None:
         context.differencing.weighted.record(work.weighted[1])
 
 
-__all__ = ["FamilyRows", "Population", "PopulationReader", "WEIGHTED_FILE", "WeightedMemory", "check_weighted",
-           "fingerprint", "pair_dominated", "per_patient", "read_population", "release_rows", "remember_weighted"]
+__all__ = ["FamilyRows", "Population", "PopulationReader", "WEIGHTED_FILE", "WeightedMemory", "chain_dominated",
+           "check_weighted", "fingerprint", "pair_dominated", "per_patient", "read_population", "release_rows",
+           "remember_weighted", "rows_in_effect", "unit_bounds"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from pathlib import Path
 from typing import Iterator
 
@@ -12,6 +13,7 @@ import pytest
 
 from mipflow.algorithms.weighted import WeightFamily, exp_families, weighted_rows
 from mipflow.central.client import NodeRefused
+from mipflow.node.controls.atoms import node_primes
 from mipflow.node.controls.weighted_ledger import (
     FamilyRows, Population, WeightedMemory, pair_dominated, per_patient,
 )
@@ -23,6 +25,7 @@ from tests.nodes import grant_all, load_frame, standard_home
 
 GLUCOSE = exp_families(["glucose_mmol"])[0]
 KEY = "k" * 16
+PRIMES = node_primes(b"\x02" * 32)
 
 
 def keys(*ranges: range) -> np.ndarray:
@@ -257,3 +260,165 @@ def test_the_next_data_model_version_is_compared_by_patients(tmp_path: Path) -> 
     assert node.pca()["aggregates"]["moments"]["n"] == 240
     assert refused(lambda: node.pca(ADULTS, model=v2.key)).control == "dominated_sums"
     assert node.pca(WOMEN, model=v2.key)["aggregates"]["moments"]["n"] == N_WOMEN
+
+
+# ------------------------------------------------------------------------------------------ the chain rule
+
+
+def chain_rows(target: float | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Glucose of 240 rows and the four releases ``U``, ``U \\ X``, ``U \\ Y``, ``U \\ (X ∪ Y)``: ``X ∩ Y``
+    rows 0-9 at 4-5.5 but row 3 (``target``), or, ``target`` None, rows 0-19 near the top (12-12.25);
+    ``X \\ Y`` and ``Y \\ X`` 25 rows each near the top; thirty of the other rows near the top too."""
+    rng = np.random.default_rng(21)
+    glucose = rng.uniform(4, 9, 240)
+    both = 10 if target is not None else 20
+    glucose[:both] = rng.uniform(4, 5.5, both) if target is not None else rng.uniform(12.0, 12.25, both)
+    if target is not None:
+        glucose[3] = target
+    glucose[both:both + 50] = rng.uniform(12.0, 12.25, 50)
+    glucose[200:230] = rng.uniform(12.0, 12.25, 30)
+    everyone = keys(range(0, 240))
+    x, y = everyone[:both + 25], np.r_[everyone[:both], everyone[both + 25:both + 50]]
+    return glucose, {"U": everyone, "U-X": np.setdiff1d(everyone, x), "U-Y": np.setdiff1d(everyone, y),
+                     "U-(X|Y)": np.setdiff1d(everyone, np.union1d(x, y))}
+
+
+@pytest.mark.parametrize("last", ["U-(X|Y)", "U", "U-X"])
+def test_four_releases_isolating_one_dominated_atom_are_refused_though_every_pair_passes(last: str) -> None:
+    from mipflow.node.controls.atoms import check_addition
+
+    glucose, chain = chain_rows(12.3)
+    logw = GLUCOSE.log_weights({"glucose_mmol": glucose})
+    for a, b in itertools.combinations(chain.values(), 2):  # the pair rule lets every pair through ...
+        assert not pair_dominated(a, logw[a.astype(int)], b, logw[b.astype(int)], 10)
+    assert weighted_rows(logw[:10]) < 1.01  # ... while X ∩ Y, ten rows, is one in effect
+    first = [chain[name] for name in chain if name != last]
+    assert check_addition(first, [chain[last]], 10, PRIMES)  # and the row ledger's chain rule: ten rows
+    memory, read = WeightedMemory(None, KEY, PRIMES), population_of(keys(range(0, 240)), glucose)
+    for rows in first:
+        assert memory.check(release(rows, glucose[rows.astype(int)]), [GLUCOSE], 10, read)
+        memory.record(release(rows, glucose[rows.astype(int)]))
+    assert not memory.check(release(chain[last], glucose[chain[last].astype(int)]), [GLUCOSE], 10, read)
+    assert memory.check(release(chain[last], glucose[chain[last].astype(int)]), [GLUCOSE], 1, read)
+
+
+def test_a_chain_whose_atoms_hold_the_threshold_in_effect_is_answered() -> None:
+    glucose, chain = chain_rows(None)
+    memory, read = WeightedMemory(None, KEY, PRIMES), population_of(keys(range(0, 240)), glucose)
+    for rows in chain.values():
+        assert memory.check(release(rows, glucose[rows.astype(int)]), [GLUCOSE], 10, read)
+        memory.record(release(rows, glucose[rows.astype(int)]))
+
+
+@pytest.mark.parametrize("target", [12.3, None])
+def test_a_chain_across_data_models_is_weighed_by_patients(target: float | None) -> None:
+    glucose, chain = chain_rows(target)
+    everyone, patients = keys(range(0, 240)), keys(range(1000, 1240))
+    memory, read = WeightedMemory(None, KEY, PRIMES), population_of(everyone, glucose, patients)
+    for name in ("U", "U-X", "U-Y"):
+        at = chain[name].astype(int)
+        memory.record(release(chain[name], glucose[at], patients=patients[at]))
+    last = chain["U-(X|Y)"].astype(int)  # the next data-model version: other row keys, the same patients
+    fourth = release(keys(range(5000, 5240))[last], glucose[last], "stroke:0.2", patients[last])
+    assert memory.check(fourth, [GLUCOSE], 10, read) is (target is None)
+
+
+def test_a_chained_release_whose_weights_are_no_longer_known_refuses_only_an_atom_it_weighs() -> None:
+    glucose, chain = chain_rows(None)
+    everyone = keys(range(0, 240))
+    memory = WeightedMemory(None, KEY, PRIMES)
+    for name in ("U-X", "U-Y"):
+        memory.record(release(chain[name], glucose[chain[name].astype(int)]))
+    corrected = glucose.copy()
+    corrected[5] += 0.01  # X ∩ Y: in neither release, whose weights stay known
+    assert memory.check(release(chain["U"], corrected), [GLUCOSE], 10, population_of(everyone, corrected))
+    corrected[100] += 0.01  # in both: every overlapping release is refused (the pair rule)
+    assert not memory.check(release(chain["U"], corrected), [GLUCOSE], 10, population_of(everyone, corrected))
+    # chained only: A and B overlap, the new C overlaps B alone; no combination isolates an atom of A ...
+    a, b, c = everyone[:100], everyone[50:150], everyone[120:200]
+    glucose = np.random.default_rng(8).uniform(12.0, 12.25, 240)  # every atom holds the threshold in effect
+    memory = WeightedMemory(None, KEY, PRIMES)
+    for rows in (a, b):
+        memory.record(release(rows, glucose[rows.astype(int)]))
+    changed = glucose.copy()
+    changed[10] += 0.01  # ... whose weights changed since: answered
+    assert memory.check(release(c, changed[120:200]), [GLUCOSE], 10, population_of(everyone, changed))
+    # ... but a fourth, B \ A (disjoint from A), isolates A \ B = A - B + (B \ A) and A ∩ B = B - (B \ A):
+    # atoms of A, weighed by A's weights, which are no longer known: refused, and answered while they are
+    memory.record(release(c, changed[120:200]))
+    d = everyone[100:150]
+    assert memory.check(release(d, glucose[100:150]), [GLUCOSE], 10, population_of(everyone, glucose))
+    assert not memory.check(release(d, changed[100:150]), [GLUCOSE], 10, population_of(everyone, changed))
+
+
+def test_atoms_are_labelled_by_their_members_membership() -> None:
+    from mipflow.node.controls.atoms import atom_labels, atoms_of
+
+    rng = np.random.default_rng(2)
+    for n_sets in (3, 70):  # one 64-bit mask per member, and the packed rows beyond 64 sets
+        sets = [rng.choice(500, 120, replace=False).astype(np.uint64) for _ in range(n_sets)]
+        atoms, universe, labels = atom_labels(sets)
+        assert np.array_equal(atoms.sizes, atoms_of(sets).sizes)
+        assert np.array_equal(np.bincount(labels, minlength=atoms.sizes.size), atoms.sizes)
+        for j, members in enumerate(sets):
+            inside = np.isin(universe, members)
+            assert np.array_equal(atoms.incidence[j, labels].astype(bool), inside)
+
+
+def chain_registry(target: float | None) -> pd.DataFrame:
+    """240 patients; ``X``: age under 30, ``Y``: NIHSS over 20.  ``X ∩ Y``: ten patients with glucose
+    4-5.5 but one (``target``), or, ``target`` None, twenty near the top (12-12.25); ``X \\ Y`` and
+    ``Y \\ X``: 25 patients each near the top; thirty of the others near the top too."""
+    frame = stroke_rows(13, 240, "hospital_a", "chn")
+    rng = np.random.default_rng(17)
+    both = 10 if target is not None else 20
+    x = np.arange(240) < both + 25
+    y = (np.arange(240) < both) | ((np.arange(240) >= both + 25) & (np.arange(240) < both + 50))
+    frame["age"] = np.where(x, np.round(rng.uniform(19, 29.5, 240), 1), np.round(rng.uniform(30, 85, 240), 1))
+    frame["nihss_admission"] = np.where(y, rng.integers(21, 31, 240), rng.integers(0, 21, 240)).astype(float)
+    glucose = rng.uniform(4, 9, 240)
+    glucose[:both] = rng.uniform(4, 5.5, both) if target is not None else rng.uniform(12.0, 12.25, both)
+    glucose[both:both + 50] = rng.uniform(12.0, 12.25, 50)
+    glucose[200:230] = rng.uniform(12.0, 12.25, 30)
+    frame["glucose_mmol"] = np.round(glucose, 2)
+    if target is not None:
+        frame.loc[frame.index[3], "glucose_mmol"] = target
+    return frame
+
+
+NOT_X = where(rule("age", "greater_or_equal", 30))
+NOT_Y = where(rule("nihss_admission", "less_or_equal", 20))
+NOT_X_OR_Y = where(rule("age", "greater_or_equal", 30), rule("nihss_admission", "less_or_equal", 20))
+NOT_X_AND_Y = where(rule("age", "greater_or_equal", 30), rule("nihss_admission", "less_or_equal", 20),
+                    condition="OR")
+
+
+def chain_node(root: Path, target: float | None) -> Node:
+    standard_home(root, "hospital_a")
+    load_frame(root, STROKE, chain_registry(target))
+    grant_all(root, researcher="*", project="p")
+    return Node(root)
+
+
+def test_a_node_refuses_the_fourth_release_of_a_weighted_chain_with_the_pair_rule_s_message(tmp_path: Path) -> None:
+    """``U``, ``U \\ X``, ``U \\ Y``, ``U \\ (X ∪ Y)``: every pair's rows between hold the threshold in effect,
+    ``X ∩ Y`` holds ten rows (the row ledger's chain rule) of which one carries nearly all the weight."""
+    node = chain_node(tmp_path / "hospital_a", 12.3)
+    assert node.pca()["aggregates"]["moments"]["n"] == 240
+    assert node.pca(NOT_X)["aggregates"]["moments"]["n"] == 205
+    assert node.pca(NOT_Y)["aggregates"]["moments"]["n"] == 205
+    fourth = refused(lambda: node.pca(NOT_X_OR_Y))
+    assert (fourth.status, fourth.control) == (403, "dominated_sums")
+    pair = refused(lambda: node.pca(NOT_X_AND_Y))  # U less X ∩ Y: the pair rule, against U
+    assert (pair.status, pair.control, pair.reason) == (fourth.status, fourth.control, fourth.reason)
+    for value in ("12.3", "row(s)", "240", "205", "180", "X", "chain"):
+        assert value not in fourth.reason
+    # the same four releases of plain sums: ten rows in X ∩ Y, the row ledger answers
+    assert node.pca(NOT_X_OR_Y, exp=())["aggregates"]["moments"]["n"] == 180
+    assert refused(lambda: Node(node.root).pca(NOT_X_OR_Y)).reason == fourth.reason  # after a restart too
+
+
+def test_a_node_answers_overlapping_weighted_releases_whose_atoms_hold_the_threshold(tmp_path: Path) -> None:
+    node = chain_node(tmp_path / "hospital_a", None)
+    for filters, n in ((None, 240), (NOT_X, 195), (NOT_Y, 195), (NOT_X_OR_Y, 170), (NOT_X_AND_Y, 220), (None, 240)):
+        assert node.pca(filters)["aggregates"]["moments"]["n"] == n
