@@ -51,3 +51,8 @@ class FederationError(MipflowError):
     def __init__(self, message: str, *, excluded: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.excluded = dict(excluded or {})
+
+
+class DataModelNotHeld(MipflowError):
+    """The node holds no data of the request's data model: it is left out of the
+    analysis (HTTP 404, control ``data_model``), the request itself is not invalid."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from mipflow.exceptions import MipflowError, RequestError
+from mipflow.exceptions import DataModelNotHeld, RequestError  # noqa: F401 (DataModelNotHeld: re-exported for the node API)
 from mipflow.node.controls.access import AccessRegistry
 from mipflow.node.controls.audit import AUDIT_FILE, AuditLog
 from mipflow.node.controls.differencing import Cohorts, DifferencingGuard
@@ -27,11 +27,6 @@ from mipflow.node.home import NodeHome, NodeSettings
 log = logging.getLogger(__name__)
 #: Data selections kept in node memory between rounds (see :class:`SelectionCache`).
 FRAME_CACHE_SIZE = 4
-
-
-class DataModelNotHeld(MipflowError):
-    """The node holds no data of the request's data model: it is left out of the
-    analysis (HTTP 404, control ``data_model``), the request itself is not invalid."""
 
 
 def selection_bytes(data: Any, cohorts: Any) -> int:

@@ -413,7 +413,7 @@ def check_weighted(request: Any, context: Any, work: Any) -> None:
     ``weight_families``) against every earlier release of the same family at this node (ADR 0058;
     control ``dominated_sums``).  The release's rows are worked out even while ``differencing_check``
     is off or in a study, so that :func:`remember_weighted` remembers them; explore releases are DP."""
-    from mipflow.node.api.context import DataModelNotHeld
+    from mipflow.exceptions import DataModelNotHeld
     from mipflow.node.controls.disclosure import dominated_refusal
 
     work.weighted = None
