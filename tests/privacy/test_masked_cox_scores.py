@@ -6,8 +6,10 @@ partial likelihood, score and information (``l_i``, ``U_i``, ``I_i``).  With sec
 (automatic from 3 nodes) the score rounds are masked with the pairwise masks of ADR 0014: the
 central site, recording every reply, holds ring elements, each far from the node's actual share
 (taken from the same analysis run in the clear), and only their sum, the pooled ``l``, ``U``,
-``I``, decodes.  Round 0 (each node's own bins, whose ends the central site intersects) and the
-"sums" rounds (counts beside ciphertexts) travel as before.  The result equals statsmodels PHReg on
+``I``, decodes.  So is the "start" round after round 0 (each node's rows, level counts and covariate
+moments, which the central site needs only pooled: ADR 0055 amendment).  Round 0 (each node's own bins,
+whose ends the central site intersects) and the "sums" rounds (counts beside ciphertexts) travel in the
+clear.  The result equals statsmodels PHReg on
 the pooled rows; with 2 nodes automatic mode leaves it off, as for every algorithm.
 """
 from __future__ import annotations
@@ -95,32 +97,38 @@ def rounds_of(client: Recording) -> list[tuple[int, Any, dict]]:
 
 
 @pytest.mark.parametrize("ties", ["breslow", "efron"])
-def test_three_nodes_mask_the_score_rounds_and_equal_pooled_phreg(federation, ties: str) -> None:
+def test_three_nodes_mask_the_start_and_score_rounds_and_equal_pooled_phreg(federation, ties: str) -> None:
     outcome, recording = federation.run(ties)
     assert outcome.secure_aggregation["enabled"] is True and outcome.secure_aggregation["mode"] == "auto-on"
     assert sorted(outcome.secure_aggregation["participants"]) == sorted(HOSPITALS)
     assert outcome.contributed == {n: len(federation.frames[n].dropna(subset=["followup_days", "death_90d", *X]))
                                    for n in HOSPITALS} and not outcome.excluded
-    assert outcome.rounds == 1 + 2 * (outcome.result["iterations"] + 1)
+    assert outcome.rounds == 2 + 2 * (outcome.result["iterations"] + 1)
     assert_equals_pooled(outcome, list(federation.frames.values()), ties)
     for name, client in recording.items():
         seen = rounds_of(client)
         assert len(seen) == outcome.rounds
-        # round 0 as before: the node's own bins in the clear (the central site intersects their ends)
-        assert {"ends", "events", "censored", "moments"} <= set(seen[0][2]["aggregates"])
-        for round_no, state, reply in seen[1:]:
+        # round 0: the node's own bins in the clear (the central site intersects their ends), and nothing
+        # the central site needs only summed (ADR 0055 amendment): no moments, no level counts
+        assert set(seen[0][2]["aggregates"]) == {"n", "ends", "events", "censored", "group_counts"}, name
+        # round 1 ("start"): rows, level counts and moments, masked
+        assert seen[1][1]["phase"] == "start" and set(seen[1][2]["aggregates"]) == {"secure_aggregation"}
+        layout = seen[1][2]["aggregates"]["secure_aggregation"]["layout"]
+        assert {"n", "level_counts", "moments"} == set(layout), name
+        for round_no, state, reply in seen[2:]:
             aggregates = reply["aggregates"]
             if state["phase"] == "sums":  # as before: counts, and the sums sealed to the three nodes
                 assert set(aggregates) == {"n", "n_events", "group_counts", "sealed"}
                 assert set(aggregates["sealed"]) == set(HOSPITALS)
             else:
                 assert set(aggregates) == {"secure_aggregation"}, (name, round_no)
-    # each node's audit record says which rounds it masked: the score rounds, not round 0 or the sums rounds
+    # each node's audit record says which rounds it masked: the start and score rounds, not round 0 or the
+    # sums rounds
     audit = [json.loads(line) for line in (federation.roots["hospital_a"] / AUDIT_FILE).read_text().splitlines()]
     last = [r for r in audit if r.get("decision") == "allowed"][-outcome.rounds:]
     assert [r.get("round") for r in last] == list(range(outcome.rounds))
-    assert [r.get("secure_aggregation") for r in last] == ["clear_round", *["clear_round", True] * (
-        (outcome.rounds - 1) // 2)]
+    assert [r.get("secure_aggregation") for r in last] == ["clear_round", True, *["clear_round", True] * (
+        (outcome.rounds - 2) // 2)]
 
 
 def test_the_central_site_reads_no_nodes_share_of_l_u_i(federation) -> None:

@@ -291,7 +291,10 @@ def test_defence_b_cox_risk_set_sums_are_sealed_to_the_nodes_and_the_central_sit
                     y=("followup_days", "death_90d"), x=("age", "nihss_admission"), filters=cohort,
                     datasets=DATASETS, event_level="yes", bin_width=7.0), [client], researcher="alice",
                     project=PROJECT)
-                later = client.rounds[1:]
+                # round 0 the bins, round 1 the start (rows, level counts, moments: ADR 0055 amendment)
+                assert client.rounds[1][1]["phase"] == "start"
+                assert set(client.rounds[1][2]["aggregates"]) == {"n", "level_counts", "group_n", "moments"}
+                later = client.rounds[2:]
                 phases = [state["phase"] for _, state, _, _ in later]
                 assert phases == ["sums", "score"] * (len(later) // 2) and len(later) >= 6, phases
                 n_bins = len(later[0][1]["ends"])

@@ -92,17 +92,20 @@ def node(root: Path, frame: pd.DataFrame) -> Path:
 
 
 def cox(client: Recording, ties: str, max_time: float | None) -> tuple[dict, dict, dict]:
-    """One honest one-node Cox analysis (bin width 1 day); the central site keeps round 0's reply and
-    round 2's state and reply (the score round at b = 0)."""
+    """One honest one-node Cox analysis (bin width 1 day); the central site keeps round 0's reply with the
+    start round's (ADR 0055 amendment: rows, level counts, moments; one node, so in the clear) and round 3's
+    state and reply (the score round at b = 0)."""
     client.rounds.clear()
     parameters: dict[str, Any] = {"event_level": "yes", "bin_width": 1.0, "ties": ties}
     if max_time is not None:
         parameters["max_time"] = max_time
     run_analysis("cox_regression", request_of(y=("followup_days", "death_90d"), x=COLUMNS, datasets=[NODE],
                                               **parameters), [client], researcher="mallory", project=PROJECT)
-    (_, _, zero, _), (_, sums_state, sums, _), (_, state, score, _) = client.rounds[:3]
-    assert sums_state["phase"] == "sums" and state["phase"] == "score" and state["coefficients"] == [0.0] * P
-    return zero["aggregates"], state, {"sealed": sums["aggregates"]["sealed"], **score["aggregates"]}
+    (_, _, zero, _), (_, start_state, start, _), (_, sums_state, sums, _), (_, state, score, _) = client.rounds[:4]
+    assert start_state["phase"] == "start" and sums_state["phase"] == "sums" and state["phase"] == "score"
+    assert state["coefficients"] == [0.0] * P
+    return ({**zero["aggregates"], **start["aggregates"]}, state,
+            {"sealed": sums["aggregates"]["sealed"], **score["aggregates"]})
 
 
 def symmetric(packed) -> np.ndarray:
@@ -112,8 +115,8 @@ def symmetric(packed) -> np.ndarray:
 
 
 def test_defence_a_max_time_sweep_of_cox_scores_reaches_no_bin_of_fewer_than_min_row_count_deaths(tmp_path) -> None:
-    """Item 1, closed: the central site reads one node's ``U, I`` at ``b = 0`` (round 2) of honest Cox
-    analyses cut at each event bin end (``max_time``), and round 0's covariate moments.  Before the
+    """Item 1, closed: the central site reads one node's ``U, I`` at ``b = 0`` (round 3) of honest Cox
+    analyses cut at each event bin end (``max_time``), and the start round's covariate moments.  Before the
     fix it recovered each event bin's sums, squares and cross products of the deaths' age and NIHSS
     exactly, and the integer covariates of every death in the bins of 3.  Now Cox regression's bins
     hold 0 or at least ``min_row_count`` events and censorings (``bin_count_setting``, ADR 0046
@@ -125,7 +128,7 @@ def test_defence_a_max_time_sweep_of_cox_scores_reaches_no_bin_of_fewer_than_min
     with running_nodes([root]) as urls:
         client = Recording(NodeEndpoint(NODE, urls[0], credential.client_id, credential.secret.hex()), retries=0)
         try:
-            zero, _, _ = cox(client, "breslow", None)  # the released bins and counts, the moments
+            zero, _, _ = cox(client, "breslow", None)  # the released bins and counts, the moments (round 1)
             ends = zero["ends"]
             events, censored = np.asarray(zero["events"]), np.asarray(zero["censored"])
             event_bins = [j for j in range(len(events)) if events[j] > 0]
@@ -152,7 +155,7 @@ def test_defence_a_max_time_sweep_of_cox_scores_reaches_no_bin_of_fewer_than_min
     assert len({bins for bins, _ in sizes}) == len(sizes) >= 3
     assert all(size == predicted(bins) for bins, size in sizes), sizes
 
-    # the attack: differences of consecutive cuts, chained from round 0's moments
+    # the attack: differences of consecutive cuts, chained from the start round's moments
     moments = zero["moments"]
     s1 = moments["n"] * np.asarray(moments["mean"])  # sum of the covariates over the first risk set
     gone = np.concatenate([[0], np.cumsum(events + censored)[:-1]])

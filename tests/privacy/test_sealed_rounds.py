@@ -63,15 +63,16 @@ class Federation:
 
 @dataclass
 class SumsRound:
-    """An honest analysis up to a sums round (round 1, or a later one), as the central site holds it."""
+    """An honest analysis up to a sums round (round 2, after round 0's bins and round 1's start, or a later
+    one), as the central site holds it."""
 
     analysis_id: str
     participants: list[dict[str, str]]
-    chain: str               # before round 1
-    state: dict              # sent with round 1 (phase "sums")
-    replies: dict[str, dict]  # round 1's replies: aggregates with sealed sums, and tags
-    score_state: dict        # the state of round 2 (phase "score")
-    round_no: int = 1        # (the sums round these are; the score round is the next)
+    chain: str               # before round 2
+    state: dict              # sent with round 2 (phase "sums")
+    replies: dict[str, dict]  # round 2's replies: aggregates with sealed sums, and tags
+    score_state: dict        # the state of round 3 (phase "score")
+    round_no: int = 2        # (the sums round these are; the score round is the next)
 
     def transcript(self, replies: dict[str, dict] | None = None) -> dict[str, Any]:
         """The score round's transcript with the sums round's contributions (``replies``, default the honest ones)."""
@@ -81,7 +82,7 @@ class SumsRound:
                 "previous": {"chain": self.chain, "state": self.state, "contributions": contributions}}
 
     def retagged(self, federation: Federation, node: str, aggregates: dict) -> dict[str, dict]:
-        """Round 1's replies with ``node``'s aggregates replaced and tagged anew with ``node``'s key
+        """The sums round's replies with ``node``'s aggregates replaced and tagged anew with ``node``'s key
         (what a central site holding that key can do)."""
         keys = {p["node"]: bytes.fromhex(p["public_key"]) for p in self.participants}
         msg = message(chain=self.chain, analysis_id=self.analysis_id, algorithm="cox_regression", round_no=self.round_no,
@@ -103,18 +104,26 @@ def sums_round(federation: Federation) -> SumsRound:
     keys = {p["node"]: p["public_key"] for p in participants}
     first = {"scheme": TRANSCRIPT_SCHEME, "participants": participants, "previous": None}
     replies0 = {n: federation.call(n, 0, None, analysis_id, first) for n in HOSPITALS}
-    state = json.loads(json.dumps(ALG.global_step(0, [r["aggregates"] for r in replies0.values()], COX, STROKE,
+    start = json.loads(json.dumps(ALG.global_step(0, [r["aggregates"] for r in replies0.values()], COX, STROKE,
                                                   None).state))
-    assert state["phase"] == "sums"
+    assert start["phase"] == "start"  # rows, level counts, moments (ADR 0055 amendment)
     chain0 = genesis(analysis_id=analysis_id, algorithm="cox_regression", request=COX.to_dict(), participants=keys)
     contributions0 = [{"node": n, "aggregates": r["aggregates"], "tags": r["tags"]} for n, r in replies0.items()]
     second = {"scheme": TRANSCRIPT_SCHEME, "participants": participants,
               "previous": {"chain": chain0, "state": None, "contributions": contributions0}}
-    replies1 = {n: federation.call(n, 1, state, analysis_id, second) for n in HOSPITALS}
-    score_state = json.loads(json.dumps(ALG.global_step(1, [r["aggregates"] for r in replies1.values()], COX,
+    replies1 = {n: federation.call(n, 1, start, analysis_id, second) for n in HOSPITALS}
+    state = json.loads(json.dumps(ALG.global_step(1, [r["aggregates"] for r in replies1.values()], COX, STROKE,
+                                                  start).state))
+    assert state["phase"] == "sums"
+    chain1 = advance(chain0, 0, None, contributions0)
+    contributions1 = [{"node": n, "aggregates": r["aggregates"], "tags": r["tags"]} for n, r in replies1.items()]
+    third = {"scheme": TRANSCRIPT_SCHEME, "participants": participants,
+             "previous": {"chain": chain1, "state": start, "contributions": contributions1}}
+    replies2 = {n: federation.call(n, 2, state, analysis_id, third) for n in HOSPITALS}
+    score_state = json.loads(json.dumps(ALG.global_step(2, [r["aggregates"] for r in replies2.values()], COX,
                                                         STROKE, state).state))
     assert score_state["phase"] == "score"
-    return SumsRound(analysis_id, participants, advance(chain0, 0, None, contributions0), state, replies1,
+    return SumsRound(analysis_id, participants, advance(chain1, 1, start, contributions1), state, replies2,
                      score_state)
 
 
@@ -170,7 +179,7 @@ def test_the_sums_round_releases_ciphertexts_only_and_the_honest_score_round_is_
         assert set(sealed) == set(HOSPITALS) and all(isinstance(v, str) for v in sealed.values())
         assert set(reply["aggregates"]) == {"n", "n_events", "group_counts", "sealed"}
     for node in HOSPITALS:
-        reply = federation.call(node, 2, rnd.score_state, rnd.analysis_id, rnd.transcript())
+        reply = federation.call(node, 3, rnd.score_state, rnd.analysis_id, rnd.transcript())
         assert set(reply["aggregates"]) == {"n", "n_events", "group_counts", "loglik", "score", "information"}
 
 
@@ -225,21 +234,21 @@ def test_a_peer_key_does_not_let_a_ciphertext_through_that_was_not_sealed_for_th
     refused(federation, "hospital_a", rnd, transcript, says)
     # the re-tagged contribution's tags verify: the honest one, re-tagged, is answered (the refusal was the seal's)
     honest = rnd.transcript(rnd.retagged(federation, "hospital_b", rnd.replies["hospital_b"]["aggregates"]))
-    assert federation.call("hospital_a", 2, rnd.score_state, rnd.analysis_id, honest)["round"] == 2
+    assert federation.call("hospital_a", 3, rnd.score_state, rnd.analysis_id, honest)["round"] == 3
 
 
 def test_a_ciphertext_of_an_earlier_round_is_refused(federation) -> None:
     """hospital_b's ciphertext for hospital_a from the sums round of the previous Newton evaluation
-    (round 1) replayed into the next one (round 3), re-tagged with hospital_b's key: the chain and
-    round bound into it differ.  The honest round 3 opens and is answered."""
+    (round 2) replayed into the next one (round 4), re-tagged with hospital_b's key: the chain and
+    round bound into it differ.  The honest round 4 opens and is answered."""
     first = sums_round(federation)
     later = next_sums_round(federation, first)
-    assert later.round_no == 3 and later.state["coefficients"] != first.state["coefficients"]
+    assert later.round_no == 4 and later.state["coefficients"] != first.state["coefficients"]
     old = first.replies["hospital_b"]["aggregates"]["sealed"]["hospital_a"]
     forged = with_sealed(later.replies["hospital_b"]["aggregates"], lambda s: {**s, "hospital_a": old})
     refused(federation, "hospital_a", later, later.transcript(later.retagged(federation, "hospital_b", forged)),
             "do not open")
-    assert federation.call("hospital_a", 4, later.score_state, later.analysis_id, later.transcript())["round"] == 4
+    assert federation.call("hospital_a", 5, later.score_state, later.analysis_id, later.transcript())["round"] == 5
 
 
 # --------------------------------------------------------------------------- honest work
@@ -250,7 +259,8 @@ def test_the_honest_analysis_equals_pooled_phreg(federation) -> None:
 
     outcome = run_analysis("cox_regression", COX.to_dict(), list(federation.clients.values()),
                            researcher=RESEARCHER, project=PROJECT)
-    assert outcome.rounds == 1 + 2 * (outcome.result["iterations"] + 1)  # a pair per Newton step, one more at the end
+    # round 0 (bins), the start round, a pair per Newton step and one more at the end
+    assert outcome.rounds == 2 + 2 * (outcome.result["iterations"] + 1)
     pooled = pd.concat(federation.frames.values(), ignore_index=True).dropna(
         subset=["followup_days", "death_90d", "age", "nihss_admission"])
     timeline = np.asarray(outcome.result["binning"]["timeline"], dtype=float)

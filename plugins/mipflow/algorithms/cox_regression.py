@@ -4,18 +4,21 @@
 numerical and nominal covariates (treatment-coded against the first level
 present in the pooled data, no intercept).
 
-Round 0: every node sends its event and censoring counts, its rows per level
-of each nominal covariate and the means of the candidate design columns.  The
-counts are Kaplan-Meier's (one group): counted on the data model's fine grid,
+Round 0: every node sends its event and censoring counts.  They are
+Kaplan-Meier's (one group): counted on the data model's fine grid,
 merged by the node's disclosure controls until no count is below
 ``nfilter_tab`` (the canonical release), coarsened to the request's grid at
 the merged ends and cut at ``max_time`` (:mod:`mipflow.algorithms.survival`):
 neither ``bin_width`` nor ``max_time`` shapes the merge (issue 14.4).  The
-central side intersects the nodes' bin ends, cuts them at the last common end
+central side intersects the nodes' bin ends and cuts them at the last common end
 at or before ``max_time`` (the common bins ``B``; rows followed longer are
-censored there), picks the coding, centres the covariates on their pooled
-means (the slopes and the log partial likelihood do not change) and starts at
-zero.
+censored there).  Round 1 (``"start"``): every node sends its rows, its rows per
+level of each nominal covariate and the moments of the candidate design
+columns, which the central side needs only summed: under secure aggregation
+this round is masked (ADR 0055, amendment), while round 0's bins, which the
+central side needs per node, stay in the clear.  The central side picks the
+coding, centres the covariates on their pooled means (the slopes and the log
+partial likelihood do not change) and starts at zero.
 
 Later rounds come in pairs, one pair per evaluation of the likelihood (ADR 0046).  The central
 side sends ``B``, the coding, the centre, the coefficients and the phase.  In a ``"sums"`` round,
@@ -139,6 +142,11 @@ MAX_PRODUCTS_BYTES = 768 * 1024 ** 2
 #: The two rounds of one Newton evaluation (ADR 0046): the nodes exchange their per-bin sums sealed
 #: to each other, then each sends its share of the pooled likelihood, score and information.
 SUMS, SCORE = "sums", "score"
+#: The round after round 0 (ADR 0055, amendment): the sums the central site needs only pooled (rows, level
+#: counts, moments of the design columns), masked under secure aggregation; round 0 keeps the bins only.
+START = "start"
+#: Round 0's node-only key: the level counts the start round releases, checked (``cell_n``) with the bins.
+LEVEL_CELLS = "level_cells"
 #: The least pooled ``S0`` a masked sums round may give: the fixed point's resolution (2^-128) is then at
 #: most float64's (2^-53) relative to it (ADR 0055).
 MIN_MASKED_S0 = 2.0 ** (53 - REAL_FRACTION_BITS)
@@ -190,13 +198,19 @@ class CoxRegression(SpecAlgorithm):
                    # per level of the event variable: the merge's input, never released (ADR 0008)
                    "series": leaving_series(index, data, request, model, grid),
                    "group_counts": [int(v) for v in (*events, *censored)],
-                   "level_counts": counts, "group_n": [c for code in request.x for c in counts.get(code, [])],
-                   "moments": compute_moments(rows["design"]).to_dict(),
+                   # the start round's level counts, checked here already (refused at round 0 as before
+                   # ADR 0055's amendment) and never sent with the bins
+                   LEVEL_CELLS: [c for code in request.x for c in counts.get(code, [])],
                    POINTS_KEY: request_points(time_var, params["bin_width"], None),
                    LEVEL_KEY: request_level(time_var, params["bin_width"])}
             if params["max_time"] is not None:
                 out[FOLLOW_UP_KEY] = request_points(time_var, params["bin_width"], params["max_time"])[-1]
             return out
+        if state.get("phase") == START:  # sums the central site needs pooled only: masked when secure
+            counts = level_counts(data, request.x, model)
+            return {"n": len(data), "level_counts": counts,
+                    "group_n": [c for code in request.x for c in counts.get(code, [])],
+                    "moments": compute_moments(rows["design"]).to_dict()}
         risk = _risk_sets(data, request, model, params, grid, state)
         n_bins = len(risk["leaving_events"])
         event_bins = np.asarray(state["event_bins"], dtype=np.int64)
@@ -237,18 +251,21 @@ class CoxRegression(SpecAlgorithm):
         """Round 0 (node disclosure controls): merge fine time bins until no count is in ``(0, min_count)``
         (the canonical release), coarsen them to the request's grid at their merged ends and cut them at
         ``max_time`` (:func:`~mipflow.algorithms.survival.shape_release`, as Kaplan-Meier's): a function
-        of the canonical release, whose counts are checked too (``cell_n``, not sent)."""
-        series = aggregates.get("series")
-        aggregates = {k: v for k, v in aggregates.items() if k != "series"}  # node-only, never released
+        of the canonical release, whose counts are checked too (``cell_n``, not sent), as are the level
+        counts the start round releases (so a node is refused, and left out, at round 0 as before)."""
+        series, level_cells = aggregates.get("series"), list(aggregates.get(LEVEL_CELLS, []))
+        # node-only, never released (the level counts checked only: ``cell_n``)
+        aggregates = {k: v for k, v in aggregates.items() if k not in ("series", LEVEL_CELLS)}
         if round != 0 or "ends" in aggregates:
-            return aggregates
+            return ({**aggregates, "cell_n": [*aggregates.get("cell_n", []), *level_cells]} if level_cells
+                    else aggregates)
         rest = {k: v for k, v in aggregates.items() if k not in (POINTS_KEY, FOLLOW_UP_KEY, LEVEL_KEY)}
         (shaped,), canonical = shape_release([{"events": aggregates["events"], "censored": aggregates["censored"],
                                                "series": series}],
                                              min_count, aggregates.get(POINTS_KEY), aggregates.get(FOLLOW_UP_KEY),
                                              int(aggregates.get(LEVEL_KEY, 1)), bin_count)
         return {**rest, "ends": shaped["ends"], "events": shaped["events"], "censored": shaped["censored"],
-                "group_counts": [*shaped["events"], *shaped["censored"]], "cell_n": canonical}
+                "group_counts": [*shaped["events"], *shaped["censored"]], "cell_n": [*canonical, *level_cells]}
 
     # -- global -----------------------------------------------------------------
 
@@ -256,7 +273,9 @@ class CoxRegression(SpecAlgorithm):
                     model: DataModel, state: dict | None) -> Step:
         params = self.params(request, model)
         if state is None:
-            return Step(done=False, state=self._start(request, model, aggregates, params))
+            return Step(done=False, state=self._bins(request, model, aggregates, params))
+        if state["phase"] == START:
+            return Step(done=False, state=self._start(request, model, aggregates, state))
         if state["phase"] == SUMS:
             # the nodes pool the sealed sums among themselves; here the round only moves on
             return Step(done=False, state={**state, "phase": SCORE})
@@ -294,7 +313,8 @@ class CoxRegression(SpecAlgorithm):
             "halvings": 0, "phase": SUMS, "accepted": {"beta": beta.tolist(), "step": step.tolist(), "loglik": loglik}})
 
     @staticmethod
-    def _start(request: AnalysisRequest, model: DataModel, aggregates: list[dict], params: dict) -> dict:
+    def _bins(request: AnalysisRequest, model: DataModel, aggregates: list[dict], params: dict) -> dict:
+        """Round 0's state: the common bins ``B`` and those holding events, from each node's bins."""
         time_var = model.variable(request.y[0])
         grid = fine_grid(time_var)
         n = sum(int(a["n"]) for a in aggregates)
@@ -311,6 +331,15 @@ class CoxRegression(SpecAlgorithm):
         events = sum(rebin(e, ev, ends) for e, ev, _ in cut_parts)
         if events.sum() == 0:
             raise RequestError(f"no events ({request.y[1]} = {params['event_level']!r}) in the selected data")
+        return {"ends": ends, "event_bins": np.flatnonzero(events > 0).tolist(), "phase": START}
+
+    @staticmethod
+    def _start(request: AnalysisRequest, model: DataModel, aggregates: list[dict], state: dict) -> dict:
+        """The first sums round's state: the coding and the centre from the pooled level counts and
+        moments (one pooled aggregate under secure aggregation), the coefficients at zero."""
+        n = sum(int(a["n"]) for a in aggregates)
+        if n == 0:
+            raise RequestError("no complete rows to fit")
         counts = sum_level_counts([a["level_counts"] for a in aggregates])
         columns = select_design_columns(request.x, model, counts, intercept=False)
         if not columns:
@@ -319,7 +348,7 @@ class CoxRegression(SpecAlgorithm):
             raise RequestError(f"Cox regression with {len(columns)} coefficients needs more rows than that, got {n}")
         means = merge_moment_dicts(a["moments"] for a in aggregates).mean
         candidates = design_columns(request.x, model, intercept=False)
-        return {"ends": ends, "event_bins": np.flatnonzero(events > 0).tolist(), "columns": columns,
+        return {"ends": state["ends"], "event_bins": state["event_bins"], "columns": columns,
                 "center": [float(means[candidates.index(c)]) for c in columns],
                 "coefficients": [0.0] * len(columns), "iteration": 0, "final": False,
                 "halvings": 0, "accepted": None, "phase": SUMS}
@@ -400,14 +429,17 @@ class CoxRegression(SpecAlgorithm):
     secure_aggregation = "automatic"
 
     def masked_round(self, round: int, state: dict | None) -> bool:
-        """Only a ``"score"`` round is masked: round 0's bins are each node's own (the centre intersects
-        their ends), and a ``"sums"`` round's sums travel sealed beside counts that round 0 already gave."""
-        return isinstance(state, dict) and state.get("phase") == SCORE
+        """The ``"start"`` round (pooled rows, level counts and moments, ADR 0055 amendment) and the
+        ``"score"`` rounds are masked: round 0's bins are each node's own (the centre intersects their
+        ends), and a ``"sums"`` round's sums travel sealed beside counts that round 0 already gave."""
+        return isinstance(state, dict) and state.get("phase") in (START, SCORE)
 
     def secure_aggregates(self, aggregates: dict, request: AnalysisRequest, model: DataModel) -> dict:
-        """A score round's masked sum leaves out the counts per common bin (checked by the controls, in the
-        clear in the sums round before, unused here): ``n``, ``n_events`` and the share of l, U, I."""
-        return {k: v for k, v in aggregates.items() if k != "group_counts"}
+        """A masked sum leaves out the counts the controls check: a score round's counts per common bin
+        (in the clear in the sums round before, unused here) and the start round's level counts as a
+        flat list (``group_n``, the same as ``level_counts``): ``n``, ``n_events`` and the share of
+        l, U, I; or ``n``, ``level_counts`` and the moments."""
+        return {k: v for k, v in aggregates.items() if k not in ("group_counts", "group_n")}
 
     def parameter_count(self, request: AnalysisRequest, model: DataModel) -> int | None:
         """The model's parameters, checked against ``nfilter_glm``: one per design column."""

@@ -161,18 +161,20 @@ def _sum_integers(vectors: Sequence[bytes]) -> np.ndarray:
 
 
 def _sum_real(vectors: Sequence[bytes]) -> np.ndarray:
-    """The parts' elements added in ``Z/2^256`` and decoded: signed, times ``2^-128``, rounded once."""
-    size = REAL_ELEMENT_BYTES
-    if len(vectors[0]) % size:
+    """The parts' elements added in ``Z/2^256`` and decoded: signed, times ``2^-128``, rounded once
+    (:mod:`mipflow.algorithms.fixed_point`, the same bits as Python's integers)."""
+    from mipflow.algorithms import fixed_point
+
+    if len(vectors[0]) % REAL_ELEMENT_BYTES:
         raise RequestError("masked sealed sums: a part is not well formed")
-    ring, half = 1 << REAL_RING_BITS, 1 << (REAL_RING_BITS - 1)
-    totals = [sum(integers) % ring for integers in zip(*(ring_elements(raw) for raw in vectors))]
-    # int -> float rounds correctly; scaling by a power of two is exact (results are 0 or >= 2^-128)
-    return np.ldexp(np.array([float(t - ring if t >= half else t) for t in totals], dtype=float),
-                    -REAL_FRACTION_BITS)
+    total = fixed_point.from_bytes(vectors[0])
+    for raw in vectors[1:]:
+        total = fixed_point.add(total, fixed_point.from_bytes(raw))
+    return fixed_point.decode(total, REAL_FRACTION_BITS)
 
 
 def ring_elements(raw: bytes) -> list[int]:
-    """The little-endian elements of ``Z/2^256`` in ``raw`` (a real masked payload's bytes)."""
+    """The little-endian elements of ``Z/2^256`` in ``raw`` (a real masked payload's bytes) as Python
+    integers: for inspecting a part (tests), not for pooling."""
     size = REAL_ELEMENT_BYTES
     return [int.from_bytes(raw[i:i + size], "little") for i in range(0, len(raw), size)]

@@ -34,9 +34,8 @@ from mipflow.algorithms.sealed import (  # noqa: F401
     REAL_FRACTION_BITS,
     REAL_MAGNITUDE_BITS,
     REAL_MASKED_SCHEME,
-    REAL_RING_BITS,
     is_masked,
-    ring_elements,
+    ring_elements,  # integers of a part, for inspection
     unmask_parts,
 )
 
@@ -81,40 +80,46 @@ def mask_sums(own: Any, participants: Mapping[str, bytes], context: bytes,
             "masked": base64.b64encode(vector.astype("<u8").tobytes()).decode("ascii")}
 
 
-def encode_real(sums: Mapping[str, Any]) -> tuple[list[list[Any]], list[int]]:
+def encode_real(sums: Mapping[str, Any]) -> tuple[list[list[Any]], np.ndarray]:
     """``sums`` (name -> real array, packed or not) in fixed point: the layout and the elements of
-    ``Z/2^256`` (``round(v * 2^128)``, negative values as their residue), names sorted.
+    ``Z/2^256`` (``round(v * 2^128)``, negative values as their residue) as limbs, shape (n, 4)
+    (:func:`mipflow.algorithms.fixed_point.encode`), names sorted.
 
     Raises
     ------
     RequestError
         If a value is not finite or its magnitude is ``2^110`` or more (no value is named).
     """
-    ring = 1 << REAL_RING_BITS
-    layout, elements = [], []
+    from mipflow.algorithms import fixed_point
+
+    layout, arrays = [], []
     for name in sorted(sums):
         array = unpack(sums[name])
         if not np.all(np.isfinite(array)) or np.any(np.abs(array) >= 2.0 ** REAL_MAGNITUDE_BITS):
             raise RequestError(f"the sealed sums {name!r} exceed the range of masked fixed point (magnitude "
                                f"below 2^{REAL_MAGNITUDE_BITS}): the fit diverged, or covariates need rescaling")
         layout.append([name, list(array.shape)])
-        # scaling by a power of two is exact; round() of a float gives the nearest integer exactly
-        elements.extend(round(v) % ring for v in np.ldexp(array.ravel(), REAL_FRACTION_BITS).tolist())
-    return layout, elements
+        arrays.append(array.ravel())
+    values = np.concatenate(arrays) if arrays else np.zeros(0)
+    return layout, fixed_point.encode(values, REAL_FRACTION_BITS)
 
 
-def _real_stream(seed: bytes, length: int) -> list[int]:
-    """``length`` uniform elements of ``Z/2^256`` from a ChaCha20 keystream keyed by ``seed``."""
+def _real_stream(seed: bytes, length: int) -> np.ndarray:
+    """``length`` uniform elements of ``Z/2^256`` from a ChaCha20 keystream keyed by ``seed``, as limbs
+    (each element 32 little-endian bytes of the stream)."""
     from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
+    from mipflow.algorithms import fixed_point
+
     encryptor = Cipher(algorithms.ChaCha20(seed, b"\x00" * 16), mode=None).encryptor()
-    return ring_elements(encryptor.update(b"\x00" * (REAL_ELEMENT_BYTES * length)))
+    return fixed_point.from_bytes(encryptor.update(b"\x00" * (REAL_ELEMENT_BYTES * length)))
 
 
 def mask_real_sums(own: Any, participants: Mapping[str, bytes], context: bytes,
                    sums: Mapping[str, Any]) -> dict[str, Any]:
     """``sums`` (name -> real array) in fixed point (:func:`encode_real`), masked as :func:`mask_sums`
     masks integers: ``{"scheme", "layout", "masked"}`` with 32 little-endian bytes per element."""
+    from mipflow.algorithms import fixed_point
     from mipflow.secagg.crypto import pair_seed
 
     layout, vector = encode_real(sums)
@@ -123,10 +128,9 @@ def mask_real_sums(own: Any, participants: Mapping[str, bytes], context: bytes,
         if peer == me:
             continue
         stream = _real_stream(pair_seed(own, peer, context), len(vector))
-        vector = [v + m for v, m in zip(vector, stream)] if me < peer else [v - m for v, m in zip(vector, stream)]
-    ring = 1 << REAL_RING_BITS
-    raw = b"".join((v % ring).to_bytes(REAL_ELEMENT_BYTES, "little") for v in vector)
-    return {"scheme": REAL_MASKED_SCHEME, "layout": layout, "masked": base64.b64encode(raw).decode("ascii")}
+        vector = fixed_point.add(vector, stream) if me < peer else fixed_point.subtract(vector, stream)
+    return {"scheme": REAL_MASKED_SCHEME, "layout": layout,
+            "masked": base64.b64encode(fixed_point.to_bytes(vector)).decode("ascii")}
 
 
 def mask_step_sums(own: Any, participants: Mapping[str, bytes], sums: Mapping[str, Any], *, analysis_id: str,

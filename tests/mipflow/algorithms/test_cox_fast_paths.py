@@ -32,7 +32,9 @@ ALG = get_algorithm("cox_regression")
 def _state(data, req, coefficients=None) -> dict:
     first = transport(ALG.local_step(0, data, req, STROKE, None))
     first = ALG.coarsen_for_release(0, first, 3)
-    state = transport(ALG.global_step(0, [first], req, STROKE, None).state)
+    start = transport(ALG.global_step(0, [first], req, STROKE, None).state)
+    started = transport(ALG.local_step(1, data, req, STROKE, start))  # rows, level counts, moments
+    state = transport(ALG.global_step(1, [started], req, STROKE, start).state)
     if coefficients is not None:
         state["coefficients"] = list(coefficients)
     return state

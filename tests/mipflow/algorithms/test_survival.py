@@ -397,6 +397,24 @@ def test_cox_on_too_few_rows_is_refused() -> None:
     assert info.value.control == "nfilter_glm"
 
 
+def test_cox_round_zero_checks_the_level_counts_it_no_longer_sends() -> None:
+    """ADR 0055 amendment: the level counts travel in the start round (masked under secure aggregation),
+    yet a node holding a level of 1 to nfilter_tab - 1 rows is refused at round 0, as before, and so left
+    out before any round whose masks would need it: round 0 checks them (``cell_n``) without sending them."""
+    req = request("cox_regression", x=("age", "stroke_type"))
+    data = make_stroke(21, 300)
+    data = data[data["stroke_type"] != "tia"].reset_index(drop=True)
+    released = _release("cox_regression", data, req, tab=3)
+    assert not {"level_counts", "group_n", "level_cells", "cell_n", "moments"} & set(released)
+    lonely = data.copy()
+    lonely.loc[0, "stroke_type"] = "tia"  # one row of a level
+    with pytest.raises(DisclosureError) as refusal:
+        _release("cox_regression", lonely, req, tab=3)
+    assert refusal.value.control == "nfilter_tab" and "1" not in str(refusal.value).replace("nfilter_tab (3)", "")
+    lonely.loc[1:2, "stroke_type"] = "tia"  # three rows: released
+    assert _release("cox_regression", lonely.copy(), req, tab=3)["events"]
+
+
 @pytest.mark.parametrize("ties", ["breslow", "efron"])
 def test_cox_refuses_a_grid_finer_than_its_safe_bins(ties) -> None:
     """A central site asking for risk-set sums (or Efron's tied-event sums) on every day would get
@@ -406,9 +424,14 @@ def test_cox_refuses_a_grid_finer_than_its_safe_bins(ties) -> None:
     alg = get_algorithm("cox_regression")
     released = _release("cox_regression", data, req, tab=3)
     assert all(v == 0 or v >= 3 for v in released["events"] + released["censored"])
-    honest = alg.global_step(0, [released], req, STROKE, None).state
+    start = transport(alg.global_step(0, [released], req, STROKE, None).state)
+    # the start round (ADR 0055 amendment): rows, level counts and moments, no bins
+    started = _release("cox_regression", data, req, tab=3, round_no=1, state=start)
+    assert set(started) == {"n", "level_counts", "group_n", "moments"}
+    assert not {"moments", "level_counts", "group_n", "level_cells", "cell_n"} & set(released)
+    honest = alg.global_step(1, [started], req, STROKE, start).state
     # the per-bin sums, sealed to the participating nodes after the controls saw them (ADR 0046)
-    rounds = _release("cox_regression", data, req, tab=3, round_no=1, state=honest)["sealed"]
+    rounds = _release("cox_regression", data, req, tab=3, round_no=2, state=honest)["sealed"]
     assert unpack(rounds["s0"]).shape == (len(honest["event_bins"]),)
     # Efron's sums cover the node's events per event bin, a count the controls saw: 0 or >= 3
     assert ("e0" in rounds) == (ties == "efron")
@@ -420,7 +443,7 @@ def test_cox_refuses_a_grid_finer_than_its_safe_bins(ties) -> None:
     every_day = dict(honest, ends=list(range(grid_points)),
                      event_bins=list(range(grid_points)))
     with pytest.raises(DisclosureError) as info:
-        _release("cox_regression", data, req, tab=3, round_no=1, state=every_day)
+        _release("cox_regression", data, req, tab=3, round_no=2, state=every_day)
     assert info.value.control == "nfilter_tab"
 
 
@@ -461,16 +484,18 @@ def test_efron_needs_every_node_to_send_tied_event_sums() -> None:
     data = make_stroke(18, 300)
     req = request("cox_regression", x=("age", "sex"), ties="efron")
     alg = get_algorithm("cox_regression")
-    state = transport(alg.global_step(0, [_release("cox_regression", data, req)], req, STROKE, None).state)
-    answer = _release("cox_regression", data, req, round_no=1, state=state)
-    scoring = transport(alg.global_step(1, [answer], req, STROKE, state).state)
-    score = _release("cox_regression", data, req, round_no=2, state=local_state(alg, scoring, [answer]))
-    assert alg.global_step(2, [score], req, STROKE, scoring).state["iteration"] == 1
+    start = transport(alg.global_step(0, [_release("cox_regression", data, req)], req, STROKE, None).state)
+    started = _release("cox_regression", data, req, round_no=1, state=start)
+    state = transport(alg.global_step(1, [started], req, STROKE, start).state)
+    answer = _release("cox_regression", data, req, round_no=2, state=state)
+    scoring = transport(alg.global_step(2, [answer], req, STROKE, state).state)
+    score = _release("cox_regression", data, req, round_no=3, state=local_state(alg, scoring, [answer]))
+    assert alg.global_step(3, [score], req, STROKE, scoring).state["iteration"] == 1
     old = {**answer, "sealed": {k: v for k, v in answer["sealed"].items() if k not in ("e0", "e1", "e2")}}
     with pytest.raises(RequestError, match="e0, e1, e2 in some only"):
         local_state(alg, scoring, [answer, old])
     with pytest.raises(RequestError, match="efron"):
-        _release("cox_regression", data, req, round_no=2, state=local_state(alg, scoring, [old]))
+        _release("cox_regression", data, req, round_no=3, state=local_state(alg, scoring, [old]))
 
 
 def test_times_after_the_end_of_follow_up_are_censored_there() -> None:

@@ -33,11 +33,13 @@ def test_resolve_mode() -> None:
 
 
 def test_masked_round_is_every_round_unless_the_algorithm_says_otherwise() -> None:
-    """Cox regression masks its score rounds only (ADR 0048); every other algorithm every round. The
-    decision reads the round's state, never data: the same for every node and the central site."""
+    """Cox regression masks its start round (pooled rows, level counts, moments: ADR 0055 amendment) and its
+    score rounds (ADR 0048), not round 0 (each node's bins) nor the sums rounds; every other algorithm every
+    round. The decision reads the round's state, never data: the same for every node and the central site."""
     for name in ("linear_regression", "logistic_regression", "kmeans"):
         assert masked_round(name, 0, None) and masked_round(name, 3, {"phase": "score"})
     assert not masked_round("cox_regression", 0, None)
-    assert not masked_round("cox_regression", 1, {"phase": "sums", "coefficients": [0.0]})
-    assert masked_round("cox_regression", 2, {"phase": "score", "coefficients": [0.0]})
+    assert masked_round("cox_regression", 1, {"phase": "start", "ends": [3, 9], "event_bins": [0]})
+    assert not masked_round("cox_regression", 2, {"phase": "sums", "coefficients": [0.0]})
+    assert masked_round("cox_regression", 3, {"phase": "score", "coefficients": [0.0]})
     assert automatic_refusal("cox_regression") is None and resolve(True, "cox_regression") == "on"

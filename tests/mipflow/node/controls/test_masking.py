@@ -67,12 +67,14 @@ def test_a_masked_step_with_another_node_passes() -> None:
 
 @pytest.mark.parametrize("round_no, phase", [pytest.param(0, None, id="round-0"), pytest.param(1, "sums", id="sums")])
 def test_a_node_that_requires_masking_refuses_a_round_released_in_the_clear(round_no, phase) -> None:
-    """Cox regression masks its score rounds only (ADR 0048): its round 0 (the node's own bins) and its
-    sums rounds (counts beside the sealed sums) go out in the clear even under secure aggregation, so a
-    node that requires masking refuses them, from the round and state alone."""
+    """Cox regression masks its start round (ADR 0055 amendment) and score rounds (ADR 0048) only: its
+    round 0 (the node's own bins) and its sums rounds (counts beside the sealed sums) go out in the clear
+    even under secure aggregation, so a node that requires masking refuses them, from the round and state
+    alone."""
     state = None if phase is None else {"phase": phase}
     with pytest.raises(DisclosureError, match="secure_aggregation_required") as err:
         run(1, masked("hospital_a", "hospital_b"), "cox_regression", round_no, state)
     assert err.value.control == "secure_aggregation" and "in the clear" in str(err.value)
     run(0, masked("hospital_a", "hospital_b"), "cox_regression", round_no, state)
     run(1, masked("hospital_a", "hospital_b"), "cox_regression", round_no + 1, {"phase": "score"})  # masked
+    run(1, masked("hospital_a", "hospital_b"), "cox_regression", 1, {"phase": "start"})  # masked
