@@ -35,7 +35,9 @@ Found (holes):
 
 Held (defences): explore-mode Kaplan-Meier of the other hospitals beside the pooled release (ADR 0059's
 exemption) gives only noise; per-node Kaplan-Meier under the next data-model version of the bound patients is
-refused (``pooled_bins``, by patients); a crafted request for a pooled release's rest with one row more is refused.
+refused (``pooled_bins``, by patients); the rest of the bound cohort with a filter leaving out 1-9 rows at B and C
+is refused (the boundary of hole 3).  Observed beside them: explore-mode Kaplan-Meier decides ``min_row_count`` on a
+noisy count so loose that a node of 60 patients was left out in about 5 of 12 node-attempts.
 Honest work: a typical session (descriptive statistics, regressions on subgroups, ANOVA, PCA, Kaplan-Meier then Cox
 on the same cohort) is answered except Cox on the cohort Kaplan-Meier was answered on pooled bins (``pooled_bins``,
 ADR 0059's documented cost); the test states what is refused and with which words.
@@ -378,8 +380,16 @@ def test_defence_explore_kaplan_meier_of_the_other_hospitals_beside_the_pooled_r
     same subtraction: the researcher asks the rest {B, C} of the bound cohort in an explore project (exactly the
     bound rows, no filter).  Answered, charged, and pooled less the noisy rest is not A's deaths."""
     clients, frames, pooled = survival
-    rest = km(clients, HOSPITALS[1:], project=BROWSE)
-    assert set(rest.contributed) == set(HOSPITALS[1:])
+    try:
+        rest = km(clients, HOSPITALS[1:], project=BROWSE)
+    except MipflowError as refused:  # both nodes' noisy row counts fell under min_row_count: nothing to subtract
+        assert "(min_row_count)" in str(refused)
+        return
+    if set(rest.contributed) != set(HOSPITALS[1:]):
+        # explore decides min_row_count on a noisy count: a node of 60 patients is often left out (seen in about 5
+        # of 12 node-attempts while writing this test); the rest is then one hospital, not B and C: no subtraction
+        assert all("(min_row_count)" in reason for reason in rest.excluded.values()), rest.excluded
+        return
     curve = rest.result["curves"][0]
     weeks = dict(zip(curve["timeline"], curve["events"]))  # noisy events of [t, t + 7)
     busy = frames["hospital_b"].query("death_90d == 'yes'")["followup_days"]
@@ -407,6 +417,19 @@ def test_defence_the_rest_of_a_pooled_release_under_the_next_data_model_version_
         return
     assert set(rest.contributed) == set(), rest.excluded  # never reached: both nodes refuse
 
+
+
+
+def test_defence_the_rest_of_a_pooled_release_a_few_rows_from_the_bound_cohort_is_refused(survival):
+    """The boundary of hole 3 (ADR 0059's nearness): the same subtraction with a filter that leaves out 1-9 rows at
+    B and C (``nihss_admission < 29``) is refused there (``differencing`` or ``pooled_bins``): only 10 rows or more
+    free the rest, and any 10 rows without deaths in the window do."""
+    clients, frames, _ = survival
+    left_out = {h: int((frames[h]["nihss_admission"] >= 29).sum()) for h in HOSPITALS[1:]}
+    assert all(0 < n < 10 for n in left_out.values()), left_out
+    with pytest.raises(MipflowError) as refused:
+        km(clients, HOSPITALS[1:], filters=where(rule("nihss_admission", "less", 29)))
+    assert "(pooled_bins)" in str(refused.value) or "(differencing)" in str(refused.value)
 
 
 # ------------------------------------------------------------------------------------------ honest work
