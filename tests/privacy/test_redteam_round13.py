@@ -45,9 +45,8 @@ ADR 0059's documented cost); the test states what is refused and with which word
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
