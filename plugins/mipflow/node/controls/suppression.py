@@ -36,7 +36,7 @@ from mipflow.exceptions import DisclosureError
 TOLERANCE = 1e-9
 
 
-def _null_basis(equations: np.ndarray) -> np.ndarray:
+def null_basis(equations: np.ndarray) -> np.ndarray:
     """An orthonormal basis ``K`` (shape ``(n, d)``) of ``{x : A x = 0}``: the ways the cells can
     move while every relation keeps its right-hand side."""
     m, n = equations.shape
@@ -82,7 +82,7 @@ def determined(equations: np.ndarray, suppressed: np.ndarray) -> np.ndarray:
     hidden = np.asarray(suppressed, dtype=bool)
     if not np.any(hidden):
         return np.zeros(len(hidden), dtype=bool)
-    null = _null_basis(np.asarray(equations, dtype=float).reshape(-1, len(hidden)))
+    null = null_basis(np.asarray(equations, dtype=float).reshape(-1, len(hidden)))
     return _determined(null, _system(null, hidden), hidden)
 
 
@@ -129,7 +129,8 @@ def _cost(value: float) -> tuple[int, float]:
 
 def suppress(values: Sequence[float], equations: np.ndarray, tab: int,
              already: Sequence[bool] | None = None, *, batch: bool = False,
-             unreleased: Sequence[bool] | None = None, sensitive: Sequence[bool] | None = None) -> np.ndarray:
+             unreleased: Sequence[bool] | None = None, sensitive: Sequence[bool] | None = None,
+             null: np.ndarray | None = None) -> np.ndarray:
     """The cells to suppress: those in ``(0, tab)`` and enough others that none of them is determined.
 
     Parameters
@@ -157,6 +158,9 @@ def suppress(values: Sequence[float], equations: np.ndarray, tab: int,
         instead of one cell per pass: far fewer decompositions on large systems (a study's
         family, ADR 0035), possibly a few more hidden cells.  Either way the loop ends only when
         no sensitive cell is determined.
+    null : numpy.ndarray, shape (n, d), optional
+        :func:`null_basis` of ``equations``, when the caller has it already (several results over
+        the same relations).
 
     Returns
     -------
@@ -181,7 +185,8 @@ def suppress(values: Sequence[float], equations: np.ndarray, tab: int,
         return hidden
     eqs = eqs.reshape(-1, len(cells))
     touches = eqs != 0
-    null = _null_basis(eqs)  # once: every test below is about the released rows of this basis
+    if null is None:  # once: every test below is about the released rows of this basis
+        null = null_basis(eqs)
     while True:
         system = _system(null, hidden)
         fixed = np.flatnonzero(_determined(null, system, hidden) & primary)
