@@ -296,11 +296,24 @@ def _one_thread() -> Any:
     """One BLAS thread for the decompositions (on a busy node, threads only fight; 5-10x faster)."""
     import contextlib
 
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - an optional speed-up
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
+    controller = _blas_controller()
+    return contextlib.nullcontext() if controller is None else controller.limit(limits=1, user_api="blas")
+
+
+_controller: list[Any] = []
+
+
+def _blas_controller() -> Any:
+    """threadpoolctl's view of the loaded BLAS libraries, found once per process (a scan of the
+    process' shared libraries takes ~10 ms; numpy's BLAS, the one used here, is loaded with numpy)."""
+    if not _controller:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # pragma: no cover - an optional speed-up
+            _controller.append(None)
+        else:
+            _controller.append(ThreadpoolController())
+    return _controller[0]
 
 
 # --------------------------------------------------------------------------- approval
