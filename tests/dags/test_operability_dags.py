@@ -135,13 +135,22 @@ _MOUNTED = textwrap.dedent("""
 """)
 
 
-def _run_mounted(env: dict[str, str]) -> dict:
+def _start(script: str, env: dict[str, str]) -> subprocess.Popen:
     import os
 
-    done = subprocess.run([sys.executable, "-c", _MOUNTED], capture_output=True, text=True, timeout=300,
-                          cwd=REPO_ROOT, env={**os.environ, **env})
-    assert done.returncode == 0, done.stderr[-3000:]
-    (line,) = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=REPO_ROOT, env={**os.environ, **env})
+
+
+def _result(process: subprocess.Popen) -> object:
+    try:
+        stdout, stderr = process.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise
+    assert process.returncode == 0, stderr[-3000:]
+    (line,) = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
     return json.loads(line.removeprefix("RESULT "))
 
 
@@ -161,14 +170,34 @@ def node_home(tmp_path_factory):
     return home, issue_client(home.root, "central")
 
 
-def test_node_api_mounted_in_airflow_takes_signed_calls_and_refuses_unsigned(airflow_db, node_home):
-    from mipflow.node.store.feature_store import open_store
-
+@pytest.fixture(scope="module")
+def airflow_apps(airflow_db, node_home):
+    """Both of the node's Airflow api-servers, each built by ``create_app()`` in a process of its own:
+    with the node API mounted (the node admin opted in), the calls made to it; without (the default),
+    the routes it mounted.  The two are independent (the second never reaches the node API), so they
+    start together: ``create_app()`` takes seconds apiece."""
     home, cred = node_home
     request = {"inputdata": {"data_model": "stroke:0.1", "datasets": ["hospital_a"], "x": [],
                              "y": ["age"], "filters": None}, "parameters": {}}  # one variable: one cohort
-    out = _run_mounted({"MIPFLOW_NODE_HOME": str(home.root), "MIPFLOW_NODE_API_IN_AIRFLOW": "1",
-                        "SECRET": cred.secret.hex(), "STEP_REQUEST": json.dumps(request)})
+    opted_in = _start(_MOUNTED, {"MIPFLOW_NODE_HOME": str(home.root), "MIPFLOW_NODE_API_IN_AIRFLOW": "1",
+                                 "SECRET": cred.secret.hex(), "STEP_REQUEST": json.dumps(request)})
+    opted_out = _start(_MOUNTED.split("out = {")[0] + "print('RESULT', json.dumps(mounted))",
+                       {"MIPFLOW_NODE_HOME": str(home.root), "MIPFLOW_NODE_API_IN_AIRFLOW": "0",
+                        "SECRET": cred.secret.hex(), "STEP_REQUEST": "{}"})
+    try:
+        return {"opted_in": _result(opted_in), "opted_out": _result(opted_out)}
+    finally:
+        for process in (opted_in, opted_out):
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+
+
+def test_node_api_mounted_in_airflow_takes_signed_calls_and_refuses_unsigned(airflow_apps, node_home):
+    from mipflow.node.store.feature_store import open_store
+
+    home, _ = node_home
+    out = airflow_apps["opted_in"]
     assert out["mounted"] == ["/mipflow-node"] and out["health"] == 200
     assert out["unsigned"][0] == 401 and out["unsigned"][1]["detail"] == "missing authentication headers"
     assert out["unsigned_metadata"] == 401
@@ -184,12 +213,5 @@ def test_node_api_mounted_in_airflow_takes_signed_calls_and_refuses_unsigned(air
     assert any(r.get("algorithm") == "descriptive_stats" and r["decision"] == "allowed" for r in records)
 
 
-def test_node_api_is_not_mounted_unless_the_node_admin_opts_in(airflow_db, node_home):
-    home, cred = node_home
-    env = {"MIPFLOW_NODE_HOME": str(home.root), "MIPFLOW_NODE_API_IN_AIRFLOW": "0", "SECRET": cred.secret.hex(),
-           "STEP_REQUEST": "{}"}
-    done = subprocess.run([sys.executable, "-c", _MOUNTED.split("out = {")[0] + "print('RESULT', json.dumps(mounted))"],
-                          capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
-                          env={**__import__("os").environ, **env})
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads(done.stdout.split("RESULT ", 1)[1]) == []
+def test_node_api_is_not_mounted_unless_the_node_admin_opts_in(airflow_apps):
+    assert airflow_apps["opted_out"] == []

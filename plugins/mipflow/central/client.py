@@ -79,7 +79,7 @@ class NodeClient:
         else:
             self._tls = None
         self._http = httpx.Client(base_url=endpoint.url.rstrip("/"), timeout=timeout,
-                                  verify=self._tls if self._tls is not None else True)
+                                  verify=self._tls if self._tls is not None else _default_verify())
 
     @property
     def name(self) -> str:
@@ -178,3 +178,22 @@ def _detail(response: Any) -> dict[str, Any]:
     if isinstance(doc, dict) and isinstance(doc.get("detail"), (str, dict)):
         return doc if not isinstance(doc["detail"], dict) else doc["detail"]
     return doc if isinstance(doc, dict) else {}
+
+
+_default_contexts: dict[tuple[str | None, str | None], Any] = {}
+
+
+def _default_verify() -> Any:
+    """What ``httpx.Client(verify=True)`` builds (certifi's bundle, or ``SSL_CERT_FILE``/``SSL_CERT_DIR``),
+    built once per process and environment: loading the bundle costs ~20 ms of CPU per client, and a
+    plain ``http://`` node (tests, demo, a loopback federation) never uses it.  An ``ssl.SSLContext``
+    may be shared by clients and threads."""
+    import os
+
+    import httpx
+
+    key = (os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+    context = _default_contexts.get(key)
+    if context is None:
+        context = _default_contexts.setdefault(key, httpx.create_ssl_context())
+    return context

@@ -74,6 +74,10 @@ class Family:
     ties: dict[str, int] = field(default_factory=dict)
     #: with pca_with_transformation: the protocol's log/exp variables' values, sorted order (ADR 0053)
     transformed: dict[str, np.ndarray] = field(default_factory=dict)
+    #: the population's rows as read from the store (store order) and their row keys: the
+    #: suppression patterns are counted on them (read once per approval or refresh; never stored)
+    frame: Any = field(default=None, repr=False, compare=False)
+    frame_keys: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def sets(self) -> list[tuple[str, np.ndarray]]:
         """Every cohort a request of the family can be answered on or combined from, labelled."""
@@ -139,7 +143,8 @@ def compute_family(store: Any, model: Any, protocol: Protocol, hash_key: str, ta
     row_pids = patient_keys(frame, hash_key)
     family = Family(population=population, values=values, subgroups=subgroups, per_dataset=per_dataset,
                     patients=patients, cell_levels=levels, nominal=tuple(nominal),
-                    cross=crossing(protocol.algorithms), row_patients=None if row_pids is None else row_pids[order])
+                    cross=crossing(protocol.algorithms), row_patients=None if row_pids is None else row_pids[order],
+                    frame=frame, frame_keys=keys)
     if protocol.survival is not None and set(protocol.algorithms) & {"kaplan_meier", "cox_regression"}:
         family = _with_survival(family, frame[protocol.survival["time"]].to_numpy(dtype=float)[order], model,
                                 protocol, tab, old)

@@ -265,11 +265,14 @@ def cohort_pattern(frame: Any, membership: np.ndarray, layout: Layout, model: An
 
 
 def family_pattern(counts: np.ndarray, membership: np.ndarray, layout: Layout, tab: int,
-                   derived: int = 0, sensitive: np.ndarray | None = None) -> np.ndarray:
+                   derived: int = 0, sensitive: np.ndarray | None = None, null: np.ndarray | None = None
+                   ) -> np.ndarray:
     """The hidden cells ``(cohorts, records, bins)`` of one layout over the family.
 
     The last ``derived`` columns of ``membership`` (and cohorts of ``counts``) are
     :func:`derived_sets`: never released, sensitive when small; their flags come back hidden.
+    ``null``: :func:`~mipflow.node.controls.suppression.null_basis` of the family's relations, when
+    another layout of the same shape computed it already.
 
     Raises
     ------
@@ -284,7 +287,8 @@ def family_pattern(counts: np.ndarray, membership: np.ndarray, layout: Layout, t
     with _one_thread():
         hidden = suppress(counts.reshape(-1), family_relations(membership, layout), tab, batch=BATCH,
                           unreleased=unreleased.reshape(-1),
-                          sensitive=None if sensitive is None else np.asarray(sensitive, dtype=bool).reshape(-1))
+                          sensitive=None if sensitive is None else np.asarray(sensitive, dtype=bool).reshape(-1),
+                          null=null)
     return hidden.reshape(counts.shape)
 
 
@@ -292,11 +296,24 @@ def _one_thread() -> Any:
     """One BLAS thread for the decompositions (on a busy node, threads only fight; 5-10x faster)."""
     import contextlib
 
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - an optional speed-up
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
+    controller = _blas_controller()
+    return contextlib.nullcontext() if controller is None else controller.limit(limits=1, user_api="blas")
+
+
+_controller: list[Any] = []
+
+
+def _blas_controller() -> Any:
+    """threadpoolctl's view of the loaded BLAS libraries, found once per process (a scan of the
+    process' shared libraries takes ~10 ms; numpy's BLAS, the one used here, is loaded with numpy)."""
+    if not _controller:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # pragma: no cover - an optional speed-up
+            _controller.append(None)
+        else:
+            _controller.append(ThreadpoolController())
+    return _controller[0]
 
 
 # --------------------------------------------------------------------------- approval
@@ -321,9 +338,11 @@ def compute_patterns(store: Any, model: Any, protocol: Any, family: Any, hash_ke
     from mipflow.node.controls.differencing import row_keys
     from mipflow.node.query.read import select_frame
 
-    frame = select_frame(store, model, datasets=list(protocol.datasets), variables=list(protocol.variables),
-                         filters=protocol.population_filter, complete_case=True, row_identity=True)
-    keys = row_keys(frame, hash_key)
+    frame, keys = getattr(family, "frame", None), getattr(family, "frame_keys", None)
+    if frame is None or keys is None:  # the family read them already (the same rows: the population's)
+        frame = select_frame(store, model, datasets=list(protocol.datasets), variables=list(protocol.variables),
+                             filters=protocol.population_filter, complete_case=True, row_identity=True)
+        keys = row_keys(frame, hash_key)
     datasets = frame["dataset"].to_numpy(dtype=object)
     held = list(family.per_dataset)
     cohorts = cohorts_of(protocol, held)
@@ -341,8 +360,15 @@ def compute_patterns(store: Any, model: Any, protocol: Any, family: Any, hash_ke
     labels = names + derived_names
     added = None if added_keys is None else np.isin(keys, added_keys)
     hidden, found, summary, stored = {}, {}, {}, {}
+    bases: dict[tuple[Any, ...], np.ndarray] = {}  # layouts alike (bins, records) share their relations
     for layout in layouts(protocol, model):
         started = time.perf_counter()
+        shape = (layout.n_bins, layout.records)
+        if shape not in bases:
+            from mipflow.node.controls.suppression import null_basis
+
+            with _one_thread():
+                bases[shape] = null_basis(family_relations(system, layout))
         all_counts = cells(frame, system, layout, model)
         sensitive = None
         old = previous.counts.get(layout.variable) if previous is not None else None
@@ -354,7 +380,8 @@ def compute_patterns(store: Any, model: Any, protocol: Any, family: Any, hash_ke
                     minus = old[label] - all_counts[i] + plus[i]
                     sensitive[i] = ((plus[i] > 0) & (plus[i] < tab)) | ((minus > 0) & (minus < tab))
         try:
-            flags = family_pattern(all_counts, system, layout, tab, derived=derived.shape[1], sensitive=sensitive)
+            flags = family_pattern(all_counts, system, layout, tab, derived=derived.shape[1], sensitive=sensitive,
+                                   null=bases[shape])
         except DisclosureError:
             raise ConfigError(f"variable {layout.variable!r}: a histogram cell under nfilter_tab ({tab}) of a cohort, "
                               "of a difference of two nested cohorts or of rows alike in every cohort (or its "

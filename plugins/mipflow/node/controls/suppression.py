@@ -11,7 +11,11 @@ node's row count.  Suppressing each small cell on its own leaves it recoverable 
   margin such as the row count).
 
 A suppressed cell is *determined* when it follows from the released cells and the equations:
-its unit vector lies in the row space of ``A`` restricted to the suppressed cells.  Primary
+its unit vector lies in the row space of ``A`` restricted to the suppressed cells; equivalently
+(what is computed), its row of a basis ``K`` of the null space of ``A`` lies in the span of the
+released cells' rows of ``K``.  ``K`` is decomposed once per result; each pass then decomposes
+only ``K``'s released rows (released cells x nullity), far smaller than the relations over the
+hidden cells on a study's family, where most cells are never released (ADR 0035).  Primary
 suppression hides every cell in ``(0, nfilter_tab)``; secondary suppression then hides further
 cells, cheapest first (small positive counts before zeros), until no primary cell is determined.
 This is the linear (exact recovery) protection of tau-ARGUS / sdcTable; interval bounds from
@@ -27,27 +31,36 @@ import numpy as np
 
 from mipflow.exceptions import DisclosureError
 
-#: A suppressed cell whose leverage (squared norm of its unit vector's projection onto the row
-#: space of the equations over the suppressed cells) reaches ``1 - TOLERANCE`` is determined.
+#: Numerical zero of the tests below.  The relations have small integer coefficients, so the
+#: quantities they compare are rationals with small denominators: 0 (or 1) exactly, or far from it.
 TOLERANCE = 1e-9
 
 
-def _system(equations: np.ndarray, hidden: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
-                                                                  np.ndarray]:
-    """Economy SVD of the relations over the hidden cells: ``(u, s, vt, cols, rows)``.
+def null_basis(equations: np.ndarray) -> np.ndarray:
+    """An orthonormal basis ``K`` (shape ``(n, d)``) of ``{x : A x = 0}``: the ways the cells can
+    move while every relation keeps its right-hand side."""
+    m, n = equations.shape
+    if m == 0 or not np.any(equations):
+        return np.eye(n)
+    _, s, vt = np.linalg.svd(equations, full_matrices=m < n)
+    rank = int(np.sum(s > max(equations.shape) * np.finfo(float).eps * 16 * s[0]))
+    return vt[rank:].T.copy()
 
-    Only the ``rows`` (equations) with a nonzero on a hidden cell enter: the others are zero
-    there and change neither the row space nor the range.  ``s`` is cut at the rank; ``u`` and
-    ``vt`` are cut to it too (``u``: ``len(rows) x rank``, ``vt``: ``rank x len(cols)``).
+
+def _system(null: np.ndarray, hidden: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Economy SVD of the null basis' rows at the released cells: ``(u, s, v, released)``.
+
+    The requester knows the true cells ``x`` up to ``x + K z`` with ``K[released] z = 0``; ``s`` is
+    cut at the rank, ``u`` (``len(released) x rank``) and ``v`` (``d x rank``) with it.
     """
-    cols = np.flatnonzero(hidden)
-    rows = np.flatnonzero(np.any(equations[:, cols] != 0, axis=1)) if cols.size else np.zeros(0, dtype=int)
-    sub = equations[np.ix_(rows, cols)]
+    released = np.flatnonzero(~hidden)
+    sub = null[released]
+    d = null.shape[1]
     if sub.size == 0:
-        return np.zeros((len(rows), 0)), np.zeros(0), np.zeros((0, len(cols))), cols, rows
+        return np.zeros((len(released), 0)), np.zeros(0), np.zeros((d, 0)), released
     u, s, vt = np.linalg.svd(sub, full_matrices=False)
     rank = int(np.sum(s > max(sub.shape) * np.finfo(float).eps * 16 * s[0]))
-    return u[:, :rank], s[:rank], vt[:rank], cols, rows
+    return u[:, :rank], s[:rank], vt[:rank].T, released
 
 
 def determined(equations: np.ndarray, suppressed: np.ndarray) -> np.ndarray:
@@ -66,46 +79,47 @@ def determined(equations: np.ndarray, suppressed: np.ndarray) -> np.ndarray:
         True for a suppressed cell whose value follows from the released cells, the equations
         and their known right-hand sides; False for every other cell (released cells included).
     """
-    out = np.zeros(len(suppressed), dtype=bool)
-    if not np.any(suppressed):
-        return out
-    return _determined(_system(np.asarray(equations, dtype=float), np.asarray(suppressed, dtype=bool)), len(out))
+    hidden = np.asarray(suppressed, dtype=bool)
+    if not np.any(hidden):
+        return np.zeros(len(hidden), dtype=bool)
+    null = null_basis(np.asarray(equations, dtype=float).reshape(-1, len(hidden)))
+    return _determined(null, _system(null, hidden), hidden)
 
 
-def _determined(system: tuple[np.ndarray, ...], n: int) -> np.ndarray:
-    _, _, vt, cols, _ = system
-    out = np.zeros(n, dtype=bool)
-    out[cols] = np.sum(vt ** 2, axis=0) >= 1.0 - TOLERANCE
+def _determined(null: np.ndarray, system: tuple[np.ndarray, ...], hidden: np.ndarray) -> np.ndarray:
+    """A hidden cell ``t`` is determined iff ``K[t]`` lies in the span of the released rows of ``K``
+    (every move the released cells allow leaves it unchanged)."""
+    _, _, v, _ = system
+    cols = np.flatnonzero(hidden)
+    rows = null[cols]
+    residual = rows - (rows @ v) @ v.T
+    out = np.zeros(len(hidden), dtype=bool)
+    out[cols] = np.sum(residual ** 2, axis=1) <= TOLERANCE
     return out
 
 
-def _in_range(equations: np.ndarray, system: tuple[np.ndarray, ...]) -> np.ndarray:
-    """Which columns of ``equations`` lie in the range of ``A_hidden`` (``|a - U U' a| ~ 0``)."""
-    u, _, _, _, rows = system
-    off = np.ones(len(equations), dtype=bool)
-    off[rows] = False
-    inside = equations[rows]
-    residual = np.sum((inside - u @ (u.T @ inside)) ** 2, axis=0) + np.sum(equations[off] ** 2, axis=0)
-    scale = np.maximum(1.0, np.abs(equations).max(axis=0, initial=0.0))
-    return np.sqrt(residual) <= TOLERANCE * 1e3 * scale
+def _in_range(system: tuple[np.ndarray, ...], n: int) -> np.ndarray:
+    """Which released cells no other released cell can stand in for: their row of ``K`` is outside
+    the span of the other released rows (leverage 1 in ``K[released]``).  Only hiding such a cell
+    can leave a determined cell undetermined."""
+    u, _, _, released = system
+    out = np.zeros(n, dtype=bool)
+    out[released] = np.sum(u ** 2, axis=1) >= 1.0 - TOLERANCE
+    return out
 
 
-def _freeing(equations: np.ndarray, system: tuple[np.ndarray, ...], in_range: np.ndarray, target: int,
+def _freeing(null: np.ndarray, system: tuple[np.ndarray, ...], in_range: np.ndarray, target: int,
              candidates: np.ndarray) -> np.ndarray:
     """Which ``candidates``, hidden too, would leave ``target`` (now determined) undetermined.
 
-    ``target`` is determined by the weights ``w`` with ``w @ A_hidden = e_target``: ``w0 + null``,
-    ``null`` the left null space of ``A_hidden``.  Hiding a cell with column ``a`` adds the condition
-    ``w @ a = 0``; no weight meets it iff ``a`` lies in the range of ``A_hidden`` (orthogonal to that
-    null space: ``in_range``, from :func:`_in_range`) and ``w0 @ a != 0``.  With ``A_hidden = U S V'``
-    (economy, rows touching the hidden cells), ``w0 = U (V[target] / S)``.
+    ``K[target] = w @ K[released]``; for a candidate of leverage 1 (``in_range``) its weight is the
+    same in every such ``w``, and hiding it frees ``target`` iff that weight is nonzero.  The
+    minimum-norm ``w`` is ``(K[target] V / S) U'``.
     """
-    u, s, vt, cols, rows = system
-    at = int(np.searchsorted(cols, target))
-    w0 = u @ (vt[:, at] / s)
-    a = equations[np.ix_(rows, candidates)]
-    scale = np.maximum(1.0, np.abs(equations[:, candidates]).max(axis=0, initial=0.0))
-    return in_range[candidates] & (np.abs(w0 @ a) > TOLERANCE * 1e3 * scale)
+    u, s, v, released = system
+    w0 = (null[target] @ v) / s
+    at = np.searchsorted(released, candidates)
+    return in_range[candidates] & (np.abs(u[at] @ w0) > TOLERANCE * 1e3)
 
 
 def _cost(value: float) -> tuple[int, float]:
@@ -115,7 +129,8 @@ def _cost(value: float) -> tuple[int, float]:
 
 def suppress(values: Sequence[float], equations: np.ndarray, tab: int,
              already: Sequence[bool] | None = None, *, batch: bool = False,
-             unreleased: Sequence[bool] | None = None, sensitive: Sequence[bool] | None = None) -> np.ndarray:
+             unreleased: Sequence[bool] | None = None, sensitive: Sequence[bool] | None = None,
+             null: np.ndarray | None = None) -> np.ndarray:
     """The cells to suppress: those in ``(0, tab)`` and enough others that none of them is determined.
 
     Parameters
@@ -143,6 +158,9 @@ def suppress(values: Sequence[float], equations: np.ndarray, tab: int,
         instead of one cell per pass: far fewer decompositions on large systems (a study's
         family, ADR 0035), possibly a few more hidden cells.  Either way the loop ends only when
         no sensitive cell is determined.
+    null : numpy.ndarray, shape (n, d), optional
+        :func:`null_basis` of ``equations``, when the caller has it already (several results over
+        the same relations).
 
     Returns
     -------
@@ -163,19 +181,24 @@ def suppress(values: Sequence[float], equations: np.ndarray, tab: int,
     if sensitive is not None:
         primary |= np.asarray(sensitive, dtype=bool) & ~withheld
     hidden = primary | withheld | kept
+    if not np.any(hidden):
+        return hidden
+    eqs = eqs.reshape(-1, len(cells))
     touches = eqs != 0
+    if null is None:  # once: every test below is about the released rows of this basis
+        null = null_basis(eqs)
     while True:
-        system = _system(eqs, hidden) if np.any(hidden) else None
-        fixed = np.flatnonzero(_determined(system, len(cells)) & primary) if system is not None else np.zeros(0, int)
+        system = _system(null, hidden)
+        fixed = np.flatnonzero(_determined(null, system, hidden) & primary)
         if fixed.size == 0:
             return hidden
         chosen_now: list[int] = []
-        in_range = _in_range(eqs, system)
+        in_range = _in_range(system, len(cells))
         for target in (fixed if batch else fixed[:1]):
             target = int(target)
             if batch and chosen_now and _touches_any(touches, target, chosen_now):
                 continue  # the system around it changed this pass: look again on the next one
-            chosen = _choose(eqs, touches, hidden, system, in_range, target, cells, tab)
+            chosen = _choose(null, touches, hidden, system, in_range, target, cells, tab)
             hidden[chosen] = True
             chosen_now.append(chosen)
 
@@ -186,7 +209,7 @@ def _touches_any(touches: np.ndarray, target: int, cells: list[int]) -> bool:
     return bool(np.any(touches[np.ix_(rows, cells)]))
 
 
-def _choose(eqs: np.ndarray, touches: np.ndarray, hidden: np.ndarray, system: tuple[np.ndarray, ...],
+def _choose(null: np.ndarray, touches: np.ndarray, hidden: np.ndarray, system: tuple[np.ndarray, ...],
             in_range: np.ndarray, target: int, cells: np.ndarray, tab: int) -> int:
     """The released cell to hide for the determined ``target`` (see :func:`suppress`)."""
     own = _neighbours(touches, np.array([target]), hidden)
@@ -196,7 +219,7 @@ def _choose(eqs: np.ndarray, touches: np.ndarray, hidden: np.ndarray, system: tu
                               "is suppressed: use coarser bins or fewer grouping variables", control="nfilter_tab")
     for pool in (own, frontier):
         if pool.size:
-            frees = pool[_freeing(eqs, system, in_range, target, pool)]
+            frees = pool[_freeing(null, system, in_range, target, pool)]
             if frees.size:
                 return int(min(frees, key=lambda i: (_cost(cells[i]), i)))
     # no single cell frees it: hide the cheapest neighbour and look again
