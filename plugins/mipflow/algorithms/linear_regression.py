@@ -76,6 +76,43 @@ def joint_cell_counts(data: pd.DataFrame, codes: Sequence[str], model: DataModel
     return out
 
 
+#: Eigenvalues of noisy co-moments are raised to this fraction of their mean magnitude when the noise
+#: made the matrix indefinite (:func:`positive_definite_part`).
+EIGEN_FLOOR = 1e-3
+
+
+def indefinite_by_noise(cxx: np.ndarray) -> bool:
+    """Whether co-moments ``cxx`` are indefinite in a way only noise makes: finite, no variance exactly 0
+    (an exact constant column), and a negative variance, or well conditioned (an exact collinear design
+    is caught as collinear) yet not positive definite.  Exact co-moments are sums of squares: never."""
+    diagonal = np.diagonal(cxx)
+    if not np.all(np.isfinite(cxx)) or np.any(diagonal == 0):
+        return False
+    if np.any(diagonal < 0):
+        return True
+    corr = cxx / np.sqrt(np.outer(diagonal, diagonal))
+    if np.linalg.cond(corr) > MAX_CONDITION:
+        return False
+    try:
+        np.linalg.cholesky(corr)
+    except np.linalg.LinAlgError:
+        return True
+    return False
+
+
+def positive_definite_part(cxx: np.ndarray) -> np.ndarray:
+    """Noisy co-moments made positive definite: the same eigenvectors, the eigenvalues raised to
+    ``EIGEN_FLOOR`` times their mean magnitude.
+
+    Post-processing of released co-moments only (no data, no budget): an honest explore-mode regression
+    on a few hundred rows is answered, labelled approximate, instead of failing at random with the noise
+    draw (ADR 0057).  Only for :func:`indefinite_by_noise` matrices: exact ones never come here."""
+    sym = (cxx + cxx.T) / 2.0
+    values, vectors = np.linalg.eigh(sym)
+    values = np.maximum(values, EIGEN_FLOOR * float(np.mean(np.abs(values))))
+    return (vectors * values) @ vectors.T
+
+
 def solve_centred(cxx: np.ndarray, cxy: np.ndarray, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Solve ``cxx @ b = cxy`` and return ``(b, inv(cxx))``, scaling to unit diagonal.
 
@@ -225,7 +262,10 @@ class LinearRegression(SpecAlgorithm):
         cyy = float(mom.m2[-1, -1])
         if cyy == 0.0:
             raise RequestError(f"{request.y[0]} is constant in the selected data")
+        projected = False
         if p:
+            if indefinite_by_noise(cxx):  # noisy co-moments (DP, explore mode) may be indefinite
+                cxx, projected = positive_definite_part(cxx), True
             beta, cxx_inv = solve_centred(cxx, cxy, slopes)
         else:
             beta, cxx_inv = np.zeros(0), np.zeros((0, 0))
@@ -246,7 +286,7 @@ class LinearRegression(SpecAlgorithm):
             f_pvalue = float(special.fdtrc(p, df_resid, f_stat))  # = stats.f.sf(f_stat, p, df_resid)
         else:
             f_stat, f_pvalue = math.nan, math.nan
-        return Step(done=True, result=json_ready({
+        result = {
             "dependent_var": request.y[0],
             "n_obs": n,
             "df_resid": float(df_resid),
@@ -263,7 +303,15 @@ class LinearRegression(SpecAlgorithm):
             "pvalues": pvalues,
             "lower_ci": coef - q * std_err,
             "upper_ci": coef + q * std_err,
-        }))
+        }
+        if projected:
+            result["approximate"] = True
+            result["noise_note"] = (
+                "the covariates' noisy co-moments were not positive definite (differential-privacy noise "
+                f"outweighs part of the data); their eigenvalues were raised to {EIGEN_FLOOR:g} of their mean "
+                "magnitude before solving: the coefficients are approximate and their standard errors leave "
+                "this out (more rows, a larger dp_epsilon or fewer covariates help)")
+        return Step(done=True, result=json_ready(result))
 
     # -- privacy capabilities (mipflow.algorithms.contract) ------------------------------------
 

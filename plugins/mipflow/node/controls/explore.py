@@ -560,15 +560,16 @@ def suppress_noisy_cells(doc: Any, tab: int) -> Any:
     """Noisy count cells (lists under ``counts``) in ``(0, tab)`` as ``None``.
 
     Post-processing of the noisy release: no complementary suppression is needed, as the
-    released totals are noisy themselves and nothing exact is left to subtract from.  An object
-    whose ``counts`` lost a cell says where the hidden cells lie, ``suppressed_range``
-    ``[1, tab - 1]`` (a setting, not data), so the central side can pool the other cells
-    without pretending a hidden cell was 0 (ADR 0057).
+    released totals are noisy themselves and nothing exact is left to subtract from.  Every object
+    with ``counts`` says where a hidden cell lies, ``suppressed_range`` ``[1, tab - 1]`` (a
+    setting, not data), so the central side can pool the other cells without pretending a hidden
+    cell was 0 (ADR 0057).  It is there whether or not a cell was hidden: the reply's layout never
+    depends on the rows (ADR 0057's amendment; the shape tests of the outside reviews).
     """
     if isinstance(doc, dict):
         out = {k: ([hide_small(v, tab) for v in value] if k == "counts" and isinstance(value, list)
                    else suppress_noisy_cells(value, tab)) for k, value in doc.items()}
-        if isinstance(doc.get("counts"), list) and out["counts"] != doc["counts"]:
+        if isinstance(doc.get("counts"), list):
             out["suppressed_range"] = [1, int(tab) - 1]
         return out
     if isinstance(doc, list):

@@ -172,9 +172,13 @@ def test_pearson_release_without_noise_is_exact(stroke):
     assert set(clamped) == {"age", "nihss_admission", "glucose_mmol"}
     reference = run_in_process(algo, [data], req, stroke)
     result = algo.global_step(0, [released], req, stroke, None).result
-    for key in ("correlations", "p-values"):
-        for var in req.y:
-            assert result[key][var] == pytest.approx(reference[key][var], rel=1e-9)
+    for var in req.y:
+        assert result["correlations"][var] == pytest.approx(reference["correlations"][var], rel=1e-9)
+    # the p-values allow for the noise the release declares (ADR 0057's amendment), which this test
+    # double leaves out of the values only: no correlation looks more significant than the exact one
+    assert result["noise"]["p_values_account_for_noise"] is True
+    for var in req.y:
+        assert all(p > q for p, q in zip(result["p-values"][var], reference["p-values"][var]))
 
 
 def test_moments_are_kept_in_range_after_the_noise(stroke):
@@ -249,6 +253,39 @@ def test_an_indefinite_noisy_matrix_is_a_clear_error():
         solve_centred(np.array([[1.0, 1.0], [1.0, 1.0]]), np.array([1.0, 1.0]), names)
     coef, _ = solve_centred(np.array([[2.0, 1.0], [1.0, 2.0]]), np.array([3.0, 3.0]), names)
     assert coef == pytest.approx([1.0, 1.0], rel=1e-12)
+
+
+def test_noisy_indefinite_co_moments_are_answered_approximate_and_exact_ones_never_change(stroke):
+    """The global step raises the eigenvalues of co-moments only noise can make indefinite (a negative
+    variance, or well conditioned but not positive definite) and labels the result; exact co-moments,
+    constant and collinear designs are untouched (their errors stay)."""
+    from mipflow.algorithms.linear_regression import indefinite_by_noise, positive_definite_part
+
+    assert indefinite_by_noise(np.array([[1.0, 2.0], [2.0, 1.0]]))  # eigenvalues 3, -1
+    assert indefinite_by_noise(np.array([[-1.0, 0.0], [0.0, 1.0]]))  # a negative variance
+    assert not indefinite_by_noise(np.array([[0.0, 0.0], [0.0, 1.0]]))  # constant: exact
+    assert not indefinite_by_noise(np.array([[1.0, 1.0], [1.0, 1.0]]))  # collinear: exact
+    assert not indefinite_by_noise(np.array([[2.0, 1.0], [1.0, 2.0]]))
+    fixed = positive_definite_part(np.array([[1.0, 2.0], [2.0, 1.0]]))
+    assert np.all(np.linalg.eigvalsh(fixed) > 0) and np.allclose(fixed, fixed.T)
+    # the eigenvector of the positive eigenvalue keeps its eigenvalue
+    v = np.array([1.0, 1.0]) / math.sqrt(2.0)
+    assert fixed @ v == pytest.approx(3.0 * v, rel=1e-12)
+
+    algo, req = get_algorithm("linear_regression"), request(stroke, ["age"], ["nihss_admission", "glucose_mmol"])
+    data = stroke_rows(3, 400)
+    exact = algo.local_step(0, data, req, stroke, None)
+    answer = algo.global_step(0, [exact], req, stroke, None).result
+    assert "approximate" not in answer and "noise_note" not in answer  # exact: as before
+    noisy = json.loads(json.dumps(exact))
+    m2 = np.array(noisy["moments"]["m2"], dtype=float)
+    m2[0, 1] = m2[1, 0] = 1.5 * math.sqrt(m2[0, 0] * m2[1, 1])  # a covariance no data can have
+    noisy["moments"]["m2"] = m2.tolist()
+    with pytest.raises(RequestError, match="not positive definite"):
+        solve_centred(m2[:2, :2], m2[:2, 2], ["nihss_admission", "glucose_mmol"])
+    result = algo.global_step(0, [noisy], req, stroke, None).result
+    assert result["approximate"] is True and "eigenvalues were raised" in result["noise_note"]
+    assert np.all(np.isfinite(result["coefficients"])) and np.all(np.isfinite(result["std_err"]))
 
 
 def test_node_releases_labels_and_charges_a_noisy_regression(tmp_path, stroke):
