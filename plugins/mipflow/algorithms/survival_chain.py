@@ -28,7 +28,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from mipflow.algorithms.survival_bins import _safe_runs, bin_counts, close_tail, cohort_bins, nested_bins
+from mipflow.algorithms.survival_bins import bin_counts, close_tail, cohort_bins, nested_bins
 
 
 class ChainRefused(ValueError):
@@ -48,6 +48,39 @@ def bin_sums(counts: np.ndarray, ends: Sequence[int]) -> np.ndarray:
     return cum[:, edges[1:]] - cum[:, edges[:-1]]
 
 
+def _most_runs(steps: np.ndarray, tab: int) -> list[int]:
+    """The most merged runs of the bins of ``steps`` (kinds, bins; signed) in which every kind sums to 0
+    or at least ``tab`` (dynamic programming, the earliest start among equally many runs): the indices
+    of the bins closing a run.
+
+    Raises
+    ------
+    ChainRefused
+        If no merge keeps every run safe (the whole grid's sum of some kind is small or negative).
+    """
+    n = steps.shape[1]
+    cum = np.zeros((steps.shape[0], n + 1), dtype=np.int64)
+    np.cumsum(steps, axis=1, out=cum[:, 1:])
+    best = np.full(n + 1, -1, dtype=np.int64)
+    best[0] = 0
+    start = np.zeros(n + 1, dtype=np.int64)
+    for j in range(1, n + 1):
+        segment = cum[:, j:j + 1] - cum[:, :j]  # every kind's sum over bins i..j-1, per start i
+        ok = np.all((segment == 0) | (segment >= tab), axis=0) & (best[:j] >= 0)
+        if ok.any():
+            candidates = np.where(ok, best[:j], -1)
+            i = int(np.argmax(candidates))
+            best[j], start[j] = candidates[i] + 1, i
+    if best[n] < 0:
+        raise ChainRefused("the pooled difference is not 0 or at least nfilter_tab over the whole grid")
+    closing = []
+    j = n
+    while j > 0:
+        closing.append(j - 1)
+        j = int(start[j])
+    return closing[::-1]
+
+
 def _against(new: np.ndarray, ends: list[int], old: np.ndarray, old_ends: Sequence[int], tab: int) -> list[int]:
     """``ends`` kept under the rule against one earlier pool (``old`` on its canonical ``old_ends``)."""
     old_set = {int(e) for e in old_ends}
@@ -55,8 +88,7 @@ def _against(new: np.ndarray, ends: list[int], old: np.ndarray, old_ends: Sequen
     if not common or common[-1] != ends[-1]:
         raise ChainRefused("the two pools' partitions do not end at the same grid point")
     steps = bin_sums(new - old, common)  # (kinds, common bins), may be negative
-    closing = _safe_runs(steps.T, tab)
-    kept_common = [common[i] for i in closing]
+    kept_common = [common[i] for i in _most_runs(steps, tab)]
     if not _ok(bin_sums(new - old, kept_common), tab):
         raise ChainRefused("the pooled difference is not 0 or at least nfilter_tab in every bin")
     old_sorted = sorted(old_set)
@@ -78,7 +110,7 @@ def difference_ends(new: np.ndarray, candidate: Sequence[int], earlier: Sequence
     """The ends of ``candidate`` (a partition safe for ``new``'s own cells, the last the grid's last)
     kept so that, against every earlier pool ``(counts, canonical ends)`` of the same kinds, the two
     partitions nest locally and the pooled difference is 0 or at least ``tab`` in every bin of the
-    common ends (forward merge of the common bins as :func:`~mipflow.algorithms.survival_bins.safe_bins`).
+    common ends (the most common bins any merge keeps, :func:`_most_runs`).
 
     ``new`` and each earlier ``counts``: (kinds, fine points), the same kinds.  A subset of
     ``candidate`` (merging keeps ``new``'s own cells safe).  Deterministic.
@@ -127,7 +159,7 @@ def chained_bins(groups: Sequence[Mapping[str, Any]], tab: int,
     ends at some of its ends.  ``groups``: the release's shared group bins, a coarsening of ``all``,
     kept against ``earlier_groups`` (the earlier pools asked with the same grouping); ``levels``: each
     group end's level (:func:`~mipflow.algorithms.survival.coarsen_to`).  ``fixed_all``: ``all`` as
-    stored for this pool (a request repeated on the chain's latest pool).  Without earlier pools,
+    stored for this pool (a request repeated on the chain's latest pool).  Without earlier pools
     ``groups`` equals :func:`~mipflow.algorithms.survival_bins.cohort_bins`.
 
     Raises
@@ -146,7 +178,7 @@ def chained_bins(groups: Sequence[Mapping[str, Any]], tab: int,
     else:
         all_ends, _ = _closed(series_ends, series_levels, events, censored, tab)
         all_ends = difference_ends(totals, all_ends, earlier_all, tab)
-    if not earlier_all and not earlier_groups and fixed_all is None:
+    if not earlier_all and not earlier_groups:  # the chain's first pool: ADR 0008's bins, as they were
         ends, levels = cohort_bins(groups, tab)
         return {"all": all_ends, "groups": ends, "levels": levels}
     if len(groups) > 1:
