@@ -31,6 +31,11 @@ by one node's part.  So a node answers such a step only
    Honest dropouts, new data at a peer and refreshed studies now end a bound cohort's survival
    analyses (no per-node fallback): the cost is an answer, not resolution (ADR 0059).
 
+Since ADR 0060, in standard mode, a changed pool of the **same analysis** (new data at another node) is
+answered when its bins, derived by every node against the analysis's chain of earlier pools
+(:mod:`mipflow.node.controls.pool_chain`), nest with theirs and keep the pooled difference 0 or at least
+``nfilter_tab`` in every common bin; the binding then holds every pool answered.
+
 In a study the node also seals its family's cells (:func:`mipflow.node.controls.study_pooled.family_cells`),
 from which every node derives the family's pooled partition (and, for a release of the population,
 its refinement, ADR 0056).
