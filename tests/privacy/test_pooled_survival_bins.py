@@ -16,8 +16,9 @@ their own counts on it masked.  What this file shows:
   bins is not (the relaxation is real, and hidden);
 * the precondition of ADR 0027: a node answers pooled bins on one cohort with one participant set and
   one pool only.  The same analysis over another participant set that shares nodes (``{B, C, D}``
-  after ``{A, B, C}``: the subtraction that would isolate a node), or after another node's data changed,
-  is refused by the bound nodes (control ``pooled_bins``) before anything pooled is released;
+  after ``{A, B, C}``: the subtraction that would isolate a node) is refused by the bound nodes (control
+  ``pooled_bins``) before anything pooled is released; after another node loaded new rows it is answered
+  on bins derived against the first pool (ADR 0060);
 * and since ADR 0059 no other survival release of a bound cohort follows: the central site's fallback
   to per-node bins is refused by the bound nodes too (per-node ``{B, C}`` less pooled ``{A, B, C}`` is
   A's own counts), naming the rule and telling the researcher to re-run with all the original datasets.
@@ -254,21 +255,18 @@ def test_another_participant_set_sharing_nodes_gets_no_pooled_release(federation
         assert all("secure_aggregation" not in reply["aggregates"] for _, _, reply, _ in client.rounds)
 
 
-def test_a_changed_peer_ends_pooled_bins_for_the_others(federation, first) -> None:
-    """hospital_c loads new rows: a and b, whose rows did not change, see another pool at round 1 and
-    refuse; the per-node attempt is refused by every node that answered a pooled round 1 on its rows
-    (ADR 0059), so the analysis ends refused, naming the rule: the cost of the rule is an answer."""
-    from mipflow.exceptions import MipflowError
-
+def test_a_changed_peer_is_answered_on_bins_derived_against_the_first_pool(federation, first) -> None:
+    """hospital_c loads new rows: a and b, whose rows did not change, are bound to the first pool.  Since
+    ADR 0060 every node derives the new pool's bins against the analysis's first pool (nesting with it,
+    the pooled difference 0 or at least nfilter_tab in every common bin), so a and b answer: the result
+    is pooled and equal to the pooled computation on the new rows.  The refusals of a change too small
+    are in ``tests/privacy/test_pooled_chain.py``."""
     extra = make_stroke(99, 40).assign(dataset="hospital_c")
     extra["subjectcode"] = [f"new-{i}" for i in range(len(extra))]
     load_frame(federation.roots["hospital_c"], STROKE, extra)
     federation.frames["hospital_c"] = pd.concat([federation.frames["hospital_c"], extra], ignore_index=True)
     before = {n: len(_refusals(federation, n)) for n in FIRST}
-    with pytest.raises(MipflowError, match="pooled_bins") as refused_run:
-        federation.run()
-    assert "all the original datasets" in str(refused_run.value)
-    for name in ("hospital_a", "hospital_b"):
-        refused = _refusals(federation, name)[before[name]:]
-        assert [r["round"] for r in refused] == [1, 0]
-        assert "first" in refused[0]["reason"] and "all the original datasets" in refused[1]["reason"]
+    outcome, _ = federation.run()
+    assert outcome.result["binning"]["partition"] == "pooled" and set(outcome.contributed) == set(FIRST)
+    check_km(outcome.result, federation.pooled(), grouped=True)
+    assert {n: len(_refusals(federation, n)) for n in FIRST} == before

@@ -46,6 +46,9 @@ POOL_KEY = "_pool"
 FAMILY_POINTS_KEY = "family_points"
 #: Node-only key (study mode): how many of the family's first cells are the population's (0: a subgroup's release).
 FAMILY_POPULATION_KEY = "family_population"
+#: Node-only key (standard mode, ADR 0060): a changed pool's canonical group ends and their levels, derived
+#: by the controls against the request's chain of earlier pools (:mod:`mipflow.node.controls.pool_chain`).
+CHAIN_KEY = "chain_ends"
 #: The least number of masked participants for pooled bins.
 MIN_NODES = 3
 
@@ -178,8 +181,11 @@ def pooled_release(aggregates: Mapping[str, Any], min_count: int) -> dict[str, A
     pooled = aggregates[POOL_KEY]
     points = [int(p) for p in aggregates[POINTS_KEY]]
     last = aggregates.get(FOLLOW_UP_KEY)
-    shaped, canonical = shape_release(pooled_groups(pooled, min_count), min_count, points, last,
-                                      int(aggregates.get(LEVEL_KEY, 1)))
+    if CHAIN_KEY in pooled and "family" not in pooled:
+        shaped, canonical = _shape_on(pooled, pooled[CHAIN_KEY], points, last, int(aggregates.get(LEVEL_KEY, 1)))
+    else:
+        shaped, canonical = shape_release(pooled_groups(pooled, min_count), min_count, points, last,
+                                          int(aggregates.get(LEVEL_KEY, 1)))
     slots = []
     for own, group in zip(aggregates["groups"], shaped):
         events, censored = _own_on(group["ends"], own["events"], own["censored"])
@@ -187,6 +193,22 @@ def pooled_release(aggregates: Mapping[str, Any], min_count: int) -> dict[str, A
     rest = {k: v for k, v in aggregates.items()
             if k not in (POOL_KEY, POINTS_KEY, FOLLOW_UP_KEY, LEVEL_KEY, "groups")}
     return {**rest, "slots": slots, "group_counts": released_cells(shaped), "cell_n": canonical}
+
+
+def _shape_on(pooled: Mapping[str, Any], chain: Mapping[str, Any], points: Sequence[int], last: int | None,
+              level: int) -> tuple[list[dict], list[int]]:
+    """:func:`~mipflow.algorithms.survival.shape_release` on canonical group ends given by the chain rule
+    (ADR 0060) instead of merged here: coarsened to the request's points, cut at ``last``."""
+    from mipflow.algorithms.survival import coarsen_groups_to, truncate_groups
+
+    ends, levels = [int(e) for e in chain["ends"]], [int(v) for v in chain["levels"]]
+    merged = [{"ends": ends, "events": bin_counts(ev, ends), "censored": bin_counts(ce, ends), "levels": levels}
+              for ev, ce in zip(np.asarray(pooled["events"], dtype=np.int64),
+                                np.asarray(pooled["censored"], dtype=np.int64))]
+    shaped = coarsen_groups_to(merged, points, level)
+    if last is not None:
+        shaped = truncate_groups(shaped, int(last))
+    return shaped, released_cells(merged)
 
 
 def slot_release(ends: Sequence[int], events: Sequence[int], censored: Sequence[int],

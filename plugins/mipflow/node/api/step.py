@@ -168,6 +168,7 @@ class StepWork:
     tags: dict[str, str] | None = None
     study: Any = None  # the study selection answering the request (study mode, ADR 0028)
     explore: Any = None  # the admitted explore step (explore mode, ADR 0032)
+    pool_chain: Any = None  # a pooled Kaplan-Meier step's chain of earlier pools (ADR 0060)
     dropped: int | None = None  # longitudinal transformer: patients dropped, when released (ADR 0034)
     notes: dict[str, bool] | None = None  # round 0: the algorithm's flags about the rows (ADR 0041)
     #: the request narrowed to the datasets the grants cover, when that is fewer (rows are read for it)
@@ -501,8 +502,13 @@ def mask(request: StepRequest, context: StepContext, work: StepWork) -> None:
         return
 
     work.record["secure_aggregation"] = True
+    state = request.state
+    if work.pool_chain is not None and work.pool_chain.get("context"):
+        # ADR 0060: bins derived against a chain of earlier pools; nodes whose chains differ derive other
+        # bins, and their masks must then not cancel (the sum would mix counts on different bins)
+        state = {**(state or {}), "pool_chain": work.pool_chain["context"]}
     work.aggregates = node_side.mask_release(context.home.root, context.name, request.algorithm, request.analysis,
-                                             request.round, request.state, request.analysis_id,
+                                             request.round, state, request.analysis_id,
                                              request.secure_aggregation, work.aggregates, model=work.model)
 
 

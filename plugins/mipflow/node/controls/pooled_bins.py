@@ -31,6 +31,11 @@ by one node's part.  So a node answers such a step only
    Honest dropouts, new data at a peer and refreshed studies now end a bound cohort's survival
    analyses (no per-node fallback): the cost is an answer, not resolution (ADR 0059).
 
+Since ADR 0060, in standard mode, a changed pool of the **same analysis** (new data at another node) is
+answered when its bins, derived by every node against the analysis's chain of earlier pools
+(:mod:`mipflow.node.controls.pool_chain`), nest with theirs and keep the pooled difference 0 or at least
+``nfilter_tab`` in every common bin; the binding then holds every pool answered.
+
 In a study the node also seals its family's cells (:func:`mipflow.node.controls.study_pooled.family_cells`),
 from which every node derives the family's pooled partition (and, for a release of the population,
 its refinement, ADR 0056).
@@ -72,9 +77,11 @@ def _rule_refusal() -> DisclosureError:
         "from counts pooled with other nodes, so this node answers survival analyses of them, or of rows within "
         "min_row_count of them, only on those pooled bins with the same participating nodes: any other release "
         "of their counts (per-node bins, other nodes or datasets) would subtract from the pooled one to another "
-        "hospital's own small counts. Re-run the analysis with all the original datasets, on the same nodes (if a "
-        "node's data changed since, the pooled release cannot be repeated and these rows' survival analyses stay "
-        "refused)", control="pooled_bins")
+        "hospital's own small counts. Re-run the analysis with all the original datasets, on the same nodes. If a "
+        "node loaded new data since, the same analysis is answered again on pooled bins once the change is large "
+        "enough that the difference of the two pooled releases holds 0 or at least nfilter_tab rows in every time "
+        "bin (ADR 0060): wait until more data are loaded there and run it again, or run it in explore mode or in "
+        "a study", control="pooled_bins")
 
 
 def is_pooled(work: Any, request: Any) -> bool:
@@ -162,17 +169,26 @@ class PooledBindings(SqliteState):
     def __init__(self, root: str | Path) -> None:
         super().__init__(Path(root) / BINDINGS_FILE)
 
-    def bind(self, key: str, participants: str, pool: str | None) -> None:
-        """Record or check the binding of cohort ``key``.
+    def _pools_table(self, conn: Any) -> None:
+        conn.execute("CREATE TABLE IF NOT EXISTS binding_pools (cohort TEXT NOT NULL, seq INTEGER NOT NULL, "
+                     "pool TEXT NOT NULL, PRIMARY KEY (cohort, pool))")
+
+    def bind(self, key: str, participants: str, pool: str | None, chain: list[str] | None = None) -> None:
+        """Record or check the binding of cohort ``key``.  The first pool is recorded here; a later one
+        (ADR 0060) is accepted only if every pool the cohort was bound to is in ``chain`` (the earlier
+        pools its bins were derived against, :mod:`mipflow.node.controls.pool_chain`), and joins the
+        binding when the release is answered (:meth:`extend`).
 
         Raises
         ------
         DisclosureError
-            Control ``pooled_bins``: another participant set, or another pool, than the first.
+            Control ``pooled_bins``: another participant set; an earlier pool than the latest; another pool
+            whose bins were not derived against every pool the cohort was bound to.
         """
         with self._lock, self._connect() as conn:
             conn.execute("CREATE TABLE IF NOT EXISTS bindings (cohort TEXT PRIMARY KEY, participants TEXT NOT NULL, "
                          "pool TEXT)")
+            self._pools_table(conn)
             row = conn.execute("SELECT participants, pool FROM bindings WHERE cohort = ?", (key,)).fetchone()
             if row is None:
                 conn.execute("INSERT INTO bindings VALUES (?, ?, ?)", (key, participants, pool))
@@ -180,11 +196,34 @@ class PooledBindings(SqliteState):
             if row[0] != participants:
                 raise _refuse("this node answers them on these rows with one participant set only, and it "
                               "answered them with another")
-            if pool is not None and row[1] is not None and row[1] != pool:
-                raise _refuse("this node answers them on these rows only while the other participants' rows are "
-                              "those it answered them with first (a node's data changed or a dataset was left out)")
-            if pool is not None and row[1] is None:
+            if pool is None:
+                return
+            if row[1] is None:
                 conn.execute("UPDATE bindings SET pool = ? WHERE cohort = ?", (pool, key))
+                return
+            bound = [row[1], *(p for (p,) in conn.execute("SELECT pool FROM binding_pools WHERE cohort = ? "
+                                                          "ORDER BY seq", (key,)))]
+            if pool == bound[-1]:
+                return
+            if pool in bound:
+                raise _refuse("this node answers them on these rows only on the latest pooled data, and the other "
+                              "participants' data are now as they were for an earlier run")
+            if chain is None or not set(bound) <= set(chain):
+                raise _refuse("this node answers them on these rows only while the other participants' rows are "
+                              "those it answered them with first, or changed from them by new data loaded for the same "
+                              "analysis (ADR 0060: the same datasets and filters); run the original analysis again, "
+                              "or run this one in explore mode or in a study")
+
+    def extend(self, key: str, pool: str) -> None:
+        """A changed pool answered for cohort ``key`` joins its binding (ADR 0060)."""
+        with self._lock, self._connect() as conn:
+            self._pools_table(conn)
+            row = conn.execute("SELECT pool FROM bindings WHERE cohort = ?", (key,)).fetchone()
+            if row is None or row[0] in (None, pool):
+                return
+            seq = conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM binding_pools WHERE cohort = ?",
+                               (key,)).fetchone()[0]
+            conn.execute("INSERT OR IGNORE INTO binding_pools VALUES (?, ?, ?)", (key, seq, pool))
 
     def _cohorts_table(self, conn: Any) -> None:
         conn.execute("CREATE TABLE IF NOT EXISTS survival_cohorts (kind TEXT NOT NULL, data_model TEXT NOT NULL, "
@@ -282,7 +321,21 @@ def bind_pooled(request: Any, context: Any, work: Any) -> None:
     pool = None
     if isinstance(work.state, dict) and POOLED in work.state:
         pool = _pool_digest(work.state[POOLED])
-    bindings(context.home.root).bind(key, participants, pool)
+    memory = bindings(context.home.root)
+    prepared = None
+    if work.study is None and pool is not None and POOL_KEY in aggregates:
+        from mipflow.node.controls import pool_chain
+
+        # ADR 0060: the pool's bins against the request's chain of earlier pools (the same at every node)
+        prepared = pool_chain.prepare(memory, request, participants, pool, work.state[POOLED],
+                                      work.settings.nfilter_tab)
+    memory.bind(key, participants, pool, None if prepared is None else prepared["pools"])
+    if prepared is not None and prepared["derived"]:
+        from mipflow.algorithms.survival_pooled import CHAIN_KEY
+
+        aggregates = {**aggregates, POOL_KEY: {**aggregates[POOL_KEY],
+                                               CHAIN_KEY: {"ends": prepared["ends"], "levels": prepared["levels"]}}}
+    work.pool_chain = prepared
     work.aggregates = aggregates
 
 
@@ -367,3 +420,9 @@ def remember_pooled_parts(request: Any, context: Any, work: Any) -> None:
         key = _cohort_key(request, work)
         for model, digest, rows, patients in _bound_sets(work):
             memory.remember(POOLED_RELEASE, model, digest, rows, patients, binding=key)
+        prepared = getattr(work, "pool_chain", None)
+        if prepared is not None:  # ADR 0060: the pool joins the request's chain and the cohort's binding
+            from mipflow.node.controls import pool_chain
+
+            pool_chain.record(memory, prepared)
+            memory.extend(key, prepared["pool"])

@@ -31,6 +31,29 @@ def test_one_participant_set_and_one_pool_per_cohort(tmp_path) -> None:
     again.bind("cohort-2", BCD, "pool-2")
 
 
+def test_a_changed_pool_needs_every_bound_pool_in_its_chain(tmp_path) -> None:
+    """ADR 0060: a new pool is accepted only when its bins were derived against every pool the cohort was
+    bound to; it joins the binding when answered; an earlier pool is refused; durable."""
+    store = PooledBindings(tmp_path)
+    store.bind("cohort-1", ABC, "pool-1")
+    for chain in (None, [], ["pool-0"]):  # no chain (a study), or one without the bound pool
+        with pytest.raises(DisclosureError, match="first") as refused:
+            store.bind("cohort-1", ABC, "pool-2", chain)
+        assert refused.value.control == "pooled_bins"
+    store.bind("cohort-1", ABC, "pool-2", ["pool-1"])  # checked, not yet recorded
+    store.extend("cohort-1", "pool-2")  # answered
+    store.bind("cohort-1", ABC, "pool-2", ["pool-1"])  # the latest again
+    with pytest.raises(DisclosureError, match="another"):
+        store.bind("cohort-1", BCD, "pool-2", ["pool-1"])
+    store.close()
+    again = PooledBindings(tmp_path)
+    with pytest.raises(DisclosureError, match="earlier"):
+        again.bind("cohort-1", ABC, "pool-1", [])
+    with pytest.raises(DisclosureError, match="first"):  # pool-2 bound, missing from the chain
+        again.bind("cohort-1", ABC, "pool-3", ["pool-1"])
+    again.bind("cohort-1", ABC, "pool-3", ["pool-1", "pool-2"])
+
+
 def _keys(*ranges: tuple[int, int]):
     import numpy as np
 
