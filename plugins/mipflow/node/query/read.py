@@ -297,7 +297,7 @@ def select_rows(store: FeatureStore, model: DataModel, *, datasets: Sequence[str
     :func:`select_frame`'s errors.
     """
     _, chosen = _prepare(store, model, datasets, variables, filters, True, True)
-    if store.dialect != "sqlite" or not all(v.is_numerical for v in chosen):
+    if store.dialect != "sqlite" or not all(v.is_numerical or v.is_categorical for v in chosen):
         return None
     from mipflow.node.query.snapshot import current_snapshot, select_rows as snapshot_rows
 

@@ -212,11 +212,14 @@ def test_wrong_sorted_keys_are_never_used(store, monkeypatch, tmp_path):
     np.testing.assert_array_equal(got.patients[0], want.patients[0])
 
 
-def test_rows_on_disk_only_for_numerical_variables_and_checked_requests(store):
-    assert select_rows(store, MODEL, datasets=["a"], variables=["y", "grp"], filters=None, row_key=KEY) is None
+def test_rows_on_disk_only_for_numerical_and_nominal_variables_and_checked_requests(store):
+    nominal = select_rows(store, MODEL, datasets=["a"], variables=["y", "grp"], filters=None, row_key=KEY)
     frame = select_frame(store, MODEL, datasets=["a"], variables=["y", "grp"], row_identity=True, row_key=KEY,
                          snapshot=True)
-    assert len(frame) > 0  # the frame's read answers those
+    assert len(nominal) == len(frame) > 0 and nominal.levels_of("y") is None
+    np.testing.assert_array_equal(np.array(nominal.levels_of("grp"), dtype=object)[nominal.values("grp")],
+                                  frame["grp"].to_numpy())  # the levels as the SQL read's codes
+    assert select_rows(store, MODEL, datasets=["a"], variables=["y", "dataset"], filters=None, row_key=KEY) is None
     from mipflow.exceptions import RequestError
 
     with pytest.raises(RequestError):
