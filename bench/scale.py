@@ -102,6 +102,9 @@ def floor_seconds(x: np.ndarray, y: np.ndarray) -> float:
 ROWS = [
     ("node resident once started, MiB (median)", "idle", ".0f"),
     ("node peak after one linear step, MiB (node 0)", "peak_one", ".0f"),
+    ("node peak after the linear analyses, MiB (largest)", "peak_linear", ".0f"),
+    ("sum of the nodes' peaks after the linear analyses, MiB", "peak_sum", ".0f"),
+    ("node peak in the logistic fit alone, MiB (largest)", "peak_logit", ".0f"),
     ("node peak after every analysis, MiB (largest)", "peak_all", ".0f"),
     ("first round, one node over HTTP, ms (new cohort)", "first_ms", ".0f"),
     ("new selection, same cohort, over HTTP, ms", "new_selection_ms", ".0f"),
@@ -109,7 +112,20 @@ ROWS = [
     ("federated linear, cold, s", "ols_cold", ".2f"),
     ("federated linear, warm, s", "ols_warm", ".2f"),
     ("federated logistic, cold, s", "logit_cold", ".2f"),
+    ("logistic rounds (node 0's audit records)", "logit_rounds", ".0f"),
+    ("logistic round 0 at node 0, ms (its own step)", "logit_first_ms", ".0f"),
+    ("logistic Newton round at node 0, ms (median)", "logit_later_ms", ".1f"),
 ]
+#: Each phase's node settings (new node processes per phase).  ``frame``: rows read from the snapshot
+#: into a frame, as every step that cannot leave its rows on disk, i.e. linear and logistic regression
+#: before ADR 0049's streamed reads; a node with differential privacy on streams nothing, and with
+#: both algorithms exempted it adds no noise: the same releases through the frame's path.
+PHASES = {
+    "snapshot": {"columnar_snapshot": 1},
+    "frame": {"columnar_snapshot": 1, "dp_enabled": 1, "dp_exempt_algorithms": "linear_regression,logistic_regression"},
+    "before": {"columnar_snapshot": 0},
+}
+DEFAULTS = {"columnar_snapshot": 1, "dp_enabled": 0, "dp_exempt_algorithms": ""}
 
 
 def forget_cohorts(root: Path) -> None:
@@ -126,6 +142,7 @@ def run_phase(homes, model, args, request, logit_request, store_kind) -> dict:
     logistic (cold) regression, the nodes' memory."""
     from bench.common import central_clients, drop_node_caches, node_pids
     from mipflow.central.rounds import run_analysis
+    from mipflow.node.controls.audit import AUDIT_FILE, read_records
     from tests.nodes import running_nodes
 
     out: dict = {}
@@ -157,12 +174,27 @@ def run_phase(homes, model, args, request, logit_request, store_kind) -> dict:
         t = time.perf_counter()
         run_analysis("linear_regression", request, clients, min_nodes=args.nodes, **WHO)
         out["ols_warm"] = time.perf_counter() - t
+        out["peak_linear"] = max(rss_mib(pid, "VmHWM") for pid in pids.values())
+        out["peak_sum"] = sum(rss_mib(pid, "VmHWM") for pid in pids.values())  # every node process together
+        out["peak_all"] = out["peak_linear"]
         if not args.no_logistic:
+            # the logistic fit's own peak: each node's high-water mark reset first (Linux clear_refs 5)
+            for pid in pids.values():
+                Path(f"/proc/{pid}/clear_refs").write_text("5")
+            audit = Path(homes[0].root) / AUDIT_FILE
+            seen = len(read_records(audit))
             drop_node_caches(homes, model)
             t = time.perf_counter()
             out["logit"] = run_analysis("logistic_regression", logit_request, clients, min_nodes=args.nodes, **WHO)
             out["logit_cold"] = time.perf_counter() - t
-        out["peak_all"] = max(rss_mib(pid, "VmHWM") for pid in pids.values())
+            out["peak_logit"] = max(rss_mib(pid, "VmHWM") for pid in pids.values())
+            out["peak_all"] = max(out["peak_all"], out["peak_logit"])
+            steps = [float(r["ms"]) for r in read_records(audit)[seen:]
+                     if r.get("algorithm") == "logistic_regression" and r.get("decision") == "allowed"]
+            out["logit_rounds"] = len(steps)
+            if steps:  # node 0's own step time (its audit record), round 0 and the median Newton round
+                out["logit_first_ms"] = steps[0]
+                out["logit_later_ms"] = float(np.median(steps[1:])) if len(steps) > 1 else None
         for c in clients:
             c.close()
     out["first_ms"] = out["first"] * 1000
@@ -184,6 +216,8 @@ def main() -> int:
     parser.add_argument("--later", type=int, default=5, help="later rounds measured (median)")
     parser.add_argument("--no-before", action="store_true",
                         help="SQLite: skip the SQL read (columnar_snapshot 0) measured beside the snapshot")
+    parser.add_argument("--no-frame", action="store_true",
+                        help="SQLite: skip the frame read from the snapshot (no streamed rows) measured beside it")
     parser.add_argument("--home", help="one node's existing home with --rows rows of this model (bench/first_round.py "
                         "builds one: a 10M-row load takes minutes), measured instead of new homes")
     args = parser.parse_args()
@@ -218,7 +252,8 @@ def main() -> int:
             from tests.nodes import pin_each_other
 
             pin_each_other([h.root for h in homes])
-        phases = [("snapshot", 1), ("before", 0)] if sqlite and not args.no_before else [("snapshot", 1)]
+        phases = ["snapshot"] + (["frame"] if sqlite and not args.no_frame else []) + \
+            (["before"] if sqlite and not args.no_before else [])
         if sqlite:  # as a load's last step writes them (mipflow.node.ops.refresh_snapshots, ADR 0049)
             from mipflow.node.home import NodeHome
             from mipflow.node.ops import refresh_snapshots
@@ -229,16 +264,18 @@ def main() -> int:
                 if home is homes[0] or home is homes[-1]:
                     print(f"{home.name}: columnar snapshot written in {time.perf_counter() - t:.1f}s", flush=True)
         measured = {}
-        for phase, columnar in phases:  # each phase its own node processes: its own peak memory
+        for phase in phases:  # each phase its own node processes: its own peak memory
             for home in homes:
-                home.set_setting("columnar_snapshot", columnar)
+                for key, value in {**DEFAULTS, **PHASES[phase]}.items():
+                    home.set_setting(key, value)
                 forget_cohorts(home.root)  # each phase's first round answers a cohort new to the node
             measured[phase] = run_phase(homes, model, args, request, logit_request, store_kind)
             print(f"[{phase}] {measured[phase]['summary']}", flush=True)
-        for home in homes:  # the node's default again (an existing home is used again)
-            home.set_setting("columnar_snapshot", 1)
+        for home in homes:  # the node's defaults again (an existing home is used again)
+            for key, value in DEFAULTS.items():
+                home.set_setting(key, value)
         print()
-        names = [p for p, _ in phases]
+        names = list(phases)
         print(f"{'':52s}" + "".join(f"{n:>14s}" for n in names))
         for label, field, unit in ROWS:
             cells = [measured[n].get(field) for n in names]
@@ -246,13 +283,17 @@ def main() -> int:
         fed_ols, fed_ols_s = measured["snapshot"]["ols"], measured["snapshot"]["ols_cold"]
         fed_logit, fed_logit_s = measured["snapshot"].get("logit"), measured["snapshot"].get("logit_cold")
         fed_ols_warm, first = measured["snapshot"]["ols_warm"], measured["snapshot"]["first"]
-        if "before" in measured:  # the same analyses through the SQL read: the same results, bit for bit
+        for other in names[1:]:  # the same analyses through the frame or the SQL read: the same results, bit for bit
             for name in ("ols", "logit"):
-                if name in measured["before"]:
+                if name in measured[other]:
                     a = np.array(measured["snapshot"][name].result["coefficients"])
-                    b = np.array(measured["before"][name].result["coefficients"])
-                    print(f"{name}: snapshot vs before, coefficients identical: {bool(np.array_equal(a, b))} "
+                    b = np.array(measured[other][name].result["coefficients"])
+                    print(f"{name}: snapshot vs {other}, coefficients identical: {bool(np.array_equal(a, b))} "
                           f"(max abs diff {np.max(np.abs(a - b)):.1e})")
+        for other in names[1:]:  # memory against the in-run baselines
+            for field in ("peak_one", "peak_linear", "peak_logit", "peak_all"):
+                if measured[other].get(field) and measured["snapshot"].get(field):
+                    print(f"{field}: snapshot / {other} = {measured['snapshot'][field] / measured[other][field]:.2f}")
         if not args.no_pooled:
             import statsmodels.api as sm
 

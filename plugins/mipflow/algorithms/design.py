@@ -208,6 +208,141 @@ def _numeric_view(series: pd.Series) -> np.ndarray:
     return numeric_values(series)
 
 
+# --------------------------------------------------------------------------- rows read a block at a time
+
+
+def level_positions(source: Any, variable: Variable) -> np.ndarray:
+    """For rows left on disk (:class:`mipflow.node.query.snapshot_rows.SnapshotRows`): each of a
+    categorical variable's stored level codes (``source.levels_of``) as its position in
+    :func:`sorted_levels` (every stored level is one of the variable's enumeration codes).
+
+    Returns
+    -------
+    numpy.ndarray of intp, shape (stored levels,)
+    """
+    order = {level: i for i, level in enumerate(sorted_levels(variable))}
+    return np.array([order[level] for level in source.levels_of(variable.code)], dtype=np.intp)
+
+
+class DesignSource:
+    """The design columns of covariates ``x`` (:func:`design_columns` names, ``Intercept`` included)
+    over rows read a block at a time: a :class:`mipflow.algorithms.moments.ColumnSource` of
+    :func:`design_columns_of`'s values, bit for bit (a numerical covariate is its stored float64
+    value, an indicator ``(level == ...)`` as 0.0 / 1.0), without the rows ever whole in memory.
+
+    Parameters
+    ----------
+    source : SnapshotRows-like
+        ``len()``, ``reader(codes)`` (float64 values of numerical variables, stored level codes of
+        categorical ones) and ``levels_of(code)``; complete on ``x``.
+    x : sequence of str
+    model : DataModel
+    indicators : mapping of str to (str, numpy.ndarray of bool), optional
+        Further 0.0 / 1.0 columns by name: ``(variable code, stored level code -> bool)``, e.g. a
+        logistic regression's response.
+    """
+
+    def __init__(self, source: Any, x: Sequence[str], model: DataModel,
+                 indicators: Mapping[str, tuple[str, np.ndarray]] | None = None) -> None:
+        self.source = source
+        self.model = model
+        self.x = list(x)
+        self.indicators = dict(indicators or {})
+        self.positions = {code: level_positions(source, model.variable(code))
+                          for code in dict.fromkeys(self.x) if model.variable(code).is_categorical}
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def _spec(self, name: str) -> tuple[str, str | None, Any] | None:
+        if name in self.indicators:
+            code, table = self.indicators[name]
+            return "lookup", code, np.asarray(table)
+        if name == INTERCEPT:
+            return "ones", None, None
+        for code in dict.fromkeys(self.x):
+            var = self.model.variable(code)
+            if var.is_categorical and name.startswith(f"{code}[") and name.endswith("]"):
+                level = name[len(code) + 1:-1]
+                if level in var.enumeration_codes:
+                    return "level", code, sorted_levels(var).index(level)
+            elif not var.is_categorical and name == code:
+                return "value", code, None
+        return None
+
+    def reader(self, names: Sequence[str]) -> Callable[[int], list[np.ndarray]]:
+        """A pass over the rows: a function giving the next ``m`` values of each design column of
+        ``names`` (float64 arrays, valid until its next call)."""
+        found = [self._spec(name) for name in names]
+        missing = [name for name, spec in zip(names, found) if spec is None]
+        if missing:  # as design_matrix says it
+            raise RequestError(f"unknown design columns: {', '.join(missing)}")
+        specs = [spec for spec in found if spec is not None]
+        codes = list(dict.fromkeys(code for _, code, _ in specs if code is not None))
+        inner = self.source.reader(codes)
+
+        def next_rows(m: int) -> list[np.ndarray]:
+            raw = dict(zip(codes, inner(m)))
+            positions = {code: self.positions[code][raw[code]] for code in codes if code in self.positions}
+            out = []
+            for kind, code, arg in specs:
+                if kind == "ones":
+                    out.append(np.ones(m))
+                elif kind == "value":
+                    out.append(raw[code])
+                elif kind == "level":
+                    out.append((positions[code] == arg).astype(float))
+                else:
+                    out.append(arg[raw[code]].astype(float))
+            return out
+
+        return next_rows
+
+
+#: Rows asked of a source at a time by :func:`streamed_counts`.
+COUNT_BLOCK = 262_144
+
+
+def streamed_counts(source: Any, x: Sequence[str], model: DataModel,
+                    response: tuple[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """The counts of categorical covariates over rows read a block at a time (one pass over their
+    stored level codes), as the frame's functions give them: ``level_counts`` (:func:`level_counts`),
+    ``joint`` (:func:`mipflow.algorithms.linear_regression.joint_cell_counts`) and, with a
+    ``response`` ``(variable code, stored level code -> is positive)``, ``positives`` (rows of the
+    positive class) and ``class_cells`` (positive and other rows per level of each covariate, the
+    logistic regression's ``_class_cells``)."""
+    cats = [code for code in dict.fromkeys(x) if model.variable(code).is_categorical]
+    sizes = {code: len(sorted_levels(model.variable(code))) for code in cats}
+    positions = {code: level_positions(source, model.variable(code)) for code in cats}
+    pairs = [(a, b) for i, a in enumerate(cats) for b in cats[i + 1:]]
+    rows = {code: np.zeros(sizes[code], dtype=np.int64) for code in cats}
+    positive_rows = {code: np.zeros(sizes[code], dtype=np.int64) for code in cats}
+    joint = {pair: np.zeros(sizes[pair[0]] * sizes[pair[1]], dtype=np.int64) for pair in pairs}
+    positives = 0
+    codes = cats + ([response[0]] if response is not None else [])
+    if codes:
+        next_rows = source.reader(codes)
+        for start in range(0, len(source), COUNT_BLOCK):
+            blocks = next_rows(min(COUNT_BLOCK, len(source) - start))
+            at = {code: positions[code][block] for code, block in zip(cats, blocks)}
+            is_positive = np.asarray(response[1])[blocks[-1]] if response is not None else None
+            if is_positive is not None:
+                positives += int(np.count_nonzero(is_positive))
+            for code in cats:
+                rows[code] += np.bincount(at[code], minlength=sizes[code])
+                if is_positive is not None:
+                    positive_rows[code] += np.bincount(at[code][is_positive], minlength=sizes[code])
+            for a, b in pairs:
+                joint[(a, b)] += np.bincount(at[a] * sizes[b] + at[b], minlength=sizes[a] * sizes[b])
+    class_cells: list[int] = []
+    for code in cats:
+        for level in range(sizes[code]):
+            class_cells += [int(positive_rows[code][level]), int(rows[code][level] - positive_rows[code][level])]
+    return {"level_counts": {code: [int(c) for c in rows[code]] for code in x if code in rows},
+            "joint": [int(c) for pair in pairs for c in joint[pair]],
+            "positives": positives, "class_cells": class_cells}
+
+
 def level_counts(data: pd.DataFrame, codes: Sequence[str], model: DataModel) -> dict[str, list[int]]:
     """Rows per level (sorted enumeration order) of each categorical variable."""
     out: dict[str, list[int]] = {}

@@ -27,12 +27,14 @@ from mipflow.algorithms.contract import ReleasedGroups, Step
 from mipflow.algorithms.spec import NOMINAL, NUMERICAL, InputSpec, SpecAlgorithm
 from mipflow.algorithms.design import (
     INTERCEPT,
+    DesignSource,
     category_codes,
     design_columns,
     design_columns_of,
     level_counts,
     select_design_columns,
     sorted_levels,
+    streamed_counts,
     sum_level_counts,
 )
 from mipflow.algorithms.dp_release import (DPRelease, Noise, Released, bounded_columns, moments_from_noisy_sums,
@@ -221,21 +223,24 @@ class LinearRegression(SpecAlgorithm):
                    model: DataModel, state: dict | None) -> dict:
         # the candidate design columns and y last (y is numerical, so design_columns(x + [y]) puts it after
         # them); their moments are those of the column-major matrix of them, computed without making it
-        if hasattr(data, "reader"):  # rows left on disk, numerical variables only (streams_rows): a block
-            # at a time, the same values bit for bit
-            moments = streamed_column_moments(data, design_columns([*request.x, request.y[0]], model,
-                                                                   intercept=False), matrix=True)
+        if hasattr(data, "reader"):  # rows left on disk (streams_rows): a block at a time, dummies from the
+            # stored level codes (DesignSource), the same values bit for bit
+            moments = streamed_column_moments(DesignSource(data, [*request.x, request.y[0]], model),
+                                              design_columns([*request.x, request.y[0]], model, intercept=False),
+                                              matrix=True)
+            tables = streamed_counts(data, request.x, model)
+            counts, cells = tables["level_counts"], tables["joint"]
         else:
             z, _ = design_columns_of(data, [*request.x, request.y[0]], model, intercept=False)
             moments = column_moments(z, matrix=True, rows=len(data))
-        counts = level_counts(data, request.x, model)
+            counts, cells = level_counts(data, request.x, model), joint_cell_counts(data, request.x, model)
         return {
             "moments": moments.to_dict(),
             "level_counts": counts,
             # rows per dummy column: the co-moments release per-level sums
             "group_n": [c for code in request.x for c in counts.get(code, [])],
             # joint levels of each pair of categorical covariates: checked at the node, not sent
-            "cell_n": joint_cell_counts(data, request.x, model),
+            "cell_n": cells,
         }
 
     def global_step(self, round: int, aggregates: list[dict], request: AnalysisRequest,

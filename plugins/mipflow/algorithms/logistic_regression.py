@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import math
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import numpy as np
 
 from mipflow.algorithms.contract import Step
 from mipflow.algorithms.linear_regression import joint_cell_counts
 from mipflow.algorithms.design import (
+    DesignSource,
     category_codes,
     design_columns,
     design_columns_of,
@@ -40,9 +41,10 @@ from mipflow.algorithms.design import (
     level_counts,
     select_design_columns,
     sorted_levels,
+    streamed_counts,
     sum_level_counts,
 )
-from mipflow.algorithms.moments import column_moments, merge_moment_dicts
+from mipflow.algorithms.moments import WeightTotals, column_moments, merge_moment_dicts, streamed_column_moments
 from mipflow.algorithms.spec import (
     NOMINAL,
     NUMERICAL,
@@ -117,9 +119,15 @@ class LogisticRegression(SpecAlgorithm):
 
     # -- local ------------------------------------------------------------------
 
+    #: Its local step also takes a node's selection left on disk (ADR 0049 amended, "logistic
+    #: regression"): counts, round 0's moments and every Newton round's sums read a block at a time.
+    streams_rows = True
+
     def local_step(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
                    model: DataModel, state: dict | None) -> dict:
         positive = self.params(request, model)["positive_class"]
+        if hasattr(data, "reader"):  # rows left on disk (streams_rows): the same values, bit for bit
+            return _streamed_step(data, request, model, state, positive)
         y = _response(data, request, model, positive)
         n_positive = int(y.sum())
         # the class sizes are group sizes too: the gradient holds the covariate sums of each class,
@@ -250,6 +258,8 @@ class LogisticRegression(SpecAlgorithm):
         if state is None:
             return None
         positive = self.params(request, model)["positive_class"]
+        if hasattr(data, "reader"):  # rows left on disk: the vectors' totals, summed block by block
+            return list(_streamed_newton(data, request, model, state, positive)[3])
         return newton_weights(_centred_design(data, request, model, state), _response(data, request, model, positive),
                               np.asarray(state["coefficients"], dtype=float))
 
@@ -295,25 +305,121 @@ def newton_sums(design: np.ndarray, y: np.ndarray, beta: np.ndarray) -> tuple[fl
         ``design' W design`` with ``W = diag(mu (1 - mu))``, formed as ``A' A`` with
         ``A = sqrt(W) design`` (a symmetric rank-k update).
 
-    Sums run over blocks of :data:`BLOCK_ROWS` rows; only the order of the additions differs
-    from the one-pass formulas (rounding at the level of machine precision).
+    Sums run over blocks of :data:`BLOCK_ROWS` rows (:func:`newton_sums_of`); only the order of the
+    additions differs from the one-pass formulas (rounding at the level of machine precision).
     """
+    blocks = ((design[start:start + BLOCK_ROWS], y[start:start + BLOCK_ROWS])
+              for start in range(0, len(y), BLOCK_ROWS))
+    return newton_sums_of(blocks, beta, design.shape[1])
+
+
+def newton_sums_of(blocks: Iterable[tuple[np.ndarray, np.ndarray]], beta: np.ndarray, p: int,
+                   each: Callable[[np.ndarray, np.ndarray], None] | None = None
+                   ) -> tuple[float, np.ndarray, np.ndarray]:
+    """:func:`newton_sums` of the design's rows given as consecutive ``(design rows, y)`` blocks of
+    :data:`BLOCK_ROWS` rows (the last one shorter): the same operations on the same blocks, so the
+    same values, whether the blocks are slices of one matrix or built one at a time (rows left on
+    disk).  ``each(eta, y)`` is called with every block's linear predictor."""
     from scipy import special
 
-    p = design.shape[1]
     loglik = 0.0
     gradient = np.zeros(p)
     hessian = np.zeros((p, p))
-    for start in range(0, len(y), BLOCK_ROWS):
-        block = design[start:start + BLOCK_ROWS]
-        outcome = y[start:start + BLOCK_ROWS]
+    for block, outcome in blocks:
         eta = block @ beta
         mu = special.expit(eta)
         loglik += float(np.dot(outcome, eta) - np.sum(np.logaddexp(0.0, eta)))
         gradient += block.T @ (outcome - mu)
         scaled = block * np.sqrt(mu * (1.0 - mu))[:, None]
         hessian += scaled.T @ scaled
+        if each is not None:
+            each(eta, outcome)
     return loglik, gradient, hessian
+
+
+# --------------------------------------------------------------------------- rows left on disk
+
+
+def _positive_levels(rows: Any, request: AnalysisRequest, positive: object) -> tuple[str, np.ndarray]:
+    """The response as a lookup of the stored levels of ``y``: ``(code, stored level -> positive)``,
+    compared as :func:`_response` compares the rows' codes."""
+    code = request.y[0]
+    return code, np.array([level == positive for level in rows.levels_of(code)], dtype=bool)
+
+
+def _streamed_step(rows: Any, request: AnalysisRequest, model: DataModel, state: dict | None,
+                   positive: object) -> dict:
+    """:meth:`LogisticRegression.local_step` of rows left on disk
+    (:class:`mipflow.node.query.snapshot_rows.SnapshotRows`), the same release bit for bit."""
+    response = _positive_levels(rows, request, positive)
+    counts = streamed_counts(rows, request.x, model, response)
+    n, n_positive = len(rows), counts["positives"]
+    out: dict = {"n": n, "n_positive": n_positive, "group_n": [n_positive, n - n_positive],
+                 "cell_n": counts["joint"] + counts["class_cells"]}
+    if state is None:
+        out["level_counts"] = counts["level_counts"]
+        out["group_n"] += [c for code in request.x for c in out["level_counts"].get(code, [])]
+        names = design_columns(request.x, model, intercept=False)
+        out["moments"] = streamed_column_moments(DesignSource(rows, request.x, model), names).to_dict()
+        return out
+    loglik, gradient, hessian, _ = _streamed_newton(rows, request, model, state, positive)
+    out["loglik"] = loglik
+    out["gradient"] = gradient.tolist()
+    out["hessian"] = hessian.tolist()
+    return out
+
+
+#: The last Newton round summed from rows left on disk: :meth:`LogisticRegression.row_weights` of the
+#: same rows and state (the node's ``effective_rows`` control, after the local step) reuses its pass.
+_STREAMED_MEMO: dict[str, object] = {}
+
+
+def _streamed_newton(rows: Any, request: AnalysisRequest, model: DataModel, state: dict, positive: object
+                     ) -> tuple[float, np.ndarray, np.ndarray, tuple[WeightTotals, WeightTotals]]:
+    """:func:`newton_sums` of the centred design (:func:`_centred_design`) of rows left on disk, built
+    a block of :data:`BLOCK_ROWS` rows at a time (the same values, bit for bit), and the totals of
+    :func:`newton_weights`' two vectors, in one pass over the rows."""
+    from scipy import special
+
+    columns = [str(c) for c in state["columns"]]
+    center = [float(c) for c in state["center"]]
+    beta = np.asarray(state["coefficients"], dtype=float)
+    key = (id(rows), len(rows), tuple(request.x), request.y[0], repr(positive), tuple(columns), tuple(center),
+           beta.tobytes())
+    if _STREAMED_MEMO.get("key") == key and _STREAMED_MEMO.get("rows") is rows:
+        return _STREAMED_MEMO["sums"]  # type: ignore[return-value]
+    if len(center) != len(columns) - 1:
+        raise ValueError("center must have one value per design column after the first")
+    response = "\0response"  # not a design column's name
+    source = DesignSource(rows, request.x, model, {response: _positive_levels(rows, request, positive)})
+    next_rows = source.reader([*columns, response])
+    shifts: list[float | None] = [None, *center]
+    n, p = len(rows), len(columns)
+    block = np.empty((min(n, BLOCK_ROWS), p), order="F")
+
+    def blocks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for start in range(0, n, BLOCK_ROWS):
+            m = min(BLOCK_ROWS, n - start)
+            values = next_rows(m)
+            out = block[:m] if m == len(block) else np.empty((m, p), order="F")
+            for j, shift in enumerate(shifts):  # as design_matrix(..., center=...) writes its columns
+                if shift is None:
+                    out[:, j] = values[j]
+                else:
+                    np.subtract(values[j], shift, out=out[:, j])
+            yield out, np.array(values[-1])
+
+    totals = [WeightTotals(), WeightTotals()]
+
+    def weigh(eta: np.ndarray, outcome: np.ndarray) -> None:  # newton_weights, a block at a time
+        prob, other = special.expit(eta), special.expit(-eta)
+        totals[0] = totals[0].add(prob * other)
+        totals[1] = totals[1].add(np.where(outcome == 1.0, other, prob))
+
+    loglik, gradient, hessian = newton_sums_of(blocks(), beta, p, weigh)
+    sums = (loglik, gradient, hessian, (totals[0], totals[1]))
+    _STREAMED_MEMO.update(key=key, rows=rows, sums=sums)
+    return sums
 
 
 #: The last centred design matrix built, for the same rows: Newton rounds reuse it

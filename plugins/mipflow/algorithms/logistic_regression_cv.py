@@ -66,6 +66,8 @@ class LogisticRegressionCV(CrossValidated, LogisticRegression):
         "roc_bins": ParamSpec(types=("int",), default=50, min=2, max=1000, label="ROC bins",
                               description="Score bins of the ROC curve (the AUC is computed on them)."),
     })
+    #: Its folds need a frame with the node's fold keys (not LogisticRegression's rows left on disk).
+    streams_rows = False
 
     # -- local ------------------------------------------------------------------
 

@@ -229,6 +229,60 @@ def streamed_column_moments(source: ColumnSource, codes: Sequence[str], *, matri
     return Moments(int(n), mean, m2)
 
 
+@dataclass(frozen=True)
+class WeightTotals:
+    """What Kish's effective rows of a weight vector need, summed a block of rows at a time: the
+    vector is never whole in memory (rows left on disk, ADR 0049 amended; the node's control
+    ``effective_rows``, ADR 0054).
+
+    Attributes
+    ----------
+    size : int
+        Weights seen.
+    top : float
+        The largest magnitude seen (0.0: every weight zero so far).
+    total, squares : float
+        ``sum |w| / top`` and ``sum (w / top)^2``: scaled by the largest magnitude, as the whole
+        vector's computation scales it, so tiny weights do not underflow.
+    finite : bool
+        Every weight seen is a finite number.
+    """
+
+    size: int = 0
+    top: float = 0.0
+    total: float = 0.0
+    squares: float = 0.0
+    finite: bool = True
+
+    def add(self, weights: np.ndarray) -> "WeightTotals":
+        """These totals and ``weights``' (any shape), as new totals."""
+        w = np.abs(np.asarray(weights, dtype=float).ravel())
+        if w.size == 0:
+            return self
+        if not self.finite or not np.all(np.isfinite(w)):
+            return WeightTotals(self.size + w.size, self.top, self.total, self.squares, False)
+        top, total, squares = self.top, self.total, self.squares
+        block_top = float(w.max())
+        if block_top > top:  # a larger weight: the sums so far rescaled to it
+            ratio = top / block_top
+            top, total, squares = block_top, total * ratio, squares * ratio * ratio
+        if top > 0.0:
+            w = w / top
+            total += float(w.sum())
+            squares += float(np.dot(w, w))
+        return WeightTotals(self.size + w.size, top, total, squares, True)
+
+    def effective_rows(self) -> float | None:
+        """``(sum |w|)^2 / sum w^2`` (None: no weight, or every weight zero; 0.0: a weight not finite)."""
+        if self.size == 0:
+            return None
+        if not self.finite:
+            return 0.0
+        if self.top == 0.0:
+            return None
+        return float(self.total ** 2 / self.squares)
+
+
 def merge_moments(parts: Iterable[Moments]) -> Moments:
     """Merge partial moments (Chan et al.); empty parts are skipped.
 

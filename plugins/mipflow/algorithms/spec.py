@@ -321,7 +321,9 @@ class SpecAlgorithm:
         The node refuses the round when a vector holds fewer than ``min_row_count`` rows in effect,
         ``(sum |w|)^2 / sum w^2`` (control ``effective_rows``, ADR 0054).  A vector covers what one
         released sum adds up, in any order; weights of either sign (residuals) count by magnitude.
-        Computed by the node on its verified state (ADR 0029), like the local step.
+        Computed by the node on its verified state (ADR 0029), like the local step.  A step on rows left on
+        disk may give each vector's :class:`~mipflow.algorithms.moments.WeightTotals` instead (summed a block
+        at a time; logistic regression, ADR 0049 amended).
         """
         return None
 

@@ -104,8 +104,8 @@ class SelectionCache:
         snapshot's (ADR 0028) instead of the request's datasets and filters.  ``columnar``: keyed reads
         may come from the data model's columnar snapshot (setting ``columnar_snapshot``, ADR 0049).
         ``streamed``: the caller's step takes rows left on disk (no differential privacy, no explore
-        mode): for an algorithm that ``streams_rows``, a complete-case selection of numerical
-        variables from the snapshot is kept as :class:`mipflow.node.query.snapshot_rows.SnapshotRows`
+        mode): for an algorithm that ``streams_rows``, a complete-case selection of numerical and
+        nominal variables from the snapshot is kept as :class:`mipflow.node.query.snapshot_rows.SnapshotRows`
         (a bit a snapshot row) and its cohort computed from the snapshot's keys (ADR 0049 amended:
         no copy of the rows, no key column per row)."""
         from mipflow.algorithms.local import prepare_local_data

@@ -25,6 +25,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from mipflow.algorithms.moments import WeightTotals
 from mipflow.exceptions import DisclosureError
 
 #: The control's name, in refusals and audit records.
@@ -35,13 +36,18 @@ CONTROL = "effective_rows"
 _SLACK = 1e-9
 
 
-def effective_rows(weights: np.ndarray) -> float | None:
+def effective_rows(weights: np.ndarray | WeightTotals) -> float | None:
     """Kish's effective number of rows of ``weights``: ``(sum |w|)^2 / sum w^2``.
 
     None when every weight is zero (the weighted sums are zero: nothing about any row); ``0.0``
     when a weight is not finite (the sums would not be numbers: refused like a concentrated one).
     The vector is scaled by its largest magnitude first, so tiny weights do not underflow.
+    ``weights`` may also be the vector's :class:`~mipflow.algorithms.moments.WeightTotals`, summed a
+    block of rows at a time by a step that never holds the vector (rows left on disk): the same
+    value to rounding.
     """
+    if isinstance(weights, WeightTotals):
+        return weights.effective_rows()
     w = np.abs(np.asarray(weights, dtype=float).ravel())
     if w.size == 0:
         return None

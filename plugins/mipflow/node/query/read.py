@@ -292,12 +292,12 @@ def select_rows(store: FeatureStore, model: DataModel, *, datasets: Sequence[str
     """:func:`select_frame`'s complete-case keyed selection left on disk: the data model's columnar
     snapshot's rows it selects, read a block at a time
     (:class:`mipflow.node.query.snapshot_rows.SnapshotRows`, ADR 0049 amended), or None where the
-    snapshot cannot give exactly those rows (a variable not numerical, a filter it cannot evaluate, a
+    snapshot cannot give exactly those rows (a text variable or ``dataset``, a filter it cannot evaluate, a
     store without snapshots...): the caller then reads a frame.  The request is checked first, with
     :func:`select_frame`'s errors.
     """
     _, chosen = _prepare(store, model, datasets, variables, filters, True, True)
-    if store.dialect != "sqlite" or not all(v.is_numerical for v in chosen):
+    if store.dialect != "sqlite" or not all(v.is_numerical or v.is_categorical for v in chosen):
         return None
     from mipflow.node.query.snapshot import current_snapshot, select_rows as snapshot_rows
 

@@ -447,18 +447,34 @@ def selection_mask(snapshot: Snapshot, model: DataModel, chosen: list[Variable],
 
 def select_rows(snapshot: Snapshot, model: DataModel, chosen: list[Variable], datasets: list[str],
                 filters: Mapping[str, Any] | None, row_key: str) -> Any:
-    """The rows of :func:`select_columns` left on disk, every chosen variable numerical:
-    a :class:`mipflow.node.query.snapshot_rows.SnapshotRows` (read a block at a time), or None
-    (a variable not numerical, or whatever :func:`select_columns` cannot answer)."""
+    """The rows of :func:`select_columns` left on disk: a
+    :class:`mipflow.node.query.snapshot_rows.SnapshotRows` (read a block at a time), or None (the
+    ``dataset`` variable chosen, a stored level of a chosen categorical variable that the SQL read
+    would not give as one of its enumeration codes, or whatever :func:`select_columns` cannot answer).
+    A categorical variable's levels are those the SQL read gives (:func:`_as_codes`); a stored value
+    outside the enumerations, even in rows not selected, leaves the request to the frame's read, which
+    refuses it if a selected row holds it."""
     from mipflow.node.query.snapshot_rows import SnapshotRows
 
-    if any(not v.is_numerical or v.code == "dataset" for v in chosen):
+    if any(v.code == "dataset" or not (v.is_numerical or v.is_categorical) for v in chosen):
         return None
     chosen_mask = selection_mask(snapshot, model, chosen, datasets, filters, row_key)
     if chosen_mask is None:
         return None
     mask, entries = chosen_mask
-    return SnapshotRows(snapshot, {v.code: e["file"] for v, e in zip(chosen, entries)}, mask)
+    levels: dict[str, list[str]] = {}
+    for var, entry in zip(chosen, entries):
+        if entry["kind"] != "categorical":
+            continue
+        try:
+            codes = list(_as_codes([_decode_level(p) for p in entry["levels"]], var))
+        except (TypeError, ValueError):
+            return None
+        allowed = set(var.enumeration_codes)
+        if any(code not in allowed for code in codes):
+            return None
+        levels[var.code] = codes
+    return SnapshotRows(snapshot, {v.code: e["file"] for v, e in zip(chosen, entries)}, mask, levels)
 
 
 def select_columns(snapshot: Snapshot, model: DataModel, chosen: list[Variable], datasets: list[str],

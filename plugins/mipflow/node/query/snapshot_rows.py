@@ -45,7 +45,9 @@ def _open_npy(path: Any) -> tuple[Any, np.dtype, int]:
 
 
 class SnapshotRows:
-    """The rows of a snapshot a request selects, complete on ``columns`` (all numerical, float64).
+    """The rows of a snapshot a request selects, complete on ``columns``: numerical ones (float64) and
+    categorical ones (int32 codes into the snapshot's level table, whose levels as the data model's
+    enumeration codes are :meth:`levels_of`).
 
     Parameters
     ----------
@@ -56,11 +58,17 @@ class SnapshotRows:
         Variable code -> the column's file stem.
     mask : numpy.ndarray of bool, shape (snapshot.rows,), or None
         The rows selected (None: every row).
+    levels : dict of str to sequence of str, optional
+        Categorical variable code -> its snapshot levels as enumeration codes, in the order of the
+        codes its file holds (the SQL read's conversion of the stored values, every one an
+        enumeration code of the variable).  A variable not named here is numerical.
     """
 
-    def __init__(self, snapshot: Snapshot, files: dict[str, str], mask: np.ndarray | None) -> None:
+    def __init__(self, snapshot: Snapshot, files: dict[str, str], mask: np.ndarray | None,
+                 levels: dict[str, Sequence[str]] | None = None) -> None:
         self.snapshot = snapshot
         self.files = dict(files)
+        self._levels = {code: tuple(values) for code, values in (levels or {}).items()}
         self.total = snapshot.rows
         if mask is not None and bool(mask.all()):
             mask = None
@@ -78,6 +86,11 @@ class SnapshotRows:
     def nbytes(self) -> int:
         """Memory the selection holds (what a node's selection cache counts)."""
         return 0 if self._packed is None else int(self._packed.nbytes)
+
+    def levels_of(self, code: str) -> tuple[str, ...] | None:
+        """A categorical variable's snapshot levels as enumeration codes (position = the code its
+        column's values hold); None for a numerical variable."""
+        return self._levels.get(code)
 
     def _mask_of(self, start: int, stop: int) -> np.ndarray | None:
         if self._packed is None:
@@ -107,22 +120,24 @@ class SnapshotRows:
 
     def reader(self, codes: Sequence[str]) -> Callable[[int], list[np.ndarray]]:
         """A pass over the selected rows: a function giving the next ``m`` values of each of ``codes``
-        (float64 arrays; :class:`mipflow.algorithms.moments.ColumnSource`).  The arrays it gives are
-        valid until its next call (their memory is used again)."""
+        (float64 arrays for numerical variables, :class:`mipflow.algorithms.moments.ColumnSource`;
+        int32 level codes for categorical ones, :meth:`levels_of`).  The arrays it gives are valid
+        until its next call (their memory is used again)."""
         opened = [_open_npy(self.snapshot.path / f"{self.files[code]}.npy") for code in codes]
-        for _, dtype, rows in opened:
-            if rows != self.total or dtype != np.float64:
+        wanted = [np.dtype(np.int32) if code in self._levels else np.dtype(np.float64) for code in codes]
+        for (_, dtype, rows), want in zip(opened, wanted):
+            if rows != self.total or dtype != want:
                 for handle, _, _ in opened:
                     handle.close()
                 raise ValueError("a snapshot column of another length or type")
         handles = [handle for handle, _, _ in opened]
-        buffers: list[np.ndarray] = [np.empty(0) for _ in codes]
-        pending = [np.zeros(0) for _ in codes]
+        buffers: list[np.ndarray] = [np.empty(0, dtype=want) for want in wanted]
+        pending = [np.zeros(0, dtype=want) for want in wanted]
         position = [0]  # snapshot rows read so far
 
         def read_into(j: int, count: int) -> np.ndarray:
             if len(buffers[j]) < count:
-                buffers[j] = np.empty(count)
+                buffers[j] = np.empty(count, dtype=wanted[j])
             out = buffers[j][:count]
             if handles[j].readinto(memoryview(out).cast("B")) != out.nbytes:
                 raise ValueError("a snapshot column file is short")

@@ -333,6 +333,71 @@ def test_a_linear_regression_of_numbers_keeps_its_rows_on_disk_with_the_same_ans
         json.dumps(replies["sql"]["aggregates"], sort_keys=True)
 
 
+@pytest.mark.parametrize("x", [pytest.param(["age", "nihss_admission"], id="numerical"),
+                               pytest.param(["age", "sex", "nihss_admission"], id="nominal")])
+def test_a_logistic_regression_keeps_its_rows_on_disk_every_round_with_the_same_answers(tmp_path, x) -> None:
+    """ADR 0049 amended ("logistic regression"): a logistic regression, numerical or nominal covariates,
+    keeps its selection as a bit a snapshot row in its first and later rounds and releases what the SQL
+    read's frame gives, bit for bit, every round; the effective-rows control (ADR 0054) decides on the
+    same weights; a node with differential privacy on (logistic regression exempted) keeps a frame."""
+    from mipflow.algorithms import get_algorithm
+    from mipflow.node.query.snapshot_rows import SnapshotRows
+
+    algo = get_algorithm("logistic_regression")
+    params = {"positive_class": "yes"}
+    kept: dict[str, set[str]] = {}
+    releases: dict[str, list[str]] = {}
+    for case, settings in (("disk", {}), ("sql", {"columnar_snapshot": 0}), ("dp", {"dp_enabled": True, "dp_exempt_algorithms": "logistic_regression"})):
+        context = open_node(tmp_path / case, **settings)
+        model = context.data_model(STROKE.key)
+        request = AnalysisRequest.from_dict({"inputdata": {"data_model": STROKE.key, "datasets": DATASETS, "x": x,
+                                                           "y": ["death_90d"], "filters": None},
+                                             "parameters": params})
+        state, releases[case], kept[case] = None, [], set()
+        for round_no in range(40):
+            reply = answer_step(context, "central", "logistic_regression",
+                                body(context, y=["death_90d"], x=x, parameters=params, round=round_no, state=state,
+                                     analysis_id=case), chain=UNVERIFIED)
+            releases[case].append(json.dumps(reply["aggregates"], sort_keys=True))
+            kept[case] |= {type(v[1]).__name__ for v in context.selections._kept.values()}
+            step = algo.global_step(round_no, [json.loads(releases[case][-1])], request, model, state)
+            if step.done:
+                break
+            state = json.loads(json.dumps(step.state))
+    assert kept == {"disk": {SnapshotRows.__name__}, "sql": {"DataFrame"}, "dp": {"DataFrame"}}
+    assert len(releases["disk"]) >= 4 and releases["disk"] == releases["sql"] == releases["dp"]
+
+
+def test_a_logistic_regression_on_disk_is_refused_by_effective_rows_as_from_a_frame(tmp_path) -> None:
+    """A Newton round whose weights rest on a few rows (a steep boundary on age) is refused by
+    ``effective_rows`` from the block totals as from the frame's vectors, with the same message."""
+    from mipflow.algorithms import get_algorithm
+
+    algo = get_algorithm("logistic_regression")
+    params = {"positive_class": "yes"}
+    x = ["age", "nihss_admission"]
+    refusals = []
+    for case, settings in (("disk", {}), ("sql", {"columnar_snapshot": 0})):
+        context = open_node(tmp_path / case, min_row_count=10, **settings)
+        model = context.data_model(STROKE.key)
+        request = AnalysisRequest.from_dict({"inputdata": {"data_model": STROKE.key, "datasets": DATASETS, "x": x,
+                                                           "y": ["death_90d"], "filters": None},
+                                             "parameters": params})
+        first = answer_step(context, "central", "logistic_regression",
+                            body(context, y=["death_90d"], x=x, parameters=params, analysis_id=case), chain=UNVERIFIED)
+        state = json.loads(json.dumps(algo.global_step(0, [first["aggregates"]], request, model, None).state))
+        state["coefficients"] = [0.0, 80.0, 0.0]  # p(1 - p) on the rows nearest the mean age only
+        with pytest.raises(DisclosureError) as refused:
+            answer_step(context, "central", "logistic_regression",
+                        body(context, y=["death_90d"], x=x, parameters=params, round=1, state=state,
+                             analysis_id=case), chain=UNVERIFIED)
+        assert refused.value.control == "effective_rows"
+        refusals.append(str(refused.value))
+        assert [type(v[1]).__name__ for v in context.selections._kept.values()] == \
+            (["SnapshotRows"] if case == "disk" else ["DataFrame"])
+    assert refusals[0] == refusals[1]
+
+
 def test_rows_on_disk_whose_snapshot_was_replaced_are_read_again(tmp_path) -> None:
     """A kept selection left on disk is not used once its snapshot's folder is gone (a newer snapshot
     replaced it: an admin's SQL moves the rows' stamp but not the data version): read again, same answer."""

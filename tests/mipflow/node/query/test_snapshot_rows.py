@@ -154,6 +154,24 @@ def test_linear_regression_from_rows_on_disk_is_the_frames_bit_for_bit_and_stats
     np.testing.assert_allclose(result["std_err"], std_err, rtol=1e-12, atol=0)
 
 
+@pytest.mark.parametrize("datasets, filters", [s for s in SELECTIONS if s.id != "no-row"])
+def test_linear_regression_with_a_nominal_covariate_from_rows_on_disk_is_the_frames_bit_for_bit(datasets, filters,
+                                                                                                 store):
+    """Dummies built a block at a time from the snapshot's level codes (ADR 0049 amended, "logistic
+    regression"; a node keeps such a selection as a frame still, for its released groups)."""
+    x = ("x1", "grp", "x2")
+    request = _request(datasets, filters, x)
+    variables = [*x, "y"]
+    frame = select_columns(current_snapshot(store, MODEL, KEY), MODEL, _check_variables(MODEL, variables),
+                           datasets, filters, KEY)
+    rows = select_rows(store, MODEL, datasets=datasets, variables=variables, filters=filters, row_key=KEY)
+    algo = get_algorithm("linear_regression")
+    streamed = transport(_linear(rows, request))
+    whole = transport(_linear(prepare_local_data(algo, frame, request), request))
+    assert json.dumps(streamed, sort_keys=True) == json.dumps(whole, sort_keys=True)
+    assert len(streamed["moments"]["mean"]) == 5  # grp[u], grp[v], x1, x2, y
+
+
 def _exact_ols(x: np.ndarray, y: np.ndarray) -> tuple[list[float], list[float]]:
     """OLS with an intercept in exact rational arithmetic (the float inputs taken as they are)."""
     from fractions import Fraction
@@ -212,11 +230,14 @@ def test_wrong_sorted_keys_are_never_used(store, monkeypatch, tmp_path):
     np.testing.assert_array_equal(got.patients[0], want.patients[0])
 
 
-def test_rows_on_disk_only_for_numerical_variables_and_checked_requests(store):
-    assert select_rows(store, MODEL, datasets=["a"], variables=["y", "grp"], filters=None, row_key=KEY) is None
+def test_rows_on_disk_only_for_numerical_and_nominal_variables_and_checked_requests(store):
+    nominal = select_rows(store, MODEL, datasets=["a"], variables=["y", "grp"], filters=None, row_key=KEY)
     frame = select_frame(store, MODEL, datasets=["a"], variables=["y", "grp"], row_identity=True, row_key=KEY,
                          snapshot=True)
-    assert len(frame) > 0  # the frame's read answers those
+    assert len(nominal) == len(frame) > 0 and nominal.levels_of("y") is None
+    np.testing.assert_array_equal(np.array(nominal.levels_of("grp"), dtype=object)[nominal.values("grp")],
+                                  frame["grp"].to_numpy())  # the levels as the SQL read's codes
+    assert select_rows(store, MODEL, datasets=["a"], variables=["y", "dataset"], filters=None, row_key=KEY) is None
     from mipflow.exceptions import RequestError
 
     with pytest.raises(RequestError):
