@@ -255,9 +255,12 @@ def test_another_participant_set_sharing_nodes_gets_no_pooled_release(federation
 
 
 def test_a_changed_peer_ends_pooled_bins_for_the_others(federation, first) -> None:
-    """hospital_c loads new rows: a and b, whose rows did not change, see another pool at round 1 and
-    refuse; the per-node attempt is refused by every node that answered a pooled round 1 on its rows
-    (ADR 0059), so the analysis ends refused, naming the rule: the cost of the rule is an answer."""
+    """hospital_c loads new rows: its cohort now is its bound one and 40 rows, far by rows, but in every window
+    of time the new rows do not reach it is the bound cohort, so hospital_c declines the pooled attempt at round
+    0 (ADR 0059's thirteenth-review amendment: the two pooled releases would differ by the new rows alone), before
+    anything is sealed or bound; the per-node attempt is refused by every node holding a pooled release of these
+    rows (a and b by rows, hospital_c by the windows), so the analysis ends refused, naming the rule: the cost of
+    the rule is an answer.  (Before the amendment a and b refused the changed pool at round 1.)"""
     from mipflow.exceptions import MipflowError
 
     extra = make_stroke(99, 40).assign(dataset="hospital_c")
@@ -270,5 +273,10 @@ def test_a_changed_peer_ends_pooled_bins_for_the_others(federation, first) -> No
     assert "all the original datasets" in str(refused_run.value)
     for name in ("hospital_a", "hospital_b"):
         refused = _refusals(federation, name)[before[name]:]
-        assert [r["round"] for r in refused] == [1, 0]
-        assert "first" in refused[0]["reason"] and "all the original datasets" in refused[1]["reason"]
+        assert [r["round"] for r in refused] == [0]  # the per-node attempt: no pooled round reached them
+        assert "all the original datasets" in refused[0]["reason"]
+    refused = _refusals(federation, "hospital_c")[before["hospital_c"]:]
+    assert [r["round"] for r in refused] == [0, 0]
+    assert all("window of follow-up time" in r["reason"] for r in refused)
+    assert "per-node bins are answered" in refused[0]["reason"]  # the pooled attempt declined: a fallback
+    assert "re-run the pooled analysis itself" in refused[1]["reason"].lower()
