@@ -27,7 +27,8 @@ Found (holes):
    Kaplan-Meier over {A, B, C} on pooled bins; then over {B, C} on ``followup_days < 410``: at B and C that
    cohort leaves out 12 patients censored at day 420, so it is 12 rows (>= ``min_row_count``) from the bound
    cohort and answered on per-node bins, while its deaths in weeks 0-12 are exactly the bound cohort's.  Pooled
-   less {B, C} at the common ends is A's own weekly deaths: cells of 1 (round 12's hole 1, padded).
+   less {B, C} at the common ends is A's own weekly deaths: cells of 1 (round 12's hole 1, padded).  Closed since by ADR 0059's
+   thirteenth-review amendment (nearness in every window of time both releases form; ``pooled_bins``).
 4. **A group, a cohort and a cohort inside it** (ADR 0051's documented three-release residual, by two
    algorithms): a one-way ANOVA's TIA group (80 rows) on everyone, descriptive statistics of ``age >= 25`` and of
    ``age >= 25 AND stroke_type != tia``; every pair is far apart and the atom rule sees cohorts only: the group
