@@ -222,9 +222,13 @@ def check_pooled_windows(request: Any, context: Any, work: Any) -> None:
     pooled = is_pooled(work, request)
     own = _cohort_key(request, work) if pooled else None
     settings = work.settings
-    if mine is None:  # not expected for the survival algorithms (complete cases, rows in order)
-        if store.releases(POOLED_RELEASE) or (pooled and store.releases(PER_NODE_RELEASE)):
-            raise _window_refusal()
+    if mine is None:  # rows not in order (a longitudinal transformer): any shared row is near
+        kinds = (POOLED_RELEASE, PER_NODE_RELEASE) if pooled else (POOLED_RELEASE,)
+        for kind in kinds:
+            for other_model, _, binding, rows, _ in store.releases(kind):
+                if other_model == model and (not pooled or binding != own) \
+                        and np.isin(work.cohorts.sets[0], rows.keys).any():
+                    raise _window_refusal() if not pooled else _declined("these rows were answered before")
         return
     # the same rows' earlier releases of this kind add their ends: together they form every window of both
     kind = POOLED_RELEASE if pooled else PER_NODE_RELEASE
