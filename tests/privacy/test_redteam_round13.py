@@ -27,7 +27,8 @@ Found (holes):
    Kaplan-Meier over {A, B, C} on pooled bins; then over {B, C} on ``followup_days < 410``: at B and C that
    cohort leaves out 12 patients censored at day 420, so it is 12 rows (>= ``min_row_count``) from the bound
    cohort and answered on per-node bins, while its deaths in weeks 0-12 are exactly the bound cohort's.  Pooled
-   less {B, C} at the common ends is A's own weekly deaths: cells of 1 (round 12's hole 1, padded).
+   less {B, C} at the common ends is A's own weekly deaths: cells of 1 (round 12's hole 1, padded).  Closed since by ADR 0059's
+   thirteenth-review amendment (nearness in every window of time both releases form; ``pooled_bins``).
 4. **A group, a cohort and a cohort inside it** (ADR 0051's documented three-release residual, by two
    algorithms): a one-way ANOVA's TIA group (80 rows) on everyone, descriptive statistics of ``age >= 25`` and of
    ``age >= 25 AND stroke_type != tia``; every pair is far apart and the atom rule sees cohorts only: the group
@@ -347,7 +348,6 @@ def a_truth(frames: dict, cells) -> dict[tuple[float, float], int]:
     return {(lo, hi): int(((deaths > lo) & (deaths <= hi)).sum()) for lo, hi in cells}
 
 
-@pytest.mark.xfail(strict=True, reason="hole: the pooled-parts binding counts rows; dropping 12 late-censored rows frees the per-node rest")
 def test_hole_pooled_bins_less_the_other_hospitals_on_the_cohort_without_its_late_censored_rows(survival):
     """Hole 3.  Class: a pooled-threshold release beside a release in the clear of part of the pool (ADR 0027's
     precondition), where the binding (ADR 0059) compares rows while the released cells count events.
@@ -356,15 +356,19 @@ def test_hole_pooled_bins_less_the_other_hospitals_on_the_cohort_without_its_lat
     The bound release: Kaplan-Meier over {A, B, C}, pooled weekly bins.  Then over {B, C} with
     ``followup_days < 410``: at B and C 12 rows (patients censored at day 420) from the bound cohort, so neither
     the ledger nor the binding refuses, and per-node bins are answered; every death of weeks 0-12 is in both.
-    Pooled less {B, C} at the shared ends is A's weekly deaths, where A's own release merges them into one bin."""
+    Pooled less {B, C} at the shared ends is A's weekly deaths, where A's own release merges them into one bin.
+
+    Closed by ADR 0059's thirteenth-review amendment: B and C compare the two releases in every window of time both
+    let anyone form (here ``(-inf, e]`` for the weeks before day 410: the same rows) and refuse (``pooled_bins``)."""
     clients, frames, pooled = survival
     try:
         rest = km(clients, HOSPITALS[1:], filters=where(rule("followup_days", "less", 410)))
-    except MipflowError as refused:  # the defence: B and C decline the rest of a pooled release
-        assert "pooled_bins" in str(refused) or "differencing" in str(refused)
+    except MipflowError as refused:  # the defence: B and C refuse the rest of a pooled release (ADR 0059 amended)
+        assert "(pooled_bins)" in str(refused) and "in some window of follow-up time" in str(refused)
+        assert "hospital_b" in str(refused) and "hospital_c" in str(refused)
         return
     if set(rest.contributed) != set(HOSPITALS[1:]):
-        assert rest.excluded and all("pooled_bins" in r or "differencing" in r for r in rest.excluded.values())
+        assert rest.excluded and all("pooled_bins" in r for r in rest.excluded.values())
         return
     assert rest.result["binning"]["partition"] == "per_node"
     cells = a_cells(pooled.result, rest.result)

@@ -47,6 +47,8 @@ Order (ADR 0002, 0010, 0013, 0014, 0015, 0024, 0029, 0046, 0054, 0058)::
     check_weights        effective rows of sums weighted by the iterate (403 effective_rows, ADR 0054;
                                                                         explore: skipped)
     check_release        disclosure controls on the aggregates         (403; explore: skipped)
+    check_pooled_windows survival releases near a pooled one in a      (403 pooled_bins, ADR 0059 amended)
+                         window of time (bin ends known only now)
     add_noise            differential privacy, charged to the budget   (403 dp_*; explore: keyed noise, charged,
                                                                         then min_row_count / nfilter_* / cells
                                                                         decided on the noisy values)
@@ -56,6 +58,7 @@ Order (ADR 0002, 0010, 0013, 0014, 0015, 0024, 0029, 0046, 0054, 0058)::
     tag_release          the reply's tag for every participant (verifiable rounds)
     remember_cohort      the cohort ledger learns what was released    (explore: not recorded, a DP release)
     remember_pooled_parts  survival releases on per-node bins, by rows (ADR 0059)
+    remember_pooled_windows  survival releases' rows by time and bin ends (ADR 0059 amended)
     audit_answer         the "allowed" record
     charge_query_budget  the analysis counts against the budgets
 
@@ -79,6 +82,7 @@ from mipflow.node.api.schema import read_step_body
 from mipflow.node.controls.disclosure import DisclosureControls, group_threshold
 from mipflow.node.controls.masking import require_secure_aggregation
 from mipflow.node.controls.pooled_bins import bind_pooled, check_pooled_parts, remember_pooled_parts, require_pooled_masking
+from mipflow.node.controls.pooled_windows import check_pooled_windows, remember_pooled_windows
 from mipflow.node.controls.query_budget import analysis_key
 from mipflow.node.controls.explore import check_explore, release_explore
 from mipflow.node.controls.finite import check_finite
@@ -173,6 +177,8 @@ class StepWork:
     notes: dict[str, bool] | None = None  # round 0: the algorithm's flags about the rows (ADR 0041)
     #: the request narrowed to the datasets the grants cover, when that is fewer (rows are read for it)
     covered: Any = None
+    #: a survival release's rows by leaving time and its bin ends (mipflow.node.controls.pooled_windows)
+    windows: Any = None
 
     def __post_init__(self) -> None:
         self.controls = DisclosureControls(self.settings)
@@ -585,6 +591,7 @@ CHAIN: tuple[Control, ...] = (
     check_partition,
     check_weights,
     check_release,
+    check_pooled_windows,
     add_noise,
     check_finite,
     seal,
@@ -592,6 +599,7 @@ CHAIN: tuple[Control, ...] = (
     tag_release,
     remember_cohort,
     remember_pooled_parts,
+    remember_pooled_windows,
     audit_answer,
     charge_query_budget,
 )
