@@ -76,7 +76,12 @@ def related_pools(seeds: Sequence[np.ndarray], pools: Sequence[Sequence[np.ndarr
             room = caps[p] - len(chosen[p])
             if room <= 0:
                 continue
-            hits = [i for i in remaining[p] if _overlap(union, pool[i])][:room]
+            hits: list[int] = []
+            for i in remaining[p]:  # most recent first, until the pool's room is filled
+                if _overlap(union, pool[i]):
+                    hits.append(i)
+                    if len(hits) == room:
+                        break
             chosen[p] += hits
             taken = set(hits)
             remaining[p] = [i for i in remaining[p] if i not in taken]
