@@ -28,7 +28,11 @@ groups (``Algorithm.released_groups``, :class:`mipflow.algorithms.contract.Relea
   released) are none or at least the group threshold (:func:`check_complement`);
 * **groups against cohorts**: a group and a cohort of the ledger (any step's rows under any data
   model, e.g. a filter pinning the level, ``stroke_type = tia AND age >= 25``) may not be the same
-  rows but for 1 .. threshold - 1 (:func:`few_apart`), checked from either side.
+  rows but for 1 .. threshold - 1 (:func:`few_apart`), checked from either side;
+* **groups in the chain rule** (thirteenth review, :mod:`mipflow.node.controls.chain`): every remembered
+  cell (the finest groups of a grouping; margins are their sums) is a set of the ledger's chain rule beside
+  the cohorts, and a release's fresh cohorts and new cells are one addition (:func:`chain_groups`): a group
+  and two cohorts whose combination isolates a few rows are refused though every pair is far apart.
 
 The threshold is :func:`mipflow.node.controls.disclosure.group_threshold`: ``min_row_count`` for the
 groups released with their spread (ADR 0050), ``nfilter_tab`` for first moments (regression dummies).
@@ -65,9 +69,8 @@ from mipflow.node.controls.sqlite_state import SqliteState
 if TYPE_CHECKING:
     import pandas as pd
 
-    from mipflow.node.controls.chain import ChainSet
-
     from mipflow.algorithms.contract import ReleasedGroups
+    from mipflow.node.controls.chain import ChainSet
     from mipflow.protocol.datamodel import DataModel
 
 #: Group memory file in the node home.

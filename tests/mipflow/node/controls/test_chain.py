@@ -4,6 +4,7 @@ thresholds by level; what a release hands over (cells, not margins) and the wind
 from __future__ import annotations
 
 import sqlite3
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -15,9 +16,11 @@ from mipflow.node.controls.atoms import node_primes
 from mipflow.node.controls.chain import (
     CHAIN_GROUPS, ChainSet, _dedupe, bounded, by_recency, chain_allows, related_pools,
 )
-from mipflow.node.controls.groups import GROUPS_FILE, Group, GroupMemory, _digest, kind_of, level_groups
+from mipflow.node.controls.groups import (
+    GROUPS_FILE, Group, GroupMemory, GroupRelease, _digest, chain_groups, kind_of, level_groups,
+)
 from mipflow.node.controls.keycodec import encode_keys
-from mipflow.node.controls.ledger import CHAIN_COHORTS, CohortLedger
+from mipflow.node.controls.ledger import CHAIN_COHORTS, CohortLedger, cohort_digest
 from tests.mipflow.algorithms.survival_data import STROKE
 
 PRIMES = node_primes(bytes(range(32)))
@@ -53,21 +56,17 @@ def answer(ledger: CohortLedger, memory: GroupMemory, cohort: np.ndarray, model:
 
 def anova(ledger: CohortLedger, memory: GroupMemory, cohort: np.ndarray, groups: list[Group],
           threshold: int = M) -> None:
-    """A step releasing groups: its cohort, then its cells as one addition (``check_groups``), then the records."""
-    answer_cohort = [cohort]
-    ledger.check(MODEL, answer_cohort, M, primes=PRIMES, released=memory.chain_sets())
-    fresh = [] if ledger.recorded(MODEL, _cohort_digest(cohort)) else [ChainSet(MODEL, cohort, None, M)]
-    new = [ChainSet(g.data_model, g.rows, g.patients, threshold) for g in groups if g.cell and not memory.known(g)]
-    if new:
-        ledger.chain(MODEL, fresh + new, M, PRIMES, released=memory.chain_sets())
-    ledger.record(MODEL, answer_cohort)
+    """A step releasing groups: its cohort (``check_cohort``), then its fresh cohort and new cells as one
+    addition (:func:`chain_groups`, as ``check_groups`` calls it), then the records."""
+    ledger.check(MODEL, [cohort], M, primes=PRIMES, released=memory.chain_sets())
+    fresh = [] if ledger.recorded(MODEL, cohort_digest(MODEL, cohort)) else [0]
+    guard = SimpleNamespace(ledger=ledger, groups=memory, primes=PRIMES)
+    step = SimpleNamespace(data_model=MODEL, sets=(cohort,), patients=None)
+    union = np.unique(np.concatenate([g.rows for g in groups]))
+    release = GroupRelease(tuple(groups), union, cohort_digest(MODEL, union), threshold, "min_row_count")
+    chain_groups(guard, step, fresh, release, M, memory.chain_sets())
+    ledger.record(MODEL, [cohort])
     memory.record(groups, threshold)
-
-
-def _cohort_digest(cohort: np.ndarray) -> str:
-    from mipflow.node.controls.ledger import cohort_digest
-
-    return cohort_digest(MODEL, cohort)
 
 
 def home(path) -> tuple[CohortLedger, GroupMemory]:
