@@ -244,7 +244,6 @@ def nihss_total(reply) -> tuple[int, float]:
     return stats["n"], stats["n"] * stats["mean"][0]
 
 
-@pytest.mark.xfail(strict=True, reason="hole: a released group and two cohorts of another algorithm combine into one patient (ADR 0051 residual)")
 def test_hole_a_group_a_cohort_and_a_cohort_inside_it_isolate_one_patient(standard):
     """Hole 4 (ADR 0051's documented residual "three or more releases together", made concrete across two
     algorithms).  Class: groups inside algorithms are compared pairwise with groups and cohorts; the atom rule

@@ -355,9 +355,10 @@ class DifferencingGuard:
 
     def before_step(self, cohorts: Cohorts, min_row_count: int) -> None:
         """Refuse (control ``differencing``) cohorts near answered ones, under any data model, or
-        completing a chain with them (:meth:`CohortLedger.check`)."""
+        completing a chain with them and the cells of the groups released before (:meth:`CohortLedger.check`,
+        ADR 0051's thirteenth-review amendment)."""
         self.ledger.check(cohorts.data_model, cohorts.sets, min_row_count, cohorts.digests,
-                          patients=cohorts.patients, primes=self.primes)
+                          patients=cohorts.patients, primes=self.primes, released=self.groups.chain_sets())
 
     def check_partition(self, algorithm: Algorithm | str, round_no: int, data: pd.DataFrame, request: Any,
                         state: dict | None, cohorts: Cohorts, threshold: int,

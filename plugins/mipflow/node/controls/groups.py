@@ -28,7 +28,11 @@ groups (``Algorithm.released_groups``, :class:`mipflow.algorithms.contract.Relea
   released) are none or at least the group threshold (:func:`check_complement`);
 * **groups against cohorts**: a group and a cohort of the ledger (any step's rows under any data
   model, e.g. a filter pinning the level, ``stroke_type = tia AND age >= 25``) may not be the same
-  rows but for 1 .. threshold - 1 (:func:`few_apart`), checked from either side.
+  rows but for 1 .. threshold - 1 (:func:`few_apart`), checked from either side;
+* **groups in the chain rule** (thirteenth review, :mod:`mipflow.node.controls.chain`): every remembered
+  cell (the finest groups of a grouping; margins are their sums) is a set of the ledger's chain rule beside
+  the cohorts, and a release's fresh cohorts and new cells are one addition (:func:`chain_groups`): a group
+  and two cohorts whose combination isolates a few rows are refused though every pair is far apart.
 
 The threshold is :func:`mipflow.node.controls.disclosure.group_threshold`: ``min_row_count`` for the
 groups released with their spread (ADR 0050), ``nfilter_tab`` for first moments (regression dummies).
@@ -66,6 +70,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from mipflow.algorithms.contract import ReleasedGroups
+    from mipflow.node.controls.chain import ChainSet
     from mipflow.protocol.datamodel import DataModel
 
 #: Group memory file in the node home.
@@ -82,6 +87,9 @@ class Group:
     digest: str
     data_model: str = ""
     patients: np.ndarray | None = None
+    #: a cell of its grouping (all its columns), not a margin: what the chain rule is handed (a margin
+    #: is a sum of cells; ADR 0051, thirteenth review)
+    cell: bool = True
 
 
 @dataclass(frozen=True)
@@ -147,7 +155,8 @@ def level_groups(data: pd.DataFrame, keys: np.ndarray, groupings: Sequence[Relea
                         continue
                     members = sorted_unique(keys[rows[positions]])
                     people = None if patients is None else sorted_unique(patients[rows[positions]])
-                    groups[kind] = Group(kind, members, _digest(kind, members), data_model, people)
+                    groups[kind] = Group(kind, members, _digest(kind, members), data_model, people,
+                                         cell=size == len(columns))
     return list(groups.values()), sorted_unique(keys[union])
 
 
@@ -237,6 +246,9 @@ class _Kept:
     rows: np.ndarray
     patients: np.ndarray | None
     threshold: int
+    #: False for a margin (a sum of cells remembered with it); a group from before the thirteenth
+    #: review is taken as a cell
+    cell: bool = True
 
     @property
     def released(self) -> Rows:
@@ -271,6 +283,9 @@ class GroupMemory(SqliteState):
                 if "patients" not in {row[1] for row in conn.execute("PRAGMA table_info(groups)")}:
                     # a memory from before the twelfth review: its groups are compared by rows only
                     conn.execute("ALTER TABLE groups ADD COLUMN patients BLOB")
+                if "cell" not in {row[1] for row in conn.execute("PRAGMA table_info(groups)")}:
+                    # a memory from before the thirteenth review: its groups are all handed to the chain rule
+                    conn.execute("ALTER TABLE groups ADD COLUMN cell INTEGER")
 
     def _add(self, kept: _Kept) -> None:
         if kept.digest in self._by_kind.get(kept.kind, {}):
@@ -295,11 +310,11 @@ class GroupMemory(SqliteState):
             return decode_keys(blob) if known is None else known
 
         with self._connect() as conn:
-            rows = conn.execute("SELECT rowid, data_model, kind, digest, threshold, keys, patients FROM groups "
+            rows = conn.execute("SELECT rowid, data_model, kind, digest, threshold, keys, patients, cell FROM groups "
                                 "WHERE rowid > ? ORDER BY rowid", (self._seen,)).fetchall()
-        for rowid, data_model, kind, digest, threshold, blob, patients in rows:
+        for rowid, data_model, kind, digest, threshold, blob, patients, cell in rows:
             self._add(_Kept(data_model, kind, digest, keys_of(blob),
-                            None if patients is None else keys_of(patients), int(threshold)))
+                            None if patients is None else keys_of(patients), int(threshold), cell != 0))
             self._seen = max(self._seen, rowid)
 
     def _near_in_size(self, released: Rows, threshold: int) -> list[_Kept]:
@@ -352,6 +367,22 @@ class GroupMemory(SqliteState):
                 if any(_few_apart(mine, others[j], threshold) for j in np.flatnonzero(near)):
                     raise group_refusal(setting, threshold)
 
+    def known(self, group: Group) -> bool:
+        """Whether ``group`` (its kind and rows) was released before."""
+        with self._lock:
+            self._refresh()
+            return group.digest in self._by_kind.get(group.kind, {})
+
+    def chain_sets(self) -> list[ChainSet]:
+        """Every remembered cell, under every data model, oldest first, with its threshold: what the
+        chain rule's family holds besides the cohorts (ADR 0051, thirteenth review).  Margins are sums of
+        the cells remembered with them and are left out."""
+        from mipflow.node.controls.chain import ChainSet
+
+        with self._lock:
+            self._refresh()
+            return [ChainSet(k.data_model, k.rows, k.patients, k.threshold) for k in self._kept if k.cell]
+
     def check_cohorts(self, data_model: str, cohorts: Sequence[np.ndarray],
                       patients: Sequence[np.ndarray] | None = None) -> None:
         """Raise (control ``differencing``) if a new cohort is a remembered group of any data model but for
@@ -374,7 +405,7 @@ class GroupMemory(SqliteState):
                 return
             if self.path is None:
                 for g in new:
-                    self._add(_Kept(g.data_model, g.kind, g.digest, g.rows, g.patients, threshold))
+                    self._add(_Kept(g.data_model, g.kind, g.digest, g.rows, g.patients, threshold, g.cell))
                 return
             now = datetime.now(timezone.utc).isoformat(timespec="seconds")
             written: dict[bytes, np.ndarray] = {}
@@ -389,9 +420,9 @@ class GroupMemory(SqliteState):
             with self._connect() as conn:
                 conn.executemany(
                     "INSERT OR IGNORE INTO groups (data_model, kind, digest, n_rows, threshold, keys, first_at, "
-                    "patients) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(g.data_model, g.kind, g.digest, len(g.rows), threshold, blob(g.rows), now, blob(g.patients))
-                     for g in new])
+                    "patients, cell) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(g.data_model, g.kind, g.digest, len(g.rows), threshold, blob(g.rows), now, blob(g.patients),
+                      int(g.cell)) for g in new])
             self._refresh(written)
 
     def stats(self) -> dict[str, int]:
@@ -449,10 +480,29 @@ def check_groups(request: Any, context: Any, work: Any) -> None:
         # is left out), as for a k-means cluster (ADR 0050): the two refusals stay distinct
         return
     check_complement(cohorts.sets[0], release.union, release.threshold, release.setting)
+    released = guard.groups.chain_sets()
     if release.union_digest not in cohorts.digests:
         guard.ledger.check(cohorts.data_model, [release.union], work.settings.min_row_count,
-                           [release.union_digest], primes=guard.primes)
+                           [release.union_digest], primes=guard.primes, released=released)
     guard.groups.check(release.groups, release.threshold, release.setting, cohorts=guard.ledger.every_cohort())
+    chain_groups(guard, cohorts, fresh, release, work.settings.min_row_count, released)
+
+
+def chain_groups(guard: Any, cohorts: Any, fresh: Sequence[int], release: GroupRelease, min_row_count: int,
+                 released: Sequence[ChainSet]) -> None:
+    """The chain rule over the release as one addition (ADR 0051, thirteenth review): the step's fresh
+    cohorts and its new cells (at the group threshold) with the ledger's cohorts and the remembered cells
+    they are related to (:func:`mipflow.node.controls.chain.chain_allows`; the ledger's refusal).  A release
+    whose every cell was released before adds nothing the cohort's own chain (``check_cohort``) missed."""
+    from mipflow.node.controls.chain import ChainSet
+
+    cells = [ChainSet(g.data_model, g.rows, g.patients, release.threshold)
+             for g in release.groups if g.cell and not guard.groups.known(g)]
+    if not cells:
+        return
+    steps = [ChainSet(cohorts.data_model, cohorts.sets[i], None if cohorts.patients is None else cohorts.patients[i],
+                      min_row_count) for i in fresh]
+    guard.ledger.chain(cohorts.data_model, steps + cells, min_row_count, guard.primes, released=released)
 
 
 def remember_groups(context: Any, work: Any) -> None:

@@ -28,13 +28,16 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
 from mipflow.exceptions import DisclosureError
 from mipflow.node.controls.keycodec import decode_keys, encode_keys  # noqa: F401 - also the ledger's names
 from mipflow.node.controls.sqlite_state import SqliteState
+
+if TYPE_CHECKING:
+    from mipflow.node.controls.chain import ChainSet
 
 #: Ledger file in the node home.
 LEDGER_FILE = "cohorts.sqlite"
@@ -244,7 +247,7 @@ class CohortLedger(SqliteState):
 
     def check(self, data_model: str, cohorts: Iterable[np.ndarray], threshold: int,
               digests: Sequence[str] | None = None, patients: Sequence[np.ndarray] | None = None,
-              primes: Sequence[int] | None = None) -> list[str]:
+              primes: Sequence[int] | None = None, released: Sequence[ChainSet] = ()) -> list[str]:
         """Allow cohorts (return their digests) or raise.
 
         Each cohort is compared with the other cohorts of the same request and, by the pairwise
@@ -254,14 +257,16 @@ class CohortLedger(SqliteState):
         (:func:`mipflow.node.controls.atoms.node_primes`), cohorts not answered before then pass
         the chain rule: with the answered cohorts they overlap (:func:`related`), no combination
         isolates a new atom smaller than ``threshold`` (:func:`~mipflow.node.controls.atoms.check_addition`;
-        in rows within the data model, in patients when a related cohort is of another one).
+        in rows within the data model, in patients when a related cohort is of another one).  The
+        chain's family holds the ``released`` cells of the group memory too (ADR 0051, thirteenth
+        review; :mod:`mipflow.node.controls.chain`).
 
         Raises
         ------
         DisclosureError
             Control ``differencing``, when a rule refuses (one message for all, :func:`_refusal`).
         """
-        from mipflow.node.controls.atoms import check_addition
+        from mipflow.node.controls.chain import ChainSet
 
         cohorts = list(cohorts)
         digests = list(digests) if digests is not None else [cohort_digest(data_model, c) for c in cohorts]
@@ -288,20 +293,30 @@ class CohortLedger(SqliteState):
                         raise _refusal(threshold)
             if primes is None or not fresh:
                 return digests
-            own = [e for e in entries if e.data_model == data_model]
-            new_rows = [cohorts[i] for i in fresh]
-            chosen = related(new_rows, [e.rows for e in own])
-            if not check_addition(_bounded([own[j].rows for j in chosen], new_rows), new_rows, threshold, primes):
-                raise _refusal(threshold)
-            if patients is not None:
-                with_patients = [e for e in entries if e.patients is not None]
-                new_patients = [patients[i] for i in fresh]
-                chosen = related(new_patients, [e.patients for e in with_patients])
-                if any(with_patients[j].data_model != data_model for j in chosen) and not check_addition(
-                        _bounded([with_patients[j].patients for j in chosen], new_patients), new_patients,
-                        threshold, primes):
-                    raise _refusal(threshold)
+            new = [ChainSet(data_model, cohorts[i], None if patients is None else patients[i], threshold)
+                   for i in fresh]
+            self._chain(entries, data_model, new, threshold, primes, released)
         return digests
+
+    def chain(self, data_model: str, new: Sequence[ChainSet], threshold: int, primes: Sequence[int],
+              released: Sequence[ChainSet] = ()) -> None:
+        """The chain rule alone for ``new`` sets of one release (a step's fresh cohorts and the cells of
+        its groups, :class:`mipflow.node.controls.chain.ChainSet`) against the answered cohorts and the
+        ``released`` cells of the group memory (ADR 0051, thirteenth review); raises as :meth:`check`."""
+        if threshold <= 1 or not new:
+            return
+        with self._lock:
+            self._refresh()
+            self._chain(list(self._entries.values()), data_model, list(new), threshold, primes, released)
+
+    @staticmethod
+    def _chain(entries: list[_Entry], data_model: str, new: list[ChainSet], threshold: int,
+               primes: Sequence[int], released: Sequence[ChainSet]) -> None:
+        from mipflow.node.controls.chain import ChainSet, chain_allows
+
+        cohorts = [ChainSet(e.data_model, e.rows, e.patients, threshold) for e in entries]
+        if not chain_allows(data_model, cohorts, list(released), new, threshold, primes):
+            raise _refusal(threshold)
 
     def record(self, data_model: str, cohorts: Iterable[np.ndarray],
                digests: Sequence[str] | None = None, patients: Sequence[np.ndarray] | None = None) -> None:

@@ -1,0 +1,176 @@
+"""The chain rule over every set a node released sums over: cohorts and the groups inside them.
+
+ADR 0030's chain rule (:func:`mipflow.node.controls.atoms.check_addition`) refuses a release that
+lets a linear combination of released sums isolate a new atom of fewer than ``min_row_count`` rows.
+Until the thirteenth review it saw cohorts only (the ledger's), while a group released with its sums
+(a t-test's, an ANOVA's cell or margin, a regression dummy's level; ADR 0051) is as much a set of rows
+whose sums anyone holds: a one-way ANOVA's TIA group on everyone, descriptive statistics on
+``age >= 25`` and on ``age >= 25 AND stroke_type != tia`` are pairwise far apart, yet
+``TIA - (adults - adult non-TIA)`` is the TIA patients under 25.  Here both kinds of set enter one
+family (ADR 0051, thirteenth review):
+
+* **what enters**: every cohort of the ledger (any step's rows, under every data model) and every
+  *cell* a release's groups were cut into (the finest groups of a grouping: one level of a one-way
+  grouping, one joint level of a two-way one).  Margins and the union of a release are sums of its
+  cells, so they add nothing to the span of the family nor to its atoms and are not handed over; a
+  release adds its fresh cohorts and its new cells **as one addition**;
+* **two windows**: the related sets (:func:`related_pools`: overlap with the new sets or with sets
+  taken before, :data:`~mipflow.node.controls.ledger.CHAIN_DEPTH` rounds, most recent first) are at
+  most :data:`~mipflow.node.controls.ledger.CHAIN_COHORTS` cohorts, as before, and at most
+  :data:`CHAIN_GROUPS` remembered cells besides, so that groups never push cohorts out of the window;
+* **atoms cap**: when the family forms more than :data:`~mipflow.node.controls.ledger.CHAIN_ATOMS`
+  atoms, only the most recent related sets are kept that can form no more than that many together
+  with the new ones (:func:`bounded`: ``(atoms of the new sets + 1) * 2**kept - 1`` at most; a release
+  of disjoint cells costs as many old sets as its cells need, not one each);
+* **thresholds by level**: a set carries the fewest rows an atom isolated with its sums must hold
+  (cohorts and groups released with their spread: ``min_row_count``; linear regression's dummy levels,
+  first moments only: ``nfilter_tab``, ADR 0051).  An atom that a combination of the sets of threshold
+  ``T`` or more isolates must hold ``T`` rows, for every ``T`` the family holds: a combination using a
+  dummy level gives the atom's count and first sums only (what a group of ``nfilter_tab`` rows may
+  give, ADR 0002), one without any gives its spread too and is held to ``min_row_count``.
+
+Within the request's data model the atoms are of rows; when a related set is of another data model,
+the family is compared by patients too (ADR 0030).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from mipflow.node.controls.atoms import atoms_of, check_addition
+from mipflow.node.controls.ledger import (
+    CHAIN_ATOMS, CHAIN_COHORTS, CHAIN_DEPTH, _overlap, sorted_unique,
+)
+
+#: Remembered cells the chain rule looks at besides the cohorts (their own window, ADR 0051 thirteenth review).
+CHAIN_GROUPS = 32
+
+
+@dataclass(frozen=True, eq=False)
+class ChainSet:
+    """A released set of rows: its data model, sorted row keys, sorted patient keys (None: not known) and
+    the fewest rows an atom its sums help isolate must hold."""
+
+    data_model: str
+    rows: np.ndarray
+    patients: np.ndarray | None
+    threshold: int
+
+
+def related_pools(seeds: Sequence[np.ndarray], pools: Sequence[Sequence[np.ndarray]], caps: Sequence[int],
+                  depth: int = CHAIN_DEPTH) -> list[list[int]]:
+    """:func:`mipflow.node.controls.ledger.related` over several pools of candidates, each with its cap:
+    indices (oldest first) of each pool's candidates sharing members with the seeds or with candidates of
+    any pool taken before, most recent first, over ``depth`` rounds."""
+    chosen: list[list[int]] = [[] for _ in pools]
+    if not any(len(pool) for pool in pools):
+        return chosen
+    union = sorted_unique(np.concatenate(list(seeds))) if seeds else np.zeros(0, dtype=np.uint64)
+    remaining = [list(range(len(pool)))[::-1] for pool in pools]
+    for _ in range(depth):
+        taken_any: list[np.ndarray] = []
+        for p, pool in enumerate(pools):
+            room = caps[p] - len(chosen[p])
+            if room <= 0:
+                continue
+            hits: list[int] = []
+            for i in remaining[p]:  # most recent first, until the pool's room is filled
+                if _overlap(union, pool[i]):
+                    hits.append(i)
+                    if len(hits) == room:
+                        break
+            chosen[p] += hits
+            taken = set(hits)
+            remaining[p] = [i for i in remaining[p] if i not in taken]
+            taken_any += [pool[i] for i in hits]
+        if not taken_any:
+            break
+        union = sorted_unique(np.concatenate([union, *taken_any]))
+    return [sorted(c) for c in chosen]
+
+
+def by_recency(pools: Sequence[Sequence[ChainSet]]) -> list[ChainSet]:
+    """Several pools (each oldest first) as one list, oldest first, the most recent of each pool last:
+    the pools' members interleaved by their rank from the most recent."""
+    merged: list[ChainSet] = []
+    longest = max((len(p) for p in pools), default=0)
+    for rank in range(longest):  # most recent first
+        for pool in pools:
+            if rank < len(pool):
+                merged.append(pool[len(pool) - 1 - rank])
+    return merged[::-1]
+
+
+def bounded(old: list[np.ndarray], new: list[np.ndarray], limit: int = CHAIN_ATOMS) -> list[np.ndarray]:
+    """The related sets ``old`` (oldest first), or, when the family with ``new`` forms more than ``limit``
+    atoms, only the most recent ``k`` of them, ``k`` the most for which ``(atoms of new + 1) * 2**k - 1``
+    (the most atoms they can form) is at most ``limit``."""
+    if not old or atoms_of(old + new).sizes.size <= limit:
+        return old
+    parts = atoms_of(new).sizes.size + 1  # the new sets' atoms and the rows outside them
+    keep = max(0, int(math.floor(math.log2((limit + 1) / parts))))
+    return old[len(old) - keep:] if keep else []
+
+
+def _dedupe(sets: Sequence[ChainSet]) -> list[ChainSet]:
+    """Sets without repeats of the same rows and data model (a group that is a cohort too: women as a
+    filter and as a dummy level), each kept once, at the largest threshold any of its copies carries,
+    in the place of its most recent copy."""
+    kept: list[ChainSet] = []
+    for s in sets:
+        same = [k for k in kept if k.data_model == s.data_model and np.array_equal(k.rows, s.rows)]
+        for k in same:
+            s = ChainSet(s.data_model, s.rows, s.patients if s.patients is not None else k.patients,
+                         max(s.threshold, k.threshold))
+        kept = [k for k in kept if not any(k is other for other in same)]
+        kept.append(s)
+    return kept
+
+
+def chain_allows(data_model: str, cohorts: Sequence[ChainSet], groups: Sequence[ChainSet],
+                 new: Sequence[ChainSet], min_row_count: int, primes: Sequence[int]) -> bool:
+    """Whether adding ``new`` (one release's fresh cohorts and new cells, of ``data_model``) to the
+    remembered ``cohorts`` and ``groups`` (each oldest first, any data model) isolates no new atom
+    smaller than its level's threshold (module docstring).  A set's threshold is taken at most
+    ``min_row_count``."""
+    if not new or min_row_count <= 1:
+        return True
+
+    def level(s: ChainSet) -> int:
+        return min(int(s.threshold), int(min_row_count))
+
+    def family_allows(old: list[ChainSet], keys: str) -> bool:
+        old = _dedupe(old)
+        fresh = list(new)
+        levels = sorted({level(s) for s in [*old, *fresh]}, reverse=True)
+        for t, threshold in enumerate(levels):
+            if threshold <= 1:
+                break
+            if t and not any(level(s) == threshold for s in [*old, *fresh]):
+                continue  # the same family as the level above, at a smaller threshold: nothing more to find
+            old_sets = [getattr(s, keys) for s in old if level(s) >= threshold]
+            new_sets = [getattr(s, keys) for s in fresh if level(s) >= threshold]
+            if not new_sets:
+                continue
+            if not check_addition(bounded(old_sets, new_sets), new_sets, threshold, primes):
+                return False
+        return True
+
+    own = [[s for s in pool if s.data_model == data_model] for pool in (cohorts, groups)]
+    chosen = related_pools([s.rows for s in new], [[s.rows for s in pool] for pool in own],
+                           (CHAIN_COHORTS, CHAIN_GROUPS))
+    old = by_recency([[pool[i] for i in picked] for pool, picked in zip(own, chosen)])
+    if not family_allows(old, "rows"):
+        return False
+    if any(s.patients is None for s in new):
+        return True
+    known = [[s for s in pool if s.patients is not None] for pool in (cohorts, groups)]
+    chosen = related_pools([s.patients for s in new], [[s.patients for s in pool] for pool in known],
+                           (CHAIN_COHORTS, CHAIN_GROUPS))
+    old = by_recency([[pool[i] for i in picked] for pool, picked in zip(known, chosen)])
+    if not any(s.data_model != data_model for s in old):
+        return True  # within one data model the rows decide (a patient's other visits are other rows)
+    return family_allows(old, "patients")
