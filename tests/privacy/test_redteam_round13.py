@@ -155,7 +155,6 @@ def standard(tmp_path_factory) -> Iterator[dict[str, Served]]:
         yield {name: Served(url, credentials[name], roots[name], frames[name]) for name, url in zip(roots, urls)}
 
 
-@pytest.mark.xfail(strict=True, reason="hole: the weighted memory's refusal after a withdrawal (and the ledger's) happens only where the patient was")
 def test_hole_the_weighted_memory_s_refusal_tells_which_hospital_held_a_withdrawn_patient(standard):
     """Hole 1.  Class: a public effect of applying a consent registry that differs between a holder and a
     non-holder (ADR 0059 section 2's rule), through a refusal of a control that reads the current rows (ADR 0058
@@ -187,7 +186,8 @@ def test_hole_the_weighted_memory_s_refusal_tells_which_hospital_held_a_withdraw
     later = {h: typed(reply) for h, reply in later_raw.items()}
     # the same channel through the oldest control: the same descriptive statistics again (the cohort ledger sees
     # a repeat where nothing was deleted, a cohort one row away where she was)
-    again = {h: typed(standard[h].call("descriptive_stats", stats[h], project=AUDIT)) for h in stats}
+    again_raw = {h: standard[h].call("descriptive_stats", stats[h], project=AUDIT) for h in stats}
+    again = {h: typed(reply) for h, reply in again_raw.items()}
     # what a researcher reads off: the hospital whose node refused held her
     refusing = sorted(h for h, (status, _) in later.items() if status == 403)
     recovered = ["hospital_a" if h == "weighted_a" else "hospital_b" for h in refusing]
@@ -195,7 +195,11 @@ def test_hole_the_weighted_memory_s_refusal_tells_which_hospital_held_a_withdraw
     assert later["weighted_b"] == (200, None)
     if later["weighted_a"] == (403, "dominated_sums"):
         assert recovered == truth
-    assert again["weighted_b"] == (200, None)  # today: again["weighted_a"] == (403, "differencing") too
+    # ADR 0061: an exact repeat of a release made before a consent registry change is refused at every node
+    # (holder or not), with the same words, which say why and what answers it (new data)
+    assert again["weighted_b"] == (403, "differencing")
+    words = {h: {k: v for k, v in reply.json().items() if k != "node"} for h, reply in again_raw.items()}
+    assert words["weighted_a"] == words["weighted_b"] and "consent registry" in str(words["weighted_b"])
     assert later["weighted_a"] == later["weighted_b"] and again["weighted_a"] == again["weighted_b"], \
         "the refusal tells which hospital held the withdrawn patient"
 

@@ -79,6 +79,7 @@ from mipflow.algorithms.provenance import code_of
 from mipflow.exceptions import DisclosureError, MipflowError, RequestError, StoreError
 from mipflow.node.api.context import DataModelNotHeld, StepContext
 from mipflow.node.api.schema import read_step_body
+from mipflow.node.controls.differencing import consent_epoch, current_rows
 from mipflow.node.controls.disclosure import DisclosureControls, group_threshold
 from mipflow.node.controls.masking import require_secure_aggregation
 from mipflow.node.controls.pooled_bins import bind_pooled, check_pooled_parts, remember_pooled_parts, require_pooled_masking
@@ -166,6 +167,7 @@ class StepWork:
     labels: Any = None
     groups: Any = None  # the groups the step releases (mipflow.node.controls.groups, ADR 0051)
     weighted: Any = None  # its rows under each weight family (mipflow.node.controls.weighted_ledger, ADR 0058)
+    current_rows: Any = None  # data model -> its current row and patient keys, read when needed (ADR 0061)
     state: Any = None        # the state the local step computes on: the node's own recomputation
     transcript: Any = None   # the parsed transcript (mipflow.secagg.transcript.Transcript)
     chain: str | None = None
@@ -362,10 +364,20 @@ def check_cohort(request: StepRequest, context: StepContext, work: StepWork) -> 
     """Differencing (ADR 0013): the cohorts may not differ by a few rows from answered ones.
     The cohort's digest is recorded even while ``differencing_check`` is off."""
     work.record["cohort"] = work.cohorts.digest[:16]
+    work.current_rows = _current_rows(context, work)  # read only for releases of an earlier consent epoch
     if work.explore is not None:  # a DP release: robust to any other release, the ledger has no say (ADR 0032)
         return
     if work.settings.differencing_check and work.study is None:  # a study's cohorts: checked at approval
-        context.differencing.before_step(work.cohorts, work.settings.min_row_count)
+        context.differencing.before_step(work.cohorts, work.settings.min_row_count, consent_epoch(context.store),
+                                         work.current_rows)
+
+
+def _current_rows(context: StepContext, work: StepWork) -> Any:
+    """The current rows of a data model, for releases of an earlier consent epoch (ADR 0061)."""
+    def model_of(data_model: str) -> Any:
+        return work.model if data_model == work.model.key else context.data_model(data_model)
+
+    return current_rows(context.store, model_of, context.differencing.key, bool(work.settings.columnar_snapshot))
 
 
 @contextmanager
@@ -535,7 +547,7 @@ def remember_cohort(request: StepRequest, context: StepContext, work: StepWork) 
     not an explore release: differentially private, it is safe whatever else is released."""
     if work.explore is not None:
         return
-    context.differencing.after_step(work.cohorts, request.analysis, work.labels)
+    context.differencing.after_step(work.cohorts, request.analysis, work.labels, consent_epoch(context.store))
     remember_groups(context, work)
     remember_weighted(context, work)
 

@@ -47,7 +47,7 @@ import hmac
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -240,6 +240,43 @@ def _cohorts_patients_and_order(frame: pd.DataFrame, variables: Sequence[str], c
     return cohorts, patients, used, used_patients
 
 
+# --------------------------------------------------------------------------- consent epochs (ADR 0061)
+
+
+def consent_epoch(store: Any) -> str:
+    """The node's consent epoch: the digest of the consent registry last applied ("" before any;
+    :meth:`mipflow.node.store.feature_store.FeatureStore.consent_applied`).  It moves alike at every node
+    applying a change, whoever the change concerned; a release remembered under another epoch is no
+    longer repeated exactly (ADR 0061)."""
+    return store.consent_applied()
+
+
+def current_rows(store: Any, model_of: Callable[[str], Any], key: str, columnar: bool
+                 ) -> Callable[[str], tuple[np.ndarray, np.ndarray | None] | None]:
+    """``data_model -> (sorted unique row keys, sorted unique patient keys or None)`` of its current rows
+    (every dataset, no filter), read once per data model (None: the node no longer holds it)."""
+    from mipflow.exceptions import MipflowError
+    from mipflow.node.query.read import select_frame
+
+    read: dict[str, tuple[np.ndarray, np.ndarray | None] | None] = {}
+
+    def rows_of(data_model: str) -> tuple[np.ndarray, np.ndarray | None] | None:
+        if data_model not in read:
+            try:
+                model = model_of(data_model)
+            except MipflowError:
+                read[data_model] = None
+                return None
+            datasets = sorted({str(r["dataset"]) for r in store.datasets(model.key)})
+            frame = select_frame(store, model, datasets=datasets, variables=[], filters=None, complete_case=True,
+                                 row_identity=True, row_key=key, snapshot=columnar)
+            pids = patient_keys(frame, key)
+            read[data_model] = (sorted_unique(row_keys(frame, key)), None if pids is None else sorted_unique(pids))
+        return read[data_model]
+
+    return rows_of
+
+
 # --------------------------------------------------------------------------- the node's guard
 
 
@@ -353,12 +390,15 @@ class DifferencingGuard:
         return Cohorts(data_model, tuple(sets), tuple(cohort_digest(data_model, c) for c in sets),
                        order=None, patients=patients, seen=seen)
 
-    def before_step(self, cohorts: Cohorts, min_row_count: int) -> None:
+    def before_step(self, cohorts: Cohorts, min_row_count: int, epoch: str = "",
+                    current: Callable[[str], tuple[np.ndarray, np.ndarray | None] | None] | None = None) -> None:
         """Refuse (control ``differencing``) cohorts near answered ones, under any data model, or
         completing a chain with them and the cells of the groups released before (:meth:`CohortLedger.check`,
-        ADR 0051's thirteenth-review amendment)."""
+        ADR 0051's thirteenth-review amendment); ``epoch`` and ``current``: the node's consent epoch and its
+        data models' current rows (ADR 0061)."""
         self.ledger.check(cohorts.data_model, cohorts.sets, min_row_count, cohorts.digests,
-                          patients=cohorts.patients, primes=self.primes, released=self.groups.chain_sets())
+                          patients=cohorts.patients, primes=self.primes, released=self.groups.chain_sets(),
+                          epoch=epoch, current=current)
 
     def check_partition(self, algorithm: Algorithm | str, round_no: int, data: pd.DataFrame, request: Any,
                         state: dict | None, cohorts: Cohorts, threshold: int,
@@ -397,9 +437,10 @@ class DifferencingGuard:
         self.partitions.check(self._partition_key(cohorts), labels, threshold, limit, setting)
         return labels
 
-    def after_step(self, cohorts: Cohorts, request: Any, labels: np.ndarray | None) -> None:
-        """Remember what was released."""
-        self.ledger.record(cohorts.data_model, cohorts.sets, cohorts.digests, patients=cohorts.patients)
+    def after_step(self, cohorts: Cohorts, request: Any, labels: np.ndarray | None, epoch: str = "") -> None:
+        """Remember what was released (under the node's consent ``epoch``, ADR 0061)."""
+        self.ledger.record(cohorts.data_model, cohorts.sets, cohorts.digests, patients=cohorts.patients,
+                           epoch=epoch)
         if labels is not None:
             self.partitions.record(self._partition_key(cohorts), labels)
 

@@ -178,6 +178,12 @@ class DisclosureControls:
         return _suppress_cells(aggregates, tab)
 
 
+#: Said by every refusal of the memories of releases (ADR 0061), the same words at every node.
+STALE_HINT = ("An earlier answer given before the node last applied a changed consent registry is no longer "
+              "repeated exactly (whoever the change concerned): after such a change, wait until at least "
+              "min_row_count new rows are loaded into the cohort, then re-run")
+
+
 def dominated_refusal(min_row_count: int) -> DisclosureError:
     """The refusal of a dominated weighted sum (control ``dominated_sums``): one message whether the
     release alone (ADR 0053) or its difference with an earlier release of the same weighted sums
@@ -187,7 +193,7 @@ def dominated_refusal(min_row_count: int) -> DisclosureError:
         "an earlier release of this node over overlapping rows, is dominated by fewer rows than min_row_count "
         f"({min_row_count}) (dominated_sums control): analyse the variable without that transformation, or "
         "repeat an earlier analysis's filters and datasets exactly; for several cohorts with the transformation, "
-        "ask the node's admin for a study protocol that fixes it", control="dominated_sums")
+        f"ask the node's admin for a study protocol that fixes it. {STALE_HINT}", control="dominated_sums")
 
 
 def group_threshold(algorithm: Algorithm, settings: NodeSettings) -> tuple[str, int]:

@@ -56,11 +56,12 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
 from mipflow.exceptions import DisclosureError
+from mipflow.node.controls.disclosure import STALE_HINT
 from mipflow.node.controls.ledger import (
     _overlap, cohort_digest, decode_keys, encode_keys, pair_conflict, sorted_unique,
 )
@@ -180,7 +181,8 @@ def group_refusal(setting: str, threshold: int) -> DisclosureError:
         "statistics would single out those patients (group memory, differencing control). Use the same filters "
         "and datasets as the earlier analysis, group by a variable rather than filter on one of its levels (a "
         "two-way analysis answers both), or use filters that change each group by many rows; for subgroups "
-        "that must all be answered exactly, ask the node's admin for a study protocol", control="differencing")
+        f"that must all be answered exactly, ask the node's admin for a study protocol. {STALE_HINT}",
+        control="differencing")
 
 
 def cohort_refusal() -> DisclosureError:
@@ -228,6 +230,28 @@ def few_apart(a: np.ndarray, b: np.ndarray, threshold: int) -> bool:
     return 0 < apart < threshold
 
 
+def _held(keys: np.ndarray | None, data_model: str, which: int,
+          current: Callable[[str], tuple[np.ndarray, np.ndarray | None] | None] | None) -> np.ndarray | None:
+    """The keys (rows: ``which`` 0, patients: 1) of an earlier group still current (ADR 0061)."""
+    from mipflow.node.controls.ledger import still_held
+
+    now = None if current is None or keys is None else current(data_model)
+    return keys if now is None or keys is None else still_held(keys, now[which])
+
+
+def _stale_near(mine: Rows, kept: "_Kept", threshold: int,
+                current: Callable[[str], tuple[np.ndarray, np.ndarray | None] | None] | None) -> bool:
+    """A group against one released under an earlier consent epoch (ADR 0061): by the rows (and, across
+    data models, patients) it holds still, a few apart or the same (0 apart: no repeat)."""
+    rows = _held(kept.rows, kept.data_model, 0, current)
+    if np.array_equal(mine[1], rows) and len(rows) or few_apart(mine[1], rows, threshold):
+        return True
+    if mine[0] == kept.data_model or mine[2] is None or kept.patients is None:
+        return False
+    patients = _held(kept.patients, kept.data_model, 1, current)
+    return bool(np.array_equal(mine[2], patients) and len(patients)) or few_apart(mine[2], patients, threshold)
+
+
 def _few_apart(a: Rows, b: Rows, threshold: int) -> bool:
     """:func:`few_apart` by rows, and by patients too when the two are of different data models (the
     same patient's rows under two data models, or two versions of one, have other row keys; ADR 0030)."""
@@ -249,6 +273,8 @@ class _Kept:
     #: False for a margin (a sum of cells remembered with it); a group from before the thirteenth
     #: review is taken as a cell
     cell: bool = True
+    #: The consent epoch it was released under (ADR 0061; "" for a memory from before).
+    epoch: str = ""
 
     @property
     def released(self) -> Rows:
@@ -286,6 +312,8 @@ class GroupMemory(SqliteState):
                 if "cell" not in {row[1] for row in conn.execute("PRAGMA table_info(groups)")}:
                     # a memory from before the thirteenth review: its groups are all handed to the chain rule
                     conn.execute("ALTER TABLE groups ADD COLUMN cell INTEGER")
+                if "epoch" not in {row[1] for row in conn.execute("PRAGMA table_info(groups)")}:
+                    conn.execute("ALTER TABLE groups ADD COLUMN epoch TEXT")  # before ADR 0061: the epoch ""
 
     def _add(self, kept: _Kept) -> None:
         if kept.digest in self._by_kind.get(kept.kind, {}):
@@ -310,11 +338,11 @@ class GroupMemory(SqliteState):
             return decode_keys(blob) if known is None else known
 
         with self._connect() as conn:
-            rows = conn.execute("SELECT rowid, data_model, kind, digest, threshold, keys, patients, cell FROM groups "
-                                "WHERE rowid > ? ORDER BY rowid", (self._seen,)).fetchall()
-        for rowid, data_model, kind, digest, threshold, blob, patients, cell in rows:
+            rows = conn.execute("SELECT rowid, data_model, kind, digest, threshold, keys, patients, cell, epoch "
+                                "FROM groups WHERE rowid > ? ORDER BY rowid", (self._seen,)).fetchall()
+        for rowid, data_model, kind, digest, threshold, blob, patients, cell, epoch in rows:
             self._add(_Kept(data_model, kind, digest, keys_of(blob),
-                            None if patients is None else keys_of(patients), int(threshold), cell != 0))
+                            None if patients is None else keys_of(patients), int(threshold), cell != 0, epoch or ""))
             self._seen = max(self._seen, rowid)
 
     def _near_in_size(self, released: Rows, threshold: int) -> list[_Kept]:
@@ -334,7 +362,8 @@ class GroupMemory(SqliteState):
             return len(self._kept) if kind is None else len(self._by_kind.get(kind, {}))
 
     def check(self, groups: Sequence[Group], threshold: int, setting: str,
-              cohorts: Sequence[np.ndarray | Rows] = ()) -> None:
+              cohorts: Sequence[np.ndarray | Rows] = (), epoch: str = "",
+              current: Callable[[str], tuple[np.ndarray, np.ndarray | None] | None] | None = None) -> None:
         """Raise (control ``differencing``) if a new group is a few rows from a remembered group of any
         kind or data model, from another group of the release, or from one of ``cohorts`` (the ledger's:
         ``(data model, rows, patients)``, or rows of the group's data model), or near one of its kind by
@@ -352,14 +381,19 @@ class GroupMemory(SqliteState):
                 mine: Rows = (group.data_model, group.rows, group.patients)
                 if any(_few_apart(mine, (g.data_model, g.rows, g.patients), threshold) for g in groups[:i]):
                     raise group_refusal(setting, threshold)
-                if group.digest in self._by_kind.get(group.kind, {}):
-                    continue  # released before: nothing new
+                at = self._by_kind.get(group.kind, {}).get(group.digest)
+                if at is not None and self._kept[at].epoch == epoch:
+                    continue  # released before, under this consent epoch: nothing new
+                for kept in self._kept if any(k.epoch != epoch for k in self._kept) else []:
+                    if kept.epoch != epoch and _stale_near(mine, kept, min(threshold, kept.threshold), current):
+                        raise group_refusal(setting, threshold)  # ADR 0061: the rows still held, no repeat
                 for kept in self._near_in_size(mine, threshold):
-                    if _few_apart(mine, kept.released, min(threshold, kept.threshold)):
+                    if kept.epoch == epoch and _few_apart(mine, kept.released, min(threshold, kept.threshold)):
                         raise group_refusal(setting, threshold)
                 for index in self._by_kind.get(group.kind, {}).values():  # the same kind: the pairwise rule
                     kept = self._kept[index]
-                    if pair_conflict(group.rows, kept.rows, min(threshold, kept.threshold)):
+                    rows = kept.rows if kept.epoch == epoch else _held(kept.rows, kept.data_model, 0, current)
+                    if pair_conflict(group.rows, rows, min(threshold, kept.threshold)):
                         raise group_refusal(setting, threshold)
                 near = np.abs(sizes[:, 0] - len(group.rows)) < threshold
                 if group.patients is not None:
@@ -396,7 +430,7 @@ class GroupMemory(SqliteState):
                     if kept.threshold > 1 and _few_apart(mine, kept.released, kept.threshold):
                         raise cohort_refusal()
 
-    def record(self, groups: Sequence[Group], threshold: int) -> None:
+    def record(self, groups: Sequence[Group], threshold: int, epoch: str = "") -> None:
         """Remember released groups (one remembered before costs nothing)."""
         with self._lock:
             self._refresh()
@@ -405,7 +439,7 @@ class GroupMemory(SqliteState):
                 return
             if self.path is None:
                 for g in new:
-                    self._add(_Kept(g.data_model, g.kind, g.digest, g.rows, g.patients, threshold, g.cell))
+                    self._add(_Kept(g.data_model, g.kind, g.digest, g.rows, g.patients, threshold, g.cell, epoch))
                 return
             now = datetime.now(timezone.utc).isoformat(timespec="seconds")
             written: dict[bytes, np.ndarray] = {}
@@ -420,9 +454,9 @@ class GroupMemory(SqliteState):
             with self._connect() as conn:
                 conn.executemany(
                     "INSERT OR IGNORE INTO groups (data_model, kind, digest, n_rows, threshold, keys, first_at, "
-                    "patients, cell) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "patients, cell, epoch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [(g.data_model, g.kind, g.digest, len(g.rows), threshold, blob(g.rows), now, blob(g.patients),
-                      int(g.cell)) for g in new])
+                      int(g.cell), epoch) for g in new])
             self._refresh(written)
 
     def stats(self) -> dict[str, int]:
@@ -469,7 +503,10 @@ def check_groups(request: Any, context: Any, work: Any) -> None:
                                           work.settings)
     if not work.settings.differencing_check or work.study is not None:
         return
+    from mipflow.node.controls.differencing import consent_epoch
+
     guard, cohorts = context.differencing, work.cohorts
+    epoch, current = consent_epoch(context.store), getattr(work, "current_rows", None)  # ADR 0061
     answered = guard.ledger.cohorts(cohorts.data_model)
     fresh = [i for i, d in enumerate(cohorts.digests) if d not in answered]
     # every step's new cohorts against the groups released before: a filter pinning a level
@@ -483,8 +520,10 @@ def check_groups(request: Any, context: Any, work: Any) -> None:
     released = guard.groups.chain_sets()
     if release.union_digest not in cohorts.digests:
         guard.ledger.check(cohorts.data_model, [release.union], work.settings.min_row_count,
-                           [release.union_digest], primes=guard.primes, released=released)
-    guard.groups.check(release.groups, release.threshold, release.setting, cohorts=guard.ledger.every_cohort())
+                           [release.union_digest], primes=guard.primes, released=released, epoch=epoch,
+                           current=current)
+    guard.groups.check(release.groups, release.threshold, release.setting, cohorts=guard.ledger.every_cohort(),
+                       epoch=epoch, current=current)
     chain_groups(guard, cohorts, fresh, release, work.settings.min_row_count, released)
 
 
@@ -510,7 +549,9 @@ def remember_groups(context: Any, work: Any) -> None:
     release = work.groups
     if release is None:
         return
-    guard = context.differencing
+    from mipflow.node.controls.differencing import consent_epoch
+
+    guard, epoch = context.differencing, consent_epoch(context.store)  # ADR 0061
     if release.union_digest not in work.cohorts.digests:
-        guard.ledger.record(work.cohorts.data_model, [release.union], [release.union_digest])
-    guard.groups.record(release.groups, release.threshold)
+        guard.ledger.record(work.cohorts.data_model, [release.union], [release.union_digest], epoch=epoch)
+    guard.groups.record(release.groups, release.threshold, epoch)

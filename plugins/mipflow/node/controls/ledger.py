@@ -28,7 +28,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -96,16 +96,41 @@ def pair_conflict(new: np.ndarray, old: np.ndarray, threshold: int) -> bool:
     return any(_small(n, threshold) for n in (len(new) - both, len(old) - both, both))
 
 
+from mipflow.node.controls.disclosure import STALE_HINT  # noqa: E402 - every memory's refusal says it (ADR 0061)
+
+
 def _refusal(threshold: int) -> DisclosureError:
-    # no sizes, and one message for every way a cohort conflicts (a pair, a chain, another data model):
-    # which rule refused, and by how much, is exactly what must not leak
+    # no sizes, and one message for every way a cohort conflicts (a pair, a chain, another data model, an
+    # earlier consent epoch): which rule refused, and by how much, is exactly what must not leak
     return DisclosureError(
         "the selected rows are too close to rows this node already answered for, under this or another "
         "data model: on its own or combined with earlier answers, this answer could single out fewer than "
         f"min_row_count ({threshold}) patients (differencing control). Use the same filters and variables as "
         "an earlier analysis, or a filter that selects many more or many fewer rows; for subgroups and "
         "variable sets that must all be answered exactly, ask the node's admin for a study protocol "
-        "(mipflow study)", control="differencing")
+        f"(mipflow study). {STALE_HINT}", control="differencing")
+
+
+def still_held(keys: np.ndarray, current: np.ndarray | None) -> np.ndarray:
+    """The sorted keys of an earlier release that are still current rows (``current`` sorted; None: not
+    known, every key kept)."""
+    if current is None or not len(keys):
+        return keys
+    if not len(current):
+        return keys[:0]
+    at = np.minimum(np.searchsorted(current, keys), len(current) - 1)
+    return keys[current[at] == keys]
+
+
+def stale_conflict(new: np.ndarray, held: np.ndarray, threshold: int, cross: bool = False) -> bool:
+    """A new cohort against the rows still held of a release made under an earlier consent epoch (ADR
+    0061): the ordinary rule (pairwise, or :func:`_cross_conflict` across data models) on those rows,
+    and no exact repeat of them (0 rows apart is within ``threshold`` too).  The rows the change removed
+    are left out at every node alike, holder or not."""
+    both = _overlap(new, held)
+    if both and len(new) == both == len(held):
+        return True  # the same rows still held: the difference is what the change removed
+    return _cross_conflict(new, held, threshold) if cross else pair_conflict(new, held, threshold)
 
 
 def _cross_conflict(new: np.ndarray, old: np.ndarray, threshold: int) -> bool:
@@ -169,6 +194,8 @@ class _Entry:
     digest: str
     rows: np.ndarray
     patients: np.ndarray | None
+    #: The consent epoch it was answered under (ADR 0061; "" for a ledger from before).
+    epoch: str = ""
 
 
 # --------------------------------------------------------------------------- the ledger
@@ -196,6 +223,8 @@ class CohortLedger(SqliteState):
                          "PRIMARY KEY (data_model, digest))")
             if "patients" not in {row[1] for row in conn.execute("PRAGMA table_info(cohorts)")}:
                 conn.execute("ALTER TABLE cohorts ADD COLUMN patients BLOB")  # a ledger from before ADR 0030
+            if "epoch" not in {row[1] for row in conn.execute("PRAGMA table_info(cohorts)")}:
+                conn.execute("ALTER TABLE cohorts ADD COLUMN epoch TEXT")  # before ADR 0061: the epoch ""
 
 
     def _refresh(self, written: dict[tuple[str, str], tuple[np.ndarray, np.ndarray | None]] | None = None) -> None:
@@ -205,9 +234,9 @@ class CohortLedger(SqliteState):
         process or another, holds those keys; its patients, when stored, are those of its rows)."""
         written = written or {}
         with self._connect() as conn:
-            found = conn.execute("SELECT rowid, data_model, digest, patients IS NULL FROM cohorts WHERE rowid > ? "
-                                 "ORDER BY rowid", (self._seen_rowid,)).fetchall()
-            for rowid, data_model, digest, no_patients in found:
+            found = conn.execute("SELECT rowid, data_model, digest, patients IS NULL, epoch FROM cohorts "
+                                 "WHERE rowid > ? ORDER BY rowid", (self._seen_rowid,)).fetchall()
+            for rowid, data_model, digest, no_patients, epoch in found:
                 mine = written.get((data_model, digest))
                 if mine is not None and (no_patients or mine[1] is not None):
                     keys, patients = mine[0], None if no_patients else mine[1]
@@ -217,7 +246,7 @@ class CohortLedger(SqliteState):
                     keys = decode_keys(blob) if mine is None else mine[0]
                     patients = None if patient_blob is None else decode_keys(patient_blob)
                     del blob, patient_blob
-                self._entries[rowid] = _Entry(data_model, digest, keys, patients)
+                self._entries[rowid] = _Entry(data_model, digest, keys, patients, epoch or "")
                 self._digests.setdefault(data_model, {})[digest] = rowid
                 self._seen_rowid = max(self._seen_rowid, rowid)
 
@@ -247,8 +276,13 @@ class CohortLedger(SqliteState):
 
     def check(self, data_model: str, cohorts: Iterable[np.ndarray], threshold: int,
               digests: Sequence[str] | None = None, patients: Sequence[np.ndarray] | None = None,
-              primes: Sequence[int] | None = None, released: Sequence[ChainSet] = ()) -> list[str]:
+              primes: Sequence[int] | None = None, released: Sequence[ChainSet] = (), epoch: str = "",
+              current: "Callable[[str], tuple[np.ndarray, np.ndarray | None] | None] | None" = None) -> list[str]:
         """Allow cohorts (return their digests) or raise.
+
+        ``epoch`` is the node's consent epoch (:func:`mipflow.node.controls.epochs.consent_epoch`); a
+        cohort answered under another one is compared by :func:`stale_conflict` with its rows still held
+        (``current``: a data model's current row and patient keys), and is no repeat (ADR 0061).
 
         Each cohort is compared with the other cohorts of the same request and, by the pairwise
         rule, with every answered cohort of the data model (rows); with ``patients`` (the
@@ -275,18 +309,36 @@ class CohortLedger(SqliteState):
             return digests  # no count is in (0, 1): nothing to compare
         with self._lock:
             self._refresh()
-            known = self._digests.get(data_model, {})
             entries = list(self._entries.values())  # oldest first
+            # a repeat is a cohort answered under this consent epoch (ADR 0061)
+            known = {e.digest for e in entries if e.data_model == data_model and e.epoch == epoch}
             fresh = [i for i, d in enumerate(digests) if d not in known]
             for i, cohort in enumerate(cohorts):
                 if any(pair_conflict(cohort, other, threshold) for other in cohorts[:i]):
                     raise _refusal(threshold)
+            held: dict[str, tuple[np.ndarray, np.ndarray | None] | None] = {}
+
+            def now_held(model: str) -> tuple[np.ndarray, np.ndarray | None] | None:
+                if model not in held:
+                    held[model] = None if current is None else current(model)
+                return held[model]
+
             for i in fresh:  # a cohort answered before: nothing new can be learnt from the difference
                 for entry in entries:
+                    stale = entry.epoch != epoch
+                    rows_now = now_held(entry.data_model) if stale else None
                     if entry.data_model == data_model:
-                        conflict = pair_conflict(cohorts[i], entry.rows, threshold)
+                        if stale:
+                            conflict = stale_conflict(cohorts[i], still_held(
+                                entry.rows, None if rows_now is None else rows_now[0]), threshold)
+                        else:
+                            conflict = pair_conflict(cohorts[i], entry.rows, threshold)
                     elif patients is not None and entry.patients is not None:
-                        conflict = _cross_conflict(patients[i], entry.patients, threshold)
+                        if stale:
+                            conflict = stale_conflict(patients[i], still_held(
+                                entry.patients, None if rows_now is None else rows_now[1]), threshold, cross=True)
+                        else:
+                            conflict = _cross_conflict(patients[i], entry.patients, threshold)
                     else:
                         continue  # an older cohort of another data model, recorded without its patients
                     if conflict:
@@ -319,9 +371,11 @@ class CohortLedger(SqliteState):
             raise _refusal(threshold)
 
     def record(self, data_model: str, cohorts: Iterable[np.ndarray],
-               digests: Sequence[str] | None = None, patients: Sequence[np.ndarray] | None = None) -> None:
-        """Remember answered cohorts (a cohort already remembered costs nothing; one remembered
-        without its patients gains them)."""
+               digests: Sequence[str] | None = None, patients: Sequence[np.ndarray] | None = None,
+               epoch: str = "") -> None:
+        """Remember answered cohorts under the consent ``epoch`` (a cohort already remembered costs
+        nothing and keeps its epoch: an earlier one is the stricter; one remembered without its patients
+        gains them)."""
         cohorts = list(cohorts)
         digests = list(digests) if digests is not None else [cohort_digest(data_model, c) for c in cohorts]
         patients = list(patients) if patients is not None else [None] * len(cohorts)
@@ -340,9 +394,9 @@ class CohortLedger(SqliteState):
             with self._connect() as conn:
                 for d, c, p in new:  # one cohort's blobs at a time (10M keys: ~60 MB each)
                     conn.execute(
-                        "INSERT OR IGNORE INTO cohorts (data_model, digest, n_rows, keys, first_at, patients) "
-                        "VALUES (?, ?, ?, ?, ?, ?)",
-                        (data_model, d, len(c), encode_keys(c), now, None if p is None else encode_keys(p)))
+                        "INSERT OR IGNORE INTO cohorts (data_model, digest, n_rows, keys, first_at, patients, epoch) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (data_model, d, len(c), encode_keys(c), now, None if p is None else encode_keys(p), epoch))
                 conn.executemany("UPDATE cohorts SET patients = ? WHERE data_model = ? AND digest = ? "
                                  "AND patients IS NULL", [(encode_keys(p), data_model, d) for d, p in completed])
             for d, p in completed:

@@ -232,6 +232,7 @@ class _Remembered:
     rows: np.ndarray
     fingerprint: str
     patients: np.ndarray | None = None  # sorted unique
+    epoch: str = ""  # the consent epoch it was released under (ADR 0061; "" for a memory from before)
 
 
 class WeightedMemory(SqliteState):
@@ -261,16 +262,18 @@ class WeightedMemory(SqliteState):
                              "digest TEXT NOT NULL, fingerprint TEXT NOT NULL, n_rows INTEGER NOT NULL, "
                              "keys BLOB NOT NULL, patients BLOB, first_at TEXT NOT NULL, "
                              "PRIMARY KEY (family, data_model, digest, fingerprint))")
+                if "epoch" not in {row[1] for row in conn.execute("PRAGMA table_info(weighted)")}:
+                    conn.execute("ALTER TABLE weighted ADD COLUMN epoch TEXT")  # before ADR 0061: the epoch ""
 
     def _refresh(self) -> None:
         if self.path is None:
             return
         with self._connect() as conn:
-            rows = conn.execute("SELECT rowid, family, data_model, digest, fingerprint, keys, patients FROM weighted "
-                                "WHERE rowid > ? ORDER BY rowid", (self._seen,)).fetchall()
-        for rowid, family, data_model, digest, mark, blob, patients in rows:
+            rows = conn.execute("SELECT rowid, family, data_model, digest, fingerprint, keys, patients, epoch "
+                                "FROM weighted WHERE rowid > ? ORDER BY rowid", (self._seen,)).fetchall()
+        for rowid, family, data_model, digest, mark, blob, patients, epoch in rows:
             self._releases.setdefault(family, {}).setdefault((data_model, digest, mark), _Remembered(
-                data_model, decode_keys(blob), mark, None if patients is None else decode_keys(patients)))
+                data_model, decode_keys(blob), mark, None if patients is None else decode_keys(patients), epoch or ""))
             self._seen = max(self._seen, rowid)
 
     def remembered(self, family: str) -> int:
@@ -280,12 +283,16 @@ class WeightedMemory(SqliteState):
             return len(self._releases.get(family, {}))
 
     def check(self, releases: Sequence[FamilyRows], families: Sequence[WeightFamily], threshold: int,
-              read: PopulationReader) -> bool:
+              read: PopulationReader, epoch: str = "") -> bool:
         """Whether every family's rows pass, against every remembered release of that family they
         overlap, :func:`pair_dominated`, and with the remembered releases they are chained to, the chain
         rule (:func:`chain_dominated`) (False: refuse).  ``read`` gives an earlier release's data
         model's current rows; an earlier release whose weights they no longer give refuses an
-        overlapping or chained one."""
+        overlapping or chained one.
+
+        A release remembered under another consent ``epoch`` (ADR 0061) is taken as the rows of it still
+        current with their current weights, at every node alike (holder of a withdrawn patient or not):
+        it is no repeat, and a new release with exactly those rows is refused."""
         if threshold <= 1:
             return True
         by_name = {f.name: f for f in families}
@@ -293,12 +300,13 @@ class WeightedMemory(SqliteState):
             self._refresh()
             remembered = {r.family: list(self._releases.get(r.family, {}).values()) for r in releases}
         for release in releases:
-            family, olds = by_name[release.family], remembered[release.family]
+            family = by_name[release.family]
+            olds, stale = self._as_of_epoch(remembered[release.family], family, read, epoch)
             mark = fingerprint(self.key, release.rows, release.log_weights)
-            if any(old.data_model == release.data_model and old.fingerprint == mark
+            if any(old.data_model == release.data_model and old.fingerprint == mark and old.epoch == epoch
                    and np.array_equal(old.rows, release.rows) for old in olds):
                 continue  # released before, rows and weights: nothing new (a repeat, a later round)
-            verified: dict[int, tuple[np.ndarray, np.ndarray | None] | None] = {}
+            verified: dict[int, tuple[np.ndarray, np.ndarray | None] | None] = dict(stale)
 
             def used(i: int, family: WeightFamily = family) -> tuple[np.ndarray, np.ndarray | None] | None:
                 """Remembered release ``i``'s log-weights (and patients) from the current rows, when they
@@ -312,6 +320,28 @@ class WeightedMemory(SqliteState):
             if chain_dominated(release, olds, used, threshold, self.primes):
                 return False
         return True
+
+    def _as_of_epoch(self, olds: list[_Remembered], family: WeightFamily, read: PopulationReader, epoch: str
+                     ) -> tuple[list[_Remembered], dict[int, tuple[np.ndarray, np.ndarray | None] | None]]:
+        """``olds`` with each release of another consent epoch replaced by its rows still current (complete
+        on the family's variables) and their current weights, and those weights by index (ADR 0061)."""
+        out, weights = list(olds), {}
+        for i, old in enumerate(olds):
+            if old.epoch == epoch:
+                continue
+            population = read(old.data_model, family.variables)
+            if population is None:
+                weights[i] = None  # the data model is gone: its weights are not known, at every node alike
+                continue
+            rows = old.rows[_member(old.rows, population.rows)]
+            taken = population.take(rows, family)
+            if taken is None:
+                weights[i] = None
+                continue
+            patients = None if taken[1] is None else sorted_unique(taken[1])
+            out[i] = _Remembered(old.data_model, rows, fingerprint(self.key, rows, taken[0]), patients, old.epoch)
+            weights[i] = taken
+        return out, weights
 
     def _weights_used(self, old: _Remembered, family: WeightFamily,
                       read: PopulationReader) -> tuple[np.ndarray, np.ndarray | None] | None:
@@ -343,8 +373,9 @@ class WeightedMemory(SqliteState):
         old_patients, old_logw = per_patient(taken[1], taken[0])
         return not pair_dominated(new_patients, new_logw, old_patients, old_logw, threshold)
 
-    def record(self, releases: Iterable[FamilyRows]) -> None:
-        """Remember released rows under their families (a release remembered before costs nothing)."""
+    def record(self, releases: Iterable[FamilyRows], epoch: str = "") -> None:
+        """Remember released rows under their families and the consent ``epoch`` (a release remembered
+        before costs nothing and keeps its epoch)."""
         with self._lock:
             self._refresh()
             now = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -356,13 +387,15 @@ class WeightedMemory(SqliteState):
                     continue
                 patients = None if r.patients is None else sorted_unique(r.patients)
                 if self.path is None:
-                    self._releases.setdefault(r.family, {})[ident] = _Remembered(r.data_model, r.rows, mark, patients)
+                    self._releases.setdefault(r.family, {})[ident] = _Remembered(r.data_model, r.rows, mark, patients,
+                                                                                 epoch)
                 else:
                     new.append((r.family, r.data_model, r.digest, mark, len(r.rows), encode_keys(r.rows),
-                                None if patients is None else encode_keys(patients), now))
+                                None if patients is None else encode_keys(patients), now, epoch))
             if new:
                 with self._connect() as conn:
-                    conn.executemany("INSERT OR IGNORE INTO weighted VALUES (?, ?, ?, ?, ?, ?, ?, ?)", new)
+                    conn.executemany("INSERT OR IGNORE INTO weighted (family, data_model, digest, fingerprint, n_rows, "
+                                     "keys, patients, first_at, epoch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", new)
                 self._refresh()
 
 
@@ -446,14 +479,18 @@ def check_weighted(request: Any, context: Any, work: Any) -> None:
     work.weighted = (families, rows)
     if not settings.differencing_check or work.study is not None or settings.min_row_count <= 1:
         return
-    if not guard.weighted.check(rows, families, settings.min_row_count, population):
+    from mipflow.node.controls.differencing import consent_epoch
+
+    if not guard.weighted.check(rows, families, settings.min_row_count, population, consent_epoch(context.store)):
         raise dominated_refusal(settings.min_row_count)
 
 
 def remember_weighted(context: Any, work: Any) -> None:
     """After the release: its rows under each family join the weighted memory."""
     if getattr(work, "weighted", None) is not None:
-        context.differencing.weighted.record(work.weighted[1])
+        from mipflow.node.controls.differencing import consent_epoch
+
+        context.differencing.weighted.record(work.weighted[1], consent_epoch(context.store))
 
 
 __all__ = ["FamilyRows", "Population", "PopulationReader", "WEIGHTED_FILE", "WeightedMemory", "chain_dominated",
