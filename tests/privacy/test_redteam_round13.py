@@ -165,7 +165,7 @@ def test_hole_the_weighted_memory_s_refusal_tells_which_hospital_held_a_withdraw
     (every registry lists her and a stranger).  Then PCA on ``age >= 40``: at each node about 50 rows from the
     earlier cohort (the ledger's pairwise rule is met) and the rows between hold far more than ``min_row_count``
     rows in effect.  Where she never was the release is answered; where she was, it is refused."""
-    a, b = standard["weighted_a"], standard["weighted_b"]
+    a = standard["weighted_a"]
     person = a.rows.iloc[len(a.rows) // 2]  # a woman of 41-85 at hospital_a: not in the second cohort
     assert person["age"] >= 40
     first = {h: typed(standard[h].call("pca_with_transformation",

@@ -121,7 +121,10 @@ def test_histogram_release_counts_clamped_values_and_adds_noise(stroke):
     noisy, _ = mech.release(algo, data, req, stroke, QueryNoise("laplace", 1.0, 0.0, 3))
     assert [h["grouping_enum"] for h in noisy["histograms"]] == [h["grouping_enum"] for h in exact["histograms"]]
     assert noisy["histograms"] != exact["histograms"]
-    assert all(c >= 0 for h in noisy["histograms"] for c in h["counts"])
+    # signed noisy whole numbers (ADR 0057's amendment: pooled signed, clamped only after pooling), each
+    # histogram with the noise it carries
+    assert all(isinstance(c, (int, np.integer)) for h in noisy["histograms"] for c in h["counts"])
+    assert all(h["noise"]["terms"] for h in noisy["histograms"])
 
 
 def test_one_patient_changes_the_output_distribution_by_at_most_e_to_the_epsilon(stroke):
