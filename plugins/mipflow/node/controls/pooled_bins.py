@@ -81,7 +81,9 @@ def _rule_refusal() -> DisclosureError:
         "node loaded new data since, the same analysis is answered again on pooled bins once the change is large "
         "enough that the difference of the two pooled releases holds 0 or at least nfilter_tab rows in every time "
         "bin (ADR 0060): wait until more data are loaded there and run it again, or run it in explore mode or in "
-        "a study", control="pooled_bins")
+        "a study. Cox regression has no pooled bins, so it cannot follow a pooled Kaplan-Meier of the same rows: "
+        "run Cox regression on a cohort before its Kaplan-Meier curves (Kaplan-Meier then uses per-node bins), or "
+        "in explore mode or a study", control="pooled_bins")
 
 
 def is_pooled(work: Any, request: Any) -> bool:
