@@ -97,6 +97,8 @@ def privacy_block(labels: dict[str, list[dict[str, Any]]], contributed: Sequence
             nodes[name].update(mode=first["mode"], keyed=bool(first.get("keyed")))
         if first.get("noise_sd"):
             nodes[name]["noise_sd"] = first["noise_sd"]
+        if first.get("decision"):  # explore mode: the noisy row count its thresholds were decided on
+            nodes[name]["decision"] = first["decision"]
     block = {"approximate": True, "method": "differential privacy, noise added at the nodes",
              "noisy_nodes": nodes, "exact_nodes": sorted(set(contributed) - set(noisy)),
              "note": "statistics are approximate: each listed node added random noise calibrated to its epsilon "
