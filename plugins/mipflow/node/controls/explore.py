@@ -310,8 +310,8 @@ class KeyedNoise(QueryNoise):
 
     Parameters
     ----------
-    mechanism, epsilon, delta, blocks
-        As :class:`QueryNoise` (the step's epsilon split evenly over ``blocks``).
+    mechanism, epsilon, delta, blocks, rho
+        As :class:`QueryNoise` (the epsilon, or the Gaussian ``rho``, split evenly over ``blocks``).
     key : bytes
         :func:`noise_key` of the node.
     query : bytes
