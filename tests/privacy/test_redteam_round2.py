@@ -26,6 +26,7 @@ import pandas as pd
 import pytest
 
 from mipflow.cli import main
+from mipflow.node.controls.explore_decision import decision_split
 from mipflow.node.home import NodeHome
 from mipflow.node.store.feature_store import FeatureStore
 from mipflow.protocol.datamodel import load_data_model
@@ -253,9 +254,11 @@ def test_defence_extra_groupings_scale_the_noise_and_duplicates_are_refused(node
     for x in ((), ("sex",), ("sex", "stroke_type")):
         reply = ask(node, "multiple_histograms", "shape", y=("nihss_admission",), x=x, datasets=A, bins=5)
         assert reply.status_code == 200, reply.text
-        sds.append({block: v["sd"] for block, v in reply.json()["privacy"]["noise_sd"].items()})
+        sds.append({block: v["sd"] for block, v in reply.json()["privacy"]["noise_sd"].items()
+                    if block != "row_count"})  # the release's vectors (the decision count is the same for all)
     base = sds[0]["overall"]
-    assert base == pytest.approx(np.sqrt(2))
+    # epsilon 1 less the decision count's share (ADR 0032's decision count: 0.30 at min_row_count 10)
+    assert base == pytest.approx(np.sqrt(2) / decision_split("laplace", 1.0, 0.0, 10).release_epsilon)
     assert sorted(sds[1].values()) == pytest.approx([2 * base] * 2)
     assert sorted(sds[2].values()) == pytest.approx([3 * base] * 3)
     refused = [ask(node, "multiple_histograms", "shape", y=("nihss_admission",), x=("sex", "sex"), bins=5),
@@ -268,9 +271,10 @@ def test_defence_extra_groupings_scale_the_noise_and_duplicates_are_refused(node
 
 def test_defence_noisy_totals_are_post_processed_consistently_not_exact(node):
     """DEFENCE (consistency checks as an oracle): in an explore reply every total is read off noisy
-    parts: Kaplan-Meier's ``group_n`` is the sum of its noisy cells, the reply's ``rows`` is noisy,
-    a contingency table's ``rows`` is the sum of its noisy cells; a tiny cohort's zeros are clamps
-    of noisy values, not exact (the same cohort of one gets nonzero cells)."""
+    parts: Kaplan-Meier's ``group_n`` is the sum of its noisy cells, the reply's ``rows`` is noisy
+    (since ADR 0032's decision count, a noisy count of its own, block ``row_count``, not the sum of
+    the cells); a tiny cohort's zeros are clamps of noisy values, not exact (the same cohort of one
+    gets nonzero cells)."""
     km = ask(node, "kaplan_meier", "shape", y=("followup_days", "death_90d"), x=("sex",), event_level="yes",
              bin_width=365, max_time=730, datasets=A)
     assert km.status_code == 200
@@ -278,7 +282,7 @@ def test_defence_noisy_totals_are_post_processed_consistently_not_exact(node):
     assert agg["group_n"] == [sum(g["events"]) + sum(g["censored"]) for g in agg["groups"]]
     table = ask(node, "contingency_table", "shape", y=("stroke_type",), x=("sex",), datasets=A)
     assert table.status_code == 200
-    assert table.json()["rows"] == sum(table.json()["aggregates"]["group_counts"])
+    assert table.json()["privacy"]["decision"]["block"] == "row_count" and "row_count" in table.json()["privacy"]["noise_sd"]
     hist = ask(node, "multiple_histograms", "shape", y=("stroke_type",), x=("sex",), datasets=A)
     assert hist.status_code == 200
     complete = node.rows[node.rows["dataset"] == "hospital_a"].dropna(subset=["stroke_type", "sex"])

@@ -19,7 +19,8 @@ NEIGHBOURING = "add or remove one row"
 def noise_label(*, mechanism: str, epsilon: float, delta: float, rho: float | None,
                 clamped: dict[str, list[float]], spent: dict[str, Any], budget: dict[str, Any],
                 note: str = "", mode: str | None = None, keyed: bool = False,
-                noise_sd: dict[str, dict[str, Any]] | None = None, repeat: bool | None = None) -> dict[str, Any]:
+                noise_sd: dict[str, dict[str, Any]] | None = None, repeat: bool | None = None,
+                decision: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``privacy`` label of one noisy step reply.
 
     Parameters
@@ -46,6 +47,9 @@ def noise_label(*, mechanism: str, epsilon: float, delta: float, rho: float | No
         the block (before rounding to integers).
     repeat : bool, optional
         Explore mode: the release was charged before (the same request on the same rows).
+    decision : dict, optional
+        Explore mode: the noisy row count the thresholds were decided on (its block, epsilon, sd and
+        stated false-refusal rate: settings only; ADR 0032, "a decision count of its own").
     """
     label = {"mechanism": mechanism, "library": "opendp", "epsilon": epsilon, "delta": delta, "rho": rho,
              "neighbouring": NEIGHBOURING, "clamped": clamped, "spent": spent, "budget": budget}
@@ -57,6 +61,8 @@ def noise_label(*, mechanism: str, epsilon: float, delta: float, rho: float | No
         label["noise_sd"] = noise_sd
     if repeat is not None:
         label["repeat"] = bool(repeat)
+    if decision is not None:
+        label["decision"] = decision
     return label
 
 
@@ -91,6 +97,8 @@ def privacy_block(labels: dict[str, list[dict[str, Any]]], contributed: Sequence
             nodes[name].update(mode=first["mode"], keyed=bool(first.get("keyed")))
         if first.get("noise_sd"):
             nodes[name]["noise_sd"] = first["noise_sd"]
+        if first.get("decision"):  # explore mode: the noisy row count its thresholds were decided on
+            nodes[name]["decision"] = first["decision"]
     block = {"approximate": True, "method": "differential privacy, noise added at the nodes",
              "noisy_nodes": nodes, "exact_nodes": sorted(set(contributed) - set(noisy)),
              "note": "statistics are approximate: each listed node added random noise calibrated to its epsilon "

@@ -39,6 +39,9 @@ class QueryNoise:
         The delta a Gaussian step's epsilon is stated at (ignored for Laplace).
     blocks : int
         How many quantities (blocks) one row may change at once.
+    rho : float, optional
+        Gaussian: the step's zCDP rho itself (a part of a step whose rho is split, e.g. explore
+        mode's decision count); ``epsilon`` is then only what the label states.
 
     Notes
     -----
@@ -53,7 +56,8 @@ class QueryNoise:
     #: count, so the central side knows its error's exact distribution: ADR 0057)
     integer_noise = "discrete"
 
-    def __init__(self, mechanism: str, epsilon: float, delta: float, blocks: int) -> None:
+    def __init__(self, mechanism: str, epsilon: float, delta: float, blocks: int, *,
+                 rho: float | None = None) -> None:
         if mechanism not in MECHANISMS:
             raise DisclosureError(f"unknown dp_mechanism {mechanism!r} (laplace or gaussian)", control="dp_config")
         if epsilon <= 0:
@@ -64,7 +68,8 @@ class QueryNoise:
         self.epsilon = float(epsilon)
         self.delta = float(delta) if mechanism == "gaussian" else 0.0
         self.blocks = max(1, int(blocks))
-        self.rho = gaussian_rho(self.epsilon, self.delta) if mechanism == "gaussian" else None
+        self.rho = None if mechanism != "gaussian" else float(rho) if rho is not None else \
+            gaussian_rho(self.epsilon, self.delta)
         self._costs: dict[str, dict[str, float]] = defaultdict(dict)
         import opendp.prelude as dp
 

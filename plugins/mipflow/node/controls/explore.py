@@ -51,6 +51,8 @@ import numpy as np
 from mipflow.exceptions import ConfigError, DisclosureError
 from mipflow.node.controls.disclosure import hide_small
 from mipflow.node.controls.dp_noise import QueryNoise
+from mipflow.node.controls.explore_decision import (decision_split, decision_threshold, noisy_row_count,
+                                                    refusal_note)
 from mipflow.node.controls.explore_keys import canonical_query, noise_key, release_key, version_of
 
 #: The node home's file of the projects given a mode of their own (explore or standard; ADR 0038).
@@ -308,8 +310,8 @@ class KeyedNoise(QueryNoise):
 
     Parameters
     ----------
-    mechanism, epsilon, delta, blocks
-        As :class:`QueryNoise` (the step's epsilon split evenly over ``blocks``).
+    mechanism, epsilon, delta, blocks, rho
+        As :class:`QueryNoise` (the epsilon, or the Gaussian ``rho``, split evenly over ``blocks``).
     key : bytes
         :func:`noise_key` of the node.
     query : bytes
@@ -334,8 +336,8 @@ class KeyedNoise(QueryNoise):
     integer_noise = "rounded"
 
     def __init__(self, mechanism: str, epsilon: float, delta: float, blocks: int, *, key: bytes, query: bytes,
-                 version: bytes) -> None:
-        super().__init__(mechanism, epsilon, delta, blocks)
+                 version: bytes, rho: float | None = None) -> None:
+        super().__init__(mechanism, epsilon, delta, blocks, rho=rho)
         self._key = bytes(key)
         self._prefix = hashlib.sha256(query).digest() + bytes(version)
         self._calls: dict[tuple[str, str], int] = defaultdict(int)
@@ -580,11 +582,12 @@ def suppress_noisy_cells(doc: Any, tab: int) -> Any:
 def release_explore(request: Any, context: Any, work: Any) -> None:
     """The explore release of an admitted step: keyed noise, charged, then the decisions on it.
 
-    1. the algorithm's noisy release (``dp_release``) with :class:`KeyedNoise`;
-    2. charged to the researcher and the project (explore budgets; control ``dp_budget`` when a
-       budget cannot pay), unless the project was charged for the same release key before;
-    3. ``min_row_count``, ``nfilter_subset`` and ``nfilter_glm`` decided on the noisy row count,
-       noisy count cells in ``(0, nfilter_tab)`` suppressed.
+    1. the step's budget (charged at admission) split between a noisy row count and the release
+       (:func:`~mipflow.node.controls.explore_decision.decision_split`: settings only);
+    2. the algorithm's noisy release (``dp_release``) with :class:`KeyedNoise` at the release's part;
+    3. the decision count (the step's rows with keyed noise of sensitivity 1, its own block):
+       ``min_row_count``, ``nfilter_subset`` and ``nfilter_glm`` decided on it, noisy count cells in
+       ``(0, nfilter_tab)`` suppressed.
 
     The reply carries the noisy row count; the exact one stays in the audit record.
     """
@@ -594,16 +597,22 @@ def release_explore(request: Any, context: Any, work: Any) -> None:
     mechanism = algo.dp_release
     step = work.explore
     delta = settings.dp_budget_delta
-    noise = KeyedNoise(step.mechanism, step.epsilon, delta, mechanism.blocks(algo, analysis, model),
-                       key=context.explore.key, query=step.query, version=step.version)
+    split = decision_split(step.mechanism, step.epsilon, delta, decision_threshold(settings))
+    keyed = {"key": context.explore.key, "query": step.query, "version": step.version}
+    noise = KeyedNoise(step.mechanism, split.release_epsilon, delta, mechanism.blocks(algo, analysis, model),
+                       rho=split.release_rho, **keyed)
     # the request's datasets narrowed by the grants and to those the node holds: by the request
     # and the registry alone, never by which datasets the cohort has rows in
     scope = work.covered or analysis
     scope = replace(scope, datasets=tuple(d for d in scope.datasets if d in set(step.held)))
     aggregates, clamped = mechanism.release(algo, work.data, scope, model, noise)
     cost, spent, repeat = step.cost, step.spent, step.repeat
-    rows = mechanism.rows(aggregates)
-    work.controls.check_rows(algo, analysis, model, rows)  # on the noisy count: post-processing
+    counter = KeyedNoise(step.mechanism, split.count_epsilon, delta, 1, rho=split.count_rho, **keyed)
+    rows = noisy_row_count(counter, len(work.data))
+    try:
+        work.controls.check_rows(algo, analysis, model, rows)  # on the noisy count: post-processing
+    except DisclosureError as refused:
+        raise DisclosureError(f"{refused} ({refusal_note(split)})", control=refused.control) from None
     work.aggregates = suppress_noisy_cells(aggregates, settings.nfilter_tab)
     work.rows = rows
     work.record["dp"] = noise_label(
@@ -611,4 +620,5 @@ def release_explore(request: Any, context: Any, work: Any) -> None:
         spent={"epsilon": spent.epsilon, "delta": spent.delta, "accountant": spent.accountant},
         budget={"epsilon": settings.explore_budget_epsilon, "delta": delta,
                 "project_epsilon": settings.explore_project_budget_epsilon},
-        note=mechanism.note, mode="explore", keyed=True, noise_sd=noise.noise_sd(), repeat=repeat)
+        note=mechanism.note, mode="explore", keyed=True, noise_sd={**noise.noise_sd(), **counter.noise_sd()},
+        repeat=repeat, decision=split.label())
