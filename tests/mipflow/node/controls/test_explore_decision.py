@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import math
 
-import numpy as np
 import pytest
 from scipy import stats
 
