@@ -508,6 +508,9 @@ def test_honest_session_is_answered_but_cox_after_pooled_kaplan_meier_on_the_sam
     assert results[9].result["binning"]["partition"] == "per_node"  # declined pooled after the elderly's Cox
     message = messages[7]
     assert "Re-run the analysis with all the original datasets, on the same nodes" in message
-    assert "cox" not in message.lower().split("left out")[-1]  # it never says that Cox cannot follow pooled bins
+    # the message now says that Cox cannot follow pooled bins, and how to order the two (it did not when this
+    # review found it)
+    assert "Cox regression has no pooled bins, so it cannot follow a pooled Kaplan-Meier of the same rows" in message
+    assert "run Cox regression on a cohort before its Kaplan-Meier curves" in message
     events = (rows["death_90d"] == "yes").sum()
     assert sum(c["n_events"] for c in results[6].result["curves"]) == events
