@@ -37,6 +37,9 @@ CROSS_CUTTING: dict[str, tuple[str, ...]] = {
     "algorithms/test_privacy_capabilities.py": ("algorithms/contract.py", "algorithms/spec.py",
                                                 "algorithms"),  # every algorithm's capabilities
     "secagg/test_federated_vs_pooled.py": ("secagg",),  # property: masked sums == pooled, all algorithms
+    # consent epochs in every memory of releases (ADR 0061)
+    "node/controls/test_consent_epochs.py": ("node/controls/ledger.py", "node/controls/groups.py",
+                                             "node/controls/weighted_ledger.py", "node/controls/differencing.py"),
     "node/ingest/test_landing.py": ("node/files.py", "node/ingest/pipeline.py", "node/ingest/stages.py",
                                     "node/store"),  # no file names through the whole EHR pipeline
     "node/imaging/test_cli.py": ("cli.py", "node/imaging/batch.py"),  # `mipflow dicom deidentify`
