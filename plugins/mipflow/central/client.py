@@ -16,6 +16,13 @@ from mipflow.exceptions import MipflowError
 from mipflow.protocol.signing import signed_headers
 
 
+#: An idle connection to a node is dropped after this many seconds, well before a node closes it
+#: (the node's 30 s, and uvicorn's default of 5 s for a node behind another server): reusing a
+#: connection the node is closing gets no answer, and a call without retries would call the node
+#: unavailable.
+KEEP_ALIVE_SECONDS = 2.0
+
+
 @dataclass(frozen=True)
 class NodeEndpoint:
     """How to reach one node."""
@@ -79,7 +86,8 @@ class NodeClient:
         else:
             self._tls = None
         self._http = httpx.Client(base_url=endpoint.url.rstrip("/"), timeout=timeout,
-                                  verify=self._tls if self._tls is not None else _default_verify())
+                                  verify=self._tls if self._tls is not None else _default_verify(),
+                                  limits=httpx.Limits(keepalive_expiry=KEEP_ALIVE_SECONDS))
 
     @property
     def name(self) -> str:

@@ -30,3 +30,17 @@ def test_plain_http_clients_share_one_verifying_default_context(monkeypatch) -> 
     finally:
         for c in clients:
             c.close()
+
+
+def test_a_client_lets_an_idle_connection_go_before_a_node_closes_it() -> None:
+    """A connection reused just as the node closes it gets no answer (RemoteProtocolError): the client's
+    keep-alive ends well before the node's, and before uvicorn's default for a node behind another server."""
+    from mipflow.central.client import KEEP_ALIVE_SECONDS as CLIENT
+    from mipflow.node.api.app import KEEP_ALIVE_SECONDS as NODE
+
+    assert 0 < CLIENT < 5 < NODE  # 5 s: uvicorn's default timeout_keep_alive
+    client = NodeClient(NodeEndpoint("hospital_a", "http://127.0.0.1:1", "client", "00" * 32))
+    try:
+        assert client._http._transport._pool._keepalive_expiry == CLIENT
+    finally:
+        client.close()

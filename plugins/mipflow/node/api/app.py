@@ -207,6 +207,12 @@ def api_path(request: Request) -> str:
     return path
 
 
+#: How long the node keeps an idle connection open.  Clients let theirs go well before
+#: (:data:`mipflow.central.client.KEEP_ALIVE_SECONDS`): a client that reuses a connection just as the node
+#: closes it gets no answer (``RemoteProtocolError``), and the node would look unavailable.
+KEEP_ALIVE_SECONDS = 30
+
+
 def serve(home: NodeHome, host: str = "127.0.0.1", port: int = 8700, *, tls: ServerTls | None = None) -> None:
     """Run the node API with uvicorn (blocking): HTTPS with ``tls`` (see :mod:`mipflow.node.api.tls`),
     plain HTTP without (development only; the caller decided and it is announced)."""
@@ -217,4 +223,4 @@ def serve(home: NodeHome, host: str = "127.0.0.1", port: int = 8700, *, tls: Ser
     app = create_app(home)
     announce(tls, host, port)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
-                **(tls.uvicorn_options() if tls is not None else {}))
+                timeout_keep_alive=KEEP_ALIVE_SECONDS, **(tls.uvicorn_options() if tls is not None else {}))
