@@ -116,6 +116,11 @@ def require_pooled_masking(request: Any, context: Any, work: Any) -> None:
         raise _refuse("the round's participants must be the secure-aggregation participants")
 
 
+def participants_of(work: Any) -> str:
+    """The verified round's participants (names and public keys) as bindings and pool chains key them."""
+    return json.dumps(sorted(work.transcript.participants_hex.items()))
+
+
 def _digest(*parts: Any) -> str:
     h = hashlib.sha256()
     for part in parts:
@@ -319,7 +324,7 @@ def bind_pooled(request: Any, context: Any, work: Any) -> None:
             population = len(base_levels(work.model, protocol)) if work.study.subgroup is None else 0
             aggregates = {**aggregates, POOL_KEY: {**aggregates[POOL_KEY], FAMILY_POINTS_KEY: points,
                                                    FAMILY_POPULATION_KEY: population}}
-    participants = json.dumps(sorted(work.transcript.participants_hex.items()))
+    participants = participants_of(work)
     pool = None
     if isinstance(work.state, dict) and POOLED in work.state:
         pool = _pool_digest(work.state[POOLED])

@@ -45,6 +45,7 @@ from mipflow.node.controls.pooled_bins import (
     _cohort_key,
     is_pooled,
     is_survival,
+    participants_of,
 )
 from mipflow.node.controls.sqlite_state import SqliteState
 from mipflow.node.controls.survival_windows import BEYOND, ReleaseRows, near_in_a_window
@@ -211,11 +212,9 @@ def _binding(request: Any, work: Any) -> str:
     round 0; in a study the binding of ADR 0059 (its snapshot)."""
     if work.study is not None or getattr(work, "transcript", None) is None:
         return _cohort_key(request, work)
-    import json
-
     from mipflow.node.controls.pool_chain import chain_key
 
-    return chain_key(request, json.dumps(sorted(work.transcript.participants_hex.items())))
+    return chain_key(request, participants_of(work))
 
 
 def check_pooled_windows(request: Any, context: Any, work: Any) -> None:
