@@ -70,8 +70,12 @@ def test_metadata_counts_only_above_threshold(node):
     # approximate: keyed noise on the count, rounded to tens (the node's key is the test's to use)
     assert counts["edsd0"] == published(node["home"], model["data_model"], "edsd0", int(expected["edsd0"]))
     assert counts["edsd0"] is None or (counts["edsd0"] % 10 == 0 and abs(counts["edsd0"] - expected["edsd0"]) <= 30)
-    # 5 rows: not released when the noisy, rounded count is below min_row_count 10, else "about 10"
-    assert counts["ppmi0"] == published(node["home"], model["data_model"], "ppmi0", 5) in (None, 10)
+    # 5 rows: not released when the noisy, rounded count is below min_row_count 10; else a multiple of ten
+    # near 5 (the noise is keyed by the node's random key, so which one depends on the key: about 2 % of
+    # keys publish 20, the rest None or 10)
+    assert counts["ppmi0"] == published(node["home"], model["data_model"], "ppmi0", 5)
+    assert counts["ppmi0"] is None or (counts["ppmi0"] >= 10 and counts["ppmi0"] % 10 == 0
+                                       and counts["ppmi0"] - 5 <= 30)
     assert any(v["code"] == "lefthippocampus" for v in model["variables"])
 
 
