@@ -19,7 +19,7 @@ node checks against ``nfilter_tab`` (refusing the step) and strips before releas
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Literal, NamedTuple, Sequence
 
 import numpy as np
 
@@ -83,40 +83,34 @@ def joint_cell_counts(data: pd.DataFrame, codes: Sequence[str], model: DataModel
 EIGEN_FLOOR = 1e-3
 
 
-def indefinite_by_noise(cxx: np.ndarray) -> bool:
-    """Whether co-moments ``cxx`` are indefinite in a way only noise makes: finite, no variance exactly 0
-    (an exact constant column), and a negative variance, or well conditioned (an exact collinear design
-    is caught as collinear) yet not positive definite.  Exact co-moments are sums of squares: never."""
-    diagonal = np.diagonal(cxx)
-    if not np.all(np.isfinite(cxx)) or np.any(diagonal == 0):
-        return False
-    if np.any(diagonal < 0):
-        return True
-    corr = cxx / np.sqrt(np.outer(diagonal, diagonal))
-    if np.linalg.cond(corr) > MAX_CONDITION:
-        return False
-    try:
-        np.linalg.cholesky(corr)
-    except np.linalg.LinAlgError:
-        return True
-    return False
-
-
 def positive_definite_part(cxx: np.ndarray) -> np.ndarray:
     """Noisy co-moments made positive definite: the same eigenvectors, the eigenvalues raised to
     ``EIGEN_FLOOR`` times their mean magnitude.
 
     Post-processing of released co-moments only (no data, no budget): an honest explore-mode regression
     on a few hundred rows is answered, labelled approximate, instead of failing at random with the noise
-    draw (ADR 0057).  Only for :func:`indefinite_by_noise` matrices: exact ones never come here."""
+    draw (ADR 0057).  Only for co-moments only noise can make indefinite (:func:`solve_centred` with
+    ``on_noise="positive_definite_part"``): exact ones never come here."""
     sym = (cxx + cxx.T) / 2.0
     values, vectors = np.linalg.eigh(sym)
     values = np.maximum(values, EIGEN_FLOOR * float(np.mean(np.abs(values))))
     return (vectors * values) @ vectors.T
 
 
-def solve_centred(cxx: np.ndarray, cxy: np.ndarray, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Solve ``cxx @ b = cxy`` and return ``(b, inv(cxx))``, scaling to unit diagonal.
+class CentredSolution(NamedTuple):
+    """What :func:`solve_centred` returns."""
+
+    #: The solution ``b`` of ``cxx @ b = cxy``.
+    coef: np.ndarray
+    #: ``inv(cxx)`` (of the positive-definite part when ``projected``).
+    inverse: np.ndarray
+    #: Whether the noisy ``cxx`` was replaced by its :func:`positive_definite_part` before solving.
+    projected: bool = False
+
+
+def solve_centred(cxx: np.ndarray, cxy: np.ndarray, names: list[str], *,
+                  on_noise: Literal["raise", "positive_definite_part"] = "raise") -> CentredSolution:
+    """Solve ``cxx @ b = cxy`` and return ``(b, inv(cxx), projected)``, scaling to unit diagonal.
 
     Parameters
     ----------
@@ -126,18 +120,34 @@ def solve_centred(cxx: np.ndarray, cxy: np.ndarray, names: list[str]) -> tuple[n
         Centred co-moments of covariates and response.
     names : list of str, length p
         Column names, for error messages.
+    on_noise : {"raise", "positive_definite_part"}
+        What to do with co-moments that only differential-privacy noise (``mipflow.node.controls.dp``;
+        exact ones are sums of squares) can make indefinite: finite, no variance exactly 0, and a
+        negative variance, or well conditioned yet not positive definite.  ``"raise"`` refuses them
+        (:data:`NOT_POSITIVE_DEFINITE`); ``"positive_definite_part"`` solves on their
+        :func:`positive_definite_part` instead (``projected`` is then true; ADR 0057).
 
     Raises
     ------
     RequestError
         If a covariate is constant, the covariates are collinear, or ``cxx`` is
         not positive definite (only possible with co-moments that carry
-        differential-privacy noise, ``mipflow.node.controls.dp``: exact ones are sums of
-        squares).
+        differential-privacy noise; with ``on_noise="positive_definite_part"`` only if they are not finite
+        or a negative variance stands beside a variance exactly 0).
     """
-    diagonal = np.diagonal(cxx)
-    if not np.all(np.isfinite(cxx)) or np.any(diagonal < 0):
+
+    def indefinite_by_noise() -> CentredSolution:
+        if on_noise == "positive_definite_part":
+            return solve_centred(positive_definite_part(cxx), cxy, names)._replace(projected=True)
         raise RequestError(NOT_POSITIVE_DEFINITE)
+
+    diagonal = np.diagonal(cxx)
+    if not np.all(np.isfinite(cxx)):
+        raise RequestError(NOT_POSITIVE_DEFINITE)
+    if np.any(diagonal < 0):
+        if np.any(diagonal == 0):  # beside an exact constant column: refused as before
+            raise RequestError(NOT_POSITIVE_DEFINITE)
+        return indefinite_by_noise()
     scale = np.sqrt(diagonal)
     constant = [names[i] for i in np.flatnonzero(scale == 0)]
     if constant:
@@ -148,10 +158,10 @@ def solve_centred(cxx: np.ndarray, cxy: np.ndarray, names: list[str]) -> tuple[n
     try:  # well conditioned but indefinite: noise, not data
         np.linalg.cholesky(corr)
     except np.linalg.LinAlgError:
-        raise RequestError(NOT_POSITIVE_DEFINITE) from None
+        return indefinite_by_noise()
     corr_inv = np.linalg.inv(corr)
     coef = np.linalg.solve(corr, cxy / scale) / scale
-    return coef, corr_inv / np.outer(scale, scale)
+    return CentredSolution(coef, corr_inv / np.outer(scale, scale))
 
 
 # --------------------------------------------------------------------------- differential privacy
@@ -267,13 +277,10 @@ class LinearRegression(SpecAlgorithm):
         cyy = float(mom.m2[-1, -1])
         if cyy == 0.0:
             raise RequestError(f"{request.y[0]} is constant in the selected data")
-        projected = False
-        if p:
-            if indefinite_by_noise(cxx):  # noisy co-moments (DP, explore mode) may be indefinite
-                cxx, projected = positive_definite_part(cxx), True
-            beta, cxx_inv = solve_centred(cxx, cxy, slopes)
+        if p:  # noisy co-moments (DP, explore mode) may be indefinite
+            beta, cxx_inv, projected = solve_centred(cxx, cxy, slopes, on_noise="positive_definite_part")
         else:
-            beta, cxx_inv = np.zeros(0), np.zeros((0, 0))
+            beta, cxx_inv, projected = np.zeros(0), np.zeros((0, 0)), False
         xbar = mom.mean[idx]
         intercept = float(mom.mean[-1] - xbar @ beta)
         ssr = max(cyy - float(cxy @ beta), 0.0)

@@ -251,22 +251,32 @@ def test_an_indefinite_noisy_matrix_is_a_clear_error():
         solve_centred(np.array([[0.0, 0.0], [0.0, 1.0]]), np.array([0.0, 1.0]), names)
     with pytest.raises(RequestError, match="collinear"):
         solve_centred(np.array([[1.0, 1.0], [1.0, 1.0]]), np.array([1.0, 1.0]), names)
-    coef, _ = solve_centred(np.array([[2.0, 1.0], [1.0, 2.0]]), np.array([3.0, 3.0]), names)
-    assert coef == pytest.approx([1.0, 1.0], rel=1e-12)
+    coef, _, projected = solve_centred(np.array([[2.0, 1.0], [1.0, 2.0]]), np.array([3.0, 3.0]), names)
+    assert coef == pytest.approx([1.0, 1.0], rel=1e-12) and not projected
 
 
 def test_noisy_indefinite_co_moments_are_answered_approximate_and_exact_ones_never_change(stroke):
     """The global step raises the eigenvalues of co-moments only noise can make indefinite (a negative
     variance, or well conditioned but not positive definite) and labels the result; exact co-moments,
     constant and collinear designs are untouched (their errors stay)."""
-    from mipflow.algorithms.linear_regression import indefinite_by_noise, positive_definite_part
+    from mipflow.algorithms.linear_regression import positive_definite_part
 
-    assert indefinite_by_noise(np.array([[1.0, 2.0], [2.0, 1.0]]))  # eigenvalues 3, -1
-    assert indefinite_by_noise(np.array([[-1.0, 0.0], [0.0, 1.0]]))  # a negative variance
-    assert not indefinite_by_noise(np.array([[0.0, 0.0], [0.0, 1.0]]))  # constant: exact
-    assert not indefinite_by_noise(np.array([[1.0, 1.0], [1.0, 1.0]]))  # collinear: exact
-    assert not indefinite_by_noise(np.array([[2.0, 1.0], [1.0, 2.0]]))
-    fixed = positive_definite_part(np.array([[1.0, 2.0], [2.0, 1.0]]))
+    def solve(cxx, cxy=(1.0, 1.0)):
+        return solve_centred(np.array(cxx), np.array(cxy), ["a", "b"], on_noise="positive_definite_part")
+
+    indefinite = [[1.0, 2.0], [2.0, 1.0]]  # eigenvalues 3, -1
+    assert solve(indefinite).projected
+    assert np.array_equal(solve(indefinite).coef, solve_centred(positive_definite_part(np.array(indefinite)),
+                                                                np.array([1.0, 1.0]), ["a", "b"]).coef)
+    assert solve([[-1.0, 0.0], [0.0, 1.0]]).projected  # a negative variance
+    with pytest.raises(RequestError, match="constant"):  # constant: exact
+        solve([[0.0, 0.0], [0.0, 1.0]], (0.0, 1.0))
+    with pytest.raises(RequestError, match="not positive definite"):  # a negative variance beside a constant
+        solve([[0.0, 0.0], [0.0, -1.0]])
+    with pytest.raises(RequestError, match="collinear"):  # collinear: exact
+        solve([[1.0, 1.0], [1.0, 1.0]])
+    assert not solve([[2.0, 1.0], [1.0, 2.0]]).projected
+    fixed = positive_definite_part(np.array(indefinite))
     assert np.all(np.linalg.eigvalsh(fixed) > 0) and np.allclose(fixed, fixed.T)
     # the eigenvector of the positive eigenvalue keeps its eigenvalue
     v = np.array([1.0, 1.0]) / math.sqrt(2.0)
