@@ -180,6 +180,23 @@ def load_frame(home, model, frame, pid_column: str = "subjectcode", visit_column
     return len(df)
 
 
+def apply_consent(home, people, status: str = "withdrawn") -> int:
+    """The consent path of every ingest (``apply_withdrawals``) with a registry listing ``people`` as ``status``
+    (written to ``consent.csv`` in the node home); returns the rows deleted."""
+    from mipflow.node.home import NodeHome
+    from mipflow.node.ingest.capture import ConsentRegistry
+    from mipflow.node.ingest.pipeline import apply_withdrawals
+    from mipflow.node.store.feature_store import FeatureStore
+
+    path = Path(home) / "consent.csv"
+    path.write_text("patient_id,consent\n" + "".join(f"{person},{status}\n" for person in people))
+    store = FeatureStore(NodeHome(home).db_url)
+    try:
+        return apply_withdrawals(store, ConsentRegistry.load(path), NodeHome(home).key())
+    finally:
+        store.dispose()
+
+
 #: A small linear regression on the dementia CSVs (one dataset), as the governance tests send it.
 LINREG = {"inputdata": {"data_model": "dementia:0.1", "datasets": ["edsd0"], "x": ["leftamygdala"],
                         "y": ["lefthippocampus"], "filters": None}, "parameters": {}}
@@ -419,21 +436,29 @@ def assert_round_zero_is_the_plain_sum(seen_masked, seen_plain, algorithm: str, 
 
 
 @contextmanager
-def pinned_federation(base: Path, data, model, hospitals) -> Iterator[tuple[dict, dict, dict]]:
-    """One standard node per hospital under ``base`` holding its rows of ``data`` (column ``dataset``),
-    granted to every identity, pinning each other's keys and served: ``(roots, clients, frames)``.
-    Differencing and the query budgets are off: such federations analyse one cohort many times, and
-    those controls have their own tests."""
-    roots, frames = {}, {}
-    for hospital in hospitals:
+def pinned_nodes(base: Path, frames: Mapping, model) -> Iterator[tuple[dict, dict]]:
+    """One standard node per entry of ``frames`` under ``base`` holding that frame's rows, granted to
+    every identity, pinning each other's keys and served: ``(roots, clients)``.  Differencing and the
+    query budgets are off: such federations analyse one cohort many times, and those controls have their
+    own tests."""
+    roots = {}
+    for hospital, frame in frames.items():
         roots[hospital] = base / hospital
-        frames[hospital] = data[data["dataset"] == hospital].reset_index(drop=True)
         home = standard_home(roots[hospital], hospital)
         home.set_setting("differencing_check", 0)
         home.set_setting("query_budget", 0)
         home.set_setting("query_budget_project", 0)
-        load_frame(roots[hospital], model, frames[hospital])
+        load_frame(roots[hospital], model, frame)
         grant_all(roots[hospital])
     pin_each_other(roots)
     with served_clients(roots) as served:
+        yield roots, served
+
+
+@contextmanager
+def pinned_federation(base: Path, data, model, hospitals) -> Iterator[tuple[dict, dict, dict]]:
+    """:func:`pinned_nodes`, one per hospital holding its rows of ``data`` (column ``dataset``):
+    ``(roots, clients, frames)``."""
+    frames = {hospital: data[data["dataset"] == hospital].reset_index(drop=True) for hospital in hospitals}
+    with pinned_nodes(base, frames, model) as (roots, served):
         yield roots, served, frames

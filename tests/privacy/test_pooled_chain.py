@@ -33,7 +33,7 @@ from mipflow.node.controls.audit import AUDIT_FILE
 from mipflow.node.home import NodeHome
 from tests.mipflow.algorithms.survival_data import STROKE, complete, make_stroke, request
 from tests.mipflow.algorithms.test_survival import KM_COLUMNS, check_km
-from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, pin_each_other, served_clients, standard_home
+from tests.nodes import PROJECT, RESEARCHER, load_frame, pinned_federation
 
 pytestmark = pytest.mark.xdist_group("pooled_chain")
 
@@ -77,18 +77,7 @@ def censored_men(rows: pd.DataFrame) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory) -> Iterator[Federation]:
-    base = tmp_path_factory.mktemp("pooled_chain")
-    frames = {n: DATA[DATA["dataset"] == n].reset_index(drop=True) for n in NODES}
-    roots = {}
-    for name in NODES:
-        roots[name] = base / name
-        home = standard_home(roots[name], name)
-        for setting in ("differencing_check", "query_budget", "query_budget_project"):
-            home.set_setting(setting, 0)
-        load_frame(roots[name], STROKE, frames[name])
-        grant_all(roots[name])
-    pin_each_other(roots)
-    with served_clients(roots) as clients:
+    with pinned_federation(tmp_path_factory.mktemp("pooled_chain"), DATA, STROKE, NODES) as (roots, clients, frames):
         yield Federation(roots, clients, frames)
 
 

@@ -49,7 +49,7 @@ from mipflow.secagg.sealing import open_one
 from mipflow.secagg.transcript import genesis
 from tests.mipflow.algorithms.survival_data import STROKE, complete, make_stroke, request, run_with_controls
 from tests.mipflow.algorithms.test_survival import KM_COLUMNS, check_km
-from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, pin_each_other, served_clients, standard_home
+from tests.nodes import PROJECT, RESEARCHER, load_frame, pinned_nodes
 from tests.privacy.test_redteam_round6 import Recording
 
 pytestmark = pytest.mark.xdist_group("pooled_survival_bins")
@@ -92,18 +92,9 @@ def split(data: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory) -> Iterator[Federation]:
-    base = tmp_path_factory.mktemp("pooled_bins")
     frames = split(DATA)
-    roots = {}
-    for name in NODES:
-        roots[name] = base / name
-        home = standard_home(roots[name], name)
-        for setting in ("differencing_check", "query_budget", "query_budget_project"):
-            home.set_setting(setting, 0)
-        load_frame(roots[name], STROKE, frames[name])
-        grant_all(roots[name])
-    pin_each_other(roots)
-    with served_clients(roots) as clients:
+    base = tmp_path_factory.mktemp("pooled_bins")
+    with pinned_nodes(base, {n: frames[n] for n in NODES}, STROKE) as (roots, clients):
         yield Federation(roots, clients, frames)
 
 

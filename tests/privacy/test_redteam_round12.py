@@ -65,14 +65,12 @@ from mipflow.central.rounds import run_analysis
 from mipflow.node.controls import study_approval
 from mipflow.node.deid.pseudonyms import Pseudonymiser
 from mipflow.node.home import NodeHome
-from mipflow.node.ingest.capture import ConsentRegistry
-from mipflow.node.ingest.pipeline import apply_withdrawals
-from mipflow.node.store.feature_store import FeatureStore
 from mipflow.protocol.signing import issue_client
 from tests.mipflow.algorithms.survival_data import STROKE
-from tests.mipflow.node.controls.study_helpers import protocol, rule, stroke_rows, where
+from tests.mipflow.node.controls.study_helpers import glucose_registry, protocol, rule, stroke_rows, where
 from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, pin_each_other, running_nodes, served_clients
-from tests.nodes import standard_home
+from tests.nodes import apply_consent, standard_home
+from tests.privacy.survival_registry import survival_rows
 from tests.privacy.test_explore_attacks import Served
 
 pytestmark = pytest.mark.xdist_group("redteam_round12")
@@ -113,23 +111,6 @@ def level_registry(n: int = 240) -> tuple[pd.DataFrame, int]:
     return frame, target
 
 
-def glucose_registry(n: int = 240) -> tuple[pd.DataFrame, int]:
-    """Glucose 4-9 mmol/l, fifty patients at 11.9-12.25; ten patients under 25 with glucose 4-5.5 but one, the
-    target (glucose 12.3, age 21.5, NIHSS 37)."""
-    frame = stroke_rows(9, n, "hospital_a", "glc")
-    rng = np.random.default_rng(9)
-    frame["age"] = np.round(rng.uniform(30, 85, n), 1)
-    frame["nihss_admission"] = rng.integers(0, 30, n).astype(float)
-    frame["glucose_mmol"] = np.round(rng.uniform(4, 9, n), 2)
-    frame.loc[frame.index[10:60], "glucose_mmol"] = np.round(rng.uniform(11.9, 12.25, 50), 2)
-    young = list(frame.index[200:210])
-    frame.loc[young, "age"] = np.round(rng.uniform(19, 24.5, 10), 1)
-    frame.loc[young, "glucose_mmol"] = np.round(rng.uniform(4, 5.5, 10), 2)
-    target = young[3]
-    frame.loc[target, ["glucose_mmol", "age", "nihss_admission"]] = [12.3, 21.5, TARGET_NIHSS]
-    return frame, target
-
-
 @pytest.fixture(scope="module")
 def standard(tmp_path_factory) -> Iterator[dict[str, Served]]:
     """Three standard-mode nodes (the admin's choice for project ``audit``; shipped thresholds, differencing and
@@ -137,7 +118,7 @@ def standard(tmp_path_factory) -> Iterator[dict[str, Served]]:
     the same patients), ``weighted`` holds :func:`glucose_registry`."""
     base = Path(tmp_path_factory.mktemp("round12-standard"))
     levels, _ = level_registry()
-    glucose, _ = glucose_registry()
+    glucose = glucose_registry()
     plan = {"groups": [(STROKE, levels)], "versions": [(STROKE, levels), (STROKE_V2, levels)],
             "weighted": [(STROKE, glucose)]}
     roots, credentials = {}, {}
@@ -259,17 +240,6 @@ def test_hole_exp_weighted_sums_of_two_cohorts_ten_rows_apart_give_one_patients_
 HOSPITALS = ("hospital_a", "hospital_b", "hospital_c")
 #: hospital_a's deaths (days): its own release merges them into one bin of three
 A_DEATHS = (10, 31, 52)
-
-
-def survival_rows(hospital: str, deaths, censored: int, censored_at: float = 400.0) -> pd.DataFrame:
-    n = len(deaths) + censored
-    rng = np.random.default_rng(sum(map(ord, hospital)))
-    return pd.DataFrame({
-        "subjectcode": [f"{hospital}-{k}" for k in range(n)], "dataset": hospital,
-        "age": rng.integers(30, 90, n).astype(float), "sex": rng.choice(["F", "M"], n), "stroke_type": "ischaemic",
-        "nihss_admission": rng.integers(0, 30, n).astype(float),
-        "followup_days": np.array(list(deaths) + [censored_at] * censored, dtype=float),
-        "death_90d": ["yes"] * len(deaths) + ["no"] * censored})
 
 
 @pytest.fixture(scope="module")
@@ -394,17 +364,6 @@ def consent(tmp_path_factory) -> Iterator[dict[str, Served]]:
         credentials[hospital] = issue_client(root, "central")
     with running_nodes(list(roots.values())) as urls:
         yield {h: Served(url, credentials[h], roots[h], frames[h]) for h, url in zip(roots, urls)}
-
-
-def apply_consent(root: Path, people, status: str = "withdrawn") -> int:
-    """The consent path of every ingest (``apply_withdrawals``) with a registry listing ``people``."""
-    path = root / "consent.csv"
-    path.write_text("patient_id,consent\n" + "".join(f"{person},{status}\n" for person in people))
-    store = FeatureStore(NodeHome(root).db_url)
-    try:
-        return apply_withdrawals(store, ConsentRegistry.load(path), NodeHome(root).key())
-    finally:
-        store.dispose()
 
 
 def regression(hospital: str) -> dict:

@@ -58,15 +58,12 @@ from mipflow.central.rounds import run_analysis
 from mipflow.exceptions import MipflowError
 from mipflow.node.controls import explore
 from mipflow.node.deid.pseudonyms import Pseudonymiser
-from mipflow.node.home import NodeHome
-from mipflow.node.ingest.capture import ConsentRegistry
-from mipflow.node.ingest.pipeline import apply_withdrawals
-from mipflow.node.store.feature_store import FeatureStore
 from mipflow.protocol.signing import issue_client
 from tests.mipflow.algorithms.survival_data import STROKE, make_stroke
 from tests.mipflow.node.controls.study_helpers import rule, stroke_rows, where
 from tests.nodes import PROJECT, RESEARCHER, grant_all, load_frame, pin_each_other, running_nodes, served_clients
-from tests.nodes import standard_home
+from tests.nodes import apply_consent, standard_home
+from tests.privacy import survival_registry
 from tests.privacy.test_explore_attacks import Served
 
 pytestmark = pytest.mark.xdist_group("redteam_round13")
@@ -95,13 +92,7 @@ def moment_sums(reply: dict) -> tuple[np.ndarray, np.ndarray]:
 
 def withdraw(root: Path, people) -> int:
     """Apply a consent registry listing ``people`` as withdrawn (the path of every ingest)."""
-    path = root / "consent.csv"
-    path.write_text("patient_id,consent\n" + "".join(f"{person},withdrawn\n" for person in people))
-    store = FeatureStore(NodeHome(root).db_url)
-    try:
-        return apply_withdrawals(store, ConsentRegistry.load(path), NodeHome(root).key())
-    finally:
-        store.dispose()
+    return apply_consent(root, people)
 
 
 # ----------------------------------------------------------------------------------- standard-mode nodes
@@ -289,14 +280,7 @@ LATE = 420.0  # B's and C's twelve patients censored late
 
 
 def survival_rows(hospital: str, deaths, censored: int, censored_at: float) -> pd.DataFrame:
-    n = len(deaths) + censored
-    rng = np.random.default_rng(sum(map(ord, hospital)) + 13)
-    return pd.DataFrame({
-        "subjectcode": [f"{hospital}-s{k}" for k in range(n)], "dataset": hospital,
-        "age": rng.integers(30, 90, n).astype(float), "sex": rng.choice(["F", "M"], n), "stroke_type": "ischaemic",
-        "nihss_admission": rng.integers(0, 30, n).astype(float),
-        "followup_days": np.array(list(deaths) + [censored_at] * censored, dtype=float),
-        "death_90d": ["yes"] * len(deaths) + ["no"] * censored})
+    return survival_registry.survival_rows(hospital, deaths, censored, censored_at, seed=13, prefix="s")
 
 
 @pytest.fixture(scope="module")

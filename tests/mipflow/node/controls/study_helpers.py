@@ -1,4 +1,5 @@
-"""A node home with stroke rows and a study protocol, for the study-mode tests."""
+"""A node home with stroke rows and a study protocol, for the study-mode tests; stroke registries other
+controls' tests share."""
 from __future__ import annotations
 
 import copy
@@ -49,6 +50,22 @@ def stroke_rows(seed: int, n: int, dataset: str, prefix: str) -> pd.DataFrame:
     frame = make_stroke(seed, n)
     frame["dataset"] = dataset
     frame["subjectcode"] = [f"{prefix}-{k}" for k in range(n)]
+    return frame
+
+
+def glucose_registry(n: int = 240) -> pd.DataFrame:
+    """Glucose 4-9 mmol/l, fifty patients at 11.9-12.25; ten patients under 25 with glucose 4-5.5 but one
+    (glucose 12.3, age 21.5, NIHSS 37): the twelfth review's registry (hole 4)."""
+    frame = stroke_rows(9, n, "hospital_a", "glc")
+    rng = np.random.default_rng(9)
+    frame["age"] = np.round(rng.uniform(30, 85, n), 1)
+    frame["nihss_admission"] = rng.integers(0, 30, n).astype(float)
+    frame["glucose_mmol"] = np.round(rng.uniform(4, 9, n), 2)
+    frame.loc[frame.index[10:60], "glucose_mmol"] = np.round(rng.uniform(11.9, 12.25, 50), 2)
+    young = list(frame.index[200:210])
+    frame.loc[young, "age"] = np.round(rng.uniform(19, 24.5, 10), 1)
+    frame.loc[young, "glucose_mmol"] = np.round(rng.uniform(4, 5.5, 10), 2)
+    frame.loc[young[3], ["glucose_mmol", "age", "nihss_admission"]] = [12.3, 21.5, 37.0]
     return frame
 
 

@@ -20,7 +20,7 @@ from mipflow.node.controls.weighted_ledger import (
 from mipflow.node.home import NodeHome
 from mipflow.node.store.feature_store import FeatureStore
 from tests.mipflow.algorithms.survival_data import STROKE
-from tests.mipflow.node.controls.study_helpers import rule, stroke_rows, where
+from tests.mipflow.node.controls.study_helpers import glucose_registry, rule, stroke_rows, where
 from tests.nodes import grant_all, load_frame, standard_home
 
 GLUCOSE = exp_families(["glucose_mmol"])[0]
@@ -157,22 +157,6 @@ def test_the_memory_is_on_disk_and_read_by_another_process(tmp_path: Path, gluco
 
 
 # ------------------------------------------------------------------------------------------ through a node
-
-
-def glucose_registry(n: int = 240) -> pd.DataFrame:
-    """Glucose 4-9 mmol/l, fifty patients at 11.9-12.25; ten patients under 25 with glucose 4-5.5 but one
-    (12.3): the twelfth review's registry (hole 4)."""
-    frame = stroke_rows(9, n, "hospital_a", "glc")
-    rng = np.random.default_rng(9)
-    frame["age"] = np.round(rng.uniform(30, 85, n), 1)
-    frame["nihss_admission"] = rng.integers(0, 30, n).astype(float)
-    frame["glucose_mmol"] = np.round(rng.uniform(4, 9, n), 2)
-    frame.loc[frame.index[10:60], "glucose_mmol"] = np.round(rng.uniform(11.9, 12.25, 50), 2)
-    young = list(frame.index[200:210])
-    frame.loc[young, "age"] = np.round(rng.uniform(19, 24.5, 10), 1)
-    frame.loc[young, "glucose_mmol"] = np.round(rng.uniform(4, 5.5, 10), 2)
-    frame.loc[young[3], ["glucose_mmol", "age", "nihss_admission"]] = [12.3, 21.5, 37.0]
-    return frame
 
 
 class Node:

@@ -16,31 +16,24 @@ import pytest
 from mipflow.algorithms import get_algorithm
 from mipflow.algorithms.local import prepare_local_data
 from mipflow.node.controls.differencing import DifferencingGuard, hash_key
-from mipflow.node.query import snapshot_rows
 from mipflow.node.query.read import _check_variables, select_frame, select_rows
 from mipflow.node.query.snapshot import current_snapshot, select_columns
-from mipflow.node.store.feature_store import FeatureStore
-from mipflow.protocol.datamodel import DataModel
 from mipflow.protocol.request import AnalysisRequest
 from mipflow.protocol.wire import transport
+
+from tests.mipflow.node.query.streamed import EDGE_SELECTIONS, block_model, block_store, number_rule
 
 SECRET = b"node secret of the streamed selection tests"
 KEY = hash_key(SECRET)
 #: Snapshot rows read at a time here (a multiple of 8), and rows: 10 blocks exactly.
 BLOCK = 64
 ROWS = 10 * BLOCK
-MODEL = DataModel.from_dict({
-    "code": "blk", "version": "1", "label": "Blocks",
-    "variables": [
-        {"code": "dataset", "sql_type": "text", "isCategorical": True,
-         "enumerations": [{"code": c, "label": c} for c in ("a", "b")]},
-        {"code": "x1", "sql_type": "real", "isCategorical": False},
-        {"code": "x2", "sql_type": "real", "isCategorical": False},
-        {"code": "y", "sql_type": "real", "isCategorical": False},
-        {"code": "band", "sql_type": "int", "isCategorical": False},
-        {"code": "grp", "sql_type": "text", "isCategorical": True,
-         "enumerations": [{"code": c, "label": c} for c in ("u", "v")]},
-    ]})
+MODEL = block_model(
+    "blk", "Blocks",
+    {"code": "y", "sql_type": "real", "isCategorical": False},
+    {"code": "band", "sql_type": "int", "isCategorical": False},
+    {"code": "grp", "sql_type": "text", "isCategorical": True,
+     "enumerations": [{"code": c, "label": c} for c in ("u", "v")]})
 
 
 def _rows() -> pd.DataFrame:
@@ -61,28 +54,15 @@ def _rows() -> pd.DataFrame:
 
 @pytest.fixture
 def store(tmp_path, monkeypatch):
-    monkeypatch.setattr(snapshot_rows, "READ_ROWS", BLOCK)
-    store = FeatureStore(f"sqlite:///{tmp_path / 'store.sqlite'}")
-    store.add_data_model(MODEL)
-    with store.begin() as conn:
-        store.upsert_rows(conn, MODEL, _rows(), batch_id="b", sha256="0" * 64)
-    yield store
-    store.dispose()
-
-
-def _rule(field, operator, value):
-    return {"condition": "AND", "rules": [{"id": field, "field": field, "type": "double", "input": "number",
-                                           "operator": operator, "value": value}], "valid": True}
+    with block_store(tmp_path, monkeypatch, MODEL, _rows(), BLOCK) as store:
+        yield store
 
 
 SELECTIONS = [
-    pytest.param(["a", "b"], None, id="every-row"),
-    pytest.param(["a"], None, id="one-dataset"),
-    pytest.param(["a", "b"], _rule("band", "less", 5), id="first-half-whole-blocks"),  # ends on an edge
-    pytest.param(["a", "b"], _rule("band", "equal", 7), id="one-block-others-empty"),
-    pytest.param(["a", "b"], _rule("band", "greater", 8), id="last-block"),
-    pytest.param(["b"], _rule("x1", "greater", 1e6), id="scattered"),
-    pytest.param(["a", "b"], _rule("band", "greater", 20), id="no-row"),
+    *EDGE_SELECTIONS,
+    pytest.param(["a", "b"], number_rule("band", "greater", 8), id="last-block"),
+    pytest.param(["b"], number_rule("x1", "greater", 1e6), id="scattered"),
+    pytest.param(["a", "b"], number_rule("band", "greater", 20), id="no-row"),
 ]
 VARIABLES = ["y", "x1", "x2"]
 
@@ -214,7 +194,7 @@ def test_the_cohorts_of_rows_on_disk_are_those_of_the_frame(datasets, filters, s
 
 
 def test_wrong_sorted_keys_are_never_used(store, monkeypatch, tmp_path):
-    frame, rows = _both(store, ["a", "b"], _rule("band", "less", 5))
+    frame, rows = _both(store, ["a", "b"], number_rule("band", "less", 5))
     guard = DifferencingGuard(tmp_path, SECRET)
     want = guard.cohorts(MODEL.key, frame, VARIABLES, True)
     true_sorted = rows.sorted_keys
@@ -243,7 +223,8 @@ def test_rows_on_disk_only_for_numerical_and_nominal_variables_and_checked_reque
     with pytest.raises(RequestError):
         select_rows(store, MODEL, datasets=["a"], variables=["nope"], filters=None, row_key=KEY)
     with pytest.raises(RequestError):
-        select_rows(store, MODEL, datasets=["a"], variables=["y"], filters=_rule("nope", "less", 1), row_key=KEY)
+        select_rows(store, MODEL, datasets=["a"], variables=["y"], filters=number_rule("nope", "less", 1),
+                    row_key=KEY)
 
 
 def test_a_selection_holds_a_bit_a_row_at_most(store):

@@ -21,34 +21,27 @@ from mipflow.algorithms.local import prepare_local_data
 from mipflow.algorithms.moments import WeightTotals
 from mipflow.node.controls.differencing import hash_key
 from mipflow.node.controls.effective_rows import effective_rows
-from mipflow.node.query import snapshot_rows
 from mipflow.node.query.read import _check_variables, select_rows
 from mipflow.node.query.snapshot import current_snapshot, select_columns
-from mipflow.node.store.feature_store import FeatureStore
-from mipflow.protocol.datamodel import DataModel
 from mipflow.protocol.request import AnalysisRequest
 from mipflow.protocol.wire import transport
+
+from tests.mipflow.node.query.streamed import EDGE_SELECTIONS, block_model, block_store, number_rule
 
 SECRET = b"node secret of the streamed logistic tests"
 KEY = hash_key(SECRET)
 BLOCK = 64  # snapshot rows read at a time (a multiple of 8)
 ROWS = 10 * BLOCK
 LOGISTIC = get_algorithm("logistic_regression")
-MODEL = DataModel.from_dict({
-    "code": "lgt", "version": "1", "label": "Streamed logistic",
-    "variables": [
-        {"code": "dataset", "sql_type": "text", "isCategorical": True,
-         "enumerations": [{"code": c, "label": c} for c in ("a", "b")]},
-        {"code": "x1", "sql_type": "real", "isCategorical": False},
-        {"code": "x2", "sql_type": "real", "isCategorical": False},
-        {"code": "band", "sql_type": "int", "isCategorical": False},
-        {"code": "grp", "sql_type": "text", "isCategorical": True,
-         "enumerations": [{"code": c, "label": c} for c in ("w", "u", "v")]},  # "w" never stored
-        {"code": "stage", "sql_type": "int", "isCategorical": True,
-         "enumerations": [{"code": c, "label": c} for c in ("1", "2", "3")]},
-        {"code": "event", "sql_type": "text", "isCategorical": True,
-         "enumerations": [{"code": c, "label": c} for c in ("no", "yes")]},
-    ]})
+MODEL = block_model(
+    "lgt", "Streamed logistic",
+    {"code": "band", "sql_type": "int", "isCategorical": False},
+    {"code": "grp", "sql_type": "text", "isCategorical": True,
+     "enumerations": [{"code": c, "label": c} for c in ("w", "u", "v")]},  # "w" never stored
+    {"code": "stage", "sql_type": "int", "isCategorical": True,
+     "enumerations": [{"code": c, "label": c} for c in ("1", "2", "3")]},
+    {"code": "event", "sql_type": "text", "isCategorical": True,
+     "enumerations": [{"code": c, "label": c} for c in ("no", "yes")]})
 
 
 def _rows() -> pd.DataFrame:
@@ -73,30 +66,17 @@ def _rows() -> pd.DataFrame:
 
 @pytest.fixture
 def store(tmp_path, monkeypatch):
-    monkeypatch.setattr(snapshot_rows, "READ_ROWS", BLOCK)
     monkeypatch.setattr(design_module, "COUNT_BLOCK", 3 * BLOCK // 2 + 5)
     monkeypatch.setattr(moments, "STREAM_BLOCK", 2 * BLOCK)
     monkeypatch.setattr(moments, "MOMENT_BLOCK", BLOCK // 2 + 3)
     monkeypatch.setattr(logistic_regression, "BLOCK_ROWS", 48)  # Newton's blocks: the frame's and the stream's
-    store = FeatureStore(f"sqlite:///{tmp_path / 'store.sqlite'}")
-    store.add_data_model(MODEL)
-    with store.begin() as conn:
-        store.upsert_rows(conn, MODEL, _rows(), batch_id="b", sha256="0" * 64)
-    yield store
-    store.dispose()
-
-
-def _rule(field, operator, value):
-    return {"condition": "AND", "rules": [{"id": field, "field": field, "type": "double", "input": "number",
-                                           "operator": operator, "value": value}], "valid": True}
+    with block_store(tmp_path, monkeypatch, MODEL, _rows(), BLOCK) as store:
+        yield store
 
 
 SELECTIONS = [
-    pytest.param(["a", "b"], None, id="every-row"),
-    pytest.param(["a"], None, id="one-dataset"),
-    pytest.param(["a", "b"], _rule("band", "less", 5), id="first-half-whole-blocks"),
-    pytest.param(["a", "b"], _rule("band", "equal", 7), id="one-block-others-empty"),
-    pytest.param(["b"], _rule("x1", "greater", 999_999.7), id="scattered"),
+    *EDGE_SELECTIONS,
+    pytest.param(["b"], number_rule("x1", "greater", 999_999.7), id="scattered"),
 ]
 COVARIATES = [pytest.param(["x1", "x2"], id="numerical"), pytest.param(["x1", "grp", "x2", "stage"], id="nominal")]
 
@@ -167,7 +147,7 @@ def test_every_round_from_rows_on_disk_is_the_frames_bit_for_bit_and_statsmodels
 
 @pytest.mark.parametrize("x", COVARIATES)
 def test_the_row_weights_totals_hold_the_vectors_effective_rows(x, store):
-    request = _request(["a", "b"], _rule("band", "less", 7), x)
+    request = _request(["a", "b"], number_rule("band", "less", 7), x)
     frame, rows = _both(store, request)
     first = transport(LOGISTIC.local_step(0, frame, request, MODEL, None))
     state = transport(LOGISTIC.global_step(0, [first], request, MODEL, None).state)
@@ -225,7 +205,7 @@ def test_a_stored_level_outside_the_enumerations_is_left_to_the_frames_read(stor
     with store.begin() as conn:  # an admin's load holding a stage the data model does not declare
         store.upsert_rows(conn, MODEL, pd.DataFrame([{**_rows().iloc[0].to_dict(), "_pid": "zz", "stage": 7,
                                                       "band": 99}]), batch_id="c", sha256="1" * 64)
-    elsewhere = _request(["a", "b"], _rule("band", "less", 5), ["x1", "stage"])  # not among the rows selected
+    elsewhere = _request(["a", "b"], number_rule("band", "less", 5), ["x1", "stage"])  # not among the rows selected
     assert select_rows(store, MODEL, datasets=elsewhere.datasets, variables=list(LOGISTIC.variables(elsewhere)),
                        filters=elsewhere.filters, row_key=KEY) is None
     numerical = _request(["a", "b"], None, ["x1"])  # the level of another variable: not in the way
