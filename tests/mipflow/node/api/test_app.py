@@ -211,7 +211,19 @@ def test_long_strings_refused_by_nfilter_string(node):
 def test_audit_log_holds_no_row_values(node):
     import re
 
-    text = (node["home"].root / "audit.log").read_text()
+    log = node["home"].root / "audit.log"
+    before = len(audit(node)) if log.exists() else 0
+    # the requests whose audit is inspected: one answered, one refused by a control, one unauthenticated
+    client(node).step("linear_regression", LINREG, 0, None, **WHO)
+    small = json.loads(json.dumps(LINREG))
+    small["inputdata"]["datasets"] = ["ppmi0"]  # 5 rows
+    with pytest.raises(NodeRefused):
+        client(node).step("linear_regression", small, 0, None, **WHO)
+    forged, _ = post(node, "/v1/steps/linear_regression", {"request": LINREG}, secret=b"\x01" * 32)
+    assert forged.status_code == 401
+    assert [(r["decision"], r.get("control")) for r in audit(node)[before:]] == \
+        [("allowed", None), ("refused", "min_row_count"), ("refused", "authentication")]
+    text = log.read_text()
     for code in node["data"]["subjectcode"]:
         # whole tokens: a short numeric code can occur by chance inside a hash or timestamp
         assert not re.search(rf"(?<![0-9A-Za-z+]){re.escape(code)}(?![0-9A-Za-z])", text), code
