@@ -12,7 +12,7 @@ So in study mode the node fixes, once per snapshot (at approval and refresh), on
 cells per numerical study variable, over the whole family at once:
 
 * cells ``(c, r, j)``: cohort ``c`` (the population and each subgroup, over all the node's study
-  datasets and per dataset: :meth:`~mipflow.node.controls.study_approval.Family.sets`), record
+  datasets and per dataset: :meth:`~mipflow.node.controls.study_family.Family.sets`), record
   ``r`` (the overall histogram and one per level of each nominal study variable, as
   ``multiple_histograms`` lays out its groupings ``x``), bin ``j`` (the protocol's
   ``histogram_bins`` over the declared range);
