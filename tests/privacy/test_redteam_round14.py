@@ -22,6 +22,10 @@ Found (holes):
    a one-way ANOVA's TIA group is released at two hospitals; a TIA patient withdraws at every hospital; descriptive
    statistics of ``stroke_type = tia`` are refused (``differencing``) where she was (her group less the cohort is
    her) and answered where she never was.  Which node refuses names the hospital that treated her.
+3. **The approximate metadata count is keyed by the count** (ADR 0038's review fix against ADR 0059 section 2):
+   after a network-wide withdrawal the published count can move only where someone was deleted; where no one was,
+   it never moves.  Uncharged, and a move is certain evidence (the non-holder's count cannot move); for one
+   withdrawn patient of 120 rows the holder's value moves for about 1 key in 3 (0.34 over 2000 keys, measured).
 
 Held (defences): equivalent rewrites of one explore cohort draw fresh noise (no cell key), each charged, and the
 project's explore budget ends the averaging at 50 releases (a count then known to about 0.3 rows: ADR 0032's
@@ -200,6 +204,32 @@ def consent_pair(tmp_path_factory) -> Iterator[dict[str, Served]]:
         credentials[name] = issue_client(roots[name], "central")
     with running_nodes(list(roots.values())) as urls:
         yield {name: Served(url, credentials[name], roots[name], frames[name]) for name, url in zip(roots, urls)}
+
+
+@pytest.mark.xfail(strict=True, reason="round 14 hole 3: the approximate metadata count is keyed by the count, so "
+                   "after a network-wide withdrawal it can move only where the patient was")
+def test_hole_the_metadata_count_moves_only_where_a_withdrawn_patient_was(consent_pair):
+    """Hole 3.  Class: a public effect of applying a consent registry that differs between holder and non-holder
+    (ADR 0059 section 2), through ``GET /v1/metadata`` (uncharged, no grant needed beyond the dataset's).  The
+    published count is keyed by the count itself (a fresh draw for another count, the same value for the same), so
+    at a hospital that held no one it never moves, and at a holder it moves whenever the new count's draw differs.
+    The withdrawal is a batch of ``k`` patients (the smallest ``k`` for which hospital_a's keyed value moves; the
+    harness recomputes it, ``tests.nodes.published``): the attacker only reads which node's count moved."""
+    from tests.nodes import published
+    from tests.privacy.test_redteam_round2 import metadata
+
+    holder, stranger = consent_pair["holder"], consent_pair["stranger"]
+    n = len(holder.rows)
+    before = {"hospital_a": metadata(holder, AUDIT)["hospital_a"], "hospital_b": metadata(stranger, AUDIT)["hospital_b"]}
+    assert before["hospital_a"] == published(holder.root, STROKE.key, "hospital_a", n)
+    k = next(k for k in range(1, 10) if published(holder.root, STROKE.key, "hospital_a", n - k) != before["hospital_a"])
+    people = list(holder.rows[holder.rows["stroke_type"] != "tia"]["subjectcode"].iloc[:k])
+    deleted = {name: withdraw(s.root, ["a-stranger-never-treated", *people]) for name, s in consent_pair.items()}
+    assert deleted == {"holder": k, "stranger": 0}
+    after = {"hospital_a": metadata(holder, AUDIT)["hospital_a"], "hospital_b": metadata(stranger, AUDIT)["hospital_b"]}
+    moved = sorted(h for h in after if after[h] != before[h])
+    assert moved == ["hospital_a"]  # what the central site reads: the withdrawn patients were treated at A
+    assert len(moved) in (0, 2), "the metadata count tells which hospital held the withdrawn patients"
 
 
 @pytest.mark.xfail(strict=True, reason="round 14 hole 2: the group memory's cohort side takes no consent epoch; the "
