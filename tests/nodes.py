@@ -34,10 +34,16 @@ def published(home, data_model: str, dataset: str, count: int):
     the test holds the node home, so it recomputes the keyed value the node publishes."""
     from mipflow.node.controls.metadata_counts import count_key, published_count
     from mipflow.node.home import NodeHome
+    from mipflow.node.store.feature_store import open_store
 
     home = home if isinstance(home, NodeHome) else NodeHome(home)
+    store = open_store(home)
+    try:
+        epoch = store.consent_applied()
+    finally:
+        store.dispose()
     return published_count(count, key=count_key(home.key()), data_model=data_model, dataset=dataset,
-                           min_row_count=home.settings.min_row_count)
+                           min_row_count=home.settings.min_row_count, epoch=epoch)
 
 
 def free_port() -> int:

@@ -26,6 +26,7 @@ Found (holes):
    after a network-wide withdrawal the published count can move only where someone was deleted; where no one was,
    it never moves.  Uncharged, and a move is certain evidence (the non-holder's count cannot move); for one
    withdrawn patient of 120 rows the holder's value moves for about 1 key in 3 (0.34 over 2000 keys, measured).
+   **Closed**: the draw is keyed by the consent epoch too, so every node applying the registry redraws.
 
 Held (defences): equivalent rewrites of one explore cohort draw fresh noise (no cell key), each charged, and the
 project's explore budget ends the averaging at 50 releases (a count then known to about 0.3 rows: ADR 0032's
@@ -206,15 +207,18 @@ def consent_pair(tmp_path_factory) -> Iterator[dict[str, Served]]:
         yield {name: Served(url, credentials[name], roots[name], frames[name]) for name, url in zip(roots, urls)}
 
 
-@pytest.mark.xfail(strict=True, reason="round 14 hole 3: the approximate metadata count is keyed by the count, so "
-                   "after a network-wide withdrawal it can move only where the patient was")
-def test_hole_the_metadata_count_moves_only_where_a_withdrawn_patient_was(consent_pair):
-    """Hole 3.  Class: a public effect of applying a consent registry that differs between holder and non-holder
-    (ADR 0059 section 2), through ``GET /v1/metadata`` (uncharged, no grant needed beyond the dataset's).  The
-    published count is keyed by the count itself (a fresh draw for another count, the same value for the same), so
-    at a hospital that held no one it never moves, and at a holder it moves whenever the new count's draw differs.
-    The withdrawal is a batch of ``k`` patients (the smallest ``k`` for which hospital_a's keyed value moves; the
-    harness recomputes it, ``tests.nodes.published``): the attacker only reads which node's count moved."""
+def test_hole_3_closed_every_node_applying_a_registry_redraws_its_metadata_count(consent_pair):
+    """Hole 3 (closed).  Class: a public effect of applying a consent registry that differs between holder and
+    non-holder (ADR 0059 section 2), through ``GET /v1/metadata`` (uncharged).  Keyed by the count alone, the
+    published count never moved at a hospital that held no one and moved at a holder whenever the new count's draw
+    differed: a move was certain evidence of where the withdrawn patients were treated.  Control: the draw is keyed
+    by the node's consent epoch too (``node/controls/metadata_counts.py``), so every node applying the registry
+    redraws, holder or not; whether a value moves is then a fresh draw at both (its law at ``n`` and ``n - k``,
+    ``mipflow/node/controls/test_metadata_counts.py::test_after_a_registry_a_holder_and_a_non_holder_move_alike``).
+    Here, through the node processes: each node publishes the value keyed by its new epoch, and the stranger's value
+    is not the one it published before unless its fresh draw happens to round the same (the harness recomputes
+    both: ``tests.nodes.published`` reads the home's epoch)."""
+    from mipflow.node.controls.metadata_counts import count_key, published_count
     from tests.nodes import published
     from tests.privacy.test_redteam_round2 import metadata
 
@@ -222,14 +226,25 @@ def test_hole_the_metadata_count_moves_only_where_a_withdrawn_patient_was(consen
     n = len(holder.rows)
     before = {"hospital_a": metadata(holder, AUDIT)["hospital_a"], "hospital_b": metadata(stranger, AUDIT)["hospital_b"]}
     assert before["hospital_a"] == published(holder.root, STROKE.key, "hospital_a", n)
-    k = next(k for k in range(1, 10) if published(holder.root, STROKE.key, "hospital_a", n - k) != before["hospital_a"])
-    people = list(holder.rows[holder.rows["stroke_type"] != "tia"]["subjectcode"].iloc[:k])
+    assert before["hospital_b"] == published(stranger.root, STROKE.key, "hospital_b", len(stranger.rows))
+    people = list(holder.rows[holder.rows["stroke_type"] != "tia"]["subjectcode"].iloc[:2])
     deleted = {name: withdraw(s.root, ["a-stranger-never-treated", *people]) for name, s in consent_pair.items()}
-    assert deleted == {"holder": k, "stranger": 0}
+    assert deleted == {"holder": 2, "stranger": 0}
     after = {"hospital_a": metadata(holder, AUDIT)["hospital_a"], "hospital_b": metadata(stranger, AUDIT)["hospital_b"]}
-    moved = sorted(h for h in after if after[h] != before[h])
-    assert moved == ["hospital_a"]  # what the central site reads: the withdrawn patients were treated at A
-    assert len(moved) in (0, 2), "the metadata count tells which hospital held the withdrawn patients"
+    assert after["hospital_a"] == published(holder.root, STROKE.key, "hospital_a", n - 2)
+    assert after["hospital_b"] == published(stranger.root, STROKE.key, "hospital_b", len(stranger.rows))
+    # the stranger's count did not change, yet its value is the new epoch's draw, not the old one's
+    store = FeatureStore(NodeHome(stranger.root).db_url)
+    try:
+        epoch = store.consent_applied()
+    finally:
+        store.dispose()
+    assert epoch != ""
+    key = count_key(NodeHome(stranger.root).key())
+    old = published_count(len(stranger.rows), key=key, data_model=STROKE.key, dataset="hospital_b", min_row_count=10)
+    new = published_count(len(stranger.rows), key=key, data_model=STROKE.key, dataset="hospital_b", min_row_count=10,
+                          epoch=epoch)
+    assert before["hospital_b"] == old and after["hospital_b"] == new
 
 
 @pytest.mark.xfail(strict=True, reason="round 14 hole 2: the group memory's cohort side takes no consent epoch; the "

@@ -46,6 +46,7 @@ def describe_data(context: StepContext, client: str, researcher: str | None,
 
     min_rows = context.settings().min_row_count
     counts_key = count_key(context.home.key())
+    epoch = context.store.consent_applied()  # every node applying a registry redraws (ADR 0061)
     key = version_key(context.home.key())
     study = context.studies.for_project(project) if on_behalf and context.studies is not None else None
     out: dict[str, Any] = {"node": context.name, "data_models": [],
@@ -56,7 +57,7 @@ def describe_data(context: StepContext, client: str, researcher: str | None,
             every, names = context.access.visible_datasets(researcher, project, model.key)
             datasets = [{"dataset": d["dataset"], "row_count_approximate": True,
                          "row_count": published_count(d["row_count"], key=counts_key, data_model=model.key,
-                                                      dataset=d["dataset"], min_row_count=min_rows)}
+                                                      dataset=d["dataset"], min_row_count=min_rows, epoch=epoch)}
                         for d in context.store.datasets(model.key) if every or d["dataset"] in names]
         in_study = study if study is not None and study.protocol.data_model == model.key else None
         out["data_models"].append({"data_model": model.key, "label": model.label,
