@@ -56,7 +56,11 @@ common grid and post-processes: at risk at a grid point = the noisy total less t
 censorings before it (= the noisy counts summed from the end), made non-increasing and >= 0;
 survival from the signed noisy events (no clamping bias), made non-increasing within [0, 1]; the
 counts shown are clamped to >= 0.  Each curve carries the first-order sd of the noise on its
-survival (``noise_sd``); its intervals combine Greenwood's variance with that of the noise.
+survival (``noise_sd``); its intervals combine Greenwood's variance with that of the noise.  An explore
+node also carries its decision count (``row_count``: the reply's ``rows``, ``DPRelease.decision_key``);
+its cells are shifted alike to agree with it before summing, which anchors the at-risk totals of a long
+grid (:func:`~mipflow.algorithms.survival_noise.with_decision_count`).  A group the noise leaves with
+nobody at risk has no curve and the result's ``noise.warnings`` says so: never a failure.
 """
 from __future__ import annotations
 
