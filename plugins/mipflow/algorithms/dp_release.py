@@ -65,12 +65,17 @@ class DPRelease:
         The number of rows as the noisy aggregates tell it (post-processing, no extra cost).
     note : str
         What the noisy result is (and is not), for the label; empty where the general note says it all.
+    decision_key : str or None
+        Explore mode: the aggregates key under which the node also carries its decision count (the noisy
+        row count it decided the thresholds on, already the reply's ``rows``, and that count's sd: a
+        setting), for a global step that uses it (Kaplan-Meier's at-risk totals, ADR 0032); None: not carried.
     """
 
     blocks: Callable[[Any, Any, Any], int]
     release: Callable[[Any, Any, Any, Any, Noise], Released]
     rows: Callable[[dict[str, Any]], int]
     note: str = ""
+    decision_key: str | None = None
 
 
 def one_block(algorithm: Any, request: Any, model: Any) -> int:

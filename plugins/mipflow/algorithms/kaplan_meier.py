@@ -56,7 +56,11 @@ common grid and post-processes: at risk at a grid point = the noisy total less t
 censorings before it (= the noisy counts summed from the end), made non-increasing and >= 0;
 survival from the signed noisy events (no clamping bias), made non-increasing within [0, 1]; the
 counts shown are clamped to >= 0.  Each curve carries the first-order sd of the noise on its
-survival (``noise_sd``); its intervals combine Greenwood's variance with that of the noise.
+survival (``noise_sd``); its intervals combine Greenwood's variance with that of the noise.  An explore
+node also carries its decision count (``row_count``: the reply's ``rows``, ``DPRelease.decision_key``);
+its cells are shifted alike to agree with it before summing, which anchors the at-risk totals of a long
+grid (:func:`~mipflow.algorithms.survival_noise.with_decision_count`).  A group the noise leaves with
+nobody at risk has no curve and the result's ``noise.warnings`` says so: never a failure.
 """
 from __future__ import annotations
 
@@ -72,7 +76,8 @@ from mipflow.algorithms.dp_release import DPRelease, Noise, Released, one_block
 from mipflow.algorithms import survival_pooled as pooled_bins
 from mipflow.algorithms.sealed import SEALED, pooled_sums
 from mipflow.algorithms.spec import NOMINAL, InputSpec, ParamSpec, SpecAlgorithm
-from mipflow.algorithms.survival_noise import loglog_band, noisy_curve, noisy_logrank
+from mipflow.algorithms.survival_noise import (ROW_COUNT_KEY, loglog_band, noisy_curve, noisy_logrank,
+                                               with_decision_count)
 from mipflow.algorithms.survival import (
     FOLLOW_UP_KEY,
     LEVEL_KEY,
@@ -106,7 +111,9 @@ if TYPE_CHECKING:
 DP_BLOCK = "survival_counts"
 
 DP_NOTE = ("survival from noisy counts of events and censorings per time bin (no bin merged): at risk is the noisy "
-           "total less the noisy events and censorings before each time, made non-increasing; survival is "
+           "total less the noisy events and censorings before each time, made non-increasing (in explore mode "
+           "each node's total is its noisy decision count combined with the sum of its cells by inverse "
+           "variance, every cell shifted alike); survival is "
            "post-processed to be non-increasing within [0, 1]; noise_sd is the first-order sd of the noise on "
            "the survival; stderr is Greenwood's (sampling only) and the intervals combine both; the log-rank "
            "test adds the variance of the noise on the events (not on the at-risk counts)")
@@ -249,7 +256,7 @@ class KaplanMeier(SpecAlgorithm):
 
     # -- privacy capabilities (mipflow.algorithms.contract) ------------------------------------
 
-    dp_release = DPRelease(one_block, _dp_release, _dp_rows, note=DP_NOTE)
+    dp_release = DPRelease(one_block, _dp_release, _dp_rows, note=DP_NOTE, decision_key=ROW_COUNT_KEY)
 
     #: Pooled bins (ADR 0052): round 0's fine counts go to the participating nodes only, masked so
     #: that each learns the pool; round 1 is masked.  Per-node bins: one round in the clear.
@@ -450,10 +457,17 @@ def _noisy_survival(algo: KaplanMeier, aggregates: list[dict], request: Analysis
 
     The counts are summed on the bins every node's bins nest in (the whole fine grid when every
     node added noise); each summed count carries the variance of the noise of the nodes that added
-    noise (their sd squared, times the fine points in the bin).
+    noise (their sd squared, times the fine points in the bin).  An explore node's cells are first
+    made to agree with its decision count (:func:`~mipflow.algorithms.survival_noise.with_decision_count`).
+    A group the noise leaves with nobody at risk has no curve, and the result says so in
+    ``noise.warnings`` (also when no group has one): never a failure, as every node was admitted on
+    rows it holds.
     """
     from scipy import stats
 
+    shifted = [with_decision_count(a) for a in aggregates]
+    aggregates = [a for a, _ in shifted]
+    constraint = sum(weight for _, weight in shifted)
     params = algo.params(request, model)
     time_var = model.variable(request.y[0])
     fine = fine_grid(time_var)
@@ -471,24 +485,27 @@ def _noisy_survival(algo: KaplanMeier, aggregates: list[dict], request: Analysis
     noisy_points = np.asarray([p for p in asked if p <= cut], dtype=np.int64)
     width = np.bincount(np.searchsorted(np.asarray(shared), noisy_points, side="left"), minlength=len(shared))
     variance = width * sum(float(a["noise"]["sd"]) ** 2 for a in aggregates if "noise" in a)
-    # the noisy counts after the cut, folded into the censorings there (0 unless an exact node cut earlier)
-    folded_variance = sum(float(a["noise"]["sd"]) ** 2 * max(len(a["groups"][0]["events"]) - len(noisy_points), 0)
-                          for a in aggregates if "noise" in a and a["groups"])
+    # the noisy counts after the cut (events and censorings), folded into the censorings there (none unless an
+    # exact node cut earlier)
+    folded_points = max((len(a["groups"][0]["events"]) - len(noisy_points) for a in aggregates
+                         if "noise" in a and a["groups"]), default=0)
+    folded_variance = 2 * max(folded_points, 0) * sum(float(a["noise"]["sd"]) ** 2 for a in aggregates
+                                                      if "noise" in a)
     q = stats.norm.ppf(0.5 + params["alpha"] / 2.0)
-    curves, present = [], []
+    curves, present, empty = [], [], []
     for g, level in enumerate(levels):
         parts = cut_parts[g]
         events = sum(rebin(e, ev, shared) for e, ev, _ in parts)
         censored = sum(rebin(e, ce, shared) for e, _, ce in parts)
-        curve = noisy_curve(events, censored, variance, q, censored_tail=folded_variance)
+        curve = noisy_curve(events, censored, variance, q, censored_tail=folded_variance, width=width,
+                            folded_cells=2 * max(folded_points, 0), constraint=constraint)
         if curve is None:  # nobody at risk in this group (as the noisy counts tell)
+            empty.append(level)
             continue
         present.append((np.asarray(events, dtype=float), curve["_at_risk"]))
         used = curve.pop("_used")
         curve.pop("_at_risk")
         curves.append({"group": level, "timeline": grid[np.asarray(shared)[used]], **curve})
-    if not curves:
-        raise RequestError("no complete rows to estimate survival from (as the noisy counts tell)")
     logrank = None
     if request.x and len(present) >= 2:
         logrank = noisy_logrank(np.vstack([e for e, _ in present]), np.vstack([n for _, n in present]), variance)
@@ -500,6 +517,7 @@ def _noisy_survival(algo: KaplanMeier, aggregates: list[dict], request: Analysis
     binning["method"] = "binned"
     binning = _with_follow_up(binning, params, grid, cut_moved=cut < asked[-1])
     noisy = [a["noise"] for a in aggregates if "noise" in a]
+    anchored = sum(1 for _, weight in shifted if weight > 0)
     return {
         "time_variable": request.y[0],
         "event_variable": request.y[1],
@@ -513,5 +531,19 @@ def _noisy_survival(algo: KaplanMeier, aggregates: list[dict], request: Analysis
         "noise": {"approximate": True, "noisy_nodes": len(noisy), "exact_nodes": len(aggregates) - len(noisy),
                   "node_cell_sd": [float(n["sd"]) for n in noisy],
                   "cell_sd": float(math.sqrt(sum(float(n["sd"]) ** 2 for n in noisy))),
+                  "decision_counts": anchored, "warnings": _empty_warnings(empty, len(levels), params),
                   "note": DP_NOTE},
     }
+
+
+def _empty_warnings(empty: list[str | None], groups: int, params: dict) -> list[str]:
+    """What the result says when the noise left a group (or every group) with nobody at risk: no curve for
+    it, and what to ask instead (noisy cells add up over a long grid)."""
+    if not empty:
+        return []
+    advice = ("; the noisy counts of a long grid add up: give max_time near the end of follow-up or a wider "
+              "bin_width" if params["max_time"] is None else "; give a wider bin_width or a shorter max_time")
+    if len(empty) == groups:
+        return ["no survival curve: the noisy counts leave nobody at risk in any group" + advice]
+    names = ", ".join(str(level) for level in empty)
+    return [f"no survival curve for group(s) {names}: the noisy counts leave nobody at risk there" + advice]

@@ -1,13 +1,55 @@
 """Kaplan-Meier's curves and log-rank test from noisy counts (explore mode, a node with differential
 privacy; ADR 0032): the post-processing of :func:`mipflow.algorithms.kaplan_meier._noisy_survival`.
 
-Pure functions of the summed noisy counts and the variance of their noise: at risk made
-non-increasing, survival from the signed noisy events, the first-order sd of the noise on the
-survival, and the log-rank test with the events' noise in its covariance.
+Pure functions of the summed noisy counts and the variance of their noise: each node's cells made
+to agree with its decision count (explore mode), at risk made non-increasing, survival from the
+signed noisy events, the first-order sd of the noise on the survival, and the log-rank test with the
+events' noise in its covariance.
+
+The decision count
+------------------
+An explore node also carries the noisy row count it decided its thresholds on (``row_count``: the
+reply's ``rows`` and its sd, a setting; ADR 0032, "a decision count of its own").  Its cells sum to
+the same rows (every complete-case row is one event or one censoring of one group), so the node's
+noisy total is known twice: the sum of its ``N`` cells (variance ``N s^2``: on a weekly grid over the
+declared ten years, 2 x 523 cells of sd 2.0, an sd of about 65 rows) and the count (sd 4.7).  The best
+linear unbiased estimate of the cells under that constraint (generalised least squares) shifts every
+cell by the same ``a (R - T)``, ``a = s^2 / (N s^2 + v)``: the node's total becomes the inverse-variance
+mean of ``R`` and ``T``, and the at-risk counts near the start are anchored to it instead of a sum of
+noise.  The shifted cells' noise has covariance ``s^2 (I - a 1 1^T)``, which :func:`survival_noise_sd`
+takes into account (``constraint``).  Post-processing of released values only.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+
+#: Where an explore node's Kaplan-Meier release carries its decision count (``{"count", "sd"}``).
+ROW_COUNT_KEY = "row_count"
+
+
+def with_decision_count(aggregate: dict[str, Any]) -> tuple[dict[str, Any], float]:
+    """A noisy node's counts made to agree with its decision count (see the module docstring).
+
+    Returns the aggregate with every event and censoring count of every group shifted by ``a (R - T)``,
+    and ``a s^2`` (the weight of the constraint in the shifted cells' covariance, 0 when nothing was
+    shifted).  Unchanged when the node carried no decision count (a DP node, an exact node)."""
+    count = aggregate.get(ROW_COUNT_KEY)
+    noise = aggregate.get("noise")
+    if not isinstance(count, dict) or not isinstance(noise, dict):
+        return aggregate, 0.0
+    groups = aggregate["groups"]
+    cells = sum(len(g["events"]) + len(g["censored"]) for g in groups)
+    s2, v = float(noise["sd"]) ** 2, float(count["sd"]) ** 2
+    if cells == 0 or s2 == 0.0:
+        return aggregate, 0.0
+    a = s2 / (cells * s2 + v)
+    total = float(sum(sum(g["events"]) + sum(g["censored"]) for g in groups))
+    shift = a * (float(count["count"]) - total)
+    shifted = [{**g, "events": [float(e) + shift for e in g["events"]],
+                "censored": [float(c) + shift for c in g["censored"]]} for g in groups]
+    return {**aggregate, "groups": shifted}, a * s2
 
 
 def noisy_at_risk(events: np.ndarray, censored: np.ndarray) -> np.ndarray:
@@ -23,7 +65,8 @@ def noisy_at_risk(events: np.ndarray, censored: np.ndarray) -> np.ndarray:
 
 
 def survival_noise_sd(survival: np.ndarray, events: np.ndarray, at_risk: np.ndarray,
-                      variance: np.ndarray, tail: float = 0.0) -> np.ndarray:
+                      variance: np.ndarray, tail: float = 0.0, *, width: np.ndarray | None = None,
+                      cells_after: float = 0.0, constraint: float = 0.0) -> np.ndarray:
     """First-order sd of the noise on the survival, from independent noise of ``variance`` on every
     event and every censoring count of the bins.
 
@@ -38,6 +81,13 @@ def survival_noise_sd(survival: np.ndarray, events: np.ndarray, at_risk: np.ndar
     tail : float
         The summed variance of the counts of the bins after these (no one at risk there, but their
         noisy counts enter every at-risk count).
+    width, cells_after, constraint
+        Cells shifted to agree with decision counts (:func:`with_decision_count`): a node's cells of
+        this group per bin (``width``, shape (bins,): the request's points in each bin) and after
+        these bins (``cells_after``: events and censorings of the later bins and those folded into
+        the last), and the summed ``a s^2`` of the nodes that shifted.  Their noise has covariance
+        ``s^2 I - a s^2 1 1^T`` per node, so ``constraint * G_k^2`` comes off the variance of
+        ``log S_k``, ``G_k`` the sum of its gradient over one node's cells of the group.
 
     Returns
     -------
@@ -50,14 +100,21 @@ def survival_noise_sd(survival: np.ndarray, events: np.ndarray, at_risk: np.ndar
     before = np.cumsum(variance * ((big_a - 1.0 / alive) ** 2 + big_a ** 2))
     after = 2.0 * (np.sum(variance) - np.cumsum(variance) + tail)  # the bins after k: events and censorings
     var_log = before + big_a ** 2 * after
+    if constraint:
+        w = np.ones(len(n)) if width is None else np.asarray(width, dtype=float)
+        later = 2.0 * (np.sum(w) - np.cumsum(w)) + cells_after
+        gradient_sum = np.cumsum(w * (2.0 * big_a - 1.0 / alive)) + big_a * later
+        var_log = np.maximum(var_log - constraint * gradient_sum ** 2, 0.0)
     return survival * np.sqrt(var_log)
 
 
 def noisy_curve(events: np.ndarray, censored: np.ndarray, variance: np.ndarray, q: float,
-                censored_tail: float = 0.0) -> dict | None:
+                censored_tail: float = 0.0, *, width: np.ndarray | None = None, folded_cells: float = 0.0,
+                constraint: float = 0.0) -> dict | None:
     """One group's curve from summed noisy counts on common bins (``variance``: of each count's noise;
     ``censored_tail``: the extra variance of the last bin's censorings, noisy counts of later bins
-    folded into them).
+    folded into them; ``width``, ``folded_cells``, ``constraint``: counts shifted to agree with the
+    nodes' decision counts, :func:`survival_noise_sd`).
 
     Every bin up to the last with someone at risk is kept (a bin whose noisy events are 0 or below
     may hold deaths).  Survival is ``prod (1 - d_j / n_j)`` over the signed noisy events (clamping
@@ -81,7 +138,10 @@ def noisy_curve(events: np.ndarray, censored: np.ndarray, variance: np.ndarray, 
     variance = np.asarray(variance, dtype=float)
     # a censoring count at or after bin k enters log S_k as the counts after it: half of `tail`'s weight
     tail = float(variance[used[-1] + 1:].sum()) + censored_tail / 2.0
-    noise_sd = survival_noise_sd(survival, events[used], n, variance[used], tail)
+    width = np.ones(len(events)) if width is None else np.asarray(width, dtype=float)
+    cells_after = 2.0 * float(width[used[-1] + 1:].sum()) + folded_cells
+    noise_sd = survival_noise_sd(survival, events[used], n, variance[used], tail, width=width[used],
+                                 cells_after=cells_after, constraint=constraint)
     stderr, lower, upper = loglog_band(survival, d, n, q, noise_sd)
     return {
         "n_obs": int(max(round(float(events.sum() + censored.sum())), 0)),

@@ -149,6 +149,9 @@ def result_warnings(doc: Mapping[str, Any]) -> list[Warning]:
         out.append(Warning("noise", "Perturbed result: random noise was added at the node(s) to protect "
                                     "patients, so every number is approximate" + (f" ({by})" if by else "")
                            + ". Do not report it as exact; ask for an approved study for exact answers."))
+    noise = result.get("noise") if isinstance(result, Mapping) else None
+    for text in (noise.get("warnings") or []) if isinstance(noise, Mapping) else []:
+        out.append(Warning("noise", str(text)))  # e.g. Kaplan-Meier: a group the noise left nobody at risk in
     dominated = noise_dominated(result)
     if dominated:
         out.append(Warning("noise", "The noise dominates the standard deviation of " + ", ".join(dominated)

@@ -589,7 +589,9 @@ def release_explore(request: Any, context: Any, work: Any) -> None:
        ``min_row_count``, ``nfilter_subset`` and ``nfilter_glm`` decided on it, noisy count cells in
        ``(0, nfilter_tab)`` suppressed.
 
-    The reply carries the noisy row count; the exact one stays in the audit record.
+    The reply carries the noisy row count; the exact one stays in the audit record.  A release that
+    declares ``decision_key`` (Kaplan-Meier) carries that same noisy count and its sd in its aggregates
+    too: no new value, one the global step can combine with the release's cells.
     """
     from mipflow.protocol.privacy import noise_label
 
@@ -613,6 +615,8 @@ def release_explore(request: Any, context: Any, work: Any) -> None:
         work.controls.check_rows(algo, analysis, model, rows)  # on the noisy count: post-processing
     except DisclosureError as refused:
         raise DisclosureError(f"{refused} ({refusal_note(split)})", control=refused.control) from None
+    if mechanism.decision_key:  # the reply's rows (already released) and its sd (a setting), for the global step
+        aggregates = {**aggregates, mechanism.decision_key: {"count": rows, "sd": split.count_sd}}
     work.aggregates = suppress_noisy_cells(aggregates, settings.nfilter_tab)
     work.rows = rows
     work.record["dp"] = noise_label(
