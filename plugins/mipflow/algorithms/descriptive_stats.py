@@ -43,7 +43,8 @@ from mipflow.algorithms.contract import Step
 from mipflow.algorithms.spec import NOMINAL, NUMERICAL, InputSpec, SpecAlgorithm
 from mipflow.algorithms.design import category_codes, numeric_values
 from mipflow.algorithms.dp_release import DPRelease, Noise, Released, declared_bounds, moments_from_sums
-from mipflow.algorithms.moments import Moments, compute_moments, merge_moments
+from mipflow.algorithms.moments import Moments, compute_moments, merge_moments, streamed_column_moments
+from mipflow.algorithms.streamed import COUNT_ROWS, level_counts_on_disk, on_disk
 from mipflow.algorithms.noise_error import NoiseTerm, noisy_count_error, noisy_mean_and_std, pool_sums
 from mipflow.protocol.datamodel import DataModel
 from mipflow.protocol.request import AnalysisRequest
@@ -176,8 +177,56 @@ class DescriptiveStats(SpecAlgorithm):
         values = values[~np.isnan(values)]
         return {"n_total": len(frame), "moments": compute_moments(values).to_dict()}
 
+    #: Its local step also takes a node's selection left on disk, missing values kept and ``dataset``
+    #: among its columns (:mod:`mipflow.algorithms.streamed`, ADR 0062): the same records bit for bit.
+    streams_rows = True
+
+    @staticmethod
+    def _describe_on_disk(rows: Any, code: str, model: DataModel) -> dict[str, Any]:
+        var = model.variable(code)
+        if var.is_categorical:
+            return {"n_total": len(rows), "counts": level_counts_on_disk(rows, code, var.enumeration_codes)}
+        present = rows.narrowed([code], lambda v: ~np.isnan(v[0]))
+        return {"n_total": len(rows), "moments": streamed_column_moments(present, [code]).to_dict()}
+
+    def _local_on_disk(self, rows: Any, request: AnalysisRequest, model: DataModel) -> dict:
+        """:meth:`local_step` over rows on disk: each dataset's rows, its complete rows and each variable's
+        present rows narrowed from the selection (a bit a snapshot row each), their sums a block at a time."""
+        described = self.described(request)
+        names = rows.levels_of(DATASET)
+        held: set[int] = set()
+        n = len(rows)
+        if n:
+            next_rows = rows.reader([DATASET])
+            for start in range(0, n, COUNT_ROWS):
+                held.update(np.unique(next_rows(min(COUNT_ROWS, n - start))[0]).tolist())
+        wanted = set(request.datasets)
+        out: dict[str, Any] = {}
+        for position in sorted((i for i in held if i >= 0), key=lambda i: names[i]):  # groupby's sorted order
+            if str(names[position]) not in wanted:
+                continue
+            part = rows.narrowed([DATASET], lambda v, at=position: v[0] == at)
+
+            def complete_of(values: list[np.ndarray]) -> np.ndarray:
+                keep = np.ones(len(values[0]) if values else 0, dtype=bool)
+                for code, v in zip(described, values):
+                    keep &= (v >= 0) if model.variable(code).is_categorical else ~np.isnan(v)
+                return keep
+
+            complete = part.narrowed(described, complete_of)
+            record = {
+                "variable_based": {c: self._describe_on_disk(part, c, model) for c in described},
+                "model_based": {c: self._describe_on_disk(complete, c, model) for c in described},
+            }
+            record["group_n"] = [r["moments"]["n"] for kind in ("variable_based", "model_based")
+                                 for r in record[kind].values() if "moments" in r]
+            out[str(names[position])] = record
+        return {"datasets": out}
+
     def local_step(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
                    model: DataModel, state: dict | None) -> dict:
+        if on_disk(data):
+            return self._local_on_disk(data, request, model)
         described = self.described(request)
         out: dict[str, Any] = {}
         wanted = set(request.datasets)

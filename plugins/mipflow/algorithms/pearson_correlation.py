@@ -23,11 +23,11 @@ import numpy as np
 
 from mipflow.algorithms.contract import Step
 from mipflow.algorithms.spec import NUMERICAL, InputSpec, ParamSpec, SpecAlgorithm
-from mipflow.algorithms.design import numeric_values
 from mipflow.algorithms.dp_release import (DPRelease, Noise, Released, bounded_columns, moment_sensitivity,
                                           moments_from_noisy_sums, moments_rows, noisy_sums, one_block)
 from mipflow.algorithms.noise_error import INTERVAL_LEVEL, NoiseTerm, abs_cdf, halfwidth, propagate
-from mipflow.algorithms.moments import compute_moments, merge_moment_dicts
+from mipflow.algorithms.moments import merge_moment_dicts
+from mipflow.algorithms.streamed import moments_of
 from mipflow.exceptions import RequestError
 from mipflow.protocol.datamodel import DataModel
 from mipflow.protocol.request import AnalysisRequest
@@ -181,11 +181,15 @@ class PearsonCorrelation(SpecAlgorithm):
                                        "5 % intervals; send 0.05 for 95 % intervals."),
     })
 
+    #: Its local step also takes a node's selection left on disk (:mod:`mipflow.algorithms.streamed`,
+    #: ADR 0062): the node then holds no copy of the rows.
+    streams_rows = True
+
     def local_step(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
                    model: DataModel, state: dict | None) -> dict:
-        cols = self.variables(request)
-        z = np.column_stack([numeric_values(data[c]) for c in cols])
-        return {"moments": compute_moments(z, matrix=True).to_dict()}
+        # the moments of the column-major matrix of the variables, never made (a frame's columns or rows
+        # on disk a block at a time: the same values, bit for bit)
+        return {"moments": moments_of(data, self.variables(request), matrix=True).to_dict()}
 
     def global_step(self, round: int, aggregates: list[dict], request: AnalysisRequest,
                     model: DataModel, state: dict | None) -> Step:

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 
 from mipflow.algorithms.contract import Step
 from mipflow.algorithms.spec import NUMERICAL, InputSpec, ParamSpec, SpecAlgorithm
-from mipflow.algorithms.design import numeric_values
 from mipflow.algorithms.inference import SIGNIFICANCE_ALPHA, alternative_spec, t_interval, t_pvalue
-from mipflow.algorithms.moments import compute_moments, merge_moment_dicts
+from mipflow.algorithms.moments import merge_moment_dicts
+from mipflow.algorithms.streamed import moments_of
 from mipflow.exceptions import RequestError
 from mipflow.protocol.datamodel import DataModel
 from mipflow.protocol.request import AnalysisRequest
@@ -45,9 +45,13 @@ class TTestOneSample(SpecAlgorithm):
                                     "spec caps it at -10..10, mipflow does not)."),
     })
 
+    #: Its local step also takes a node's selection left on disk (:mod:`mipflow.algorithms.streamed`,
+    #: ADR 0062): the node then holds no copy of the rows.
+    streams_rows = True
+
     def local_step(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
                    model: DataModel, state: dict | None) -> dict:
-        return {"y": compute_moments(numeric_values(data[request.y[0]])).to_dict()}
+        return {"y": moments_of(data, [request.y[0]]).to_dict()}
 
     def global_step(self, round: int, aggregates: list[dict], request: AnalysisRequest,
                     model: DataModel, state: dict | None) -> Step:

@@ -14,13 +14,13 @@ import math
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-import numpy as np
 
 from mipflow.algorithms.contract import Step
 from mipflow.algorithms.spec import NUMERICAL, InputSpec, SpecAlgorithm
 from mipflow.algorithms.design import numeric_values
 from mipflow.algorithms.inference import SIGNIFICANCE_ALPHA, alternative_spec, t_interval, t_pvalue
-from mipflow.algorithms.moments import compute_moments, merge_moment_dicts
+from mipflow.algorithms.moments import column_moments, merge_moment_dicts, streamed_column_moments
+from mipflow.algorithms.streamed import DifferenceSource, moments_of, on_disk
 from mipflow.exceptions import RequestError
 from mipflow.protocol.datamodel import DataModel
 from mipflow.protocol.request import AnalysisRequest
@@ -48,14 +48,18 @@ class TTestPaired(SpecAlgorithm):
         if request.x[0] == request.y[0]:
             raise RequestError("a paired t-test needs two different variables")
 
+    #: Its local step also takes a node's selection left on disk (:mod:`mipflow.algorithms.streamed`,
+    #: ADR 0062): the node then holds no copy of the rows.
+    streams_rows = True
+
     def local_step(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
                    model: DataModel, state: dict | None) -> dict:
-        x = numeric_values(data[request.x[0]])
-        y = numeric_values(data[request.y[0]])
-        return {
-            "xy": compute_moments(np.column_stack([x, y])).to_dict(),
-            "diff": compute_moments(x - y).to_dict(),
-        }
+        x, y = request.x[0], request.y[0]
+        if on_disk(data):
+            diff = streamed_column_moments(DifferenceSource(data, x, y), ["difference"])
+        else:
+            diff = column_moments([numeric_values(data[x]) - numeric_values(data[y])])
+        return {"xy": moments_of(data, [x, y]).to_dict(), "diff": diff.to_dict()}
 
     def global_step(self, round: int, aggregates: list[dict], request: AnalysisRequest,
                     model: DataModel, state: dict | None) -> Step:

@@ -104,20 +104,21 @@ class SelectionCache:
         snapshot's (ADR 0028) instead of the request's datasets and filters.  ``columnar``: keyed reads
         may come from the data model's columnar snapshot (setting ``columnar_snapshot``, ADR 0049).
         ``streamed``: the caller's step takes rows left on disk (no differential privacy, no explore
-        mode): for an algorithm that ``streams_rows``, a complete-case selection of numerical and
-        nominal variables from the snapshot is kept as :class:`mipflow.node.query.snapshot_rows.SnapshotRows`
-        (a bit a snapshot row) and its cohort computed from the snapshot's keys (ADR 0049 amended:
-        no copy of the rows, no key column per row)."""
+        mode): for an algorithm that ``streams_rows`` (and releases no group, nothing split by a level
+        but ``dataset``'s), a selection of numerical and nominal variables from the snapshot is kept as
+        :class:`mipflow.node.query.snapshot_rows.SnapshotRows` (a bit a snapshot row) and its cohorts
+        computed from the snapshot's keys (ADR 0049 amended, ADR 0062: no copy of the rows; a
+        complete-case selection split by nothing keeps no key column per row either)."""
         from mipflow.algorithms.local import prepare_local_data
         from mipflow.node.controls.folds import add_fold_keys, needs_fold_keys
         from mipflow.node.query.read import select_frame
 
         variables = list(variables)
         transformer = getattr(analysis, "longitudinal", None)
+        by = tuple(getattr(algo, "released_by", ()))
         streamed = bool(streamed and columnar and study is None and transformer is None
-                        and getattr(algo, "streams_rows", False) and algo.complete_case
+                        and getattr(algo, "streams_rows", False) and set(by) <= {"dataset"}
                         and not getattr(algo, "row_identity", False) and not needs_fold_keys(algo)
-                        and not getattr(algo, "released_by", ())
                         and not (hasattr(algo, "released_groups") and algo.released_groups(analysis, model)))
         key = json.dumps([model.key, sorted(analysis.datasets), variables, analysis.filters,
                           algo.complete_case, algo.name, study and study.token, streamed]
@@ -140,10 +141,12 @@ class SelectionCache:
             from mipflow.node.query.read import select_rows
 
             rows = select_rows(self.store, model, datasets=analysis.datasets, variables=variables,
-                               filters=analysis.filters, row_key=self.differencing.key)
-            if rows is not None:
+                               filters=analysis.filters, row_key=self.differencing.key,
+                               complete_case=algo.complete_case, dataset="dataset" in variables)
+            if rows is not None:  # the cohorts of its frame (ADR 0062), from the snapshot's keys
                 return self._keep(key, version, budget, rows,
-                                  self.differencing.cohorts_of_selection(model.key, rows))
+                                  self.differencing.cohorts_of_rows(model.key, rows, variables,
+                                                                    algo.complete_case, by))
         if transformer is not None:
             if study is not None:
                 raise RequestError("the longitudinal transformer is not offered in study mode")

@@ -288,15 +288,18 @@ def select_frame(store: FeatureStore, model: DataModel, *, datasets: Sequence[st
 
 
 def select_rows(store: FeatureStore, model: DataModel, *, datasets: Sequence[str], variables: Sequence[str],
-                filters: Mapping[str, Any] | None, row_key: str) -> Any:
+                filters: Mapping[str, Any] | None, row_key: str, complete_case: bool = True,
+                dataset: bool = False) -> Any:
     """:func:`select_frame`'s complete-case keyed selection left on disk: the data model's columnar
     snapshot's rows it selects, read a block at a time
     (:class:`mipflow.node.query.snapshot_rows.SnapshotRows`, ADR 0049 amended), or None where the
     snapshot cannot give exactly those rows (a text variable or ``dataset``, a filter it cannot evaluate, a
     store without snapshots...): the caller then reads a frame.  The request is checked first, with
-    :func:`select_frame`'s errors.
+    :func:`select_frame`'s errors.  ``complete_case`` and ``dataset``: as
+    :func:`mipflow.node.query.snapshot.select_rows` (without complete-case, the rows of
+    :func:`select_frame` with ``complete_case=False``).
     """
-    _, chosen = _prepare(store, model, datasets, variables, filters, True, True)
+    _, chosen = _prepare(store, model, datasets, variables, filters, complete_case, True)
     if store.dialect != "sqlite" or not all(v.is_numerical or v.is_categorical for v in chosen):
         return None
     from mipflow.node.query.snapshot import current_snapshot, select_rows as snapshot_rows
@@ -304,7 +307,8 @@ def select_rows(store: FeatureStore, model: DataModel, *, datasets: Sequence[str
     try:
         columns = current_snapshot(store, model, row_key)
         return None if columns is None else \
-            snapshot_rows(columns, model, chosen, _check_datasets(datasets), filters, row_key)
+            snapshot_rows(columns, model, chosen, _check_datasets(datasets), filters, row_key, complete_case,
+                          dataset)
     except (OSError, sqlite3.Error) as exc:  # as select_frame: the frame's read answers
         log.warning("columnar snapshot of %s unavailable (%s); reading the store", model.key, type(exc).__name__)
         return None

@@ -413,12 +413,13 @@ class _Columns:
 
 
 def selection_mask(snapshot: Snapshot, model: DataModel, chosen: list[Variable], datasets: list[str],
-                   filters: Mapping[str, Any] | None, row_key: str
+                   filters: Mapping[str, Any] | None, row_key: str, complete_case: bool = True
                    ) -> tuple[np.ndarray, list[dict[str, Any]]] | None:
-    """The snapshot rows a checked request selects, complete on ``chosen``: ``(mask, entries)``, the
-    mask (one bool a snapshot row) and the ``meta.json`` entries of the chosen variables other than
-    ``dataset``; None when the snapshot cannot select exactly the SQL read's rows.  The columns a
-    filter names are mapped while it is evaluated, then one column at a time."""
+    """The snapshot rows a checked request selects, complete on ``chosen`` (unless not
+    ``complete_case``): ``(mask, entries)``, the mask (one bool a snapshot row) and the ``meta.json``
+    entries of the chosen variables other than ``dataset``; None when the snapshot cannot select exactly
+    the SQL read's rows.  The columns a filter names are mapped while it is evaluated, then one column
+    at a time."""
     levels = snapshot.meta["datasets"]
     if snapshot.meta.get("key") != key_fingerprint(row_key) or levels is None:
         return None
@@ -438,7 +439,7 @@ def selection_mask(snapshot: Snapshot, model: DataModel, chosen: list[Variable],
     if selected is not None:
         mask &= selected
         del selected
-    for entry in entries:  # complete cases, one column mapped at a time
+    for entry in entries if complete_case else ():  # complete cases, one column mapped at a time
         data = np.asarray(snapshot.array(entry["file"]))
         mask &= ~np.isnan(data) if entry["kind"] == "numerical" else data >= 0
         del data
@@ -446,24 +447,34 @@ def selection_mask(snapshot: Snapshot, model: DataModel, chosen: list[Variable],
 
 
 def select_rows(snapshot: Snapshot, model: DataModel, chosen: list[Variable], datasets: list[str],
-                filters: Mapping[str, Any] | None, row_key: str) -> Any:
+                filters: Mapping[str, Any] | None, row_key: str, complete_case: bool = True,
+                dataset: bool = False) -> Any:
     """The rows of :func:`select_columns` left on disk: a
     :class:`mipflow.node.query.snapshot_rows.SnapshotRows` (read a block at a time), or None (the
-    ``dataset`` variable chosen, a stored level of a chosen categorical variable that the SQL read
-    would not give as one of its enumeration codes, or whatever :func:`select_columns` cannot answer).
-    A categorical variable's levels are those the SQL read gives (:func:`_as_codes`); a stored value
-    outside the enumerations, even in rows not selected, leaves the request to the frame's read, which
-    refuses it if a selected row holds it."""
+    ``dataset`` variable chosen without ``dataset``, a stored level of a chosen categorical variable that
+    the SQL read would not give as one of its enumeration codes, or whatever :func:`select_columns` cannot
+    answer).  A categorical variable's levels are those the SQL read gives (:func:`_as_codes`); a stored
+    value outside the enumerations, even in rows not selected, leaves the request to the frame's read,
+    which refuses it if a selected row holds it.
+
+    ``complete_case`` False: the rows of the datasets and filters, missing values kept (NaN, level code
+    -1), as :func:`mipflow.node.query.read.select_frame` without complete-case gives them.  ``dataset``:
+    the ``dataset`` variable may be chosen; its levels are the stored dataset names (the SQL read's
+    strings), not the data model's enumeration codes."""
     from mipflow.node.query.snapshot_rows import SnapshotRows
 
-    if any(v.code == "dataset" or not (v.is_numerical or v.is_categorical) for v in chosen):
+    if any(not (v.is_numerical or v.is_categorical) for v in chosen) \
+            or any(v.code == "dataset" for v in chosen) and not dataset:
         return None
-    chosen_mask = selection_mask(snapshot, model, chosen, datasets, filters, row_key)
+    chosen_mask = selection_mask(snapshot, model, chosen, datasets, filters, row_key, complete_case)
     if chosen_mask is None:
         return None
     mask, entries = chosen_mask
+    files = {v.code: e["file"] for v, e in zip([v for v in chosen if v.code != "dataset"], entries)}
     levels: dict[str, list[str]] = {}
-    for var, entry in zip(chosen, entries):
+    if any(v.code == "dataset" for v in chosen):
+        files["dataset"], levels["dataset"] = "dataset", list(snapshot.meta["datasets"])
+    for var, entry in zip([v for v in chosen if v.code != "dataset"], entries):
         if entry["kind"] != "categorical":
             continue
         try:
@@ -474,7 +485,7 @@ def select_rows(snapshot: Snapshot, model: DataModel, chosen: list[Variable], da
         if any(code not in allowed for code in codes):
             return None
         levels[var.code] = codes
-    return SnapshotRows(snapshot, {v.code: e["file"] for v, e in zip(chosen, entries)}, mask, levels)
+    return SnapshotRows(snapshot, {v.code: files[v.code] for v in chosen}, mask, levels)
 
 
 def select_columns(snapshot: Snapshot, model: DataModel, chosen: list[Variable], datasets: list[str],

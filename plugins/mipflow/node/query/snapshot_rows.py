@@ -173,6 +173,36 @@ class SnapshotRows:
 
         return next_rows
 
+    def narrowed(self, codes: Sequence[str], keep: Callable[[list[np.ndarray]], np.ndarray]) -> "SnapshotRows":
+        """The selected rows where ``keep`` holds, as a new selection of the same files: ``keep`` is given
+        the values of ``codes`` (as :meth:`reader` gives them) for the selected rows of a block of the
+        snapshot and returns one bool for each.  One pass; memory: a block, and the new packed mask (a bit
+        a snapshot row)."""
+        parts: list[np.ndarray] = []
+        count_kept = 0
+        next_rows = self.reader(list(codes)) if codes else None
+        for start in range(0, self.total, READ_ROWS):
+            count = min(READ_ROWS, self.total - start)
+            selected = self._mask_of(start, start + count)
+            chosen = count if selected is None else int(np.count_nonzero(selected))
+            values = next_rows(chosen) if next_rows is not None else []
+            kept = np.asarray(keep(values), dtype=bool)
+            if kept.shape != (chosen,):
+                raise ValueError("a row condition of another length")
+            count_kept += int(np.count_nonzero(kept))
+            if selected is None:
+                block = kept
+            else:
+                block = np.zeros(count, dtype=bool)
+                block[selected] = kept
+            parts.append(np.packbits(block))  # READ_ROWS is a multiple of 8: the parts' bits join
+        out = SnapshotRows.__new__(SnapshotRows)
+        out.snapshot, out.files, out._levels, out.total = self.snapshot, dict(self.files), dict(self._levels), self.total
+        packed = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint8)
+        out.count = count_kept
+        out._packed = None if out.count == self.total else packed
+        return out
+
     def values(self, code: str) -> np.ndarray:
         """A whole column at the selected rows (8 bytes a row: for tests and small selections)."""
         return np.array(self.reader([code])(self.count)[0])

@@ -1,0 +1,104 @@
+"""ADR 0062 at the node: descriptive statistics, Pearson correlation and the one-sample and paired t-tests
+keep their selection left on disk (a bit a snapshot row, no frame) and answer what the SQL read's frame
+gave, bit for bit; the ledger records the cohorts of that frame; differential privacy keeps a frame."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from mipflow.node.api.context import StepContext
+from mipflow.node.api.step import answer_step
+from mipflow.node.home import NodeHome
+from mipflow.node.query.read import select_frame
+from tests.mipflow.algorithms.survival_data import STROKE
+from tests.mipflow.node.api.test_step import body
+from tests.nodes import grant_all, load_frame, standard_home
+from tests.privacy.conftest import make_rows, rule, where
+
+
+def _rows():
+    """The privacy suite's stroke rows, a few values missing (on a numerical and a nominal variable)."""
+    rows = make_rows()
+    rows.loc[[3, 50, 51, 200], "glucose_mmol"] = np.nan
+    rows.loc[[4, 50, 120], "diabetes"] = None
+    return rows
+
+
+def _node(root: Path, **settings: Any) -> StepContext:
+    home = standard_home(root, "hospital_a")
+    for key, value in settings.items():
+        home.set_setting(key, value)
+    load_frame(root, STROKE, _rows())
+    grant_all(root)
+    return StepContext.open(NodeHome(root))
+
+
+CASES = [
+    pytest.param("descriptive_stats", ["age", "glucose_mmol", "diabetes"], ["sex"], {}, id="descriptive"),
+    pytest.param("pearson_correlation", ["age"], ["glucose_mmol", "nihss_admission"], {}, id="pearson"),
+    pytest.param("ttest_onesample", ["glucose_mmol"], [], {"mu": 7.0}, id="one-sample"),
+    pytest.param("ttest_paired", ["systolic_bp"], ["age"], {}, id="paired"),
+]
+
+
+@pytest.mark.parametrize("name, y, x, parameters", CASES)
+def test_sums_of_rows_on_disk_are_released_as_from_the_frame(name, y, x, parameters, tmp_path) -> None:
+    from mipflow.algorithms import get_algorithm
+    from mipflow.node.query.snapshot_rows import SnapshotRows
+    from mipflow.protocol.request import AnalysisRequest
+
+    filters = where(rule("age", "greater", 40))
+    kept: dict[str, list[str]] = {}
+    replies: dict[str, Any] = {}
+    # the present rows of a variable a few rows short of every row are a cohort beside it: the differencing
+    # control refuses such a step, from a frame as from rows on disk, unless min_row_count is 1 (its check off;
+    # the cohorts are recorded all the same)
+    for case, settings in (("disk", {}), ("sql", {"columnar_snapshot": 0}),
+                           ("dp", {"dp_enabled": True, "dp_exempt_algorithms": name})):
+        context = _node(tmp_path / case, min_row_count=1, **settings)
+        replies[case] = answer_step(context, "central", name,
+                                    body(context, y=y, x=x, filters=filters, parameters=parameters,
+                                         analysis_id=case))
+        kept[case] = [type(v[1]).__name__ for v in context.selections._kept.values()]
+        if case == "disk":  # the ledger recorded the cohorts of the frame the node read before
+            algo = get_algorithm(name)
+            model = context.data_model(STROKE.key)
+            request = AnalysisRequest.from_dict({"inputdata": {"data_model": STROKE.key,
+                                                               "datasets": ["hospital_a", "hospital_b",
+                                                                            "hospital_c"],
+                                                               "x": x, "y": y, "filters": filters},
+                                                 "parameters": parameters})
+            variables = list(algo.variables(request))
+            frame = select_frame(context.store, model, datasets=request.datasets, variables=variables,
+                                 filters=filters, complete_case=algo.complete_case, row_identity=True)
+            want = context.differencing.cohorts(model.key, frame, variables, algo.complete_case,
+                                                getattr(algo, "released_by", ()))
+            recorded = context.differencing.ledger.cohorts(model.key)
+            assert all(d in recorded for d in want.digests) and len(want.digests) >= 1
+            if name == "descriptive_stats":  # per dataset, per variable present, complete: several
+                assert len(want.digests) > 3
+    assert kept == {"disk": [SnapshotRows.__name__], "sql": ["DataFrame"], "dp": ["DataFrame"]}
+    assert replies["disk"]["rows"] == replies["sql"]["rows"] > 0
+    assert json.dumps(replies["disk"]["aggregates"], sort_keys=True) == \
+        json.dumps(replies["sql"]["aggregates"], sort_keys=True) == \
+        json.dumps(replies["dp"]["aggregates"], sort_keys=True)
+
+
+def test_the_differencing_control_refuses_descriptive_statistics_on_disk_as_from_the_frame(tmp_path) -> None:
+    """With min_row_count 10, a variable's present rows (every row but 4) beside every row single out 4
+    rows: refused by ``differencing`` from rows on disk as from the SQL read's frame, the same message."""
+    from mipflow.exceptions import DisclosureError
+
+    refusals = []
+    for case, settings in (("disk", {}), ("sql", {"columnar_snapshot": 0})):
+        context = _node(tmp_path / case, min_row_count=10, **settings)
+        with pytest.raises(DisclosureError) as refused:
+            answer_step(context, "central", "descriptive_stats",
+                        body(context, y=["age", "glucose_mmol"], analysis_id=case))
+        assert refused.value.control == "differencing"
+        refusals.append(str(refused.value))
+    assert refusals[0] == refusals[1]
