@@ -122,3 +122,27 @@ def test_logistic_regression_releases_its_dummy_level_s_sums() -> None:
     truth = frame.loc[frame["stroke_type"] == "tia", "nihss_admission"].sum()
     assert recovered == pytest.approx(truth, rel=1e-9)
     assert start["level_counts"]["stroke_type"][2] == (frame["stroke_type"] == "tia").sum()
+
+
+def test_defence_contingency_cells_and_two_cohorts_that_isolate_one_patient_are_refused(tmp_path) -> None:
+    """A contingency table of stroke type by sex on everyone releases its cells' counts (the TIA women and TIA
+    men: their sum is the TIA level); with the counts of adults and adult non-TIA patients the combination
+    would count the one TIA patient under 25 (a cell of one, which no single table may release).  Its cells are
+    now held in the chain at nfilter_tab: the third release is refused (control ``differencing``).  The same
+    table again and a table of the elderly answer."""
+    frame = level_rows()
+    table = request(["sex"], ["stroke_type"])
+    root = tmp_path / "node"
+    credential = severity_node(root, frame)
+    with running_nodes([root]) as (url,):
+        served = Served(url, credential, root, frame)
+        call = lambda a, r: served.call(a, r, project="severity")  # noqa: E731
+        first = call("contingency_table", table)
+        again = call("contingency_table", table)
+        adults = call("descriptive_stats", stats(ADULTS))
+        others = call("descriptive_stats", stats(ADULT_OTHERS))
+        far = call("contingency_table", request(["sex"], ["stroke_type"], ELDERLY))
+    for honest in (first, again, adults, far):
+        assert honest.status_code == 200, honest.text
+    assert others.status_code == 403, others.text
+    assert others.json()["control"] == "differencing" and no_data_number(others.text)

@@ -110,6 +110,7 @@ def test_the_memory_is_on_disk_and_shared(tmp_path) -> None:
     ("cox_regression", ["stroke_type", "age"], ["followup_days", "death_90d"], {"event_level": "yes"},
      (ReleasedGroups(("stroke_type",)),)),
     ("logistic_regression", ["age"], ["sex"], {"positive_class": "F"}, ()),
+    ("contingency_table", ["stroke_type"], ["sex"], {}, (ReleasedGroups(("stroke_type", "sex")),)),
     ("ttest_onesample", [], ["nihss_admission"], {}, ()),
     ("pearson_correlation", [], ["nihss_admission", "age"], {}, ()),
 ])
