@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from mipflow.algorithms.contract import Step
+from mipflow.algorithms.contract import ReleasedGroups, Step
 from mipflow.algorithms.design import category_codes
 from mipflow.algorithms.dp_release import DPRelease, Noise, Released, one_block
 from mipflow.algorithms.inference import alternative_spec
@@ -313,6 +313,11 @@ class ContingencyTable(SpecAlgorithm):
     def check(self, request: AnalysisRequest, model: DataModel) -> None:
         if request.x[0] == request.y[0]:
             raise RequestError(f"{request.y[0]!r} cannot be both x and y of a contingency table")
+
+    def released_groups(self, request: AnalysisRequest, model: DataModel) -> tuple[ReleasedGroups, ...]:
+        # every cell is a group whose count is released (and every margin and the table's total are sums of
+        # cells): held across releases, and in the chain rule, at nfilter_tab (ADR 0051, issue 14 item 5)
+        return (ReleasedGroups((request.x[0], request.y[0])),)
 
     @staticmethod
     def _levels(request: AnalysisRequest, model: DataModel) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -168,7 +168,9 @@ class Algorithm(Protocol):
 #   the node compares with the partitions it released before (k-means, ADR 0013);
 # * ``released_groups``: the level cells of nominal variables whose sums (count, means, spreads)
 #   its local step releases (:class:`ReleasedGroups`): t-test and ANOVA groups, Gaussian naive
-#   Bayes classes, linear regression's dummy levels.  The node derives every group they let anyone
+#   Bayes classes, the dummy levels of every algorithm that dummy-encodes its covariates
+#   (:func:`mipflow.algorithms.design.dummy_level_groups`: linear and logistic regression, GEE, LMM,
+#   Cox), contingency cells.  The node derives every group they let anyone
 #   form (cells, margins of cells, their union) and holds each, against the same group of earlier
 #   releases and against the rows of the cohort outside it, to the group threshold
 #   (:mod:`mipflow.node.controls.groups`, ADR 0051);

@@ -83,10 +83,11 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from mipflow.algorithms.contract import Step
+from mipflow.algorithms.contract import ReleasedGroups, Step
 from mipflow.algorithms.cox_shares import full_s2 as _full_s2
 from mipflow.algorithms.cox_shares import node_share as _node_share
 from mipflow.algorithms.design import (
+    dummy_level_groups,
     design_columns,
     design_matrix,
     level_counts,
@@ -183,6 +184,11 @@ class CoxRegression(SpecAlgorithm):
         request_points(model.variable(request.y[0]), params["bin_width"], params["max_time"])
 
     # -- local ------------------------------------------------------------------
+
+    def released_groups(self, request: AnalysisRequest, model: DataModel) -> tuple[ReleasedGroups, ...]:
+        # each nominal covariate's levels are released groups (ADR 0051, issue 14 item 5): the start round's level counts and moments, and every sums round's ``S1``, ``S2`` hold per-level
+        # sums over the rows at risk
+        return dummy_level_groups(request.x, model)
 
     def local_step(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
                    model: DataModel, state: dict | None) -> dict:

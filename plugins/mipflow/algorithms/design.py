@@ -13,6 +13,8 @@ from mipflow.protocol.datamodel import DataModel, Variable
 if TYPE_CHECKING:
     import pandas as pd
 
+    from mipflow.algorithms.contract import ReleasedGroups
+
 #: Name of the constant column of a design matrix (patsy / Exareme2 spelling).
 INTERCEPT = "Intercept"
 #: Safety stop for :func:`run_in_process`.
@@ -353,6 +355,21 @@ def level_counts(data: pd.DataFrame, codes: Sequence[str], model: DataModel) -> 
             counts = values.value_counts()
             out[code] = [int(counts.get(level, 0)) for level in sorted_levels(var)]
     return out
+
+
+def dummy_level_groups(x: Sequence[str], model: DataModel) -> tuple[ReleasedGroups, ...]:
+    """The released groups of a dummy-encoded design (``Algorithm.released_groups``, ADR 0051): each nominal
+    covariate of ``x``, every level (its margins only).
+
+    A dummy column's sums in a design's moments, Gram matrix, score or information are sums over its level's
+    rows (the level's count, and sums of the response and of every numerical covariate, weighted or not):
+    first moments over a set of rows, held to ``nfilter_tab`` across releases.  Declared by every algorithm
+    that dummy-encodes ``x`` (linear and logistic regression, GEE, linear mixed model, Cox regression).  The
+    joint cells of two covariates are counts (``cell_n``, checked per release) and are not declared.
+    """
+    from mipflow.algorithms.contract import ReleasedGroups
+
+    return tuple(ReleasedGroups((code,)) for code in x if model.variable(code).is_categorical)
 
 
 def sum_level_counts(parts: Sequence[Mapping[str, Sequence[int]]]) -> dict[str, list[int]]:

@@ -40,8 +40,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mipflow.algorithms.contract import Step
+from mipflow.algorithms.contract import ReleasedGroups, Step
 from mipflow.algorithms.design import (
+    dummy_level_groups,
     category_codes,
     covariates_block,
     design_columns,
@@ -162,6 +163,11 @@ class Gee(SpecAlgorithm):
     def parameter_count(self, request: AnalysisRequest, model: DataModel) -> int | None:
         """One parameter per design column (checked against rows and patients)."""
         return len(design_columns(request.x, model))
+
+    def released_groups(self, request: AnalysisRequest, model: DataModel) -> tuple[ReleasedGroups, ...]:
+        # each nominal covariate's levels are released groups (ADR 0051, issue 14 item 5): rows per level of each nominal covariate in round 0, and every later round's ``X' W X``,
+        # score and (GEE) meat hold per-level sums of the weights, residuals and numerical covariates
+        return dummy_level_groups(request.x, model)
 
     def cluster_count(self, data: pd.DataFrame) -> int | None:
         """Patients among the rows (``min_row_count`` and ``nfilter_glm`` count them too)."""

@@ -26,6 +26,7 @@ import numpy as np
 from mipflow.algorithms.contract import ReleasedGroups, Step
 from mipflow.algorithms.spec import NOMINAL, NUMERICAL, InputSpec, SpecAlgorithm
 from mipflow.algorithms.design import (
+    dummy_level_groups,
     INTERCEPT,
     DesignSource,
     category_codes,
@@ -222,7 +223,7 @@ class LinearRegression(SpecAlgorithm):
     def released_groups(self, request: AnalysisRequest, model: DataModel) -> tuple[ReleasedGroups, ...]:
         # each dummy's co-moments are its level's count and sums of y and of the numerical covariates (first
         # moments: group threshold nfilter_tab); two releases' levels one row apart give that row (ADR 0051)
-        return tuple(ReleasedGroups((code,)) for code in request.x if model.variable(code).is_categorical)
+        return dummy_level_groups(request.x, model)
 
     #: Its local step also takes a node's selection left on disk when every variable is numerical
     #: (:class:`mipflow.algorithms.moments.ColumnSource`; ADR 0049 amended): the node then holds no

@@ -43,8 +43,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mipflow.algorithms.contract import Step
+from mipflow.algorithms.contract import ReleasedGroups, Step
 from mipflow.algorithms.design import (
+    dummy_level_groups,
     INTERCEPT,
     covariates_block,
     design_columns,
@@ -151,6 +152,11 @@ class LinearMixedModel(SpecAlgorithm):
         """The fixed effects (design columns), the random effects' covariance parameters and the scale."""
         q = 2 if request.parameters.get("random_effects") == "intercept_slope" else 1
         return len(design_columns(request.x, model)) + q * (q + 1) // 2 + 1
+
+    def released_groups(self, request: AnalysisRequest, model: DataModel) -> tuple[ReleasedGroups, ...]:
+        # each nominal covariate's levels are released groups (ADR 0051, issue 14 item 5): level counts in round 0, and every later round's ``sum M'V^-1 M`` (and its derivatives) holds
+        # per-level sums of y and the numerical covariates
+        return dummy_level_groups(request.x, model)
 
     def cluster_count(self, data: pd.DataFrame) -> int | None:
         """Patients among the rows (``min_row_count`` and ``nfilter_glm`` count them too)."""

@@ -30,9 +30,10 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from mipflow.algorithms.contract import Step
+from mipflow.algorithms.contract import ReleasedGroups, Step
 from mipflow.algorithms.linear_regression import joint_cell_counts
 from mipflow.algorithms.design import (
+    dummy_level_groups,
     DesignSource,
     category_codes,
     design_columns,
@@ -116,6 +117,11 @@ class LogisticRegression(SpecAlgorithm):
     def check(self, request: AnalysisRequest, model: DataModel) -> None:
         if request.y[0] in request.x:
             raise RequestError(f"{request.y[0]!r} cannot be both the dependent variable and a covariate")
+
+    def released_groups(self, request: AnalysisRequest, model: DataModel) -> tuple[ReleasedGroups, ...]:
+        # each nominal covariate's levels are released groups (ADR 0051, issue 14 item 5): round 0's dummy means (the level counts), and round 1's Hessian ``X' W X`` at zero (``W = 1/4``)
+        # gives each level's sums of the numerical covariates, its gradient each level's positives
+        return dummy_level_groups(request.x, model)
 
     # -- local ------------------------------------------------------------------
 

@@ -20,8 +20,9 @@ family (ADR 0051, thirteenth review):
   :data:`CHAIN_GROUPS` remembered cells besides, so that groups never push cohorts out of the window;
 * **atoms cap**: when the family forms more than :data:`~mipflow.node.controls.ledger.CHAIN_ATOMS`
   atoms, only the most recent related sets are kept that can form no more than that many together
-  with the new ones (:func:`bounded`: ``(atoms of the new sets + 1) * 2**kept - 1`` at most; a release
-  of disjoint cells costs as many old sets as its cells need, not one each);
+  with the new ones (:func:`mipflow.node.controls.ledger.bounded`, the one cap of every chain window, the
+  weighted memory's too: ``(atoms of the new sets + 1) * 2**kept - 1`` at most; a release of disjoint
+  cells costs as many old sets as its cells need, not one each);
 * **thresholds by level**: a set carries the fewest rows an atom isolated with its sums must hold
   (cohorts and groups released with their spread: ``min_row_count``; linear regression's dummy levels,
   first moments only: ``nfilter_tab``, ADR 0051).  An atom that a combination of the sets of threshold
@@ -34,15 +35,14 @@ the family is compared by patients too (ADR 0030).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
-from mipflow.node.controls.atoms import atoms_of, check_addition
+from mipflow.node.controls.atoms import check_addition
 from mipflow.node.controls.ledger import (
-    CHAIN_ATOMS, CHAIN_COHORTS, CHAIN_DEPTH, _overlap, sorted_unique,
+    CHAIN_COHORTS, CHAIN_DEPTH, _overlap, bounded, sorted_unique,
 )
 
 #: Remembered cells the chain rule looks at besides the cohorts (their own window, ADR 0051 thirteenth review).
@@ -102,17 +102,6 @@ def by_recency(pools: Sequence[Sequence[ChainSet]]) -> list[ChainSet]:
             if rank < len(pool):
                 merged.append(pool[len(pool) - 1 - rank])
     return merged[::-1]
-
-
-def bounded(old: list[np.ndarray], new: list[np.ndarray], limit: int = CHAIN_ATOMS) -> list[np.ndarray]:
-    """The related sets ``old`` (oldest first), or, when the family with ``new`` forms more than ``limit``
-    atoms, only the most recent ``k`` of them, ``k`` the most for which ``(atoms of new + 1) * 2**k - 1``
-    (the most atoms they can form) is at most ``limit``."""
-    if not old or atoms_of(old + new).sizes.size <= limit:
-        return old
-    parts = atoms_of(new).sizes.size + 1  # the new sets' atoms and the rows outside them
-    keep = max(0, int(math.floor(math.log2((limit + 1) / parts))))
-    return old[len(old) - keep:] if keep else []
 
 
 def _dedupe(sets: Sequence[ChainSet]) -> list[ChainSet]:

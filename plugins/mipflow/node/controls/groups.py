@@ -1,7 +1,8 @@
 """Group memory: groups released with their sums are held to the group threshold across releases (ADR 0051).
 
-A t-test, an ANOVA, Gaussian naive Bayes or a linear regression with a nominal covariate releases
-sums (count, means, spreads) over level cells of nominal variables: groups *inside* a cohort.  The
+A t-test, an ANOVA, Gaussian naive Bayes, a contingency table or a model that dummy-encodes a nominal
+covariate (linear and logistic regression, GEE, LMM, Cox) releases sums (count, means, spreads) over level
+cells of nominal variables: groups *inside* a cohort.  The
 cohort ledger (ADR 0013) compares cohorts, so two cohorts ``min_row_count`` rows apart could hold
 the same level's group 3 rows apart, and a step releasing two large levels beside descriptive
 statistics of the same cohort leaves the third level's rows to subtraction (tenth review,

@@ -152,14 +152,25 @@ CHAIN_DEPTH = 3
 CHAIN_ATOMS = 2048
 
 
-def _bounded(old: list[np.ndarray], new: list[np.ndarray], limit: int = CHAIN_ATOMS) -> list[np.ndarray]:
-    """The recorded cohorts ``old`` (oldest first), or, when the family with ``new`` has more than
-    ``limit`` atoms, only the most recent of them that can form no more than ``limit``."""
+def bounded(old: list[np.ndarray], new: list[np.ndarray], limit: int = CHAIN_ATOMS) -> list[np.ndarray]:
+    """The one cap on every chain rule's window (the cohort ledger's and the group memory's,
+    :mod:`mipflow.node.controls.chain`; the weighted memory's, ADR 0058): the related sets ``old``
+    (oldest first), or, when the family with ``new`` forms more than ``limit`` atoms, only the most
+    recent ``k`` of them, ``k`` the most for which ``(atoms of new + 1) * 2**k - 1`` is at most ``limit``.
+
+    ``k`` sets cut the new sets' atoms and the rows outside them into at most ``(atoms + 1) * 2**k``
+    pieces, so the family keeps at most ``limit`` atoms however the old sets fall; a release of one set
+    keeps ``floor(log2((limit + 1) / 2))`` old sets (10 at 2048), one of 12 disjoint cells 7, where
+    dropping an old set per new set would keep none (ADR 0051, thirteenth review and issue 14 item 5).
+    """
+    import math
+
     from mipflow.node.controls.atoms import atoms_of
 
     if not old or atoms_of(old + new).sizes.size <= limit:
         return old
-    keep = max(0, limit.bit_length() - 1 - len(new))  # k sets form at most 2**k - 1 atoms
+    parts = atoms_of(new).sizes.size + 1  # the new sets' atoms and the rows outside them
+    keep = max(0, int(math.floor(math.log2((limit + 1) / parts))))
     return old[len(old) - keep:] if keep else []
 
 

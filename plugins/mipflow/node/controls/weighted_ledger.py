@@ -46,7 +46,7 @@ import numpy as np
 from mipflow.algorithms.weighted import WeightFamily, weighted_rows
 from mipflow.node.controls.atoms import AtomSizes, check_addition, node_primes
 from mipflow.node.controls.ledger import (
-    _bounded, _overlap, cohort_digest, decode_keys, encode_keys, related, sorted_unique,
+    _overlap, bounded, cohort_digest, decode_keys, encode_keys, related, sorted_unique,
 )
 from mipflow.node.controls.sqlite_state import SqliteState
 
@@ -202,7 +202,7 @@ def chain_dominated(new: FamilyRows, olds: Sequence["_Remembered"],
     isolatable new atom holding one refuses."""
     own = [i for i, old in enumerate(olds) if old.data_model == new.data_model]
     chosen = [own[j] for j in related([new.rows], [olds[i].rows for i in own])]
-    chosen = chosen[len(chosen) - len(_bounded([olds[i].rows for i in chosen], [new.rows])):]
+    chosen = chosen[len(chosen) - len(bounded([olds[i].rows for i in chosen], [new.rows])):]
     if chosen:
         taken = [used(i) for i in chosen]
         parts = [_part(new.rows, new.log_weights),
@@ -215,7 +215,7 @@ def chain_dominated(new: FamilyRows, olds: Sequence["_Remembered"],
     patients = sorted_unique(new.patients)
     known = [i for i, old in enumerate(olds) if old.patients is not None]
     chosen = [known[j] for j in related([patients], [olds[i].patients for i in known])]
-    chosen = chosen[len(chosen) - len(_bounded([olds[i].patients for i in chosen], [patients])):]
+    chosen = chosen[len(chosen) - len(bounded([olds[i].patients for i in chosen], [patients])):]
     if not any(olds[i].data_model != new.data_model for i in chosen):
         return False  # one data model: its rows were weighed above
     parts = [_part(*per_patient(new.patients, new.log_weights))]

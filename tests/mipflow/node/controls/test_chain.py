@@ -12,6 +12,7 @@ import pytest
 
 from mipflow.algorithms.contract import ReleasedGroups
 from mipflow.exceptions import DisclosureError
+from mipflow.node.controls import chain as chain_module
 from mipflow.node.controls.atoms import node_primes
 from mipflow.node.controls.chain import (
     CHAIN_GROUPS, ChainSet, _dedupe, bounded, by_recency, chain_allows, related_pools,
@@ -228,3 +229,23 @@ def test_a_group_that_is_a_cohort_too_enters_once_at_the_larger_threshold() -> N
     assert [(s.data_model, len(s.rows), s.threshold) for s in kept] == [(MODEL, 50, TAB), (MODEL, 50, M),
                                                                         ("other:1", 50, TAB)]
     assert kept[1].rows is sets[2].rows  # in the place of the most recent copy
+
+
+def test_one_cap_serves_every_chain_window() -> None:
+    """Issue 14 item 5: the cohort ledger's chain, the group memory's and the weighted memory's (ADR 0058) are
+    bounded by one function, which keeps the most recent ``k`` old sets with ``(atoms of new + 1) * 2**k - 1``
+    at most the limit: one new set keeps ten old sets at 2048 atoms, as the weighted memory's own cap did."""
+    from mipflow.node.controls import ledger, weighted_ledger
+    from mipflow.node.controls.atoms import atoms_of
+
+    assert chain_module.bounded is ledger.bounded is weighted_ledger.bounded
+    assert not hasattr(ledger, "_bounded")
+    rng = np.random.default_rng(1)
+    rows = np.arange(20_000)
+    old = [keys(rows[rng.random(rows.size) < 0.5]) for _ in range(40)]
+    one = [keys(rows[: 10_000])]
+    kept = ledger.bounded(old, one, limit=2048)
+    assert len(kept) == 10 and all(k is o for k, o in zip(kept, old[-10:]))
+    assert atoms_of(kept + one).sizes.size <= 2048 < atoms_of(old[-11:] + one).sizes.size
+    small = old[:3]  # a family under the limit is kept whole
+    assert ledger.bounded(small, one, limit=2048) is small

@@ -100,6 +100,17 @@ def test_the_memory_is_on_disk_and_shared(tmp_path) -> None:
     ("naive_bayes_gaussian_cv", ["age"], ["stroke_type"], {}, (ReleasedGroups(("stroke_type",)),)),
     ("linear_regression", ["stroke_type", "age", "sex"], ["nihss_admission"], {},
      (ReleasedGroups(("stroke_type",)), ReleasedGroups(("sex",)))),
+    # every algorithm that dummy-encodes its covariates: each nominal covariate's levels (issue 14 item 5)
+    ("logistic_regression", ["stroke_type", "age"], ["sex"], {"positive_class": "F"},
+     (ReleasedGroups(("stroke_type",)),)),
+    ("logistic_regression_cv", ["stroke_type", "age"], ["sex"], {"positive_class": "F"},
+     (ReleasedGroups(("stroke_type",)),)),
+    ("gee", ["stroke_type", "age"], ["nihss_admission"], {}, (ReleasedGroups(("stroke_type",)),)),
+    ("linear_mixed_model", ["sex", "age"], ["nihss_admission"], {}, (ReleasedGroups(("sex",)),)),
+    ("cox_regression", ["stroke_type", "age"], ["followup_days", "death_90d"], {"event_level": "yes"},
+     (ReleasedGroups(("stroke_type",)),)),
+    ("logistic_regression", ["age"], ["sex"], {"positive_class": "F"}, ()),
+    ("contingency_table", ["stroke_type"], ["sex"], {}, (ReleasedGroups(("stroke_type", "sex")),)),
     ("ttest_onesample", [], ["nihss_admission"], {}, ()),
     ("pearson_correlation", [], ["nihss_admission", "age"], {}, ()),
 ])
