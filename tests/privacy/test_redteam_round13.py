@@ -205,7 +205,6 @@ def test_hole_the_weighted_memory_s_refusal_tells_which_hospital_held_a_withdraw
         "the refusal tells which hospital held the withdrawn patient"
 
 
-@pytest.mark.xfail(strict=True, reason="hole: a row corrected in place is a repeat to every ledger; two releases give its old and new values")
 def test_hole_a_row_corrected_in_place_is_a_repeat_and_two_releases_give_the_corrected_patients_record(standard):
     """Hole 2.  Class: releases of the same row keys before and after a change of values (a correction loaded as
     an upsert).  Adversary: a researcher re-running an analysis after the nightly load (what a standing analysis
