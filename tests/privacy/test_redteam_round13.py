@@ -22,7 +22,8 @@ Found (holes):
    The same exp-weighted PCA before and after a hospital corrects one patient's NIHSS: same rows, same
    fingerprint, answered; the differences of ``sum nihss``, ``sum nihss^2``, ``sum exp(g) nihss`` and
    ``sum age nihss`` give her old and new NIHSS, her glucose and her age.  (Study mode treats a corrected row as
-   removed and added, round 6; standard mode does not.)
+   removed and added, round 6; standard mode did not.)  Closed since by ADR 0061's value stamps: an exact repeat
+   whose rows hold other values in a column it reads is refused (``differencing``).
 3. **The pooled-parts binding measures nearness in rows, not in what the release counts** (ADR 0059 section 1).
    Kaplan-Meier over {A, B, C} on pooled bins; then over {B, C} on ``followup_days < 410``: at B and C that
    cohort leaves out 12 patients censored at day 420, so it is 12 rows (>= ``min_row_count``) from the bound
@@ -196,7 +197,6 @@ def test_hole_the_weighted_memory_s_refusal_tells_which_hospital_held_a_withdraw
         "the refusal tells which hospital held the withdrawn patient"
 
 
-@pytest.mark.xfail(strict=True, reason="hole: a row corrected in place is a repeat to every ledger; two releases give its old and new values")
 def test_hole_a_row_corrected_in_place_is_a_repeat_and_two_releases_give_the_corrected_patients_record(standard):
     """Hole 2.  Class: releases of the same row keys before and after a change of values (a correction loaded as
     an upsert).  Adversary: a researcher re-running an analysis after the nightly load (what a standing analysis
@@ -215,8 +215,8 @@ def test_hole_a_row_corrected_in_place_is_a_repeat_and_two_releases_give_the_cor
     fixed = frame.iloc[[77]].assign(nihss_admission=new)
     assert load_frame(node.root, STROKE, fixed, pid_column="pid") == 1  # the upsert of an ingest
     after = node.call("pca_with_transformation", ask, project=AUDIT)
-    if after.status_code == 403:  # the defence: the changed row is not a repeat
-        assert typed(after)[1] in {"differencing", "dominated_sums"}
+    if after.status_code == 403:  # the defence (ADR 0061, value stamps): the changed row is not a repeat
+        assert typed(after) == (403, "differencing") and "corrected" in after.json()["refused"]
         return
     assert after.status_code == 200, after.text
     (s1, q1), (s2, q2) = moment_sums(before.json()), moment_sums(after.json())

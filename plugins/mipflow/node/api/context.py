@@ -199,7 +199,7 @@ class SelectionCache:
                             filters=analysis.filters, complete_case=False, row_identity=True)
         done = transform_rows(rows, transformer)
         cohorts = self.differencing.cohorts_of(model.key, rows, [done.used, done.candidates],
-                                               seen=done.patients_seen)
+                                               seen=done.patients_seen, variables=raw)
         return done.data, cohorts
 
 

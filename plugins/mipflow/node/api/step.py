@@ -303,7 +303,8 @@ def longitudinal_cohorts(cohorts: Any, rows: int, settings: NodeSettings) -> tup
     if dropped is not None and dropped >= max(settings.min_row_count, settings.nfilter_tab):
         return cohorts, dropped
     return dataclasses.replace(cohorts, sets=cohorts.sets[:1], digests=cohorts.digests[:1],
-                               patients=None if cohorts.patients is None else cohorts.patients[:1]), None
+                               patients=None if cohorts.patients is None else cohorts.patients[:1],
+                               stamps=None if cohorts.stamps is None else cohorts.stamps[:1]), None
 
 
 def check_rows(request: StepRequest, context: StepContext, work: StepWork) -> None:

@@ -254,15 +254,16 @@ def cohort_sets_and_patients(frame: pd.DataFrame, variables: Sequence[str], comp
                              ) -> tuple[list[np.ndarray], list[np.ndarray] | None, np.ndarray]:
     """:func:`cohort_sets`, with each cohort's patients (:func:`patient_keys`, sorted unique) beside
     its rows (None when the frame carries no patient identity)."""
-    cohorts, patients, used, _ = _cohorts_patients_and_order(frame, variables, complete_case, key, by)
+    cohorts, patients, used, _, _, _ = _cohorts_patients_and_order(frame, variables, complete_case, key, by)
     return cohorts, patients, used
 
 
 def _cohorts_patients_and_order(frame: pd.DataFrame, variables: Sequence[str], complete_case: bool, key: str,
                                 by: Sequence[str] = ()
-                                ) -> tuple[list[np.ndarray], list[np.ndarray] | None, np.ndarray, np.ndarray | None]:
-    """:func:`cohort_sets_and_patients`, and the used rows' patient keys in the local step's order
-    (beside ``used``; None without a patient identity)."""
+                                ) -> tuple[list[np.ndarray], list[np.ndarray] | None, np.ndarray, np.ndarray | None,
+                                           np.ndarray, list[np.ndarray]]:
+    """:func:`cohort_sets_and_patients`, the used rows' patient keys in the local step's order
+    (beside ``used``; None without a patient identity), then every row's key and the cohorts' masks."""
     keys = row_keys(frame, key)
     pids = patient_keys(frame, key)
     masks = cohort_masks(frame, variables, complete_case, by)
@@ -275,7 +276,7 @@ def _cohorts_patients_and_order(frame: pd.DataFrame, variables: Sequence[str], c
         unique_of_sorted(presorted[1]) if presorted is not None and i == 0 else sorted_unique(pids[m])
         for i, m in enumerate(masks)]
     used_patients = None if pids is None else (pids[masks[0]] if complete_case else pids)
-    return cohorts, patients, used, used_patients
+    return cohorts, patients, used, used_patients, keys, masks
 
 
 # --------------------------------------------------------------------------- consent epochs (ADR 0061)
@@ -336,6 +337,9 @@ class Cohorts:
     #: Longitudinal transformer (ADR 0034): the patients with a row at either visit (the second
     #: cohort's); None without a transformer.
     seen: int | None = None
+    #: Each cohort's value stamps, ``column -> stamp`` of the columns the step reads
+    #: (:mod:`mipflow.node.controls.stamps`; ADR 0061, hole 2); None: not known.
+    stamps: tuple[dict[str, int], ...] | None = None
 
     @property
     def digest(self) -> str:
@@ -382,12 +386,15 @@ class DifferencingGuard:
     def cohorts(self, data_model: str, frame: pd.DataFrame, variables: Sequence[str],
                 complete_case: bool, by: Sequence[str] = ()) -> Cohorts:
         """The cohorts of a selection with row identity (see :func:`cohort_sets`)."""
-        sets, patients, used, used_patients = _cohorts_patients_and_order(frame, variables, complete_case,
-                                                                          self.key, by)
+        from mipflow.node.controls.stamps import frame_stamps, stamped_columns
+
+        sets, patients, used, used_patients, keys, masks = _cohorts_patients_and_order(
+            frame, variables, complete_case, self.key, by)
+        stamps = frame_stamps(frame, keys, masks, stamped_columns(frame.columns, variables, by), self.key)
         return Cohorts(data_model, tuple(sets), tuple(cohort_digest(data_model, c) for c in sets),
                        order=used if complete_case else None,
                        patients=None if patients is None else tuple(patients),
-                       patient_order=used_patients if complete_case else None)
+                       patient_order=used_patients if complete_case else None, stamps=stamps)
 
     def cohorts_of_selection(self, data_model: str, rows: Any) -> Cohorts:
         """The cohort of a complete-case selection left on disk
@@ -412,7 +419,8 @@ class DifferencingGuard:
         known = self.ledger.recorded(data_model, digest)
         if known is not None and known[1] is not None and np.array_equal(known[1], patients):
             sets, patients = known  # the ledger's arrays, the same keys: one copy in memory, not two
-        return Cohorts(data_model, (sets,), (digest,), order=None, patients=(patients,))
+        return Cohorts(data_model, (sets,), (digest,), order=None, patients=(patients,),
+                       stamps=(rows.stamps(self.key),))
 
     def cohorts_of_rows(self, data_model: str, rows: Any, variables: Sequence[str], complete_case: bool,
                         by: Sequence[str] = ()) -> Cohorts:
@@ -433,28 +441,33 @@ class DifferencingGuard:
                        patient_order=pids[masks[0]] if complete_case else None)
 
     def cohorts_of(self, data_model: str, frame: pd.DataFrame, masks: Sequence[np.ndarray],
-                   seen: int | None = None) -> Cohorts:
+                   seen: int | None = None, variables: Sequence[str] | None = None) -> Cohorts:
         """The cohorts given by row ``masks`` of a selection with row identity, the first being
         the rows used (empty masks after the first and repeats are left out).  The local step's
         rows are not ``frame``'s (the longitudinal transformer: one row per patient), so their
-        order is not known."""
+        order is not known.  ``variables``: the columns the step reads, stamped (None: no stamps)."""
+        from mipflow.node.controls.stamps import frame_stamps, stamped_columns
+
         keys = row_keys(frame, self.key)
         pids = patient_keys(frame, self.key)
         kept = distinct_masks(masks)
         sets = [sorted_unique(keys[m]) for m in kept]
         patients = None if pids is None else tuple(sorted_unique(pids[m]) for m in kept)
+        stamps = None if variables is None else frame_stamps(
+            frame, keys, kept, stamped_columns(frame.columns, variables), self.key)
         return Cohorts(data_model, tuple(sets), tuple(cohort_digest(data_model, c) for c in sets),
-                       order=None, patients=patients, seen=seen)
+                       order=None, patients=patients, seen=seen, stamps=stamps)
 
     def before_step(self, cohorts: Cohorts, min_row_count: int, epoch: str = "",
                     current: Callable[[str], tuple[np.ndarray, np.ndarray | None] | None] | None = None) -> None:
         """Refuse (control ``differencing``) cohorts near answered ones, under any data model, or
         completing a chain with them and the cells of the groups released before (:meth:`CohortLedger.check`,
         ADR 0051's thirteenth-review amendment); ``epoch`` and ``current``: the node's consent epoch and its
-        data models' current rows (ADR 0061)."""
+        data models' current rows (ADR 0061); an exact repeat whose rows now hold other values in a column
+        it reads is refused too (the cohorts' stamps, ADR 0061 hole 2)."""
         self.ledger.check(cohorts.data_model, cohorts.sets, min_row_count, cohorts.digests,
                           patients=cohorts.patients, primes=self.primes, released=self.groups.chain_sets(),
-                          epoch=epoch, current=current)
+                          epoch=epoch, current=current, stamps=cohorts.stamps)
 
     def check_partition(self, algorithm: Algorithm | str, round_no: int, data: pd.DataFrame, request: Any,
                         state: dict | None, cohorts: Cohorts, threshold: int,
@@ -496,7 +509,7 @@ class DifferencingGuard:
     def after_step(self, cohorts: Cohorts, request: Any, labels: np.ndarray | None, epoch: str = "") -> None:
         """Remember what was released (under the node's consent ``epoch``, ADR 0061)."""
         self.ledger.record(cohorts.data_model, cohorts.sets, cohorts.digests, patients=cohorts.patients,
-                           epoch=epoch)
+                           epoch=epoch, stamps=cohorts.stamps)
         if labels is not None:
             self.partitions.record(self._partition_key(cohorts), labels)
 

@@ -179,9 +179,10 @@ class DisclosureControls:
 
 
 #: Said by every refusal of the memories of releases (ADR 0061), the same words at every node.
-STALE_HINT = ("An earlier answer given before the node last applied a changed consent registry is no longer "
-              "repeated exactly (whoever the change concerned): after such a change, wait until at least "
-              "min_row_count new rows are loaded into the cohort, then re-run")
+STALE_HINT = ("An earlier answer is no longer repeated exactly once the node has applied a changed consent "
+              "registry (whoever the change concerned) or a load has corrected, in place, values this analysis "
+              "reads in its rows: after such a change, wait until at least min_row_count new rows are loaded "
+              "into the cohort, then re-run")
 
 
 def dominated_refusal(min_row_count: int) -> DisclosureError:

@@ -28,7 +28,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -236,6 +236,9 @@ class CohortLedger(SqliteState):
                 conn.execute("ALTER TABLE cohorts ADD COLUMN patients BLOB")  # a ledger from before ADR 0030
             if "epoch" not in {row[1] for row in conn.execute("PRAGMA table_info(cohorts)")}:
                 conn.execute("ALTER TABLE cohorts ADD COLUMN epoch TEXT")  # before ADR 0061: the epoch ""
+            # the first value stamp of each cohort and column a release read (ADR 0061, hole 2): 8 bytes each
+            conn.execute("CREATE TABLE IF NOT EXISTS stamps (data_model TEXT NOT NULL, digest TEXT NOT NULL, "
+                         "variable TEXT NOT NULL, stamp TEXT NOT NULL, PRIMARY KEY (data_model, digest, variable))")
 
 
     def _refresh(self, written: dict[tuple[str, str], tuple[np.ndarray, np.ndarray | None]] | None = None) -> None:
@@ -288,12 +291,16 @@ class CohortLedger(SqliteState):
     def check(self, data_model: str, cohorts: Iterable[np.ndarray], threshold: int,
               digests: Sequence[str] | None = None, patients: Sequence[np.ndarray] | None = None,
               primes: Sequence[int] | None = None, released: Sequence[ChainSet] = (), epoch: str = "",
-              current: "Callable[[str], tuple[np.ndarray, np.ndarray | None] | None] | None" = None) -> list[str]:
+              current: "Callable[[str], tuple[np.ndarray, np.ndarray | None] | None] | None" = None,
+              stamps: "Sequence[Mapping[str, int]] | None" = None) -> list[str]:
         """Allow cohorts (return their digests) or raise.
 
         ``epoch`` is the node's consent epoch (:func:`mipflow.node.controls.epochs.consent_epoch`); a
         cohort answered under another one is compared by :func:`stale_conflict` with its rows still held
         (``current``: a data model's current row and patient keys), and is no repeat (ADR 0061).
+        ``stamps`` (the cohorts' value stamps, in the same order, :mod:`mipflow.node.controls.stamps`): a
+        cohort answered before whose rows now hold other values in a column both releases read is no
+        repeat either, and is refused (ADR 0061, hole 2: the two answers' difference is the corrected rows').
 
         Each cohort is compared with the other cohorts of the same request and, by the pairwise
         rule, with every answered cohort of the data model (rows); with ``patients`` (the
@@ -324,6 +331,8 @@ class CohortLedger(SqliteState):
             # a repeat is a cohort answered under this consent epoch (ADR 0061)
             known = {e.digest for e in entries if e.data_model == data_model and e.epoch == epoch}
             fresh = [i for i, d in enumerate(digests) if d not in known]
+            if stamps is not None and self._corrected(data_model, digests, stamps, known):
+                raise _refusal(threshold)
             for i, cohort in enumerate(cohorts):
                 if any(pair_conflict(cohort, other, threshold) for other in cohorts[:i]):
                     raise _refusal(threshold)
@@ -361,6 +370,29 @@ class CohortLedger(SqliteState):
             self._chain(entries, data_model, new, threshold, primes, released)
         return digests
 
+    def _corrected(self, data_model: str, digests: Sequence[str], stamps: Sequence[Mapping[str, int]],
+                   known: set[str]) -> bool:
+        """Whether a cohort answered before (a digest in ``known``) now holds other values in a column its
+        remembered stamps cover (:func:`mipflow.node.controls.stamps.changed`)."""
+        from mipflow.node.controls.stamps import changed
+
+        repeats = [(d, s) for d, s in zip(digests, stamps) if d in known and s]
+        if not repeats:
+            return False
+        with self._connect() as conn:
+            for digest, new in repeats:
+                old = {v: int(t) for v, t in conn.execute(
+                    "SELECT variable, stamp FROM stamps WHERE data_model = ? AND digest = ?", (data_model, digest))}
+                if changed(new, old):
+                    return True
+        return False
+
+    def stamps(self, data_model: str, digest: str) -> dict[str, int]:
+        """The remembered value stamps of a cohort (``column -> stamp``; empty: none)."""
+        with self._lock, self._connect() as conn:
+            return {v: int(t) for v, t in conn.execute(
+                "SELECT variable, stamp FROM stamps WHERE data_model = ? AND digest = ?", (data_model, digest))}
+
     def chain(self, data_model: str, new: Sequence[ChainSet], threshold: int, primes: Sequence[int],
               released: Sequence[ChainSet] = ()) -> None:
         """The chain rule alone for ``new`` sets of one release (a step's fresh cohorts and the cells of
@@ -383,14 +415,20 @@ class CohortLedger(SqliteState):
 
     def record(self, data_model: str, cohorts: Iterable[np.ndarray],
                digests: Sequence[str] | None = None, patients: Sequence[np.ndarray] | None = None,
-               epoch: str = "") -> None:
+               epoch: str = "", stamps: "Sequence[Mapping[str, int]] | None" = None) -> None:
         """Remember answered cohorts under the consent ``epoch`` (a cohort already remembered costs
         nothing and keeps its epoch: an earlier one is the stricter; one remembered without its patients
-        gains them)."""
+        gains them), and the first value stamp of each cohort and column (``stamps``, ADR 0061 hole 2:
+        the earliest values answered are those a later repeat is compared with)."""
         cohorts = list(cohorts)
         digests = list(digests) if digests is not None else [cohort_digest(data_model, c) for c in cohorts]
         patients = list(patients) if patients is not None else [None] * len(cohorts)
         with self._lock:
+            if stamps is not None:
+                with self._connect() as conn:
+                    conn.executemany("INSERT OR IGNORE INTO stamps (data_model, digest, variable, stamp) "
+                                     "VALUES (?, ?, ?, ?)", [(data_model, d, v, str(int(t)))
+                                                             for d, s in zip(digests, stamps) for v, t in s.items()])
             self._refresh()
             known = self._digests.get(data_model, {})
             new = [(d, c, p) for d, c, p in zip(digests, cohorts, patients) if d not in known]

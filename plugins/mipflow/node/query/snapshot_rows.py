@@ -222,6 +222,28 @@ class SnapshotRows:
             count, total, xor, squares = count + c, (total + s) % 2 ** 64, xor ^ x, (squares + q) % 2 ** 64
         return count, total, xor, squares
 
+    def stamps(self, key: str) -> dict[str, int]:
+        """The selection's value stamps, ``column -> stamp`` of each of its columns
+        (:mod:`mipflow.node.controls.stamps`), a block at a time: the numbers
+        :func:`~mipflow.node.controls.stamps.frame_stamps` gives for the same rows read into a frame (its
+        row keys the snapshot's ``row_key``, its categories their enumeration codes)."""
+        from mipflow.node.controls.stamps import MISSING, cell_hashes, column_salt, level_bits, value_bits
+
+        out: dict[str, int] = {}
+        for code, stem in self.files.items():
+            levels = self.levels_of(code)
+            table = None if levels is None else np.append(level_bits(levels, key), MISSING)
+            salt, total = column_salt(key, code), 0
+            for (_, keys), (_, values) in zip(self._blocks("row_key"), self._blocks(stem), strict=True):
+                if table is None:
+                    bits = value_bits(values, key)
+                else:  # a level code outside the table (none in a complete-case selection): missing
+                    codes = np.asarray(values, dtype=np.int64)
+                    bits = table[np.where((codes >= 0) & (codes < len(levels)), codes, len(levels))]
+                total = (total + int(np.add.reduce(cell_hashes(keys, bits, salt), dtype=np.uint64))) % 2 ** 64
+            out[code] = total
+        return out
+
     def sorted_keys(self, name: str) -> np.ndarray | None:
         """The selected rows' keys of ``name`` sorted (repeats kept), from the snapshot's key order
         (a gather, block by block); None when the snapshot has no sorted keys."""

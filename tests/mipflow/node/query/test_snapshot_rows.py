@@ -245,3 +245,29 @@ def test_a_recorded_cohort_is_kept_once_the_ledgers_arrays(store, tmp_path):
     np.testing.assert_array_equal(again.sets[0], first.sets[0])
     other = DifferencingGuard(tmp_path, SECRET)  # another process: reads what is stored
     np.testing.assert_array_equal(other.cohorts_of_selection(MODEL.key, rows).patients[0], first.patients[0])
+
+
+@pytest.mark.parametrize("datasets, filters", SELECTIONS)
+def test_the_value_stamps_of_rows_on_disk_are_those_of_either_frame(datasets, filters, store, tmp_path):
+    """ADR 0061, hole 2: the streamed path stamps the values its step reads exactly as the frame paths do (the
+    SQL read and the snapshot's frame), a nominal variable by its enumeration codes; each stamp moves when one
+    selected row's value does."""
+    variables = ["y", "x1", "grp"]
+    snap = current_snapshot(store, MODEL, KEY)
+    from_snapshot = select_columns(snap, MODEL, _check_variables(MODEL, variables), datasets, filters, KEY)
+    from_sql = select_frame(store, MODEL, datasets=datasets, variables=variables, filters=filters,
+                            complete_case=True, row_identity=True, row_key=KEY, snapshot=False)
+    rows = select_rows(store, MODEL, datasets=datasets, variables=variables, filters=filters, row_key=KEY)
+    guard = DifferencingGuard(tmp_path, SECRET)
+    streamed = guard.cohorts_of_selection(MODEL.key, rows).stamps[0]
+    assert set(streamed) == set(variables)
+    assert guard.cohorts(MODEL.key, from_sql, variables, True).stamps[0] == streamed
+    assert guard.cohorts(MODEL.key, from_snapshot, variables, True).stamps[0] == streamed
+    if len(from_sql):
+        middle = len(from_sql) // 2
+        flipped = "u" if from_sql["grp"].iloc[middle] == "v" else "v"
+        for column, value in (("y", 1.5), ("grp", flipped), ("x1", 2.0)):
+            moved = from_sql.copy()
+            moved.iloc[middle, moved.columns.get_loc(column)] = value
+            stamps = guard.cohorts(MODEL.key, moved, variables, True).stamps[0]
+            assert {c for c in variables if stamps[c] != streamed[c]} == {column}
