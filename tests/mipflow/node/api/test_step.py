@@ -364,7 +364,10 @@ def test_a_logistic_regression_keeps_its_rows_on_disk_every_round_with_the_same_
             if step.done:
                 break
             state = json.loads(json.dumps(step.state))
-    assert kept == {"disk": {SnapshotRows.__name__}, "sql": {"DataFrame"}, "dp": {"DataFrame"}}
+    # a nominal covariate's levels are released groups (ADR 0051, issue 14 item 5): the group memory reads
+    # each row's level code, which only a frame gives today, so such a design keeps a frame (issue 19 left)
+    on_disk = SnapshotRows.__name__ if "sex" not in x else "DataFrame"
+    assert kept == {"disk": {on_disk}, "sql": {"DataFrame"}, "dp": {"DataFrame"}}
     assert len(releases["disk"]) >= 4 and releases["disk"] == releases["sql"] == releases["dp"]
 
 
