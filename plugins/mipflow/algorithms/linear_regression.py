@@ -38,8 +38,8 @@ from mipflow.algorithms.design import (
     streamed_counts,
     sum_level_counts,
 )
-from mipflow.algorithms.dp_release import (DPRelease, Noise, Released, bounded_columns, moments_from_noisy_sums,
-                                          moments_rows, noisy_sums, one_block)
+from mipflow.algorithms.dp_release import (DPRelease, Noise, Released, bounded_columns, moment_sensitivity,
+                                          moments_from_noisy_sums, moments_rows, noisy_sums, one_block)
 from mipflow.algorithms.moments import column_moments, merge_moment_dicts, streamed_column_moments
 from mipflow.exceptions import RequestError
 from mipflow.protocol.datamodel import DataModel
@@ -182,25 +182,44 @@ def dp_columns(request: AnalysisRequest, model: DataModel) -> list[tuple[str, st
 
 def _dp_release(algo: LinearRegression, data: pd.DataFrame, request: AnalysisRequest, model: DataModel,
                 noise: Noise) -> Released:
-    """Noisy sufficient statistics of the design columns and ``y``, in the local step's shape."""
+    """Noisy sufficient statistics of the design columns and ``y``, in the local step's shape, and the
+    signed scaled sums they came from with the variance of the noise on each entry (ADR 0057)."""
     from mipflow.algorithms.design import sorted_levels
 
+    from mipflow.algorithms.pearson_correlation import scaled_sums
+
     cols = bounded_columns(data, dp_columns(request, model), model, algo.name)
-    moments = moments_from_noisy_sums(cols, *noisy_sums(cols, noise))
+    sums = noisy_sums(cols, noise)
+    moments = moments_from_noisy_sums(cols, *sums)
+    l1, l2 = moment_sensitivity(cols.group)
+    variance = noise.sd(l1 if noise.mechanism == "laplace" else l2) ** 2
     # rows per level: the noisy indicator sums, rounded (post-processing)
     s1 = dict(zip(cols.names, np.asarray(moments["mean"]) * moments["n"]))
     counts = {code: [max(int(round(s1[f"{code}[{level}]"])), 0) for level in sorted_levels(model.variable(code))]
               for code in request.x if model.variable(code).is_categorical}
+    # the signed scaled sums the moments came from and the noise's variance on each entry (ADR 0057): the
+    # central side propagates the noise into the coefficients' errors (regression_noise)
     return {"moments": moments, "level_counts": counts,
-            "group_n": [c for code in request.x for c in counts.get(code, [])]}, cols.clamped
+            "group_n": [c for code in request.x for c in counts.get(code, [])],
+            "noisy_sums": scaled_sums(*sums, noise.mechanism, variance)}, cols.clamped
 
 
 #: What a noisy linear regression's result is, stated in its privacy label.
 DP_NOTE = (
     "linear_regression from noisy sufficient statistics (row count, sums and sums of products of the design "
     "columns and y, values clamped to the declared ranges, indicators in [0, 1]): the coefficients are computed "
-    "from them; standard errors, t statistics, p-values, confidence intervals, R-squared and F are computed from "
-    "the noisy statistics as if they were exact and leave out the noise's own variance")
+    "from the pooled signed sums; their standard errors, t statistics, p-values and confidence intervals combine "
+    "the sampling error with the noise's known distribution (first order: coef_noise_sd, coef_noise_low/high, "
+    "std_err_sampling, noise_dominates); R-squared, F and the residual standard error are computed from the noisy "
+    "statistics as if they were exact and leave out the noise")
+
+
+def projected_note() -> str:
+    """What a result solved on the :func:`positive_definite_part` of its noisy co-moments says."""
+    return ("the covariates' noisy co-moments were not positive definite (differential-privacy noise outweighs "
+            f"part of the data); their eigenvalues were raised to {EIGEN_FLOOR:g} of their mean magnitude before "
+            "solving: the coefficients are approximate and their standard errors leave this out (more rows, a "
+            "larger dp_epsilon or fewer covariates help)")
 
 
 class LinearRegression(SpecAlgorithm):
@@ -260,6 +279,10 @@ class LinearRegression(SpecAlgorithm):
         # bit for bit); importing scipy.stats costs about 1 s of CPU in each analysis task (ADR 0047)
         from scipy import special
 
+        from mipflow.algorithms.regression_noise import is_noisy, noisy_regression
+
+        if is_noisy(aggregates):  # noisy nodes' signed sums: every coefficient carries the noise's error
+            return Step(done=True, result=json_ready(noisy_regression(aggregates, request, model, CONFIDENCE)))
         mom = merge_moment_dicts(a["moments"] for a in aggregates)
         counts = sum_level_counts([a["level_counts"] for a in aggregates])
         n = mom.n
@@ -319,17 +342,29 @@ class LinearRegression(SpecAlgorithm):
         }
         if projected:
             result["approximate"] = True
-            result["noise_note"] = (
-                "the covariates' noisy co-moments were not positive definite (differential-privacy noise "
-                f"outweighs part of the data); their eigenvalues were raised to {EIGEN_FLOOR:g} of their mean "
-                "magnitude before solving: the coefficients are approximate and their standard errors leave "
-                "this out (more rows, a larger dp_epsilon or fewer covariates help)")
+            result["noise_note"] = projected_note()
         return Step(done=True, result=json_ready(result))
 
     # -- privacy capabilities (mipflow.algorithms.contract) ------------------------------------
 
     secure_aggregation = "automatic"
     dp_release = DPRelease(one_block, _dp_release, moments_rows, DP_NOTE)
+
+    def secure_aggregates(self, aggregates: dict, request: AnalysisRequest, model: DataModel) -> dict:
+        """Under secure aggregation every node sums the same layout: an exact node adds its scaled sums
+        (no noise) beside its moments when every numerical variable has a declared range, else no node
+        does (as ``pearson_correlation``; ADR 0057)."""
+        from mipflow.algorithms.pearson_correlation import sums_of_moments
+        from mipflow.algorithms.regression_noise import column_scales
+
+        if model is None or "moments" not in aggregates:  # no data model to scale by: summed as released
+            return aggregates
+        scales = column_scales(request, model)
+        if scales is None:
+            return {k: v for k, v in aggregates.items() if k != "noisy_sums"}
+        if "noisy_sums" in aggregates:
+            return aggregates
+        return {**aggregates, "noisy_sums": sums_of_moments(aggregates["moments"], *scales[1:])}
 
     def parameter_count(self, request: AnalysisRequest, model: DataModel) -> int | None:
         """The model's parameters, checked against ``nfilter_glm``: one per design column."""

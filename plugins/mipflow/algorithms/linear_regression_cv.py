@@ -44,6 +44,7 @@ from mipflow.algorithms.design import (
 )
 from mipflow.algorithms.linear_regression import LinearRegression
 from mipflow.algorithms.moments import compute_moments, merge_moment_dicts
+from mipflow.algorithms.spec import SpecAlgorithm
 from mipflow.exceptions import RequestError
 from mipflow.protocol.datamodel import DataModel
 from mipflow.protocol.request import AnalysisRequest
@@ -142,3 +143,5 @@ class LinearRegressionCV(CrossValidated, LinearRegression):
     # per-fold sums, masked from 2 nodes (crossval.CrossValidated); no noisy release (not LinearRegression's)
     secure_aggregation = "automatic"
     dp_release = None
+    #: its folds are summed as they are (no noisy release, so no scaled sums: not LinearRegression's form)
+    secure_aggregates = SpecAlgorithm.secure_aggregates

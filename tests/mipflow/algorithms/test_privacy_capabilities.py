@@ -59,7 +59,7 @@ PARTITIONED = {"kmeans"}
 #: the algorithms with their own hook (the others keep the contract's default)
 OWN_REFUSAL = {"kmeans"}
 OWN_SECURE_FORM = {"descriptive_stats", "logistic_regression_cv", "cox_regression", "kaplan_meier",
-                   "pearson_correlation"}  # pearson: exact nodes add noiseless scaled sums (ADR 0057)
+                   "pearson_correlation", "linear_regression"}  # both: exact nodes add noiseless scaled sums (ADR 0057)
 #: the algorithms that mask only some rounds under secure aggregation (ADR 0048)
 MASKED_IN_PART = {"cox_regression", "kaplan_meier"}
 #: the algorithms whose later rounds weigh the rows by a function of the iterate (ADR 0054)

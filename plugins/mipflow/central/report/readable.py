@@ -137,6 +137,16 @@ def correlations_noise_dominated(result: Any) -> list[str]:
             for x, flag in zip(rows, column) if flag is True and x != y]
 
 
+def coefficients_noise_dominated(result: Any) -> list[str]:
+    """The terms of a noisy regression whose noise outweighs their sampling error (ADR 0057): its
+    ``noise_dominates`` is a list beside ``indep_vars``."""
+    flags = result.get("noise_dominates") if isinstance(result, Mapping) else None
+    terms = result.get("indep_vars") if isinstance(result, Mapping) else None
+    if not isinstance(flags, list) or not isinstance(terms, list) or len(flags) != len(terms):
+        return []
+    return [str(term) for term, flag in zip(terms, flags) if flag is True]
+
+
 def result_warnings(doc: Mapping[str, Any]) -> list[Warning]:
     """Every reason to read this result with care, most important first (none for a failed run)."""
     if str(doc.get("status") or "succeeded") != "succeeded":
@@ -162,6 +172,11 @@ def result_warnings(doc: Mapping[str, Any]) -> list[Warning]:
     if pairs:
         out.append(Warning("noise", "The noise outweighs the sampling error of the correlation of " + ", ".join(pairs)
                            + ": read r_noise_low / r_noise_high and the intervals, which account for it."))
+    terms = coefficients_noise_dominated(result)
+    if terms:
+        out.append(Warning("noise", "The noise outweighs the sampling error of the coefficient(s) of " + ", ".join(terms)
+                           + ": their standard errors, intervals and p-values account for it (std_err_sampling is "
+                             "the sampling part, coef_noise_sd the noise's); more rows or a larger epsilon help."))
     excluded = doc.get("excluded") or {}
     if excluded:
         out.append(Warning("left_out", f"{len(excluded)} node(s) left out, the result is from the others only: "

@@ -201,3 +201,38 @@ def test_noisy_bins_cells_and_correlations_show_their_error_on_the_page(stroke_m
     assert "r_noise_sd" in page.lower().replace(" ", "_") and "noise_dominates" in page.lower().replace(" ", "_")
     dominated = any(doc["result"]["noise_dominates"]["age"][i] for i in (1,))
     assert any("outweighs" in w.text for w in result_warnings(doc)) == dominated
+
+
+def test_a_noisy_regression_shows_its_total_and_sampling_errors_and_names_the_terms_the_noise_dominates(
+        stroke_model_path):
+    """ADR 0057: an explore-mode linear regression's coefficient table carries std_err_sampling,
+    coef_noise_sd and noise_dominates; the terms the noise dominates are named in a warning, no others."""
+    import json as _json
+
+    import pandas as pd
+
+    from mipflow.algorithms import AnalysisRequest
+    from mipflow.node.controls.explore import KeyedNoise
+    from mipflow.protocol.datamodel import load_data_model
+
+    model = load_data_model(stroke_model_path)
+    rng = np.random.default_rng(5)
+    frame = pd.DataFrame({"dataset": "hospital_a", "age": rng.normal(60, 10, 3000).clip(18, 90),
+                          "sex": rng.choice(["M", "F"], 3000)})
+    frame["nihss_admission"] = (0.3 * frame["age"] + rng.normal(0, 3, 3000)).round().clip(0, 42)
+    algo = get_algorithm("linear_regression")
+    req = AnalysisRequest.from_dict({"inputdata": {"data_model": model.key, "datasets": ["hospital_a"],
+                                                   "x": ["age", "sex"], "y": ["nihss_admission"], "filters": None},
+                                     "parameters": {}})
+    noise = KeyedNoise("laplace", 4.0, 0.0, 1, key=b"k" * 32, query=b"q", version=b"v")
+    aggregates = _json.loads(_json.dumps(algo.dp_release.release(algo, frame, req, model, noise)[0]))
+    result = _json.loads(_json.dumps(algo.global_step(0, [aggregates], req, model, None).result))
+    doc = {"run_id": "lr", "algorithm": "linear_regression", "status": "succeeded", "result": result}
+    page = result_page(doc, link=lambda run_id, kind: f"/{run_id}.{kind}", back="/").lower().replace(" ", "_")
+    assert all(field in page for field in ("std_err_sampling", "coef_noise_sd", "coef_noise_low", "noise_dominates"))
+    dominated = [t for t, flag in zip(result["indep_vars"], result["noise_dominates"]) if flag]
+    clear = [t for t, flag in zip(result["indep_vars"], result["noise_dominates"]) if not flag]
+    assert dominated and clear  # this seed has both
+    warning = [w.text for w in result_warnings(doc) if "coefficient(s)" in w.text]
+    assert len(warning) == 1
+    assert warning[0].split("coefficient(s) of ", 1)[1].split(": ", 1)[0].split(", ") == dominated
