@@ -9,6 +9,10 @@ model, y and five covariates, and its columnar snapshot), then, for each algorit
 - ``frame``: the same step with the algorithm's ``streams_rows`` set off in that process (the selection read
   into a frame, as before: for descriptive statistics the SQL read, which keeps missing values).
 
+Algorithms releasing groups (``GROUPED``: t-test, one-way ANOVA, regressions with a nominal covariate) run
+on a second home, ``<home>-groups``, whose model adds a nominal ``grp`` of four levels; their group memory is
+removed too before the step, and its records (kinds, digests, keys) must be identical on both paths.
+
 Per path: the process's peak RSS (VmHWM) over the step beside its RSS before it (the high-water mark reset
 first, ``/proc/self/clear_refs``), the step's seconds, and the peak's growth per selected row; then
 disk / frame ratios and whether both released the same aggregates.
@@ -37,7 +41,49 @@ ALGORITHMS = {
     "pearson_correlation": (["y"], ["x0", "x1", "x2", "x3", "x4"], {}),
     "ttest_onesample": (["y"], [], {"mu": 0.0}),
     "ttest_paired": (["y"], ["x0"], {}),
+    # released groups (ADR 0051) on the groups home: the group memory's release from the level codes too
+    "ttest_independent": (["y"], ["grp"], {"groupA": "g0", "groupB": "g1"}),
+    "anova_oneway": (["y"], ["grp"], {}),
+    "logistic_regression": (["event"], ["x0", "x1", "grp"], {"positive_class": "yes"}),
+    "linear_regression": (["y"], ["x0", "x1", "grp"], {}),
 }
+#: Algorithms run on the groups home (a nominal ``grp`` of 4 levels beside the scale model's columns).
+GROUPED = {"ttest_independent", "anova_oneway", "logistic_regression", "linear_regression"}
+GROUP_LEVELS = ("g0", "g1", "g2", "g3")
+
+
+def groups_home(home: str) -> Path:
+    return Path(f"{home}-groups")
+
+
+def prepare_groups(root: Path, rows: int) -> None:
+    """bench/first_round.py's home with a nominal ``grp`` (4 levels, unequal sizes) added to its model."""
+    import numpy as np
+
+    from bench.common import regression_model_doc
+    from bench.scale import COVARIATES, LOAD_CHUNK, make_rows
+    from mipflow.node.home import NodeHome
+    from mipflow.node.ops import refresh_snapshots
+    from mipflow.protocol.datamodel import DataModel
+    from tests.nodes import grant_all, load_frame
+
+    if (root / "ready").exists():
+        return
+    home = NodeHome.init(root, "site0", "")
+    home.set_setting("default_mode", "standard")
+    doc = regression_model_doc("ssg", "Streamed groups benchmark", 1, COVARIATES)
+    doc["variables"].append({"code": "grp", "sql_type": "text", "isCategorical": True,
+                             "enumerations": [{"code": c, "label": c} for c in GROUP_LEVELS]})
+    model = DataModel.from_dict(doc)
+    for first in range(0, rows, LOAD_CHUNK):
+        frame = make_rows(min(LOAD_CHUNK, rows - first), 0, "site0", first)
+        rng = np.random.default_rng(first + 19)
+        frame["grp"] = rng.choice(GROUP_LEVELS, len(frame), p=[0.4, 0.3, 0.2, 0.1])
+        frame["y"] = frame["y"] + 0.5 * (frame["grp"] == "g1")
+        load_frame(home.root, model, frame)
+    grant_all(home.root, "bench", "bench")
+    refresh_snapshots(NodeHome(root))
+    (root / "ready").write_text("1")
 
 
 def _status_kib(field: str) -> int:
@@ -58,9 +104,13 @@ def child(home: str, algorithm: str, path: str) -> None:
     y, x, params = ALGORITHMS[algorithm]
     if path == "frame":
         type(get_algorithm(algorithm)).streams_rows = False
+    data_model = "ssg:1" if algorithm in GROUPED else "scale:1"
+    if algorithm in GROUPED:
+        home = str(groups_home(home))
+        (Path(home) / "groups.sqlite").unlink(missing_ok=True)  # new groups too: their check and record
     forget_cohorts(Path(home))
     context = StepContext.open(NodeHome(home))
-    doc = {"request": {"inputdata": {"data_model": "scale:1", "datasets": ["site0"], "x": x, "y": y,
+    doc = {"request": {"inputdata": {"data_model": data_model, "datasets": ["site0"], "x": x, "y": y,
                                      "filters": None}, "parameters": params},
            "round": 0, "state": None, "researcher": "bench", "project": "bench",
            "analysis_id": f"ss-{algorithm}-{path}-{time.time_ns()}", "secure_aggregation": None}
@@ -75,8 +125,15 @@ def child(home: str, algorithm: str, path: str) -> None:
     peak = _status_kib("VmHWM")
     kept = [type(v[1]).__name__ for v in context.selections._kept.values()]
     digest = hashlib.sha256(json.dumps(reply["aggregates"], sort_keys=True).encode()).hexdigest()[:16]
+    groups = None
+    if (Path(home) / "groups.sqlite").exists():  # the group memory's records (same node key: comparable)
+        import sqlite3
+
+        with sqlite3.connect(Path(home) / "groups.sqlite") as conn:
+            records = conn.execute("SELECT kind, digest, keys, patients, cell FROM groups ORDER BY rowid").fetchall()
+        groups = hashlib.sha256(repr(records).encode()).hexdigest()[:16] if records else None
     print(json.dumps({"before_kib": before, "peak_kib": peak, "seconds": seconds, "rows": reply["rows"],
-                      "kept": kept, "aggregates": digest}), flush=True)
+                      "kept": kept, "aggregates": digest, "groups": groups}), flush=True)
 
 
 def main() -> int:
@@ -91,13 +148,17 @@ def main() -> int:
         return 0
     from bench.first_round import prepare
 
-    prepare(Path(args.home), args.rows)
+    chosen = args.algorithms.split(",")
+    if set(chosen) - GROUPED:
+        prepare(Path(args.home), args.rows)
+    if set(chosen) & GROUPED:
+        prepare_groups(groups_home(args.home), args.rows)
     env = {**os.environ, "PYTHONPATH": f"{REPO / 'plugins'}:{REPO}"}
     print(f"{os.cpu_count()} CPUs, load average {' '.join(f'{v:.1f}' for v in os.getloadavg())}", flush=True)
     print(f"{'algorithm':22} {'path':6} {'rows':>9} {'RSS before':>11} {'peak':>9} {'growth':>9} "
           f"{'B/row':>7} {'seconds':>8}  kept")
     same = True
-    for algorithm in args.algorithms.split(","):
+    for algorithm in chosen:
         runs = {}
         for path in ("frame", "disk"):  # the baseline first, each in a new process
             out = subprocess.run([sys.executable, __file__, "--home", args.home, "--child", algorithm, path],
@@ -109,11 +170,12 @@ def main() -> int:
                   f"{run['seconds']:>8.2f}  {','.join(run['kept'])}", flush=True)
         frame, disk = runs["frame"], runs["disk"]
         grow = [(r["peak_kib"] - r["before_kib"]) for r in (disk, frame)]
-        equal = disk["aggregates"] == frame["aggregates"]
+        equal = disk["aggregates"] == frame["aggregates"] and disk["groups"] == frame["groups"]
         same &= equal
         print(f"{algorithm:22} disk / frame: peak {disk['peak_kib'] / frame['peak_kib']:.2f}x, growth "
               f"{grow[0] / max(grow[1], 1):.2f}x, time {disk['seconds'] / frame['seconds']:.2f}x; "
-              f"aggregates {'identical' if equal else 'DIFFERENT'}", flush=True)
+              f"aggregates{' and group memory' if disk['groups'] else ''} {'identical' if equal else 'DIFFERENT'}",
+              flush=True)
     print(f"load average {' '.join(f'{v:.1f}' for v in os.getloadavg())}", flush=True)
     return 0 if same else 1
 

@@ -18,10 +18,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mipflow.algorithms.contract import ReleasedGroups, Step
-from mipflow.algorithms.design import category_codes, numeric_values
+from mipflow.algorithms.streamed import level_moments
 from mipflow.algorithms.moments import (
     Moments,
-    compute_moments,
     merge_moment_dicts,
     merge_moments,
 )
@@ -47,15 +46,17 @@ class AnovaOneway(SpecAlgorithm):
     x_spec = InputSpec(types=("int", "text"), stattypes=(NOMINAL,), notblank=True, multiple=False,
                        label="Covariate (independent)", description="A nominal variable.")
 
+    #: Its local step also takes a node's selection left on disk (ADR 0062): each level's moments from the
+    #: rows narrowed to it, read a block at a time; the group control reads their level codes so.
+    streams_rows = True
+
     def released_groups(self, request: AnalysisRequest, model: DataModel) -> tuple[ReleasedGroups, ...]:
         return (ReleasedGroups((request.x[0],)),)  # every level's moments (ADR 0051)
 
     def local_step(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
                    model: DataModel, state: dict | None) -> dict:
         var = model.variable(request.x[0])
-        groups = category_codes(data[request.x[0]], var).to_numpy()
-        y = numeric_values(data[request.y[0]])
-        moments = [compute_moments(y[groups == level]) for level in var.enumeration_codes]
+        moments = level_moments(data, request.y[0], request.x[0], var, var.enumeration_codes)
         # group_n: sizes of the groups whose statistics are released (for the
         # node's disclosure control)
         return {"groups": [m.to_dict() for m in moments], "group_n": [m.n for m in moments]}

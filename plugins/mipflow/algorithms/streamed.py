@@ -16,7 +16,7 @@ import numpy as np
 
 from mipflow.algorithms.moments import Moments, column_moments, streamed_column_moments
 
-__all__ = ["on_disk", "moments_of", "DifferenceSource", "level_counts_on_disk"]
+__all__ = ["on_disk", "moments_of", "DifferenceSource", "level_counts_on_disk", "level_moments"]
 
 
 def on_disk(data: Any) -> bool:
@@ -79,3 +79,26 @@ def level_counts_on_disk(source: Any, code: str, enumeration: Sequence[str]) -> 
     for level, count in zip(stored, totals.tolist()):
         by_level[level] = by_level.get(level, 0) + int(count)
     return [by_level.get(c, 0) for c in enumeration]
+
+
+def level_moments(data: Any, y: str, x: str, variable: Any, levels: Sequence[object]) -> list[Moments]:
+    """Moments of the numerical column ``y`` over the rows at each of ``levels`` of the categorical
+    column ``x`` (``variable``), from a frame (:func:`mipflow.algorithms.moments.compute_moments` of
+    ``y[category_codes(x) == level]``) or from rows on disk (the rows of a level narrowed from its stored
+    codes, then :func:`~mipflow.algorithms.moments.streamed_column_moments`): the same values, bit for
+    bit.  A level compares with each row's enumeration code as ``==`` does (a level no row holds: no
+    row).  Memory for rows on disk: a block and a packed mask (a bit a snapshot row) at a time."""
+    if on_disk(data):
+        stored = [str(s) for s in data.levels_of(x)]
+        out = []
+        for level in levels:
+            at = np.array([s == level for s in stored] + [False], dtype=bool)  # code -1 (missing): none
+            part = data.narrowed([x], lambda v, at=at: at[np.where(v[0] >= 0, v[0], len(stored))])
+            out.append(streamed_column_moments(part, [y]))
+        return out
+    from mipflow.algorithms.design import category_codes, numeric_values
+    from mipflow.algorithms.moments import compute_moments
+
+    groups = category_codes(data[x], variable).to_numpy()
+    values = numeric_values(data[y])
+    return [compute_moments(values[groups == level]) for level in levels]

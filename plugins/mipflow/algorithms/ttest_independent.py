@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING
 
 from mipflow.algorithms.contract import ReleasedGroups, Step
 from mipflow.algorithms.spec import NOMINAL, NUMERICAL, InputSpec, ParamSpec, SpecAlgorithm
-from mipflow.algorithms.design import category_codes, numeric_values
 from mipflow.algorithms.inference import SIGNIFICANCE_ALPHA, alternative_spec, t_interval, t_pvalue
-from mipflow.algorithms.moments import compute_moments, merge_moment_dicts
+from mipflow.algorithms.moments import merge_moment_dicts
+from mipflow.algorithms.streamed import level_moments
 from mipflow.exceptions import RequestError
 from mipflow.protocol.datamodel import DataModel
 from mipflow.protocol.request import AnalysisRequest
@@ -50,6 +50,10 @@ class TTestIndependent(SpecAlgorithm):
                             description="The level of the grouping variable x used as group B."),
     })
 
+    #: Its local step also takes a node's selection left on disk (ADR 0062): each group's moments from the
+    #: rows narrowed to its level, read a block at a time; the group control reads their level codes so.
+    streams_rows = True
+
     def released_groups(self, request: AnalysisRequest, model: DataModel) -> tuple[ReleasedGroups, ...]:
         # groups A and B of x, not its other levels (their rows are the cohort's complement, ADR 0051)
         params = self.params(request, model)
@@ -63,10 +67,8 @@ class TTestIndependent(SpecAlgorithm):
     def local_step(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
                    model: DataModel, state: dict | None) -> dict:
         params = self.params(request, model)
-        groups = category_codes(data[request.x[0]], model.variable(request.x[0])).to_numpy()
-        y = numeric_values(data[request.y[0]])
-        a = compute_moments(y[groups == params["groupA"]])
-        b = compute_moments(y[groups == params["groupB"]])
+        a, b = level_moments(data, request.y[0], request.x[0], model.variable(request.x[0]),
+                             [params["groupA"], params["groupB"]])
         # group_n: sizes of the groups whose statistics are released
         return {"a": a.to_dict(), "b": b.to_dict(), "group_n": [a.n, b.n]}
 

@@ -104,8 +104,8 @@ class SelectionCache:
         snapshot's (ADR 0028) instead of the request's datasets and filters.  ``columnar``: keyed reads
         may come from the data model's columnar snapshot (setting ``columnar_snapshot``, ADR 0049).
         ``streamed``: the caller's step takes rows left on disk (no differential privacy, no explore
-        mode): for an algorithm that ``streams_rows`` (and releases no group, nothing split by a level
-        but ``dataset``'s), a selection of numerical and nominal variables from the snapshot is kept as
+        mode): for an algorithm that ``streams_rows`` (complete-case if it releases groups, nothing split
+        by a level but ``dataset``'s), a selection of numerical and nominal variables from the snapshot is kept as
         :class:`mipflow.node.query.snapshot_rows.SnapshotRows` (a bit a snapshot row) and its cohorts
         computed from the snapshot's keys (ADR 0049 amended, ADR 0062: no copy of the rows; a
         complete-case selection split by nothing keeps no key column per row either)."""
@@ -119,7 +119,8 @@ class SelectionCache:
         streamed = bool(streamed and columnar and study is None and transformer is None
                         and getattr(algo, "streams_rows", False) and set(by) <= {"dataset"}
                         and not getattr(algo, "row_identity", False) and not needs_fold_keys(algo)
-                        and not (hasattr(algo, "released_groups") and algo.released_groups(analysis, model)))
+                        and (algo.complete_case  # groups from its level codes a block at a time (ADR 0062)
+                             or not (hasattr(algo, "released_groups") and algo.released_groups(analysis, model))))
         key = json.dumps([model.key, sorted(analysis.datasets), variables, analysis.filters,
                           algo.complete_case, algo.name, study and study.token, streamed]
                          + ([transformer.to_dict()] if transformer is not None else []),

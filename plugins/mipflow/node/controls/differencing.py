@@ -434,11 +434,15 @@ class DifferencingGuard:
             raise ValueError("the selection's keys were computed under another ledger key")
         masks = rows_cohort_masks(rows, variables, complete_case, by)
         keys, pids = rows.keys("row_key"), rows.keys("pid_key")
+        order, patient_order = (keys[masks[0]], pids[masks[0]]) if complete_case else (None, None)
         sets = tuple(sorted_unique(keys[m]) for m in masks)
         patients = tuple(sorted_unique(pids[m]) for m in masks)
+        del keys, pids
+        # the value stamps of each cohort (ADR 0061 hole 2), as :meth:`cohorts` takes them from the frame
+        stamps = rows.masked_stamps(self.key, [None if m.all() else m for m in masks],
+                                    [c for c in dict.fromkeys([*variables, *by]) if c in rows.columns])
         return Cohorts(data_model, sets, tuple(cohort_digest(data_model, c) for c in sets),
-                       order=keys[masks[0]] if complete_case else None, patients=patients,
-                       patient_order=pids[masks[0]] if complete_case else None)
+                       order=order, patients=patients, patient_order=patient_order, stamps=stamps)
 
     def cohorts_of(self, data_model: str, frame: pd.DataFrame, masks: Sequence[np.ndarray],
                    seen: int | None = None, variables: Sequence[str] | None = None) -> Cohorts:

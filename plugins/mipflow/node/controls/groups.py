@@ -474,17 +474,25 @@ class GroupMemory(SqliteState):
 
 def group_release(algo: Any, data: pd.DataFrame, request: Any, model: DataModel, cohorts: Any,
                   settings: Any) -> GroupRelease | None:
-    """The groups a step releases (None: it declares none, or its rows' keys are not known)."""
+    """The groups a step releases (None: it declares none, or its rows' keys are not known), from its frame
+    and the cohorts' order, or from its rows left on disk (:mod:`mipflow.node.controls.groups_rows`)."""
     from mipflow.node.controls.disclosure import group_threshold
 
     groupings = algo.released_groups(request, model) if hasattr(algo, "released_groups") else ()
-    order = getattr(cohorts, "order", None)
-    if not groupings or order is None or len(order) != len(data):
+    if not groupings:
         return None
-    people = getattr(cohorts, "patient_order", None)
-    people = None if people is None or len(people) != len(data) else np.asarray(people, dtype=np.uint64)
-    groups, union = level_groups(data, np.asarray(order, dtype=np.uint64), groupings, model, cohorts.data_model,
-                                 patients=people)
+    if hasattr(data, "reader"):  # rows left on disk (ADR 0062): level codes and keys read a block at a time
+        from mipflow.node.controls.groups_rows import rows_level_groups
+
+        groups, union = rows_level_groups(data, groupings, cohorts.data_model)
+    else:
+        order = getattr(cohorts, "order", None)
+        if order is None or len(order) != len(data):
+            return None
+        people = getattr(cohorts, "patient_order", None)
+        people = None if people is None or len(people) != len(data) else np.asarray(people, dtype=np.uint64)
+        groups, union = level_groups(data, np.asarray(order, dtype=np.uint64), groupings, model,
+                                     cohorts.data_model, patients=people)
     if not len(union):
         return None  # no row in a released group: nothing released about any
     setting, threshold = group_threshold(algo, settings)

@@ -21,7 +21,10 @@ import numpy as np
 
 from mipflow.node.query.snapshot import Snapshot
 
-__all__ = ["READ_ROWS", "SnapshotRows"]
+__all__ = ["KEY_COLUMNS", "READ_ROWS", "SnapshotRows"]
+
+#: The snapshot's key columns a :meth:`SnapshotRows.reader` also reads (the ledger's row and patient keys).
+KEY_COLUMNS = ("row_key", "pid_key")
 
 #: Snapshot rows read from a column file at a time (a multiple of 8: the packed mask's bytes).
 READ_ROWS = 262_144
@@ -121,10 +124,14 @@ class SnapshotRows:
     def reader(self, codes: Sequence[str]) -> Callable[[int], list[np.ndarray]]:
         """A pass over the selected rows: a function giving the next ``m`` values of each of ``codes``
         (float64 arrays for numerical variables, :class:`mipflow.algorithms.moments.ColumnSource`;
-        int32 level codes for categorical ones, :meth:`levels_of`).  The arrays it gives are valid
-        until its next call (their memory is used again)."""
-        opened = [_open_npy(self.snapshot.path / f"{self.files[code]}.npy") for code in codes]
-        wanted = [np.dtype(np.int32) if code in self._levels else np.dtype(np.float64) for code in codes]
+        int32 level codes for categorical ones, :meth:`levels_of`; uint64 keys for :data:`KEY_COLUMNS`
+        not among the selection's variables).  The arrays it gives are valid until its next call (their
+        memory is used again)."""
+        if any(code not in self.files and code not in KEY_COLUMNS for code in codes):
+            raise KeyError("a column the selection does not hold")
+        opened = [_open_npy(self.snapshot.path / f"{self.files.get(code, code)}.npy") for code in codes]
+        wanted = [np.dtype(np.int32) if code in self._levels else
+                  np.dtype(np.uint64) if code not in self.files else np.dtype(np.float64) for code in codes]
         for (_, dtype, rows), want in zip(opened, wanted):
             if rows != self.total or dtype != want:
                 for handle, _, _ in opened:
@@ -227,22 +234,34 @@ class SnapshotRows:
         (:mod:`mipflow.node.controls.stamps`), a block at a time: the numbers
         :func:`~mipflow.node.controls.stamps.frame_stamps` gives for the same rows read into a frame (its
         row keys the snapshot's ``row_key``, its categories their enumeration codes)."""
+        return self.masked_stamps(key, [None], list(self.files))[0]
+
+    def masked_stamps(self, key: str, masks: Sequence[np.ndarray | None], columns: Sequence[str]
+                      ) -> tuple[dict[str, int], ...]:
+        """Per mask (a bool a selected row, in their order; None: every one), ``column -> stamp`` of each
+        of ``columns``: :func:`~mipflow.node.controls.stamps.frame_stamps` of the same rows and masks read
+        into a frame, a block at a time."""
         from mipflow.node.controls.stamps import MISSING, cell_hashes, column_salt, level_bits, value_bits
 
-        out: dict[str, int] = {}
-        for code, stem in self.files.items():
+        out: list[dict[str, int]] = [{} for _ in masks]
+        for code in columns:
             levels = self.levels_of(code)
             table = None if levels is None else np.append(level_bits(levels, key), MISSING)
-            salt, total = column_salt(key, code), 0
-            for (_, keys), (_, values) in zip(self._blocks("row_key"), self._blocks(stem), strict=True):
+            salt, totals, done = column_salt(key, code), [0] * len(masks), 0
+            for (_, keys), (_, values) in zip(self._blocks("row_key"), self._blocks(self.files[code]), strict=True):
                 if table is None:
                     bits = value_bits(values, key)
                 else:  # a level code outside the table (none in a complete-case selection): missing
                     codes = np.asarray(values, dtype=np.int64)
                     bits = table[np.where((codes >= 0) & (codes < len(levels)), codes, len(levels))]
-                total = (total + int(np.add.reduce(cell_hashes(keys, bits, salt), dtype=np.uint64))) % 2 ** 64
-            out[code] = total
-        return out
+                hashes = cell_hashes(keys, bits, salt)
+                for i, mask in enumerate(masks):
+                    part = hashes if mask is None else hashes[mask[done:done + len(hashes)]]
+                    totals[i] = (totals[i] + int(np.add.reduce(part, dtype=np.uint64))) % 2 ** 64
+                done += len(hashes)
+            for stamps, total in zip(out, totals):
+                stamps[code] = total
+        return tuple(out)
 
     def sorted_keys(self, name: str) -> np.ndarray | None:
         """The selected rows' keys of ``name`` sorted (repeats kept), from the snapshot's key order

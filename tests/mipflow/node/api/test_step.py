@@ -313,24 +313,30 @@ def test_sealed_sums_without_a_transcript_are_refused() -> None:
 
 def test_a_linear_regression_of_numbers_keeps_its_rows_on_disk_with_the_same_answer(tmp_path) -> None:
     """ADR 0049 amended: a linear regression of numerical variables keeps its selection as a bit a
-    snapshot row (no frame) and answers what the frame gave, bit for bit; a nominal covariate, or
-    differential privacy, keeps a frame."""
+    snapshot row (no frame) and answers what the frame gave, bit for bit; with a nominal covariate too
+    (its levels' groups from the snapshot's level codes, ADR 0062), leaving the same group memory;
+    differential privacy keeps a frame."""
     from mipflow.node.query.snapshot_rows import SnapshotRows
 
     filters = where(rule("age", "greater", 40))
     kept: dict[str, list[str]] = {}
     replies: dict[str, Any] = {}
     for case, x, settings in (("disk", LINREG["x"], {}), ("sql", LINREG["x"], {"columnar_snapshot": 0}),
-                              ("nominal", [*LINREG["x"], "sex"], {}), ("dp", LINREG["x"], {"dp_enabled": True})):
+                              ("nominal", [*LINREG["x"], "sex"], {}),
+                              ("nominal-sql", [*LINREG["x"], "sex"], {"columnar_snapshot": 0}),
+                              ("dp", LINREG["x"], {"dp_enabled": True})):
         context = open_node(tmp_path / case, **settings)
         replies[case] = answer_step(context, "central", "linear_regression",
                                     body(context, y=LINREG["y"], x=x, filters=filters, analysis_id=case))
         kept[case] = [type(v[1]).__name__ for v in context.selections._kept.values()]
-    assert kept == {"disk": [SnapshotRows.__name__], "sql": ["DataFrame"], "nominal": ["DataFrame"],
-                    "dp": ["DataFrame"]}
+    assert kept == {"disk": [SnapshotRows.__name__], "sql": ["DataFrame"], "nominal": [SnapshotRows.__name__],
+                    "nominal-sql": ["DataFrame"], "dp": ["DataFrame"]}
     assert replies["disk"]["rows"] == replies["sql"]["rows"] > 0
-    assert json.dumps(replies["disk"]["aggregates"], sort_keys=True) == \
-        json.dumps(replies["sql"]["aggregates"], sort_keys=True)
+    for disk, sql in (("disk", "sql"), ("nominal", "nominal-sql")):
+        assert json.dumps(replies[disk]["aggregates"], sort_keys=True) == \
+            json.dumps(replies[sql]["aggregates"], sort_keys=True)
+    groups = remembered_groups(tmp_path / "nominal")
+    assert groups == remembered_groups(tmp_path / "nominal-sql") and len(groups) == 2
 
 
 @pytest.mark.parametrize("x", [pytest.param(["age", "nihss_admission"], id="numerical"),
@@ -365,10 +371,51 @@ def test_a_logistic_regression_keeps_its_rows_on_disk_every_round_with_the_same_
                 break
             state = json.loads(json.dumps(step.state))
     # a nominal covariate's levels are released groups (ADR 0051, issue 14 item 5): the group memory reads
-    # each row's level code, which only a frame gives today, so such a design keeps a frame (issue 19 left)
-    on_disk = SnapshotRows.__name__ if "sex" not in x else "DataFrame"
-    assert kept == {"disk": {on_disk}, "sql": {"DataFrame"}, "dp": {"DataFrame"}}
+    # each row's level code a block at a time from the snapshot too (ADR 0062), so such a design streams
+    assert kept == {"disk": {SnapshotRows.__name__}, "sql": {"DataFrame"}, "dp": {"DataFrame"}}
     assert len(releases["disk"]) >= 4 and releases["disk"] == releases["sql"] == releases["dp"]
+    assert remembered_groups(tmp_path / "disk") == remembered_groups(tmp_path / "sql")
+    assert len(remembered_groups(tmp_path / "disk")) == (2 if "sex" in x else 0)  # sex's two levels
+
+
+def remembered_groups(home, keyed: bool = False) -> list[tuple]:
+    """A node's group memory as recorded, in order: (kind, rows, threshold, cell), and with ``keyed`` the
+    digest and the keys (the node's own: two homes have two secrets)."""
+    import sqlite3
+
+    path = home / "groups.sqlite"
+    if not path.exists():
+        return []
+    keyed_columns = ", digest, keys, patients" if keyed else ""
+    with sqlite3.connect(path) as conn:
+        return conn.execute(f"SELECT kind, n_rows, threshold, cell{keyed_columns} FROM groups ORDER BY rowid").fetchall()
+
+
+@pytest.mark.parametrize("algorithm, parameters", [
+    pytest.param("ttest_independent", {"groupA": "ischaemic", "groupB": "haemorrhagic"}, id="ttest"),
+    pytest.param("anova_oneway", {}, id="anova")])
+def test_group_releasing_tests_keep_their_rows_on_disk_with_the_same_answers_and_groups(tmp_path, algorithm,
+                                                                                     parameters) -> None:
+    """ADR 0062 (groups): an independent t-test and a one-way ANOVA keep their selection as a bit a snapshot
+    row and release what the SQL read's frame gives, bit for bit; at one node, the frame's release after
+    the streamed one is an exact repeat (the same cohort, groups, digests and value stamps): the group
+    memory and the ledger learn nothing new."""
+    from mipflow.node.query.snapshot_rows import SnapshotRows
+
+    context = open_node(tmp_path)
+    kept, replies, memory = {}, {}, {}
+    for case in ("disk", "sql"):
+        if case == "sql":
+            NodeHome(tmp_path).set_setting("columnar_snapshot", 0)  # read again, by SQL, at the same node
+        replies[case] = answer_step(context, "central", algorithm,
+                                    body(context, y=["nihss_admission"], x=["stroke_type"], parameters=parameters,
+                                         filters=where(rule("age", "greater", 40)), analysis_id=case))
+        kept[case] = sorted(type(v[1]).__name__ for v in context.selections._kept.values())
+        memory[case] = (remembered_groups(tmp_path, keyed=True), context.differencing.ledger.stats())
+    assert kept == {"disk": [SnapshotRows.__name__], "sql": ["DataFrame", SnapshotRows.__name__]}
+    assert json.dumps(replies["disk"]["aggregates"], sort_keys=True) == \
+        json.dumps(replies["sql"]["aggregates"], sort_keys=True)
+    assert memory["disk"] == memory["sql"] and len(memory["disk"][0]) >= 2
 
 
 def test_a_logistic_regression_on_disk_is_refused_by_effective_rows_as_from_a_frame(tmp_path) -> None:

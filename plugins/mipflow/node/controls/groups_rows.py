@@ -1,0 +1,120 @@
+"""The groups a release forms, from a selection left on disk, a block at a time (ADR 0051, ADR 0062).
+
+:func:`mipflow.node.controls.groups.level_groups` reads each row's level codes from the local step's frame
+and its keys from the cohorts' order.  A selection left on disk
+(:class:`mipflow.node.query.snapshot_rows.SnapshotRows`) holds level codes as small ints and the ledger's
+row and patient keys as columns of the snapshot: :func:`rows_level_groups` reads them together, a block
+of :data:`GROUP_ROWS` rows at a time, and gives the same groups (kinds, rows, patients, digests, cells
+and margins) in the same order (each grouping's cells, then its margins, each level combination in the
+order its first row comes, as ``groupby(sort=False)``), and the same union.
+
+Memory: a block, and the keys of the rows each group holds (8 bytes a row and a group for rows, 8 for
+patients) until they are sorted: what the frame path holds besides its frame.
+"""
+from __future__ import annotations
+
+import itertools
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from mipflow.node.controls.groups import Group, _digest, kind_of
+from mipflow.node.controls.ledger import sorted_unique
+
+if TYPE_CHECKING:
+    from mipflow.algorithms.contract import ReleasedGroups
+
+#: Selected rows read at a time.
+GROUP_ROWS = 262_144
+
+
+def _level_table(rows: Any, column: str) -> tuple[list[str], np.ndarray]:
+    """A categorical column's distinct enumeration codes (in the order their stored codes first name
+    them) and each stored code's position among them, then -1 (for a missing value, stored code -1)."""
+    stored = rows.levels_of(column)
+    if stored is None:
+        raise ValueError("a released grouping names a numerical column")
+    names: list[str] = []
+    positions = []
+    for level in stored:
+        level = str(level)
+        if level not in names:
+            names.append(level)
+        positions.append(names.index(level))
+    return names, np.array([*positions, -1], dtype=np.int64)
+
+
+def rows_level_groups(rows: Any, groupings: Sequence[ReleasedGroups], data_model: str, *, patients: bool = True,
+                      block: int | None = None) -> tuple[list[Group], np.ndarray]:
+    """:func:`~mipflow.node.controls.groups.level_groups` of a selection left on disk: its rows' keys are
+    the snapshot's ``row_key`` (and, with ``patients``, ``pid_key``), in the selection's order."""
+    block = GROUP_ROWS if block is None else int(block)
+    columns = list(dict.fromkeys(c for g in groupings for c in g.columns))
+    tables = {c: _level_table(rows, c) for c in columns}
+    # per grouping, per column: which distinct levels are released (None: all)
+    allowed: list[list[np.ndarray]] = []
+    for grouping in groupings:
+        per = []
+        for i, column in enumerate(grouping.columns):
+            names = tables[column][0]
+            wanted = None if grouping.levels is None else set(map(str, grouping.levels[i]))
+            per.append(np.array([wanted is None or n in wanted for n in names] + [False], dtype=bool))
+        allowed.append(per)
+    subsets = [[subset for size in range(1, len(g.columns) + 1)
+                for subset in itertools.combinations(range(len(g.columns)), size)] for g in groupings]
+    # (grouping, subset) -> combined level id -> lists of key blocks; the ids in the order first seen
+    found: list[list[dict[int, tuple[list[np.ndarray], list[np.ndarray]]]]] = [
+        [{} for _ in per] for per in subsets]
+    union_parts: list[np.ndarray] = []
+    names = ["row_key", *(["pid_key"] if patients else [])]
+    n = len(rows)
+    next_rows = rows.reader([*columns, *names]) if n else None
+    for start in range(0, n, max(1, block)):
+        count = min(max(1, block), n - start)
+        values = next_rows(count)
+        position = {c: tables[c][1][np.where((v >= 0) & (v < len(tables[c][1]) - 1), v, -1)]
+                    for c, v in zip(columns, values)}
+        keys = values[len(columns)].copy()
+        pids = values[len(columns) + 1].copy() if patients else None
+        union = np.zeros(count, dtype=bool)
+        for g, grouping in enumerate(groupings):
+            released = np.ones(count, dtype=bool)
+            for i, column in enumerate(grouping.columns):
+                released &= allowed[g][i][position[column]]
+            union |= released
+            at = np.flatnonzero(released)
+            if not len(at):
+                continue
+            for s, subset in enumerate(subsets[g]):
+                combined = np.zeros(len(at), dtype=np.int64)
+                for i in subset:
+                    column = grouping.columns[i]
+                    combined = combined * len(tables[column][0]) + position[column][at]
+                ids, first, inverse = np.unique(combined, return_index=True, return_inverse=True)
+                kept = found[g][s]
+                for j in np.argsort(first, kind="stable"):  # first seen first, as groupby(sort=False)
+                    members = at[inverse.reshape(-1) == j]
+                    lists = kept.setdefault(int(ids[j]), ([], []))
+                    lists[0].append(keys[members])
+                    if pids is not None:
+                        lists[1].append(pids[members])
+        union_parts.append(keys[union])
+    groups: dict[str, Group] = {}
+    for g, grouping in enumerate(groupings):
+        for s, subset in enumerate(subsets[g]):
+            for combined, (key_parts, pid_parts) in found[g][s].items():
+                levels = []
+                for i in reversed(subset):  # the combined id's digits, last column first
+                    size = len(tables[grouping.columns[i]][0])
+                    combined, digit = divmod(combined, size)
+                    levels.append(tables[grouping.columns[i]][0][digit])
+                levels.reverse()
+                kind = kind_of(data_model, [(grouping.columns[i], level) for i, level in zip(subset, levels)])
+                if kind in groups:
+                    continue
+                members = sorted_unique(np.concatenate(key_parts))
+                people = sorted_unique(np.concatenate(pid_parts)) if patients else None
+                groups[kind] = Group(kind, members, _digest(kind, members), data_model, people,
+                                     cell=len(subset) == len(grouping.columns))
+    union = sorted_unique(np.concatenate(union_parts)) if union_parts else np.zeros(0, dtype=np.uint64)
+    return list(groups.values()), union

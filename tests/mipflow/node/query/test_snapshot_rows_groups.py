@@ -1,0 +1,201 @@
+"""Released groups from a snapshot's selection left on disk (ADR 0051, ADR 0062): the group release (each
+group's kind, rows, patients, digest, cell or margin, in order; the union) computed from the snapshot's
+level codes and keys a block at a time is the frame path's; the independent t-test, one-way ANOVA and
+linear and logistic regression with nominal covariates release what the frame gives, bit for bit; the
+cohorts' value stamps (ADR 0061 hole 2) are the frame's.
+
+Blocks of 1, 7, 64 rows and the whole selection; missing values on and beside blocks' edges (numerical and
+nominal); a level no row holds (``w``) and a rare one (``r``).
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mipflow.algorithms import design as design_module
+from mipflow.algorithms import get_algorithm, moments, streamed
+from mipflow.algorithms.contract import ReleasedGroups
+from mipflow.algorithms.local import prepare_local_data
+from mipflow.node.controls import differencing, groups_rows
+from mipflow.node.controls.differencing import DifferencingGuard, hash_key
+from mipflow.node.controls.groups import group_release, level_groups
+from mipflow.node.controls.groups_rows import rows_level_groups
+from mipflow.node.query.read import _check_variables, select_frame, select_rows
+from mipflow.node.query.snapshot import current_snapshot, select_columns
+from mipflow.protocol.request import AnalysisRequest
+from mipflow.protocol.wire import transport
+
+from tests.mipflow.node.query.streamed import EDGE_SELECTIONS, block_model, block_store, number_rule
+
+SECRET = b"node secret of the streamed group tests"
+KEY = hash_key(SECRET)
+BLOCK = 64  # snapshot rows read at a time (a multiple of 8)
+ROWS = 10 * BLOCK
+MODEL = block_model(
+    "grs", "Streamed groups",
+    {"code": "y", "sql_type": "real", "isCategorical": False},
+    {"code": "band", "sql_type": "int", "isCategorical": False},
+    {"code": "grp", "sql_type": "text", "isCategorical": True,
+     "enumerations": [{"code": c, "label": c} for c in ("w", "v", "u", "r")]},  # "w" never stored
+    {"code": "arm", "sql_type": "text", "isCategorical": True,
+     "enumerations": [{"code": c, "label": c} for c in ("ctl", "trt")]},
+    {"code": "event", "sql_type": "text", "isCategorical": True,
+     "enumerations": [{"code": c, "label": c} for c in ("no", "yes")]})
+
+
+def _rows() -> pd.DataFrame:
+    rng = np.random.default_rng(51)
+    x1 = 1e6 + rng.normal(0, 1.0, ROWS)
+    x2 = -2e5 + rng.normal(0, 3.0, ROWS)
+    grp = rng.choice(["v", "u"], ROWS).astype(object)
+    grp[[30, 300, 301]] = "r"  # a rare level
+    arm = rng.choice(["trt", "ctl"], ROWS).astype(object)
+    y = 5e6 + 0.7 * (x1 - 1e6) + 2.0 * (grp == "u") + rng.normal(0, 0.5, ROWS)
+    eta = 0.9 * (x1 - 1e6) + 0.6 * (grp == "v") - 0.4 * (arm == "trt")
+    frame = pd.DataFrame({
+        "_pid": [f"p{i // 2:05d}" for i in range(ROWS)], "_visit": [f"v{i % 2}" for i in range(ROWS)],
+        "dataset": np.where(np.arange(ROWS) % 3 == 0, "b", "a"),
+        "x1": x1, "x2": x2, "y": y, "band": np.arange(ROWS) // BLOCK, "grp": grp, "arm": arm,
+        "event": np.where(rng.random(ROWS) < 1 / (1 + np.exp(-eta)), "yes", "no")})
+    frame.loc[[5, 64, 200, 639], "x2"] = np.nan  # on and beside blocks' edges
+    frame.loc[[0, 63, 64, 300], "y"] = np.nan
+    frame.loc[[1, 127, 128, 400], "grp"] = None
+    frame.loc[[2, 191, 192], "arm"] = None
+    return frame
+
+
+@pytest.fixture(params=[1, 7, BLOCK, 10 * ROWS], ids=["one-row", "seven", "block", "whole"])
+def store(tmp_path, monkeypatch, request):
+    """Every pass's blocks of ``request.param`` rows, the snapshot's reads of ``BLOCK`` (8 at the smallest:
+    the packed mask's bytes)."""
+    size = request.param
+    monkeypatch.setattr(groups_rows, "GROUP_ROWS", size)
+    monkeypatch.setattr(moments, "STREAM_BLOCK", 2 * size)
+    monkeypatch.setattr(moments, "MOMENT_BLOCK", size)
+    monkeypatch.setattr(streamed, "COUNT_ROWS", size)
+    monkeypatch.setattr(design_module, "COUNT_BLOCK", size)
+    monkeypatch.setattr(differencing, "READ_BLOCK", size)
+    with block_store(tmp_path, monkeypatch, MODEL, _rows(), max(8, min(size, BLOCK) // 8 * 8)) as store:
+        yield store
+
+
+SELECTIONS = [
+    *EDGE_SELECTIONS,
+    pytest.param(["b"], number_rule("x1", "greater", 1e6), id="scattered"),
+    pytest.param(["a", "b"], number_rule("band", "greater", 20), id="no-row"),
+]
+
+
+def _request(datasets, filters, y, x, parameters=None):
+    return AnalysisRequest.from_dict({"inputdata": {"data_model": MODEL.key, "datasets": datasets, "x": list(x),
+                                                    "y": list(y), "filters": filters},
+                                      "parameters": parameters or {}})
+
+
+def _both(store, datasets, filters, variables):
+    """The snapshot's frame (the node's complete-case read before) and the same rows left on disk."""
+    frame = select_columns(current_snapshot(store, MODEL, KEY), MODEL, _check_variables(MODEL, variables),
+                           datasets, filters, KEY)
+    rows = select_rows(store, MODEL, datasets=datasets, variables=variables, filters=filters, row_key=KEY)
+    assert frame is not None and rows is not None and len(rows) == len(frame)
+    return frame, rows
+
+
+def _same_groups(got, want) -> None:
+    assert [g.kind for g in got] == [g.kind for g in want]  # the same groups in the same order
+    assert [g.digest for g in got] == [g.digest for g in want]
+    assert [g.cell for g in got] == [g.cell for g in want]
+    for mine, theirs in zip(got, want):
+        np.testing.assert_array_equal(mine.rows, theirs.rows)
+        np.testing.assert_array_equal(mine.patients, theirs.patients)
+
+
+GROUPINGS = [
+    pytest.param([ReleasedGroups(("grp",))], id="one-way"),
+    pytest.param([ReleasedGroups(("grp",), (("u", "r"),))], id="two-levels"),
+    pytest.param([ReleasedGroups(("grp", "arm"))], id="two-way-cells-and-margins"),
+    pytest.param([ReleasedGroups(("arm",)), ReleasedGroups(("grp",)), ReleasedGroups(("arm",))], id="three"),
+]
+
+
+@pytest.mark.parametrize("groupings", GROUPINGS)
+@pytest.mark.parametrize("datasets, filters", SELECTIONS)
+def test_the_groups_of_rows_on_disk_are_the_frames(groupings, datasets, filters, store, tmp_path):
+    variables = ["y", "x1", "grp", "arm"]
+    frame, rows = _both(store, datasets, filters, variables)
+    cohorts = DifferencingGuard(tmp_path, SECRET).cohorts(MODEL.key, frame, variables, True)
+    want, want_union = level_groups(frame, cohorts.order, groupings, MODEL, MODEL.key,
+                                    patients=cohorts.patient_order)
+    got, got_union = rows_level_groups(rows, groupings, MODEL.key)
+    _same_groups(got, want)
+    np.testing.assert_array_equal(got_union, want_union)
+    if len(frame):  # not vacuous: the rows' groups, the rare level's among them
+        assert len(want) >= 1 and any(len(g.rows) <= 3 for g in want) == ("r" in set(frame["grp"]))
+
+
+STEPS = [
+    pytest.param("ttest_independent", ["y"], ["grp"], {"groupA": "u", "groupB": "v"}, id="ttest"),
+    pytest.param("ttest_independent", ["y"], ["grp"], {"groupA": "w", "groupB": "r"}, id="ttest-empty-level"),
+    pytest.param("anova_oneway", ["y"], ["grp"], {}, id="anova"),
+    pytest.param("linear_regression", ["y"], ["x1", "grp", "arm"], {}, id="linear-nominal"),
+    pytest.param("logistic_regression", ["event"], ["x1", "grp", "arm"], {"positive_class": "yes"},
+                 id="logistic-nominal"),
+]
+
+
+@pytest.mark.parametrize("name, y, x, parameters", STEPS)
+@pytest.mark.parametrize("datasets, filters", SELECTIONS)
+def test_group_releasing_steps_on_disk_release_the_frames_and_the_same_groups(name, y, x, parameters, datasets,
+                                                                             filters, store, tmp_path):
+    algo = get_algorithm(name)
+    request = _request(datasets, filters, y, x, parameters)
+    variables = list(algo.variables(request))
+    frame, rows = _both(store, datasets, filters, variables)
+    local = prepare_local_data(algo, frame, request)
+    released = [json.dumps(transport(algo.local_step(0, data, request, MODEL, None)), sort_keys=True)
+                for data in (rows, local)]
+    assert released[0] == released[1]
+    guard = DifferencingGuard(tmp_path, SECRET)
+    want = guard.cohorts(MODEL.key, frame, variables, True)
+    got = guard.cohorts_of_rows(MODEL.key, rows, variables, True)
+    assert got.digests == want.digests and got.stamps == want.stamps and len(want.stamps[0]) == len(variables)
+    settings = type("S", (), {"min_row_count": 10, "nfilter_tab": 3})()
+    want_release = group_release(algo, local, request, MODEL, want, settings)
+    got_release = group_release(algo, rows, request, MODEL, got, settings)
+    if want_release is None:  # no row in a released group (no row, or only levels no row holds here)
+        assert got_release is None and not any(g in set(local[x[-1]]) for g in parameters.values())
+        return
+    _same_groups(got_release.groups, want_release.groups)
+    assert got_release.union_digest == want_release.union_digest
+    assert (got_release.threshold, got_release.setting) == (want_release.threshold, want_release.setting)
+    if name == "anova_oneway" and len(local) >= 3:  # the pooled statistics, to 1e-9, per level present
+        record = json.loads(released[0])["groups"]
+        for level, part in zip(MODEL.variable("grp").enumeration_codes, record):
+            values = local.loc[local["grp"] == level, "y"].to_numpy()
+            assert part["n"] == len(values)
+            if len(values):
+                np.testing.assert_allclose(part["mean"], [values.mean()], rtol=1e-12)
+                np.testing.assert_allclose(part["m2"], [((values - values.mean()) ** 2).sum()], rtol=1e-9)
+
+
+@pytest.mark.parametrize("datasets, filters", SELECTIONS)
+def test_the_stamps_of_cohorts_with_missing_values_on_disk_are_the_frames(datasets, filters, store, tmp_path):
+    """Descriptive statistics' cohorts (every row, each variable present, complete; per dataset): each with
+    the frame's stamps of every column it reads (before, rows on disk carried none)."""
+    algo = get_algorithm("descriptive_stats")
+    request = _request(datasets, filters, ["y", "grp"], ["x2"])
+    variables = list(algo.variables(request))
+    frame = select_frame(store, MODEL, datasets=datasets, variables=variables, filters=filters,
+                         complete_case=False, row_identity=True)
+    rows = select_rows(store, MODEL, datasets=datasets, variables=variables, filters=filters, row_key=KEY,
+                       complete_case=False, dataset=True)
+    guard = DifferencingGuard(tmp_path, SECRET)
+    want = guard.cohorts(MODEL.key, frame, variables, False, algo.released_by)
+    got = guard.cohorts_of_rows(MODEL.key, rows, variables, False, algo.released_by)
+    assert got.digests == want.digests
+    assert got.stamps == want.stamps and len(got.stamps) == len(got.sets)
+    if len(frame):
+        assert len({json.dumps(s, sort_keys=True) for s in got.stamps}) == len(got.stamps) >= 2
