@@ -288,7 +288,7 @@ def test_hole_logistic_regression_s_response_class_less_adult_deaths_is_one_pati
 
     Logistic regression of death on NIHSS on everyone: round 0 releases ``n_positive`` and the pooled mean ``c`` of
     NIHSS; round 1's gradient at zero is ``sum (y - p)(x - c) = S_deaths - n_positive c`` at one node.  Descriptive
-    statistics of ``death_90d = yes AND age >= 25`` (119 rows; 121 from everyone) give the adult deaths' sum: the
+    statistics of ``death_90d = yes AND age >= 25`` (114 rows, far from everyone) give the adult deaths' sum: the
     difference is the one young death's NIHSS (41)."""
     node = standard["deaths"]
     credential = node.credential
@@ -347,3 +347,58 @@ def test_hole_a_histogram_bin_and_two_cohorts_count_a_cell_of_one(standard):
 def youngest_bin(aggregates: dict) -> int:
     (ungrouped,) = [h for h in aggregates["histograms"] if h["grouping_var"] is None]
     return ungrouped["counts"][0]
+
+
+# ------------------------------------------------------------------ streamed statistics against the frame (ADR 0062)
+
+TWINS = ("hospital_a", "hospital_b")
+
+
+@pytest.fixture(scope="module")
+def twins(tmp_path_factory) -> Iterator[dict[str, Served]]:
+    """Two standard-mode nodes holding the same rows (two datasets, a few NIHSS missing): ``stream`` as shipped
+    (columnar snapshot on: ADR 0062's rows on disk) and ``frame`` (``columnar_snapshot 0``: the SQL frame)."""
+    from tests.mipflow.node.controls.study_helpers import stroke_rows
+
+    base = Path(tmp_path_factory.mktemp("round15-twins"))
+    frame = pd.concat([stroke_rows(51, 150, "hospital_a", "ta"), stroke_rows(52, 40, "hospital_b", "tb")],
+                      ignore_index=True)
+    assert frame["nihss_admission"].isna().any()
+    roots, credentials = {}, {}
+    for name, snapshot in (("stream", 1), ("frame", 0)):
+        roots[name] = base / name
+        home = standard_home(roots[name], NODE)
+        home.set_setting("columnar_snapshot", snapshot)
+        load_frame(roots[name], STROKE, frame)
+        grant_all(roots[name], researcher="*", project=AUDIT)
+        credentials[name] = issue_client(roots[name], "central")
+    with running_nodes(list(roots.values())) as urls:
+        yield {name: Served(url, credentials[name], roots[name], frame) for name, url in zip(roots, urls)}
+
+
+def test_defence_streamed_statistics_release_and_refuse_as_the_frame_path(twins):
+    """Held: ADR 0062 point 2 (the same bits) and point 4 (the controls' inputs are the frame's).  Class: a second
+    read path whose missing-value handling, dataset split or cohorts differ from the first would give two releases of
+    one question (a difference) or a refusal on one path only (an oracle).  The same requests at the twins (missing
+    NIHSS, two datasets, a dataset of 40 rows): descriptive statistics (per variable, per dataset), Pearson, both
+    t-tests, a filter leaving hospital_b under ``min_row_count``, then a cohort 3 rows from one answered: the same
+    status, control and aggregates at both."""
+    few = where(rule("age", "greater_or_equal", 30), rule("nihss_admission", "greater_or_equal", 0))
+    asks = [("descriptive_stats", request(["age", "nihss_admission", "glucose_mmol", "sex"], datasets=TWINS)),
+            ("pearson_correlation", request(["age", "nihss_admission", "glucose_mmol"], datasets=TWINS)),
+            ("ttest_onesample", request(["nihss_admission"], datasets=TWINS, mu=12)),
+            ("ttest_paired", request(["nihss_admission"], ["glucose_mmol"], datasets=TWINS)),
+            ("descriptive_stats", request(["nihss_admission"], filters=few, datasets=TWINS)),
+            ("descriptive_stats", request(["nihss_admission"], datasets=TWINS, filters=where(
+                rule("age", "greater_or_equal", 30), rule("nihss_admission", "greater_or_equal", 2)))),
+            ("descriptive_stats", request(["nihss_admission"], datasets=("hospital_b",),
+                                          filters=where(rule("age", "greater_or_equal", 75))))]
+    seen = []
+    for algorithm, ask in asks:
+        replies = {name: node.call(algorithm, ask, project=AUDIT) for name, node in twins.items()}
+        (stream, frame) = (replies["stream"], replies["frame"])
+        assert typed(stream) == typed(frame), (algorithm, stream.text, frame.text)
+        assert stream.json().get("aggregates") == frame.json().get("aggregates"), algorithm
+        assert stream.json().get("refused") == frame.json().get("refused"), algorithm
+        seen.append(stream.status_code)
+    assert 200 in seen and 403 in seen  # both answers and refusals were compared
