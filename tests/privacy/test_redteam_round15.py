@@ -55,7 +55,8 @@ from mipflow.node.home import NodeHome
 from mipflow.protocol.signing import issue_client
 from tests.mipflow.algorithms.survival_data import STROKE
 from tests.mipflow.node.controls.study_helpers import rule, where
-from tests.nodes import grant_all, load_frame, recording_clients, running_nodes, served_clients, standard_home
+from tests.nodes import grant_all, load_frame, pin_each_other, recording_clients, running_nodes, served_clients
+from tests.nodes import standard_home
 from tests.privacy.test_explore_attacks import Served
 from tests.privacy.test_redteam_round13 import level_rows
 
@@ -402,3 +403,112 @@ def test_defence_streamed_statistics_release_and_refuse_as_the_frame_path(twins)
         assert stream.json().get("refused") == frame.json().get("refused"), algorithm
         seen.append(stream.status_code)
     assert 200 in seen and 403 in seen  # both answers and refusals were compared
+
+
+# ------------------------------------------------------------------ explore Kaplan-Meier's decision count (ADR 0032)
+
+
+@pytest.fixture(scope="module")
+def explore_node(tmp_path_factory) -> Iterator[Served]:
+    """A node home as shipped (explore mode by default), 200 stroke rows, project ``browse`` for any researcher."""
+    from tests.mipflow.node.controls.study_helpers import stroke_rows
+
+    root = Path(tmp_path_factory.mktemp("round15-explore")) / "node"
+    NodeHome.init(root, NODE)
+    frame = stroke_rows(61, 200, NODE, "km")
+    load_frame(root, STROKE, frame)
+    grant_all(root, researcher="*", project="browse")
+    with running_nodes([root]) as (url,):
+        yield Served(url, issue_client(root, "central"), root, frame)
+
+
+def test_defence_explore_kaplan_meier_s_decision_count_is_no_new_draw_and_each_release_is_charged(explore_node):
+    """Held (ADR 0032, "at-risk totals from the decision count").  Class: a value added to a noisy release as an
+    averaging channel.  The count a Kaplan-Meier release carries (``row_count``) is the reply's ``rows`` and the
+    label's ``decision.sd``, nothing else; its groups' sizes are not exact (no per-group count).  A repeat is the same
+    bytes, charged once; the same cohort grouped by sex, or with another ``bin_width``, is another release charged in
+    full: a count averaged over analyses costs one step each, the budget's bound as before (sd 4.7 / sqrt(50)
+    = 0.66 rows for the whole project budget on one cohort)."""
+    node = explore_node
+    base = dict(event_level="yes", max_time=365.0)
+    asks = [request(["followup_days", "death_90d"], bin_width=7.0, **base),
+            request(["followup_days", "death_90d"], bin_width=7.0, **base),
+            request(["followup_days", "death_90d"], ["sex"], bin_width=7.0, **base),
+            request(["followup_days", "death_90d"], bin_width=14.0, **base)]
+    spent, docs = [], []
+    for ask in asks:
+        reply = node.call("kaplan_meier", ask, project="browse", researcher="curious")
+        assert reply.status_code == 200, reply.text
+        doc = reply.json()
+        assert doc["aggregates"]["row_count"] == {"count": doc["rows"], "sd": doc["privacy"]["decision"]["sd"]}
+        docs.append(doc)
+        spent.append(node.spent("browse")[1])
+    assert docs[1]["aggregates"] == docs[0]["aggregates"] and spent[1] == spent[0]  # a repeat: free
+    assert spent == [1, 1, 2, 3]  # every other release charged in full
+    by_sex = node.rows.dropna(subset=["followup_days", "death_90d", "sex"]).groupby("sex").size().tolist()
+    assert docs[2]["aggregates"]["group_n"] != by_sex  # the groups' sizes are noisy sums, not exact counts
+
+
+# ------------------------------------------------------------------ honest work
+
+
+def honest_rows(hospital: str, seed: int) -> pd.DataFrame:
+    from tests.mipflow.node.controls.study_helpers import stroke_rows
+
+    frame = stroke_rows(seed, 120, hospital, hospital[-1] + "h").dropna().reset_index(drop=True)
+    frame["stroke_type"] = np.array(["ischaemic", "haemorrhagic", "tia"])[np.arange(len(frame)) % 3]
+    return frame
+
+
+def test_honest_standard_session_a_nightly_correction_then_the_routine_and_a_logistic_model_after_an_anova(
+        tmp_path):
+    """An honest researcher at three standard-mode hospitals (project ``clinic``), through the central site: the
+    routine (descriptive statistics, a regression of NIHSS on age), an ANOVA of NIHSS by stroke type and then a
+    logistic regression of 90-day death on stroke type and age: all answered.  A nightly load at hospital_a corrects
+    one NIHSS: the regression's re-run leaves hospital_a out (``differencing``; by design, ADR 0061) and the result
+    comes from the two others; the message first says the rows are "too close to rows this node already answered"
+    and to "use the same filters and variables as an earlier analysis" (which the researcher did), and only its last
+    sentence names a corrected load and the remedy (new rows, then re-run).  After the next load of 12 new patients
+    the routine answers everywhere."""
+    from mipflow.exceptions import MipflowError
+
+    frames = {h: honest_rows(h, 70 + i) for i, h in enumerate(("hospital_a", "hospital_b", "hospital_c"))}
+    roots = {}
+    for hospital, frame in frames.items():
+        roots[hospital] = tmp_path / hospital
+        standard_home(roots[hospital], hospital)
+        load_frame(roots[hospital], STROKE, frame)
+        grant_all(roots[hospital], researcher="*", project="clinic")
+    pin_each_other(roots)  # the admins' fingerprint exchange: masking is automatic from three nodes
+    every = tuple(frames)
+    routine = {"describe": ("descriptive_stats", request(["age", "nihss_admission"], datasets=every)),
+               "regression": ("linear_regression", request(["nihss_admission"], ["age"], datasets=every))}
+    models = {"anova": ("anova_oneway", request(["nihss_admission"], ["stroke_type"], datasets=every)),
+              "logistic": ("logistic_regression", request(["death_90d"], ["stroke_type", "age"], datasets=every,
+                                                          positive_class="yes"))}
+
+    def session(clients, asks) -> dict:
+        outcomes = {}
+        for name, (algorithm, doc) in asks.items():
+            try:
+                outcome = run_analysis(algorithm, doc, list(clients.values()), researcher="dr_honest", project="clinic")
+            except MipflowError as refused:
+                outcomes[name] = ("refused", str(refused))
+                continue
+            outcomes[name] = ("answered", " ".join(f"{k}: {v}" for k, v in sorted(outcome.excluded.items())))
+        return outcomes
+
+    with served_clients(roots) as clients:
+        first = session(clients, {**routine, **models})
+        assert first == {name: ("answered", "") for name in (*routine, *models)}, first
+        fixed = frames["hospital_a"].loc[[7]].assign(nihss_admission=frames["hospital_a"].loc[7, "nihss_admission"] + 2)
+        load_frame(roots["hospital_a"], STROKE, fixed)  # the nightly load corrects one value
+        rerun = session(clients, routine)
+        fresh = honest_rows("hospital_a", 99).iloc[:12].assign(subjectcode=[f"new-{k}" for k in range(12)])
+        load_frame(roots["hospital_a"], STROKE, fresh)  # the next night's new patients
+        later = session(clients, routine)
+    status, words = rerun["regression"]  # answered by the two others, hospital_a left out saying what to do
+    assert status == "answered" and words.startswith("hospital_a: refused (differencing)"), rerun
+    assert "corrected" in words and "new rows" in words and words.endswith("then re-run"), words
+    # (the re-run of descriptive statistics is answered by all three: hole 6, not honest work)
+    assert later == {name: ("answered", "") for name in routine}, later
