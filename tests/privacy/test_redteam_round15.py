@@ -105,12 +105,12 @@ def registry(kind: str) -> pd.DataFrame:
     """Round 13's level registry (240 rows, stroke types 80 each; ten patients under 25, one of them the target, a
     TIA patient with NIHSS 41), adapted per attack."""
     frame = level_rows()
-    if kind == "deaths":  # half the adults died; of the young only the target
+    if kind == "chain":  # one more young non-TIA patient: young non-TIA 10, young TIA 1 (the target)
+        frame.loc[frame.index[(frame["age"] >= 30) & (frame["stroke_type"] == "ischaemic")][0], "age"] = 24.8
+        # half the adults died; of the young only the target
         frame["death_90d"] = np.where(np.arange(len(frame)) % 2 == 0, "yes", "no")
         frame.loc[frame["age"] < 25, "death_90d"] = "no"
         frame.loc[target_of(frame), "death_90d"] = "yes"
-    if kind == "bins":  # one more young non-TIA patient: young non-TIA 10, young TIA 1 (the target)
-        frame.loc[frame.index[(frame["age"] >= 30) & (frame["stroke_type"] == "ischaemic")][0], "age"] = 24.8
     return frame
 
 
@@ -120,8 +120,8 @@ def target_of(frame: pd.DataFrame):
 
 #: node -> (registry kind, data models loaded, settings)
 PLAN = {"groupfix": ("levels", (STROKE,), {}), "threefix": ("levels", (STROKE,), {}),
-        "versions": ("levels", (STROKE, STROKE_V2), {}), "deaths": ("deaths", (STROKE,), {}),
-        "bins": ("bins", (STROKE,), {}), "stamps": ("levels", (STROKE,), {}),
+        "versions": ("levels", (STROKE, STROKE_V2), {}), "chain": ("chain", (STROKE,), {}),
+        "stamps": ("levels", (STROKE,), {}),
         "streamfix": ("levels", (STROKE,), {}), "framefix": ("levels", (STROKE,), {"columnar_snapshot": 0})}
 
 
@@ -289,9 +289,9 @@ def test_hole_logistic_regression_s_response_class_less_adult_deaths_is_one_pati
 
     Logistic regression of death on NIHSS on everyone: round 0 releases ``n_positive`` and the pooled mean ``c`` of
     NIHSS; round 1's gradient at zero is ``sum (y - p)(x - c) = S_deaths - n_positive c`` at one node.  Descriptive
-    statistics of ``death_90d = yes AND age >= 25`` (114 rows, far from everyone) give the adult deaths' sum: the
+    statistics of ``death_90d = yes AND age >= 25`` (over 100 rows, far from everyone) give the adult deaths' sum: the
     difference is the one young death's NIHSS (41)."""
-    node = standard["deaths"]
+    node = standard["chain"]
     credential = node.credential
     from mipflow.central.client import NodeClient, NodeEndpoint
 
@@ -327,7 +327,7 @@ def test_hole_a_histogram_bin_and_two_cohorts_count_a_cell_of_one(standard):
     declared 18-90: the youngest, 18-25.2, holds the 11 patients under 25); descriptive statistics of NIHSS for
     ``stroke_type != tia`` (160 rows) and ``stroke_type != tia AND age >= 25`` (150): young non-TIA patients 10, so
     young TIA patients = 11 - 10 = 1 (the target), a count no table may release (``nfilter_tab`` 3)."""
-    node = standard["bins"]
+    node = standard["chain"]
     histogram = node.call("multiple_histograms", request(["age"], bins=10), project=AUDIT)
     assert histogram.status_code == 200, histogram.text
     counts = histogram.json()["aggregates"]
