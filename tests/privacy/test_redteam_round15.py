@@ -32,6 +32,10 @@ Found (holes):
 5. **Histogram bins** (ADR 0051's listed gap): a histogram of age on everyone (its youngest bin, 11 rows) with the
    counts of non-TIA patients and of adult non-TIA patients counts the TIA patients under 25: a cell of one, which
    the same cohorts with the bin as a cohort (or a contingency table's cells) are refused for.
+6. **Streamed descriptive statistics compare no value stamps** (ADR 0062 against ADR 0061 point 2): the same
+   descriptive statistics before and after a correction are both answered on a node with the shipped columnar
+   snapshot (the frame path, ``columnar_snapshot 0``, refuses; Pearson, the t-tests and linear regression refuse on
+   either path): the corrected patient's old and new values from two identical requests.
 
 Held (defences): value stamps agree between the streamed path (descriptive statistics) and the frame path (a
 regression with a nominal covariate) and under a rewritten filter, so a corrected repeat is refused across paths and
@@ -39,6 +43,9 @@ an honest one answered; the streamed and frame paths release the same bytes with
 (descriptive statistics, Pearson, both t-tests) and refuse alike; explore Kaplan-Meier's decision count in its
 aggregates is the reply's ``rows`` and the label's sd (no new draw), and every distinct release is charged in full,
 so averaging it across analyses is the budget's bound as before.
+Honest work: a standard-mode session answers; after a nightly correction the regression's re-run leaves the
+correcting hospital out with a message whose first sentences point elsewhere and whose last says what to do; 12 new
+patients later everything answers.  Holes 1-3 also hold on the frame path (measured with ``columnar_snapshot 0``).
 """
 from __future__ import annotations
 
