@@ -35,7 +35,8 @@ Found (holes):
 6. **Streamed descriptive statistics compare no value stamps** (ADR 0062 against ADR 0061 point 2): the same
    descriptive statistics before and after a correction are both answered on a node with the shipped columnar
    snapshot (the frame path, ``columnar_snapshot 0``, refuses; Pearson, the t-tests and linear regression refuse on
-   either path): the corrected patient's old and new values from two identical requests.
+   either path): the corrected patient's old and new values from two identical requests.  **Closed** the same day:
+   the streamed cohorts (``cohorts_of_rows``) carry the frame's value stamps (ADR 0062 amended).
 
 Held (defences): value stamps agree between the streamed path (descriptive statistics) and the frame path (a
 regression with a nominal covariate) and under a rewritten filter, so a corrected repeat is refused across paths and
@@ -233,10 +234,8 @@ def test_hole_a_correction_in_one_data_model_version_gives_old_and_new(standard)
     assert recovered != pytest.approx((old, 12.0)), "two versions of one cohort give the corrected row's values"
 
 
-@pytest.mark.xfail(strict=True, reason="round 15 hole 6: descriptive statistics read from the snapshot (ADR 0062) "
-                   "compare no value stamps: an exact repeat after a correction is answered")
-def test_hole_streamed_descriptive_statistics_repeated_after_a_correction_give_old_and_new(standard):
-    """Hole 6.  Class: a control's input computed on one read path and not the other (ADR 0062 point 4 promises
+def test_hole_6_closed_streamed_descriptive_statistics_repeated_after_a_correction_are_refused(standard):
+    """Hole 6 (closed: the streamed cohorts carry the frame's value stamps, ADR 0062 amended).  Class: a control's input computed on one read path and not the other (ADR 0062 point 4 promises
     the controls' inputs are the frame's; ADR 0061 point 2 "every read path, the same numbers").  Adversary: a
     researcher in a standard-mode project, two identical requests around a nightly load.
 
