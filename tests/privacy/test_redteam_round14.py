@@ -247,8 +247,6 @@ def test_hole_3_closed_every_node_applying_a_registry_redraws_its_metadata_count
     assert before["hospital_b"] == old and after["hospital_b"] == new
 
 
-@pytest.mark.xfail(strict=True, reason="round 14 hole 2: the group memory's cohort side takes no consent epoch; the "
-                   "holder alone refuses a cohort equal to a remembered group after a withdrawal")
 def test_hole_a_cohort_equal_to_a_remembered_group_is_refused_only_where_a_withdrawn_patient_was(consent_pair):
     """Hole 2.  Class: a public effect of applying a consent registry that differs between a holder and a
     non-holder (ADR 0059 section 2's rule; ADR 0061 closed it for the memories' pairwise rules but lists "rule 4 of
@@ -274,6 +272,24 @@ def test_hole_a_cohort_equal_to_a_remembered_group_is_refused_only_where_a_withd
     if refusing == ["hospital_a"]:
         assert outcome["holder"] == (403, "differencing")  # what the researcher reads: she was treated at A
     assert outcome["holder"] == outcome["stranger"], "the refusal tells which hospital held the withdrawn patient"
+    # closed (ADR 0061, amended): the remembered TIA group is of an earlier consent epoch at both nodes, so it is
+    # compared by its rows still held and the same rows again are refused too -- at both, in the same words
+    assert outcome == {"holder": (403, "differencing"), "stranger": (403, "differencing")}
+    assert later["holder"].json()["refused"] == later["stranger"].json()["refused"]
+    assert "consent registry" in later["holder"].json()["refused"]
+    assert "min_row_count new rows" in later["holder"].json()["refused"]  # and what answers it
+    # honest work as the refusal says: min_row_count (10) new TIA patients loaded at each hospital, the same
+    # question is answered at both (its cohort is 12 rows from the group's rows still held)
+    for name, served in consent_pair.items():
+        pseudonyms = Pseudonymiser(NodeHome(served.root).key())
+        new = level_rows(36, hospital[name], f"{name[:3]}-new")
+        new = new[new["stroke_type"] == "tia"]
+        assert len(new) == 12
+        load_frame(served.root, STROKE, new.assign(pid=[pseudonyms.pseudonym(p) for p in new["subjectcode"]]),
+                   pid_column="pid")
+    again = {n: typed(s.call("descriptive_stats", request(["nihss_admission"], filters=tia, datasets=[hospital[n]]),
+                             project=AUDIT)) for n, s in consent_pair.items()}
+    assert again == {"holder": (200, None), "stranger": (200, None)}
 
 
 # ------------------------------------------------------------------------------ explore: a default node
