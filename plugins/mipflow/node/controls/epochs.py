@@ -90,9 +90,23 @@ class EpochView:
         if cached is not None and cached[0] is keys:
             return cached[1]
         now = self.rows_now(data_model)
-        held = keys if now is None else still_held(keys, now[which])
+        held = keys if now is None or now[which] is None else still_held(keys, now[which])
         self._held[(id(keys), which)] = (keys, held)  # the remembered keys kept with it: their id stays theirs
         return held
+
+    def held_mask(self, keys: np.ndarray, data_model: str, which: int, remembered: str | None) -> np.ndarray | None:
+        """Which of ``keys`` (any order) :meth:`held` keeps (None: all, a set of this epoch or rows not known),
+        for memories that keep more than keys per row (the survival windows' times and levels)."""
+        if not self.stale(remembered):
+            return None
+        now = self.rows_now(data_model)
+        if now is None or now[which] is None:
+            return None
+        current = now[which]
+        if not len(current):
+            return np.zeros(len(keys), dtype=bool)
+        at = np.minimum(np.searchsorted(current, keys), len(current) - 1)
+        return current[at] == keys
 
     def near(self, rule: Rule, new: np.ndarray, keys: np.ndarray, data_model: str, which: int,
              remembered: str | None, threshold: int) -> bool:
