@@ -21,7 +21,10 @@ Found (holes):
 2. **The cohort side of the group memory takes no consent epoch** (ADR 0061's listed residual, made concrete):
    a one-way ANOVA's TIA group is released at two hospitals; a TIA patient withdraws at every hospital; descriptive
    statistics of ``stroke_type = tia`` are refused (``differencing``) where she was (her group less the cohort is
-   her) and answered where she never was.  Which node refuses names the hospital that treated her.
+   her) and answered where she never was.  Which node refuses names the hospital that treated her.  **Closed**
+   (ADR 0061, amendment "one view of the epochs"): every memory's rule sees a set of an earlier consent epoch
+   through one helper (``node/controls/epochs.py``): its rows still held, the same rows again near too, so both
+   hospitals refuse alike, in the same words, and answer alike once new rows are loaded.
 3. **The approximate metadata count is keyed by the count** (ADR 0038's review fix against ADR 0059 section 2):
    after a network-wide withdrawal the published count can move only where someone was deleted; where no one was,
    it never moves.  Uncharged, and a move is certain evidence (the non-holder's count cannot move); for one
@@ -255,7 +258,8 @@ def test_hole_a_cohort_equal_to_a_remembered_group_is_refused_only_where_a_withd
     Both hospitals answer a one-way ANOVA of NIHSS by stroke type (the TIA group, 40 rows, is remembered).  A TIA
     patient of hospital_a withdraws; every registry lists her and a stranger.  Then descriptive statistics of NIHSS
     on ``stroke_type = tia``: where she never was, the cohort is the remembered group (0 rows apart); where she was,
-    it is the group less her (1 row)."""
+    it is the group less her (1 row).  Closed: both refuse (the group's rows still held, the same rows again), in
+    the same words naming what answers it; with 12 new TIA patients loaded at each, both answer."""
     holder = consent_pair["holder"]
     hospital = {"holder": "hospital_a", "stranger": "hospital_b"}
     anova = {n: typed(s.call("anova_oneway", request(["nihss_admission"], ["stroke_type"], datasets=[hospital[n]]),
