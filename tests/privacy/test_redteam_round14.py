@@ -21,7 +21,10 @@ Found (holes):
 2. **The cohort side of the group memory takes no consent epoch** (ADR 0061's listed residual, made concrete):
    a one-way ANOVA's TIA group is released at two hospitals; a TIA patient withdraws at every hospital; descriptive
    statistics of ``stroke_type = tia`` are refused (``differencing``) where she was (her group less the cohort is
-   her) and answered where she never was.  Which node refuses names the hospital that treated her.
+   her) and answered where she never was.  Which node refuses names the hospital that treated her.  **Closed**
+   (ADR 0061, amendment "one view of the epochs"): every memory's rule sees a set of an earlier consent epoch
+   through one helper (``node/controls/epochs.py``): its rows still held, the same rows again near too, so both
+   hospitals refuse alike, in the same words, and answer alike once new rows are loaded.
 3. **The approximate metadata count is keyed by the count** (ADR 0038's review fix against ADR 0059 section 2):
    after a network-wide withdrawal the published count can move only where someone was deleted; where no one was,
    it never moves.  Uncharged, and a move is certain evidence (the non-holder's count cannot move); for one
@@ -247,8 +250,6 @@ def test_hole_3_closed_every_node_applying_a_registry_redraws_its_metadata_count
     assert before["hospital_b"] == old and after["hospital_b"] == new
 
 
-@pytest.mark.xfail(strict=True, reason="round 14 hole 2: the group memory's cohort side takes no consent epoch; the "
-                   "holder alone refuses a cohort equal to a remembered group after a withdrawal")
 def test_hole_a_cohort_equal_to_a_remembered_group_is_refused_only_where_a_withdrawn_patient_was(consent_pair):
     """Hole 2.  Class: a public effect of applying a consent registry that differs between a holder and a
     non-holder (ADR 0059 section 2's rule; ADR 0061 closed it for the memories' pairwise rules but lists "rule 4 of
@@ -257,7 +258,8 @@ def test_hole_a_cohort_equal_to_a_remembered_group_is_refused_only_where_a_withd
     Both hospitals answer a one-way ANOVA of NIHSS by stroke type (the TIA group, 40 rows, is remembered).  A TIA
     patient of hospital_a withdraws; every registry lists her and a stranger.  Then descriptive statistics of NIHSS
     on ``stroke_type = tia``: where she never was, the cohort is the remembered group (0 rows apart); where she was,
-    it is the group less her (1 row)."""
+    it is the group less her (1 row).  Closed: both refuse (the group's rows still held, the same rows again), in
+    the same words naming what answers it; with 12 new TIA patients loaded at each, both answer."""
     holder = consent_pair["holder"]
     hospital = {"holder": "hospital_a", "stranger": "hospital_b"}
     anova = {n: typed(s.call("anova_oneway", request(["nihss_admission"], ["stroke_type"], datasets=[hospital[n]]),
@@ -274,6 +276,24 @@ def test_hole_a_cohort_equal_to_a_remembered_group_is_refused_only_where_a_withd
     if refusing == ["hospital_a"]:
         assert outcome["holder"] == (403, "differencing")  # what the researcher reads: she was treated at A
     assert outcome["holder"] == outcome["stranger"], "the refusal tells which hospital held the withdrawn patient"
+    # closed (ADR 0061, amended): the remembered TIA group is of an earlier consent epoch at both nodes, so it is
+    # compared by its rows still held and the same rows again are refused too -- at both, in the same words
+    assert outcome == {"holder": (403, "differencing"), "stranger": (403, "differencing")}
+    assert later["holder"].json()["refused"] == later["stranger"].json()["refused"]
+    assert "consent registry" in later["holder"].json()["refused"]
+    assert "min_row_count new rows" in later["holder"].json()["refused"]  # and what answers it
+    # honest work as the refusal says: min_row_count (10) new TIA patients loaded at each hospital, the same
+    # question is answered at both (its cohort is 12 rows from the group's rows still held)
+    for name, served in consent_pair.items():
+        pseudonyms = Pseudonymiser(NodeHome(served.root).key())
+        new = level_rows(36, hospital[name], f"{name[:3]}-new")
+        new = new[new["stroke_type"] == "tia"]
+        assert len(new) == 12
+        load_frame(served.root, STROKE, new.assign(pid=[pseudonyms.pseudonym(p) for p in new["subjectcode"]]),
+                   pid_column="pid")
+    again = {n: typed(s.call("descriptive_stats", request(["nihss_admission"], filters=tia, datasets=[hospital[n]]),
+                             project=AUDIT)) for n, s in consent_pair.items()}
+    assert again == {"holder": (200, None), "stranger": (200, None)}
 
 
 # ------------------------------------------------------------------------------ explore: a default node

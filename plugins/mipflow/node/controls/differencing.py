@@ -470,7 +470,7 @@ class DifferencingGuard:
         data models' current rows (ADR 0061); an exact repeat whose rows now hold other values in a column
         it reads is refused too (the cohorts' stamps, ADR 0061 hole 2)."""
         self.ledger.check(cohorts.data_model, cohorts.sets, min_row_count, cohorts.digests,
-                          patients=cohorts.patients, primes=self.primes, released=self.groups.chain_sets(),
+                          patients=cohorts.patients, primes=self.primes, released=self.groups.chain_sets(epoch, current),
                           epoch=epoch, current=current, stamps=cohorts.stamps)
 
     def check_partition(self, algorithm: Algorithm | str, round_no: int, data: pd.DataFrame, request: Any,

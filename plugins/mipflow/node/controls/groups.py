@@ -57,12 +57,13 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 
 import numpy as np
 
 from mipflow.exceptions import DisclosureError
 from mipflow.node.controls.disclosure import STALE_HINT
+from mipflow.node.controls.epochs import PATIENTS, ROWS, Current, EpochView
 from mipflow.node.controls.ledger import (
     _overlap, cohort_digest, decode_keys, encode_keys, pair_conflict, sorted_unique,
 )
@@ -192,7 +193,8 @@ def cohort_refusal() -> DisclosureError:
         "under this or another data model) are the same rows but for a few: their statistics would combine "
         "into a group of fewer rows than the group threshold, which could single out patients (group memory, "
         "differencing control). Use a filter that selects many more or many fewer rows, the same rows as the "
-        "earlier group, or group by the variable instead of filtering on its level", control="differencing")
+        f"earlier group, or group by the variable instead of filtering on its level. {STALE_HINT}",
+        control="differencing")
 
 
 def check_complement(cohort: np.ndarray, union: np.ndarray, threshold: int, setting: str) -> None:
@@ -231,26 +233,15 @@ def few_apart(a: np.ndarray, b: np.ndarray, threshold: int) -> bool:
     return 0 < apart < threshold
 
 
-def _held(keys: np.ndarray | None, data_model: str, which: int,
-          current: Callable[[str], tuple[np.ndarray, np.ndarray | None] | None] | None) -> np.ndarray | None:
-    """The keys (rows: ``which`` 0, patients: 1) of an earlier group still current (ADR 0061)."""
-    from mipflow.node.controls.ledger import still_held
-
-    now = None if current is None or keys is None else current(data_model)
-    return keys if now is None or keys is None else still_held(keys, now[which])
-
-
-def _stale_near(mine: Rows, kept: "_Kept", threshold: int,
-                current: Callable[[str], tuple[np.ndarray, np.ndarray | None] | None] | None) -> bool:
-    """A group against one released under an earlier consent epoch (ADR 0061): by the rows (and, across
-    data models, patients) it holds still, a few apart or the same (0 apart: no repeat)."""
-    rows = _held(kept.rows, kept.data_model, 0, current)
-    if np.array_equal(mine[1], rows) and len(rows) or few_apart(mine[1], rows, threshold):
+def _near_kept(mine: Rows, kept: "_Kept | _Released", threshold: int, view: EpochView) -> bool:
+    """A new set (a group or a cohort) against a remembered group, through the epoch ``view`` (ADR 0061): by
+    rows, and by patients too across data models, :func:`few_apart` on the keys as the view sees them (of an
+    earlier consent epoch: the rows still held, and the same rows again near too)."""
+    if view.near(few_apart, mine[1], kept.rows, kept.data_model, ROWS, kept.epoch, threshold):
         return True
     if mine[0] == kept.data_model or mine[2] is None or kept.patients is None:
         return False
-    patients = _held(kept.patients, kept.data_model, 1, current)
-    return bool(np.array_equal(mine[2], patients) and len(patients)) or few_apart(mine[2], patients, threshold)
+    return view.near(few_apart, mine[2], kept.patients, kept.data_model, PATIENTS, kept.epoch, threshold)
 
 
 def _few_apart(a: Rows, b: Rows, threshold: int) -> bool:
@@ -259,6 +250,25 @@ def _few_apart(a: Rows, b: Rows, threshold: int) -> bool:
     if few_apart(a[1], b[1], threshold):
         return True
     return a[0] != b[0] and a[2] is not None and b[2] is not None and few_apart(a[2], b[2], threshold)
+
+
+class _Released(NamedTuple):
+    """A released set the group memory compares a group with (a cohort of the ledger), and its consent epoch."""
+
+    data_model: str
+    rows: np.ndarray
+    patients: np.ndarray | None
+    epoch: str
+
+
+def _as_released(cohort: Any, data_model: str, epoch: str) -> _Released:
+    """A cohort handed to :meth:`GroupMemory.check`: rows of ``data_model`` or ``(data model, rows, patients)``
+    (taken as of the current ``epoch``), or a ledger entry (with its own epoch)."""
+    if isinstance(cohort, np.ndarray):
+        return _Released(data_model, cohort, None, epoch)
+    if isinstance(cohort, tuple):
+        return _Released(cohort[0], cohort[1], cohort[2], epoch)
+    return _Released(cohort.data_model, cohort.rows, cohort.patients, cohort.epoch or "")
 
 
 @dataclass(frozen=True)
@@ -362,19 +372,29 @@ class GroupMemory(SqliteState):
             self._refresh()
             return len(self._kept) if kind is None else len(self._by_kind.get(kind, {}))
 
+    def _candidates(self, mine: Rows, threshold: int, view: EpochView) -> list[_Kept]:
+        """The remembered groups that can be near ``mine``: those of this epoch within ``threshold`` in size
+        (:meth:`_near_in_size`) and every one of an earlier epoch (its rows still held are fewer)."""
+        near = [k for k in self._near_in_size(mine, threshold) if not view.stale(k.epoch)]
+        stale = [k for k in self._kept if view.stale(k.epoch)]
+        return stale + near
+
     def check(self, groups: Sequence[Group], threshold: int, setting: str,
-              cohorts: Sequence[np.ndarray | Rows] = (), epoch: str = "",
-              current: Callable[[str], tuple[np.ndarray, np.ndarray | None] | None] | None = None) -> None:
+              cohorts: Sequence[np.ndarray | Rows] = (), epoch: str = "", current: Current | None = None) -> None:
         """Raise (control ``differencing``) if a new group is a few rows from a remembered group of any
         kind or data model, from another group of the release, or from one of ``cohorts`` (the ledger's:
         ``(data model, rows, patients)``, or rows of the group's data model), or near one of its kind by
-        the pairwise rule."""
+        the pairwise rule.  Remembered groups are seen through :class:`~mipflow.node.controls.epochs.EpochView`
+        (``epoch``, ``current``: ADR 0061); ``cohorts`` are the ledger's as remembered (the ledger's own rules
+        compare the release's union with them by epoch)."""
         if threshold <= 1:
             return
-        others = [(g.data_model, c, None) if isinstance(c, np.ndarray) else c
-                  for g in groups[:1] for c in cohorts]
+        view = EpochView(epoch, current)
+        others = [_as_released(c, g.data_model, epoch) for g in groups[:1] for c in cohorts]
+        stale = [o for o in others if view.stale(o.epoch)]  # compared whole: their rows still held are fewer
+        others = [o for o in others if not view.stale(o.epoch)]
         # the cohorts' sizes, rows and patients (-threshold: none), to compare only those near in size
-        sizes = np.array([[len(c[1]), -threshold if c[2] is None else len(c[2])] for c in others],
+        sizes = np.array([[len(c.rows), -threshold if c.patients is None else len(c.patients)] for c in others],
                          dtype=np.int64).reshape(-1, 2)
         with self._lock:
             self._refresh()
@@ -383,52 +403,62 @@ class GroupMemory(SqliteState):
                 if any(_few_apart(mine, (g.data_model, g.rows, g.patients), threshold) for g in groups[:i]):
                     raise group_refusal(setting, threshold)
                 at = self._by_kind.get(group.kind, {}).get(group.digest)
-                if at is not None and self._kept[at].epoch == epoch:
+                if at is not None and not view.stale(self._kept[at].epoch):
                     continue  # released before, under this consent epoch: nothing new
-                for kept in self._kept if any(k.epoch != epoch for k in self._kept) else []:
-                    if kept.epoch != epoch and _stale_near(mine, kept, min(threshold, kept.threshold), current):
-                        raise group_refusal(setting, threshold)  # ADR 0061: the rows still held, no repeat
-                for kept in self._near_in_size(mine, threshold):
-                    if kept.epoch == epoch and _few_apart(mine, kept.released, min(threshold, kept.threshold)):
+                for kept in self._candidates(mine, threshold, view):
+                    if _near_kept(mine, kept, min(threshold, kept.threshold), view):
                         raise group_refusal(setting, threshold)
                 for index in self._by_kind.get(group.kind, {}).values():  # the same kind: the pairwise rule
                     kept = self._kept[index]
-                    rows = kept.rows if kept.epoch == epoch else _held(kept.rows, kept.data_model, 0, current)
-                    if pair_conflict(group.rows, rows, min(threshold, kept.threshold)):
+                    if view.near(pair_conflict, group.rows, kept.rows, kept.data_model, ROWS, kept.epoch,
+                                 min(threshold, kept.threshold)):
                         raise group_refusal(setting, threshold)
                 near = np.abs(sizes[:, 0] - len(group.rows)) < threshold
                 if group.patients is not None:
                     near |= np.abs(sizes[:, 1] - len(group.patients)) < threshold
-                if any(_few_apart(mine, others[j], threshold) for j in np.flatnonzero(near)):
+                if any(_near_kept(mine, o, threshold, view) for o in [*stale, *(others[j] for j in np.flatnonzero(near))]):
                     raise group_refusal(setting, threshold)
 
-    def known(self, group: Group) -> bool:
-        """Whether ``group`` (its kind and rows) was released before."""
+    def known(self, group: Group, epoch: str | None = None) -> bool:
+        """Whether ``group`` (its kind and rows) was released before (under the consent ``epoch``, when given:
+        one of an earlier epoch is no repeat, ADR 0061)."""
         with self._lock:
             self._refresh()
-            return group.digest in self._by_kind.get(group.kind, {})
+            at = self._by_kind.get(group.kind, {}).get(group.digest)
+            return at is not None and (epoch is None or (self._kept[at].epoch or "") == epoch)
 
-    def chain_sets(self) -> list[ChainSet]:
+    def chain_sets(self, epoch: str | None = None, current: Current | None = None) -> list[ChainSet]:
         """Every remembered cell, under every data model, oldest first, with its threshold: what the
         chain rule's family holds besides the cohorts (ADR 0051, thirteenth review).  Margins are sums of
-        the cells remembered with them and are left out."""
+        the cells remembered with them and are left out.  With ``epoch`` (ADR 0061), a cell of an earlier
+        consent epoch is its rows still held and a phantom unit (:meth:`EpochView.chain_keys`)."""
         from mipflow.node.controls.chain import ChainSet
 
+        view = None if epoch is None else EpochView(epoch, current)
         with self._lock:
             self._refresh()
-            return [ChainSet(k.data_model, k.rows, k.patients, k.threshold) for k in self._kept if k.cell]
+            cells = [k for k in self._kept if k.cell]
+        if view is None:
+            return [ChainSet(k.data_model, k.rows, k.patients, k.threshold) for k in cells]
+        return [ChainSet(k.data_model, view.chain_keys(k.rows, k.data_model, ROWS, k.epoch),
+                         view.chain_keys(k.patients, k.data_model, PATIENTS, k.epoch), k.threshold) for k in cells]
 
     def check_cohorts(self, data_model: str, cohorts: Sequence[np.ndarray],
-                      patients: Sequence[np.ndarray] | None = None) -> None:
+                      patients: Sequence[np.ndarray] | None = None, epoch: str = "",
+                      current: Current | None = None) -> None:
         """Raise (control ``differencing``) if a new cohort is a remembered group of any data model but for
         1 .. (the group's threshold - 1) rows (or patients, across data models): a filter pinning a level
-        (``stroke_type = tia AND age >= 25``) against that level's group, whatever algorithm answers it."""
+        (``stroke_type = tia AND age >= 25``) against that level's group, whatever algorithm answers it.
+        A group of an earlier consent epoch is seen through :class:`~mipflow.node.controls.epochs.EpochView`:
+        its rows still held, and the same rows again refused too (ADR 0061; fourteenth review, hole 2: the
+        holder of a withdrawn patient and a non-holder decide alike)."""
+        view = EpochView(epoch, current)
         with self._lock:
             self._refresh()
             for i, cohort in enumerate(cohorts):
                 mine: Rows = (data_model, cohort, None if patients is None else patients[i])
-                for kept in self._near_in_size(mine, self._largest_threshold):
-                    if kept.threshold > 1 and _few_apart(mine, kept.released, kept.threshold):
+                for kept in self._candidates(mine, self._largest_threshold, view):
+                    if kept.threshold > 1 and _near_kept(mine, kept, kept.threshold, view):
                         raise cohort_refusal()
 
     def record(self, groups: Sequence[Group], threshold: int, epoch: str = "") -> None:
@@ -516,41 +546,44 @@ def check_groups(request: Any, context: Any, work: Any) -> None:
 
     guard, cohorts = context.differencing, work.cohorts
     epoch, current = consent_epoch(context.store), getattr(work, "current_rows", None)  # ADR 0061
-    answered = guard.ledger.cohorts(cohorts.data_model)
+    answered = guard.ledger.answered(cohorts.data_model, epoch)
     fresh = [i for i, d in enumerate(cohorts.digests) if d not in answered]
     # every step's new cohorts against the groups released before: a filter pinning a level
     guard.groups.check_cohorts(cohorts.data_model, [cohorts.sets[i] for i in fresh],
-                               None if cohorts.patients is None else [cohorts.patients[i] for i in fresh])
+                               None if cohorts.patients is None else [cohorts.patients[i] for i in fresh],
+                               epoch=epoch, current=current)
     if release is None or any(0 < len(g.rows) < release.threshold for g in release.groups):
         # a group under the threshold is the release check's refusal (control min_row_count, the node
         # is left out), as for a k-means cluster (ADR 0050): the two refusals stay distinct
         return
     check_complement(cohorts.sets[0], release.union, release.threshold, release.setting)
-    released = guard.groups.chain_sets()
+    released = guard.groups.chain_sets(epoch, current)
     if release.union_digest not in cohorts.digests:
         guard.ledger.check(cohorts.data_model, [release.union], work.settings.min_row_count,
                            [release.union_digest], primes=guard.primes, released=released, epoch=epoch,
                            current=current)
-    guard.groups.check(release.groups, release.threshold, release.setting, cohorts=guard.ledger.every_cohort(),
+    guard.groups.check(release.groups, release.threshold, release.setting, cohorts=guard.ledger.every_release(),
                        epoch=epoch, current=current)
-    chain_groups(guard, cohorts, fresh, release, work.settings.min_row_count, released)
+    chain_groups(guard, cohorts, fresh, release, work.settings.min_row_count, released, epoch, current)
 
 
 def chain_groups(guard: Any, cohorts: Any, fresh: Sequence[int], release: GroupRelease, min_row_count: int,
-                 released: Sequence[ChainSet]) -> None:
+                 released: Sequence[ChainSet], epoch: str = "", current: Current | None = None) -> None:
     """The chain rule over the release as one addition (ADR 0051, thirteenth review): the step's fresh
     cohorts and its new cells (at the group threshold) with the ledger's cohorts and the remembered cells
     they are related to (:func:`mipflow.node.controls.chain.chain_allows`; the ledger's refusal).  A release
-    whose every cell was released before adds nothing the cohort's own chain (``check_cohort``) missed."""
+    whose every cell was released before (under this consent ``epoch``, ADR 0061) adds nothing the cohort's
+    own chain (``check_cohort``) missed."""
     from mipflow.node.controls.chain import ChainSet
 
     cells = [ChainSet(g.data_model, g.rows, g.patients, release.threshold)
-             for g in release.groups if g.cell and not guard.groups.known(g)]
+             for g in release.groups if g.cell and not guard.groups.known(g, epoch)]
     if not cells:
         return
     steps = [ChainSet(cohorts.data_model, cohorts.sets[i], None if cohorts.patients is None else cohorts.patients[i],
                       min_row_count) for i in fresh]
-    guard.ledger.chain(cohorts.data_model, steps + cells, min_row_count, guard.primes, released=released)
+    guard.ledger.chain(cohorts.data_model, steps + cells, min_row_count, guard.primes, released=released,
+                       epoch=epoch, current=current)
 
 
 def remember_groups(context: Any, work: Any) -> None:

@@ -28,12 +28,13 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from mipflow.exceptions import DisclosureError
 from mipflow.node.controls.keycodec import decode_keys, encode_keys  # noqa: F401 - also the ledger's names
+from mipflow.node.controls.epochs import PATIENTS, ROWS, Current, EpochView, still_held  # noqa: F401 - still_held: the ledger's name too
 from mipflow.node.controls.sqlite_state import SqliteState
 
 if TYPE_CHECKING:
@@ -111,26 +112,14 @@ def _refusal(threshold: int) -> DisclosureError:
         f"(mipflow study). {STALE_HINT}", control="differencing")
 
 
-def still_held(keys: np.ndarray, current: np.ndarray | None) -> np.ndarray:
-    """The sorted keys of an earlier release that are still current rows (``current`` sorted; None: not
-    known, every key kept)."""
-    if current is None or not len(keys):
-        return keys
-    if not len(current):
-        return keys[:0]
-    at = np.minimum(np.searchsorted(current, keys), len(current) - 1)
-    return keys[current[at] == keys]
-
-
 def stale_conflict(new: np.ndarray, held: np.ndarray, threshold: int, cross: bool = False) -> bool:
     """A new cohort against the rows still held of a release made under an earlier consent epoch (ADR
     0061): the ordinary rule (pairwise, or :func:`_cross_conflict` across data models) on those rows,
-    and no exact repeat of them (0 rows apart is within ``threshold`` too).  The rows the change removed
-    are left out at every node alike, holder or not."""
-    both = _overlap(new, held)
-    if both and len(new) == both == len(held):
-        return True  # the same rows still held: the difference is what the change removed
-    return _cross_conflict(new, held, threshold) if cross else pair_conflict(new, held, threshold)
+    and no exact repeat of them (0 rows apart is within ``threshold`` too).  The rule every memory
+    applies through :meth:`mipflow.node.controls.epochs.EpochView.near`."""
+    from mipflow.node.controls.epochs import same
+
+    return same(new, held) or (_cross_conflict if cross else pair_conflict)(new, held, threshold)
 
 
 def _cross_conflict(new: np.ndarray, old: np.ndarray, threshold: int) -> bool:
@@ -281,6 +270,13 @@ class CohortLedger(SqliteState):
             self._refresh()
             return {d: self._entries[r].rows for d, r in self._digests.get(data_model, {}).items()}
 
+    def answered(self, data_model: str, epoch: str) -> set[str]:
+        """The digests of the cohorts of ``data_model`` answered under the consent ``epoch`` (the repeats; ADR
+        0061: one of an earlier epoch is no repeat)."""
+        with self._lock:
+            self._refresh()
+            return {e.digest for e in self._entries.values() if e.data_model == data_model and e.epoch == epoch}
+
     def every_cohort(self) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
         """``(data model, sorted row hashes, sorted patient hashes or None)`` of every cohort answered,
         under every data model, oldest first (the group memory compares groups with them, ADR 0051)."""
@@ -288,16 +284,24 @@ class CohortLedger(SqliteState):
             self._refresh()
             return [(e.data_model, e.rows, e.patients) for e in self._entries.values()]
 
+    def every_release(self) -> list[_Entry]:
+        """Every cohort answered, under every data model, oldest first, with the consent epoch it was
+        answered under (``data_model``, ``rows``, ``patients``, ``epoch``; ADR 0061: the group memory sees
+        them through :class:`~mipflow.node.controls.epochs.EpochView`)."""
+        with self._lock:
+            self._refresh()
+            return list(self._entries.values())
+
     def check(self, data_model: str, cohorts: Iterable[np.ndarray], threshold: int,
               digests: Sequence[str] | None = None, patients: Sequence[np.ndarray] | None = None,
               primes: Sequence[int] | None = None, released: Sequence[ChainSet] = (), epoch: str = "",
-              current: "Callable[[str], tuple[np.ndarray, np.ndarray | None] | None] | None" = None,
-              stamps: "Sequence[Mapping[str, int]] | None" = None) -> list[str]:
+              current: "Current | None" = None, stamps: "Sequence[Mapping[str, int]] | None" = None) -> list[str]:
         """Allow cohorts (return their digests) or raise.
 
-        ``epoch`` is the node's consent epoch (:func:`mipflow.node.controls.epochs.consent_epoch`); a
-        cohort answered under another one is compared by :func:`stale_conflict` with its rows still held
-        (``current``: a data model's current row and patient keys), and is no repeat (ADR 0061).
+        ``epoch`` is the node's consent epoch (:func:`mipflow.node.controls.differencing.consent_epoch`); a
+        cohort answered under another one is seen through :class:`mipflow.node.controls.epochs.EpochView`
+        (``current``: a data model's current row and patient keys): its rows still held, no repeat, and in
+        the chain rule with a phantom unit (ADR 0061).
         ``stamps`` (the cohorts' value stamps, in the same order, :mod:`mipflow.node.controls.stamps`): a
         cohort answered before whose rows now hold other values in a column both releases read is no
         repeat either, and is refused (ADR 0061, hole 2: the two answers' difference is the corrected rows').
@@ -329,36 +333,22 @@ class CohortLedger(SqliteState):
             self._refresh()
             entries = list(self._entries.values())  # oldest first
             # a repeat is a cohort answered under this consent epoch (ADR 0061)
-            known = {e.digest for e in entries if e.data_model == data_model and e.epoch == epoch}
+            known = {e.digest for e in entries if e.data_model == data_model and e.epoch == epoch}  # answered()
             fresh = [i for i, d in enumerate(digests) if d not in known]
             if stamps is not None and self._corrected(data_model, digests, stamps, known):
                 raise _refusal(threshold)
             for i, cohort in enumerate(cohorts):
                 if any(pair_conflict(cohort, other, threshold) for other in cohorts[:i]):
                     raise _refusal(threshold)
-            held: dict[str, tuple[np.ndarray, np.ndarray | None] | None] = {}
-
-            def now_held(model: str) -> tuple[np.ndarray, np.ndarray | None] | None:
-                if model not in held:
-                    held[model] = None if current is None else current(model)
-                return held[model]
-
+            view = EpochView(epoch, current)  # ADR 0061: every rule on the current rows and the epochs
             for i in fresh:  # a cohort answered before: nothing new can be learnt from the difference
                 for entry in entries:
-                    stale = entry.epoch != epoch
-                    rows_now = now_held(entry.data_model) if stale else None
                     if entry.data_model == data_model:
-                        if stale:
-                            conflict = stale_conflict(cohorts[i], still_held(
-                                entry.rows, None if rows_now is None else rows_now[0]), threshold)
-                        else:
-                            conflict = pair_conflict(cohorts[i], entry.rows, threshold)
+                        conflict = view.near(pair_conflict, cohorts[i], entry.rows, data_model, ROWS, entry.epoch,
+                                             threshold)
                     elif patients is not None and entry.patients is not None:
-                        if stale:
-                            conflict = stale_conflict(patients[i], still_held(
-                                entry.patients, None if rows_now is None else rows_now[1]), threshold, cross=True)
-                        else:
-                            conflict = _cross_conflict(patients[i], entry.patients, threshold)
+                        conflict = view.near(_cross_conflict, patients[i], entry.patients, entry.data_model,
+                                             PATIENTS, entry.epoch, threshold)
                     else:
                         continue  # an older cohort of another data model, recorded without its patients
                     if conflict:
@@ -367,7 +357,7 @@ class CohortLedger(SqliteState):
                 return digests
             new = [ChainSet(data_model, cohorts[i], None if patients is None else patients[i], threshold)
                    for i in fresh]
-            self._chain(entries, data_model, new, threshold, primes, released)
+            self._chain(entries, data_model, new, threshold, primes, released, view)
         return digests
 
     def _corrected(self, data_model: str, digests: Sequence[str], stamps: Sequence[Mapping[str, int]],
@@ -394,22 +384,27 @@ class CohortLedger(SqliteState):
                 "SELECT variable, stamp FROM stamps WHERE data_model = ? AND digest = ?", (data_model, digest))}
 
     def chain(self, data_model: str, new: Sequence[ChainSet], threshold: int, primes: Sequence[int],
-              released: Sequence[ChainSet] = ()) -> None:
+              released: Sequence[ChainSet] = (), epoch: str = "", current: "Current | None" = None) -> None:
         """The chain rule alone for ``new`` sets of one release (a step's fresh cohorts and the cells of
         its groups, :class:`mipflow.node.controls.chain.ChainSet`) against the answered cohorts and the
-        ``released`` cells of the group memory (ADR 0051, thirteenth review); raises as :meth:`check`."""
+        ``released`` cells of the group memory (ADR 0051, thirteenth review); raises as :meth:`check`.
+        ``epoch`` and ``current`` as there (ADR 0061)."""
         if threshold <= 1 or not new:
             return
         with self._lock:
             self._refresh()
-            self._chain(list(self._entries.values()), data_model, list(new), threshold, primes, released)
+            self._chain(list(self._entries.values()), data_model, list(new), threshold, primes, released,
+                        EpochView(epoch, current))
 
     @staticmethod
     def _chain(entries: list[_Entry], data_model: str, new: list[ChainSet], threshold: int,
-               primes: Sequence[int], released: Sequence[ChainSet]) -> None:
+               primes: Sequence[int], released: Sequence[ChainSet], view: EpochView) -> None:
+        """The chain rule over the answered cohorts as the epoch ``view`` sees them (a cohort of an earlier
+        consent epoch: its rows still held and a phantom unit, ADR 0061; the same at every node)."""
         from mipflow.node.controls.chain import ChainSet, chain_allows
 
-        cohorts = [ChainSet(e.data_model, e.rows, e.patients, threshold) for e in entries]
+        cohorts = [ChainSet(e.data_model, view.chain_keys(e.rows, e.data_model, ROWS, e.epoch),
+                            view.chain_keys(e.patients, e.data_model, PATIENTS, e.epoch), threshold) for e in entries]
         if not chain_allows(data_model, cohorts, list(released), new, threshold, primes):
             raise _refusal(threshold)
 

@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from mipflow.exceptions import DisclosureError
+from mipflow.node.controls.epochs import PATIENTS, ROWS, EpochView
 from mipflow.node.controls.keycodec import decode_keys, encode_keys
 from mipflow.node.controls.sqlite_state import SqliteState
 
@@ -236,18 +237,22 @@ class PooledBindings(SqliteState):
         conn.execute("CREATE TABLE IF NOT EXISTS survival_cohorts (kind TEXT NOT NULL, data_model TEXT NOT NULL, "
                      "digest TEXT NOT NULL, binding TEXT NOT NULL, rows BLOB NOT NULL, patients BLOB, "
                      "PRIMARY KEY (kind, data_model, digest, binding))")
+        if "epoch" not in {row[1] for row in conn.execute("PRAGMA table_info(survival_cohorts)")}:
+            conn.execute("ALTER TABLE survival_cohorts ADD COLUMN epoch TEXT")  # before: the epoch "" (ADR 0061)
 
     def remember(self, kind: str, data_model: str, digest: str, rows: np.ndarray | None = None,
-                 patients: np.ndarray | None = None, binding: str = "") -> None:
+                 patients: np.ndarray | None = None, binding: str = "", epoch: str = "") -> None:
         """Remember a survival release of ``kind`` (:data:`POOLED_RELEASE`, :data:`PER_NODE_RELEASE`) on a
-        cohort: its sorted row keys and patients (None: a study's mark, ``data_model`` :data:`STUDY_MARK`) and,
-        for a pooled one, the binding (:func:`_cohort_key`) it was answered under."""
+        cohort: its sorted row keys and patients (None: a study's mark, ``data_model`` :data:`STUDY_MARK`),
+        for a pooled one the binding (:func:`_cohort_key`) it was answered under, and the consent ``epoch``
+        (ADR 0061; one remembered before keeps its epoch)."""
         rows = np.zeros(0, dtype=np.uint64) if rows is None else rows
         with self._lock, self._connect() as conn:
             self._cohorts_table(conn)
-            conn.execute("INSERT OR IGNORE INTO survival_cohorts VALUES (?, ?, ?, ?, ?, ?)",
+            conn.execute("INSERT OR IGNORE INTO survival_cohorts (kind, data_model, digest, binding, rows, patients, "
+                         "epoch) VALUES (?, ?, ?, ?, ?, ?, ?)",
                          (kind, data_model, digest, binding, encode_keys(rows),
-                          None if patients is None else encode_keys(patients)))
+                          None if patients is None else encode_keys(patients), epoch))
 
     def marked(self, kind: str, mark: str) -> bool:
         """Whether a study's mark was remembered with ``kind``."""
@@ -257,23 +262,26 @@ class PooledBindings(SqliteState):
                                 (kind, STUDY_MARK, mark)).fetchone() is not None
 
     def near(self, kind: str, data_model: str, rows: np.ndarray, patients: np.ndarray | None, threshold: int,
-             *, other_than: str | None = None) -> bool:
+             *, other_than: str | None = None, view: EpochView | None = None) -> bool:
         """Whether a cohort remembered with ``kind`` is these rows or within ``threshold`` rows of them
         (by rows under ``data_model``, by patients under another); ``other_than``: a binding whose
-        cohorts are left out (the pooled release being answered again)."""
+        cohorts are left out (the pooled release being answered again).  Remembered cohorts are seen
+        through the epoch ``view`` (ADR 0061: one of an earlier consent epoch by its rows still held, at
+        every node alike; the same rows are near already)."""
         threshold = max(int(threshold), 1)
+        view = view if view is not None else EpochView()
         with self._lock, self._connect() as conn:
             self._cohorts_table(conn)
-            stored = conn.execute("SELECT data_model, binding, rows, patients FROM survival_cohorts "
+            stored = conn.execute("SELECT data_model, binding, rows, patients, epoch FROM survival_cohorts "
                                   "WHERE kind = ? AND data_model != ?", (kind, STUDY_MARK)).fetchall()
-        for model, binding, row_blob, patient_blob in stored:
+        for model, binding, row_blob, patient_blob, epoch in stored:
             if other_than is not None and binding == other_than:
                 continue
             if model == data_model:
-                if _near(rows, decode_keys(row_blob), threshold):
+                if view.near(_near, rows, decode_keys(row_blob), model, ROWS, epoch, threshold):
                     return True
             elif patients is not None and patient_blob is not None:
-                if _near(patients, decode_keys(patient_blob), threshold):
+                if view.near(_near, patients, decode_keys(patient_blob), model, PATIENTS, epoch, threshold):
                     return True
         return False
 
@@ -393,18 +401,29 @@ def check_pooled_parts(request: Any, context: Any, work: Any) -> None:
     memory = bindings(context.home.root)
     model, digest, rows, patients = _selection(work)
     threshold = work.settings.min_row_count
+    view = epoch_view(context, work)
     if is_pooled(work, request):
         if work.study is not None and memory.marked(PER_NODE_RELEASE, _study_mark(work)):
             raise _refuse("this study's survival analyses were answered on per-node bins at this node")
-        if memory.near(PER_NODE_RELEASE, model, rows, patients, threshold):
+        if memory.near(PER_NODE_RELEASE, model, rows, patients, threshold, view=view):
             raise _refuse("these rows, or rows within min_row_count of them, were answered on per-node bins")
-        if memory.near(POOLED_RELEASE, model, rows, patients, threshold, other_than=_cohort_key(request, work)):
+        if memory.near(POOLED_RELEASE, model, rows, patients, threshold, other_than=_cohort_key(request, work),
+                       view=view):
             raise _rule_refusal()  # the rows, or rows near them, bound under another binding (a refreshed study)
         return
     if work.study is not None and memory.marked(POOLED_RELEASE, _study_mark(work)):
         raise _rule_refusal()
-    if memory.near(POOLED_RELEASE, model, rows, patients, threshold):
+    if memory.near(POOLED_RELEASE, model, rows, patients, threshold, view=view):
         raise _rule_refusal()
+
+
+def epoch_view(context: Any, work: Any) -> EpochView:
+    """The step's view of the consent epochs (ADR 0061): the node's epoch and its data models' current rows
+    (read at most once, only for releases remembered under an earlier epoch)."""
+    from mipflow.node.controls.differencing import consent_epoch
+
+    store = getattr(context, "store", None)
+    return EpochView("" if store is None else consent_epoch(store), getattr(work, "current_rows", None))
 
 
 def remember_pooled_parts(request: Any, context: Any, work: Any) -> None:
@@ -416,8 +435,9 @@ def remember_pooled_parts(request: Any, context: Any, work: Any) -> None:
     if not is_survival(work, request):
         return
     memory = bindings(context.home.root)
+    epoch = epoch_view(context, work).epoch
     if not is_pooled(work, request):
-        memory.remember(PER_NODE_RELEASE, *_selection(work))
+        memory.remember(PER_NODE_RELEASE, *_selection(work), epoch=epoch)
         if work.study is not None:
             memory.remember(PER_NODE_RELEASE, STUDY_MARK, _study_mark(work))
         return
@@ -426,7 +446,7 @@ def remember_pooled_parts(request: Any, context: Any, work: Any) -> None:
     if isinstance(work.state, dict) and POOLED in work.state:
         key = _cohort_key(request, work)
         for model, digest, rows, patients in _bound_sets(work):
-            memory.remember(POOLED_RELEASE, model, digest, rows, patients, binding=key)
+            memory.remember(POOLED_RELEASE, model, digest, rows, patients, binding=key, epoch=epoch)
         prepared = getattr(work, "pool_chain", None)
         if prepared is not None:  # ADR 0060: the pool joins the request's chain and the cohort's binding
             from mipflow.node.controls import pool_chain

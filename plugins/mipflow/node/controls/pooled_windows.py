@@ -38,11 +38,13 @@ from typing import Any
 import numpy as np
 
 from mipflow.exceptions import DisclosureError
+from mipflow.node.controls.epochs import ROWS, EpochView
 from mipflow.node.controls.keycodec import decode_keys, encode_keys
 from mipflow.node.controls.pooled_bins import (
     PER_NODE_RELEASE,
     POOLED_RELEASE,
     _cohort_key,
+    epoch_view,
     is_pooled,
     is_survival,
     participants_of,
@@ -93,37 +95,53 @@ class WindowMemory(SqliteState):
                      "event_variable TEXT NOT NULL, keys BLOB NOT NULL, patients BLOB, times BLOB NOT NULL, "
                      "levels BLOB NOT NULL, ends BLOB NOT NULL, PRIMARY KEY (kind, data_model, digest, binding, "
                      "time_variable, event_variable))")
+        if "epoch" not in {row[1] for row in conn.execute("PRAGMA table_info(releases)")}:
+            conn.execute("ALTER TABLE releases ADD COLUMN epoch TEXT")  # before ADR 0061's amendment: the epoch ""
 
     def remember(self, kind: str, data_model: str, digest: str, binding: str, rows: ReleaseRows,
-                 patients: np.ndarray | None) -> None:
-        """Remember a release (its ends joined to those remembered for the same rows and kind)."""
+                 patients: np.ndarray | None, epoch: str = "") -> None:
+        """Remember a release (its ends joined to those remembered for the same rows and kind) under the consent
+        ``epoch`` (ADR 0061; the earliest it was answered under is kept)."""
         order = np.argsort(rows.keys, kind="stable")
         keys, first = np.unique(rows.keys[order], return_index=True)
         order = order[first]
         ident = (kind, data_model, digest, binding, rows.time_variable, rows.event_variable)
         with self._lock, self._connect() as conn:
             self._table(conn)
-            old = conn.execute("SELECT ends FROM releases WHERE kind = ? AND data_model = ? AND digest = ? AND "
+            old = conn.execute("SELECT ends, epoch FROM releases WHERE kind = ? AND data_model = ? AND digest = ? AND "
                                "binding = ? AND time_variable = ? AND event_variable = ?", ident).fetchone()
             ends = np.unique(np.asarray(rows.ends, dtype=float))
             if old is not None:
                 ends = np.union1d(ends, _unpack(old[0], "<f8"))
-            conn.execute("INSERT OR REPLACE INTO releases VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                epoch = old[1] or ""
+            conn.execute("INSERT OR REPLACE INTO releases (kind, data_model, digest, binding, time_variable, "
+                         "event_variable, keys, patients, times, levels, ends, epoch) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                          (*ident, encode_keys(keys),
                           None if patients is None else _pack(np.asarray(patients)[order], "<u8"),
-                          _pack(rows.times[order], "<f8"), _pack(rows.levels[order], "<i2"), _pack(ends, "<f8")))
+                          _pack(rows.times[order], "<f8"), _pack(rows.levels[order], "<i2"), _pack(ends, "<f8"),
+                          epoch))
 
-    def releases(self, kind: str) -> list[tuple[str, str, str, ReleaseRows, np.ndarray | None]]:
-        """Every remembered release of ``kind``: data model, digest, binding, rows and patients (by row)."""
+    def releases(self, kind: str, view: EpochView | None = None
+                 ) -> list[tuple[str, str, str, ReleaseRows, np.ndarray | None]]:
+        """Every remembered release of ``kind``: data model, digest, binding, rows and patients (by row); seen
+        through the epoch ``view`` (ADR 0061: one of an earlier consent epoch keeps its rows still held, at
+        every node alike; a window's same rows are near already)."""
         with self._lock, self._connect() as conn:
             self._table(conn)
             found = conn.execute("SELECT data_model, digest, binding, time_variable, event_variable, keys, "
-                                 "patients, times, levels, ends FROM releases WHERE kind = ?", (kind,)).fetchall()
+                                 "patients, times, levels, ends, epoch FROM releases WHERE kind = ?",
+                                 (kind,)).fetchall()
         out = []
-        for model, digest, binding, time_var, event_var, keys, patients, times, levels, ends in found:
+        for model, digest, binding, time_var, event_var, keys, patients, times, levels, ends, epoch in found:
             rows = ReleaseRows(decode_keys(keys), _unpack(times, "<f8"), _unpack(levels, "<i2").astype(np.int64),
                                _unpack(ends, "<f8"), time_var, event_var)
-            out.append((model, digest, binding, rows, _unpack(patients, "<u8")))
+            people = _unpack(patients, "<u8")
+            kept = None if view is None else view.held_mask(rows.keys, model, ROWS, epoch)
+            if kept is not None:
+                rows = replace(rows, keys=rows.keys[kept], times=rows.times[kept], levels=rows.levels[kept])
+                people = None if people is None else people[kept]
+            out.append((model, digest, binding, rows, people))
         return out
 
 
@@ -233,13 +251,14 @@ def check_pooled_windows(request: Any, context: Any, work: Any) -> None:
     model = work.cohorts.data_model
     patients = work.cohorts.patient_order
     store = memory(context.home.root)
+    view = epoch_view(context, work)  # ADR 0061: releases of an earlier consent epoch by their rows still held
     pooled = is_pooled(work, request)
     own = _binding(request, work) if pooled else None
     settings = work.settings
     if mine is None:  # rows not in order (a longitudinal transformer): any shared row is near
         kinds = (POOLED_RELEASE, PER_NODE_RELEASE) if pooled else (POOLED_RELEASE,)
         for kind in kinds:
-            for other_model, _, binding, rows, _ in store.releases(kind):
+            for other_model, _, binding, rows, _ in store.releases(kind, view):
                 if other_model == model and (not pooled or binding != own) \
                         and np.isin(work.cohorts.sets[0], rows.keys).any():
                     raise _window_refusal() if not pooled else _declined("these rows were answered before")
@@ -251,9 +270,9 @@ def check_pooled_windows(request: Any, context: Any, work: Any) -> None:
                 and (not pooled or binding == own):
             mine = replace(mine, ends=np.union1d(mine.ends, rows.ends))
     work.windows = mine
-    against = [(POOLED_RELEASE, r) for r in store.releases(POOLED_RELEASE) if not pooled or r[2] != own]
+    against = [(POOLED_RELEASE, r) for r in store.releases(POOLED_RELEASE, view) if not pooled or r[2] != own]
     if pooled:
-        against += [(PER_NODE_RELEASE, r) for r in store.releases(PER_NODE_RELEASE)]
+        against += [(PER_NODE_RELEASE, r) for r in store.releases(PER_NODE_RELEASE, view)]
     for other_kind, (other_model, _, _, rows, other_patients) in against:
         pair = _compared(mine, patients, model, other_model, rows, other_patients)
         if pair is None or not near_in_a_window(pair[1], pair[0], settings.min_row_count, settings.nfilter_tab):
@@ -278,4 +297,5 @@ def remember_pooled_windows(request: Any, context: Any, work: Any) -> None:
             return
         binding = _binding(request, work)
     memory(context.home.root).remember(POOLED_RELEASE if binding else PER_NODE_RELEASE, work.cohorts.data_model,
-                                       work.cohorts.digest, binding, rows, work.cohorts.patient_order)
+                                       work.cohorts.digest, binding, rows, work.cohorts.patient_order,
+                                       epoch=epoch_view(context, work).epoch)
