@@ -238,6 +238,31 @@ def test_defence_a_contingency_table_of_the_early_leavers_at_the_other_hospitals
     assert_pooled_count_refusal(refusals, frames)
 
 
+def test_defence_a_count_first_makes_the_pooled_kaplan_meier_fall_back_to_per_node_bins(tmp_path):
+    """Hole 1 in the reverse order: B and C answer descriptive statistics of their deaths by day 20 first (12 rows
+    each), then Kaplan-Meier over {A, B, C}.  On pooled bins ending at day 20, pooled less those counts would be A's
+    deaths by then; B and C decline pooled bins (their rows in the window ``(-inf, 20]``, level ``yes``, are a cohort
+    they counted: ``pooled_windows._decline_near_counts``) and the analysis is answered on per-node bins."""
+    busy = [day for week in range(12) for day in (7 * week + 2, 7 * week + 3, 7 * week + 4, 7 * week + 5)]
+    frames = {"hospital_a": survival_rows("hospital_a", A_DEATHS, 77, 400.0),
+              "hospital_b": survival_rows("hospital_b", busy, 12, 420.0),
+              "hospital_c": survival_rows("hospital_c", busy, 12, 420.0)}
+    roots = {}
+    for hospital in HOSPITALS:
+        roots[hospital] = tmp_path / hospital
+        standard_home(roots[hospital], hospital)
+        load_frame(roots[hospital], STROKE, frames[hospital])
+        grant_all(roots[hospital], researcher="*", project=AUDIT)
+    pin_each_other(roots)
+    with served_clients(roots) as clients:
+        for hospital in HOSPITALS[1:]:
+            reply = clients[hospital].step("descriptive_stats", request(["age"], filters=deaths_by(20), datasets=[hospital]),
+                                           0, None, researcher=RESEARCHER, project=AUDIT)
+            assert reply["aggregates"]["datasets"][hospital]["variable_based"]["age"]["moments"]["n"] == 12
+        outcome = km(clients, HOSPITALS)
+    assert outcome.result["binning"]["partition"] == "per_node" and set(outcome.contributed) == set(HOSPITALS)
+
+
 def test_honest_descriptive_statistics_after_a_pooled_kaplan_meier_are_answered(survival):
     """Honest work after the pooled Kaplan-Meier of the same three hospitals: descriptive statistics of age, NIHSS
     and sex on everyone, on the women, and on patients aged 65 or more, over the three hospitals: answered by every

@@ -136,7 +136,7 @@ def count_refusal() -> DisclosureError:
         "here and at the other nodes would subtract from the pooled one to another hospital's own counts. Describe "
         "the survival cohort as a whole or by a variable other than its follow-up time and event (sex, age), choose "
         "a cohort that differs from it in every part of follow-up (a filter on the follow-up time or on the event "
-        "variable does not), run this analysis before the pooled survival analysis, or in explore mode or a study",
+        "variable does not), or run this analysis in explore mode or a study",
         control="pooled_bins")
 
 
