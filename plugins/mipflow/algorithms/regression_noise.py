@@ -239,6 +239,8 @@ def noisy_regression(aggregates: Sequence[Mapping], request: AnalysisRequest, mo
                   "std_err_accounts_for_noise": True, "confidence_intervals_account_for_noise": True,
                   "p_values_account_for_noise": True, "not_accounted": list(NOT_ACCOUNTED),
                   "noisy_nodes": int(noise["laplace_nodes"] + noise["gaussian_nodes"]),
+                  # n_obs is the pooled noisy count (rounded): the sd of its noise, as every released entry's
+                  "n_obs_noise_sd": math.sqrt(float(noise["laplace_var"]) + float(noise["gaussian_var"])),
                   "projected": bool(projected), "note": DP_NOTE},
     }
     if projected:

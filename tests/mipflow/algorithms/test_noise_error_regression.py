@@ -123,14 +123,19 @@ def test_the_noise_interval_covers_the_rows_own_coefficients_through_the_keyed_r
     parts = [rows(rng, 3000) for _ in range(2)]
     exact_parts = [algo.local_step(0, f, req, stroke, None) for f in parts]
     exact = np.asarray(algo.global_step(0, exact_parts, req, stroke, None).result["coefficients"])
-    trials, hits = 300, np.zeros(len(exact))
+    trials, hits, n_errors, n_sds = 300, np.zeros(len(exact)), [], set()
     for trial in range(trials):
         aggs = [release(algo, f, req, stroke, KeyedNoise("laplace", 1.0, 0.0, 1, key=noise_key(f"{i} {trial}".encode()),
                                                          query=b"lr", version=b"v")) for i, f in enumerate(parts)]
         result = json.loads(json.dumps(algo.global_step(0, aggs, req, stroke, None).result))
         assert result["approximate"] is True and result["noise"]["noisy_nodes"] == 2
         hits += (np.asarray(result["coef_noise_low"]) <= exact) & (exact <= np.asarray(result["coef_noise_high"]))
+        n_errors.append(result["n_obs"] - sum(len(f) for f in parts))
+        n_sds.add(round(result["noise"]["n_obs_noise_sd"], 9))
     assert np.all(np.abs(hits / trials - INTERVAL_LEVEL) < tolerance(trials, INTERVAL_LEVEL)), hits / trials
+    # the stated sd of n_obs is its noise's: the sample sd within its sampling error (n_obs is rounded: + 1/12)
+    (n_sd,) = n_sds
+    assert abs(np.std(n_errors) / np.sqrt(n_sd ** 2 + 1 / 12) - 1) < 0.15, (np.std(n_errors), n_sd)
 
 
 def simulated(algo, req, model, rng: np.random.Generator, mechanism: str, epsilon: float, n: int) -> list[dict]:

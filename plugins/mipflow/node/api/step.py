@@ -49,6 +49,8 @@ Order (ADR 0002, 0010, 0013, 0014, 0015, 0024, 0029, 0046, 0054, 0058)::
     check_release        disclosure controls on the aggregates         (403; explore: skipped)
     check_pooled_windows survival releases near a pooled one in a      (403 pooled_bins, ADR 0059 amended)
                          window of time (bin ends known only now)
+    check_pooled_counts  any other release: its counted sets near a     (403 pooled_bins, ADR 0059 amended;
+                         pooled release's rows in a window and level    explore: skipped)
     add_noise            differential privacy, charged to the budget   (403 dp_*; explore: keyed noise, charged,
                                                                         then min_row_count / nfilter_* / cells
                                                                         decided on the noisy values)
@@ -84,6 +86,7 @@ from mipflow.node.controls.differencing import consent_epoch, current_rows
 from mipflow.node.controls.disclosure import DisclosureControls, group_threshold
 from mipflow.node.controls.masking import require_secure_aggregation
 from mipflow.node.controls.pooled_bins import bind_pooled, check_pooled_parts, remember_pooled_parts, require_pooled_masking
+from mipflow.node.controls.pooled_counts import check_pooled_counts
 from mipflow.node.controls.pooled_windows import check_pooled_windows, remember_pooled_windows
 from mipflow.node.controls.query_budget import analysis_key
 from mipflow.node.controls.explore import check_explore, release_explore
@@ -493,6 +496,7 @@ CHAIN: tuple[Control, ...] = (
     check_weights,
     check_release,
     check_pooled_windows,
+    check_pooled_counts,
     add_noise,
     check_finite,
     seal,

@@ -26,7 +26,9 @@ released but ``group_n`` and sealed parts) its ends are taken as every point of 
 finest its pooled bins could be, so a node declines before any peer binds.  The rows, their leaving
 times and levels and the release's ends are remembered after the release
 (:func:`remember_pooled_windows`, ``HOME/survival_windows.sqlite``; about 26 bytes a row, never sent).
-Explore releases are exempt (keyed noise, ADR 0059).
+Explore releases are exempt (keyed noise, ADR 0059).  Releases of other algorithms are compared with the
+pooled releases' cells by :mod:`mipflow.node.controls.pooled_counts` (fourteenth review); a pooled release near
+a cohort of the ledger in some window is declined here (:func:`_decline_near_counts`).
 """
 from __future__ import annotations
 
@@ -273,6 +275,7 @@ def check_pooled_windows(request: Any, context: Any, work: Any) -> None:
     against = [(POOLED_RELEASE, r) for r in store.releases(POOLED_RELEASE, view) if not pooled or r[2] != own]
     if pooled:
         against += [(PER_NODE_RELEASE, r) for r in store.releases(PER_NODE_RELEASE, view)]
+        _decline_near_counts(context, work, mine)
     for other_kind, (other_model, _, _, rows, other_patients) in against:
         pair = _compared(mine, patients, model, other_model, rows, other_patients)
         if pair is None or not near_in_a_window(pair[1], pair[0], settings.min_row_count, settings.nfilter_tab):
@@ -281,6 +284,26 @@ def check_pooled_windows(request: Any, context: Any, work: Any) -> None:
             raise _window_refusal()
         raise _declined("in some window of follow-up time these rows come near rows this node answered "
                         + ("on per-node bins" if other_kind == PER_NODE_RELEASE else "on other pooled bins"))
+
+
+def _decline_near_counts(context: Any, work: Any, mine: ReleaseRows) -> None:
+    """The reverse order of :mod:`mipflow.node.controls.pooled_counts`: a pooled release whose rows in some window
+    and level come near a cohort this node answered before (any algorithm, the cohort ledger's sets, counted whole)
+    is declined; the central site falls back to per-node bins.  At round 0 its ends are every fine point."""
+    from mipflow.node.controls.pooled_counts import count_near_a_window
+
+    ledger = getattr(getattr(context, "differencing", None), "ledger", None)
+    if ledger is None:
+        return
+    settings, model = work.settings, work.cohorts.data_model
+    view = epoch_view(context, work)  # ADR 0061: a cohort of an earlier epoch by its rows still held, alike
+    for entry in ledger.every_release():
+        if entry.data_model != model:
+            continue
+        keys = view.held(entry.rows, entry.data_model, ROWS, entry.epoch)
+        if count_near_a_window(mine, keys, None, settings.min_row_count, settings.nfilter_tab):
+            raise _declined("in some window of follow-up time these rows come near rows this node counted in "
+                            "another analysis")
 
 
 def remember_pooled_windows(request: Any, context: Any, work: Any) -> None:
