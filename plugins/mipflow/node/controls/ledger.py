@@ -485,7 +485,13 @@ class CohortLedger(SqliteState):
                 from mipflow.node.controls import value_memory
 
                 with self._connect() as conn:
-                    value_memory.record(conn, data_model, cells, cohorts)
+                    marks = ",".join("?" * len(digests))
+                    stamped = {(d, v) for d, v in conn.execute(
+                        f"SELECT digest, variable FROM stamps WHERE data_model = ? AND digest IN ({marks})",
+                        (data_model, *digests))}
+                    # a column every cohort was stamped with already: its rows' values are remembered (a repeat)
+                    todo = {c: v for c, v in cells.items() if any((d, c) not in stamped for d in digests)}
+                    value_memory.record(conn, data_model, todo, cohorts)
             if patient_stamps is not None:
                 with self._connect() as conn:
                     conn.executemany("INSERT OR IGNORE INTO patient_stamps (data_model, digest, variable, stamp) "
