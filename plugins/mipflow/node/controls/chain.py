@@ -32,15 +32,21 @@ family (ADR 0051, thirteenth review):
 
 Within the request's data model the atoms are of rows; when a related set is of another data model,
 the family is compared by patients too (ADR 0030).
+
+* **changed-value units** (ADR 0061, fifteenth review hole 2): a remembered cohort's row released with a value
+  since corrected (in a column the new release reads) enters as a row of its own, its key mixed with the old
+  value's digest (:mod:`mipflow.node.controls.value_memory`).  Beside the atom rule, no combination of the
+  family's sums may live on the versions of fewer than the threshold's rows (:func:`units_allow`):
+  ``B - (B' ∪ N) + N`` is zero by rows and ``old - new`` by values, one row.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
-from mipflow.node.controls.atoms import check_addition
+from mipflow.node.controls.atoms import atom_labels, check_addition
 from mipflow.node.controls.ledger import (
     CHAIN_COHORTS, CHAIN_DEPTH, _overlap, bounded, sorted_unique,
 )
@@ -52,12 +58,15 @@ CHAIN_GROUPS = 32
 @dataclass(frozen=True, eq=False)
 class ChainSet:
     """A released set of rows: its data model, sorted row keys, sorted patient keys (None: not known) and
-    the fewest rows an atom its sums help isolate must hold."""
+    the fewest rows an atom its sums help isolate must hold; ``versioned``: a remembered cohort whose rows
+    released with a value since corrected are changed-value units (a group cell's are not: it enters
+    :func:`units_allow` not at all)."""
 
     data_model: str
     rows: np.ndarray
     patients: np.ndarray | None
     threshold: int
+    versioned: bool = False
 
 
 def related_pools(seeds: Sequence[np.ndarray], pools: Sequence[Sequence[np.ndarray]], caps: Sequence[int],
@@ -113,18 +122,97 @@ def _dedupe(sets: Sequence[ChainSet]) -> list[ChainSet]:
         same = [k for k in kept if k.data_model == s.data_model and np.array_equal(k.rows, s.rows)]
         for k in same:
             s = ChainSet(s.data_model, s.rows, s.patients if s.patients is not None else k.patients,
-                         max(s.threshold, k.threshold))
+                         max(s.threshold, k.threshold), s.versioned or k.versioned)
         kept = [k for k in kept if not any(k is other for other in same)]
         kept.append(s)
     return kept
 
 
+def _rank(matrix: np.ndarray, prime: int) -> int:
+    """The rank of an integer matrix over GF(prime)."""
+    m = np.asarray(matrix, dtype=np.int64) % prime
+    rank = 0
+    for col in range(m.shape[1]):
+        if rank == m.shape[0]:
+            break
+        nonzero = np.flatnonzero(m[rank:, col])
+        if not nonzero.size:
+            continue
+        pivot = rank + int(nonzero[0])
+        m[[rank, pivot]] = m[[pivot, rank]]
+        m[rank] = (m[rank] * pow(int(m[rank, col]), prime - 2, prime)) % prime
+        factors = m[:, col].copy()
+        factors[rank] = 0
+        hit = np.flatnonzero(factors)
+        if hit.size:
+            m[hit] = (m[hit] - (factors[hit, None] * m[rank][None, :]) % prime) % prime
+        rank += 1
+    return rank
+
+
+def _exposed(sets: Sequence[np.ndarray], units: Mapping[int, int], threshold: int, primes: Sequence[int]
+             ) -> set[int]:
+    """The changed rows (values of ``units``) of which the family ``sets`` holds two versions or more and on whose
+    versions' small atoms, holding fewer than ``threshold`` rows, some non-zero combination of the sets lives
+    (the rank of the sets x atoms incidence drops when those atoms' columns are left out, over any prime)."""
+    whole, universe, labels = atom_labels(list(sets))
+    if not universe.size:
+        return set()
+    versions = np.array(sorted(units), dtype=np.uint64)
+    bases = np.array([units[int(v)] for v in versions], dtype=np.uint64)
+    base = universe.copy()
+    if versions.size:
+        at = np.minimum(np.searchsorted(versions, universe), versions.size - 1)
+        is_version = versions[at] == universe
+        base[is_version] = bases[at[is_version]]
+    found: set[int] = set()
+    order = np.argsort(labels, kind="stable")
+    starts = np.concatenate(([0], np.cumsum(whole.sizes)))
+    ranks: list[int] | None = None
+    decided: dict[tuple[int, ...], bool] = {}
+    present = np.flatnonzero(np.isin(base, np.unique(bases)))
+    by_base = present[np.argsort(base[present], kind="stable")]
+    split = np.flatnonzero(np.diff(base[by_base])) + 1
+    for members in np.split(by_base, split) if by_base.size else []:
+        if members.size < 2:
+            continue  # one version only: the atom rule's case
+        atoms = np.unique(labels[members])
+        small = tuple(int(a) for a in atoms[whole.sizes[atoms] < threshold])
+        if not small:
+            continue
+        if small not in decided:
+            inside = np.concatenate([order[starts[a]:starts[a + 1]] for a in small])
+            if np.unique(base[inside]).size >= threshold:
+                decided[small] = False
+            else:
+                if ranks is None:
+                    ranks = [_rank(whole.incidence, p) for p in primes]
+                rest = np.delete(whole.incidence, list(small), axis=1)
+                decided[small] = any(r > _rank(rest, p) for r, p in zip(ranks, primes))
+        if decided[small]:
+            found.add(int(base[members[0]]))
+    return found
+
+
+def units_allow(old_sets: Sequence[np.ndarray], new_sets: Sequence[np.ndarray], threshold: int,
+                primes: Sequence[int], units: Mapping[int, int]) -> bool:
+    """Whether adding ``new_sets`` to ``old_sets`` lets no combination of their sums live on the versions of a
+    changed row (``units``: versioned key -> row key) and fewer than ``threshold`` rows in all (a changed-value
+    unit, module docstring), unless the old sets alone already did (what was released cannot be taken back)."""
+    if not units or not new_sets or threshold <= 1:
+        return True
+    exposed = _exposed([*old_sets, *new_sets], units, threshold, primes)
+    return not exposed or exposed <= _exposed(list(old_sets), units, threshold, primes)
+
+
 def chain_allows(data_model: str, cohorts: Sequence[ChainSet], groups: Sequence[ChainSet],
-                 new: Sequence[ChainSet], min_row_count: int, primes: Sequence[int]) -> bool:
+                 new: Sequence[ChainSet], min_row_count: int, primes: Sequence[int],
+                 units: Mapping[int, int] | None = None) -> bool:
     """Whether adding ``new`` (one release's fresh cohorts and new cells, of ``data_model``) to the
     remembered ``cohorts`` and ``groups`` (each oldest first, any data model) isolates no new atom
     smaller than its level's threshold (module docstring).  A set's threshold is taken at most
-    ``min_row_count``."""
+    ``min_row_count``.  ``units``: versioned row key -> row key of the remembered cohorts' rows released
+    with a value since corrected (:func:`units_allow`)."""
     if not new or min_row_count <= 1:
         return True
 
@@ -144,8 +232,13 @@ def chain_allows(data_model: str, cohorts: Sequence[ChainSet], groups: Sequence[
             new_sets = [getattr(s, keys) for s in fresh if level(s) >= threshold]
             if not new_sets:
                 continue
-            if not check_addition(bounded(old_sets, new_sets), new_sets, threshold, primes):
+            window = bounded(old_sets, new_sets)
+            if not check_addition(window, new_sets, threshold, primes):
                 return False
+            if keys == "rows" and units:  # over the cohorts whose rows carry their versions (not group cells)
+                stamped = [s.rows for s in old if s.versioned and level(s) >= threshold]
+                if not units_allow(bounded(stamped, new_sets), new_sets, threshold, primes, units):
+                    return False
         return True
 
     own = [[s for s in pool if s.data_model == data_model] for pool in (cohorts, groups)]

@@ -254,16 +254,17 @@ def cohort_sets_and_patients(frame: pd.DataFrame, variables: Sequence[str], comp
                              ) -> tuple[list[np.ndarray], list[np.ndarray] | None, np.ndarray]:
     """:func:`cohort_sets`, with each cohort's patients (:func:`patient_keys`, sorted unique) beside
     its rows (None when the frame carries no patient identity)."""
-    cohorts, patients, used, _, _, _ = _cohorts_patients_and_order(frame, variables, complete_case, key, by)
+    cohorts, patients, used, _, _, _, _ = _cohorts_patients_and_order(frame, variables, complete_case, key, by)
     return cohorts, patients, used
 
 
 def _cohorts_patients_and_order(frame: pd.DataFrame, variables: Sequence[str], complete_case: bool, key: str,
                                 by: Sequence[str] = ()
                                 ) -> tuple[list[np.ndarray], list[np.ndarray] | None, np.ndarray, np.ndarray | None,
-                                           np.ndarray, list[np.ndarray]]:
+                                           np.ndarray, list[np.ndarray], np.ndarray | None]:
     """:func:`cohort_sets_and_patients`, the used rows' patient keys in the local step's order
-    (beside ``used``; None without a patient identity), then every row's key and the cohorts' masks."""
+    (beside ``used``; None without a patient identity), then every row's key, the cohorts' masks and every
+    row's patient key."""
     keys = row_keys(frame, key)
     pids = patient_keys(frame, key)
     masks = cohort_masks(frame, variables, complete_case, by)
@@ -276,7 +277,7 @@ def _cohorts_patients_and_order(frame: pd.DataFrame, variables: Sequence[str], c
         unique_of_sorted(presorted[1]) if presorted is not None and i == 0 else sorted_unique(pids[m])
         for i, m in enumerate(masks)]
     used_patients = None if pids is None else (pids[masks[0]] if complete_case else pids)
-    return cohorts, patients, used, used_patients, keys, masks
+    return cohorts, patients, used, used_patients, keys, masks, pids
 
 
 # --------------------------------------------------------------------------- consent epochs (ADR 0061)
@@ -340,6 +341,11 @@ class Cohorts:
     #: Each cohort's value stamps, ``column -> stamp`` of the columns the step reads
     #: (:mod:`mipflow.node.controls.stamps`; ADR 0061, hole 2); None: not known.
     stamps: tuple[dict[str, int], ...] | None = None
+    #: Each cohort's patient stamps (``(patient key, column, value)`` cells; round 15 hole 3); None: not known.
+    patient_stamps: tuple[dict[str, int], ...] | None = None
+    #: The rows' 32-bit value digests of each stamped column (:data:`mipflow.node.controls.stamps.Cells`;
+    #: which rows a correction changed, round 15 hole 2); None: not known.
+    cells: dict | None = None
 
     @property
     def digest(self) -> str:
@@ -386,15 +392,17 @@ class DifferencingGuard:
     def cohorts(self, data_model: str, frame: pd.DataFrame, variables: Sequence[str],
                 complete_case: bool, by: Sequence[str] = ()) -> Cohorts:
         """The cohorts of a selection with row identity (see :func:`cohort_sets`)."""
-        from mipflow.node.controls.stamps import frame_stamps, stamped_columns
+        from mipflow.node.controls.stamps import frame_values, stamped_columns
 
-        sets, patients, used, used_patients, keys, masks = _cohorts_patients_and_order(
+        sets, patients, used, used_patients, keys, masks, pids = _cohorts_patients_and_order(
             frame, variables, complete_case, self.key, by)
-        stamps = frame_stamps(frame, keys, masks, stamped_columns(frame.columns, variables, by), self.key)
+        stamps, by_patient, cells = frame_values(frame, keys, pids, masks,
+                                                 stamped_columns(frame.columns, variables, by), self.key)
         return Cohorts(data_model, tuple(sets), tuple(cohort_digest(data_model, c) for c in sets),
                        order=used if complete_case else None,
                        patients=None if patients is None else tuple(patients),
-                       patient_order=used_patients if complete_case else None, stamps=stamps)
+                       patient_order=used_patients if complete_case else None, stamps=stamps,
+                       patient_stamps=by_patient, cells=cells)
 
     def cohorts_of_selection(self, data_model: str, rows: Any) -> Cohorts:
         """The cohort of a complete-case selection left on disk
@@ -419,8 +427,9 @@ class DifferencingGuard:
         known = self.ledger.recorded(data_model, digest)
         if known is not None and known[1] is not None and np.array_equal(known[1], patients):
             sets, patients = known  # the ledger's arrays, the same keys: one copy in memory, not two
-        return Cohorts(data_model, (sets,), (digest,), order=None, patients=(patients,),
-                       stamps=(rows.stamps(self.key),))
+        stamps, by_patient, cells = rows.masked_values(self.key, [None], list(rows.files))
+        return Cohorts(data_model, (sets,), (digest,), order=None, patients=(patients,), stamps=stamps,
+                       patient_stamps=by_patient, cells=cells)
 
     def cohorts_of_rows(self, data_model: str, rows: Any, variables: Sequence[str], complete_case: bool,
                         by: Sequence[str] = ()) -> Cohorts:
@@ -439,10 +448,12 @@ class DifferencingGuard:
         patients = tuple(sorted_unique(pids[m]) for m in masks)
         del keys, pids
         # the value stamps of each cohort (ADR 0061 hole 2), as :meth:`cohorts` takes them from the frame
-        stamps = rows.masked_stamps(self.key, [None if m.all() else m for m in masks],
-                                    [c for c in dict.fromkeys([*variables, *by]) if c in rows.columns])
+        stamps, by_patient, cells = rows.masked_values(
+            self.key, [None if m.all() else m for m in masks],
+            [c for c in dict.fromkeys([*variables, *by]) if c in rows.columns])
         return Cohorts(data_model, sets, tuple(cohort_digest(data_model, c) for c in sets),
-                       order=order, patients=patients, patient_order=patient_order, stamps=stamps)
+                       order=order, patients=patients, patient_order=patient_order, stamps=stamps,
+                       patient_stamps=by_patient, cells=cells)
 
     def cohorts_of(self, data_model: str, frame: pd.DataFrame, masks: Sequence[np.ndarray],
                    seen: int | None = None, variables: Sequence[str] | None = None) -> Cohorts:
@@ -450,17 +461,18 @@ class DifferencingGuard:
         the rows used (empty masks after the first and repeats are left out).  The local step's
         rows are not ``frame``'s (the longitudinal transformer: one row per patient), so their
         order is not known.  ``variables``: the columns the step reads, stamped (None: no stamps)."""
-        from mipflow.node.controls.stamps import frame_stamps, stamped_columns
+        from mipflow.node.controls.stamps import frame_values, stamped_columns
 
         keys = row_keys(frame, self.key)
         pids = patient_keys(frame, self.key)
         kept = distinct_masks(masks)
         sets = [sorted_unique(keys[m]) for m in kept]
         patients = None if pids is None else tuple(sorted_unique(pids[m]) for m in kept)
-        stamps = None if variables is None else frame_stamps(
-            frame, keys, kept, stamped_columns(frame.columns, variables), self.key)
+        stamps, by_patient, cells = (None, None, None) if variables is None else frame_values(
+            frame, keys, pids, kept, stamped_columns(frame.columns, variables), self.key)
         return Cohorts(data_model, tuple(sets), tuple(cohort_digest(data_model, c) for c in sets),
-                       order=None, patients=patients, seen=seen, stamps=stamps)
+                       order=None, patients=patients, seen=seen, stamps=stamps, patient_stamps=by_patient,
+                       cells=cells)
 
     def before_step(self, cohorts: Cohorts, min_row_count: int, epoch: str = "",
                     current: Callable[[str], tuple[np.ndarray, np.ndarray | None] | None] | None = None) -> None:
@@ -471,7 +483,8 @@ class DifferencingGuard:
         it reads is refused too (the cohorts' stamps, ADR 0061 hole 2)."""
         self.ledger.check(cohorts.data_model, cohorts.sets, min_row_count, cohorts.digests,
                           patients=cohorts.patients, primes=self.primes, released=self.groups.chain_sets(epoch, current),
-                          epoch=epoch, current=current, stamps=cohorts.stamps)
+                          epoch=epoch, current=current, stamps=cohorts.stamps,
+                          patient_stamps=cohorts.patient_stamps, cells=cohorts.cells)
 
     def check_partition(self, algorithm: Algorithm | str, round_no: int, data: pd.DataFrame, request: Any,
                         state: dict | None, cohorts: Cohorts, threshold: int,
@@ -513,7 +526,8 @@ class DifferencingGuard:
     def after_step(self, cohorts: Cohorts, request: Any, labels: np.ndarray | None, epoch: str = "") -> None:
         """Remember what was released (under the node's consent ``epoch``, ADR 0061)."""
         self.ledger.record(cohorts.data_model, cohorts.sets, cohorts.digests, patients=cohorts.patients,
-                           epoch=epoch, stamps=cohorts.stamps)
+                           epoch=epoch, stamps=cohorts.stamps, patient_stamps=cohorts.patient_stamps,
+                           cells=cohorts.cells)
         if labels is not None:
             self.partitions.record(self._partition_key(cohorts), labels)
 

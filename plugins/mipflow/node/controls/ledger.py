@@ -228,6 +228,12 @@ class CohortLedger(SqliteState):
             # the first value stamp of each cohort and column a release read (ADR 0061, hole 2): 8 bytes each
             conn.execute("CREATE TABLE IF NOT EXISTS stamps (data_model TEXT NOT NULL, digest TEXT NOT NULL, "
                          "variable TEXT NOT NULL, stamp TEXT NOT NULL, PRIMARY KEY (data_model, digest, variable))")
+            # each cohort's patient stamps (fifteenth review, hole 3) and which rows changed (hole 2)
+            conn.execute("CREATE TABLE IF NOT EXISTS patient_stamps (data_model TEXT NOT NULL, digest TEXT NOT NULL, "
+                         "variable TEXT NOT NULL, stamp TEXT NOT NULL, PRIMARY KEY (data_model, digest, variable))")
+            from mipflow.node.controls import value_memory
+
+            value_memory.create(conn)
 
 
     def _refresh(self, written: dict[tuple[str, str], tuple[np.ndarray, np.ndarray | None]] | None = None) -> None:
@@ -295,7 +301,9 @@ class CohortLedger(SqliteState):
     def check(self, data_model: str, cohorts: Iterable[np.ndarray], threshold: int,
               digests: Sequence[str] | None = None, patients: Sequence[np.ndarray] | None = None,
               primes: Sequence[int] | None = None, released: Sequence[ChainSet] = (), epoch: str = "",
-              current: "Current | None" = None, stamps: "Sequence[Mapping[str, int]] | None" = None) -> list[str]:
+              current: "Current | None" = None, stamps: "Sequence[Mapping[str, int]] | None" = None,
+              patient_stamps: "Sequence[Mapping[str, int]] | None" = None, cells: "Mapping | None" = None
+              ) -> list[str]:
         """Allow cohorts (return their digests) or raise.
 
         ``epoch`` is the node's consent epoch (:func:`mipflow.node.controls.differencing.consent_epoch`); a
@@ -305,6 +313,11 @@ class CohortLedger(SqliteState):
         ``stamps`` (the cohorts' value stamps, in the same order, :mod:`mipflow.node.controls.stamps`): a
         cohort answered before whose rows now hold other values in a column both releases read is no
         repeat either, and is refused (ADR 0061, hole 2: the two answers' difference is the corrected rows').
+        ``patient_stamps`` (the same by patient keys): a fresh cohort holding exactly the patients of one answered
+        under another data model (version) under this epoch, whose patients now hold other values in a column
+        both read, is refused (fifteenth review, hole 3).  ``cells`` (the rows' value digests per stamped column,
+        :mod:`mipflow.node.controls.value_memory`): the chain rule sees a remembered row released with a value
+        since corrected as a changed-value unit of its own (fifteenth review, hole 2).
 
         Each cohort is compared with the other cohorts of the same request and, by the pairwise
         rule, with every answered cohort of the data model (rows); with ``patients`` (the
@@ -337,6 +350,10 @@ class CohortLedger(SqliteState):
             fresh = [i for i, d in enumerate(digests) if d not in known]
             if stamps is not None and self._corrected(data_model, digests, stamps, known):
                 raise _refusal(threshold)
+            if patient_stamps is not None and patients is not None and self._corrected_across(
+                    entries, data_model, epoch, [(patients[i], patient_stamps[i]) for i in fresh
+                                                 if i < len(patient_stamps)]):
+                raise _refusal(threshold)
             for i, cohort in enumerate(cohorts):
                 if any(pair_conflict(cohort, other, threshold) for other in cohorts[:i]):
                     raise _refusal(threshold)
@@ -357,8 +374,39 @@ class CohortLedger(SqliteState):
                 return digests
             new = [ChainSet(data_model, cohorts[i], None if patients is None else patients[i], threshold)
                    for i in fresh]
-            self._chain(entries, data_model, new, threshold, primes, released, view)
+            versions: dict = {}
+            if cells:
+                from mipflow.node.controls import value_memory
+
+                own = [j for j, e in enumerate(entries) if e.data_model == data_model]
+                with self._connect() as conn:
+                    found = value_memory.versions(conn, data_model, cells,
+                                                  [(entries[j].digest, entries[j].rows) for j in own])
+                versions = {own[k]: v for k, v in found.items()}
+            self._chain(entries, data_model, new, threshold, primes, released, view, versions)
         return digests
+
+    def _corrected_across(self, entries: list[_Entry], data_model: str, epoch: str,
+                          fresh: Sequence[tuple[np.ndarray, Mapping[str, int]]]) -> bool:
+        """Whether a fresh cohort holds exactly the patients of a cohort answered under another data model (a
+        version of it) under this consent epoch, whose patient stamps differ on a column both read (fifteenth
+        review, hole 3: the same patients, corrected under one version only)."""
+        from mipflow.node.controls.stamps import changed
+
+        for pids, new in fresh:
+            if not new:
+                continue
+            for e in entries:
+                if (e.data_model == data_model or e.epoch != epoch or e.patients is None
+                        or len(e.patients) != len(pids) or not np.array_equal(e.patients, pids)):
+                    continue
+                with self._connect() as conn:
+                    old = {v: int(t) for v, t in conn.execute(
+                        "SELECT variable, stamp FROM patient_stamps WHERE data_model = ? AND digest = ?",
+                        (e.data_model, e.digest))}
+                if changed(new, old):
+                    return True
+        return False
 
     def _corrected(self, data_model: str, digests: Sequence[str], stamps: Sequence[Mapping[str, int]],
                    known: set[str]) -> bool:
@@ -398,27 +446,53 @@ class CohortLedger(SqliteState):
 
     @staticmethod
     def _chain(entries: list[_Entry], data_model: str, new: list[ChainSet], threshold: int,
-               primes: Sequence[int], released: Sequence[ChainSet], view: EpochView) -> None:
+               primes: Sequence[int], released: Sequence[ChainSet], view: EpochView,
+               versions: Mapping | None = None) -> None:
         """The chain rule over the answered cohorts as the epoch ``view`` sees them (a cohort of an earlier
-        consent epoch: its rows still held and a phantom unit, ADR 0061; the same at every node)."""
+        consent epoch: its rows still held and a phantom unit, ADR 0061; the same at every node).
+        ``versions``: entry index -> its rows released with a value since corrected and their versioned keys
+        (:func:`mipflow.node.controls.value_memory.versions`; changed-value units, fifteenth review hole 2)."""
         from mipflow.node.controls.chain import ChainSet, chain_allows
+        from mipflow.node.controls.value_memory import unit_map, versioned
 
-        cohorts = [ChainSet(e.data_model, view.chain_keys(e.rows, e.data_model, ROWS, e.epoch),
-                            view.chain_keys(e.patients, e.data_model, PATIENTS, e.epoch), threshold) for e in entries]
-        if not chain_allows(data_model, cohorts, list(released), new, threshold, primes):
+        versions = versions or {}
+        cohorts = [ChainSet(e.data_model, versioned(view.chain_keys(e.rows, e.data_model, ROWS, e.epoch), versions.get(j)),
+                            view.chain_keys(e.patients, e.data_model, PATIENTS, e.epoch), threshold, versioned=True)
+                   for j, e in enumerate(entries)]
+        if not chain_allows(data_model, cohorts, list(released), new, threshold, primes,
+                            units=unit_map(versions) if versions else None):
             raise _refusal(threshold)
 
     def record(self, data_model: str, cohorts: Iterable[np.ndarray],
                digests: Sequence[str] | None = None, patients: Sequence[np.ndarray] | None = None,
-               epoch: str = "", stamps: "Sequence[Mapping[str, int]] | None" = None) -> None:
+               epoch: str = "", stamps: "Sequence[Mapping[str, int]] | None" = None,
+               patient_stamps: "Sequence[Mapping[str, int]] | None" = None, cells: "Mapping | None" = None) -> None:
         """Remember answered cohorts under the consent ``epoch`` (a cohort already remembered costs
         nothing and keeps its epoch: an earlier one is the stricter; one remembered without its patients
         gains them), and the first value stamp of each cohort and column (``stamps``, ADR 0061 hole 2:
-        the earliest values answered are those a later repeat is compared with)."""
+        the earliest values answered are those a later repeat is compared with), the first patient stamps
+        (``patient_stamps``, hole 3 of the fifteenth review) and the rows' value digests (``cells``,
+        :func:`mipflow.node.controls.value_memory.record`, before the stamps: hole 2)."""
         cohorts = list(cohorts)
         digests = list(digests) if digests is not None else [cohort_digest(data_model, c) for c in cohorts]
         patients = list(patients) if patients is not None else [None] * len(cohorts)
         with self._lock:
+            if cells:
+                from mipflow.node.controls import value_memory
+
+                with self._connect() as conn:
+                    marks = ",".join("?" * len(digests))
+                    stamped = {(d, v) for d, v in conn.execute(
+                        f"SELECT digest, variable FROM stamps WHERE data_model = ? AND digest IN ({marks})",
+                        (data_model, *digests))}
+                    # a column every cohort was stamped with already: its rows' values are remembered (a repeat)
+                    todo = {c: v for c, v in cells.items() if any((d, c) not in stamped for d in digests)}
+                    value_memory.record(conn, data_model, todo, cohorts)
+            if patient_stamps is not None:
+                with self._connect() as conn:
+                    conn.executemany("INSERT OR IGNORE INTO patient_stamps (data_model, digest, variable, stamp) "
+                                     "VALUES (?, ?, ?, ?)", [(data_model, d, v, str(int(t))) for d, s in
+                                                             zip(digests, patient_stamps) for v, t in s.items()])
             if stamps is not None:
                 with self._connect() as conn:
                     conn.executemany("INSERT OR IGNORE INTO stamps (data_model, digest, variable, stamp) "

@@ -101,3 +101,55 @@ def frame_stamps(frame: pd.DataFrame, row_keys: np.ndarray, masks: Sequence[np.n
 def changed(new: Mapping[str, int], old: Mapping[str, int]) -> bool:
     """Whether two stamps of one cohort differ on a column both read."""
     return any(int(new[c]) != int(old[c]) for c in new.keys() & old.keys())
+
+
+# --------------------------------------------------------------------------- which rows changed (ADR 0061, round 15)
+
+
+def patient_salt(key: str, column: str) -> np.uint64:
+    """A column's salt for its **patient stamp**: the stamp of ``(patient key, column, value)`` cells, the same
+    for two data-model versions holding the same patients with the same values (round 15 hole 3)."""
+    return column_salt(key, "\0patient\0" + column)
+
+
+def digests_of(hashes: np.ndarray) -> np.ndarray:
+    """A row's short value digest of a column: the low 32 bits of its cell hash (a change is missed with
+    chance 2**-32 a corrected row; the cohort's 64-bit stamp still sees it on an exact repeat)."""
+    return (np.asarray(hashes, dtype=np.uint64) & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+
+
+def sorted_cells(keys: np.ndarray, digests: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(sorted unique row keys, their digests)`` of rows given in any order (a key twice: its first)."""
+    keys = np.asarray(keys, dtype=np.uint64)
+    order = np.argsort(keys, kind="stable")
+    keys, digests = keys[order], np.asarray(digests, dtype=np.uint32)[order]
+    if len(keys) > 1:
+        first = np.concatenate(([True], keys[1:] != keys[:-1]))
+        keys, digests = keys[first], digests[first]
+    return keys, digests
+
+
+#: ``column -> (sorted unique row keys, 32-bit value digests)`` of the rows a release reads.
+Cells = dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+def frame_values(frame: pd.DataFrame, row_keys: np.ndarray, patient_keys: np.ndarray | None,
+                 masks: Sequence[np.ndarray], columns: Sequence[str], key: str
+                 ) -> tuple[tuple[dict[str, int], ...], tuple[dict[str, int], ...] | None, Cells]:
+    """:func:`frame_stamps`, each mask's patient stamps (None without patient keys) and the rows' value
+    digests of each column over the union of the masks (:data:`Cells`)."""
+    out: list[dict[str, int]] = [{} for _ in masks]
+    by_patient: list[dict[str, int]] | None = None if patient_keys is None else [{} for _ in masks]
+    union = np.logical_or.reduce([np.asarray(m, dtype=bool) for m in masks]) if masks else np.zeros(len(frame), bool)
+    cells: Cells = {}
+    for column in columns:
+        bits = value_bits(frame[column], key)
+        hashes = cell_hashes(row_keys, bits, column_salt(key, column))
+        patient = None if patient_keys is None else cell_hashes(patient_keys, bits, patient_salt(key, column))
+        for i, mask in enumerate(masks):
+            every = bool(np.all(mask))
+            out[i][column] = stamp_of(hashes if every else hashes[mask])
+            if by_patient is not None and patient is not None:
+                by_patient[i][column] = stamp_of(patient if every else patient[mask])
+        cells[column] = sorted_cells(np.asarray(row_keys)[union], digests_of(hashes[union]))
+    return tuple(out), None if by_patient is None else tuple(by_patient), cells

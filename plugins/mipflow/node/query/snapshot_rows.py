@@ -241,27 +241,50 @@ class SnapshotRows:
         """Per mask (a bool a selected row, in their order; None: every one), ``column -> stamp`` of each
         of ``columns``: :func:`~mipflow.node.controls.stamps.frame_stamps` of the same rows and masks read
         into a frame, a block at a time."""
-        from mipflow.node.controls.stamps import MISSING, cell_hashes, column_salt, level_bits, value_bits
+        return self.masked_values(key, masks, columns)[0]
+
+    def masked_values(self, key: str, masks: Sequence[np.ndarray | None], columns: Sequence[str]
+                      ) -> tuple[tuple[dict[str, int], ...], tuple[dict[str, int], ...], dict]:
+        """:meth:`masked_stamps`, each mask's patient stamps and the selected rows' value digests of each
+        column over the union of the masks: :func:`~mipflow.node.controls.stamps.frame_values` of the same
+        rows read into a frame, a block at a time (4 bytes a row and column, 8 a row for the keys)."""
+        from mipflow.node.controls.stamps import (
+            MISSING, cell_hashes, column_salt, digests_of, level_bits, patient_salt, sorted_cells, value_bits,
+        )
 
         out: list[dict[str, int]] = [{} for _ in masks]
+        by_patient: list[dict[str, int]] = [{} for _ in masks]
+        union = None if any(m is None for m in masks) else np.logical_or.reduce([np.asarray(m) for m in masks])
+        cells: dict = {}
         for code in columns:
             levels = self.levels_of(code)
             table = None if levels is None else np.append(level_bits(levels, key), MISSING)
-            salt, totals, done = column_salt(key, code), [0] * len(masks), 0
-            for (_, keys), (_, values) in zip(self._blocks("row_key"), self._blocks(self.files[code]), strict=True):
+            salt, psalt, done = column_salt(key, code), patient_salt(key, code), 0
+            totals, ptotals = [0] * len(masks), [0] * len(masks)
+            kept_keys: list[np.ndarray] = []
+            kept_digests: list[np.ndarray] = []
+            for (_, keys), (_, pids), (_, values) in zip(self._blocks("row_key"), self._blocks("pid_key"),
+                                                         self._blocks(self.files[code]), strict=True):
                 if table is None:
                     bits = value_bits(values, key)
                 else:  # a level code outside the table (none in a complete-case selection): missing
                     codes = np.asarray(values, dtype=np.int64)
                     bits = table[np.where((codes >= 0) & (codes < len(levels)), codes, len(levels))]
                 hashes = cell_hashes(keys, bits, salt)
+                patient = cell_hashes(pids, bits, psalt)
                 for i, mask in enumerate(masks):
-                    part = hashes if mask is None else hashes[mask[done:done + len(hashes)]]
-                    totals[i] = (totals[i] + int(np.add.reduce(part, dtype=np.uint64))) % 2 ** 64
+                    part = slice(None) if mask is None else mask[done:done + len(hashes)]
+                    totals[i] = (totals[i] + int(np.add.reduce(hashes[part], dtype=np.uint64))) % 2 ** 64
+                    ptotals[i] = (ptotals[i] + int(np.add.reduce(patient[part], dtype=np.uint64))) % 2 ** 64
+                inside = slice(None) if union is None else union[done:done + len(hashes)]
+                kept_keys.append(np.asarray(keys, dtype=np.uint64)[inside])
+                kept_digests.append(digests_of(hashes[inside]))
                 done += len(hashes)
-            for stamps, total in zip(out, totals):
-                stamps[code] = total
-        return tuple(out)
+            for stamps, patients, total, ptotal in zip(out, by_patient, totals, ptotals):
+                stamps[code], patients[code] = total, ptotal
+            cells[code] = sorted_cells(np.concatenate(kept_keys) if kept_keys else np.zeros(0, np.uint64),
+                                       np.concatenate(kept_digests) if kept_digests else np.zeros(0, np.uint32))
+        return tuple(out), tuple(by_patient), cells
 
     def sorted_keys(self, name: str) -> np.ndarray | None:
         """The selected rows' keys of ``name`` sorted (repeats kept), from the snapshot's key order

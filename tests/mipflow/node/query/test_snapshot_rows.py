@@ -259,10 +259,19 @@ def test_the_value_stamps_of_rows_on_disk_are_those_of_either_frame(datasets, fi
                             complete_case=True, row_identity=True, row_key=KEY, snapshot=False)
     rows = select_rows(store, MODEL, datasets=datasets, variables=variables, filters=filters, row_key=KEY)
     guard = DifferencingGuard(tmp_path, SECRET)
-    streamed = guard.cohorts_of_selection(MODEL.key, rows).stamps[0]
+    on_disk = guard.cohorts_of_selection(MODEL.key, rows)
+    streamed = on_disk.stamps[0]
     assert set(streamed) == set(variables)
     assert guard.cohorts(MODEL.key, from_sql, variables, True).stamps[0] == streamed
     assert guard.cohorts(MODEL.key, from_snapshot, variables, True).stamps[0] == streamed
+    for read in (from_sql, from_snapshot):  # the patient stamps and each row's value digests too (round 15)
+        framed = guard.cohorts(MODEL.key, read, variables, True)
+        assert framed.patient_stamps == on_disk.patient_stamps and set(on_disk.patient_stamps[0]) == set(variables)
+        assert set(framed.cells) == set(on_disk.cells) == set(variables)
+        for column, (keys, digests) in framed.cells.items():
+            np.testing.assert_array_equal(keys, on_disk.cells[column][0])
+            np.testing.assert_array_equal(digests, on_disk.cells[column][1])
+            np.testing.assert_array_equal(keys, on_disk.sets[0])
     if len(from_sql):
         middle = len(from_sql) // 2
         flipped = "u" if from_sql["grp"].iloc[middle] == "v" else "v"

@@ -197,5 +197,11 @@ def test_the_stamps_of_cohorts_with_missing_values_on_disk_are_the_frames(datase
     got = guard.cohorts_of_rows(MODEL.key, rows, variables, False, algo.released_by)
     assert got.digests == want.digests
     assert got.stamps == want.stamps and len(got.stamps) == len(got.sets)
+    assert got.patient_stamps == want.patient_stamps and len(got.patient_stamps) == len(got.sets)
+    assert set(got.cells) == set(want.cells) == set(want.stamps[0])
+    for column, (keys, digests) in want.cells.items():  # every row read (the union of the cohorts)
+        np.testing.assert_array_equal(keys, got.cells[column][0])
+        np.testing.assert_array_equal(digests, got.cells[column][1])
+        np.testing.assert_array_equal(keys, got.sets[0])
     if len(frame):
         assert len({json.dumps(s, sort_keys=True) for s in got.stamps}) == len(got.stamps) >= 2
