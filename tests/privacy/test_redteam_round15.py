@@ -28,10 +28,12 @@ Found (holes):
    versions) and no stamp is compared: old and new NIHSS.
 4. **Logistic regression's response class** (ADR 0051's listed gap): round 0's ``n_positive`` and round 1's
    gradient at zero give the deaths' sum of NIHSS (seen by the central site); descriptive statistics of adult deaths
-   (far from every cohort) subtract to the one young death's NIHSS.
+   (far from every cohort) subtract to the one young death's NIHSS.  **Closed** the same day: a binary response's
+   classes and Cox's event set are released groups (ADR 0051 amended for the fifteenth review).
 5. **Histogram bins** (ADR 0051's listed gap): a histogram of age on everyone (its youngest bin, 11 rows) with the
    counts of non-TIA patients and of adult non-TIA patients counts the TIA patients under 25: a cell of one, which
-   the same cohorts with the bin as a cohort (or a contingency table's cells) are refused for.
+   the same cohorts with the bin as a cohort (or a contingency table's cells) are refused for.  **Closed** the same
+   day: the bins a histogram shows are released groups (ADR 0051 amended for the fifteenth review).
 6. **Streamed descriptive statistics compare no value stamps** (ADR 0062 against ADR 0061 point 2): the same
    descriptive statistics before and after a correction are both answered on a node with the shipped columnar
    snapshot (the frame path, ``columnar_snapshot 0``, refuses; Pearson, the t-tests and linear regression refuse on

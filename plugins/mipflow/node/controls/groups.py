@@ -1,8 +1,8 @@
 """Group memory: groups released with their sums are held to the group threshold across releases (ADR 0051).
 
-A t-test, an ANOVA, Gaussian naive Bayes, a contingency table or a model that dummy-encodes a nominal
-covariate (linear and logistic regression, GEE, LMM, Cox) releases sums (count, means, spreads) over level
-cells of nominal variables: groups *inside* a cohort.  The
+A t-test, an ANOVA, Gaussian naive Bayes, a contingency table, a histogram (its bins) or a model that
+dummy-encodes a nominal covariate or fits a binary response (linear and logistic regression, GEE, LMM, Cox)
+releases sums (count, means, spreads) over cells of rows: groups *inside* a cohort.  The
 cohort ledger (ADR 0013) compares cohorts, so two cohorts ``min_row_count`` rows apart could hold
 the same level's group 3 rows apart, and a step releasing two large levels beside descriptive
 statistics of the same cohort leaves the third level's rows to subtraction (tenth review,
@@ -41,13 +41,9 @@ Refusals are control ``differencing`` and name the setting and the rule, never a
 groups are checked at approval (``study_cells``), explore releases are DP: neither is checked here
 (a study's are remembered).
 
-Storage: one row per distinct group and kind: its sorted row keys and, where known, its sorted
-patient keys, each as the ledger stores keys (:mod:`mipflow.node.controls.keycodec`: 7 bytes a key
-and a few bytes of header for groups of hundreds of rows, about 6 at a million), so about 14 bytes a
-row of a group on disk and 16 in memory.  A check reads only the groups whose size is within the
-threshold of the new one's (:meth:`GroupMemory._near_in_size`), and :func:`few_apart` rejects most
-of those by looking a few keys up (exactly), so a check costs a few set comparisons however many
-groups a node remembers.
+Storage: per distinct group and kind, its sorted row and patient keys as the ledger stores keys
+(:mod:`mipflow.node.controls.keycodec`), about 14 bytes a row on disk.  A check reads only the groups
+near in size (:meth:`GroupMemory._near_in_size`); :func:`few_apart` rejects most by a few look-ups.
 """
 from __future__ import annotations
 
