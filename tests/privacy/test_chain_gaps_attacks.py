@@ -146,3 +146,77 @@ def test_defence_contingency_cells_and_two_cohorts_that_isolate_one_patient_are_
         assert honest.status_code == 200, honest.text
     assert others.status_code == 403, others.text
     assert others.json()["control"] == "differencing" and no_data_number(others.text)
+
+
+# ---------------------------------------------------------------- the fifteenth review: classes, event sets, bins
+
+ADULT_DEATHS = where(rule("death_90d", "equal", "yes"), rule("age", "greater_or_equal", 25))
+DEATHS = where(rule("death_90d", "equal", "yes"))
+ELDERLY_DEATHS = where(rule("death_90d", "equal", "yes"), rule("age", "greater_or_equal", 60))
+
+#: each algorithm whose score releases a binary response's class or the event set: death within 90 days
+CLASSES = {
+    "logistic_regression": (["death_90d"], ["nihss_admission"], {"positive_class": "yes"}),
+    "gee": (["death_90d"], ["nihss_admission"], {"family": "binomial", "positive_class": "yes"}),
+    "cox_regression": (["followup_days", "death_90d"], ["nihss_admission"], {"event_level": "yes"}),
+}
+
+
+def death_rows():
+    """Round 15's registry: half the adults died, of the ten young patients only the target."""
+    from tests.privacy.test_redteam_round15 import registry
+
+    return registry("chain")
+
+
+@pytest.mark.parametrize("algorithm", list(CLASSES))
+def test_defence_a_response_class_or_event_set_less_adult_deaths_is_refused(tmp_path, algorithm) -> None:
+    """Round 15 hole 4's class for each algorithm (ADR 0051 amended for the fifteenth review): the model of death on
+    everyone releases the deaths' first sums (logistic regression's gradient at zero, a binomial GEE's first
+    ``X' W z``, Cox's ``event_x``); descriptive statistics of adult deaths would leave the one young death: refused,
+    control ``differencing``.  The same model again and descriptive statistics of the deaths (the class's own rows)
+    and of the elderly deaths (far) answer."""
+    frame = death_rows()
+    assert int(((frame["death_90d"] == "yes") & (frame["age"] < 25)).sum()) == 1
+    y, x, parameters = CLASSES[algorithm]
+    root = tmp_path / "node"
+    credential = severity_node(root, frame)
+    with running_nodes([root]) as (url,):
+        served = Served(url, credential, root, frame)
+        call = lambda a, r: served.call(a, r, project="severity")  # noqa: E731
+        first = call(algorithm, request(y, x, **parameters))
+        again = call(algorithm, request(y, x, **parameters))
+        elderly = call("descriptive_stats", stats(ELDERLY_DEATHS))
+        adults = call("descriptive_stats", stats(ADULT_DEATHS))
+        deaths = call("descriptive_stats", stats(DEATHS))  # (before adults', the ledger alone would refuse those)
+    for honest in (first, again, elderly):
+        assert honest.status_code == 200, honest.text
+    assert adults.status_code == 403 and adults.json()["control"] == "differencing", adults.text
+    assert no_data_number(adults.text)
+    assert deaths.status_code == 200, deaths.text
+
+
+def test_honest_histograms_by_sex_then_subgroups_and_a_model_of_death_then_the_deaths(tmp_path) -> None:
+    """The cost on honest work (ADR 0051 amended for the fifteenth review): histograms of age and of NIHSS by sex,
+    then descriptive statistics of women, of elderly men and of ischaemic patients; logistic regression of death on
+    NIHSS and stroke type, then descriptive statistics of the deaths, of the elderly deaths and of the survivors;
+    Cox regression of the same deaths: every set is its own or far from the others, and all answer."""
+    frame = death_rows()
+    root = tmp_path / "node"
+    credential = severity_node(root, frame)
+    asks = [("multiple_histograms", request(["age"], ["sex"], bins=10)),
+            ("multiple_histograms", request(["nihss_admission"], ["sex"], bins=7)),
+            ("descriptive_stats", stats(where(rule("sex", "equal", "F")))),
+            ("descriptive_stats", stats(where(rule("sex", "equal", "M"), rule("age", "greater_or_equal", 60)))),
+            ("descriptive_stats", stats(where(rule("stroke_type", "equal", "ischaemic")))),
+            ("logistic_regression", request(["death_90d"], ["nihss_admission", "stroke_type"], positive_class="yes")),
+            ("descriptive_stats", stats(DEATHS)),
+            ("descriptive_stats", stats(ELDERLY_DEATHS)),
+            ("descriptive_stats", stats(where(rule("death_90d", "equal", "no")))),
+            ("cox_regression", request(["followup_days", "death_90d"], ["nihss_admission"], event_level="yes"))]
+    with running_nodes([root]) as (url,):
+        served = Served(url, credential, root, frame)
+        replies = [served.call(algorithm, doc, project="severity") for algorithm, doc in asks]
+    assert [r.status_code for r in replies] == [200] * len(asks), [r.text for r in replies if r.status_code != 200]
+    # not vacuous: the histograms released bins and bin x sex cells
+    assert all(len(h["counts"]) == 10 for h in replies[0].json()["aggregates"]["histograms"])

@@ -128,6 +128,9 @@ class Algorithm(Protocol):
 
     def released_groups(self, request: AnalysisRequest, model: DataModel) -> tuple[ReleasedGroups, ...]: ...
 
+    def hidden_cells(self, aggregates: dict, request: AnalysisRequest,
+                     model: DataModel) -> Sequence[tuple[tuple[str, str], ...]]: ...
+
     def pool_sealed(self, parts: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]: ...
 
     def sealed_mask_scheme(self, participants: int) -> str | None: ...
@@ -170,10 +173,13 @@ class Algorithm(Protocol):
 #   its local step releases (:class:`ReleasedGroups`): t-test and ANOVA groups, Gaussian naive
 #   Bayes classes, the dummy levels of every algorithm that dummy-encodes its covariates
 #   (:func:`mipflow.algorithms.design.dummy_level_groups`: linear and logistic regression, GEE, LMM,
-#   Cox), contingency cells.  The node derives every group they let anyone
+#   Cox), contingency cells, a binary response's classes and Cox's event set
+#   (:func:`mipflow.algorithms.design.class_groups`), histogram bins (numerical columns cut into
+#   ``bins``).  The node derives every group they let anyone
 #   form (cells, margins of cells, their union) and holds each, against the same group of earlier
 #   releases and against the rows of the cohort outside it, to the group threshold
-#   (:mod:`mipflow.node.controls.groups`, ADR 0051);
+#   (:mod:`mipflow.node.controls.groups`, ADR 0051); ``hidden_cells``: of a grouping whose small
+#   cells are suppressed (``ReleasedGroups.suppressed``), the cells the checked aggregates hide;
 # * ``sealed_rounds`` and ``pool_sealed``: its local steps may return sums for the other nodes only,
 #   under the aggregate key ``sealed`` (:mod:`mipflow.algorithms.sealed`, ADR 0046): the node seals
 #   them to every participant after its controls saw them, the central site forwards ciphertexts, and
@@ -203,14 +209,26 @@ class Algorithm(Protocol):
 class ReleasedGroups:
     """Groups of rows a local step releases sums over: the joint level cells of ``columns``.
 
-    ``columns`` are nominal variables of the request; ``levels`` (one tuple of enumeration codes per
-    column, or None for every level) are the levels whose cells are released.  A step that releases
-    the cells of two columns (two-way ANOVA) releases their margins too (sums of cells), and every
-    grouping releases the union of its cells.  Declared by the algorithm from the request alone.
+    ``columns`` are nominal variables of the request, or numerical ones cut into ``bins``; ``levels``
+    (one tuple of enumeration codes per column, None for every level of that column, or None for every
+    level of every column) are the levels whose cells are released.  A step that releases the cells of
+    two columns (two-way ANOVA) releases their margins too (sums of cells), and every grouping releases
+    the union of its cells.  Declared by the algorithm from the request alone (ADR 0051).
+
+    ``rest``: the rows of a column whose level is not among its ``levels`` (and not missing) are one
+    more level of it (a binary response's negative class: every level but ``positive_class``).
+    ``bins``: per column, the edges of a numerical column's bins (``numpy.histogram``'s: each bin
+    half-open, the last closed; a value outside is in no cell), or None for a nominal column.
+    ``suppressed``: the release suppresses its cells in ``(0, nfilter_tab)`` (and more, consistently,
+    ADR 0031) rather than being refused: only the cells it leaves, and the margins of those alone, are
+    released (:meth:`Algorithm.hidden_cells` names the others after the release check; histograms).
     """
 
     columns: tuple[str, ...]
-    levels: tuple[tuple[str, ...], ...] | None = None
+    levels: tuple[tuple[str, ...] | None, ...] | None = None
+    rest: bool = False
+    bins: tuple[tuple[float, ...] | None, ...] | None = None
+    suppressed: bool = False
 
 
 #: Values of ``Algorithm.secure_aggregation``: its aggregates are not all sums

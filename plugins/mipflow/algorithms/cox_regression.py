@@ -87,6 +87,7 @@ from mipflow.algorithms.contract import ReleasedGroups, Step
 from mipflow.algorithms.cox_shares import full_s2 as _full_s2
 from mipflow.algorithms.cox_shares import node_share as _node_share
 from mipflow.algorithms.design import (
+    class_groups,
     dummy_level_groups,
     design_columns,
     design_matrix,
@@ -186,9 +187,12 @@ class CoxRegression(SpecAlgorithm):
     # -- local ------------------------------------------------------------------
 
     def released_groups(self, request: AnalysisRequest, model: DataModel) -> tuple[ReleasedGroups, ...]:
-        # each nominal covariate's levels are released groups (ADR 0051, issue 14 item 5): the start round's level counts and moments, and every sums round's ``S1``, ``S2`` hold per-level
-        # sums over the rows at risk
-        return dummy_level_groups(request.x, model)
+        # the event set, alone and within each level of every nominal covariate (ADR 0051, fifteenth review): a
+        # score round's ``event_x`` is the events' first sums of every covariate (their count per level); and
+        # each nominal covariate's levels (issue 14 item 5): the start round's level counts and moments, and
+        # every sums round's ``S1``, ``S2`` hold per-level sums over the rows at risk
+        event = str(self.params(request, model)["event_level"])
+        return class_groups(request.y[1], request.x, model, (event,)) + dummy_level_groups(request.x, model)
 
     def local_step(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
                    model: DataModel, state: dict | None) -> dict:

@@ -372,6 +372,67 @@ def dummy_level_groups(x: Sequence[str], model: DataModel) -> tuple[ReleasedGrou
     return tuple(ReleasedGroups((code,)) for code in x if model.variable(code).is_categorical)
 
 
+def class_groups(y: str, x: Sequence[str], model: DataModel, classes: Sequence[str] | None = None,
+                 edges: Sequence[float] | None = None) -> tuple[ReleasedGroups, ...]:
+    """The released groups of a binary response (``Algorithm.released_groups``, ADR 0051 amended for the
+    fifteenth review): its classes, and each class within each level of every nominal covariate of ``x``.
+
+    A model's score at its starting point (logistic regression's gradient at zero, a GEE's first IRLS
+    sums ``X' W z``, Cox's ``event_x``) is ``X' y`` up to sums over the whole cohort: the positive class's
+    count, its sums of every numerical covariate and its count in every level of a nominal one (a joint
+    cell).  ``classes``: the levels of a nominal ``y`` that are positive (every other level is the rest,
+    the negative class); ``edges``: instead, a numerical 0/1 ``y``'s classes as bins (``(0, 0.5, 1)``).
+    Both classes are cells (the negative class is the cohort less the positive one), held, like the
+    dummy levels, to ``nfilter_tab``.
+    """
+    from mipflow.algorithms.contract import ReleasedGroups
+
+    nominal = [c for c in x if model.variable(c).is_categorical]
+    if edges is not None:
+        cut = tuple(float(e) for e in edges)
+        if not nominal:
+            return (ReleasedGroups((y,), bins=(cut,)),)
+        return tuple(ReleasedGroups((y, c), bins=(cut, None)) for c in nominal)
+    positive = tuple(str(c) for c in classes or ())
+    if not nominal:
+        return (ReleasedGroups((y,), (positive,), rest=True),)
+    return tuple(ReleasedGroups((y, c), (positive, None), rest=True) for c in nominal)
+
+
+def bin_labels(edges: Sequence[float]) -> list[str]:
+    """Each bin's level in a released group's kind (ADR 0051): ``[lo, hi)``, the last ``[lo, hi]``
+    (``numpy.histogram``'s bins)."""
+    cut = [float(e) for e in edges]
+    last = len(cut) - 2
+    return [f"[{lo!r}, {hi!r}{']' if i == last else ')'}" for i, (lo, hi) in enumerate(zip(cut[:-1], cut[1:]))]
+
+
+#: The level of a column's rows outside its declared levels (``ReleasedGroups.rest``) in a group's kind:
+#: the declared levels after this mark (no enumeration code starts with it).
+REST = "\u2260"
+
+
+def grouping_codes(data: pd.DataFrame, grouping: ReleasedGroups, i: int, model: DataModel) -> np.ndarray:
+    """Column ``i`` of ``grouping``: each row's level (an enumeration code, a bin's label or the rest's),
+    None for a row in no released cell of it (missing, a level not declared, a value outside the bins)."""
+    column = grouping.columns[i]
+    cut = None if grouping.bins is None else grouping.bins[i]
+    if cut is not None:
+        values = numeric_values(data[column])
+        labels = np.array([*bin_labels(cut), None], dtype=object)
+        at = np.searchsorted(np.asarray(cut, dtype=float), values, side="right") - 1
+        at[values == cut[-1]] = len(cut) - 2  # the last bin is closed
+        at[(at < 0) | (at > len(cut) - 2) | np.isnan(values)] = -1
+        return labels[at]
+    codes = category_codes(data[column], model.variable(column)).to_numpy(dtype=object)
+    wanted = None if grouping.levels is None else grouping.levels[i]
+    if wanted is None:
+        return codes
+    allowed = set(map(str, wanted))
+    other = REST + "|".join(sorted(allowed)) if grouping.rest else None
+    return np.array([c if c is None or c in allowed else other for c in codes], dtype=object)
+
+
 def sum_level_counts(parts: Sequence[Mapping[str, Sequence[int]]]) -> dict[str, list[int]]:
     """Element-wise sum of :func:`level_counts` from several nodes."""
     total: dict[str, list[int]] = {}

@@ -42,6 +42,7 @@ import numpy as np
 
 from mipflow.algorithms.contract import ReleasedGroups, Step
 from mipflow.algorithms.design import (
+    class_groups,
     dummy_level_groups,
     category_codes,
     covariates_block,
@@ -165,9 +166,18 @@ class Gee(SpecAlgorithm):
         return len(design_columns(request.x, model))
 
     def released_groups(self, request: AnalysisRequest, model: DataModel) -> tuple[ReleasedGroups, ...]:
-        # each nominal covariate's levels are released groups (ADR 0051, issue 14 item 5): rows per level of each nominal covariate in round 0, and every later round's ``X' W X``,
-        # score and (GEE) meat hold per-level sums of the weights, residuals and numerical covariates
-        return dummy_level_groups(request.x, model)
+        # each nominal covariate's levels are released groups (ADR 0051, issue 14 item 5): rows per level of each
+        # nominal covariate in round 0, and every later round's ``X' W X``, score and (GEE) meat hold per-level
+        # sums of the weights, residuals and numerical covariates; with the binomial family, the response's
+        # classes too (fifteenth review): the first IRLS round's ``X' W z`` at ``mu = (y + 1/2) / 2`` is
+        # ``a X'1 + b X' y``, the positive class's sums of every covariate (its count per level)
+        levels = dummy_level_groups(request.x, model)
+        params = self.params(request, model)
+        if params["family"] != "binomial":
+            return levels
+        if model.variable(request.y[0]).is_categorical:
+            return class_groups(request.y[0], request.x, model, (str(params["positive_class"]),)) + levels
+        return class_groups(request.y[0], request.x, model, edges=(0.0, 0.5, 1.0)) + levels
 
     def cluster_count(self, data: pd.DataFrame) -> int | None:
         """Patients among the rows (``min_row_count`` and ``nfilter_glm`` count them too)."""

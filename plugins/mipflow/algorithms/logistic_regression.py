@@ -33,6 +33,7 @@ import numpy as np
 from mipflow.algorithms.contract import ReleasedGroups, Step
 from mipflow.algorithms.linear_regression import joint_cell_counts
 from mipflow.algorithms.design import (
+    class_groups,
     dummy_level_groups,
     DesignSource,
     category_codes,
@@ -119,9 +120,13 @@ class LogisticRegression(SpecAlgorithm):
             raise RequestError(f"{request.y[0]!r} cannot be both the dependent variable and a covariate")
 
     def released_groups(self, request: AnalysisRequest, model: DataModel) -> tuple[ReleasedGroups, ...]:
-        # each nominal covariate's levels are released groups (ADR 0051, issue 14 item 5): round 0's dummy means (the level counts), and round 1's Hessian ``X' W X`` at zero (``W = 1/4``)
-        # gives each level's sums of the numerical covariates, its gradient each level's positives
-        return dummy_level_groups(request.x, model)
+        # the response's classes, alone and within each level of every nominal covariate (ADR 0051, fifteenth
+        # review): round 0's n_positive and round 1's gradient at zero, ``X' y - n_positive c``, give the
+        # positive class's sums of every covariate (its count per level); and each nominal covariate's levels
+        # (issue 14 item 5): round 0's dummy means (the level counts), and round 1's Hessian ``X' W X`` at zero
+        # (``W = 1/4``) gives each level's sums of the numerical covariates
+        positive = self.params(request, model)["positive_class"]
+        return class_groups(request.y[0], request.x, model, (str(positive),)) + dummy_level_groups(request.x, model)
 
     # -- local ------------------------------------------------------------------
 

@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from mipflow.algorithms.contract import Step
-from mipflow.algorithms.design import category_codes, numeric_values
+from mipflow.algorithms.contract import ReleasedGroups, Step
+from mipflow.algorithms.design import bin_labels, category_codes, numeric_values
 from mipflow.algorithms.dp_release import DPRelease, Noise, Released, declared_bounds
 from mipflow.algorithms.noise_error import INTERVAL_LEVEL, cell_interval, count_error, integer_noise_kind
 from mipflow.algorithms.spec import (
@@ -201,6 +201,44 @@ class MultipleHistograms(SpecAlgorithm):
         if yvar.is_categorical or self._declared_range(yvar) is not None:
             return ()
         return (yvar.code,)
+
+    def _edges(self, request: AnalysisRequest, model: DataModel) -> tuple[float, ...] | None:
+        """A numerical ``y``'s bin edges over its declared range (None: nominal, or no declared range)."""
+        yvar = model.variable(request.y[0])
+        declared = None if yvar.is_categorical else self._declared_range(yvar)
+        if declared is None:
+            return None
+        bins = self.params(request, model)["bins"]
+        return tuple(np.histogram_bin_edges(np.zeros(0), bins=bins, range=declared).tolist())
+
+    def released_groups(self, request: AnalysisRequest, model: DataModel) -> tuple[ReleasedGroups, ...]:
+        # every bin is a count over the rows whose value lies in it, and every bin x level cell over those
+        # of the level: groups held across releases and in the chain rule at nfilter_tab, as contingency
+        # cells (ADR 0051, fifteenth review).  Cells under nfilter_tab are suppressed, not refused: only
+        # the cells the release leaves are groups (:meth:`hidden_cells`).  A range not declared: the bins
+        # come from the pooled extremes (a node releasing extremes only), not declared (ADR 0051)
+        yvar = model.variable(request.y[0])
+        edges = self._edges(request, model)
+        if not yvar.is_categorical and edges is None:
+            return ()
+        bins = None if edges is None else (edges,)
+        overall = ReleasedGroups((yvar.code,), bins=bins, suppressed=True)
+        return (overall, *(ReleasedGroups((yvar.code, code), bins=None if edges is None else (edges, None),
+                                          suppressed=True) for code in request.x))
+
+    def hidden_cells(self, aggregates: dict, request: AnalysisRequest,
+                     model: DataModel) -> list[tuple[tuple[str, str], ...]]:
+        """The bins (and bin x level cells) the checked aggregates hide (``None``), as ``(column, level)``
+        pairs: a bin's level is its label (:func:`~mipflow.algorithms.design.bin_labels`)."""
+        yvar = model.variable(request.y[0])
+        edges = self._edges(request, model)
+        labels = list(yvar.enumeration_codes) if edges is None else bin_labels(edges)
+        hidden = []
+        for record in aggregates.get("histograms", ()) if isinstance(aggregates, dict) else ():
+            by = () if record.get("grouping_var") is None else ((record["grouping_var"], str(record["grouping_enum"])),)
+            hidden.extend(((yvar.code, label), *by) for label, count in zip(labels, record.get("counts", ()))
+                          if count is None)
+        return hidden
 
     def _groups(self, request: AnalysisRequest, model: DataModel) -> list[tuple[str | None, str | None]]:
         out: list[tuple[str | None, str | None]] = [(None, None)]

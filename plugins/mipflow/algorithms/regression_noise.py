@@ -204,9 +204,10 @@ def noisy_regression(aggregates: Sequence[Mapping], request: AnalysisRequest, mo
     mean = centre + half * s1 / n
     m2 = (s2 - np.outer(s1, s1) / n) * np.outer(half, half)
     cyy = float(m2[-1, -1])
-    if not cyy > 0.0:
-        raise RequestError(f"the noisy variance of {request.y[0]} is not positive: the noise outweighs the data "
-                           "(more rows, a larger epsilon or fewer covariates help)")
+    # the noise can outweigh y's whole variance at a small cohort: the coefficients (which need only the x
+    # co-moments and cxy) are still released, every term flagged noise-dominated, and the fit's summaries that
+    # divide by y's variance (R^2, F) are NaN with a note, never a refusal of an honest request
+    y_dominated = not cyy > 0.0
     cxy = m2[idx, -1]
     if p:
         beta, inverse, projected = solve_centred(m2[np.ix_(idx, idx)], cxy, slopes, on_noise="positive_definite_part")
@@ -221,15 +222,16 @@ def noisy_regression(aggregates: Sequence[Mapping], request: AnalysisRequest, mo
     q = float(special.stdtrit(df_resid, 1.0 - (1.0 - confidence) / 2.0))
     gradients = coefficient_gradients(n, s1, group, idx, half, mean, beta, inverse)
     err = noise_inference(coef, sampling, gradients, noise, q, confidence)
-    dominated = [bool(flag or projected or ssr <= 0.0) for flag in err.pop("noise_dominates")]
+    dominated = [bool(flag or projected or ssr <= 0.0 or y_dominated) for flag in err.pop("noise_dominates")]
     std_err = np.asarray(err["std_err"])
-    r_squared = 1.0 - ssr / cyy
-    f_stat = ((cyy - ssr) / p) / sigma2 if p and sigma2 > 0 else (math.inf if p else math.nan)
+    r_squared = math.nan if y_dominated else 1.0 - ssr / cyy
+    f_stat = (math.nan if y_dominated else ((cyy - ssr) / p) / sigma2 if p and sigma2 > 0
+              else (math.inf if p else math.nan))
     result = {
         "dependent_var": request.y[0], "n_obs": rows, "df_resid": float(df_resid), "df_model": float(p),
         "rse": math.sqrt(sigma2), "r_squared": r_squared,
         "r_squared_adjusted": 1.0 - (1.0 - r_squared) * (rows - 1) / df_resid,
-        "f_stat": f_stat, "f_pvalue": float(special.fdtrc(p, df_resid, f_stat)) if p else math.nan,
+        "f_stat": f_stat, "f_pvalue": float(special.fdtrc(p, df_resid, f_stat)) if p and not y_dominated else math.nan,
         "indep_vars": columns, "coefficients": coef, "std_err": std_err, "t_stats": coef / std_err,
         **err, "std_err_sampling": sampling, "noise_dominates": dominated,
         "approximate": True,
@@ -247,4 +249,9 @@ def noisy_regression(aggregates: Sequence[Mapping], request: AnalysisRequest, mo
         from mipflow.algorithms.linear_regression import projected_note
 
         result["noise_note"] = projected_note()
+    if y_dominated:
+        result["noise"]["y_variance_dominated"] = True
+        result["noise_note"] = " ".join(filter(None, [result.get("noise_note"), (
+            f"the noise outweighs the variance of {request.y[0]} itself (its noisy variance is not positive): R^2 "
+            "and F are not given; more rows, a larger epsilon or fewer covariates help")]))
     return result

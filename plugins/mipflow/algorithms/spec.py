@@ -380,6 +380,13 @@ class SpecAlgorithm:
         """
         return ()
 
+    def hidden_cells(self, aggregates: dict, request: AnalysisRequest,
+                     model: DataModel) -> Sequence[tuple[tuple[str, str], ...]]:
+        """Of groupings declared ``suppressed``: the cells the checked ``aggregates`` hide, each as its
+        ``(column, level)`` pairs (a bin's level: :func:`mipflow.algorithms.design.bin_labels`).  Default:
+        none."""
+        return ()
+
     def differencing_partition(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
                                state: dict | None) -> np.ndarray | None:
         """The partition of ``data``'s rows whose per-part sums round ``round`` releases (None: none).

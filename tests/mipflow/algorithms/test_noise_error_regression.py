@@ -231,3 +231,29 @@ def test_a_noisy_result_is_labelled_and_deterministic(stroke, req):
     assert result["noise"]["noisy_nodes"] == 2 and set(result["noise"]["not_accounted"]) >= {"r_squared", "f_stat"}
     assert np.all(np.asarray(result["std_err"]) > np.asarray(result["std_err_sampling"]))
     assert np.all(np.asarray(result["lower_ci"]) < np.asarray(result["coef_noise_low"]))
+
+
+def test_noise_outweighing_y_s_variance_gives_coefficients_flagged_and_no_r_squared(stroke, req):
+    """An honest explore session once failed here: at a small cohort the pooled noisy variance of y can come out
+    at or below zero.  The coefficients need only the x co-moments and ``cxy``, so they are still given, every term
+    flagged ``noise_dominates``; R^2 and F, which divide by y's variance, are not given (NaN, null in JSON) with a
+    note; no refusal."""
+    algo = get_algorithm("linear_regression")
+    rng = np.random.default_rng(5)
+    parts = [rows(rng, 3000) for _ in range(2)]
+    aggs = [release(algo, f, req, stroke, KeyedNoise("laplace", 1.0, 0.0, 1, key=noise_key(f"y {i}".encode()),
+                                                     query=b"lr", version=b"v")) for i, f in enumerate(parts)]
+    scales = column_scales(req, stroke)
+    pooled = pooled_sums(aggs, scales[1], scales[2])
+    cyy_scaled = pooled["s2"][-1][-1] - pooled["s1"][-1] ** 2 / pooled["n"]
+    assert cyy_scaled > 0
+    before = json.loads(json.dumps(algo.global_step(0, aggs, req, stroke, None).result))
+    moved = copy.deepcopy(aggs)
+    moved[0]["noisy_sums"]["s2"][-1][-1] -= cyy_scaled + 1.0  # as if the noise had drawn that far
+    result = json.loads(json.dumps(algo.global_step(0, moved, req, stroke, None).result))
+    assert result["noise"]["y_variance_dominated"] is True and all(result["noise_dominates"])
+    # NaN in the result is null in its JSON (the results' encoding of a statistic not given)
+    assert result["r_squared"] is None and result["f_stat"] is None and "outweighs the variance" in result["noise_note"]
+    # y's own variance enters neither the coefficients nor their noise: both as before the move
+    assert result["coefficients"] == pytest.approx(before["coefficients"], rel=1e-12)
+    assert "y_variance_dominated" not in before["noise"]

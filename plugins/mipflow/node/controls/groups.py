@@ -1,8 +1,8 @@
 """Group memory: groups released with their sums are held to the group threshold across releases (ADR 0051).
 
-A t-test, an ANOVA, Gaussian naive Bayes, a contingency table or a model that dummy-encodes a nominal
-covariate (linear and logistic regression, GEE, LMM, Cox) releases sums (count, means, spreads) over level
-cells of nominal variables: groups *inside* a cohort.  The
+A t-test, an ANOVA, Gaussian naive Bayes, a contingency table, a histogram (its bins) or a model that
+dummy-encodes a nominal covariate or fits a binary response (linear and logistic regression, GEE, LMM, Cox)
+releases sums (count, means, spreads) over cells of rows: groups *inside* a cohort.  The
 cohort ledger (ADR 0013) compares cohorts, so two cohorts ``min_row_count`` rows apart could hold
 the same level's group 3 rows apart, and a step releasing two large levels beside descriptive
 statistics of the same cohort leaves the third level's rows to subtraction (tenth review,
@@ -41,20 +41,16 @@ Refusals are control ``differencing`` and name the setting and the rule, never a
 groups are checked at approval (``study_cells``), explore releases are DP: neither is checked here
 (a study's are remembered).
 
-Storage: one row per distinct group and kind: its sorted row keys and, where known, its sorted
-patient keys, each as the ledger stores keys (:mod:`mipflow.node.controls.keycodec`: 7 bytes a key
-and a few bytes of header for groups of hundreds of rows, about 6 at a million), so about 14 bytes a
-row of a group on disk and 16 in memory.  A check reads only the groups whose size is within the
-threshold of the new one's (:meth:`GroupMemory._near_in_size`), and :func:`few_apart` rejects most
-of those by looking a few keys up (exactly), so a check costs a few set comparisons however many
-groups a node remembers.
+Storage: per distinct group and kind, its sorted row and patient keys as the ledger stores keys
+(:mod:`mipflow.node.controls.keycodec`), about 14 bytes a row on disk.  A check reads only the groups
+near in size (:meth:`GroupMemory._near_in_size`); :func:`few_apart` rejects most by a few look-ups.
 """
 from __future__ import annotations
 
 import hashlib
 import itertools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
@@ -106,6 +102,9 @@ class GroupRelease:
     #: the group threshold and the setting that names it
     threshold: int
     setting: str
+    #: its cells under the threshold are suppressed, not refused (``ReleasedGroups.suppressed``): the groups
+    #: are checked after the release check, less the cells it hid (:func:`check_released_groups`)
+    suppressed: bool = False
 
 
 #: A released set of rows to compare a group with: (data model, sorted row keys, sorted patient keys or None).
@@ -132,20 +131,17 @@ def level_groups(data: pd.DataFrame, keys: np.ndarray, groupings: Sequence[Relea
     """
     import pandas as pd
 
-    from mipflow.algorithms.design import category_codes
+    from mipflow.algorithms.design import grouping_codes
 
     groups: dict[str, Group] = {}
     union = np.zeros(len(data), dtype=bool)
     for grouping in groupings:
         columns = list(grouping.columns)
-        codes = [category_codes(data[c], model.variable(c)).to_numpy(dtype=object) for c in columns]
+        # each row's level (a code, a bin, the rest) or None: in no released cell (ADR 0051)
+        codes = [grouping_codes(data, grouping, i, model) for i in range(len(columns))]
         released = np.ones(len(data), dtype=bool)
-        for i, column_codes in enumerate(codes):
-            present = np.array([c is not None for c in column_codes], dtype=bool)
-            if grouping.levels is not None:
-                allowed = set(map(str, grouping.levels[i]))
-                present &= np.array([c in allowed for c in column_codes], dtype=bool)
-            released &= present
+        for column_codes in codes:
+            released &= np.array([c is not None for c in column_codes], dtype=bool)
         union |= released
         rows = np.flatnonzero(released)
         for size in range(1, len(columns) + 1):  # the cells (all columns) and every margin of them
@@ -526,7 +522,8 @@ def group_release(algo: Any, data: pd.DataFrame, request: Any, model: DataModel,
     if not len(union):
         return None  # no row in a released group: nothing released about any
     setting, threshold = group_threshold(algo, settings)
-    return GroupRelease(tuple(groups), union, cohort_digest(cohorts.data_model, union), threshold, setting)
+    return GroupRelease(tuple(groups), union, cohort_digest(cohorts.data_model, union), threshold, setting,
+                        any(g.suppressed for g in groupings))
 
 
 def check_groups(request: Any, context: Any, work: Any) -> None:
@@ -552,7 +549,46 @@ def check_groups(request: Any, context: Any, work: Any) -> None:
     guard.groups.check_cohorts(cohorts.data_model, [cohorts.sets[i] for i in fresh],
                                None if cohorts.patients is None else [cohorts.patients[i] for i in fresh],
                                epoch=epoch, current=current)
-    if release is None or any(0 < len(g.rows) < release.threshold for g in release.groups):
+    if release is not None and not release.suppressed:
+        _check_release(guard, work, release, fresh, epoch, current)
+
+
+def check_released_groups(request: Any, context: Any, work: Any) -> None:
+    """Control (after ``check_release``): the groups of a release whose small cells are suppressed rather
+    than refused (histogram bins, ADR 0051 amended for the fifteenth review), less the cells the checked
+    aggregates hide (``Algorithm.hidden_cells``) and the margins over any of those, held as
+    :func:`check_groups` holds every other release's; what is left is what :func:`remember_groups` keeps."""
+    release = work.groups
+    if work.explore is not None or release is None or not release.suppressed:
+        return
+    hidden = [frozenset(map(tuple, cell)) for cell in work.algo.hidden_cells(work.aggregates, request.analysis,
+                                                                                work.model)]
+    kinds = {kind_of(release.groups[0].data_model, cell) for cell in hidden} if release.groups else set()
+
+    def shown(group: Group) -> bool:
+        if group.cell:
+            return group.kind not in kinds
+        pairs = frozenset(map(tuple, json.loads(group.kind)[1]))
+        return not any(pairs <= cell for cell in hidden)
+
+    work.groups = release = replace(release, groups=tuple(g for g in release.groups if shown(g)))
+    if not work.settings.differencing_check or work.study is not None or not release.groups:
+        return
+    from mipflow.node.controls.differencing import consent_epoch
+
+    guard, cohorts = context.differencing, work.cohorts
+    epoch, current = consent_epoch(context.store), getattr(work, "current_rows", None)  # ADR 0061
+    answered = guard.ledger.answered(cohorts.data_model, epoch)
+    fresh = [i for i, d in enumerate(cohorts.digests) if d not in answered]
+    _check_release(guard, work, release, fresh, epoch, current)
+
+
+def _check_release(guard: Any, work: Any, release: GroupRelease, fresh: Sequence[int], epoch: str,
+                   current: Any) -> None:
+    """The rules on a release's groups (ADR 0051): the complement, the union as a cohort, every group
+    against the memory and the ledger's cohorts, the chain."""
+    cohorts = work.cohorts
+    if any(0 < len(g.rows) < release.threshold for g in release.groups):
         # a group under the threshold is the release check's refusal (control min_row_count, the node
         # is left out), as for a k-means cluster (ADR 0050): the two refusals stay distinct
         return

@@ -48,18 +48,33 @@ def rows_level_groups(rows: Any, groupings: Sequence[ReleasedGroups], data_model
                       block: int | None = None) -> tuple[list[Group], np.ndarray]:
     """:func:`~mipflow.node.controls.groups.level_groups` of a selection left on disk: its rows' keys are
     the snapshot's ``row_key`` (and, with ``patients``, ``pid_key``), in the selection's order."""
+    from mipflow.algorithms.design import REST
+
     block = GROUP_ROWS if block is None else int(block)
+    if any(g.bins is not None and any(b is not None for b in g.bins) for g in groupings):
+        raise ValueError("a released grouping cuts a numerical column into bins")  # frame path only
     columns = list(dict.fromkeys(c for g in groupings for c in g.columns))
     tables = {c: _level_table(rows, c) for c in columns}
-    # per grouping, per column: which distinct levels are released (None: all)
-    allowed: list[list[np.ndarray]] = []
+    # per grouping, per column: its levels (the released ones, then the rest's) and each distinct level's
+    # position among them, then -1 (missing); -1 too for a level neither released nor the rest
+    levels_of: list[list[list[str]]] = []
+    lookup: list[list[np.ndarray]] = []
     for grouping in groupings:
-        per = []
+        names_per, per = [], []
         for i, column in enumerate(grouping.columns):
             names = tables[column][0]
-            wanted = None if grouping.levels is None else set(map(str, grouping.levels[i]))
-            per.append(np.array([wanted is None or n in wanted for n in names] + [False], dtype=bool))
-        allowed.append(per)
+            wanted = None if grouping.levels is None or grouping.levels[i] is None else set(map(str, grouping.levels[i]))
+            if wanted is None:
+                names_per.append(list(names))
+                per.append(np.array([*range(len(names)), -1], dtype=np.int64))
+                continue
+            kept = [n for n in names if n in wanted]
+            rest = REST + "|".join(sorted(wanted))
+            at = [kept.index(n) if n in wanted else (len(kept) if grouping.rest else -1) for n in names]
+            names_per.append(kept + ([rest] if grouping.rest else []))
+            per.append(np.array([*at, -1], dtype=np.int64))
+        levels_of.append(names_per)
+        lookup.append(per)
     subsets = [[subset for size in range(1, len(g.columns) + 1)
                 for subset in itertools.combinations(range(len(g.columns)), size)] for g in groupings]
     # (grouping, subset) -> combined level id -> lists of key blocks; the ids in the order first seen
@@ -79,8 +94,9 @@ def rows_level_groups(rows: Any, groupings: Sequence[ReleasedGroups], data_model
         union = np.zeros(count, dtype=bool)
         for g, grouping in enumerate(groupings):
             released = np.ones(count, dtype=bool)
-            for i, column in enumerate(grouping.columns):
-                released &= allowed[g][i][position[column]]
+            local = [lookup[g][i][position[column]] for i, column in enumerate(grouping.columns)]
+            for i in range(len(grouping.columns)):
+                released &= local[i] >= 0
             union |= released
             at = np.flatnonzero(released)
             if not len(at):
@@ -88,8 +104,7 @@ def rows_level_groups(rows: Any, groupings: Sequence[ReleasedGroups], data_model
             for s, subset in enumerate(subsets[g]):
                 combined = np.zeros(len(at), dtype=np.int64)
                 for i in subset:
-                    column = grouping.columns[i]
-                    combined = combined * len(tables[column][0]) + position[column][at]
+                    combined = combined * len(levels_of[g][i]) + local[i][at]
                 ids, first, inverse = np.unique(combined, return_index=True, return_inverse=True)
                 kept = found[g][s]
                 for j in np.argsort(first, kind="stable"):  # first seen first, as groupby(sort=False)
@@ -105,9 +120,8 @@ def rows_level_groups(rows: Any, groupings: Sequence[ReleasedGroups], data_model
             for combined, (key_parts, pid_parts) in found[g][s].items():
                 levels = []
                 for i in reversed(subset):  # the combined id's digits, last column first
-                    size = len(tables[grouping.columns[i]][0])
-                    combined, digit = divmod(combined, size)
-                    levels.append(tables[grouping.columns[i]][0][digit])
+                    combined, digit = divmod(combined, len(levels_of[g][i]))
+                    levels.append(levels_of[g][i][digit])
                 levels.reverse()
                 kind = kind_of(data_model, [(grouping.columns[i], level) for i, level in zip(subset, levels)])
                 if kind in groups:

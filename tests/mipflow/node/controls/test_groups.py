@@ -1,6 +1,7 @@
 """The group memory and the groups a release lets anyone form (ADR 0051)."""
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -62,6 +63,79 @@ def test_only_the_released_levels_are_groups_and_the_rest_is_the_complement() ->
     check_complement(union, union, 10, "min_row_count")         # none outside
 
 
+def test_a_response_class_and_the_rest_are_cells_alone_and_per_level() -> None:
+    """A binary response's classes (ADR 0051, fifteenth review): the positive level, and every other level as one
+    cell (the rest); per level of a covariate, the joint cells with the class and the level as margins."""
+    data, keys = frame()
+    data["death_90d"] = ["yes", "no", "no", "yes", "no", "no"]
+    groups, union = level_groups(data, keys, [ReleasedGroups(("stroke_type",), (("tia",),), rest=True)],
+                                 STROKE, MODEL)
+    by_kind = {g.kind: set(g.rows.tolist()) for g in groups}
+    rest = kind_of(MODEL, [("stroke_type", "\u2260tia")])
+    assert by_kind == {kind_of(MODEL, [("stroke_type", "tia")]): {100, 103}, rest: {101, 102, 104}}
+    assert set(union.tolist()) == {100, 101, 102, 103, 104}  # every row with a stroke type: no complement
+    groups, union = level_groups(data, keys, [ReleasedGroups(("death_90d", "sex"), (("yes",), None), rest=True)],
+                                 STROKE, MODEL)
+    by_kind = {g.kind: (set(g.rows.tolist()), g.cell) for g in groups}
+    assert by_kind[kind_of(MODEL, [("death_90d", "yes")])] == ({100, 103}, False)       # the class: a margin
+    assert by_kind[kind_of(MODEL, [("death_90d", "yes"), ("sex", "F")])] == ({100}, True)  # a joint cell
+    assert by_kind[kind_of(MODEL, [("death_90d", "\u2260yes"), ("sex", "M")])] == ({102, 105}, True)
+    assert len(union) == 6
+
+
+def test_bins_of_a_numerical_column_are_numpy_s_histogram_bins() -> None:
+    """Histogram bins as cells: half-open, the last closed, a value outside or missing in none; each bin's rows
+    are as many as ``numpy.histogram`` counts."""
+    ages = np.array([18.0, 25.2, 25.19, 90.0, 54.0, 91.0, np.nan, 36.0, 72.0, 89.99])
+    data = pd.DataFrame({"age": ages, "sex": ["F", "M"] * 5})
+    edges = tuple(np.histogram_bin_edges(np.zeros(0), bins=10, range=(18.0, 90.0)).tolist())
+    keys = np.arange(200, 210, dtype=np.uint64)
+    groups, union = level_groups(data, keys, [ReleasedGroups(("age",), bins=(edges,))], STROKE, MODEL)
+    counts = np.histogram(ages[~np.isnan(ages)], bins=10, range=(18.0, 90.0))[0]
+    sizes = {json.loads(g.kind)[1][0][1]: len(g.rows) for g in groups}
+    from mipflow.algorithms.design import bin_labels
+
+    assert [sizes.get(label, 0) for label in bin_labels(edges)] == counts.tolist()
+    assert sizes[bin_labels(edges)[-1]] == 2 and bin_labels(edges)[-1].endswith("90.0]")  # 90 in the last
+    assert set(union.tolist()) == set(keys.tolist()) - {205, 206}  # 91 (outside) and the missing age
+
+
+def test_a_histogram_s_hidden_cells_are_no_groups_and_their_margins_neither() -> None:
+    """Suppressed cells (ADR 0031) are not released: after the release check the groups are the shown cells and
+    the margins over shown cells only (:func:`check_released_groups`); nothing else is remembered."""
+    from types import SimpleNamespace
+
+    from mipflow.node.controls.groups import GroupRelease, check_released_groups
+
+    data, keys = frame()
+    data = data.dropna().reset_index(drop=True)
+    keys = keys[:len(data)]
+    algo = get_algorithm("multiple_histograms")
+    request = AnalysisRequest(data_model=MODEL, datasets=("hospital_a",), x=("sex",), y=("stroke_type",),
+                              parameters={})
+    groupings = algo.released_groups(request, STROKE)
+    groups, union = level_groups(data, keys, groupings, STROKE, MODEL)
+    codes = STROKE.variable("stroke_type").enumeration_codes
+    aggregates = algo.local_step(0, data, request, STROKE, None)
+    hide = ("tia", "sex", "M")  # hide TIA among men (and, say, TIA overall)
+    for record in aggregates["histograms"]:
+        if record["grouping_enum"] in (None, hide[2]):
+            record["counts"][codes.index(hide[0])] = None
+    release = GroupRelease(tuple(groups), union, "digest", 3, "nfilter_tab", suppressed=True)
+    work = SimpleNamespace(explore=None, groups=release, algo=algo, aggregates=aggregates, model=STROKE,
+                           settings=SimpleNamespace(differencing_check=0), study=None)
+    check_released_groups(SimpleNamespace(analysis=request), None, work)
+    kept = {g.kind for g in work.groups.groups}
+    assert kind_of(MODEL, [("stroke_type", "tia")]) not in kept
+    assert kind_of(MODEL, [("sex", "M"), ("stroke_type", "tia")]) not in kept
+    assert kind_of(MODEL, [("sex", "M")]) not in kept            # a margin over a hidden cell
+    assert kind_of(MODEL, [("sex", "F")]) in kept                # a margin over shown cells
+    assert kind_of(MODEL, [("sex", "F"), ("stroke_type", "tia")]) in kept
+    assert kept == {g.kind for g in groups} - {kind_of(MODEL, [("stroke_type", "tia")]),
+                                               kind_of(MODEL, [("sex", "M"), ("stroke_type", "tia")]),
+                                               kind_of(MODEL, [("sex", "M")])}
+
+
 def test_a_group_near_one_of_its_kind_is_refused_and_the_same_group_is_not() -> None:
     memory = GroupMemory()
     tia, other = kind_of(MODEL, [("stroke_type", "tia")]), kind_of(MODEL, [("stroke_type", "ischaemic")])
@@ -100,16 +174,30 @@ def test_the_memory_is_on_disk_and_shared(tmp_path) -> None:
     ("naive_bayes_gaussian_cv", ["age"], ["stroke_type"], {}, (ReleasedGroups(("stroke_type",)),)),
     ("linear_regression", ["stroke_type", "age", "sex"], ["nihss_admission"], {},
      (ReleasedGroups(("stroke_type",)), ReleasedGroups(("sex",)))),
-    # every algorithm that dummy-encodes its covariates: each nominal covariate's levels (issue 14 item 5)
+    # every algorithm that dummy-encodes its covariates: each nominal covariate's levels (issue 14 item 5);
+    # a binary response's classes (the positive one and the rest) alone and per level (fifteenth review)
     ("logistic_regression", ["stroke_type", "age"], ["sex"], {"positive_class": "F"},
-     (ReleasedGroups(("stroke_type",)),)),
+     (ReleasedGroups(("sex", "stroke_type"), (("F",), None), rest=True), ReleasedGroups(("stroke_type",)))),
     ("logistic_regression_cv", ["stroke_type", "age"], ["sex"], {"positive_class": "F"},
-     (ReleasedGroups(("stroke_type",)),)),
+     (ReleasedGroups(("sex", "stroke_type"), (("F",), None), rest=True), ReleasedGroups(("stroke_type",)))),
     ("gee", ["stroke_type", "age"], ["nihss_admission"], {}, (ReleasedGroups(("stroke_type",)),)),
+    ("gee", ["age"], ["death_90d"], {"family": "binomial", "positive_class": "yes"},
+     (ReleasedGroups(("death_90d",), (("yes",),), rest=True),)),
+    ("gee", ["stroke_type"], ["nihss_admission"], {"family": "binomial"},
+     (ReleasedGroups(("nihss_admission", "stroke_type"), bins=((0.0, 0.5, 1.0), None)),
+      ReleasedGroups(("stroke_type",)))),
     ("linear_mixed_model", ["sex", "age"], ["nihss_admission"], {}, (ReleasedGroups(("sex",)),)),
     ("cox_regression", ["stroke_type", "age"], ["followup_days", "death_90d"], {"event_level": "yes"},
-     (ReleasedGroups(("stroke_type",)),)),
-    ("logistic_regression", ["age"], ["sex"], {"positive_class": "F"}, ()),
+     (ReleasedGroups(("death_90d", "stroke_type"), (("yes",), None), rest=True), ReleasedGroups(("stroke_type",)))),
+    ("cox_regression", ["age"], ["followup_days", "death_90d"], {"event_level": "yes"},
+     (ReleasedGroups(("death_90d",), (("yes",),), rest=True),)),
+    ("logistic_regression", ["age"], ["sex"], {"positive_class": "F"},
+     (ReleasedGroups(("sex",), (("F",),), rest=True),)),
+    # histogram bins over the declared range (age 18-90), alone and per level; a nominal variable's levels
+    ("multiple_histograms", ["sex"], ["age"], {"bins": 4},
+     (ReleasedGroups(("age",), bins=((18.0, 36.0, 54.0, 72.0, 90.0),), suppressed=True),
+      ReleasedGroups(("age", "sex"), bins=((18.0, 36.0, 54.0, 72.0, 90.0), None), suppressed=True))),
+    ("multiple_histograms", [], ["stroke_type"], {}, (ReleasedGroups(("stroke_type",), suppressed=True),)),
     ("contingency_table", ["stroke_type"], ["sex"], {}, (ReleasedGroups(("stroke_type", "sex")),)),
     ("ttest_onesample", [], ["nihss_admission"], {}, ()),
     ("pearson_correlation", [], ["nihss_admission", "age"], {}, ()),
