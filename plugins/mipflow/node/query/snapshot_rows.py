@@ -241,20 +241,14 @@ class SnapshotRows:
         """Per mask (a bool a selected row, in their order; None: every one), ``column -> stamp`` of each
         of ``columns``: :func:`~mipflow.node.controls.stamps.frame_stamps` of the same rows and masks read
         into a frame, a block at a time."""
-        from mipflow.node.controls.stamps import MISSING, cell_hashes, column_salt, level_bits, value_bits
+        from mipflow.node.controls.stamps import cell_hashes, code_table, column_salt, stored_bits
 
         out: list[dict[str, int]] = [{} for _ in masks]
         for code in columns:
-            levels = self.levels_of(code)
-            table = None if levels is None else np.append(level_bits(levels, key), MISSING)
+            table = code_table(self.levels_of(code), key)
             salt, totals, done = column_salt(key, code), [0] * len(masks), 0
             for (_, keys), (_, values) in zip(self._blocks("row_key"), self._blocks(self.files[code]), strict=True):
-                if table is None:
-                    bits = value_bits(values, key)
-                else:  # a level code outside the table (none in a complete-case selection): missing
-                    codes = np.asarray(values, dtype=np.int64)
-                    bits = table[np.where((codes >= 0) & (codes < len(levels)), codes, len(levels))]
-                hashes = cell_hashes(keys, bits, salt)
+                hashes = cell_hashes(keys, stored_bits(values, table, key), salt)
                 for i, mask in enumerate(masks):
                     part = hashes if mask is None else hashes[mask[done:done + len(hashes)]]
                     totals[i] = (totals[i] + int(np.add.reduce(part, dtype=np.uint64))) % 2 ** 64
