@@ -168,3 +168,24 @@ def test_stamps_are_compared_under_the_epoch_the_group_was_released_under(tmp_pa
     assert node.describe(only(corrected(rows), "tia")) == "stamps"
     node.epoch = epoch + "-next"
     assert node.describe(only(rows, "tia")) == "refused"
+
+
+def test_the_frame_s_group_stamps_are_the_stamps_of_each_group_s_rows(tmp_path):
+    """:func:`frame_group_stamps` (one sort, running sums) against :func:`frame_stamps` of each set's rows as a
+    mask, rows in any order, a key held by two rows, a missing value, sets of one row and of none."""
+    from mipflow.node.controls.group_stamps import frame_group_stamps
+    from mipflow.node.controls.stamps import frame_stamps
+
+    rng = np.random.default_rng(7)
+    n, key = 500, "k" * 16
+    data = pd.DataFrame({"y": rng.normal(0, 1, n), "grp": rng.choice(["a", "b"], n).astype(object)})
+    data.loc[3, "y"] = np.nan
+    order = rng.permutation(10 * n)[:n].astype(np.uint64)
+    order[9] = order[8]  # two rows of one key
+    sets = [np.unique(order[rng.random(n) < p]) for p in (0.1, 0.5, 0.9)] + [order[[4]], order[:0]]
+    groups = [Group("k", rows, _digest("k", rows), STROKE.key) for rows in sets]
+    union = np.unique(order[rng.random(n) < 0.7])
+    got, got_union = frame_group_stamps(data, order, groups, union, ["y", "grp", "absent"], key)
+    want = frame_stamps(data, order, [np.isin(order, rows) for rows in [*sets, union]], ["y", "grp"], key)
+    assert [g.stamps for g in got] + [got_union] == list(want)
+    assert len({g.stamps["y"] for g in got}) == len(got)  # not vacuous: other rows, other stamps
