@@ -64,7 +64,6 @@ from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from mipflow.exceptions import DisclosureError
 from mipflow.node.controls.disclosure import cohort_refusal, complement_refusal, group_refusal
 from mipflow.node.controls.epochs import PATIENTS, ROWS, Current, EpochView
 from mipflow.node.controls.group_stamps import (
