@@ -80,7 +80,6 @@ def rows_stamped_groups(rows: Any, groupings: Sequence[ReleasedGroups], data_mod
         allowed.append(per)
     subsets = [[subset for size in range(1, len(g.columns) + 1)
                 for subset in itertools.combinations(range(len(g.columns)), size)] for g in groupings]
-    # (grouping, subset) -> combined level id -> lists of key blocks; the ids in the order first seen
     # (grouping, subset) -> combined level id -> [key blocks, patient key blocks, stamps]; ids in the order seen
     found: list[list[dict[int, list]]] = [[{} for _ in per] for per in subsets]
     union_parts: list[np.ndarray] = []
@@ -92,8 +91,8 @@ def rows_stamped_groups(rows: Any, groupings: Sequence[ReleasedGroups], data_mod
         count = min(max(1, block), n - start)
         values = next_rows(count)
         named = dict(zip(read, values))
-        position = {c: tables[c][1][np.where((v >= 0) & (v < len(tables[c][1]) - 1), v, -1)]
-                    for c, v in ((c, named[c]) for c in columns)}
+        position = {c: tables[c][1][np.where((named[c] >= 0) & (named[c] < len(tables[c][1]) - 1), named[c], -1)]
+                    for c in columns}
         keys = values[len(read)].copy()
         pids = values[len(read) + 1].copy() if patients else None
         # each row's cell hashes, a column of the stamped ones each (wrapping sums mod 2**64: the stamps)
