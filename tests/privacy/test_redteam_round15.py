@@ -19,7 +19,9 @@ Found (holes):
    stroke type (the TIA group: ``n``, mean, ``m2``); a nightly load corrects one TIA patient's NIHSS; descriptive
    statistics of ``stroke_type = tia`` (a new cohort of the ledger, so no stamp to compare; the group memory sees the
    same rows, 0 apart) give the group's sums after it.  Their difference is her old and new NIHSS.  Two releases,
-   no new rows (ADR 0061 residual (b) from the other side).
+   no new rows (ADR 0061 residual (b) from the other side).  **Closed** (issue 14): each released group carries its
+   value stamps, and a group and a group or cohort of the same rows under one consent epoch compare them, in either
+   order, on the frame and streamed paths alike (ADR 0061 amended).
 2. **Three releases ``B``, ``B' ∪ N``, ``N``** (ADR 0061 residual (a), made concrete): descriptive statistics on
    everyone, a correction, 12 new rows, everyone again, then the new rows alone: the corrected patient's old and
    new NIHSS.  **Closed**: the chain rule sees a remembered row released with a value since corrected as a
@@ -141,7 +143,7 @@ def target_of(frame: pd.DataFrame):
 #: node -> (registry kind, data models loaded, settings)
 PLAN = {"groupfix": ("levels", (STROKE,), {}), "threefix": ("levels", (STROKE,), {}),
         "versions": ("levels", (STROKE, STROKE_V2), {}), "chain": ("chain", (STROKE,), {}),
-        "stamps": ("levels", (STROKE,), {}),
+        "groupfixframe": ("levels", (STROKE,), {"columnar_snapshot": 0}), "stamps": ("levels", (STROKE,), {}),
         "streamfix": ("levels", (STROKE,), {}), "framefix": ("levels", (STROKE,), {"columnar_snapshot": 0})}
 
 
@@ -170,29 +172,33 @@ def standard(tmp_path_factory) -> Iterator[dict[str, Served]]:
 TIA = where(rule("stroke_type", "equal", "tia"))
 
 
-@pytest.mark.xfail(strict=True, reason="round 15 hole 1: a group released before a correction and a cohort of the "
-                   "same rows after it are 0 apart to the group memory and the cohort has no stamp")
-def test_hole_a_group_before_a_correction_and_the_same_rows_as_a_cohort_after_it_give_old_and_new(standard):
-    """Hole 1.  Class: value stamps cover the cohort ledger's exact repeats only; the group memory compares rows
-    (ADR 0061 residual (b), here with no new rows at all).  Adversary: a researcher in a standard-mode project.
+def test_hole_1_closed_a_group_before_a_correction_and_the_same_rows_as_a_cohort_after_it_are_refused(standard):
+    """Hole 1 (closed: each released group carries its value stamps, ADR 0061 "Value stamps", the group memory).
+    Class: value stamps covered the cohort ledger's exact repeats only; the group memory compared rows (ADR 0061
+    residual (b), here with no new rows at all).  Adversary: a researcher in a standard-mode project.
 
     The one-way ANOVA of NIHSS by stroke type releases the TIA group's ``n``, mean and ``m2`` (80 rows).  A nightly
     load corrects one TIA patient's NIHSS (41 -> 12).  Descriptive statistics of ``stroke_type = tia``: a cohort the
-    ledger never held (no stamp), equal to a remembered group (rule 4: 0 rows apart is allowed)."""
-    node = standard["groupfix"]
-    anova = node.call("anova_oneway", request(["nihss_admission"], ["stroke_type"]), project=AUDIT)
-    assert anova.status_code == 200, anova.text
-    before = sums(anova.json()["aggregates"]["groups"][2])  # levels sorted: haemorrhagic, ischaemic, tia
-    target = target_of(node.rows)
-    old = float(node.rows.loc[target, "nihss_admission"])
-    correct(node, [target], nihss_admission=12.0)
-    after = node.call("descriptive_stats", request(["nihss_admission"], filters=TIA), project=AUDIT)
-    if after.status_code == 403:  # the defence: the cohort is compared with the group's stamps
-        assert typed(after) == (403, "differencing")
-        return
-    recovered = old_and_new(before, sums(stats_moments(after)))
-    assert recovered == pytest.approx((old, 12.0))
-    assert recovered != pytest.approx((old, 12.0)), "the group before and the cohort after give old and new values"
+    ledger never held (no stamp of its own), the same rows as a remembered group (0 apart, allowed by rows) holding
+    another NIHSS: refused ``differencing``, the correction said first, on the streamed node (the shipped columnar
+    snapshot) and the frame node (``columnar_snapshot 0``) alike.  Answered, the two releases gave her old and new
+    NIHSS (measured before the fix)."""
+    for name in ("groupfix", "groupfixframe"):
+        node = standard[name]
+        anova = node.call("anova_oneway", request(["nihss_admission"], ["stroke_type"]), project=AUDIT)
+        assert anova.status_code == 200, anova.text
+        before = sums(anova.json()["aggregates"]["groups"][2])  # levels sorted: haemorrhagic, ischaemic, tia
+        target = target_of(node.rows)
+        old = float(node.rows.loc[target, "nihss_admission"])
+        correct(node, [target], nihss_admission=12.0)
+        after = node.call("descriptive_stats", request(["nihss_admission"], filters=TIA), project=AUDIT)
+        if after.status_code == 200:
+            recovered = old_and_new(before, sums(stats_moments(after)))
+            assert recovered == pytest.approx((old, 12.0))
+        assert typed(after) == (403, "differencing"), f"{name}: the group before and the cohort after give old and new"
+        words = after.json()["refused"]
+        assert words.startswith("a load has corrected") and words.endswith("then re-run"), words
+        assert not any(ch.isdigit() for ch in words)  # no value, no count
 
 
 def test_hole_before_after_with_new_rows_and_the_new_rows_alone_give_old_and_new(standard):
@@ -476,9 +482,9 @@ def test_honest_standard_session_a_nightly_correction_then_the_routine_and_a_log
     routine (descriptive statistics, a regression of NIHSS on age), an ANOVA of NIHSS by stroke type and then a
     logistic regression of 90-day death on stroke type and age: all answered.  A nightly load at hospital_a corrects
     one NIHSS: the regression's re-run leaves hospital_a out (``differencing``; by design, ADR 0061) and the result
-    comes from the two others; the message first says the rows are "too close to rows this node already answered"
-    and to "use the same filters and variables as an earlier analysis" (which the researcher did), and only its last
-    sentence names a corrected load and the remedy (new rows, then re-run).  After the next load of 12 new patients
+    comes from the two others; the message first says that a load corrected values the analysis reads in rows
+    answered before (the reviewer found it said "too close to rows this node already answered" first, and to "use
+    the same filters", which the researcher did: issue 14) and ends with the remedy (new rows, then re-run).  After the next load of 12 new patients
     the routine answers everywhere."""
     from mipflow.exceptions import MipflowError
 
@@ -520,5 +526,6 @@ def test_honest_standard_session_a_nightly_correction_then_the_routine_and_a_log
     status, words = rerun["regression"]  # answered by the two others, hospital_a left out saying what to do
     assert status == "answered" and words.startswith("hospital_a: refused (differencing)"), rerun
     assert "corrected" in words and "new rows" in words and words.endswith("then re-run"), words
+    assert words.startswith("hospital_a: refused (differencing): a load has corrected"), words
     # (the re-run of descriptive statistics is answered by all three: hole 6, not honest work)
     assert later == {name: ("answered", "") for name in routine}, later

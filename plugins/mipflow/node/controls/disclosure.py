@@ -185,6 +185,50 @@ STALE_HINT = ("An earlier answer is no longer repeated exactly once the node has
               "into the cohort, then re-run")
 
 
+# the group memory's refusals (ADR 0051; mipflow.node.controls.groups)
+def complement_refusal(setting: str, threshold: int) -> DisclosureError:
+    return DisclosureError(
+        "the rows of this analysis's cohort outside the groups it releases (levels it does not compare) would "
+        f"be a group of fewer than {setting} ({threshold}) rows, which the cohort's statistics less these "
+        "groups' would single out (differencing control). Filter the rows to the levels compared, or compare "
+        "levels that leave none or many rows out", control="differencing")
+
+
+def group_refusal(setting: str, threshold: int) -> DisclosureError:
+    return DisclosureError(
+        "a group this analysis releases (the rows of a level of a grouping variable, or of a cell of two) and "
+        "a group or cohort this node released before (of any variable, level, algorithm or data model) would be "
+        f"the same rows but for fewer than {setting} ({threshold}), or combine into a group that small: their "
+        "statistics would single out those patients (group memory, differencing control). Use the same filters "
+        "and datasets as the earlier analysis, group by a variable rather than filter on one of its levels (a "
+        "two-way analysis answers both), or use filters that change each group by many rows; for subgroups "
+        f"that must all be answered exactly, ask the node's admin for a study protocol. {STALE_HINT}",
+        control="differencing")
+
+
+def cohort_refusal() -> DisclosureError:
+    return DisclosureError(
+        "the selected rows and a group this node released before (the rows of a level of a grouping variable, "
+        "under this or another data model) are the same rows but for a few: their statistics would combine "
+        "into a group of fewer rows than the group threshold, which could single out patients (group memory, "
+        "differencing control). Use a filter that selects many more or many fewer rows, the same rows as the "
+        f"earlier group, or group by the variable instead of filtering on its level. {STALE_HINT}",
+        control="differencing")
+
+
+def stamp_refusal() -> DisclosureError:
+    """The refusal of a value stamp's change (ADR 0061, "Value stamps"): the same rows as an earlier cohort or
+    group, under this consent epoch, holding other values in a column both releases read.  Said first, since the
+    researcher repeated an earlier analysis as advised; the same words for a cohort and a group, no size."""
+    return DisclosureError(
+        "a load has corrected, in place, values this analysis reads in rows this node already answered for (as "
+        "a cohort, or as the group of a level of a grouping variable): this answer and the earlier one would be "
+        "the same rows holding other values, and their difference those patients' old and new values "
+        "(differencing control). After such a correction an earlier answer is no longer repeated exactly, "
+        "whatever filter or grouping selects the same rows: wait until at least min_row_count new rows are "
+        "loaded into the cohort, then re-run", control="differencing")
+
+
 def dominated_refusal(min_row_count: int) -> DisclosureError:
     """The refusal of a dominated weighted sum (control ``dominated_sums``): one message whether the
     release alone (ADR 0053) or its difference with an earlier release of the same weighted sums

@@ -30,6 +30,9 @@ groups (``Algorithm.released_groups``, :class:`mipflow.algorithms.contract.Relea
 * **groups against cohorts**: a group and a cohort of the ledger (any step's rows under any data
   model, e.g. a filter pinning the level, ``stroke_type = tia AND age >= 25``) may not be the same
   rows but for 1 .. threshold - 1 (:func:`few_apart`), checked from either side;
+* **value stamps** (ADR 0061; :mod:`mipflow.node.controls.group_stamps`): a group and a group or cohort that are
+  the same rows under this consent epoch, in either order, may not hold other values in a column both read
+  (a load's correction in place; the fifteenth review's hole 1);
 * **groups in the chain rule** (thirteenth review, :mod:`mipflow.node.controls.chain`): every remembered
   cell (the finest groups of a grouping; margins are their sums) is a set of the ledger's chain rule beside
   the cohorts, and a release's fresh cohorts and new cells are one addition (:func:`chain_groups`): a group
@@ -53,13 +56,15 @@ import json
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from mipflow.exceptions import DisclosureError
-from mipflow.node.controls.disclosure import STALE_HINT
+from mipflow.node.controls.disclosure import cohort_refusal, complement_refusal, group_refusal
 from mipflow.node.controls.epochs import PATIENTS, ROWS, Current, EpochView
+from mipflow.node.controls.group_stamps import (
+    GroupStamps, frame_group_stamps, refuse_corrected_cohorts, refuse_corrected_groups,
+)
 from mipflow.node.controls.ledger import (
     _overlap, cohort_digest, decode_keys, encode_keys, pair_conflict, sorted_unique,
 )
@@ -89,6 +94,8 @@ class Group:
     #: a cell of its grouping (all its columns), not a margin: what the chain rule is handed (a margin
     #: is a sum of cells; ADR 0051, thirteenth review)
     cell: bool = True
+    #: its value stamps, ``column -> stamp`` of the columns the step reads (ADR 0061; None: not known)
+    stamps: Mapping[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +112,8 @@ class GroupRelease:
     #: its cells under the threshold are suppressed, not refused (``ReleasedGroups.suppressed``): the groups
     #: are checked after the release check, less the cells it hid (:func:`check_released_groups`)
     suppressed: bool = False
+    #: the union's value stamps (ADR 0061; None: not known)
+    union_stamps: dict[str, int] | None = None
 
 
 #: A released set of rows to compare a group with: (data model, sorted row keys, sorted patient keys or None).
@@ -161,36 +170,6 @@ def level_groups(data: pd.DataFrame, keys: np.ndarray, groupings: Sequence[Relea
 
 def _digest(kind: str, rows: np.ndarray) -> str:
     return hashlib.sha256(kind.encode() + b"\x1f" + np.ascontiguousarray(rows, dtype="<u8").tobytes()).hexdigest()
-
-
-def complement_refusal(setting: str, threshold: int) -> DisclosureError:
-    return DisclosureError(
-        "the rows of this analysis's cohort outside the groups it releases (levels it does not compare) would "
-        f"be a group of fewer than {setting} ({threshold}) rows, which the cohort's statistics less these "
-        "groups' would single out (differencing control). Filter the rows to the levels compared, or compare "
-        "levels that leave none or many rows out", control="differencing")
-
-
-def group_refusal(setting: str, threshold: int) -> DisclosureError:
-    return DisclosureError(
-        "a group this analysis releases (the rows of a level of a grouping variable, or of a cell of two) and "
-        "a group or cohort this node released before (of any variable, level, algorithm or data model) would be "
-        f"the same rows but for fewer than {setting} ({threshold}), or combine into a group that small: their "
-        "statistics would single out those patients (group memory, differencing control). Use the same filters "
-        "and datasets as the earlier analysis, group by a variable rather than filter on one of its levels (a "
-        "two-way analysis answers both), or use filters that change each group by many rows; for subgroups "
-        f"that must all be answered exactly, ask the node's admin for a study protocol. {STALE_HINT}",
-        control="differencing")
-
-
-def cohort_refusal() -> DisclosureError:
-    return DisclosureError(
-        "the selected rows and a group this node released before (the rows of a level of a grouping variable, "
-        "under this or another data model) are the same rows but for a few: their statistics would combine "
-        "into a group of fewer rows than the group threshold, which could single out patients (group memory, "
-        "differencing control). Use a filter that selects many more or many fewer rows, the same rows as the "
-        f"earlier group, or group by the variable instead of filtering on its level. {STALE_HINT}",
-        control="differencing")
 
 
 def check_complement(cohort: np.ndarray, union: np.ndarray, threshold: int, setting: str) -> None:
@@ -308,6 +287,7 @@ class GroupMemory(SqliteState):
         self._by_patients: dict[int, list[int]] = {}    # patients -> indices
         self._largest_threshold = 0
         self._seen = 0  # the file's rows up to this rowid are read
+        self.stamps = GroupStamps(self.path)  # the groups' value stamps, by their rows (ADR 0061)
         if self.path is not None:
             with self._lock, self._connect() as conn:
                 conn.execute("CREATE TABLE IF NOT EXISTS groups (data_model TEXT NOT NULL, kind TEXT NOT NULL, "
@@ -458,7 +438,8 @@ class GroupMemory(SqliteState):
                         raise cohort_refusal()
 
     def record(self, groups: Sequence[Group], threshold: int, epoch: str = "") -> None:
-        """Remember released groups (one remembered before costs nothing)."""
+        """Remember released groups (one remembered before costs nothing) and their value stamps."""
+        self.stamps.record(groups, epoch)
         with self._lock:
             self._refresh()
             new = [g for g in groups if g.digest not in self._by_kind.get(g.kind, {})]
@@ -499,18 +480,20 @@ class GroupMemory(SqliteState):
 
 
 def group_release(algo: Any, data: pd.DataFrame, request: Any, model: DataModel, cohorts: Any,
-                  settings: Any) -> GroupRelease | None:
+                  settings: Any, key: str | None = None) -> GroupRelease | None:
     """The groups a step releases (None: it declares none, or its rows' keys are not known), from its frame
-    and the cohorts' order, or from its rows left on disk (:mod:`mipflow.node.controls.groups_rows`)."""
+    and the cohorts' order, or from its rows left on disk (:mod:`mipflow.node.controls.groups_rows`); with the
+    ledger ``key``, with their value stamps of the cohort's stamped columns (ADR 0061)."""
     from mipflow.node.controls.disclosure import group_threshold
 
     groupings = algo.released_groups(request, model) if hasattr(algo, "released_groups") else ()
     if not groupings:
         return None
+    stamped, union_stamps = list(cohorts.stamps[0]) if key is not None and cohorts.stamps else [], None
     if hasattr(data, "reader"):  # rows left on disk (ADR 0062): level codes and keys read a block at a time
-        from mipflow.node.controls.groups_rows import rows_level_groups
+        from mipflow.node.controls.groups_rows import rows_stamped_groups
 
-        groups, union = rows_level_groups(data, groupings, cohorts.data_model)
+        groups, union, union_stamps = rows_stamped_groups(data, groupings, cohorts.data_model, key, stamped)
     else:
         order = getattr(cohorts, "order", None)
         if order is None or len(order) != len(data):
@@ -519,11 +502,14 @@ def group_release(algo: Any, data: pd.DataFrame, request: Any, model: DataModel,
         people = None if people is None or len(people) != len(data) else np.asarray(people, dtype=np.uint64)
         groups, union = level_groups(data, np.asarray(order, dtype=np.uint64), groupings, model,
                                      cohorts.data_model, patients=people)
+        if key is not None:
+            groups, union_stamps = frame_group_stamps(data, np.asarray(order, dtype=np.uint64), groups, union,
+                                                      stamped, key)
     if not len(union):
         return None  # no row in a released group: nothing released about any
     setting, threshold = group_threshold(algo, settings)
     return GroupRelease(tuple(groups), union, cohort_digest(cohorts.data_model, union), threshold, setting,
-                        any(g.suppressed for g in groupings))
+                        any(g.suppressed for g in groupings), union_stamps)
 
 
 def check_groups(request: Any, context: Any, work: Any) -> None:
@@ -536,7 +522,7 @@ def check_groups(request: Any, context: Any, work: Any) -> None:
     if work.explore is not None:
         return
     work.groups = release = group_release(work.algo, work.data, request.analysis, work.model, work.cohorts,
-                                          work.settings)
+                                          work.settings, context.differencing.key)
     if not work.settings.differencing_check or work.study is not None:
         return
     from mipflow.node.controls.differencing import consent_epoch
@@ -545,6 +531,7 @@ def check_groups(request: Any, context: Any, work: Any) -> None:
     epoch, current = consent_epoch(context.store), getattr(work, "current_rows", None)  # ADR 0061
     answered = guard.ledger.answered(cohorts.data_model, epoch)
     fresh = [i for i, d in enumerate(cohorts.digests) if d not in answered]
+    refuse_corrected_cohorts(guard, cohorts, epoch)  # the same rows as a group, other values (ADR 0061)
     # every step's new cohorts against the groups released before: a filter pinning a level
     guard.groups.check_cohorts(cohorts.data_model, [cohorts.sets[i] for i in fresh],
                                None if cohorts.patients is None else [cohorts.patients[i] for i in fresh],
@@ -592,12 +579,13 @@ def _check_release(guard: Any, work: Any, release: GroupRelease, fresh: Sequence
         # a group under the threshold is the release check's refusal (control min_row_count, the node
         # is left out), as for a k-means cluster (ADR 0050): the two refusals stay distinct
         return
+    refuse_corrected_groups(guard, release, epoch)
     check_complement(cohorts.sets[0], release.union, release.threshold, release.setting)
     released = guard.groups.chain_sets(epoch, current)
     if release.union_digest not in cohorts.digests:
         guard.ledger.check(cohorts.data_model, [release.union], work.settings.min_row_count,
                            [release.union_digest], primes=guard.primes, released=released, epoch=epoch,
-                           current=current)
+                           current=current, stamps=None if release.union_stamps is None else [release.union_stamps])
     guard.groups.check(release.groups, release.threshold, release.setting, cohorts=guard.ledger.every_release(),
                        epoch=epoch, current=current)
     chain_groups(guard, cohorts, fresh, release, work.settings.min_row_count, released, epoch, current)
@@ -631,5 +619,6 @@ def remember_groups(context: Any, work: Any) -> None:
 
     guard, epoch = context.differencing, consent_epoch(context.store)  # ADR 0061
     if release.union_digest not in work.cohorts.digests:
-        guard.ledger.record(work.cohorts.data_model, [release.union], [release.union_digest], epoch=epoch)
+        guard.ledger.record(work.cohorts.data_model, [release.union], [release.union_digest], epoch=epoch,
+                            stamps=None if release.union_stamps is None else [release.union_stamps])
     guard.groups.record(release.groups, release.threshold, epoch)

@@ -8,6 +8,10 @@ of :data:`GROUP_ROWS` rows at a time, and gives the same groups (kinds, rows, pa
 and margins) in the same order (each grouping's cells, then its margins, each level combination in the
 order its first row comes, as ``groupby(sort=False)``), and the same union.
 
+With a ledger key and the columns a step reads (:func:`rows_stamped_groups`), each group's value stamps and the
+union's (ADR 0061, the group memory's stamps) are summed in the same pass: the numbers
+:func:`mipflow.node.controls.group_stamps.frame_group_stamps` gives on the frame.
+
 Memory: a block, and the keys of the rows each group holds (8 bytes a row and a group for rows, 8 for
 patients) until they are sorted: what the frame path holds besides its frame.
 """
@@ -48,13 +52,26 @@ def rows_level_groups(rows: Any, groupings: Sequence[ReleasedGroups], data_model
                       block: int | None = None) -> tuple[list[Group], np.ndarray]:
     """:func:`~mipflow.node.controls.groups.level_groups` of a selection left on disk: its rows' keys are
     the snapshot's ``row_key`` (and, with ``patients``, ``pid_key``), in the selection's order."""
+    groups, union, _ = rows_stamped_groups(rows, groupings, data_model, patients=patients, block=block)
+    return groups, union
+
+
+def rows_stamped_groups(rows: Any, groupings: Sequence[ReleasedGroups], data_model: str, key: str | None = None,
+                        stamped: Sequence[str] = (), *, patients: bool = True, block: int | None = None
+                        ) -> tuple[list[Group], np.ndarray, dict[str, int] | None]:
+    """:func:`rows_level_groups`, and with a ledger ``key`` each group's value stamps of the ``stamped``
+    columns (:mod:`mipflow.node.controls.stamps`) and the union's (None without a key)."""
     from mipflow.algorithms.design import REST
+    from mipflow.node.controls.stamps import cell_hashes, code_table, column_salt, stored_bits
 
     block = GROUP_ROWS if block is None else int(block)
     if any(g.bins is not None and any(b is not None for b in g.bins) for g in groupings):
         raise ValueError("a released grouping cuts a numerical column into bins")  # frame path only
     columns = list(dict.fromkeys(c for g in groupings for c in g.columns))
     tables = {c: _level_table(rows, c) for c in columns}
+    stamped = [] if key is None else list(dict.fromkeys(stamped))
+    bit_tables = {c: code_table(rows.levels_of(c), key) for c in stamped}
+    read = list(dict.fromkeys([*columns, *stamped]))
     # per grouping, per column: its levels (the released ones, then the rest's) and each distinct level's
     # position among them, then -1 (missing); -1 too for a level neither released nor the rest
     levels_of: list[list[list[str]]] = []
@@ -77,20 +94,26 @@ def rows_level_groups(rows: Any, groupings: Sequence[ReleasedGroups], data_model
         lookup.append(per)
     subsets = [[subset for size in range(1, len(g.columns) + 1)
                 for subset in itertools.combinations(range(len(g.columns)), size)] for g in groupings]
-    # (grouping, subset) -> combined level id -> lists of key blocks; the ids in the order first seen
-    found: list[list[dict[int, tuple[list[np.ndarray], list[np.ndarray]]]]] = [
-        [{} for _ in per] for per in subsets]
+    # (grouping, subset) -> combined level id -> [key blocks, patient key blocks, stamps]; ids in the order seen
+    found: list[list[dict[int, list]]] = [[{} for _ in per] for per in subsets]
     union_parts: list[np.ndarray] = []
+    union_stamps = np.zeros(len(stamped), dtype=np.uint64)
     names = ["row_key", *(["pid_key"] if patients else [])]
     n = len(rows)
-    next_rows = rows.reader([*columns, *names]) if n else None
+    next_rows = rows.reader([*read, *names]) if n else None
     for start in range(0, n, max(1, block)):
         count = min(max(1, block), n - start)
         values = next_rows(count)
-        position = {c: tables[c][1][np.where((v >= 0) & (v < len(tables[c][1]) - 1), v, -1)]
-                    for c, v in zip(columns, values)}
-        keys = values[len(columns)].copy()
-        pids = values[len(columns) + 1].copy() if patients else None
+        named = dict(zip(read, values))
+        position = {c: tables[c][1][np.where((named[c] >= 0) & (named[c] < len(tables[c][1]) - 1), named[c], -1)]
+                    for c in columns}
+        keys = values[len(read)].copy()
+        pids = values[len(read) + 1].copy() if patients else None
+        # each row's cell hashes, a column of the stamped ones each (wrapping sums mod 2**64: the stamps)
+        hashes = np.zeros((count, len(stamped)), dtype=np.uint64)
+        for j, column in enumerate(stamped):
+            hashes[:, j] = cell_hashes(keys, stored_bits(named[column], bit_tables[column], key),
+                                       column_salt(key, column))
         union = np.zeros(count, dtype=bool)
         for g, grouping in enumerate(groupings):
             released = np.ones(count, dtype=bool)
@@ -109,15 +132,17 @@ def rows_level_groups(rows: Any, groupings: Sequence[ReleasedGroups], data_model
                 kept = found[g][s]
                 for j in np.argsort(first, kind="stable"):  # first seen first, as groupby(sort=False)
                     members = at[inverse.reshape(-1) == j]
-                    lists = kept.setdefault(int(ids[j]), ([], []))
+                    lists = kept.setdefault(int(ids[j]), [[], [], np.zeros(len(stamped), dtype=np.uint64)])
                     lists[0].append(keys[members])
                     if pids is not None:
                         lists[1].append(pids[members])
+                    lists[2] += np.add.reduce(hashes[members], axis=0, dtype=np.uint64)
         union_parts.append(keys[union])
+        union_stamps += np.add.reduce(hashes[union], axis=0, dtype=np.uint64)
     groups: dict[str, Group] = {}
     for g, grouping in enumerate(groupings):
         for s, subset in enumerate(subsets[g]):
-            for combined, (key_parts, pid_parts) in found[g][s].items():
+            for combined, (key_parts, pid_parts, sums) in found[g][s].items():
                 levels = []
                 for i in reversed(subset):  # the combined id's digits, last column first
                     combined, digit = divmod(combined, len(levels_of[g][i]))
@@ -129,6 +154,10 @@ def rows_level_groups(rows: Any, groupings: Sequence[ReleasedGroups], data_model
                 members = sorted_unique(np.concatenate(key_parts))
                 people = sorted_unique(np.concatenate(pid_parts)) if patients else None
                 groups[kind] = Group(kind, members, _digest(kind, members), data_model, people,
-                                     cell=len(subset) == len(grouping.columns))
+                                     cell=len(subset) == len(grouping.columns), stamps=_stamps(stamped, sums, key))
     union = sorted_unique(np.concatenate(union_parts)) if union_parts else np.zeros(0, dtype=np.uint64)
-    return list(groups.values()), union
+    return list(groups.values()), union, _stamps(stamped, union_stamps, key)
+
+
+def _stamps(columns: Sequence[str], sums: np.ndarray, key: str | None) -> dict[str, int] | None:
+    return None if key is None else {c: int(t) for c, t in zip(columns, sums)}

@@ -97,7 +97,7 @@ def pair_conflict(new: np.ndarray, old: np.ndarray, threshold: int) -> bool:
     return any(_small(n, threshold) for n in (len(new) - both, len(old) - both, both))
 
 
-from mipflow.node.controls.disclosure import STALE_HINT  # noqa: E402 - every memory's refusal says it (ADR 0061)
+from mipflow.node.controls.disclosure import STALE_HINT, stamp_refusal  # noqa: E402 - every memory's refusal says it (ADR 0061)
 
 
 def _refusal(threshold: int) -> DisclosureError:
@@ -349,11 +349,11 @@ class CohortLedger(SqliteState):
             known = {e.digest for e in entries if e.data_model == data_model and e.epoch == epoch}  # answered()
             fresh = [i for i, d in enumerate(digests) if d not in known]
             if stamps is not None and self._corrected(data_model, digests, stamps, known):
-                raise _refusal(threshold)
+                raise stamp_refusal()  # the correction said first (ADR 0061)
             if patient_stamps is not None and patients is not None and self._corrected_across(
                     entries, data_model, epoch, [(patients[i], patient_stamps[i]) for i in fresh
                                                  if i < len(patient_stamps)]):
-                raise _refusal(threshold)
+                raise stamp_refusal()
             for i, cohort in enumerate(cohorts):
                 if any(pair_conflict(cohort, other, threshold) for other in cohorts[:i]):
                     raise _refusal(threshold)

@@ -70,6 +70,21 @@ def value_bits(values: object, key: str) -> np.ndarray:
     return level_bits(series.astype(object).tolist(), key)
 
 
+def code_table(levels: Sequence[object] | None, key: str) -> np.ndarray | None:
+    """The canonical bits of a stored categorical column's level codes, then :data:`MISSING` (for a code
+    outside the table); None for a numerical column (``levels`` None)."""
+    return None if levels is None else np.append(level_bits(levels, key), MISSING)
+
+
+def stored_bits(values: np.ndarray, table: np.ndarray | None, key: str) -> np.ndarray:
+    """:func:`value_bits` of a block of a column left on disk: numbers as they are, level codes through their
+    :func:`code_table` (a code outside it, none in a complete-case selection: missing)."""
+    if table is None:
+        return value_bits(values, key)
+    codes = np.asarray(values, dtype=np.int64)
+    return table[np.where((codes >= 0) & (codes < len(table) - 1), codes, len(table) - 1)]
+
+
 def cell_hashes(row_keys: np.ndarray, bits: np.ndarray, salt: np.uint64) -> np.ndarray:
     """A keyed 64-bit hash of each cell ``(row, column, value)``."""
     return _mix(np.asarray(row_keys, dtype=np.uint64) ^ salt ^ _mix(np.asarray(bits, dtype=np.uint64) ^ salt))

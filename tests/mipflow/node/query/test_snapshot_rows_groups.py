@@ -5,7 +5,8 @@ linear and logistic regression with nominal covariates release what the frame gi
 cohorts' value stamps (ADR 0061 hole 2) are the frame's.
 
 Blocks of 1, 7, 64 rows and the whole selection; missing values on and beside blocks' edges (numerical and
-nominal); a level no row holds (``w``) and a rare one (``r``).
+nominal); a level no row holds (``w``) and a rare one (``r``).  The groups' and the union's value stamps (ADR 0061,
+the group memory's) are the frame's too.
 """
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ from mipflow.algorithms.contract import ReleasedGroups
 from mipflow.algorithms.local import prepare_local_data
 from mipflow.node.controls import differencing, groups_rows
 from mipflow.node.controls.differencing import DifferencingGuard, hash_key
+from mipflow.node.controls.group_stamps import frame_group_stamps
 from mipflow.node.controls.groups import group_release, level_groups
-from mipflow.node.controls.groups_rows import rows_level_groups
+from mipflow.node.controls.groups_rows import rows_level_groups, rows_stamped_groups
 from mipflow.node.query.read import _check_variables, select_frame, select_rows
 from mipflow.node.query.snapshot import current_snapshot, select_columns
 from mipflow.protocol.request import AnalysisRequest
@@ -111,6 +113,7 @@ def _same_groups(got, want) -> None:
     for mine, theirs in zip(got, want):
         np.testing.assert_array_equal(mine.rows, theirs.rows)
         np.testing.assert_array_equal(mine.patients, theirs.patients)
+        assert mine.stamps == theirs.stamps
 
 
 GROUPINGS = [
@@ -141,6 +144,19 @@ def test_the_groups_of_rows_on_disk_are_the_frames(groupings, datasets, filters,
         alone = not any(g.rest and "grp" in g.columns and g.levels[g.columns.index("grp")] is not None
                         for g in groupings)
         assert len(want) >= 1 and any(len(g.rows) <= 3 for g in want) == ("r" in set(frame["grp"]) and alone)
+    # the value stamps of every group and of the union (ADR 0061), streamed and from the frame
+    read = ["y", "grp", "x1"]
+    stamped, stamped_union = frame_group_stamps(frame, cohorts.order, want, want_union, read, KEY)
+    got, got_union, got_stamps = rows_stamped_groups(rows, groupings, MODEL.key, KEY, read)
+    _same_groups(got, stamped)
+    assert got_stamps == stamped_union and set(got_stamps) == set(read)
+    if want_union.size == len(cohorts.sets[0]):  # every complete row in a released cell: the cohort's stamps
+        assert got_stamps == {c: cohorts.stamps[0][c] for c in read}
+    if len(groupings) == 1 and len(groupings[0].columns) == 1:  # disjoint cells: their stamps add to the union's
+        total = {c: sum(g.stamps[c] for g in got) % 2 ** 64 for c in read}
+        assert total == got_stamps
+    if len(got) >= 2:  # not vacuous: groups of other rows have other stamps
+        assert got[0].stamps["y"] != got[1].stamps["y"]
 
 
 STEPS = [
@@ -170,13 +186,15 @@ def test_group_releasing_steps_on_disk_release_the_frames_and_the_same_groups(na
     got = guard.cohorts_of_rows(MODEL.key, rows, variables, True)
     assert got.digests == want.digests and got.stamps == want.stamps and len(want.stamps[0]) == len(variables)
     settings = type("S", (), {"min_row_count": 10, "nfilter_tab": 3})()
-    want_release = group_release(algo, local, request, MODEL, want, settings)
-    got_release = group_release(algo, rows, request, MODEL, got, settings)
+    want_release = group_release(algo, local, request, MODEL, want, settings, KEY)
+    got_release = group_release(algo, rows, request, MODEL, got, settings, KEY)
     if want_release is None:  # no row in a released group (no row, or only levels no row holds here)
         assert got_release is None and not any(g in set(local[x[-1]]) for g in parameters.values())
         return
-    _same_groups(got_release.groups, want_release.groups)
+    _same_groups(got_release.groups, want_release.groups)  # their value stamps too (ADR 0061)
+    assert all(set(g.stamps) == set(variables) for g in got_release.groups)
     assert got_release.union_digest == want_release.union_digest
+    assert got_release.union_stamps == want_release.union_stamps and set(got_release.union_stamps) == set(variables)
     assert (got_release.threshold, got_release.setting) == (want_release.threshold, want_release.setting)
     if name == "anova_oneway" and len(local) >= 3:  # the pooled statistics, to 1e-9, per level present
         record = json.loads(released[0])["groups"]
