@@ -2,7 +2,7 @@
 
 A nightly load that corrects a value keeps the row's identity ``(_pid, dataset, _visit)``; the memories
 compare each remembered cohort's value stamps of the columns a release reads with an exact repeat's
-(:mod:`mipflow.node.controls.stamps`).  An honest repeat with no change is answered identically; so is one
+(:mod:`mipflow.node.query.stamps`).  An honest repeat with no change is answered identically; so is one
 after a correction to a column it does not read; a repeat after a correction to a value it reads is refused
 (``differencing``) with words that say why and what answers it, naming no value; ``min_row_count`` new rows
 in the cohort answer it again.  The frame path (PCA, descriptive statistics) and the rows left on disk

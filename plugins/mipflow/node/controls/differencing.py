@@ -339,11 +339,11 @@ class Cohorts:
     #: cohort's); None without a transformer.
     seen: int | None = None
     #: Each cohort's value stamps, ``column -> stamp`` of the columns the step reads
-    #: (:mod:`mipflow.node.controls.stamps`; ADR 0061, hole 2); None: not known.
+    #: (:mod:`mipflow.node.query.stamps`; ADR 0061, hole 2); None: not known.
     stamps: tuple[dict[str, int], ...] | None = None
     #: Each cohort's patient stamps (``(patient key, column, value)`` cells; round 15 hole 3); None: not known.
     patient_stamps: tuple[dict[str, int], ...] | None = None
-    #: The rows' 32-bit value digests of each stamped column (:data:`mipflow.node.controls.stamps.Cells`;
+    #: The rows' 32-bit value digests of each stamped column (:data:`mipflow.node.query.stamps.Cells`;
     #: which rows a correction changed, round 15 hole 2); None: not known.
     cells: dict | None = None
 
@@ -392,7 +392,7 @@ class DifferencingGuard:
     def cohorts(self, data_model: str, frame: pd.DataFrame, variables: Sequence[str],
                 complete_case: bool, by: Sequence[str] = ()) -> Cohorts:
         """The cohorts of a selection with row identity (see :func:`cohort_sets`)."""
-        from mipflow.node.controls.stamps import frame_values, stamped_columns
+        from mipflow.node.query.stamps import frame_values, stamped_columns
 
         sets, patients, used, used_patients, keys, masks, pids = _cohorts_patients_and_order(
             frame, variables, complete_case, self.key, by)
@@ -461,7 +461,7 @@ class DifferencingGuard:
         the rows used (empty masks after the first and repeats are left out).  The local step's
         rows are not ``frame``'s (the longitudinal transformer: one row per patient), so their
         order is not known.  ``variables``: the columns the step reads, stamped (None: no stamps)."""
-        from mipflow.node.controls.stamps import frame_values, stamped_columns
+        from mipflow.node.query.stamps import frame_values, stamped_columns
 
         keys = row_keys(frame, self.key)
         pids = patient_keys(frame, self.key)

@@ -1,6 +1,6 @@
 """Value stamps of the released groups (ADR 0061, "Value stamps", the group memory; fifteenth review, hole 1).
 
-The cohort ledger compares an exact repeat's value stamps (:mod:`mipflow.node.controls.stamps`) with the first
+The cohort ledger compares an exact repeat's value stamps (:mod:`mipflow.node.query.stamps`) with the first
 ones it remembered.  A group (ADR 0051) is a set of rows released with its sums too, and the group memory allows
 a group and a group or cohort **0 rows apart** (the same rows: nothing new by rows).  After a load corrects a
 value in place the same rows hold another value: a one-way ANOVA's TIA group before the correction and
@@ -41,12 +41,12 @@ def frame_group_stamps(data: pd.DataFrame, order: np.ndarray, groups: Sequence[G
     """``groups`` with their value stamps of ``columns`` (those ``data`` holds), and the union's: the local step's
     rows ``data``, their ledger keys ``order`` (in ``data``'s order), keyed by the ledger ``key``.
 
-    :func:`~mipflow.node.controls.stamps.frame_stamps` of each set's rows, by one sort: each column's cell hashes
+    :func:`~mipflow.node.query.stamps.frame_stamps` of each set's rows, by one sort: each column's cell hashes
     in key order, their running sums (mod 2**64), and each set's rows found by binary search (a set's stamp is
     the sum of its rows' ranges), so a release of many groups costs ``O((n + members) log n)``."""
     import dataclasses
 
-    from mipflow.node.controls.stamps import cell_hashes, column_salt, value_bits
+    from mipflow.node.query.stamps import cell_hashes, column_salt, value_bits
 
     columns = [c for c in dict.fromkeys(columns) if c in data.columns]
     keys = np.asarray(order, dtype=np.uint64)
@@ -105,7 +105,7 @@ class GroupStamps(SqliteState):
 
     def changed(self, data_model: str, digest: str, stamps: Mapping[str, int] | None, epoch: str = "") -> bool:
         """Whether a group of the same rows, released under ``epoch``, held other values in a column both read."""
-        from mipflow.node.controls.stamps import changed
+        from mipflow.node.query.stamps import changed
 
         return bool(stamps) and changed(stamps, self.of(data_model, digest, epoch))
 
@@ -128,7 +128,7 @@ def refuse_corrected_groups(guard: Any, release: GroupRelease, epoch: str) -> No
     model = release.groups[0].data_model if release.groups else ""
     if memory.changed(model, release.union_digest, release.union_stamps, epoch):
         raise stamp_refusal()
-    from mipflow.node.controls.stamps import changed
+    from mipflow.node.query.stamps import changed
 
     answered: dict[str, set[str]] = {}
     for group in release.groups:

@@ -60,9 +60,9 @@ def rows_stamped_groups(rows: Any, groupings: Sequence[ReleasedGroups], data_mod
                         stamped: Sequence[str] = (), *, patients: bool = True, block: int | None = None
                         ) -> tuple[list[Group], np.ndarray, dict[str, int] | None]:
     """:func:`rows_level_groups`, and with a ledger ``key`` each group's value stamps of the ``stamped``
-    columns (:mod:`mipflow.node.controls.stamps`) and the union's (None without a key)."""
+    columns (:mod:`mipflow.node.query.stamps`) and the union's (None without a key)."""
     from mipflow.algorithms.design import REST
-    from mipflow.node.controls.stamps import cell_hashes, code_table, column_salt, stored_bits
+    from mipflow.node.query.stamps import cell_hashes, code_table, column_salt, stored_bits
 
     block = GROUP_ROWS if block is None else int(block)
     if any(g.bins is not None and any(b is not None for b in g.bins) for g in groupings):

@@ -310,7 +310,7 @@ class CohortLedger(SqliteState):
         cohort answered under another one is seen through :class:`mipflow.node.controls.epochs.EpochView`
         (``current``: a data model's current row and patient keys): its rows still held, no repeat, and in
         the chain rule with a phantom unit (ADR 0061).
-        ``stamps`` (the cohorts' value stamps, in the same order, :mod:`mipflow.node.controls.stamps`): a
+        ``stamps`` (the cohorts' value stamps, in the same order, :mod:`mipflow.node.query.stamps`): a
         cohort answered before whose rows now hold other values in a column both releases read is no
         repeat either, and is refused (ADR 0061, hole 2: the two answers' difference is the corrected rows').
         ``patient_stamps`` (the same by patient keys): a fresh cohort holding exactly the patients of one answered
@@ -391,7 +391,7 @@ class CohortLedger(SqliteState):
         """Whether a fresh cohort holds exactly the patients of a cohort answered under another data model (a
         version of it) under this consent epoch, whose patient stamps differ on a column both read (fifteenth
         review, hole 3: the same patients, corrected under one version only)."""
-        from mipflow.node.controls.stamps import changed
+        from mipflow.node.query.stamps import changed
 
         for pids, new in fresh:
             if not new:
@@ -411,8 +411,8 @@ class CohortLedger(SqliteState):
     def _corrected(self, data_model: str, digests: Sequence[str], stamps: Sequence[Mapping[str, int]],
                    known: set[str]) -> bool:
         """Whether a cohort answered before (a digest in ``known``) now holds other values in a column its
-        remembered stamps cover (:func:`mipflow.node.controls.stamps.changed`)."""
-        from mipflow.node.controls.stamps import changed
+        remembered stamps cover (:func:`mipflow.node.query.stamps.changed`)."""
+        from mipflow.node.query.stamps import changed
 
         repeats = [(d, s) for d, s in zip(digests, stamps) if d in known and s]
         if not repeats:

@@ -1,6 +1,6 @@
 """Which remembered rows a correction changed: the cohort ledger's value memory (ADR 0061, fifteenth review).
 
-A cohort's value stamp (:mod:`mipflow.node.controls.stamps`) says that *some* of its rows now hold other values;
+A cohort's value stamp (:mod:`mipflow.node.query.stamps`) says that *some* of its rows now hold other values;
 the chain rule needs to know *which*.  Three releases ``B`` (everyone), ``B' ∪ N`` (everyone after a correction
 and 12 new rows) and ``N`` (the new rows) are, by row keys, a zero combination ``B - (B' ∪ N) + N``; by values it
 is the corrected row's old value less its new one (round 15, hole 2).
@@ -8,7 +8,7 @@ is the corrected row's old value less its new one (round 15, hole 2).
 The memory, in the ledger's file, per data model and stamped column:
 
 * ``row_cells``: every row a release read that column of, with a 32-bit digest of the value it released last
-  (:func:`mipflow.node.controls.stamps.digests_of`): the keys as the ledger stores a cohort's
+  (:func:`mipflow.node.query.stamps.digests_of`): the keys as the ledger stores a cohort's
   (:mod:`mipflow.node.controls.keycodec`, about 6 bytes a row) and 4 bytes a row, **about 10 bytes a row and
   column released**, whatever the number of cohorts;
 * ``row_changes``: for every row whose released value changed, each earlier digest with the last stamp
@@ -30,7 +30,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from mipflow.node.controls.keycodec import decode_keys, encode_keys
-from mipflow.node.controls.stamps import Cells, _mix, sorted_cells
+from mipflow.node.query.stamps import Cells, _mix, sorted_cells
 
 #: ``entry index -> (sorted base row keys, their versioned keys)``
 Versions = dict[int, tuple[np.ndarray, np.ndarray]]

@@ -231,24 +231,24 @@ class SnapshotRows:
 
     def stamps(self, key: str) -> dict[str, int]:
         """The selection's value stamps, ``column -> stamp`` of each of its columns
-        (:mod:`mipflow.node.controls.stamps`), a block at a time: the numbers
-        :func:`~mipflow.node.controls.stamps.frame_stamps` gives for the same rows read into a frame (its
+        (:mod:`mipflow.node.query.stamps`), a block at a time: the numbers
+        :func:`~mipflow.node.query.stamps.frame_stamps` gives for the same rows read into a frame (its
         row keys the snapshot's ``row_key``, its categories their enumeration codes)."""
         return self.masked_stamps(key, [None], list(self.files))[0]
 
     def masked_stamps(self, key: str, masks: Sequence[np.ndarray | None], columns: Sequence[str]
                       ) -> tuple[dict[str, int], ...]:
         """Per mask (a bool a selected row, in their order; None: every one), ``column -> stamp`` of each
-        of ``columns``: :func:`~mipflow.node.controls.stamps.frame_stamps` of the same rows and masks read
+        of ``columns``: :func:`~mipflow.node.query.stamps.frame_stamps` of the same rows and masks read
         into a frame, a block at a time."""
         return self.masked_values(key, masks, columns)[0]
 
     def masked_values(self, key: str, masks: Sequence[np.ndarray | None], columns: Sequence[str]
                       ) -> tuple[tuple[dict[str, int], ...], tuple[dict[str, int], ...], dict]:
         """:meth:`masked_stamps`, each mask's patient stamps and the selected rows' value digests of each
-        column over the union of the masks: :func:`~mipflow.node.controls.stamps.frame_values` of the same
+        column over the union of the masks: :func:`~mipflow.node.query.stamps.frame_values` of the same
         rows read into a frame, a block at a time (4 bytes a row and column, 8 a row for the keys)."""
-        from mipflow.node.controls.stamps import (
+        from mipflow.node.query.stamps import (
             MISSING, cell_hashes, column_salt, digests_of, level_bits, patient_salt, sorted_cells, value_bits,
         )
 

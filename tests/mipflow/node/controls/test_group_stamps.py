@@ -174,7 +174,7 @@ def test_the_frame_s_group_stamps_are_the_stamps_of_each_group_s_rows(tmp_path):
     """:func:`frame_group_stamps` (one sort, running sums) against :func:`frame_stamps` of each set's rows as a
     mask, rows in any order, a key held by two rows, a missing value, sets of one row and of none."""
     from mipflow.node.controls.group_stamps import frame_group_stamps
-    from mipflow.node.controls.stamps import frame_stamps
+    from mipflow.node.query.stamps import frame_stamps
 
     rng = np.random.default_rng(7)
     n, key = 500, "k" * 16

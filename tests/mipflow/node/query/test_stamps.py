@@ -11,7 +11,7 @@ import pytest
 from mipflow.exceptions import DisclosureError
 from mipflow.node.controls.differencing import DifferencingGuard
 from mipflow.node.controls.ledger import CohortLedger
-from mipflow.node.controls.stamps import MISSING, changed, value_bits
+from mipflow.node.query.stamps import MISSING, changed, value_bits
 
 SECRET = b"node secret of the stamp tests"
 MODEL = "stroke:0.1"
