@@ -338,9 +338,12 @@ def test_hole_4_closed_logistic_regression_s_response_class_less_adult_deaths_is
     assert typed(adults) == (403, "differencing"), "the response class less adult deaths is one patient's NIHSS"
 
 
-def test_hole_5_closed_a_histogram_bin_and_two_cohorts_that_count_a_cell_of_one_are_refused(standard):
-    """Hole 5 (closed: histogram bins, and bin x level cells, are released groups at ``nfilter_tab``, less the cells
-    the release suppresses; ADR 0051 amended for the fifteenth review).  Class: histogram bins are counts over sets
+@pytest.mark.xfail(strict=True, reason="round 15 hole 5: histogram bins are outside the chain; declaring them refused "
+                   "honest histograms until their edges nest on a public grid (ADR 0051, fifteenth review)")
+def test_hole_5_a_histogram_bin_and_two_cohorts_that_count_a_cell_of_one_are_refused(standard):
+    """Hole 5 (open again: declaring histogram bins, and bin x level cells, as released groups at ``nfilter_tab``
+    closed it but refused honest histograms elsewhere in the suite, so the declaration waits for bins that nest on
+    a public grid; ADR 0051 amended for the fifteenth review).  Class: histogram bins are counts over sets
     of rows the chain never saw (ADR 0051's listed gap), the class of contingency cells declared in issue 14 item 5.  A histogram of age on everyone (10 bins over the
     declared 18-90: the youngest, 18-25.2, holds the 11 patients under 25); descriptive statistics of NIHSS for
     ``stroke_type != tia`` (160 rows) and ``stroke_type != tia AND age >= 25`` (150): young non-TIA patients 10, so
