@@ -525,12 +525,8 @@ def check_groups(request: Any, context: Any, work: Any) -> None:
                                           work.settings, context.differencing.key)
     if not work.settings.differencing_check or work.study is not None:
         return
-    from mipflow.node.controls.differencing import consent_epoch
-
     guard, cohorts = context.differencing, work.cohorts
-    epoch, current = consent_epoch(context.store), getattr(work, "current_rows", None)  # ADR 0061
-    answered = guard.ledger.answered(cohorts.data_model, epoch)
-    fresh = [i for i, d in enumerate(cohorts.digests) if d not in answered]
+    epoch, current, fresh = _fresh(context, work)
     refuse_corrected_cohorts(guard, cohorts, epoch)  # the same rows as a group, other values (ADR 0061)
     # every step's new cohorts against the groups released before: a filter pinning a level
     guard.groups.check_cohorts(cohorts.data_model, [cohorts.sets[i] for i in fresh],
@@ -561,13 +557,17 @@ def check_released_groups(request: Any, context: Any, work: Any) -> None:
     work.groups = release = replace(release, groups=tuple(g for g in release.groups if shown(g)))
     if not work.settings.differencing_check or work.study is not None or not release.groups:
         return
+    epoch, current, fresh = _fresh(context, work)
+    _check_release(context.differencing, work, release, fresh, epoch, current)
+
+
+def _fresh(context: Any, work: Any) -> tuple[str, Any, list[int]]:
+    """The consent epoch, the current rows (ADR 0061) and the step's cohorts not answered under that epoch."""
     from mipflow.node.controls.differencing import consent_epoch
 
-    guard, cohorts = context.differencing, work.cohorts
-    epoch, current = consent_epoch(context.store), getattr(work, "current_rows", None)  # ADR 0061
-    answered = guard.ledger.answered(cohorts.data_model, epoch)
-    fresh = [i for i, d in enumerate(cohorts.digests) if d not in answered]
-    _check_release(guard, work, release, fresh, epoch, current)
+    epoch, current = consent_epoch(context.store), getattr(work, "current_rows", None)
+    answered = context.differencing.ledger.answered(work.cohorts.data_model, epoch)
+    return epoch, current, [i for i, d in enumerate(work.cohorts.digests) if d not in answered]
 
 
 def _check_release(guard: Any, work: Any, release: GroupRelease, fresh: Sequence[int], epoch: str,

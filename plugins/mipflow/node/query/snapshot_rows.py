@@ -249,7 +249,7 @@ class SnapshotRows:
         column over the union of the masks: :func:`~mipflow.node.query.stamps.frame_values` of the same
         rows read into a frame, a block at a time (4 bytes a row and column, 8 a row for the keys)."""
         from mipflow.node.query.stamps import (
-            MISSING, cell_hashes, column_salt, digests_of, level_bits, patient_salt, sorted_cells, value_bits,
+            cell_hashes, code_table, column_salt, digests_of, patient_salt, sorted_cells, stored_bits,
         )
 
         out: list[dict[str, int]] = [{} for _ in masks]
@@ -257,19 +257,14 @@ class SnapshotRows:
         union = None if any(m is None for m in masks) else np.logical_or.reduce([np.asarray(m) for m in masks])
         cells: dict = {}
         for code in columns:
-            levels = self.levels_of(code)
-            table = None if levels is None else np.append(level_bits(levels, key), MISSING)
+            table = code_table(self.levels_of(code), key)
             salt, psalt, done = column_salt(key, code), patient_salt(key, code), 0
             totals, ptotals = [0] * len(masks), [0] * len(masks)
             kept_keys: list[np.ndarray] = []
             kept_digests: list[np.ndarray] = []
             for (_, keys), (_, pids), (_, values) in zip(self._blocks("row_key"), self._blocks("pid_key"),
                                                          self._blocks(self.files[code]), strict=True):
-                if table is None:
-                    bits = value_bits(values, key)
-                else:  # a level code outside the table (none in a complete-case selection): missing
-                    codes = np.asarray(values, dtype=np.int64)
-                    bits = table[np.where((codes >= 0) & (codes < len(levels)), codes, len(levels))]
+                bits = stored_bits(values, table, key)
                 hashes = cell_hashes(keys, bits, salt)
                 patient = cell_hashes(pids, bits, psalt)
                 for i, mask in enumerate(masks):
