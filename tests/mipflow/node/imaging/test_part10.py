@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.data import get_testdata_files
+from pydicom.data.data_manager import DATA_ROOT
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -33,9 +33,15 @@ def _save_as(ds: Dataset) -> bytes:
     return buffer.getvalue()
 
 
+def _shipped_files() -> list[Path]:
+    """pydicom's bundled test files, read from the package (``get_testdata_files`` would also try to download
+    pydicom-data's files: nothing may download at run time, and on a machine without a route it waits ~15 s)."""
+    return sorted((Path(DATA_ROOT) / "test_files").glob("*.dcm"))
+
+
 def _deidentified(options: DeidOptions, inject: bool):
     engine = Deidentifier(KEY, options)
-    for path in sorted(get_testdata_files("*.dcm")):
+    for path in _shipped_files():
         if Path(path).stat().st_size > 1 << 20:
             continue        # large pixel data adds time, not cases
         try:
