@@ -52,3 +52,25 @@ EDGE_SELECTIONS = [
     pytest.param(["a", "b"], number_rule("band", "less", 5), id="first-half-whole-blocks"),  # ends on an edge
     pytest.param(["a", "b"], number_rule("band", "equal", 7), id="one-block-others-empty"),
 ]
+
+
+#: Block sizes every selection is read at: 7 rows (edges everywhere), the snapshot's read, the whole selection
+BLOCK_SIZES = {"seven": 7, "block": 64, "whole": 6400}
+#: The selections also read a row at a time (every row an edge): every row, and whole blocks ending on an edge
+ONE_ROW_SELECTIONS = ("every-row", "first-half-whole-blocks")
+
+
+def blocks_and_selections(selections: list) -> list:
+    """``(store, datasets, filters)`` cases (``store`` indirect: its block size): every selection at each of
+    :data:`BLOCK_SIZES`, and one-row blocks for :data:`ONE_ROW_SELECTIONS` (one-row blocks of every selection
+    cost a minute and find nothing the seven-row blocks and these do not)."""
+    cases = [pytest.param(1, *case.values, id=f"one-row-{case.id}") for case in selections
+             if case.id in ONE_ROW_SELECTIONS]
+    assert len(cases) == len(ONE_ROW_SELECTIONS)
+    return cases + [pytest.param(size, *case.values, id=f"{name}-{case.id}")
+                    for name, size in BLOCK_SIZES.items() for case in selections]
+
+
+#: ``store`` at every block size of :data:`BLOCK_SIZES` (tests without a selection of their own)
+EVERY_BLOCK_SIZE = pytest.mark.parametrize("store", list(BLOCK_SIZES.values()), ids=list(BLOCK_SIZES),
+                                           indirect=True)

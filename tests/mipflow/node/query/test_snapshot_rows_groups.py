@@ -30,7 +30,8 @@ from mipflow.node.query.snapshot import current_snapshot, select_columns
 from mipflow.protocol.request import AnalysisRequest
 from mipflow.protocol.wire import transport
 
-from tests.mipflow.node.query.streamed import EDGE_SELECTIONS, block_model, block_store, number_rule
+from tests.mipflow.node.query.streamed import (EDGE_SELECTIONS, block_model, block_store, blocks_and_selections,
+                                               number_rule)
 
 SECRET = b"node secret of the streamed group tests"
 KEY = hash_key(SECRET)
@@ -69,7 +70,7 @@ def _rows() -> pd.DataFrame:
     return frame
 
 
-@pytest.fixture(params=[1, 7, BLOCK, 10 * ROWS], ids=["one-row", "seven", "block", "whole"])
+@pytest.fixture
 def store(tmp_path, monkeypatch, request):
     """Every pass's blocks of ``request.param`` rows, the snapshot's reads of ``BLOCK`` (8 at the smallest:
     the packed mask's bytes)."""
@@ -89,6 +90,9 @@ SELECTIONS = [
     pytest.param(["b"], number_rule("x1", "greater", 1e6), id="scattered"),
     pytest.param(["a", "b"], number_rule("band", "greater", 20), id="no-row"),
 ]
+#: every selection at every block size (``store`` indirect), one-row blocks for two of them
+ON_BLOCKS = pytest.mark.parametrize("store, datasets, filters", blocks_and_selections(SELECTIONS),
+                                    indirect=["store"])
 
 
 def _request(datasets, filters, y, x, parameters=None):
@@ -129,7 +133,7 @@ GROUPINGS = [
 
 
 @pytest.mark.parametrize("groupings", GROUPINGS)
-@pytest.mark.parametrize("datasets, filters", SELECTIONS)
+@ON_BLOCKS
 def test_the_groups_of_rows_on_disk_are_the_frames(groupings, datasets, filters, store, tmp_path):
     variables = ["y", "x1", "grp", "arm"]
     frame, rows = _both(store, datasets, filters, variables)
@@ -170,7 +174,7 @@ STEPS = [
 
 
 @pytest.mark.parametrize("name, y, x, parameters", STEPS)
-@pytest.mark.parametrize("datasets, filters", SELECTIONS)
+@ON_BLOCKS
 def test_group_releasing_steps_on_disk_release_the_frames_and_the_same_groups(name, y, x, parameters, datasets,
                                                                              filters, store, tmp_path):
     algo = get_algorithm(name)
@@ -206,7 +210,7 @@ def test_group_releasing_steps_on_disk_release_the_frames_and_the_same_groups(na
                 np.testing.assert_allclose(part["m2"], [((values - values.mean()) ** 2).sum()], rtol=1e-9)
 
 
-@pytest.mark.parametrize("datasets, filters", SELECTIONS)
+@ON_BLOCKS
 def test_the_stamps_of_cohorts_with_missing_values_on_disk_are_the_frames(datasets, filters, store, tmp_path):
     """Descriptive statistics' cohorts (every row, each variable present, complete; per dataset): each with
     the frame's stamps of every column it reads (before, rows on disk carried none)."""

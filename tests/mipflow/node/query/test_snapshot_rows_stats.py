@@ -25,9 +25,11 @@ from mipflow.node.store.feature_store import FeatureStore
 from mipflow.protocol.datamodel import DataModel
 from mipflow.protocol.request import AnalysisRequest
 from mipflow.protocol.wire import transport
+from tests.mipflow.node.query.streamed import EVERY_BLOCK_SIZE, blocks_and_selections
 
 SECRET = b"node secret of the streamed statistics tests"
 KEY = hash_key(SECRET)
+
 BLOCK = 64  # snapshot rows read at a time here (a multiple of 8)
 ROWS = 10 * BLOCK
 MODEL = DataModel.from_dict({
@@ -62,7 +64,7 @@ def _rows() -> pd.DataFrame:
     return frame
 
 
-@pytest.fixture(params=[1, 7, BLOCK, 10 * ROWS], ids=["one-row", "seven", "block", "whole"])
+@pytest.fixture
 def store(tmp_path, monkeypatch, request):
     """The passes' blocks of ``request.param`` rows (one-row blocks included), the snapshot's reads of
     ``BLOCK`` (8 at the smallest: the packed mask's bytes)."""
@@ -96,6 +98,9 @@ SELECTIONS = [
     pytest.param(["b"], _rule("x1", "greater", 1e6), id="scattered"),
     pytest.param(["a", "b"], _rule("band", "greater", 20), id="no-row"),
 ]
+#: every selection at every block size (``store`` indirect), one-row blocks for two of them
+ON_BLOCKS = pytest.mark.parametrize("store, datasets, filters", blocks_and_selections(SELECTIONS),
+                                    indirect=["store"])
 
 
 def _request(datasets, filters, y, x=(), parameters=None):
@@ -117,7 +122,7 @@ COMPLETE_CASE = [
 
 
 @pytest.mark.parametrize("name, y, x, parameters", COMPLETE_CASE)
-@pytest.mark.parametrize("datasets, filters", SELECTIONS)
+@ON_BLOCKS
 def test_complete_case_sums_from_rows_on_disk_are_the_frames_bit_for_bit(name, y, x, parameters, datasets, filters,
                                                                          store, tmp_path):
     algo = get_algorithm(name)
@@ -152,7 +157,7 @@ def test_complete_case_sums_from_rows_on_disk_are_the_frames_bit_for_bit(name, y
 @pytest.mark.parametrize("y, x", [pytest.param(["y"], ["x1", "x2", "grp"], id="numerical-and-nominal"),
                                   pytest.param(["grp"], [], id="nominal"),
                                   pytest.param(["x2", "dataset"], [], id="dataset-named")])
-@pytest.mark.parametrize("datasets, filters", SELECTIONS)
+@ON_BLOCKS
 def test_descriptive_statistics_from_rows_on_disk_are_the_frames_bit_for_bit(y, x, datasets, filters, store,
                                                                              tmp_path):
     """Missing values kept: per dataset, each variable's present rows and the complete rows; the frame is
@@ -185,6 +190,7 @@ def test_descriptive_statistics_from_rows_on_disk_are_the_frames_bit_for_bit(y, 
         np.testing.assert_allclose(merged.m2, [((present - present.mean()) ** 2).sum()], rtol=1e-9)
 
 
+@EVERY_BLOCK_SIZE
 def test_a_complete_case_selection_split_by_dataset_keeps_the_frames_order(store, tmp_path):
     """The general cohorts of rows on disk, complete-case and split by ``dataset``: order and patient
     order are the frame's (what a released group's control would use)."""
@@ -201,6 +207,7 @@ def test_a_complete_case_selection_split_by_dataset_keeps_the_frames_order(store
     np.testing.assert_array_equal(got.patient_order, want.patient_order)
 
 
+@EVERY_BLOCK_SIZE
 def test_a_narrowed_selection_is_the_rows_where_the_condition_holds(store):
     rows = select_rows(store, MODEL, datasets=["a", "b"], variables=["x2", "dataset"], filters=None, row_key=KEY,
                        complete_case=False, dataset=True)
