@@ -141,7 +141,7 @@ def create_source(source_url: str) -> None:
 
 def make_node(root: Path, name: str, store_url: str, source_url: str, project: str):
     from mipflow.node import ops
-    from mipflow.node.controls.explore import set_mode
+    from mipflow.node.controls.modes import set_mode
     from mipflow.node.home import NodeHome
     from tests.nodes import grant_all
 

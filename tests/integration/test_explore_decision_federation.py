@@ -30,7 +30,7 @@ from mipflow.algorithms.survival_noise import ROW_COUNT_KEY
 from mipflow.central.report.readable import result_warnings
 from mipflow.central.rounds import run_analysis as _run_analysis
 from mipflow.exceptions import MipflowError
-from mipflow.node.controls import explore
+from mipflow.node.controls import modes
 from mipflow.node.controls.explore_decision import decision_split, false_refusal_rate
 from mipflow.node.home import NodeHome
 from tests.mipflow.algorithms.survival_data import STROKE
@@ -58,7 +58,7 @@ def federation(tmp_path_factory) -> Iterator[dict]:
             home.set_setting(budget, 4.0 * ANALYSES)  # the steps below, with room
         load_frame(roots[hospital], STROKE, stroke_rows(700 + i, n, hospital, f"{hospital}-p"))
         grant_all(roots[hospital], researcher=RESEARCHER, project=PROJECT)
-        explore.enable(roots[hospital], PROJECT)
+        modes.enable(roots[hospital], PROJECT)
     pin_each_other(roots)
     with served_clients(roots) as clients:
         yield clients

@@ -20,7 +20,7 @@ import pytest
 
 from mipflow.central.report.pages import mode_text
 from mipflow.central.rounds import run_analysis as _run_analysis
-from mipflow.node.controls import explore
+from mipflow.node.controls import modes
 from tests.mipflow.algorithms.survival_data import STROKE
 from tests.mipflow.node.controls.study_helpers import ELDERLY, PROJECT, stroke_rows
 from tests.nodes import grant_all, load_frame, pin_each_other, served_clients
@@ -43,7 +43,7 @@ def federation(tmp_path_factory) -> Iterator[tuple[list, dict[str, pd.DataFrame]
         frames[hospital] = stroke_rows(200 + i, 300 + 60 * i, hospital, f"{hospital}-p")
         load_frame(roots[hospital], STROKE, frames[hospital])
         grant_all(roots[hospital], researcher=RESEARCHER, project=PROJECT)
-        explore.enable(roots[hospital], PROJECT)
+        modes.enable(roots[hospital], PROJECT)
     pin_each_other(roots)
     with served_clients(roots) as clients:
         yield list(clients.values()), frames, roots

@@ -22,7 +22,7 @@ import pytest
 from lifelines import KaplanMeierFitter
 
 from mipflow.central.rounds import run_analysis as _run_analysis
-from mipflow.node.controls import explore
+from mipflow.node.controls import modes
 from mipflow.node.controls.privacy_budget import PrivacyLedger
 from mipflow.node.home import NodeHome
 from tests.mipflow.algorithms.survival_data import STROKE
@@ -47,7 +47,7 @@ def federation(tmp_path_factory) -> Iterator[tuple[list, dict[str, pd.DataFrame]
         frames[hospital] = stroke_rows(400 + i, 160 + 10 * i, hospital, f"{hospital}-p")
         load_frame(roots[hospital], STROKE, frames[hospital])
         grant_all(roots[hospital], researcher=RESEARCHER, project=PROJECT)
-        explore.enable(roots[hospital], PROJECT)
+        modes.enable(roots[hospital], PROJECT)
     pin_each_other(roots)
     with served_clients(roots) as clients:
         yield list(clients.values()), frames, roots

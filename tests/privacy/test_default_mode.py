@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from mipflow.cli import main
-from mipflow.node.controls import explore
+from mipflow.node.controls import modes
 from mipflow.node.home import NodeHome, NodeSettings
 from mipflow.protocol.signing import issue_client
 from tests.mipflow.algorithms.survival_data import STROKE
@@ -157,7 +157,7 @@ def test_the_node_admin_chooses_per_project_from_the_next_request(pair, capsys):
     # back to the node's default
     assert main(["mode", "set", str(node.root), "--project", "chosen", "default"]) == 0
     assert node.call("anova_oneway", request, project="chosen").json()["control"] == "explore"
-    assert explore.project_mode(node.root, "chosen", "explore") == ("explore", "default")
+    assert modes.project_mode(node.root, "chosen", "explore") == ("explore", "default")
     # the node's default itself: standard for every project without a mode or a study
     home = NodeHome(node.root)
     try:
@@ -184,6 +184,6 @@ def test_an_approved_study_answers_exactly_and_a_mode_cannot_override_it(pair, t
     reply = node.call("anova_oneway", request, project="study-later")
     assert reply.status_code == 200, reply.text
     assert reply.json()["mode"]["study"] == document["name"]
-    assert explore.project_mode(node.root, "study-later", "explore") == ("study", document["name"])
+    assert modes.project_mode(node.root, "study-later", "explore") == ("study", document["name"])
     with pytest.raises(Exception, match="approved study"):
-        explore.set_mode(node.root, "study-later", "standard")
+        modes.set_mode(node.root, "study-later", "standard")

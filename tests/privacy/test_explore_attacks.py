@@ -25,7 +25,7 @@ import httpx
 import numpy as np
 import pytest
 
-from mipflow.node.controls import explore
+from mipflow.node.controls import modes
 from mipflow.node.controls.explore_decision import decision_split, false_refusal_rate
 from mipflow.node.controls.privacy_budget import PrivacyLedger
 from mipflow.node.home import NodeHome
@@ -74,7 +74,7 @@ def pair(tmp_path_factory) -> Iterator[dict[str, Served]]:
         for project in (*PROJECTS, STANDARD):
             grant_all(root, researcher="*", project=project)
         for project in PROJECTS:
-            explore.enable(root, project)
+            modes.enable(root, project)
         credentials[which] = issue_client(root, "central")
         roots[which] = root
     with running_nodes(list(roots.values())) as urls:
@@ -276,7 +276,7 @@ def test_at_a_dp_node_an_explore_project_takes_the_explore_path_and_others_do_no
     try:
         grant_all(node.home.root, researcher="*", project="explorers")
         grant_all(node.home.root, researcher="*", project=DP_PROJECT)
-        explore.enable(node.home.root, "explorers")
+        modes.enable(node.home.root, "explorers")
         body = {"request": {"inputdata": {"data_model": STROKE.key, "datasets": ["hospital_a", "hospital_b"],
                                           "x": [], "y": ["age"], "filters": None}, "parameters": {"bins": 10}},
                 "round": 0, "state": None, "researcher": "r1", "analysis_id": None}

@@ -61,7 +61,7 @@ import pandas as pd
 import pytest
 
 from mipflow.exceptions import ConfigError
-from mipflow.node.controls import explore, study_approval
+from mipflow.node.controls import modes, study_approval
 from mipflow.node.controls.access import AccessRegistry
 from mipflow.node.home import NodeHome
 from mipflow.protocol.signing import issue_client, signed_headers
@@ -119,7 +119,7 @@ def node(tmp_path_factory) -> Iterator[Served]:
                                    {"name": "elderly", "filter": ELDERLY}])
     document.pop("survival")
     assert study_approval.approve(home, STUDY, document)["status"] == "approved"
-    explore.set_mode(root, STANDARD, "standard")
+    modes.set_mode(root, STANDARD, "standard")
     assert NodeHome(root).settings.release_extremes == 0
     credential = issue_client(root, "central")
     with running_nodes([root]) as (url,):

@@ -4,7 +4,7 @@ The reviewer read README.md, docs/privacy.md and docs/adr/*.md, and the test har
 withdraw and call: ``tests/nodes.py``, ``tests/privacy/conftest.py``, rounds 11-12); not the node's controls nor the
 algorithms.  Every attack runs through real node processes (``mipflow node serve`` on loopback) with the shipped
 thresholds (``min_row_count`` 10, ``nfilter_tab`` 3, differencing and query budgets on); standard mode is the admin's
-documented choice per node (``standard_home``), explore projects are enabled per project (``explore.enable``).
+documented choice per node (``standard_home``), explore projects are enabled per project (``modes.enable``).
 
 ``test_hole_*`` are strict xfails: the attack runs, computes the recovered value against the truth, and its last
 assertion is the condition that would hold if the defence held.  ``test_defence_*`` pass while a control holds,
@@ -57,7 +57,7 @@ import pytest
 
 from mipflow.central.rounds import run_analysis
 from mipflow.exceptions import MipflowError
-from mipflow.node.controls import explore
+from mipflow.node.controls import modes
 from mipflow.node.deid.pseudonyms import Pseudonymiser
 from mipflow.protocol.signing import issue_client
 from tests.mipflow.algorithms.survival_data import STROKE, make_stroke
@@ -302,7 +302,7 @@ def survival(tmp_path_factory) -> Iterator[tuple[dict, dict, dict]]:
             load_frame(roots[hospital], model, frames[hospital])
         for project in (AUDIT, BROWSE):
             grant_all(roots[hospital], researcher="*", project=project)
-        explore.enable(roots[hospital], BROWSE)
+        modes.enable(roots[hospital], BROWSE)
     pin_each_other(roots)
     with served_clients(roots) as clients:
         pooled = km(clients, HOSPITALS)

@@ -4,7 +4,7 @@ The reviewer read README.md, docs/privacy.md and docs/adr/*.md, and the test har
 ``tests/privacy/conftest.py``, rounds 12-13); not ``plugins/mipflow``.  Every attack runs through real node processes
 (``mipflow node serve`` on loopback) with the shipped thresholds (``min_row_count`` 10, ``nfilter_tab`` 3, differencing
 and query budgets on); standard mode is the admin's documented choice per node (``standard_home``), explore projects
-are enabled per project (``explore.enable``) or are the shipped default (``NodeHome.init``).
+are enabled per project (``modes.enable``) or are the shipped default (``NodeHome.init``).
 
 ``test_hole_*`` are strict xfails: the attack runs, computes the recovered value against the truth, and its last
 assertion is the condition that would hold if the defence held.  ``test_defence_*`` pass while a control holds,

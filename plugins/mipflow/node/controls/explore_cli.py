@@ -46,21 +46,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run an ``explore`` command; prints JSON; raises :class:`~mipflow.exceptions.MipflowError` on failure."""
-    from mipflow.node.controls import explore
+    from mipflow.node.controls import modes
     from mipflow.node.home import NodeHome
 
     home = NodeHome(args.home)
     if args.command == "mode":
         if args.mode_command == "set":
-            doc = {"node": home.name, **explore.set_mode(home.root, args.project, args.mode),
+            doc = {"node": home.name, **modes.set_mode(home.root, args.project, args.mode),
                    "default_mode": home.settings.default_mode}
         else:
-            doc = {"node": home.name, **explore.show_modes(home.root, home.settings, args.project)}
+            doc = {"node": home.name, **modes.show_modes(home.root, home.settings, args.project)}
     elif args.explore_command == "enable":
-        doc = {"node": home.name, **explore.enable(home.root, args.project)}
+        doc = {"node": home.name, **modes.enable(home.root, args.project)}
     elif args.explore_command == "disable":
-        doc = {"node": home.name, **explore.disable(home.root, args.project, home.settings.default_mode)}
+        doc = {"node": home.name, **modes.disable(home.root, args.project, home.settings.default_mode)}
     else:
-        doc = {"node": home.name, **explore.show(home.root, home.settings, args.project)}
+        doc = {"node": home.name, **modes.show(home.root, home.settings, args.project)}
     print(json.dumps(doc, indent=2, default=str))
     return 0

@@ -324,7 +324,7 @@ def approve(home: Any, project: str, document: Any) -> dict[str, Any]:
     """
     from mipflow.node.controls.differencing import hash_key
 
-    from mipflow.node.controls.explore import refuse_study_if_exploring
+    from mipflow.node.controls.modes import refuse_study_if_exploring
 
     protocol = parse_protocol(document)
     refuse_study_if_exploring(home.root, project)

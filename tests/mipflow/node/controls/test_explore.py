@@ -243,7 +243,8 @@ def run_cli(capsys, *argv) -> tuple[int, dict | None, str]:
 def test_the_explore_commands_and_exclusivity_with_studies(tmp_path, capsys):
     import json
 
-    from mipflow.node.controls.explore import ExploreRegistry, read_projects
+    from mipflow.node.controls.explore import ExploreRegistry
+    from mipflow.node.controls.modes import read_projects
     from tests.mipflow.node.controls.study_helpers import PROJECT, node_home, protocol
 
     home, _ = node_home(tmp_path / "node")
