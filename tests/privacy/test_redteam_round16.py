@@ -25,6 +25,11 @@ Found (holes):
    NIHSS on sex and stroke type gives the number of women with a TIA in its co-moments (45); descriptive statistics of
    adult women with a TIA (44) leave the one young woman with a TIA.
 
+Holes 1 and 2 are closed (ADR 0059, sixteenth-review amendment): a pooled release's groups are bound cells (B and
+C refuse their women who died, ``pooled_bins``, in the same words), and a pooled step compares every set an earlier
+release counted, split by follow-up time where it used it (B and C decline the pooled bins; per-node bins are
+answered).  Their tests pass now, asserting the attack's arithmetic only where it could still run.
+
 Held (defences): a pooled Kaplan-Meier repeated after a correction at one hospital (the ledger's value stamps refuse
 it there, ``differencing``; the others ``pooled_bins``); a correction, a withdrawal and new rows, then the new rows
 alone (changed-value units with the epoch view's phantom), refused alike at a holder and a non-holder; a correction,
@@ -36,6 +41,7 @@ Honest work refused on the way: none met (every honest-looking step above was an
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -131,8 +137,6 @@ def curve_of(result: dict, group=None) -> dict:
     return curve
 
 
-@pytest.mark.xfail(strict=True, reason="round 16 hole 1: a pooled Kaplan-Meier's group (curves by sex) less B's and C's "
-                   "counts of that group's deaths is A's one woman who died (ADR 0059 residual: groups not bound)")
 def test_hole_1_a_group_of_the_pooled_release_less_the_other_hospitals_counts_of_its_events(tmp_path):
     """Hole 1.  Class: ADR 0059's fourteenth-review binding compares every later count with the bound cells of the
     pooled release over *every group*; a group's cells are not remembered (stated residual).  Adversary: a researcher
@@ -157,14 +161,37 @@ def test_hole_1_a_group_of_the_pooled_release_less_the_other_hospitals_counts_of
     if len(answered) == 2:  # the attack
         assert sum(women["events"]) - sum(answered.values()) == truth
     assert len(answered) < 2, "the pooled women's deaths less B's and C's is A's one woman who died"
+    # the defence: the pooled release's groups are bound cells; both refuse alike, naming the rule, with no count
+    refused = [a for a in counts.values() if isinstance(a, NodeRefused)]
+    assert [r.control for r in refused] == ["pooled_bins", "pooled_bins"]
+    assert refused[0].reason == refused[1].reason
+    assert not any(ch.isdigit() for ch in re.sub(r"ADR [0-9, ]+", "", refused[0].reason))
+
+
+def test_defence_a_per_node_curve_of_one_group_after_the_pooled_curves_by_group_is_refused(tmp_path):
+    """Held (hole 1's survival form, ADR 0059 sixteenth-review amendment): after Kaplan-Meier over {A, B, C} by sex on
+    pooled bins, Kaplan-Meier over {B, C} of the women (per-node bins: far from the bound cohort over both sexes in
+    every window) would give B's and C's women's curves, and the pooled women's less them A's.  The windows rule
+    compares each group of the pooled release too: B and C refuse (``pooled_bins``), nothing is released.  (B and C
+    hold 20 deaths a day, half women: without the groups the women are 10 rows or more from everyone in every
+    window and level, and were answered.)"""
+    frames = federation_rows()
+    crowded = [day for day in BUSY[:16] for _ in range(20)]  # four weeks, 20 deaths a day, 10 of them women
+    for h in HOSPITALS[1:]:  # the women are 10 rows or more from everyone in every window
+        frames[h] = survival_rows(h, crowded, ["F", "M"] * (len(crowded) // 2), 24, 420.0, ["F", "M"] * 12)
+    with served_clients(federation(tmp_path, frames)) as clients:
+        assert km(clients, x=["sex"]).result["binning"]["partition"] == "pooled"
+        doc = request(["followup_days", "death_90d"], filters=where(rule("sex", "equal", "F")),
+                      datasets=HOSPITALS[1:], event_level="yes", bin_width=7.0)
+        with pytest.raises(MipflowError) as refused:
+            run_analysis("kaplan_meier", doc, [clients[h] for h in HOSPITALS[1:]], researcher=RESEARCHER,
+                         project=AUDIT)
+    assert "(pooled_bins)" in str(refused.value)
 
 
 EDGE = 3650 / 90
 
 
-@pytest.mark.xfail(strict=True, reason="round 16 hole 2: histograms of follow-up time at B and C first, then a "
-                   "pooled Kaplan-Meier: pooled leavings by an end less their first bins is A's one death (ADR 0059 "
-                   "residual: the reverse order compares cohorts counted whole)")
 def test_hole_2_a_histogram_of_follow_up_time_first_then_the_pooled_curve_gives_a_s_own_leavings(tmp_path):
     """Hole 2.  Class: the reverse order of ADR 0059's fourteenth-review binding compares a pooled step with the
     ledger's cohorts counted whole, not the bins of earlier releases (stated residual).  Adversary: a researcher with a
@@ -184,15 +211,17 @@ def test_hole_2_a_histogram_of_follow_up_time_first_then_the_pooled_curve_gives_
             (ungrouped,) = [g for g in aggregates["histograms"] if g["grouping_var"] is None]
             first_bins[h] = ungrouped["counts"][0]
         outcome = km(clients)
-    curve = curve_of(outcome.result)
-    left = dict(zip(curve["timeline"], np.cumsum(np.add(curve["events"], curve["censored"])).tolist()))
-    end = max(t for t in left if t <= EDGE)
     times = {h: frames[h]["followup_days"] for h in HOSPITALS}
-    assert all(((times[h] > end) & (times[h] < EDGE)).sum() == 0 for h in HOSPITALS)  # the bin ends at the end
-    truth = int((times["hospital_a"] <= end).sum())
+    truth = int((times["hospital_a"] < EDGE).sum())  # A's leavings in the histograms' first bin
     assert truth == 1
     if outcome.result["binning"]["partition"] == "pooled":  # the attack
+        curve = curve_of(outcome.result)
+        left = dict(zip(curve["timeline"], np.cumsum(np.add(curve["events"], curve["censored"])).tolist()))
+        end = max(t for t in left if t <= EDGE)
+        assert all(((times[h] > end) & (times[h] < EDGE)).sum() == 0 for h in HOSPITALS)  # the bin ends at the end
         assert left[end] - sum(first_bins.values()) == truth
+    # the defence: B and C decline the pooled bins (they counted these rows by follow-up time); per-node bins answered
+    assert set(outcome.contributed) == set(HOSPITALS)
     assert outcome.result["binning"]["partition"] == "per_node", "pooled less B's and C's first bins is A's one death"
 
 

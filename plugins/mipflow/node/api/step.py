@@ -64,6 +64,7 @@ Order (ADR 0002, 0010, 0013, 0014, 0015, 0024, 0029, 0046, 0054, 0058)::
     remember_cohort      the cohort ledger learns what was released    (explore: not recorded, a DP release)
     remember_pooled_parts  survival releases on per-node bins, by rows (ADR 0059)
     remember_pooled_windows  survival releases' rows by time and bin ends (ADR 0059 amended)
+    remember_counted_sets  any other release: the sets it counts, with their rows' times (ADR 0059 sixteenth review)
     audit_answer         the "allowed" record
     charge_query_budget  the analysis counts against the budgets
 
@@ -89,6 +90,7 @@ from mipflow.node.controls.differencing import consent_epoch, current_rows
 from mipflow.node.controls.disclosure import DisclosureControls, group_threshold
 from mipflow.node.controls.masking import require_secure_aggregation
 from mipflow.node.controls.pooled_bins import bind_pooled, check_pooled_parts, remember_pooled_parts, require_pooled_masking
+from mipflow.node.controls.counted_memory import remember_counted_sets
 from mipflow.node.controls.pooled_counts import check_pooled_counts
 from mipflow.node.controls.pooled_windows import check_pooled_windows, remember_pooled_windows
 from mipflow.node.controls.query_budget import analysis_key
@@ -509,6 +511,7 @@ CHAIN: tuple[Control, ...] = (
     remember_cohort,
     remember_pooled_parts,
     remember_pooled_windows,
+    remember_counted_sets,
     audit_answer,
     charge_query_budget,
 )

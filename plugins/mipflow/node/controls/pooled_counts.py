@@ -17,7 +17,9 @@ every point).  It is refused when some set ``Y`` and some bound cell ``S = R(W, 
 every level) share a row and differ by fewer than the threshold each way: ``nfilter_tab`` for one level,
 ``min_row_count`` for every level (the thresholds of the survival rule).  Exempt: ``C_R`` itself over the
 whole follow-up (its size is the ``group_n`` the pooled release gave per node in the clear), and near it the
-cohort ledger decides (ADR 0013).
+cohort ledger decides (ADR 0013).  A release by group (Kaplan-Meier's curves by sex) gives each group's cells
+too: ``R_g(W, L)`` is compared like ``R(W, L)``, and a set that is one whole group is exempt like ``C_R``
+(sixteenth review, hole 1: B's and C's women who died less the pooled women's curve).
 
 Why this suffices for one set and one bound release: the attacker's subtraction ``pooled(W, L) - sum over
 the other nodes of their count of Y`` is A's part plus, per node, ``|Y \\ S| - |S \\ Y|``; a node that
@@ -35,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from mipflow.exceptions import DisclosureError
-from mipflow.node.controls.survival_windows import ReleaseRows
+from mipflow.node.controls.survival_windows import ReleaseRows, group_masks
 
 #: The most window counts held at once.
 BLOCK_CELLS = 1 << 22
@@ -96,8 +98,9 @@ def count_near_a_window(bound: ReleaseRows, keys: np.ndarray, times: np.ndarray 
         return False
     keys, first = np.unique(keys, return_index=True)
     b_keys, b_first = np.unique(np.asarray(bound.keys, dtype=np.uint64), return_index=True)
-    if times is None and np.array_equal(keys, b_keys):
-        return False  # the bound cohort itself: its size per node is public (group_n)
+    groups = [m[b_first] for m in group_masks(bound)]  # the release's groups, in key order
+    if times is None and any(np.array_equal(keys, b_keys[m]) for m in [np.ones(len(b_keys), bool), *groups]):
+        return False  # the bound cohort or one of its groups itself: its size per node is public (group_n)
     inside = np.isin(b_keys, keys, assume_unique=True)
     shared_total = int(inside.sum())
     if not shared_total:
@@ -114,12 +117,13 @@ def count_near_a_window(bound: ReleaseRows, keys: np.ndarray, times: np.ndarray 
         y_times = np.asarray(times, dtype=float)[first]
         y_bin = np.searchsorted(edges, y_times[~np.isnan(y_times)], side="left")
     levels: list[int | None] = [None, *np.unique(b_levels).tolist()]
-    for level in levels:
-        cell = np.ones(len(b_keys), dtype=bool) if level is None else b_levels == level
-        threshold = min_row_count if level is None else nfilter_tab
-        if _near_windows(b_bin[cell], b_bin[cell & inside], y_bin, len(keys), bins, threshold,
-                         exempt_full=level is None):
-            return True
+    for part in [np.ones(len(b_keys), dtype=bool), *groups]:  # over every group, then each group apart
+        for level in levels:
+            cell = part if level is None else part & (b_levels == level)
+            threshold = min_row_count if level is None else nfilter_tab
+            if _near_windows(b_bin[cell], b_bin[cell & inside], y_bin, len(keys), bins, threshold,
+                             exempt_full=level is None):
+                return True
     return False
 
 
@@ -131,9 +135,9 @@ def count_refusal() -> DisclosureError:
     return DisclosureError(
         "pooled time bins (ADR 0052, 0059 fourteenth-review amendment): this analysis counts rows (its cohort, "
         "a level or group of it, or its rows in a window of follow-up time) that come within nfilter_tab rows "
-        "(min_row_count over every level of the event variable) of the rows of a cohort this node released in a "
-        "survival analysis on time bins pooled with other nodes, leaving follow-up in one window of time: its counts "
-        "here and at the other nodes would subtract from the pooled one to another hospital's own counts. Describe "
+        "(min_row_count over every level of the event variable) of the rows of a cohort, or of one group of its "
+        "curves, this node released in a survival analysis on time bins pooled with other nodes, leaving follow-up "
+        "in one window of time: its counts here and at the other nodes would subtract from the pooled one to another hospital's own counts. Describe "
         "the survival cohort as a whole or by a variable other than its follow-up time and event (sex, age), choose "
         "a cohort that differs from it in every part of follow-up (a filter on the follow-up time or on the event "
         "variable does not), or run this analysis in explore mode or a study",

@@ -28,10 +28,13 @@ times and levels and the release's ends are remembered after the release
 (:func:`remember_pooled_windows`, ``HOME/survival_windows.sqlite``; about 26 bytes a row, never sent).
 Explore releases are exempt (keyed noise, ADR 0059).  Releases of other algorithms are compared with the
 pooled releases' cells by :mod:`mipflow.node.controls.pooled_counts` (fourteenth review); a pooled release near
-a cohort of the ledger in some window is declined here (:func:`_decline_near_counts`).
+a cohort of the ledger, or near any set an earlier release counted (:mod:`mipflow.node.controls.counted_memory`,
+split by the time variable where it used it), in some window is declined here (:func:`_decline_near_counts`).
+Each group of a release by group (Kaplan-Meier's ``x``) is compared too (:func:`_near_by_cells`; sixteenth review).
 """
 from __future__ import annotations
 
+import json
 import zlib
 from dataclasses import replace
 from pathlib import Path
@@ -52,7 +55,7 @@ from mipflow.node.controls.pooled_bins import (
     participants_of,
 )
 from mipflow.node.controls.sqlite_state import SqliteState
-from mipflow.node.controls.survival_windows import BEYOND, ReleaseRows, near_in_a_window
+from mipflow.node.controls.survival_windows import BEYOND, ReleaseRows, near_in_a_window, release_cells
 
 #: The file of the remembered survival releases' rows by time, in the node home.
 WINDOWS_FILE = "survival_windows.sqlite"
@@ -97,8 +100,12 @@ class WindowMemory(SqliteState):
                      "event_variable TEXT NOT NULL, keys BLOB NOT NULL, patients BLOB, times BLOB NOT NULL, "
                      "levels BLOB NOT NULL, ends BLOB NOT NULL, PRIMARY KEY (kind, data_model, digest, binding, "
                      "time_variable, event_variable))")
-        if "epoch" not in {row[1] for row in conn.execute("PRAGMA table_info(releases)")}:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(releases)")}
+        if "epoch" not in columns:
             conn.execute("ALTER TABLE releases ADD COLUMN epoch TEXT")  # before ADR 0061's amendment: the epoch ""
+        if "groupings" not in columns:  # before the sixteenth review: no group remembered
+            conn.execute("ALTER TABLE releases ADD COLUMN groupings TEXT")
+            conn.execute("ALTER TABLE releases ADD COLUMN groups BLOB")
 
     def remember(self, kind: str, data_model: str, digest: str, binding: str, rows: ReleaseRows,
                  patients: np.ndarray | None, epoch: str = "") -> None:
@@ -108,21 +115,30 @@ class WindowMemory(SqliteState):
         keys, first = np.unique(rows.keys[order], return_index=True)
         order = order[first]
         ident = (kind, data_model, digest, binding, rows.time_variable, rows.event_variable)
+        groupings = list(rows.groupings)
+        groups = [] if rows.groups is None else [g[order] for g in np.asarray(rows.groups).reshape(-1, len(rows.keys))]
         with self._lock, self._connect() as conn:
             self._table(conn)
-            old = conn.execute("SELECT ends, epoch FROM releases WHERE kind = ? AND data_model = ? AND digest = ? AND "
-                               "binding = ? AND time_variable = ? AND event_variable = ?", ident).fetchone()
+            old = conn.execute("SELECT ends, epoch, groupings, groups FROM releases WHERE kind = ? AND data_model = ? "
+                               "AND digest = ? AND binding = ? AND time_variable = ? AND event_variable = ?",
+                               ident).fetchone()
             ends = np.unique(np.asarray(rows.ends, dtype=float))
             if old is not None:
                 ends = np.union1d(ends, _unpack(old[0], "<f8"))
                 epoch = old[1] or ""
+                # the same rows released by another grouping (a chain's pools by sex, then by stroke type): both kept
+                for name, codes in zip(*_groups_of(old[2], old[3], len(keys))):
+                    if name not in groupings:
+                        groupings.append(name)
+                        groups.append(codes)
             conn.execute("INSERT OR REPLACE INTO releases (kind, data_model, digest, binding, time_variable, "
-                         "event_variable, keys, patients, times, levels, ends, epoch) "
-                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         "event_variable, keys, patients, times, levels, ends, epoch, groupings, groups) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                          (*ident, encode_keys(keys),
                           None if patients is None else _pack(np.asarray(patients)[order], "<u8"),
                           _pack(rows.times[order], "<f8"), _pack(rows.levels[order], "<i2"), _pack(ends, "<f8"),
-                          epoch))
+                          epoch, json.dumps(groupings) if groupings else None,
+                          _pack(np.concatenate(groups), "<i2") if groupings else None))
 
     def releases(self, kind: str, view: EpochView | None = None
                  ) -> list[tuple[str, str, str, ReleaseRows, np.ndarray | None]]:
@@ -132,19 +148,32 @@ class WindowMemory(SqliteState):
         with self._lock, self._connect() as conn:
             self._table(conn)
             found = conn.execute("SELECT data_model, digest, binding, time_variable, event_variable, keys, "
-                                 "patients, times, levels, ends, epoch FROM releases WHERE kind = ?",
-                                 (kind,)).fetchall()
+                                 "patients, times, levels, ends, epoch, groupings, groups FROM releases "
+                                 "WHERE kind = ?", (kind,)).fetchall()
         out = []
-        for model, digest, binding, time_var, event_var, keys, patients, times, levels, ends, epoch in found:
-            rows = ReleaseRows(decode_keys(keys), _unpack(times, "<f8"), _unpack(levels, "<i2").astype(np.int64),
-                               _unpack(ends, "<f8"), time_var, event_var)
+        for (model, digest, binding, time_var, event_var, keys, patients, times, levels, ends, epoch, names,
+             codes) in found:
+            keys = decode_keys(keys)
+            names, groups = _groups_of(names, codes, len(keys))
+            rows = ReleaseRows(keys, _unpack(times, "<f8"), _unpack(levels, "<i2").astype(np.int64),
+                               _unpack(ends, "<f8"), time_var, event_var,
+                               np.stack(groups) if groups else None, tuple(names))
             people = _unpack(patients, "<u8")
             kept = None if view is None else view.held_mask(rows.keys, model, ROWS, epoch)
             if kept is not None:
-                rows = replace(rows, keys=rows.keys[kept], times=rows.times[kept], levels=rows.levels[kept])
+                rows = replace(rows, keys=rows.keys[kept], times=rows.times[kept], levels=rows.levels[kept],
+                               groups=None if rows.groups is None else rows.groups[:, kept])
                 people = None if people is None else people[kept]
             out.append((model, digest, binding, rows, people))
         return out
+
+
+def _groups_of(names: str | None, blob: bytes | None, n: int) -> tuple[list[str], list[np.ndarray]]:
+    """The remembered groupings of a release and each row's group under each (key order)."""
+    if not names or blob is None:
+        return [], []
+    codes = _unpack(blob, "<i2").astype(np.int64).reshape(-1, n)
+    return list(json.loads(names)), list(codes)
 
 
 _MEMORIES: dict[str, WindowMemory] = {}
@@ -158,10 +187,10 @@ def memory(root: str | Path) -> WindowMemory:
     return _MEMORIES[key]
 
 
-def _fine(work: Any, request: Any) -> np.ndarray:
+def _fine(work: Any, request: Any, code: str | None = None) -> np.ndarray:
     from mipflow.algorithms.survival import fine_grid
 
-    return fine_grid(work.model.variable(request.analysis.y[0]))
+    return fine_grid(work.model.variable(request.analysis.y[0] if code is None else code))
 
 
 def _release_ends(request: Any, work: Any, fine: np.ndarray, times: np.ndarray) -> np.ndarray:
@@ -210,8 +239,26 @@ def release_rows(request: Any, work: Any) -> ReleaseRows | None:
     beyond = np.searchsorted(fine, numeric_values(work.data[time_code]), side="left") >= len(fine)
     levels[beyond] = BEYOND
     times = fine[index]
+    groupings, groups = _grouping(request, work)
     return ReleaseRows(np.asarray(cohorts.order, dtype=np.uint64), times, levels,
-                       _release_ends(request, work, fine, times), time_code, event_code)
+                       _release_ends(request, work, fine, times), time_code, event_code, groups, groupings)
+
+
+def _grouping(request: Any, work: Any) -> tuple[tuple[str, ...], np.ndarray | None]:
+    """The release's groups (sixteenth review): Kaplan-Meier's curves by the levels of ``x`` give each group's
+    counts apart; each row's group is the index of its level (-1: missing, in no curve).  Cox's ``x`` are
+    covariates (no counts by group)."""
+    if request.algorithm != "kaplan_meier" or not request.analysis.x:
+        return (), None
+    from mipflow.algorithms.design import category_codes
+
+    code = request.analysis.x[0]
+    variable = work.model.variable(code)
+    values = category_codes(work.data[code], variable).to_numpy()
+    groups = np.full(len(values), -1, dtype=np.int64)
+    for position, level in enumerate(variable.enumeration_codes):
+        groups[values == str(level)] = position
+    return (code,), groups[None, :]
 
 
 def _compared(mine: ReleaseRows, patients: np.ndarray | None, model: str, other_model: str, other: ReleaseRows,
@@ -278,7 +325,7 @@ def check_pooled_windows(request: Any, context: Any, work: Any) -> None:
         _decline_near_counts(context, work, mine)
     for other_kind, (other_model, _, _, rows, other_patients) in against:
         pair = _compared(mine, patients, model, other_model, rows, other_patients)
-        if pair is None or not near_in_a_window(pair[1], pair[0], settings.min_row_count, settings.nfilter_tab):
+        if pair is None or not _near_by_cells(pair[1], pair[0], settings.min_row_count, settings.nfilter_tab):
             continue
         if not pooled:
             raise _window_refusal()
@@ -286,24 +333,48 @@ def check_pooled_windows(request: Any, context: Any, work: Any) -> None:
                         + ("on per-node bins" if other_kind == PER_NODE_RELEASE else "on other pooled bins"))
 
 
+def _near_by_cells(theirs: ReleaseRows, ours: ReleaseRows, min_row_count: int, nfilter_tab: int) -> bool:
+    """Two survival releases near in a window (:func:`near_in_a_window`), over every group; and each release's
+    groups apart (sixteenth review: a curve by sex gives its group's counts) by rows within ``min_row_count`` over
+    every level, or the same rows of one level (not within ``nfilter_tab``: round 13's honest Kaplan-Meier of the
+    elderly differs from the women's deaths by two rows in one window; ADR 0059, sixteenth-review amendment)."""
+    if near_in_a_window(theirs, ours, min_row_count, nfilter_tab):
+        return True
+    mine, other = release_cells(ours), release_cells(theirs)
+    return any(near_in_a_window(t, o, min_row_count, 1) for t in other for o in mine
+               if t is not other[0] or o is not mine[0])
+
+
 def _decline_near_counts(context: Any, work: Any, mine: ReleaseRows) -> None:
-    """The reverse order of :mod:`mipflow.node.controls.pooled_counts`: a pooled release whose rows in some window
-    and level come near a cohort this node answered before (any algorithm, the cohort ledger's sets, counted whole)
-    is declined; the central site falls back to per-node bins.  At round 0 its ends are every fine point."""
+    """The reverse order of :mod:`mipflow.node.controls.pooled_counts`: a pooled release one of whose cells (rows
+    in a window, a level, a group) comes near a set this node counted before is declined; the central site falls
+    back to per-node bins.  At round 0 its ends are every fine point.  The sets: the cohort ledger's (counted
+    whole) and every set an earlier release counted (:mod:`mipflow.node.controls.counted_memory`: its levels and
+    groups, and, when it used this time variable, its rows split at every point: a histogram's bins)."""
+    from mipflow.node.controls.counted_memory import counted_memory
     from mipflow.node.controls.pooled_counts import count_near_a_window
 
-    ledger = getattr(getattr(context, "differencing", None), "ledger", None)
-    if ledger is None:
-        return
     settings, model = work.settings, work.cohorts.data_model
     view = epoch_view(context, work)  # ADR 0061: a cohort of an earlier epoch by its rows still held, alike
-    for entry in ledger.every_release():
-        if entry.data_model != model:
-            continue
-        keys = view.held(entry.rows, entry.data_model, ROWS, entry.epoch)
-        if count_near_a_window(mine, keys, None, settings.min_row_count, settings.nfilter_tab):
-            raise _declined("in some window of follow-up time these rows come near rows this node counted in "
-                            "another analysis")
+    near = False
+    ledger = getattr(getattr(context, "differencing", None), "ledger", None)
+    for entry in [] if ledger is None else ledger.every_release():
+        if entry.data_model == model and count_near_a_window(mine, view.held(entry.rows, entry.data_model, ROWS,
+                                                                             entry.epoch),
+                                                             None, settings.min_row_count, settings.nfilter_tab):
+            near = True
+            break
+    if not near:
+        fine = _fine(work, request=None, code=mine.time_variable)
+        for keys, times in counted_memory(context.home.root).sets(model, mine.time_variable, fine, view):
+            if count_near_a_window(mine, keys, None, settings.min_row_count, settings.nfilter_tab) or (
+                    times is not None and count_near_a_window(mine, keys, times, settings.min_row_count,
+                                                              settings.nfilter_tab)):
+                near = True
+                break
+    if near:
+        raise _declined("in some window of follow-up time these rows come near rows this node counted in "
+                        "another analysis")
 
 
 def remember_pooled_windows(request: Any, context: Any, work: Any) -> None:

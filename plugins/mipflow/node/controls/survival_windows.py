@@ -28,7 +28,7 @@ a correction, counts as shared only in windows holding both of its times).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -55,6 +55,12 @@ class ReleaseRows:
     time_variable, event_variable : str
         The variables of ``y``: windows compare releases on the same time variable, levels on the
         same event variable.
+    groups : numpy.ndarray of int, shape (g, n), optional
+        Each row's group (the index of its level, -1: in no group) under each of ``groupings``: the
+        grouping variables of the release's curves (Kaplan-Meier's ``x``), whose groups' counts it gives
+        apart (sixteenth review); None: no grouping.
+    groupings : tuple of str
+        The grouping variables, one per row of ``groups``.
     """
 
     keys: np.ndarray
@@ -63,6 +69,24 @@ class ReleaseRows:
     ends: np.ndarray
     time_variable: str
     event_variable: str
+    groups: np.ndarray | None = None
+    groupings: tuple[str, ...] = ()
+
+
+def group_masks(rows: ReleaseRows) -> list[np.ndarray]:
+    """One mask over ``rows`` per group the release gives apart (every grouping, every level present)."""
+    if rows.groups is None:
+        return []
+    groups = np.asarray(rows.groups, dtype=np.int64).reshape(-1, len(rows.keys))
+    return [codes == code for codes in groups for code in np.unique(codes[codes >= 0]).tolist()]
+
+
+def release_cells(rows: ReleaseRows) -> list[ReleaseRows]:
+    """The release as the windows rule compares it: its rows over every group, then each group's rows alone
+    (a release by group gives each group's counts in every window: bound cells of their own)."""
+    bare = replace(rows, groups=None, groupings=())
+    return [bare] + [replace(bare, keys=rows.keys[m], times=np.asarray(rows.times)[m],
+                             levels=np.asarray(rows.levels)[m]) for m in group_masks(rows)]
 
 
 def _first_of_each(keys: np.ndarray) -> np.ndarray:

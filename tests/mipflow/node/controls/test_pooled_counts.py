@@ -102,3 +102,71 @@ def test_the_censored_level_and_the_last_window_are_bound_cells_too():
     bound, keys, _, levels = round14_release()
     assert count_near_a_window(bound, keys[levels == 1], None, MIN_ROWS, TAB)
     assert count_near_a_window(bound, keys[levels == 0], None, MIN_ROWS, TAB)  # every death: (-inf, +inf), yes
+
+
+# --------------------------------------------------------------------------- groups of the curves (sixteenth review)
+
+
+def by_definition_grouped(bound: ReleaseRows, keys: np.ndarray, times: np.ndarray | None) -> bool:
+    """The definition over every cell of the release: over every group and of each group apart (each the rows of
+    one group in a window, one level or every level); a set that is the cohort or one group, counted whole, is
+    exempt (its size per node is ``group_n``), as is each part over the whole follow-up, every level."""
+    keys_u = set(np.unique(keys).tolist())
+    codes = np.asarray(bound.groups)[0]
+    parts = [None, *np.unique(codes[codes >= 0]).tolist()]
+    member = {p: {int(k) for k, c in zip(bound.keys, codes) if p is None or c == p} for p in parts}
+    if times is None and any(keys_u == member[p] for p in parts):
+        return False
+    points = [-np.inf, *np.unique(bound.ends), np.inf]
+    time_of = dict(zip(keys.tolist(), [None] * len(keys) if times is None else times.tolist()))
+    for i, a in enumerate(points):
+        for b in points[i + 1:]:
+            inside = {int(k) for k, t in zip(bound.keys, bound.times) if a < t <= b}
+            counted = keys_u if times is None else \
+                {k for k, t in time_of.items() if t is not None and not np.isnan(t) and a < t <= b}
+            for part in parts:
+                for level in [None, *np.unique(bound.levels).tolist()]:
+                    if level is None and a == -np.inf and b == np.inf:
+                        continue
+                    cell = {int(k) for k, lv in zip(bound.keys, bound.levels) if level is None or lv == level}
+                    cell &= inside & member[part]
+                    threshold = MIN_ROWS if level is None else TAB
+                    if cell & counted and len(counted - cell) < threshold and len(cell - counted) < threshold:
+                        return True
+    return False
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_with_groups_the_rule_equals_its_definition_over_every_cell(seed):
+    rng = np.random.default_rng(1000 + seed)
+    n = int(rng.integers(8, 45))
+    keys = rng.choice(10_000, n, replace=False).astype(np.uint64)
+    times = rng.integers(0, 30, n).astype(float)
+    levels = rng.integers(0, 2, n)
+    groups = rng.integers(-1, 3, n)  # three levels of the grouping variable, and a few rows without one
+    ends = np.unique(rng.integers(0, 30, int(rng.integers(1, 8)))).astype(float)
+    bound = ReleaseRows(keys, times, levels, ends, "t", "e", groups[None, :], ("g",))
+    pick = groups == seed % 3
+    if seed % 2:
+        pick &= levels == seed % 4 // 2
+    if seed % 5 == 0:
+        pick &= rng.random(n) < 0.8
+    outside = rng.choice(np.arange(20_000, 20_100), int(rng.integers(0, 3)), replace=False).astype(np.uint64)
+    chosen = np.concatenate([keys[pick], outside])
+    split = np.concatenate([times[pick], rng.integers(0, 30, len(outside)).astype(float)])
+    for set_times in (None, split):
+        assert count_near_a_window(bound, chosen, set_times, MIN_ROWS, TAB) == \
+            by_definition_grouped(bound, chosen, set_times)
+
+
+def test_a_group_s_events_are_a_bound_cell_its_whole_is_not():
+    """Round 16 hole 1 at B: the women who died are a cell of the curve of women (every window, level yes); the
+    women as a whole (their ``group_n``) are exempt; the same release without its groups binds neither."""
+    bound, keys, times, levels = round14_release()
+    sex = np.where(np.arange(len(keys)) % 2 == 0, 0, 1)  # women and men alternately
+    grouped = ReleaseRows(bound.keys, bound.times, bound.levels, bound.ends, "t", "e", sex[None, :], ("sex",))
+    women_deaths = keys[(sex == 0) & (levels == 0)]
+    assert count_near_a_window(grouped, women_deaths, None, MIN_ROWS, TAB)
+    assert not count_near_a_window(bound, women_deaths, None, MIN_ROWS, TAB)
+    assert not count_near_a_window(grouped, keys[sex == 0], None, MIN_ROWS, TAB)
+    assert count_near_a_window(grouped, keys[sex == 0], times[sex == 0], MIN_ROWS, TAB)  # split by time: cells
