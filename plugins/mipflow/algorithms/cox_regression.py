@@ -211,8 +211,8 @@ class CoxRegression(SpecAlgorithm):
                    "group_counts": [int(v) for v in (*events, *censored)],
                    # the start round's level counts, checked here already (refused at round 0 as before
                    # ADR 0055's amendment) and never sent with the bins
-                   # with every declared cell (the event set within a level, two covariates' joint levels: the
-                # start round's co-moments and the sums rounds' S2 hold their counts; ADR 0051)
+                   # with every declared cell (the event set within a level: event_x; two covariates' joint
+                # levels: the sums rounds' S2 and the information; ADR 0051, sixteenth review)
                 LEVEL_CELLS: [*(c for code in request.x for c in counts.get(code, [])),
                               *declared_cell_counts(data, self.released_groups(request, model), model)],
                    POINTS_KEY: request_points(time_var, params["bin_width"], None),

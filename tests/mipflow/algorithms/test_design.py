@@ -1,14 +1,24 @@
 """Design columns without the design matrix (mipflow.algorithms.design, ADR 0049 amended): the same
 values as design_matrix, the frame's own float columns not copied, and the linear and logistic local
-steps releasing bit for bit what they released when they built the matrix."""
+steps releasing bit for bit what they released when they built the matrix.  The released groups of a
+dummy-encoded design (ADR 0051 amended for the sixteenth review): each pair of nominal covariates' joint
+cells, and every declared cell checked in the release (``declared_cell_counts``)."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
+import pandas as pd
 import pytest
 
-from mipflow.algorithms import get_algorithm
-from mipflow.algorithms.design import design_columns_of, design_matrix, level_counts
+from mipflow.algorithms import AnalysisRequest, get_algorithm
+from mipflow.algorithms.contract import ReleasedGroups
+from mipflow.algorithms.design import (declared_cell_counts, design_columns_of, design_matrix, dummy_level_groups,
+                                       level_counts)
 from mipflow.algorithms.moments import compute_moments
+from mipflow.node.controls.groups import kind_of, level_groups
+from mipflow.node.home import NodeSettings
+from tests.mipflow.algorithms.survival_data import HOSPITALS, STROKE, run_with_controls
 from tests.mipflow.algorithms.synthetic import MODEL, make_data, request
 
 X = ("x1", "grp", "age", "sex", "x2")
@@ -67,11 +77,9 @@ def test_linear_and_logistic_first_rounds_release_what_the_matrix_gave():
 # (ADR 0051 amended for the sixteenth review, hole 3)
 
 
-def _stroke(n: int = 300, joint_tia_women: int = 1, tia_deaths: int = 12, seed: int = 16) -> "pd.DataFrame":
+def _stroke(n: int = 300, joint_tia_women: int = 1, tia_deaths: int = 12, seed: int = 16) -> pd.DataFrame:
     """Stroke rows, sex and stroke type balanced but for ``joint_tia_women`` women with a TIA (every level at
     least 20 rows), ``tia_deaths`` deaths among the TIA patients (and many among the others)."""
-    import pandas as pd
-
     rng = np.random.default_rng(seed)
     types = np.array(["ischaemic", "haemorrhagic", "tia"])[np.arange(n) % 3]
     sex = np.where(np.arange(n) % 2 == 0, "F", "M").astype(object)
@@ -89,10 +97,6 @@ def _stroke(n: int = 300, joint_tia_women: int = 1, tia_deaths: int = 12, seed: 
 
 
 def test_two_or_more_nominal_covariates_declare_each_pair_s_joint_cells() -> None:
-    from mipflow.algorithms.contract import ReleasedGroups
-    from mipflow.algorithms.design import dummy_level_groups
-    from tests.mipflow.algorithms.survival_data import STROKE
-
     assert dummy_level_groups(["age", "nihss_admission"], STROKE) == ()
     assert dummy_level_groups(["age", "sex", "sex"], STROKE) == (ReleasedGroups(("sex",)),)  # one covariate: levels
     assert dummy_level_groups(["sex", "age", "stroke_type", "sex"], STROKE) == (ReleasedGroups(("sex", "stroke_type")),)
@@ -104,10 +108,6 @@ def test_two_or_more_nominal_covariates_declare_each_pair_s_joint_cells() -> Non
 def test_a_pair_s_groups_are_its_joint_cells_and_each_covariate_s_levels_as_margins() -> None:
     """What the node derives from the declaration (``level_groups``): the six sex x stroke type cells (the
     chain's sets) and the five levels (margins, still held by rules 1 and 4); the union is the cohort."""
-    from mipflow.algorithms.design import dummy_level_groups
-    from mipflow.node.controls.groups import kind_of, level_groups
-    from tests.mipflow.algorithms.survival_data import STROKE
-
     data = _stroke()
     keys = np.arange(100, 100 + len(data), dtype=np.uint64)
     groups, union = level_groups(data, keys, dummy_level_groups(["sex", "stroke_type", "age"], STROKE), STROKE, "m")
@@ -122,9 +122,6 @@ def test_a_pair_s_groups_are_its_joint_cells_and_each_covariate_s_levels_as_marg
 
 
 def test_declared_cell_counts_are_the_declared_cells_sizes() -> None:
-    from mipflow.algorithms.contract import ReleasedGroups
-    from mipflow.algorithms.design import declared_cell_counts
-    from tests.mipflow.algorithms.survival_data import STROKE
 
     data = _stroke()
     data.loc[[0, 1], "sex"] = None  # missing: in no cell
@@ -156,15 +153,11 @@ def test_every_declared_cell_is_checked_in_the_release_so_no_group_is_left_unche
     "Where"): so every declared cell is among the counts that check reads, for every declaring algorithm.  One
     woman with a TIA (every level 20 rows or more): refused at round 0 by ``nfilter_tab``, no size said; with three,
     every model answers (the check is no stricter than the cell)."""
-    from mipflow.algorithms import AnalysisRequest
-    from mipflow.node.home import NodeSettings
-    from tests.mipflow.algorithms.survival_data import HOSPITALS, STROKE, run_with_controls
-
     req = AnalysisRequest(data_model=STROKE.key, datasets=HOSPITALS, x=("sex", "stroke_type", "age"), y=y,
                           parameters=parameters)
     result, used, refused = run_with_controls(name, [_stroke(joint_tia_women=1)], req, NodeSettings())
     assert result is None and not used and refused[0].control == "nfilter_tab", refused
-    assert set(__import__("re").findall(r"\d+", str(refused[0]))) == {"3"}
+    assert set(re.findall(r"\d+", str(refused[0]))) == {"3"}
     result, used, refused = run_with_controls(name, [_stroke(joint_tia_women=3)], req, NodeSettings())
     assert used == [0] and not refused and result is not None
 
@@ -173,9 +166,6 @@ def test_every_declared_cell_is_checked_in_the_release_so_no_group_is_left_unche
 def test_a_class_within_a_level_is_checked_in_the_release_too(name, y, parameters) -> None:
     """The response class (the event set) within a level (ADR 0051, fifteenth review) is a declared cell too: two
     deaths among the TIA patients refuse the release (one stroke type, ``nfilter_tab``)."""
-    from mipflow.algorithms import AnalysisRequest
-    from mipflow.node.home import NodeSettings
-    from tests.mipflow.algorithms.survival_data import HOSPITALS, STROKE, run_with_controls
 
     req = AnalysisRequest(data_model=STROKE.key, datasets=HOSPITALS, x=("stroke_type", "age"), y=y,
                           parameters=parameters)
