@@ -174,8 +174,8 @@ class Algorithm(Protocol):
 #   Bayes classes, the dummy levels of every algorithm that dummy-encodes its covariates, with two
 #   nominal covariates or more each pair's joint cells
 #   (:func:`mipflow.algorithms.design.dummy_level_groups`: linear and logistic regression, GEE, LMM,
-#   Cox; every declared cell also checked per release,
-#   :func:`mipflow.algorithms.design.declared_cell_counts`), contingency cells, a binary response's classes and Cox's event set
+#   Cox; their cells also checked per release, :func:`mipflow.algorithms.design.declared_cell_counts`),
+#   contingency cells, a binary response's classes and Cox's event set
 #   (:func:`mipflow.algorithms.design.class_groups`), histogram bins (numerical columns cut into
 #   ``bins``).  The node derives every group they let anyone
 #   form (cells, margins of cells, their union) and holds each, against the same group of earlier
