@@ -23,7 +23,8 @@ Found (holes):
    leavings by the end at day 40 less B's and C's first bin ``[0, 40.6)`` is A's own leavings by then: one death.
 3. **A regression's joint dummy count less a cohort** (ADR 0051 stated residual, ``cell_n``): linear regression of
    NIHSS on sex and stroke type gives the number of women with a TIA in its co-moments (45); descriptive statistics of
-   adult women with a TIA (44) leave the one young woman with a TIA.
+   adult women with a TIA (44) leave the one young woman with a TIA.  Closed (ADR 0051 amended for the sixteenth
+   review): the joint cells of two nominal covariates are released groups; the cohort is refused ``differencing``.
 
 Holes 1 and 2 are closed (ADR 0059, sixteenth-review amendment): a pooled release's groups are bound cells (B and
 C refuse their women who died, ``pooled_bins``, in the same words), and a pooled step compares every set an earlier
@@ -254,10 +255,10 @@ def test_defence_a_pooled_curve_repeated_after_a_correction_at_one_hospital_is_r
 def single(tmp_path_factory) -> Iterator[dict[str, Served]]:
     """Standard-mode nodes (project ``audit``), round 13's level registry (240 rows; the target a young TIA patient,
     NIHSS 41) under keyed pseudonyms as an ingest stores them: ``holder`` (holds patient ``lvl-5``), ``stranger`` (the
-    same rows under other patient ids: holds no one the registry names), ``back`` and ``joint``."""
+    same rows under other patient ids: holds no one the registry names), ``back``, ``joint`` and ``honest``."""
     base = Path(tmp_path_factory.mktemp("round16-single"))
     roots, credentials, frames = {}, {}, {}
-    for name in ("holder", "stranger", "back", "joint"):
+    for name in ("holder", "stranger", "back", "joint", "honest"):
         roots[name] = base / name
         home = standard_home(roots[name], "hospital_a")
         pseudonyms = Pseudonymiser(home.key())
@@ -328,16 +329,17 @@ def test_defence_a_correction_then_the_correction_back_keeps_the_row_s_versions(
     assert typed(node.call("descriptive_stats", EVERYONE, project=AUDIT)) == (403, "differencing")
 
 
-@pytest.mark.xfail(strict=True, reason="round 16 hole 3: a regression's joint dummy count (sex x stroke type, in its "
-                   "co-moments) less a cohort of adult women with TIA counts one young woman with TIA (ADR 0051 "
-                   "residual: cell_n not handed to the memory)")
 def test_hole_3_a_regression_s_joint_dummy_count_less_a_cohort_counts_a_cell_of_one(single):
     """Hole 3.  Class: ADR 0051's stated residual "joint counts of two covariates (``cell_n``)": checked at
     ``nfilter_tab`` within the release, never handed to the group memory or the chain.  Adversary: a researcher with a
     standard-mode grant.  Linear regression of NIHSS on sex and stroke type releases the co-moments of the dummies:
     ``m2[F][tia] + n mean[F] mean[tia]`` is the number of women with a TIA (45).  Descriptive statistics of
     ``sex = F AND stroke_type = tia AND age >= 25`` (44 rows: far from every cohort and margin) leave one: the young
-    woman with a TIA (the target), a count no table may show (``nfilter_tab`` 3)."""
+    woman with a TIA (the target), a count no table may show (``nfilter_tab`` 3).
+
+    Closed: every algorithm that dummy-encodes two nominal covariates declares their joint cells as released groups
+    (``design.dummy_level_groups``); the adult women with a TIA are a cohort one row from a remembered cell (rule 4,
+    ``differencing``)."""
     node = single["joint"]
     rows = node.rows
     regression = node.call("linear_regression", request(["nihss_admission"], ["sex", "stroke_type"]), project=AUDIT)
@@ -353,3 +355,31 @@ def test_hole_3_a_regression_s_joint_dummy_count_less_a_cohort_counts_a_cell_of_
         n = adult.json()["aggregates"]["datasets"]["hospital_a"]["variable_based"]["nihss_admission"]["moments"]["n"]
         assert joint - n == 1
     assert typed(adult) == (403, "differencing"), "the joint count less adult women with a TIA is a cell of one"
+    assert not any(ch.isdigit() for ch in adult.json()["refused"].split("(")[0])  # no size said
+
+
+def test_honest_a_regression_on_two_nominal_covariates_then_subgroups_far_from_its_cells_answers(single):
+    """Honest work beside hole 3's defence (the joint cells are released groups): linear regression of NIHSS on
+    sex and stroke type; descriptive statistics of women aged 65 or more and of every woman (a margin of the
+    cells: the same rows); the cell of women with a TIA itself (the same rows as the cell); the same regression
+    again and a logistic regression of sex on stroke type and age (its class x level cells are the joint cells'
+    rows); a regression on patients aged 65 or more (every cell far from the first's).  All answered."""
+    node = single["honest"]
+    rows = node.rows
+    women = rule("sex", "equal", "F")
+    calls = [
+        ("linear_regression", request(["nihss_admission"], ["sex", "stroke_type"])),
+        ("descriptive_stats", request(["nihss_admission"], filters=where(women, rule("age", "greater_or_equal", 65)))),
+        ("descriptive_stats", request(["nihss_admission"], filters=where(women))),
+        ("descriptive_stats", request(["nihss_admission"], filters=where(women, rule("stroke_type", "equal", "tia")))),
+        ("linear_regression", request(["nihss_admission"], ["sex", "stroke_type"])),
+        ("logistic_regression", request(["sex"], ["stroke_type", "age"], positive_class="F")),
+        ("linear_regression", request(["nihss_admission"], ["sex", "stroke_type"],
+                                      filters=where(rule("age", "greater_or_equal", 65)))),
+    ]
+    # not vacuous: the regression on patients aged 65 or more drops at least nfilter_tab rows from every cell
+    assert rows[rows["age"] < 65].groupby(["sex", "stroke_type"]).size().min() >= 3
+    assert rows.groupby(["sex", "stroke_type"]).size().size == 6
+    for algorithm, doc in calls:
+        reply = node.call(algorithm, doc, project=AUDIT)
+        assert reply.status_code == 200, (algorithm, reply.text)

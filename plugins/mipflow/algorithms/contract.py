@@ -171,9 +171,11 @@ class Algorithm(Protocol):
 #   the node compares with the partitions it released before (k-means, ADR 0013);
 # * ``released_groups``: the level cells of nominal variables whose sums (count, means, spreads)
 #   its local step releases (:class:`ReleasedGroups`): t-test and ANOVA groups, Gaussian naive
-#   Bayes classes, the dummy levels of every algorithm that dummy-encodes its covariates
+#   Bayes classes, the dummy levels of every algorithm that dummy-encodes its covariates, with two
+#   nominal covariates or more each pair's joint cells
 #   (:func:`mipflow.algorithms.design.dummy_level_groups`: linear and logistic regression, GEE, LMM,
-#   Cox), contingency cells, a binary response's classes and Cox's event set
+#   Cox; their cells also checked per release, :func:`mipflow.algorithms.design.declared_cell_counts`),
+#   contingency cells, a binary response's classes and Cox's event set
 #   (:func:`mipflow.algorithms.design.class_groups`), histogram bins (numerical columns cut into
 #   ``bins``).  The node derives every group they let anyone
 #   form (cells, margins of cells, their union) and holds each, against the same group of earlier

@@ -89,6 +89,7 @@ from mipflow.algorithms.cox_shares import node_share as _node_share
 from mipflow.algorithms.design import (
     class_groups,
     dummy_level_groups,
+    declared_cell_counts,
     design_columns,
     design_matrix,
     level_counts,
@@ -210,7 +211,11 @@ class CoxRegression(SpecAlgorithm):
                    "group_counts": [int(v) for v in (*events, *censored)],
                    # the start round's level counts, checked here already (refused at round 0 as before
                    # ADR 0055's amendment) and never sent with the bins
-                   LEVEL_CELLS: [c for code in request.x for c in counts.get(code, [])],
+                   # with two covariates' joint levels (the sums rounds' S2 and the information hold their
+                   # counts; ADR 0051, sixteenth review); the event set within a level (event_x, in the sealed
+                   # score's shares) is not checked per release (tests/integration/test_survival_federation.py)
+                   LEVEL_CELLS: [*(c for code in request.x for c in counts.get(code, [])),
+                                 *declared_cell_counts(data, dummy_level_groups(request.x, model), model)],
                    POINTS_KEY: request_points(time_var, params["bin_width"], None),
                    LEVEL_KEY: request_level(time_var, params["bin_width"])}
             if params["max_time"] is not None:

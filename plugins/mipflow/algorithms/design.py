@@ -358,18 +358,49 @@ def level_counts(data: pd.DataFrame, codes: Sequence[str], model: DataModel) -> 
 
 
 def dummy_level_groups(x: Sequence[str], model: DataModel) -> tuple[ReleasedGroups, ...]:
-    """The released groups of a dummy-encoded design (``Algorithm.released_groups``, ADR 0051): each nominal
-    covariate of ``x``, every level (its margins only).
+    """The released groups of a dummy-encoded design (``Algorithm.released_groups``, ADR 0051): the joint
+    cells of each pair of nominal covariates of ``x`` (every level of each; their margins are each covariate's
+    levels), or the one nominal covariate's levels.
 
     A dummy column's sums in a design's moments, Gram matrix, score or information are sums over its level's
     rows (the level's count, and sums of the response and of every numerical covariate, weighted or not):
-    first moments over a set of rows, held to ``nfilter_tab`` across releases.  Declared by every algorithm
-    that dummy-encodes ``x`` (linear and logistic regression, GEE, linear mixed model, Cox regression).  The
-    joint cells of two covariates are counts (``cell_n``, checked per release) and are not declared.
+    first moments over a set of rows, held to ``nfilter_tab`` across releases.  The product of two dummy
+    columns of two covariates is the indicator of their joint cell, so a design's co-moments (a Gram matrix,
+    ``X' W X`` at a constant weight, a risk set's ``S2``) hold every joint cell's count (``cell_n``, checked
+    per release at ``nfilter_tab``): a count over a set of rows, held the same way across releases (ADR 0051
+    amended for the sixteenth review; a cell less a cohort of all but one of its rows counts that one).
+    Declared by every algorithm that dummy-encodes ``x`` (linear and logistic regression, GEE, linear mixed
+    model, Cox regression).  No product of three dummies enters a design's sums: no three-way cell.
     """
     from mipflow.algorithms.contract import ReleasedGroups
 
-    return tuple(ReleasedGroups((code,)) for code in x if model.variable(code).is_categorical)
+    nominal = [code for code in dict.fromkeys(x) if model.variable(code).is_categorical]
+    if len(nominal) < 2:
+        return tuple(ReleasedGroups((code,)) for code in nominal)
+    return tuple(ReleasedGroups((a, b)) for i, a in enumerate(nominal) for b in nominal[i + 1:])
+
+
+def declared_cell_counts(data: pd.DataFrame, groupings: Sequence[ReleasedGroups], model: DataModel) -> list[int]:
+    """Rows in each non-empty cell (every column) of each of ``groupings`` on the frame ``data``: the sizes of
+    the finest groups a release declares (``Algorithm.released_groups``), for its ``cell_n`` (checked at the
+    group threshold, never sent, ADR 0031).
+
+    The group memory leaves a release holding a group under the threshold to the release check (ADR 0051,
+    "Where"): every declared cell's size must be among the release's checked counts, or that release would
+    skip the group rules.  Margins are sums of cells (0 or at least the threshold when every cell is)."""
+    import pandas as pd
+
+    out: list[int] = []
+    for grouping in groupings:
+        codes = [grouping_codes(data, grouping, i, model) for i in range(len(grouping.columns))]
+        released = np.ones(len(data), dtype=bool)
+        for column_codes in codes:
+            released &= pd.notna(column_codes)
+        if not released.any():
+            continue
+        frame = pd.DataFrame({str(i): column_codes[released] for i, column_codes in enumerate(codes)})
+        out += [int(n) for n in frame.groupby(list(frame.columns), sort=True).size()]
+    return out
 
 
 def class_groups(y: str, x: Sequence[str], model: DataModel, classes: Sequence[str] | None = None,

@@ -46,6 +46,7 @@ from mipflow.algorithms.design import (
     dummy_level_groups,
     category_codes,
     covariates_block,
+    declared_cell_counts,
     design_columns,
     design_matrix,
     level_counts,
@@ -219,6 +220,9 @@ class Gee(SpecAlgorithm):
             if params["family"] == "binomial":
                 positive = int(np.count_nonzero(y == 1.0))
                 out["group_n"] += [positive, len(y) - positive]
+            # every declared cell (two covariates' joint levels, a class within a level): the sums of later
+            # rounds hold their counts (``X' W X`` at a constant weight); checked, never sent (ADR 0031, 0051)
+            out["cell_n"] = declared_cell_counts(data, self.released_groups(request, model), model)
             out["sum_y"] = float(y.sum())
             return out
         design = _design(data, request, model, state["columns"], clusters)

@@ -15,6 +15,7 @@ formed.
 Disclosure (ADR 0031): the co-moments of two categorical covariates' indicators
 hold their cross-tabulation; the joint cell counts go under ``cell_n``, which the
 node checks against ``nfilter_tab`` (refusing the step) and strips before release.
+Across releases the joint cells are released groups (ADR 0051, sixteenth review).
 """
 from __future__ import annotations
 
@@ -241,7 +242,9 @@ class LinearRegression(SpecAlgorithm):
 
     def released_groups(self, request: AnalysisRequest, model: DataModel) -> tuple[ReleasedGroups, ...]:
         # each dummy's co-moments are its level's count and sums of y and of the numerical covariates (first
-        # moments: group threshold nfilter_tab); two releases' levels one row apart give that row (ADR 0051)
+        # moments: group threshold nfilter_tab); two releases' levels one row apart give that row (ADR 0051);
+        # two covariates' dummies' co-moment is their joint cell's count (``cell_n``): the joint cells are the
+        # groups, the levels their margins (sixteenth review, hole 3)
         return dummy_level_groups(request.x, model)
 
     #: Its local step also takes a node's selection left on disk when every variable is numerical

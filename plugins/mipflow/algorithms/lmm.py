@@ -48,6 +48,7 @@ from mipflow.algorithms.design import (
     dummy_level_groups,
     INTERCEPT,
     covariates_block,
+    declared_cell_counts,
     design_columns,
     design_matrix,
     level_counts,
@@ -198,6 +199,9 @@ class LinearMixedModel(SpecAlgorithm):
             counts = level_counts(data, request.x, model)
             out["level_counts"] = counts
             out["group_n"] = [c for code in request.x for c in counts.get(code, [])]
+            # the joint levels of two nominal covariates: later rounds' ``M'V^-1 M`` holds their counts;
+            # checked, never sent (ADR 0031, 0051)
+            out["cell_n"] = declared_cell_counts(data, self.released_groups(request, model), model)
             return out
         if state.get("phase") != "fit":
             raise RequestError(f"unknown phase {state.get('phase')!r}")

@@ -173,7 +173,11 @@ def test_the_memory_is_on_disk_and_shared(tmp_path) -> None:
     ("anova", ["stroke_type", "sex"], ["nihss_admission"], {}, (ReleasedGroups(("stroke_type", "sex")),)),
     ("naive_bayes_gaussian_cv", ["age"], ["stroke_type"], {}, (ReleasedGroups(("stroke_type",)),)),
     ("linear_regression", ["stroke_type", "age", "sex"], ["nihss_admission"], {},
-     (ReleasedGroups(("stroke_type",)), ReleasedGroups(("sex",)))),
+     (ReleasedGroups(("stroke_type", "sex")),)),  # the joint cells; the levels are their margins (round 16)
+    ("linear_regression", ["sex"], ["nihss_admission"], {}, (ReleasedGroups(("sex",)),)),
+    ("linear_regression", ["stroke_type", "sex", "death_90d"], ["nihss_admission"], {},
+     (ReleasedGroups(("stroke_type", "sex")), ReleasedGroups(("stroke_type", "death_90d")),
+      ReleasedGroups(("sex", "death_90d")))),
     # every algorithm that dummy-encodes its covariates: each nominal covariate's levels (issue 14 item 5);
     # a binary response's classes (the positive one and the rest) alone and per level (fifteenth review)
     ("logistic_regression", ["stroke_type", "age"], ["sex"], {"positive_class": "F"},

@@ -1,7 +1,8 @@
 """Released groups from a snapshot's selection left on disk (ADR 0051, ADR 0062): the group release (each
 group's kind, rows, patients, digest, cell or margin, in order; the union) computed from the snapshot's
 level codes and keys a block at a time is the frame path's; the independent t-test, one-way ANOVA and
-linear and logistic regression with nominal covariates release what the frame gives, bit for bit; the
+linear and logistic regression with nominal covariates (two and three: each pair's joint cells, ADR 0051
+amended for the sixteenth review) release what the frame gives, bit for bit; the
 cohorts' value stamps (ADR 0061 hole 2) are the frame's.
 
 Blocks of 1, 7, 64 rows and the whole selection; missing values on and beside blocks' edges (numerical and
@@ -168,6 +169,7 @@ STEPS = [
     pytest.param("ttest_independent", ["y"], ["grp"], {"groupA": "w", "groupB": "r"}, id="ttest-empty-level"),
     pytest.param("anova_oneway", ["y"], ["grp"], {}, id="anova"),
     pytest.param("linear_regression", ["y"], ["x1", "grp", "arm"], {}, id="linear-nominal"),
+    pytest.param("linear_regression", ["y"], ["grp", "arm", "event"], {}, id="linear-three-nominal"),
     pytest.param("logistic_regression", ["event"], ["x1", "grp", "arm"], {"positive_class": "yes"},
                  id="logistic-nominal"),
 ]
@@ -200,6 +202,10 @@ def test_group_releasing_steps_on_disk_release_the_frames_and_the_same_groups(na
     assert got_release.union_digest == want_release.union_digest
     assert got_release.union_stamps == want_release.union_stamps and set(got_release.union_stamps) == set(variables)
     assert (got_release.threshold, got_release.setting) == (want_release.threshold, want_release.setting)
+    if name == "linear_regression" and len(local):  # not vacuous: each pair's joint cells are cells (round 16)
+        pairs = {tuple(sorted(c for c, _ in json.loads(g.kind)[1])) for g in want_release.groups if g.cell}
+        assert pairs == {tuple(sorted(p)) for i, a in enumerate(x[1:] if x[0] == "x1" else x)
+                         for p in [(a, b) for b in (x[1:] if x[0] == "x1" else x)[i + 1:]]}
     if name == "anova_oneway" and len(local) >= 3:  # the pooled statistics, to 1e-9, per level present
         record = json.loads(released[0])["groups"]
         for level, part in zip(MODEL.variable("grp").enumeration_codes, record):
