@@ -209,10 +209,7 @@ def kmeans(node: Served, **parameters):
         client.close()
 
 
-@pytest.mark.xfail(strict=True, reason="round 17 hole 2: a k-means cluster's count and centre less descriptive "
-                   "statistics of the cluster's rows but one give that patient's glucose and age (ADR 0051: k-means "
-                   "clusters are not compared across cohorts)")
-def test_hole_2_a_k_means_cluster_less_a_cohort_of_its_rows_but_one_gives_her_values(nodes):
+def test_hole_2_closed_a_k_means_cluster_less_a_cohort_of_its_rows_but_one_is_refused(nodes):
     """Hole 2.  Class: a k-means cluster is a set of rows released with its count and sums (centre), compared only
     with assignments of the same cohort (partition memory, ADR 0050); neither the ledger nor the group memory holds
     it (ADR 0051 "what this does not close").  Adversary: a researcher with a standard-mode grant.

@@ -42,7 +42,9 @@ a node also refuses (control ``differencing``, ADR 0013) a round whose
 assignment, together with one it released, would let a combination of cluster
 sums single out ``0 < d < min_row_count`` rows (a minimum cut of the two
 assignments' graph below the cluster threshold ``group_count_setting``, ADR 0050),
-which Lloyd rounds near convergence can do on large data.
+which Lloyd rounds near convergence can do on large data, or whose clusters
+are a few rows from a cohort or group the node released before (the group
+memory and the chain rule, ADR 0051 amended: clusters are released groups).
 Such a refusal after at least one update ends the analysis instead of
 excluding the node: the result holds the centres of the last update, the
 cluster sizes of the last released assignment and that assignment's
@@ -332,9 +334,9 @@ class KMeans(SpecAlgorithm):
                 "reason": "privacy", "control": "differencing", "round": round, "nodes": nodes,
                 "message": (
                     f"Stopped before {what}: node(s) {', '.join(nodes)} refused it under the differencing "
-                    f"control (its assignment to these centres and one the node already released would let a "
-                    f"combination of cluster sums single out fewer rows than a released cluster holds, "
-                    f"min_row_count). The centres are those after {iteration} update(s); cluster_counts, within_ss "
+                    f"control (its assignment to these centres and one the node already released, or a cluster "
+                    f"of it and a cohort or group the node released before, would let a combination of sums "
+                    f"single out fewer rows than a released cluster holds, min_row_count). The centres are those after {iteration} update(s); cluster_counts, within_ss "
                     f"and inertia are those of the last released assignment (rows nearest the centres "
                     f"before), about these centres."),
             },

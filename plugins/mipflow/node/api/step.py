@@ -44,12 +44,13 @@ Order (ADR 0002, 0010, 0013, 0014, 0015, 0024, 0029, 0046, 0054, 0058)::
     bind_pooled          pooled thresholds: one participant set and     (403 pooled_bins, ADR 0052)
                          one pool per cohort
     check_partition      differencing: k-means assignments             (403 differencing)
+    derive_clusters      a k-means round's clusters are its released groups (checked by check_released_groups)
     check_weights        effective rows of sums weighted by the iterate (403 effective_rows, ADR 0054;
                                                                         explore: skipped)
     check_release        disclosure controls on the aggregates         (403; explore: skipped)
     check_released_groups  differencing: the groups of a release that   (403 differencing, ADR 0051 amended;
                          suppresses its small cells (histogram bins), less as check_groups)
-                         the cells it hid
+                         the cells it hid; k-means clusters (ADR 0051 amended)
     check_pooled_windows survival releases near a pooled one in a      (403 pooled_bins, ADR 0059 amended)
                          window of time (bin ends known only now)
     check_pooled_counts  any other release: its counted sets near a     (403 pooled_bins, ADR 0059 amended;
@@ -95,6 +96,7 @@ from mipflow.node.controls.pooled_counts import check_pooled_counts
 from mipflow.node.controls.pooled_windows import check_pooled_windows, remember_pooled_windows
 from mipflow.node.controls.query_budget import analysis_key
 from mipflow.node.controls.explore import check_explore, release_explore
+from mipflow.node.controls.cluster_groups import derive_clusters
 from mipflow.node.controls.finite import check_finite
 from mipflow.node.controls.groups import check_groups, check_released_groups, remember_groups
 from mipflow.node.controls.study import check_study
@@ -498,6 +500,7 @@ CHAIN: tuple[Control, ...] = (
     run_local_step,
     bind_pooled,
     check_partition,
+    derive_clusters,
     check_weights,
     check_release,
     check_released_groups,

@@ -196,23 +196,27 @@ def complement_refusal(setting: str, threshold: int) -> DisclosureError:
 
 def group_refusal(setting: str, threshold: int) -> DisclosureError:
     return DisclosureError(
-        "a group this analysis releases (the rows of a level of a grouping variable, or of a cell of two) and "
+        "a group this analysis releases (the rows of a level of a grouping variable, of a cell of two, or of a "
+        "k-means cluster) and "
         "a group or cohort this node released before (of any variable, level, algorithm or data model) would be "
         f"the same rows but for fewer than {setting} ({threshold}), or combine into a group that small: their "
         "statistics would single out those patients (group memory, differencing control). Use the same filters "
         "and datasets as the earlier analysis, group by a variable rather than filter on one of its levels (a "
         "two-way analysis answers both), or use filters that change each group by many rows; for subgroups "
-        f"that must all be answered exactly, ask the node's admin for a study protocol. {STALE_HINT}",
+        "that must all be answered exactly, ask the node's admin for a study protocol; for k-means, cluster "
+        f"other rows or variables, or use the clusters' counts and centres already released. {STALE_HINT}",
         control="differencing")
 
 
 def cohort_refusal() -> DisclosureError:
     return DisclosureError(
-        "the selected rows and a group this node released before (the rows of a level of a grouping variable, "
-        "under this or another data model) are the same rows but for a few: their statistics would combine "
+        "the selected rows and a group this node released before (the rows of a level of a grouping variable "
+        "or of a k-means cluster, under this or another data model) are the same rows but for a few: their "
+        "statistics would combine "
         "into a group of fewer rows than the group threshold, which could single out patients (group memory, "
         "differencing control). Use a filter that selects many more or many fewer rows, the same rows as the "
-        f"earlier group, or group by the variable instead of filtering on its level. {STALE_HINT}",
+        "earlier group, or group by the variable instead of filtering on its level; a k-means cluster is "
+        f"described by its released count and centre, not by a filter that nearly selects it. {STALE_HINT}",
         control="differencing")
 
 

@@ -409,11 +409,12 @@ class GroupMemory(SqliteState):
         the cells remembered with them and are left out.  With ``epoch`` (ADR 0061), a cell of an earlier
         consent epoch is its rows still held and a phantom unit (:meth:`EpochView.chain_keys`)."""
         from mipflow.node.controls.chain import ChainSet
+        from mipflow.node.controls.cluster_groups import latest_clusters  # k-means: each cohort's latest only
 
         view = None if epoch is None else EpochView(epoch, current)
         with self._lock:
             self._refresh()
-            cells = [k for k in self._kept if k.cell]
+            cells = latest_clusters([k for k in self._kept if k.cell])
         if view is None:
             return [ChainSet(k.data_model, k.rows, k.patients, k.threshold) for k in cells]
         return [ChainSet(k.data_model, view.chain_keys(k.rows, k.data_model, ROWS, k.epoch),

@@ -28,7 +28,7 @@ ORDER = ["resolve_algorithm", "check_access", "check_query_budget", "require_sec
          "find_data_model", "validate_request", "verify_round", "open_sealed", "check_request", "check_study", "check_explore",
          "require_pooled_masking", "read_rows", "check_rows", "check_cohort", "check_groups", "check_weighted",
          "check_pooled_parts", "run_local_step",
-         "bind_pooled", "check_partition", "check_weights", "check_release", "check_released_groups", "check_pooled_windows", "check_pooled_counts", "add_noise", "check_finite", "seal",
+         "bind_pooled", "check_partition", "derive_clusters", "check_weights", "check_release", "check_released_groups", "check_pooled_windows", "check_pooled_counts", "add_noise", "check_finite", "seal",
          "mask", "tag_release", "remember_cohort", "remember_pooled_parts", "remember_pooled_windows", "remember_counted_sets",
          "audit_answer", "charge_query_budget"]
 LINREG = {"y": ["age"], "x": ["nihss_admission"]}
