@@ -209,8 +209,8 @@ class MultipleHistograms(SpecAlgorithm):
             return []
         allowed = ", ".join(map(str, GRID_BINS))
         return [f"{used} bins instead of the {asked} asked for: a histogram over {request.y[0]!r}'s declared range "
-                f"takes {allowed} equal bins (the allowed count nearest the request), so that the bins of every two "
-                "histograms of a variable nest and no analysis is refused for the rows between their edges"]
+                f"takes one of {allowed} equal bins (the allowed count nearest the request), so that the bins of "
+                "every two histograms of a variable nest and no analysis is refused for the rows between their edges"]
 
     def check(self, request: AnalysisRequest, model: DataModel) -> None:
         if request.y[0] in request.x:
