@@ -35,8 +35,9 @@ groups (``Algorithm.released_groups``, :class:`mipflow.algorithms.contract.Relea
   (a load's correction in place; the fifteenth review's hole 1);
 * **groups in the chain rule** (thirteenth review, :mod:`mipflow.node.controls.chain`): every remembered
   cell (the finest groups of a grouping; margins are their sums) is a set of the ledger's chain rule beside
-  the cohorts, and a release's fresh cohorts and new cells are one addition (:func:`chain_groups`): a group
-  and two cohorts whose combination isolates a few rows are refused though every pair is far apart.
+  the cohorts, and a release's fresh cohorts and new cells are one addition
+  (:func:`~mipflow.node.controls.released_groups.chain_groups`): a group and two cohorts whose combination
+  isolates a few rows are refused though every pair is far apart.
 
 The threshold is :func:`mipflow.node.controls.disclosure.group_threshold`: ``min_row_count`` for the
 groups released with their spread (ADR 0050), ``nfilter_tab`` for first moments (regression dummies).
@@ -108,7 +109,8 @@ class GroupRelease:
     threshold: int
     setting: str
     #: its cells under the threshold are suppressed, not refused (``ReleasedGroups.suppressed``): the groups
-    #: are checked after the release check, less the cells it hid (:func:`check_released_groups`)
+    #: are checked after the release check, less the cells it hid
+    #: (:func:`~mipflow.node.controls.released_groups.check_released_groups`)
     suppressed: bool = False
     #: the union's value stamps (ADR 0061; None: not known)
     union_stamps: dict[str, int] | None = None
