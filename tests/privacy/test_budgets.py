@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from mipflow.central.client import NodeRefused
@@ -21,19 +23,20 @@ from mipflow.node.controls.audit import AUDIT_FILE, AuditLog
 from mipflow.node.home import NodeSettings
 from tests.mipflow.algorithms.survival_data import STROKE
 from tests.nodes import grant_all, load_frame, served_clients
-from tests.privacy.conftest import DATASETS, make_rows, rule, where
+from tests.privacy.conftest import DATASETS, TARGET, TARGET_NIHSS, make_rows, rule, where
 from tests.nodes import standard_home
 
 PROJECT = "stroke-outcomes"
 DEFAULTS = NodeSettings()
 
 
-def make_home(root: Path, **settings: Any) -> Path:
-    """A node home with the privacy suite's stroke rows and a project-wide grant (any researcher id)."""
+def make_home(root: Path, rows: pd.DataFrame | None = None, **settings: Any) -> Path:
+    """A node home with the privacy suite's stroke rows (or ``rows``) and a project-wide grant (any researcher
+    id)."""
     home = standard_home(root, "hospital_a")
     for key, value in settings.items():
         home.set_setting(key, value)
-    load_frame(root, STROKE, make_rows())
+    load_frame(root, STROKE, make_rows() if rows is None else rows)
     grant_all(root, researcher="*", project=PROJECT)
     return root
 
@@ -195,10 +198,29 @@ def honest_day() -> list[tuple[str, dict[str, Any]]]:
     return day
 
 
+def day_rows() -> pd.DataFrame:
+    """The suite's rows with NIHSS drawn on its own: :func:`make_rows` draws it from a generator seeded as the one
+    that drew the ages, so that its NIHSS is a monotone function of age (but the target's), and histograms of age
+    and of NIHSS are then one variable's histograms on edges that do not nest: their bins less each other count
+    the target alone, which the chain rightly refuses (ADR 0051).  The target keeps the only NIHSS of 42."""
+    rows = make_rows()
+    others = rows["subjectcode"] != TARGET
+    rows.loc[others, "nihss_admission"] = np.random.default_rng(2024).integers(0, 30, int(others.sum())).astype(float)
+    return rows
+
+
+def test_day_rows_draw_nihss_apart_from_age() -> None:
+    rows, suite = day_rows(), make_rows()
+    young = suite["age"] < 39.6
+    assert ((suite["nihss_admission"] < 4.2) == young).sum() == len(suite) - 1  # the suite's: all but the target
+    assert abs(np.corrcoef(rows["age"], rows["nihss_admission"])[0, 1]) < 0.2
+    assert (rows["nihss_admission"] == TARGET_NIHSS).sum() == 1
+
+
 def test_an_honest_researchers_day_goes_through_at_the_defaults(tmp_path):
     """15 analyses, iterative ones with many rounds, each run twice (a re-run after a break): no
     budget refusal, each analysis counted once over all its rounds."""
-    root = make_home(tmp_path / "node")
+    root = make_home(tmp_path / "node", day_rows())
     day = honest_day()
     with serving(root) as node:
         for repeat in range(2):

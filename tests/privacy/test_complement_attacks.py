@@ -21,7 +21,7 @@ from mipflow.node.home import NodeHome
 from mipflow.protocol.signing import issue_client
 from tests.mipflow.algorithms.survival_data import STROKE
 from tests.nodes import grant_all, load_frame
-from tests.privacy.conftest import TARGET, TARGET_AGE, Node, make_rows
+from tests.privacy.conftest import TARGET, TARGET_AGE, Node, make_rows, start_node
 from tests.nodes import standard_home
 
 TAB = 3  # the node's default nfilter_tab
@@ -101,11 +101,19 @@ def test_a_small_overall_bin_is_not_recovered_from_the_groups_or_the_row_count(n
     assert all(c is None or c == 0 or c >= TAB for r in records for c in r["counts"])
 
 
-def test_an_honest_grouped_histogram_keeps_its_large_cells(node):
+@pytest.fixture
+def alone(tmp_path) -> Iterator[Node]:
+    """A node of its own (the module's node has answered the attacks above)."""
+    yield from start_node(tmp_path / "alone")
+
+
+def test_an_honest_grouped_histogram_keeps_its_large_cells(alone):
+    """Alone on its node (8 bins asked: 10 on the public grid, ADR 0051), its large cells are shown."""
+    node = alone
     reply = node.allowed("multiple_histograms", y=["age"], x=["sex"], parameters={"bins": 8})
     records = reply["aggregates"]["histograms"]
     rows = node.rows
-    edges = np.histogram_bin_edges([], bins=8, range=(18.0, 90.0))
+    edges = np.histogram_bin_edges([], bins=10, range=(18.0, 90.0))
     truth = {None: np.histogram(rows["age"], edges)[0]}
     for s in ("F", "M"):
         truth[s] = np.histogram(rows.loc[rows["sex"] == s, "age"], edges)[0]
@@ -116,6 +124,31 @@ def test_an_honest_grouped_histogram_keeps_its_large_cells(node):
     assert large and len(kept) >= len(large) - 2  # at most a complement pair among the large cells
 
 
+def test_an_honest_grouped_histogram_after_finer_ones_shows_exact_counts_and_no_bin_less_them_is_small(node):
+    """(a) of ADR 0051's withdrawal: after the 72-bin (80 on the grid) histogram by sex above, 8 bins by sex (10):
+    answered, every shown count exact, and no shown 10-bin cell less the shown 80-bin cells inside it leaves
+    1 .. nfilter_tab - 1 rows (the earlier release's hidden cells: hidden now too)."""
+    fine = node.allowed("multiple_histograms", y=["age"], x=["sex"], parameters={"bins": 72})["aggregates"]
+    coarse = node.allowed("multiple_histograms", y=["age"], x=["sex"], parameters={"bins": 8})["aggregates"]
+    rows = node.rows
+    edges = np.histogram_bin_edges([], bins=10, range=(18.0, 90.0))
+    shown = 0
+    for f, c in zip(fine["histograms"], coarse["histograms"]):
+        assert (f["grouping_var"], f["grouping_enum"]) == (c["grouping_var"], c["grouping_enum"])
+        chosen = rows if c["grouping_enum"] is None else rows[rows["sex"] == c["grouping_enum"]]
+        truth = np.histogram(chosen["age"], edges)[0]
+        assert len(f["counts"]) == 80 and len(c["counts"]) == 10
+        for j, count in enumerate(c["counts"]):
+            if count is None:
+                continue
+            shown += 1
+            assert count == truth[j]
+            inside = [v for v in f["counts"][8 * j:8 * j + 8] if v is not None]
+            assert not 0 < count - sum(inside) < TAB
+    assert shown >= 10
+
+
+# --------------------------------------------------------------------------- (b) ANOVA / Tukey
 # --------------------------------------------------------------------------- (b) ANOVA / Tukey
 
 
@@ -129,6 +162,21 @@ def test_tukey_against_the_overall_mean_has_no_small_group_to_recover(node):
     reply = node.allowed("anova_oneway", y=["age"], x=["sex"])
     sizes = [n for n in reply["aggregates"]["group_n"] if n]
     assert all(n >= MIN_ROWS for n in sizes) and sum(reply["aggregates"]["group_n"]) == reply["rows"]
+
+
+def test_an_anova_by_sex_after_histograms_by_sex_is_answered(node):
+    """(b) of ADR 0051's withdrawal: the histograms by sex above hid cells of each sex whose total (a level's
+    count, given by an ANOVA's group) less the shown cells would count 1 .. nfilter_tab - 1 rows; the hidden
+    cells of a record hold none or at least nfilter_tab rows together, so the ANOVA of age by sex is answered, and
+    its women less the last histogram's shown women's bins is no small count."""
+    histogram = node.allowed("multiple_histograms", y=["age"], x=["sex"], parameters={"bins": 72})["aggregates"]
+    anova = node.allowed("anova_oneway", y=["age"], x=["sex"])["aggregates"]
+    rows = node.rows
+    for record in histogram["histograms"][1:]:
+        level = record["grouping_enum"]
+        group = int((rows["sex"] == level).sum())
+        assert group in anova["group_n"]
+        assert not 0 < group - sum(c for c in record["counts"] if c is not None) < TAB
 
 
 # --------------------------------------------------------------------------- (c) regression co-moments

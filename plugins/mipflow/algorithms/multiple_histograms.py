@@ -19,7 +19,12 @@ every node suppressed, is reported as ``None`` (Exareme2's convention).
 
 Disclosure note: the bin edges are release-shaping parameters and come from
 public metadata only (issue 14.4, ADR 0023): the declared range, split into
-``bins`` (1 to 100) equal bins.  A state naming another range is refused.
+equal bins, as many as the allowed count (:data:`GRID_BINS`) nearest the request's
+``bins`` (:func:`grid_bins`; the result's ``notes`` say so when it is not the request's).
+The allowed counts each divide the next, so every two histograms of one variable have
+edges that nest on one public grid: any bin of one is a union of bins of the other and
+their releases differ by whole bins, never by a sliver of rows (ADR 0051, the bins
+are released groups).  A state naming another range or count is refused.
 Without declared bounds, the outer bin edges are the pooled minimum and maximum
 of ``y`` (as in Exareme2), which only a node that releases extremes
 (``release_extremes`` 1) answers; any other node refuses the request before
@@ -31,6 +36,7 @@ global step pools them signed and states each bin's noise sd and interval (:func
 """
 from __future__ import annotations
 
+import math
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -54,6 +60,16 @@ from mipflow.protocol.wire import json_ready
 
 if TYPE_CHECKING:
     import pandas as pd
+
+
+#: The bin counts of a histogram over a declared range: each divides the next, so that the bins of every two
+#: histograms of one variable nest (their edges all lie on the finest count's grid; ADR 0051).
+GRID_BINS = (1, 5, 10, 20, 40, 80)
+
+
+def grid_bins(requested: int) -> int:
+    """The allowed count (:data:`GRID_BINS`) nearest ``requested`` by ratio (a tie: the finer)."""
+    return min(GRID_BINS, key=lambda b: (abs(math.log(b / max(int(requested), 1))), -b))
 
 
 def level_counter(codes: np.ndarray, levels: Sequence[Any]) -> Callable[[np.ndarray], list[int]]:
@@ -170,8 +186,31 @@ class MultipleHistograms(SpecAlgorithm):
                        label="Grouping variables", description="Nominal variables for grouping bins.")
     parameter_specs = MappingProxyType({
         "bins": ParamSpec(types=("int",), default=20, notblank=False, min=1, max=100, label="Number of bins",
-                          description="The number of bins of a numerical histogram."),
+                          description=("The number of bins of a numerical histogram; over a declared range the "
+                                       "nearest of 1, 5, 10, 20, 40, 80 (bins that nest), said in the result.")),
     })
+
+    def params(self, request: AnalysisRequest, model: DataModel | None = None) -> dict[str, Any]:
+        """The spec's parameters; ``bins`` of a numerical ``y`` with a declared range moved to the nearest allowed
+        count (:func:`grid_bins`), the same at the central site and every node (public: the request and the data
+        model only)."""
+        out = super().params(request, model)
+        if model is not None and request.y and request.y[0] in model:
+            yvar = model.variable(request.y[0])
+            if not yvar.is_categorical and self._declared_range(yvar) is not None:
+                out["bins"] = grid_bins(out["bins"])
+        return out
+
+    def _grid_note(self, request: AnalysisRequest, model: DataModel) -> list[str]:
+        """The result's note when the bins shown are not the count asked for (none otherwise)."""
+        asked = SpecAlgorithm.params(self, request, model)["bins"]
+        used = self.params(request, model)["bins"]
+        if asked == used:
+            return []
+        allowed = ", ".join(map(str, GRID_BINS))
+        return [f"{used} bins instead of the {asked} asked for: a histogram over {request.y[0]!r}'s declared range "
+                f"takes one of {allowed} equal bins (the allowed count nearest the request), so that the bins of "
+                "every two histograms of a variable nest and no analysis is refused for the rows between their edges"]
 
     def check(self, request: AnalysisRequest, model: DataModel) -> None:
         if request.y[0] in request.x:
@@ -212,15 +251,6 @@ class MultipleHistograms(SpecAlgorithm):
         return tuple(np.histogram_bin_edges(np.zeros(0), bins=bins, range=declared).tolist())
 
     def released_groups(self, request: AnalysisRequest, model: DataModel) -> tuple[ReleasedGroups, ...]:
-        # Not declared (ADR 0051, fifteenth review, withdrawn the same day): bins held across releases at
-        # nfilter_tab refused honest work in the whole suite: two histograms of one variable with other bin
-        # counts leave slivers of one or two rows between their edges, and a histogram's margin less a group
-        # of the same level is its rows out of range.  Declaring them needs release-shaping edges that nest
-        # (a public grid every histogram of a variable shares) first; until then the round-15 hole 5 (a bin
-        # and two cohorts) is open.  :meth:`_bin_groups` is the declaration that grid will use.
-        return ()
-
-    def _bin_groups(self, request: AnalysisRequest, model: DataModel) -> tuple[ReleasedGroups, ...]:
         """Every bin and bin x level cell as a released group, suppressed rather than refused (only the cells
         the release leaves, :meth:`hidden_cells`); none for a range not declared (the bins come from the pooled
         extremes)."""
@@ -233,19 +263,26 @@ class MultipleHistograms(SpecAlgorithm):
         return (overall, *(ReleasedGroups((yvar.code, code), bins=None if edges is None else (edges, None),
                                           suppressed=True) for code in request.x))
 
-    def hidden_cells(self, aggregates: dict, request: AnalysisRequest,
-                     model: DataModel) -> list[tuple[tuple[str, str], ...]]:
-        """The bins (and bin x level cells) the checked aggregates hide (``None``), as ``(column, level)``
-        pairs: a bin's level is its label (:func:`~mipflow.algorithms.design.bin_labels`)."""
+    def cell_pairs(self, aggregates: dict, request: AnalysisRequest,
+                   model: DataModel) -> list[list[tuple[tuple[str, str], ...]]]:
+        """Each record's cells (bins, or bin x level cells) as ``(column, level)`` pairs, in the aggregates' order:
+        a bin's level is its label (:func:`~mipflow.algorithms.design.bin_labels`)."""
         yvar = model.variable(request.y[0])
         edges = self._edges(request, model)
         labels = list(yvar.enumeration_codes) if edges is None else bin_labels(edges)
-        hidden = []
+        out = []
         for record in aggregates.get("histograms", ()) if isinstance(aggregates, dict) else ():
             by = () if record.get("grouping_var") is None else ((record["grouping_var"], str(record["grouping_enum"])),)
-            hidden.extend(((yvar.code, label), *by) for label, count in zip(labels, record.get("counts", ()))
-                          if count is None)
-        return hidden
+            out.append([((yvar.code, label), *by) for label in labels[:len(record.get("counts", ()))]])
+        return out
+
+    def hidden_cells(self, aggregates: dict, request: AnalysisRequest,
+                     model: DataModel) -> list[tuple[tuple[str, str], ...]]:
+        """The bins (and bin x level cells) the checked aggregates hide (``None``), as ``(column, level)``
+        pairs (:meth:`cell_pairs`)."""
+        records = aggregates.get("histograms", ()) if isinstance(aggregates, dict) else ()
+        return [cell for record, cells in zip(records, self.cell_pairs(aggregates, request, model))
+                for cell, count in zip(cells, record.get("counts", ())) if count is None]
 
     def _groups(self, request: AnalysisRequest, model: DataModel) -> list[tuple[str | None, str | None]]:
         out: list[tuple[str | None, str | None]] = [(None, None)]
@@ -327,7 +364,8 @@ class MultipleHistograms(SpecAlgorithm):
                 total = sum(released)
                 counts.append(total if released and total > 0 else None)
             histograms.append({**record, "counts": counts})
-        return Step(done=True, result=json_ready({"histogram": histograms}))
+        notes = [] if declared is None else self._grid_note(request, model)
+        return Step(done=True, result=json_ready({"histogram": histograms, **({"notes": notes} if notes else {})}))
 
     # -- privacy capabilities (mipflow.algorithms.contract) ------------------------------------
 

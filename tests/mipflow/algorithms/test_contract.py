@@ -264,13 +264,13 @@ def test_histogram_counts_suppressed_by_a_node_stay_out_of_the_sum() -> None:
 
 def test_histogram_of_a_bounded_variable_bins_over_the_declared_range() -> None:
     alg = ALGORITHMS["multiple_histograms"]
-    req = request(y=("score",), bins=6)
+    req = request(y=("score",), bins=5)  # on the public grid (ADR 0051)
     data = make_data(4, 90)
     frame = prepare_local_data(alg, data, req)
     aggregate = alg.local_step(0, frame, req, MODEL, None)
     assert "min" not in aggregate and "max" not in aggregate  # no extreme leaves the node
     result = run_in_process(alg, [data.iloc[:30], data.iloc[30:]], req, MODEL)
-    counts, edges = np.histogram(data["score"], bins=6, range=(0, 30))
+    counts, edges = np.histogram(data["score"], bins=5, range=(0, 30))
     assert result["histogram"][0]["bins"] == edges.tolist()
     assert result["histogram"][0]["counts"] == [int(c) or None for c in counts]
 

@@ -98,7 +98,8 @@ from mipflow.node.controls.query_budget import analysis_key
 from mipflow.node.controls.explore import check_explore, release_explore
 from mipflow.node.controls.cluster_groups import derive_clusters
 from mipflow.node.controls.finite import check_finite
-from mipflow.node.controls.groups import check_groups, check_released_groups, remember_groups
+from mipflow.node.controls.groups import check_groups, remember_groups
+from mipflow.node.controls.released_groups import check_released_groups
 from mipflow.node.controls.study import check_study
 from mipflow.node.controls.weighted_ledger import check_weighted, remember_weighted
 from mipflow.node.home import NodeSettings

@@ -35,8 +35,9 @@ groups (``Algorithm.released_groups``, :class:`mipflow.algorithms.contract.Relea
   (a load's correction in place; the fifteenth review's hole 1);
 * **groups in the chain rule** (thirteenth review, :mod:`mipflow.node.controls.chain`): every remembered
   cell (the finest groups of a grouping; margins are their sums) is a set of the ledger's chain rule beside
-  the cohorts, and a release's fresh cohorts and new cells are one addition (:func:`chain_groups`): a group
-  and two cohorts whose combination isolates a few rows are refused though every pair is far apart.
+  the cohorts, and a release's fresh cohorts and new cells are one addition
+  (:func:`~mipflow.node.controls.released_groups.chain_groups`): a group and two cohorts whose combination
+  isolates a few rows are refused though every pair is far apart.
 
 The threshold is :func:`mipflow.node.controls.disclosure.group_threshold`: ``min_row_count`` for the
 groups released with their spread (ADR 0050), ``nfilter_tab`` for first moments (regression dummies).
@@ -53,7 +54,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Sequence
@@ -62,9 +63,7 @@ import numpy as np
 
 from mipflow.node.controls.disclosure import cohort_refusal, complement_refusal, group_refusal
 from mipflow.node.controls.epochs import PATIENTS, ROWS, Current, EpochView
-from mipflow.node.controls.group_stamps import (
-    GroupStamps, frame_group_stamps, refuse_corrected_cohorts, refuse_corrected_groups,
-)
+from mipflow.node.controls.group_stamps import GroupStamps, frame_group_stamps, refuse_corrected_cohorts
 from mipflow.node.controls.ledger import (
     _overlap, cohort_digest, decode_keys, encode_keys, pair_conflict, sorted_unique,
 )
@@ -110,7 +109,8 @@ class GroupRelease:
     threshold: int
     setting: str
     #: its cells under the threshold are suppressed, not refused (``ReleasedGroups.suppressed``): the groups
-    #: are checked after the release check, less the cells it hid (:func:`check_released_groups`)
+    #: are checked after the release check, less the cells it hid
+    #: (:func:`~mipflow.node.controls.released_groups.check_released_groups`)
     suppressed: bool = False
     #: the union's value stamps (ADR 0061; None: not known)
     union_stamps: dict[str, int] | None = None
@@ -403,6 +403,15 @@ class GroupMemory(SqliteState):
             at = self._by_kind.get(group.kind, {}).get(group.digest)
             return at is not None and (epoch is None or (self._kept[at].epoch or "") == epoch)
 
+    def of_column(self, data_model: str, column: str) -> list[np.ndarray]:
+        """The rows of every remembered group of ``data_model`` one of whose (variable, level) pairs is of
+        ``column`` (a histogram's bins, a table's cells: :mod:`mipflow.node.controls.released_groups`)."""
+        mark = json.dumps(column)
+        with self._lock:
+            self._refresh()
+            return [k.rows for k in self._kept if k.data_model == data_model and mark in k.kind
+                    and any(c == column for c, _ in json.loads(k.kind)[1])]
+
     def chain_sets(self, epoch: str | None = None, current: Current | None = None) -> list[ChainSet]:
         """Every remembered cell, under every data model, oldest first, with its threshold: what the
         chain rule's family holds besides the cohorts (ADR 0051, thirteenth review).  Margins are sums of
@@ -534,32 +543,9 @@ def check_groups(request: Any, context: Any, work: Any) -> None:
                                None if cohorts.patients is None else [cohorts.patients[i] for i in fresh],
                                epoch=epoch, current=current)
     if release is not None and not release.suppressed:
-        _check_release(guard, work, release, fresh, epoch, current)
+        from mipflow.node.controls.released_groups import check_release_groups
 
-
-def check_released_groups(request: Any, context: Any, work: Any) -> None:
-    """Control (after ``check_release``): the groups of a release whose small cells are suppressed rather
-    than refused (histogram bins, ADR 0051 amended for the fifteenth review), less the cells the checked
-    aggregates hide (``Algorithm.hidden_cells``) and the margins over any of those, held as
-    :func:`check_groups` holds every other release's; what is left is what :func:`remember_groups` keeps."""
-    release = work.groups
-    if work.explore is not None or release is None or not release.suppressed:
-        return
-    hidden = [frozenset(map(tuple, cell)) for cell in work.algo.hidden_cells(work.aggregates, request.analysis,
-                                                                                work.model)]
-    kinds = {kind_of(release.groups[0].data_model, cell) for cell in hidden} if release.groups else set()
-
-    def shown(group: Group) -> bool:
-        if group.cell:
-            return group.kind not in kinds
-        pairs = frozenset(map(tuple, json.loads(group.kind)[1]))
-        return not any(pairs <= cell for cell in hidden)
-
-    work.groups = release = replace(release, groups=tuple(g for g in release.groups if shown(g)))
-    if not work.settings.differencing_check or work.study is not None or not release.groups:
-        return
-    epoch, current, fresh = _fresh(context, work)
-    _check_release(context.differencing, work, release, fresh, epoch, current)
+        check_release_groups(guard, work, release, fresh, epoch, current)
 
 
 def _fresh(context: Any, work: Any) -> tuple[str, Any, list[int]]:
@@ -569,46 +555,6 @@ def _fresh(context: Any, work: Any) -> tuple[str, Any, list[int]]:
     epoch, current = consent_epoch(context.store), getattr(work, "current_rows", None)
     answered = context.differencing.ledger.answered(work.cohorts.data_model, epoch)
     return epoch, current, [i for i, d in enumerate(work.cohorts.digests) if d not in answered]
-
-
-def _check_release(guard: Any, work: Any, release: GroupRelease, fresh: Sequence[int], epoch: str,
-                   current: Any) -> None:
-    """The rules on a release's groups (ADR 0051): the complement, the union as a cohort, every group
-    against the memory and the ledger's cohorts, the chain."""
-    cohorts = work.cohorts
-    if any(0 < len(g.rows) < release.threshold for g in release.groups):
-        # a group under the threshold is the release check's refusal (control min_row_count, the node
-        # is left out), as for a k-means cluster (ADR 0050): the two refusals stay distinct
-        return
-    refuse_corrected_groups(guard, release, epoch)
-    check_complement(cohorts.sets[0], release.union, release.threshold, release.setting)
-    released = guard.groups.chain_sets(epoch, current)
-    if release.union_digest not in cohorts.digests:
-        guard.ledger.check(cohorts.data_model, [release.union], work.settings.min_row_count,
-                           [release.union_digest], primes=guard.primes, released=released, epoch=epoch,
-                           current=current, stamps=None if release.union_stamps is None else [release.union_stamps])
-    guard.groups.check(release.groups, release.threshold, release.setting, cohorts=guard.ledger.every_release(),
-                       epoch=epoch, current=current)
-    chain_groups(guard, cohorts, fresh, release, work.settings.min_row_count, released, epoch, current)
-
-
-def chain_groups(guard: Any, cohorts: Any, fresh: Sequence[int], release: GroupRelease, min_row_count: int,
-                 released: Sequence[ChainSet], epoch: str = "", current: Current | None = None) -> None:
-    """The chain rule over the release as one addition (ADR 0051, thirteenth review): the step's fresh
-    cohorts and its new cells (at the group threshold) with the ledger's cohorts and the remembered cells
-    they are related to (:func:`mipflow.node.controls.chain.chain_allows`; the ledger's refusal).  A release
-    whose every cell was released before (under this consent ``epoch``, ADR 0061) adds nothing the cohort's
-    own chain (``check_cohort``) missed."""
-    from mipflow.node.controls.chain import ChainSet
-
-    cells = [ChainSet(g.data_model, g.rows, g.patients, release.threshold)
-             for g in release.groups if g.cell and not guard.groups.known(g, epoch)]
-    if not cells:
-        return
-    steps = [ChainSet(cohorts.data_model, cohorts.sets[i], None if cohorts.patients is None else cohorts.patients[i],
-                      min_row_count) for i in fresh]
-    guard.ledger.chain(cohorts.data_model, steps + cells, min_row_count, guard.primes, released=released,
-                       epoch=epoch, current=current)
 
 
 def remember_groups(context: Any, work: Any) -> None:

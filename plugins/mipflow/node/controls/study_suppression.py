@@ -90,6 +90,8 @@ class Patterns:
 def layouts(protocol: Any, model: Any) -> list[Layout]:
     """One layout per numerical study variable with a declared range (records: overall, then the
     levels of each nominal study variable in the protocol's order)."""
+    from mipflow.algorithms.multiple_histograms import grid_bins
+
     nominal = [v for v in protocol.variables if model.variable(v).is_categorical]
     records: list[Record] = [(None, None)]
     for code in nominal:
@@ -103,7 +105,7 @@ def layouts(protocol: Any, model: Any) -> list[Layout]:
             continue
         if survival is not None and code == survival["time"]:
             continue
-        out.append(Layout(code, protocol.histogram_bins, tuple(records)))
+        out.append(Layout(code, grid_bins(protocol.histogram_bins), tuple(records)))  # as the histogram bins it
     return out
 
 

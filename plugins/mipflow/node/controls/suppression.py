@@ -283,22 +283,69 @@ def is_histogram_release(aggregates: Any) -> bool:
             and len({len(r["counts"]) for r in records}) == 1)
 
 
-def suppress_histograms(aggregates: dict[str, Any], tab: int) -> dict[str, Any]:
+def suppress_histograms(aggregates: dict[str, Any], tab: int, *, counts: Sequence[Sequence[int]] | None = None,
+                        force: Sequence[tuple[int, int]] = ()) -> dict[str, Any]:
     """``aggregates`` with every histogram record's counts consistently suppressed (``None``).
 
     No count in ``(0, tab)`` is released, and none can be recovered from the released counts,
-    the overall bins and the row count by any linear combination (:func:`suppress`).
+    the overall bins and the row count by any linear combination (:func:`suppress`); and the hidden
+    cells of a record, or of a shown bin's levels, hold no 1 .. ``tab - 1`` rows together
+    (:func:`small_remainders`: the record's total less its shown cells would count them).
+
+    ``counts`` (each record's true counts) with ``force`` (``(record, bin)`` cells to hide besides): a
+    release already suppressed, suppressed again with more cells hidden (ADR 0051,
+    :func:`mipflow.node.controls.released_groups.hide_nested`).
     """
     records = aggregates["histograms"]
     n_bins = len(records[0]["counts"])
     if n_bins == 0:
         return aggregates
-    flat = [c for r in records for c in r["counts"]]
-    withheld = [not isinstance(c, (int, float)) for c in flat]
-    values = [0 if w else c for c, w in zip(flat, withheld)]
-    hidden = suppress(values, histogram_equations(n_bins, [r["grouping_var"] for r in records]), tab, withheld)
+    if counts is None:
+        flat = [c for r in records for c in r["counts"]]
+        withheld = np.array([not isinstance(c, (int, float)) for c in flat], dtype=bool)
+        values = np.array([0 if w else c for c, w in zip(flat, withheld)], dtype=float)
+    else:
+        values = np.array([c for record in counts for c in record], dtype=float)
+        withheld = np.zeros(len(values), dtype=bool)
+    grouping = [r["grouping_var"] for r in records]
+    equations = histogram_equations(n_bins, grouping)
+    extra = np.zeros(len(values), dtype=bool)
+    for r, b in force:
+        extra[r * n_bins + b] = True
+    null = null_basis(equations)
+    while True:
+        # a cell hidden besides must not follow from the others either (it hides a remainder)
+        hidden = suppress(values, equations, tab, withheld, sensitive=extra, null=null)
+        more = small_remainders(values, hidden, grouping, n_bins, tab)
+        if not more.any():
+            break
+        extra |= more
     out = []
     for i, record in enumerate(records):
-        counts = [None if hidden[i * n_bins + j] else c for j, c in enumerate(record["counts"])]
-        out.append({**record, "counts": counts})
+        shown = record["counts"] if counts is None else counts[i]
+        out.append({**record, "counts": [None if hidden[i * n_bins + j] else c for j, c in enumerate(shown)]})
     return {**aggregates, "histograms": out}
+
+
+def small_remainders(values: np.ndarray, hidden: np.ndarray, grouping: Sequence[str | None], n_bins: int,
+                     tab: int) -> np.ndarray:
+    """Cells to hide besides, so that no record's hidden cells, nor the hidden level cells of a shown bin, hold
+    1 .. ``tab - 1`` rows together while their record or bin holds ``tab`` or more (ADR 0051): its total is a
+    count another release gives (the row count, a level's group in an ANOVA, the shown bin), and the total less
+    the shown cells would count those rows.  Per such set, its smallest shown positive cell (one per set and
+    pass; the caller suppresses again and asks again)."""
+    sets = [np.arange(r * n_bins, (r + 1) * n_bins) for r in range(len(grouping))]
+    for var in dict.fromkeys(g for g in grouping if g is not None):
+        members = [r for r, g in enumerate(grouping) if g == var]
+        for o in (r for r, g in enumerate(grouping) if g is None):
+            sets.extend(np.array([m * n_bins + j for m in members]) for j in range(n_bins)
+                        if not hidden[o * n_bins + j])
+    more = np.zeros(len(values), dtype=bool)
+    for cells in sets:
+        rest = float(values[cells[hidden[cells]]].sum())
+        if not 0 < rest < tab or float(values[cells].sum()) < tab:
+            continue
+        shown = cells[~hidden[cells] & (values[cells] > 0)]
+        if shown.size:
+            more[min(shown, key=lambda i: (values[i], i))] = True
+    return more

@@ -18,8 +18,9 @@ from mipflow.node.controls.chain import (
     CHAIN_GROUPS, ChainSet, _dedupe, bounded, by_recency, chain_allows, related_pools,
 )
 from mipflow.node.controls.groups import (
-    GROUPS_FILE, Group, GroupMemory, GroupRelease, _digest, chain_groups, kind_of, level_groups,
+    GROUPS_FILE, Group, GroupMemory, GroupRelease, _digest, kind_of, level_groups,
 )
+from mipflow.node.controls.released_groups import chain_groups
 from mipflow.node.controls.keycodec import encode_keys
 from mipflow.node.controls.ledger import CHAIN_COHORTS, CohortLedger, cohort_digest
 from tests.mipflow.algorithms.survival_data import STROKE

@@ -105,7 +105,8 @@ def test_a_histogram_s_hidden_cells_are_no_groups_and_their_margins_neither() ->
     the margins over shown cells only (:func:`check_released_groups`); nothing else is remembered."""
     from types import SimpleNamespace
 
-    from mipflow.node.controls.groups import GroupRelease, check_released_groups
+    from mipflow.node.controls.groups import GroupRelease
+    from mipflow.node.controls.released_groups import check_released_groups
 
     data, keys = frame()
     data = data.dropna().reset_index(drop=True)
@@ -113,7 +114,7 @@ def test_a_histogram_s_hidden_cells_are_no_groups_and_their_margins_neither() ->
     algo = get_algorithm("multiple_histograms")
     request = AnalysisRequest(data_model=MODEL, datasets=("hospital_a",), x=("sex",), y=("stroke_type",),
                               parameters={})
-    groupings = algo._bin_groups(request, STROKE)  # the declaration a nested public grid will use (ADR 0051)
+    groupings = algo.released_groups(request, STROKE)
     groups, union = level_groups(data, keys, groupings, STROKE, MODEL)
     codes = STROKE.variable("stroke_type").enumeration_codes
     aggregates = algo.local_step(0, data, request, STROKE, None)
@@ -197,9 +198,11 @@ def test_the_memory_is_on_disk_and_shared(tmp_path) -> None:
      (ReleasedGroups(("death_90d",), (("yes",),), rest=True),)),
     ("logistic_regression", ["age"], ["sex"], {"positive_class": "F"},
      (ReleasedGroups(("sex",), (("F",),), rest=True),)),
-    # histogram bins: not declared until their edges nest on a public grid (ADR 0051, fifteenth review)
-    ("multiple_histograms", ["sex"], ["age"], {"bins": 4}, ()),
-    ("multiple_histograms", [], ["stroke_type"], {}, ()),
+    # histogram bins, on the public grid: 4 asked, 5 used (ADR 0051, fifteenth review)
+    ("multiple_histograms", ["sex"], ["age"], {"bins": 4},
+     (ReleasedGroups(("age",), bins=((18.0, 32.4, 46.8, 61.2, 75.6, 90.0),), suppressed=True),
+      ReleasedGroups(("age", "sex"), bins=((18.0, 32.4, 46.8, 61.2, 75.6, 90.0), None), suppressed=True))),
+    ("multiple_histograms", [], ["stroke_type"], {}, (ReleasedGroups(("stroke_type",), suppressed=True),)),
     ("contingency_table", ["stroke_type"], ["sex"], {}, (ReleasedGroups(("stroke_type", "sex")),)),
     ("ttest_onesample", [], ["nihss_admission"], {}, ()),
     ("pearson_correlation", [], ["nihss_admission", "age"], {}, ()),
@@ -208,19 +211,6 @@ def test_algorithms_declare_the_groups_they_release(name, x, y, parameters, expe
     request = AnalysisRequest(data_model=MODEL, datasets=("hospital_a",), x=tuple(x), y=tuple(y),
                               parameters=parameters)
     assert get_algorithm(name).released_groups(request, STROKE) == expected
-
-
-@pytest.mark.parametrize("x, y, parameters, expected", [
-    (["sex"], ["age"], {"bins": 4},
-     (ReleasedGroups(("age",), bins=((18.0, 36.0, 54.0, 72.0, 90.0),), suppressed=True),
-      ReleasedGroups(("age", "sex"), bins=((18.0, 36.0, 54.0, 72.0, 90.0), None), suppressed=True))),
-    ([], ["stroke_type"], {}, (ReleasedGroups(("stroke_type",), suppressed=True),)),
-])
-def test_the_histogram_bin_declaration_kept_for_a_public_grid(x, y, parameters, expected) -> None:
-    """Bins over the declared range (age 18-90), alone and per level; a nominal variable's levels."""
-    request = AnalysisRequest(data_model=MODEL, datasets=("hospital_a",), x=tuple(x), y=tuple(y),
-                              parameters=parameters)
-    assert get_algorithm("multiple_histograms")._bin_groups(request, STROKE) == expected
 
 
 def test_a_group_and_a_cohort_holding_each_other_but_for_a_few_rows_are_refused_from_either_side() -> None:

@@ -154,11 +154,11 @@ def test_the_equations_hold_for_the_algorithms_own_local_step():
     frame = make_stroke(3, 120)
     algo = get_algorithm("multiple_histograms")
     request = AnalysisRequest(data_model=STROKE.key, datasets=("hospital_a",), y=("age",), x=("sex", "death_90d"),
-                              parameters={"bins": 6})
+                              parameters={"bins": 5})
     data = frame.dropna(subset=["age", "sex", "death_90d"])
     records = algo.local_step(0, data, request, STROKE, None)["histograms"]
     values = np.array([c for r in records for c in r["counts"]], dtype=float)
-    eqs = histogram_equations(6, [r["grouping_var"] for r in records])
+    eqs = histogram_equations(5, [r["grouping_var"] for r in records])
     assert (eqs @ values)[0] == len(data)
     assert np.allclose((eqs @ values)[1:], 0.0)
     assert isinstance(data, pd.DataFrame)
@@ -228,3 +228,23 @@ def test_the_null_space_search_equals_the_row_space_search_on_grouped_histograms
     for batch in (False, True):
         assert _outcome(suppress, values, eqs, TAB, withheld, batch=batch) == \
             _outcome(reference.suppress, values, eqs, TAB, withheld, batch=batch)
+
+
+def test_a_record_s_hidden_cells_hold_none_or_at_least_tab_rows_together():
+    """ADR 0051: a record's total (the row count, a level's group in an ANOVA) less its shown cells counts its
+    hidden ones; a 1 and a 0 hidden beside it would give the 1, so a positive cell is hidden too."""
+    records = [{"grouping_var": None, "grouping_enum": None, "counts": [1, 0, 9, 12]}]
+    out = suppress_histograms({"histograms": records}, TAB)["histograms"][0]["counts"]
+    hidden = [v for v, c in zip(records[0]["counts"], out) if c is None]
+    assert out[0] is None and (sum(hidden) == 0 or sum(hidden) >= TAB)
+    assert sum(hidden) >= TAB and [c for c in out if c is not None] == [v for v, c in zip(records[0]["counts"], out)
+                                                                      if c is not None]
+
+
+def test_forced_cells_are_hidden_and_follow_from_no_others():
+    """A cell hidden besides (``force``, with the true counts) is protected like a small one (ADR 0051)."""
+    records = [{"grouping_var": None, "grouping_enum": None, "counts": [10, 12, 14]}]
+    out = suppress_histograms({"histograms": records}, TAB, counts=[[10, 12, 14]], force=[(0, 1)])
+    counts = out["histograms"][0]["counts"]
+    assert counts[1] is None and counts.count(None) == 2  # the row count less the others would give it
+    assert [c for c in counts if c is not None][0] in (10, 14)
