@@ -68,6 +68,8 @@ STEPS = [
     ("anova_oneway", ["y"], ["grp"], {}),
     ("linear_regression", ["y"], ["x1", "grp", "arm"], {}),
     ("logistic_regression", ["event"], ["x1", "grp", "arm"], {"positive_class": "yes"}),
+    ("anova", ["y"], ["grp", "arm"], {"sstype": 2}),
+    ("contingency_table", ["grp"], ["arm"], {}),
 ]
 
 
@@ -107,7 +109,7 @@ def test_rows_on_disk_of_a_postgresql_store_release_what_its_frame_read_gives(st
                     checked += len(want_release.groups)
             if len(frame):  # not vacuous
                 assert len(rows) == len(frame) > 0 and want.stamps[0]
-    assert checked >= 10
+    assert checked >= 30
 
 
 def _snapshots(tmp_path):
