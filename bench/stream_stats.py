@@ -14,7 +14,7 @@ on a second home, ``<home>-groups``, whose model adds a nominal ``grp`` of four 
 removed too before the step, and its records (kinds, digests, keys) must be identical on both paths.
 
 Two-way ANOVA (``y ~ grp * event``) and the contingency table (``grp`` x ``event``) run there too (ADR 0062,
-amendment 9).  With ``--postgresql ADMIN_URL`` every chosen algorithm runs again on a PostgreSQL copy of the
+amendment 9), PCA (amendment 10) on the first home.  With ``--postgresql ADMIN_URL`` every chosen algorithm runs again on a PostgreSQL copy of the
 groups home (``<home>-groups-pg``, its store the database ``mipflow_bench_ss_<rows>`` created through
 ``ADMIN_URL``; amendment 8): the frame path there is the binary ``COPY`` read.
 
@@ -52,6 +52,7 @@ ALGORITHMS = {
     "anova_oneway": (["y"], ["grp"], {}),
     "logistic_regression": (["event"], ["x0", "x1", "grp"], {"positive_class": "yes"}),
     "linear_regression": (["y"], ["x0", "x1", "grp"], {}),
+    "pca": (["y", "x0", "x1", "x2", "x3", "x4"], [], {}),
     "anova": (["y"], ["grp", "event"], {}),
     "contingency_table": (["grp"], ["event"], {}),
 }

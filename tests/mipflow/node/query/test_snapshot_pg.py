@@ -70,6 +70,7 @@ STEPS = [
     ("logistic_regression", ["event"], ["x1", "grp", "arm"], {"positive_class": "yes"}),
     ("anova", ["y"], ["grp", "arm"], {"sstype": 2}),
     ("contingency_table", ["grp"], ["arm"], {}),
+    ("pca", ["y", "x1", "x2"], [], {}),
 ]
 
 
