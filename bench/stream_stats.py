@@ -13,6 +13,11 @@ Algorithms releasing groups (``GROUPED``: t-test, one-way ANOVA, regressions wit
 on a second home, ``<home>-groups``, whose model adds a nominal ``grp`` of four levels; their group memory is
 removed too before the step, and its records (kinds, digests, keys) must be identical on both paths.
 
+Two-way ANOVA (``y ~ grp * event``) and the contingency table (``grp`` x ``event``) run there too (ADR 0062,
+amendment 9), PCA (amendment 10) on the first home.  With ``--postgresql ADMIN_URL`` every chosen algorithm runs again on a PostgreSQL copy of the
+groups home (``<home>-groups-pg``, its store the database ``mipflow_bench_ss_<rows>`` created through
+``ADMIN_URL``; amendment 8): the frame path there is the binary ``COPY`` read.
+
 Per path: the process's peak RSS (VmHWM) over the step beside its RSS before it (the high-water mark reset
 first, ``/proc/self/clear_refs``), the step's seconds, and the peak's growth per selected row; then
 disk / frame ratios and whether both released the same aggregates.
@@ -20,7 +25,8 @@ disk / frame ratios and whether both released the same aggregates.
 Usage::
 
     python bench/stream_stats.py --rows 1000000 --home /tmp/ss-home \
-        [--algorithms descriptive_stats,pearson_correlation,ttest_paired]
+        [--algorithms descriptive_stats,pearson_correlation,ttest_paired] \
+        [--postgresql postgresql+psycopg2://postgres@127.0.0.1:5432/postgres]
 """
 from __future__ import annotations
 
@@ -46,9 +52,13 @@ ALGORITHMS = {
     "anova_oneway": (["y"], ["grp"], {}),
     "logistic_regression": (["event"], ["x0", "x1", "grp"], {"positive_class": "yes"}),
     "linear_regression": (["y"], ["x0", "x1", "grp"], {}),
+    "pca": (["y", "x0", "x1", "x2", "x3", "x4"], [], {}),
+    "anova": (["y"], ["grp", "event"], {}),
+    "contingency_table": (["grp"], ["event"], {}),
 }
 #: Algorithms run on the groups home (a nominal ``grp`` of 4 levels beside the scale model's columns).
-GROUPED = {"ttest_independent", "anova_oneway", "logistic_regression", "linear_regression"}
+GROUPED = {"ttest_independent", "anova_oneway", "logistic_regression", "linear_regression", "anova",
+           "contingency_table"}
 GROUP_LEVELS = ("g0", "g1", "g2", "g3")
 
 
@@ -56,8 +66,24 @@ def groups_home(home: str) -> Path:
     return Path(f"{home}-groups")
 
 
-def prepare_groups(root: Path, rows: int) -> None:
-    """bench/first_round.py's home with a nominal ``grp`` (4 levels, unequal sizes) added to its model."""
+def postgresql_store(admin: str, rows: int) -> str:
+    """The URL of the PostgreSQL database of the groups home's copy (created through ``admin`` if missing)."""
+    import sqlalchemy as sa
+
+    name = f"mipflow_bench_ss_{rows}"
+    engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            if conn.exec_driver_sql("SELECT 1 FROM pg_database WHERE datname = %(n)s", {"n": name}).first() is None:
+                conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    finally:
+        engine.dispose()
+    return admin.rsplit("/", 1)[0] + "/" + name
+
+
+def prepare_groups(root: Path, rows: int, db_url: str = "") -> None:
+    """bench/first_round.py's home with a nominal ``grp`` (4 levels, unequal sizes) added to its model (its
+    store ``db_url``: the home's SQLite file when empty)."""
     import numpy as np
 
     from bench.common import regression_model_doc
@@ -69,7 +95,7 @@ def prepare_groups(root: Path, rows: int) -> None:
 
     if (root / "ready").exists():
         return
-    home = NodeHome.init(root, "site0", "")
+    home = NodeHome.init(root, "site0", db_url, exist_ok=True)
     home.set_setting("default_mode", "standard")
     doc = regression_model_doc("ssg", "Streamed groups benchmark", 1, COVARIATES)
     doc["variables"].append({"code": "grp", "sql_type": "text", "isCategorical": True,
@@ -93,8 +119,8 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def child(home: str, algorithm: str, path: str) -> None:
-    """One step in this process; prints one JSON line."""
+def child(home: str, algorithm: str, path: str, store: str = "sqlite") -> None:
+    """One step in this process (``store`` "pg": on the groups home's PostgreSQL copy); prints one JSON line."""
     from bench.scale import forget_cohorts
     from mipflow.algorithms import get_algorithm
     from mipflow.node.api.context import StepContext
@@ -104,9 +130,9 @@ def child(home: str, algorithm: str, path: str) -> None:
     y, x, params = ALGORITHMS[algorithm]
     if path == "frame":
         type(get_algorithm(algorithm)).streams_rows = False
-    data_model = "ssg:1" if algorithm in GROUPED else "scale:1"
-    if algorithm in GROUPED:
-        home = str(groups_home(home))
+    data_model = "ssg:1" if algorithm in GROUPED or store == "pg" else "scale:1"
+    if algorithm in GROUPED or store == "pg":  # the PostgreSQL copy holds the groups home's model
+        home = str(groups_home(home)) + ("-pg" if store == "pg" else "")
         (Path(home) / "groups.sqlite").unlink(missing_ok=True)  # new groups too: their check and record
     forget_cohorts(Path(home))
     context = StepContext.open(NodeHome(home))
@@ -141,7 +167,9 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--home", default="/tmp/ss-home")
     parser.add_argument("--algorithms", default=",".join(ALGORITHMS))
-    parser.add_argument("--child", nargs=2, metavar=("ALGORITHM", "PATH"), help=argparse.SUPPRESS)
+    parser.add_argument("--postgresql", default="", metavar="ADMIN_URL",
+                        help="also run every algorithm on a PostgreSQL copy of the groups home")
+    parser.add_argument("--child", nargs=3, metavar=("ALGORITHM", "PATH", "STORE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.home, *args.child)
@@ -151,28 +179,34 @@ def main() -> int:
     chosen = args.algorithms.split(",")
     if set(chosen) - GROUPED:
         prepare(Path(args.home), args.rows)
+    runs_of = [(a, "sqlite") for a in chosen]
     if set(chosen) & GROUPED:
         prepare_groups(groups_home(args.home), args.rows)
+    if args.postgresql:  # every chosen algorithm again, on the groups home's PostgreSQL copy
+        pg_home = Path(str(groups_home(args.home)) + "-pg")
+        prepare_groups(pg_home, args.rows, postgresql_store(args.postgresql, args.rows))
+        runs_of += [(a, "pg") for a in chosen]
     env = {**os.environ, "PYTHONPATH": f"{REPO / 'plugins'}:{REPO}"}
     print(f"{os.cpu_count()} CPUs, load average {' '.join(f'{v:.1f}' for v in os.getloadavg())}", flush=True)
-    print(f"{'algorithm':22} {'path':6} {'rows':>9} {'RSS before':>11} {'peak':>9} {'growth':>9} "
+    print(f"{'algorithm':25} {'path':6} {'rows':>9} {'RSS before':>11} {'peak':>9} {'growth':>9} "
           f"{'B/row':>7} {'seconds':>8}  kept")
     same = True
-    for algorithm in chosen:
+    for algorithm, store in runs_of:
         runs = {}
+        label = algorithm + (" (pg)" if store == "pg" else "")
         for path in ("frame", "disk"):  # the baseline first, each in a new process
-            out = subprocess.run([sys.executable, __file__, "--home", args.home, "--child", algorithm, path],
+            out = subprocess.run([sys.executable, __file__, "--home", args.home, "--child", algorithm, path, store],
                                  env=env, check=True, capture_output=True, text=True).stdout
             runs[path] = run = json.loads(out.strip().splitlines()[-1])
             growth = (run["peak_kib"] - run["before_kib"]) * 1024
-            print(f"{algorithm:22} {path:6} {run['rows']:>9} {run['before_kib'] / 1024:>8.0f} MiB "
+            print(f"{label:25} {path:6} {run['rows']:>9} {run['before_kib'] / 1024:>8.0f} MiB "
                   f"{run['peak_kib'] / 1024:>5.0f} MiB {growth / 2**20:>5.0f} MiB {growth / max(run['rows'], 1):>7.1f} "
                   f"{run['seconds']:>8.2f}  {','.join(run['kept'])}", flush=True)
         frame, disk = runs["frame"], runs["disk"]
         grow = [(r["peak_kib"] - r["before_kib"]) for r in (disk, frame)]
         equal = disk["aggregates"] == frame["aggregates"] and disk["groups"] == frame["groups"]
         same &= equal
-        print(f"{algorithm:22} disk / frame: peak {disk['peak_kib'] / frame['peak_kib']:.2f}x, growth "
+        print(f"{label:25} disk / frame: peak {disk['peak_kib'] / frame['peak_kib']:.2f}x, growth "
               f"{grow[0] / max(grow[1], 1):.2f}x, time {disk['seconds'] / frame['seconds']:.2f}x; "
               f"aggregates{' and group memory' if disk['groups'] else ''} {'identical' if equal else 'DIFFERENT'}",
               flush=True)

@@ -39,6 +39,7 @@ import numpy as np
 from mipflow.algorithms.contract import ReleasedGroups, Step
 from mipflow.algorithms.design import category_codes, numeric_values, sorted_levels
 from mipflow.algorithms.moments import Moments, merge_moments
+from mipflow.algorithms.streamed import cell_means_on_disk, on_disk
 from mipflow.algorithms.spec import (
     NOMINAL,
     NUMERICAL,
@@ -132,6 +133,10 @@ class Anova(SpecAlgorithm):
                     "Please choose another variable."
                 )
 
+    #: Its local step also takes a node's selection left on disk (ADR 0062): each cell's rows narrowed from
+    #: their level codes, its sums numpy's pairwise ones followed a block at a time (the same bits).
+    streams_rows = True
+
     def released_groups(self, request: AnalysisRequest, model: DataModel) -> tuple[ReleasedGroups, ...]:
         # every cell's count and mean; a factor's level is the sum of its cells (ADR 0051)
         return (ReleasedGroups(tuple(request.x[:2])),)
@@ -139,6 +144,9 @@ class Anova(SpecAlgorithm):
     def local_step(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
                    model: DataModel, state: dict | None) -> dict:
         a, b = request.x
+        if on_disk(data):
+            counts, means, within = cell_means_on_disk(data, request.y[0], (a, b), cell_grid(model, a, b))
+            return {"group_n": counts, "cell_means": means, "ss_within": within}
         levels_a = category_codes(data[a], model.variable(a)).to_numpy()
         levels_b = category_codes(data[b], model.variable(b)).to_numpy()
         y = numeric_values(data[request.y[0]])

@@ -54,6 +54,7 @@ from mipflow.algorithms.dp_release import DPRelease, Noise, Released, one_block
 from mipflow.algorithms.inference import alternative_spec
 from mipflow.algorithms.noise_error import INTERVAL_LEVEL, cell_interval, count_error, integer_noise_kind
 from mipflow.algorithms.spec import NOMINAL, InputSpec, ParamSpec, SpecAlgorithm
+from mipflow.algorithms.streamed import cell_counts_on_disk, on_disk
 from mipflow.exceptions import RequestError
 from mipflow.protocol.datamodel import DataModel
 from mipflow.protocol.request import AnalysisRequest
@@ -314,6 +315,10 @@ class ContingencyTable(SpecAlgorithm):
         if request.x[0] == request.y[0]:
             raise RequestError(f"{request.y[0]!r} cannot be both x and y of a contingency table")
 
+    #: Its local step also takes a node's selection left on disk (ADR 0062): one pass over the two level
+    #: codes (its noisy release, never streamed, keeps the frame).
+    streams_rows = True
+
     def released_groups(self, request: AnalysisRequest, model: DataModel) -> tuple[ReleasedGroups, ...]:
         # every cell is a group whose count is released (and every margin and the table's total are sums of
         # cells): held across releases, and in the chain rule, at nfilter_tab (ADR 0051, issue 14 item 5)
@@ -328,9 +333,12 @@ class ContingencyTable(SpecAlgorithm):
                    model: DataModel, state: dict | None) -> dict:
         xvar, yvar = model.variable(request.x[0]), model.variable(request.y[0])
         row_levels, col_levels = self._levels(request, model)
-        table = cross_tabulate(category_codes(data[xvar.code], xvar).to_numpy(),
-                               category_codes(data[yvar.code], yvar).to_numpy(),
-                               row_levels, col_levels)
+        if on_disk(data):
+            table = cell_counts_on_disk(data, (xvar.code, yvar.code), (row_levels, col_levels))
+        else:
+            table = cross_tabulate(category_codes(data[xvar.code], xvar).to_numpy(),
+                                   category_codes(data[yvar.code], yvar).to_numpy(),
+                                   row_levels, col_levels)
         # every cell is a group of patients: under group_counts the node's
         # nfilter_tab control refuses the table if any cell is small
         return {"shape": list(table.shape), "group_counts": table.ravel().tolist()}

@@ -45,6 +45,7 @@ from mipflow.algorithms.contract import Step
 from mipflow.algorithms.design import numeric_values
 from mipflow.algorithms.moments import Moments, compute_moments, merge_moment_dicts
 from mipflow.algorithms.spec import NUMERICAL, InputSpec, ParamSpec, SpecAlgorithm
+from mipflow.algorithms.streamed import moments_of
 from mipflow.algorithms.weighted import WEIGHTED_ROWS, WeightFamily, exp_families, exp_weighted_rows
 from mipflow.exceptions import RequestError
 from mipflow.protocol.datamodel import DataModel
@@ -123,10 +124,14 @@ class PCA(SpecAlgorithm):
         return np.column_stack([numeric_values(data[code]) for code in request.y]) if len(data) \
             else np.zeros((0, len(request.y)))
 
+    #: Its local step also takes a node's selection left on disk (ADR 0062, amendment 10): the moments of the
+    #: variables' own columns (``column_moments``, a frame's; ``streamed_column_moments``, rows read a block
+    #: at a time: the same bits).  Not :class:`PCAWithTransformation` (its rows are transformed first).
+    streams_rows = True
+
     def local_step(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
                    model: DataModel, state: dict | None) -> dict:
-        values = self.transform_rows(data, request, model)
-        moments = compute_moments(values, matrix=True)
+        moments = moments_of(data, request.y, matrix=True)
         # group_n: a mean and co-moments of one or two rows give those rows back
         return {"moments": moments.to_dict(), "group_n": [moments.n]}
 
@@ -176,6 +181,7 @@ def parse_transformations(value: Any, y: tuple[str, ...]) -> dict[str, list[str]
 
 
 class PCAWithTransformation(PCA):
+    streams_rows = False  # its rows transformed as a matrix (log, exp) before their moments
     name = "pca_with_transformation"
     label = "Principal Component Analysis (PCA) with transformations"
     description = "PCA after transforming variables by log, exp, centring or standardising."

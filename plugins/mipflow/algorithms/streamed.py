@@ -16,7 +16,8 @@ import numpy as np
 
 from mipflow.algorithms.moments import Moments, column_moments, streamed_column_moments
 
-__all__ = ["on_disk", "moments_of", "DifferenceSource", "level_counts_on_disk", "level_moments"]
+__all__ = ["on_disk", "moments_of", "DifferenceSource", "level_counts_on_disk", "level_moments", "narrowed_to",
+           "pairwise_total", "cell_counts_on_disk", "cell_means_on_disk"]
 
 
 def on_disk(data: Any) -> bool:
@@ -89,16 +90,104 @@ def level_moments(data: Any, y: str, x: str, variable: Any, levels: Sequence[obj
     bit.  A level compares with each row's enumeration code as ``==`` does (a level no row holds: no
     row).  Memory for rows on disk: a block and a packed mask (a bit a snapshot row) at a time."""
     if on_disk(data):
-        stored = [str(s) for s in data.levels_of(x)]
-        out = []
-        for level in levels:
-            at = np.array([s == level for s in stored] + [False], dtype=bool)  # code -1 (missing): none
-            part = data.narrowed([x], lambda v, at=at: at[np.where(v[0] >= 0, v[0], len(stored))])
-            out.append(streamed_column_moments(part, [y]))
-        return out
+        return [streamed_column_moments(narrowed_to(data, [x], (level,)), [y]) for level in levels]
     from mipflow.algorithms.design import category_codes, numeric_values
     from mipflow.algorithms.moments import compute_moments
 
     groups = category_codes(data[x], variable).to_numpy()
     values = numeric_values(data[y])
     return [compute_moments(values[groups == level]) for level in levels]
+
+
+def _level_lookup(source: Any, code: str, wanted: Callable[[str], Any], fill: Any, dtype: Any) -> np.ndarray:
+    """``wanted(level)`` for each stored level code of a categorical column, then ``fill`` for code -1
+    (missing): index it with ``np.where(codes >= 0, codes, len(stored))``."""
+    stored = [str(s) for s in source.levels_of(code)]
+    return np.array([wanted(s) for s in stored] + [fill], dtype=dtype)
+
+
+def _looked_up(table: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    return table[np.where(codes >= 0, codes, len(table) - 1)]
+
+
+def narrowed_to(source: Any, codes: Sequence[str], levels: Sequence[object]) -> Any:
+    """The rows on disk whose categorical columns ``codes`` hold ``levels`` (one each; as ``==`` compares an
+    enumeration code with a level: a level no row holds selects no row, a missing value none).  One pass;
+    memory: a block and the new packed mask (a bit a snapshot row)."""
+    tables = [_level_lookup(source, code, lambda s, level=level: s == level, False, bool)
+              for code, level in zip(codes, levels, strict=True)]
+
+    def keep(values: list[np.ndarray]) -> np.ndarray:
+        out = _looked_up(tables[0], values[0])
+        for table, column in zip(tables[1:], values[1:]):
+            out = out & _looked_up(table, column)
+        return out
+
+    return source.narrowed(list(codes), keep)
+
+
+def pairwise_total(source: Any, code: str, transform: Callable[[np.ndarray], np.ndarray] | None = None) -> float:
+    """``np.add.reduce`` of the whole column ``code`` of ``source`` (after ``transform`` of each value, an
+    elementwise function), bit for bit, read a block at a time: numpy's pairwise recursion followed down
+    to runs of at most :data:`mipflow.algorithms.moments.STREAM_BLOCK` rows
+    (:func:`mipflow.algorithms.moments.streamed_column_moments`' first pass)."""
+    from mipflow.algorithms import moments
+
+    n = len(source)
+    if n == 0:
+        return 0.0
+    inner = source.reader([code])
+
+    def next_rows(m: int) -> list[np.ndarray]:
+        values = inner(m)[0]
+        return [values if transform is None else transform(values)]
+
+    return moments._pairwise_sum(next_rows, n, max(moments.STREAM_BLOCK, moments._PAIRWISE_LEAF))[0]
+
+
+def cell_counts_on_disk(source: Any, codes: Sequence[str], enumerations: Sequence[Sequence[str]]) -> np.ndarray:
+    """Rows at each combination of the enumeration codes ``enumerations`` of the categorical columns
+    ``codes`` (int64, shape ``(len(e) for e in enumerations)``, the last fastest), one pass over their
+    stored codes; a row missing one, or holding a level outside its enumeration, counts nowhere: what
+    :func:`mipflow.algorithms.contingency_table.cross_tabulate` counts of the same complete rows."""
+    shape = tuple(len(e) for e in enumerations)
+    size = int(np.prod(shape)) if shape else 1
+    tables = [_level_lookup(source, code, lambda s, e=tuple(e): e.index(s) if s in e else -1, -1, np.int64)
+              for code, e in zip(codes, enumerations, strict=True)]
+    totals = np.zeros(size, dtype=np.int64)
+    n = len(source)
+    if n:
+        next_rows = source.reader(list(codes))
+        for start in range(0, n, COUNT_ROWS):
+            flat = np.zeros(min(COUNT_ROWS, n - start), dtype=np.int64)
+            inside = np.ones(len(flat), dtype=bool)
+            for table, width, values in zip(tables, shape, next_rows(len(flat))):
+                index = _looked_up(table, values)
+                inside &= index >= 0
+                flat = flat * width + index
+            totals += np.bincount(flat[inside], minlength=size)
+    return totals.reshape(shape)
+
+
+def cell_means_on_disk(source: Any, y: str, codes: Sequence[str], cells: Sequence[Sequence[str]]
+                       ) -> tuple[list[int], list[float], float]:
+    """Each cell's row count and mean of ``y`` and the within-cell sum of squares, over the rows on disk
+    whose columns ``codes`` hold each cell's levels: what two-way ANOVA's frame path computes
+    (:meth:`mipflow.algorithms.anova.Anova.local_step`: ``values.mean()``, its correction
+    ``(values - mean).mean()``, ``((values - mean) ** 2).sum()``, accumulated in the cells' order), bit for
+    bit: numpy's pairwise sums followed over each cell's rows, a block at a time (:func:`pairwise_total`)."""
+    counts: list[int] = []
+    means: list[float] = []
+    within = 0.0
+    for cell in cells:
+        part = narrowed_to(source, codes, cell)
+        n = len(part)
+        counts.append(int(n))
+        if not n:
+            means.append(0.0)
+            continue
+        mean = float(np.float64(pairwise_total(part, y)) / n)
+        mean += float(np.float64(pairwise_total(part, y, lambda v, m=mean: v - m)) / n)
+        means.append(mean)
+        within += float(pairwise_total(part, y, lambda v, m=mean: (v - m) ** 2))
+    return counts, means, within

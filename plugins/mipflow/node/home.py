@@ -61,6 +61,8 @@ class NodeSettings:
     frame_cache_mb: int = 1024
     #: Read SQLite selections from a columnar snapshot of each data model's rows kept in the node home
     #: (``snapshots/``, written again whenever the rows change; 1 = on; ADR 0049). 0 reads the store.
+    #: On PostgreSQL the streamed algorithms' rows come from such a snapshot too (ADR 0062): a copy of
+    #: the rows in the node home.
     columnar_snapshot: int = 1
     #: A landing file modified less than this many seconds ago is still being written.
     settle_seconds: float = 5.0

@@ -210,8 +210,8 @@ def refresh_snapshots(home: NodeHome, store: FeatureStore | None = None) -> dict
     """Write the columnar snapshot of every data model whose rows changed (ADR 0049), as a load's last step.
 
     The node API writes a stale snapshot itself at its next keyed read; writing it here, after the
-    load, keeps that work off the first analysis.  Nothing to do on PostgreSQL or with the
-    ``columnar_snapshot`` setting off.  A failure is logged (its type only) and left to the node's
+    load, keeps that work off the first analysis (PostgreSQL too: its streamed reads, ADR 0062).  Nothing
+    to do with the ``columnar_snapshot`` setting off.  A failure is logged (its type only) and left to the node's
     next read: the load itself has committed.
 
     Returns
@@ -225,7 +225,7 @@ def refresh_snapshots(home: NodeHome, store: FeatureStore | None = None) -> dict
     if not home.settings.columnar_snapshot:
         return {}
     store = store or open_store(home)
-    if store.dialect != "sqlite":
+    if store.dialect not in ("sqlite", "postgresql"):
         return {}
     key = hash_key(home.key())
     out: dict[str, int] = {}

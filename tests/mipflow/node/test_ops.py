@@ -49,8 +49,8 @@ def test_redact_url_hides_only_the_password(url, shown):
 
 
 def test_refresh_snapshots_writes_each_changed_model_once(home, store):
-    """After a load (ADR 0049): a SQLite node's snapshot is written under its own key and is current
-    until the rows change; PostgreSQL and the setting off write none."""
+    """After a load (ADR 0049): a node's snapshot is written under its own key and is current until the
+    rows change, beside a SQLite file or in a PostgreSQL node's home (ADR 0062); the setting off writes none."""
     import pandas as pd
 
     from mipflow.node.controls.differencing import hash_key
@@ -62,13 +62,11 @@ def test_refresh_snapshots_writes_each_changed_model_once(home, store):
     rows = pd.DataFrame({"_pid": ["p1", "p2"], "dataset": "d", "_visit": ""})
     with store.begin() as conn:
         store.upsert_rows(conn, model, rows, batch_id="b", sha256="0" * 64)
-    if store.dialect != "sqlite":
-        assert ops.refresh_snapshots(home, store) == {}
-        return
     home.set_setting("columnar_snapshot", 0)
     assert ops.refresh_snapshots(type(home)(home.root), store) == {}
     assert not snapshot_folder(store).exists()
     home.set_setting("columnar_snapshot", 1)
     assert ops.refresh_snapshots(type(home)(home.root), store) == {load_data_model(STROKE).key: 2}
-    (written,) = snapshot_folder(store).iterdir()  # beside the store's file
+    (written,) = snapshot_folder(store).iterdir()  # beside the store's file, or in the home
+    assert written.parent.parent == (home.root if store.dialect == "postgresql" else written.parent.parent)
     assert current_snapshot(store, model, hash_key(home.key())).path == written

@@ -258,7 +258,7 @@ class StepContext:
         """The context of a node process serving ``home``."""
         from mipflow.node.store.feature_store import FeatureStore
 
-        store = FeatureStore(home.db_url)
+        store = FeatureStore(home.db_url, home.root)  # a PostgreSQL store's snapshots live in the home
         audit = AuditLog(home.root / AUDIT_FILE)
         differencing = DifferencingGuard(home.root, home.key())  # cohorts answered (docs/adr/0013)
         return cls(home=home, settings_file=SettingsFile(home), store=store, audit=audit,

@@ -283,7 +283,7 @@ def _counts(family: Family) -> dict[str, Any]:
 def _open(home: Any, protocol: Protocol) -> tuple[Any, Any]:
     from mipflow.node.store.feature_store import FeatureStore
 
-    store = FeatureStore(home.db_url)
+    store = FeatureStore(home.db_url, home.root)
     try:
         model = store.data_model(protocol.data_model)
     except Exception:

@@ -105,7 +105,7 @@ class WatermarkWatch:
         if self._store is None:
             from mipflow.node.store.feature_store import FeatureStore
 
-            self._store = FeatureStore(self.home.db_url)
+            self._store = FeatureStore(self.home.db_url, self.home.root)
         return self._store
 
     def _engine(self, profile: "SourceProfile", connections: "ConnectionResolver | None") -> sa.Engine:

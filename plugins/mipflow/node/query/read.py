@@ -292,15 +292,15 @@ def select_rows(store: FeatureStore, model: DataModel, *, datasets: Sequence[str
                 dataset: bool = False) -> Any:
     """:func:`select_frame`'s complete-case keyed selection left on disk: the data model's columnar
     snapshot's rows it selects, read a block at a time
-    (:class:`mipflow.node.query.snapshot_rows.SnapshotRows`, ADR 0049 amended), or None where the
-    snapshot cannot give exactly those rows (a text variable or ``dataset``, a filter it cannot evaluate, a
-    store without snapshots...): the caller then reads a frame.  The request is checked first, with
+    (:class:`mipflow.node.query.snapshot_rows.SnapshotRows`, ADR 0049 amended; on PostgreSQL the rows of
+    :func:`select_frame`'s binary read, ADR 0062), or None where the snapshot cannot give exactly those rows
+    (a text variable or ``dataset``, a filter it cannot evaluate, a store without snapshots...): the caller then reads a frame.  The request is checked first, with
     :func:`select_frame`'s errors.  ``complete_case`` and ``dataset``: as
     :func:`mipflow.node.query.snapshot.select_rows` (without complete-case, the rows of
     :func:`select_frame` with ``complete_case=False``).
     """
     _, chosen = _prepare(store, model, datasets, variables, filters, complete_case, True)
-    if store.dialect != "sqlite" or not all(v.is_numerical or v.is_categorical for v in chosen):
+    if store.dialect not in ("sqlite", "postgresql") or not all(v.is_numerical or v.is_categorical for v in chosen):
         return None
     from mipflow.node.query.snapshot import current_snapshot, select_rows as snapshot_rows
 
@@ -309,9 +309,18 @@ def select_rows(store: FeatureStore, model: DataModel, *, datasets: Sequence[str
         return None if columns is None else \
             snapshot_rows(columns, model, chosen, _check_datasets(datasets), filters, row_key, complete_case,
                           dataset)
-    except (OSError, sqlite3.Error) as exc:  # as select_frame: the frame's read answers
+    except (OSError, sqlite3.Error, *_server_errors(store)) as exc:  # as select_frame: the frame's read answers
         log.warning("columnar snapshot of %s unavailable (%s); reading the store", model.key, type(exc).__name__)
         return None
+
+
+def _server_errors(store: FeatureStore) -> tuple[type[BaseException], ...]:
+    """A PostgreSQL store's errors a snapshot's write may meet (no right to create its trigger...)."""
+    if store.dialect != "postgresql":
+        return ()
+    import psycopg2
+
+    return (psycopg2.Error, sa.exc.DBAPIError)
 
 
 def count_rows(store: FeatureStore, model: DataModel, *, datasets: Sequence[str], variables: Sequence[str],

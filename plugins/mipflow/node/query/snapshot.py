@@ -188,7 +188,8 @@ def write_snapshot(store: Any, model: DataModel, key: str) -> Snapshot | None:
     Parameters
     ----------
     store : mipflow.node.store.feature_store.FeatureStore
-        The node's store; only a SQLite file has snapshots (None otherwise).
+        The node's store; a SQLite file, or PostgreSQL opened with its node home
+        (:mod:`mipflow.node.query.snapshot_pg`), has snapshots (None otherwise).
     model : DataModel
         The data model whose table is written.
     key : str
@@ -197,42 +198,22 @@ def write_snapshot(store: Any, model: DataModel, key: str) -> Snapshot | None:
     Returns
     -------
     Snapshot or None
-        None when the store has no snapshot (not a SQLite file, or no table yet).
+        None when the store has no snapshot (no file or home, or no table yet).
     """
-    path, folder = sqlite_file(store), snapshot_folder(store)
-    if path is None or folder is None:
+    folder = snapshot_folder(store)
+    if folder is None:
         return None
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     table = store.model_table(model)
-    conn = _connect(path)
-    try:
-        cursor = conn.cursor()
-        if not cursor.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
-                              (table.name,)).fetchone():
-            return None
-        if read_stamp(cursor, table.name) is None:  # a store from before stamps, or its triggers dropped
-            install_stamp(conn, table.name)
-        cursor.execute(f"PRAGMA cache_size={_PAGE_CACHE}")
-        cursor.execute("BEGIN")
-        try:  # one read transaction: the stamp and the rows it names
-            stamp = read_stamp(cursor, table.name)
-            if stamp is None:
-                return None
-            final = folder / _name(table.name, stamp, key)
-            done = _open(final, key)
-            if done is not None:
-                return done
-            tmp = folder / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp"
-            tmp.mkdir(mode=0o700)
-            try:
-                meta = _write_rows(cursor, model, table.name, tmp, key)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-        finally:
-            cursor.execute("COMMIT")
-    finally:
-        conn.close()
+    if store.dialect == "postgresql":
+        from mipflow.node.query.snapshot_pg import write_rows_pg
+
+        written = write_rows_pg(store, model, table.name, folder, key)
+    else:
+        written = _write_sqlite(store, model, table.name, folder, key)
+    if written is None or isinstance(written, Snapshot):
+        return written
+    tmp, final, meta, stamp = written
     meta.update(format=FORMAT, table=table.name, data_model=model.key, epoch=stamp[0], counter=stamp[1],
                 key=key_fingerprint(key))
     try:
@@ -261,6 +242,50 @@ def write_snapshot(store: Any, model: DataModel, key: str) -> Snapshot | None:
     return _open(final, key)
 
 
+Written = tuple[Path, Path, dict, tuple[str, int]]  # (temporary folder, final folder, meta, stamp)
+
+
+def _write_sqlite(store: Any, model: DataModel, table: str, folder: Path, key: str) -> Snapshot | Written | None:
+    """SQLite: the stamp and every row in one read transaction, into a temporary folder (or the snapshot
+    of that stamp, already written; None: no table or stamp)."""
+    conn = _connect(sqlite_file(store))
+    try:
+        cursor = conn.cursor()
+        if not cursor.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                              (table,)).fetchone():
+            return None
+        if read_stamp(cursor, table) is None:  # a store from before stamps, or its triggers dropped
+            install_stamp(conn, table)
+        cursor.execute(f"PRAGMA cache_size={_PAGE_CACHE}")
+        cursor.execute("BEGIN")
+        try:  # one read transaction: the stamp and the rows it names
+            stamp = read_stamp(cursor, table)
+            if stamp is None:
+                return None
+            final = folder / _name(table, stamp, key)
+            done = _open(final, key)
+            if done is not None:
+                return done
+            tmp = temporary_folder(final)
+            try:
+                meta = _write_rows(cursor, model, table, tmp, key)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+        finally:
+            cursor.execute("COMMIT")
+    finally:
+        conn.close()
+    return tmp, final, meta, stamp
+
+
+def temporary_folder(final: Path) -> Path:
+    """A new private folder beside ``final`` to write its files into."""
+    tmp = final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp.mkdir(mode=0o700)
+    return tmp
+
+
 def _fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
@@ -271,7 +296,7 @@ def _fsync_dir(folder: Path) -> None:
 
 def _write_rows(cursor: sqlite3.Cursor, model: DataModel, table: str, tmp: Path, key: str) -> dict[str, Any]:
     """The column files of every row (in key order) into ``tmp``; returns the meta entries."""
-    held = [v for v in model if v.code != "dataset" and (v.is_numerical or v.is_categorical)]
+    held = held_variables(model)
     quoted = {v.code: '"' + v.code.replace('"', '""') + '"' for v in held}
     rows = int(cursor.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0])
     numerical = [v for v in held if v.is_numerical]
@@ -280,6 +305,23 @@ def _write_rows(cursor: sqlite3.Cursor, model: DataModel, table: str, tmp: Path,
         checks = ", ".join(f"sum(typeof({quoted[v.code]}) IN ('text', 'blob'))" for v in numerical)
         found = cursor.execute(f'SELECT {checks} FROM "{table}"').fetchone()
         usable.update({v.code: not n for v, n in zip(numerical, found)})
+    selected = ", ".join(["dataset", *(quoted[v.code] for v in held), "_pid", "_visit"])
+    cursor.execute(f'SELECT {selected} FROM "{table}" ORDER BY _pid, dataset, _visit')
+    return write_columns(iter(lambda: cursor.fetchmany(CHUNK_ROWS), []), held, usable, rows, tmp,
+                         lambda columns: identity_keys(columns[-2], columns[0], columns[-1], key))
+
+
+def held_variables(model: DataModel) -> list[Variable]:
+    """The variables a snapshot holds (numerical and categorical ones, not ``dataset``), in order."""
+    return [v for v in model if v.code != "dataset" and (v.is_numerical or v.is_categorical)]
+
+
+def write_columns(chunks: Any, held: list[Variable], usable: dict[str, bool], rows: int, tmp: Path,
+                  keys_of: Any) -> dict[str, Any]:
+    """The column files of ``rows`` rows into ``tmp``, from ``chunks`` of DB-API tuples ``(dataset, *held
+    values, two identity fields)`` in key order; ``keys_of(columns)`` gives a chunk's ``(row keys, patient
+    keys)`` from its columns.  ``usable``: the held variables not refused already.  Returns the meta entries."""
+    numerical = [v for v in held if v.is_numerical]
     files = {v.code: f"c{i}" for i, v in enumerate(held)}
     writers = {v.code: _ColumnFile(tmp / f"{files[v.code]}.npy", np.float64 if v.is_numerical else np.int32, rows)
                for v in held}
@@ -289,12 +331,7 @@ def _write_rows(cursor: sqlite3.Cursor, model: DataModel, table: str, tmp: Path,
     levels = {v.code: _Levels() for v in held if v.is_categorical}
     datasets = _Levels()
     exact = {v.code: True for v in numerical}
-    selected = ", ".join(["dataset", *(quoted[v.code] for v in held), "_pid", "_visit"])
-    cursor.execute(f'SELECT {selected} FROM "{table}" ORDER BY _pid, dataset, _visit')
-    while True:
-        chunk = cursor.fetchmany(CHUNK_ROWS)
-        if not chunk:
-            break
+    for chunk in chunks:
         columns = list(zip(*chunk))
         del chunk
         writers["dataset"].append(datasets.codes(columns[0]))
@@ -310,7 +347,7 @@ def _write_rows(cursor: sqlite3.Cursor, model: DataModel, table: str, tmp: Path,
                 writers[var.code].append(values)
             else:
                 writers[var.code].append(levels[var.code].codes(columns[i]))
-        row_keys, pid_keys = identity_keys(columns[-2], columns[0], columns[-1], key)
+        row_keys, pid_keys = keys_of(columns)
         writers[ROW_KEY].append(row_keys)
         writers[PID_KEY].append(pid_keys)
         del columns, row_keys, pid_keys
@@ -326,7 +363,8 @@ def _write_rows(cursor: sqlite3.Cursor, model: DataModel, table: str, tmp: Path,
         else:
             found = levels[var.code]
             entry.update(kind="categorical", levels=[_encode_level(v) for v in found.values])
-            entry["usable"] = not found.mixed and all(isinstance(v, (int, float, str)) for v in found.values)
+            entry["usable"] = usable[var.code] and not found.mixed and all(
+                isinstance(v, (int, float, str)) for v in found.values)
         meta_columns[var.code] = entry
     dataset_ok = not datasets.mixed and all(isinstance(v, str) for v in datasets.values)
     return {"rows": rows, "columns": meta_columns, "datasets": datasets.values if dataset_ok else None,

@@ -93,8 +93,8 @@ def make_engine(url: str) -> Engine:
 class FeatureStore:
     """Access to one node's feature store."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url
+    def __init__(self, url: str, snapshot_home: Any = None) -> None:
+        self.url, self.snapshot_home = url, snapshot_home  # PostgreSQL: where its snapshots live (ADR 0062)
         self.engine = make_engine(url)
         self.dialect = self.engine.dialect.name
         metadata.create_all(self.engine)
@@ -183,12 +183,12 @@ class FeatureStore:
                     document=document, added_at=utcnow()))
         table = self.model_table(model)
         table.create(self.engine, checkfirst=True)
-        if self.dialect == "sqlite":  # the row stamp the node's columnar snapshots are read by (ADR 0049)
-            from mipflow.node.store.stamp import install_stamp
+        if self.dialect in ("sqlite", "postgresql"):  # the row stamp columnar snapshots are read by (ADR 0049)
+            from mipflow.node.store import stamp, stamp_pg
 
             raw = self.engine.raw_connection()
             try:
-                install_stamp(raw.dbapi_connection, table.name)
+                (stamp if self.dialect == "sqlite" else stamp_pg).install_stamp(raw.dbapi_connection, table.name)
             finally:
                 raw.close()
         return table
@@ -394,7 +394,7 @@ class FeatureStore:
                         patients=len(pids), data_model=model.key, rows_deleted=deleted_here, at=utcnow()))
                     self.refresh_datasets(conn, model)
                 total += deleted_here
-        if total and self.dialect == "sqlite":  # no copy of the rows left in a columnar snapshot (ADR 0049)
+        if total:  # no copy of the rows left in a columnar snapshot (ADR 0049; PostgreSQL: ADR 0062)
             from mipflow.node.store.stamp import drop_snapshots
 
             for model in models:
@@ -607,7 +607,7 @@ def open_store(home: NodeHome) -> FeatureStore:
     See :meth:`FeatureStore.migrate_path_names` (one primary-key
     lookup once done).
     """
-    store = FeatureStore(home.db_url)
+    store = FeatureStore(home.db_url, home.root)
     if not store.path_names_migrated():
         changed = store.migrate_path_names(home.key(), home.landing_dir, home.profiles_dir)
         if changed:

@@ -9,7 +9,9 @@ transaction.  A stamp is ``(epoch, counter)``: the epoch is drawn at random when
 (re)created, so a table dropped and created again (which drops its triggers) or a store written by
 an older mipflow starts a new series and no snapshot of before can match.
 
-PostgreSQL stores have no stamp (their selections are read as before; ADR 0049).
+PostgreSQL stores have a stamp of their own (:mod:`mipflow.node.store.stamp_pg`, ADR 0062 amendment 8);
+their snapshots live in the node home's :data:`SNAPSHOT_DIR` (``FeatureStore(url, snapshot_home)``: a
+store opened without its home has none).
 
 The snapshots live in :data:`SNAPSHOT_DIR` beside the store's file (for the default store, in the
 node home), so the store can drop a table's snapshots itself when rows must be gone from disk (a
@@ -40,7 +42,11 @@ def sqlite_file(store: Any) -> str | None:
 
 
 def snapshot_folder(store: Any) -> Path | None:
-    """Where a store's columnar snapshots live (None: it has none)."""
+    """Where a store's columnar snapshots live (None: it has none): beside a SQLite file; in the node
+    home for a PostgreSQL store opened with it."""
+    if store.dialect == "postgresql":
+        home = getattr(store, "snapshot_home", None)
+        return None if home is None else Path(home) / SNAPSHOT_DIR
     path = sqlite_file(store)
     return None if path is None else Path(path).parent / SNAPSHOT_DIR
 
@@ -52,6 +58,10 @@ def snapshot_name(table: str, stamp: tuple[str, int], key_fingerprint: str) -> s
 
 def current_stamp(store: Any, table: str) -> tuple[str, int] | None:
     """``table``'s stamp now (a short connection of its own), None when it has none."""
+    if store.dialect == "postgresql":
+        from mipflow.node.store import stamp_pg
+
+        return stamp_pg.current_stamp(store, table)
     path = sqlite_file(store)
     if path is None:
         return None

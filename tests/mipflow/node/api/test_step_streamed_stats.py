@@ -1,5 +1,5 @@
-"""ADR 0062 at the node: descriptive statistics, Pearson correlation and the one-sample and paired t-tests
-keep their selection left on disk (a bit a snapshot row, no frame) and answer what the SQL read's frame
+"""ADR 0062 at the node: descriptive statistics, Pearson correlation, the one-sample and paired t-tests,
+two-way ANOVA, the contingency table and PCA keep their selection left on disk (a bit a snapshot row, no frame) and answer what the SQL read's frame
 gave, bit for bit; the ledger records the cohorts of that frame; differential privacy keeps a frame."""
 from __future__ import annotations
 
@@ -42,6 +42,9 @@ CASES = [
     pytest.param("pearson_correlation", ["age"], ["glucose_mmol", "nihss_admission"], {}, id="pearson"),
     pytest.param("ttest_onesample", ["glucose_mmol"], [], {"mu": 7.0}, id="one-sample"),
     pytest.param("ttest_paired", ["systolic_bp"], ["age"], {}, id="paired"),
+    pytest.param("anova", ["glucose_mmol"], ["sex", "diabetes"], {}, id="two-way-anova"),  # amendment 9
+    pytest.param("contingency_table", ["diabetes"], ["sex"], {}, id="contingency"),
+    pytest.param("pca", ["age", "glucose_mmol", "nihss_admission"], [], {}, id="pca"),  # amendment 10
 ]
 
 
