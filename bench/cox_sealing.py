@@ -18,12 +18,15 @@ Per kind of round (0, start, sums, score), p50 over every node and warm analysis
   ciphertexts' bytes), and the largest request and reply in kB; last, over all rounds, the share of
   verification and sealing in the nodes' calls and the central's transcript work per round.
 
+``--profile FILE`` writes cProfile statistics of the last analysis: the central site's thread to
+``FILE.<n>.central``, the nodes' calls (each from its body to its reply's JSON, in the app's thread) to
+``FILE.<n>.node``.
+
 Usage: ``python bench/cox_sealing.py [--rows 60000] [--analyses 4] [--nodes 3,10] [--profile FILE]``
 """
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -151,6 +154,11 @@ def measure(n: int, rows: int, analyses: int, profile: str | None) -> None:
 
     original_json = app.json_bytes
 
+    import cProfile
+
+    node_profile = cProfile.Profile()  # the nodes' calls of the last analysis, in the app's thread
+    profiling = [False]
+
     def json_bytes(doc: Any) -> bytes:
         started = time.perf_counter()
         try:
@@ -158,6 +166,8 @@ def measure(n: int, rows: int, analyses: int, profile: str | None) -> None:
         finally:
             current["json"] = time.perf_counter() - started
             current["call"] = time.perf_counter() - current["app_started"]
+            if profiling[0]:
+                node_profile.disable()
 
     def central_timed(method: Any) -> Any:
         def run(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -174,6 +184,8 @@ def measure(n: int, rows: int, analyses: int, profile: str | None) -> None:
 
     async def body(self: Any) -> bytes:  # the app's first touch of a step call: its clock starts here
         if self.url.path.startswith("/v1/steps/"):
+            if profiling[0]:
+                node_profile.enable()
             current["app_started"] = time.perf_counter()
         return await original_body(self)
 
@@ -198,15 +210,16 @@ def measure(n: int, rows: int, analyses: int, profile: str | None) -> None:
                 rounds_before = len(calls)
                 started = time.process_time()
                 if profile and i == analyses:
-                    import cProfile
-
                     profiler = cProfile.Profile()
+                    profiling[0] = True
                     profiler.enable()
                 outcome = run_analysis("cox_regression", request, clients, min_nodes=n, researcher=RESEARCHER,
                                        project=PROJECT)
                 if profile and i == analyses:
                     profiler.disable()
-                    profiler.dump_stats(f"{profile}.{n}")
+                    profiling[0] = False
+                    profiler.dump_stats(f"{profile}.{n}.central")
+                    node_profile.dump_stats(f"{profile}.{n}.node")
                 if i:
                     cpu.append(time.process_time() - started)
                 for call in calls[rounds_before:]:
@@ -255,7 +268,7 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=60_000, help="rows over all nodes")
     parser.add_argument("--analyses", type=int, default=4)
     parser.add_argument("--nodes", default="3,10")
-    parser.add_argument("--profile", default=None, help="cProfile the last analysis into FILE.<n>")
+    parser.add_argument("--profile", default=None, help="cProfile the last analysis into FILE.<n>.{central,node}")
     args = parser.parse_args()
     from common import print_machine
 
