@@ -63,8 +63,8 @@ from mipflow.central.client import NodeEndpoint, NodeRefused
 from mipflow.central.rounds import run_analysis
 from mipflow.algorithms.packed import pack
 from mipflow.protocol.signing import issue_client
-from mipflow.secagg.sealing import NONCE_BYTES
-from mipflow.secagg.transcript import TRANSCRIPT_SCHEME, canonical, wire
+from mipflow.secagg.sealing import NONCE_BYTES, plaintext
+from mipflow.secagg.transcript import TRANSCRIPT_SCHEME
 from tests.mipflow.algorithms.survival_data import STROKE
 from tests.nodes import grant_all, load_frame, running_nodes, standard_home
 from tests.privacy.test_redteam_round6 import Recording, death_registry
@@ -149,7 +149,7 @@ def test_defence_a_max_time_sweep_of_cox_scores_reaches_no_bin_of_fewer_than_min
     def predicted(bins: int) -> int:
         zeros = {"events": pack(np.zeros(bins), ""), "s0": pack(np.zeros(bins), ""),
                  "s1": pack(np.zeros((bins, P)), ""), "s2": pack(np.zeros((bins, P * (P + 1) // 2)), "")}
-        return len(base64.b64encode(bytes(NONCE_BYTES + 16) + canonical(wire(zeros))))
+        return len(base64.b64encode(bytes(NONCE_BYTES + 16) + plaintext(zeros)))
 
     sizes = [(len(state["event_bins"]), len(reply["sealed"][NODE])) for _, state, reply in seen.values()]
     assert len({bins for bins, _ in sizes}) == len(sizes) >= 3

@@ -64,6 +64,44 @@ def subtract(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
+_LANE = np.uint64(32)
+
+
+def combine(base: np.ndarray | None, plus: "list[bytes | np.ndarray]", minus: "list[bytes | np.ndarray]") -> np.ndarray:
+    """``base + sum(plus) - sum(minus)`` modulo ``2^256`` as limbs (n, 4), every term's carries taken once
+    at the end: each element held as eight 32-bit lanes in ``uint64`` (each term adds less than ``2^32``
+    to a lane, so fewer than ``2^31`` terms never overflow one), a subtracted term added as its lanes'
+    complement plus one (``-s = ~s + 1`` modulo ``2^256``); then each lane's high half carried into the
+    next, the last one's dropped.  Terms are limbs (n, 4) or their 32 little-endian bytes per element;
+    ``base`` (limbs) may be None (zero).  The same bits as :func:`add` and :func:`subtract` term by term."""
+    def lanes(term: "bytes | np.ndarray") -> np.ndarray:
+        if isinstance(term, np.ndarray):
+            return np.ascontiguousarray(term, dtype="<u8").view("<u4").reshape(-1)
+        return np.frombuffer(term, dtype="<u4")
+
+    terms = [lanes(t) for t in ([] if base is None else [base]) + list(plus)] + [lanes(t) for t in minus]
+    if not terms or len(terms) >= 1 << 31:
+        raise ValueError("combine needs 1 to 2^31 - 1 terms")
+    size = len(terms[0])
+    if size % (2 * LIMBS) or any(len(t) != size for t in terms):
+        raise ValueError("terms differ in length or are not whole elements")
+    positive = len(terms) - len(minus)
+    acc = np.zeros(size, dtype=np.uint64)
+    for t in terms[:positive]:
+        acc += t
+    if minus:
+        complement = np.full(size, len(minus) * 0xFFFFFFFF, dtype=np.uint64)
+        for t in terms[positive:]:
+            complement -= t  # sum of (2^32 - 1 - s) per lane: never below zero
+        acc += complement
+        acc[0::2 * LIMBS] += np.uint64(len(minus))
+    acc = acc.reshape(-1, 2 * LIMBS)
+    for k in range(2 * LIMBS - 1):
+        acc[:, k + 1] += acc[:, k] >> _LANE
+    acc &= _LOW32
+    return acc[:, 0::2] | (acc[:, 1::2] << _LANE)
+
+
 def negate(a: np.ndarray) -> np.ndarray:
     """``-a`` modulo ``2^256`` (two's complement)."""
     return subtract(np.zeros_like(a), a)

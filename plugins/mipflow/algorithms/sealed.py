@@ -112,7 +112,8 @@ def is_masked(part: Any, scheme: str = MASKED_SCHEME) -> bool:
 
 
 def unmask_parts(parts: Sequence[Mapping[str, Any]], scheme: str = MASKED_SCHEME) -> dict[str, np.ndarray]:
-    """The sum of every participant's masked payload, its masks cancelled: name -> array (int64 for
+    """The sum of every participant's masked payload (its vector as ``bytes``, as opened from a seal, or
+    in base64), its masks cancelled: name -> array (int64 for
     :data:`MASKED_SCHEME`; float64 for :data:`REAL_MASKED_SCHEME`, the exact sum of the encoded values
     rounded once to float).
 
@@ -131,8 +132,12 @@ def unmask_parts(parts: Sequence[Mapping[str, Any]], scheme: str = MASKED_SCHEME
         raise RequestError("masked sealed sums: the participants' parts differ in layout")
     vectors = []
     for part in parts:
+        masked = part["masked"]
+        if isinstance(masked, (bytes, bytearray, memoryview)):  # as a seal carries it (binary plaintext)
+            vectors.append(bytes(masked))
+            continue
         try:
-            raw = base64.b64decode(part["masked"], validate=True)
+            raw = base64.b64decode(masked, validate=True)
         except (ValueError, TypeError):
             raise RequestError("masked sealed sums: a part is not well formed") from None
         vectors.append(raw)
@@ -167,10 +172,7 @@ def _sum_real(vectors: Sequence[bytes]) -> np.ndarray:
 
     if len(vectors[0]) % REAL_ELEMENT_BYTES:
         raise RequestError("masked sealed sums: a part is not well formed")
-    total = fixed_point.from_bytes(vectors[0])
-    for raw in vectors[1:]:
-        total = fixed_point.add(total, fixed_point.from_bytes(raw))
-    return fixed_point.decode(total, REAL_FRACTION_BITS)
+    return fixed_point.decode(fixed_point.combine(None, list(vectors), []), REAL_FRACTION_BITS)
 
 
 def ring_elements(raw: bytes) -> list[int]:

@@ -211,7 +211,7 @@ def request_points(time_var: Variable, bin_width: float, max_time: float | None)
     tol = 1e-9 * step  # k * bin_width a hair below a fine point (0.29 * 100) is that point
     index = np.searchsorted(fine, grid + tol, side="right") - 1
     index[grid >= float(time_var.max_value) - tol] = len(fine) - 1
-    return sorted({int(i) for i in np.clip(index, 0, len(fine) - 1)})
+    return np.unique(np.clip(index, 0, len(fine) - 1).astype(np.int64)).tolist()  # ascending Python ints
 
 
 def coarsen_to(ends: Sequence[int], events: Sequence, censored: Sequence, points: Sequence[int],
@@ -234,12 +234,12 @@ def coarsen_to(ends: Sequence[int], events: Sequence, censored: Sequence, points
         raise RequestError("a node suppressed survival counts; its bins cannot be combined")
     eligible = ends if levels is None else [e for e, b in zip(ends, levels) if int(b) >= level]
     keep: set[int] = {ends[-1]}
-    position = 0
-    for point in sorted(int(p) for p in points):
-        while position < len(eligible) and eligible[position] <= point:
-            position += 1
-        if position:
-            keep.add(eligible[position - 1])
+    if eligible:
+        # for each point the longest prefix of ``eligible`` at or before it (a running maximum, so that
+        # the ends need not be checked ascending), its last end kept: one search for every point
+        prefix = np.maximum.accumulate(np.asarray(eligible, dtype=np.int64))
+        position = np.searchsorted(prefix, np.asarray([int(p) for p in points], dtype=np.int64), side="right")
+        keep.update(np.asarray(eligible, dtype=np.int64)[position[position > 0] - 1].tolist())
     target = sorted(keep)
     where = np.searchsorted(np.asarray(target), np.asarray(ends), side="left")
     out_events: list = [0] * len(target)

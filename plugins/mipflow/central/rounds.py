@@ -378,6 +378,9 @@ class _Rounds:
         self.chain = genesis(analysis_id=analysis_id, algorithm=algorithm, request=request,
                              participants=roster.participants)
         self.previous: dict[str, Any] | None = None
+        #: the previous round's contributions as tags and chain bind them (sealed ciphertexts by their
+        #: digests, each hashed once per round, not once per node called)
+        self.bound: list[Any] | None = None
         self.sent_state: Any = None
 
     def bodies(self, state: Any, nodes: Sequence[NodeClient]) -> dict[str, dict[str, Any]]:
@@ -389,17 +392,20 @@ class _Rounds:
         self.sent_state = json.loads(json.dumps(state, allow_nan=False))
         participants = self.roster.body()["participants"]
         return {node.name: {"scheme": TRANSCRIPT_SCHEME, "participants": participants,
-                            "previous": addressed_to(self.previous, self.roster.node_names.get(node.name, node.name))}
+                            "previous": addressed_to(self.previous, self.roster.node_names.get(node.name, node.name),
+                                                     self.bound)}
                 for node in nodes}
 
     def advance(self, round_no: int, replies: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
         """Round ``round_no`` answered by every participant: the next call carries it."""
-        from mipflow.secagg.transcript import advance
+        from mipflow.secagg.transcript import advance, aggregates_digest, bound_form
 
         contributions = [{"node": self.roster.node_names.get(name, name), "aggregates": reply["aggregates"],
                           "tags": reply.get("tags")} for name, reply in replies]
         self.previous = {"chain": self.chain, "state": self.sent_state, "contributions": contributions}
-        self.chain = advance(self.chain, round_no, self.sent_state, contributions)
+        self.bound = [bound_form(c["aggregates"]) for c in contributions]
+        self.chain = advance(self.chain, round_no, self.sent_state, contributions,
+                             [aggregates_digest(b) for b in self.bound])
 
     def provenance(self) -> dict[str, Any]:
         from mipflow.secagg.transcript import TRANSCRIPT_SCHEME

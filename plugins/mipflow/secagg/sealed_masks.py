@@ -54,11 +54,21 @@ def _stream(seed: bytes, length: int) -> np.ndarray:
 
 def mask_sums(own: Any, participants: Mapping[str, bytes], context: bytes,
               sums: Mapping[str, Any]) -> dict[str, Any]:
-    """``sums`` (name -> integer array) as one masked vector: ``{"scheme", "layout", "masked"}``.
+    """``sums`` (name -> integer array) as one masked vector: ``{"scheme", "layout", "masked"}``, the
+    vector's little-endian bytes in base64 (:func:`mask_step_sums` seals them as they are).
 
     ``own`` is the node's :class:`~mipflow.secagg.crypto.KeyPair`, ``participants`` every participant's
     public key (the node's own included), ``context`` the step's context (the same at every node).
     """
+    return _base64(_mask_sums(own, participants, context, sums))
+
+
+def _base64(payload: dict[str, Any]) -> dict[str, Any]:
+    return {**payload, "masked": base64.b64encode(payload["masked"]).decode("ascii")}
+
+
+def _mask_sums(own: Any, participants: Mapping[str, bytes], context: bytes,
+               sums: Mapping[str, Any]) -> dict[str, Any]:
     from mipflow.secagg.crypto import pair_seed
 
     layout, pieces = [], []
@@ -76,8 +86,7 @@ def mask_sums(own: Any, participants: Mapping[str, bytes], context: bytes,
                 continue
             stream = _stream(pair_seed(own, peer, context), len(vector))
             vector = vector + stream if me < peer else vector - stream  # wraps modulo 2^64
-    return {"scheme": MASKED_SCHEME, "layout": layout,
-            "masked": base64.b64encode(vector.astype("<u8").tobytes()).decode("ascii")}
+    return {"scheme": MASKED_SCHEME, "layout": layout, "masked": vector.astype("<u8").tobytes()}
 
 
 def encode_real(sums: Mapping[str, Any]) -> tuple[list[list[Any]], np.ndarray]:
@@ -104,33 +113,36 @@ def encode_real(sums: Mapping[str, Any]) -> tuple[list[list[Any]], np.ndarray]:
     return layout, fixed_point.encode(values, REAL_FRACTION_BITS)
 
 
-def _real_stream(seed: bytes, length: int) -> np.ndarray:
-    """``length`` uniform elements of ``Z/2^256`` from a ChaCha20 keystream keyed by ``seed``, as limbs
-    (each element 32 little-endian bytes of the stream)."""
+def _real_stream(seed: bytes, length: int) -> bytes:
+    """``length`` uniform elements of ``Z/2^256`` from a ChaCha20 keystream keyed by ``seed`` (each
+    element 32 little-endian bytes of the stream)."""
     from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
-    from mipflow.algorithms import fixed_point
-
     encryptor = Cipher(algorithms.ChaCha20(seed, b"\x00" * 16), mode=None).encryptor()
-    return fixed_point.from_bytes(encryptor.update(b"\x00" * (REAL_ELEMENT_BYTES * length)))
+    return encryptor.update(b"\x00" * (REAL_ELEMENT_BYTES * length))
 
 
 def mask_real_sums(own: Any, participants: Mapping[str, bytes], context: bytes,
                    sums: Mapping[str, Any]) -> dict[str, Any]:
     """``sums`` (name -> real array) in fixed point (:func:`encode_real`), masked as :func:`mask_sums`
-    masks integers: ``{"scheme", "layout", "masked"}`` with 32 little-endian bytes per element."""
+    masks integers: ``{"scheme", "layout", "masked"}`` with 32 little-endian bytes per element (base64)."""
+    return _base64(_mask_real_sums(own, participants, context, sums))
+
+
+def _mask_real_sums(own: Any, participants: Mapping[str, bytes], context: bytes,
+                    sums: Mapping[str, Any]) -> dict[str, Any]:
     from mipflow.algorithms import fixed_point
     from mipflow.secagg.crypto import pair_seed
 
     layout, vector = encode_real(sums)
     me = own.public_bytes
+    plus, minus = [], []  # one keystream per peer, added or subtracted by the order of the keys
     for peer in sorted(participants.values()):
-        if peer == me:
-            continue
-        stream = _real_stream(pair_seed(own, peer, context), len(vector))
-        vector = fixed_point.add(vector, stream) if me < peer else fixed_point.subtract(vector, stream)
-    return {"scheme": REAL_MASKED_SCHEME, "layout": layout,
-            "masked": base64.b64encode(fixed_point.to_bytes(vector)).decode("ascii")}
+        if peer != me:
+            (plus if me < peer else minus).append(_real_stream(pair_seed(own, peer, context), len(vector)))
+    if plus or minus:
+        vector = fixed_point.combine(vector, plus, minus)
+    return {"scheme": REAL_MASKED_SCHEME, "layout": layout, "masked": fixed_point.to_bytes(vector)}
 
 
 def mask_step_sums(own: Any, participants: Mapping[str, bytes], sums: Mapping[str, Any], *, analysis_id: str,
@@ -138,13 +150,14 @@ def mask_step_sums(own: Any, participants: Mapping[str, bytes], sums: Mapping[st
                    scheme: str = MASKED_SCHEME) -> dict[str, Any]:
     """:func:`mask_sums` (or :func:`mask_real_sums`, by ``scheme``) for one step: the seeds bound to the
     analysis, the round, the request, the state and the participants, apart from the round's masked
-    release (``algorithm + "|sealed"``)."""
+    release (``algorithm + "|sealed"``).  The masked vector is left as ``bytes``, as the seal carries it
+    (:func:`mipflow.secagg.sealing.plaintext`)."""
     from mipflow.secagg.crypto import context_digest
 
     context = context_digest(analysis_id=analysis_id, algorithm=f"{algorithm}|sealed", round_no=round_no,
                              request=request, state=state, participants=participants.values())
     if scheme == REAL_MASKED_SCHEME:
-        return mask_real_sums(own, participants, context, sums)
+        return _mask_real_sums(own, participants, context, sums)
     if scheme != MASKED_SCHEME:
         raise RequestError("masked sealed sums: unknown scheme")
-    return mask_sums(own, participants, context, sums)
+    return _mask_sums(own, participants, context, sums)

@@ -126,21 +126,26 @@ def advance(chain: str, round_no: int, state: Any, contributions: Sequence[Mappi
                    [[c.get("node"), d.hex()] for c, d in zip(contributions, digests, strict=True)])
 
 
-def addressed_to(previous: Mapping[str, Any] | None, node: str) -> Mapping[str, Any] | None:
+def addressed_to(previous: Mapping[str, Any] | None, node: str,
+                 bound: Sequence[Any] | None = None) -> Mapping[str, Any] | None:
     """The transcript's ``previous`` as the central site sends it to ``node``: every contribution
     with only its tag for ``node`` (the one that node checks), so a request carries ``n`` tags, not
     ``n^2``; and of its sealed sums only the ciphertext for ``node``, the others by their digests
-    (:func:`bound_form`: the tags verify the same), so it carries ``n`` ciphertexts, not ``n^2``."""
+    (:func:`bound_form`: the tags verify the same), so it carries ``n`` ciphertexts, not ``n^2``.
+    ``bound``, when given, is each contribution's :func:`bound_form` (in order), its digests computed
+    once per round for every node called rather than once per node."""
     if previous is None:
         return None
     contributions = []
-    for c in previous["contributions"]:
+    for i, c in enumerate(previous["contributions"]):
         tags = c.get("tags")
         mine = {node: tags[node]} if isinstance(tags, Mapping) and node in tags else {}
         aggregates = c.get("aggregates")
         if isinstance(aggregates, Mapping) and isinstance(aggregates.get(SEALED_KEY), Mapping):
             boxes = aggregates[SEALED_KEY]
-            aggregates = {**aggregates, SEALED_KEY: {name: box if name == node else _box_digest(box)
+            digests = bound[i][SEALED_KEY] if bound is not None else {name: _box_digest(box)
+                                                                      for name, box in boxes.items()}
+            aggregates = {**aggregates, SEALED_KEY: {name: box if name == node else digests[name]
                                                       for name, box in boxes.items()}}
         contributions.append({"node": c.get("node"), "aggregates": aggregates, "tags": mine})
     return {**previous, "contributions": contributions}
@@ -425,13 +430,23 @@ def verify_step(doc: Any, *, root: Any, own_name: str, analysis_id: str | None, 
 
 
 def wire(doc: Any) -> Any:
-    """``doc`` as it travels (numpy values as Python numbers and lists; JSON round trip)."""
+    """``doc`` as it travels (numpy values as Python numbers and lists; JSON round trip).  Sealed
+    ciphertexts (texts already) are not sent through the round trip, which gives them back as they
+    are: they are most of a sums round's bytes."""
     def plain(value: Any) -> Any:
         if hasattr(value, "tolist"):
             return value.tolist()
         raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
+    boxes = doc.get(SEALED_KEY) if isinstance(doc, Mapping) else None
+    plain_boxes = (isinstance(boxes, Mapping) and all(isinstance(k, str) for k in doc)
+                   and all(isinstance(k, str) and isinstance(v, str) for k, v in boxes.items()))
     try:
+        if plain_boxes:
+            out = json.loads(json.dumps({k: None if k == SEALED_KEY else v for k, v in doc.items()},
+                                        allow_nan=False, default=plain))
+            out[SEALED_KEY] = dict(boxes)
+            return out
         return json.loads(json.dumps(doc, allow_nan=False, default=plain))
     except ValueError:
         raise RequestError("a released aggregate is NaN or infinite") from None

@@ -121,6 +121,29 @@ def test_addition_and_subtraction_carry_across_limbs_modulo_the_ring() -> None:
     assert as_integers(fixed_point.subtract(as_limbs([0]), as_limbs([1]))) == [RING - 1]
 
 
+@pytest.mark.parametrize("plus, minus, base", [(1, 0, False), (0, 1, True), (2, 3, True), (9, 0, False), (0, 9, False),
+                                                (4, 5, True)])
+def test_combining_many_terms_carries_once_and_gives_the_ring_sum(plus, minus, base) -> None:
+    """``combine`` (masks of many peers, pools of many parts: every carry taken once) equals adding and
+    subtracting the terms one by one in Python integers, also for all-ones and zero elements."""
+    rng = np.random.default_rng(40 + plus + 7 * minus)
+    n = 700
+    terms = [random_elements(rng, n)[:n] + [RING - 1, 0, 1, HALF] for _ in range(plus + minus + 1)]
+    start = terms[0] if base else [0] * len(terms[0])
+    expected = [(b + sum(col[:plus]) - sum(col[plus:])) % RING
+                for b, *col in zip(start, *terms[1:])]
+    as_bytes = [fixed_point.to_bytes(as_limbs(t)) for t in terms[1:]]
+    mixed = [as_limbs(t) if k % 2 else raw for k, (t, raw) in enumerate(zip(terms[1:], as_bytes))]  # limbs or bytes
+    got = fixed_point.combine(as_limbs(terms[0]) if base else None, mixed[:plus], mixed[plus:])
+    assert as_integers(got) == expected
+    one_by_one = as_limbs(start)
+    for k, t in enumerate(terms[1:]):
+        one_by_one = (fixed_point.add if k < plus else fixed_point.subtract)(one_by_one, as_limbs(t))
+    assert as_integers(one_by_one) == expected
+    with pytest.raises(ValueError):
+        fixed_point.combine(None, [as_bytes[0][:-4]] + as_bytes[1:2], [])
+
+
 @pytest.mark.parametrize("n", [1, 3, 5])
 def test_masked_parts_and_their_pool_are_bit_identical_to_python_integers(n) -> None:
     rng = np.random.default_rng(10 + n)

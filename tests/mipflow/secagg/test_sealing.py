@@ -108,3 +108,99 @@ def test_a_node_is_sent_only_the_ciphertexts_addressed_to_it_and_the_tags_bind_t
     assert aggregates_digest(changed) != aggregates_digest(aggregates)
     # and what the node receives is a fraction of the whole reply
     assert len(json.dumps(sent)) < len(json.dumps(previous["contributions"][0])) / 2
+
+
+def test_the_central_site_digests_each_ciphertext_once_and_sends_the_same_transcript() -> None:
+    """The digests the central site computes once per round (``bound``) give every node the transcript
+    that hashing per node gave."""
+    from mipflow.secagg.transcript import addressed_to, bound_form
+
+    contributions = [{"node": n, "aggregates": {"n": 10, "sealed": _sealed(n)}, "tags": {m: f"t{m}" for m in KEYS}}
+                     for n in KEYS]
+    contributions.append({"node": "d", "aggregates": {"n": 3}, "tags": {}})  # one without sealed sums
+    previous = {"chain": "x", "state": None, "contributions": contributions}
+    bound = [bound_form(c["aggregates"]) for c in contributions]
+    for node in KEYS:
+        assert addressed_to(previous, node, bound) == addressed_to(previous, node)
+
+
+# --------------------------------------------------------------------------- the binary plaintext (seal v2)
+
+MASKED = {"scheme": "mipflow-sealed-mask-real-v1:z2^256:f128", "layout": [["s0", [3]]], "masked": bytes(range(96))}
+
+
+def test_bytes_travel_as_they_are_and_open_as_bytes() -> None:
+    from mipflow.secagg.sealing import from_plaintext, plaintext
+
+    doc = {"b": [b"\x00\n\xff", {"x": b""}], "a": MASKED, "c": 1.5}
+    raw = plaintext(doc)
+    head, _, blob = raw.partition(b"\n")
+    assert json.loads(head)["a"]["masked"] == {"$bytes": 96}
+    assert blob == bytes(range(96)) + b"\x00\n\xff"  # in the header's (sorted) order, no base64
+    assert from_plaintext(raw) == doc
+    boxes = seal(KEYS["b"], "b", PUBLIC, MASKED, **BOUND)
+    opened = open_one(KEYS["a"], PUBLIC["b"], boxes["a"], **BOUND, sender="b", recipient="a")
+    assert opened == MASKED and isinstance(opened["masked"], bytes)
+    # 96 bytes cost 128 characters of base64 (nonce and tag included), not 128 inside 171
+    assert len(boxes["a"]) < 4 * (len(raw) + 28) / 3 + 4
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"a":1}', b'{"a":{"$bytes":4}}\nabc', b'{"a":{"$bytes":2}}\nabc', b'{"a":{"$bytes":-1}}\n',
+    b'{"a":{"$bytes":true}}\nx', b'{"a":{"$bytes":1,"b":2}}\nx', b'not json\n', b'{"a":1}\nextra',
+], ids=["no-newline", "short", "long", "negative", "bool", "extra-key", "not-json", "trailing"])
+def test_a_malformed_plaintext_does_not_open(raw) -> None:
+    from mipflow.secagg.sealing import from_plaintext
+
+    assert from_plaintext(raw) is None
+
+
+def test_a_document_holding_the_bytes_key_is_not_sealed() -> None:
+    from mipflow.exceptions import RequestError
+    from mipflow.secagg.sealing import plaintext
+
+    with pytest.raises(RequestError, match=r"\$bytes"):
+        plaintext({"a": {"$bytes": 3}})
+
+
+def test_a_box_sealed_under_the_former_scheme_is_refused_by_name() -> None:
+    """A node running an older mipflow seals under mipflow-seal-v1 (JSON plaintext): its boxes do not
+    open here, and the refusal says why (no sums, no value)."""
+    import base64
+    import os
+
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from mipflow.secagg.sealing import SEAL_SCHEME_V1, associated_data
+    from mipflow.secagg.transcript import canonical
+
+    def sealed_v1(sender: str) -> dict[str, str]:
+        out = {}
+        for name, public in PUBLIC.items():
+            nonce = os.urandom(12)
+            aad = associated_data(**BOUND, sender=sender, recipient=name, scheme=SEAL_SCHEME_V1)
+            box = AESGCM(pair_key(KEYS[sender], public, "seal")).encrypt(nonce, canonical(SUMS), aad)
+            out[name] = base64.b64encode(nonce + box).decode("ascii")
+        return out
+
+    boxes = {n: _sealed(n) for n in KEYS}
+    boxes["c"] = sealed_v1("c")
+    assert open_one(KEYS["a"], PUBLIC["c"], boxes["c"]["a"], **BOUND, sender="c", recipient="a") is None
+    with pytest.raises(DisclosureError, match="mipflow-seal-v1") as info:
+        open_previous(_transcript(boxes), own=KEYS["a"], own_name="a", analysis_id="an-1",
+                      algorithm="cox_regression", round_no=2, sealed_key="sealed")
+    assert info.value.control == "round_verification"
+    assert "'c'" in str(info.value) and not any(v in str(info.value) for v in ("events", "s0", "[3", "4]"))
+
+
+def test_a_reply_in_wire_form_keeps_its_ciphertexts_as_they_are() -> None:
+    import numpy as np
+
+    from mipflow.secagg.transcript import wire
+
+    boxes = _sealed("b")
+    doc = {"n": np.int64(10), "counts": np.arange(3), "sealed": boxes}
+    out = wire(doc)
+    assert out == {"n": 10, "counts": [0, 1, 2], "sealed": boxes} == json.loads(json.dumps(
+        {"n": 10, "counts": [0, 1, 2], "sealed": boxes}))
+    assert list(out) == list(doc)
