@@ -233,7 +233,7 @@ def chain_allows(data_model: str, cohorts: Sequence[ChainSet], groups: Sequence[
             if not new_sets:
                 continue
             window = bounded(old_sets, new_sets)
-            if not check_addition(window, new_sets, threshold, primes):
+            if not check_addition(window, new_sets, threshold, primes, unions=True):
                 return False
             if keys == "rows" and units:  # over the cohorts whose rows carry their versions (not group cells)
                 stamped = [s.rows for s in old if s.versioned and level(s) >= threshold]
