@@ -8,8 +8,9 @@ equals the sum over atom ``a`` alone exactly when ``a``'s column of the sets x a
 matrix is not in the span of the other columns (``e_a`` is in the row space). The rule this module
 decides: **every atom that some combination isolates holds at least ``min_row_count`` patients.**
 It is exact for one patient and for any single atom, whatever the length of the chain of sets that
-isolates it; a combination isolating a *union* of several small atoms is not always caught (the
-pairwise rule of ADR 0013 covers the differences and intersections of two sets).
+isolates it; a combination isolating a *union* of several small atoms is caught per request by
+:mod:`mipflow.node.controls.unions` (``check_addition(unions=True)``, the chain rule's; ADR 0030 amended),
+not by :func:`check_family` (study approval) nor with weighted sizes.
 
 Ranks are computed over GF(p) for several primes drawn from the node's secret. Over a prime field a
 rank can only be lower than over the rationals, and only when the prime divides a particular minor

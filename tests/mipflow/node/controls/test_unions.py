@@ -8,6 +8,7 @@ import pytest
 
 from mipflow.node.controls.atoms import atom_labels, check_addition, node_primes
 from mipflow.node.controls.chain import ChainSet, chain_allows
+from mipflow.node.controls.epochs import ROWS, EpochView
 from mipflow.node.controls.unions import (
     small_space, union_leaks, unions_allow,
 )
@@ -229,3 +230,25 @@ def test_thirty_filters_of_five_variables_over_two_thousand_rows_are_answered() 
         assert check_addition(old, [cohort], M, PRIMES, unions=True)
         old.append(cohort)
     assert len(old) >= 25 and atom_labels(old)[0].sizes.size > 500
+
+
+def test_a_stale_cohort_s_phantom_unit_and_one_row_are_a_union_refused_alike_at_a_holder_and_a_non_holder() -> None:
+    """A cohort ``S`` (rows 0-199) remembered before a consent change, with her row at the holder and without at the
+    non-holder, is seen as the rows still held plus one phantom unit (ADR 0061).  Under the new epoch: ``V`` (row 0
+    and 51 others), ``U`` (rows 200-260), then ``T`` (rows 1-260): ``S - T + U`` is the phantom and row 0, two
+    one-unit atoms (neither alone in the span), refused at both; ``T`` leaving out rows 0-9 is answered at both."""
+    her = np.uint64(500)
+    held = keys(range(200))
+    verdicts = {}
+    for node, remembered in {"holder": np.append(held, her), "non-holder": held}.items():
+        view = EpochView("withdrawn-1", lambda model: (keys(range(400)), None))  # her row withdrawn
+        chained = [ChainSet(MODEL, view.chain_keys(remembered, MODEL, ROWS, ""), None, M)]
+        for cohort in (keys([0, *range(300, 351)]), keys(range(200, 261))):
+            new = ChainSet(MODEL, cohort, None, M)
+            assert chain_allows(MODEL, chained, [], [new], M, PRIMES)
+            chained.append(new)
+        assert len(chained[0].rows) == 201 and check_addition([c.rows for c in chained], [keys(range(1, 261))], M,
+                                                              PRIMES)  # one atom at a time: answered
+        verdicts[node] = [chain_allows(MODEL, chained, [], [ChainSet(MODEL, keys(range(first, 261)), None, M)], M,
+                                       PRIMES) for first in (1, 10)]
+    assert verdicts["holder"] == verdicts["non-holder"] == [False, True]
