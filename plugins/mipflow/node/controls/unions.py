@@ -44,7 +44,7 @@ import numpy as np
 
 from mipflow.node.controls.atoms import atom_labels
 
-#: Steps (branches) the search may take per prime before it refuses conservatively.
+#: Steps (nodes of the branch and bound, over one prime) the search may take before it refuses conservatively.
 UNION_CAP = 256
 
 
