@@ -20,7 +20,9 @@ Found (holes):
    ``S4`` men 21-89, ``S1`` age 20-50, ``S2`` age >= 50 (40-41 rows each).  Every pair is 0 or >= 20 rows apart
    each way, and no single atom of the family is a linear combination of the four (each is refused alone), but
    ``S1 + S2 - S3 - S4`` is the two patients outside both sexes' 21-89 ranges: the target (aged 20.5) and the
-   oldest (89.5).  Their count (2), sums of age and NIHSS and co-moments solve: the target's NIHSS, 41.
+   oldest (89.5).  Their count (2), sums of age and NIHSS and co-moments solve: the target's NIHSS, 41.  Closed:
+   the chain rule refuses any new combination living on small atoms of fewer than ``min_row_count`` rows in all
+   (``node/controls/unions.py``, ADR 0030 amended); S2 last is refused.
 2. **A k-means cluster less a cohort** (ADR 0051 "what this does not close": k-means clusters compared between
    assignments of one cohort only, not across cohorts; ADR 0050).  k-means (k 2, ``init`` pca) of age and glucose
    on everyone converges on the young (50) and the old (50): the young cluster's count and centre are its sums.
@@ -154,10 +156,7 @@ def family_isolates(members: dict[str, set], target: set) -> bool:
     return bool(np.allclose(matrix @ coefficients, vector))
 
 
-@pytest.mark.xfail(strict=True, reason="round 17 hole 1: four regressions whose pairs are far apart and whose family "
-                   "isolates no single atom combine into a union of two one-patient atoms: the target's NIHSS (ADR "
-                   "0030 residual: unions of several small atoms)")
-def test_hole_1_a_union_of_two_one_patient_atoms_gives_the_target_s_value(nodes):
+def test_hole_1_closed_a_union_of_two_one_patient_atoms_is_refused(nodes):
     """Hole 1.  Class: the chain rule asks whether a linear combination isolates a new *atom* under ``min_row_count``;
     a union of two small atoms can be a combination while neither atom is (ADR 0030 "what it leaves open", ADR
     0023's limit).  Adversary: a researcher with a standard-mode grant (documented requests only).

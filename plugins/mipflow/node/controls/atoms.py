@@ -8,8 +8,9 @@ equals the sum over atom ``a`` alone exactly when ``a``'s column of the sets x a
 matrix is not in the span of the other columns (``e_a`` is in the row space). The rule this module
 decides: **every atom that some combination isolates holds at least ``min_row_count`` patients.**
 It is exact for one patient and for any single atom, whatever the length of the chain of sets that
-isolates it; a combination isolating a *union* of several small atoms is not always caught (the
-pairwise rule of ADR 0013 covers the differences and intersections of two sets).
+isolates it; a combination isolating a *union* of several small atoms is caught per request by
+:mod:`mipflow.node.controls.unions` (``check_addition(unions=True)``, the chain rule's; ADR 0030 amended),
+not by :func:`check_family` (study approval) nor with weighted sizes.
 
 Ranks are computed over GF(p) for several primes drawn from the node's secret. Over a prime field a
 rank can only be lower than over the rationals, and only when the prime divides a particular minor
@@ -231,7 +232,7 @@ def check_family(sets: Sequence[np.ndarray], min_row_count: int, primes: Sequenc
 
 
 def check_addition(old_sets: Sequence[np.ndarray], new_sets: Sequence[np.ndarray], min_row_count: int,
-                   primes: Sequence[int], sizes: AtomSizes | None = None) -> bool:
+                   primes: Sequence[int], sizes: AtomSizes | None = None, unions: bool = False) -> bool:
     """Whether releasing ``new_sets`` after ``old_sets`` lets no *new* combination isolate a small atom.
 
     The per-request form of the ledger rule (ADR 0030): an atom of the whole family (old and new)
@@ -244,6 +245,9 @@ def check_addition(old_sets: Sequence[np.ndarray], new_sets: Sequence[np.ndarray
     An atom is small by its count of members, or, with ``sizes``, by the size that gives it (ADR 0058:
     ``sum w / max w`` over its rows, a weighted sum's rows in effect); which members an atom holds is
     still told by their count.
+
+    ``unions`` (atoms sized by their count only): no new combination may live on *several* small atoms of
+    fewer than ``min_row_count`` members in all either (:mod:`mipflow.node.controls.unions`, ADR 0030 amended).
 
     Returns
     -------
@@ -258,18 +262,21 @@ def check_addition(old_sets: Sequence[np.ndarray], new_sets: Sequence[np.ndarray
     whole, universe, labels = atom_labels(old_sets + new_sets)
     measured = whole.sizes if sizes is None else np.asarray(sizes(universe, labels, whole.sizes.size))
     small = isolatable(whole, primes) & (measured < min_row_count)
-    if not small.any():
-        return True
-    if not old_sets:
-        return False
-    before = atoms_of(old_sets)
-    before_isolatable = isolatable(before, primes)
-    # an old atom is identified by its membership in the old sets (its column of the old incidence)
-    known = {before.incidence[:, a].tobytes(): (bool(before_isolatable[a]), int(before.sizes[a]))
-             for a in range(before.sizes.size)}
-    for a in np.flatnonzero(small):
-        signature = whole.incidence[:len(old_sets), a]
-        was = known.get(signature.tobytes())
-        if was is None or not was[0] or was[1] != int(whole.sizes[a]):
-            return False  # new members, a split of an old atom, or newly isolatable
+    if small.any():
+        if not old_sets:
+            return False
+        before = atoms_of(old_sets)
+        before_isolatable = isolatable(before, primes)
+        # an old atom is identified by its membership in the old sets (its column of the old incidence)
+        known = {before.incidence[:, a].tobytes(): (bool(before_isolatable[a]), int(before.sizes[a]))
+                 for a in range(before.sizes.size)}
+        for a in np.flatnonzero(small):
+            signature = whole.incidence[:len(old_sets), a]
+            was = known.get(signature.tobytes())
+            if was is None or not was[0] or was[1] != int(whole.sizes[a]):
+                return False  # new members, a split of an old atom, or newly isolatable
+    if unions and sizes is None and bool((whole.sizes < min_row_count).any()):
+        from mipflow.node.controls.unions import union_leaks  # it builds on this module
+
+        return not union_leaks(whole.incidence, len(old_sets), whole.sizes, min_row_count, primes)
     return True

@@ -30,6 +30,10 @@ family (ADR 0051, thirteenth review):
   dummy level gives the atom's count and first sums only (what a group of ``nfilter_tab`` rows may
   give, ADR 0002), one without any gives its spread too and is held to ``min_row_count``.
 
+* **unions** (round 17, issue 14; ADR 0030 amended): beside each atom, no new combination may live on
+  *several* small atoms of fewer than the level's threshold rows in all (``check_addition(unions=True)``,
+  :mod:`mipflow.node.controls.unions`): ``S1 + S2 - S3 - S4`` of four far-apart cohorts was two one-row atoms.
+
 Within the request's data model the atoms are of rows; when a related set is of another data model,
 the family is compared by patients too (ADR 0030).
 
@@ -233,7 +237,7 @@ def chain_allows(data_model: str, cohorts: Sequence[ChainSet], groups: Sequence[
             if not new_sets:
                 continue
             window = bounded(old_sets, new_sets)
-            if not check_addition(window, new_sets, threshold, primes):
+            if not check_addition(window, new_sets, threshold, primes, unions=True):
                 return False
             if keys == "rows" and units:  # over the cohorts whose rows carry their versions (not group cells)
                 stamped = [s.rows for s in old if s.versioned and level(s) >= threshold]

@@ -213,17 +213,20 @@ def test_an_honest_session_is_answered_as_before_but_for_a_real_chain(tmp_path):
 
     The pairwise rule already refuses most subgroup analyses after the unfiltered ones (a subgroup's
     complete cases differ from another variable set's by a few rows): that is ADR 0028's study
-    mode's business, not this rule's.  The chain rule refuses one analysis more, and it is a real
-    chain: the descriptive statistics released the rows with ``v0`` and with ``v3`` present, and
-    everyone; the complete cases of ``v0, v3`` would make ``everyone - (v0) - (v3) + (v0, v3)`` the
-    rows missing both, fewer than ``min_row_count`` (their count, and any shared variable's sum).
-    Its refusal says what to change and names the study protocol."""
+    mode's business, not this rule's.  The chain rule refuses one analysis more, and it is real: after
+    the complete cases of four variable sets, descriptive statistics of all four variables (not
+    complete-case: everyone and each variable's present rows) would let a combination live on the
+    rows missing two variables (three missingness patterns, five rows: their count and age sums), a
+    union of small atoms none of which is isolated alone (ADR 0030's round-17 amendment; before it,
+    the atom rule refused the complete cases of ``v0, v3`` instead, the rows missing both, which
+    that refusal leaves without its chain).  Its refusal says what to change and names the study
+    protocol."""
     before, _ = _session(tmp_path / "pairwise", None)  # ADR 0013
     after, messages = _session(tmp_path / "ledger", PRIMES)  # ADR 0030
     assert before[:6] == [f"everyone: {'+'.join(v)}" for v, _ in ANALYSES]  # the unfiltered session
-    assert [a for a in before if a not in after] == ["everyone: v0+v3"]
+    assert [a for a in before if a not in after] == ["everyone: age+v0+v1+v2+v3"]
     frame = _honest_frame()
-    missing_both = int((frame["v0"].isna() & frame["v3"].isna()).sum())
-    assert 0 < missing_both < M  # the chain is real
+    missing_two = int((frame[["v0", "v1", "v2", "v3"]].isna().sum(axis=1) == 2).sum())
+    assert 0 < missing_two < M  # the union is real
     chain = "study protocol" in messages[0] and "mipflow study" in messages[0]
     assert chain and all(m == messages[0] for m in messages)  # one message, whichever rule refused
