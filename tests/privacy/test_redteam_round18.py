@@ -23,6 +23,8 @@ Found (holes):
    pairwise, and the chain (the cohorts and the age clusters) isolates no small atom.  ``sum(L ∪ M) - (R2 - R3)`` is
    the target alone: her glucose, 7.3 (and her membership in the low cluster).  Without the second k-means run the
    same last cohort is refused by the chain (``test_defence_...``): the hole is exactly the "latest only" window.
+   **Closed** the same day: the chain keeps each k-means *run's* latest assignment (its analysis key in the
+   cluster's kind), not each cohort's (ADR 0051, seventeenth-review amendment, amended); the last cohort is refused.
 
 Held (defences): the same three releases with the glucose clusters still the cohort's latest assignment (the chain
 rule, control ``differencing``); 80-bin histograms of age and of glucose, a step function of age but for the target
@@ -185,7 +187,6 @@ def low_cluster(node: Served) -> tuple[int, float]:
     return count, count * result["centers"][low][0]
 
 
-@pytest.mark.xfail(strict=True, reason="an earlier k-means assignment of a cohort leaves the chain (latest only)")
 def test_hole_1_an_earlier_k_means_assignment_out_of_the_chain_with_two_cohorts_gives_one_glucose(nodes):
     """Hole 1.  Class: the chain rule sees each cohort's latest k-means assignment only (ADR 0051, seventeenth-review
     amendment, "the chain sees each cohort's latest assignment"); an earlier assignment's clusters meet later releases

@@ -20,10 +20,14 @@ cohorts; ``remember_groups`` keeps them, so every later cohort meets them (``che
   of the same rows a few rows apart is ``S(A) - S(B)`` over those rows, a combination the partition check
   (run before, same threshold) refuses already.  So by rows the group memory adds refusals only against
   other cohorts, other cohorts' clusters and other groups.
-* **The chain sees each cohort's latest assignment only** (:func:`latest_clusters`, applied by
-  ``GroupMemory.chain_sets``): every Lloyd round is another partition; handing all of them over would fill
-  the chain's cell window (``CHAIN_GROUPS``) with one analysis's rounds and push other groups out of it.
-  A round's own clusters are always the chain's new sets when first released.
+* **The chain sees each run's latest assignment** (:func:`latest_clusters`, applied by
+  ``GroupMemory.chain_sets``; a run is one analysis, its analysis key): every Lloyd round is another
+  partition; handing all of them over would fill the chain's cell window (``CHAIN_GROUPS``) with one
+  analysis's rounds and push other groups out of it.  Until the eighteenth review the latest was per cohort,
+  so a second k-means of the same rows (other variables) took the first one's clusters out of the chain and
+  two cohorts then subtracted to one patient; another run's clusters now stay, as any other release's cells
+  (only the window of 32 cells pushes them out).  A round's own clusters are always the chain's new sets
+  when first released.
 * **Rows unknown** (a local step whose rows' order is not kept): no clusters are derived (ADR 0051's
   longitudinal residual); the partition memory still compares the assignments.
 """
@@ -43,28 +47,30 @@ if TYPE_CHECKING:
     import pandas as pd
 
 #: The (variable, level) names a cluster's kind is made of; never a data model's variable (a space in each).
-ASSIGNMENT, COHORT, CLUSTER = "k-means assignment", "k-means cohort", "k-means cluster"
+ASSIGNMENT, COHORT, CLUSTER, RUN = "k-means assignment", "k-means cohort", "k-means cluster", "k-means run"
 
 
-def cluster_kind(data_model: str, cohort: str, assignment: str, label: int) -> str:
+def cluster_kind(data_model: str, cohort: str, assignment: str, label: int, run: str = "") -> str:
     """The kind of cluster ``label`` of an ``assignment`` (digest of its canonical labels) of the ``cohort``
-    (its digest): unique to those rows."""
-    return kind_of(data_model, [(COHORT, cohort[:32]), (ASSIGNMENT, assignment[:32]), (CLUSTER, str(label))])
+    (its digest) in the k-means ``run`` (its analysis key; none: a kind remembered before runs were named)."""
+    pairs = [(COHORT, cohort[:32]), (ASSIGNMENT, assignment[:32]), (CLUSTER, str(label))]
+    return kind_of(data_model, pairs + [(RUN, run[:32])] if run else pairs)
 
 
 def cluster_of(kind: str) -> tuple[str, str] | None:
-    """``(cohort, assignment)`` of a cluster's kind (:func:`cluster_kind`), None for any other kind."""
+    """``(cohort and run, assignment)`` of a cluster's kind (:func:`cluster_kind`), None for any other kind."""
     if CLUSTER not in kind:
         return None
     data_model, pairs = json.loads(kind)
     named = dict(map(tuple, pairs))
-    if set(named) != {COHORT, ASSIGNMENT, CLUSTER}:
+    if set(named) - {RUN} != {COHORT, ASSIGNMENT, CLUSTER}:
         return None
-    return f"{data_model}|{named[COHORT]}", named[ASSIGNMENT]
+    run = f"|{named[RUN]}" if RUN in named else ""
+    return f"{data_model}|{named[COHORT]}{run}", named[ASSIGNMENT]
 
 
 def cluster_groups(labels: np.ndarray, keys: np.ndarray, patients: np.ndarray | None, data_model: str,
-                   cohort: str) -> tuple[list[Group], np.ndarray]:
+                   cohort: str, run: str = "") -> tuple[list[Group], np.ndarray]:
     """Each cluster of an assignment as a group (a cell), and their union.
 
     Parameters
@@ -77,6 +83,8 @@ def cluster_groups(labels: np.ndarray, keys: np.ndarray, patients: np.ndarray | 
         The rows' patient keys, in ``labels``' order.
     data_model, cohort : str
         The data model and the digest of the cohort assigned.
+    run : str
+        The k-means run (its analysis key): the chain keeps each run's latest assignment.
     """
     labels = canonical_labels(labels)
     keys = np.asarray(keys, dtype=np.uint64)
@@ -87,14 +95,15 @@ def cluster_groups(labels: np.ndarray, keys: np.ndarray, patients: np.ndarray | 
     for label in range(int(labels.max(initial=-1)) + 1):
         member = labels == label
         rows = sorted_unique(keys[member])
-        kind = cluster_kind(data_model, cohort, assignment, label)
+        kind = cluster_kind(data_model, cohort, assignment, label, run)
         people = None if patients is None else sorted_unique(np.asarray(patients, dtype=np.uint64)[member])
         groups.append(Group(kind, rows, _digest(kind, rows), data_model, people, cell=True))
     return groups, sorted_unique(keys)
 
 
 def cluster_release(algo: Any, round_no: int, data: pd.DataFrame, request: Any, state: Any, cohorts: Any,
-                    settings: Any, labels: np.ndarray | None = None, key: str | None = None) -> GroupRelease | None:
+                    settings: Any, labels: np.ndarray | None = None, key: str | None = None,
+                    run: str = "") -> GroupRelease | None:
     """The clusters a k-means round releases at this node as a :class:`GroupRelease` (None: the step releases
     no partition, or its rows' keys are not known).  ``labels``: the assignment ``check_partition`` computed,
     in the cohort's canonical row order (None: computed here, e.g. while ``differencing_check`` is off).
@@ -120,7 +129,7 @@ def cluster_release(algo: Any, round_no: int, data: pd.DataFrame, request: Any, 
     people = getattr(cohorts, "patient_order", None)
     people = None if people is None or len(people) != len(keys) else np.asarray(people, dtype=np.uint64)
     groups, union = cluster_groups(labels, keys[canonical], None if people is None else people[canonical],
-                                   cohorts.data_model, cohorts.digest)
+                                   cohorts.data_model, cohorts.digest, run)
     union_stamps = None
     if key is not None and cohorts.stamps:  # their value stamps of the stamped columns (ADR 0061)
         groups, union_stamps = frame_group_stamps(data, keys, groups, union, list(cohorts.stamps[0]), key)
@@ -137,7 +146,8 @@ def derive_clusters(request: Any, context: Any, work: Any) -> None:
     if work.explore is not None or work.groups is not None or work.data is None:
         return
     work.groups = cluster_release(work.algo, request.round, work.data, request.analysis, work.state,
-                                  work.cohorts, work.settings, work.labels, context.differencing.key)
+                                  work.cohorts, work.settings, work.labels, context.differencing.key,
+                                  getattr(work, "analysis_key", "") or "")
 
 
 Kept = TypeVar("Kept")
@@ -145,7 +155,7 @@ Kept = TypeVar("Kept")
 
 def latest_clusters(cells: Sequence[Kept]) -> list[Kept]:
     """``cells`` (remembered groups with ``kind``, oldest first) less the k-means clusters of any but each
-    cohort's most recently remembered assignment: what the chain rule is handed (the module docstring)."""
+    run's most recently remembered assignment of its cohort: what the chain rule is handed (the module docstring)."""
     latest: dict[str, str] = {}
     found = [cluster_of(getattr(c, "kind")) for c in cells]
     for of in found:

@@ -51,6 +51,18 @@ def test_the_chain_sees_each_cohort_s_latest_assignment_and_every_other_cell() -
     assert latest_clusters([*new, *old]) == old  # the most recently remembered
 
 
+def test_the_chain_keeps_the_latest_assignment_of_each_run_of_a_cohort() -> None:
+    """Eighteenth review, hole 1: a second run on the same rows (other variables) must not take the first run's
+    clusters out of the chain; within one run, each later round's assignment replaces the earlier one's."""
+    first = [SimpleNamespace(kind=cluster_kind(MODEL, "a" * 64, "1" * 64, j, run="r1")) for j in range(2)]
+    moved = [SimpleNamespace(kind=cluster_kind(MODEL, "a" * 64, "3" * 64, j, run="r1")) for j in range(2)]
+    second = [SimpleNamespace(kind=cluster_kind(MODEL, "a" * 64, "2" * 64, j, run="r2")) for j in range(2)]
+    assert latest_clusters([*first, *second]) == [*first, *second]
+    assert latest_clusters([*first, *second, *moved]) == [*second, *moved]
+    assert cluster_of(first[0].kind) != cluster_of(second[0].kind)
+    assert cluster_of(first[0].kind)[0] == cluster_of(moved[0].kind)[0]  # one run of one cohort
+
+
 def test_the_group_memory_holds_clusters_against_later_cohorts_and_hands_the_chain_the_latest() -> None:
     memory = GroupMemory()
     first, _ = cluster_groups(np.r_[np.zeros(10, int), np.ones(20, int)], KEYS, None, MODEL, "c" * 64)
