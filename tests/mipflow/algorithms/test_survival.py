@@ -178,6 +178,15 @@ def test_kaplan_meier_without_merging_is_the_unbinned_estimate(nodes, grouped) -
 @given(survival_split(min_rows=80), WIDTHS, TABS, st.sampled_from(["breslow", "efron"]))
 def test_cox_regression_equals_pooled_phreg_on_rounded_times(nodes, width, tab, ties) -> None:
     lifelines_reference.lifelines()  # skip (fail in CI) before drawing examples when it is absent
+    used = cox_equals_pooled_phreg(nodes, width, tab, ties)
+    assume(used is not None)
+    event(f"{ties}, nodes={len(used)}")
+
+
+def cox_equals_pooled_phreg(nodes, width, tab, ties) -> list[int] | None:
+    """Cox regression over ``nodes`` with every node's controls equals PHReg (and, Efron, lifelines) on the
+    pooled rows of the nodes that took part (their indices); None when no estimate is made (no events, a
+    monotone likelihood: a clean refusal, checked) or every node is refused."""
     req = request("cox_regression", x=COX_X, bin_width=width, ties=ties)
     try:
         result, used, _ = run_with_controls("cox_regression", nodes, req,
@@ -185,17 +194,15 @@ def test_cox_regression_equals_pooled_phreg_on_rounded_times(nodes, width, tab, 
     except RequestError as exc:
         # no events, or a monotone likelihood (a level without events): a clean refusal, no estimate
         assert any(word in str(exc) for word in ("no events", "converge", "does not improve", "constant")), exc
-        assume(False)
-        return
-    assume(result is not None)
+        return None
+    if result is None:
+        return None
     pooled = complete(pd.concat([nodes[i] for i in used], ignore_index=True), COX_COLUMNS)
     # treatment coding, reference = first level present (sorted)
     expected_columns = []
     for var in ("sex", "stroke_type"):
         expected_columns += [f"{var}[{lvl}]" for lvl in sorted(pooled[var].unique())[1:]]
     assert result["indep_vars"] == expected_columns + ["age", "nihss_admission"]
-    event(f"{ties}, {result['binning']['method']}, merged={result['binning']['merged_for_disclosure']}, "
-          f"nodes={len(used)}")
     assert result["ties"] == ties
     times = round_up(pooled["followup_days"].to_numpy(), result["binning"]["timeline"])
     design = cox_design(pooled, result["indep_vars"])
@@ -219,6 +226,7 @@ def test_cox_regression_equals_pooled_phreg_on_rounded_times(nodes, width, tab, 
               reference["coefficients"], floor=floor)
         check("cox_regression", "stderr (efron, lifelines)", result["stderr"], reference["stderr"])
         check("cox_regression", "ll (efron, lifelines)", result["ll"], reference["ll"])
+    return used
 
 
 def test_cox_without_merging_is_the_unbinned_fit() -> None:
