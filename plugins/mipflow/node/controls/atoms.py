@@ -8,9 +8,9 @@ equals the sum over atom ``a`` alone exactly when ``a``'s column of the sets x a
 matrix is not in the span of the other columns (``e_a`` is in the row space). The rule this module
 decides: **every atom that some combination isolates holds at least ``min_row_count`` patients.**
 It is exact for one patient and for any single atom, whatever the length of the chain of sets that
-isolates it; a combination isolating a *union* of several small atoms is caught per request by
-:mod:`mipflow.node.controls.unions` (``check_addition(unions=True)``, the chain rule's; ADR 0030 amended),
-not by :func:`check_family` (study approval) nor with weighted sizes.
+isolates it; a combination isolating a *union* of several small atoms is caught by
+:mod:`mipflow.node.controls.unions`: per request (``check_addition(unions=True)``, the chain rule's; ADR 0030
+amended) and at study approval and refresh (``check_family(unions=True)``), not with weighted sizes.
 
 Ranks are computed over GF(p) for several primes drawn from the node's secret. Over a prime field a
 rank can only be lower than over the rationals, and only when the prime divides a particular minor
@@ -213,10 +213,18 @@ class FamilyCheck:
     smallest_isolatable: int | None
     isolatable_atoms: int
     atoms: int
+    #: with ``unions``: a combination lives on several small atoms of fewer than ``min_row_count`` rows in all
+    #: (checked only when every isolatable atom is large enough)
+    small_union: bool = False
 
 
-def check_family(sets: Sequence[np.ndarray], min_row_count: int, primes: Sequence[int]) -> FamilyCheck:
+def check_family(sets: Sequence[np.ndarray], min_row_count: int, primes: Sequence[int],
+                 unions: bool = False) -> FamilyCheck:
     """Every atom that a combination of the sets' sums isolates holds ``min_row_count`` patients.
+
+    ``unions``: and no non-zero combination lives on several small atoms of fewer than ``min_row_count``
+    patients in all (:mod:`mipflow.node.controls.unions` over the whole family, none of it excused as released
+    before: study approval and refresh, ADR 0030 amended); asked only when the atoms pass.
 
     Cost: one elimination per prime over the (sets x atoms) matrix, ``O(sets * atoms * rank)``;
     meant for a study protocol's family (tens to hundreds of sets), not for every request.
@@ -227,8 +235,14 @@ def check_family(sets: Sequence[np.ndarray], min_row_count: int, primes: Sequenc
     mask = isolatable(atoms, primes)
     sizes = atoms.sizes[mask]
     smallest = int(sizes.min()) if sizes.size else None
-    return FamilyCheck(allowed=smallest is None or smallest >= min_row_count, smallest_isolatable=smallest,
-                       isolatable_atoms=int(mask.sum()), atoms=int(atoms.sizes.size))
+    allowed = smallest is None or smallest >= min_row_count
+    small_union = False
+    if unions and allowed and min_row_count > 1 and bool((atoms.sizes < min_row_count).any()):
+        from mipflow.node.controls.unions import union_leaks  # it builds on this module
+
+        small_union = union_leaks(atoms.incidence, 0, atoms.sizes, min_row_count, primes)
+    return FamilyCheck(allowed=allowed and not small_union, smallest_isolatable=smallest,
+                       isolatable_atoms=int(mask.sum()), atoms=int(atoms.sizes.size), small_union=small_union)
 
 
 def check_addition(old_sets: Sequence[np.ndarray], new_sets: Sequence[np.ndarray], min_row_count: int,

@@ -9,7 +9,8 @@ Every decision of study mode that looks at the data is taken here, once, by the 
   rows away from a cohort the node answered before (the pairwise rule of ADR 0013, against
   everything in ``cohorts.sqlite``; by patients against cohorts of other data models and
   versions holding the same patients, ADR 0030), and no linear combination of them isolates fewer than
-  ``min_row_count`` patients (the atom rule, :mod:`mipflow.node.controls.atoms`);
+  ``min_row_count`` patients, one atom or several small ones together (the atom rule,
+  :mod:`mipflow.node.controls.atoms`, and its union rule, :mod:`mipflow.node.controls.unions`);
 * once approved, the cohorts are recorded in the ledger (analyses outside the study cannot
   difference against them) and the population's row keys become the study's **snapshot**.
 
@@ -198,8 +199,9 @@ def change_problems(old: Study, family: Family, min_row_count: int) -> tuple[dic
 def _check_family(root: Any, key: bytes, data_model: str, family: Family, min_row_count: int,
                   earlier: Study | None) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
     """The ledger's pairwise rule against every cohort answered before (by rows under the study's
-    data model, by patients under any other, ADR 0030), and the atom rule over the family (and the
-    snapshot it replaces); returns the distinct sets to record, with their patients."""
+    data model, by patients under any other, ADR 0030), and the atom rule with its union rule over the
+    family (and the snapshot it replaces, no combination excused); returns the distinct sets to record,
+    with their patients."""
     from mipflow.node.controls.atoms import check_family, node_primes
     from mipflow.node.controls.differencing import CohortLedger, cohort_digest
 
@@ -220,7 +222,11 @@ def _check_family(root: Any, key: bytes, data_model: str, family: Family, min_ro
         sets = [keys for _, keys, _ in distinct.values()]
         if earlier is not None:
             sets += [earlier.population, *earlier.subgroups.values()]
-        verdict = check_family(sets, min_row_count, node_primes(key))
+        verdict = check_family(sets, min_row_count, node_primes(key), unions=True)
+        if verdict.small_union:  # no count: which atoms and how many rows the search met is data
+            raise ConfigError(f"a combination of the study's cohorts would single out a group of fewer than "
+                              f"min_row_count ({min_row_count}) patients in all (several small groups together, "
+                              "none alone): choose subgroups that overlap by more rows")
         if not verdict.allowed:
             raise ConfigError(f"a combination of the study's cohorts would isolate {verdict.smallest_isolatable} "
                               f"patient(s), fewer than min_row_count ({min_row_count}): choose subgroups that "

@@ -111,6 +111,24 @@ def test_a_small_atom_that_no_combination_isolates_is_allowed_until_one_does() -
     assert not sprung.allowed and sprung.smallest_isolatable == 1
 
 
+def test_unions_refuse_a_family_whose_combination_is_two_one_patient_atoms() -> None:
+    """Round 17 hole 1 as a study family (issue 14): S3 women 21-89, S4 men 21-89, S1 20-50, S2 >= 50 and the
+    population with twenty younger patients; no atom is isolatable, ``S1 + S2 - S3 - S4`` is the target and the
+    oldest.  The atom rule allows it; with ``unions`` it is refused, the honest bands-by-sexes family allowed."""
+    young, f1, m1, f2, m2, target, oldest = groups(20, 20, 20, 20, 20, 1, 1)
+    s3, s4, s1, s2 = union(f1, f2), union(m1, m2), union(f1, m1, target), union(f2, m2, oldest)
+    sets = [union(young, s1, s2), s3, s4, s1, s2]
+    single = check_family(sets, M, PRIMES)
+    assert single.allowed and single.isolatable_atoms == 1 and not single.small_union  # the young only
+    verdict = check_family(sets, M, PRIMES, unions=True)
+    assert not verdict.allowed and verdict.small_union
+    # two cohorts meeting in one patient: a one-patient atom no combination lives on alone
+    x, y, patient = groups(M, M, 1)
+    assert check_family([union(x, patient), union(y, patient)], M, PRIMES, unions=True).allowed
+    honest = [union(young, s1, s2), s1, s2, union(f1, f2, target), union(m1, m2, oldest)]  # bands and sexes
+    assert check_family(honest, M, PRIMES, unions=True).allowed
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.lists(st.integers(0, 11), min_size=1, max_size=12), min_size=1, max_size=7))
 def test_isolatable_atoms_equal_the_rational_reference(sets: list[list[int]]) -> None:

@@ -118,6 +118,84 @@ def test_the_atom_rule_refuses_subgroups_whose_combination_isolates_few_patients
         study_approval.approve(home, PROJECT, doc)
 
 
+#: round 17 hole 1 as a protocol: S3, S4 (each sex at 21-89), S1 (age 20-50), S2 (age >= 50)
+UNION = [{"name": "S3", "filter": where(rule("sex", "equal", "F"), rule("age", "greater_or_equal", 21),
+                                        rule("age", "less", 89))},
+         {"name": "S4", "filter": where(rule("sex", "equal", "M"), rule("age", "greater_or_equal", 21),
+                                        rule("age", "less", 89))},
+         {"name": "S1", "filter": where(rule("age", "greater_or_equal", 20), rule("age", "less", 50))},
+         {"name": "S2", "filter": where(rule("age", "greater_or_equal", 50))}]
+
+
+def _union_rows(seed: int, n: int, edges: bool, prefix: str) -> pd.DataFrame:
+    """``n`` patients under 20, ``2 n`` aged 21-50 and ``2 n`` aged 50-89 (women and men alternately), every value
+    present; with ``edges`` the target (a woman aged 20.5) and the oldest (a man aged 89.5) besides."""
+    rng = np.random.default_rng(seed)
+    ages = np.r_[rng.uniform(18, 19.9, n), rng.uniform(21, 49.9, 2 * n), rng.uniform(50, 88.9, 2 * n)]
+    ages = np.r_[ages, [20.5, 89.5]] if edges else ages
+    frame = stroke_rows(seed, len(ages), "hospital_a", prefix)
+    frame["age"] = np.round(ages, 1)
+    frame["sex"] = ["F", "M"] * (len(ages) // 2)
+    frame["nihss_admission"] = rng.integers(0, 30, len(ages)).astype(float)
+    return frame
+
+
+def _union_home(root, frame: pd.DataFrame):
+    from mipflow.node.home import NodeHome
+    from tests.nodes import grant_all, standard_home
+
+    standard_home(root, "hospital_a")
+    load_frame(root, STROKE, frame)
+    grant_all(root, researcher="*", project=PROJECT)
+    return NodeHome(root)
+
+
+def _union_protocol(subgroups) -> dict:
+    """No nominal variable and no survival grid: the level cells' rules see nothing, the family's rules decide."""
+    doc = protocol(datasets=["hospital_a"], variables=["age", "nihss_admission"], subgroups=subgroups,
+                   algorithms=["descriptive_stats", "linear_regression"])
+    doc.pop("survival")
+    return doc
+
+
+def test_the_union_rule_refuses_subgroups_combining_into_two_one_patient_atoms(tmp_path) -> None:
+    """ADR 0030's union amendment at approval (round 17 hole 1 as a protocol): every subgroup and complement holds
+    38 rows or more and no combination isolates one atom, but ``S1 + S2 - S3 - S4`` is the target and the oldest
+    patient, two one-patient atoms; an honest protocol over the same rows (bands, sexes) is approved."""
+    home = _union_home(tmp_path / "a", _union_rows(17, 20, True, "un"))
+    with pytest.raises(ConfigError) as caught:
+        study_approval.approve(home, PROJECT, _union_protocol(UNION))
+    message = str(caught.value)
+    assert "a combination of the study's cohorts would single out a group of fewer than min_row_count (10) " \
+           "patients in all" in message
+    assert not any(ch.isdigit() for ch in message.replace("(10)", "")), message  # no data-derived count
+    assert read_study(home.root, PROJECT) is None and CohortLedger(home.root).cohorts(STROKE.key) == {}
+    honest = [{"name": "under50", "filter": where(rule("age", "less", 50))},
+              {"name": "from50", "filter": where(rule("age", "greater_or_equal", 50))},
+              {"name": "women", "filter": where(rule("sex", "equal", "F"))},
+              {"name": "men", "filter": where(rule("sex", "equal", "M"))}]
+    assert study_approval.approve(home, PROJECT, _union_protocol(honest))["status"] == "approved"
+
+
+def test_refresh_is_refused_when_the_new_rows_make_the_union(tmp_path) -> None:
+    """The same protocol without the two edge patients is approved (``S1 + S2 - S3 - S4`` is empty); a load of
+    fifty new patients with the target and the oldest among them is refused at refresh by the union rule, the
+    study staying on its snapshot; a load without them is refreshed."""
+    home = _union_home(tmp_path / "b", _union_rows(17, 20, False, "un"))
+    first = study_approval.approve(home, PROJECT, _union_protocol(UNION))
+    assert first["status"] == "approved" and first["population"] == 100
+    load_frame(home.root, STROKE, _union_rows(18, 10, True, "late"))
+    with pytest.raises(ConfigError) as caught:
+        study_approval.refresh(home, PROJECT)
+    assert "would single out a group of fewer than min_row_count (10) patients in all" in str(caught.value)
+    assert f"stays on its snapshot of {first['snapshot']}" in str(caught.value)
+    assert read_study(home.root, PROJECT).snapshot == first["snapshot"]
+    other = _union_home(tmp_path / "c", _union_rows(17, 20, False, "un"))
+    study_approval.approve(other, PROJECT, _union_protocol(UNION))
+    load_frame(other.root, STROKE, _union_rows(18, 10, False, "late"))
+    assert study_approval.refresh(other, PROJECT)["status"] == "refreshed"
+
+
 def test_refresh_moves_the_snapshot_only_when_the_changes_are_large_enough(tmp_path) -> None:
     home, frame = node_home(tmp_path)
     first = study_approval.approve(home, PROJECT, protocol())
