@@ -74,3 +74,17 @@ def blocks_and_selections(selections: list) -> list:
 #: ``store`` at every block size of :data:`BLOCK_SIZES` (tests without a selection of their own)
 EVERY_BLOCK_SIZE = pytest.mark.parametrize("store", list(BLOCK_SIZES.values()), ids=list(BLOCK_SIZES),
                                            indirect=True)
+
+
+def stream_blocks(monkeypatch, size: int) -> None:
+    """Every streamed pass of the group-releasing steps a block of ``size`` rows at a time (the groups' codes,
+    the moments, the counts, the design's counts and the ledger's reads)."""
+    from mipflow.algorithms import design, moments, streamed
+    from mipflow.node.controls import differencing, groups_rows
+
+    monkeypatch.setattr(groups_rows, "GROUP_ROWS", size)
+    monkeypatch.setattr(moments, "STREAM_BLOCK", 2 * size)
+    monkeypatch.setattr(moments, "MOMENT_BLOCK", size)
+    monkeypatch.setattr(streamed, "COUNT_ROWS", size)
+    monkeypatch.setattr(design, "COUNT_BLOCK", size)
+    monkeypatch.setattr(differencing, "READ_BLOCK", size)

@@ -14,10 +14,8 @@ import json
 import numpy as np
 import pytest
 
-from mipflow.algorithms import design as design_module
-from mipflow.algorithms import get_algorithm, moments, streamed
+from mipflow.algorithms import get_algorithm
 from mipflow.algorithms.local import prepare_local_data
-from mipflow.node.controls import differencing, groups_rows
 from mipflow.node.controls.differencing import DifferencingGuard
 from mipflow.node.controls.groups import group_release
 from mipflow.node.query import snapshot_rows
@@ -28,7 +26,7 @@ from mipflow.node.store import stamp_pg
 from mipflow.node.store.feature_store import FeatureStore
 from mipflow.protocol.wire import transport
 
-from tests.mipflow.node.query.streamed import number_rule
+from tests.mipflow.node.query.streamed import number_rule, stream_blocks
 from tests.mipflow.node.query.test_snapshot_rows_groups import KEY, MODEL, SECRET, _request, _rows, _same_groups
 
 
@@ -37,12 +35,7 @@ def store(pg_url, tmp_path, monkeypatch, request):
     """The groups tests' rows in a PostgreSQL store whose snapshots live in ``tmp_path / "home"``; every
     pass's blocks of ``request.param`` rows (the snapshot's reads of 8 or 64)."""
     size = request.param
-    monkeypatch.setattr(groups_rows, "GROUP_ROWS", size)
-    monkeypatch.setattr(moments, "STREAM_BLOCK", 2 * size)
-    monkeypatch.setattr(moments, "MOMENT_BLOCK", size)
-    monkeypatch.setattr(streamed, "COUNT_ROWS", size)
-    monkeypatch.setattr(design_module, "COUNT_BLOCK", size)
-    monkeypatch.setattr(differencing, "READ_BLOCK", size)
+    stream_blocks(monkeypatch, size)
     monkeypatch.setattr(snapshot_rows, "READ_ROWS", 8 if size < 64 else 64)
     store = FeatureStore(pg_url, tmp_path / "home")
     store.add_data_model(MODEL)

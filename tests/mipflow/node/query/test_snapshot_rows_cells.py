@@ -12,15 +12,13 @@ import json
 
 import pytest
 
-from mipflow.algorithms import design as design_module
-from mipflow.algorithms import get_algorithm, moments, streamed
+from mipflow.algorithms import get_algorithm
 from mipflow.algorithms.local import prepare_local_data
-from mipflow.node.controls import differencing, groups_rows
 from mipflow.node.controls.differencing import DifferencingGuard
 from mipflow.node.controls.groups import group_release
 from mipflow.protocol.wire import transport
 
-from tests.mipflow.node.query.streamed import EDGE_SELECTIONS, block_store, number_rule
+from tests.mipflow.node.query.streamed import EDGE_SELECTIONS, block_store, number_rule, stream_blocks
 from tests.mipflow.node.query.test_snapshot_rows_groups import (
     BLOCK, KEY, MODEL, SECRET, _both, _request, _rows, _same_groups,
 )
@@ -29,12 +27,7 @@ from tests.mipflow.node.query.test_snapshot_rows_groups import (
 @pytest.fixture(params=[7, 100_000], ids=["seven", "whole"])
 def store(tmp_path, monkeypatch, request):
     size = request.param
-    monkeypatch.setattr(groups_rows, "GROUP_ROWS", size)
-    monkeypatch.setattr(moments, "STREAM_BLOCK", 2 * size)
-    monkeypatch.setattr(moments, "MOMENT_BLOCK", size)
-    monkeypatch.setattr(streamed, "COUNT_ROWS", size)
-    monkeypatch.setattr(design_module, "COUNT_BLOCK", size)
-    monkeypatch.setattr(differencing, "READ_BLOCK", size)
+    stream_blocks(monkeypatch, size)
     with block_store(tmp_path, monkeypatch, MODEL, _rows(), 8 if size < BLOCK else BLOCK) as store:
         yield store
 

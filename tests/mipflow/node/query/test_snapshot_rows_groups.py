@@ -17,11 +17,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mipflow.algorithms import design as design_module
-from mipflow.algorithms import get_algorithm, moments, streamed
+from mipflow.algorithms import get_algorithm
 from mipflow.algorithms.contract import ReleasedGroups
 from mipflow.algorithms.local import prepare_local_data
-from mipflow.node.controls import differencing, groups_rows
 from mipflow.node.controls.differencing import DifferencingGuard, hash_key
 from mipflow.node.controls.group_stamps import frame_group_stamps
 from mipflow.node.controls.groups import group_release, level_groups
@@ -32,7 +30,7 @@ from mipflow.protocol.request import AnalysisRequest
 from mipflow.protocol.wire import transport
 
 from tests.mipflow.node.query.streamed import (EDGE_SELECTIONS, block_model, block_store, blocks_and_selections,
-                                               number_rule)
+                                               number_rule, stream_blocks)
 
 SECRET = b"node secret of the streamed group tests"
 KEY = hash_key(SECRET)
@@ -76,12 +74,7 @@ def store(tmp_path, monkeypatch, request):
     """Every pass's blocks of ``request.param`` rows, the snapshot's reads of ``BLOCK`` (8 at the smallest:
     the packed mask's bytes)."""
     size = request.param
-    monkeypatch.setattr(groups_rows, "GROUP_ROWS", size)
-    monkeypatch.setattr(moments, "STREAM_BLOCK", 2 * size)
-    monkeypatch.setattr(moments, "MOMENT_BLOCK", size)
-    monkeypatch.setattr(streamed, "COUNT_ROWS", size)
-    monkeypatch.setattr(design_module, "COUNT_BLOCK", size)
-    monkeypatch.setattr(differencing, "READ_BLOCK", size)
+    stream_blocks(monkeypatch, size)
     with block_store(tmp_path, monkeypatch, MODEL, _rows(), max(8, min(size, BLOCK) // 8 * 8)) as store:
         yield store
 
