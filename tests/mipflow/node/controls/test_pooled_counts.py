@@ -17,26 +17,33 @@ def bound_release(keys, times, levels, ends) -> ReleaseRows:
 
 
 def by_definition(bound: ReleaseRows, keys: np.ndarray, times: np.ndarray | None) -> bool:
-    """Every window ``(a, b]`` with ``a``, ``b`` among the ends and +-inf, every level and every level together:
-    the set (its rows in the window, when split by time) and the bound cell share a row and differ by fewer
-    than the threshold each way; the bound cohort over the whole follow-up is exempt."""
-    keys_u = np.unique(keys)
-    if times is None and np.array_equal(keys_u, np.unique(bound.keys)):
+    """Every window ``(a, b]`` with ``a``, ``b`` among the ends and +-inf, every level and every level together, over
+    every group and (since the sixteenth review) of each group of the curves apart: the set (its rows in the window,
+    when split by time) and the bound cell share a row and differ by fewer than the threshold each way.  A set that
+    is the cohort or one group, counted whole, is exempt (its size per node is ``group_n``), as is each part over the
+    whole follow-up, every level."""
+    keys_u = set(np.unique(keys).tolist())
+    codes = None if bound.groups is None else np.asarray(bound.groups)[0]
+    parts = [None] if codes is None else [None, *np.unique(codes[codes >= 0]).tolist()]
+    member = {p: {int(k) for i, k in enumerate(bound.keys) if p is None or codes[i] == p} for p in parts}
+    if times is None and any(keys_u == member[p] for p in parts):
         return False
     points = [-np.inf, *np.unique(bound.ends), np.inf]
     time_of = dict(zip(keys.tolist(), [None] * len(keys) if times is None else times.tolist()))
     for i, a in enumerate(points):
         for b in points[i + 1:]:
             inside = {int(k) for k, t in zip(bound.keys, bound.times) if a < t <= b}
-            counted = set(keys_u.tolist()) if times is None else \
+            counted = keys_u if times is None else \
                 {k for k, t in time_of.items() if t is not None and not np.isnan(t) and a < t <= b}
-            for level in [None, *np.unique(bound.levels).tolist()]:
-                if level is None and a == -np.inf and b == np.inf:
-                    continue
-                cell = {int(k) for k, lv in zip(bound.keys, bound.levels) if (level is None or lv == level)} & inside
-                threshold = MIN_ROWS if level is None else TAB
-                if cell & counted and len(counted - cell) < threshold and len(cell - counted) < threshold:
-                    return True
+            for part in parts:
+                for level in [None, *np.unique(bound.levels).tolist()]:
+                    if level is None and a == -np.inf and b == np.inf:
+                        continue
+                    cell = {int(k) for k, lv in zip(bound.keys, bound.levels) if level is None or lv == level}
+                    cell &= inside & member[part]
+                    threshold = MIN_ROWS if level is None else TAB
+                    if cell & counted and len(counted - cell) < threshold and len(cell - counted) < threshold:
+                        return True
     return False
 
 
@@ -107,35 +114,6 @@ def test_the_censored_level_and_the_last_window_are_bound_cells_too():
 # --------------------------------------------------------------------------- groups of the curves (sixteenth review)
 
 
-def by_definition_grouped(bound: ReleaseRows, keys: np.ndarray, times: np.ndarray | None) -> bool:
-    """The definition over every cell of the release: over every group and of each group apart (each the rows of
-    one group in a window, one level or every level); a set that is the cohort or one group, counted whole, is
-    exempt (its size per node is ``group_n``), as is each part over the whole follow-up, every level."""
-    keys_u = set(np.unique(keys).tolist())
-    codes = np.asarray(bound.groups)[0]
-    parts = [None, *np.unique(codes[codes >= 0]).tolist()]
-    member = {p: {int(k) for k, c in zip(bound.keys, codes) if p is None or c == p} for p in parts}
-    if times is None and any(keys_u == member[p] for p in parts):
-        return False
-    points = [-np.inf, *np.unique(bound.ends), np.inf]
-    time_of = dict(zip(keys.tolist(), [None] * len(keys) if times is None else times.tolist()))
-    for i, a in enumerate(points):
-        for b in points[i + 1:]:
-            inside = {int(k) for k, t in zip(bound.keys, bound.times) if a < t <= b}
-            counted = keys_u if times is None else \
-                {k for k, t in time_of.items() if t is not None and not np.isnan(t) and a < t <= b}
-            for part in parts:
-                for level in [None, *np.unique(bound.levels).tolist()]:
-                    if level is None and a == -np.inf and b == np.inf:
-                        continue
-                    cell = {int(k) for k, lv in zip(bound.keys, bound.levels) if level is None or lv == level}
-                    cell &= inside & member[part]
-                    threshold = MIN_ROWS if level is None else TAB
-                    if cell & counted and len(counted - cell) < threshold and len(cell - counted) < threshold:
-                        return True
-    return False
-
-
 @pytest.mark.parametrize("seed", range(60))
 def test_with_groups_the_rule_equals_its_definition_over_every_cell(seed):
     rng = np.random.default_rng(1000 + seed)
@@ -156,7 +134,7 @@ def test_with_groups_the_rule_equals_its_definition_over_every_cell(seed):
     split = np.concatenate([times[pick], rng.integers(0, 30, len(outside)).astype(float)])
     for set_times in (None, split):
         assert count_near_a_window(bound, chosen, set_times, MIN_ROWS, TAB) == \
-            by_definition_grouped(bound, chosen, set_times)
+            by_definition(bound, chosen, set_times)
 
 
 def test_a_group_s_events_are_a_bound_cell_its_whole_is_not():
