@@ -45,7 +45,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -262,20 +262,29 @@ def _write_sqlite(store: Any, model: DataModel, table: str, folder: Path, key: s
             stamp = read_stamp(cursor, table)
             if stamp is None:
                 return None
-            final = folder / _name(table, stamp, key)
-            done = _open(final, key)
-            if done is not None:
-                return done
-            tmp = temporary_folder(final)
-            try:
-                meta = _write_rows(cursor, model, table, tmp, key)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
+            return write_at_stamp(folder, table, stamp, key,
+                                  lambda tmp: _write_rows(cursor, model, table, tmp, key))
         finally:
             cursor.execute("COMMIT")
     finally:
         conn.close()
+
+
+def write_at_stamp(folder: Path, table: str, stamp: tuple[str, int], key: str,
+                   write: Callable[[Path], dict[str, Any]]) -> Snapshot | Written:
+    """Inside the writer's read transaction: the snapshot of ``table`` at ``stamp`` when written already, else
+    its rows written by ``write`` into a new temporary folder (removed when writing fails), as ``(temporary
+    folder, final folder, meta, stamp)`` to be put in place.  Shared by the SQLite and PostgreSQL writers."""
+    final = folder / _name(table, stamp, key)
+    done = _open(final, key)
+    if done is not None:
+        return done
+    tmp = temporary_folder(final)
+    try:
+        meta = write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return tmp, final, meta, stamp
 
 

@@ -21,24 +21,18 @@ numbers (float64 and the server's float8 comparison, integers beyond 2**53 refus
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from mipflow.node.query.snapshot import (
-    CHUNK_ROWS, _name, _open, held_variables, temporary_folder, write_columns,
-)
+from mipflow.node.query.snapshot import CHUNK_ROWS, held_variables, write_at_stamp, write_columns
 from mipflow.node.store import stamp_pg
+from mipflow.node.store.stamp import quote_name
 from mipflow.protocol.datamodel import DataModel
 
 __all__ = ["write_rows_pg"]
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def write_rows_pg(store: Any, model: DataModel, table: str, folder: Path, key: str) -> Any:
@@ -50,7 +44,7 @@ def write_rows_pg(store: Any, model: DataModel, table: str, folder: Path, key: s
         dbapi = raw.dbapi_connection
         cursor = dbapi.cursor()
         try:
-            cursor.execute("SELECT to_regclass(%s) IS NOT NULL", (_quote(table),))
+            cursor.execute("SELECT to_regclass(%s) IS NOT NULL", (quote_name(table),))
             present = cursor.fetchone()[0]
             missing = present and stamp_pg.read_stamp(cursor, table) is None
         finally:
@@ -66,37 +60,28 @@ def write_rows_pg(store: Any, model: DataModel, table: str, folder: Path, key: s
             stamp = stamp_pg.read_stamp(cursor, table)
             if stamp is None:
                 return None
-            final = folder / _name(table, stamp, key)
-            done = _open(final, key)
-            if done is not None:
-                return done
-            tmp = temporary_folder(final)
-            try:
-                meta = _write_rows(dbapi, cursor, model, table, tmp, key)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
+            return write_at_stamp(folder, table, stamp, key,
+                                  lambda tmp: _write_rows(dbapi, cursor, model, table, tmp, key))
         finally:
             cursor.close()
             dbapi.rollback()
     finally:
         raw.close()
-    return tmp, final, meta, stamp
 
 
 def _write_rows(dbapi: Any, cursor: Any, model: DataModel, table: str, tmp: Path, key: str) -> dict[str, Any]:
     held = held_variables(model)
-    name = _quote(table)
+    name = quote_name(table)
     cursor.execute(f"SELECT count(*) FROM {name}")
     rows = int(cursor.fetchone()[0])
     usable = {v.code: True for v in held}
     numbers = [v for v in held if v.is_numerical or v.sql_type in ("int", "real")]
     if numbers and rows:  # a float NaN is a value to SQL (never NULL, equal to itself, above every number)
-        checks = ", ".join(f"count(*) FILTER (WHERE CAST({_quote(v.code)} AS DOUBLE PRECISION) = 'NaN')"
+        checks = ", ".join(f"count(*) FILTER (WHERE CAST({quote_name(v.code)} AS DOUBLE PRECISION) = 'NaN')"
                            for v in numbers)
         cursor.execute(f"SELECT {checks} FROM {name}")
         usable.update({v.code: not n for v, n in zip(numbers, cursor.fetchone())})
-    fields = ["dataset", *(f"CAST({_quote(v.code)} AS DOUBLE PRECISION)" if v.is_numerical else _quote(v.code)
+    fields = ["dataset", *(f"CAST({quote_name(v.code)} AS DOUBLE PRECISION)" if v.is_numerical else quote_name(v.code)
                            for v in held), "_row_md5", "md5(coalesce(_pid, ''))"]
     reader = dbapi.cursor(name="mipflow_snapshot")  # server-side: a chunk at a time
     try:

@@ -96,7 +96,8 @@ def drop_snapshots(store: Any, table: str, *, stale_only: bool = False) -> int:
     return removed
 
 
-def _quote(name: str) -> str:
+def quote_name(name: str) -> str:
+    """An SQL identifier quoted for SQLite and PostgreSQL alike (a double quote doubled)."""
     return '"' + name.replace('"', '""') + '"'
 
 
@@ -148,8 +149,8 @@ def install_stamp(dbapi_connection: Any, table: str) -> tuple[str, int]:
                                (table, epoch))
                 literal = "'" + table.replace("'", "''") + "'"
                 for name, event in zip(trigger_names(table), _EVENTS):
-                    cursor.execute(f"DROP TRIGGER IF EXISTS {_quote(name)}")
-                    cursor.execute(f"CREATE TRIGGER {_quote(name)} AFTER {event} ON {_quote(table)} BEGIN "
+                    cursor.execute(f"DROP TRIGGER IF EXISTS {quote_name(name)}")
+                    cursor.execute(f"CREATE TRIGGER {quote_name(name)} AFTER {event} ON {quote_name(table)} BEGIN "
                                    f"UPDATE {STAMP_TABLE} SET counter = counter + 1 WHERE table_name = {literal}; END")
                 stamp = (epoch, 0)
             cursor.execute("COMMIT")

@@ -17,6 +17,8 @@ import hashlib
 import uuid
 from typing import Any
 
+from mipflow.node.store.stamp import quote_name
+
 __all__ = ["current_stamp", "install_stamp", "read_stamp", "trigger_name"]
 
 STAMP_TABLE = "mipflow_row_stamps"
@@ -28,10 +30,6 @@ _LOCK = 0x6D6970666C6F77  # "mipflow"
 def trigger_name(table: str) -> str:
     """The stamp's trigger on ``table`` (fixed length: PostgreSQL truncates names beyond 63 bytes)."""
     return "mipflow_stamp_" + hashlib.sha256(table.encode("utf-8")).hexdigest()[:24]
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def read_stamp(cursor: Any, table: str) -> tuple[str, int] | None:
@@ -47,7 +45,7 @@ def read_stamp(cursor: Any, table: str) -> tuple[str, int] | None:
         return None
     cursor.execute("SELECT count(*) FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid "
                    "WHERE t.tgrelid = to_regclass(%s) AND t.tgname = %s AND t.tgenabled = 'A' "
-                   "AND p.proname = %s", (_quote(table), trigger_name(table), FUNCTION))
+                   "AND p.proname = %s", (quote_name(table), trigger_name(table), FUNCTION))
     if cursor.fetchone()[0] != 1:
         return None
     return str(row[0]), int(row[1])
@@ -70,11 +68,11 @@ def install_stamp(dbapi_connection: Any, table: str) -> tuple[str, int]:
             cursor.execute(f"INSERT INTO {STAMP_TABLE} (table_name, epoch, counter) VALUES (%s, %s, 0) "
                            "ON CONFLICT (table_name) DO UPDATE SET epoch = excluded.epoch, counter = 0",
                            (table, epoch))
-            name = _quote(trigger_name(table))
-            cursor.execute(f"DROP TRIGGER IF EXISTS {name} ON {_quote(table)}")
-            cursor.execute(f"CREATE TRIGGER {name} AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON {_quote(table)} "
+            name = quote_name(trigger_name(table))
+            cursor.execute(f"DROP TRIGGER IF EXISTS {name} ON {quote_name(table)}")
+            cursor.execute(f"CREATE TRIGGER {name} AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON {quote_name(table)} "
                            f"FOR EACH STATEMENT EXECUTE FUNCTION {FUNCTION}()")
-            cursor.execute(f"ALTER TABLE {_quote(table)} ENABLE ALWAYS TRIGGER {name}")
+            cursor.execute(f"ALTER TABLE {quote_name(table)} ENABLE ALWAYS TRIGGER {name}")
             stamp = (epoch, 0)
         dbapi_connection.commit()
     except BaseException:
