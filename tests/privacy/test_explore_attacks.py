@@ -18,8 +18,9 @@ of the project).  The attacks of issue 14 that used the exact-data controls as a
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import httpx
 import numpy as np
@@ -59,6 +60,23 @@ class Served:
         """The project's epsilon and number of charged releases, from the node's ledger on disk."""
         total = PrivacyLedger(self.root).project_spent(project, 1e-6)
         return total.epsilon, total.releases
+
+
+@contextmanager
+def served_standard(base: Path, plan: Mapping[str, Callable[[], Any]], node: str, project: str,
+                    model: Any = STROKE) -> Iterator[dict[str, Served]]:
+    """One standard-mode node per entry of ``plan`` (their memories apart), each named ``node``, holding the rows
+    ``plan[name]()`` of ``model``, ``project`` granted to any researcher id; served as processes."""
+    roots, frames, credentials = {}, {}, {}
+    for name, rows in plan.items():
+        roots[name] = base / name
+        standard_home(roots[name], node)
+        frames[name] = rows()
+        load_frame(roots[name], model, frames[name])
+        grant_all(roots[name], researcher="*", project=project)
+        credentials[name] = issue_client(roots[name], "central")
+    with running_nodes(list(roots.values())) as urls:
+        yield {name: Served(url, credentials[name], roots[name], frames[name]) for name, url in zip(roots, urls)}
 
 
 @pytest.fixture(scope="module")

@@ -55,11 +55,10 @@ import pytest
 
 from mipflow.central.client import NodeClient, NodeEndpoint
 from mipflow.central.rounds import run_analysis
-from mipflow.protocol.signing import issue_client
 from tests.mipflow.algorithms.survival_data import STROKE
 from tests.mipflow.node.controls.study_helpers import rule, stroke_rows, where
-from tests.nodes import RESEARCHER, grant_all, load_frame, running_nodes, standard_home
-from tests.privacy.test_explore_attacks import Served
+from tests.nodes import RESEARCHER, load_frame
+from tests.privacy.test_explore_attacks import Served, served_standard
 
 pytestmark = pytest.mark.xdist_group("redteam_round17")
 
@@ -125,17 +124,8 @@ PLAN = {"union": union_rows, "kmeans": kmeans_rows, "corrections": correction_ro
 def nodes(tmp_path_factory) -> Iterator[dict[str, Served]]:
     """One standard-mode node per attack (their memories apart), each ``hospital_a``, project ``audit`` granted to any
     researcher id; served as processes."""
-    base = Path(tmp_path_factory.mktemp("round17"))
-    roots, frames, credentials = {}, {}, {}
-    for name, rows in PLAN.items():
-        roots[name] = base / name
-        standard_home(roots[name], NODE)
-        frames[name] = rows()
-        load_frame(roots[name], STROKE, frames[name])
-        grant_all(roots[name], researcher="*", project=AUDIT)
-        credentials[name] = issue_client(roots[name], "central")
-    with running_nodes(list(roots.values())) as urls:
-        yield {name: Served(url, credentials[name], roots[name], frames[name]) for name, url in zip(roots, urls)}
+    with served_standard(Path(tmp_path_factory.mktemp("round17")), PLAN, NODE, AUDIT) as served:
+        yield served
 
 
 # ------------------------------------------------------------------ the chain rule's atoms (ADR 0030, 0023)
