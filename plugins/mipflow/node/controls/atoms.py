@@ -156,41 +156,46 @@ def atom_labels(sets: Sequence[np.ndarray]) -> tuple[Atoms, np.ndarray, np.ndarr
 AtomSizes = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
 
 
-def _isolatable_mod(incidence: np.ndarray, prime: int) -> np.ndarray:
-    """Atoms whose column is outside the span of the others over GF(prime): pivot columns of the
-    reduced row echelon form whose pivot row is zero in every free column."""
-    matrix = incidence.astype(np.int64) % prime
-    n_rows, n_cols = matrix.shape
+def echelon(matrix: np.ndarray, prime: int) -> tuple[np.ndarray, list[int]]:
+    """The reduced row echelon form of an integer matrix over GF(prime): its non-zero rows and their pivot
+    columns.  The one elimination of the atom rule, the union rule (:mod:`~mipflow.node.controls.unions`) and the
+    changed-value units (:mod:`~mipflow.node.controls.chain`); the next pivot column is found in one step (the rank
+    is at most the number of sets, so a family with many atoms skips its many dependent columns at once)."""
+    m = np.asarray(matrix, dtype=np.int64) % prime
+    n_rows, n_cols = m.shape
     pivots: list[int] = []
-    row = 0
-    col = 0
+    row = col = 0
     while row < n_rows and col < n_cols:
-        # the next column with a non-zero below the pivot rows (the rank is at most the number of sets,
-        # so this skips the many dependent columns of a family with many atoms in one step)
-        ahead = np.flatnonzero(matrix[row:, col:].any(axis=0))
+        ahead = np.flatnonzero(m[row:, col:].any(axis=0))
         if ahead.size == 0:
             break
         col += int(ahead[0])
-        pivot_row = row + int(np.flatnonzero(matrix[row:, col])[0])
-        if pivot_row != row:
-            matrix[[row, pivot_row]] = matrix[[pivot_row, row]]
-        inverse = pow(int(matrix[row, col]), prime - 2, prime)
-        matrix[row] = (matrix[row] * inverse) % prime
-        factors = matrix[:, col].copy()
+        pivot = row + int(np.flatnonzero(m[row:, col])[0])
+        if pivot != row:
+            m[[row, pivot]] = m[[pivot, row]]
+        m[row] = (m[row] * pow(int(m[row, col]), prime - 2, prime)) % prime
+        factors = m[:, col].copy()
         factors[row] = 0
         hit = np.flatnonzero(factors)
         if hit.size:
-            matrix[hit] = (matrix[hit] - (factors[hit, None] * matrix[row][None, :]) % prime) % prime
+            m[hit] = (m[hit] - (factors[hit, None] * m[row][None, :]) % prime) % prime
         pivots.append(col)
         row += 1
         col += 1
-    isolatable = np.zeros(n_cols, dtype=bool)
+    return m[:row], pivots
+
+
+def _isolatable_mod(incidence: np.ndarray, prime: int) -> np.ndarray:
+    """Atoms whose column is outside the span of the others over GF(prime): pivot columns of the
+    reduced row echelon form whose pivot row is zero in every free column."""
+    reduced, pivots = echelon(incidence, prime)
+    isolatable = np.zeros(incidence.shape[1], dtype=bool)
     if not pivots:
         return isolatable
-    free = np.ones(n_cols, dtype=bool)
+    free = np.ones(incidence.shape[1], dtype=bool)
     free[pivots] = False
     for pivot_row, col in enumerate(pivots):
-        isolatable[col] = not np.any(matrix[pivot_row, free])
+        isolatable[col] = not np.any(reduced[pivot_row, free])
     return isolatable
 
 

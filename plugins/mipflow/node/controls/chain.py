@@ -50,7 +50,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from mipflow.node.controls.atoms import atom_labels, check_addition
+from mipflow.node.controls.atoms import atom_labels, check_addition, echelon
 from mipflow.node.controls.ledger import (
     CHAIN_COHORTS, CHAIN_DEPTH, _overlap, bounded, sorted_unique,
 )
@@ -134,24 +134,7 @@ def _dedupe(sets: Sequence[ChainSet]) -> list[ChainSet]:
 
 def _rank(matrix: np.ndarray, prime: int) -> int:
     """The rank of an integer matrix over GF(prime)."""
-    m = np.asarray(matrix, dtype=np.int64) % prime
-    rank = 0
-    for col in range(m.shape[1]):
-        if rank == m.shape[0]:
-            break
-        nonzero = np.flatnonzero(m[rank:, col])
-        if not nonzero.size:
-            continue
-        pivot = rank + int(nonzero[0])
-        m[[rank, pivot]] = m[[pivot, rank]]
-        m[rank] = (m[rank] * pow(int(m[rank, col]), prime - 2, prime)) % prime
-        factors = m[:, col].copy()
-        factors[rank] = 0
-        hit = np.flatnonzero(factors)
-        if hit.size:
-            m[hit] = (m[hit] - (factors[hit, None] * m[rank][None, :]) % prime) % prime
-        rank += 1
-    return rank
+    return len(echelon(matrix, prime)[1])
 
 
 def _exposed(sets: Sequence[np.ndarray], units: Mapping[int, int], threshold: int, primes: Sequence[int]

@@ -42,37 +42,10 @@ from typing import Sequence
 
 import numpy as np
 
-from mipflow.node.controls.atoms import atom_labels
+from mipflow.node.controls.atoms import atom_labels, echelon
 
 #: Steps (nodes of the branch and bound, over one prime) the search may take before it refuses conservatively.
 UNION_CAP = 256
-
-
-def echelon(matrix: np.ndarray, prime: int) -> tuple[np.ndarray, list[int]]:
-    """The reduced row echelon form of an integer matrix over GF(prime): its non-zero rows and their pivot
-    columns."""
-    m = np.asarray(matrix, dtype=np.int64) % prime
-    n_rows, n_cols = m.shape
-    pivots: list[int] = []
-    row = col = 0
-    while row < n_rows and col < n_cols:
-        ahead = np.flatnonzero(m[row:, col:].any(axis=0))
-        if ahead.size == 0:
-            break
-        col += int(ahead[0])
-        pivot = row + int(np.flatnonzero(m[row:, col])[0])
-        if pivot != row:
-            m[[row, pivot]] = m[[pivot, row]]
-        m[row] = (m[row] * pow(int(m[row, col]), prime - 2, prime)) % prime
-        factors = m[:, col].copy()
-        factors[row] = 0
-        hit = np.flatnonzero(factors)
-        if hit.size:
-            m[hit] = (m[hit] - (factors[hit, None] * m[row][None, :]) % prime) % prime
-        pivots.append(col)
-        row += 1
-        col += 1
-    return m[:row], pivots
 
 
 #: A subspace over GF(prime): ``(rows, pivots)``, ``rows[i, pivots[j]]`` is 1 when ``i == j`` and 0 otherwise.
