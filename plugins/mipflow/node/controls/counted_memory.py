@@ -100,15 +100,9 @@ class CountedMemory(SqliteState):
                 yield keys, times
 
 
-_MEMORIES: dict[str, CountedMemory] = {}
-
-
 def counted_memory(root: str | Path) -> CountedMemory:
     """The node home's counted-set memory (one object per home and process)."""
-    key = str(Path(root).resolve())
-    if key not in _MEMORIES:
-        _MEMORIES[key] = CountedMemory(root)
-    return _MEMORIES[key]
+    return CountedMemory.of_home(root)
 
 
 def _time_grids(work: Any) -> dict[str, np.ndarray]:

@@ -286,15 +286,9 @@ class PooledBindings(SqliteState):
         return False
 
 
-_BINDINGS: dict[str, PooledBindings] = {}
-
-
 def bindings(root: str | Path) -> PooledBindings:
     """The node home's bindings (one object per home and process)."""
-    key = str(Path(root).resolve())
-    if key not in _BINDINGS:
-        _BINDINGS[key] = PooledBindings(root)
-    return _BINDINGS[key]
+    return PooledBindings.of_home(root)
 
 
 def bind_pooled(request: Any, context: Any, work: Any) -> None:

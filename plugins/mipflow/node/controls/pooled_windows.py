@@ -176,15 +176,9 @@ def _groups_of(names: str | None, blob: bytes | None, n: int) -> tuple[list[str]
     return list(json.loads(names)), list(codes)
 
 
-_MEMORIES: dict[str, WindowMemory] = {}
-
-
 def memory(root: str | Path) -> WindowMemory:
     """The node home's window memory (one object per home and process)."""
-    key = str(Path(root).resolve())
-    if key not in _MEMORIES:
-        _MEMORIES[key] = WindowMemory(root)
-    return _MEMORIES[key]
+    return WindowMemory.of_home(root)
 
 
 def _fine(work: Any, request: Any, code: str | None = None) -> np.ndarray:

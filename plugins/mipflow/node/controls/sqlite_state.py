@@ -10,7 +10,11 @@ import sqlite3
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, TypeVar
+
+State = TypeVar("State", bound="SqliteState")
+#: The states shared per node home and process (:meth:`SqliteState.of_home`).
+_HOMES: dict[tuple[type, str], "SqliteState"] = {}
 
 
 class SqliteState:
@@ -20,6 +24,15 @@ class SqliteState:
         self.path = path
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
+
+    @classmethod
+    def of_home(cls: type[State], root: str | Path) -> State:
+        """The node home's state of this kind, one object per home and process (built as ``cls(root)``), so
+        that every request of a node process shares its connection and what it has read."""
+        key = (cls, str(Path(root).resolve()))
+        if key not in _HOMES:
+            _HOMES[key] = cls(root)  # type: ignore[call-arg]
+        return _HOMES[key]  # type: ignore[return-value]
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
