@@ -77,15 +77,19 @@ def fold_labels(data: pd.DataFrame, n_splits: int) -> np.ndarray:
     RequestError
         If the rows carry no fold keys: only the node assigns folds.
     """
-    if FOLD_KEY not in data.columns:
+    keys = getattr(data, "fold_keys", None) if hasattr(data, "reader") else \
+        (data[FOLD_KEY].to_numpy() if FOLD_KEY in data.columns else None)  # rows on disk: kept beside them
+    if keys is None:
         raise RequestError("cross-validation folds are assigned by the node from its secret, and these rows "
                            "carry no fold keys")
-    return deal_folds(data[FOLD_KEY].to_numpy(), n_splits)
+    return deal_folds(keys, n_splits)
 
 
 def split_folds(data: pd.DataFrame, n_splits: int) -> tuple[np.ndarray, pd.DataFrame]:
-    """``(fold of each row, the rows without the fold-key column)``."""
-    return fold_labels(data, n_splits), data.drop(columns=[FOLD_KEY])
+    """``(fold of each row, the rows without the fold-key column)``; rows left on disk (ADR 0062, amendment 11)
+    are given back as they are (their fold keys are no column of theirs)."""
+    labels = fold_labels(data, n_splits)
+    return labels, data if hasattr(data, "reader") else data.drop(columns=[FOLD_KEY])
 
 
 def fold_sizes(n_rows: int, n_splits: int) -> list[int]:

@@ -67,6 +67,8 @@ class LinearRegressionCV(CrossValidated, LinearRegression):
     description = ("k-fold cross-validation of a linear regression: per-fold and mean error measures "
                    "(mean squared error, its root, mean absolute error, R-squared).")
     parameter_specs = MappingProxyType({"n_splits": N_SPLITS})
+    #: Its folds' designs are built from a frame with the node's fold keys (not LinearRegression's rows on disk).
+    streams_rows = False
 
     def local_step(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
                    model: DataModel, state: dict | None) -> dict:

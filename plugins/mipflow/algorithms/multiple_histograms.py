@@ -87,6 +87,21 @@ def bin_counter(values: np.ndarray, bins: int, value_range: tuple[float, float])
     return count
 
 
+def extremes(values: Any, code: str) -> tuple[int, float, float]:
+    """``(number of values, least, greatest)`` of a numerical column (a frame's values, or column ``code``
+    of rows on disk: one pass, a block at a time; the same floats)."""
+    from mipflow.algorithms.streamed import COUNT_ROWS, on_disk
+
+    if not on_disk(values):
+        return (len(values), float(values.min()), float(values.max())) if len(values) else (0, math.nan, math.nan)
+    n, low, high = len(values), math.inf, -math.inf
+    next_rows = values.reader([code]) if n else None
+    for start in range(0, n, COUNT_ROWS):
+        block = next_rows(min(COUNT_ROWS, n - start))[0]  # type: ignore[misc]
+        low, high = min(low, float(block.min())), max(high, float(block.max()))
+    return n, low, high
+
+
 # --------------------------------------------------------------------------- differential privacy
 # The noisy release a node with dp_enabled makes (MultipleHistograms.dp_release, ADR 0015).
 
@@ -290,13 +305,22 @@ class MultipleHistograms(SpecAlgorithm):
             out.extend((code, level) for level in model.variable(code).enumeration_codes)
         return out
 
+    #: Its bins and level counts are sums: at a node without DP or explore mode its rows stay on disk, read a
+    #: block at a time (ADR 0062, amendment 11); its bins' released groups come from the snapshot too.
+    streams_rows = True
+
     def local_step(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
                    model: DataModel, state: dict | None) -> dict:
+        from mipflow.algorithms.streamed import on_disk
+
         yvar = model.variable(request.y[0])
+        disk = on_disk(data)
         if yvar.is_categorical:
-            count = level_counter(category_codes(data[yvar.code], yvar).to_numpy(), yvar.enumeration_codes)
+            count = None if disk else \
+                level_counter(category_codes(data[yvar.code], yvar).to_numpy(), yvar.enumeration_codes)
+            bins, value_range = 0, None
         else:
-            values = numeric_values(data[yvar.code])
+            values = data if disk else numeric_values(data[yvar.code])
             declared = self._declared_range(yvar)
             bins = self.params(request, model)["bins"]
             if declared is not None:
@@ -309,15 +333,19 @@ class MultipleHistograms(SpecAlgorithm):
                     raise RequestError(self._range_refusal(yvar.code))
                 lo, hi = declared
             elif round == 0:
-                if len(values) == 0:
+                n, low, high = extremes(values, yvar.code)
+                if n == 0:
                     return {"n": 0, "min": None, "max": None}
-                return {"n": len(values), "min": float(values.min()), "max": float(values.max())}
+                return {"n": n, "min": low, "max": high}
             else:
                 assert state is not None
                 lo, hi = state["range"]
                 if int(state["bins"]) != bins:
                     raise RequestError(f"the state's number of bins is not the request's 'bins' ({bins})")
-            count = bin_counter(values, bins, (lo, hi))
+            value_range = (lo, hi)
+            count = None if disk else bin_counter(values, bins, value_range)
+        if disk:
+            return {"histograms": self._counts_on_disk(data, yvar, bins, value_range, request, model)}
 
         group_codes = {code: category_codes(data[code], model.variable(code)).to_numpy()
                        for code in request.x}
@@ -326,6 +354,30 @@ class MultipleHistograms(SpecAlgorithm):
             mask = np.ones(len(data), dtype=bool) if grouping_var is None else group_codes[grouping_var] == level
             records.append({"grouping_var": grouping_var, "grouping_enum": level, "counts": count(mask)})
         return {"histograms": records}
+
+    def _counts_on_disk(self, data: Any, yvar: Variable, bins: int, value_range: tuple[float, float] | None,
+                        request: AnalysisRequest, model: DataModel) -> list[dict]:
+        """The records of :meth:`local_step` from rows on disk: each group's bins (``np.histogram`` of a block's
+        values, summed) or level counts, in one pass."""
+        from mipflow.algorithms.streamed import enumeration_index, grouped_counts_on_disk
+
+        groups = self._groups(request, model)
+        enumerations = {code: model.variable(code).enumeration_codes for code in request.x}
+        if yvar.is_categorical:
+            levels = list(yvar.enumeration_codes)
+            index = enumeration_index(data, yvar.code, levels)
+
+            def count(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+                at = index(values)[mask]
+                return np.bincount(at[at >= 0], minlength=len(levels))
+            size = len(levels)
+        else:
+            def count(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+                return np.histogram(values[mask], bins=bins, range=value_range)[0]
+            size = bins
+        totals = grouped_counts_on_disk(data, yvar.code, count, size, groups, enumerations)
+        return [{"grouping_var": grouping_var, "grouping_enum": level, "counts": [int(c) for c in total]}
+                for (grouping_var, level), total in zip(groups, totals)]
 
     def global_step(self, round: int, aggregates: list[dict], request: AnalysisRequest,
                     model: DataModel, state: dict | None) -> Step:

@@ -28,12 +28,14 @@ released under ``group_n``/``group_counts``: a class or cell of a fold in
 ``(0, nfilter_tab)`` refuses the node's step (a class mean of one or two
 patients is their value); the Gaussian classifier's classes, released with
 means and sums of squares, in ``(0, min_row_count)`` (ADR 0050).
+
+Rows left on disk (ADR 0062, amendment 11): :mod:`mipflow.algorithms.naive_bayes_streamed`, the same releases.
 """
 from __future__ import annotations
 
 import math
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -46,7 +48,9 @@ from mipflow.algorithms.crossval import (
     split_folds,
 )
 from mipflow.algorithms.design import category_codes, numeric_values, sorted_levels
-from mipflow.algorithms.moments import Moments, compute_moments, merge_moments
+from mipflow.algorithms.moments import Moments, column_moments, merge_moments
+from mipflow.algorithms.naive_bayes_streamed import categorical_folds, confusions, gaussian_folds
+from mipflow.algorithms.streamed import on_disk
 from mipflow.algorithms.spec import (
     NOMINAL,
     NUMERICAL,
@@ -93,10 +97,22 @@ class _NaiveBayesCV(CrossValidated, SpecAlgorithm):
                              model: DataModel) -> np.ndarray: ...
 
     # -- rounds -------------------------------------------------------------------
+    #: Per fold and class: counts and moments, sums.  At a node without DP or explore mode its rows stay on
+    #: disk, their fold keys beside them (ADR 0062, amendment 11: :mod:`mipflow.algorithms.naive_bayes_streamed`).
+    streams_rows = True
+
+    def folds_on_disk(self, data: Any, folds: np.ndarray, request: AnalysisRequest, model: DataModel) -> list[dict]:
+        """Round 0's per-fold statistics of rows on disk (subclass hook)."""
+        raise NotImplementedError
+
     def local_step(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
                    model: DataModel, state: dict | None) -> dict:
         params = self.params(request, model)
         folds, data = split_folds(data, params["n_splits"])
+        if on_disk(data):
+            if state is None:
+                return {"folds": self.folds_on_disk(data, folds, request, model)}
+            return {"folds": confusions(self, data, folds, state, request, model, self.classes(request, model))}
         cls = self.class_index(data, request, model)
         if state is None:
             return {"folds": [self.fold_statistics(data[folds == k], cls[folds == k], request, model)
@@ -177,10 +193,16 @@ class NaiveBayesGaussianCV(_NaiveBayesCV):
 
     def fold_statistics(self, data: pd.DataFrame, cls: np.ndarray, request: AnalysisRequest,
                         model: DataModel) -> dict:
-        x = np.column_stack([numeric_values(data[c]) for c in request.x])
+        # column_moments of the columns (the moments of a Fortran-ordered matrix): the bits rows on disk give
+        # (ADR 0062, amendment 11; compute_moments of a C-ordered column_stack summed otherwise)
+        x = [numeric_values(data[c]) for c in request.x]
         n_classes = len(self.classes(request, model))
         return {"group_n": np.bincount(cls, minlength=n_classes).tolist(),
-                "moments": [compute_moments(x[cls == c]).to_dict() for c in range(n_classes)]}
+                "moments": [column_moments([v[cls == c] for v in x]).to_dict() for c in range(n_classes)]}
+
+    def folds_on_disk(self, data: Any, folds: np.ndarray, request: AnalysisRequest, model: DataModel) -> list[dict]:
+        return gaussian_folds(data, folds, self.params(request, model)["n_splits"], request,
+                              self.classes(request, model))
 
     def fit(self, parts: list[dict], request: AnalysisRequest, model: DataModel) -> dict:
         classes = self.classes(request, model)
@@ -245,6 +267,10 @@ class NaiveBayesCategoricalCV(_NaiveBayesCV):
             np.add.at(table, (cls, self._level_index(data, code, model)), 1)
             features.append({"group_counts": table.ravel().tolist()})
         return {"group_n": np.bincount(cls, minlength=n_classes).tolist(), "category_count": features}
+
+    def folds_on_disk(self, data: Any, folds: np.ndarray, request: AnalysisRequest, model: DataModel) -> list[dict]:
+        return categorical_folds(data, folds, self.params(request, model)["n_splits"], request, model,
+                                 self.classes(request, model))
 
     def fit(self, parts: list[dict], request: AnalysisRequest, model: DataModel) -> dict:
         classes = self.classes(request, model)

@@ -17,7 +17,7 @@ import numpy as np
 from mipflow.algorithms.moments import Moments, column_moments, streamed_column_moments
 
 __all__ = ["on_disk", "moments_of", "DifferenceSource", "level_counts_on_disk", "level_moments", "narrowed_to",
-           "pairwise_total", "cell_counts_on_disk", "cell_means_on_disk"]
+           "pairwise_total", "cell_counts_on_disk", "cell_means_on_disk", "enumeration_index", "grouped_counts_on_disk"]
 
 
 def on_disk(data: Any) -> bool:
@@ -191,3 +191,34 @@ def cell_means_on_disk(source: Any, y: str, codes: Sequence[str], cells: Sequenc
         means.append(mean)
         within += float(pairwise_total(part, y, lambda v, m=mean: (v - m) ** 2))
     return counts, means, within
+
+
+def enumeration_index(source: Any, code: str, enumeration: Sequence[str]) -> Callable[[np.ndarray], np.ndarray]:
+    """``index(stored)``: each stored level code of the categorical column ``code`` as its position in
+    ``enumeration`` (int64), -1 for a missing value or a level outside it."""
+    table = _level_lookup(source, code, lambda s, e=tuple(enumeration): e.index(s) if s in e else -1, -1, np.int64)
+    return lambda stored: _looked_up(table, stored)
+
+
+def grouped_counts_on_disk(source: Any, y: str, count: Callable[[np.ndarray, np.ndarray], np.ndarray], size: int,
+                           groups: Sequence[tuple[str | None, Any]], enumerations: dict[str, Sequence[str]]
+                           ) -> list[np.ndarray]:
+    """Per ``(column, level)`` of ``groups`` (column None: every row), ``count(values, mask)`` summed over the
+    blocks of rows on disk: ``values`` a block's values of ``y`` (as :meth:`reader` gives them), ``mask`` its
+    rows whose categorical ``column`` holds ``level`` (an enumeration code of ``enumerations[column]``, as
+    ``category_codes(...) == level`` compares).  ``count`` gives ``size`` integers (a histogram's bins, a
+    level's counts); integer sums, so any blocking gives the frame's counts.  Memory: a block."""
+    columns = list(dict.fromkeys(c for c, _ in groups if c is not None))
+    index = {c: enumeration_index(source, c, enumerations[c]) for c in columns}
+    totals = [np.zeros(size, dtype=np.int64) for _ in groups]
+    n = len(source)
+    if n:
+        next_rows = source.reader([y, *columns])
+        for start in range(0, n, COUNT_ROWS):
+            values, *codes = next_rows(min(COUNT_ROWS, n - start))
+            at = {c: index[c](v) for c, v in zip(columns, codes)}
+            for total, (column, level) in zip(totals, groups):
+                mask = np.ones(len(values), dtype=bool) if column is None else \
+                    at[column] == list(enumerations[column]).index(level)
+                total += count(values, mask)
+    return totals

@@ -110,7 +110,7 @@ class SelectionCache:
         computed from the snapshot's keys (ADR 0049 amended, ADR 0062: no copy of the rows; a
         complete-case selection split by nothing keeps no key column per row either)."""
         from mipflow.algorithms.local import prepare_local_data
-        from mipflow.node.controls.folds import add_fold_keys, needs_fold_keys
+        from mipflow.node.controls.folds import add_fold_keys, fold_hashes, needs_fold_keys
         from mipflow.node.query.read import select_frame
 
         variables = list(variables)
@@ -118,7 +118,7 @@ class SelectionCache:
         by = tuple(getattr(algo, "released_by", ()))
         streamed = bool(streamed and columnar and study is None and transformer is None
                         and getattr(algo, "streams_rows", False) and set(by) <= {"dataset"}
-                        and not getattr(algo, "row_identity", False) and not needs_fold_keys(algo)
+                        and not getattr(algo, "row_identity", False)
                         and (algo.complete_case  # groups from its level codes a block at a time (ADR 0062)
                              or not (hasattr(algo, "released_groups") and algo.released_groups(analysis, model))))
         key = json.dumps([model.key, sorted(analysis.datasets), variables, analysis.filters,
@@ -145,6 +145,8 @@ class SelectionCache:
                                filters=analysis.filters, row_key=self.differencing.key,
                                complete_case=algo.complete_case, dataset="dataset" in variables)
             if rows is not None:  # the cohorts of its frame (ADR 0062), from the snapshot's keys
+                if needs_fold_keys(algo):  # the frame's fold keys, of the snapshot's row keys (amendment 11)
+                    rows.fold_keys = fold_hashes(rows.keys("row_key"), self.fold_key)
                 return self._keep(key, version, budget, rows,
                                   self.differencing.cohorts_of_rows(model.key, rows, variables,
                                                                     algo.complete_case, by))

@@ -148,11 +148,11 @@ def remember_counted_sets(request: Any, context: Any, work: Any) -> None:
     ident = _ident(request, work)
     if memory.seen(ident):
         return
-    order = work.cohorts.order
-    in_order = order is not None and work.data is not None and len(order) == len(work.data)
-    grids = _time_grids(work) if in_order else {}
+    from mipflow.node.controls.pooled_counts import step_order
+
+    order, _ = step_order(work)
+    grids = _time_grids(work) if order is not None else {}
     if grids:
-        order = np.asarray(order, dtype=np.uint64)
         sort = np.argsort(order, kind="stable")
         ordered = order[sort]
     sets = []

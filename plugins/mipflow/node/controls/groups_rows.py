@@ -14,6 +14,9 @@ union's (ADR 0061, the group memory's stamps) are summed in the same pass: the n
 
 Memory: a block, and the keys of the rows each group holds (8 bytes a row and a group for rows, 8 for
 patients) until they are sorted: what the frame path holds besides its frame.
+
+A grouping that cuts a numerical column into bins (a histogram's, ``ReleasedGroups.bins``) reads its values and
+gives each row its bin as :func:`mipflow.algorithms.design.grouping_codes` does (ADR 0062, amendment 11).
 """
 from __future__ import annotations
 
@@ -61,14 +64,13 @@ def rows_stamped_groups(rows: Any, groupings: Sequence[ReleasedGroups], data_mod
                         ) -> tuple[list[Group], np.ndarray, dict[str, int] | None]:
     """:func:`rows_level_groups`, and with a ledger ``key`` each group's value stamps of the ``stamped``
     columns (:mod:`mipflow.node.query.stamps`) and the union's (None without a key)."""
-    from mipflow.algorithms.design import REST
+    from mipflow.algorithms.design import REST, bin_labels
     from mipflow.node.query.stamps import cell_hashes, code_table, column_salt, stored_bits
 
     block = GROUP_ROWS if block is None else int(block)
-    if any(g.bins is not None and any(b is not None for b in g.bins) for g in groupings):
-        raise ValueError("a released grouping cuts a numerical column into bins")  # frame path only
     columns = list(dict.fromkeys(c for g in groupings for c in g.columns))
-    tables = {c: _level_table(rows, c) for c in columns}
+    levelled = {c for g in groupings for i, c in enumerate(g.columns) if _cut(g, i) is None}
+    tables = {c: _level_table(rows, c) for c in columns if c in levelled}
     stamped = [] if key is None else list(dict.fromkeys(stamped))
     bit_tables = {c: code_table(rows.levels_of(c), key) for c in stamped}
     read = list(dict.fromkeys([*columns, *stamped]))
@@ -79,6 +81,11 @@ def rows_stamped_groups(rows: Any, groupings: Sequence[ReleasedGroups], data_mod
     for grouping in groupings:
         names_per, per = [], []
         for i, column in enumerate(grouping.columns):
+            cut = _cut(grouping, i)
+            if cut is not None:  # a bin's label: its position among the bins (grouping_codes' searchsorted)
+                names_per.append(bin_labels(cut))
+                per.append(np.array([*range(len(cut) - 1), -1], dtype=np.int64))
+                continue
             names = tables[column][0]
             wanted = None if grouping.levels is None or grouping.levels[i] is None else set(map(str, grouping.levels[i]))
             if wanted is None:
@@ -106,7 +113,7 @@ def rows_stamped_groups(rows: Any, groupings: Sequence[ReleasedGroups], data_mod
         values = next_rows(count)
         named = dict(zip(read, values))
         position = {c: tables[c][1][np.where((named[c] >= 0) & (named[c] < len(tables[c][1]) - 1), named[c], -1)]
-                    for c in columns}
+                    for c in columns if c in levelled}
         keys = values[len(read)].copy()
         pids = values[len(read) + 1].copy() if patients else None
         # each row's cell hashes, a column of the stamped ones each (wrapping sums mod 2**64: the stamps)
@@ -117,7 +124,9 @@ def rows_stamped_groups(rows: Any, groupings: Sequence[ReleasedGroups], data_mod
         union = np.zeros(count, dtype=bool)
         for g, grouping in enumerate(groupings):
             released = np.ones(count, dtype=bool)
-            local = [lookup[g][i][position[column]] for i, column in enumerate(grouping.columns)]
+            local = [lookup[g][i][position[column] if _cut(grouping, i) is None else
+                                  _bin_positions(named[column], _cut(grouping, i))]
+                     for i, column in enumerate(grouping.columns)]
             for i in range(len(grouping.columns)):
                 released &= local[i] >= 0
             union |= released
@@ -157,6 +166,23 @@ def rows_stamped_groups(rows: Any, groupings: Sequence[ReleasedGroups], data_mod
                                      cell=len(subset) == len(grouping.columns), stamps=_stamps(stamped, sums, key))
     union = sorted_unique(np.concatenate(union_parts)) if union_parts else np.zeros(0, dtype=np.uint64)
     return list(groups.values()), union, _stamps(stamped, union_stamps, key)
+
+
+def _cut(grouping: ReleasedGroups, i: int) -> Sequence[float] | None:
+    """The bin edges cutting column ``i`` of ``grouping`` (None: its levels)."""
+    return None if grouping.bins is None else grouping.bins[i]
+
+
+def _bin_positions(values: np.ndarray, cut: Sequence[float]) -> np.ndarray:
+    """Each value's bin among ``cut``'s (``[lo, hi)``, the last ``[lo, hi]``), -1 outside them or missing:
+    :func:`mipflow.algorithms.design.grouping_codes`' bins, a row at a time."""
+    edges = np.asarray(cut, dtype=float)
+    values = np.asarray(values, dtype=float)
+    at = np.searchsorted(edges, values, side="right") - 1
+    at[values == edges[-1]] = len(edges) - 2  # the last bin is closed
+    at[(at < 0) | (at > len(edges) - 2) | np.isnan(values)] = -1
+    # index -1 of the lookup (its last entry, -1): a row in no bin
+    return np.where(at >= 0, at, len(edges) - 1)
 
 
 def _stamps(columns: Sequence[str], sums: np.ndarray, key: str | None) -> dict[str, int] | None:

@@ -164,6 +164,23 @@ def _column(data: Any, code: str, variable: Any) -> np.ndarray:
     return numeric_values(data[code])
 
 
+def step_order(work: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The local step's rows' ledger keys and patient keys in its rows' order (None, None: not known): the
+    cohorts' order, or for a complete-case selection left on disk whose cohorts kept none (ADR 0062: split by
+    nothing) the snapshot's keys of its rows, read a block at a time: the order its frame's cohorts keep."""
+    from mipflow.algorithms.streamed import on_disk
+
+    cohorts, data = work.cohorts, work.data
+    if data is None:
+        return None, None
+    if cohorts.order is not None and len(cohorts.order) == len(data):
+        return np.asarray(cohorts.order, dtype=np.uint64), \
+            None if cohorts.patient_order is None else np.asarray(cohorts.patient_order)
+    if cohorts.order is None and on_disk(data) and getattr(work.algo, "complete_case", False):
+        return data.keys("row_key"), data.keys("pid_key")  # ADR 0062, amendment 11
+    return None, None
+
+
 def counted_sets(request: Any, work: Any) -> list[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]:
     """The sets of rows a release counts, as ``(rows in the local step's order, patients, row mask or None)``:
     every cohort of the selection; with the rows' order known, the cohort where each variable of the request
@@ -173,10 +190,8 @@ def counted_sets(request: Any, work: Any) -> list[tuple[np.ndarray, np.ndarray |
     sets: list[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]] = []
     for i, keys in enumerate(cohorts.sets):
         sets.append((keys, None if cohorts.patients is None else cohorts.patients[i], None))
-    order = cohorts.order
-    if order is not None and data is not None and len(order) == len(data):
-        order = np.asarray(order, dtype=np.uint64)
-        people = None if cohorts.patient_order is None else np.asarray(cohorts.patient_order)
+    order, people = step_order(work)
+    if order is not None:
         sets[0] = (sets[0][0], sets[0][1], np.ones(len(order), dtype=bool))
         for code in work.variables:
             try:
@@ -240,6 +255,7 @@ def check_pooled_counts(request: Any, context: Any, work: Any) -> None:
         return
     model, settings = work.cohorts.data_model, work.settings
     sets = counted_sets(request, work)
+    order = step_order(work)[0] if any(mask is not None for _, _, mask in sets) else None
     times: dict[str, np.ndarray | None] = {}
     for other_model, _, _, rows, patients in bound:
         if other_model != model and patients is None:
@@ -250,7 +266,7 @@ def check_pooled_counts(request: Any, context: Any, work: Any) -> None:
             if other_model == model:
                 split = None if mask is None else times[rows.time_variable]
                 if count_near_a_window(rows, keys, None, settings.min_row_count, settings.nfilter_tab) or (
-                        split is not None and count_near_a_window(rows, np.asarray(work.cohorts.order)[mask],
+                        split is not None and count_near_a_window(rows, order[mask],
                                                                   split[mask], settings.min_row_count,
                                                                   settings.nfilter_tab)):
                     raise count_refusal()

@@ -77,6 +77,9 @@ class SnapshotRows:
             mask = None
         self.count = self.total if mask is None else int(np.count_nonzero(mask))
         self._packed = None if mask is None else np.packbits(mask)
+        #: a cross-validated step's fold keys (uint64, one a selected row, in their order), set by the node
+        #: (:mod:`mipflow.node.controls.folds`, ADR 0026); None otherwise (a narrowed selection has none)
+        self.fold_keys: np.ndarray | None = None
 
     def __len__(self) -> int:
         return self.count
@@ -88,7 +91,8 @@ class SnapshotRows:
     @property
     def nbytes(self) -> int:
         """Memory the selection holds (what a node's selection cache counts)."""
-        return 0 if self._packed is None else int(self._packed.nbytes)
+        folds = 0 if self.fold_keys is None else int(self.fold_keys.nbytes)
+        return folds + (0 if self._packed is None else int(self._packed.nbytes))
 
     def levels_of(self, code: str) -> tuple[str, ...] | None:
         """A categorical variable's snapshot levels as enumeration codes (position = the code its
@@ -208,6 +212,7 @@ class SnapshotRows:
         packed = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint8)
         out.count = count_kept
         out._packed = None if out.count == self.total else packed
+        out.fold_keys = None
         return out
 
     def values(self, code: str) -> np.ndarray:

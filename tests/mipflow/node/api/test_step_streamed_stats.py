@@ -29,7 +29,11 @@ def _rows():
 
 
 def _node(root: Path, **settings: Any) -> StepContext:
+    from mipflow.node.home import KEY_FILE
+
     home = standard_home(root, "hospital_a")
+    # one secret for every case's home: the same ledger keys and cross-validation folds (naive Bayes)
+    (root / KEY_FILE).write_text("5a" * 32, encoding="ascii")
     for key, value in settings.items():
         home.set_setting(key, value)
     load_frame(root, STROKE, _rows())
@@ -45,7 +49,32 @@ CASES = [
     pytest.param("anova", ["glucose_mmol"], ["sex", "diabetes"], {}, id="two-way-anova"),  # amendment 9
     pytest.param("contingency_table", ["diabetes"], ["sex"], {}, id="contingency"),
     pytest.param("pca", ["age", "glucose_mmol", "nihss_admission"], [], {}, id="pca"),  # amendment 10
+    # amendment 11: a time-like variable's bins (the counted-set memory keeps each row's time), levels
+    pytest.param("multiple_histograms", ["followup_days"], ["sex"], {"bins": 20}, id="histogram-time"),
+    pytest.param("multiple_histograms", ["stroke_type"], ["diabetes"], {}, id="histogram-nominal"),
+    pytest.param("naive_bayes_gaussian_cv", ["diabetes"], ["age", "glucose_mmol"], {}, id="gaussian-nb"),
+    pytest.param("naive_bayes_categorical_cv", ["diabetes"], ["sex", "hypertension"], {"n_splits": 3},
+                 id="categorical-nb"),
 ]
+
+
+def counted(root: Path) -> list:
+    """The counted-set memory of a node home as what a release let anyone form: each set's size and its rows'
+    times on each time-like variable's grid, sorted (the keys themselves are under each home's own secret)."""
+    import sqlite3
+    import zlib
+
+    from mipflow.node.controls.counted_memory import COUNTED_FILE
+    from mipflow.node.controls.keycodec import decode_keys
+
+    with sqlite3.connect(root / COUNTED_FILE) as conn:
+        sets = conn.execute("SELECT digest, keys FROM sets").fetchall()
+        times = conn.execute("SELECT digest, variable, grid FROM times").fetchall()
+    grids = {}
+    for digest, variable, grid in times:
+        grids.setdefault(digest, []).append(
+            (variable, sorted(np.frombuffer(zlib.decompress(grid), dtype="<i4").tolist())))
+    return sorted((len(decode_keys(keys)), sorted(grids.get(digest, []))) for digest, keys in sets)
 
 
 @pytest.mark.parametrize("name, y, x, parameters", CASES)
@@ -57,6 +86,7 @@ def test_sums_of_rows_on_disk_are_released_as_from_the_frame(name, y, x, paramet
     filters = where(rule("age", "greater", 40))
     kept: dict[str, list[str]] = {}
     replies: dict[str, Any] = {}
+    memories: dict[str, list] = {}
     # the present rows of a variable a few rows short of every row are a cohort beside it: the differencing
     # control refuses such a step, from a frame as from rows on disk, unless min_row_count is 1 (its check off;
     # the cohorts are recorded all the same)
@@ -67,6 +97,7 @@ def test_sums_of_rows_on_disk_are_released_as_from_the_frame(name, y, x, paramet
                                     body(context, y=y, x=x, filters=filters, parameters=parameters,
                                          analysis_id=case))
         kept[case] = [type(v[1]).__name__ for v in context.selections._kept.values()]
+        memories[case] = counted(tmp_path / case)
         if case == "disk":  # the ledger recorded the cohorts of the frame the node read before
             algo = get_algorithm(name)
             model = context.data_model(STROKE.key)
@@ -86,6 +117,10 @@ def test_sums_of_rows_on_disk_are_released_as_from_the_frame(name, y, x, paramet
                 assert len(want.digests) > 3
     assert kept == {"disk": [SnapshotRows.__name__], "sql": ["DataFrame"], "dp": ["DataFrame"]}
     assert replies["disk"]["rows"] == replies["sql"]["rows"] > 0
+    # the counted-set memory (ADR 0059) learns the same sets and rows' times from rows on disk (amendment 11)
+    assert memories["disk"] == memories["sql"] and len(memories["disk"]) >= 1
+    if name == "multiple_histograms" and y == ["followup_days"]:  # not vacuous: the rows' times are kept
+        assert any(times for _, times in memories["disk"])
     assert json.dumps(replies["disk"]["aggregates"], sort_keys=True) == \
         json.dumps(replies["sql"]["aggregates"], sort_keys=True) == \
         json.dumps(replies["dp"]["aggregates"], sort_keys=True)

@@ -45,7 +45,9 @@ MODEL = block_model(
     {"code": "arm", "sql_type": "text", "isCategorical": True,
      "enumerations": [{"code": c, "label": c} for c in ("ctl", "trt")]},
     {"code": "event", "sql_type": "text", "isCategorical": True,
-     "enumerations": [{"code": c, "label": c} for c in ("no", "yes")]})
+     "enumerations": [{"code": c, "label": c} for c in ("no", "yes")]},
+    # a declared range (a histogram's bins over it, ADR 0062 amendment 11)
+    {"code": "dose", "sql_type": "real", "isCategorical": False, "minValue": 0, "maxValue": 10})
 
 
 def _rows() -> pd.DataFrame:
@@ -66,6 +68,10 @@ def _rows() -> pd.DataFrame:
     frame.loc[[0, 63, 64, 300], "y"] = np.nan
     frame.loc[[1, 127, 128, 400], "grp"] = None
     frame.loc[[2, 191, 192], "arm"] = None
+    # quarters from -1 to 11 (on bins' edges, outside the range, at both ends), a few missing
+    frame["dose"] = np.random.default_rng(52).integers(-4, 45, ROWS) / 4.0
+    frame.loc[[10, 11], "dose"] = [0.0, 10.0]
+    frame.loc[[6, 65, 255, 256], "dose"] = np.nan
     return frame
 
 
@@ -114,6 +120,8 @@ def _same_groups(got, want) -> None:
         assert mine.stamps == theirs.stamps
 
 
+#: ten bins over dose's declared range, every edge a quarter (values fall on them)
+DOSE_EDGES = tuple(float(e) for e in np.linspace(0.0, 10.0, 11))
 GROUPINGS = [
     pytest.param([ReleasedGroups(("grp",))], id="one-way"),
     pytest.param([ReleasedGroups(("grp",), (("u", "r"),))], id="two-levels"),
@@ -123,13 +131,16 @@ GROUPINGS = [
     pytest.param([ReleasedGroups(("grp",), (("u",),), rest=True)], id="class-and-rest"),
     pytest.param([ReleasedGroups(("arm", "grp"), (("trt",), None), rest=True), ReleasedGroups(("grp",))],
                  id="class-per-level"),
+    # a histogram's bins over the declared range, alone and by a level (ADR 0062, amendment 11)
+    pytest.param([ReleasedGroups(("dose",), bins=(DOSE_EDGES,), suppressed=True),
+                  ReleasedGroups(("dose", "grp"), bins=(DOSE_EDGES, None), suppressed=True)], id="bins"),
 ]
 
 
 @pytest.mark.parametrize("groupings", GROUPINGS)
 @ON_BLOCKS
 def test_the_groups_of_rows_on_disk_are_the_frames(groupings, datasets, filters, store, tmp_path):
-    variables = ["y", "x1", "grp", "arm"]
+    variables = ["y", "x1", "grp", "arm", "dose"]
     frame, rows = _both(store, datasets, filters, variables)
     cohorts = DifferencingGuard(tmp_path, SECRET).cohorts(MODEL.key, frame, variables, True)
     want, want_union = level_groups(frame, cohorts.order, groupings, MODEL, MODEL.key,
@@ -137,7 +148,10 @@ def test_the_groups_of_rows_on_disk_are_the_frames(groupings, datasets, filters,
     got, got_union = rows_level_groups(rows, groupings, MODEL.key)
     _same_groups(got, want)
     np.testing.assert_array_equal(got_union, want_union)
-    if len(frame):  # not vacuous: the rows' groups, the rare level's among them
+    if len(frame) and groupings[0].bins is not None:  # not vacuous: bins, the last one closed, and bin x level cells
+        kinds = [json.loads(g.kind)[1] for g in want]
+        assert ["dose", "[9.0, 10.0]"] in [pair for k in kinds for pair in k] and any(len(k) == 2 for k in kinds)
+    elif len(frame):  # not vacuous: the rows' groups, the rare level's among them
         # the rare level is a group of its own unless it is in a rest (every level but the declared ones)
         alone = not any(g.rest and "grp" in g.columns and g.levels[g.columns.index("grp")] is not None
                         for g in groupings)
