@@ -14,7 +14,9 @@ on a second home, ``<home>-groups``, whose model adds a nominal ``grp`` of four 
 removed too before the step, and its records (kinds, digests, keys) must be identical on both paths.
 
 Two-way ANOVA (``y ~ grp * event``) and the contingency table (``grp`` x ``event``) run there too (ADR 0062,
-amendment 9), PCA (amendment 10) on the first home.  With ``--postgresql ADMIN_URL`` every chosen algorithm runs again on a PostgreSQL copy of the
+amendment 9), PCA (amendment 10) on the first home; histograms of ``dose`` (declared 0..10) by ``grp`` and
+``event`` and naive Bayes (Gaussian: ``grp`` from ``x0..x2``; categorical: ``event`` from ``grp``; round 0,
+five folds) on the groups home (amendment 11).  With ``--postgresql ADMIN_URL`` every chosen algorithm runs again on a PostgreSQL copy of the
 groups home (``<home>-groups-pg``, its store the database ``mipflow_bench_ss_<rows>`` created through
 ``ADMIN_URL``; amendment 8): the frame path there is the binary ``COPY`` read.
 
@@ -55,10 +57,14 @@ ALGORITHMS = {
     "pca": (["y", "x0", "x1", "x2", "x3", "x4"], [], {}),
     "anova": (["y"], ["grp", "event"], {}),
     "contingency_table": (["grp"], ["event"], {}),
+    # amendment 11: bins over dose's declared range by two levels (their cells released groups), naive Bayes
+    "multiple_histograms": (["dose"], ["grp", "event"], {"bins": 20}),
+    "naive_bayes_gaussian_cv": (["grp"], ["x0", "x1", "x2"], {}),
+    "naive_bayes_categorical_cv": (["event"], ["grp"], {}),
 }
 #: Algorithms run on the groups home (a nominal ``grp`` of 4 levels beside the scale model's columns).
 GROUPED = {"ttest_independent", "anova_oneway", "logistic_regression", "linear_regression", "anova",
-           "contingency_table"}
+           "contingency_table", "multiple_histograms", "naive_bayes_gaussian_cv", "naive_bayes_categorical_cv"}
 GROUP_LEVELS = ("g0", "g1", "g2", "g3")
 
 
@@ -100,12 +106,15 @@ def prepare_groups(root: Path, rows: int, db_url: str = "") -> None:
     doc = regression_model_doc("ssg", "Streamed groups benchmark", 1, COVARIATES)
     doc["variables"].append({"code": "grp", "sql_type": "text", "isCategorical": True,
                              "enumerations": [{"code": c, "label": c} for c in GROUP_LEVELS]})
+    doc["variables"].append({"code": "dose", "sql_type": "real", "isCategorical": False,  # a histogram's range
+                             "minValue": 0, "maxValue": 10})
     model = DataModel.from_dict(doc)
     for first in range(0, rows, LOAD_CHUNK):
         frame = make_rows(min(LOAD_CHUNK, rows - first), 0, "site0", first)
         rng = np.random.default_rng(first + 19)
         frame["grp"] = rng.choice(GROUP_LEVELS, len(frame), p=[0.4, 0.3, 0.2, 0.1])
         frame["y"] = frame["y"] + 0.5 * (frame["grp"] == "g1")
+        frame["dose"] = rng.uniform(-0.5, 10.5, len(frame))  # a few outside the declared range
         load_frame(home.root, model, frame)
     grant_all(home.root, "bench", "bench")
     refresh_snapshots(NodeHome(root))

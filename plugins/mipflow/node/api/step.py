@@ -180,6 +180,7 @@ class StepWork:
     groups: Any = None  # the groups the step releases (mipflow.node.controls.groups, ADR 0051)
     weighted: Any = None  # its rows under each weight family (mipflow.node.controls.weighted_ledger, ADR 0058)
     current_rows: Any = None  # data model -> its current row and patient keys, read when needed (ADR 0061)
+    disk_order: Any = None  # rows on disk and their row and patient keys in order, read once (ADR 0062, 11)
     state: Any = None        # the state the local step computes on: the node's own recomputation
     transcript: Any = None   # the parsed transcript (mipflow.secagg.transcript.Transcript)
     chain: str | None = None

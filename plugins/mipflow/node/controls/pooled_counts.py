@@ -177,7 +177,11 @@ def step_order(work: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
         return np.asarray(cohorts.order, dtype=np.uint64), \
             None if cohorts.patient_order is None else np.asarray(cohorts.patient_order)
     if cohorts.order is None and on_disk(data) and getattr(work.algo, "complete_case", False):
-        return data.keys("row_key"), data.keys("pid_key")  # ADR 0062, amendment 11
+        kept = getattr(work, "disk_order", None)  # read once a step (the count rule and the memory both ask)
+        if kept is None or kept[0] is not data:
+            kept = (data, data.keys("row_key"), data.keys("pid_key"))  # ADR 0062, amendment 11
+            work.disk_order = kept
+        return kept[1], kept[2]
     return None, None
 
 

@@ -1,6 +1,7 @@
 """ADR 0062 at the node: descriptive statistics, Pearson correlation, the one-sample and paired t-tests,
-two-way ANOVA, the contingency table and PCA keep their selection left on disk (a bit a snapshot row, no frame) and answer what the SQL read's frame
-gave, bit for bit; the ledger records the cohorts of that frame; differential privacy keeps a frame."""
+two-way ANOVA, the contingency table, PCA, histograms and naive Bayes (amendment 11) keep their selection left on disk (a bit a snapshot row, no frame) and answer what the SQL read's frame
+gave, bit for bit; the ledger records the cohorts of that frame, the counted-set memory the same sets and rows'
+times; differential privacy keeps a frame."""
 from __future__ import annotations
 
 import json

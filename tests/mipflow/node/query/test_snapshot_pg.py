@@ -17,6 +17,7 @@ import pytest
 from mipflow.algorithms import get_algorithm
 from mipflow.algorithms.local import prepare_local_data
 from mipflow.node.controls.differencing import DifferencingGuard
+from mipflow.node.controls.folds import add_fold_keys, fold_hashes, fold_key, needs_fold_keys
 from mipflow.node.controls.groups import group_release
 from mipflow.node.query import snapshot_rows
 from mipflow.node.query.read import select_frame, select_rows
@@ -64,6 +65,11 @@ STEPS = [
     ("anova", ["y"], ["grp", "arm"], {"sstype": 2}),
     ("contingency_table", ["grp"], ["arm"], {}),
     ("pca", ["y", "x1", "x2"], [], {}),
+    # amendment 11: bins over a declared range (released groups), levels; naive Bayes (fold keys kept beside)
+    ("multiple_histograms", ["dose"], ["grp"], {"bins": 10}),
+    ("multiple_histograms", ["grp"], ["arm"], {}),
+    ("naive_bayes_gaussian_cv", ["arm"], ["x1", "dose"], {"n_splits": 3}),
+    ("naive_bayes_categorical_cv", ["event"], ["grp", "arm"], {}),
 ]
 
 
@@ -82,6 +88,9 @@ def test_rows_on_disk_of_a_postgresql_store_release_what_its_frame_read_gives(st
             frame = select_frame(store, MODEL, datasets=datasets, variables=variables, filters=filters,
                                  complete_case=algo.complete_case, row_identity=True)  # the PostgreSQL read
             assert "_row_md5" in frame.columns if algo.complete_case else "_pid" in frame.columns
+            if needs_fold_keys(algo):  # as the node adds them, to the frame and beside the rows on disk
+                frame = add_fold_keys(frame, fold_key(SECRET), KEY)
+                rows.fold_keys = fold_hashes(rows.keys("row_key"), fold_key(SECRET))
             local = prepare_local_data(algo, frame, request)
             released = [json.dumps(transport(algo.local_step(0, data, request, MODEL, None)), sort_keys=True)
                         for data in (rows, local)]
@@ -103,7 +112,7 @@ def test_rows_on_disk_of_a_postgresql_store_release_what_its_frame_read_gives(st
                     checked += len(want_release.groups)
             if len(frame):  # not vacuous
                 assert len(rows) == len(frame) > 0 and want.stamps[0]
-    assert checked >= 30
+    assert checked >= 60
 
 
 def _snapshots(tmp_path):
