@@ -88,6 +88,7 @@ from mipflow.algorithms.cox_shares import full_s2 as _full_s2
 from mipflow.algorithms.cox_shares import node_share as _node_share
 from mipflow.algorithms.design import (
     class_groups,
+    class_level_counts,
     dummy_level_groups,
     declared_cell_counts,
     design_columns,
@@ -203,19 +204,20 @@ class CoxRegression(SpecAlgorithm):
         rows = _rows(data, request, model, params, grid)
         index, event = rows["index"], rows["event"]
         if state is None:
+            last = request_points(time_var, params["bin_width"], params["max_time"])[-1]
             events, censored = grid_counts(index, event, len(grid))
             counts = level_counts(data, request.x, model)
             out = {"n": len(data), "events": events.tolist(), "censored": censored.tolist(),
                    # per level of the event variable: the merge's input, never released (ADR 0008)
                    "series": leaving_series(index, data, request, model, grid),
                    "group_counts": [int(v) for v in (*events, *censored)],
-                   # the start round's level counts, checked here already (refused at round 0 as before
-                   # ADR 0055's amendment) and never sent with the bins
-                   # with two covariates' joint levels (the sums rounds' S2 and the information hold their
-                   # counts; ADR 0051, sixteenth review); the event set within a level (event_x, in the sealed
-                   # score's shares) is not checked per release (tests/integration/test_survival_federation.py)
+                   # checked here, never sent (ADR 0055 amended): the start round's level counts, every declared
+                   # cell (two covariates' joint levels: S2 and the information; the events and the rest within
+                   # each level: the score's event_x; ADR 0051, issue 14) and the events up to the end of
+                   # follow-up within each level (what event_x sums when rows are followed beyond max_time)
                    LEVEL_CELLS: [*(c for code in request.x for c in counts.get(code, [])),
-                                 *declared_cell_counts(data, dummy_level_groups(request.x, model), model)],
+                                 *declared_cell_counts(data, self.released_groups(request, model), model),
+                                 *class_level_counts(data, request.x, model, event & (index <= last))],
                    POINTS_KEY: request_points(time_var, params["bin_width"], None),
                    LEVEL_KEY: request_level(time_var, params["bin_width"])}
             if params["max_time"] is not None:

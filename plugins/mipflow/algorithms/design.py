@@ -403,6 +403,24 @@ def declared_cell_counts(data: pd.DataFrame, groupings: Sequence[ReleasedGroups]
     return out
 
 
+def class_level_counts(data: pd.DataFrame, x: Sequence[str], model: DataModel, positive: np.ndarray) -> list[int]:
+    """Rows of the class ``positive`` (a boolean per row of ``data``) and of the rest within each level of every
+    nominal covariate of ``x``: the class x level cells a release holds when the class is not the declared one's
+    rows exactly (Cox's events up to the end of follow-up: a row followed beyond it is censored there, so its event
+    is not in ``event_x``), for ``cell_n`` beside :func:`declared_cell_counts`."""
+    positive = np.asarray(positive, dtype=bool)
+    out: list[int] = []
+    for code in dict.fromkeys(x):
+        var = model.variable(code)
+        if not var.is_categorical:
+            continue
+        codes = category_codes(data[code], var).to_numpy(dtype=object)
+        for level in sorted_levels(var):
+            at = codes == level
+            out += [int(np.count_nonzero(at & positive)), int(np.count_nonzero(at & ~positive))]
+    return out
+
+
 def class_groups(y: str, x: Sequence[str], model: DataModel, classes: Sequence[str] | None = None,
                  edges: Sequence[float] | None = None) -> tuple[ReleasedGroups, ...]:
     """The released groups of a binary response (``Algorithm.released_groups``, ADR 0051 amended for the

@@ -27,7 +27,9 @@ Disclosure: per-class counts, category counts and confusion cells are
 released under ``group_n``/``group_counts``: a class or cell of a fold in
 ``(0, nfilter_tab)`` refuses the node's step (a class mean of one or two
 patients is their value); the Gaussian classifier's classes, released with
-means and sums of squares, in ``(0, min_row_count)`` (ADR 0050).
+means and sums of squares, in ``(0, min_row_count)`` (ADR 0050).  Across
+releases the classes (Gaussian) and the class x level cells (categorical) of
+the cohort are released groups (``released_groups``, ADR 0051).
 
 Rows left on disk (ADR 0062, amendment 11): :mod:`mipflow.algorithms.naive_bayes_streamed`, the same releases.
 """
@@ -251,6 +253,14 @@ class NaiveBayesCategoricalCV(_NaiveBayesCV):
                            description="Additive (Laplace) smoothing of the category counts "
                                        "(scikit-learn's CategoricalNB alpha); not a significance level."),
     })
+
+    def released_groups(self, request: AnalysisRequest, model: DataModel) -> tuple[ReleasedGroups, ...]:
+        # each class within each level of every covariate (issue 14; ADR 0051): the folds' class x level counts,
+        # whose sums over the folds (the result's ``category_count``) are the cohort's cells; each fold's are
+        # checked per release (``group_counts``, 0 or >= nfilter_tab, so their sums are too) and the cohort's
+        # are held across releases, as the other cross-validated models' groups are (the folds depend on the
+        # cohort: not keyed across cohorts, ADR 0026); the classes and the levels are the cells' margins
+        return tuple(ReleasedGroups((request.y[0], code)) for code in dict.fromkeys(request.x))
 
     def _level_index(self, data: pd.DataFrame, code: str, model: DataModel) -> np.ndarray:
         var = model.variable(code)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import warnings
 
 import numpy as np
@@ -26,7 +27,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.naive_bayes import CategoricalNB, GaussianNB
 
 from mipflow.algorithms import AnalysisRequest, get_algorithm, prepare_local_data, run_in_process
-from mipflow.algorithms.crossval import FOLD_KEY, SEED_REFUSAL, fit_folds, score_bins
+from mipflow.algorithms.crossval import FOLD_KEY, SEED_REFUSAL, deal_folds, fit_folds, score_bins
 from mipflow.algorithms.filters_pandas import apply_filters
 from mipflow.node.home import NodeSettings
 from mipflow.node.controls.disclosure import DisclosureControls
@@ -350,6 +351,28 @@ def test_a_class_of_two_patients_in_a_fold_is_refused(name, params) -> None:
         _release(name, data, req)
     assert exc.value.control == "nfilter_tab"
     _release(name, data, req, tab=1)  # allowed when the node admin sets nfilter_tab to 1
+
+
+def test_a_class_within_a_level_of_two_patients_in_a_fold_is_refused() -> None:
+    """Categorical naive Bayes releases each fold's class x level counts (issue 14): class ``c`` and the women are
+    large, but two women of class ``c`` put a cell of one or two in some fold, refused per release (``nfilter_tab``,
+    no size said); across releases the cohort's cells are released groups (``released_groups``,
+    ``tests/privacy/test_naive_bayes_cell_attacks.py``)."""
+    data = make_data(3, 120).dropna(subset=["grp", "sex"])
+    c = data.index[data["grp"] == "c"]
+    data.loc[c, "sex"] = "M"
+    data.loc[c[:2], "sex"] = "F"
+    assert len(c) >= 10 and int((data["sex"] == "F").sum()) >= 10
+    req = request(x=("sex",), y=("grp",), n_splits=2)
+    with pytest.raises(DisclosureError) as exc:
+        _release("naive_bayes_categorical_cv", data, req)
+    assert exc.value.control == "nfilter_tab" and set(re.findall(r"\d+", str(exc.value))) == {"3"}
+    _release("naive_bayes_categorical_cv", data, req, tab=1)  # the node admin's nfilter_tab 1
+    data.loc[c[::2], "sex"] = "F"  # half of class c: every fold's cells at three or more, answered
+    folds = deal_folds(fold_keyed([data])[0][FOLD_KEY].to_numpy(), 2)
+    cells = pd.crosstab([data["grp"], data["sex"]], folds).to_numpy()
+    assert cells.min() >= 3, cells
+    _release("naive_bayes_categorical_cv", data, req)
 
 
 def test_small_confusion_cells_are_refused() -> None:

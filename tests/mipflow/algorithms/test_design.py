@@ -13,8 +13,8 @@ import pytest
 
 from mipflow.algorithms import AnalysisRequest, get_algorithm
 from mipflow.algorithms.contract import ReleasedGroups
-from mipflow.algorithms.design import (declared_cell_counts, design_columns_of, design_matrix, dummy_level_groups,
-                                       level_counts)
+from mipflow.algorithms.design import (class_level_counts, declared_cell_counts, design_columns_of, design_matrix,
+                                       dummy_level_groups, level_counts)
 from mipflow.algorithms.moments import compute_moments
 from mipflow.node.controls.groups import kind_of, level_groups
 from mipflow.node.home import NodeSettings
@@ -162,14 +162,39 @@ def test_every_declared_cell_is_checked_in_the_release_so_no_group_is_left_unche
     assert used == [0] and not refused and result is not None
 
 
-@pytest.mark.parametrize("name, y, parameters", [m for m in MODELS if m[1][-1] == "death_90d" and m[0] != "cox_regression"])
+@pytest.mark.parametrize("name, y, parameters", [m for m in MODELS if m[1][-1] == "death_90d"])
 def test_a_class_within_a_level_is_checked_in_the_release_too(name, y, parameters) -> None:
     """The response class within a level (ADR 0051, fifteenth review) is a declared cell too: two deaths among the
-    TIA patients refuse the release (one stroke type, ``nfilter_tab``).  Not Cox's event set within a level (its
-    ``event_x`` is in the sealed score's shares; ``test_survival_federation.py`` answers a node with two deaths among
-    its women): a Cox release with such a cell skips the group rules (ADR 0051, sixteenth review, "Still open")."""
-
+    TIA patients refuse the release (one stroke type, ``nfilter_tab``, no size said); with three, every model
+    answers.  Cox's event set within a level too (issue 14: its score's ``event_x`` holds the count; before, a Cox
+    release holding such a cell was answered and skipped the group rules)."""
     req = AnalysisRequest(data_model=STROKE.key, datasets=HOSPITALS, x=("stroke_type", "age"), y=y,
                           parameters=parameters)
     _, used, refused = run_with_controls(name, [_stroke(joint_tia_women=3, tia_deaths=2)], req, NodeSettings())
     assert not used and refused[0].control == "nfilter_tab"
+    assert set(re.findall(r"\d+", str(refused[0]))) == {"3"}
+    result, used, refused = run_with_controls(name, [_stroke(joint_tia_women=3, tia_deaths=3)], req, NodeSettings())
+    assert used == [0] and not refused and result is not None
+
+
+def test_cox_checks_the_events_within_a_level_up_to_the_end_of_follow_up() -> None:
+    """Rows followed beyond ``max_time`` are censored there, so the score's ``event_x`` counts the events up to it:
+    three TIA deaths (a declared cell of three) of which one after ``max_time`` leave two in the release, refused;
+    the same rows without ``max_time`` answer."""
+    frame = _stroke(joint_tia_women=3, tia_deaths=3)
+    late = frame.index[(frame["stroke_type"] == "tia") & (frame["death_90d"] == "yes")][0]
+    frame.loc[frame["followup_days"] > 600, "followup_days"] = 600.0
+    frame.loc[late, "followup_days"] = 700.0
+    events = (frame["death_90d"] == "yes") & (frame["followup_days"] <= 650)
+    assert [int(n) for n in class_level_counts(frame, ["stroke_type", "age"], STROKE, events.to_numpy())] == [
+        int(((frame["stroke_type"] == t) & events).sum()) if i == 0 else int(((frame["stroke_type"] == t) & ~events).sum())
+        for t in ("haemorrhagic", "ischaemic", "tia") for i in (0, 1)]
+    parameters = {"event_level": "yes"}
+    req = AnalysisRequest(data_model=STROKE.key, datasets=HOSPITALS, x=("stroke_type", "age"),
+                          y=("followup_days", "death_90d"), parameters={**parameters, "max_time": 650.0})
+    _, used, refused = run_with_controls("cox_regression", [frame], req, NodeSettings())
+    assert not used and refused[0].control == "nfilter_tab"
+    whole = AnalysisRequest(data_model=STROKE.key, datasets=HOSPITALS, x=("stroke_type", "age"),
+                            y=("followup_days", "death_90d"), parameters=parameters)
+    result, used, refused = run_with_controls("cox_regression", [frame], whole, NodeSettings())
+    assert used == [0] and not refused and result is not None

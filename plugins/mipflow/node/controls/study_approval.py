@@ -38,6 +38,10 @@ from mipflow.node.controls.study_family import Family, added_since, compute_fami
 from mipflow.node.controls.study_transforms import check_transformed
 
 
+#: What to change when a cohort of the family is too small (approval and refresh; said after the counts).
+SIZE_HINT = ("Widen the population filter or the subgroups, leave out the datasets named, or wait until more rows "
+             "are loaded")
+
 #: algorithms whose releases a study fixes per family (ADR 0035 patterns, the survival partition):
 #: two different families at one node would each be consistent only with itself
 PER_FAMILY_LAYOUTS = frozenset({"multiple_histograms", "kaplan_meier", "cox_regression"})
@@ -227,10 +231,9 @@ def _check_family(root: Any, key: bytes, data_model: str, family: Family, min_ro
             raise ConfigError(f"a combination of the study's cohorts would single out a group of fewer than "
                               f"min_row_count ({min_row_count}) patients in all (several small groups together, "
                               "none alone): choose subgroups that overlap by more rows")
-        if not verdict.allowed:
-            raise ConfigError(f"a combination of the study's cohorts would isolate {verdict.smallest_isolatable} "
-                              f"patient(s), fewer than min_row_count ({min_row_count}): choose subgroups that "
-                              "overlap by more rows")
+        if not verdict.allowed:  # no count either (the group's size is data, as the union rule's above)
+            raise ConfigError(f"a combination of the study's cohorts would isolate a group of fewer than "
+                              f"min_row_count ({min_row_count}) patients: choose subgroups that overlap by more rows")
     finally:
         ledger.close()
     return list(distinct.values())
@@ -294,7 +297,8 @@ def _open(home: Any, protocol: Protocol) -> tuple[Any, Any]:
         model = store.data_model(protocol.data_model)
     except Exception:
         store.dispose()
-        raise ConfigError(f"this node holds no data model {protocol.data_model}") from None
+        raise ConfigError(f"this node holds no data model {protocol.data_model}: name a data model the node holds "
+                          "in the protocol, or have the node admin add it (mipflow data-model add)") from None
     check_against_model(protocol, model)
     return store, model
 
@@ -319,20 +323,47 @@ def _patterns(home: Any, store: Any, model: Any, protocol: Protocol, family: Fam
         raise ConfigError(f"{failed}: {exc}{stays}") from None
 
 
+def _prefixed(failed: str, stays: str = ""):
+    """A context turning every :class:`ConfigError` of an approval or refresh into one that starts with
+    ``failed`` ("study 'S' not approved", "... not refreshed") and ends with ``stays``, as the checks that
+    name them already do: one form for every failure of the family, whichever check raised it."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def context():
+        try:
+            yield
+        except ConfigError as exc:
+            text = str(exc)
+            text = text if text.startswith(f"{failed}: ") else f"{failed}: {text}"
+            text = text if text.endswith(stays) else text + stays
+            if text == str(exc):
+                raise
+            raise ConfigError(text) from None
+    return context()
+
+
 def approve(home: Any, project: str, document: Any) -> dict[str, Any]:
     """Approve ``document`` as ``project``'s study at the node ``home`` (a :class:`NodeHome`).
 
     Raises
     ------
     ConfigError
-        For a malformed protocol, a project that already has a study, or a check that fails
-        (the message names the check, with counts: it is for the node admin).
+        For a malformed protocol, a project that already has a study, or a check that fails; every message
+        starts with "study 'NAME' not approved: " ("study not approved: " for a protocol without a valid
+        name), names the check and what to change (with counts where ADR 0028 gives them to the node admin).
     """
+    with _prefixed("study not approved"):
+        protocol = parse_protocol(document)
+    with _prefixed(f"study {protocol.name!r} not approved"):
+        return _approve(home, project, protocol)
+
+
+def _approve(home: Any, project: str, protocol: Protocol) -> dict[str, Any]:
     from mipflow.node.controls.differencing import hash_key
 
     from mipflow.node.controls.modes import refuse_study_if_exploring
 
-    protocol = parse_protocol(document)
     refuse_study_if_exploring(home.root, project)
     existing = read_record(home.root, project)
     if existing is not None and existing.get("status") == "approved":
@@ -345,7 +376,7 @@ def approve(home: Any, project: str, document: Any) -> dict[str, Any]:
         problems = size_problems(family, min_row_count)
         if problems:
             raise ConfigError(f"study {protocol.name!r} not approved: fewer than min_row_count ({min_row_count}): "
-                              + "; ".join(problems))
+                              + "; ".join(problems) + f". {SIZE_HINT}")
         check_ties(family.ties, min_row_count, f"study {protocol.name!r} not approved")
         check_transformed(family, protocol, min_row_count, node_primes(home.key()),
                           f"study {protocol.name!r} not approved")
@@ -386,13 +417,19 @@ def refresh(home: Any, project: str) -> dict[str, Any]:
     Raises
     ------
     ConfigError
-        If the project has no approved study or a check fails (the study stays on its snapshot).
+        If the project has no approved study or a check fails (the study stays on its snapshot); a failed
+        check's message starts with "study 'NAME' not refreshed: " and ends saying the study stays on its snapshot.
     """
-    from mipflow.node.controls.differencing import hash_key
-
     old = read_study(home.root, project)
     if old is None or old.record.get("status") != "approved":
         raise ConfigError(f"project {project!r} has no approved study to refresh")
+    with _prefixed(f"study {old.protocol.name!r} not refreshed", f"; the study stays on its snapshot of {old.snapshot}"):
+        return _refresh(home, project, old)
+
+
+def _refresh(home: Any, project: str, old: Study) -> dict[str, Any]:
+    from mipflow.node.controls.differencing import hash_key
+
     min_row_count = home.settings.min_row_count
     store, model = _open(home, old.protocol)
     try:
@@ -419,7 +456,7 @@ def refresh(home: Any, project: str) -> dict[str, Any]:
         problems += size_problems(family, min_row_count)
         if problems:
             raise ConfigError(f"study {old.protocol.name!r} not refreshed: fewer than min_row_count "
-                              f"({min_row_count}): " + "; ".join(problems) + stays)
+                              f"({min_row_count}): " + "; ".join(problems) + f". {SIZE_HINT}" + stays)
         check_ties(family.ties, min_row_count, f"study {old.protocol.name!r} not refreshed", stays)
         check_transformed(family, old.protocol, min_row_count, node_primes(home.key()),
                           f"study {old.protocol.name!r} not refreshed", stays)

@@ -173,6 +173,9 @@ def test_the_memory_is_on_disk_and_shared(tmp_path) -> None:
     ("anova_oneway", ["stroke_type"], ["nihss_admission"], {}, (ReleasedGroups(("stroke_type",)),)),
     ("anova", ["stroke_type", "sex"], ["nihss_admission"], {}, (ReleasedGroups(("stroke_type", "sex")),)),
     ("naive_bayes_gaussian_cv", ["age"], ["stroke_type"], {}, (ReleasedGroups(("stroke_type",)),)),
+    # each class within each level of every covariate (issue 14)
+    ("naive_bayes_categorical_cv", ["sex", "death_90d", "sex"], ["stroke_type"], {},
+     (ReleasedGroups(("stroke_type", "sex")), ReleasedGroups(("stroke_type", "death_90d")))),
     ("linear_regression", ["stroke_type", "age", "sex"], ["nihss_admission"], {},
      (ReleasedGroups(("stroke_type", "sex")),)),  # the joint cells; the levels are their margins (round 16)
     ("linear_regression", ["sex"], ["nihss_admission"], {}, (ReleasedGroups(("sex",)),)),
