@@ -335,7 +335,7 @@ class CoxRegression(SpecAlgorithm):
         n = sum(int(a["n"]) for a in aggregates)
         if n == 0:
             raise RequestError("no complete rows to fit")
-        parts = [(a.get("ends", list(range(len(grid)))), a["events"], a["censored"]) for a in aggregates]
+        parts = [(a["ends"] if "ends" in a else list(range(len(grid))), a["events"], a["censored"]) for a in aggregates]
         if any(len(e) != len(ev) or len(ev) != len(ce) for e, ev, ce in parts):
             raise RequestError("a node's survival counts do not match its time bins")
         # one end of follow-up, a bin end of every node (rows followed longer are censored there)
