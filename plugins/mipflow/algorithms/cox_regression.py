@@ -123,6 +123,7 @@ from mipflow.algorithms.survival import (
     rebin,
     request_level,
     request_points,
+    request_points_array,
     leaving_series,
     shape_release,
 )
@@ -339,8 +340,9 @@ class CoxRegression(SpecAlgorithm):
         if any(len(e) != len(ev) or len(ev) != len(ce) for e, ev, ce in parts):
             raise RequestError("a node's survival counts do not match its time bins")
         # one end of follow-up, a bin end of every node (rows followed longer are censored there)
-        _, cut_parts = combine_parts(parts, request_points(time_var, params["bin_width"], None),
-                                     request_points(time_var, params["bin_width"], params["max_time"])[-1], len(grid))
+        _, cut_parts = combine_parts(parts, request_points_array(time_var, params["bin_width"], None),
+                                     int(request_points_array(time_var, params["bin_width"], params["max_time"])[-1]),
+                                     len(grid))
         part_ends = [e for e, _, _ in cut_parts]
         ends = common_ends(part_ends)
         events = sum(rebin(e, ev, ends) for e, ev, _ in cut_parts)

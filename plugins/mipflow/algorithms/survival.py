@@ -206,21 +206,28 @@ def request_points(time_var: Variable, bin_width: float, max_time: float | None)
     RequestError
         As :func:`time_grid` and :func:`fine_grid`.
     """
+    return request_points_array(time_var, bin_width, max_time).tolist()  # a fresh list: callers may change it
+
+
+def request_points_array(time_var: Variable, bin_width: float, max_time: float | None) -> np.ndarray:
+    """:func:`request_points` as a read-only int64 array, computed once per variable, width and ``max_time``."""
     try:
         hash((time_var, bin_width, max_time))
     except TypeError:  # not a key (a malformed parameter): computed, and refused, as it is
-        return list(_request_points(time_var, bin_width, max_time))
-    return list(_cached_points(time_var, bin_width, max_time))  # a fresh list: callers may change theirs
+        return _request_points(time_var, bin_width, max_time)
+    return _cached_points(time_var, bin_width, max_time)
 
 
-def _request_points(time_var: Variable, bin_width: float, max_time: float | None) -> tuple[int, ...]:
+def _request_points(time_var: Variable, bin_width: float, max_time: float | None) -> np.ndarray:
     fine = fine_grid(time_var)
     grid = time_grid(time_var, float(bin_width), max_time)
     step = float(fine[1] - fine[0]) if len(fine) > 1 else 1.0
     tol = 1e-9 * step  # k * bin_width a hair below a fine point (0.29 * 100) is that point
     index = np.searchsorted(fine, grid + tol, side="right") - 1
     index[grid >= float(time_var.max_value) - tol] = len(fine) - 1
-    return tuple(np.unique(np.clip(index, 0, len(fine) - 1).astype(np.int64)).tolist())  # ascending ints
+    points = np.unique(np.clip(index, 0, len(fine) - 1).astype(np.int64))  # ascending
+    points.flags.writeable = False  # kept (:data:`_cached_points`) and shared
+    return points
 
 
 #: :func:`request_points` once per variable (frozen: its declared range is in the key), width and ``max_time``
