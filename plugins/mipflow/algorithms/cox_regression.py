@@ -124,6 +124,7 @@ from mipflow.algorithms.survival import (
     rebin,
     request_level,
     request_points,
+    request_points_array,
     leaving_series,
     shape_release,
 )
@@ -337,12 +338,13 @@ class CoxRegression(SpecAlgorithm):
         n = sum(int(a["n"]) for a in aggregates)
         if n == 0:
             raise RequestError("no complete rows to fit")
-        parts = [(a.get("ends", list(range(len(grid)))), a["events"], a["censored"]) for a in aggregates]
+        parts = [(a["ends"] if "ends" in a else list(range(len(grid))), a["events"], a["censored"]) for a in aggregates]
         if any(len(e) != len(ev) or len(ev) != len(ce) for e, ev, ce in parts):
             raise RequestError("a node's survival counts do not match its time bins")
         # one end of follow-up, a bin end of every node (rows followed longer are censored there)
-        _, cut_parts = combine_parts(parts, request_points(time_var, params["bin_width"], None),
-                                     request_points(time_var, params["bin_width"], params["max_time"])[-1], len(grid))
+        _, cut_parts = combine_parts(parts, request_points_array(time_var, params["bin_width"], None),
+                                     int(request_points_array(time_var, params["bin_width"], params["max_time"])[-1]),
+                                     len(grid))
         part_ends = [e for e, _, _ in cut_parts]
         ends = common_ends(part_ends)
         events = sum(rebin(e, ev, ends) for e, ev, _ in cut_parts)

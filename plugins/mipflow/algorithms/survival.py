@@ -40,6 +40,7 @@ anywhere, each distinct time is its own bin and the result is exact; otherwise i
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
@@ -205,13 +206,33 @@ def request_points(time_var: Variable, bin_width: float, max_time: float | None)
     RequestError
         As :func:`time_grid` and :func:`fine_grid`.
     """
+    return request_points_array(time_var, bin_width, max_time).tolist()  # a fresh list: callers may change it
+
+
+def request_points_array(time_var: Variable, bin_width: float, max_time: float | None) -> np.ndarray:
+    """:func:`request_points` as a read-only int64 array, computed once per variable, width and ``max_time``."""
+    try:
+        hash((time_var, bin_width, max_time))
+    except TypeError:  # not a key (a malformed parameter): computed, and refused, as it is
+        return _request_points(time_var, bin_width, max_time)
+    return _cached_points(time_var, bin_width, max_time)
+
+
+def _request_points(time_var: Variable, bin_width: float, max_time: float | None) -> np.ndarray:
     fine = fine_grid(time_var)
     grid = time_grid(time_var, float(bin_width), max_time)
     step = float(fine[1] - fine[0]) if len(fine) > 1 else 1.0
     tol = 1e-9 * step  # k * bin_width a hair below a fine point (0.29 * 100) is that point
     index = np.searchsorted(fine, grid + tol, side="right") - 1
     index[grid >= float(time_var.max_value) - tol] = len(fine) - 1
-    return np.unique(np.clip(index, 0, len(fine) - 1).astype(np.int64)).tolist()  # ascending Python ints
+    points = np.unique(np.clip(index, 0, len(fine) - 1).astype(np.int64))  # ascending
+    points.flags.writeable = False  # kept (:data:`_cached_points`) and shared
+    return points
+
+
+#: :func:`request_points` once per variable (frozen: its declared range is in the key), width and ``max_time``
+#: (typed: ``1`` and ``1.0`` apart); a pure function of them, and a refusal is raised again, never kept.
+_cached_points = functools.lru_cache(maxsize=64, typed=True)(_request_points)
 
 
 def coarsen_to(ends: Sequence[int], events: Sequence, censored: Sequence, points: Sequence[int],
@@ -238,8 +259,8 @@ def coarsen_to(ends: Sequence[int], events: Sequence, censored: Sequence, points
         # for each point the longest prefix of ``eligible`` at or before it (a running maximum, so that
         # the ends need not be checked ascending), its last end kept: one search for every point
         prefix = np.maximum.accumulate(np.asarray(eligible, dtype=np.int64))
-        position = np.searchsorted(prefix, np.asarray([int(p) for p in points], dtype=np.int64), side="right")
-        keep.update(np.asarray(eligible, dtype=np.int64)[position[position > 0] - 1].tolist())
+        position = np.searchsorted(prefix, _points_array(points), side="right")
+        keep.update(np.unique(np.asarray(eligible, dtype=np.int64)[position[position > 0] - 1]).tolist())
     target = sorted(keep)
     where = np.searchsorted(np.asarray(target), np.asarray(ends), side="left")
     out_events: list = [0] * len(target)
@@ -248,6 +269,14 @@ def coarsen_to(ends: Sequence[int], events: Sequence, censored: Sequence, points
         out_events[k] += d  # whole numbers stay whole; a noisy node's signed ones too
         out_censored[k] += c
     return target, out_events, out_censored
+
+
+def _points_array(points: Sequence[int]) -> np.ndarray:
+    """``points`` as int64 (each ``int(p)``); an int64 array is taken as it is (:func:`combine_parts` converts
+    the request's points once for every part)."""
+    if isinstance(points, np.ndarray) and points.dtype == np.int64:
+        return points
+    return np.fromiter(map(int, points), dtype=np.int64, count=len(points))
 
 
 def truncate_bins(ends: Sequence[int], events: Sequence[int | None], censored: Sequence[int | None],
@@ -358,10 +387,11 @@ def common_ends(end_lists: Sequence[Sequence[int]]) -> list[int]:
     """Bin ends present in every list (the coarsest bins every node's bins nest in)."""
     if not end_lists:
         return []
-    common = set(end_lists[0])
-    for ends in end_lists[1:]:
-        common &= set(ends)
-    return sorted(common)
+    # a range (``follow_up_cut``'s whole grid) only bounds the others: tested per end, not made a set
+    ranges = [ends for ends in end_lists if isinstance(ends, range)]
+    sets = sorted((set(ends) for ends in end_lists if not isinstance(ends, range)), key=len)
+    common = set(ranges[0]) if not sets else sets[0].intersection(*sets[1:])
+    return sorted(e for e in common if all(e in r for r in ranges))
 
 
 def rebin(ends: Sequence[int], counts: Sequence[int | None], target: Sequence[int]) -> np.ndarray:
@@ -501,6 +531,7 @@ def combine_parts(parts: Sequence[tuple[Sequence[int], Sequence, Sequence]], poi
     parts : list
         Each part's bins up to the cut, the later ones folded into censorings there.
     """
+    points = _points_array(points)  # once, not once per part
     coarse = [coarsen_to(ends, events, censored, points) for ends, events, censored in parts]
     cut = follow_up_cut([range(fine_points)] + [ends for ends, _, _ in coarse], last)
     return cut, [truncate_bins(*part, cut) for part in coarse]

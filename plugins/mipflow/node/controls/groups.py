@@ -508,13 +508,21 @@ def group_release(algo: Any, data: pd.DataFrame, request: Any, model: DataModel,
         order = getattr(cohorts, "order", None)
         if order is None or len(order) != len(data):
             return None
-        people = getattr(cohorts, "patient_order", None)
-        people = None if people is None or len(people) != len(data) else np.asarray(people, dtype=np.uint64)
-        groups, union = level_groups(data, np.asarray(order, dtype=np.uint64), groupings, model,
-                                     cohorts.data_model, patients=people)
-        if key is not None:
-            groups, union_stamps = frame_group_stamps(data, np.asarray(order, dtype=np.uint64), groups, union,
-                                                      stamped, key)
+        from mipflow.node.controls.frame_groups import frame_groups, memo_key
+
+        def build() -> tuple[list[Group], np.ndarray, dict[str, int] | None]:
+            keys = np.asarray(order, dtype=np.uint64)
+            people = getattr(cohorts, "patient_order", None)
+            people = None if people is None or len(people) != len(data) else np.asarray(people, dtype=np.uint64)
+            formed, rows = level_groups(data, keys, groupings, model, cohorts.data_model, patients=people)
+            if key is None:
+                return formed, rows, None
+            formed, stamps = frame_group_stamps(data, keys, formed, rows, stamped, key)
+            return formed, rows, stamps
+
+        # once per frame and cohorts (the same objects every round of an analysis); checked every round
+        groups, union, union_stamps = frame_groups(data, cohorts, memo_key(groupings, model, cohorts.data_model,
+                                                                           stamped, key), build)
     if not len(union):
         return None  # no row in a released group: nothing released about any
     setting, threshold = group_threshold(algo, settings)
