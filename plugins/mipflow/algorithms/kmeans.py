@@ -52,6 +52,10 @@ within-cluster sums of squares about those centres (``W_j - |s_j|^2 / n_j``
 from its released ``within_ss`` ``W_j`` and deviation sums ``s_j``, exact
 algebra), flagged ``approximate`` with ``stopped`` and ``inertia_of``.
 
+Rows on disk (``streams_rows``, ADR 0062 amendment 12): at a node without DP or explore mode the rows stay on
+disk and every round reads them :data:`ASSIGN_BLOCK` rows at a time; the releases are the frame's bit for bit
+(:func:`streamed_cluster_aggregates`), and the node derives the same assignment and clusters from them.
+
 ``init = "exareme2"`` reproduces Exareme2's own initialisation for its
 validation suite: centres drawn uniformly (``RandomState(123)``) between the
 pooled per-column minima and maxima, and an empty cluster's centre reset to
