@@ -16,7 +16,9 @@ removed too before the step, and its records (kinds, digests, keys) must be iden
 Two-way ANOVA (``y ~ grp * event``) and the contingency table (``grp`` x ``event``) run there too (ADR 0062,
 amendment 9), PCA (amendment 10) on the first home; histograms of ``dose`` (declared 0..10) by ``grp`` and
 ``event`` and naive Bayes (Gaussian: ``grp`` from ``x0..x2``; categorical: ``event`` from ``grp``; round 0,
-five folds) on the groups home (amendment 11).  With ``--postgresql ADMIN_URL`` every chosen algorithm runs again on a PostgreSQL copy of the
+five folds) on the groups home (amendment 11); k-means on ``x0..x2`` (k 4) on the first home, its round 0 and
+first Lloyd round in one measurement (amendment 12: the round's assignment, clusters as released groups and the
+partition memory; the group and partition memories removed first, the second round past round verification).  With ``--postgresql ADMIN_URL`` every chosen algorithm runs again on a PostgreSQL copy of the
 groups home (``<home>-groups-pg``, its store the database ``mipflow_bench_ss_<rows>`` created through
 ``ADMIN_URL``; amendment 8): the frame path there is the binary ``COPY`` read.
 
@@ -61,6 +63,8 @@ ALGORITHMS = {
     "multiple_histograms": (["dose"], ["grp", "event"], {"bins": 20}),
     "naive_bayes_gaussian_cv": (["grp"], ["x0", "x1", "x2"], {}),
     "naive_bayes_categorical_cv": (["event"], ["grp"], {}),
+    # amendment 12: round 0 and one Lloyd round (its clusters released groups, its assignment remembered)
+    "kmeans": (["x0", "x1", "x2"], [], {"k": 4, "maxiter": 5}),
 }
 #: Algorithms run on the groups home (a nominal ``grp`` of 4 levels beside the scale model's columns).
 GROUPED = {"ttest_independent", "anova_oneway", "logistic_regression", "linear_regression", "anova",
@@ -143,12 +147,17 @@ def child(home: str, algorithm: str, path: str, store: str = "sqlite") -> None:
     if algorithm in GROUPED or store == "pg":  # the PostgreSQL copy holds the groups home's model
         home = str(groups_home(home)) + ("-pg" if store == "pg" else "")
         (Path(home) / "groups.sqlite").unlink(missing_ok=True)  # new groups too: their check and record
+    if algorithm == "kmeans":
+        for name in ("groups.sqlite", "partitions.sqlite"):
+            (Path(home) / name).unlink(missing_ok=True)
     forget_cohorts(Path(home))
     context = StepContext.open(NodeHome(home))
     doc = {"request": {"inputdata": {"data_model": data_model, "datasets": ["site0"], "x": x, "y": y,
                                      "filters": None}, "parameters": params},
            "round": 0, "state": None, "researcher": "bench", "project": "bench",
            "analysis_id": f"ss-{algorithm}-{path}-{time.time_ns()}", "secure_aggregation": None}
+    if algorithm == "kmeans":  # its clusters' kinds name the run (the analysis key): one key on both paths
+        doc["analysis_id"] = "ss-kmeans"
     import gc
 
     gc.collect()
@@ -156,6 +165,15 @@ def child(home: str, algorithm: str, path: str, store: str = "sqlite") -> None:
     before = _status_kib("VmRSS")
     t = time.perf_counter()
     reply = answer_step(context, "central", algorithm, json.dumps(doc).encode())
+    if algorithm == "kmeans":  # its first Lloyd round: the centres from round 0 (one node), not verified here
+        from mipflow.node.api.step import CHAIN, tag_release, verify_round
+        from mipflow.protocol.request import AnalysisRequest
+
+        request = AnalysisRequest.from_dict(doc["request"])
+        state = get_algorithm(algorithm).global_step(0, [reply["aggregates"]], request,
+                                                     context.data_model(data_model), None).state
+        reply = answer_step(context, "central", algorithm, json.dumps({**doc, "round": 1, "state": state}).encode(),
+                            chain=tuple(c for c in CHAIN if c not in (verify_round, tag_release)))
     seconds = time.perf_counter() - t
     peak = _status_kib("VmHWM")
     kept = [type(v[1]).__name__ for v in context.selections._kept.values()]
@@ -166,6 +184,9 @@ def child(home: str, algorithm: str, path: str, store: str = "sqlite") -> None:
 
         with sqlite3.connect(Path(home) / "groups.sqlite") as conn:
             records = conn.execute("SELECT kind, digest, keys, patients, cell FROM groups ORDER BY rowid").fetchall()
+        if (Path(home) / "partitions.sqlite").exists():  # k-means: and the assignments remembered
+            with sqlite3.connect(Path(home) / "partitions.sqlite") as conn:
+                records += conn.execute("SELECT key, digest, labels FROM partitions ORDER BY rowid").fetchall()
         groups = hashlib.sha256(repr(records).encode()).hexdigest()[:16] if records else None
     print(json.dumps({"before_kib": before, "peak_kib": peak, "seconds": seconds, "rows": reply["rows"],
                       "kept": kept, "aggregates": digest, "groups": groups}), flush=True)
@@ -214,6 +235,9 @@ def main() -> int:
         frame, disk = runs["frame"], runs["disk"]
         grow = [(r["peak_kib"] - r["before_kib"]) for r in (disk, frame)]
         equal = disk["aggregates"] == frame["aggregates"] and disk["groups"] == frame["groups"]
+        if not equal:
+            print(f"{label:25} aggregates {disk['aggregates']} / {frame['aggregates']}, group memory "
+                  f"{disk['groups']} / {frame['groups']}", flush=True)
         same &= equal
         print(f"{label:25} disk / frame: peak {disk['peak_kib'] / frame['peak_kib']:.2f}x, growth "
               f"{grow[0] / max(grow[1], 1):.2f}x, time {disk['seconds'] / frame['seconds']:.2f}x; "

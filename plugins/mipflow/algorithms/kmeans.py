@@ -52,6 +52,10 @@ within-cluster sums of squares about those centres (``W_j - |s_j|^2 / n_j``
 from its released ``within_ss`` ``W_j`` and deviation sums ``s_j``, exact
 algebra), flagged ``approximate`` with ``stopped`` and ``inertia_of``.
 
+Rows on disk (``streams_rows``, ADR 0062 amendment 12): at a node without DP or explore mode the rows stay on
+disk and every round reads them :data:`ASSIGN_BLOCK` rows at a time; the releases are the frame's bit for bit
+(:func:`streamed_cluster_aggregates`), and the node derives the same assignment and clusters from them.
+
 ``init = "exareme2"`` reproduces Exareme2's own initialisation for its
 validation suite: centres drawn uniformly (``RandomState(123)``) between the
 pooled per-column minima and maxima, and an empty cluster's centre reset to
@@ -69,13 +73,13 @@ from __future__ import annotations
 
 import json
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import numpy as np
 
 from mipflow.algorithms.contract import Step
 from mipflow.algorithms.design import numeric_values
-from mipflow.algorithms.moments import compute_moments, merge_moment_dicts
+from mipflow.algorithms.moments import merge_moment_dicts
 from mipflow.algorithms.prepared import memo
 from mipflow.algorithms.spec import NUMERICAL, InputSpec, ParamSpec, SpecAlgorithm
 from mipflow.exceptions import RequestError
@@ -169,6 +173,46 @@ def assign(columns: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.nda
     return labels, best
 
 
+def _disk_blocks(source: Any, request: AnalysisRequest) -> Iterator[np.ndarray]:
+    """The ``y`` columns of rows on disk, :data:`ASSIGN_BLOCK` rows at a time, each block shape (d, m)."""
+    n = len(source)
+    next_rows = source.reader(list(request.y)) if n else None
+    for start in range(0, n, ASSIGN_BLOCK):
+        values = next_rows(min(ASSIGN_BLOCK, n - start))  # type: ignore[misc]
+        yield np.vstack([np.asarray(v, dtype=float) for v in values])
+
+
+def _extremes(data: Any, request: AnalysisRequest) -> tuple[list[float], list[float]]:
+    """Per-column minima and maxima of the ``y`` columns (a frame's, or rows on disk a block at a time)."""
+    if not hasattr(data, "reader"):
+        values = _columns(data, request)
+        return values.min(axis=1).tolist(), values.max(axis=1).tolist()
+    low = high = None
+    for block in _disk_blocks(data, request):
+        low = block.min(axis=1) if low is None else np.minimum(low, block.min(axis=1))
+        high = block.max(axis=1) if high is None else np.maximum(high, block.max(axis=1))
+    return low.tolist(), high.tolist()  # type: ignore[union-attr]
+
+
+def streamed_cluster_aggregates(source: Any, request: AnalysisRequest, centres: np.ndarray) -> dict:
+    """:func:`cluster_aggregates` of the ``y`` columns of rows on disk, read :data:`ASSIGN_BLOCK` rows at a
+    time, bit for bit: ``np.bincount`` adds each cluster's weights one row after another in the rows' order,
+    and ``np.add.at`` into the running totals does the same additions in the same order, block after block.
+    Memory: a block (d x ASSIGN_BLOCK floats) and its labels and distances."""
+    k, d = centres.shape
+    counts = np.zeros(k, dtype=np.int64)
+    sums, within = np.zeros((k, d)), np.zeros(k)
+    for block in _disk_blocks(source, request):
+        labels, distances = assign(block, centres)
+        counts += np.bincount(labels, minlength=k)
+        for a in range(d):
+            column = np.ascontiguousarray(sums[:, a])
+            np.add.at(column, labels, block[a] - centres[:, a][labels])
+            sums[:, a] = column
+        np.add.at(within, labels, distances)
+    return {"group_n": counts.tolist(), "deviation_sums": sums.tolist(), "within_ss": within.tolist()}
+
+
 def cluster_aggregates(columns: np.ndarray, centres: np.ndarray) -> dict:
     """Per-cluster count, deviation sum and sum of squares about the given centres.
 
@@ -240,22 +284,34 @@ class KMeans(SpecAlgorithm):
 
     # -- local ------------------------------------------------------------------
 
+    #: Its rounds' sufficient statistics are sums: at a node without DP or explore mode its rows stay on disk,
+    #: read a block at a time (ADR 0062, amendment 12); the node derives its clusters from the snapshot's keys.
+    streams_rows = True
+    #: Its Lloyd rounds release a partition of the rows (``differencing_partition``): on rows on disk the node
+    #: reads their keys in order for it (``cluster_groups.with_step_order``).
+    releases_partitions = True
+
     def local_step(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
                    model: DataModel, state: dict | None) -> dict:
-        columns = _columns(data, request)
-        values = columns.T
+        from mipflow.algorithms.streamed import moments_of, on_disk
+
+        disk = on_disk(data)
+        d = len(request.y)
         if state is None:
-            out: dict = {"n": len(values), "moments": compute_moments(values, matrix=True).to_dict()}
+            n = len(data)
+            out: dict = {"n": n, "moments": moments_of(data, request.y, matrix=True).to_dict()}
             if self.params(request, model)["init"] == "exareme2":
                 # raw extremes: the node's controls refuse these unless release_extremes is on
-                out["min"] = values.min(axis=0).tolist() if len(values) else None
-                out["max"] = values.max(axis=0).tolist() if len(values) else None
+                low, high = _extremes(data, request) if n else (None, None)
+                out["min"], out["max"] = low, high
             return out
         centres = np.asarray(state["centers"], dtype=float)
-        if centres.shape != (int(state["k"]), values.shape[1]):
+        if centres.shape != (int(state["k"]), d):
             raise RequestError(f"kmeans state holds centres of shape {centres.shape}, "
-                               f"expected ({state['k']}, {values.shape[1]})")
-        return {"n": len(values), **cluster_aggregates(columns, centres)}
+                               f"expected ({state['k']}, {d})")
+        if disk:
+            return {"n": len(data), **streamed_cluster_aggregates(data, request, centres)}
+        return {"n": len(data), **cluster_aggregates(_columns(data, request), centres)}
 
     # -- global -----------------------------------------------------------------
 
@@ -389,7 +445,11 @@ class KMeans(SpecAlgorithm):
         """A Lloyd round's assignment of the rows to the state's centres (the node's own, ADR 0013)."""
         if round < 1 or not state or "centers" not in state:
             return None
-        labels, _ = assign(_columns(data, request), np.asarray(state["centers"], dtype=float))
+        centres = np.asarray(state["centers"], dtype=float)
+        if hasattr(data, "reader"):  # rows on disk: a block at a time, the frame's labels (8 bytes a row)
+            parts = [assign(block, centres)[0] for block in _disk_blocks(data, request)]
+            return np.concatenate(parts) if parts else np.zeros(0, dtype=np.intp)
+        labels, _ = assign(_columns(data, request), centres)
         return labels
 
 

@@ -96,7 +96,7 @@ from mipflow.node.controls.pooled_counts import check_pooled_counts
 from mipflow.node.controls.pooled_windows import check_pooled_windows, remember_pooled_windows
 from mipflow.node.controls.query_budget import analysis_key
 from mipflow.node.controls.explore import check_explore, release_explore
-from mipflow.node.controls.cluster_groups import derive_clusters
+from mipflow.node.controls.cluster_groups import derive_clusters, with_step_order
 from mipflow.node.controls.finite import check_finite
 from mipflow.node.controls.groups import check_groups, remember_groups
 from mipflow.node.controls.released_groups import check_released_groups
@@ -383,7 +383,7 @@ def check_partition(request: StepRequest, context: StepContext, work: StepWork) 
     setting, threshold = group_threshold(work.algo, work.settings)
     with _reading_the_state(request):
         work.labels = context.differencing.check_partition(
-            work.algo, request.round, work.data, request.analysis, work.state, work.cohorts,
+            work.algo, request.round, work.data, request.analysis, work.state, with_step_order(request, work),
             threshold, work.settings.partitions_per_cohort, setting)
 
 

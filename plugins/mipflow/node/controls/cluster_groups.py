@@ -113,7 +113,7 @@ def cluster_release(algo: Any, round_no: int, data: pd.DataFrame, request: Any, 
     from mipflow.node.controls.group_stamps import frame_group_stamps
 
     order = getattr(cohorts, "order", None)
-    if order is None or hasattr(data, "reader") or len(order) != len(data):
+    if order is None or len(order) != len(data):
         return None
     canonical = cohorts.canonical
     if labels is None:
@@ -131,11 +131,49 @@ def cluster_release(algo: Any, round_no: int, data: pd.DataFrame, request: Any, 
     groups, union = cluster_groups(labels, keys[canonical], None if people is None else people[canonical],
                                    cohorts.data_model, cohorts.digest, run)
     union_stamps = None
-    if key is not None and cohorts.stamps:  # their value stamps of the stamped columns (ADR 0061)
+    if key is not None and cohorts.stamps and hasattr(data, "reader"):  # rows on disk (ADR 0062, amendment 12)
+        groups, union_stamps = _disk_group_stamps(data, labels, canonical, groups, list(cohorts.stamps[0]), key)
+    elif key is not None and cohorts.stamps:  # their value stamps of the stamped columns (ADR 0061)
         groups, union_stamps = frame_group_stamps(data, keys, groups, union, list(cohorts.stamps[0]), key)
     setting, threshold = group_threshold(algo, settings)
     return GroupRelease(tuple(groups), union, cohort_digest(cohorts.data_model, union), threshold, setting,
                         suppressed=True, union_stamps=union_stamps)
+
+
+def _disk_group_stamps(rows: Any, labels: np.ndarray, canonical: np.ndarray, groups: list[Group],
+                       columns: list[str], key: str) -> tuple[list[Group], dict[str, int]]:
+    """:func:`~mipflow.node.controls.group_stamps.frame_group_stamps` of clusters of rows on disk: each cluster's
+    stamps (the canonical ``labels`` put back in the rows' order, a mask a cluster) and the union's (every row),
+    from :meth:`~mipflow.node.query.snapshot_rows.SnapshotRows.masked_stamps`, a block at a time: the same
+    wrapping sums of the same rows' cell hashes."""
+    import dataclasses
+
+    in_order = np.empty(len(labels), dtype=np.intp)
+    in_order[canonical] = canonical_labels(labels)  # the groups' numbering (cluster_groups)
+    columns = [c for c in dict.fromkeys(columns) if c in rows.columns]
+    stamps = rows.masked_stamps(key, [*(in_order == j for j in range(len(groups))), None], columns)
+    return [dataclasses.replace(g, stamps=s) for g, s in zip(groups, stamps)], stamps[-1]
+
+
+def with_step_order(request: Any, work: Any) -> Any:
+    """``work.cohorts``, given the rows' order when a k-means round's rows are on disk (ADR 0062, amendment 12):
+    a complete-case selection split by nothing keeps none, so its snapshot's row and patient keys are read in
+    the rows' order (:func:`mipflow.node.controls.pooled_counts.step_order`, the order its frame's cohorts keep)
+    and ``work.cohorts`` holds them from then on.  The partition memory then compares the same canonical labels
+    and the clusters are the same rows as on the frame path."""
+    import dataclasses
+
+    from mipflow.algorithms.streamed import on_disk
+    from mipflow.node.controls.pooled_counts import step_order
+
+    cohorts, data = work.cohorts, work.data
+    if (cohorts is None or data is None or cohorts.order is not None or not on_disk(data) or request.round < 1
+            or not getattr(work.algo, "releases_partitions", False)):
+        return cohorts
+    order, people = step_order(work)
+    if order is not None:
+        work.cohorts = dataclasses.replace(cohorts, order=order, patient_order=people)
+    return work.cohorts
 
 
 def derive_clusters(request: Any, context: Any, work: Any) -> None:
@@ -146,7 +184,7 @@ def derive_clusters(request: Any, context: Any, work: Any) -> None:
     if work.explore is not None or work.groups is not None or work.data is None:
         return
     work.groups = cluster_release(work.algo, request.round, work.data, request.analysis, work.state,
-                                  work.cohorts, work.settings, work.labels, context.differencing.key,
+                                  with_step_order(request, work), work.settings, work.labels, context.differencing.key,
                                   getattr(work, "analysis_key", "") or "")
 
 

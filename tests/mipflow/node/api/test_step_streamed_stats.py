@@ -1,6 +1,6 @@
 """ADR 0062 at the node: descriptive statistics, Pearson correlation, the one-sample and paired t-tests,
-two-way ANOVA, the contingency table, PCA, histograms and naive Bayes (amendment 11) keep their selection left on disk (a bit a snapshot row, no frame) and answer what the SQL read's frame
-gave, bit for bit; the ledger records the cohorts of that frame, the counted-set memory the same sets and rows'
+two-way ANOVA, the contingency table, PCA, histograms and naive Bayes (amendment 11), k-means (amendment 12)
+keep their selection left on disk (a bit a snapshot row, no frame) and answer what the SQL read's frame gave, bit for bit; the ledger records the cohorts of that frame, the counted-set memory the same sets and rows'
 times; differential privacy keeps a frame."""
 from __future__ import annotations
 
@@ -141,3 +141,66 @@ def test_the_differencing_control_refuses_descriptive_statistics_on_disk_as_from
         assert refused.value.control == "differencing"
         refusals.append(str(refused.value))
     assert refusals[0] == refusals[1]
+
+
+def _memory(root: Path) -> dict[str, list]:
+    """The group memory (groups, their value stamps) and the partition memory of a node home, less the times."""
+    import sqlite3
+
+    from mipflow.node.controls.groups import GROUPS_FILE
+    from mipflow.node.controls.partitions import PARTITIONS_FILE
+
+    with sqlite3.connect(root / GROUPS_FILE) as conn:
+        groups = sorted(conn.execute("SELECT data_model, kind, digest, n_rows, threshold, keys, patients, cell "
+                                     "FROM groups").fetchall())
+        stamps = sorted(conn.execute("SELECT data_model, digest, variable, stamp FROM group_stamps").fetchall())
+    with sqlite3.connect(root / PARTITIONS_FILE) as conn:
+        partitions = sorted(conn.execute("SELECT key, digest, n_rows, labels FROM partitions").fetchall())
+    return {"groups": groups, "stamps": stamps, "partitions": partitions}
+
+
+def test_kmeans_rounds_on_disk_release_the_frames_and_remember_the_same_clusters(tmp_path) -> None:
+    """k-means (ADR 0062, amendment 12) at the node, every Lloyd round until converged or refused: rows kept on
+    disk, the SQL read's aggregates bit for bit, the same refusals, and the same group memory (each round's
+    clusters, their stamps) and partition memory (the canonical assignments)."""
+    from mipflow.algorithms import get_algorithm
+    from mipflow.exceptions import DisclosureError
+    from mipflow.node.query.snapshot_rows import SnapshotRows
+    from mipflow.protocol.request import AnalysisRequest
+    from tests.mipflow.node.api.test_step import UNVERIFIED
+    from tests.privacy.test_attacks import KMEANS_Y
+
+    algo = get_algorithm("kmeans")
+    parameters = {"k": 3, "maxiter": 8}
+    request = AnalysisRequest.from_dict({"inputdata": {"data_model": STROKE.key, "datasets": ["hospital_a"],
+                                                       "x": [], "y": KMEANS_Y, "filters": None},
+                                         "parameters": parameters})
+    contexts = {case: _node(tmp_path / case, **settings)
+                for case, settings in (("disk", {}), ("sql", {"columnar_snapshot": 0}))}
+    state, round_no, outcomes = None, 0, []
+    while state is None or not state["final"]:
+        replies = {}
+        for case, context in contexts.items():
+            try:
+                replies[case] = answer_step(context, "central", "kmeans",
+                                            body(context, y=KMEANS_Y, parameters=parameters, round=round_no,
+                                                 state=state, analysis_id="km"), chain=UNVERIFIED)
+            except DisclosureError as refused:
+                replies[case] = (refused.control, str(refused))
+        assert json.dumps(replies["disk"], sort_keys=True, default=str) == \
+            json.dumps(replies["sql"], sort_keys=True, default=str)
+        if isinstance(replies["disk"], tuple):
+            outcomes.append(replies["disk"][0])
+            break
+        outcomes.append(replies["disk"]["rows"])
+        state = algo.global_step(round_no, [replies["disk"]["aggregates"]], request,
+                                 contexts["disk"].data_model(STROKE.key), state).state
+        round_no += 1
+    kept = {case: [type(v[1]).__name__ for v in c.selections._kept.values()] for case, c in contexts.items()}
+    assert kept == {"disk": [SnapshotRows.__name__], "sql": ["DataFrame"]}
+    assert outcomes[-1] == "differencing" or state["final"]  # here round 2 is refused, alike on both paths
+    assert round_no >= 2 and outcomes[0] > 0  # round 0 and at least one Lloyd round answered
+    memories = {case: _memory(tmp_path / case) for case in contexts}
+    assert memories["disk"] == memories["sql"]
+    assert len(memories["disk"]["partitions"]) >= 1 and len(memories["disk"]["groups"]) >= 3
+    assert memories["disk"]["stamps"]  # the clusters' value stamps are remembered too
