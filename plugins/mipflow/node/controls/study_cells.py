@@ -251,7 +251,10 @@ def chain_problem(sets: Sequence[tuple[str, np.ndarray]], population: np.ndarray
     for where, block in blocks:
         family = [population[rows & mask & block] for rows in masks for _, mask in cells
                   if (rows & mask & block).any()]
-        verdict = check_family(family, max(tab, 1), primes)
+        verdict = check_family(family, max(tab, 1), primes, unions=True)
+        if verdict.small_union:  # no count: which atoms and how many rows the search met is data
+            return (f"a combination of the cells' sums (cohorts by levels of the nominal study variables)"
+                    f"{where} would single out several small groups of fewer than the threshold in all")
         if not verdict.allowed:
             return (f"a combination of the cells' sums (cohorts by levels of the nominal study variables)"
                     f"{where} would isolate {verdict.smallest_isolatable} row(s)")
