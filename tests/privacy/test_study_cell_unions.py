@@ -80,7 +80,7 @@ def test_two_one_patient_corners_of_the_table_are_refused_at_approval(tmp_path) 
     assert_no_data(str(caught.value), f"study {NAME!r} not approved:")
     assert read_study(home.root, PROJECT) is None
     # the combination is real: x_000 + x_111 is a combination of the released two-way margins
-    pooled = frame.assign(one=1.0)
+    pooled = frame
     margins = []
     for a, b in (("sex", "stroke_type"), ("sex", "death_90d"), ("stroke_type", "death_90d")):
         margins += [pooled[(pooled[a] == u) & (pooled[b] == v)] for u in pooled[a].unique() for v in pooled[b].unique()]
