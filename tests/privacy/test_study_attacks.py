@@ -51,7 +51,13 @@ class Served:
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory) -> Iterator[dict[str, Served]]:
     roots, credentials = {}, {}
-    for which, (seed, n) in {"small": (21, 220), "large": (22, 340)}.items():
+    # the small node's rows were seed 21's until the union rule reached the level cells (ADR 0028, amended): its
+    # elderly survivors were five, one or two per sex and stroke type, and the study's cells (cohorts by two of
+    # sex, stroke type and death, the women and men by the other two) determine every combination of the table
+    # age band x sex x stroke type x death but its four-way interaction, so the sums of two of those patients
+    # (their ages added up or subtracted) followed from cells of three rows or more: a real leak, refused at
+    # approval.  Seed 24's rows hold no such union (as seed 22's), so the honest protocol is approved on both
+    for which, (seed, n) in {"small": (24, 220), "large": (22, 340)}.items():
         root = Path(tmp_path_factory.mktemp(f"study-{which}"))
         standard_home(root, NAME)
         load_frame(root, STROKE, stroke_rows(seed, n, "hospital_a", which))

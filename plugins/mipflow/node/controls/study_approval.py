@@ -127,16 +127,21 @@ def layout_conflict(protocol: Protocol, others: list[Study], shared: set[str] | 
     return None
 
 
-def cell_problems(family: Family, tab: int, key: bytes, others: list[tuple[str, np.ndarray]] = ()) -> list[str]:
+def cell_problems(family: Family, tab: int, key: bytes, others: list[tuple[str, np.ndarray]] = (),
+                  min_row_count: int | None = None) -> list[str]:
     """The level-cell rule at approval (admin-facing, with counts; :mod:`study_cells`), over this
-    family and ``others`` (the node's other studies' cohorts, :func:`other_sets`)."""
+    family and ``others`` (the node's other studies' cohorts, :func:`other_sets`).  Without a nominal
+    variable and a survival grid the cells are the cohorts themselves: their chains (single atoms and
+    unions) are the family rule's (:func:`_check_family`, at ``min_row_count``), left to it when that is
+    at least ``tab``."""
     from mipflow.node.controls.atoms import node_primes
     from mipflow.node.controls.study_cells import chain_problem, difference_problems
 
     sets = family.sets() + list(others)
     problems = difference_problems(sets, family.population, family.cell_levels, family.nominal, family.cross, tab,
                                    extra=family.survival_cells)
-    if not problems:
+    covered = min_row_count is not None and min_row_count >= tab and not family.nominal and family.bins is None
+    if not problems and not covered:
         chain = chain_problem(sets, family.population, family.cell_levels, family.nominal, family.cross, tab,
                               node_primes(key), bins=family.bins, labels=family.bin_labels)
         problems += [chain] if chain else []
@@ -387,7 +392,7 @@ def _approve(home: Any, project: str, protocol: Protocol) -> dict[str, Any]:
         conflict = layout_conflict(protocol, others, shared)
         if conflict:
             raise ConfigError(f"study {protocol.name!r} not approved: {conflict}")
-        small = cell_problems(family, home.settings.nfilter_tab, home.key(), theirs)
+        small = cell_problems(family, home.settings.nfilter_tab, home.key(), theirs, min_row_count)
         if small:
             raise ConfigError(_cells_message(f"study {protocol.name!r} not approved", small, home.settings.nfilter_tab))
         check_moment_cells(moment_problems(family.sets() + list(theirs), family.population, family.cell_levels,
@@ -463,7 +468,7 @@ def _refresh(home: Any, project: str, old: Study) -> dict[str, Any]:
         tab = home.settings.nfilter_tab
         others = other_sets(other_studies(home.root, project), family, old.protocol.data_model, store,
                             hash_key(home.key()))
-        cells = cell_problems(family, tab, home.key(), others) + cell_change_problems(old, family, tab) \
+        cells = cell_problems(family, tab, home.key(), others, min_row_count) + cell_change_problems(old, family, tab) \
             + list(family.survival_problems)
         if cells:
             raise ConfigError(_cells_message(f"study {old.protocol.name!r} not refreshed", cells, tab) + stays)

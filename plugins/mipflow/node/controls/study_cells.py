@@ -19,7 +19,9 @@ So approval and refresh take this decision too, once, on the rows (ADR 0028, ext
   0013 lifted to cells);
 * **chains**: no linear combination of all the cells' sums isolates a group of rows with the same
   membership in every cell (an atom of :mod:`mipflow.node.controls.atoms`) of fewer than
-  ``nfilter_tab`` rows (exact for single atoms, whatever the chain);
+  ``nfilter_tab`` rows (exact for single atoms, whatever the chain), and none lives on a union of
+  several atoms of fewer than ``nfilter_tab`` rows in all (the union rule of
+  :mod:`mipflow.node.controls.unions`: the two-way margins of a 2x2x2 table give ``x_000 + x_111``);
 * at a refresh, in every cell, the rows added and the rows removed since the snapshot are each
   none or at least ``nfilter_tab`` (the same subtraction across two snapshots).
 
@@ -233,7 +235,8 @@ def nested_differences(masks: Sequence[tuple[str, np.ndarray]]) -> list[tuple[st
 def chain_problem(sets: Sequence[tuple[str, np.ndarray]], population: np.ndarray, levels: pd.DataFrame,
                   nominal: Sequence[str], cross: int, tab: int, primes: Sequence[int],
                   bins: np.ndarray | None = None, labels: Sequence[str] = ()) -> str | None:
-    """Whether a linear combination of every cell's sums isolates an atom of fewer than ``tab`` rows.
+    """Whether a linear combination of every cell's sums isolates an atom of fewer than ``tab`` rows, or
+    lives on several atoms of fewer than ``tab`` rows in all (the union rule; its message names no count).
 
     With ``bins`` (the survival grid's bin of each population row), the same is decided within each
     bin too.  Kaplan-Meier's per-bin cells cross at most two nominal variables, and their sums over
@@ -251,7 +254,10 @@ def chain_problem(sets: Sequence[tuple[str, np.ndarray]], population: np.ndarray
     for where, block in blocks:
         family = [population[rows & mask & block] for rows in masks for _, mask in cells
                   if (rows & mask & block).any()]
-        verdict = check_family(family, max(tab, 1), primes)
+        verdict = check_family(family, max(tab, 1), primes, unions=True)
+        if verdict.small_union:  # no count: which atoms and how many rows the search met is data
+            return (f"a combination of the cells' sums (cohorts by levels of the nominal study variables)"
+                    f"{where} would single out several small groups of fewer than the threshold in all")
         if not verdict.allowed:
             return (f"a combination of the cells' sums (cohorts by levels of the nominal study variables)"
                     f"{where} would isolate {verdict.smallest_isolatable} row(s)")
