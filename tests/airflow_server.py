@@ -86,6 +86,19 @@ def _wait(what: str, check: Any, timeout: float, server: CentralAirflow) -> Any:
     raise RuntimeError(f"timed out waiting for {what} (last error: {last}):\n{server.tail()}")
 
 
+def _unpaused(client: httpx.Client, dag_id: str) -> bool:
+    """Unpause ``dag_id``: True once the api-server says so.  An api-server still starting (or its
+    SQLite database busy with the scheduler and dag-processor writing) can answer 5xx: raised as
+    ``httpx.HTTPStatusError``, which :func:`_wait` retries until its deadline and then reports; any
+    other refusal (4xx: a wrong DAG id, a user without the right) fails at once."""
+    resp = client.patch(f"/api/v2/dags/{dag_id}", json={"is_paused": False})
+    if resp.is_server_error:
+        resp.raise_for_status()
+    if not resp.is_success:
+        raise RuntimeError(f"unpausing {dag_id}: {resp.status_code} {resp.text[:500]}")
+    return resp.json().get("is_paused") is False
+
+
 #: What the tests set beyond the shipped airflow.cfg: faster parsing and heartbeats, no retries, a
 #: patient execution API on a loaded CI machine.  ``airflow_env(shipped=True)`` (bench/trigger.py)
 #: leaves them out, so that a benchmark measures what a deployment runs.
@@ -172,7 +185,7 @@ def central_airflow(home: Path, env: dict[str, str], *, dag_ids: list[str], time
             for dag_id in dag_ids:
                 _wait(f"{dag_id} to be parsed", lambda: client.get(f"/api/v2/dags/{dag_id}").status_code == 200,
                       left(), server)
-                client.patch(f"/api/v2/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
+                _wait(f"{dag_id} to be unpaused", lambda: _unpaused(client, dag_id), left(), server)
         return server
 
     try:

@@ -1,12 +1,15 @@
 """Start real node API processes on loopback for tests."""
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import signal
 import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,6 +55,84 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+class _ForkedNode:
+    """A node process forked by the zygote (:mod:`tests.node_zygote`), with the part of
+    ``subprocess.Popen`` that :func:`running_nodes` uses; watched through a pidfd (the zygote is its
+    parent, not this process)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        try:
+            self._fd: int | None = os.pidfd_open(pid)
+        except ProcessLookupError:  # already ended (and reaped)
+            self._fd, self.returncode = None, -1
+
+    def _ended(self, timeout: float) -> bool:
+        import select
+
+        if self._fd is not None and select.select([self._fd], [], [], timeout)[0]:
+            os.close(self._fd)
+            self._fd, self.returncode = None, -1  # the zygote reaped it: its status is not ours to read
+        return self._fd is None
+
+    def poll(self) -> int | None:
+        return self.returncode if self._ended(0) else None
+
+    def wait(self, timeout: float | None = None) -> int:
+        if not self._ended(timeout):
+            raise subprocess.TimeoutExpired(f"node {self.pid}", timeout)
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self._fd is not None:
+            try:
+                signal.pidfd_send_signal(self._fd, sig)
+            except ProcessLookupError:
+                pass
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+_ZYGOTE: list = []  # this process's zygote (subprocess.Popen), started by the first node
+_ZYGOTE_LOCK = threading.Lock()
+
+
+def _end_zygote(zygote) -> None:
+    """At this process's exit: close the zygote's input (it ends) and wait for it."""
+    try:
+        zygote.stdin.close()
+        zygote.wait(timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        zygote.kill()
+
+
+def _node_process(argv: list[str], env: dict[str, str], log: Path):
+    """``python -m mipflow.cli ARGV`` with ``env``, output to ``log``: forked by this process's zygote
+    (:mod:`tests.node_zygote`, which has imported the node service once), or spawned where fork is not
+    offered or ``MIPFLOW_TEST_SPAWN_NODES=1`` asks for it."""
+    if os.environ.get("MIPFLOW_TEST_SPAWN_NODES") == "1" or not hasattr(os, "pidfd_open"):
+        with open(log, "wb") as out:
+            return subprocess.Popen([sys.executable, "-m", "mipflow.cli", *argv], stdout=out,
+                                    stderr=subprocess.STDOUT, env=env)
+    with _ZYGOTE_LOCK:
+        if not _ZYGOTE or _ZYGOTE[0].poll() is not None:
+            zygote = subprocess.Popen([sys.executable, str(Path(__file__).with_name("node_zygote.py"))],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            if zygote.stdout.readline().strip() != "ready":
+                raise RuntimeError("the node zygote did not start")
+            _ZYGOTE[:] = [zygote]
+            atexit.register(_end_zygote, zygote)
+        zygote = _ZYGOTE[0]
+        zygote.stdin.write(json.dumps({"argv": argv, "env": env, "cwd": os.getcwd(), "log": str(log)}) + "\n")
+        zygote.stdin.flush()
+        return _ForkedNode(int(zygote.stdout.readline()))
+
+
 @contextmanager
 def running_nodes(homes: list[Path], timeout: float = 60.0, *, https: bool = False,
                   verify: ssl.SSLContext | None = None) -> Iterator[list[str]]:
@@ -67,11 +148,9 @@ def running_nodes(homes: list[Path], timeout: float = 60.0, *, https: bool = Fal
     try:
         for home in homes:
             port = free_port()
-            log = open(Path(home) / "serve.log", "wb")
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "mipflow.cli", "node", "serve", str(home), "--port", str(port),
-                 *(() if https else ("--insecure-http",))],
-                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}))
+            procs.append(_node_process(["node", "serve", str(home), "--port", str(port),
+                                        *(() if https else ("--insecure-http",))],
+                                       {**os.environ, "PYTHONUNBUFFERED": "1"}, Path(home) / "serve.log"))
             urls.append(f"{'https' if https else 'http'}://127.0.0.1:{port}")
         deadline = time.monotonic() + timeout
         for url, proc, home in zip(urls, procs, homes):

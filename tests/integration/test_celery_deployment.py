@@ -35,7 +35,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from tests.airflow_server import CentralAirflow, _wait, airflow_env, run_dag
+from tests.airflow_server import CentralAirflow, _unpaused, _wait, airflow_env, run_dag
 from tests.conftest import PG_ADMIN_URL, REPO_ROOT
 from tests.nodes import PROJECT, free_port, grant_all, pin_each_other, running_nodes
 from tests.nodes import standard_home
@@ -255,7 +255,7 @@ def deployment(tmp_path_factory):
             for dag_id in (ANALYSIS_DAG, *CHAIN):
                 _wait(f"{dag_id} to be parsed", lambda: client.get(f"/api/v2/dags/{dag_id}").status_code == 200,
                       120, server)
-            client.patch(f"/api/v2/dags/{ANALYSIS_DAG}", json={"is_paused": False}).raise_for_status()
+            _wait(f"{ANALYSIS_DAG} to be unpaused", lambda: _unpaused(client, ANALYSIS_DAG), 60, server)
             # the node DAGs are created unpaused; no past nightly run fires: node_capture is triggered
             assert {d: client.get(f"/api/v2/dags/{d}").json()["is_paused"] for d in CHAIN} == dict.fromkeys(
                 CHAIN, False)

@@ -26,7 +26,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from scipy import stats
+# scipy.special's ndtr and ndtri are what scipy.stats.norm's cdf and isf compute (imported where used:
+# scipy.stats costs a node process about half a second at start, and most steps never decide a count)
 
 #: The noise block of the decision count (its uniforms are independent of every release block's).
 BLOCK = "row_count"
@@ -93,7 +94,9 @@ def false_refusal_rate(mechanism: str, scale: float, rows: int, threshold: int) 
     cut = threshold - 0.5 - rows
     if mechanism == "laplace":
         return 0.5 * math.exp(cut / scale) if cut < 0 else 1.0 - 0.5 * math.exp(-cut / scale)
-    return float(stats.norm.cdf(cut / scale))
+    from scipy.special import ndtr
+
+    return float(ndtr(cut / scale))
 
 
 def decision_split(mechanism: str, epsilon: float, delta: float, threshold: int) -> DecisionSplit:
@@ -107,13 +110,14 @@ def decision_split(mechanism: str, epsilon: float, delta: float, threshold: int)
     """
     from mipflow.node.controls.dp_noise import gaussian_rho
     from mipflow.node.controls.privacy_budget import rho_to_epsilon
+    from scipy.special import ndtri
 
     margin = (CLEAR_MULTIPLE - 1) * threshold + 0.5
     if mechanism == "laplace":
         count = min(math.log(1.0 / (2.0 * FALSE_REFUSAL)) / margin, MAX_SHARE * epsilon)
         return DecisionSplit(mechanism, threshold, count, epsilon - count, None, None, 1.0 / count)
     rho = gaussian_rho(epsilon, delta)
-    sigma = margin / float(stats.norm.isf(FALSE_REFUSAL))
+    sigma = margin / float(-ndtri(FALSE_REFUSAL))  # the normal's upper quantile (stats.norm.isf)
     count_rho = min(1.0 / (2.0 * sigma * sigma), MAX_SHARE * rho)
     release_rho = rho - count_rho
     return DecisionSplit(mechanism, threshold, rho_to_epsilon(count_rho, delta), rho_to_epsilon(release_rho, delta),
