@@ -26,14 +26,11 @@ from mipflow.node.controls.pooled_counts import counted_sets, step_order
 from mipflow.protocol.wire import transport
 
 from tests.mipflow.node.query.test_snapshot_rows_groups import (
-    KEY, MODEL, ON_BLOCKS, SECRET, _both, _request, _same_groups, groups_store,
+    KEY, MODEL, ON_BLOCKS, SECRET, _both, _request, _same_groups,
 )
+from tests.mipflow.node.query import test_snapshot_rows_groups
 
-
-@pytest.fixture
-def store(tmp_path, monkeypatch, request):
-    with groups_store(tmp_path, monkeypatch, request.param) as opened:
-        yield opened
+store = test_snapshot_rows_groups.store  # the fixture: the groups file's rows at each block size
 
 SETTINGS = type("S", (), {"min_row_count": 10, "nfilter_tab": 3})()
 

@@ -75,17 +75,13 @@ def _rows() -> pd.DataFrame:
     return frame
 
 
-def groups_store(tmp_path, monkeypatch, size: int):
-    """Every pass's blocks of ``size`` rows, the snapshot's reads of ``BLOCK`` (8 at the smallest: the packed
-    mask's bytes); the store of this file's rows (a context manager; the fixture ``store`` of the files that
-    compare other algorithms on the same rows)."""
-    stream_blocks(monkeypatch, size)
-    return block_store(tmp_path, monkeypatch, MODEL, _rows(), max(8, min(size, BLOCK) // 8 * 8))
-
-
 @pytest.fixture
 def store(tmp_path, monkeypatch, request):
-    with groups_store(tmp_path, monkeypatch, request.param) as opened:
+    """Every pass's blocks of ``request.param`` rows, the snapshot's reads of ``BLOCK`` (8 at the smallest:
+    the packed mask's bytes); also the store of the files comparing other algorithms on these rows."""
+    size = request.param
+    stream_blocks(monkeypatch, size)
+    with block_store(tmp_path, monkeypatch, MODEL, _rows(), max(8, min(size, BLOCK) // 8 * 8)) as opened:
         yield opened
 
 
