@@ -64,9 +64,10 @@ class Exact:
                    np.zeros(0, bool))
 
     def copy(self) -> "Exact":
-        return Exact(self.primes, self.universe, self.labels.copy(), self.sizes.copy(),
-                     [r.copy() for r in self.reduced], [list(p) for p in self.pivots], self.isolatable.copy(),
-                     self.over)
+        """Another state to add to; the arrays are shared, never written in place (:meth:`add` makes new ones),
+        so a copy costs the lists only."""
+        return Exact(self.primes, self.universe, self.labels, self.sizes, list(self.reduced),
+                     [list(p) for p in self.pivots], self.isolatable, self.over)
 
     @property
     def atoms(self) -> int:
@@ -98,9 +99,11 @@ class Exact:
             fresh[split] = n + np.arange(split.size)
             pos = at[inside]
             moved = fresh[self.labels[pos]]
+            self.labels = self.labels.copy()
             self.labels[pos[moved >= 0]] = moved[moved >= 0]
-            self.sizes[split] -= counts[split]
-            self.sizes = np.concatenate([self.sizes, counts[split]])
+            sizes = self.sizes.copy()
+            sizes[split] -= counts[split]
+            self.sizes = np.concatenate([sizes, counts[split]])
             self.reduced = [np.concatenate([r, r[:, split]], axis=1) for r in self.reduced]
         vector_atoms = [whole, n + np.arange(split.size)]
         if outside.size:  # rows in no earlier set: one atom, a zero column
@@ -133,12 +136,15 @@ class Exact:
             return
         col = int(nonzero[0])
         vector = (vector * pow(int(vector[col]), prime - 2, prime)) % prime
-        if reduced.shape[0]:
-            factors = reduced[:, col].copy()
-            hit = np.flatnonzero(factors)
-            if hit.size:
-                reduced[hit] = (reduced[hit] - (factors[hit, None] * vector[None, :]) % prime) % prime
-        self.reduced[i] = np.concatenate([reduced, vector[None, :]], axis=0)
+        rank = reduced.shape[0]
+        grown = np.empty((rank + 1, self.atoms), np.int64)  # a new array: the old one may be shared (copy())
+        grown[:rank] = reduced
+        grown[rank] = vector
+        factors = reduced[:, col]
+        hit = np.flatnonzero(factors)
+        if hit.size:
+            grown[hit] = (reduced[hit] - (factors[hit, None] * vector[None, :]) % prime) % prime
+        self.reduced[i] = grown
         pivots.append(col)
 
     def _isolatable(self) -> np.ndarray:

@@ -141,10 +141,17 @@ def test_the_cache_extends_its_prefix_and_rebuilds_on_a_change(monkeypatch):
 
 
 def test_the_request_s_sets_never_enter_the_cache():
-    pool = [np.arange(0, 50, dtype=np.uint64), np.arange(20, 80, dtype=np.uint64)]
+    """The request's sets are added to a copy sharing the cached arrays: the cached state is left as it was (its
+    atoms, sizes, labels and reduced rows), a split and new rows notwithstanding."""
+    pool = [np.arange(0, 50, dtype=np.uint64), np.arange(20, 80, dtype=np.uint64), np.arange(0, 30, dtype=np.uint64)]
     key = (PRIMES, "dm", 10)
-    exact_allows(key, [pool], [np.arange(30, 90, dtype=np.uint64)], 10, PRIMES)
-    assert remembered(key, [pool], PRIMES).atoms == 3
+    cached = remembered(key, [pool], PRIMES)
+    before = (members(cached), cached.sizes.copy(), cached.labels.copy(), [r.copy() for r in cached.reduced])
+    exact_allows(key, [pool], [np.arange(5, 90, dtype=np.uint64)], 10, PRIMES)
+    again = remembered(key, [pool], PRIMES)
+    assert again is cached and again.atoms == 4 and members(again) == before[0]
+    assert np.array_equal(again.sizes, before[1]) and np.array_equal(again.labels, before[2])
+    assert all(np.array_equal(a, b) for a, b in zip(again.reduced, before[3]))
 
 
 def test_past_the_bound_the_backstop_allows_and_says_so(monkeypatch):
