@@ -104,7 +104,6 @@ class Exact:
             sizes = self.sizes.copy()
             sizes[split] -= counts[split]
             self.sizes = np.concatenate([sizes, counts[split]])
-            self.reduced = [np.concatenate([r, r[:, split]], axis=1) for r in self.reduced]
         vector_atoms = [whole, n + np.arange(split.size)]
         if outside.size:  # rows in no earlier set: one atom, a zero column
             new_atom = self.atoms
@@ -113,17 +112,24 @@ class Exact:
             self.universe = merged[order]
             self.labels = np.concatenate([self.labels, np.full(outside.size, new_atom, np.int64)])[order]
             self.sizes = np.concatenate([self.sizes, [outside.size]])
-            self.reduced = [np.concatenate([r, np.zeros((r.shape[0], 1), np.int64)], axis=1) for r in self.reduced]
             vector_atoms.append(np.array([new_atom], np.int64))
         members = np.concatenate(vector_atoms).astype(np.int64)
         for i, prime in enumerate(self.primes):
-            self._append(i, prime, members)
+            self._append(i, prime, n, split, members)
         self.isolatable = self._isolatable()
 
-    def _append(self, i: int, prime: int, members: np.ndarray) -> None:
-        """Reduce the set's 0/1 vector (ones at ``members``) against prime ``i``'s rows and append it."""
-        reduced, pivots = self.reduced[i], self.pivots[i]
-        vector = np.zeros(self.atoms, np.int64)
+    def _append(self, i: int, prime: int, n: int, split: np.ndarray, members: np.ndarray) -> None:
+        """Widen prime ``i``'s rows to the atoms (the ``n`` old columns, copies of the ``split`` ones, a zero column
+        for new rows), reduce the set's 0/1 vector (ones at ``members``) against them and append it when not zero.
+        Every array is new: the old ones may be shared (:meth:`copy`)."""
+        old, pivots = self.reduced[i], self.pivots[i]
+        rank, width = old.shape[0], self.atoms
+        grown = np.zeros((rank + 1, width), np.int64)
+        if rank:
+            grown[:rank, :n] = old
+            grown[:rank, n:n + split.size] = old[:, split]
+        reduced = grown[:rank]
+        vector = np.zeros(width, np.int64)
         vector[members] = 1
         if pivots:
             # the pivot columns are unit columns: the coefficients are the vector's 0/1 entries there, so the
@@ -133,29 +139,26 @@ class Exact:
                 vector = (vector - reduced[uses].sum(axis=0)) % prime
         nonzero = np.flatnonzero(vector)
         if not nonzero.size:
+            self.reduced[i] = reduced
             return
         col = int(nonzero[0])
         vector = (vector * pow(int(vector[col]), prime - 2, prime)) % prime
-        rank = reduced.shape[0]
-        grown = np.empty((rank + 1, self.atoms), np.int64)  # a new array: the old one may be shared (copy())
-        grown[:rank] = reduced
-        grown[rank] = vector
-        factors = reduced[:, col]
+        factors = reduced[:, col].copy()
         hit = np.flatnonzero(factors)
         if hit.size:
-            grown[hit] = (reduced[hit] - (factors[hit, None] * vector[None, :]) % prime) % prime
+            reduced[hit] = (reduced[hit] - (factors[hit, None] * vector[None, :]) % prime) % prime
+        grown[rank] = vector
         self.reduced[i] = grown
         pivots.append(col)
 
     def _isolatable(self) -> np.ndarray:
+        """Pivot columns whose row is zero on every free column: each row is 1 at its own pivot and 0 at the other
+        pivots, so such a row has one non-zero entry."""
         found = np.zeros(self.atoms, bool)
         for reduced, pivots in zip(self.reduced, self.pivots):
-            if not pivots:
-                continue
-            free = np.ones(self.atoms, bool)
-            free[pivots] = False
-            alone = ~reduced[:, free].any(axis=1)
-            found[np.asarray(pivots)[alone]] = True
+            if pivots:
+                alone = np.count_nonzero(reduced, axis=1) == 1
+                found[np.asarray(pivots)[alone]] = True
         return found
 
     def drop(self) -> None:
