@@ -34,6 +34,11 @@ family (ADR 0051, thirteenth review):
   *several* small atoms of fewer than the level's threshold rows in all (``check_addition(unions=True)``,
   :mod:`mipflow.node.controls.unions`): ``S1 + S2 - S3 - S4`` of four far-apart cohorts was two one-row atoms.
 
+* **exact backstop** (nineteenth review hole 1, issue 14 item 5; ADR 0030 amended): the windows are steerable (31
+  nested decoys push ``A`` out and ``A - B - C`` is one row), so beside them :func:`backstop_allows` runs the atom
+  rule over *every* remembered cohort and cell of the request's data model, by rows, at each level
+  (:mod:`mipflow.node.controls.chain_exact`, incremental and cached per process; one atom, not unions).
+
 Within the request's data model the atoms are of rows; when a related set is of another data model,
 the family is compared by patients too (ADR 0030).
 

@@ -19,10 +19,12 @@ not zero.  An atom is isolatable when its column is a pivot column whose row is 
 (:func:`mipflow.node.controls.atoms._isolatable_mod`); over several primes, when any says so.  Cost of an
 addition: ``O(rank * atoms)`` per prime.
 
-A process-level cache keeps the state after the remembered sets it has seen, with a running digest of each
-pool's sets (cohorts, group cells) in order; a call whose pools begin with those sets extends the state by
-the rest and the request's sets are added to a copy.  A pool that does not begin with them (a correction,
-a withdrawal, another consent epoch: the keys differ) rebuilds from scratch.
+A process-level cache keeps snapshots of the state after the remembered sets it has seen, each with a running
+digest of each pool's sets (cohorts, group cells) in order; a call extends the snapshot with the most sets that
+begin its pools (the longest matching prefix) by the rest, caches the result as another snapshot, and adds the
+request's sets to a copy (arrays shared, never written in place).  A pool that begins with no snapshot (a
+correction, a withdrawal, another consent epoch: the keys differ) rebuilds from scratch; a k-means run, whose
+latest clusters replace its earlier ones at the end of the cells' pool, extends the snapshot from before it.
 
 Bound: when ``atoms * rank`` over the primes would pass :data:`EXACT_ENTRIES`, the state is dropped and the
 backstop allows (says nothing) for that data model and level until the family changes otherwise; the window
@@ -40,7 +42,7 @@ import numpy as np
 
 #: The most ``atoms * rank`` entries (summed over the primes) one state may hold (8 bytes each: 160 MB).
 EXACT_ENTRIES = 20_000_000
-#: States kept in the process (data models, levels and nodes; least recently used dropped).
+#: Families kept in the process (data models, levels and nodes), four snapshots each on average.
 EXACT_STATES = 8
 
 
@@ -188,12 +190,27 @@ def new_small_atom(before: Exact, after: Exact, threshold: int) -> bool:
 
 @dataclass
 class _Cached:
+    key: tuple
     digests: list[list[bytes]]  # per pool: running digest after each of its sets taken
     state: Exact
 
+    def begins(self, running: Sequence[Sequence[bytes]]) -> bool:
+        """Whether every pool of the call begins with this snapshot's sets."""
+        return len(self.digests) == len(running) and all(
+            len(done) <= len(now) and (not done or now[len(done) - 1] == done[-1])
+            for done, now in zip(self.digests, running))
 
-_CACHE: "OrderedDict[tuple, _Cached]" = OrderedDict()
+    def taken(self) -> int:
+        return sum(len(done) for done in self.digests)
+
+
+#: Snapshots kept, each the state after some remembered sets (several per family: a k-means run replaces its
+#: clusters at the end of the cells' pool, and the snapshot from before the run is extended again) ...
+_CACHE: "OrderedDict[int, _Cached]" = OrderedDict()
+#: ... at most this many entries of the reduced rows in all (least recently used dropped first; 320 MB).
+EXACT_CACHE_ENTRIES = 2 * EXACT_ENTRIES
 _LOCK = threading.Lock()
+_SERIAL = [0]
 
 
 def _set_digest(previous: bytes, keys: np.ndarray) -> bytes:
@@ -212,34 +229,30 @@ def _running(pool: Sequence[np.ndarray]) -> list[bytes]:
 
 
 def remembered(key: tuple, pools: Sequence[Sequence[np.ndarray]], primes: Sequence[int]) -> Exact:
-    """The state over every set of ``pools`` (each oldest first, sorted unique keys), from the cache when its
-    sets begin each pool (extended by the rest and cached again), else built from scratch.  ``key``: the
-    node's primes, data model and level.  The state returned is the cache's: copy it before adding to it."""
+    """The state over every set of ``pools`` (each oldest first, sorted unique keys), from the cached snapshot of
+    ``key`` whose sets begin every pool and are the most (extended by the rest, the result cached as another
+    snapshot), else built from scratch.  ``key``: the node's primes, data model and level.  The state returned is
+    the cache's: add to a :meth:`Exact.copy` of it."""
     running = [_running(pool) for pool in pools]
     with _LOCK:
-        cached = _CACHE.get(key)
-        if cached is not None:
-            _CACHE.move_to_end(key)
-    start = [0] * len(pools)
-    state: Exact | None = None
-    if cached is not None and len(cached.digests) == len(pools) and all(
-            len(done) <= len(now) and (not done or now[len(done) - 1] == done[-1])
-            for done, now in zip(cached.digests, running)):
-        start = [len(done) for done in cached.digests]
-        if start == [len(r) for r in running]:
-            return cached.state
-        state = cached.state.copy()
-    if state is None:
-        state = Exact.empty(primes)
+        matching = [(c.taken(), serial) for serial, c in _CACHE.items() if c.key == key and c.begins(running)]
+        best = _CACHE[max(matching)[1]] if matching else None
+        if best is not None:
+            _CACHE.move_to_end(max(matching)[1])
+    start = [len(done) for done in best.digests] if best is not None else [0] * len(pools)
+    if best is not None and start == [len(r) for r in running]:
+        return best.state
+    state = best.state.copy() if best is not None else Exact.empty(primes)
     for pool, first in zip(pools, start):
         for keys in pool[first:]:
             state.add(keys)
             if state.over:
                 break
     with _LOCK:
-        _CACHE[key] = _Cached(running, state)
-        _CACHE.move_to_end(key)
-        while len(_CACHE) > EXACT_STATES:
+        _SERIAL[0] += 1
+        _CACHE[_SERIAL[0]] = _Cached(key, running, state)
+        while len(_CACHE) > 1 and (len(_CACHE) > 4 * EXACT_STATES or
+                                   sum(c.state.entries() for c in _CACHE.values()) > EXACT_CACHE_ENTRIES):
             _CACHE.popitem(last=False)
     return state
 

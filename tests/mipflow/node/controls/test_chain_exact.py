@@ -188,3 +188,28 @@ def test_levels_a_dummy_level_cell_is_held_to_its_own_threshold():
     assert chain_allows("dm", cohorts, [], [ChainSet("dm", cell, None, 3)], 10, PRIMES)
     chain_exact.clear()
     assert not chain_allows("dm", cohorts, [], [ChainSet("dm", cell, None, 10)], 10, PRIMES)
+
+
+def test_a_replaced_last_cell_extends_the_snapshot_from_before_it(monkeypatch):
+    """A k-means run's latest clusters replace its earlier ones at the end of the cells' pool: the call extends the
+    snapshot taken before the run (one set added), not a rebuild; the state equals one built from scratch."""
+    rng = np.random.default_rng(9)
+    cohorts = [np.unique(rng.integers(0, 400, 150)).astype(np.uint64) for _ in range(8)]
+    cells = [np.unique(rng.integers(0, 400, 90)).astype(np.uint64) for _ in range(4)]
+    key = (PRIMES, "dm", 3)
+    remembered(key, [cohorts, cells[:2]], PRIMES)
+    remembered(key, [cohorts, [*cells[:2], cells[2]]], PRIMES)  # round 1's clusters remembered
+    added = []
+    original = Exact.add
+
+    def counting(self, k):
+        added.append(len(k))
+        return original(self, k)
+
+    monkeypatch.setattr(Exact, "add", counting)
+    state = remembered(key, [cohorts, [*cells[:2], cells[3]]], PRIMES)  # round 2's replace them
+    assert added == [cells[3].size]
+    reference = Exact.empty(PRIMES)
+    for s in [*cohorts, *cells[:2], cells[3]]:
+        original(reference, s)
+    assert members(state) == members(reference)
