@@ -34,6 +34,11 @@ family (ADR 0051, thirteenth review):
   *several* small atoms of fewer than the level's threshold rows in all (``check_addition(unions=True)``,
   :mod:`mipflow.node.controls.unions`): ``S1 + S2 - S3 - S4`` of four far-apart cohorts was two one-row atoms.
 
+* **exact backstop** (nineteenth review hole 1, issue 14 item 5; ADR 0030 amended): the windows are steerable (31
+  nested decoys push ``A`` out and ``A - B - C`` is one row), so beside them :func:`backstop_allows` runs the atom
+  rule over *every* remembered cohort and cell of the request's data model, by rows, at each level
+  (:mod:`mipflow.node.controls.chain_exact`, incremental and cached per process; one atom, not unions).
+
 Within the request's data model the atoms are of rows; when a related set is of another data model,
 the family is compared by patients too (ADR 0030).
 
@@ -46,11 +51,12 @@ the family is compared by patients too (ADR 0030).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from mipflow.node.controls.atoms import atom_labels, check_addition, echelon
+from mipflow.node.controls.atoms import _as_set, atom_labels, check_addition, echelon
+from mipflow.node.controls.chain_exact import exact_allows
 from mipflow.node.controls.ledger import (
     CHAIN_COHORTS, CHAIN_DEPTH, _overlap, bounded, sorted_unique,
 )
@@ -192,6 +198,25 @@ def units_allow(old_sets: Sequence[np.ndarray], new_sets: Sequence[np.ndarray], 
     return not exposed or exposed <= _exposed(list(old_sets), units, threshold, primes)
 
 
+def backstop_allows(data_model: str, own: Sequence[Sequence[ChainSet]], new: Sequence[ChainSet],
+                    level: Callable[[ChainSet], int], primes: Sequence[int]) -> bool:
+    """The exact atom rule over every remembered set of ``data_model`` (``own``: its cohorts and its cells, each
+    oldest first, no window), at each threshold level the sets carry: the sets of level ``T`` or more may
+    isolate no new atom of fewer than ``T`` rows (:mod:`mipflow.node.controls.chain_exact`, ADR 0030 amended;
+    a repeated set adds nothing to the family, as :func:`_dedupe` keeps it once)."""
+    levels = sorted({level(s) for s in [*(s for pool in own for s in pool), *new]}, reverse=True)
+    for threshold in levels:
+        if threshold <= 1:
+            break
+        new_sets = [_as_set(s.rows) for s in new if level(s) >= threshold]
+        if not new_sets:
+            continue
+        pools = [[_as_set(s.rows) for s in pool if level(s) >= threshold] for pool in own]
+        if not exact_allows((tuple(primes), data_model, threshold), pools, new_sets, threshold, primes):
+            return False
+    return True
+
+
 def chain_allows(data_model: str, cohorts: Sequence[ChainSet], groups: Sequence[ChainSet],
                  new: Sequence[ChainSet], min_row_count: int, primes: Sequence[int],
                  units: Mapping[int, int] | None = None) -> bool:
@@ -233,6 +258,8 @@ def chain_allows(data_model: str, cohorts: Sequence[ChainSet], groups: Sequence[
                            (CHAIN_COHORTS, CHAIN_GROUPS))
     old = by_recency([[pool[i] for i in picked] for pool, picked in zip(own, chosen)])
     if not family_allows(old, "rows"):
+        return False
+    if not backstop_allows(data_model, own, new, level, primes):
         return False
     if any(s.patients is None for s in new):
         return True
