@@ -40,8 +40,6 @@ from typing import Sequence
 
 import numpy as np
 
-from mipflow.node.controls.unions import UNION_CAP, _Cap, _leak, small_space
-
 #: The most ``atoms * rank`` entries (summed over the primes) one state may hold (8 bytes each: 160 MB).
 EXACT_ENTRIES = 20_000_000
 #: Families kept in the process (data models, levels and nodes), four snapshots each on average.
@@ -190,48 +188,6 @@ def new_small_atom(before: Exact, after: Exact, threshold: int) -> bool:
     return bool(np.any((after.sizes[old] != before.sizes[old]) | ~before.isolatable[old]))
 
 
-def _widened(before: Exact, after: Exact, i: int) -> np.ndarray:
-    """``before``'s reduced rows of prime ``i`` over ``after``'s atoms: each atom's column is that of the atom of
-    ``before`` holding its rows (atoms split since hold rows of one atom each), zero for rows no earlier set held."""
-    reduced = before.reduced[i]
-    width = after.atoms
-    if not reduced.shape[0] or not before.atoms:
-        return np.zeros((reduced.shape[0], width), np.int64)
-    first = np.full(width, -1, np.int64)
-    first[after.labels[::-1]] = np.arange(after.labels.size)[::-1]  # a row of each atom
-    keys = after.universe[first]
-    at = np.minimum(np.searchsorted(before.universe, keys), before.universe.size - 1)
-    held = before.universe[at] == keys
-    out = np.zeros((reduced.shape[0], width), np.int64)
-    out[:, held] = reduced[:, before.labels[at[held]]]
-    return out
-
-
-def new_small_union(before: Exact, after: Exact, threshold: int, cap: int = UNION_CAP) -> bool:
-    """Whether ``after`` (``before`` with sets added) lets a combination of the family's sums live on atoms of fewer
-    than ``threshold`` rows in all that ``before``'s sets did not (:func:`mipflow.node.controls.unions.union_leaks`'s
-    rule over the whole family: ``W``, the row space's vectors supported on the small atoms, read off the reduced
-    rows; the search on ``W``'s basis, True too on reaching ``cap``)."""
-    small = after.sizes < threshold
-    if not small.any():
-        return False
-    for i, prime in enumerate(after.primes):
-        if not after.reduced[i].shape[0]:
-            continue
-        new = small_space(after.reduced[i], small, prime)
-        if not new[0].shape[0]:
-            continue  # nothing lives on the small atoms
-        widened = _widened(before, after, i)
-        old = small_space(widened, small, prime) if widened.shape[0] else (new[0][:0], new[1][:0])
-        if old[0].shape[0] == new[0].shape[0]:
-            continue
-        try:
-            return _leak(new, old, after.sizes[small], threshold - 1, prime, [0, cap])
-        except _Cap:
-            return True
-    return False
-
-
 @dataclass
 class _Cached:
     key: tuple
@@ -315,7 +271,7 @@ def exact_allows(key: tuple, pools: Sequence[Sequence[np.ndarray]], new: Sequenc
         after.add(keys)
         if after.over:
             return True
-    return not new_small_atom(before, after, threshold) and not new_small_union(before, after, threshold)
+    return not new_small_atom(before, after, threshold)
 
 
 def clear() -> None:

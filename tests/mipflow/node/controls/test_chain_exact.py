@@ -218,8 +218,8 @@ def test_a_replaced_last_cell_extends_the_snapshot_from_before_it(monkeypatch):
 @pytest.mark.parametrize("seed", range(30))
 def test_the_backstop_by_patients_equals_check_addition_over_every_data_model_s_sets(seed):
     """By patients (twentieth review, hole 2): :func:`backstop_allows` over every remembered set of two data models
-    (cohorts and cells, each with its patients) decides as :func:`atoms.check_addition` (the atom rule and the union
-    rule, no window) over all of their patient sets, from scratch, at one level."""
+    (cohorts and cells, each with its patients) decides as :func:`atoms.check_addition` (the atom rule, no window)
+    over all of their patient sets, from scratch, at one level."""
     rng = np.random.default_rng(3000 + seed)
 
     def some(n_max: int) -> np.ndarray:
@@ -235,7 +235,7 @@ def test_the_backstop_by_patients_equals_check_addition_over_every_data_model_s_
     threshold = int(rng.integers(2, 6))
     got = backstop_allows(PATIENTS, [cohorts, cells], new, lambda s: threshold, PRIMES, keys="patients")
     old = [s.patients for s in [*cohorts, *cells]]
-    assert got == check_addition(old, [s.patients for s in new], threshold, PRIMES, unions=True)
+    assert got == check_addition(old, [s.patients for s in new], threshold, PRIMES)
 
 
 def test_chain_allows_refuses_a_chain_across_data_models_the_window_misses():
@@ -264,40 +264,3 @@ def test_chain_allows_refuses_a_chain_across_data_models_the_window_misses():
     chain_exact.clear()
     # the cells' pool enters too: A and B as cells of v1
     assert not chain_allows("v2", decoys, [under("v1", a), under("v1", b)], [under("v2", band)], 10, PRIMES)
-
-
-@pytest.mark.parametrize("seed", range(60))
-def test_the_backstop_equals_the_atom_and_union_rules_over_the_whole_family(seed):
-    """Unions (twentieth review, hole 1): :func:`exact_allows` over a remembered family and a release of one to three
-    sets decides as :func:`atoms.check_addition` with ``unions=True`` over the same family from scratch, no window."""
-    rng = np.random.default_rng(5000 + seed)
-    old = [np.unique(rng.integers(0, 40, int(rng.integers(5, 30)))).astype(np.uint64) for _ in range(rng.integers(1, 9))]
-    new = [np.unique(rng.integers(0, 46, int(rng.integers(5, 30)))).astype(np.uint64) for _ in range(rng.integers(1, 4))]
-    threshold = int(rng.integers(2, 6))
-    got = exact_allows(("t", "dm", threshold), [old], new, threshold, PRIMES)
-    assert got == check_addition(old, new, threshold, PRIMES, unions=True)
-
-
-def test_chain_allows_refuses_a_union_of_two_atoms_the_window_misses():
-    """Round 17's union beyond the window (twentieth review, hole 1): S3 women and S4 men of 21-89, S1 aged 20-50,
-    32 nested decoys inside 50-89, then S2 (50 and over).  ``S1 + S2 - S3 - S4`` is two one-row atoms (the youngest
-    and the oldest), no single atom of the whole family is isolatable, and the window holds the decoys only: the
-    windows alone allow S2 (checked with the backstops left out), the backstop refuses it; without S1 it is allowed."""
-    band = 10 + 10 * 32 + 20
-    young, oldest = keys(0), keys(999)
-    middle, older = np.arange(1, 41, dtype=np.uint64), np.arange(41, 41 + band, dtype=np.uint64)
-    women = np.concatenate([middle[::2], older[::2]])
-    men = np.concatenate([middle[1::2], older[1::2]])
-    s1, s2 = np.concatenate([young, middle]), np.concatenate([older, oldest])
-    decoys = [older[10 + 10 * i:] for i in range(32)]
-    cohorts = [ChainSet("dm", s, None, 10) for s in [women, men, s1, *decoys]]
-    new = [ChainSet("dm", s2, None, 10)]
-    whole, _, _ = atom_labels([women, men, s1, *decoys, s2])
-    assert not (isolatable(whole, PRIMES) & (whole.sizes < 10)).any()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(chain, "backstop_allows", lambda *args, **kw: True)
-        assert chain_allows("dm", cohorts, [], new, 10, PRIMES)
-    chain_exact.clear()
-    assert not chain_allows("dm", cohorts, [], new, 10, PRIMES)
-    chain_exact.clear()
-    assert chain_allows("dm", [c for c in cohorts if c.rows is not s1], [], new, 10, PRIMES)
