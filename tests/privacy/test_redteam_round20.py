@@ -22,7 +22,8 @@ Found (holes):
    apart), then ``S2`` age >= 50.  Every pair is 0 or >= 10 rows apart each way, no single atom of the whole family
    is a combination (the backstop's question), but ``S1 + S2 - S3 - S4`` is the target (20.5) and the oldest patient
    (89.5): their count (2), sums and co-moments give both ages and the target's NIHSS, 41.  Without the decoys S2
-   is refused (defence below): the hole is exactly the window.  36 requests, within one researcher's budget.
+   is refused (defence below): the hole is exactly the window.  36 requests, within one researcher's budget.  Open
+   (ADR 0030 amended: the union rule over the whole family closes it but refuses an honest day's k-means).
 2. **Round 19's three-cohort chain across two versions of the data model** (same amendment: "the comparison by
    patients across data models stay[s] with the window"; docs/privacy.md "a few patients from a cohort of any other
    data model or version").  The node holds the same patients under stroke 0.1 and 0.2 (a new model version loaded
