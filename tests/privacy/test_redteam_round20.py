@@ -10,7 +10,7 @@ shipped thresholds (``min_row_count`` 10, ``nfilter_tab`` 3, differencing on, qu
 is the admin's documented choice per node (``standard_home``).  Every release is exact: each strict xfail fails the
 same way on every run.
 
-``test_hole_*`` are strict xfails: the attack runs, checks what it recovered against the truth, and its last assertion
+``test_hole_*`` are strict xfails (hole 2 is closed now and passes through its defence): the attack runs, checks what it recovered against the truth, and its last assertion
 is the condition that would hold if the defence held.  ``test_defence_*`` pass while a control holds, naming it.
 
 Found (holes):
@@ -22,14 +22,16 @@ Found (holes):
    apart), then ``S2`` age >= 50.  Every pair is 0 or >= 10 rows apart each way, no single atom of the whole family
    is a combination (the backstop's question), but ``S1 + S2 - S3 - S4`` is the target (20.5) and the oldest patient
    (89.5): their count (2), sums and co-moments give both ages and the target's NIHSS, 41.  Without the decoys S2
-   is refused (defence below): the hole is exactly the window.  36 requests, within one researcher's budget.
+   is refused (defence below): the hole is exactly the window.  36 requests, within one researcher's budget.  Open
+   (ADR 0030 amended: the union rule over the whole family closes it but refuses an honest day's k-means).
 2. **Round 19's three-cohort chain across two versions of the data model** (same amendment: "the comparison by
    patients across data models stay[s] with the window"; docs/privacy.md "a few patients from a cohort of any other
    data model or version").  The node holds the same patients under stroke 0.1 and 0.2 (a new model version loaded
    from the same export).  Descriptive statistics of NIHSS on ``A = age < 60`` and ``B = 20 <= age < 40`` under
    0.1; 32 nested decoys inside ``C = 40 <= age < 60`` and then ``C`` under 0.2.  The backstop of 0.2 holds only the
    decoys and C (no small atom); the window by patients is filled with the decoys.  ``A - B - C``: the one patient
-   under 20, NIHSS 41.  Without the decoys C is refused (defence below).  35 requests.
+   under 20, NIHSS 41.  Without the decoys C is refused (defence below).  35 requests.  Closed: the backstop runs by
+   patients over every data model's remembered sets too (ADR 0030 amended).
 
 Held (defences): both chains without decoys (``differencing``: the union rule in the window, the chain by patients
 across versions); the refusals carry neither the target's value nor a count.
@@ -258,15 +260,17 @@ def chain_decoy(rows: pd.DataFrame, i: int) -> dict:
     return where(*C["rules"], rule("glucose_mmol", "greater_or_equal", float(band[10 + 10 * i])))
 
 
-@pytest.mark.xfail(strict=True, reason="hole 2: the backstop is per data model; by patients only the window")
-def test_hole_2_a_three_cohort_chain_split_over_two_model_versions_is_answered(nodes):
-    """Hole 2.  Class: the backstop is "within one data model"; "the comparison by patients across data models
-    stay[s] with the window" (ADR 0030, nineteenth-review amendment).  Adversary: one researcher with a
-    standard-mode grant (35 documented requests), at a node that loaded its export under a new model version.
+def test_hole_2_closed_a_three_cohort_chain_split_over_two_model_versions_is_refused(nodes):
+    """Hole 2 (closed: the exact backstop by patients over every remembered set of every data model, ADR 0030
+    amended; :func:`mipflow.node.controls.chain.backstop_allows`).  Class: the backstop was "within one data model";
+    "the comparison by patients across data models stay[s] with the window" (ADR 0030, nineteenth-review amendment).
+    Adversary: one researcher with a standard-mode grant (35 documented requests), at a node that loaded its export
+    under a new model version.
 
     A (age < 60) and B (20-40) under stroke 0.1; 32 nested decoys inside C and then C (40-60) under stroke 0.2, the
-    same patients.  Pairwise every cohort is 10 or more patients from every other; the 0.2 backstop holds the decoys
-    and C only; by patients the window is the decoys.  ``A - B - C`` is the one patient under 20: her NIHSS."""
+    same patients.  Pairwise every cohort is 10 or more patients from every other; by patients the window is the
+    decoys, but the backstop by patients holds A and B: ``A - B - C`` would be the one patient under 20, and C is
+    refused (``differencing``), in words carrying neither her NIHSS nor a count."""
     node = nodes["models"]
     first = [nihss(node, A, STROKE.key), nihss(node, B, STROKE.key)]
     assert [r.status_code for r in first] == [200, 200], [r.text for r in first]
@@ -279,6 +283,7 @@ def test_hole_2_a_three_cohort_chain_split_over_two_model_versions_is_answered(n
         assert na - nb - nc == 1
         assert round(sa - sb - sc, 6) == node.rows.loc[0, "nihss_admission"] == TARGET_NIHSS
     assert typed(last) == (403, "differencing"), "A (0.1) - B (0.1) - C (0.2) is the one patient under 20"
+    assert quiet(last) and str(BAND) not in last.text, last.text
 
 
 def test_defence_the_same_chain_across_versions_without_decoys_is_refused(nodes):

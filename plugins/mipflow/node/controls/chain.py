@@ -37,7 +37,9 @@ family (ADR 0051, thirteenth review):
 * **exact backstop** (nineteenth review hole 1, issue 14 item 5; ADR 0030 amended): the windows are steerable (31
   nested decoys push ``A`` out and ``A - B - C`` is one row), so beside them :func:`backstop_allows` runs the atom
   rule over *every* remembered cohort and cell of the request's data model, by rows, at each level
-  (:mod:`mipflow.node.controls.chain_exact`, incremental and cached per process; one atom, not unions).
+  (:mod:`mipflow.node.controls.chain_exact`, incremental and cached per process; one atom, not unions); and, when
+  some remembered set carrying patient keys is of another data model (as the window's family by patients), over
+  every such set of every data model by patients (twentieth review, hole 2: the same patients under two versions).
 
 Within the request's data model the atoms are of rows; when a related set is of another data model,
 the family is compared by patients too (ADR 0030).
@@ -198,20 +200,26 @@ def units_allow(old_sets: Sequence[np.ndarray], new_sets: Sequence[np.ndarray], 
     return not exposed or exposed <= _exposed(list(old_sets), units, threshold, primes)
 
 
+#: The backstop's family by patients, over every data model (its cache key's data model: no data model's name).
+PATIENTS = "*patients*"
+
+
 def backstop_allows(data_model: str, own: Sequence[Sequence[ChainSet]], new: Sequence[ChainSet],
-                    level: Callable[[ChainSet], int], primes: Sequence[int]) -> bool:
-    """The exact atom rule over every remembered set of ``data_model`` (``own``: its cohorts and its cells, each
-    oldest first, no window), at each threshold level the sets carry: the sets of level ``T`` or more may
-    isolate no new atom of fewer than ``T`` rows (:mod:`mipflow.node.controls.chain_exact`, ADR 0030 amended;
-    a repeated set adds nothing to the family, as :func:`_dedupe` keeps it once)."""
+                    level: Callable[[ChainSet], int], primes: Sequence[int], keys: str = "rows") -> bool:
+    """The exact atom rule over every remembered set of ``own`` (the request's data model's cohorts and cells by
+    rows, or with ``keys="patients"`` every data model's sets carrying patient keys; each pool oldest first, no
+    window), at each threshold level the sets carry: the sets of level ``T`` or more may isolate no new atom of
+    fewer than ``T`` rows or patients (:mod:`mipflow.node.controls.chain_exact`, ADR 0030 amended; a repeated set
+    adds nothing to the family, as :func:`_dedupe` keeps it once).  ``data_model``: the cache key's
+    (:data:`PATIENTS` for the family by patients)."""
     levels = sorted({level(s) for s in [*(s for pool in own for s in pool), *new]}, reverse=True)
     for threshold in levels:
         if threshold <= 1:
             break
-        new_sets = [_as_set(s.rows) for s in new if level(s) >= threshold]
+        new_sets = [_as_set(getattr(s, keys)) for s in new if level(s) >= threshold]
         if not new_sets:
             continue
-        pools = [[_as_set(s.rows) for s in pool if level(s) >= threshold] for pool in own]
+        pools = [[_as_set(getattr(s, keys)) for s in pool if level(s) >= threshold] for pool in own]
         if not exact_allows((tuple(primes), data_model, threshold), pools, new_sets, threshold, primes):
             return False
     return True
@@ -267,6 +275,9 @@ def chain_allows(data_model: str, cohorts: Sequence[ChainSet], groups: Sequence[
     chosen = related_pools([s.patients for s in new], [[s.patients for s in pool] for pool in known],
                            (CHAIN_COHORTS, CHAIN_GROUPS))
     old = by_recency([[pool[i] for i in picked] for pool, picked in zip(known, chosen)])
-    if not any(s.data_model != data_model for s in old):
-        return True  # within one data model the rows decide (a patient's other visits are other rows)
-    return family_allows(old, "patients")
+    # within one data model the rows decide (a patient's other visits are other rows)
+    if any(s.data_model != data_model for s in old) and not family_allows(old, "patients"):
+        return False
+    if not any(s.data_model != data_model for pool in known for s in pool):
+        return True
+    return backstop_allows(PATIENTS, known, new, level, primes, keys="patients")

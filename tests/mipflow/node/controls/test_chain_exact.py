@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mipflow.node.controls import chain_exact
+from mipflow.node.controls import chain, chain_exact
 from mipflow.node.controls.atoms import atom_labels, check_addition, isolatable
-from mipflow.node.controls.chain import ChainSet, chain_allows
+from mipflow.node.controls.chain import PATIENTS, ChainSet, backstop_allows, chain_allows
 from mipflow.node.controls.chain_exact import Exact, exact_allows, new_small_atom, remembered
 
 PRIMES = (1_000_000_007, 998_244_353)
@@ -213,3 +213,54 @@ def test_a_replaced_last_cell_extends_the_snapshot_from_before_it(monkeypatch):
     for s in [*cohorts, *cells[:2], cells[3]]:
         original(reference, s)
     assert members(state) == members(reference)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_the_backstop_by_patients_equals_check_addition_over_every_data_model_s_sets(seed):
+    """By patients (twentieth review, hole 2): :func:`backstop_allows` over every remembered set of two data models
+    (cohorts and cells, each with its patients) decides as :func:`atoms.check_addition` (the atom rule, no window)
+    over all of their patient sets, from scratch, at one level."""
+    rng = np.random.default_rng(3000 + seed)
+
+    def some(n_max: int) -> np.ndarray:
+        return np.unique(rng.integers(0, n_max, int(rng.integers(5, 30)))).astype(np.uint64)
+
+    def chain_set(model: str) -> ChainSet:
+        patients = some(40)
+        return ChainSet(model, patients + np.uint64(1000 if model == "dm2" else 0), patients, 10)
+
+    cohorts = [chain_set(str(rng.choice(["dm", "dm2"]))) for _ in range(int(rng.integers(1, 9)))]
+    cells = [chain_set(str(rng.choice(["dm", "dm2"]))) for _ in range(int(rng.integers(0, 4)))]
+    new = [chain_set("dm2") for _ in range(int(rng.integers(1, 3)))]
+    threshold = int(rng.integers(2, 6))
+    got = backstop_allows(PATIENTS, [cohorts, cells], new, lambda s: threshold, PRIMES, keys="patients")
+    old = [s.patients for s in [*cohorts, *cells]]
+    assert got == check_addition(old, [s.patients for s in new], threshold, PRIMES)
+
+
+def test_chain_allows_refuses_a_chain_across_data_models_the_window_misses():
+    """Hole 2 of the twentieth review: A and B under one data model, 32 decoys inside C and C under another, the same
+    patients (other row keys).  The window by patients holds the decoys only; the backstop by patients refuses C
+    (the windows alone allow it: checked with the backstops left out); without A it is allowed."""
+    target = keys(0)
+    b = np.arange(1, 31, dtype=np.uint64)
+    band = np.arange(31, 31 + 10 + 10 * 32 + 20, dtype=np.uint64)
+    a = np.concatenate([target, b, band])
+    shift = np.uint64(1 << 40)  # the second version's row keys: other keys, the same patients
+
+    def under(model: str, patients: np.ndarray) -> ChainSet:
+        return ChainSet(model, patients + (shift if model == "v2" else np.uint64(0)), patients, 10)
+
+    decoys = [under("v2", band[10 + 10 * i:]) for i in range(32)]
+    cohorts = [under("v1", a), under("v1", b), *decoys]
+    assert not chain_allows("v2", cohorts, [], [under("v2", band)], 10, PRIMES)
+    chain_exact.clear()
+    with pytest.MonkeyPatch.context() as patch:  # the window alone: the hole
+        patch.setattr(chain, "backstop_allows", lambda *args, **kw: True)
+        assert chain_allows("v2", cohorts, [], [under("v2", band)], 10, PRIMES)
+    chain_exact.clear()
+    # without A (no target to isolate) C is allowed: the backstop by patients refuses only what it must
+    assert chain_allows("v2", [under("v1", b), *decoys], [], [under("v2", band)], 10, PRIMES)
+    chain_exact.clear()
+    # the cells' pool enters too: A and B as cells of v1
+    assert not chain_allows("v2", decoys, [under("v1", a), under("v1", b)], [under("v2", band)], 10, PRIMES)
