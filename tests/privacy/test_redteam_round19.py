@@ -101,13 +101,13 @@ def client_of(node: Served) -> NodeClient:
     return NodeClient(NodeEndpoint(NODE, node.url, node.credential.client_id, node.credential.secret.hex()), retries=0)
 
 
-def window_rows() -> pd.DataFrame:
-    """The target (age 19, NIHSS 41: the only patient under 20), 30 aged 20-40, 340 aged 40-60 with distinct glucose
-    values 4.00, 4.01, ... (the decoys' thresholds), 20 aged 60-85; every NIHSS present."""
+def decoy_band_rows(decoys: int, seed: int, prefix: str) -> pd.DataFrame:
+    """The target (age 19, NIHSS 41: the only patient under 20), 30 aged 20-40, ``10 + 10 * decoys + 20`` aged 40-60
+    with distinct glucose values 4.00, 4.01, ... (the decoys' thresholds), 20 aged 60-85; every NIHSS present."""
     rng = np.random.default_rng(19)
-    band = 10 + 10 * DECOYS + 20
+    band = 10 + 10 * decoys + 20
     n = 1 + 30 + band + 20
-    frame = stroke_rows(1901, n, NODE, "w")
+    frame = stroke_rows(seed, n, NODE, prefix)
     frame["age"] = np.round(np.r_[[19.0], rng.uniform(20, 39.9, 30), rng.uniform(40, 59.9, band),
                                   rng.uniform(60, 85, 20)], 1)
     glucose = np.full(n, 7.0)
@@ -116,6 +116,11 @@ def window_rows() -> pd.DataFrame:
     frame["nihss_admission"] = rng.integers(0, 30, n).astype(float)
     frame.loc[0, "nihss_admission"] = TARGET_NIHSS
     return frame
+
+
+def window_rows() -> pd.DataFrame:
+    """:func:`decoy_band_rows` for 31 decoys: 340 aged 40-60."""
+    return decoy_band_rows(DECOYS, 1901, "w")
 
 
 def bayes_rows() -> pd.DataFrame:

@@ -57,6 +57,7 @@ from tests.mipflow.algorithms.survival_data import STROKE
 from tests.mipflow.node.controls.study_helpers import rule, stroke_rows, where
 from tests.nodes import grant_all, load_frame, running_nodes, standard_home
 from tests.privacy.test_explore_attacks import Served
+from tests.privacy.test_redteam_round19 import decoy_band_rows
 
 pytestmark = pytest.mark.xdist_group("redteam_round20")
 
@@ -105,19 +106,8 @@ def union_rows() -> pd.DataFrame:
 
 
 def chain_rows() -> pd.DataFrame:
-    """The target (age 19, NIHSS 41: the only patient under 20), 30 aged 20-40, BAND aged 40-60 with distinct glucose,
-    20 aged 60-85; every value present (round 19's rows with one more decoy's band)."""
-    rng = np.random.default_rng(19)
-    n = 1 + 30 + BAND + 20
-    frame = stroke_rows(2002, n, NODE, "ch")
-    frame["age"] = np.round(np.r_[[19.0], rng.uniform(20, 39.9, 30), rng.uniform(40, 59.9, BAND),
-                                  rng.uniform(60, 85, 20)], 1)
-    glucose = np.full(n, 7.0)
-    glucose[31:31 + BAND] = np.round(4.0 + 0.01 * np.arange(BAND), 2)
-    frame["glucose_mmol"] = glucose
-    frame["nihss_admission"] = rng.integers(0, 30, n).astype(float)
-    frame.loc[0, "nihss_admission"] = TARGET_NIHSS
-    return frame
+    """Round 19's rows with one more decoy's band (``decoy_band_rows``): BAND aged 40-60 with distinct glucose."""
+    return decoy_band_rows(DECOYS, 2002, "ch")
 
 
 PLAN = {"union": union_rows, "union_chain": union_rows, "models": chain_rows, "models_chain": chain_rows}

@@ -101,6 +101,19 @@ def test_a_chain_beyond_any_window_is_refused_and_far_sets_are_allowed():
     assert exact_allows(("t", "dm", 10), pools, [band[5:]], 10, PRIMES) is False  # 5 rows split off: a new atom
 
 
+def counted_adds(monkeypatch) -> list[int]:
+    """The sizes of the sets :meth:`Exact.add` is given from now on (the sets a call adds, not rebuilds)."""
+    added: list[int] = []
+    original = Exact.add
+
+    def counting(self, k):
+        added.append(len(k))
+        return original(self, k)
+
+    monkeypatch.setattr(Exact, "add", counting)
+    return added
+
+
 def test_an_atom_isolated_before_with_the_same_members_does_not_refuse():
     """What was released cannot be taken back: a small atom already isolatable (same rows) does not refuse a
     later release that leaves it as it is."""
@@ -116,14 +129,7 @@ def test_the_cache_extends_its_prefix_and_rebuilds_on_a_change(monkeypatch):
     correction) rebuilds from scratch and decides on the new keys."""
     rng = np.random.default_rng(5)
     pool = [np.unique(rng.integers(0, 500, 120)).astype(np.uint64) for _ in range(12)]
-    added = []
-    original = Exact.add
-
-    def counting(self, k):
-        added.append(len(k))
-        return original(self, k)
-
-    monkeypatch.setattr(Exact, "add", counting)
+    added = counted_adds(monkeypatch)
     key = (PRIMES, "dm", 10)
     first = remembered(key, [pool[:10], []], PRIMES)
     assert len(added) == 10
@@ -136,7 +142,7 @@ def test_the_cache_extends_its_prefix_and_rebuilds_on_a_change(monkeypatch):
     assert len(added) == 24
     reference = Exact.empty(PRIMES)
     for s in [*changed, *pool[10:]]:
-        original(reference, s)
+        reference.add(s)  # counted too, after the assertions on what the call added
     assert members(state) == members(reference)
 
 
@@ -199,19 +205,12 @@ def test_a_replaced_last_cell_extends_the_snapshot_from_before_it(monkeypatch):
     key = (PRIMES, "dm", 3)
     remembered(key, [cohorts, cells[:2]], PRIMES)
     remembered(key, [cohorts, [*cells[:2], cells[2]]], PRIMES)  # round 1's clusters remembered
-    added = []
-    original = Exact.add
-
-    def counting(self, k):
-        added.append(len(k))
-        return original(self, k)
-
-    monkeypatch.setattr(Exact, "add", counting)
+    added = counted_adds(monkeypatch)
     state = remembered(key, [cohorts, [*cells[:2], cells[3]]], PRIMES)  # round 2's replace them
     assert added == [cells[3].size]
     reference = Exact.empty(PRIMES)
     for s in [*cohorts, *cells[:2], cells[3]]:
-        original(reference, s)
+        reference.add(s)  # counted too, after the assertions on what the call added
     assert members(state) == members(reference)
 
 
