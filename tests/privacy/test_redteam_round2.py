@@ -168,9 +168,12 @@ def test_documented_limit_each_project_brings_its_own_explore_budget_on_the_same
         assert [r.status_code for r in answers[:3]] == [200, 200, 200]
         assert answers[3].status_code == 403 and answers[3].json()["control"] == "dp_budget"
         assert node.spent(project) == (pytest.approx(3.0), 3)
-    # six independent noisy releases of one cohort: twice what one project's budget allows
+    # six independent noisy releases of one cohort: twice what one project's budget allows.  Independent draws of
+    # four or five rounded Laplace counts (scale ~2) coincide now and then (about 1e-4 a pair: one run in several
+    # hundred saw two equal), so at least five distinct: an answer repeated (a cached or keyed release) gives at most
+    # two distinct here, one per project, and fails.
     draws = {json.dumps(r.json()["aggregates"]) for p in replies for r in replies[p][:3]}
-    assert len(draws) == 6
+    assert len(draws) >= 5
 
 
 # ---------------------------------------------------------------------------------------- defences
