@@ -40,6 +40,8 @@ TIA_DEATHS = 13
 YOUNG = 19.0
 ADULT = where(rule("death_90d", "equal", "yes"), rule("stroke_type", "equal", "tia"),
               rule("age", "greater_or_equal", 22.0))
+#: the nodes' secret key (hex), fixed so that the folds are the same every run
+FIXED_KEY = "5eed" * 16
 #: every refusal a differencing rule on cohorts and groups gives: fixed words, no size, no value
 FIXED = {str(cohort_refusal()), str(group_refusal("nfilter_tab", 3)), str(_refusal(10))}
 
@@ -63,6 +65,10 @@ def nodes(tmp_path_factory) -> Iterator[tuple[dict, pd.DataFrame]]:
     for name in ("classifier_first", "cohort_first"):
         roots[name] = base / name
         standard_home(roots[name], name)
+        # a fixed key: the folds are dealt by the node's key, and a fresh one splits the 13 TIA deaths 11/2 (or
+        # the 15 surviving haemorrhagic patients 13/2) in about 3 runs in 100, which the per-fold check refuses,
+        # rightly; with this key every fold cell holds 3 or more
+        (roots[name] / "secret.key").write_text(FIXED_KEY + "\n")
         assert load_frame(roots[name], STROKE, frame) == len(frame)
         grant_all(roots[name])
     with served_clients(roots) as served:
