@@ -7,8 +7,9 @@ node (its primes), data model and threshold level ``T``, the atoms of the family
 level ``T`` or more and the reduced row echelon form of their incidence over each prime, and refuses a
 release that makes a new atom of fewer than ``T`` rows isolatable (the atom rule of
 :func:`mipflow.node.controls.atoms.check_addition`, exact for one patient, over the whole family; ADR 0030
-amended).  Unions of several small atoms, changed-value units and the comparison by patients across data
-models stay with the window rule.
+amended).  The same state keyed by patients serves every data model's sets when some are of another model
+(:func:`mipflow.node.controls.chain.backstop_allows`, twentieth review hole 2).  Unions of several small atoms and
+changed-value units stay with the window rule.
 
 State (:class:`Exact`): the universe of row keys (sorted), each row's atom, the atoms' sizes and, per prime,
 ``R`` (rank x atoms, int64 residues) whose pivot columns are unit columns.  Adding a set: its rows outside
