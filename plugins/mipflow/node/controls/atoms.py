@@ -185,18 +185,21 @@ def echelon(matrix: np.ndarray, prime: int) -> tuple[np.ndarray, list[int]]:
     return m[:row], pivots
 
 
+def alone_pivots(reduced: np.ndarray, pivots: Sequence[int], width: int) -> np.ndarray:
+    """Boolean mask over ``width`` columns: the pivot columns of a reduced row echelon form whose pivot row is
+    zero in every free column.  Each row is 1 at its own pivot and 0 at the other pivots, so such a row has one
+    non-zero entry (the atom rule's test here and in :mod:`~mipflow.node.controls.chain_exact`)."""
+    found = np.zeros(width, dtype=bool)
+    if len(pivots):
+        found[np.asarray(pivots)[np.count_nonzero(reduced, axis=1) == 1]] = True
+    return found
+
+
 def _isolatable_mod(incidence: np.ndarray, prime: int) -> np.ndarray:
     """Atoms whose column is outside the span of the others over GF(prime): pivot columns of the
     reduced row echelon form whose pivot row is zero in every free column."""
     reduced, pivots = echelon(incidence, prime)
-    isolatable = np.zeros(incidence.shape[1], dtype=bool)
-    if not pivots:
-        return isolatable
-    free = np.ones(incidence.shape[1], dtype=bool)
-    free[pivots] = False
-    for pivot_row, col in enumerate(pivots):
-        isolatable[col] = not np.any(reduced[pivot_row, free])
-    return isolatable
+    return alone_pivots(reduced, pivots, incidence.shape[1])
 
 
 def isolatable(atoms: Atoms, primes: Sequence[int]) -> np.ndarray:

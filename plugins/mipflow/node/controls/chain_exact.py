@@ -17,7 +17,7 @@ the universe become one new atom (a zero column); each atom it splits gives its 
 atom whose column copies the old one; the set's 0/1 vector over the atoms, reduced against ``R``, is
 appended (normalised at its first non-zero column, that column eliminated from the other rows) when it is
 not zero.  An atom is isolatable when its column is a pivot column whose row is zero on every free column
-(:func:`mipflow.node.controls.atoms._isolatable_mod`); over several primes, when any says so.  Cost of an
+(:func:`mipflow.node.controls.atoms.alone_pivots`); over several primes, when any says so.  Cost of an
 addition: ``O(rank * atoms)`` per prime.
 
 A process-level cache keeps snapshots of the state after the remembered sets it has seen, each with a running
@@ -40,6 +40,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+
+from mipflow.node.controls.atoms import alone_pivots
 
 #: The most ``atoms * rank`` entries (summed over the primes) one state may hold (8 bytes each: 160 MB).
 EXACT_ENTRIES = 20_000_000
@@ -155,13 +157,10 @@ class Exact:
         pivots.append(col)
 
     def _isolatable(self) -> np.ndarray:
-        """Pivot columns whose row is zero on every free column: each row is 1 at its own pivot and 0 at the other
-        pivots, so such a row has one non-zero entry."""
+        """Atoms some prime isolates (:func:`mipflow.node.controls.atoms.alone_pivots` per prime)."""
         found = np.zeros(self.atoms, bool)
         for reduced, pivots in zip(self.reduced, self.pivots):
-            if pivots:
-                alone = np.count_nonzero(reduced, axis=1) == 1
-                found[np.asarray(pivots)[alone]] = True
+            found |= alone_pivots(reduced, pivots, self.atoms)
         return found
 
     def drop(self) -> None:
