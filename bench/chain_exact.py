@@ -9,7 +9,8 @@ Two families over ``--rows`` rows:
 
 Measured in process: the first check (cold: the state built over every remembered set), then ``--repeat`` checks of
 new cohorts against the warm cache (p50, p90; each check adds the request's cohort to a copy), and the
-``chain_allows`` call around it for the window rule's cost beside it.  Prints JSON.
+``chain_allows`` call around it for the window rule's cost beside it (the backstop with the union rule at
+``min_row_count``, as ``chain_allows`` runs it, and without it).  Prints JSON.
 
 Usage: ``python bench/chain_exact.py [--sets 300] [--rows 20000] [--repeat 20] [--family filters|random]``
 """
@@ -68,18 +69,21 @@ def main() -> None:
     def level(s):
         return min(s.threshold, 10)
 
-    def backstop(new):
-        return backstop_allows("dm", [old, []], [new], level, primes)
+    def backstop(new, unions=None):
+        return backstop_allows("dm", [old, []], [new], level, primes, unions_from=unions)
 
     start = time.perf_counter()
     backstop(fresh[0])
     cold = time.perf_counter() - start
     state = chain_exact.remembered((tuple(primes), "dm", 10), [[s.rows for s in old], []], primes)
-    warm, whole, refused = [], [], 0
+    warm, with_unions, whole, refused, refused_unions = [], [], [], 0, 0
     for new in fresh[1:]:
         start = time.perf_counter()
         refused += not backstop(new)
         warm.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        refused_unions += not backstop(new, unions=10)
+        with_unions.append(time.perf_counter() - start)
         start = time.perf_counter()
         chain_allows("dm", old, [], [new], 10, primes)
         whole.append(time.perf_counter() - start)
@@ -87,6 +91,8 @@ def main() -> None:
     print(json.dumps({"family": args.family, "sets": args.sets, "rows": args.rows, "atoms": state.atoms,
                       "rank": state.reduced[0].shape[0], "over_bound": state.over, "cold_ms": round(1000 * cold, 1),
                       "backstop_p50_ms": ms(warm, 0.5), "backstop_p90_ms": ms(warm, 0.9),
+                      "with_unions_p50_ms": ms(with_unions, 0.5), "with_unions_p90_ms": ms(with_unions, 0.9),
+                      "refused_by_unions": refused_unions,
                       "chain_allows_p50_ms": ms(whole, 0.5), "chain_allows_p90_ms": ms(whole, 0.9),
                       "refused_by_backstop": refused, "checks": len(warm),
                       "median_cohort_rows": int(statistics.median(len(c) for c in made))}))

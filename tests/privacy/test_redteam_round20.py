@@ -10,7 +10,7 @@ shipped thresholds (``min_row_count`` 10, ``nfilter_tab`` 3, differencing on, qu
 is the admin's documented choice per node (``standard_home``).  Every release is exact: each strict xfail fails the
 same way on every run.
 
-``test_hole_*`` are strict xfails (hole 2 is closed now and passes through its defence): the attack runs, checks what it recovered against the truth, and its last assertion
+``test_hole_*`` were strict xfails (both holes are closed now and pass through their defence): the attack runs, checks what it recovered against the truth, and its last assertion
 is the condition that would hold if the defence held.  ``test_defence_*`` pass while a control holds, naming it.
 
 Found (holes):
@@ -22,8 +22,8 @@ Found (holes):
    apart), then ``S2`` age >= 50.  Every pair is 0 or >= 10 rows apart each way, no single atom of the whole family
    is a combination (the backstop's question), but ``S1 + S2 - S3 - S4`` is the target (20.5) and the oldest patient
    (89.5): their count (2), sums and co-moments give both ages and the target's NIHSS, 41.  Without the decoys S2
-   is refused (defence below): the hole is exactly the window.  36 requests, within one researcher's budget.  Open
-   (ADR 0030 amended: the union rule over the whole family closes it but refuses an honest day's k-means).
+   is refused (defence below): the hole is exactly the window.  36 requests, within one researcher's budget.  Closed:
+   the backstop runs the union rule over every remembered set at the ``min_row_count`` level (ADR 0030 amended).
 2. **Round 19's three-cohort chain across two versions of the data model** (same amendment: "the comparison by
    patients across data models stay[s] with the window"; docs/privacy.md "a few patients from a cohort of any other
    data model or version").  The node holds the same patients under stroke 0.1 and 0.2 (a new model version loaded
@@ -181,9 +181,9 @@ def union_members(rows: pd.DataFrame) -> dict[str, set]:
             "S1": set(rows.index[(age >= 20) & (age < 50)]), "S2": set(rows.index[age >= 50])}
 
 
-@pytest.mark.xfail(strict=True, reason="hole 1: the backstop checks single atoms; a union of two beyond the window")
-def test_hole_1_a_union_of_two_one_row_atoms_beyond_the_window_is_answered(nodes):
-    """Hole 1.  Class: the exact backstop answers "one small atom?" over every remembered set; "unions of several
+def test_hole_1_closed_a_union_of_two_one_row_atoms_beyond_the_window_is_refused(nodes):
+    """Hole 1 (closed: the backstop's union rule over every remembered set at ``min_row_count``, ADR 0030
+    amended).  Class: the exact backstop answers "one small atom?" over every remembered set; "unions of several
     small atoms ... stay with the window" (ADR 0030, nineteenth-review amendment), and the window is 32 related sets,
     most recent first (ADR 0051 "Windows and caps").  Adversary: one researcher with a standard-mode grant
     (documented requests only, 36 of them).

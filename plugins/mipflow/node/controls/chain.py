@@ -205,13 +205,15 @@ PATIENTS = "*patients*"
 
 
 def backstop_allows(data_model: str, own: Sequence[Sequence[ChainSet]], new: Sequence[ChainSet],
-                    level: Callable[[ChainSet], int], primes: Sequence[int], keys: str = "rows") -> bool:
+                    level: Callable[[ChainSet], int], primes: Sequence[int], keys: str = "rows",
+                    unions_from: int | None = None) -> bool:
     """The exact atom rule over every remembered set of ``own`` (the request's data model's cohorts and cells by
     rows, or with ``keys="patients"`` every data model's sets carrying patient keys; each pool oldest first, no
     window), at each threshold level the sets carry: the sets of level ``T`` or more may isolate no new atom of
     fewer than ``T`` rows or patients (:mod:`mipflow.node.controls.chain_exact`, ADR 0030 amended; a repeated set
-    adds nothing to the family, as :func:`_dedupe` keeps it once).  ``data_model``: the cache key's
-    (:data:`PATIENTS` for the family by patients)."""
+    adds nothing to the family, as :func:`_dedupe` keeps it once); at the levels of ``unions_from`` or more, no new
+    combination may live on several small atoms either (the union rule, twentieth review hole 1).  ``data_model``:
+    the cache key's (:data:`PATIENTS` for the family by patients)."""
     levels = sorted({level(s) for s in [*(s for pool in own for s in pool), *new]}, reverse=True)
     for threshold in levels:
         if threshold <= 1:
@@ -220,7 +222,8 @@ def backstop_allows(data_model: str, own: Sequence[Sequence[ChainSet]], new: Seq
         if not new_sets:
             continue
         pools = [[_as_set(getattr(s, keys)) for s in pool if level(s) >= threshold] for pool in own]
-        if not exact_allows((tuple(primes), data_model, threshold), pools, new_sets, threshold, primes):
+        unions = unions_from is not None and threshold >= unions_from
+        if not exact_allows((tuple(primes), data_model, threshold), pools, new_sets, threshold, primes, unions):
             return False
     return True
 
@@ -267,7 +270,7 @@ def chain_allows(data_model: str, cohorts: Sequence[ChainSet], groups: Sequence[
     old = by_recency([[pool[i] for i in picked] for pool, picked in zip(own, chosen)])
     if not family_allows(old, "rows"):
         return False
-    if not backstop_allows(data_model, own, new, level, primes):
+    if not backstop_allows(data_model, own, new, level, primes, unions_from=min_row_count):
         return False
     if any(s.patients is None for s in new):
         return True
@@ -280,4 +283,4 @@ def chain_allows(data_model: str, cohorts: Sequence[ChainSet], groups: Sequence[
         return False
     if not any(s.data_model != data_model for pool in known for s in pool):
         return True
-    return backstop_allows(PATIENTS, known, new, level, primes, keys="patients")
+    return backstop_allows(PATIENTS, known, new, level, primes, keys="patients", unions_from=min_row_count)

@@ -42,11 +42,15 @@ from typing import Sequence
 import numpy as np
 
 from mipflow.node.controls.atoms import alone_pivots
+from mipflow.node.controls.unions import UNION_CAP, _Cap, _leak
 
 #: The most ``atoms * rank`` entries (summed over the primes) one state may hold (8 bytes each: 160 MB).
 EXACT_ENTRIES = 20_000_000
 #: Families kept in the process (data models, levels and nodes), four snapshots each on average.
 EXACT_STATES = 8
+#: The union search's work: its steps times the entries of the small atoms' space it searches (a step costs about
+#: 0.3 us an entry); at most :data:`~mipflow.node.controls.unions.UNION_CAP` steps, fewer over a larger space.
+UNION_WORK = 3_000_000
 
 
 @dataclass
@@ -61,18 +65,20 @@ class Exact:
     pivots: list[list[int]]  # per prime: the pivot column of each row
     isolatable: np.ndarray  # per atom: some prime isolates it
     over: bool = False  # past EXACT_ENTRIES: not kept
+    threshold: int = 0  # atoms of fewer rows are small: pivots are taken on the other atoms first
+    leak: bool = False  # an addition with ``search`` found a new combination on small atoms
 
     @classmethod
-    def empty(cls, primes: Sequence[int]) -> "Exact":
+    def empty(cls, primes: Sequence[int], threshold: int = 0) -> "Exact":
         return cls(tuple(int(p) for p in primes), np.zeros(0, np.uint64), np.zeros(0, np.int64),
                    np.zeros(0, np.int64), [np.zeros((0, 0), np.int64) for _ in primes], [[] for _ in primes],
-                   np.zeros(0, bool))
+                   np.zeros(0, bool), threshold=int(threshold))
 
     def copy(self) -> "Exact":
         """Another state to add to; the arrays are shared, never written in place (:meth:`add` makes new ones),
         so a copy costs the lists only."""
         return Exact(self.primes, self.universe, self.labels, self.sizes, list(self.reduced),
-                     [list(p) for p in self.pivots], self.isolatable, self.over)
+                     [list(p) for p in self.pivots], self.isolatable, self.over, self.threshold)
 
     @property
     def atoms(self) -> int:
@@ -81,8 +87,10 @@ class Exact:
     def entries(self) -> int:
         return sum(r.shape[0] for r in self.reduced) * self.atoms
 
-    def add(self, keys: np.ndarray) -> None:
-        """Add one set (sorted unique uint64 keys) to the family."""
+    def add(self, keys: np.ndarray, search: bool = False) -> None:
+        """Add one set (sorted unique uint64 keys) to the family; with ``search``, set :attr:`leak` when the
+        addition lets a new combination live on small atoms of fewer than :attr:`threshold` rows in all
+        (:meth:`_union_leak`)."""
         if self.over or not keys.size:
             return
         n = self.atoms
@@ -120,13 +128,19 @@ class Exact:
             vector_atoms.append(np.array([new_atom], np.int64))
         members = np.concatenate(vector_atoms).astype(np.int64)
         for i, prime in enumerate(self.primes):
-            self._append(i, prime, n, split, members)
+            self._append(i, prime, n, split, members, search)
         self.isolatable = self._isolatable()
 
-    def _append(self, i: int, prime: int, n: int, split: np.ndarray, members: np.ndarray) -> None:
+    def _append(self, i: int, prime: int, n: int, split: np.ndarray, members: np.ndarray,
+                search: bool = False) -> None:
         """Widen prime ``i``'s rows to the atoms (the ``n`` old columns, copies of the ``split`` ones, a zero column
         for new rows), reduce the set's 0/1 vector (ones at ``members``) against them and append it when not zero.
-        Every array is new: the old ones may be shared (:meth:`copy`)."""
+        Every array is new: the old ones may be shared (:meth:`copy`).
+
+        Pivots are taken on atoms of :attr:`threshold` rows or more when the row has a non-zero there, so a row
+        whose pivot is a small atom is zero on every large one (its rows span the row space's vectors supported on
+        the small atoms, ``V``); an atom the addition split under the threshold hands its rows' pivots over
+        (:meth:`_repivot`)."""
         old, pivots = self.reduced[i], self.pivots[i]
         rank, width = old.shape[0], self.atoms
         grown = np.zeros((rank + 1, width), np.int64)
@@ -134,6 +148,8 @@ class Exact:
             grown[:rank, :n] = old
             grown[:rank, n:n + split.size] = old[:, split]
         reduced = grown[:rank]
+        if self.threshold and rank and split.size:
+            self._repivot(reduced, pivots, prime, split)
         vector = np.zeros(width, np.int64)
         vector[members] = 1
         if pivots:
@@ -146,8 +162,11 @@ class Exact:
         if not nonzero.size:
             self.reduced[i] = reduced
             return
-        col = int(nonzero[0])
+        large = nonzero[self.sizes[nonzero] >= self.threshold]
+        col = int(large[0]) if large.size else int(nonzero[0])
         vector = (vector * pow(int(vector[col]), prime - 2, prime)) % prime
+        grows = search and self.threshold > 1 and not large.size and not self.leak
+        before = self._small_space(reduced, pivots) if grows else None
         factors = reduced[:, col].copy()
         hit = np.flatnonzero(factors)
         if hit.size:
@@ -155,6 +174,52 @@ class Exact:
         grown[rank] = vector
         self.reduced[i] = grown
         pivots.append(col)
+        if grows:
+            self.leak = self._union_leak(before, self._small_space(grown, pivots), prime)
+
+    def _repivot(self, reduced: np.ndarray, pivots: list[int], prime: int, split: np.ndarray) -> None:
+        """Rows whose pivot atom was split under the threshold take a pivot on a large atom of theirs, if any
+        (normalised there, that column eliminated from the other rows: the pivot columns stay unit, and the rows on
+        small atoms, zero on every large one, are untouched); the others now live on small atoms (``V``)."""
+        small = self.sizes < self.threshold
+        cut = np.zeros(self.atoms, bool)
+        cut[split] = True
+        for j, col in enumerate(pivots):
+            if not (cut[col] and small[col]):
+                continue
+            row = reduced[j]
+            large = np.flatnonzero((row != 0) & ~small)
+            if not large.size:
+                continue
+            new = int(large[0])
+            row = (row * pow(int(row[new]), prime - 2, prime)) % prime
+            reduced[j] = row
+            factors = reduced[:, new].copy()
+            factors[j] = 0
+            hit = np.flatnonzero(factors)
+            if hit.size:
+                reduced[hit] = (reduced[hit] - (factors[hit, None] * row[None, :]) % prime) % prime
+            pivots[j] = new
+
+    def _small_space(self, reduced: np.ndarray, pivots: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """``V`` over the small atoms' columns: the rows whose pivot is a small atom (unit pivot columns)."""
+        small = np.flatnonzero(self.sizes < self.threshold)
+        at = np.full(self.atoms, -1, np.int64)
+        at[small] = np.arange(small.size)
+        keep = [j for j, col in enumerate(pivots[:reduced.shape[0]]) if at[col] >= 0]
+        return reduced[keep][:, small], at[np.asarray([pivots[j] for j in keep], np.int64)]
+
+    def _union_leak(self, old: tuple[np.ndarray, np.ndarray], new: tuple[np.ndarray, np.ndarray],
+                    prime: int) -> bool:
+        """Whether ``new`` (``V`` after the set, one dimension more) holds a vector outside ``old`` (``V`` of the
+        sets before it, over the same atoms) supported on fewer than :attr:`threshold` rows: the union rule of
+        :mod:`mipflow.node.controls.unions` (its branch and bound; True too past its cap)."""
+        sizes = self.sizes[self.sizes < self.threshold]
+        steps = max(1, min(UNION_CAP, UNION_WORK // max(1, new[0].size)))
+        try:
+            return _leak(new, old, sizes, self.threshold - 1, prime, [0, steps])
+        except _Cap:
+            return True  # refused, as the window's union rule past its cap
 
     def _isolatable(self) -> np.ndarray:
         """Atoms some prime isolates (:func:`mipflow.node.controls.atoms.alone_pivots` per prime)."""
@@ -228,7 +293,8 @@ def _running(pool: Sequence[np.ndarray]) -> list[bytes]:
     return out
 
 
-def remembered(key: tuple, pools: Sequence[Sequence[np.ndarray]], primes: Sequence[int]) -> Exact:
+def remembered(key: tuple, pools: Sequence[Sequence[np.ndarray]], primes: Sequence[int], threshold: int = 0
+               ) -> Exact:
     """The state over every set of ``pools`` (each oldest first, sorted unique keys), from the cached snapshot of
     ``key`` whose sets begin every pool and are the most (extended by the rest, the result cached as another
     snapshot), else built from scratch.  ``key``: the node's primes, data model and level.  The state returned is
@@ -242,7 +308,7 @@ def remembered(key: tuple, pools: Sequence[Sequence[np.ndarray]], primes: Sequen
     start = [len(done) for done in best.digests] if best is not None else [0] * len(pools)
     if best is not None and start == [len(r) for r in running]:
         return best.state
-    state = best.state.copy() if best is not None else Exact.empty(primes)
+    state = best.state.copy() if best is not None else Exact.empty(primes, threshold)
     for pool, first in zip(pools, start):
         for keys in pool[first:]:
             state.add(keys)
@@ -258,19 +324,23 @@ def remembered(key: tuple, pools: Sequence[Sequence[np.ndarray]], primes: Sequen
 
 
 def exact_allows(key: tuple, pools: Sequence[Sequence[np.ndarray]], new: Sequence[np.ndarray], threshold: int,
-                 primes: Sequence[int]) -> bool:
-    """Whether adding ``new`` to every set of ``pools`` isolates no new atom of fewer than ``threshold`` rows
-    (allowed, too, past :data:`EXACT_ENTRIES`: module docstring)."""
+                 primes: Sequence[int], unions: bool = False) -> bool:
+    """Whether adding ``new`` to every set of ``pools`` isolates no new atom of fewer than ``threshold`` rows and,
+    with ``unions``, lets no new combination of the family live on small atoms of fewer than ``threshold`` rows in
+    all (each new set in turn: a combination new after several is new after one of them; allowed, too, past
+    :data:`EXACT_ENTRIES`: module docstring)."""
     if threshold <= 1 or not new:
         return True
-    before = remembered(key, pools, primes)
+    before = remembered(key, pools, primes, threshold)
     if before.over:
         return True
     after = before.copy()
     for keys in new:
-        after.add(keys)
+        after.add(keys, search=unions)
         if after.over:
             return True
+        if after.leak:
+            return False
     return not new_small_atom(before, after, threshold)
 
 

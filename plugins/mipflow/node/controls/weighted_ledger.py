@@ -44,6 +44,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from mipflow.algorithms.weighted import WeightFamily, weighted_rows
+from mipflow.node.controls import chain_exact
 from mipflow.node.controls.atoms import AtomSizes, check_addition, node_primes
 from mipflow.node.controls.ledger import (
     _overlap, bounded, cohort_digest, decode_keys, encode_keys, related, sorted_unique,
@@ -226,6 +227,40 @@ def chain_dominated(new: FamilyRows, olds: Sequence["_Remembered"],
                               rows_in_effect(*unit_bounds(parts)))
 
 
+def backstop_dominated(new: FamilyRows, olds: Sequence["_Remembered"],
+                       used: Callable[[int], tuple[np.ndarray, np.ndarray | None] | None], threshold: int,
+                       primes: Sequence[int]) -> bool:
+    """The chain rule's exact backstop for a weight family (twenty-first review, hole 1; ADR 0058 amended): the
+    atom rule over *every* remembered release of the family in the new one's data model, no window
+    (:mod:`mipflow.node.controls.chain_exact`'s incremental state, cached per family, data model and level), the
+    atoms it newly isolates sized by the rows they hold in effect as :func:`chain_dominated` sizes them (each
+    remembered release's weights verified from the current rows; an unknown one weighs nothing).  True: refuse."""
+    own = [i for i, old in enumerate(olds) if old.data_model == new.data_model]
+    if not own or threshold <= 1:
+        return False
+    key = (tuple(primes), f"weighted:{new.family}:{new.data_model}", threshold)
+    before = chain_exact.remembered(key, [[olds[i].rows for i in own]], primes, threshold)
+    if before.over:
+        return False
+    after = before.copy()
+    after.add(sorted_unique(new.rows))
+    if after.over:
+        return False
+    n = before.atoms
+    fresh = np.zeros(after.atoms, bool)
+    fresh[n:] = True
+    if n:
+        fresh[:n] = (after.sizes[:n] != before.sizes) | ~before.isolatable
+    candidates = np.flatnonzero(after.isolatable & fresh)
+    if not candidates.size:
+        return False
+    taken = [used(i) for i in own]
+    parts = [_part(new.rows, new.log_weights),
+             *(_part(olds[i].rows, None if t is None else t[0]) for i, t in zip(own, taken))]
+    sizes = rows_in_effect(*unit_bounds(parts))(after.universe, after.labels, after.atoms)
+    return bool(np.any(sizes[candidates] < threshold))
+
+
 @dataclass(frozen=True)
 class _Remembered:
     data_model: str
@@ -318,6 +353,8 @@ class WeightedMemory(SqliteState):
             if not all(self._pair_allowed(release, old, used, i, threshold) for i, old in enumerate(olds)):
                 return False
             if chain_dominated(release, olds, used, threshold, self.primes):
+                return False
+            if backstop_dominated(release, olds, used, threshold, self.primes):
                 return False
         return True
 

@@ -406,3 +406,31 @@ def test_a_node_answers_overlapping_weighted_releases_whose_atoms_hold_the_thres
     node = chain_node(tmp_path / "hospital_a", None)
     for filters, n in ((None, 240), (NOT_X, 195), (NOT_Y, 195), (NOT_X_OR_Y, 170), (NOT_X_AND_Y, 220), (None, 240)):
         assert node.pca(filters)["aggregates"]["moments"]["n"] == n
+
+
+@pytest.mark.parametrize("target", [12.3, None])
+def test_the_backstop_alone_weighs_the_chain_over_every_remembered_release(target: float | None) -> None:
+    """The exact backstop (ADR 0058 amended, twenty-first review hole 1), called alone, no window: the fourth release
+    of the chain is refused when ``X ∩ Y`` is one row in effect and answered when its twenty rows near the top hold
+    the threshold; a release far from the family (rows no release held) and a repeat of a remembered one pass."""
+    from mipflow.node.controls import chain_exact
+    from mipflow.node.controls.weighted_ledger import _Remembered, backstop_dominated, fingerprint, fingerprint_key
+
+    chain_exact.clear()
+    glucose, chain = chain_rows(target)
+    logw = GLUCOSE.log_weights({"glucose_mmol": glucose})
+    names = ("U", "U-X", "U-Y")
+    olds = [_Remembered("stroke:0.1", chain[n], fingerprint(fingerprint_key(KEY), chain[n], logw[chain[n].astype(int)]))
+            for n in names]
+
+    def used(i: int):
+        return logw[olds[i].rows.astype(int)], None
+
+    def dominated(rows: np.ndarray) -> bool:
+        at = rows.astype(int) % 240
+        return backstop_dominated(FamilyRows(GLUCOSE.name, "stroke:0.1", rows, logw[at]), olds, used, 10, PRIMES)
+
+    assert dominated(chain["U-(X|Y)"]) is (target is not None)
+    assert dominated(keys(range(1000, 1100))) is False  # rows no release held: one new atom of 100 rows
+    assert dominated(chain["U-X"]) is False  # a repeat
+    chain_exact.clear()
