@@ -37,7 +37,8 @@ family (ADR 0051, thirteenth review):
 * **exact backstop** (nineteenth review hole 1, issue 14 item 5; ADR 0030 amended): the windows are steerable (31
   nested decoys push ``A`` out and ``A - B - C`` is one row), so beside them :func:`backstop_allows` runs the atom
   rule over *every* remembered cohort and cell of the request's data model, by rows, at each level
-  (:mod:`mipflow.node.controls.chain_exact`, incremental and cached per process; one atom, not unions); and, when
+  (:mod:`mipflow.node.controls.chain_exact`, incremental and cached per process; one atom at every level, unions of
+  small atoms at ``min_row_count``: twentieth review hole 1); and, when
   some remembered set carrying patient keys is of another data model (as the window's family by patients), over
   every such set of every data model by patients (twentieth review, hole 2: the same patients under two versions).
 

@@ -8,8 +8,11 @@ level ``T`` or more and the reduced row echelon form of their incidence over eac
 release that makes a new atom of fewer than ``T`` rows isolatable (the atom rule of
 :func:`mipflow.node.controls.atoms.check_addition`, exact for one patient, over the whole family; ADR 0030
 amended).  The same state keyed by patients serves every data model's sets when some are of another model
-(:func:`mipflow.node.controls.chain.backstop_allows`, twentieth review hole 2).  Unions of several small atoms and
-changed-value units stay with the window rule.
+(:func:`mipflow.node.controls.chain.backstop_allows`, twentieth review hole 2).  At the ``min_row_count`` level the
+union rule runs here too (``unions=True``; twentieth review hole 1, twenty-first review hole 2): pivots are taken on
+large atoms first, so the rows pivoting on small atoms span ``V`` (the row space on the small atoms), and a new set
+living on small atoms only is searched for a vector of ``V`` outside the old one of fewer than ``T`` rows
+(:func:`mipflow.node.controls.unions._leak`, its work bounded by :data:`UNION_WORK`, refused past it).
 
 State (:class:`Exact`): the universe of row keys (sorted), each row's atom, the atoms' sizes and, per prime,
 ``R`` (rank x atoms, int64 residues) whose pivot columns are unit columns.  Adding a set: its rows outside
