@@ -206,7 +206,7 @@ def change_problems(old: Study, family: Family, min_row_count: int) -> tuple[dic
 
 
 def _check_family(root: Any, key: bytes, data_model: str, family: Family, min_row_count: int,
-                  earlier: Study | None) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
+                  earlier: Study | None, epoch: str = "") -> list[tuple[str, np.ndarray, np.ndarray | None]]:
     """The ledger's pairwise rule against every cohort answered before (by rows under the study's
     data model, by patients under any other, ADR 0030), and the atom rule with its union rule over the
     family (and the snapshot it replaces, no combination excused); returns the distinct sets to record,
@@ -239,9 +239,34 @@ def _check_family(root: Any, key: bytes, data_model: str, family: Family, min_ro
         if not verdict.allowed:  # no count either (the group's size is data, as the union rule's above)
             raise ConfigError(f"a combination of the study's cohorts would isolate a group of fewer than "
                               f"min_row_count ({min_row_count}) patients: choose subgroups that overlap by more rows")
+        _chain_with_answered(root, ledger, data_model, list(distinct.values()), min_row_count, node_primes(key), epoch)
     finally:
         ledger.close()
     return list(distinct.values())
+
+
+def _chain_with_answered(root: Any, ledger: Any, data_model: str, sets: list[tuple[str, np.ndarray, np.ndarray | None]],
+                         min_row_count: int, primes: Any, epoch: str = "") -> None:
+    """The chain rule over the study's cohorts as one addition to everything the node answered before (the ledger's
+    cohorts and the group memory's cells, every data model; the window and the exact backstop with its union rule,
+    ADR 0030): a study population completing a chain of standard-mode cohorts (twenty-second review, hole 4) is not
+    approved.  ``epoch``: the node's consent epoch (a set of an earlier one: its phantom unit, ADR 0061).  No count in
+    the words (which atoms the rule met is data)."""
+    from mipflow.node.controls.chain import ChainSet
+    from mipflow.node.controls.groups import GroupMemory
+
+    groups = GroupMemory(root)
+    try:
+        released = groups.chain_sets(epoch)
+    finally:
+        groups.close()
+    new = [ChainSet(data_model, keys, patients, min_row_count) for _, keys, patients in sets]
+    try:
+        ledger.chain(data_model, new, min_row_count, primes, released=released, epoch=epoch)
+    except DisclosureError:
+        raise ConfigError(f"a combination of the study's cohorts with cohorts or groups this node already answered "
+                          f"for would single out fewer than min_row_count ({min_row_count}) patients (differencing): "
+                          "choose a broader population or other subgroups") from None
 
 
 def _cells_message(failed: str, problems: list[str], tab: int) -> str:
@@ -398,7 +423,8 @@ def _approve(home: Any, project: str, protocol: Protocol) -> dict[str, Any]:
         check_moment_cells(moment_problems(family.sets() + list(theirs), family.population, family.cell_levels,
                                            family.nominal, protocol.algorithms, min_row_count,
                                            node_primes(home.key())), min_row_count, f"study {protocol.name!r} not approved")
-        sets = _check_family(home.root, home.key(), protocol.data_model, family, min_row_count, None)
+        sets = _check_family(home.root, home.key(), protocol.data_model, family, min_row_count, None,
+                             store.consent_applied())
         consent = store.consent_applied()
         at = now_utc()
         patterns, summary = _patterns(home, store, model, protocol, family, at, f"study {protocol.name!r} not approved")
@@ -479,7 +505,8 @@ def _refresh(home: Any, project: str, old: Study) -> dict[str, Any]:
                            + (cell_change_problems(old, family, min_row_count, moments) if moments else []),
                            min_row_count, f"study {old.protocol.name!r} not refreshed", stays)
         try:
-            sets = _check_family(home.root, home.key(), old.protocol.data_model, family, min_row_count, old)
+            sets = _check_family(home.root, home.key(), old.protocol.data_model, family, min_row_count, old,
+                                 store.consent_applied())
         except ConfigError as exc:
             raise ConfigError(f"study {old.protocol.name!r} not refreshed: {exc}{stays}") from None
         at = now_utc()
