@@ -256,6 +256,8 @@ class KMeans(SpecAlgorithm):
                             "in a study) or descriptive statistics, or use explore mode"))
     # every released cluster holds min_row_count rows, not only nfilter_tab (ADR 0050)
     group_count_setting = "min_row_count"
+    small_group_hint = ("kmeans checks, at each node, the rows of each cluster (their count, sums and squares are "
+                        "released): ask fewer clusters (k), or select more rows (a wider filter, more datasets).")
     x_spec = None
     parameter_specs = MappingProxyType({
         "k": ParamSpec(types=("int",), default=4, notblank=True, min=1, max=100, label="Clusters (k)",

@@ -228,6 +228,10 @@ class LinearRegression(SpecAlgorithm):
     label = "Linear Regression"
     description = ("Ordinary least squares of a numerical variable on covariates: coefficients, standard "
                    "errors, t-tests and intervals, R-squared and the F-test.")
+    small_group_hint = (
+        "linear_regression checks, at each node, the rows of each level of a nominal covariate and of each pair "
+        "of levels of two nominal covariates: select more rows (a wider filter, more datasets), use covariates "
+        "with fewer levels or fewer nominal covariates.")
     # Exareme2's spec says "real" only, but its validation suite regresses
     # integer variables (minimentalstate) too.
     y_spec = InputSpec(types=("real", "int"), stattypes=(NUMERICAL,), notblank=True, multiple=False,

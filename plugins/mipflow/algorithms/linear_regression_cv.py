@@ -67,6 +67,11 @@ class LinearRegressionCV(CrossValidated, LinearRegression):
     description = ("k-fold cross-validation of a linear regression: per-fold and mean error measures "
                    "(mean squared error, its root, mean absolute error, R-squared).")
     parameter_specs = MappingProxyType({"n_splits": N_SPLITS})
+    small_group_hint = (
+        "linear_regression_cv checks, at each node, each fold's rows per covariate level and per pair of levels "
+        "of two nominal covariates (a fold holds about the node's rows divided by n_splits): use fewer folds "
+        "(n_splits, down to its minimum), select more rows (a wider filter, more datasets) or use covariates "
+        "with fewer levels.")
     #: Its folds' designs are built from a frame with the node's fold keys (not LinearRegression's rows on disk).
     streams_rows = False
 

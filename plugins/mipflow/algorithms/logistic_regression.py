@@ -98,6 +98,11 @@ class LogisticRegression(SpecAlgorithm):
     label = "Logistic Regression"
     description = ("Models a binary outcome (the positive class against the others) on covariates by "
                    "federated Newton iterations: coefficients, standard errors, Wald tests and intervals.")
+    small_group_hint = (
+        "logistic_regression checks, at each node, the rows of each class (positive and the others), of each "
+        "level of a nominal covariate, of each class within each level, and of each pair of levels of two "
+        "nominal covariates: select more rows (a wider filter, more datasets), use covariates with fewer "
+        "levels or fewer nominal covariates, or choose a positive class that is neither rare nor nearly all.")
     y_spec = InputSpec(types=("int", "text"), stattypes=(NOMINAL,), notblank=True, multiple=False,
                        label="Variable (dependent)",
                        description="A nominal variable, made binary: 1 for the positive class, 0 for the others.")

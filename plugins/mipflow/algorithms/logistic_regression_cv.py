@@ -66,6 +66,15 @@ class LogisticRegressionCV(CrossValidated, LogisticRegression):
         "roc_bins": ParamSpec(types=("int",), default=50, min=2, max=1000, label="ROC bins",
                               description="Score bins of the ROC curve (the AUC is computed on them)."),
     })
+    small_group_hint = (
+        "logistic_regression_cv checks, at each node: in its fit rounds, each fold's training rows per class and "
+        "per class and covariate level, and each fold's test rows per covariate level; in its evaluation round "
+        "(the last), each fold's confusion cells of the test rows (true class x predicted class: true and false "
+        "positives and negatives). A fold's test rows are about the node's rows divided by n_splits, so a "
+        "confusion cell below nfilter_tab is common with the default n_splits. ROC bins are not checked this "
+        "way (a small bin is suppressed and that fold's AUC left out), so fewer roc_bins do not help. Use fewer "
+        "folds (n_splits, down to its minimum), select more rows (a wider filter, more datasets), use "
+        "covariates with fewer levels, or fit logistic_regression without cross-validation.")
     #: Its folds need a frame with the node's fold keys (not LogisticRegression's rows left on disk).
     streams_rows = False
 

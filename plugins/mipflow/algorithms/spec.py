@@ -159,6 +159,13 @@ def _coerce_param(name: str, value: Any, spec: ParamSpec) -> Any:
     raise RequestError(f"parameter {name!r} must be of type {'/'.join(spec.types)}, got {value!r}")
 
 
+#: The default of :attr:`SpecAlgorithm.small_group_hint`.
+SMALL_GROUP_HINT = ("The groups checked are those the algorithm's results are computed over (the levels of the "
+                    "nominal variables it groups by or encodes, pairs of them, the classes of a nominal outcome, "
+                    "clusters, bins): select more rows (a wider filter, more datasets), or use nominal variables "
+                    "with fewer levels, fewer clusters or fewer bins.")
+
+
 class SpecAlgorithm:
     """Base class that validates requests against an Exareme2-style spec.
 
@@ -184,6 +191,9 @@ class SpecAlgorithm:
     #: group's rows are chosen by the data and its statistics carry as many moments as a few rows
     #: have values (k-means clusters: count, sum and sum of squares over a range of values, ADR 0050).
     group_count_setting: str = "nfilter_tab"
+    #: Static words a refusal of a small group or cell (``group_count_setting``) ends with: which groups and
+    #: cells the algorithm releases and which request parameters make them larger (never the data's sizes).
+    small_group_hint: str = SMALL_GROUP_HINT
     y_spec: InputSpec
     x_spec: InputSpec | None = None
     parameter_specs: Mapping[str, ParamSpec] = MappingProxyType({})

@@ -64,10 +64,12 @@ WHAT_TO_CHANGE = {
     "min_row_count": "select more rows: widen the filter, add datasets, use variables with fewer missing values",
     "nfilter_subset": "widen the filter",
     "nfilter_glm": "use fewer covariates, or select more rows",
-    "nfilter_tab": "use variables with fewer levels, or select more rows",
+    "nfilter_tab": "use variables with fewer levels, fewer folds or bins, or select more rows (the node's message "
+                   "names the cells its algorithm checks)",
     "nfilter_levels_max": "use a variable with fewer levels",
     "nfilter_string": "shorten the long text in the request",
-    "differencing": "request a cohort that differs more from ones already answered (a wider filter)",
+    "differencing": "ask complete cases (is_not_null on each variable), repeat an earlier analysis's filters and "
+                    "datasets exactly, leave out small datasets, or ask the node's admin for a study protocol",
     "study": "keep to the study's datasets, variables and subgroups, as the message says",
     "secure_aggregation": "run with secure aggregation on, across at least 2 nodes",
     "unavailable": "try again later; the node's admin can check that the node is running",

@@ -165,8 +165,8 @@ class DisclosureControls:
         for n in _group_sizes(aggregates):
             if 0 < n < smallest:
                 # the size itself stays at the node: "a group of 1 row" would disclose it
-                raise DisclosureError(f"a group or cell is non-empty but smaller than {control} ({smallest})",
-                                      control=control)
+                raise DisclosureError(f"a group or cell is non-empty but smaller than {control} ({smallest}). "
+                                      f"{small_group_hint(algorithm)}", control=control)
         # weighted sums (the exponential of a variable) hold sum w / max w rows: min_row_count (ADR 0053)
         if any(held < self.settings.min_row_count for held in _weighted_rows(aggregates)):
             raise dominated_refusal(self.settings.min_row_count)
@@ -243,6 +243,15 @@ def dominated_refusal(min_row_count: int) -> DisclosureError:
         f"({min_row_count}) (dominated_sums control): analyse the variable without that transformation, or "
         "repeat an earlier analysis's filters and datasets exactly; for several cohorts with the transformation, "
         f"ask the node's admin for a study protocol that fixes it. {STALE_HINT}", control="dominated_sums")
+
+
+def small_group_hint(algorithm: Algorithm) -> str:
+    """The algorithm's static words on its checked groups and what makes them larger (issue 14: a refusal's
+    text is a function of the request and the settings only)."""
+    from mipflow.algorithms.spec import SMALL_GROUP_HINT
+
+    hint = getattr(algorithm, "small_group_hint", SMALL_GROUP_HINT)
+    return hint if isinstance(hint, str) else SMALL_GROUP_HINT
 
 
 def group_threshold(algorithm: Algorithm, settings: NodeSettings) -> tuple[str, int]:

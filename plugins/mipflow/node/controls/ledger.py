@@ -100,16 +100,25 @@ def pair_conflict(new: np.ndarray, old: np.ndarray, threshold: int) -> bool:
 from mipflow.node.controls.disclosure import STALE_HINT, stamp_refusal  # noqa: E402 - every memory's refusal says it (ADR 0061)
 
 
+#: What a researcher can change after a ledger refusal: static words (the same at every node, whatever the rows).
+DIFFERENCING_HINT = (
+    "To be answered: ask complete cases (a filter is_not_null on each variable of the analysis), so that the "
+    "variables' rows are the same rows; repeat an earlier analysis's filters, variables and datasets exactly; "
+    "leave out small datasets; or use a filter that selects many more or many fewer rows. For subgroups and "
+    "variable sets that must all be answered exactly, ask the node's admin for a study protocol (mipflow study).")
+
+
 def _refusal(threshold: int) -> DisclosureError:
-    # no sizes, and one message for every way a cohort conflicts (a pair, a chain, another data model, an
-    # earlier consent epoch): which rule refused, and by how much, is exactly what must not leak
+    # no sizes, and one message for every way a cohort conflicts (a pair within the request, a pair or chain
+    # with earlier answers, another data model, an earlier consent epoch): which rule refused, and by how much,
+    # is exactly what must not leak.  So the words cannot say whether earlier answers took part: a first
+    # request to a fresh node is refused when its own cohorts (a variable's non-missing rows, the complete
+    # cases, each dataset's rows) are a few rows apart (the honest-day review).
     return DisclosureError(
-        "the selected rows are too close to rows this node already answered for, under this or another "
-        "data model: on its own or combined with earlier answers, this answer could single out fewer than "
-        f"min_row_count ({threshold}) patients (differencing control). Use the same filters and variables as "
-        "an earlier analysis, or a filter that selects many more or many fewer rows; for subgroups and "
-        "variable sets that must all be answered exactly, ask the node's admin for a study protocol "
-        f"(mipflow study). {STALE_HINT}", control="differencing")
+        "the selected rows are too close to rows this node answered for, under this or another data model, or "
+        "that this request itself selects (its variables' non-missing rows, its datasets): on its own or "
+        f"combined with earlier answers, this answer could single out fewer than min_row_count ({threshold}) "
+        f"patients (differencing control). {DIFFERENCING_HINT} {STALE_HINT}", control="differencing")
 
 
 def stale_conflict(new: np.ndarray, held: np.ndarray, threshold: int, cross: bool = False) -> bool:

@@ -42,6 +42,15 @@ from mipflow.node.controls.study_protocol import Protocol, canonical_filter, des
 STUDIES_DIR = "studies"
 
 
+#: The federation's partition column: which dataset (export) a row belongs to.
+PARTITION = "dataset"
+#: The refusal of a request naming ``dataset`` as a variable when the protocol does not list it (static words).
+PARTITION_REFUSAL = ("'dataset' (which dataset a row belongs to) is not among the study variables, so a request "
+                     "may not analyse or group by it; leave it out of the variables (descriptive_stats reports "
+                     "each dataset already) and compare datasets by requesting them one at a time, or ask the "
+                     "node admin to list 'dataset' among the protocol's variables")
+
+
 class StudyRefusal(DisclosureError):
     """A request outside its project's study, or a study whose snapshot must be refreshed (403, ``study``)."""
 
@@ -136,7 +145,13 @@ class Study:
         if outside:
             raise self._refuse(f"dataset(s) {', '.join(map(repr, outside[:5]))} are not in the study; request "
                                f"datasets among {', '.join(p.datasets)}")
-        extra = [v for v in dict.fromkeys(variables) if v not in p.variables]
+        named = set(analysis.x) | set(analysis.y)
+        if PARTITION in named and PARTITION not in p.variables:
+            raise self._refuse(PARTITION_REFUSAL)
+        # the partition column an algorithm reads on its own (descriptive_stats: per-dataset statistics) is
+        # public metadata, not a clinical variable: each dataset's rows are a cohort the study already admits
+        # (a request naming that one dataset), so it needs no place in the protocol
+        extra = [v for v in dict.fromkeys(variables) if v not in p.variables and v != PARTITION]
         if extra:
             raise self._refuse(f"variable(s) {', '.join(map(repr, extra[:5]))} are not study variables; use "
                                f"variables among {', '.join(p.variables)}")

@@ -149,3 +149,27 @@ def test_clustered_rows_count_patients(patients, visits, settings, control):
 
 class _Request:
     filters = None
+
+
+@pytest.mark.parametrize("name, words", [
+    ("logistic_regression_cv", ("confusion cells of the test rows", "fewer roc_bins do not help",
+                                "Use fewer folds (n_splits")),
+    ("linear_regression_cv", ("each fold's rows per covariate level", "use fewer folds (n_splits")),
+    ("logistic_regression", ("the rows of each class", "positive class")),
+    ("kmeans", ("each cluster", "fewer clusters (k)")),
+    ("ttest_independent", ("The groups checked are those",)),
+])
+def test_a_small_group_refusal_ends_with_the_algorithm_s_static_hint(name, words):
+    """The refusal names the cells the algorithm checks and what makes them larger: static words (issue 14),
+    the same bytes whatever the small group's size."""
+    from mipflow.algorithms import get_algorithm
+
+    algo = get_algorithm(name)
+    messages = set()
+    for small in (1, 2):
+        with pytest.raises(DisclosureError) as info:
+            DisclosureControls(NodeSettings(nfilter_tab=3)).release(algo, None, None, 0, {"group_n": [40, small]})
+        messages.add(str(info.value))
+    (message,) = messages
+    assert message.endswith(algo.small_group_hint) and all(w in message for w in words), message
+    assert not any(ch.isdigit() for ch in message.replace("(3)", "").replace("(10)", ""))

@@ -230,3 +230,24 @@ def test_an_honest_session_is_answered_as_before_but_for_a_real_chain(tmp_path):
     assert 0 < missing_two < M  # the union is real
     chain = "study protocol" in messages[0] and "mipflow study" in messages[0]
     assert chain and all(m == messages[0] for m in messages)  # one message, whichever rule refused
+
+
+def test_cohorts_of_one_request_a_few_rows_apart_are_refused_on_a_fresh_node_saying_so(tmp_path):
+    """A first request (nothing answered yet) whose own cohorts are a few rows apart, as descriptive_stats'
+    rows and one variable's non-missing rows (the honest-day review): refused by the pairwise rule inside the
+    request, with the same static words as a conflict with an earlier answer, which do not claim earlier
+    answers and name the changes (complete cases, exact repeats, small datasets, a study)."""
+    rows, present = _keys(range(1, 61)), _keys(range(1, 58))  # three rows miss the variable
+    fresh = _ledger(tmp_path / "fresh")
+    with pytest.raises(DisclosureError) as inside:
+        fresh.check("m:1", [rows, present], M, primes=PRIMES)
+    assert inside.value.control == "differencing"
+    message = str(inside.value)
+    assert "already answered" not in message and "this request itself selects" in message
+    assert "is_not_null on each variable" in message and "leave out small datasets" in message
+    assert "filters, variables and datasets exactly" in message and "study protocol" in message
+    assert not any(ch.isdigit() for ch in message.replace(f"({M})", ""))
+    fresh.check("m:1", [present], M, primes=PRIMES)  # complete cases alone: answered
+    earlier = _ledger(tmp_path / "earlier")
+    _answer(earlier, "m:1", rows)
+    assert str(_refused(earlier, "m:1", present)) == message  # one message for every way a cohort conflicts

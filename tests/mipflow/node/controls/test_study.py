@@ -82,6 +82,29 @@ def test_requests_outside_the_family_are_refused_naming_what_to_change(approved,
     assert set(re.findall(r"\d+", message)) <= {"0", "1", "2", "65", "64", "90"}
 
 
+def test_the_dataset_column_an_algorithm_reads_on_its_own_is_admitted(approved) -> None:
+    """descriptive_stats reads 'dataset' itself (per-dataset statistics); the protocol lists no 'dataset' and
+    the researcher asked for none: admitted (the honest-day review found every such request refused).  Naming
+    'dataset' as a variable is refused with static words saying what to change."""
+    from mipflow.algorithms import get_algorithm
+    from mipflow.node.controls.study import PARTITION_REFUSAL
+
+    _, _, study = approved
+    assert "dataset" not in study.protocol.variables
+    request_ = analysis(y=("age", "sex"), x=())
+    variables = get_algorithm("descriptive_stats").variables(request_)
+    assert "dataset" in variables
+    selection = study.admit("descriptive_stats", request_, variables)
+    assert selection.subgroup is None and selection.datasets == DATASETS
+    # any other variable the algorithm would read that the protocol does not list is still refused
+    with pytest.raises(StudyRefusal, match="'glucose_mmol' are not study variables"):
+        study.admit("descriptive_stats", request_, [*variables, "glucose_mmol"])
+    for named in (analysis(y=("age",), x=("dataset",)), analysis(y=("dataset",), x=())):
+        with pytest.raises(StudyRefusal) as caught:
+            study.admit("linear_regression", named, [*named.y, *named.x])
+        assert caught.value.control == "study" and str(caught.value).endswith(PARTITION_REFUSAL)
+
+
 def test_the_selection_is_the_snapshot_whatever_was_loaded_since(approved, tmp_path) -> None:
     home, frame, study = approved
     store = FeatureStore(home.db_url)
