@@ -9,7 +9,7 @@ through real node processes (``mipflow node serve`` on loopback) with the shippe
 ``nfilter_tab`` 3, differencing on, query budgets 100 / 300); standard mode is the admin's documented choice per node
 (``standard_home``).  Every release is exact (standard mode): each strict xfail fails the same way on every run.
 
-``test_hole_*`` are strict xfails (hole 4 is closed now and passes through its defence): the attack runs, checks what it recovered against the truth, and its last assertion
+``test_hole_*`` are strict xfails (holes 2 and 4 are closed now and pass through their defence): the attack runs, checks what it recovered against the truth, and its last assertion
 is the condition that would hold if the defence held.  ``test_defence_*`` pass while a control holds, naming it.
 
 Found (holes):
@@ -34,7 +34,8 @@ Found (holes):
    ``V`` and then ``V`` under 0.2.  The 0.2 backstop holds the decoys and ``V`` (no atom); by patients the window is the
    decoys; every pair passes.  ``U - (U \\ X) - (U \\ Y) + V`` is ``X ∩ Y``: ten patients, the target's ``exp(20.0)``
    dominating: glucose 20.0, age 21.5, NIHSS 37.  36 requests.  Without the decoys ``V`` is refused
-   (``dominated_sums``, defence below): the hole is exactly the window.
+   (``dominated_sums``, defence below): the hole is exactly the window.  Closed: the weighted backstop runs by
+   patients over every data model's releases too (``weighted_ledger.backstop_dominated``, ADR 0058 amended).
 
 3. **A study's weighted release less an earlier standard-mode one** (ADR 0058, Consequences: "**Open** (as for plain
    sums): a study release is not checked against earlier standard-mode releases of the same family"; docs/privacy.md
@@ -277,10 +278,8 @@ def test_defence_the_same_chain_on_one_dominated_atom_is_refused(nodes):
 # ------------------------------------------------------------------ hole 2: round 21's chain across model versions
 
 
-@pytest.mark.xfail(strict=True, reason="ADR 0058 amendment: the weighted backstop runs in the new release's data "
-                                       "model only; across data models the window decides, and 32 decoys fill it")
-def test_hole_2_a_weighted_chain_across_model_versions_beyond_the_window_gives_the_target(nodes):
-    """Hole 2.  Class: the weighted memory's exact backstop runs "over every remembered release of the family in the
+def test_hole_2_closed_a_weighted_chain_across_model_versions_beyond_the_window_is_refused(nodes):
+    """Hole 2 (closed: the weighted backstop by patients over every data model's releases, ADR 0058 amended).  Class: the weighted memory's exact backstop runs "over every remembered release of the family in the
     new one's data model"; "across data models the window (by patients) still decides" (ADR 0058, twenty-first
     review amendment, Limits).  Adversary: one researcher with a standard-mode grant (36 documented requests) at a
     node that loaded its export under a new model version.

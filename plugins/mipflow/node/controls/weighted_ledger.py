@@ -235,15 +235,45 @@ def backstop_dominated(new: FamilyRows, olds: Sequence["_Remembered"],
     (:mod:`mipflow.node.controls.chain_exact`'s incremental state, cached per family, data model and level), the
     atoms it newly isolates sized by the rows they hold in effect as :func:`chain_dominated` sizes them (each
     remembered release's weights verified from the current rows; an unknown one weighs nothing).  True: refuse."""
-    own = [i for i, old in enumerate(olds) if old.data_model == new.data_model]
-    if not own or threshold <= 1:
+    if threshold <= 1:
         return False
-    key = (tuple(primes), f"weighted:{new.family}:{new.data_model}", threshold)
-    before = chain_exact.remembered(key, [[olds[i].rows for i in own]], primes, threshold)
+    own = [i for i, old in enumerate(olds) if old.data_model == new.data_model]
+    if own:
+        def by_rows() -> list:
+            taken = [used(i) for i in own]
+            return [_part(new.rows, new.log_weights),
+                    *(_part(olds[i].rows, None if t is None else t[0]) for i, t in zip(own, taken))]
+
+        if _newly_light(f"weighted:{new.family}:{new.data_model}", [olds[i].rows for i in own], new.rows, by_rows,
+                        threshold, primes):
+            return True
+    known = [i for i, old in enumerate(olds) if old.patients is not None]
+    if new.patients is None or not any(olds[i].data_model != new.data_model for i in known):
+        return False  # one data model: its rows were weighed above
+
+    def by_patients() -> list:
+        parts = [_part(*per_patient(new.patients, new.log_weights))]
+        for i in known:
+            t = used(i)
+            parts.append(_part(olds[i].patients, None) if t is None or t[1] is None
+                         else _part(*per_patient(t[1], t[0])))
+        return parts
+
+    return _newly_light(f"weighted:{new.family}:*patients*", [olds[i].patients for i in known],
+                        sorted_unique(new.patients), by_patients, threshold, primes)
+
+
+def _newly_light(name: str, pool: list[np.ndarray], new: np.ndarray, parts: Callable[[], list], threshold: int,
+                 primes: Sequence[int]) -> bool:
+    """Whether adding ``new`` to the backstop state over ``pool`` (cached under ``name``) isolates an atom not
+    isolatable before with the same members and holding fewer than ``threshold`` units in effect (the units' weight
+    bounds from ``parts()``, read only when some atom is newly isolatable)."""
+    key = (tuple(primes), name, threshold)
+    before = chain_exact.remembered(key, [pool], primes, threshold)
     if before.over:
         return False
     after = before.copy()
-    after.add(sorted_unique(new.rows))
+    after.add(new)
     if after.over:
         return False
     n = before.atoms
@@ -254,10 +284,7 @@ def backstop_dominated(new: FamilyRows, olds: Sequence["_Remembered"],
     candidates = np.flatnonzero(after.isolatable & fresh)
     if not candidates.size:
         return False
-    taken = [used(i) for i in own]
-    parts = [_part(new.rows, new.log_weights),
-             *(_part(olds[i].rows, None if t is None else t[0]) for i, t in zip(own, taken))]
-    sizes = rows_in_effect(*unit_bounds(parts))(after.universe, after.labels, after.atoms)
+    sizes = rows_in_effect(*unit_bounds(parts()))(after.universe, after.labels, after.atoms)
     return bool(np.any(sizes[candidates] < threshold))
 
 

@@ -434,3 +434,31 @@ def test_the_backstop_alone_weighs_the_chain_over_every_remembered_release(targe
     assert dominated(keys(range(1000, 1100))) is False  # rows no release held: one new atom of 100 rows
     assert dominated(chain["U-X"]) is False  # a repeat
     chain_exact.clear()
+
+
+@pytest.mark.parametrize("target", [12.3, None])
+def test_the_backstop_weighs_a_chain_across_data_models_by_patients(target: float | None) -> None:
+    """The backstop alone, the chain split over two data-model versions (the same patients, other row keys): the last
+    release, under 0.2, is refused when ``X ∩ Y`` is one patient in effect and answered when it holds the threshold
+    (twenty-second review, hole 2)."""
+    from mipflow.node.controls import chain_exact
+    from mipflow.node.controls.weighted_ledger import _Remembered, backstop_dominated, fingerprint, fingerprint_key
+
+    chain_exact.clear()
+    glucose, chain = chain_rows(target)
+    logw = GLUCOSE.log_weights({"glucose_mmol": glucose})
+    patients = keys(range(1000, 1240))
+    olds = []
+    for name in ("U", "U-X", "U-Y"):
+        at = chain[name].astype(int)
+        olds.append(_Remembered("stroke:0.1", chain[name], fingerprint(fingerprint_key(KEY), chain[name], logw[at]),
+                                patients[at]))
+
+    def used(i: int):
+        at = olds[i].rows.astype(int)
+        return logw[at], patients[at]
+
+    last = chain["U-(X|Y)"].astype(int)
+    fourth = FamilyRows(GLUCOSE.name, "stroke:0.2", keys(range(5000, 5240))[last], logw[last], patients[last])
+    assert backstop_dominated(fourth, olds, used, 10, PRIMES) is (target is not None)
+    chain_exact.clear()
