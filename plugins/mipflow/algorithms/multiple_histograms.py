@@ -14,8 +14,15 @@ Every local aggregate is a list of ``{"grouping_var", "grouping_enum",
 "counts"}`` records (the overall histogram first, then one per level of each
 grouping variable, in the data model's order), so a node's disclosure
 control can replace any count below its threshold by ``None`` before
-release.  The global step sums the counts; a bin that sums to zero, or that
-every node suppressed, is reported as ``None`` (Exareme2's convention).
+release.  The global step sums the counts (:func:`pool_exact_bins`): a bin
+that sums to zero is reported as ``None`` (Exareme2's convention); a bin that
+any participating node suppressed is reported as ``None`` too, never as the
+other nodes' partial sum, and ``bin_status`` (parallel to ``counts``) tells
+the two apart: ``"pooled"``, ``"empty"`` or ``"suppressed"``; the result's
+``notes`` say what a suppressed bin means (:data:`SUPPRESSED_NOTE`; it names
+no node and no number of nodes).  Histograms are not summed under secure
+aggregation (``secure_aggregation`` stays ``"unsupported"``), so a node's
+``None`` always reaches the central site as it is.
 
 Disclosure note: the bin edges are release-shaping parameters and come from
 public metadata only (issue 14.4, ADR 0023): the declared range, split into
@@ -142,18 +149,60 @@ def _dp_rows(aggregates: dict[str, Any]) -> int:
     return int(sum(max(c, 0) for c in aggregates["histograms"][0]["counts"] if c is not None))
 
 
+#: ``bin_status`` of a pooled bin: every node released a count and they add up to more than 0; every node released
+#: 0 (``counts`` None, Exareme2's convention); at least one node suppressed it (``counts`` None).
+POOLED, EMPTY, SUPPRESSED = "pooled", "empty", "suppressed"
+#: A noisy bin a noisy node hid and pooled as the middle of its stated range (its interval widened; ADR 0057).
+ESTIMATED = "estimated"
+
+#: The result's note when some bin is suppressed (it names no node and no number of nodes).
+SUPPRESSED_NOTE = ("Bins with bin_status 'suppressed' show no count (None): at least one participating node "
+                   "suppressed its count under its disclosure control (a small cell, or a cell hidden with one), so "
+                   "the pooled count is not known; counts_at_least is the sum of the counts that were released, a "
+                   "lower bound only. Bins with bin_status 'empty' hold no row at any node.")
+
+
+def pool_exact_bins(parts: Sequence[Sequence[int | None]]) -> dict[str, list]:
+    """One histogram's exact bins pooled over the nodes' released counts (``None``: suppressed by that node).
+
+    Returns ``counts``, ``bin_status`` and ``counts_at_least``: a bin every node released is their sum
+    (``None`` when that is 0, status ``"empty"``); a bin any node suppressed is ``None`` with status
+    ``"suppressed"``, whatever the others sent: their sum alone would read as the pooled count and understate
+    it.  ``counts_at_least`` is that sum of the released counts, a lower bound of the pooled count (equal to it
+    when no node suppressed the bin; ``None`` when every node did): the same numbers a plain sum showed
+    before, now labelled as what they are.
+    """
+    counts: list[int | None] = []
+    status: list[str] = []
+    at_least: list[int | None] = []
+    for column in zip(*parts):
+        released = [int(c) for c in column if c is not None]
+        at_least.append(sum(released) if released else None)
+        if len(released) < len(column):
+            counts.append(None)
+            status.append(SUPPRESSED)
+            continue
+        total = sum(released)
+        counts.append(total if total > 0 else None)
+        status.append(POOLED if total > 0 else EMPTY)
+    return {"counts": counts, "bin_status": status, "counts_at_least": at_least}
+
+
 def pool_bins(records: Sequence[dict], level: float = INTERVAL_LEVEL) -> dict[str, Any] | None:
     """One histogram's bins pooled over the nodes' records, with each bin's noise error (ADR 0057).
 
     A record with ``noise`` is a node's signed noisy bins; a cell it hid (``None``, its noisy value
     in ``suppressed_range``) counts as that range's middle and widens the bin's interval by half the
-    range.  Exact records add their counts (a cell an exact node hid counts 0, as before, and leaves
-    the bin without an interval).  Returns ``None`` when no record is noisy.
+    range (``bin_status`` ``"estimated"``).  Exact records add their counts; a cell an exact node hid (or a
+    noisy node hid without a range) leaves the bin unknown: ``counts`` and ``counts_signed`` ``None``, no
+    interval, ``bin_status`` ``"suppressed"`` (never the other nodes' partial sum).  Returns ``None`` when no
+    record is noisy.
     """
     noisy = [r for r in records if "noise" in r]
     if not noisy:
         return None
-    signed, sds, intervals, coverage = [], [], [], []
+    signed: list[float | None] = []
+    sds, intervals, coverage, status = [], [], [], []
     for i in range(len(records[0]["counts"])):
         estimate, unknown, terms, complete = 0.0, 0.0, [], True
         for r in records:
@@ -170,11 +219,14 @@ def pool_bins(records: Sequence[dict], level: float = INTERVAL_LEVEL) -> dict[st
                 continue
             estimate += float(cell)
         error = count_error(terms, level)
-        signed.append(estimate)
+        signed.append(estimate if complete else None)
         sds.append(error["sd"])
         intervals.append(cell_interval(estimate, error, unknown) if complete else None)
         coverage.append(error["coverage"] if complete else None)
-    return {"counts": [c if c > 0 else None for c in signed], "counts_signed": signed,
+        hidden_noisy = any("noise" in r and r["counts"][i] is None for r in records)
+        status.append(SUPPRESSED if not complete else ESTIMATED if hidden_noisy else POOLED)
+    return {"counts": [c if c is not None and c > 0 else None for c in signed], "counts_signed": signed,
+            "bin_status": status,
             "counts_noise_sd": sds, "counts_interval": intervals, "counts_interval_coverage": coverage,
             # the same bounds as flat columns (a results page shows lists of numbers as a bin's columns)
             "counts_low": [None if v is None else v[0] for v in intervals],
@@ -186,7 +238,9 @@ def pool_bins(records: Sequence[dict], level: float = INTERVAL_LEVEL) -> dict[st
 #: How a noisy histogram's ``counts`` are shown.
 DISPLAY_NOTE = ("counts: the pooled signed noisy bins, a bin at or below 0 shown as None (clamped for display only); "
                 "counts_signed unclamped; counts_interval: each bin's interval at interval_level (exact for the "
-                "integer noise, so it covers at least that: counts_interval_coverage), cut at 0")
+                "integer noise, so it covers at least that: counts_interval_coverage), cut at 0; bin_status "
+                "'estimated': a node hid the bin and it counts as the middle of its stated range (interval widened); "
+                "'suppressed': a node hid it without a range, so counts and counts_signed are None")
 
 
 class MultipleHistograms(SpecAlgorithm):
@@ -410,13 +464,10 @@ class MultipleHistograms(SpecAlgorithm):
             if pooled is not None:  # a noisy node: signed bins pooled signed, each with its error
                 histograms.append({**record, **pooled})
                 continue
-            counts = []
-            for column in zip(*parts):
-                released = [c for c in column if c is not None]
-                total = sum(released)
-                counts.append(total if released and total > 0 else None)
-            histograms.append({**record, "counts": counts})
+            histograms.append({**record, **pool_exact_bins(parts)})
         notes = [] if declared is None else self._grid_note(request, model)
+        if any(SUPPRESSED in h["bin_status"] for h in histograms):
+            notes.append(SUPPRESSED_NOTE)
         return Step(done=True, result=json_ready({"histogram": histograms, **({"notes": notes} if notes else {})}))
 
     # -- privacy capabilities (mipflow.algorithms.contract) ------------------------------------

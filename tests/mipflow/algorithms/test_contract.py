@@ -245,7 +245,9 @@ def test_linear_regression_with_collinear_covariates_is_a_request_error() -> Non
                        request(x=("x1", "x2"), y=("y",)), MODEL)
 
 
-def test_histogram_counts_suppressed_by_a_node_stay_out_of_the_sum() -> None:
+def test_histogram_counts_suppressed_by_a_node_hide_the_pooled_bin() -> None:
+    """A bin one node suppressed is not the other node's count (that would read as the pooled count): it is None,
+    marked suppressed, the released part a lower bound only; a bin both released is their sum."""
     alg = ALGORITHMS["multiple_histograms"]
     req = request(y=("grp",))
     frames = [prepare_local_data(alg, make_data(s, 30), req) for s in (1, 2)]
@@ -258,8 +260,12 @@ def test_histogram_counts_suppressed_by_a_node_stay_out_of_the_sum() -> None:
     counts = step.result["histogram"][0]["counts"]
     node1 = aggregates[1]["histograms"][0]["counts"]
     node0 = aggregates[0]["histograms"][0]["counts"]
-    expected = [((a or 0) + b) or None for a, b in zip(node0, node1)]
+    assert any(a is None for a in node0) and any(a is not None for a in node0)  # both cases exercised
+    expected = [None if a is None else (a + b) or None for a, b in zip(node0, node1)]
     assert counts == expected
+    status = step.result["histogram"][0]["bin_status"]
+    assert status == ["suppressed" if a is None else "pooled" if a + b else "empty" for a, b in zip(node0, node1)]
+    assert step.result["histogram"][0]["counts_at_least"] == [b if a is None else a + b for a, b in zip(node0, node1)]
 
 
 def test_histogram_of_a_bounded_variable_bins_over_the_declared_range() -> None:

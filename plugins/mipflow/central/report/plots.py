@@ -61,7 +61,8 @@ def coefficient_plot(result: Mapping[str, Any]) -> str | None:
 
 
 def histogram_plots(result: Mapping[str, Any]) -> list[str]:
-    """One bar chart per histogram; suppressed cells (``None``) are marked, not drawn."""
+    """One bar chart per histogram; a suppressed bin (``bin_status`` "suppressed", or ``None`` without a
+    status) is marked "hidden", not drawn as 0; an empty bin (``None`` with status "empty") is drawn as 0."""
     out = []
     for item in (result.get("histogram") or [])[:MAX_PLOTS]:
         bins, counts = item.get("bins") or [], item.get("counts") or []
@@ -77,9 +78,11 @@ def histogram_plots(result: Mapping[str, Any]) -> list[str]:
             labels = [str(b) for b in bins] if len(bins) == len(counts) else [str(i) for i in range(len(counts))]
             ax.bar(labels, heights, color="#4c8bc4", edgecolor="white")
             positions = list(range(len(counts)))
-        for pos, count in zip(positions, counts):
-            if count is None:
-                ax.annotate("<", (pos, 0), ha="center", va="bottom", color="#b00", fontsize=8)
+        status = item.get("bin_status") if isinstance(item.get("bin_status"), list) else []
+        for i, (pos, count) in enumerate(zip(positions, counts)):
+            if count is None and (status[i] if i < len(status) else "suppressed") != "empty":
+                ax.annotate("hidden", (pos, 0), ha="center", va="bottom", color="#b00", fontsize=7,
+                            rotation=90)
         group = f" | {item.get('grouping_var')} = {item.get('grouping_enum')}" if item.get("grouping_var") else ""
         ax.set_title(f"{item.get('var')}{group}", fontsize=10)
         ax.set_ylabel("count")

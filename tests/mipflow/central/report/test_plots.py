@@ -40,3 +40,19 @@ def test_kaplan_meier_and_scree_plots_from_their_fields():
     assert len(scree) == 1 and "Scree" in scree[0]
     tables = {t.title: t for t in result_tables({"eigen_vecs": [[1.0, 2.0], [3.0]]})}
     assert tables["Eigenvectors"].rows == [[0, 1.0, 2.0], [1, 3.0, None]]
+
+
+def test_a_suppressed_histogram_bin_is_marked_hidden_and_an_empty_one_is_not():
+    """A bin some node suppressed (``bin_status`` "suppressed") is marked "hidden", not drawn as a 0 bar; an empty
+    bin (every node released 0) is a plain 0 bar.  The SVG keeps each text as a comment, so the marks are counted."""
+    item = {"var": "age", "grouping_var": None, "grouping_enum": None, "bins": [0, 10, 20, 30, 40],
+            "counts": [12, None, None, 7], "bin_status": ["pooled", "suppressed", "empty", "pooled"]}
+    (plot,) = result_plots({"histogram": [item]})
+    assert plot.count("hidden") == 1
+    (both,) = result_plots({"histogram": [{**item, "bin_status": ["pooled", "suppressed", "suppressed", "pooled"]}]})
+    assert both.count("hidden") == 2
+    (table,) = result_tables({"histogram": [{**item, "counts_at_least": [12, 4, 0, 7]}]})
+    rows = {r[table.columns.index("bins from")]: r for r in table.rows}
+    assert rows[10][table.columns.index("counts")] is None
+    assert rows[10][table.columns.index("bin_status")] == "suppressed"
+    assert rows[10][table.columns.index("counts_at_least")] == 4
