@@ -239,7 +239,9 @@ def _check_family(root: Any, key: bytes, data_model: str, family: Family, min_ro
         if not verdict.allowed:  # no count either (the group's size is data, as the union rule's above)
             raise ConfigError(f"a combination of the study's cohorts would isolate a group of fewer than "
                               f"min_row_count ({min_row_count}) patients: choose subgroups that overlap by more rows")
-        _chain_with_answered(root, ledger, data_model, list(distinct.values()), min_row_count, node_primes(key), epoch)
+        if earlier is None:  # a refresh's own cohorts are in the ledger under an earlier epoch (ADR 0028 amended)
+            _chain_with_answered(root, ledger, data_model, list(distinct.values()), min_row_count, node_primes(key),
+                                 epoch)
     finally:
         ledger.close()
     return list(distinct.values())
