@@ -65,6 +65,8 @@ STEPS = [
     ("anova", ["y"], ["grp", "arm"], {"sstype": 2}),
     ("contingency_table", ["grp"], ["arm"], {}),
     ("pca", ["y", "x1", "x2"], [], {}),
+    # amendment 13: log and exp a block at a time (the moments and the exp-weighted sums' rows)
+    ("pca_with_transformation", ["y", "x1", "dose"], [], {"data_transformation": {"log": ["y", "x1"], "exp": ["dose"]}}),
     # amendment 11: bins over a declared range (released groups), levels; naive Bayes (fold keys kept beside)
     ("multiple_histograms", ["dose"], ["grp"], {"bins": 10}),
     ("multiple_histograms", ["grp"], ["arm"], {}),
