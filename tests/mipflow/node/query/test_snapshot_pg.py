@@ -72,6 +72,7 @@ STEPS = [
     ("multiple_histograms", ["grp"], ["arm"], {}),
     ("naive_bayes_gaussian_cv", ["arm"], ["x1", "dose"], {"n_splits": 3}),
     ("naive_bayes_categorical_cv", ["event"], ["grp", "arm"], {}),
+    ("linear_regression_cv", ["y"], ["x1", "grp"], {"n_splits": 3}),  # amendment 14
 ]
 
 
