@@ -92,6 +92,21 @@ def split_folds(data: pd.DataFrame, n_splits: int) -> tuple[np.ndarray, pd.DataF
     return labels, data if hasattr(data, "reader") else data.drop(columns=[FOLD_KEY])
 
 
+def fold_rows(data: Any, labels: np.ndarray, k: int) -> Any:
+    """The rows left on disk (ADR 0062) of fold ``k`` (``labels``: each selected row's fold, in their order):
+    a narrowed selection (one pass over a column of theirs, a bit a snapshot row), the rows ``data[labels ==
+    k]`` of a frame would hold, in the same order."""
+    done = [0]
+
+    def keep(values: list[np.ndarray]) -> np.ndarray:
+        m = len(values[0])
+        out = labels[done[0]:done[0] + m] == k
+        done[0] += m
+        return out
+
+    return data.narrowed(data.columns[:1], keep)
+
+
 def fold_sizes(n_rows: int, n_splits: int) -> list[int]:
     """Rows per fold at a node with ``n_rows`` rows (as :func:`deal_folds`): a function of ``n_rows``."""
     return [n_rows // n_splits + (1 if k < n_rows % n_splits else 0) for k in range(n_splits)]

@@ -11,7 +11,9 @@ Round 1: the central side sends each fold's coefficients; nodes return, per
 fold, the number of test rows, the sums of squared and absolute residuals and
 the moments of ``y`` there.  Per fold: ``MSE = RSS / n_test``, ``RMSE``,
 ``MAE = sum|r| / n_test`` and ``R2 = 1 - RSS / TSS`` with TSS around the test
-fold's own mean (as Exareme2).  Every number is exact.
+fold's own mean (as Exareme2).  Every number is exact.  A row's residual is added up from the
+design's columns elementwise and the sums are numpy's pairwise ones, so a node's rows left on disk
+(ADR 0062, amendment 14: each fold narrowed from the node's fold keys) give the frame's bits.
 
 Output: Exareme2's fields, where ``mean_sq_error``, ``r_squared`` and
 ``mean_abs_error`` are ``[mean, std (ddof=1)]`` over folds and, as in
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import math
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -33,17 +35,20 @@ from mipflow.algorithms.crossval import (
     N_SPLITS,
     CrossValidated,
     fit_folds,
+    fold_rows,
     mean_std,
     split_folds,
 )
 from mipflow.algorithms.design import (
-    design_matrix,
+    DesignSource,
+    design_columns_of,
     numeric_values,
     select_design_columns,
     sum_level_counts,
 )
 from mipflow.algorithms.linear_regression import LinearRegression
-from mipflow.algorithms.moments import compute_moments, merge_moment_dicts
+from mipflow.algorithms.moments import merge_moment_dicts
+from mipflow.algorithms.streamed import moments_of
 from mipflow.algorithms.spec import SpecAlgorithm
 from mipflow.exceptions import RequestError
 from mipflow.protocol.datamodel import DataModel
@@ -61,6 +66,47 @@ def base_request(request: AnalysisRequest, keep: tuple[str, ...] = ()) -> Analys
                            parameters={k: v for k, v in request.parameters.items() if k in keep})
 
 
+def residuals(columns: Sequence[np.ndarray], coefficients: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``y - design @ coefficients``, the design given as its columns, added elementwise in the columns' order
+    (no BLAS product, whose accumulation depends on the rows' number): a row's residual is its own arithmetic,
+    the same whether its rows are a frame's or a block's."""
+    prediction = np.zeros(len(y))
+    for column, coefficient in zip(columns, coefficients, strict=True):
+        prediction = prediction + coefficient * column
+    return y - prediction
+
+
+def fold_errors(data: Any, x: Sequence[str], y: str, model: DataModel, columns: Sequence[str],
+                coefficients: np.ndarray) -> dict:
+    """A test fold's rows, sums of squared and absolute residuals under a fold's model and the moments of ``y``,
+    from a frame or rows on disk (:class:`~mipflow.algorithms.design.DesignSource`, a block at a time): the same
+    bits (numpy's pairwise sums, followed block by block, ``moments._pairwise_sum``; the moments as
+    :func:`~mipflow.algorithms.streamed.moments_of` takes them).  Memory on disk: a few blocks."""
+    from mipflow.algorithms import moments as blocks
+
+    columns = list(columns)
+    if len(columns) != len(coefficients):
+        raise ValueError("a fold's model has one coefficient per design column")
+    n = len(data)
+    if hasattr(data, "reader"):
+        source = DesignSource(data, [*x, y], model)
+        inner = source.reader([*columns, y])
+
+        def next_rows(m: int) -> list[np.ndarray]:
+            *design, values = inner(m)
+            resid = residuals(design, coefficients, values)
+            return [resid * resid, np.abs(resid)]
+
+        sums = blocks._pairwise_sum(next_rows, n, max(blocks.STREAM_BLOCK, blocks._PAIRWISE_LEAF)) if n \
+            else np.zeros(2)
+    else:
+        design, _ = design_columns_of(data, x, model, columns=columns)
+        resid = residuals(design, coefficients, numeric_values(data[y]))
+        sums = np.array([np.add.reduce(resid * resid), np.add.reduce(np.abs(resid))])
+    return {"n": int(n), "sum_sq_resid": float(sums[0]), "sum_abs_resid": float(sums[1]),
+            "y": moments_of(data, [y]).to_dict()}
+
+
 class LinearRegressionCV(CrossValidated, LinearRegression):
     name = "linear_regression_cv"
     label = "Linear Regression Cross-validation"
@@ -72,27 +118,26 @@ class LinearRegressionCV(CrossValidated, LinearRegression):
         "of two nominal covariates (a fold holds about the node's rows divided by n_splits): use fewer folds "
         "(n_splits, down to its minimum), select more rows (a wider filter, more datasets) or use covariates "
         "with fewer levels.")
-    #: Its folds' designs are built from a frame with the node's fold keys (not LinearRegression's rows on disk).
-    streams_rows = False
+    #: Rows on disk too (ADR 0062, amendment 14): each fold's rows narrowed from the node's fold keys kept beside
+    #: them (``SnapshotRows.fold_keys``), round 0 :class:`LinearRegression`'s streamed step of each, round 1 each
+    #: fold's residuals a block at a time (:func:`fold_errors`); the frame path computes the same bits.
+    streams_rows = True
 
     def local_step(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
                    model: DataModel, state: dict | None) -> dict:
         params = self.params(request, model)
         folds, data = split_folds(data, params["n_splits"])
         plain = base_request(request)
+        streamed = hasattr(data, "reader")
+        if streamed:
+            folds = folds.astype(np.int8)  # at most 20 folds: a byte a row while the step runs
+        parts = (lambda k: fold_rows(data, folds, k)) if streamed else (lambda k: data[folds == k])
         if state is None:
-            return {"folds": [LinearRegression.local_step(self, 0, data[folds == k], plain, model, None)
+            return {"folds": [LinearRegression.local_step(self, 0, parts(k), plain, model, None)
                               for k in range(params["n_splits"])]}
-        out = []
-        y_all = numeric_values(data[request.y[0]])
-        for k, fitted in enumerate(state["models"]):
-            rows = folds == k
-            design, _ = design_matrix(data[rows], request.x, model, columns=fitted["columns"])
-            resid = y_all[rows] - design @ np.asarray(fitted["coefficients"], dtype=float)
-            out.append({"n": int(rows.sum()), "sum_sq_resid": float(resid @ resid),
-                        "sum_abs_resid": float(np.abs(resid).sum()),
-                        "y": compute_moments(y_all[rows]).to_dict()})
-        return {"folds": out}
+        return {"folds": [fold_errors(parts(k), request.x, request.y[0], model, fitted["columns"],
+                                      np.asarray(fitted["coefficients"], dtype=float))
+                          for k, fitted in enumerate(state["models"])]}
 
     def global_step(self, round: int, aggregates: list[dict], request: AnalysisRequest,
                     model: DataModel, state: dict | None) -> Step:

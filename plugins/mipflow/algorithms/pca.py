@@ -28,7 +28,9 @@ mean, divide by the pooled population standard deviation, ``ddof=0``, as
 Exareme2's expected results show) are affine maps of a column: the moments of
 the centred or standardised column follow exactly from those of the column,
 so no second round (and no second release) is needed, and the correlation
-matrix, hence the principal components, is unchanged by them.  The result adds
+matrix, hence the principal components, is unchanged by them.  ``log`` and ``exp`` are elementwise: the
+node transforms each column alone (a frame's, or rows on disk a block at a time, :class:`TransformedColumns`)
+and takes the moments as :class:`PCA` does, the same bits either way (ADR 0062, amendment 13).  The result adds
 ``means`` and ``sigmas`` (``ddof=1``) of the transformed variables, as
 Exareme2 reports them.
 """
@@ -37,16 +39,18 @@ from __future__ import annotations
 import dataclasses
 import math
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from mipflow.algorithms.contract import Step
 from mipflow.algorithms.design import numeric_values
-from mipflow.algorithms.moments import Moments, compute_moments, merge_moment_dicts
+from mipflow.algorithms.moments import Moments, column_moments, merge_moment_dicts, streamed_column_moments
 from mipflow.algorithms.spec import NUMERICAL, InputSpec, ParamSpec, SpecAlgorithm
-from mipflow.algorithms.streamed import moments_of
-from mipflow.algorithms.weighted import WEIGHTED_ROWS, WeightFamily, exp_families, exp_weighted_rows
+from mipflow.algorithms.streamed import moments_of, on_disk
+from mipflow.algorithms.weighted import (
+    WEIGHTED_ROWS, WeightFamily, exp_families, exp_weighted_rows, exp_weighted_rows_on_disk,
+)
 from mipflow.exceptions import RequestError
 from mipflow.protocol.datamodel import DataModel
 from mipflow.protocol.request import AnalysisRequest
@@ -119,14 +123,9 @@ class PCA(SpecAlgorithm):
     y_spec = InputSpec(types=("real", "int"), stattypes=(NUMERICAL,), notblank=True, multiple=True,
                        label="Variables", description="Numerical variables.")
 
-    def transform_rows(self, data: pd.DataFrame, request: AnalysisRequest, model: DataModel) -> np.ndarray:
-        """The variables as a float matrix, shape (n, p) (overridden to transform them)."""
-        return np.column_stack([numeric_values(data[code]) for code in request.y]) if len(data) \
-            else np.zeros((0, len(request.y)))
-
     #: Its local step also takes a node's selection left on disk (ADR 0062, amendment 10): the moments of the
     #: variables' own columns (``column_moments``, a frame's; ``streamed_column_moments``, rows read a block
-    #: at a time: the same bits).  Not :class:`PCAWithTransformation` (its rows are transformed first).
+    #: at a time: the same bits).  :class:`PCAWithTransformation` too, its columns transformed first (amendment 13).
     streams_rows = True
 
     def local_step(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
@@ -180,8 +179,58 @@ def parse_transformations(value: Any, y: tuple[str, ...]) -> dict[str, list[str]
     return out
 
 
+def transformed(code: str, values: np.ndarray, method: str | None, refused: set[str]) -> np.ndarray:
+    """A column's (or a block's) values after ``method`` (``log``, ``exp`` or None), a new array for a
+    transformation; elementwise, so a column transformed whole or a block at a time gives the same bits.
+    A ``log`` of a value <= 0 adds ``code`` to ``refused`` (:func:`refuse_logs` answers it).  ``exp`` of a
+    value over ~709.78 is infinite: the release then holds a number that is not finite, which the node
+    refuses (control ``non_finite``, ADR 0053) and the global step too."""
+    if method == "log":
+        if (values <= 0).any():
+            refused.add(code)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.log(values)
+    if method == "exp":
+        with np.errstate(over="ignore"):
+            return np.exp(values)
+    return values
+
+
+def refuse_logs(refused: set[str], transforms: Mapping[str, str]) -> None:
+    """Exareme2's refusal of the first ``log`` variable (in the request's order) holding a value <= 0."""
+    for code, method in transforms.items():
+        if method == "log" and code in refused:
+            raise RequestError(f"Log transformation cannot be applied to non-positive values in column '{code}'.")
+
+
+class TransformedColumns:
+    """A :class:`mipflow.algorithms.moments.ColumnSource` of ``source``'s columns, each after its
+    transformation in ``transforms`` (code -> ``log`` / ``exp``; others as read), a block at a time
+    (:func:`transformed`); ``refused`` collects the ``log`` variables seen holding a value <= 0."""
+
+    def __init__(self, source: Any, transforms: Mapping[str, str]) -> None:
+        self.source, self.transforms, self.refused = source, dict(transforms), set()
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def reader(self, codes: Sequence[str]) -> Callable[[int], list[np.ndarray]]:
+        codes = list(codes)
+        inner = self.source.reader(codes)
+
+        def next_rows(m: int) -> list[np.ndarray]:
+            return [transformed(code, values, self.transforms.get(code), self.refused)
+                    for code, values in zip(codes, inner(m))]
+
+        return next_rows
+
+
 class PCAWithTransformation(PCA):
-    streams_rows = False  # its rows transformed as a matrix (log, exp) before their moments
+    #: Rows on disk too (ADR 0062, amendment 13): ``log`` and ``exp`` applied to each column a block at a time
+    #: (:class:`TransformedColumns`), the weighted sums' rows held a block at a time
+    #: (:func:`mipflow.algorithms.weighted.exp_weighted_rows_on_disk`); the frame path transforms its columns
+    #: alone and takes :func:`~mipflow.algorithms.moments.column_moments` of them: the same bits.
+    streams_rows = True
     name = "pca_with_transformation"
     label = "Principal Component Analysis (PCA) with transformations"
     description = "PCA after transforming variables by log, exp, centring or standardising."
@@ -204,39 +253,32 @@ class PCAWithTransformation(PCA):
         for the request's ``exp`` variables (from the request alone)."""
         return exp_families(self.params(request, model)["data_transformation"].get("exp", []))
 
-    def transform_rows(self, data: pd.DataFrame, request: AnalysisRequest, model: DataModel) -> np.ndarray:
-        return self.apply_row_transforms(super().transform_rows(data, request, model), request, model)
-
-    def apply_row_transforms(self, values: np.ndarray, request: AnalysisRequest, model: DataModel) -> np.ndarray:
-        """``log`` and ``exp`` of the request's columns of ``values`` (changed in place and returned).
-
-        ``exp`` of a value over ~709.78 is infinite: the release then holds a number that is not
-        finite, which the node refuses (control ``non_finite``, ADR 0053) and the global step too."""
+    def row_transforms(self, request: AnalysisRequest, model: DataModel) -> dict[str, str]:
+        """Variable code -> ``log`` or ``exp``: the transformations the node applies to its rows."""
         methods = self.params(request, model)["data_transformation"]
-        for method in ROW_TRANSFORMS:
-            for code in methods.get(method, []):
-                j = request.y.index(code)
-                if method == "log":
-                    if (values[:, j] <= 0).any():
-                        raise RequestError(
-                            f"Log transformation cannot be applied to non-positive values in column '{code}'."
-                        )
-                    values[:, j] = np.log(values[:, j])
-                else:
-                    with np.errstate(over="ignore"):
-                        values[:, j] = np.exp(values[:, j])
-        return values
+        return {code: method for method in ROW_TRANSFORMS for code in methods.get(method, [])}
 
     def local_step(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
                    model: DataModel, state: dict | None) -> dict:
-        raw = PCA.transform_rows(self, data, request, model)
-        methods = self.params(request, model)["data_transformation"]
+        transforms = self.row_transforms(request, model)
+        exp_codes = [code for code, method in transforms.items() if method == "exp"]  # the request's order
         # the rows each exp-weighted sum holds, from the untransformed values (ADR 0053): checked
         # against min_row_count by the node (control dominated_sums), never sent
-        held = exp_weighted_rows(raw, [request.y.index(code) for code in methods.get("exp", [])])
-        values = self.apply_row_transforms(raw, request, model)
-        with np.errstate(invalid="ignore", over="ignore"):
-            moments = compute_moments(values, matrix=True)
+        if on_disk(data):
+            held = exp_weighted_rows_on_disk(data, exp_codes)
+            source = TransformedColumns(data, transforms)
+            with np.errstate(invalid="ignore", over="ignore"):
+                moments = streamed_column_moments(source, request.y, matrix=True)
+            refuse_logs(source.refused, transforms)
+        else:
+            raw = {code: numeric_values(data[code]) for code in request.y}
+            held = exp_weighted_rows(np.column_stack([raw[c] for c in exp_codes]), range(len(exp_codes))) \
+                if exp_codes else None
+            refused: set[str] = set()
+            columns = [transformed(code, raw[code], transforms.get(code), refused) for code in request.y]
+            refuse_logs(refused, transforms)
+            with np.errstate(invalid="ignore", over="ignore"):
+                moments = column_moments(columns, matrix=True, rows=len(data))
         out = {"moments": moments.to_dict(), "group_n": [moments.n]}
         return out if held is None else {**out, WEIGHTED_ROWS: [held]}
 
@@ -266,5 +308,5 @@ class PCAWithTransformation(PCA):
         }))
 
 
-__all__ = ["PCA", "PCAWithTransformation", "parse_transformations", "principal_components",
-           "sign_convention"]
+__all__ = ["PCA", "PCAWithTransformation", "TransformedColumns", "parse_transformations", "principal_components",
+           "refuse_logs", "sign_convention", "transformed"]

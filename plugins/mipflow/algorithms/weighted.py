@@ -25,7 +25,7 @@ between them: the node holds those rows to ``min_row_count`` in effect too (ADR 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -64,6 +64,39 @@ def exp_weighted_rows(values: np.ndarray, columns: Sequence[int]) -> float | Non
     if not len(columns) or not len(values):
         return None
     return min(weighted_rows(w) for w in exp_log_weights(np.asarray(values, dtype=float), columns))
+
+
+#: Rows read at a time by :func:`exp_weighted_rows_on_disk`'s pass over the extremes.
+EXTREME_ROWS = 262_144
+
+
+def exp_weighted_rows_on_disk(source: Any, codes: Sequence[str]) -> float | None:
+    """:func:`exp_weighted_rows` of the columns ``codes`` of rows left on disk (ADR 0062, amendment 13), bit
+    for bit, a block at a time: one pass for each family's largest log weight (a maximum: any blocking gives
+    it), one for ``sum exp(log w - max)`` (numpy's pairwise sum followed block by block,
+    :func:`mipflow.algorithms.moments._pairwise_sum`).  Memory: a few blocks of the families' log weights."""
+    from mipflow.algorithms import moments
+
+    codes = list(codes)
+    n = len(source)
+    if not codes or not n:
+        return None
+
+    def log_weights(values: list[np.ndarray]) -> list[np.ndarray]:  # exp_log_weights' families, in its order
+        return list(exp_log_weights(np.column_stack(values) if values else np.zeros((0, 0)), range(len(values))))
+
+    top: np.ndarray | None = None
+    next_rows = source.reader(codes)
+    for start in range(0, n, EXTREME_ROWS):
+        block = np.array([w.max() for w in log_weights(next_rows(min(EXTREME_ROWS, n - start)))])
+        top = block if top is None else np.maximum(top, block)
+    inner = source.reader(codes)
+
+    def shares(m: int) -> list[np.ndarray]:
+        return [np.exp(w - t) for w, t in zip(log_weights(inner(m)), top)]
+
+    totals = moments._pairwise_sum(shares, n, max(moments.STREAM_BLOCK, moments._PAIRWISE_LEAF))
+    return min(float(t) for t in totals)
 
 
 @dataclass(frozen=True)
@@ -109,4 +142,5 @@ def exp_families(codes: Sequence[str]) -> tuple[WeightFamily, ...]:
 
 
 __all__ = ["WEIGHTED_ROWS", "WeightFamily", "exp_families", "exp_log_weights", "exp_weighted_rows",
+           "exp_weighted_rows_on_disk",
            "weighted_rows"]

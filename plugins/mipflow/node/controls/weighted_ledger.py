@@ -485,12 +485,16 @@ def read_population(store: Any, model: Any, variables: Sequence[str], key: str, 
 
 
 def release_rows(families: Sequence[WeightFamily], data: Any, cohorts: Any,
-                 population: Population | None) -> list[FamilyRows] | None:
+                 population: Population | None, order: Any = None) -> list[FamilyRows] | None:
     """The step's rows under each family, weighted by the values the local step reads (``data``, in the
-    order of ``cohorts.order``), with their patients from ``population`` (None: rows not aligned)."""
+    order of ``cohorts.order``, or of ``order`` where the cohorts keep none: the ledger keys of rows left on
+    disk in their order, ADR 0062 amendment 13), with their patients from ``population`` (None: rows not
+    aligned).  Rows on disk: each family variable's column read whole (8 B a row, as the rows' log weights
+    the memory keeps)."""
     from mipflow.algorithms.design import numeric_values
+    from mipflow.algorithms.streamed import on_disk
 
-    order = getattr(cohorts, "order", None)
+    order = getattr(cohorts, "order", None) if order is None else order
     if order is None or len(order) != len(data):
         return None
     keys = np.asarray(order, dtype=np.uint64)
@@ -501,7 +505,8 @@ def release_rows(families: Sequence[WeightFamily], data: Any, cohorts: Any,
         at = np.minimum(np.searchsorted(population.rows, rows), max(len(population.rows) - 1, 0))
         if len(population.rows) and np.array_equal(population.rows[at], rows):
             patients = population.patients[at]
-    columns = {code: numeric_values(data[code])[sort] for f in families for code in f.variables}
+    columns = {code: (data.values(code) if on_disk(data) else numeric_values(data[code]))[sort]
+               for f in families for code in f.variables}
     return [FamilyRows(f.name, cohorts.data_model, rows, f.log_weights(columns), patients) for f in families]
 
 
@@ -537,7 +542,12 @@ def check_weighted(request: Any, context: Any, work: Any) -> None:
                 read[at] = read_population(context.store, model, at[1], guard.key, columnar)
         return read[at]
 
-    rows = release_rows(families, work.data, work.cohorts, population(work.cohorts.data_model))
+    order = None
+    if getattr(work.cohorts, "order", None) is None:  # a complete-case selection on disk split by nothing
+        from mipflow.node.controls.pooled_counts import step_order
+
+        order = step_order(work)[0]  # its rows' keys in their order (the frame's cohorts' order), once a step
+    rows = release_rows(families, work.data, work.cohorts, population(work.cohorts.data_model), order)
     if rows is None:  # rows the node cannot key (none of today's weighted algorithms): not answered
         raise dominated_refusal(settings.min_row_count)
     work.weighted = (families, rows)

@@ -1,5 +1,7 @@
 """ADR 0062 at the node: descriptive statistics, Pearson correlation, the one-sample and paired t-tests,
-two-way ANOVA, the contingency table, PCA, histograms and naive Bayes (amendment 11), k-means (amendment 12)
+two-way ANOVA, the contingency table, PCA (with log and exp: amendment 13, the weighted memory the same),
+histograms and naive Bayes (amendment 11), k-means (amendment 12), cross-validated linear regression
+(amendment 14)
 keep their selection left on disk (a bit a snapshot row, no frame) and answer what the SQL read's frame gave, bit for bit; the ledger records the cohorts of that frame, the counted-set memory the same sets and rows'
 times; differential privacy keeps a frame."""
 from __future__ import annotations
@@ -50,10 +52,16 @@ CASES = [
     pytest.param("anova", ["glucose_mmol"], ["sex", "diabetes"], {}, id="two-way-anova"),  # amendment 9
     pytest.param("contingency_table", ["diabetes"], ["sex"], {}, id="contingency"),
     pytest.param("pca", ["age", "glucose_mmol", "nihss_admission"], [], {}, id="pca"),  # amendment 10
+    # amendment 13: log and exp a block at a time; the weighted memory (ADR 0058) learns the same rows and weights
+    pytest.param("pca_with_transformation", ["age", "glucose_mmol", "nihss_admission"], [],
+                 {"data_transformation": {"log": ["age"], "exp": ["glucose_mmol", "nihss_admission"]}},
+                 id="pca-transformed"),
     # amendment 11: a time-like variable's bins (the counted-set memory keeps each row's time), levels
     pytest.param("multiple_histograms", ["followup_days"], ["sex"], {"bins": 20}, id="histogram-time"),
     pytest.param("multiple_histograms", ["stroke_type"], ["diabetes"], {}, id="histogram-nominal"),
     pytest.param("naive_bayes_gaussian_cv", ["diabetes"], ["age", "glucose_mmol"], {}, id="gaussian-nb"),
+    # amendment 14: each fold's rows narrowed from the node's fold keys kept beside the rows on disk
+    pytest.param("linear_regression_cv", ["glucose_mmol"], ["age", "sex"], {"n_splits": 3}, id="linear-cv"),
     pytest.param("naive_bayes_categorical_cv", ["diabetes"], ["sex", "hypertension"], {"n_splits": 3},
                  id="categorical-nb"),
 ]
@@ -78,6 +86,21 @@ def counted(root: Path) -> list:
     return sorted((len(decode_keys(keys)), sorted(grids.get(digest, []))) for digest, keys in sets)
 
 
+def weighted(root: Path) -> list:
+    """The weighted memory of a node home (ADR 0058): each family's releases, their rows' digest and
+    fingerprint (of the rows' log weights, under the home's secret: one secret for every case), keys and
+    patients."""
+    import sqlite3
+
+    from mipflow.node.controls.weighted_ledger import WEIGHTED_FILE
+
+    if not (root / WEIGHTED_FILE).exists():
+        return []
+    with sqlite3.connect(root / WEIGHTED_FILE) as conn:
+        return sorted(conn.execute("SELECT family, data_model, digest, fingerprint, n_rows, keys, patients "
+                                   "FROM weighted").fetchall())
+
+
 @pytest.mark.parametrize("name, y, x, parameters", CASES)
 def test_sums_of_rows_on_disk_are_released_as_from_the_frame(name, y, x, parameters, tmp_path) -> None:
     from mipflow.algorithms import get_algorithm
@@ -98,7 +121,7 @@ def test_sums_of_rows_on_disk_are_released_as_from_the_frame(name, y, x, paramet
                                     body(context, y=y, x=x, filters=filters, parameters=parameters,
                                          analysis_id=case))
         kept[case] = [type(v[1]).__name__ for v in context.selections._kept.values()]
-        memories[case] = counted(tmp_path / case)
+        memories[case] = counted(tmp_path / case), weighted(tmp_path / case)
         if case == "disk":  # the ledger recorded the cohorts of the frame the node read before
             algo = get_algorithm(name)
             model = context.data_model(STROKE.key)
@@ -119,9 +142,11 @@ def test_sums_of_rows_on_disk_are_released_as_from_the_frame(name, y, x, paramet
     assert kept == {"disk": [SnapshotRows.__name__], "sql": ["DataFrame"], "dp": ["DataFrame"]}
     assert replies["disk"]["rows"] == replies["sql"]["rows"] > 0
     # the counted-set memory (ADR 0059) learns the same sets and rows' times from rows on disk (amendment 11)
-    assert memories["disk"] == memories["sql"] and len(memories["disk"]) >= 1
+    assert memories["disk"] == memories["sql"] and len(memories["disk"][0]) >= 1
     if name == "multiple_histograms" and y == ["followup_days"]:  # not vacuous: the rows' times are kept
-        assert any(times for _, times in memories["disk"])
+        assert any(times for _, times in memories["disk"][0])
+    if name == "pca_with_transformation":  # not vacuous: five families' releases remembered (amendment 13)
+        assert len(memories["disk"][1]) == 5 and all(r[4] == replies["disk"]["rows"] for r in memories["disk"][1])
     assert json.dumps(replies["disk"]["aggregates"], sort_keys=True) == \
         json.dumps(replies["sql"]["aggregates"], sort_keys=True) == \
         json.dumps(replies["dp"]["aggregates"], sort_keys=True)

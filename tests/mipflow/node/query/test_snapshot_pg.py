@@ -65,11 +65,14 @@ STEPS = [
     ("anova", ["y"], ["grp", "arm"], {"sstype": 2}),
     ("contingency_table", ["grp"], ["arm"], {}),
     ("pca", ["y", "x1", "x2"], [], {}),
+    # amendment 13: log and exp a block at a time (the moments and the exp-weighted sums' rows)
+    ("pca_with_transformation", ["y", "x1", "dose"], [], {"data_transformation": {"log": ["y", "x1"], "exp": ["dose"]}}),
     # amendment 11: bins over a declared range (released groups), levels; naive Bayes (fold keys kept beside)
     ("multiple_histograms", ["dose"], ["grp"], {"bins": 10}),
     ("multiple_histograms", ["grp"], ["arm"], {}),
     ("naive_bayes_gaussian_cv", ["arm"], ["x1", "dose"], {"n_splits": 3}),
     ("naive_bayes_categorical_cv", ["event"], ["grp", "arm"], {}),
+    ("linear_regression_cv", ["y"], ["x1", "grp"], {"n_splits": 3}),  # amendment 14
 ]
 
 
