@@ -167,6 +167,22 @@ def pca(node: Served, filters):
     return node.call("pca_with_transformation", request(VARIABLES, filters, **EXP), project=AUDIT)
 
 
+def chain_and_decoys(node: Served, first_call, decoy_call) -> tuple[pd.DataFrame, dict]:
+    """``U``, ``U \\ X``, ``U \\ Y`` through ``first_call`` and the 32 nested decoys inside ``V`` through
+    ``decoy_call`` (each ``(node, filters) -> reply``), every one answered: the node's rows and the first three
+    replies.  The family is checked on the rows first: ``X ∩ Y`` one row in effect, every pair passing."""
+    rows = node.rows
+    sets = family(rows)
+    both = sets["U"] - sets["U-X"] - sets["U-Y"]
+    assert len(both) == BOTH and effect(rows, both) < 1.001 and pairs_hold(rows, sets)
+    first = {name: first_call(node, f) for name, f in (("U", None), ("U-X", NOT_X), ("U-Y", NOT_Y))}
+    assert all(r.status_code == 200 for r in first.values()), {k: r.text for k, r in first.items()}
+    answered = [decoy_call(node, decoy(i)) for i in range(DECOYS)]
+    assert all(r.status_code == 200 for r in answered), [r.text for r in answered if r.status_code != 200][:1]
+    assert [moment_sums(r)[0] for r in answered] == [len(sets[f"D{i}"]) for i in range(DECOYS)]
+    return rows, first
+
+
 def moment_sums(reply) -> tuple[int, np.ndarray, np.ndarray]:
     """(n, sums, sums of products) of (exp glucose, age, NIHSS) from PCA's ``n``, means and co-moments."""
     moments = reply.json()["aggregates"]["moments"]
@@ -216,15 +232,7 @@ def test_hole_1_closed_a_weighted_chain_pushed_out_of_the_window_is_refused(node
     is 10 rows), and ``U - (U \\ X) - (U \\ Y) + V`` is the weighted sums over ``X ∩ Y``: the target's glucose, age
     and NIHSS."""
     node = nodes["window"]
-    rows = node.rows
-    sets = family(rows)
-    both = sets["U"] - sets["U-X"] - sets["U-Y"]
-    assert len(both) == BOTH and effect(rows, both) < 1.001 and pairs_hold(rows, sets)
-    first = {name: pca(node, f) for name, f in (("U", None), ("U-X", NOT_X), ("U-Y", NOT_Y))}
-    assert all(r.status_code == 200 for r in first.values()), {k: r.text for k, r in first.items()}
-    answered = [pca(node, decoy(i)) for i in range(DECOYS)]
-    assert all(r.status_code == 200 for r in answered), [r.text for r in answered if r.status_code != 200][:1]
-    assert [moment_sums(r)[0] for r in answered] == [len(sets[f"D{i}"]) for i in range(DECOYS)]
+    rows, first = chain_and_decoys(node, pca, pca)
     last = pca(node, V)
     if last.status_code == 200:  # the attack
         parts = [moment_sums(first["U"]), moment_sums(first["U-X"]), moment_sums(first["U-Y"]), moment_sums(last)]

@@ -89,7 +89,7 @@ from tests.mipflow.algorithms.survival_data import STROKE
 from tests.mipflow.node.controls.study_helpers import protocol, rule, stroke_rows, where
 from tests.nodes import grant_all, load_frame, running_nodes, standard_home
 from tests.privacy.test_explore_attacks import Served
-from tests.privacy.test_redteam_round21 import (BOTH, NOT_X, NOT_Y, V, decoy, effect, family, moment_sums,
+from tests.privacy.test_redteam_round21 import (BOTH, NOT_X, NOT_Y, V, chain_and_decoys, effect, moment_sums,
                                                 pairs_hold, weighted_rows)
 
 pytestmark = pytest.mark.xdist_group("redteam_round22")
@@ -288,15 +288,7 @@ def test_hole_2_closed_a_weighted_chain_across_model_versions_beyond_the_window_
     backstop sees only the decoys and ``V``; the window by patients is the decoys; no pair is dominated and no row
     atom is under 10.  ``U - (U \\ X) - (U \\ Y) + V`` is ``X ∩ Y``, where the target's weight dominates."""
     node = nodes["models"]
-    rows = node.rows
-    sets = family(rows)
-    both = sets["U"] - sets["U-X"] - sets["U-Y"]
-    assert len(both) == BOTH and effect(rows, both) < 1.001 and pairs_hold(rows, sets)
-    first = {name: pca(node, f) for name, f in (("U", None), ("U-X", NOT_X), ("U-Y", NOT_Y))}
-    assert all(r.status_code == 200 for r in first.values()), {k: r.text for k, r in first.items()}
-    answered = [pca(node, decoy(i), STROKE_V2.key) for i in range(DECOYS)]
-    assert all(r.status_code == 200 for r in answered), [r.text for r in answered if r.status_code != 200][:1]
-    assert [moment_sums(r)[0] for r in answered] == [len(sets[f"D{i}"]) for i in range(DECOYS)]
+    rows, first = chain_and_decoys(node, pca, lambda n, f: pca(n, f, STROKE_V2.key))
     last = pca(node, V, STROKE_V2.key)
     if last.status_code == 200:  # the attack
         parts = [moment_sums(first["U"]), moment_sums(first["U-X"]), moment_sums(first["U-Y"]), moment_sums(last)]

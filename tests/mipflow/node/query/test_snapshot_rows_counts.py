@@ -115,19 +115,25 @@ NAIVE_BAYES = [
 FOLD_KEY_OF_THE_NODE = fold_key(SECRET)
 
 
+def folded_both(name, store, datasets, filters, y, x, parameters):
+    """A cross-validated algorithm's request, its frame, its rows on disk with the fold keys the node keeps beside
+    them, and the frame prepared for the local step with the same keys as a column."""
+    algo = get_algorithm(name)
+    assert algo.streams_rows and needs_fold_keys(algo)
+    request = _request(datasets, filters, y, x, parameters)
+    frame, rows = _both(store, datasets, filters, list(algo.variables(request)))
+    local = prepare_local_data(algo, add_fold_keys(frame, FOLD_KEY_OF_THE_NODE, KEY), request)
+    rows.fold_keys = fold_hashes(rows.keys("row_key"), FOLD_KEY_OF_THE_NODE)  # as the node keeps them
+    return algo, request, frame, rows, local
+
+
 @pytest.mark.parametrize("name, y, x, parameters", NAIVE_BAYES)
 @ON_BLOCKS
 def test_naive_bayes_of_rows_on_disk_releases_the_frames(name, y, x, parameters, datasets, filters, store,
                                                          tmp_path):
     """Both rounds (per fold and class: counts and moments, then the confusion cells), the node's folds dealt
     from the fold keys it keeps beside the rows, as from the frame's column."""
-    algo = get_algorithm(name)
-    assert algo.streams_rows and needs_fold_keys(algo)
-    request = _request(datasets, filters, y, x, parameters)
-    variables = list(algo.variables(request))
-    frame, rows = _both(store, datasets, filters, variables)
-    local = prepare_local_data(algo, add_fold_keys(frame, FOLD_KEY_OF_THE_NODE, KEY), request)
-    rows.fold_keys = fold_hashes(rows.keys("row_key"), FOLD_KEY_OF_THE_NODE)  # as the node keeps them
+    algo, request, frame, rows, local = folded_both(name, store, datasets, filters, y, x, parameters)
     np.testing.assert_array_equal(rows.fold_keys, local[FOLD_KEY].to_numpy())
     first = [transport(algo.local_step(0, data, request, MODEL, None)) for data in (rows, local)]
     assert json.dumps(first[0], sort_keys=True) == json.dumps(first[1], sort_keys=True)
@@ -143,7 +149,7 @@ def test_naive_bayes_of_rows_on_disk_releases_the_frames(name, y, x, parameters,
                 if len(chosen):
                     want = chosen[x].to_numpy(dtype=float).mean(axis=0)
                     np.testing.assert_allclose(part["moments"][c]["mean"], want, rtol=1e-9)
-    same_controls(algo, request, frame, rows, local, variables, tmp_path)
+    same_controls(algo, request, frame, rows, local, list(algo.variables(request)), tmp_path)
     if len(frame) < 2 * n_splits:
         return
     state = algo.global_step(0, [first[1]], request, MODEL, None).state

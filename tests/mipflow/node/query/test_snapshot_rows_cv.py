@@ -14,14 +14,12 @@ import json
 import numpy as np
 import pytest
 
-from mipflow.algorithms import get_algorithm
 from mipflow.algorithms.crossval import FOLD_KEY, deal_folds
-from mipflow.algorithms.local import prepare_local_data
-from mipflow.node.controls.folds import add_fold_keys, fold_hashes, fold_key, needs_fold_keys
+from mipflow.node.controls.folds import fold_key
 from mipflow.protocol.wire import transport
 
-from tests.mipflow.node.query.test_snapshot_rows_counts import same_controls
-from tests.mipflow.node.query.test_snapshot_rows_groups import KEY, MODEL, ON_BLOCKS, SECRET, _both, _request
+from tests.mipflow.node.query.test_snapshot_rows_counts import folded_both, same_controls
+from tests.mipflow.node.query.test_snapshot_rows_groups import MODEL, ON_BLOCKS, SECRET
 from tests.mipflow.node.query import test_snapshot_rows_groups
 
 store = test_snapshot_rows_groups.store  # the fixture: the groups file's rows at each block size
@@ -37,19 +35,14 @@ FOLD_KEY_OF_THE_NODE = fold_key(SECRET)
 @ON_BLOCKS
 def test_linear_regression_cv_of_rows_on_disk_releases_the_frames(y, x, parameters, datasets, filters, store,
                                                                   tmp_path):
-    algo = get_algorithm("linear_regression_cv")
-    assert algo.streams_rows and needs_fold_keys(algo)
-    request = _request(datasets, filters, y, x, parameters)
-    variables = list(algo.variables(request))
-    frame, rows = _both(store, datasets, filters, variables)
-    local = prepare_local_data(algo, add_fold_keys(frame, FOLD_KEY_OF_THE_NODE, KEY), request)
-    rows.fold_keys = fold_hashes(rows.keys("row_key"), FOLD_KEY_OF_THE_NODE)  # as the node keeps them
+    algo, request, frame, rows, local = folded_both("linear_regression_cv", store, datasets, filters, y, x,
+                                                    parameters)
     first = [transport(algo.local_step(0, data, request, MODEL, None)) for data in (rows, local)]
     assert json.dumps(first[0], sort_keys=True) == json.dumps(first[1], sort_keys=True)
     n_splits = len(first[0]["folds"])
     labels = deal_folds(local[FOLD_KEY].to_numpy(), n_splits)
     assert [f["moments"]["n"] for f in first[0]["folds"]] == np.bincount(labels, minlength=n_splits).tolist()
-    same_controls(algo, request, frame, rows, local, variables, tmp_path)
+    same_controls(algo, request, frame, rows, local, list(algo.variables(request)), tmp_path)
     if len(frame) < 10 * n_splits:
         return
     state = algo.global_step(0, [first[1]], request, MODEL, None).state
