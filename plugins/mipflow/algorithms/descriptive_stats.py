@@ -281,11 +281,10 @@ class DescriptiveStats(SpecAlgorithm):
             return None
         n_total = sum(int(r["n_total"]) for r in records)
         if "counts" in records[0]:
-            # a node's disclosure control may have replaced small counts by None
-            counts = []
-            for cells in zip(*(r["counts"] for r in records)):
-                released = [int(c) for c in cells if c is not None]
-                counts.append(sum(released) if released else None)
+            # a node's disclosure control may have replaced small counts by None: the pooled cell is then
+            # unknown (None), never the other records' partial sum (ADR 0005 amendment, as histograms)
+            counts = [None if any(c is None for c in cells) else sum(int(c) for c in cells)
+                      for cells in zip(*(r["counts"] for r in records))]
             out: dict[str, Any] = {"n_total": n_total, "counts": counts}
             noisy = [r["noise"] for r in records if "noise" in r]
             if noisy:  # one independent draw per node record on every cell
@@ -307,7 +306,7 @@ class DescriptiveStats(SpecAlgorithm):
 
     def _render(self, record: dict[str, Any] | None, code: str, model: DataModel) -> dict | None:
         n = self._count(record)
-        if n == 0:
+        if n == 0 and not (record is not None and any(c is None for c in record.get("counts", ()))):
             return None
         assert record is not None
         out: dict[str, Any] = {"num_dtps": n, "num_na": record["n_total"] - n,
@@ -316,6 +315,12 @@ class DescriptiveStats(SpecAlgorithm):
             var = model.variable(code)
             # a noisy pooled cell is shown clamped to >= 0, with its error (ADR 0057)
             out["counts"] = {c: max(k, 0) for c, k in zip(var.enumeration_codes, record["counts"]) if k and k > 0}
+            hidden = [c for c, k in zip(var.enumeration_codes, record["counts"]) if k is None]
+            if hidden:  # a node hid these levels' counts: the data points are known from below only
+                out.update({"num_dtps": None, "num_na": None, "num_dtps_at_least": n, "suppressed": hidden,
+                            "note": "the counts of the levels in 'suppressed' are hidden because at least one "
+                                    "participating node suppressed them (fewer than nfilter_tab rows there); "
+                                    "num_dtps and num_na are then unknown, num_dtps_at_least is a lower bound"})
             if "noise" in record:
                 out.update(noisy_count_error(record["noise"]["terms"]))
         elif "noisy_sums" in record:
@@ -353,7 +358,8 @@ class DescriptiveStats(SpecAlgorithm):
                     })
             for code in described:
                 records = [per_dataset[d][code] for d in request.datasets
-                           if self._count(per_dataset[d][code]) > 0]
+                           if self._count(per_dataset[d][code]) > 0
+                           or None in (per_dataset[d][code] or {}).get("counts", ())]
                 result[kind].append({
                     "variable": code, "dataset": ALL_DATASETS,
                     "data": self._render(self._merge(records), code, model),

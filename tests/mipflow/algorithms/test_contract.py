@@ -281,17 +281,26 @@ def test_histogram_of_a_bounded_variable_bins_over_the_declared_range() -> None:
     assert result["histogram"][0]["counts"] == [int(c) or None for c in counts]
 
 
-def test_descriptive_stats_merges_counts_a_node_suppressed() -> None:
+def test_descriptive_stats_hides_a_level_a_node_suppressed() -> None:
     alg = ALGORITHMS["descriptive_stats"]
     req = request(y=("grp",))
     frames = [prepare_local_data(alg, make_data(s, 40), req) for s in (1, 2)]
     aggregates = [transport(alg.local_step(0, f, req, MODEL, None)) for f in frames]
-    # node 0's disclosure control suppresses every count below 10
+    # node 0's disclosure control suppresses every non-empty count below 10
     for record in aggregates[0]["datasets"].values():
         for kind in ("variable_based", "model_based"):
             cells = record[kind]["grp"]["counts"]
-            record[kind]["grp"]["counts"] = [c if c >= 10 else None for c in cells]
+            record[kind]["grp"]["counts"] = [c if c == 0 or c >= 10 else None for c in cells]  # 0 is not small
     result = alg.global_step(0, aggregates, req, MODEL, None).result
     json.dumps(result, allow_nan=False)
     total = {r["dataset"]: r["data"] for r in result["variable_based"]}["all datasets"]
-    assert total["num_dtps"] == sum(total["counts"].values())
+    levels = MODEL.variable("grp").enumeration_codes
+    both = [int(sum((f["grp"] == level).sum() for f in frames)) for level in levels]
+    hidden = [level for i, level in enumerate(levels)
+              if any(r["variable_based"]["grp"]["counts"][i] is None for r in aggregates[0]["datasets"].values())]
+    assert hidden and len(hidden) < len(levels), "not vacuous: node 0 hid some levels, not all"
+    # a level node 0 hid is unknown, never node 1's count alone; the others are the pooled counts
+    assert total["suppressed"] == hidden and not set(hidden) & set(total["counts"])
+    assert total["counts"] == {level: k for level, k in zip(levels, both) if level not in hidden and k > 0}
+    assert total["num_dtps"] is None and total["num_na"] is None
+    assert total["num_dtps_at_least"] == sum(total["counts"].values())
