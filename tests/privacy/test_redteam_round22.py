@@ -9,7 +9,7 @@ through real node processes (``mipflow node serve`` on loopback) with the shippe
 ``nfilter_tab`` 3, differencing on, query budgets 100 / 300); standard mode is the admin's documented choice per node
 (``standard_home``).  Every release is exact (standard mode): each strict xfail fails the same way on every run.
 
-``test_hole_*`` are strict xfails (holes 2 and 4 are closed now and pass through their defence): the attack runs, checks what it recovered against the truth, and its last assertion
+``test_hole_*`` are strict xfails (holes 2, 3 and 4 are closed now and pass through their defence): the attack runs, checks what it recovered against the truth, and its last assertion
 is the condition that would hold if the defence held.  ``test_defence_*`` pass while a control holds, naming it.
 
 Found (holes):
@@ -43,7 +43,9 @@ Found (holes):
    standard project; the admin approves an ordinary protocol (population aged 25 or more, the same PCA: each cohort's
    own weighted sums hold, ADR 0053; ten rows from the ledger's cohort, the pairwise rule passes); the study's one
    release.  Everyone less the population is the ten patients under 25, the target's ``exp(20.0)`` against nine
-   ``exp(4-4.5)``: glucose 20.0, age 21.5, NIHSS 37.  Two requests and an honest approval.
+   ``exp(4-4.5)``: glucose 20.0, age 21.5, NIHSS 37.  Two requests and an honest approval.  Closed: approval
+   checks the study's exp-weighted cohorts against the weighted memory (pairs, chain rule, backstop) and remembers
+   them (``study_transforms.check_weighted_history``, ADR 0058 amended); the study is not approved.
 4. **A study population completing a chain of standard-mode cohorts, plain sums** (ADR 0028, approval: "the pairwise
    rule against the whole ledger; no linear combination of *them* isolates an atom" — the study's cohorts only;
    ``check_cohort`` skipped in study mode).  PCA of (age, NIHSS) on ``A`` (age < 60) and ``B`` (20-40) in the
@@ -345,10 +347,11 @@ def study_pca(node: Served):
     return node.call("pca_with_transformation", request(VARIABLES, None, **EXP), project=STUDY)
 
 
-@pytest.mark.xfail(strict=True, reason="ADR 0058 Open: a study release is not checked against earlier standard-mode "
-                                       "releases of the same family; population - everyone is ten rows, one heavy")
-def test_hole_3_a_study_s_weighted_release_less_an_earlier_standard_one_gives_the_target(nodes):
-    """Hole 3.  Class: ADR 0058, Consequences: "**Open** (as for plain sums): a study release is not checked against
+def test_hole_3_closed_a_study_whose_weighted_cohorts_less_an_earlier_standard_release_are_dominated_is_not_approved(
+        nodes):
+    """Hole 3 (closed: approval checks the study's exp-weighted cohorts against the node's weighted memory as
+    ``check_weighted`` checks a standard release, pairs, chain and backstop, and remembers them;
+    ``study_transforms.check_weighted_history``, ADR 0058 and ADR 0028 amended).  Class: ADR 0058, Consequences: "**Open** (as for plain sums): a study release is not checked against
     earlier standard-mode releases of the same family"; ``check_weighted`` is "skipped in study mode (approval)"
     (docs/privacy.md, row 12b), and approval checks each cohort's own weighted sums (ADR 0053) and the ledger's rows
     (ten rows apart: passes).  Adversary: a researcher granted a standard-mode project and a study project at one

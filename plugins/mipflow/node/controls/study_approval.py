@@ -35,7 +35,7 @@ from mipflow.node.controls.study_cells import check_moment_cells, moment_crossin
 from mipflow.node.controls.study_kmeans import check_ties
 from mipflow.node.controls.study_suppression import Patterns, compute_patterns, read_patterns, write_patterns
 from mipflow.node.controls.study_family import Family, added_since, compute_family
-from mipflow.node.controls.study_transforms import check_transformed
+from mipflow.node.controls.study_transforms import check_transformed, check_weighted_history, remember_weighted_cohorts
 
 
 #: What to change when a cohort of the family is too small (approval and refresh; said after the counts).
@@ -412,6 +412,9 @@ def _approve(home: Any, project: str, protocol: Protocol) -> dict[str, Any]:
         check_ties(family.ties, min_row_count, f"study {protocol.name!r} not approved")
         check_transformed(family, protocol, min_row_count, node_primes(home.key()),
                           f"study {protocol.name!r} not approved")
+        # its exp-weighted cohorts against earlier releases of the same weighted sums (ADR 0058)
+        weighted = check_weighted_history(home, store, model, family, protocol, min_row_count,
+                                          f"study {protocol.name!r} not approved")
         others = other_studies(home.root, project)
         theirs = other_sets(others, family, protocol.data_model, store, hash_key(home.key()))
         shared = {study.project for study in others
@@ -433,6 +436,7 @@ def _approve(home: Any, project: str, protocol: Protocol) -> dict[str, Any]:
     finally:
         store.dispose()
     _record(home.root, protocol.data_model, sets)
+    remember_weighted_cohorts(home, weighted, consent)
     study = Study(project=project, protocol=protocol, snapshot=at, population=family.population,
                   values=family.values, subgroups=family.subgroups,
                   record={"status": "approved", "approved_at": at, "min_row_count": min_row_count,

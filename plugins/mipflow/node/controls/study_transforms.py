@@ -18,6 +18,14 @@ from the protocol, not the request):
   in each exp-weighted sum (:mod:`mipflow.algorithms.weighted`).  A union of such cohorts holds at
   least as many, so a request on some of the study's datasets passes too.
 
+* :func:`check_weighted_history`, at approval: every cohort of the family under every weight family of
+  the protocol's ``exp`` (:func:`mipflow.algorithms.weighted.exp_families`, as the algorithm declares
+  its ``weight_families``) against the node's weighted memory, as ``check_weighted`` checks a standard
+  release (ADR 0058: pairs, the chain rule and its backstop), and remembered there as the cohort ledger
+  remembers the cohorts: a study's releases skip ``check_weighted``, so an earlier standard release of
+  the same weighted sums (everyone, less a population aged >= 25: ten rows, one heavy) refuses the
+  approval, and a later one meets the study's cohorts (twenty-second review, hole 3).
+
 A study answers on its snapshot: rows loaded since are left out, and a changed or removed row
 refuses every request of the study until a refresh, which runs these checks again.  No request of an
 approved study can meet a failing transformation, a dominated sum or an overflow.
@@ -156,5 +164,93 @@ def check_transformed(family: Any, protocol: Any, min_row_count: int, primes: An
                           f"or choose broader subgroups (docs/adr/0053-release-shaping-transformations.md){stays}")
 
 
-__all__ = ["LOG_SUM_LIMIT", "TRANSFORMING", "check_transformations", "check_transformed", "transformation_problems",
-           "transformation_values"]
+def weighted_releases(home: Any, store: Any, model: Any, family: Any, protocol: Any) -> tuple[Any, list, Any]:
+    """The weight families of the protocol's ``exp``, the family's distinct cohorts as releases of each
+    (row keys, log-weights from the rows as a standard step reads them, patients) and the reader of a data
+    model's current rows (:func:`mipflow.node.controls.weighted_ledger.read_population`)."""
+    from mipflow.algorithms.weighted import exp_families
+    from mipflow.node.controls.differencing import hash_key
+    from mipflow.node.controls.weighted_ledger import FamilyRows, read_population
+
+    exp = list((protocol.data_transformation or {}).get("exp", ())) if TRANSFORMING in protocol.algorithms else []
+    families = exp_families(exp)
+    if not families:
+        return families, [], None
+    key, columnar, read_at = hash_key(home.key()), bool(home.settings.columnar_snapshot), {}
+
+    def read(data_model: str, wanted: Any) -> Any:
+        at = (data_model, tuple(sorted(set(wanted))))
+        if at not in read_at:
+            try:
+                held = model if data_model == model.key else store.data_model(data_model)
+            except Exception:  # noqa: BLE001 - the data model is gone: weights unknown
+                read_at[at] = None
+            else:
+                read_at[at] = read_population(store, held, at[1], key, columnar)
+        return read_at[at]
+
+    releases, seen = [], set()
+    for _, keys in family.sets():
+        ident = keys.tobytes()
+        if not len(keys) or ident in seen:
+            continue
+        seen.add(ident)
+        mask = np.isin(family.population, keys, assume_unique=True)
+        for f in families:
+            taken = read(model.key, f.variables).take(keys, f)
+            if taken is None:  # not a current row complete on the variables: the values approval read
+                taken = (f.log_weights({c: family.transformed[c][mask] for c in f.variables}),
+                         None if family.row_patients is None else family.row_patients[mask])
+            releases.append(FamilyRows(f.name, model.key, keys, *taken))
+    return families, releases, read
+
+
+def check_weighted_history(home: Any, store: Any, model: Any, family: Any, protocol: Any, min_row_count: int,
+                           failed: str) -> list:
+    """Approval's check of the study's exp-weighted cohorts against the node's weighted memory (ADR 0058;
+    see the module).  Returns the releases to remember once approved.
+
+    Raises
+    ------
+    ConfigError
+        ``failed``, the rule and the setting: no count, no value (control ``dominated_sums``'s words).
+    """
+    from mipflow.exceptions import ConfigError
+    from mipflow.node.controls.atoms import node_primes
+    from mipflow.node.controls.differencing import hash_key
+    from mipflow.node.controls.weighted_ledger import WeightedMemory
+
+    families, releases, read = weighted_releases(home, store, model, family, protocol)
+    if not releases or not home.settings.differencing_check:
+        return releases
+    memory = WeightedMemory(home.root, hash_key(home.key()), node_primes(home.key()))
+    try:
+        allowed = memory.check(releases, families, min_row_count, read, store.consent_applied())
+    finally:
+        memory.close()
+    if not allowed:
+        raise ConfigError(f"{failed}: an exp-weighted sum of the study's cohorts, less the same weighted sum of an "
+                          "earlier release of this node over overlapping rows, is dominated by fewer rows than "
+                          f"min_row_count ({min_row_count}) (dominated_sums): remove the exp transformation from the "
+                          "protocol or choose a population and subgroups that repeat or stay far from the cohorts "
+                          "already analysed with it (docs/adr/0058-weighted-differencing.md)")
+    return releases
+
+
+def remember_weighted_cohorts(home: Any, releases: list, epoch: str) -> None:
+    """Remember an approved study's exp-weighted cohorts (:func:`check_weighted_history`'s releases)."""
+    if not releases:
+        return
+    from mipflow.node.controls.atoms import node_primes
+    from mipflow.node.controls.differencing import hash_key
+    from mipflow.node.controls.weighted_ledger import WeightedMemory
+
+    memory = WeightedMemory(home.root, hash_key(home.key()), node_primes(home.key()))
+    try:
+        memory.record(releases, epoch)
+    finally:
+        memory.close()
+
+
+__all__ = ["LOG_SUM_LIMIT", "TRANSFORMING", "check_transformations", "check_transformed", "check_weighted_history",
+           "remember_weighted_cohorts", "transformation_problems", "transformation_values", "weighted_releases"]

@@ -190,3 +190,79 @@ def test_rows_loaded_later_meet_the_checks_at_refresh_and_the_study_stays_on_its
     with pytest.raises(ConfigError, match="log of 'followup_days': 1 row.*stays on its snapshot"):
         study_approval.refresh(home, PROJECT)
     assert read_study(home.root, PROJECT).snapshot == approved["snapshot"]
+
+
+def _weighted_node(root: Any) -> Any:
+    """A standard-mode node holding the twelfth review's glucose registry (ten patients under 25, one heavy)."""
+    from mipflow.node.home import NodeHome
+    from tests.mipflow.node.controls.study_helpers import PROJECT, glucose_registry
+    from tests.nodes import grant_all, load_frame, standard_home
+
+    standard_home(root, "hospital_a")
+    load_frame(root, STROKE, glucose_registry())
+    grant_all(root, researcher="*", project=PROJECT)
+    return NodeHome(root)
+
+
+def _everyone(home: Any, record: bool) -> bool:
+    """A standard release of everyone's exp(glucose) sums against the node's weighted memory, as
+    ``check_weighted`` runs it (recorded if ``record``); False: refused."""
+    from mipflow.algorithms.weighted import exp_families
+    from mipflow.node.controls.differencing import hash_key
+    from mipflow.node.controls.weighted_ledger import FamilyRows, WeightedMemory, read_population
+    from mipflow.node.store.feature_store import FeatureStore
+
+    store, key = FeatureStore(home.db_url, home.root), hash_key(home.key())
+    try:
+        def read(data_model: str, variables: Any) -> Any:
+            return read_population(store, store.data_model(data_model), variables, key, True)
+
+        families = exp_families(["glucose_mmol"])
+        rows = read(STROKE.key, ["age", "nihss_admission", "glucose_mmol"])
+        releases = [FamilyRows(f.name, STROKE.key, rows.rows, f.log_weights(rows.columns), rows.patients)
+                    for f in families]
+        memory = WeightedMemory(home.root, key, node_primes(home.key()))
+        allowed = memory.check(releases, families, home.settings.min_row_count, read, store.consent_applied())
+        if allowed and record:
+            memory.record(releases, store.consent_applied())
+        memory.close()
+        return allowed
+    finally:
+        store.dispose()
+
+
+def _weighted_study(home: Any) -> dict[str, Any]:
+    from mipflow.node.controls import study_approval
+    from tests.mipflow.node.controls.study_helpers import PROJECT, protocol, rule, where
+
+    document = protocol(datasets=["hospital_a"], variables=["age", "nihss_admission", "glucose_mmol"],
+                        algorithms=["pca_with_transformation"], subgroups=[],
+                        population={"filter": where(rule("age", "greater_or_equal", 25))},
+                        data_transformation={"exp": ["glucose_mmol"]})
+    document.pop("survival")
+    return study_approval.approve(home, PROJECT, document)
+
+
+def test_a_study_whose_exp_cohorts_less_an_earlier_release_are_dominated_is_not_approved(tmp_path) -> None:
+    """ADR 0058 amended (twenty-second review, hole 3): everyone's exp(glucose) sums released in standard mode, a
+    study of those aged 25 or more (its own sums hold) is refused at approval: the difference is ten patients, one
+    carrying nearly all the weight.  The words give the rule and the setting, no count, no value."""
+    from mipflow.node.controls.study import read_record
+    from tests.mipflow.node.controls.study_helpers import PROJECT
+
+    home = _weighted_node(tmp_path / "node")
+    assert _everyone(home, record=True)
+    with pytest.raises(ConfigError, match=r"^study 'stroke-outcomes' not approved: .*\(dominated_sums\)") as caught:
+        _weighted_study(home)
+    assert "12.3" not in str(caught.value) and "21.5" not in str(caught.value)
+    assert read_record(home.root, PROJECT) is None
+
+
+def test_an_approved_studys_exp_cohorts_are_remembered_for_later_standard_releases(tmp_path) -> None:
+    """The other order: approved first (nothing remembered), the study's cohorts join the weighted memory at
+    approval, so everyone's release after it is refused before any request of the study is answered."""
+    home = _weighted_node(tmp_path / "node")
+    assert _weighted_study(home)["status"] == "approved"
+    assert not _everyone(home, record=False)
+    fresh = _weighted_node(tmp_path / "fresh")  # without the study, the same release passes
+    assert _everyone(fresh, record=False)
