@@ -216,8 +216,9 @@ def test_secure_descriptive_stats_release_pooled_rows_only(fed: Fed) -> None:
 
 
 def test_secure_descriptive_stats_suppress_small_cells_at_the_node_first(fed: Fed) -> None:
-    """hospital_b suppresses every grp cell (nfilter_tab 1000) before it masks: none of its counts
-    enters the sum, as none enters the plain result."""
+    """hospital_b suppresses every grp cell (nfilter_tab 1000) before it masks: none of its counts enters the
+    masked sum.  The plain result shows those levels as suppressed (unknown, never the others' sum: ADR 0005
+    amendment); under secure aggregation a hidden cell is summed as 0, so the pooled count is the others' (open)."""
     doc = request(y=("grp",)).to_dict()
     home = NodeHome(fed.roots["hospital_b"])
     home.set_setting("nfilter_tab", 1000)
@@ -230,10 +231,14 @@ def test_secure_descriptive_stats_suppress_small_cells_at_the_node_first(fed: Fe
     others = DATA[SPLIT != 1]["grp"].dropna().value_counts()
     got = _all_datasets_rows(secure.result)[("variable_based", "grp")]
     assert got["counts"] == {k: int(others[k]) for k in ("c", "a", "b")}
-    assert got["counts"] == _all_datasets_rows(plain.result)[("variable_based", "grp")]["counts"]
     assert got["num_dtps"] == int(others.sum())
     # a node part without a released value stays out of the pooled rows (ADR 0014)
     assert got["num_total"] == int((SPLIT != 1).sum())
+    shown = _all_datasets_rows(plain.result)[("variable_based", "grp")]
+    at_b = DATA[SPLIT == 1]["grp"].dropna().value_counts()
+    assert sorted(shown["suppressed"]) == sorted(k for k in at_b.index if at_b[k] > 0) and at_b.sum() > 0
+    assert not set(shown["suppressed"]) & set(shown["counts"]) and shown["num_dtps"] is None
+    assert shown["num_dtps_at_least"] == sum(shown["counts"].values())
 
 
 def _step_of_one_node(fed: Fed, name: str, doc: dict, round_no: int, analysis_id: str,
