@@ -242,18 +242,20 @@ class Exact:
         self.isolatable = np.zeros(0, bool)
 
 
-def new_small_atom(before: Exact, after: Exact, threshold: int) -> bool:
-    """Whether ``after`` (``before`` with sets added) isolates an atom of fewer than ``threshold`` rows that
-    ``before`` did not isolate with the same members (check_addition's rule: a split piece, rows outside every
-    earlier set, or an old atom newly isolatable)."""
-    small = np.flatnonzero(after.isolatable & (after.sizes < threshold))
-    if not small.size:
-        return False
+def newly_isolatable(before: Exact, after: Exact) -> np.ndarray:
+    """Per atom of ``after`` (``before`` with sets added): isolatable now and not by ``before`` with the same members
+    (check_addition's rule: a split piece, rows outside every earlier set, or an old atom newly isolatable)."""
     n = before.atoms
-    old = small[small < n]
-    if old.size < small.size:
-        return True  # a new atom (a split piece or new rows)
-    return bool(np.any((after.sizes[old] != before.sizes[old]) | ~before.isolatable[old]))
+    fresh = np.ones(after.atoms, bool)
+    if n:
+        fresh[:n] = (after.sizes[:n] != before.sizes) | ~before.isolatable
+    return after.isolatable & fresh
+
+
+def new_small_atom(before: Exact, after: Exact, threshold: int) -> bool:
+    """Whether ``after`` (``before`` with sets added) newly isolates an atom of fewer than ``threshold`` rows
+    (:func:`newly_isolatable`)."""
+    return bool(np.any(newly_isolatable(before, after) & (after.sizes < threshold)))
 
 
 @dataclass
@@ -326,6 +328,24 @@ def remembered(key: tuple, pools: Sequence[Sequence[np.ndarray]], primes: Sequen
     return state
 
 
+def extended(key: tuple, pools: Sequence[Sequence[np.ndarray]], new: Sequence[np.ndarray], primes: Sequence[int],
+             threshold: int, search: bool = False) -> tuple[Exact, Exact] | None:
+    """The state over every set of ``pools`` (:func:`remembered`) and a copy with ``new`` added, each with
+    ``search`` (:meth:`Exact.add`; the additions stop at the first that sets :attr:`Exact.leak`); None past
+    :data:`EXACT_ENTRIES` (the backstop says nothing: module docstring)."""
+    before = remembered(key, pools, primes, threshold)
+    if before.over:
+        return None
+    after = before.copy()
+    for keys in new:
+        after.add(keys, search=search)
+        if after.over:
+            return None
+        if after.leak:
+            break
+    return before, after
+
+
 def exact_allows(key: tuple, pools: Sequence[Sequence[np.ndarray]], new: Sequence[np.ndarray], threshold: int,
                  primes: Sequence[int], unions: bool = False) -> bool:
     """Whether adding ``new`` to every set of ``pools`` isolates no new atom of fewer than ``threshold`` rows and,
@@ -334,17 +354,11 @@ def exact_allows(key: tuple, pools: Sequence[Sequence[np.ndarray]], new: Sequenc
     :data:`EXACT_ENTRIES`: module docstring)."""
     if threshold <= 1 or not new:
         return True
-    before = remembered(key, pools, primes, threshold)
-    if before.over:
+    states = extended(key, pools, new, primes, threshold, search=unions)
+    if states is None:
         return True
-    after = before.copy()
-    for keys in new:
-        after.add(keys, search=unions)
-        if after.over:
-            return True
-        if after.leak:
-            return False
-    return not new_small_atom(before, after, threshold)
+    before, after = states
+    return not after.leak and not new_small_atom(before, after, threshold)
 
 
 def clear() -> None:

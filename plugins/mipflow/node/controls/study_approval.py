@@ -428,9 +428,8 @@ def _approve(home: Any, project: str, protocol: Protocol) -> dict[str, Any]:
         check_moment_cells(moment_problems(family.sets() + list(theirs), family.population, family.cell_levels,
                                            family.nominal, protocol.algorithms, min_row_count,
                                            node_primes(home.key())), min_row_count, f"study {protocol.name!r} not approved")
-        sets = _check_family(home.root, home.key(), protocol.data_model, family, min_row_count, None,
-                             store.consent_applied())
         consent = store.consent_applied()
+        sets = _check_family(home.root, home.key(), protocol.data_model, family, min_row_count, None, consent)
         at = now_utc()
         patterns, summary = _patterns(home, store, model, protocol, family, at, f"study {protocol.name!r} not approved")
     finally:
@@ -511,8 +510,7 @@ def _refresh(home: Any, project: str, old: Study) -> dict[str, Any]:
                            + (cell_change_problems(old, family, min_row_count, moments) if moments else []),
                            min_row_count, f"study {old.protocol.name!r} not refreshed", stays)
         try:
-            sets = _check_family(home.root, home.key(), old.protocol.data_model, family, min_row_count, old,
-                                 store.consent_applied())
+            sets = _check_family(home.root, home.key(), old.protocol.data_model, family, min_row_count, old, consent)
         except ConfigError as exc:
             raise ConfigError(f"study {old.protocol.name!r} not refreshed: {exc}{stays}") from None
         at = now_utc()

@@ -170,24 +170,20 @@ def weighted_releases(home: Any, store: Any, model: Any, family: Any, protocol: 
     model's current rows (:func:`mipflow.node.controls.weighted_ledger.read_population`)."""
     from mipflow.algorithms.weighted import exp_families
     from mipflow.node.controls.differencing import hash_key
-    from mipflow.node.controls.weighted_ledger import FamilyRows, read_population
+    from mipflow.node.controls.weighted_ledger import FamilyRows, population_reader
 
     exp = list((protocol.data_transformation or {}).get("exp", ())) if TRANSFORMING in protocol.algorithms else []
     families = exp_families(exp)
     if not families:
         return families, [], None
-    key, columnar, read_at = hash_key(home.key()), bool(home.settings.columnar_snapshot), {}
 
-    def read(data_model: str, wanted: Any) -> Any:
-        at = (data_model, tuple(sorted(set(wanted))))
-        if at not in read_at:
-            try:
-                held = model if data_model == model.key else store.data_model(data_model)
-            except Exception:  # noqa: BLE001 - the data model is gone: weights unknown
-                read_at[at] = None
-            else:
-                read_at[at] = read_population(store, held, at[1], key, columnar)
-        return read_at[at]
+    def model_of(data_model: str) -> Any:
+        try:
+            return model if data_model == model.key else store.data_model(data_model)
+        except Exception:  # noqa: BLE001 - the data model is gone: weights unknown
+            return None
+
+    read = population_reader(store, model_of, hash_key(home.key()), bool(home.settings.columnar_snapshot))
 
     releases, seen = [], set()
     for _, keys in family.sets():

@@ -268,20 +268,11 @@ def _newly_light(name: str, pool: list[np.ndarray], new: np.ndarray, parts: Call
     """Whether adding ``new`` to the backstop state over ``pool`` (cached under ``name``) isolates an atom not
     isolatable before with the same members and holding fewer than ``threshold`` units in effect (the units' weight
     bounds from ``parts()``, read only when some atom is newly isolatable)."""
-    key = (tuple(primes), name, threshold)
-    before = chain_exact.remembered(key, [pool], primes, threshold)
-    if before.over:
+    states = chain_exact.extended((tuple(primes), name, threshold), [pool], [new], primes, threshold)
+    if states is None:
         return False
-    after = before.copy()
-    after.add(new)
-    if after.over:
-        return False
-    n = before.atoms
-    fresh = np.zeros(after.atoms, bool)
-    fresh[n:] = True
-    if n:
-        fresh[:n] = (after.sizes[:n] != before.sizes) | ~before.isolatable
-    candidates = np.flatnonzero(after.isolatable & fresh)
+    after = states[1]
+    candidates = np.flatnonzero(chain_exact.newly_isolatable(*states))
     if not candidates.size:
         return False
     sizes = rows_in_effect(*unit_bounds(parts()))(after.universe, after.labels, after.atoms)
@@ -484,6 +475,21 @@ def read_population(store: Any, model: Any, variables: Sequence[str], key: str, 
                       {code: numeric_values(frame[code])[order] for code in variables})
 
 
+def population_reader(store: Any, model_of: Callable[[str], Any], key: str, columnar: bool) -> PopulationReader:
+    """``(data_model, variables) -> Population`` of the current rows complete on those variables
+    (:func:`read_population`), each read once; None where ``model_of`` gives None (the data model is gone)."""
+    read: dict[tuple[str, tuple[str, ...]], Population | None] = {}
+
+    def population(data_model: str, wanted: Sequence[str]) -> Population | None:
+        at = (data_model, tuple(sorted(set(wanted))))
+        if at not in read:
+            model = model_of(data_model)
+            read[at] = None if model is None else read_population(store, model, at[1], key, columnar)
+        return read[at]
+
+    return population
+
+
 def release_rows(families: Sequence[WeightFamily], data: Any, cohorts: Any,
                  population: Population | None, order: Any = None) -> list[FamilyRows] | None:
     """The step's rows under each family, weighted by the values the local step reads (``data``, in the
@@ -526,21 +532,19 @@ def check_weighted(request: Any, context: Any, work: Any) -> None:
     if not families:
         return
     guard, settings = context.differencing, work.settings
-    columnar = bool(settings.columnar_snapshot)
-    read: dict[tuple[str, tuple[str, ...]], Population | None] = {}
     variables = sorted({code for f in families for code in f.variables})
+
+    def model_of(data_model: str) -> Any:
+        try:
+            return work.model if data_model == work.model.key else context.data_model(data_model)
+        except DataModelNotHeld:
+            return None
+
+    reader = population_reader(context.store, model_of, guard.key, bool(settings.columnar_snapshot))
 
     def population(data_model: str, wanted: Sequence[str] = variables) -> Population | None:
         """The rows of ``data_model`` complete on ``wanted`` (read once per step)."""
-        at = (data_model, tuple(sorted(set(wanted))))
-        if at not in read:
-            try:
-                model = work.model if data_model == work.model.key else context.data_model(data_model)
-            except DataModelNotHeld:
-                read[at] = None
-            else:
-                read[at] = read_population(context.store, model, at[1], guard.key, columnar)
-        return read[at]
+        return reader(data_model, wanted)
 
     order = None
     if getattr(work.cohorts, "order", None) is None:  # a complete-case selection on disk split by nothing
