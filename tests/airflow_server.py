@@ -86,6 +86,23 @@ def _wait(what: str, check: Any, timeout: float, server: CentralAirflow) -> Any:
     raise RuntimeError(f"timed out waiting for {what} (last error: {last}):\n{server.tail()}")
 
 
+def served(server: CentralAirflow, client: httpx.Client, method: str, url: str, *, json: Any = None,
+           ok: tuple[int, ...] = (200, 201), timeout: float = 60.0) -> httpx.Response:
+    """``method url`` through the REST API, its response once the status is one of ``ok``.  An api-server still
+    starting, or its SQLite database busy with the scheduler and dag-processor writing ("Database error"), can
+    answer 5xx (the write rolled back): retried until ``timeout`` by :func:`_wait`, then reported with the server's
+    log; any other status fails at once."""
+    def attempt() -> tuple[httpx.Response]:
+        resp = client.request(method, url, json=json)
+        if resp.is_server_error:
+            resp.raise_for_status()
+        if resp.status_code not in ok:
+            raise AssertionError(f"{method} {url}: {resp.status_code} {resp.text[:500]}")
+        return (resp,)
+
+    return _wait(f"{method} {url}", attempt, timeout, server)[0]
+
+
 def _unpaused(client: httpx.Client, dag_id: str) -> bool:
     """Unpause ``dag_id``: True once the api-server says so.  An api-server still starting (or its
     SQLite database busy with the scheduler and dag-processor writing) can answer 5xx: raised as
@@ -198,8 +215,8 @@ def run_dag(server: CentralAirflow, dag_id: str, conf: dict[str, Any], timeout: 
             user: str = "admin") -> dict[str, Any]:
     """Trigger ``dag_id`` through the REST API as ``user``; wait for it to end; return the run."""
     with server.client(user) as client:
-        resp = client.post(f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf})
-        assert resp.status_code in (200, 201), resp.text
+        resp = served(server, client, "POST", f"/api/v2/dags/{dag_id}/dagRuns",
+                      json={"logical_date": None, "conf": conf})
         run_id = resp.json()["dag_run_id"]
 
         def finished() -> dict | None:

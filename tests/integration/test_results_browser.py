@@ -24,7 +24,7 @@ from mipflow.protocol.signing import issue_client
 from mipflow.central.results import ResultStore
 from mipflow.demo.formats import HOSPITALS
 from mipflow.demo.synth import generate_export, write_export
-from tests.airflow_server import central_airflow, run_dag
+from tests.airflow_server import central_airflow, run_dag, served
 from tests.conftest import REPO_ROOT
 from tests.nodes import PROJECT, grant_all, pin_each_other, running_nodes
 from tests.nodes import standard_home
@@ -97,11 +97,10 @@ def central(tmp_path_factory):
             with server.client() as client:  # the nodes as Airflow connections, made through the REST API
                 for home, url, conn_id in zip(homes, urls, conn_ids):
                     cred = issue_client(home.root, "central")
-                    resp = client.post("/api/v2/connections", json={
+                    served(server, client, "POST", "/api/v2/connections", ok=(201,), json={
                         "connection_id": conn_id, "conn_type": "mipflow_node", "host": url,
                         "login": cred.client_id, "password": cred.secret.hex(),
                         "extra": json.dumps({"node_name": home.name})})
-                    assert resp.status_code == 201, resp.text
             yield {"server": server, "store": ResultStore(root / "central")}
 
 
