@@ -93,6 +93,7 @@ def _rss_and_rank(design: np.ndarray, means: np.ndarray, weights: np.ndarray) ->
 
 class Anova(SpecAlgorithm):
     name = "anova"
+    sums_only = True  # counts, moments and co-moments of the request's columns only (ADR 0063)
     # each cell is released with its count and mean beside the pooled within-cell sum of squares, from
     # which one cell's sum of squares follows with one-way analyses of the same y (ADR 0050, the class)
     group_count_setting = "min_row_count"

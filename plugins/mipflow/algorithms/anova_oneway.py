@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 class AnovaOneway(SpecAlgorithm):
     name = "anova_oneway"
+    sums_only = True  # counts, moments and co-moments of the request's columns only (ADR 0063)
     # each group is released with its count, mean and centred sum of squares (ADR 0050, the class)
     group_count_setting = "min_row_count"
     label = "One-way ANOVA"

@@ -68,6 +68,7 @@ class Algorithm(Protocol):
     name: str
     complete_case: bool
     released_by: tuple[str, ...]
+    sums_only: bool
 
     def variables(self, request: AnalysisRequest) -> tuple[str, ...]: ...
 
@@ -206,6 +207,10 @@ class Algorithm(Protocol):
 #   each level's rows enter the differencing ledger as cohorts of their own.  (Rows complete on
 #   every variable, released by an algorithm that is not complete-case, e.g. ``descriptive_stats``'s
 #   model-based statistics, always do.)
+# * ``sums_only``: every statistic its local steps release over a cohort is a sum over the rows of a
+#   function of each row's values fixed by the request (no fitted iterate, order statistic or data-cut
+#   bin): between two such releases the differencing ledger leaves the pairwise rule to the chain rule
+#   and its exact backstop (ADR 0063).
 
 @dataclass(frozen=True)
 class ReleasedGroups:

@@ -141,6 +141,7 @@ def _dp_rows(aggregates: dict[str, Any]) -> int:
 
 class DescriptiveStats(SpecAlgorithm):
     name = "descriptive_stats"
+    sums_only = True  # counts, moments and co-moments of the request's columns only (ADR 0063)
     # each dataset's variable is released with its count, mean and centred sum of squares over the rows
     # holding it (fewer than the dataset's when values are missing; ADR 0050, the class)
     group_count_setting = "min_row_count"

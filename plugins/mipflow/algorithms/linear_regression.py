@@ -225,6 +225,7 @@ def projected_note() -> str:
 
 class LinearRegression(SpecAlgorithm):
     name = "linear_regression"
+    sums_only = True  # counts, moments and co-moments of the request's columns only (ADR 0063)
     label = "Linear Regression"
     description = ("Ordinary least squares of a numerical variable on covariates: coefficients, standard "
                    "errors, t-tests and intervals, R-squared and the F-test.")

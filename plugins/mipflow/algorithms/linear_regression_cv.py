@@ -113,6 +113,8 @@ class LinearRegressionCV(CrossValidated, LinearRegression):
     description = ("k-fold cross-validation of a linear regression: per-fold and mean error measures "
                    "(mean squared error, its root, mean absolute error, R-squared).")
     parameter_specs = MappingProxyType({"n_splits": N_SPLITS})
+    #: Not linear regression's: round 1's errors are of models fitted to the data (ADR 0063).
+    sums_only = False
     small_group_hint = (
         "linear_regression_cv checks, at each node, each fold's rows per covariate level and per pair of levels "
         "of two nominal covariates (a fold holds about the node's rows divided by n_splits): use fewer folds "

@@ -164,6 +164,7 @@ DP_NOTE = (
 
 class PearsonCorrelation(SpecAlgorithm):
     name = "pearson_correlation"
+    sums_only = True  # counts, moments and co-moments of the request's columns only (ADR 0063)
     label = "Pearson Correlation Matrix"
     description = ("The correlation coefficients of numerical variables, with two-sided p-values and "
                    "Fisher-z intervals.")

@@ -182,6 +182,13 @@ class SpecAlgorithm:
     #: Row columns whose levels split the statistics the local step releases (e.g. ``("dataset",)``
     #: for per-dataset statistics): each level's rows are a cohort of the differencing ledger.
     released_by: tuple[str, ...] = ()
+    #: Whether every statistic the local steps release over a cohort is a sum, over the cohort's rows, of a
+    #: function of each row's own values fixed by the request alone (counts, moments, co-moments, per-level
+    #: sums): no iterate fitted to the data, no order statistic, no bin or partition cut by the data.  Two
+    #: such releases disclose about the rows between them only what a linear combination of their cohorts'
+    #: sums isolates, which the chain rule and its exact backstop decide; the pairwise rule's "each way" is
+    #: then left to them (ADR 0063).  False (the default) keeps the pairwise rule.
+    sums_only: bool = False
     #: The node setting that bounds each count of :meth:`coarsen_for_release`'s bins: ``"nfilter_tab"``
     #: (counts only are released per bin) or ``"min_row_count"`` (sums of covariates per bin reach
     #: someone, e.g. Cox regression's risk-set sums, ADR 0046: a bin is then as large as a cohort).

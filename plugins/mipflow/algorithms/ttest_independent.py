@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 class TTestIndependent(SpecAlgorithm):
     name = "ttest_independent"
+    sums_only = True  # counts, moments and co-moments of the request's columns only (ADR 0063)
     # each group is released with its count, mean and centred sum of squares: three moments pin a few
     # rows of a variable with a small range, so a group holds min_row_count rows (ADR 0050, the class)
     group_count_setting = "min_row_count"

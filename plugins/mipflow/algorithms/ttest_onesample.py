@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 class TTestOneSample(SpecAlgorithm):
     name = "ttest_onesample"
+    sums_only = True  # counts, moments and co-moments of the request's columns only (ADR 0063)
     label = "T-Test One-Sample"
     description = ("Test the difference between the mean of one sample and a population mean, assuming the "
                    "sample is drawn from a normal distribution.")

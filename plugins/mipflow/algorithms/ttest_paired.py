@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 class TTestPaired(SpecAlgorithm):
     name = "ttest_paired"
+    sums_only = True  # counts, moments and co-moments of the request's columns only (ADR 0063)
     label = "T-Test Paired"
     description = "Test the difference in means between two related measures of the same patients (y - x)."
     y_spec = InputSpec(types=("real", "int"), stattypes=(NUMERICAL,), notblank=True, multiple=False,

@@ -174,6 +174,7 @@ class StepWork:
     variables: tuple[str, ...] = ()
     data: Any = None
     cohorts: Any = None
+    sums_only: bool = False  # the step releases sums only over its cohorts (ADR 0063), set with them
     rows: int = 0
     aggregates: Any = None
     labels: Any = None
@@ -332,12 +333,19 @@ def check_cohort(request: StepRequest, context: StepContext, work: StepWork) -> 
     """Differencing (ADR 0013): the cohorts may not differ by a few rows from answered ones.
     The cohort's digest is recorded even while ``differencing_check`` is off."""
     work.record["cohort"] = work.cohorts.digest[:16]
+    work.sums_only = releases_sums_only(work.algo, request)
     work.current_rows = _current_rows(context, work)  # read only for releases of an earlier consent epoch
     if work.explore is not None:  # a DP release: robust to any other release, the ledger has no say (ADR 0032)
         return
     if work.settings.differencing_check and work.study is None:  # a study's cohorts: checked at approval
         context.differencing.before_step(work.cohorts, work.settings.min_row_count, consent_epoch(context.store),
-                                         work.current_rows)
+                                         work.current_rows, sums_only=work.sums_only)
+
+
+def releases_sums_only(algo: Any, request: StepRequest) -> bool:
+    """Whether the step releases sums only over its cohorts (ADR 0063): the algorithm says so, and no
+    longitudinal transformer made its rows (conservatively: one row per patient from two visits)."""
+    return bool(getattr(algo, "sums_only", False)) and request.analysis.longitudinal is None
 
 
 def _current_rows(context: StepContext, work: StepWork) -> Any:
@@ -448,7 +456,8 @@ def remember_cohort(request: StepRequest, context: StepContext, work: StepWork) 
     not an explore release: differentially private, it is safe whatever else is released."""
     if work.explore is not None:
         return
-    context.differencing.after_step(work.cohorts, request.analysis, work.labels, consent_epoch(context.store))
+    context.differencing.after_step(work.cohorts, request.analysis, work.labels, consent_epoch(context.store),
+                                    sums_only=work.sums_only)
     remember_groups(context, work)
     remember_weighted(context, work)
 

@@ -475,16 +475,18 @@ class DifferencingGuard:
                        cells=cells)
 
     def before_step(self, cohorts: Cohorts, min_row_count: int, epoch: str = "",
-                    current: Callable[[str], tuple[np.ndarray, np.ndarray | None] | None] | None = None) -> None:
+                    current: Callable[[str], tuple[np.ndarray, np.ndarray | None] | None] | None = None,
+                    sums_only: bool = False) -> None:
         """Refuse (control ``differencing``) cohorts near answered ones, under any data model, or
         completing a chain with them and the cells of the groups released before (:meth:`CohortLedger.check`,
         ADR 0051's thirteenth-review amendment); ``epoch`` and ``current``: the node's consent epoch and its
         data models' current rows (ADR 0061); an exact repeat whose rows now hold other values in a column
-        it reads is refused too (the cohorts' stamps, ADR 0061 hole 2)."""
+        it reads is refused too (the cohorts' stamps, ADR 0061 hole 2).  ``sums_only``: the algorithm's
+        (ADR 0063, :meth:`CohortLedger.check`)."""
         self.ledger.check(cohorts.data_model, cohorts.sets, min_row_count, cohorts.digests,
                           patients=cohorts.patients, primes=self.primes, released=self.groups.chain_sets(epoch, current),
                           epoch=epoch, current=current, stamps=cohorts.stamps,
-                          patient_stamps=cohorts.patient_stamps, cells=cohorts.cells)
+                          patient_stamps=cohorts.patient_stamps, cells=cohorts.cells, sums_only=sums_only)
 
     def check_partition(self, algorithm: Algorithm | str, round_no: int, data: pd.DataFrame, request: Any,
                         state: dict | None, cohorts: Cohorts, threshold: int,
@@ -523,11 +525,13 @@ class DifferencingGuard:
         self.partitions.check(self._partition_key(cohorts), labels, threshold, limit, setting)
         return labels
 
-    def after_step(self, cohorts: Cohorts, request: Any, labels: np.ndarray | None, epoch: str = "") -> None:
-        """Remember what was released (under the node's consent ``epoch``, ADR 0061)."""
+    def after_step(self, cohorts: Cohorts, request: Any, labels: np.ndarray | None, epoch: str = "",
+                   sums_only: bool = False) -> None:
+        """Remember what was released (under the node's consent ``epoch``, ADR 0061; ``sums_only``: the
+        algorithm's, ADR 0063)."""
         self.ledger.record(cohorts.data_model, cohorts.sets, cohorts.digests, patients=cohorts.patients,
                            epoch=epoch, stamps=cohorts.stamps, patient_stamps=cohorts.patient_stamps,
-                           cells=cohorts.cells)
+                           cells=cohorts.cells, sums_only=sums_only)
         if labels is not None:
             self.partitions.record(self._partition_key(cohorts), labels)
 

@@ -575,5 +575,6 @@ def remember_groups(context: Any, work: Any) -> None:
     guard, epoch = context.differencing, consent_epoch(context.store)  # ADR 0061
     if release.union_digest not in work.cohorts.digests:
         guard.ledger.record(work.cohorts.data_model, [release.union], [release.union_digest], epoch=epoch,
-                            stamps=None if release.union_stamps is None else [release.union_stamps])
+                            stamps=None if release.union_stamps is None else [release.union_stamps],
+                            sums_only=work.sums_only)
     guard.groups.record(release.groups, release.threshold, epoch)

@@ -205,6 +205,8 @@ class _Entry:
     patients: np.ndarray | None
     #: The consent epoch it was answered under (ADR 0061; "" for a ledger from before).
     epoch: str = ""
+    #: Whether every release over it released sums only (ADR 0063; False for a ledger from before).
+    sums_only: bool = False
 
 
 # --------------------------------------------------------------------------- the ledger
@@ -234,6 +236,8 @@ class CohortLedger(SqliteState):
                 conn.execute("ALTER TABLE cohorts ADD COLUMN patients BLOB")  # a ledger from before ADR 0030
             if "epoch" not in {row[1] for row in conn.execute("PRAGMA table_info(cohorts)")}:
                 conn.execute("ALTER TABLE cohorts ADD COLUMN epoch TEXT")  # before ADR 0061: the epoch ""
+            if "sums_only" not in {row[1] for row in conn.execute("PRAGMA table_info(cohorts)")}:
+                conn.execute("ALTER TABLE cohorts ADD COLUMN sums_only INTEGER")  # before ADR 0063: not known, 0
             # the first value stamp of each cohort and column a release read (ADR 0061, hole 2): 8 bytes each
             conn.execute("CREATE TABLE IF NOT EXISTS stamps (data_model TEXT NOT NULL, digest TEXT NOT NULL, "
                          "variable TEXT NOT NULL, stamp TEXT NOT NULL, PRIMARY KEY (data_model, digest, variable))")
@@ -267,6 +271,10 @@ class CohortLedger(SqliteState):
                 self._entries[rowid] = _Entry(data_model, digest, keys, patients, epoch or "")
                 self._digests.setdefault(data_model, {})[digest] = rowid
                 self._seen_rowid = max(self._seen_rowid, rowid)
+            # read each time: another process may have answered a cohort with more than sums since (ADR 0063)
+            flagged = {r for (r,) in conn.execute("SELECT rowid FROM cohorts WHERE sums_only = 1")}
+            for rowid, entry in self._entries.items():
+                entry.sums_only = rowid in flagged
 
     def recorded(self, data_model: str, digest: str) -> tuple[np.ndarray, np.ndarray | None] | None:
         """The row and patient keys of a cohort this ledger holds (None: not recorded), as held in
@@ -311,8 +319,8 @@ class CohortLedger(SqliteState):
               digests: Sequence[str] | None = None, patients: Sequence[np.ndarray] | None = None,
               primes: Sequence[int] | None = None, released: Sequence[ChainSet] = (), epoch: str = "",
               current: "Current | None" = None, stamps: "Sequence[Mapping[str, int]] | None" = None,
-              patient_stamps: "Sequence[Mapping[str, int]] | None" = None, cells: "Mapping | None" = None
-              ) -> list[str]:
+              patient_stamps: "Sequence[Mapping[str, int]] | None" = None, cells: "Mapping | None" = None,
+              sums_only: bool = False) -> list[str]:
         """Allow cohorts (return their digests) or raise.
 
         ``epoch`` is the node's consent epoch (:func:`mipflow.node.controls.differencing.consent_epoch`); a
@@ -339,6 +347,11 @@ class CohortLedger(SqliteState):
         chain's family holds the ``released`` cells of the group memory too (ADR 0051, thirteenth
         review; :mod:`mipflow.node.controls.chain`).
 
+        ``sums_only`` (the release's :attr:`~mipflow.algorithms.spec.SpecAlgorithm.sums_only`, ADR 0063): with
+        ``primes``, the pairwise rules are left out between the request's own cohorts and against an answered
+        cohort of this consent epoch that every release over it made sums only too; the chain rule, its exact
+        backstop over every remembered set (atoms, and unions at ``threshold``) and the epoch rules decide.
+
         Raises
         ------
         DisclosureError
@@ -363,12 +376,15 @@ class CohortLedger(SqliteState):
                     entries, data_model, epoch, [(patients[i], patient_stamps[i]) for i in fresh
                                                  if i < len(patient_stamps)]):
                 raise stamp_refusal()
+            relaxed = sums_only and primes is not None  # ADR 0063: the chain rule decides between sums
             for i, cohort in enumerate(cohorts):
-                if any(pair_conflict(cohort, other, threshold) for other in cohorts[:i]):
+                if not relaxed and any(pair_conflict(cohort, other, threshold) for other in cohorts[:i]):
                     raise _refusal(threshold)
             view = EpochView(epoch, current)  # ADR 0061: every rule on the current rows and the epochs
             for i in fresh:  # a cohort answered before: nothing new can be learnt from the difference
                 for entry in entries:
+                    if relaxed and entry.sums_only and entry.epoch == epoch:
+                        continue  # two releases of sums, this epoch's rows: the chain rule below (ADR 0063)
                     if entry.data_model == data_model:
                         conflict = view.near(pair_conflict, cohorts[i], entry.rows, data_model, ROWS, entry.epoch,
                                              threshold)
@@ -475,10 +491,12 @@ class CohortLedger(SqliteState):
     def record(self, data_model: str, cohorts: Iterable[np.ndarray],
                digests: Sequence[str] | None = None, patients: Sequence[np.ndarray] | None = None,
                epoch: str = "", stamps: "Sequence[Mapping[str, int]] | None" = None,
-               patient_stamps: "Sequence[Mapping[str, int]] | None" = None, cells: "Mapping | None" = None) -> None:
+               patient_stamps: "Sequence[Mapping[str, int]] | None" = None, cells: "Mapping | None" = None,
+               sums_only: bool = False) -> None:
         """Remember answered cohorts under the consent ``epoch`` (a cohort already remembered costs
         nothing and keeps its epoch: an earlier one is the stricter; one remembered without its patients
-        gains them), and the first value stamp of each cohort and column (``stamps``, ADR 0061 hole 2:
+        gains them; ``sums_only``: the release's, ADR 0063, a cohort remembered so loses it when a release
+        over it is not, never the other way), and the first value stamp of each cohort and column (``stamps``, ADR 0061 hole 2:
         the earliest values answered are those a later repeat is compared with), the first patient stamps
         (``patient_stamps``, hole 3 of the fifteenth review) and the rows' value digests (``cells``,
         :func:`mipflow.node.controls.value_memory.record`, before the stamps: hole 2)."""
@@ -512,6 +530,13 @@ class CohortLedger(SqliteState):
             new = [(d, c, p) for d, c, p in zip(digests, cohorts, patients) if d not in known]
             completed = [(d, p) for d, p in zip(digests, patients)
                          if p is not None and d in known and self._entries[known[d]].patients is None]
+            widened = [] if sums_only else [d for d in digests if d in known and self._entries[known[d]].sums_only]
+            if widened:
+                with self._connect() as conn:
+                    conn.executemany("UPDATE cohorts SET sums_only = 0 WHERE data_model = ? AND digest = ?",
+                                     [(data_model, d) for d in widened])
+                for d in widened:
+                    self._entries[known[d]].sums_only = False
             if not new and not completed:
                 return  # later rounds of an analysis, repeated analyses
             now = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -521,9 +546,10 @@ class CohortLedger(SqliteState):
             with self._connect() as conn:
                 for d, c, p in new:  # one cohort's blobs at a time (10M keys: ~60 MB each)
                     conn.execute(
-                        "INSERT OR IGNORE INTO cohorts (data_model, digest, n_rows, keys, first_at, patients, epoch) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (data_model, d, len(c), encode_keys(c), now, None if p is None else encode_keys(p), epoch))
+                        "INSERT OR IGNORE INTO cohorts (data_model, digest, n_rows, keys, first_at, patients, epoch, "
+                        "sums_only) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (data_model, d, len(c), encode_keys(c), now, None if p is None else encode_keys(p), epoch,
+                         int(sums_only)))
                 conn.executemany("UPDATE cohorts SET patients = ? WHERE data_model = ? AND digest = ? "
                                  "AND patients IS NULL", [(encode_keys(p), data_model, d) for d, p in completed])
             for d, p in completed:

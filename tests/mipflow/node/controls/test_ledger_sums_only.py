@@ -1,0 +1,122 @@
+"""Releases of sums only leave the pairwise rule to the chain rule (ADR 0063, mipflow.node.controls.ledger).
+
+``O`` and ``N`` are five rows apart one way and a hundred the other: the pairwise rule refuses ``N`` after ``O``
+("each way"), though no linear combination of their sums lives on fewer than a hundred rows.  Between two releases
+of sums only, the chain rule and its exact backstop decide; a third cohort that completes ``O - N + T`` (the five
+rows) is refused by them."""
+from __future__ import annotations
+
+import sqlite3
+
+import numpy as np
+import pytest
+
+from mipflow.exceptions import DisclosureError
+from mipflow.node.controls.atoms import node_primes
+from mipflow.node.controls.ledger import CohortLedger, pair_conflict
+
+PRIMES = node_primes(bytes(range(1, 33)))
+M = 10
+O = np.arange(0, 100, dtype=np.uint64)
+N = np.arange(5, 200, dtype=np.uint64)
+T = np.arange(100, 200, dtype=np.uint64)  # with O and N: O - N + T is rows 0 .. 4
+
+
+def ledger(tmp_path, name: str = "home") -> CohortLedger:
+    (tmp_path / name).mkdir(parents=True, exist_ok=True)
+    return CohortLedger(tmp_path / name)
+
+
+def answer(book: CohortLedger, rows: np.ndarray, sums_only: bool, epoch: str = "", primes=PRIMES) -> None:
+    book.check("dm", [rows], M, primes=primes, sums_only=sums_only, epoch=epoch)
+    book.record("dm", [rows], sums_only=sums_only, epoch=epoch)
+
+
+def refused(book: CohortLedger, rows, sums_only: bool, epoch: str = "", primes=PRIMES) -> None:
+    with pytest.raises(DisclosureError) as info:
+        book.check("dm", rows if isinstance(rows, list) else [rows], M, primes=primes, sums_only=sums_only,
+                   epoch=epoch)
+    assert info.value.control == "differencing"
+
+
+def test_the_pair_is_one_the_pairwise_rule_refuses():
+    assert pair_conflict(N, O, M)
+
+
+def test_two_releases_of_sums_far_apart_by_every_combination_are_answered(tmp_path):
+    book = ledger(tmp_path)
+    answer(book, O, sums_only=True)
+    answer(book, N, sums_only=True)
+    assert {e.sums_only for e in book.every_release()} == {True}
+
+
+def test_the_third_cohort_completing_the_small_difference_is_refused_by_the_chain_rule(tmp_path):
+    book = ledger(tmp_path)
+    answer(book, O, sums_only=True)
+    answer(book, N, sums_only=True)
+    refused(book, T, sums_only=True)
+    refused(book, T, sums_only=False)
+
+
+def test_the_backstop_refuses_it_however_many_decoys_come_between(tmp_path):
+    book = ledger(tmp_path)
+    answer(book, O, sums_only=True)
+    answer(book, N, sums_only=True)
+    for k in range(40):  # nested decoys far from every other set, more than the chain rule's window
+        answer(book, np.arange(10_000, 10_000 + 20 * (k + 1), dtype=np.uint64), sums_only=True)
+    refused(book, T, sums_only=True)
+
+
+@pytest.mark.parametrize("first, second", [(False, True), (True, False), (False, False)])
+def test_the_pairwise_rule_stays_when_either_release_is_more_than_sums(tmp_path, first, second):
+    book = ledger(tmp_path)
+    answer(book, O, sums_only=first)
+    refused(book, N, sums_only=second)
+
+
+def test_a_cohort_once_answered_with_more_than_sums_keeps_the_pairwise_rule(tmp_path):
+    book = ledger(tmp_path)
+    answer(book, O, sums_only=True)
+    book.record("dm", [O], sums_only=False)  # a logistic regression on the same rows
+    refused(book, N, sums_only=True)
+    book.record("dm", [O], sums_only=True)  # a later release of sums does not give it back
+    refused(book, N, sums_only=True)
+    assert not ledger(tmp_path).every_release()[0].sums_only  # on disk: another process, a restart
+
+
+def test_another_process_sees_the_flag_lost(tmp_path):
+    one, two = ledger(tmp_path), ledger(tmp_path)
+    answer(one, O, sums_only=True)
+    assert two.every_release()[0].sums_only
+    one.record("dm", [O], sums_only=False)
+    refused(two, N, sums_only=True)
+
+
+def test_within_one_request_the_pair_is_left_to_the_chain_rule_for_sums_only(tmp_path):
+    book = ledger(tmp_path)
+    assert book.check("dm", [O, N], M, primes=PRIMES, sums_only=True)
+    refused(book, [O, N], sums_only=False)
+    refused(book, [O, N, T], sums_only=True)  # the request's own chain
+
+
+def test_without_the_chain_rule_the_pairwise_rule_stays(tmp_path):
+    book = ledger(tmp_path)
+    answer(book, O, sums_only=True, primes=None)
+    refused(book, N, sums_only=True, primes=None)
+
+
+def test_a_cohort_of_an_earlier_consent_epoch_keeps_the_epoch_rules(tmp_path):
+    book = ledger(tmp_path)
+    answer(book, O, sums_only=True, epoch="e1")
+    refused(book, N, sums_only=True, epoch="e2")
+
+
+def test_a_ledger_from_before_knows_no_release_as_sums_only(tmp_path):
+    book = ledger(tmp_path)
+    answer(book, O, sums_only=True)
+    path = tmp_path / "home" / "cohorts.sqlite"
+    with sqlite3.connect(path) as conn:  # as written before ADR 0063: no such column
+        conn.execute("UPDATE cohorts SET sums_only = NULL")
+    old = ledger(tmp_path)
+    assert not old.every_release()[0].sums_only
+    refused(old, N, sums_only=True)
