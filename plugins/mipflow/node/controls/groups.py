@@ -576,5 +576,5 @@ def remember_groups(context: Any, work: Any) -> None:
     if release.union_digest not in work.cohorts.digests:
         guard.ledger.record(work.cohorts.data_model, [release.union], [release.union_digest], epoch=epoch,
                             stamps=None if release.union_stamps is None else [release.union_stamps],
-                            sums_only=work.sums_only)
+                            sums_only=getattr(work, "sums_only", False))
     guard.groups.record(release.groups, release.threshold, epoch)

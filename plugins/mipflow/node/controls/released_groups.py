@@ -141,7 +141,7 @@ def check_release_groups(guard: Any, work: Any, release: GroupRelease, fresh: Se
         guard.ledger.check(cohorts.data_model, [release.union], work.settings.min_row_count,
                            [release.union_digest], primes=guard.primes, released=released, epoch=epoch,
                            current=current, stamps=None if release.union_stamps is None else [release.union_stamps],
-                           sums_only=work.sums_only)
+                           sums_only=getattr(work, "sums_only", False))
     guard.groups.check(release.groups, release.threshold, release.setting, cohorts=guard.ledger.every_release(),
                        epoch=epoch, current=current)
     chain_groups(guard, cohorts, fresh, release, work.settings.min_row_count, released, epoch, current)
