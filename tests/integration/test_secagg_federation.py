@@ -215,30 +215,76 @@ def test_secure_descriptive_stats_release_pooled_rows_only(fed: Fed) -> None:
             _same_result(got, plain[(kind, var)], f"descriptive_stats {kind} {var}")
 
 
-def test_secure_descriptive_stats_suppress_small_cells_at_the_node_first(fed: Fed) -> None:
-    """hospital_b suppresses every grp cell (nfilter_tab 1000) before it masks: none of its counts enters the
-    masked sum.  The plain result shows those levels as suppressed (unknown, never the others' sum: ADR 0005
-    amendment); under secure aggregation a hidden cell is summed as 0, so the pooled count is the others' (open)."""
+def _hidden_levels(counts: dict[str, int], tab: int) -> set[str]:
+    """The levels a node's control hides in one dataset's counts: those in (0, tab), and when that is one
+    level, the smallest other non-empty one too (complementary suppression), written out independently."""
+    small = {k for k, n in counts.items() if 0 < n < tab}
+    rest = sorted((n, k) for k, n in counts.items() if n >= tab)
+    return small | {rest[0][1]} if len(small) == 1 and rest else small
+
+
+#: nfilter_tab per node for the suppression cases (the others keep 3, under which nothing here is small).
+SUPPRESSING = {
+    "one_level_shown": {"hospital_b": 10},    # b hides c and b (c small, b small or its complement): a shown
+    "all_hidden_at_b": {"hospital_b": 1000},  # b hides every non-empty level
+    "two_nodes_hide": {"hospital_b": 10, "hospital_c": 10},  # c and b hidden at two nodes, a at one
+}
+
+
+@pytest.mark.parametrize("case", list(SUPPRESSING))
+def test_secure_descriptive_stats_suppress_small_cells_at_the_node_first(fed: Fed, case: str) -> None:
+    """A node suppresses its small grp cells before it masks, and adds a masked 0/1 "hidden" flag per level:
+    the central site learns per level only how many nodes hid it, and shows a level any node hid as the plain
+    result does (suppressed, a lower bound and a note; ADR 0005 amendment), never the others' sum as the
+    total.  Levels hidden nowhere are the pooled counts (pandas on the concatenated rows)."""
+    from mipflow.algorithms.descriptive_stats import POOLED
+    from mipflow.secagg.central_side import unmask_sum
+
+    tabs = SUPPRESSING[case]
     doc = request(y=("grp",)).to_dict()
-    home = NodeHome(fed.roots["hospital_b"])
-    home.set_setting("nfilter_tab", 1000)
+    levels = MODEL.variable("grp").enumeration_codes
+    hidden_at = {node: set().union(*(_hidden_levels(part["grp"].value_counts().to_dict(), tabs.get(node, 3))
+                                    for _, part in DATA[SPLIT == k].dropna(subset=["grp"]).groupby("dataset")))
+                 for k, node in enumerate(NODES)}
+    suppressed = [level for level in levels if any(level in h for h in hidden_at.values())]
+    assert suppressed, "not vacuous: some node hides a level"
+    homes = {node: NodeHome(fed.roots[node]) for node in tabs}
+    for node, tab in tabs.items():
+        homes[node].set_setting("nfilter_tab", tab)
     try:
         secure = fed.run("descriptive_stats", doc=doc, secure_aggregation=True)
         plain = fed.run("descriptive_stats", doc=doc, secure_aggregation=False)
+        # what the central site unmasks: per level, the number of nodes that hid it
+        keys = [c.secagg_key() for c in fed.clients]
+        masking = {"scheme": SCHEME, "participants": [{"node": k["node"], "public_key": k["public_key"]}
+                                                      for k in keys]}
+        analysis_id = uuid.uuid4().hex
+        replies = [c.step("descriptive_stats", doc, 0, None, researcher=RESEARCHER, project=PROJECT,
+                          analysis_id=analysis_id, secure_aggregation=masking) for c in fed.clients]
     finally:
-        home.set_setting("nfilter_tab", 3)
+        for node in tabs:
+            homes[node].set_setting("nfilter_tab", 3)
     assert not secure.excluded and sorted(secure.secure_aggregation["participants"]) == sorted(NODES)
-    others = DATA[SPLIT != 1]["grp"].dropna().value_counts()
-    got = _all_datasets_rows(secure.result)[("variable_based", "grp")]
-    assert got["counts"] == {k: int(others[k]) for k in ("c", "a", "b")}
-    assert got["num_dtps"] == int(others.sum())
-    # a node part without a released value stays out of the pooled rows (ADR 0014)
-    assert got["num_total"] == int((SPLIT != 1).sum())
-    shown = _all_datasets_rows(plain.result)[("variable_based", "grp")]
-    at_b = DATA[SPLIT == 1]["grp"].dropna().value_counts()
-    assert sorted(shown["suppressed"]) == sorted(k for k in at_b.index if at_b[k] > 0) and at_b.sum() > 0
-    assert not set(shown["suppressed"]) & set(shown["counts"]) and shown["num_dtps"] is None
-    assert shown["num_dtps_at_least"] == sum(shown["counts"].values())
+    assert all(set(r["aggregates"]) == {"secure_aggregation"} for r in replies)
+    pooled = unmask_sum([r["aggregates"] for r in replies])[POOLED]
+    for kind in ("variable_based", "model_based"):
+        assert pooled[kind]["grp"]["hidden"] == [sum(level in h for h in hidden_at.values()) for level in levels]
+
+    values = DATA["grp"].dropna()
+    counts = values.value_counts()
+    for kind in ("variable_based", "model_based"):
+        got = _all_datasets_rows(secure.result)[(kind, "grp")]
+        shown = _all_datasets_rows(plain.result)[(kind, "grp")]
+        assert got["suppressed"] == shown["suppressed"] == suppressed
+        assert got["counts"] == {k: int(counts[k]) for k in levels if k not in suppressed and counts.get(k, 0) > 0}
+        assert got["num_dtps"] is None and got["num_na"] is None and "at least one participating node" in got["note"]
+        assert got["num_dtps_at_least"] == sum(got["counts"].values()) == sum(
+            int(counts.get(k, 0)) for k in levels if k not in suppressed)
+        # every node's part has grp values, hidden or shown: all rows (model-based: those with grp)
+        assert got["num_total"] == (len(DATA) if kind == "variable_based" else len(values))
+        assert got == shown  # the same row as the plain path, note and bound included
+    if case == "one_level_shown":
+        assert suppressed == ["c", "b"] and got["counts"] == {"a": int(counts["a"])}
 
 
 def _step_of_one_node(fed: Fed, name: str, doc: dict, round_no: int, analysis_id: str,

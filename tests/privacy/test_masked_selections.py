@@ -157,6 +157,7 @@ def test_subtracting_participant_selections_gives_only_what_a_releases_in_the_cl
         c = MODEL.variable("grp").enumeration_codes.index("c")
         assert plain["datasets"]["d1"]["variable_based"]["grp"]["counts"][c] is None
         assert pooled[POOLED]["variable_based"]["grp"]["counts"][c] == 0
+        assert pooled[POOLED]["variable_based"]["grp"]["hidden"][c] == 1  # the central learns only the sum of these
     # every masked release is in A's audit log as what it is
     records = [json.loads(line) for line in (fed.roots[A] / AUDIT_FILE).read_text().splitlines()]
     assert [r.get("secure_aggregation", False) for r in records if r.get("algorithm") == algorithm] == [True, False]

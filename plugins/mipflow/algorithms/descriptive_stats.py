@@ -25,9 +25,12 @@ dataset lives at one node), so no masking can hide them.  Under secure
 aggregation the node runs its disclosure controls on its per-dataset records
 as always (small counts suppressed), then :meth:`DescriptiveStats.secure_aggregates`
 pools them over its own datasets (the same "has data" rule, a suppressed
-cell counting 0) into one record per variable, which is masked.  The central
-side sees only the sum: the result has the "all datasets" rows and says under
-``per_dataset`` that the per-dataset rows are withheld.  Those rows equal the
+cell counting 0, with a 0/1 ``hidden`` flag per nominal level saying whether
+the node hid it) into one record per variable, which is masked.  The central
+side sees only the sum (per level, the number of nodes that hid it, not
+which): the result has the "all datasets" rows and says under
+``per_dataset`` that the per-dataset rows are withheld.  A level some node
+hid is suppressed exactly as in the plain result.  Those rows equal the
 plain ones, except where a dataset is split over nodes and one node's part
 has no value of a variable: that part's rows then stay out of ``num_na`` /
 ``num_total`` of the variable.
@@ -46,6 +49,7 @@ from mipflow.algorithms.dp_release import DPRelease, Noise, Released, declared_b
 from mipflow.algorithms.moments import Moments, compute_moments, merge_moments, streamed_column_moments
 from mipflow.algorithms.streamed import COUNT_ROWS, level_counts_on_disk, on_disk
 from mipflow.algorithms.noise_error import NoiseTerm, noisy_count_error, noisy_mean_and_std, pool_sums
+from mipflow.exceptions import FederationError
 from mipflow.protocol.datamodel import DataModel
 from mipflow.protocol.request import AnalysisRequest
 from mipflow.protocol.wire import json_ready
@@ -249,10 +253,15 @@ class DescriptiveStats(SpecAlgorithm):
                           model: DataModel) -> dict[str, Any]:
         """The node's released records pooled over its datasets: what it masks under secure aggregation.
 
-        Runs after the node's disclosure controls.  Per kind and variable: the
-        records of the node's datasets where the variable has at least one
-        (released) data point, merged; a suppressed cell counts 0 (its value
-        never leaves the node, masked or not).  Every node sends the same
+        Runs after the node's disclosure controls, on what they released.  Per
+        kind and variable: the records of the node's datasets where the variable
+        has at least one (released) data point or a hidden cell (the plain "all
+        datasets" rule), merged.  A nominal record also carries ``hidden``, one
+        0/1 flag per level: 1 where the controls hid the level (``None``) in any
+        of those records, whose count then enters as 0 (its value never leaves
+        the node, masked or not).  Summed, ``hidden`` is the number of nodes that
+        hid each level, and the central shows such a level as suppressed, as in
+        the plain path (ADR 0005 amendment, ADR 0014).  Every node sends the same
         layout, fixed by the request and the data model (zero records where it
         holds no data), and no dataset name.
         """
@@ -262,17 +271,44 @@ class DescriptiveStats(SpecAlgorithm):
         for kind in KINDS:
             out[kind] = {}
             for code in described:
-                merged = self._merge([r[kind][code] for r in records if self._count(r[kind][code]) > 0])
+                merged = self._merge([r[kind][code] for r in records if self._has_data(r[kind][code])])
                 if merged is not None:  # the masked sum holds numbers only (no noise terms: ADR 0057's gap)
                     merged = {k: v for k, v in merged.items() if k not in ("noisy_sums", "noise")}
                 if merged is None:
                     var = model.variable(code)
                     merged = ({"n_total": 0, "counts": [0] * len(var.enumeration_codes)} if var.is_categorical
                               else {"n_total": 0, "moments": {"n": 0, "mean": [0.0], "m2": [0.0]}})
-                elif "counts" in merged:
+                if "counts" in merged:
+                    merged["hidden"] = [int(c is None) for c in merged["counts"]]
                     merged["counts"] = [0 if c is None else int(c) for c in merged["counts"]]
                 out[kind][code] = merged
         return {POOLED: out}
+
+    @classmethod
+    def _has_data(cls, record: dict[str, Any] | None) -> bool:
+        """A record "all datasets" pools: a (released) data point, or a level a node hid."""
+        return cls._count(record) > 0 or None in (record or {}).get("counts", ())
+
+    @staticmethod
+    def _unhidden(record: dict[str, Any]) -> dict[str, Any]:
+        """A secure pooled record in the plain form: a level some node hid (``hidden`` > 0) is ``None``.
+
+        Raises
+        ------
+        FederationError
+            If a nominal record has no ``hidden`` flags (a node from before ADR 0005's 2026-12-07
+            amendment): a level such a node hid would read as the others' sum, unmarked.
+        """
+        if "counts" not in record:
+            return record
+        if "hidden" not in record:
+            raise FederationError("secure descriptive statistics: the summed nominal counts carry no hidden-level "
+                                  "flags (a node older than ADR 0005's 2026-12-07 amendment), so a level a node "
+                                  "suppressed cannot be told apart: upgrade the nodes or run without secure "
+                                  "aggregation")
+        out = {k: v for k, v in record.items() if k != "hidden"}
+        out["counts"] = [None if h else c for c, h in zip(record["counts"], record["hidden"])]
+        return out
 
     # -- global -----------------------------------------------------------------
 
@@ -339,7 +375,8 @@ class DescriptiveStats(SpecAlgorithm):
         if aggregates and all(POOLED in a for a in aggregates):  # secure aggregation: the nodes' sum
             pooled: dict[str, Any] = {kind: [
                 {"variable": code, "dataset": ALL_DATASETS,
-                 "data": self._render(self._merge([a[POOLED][kind][code] for a in aggregates]), code, model)}
+                 "data": self._render(self._merge([self._unhidden(a[POOLED][kind][code]) for a in aggregates]),
+                                      code, model)}
                 for code in described] for kind in KINDS}
             pooled["per_dataset"] = WITHHELD
             return Step(done=True, result=json_ready(pooled))
@@ -358,9 +395,7 @@ class DescriptiveStats(SpecAlgorithm):
                         "data": self._render(per_dataset[dataset][code], code, model),
                     })
             for code in described:
-                records = [per_dataset[d][code] for d in request.datasets
-                           if self._count(per_dataset[d][code]) > 0
-                           or None in (per_dataset[d][code] or {}).get("counts", ())]
+                records = [per_dataset[d][code] for d in request.datasets if self._has_data(per_dataset[d][code])]
                 result[kind].append({
                     "variable": code, "dataset": ALL_DATASETS,
                     "data": self._render(self._merge(records), code, model),

@@ -304,3 +304,46 @@ def test_descriptive_stats_hides_a_level_a_node_suppressed() -> None:
     assert total["counts"] == {level: k for level, k in zip(levels, both) if level not in hidden and k > 0}
     assert total["num_dtps"] is None and total["num_na"] is None
     assert total["num_dtps_at_least"] == sum(total["counts"].values())
+
+
+def test_descriptive_stats_secure_sum_marks_a_hidden_level_as_the_plain_path() -> None:
+    """Under secure aggregation each node's pooled record carries a 0/1 ``hidden`` flag per level (after its
+    controls); summed, the central site shows the same "all datasets" rows as the plain path.  A summed
+    nominal record without the flags (an older node) is refused, never shown as the others' sum."""
+    from mipflow.algorithms.descriptive_stats import POOLED
+    from mipflow.exceptions import FederationError
+    from mipflow.secagg.codec import additive_form, from_additive
+
+    alg = ALGORITHMS["descriptive_stats"]
+    req = request(y=("grp",))
+    frames = [prepare_local_data(alg, make_data(s, 40), req) for s in (1, 2, 3)]
+    aggregates = [transport(alg.local_step(0, f, req, MODEL, None)) for f in frames]
+    for node, tab in ((0, 4), (2, 3)):  # two nodes' controls hide small counts (c at both, b at node 0)
+        for record in aggregates[node]["datasets"].values():
+            for kind in ("variable_based", "model_based"):
+                cells = record[kind]["grp"]["counts"]
+                record[kind]["grp"]["counts"] = [c if c == 0 or c >= tab else None for c in cells]
+    forms = [transport(alg.secure_aggregates(a, req, MODEL)) for a in aggregates]
+    layout = additive_form(forms[0])[0]
+    assert all(additive_form(f)[0] == layout for f in forms)  # the same layout at every node
+    summed = from_additive(layout, [sum(col) for col in zip(*(additive_form(f)[1] for f in forms))])
+    levels = MODEL.variable("grp").enumeration_codes
+    hid = [[any(r["variable_based"]["grp"]["counts"][i] is None for r in a["datasets"].values()) for i in
+            range(len(levels))] for a in aggregates]
+    assert summed[POOLED]["variable_based"]["grp"]["hidden"] == [sum(h[i] for h in hid) for i in range(len(levels))]
+    assert 2 in summed[POOLED]["variable_based"]["grp"]["hidden"], "not vacuous: a level hidden at two nodes"
+    secure = alg.global_step(0, [summed], req, MODEL, None).result
+    plain = alg.global_step(0, aggregates, req, MODEL, None).result
+    for kind in ("variable_based", "model_based"):
+        got = [r["data"] for r in secure[kind]]
+        assert got == [r["data"] for r in plain[kind] if r["dataset"] == "all datasets"]
+        assert got[0]["suppressed"] and got[0]["counts"] and got[0]["num_dtps"] is None
+    pooled = {kind: [r["data"] for r in secure[kind]] for kind in ("variable_based", "model_based")}
+    whole = pd.concat(frames)["grp"].value_counts()
+    assert pooled["variable_based"][0]["counts"] == {k: int(whole[k]) for k in levels
+                                                     if k not in pooled["variable_based"][0]["suppressed"]
+                                                     and whole.get(k, 0) > 0}
+    for kind in ("variable_based", "model_based"):
+        del summed[POOLED][kind]["grp"]["hidden"]
+    with pytest.raises(FederationError, match="no hidden-level flags"):
+        alg.global_step(0, [summed], req, MODEL, None)
