@@ -52,7 +52,7 @@ Found (holes):
    standard project; the admin approves a protocol with population 40-60 (30 rows from ``A``, disjoint from ``B``);
    the study's one release.  ``A - B - C`` is the one patient under 20: age 19, NIHSS 41.  Three requests.
    Closed: approval runs the chain rule (window and exact backstop) over the study's cohorts as one addition to
-   the ledger's cohorts and the group memory's cells (``study_approval._chain_with_answered``, ADR 0028 amended).
+   the ledger's cohorts and the group memory's cells (``study_chain.chain_with_answered``, ADR 0028 amended).
 
 Adversary of holes 3-4: a researcher granted a standard-mode project and a study project at one node (or two
 researchers pooling results); the node admin only approves an ordinary protocol.
@@ -69,9 +69,9 @@ beyond standard mode's documented refusal oracle (one bit per charged request), 
 Not tried (time): unions of cells of fewer than ``nfilter_tab`` rows beyond the 32-cell window (histogram bins,
 dummies: documented open, ADR 0030 "Why not at nfilter_tab"; what they give is a one-or-two-row count or sum);
 ``EXACT_ENTRIES`` (needs tens of thousands of atoms); explore mode's noise (repeats are the same bytes, documented);
-a study refresh against standard-mode cohorts (likely hole 4's class); hole 1 across data models or with decoys (not
-needed: it holds in the window); fold cells and per-node survival bins across cohorts; the central site's per-node
-values under masking.
+a study refresh against standard-mode cohorts (hole 4's class; since closed, ADR 0028's issue-14 amendment); hole 1
+across data models or with decoys (not needed: it holds in the window); fold cells and per-node survival bins across
+cohorts; the central site's per-node values under masking.
 """
 from __future__ import annotations
 

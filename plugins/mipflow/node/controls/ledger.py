@@ -28,7 +28,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Collection, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -457,32 +457,43 @@ class CohortLedger(SqliteState):
                 "SELECT variable, stamp FROM stamps WHERE data_model = ? AND digest = ?", (data_model, digest))}
 
     def chain(self, data_model: str, new: Sequence[ChainSet], threshold: int, primes: Sequence[int],
-              released: Sequence[ChainSet] = (), epoch: str = "", current: "Current | None" = None) -> None:
+              released: Sequence[ChainSet] = (), epoch: str = "", current: "Current | None" = None,
+              own: Collection[str] = ()) -> None:
         """The chain rule alone for ``new`` sets of one release (a step's fresh cohorts and the cells of
         its groups, :class:`mipflow.node.controls.chain.ChainSet`) against the answered cohorts and the
         ``released`` cells of the group memory (ADR 0051, thirteenth review); raises as :meth:`check`.
-        ``epoch`` and ``current`` as there (ADR 0061)."""
+        ``epoch`` and ``current`` as there (ADR 0061).  ``own``: digests (of ``data_model``) of cohorts
+        seen as remembered whatever their epoch (no rows left out, no phantom unit): a study refresh's own
+        earlier cohorts, whose difference with the refreshed ones is the refresh's rules' (ADR 0028 amended)."""
         if threshold <= 1 or not new:
             return
         with self._lock:
             self._refresh()
             self._chain(list(self._entries.values()), data_model, list(new), threshold, primes, released,
-                        EpochView(epoch, current))
+                        EpochView(epoch, current), own=frozenset(own))
 
     @staticmethod
     def _chain(entries: list[_Entry], data_model: str, new: list[ChainSet], threshold: int,
                primes: Sequence[int], released: Sequence[ChainSet], view: EpochView,
-               versions: Mapping | None = None) -> None:
+               versions: Mapping | None = None, own: Collection[str] = frozenset()) -> None:
         """The chain rule over the answered cohorts as the epoch ``view`` sees them (a cohort of an earlier
-        consent epoch: its rows still held and a phantom unit, ADR 0061; the same at every node).
+        consent epoch: its rows still held and a phantom unit, ADR 0061; the same at every node), but the
+        ``own`` digests of ``data_model``, seen as remembered (:meth:`chain`).
         ``versions``: entry index -> its rows released with a value since corrected and their versioned keys
         (:func:`mipflow.node.controls.value_memory.versions`; changed-value units, fifteenth review hole 2)."""
         from mipflow.node.controls.chain import ChainSet, chain_allows
         from mipflow.node.controls.value_memory import unit_map, versioned
 
         versions = versions or {}
-        cohorts = [ChainSet(e.data_model, versioned(view.chain_keys(e.rows, e.data_model, ROWS, e.epoch), versions.get(j)),
-                            view.chain_keys(e.patients, e.data_model, PATIENTS, e.epoch), threshold, versioned=True)
+
+        def seen(e: _Entry, which: int) -> np.ndarray | None:
+            keys = e.rows if which == ROWS else e.patients
+            if e.data_model == data_model and e.digest in own:
+                return keys
+            return view.chain_keys(keys, e.data_model, which, e.epoch)
+
+        cohorts = [ChainSet(e.data_model, versioned(seen(e, ROWS), versions.get(j)), seen(e, PATIENTS), threshold,
+                            versioned=True)
                    for j, e in enumerate(entries)]
         if not chain_allows(data_model, cohorts, list(released), new, threshold, primes,
                             units=unit_map(versions) if versions else None):

@@ -35,6 +35,8 @@ from mipflow.node.controls.study_cells import check_moment_cells, moment_crossin
 from mipflow.node.controls.study_kmeans import check_ties
 from mipflow.node.controls.study_suppression import Patterns, compute_patterns, read_patterns, write_patterns
 from mipflow.node.controls.study_family import Family, added_since, compute_family
+from mipflow.node.controls.study_chain import (APPROVAL_HINT, RECORD_KEY, REFRESH_HINT, chain_with_answered,
+                                               own_digests, recorded_digests)
 from mipflow.node.controls.study_transforms import check_transformed, check_weighted_history, remember_weighted_cohorts
 
 
@@ -208,9 +210,10 @@ def change_problems(old: Study, family: Family, min_row_count: int) -> tuple[dic
 def _check_family(root: Any, key: bytes, data_model: str, family: Family, min_row_count: int,
                   earlier: Study | None, epoch: str = "") -> list[tuple[str, np.ndarray, np.ndarray | None]]:
     """The ledger's pairwise rule against every cohort answered before (by rows under the study's
-    data model, by patients under any other, ADR 0030), and the atom rule with its union rule over the
-    family (and the snapshot it replaces, no combination excused); returns the distinct sets to record,
-    with their patients."""
+    data model, by patients under any other, ADR 0030), the atom rule with its union rule over the
+    family (and the snapshot it replaces, no combination excused), and the chain rule with everything
+    answered (:mod:`mipflow.node.controls.study_chain`; at a refresh, the study's own earlier cohorts seen as
+    remembered); returns the distinct sets to record, with their patients."""
     from mipflow.node.controls.atoms import check_family, node_primes
     from mipflow.node.controls.differencing import CohortLedger, cohort_digest
 
@@ -239,36 +242,12 @@ def _check_family(root: Any, key: bytes, data_model: str, family: Family, min_ro
         if not verdict.allowed:  # no count either (the group's size is data, as the union rule's above)
             raise ConfigError(f"a combination of the study's cohorts would isolate a group of fewer than "
                               f"min_row_count ({min_row_count}) patients: choose subgroups that overlap by more rows")
-        if earlier is None:  # a refresh's own cohorts are in the ledger under an earlier epoch (ADR 0028 amended)
-            _chain_with_answered(root, ledger, data_model, list(distinct.values()), min_row_count, node_primes(key),
-                                 epoch)
+        own = () if earlier is None else own_digests(earlier, family, data_model)  # ADR 0028 amended (issue 14)
+        chain_with_answered(root, ledger, data_model, list(distinct.values()), min_row_count, node_primes(key),
+                            epoch, own, APPROVAL_HINT if earlier is None else REFRESH_HINT)
     finally:
         ledger.close()
     return list(distinct.values())
-
-
-def _chain_with_answered(root: Any, ledger: Any, data_model: str, sets: list[tuple[str, np.ndarray, np.ndarray | None]],
-                         min_row_count: int, primes: Any, epoch: str = "") -> None:
-    """The chain rule over the study's cohorts as one addition to everything the node answered before (the ledger's
-    cohorts and the group memory's cells, every data model; the window and the exact backstop with its union rule,
-    ADR 0030): a study population completing a chain of standard-mode cohorts (twenty-second review, hole 4) is not
-    approved.  ``epoch``: the node's consent epoch (a set of an earlier one: its phantom unit, ADR 0061).  No count in
-    the words (which atoms the rule met is data)."""
-    from mipflow.node.controls.chain import ChainSet
-    from mipflow.node.controls.groups import GroupMemory
-
-    groups = GroupMemory(root)
-    try:
-        released = groups.chain_sets(epoch)
-    finally:
-        groups.close()
-    new = [ChainSet(data_model, keys, patients, min_row_count) for _, keys, patients in sets]
-    try:
-        ledger.chain(data_model, new, min_row_count, primes, released=released, epoch=epoch)
-    except DisclosureError:
-        raise ConfigError(f"a combination of the study's cohorts with cohorts or groups this node already answered "
-                          f"for would single out fewer than min_row_count ({min_row_count}) patients (differencing): "
-                          "choose a broader population or other subgroups") from None
 
 
 def _cells_message(failed: str, problems: list[str], tab: int) -> str:
@@ -440,7 +419,8 @@ def _approve(home: Any, project: str, protocol: Protocol) -> dict[str, Any]:
                   values=family.values, subgroups=family.subgroups,
                   record={"status": "approved", "approved_at": at, "min_row_count": min_row_count,
                           "counts": _counts(family), "suppression": summary, "refreshes": [],
-                          "cells": family.cells, "consent_applied": consent, **_survival_record(family)})
+                          "cells": family.cells, "consent_applied": consent,
+                          RECORD_KEY: recorded_digests(protocol.data_model, sets), **_survival_record(family)})
     write_patterns(home.root, project, patterns)
     write_study(home.root, study)
     return {"project": project, "study": protocol.name, "status": "approved", "snapshot": at, **_counts(family),
@@ -525,6 +505,8 @@ def _refresh(home: Any, project: str, old: Study) -> dict[str, Any]:
                   values=family.values, subgroups=family.subgroups,
                   record={**old.record, "min_row_count": min_row_count, "counts": _counts(family),
                           "consent_applied": consent,
+                          RECORD_KEY: recorded_digests(old.protocol.data_model, sets,
+                                                       own_digests(old, family, old.protocol.data_model)),
                           "suppression": summary, "refreshes": refreshes, "cells": family.cells,
                           # every earlier snapshot's cells (counts only): a later refresh's net change
                           # is checked against each of them too
