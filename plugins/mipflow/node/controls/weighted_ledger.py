@@ -286,8 +286,8 @@ def _newly_light(name: str, pool: list[np.ndarray], new: np.ndarray, parts: Call
     if not grew or not np.any(sizes < threshold):
         return False  # only an atom under the threshold in effect can top a union under it
     log_total, log_top = weighted_unions.atom_weights(after.universe, after.labels, after.atoms, *bounds)
-    matrix = weighted_unions.incidence([*pool, new], after.universe, after.labels, after.atoms)
-    return weighted_unions.light_union(matrix, len(pool), log_total, log_top, threshold, primes)
+    return weighted_unions.light_span(after.reduced, weighted_unions.widened(before, after), log_total, log_top,
+                                      threshold, after.primes)
 
 
 @dataclass(frozen=True)

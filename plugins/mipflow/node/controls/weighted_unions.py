@@ -31,17 +31,18 @@ such a release).  Only the sets' keys and the units' weights decide: no count or
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from mipflow.node.controls.unions import UNION_CAP, Space, _Cap, _columns, _drop, _outside, _vanish, classes, \
-    small_space
+from mipflow.node.controls.atoms import echelon
+from mipflow.node.controls.unions import UNION_CAP, Space, _Cap, _columns, _drop, _outside, _vanish, classes
 
 #: The search's work: its steps times the entries of the spaces it searches (as ``chain_exact.UNION_WORK``).
 UNION_WORK = 3_000_000
-#: The most entries of the sets x atoms incidence times the candidates searched; past it the addition is refused.
-INCIDENCE_WORK = 50_000_000
+#: The most entries of the rows spanning a family (per prime and space); past it the addition is refused.  The backstop
+#: passes its reduced rows, rank x atoms, already held under ``chain_exact.EXACT_ENTRIES`` in all.
+INCIDENCE_WORK = 20_000_000
 
 
 def atom_weights(universe: np.ndarray, labels: np.ndarray, n_atoms: int, units: np.ndarray, low: np.ndarray,
@@ -59,6 +60,24 @@ def atom_weights(universe: np.ndarray, labels: np.ndarray, n_atoms: int, units: 
     return np.where(np.isnan(log_total), -np.inf, log_total), top
 
 
+def widened(before: Any, after: Any) -> list[np.ndarray]:
+    """``before``'s reduced rows per prime (a :class:`mipflow.node.controls.chain_exact.Exact`) over the atoms of
+    ``after`` (``before`` with sets added): an atom split off copies its old atom's column, rows outside every
+    earlier set are a zero column."""
+    _, first = np.unique(after.labels, return_index=True)
+    keys = after.universe[first]
+    inside, column = np.zeros(keys.size, bool), np.zeros(keys.size, np.int64)
+    if before.universe.size:
+        at = np.minimum(np.searchsorted(before.universe, keys), before.universe.size - 1)
+        inside, column = before.universe[at] == keys, before.labels[at]
+    out = []
+    for reduced in before.reduced:
+        rows = np.zeros((reduced.shape[0], after.atoms), np.int64)
+        rows[:, inside] = reduced[:, column[inside]]
+        out.append(rows)
+    return out
+
+
 def incidence(sets: Sequence[np.ndarray], universe: np.ndarray, labels: np.ndarray, n_atoms: int) -> np.ndarray:
     """The sets (sorted unique keys of ``universe``) x atoms 0/1 incidence."""
     out = np.zeros((len(sets), n_atoms), np.int64)
@@ -71,39 +90,64 @@ def light_union(matrix: np.ndarray, n_old: int, log_total: np.ndarray, log_top: 
                 primes: Sequence[int], work: int = UNION_WORK) -> bool:
     """Whether the row space of ``matrix`` (sets x atoms; the first ``n_old`` rows the old sets) holds a vector
     outside the old sets' row space whose support holds fewer than ``threshold`` rows in effect (module
-    docstring), the atoms weighing ``exp(log_total)`` with a heaviest row of ``exp(log_top)``; True too past the
-    work bounds.  Each prime is asked whether anything new lives under a candidate; the first that says so decides."""
-    n = matrix.shape[1]
+    docstring), the atoms weighing ``exp(log_total)`` with a heaviest row of ``exp(log_top)``: :func:`light_span`
+    over the sets themselves."""
+    return light_span([matrix] * len(primes), [matrix[:n_old]] * len(primes), log_total, log_top, threshold, primes,
+                      work)
+
+
+def light_span(new_rows: Sequence[np.ndarray], old_rows: Sequence[np.ndarray], log_total: np.ndarray,
+               log_top: np.ndarray, threshold: float, primes: Sequence[int], work: int = UNION_WORK) -> bool:
+    """Whether, per prime, the row space of ``new_rows`` (any rows spanning the family after the addition, over its
+    atoms) holds a vector outside that of ``old_rows`` (before it) whose support holds fewer than ``threshold`` rows
+    in effect; True too past the work bounds.  One echelon form per prime and space, the atoms heaviest first: the
+    rows pivoting at or after a candidate ``a`` span the space's vectors living on ``N(a)``.  Each prime is asked
+    whether anything new lives under a candidate; the first that says so decides."""
+    n = log_top.size
     known = np.isfinite(log_top) & (log_total > -np.inf)
     with np.errstate(over="ignore", invalid="ignore"):
         own = np.exp(np.where(known, log_total - log_top, np.inf))
     candidates = np.flatnonzero(known & (own < threshold))
-    if not candidates.size or matrix.shape[0] <= n_old:
+    if not candidates.size:
         return False
-    if matrix.size * candidates.size > INCIDENCE_WORK:
+    if any(np.asarray(r).size > INCIDENCE_WORK for r in (*new_rows, *old_rows)):
         return True
-    order = np.lexsort((np.arange(n), np.where(known, log_top, np.inf)))
-    rank = np.empty(n, np.int64)
-    rank[order] = np.arange(n)
+    heaviest = np.lexsort((np.arange(n), np.where(known, log_top, np.inf)))[::-1]  # unknown atoms first: never in N(a)
+    position = np.empty(n, np.int64)
+    position[heaviest] = np.arange(n)
+    forms = []
+    for prime, new, old in zip(primes, new_rows, old_rows):
+        forms.append(tuple(_form(np.asarray(m)[:, heaviest], prime) for m in (new, old)))
     for a in candidates[np.argsort(own[candidates], kind="stable")]:
-        near = known & (rank <= rank[a])
-        columns = np.flatnonzero(near)
-        costs = np.exp(log_total[columns] - log_top[a])
-        at = int(np.searchsorted(columns, a))
-        room = float(threshold) - float(costs[at])
-        for prime in primes:
-            new = small_space(matrix, near, prime)
-            old = small_space(matrix[:n_old], near, prime) if n_old else (new[0][:0], new[1][:0])
-            if new[0].shape[0] == old[0].shape[0] or not new[0][:, at].any():
+        k = int(position[a])
+        costs = np.exp(log_total[heaviest[k:]] - log_top[a])
+        room = float(threshold) - float(costs[0])
+        for prime, (new_form, old_form) in zip(primes, forms):
+            new, old = _suffix(new_form, k), _suffix(old_form, k)
+            if new[0].shape[0] == old[0].shape[0] or not new[0][:, 0].any():
                 continue  # nothing new under ``a`` here
             steps = max(1, min(UNION_CAP, work // max(1, new[0].size)))
             try:
-                if _search(new, old, at, costs, room, prime, [0, steps]):
+                if _search(new, old, 0, costs, room, prime, [0, steps]):
                     return True
             except _Cap:
                 return True
             break
     return False
+
+
+def _form(rows: np.ndarray, prime: int) -> Space:
+    if not rows.shape[0]:
+        return rows.astype(np.int64), np.zeros(0, np.int64)
+    reduced, pivots = echelon(rows, prime)
+    return reduced, np.asarray(pivots, np.int64)
+
+
+def _suffix(form: Space, k: int) -> Space:
+    """The vectors of an echelon form's space vanishing on its first ``k`` columns, over the others."""
+    rows, pivots = form
+    keep = pivots >= k
+    return rows[keep][:, k:], pivots[keep] - k
 
 
 def _unit_rows(space: Space) -> dict[int, bool]:
@@ -212,4 +256,4 @@ def _search(new: Space, old: Space, a: int | None, costs: np.ndarray, room: floa
     return False
 
 
-__all__ = ["INCIDENCE_WORK", "UNION_WORK", "atom_weights", "incidence", "light_union"]
+__all__ = ["INCIDENCE_WORK", "UNION_WORK", "atom_weights", "incidence", "light_span", "light_union"]
