@@ -234,7 +234,9 @@ def backstop_dominated(new: FamilyRows, olds: Sequence["_Remembered"],
     atom rule over *every* remembered release of the family in the new one's data model, no window
     (:mod:`mipflow.node.controls.chain_exact`'s incremental state, cached per family, data model and level), the
     atoms it newly isolates sized by the rows they hold in effect as :func:`chain_dominated` sizes them (each
-    remembered release's weights verified from the current rows; an unknown one weighs nothing).  True: refuse."""
+    remembered release's weights verified from the current rows; an unknown one weighs nothing), and every new
+    combination living on a union of atoms under ``threshold`` in effect (:mod:`mipflow.node.controls.weighted_unions`,
+    twenty-second review hole 1).  True: refuse."""
     if threshold <= 1:
         return False
     own = [i for i, old in enumerate(olds) if old.data_model == new.data_model]

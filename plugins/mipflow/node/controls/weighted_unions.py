@@ -13,7 +13,8 @@ Why it is decided exactly (over GF(p), as :mod:`mipflow.node.controls.unions`):
   index); the support lies in ``N(a)``, the atoms not above ``a``, and its size in effect is ``sum_b s_b / m_a``
   (``s_b`` an atom's weight, ``m_a`` the top's heaviest row's), at least ``a``'s own: **only an atom itself under
   ``threshold`` in effect can top a light union** (the candidates; an honest family whose atoms hold the threshold
-  in effect is never searched);
+  in effect is never searched); one echelon form per prime and space, the atoms heaviest first, gives every
+  candidate's space at once (the rows pivoting at or after ``a`` span its vectors living on ``N(a)``);
 * for a set ``S`` of atoms of ``N(a)`` holding ``a``: some ``x`` of the new row space with support in ``S`` is
   outside the old row space *and* non-zero at ``a`` exactly when both hold apart (a vector space is not the union
   of two proper subspaces): ``new_S ⊄ old_S`` and ``new_S ⊄ {x_a = 0}``, both monotone in ``S``.  The search
