@@ -20,7 +20,7 @@ Found (holes):
    "Limits": "releases outside the window are not chained (the pair rule still sees every release of the family)";
    ADR 0030 nineteenth-review amendment: "the weighted memory (ADR 0058) keeps its own window").  PCA of
    ``(exp glucose, age, NIHSS)`` on ``U`` (everyone), ``U \\ X`` (age >= 30), ``U \\ Y`` (NIHSS <= 20), then 32
-   nested decoys inside ``V = U \\ (X ∪ Y)`` (``V AND age >= a_i``, 12 low-glucose rows apart), then ``V``.  Every
+   nested decoys inside ``V = U \\ (X ∪ Y)`` (``V AND age >= a_i``, 12 rows apart), then ``V``.  Every
    pair's rows between hold 10 or more rows in effect (``sum w / max w``), every atom of the row ledger holds 10 rows
    or more (``X ∩ Y`` exactly 10: the cohort ledger and its exact backstop answer), and at ``V`` the window of 32
    related releases is the decoys: ``U - (U \\ X) - (U \\ Y) + V`` is ``X ∩ Y``, ten rows of which the target's
@@ -107,7 +107,12 @@ REST = STEP + STEP * DECOYS + STEP
 def weighted_rows() -> pd.DataFrame:
     """``X`` (age < 30) and ``Y`` (NIHSS > 20).  ``X ∩ Y``: the target (row 0, glucose 20.0) and nine with glucose
     4-4.5; ``X \\ Y`` and ``Y \\ X``: 15 each at glucose 19.90-19.95; ``V`` (the rest): REST rows aged 30.0, 30.1,
-    ... (distinct: the decoys' thresholds) with glucose 5.00-5.05.  Every value present."""
+    ... (distinct: the decoys' thresholds) with glucose 19.95-19.99.  Every value present.
+
+    ``V``'s rows weigh nearly as much as the target (twenty-second review, hole 1): were they light (the review's
+    5.00-5.05), ``U - (U \\ X) - (U \\ Y) = X ∩ Y - V`` would already be her record after three releases, a union
+    one row in effect, which the weighted backstop's union search now refuses at ``U \\ Y``
+    (``tests/mipflow/node/controls/test_weighted_unions.py``); heavy, the chain needs its fourth release, ``V``."""
     rng = np.random.default_rng(21)
     n = BOTH + X_ONLY + Y_ONLY + REST
     frame = stroke_rows(2101, n, NODE, "wt")
@@ -118,7 +123,7 @@ def weighted_rows() -> pd.DataFrame:
     age[rest] = 30.0 + 0.1 * np.arange(REST)
     frame["age"] = np.round(age, 1)
     frame["nihss_admission"] = np.where(y, rng.integers(21, 31, n), rng.integers(0, 21, n)).astype(float)
-    glucose = rng.uniform(5.0, 5.05, n)
+    glucose = rng.uniform(19.95, 19.99, n)
     glucose[:BOTH] = rng.uniform(4.0, 4.5, BOTH)
     glucose[BOTH:BOTH + X_ONLY + Y_ONLY] = rng.uniform(19.90, 19.95, X_ONLY + Y_ONLY)
     frame["glucose_mmol"] = np.round(glucose, 2)

@@ -9,7 +9,7 @@ through real node processes (``mipflow node serve`` on loopback) with the shippe
 ``nfilter_tab`` 3, differencing on, query budgets 100 / 300); standard mode is the admin's documented choice per node
 (``standard_home``).  Every release is exact (standard mode): each strict xfail fails the same way on every run.
 
-``test_hole_*`` are strict xfails (holes 2, 3 and 4 are closed now and pass through their defence): the attack runs, checks what it recovered against the truth, and its last assertion
+``test_hole_*`` were strict xfails (all four are closed now and pass through their defence): the attack runs, checks what it recovered against the truth, and its last assertion
 is the condition that would hold if the defence held.  ``test_defence_*`` pass while a control holds, naming it.
 
 Found (holes):
@@ -26,7 +26,9 @@ Found (holes):
    But ``A - C + B - D = P ∪ Q``, whose weights are the target's ``exp(20.0)`` against twelve ``exp(4.0)``: about
    one row in effect.  Its weighted sums give her glucose (20.0), age (50.3) and NIHSS (37), exact at the data's
    precision.  Four requests, no decoys.  Without ``P`` (``Q`` ten rows of which nine light) the same chain is refused
-   (``dominated_sums``, defence below): the hole is exactly the union.
+   (``dominated_sums``, defence below): the hole is exactly the union.  Closed: the weighted backstop searches the
+   unions of atoms under ``min_row_count`` in effect (``weighted_unions.light_union``, ADR 0058 amended); ``D`` is
+   refused, and the same chain whose union holds the threshold in effect is answered.
 2. **Round 21's weighted chain across two versions of the data model, beyond the window** (ADR 0058 amendment "the
    exact backstop", Limits: "across data models the window (by patients) still decides"; the backstop runs "over
    *every* remembered release of the family in the new one's data model").  The node holds the same patients under
@@ -144,11 +146,12 @@ BANDS = {"P": (20.0, 12, 4.00), "M1": (30.0, 12, 5.00), "M3": (40.0, 15, 19.90),
 OUTSIDE = 20
 
 
-def union_rows(with_p: bool = True) -> pd.DataFrame:
+def union_rows(with_p: bool = True, target_glucose: float = TARGET["glucose_mmol"]) -> pd.DataFrame:
     """The bands ``P | M1 | M3 | Q | N`` along age (each band's ages ``a0 + 0.1 k``, glucose ``g0 + 0.003 k``), the
     target alone in ``Q`` (50-55), and OUTSIDE rows aged 70-85 in no set.  ``with_p`` False: ``P`` empty and nine
-    light rows (glucose 4.00-4.02) beside the target in ``Q`` (the defence's single dominated atom)."""
-    ages, glucose = [TARGET["age"]], [TARGET["glucose_mmol"]]
+    light rows (glucose 4.00-4.02) beside the target in ``Q`` (the defence's single dominated atom).
+    ``target_glucose``: the lone row's glucose (4.05 in the honest chain: ``P ∪ Q`` holds 13 rows in effect)."""
+    ages, glucose = [TARGET["age"]], [target_glucose]
     for name, (a0, n, g0) in BANDS.items():
         if name == "P" and not with_p:
             continue
@@ -211,7 +214,7 @@ def nodes(tmp_path_factory) -> Iterator[dict[str, Served]]:
     """One standard-mode node per attack (memories apart), each ``hospital_a``, project ``audit`` (and the study
     projects the admin approves during the tests) granted to any researcher id; hole 2's nodes hold their rows under
     stroke 0.1 and 0.2 (the same patients); served as processes."""
-    plan = {"union": (union_rows, 1), "atom": (lambda: union_rows(with_p=False), 1), "models": (weighted_rows, 2),
+    plan = {"union": (union_rows, 1), "union_honest": (lambda: union_rows(target_glucose=4.05), 1), "atom": (lambda: union_rows(with_p=False), 1), "models": (weighted_rows, 2),
             "models_chain": (weighted_rows, 2), "standard_first": (study_rows, 1), "study_first": (study_rows, 1),
             "chain_standard_first": (chain_rows, 1), "chain_study_first": (chain_rows, 1)}
     base = Path(tmp_path_factory.mktemp("round22"))
@@ -232,17 +235,17 @@ def nodes(tmp_path_factory) -> Iterator[dict[str, Served]]:
 # ------------------------------------------------------------------ hole 1: a union light by rows, one row in effect
 
 
-@pytest.mark.xfail(strict=True, reason="ADR 0058 Limits: unions of atoms are not searched in effect; "
-                                       "A - C + B - D is P ∪ Q, 13 rows but one in effect: the target's record")
-def test_hole_1_a_union_of_two_atoms_one_row_in_effect_gives_the_target_s_record(nodes):
-    """Hole 1.  Class: the weighted chain rule sizes single atoms in effect (ADR 0058 amendment, "Limits": "a union of
-    several small atoms is not always caught"); its backstop: "Unions of several atoms are not searched here (a
-    union's size in effect is not the sum of its atoms')".  Adversary: one researcher with a standard-mode grant
+def test_hole_1_closed_a_union_of_two_atoms_one_row_in_effect_is_refused(nodes):
+    """Hole 1 (closed: the weighted backstop searches unions of atoms in effect, ``weighted_unions.light_union``, ADR
+    0058 amended).  Class: the weighted chain rule sized single atoms in effect (ADR 0058 amendment, "Limits": "a
+    union of several small atoms is not always caught"); its backstop: "Unions of several atoms are not searched here
+    (a union's size in effect is not the sum of its atoms')".  Adversary: one researcher with a standard-mode grant
     (four documented requests).
 
-    ``A``, ``C``, ``B``, ``D`` (age intervals) answered; no pair is refused by rows or in effect, no single atom is a
-    combination, ``P ∪ Q`` holds 13 rows; ``A - C + B - D`` is the weighted sums over ``P ∪ Q``, where the target's
-    ``exp(20.0)`` outweighs twelve ``exp(4.0)``: her glucose, age and NIHSS."""
+    ``A``, ``C``, ``B`` (age intervals) answered; no pair is refused by rows or in effect, no single atom is a
+    combination, ``P ∪ Q`` holds 13 rows; ``A - C + B - D`` would be the weighted sums over ``P ∪ Q``, where the
+    target's ``exp(20.0)`` outweighs twelve ``exp(4.0)``: her glucose, age and NIHSS.  ``D`` is refused
+    (``dominated_sums``), in words carrying neither her values nor a count."""
     node = nodes["union"]
     rows = node.rows
     sets = members(rows)
@@ -259,6 +262,26 @@ def test_hole_1_a_union_of_two_atoms_one_row_in_effect_gives_the_target_s_record
         n, record = recover(parts, (1, -1, 1, -1))
         assert n == 13 and record == TARGET == {k: rows.loc[0, k] for k in TARGET}
     assert typed(last) == (403, "dominated_sums"), "A - C + B - D is the target's weighted record"
+    assert quiet(last, "20", "50.3", "37", len(rows), 13)
+    assert "min_row_count (10)" in last.json()["refused"]
+
+
+def test_defence_the_same_chain_whose_union_holds_the_threshold_in_effect_is_answered(nodes):
+    """Honest: hole 1's four intervals where the lone row of ``Q`` is as light as ``P``'s (glucose 4.05): ``A - C + B -
+    D`` is ``P ∪ Q``, 13 rows and 13 in effect, and every other union of atoms the four releases reach holds ten rows
+    in effect or more.  All four are answered, and the union's weighted sums are those of its rows."""
+    node = nodes["union_honest"]
+    rows = node.rows
+    sets = members(rows)
+    p_and_q = (sets["A"] - sets["C"]) | (sets["B"] - sets["C"] - sets["D"])
+    assert len(p_and_q) == 13 and effect(rows, p_and_q) > 12 and both_ways_hold(rows, sets)
+    replies = [pca(node, CHAIN[name]) for name in ("A", "C", "B", "D")]
+    assert [r.status_code for r in replies] == [200, 200, 200, 200], [r.text for r in replies]
+    n, sums, _ = (sum(sign * np.asarray(p[i]) for p, sign in zip(map(moment_sums, replies), (1, -1, 1, -1)))
+                  for i in range(3))
+    union = rows.loc[sorted(p_and_q)]
+    assert n == 13 and np.isclose(sums[1], union["age"].sum(), rtol=1e-9)
+    assert np.isclose(sums[0], np.exp(union["glucose_mmol"]).sum(), rtol=1e-9)
 
 
 def test_defence_the_same_chain_on_one_dominated_atom_is_refused(nodes):

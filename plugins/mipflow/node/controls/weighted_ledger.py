@@ -44,7 +44,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from mipflow.algorithms.weighted import WeightFamily, weighted_rows
-from mipflow.node.controls import chain_exact
+from mipflow.node.controls import chain_exact, weighted_unions
 from mipflow.node.controls.atoms import AtomSizes, check_addition, node_primes
 from mipflow.node.controls.ledger import (
     _overlap, bounded, cohort_digest, decode_keys, encode_keys, related, sorted_unique,
@@ -234,7 +234,9 @@ def backstop_dominated(new: FamilyRows, olds: Sequence["_Remembered"],
     atom rule over *every* remembered release of the family in the new one's data model, no window
     (:mod:`mipflow.node.controls.chain_exact`'s incremental state, cached per family, data model and level), the
     atoms it newly isolates sized by the rows they hold in effect as :func:`chain_dominated` sizes them (each
-    remembered release's weights verified from the current rows; an unknown one weighs nothing).  True: refuse."""
+    remembered release's weights verified from the current rows; an unknown one weighs nothing), and every new
+    combination living on a union of atoms under ``threshold`` in effect (:mod:`mipflow.node.controls.weighted_unions`,
+    twenty-second review hole 1).  True: refuse."""
     if threshold <= 1:
         return False
     own = [i for i, old in enumerate(olds) if old.data_model == new.data_model]
@@ -266,17 +268,28 @@ def backstop_dominated(new: FamilyRows, olds: Sequence["_Remembered"],
 def _newly_light(name: str, pool: list[np.ndarray], new: np.ndarray, parts: Callable[[], list], threshold: int,
                  primes: Sequence[int]) -> bool:
     """Whether adding ``new`` to the backstop state over ``pool`` (cached under ``name``) isolates an atom not
-    isolatable before with the same members and holding fewer than ``threshold`` units in effect (the units' weight
-    bounds from ``parts()``, read only when some atom is newly isolatable)."""
+    isolatable before with the same members and holding fewer than ``threshold`` units in effect, or lets a new
+    combination live on a union of atoms holding fewer than ``threshold`` units in effect
+    (:func:`mipflow.node.controls.weighted_unions.light_union`; twenty-second review, hole 1).  The units' weight
+    bounds come from ``parts()``, read only when some atom is newly isolatable or the addition grows the family."""
     states = chain_exact.extended((tuple(primes), name, threshold), [pool], [new], primes, threshold)
     if states is None:
         return False
-    after = states[1]
-    candidates = np.flatnonzero(chain_exact.newly_isolatable(*states))
-    if not candidates.size:
+    before, after = states
+    candidates = np.flatnonzero(chain_exact.newly_isolatable(before, after))
+    grew = bool(pool) and (after.atoms != before.atoms or
+                           any(a.shape[0] != b.shape[0] for a, b in zip(after.reduced, before.reduced)))
+    if not candidates.size and not grew:
         return False
-    sizes = rows_in_effect(*unit_bounds(parts()))(after.universe, after.labels, after.atoms)
-    return bool(np.any(sizes[candidates] < threshold))
+    bounds = unit_bounds(parts())
+    sizes = rows_in_effect(*bounds)(after.universe, after.labels, after.atoms)
+    if np.any(sizes[candidates] < threshold):
+        return True
+    if not grew or not np.any(sizes < threshold):
+        return False  # only an atom under the threshold in effect can top a union under it
+    log_total, log_top = weighted_unions.atom_weights(after.universe, after.labels, after.atoms, *bounds)
+    return weighted_unions.light_span(after.reduced, weighted_unions.widened(before, after), log_total, log_top,
+                                      threshold, after.primes)
 
 
 @dataclass(frozen=True)
