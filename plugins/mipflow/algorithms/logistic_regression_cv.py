@@ -17,9 +17,14 @@ the binned scores (pairs of a positive and a negative in the same bin count
 one half), within half the share of such pairs of the exact one; ROC curves
 have one point per bin edge.
 
-Disclosure: confusion cells are released under ``group_counts`` (a cell in
-``(0, nfilter_tab)`` refuses the node's step); ROC bin counts under ``counts``
-(small bins suppressed: a fold with a suppressed bin gets no AUC, and says so).
+Disclosure: confusion cells are released under ``group_counts``.  A node whose
+folds hold a cell in ``(0, nfilter_tab)`` merges its folds' cells
+(:meth:`LogisticRegressionCV.coarsen_for_release`): it releases only its cells
+summed over the folds (every test row once), still checked (a cell in
+``(0, nfilter_tab)`` refuses the node's step), and the result gives no per-fold
+metrics, only those of the confusion matrix over every test row (``pooled``,
+labelled); ROC bin counts under ``counts`` (small bins suppressed: a fold with
+a suppressed bin gets no AUC, and says so).
 """
 from __future__ import annotations
 
@@ -42,7 +47,7 @@ from mipflow.algorithms.design import category_codes, design_matrix, level_count
 from mipflow.algorithms.linear_regression_cv import base_request
 from mipflow.algorithms.logistic_regression import LogisticRegression
 from mipflow.algorithms.spec import ParamSpec
-from mipflow.exceptions import RequestError
+from mipflow.exceptions import FederationError, RequestError
 from mipflow.protocol.datamodel import DataModel
 from mipflow.protocol.request import AnalysisRequest
 from mipflow.protocol.wire import json_ready
@@ -52,6 +57,14 @@ if TYPE_CHECKING:
 
 #: Parameters passed through to the per-fold logistic regression.
 _PLAIN = ("positive_class", "max_iter", "tol")
+
+
+#: The result's note when a node merged its folds' confusion cells (static words).
+FOLDS_MERGED_NOTE = (
+    "At least one node's folds held a confusion cell (true x predicted class) below its nfilter_tab, so it "
+    "released its cells summed over its folds only: per-fold accuracy, precision, recall and F1 (and their "
+    "average and stdev) are not given; 'pooled' gives them over every test row (each row is tested once, by "
+    "the model not fitted on its fold). Fewer folds or more rows per node give per-fold metrics.")
 
 
 class LogisticRegressionCV(CrossValidated, LogisticRegression):
@@ -69,10 +82,11 @@ class LogisticRegressionCV(CrossValidated, LogisticRegression):
     small_group_hint = (
         "logistic_regression_cv checks, at each node: in its fit rounds, each fold's training rows per class and "
         "per class and covariate level, and each fold's test rows per covariate level; in its evaluation round "
-        "(the last), each fold's confusion cells of the test rows (true class x predicted class: true and false "
-        "positives and negatives). A fold's test rows are about the node's rows divided by n_splits, so a "
-        "confusion cell below nfilter_tab is common with the default n_splits. ROC bins are not checked this "
-        "way (a small bin is suppressed and that fold's AUC left out), so fewer roc_bins do not help. Use fewer "
+        "(the last), the confusion cells of the test rows (true class x predicted class: true and false "
+        "positives and negatives) summed over the folds (a node whose folds hold a small cell sends only these "
+        "sums, and the result then gives the metrics over every test row, not per fold). ROC bins are not "
+        "checked this way (a small bin is suppressed and that fold's AUC left out), so fewer roc_bins do not "
+        "help. Use fewer "
         "folds (n_splits, down to its minimum), select more rows (a wider filter, more datasets), use "
         "covariates with fewer levels, or fit logistic_regression without cross-validation.")
     #: Its folds need a frame with the node's fold keys (not LogisticRegression's rows left on disk).
@@ -153,11 +167,14 @@ class LogisticRegressionCV(CrossValidated, LogisticRegression):
         metrics: dict[str, list] = {"accuracy": [], "precision": [], "recall": [], "fscore": []}
         total = np.zeros(4, dtype=int)
         roc_curves, suppressed = [], []
+        # a node that merged its folds' cells (coarsen_for_release) sent zeros per fold, marked; under secure
+        # aggregation the marks arrive summed: how many nodes merged, never which
+        merged = any(int(a["folds"][k]["confusion"].get("merged", 0)) for a in aggregates for k in range(n_splits))
         for k in range(n_splits):
             cells = np.sum([a["folds"][k]["confusion"]["group_counts"] for a in aggregates], axis=0)
             total += cells
             for key, value in binary_metrics(*cells).items():
-                metrics[key].append(value)
+                metrics[key].append(None if merged else value)
             bins = [a["folds"][k]["roc"]["counts"] for a in aggregates]
             if any(c is None for b in bins for row in b for c in row) or \
                     any(a["folds"][k]["roc"].get("suppressed") for a in aggregates):
@@ -168,6 +185,11 @@ class LogisticRegressionCV(CrossValidated, LogisticRegression):
             tpr, fpr, auc = roc_from_bins(neg, pos)
             roc_curves.append({"name": f"fold_{k + 1}", "tpr": tpr, "fpr": fpr, "auc": auc})
         n_train = [int(m["n_train"]) for m in state["models"]]
+        if all("confusion_total" in a for a in aggregates):  # every node's cells over its folds
+            total = np.sum([a["confusion_total"]["group_counts"] for a in aggregates], axis=0)
+        elif merged:  # a node from before the merge sent no totals: nothing exact to show
+            raise FederationError("logistic_regression_cv: a node merged its folds' confusion cells and another "
+                                  "sent no totals; every node must run the same mipflow version")
         tn, fp, fn, tp = (int(v) for v in total)
         summary = {"row_names": [f"fold_{k + 1}" for k in range(n_splits)] + ["average", "stdev"],
                    "n_obs": n_train + [None, None]}
@@ -179,6 +201,10 @@ class LogisticRegressionCV(CrossValidated, LogisticRegression):
             "indep_vars": state["models"][0]["columns"],
             "summary": summary,
             "confusion_matrix": {"tp": tp, "fp": fp, "tn": tn, "fn": fn},
+            # the metrics of the confusion matrix over every test row (each row is tested once)
+            "pooled": binary_metrics(tn, fp, fn, tp),
+            "folds_merged": merged,
+            **({"note": FOLDS_MERGED_NOTE} if merged else {}),
             "roc_curves": roc_curves,
             "auc": aucs,
             "auc_method": (f"approximate: exact AUC of the scores binned on {state['roc_bins']} "
@@ -203,6 +229,20 @@ class LogisticRegressionCV(CrossValidated, LogisticRegression):
         return [w for k, s in enumerate(state["folds"]) if s is not None
                 for w in LogisticRegression.row_weights(self, round, data[folds != k].reset_index(drop=True),
                                                         plain, model, s) or ()]
+
+    def coarsen_for_release(self, round: int, aggregates: dict, min_count: int, bin_count: int | None = None) -> dict:
+        """The evaluation round's confusion cells: each fold's, and the node's summed over its folds
+        (``confusion_total``); when a fold holds a cell in ``(0, min_count)`` the folds' cells are sent as
+        zeros marked ``merged`` and only the sums remain, which the node's checks still hold to
+        ``min_count``.  The layout depends on the request only (secure aggregation sums it)."""
+        folds = aggregates.get("folds")
+        if not folds or not all(isinstance(f, dict) and "confusion" in f for f in folds):
+            return aggregates  # a fit round
+        cells = np.array([f["confusion"]["group_counts"] for f in folds], dtype=np.int64)
+        small = bool(np.any((cells > 0) & (cells < min_count)))
+        out = [{**f, "confusion": {"group_counts": [0] * cells.shape[1] if small else f["confusion"]["group_counts"],
+                                   "merged": int(small)}} for f in folds]
+        return {**aggregates, "folds": out, "confusion_total": {"group_counts": cells.sum(axis=0).tolist()}}
 
     # per-fold sums, masked from 2 nodes (crossval.CrossValidated)
     secure_aggregation = "automatic"

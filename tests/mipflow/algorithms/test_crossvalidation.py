@@ -510,3 +510,77 @@ def test_a_suppressed_roc_bin_withholds_the_folds_auc_under_secure_aggregation_t
     assert secure["folds"][0]["roc"] == {"counts": [[0, 0, 0], [0, 0, 0]], "suppressed": 1}
     assert secure["folds"][1]["roc"] == {"counts": [[3, 3, 0], [4, 5, 0]], "suppressed": 0}
     assert secure["folds"][2] == {}  # a finished fold: nothing to sum, the same layout at every node
+
+
+def _evaluation(tab: int) -> dict:
+    """A 3-fold logistic_regression_cv at one node through its release controls (``nfilter_tab`` = ``tab``)."""
+    rng = np.random.default_rng(8)
+    n = 90
+    x1 = rng.normal(size=n)
+    outcome = np.where(rng.random(n) < special.expit(-1.2 + 1.5 * x1), "yes", "no")
+    data = pd.DataFrame({"x1": x1, "outcome": outcome, "dataset": "d0"})
+    req = request(x=("x1",), y=("outcome",), positive_class="yes", n_splits=3, roc_bins=2)
+    algo = get_algorithm("logistic_regression_cv")
+    controls = _controls(min_row_count=1, nfilter_tab=tab)
+    local = prepare_local_data(algo, fold_keyed([data])[0], req)
+    state, released = None, []
+    for round_no in range(100):
+        aggregates = controls.release(algo, req, MODEL, round_no, algo.local_step(round_no, local, req, MODEL, state))
+        released.append(aggregates)
+        step = algo.global_step(round_no, [aggregates], req, MODEL, state)
+        if step.done:
+            return {"result": step.result, "last": released[-1], "n": n}
+        state = step.state
+    raise AssertionError("did not finish")
+
+
+def test_a_node_whose_folds_hold_a_small_confusion_cell_sends_its_cells_over_the_folds() -> None:
+    """Per fold (30 test rows) a cell is 1 or 2; over the folds every cell holds 3 or more: the node sends the
+    sums only, the result gives the metrics over every test row (labelled) and none per fold."""
+    exact = _evaluation(tab=1)  # the admin's nfilter_tab 1: every fold's cells as they are
+    per_fold = np.array([f["confusion"]["group_counts"] for f in exact["last"]["folds"]])
+    assert ((per_fold > 0) & (per_fold < 3)).any() and per_fold.sum(axis=0).min() >= 3
+    assert exact["result"]["folds_merged"] is False and None not in exact["result"]["summary"]["accuracy"]
+    merged = _evaluation(tab=3)
+    sent = merged["last"]
+    assert all(f["confusion"] == {"group_counts": [0, 0, 0, 0], "merged": 1} for f in sent["folds"])
+    assert sent["confusion_total"]["group_counts"] == per_fold.sum(axis=0).tolist()
+    result = merged["result"]
+    assert result["folds_merged"] is True and "nfilter_tab" in result["note"]
+    assert result["confusion_matrix"] == exact["result"]["confusion_matrix"]
+    assert sum(result["confusion_matrix"].values()) == merged["n"]
+    assert result["pooled"] == exact["result"]["pooled"]
+    tn, fp, fn, tp = per_fold.sum(axis=0)
+    assert result["pooled"]["accuracy"] == (tp + tn) / merged["n"]
+    assert all(v is None for key in ("accuracy", "precision", "recall", "fscore") for v in result["summary"][key])
+    assert result["folds"]["coefficients"] == exact["result"]["folds"]["coefficients"]  # the same fits
+
+
+def test_merged_and_unmerged_nodes_combine_under_secure_aggregation_as_in_the_plain_path() -> None:
+    """The layout is the request's (a fold's cells or zeros, a 0/1 mark, the sums over the folds): summed, the
+    marks say how many nodes merged, never which; the result is the plain one."""
+    algo = get_algorithm("logistic_regression_cv")
+    req = request(x=("x1",), y=("outcome",), positive_class="yes", n_splits=2, roc_bins=2)
+
+    def evaluation(cells):
+        return algo.coarsen_for_release(9, {"folds": [{"confusion": {"group_counts": c},
+                                                       "roc": {"counts": [[3, 3], [4, 4]]}} for c in cells]}, 3)
+
+    small = evaluation([[5, 1, 4, 6], [6, 2, 5, 5]])
+    large = evaluation([[5, 3, 4, 6], [6, 4, 5, 5]])
+    assert small["folds"][0]["confusion"]["merged"] == 1 and large["folds"][0]["confusion"]["merged"] == 0
+    assert small["confusion_total"]["group_counts"] == [11, 3, 9, 11]
+    secure = [algo.secure_aggregates(a, req, MODEL) for a in (small, large)]
+    summed = {"folds": [{"confusion": {"group_counts": np.sum([s["folds"][k]["confusion"]["group_counts"]
+                                                                for s in secure], axis=0).tolist(),
+                                       "merged": sum(s["folds"][k]["confusion"]["merged"] for s in secure)},
+                         "roc": {"counts": np.sum([s["folds"][k]["roc"]["counts"] for s in secure], axis=0).tolist(),
+                                 "suppressed": 0}} for k in range(2)],
+              "confusion_total": {"group_counts": np.sum([s["confusion_total"]["group_counts"] for s in secure],
+                                                         axis=0).tolist()}}
+    state = {"phase": "evaluate", "models": [{"columns": ["Intercept"], "coefficients": [0.0], "n_train": 40}] * 2,
+             "roc_bins": 2}
+    plain = algo.global_step(9, [small, large], req, MODEL, state).result
+    masked = algo.global_step(9, [summed], req, MODEL, state).result
+    assert plain == masked and plain["folds_merged"] is True
+    assert plain["confusion_matrix"] == {"tn": 22, "fp": 10, "fn": 18, "tp": 22}

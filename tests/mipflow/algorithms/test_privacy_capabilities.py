@@ -47,7 +47,7 @@ MODELS = {"linear_regression", "logistic_regression", "cox_regression", "linear_
 CROSS_VALIDATED = {"linear_regression_cv", "logistic_regression_cv", "naive_bayes_gaussian_cv",
                    "naive_bayes_categorical_cv"}
 #: the algorithms with a coarsen_for_release hook
-COARSENED = {"kaplan_meier", "cox_regression"}
+COARSENED = {"kaplan_meier", "cox_regression", "logistic_regression_cv"}  # the last: its folds' confusion cells merged
 #: the algorithms whose later rounds exchange sums among the nodes only (ADR 0046)
 SEALED_ROUNDS = {"cox_regression", "kaplan_meier"}
 #: the algorithms whose sealed sums are masked, so that a peer learns only their pool (ADR 0052)
