@@ -59,7 +59,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from mipflow.node.controls.atoms import _as_set, atom_labels, check_addition, echelon
-from mipflow.node.controls.chain_exact import exact_allows
+from mipflow.node.controls.chain_exact import Coverage, exact_allows
 from mipflow.node.controls.ledger import (
     CHAIN_COHORTS, CHAIN_DEPTH, _overlap, bounded, sorted_unique,
 )
@@ -207,14 +207,15 @@ PATIENTS = "*patients*"
 
 def backstop_allows(data_model: str, own: Sequence[Sequence[ChainSet]], new: Sequence[ChainSet],
                     level: Callable[[ChainSet], int], primes: Sequence[int], keys: str = "rows",
-                    unions_from: int | None = None) -> bool:
+                    unions_from: int | None = None, coverage: Coverage | None = None) -> bool:
     """The exact atom rule over every remembered set of ``own`` (the request's data model's cohorts and cells by
     rows, or with ``keys="patients"`` every data model's sets carrying patient keys; each pool oldest first, no
     window), at each threshold level the sets carry: the sets of level ``T`` or more may isolate no new atom of
     fewer than ``T`` rows or patients (:mod:`mipflow.node.controls.chain_exact`, ADR 0030 amended; a repeated set
     adds nothing to the family, as :func:`_dedupe` keeps it once); at the levels of ``unions_from`` or more, no new
     combination may live on several small atoms either (the union rule, twentieth review hole 1).  ``data_model``:
-    the cache key's (:data:`PATIENTS` for the family by patients)."""
+    the cache key's (:data:`PATIENTS` for the family by patients); ``coverage``: told when a family is past the
+    backstop's bound (:class:`~mipflow.node.controls.chain_exact.Coverage`)."""
     levels = sorted({level(s) for s in [*(s for pool in own for s in pool), *new]}, reverse=True)
     for threshold in levels:
         if threshold <= 1:
@@ -224,19 +225,20 @@ def backstop_allows(data_model: str, own: Sequence[Sequence[ChainSet]], new: Seq
             continue
         pools = [[_as_set(getattr(s, keys)) for s in pool if level(s) >= threshold] for pool in own]
         unions = unions_from is not None and threshold >= unions_from
-        if not exact_allows((tuple(primes), data_model, threshold), pools, new_sets, threshold, primes, unions):
+        if not exact_allows((tuple(primes), data_model, threshold), pools, new_sets, threshold, primes, unions,
+                            coverage):
             return False
     return True
 
 
 def chain_allows(data_model: str, cohorts: Sequence[ChainSet], groups: Sequence[ChainSet],
                  new: Sequence[ChainSet], min_row_count: int, primes: Sequence[int],
-                 units: Mapping[int, int] | None = None) -> bool:
+                 units: Mapping[int, int] | None = None, coverage: Coverage | None = None) -> bool:
     """Whether adding ``new`` (one release's fresh cohorts and new cells, of ``data_model``) to the
     remembered ``cohorts`` and ``groups`` (each oldest first, any data model) isolates no new atom
     smaller than its level's threshold (module docstring).  A set's threshold is taken at most
     ``min_row_count``.  ``units``: versioned row key -> row key of the remembered cohorts' rows released
-    with a value since corrected (:func:`units_allow`)."""
+    with a value since corrected (:func:`units_allow`).  ``coverage``: as :func:`backstop_allows`'s."""
     if not new or min_row_count <= 1:
         return True
 
@@ -271,7 +273,7 @@ def chain_allows(data_model: str, cohorts: Sequence[ChainSet], groups: Sequence[
     old = by_recency([[pool[i] for i in picked] for pool, picked in zip(own, chosen)])
     if not family_allows(old, "rows"):
         return False
-    if not backstop_allows(data_model, own, new, level, primes, unions_from=min_row_count):
+    if not backstop_allows(data_model, own, new, level, primes, unions_from=min_row_count, coverage=coverage):
         return False
     if any(s.patients is None for s in new):
         return True
@@ -284,4 +286,5 @@ def chain_allows(data_model: str, cohorts: Sequence[ChainSet], groups: Sequence[
         return False
     if not any(s.data_model != data_model for pool in known for s in pool):
         return True
-    return backstop_allows(PATIENTS, known, new, level, primes, keys="patients", unions_from=min_row_count)
+    return backstop_allows(PATIENTS, known, new, level, primes, keys="patients", unions_from=min_row_count,
+                           coverage=coverage)

@@ -346,16 +346,27 @@ def extended(key: tuple, pools: Sequence[Sequence[np.ndarray]], new: Sequence[np
     return before, after
 
 
+class Coverage:
+    """Whether every backstop asked with it decided (``complete``): False once a family was past
+    :data:`EXACT_ENTRIES`, where the backstop says nothing (a caller that relies on it falls back to a
+    stricter rule: ADR 0063)."""
+
+    def __init__(self) -> None:
+        self.complete = True
+
+
 def exact_allows(key: tuple, pools: Sequence[Sequence[np.ndarray]], new: Sequence[np.ndarray], threshold: int,
-                 primes: Sequence[int], unions: bool = False) -> bool:
+                 primes: Sequence[int], unions: bool = False, coverage: Coverage | None = None) -> bool:
     """Whether adding ``new`` to every set of ``pools`` isolates no new atom of fewer than ``threshold`` rows and,
     with ``unions``, lets no new combination of the family live on small atoms of fewer than ``threshold`` rows in
     all (each new set in turn: a combination new after several is new after one of them; allowed, too, past
-    :data:`EXACT_ENTRIES`: module docstring)."""
+    :data:`EXACT_ENTRIES`: module docstring, and then ``coverage.complete`` is set False)."""
     if threshold <= 1 or not new:
         return True
     states = extended(key, pools, new, primes, threshold, search=unions)
     if states is None:
+        if coverage is not None:
+            coverage.complete = False
         return True
     before, after = states
     return not after.leak and not new_small_atom(before, after, threshold)

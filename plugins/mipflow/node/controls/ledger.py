@@ -39,6 +39,7 @@ from mipflow.node.controls.sqlite_state import SqliteState
 
 if TYPE_CHECKING:
     from mipflow.node.controls.chain import ChainSet
+    from mipflow.node.controls.chain_exact import Coverage
 
 #: Ledger file in the node home.
 LEDGER_FILE = "cohorts.sqlite"
@@ -358,6 +359,7 @@ class CohortLedger(SqliteState):
             Control ``differencing``, when a rule refuses (one message for all, :func:`_refusal`).
         """
         from mipflow.node.controls.chain import ChainSet
+        from mipflow.node.controls.chain_exact import Coverage
 
         cohorts = list(cohorts)
         digests = list(digests) if digests is not None else [cohort_digest(data_model, c) for c in cohorts]
@@ -376,25 +378,31 @@ class CohortLedger(SqliteState):
                     entries, data_model, epoch, [(patients[i], patient_stamps[i]) for i in fresh
                                                  if i < len(patient_stamps)]):
                 raise stamp_refusal()
-            relaxed = sums_only and primes is not None  # ADR 0063: the chain rule decides between sums
-            for i, cohort in enumerate(cohorts):
-                if not relaxed and any(pair_conflict(cohort, other, threshold) for other in cohorts[:i]):
-                    raise _refusal(threshold)
+            # ADR 0063: between releases of sums the chain rule decides, the pairs kept aside (``deferred``) for
+            # the case its exact backstop says nothing (a family past its bound): then they decide as before
+            relaxed = sums_only and primes is not None and bool(fresh)
             view = EpochView(epoch, current)  # ADR 0061: every rule on the current rows and the epochs
-            for i in fresh:  # a cohort answered before: nothing new can be learnt from the difference
-                for entry in entries:
-                    if relaxed and entry.sums_only and entry.epoch == epoch:
-                        continue  # two releases of sums, this epoch's rows: the chain rule below (ADR 0063)
-                    if entry.data_model == data_model:
-                        conflict = view.near(pair_conflict, cohorts[i], entry.rows, data_model, ROWS, entry.epoch,
-                                             threshold)
-                    elif patients is not None and entry.patients is not None:
-                        conflict = view.near(_cross_conflict, patients[i], entry.patients, entry.data_model,
-                                             PATIENTS, entry.epoch, threshold)
-                    else:
-                        continue  # an older cohort of another data model, recorded without its patients
-                    if conflict:
+
+            def pairs(deferred: bool) -> None:
+                for i, cohort in enumerate(cohorts):
+                    if relaxed == deferred and any(pair_conflict(cohort, other, threshold) for other in cohorts[:i]):
                         raise _refusal(threshold)
+                for i in fresh:  # a cohort answered before: nothing new can be learnt from the difference
+                    for entry in entries:
+                        if (relaxed and entry.sums_only and entry.epoch == epoch) != deferred:
+                            continue  # two releases of sums, this epoch's rows: the chain rule (ADR 0063)
+                        if entry.data_model == data_model:
+                            conflict = view.near(pair_conflict, cohorts[i], entry.rows, data_model, ROWS,
+                                                 entry.epoch, threshold)
+                        elif patients is not None and entry.patients is not None:
+                            conflict = view.near(_cross_conflict, patients[i], entry.patients, entry.data_model,
+                                                 PATIENTS, entry.epoch, threshold)
+                        else:
+                            continue  # an older cohort of another data model, recorded without its patients
+                        if conflict:
+                            raise _refusal(threshold)
+
+            pairs(deferred=False)
             if primes is None or not fresh:
                 return digests
             new = [ChainSet(data_model, cohorts[i], None if patients is None else patients[i], threshold)
@@ -408,7 +416,10 @@ class CohortLedger(SqliteState):
                     found = value_memory.versions(conn, data_model, cells,
                                                   [(entries[j].digest, entries[j].rows) for j in own])
                 versions = {own[k]: v for k, v in found.items()}
-            self._chain(entries, data_model, new, threshold, primes, released, view, versions)
+            coverage = Coverage()
+            self._chain(entries, data_model, new, threshold, primes, released, view, versions, coverage=coverage)
+            if relaxed and not coverage.complete:
+                pairs(deferred=True)
         return digests
 
     def _corrected_across(self, entries: list[_Entry], data_model: str, epoch: str,
@@ -475,7 +486,8 @@ class CohortLedger(SqliteState):
     @staticmethod
     def _chain(entries: list[_Entry], data_model: str, new: list[ChainSet], threshold: int,
                primes: Sequence[int], released: Sequence[ChainSet], view: EpochView,
-               versions: Mapping | None = None, own: Collection[str] = frozenset()) -> None:
+               versions: Mapping | None = None, own: Collection[str] = frozenset(),
+               coverage: "Coverage | None" = None) -> None:
         """The chain rule over the answered cohorts as the epoch ``view`` sees them (a cohort of an earlier
         consent epoch: its rows still held and a phantom unit, ADR 0061; the same at every node), but the
         ``own`` digests of ``data_model``, seen as remembered (:meth:`chain`).
@@ -496,7 +508,7 @@ class CohortLedger(SqliteState):
                             versioned=True)
                    for j, e in enumerate(entries)]
         if not chain_allows(data_model, cohorts, list(released), new, threshold, primes,
-                            units=unit_map(versions) if versions else None):
+                            units=unit_map(versions) if versions else None, coverage=coverage):
             raise _refusal(threshold)
 
     def record(self, data_model: str, cohorts: Iterable[np.ndarray],

@@ -120,3 +120,18 @@ def test_a_ledger_from_before_knows_no_release_as_sums_only(tmp_path):
     old = ledger(tmp_path)
     assert not old.every_release()[0].sums_only
     refused(old, N, sums_only=True)
+
+
+def test_past_the_backstop_s_bound_the_pairwise_rule_decides_again(tmp_path, monkeypatch):
+    """Where the exact backstop says nothing (a family past EXACT_ENTRIES), the chain rule's window alone is
+    steerable by decoys: the pairs set aside for releases of sums are checked again, as before ADR 0063."""
+    from mipflow.node.controls import chain_exact
+
+    book = ledger(tmp_path)
+    answer(book, O, sums_only=True)
+    monkeypatch.setattr(chain_exact, "EXACT_ENTRIES", 0)  # every family past the bound
+    chain_exact.clear()
+    refused(book, N, sums_only=True)
+    monkeypatch.undo()
+    chain_exact.clear()
+    answer(book, N, sums_only=True)
