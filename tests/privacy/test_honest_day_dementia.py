@@ -510,6 +510,14 @@ def test_standard_descriptive_histograms_kmeans_and_regressions_of_the_fixed_coh
     assert sum(result["n_obs"]) == 4 * len(rows)
 
 
+NOMINAL_BEFORE = (
+    "after the fixed cohort's descriptive statistics, the elderly's regression and ANOVA are refused by all three "
+    "nodes (403, differencing: the pairwise rule's 'each way' against a small dataset's cohort). ADR 0063 leaves "
+    "that rule to the chain rule between releases of sums only, but the cohort's statistics read nominal variables "
+    "(gender, diagnosis), whose small level counts are hidden; a hidden count beside a 0 over a cohort one row "
+    "apart tells that row's level (round 23, hole 2), so those releases keep the pairwise rule")
+
+
 def refused_alike(start: int, control: str = "differencing") -> None:
     assert all(r[4] == control and says_what_to_change(r[5]) for r in REFUSALS[start:]), REFUSALS[start:]
 
@@ -518,8 +526,7 @@ def test_standard_descriptive_statistics_of_the_elderly_after_the_cohort_s_are_r
         open_day) -> None:
     """Was a strict xfail.  Since ADR 0063 the refusal is the chain rule's, and justified: descriptive statistics
     are per dataset, and a dataset's cohort less its elderly is 2 to 9 patients at some datasets of every node
-    (hosp0's edsd0: 15 in the cohort, 13 aged 65 or more), whose sums the two answers would give.  The elderly's
-    regressions and ANOVA, whose statistics are not per dataset, are answered (below)."""
+    (hosp0's edsd0: 15 in the cohort, 13 aged 65 or more), whose sums the two answers would give."""
     cohort = cohort_rows(open_day)
     settings = NodeSettings()  # the nodes' defaults
     near = {d for d, g in cohort.groupby("dataset")
@@ -532,9 +539,8 @@ def test_standard_descriptive_statistics_of_the_elderly_after_the_cohort_s_are_r
     refused_alike(start)
 
 
+@pytest.mark.xfail(strict=True, reason=NOMINAL_BEFORE)
 def test_standard_regressions_of_the_elderly_after_the_cohort_s_are_answered(open_day) -> None:
-    """Was a strict xfail (the pairwise rule's "each way" against the cohort's per-dataset statistics): both
-    releases are sums only, and no combination of them lives on few rows, so the chain rule answers it (ADR 0063)."""
     elderly = cohort_rows(open_day, lambda f: f["subjectageyears"] >= 65)
     start = len(REFUSALS)
     try:
@@ -545,8 +551,8 @@ def test_standard_regressions_of_the_elderly_after_the_cohort_s_are_answered(ope
     check_ols(result, elderly, "minimentalstate")
 
 
+@pytest.mark.xfail(strict=True, reason=NOMINAL_BEFORE)
 def test_standard_t_test_and_anova_of_the_elderly_after_the_cohort_s_are_answered(open_day) -> None:
-    """Was a strict xfail, as the regression above (ADR 0063)."""
     from scipy import stats
 
     elderly = cohort_rows(open_day, lambda f: f["subjectageyears"] >= 65)

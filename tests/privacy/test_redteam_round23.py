@@ -8,7 +8,9 @@ shipped thresholds (``min_row_count`` 10, ``nfilter_tab`` 3, differencing on, qu
 is the admin's documented choice per node (``standard_home``).  Every release is exact: each strict xfail fails the
 same way on every run.
 
-``test_hole_*`` are strict xfails: the attack runs, checks what it recovered against the truth, and its last
+Holes 1 and 2 are closed (ADR 0063 amended: a release that is not sums only over a cohort answered as sums meets
+the pairs set aside; a release reading a nominal variable, and ``descriptive_stats`` always, is not sums only): their
+tests pass through the defence.  ``test_hole_3_*`` is a strict xfail: the attack runs, checks what it recovered against the truth, and its last
 assertion is the condition that would hold if the defence held.  ``test_defence_*`` pass while a control holds.
 
 The pair every attack uses: ``O`` = age < 60 at ``hospital_a`` (the target, aged 18.5, is the youngest) and ``N`` =
@@ -181,13 +183,12 @@ def target_from_curves(with_her: dict, without: dict) -> tuple[str, float]:
 def curves_attack(node: Served):
     assert [regression(node, f, d).status_code for f, d in ((O, [A]), (N, [A, B]))] == [200, 200]
     first = survival(node, O, [A])
-    assert first.status_code == 200, first.text
+    if first.status_code != 200:  # closed: the first re-release meets the pair set aside (ADR 0063 amended)
+        return first, first
     return first, survival(node, N, [A, B])
 
 
-@pytest.mark.xfail(strict=True, reason="ADR 0063 point 2: a non-sums release of a cohort answered sums-only is a "
-                                       "repeat and skips the pairwise rule; Kaplan-Meier over O and N: the target")
-def test_hole_1_curves_over_a_pair_first_answered_as_sums_give_the_target_s_death(nodes):
+def test_hole_1_closed_curves_over_a_pair_first_answered_as_sums_are_refused(nodes):
     """Hole 1.  Class: the pairwise rule is kept for releases that are not sums only (ADR 0063), but an exact repeat
     skips it (ADR 0030) and ``sums_only`` is lost only *after* the pair was answered.  Adversary: one researcher with
     a standard-mode grant; four documented requests.
@@ -198,7 +199,7 @@ def test_hole_1_curves_over_a_pair_first_answered_as_sums_give_the_target_s_deat
     for name in ("km_died", "km_survived"):
         node = nodes[name]
         first, last = curves_attack(node)
-        if last.status_code != 200:
+        if first.status_code != 200 or last.status_code != 200:
             outcomes[name] = last
             continue
         outcome, outlived = target_from_curves(group(first, A), group(last, A))
@@ -218,9 +219,7 @@ def cells(reply, level: str) -> list:
     return next(h["counts"] for h in reply.json()["aggregates"]["histograms"] if h["grouping_enum"] == level)
 
 
-@pytest.mark.xfail(strict=True, reason="ADR 0063 point 2: histograms over O and N answered as repeats after sums-only "
-                                       "regressions; O's hidden hospital_a bin beside N's 0 is the target's NIHSS")
-def test_hole_1b_histograms_over_a_pair_first_answered_as_sums_give_the_target_s_nihss(nodes):
+def test_hole_1b_closed_histograms_over_a_pair_first_answered_as_sums_are_refused(nodes):
     """Hole 1, second release.  The same order with histograms of NIHSS by dataset, 80 bins over the declared 0-42
     (one whole NIHSS value a bin): ``hospital_a``'s shown cells are the same rows in both (no group rule meets them),
     hidden cells are no groups (ADR 0051), and the one cell hidden over ``O`` (1-2 rows) and 0 over ``N`` holds the
@@ -228,8 +227,7 @@ def test_hole_1b_histograms_over_a_pair_first_answered_as_sums_give_the_target_s
     node = nodes["hist"]
     assert [regression(node, f, d).status_code for f, d in ((O, [A]), (N, [A, B]))] == [200, 200]
     first = histograms(node, O, [A])
-    assert first.status_code == 200, first.text
-    last = histograms(node, N, [A, B])
+    last = histograms(node, N, [A, B]) if first.status_code == 200 else first  # closed: refused at O already
     if last.status_code == 200:  # the attack
         edges = np.linspace(0, 42, 81)
         hers = [k for k, (o, n) in enumerate(zip(cells(first, A), cells(last, A))) if o is None and n == 0]
@@ -292,9 +290,7 @@ def levels(reply) -> dict:
     return dict(zip(("yes", "no"), counts))
 
 
-@pytest.mark.xfail(strict=True, reason="ADR 0063: the pair is answered between sums only; O's hidden thrombolysis "
-                                       "counts beside N's zero attribute the hidden patient to O \\ N: the target")
-def test_hole_2_hidden_level_counts_over_the_exempt_pair_give_the_target_s_thrombolysis(nodes):
+def test_hole_2_closed_hidden_level_counts_over_the_pair_are_refused(nodes):
     """Hole 2.  Class: ADR 0063 says suppression decisions across such a pair concern sets at least min_row_count
     apart; ``O \\ N`` is one row.  Adversary: one researcher with a standard-mode grant; two documented requests.
 

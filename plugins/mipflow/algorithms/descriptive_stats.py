@@ -145,7 +145,9 @@ def _dp_rows(aggregates: dict[str, Any]) -> int:
 
 class DescriptiveStats(SpecAlgorithm):
     name = "descriptive_stats"
-    sums_only = True  # counts, moments and co-moments of the request's columns only (ADR 0063)
+    #: Sums only (ADR 0063) when every variable is numerical (the node's step decides: a nominal level's small
+    #: count is hidden, and hidden beside 0 over a cohort one row apart tells that row's level: round 23, hole 2).
+    sums_only = True
     # each dataset's variable is released with its count, mean and centred sum of squares over the rows
     # holding it (fewer than the dataset's when values are missing; ADR 0050, the class)
     group_count_setting = "min_row_count"

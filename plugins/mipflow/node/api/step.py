@@ -333,7 +333,7 @@ def check_cohort(request: StepRequest, context: StepContext, work: StepWork) -> 
     """Differencing (ADR 0013): the cohorts may not differ by a few rows from answered ones.
     The cohort's digest is recorded even while ``differencing_check`` is off."""
     work.record["cohort"] = work.cohorts.digest[:16]
-    work.sums_only = releases_sums_only(work.algo, request)
+    work.sums_only = releases_sums_only(work.algo, request, work.model)
     work.current_rows = _current_rows(context, work)  # read only for releases of an earlier consent epoch
     if work.explore is not None:  # a DP release: robust to any other release, the ledger has no say (ADR 0032)
         return
@@ -342,10 +342,14 @@ def check_cohort(request: StepRequest, context: StepContext, work: StepWork) -> 
                                          work.current_rows, sums_only=work.sums_only)
 
 
-def releases_sums_only(algo: Any, request: StepRequest) -> bool:
-    """Whether the step releases sums only over its cohorts (ADR 0063): the algorithm says so, and no
-    longitudinal transformer made its rows (conservatively: one row per patient from two visits)."""
-    return bool(getattr(algo, "sums_only", False)) and request.analysis.longitudinal is None
+def releases_sums_only(algo: Any, request: StepRequest, model: Any) -> bool:
+    """Whether the step releases sums only over its cohorts (ADR 0063): the algorithm says so, every variable
+    it reads is numerical (a nominal level's count of 0 fixes each row's level and a hidden small count beside
+    it tells the rest: round 23 of the reviews, hole 2), and no longitudinal transformer made its rows
+    (conservatively: one row per patient from two visits)."""
+    if not getattr(algo, "sums_only", False) or request.analysis.longitudinal is not None:
+        return False
+    return all(model.variable(v).is_numerical for v in algo.variables(request.analysis))
 
 
 def _current_rows(context: StepContext, work: StepWork) -> Any:

@@ -382,12 +382,16 @@ class CohortLedger(SqliteState):
             # the case its exact backstop says nothing (a family past its bound): then they decide as before
             relaxed = sums_only and primes is not None and bool(fresh)
             view = EpochView(epoch, current)  # ADR 0061: every rule on the current rows and the epochs
+            # a release that is not sums only, over a cohort answered so far by releases of sums only, meets the
+            # pairs those answers set aside: as if fresh (round 23 of the reviews, hole 1; ADR 0063)
+            summed = {e.digest for e in entries if e.data_model == data_model and e.epoch == epoch and e.sums_only}
+            paired = fresh if sums_only else [i for i, d in enumerate(digests) if i in fresh or d in summed]
 
             def pairs(deferred: bool) -> None:
                 for i, cohort in enumerate(cohorts):
                     if relaxed == deferred and any(pair_conflict(cohort, other, threshold) for other in cohorts[:i]):
                         raise _refusal(threshold)
-                for i in fresh:  # a cohort answered before: nothing new can be learnt from the difference
+                for i in paired:  # a cohort answered before: nothing new can be learnt from the difference
                     for entry in entries:
                         if (relaxed and entry.sums_only and entry.epoch == epoch) != deferred:
                             continue  # two releases of sums, this epoch's rows: the chain rule (ADR 0063)

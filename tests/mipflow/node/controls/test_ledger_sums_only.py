@@ -135,3 +135,22 @@ def test_past_the_backstop_s_bound_the_pairwise_rule_decides_again(tmp_path, mon
     monkeypatch.undo()
     chain_exact.clear()
     answer(book, N, sums_only=True)
+
+
+def test_a_release_of_more_than_sums_over_a_pair_answered_as_sums_meets_the_pairs_set_aside(tmp_path):
+    """Round 23 of the reviews, hole 1: O and N answered as sums, then Kaplan-Meier (not sums only) over O and
+    over N were repeats and skipped every pairwise rule: their difference was one patient's curve."""
+    book = ledger(tmp_path)
+    answer(book, O, sums_only=True)
+    answer(book, N, sums_only=True)
+    refused(book, O, sums_only=False)
+    refused(book, N, sums_only=False)
+    answer(book, O, sums_only=True)  # a repeat of sums stays a repeat
+
+
+def test_a_repeat_of_more_than_sums_over_a_cohort_with_nothing_near_is_answered(tmp_path):
+    book = ledger(tmp_path)
+    answer(book, O, sums_only=True)
+    answer(book, O, sums_only=False)
+    assert not book.every_release()[0].sums_only
+    answer(book, O, sums_only=False)
