@@ -187,7 +187,8 @@ class SpecAlgorithm:
     #: sums): no iterate fitted to the data, no order statistic, no bin or partition cut by the data.  Two
     #: such releases disclose about the rows between them only what a linear combination of their cohorts'
     #: sums isolates, which the chain rule and its exact backstop decide; the pairwise rule's "each way" is
-    #: then left to them (ADR 0063).  False (the default) keeps the pairwise rule.
+    #: then left to them (ADR 0063).  False (the default) keeps the pairwise rule.  Necessary, not sufficient: a
+    #: step reading a nominal variable is not sums only (hidden small counts; round 23, hole 2).
     sums_only: bool = False
     #: The node setting that bounds each count of :meth:`coarsen_for_release`'s bins: ``"nfilter_tab"``
     #: (counts only are released per bin) or ``"min_row_count"`` (sums of covariates per bin reach
