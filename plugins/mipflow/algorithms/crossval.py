@@ -92,17 +92,18 @@ def split_folds(data: pd.DataFrame, n_splits: int) -> tuple[np.ndarray, pd.DataF
     return labels, data if hasattr(data, "reader") else data.drop(columns=[FOLD_KEY])
 
 
-def fold_rows(data: Any, labels: np.ndarray, k: int) -> Any:
+def fold_rows(data: Any, labels: np.ndarray, k: int, *, training: bool = False) -> Any:
     """The rows left on disk (ADR 0062) of fold ``k`` (``labels``: each selected row's fold, in their order):
     a narrowed selection (one pass over a column of theirs, a bit a snapshot row), the rows ``data[labels ==
-    k]`` of a frame would hold, in the same order."""
+    k]`` of a frame would hold, in the same order; ``training``: every other fold's rows instead
+    (``data[labels != k]``, amendment 15)."""
     done = [0]
 
     def keep(values: list[np.ndarray]) -> np.ndarray:
         m = len(values[0])
-        out = labels[done[0]:done[0] + m] == k
+        chosen = labels[done[0]:done[0] + m]
         done[0] += m
-        return out
+        return chosen != k if training else chosen == k
 
     return data.narrowed(data.columns[:1], keep)
 

@@ -66,14 +66,19 @@ def base_request(request: AnalysisRequest, keep: tuple[str, ...] = ()) -> Analys
                            parameters={k: v for k, v in request.parameters.items() if k in keep})
 
 
-def residuals(columns: Sequence[np.ndarray], coefficients: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """``y - design @ coefficients``, the design given as its columns, added elementwise in the columns' order
-    (no BLAS product, whose accumulation depends on the rows' number): a row's residual is its own arithmetic,
+def linear_predictor(columns: Sequence[np.ndarray], coefficients: np.ndarray, n: int) -> np.ndarray:
+    """``design @ coefficients`` of ``n`` rows, the design given as its columns, added elementwise in the columns'
+    order (no BLAS product, whose accumulation depends on the rows' number): a row's value is its own arithmetic,
     the same whether its rows are a frame's or a block's."""
-    prediction = np.zeros(len(y))
+    prediction = np.zeros(n)
     for column, coefficient in zip(columns, coefficients, strict=True):
         prediction = prediction + coefficient * column
-    return y - prediction
+    return prediction
+
+
+def residuals(columns: Sequence[np.ndarray], coefficients: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``y - design @ coefficients`` (:func:`linear_predictor`): a row's residual is its own arithmetic."""
+    return y - linear_predictor(columns, coefficients, len(y))
 
 
 def fold_errors(data: Any, x: Sequence[str], y: str, model: DataModel, columns: Sequence[str],

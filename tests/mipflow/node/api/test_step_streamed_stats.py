@@ -1,7 +1,7 @@
 """ADR 0062 at the node: descriptive statistics, Pearson correlation, the one-sample and paired t-tests,
 two-way ANOVA, the contingency table, PCA (with log and exp: amendment 13, the weighted memory the same),
 histograms and naive Bayes (amendment 11), k-means (amendment 12), cross-validated linear regression
-(amendment 14)
+(amendment 14) and logistic regression (amendment 15)
 keep their selection left on disk (a bit a snapshot row, no frame) and answer what the SQL read's frame gave, bit for bit; the ledger records the cohorts of that frame, the counted-set memory the same sets and rows'
 times; differential privacy keeps a frame."""
 from __future__ import annotations
@@ -62,6 +62,9 @@ CASES = [
     pytest.param("naive_bayes_gaussian_cv", ["diabetes"], ["age", "glucose_mmol"], {}, id="gaussian-nb"),
     # amendment 14: each fold's rows narrowed from the node's fold keys kept beside the rows on disk
     pytest.param("linear_regression_cv", ["glucose_mmol"], ["age", "sex"], {"n_splits": 3}, id="linear-cv"),
+    # amendment 15: each fold's training rows narrowed from the node's fold keys kept beside the rows on disk
+    pytest.param("logistic_regression_cv", ["diabetes"], ["age", "sex"], {"n_splits": 3, "positive_class": "yes"},
+                 id="logistic-cv"),
     pytest.param("naive_bayes_categorical_cv", ["diabetes"], ["sex", "hypertension"], {"n_splits": 3},
                  id="categorical-nb"),
 ]
