@@ -131,11 +131,9 @@ class LinearRegressionCV(CrossValidated, LinearRegression):
     def local_step(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
                    model: DataModel, state: dict | None) -> dict:
         params = self.params(request, model)
-        folds, data = split_folds(data, params["n_splits"])
+        streamed = hasattr(data, "reader")  # at most 20 folds: rows on disk take their labels as a byte a row
+        folds, data = split_folds(data, params["n_splits"], np.int8 if streamed else np.int64)
         plain = base_request(request)
-        streamed = hasattr(data, "reader")
-        if streamed:
-            folds = folds.astype(np.int8)  # at most 20 folds: a byte a row while the step runs
         parts = (lambda k: fold_rows(data, folds, k)) if streamed else (lambda k: data[folds == k])
         if state is None:
             return {"folds": [LinearRegression.local_step(self, 0, parts(k), plain, model, None)

@@ -103,11 +103,9 @@ class LogisticRegressionCV(CrossValidated, LogisticRegression):
                    model: DataModel, state: dict | None) -> dict:
         params = self.params(request, model)
         n_splits = params["n_splits"]
-        folds, data = split_folds(data, n_splits)
+        streamed = on_disk(data)  # at most 20 folds: rows on disk take their labels as a byte a row
+        folds, data = split_folds(data, n_splits, np.int8 if streamed else np.int64)
         plain = base_request(request, _PLAIN)
-        streamed = on_disk(data)
-        if streamed:
-            folds = folds.astype(np.int8)  # at most 20 folds: a byte a row while the step runs
         if state is None or state["phase"] == "fit":
             fold_states = state["folds"] if state else [None] * n_splits
             out: dict = {"folds": []}
@@ -222,10 +220,11 @@ class LogisticRegressionCV(CrossValidated, LogisticRegression):
         round releases counts only."""
         if state is None or state["phase"] != "fit":
             return None
-        folds, data = split_folds(data, self.params(request, model)["n_splits"])
         if on_disk(data) and _WEIGHTS_MEMO.get("data") is data and \
                 _WEIGHTS_MEMO.get("key") == _weights_key(round, request, state):
             return list(_WEIGHTS_MEMO["weights"])  # type: ignore[call-overload]  # the local step's pass
+        folds, data = split_folds(data, self.params(request, model)["n_splits"],
+                                  np.int8 if on_disk(data) else np.int64)
         plain = base_request(request, _PLAIN)
         return [w for k, s in enumerate(state["folds"]) if s is not None
                 for w in LogisticRegression.row_weights(self, round, _training(data, folds, k), plain, model, s)
