@@ -281,3 +281,21 @@ def test_a_postgresql_stores_rows_on_disk_fit_as_its_frame_read(x, pg_store):
     for k, fitted in enumerate(result["folds"]["coefficients"]):
         np.testing.assert_allclose(fitted, _statsmodels(local[labels != k], y[labels != k],
                                                         result["folds"]["indep_vars"][k]), rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("block", [1, 7, 64, 1_000_000])
+def test_folds_dealt_a_block_at_a_time_as_bytes_are_the_whole_deal(block, monkeypatch):
+    """``deal_folds`` in blocks of ranks, into int8 labels (rows on disk) or int64 ones: the deal of every rank at
+    once, ties (a repeated key) by position."""
+    from mipflow.algorithms import crossval
+
+    monkeypatch.setattr(crossval, "DEAL_BLOCK", block)
+    keys = np.random.default_rng(15).integers(0, 2**63, 1000, dtype=np.uint64)
+    keys[::7] = keys[3]
+    for n_splits in (2, 5, 20):
+        want = np.empty(len(keys), dtype=np.int64)
+        want[np.argsort(keys, kind="stable")] = np.arange(len(keys)) % n_splits
+        small, wide = deal_folds(keys, n_splits, np.int8), deal_folds(keys, n_splits)
+        assert small.dtype == np.int8 and wide.dtype == np.int64
+        np.testing.assert_array_equal(small, want)
+        np.testing.assert_array_equal(wide, want)
