@@ -53,7 +53,11 @@ SEED_REFUSAL = ("cross-validation folds are fixed per node by its secret (the sa
 SECURE_AGGREGATION_MIN_NODES = 2
 
 
-def deal_folds(keys: np.ndarray, n_splits: int) -> np.ndarray:
+#: Ranks dealt at a time by :func:`deal_folds` (its temporaries: a block, not a row's worth each).
+DEAL_BLOCK = 262_144
+
+
+def deal_folds(keys: np.ndarray, n_splits: int, dtype: Any = np.int64) -> np.ndarray:
     """Fold of each row from the node's fold keys, shape (n_rows,), values in ``0..n_splits-1``.
 
     The rows are ordered by key (ties, which a 64-bit keyed hash makes
@@ -61,15 +65,19 @@ def deal_folds(keys: np.ndarray, n_splits: int) -> np.ndarray:
     to fold ``r % n_splits``.  Fold sizes therefore differ by at most one and
     depend on ``n_rows`` only (the first ``n_rows % n_splits`` folds get the
     extra row, as :func:`fold_sizes`); which rows go where depends only on the
-    keys, i.e. on the node's secret and the rows' identity.
+    keys, i.e. on the node's secret and the rows' identity.  ``dtype``: the labels' (``np.int8`` for rows on
+    disk, ADR 0062 amendment 15: a byte a row beside the sort's 8); the same values.
     """
     keys = np.asarray(keys)
-    labels = np.empty(len(keys), dtype=np.int64)
-    labels[np.argsort(keys, kind="stable")] = np.arange(len(keys)) % n_splits
+    order = np.argsort(keys, kind="stable")
+    labels = np.empty(len(keys), dtype=dtype)
+    for start in range(0, len(keys), DEAL_BLOCK):
+        stop = min(start + DEAL_BLOCK, len(keys))
+        labels[order[start:stop]] = np.arange(start, stop) % n_splits
     return labels
 
 
-def fold_labels(data: pd.DataFrame, n_splits: int) -> np.ndarray:
+def fold_labels(data: pd.DataFrame, n_splits: int, dtype: Any = np.int64) -> np.ndarray:
     """Fold of each of a node's rows (:func:`deal_folds` of the node's :data:`FOLD_KEY` column).
 
     Raises
@@ -82,27 +90,28 @@ def fold_labels(data: pd.DataFrame, n_splits: int) -> np.ndarray:
     if keys is None:
         raise RequestError("cross-validation folds are assigned by the node from its secret, and these rows "
                            "carry no fold keys")
-    return deal_folds(keys, n_splits)
+    return deal_folds(keys, n_splits, dtype)
 
 
-def split_folds(data: pd.DataFrame, n_splits: int) -> tuple[np.ndarray, pd.DataFrame]:
+def split_folds(data: pd.DataFrame, n_splits: int, dtype: Any = np.int64) -> tuple[np.ndarray, pd.DataFrame]:
     """``(fold of each row, the rows without the fold-key column)``; rows left on disk (ADR 0062, amendment 11)
-    are given back as they are (their fold keys are no column of theirs)."""
-    labels = fold_labels(data, n_splits)
+    are given back as they are (their fold keys are no column of theirs).  ``dtype``: the labels'."""
+    labels = fold_labels(data, n_splits, dtype)
     return labels, data if hasattr(data, "reader") else data.drop(columns=[FOLD_KEY])
 
 
-def fold_rows(data: Any, labels: np.ndarray, k: int) -> Any:
+def fold_rows(data: Any, labels: np.ndarray, k: int, *, training: bool = False) -> Any:
     """The rows left on disk (ADR 0062) of fold ``k`` (``labels``: each selected row's fold, in their order):
     a narrowed selection (one pass over a column of theirs, a bit a snapshot row), the rows ``data[labels ==
-    k]`` of a frame would hold, in the same order."""
+    k]`` of a frame would hold, in the same order; ``training``: every other fold's rows instead
+    (``data[labels != k]``, amendment 15)."""
     done = [0]
 
     def keep(values: list[np.ndarray]) -> np.ndarray:
         m = len(values[0])
-        out = labels[done[0]:done[0] + m] == k
+        chosen = labels[done[0]:done[0] + m]
         done[0] += m
-        return out
+        return chosen != k if training else chosen == k
 
     return data.narrowed(data.columns[:1], keep)
 

@@ -66,14 +66,19 @@ def base_request(request: AnalysisRequest, keep: tuple[str, ...] = ()) -> Analys
                            parameters={k: v for k, v in request.parameters.items() if k in keep})
 
 
-def residuals(columns: Sequence[np.ndarray], coefficients: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """``y - design @ coefficients``, the design given as its columns, added elementwise in the columns' order
-    (no BLAS product, whose accumulation depends on the rows' number): a row's residual is its own arithmetic,
+def linear_predictor(columns: Sequence[np.ndarray], coefficients: np.ndarray, n: int) -> np.ndarray:
+    """``design @ coefficients`` of ``n`` rows, the design given as its columns, added elementwise in the columns'
+    order (no BLAS product, whose accumulation depends on the rows' number): a row's value is its own arithmetic,
     the same whether its rows are a frame's or a block's."""
-    prediction = np.zeros(len(y))
+    prediction = np.zeros(n)
     for column, coefficient in zip(columns, coefficients, strict=True):
         prediction = prediction + coefficient * column
-    return y - prediction
+    return prediction
+
+
+def residuals(columns: Sequence[np.ndarray], coefficients: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``y - design @ coefficients`` (:func:`linear_predictor`): a row's residual is its own arithmetic."""
+    return y - linear_predictor(columns, coefficients, len(y))
 
 
 def fold_errors(data: Any, x: Sequence[str], y: str, model: DataModel, columns: Sequence[str],
@@ -128,11 +133,9 @@ class LinearRegressionCV(CrossValidated, LinearRegression):
     def local_step(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
                    model: DataModel, state: dict | None) -> dict:
         params = self.params(request, model)
-        folds, data = split_folds(data, params["n_splits"])
+        streamed = hasattr(data, "reader")  # at most 20 folds: rows on disk take their labels as a byte a row
+        folds, data = split_folds(data, params["n_splits"], np.int8 if streamed else np.int64)
         plain = base_request(request)
-        streamed = hasattr(data, "reader")
-        if streamed:
-            folds = folds.astype(np.int8)  # at most 20 folds: a byte a row while the step runs
         parts = (lambda k: fold_rows(data, folds, k)) if streamed else (lambda k: data[folds == k])
         if state is None:
             return {"folds": [LinearRegression.local_step(self, 0, parts(k), plain, model, None)

@@ -17,6 +17,12 @@ the binned scores (pairs of a positive and a negative in the same bin count
 one half), within half the share of such pairs of the exact one; ROC curves
 have one point per bin edge.
 
+Rows on disk (ADR 0062, amendment 15): at a node without differential privacy or explore mode the selection
+stays on disk with the node's fold keys beside it; each fold's training rows are narrowed from them
+(:func:`~mipflow.algorithms.crossval.fold_rows`) and summed by :class:`LogisticRegression`'s streamed step (its
+block-wise Newton sums), the test folds' level counts and the evaluation's cells and bins are counted in one pass
+each (every row scored elementwise by its fold's model, as the frame path scores it).
+
 Disclosure: confusion cells are released under ``group_counts``.  A node whose
 folds hold a cell in ``(0, nfilter_tab)`` merges its folds' cells
 (:meth:`LogisticRegressionCV.coarsen_for_release`): it releases only its cells
@@ -28,8 +34,9 @@ a suppressed bin gets no AUC, and says so).
 """
 from __future__ import annotations
 
+import json
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -38,15 +45,25 @@ from mipflow.algorithms.crossval import (
     N_SPLITS,
     CrossValidated,
     binary_metrics,
+    fold_rows,
     mean_std,
     roc_from_bins,
     score_bins,
     split_folds,
 )
-from mipflow.algorithms.design import category_codes, design_matrix, level_counts
-from mipflow.algorithms.linear_regression_cv import base_request
-from mipflow.algorithms.logistic_regression import LogisticRegression
+from mipflow.algorithms.design import (
+    COUNT_BLOCK,
+    DesignSource,
+    category_codes,
+    design_columns_of,
+    level_counts,
+    level_positions,
+    sorted_levels,
+)
+from mipflow.algorithms.linear_regression_cv import base_request, linear_predictor
+from mipflow.algorithms.logistic_regression import LogisticRegression, _positive_levels
 from mipflow.algorithms.spec import ParamSpec
+from mipflow.algorithms.streamed import on_disk
 from mipflow.exceptions import FederationError, RequestError
 from mipflow.protocol.datamodel import DataModel
 from mipflow.protocol.request import AnalysisRequest
@@ -89,46 +106,51 @@ class LogisticRegressionCV(CrossValidated, LogisticRegression):
         "help. Use fewer "
         "folds (n_splits, down to its minimum), select more rows (a wider filter, more datasets), use "
         "covariates with fewer levels, or fit logistic_regression without cross-validation.")
-    #: Its folds need a frame with the node's fold keys (not LogisticRegression's rows left on disk).
-    streams_rows = False
+    #: Rows on disk too (ADR 0062, amendment 15): each fold's training rows narrowed from the node's fold keys
+    #: kept beside them (``SnapshotRows.fold_keys``), each Newton round :class:`LogisticRegression`'s streamed
+    #: step of each (the frame path's sums), the evaluation round one pass over every fold's test rows.
+    streams_rows = True
 
     # -- local ------------------------------------------------------------------
 
     def local_step(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
                    model: DataModel, state: dict | None) -> dict:
-        from scipy import special
-
         params = self.params(request, model)
-        folds, data = split_folds(data, params["n_splits"])
+        n_splits = params["n_splits"]
+        streamed = on_disk(data)  # at most 20 folds: rows on disk take their labels as a byte a row
+        folds, data = split_folds(data, n_splits, np.int8 if streamed else np.int64)
         plain = base_request(request, _PLAIN)
         if state is None or state["phase"] == "fit":
-            fold_states = state["folds"] if state else [None] * params["n_splits"]
-            out: dict = {"folds": [
-                None if (state is not None and s is None)
-                else LogisticRegression.local_step(self, round, data[folds != k].reset_index(drop=True),
-                                                   plain, model, s)
-                for k, s in enumerate(fold_states)]}
+            fold_states = state["folds"] if state else [None] * n_splits
+            out: dict = {"folds": []}
+            weights: list = []
+            for k, s in enumerate(fold_states):
+                if state is not None and s is None:
+                    out["folds"].append(None)
+                    continue
+                part = _training(data, folds, k)
+                out["folds"].append(LogisticRegression.local_step(self, round, part, plain, model, s))
+                if streamed and s is not None:  # the totals of the pass just made (LogisticRegression's memo)
+                    weights += LogisticRegression.row_weights(self, round, part, plain, model, s) or []
+            if streamed and state is not None:  # for row_weights of the same rows and state (effective_rows)
+                _WEIGHTS_MEMO.update(key=_weights_key(round, request, state), data=data, weights=weights)
             if state is None:
                 # every fold's own level counts are released too (as differences of the above)
-                out["test_folds"] = [{"group_n": [c for counts in level_counts(
-                    data[folds == k], request.x, model).values() for c in counts]}
-                    for k in range(params["n_splits"])]
+                counts = _fold_level_counts(data, folds, n_splits, request.x, model) if streamed else \
+                    [level_counts(data[folds == k], request.x, model) for k in range(n_splits)]
+                out["test_folds"] = [{"group_n": [c for values in fold.values() for c in values]}
+                                     for fold in counts]
             return out
+        if streamed:
+            return {"folds": _evaluate_on_disk(data, folds, plain, model, state, params["positive_class"])}
         yvar = model.variable(request.y[0])
         y_all = (category_codes(data[yvar.code], yvar).to_numpy() == params["positive_class"])
         out_folds = []
         for k, fitted in enumerate(state["models"]):
             rows = folds == k
-            design, _ = design_matrix(data[rows], request.x, model, columns=fitted["columns"])
-            eta = design @ np.asarray(fitted["coefficients"], dtype=float)
-            y, predicted = y_all[rows], eta > 0.0
-            bins = score_bins(special.expit(eta), state["roc_bins"])
-            out_folds.append({
-                "confusion": {"group_counts": [int(np.sum(~y & ~predicted)), int(np.sum(~y & predicted)),
-                                               int(np.sum(y & ~predicted)), int(np.sum(y & predicted))]},
-                "roc": {"counts": [np.bincount(bins[~y], minlength=state["roc_bins"]).tolist(),
-                                   np.bincount(bins[y], minlength=state["roc_bins"]).tolist()]},
-            })
+            columns, _ = design_columns_of(data[rows], request.x, model, columns=fitted["columns"])
+            eta = linear_predictor(columns, np.asarray(fitted["coefficients"], dtype=float), int(rows.sum()))
+            out_folds.append(_fold_release(*_fold_counts(y_all[rows], eta, state["roc_bins"])))
         return {"folds": out_folds}
 
     # -- global -----------------------------------------------------------------
@@ -224,11 +246,15 @@ class LogisticRegressionCV(CrossValidated, LogisticRegression):
         round releases counts only."""
         if state is None or state["phase"] != "fit":
             return None
-        folds, data = split_folds(data, self.params(request, model)["n_splits"])
+        if on_disk(data) and _WEIGHTS_MEMO.get("data") is data and \
+                _WEIGHTS_MEMO.get("key") == _weights_key(round, request, state):
+            return list(_WEIGHTS_MEMO["weights"])  # type: ignore[call-overload]  # the local step's pass
+        folds, data = split_folds(data, self.params(request, model)["n_splits"],
+                                  np.int8 if on_disk(data) else np.int64)
         plain = base_request(request, _PLAIN)
         return [w for k, s in enumerate(state["folds"]) if s is not None
-                for w in LogisticRegression.row_weights(self, round, data[folds != k].reset_index(drop=True),
-                                                        plain, model, s) or ()]
+                for w in LogisticRegression.row_weights(self, round, _training(data, folds, k), plain, model, s)
+                or ()]
 
     def coarsen_for_release(self, round: int, aggregates: dict, min_count: int, bin_count: int | None = None) -> dict:
         """The evaluation round's confusion cells: each fold's, and the node's summed over its folds
@@ -264,3 +290,102 @@ class LogisticRegressionCV(CrossValidated, LogisticRegression):
             else:
                 folds.append(fold)
         return {**aggregates, "folds": folds}
+
+
+# --------------------------------------------------------------------------- the folds, a frame's or on disk
+
+
+def _training(data: Any, folds: np.ndarray, k: int) -> Any:
+    """Fold ``k``'s training rows (every other fold's), in their order: the frame's (index reset) or rows on
+    disk narrowed from the fold labels (:func:`~mipflow.algorithms.crossval.fold_rows`, a bit a snapshot row)."""
+    if on_disk(data):
+        return fold_rows(data, folds, k, training=True)
+    return data[folds != k].reset_index(drop=True)
+
+
+#: The last Newton round's effective-rows totals of every unfinished fold, summed by the local step on rows
+#: on disk: :meth:`LogisticRegressionCV.row_weights` of the same rows and state (the node's control
+#: ``effective_rows``, after the local step) takes them instead of reading every fold again.
+_WEIGHTS_MEMO: dict[str, object] = {}
+
+
+def _weights_key(round: int, request: AnalysisRequest, state: dict) -> str:
+    return json.dumps([round, list(request.x), list(request.y), request.parameters, state], sort_keys=True,
+                      default=str)
+
+
+def _fold_level_counts(rows: Any, folds: np.ndarray, n_splits: int, x: Sequence[str], model: DataModel
+                       ) -> list[dict[str, list[int]]]:
+    """Each fold's rows per level of each categorical covariate of rows on disk, in one pass over their stored
+    level codes: what :func:`~mipflow.algorithms.design.level_counts` gives of each fold's frame."""
+    cats = [code for code in dict.fromkeys(x) if model.variable(code).is_categorical]
+    sizes = {code: len(sorted_levels(model.variable(code))) for code in cats}
+    totals = {code: np.zeros(n_splits * sizes[code], dtype=np.int64) for code in cats}
+    n = len(rows)
+    if cats and n:
+        positions = {code: level_positions(rows, model.variable(code)) for code in cats}
+        next_rows = rows.reader(cats)
+        for start in range(0, n, COUNT_BLOCK):
+            m = min(COUNT_BLOCK, n - start)
+            labels = folds[start:start + m].astype(np.intp)
+            for code, stored in zip(cats, next_rows(m)):
+                totals[code] += np.bincount(labels * sizes[code] + positions[code][stored],
+                                            minlength=n_splits * sizes[code])
+    return [{code: [int(c) for c in totals[code][k * sizes[code]:(k + 1) * sizes[code]]]
+             for code in x if code in totals} for k in range(n_splits)]
+
+
+def _fold_counts(y: np.ndarray, eta: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """A test fold's confusion cells ``[tn, fp, fn, tp]`` (predicted positive when ``eta > 0``, i.e. ``p >
+    0.5``) and its ROC bin counts ``[negatives, positives]`` (int64): integer sums, so any blocking adds up to
+    the same."""
+    from scipy import special
+
+    predicted = eta > 0.0
+    bins = score_bins(special.expit(eta), n_bins)
+    cells = np.array([np.sum(~y & ~predicted), np.sum(~y & predicted), np.sum(y & ~predicted),
+                      np.sum(y & predicted)], dtype=np.int64)
+    return cells, np.stack([np.bincount(bins[~y], minlength=n_bins), np.bincount(bins[y], minlength=n_bins)])
+
+
+def _fold_release(cells: np.ndarray, roc: np.ndarray) -> dict:
+    return {"confusion": {"group_counts": [int(c) for c in cells]},
+            "roc": {"counts": [[int(c) for c in row] for row in roc]}}
+
+
+#: Rows read at a time by the evaluation round on disk.
+EVALUATE_ROWS = 65_536
+
+
+def _evaluate_on_disk(rows: Any, folds: np.ndarray, plain: AnalysisRequest, model: DataModel, state: dict,
+                      positive: object) -> list[dict]:
+    """The evaluation round of rows on disk: one pass over the union of the folds' design columns and the
+    response (:class:`~mipflow.algorithms.design.DesignSource`), each row scored by its own fold's model
+    (:func:`~mipflow.algorithms.linear_regression_cv.linear_predictor`: the frame path's bits), the cells and
+    bins counted block by block.  Memory: a block of the columns read."""
+    models = state["models"]
+    n_bins = int(state["roc_bins"])
+    cells = np.zeros((len(models), 4), dtype=np.int64)
+    roc = np.zeros((len(models), 2, n_bins), dtype=np.int64)
+    names = list(dict.fromkeys(str(c) for fitted in models for c in fitted["columns"]))
+    response = "\0response"  # not a design column's name
+    n = len(rows)
+    if n:
+        source = DesignSource(rows, plain.x, model, {response: _positive_levels(rows, plain, positive)})
+        next_rows = source.reader([*names, response])
+        for start in range(0, n, EVALUATE_ROWS):
+            m = min(EVALUATE_ROWS, n - start)
+            *values, outcome = next_rows(m)
+            by_name = dict(zip(names, values))
+            labels = folds[start:start + m]
+            for k, fitted in enumerate(models):
+                chosen = labels == k
+                count = int(np.count_nonzero(chosen))
+                if not count:
+                    continue
+                eta = linear_predictor([by_name[str(c)][chosen] for c in fitted["columns"]],
+                                       np.asarray(fitted["coefficients"], dtype=float), count)
+                fold_cells, fold_roc = _fold_counts(outcome[chosen] == 1.0, eta, n_bins)
+                cells[k] += fold_cells
+                roc[k] += fold_roc
+    return [_fold_release(cells[k], roc[k]) for k in range(len(models))]

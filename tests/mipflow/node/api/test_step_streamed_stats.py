@@ -1,7 +1,7 @@
 """ADR 0062 at the node: descriptive statistics, Pearson correlation, the one-sample and paired t-tests,
 two-way ANOVA, the contingency table, PCA (with log and exp: amendment 13, the weighted memory the same),
 histograms and naive Bayes (amendment 11), k-means (amendment 12), cross-validated linear regression
-(amendment 14)
+(amendment 14) and logistic regression (amendment 15, every round)
 keep their selection left on disk (a bit a snapshot row, no frame) and answer what the SQL read's frame gave, bit for bit; the ledger records the cohorts of that frame, the counted-set memory the same sets and rows'
 times; differential privacy keeps a frame."""
 from __future__ import annotations
@@ -62,6 +62,9 @@ CASES = [
     pytest.param("naive_bayes_gaussian_cv", ["diabetes"], ["age", "glucose_mmol"], {}, id="gaussian-nb"),
     # amendment 14: each fold's rows narrowed from the node's fold keys kept beside the rows on disk
     pytest.param("linear_regression_cv", ["glucose_mmol"], ["age", "sex"], {"n_splits": 3}, id="linear-cv"),
+    # amendment 15: each fold's training rows narrowed from the node's fold keys kept beside the rows on disk
+    pytest.param("logistic_regression_cv", ["diabetes"], ["age", "sex"], {"n_splits": 3, "positive_class": "yes"},
+                 id="logistic-cv"),
     pytest.param("naive_bayes_categorical_cv", ["diabetes"], ["sex", "hypertension"], {"n_splits": 3},
                  id="categorical-nb"),
 ]
@@ -229,3 +232,51 @@ def test_kmeans_rounds_on_disk_release_the_frames_and_remember_the_same_clusters
     assert memories["disk"] == memories["sql"]
     assert len(memories["disk"]["partitions"]) >= 1 and len(memories["disk"]["groups"]) >= 3
     assert memories["disk"]["stamps"]  # the clusters' value stamps are remembered too
+
+
+def test_logistic_regression_cv_rounds_on_disk_answer_as_the_frame(tmp_path) -> None:
+    """Cross-validated logistic regression (ADR 0062, amendment 15) at the node, every round to the evaluation or a
+    refusal: rows kept on disk, the effective rows control (ADR 0054) run on the local step's totals, the SQL read's
+    aggregates (the same counts, cells and bins, the sums to 1e-9), the same refusals and the same group memory."""
+    from mipflow.algorithms import get_algorithm
+    from mipflow.exceptions import DisclosureError
+    from mipflow.node.query.snapshot_rows import SnapshotRows
+    from mipflow.protocol.request import AnalysisRequest
+    from tests.mipflow.node.api.test_step import UNVERIFIED
+    from tests.mipflow.node.query.test_snapshot_rows_lrcv import _same_release
+
+    algo = get_algorithm("logistic_regression_cv")
+    y, x, parameters = ["diabetes"], ["age", "sex"], {"n_splits": 3, "positive_class": "yes"}
+    request = AnalysisRequest.from_dict({"inputdata": {"data_model": STROKE.key, "datasets": ["hospital_a"],
+                                                       "x": x, "y": y, "filters": None}, "parameters": parameters})
+    contexts = {case: _node(tmp_path / case, **settings)
+                for case, settings in (("disk", {}), ("sql", {"columnar_snapshot": 0}))}
+    state, round_no, outcomes, result = None, 0, [], None
+    while result is None and round_no < 60:
+        replies = {}
+        for case, context in contexts.items():
+            try:
+                replies[case] = answer_step(context, "central", algo.name,
+                                            body(context, y=y, x=x, parameters=parameters, round=round_no,
+                                                 state=state, datasets=["hospital_a"], analysis_id="lrcv"),
+                                            chain=UNVERIFIED)
+            except DisclosureError as refused:
+                replies[case] = (refused.control, str(refused))
+        if isinstance(replies["sql"], tuple):
+            assert replies["disk"] == replies["sql"]
+            outcomes.append(replies["sql"][0])
+            break
+        assert replies["disk"]["rows"] == replies["sql"]["rows"] > 0
+        _same_release(replies["disk"]["aggregates"], replies["sql"]["aggregates"])
+        outcomes.append(replies["sql"]["rows"])
+        step = algo.global_step(round_no, [replies["sql"]["aggregates"]], request,
+                                contexts["sql"].data_model(STROKE.key), state)
+        result, state = (step.result, None) if step.done else (None, step.state)
+        round_no += 1
+    kept = {case: [type(v[1]).__name__ for v in c.selections._kept.values()] for case, c in contexts.items()}
+    assert kept == {"disk": [SnapshotRows.__name__], "sql": ["DataFrame"]}
+    # round 0, the Newton rounds (their effective rows checked) and the evaluation answered on both paths
+    assert round_no >= 4 and result is not None
+    assert sum(result["confusion_matrix"].values()) == outcomes[0]
+    memories = {case: _memory(tmp_path / case) for case in contexts}
+    assert memories["disk"] == memories["sql"] and memories["disk"]["groups"]

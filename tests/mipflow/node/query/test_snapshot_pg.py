@@ -73,6 +73,7 @@ STEPS = [
     ("naive_bayes_gaussian_cv", ["arm"], ["x1", "dose"], {"n_splits": 3}),
     ("naive_bayes_categorical_cv", ["event"], ["grp", "arm"], {}),
     ("linear_regression_cv", ["y"], ["x1", "grp"], {"n_splits": 3}),  # amendment 14
+    ("logistic_regression_cv", ["event"], ["x1", "arm"], {"n_splits": 3, "positive_class": "yes"}),  # amendment 15
 ]
 
 
