@@ -349,7 +349,10 @@ def releases_sums_only(algo: Any, request: StepRequest, model: Any) -> bool:
     (conservatively: one row per patient from two visits)."""
     if not getattr(algo, "sums_only", False) or request.analysis.longitudinal is not None:
         return False
-    return all(model.variable(v).is_numerical for v in algo.variables(request.analysis))
+    # a released_by column (descriptive statistics' dataset) splits the rows into cohorts of the ledger, each
+    # refused under min_row_count, never hidden: the chain rule sees them
+    split = set(getattr(algo, "released_by", ()))
+    return all(model.variable(v).is_numerical for v in algo.variables(request.analysis) if v not in split)
 
 
 def _current_rows(context: StepContext, work: StepWork) -> Any:

@@ -30,7 +30,8 @@ from mipflow.node.controls.folds import add_fold_keys, fold_hashes, fold_key
 from mipflow.protocol.wire import transport
 
 from tests.mipflow.node.query.test_snapshot_rows_counts import folded_both, same_controls
-from tests.mipflow.node.query.test_snapshot_rows_groups import MODEL, ON_BLOCKS, SECRET, _rows
+from tests.mipflow.node.query.test_snapshot_rows_groups import MODEL, SECRET, SELECTIONS, _rows
+from tests.mipflow.node.query.streamed import blocks_and_selections
 from tests.mipflow.node.query import test_snapshot_rows_groups
 
 store = test_snapshot_rows_groups.store  # the fixture: the groups file's rows at each block size
@@ -152,8 +153,14 @@ def _fit_both(algo, request, rows, local, labels, n_splits, on_round=None):
     raise AssertionError("no convergence")
 
 
-@pytest.mark.parametrize("x, parameters", CASES)
-@ON_BLOCKS
+#: every block size and selection once, the two covariate cases in turn (both at every block size; the suite's time)
+ALTERNATING = pytest.mark.parametrize(
+    "store, datasets, filters, x, parameters",
+    [pytest.param(*case.values, *CASES[i % len(CASES)].values, id=f"{case.id}-{CASES[i % len(CASES)].id}")
+     for i, case in enumerate(blocks_and_selections(SELECTIONS))], indirect=["store"])
+
+
+@ALTERNATING
 def test_logistic_regression_cv_of_rows_on_disk_releases_the_frames(x, parameters, datasets, filters, store,
                                                                     tmp_path):
     algo, request, frame, rows, local = folded_both("logistic_regression_cv", store, datasets, filters, ["event"],
