@@ -87,7 +87,7 @@ from mipflow.exceptions import DisclosureError, MipflowError, RequestError, Stor
 from mipflow.node.api.context import DataModelNotHeld, StepContext
 from mipflow.node.api.round_stages import mask, open_sealed, seal, tag_release, verify_round
 from mipflow.node.api.schema import read_step_body
-from mipflow.node.controls.differencing import consent_epoch, current_rows
+from mipflow.node.controls.differencing import consent_epoch, current_rows, releases_sums_only
 from mipflow.node.controls.disclosure import DisclosureControls, group_threshold
 from mipflow.node.controls.masking import require_secure_aggregation
 from mipflow.node.controls.pooled_bins import bind_pooled, check_pooled_parts, remember_pooled_parts, require_pooled_masking
@@ -333,26 +333,13 @@ def check_cohort(request: StepRequest, context: StepContext, work: StepWork) -> 
     """Differencing (ADR 0013): the cohorts may not differ by a few rows from answered ones.
     The cohort's digest is recorded even while ``differencing_check`` is off."""
     work.record["cohort"] = work.cohorts.digest[:16]
-    work.sums_only = releases_sums_only(work.algo, request, work.model)
+    work.sums_only = releases_sums_only(work.algo, request.analysis, work.model)
     work.current_rows = _current_rows(context, work)  # read only for releases of an earlier consent epoch
     if work.explore is not None:  # a DP release: robust to any other release, the ledger has no say (ADR 0032)
         return
     if work.settings.differencing_check and work.study is None:  # a study's cohorts: checked at approval
         context.differencing.before_step(work.cohorts, work.settings.min_row_count, consent_epoch(context.store),
                                          work.current_rows, sums_only=work.sums_only)
-
-
-def releases_sums_only(algo: Any, request: StepRequest, model: Any) -> bool:
-    """Whether the step releases sums only over its cohorts (ADR 0063): the algorithm says so, every variable
-    it reads is numerical (a nominal level's count of 0 fixes each row's level and a hidden small count beside
-    it tells the rest: round 23 of the reviews, hole 2), and no longitudinal transformer made its rows
-    (conservatively: one row per patient from two visits)."""
-    if not getattr(algo, "sums_only", False) or request.analysis.longitudinal is not None:
-        return False
-    # a released_by column (descriptive statistics' dataset) splits the rows into cohorts of the ledger, each
-    # refused under min_row_count, never hidden: the chain rule sees them
-    split = set(getattr(algo, "released_by", ()))
-    return all(model.variable(v).is_numerical for v in algo.variables(request.analysis) if v not in split)
 
 
 def _current_rows(context: StepContext, work: StepWork) -> Any:
