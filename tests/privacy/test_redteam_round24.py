@@ -35,12 +35,14 @@ stands aside) are refused at ``N`` (``differencing``: ``hospital_a``'s per-datas
 the chain rule isolates the target); the same with NIHSS **missing** for twelve other ``hospital_a`` rows of ``O``
 and twelve ``hospital_b`` rows (``O``'s dataset cohort and its all-dataset present rows then miss the target's
 combination; only ``hospital_a``'s present rows per dataset give it): refused at ``N`` (``differencing``: the
-per-dataset present rows are cohorts too, privacy.md row "Algorithm-internal cohorts").  No refusal carries a count
-or a value.
+per-dataset present rows are cohorts too, privacy.md row "Algorithm-internal cohorts"); histograms of NIHSS by
+dataset over ``P`` and ``N`` are refused at ``N`` (``differencing``: bins by dataset are released groups, ADR 0051
+fifteenth review; what Kaplan-Meier's groups lack).  Pearson correlation and the paired t-test take listwise complete
+cases (probed by hand: one ``n`` and full co-moments over the rows complete on every variable; no per-pair cohort left
+unrecorded).  No refusal carries a count or a value.
 
 Judged, not exploited (time): numerical variables' zero per-dataset blocks (never hidden: a dataset's 1-9 present
-rows refuse the step, the refusal oracle as documented); ``ttest_paired`` / ``pearson_correlation`` complete cases
-(one cohort each, as a regression's); the refusal oracle of a third cohort ``N + t`` (refused by the chain rule
+rows refuse the step, the refusal oracle as documented); the refusal oracle of a third cohort ``N + t`` (refused by the chain rule
 exactly where the pairwise rule refused it before: no new bit); cross-model and consent-epoch pairs (round 23).
 Hole 3 of round 23 (known-value padding) is not resubmitted.
 """
@@ -55,8 +57,8 @@ import pytest
 from tests.mipflow.node.controls.study_helpers import rule, where
 from tests.privacy.conftest import TARGET_NIHSS, make_rows
 from tests.privacy.test_explore_attacks import Served, served_standard
-from tests.privacy.test_redteam_round23 import (A, AUDIT, B, N, died, group, quiet, request, survival,
-                                                target_from_curves, typed)
+from tests.privacy.test_redteam_round23 import (A, AUDIT, B, N, cells, died, group, histograms, quiet, request,
+                                                survival, target_from_curves, typed)
 
 pytestmark = pytest.mark.xdist_group("redteam_round24")
 
@@ -76,7 +78,8 @@ def missing():
     return frame
 
 
-PLAN = {"km_died": died("yes"), "km_survived": died("no"), "stats": died("yes"), "stats_missing": missing}
+PLAN = {"km_died": died("yes"), "km_survived": died("no"), "stats": died("yes"), "stats_missing": missing,
+        "hist": died("yes")}
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +122,21 @@ def test_hole_1_hospital_a_s_curves_over_cohorts_padded_by_other_datasets_give_t
         assert outcome == truth["death_90d"] == name.split("_")[1].replace("died", "yes").replace("survived", "no")
         assert truth["followup_days"] > outlived >= 365
     assert all(typed(r) == (403, "differencing") for r in outcomes), "hospital_a's curve over P less over N"
+
+
+def test_defence_histograms_by_dataset_over_the_padded_pair_are_refused(nodes):
+    """Held: histogram bins by dataset are released groups (ADR 0051, fifteenth review: rule 1, ``differencing``).
+    The same two requests as hole 1 with histograms of NIHSS by dataset (80 bins over 0-42): ``hospital_a``'s cells
+    over ``P`` and over ``N`` one row apart; ``N`` refused.  What Kaplan-Meier lacks is that declaration."""
+    node = nodes["hist"]
+    first = histograms(node, O, [A, C])
+    assert first.status_code == 200, first.text
+    last = histograms(node, N, [A, B])
+    if last.status_code == 200:  # the attack
+        hers = [k for k, (o, n) in enumerate(zip(cells(first, A), cells(last, A))) if o != n]
+        assert hers == [79]
+    assert typed(last) == (403, "differencing"), last.text
+    assert quiet(last, "42", "18.5", len(node.rows))
 
 
 # ------------------------------------------------------------------ defences: the same pair as sums
