@@ -7,7 +7,8 @@ amendment) and the test harness (``tests/nodes.py``, ``tests/privacy/conftest.py
 ``test_redteam_round23.py``, ``test_sums_only_honest.py``); not ``plugins/mipflow``.  Every attack runs through real
 node processes (``mipflow node serve`` on loopback) with the shipped thresholds (``min_row_count`` 10,
 ``nfilter_tab`` 3, differencing on); standard mode is the admin's documented choice per node (``standard_home``).
-Every release is exact: each strict xfail fails the same way on every run.
+Every release is exact.  Hole 1 is closed (Kaplan-Meier declares its level groups, ADR 0051 amended): its test
+passes through the defence.
 
 The target (row 0 of :func:`make_rows`): ``hospital_a``, aged 18.5 (the only one under 18.6), NIHSS 42, followed
 3650 days.  ``A'`` = ``hospital_a``'s other patients under 60 (34), ``B_y`` and ``C_y`` = ``hospital_b``'s and
@@ -99,10 +100,9 @@ def sizes(rows, first, first_sets, last, last_sets) -> tuple[int, int, int]:
 # ------------------------------------------------------------------ hole 1: hospital_a's curves, padded apart
 
 
-@pytest.mark.xfail(strict=True, reason="Kaplan-Meier's level groups are not released groups: hospital_a's curves "
-                                       "over two cohorts far apart differ by the target alone")
-def test_hole_1_hospital_a_s_curves_over_cohorts_padded_by_other_datasets_give_the_target_s_outcome(nodes):
-    """Hole 1.  Class: groups inside an algorithm not held across releases (ADR 0051's open Kaplan-Meier groups);
+def test_hole_1_closed_hospital_a_s_curves_over_cohorts_padded_by_other_datasets_are_refused(nodes):
+    """Hole 1, closed: Kaplan-Meier declares its level groups (``released_groups``), so the group memory holds
+    ``hospital_a``'s curve over ``N`` one row from its curve over ``P`` (``differencing``).  Class: groups inside an algorithm not held across releases (ADR 0051's open Kaplan-Meier groups);
     round 23's hole 1 without ADR 0063.  Adversary: one researcher with a standard-mode grant; two documented
     requests.  Kaplan-Meier by dataset over ``P`` (under 60 at hospital_a and hospital_c) and ``N`` (18.6 to 60 at
     hospital_a and hospital_b): the cohorts are 39 / 38 rows apart, hospital_a's groups one.  Run at two nodes, her

@@ -70,7 +70,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from mipflow.algorithms.contract import Step
+from mipflow.algorithms.contract import ReleasedGroups, Step
 from mipflow.algorithms.design import category_codes
 from mipflow.algorithms.dp_release import DPRelease, Noise, Released, one_block
 from mipflow.algorithms import survival_pooled as pooled_bins
@@ -182,6 +182,12 @@ class KaplanMeier(SpecAlgorithm):
         check_outcome(self.name, request, model, params["event_level"])
         # the fine grid needs the declared range in every mode; the request's grid is checked too
         request_points(model.variable(request.y[0]), params["bin_width"], params["max_time"])
+
+    def released_groups(self, request: AnalysisRequest, model: DataModel) -> tuple[ReleasedGroups, ...]:
+        """One curve per level of the grouping variable: each level's rows are a group whose counts per time
+        bin are released, held across releases by the group memory (ADR 0051; twenty-fourth review: two
+        cohorts far apart whose ``hospital_a`` curves differ by one patient)."""
+        return (ReleasedGroups((request.x[0],)),) if request.x else ()
 
     def _levels(self, request: AnalysisRequest, model: DataModel) -> list[str | None]:
         if not request.x:
