@@ -380,7 +380,7 @@ class CohortLedger(SqliteState):
                 raise stamp_refusal()
             # ADR 0063: between releases of sums the chain rule decides, the pairs kept aside (``deferred``) for
             # the case its exact backstop says nothing (a family past its bound): then they decide as before
-            relaxed = sums_only and primes is not None and bool(fresh)
+            relaxed = sums_only and primes is not None  # a request of repeats only: nothing new, nothing to pair
             view = EpochView(epoch, current)  # ADR 0061: every rule on the current rows and the epochs
             # a release that is not sums only, over a cohort answered so far by releases of sums only, meets the
             # pairs those answers set aside: as if fresh (round 23 of the reviews, hole 1; ADR 0063)

@@ -154,3 +154,12 @@ def test_a_repeat_of_more_than_sums_over_a_cohort_with_nothing_near_is_answered(
     answer(book, O, sums_only=False)
     assert not book.every_release()[0].sums_only
     answer(book, O, sums_only=False)
+
+
+def test_the_same_request_of_sums_again_is_a_repeat(tmp_path):
+    """Its own cohorts one row apart one way were left to the chain rule the first time: the exact repeat (the
+    honest "same analysis again") is answered, not refused by the pairs within it."""
+    book = ledger(tmp_path)
+    book.check("dm", [O, N], M, primes=PRIMES, sums_only=True)
+    book.record("dm", [O, N], sums_only=True)
+    assert book.check("dm", [O, N], M, primes=PRIMES, sums_only=True)
