@@ -257,9 +257,9 @@ class CohortLedger(SqliteState):
         process or another, holds those keys; its patients, when stored, are those of its rows)."""
         written = written or {}
         with self._connect() as conn:
-            found = conn.execute("SELECT rowid, data_model, digest, patients IS NULL, epoch FROM cohorts "
+            found = conn.execute("SELECT rowid, data_model, digest, patients IS NULL, epoch, sums_only FROM cohorts "
                                  "WHERE rowid > ? ORDER BY rowid", (self._seen_rowid,)).fetchall()
-            for rowid, data_model, digest, no_patients, epoch in found:
+            for rowid, data_model, digest, no_patients, epoch, sums_only in found:
                 mine = written.get((data_model, digest))
                 if mine is not None and (no_patients or mine[1] is not None):
                     keys, patients = mine[0], None if no_patients else mine[1]
@@ -269,13 +269,20 @@ class CohortLedger(SqliteState):
                     keys = decode_keys(blob) if mine is None else mine[0]
                     patients = None if patient_blob is None else decode_keys(patient_blob)
                     del blob, patient_blob
-                self._entries[rowid] = _Entry(data_model, digest, keys, patients, epoch or "")
+                self._entries[rowid] = _Entry(data_model, digest, keys, patients, epoch or "", bool(sums_only))
                 self._digests.setdefault(data_model, {})[digest] = rowid
                 self._seen_rowid = max(self._seen_rowid, rowid)
-            # read each time: another process may have answered a cohort with more than sums since (ADR 0063)
+
+    def _sums_only_now(self) -> None:
+        """The entries' ``sums_only`` as on disk now: another process may have answered a cohort with a release
+        that is not sums only since it was read (the mark only goes from 1 to 0; ADR 0063).  Read where the mark
+        decides (:meth:`check`), not at every refresh."""
+        if not any(e.sums_only for e in self._entries.values()):
+            return  # none to lose
+        with self._connect() as conn:
             flagged = {r for (r,) in conn.execute("SELECT rowid FROM cohorts WHERE sums_only = 1")}
-            for rowid, entry in self._entries.items():
-                entry.sums_only = rowid in flagged
+        for rowid, entry in self._entries.items():
+            entry.sums_only = entry.sums_only and rowid in flagged
 
     def recorded(self, data_model: str, digest: str) -> tuple[np.ndarray, np.ndarray | None] | None:
         """The row and patient keys of a cohort this ledger holds (None: not recorded), as held in
@@ -368,6 +375,7 @@ class CohortLedger(SqliteState):
             return digests  # no count is in (0, 1): nothing to compare
         with self._lock:
             self._refresh()
+            self._sums_only_now()
             entries = list(self._entries.values())  # oldest first
             # a repeat is a cohort answered under this consent epoch (ADR 0061)
             known = {e.digest for e in entries if e.data_model == data_model and e.epoch == epoch}  # answered()
@@ -385,7 +393,7 @@ class CohortLedger(SqliteState):
             # a release that is not sums only, over a cohort answered so far by releases of sums only, meets the
             # pairs those answers set aside: as if fresh (round 23 of the reviews, hole 1; ADR 0063)
             summed = {e.digest for e in entries if e.data_model == data_model and e.epoch == epoch and e.sums_only}
-            paired = fresh if sums_only else [i for i, d in enumerate(digests) if i in fresh or d in summed]
+            paired = fresh if sums_only else [i for i, d in enumerate(digests) if d not in known or d in summed]
 
             def pairs(deferred: bool) -> None:
                 for i, cohort in enumerate(cohorts):
