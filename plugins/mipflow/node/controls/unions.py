@@ -140,6 +140,29 @@ class _Cap(Exception):
     """The search would take more steps than its cap."""
 
 
+def branching_columns(new: Space, old: Space, order: np.ndarray, prime: int, exclude: int | None = None) -> list[int]:
+    """Columns ``J`` such that every vector of ``new`` outside ``old`` is non-zero on some column of ``J``: each
+    step takes a vector of what is left of ``new`` outside ``old``, one column of its support (one where ``old``
+    vanishes when there is one; the largest ``order`` among them; never ``exclude``), and makes both vanish
+    there.  The branches of a search over such vectors (:func:`_leak`; the weighted union search,
+    :mod:`mipflow.node.controls.weighted_unions`)."""
+    branch: list[int] = []
+    n_rest, o_rest = new, old
+    columns = np.arange(new[0].shape[1])
+    while n_rest[0].shape[0] > o_rest[0].shape[0]:
+        z = next(row for row in n_rest[0] if _outside(row, o_rest, prime))
+        support = np.flatnonzero(z)
+        if exclude is not None:
+            support = support[columns[support] != exclude]
+        quiet = support[~o_rest[0][:, support].any(axis=0)]
+        pool = quiet if quiet.size else support
+        j = int(pool[np.argmax(order[columns[pool]])])
+        branch.append(int(columns[j]))
+        n_rest, o_rest = _vanish(n_rest, [j], prime), _vanish(o_rest, [j], prime)
+        columns = np.delete(columns, j)
+    return branch
+
+
 def _leak(new: Space, old: Space, sizes: np.ndarray, budget: int, prime: int, visits: list[int]) -> bool:
     """Whether ``new`` (over atoms of ``sizes`` rows) holds a vector outside ``old`` (a subspace of it) whose
     support holds at most ``budget`` rows (module docstring: reduce, then branch)."""
@@ -160,18 +183,7 @@ def _leak(new: Space, old: Space, sizes: np.ndarray, budget: int, prime: int, vi
         new, old = _vanish(new, heavy, prime), _vanish(old, heavy, prime)
         sizes = np.delete(sizes, heavy)
     # J: coordinates on which every vector of ``new`` outside ``old`` is non-zero somewhere (larger atoms first)
-    branch: list[int] = []
-    n_rest, o_rest = new, old
-    columns = np.arange(new[0].shape[1])
-    while n_rest[0].shape[0] > o_rest[0].shape[0]:
-        z = next(row for row in n_rest[0] if _outside(row, o_rest, prime))
-        support = np.flatnonzero(z)
-        quiet = support[~o_rest[0][:, support].any(axis=0)]
-        pool = quiet if quiet.size else support
-        j = int(pool[np.argmax(sizes[columns[pool]])])
-        branch.append(int(columns[j]))
-        n_rest, o_rest = _vanish(n_rest, [j], prime), _vanish(o_rest, [j], prime)
-        columns = np.delete(columns, j)
+    branch = branching_columns(new, old, sizes, prime)
     for e in branch:  # an atom whose own indicator is in ``new``: a leak, or in ``old`` and left out
         unit = np.zeros(new[0].shape[1], dtype=np.int64)
         unit[e] = 1

@@ -37,7 +37,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from mipflow.node.controls.atoms import echelon
-from mipflow.node.controls.unions import UNION_CAP, Space, _Cap, _columns, _drop, _outside, _vanish, classes
+from mipflow.node.controls.unions import (
+    UNION_CAP, Space, _Cap, _columns, _drop, _vanish, branching_columns, classes,
+)
 
 #: The search's work: its steps times the entries of the spaces it searches (as ``chain_exact.UNION_WORK``).
 UNION_WORK = 3_000_000
@@ -230,20 +232,7 @@ def _search(new: Space, old: Space, a: int | None, costs: np.ndarray, room: floa
                 return True
         new, old, costs, a = _zero(new, old, costs, a, np.array([e]), prime)
     # J: columns (not ``a``) every vector of ``new`` outside ``old`` is non-zero somewhere on (costlier first)
-    branch: list[int] = []
-    n_rest, o_rest = new, old
-    columns = np.arange(costs.size)
-    while n_rest[0].shape[0] > o_rest[0].shape[0]:
-        z = next(row for row in n_rest[0] if _outside(row, o_rest, prime))
-        support = np.flatnonzero(z)
-        if a is not None:
-            support = support[columns[support] != a]
-        quiet = support[~o_rest[0][:, support].any(axis=0)]
-        pool = quiet if quiet.size else support
-        j = int(pool[np.argmax(costs[columns[pool]])])
-        branch.append(int(columns[j]))
-        n_rest, o_rest = _vanish(n_rest, [j], prime), _vanish(o_rest, [j], prime)
-        columns = np.delete(columns, j)
+    branch = branching_columns(new, old, costs, prime, exclude=a)
     for k, e in enumerate(branch):  # S holds e and none of the earlier ones
         sub = (new, old, costs, a)
         done = np.asarray(branch[:k], np.int64)
