@@ -35,7 +35,11 @@ from tests.mipflow.node.query.test_snapshot_rows_groups import KEY, MODEL, SECRE
 def store(pg_url, tmp_path, monkeypatch, request):
     """The groups tests' rows in a PostgreSQL store whose snapshots live in ``tmp_path / "home"``; every
     pass's blocks of ``request.param`` rows (the snapshot's reads of 8 or 64)."""
-    size = request.param
+    yield from groups_rows_store(pg_url, tmp_path, monkeypatch, request.param)
+
+
+def groups_rows_store(pg_url, tmp_path, monkeypatch, size: int):
+    """The body of :func:`store` (also ``test_snapshot_rows_lrcv``'s PostgreSQL store)."""
     stream_blocks(monkeypatch, size)
     monkeypatch.setattr(snapshot_rows, "READ_ROWS", 8 if size < 64 else 64)
     store = FeatureStore(pg_url, tmp_path / "home")

@@ -250,18 +250,9 @@ def test_the_evaluation_and_the_weights_read_each_fold_once(monkeypatch, tmp_pat
 def pg_store(pg_url, tmp_path, monkeypatch, request):
     """The groups tests' rows in a PostgreSQL store whose snapshots live in ``tmp_path / "home"`` (as
     ``test_snapshot_pg``'s store)."""
-    from mipflow.node.query import snapshot_rows
-    from mipflow.node.store.feature_store import FeatureStore
-    from tests.mipflow.node.query.streamed import stream_blocks
+    from tests.mipflow.node.query.test_snapshot_pg import groups_rows_store
 
-    stream_blocks(monkeypatch, request.param)
-    monkeypatch.setattr(snapshot_rows, "READ_ROWS", 8 if request.param < 64 else 64)
-    opened = FeatureStore(pg_url, tmp_path / "home")
-    opened.add_data_model(MODEL)
-    with opened.begin() as conn:
-        opened.upsert_rows(conn, MODEL, _rows(), batch_id="b", sha256="0" * 64)
-    yield opened
-    opened.dispose()
+    yield from groups_rows_store(pg_url, tmp_path, monkeypatch, request.param)
 
 
 @pytest.mark.parametrize("x", [["x1", "x2"], ["x1", "arm", "x2"]], ids=["numerical", "nominal-covariate"])
