@@ -10,8 +10,8 @@ same way on every run.
 
 Holes 1 and 2 are closed (ADR 0063 amended: a release that is not sums only over a cohort answered as sums meets
 the pairs set aside; a release reading a nominal variable, and ``descriptive_stats`` always, is not sums only): their
-tests pass through the defence.  ``test_hole_3_*`` is a strict xfail: the attack runs, checks what it recovered against the truth, and its last
-assertion is the condition that would hold if the defence held.  ``test_defence_*`` pass while a control holds.
+tests pass through the defence.  Hole 3 is closed too (ADR 0064: the cohorts a filter pins are checked and recorded
+beside the request's); its test runs the attack and asserts the refusal.  ``test_defence_*`` pass while a control holds.
 
 The pair every attack uses: ``O`` = age < 60 at ``hospital_a`` (the target, aged 18.5, is the youngest) and ``N`` =
 18.6 <= age < 60 at ``hospital_a`` and ``hospital_b`` (or 18.6 <= age < 70 at ``hospital_a``).  ``O \\ N`` is the
@@ -326,14 +326,15 @@ def moments(reply, variable: str = "nihss_admission") -> tuple[int, float, float
     return n, n * mean, m2 + n * mean * mean
 
 
-@pytest.mark.xfail(strict=True, reason="the ledger holds the rows between two cohorts to min_row_count, not their "
-                                       "values: twelve rows the filter pins at NIHSS 0 pad the target's")
-def test_hole_3_rows_a_filter_pins_at_zero_pad_the_target_s_nihss(nodes):
-    """Hole 3 (not ADR 0063's; the homogeneous-group residual of ADR 0050/0051 over a cohort difference).  Adversary:
-    one researcher with a standard-mode grant; two documented requests, nested cohorts 13 rows apart.
+def test_hole_3_closed_rows_a_filter_pins_at_zero_do_not_pad_the_target_s_nihss(nodes):
+    """Hole 3 (not ADR 0063's; the homogeneous-group residual of ADR 0050/0051 over a cohort difference), closed by
+    ADR 0064.  Adversary: one researcher with a standard-mode grant; two documented requests, nested cohorts 13 rows
+    apart.
 
     Descriptive statistics of NIHSS over ``O`` and over ``PADDED`` (``nihss_admission > 0``): the 13 rows between are
-    the target and twelve at NIHSS 0, so the differences of the sums give her NIHSS, and of the squares its square."""
+    the target and twelve at NIHSS 0, so the differences of the sums would give her NIHSS, and of the squares its
+    square.  Now ``PADDED`` widened (its NIHSS rule true) is ``O`` less the target: refused.  The other orders and
+    forms of the class: ``tests/privacy/test_pinned_padding.py``."""
     node = nodes["padding"]
     rows = node.rows
     between = rows[(rows["dataset"] == A) & (rows["age"] < 60) & ~((rows["age"] >= 18.6)

@@ -147,9 +147,9 @@ class SelectionCache:
             if rows is not None:  # the cohorts of its frame (ADR 0062), from the snapshot's keys
                 if needs_fold_keys(algo):  # the frame's fold keys, of the snapshot's row keys (amendment 11)
                     rows.fold_keys = fold_hashes(rows.keys("row_key"), self.fold_key)
+                cohorts = self.differencing.cohorts_of_rows(model.key, rows, variables, algo.complete_case, by)
                 return self._keep(key, version, budget, rows,
-                                  self.differencing.cohorts_of_rows(model.key, rows, variables,
-                                                                    algo.complete_case, by))
+                                  self._pinned(algo, analysis, model, variables, columnar, True, cohorts))
         if transformer is not None:
             if study is not None:
                 raise RequestError("the longitudinal transformer is not offered in study mode")
@@ -168,11 +168,49 @@ class SelectionCache:
                                      snapshot=columnar)
             cohorts = self.differencing.cohorts(model.key, frame, variables, algo.complete_case,
                                                 getattr(algo, "released_by", ()))
+            if study is None:  # a study's cohorts are checked at approval
+                cohorts = self._pinned(algo, analysis, model, variables, columnar, False, cohorts)
         if needs_fold_keys(algo):  # folds fixed by the node's secret, never by the request (ADR 0026)
             frame = add_fold_keys(frame, self.fold_key, self.differencing.key)
         data = prepare_local_data(algo, frame, analysis)  # keeps the variables (and fold keys): no row keys
         del frame
         return self._keep(key, version, budget, data, cohorts)
+
+    def _pinned(self, algo: Any, analysis: Any, model: Any, variables: Sequence[str], columnar: bool,
+                streamed: bool, cohorts: Cohorts) -> Cohorts:
+        """``cohorts`` with the cohorts its filter pins (ADR 0064,
+        :func:`mipflow.node.query.pinning.pinning_filters`): the same datasets, variables, complete cases and
+        splits under each widened or narrowed filter, read as the request's rows are (rows left on disk when
+        ``streamed``), one family of cohorts per filter (its non-empty ones), beside the request's."""
+        import dataclasses
+
+        from mipflow.node.query.pinning import pinning_filters
+        from mipflow.node.query.read import select_frame, select_rows
+
+        filters = pinning_filters(analysis.filters, variables, model)
+        if not filters:
+            return cohorts
+        by = tuple(getattr(algo, "released_by", ()))
+        families: list[Cohorts] = []
+        for relaxed in filters:
+            rows = select_rows(self.store, model, datasets=analysis.datasets, variables=variables, filters=relaxed,
+                               row_key=self.differencing.key, complete_case=algo.complete_case,
+                               dataset="dataset" in variables) if streamed else None
+            if rows is not None:
+                found = self.differencing.cohorts_of_rows(model.key, rows, variables, algo.complete_case, by)
+            else:
+                frame = select_frame(self.store, model, datasets=analysis.datasets, variables=variables,
+                                     filters=relaxed, complete_case=algo.complete_case, row_identity=True,
+                                     row_key=self.differencing.key, snapshot=columnar)
+                found = self.differencing.cohorts(model.key, frame, variables, algo.complete_case, by)
+                del frame
+            keep = [i for i, rows_of in enumerate(found.sets) if len(rows_of)]
+            if keep and all(f.digests != found.digests for f in families) and found.digests != cohorts.digests:
+                families.append(Cohorts(model.key, tuple(found.sets[i] for i in keep),
+                                        tuple(found.digests[i] for i in keep),
+                                        patients=None if found.patients is None else tuple(
+                                            found.patients[i] for i in keep)))
+        return dataclasses.replace(cohorts, pinned=tuple(families)) if families else cohorts
 
     def _keep(self, key: str, version: Any, budget: int, data: Any, cohorts: Cohorts) -> tuple[Any, Cohorts]:
         """Keep a selection read at ``version`` under ``key`` if it fits the budget; ``(data, cohorts)``."""

@@ -346,6 +346,10 @@ class Cohorts:
     #: The rows' 32-bit value digests of each stamped column (:data:`mipflow.node.query.stamps.Cells`;
     #: which rows a correction changed, round 15 hole 2); None: not known.
     cells: dict | None = None
+    #: The cohorts the request's filter pins (ADR 0064): one family per widened or narrowed filter (the same
+    #: request with the rules on a read variable set to true or false), each checked apart and recorded in the
+    #: ledger as pinned; never a step's rows.
+    pinned: tuple["Cohorts", ...] = ()
 
     @property
     def digest(self) -> str:
@@ -483,10 +487,15 @@ class DifferencingGuard:
         data models' current rows (ADR 0061); an exact repeat whose rows now hold other values in a column
         it reads is refused too (the cohorts' stamps, ADR 0061 hole 2).  ``sums_only``: the algorithm's
         (ADR 0063, :meth:`CohortLedger.check`)."""
+        released = self.groups.chain_sets(epoch, current)
         self.ledger.check(cohorts.data_model, cohorts.sets, min_row_count, cohorts.digests,
-                          patients=cohorts.patients, primes=self.primes, released=self.groups.chain_sets(epoch, current),
+                          patients=cohorts.patients, primes=self.primes, released=released,
                           epoch=epoch, current=current, stamps=cohorts.stamps,
                           patient_stamps=cohorts.patient_stamps, cells=cohorts.cells, sums_only=sums_only)
+        for family in cohorts.pinned:  # each filter the request's pins, apart (ADR 0064)
+            self.ledger.check(family.data_model, family.sets, min_row_count, family.digests,
+                              patients=family.patients, primes=self.primes, released=released, epoch=epoch,
+                              current=current, sums_only=sums_only, pinned=True)
 
     def check_partition(self, algorithm: Algorithm | str, round_no: int, data: pd.DataFrame, request: Any,
                         state: dict | None, cohorts: Cohorts, threshold: int,
@@ -529,6 +538,9 @@ class DifferencingGuard:
                    sums_only: bool = False) -> None:
         """Remember what was released (under the node's consent ``epoch``, ADR 0061; ``sums_only``: the
         algorithm's, ADR 0063)."""
+        for family in cohorts.pinned:  # remembered as pinned first: the release's own cohorts are answered
+            self.ledger.record(family.data_model, family.sets, family.digests, patients=family.patients,
+                               epoch=epoch, sums_only=sums_only, pinned=True)
         self.ledger.record(cohorts.data_model, cohorts.sets, cohorts.digests, patients=cohorts.patients,
                            epoch=epoch, stamps=cohorts.stamps, patient_stamps=cohorts.patient_stamps,
                            cells=cohorts.cells, sums_only=sums_only)

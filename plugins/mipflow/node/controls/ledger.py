@@ -142,58 +142,8 @@ def _cross_conflict(new: np.ndarray, old: np.ndarray, threshold: int) -> bool:
     return both > 0 and (_small(len(new) - both, threshold) or _small(len(old) - both, threshold))
 
 
-#: The chain rule (ADR 0030) looks at the new cohorts with at most this many recorded ones ...
-CHAIN_COHORTS = 32
-#: ... found by this many rounds of "overlaps what is already in the family", most recent first ...
-CHAIN_DEPTH = 3
-#: ... and fewer (the oldest of them left out) while they form more atoms than this (the rank's cost
-#: grows with the atoms: ``O(sets * atoms * rank)`` per prime; bench/ledger.py).
-CHAIN_ATOMS = 2048
-
-
-def bounded(old: list[np.ndarray], new: list[np.ndarray], limit: int = CHAIN_ATOMS) -> list[np.ndarray]:
-    """The one cap on every chain rule's window (the cohort ledger's and the group memory's,
-    :mod:`mipflow.node.controls.chain`; the weighted memory's, ADR 0058): the related sets ``old``
-    (oldest first), or, when the family with ``new`` forms more than ``limit`` atoms, only the most
-    recent ``k`` of them, ``k`` the most for which ``(atoms of new + 1) * 2**k - 1`` is at most ``limit``.
-
-    ``k`` sets cut the new sets' atoms and the rows outside them into at most ``(atoms + 1) * 2**k``
-    pieces, so the family keeps at most ``limit`` atoms however the old sets fall; a release of one set
-    keeps ``floor(log2((limit + 1) / 2))`` old sets (10 at 2048), one of 12 disjoint cells 7, where
-    dropping an old set per new set would keep none (ADR 0051, thirteenth review and issue 14 item 5).
-    """
-    import math
-
-    from mipflow.node.controls.atoms import atoms_of
-
-    if not old or atoms_of(old + new).sizes.size <= limit:
-        return old
-    parts = atoms_of(new).sizes.size + 1  # the new sets' atoms and the rows outside them
-    keep = max(0, int(math.floor(math.log2((limit + 1) / parts))))
-    return old[len(old) - keep:] if keep else []
-
-
-def related(seeds: Sequence[np.ndarray], candidates: Sequence[np.ndarray], cap: int = CHAIN_COHORTS,
-            depth: int = CHAIN_DEPTH) -> list[int]:
-    """Indices of ``candidates`` (oldest first) that share members with the seeds, or with
-    candidates taken before, up to ``cap``, most recent first, over ``depth`` rounds."""
-    if not candidates:  # nothing recorded to relate to (a new ledger): no union of the seeds to build
-        return []
-    union = sorted_unique(np.concatenate(list(seeds))) if seeds else np.zeros(0, dtype=np.uint64)
-    remaining = list(range(len(candidates)))[::-1]
-    chosen: list[int] = []
-    for _ in range(depth):
-        hits = [i for i in remaining if _overlap(union, candidates[i])]
-        if not hits:
-            break
-        take = hits[:cap - len(chosen)]
-        chosen += take
-        if len(chosen) >= cap:
-            break
-        taken = set(take)
-        remaining = [i for i in remaining if i not in taken]
-        union = sorted_unique(np.concatenate([union, *(candidates[i] for i in take)]))
-    return sorted(chosen)
+from mipflow.node.controls.ledger_window import (  # noqa: E402,F401 - the chain window's names, also the ledger's
+    CHAIN_ATOMS, CHAIN_COHORTS, CHAIN_DEPTH, bounded, related)
 
 
 @dataclass
@@ -208,6 +158,8 @@ class _Entry:
     epoch: str = ""
     #: Whether every release over it released sums only (ADR 0063; False for a ledger from before).
     sums_only: bool = False
+    #: Recorded only as a cohort a request's filter pins (ADR 0064): compared as an answered one, never a repeat.
+    pinned: bool = False
 
 
 # --------------------------------------------------------------------------- the ledger
@@ -239,6 +191,8 @@ class CohortLedger(SqliteState):
                 conn.execute("ALTER TABLE cohorts ADD COLUMN epoch TEXT")  # before ADR 0061: the epoch ""
             if "sums_only" not in {row[1] for row in conn.execute("PRAGMA table_info(cohorts)")}:
                 conn.execute("ALTER TABLE cohorts ADD COLUMN sums_only INTEGER")  # before ADR 0063: not known, 0
+            if "pinned" not in {row[1] for row in conn.execute("PRAGMA table_info(cohorts)")}:
+                conn.execute("ALTER TABLE cohorts ADD COLUMN pinned INTEGER")  # before ADR 0064: every one released
             # the first value stamp of each cohort and column a release read (ADR 0061, hole 2): 8 bytes each
             conn.execute("CREATE TABLE IF NOT EXISTS stamps (data_model TEXT NOT NULL, digest TEXT NOT NULL, "
                          "variable TEXT NOT NULL, stamp TEXT NOT NULL, PRIMARY KEY (data_model, digest, variable))")
@@ -257,9 +211,9 @@ class CohortLedger(SqliteState):
         process or another, holds those keys; its patients, when stored, are those of its rows)."""
         written = written or {}
         with self._connect() as conn:
-            found = conn.execute("SELECT rowid, data_model, digest, patients IS NULL, epoch, sums_only FROM cohorts "
-                                 "WHERE rowid > ? ORDER BY rowid", (self._seen_rowid,)).fetchall()
-            for rowid, data_model, digest, no_patients, epoch, sums_only in found:
+            found = conn.execute("SELECT rowid, data_model, digest, patients IS NULL, epoch, sums_only, pinned "
+                                 "FROM cohorts WHERE rowid > ? ORDER BY rowid", (self._seen_rowid,)).fetchall()
+            for rowid, data_model, digest, no_patients, epoch, sums_only, pinned in found:
                 mine = written.get((data_model, digest))
                 if mine is not None and (no_patients or mine[1] is not None):
                     keys, patients = mine[0], None if no_patients else mine[1]
@@ -269,7 +223,8 @@ class CohortLedger(SqliteState):
                     keys = decode_keys(blob) if mine is None else mine[0]
                     patients = None if patient_blob is None else decode_keys(patient_blob)
                     del blob, patient_blob
-                self._entries[rowid] = _Entry(data_model, digest, keys, patients, epoch or "", bool(sums_only))
+                self._entries[rowid] = _Entry(data_model, digest, keys, patients, epoch or "", bool(sums_only),
+                                              bool(pinned))
                 self._digests.setdefault(data_model, {})[digest] = rowid
                 self._seen_rowid = max(self._seen_rowid, rowid)
 
@@ -303,10 +258,11 @@ class CohortLedger(SqliteState):
 
     def answered(self, data_model: str, epoch: str) -> set[str]:
         """The digests of the cohorts of ``data_model`` answered under the consent ``epoch`` (the repeats; ADR
-        0061: one of an earlier epoch is no repeat)."""
+        0061: one of an earlier epoch is no repeat; ADR 0064: nor one only pinned)."""
         with self._lock:
             self._refresh()
-            return {e.digest for e in self._entries.values() if e.data_model == data_model and e.epoch == epoch}
+            return {e.digest for e in self._entries.values()
+                    if e.data_model == data_model and e.epoch == epoch and not e.pinned}  # pinned: ADR 0064
 
     def every_cohort(self) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
         """``(data model, sorted row hashes, sorted patient hashes or None)`` of every cohort answered,
@@ -328,7 +284,7 @@ class CohortLedger(SqliteState):
               primes: Sequence[int] | None = None, released: Sequence[ChainSet] = (), epoch: str = "",
               current: "Current | None" = None, stamps: "Sequence[Mapping[str, int]] | None" = None,
               patient_stamps: "Sequence[Mapping[str, int]] | None" = None, cells: "Mapping | None" = None,
-              sums_only: bool = False) -> list[str]:
+              sums_only: bool = False, pinned: bool = False) -> list[str]:
         """Allow cohorts (return their digests) or raise.
 
         ``epoch`` is the node's consent epoch (:func:`mipflow.node.controls.differencing.consent_epoch`); a
@@ -360,6 +316,14 @@ class CohortLedger(SqliteState):
         cohort of this consent epoch that every release over it made sums only too; the chain rule, its exact
         backstop over every remembered set (atoms, and unions at ``threshold``) and the epoch rules decide.
 
+        ``pinned`` (ADR 0064): the cohorts are those a request's filter pins, checked apart from the request's own
+        (the rows between them hold values the filter fixes); a cohort remembered as pinned is a repeat for them
+        only, never for a release.  Pinned cohorts meet answered ones by the pairwise rules, never set aside for
+        sums, and are held to ``threshold`` rows or none; new, they meet the chain rule as a release's sets would,
+        but remembered they are no sets of any chain: only the pinned variable's values are fixed on the rows
+        between, not the other columns' sums, and counting them as released would make a chain look computable
+        before the release that completes it.
+
         Raises
         ------
         DisclosureError
@@ -378,7 +342,8 @@ class CohortLedger(SqliteState):
             self._sums_only_now()
             entries = list(self._entries.values())  # oldest first
             # a repeat is a cohort answered under this consent epoch (ADR 0061)
-            known = {e.digest for e in entries if e.data_model == data_model and e.epoch == epoch}  # answered()
+            known = {e.digest for e in entries if e.data_model == data_model and e.epoch == epoch  # answered()
+                     and (pinned or not e.pinned)}  # only pinned: no release repeats it (ADR 0064)
             fresh = [i for i, d in enumerate(digests) if d not in known]
             if stamps is not None and self._corrected(data_model, digests, stamps, known):
                 raise stamp_refusal()  # the correction said first (ADR 0061)
@@ -388,7 +353,7 @@ class CohortLedger(SqliteState):
                 raise stamp_refusal()
             # ADR 0063: between releases of sums the chain rule decides, the pairs kept aside (``deferred``) for
             # the case its exact backstop says nothing (a family past its bound): then they decide as before
-            relaxed = sums_only and primes is not None  # a request of repeats only: nothing new, nothing to pair
+            relaxed = sums_only and primes is not None and not pinned  # repeats only: nothing new, nothing to pair
             view = EpochView(epoch, current)  # ADR 0061: every rule on the current rows and the epochs
             # a release that is not sums only, over a cohort answered so far by releases of sums only, meets the
             # pairs those answers set aside: as if fresh (round 23 of the reviews, hole 1; ADR 0063)
@@ -401,7 +366,10 @@ class CohortLedger(SqliteState):
                         raise _refusal(threshold)
                 for i in paired:  # a cohort answered before: nothing new can be learnt from the difference
                     for entry in entries:
-                        if (relaxed and entry.sums_only and entry.epoch == epoch) != deferred:
+                        if pinned and entry.pinned:
+                            continue  # two cohorts pinned, neither released (ADR 0064)
+                        if (relaxed and entry.sums_only and entry.epoch == epoch
+                                and not (pinned or entry.pinned)) != deferred:
                             continue  # two releases of sums, this epoch's rows: the chain rule (ADR 0063)
                         if entry.data_model == data_model:
                             conflict = view.near(pair_conflict, cohorts[i], entry.rows, data_model, ROWS,
@@ -415,11 +383,14 @@ class CohortLedger(SqliteState):
                             raise _refusal(threshold)
 
             pairs(deferred=False)
+            if pinned and any(_small(len(cohorts[i]), threshold) for i in fresh):
+                raise _refusal(threshold)  # a few rows whose released sums the filter leaves alone (ADR 0064)
             if primes is None or not fresh:
                 return digests
             new = [ChainSet(data_model, cohorts[i], None if patients is None else patients[i], threshold)
                    for i in fresh]
             versions: dict = {}
+            entries = [e for e in entries if not e.pinned]  # a chain is of released sets only (ADR 0064)
             if cells:
                 from mipflow.node.controls import value_memory
 
@@ -492,7 +463,8 @@ class CohortLedger(SqliteState):
             return
         with self._lock:
             self._refresh()
-            self._chain(list(self._entries.values()), data_model, list(new), threshold, primes, released,
+            self._chain([e for e in self._entries.values() if not e.pinned], data_model, list(new), threshold, primes,
+                        released,
                         EpochView(epoch, current), own=frozenset(own))
 
     @staticmethod
@@ -527,14 +499,15 @@ class CohortLedger(SqliteState):
                digests: Sequence[str] | None = None, patients: Sequence[np.ndarray] | None = None,
                epoch: str = "", stamps: "Sequence[Mapping[str, int]] | None" = None,
                patient_stamps: "Sequence[Mapping[str, int]] | None" = None, cells: "Mapping | None" = None,
-               sums_only: bool = False) -> None:
+               sums_only: bool = False, pinned: bool = False) -> None:
         """Remember answered cohorts under the consent ``epoch`` (a cohort already remembered costs
         nothing and keeps its epoch: an earlier one is the stricter; one remembered without its patients
         gains them; ``sums_only``: the release's, ADR 0063, a cohort remembered so loses it when a release
         over it is not, never the other way), and the first value stamp of each cohort and column (``stamps``, ADR 0061 hole 2:
         the earliest values answered are those a later repeat is compared with), the first patient stamps
         (``patient_stamps``, hole 3 of the fifteenth review) and the rows' value digests (``cells``,
-        :func:`mipflow.node.controls.value_memory.record`, before the stamps: hole 2)."""
+        :func:`mipflow.node.controls.value_memory.record`, before the stamps: hole 2).  ``pinned``: cohorts a
+        request's filter pins (ADR 0064), remembered as such (a release over one of them later makes it answered)."""
         cohorts = list(cohorts)
         digests = list(digests) if digests is not None else [cohort_digest(data_model, c) for c in cohorts]
         patients = list(patients) if patients is not None else [None] * len(cohorts)
@@ -565,6 +538,13 @@ class CohortLedger(SqliteState):
             new = [(d, c, p) for d, c, p in zip(digests, cohorts, patients) if d not in known]
             completed = [(d, p) for d, p in zip(digests, patients)
                          if p is not None and d in known and self._entries[known[d]].patients is None]
+            released = [] if pinned else [d for d in digests if d in known and self._entries[known[d]].pinned]
+            if released:  # a cohort pinned before is released now (ADR 0064): a repeat from now on
+                with self._connect() as conn:
+                    conn.executemany("UPDATE cohorts SET pinned = 0 WHERE data_model = ? AND digest = ?",
+                                     [(data_model, d) for d in released])
+                for d in released:
+                    self._entries[known[d]].pinned = False
             widened = [] if sums_only else [d for d in digests if d in known and self._entries[known[d]].sums_only]
             if widened:
                 with self._connect() as conn:
@@ -582,9 +562,9 @@ class CohortLedger(SqliteState):
                 for d, c, p in new:  # one cohort's blobs at a time (10M keys: ~60 MB each)
                     conn.execute(
                         "INSERT OR IGNORE INTO cohorts (data_model, digest, n_rows, keys, first_at, patients, epoch, "
-                        "sums_only) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        "sums_only, pinned) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (data_model, d, len(c), encode_keys(c), now, None if p is None else encode_keys(p), epoch,
-                         int(sums_only)))
+                         int(sums_only), int(pinned)))
                 conn.executemany("UPDATE cohorts SET patients = ? WHERE data_model = ? AND digest = ? "
                                  "AND patients IS NULL", [(encode_keys(p), data_model, d) for d, p in completed])
             for d, p in completed:

@@ -1,0 +1,183 @@
+"""mipflow.node.query.pinning and value_sets: the widened and narrowed filters of ADR 0064."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mipflow.algorithms.filters_pandas import filter_mask
+from mipflow.exceptions import RequestError
+from mipflow.node.query.filters import filter_variables
+from mipflow.node.query.pinning import MAX_PAIRED, pinning_filters
+from mipflow.node.query.value_sets import narrow
+from mipflow.protocol.datamodel import DataModel
+
+from tests.mipflow.node.query.cases import group, rule
+
+MODEL = DataModel.from_dict({
+    "code": "pin", "version": "1", "label": "Pinning test",
+    "variables": [
+        {"code": "dataset", "sql_type": "text", "isCategorical": True,
+         "enumerations": [{"code": c, "label": c} for c in ("a", "b")]},
+        {"code": "age", "sql_type": "real", "isCategorical": False, "minValue": 18, "maxValue": 90},
+        {"code": "score", "sql_type": "int", "isCategorical": False, "minValue": 0, "maxValue": 42},
+        {"code": "volume", "sql_type": "real", "isCategorical": False},
+        {"code": "sex", "sql_type": "text", "isCategorical": True,
+         "enumerations": [{"code": c, "label": c} for c in ("F", "M")]},
+        {"code": "diag", "sql_type": "text", "isCategorical": True,
+         "enumerations": [{"code": c, "label": c} for c in ("AD", "MCI", "CN")]},
+    ]})
+AGE, SCORE, VOLUME, SEX, DIAG = (MODEL.variable(c) for c in ("age", "score", "volume", "sex", "diag"))
+
+
+@pytest.mark.parametrize("operator, value, var, outcome, expected", [
+    ("greater", 0, SCORE, False, True),            # leaves out 0 only: the minimum
+    ("greater_or_equal", 1, SCORE, False, True),
+    ("greater", 0.5, SCORE, False, True),          # integers: 0
+    ("greater", 1, SCORE, False, False),           # 0 and 1
+    ("greater", 0, SCORE, True, False),
+    ("less_or_equal", 0, SCORE, True, True),       # keeps 0 only
+    ("equal", 3, SCORE, True, True),
+    ("not_equal", 3, SCORE, False, True),
+    ("in", [3, 4], SCORE, True, False),
+    ("between", [5, 5], SCORE, True, True),
+    ("not_between", [1, 42], SCORE, False, False),  # keeps 0, leaves out 1..42
+    ("not_between", [1, 42], SCORE, True, True),
+    ("greater", 18.5, AGE, False, True),           # [18, 18.5]: under 1 % of 72 years
+    ("greater_or_equal", 65, AGE, False, False),   # a band, not a value
+    ("less", 18.6, AGE, True, True),
+    ("less", 20, AGE, True, False),
+    ("greater", 0, VOLUME, False, False),          # no declared minimum: open
+    ("equal", 1.5, VOLUME, True, True),
+    ("equal", "F", SEX, False, True),              # leaves out M
+    ("equal", "AD", DIAG, False, False),           # MCI and CN
+    ("in", ["AD", "MCI"], DIAG, False, True),
+    ("is_not_null", None, SCORE, False, False),    # complete cases pin nothing
+    ("greater", "x", SCORE, False, False),         # not a number: the selection refuses it
+])
+def test_which_rules_pin_one_value(operator, value, var, outcome, expected) -> None:
+    assert narrow(operator, value, var, outcome) is expected
+
+
+def test_a_rule_leaving_out_one_value_is_widened_away_and_a_band_stays() -> None:
+    own = group("AND", rule("age", "greater_or_equal", 50), rule("score", "greater", 0))
+    assert pinning_filters(own, ["score"], MODEL) == [{"condition": "AND", "rules": [
+        {"id": "age", "operator": "greater_or_equal", "value": 50}]}]  # narrowed would be empty: left out
+    assert pinning_filters(own, ["age", "score"], MODEL) == pinning_filters(own, ["score"], MODEL)
+    assert pinning_filters(group("AND", rule("age", "greater_or_equal", 20), rule("age", "less", 50)),
+                           ["age", "score"], MODEL) == []
+
+
+def test_a_disjunction_pins_the_rows_it_keeps_for_their_value() -> None:
+    """``age < 18.6 OR (score = 0 AND age < 60)``: the rows kept for their score alone go when it is narrowed."""
+    own = group("OR", rule("age", "less", 18.6), group("AND", rule("score", "equal", 0), rule("age", "less", 60)))
+    found = pinning_filters(own, ["score"], MODEL)
+    assert found == [{"condition": "OR", "rules": [{"id": "age", "operator": "less", "value": 18.6}]}]
+
+
+def test_a_negated_group_reverses_the_constant() -> None:
+    """``NOT (score <= 0)`` leaves out the zeros: widened (its rule false under the ``not``) it is gone."""
+    own = group("AND", {**group("AND", rule("score", "less_or_equal", 0)), "not": True}, rule("age", "less", 60))
+    assert pinning_filters(own, ["score"], MODEL) == [{"condition": "AND", "rules": [
+        {"id": "age", "operator": "less", "value": 60}]}]
+    kept_zeros = group("AND", {**group("AND", rule("score", "greater", 0)), "not": True}, rule("age", "less", 60))
+    assert pinning_filters(kept_zeros, ["score"], MODEL) == []  # narrowed: no row; widened: many values
+
+
+def test_nothing_to_pin_without_a_pinning_rule_on_a_read_variable() -> None:
+    assert pinning_filters(None, ["age"], MODEL) == []
+    assert pinning_filters({}, ["age"], MODEL) == []
+    assert pinning_filters(group("AND", rule("score", "greater", 0)), ["age", "diag"], MODEL) == []
+    complete = group("AND", rule("age", "is_not_null"), rule("score", "is_not_null"))
+    assert pinning_filters(complete, ["age", "score"], MODEL) == []
+
+
+def test_a_malformed_filter_is_the_request_s_error() -> None:
+    with pytest.raises(RequestError, match="condition"):
+        pinning_filters({"condition": "XOR", "rules": [rule("age", "less", 3)]}, ["age"], MODEL)
+
+
+def test_pairs_of_variables_are_widened_together() -> None:
+    own = group("AND", rule("score", "greater", 0), rule("sex", "equal", "F"), rule("age", "less", 60))
+    found = pinning_filters(own, ["score", "sex"], MODEL)
+    ages = {"condition": "AND", "rules": [{"id": "age", "operator": "less", "value": 60}]}
+    assert found[-1] == ages and len(found) == 3  # score widened, sex widened, both
+
+
+def test_past_max_paired_each_variable_and_all_together() -> None:
+    names = ["score", "sex", "diag", "age", "dataset"][:MAX_PAIRED + 1]
+    values = {"score": 3, "sex": "F", "diag": "AD", "age": 40.0, "dataset": "a"}
+    own = group("OR", *(rule(n, "equal", values[n]) for n in names))
+    found = pinning_filters(own, names, MODEL)
+    # widened: a rule leaving out one value (sex, dataset) true makes the OR true (no filter); narrowed: each
+    # variable's rule false, the others stay; all false: no row, left out
+    assert None in found and len(found) == len(names) + 1
+    assert all(len(f["rules"]) == len(names) - 1 for f in found if f is not None)
+
+
+# ------------------------------------------------------------------ the rows: widened >= own >= narrowed
+
+def _rows() -> pd.DataFrame:
+    rng = np.random.default_rng(64)
+    n = 120
+    frame = pd.DataFrame({
+        "dataset": rng.choice(["a", "b"], n), "age": rng.choice([18.0, 18.2, 30.0, 55.0, 60.0, 89.0], n),
+        "score": pd.array(rng.integers(0, 5, n), dtype="Int64"), "volume": rng.normal(3.0, 1.0, n),
+        "sex": rng.choice(["F", "M"], n), "diag": rng.choice(["AD", "MCI", "CN"], n)})
+    frame.loc[rng.random(n) < 0.1, "age"] = np.nan
+    frame.loc[rng.random(n) < 0.1, "score"] = pd.NA
+    return frame
+
+
+ROWS = _rows()
+LEAVES = [("age", "less", 18.3), ("age", "greater_or_equal", 55.0), ("score", "greater", 0), ("score", "equal", 3),
+          ("sex", "equal", "F"), ("diag", "in", ["MCI", "CN"]), ("score", "is_null", None),
+          ("age", "between", [18.0, 18.5]), ("score", "not_equal", 2), ("volume", "greater", 3.0)]
+
+
+def _leaf(choice: int) -> dict:
+    field, op, value = LEAVES[choice]
+    return rule(field, op) if value is None else rule(field, op, value)
+
+
+trees = st.recursive(
+    st.integers(0, len(LEAVES) - 1).map(_leaf),
+    lambda children: st.tuples(st.sampled_from(["AND", "OR"]), st.booleans(),
+                               st.lists(children, min_size=1, max_size=3)).map(
+        lambda t: {**group(t[0], *t[2]), **({"not": True} if t[1] else {})}),
+    max_leaves=6)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=trees, read=st.sets(st.sampled_from(["age", "score", "sex", "diag", "volume"]), min_size=1))
+def test_widened_filters_keep_more_rows_and_narrowed_fewer(body, read) -> None:
+    own = body if "rules" in body else group("AND", body)
+    kept = filter_mask(ROWS, own, MODEL)
+    for relaxed in pinning_filters(own, sorted(read), MODEL):
+        rows = np.ones(len(ROWS), dtype=bool) if relaxed is None else filter_mask(ROWS, relaxed, MODEL)
+        assert (rows >= kept).all() or (rows <= kept).all()
+        assert relaxed is None or filter_variables(relaxed) <= filter_variables(own)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=trees, variable=st.sampled_from(["age", "score", "sex", "diag", "volume"]))
+def test_the_rows_between_hold_one_value_of_the_variable_relaxed(body, variable) -> None:
+    """One variable read: every row a widened or narrowed filter adds or takes holds a value one of the filter's
+    rules on it pins (or none): at most one value a rule (the ages: within 1 % of their declared range of 18)."""
+    own = body if "rules" in body else group("AND", body)
+    kept = filter_mask(ROWS, own, MODEL)
+    rules = sum(1 for leaf in _leaves(own) if leaf["id"] == variable)
+    for relaxed in pinning_filters(own, [variable], MODEL):
+        rows = np.ones(len(ROWS), dtype=bool) if relaxed is None else filter_mask(ROWS, relaxed, MODEL)
+        values = ROWS.loc[rows != kept, variable].dropna()
+        if variable == "age":
+            assert (values <= 18.0 + 0.72).all(), (own, relaxed)
+        else:
+            assert values.astype(str).nunique() <= rules, (own, relaxed)
+
+
+def _leaves(item: dict):
+    for child in item["rules"]:
+        yield from (_leaves(child) if "rules" in child else [child])
