@@ -1,7 +1,7 @@
 """ADR 0062 at the node: descriptive statistics, Pearson correlation, the one-sample and paired t-tests,
 two-way ANOVA, the contingency table, PCA (with log and exp: amendment 13, the weighted memory the same),
 histograms and naive Bayes (amendment 11), k-means (amendment 12), cross-validated linear regression
-(amendment 14) and logistic regression (amendment 15, every round)
+(amendment 14), logistic regression (amendment 15, every round) and Cox regression (amendment 16)
 keep their selection left on disk (a bit a snapshot row, no frame) and answer what the SQL read's frame gave, bit for bit; the ledger records the cohorts of that frame, the counted-set memory the same sets and rows'
 times; differential privacy keeps a frame."""
 from __future__ import annotations
