@@ -224,12 +224,17 @@ class _Chunked:
         outcomes = self.rows.reader([self.outcome.time, self.outcome.event_code])
         design = self.source.reader(self.columns) if self.columns else None
         n_bins = len(self.ends)
+        # a row's fine point k (the first grid point at or after its time) is at or before an end e exactly when
+        # grid[e] >= time: so its bin of B, searchsorted(ends, k), is searchsorted(grid[ends], time), and it
+        # leaves by the end of follow-up (an event counted; beyond the grid too) exactly when that is < n_bins:
+        # the frame path's bins and events, without the fine grid's search (10 001 points) for every row
+        edges = self.outcome.grid[self.ends]
         for start in range(0, n, CHUNK_ROWS):
             m = min(CHUNK_ROWS, n - start)
             times, codes = outcomes(m)
-            index, event, _ = self.outcome.of(times, codes)
-            event = event & (index <= self.ends[-1])  # rows followed beyond the end of follow-up: censored there
-            bins = np.minimum(np.searchsorted(self.ends, index, side="left"), n_bins - 1)
+            at = np.searchsorted(edges, times, side="left")
+            event = _looked_up(self.outcome.is_event, codes) & (at < n_bins)
+            bins = np.minimum(at, n_bins - 1)
             values = design(m) if design is not None else []
             # the frame path's ``design[:, columns] - center``, a row's own subtraction
             x = np.empty((len(self.columns), m))

@@ -57,6 +57,11 @@ def _rows() -> pd.DataFrame:
     event_time = rng.exponential(1.0 / rate)
     censor_time = rng.uniform(20.0, 400.0, ROWS)
     days = np.round(np.minimum(np.minimum(event_time, censor_time), 400.0), 1)
+    # a third of the times exactly on the request's bin ends (every 64 fine points at bin width 5; a bin's end is
+    # in the bin), as far as the merge keeps them
+    fine = np.linspace(0.0, 400.0, 10_001)
+    on_ends = rng.random(ROWS) < 1 / 3
+    days[on_ends] = fine[np.minimum(64 * np.ceil(np.searchsorted(fine, days[on_ends]) / 64), 10_000).astype(int)]
     status = np.where(event_time <= censor_time, "dead", rng.choice(["alive", "lost"], ROWS))
     frame = pd.DataFrame({
         "_pid": [f"p{i:05d}" for i in range(ROWS)], "_visit": ["v1"] * ROWS,
@@ -67,6 +72,8 @@ def _rows() -> pd.DataFrame:
     frame.loc[[7, 128, 300], "status"] = None
     frame.loc[[9, 511], "stage"] = None
     frame.loc[[63, 400], "days"] = np.nan
+    beyond = np.arange(ROWS) % 41 == 10  # beyond the declared range (enough to leave the merge its bins)
+    frame.loc[beyond, "days"] = 400.02 + np.round(rng.exponential(30.0, int(beyond.sum())), 1)
     return frame
 
 
@@ -108,14 +115,17 @@ def _both(store, request):
 
 def _fit(data, request):
     """Every round of the fit on one node's ``data`` (round 0 coarsened by its controls at 3, the score rounds
-    on the pooled sealed sums): each local step's release as sent and the result."""
+    on the pooled sealed sums): each local step's release as sent and the result (or the central refusal)."""
     state, local, releases = None, None, []
     for round_no in range(80):
         released = transport(COX.local_step(round_no, data, request, MODEL, local))
         releases.append(json.dumps(released, sort_keys=True))
         if round_no == 0:
             released = transport(COX.coarsen_for_release(0, released, 3))
-        step = COX.global_step(round_no, [released], request, MODEL, state)
+        try:
+            step = COX.global_step(round_no, [released], request, MODEL, state)
+        except RequestError as refused:  # e.g. a max_time before the first bin end the merge left
+            return releases, str(refused)
         if step.done:
             return releases, transport(step.result)
         state = transport(step.state)
@@ -150,6 +160,10 @@ def test_every_round_from_rows_on_disk_is_the_frames_bit_for_bit_and_phreg(datas
     assert len(rows) == len(frame) > 40
     streamed, result = _fit(rows, request)
     whole, expected = _fit(frame, request)
+    assert streamed == whole and result == expected
+    if isinstance(expected, str):  # refused alike: the rows beyond the range left a small selection no early bin end
+        assert "max_time" in expected and filters is not None  # every larger selection is fitted
+        return
     assert len(streamed) >= 6  # round 0, start, pairs of sums and score rounds, the final pair
     assert any('"sealed"' in r for r in streamed) and any('"loglik"' in r for r in streamed)
     assert streamed == whole  # every round's release, bit for bit
@@ -161,6 +175,7 @@ def test_every_round_from_rows_on_disk_is_the_frames_bit_for_bit_and_phreg(datas
     assert_rel_close(result["ll"], fit.llf, rel=1e-9, what="ll")
     if max_time is not None:  # not vacuous: rows were followed beyond the end of follow-up
         assert (frame["days"] > result["binning"]["end_of_follow_up"]).any()
+    assert (frame["days"] > 400).any()  # and beyond the grid
 
 
 def test_nothing_is_kept_a_row_between_rounds_each_round_reads_its_chunks_again(store, monkeypatch):
