@@ -65,7 +65,8 @@ built once per analysis and kept between rounds (:mod:`mipflow.algorithms.prepar
 each round computes ``w`` and one sparse bins-by-rows product per column, then
 cumulative sums over the bins.  S2 travels as its upper triangle and the sums
 as packed float64 (:mod:`mipflow.algorithms.packed`); see
-``docs/adr/0018-cox-performance.md``.
+``docs/adr/0018-cox-performance.md``.  Rows left on disk (``streams_rows``, ADR 0062 amendment 16) keep
+nothing a row: every round reads them again a chunk at a time (:mod:`mipflow.algorithms.cox_streamed`).
 It stops as statsmodels' Newton (no coefficient moved by more than ``tol``),
 and one more pair of rounds gives the information at the final coefficients.
 
