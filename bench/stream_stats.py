@@ -20,7 +20,9 @@ five folds) on the groups home (amendment 11); k-means on ``x0..x2`` (k 4) on th
 first Lloyd round in one measurement (amendment 12: the round's assignment, clusters as released groups and the
 partition memory; the group and partition memories removed first, the second round past round verification);
 cross-validated linear and logistic regression on the groups home, round 0 and round 1 in one measurement likewise
-(amendments 14 and 15; their releases compared to 1e-9 relative when not bit for bit).  With ``--postgresql ADMIN_URL`` every chosen algorithm runs again on a PostgreSQL copy of the
+(amendments 14 and 15; their releases compared to 1e-9 relative when not bit for bit); Cox regression (``dose`` as
+the time, ``event``, ``x0, x1, grp``) on the groups home, round 0 and the start round at the node, then a sums round
+and its score round by the local step on the node's kept selection, in one measurement (amendment 16).  With ``--postgresql ADMIN_URL`` every chosen algorithm runs again on a PostgreSQL copy of the
 groups home (``<home>-groups-pg``, its store the database ``mipflow_bench_ss_<rows>`` created through
 ``ADMIN_URL``; amendment 8): the frame path there is the binary ``COPY`` read.
 
@@ -71,13 +73,18 @@ ALGORITHMS = {
     # Newton round and its effective rows), five folds narrowed from the node's fold keys
     "linear_regression_cv": (["y"], ["x0", "x1", "grp"], {}),
     "logistic_regression_cv": (["event"], ["x0", "x1", "grp"], {"positive_class": "yes"}),
+    # amendment 16: dose (declared 0..10) as the time, event "yes"; round 0 and the start round at the node, then
+    # a sums round and its score round by the local step on the node's kept selection (sealing needs peers)
+    "cox_regression": (["dose", "event"], ["x0", "x1", "grp"], {"event_level": "yes", "bin_width": 0.5}),
 }
+#: Cox: four rounds in one measurement (round 0, start, a sums round and its score round).
+COX_ROUNDS = {"cox_regression"}
 #: Algorithms measured over round 0 and round 1 together (the second round's state from round 0, one node).
 TWO_ROUNDS = {"kmeans", "linear_regression_cv", "logistic_regression_cv"}
 #: Algorithms run on the groups home (a nominal ``grp`` of 4 levels beside the scale model's columns).
 GROUPED = {"ttest_independent", "anova_oneway", "logistic_regression", "linear_regression", "anova",
            "contingency_table", "multiple_histograms", "naive_bayes_gaussian_cv", "naive_bayes_categorical_cv",
-           "linear_regression_cv", "logistic_regression_cv"}
+           "linear_regression_cv", "logistic_regression_cv", "cox_regression"}
 GROUP_LEVELS = ("g0", "g1", "g2", "g3")
 
 
@@ -183,10 +190,11 @@ def child(home: str, algorithm: str, path: str, store: str = "sqlite") -> None:
                                                      context.data_model(data_model), None).state
         reply = answer_step(context, "central", algorithm, json.dumps({**doc, "round": 1, "state": state}).encode(),
                             chain=tuple(c for c in CHAIN if c not in (verify_round, tag_release)))
+    later = cox_rounds(context, algorithm, doc, data_model, reply) if algorithm in COX_ROUNDS else None
     seconds = time.perf_counter() - t
     peak = _status_kib("VmHWM")
     kept = [type(v[1]).__name__ for v in context.selections._kept.values()]
-    digest = hashlib.sha256(json.dumps(reply["aggregates"], sort_keys=True).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(json.dumps([reply["aggregates"], later], sort_keys=True).encode()).hexdigest()[:16]
     groups = None
     if (Path(home) / "groups.sqlite").exists():  # the group memory's records (same node key: comparable)
         import sqlite3
@@ -200,6 +208,29 @@ def child(home: str, algorithm: str, path: str, store: str = "sqlite") -> None:
     print(json.dumps({"before_kib": before, "peak_kib": peak, "seconds": seconds, "rows": reply["rows"],
                       "kept": kept, "aggregates": digest, "groups": groups,
                       "released": reply["aggregates"] if algorithm in TWO_ROUNDS else None}), flush=True)
+
+
+def cox_rounds(context, algorithm: str, doc: dict, data_model: str, reply: dict) -> list:
+    """Cox's start round at the node (past round verification), then a sums round and its score round by the
+    local step on the selection the node keeps (its sealed sums pooled in the clear, one node): the releases."""
+    from mipflow.algorithms import get_algorithm
+    from mipflow.algorithms.sealed import local_state
+    from mipflow.node.api.step import CHAIN, answer_step, tag_release, verify_round
+    from mipflow.protocol.request import AnalysisRequest
+    from mipflow.protocol.wire import transport
+
+    algo = get_algorithm(algorithm)
+    request = AnalysisRequest.from_dict(doc["request"])
+    model = context.data_model(data_model)
+    state = transport(algo.global_step(0, [reply["aggregates"]], request, model, None).state)
+    started = answer_step(context, "central", algorithm, json.dumps({**doc, "round": 1, "state": state}).encode(),
+                          chain=tuple(c for c in CHAIN if c not in (verify_round, tag_release)))
+    state = transport(algo.global_step(1, [started["aggregates"]], request, model, state).state)
+    (data,) = [v[1] for v in context.selections._kept.values()]
+    sums = transport(algo.local_step(2, data, request, model, state))
+    scoring = local_state(algo, transport(algo.global_step(2, [sums], request, model, state).state), [sums])
+    score = transport(algo.local_step(3, data, request, model, scoring))
+    return [started["aggregates"], sums, score]
 
 
 def relative_distance(a, b) -> float:

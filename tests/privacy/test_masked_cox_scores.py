@@ -297,3 +297,33 @@ def test_with_two_nodes_the_sums_are_sealed_unmasked_as_documented(federation) -
     assert opened
     for _, _, parts in opened:
         assert all("scheme" not in part and {"events", "s0", "s1", "s2"} == set(part) for part in parts)
+
+
+@pytest.mark.parametrize("ties", ["breslow", "efron"])
+def test_rows_on_disk_and_the_frame_give_the_same_masked_fit(federation, ties: str) -> None:
+    """ADR 0062, amendment 16: the three nodes answer Cox regression from rows left on disk (``columnar_snapshot``
+    1, the default: every round read a chunk at a time) and, the setting turned off at each node, from the SQL
+    read's frame: the start and score rounds masked alike, the clear parts of every round (round 0's bins, the sums
+    rounds' counts) equal, and the result byte for byte (the pooled sums, sealed and masked in fixed point, were
+    the same)."""
+    from mipflow.node.home import NodeHome
+
+    disk, disk_seen = federation.run(ties)
+    try:
+        for root in federation.roots.values():
+            NodeHome(root).set_setting("columnar_snapshot", 0)
+        frame, frame_seen = federation.run(ties)
+    finally:
+        for root in federation.roots.values():
+            NodeHome(root).set_setting("columnar_snapshot", 1)
+    assert disk.secure_aggregation["enabled"] is True and frame.secure_aggregation["enabled"] is True
+    assert json.dumps(disk.result, sort_keys=True) == json.dumps(frame.result, sort_keys=True)
+    assert_equals_pooled(disk, list(federation.frames.values()), ties)
+    for name in HOSPITALS:
+        ours, theirs = rounds_of(disk_seen[name]), rounds_of(frame_seen[name])
+        assert len(ours) == len(theirs) == disk.rounds
+        assert ours[0][2]["aggregates"] == theirs[0][2]["aggregates"]  # the node's bins, in the clear
+        for (_, state, reply), (_, _, other) in zip(ours[2:], theirs[2:]):
+            if state["phase"] == "sums":
+                assert {k: v for k, v in reply["aggregates"].items() if k != "sealed"} == \
+                    {k: v for k, v in other["aggregates"].items() if k != "sealed"}

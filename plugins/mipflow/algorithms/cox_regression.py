@@ -65,7 +65,8 @@ built once per analysis and kept between rounds (:mod:`mipflow.algorithms.prepar
 each round computes ``w`` and one sparse bins-by-rows product per column, then
 cumulative sums over the bins.  S2 travels as its upper triangle and the sums
 as packed float64 (:mod:`mipflow.algorithms.packed`); see
-``docs/adr/0018-cox-performance.md``.
+``docs/adr/0018-cox-performance.md``.  Rows left on disk (``streams_rows``, ADR 0062 amendment 16) keep
+nothing a row: every round reads them again a chunk at a time (:mod:`mipflow.algorithms.cox_streamed`).
 It stops as statsmodels' Newton (no coefficient moved by more than ``tol``),
 and one more pair of rounds gives the information at the final coefficients.
 
@@ -86,6 +87,7 @@ import numpy as np
 from mipflow.algorithms.contract import ReleasedGroups, Step
 from mipflow.algorithms.cox_shares import full_s2 as _full_s2
 from mipflow.algorithms.cox_shares import node_share as _node_share
+from mipflow.algorithms.cox_streamed import checked_state, streamed_step, sums_in_order
 from mipflow.algorithms.design import (
     class_groups,
     class_level_counts,
@@ -97,6 +99,7 @@ from mipflow.algorithms.design import (
     select_design_columns,
     sum_level_counts,
 )
+from mipflow.algorithms.linear_regression_cv import linear_predictor
 from mipflow.algorithms.moments import compute_moments, merge_moment_dicts
 from mipflow.algorithms.packed import pack
 from mipflow.algorithms.prepared import memo
@@ -197,11 +200,16 @@ class CoxRegression(SpecAlgorithm):
         event = str(self.params(request, model)["event_level"])
         return class_groups(request.y[1], request.x, model, (event,)) + dummy_level_groups(request.x, model)
 
+    #: Its local step also takes a selection left on disk (ADR 0062, amendment 16; mipflow.algorithms.cox_streamed).
+    streams_rows = True
+
     def local_step(self, round: int, data: pd.DataFrame, request: AnalysisRequest,
                    model: DataModel, state: dict | None) -> dict:
         params = self.params(request, model)
         time_var = model.variable(request.y[0])
         grid = fine_grid(time_var)  # whatever bin_width and max_time (issue 14.4)
+        if hasattr(data, "reader"):  # rows left on disk (streams_rows): the same release, a chunk at a time
+            return streamed_step(self, round, data, request, model, state, params, grid)
         rows = _rows(data, request, model, params, grid)
         index, event = rows["index"], rows["event"]
         if state is None:
@@ -520,20 +528,11 @@ def _risk_sets(data: pd.DataFrame, request: AnalysisRequest, model: DataModel, p
     :data:`MAX_PRODUCTS_BYTES`) the columns ``x_a x_b (a <= b)``, shape (p(p+1)/2, n).
     """
     rows = _rows(data, request, model, params, grid)
-    columns, center = list(state["columns"]), [float(c) for c in state["center"]]
-    ends = [int(e) for e in state["ends"]]
-    if len(center) != len(columns) or len(state["coefficients"]) != len(columns):
-        raise RequestError("the Cox state's columns, centre and coefficients differ in length")
-    last = request_points(model.variable(request.y[0]), params["bin_width"], params["max_time"])[-1]
-    if not ends or ends != sorted(set(ends)) or ends[0] < 0 or ends[-1] > last:
-        raise RequestError("state.ends must be increasing grid indices ending at or before the end of follow-up")
+    columns, center, ends = checked_state(request, model, params, state)
     key = json.dumps([_rows_key(request, model, params), ends, columns, center])
 
     def build() -> dict:
         names = rows["names"]
-        unknown = [c for c in columns if c not in names]
-        if unknown:
-            raise RequestError(f"the Cox state names unknown design columns: {', '.join(unknown)}")
         design = rows["design"][:, [names.index(c) for c in columns]] - np.asarray(center)
         index, event = rows["index"], rows["event"]
         n_bins = len(ends)
@@ -548,7 +547,7 @@ def _risk_sets(data: pd.DataFrame, request: AnalysisRequest, model: DataModel, p
                "event": np.ascontiguousarray(event[order]),
                "leaving_events": np.bincount(bins[event], minlength=n_bins),
                "leaving_censored": np.bincount(bins[~event], minlength=n_bins),
-               "event_x_sum": design[event].sum(axis=0)}
+               "event_x_sum": sums_in_order(design[event].T)}  # one value after another, as streamed
         p, n = sorted_design.shape
         if n * (p * (p + 1) // 2) * 8 <= MAX_PRODUCTS_BYTES:
             products = out["products"] = np.empty((p * (p + 1) // 2, n))
@@ -583,7 +582,7 @@ def _bin_sums(risk: dict, beta: np.ndarray, tied: bool = False) -> tuple[np.ndar
     from scipy import sparse
 
     design, bounds = risk["design"], risk["bounds"]
-    weight = np.exp(beta @ design)
+    weight = np.exp(linear_predictor(design, beta, design.shape[1]))  # a row's own arithmetic, as streamed
     n_bins, (p, n) = len(bounds) - 1, design.shape
     columns = np.arange(n, dtype=np.int64)
     by_bin = sparse.csr_matrix((weight, columns, bounds), shape=(n_bins, n))

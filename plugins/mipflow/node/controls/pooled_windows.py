@@ -215,22 +215,31 @@ def _release_ends(request: Any, work: Any, fine: np.ndarray, times: np.ndarray) 
 
 
 def release_rows(request: Any, work: Any) -> ReleaseRows | None:
-    """The step's release as :class:`ReleaseRows` (None: the rows' order is not known)."""
-    from mipflow.algorithms.design import category_codes, numeric_values
-    from mipflow.algorithms.survival import outcome
+    """The step's release as :class:`ReleaseRows` (None: the rows' order is not known).  Rows left on disk
+    (Cox, ADR 0062 amendment 16) whose cohorts keep no order: ``work.cohorts`` is given the snapshot's row
+    and patient keys in the rows' order (``pooled_counts.step_order``, the order the frame's cohorts keep) and
+    the time and event columns are read whole (16 B a row, the frame path's columns of them)."""
+    from mipflow.algorithms.streamed import on_disk
+    from mipflow.node.controls.pooled_counts import _column, step_order
 
     cohorts = work.cohorts
+    if cohorts.order is None and work.data is not None and on_disk(work.data):
+        order, people = step_order(work)
+        if order is not None:
+            cohorts = work.cohorts = replace(cohorts, order=order, patient_order=people)
     if cohorts.order is None or len(cohorts.order) != len(work.data):
         return None
     time_code, event_code = request.analysis.y[0], request.analysis.y[1]
     fine = _fine(work, request)
     event_var = work.model.variable(event_code)
-    index, _ = outcome(work.data, request.analysis, work.model, fine, str(event_var.enumeration_codes[0]))
-    codes = category_codes(work.data[event_code], event_var).to_numpy()
+    # the frame path's ``outcome``: each time's fine point (rounded up; beyond the grid: its last point)
+    index = np.searchsorted(fine, _column(work.data, time_code, work.model.variable(time_code)), side="left")
+    beyond = index >= len(fine)
+    index = np.where(beyond, len(fine) - 1, index).astype(np.int64)
+    codes = _column(work.data, event_code, event_var)
     levels = np.full(len(codes), BEYOND, dtype=np.int64)
     for position, level in enumerate(event_var.enumeration_codes):
         levels[codes == str(level)] = position
-    beyond = np.searchsorted(fine, numeric_values(work.data[time_code]), side="left") >= len(fine)
     levels[beyond] = BEYOND
     times = fine[index]
     groupings, groups = _grouping(request, work)

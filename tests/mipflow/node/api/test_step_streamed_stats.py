@@ -1,7 +1,7 @@
 """ADR 0062 at the node: descriptive statistics, Pearson correlation, the one-sample and paired t-tests,
 two-way ANOVA, the contingency table, PCA (with log and exp: amendment 13, the weighted memory the same),
 histograms and naive Bayes (amendment 11), k-means (amendment 12), cross-validated linear regression
-(amendment 14) and logistic regression (amendment 15, every round)
+(amendment 14), logistic regression (amendment 15, every round) and Cox regression (amendment 16)
 keep their selection left on disk (a bit a snapshot row, no frame) and answer what the SQL read's frame gave, bit for bit; the ledger records the cohorts of that frame, the counted-set memory the same sets and rows'
 times; differential privacy keeps a frame."""
 from __future__ import annotations
@@ -280,3 +280,58 @@ def test_logistic_regression_cv_rounds_on_disk_answer_as_the_frame(tmp_path) -> 
     assert sum(result["confusion_matrix"].values()) == outcomes[0]
     memories = {case: _memory(tmp_path / case) for case in contexts}
     assert memories["disk"] == memories["sql"] and memories["disk"]["groups"]
+
+
+def _windows(root: Path) -> list:
+    """The survival releases' rows by time remembered at a node home (ADR 0059 amended), keys and all (one secret
+    for every case's home)."""
+    import sqlite3
+
+    from mipflow.node.controls.pooled_windows import WINDOWS_FILE
+
+    if not (root / WINDOWS_FILE).exists():
+        return []
+    with sqlite3.connect(root / WINDOWS_FILE) as conn:
+        return sorted(conn.execute("SELECT kind, data_model, digest, binding, time_variable, event_variable, keys, "
+                                   "patients, times, levels, ends FROM releases").fetchall())
+
+
+@pytest.mark.parametrize("ties", ["breslow", "efron"])
+def test_cox_rounds_on_disk_answer_as_the_frame_and_remember_the_same_rows(ties, tmp_path) -> None:
+    """Cox regression (ADR 0062, amendment 16) at the node, round 0 and the start round: rows kept on disk, the SQL
+    read's aggregates bit for bit, and the same memories: the ledger's cohorts, the released groups (the events
+    alone and per level, each nominal covariate's levels) and the survival releases' rows by
+    time (ADR 0059 amended), which need the rows' order the streamed cohorts do not keep."""
+    from mipflow.algorithms import get_algorithm
+    from mipflow.node.query.snapshot_rows import SnapshotRows
+    from mipflow.protocol.request import AnalysisRequest
+    from tests.mipflow.node.api.test_step import UNVERIFIED
+
+    algo = get_algorithm("cox_regression")
+    y, x = ["followup_days", "death_90d"], ["age", "sex", "nihss_admission"]
+    parameters = {"event_level": "yes", "bin_width": 30.0, "ties": ties}
+    request = AnalysisRequest.from_dict({"inputdata": {"data_model": STROKE.key, "datasets": ["hospital_a"],
+                                                       "x": x, "y": y, "filters": None}, "parameters": parameters})
+    contexts = {case: _node(tmp_path / case, **settings)
+                for case, settings in (("disk", {}), ("sql", {"columnar_snapshot": 0}))}
+    state, replies = None, {}
+    for round_no in (0, 1):
+        for case, context in contexts.items():
+            replies[case] = answer_step(context, "central", algo.name,
+                                        body(context, y=y, x=x, parameters=parameters, round=round_no, state=state,
+                                             datasets=["hospital_a"], analysis_id="cox"), chain=UNVERIFIED)
+        assert replies["disk"]["rows"] == replies["sql"]["rows"] > 0
+        assert json.dumps(replies["disk"]["aggregates"], sort_keys=True) == \
+            json.dumps(replies["sql"]["aggregates"], sort_keys=True)
+        state = algo.global_step(round_no, [replies["sql"]["aggregates"]], request,
+                                 contexts["sql"].data_model(STROKE.key), state).state
+    assert state["phase"] == "sums"  # round 0 (the bins) and the start round (the centre) answered
+    kept = {case: [type(v[1]).__name__ for v in c.selections._kept.values()] for case, c in contexts.items()}
+    assert kept == {"disk": [SnapshotRows.__name__], "sql": ["DataFrame"]}
+    memories = {case: (_memory(tmp_path / case), _windows(tmp_path / case),
+                       sorted(contexts[case].differencing.ledger.cohorts(STROKE.key)))
+                for case in contexts}
+    assert memories["disk"] == memories["sql"]
+    groups, windows, cohorts = memories["disk"]
+    assert groups["groups"] and cohorts
+    assert windows and all(w[7] is not None for w in windows)  # the rows by time, with their patients

@@ -78,10 +78,11 @@ EVERY_BLOCK_SIZE = pytest.mark.parametrize("store", list(BLOCK_SIZES.values()), 
 
 def stream_blocks(monkeypatch, size: int) -> None:
     """Every streamed pass of the group-releasing steps a block of ``size`` rows at a time (the groups' codes,
-    the moments, the counts, the design's counts, k-means's assignments and the ledger's reads)."""
-    from mipflow.algorithms import design, kmeans, moments, streamed
+    the moments, the counts, the design's counts, k-means's assignments, Cox's chunks and the ledger's reads)."""
+    from mipflow.algorithms import cox_streamed, design, kmeans, moments, streamed
     from mipflow.node.controls import differencing, groups_rows
 
+    monkeypatch.setattr(cox_streamed, "CHUNK_ROWS", size)
     monkeypatch.setattr(kmeans, "ASSIGN_BLOCK", size)
     monkeypatch.setattr(groups_rows, "GROUP_ROWS", size)
     monkeypatch.setattr(moments, "STREAM_BLOCK", 2 * size)

@@ -78,6 +78,8 @@ STEPS = [
     ("naive_bayes_categorical_cv", ["event"], ["grp", "arm"], {}),
     ("linear_regression_cv", ["y"], ["x1", "grp"], {"n_splits": 3}),  # amendment 14
     ("logistic_regression_cv", ["event"], ["x1", "arm"], {"n_splits": 3, "positive_class": "yes"}),  # amendment 15
+    # amendment 16: dose (declared 0..10, values on both sides of it) as the time; round 0's counts, series, cells
+    ("cox_regression", ["dose", "event"], ["x1", "grp", "arm"], {"event_level": "yes", "bin_width": 1.0}),
 ]
 
 
@@ -186,6 +188,7 @@ def test_a_float_nan_stored_in_postgresql_leaves_its_column_to_the_frame_read(st
 @pytest.mark.parametrize("name, y, x, parameters", [
     ("descriptive_stats", ["age", "glucose_mmol", "diabetes"], ["sex"], {}),
     ("anova_oneway", ["glucose_mmol"], ["diabetes"], {}),
+    ("cox_regression", ["followup_days", "death_90d"], ["age", "sex"], {"event_level": "yes", "bin_width": 30.0}),
 ])
 def test_a_postgresql_node_keeps_the_rows_on_disk_and_answers_as_its_frame_read(name, y, x, parameters, pg_url,
                                                                                tmp_path):
