@@ -6,7 +6,9 @@ exports.  The pairwise rule refused that regression ("each way": ``hospital_b``'
 patients), though no combination of the two releases gives those three; between releases of numerical sums the
 chain rule decides (ADR 0063), and the regression is answered.  The elderly's own per-dataset statistics would give
 those three patients' sums (``hospital_b``'s everyone less its elderly): refused, justly.  Where the first statistics
-read a nominal variable, the pairwise rule stays (round 23, hole 2) and the regression is refused as before.
+read a nominal variable (its small level counts hidden), the regression is answered too (it holds no level count to
+read a hidden one against: ADR 0063's nominal amendment), and the pairwise rule stays between releases of level
+counts (round 23, hole 2).
 """
 from __future__ import annotations
 
@@ -72,9 +74,22 @@ def test_the_elderly_s_regression_after_numerical_statistics_per_dataset_is_answ
     assert control(again) == (403, "differencing")
 
 
-def test_after_statistics_of_a_nominal_variable_the_pairwise_rule_stays(nodes):
+def test_after_statistics_of_a_nominal_variable_the_regression_is_answered_and_counts_keep_the_pairwise_rule(nodes):
+    """The first statistics read ``sex`` (its small level counts hidden: class HIDDEN); the elderly's regression holds
+    no level count to read a hidden one against, so the pair is the chain rule's and it is answered (ADR 0063,
+    nominal amendment).  The elderly's level counts of ``sex`` are another release of hidden counts: the pairwise
+    rule stays between the two (round 23, hole 2), and ``hospital_b``'s cohort less its elderly is three patients."""
     node = nodes["nominal"]
     first = node.call("descriptive_stats", request(["age", "nihss_admission", "sex"]), project=PROJECT)
     assert first.status_code == 200, first.text
     reply = node.call("linear_regression", request(["nihss_admission"], ["age"], ELDERLY), project=PROJECT)
-    assert control(reply) == (403, "differencing")
+    assert reply.status_code == 200, reply.text
+    asked = node.rows[node.rows["dataset"].isin([A, B])]
+    elderly = asked[asked["age"] >= 65]
+    moments = reply.json()["aggregates"]["moments"]
+    assert moments["n"] == len(elderly)
+    got = sorted(float(m) for m in moments["mean"])
+    truth = sorted([float(elderly["age"].mean()), float(elderly["nihss_admission"].mean())])
+    assert np.allclose(got, truth, rtol=1e-9, atol=0), (got, truth)
+    counts = node.call("descriptive_stats", request(["sex"], (), ELDERLY), project=PROJECT)
+    assert control(counts) == (403, "differencing")

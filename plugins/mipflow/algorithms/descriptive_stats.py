@@ -148,6 +148,9 @@ class DescriptiveStats(SpecAlgorithm):
     #: Sums only (ADR 0063) when every variable is numerical (the node's step decides: a nominal level's small
     #: count is hidden, and hidden beside 0 over a cohort one row apart tells that row's level: round 23, hole 2).
     sums_only = True
+    #: ... and with a nominal variable, its level counts hidden when small are all it adds: a release of class
+    #: ``HIDDEN``, whose pairs with releases of numerical sums the chain rule decides (ADR 0063, nominal amendment)
+    hides_small_counts = True
     # each dataset's variable is released with its count, mean and centred sum of squares over the rows
     # holding it (fewer than the dataset's when values are missing; ADR 0050, the class)
     group_count_setting = "min_row_count"

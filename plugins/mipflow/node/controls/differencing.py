@@ -555,14 +555,9 @@ class DifferencingGuard:
         return f"{cohorts.data_model}|{cohorts.digest}"
 
 
-def releases_sums_only(algo: Any, analysis: Any, model: Any) -> bool:
-    """Whether a step of ``algo`` on ``analysis`` releases sums only over its cohorts (ADR 0063): the algorithm
-    says so (``sums_only``), every variable it reads is numerical (a nominal level's count of 0 fixes each row's
-    level, and a hidden small count beside it tells the rest: round 23 of the reviews, hole 2), and no
-    longitudinal transformer made its rows (conservatively: one row per patient from two visits).  A
-    ``released_by`` column (descriptive statistics' ``dataset``) splits the rows into cohorts of the ledger, each
-    refused under ``min_row_count``, never hidden: the chain rule sees them, so it is no variable here."""
-    if not getattr(algo, "sums_only", False) or getattr(analysis, "longitudinal", None) is not None:
-        return False
-    split = set(getattr(algo, "released_by", ()))
-    return all(model.variable(v).is_numerical for v in algo.variables(analysis) if v not in split)
+def releases_sums_only(algo: Any, analysis: Any, model: Any) -> int:
+    """The release class of a step (:func:`mipflow.node.controls.release_class.release_class`; ADR 0063): ``SUMS``
+    (1), ``HIDDEN`` (2: numerical sums and nominal counts hidden when small) or ``OTHER`` (0)."""
+    from mipflow.node.controls.release_class import release_class
+
+    return release_class(algo, analysis, model)

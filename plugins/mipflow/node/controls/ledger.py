@@ -35,6 +35,7 @@ import numpy as np
 from mipflow.exceptions import DisclosureError
 from mipflow.node.controls.keycodec import decode_keys, encode_keys  # noqa: F401 - also the ledger's names
 from mipflow.node.controls.epochs import PATIENTS, ROWS, Current, EpochView, still_held  # noqa: F401 - still_held: the ledger's name too
+from mipflow.node.controls.release_class import OTHER, apart, worse
 from mipflow.node.controls.sqlite_state import SqliteState
 
 if TYPE_CHECKING:
@@ -156,8 +157,8 @@ class _Entry:
     patients: np.ndarray | None
     #: The consent epoch it was answered under (ADR 0061; "" for a ledger from before).
     epoch: str = ""
-    #: Whether every release over it released sums only (ADR 0063; False for a ledger from before).
-    sums_only: bool = False
+    #: The worst release class over it (ADR 0063, :mod:`mipflow.node.controls.release_class`; 0 from before).
+    sums_only: int = 0
     #: Recorded only as a cohort a request's filter pins (ADR 0064): compared as an answered one, never a repeat.
     pinned: bool = False
 
@@ -223,7 +224,7 @@ class CohortLedger(SqliteState):
                     keys = decode_keys(blob) if mine is None else mine[0]
                     patients = None if patient_blob is None else decode_keys(patient_blob)
                     del blob, patient_blob
-                self._entries[rowid] = _Entry(data_model, digest, keys, patients, epoch or "", bool(sums_only),
+                self._entries[rowid] = _Entry(data_model, digest, keys, patients, epoch or "", int(sums_only or 0),
                                               bool(pinned))
                 self._digests.setdefault(data_model, {})[digest] = rowid
                 self._seen_rowid = max(self._seen_rowid, rowid)
@@ -235,9 +236,9 @@ class CohortLedger(SqliteState):
         if not any(e.sums_only for e in self._entries.values()):
             return  # none to lose
         with self._connect() as conn:
-            flagged = {r for (r,) in conn.execute("SELECT rowid FROM cohorts WHERE sums_only = 1")}
+            flagged = dict(conn.execute("SELECT rowid, sums_only FROM cohorts WHERE sums_only > 0"))
         for rowid, entry in self._entries.items():
-            entry.sums_only = entry.sums_only and rowid in flagged
+            entry.sums_only = worse(entry.sums_only, int(flagged.get(rowid, OTHER)))
 
     def recorded(self, data_model: str, digest: str) -> tuple[np.ndarray, np.ndarray | None] | None:
         """The row and patient keys of a cohort this ledger holds (None: not recorded), as held in
@@ -284,7 +285,7 @@ class CohortLedger(SqliteState):
               primes: Sequence[int] | None = None, released: Sequence[ChainSet] = (), epoch: str = "",
               current: "Current | None" = None, stamps: "Sequence[Mapping[str, int]] | None" = None,
               patient_stamps: "Sequence[Mapping[str, int]] | None" = None, cells: "Mapping | None" = None,
-              sums_only: bool = False, pinned: bool = False) -> list[str]:
+              sums_only: int = 0, pinned: bool = False) -> list[str]:
         """Allow cohorts (return their digests) or raise.
 
         ``epoch`` is the node's consent epoch (:func:`mipflow.node.controls.differencing.consent_epoch`); a
@@ -311,10 +312,12 @@ class CohortLedger(SqliteState):
         chain's family holds the ``released`` cells of the group memory too (ADR 0051, thirteenth
         review; :mod:`mipflow.node.controls.chain`).
 
-        ``sums_only`` (the release's :attr:`~mipflow.algorithms.spec.SpecAlgorithm.sums_only`, ADR 0063): with
-        ``primes``, the pairwise rules are left out between the request's own cohorts and against an answered
-        cohort of this consent epoch that every release over it made sums only too; the chain rule, its exact
-        backstop over every remembered set (atoms, and unions at ``threshold``) and the epoch rules decide.
+        ``sums_only`` (the release's class, :mod:`mipflow.node.controls.release_class`, ADR 0063): with
+        ``primes``, the pairwise rules are left out between the request's own cohorts when it releases numerical
+        sums only, and against an answered cohort of this consent epoch whose every release is of a class
+        :func:`~mipflow.node.controls.release_class.apart` from this one (sums, and at most one of the two with
+        hidden level counts); the chain rule, its exact backstop over every remembered set (atoms, and unions at
+        ``threshold``) and the epoch rules decide.
 
         ``pinned`` (ADR 0064): the cohorts are those a request's filter pins, checked apart from the request's own
         (the rows between them hold values the filter fixes); a cohort remembered as pinned is a repeat for them
@@ -353,23 +356,29 @@ class CohortLedger(SqliteState):
                 raise stamp_refusal()
             # ADR 0063: between releases of sums the chain rule decides, the pairs kept aside (``deferred``) for
             # the case its exact backstop says nothing (a family past its bound): then they decide as before
-            relaxed = sums_only and primes is not None and not pinned  # repeats only: nothing new, nothing to pair
+            kind = int(sums_only)  # the release's class (mipflow.node.controls.release_class)
+            relaxed = kind != OTHER and primes is not None and not pinned  # some pair may be set aside
             view = EpochView(epoch, current)  # ADR 0061: every rule on the current rows and the epochs
             # a release that is not sums only, over a cohort answered so far by releases of sums only, meets the
             # pairs those answers set aside: as if fresh (round 23 of the reviews, hole 1; ADR 0063)
-            summed = {e.digest for e in entries if e.data_model == data_model and e.epoch == epoch and e.sums_only}
-            paired = fresh if sums_only else [i for i, d in enumerate(digests) if d not in known or d in summed]
+            # (and a release of hidden counts over a cohort answered as sums only meets the pairs kept aside with
+            # other hidden counts; ADR 0063's nominal amendment): a repeat whose class the release worsens
+            classes = {e.digest: e.sums_only for e in entries if e.data_model == data_model and e.epoch == epoch
+                       and not e.pinned}
+            paired = [i for i, d in enumerate(digests)
+                      if d not in known or worse(classes.get(d, OTHER), kind) != classes.get(d, OTHER)]
 
             def pairs(deferred: bool) -> None:
                 for i, cohort in enumerate(cohorts):
-                    if relaxed == deferred and any(pair_conflict(cohort, other, threshold) for other in cohorts[:i]):
+                    if (relaxed and apart(kind, kind)) == deferred and any(
+                            pair_conflict(cohort, other, threshold) for other in cohorts[:i]):
                         raise _refusal(threshold)
                 for i in paired:  # a cohort answered before: nothing new can be learnt from the difference
                     for entry in entries:
                         if pinned and entry.pinned:
                             continue  # two cohorts pinned, neither released (ADR 0064)
-                        if (relaxed and entry.sums_only and entry.epoch == epoch
-                                and not (pinned or entry.pinned)) != deferred:
+                        if (relaxed and apart(kind, entry.sums_only) and entry.epoch == epoch
+                                and not entry.pinned) != deferred:
                             continue  # two releases of sums, this epoch's rows: the chain rule (ADR 0063)
                         if entry.data_model == data_model:
                             conflict = view.near(pair_conflict, cohorts[i], entry.rows, data_model, ROWS,
@@ -499,7 +508,7 @@ class CohortLedger(SqliteState):
                digests: Sequence[str] | None = None, patients: Sequence[np.ndarray] | None = None,
                epoch: str = "", stamps: "Sequence[Mapping[str, int]] | None" = None,
                patient_stamps: "Sequence[Mapping[str, int]] | None" = None, cells: "Mapping | None" = None,
-               sums_only: bool = False, pinned: bool = False) -> None:
+               sums_only: int = 0, pinned: bool = False) -> None:
         """Remember answered cohorts under the consent ``epoch`` (a cohort already remembered costs
         nothing and keeps its epoch: an earlier one is the stricter; one remembered without its patients
         gains them; ``sums_only``: the release's, ADR 0063, a cohort remembered so loses it when a release
@@ -545,13 +554,14 @@ class CohortLedger(SqliteState):
                                      [(data_model, d) for d in released])
                 for d in released:
                     self._entries[known[d]].pinned = False
-            widened = [] if sums_only else [d for d in digests if d in known and self._entries[known[d]].sums_only]
+            widened = {d: worse(self._entries[known[d]].sums_only, int(sums_only)) for d in digests if d in known}
+            widened = {d: c for d, c in widened.items() if c != self._entries[known[d]].sums_only}
             if widened:
                 with self._connect() as conn:
-                    conn.executemany("UPDATE cohorts SET sums_only = 0 WHERE data_model = ? AND digest = ?",
-                                     [(data_model, d) for d in widened])
-                for d in widened:
-                    self._entries[known[d]].sums_only = False
+                    conn.executemany("UPDATE cohorts SET sums_only = ? WHERE data_model = ? AND digest = ?",
+                                     [(c, data_model, d) for d, c in widened.items()])
+                for d, c in widened.items():
+                    self._entries[known[d]].sums_only = c
             if not new and not completed:
                 return  # later rounds of an analysis, repeated analyses
             now = datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -163,3 +163,52 @@ def test_the_same_request_of_sums_again_is_a_repeat(tmp_path):
     book.check("dm", [O, N], M, primes=PRIMES, sums_only=True)
     book.record("dm", [O, N], sums_only=True)
     assert book.check("dm", [O, N], M, primes=PRIMES, sums_only=True)
+
+
+# ------------------------------------------------------------------ hidden level counts (ADR 0063, nominal amendment)
+
+from mipflow.node.controls.release_class import HIDDEN, OTHER, SUMS, apart, worse  # noqa: E402
+
+
+def test_the_classes_order_and_which_pairs_stand_aside():
+    assert worse(SUMS, HIDDEN) == HIDDEN and worse(HIDDEN, OTHER) == OTHER and worse(SUMS, SUMS) == SUMS
+    assert apart(SUMS, SUMS) and apart(SUMS, HIDDEN) and apart(HIDDEN, SUMS)
+    assert not apart(HIDDEN, HIDDEN) and not apart(OTHER, SUMS) and not apart(SUMS, OTHER)
+
+
+def test_numerical_sums_beside_hidden_counts_leave_the_pair_to_the_chain_rule(tmp_path):
+    """Descriptive statistics of a nominal variable over ``O``, then a regression over ``N``: no release of level
+    counts over ``N``, so nothing to read a hidden count against; answered, and in the other order too."""
+    book = ledger(tmp_path, "one")
+    answer(book, O, sums_only=HIDDEN)
+    answer(book, N, sums_only=SUMS)
+    other = ledger(tmp_path, "two")
+    answer(other, O, sums_only=SUMS)
+    answer(other, N, sums_only=HIDDEN)
+
+
+def test_two_releases_of_hidden_counts_keep_the_pairwise_rule(tmp_path):
+    book = ledger(tmp_path)
+    answer(book, O, sums_only=HIDDEN)
+    refused(book, N, sums_only=HIDDEN)  # round 23, hole 2: a hidden count beside a 0
+    refused(book, N, sums_only=OTHER)
+
+
+def test_hidden_counts_over_a_pair_answered_as_sums_meet_the_pair_set_aside(tmp_path):
+    """``O`` and ``N`` answered as numerical sums (the pair set aside), then counts of a nominal variable over ``N``
+    and over ``O`` (repeats): the second meets ``N``'s hidden counts and is refused."""
+    book = ledger(tmp_path)
+    answer(book, O, sums_only=SUMS)
+    answer(book, N, sums_only=SUMS)
+    answer(book, N, sums_only=HIDDEN)  # a repeat; its pair with O (sums) stands aside
+    refused(book, O, sums_only=HIDDEN)  # O's hidden counts against N's
+
+
+def test_the_class_is_remembered_at_its_worst_on_disk(tmp_path):
+    book = ledger(tmp_path)
+    answer(book, O, sums_only=SUMS)
+    book.record("dm", [O], sums_only=HIDDEN)
+    book.record("dm", [O], sums_only=SUMS)  # a later release of sums does not give it back
+    with sqlite3.connect(tmp_path / "home" / "cohorts.sqlite") as conn:
+        assert conn.execute("SELECT sums_only FROM cohorts").fetchall() == [(HIDDEN,)]
+    refused(CohortLedger(tmp_path / "home"), N, sums_only=HIDDEN)
