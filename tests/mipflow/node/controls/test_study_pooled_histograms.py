@@ -161,9 +161,9 @@ def test_no_two_releases_of_the_family_subtract_to_a_small_pooled_cell(split, va
 @pytest.mark.parametrize("variable", ["minimentalstate", "subjectageyears"])
 def test_a_node_s_small_cell_follows_from_nothing_the_central_site_gets(split, variable) -> None:
     """Unknowns: every node's atoms' cells.  Known to the central site: the shown pooled cells of every cohort
-    and record, a 0 at every node wherever the pooled count is 0, and every node's own structure and margins
-    of every cohort, nested difference and atom (released per node by other algorithms: conservative).  No
-    node's small cell (of a cohort, nested difference or atom) is determined."""
+    and record, a 0 at every node wherever the pooled count is 0 or the node's margin is, and every node's own
+    structure and margins of every cohort, nested difference and atom (released per node by other algorithms:
+    conservative).  No node's small cell (of a cohort, nested difference or atom) is determined."""
     layout, atoms, pooled = pooled_of(split, variable)
     _, hidden = sph.pooled_pattern(pooled, layout, K, TAB)
     present = np.flatnonzero(pooled.reshape(len(pooled), -1).any(axis=1))
@@ -181,8 +181,11 @@ def test_a_node_s_small_cell_follows_from_nothing_the_central_site_gets(split, v
     known = [at(n, s) for n in range(N) for s in structure(layout, sets)]
     cohorts = [np.ones(A, dtype=bool), *bits.T]
     zero = pooled[present] == 0
-    for n in range(N):
-        known.append(at(n, np.eye(block)[zero.reshape(-1)]))
+    for n, node in enumerate(nodes):
+        # non-negative counts: a pooled 0 is 0 at every node, and a node's atom record whose margin is 0 (its
+        # margins are known) is 0 in every bin
+        empty = zero | (atoms[node][present].sum(axis=2, keepdims=True) == 0)
+        known.append(at(n, np.eye(block)[empty.reshape(-1)]))
     for c, cohort in enumerate(cohorts):
         for r, j in product(range(R), range(J)):
             if not hidden[c, r, j]:
