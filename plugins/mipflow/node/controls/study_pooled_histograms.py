@@ -17,7 +17,9 @@ counts, as Kaplan-Meier's pooled bins are (ADR 0052), and every node derives the
   subgroup (over all of the study's datasets); the relations between them are those of the pooled atoms
   present (exact, :func:`~mipflow.node.controls.study_suppression.cohort_relations`), and the nested
   differences and atoms that are not cohorts (:func:`~mipflow.node.controls.study_suppression.derived_sets`)
-  are unreleased but sensitive, exactly as ADR 0035 does per node.  A cell is shown only when its pooled count
+  are unreleased but sensitive, exactly as ADR 0035 does per node; and every cell of a set's record whose
+  margin is 0 is known to be 0 (:func:`known_zeros`: counts are not negative, margins are known), which ADR
+  0035's relations leave out.  A cell is shown only when its pooled count
   is 0 or at least ``nfilter_tab`` and no small pooled cell (of any cohort, nested difference or atom) follows
   from every cell shown across the family.  The node then releases its **own** counts of the asked cohort on
   the shown cells (0 on the hidden ones) and one "shown" flag per cell, masked (:func:`node_release`); the
@@ -34,7 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from mipflow.node.controls.study_suppression import Layout, derived_sets, family_pattern
+from mipflow.node.controls.study_suppression import BATCH, Layout, _one_thread, derived_sets, family_relations
+from mipflow.node.controls.suppression import suppress
 
 
 def subgroup_atoms(n_subgroups: int) -> np.ndarray:
@@ -102,8 +105,27 @@ def pooled_pattern(pooled_atoms: np.ndarray, layout: Layout, n_subgroups: int, t
     derived = derived_sets(membership)
     system = np.hstack([membership, derived])  # (present atoms, cohorts + derived)
     counts = np.einsum("ac,arj->crj", system.astype(np.int64), pooled[present])
-    hidden = family_pattern(counts.astype(float), system, layout, tab, derived=derived.shape[1])
+    unreleased = np.zeros(counts.shape, dtype=bool)
+    unreleased[cohorts:] = True
+    known = known_zeros(counts, ZEROS)
+    relations = np.vstack([family_relations(system, layout), np.eye(counts.size)[known.reshape(-1)]])
+    with _one_thread():
+        hidden = suppress(counts.reshape(-1).astype(float), relations, tab, batch=BATCH,
+                          unreleased=unreleased.reshape(-1)).reshape(counts.shape)
     return counts[:cohorts], hidden[:cohorts]
+
+
+#: Which zero cells the requester is taken to know (counts are not negative): ``"margins"``, every cell of a
+#: set's record whose margin is 0 (margins are taken as known, ADR 0035; a subgroup of women has no rows in the
+#: record of men, so each of its cells there is 0); ``"none"``: ADR 0035's per-node relations alone (tests).
+ZEROS = "margins"
+
+
+def known_zeros(counts: np.ndarray, which: str) -> np.ndarray:
+    """The cells ``(sets, records, bins)`` known to be 0 (see :data:`ZEROS`)."""
+    if which == "none":
+        return np.zeros(counts.shape, dtype=bool)
+    return np.broadcast_to(counts.sum(axis=2, keepdims=True) == 0, counts.shape).copy()
 
 
 def cohort_of(cohort: int, n_subgroups: int) -> np.ndarray:
