@@ -333,3 +333,17 @@ def test_a_set_s_record_with_no_rows_is_known_zero_and_the_pattern_protects_thro
     monkeypatch.setattr(sph, "ZEROS", "none")
     _, without = sph.pooled_pattern(pooled, layout, 2, TAB)
     assert any(pooled_determined(layout, pooled, without))
+
+
+@pytest.mark.xfail(strict=True, reason="ADR 0035 amendment 2026-12-08, left: the per-node family pattern "
+                   "(study_suppression.family_pattern) omits the known zeros of a set's empty record (women in the "
+                   "record of men), so a small cell follows through them; adding known_zeros there changes every "
+                   "stored pattern (a refresh)")
+@pytest.mark.parametrize("seed", [34, 42, 46])
+def test_the_per_node_pattern_of_one_node_holding_every_row_leaks_no_small_cell_through_empty_records(seed) -> None:
+    from mipflow.node.controls.study_suppression import cohort_pattern
+    from tests.mipflow.algorithms.survival_data import STROKE
+
+    frame, masks, layout, _, pooled = random_split(seed)
+    _, hidden = cohort_pattern(frame, np.column_stack([np.ones(len(frame), dtype=bool), masks]), layout, STROKE, TAB)
+    assert not any(pooled_determined(layout, pooled, hidden))
