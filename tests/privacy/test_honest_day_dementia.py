@@ -345,6 +345,55 @@ def test_study_histogram_bins_shown_are_the_pooled_counts(study_day) -> None:
     assert any("at least one participating node suppressed" in n for n in result["notes"]), result.get("notes")
 
 
+#: the approved study's subgroups as (variable, level), in the protocol's order
+STUDY_SUBGROUPS = (("gender", "F"), ("gender", "M"), ("alzheimerbroadcategory", "AD"), ("alzheimerbroadcategory", "CN"))
+
+
+def pooled_pattern_of(day, variable):
+    """The family's pattern on the pooled counts (ADR 0035, 2026-12-08): cohorts x records x bins, and the layout."""
+    import types
+
+    from mipflow.node.controls import study_pooled_histograms as sph
+    from mipflow.node.controls.study_suppression import layouts
+
+    model = home_model(day.folder)
+    protocol = types.SimpleNamespace(variables=VARS, survival=None, algorithms=["multiple_histograms"],
+                                     histogram_bins=10)
+    (layout,) = [lay for lay in layouts(protocol, model) if lay.variable == variable]
+    rows = day.rows(population)
+    member = np.column_stack([rows[code].to_numpy() == level for code, level in STUDY_SUBGROUPS])
+    counts, hidden = sph.pooled_pattern(sph.node_atom_cells(rows, member, layout, model), layout,
+                                        len(STUDY_SUBGROUPS), NodeSettings().nfilter_tab)
+    return layout, counts, hidden
+
+
+@pytest.mark.xfail(strict=True, reason="ADR 0035 amendment 2026-12-08: a study's histograms are still suppressed per "
+                   "node (each node's own family pattern; the central site shows a bin only where every node released "
+                   "it, ADR 0005): 2 of 10 MMSE bins shown (the empty ones) where every pooled bin is 0 or >= "
+                   "nfilter_tab and the pattern on pooled counts (study_pooled_histograms) shows 5. The pooled "
+                   "pattern is not wired into the step (two masked rounds, the binding to one participant set and "
+                   "one pool, no per-node histogram of a layout answered pooled)")
+def test_study_histogram_shows_the_bins_of_the_family_pattern_on_pooled_counts(study_day) -> None:
+    """Measures the finding: the bins shown against the pooled histogram's bins 0 or >= nfilter_tab, and asks for
+    exactly the cells the family's pattern on pooled counts shows, each the pooled numpy count."""
+    tab = NodeSettings().nfilter_tab
+    rows = study_day.rows(population)
+    layout, counts, hidden = pooled_pattern_of(study_day, "minimentalstate")
+    truth = np.histogram(rows["minimentalstate"], bins=10, range=(0, 30))[0]
+    np.testing.assert_array_equal(counts[0, 0], truth)
+    result = answered(study_day.ask("multiple_histograms", ["minimentalstate"], ["gender"], bins=10))
+    shown = shown_counts(result, truth)
+    safe = int(((truth == 0) | (truth >= tab)).sum())
+    assert safe == 10 and sum(got is not None or s == "empty" for got, s in
+                              zip(shown, [h for h in result["histogram"] if h["grouping_var"] is None][0]["bin_status"])) == 2
+    where = {record: r for r, record in enumerate(layout.records)}
+    for record in result["histogram"]:
+        r = where[(record["grouping_var"], record["grouping_enum"])]
+        expected = [None if h or c == 0 else int(c) for c, h in zip(counts[0, r], hidden[0, r])]
+        got = list(record["counts"])
+        assert got == expected, (record["grouping_var"], record["grouping_enum"], got, expected)
+
+
 def test_study_kmeans_is_refused_naming_the_algorithms_the_study_allows(study_day) -> None:
     """Justified: the admin could not approve k-means (approval names the variable and ADR 0050)."""
     refusals = study_day.refusals("kmeans", ["lefthippocampus", "righthippocampus", "leftamygdala"], k=3)
