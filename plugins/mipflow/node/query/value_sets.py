@@ -1,123 +1,143 @@
-"""Which values a filter rule keeps or leaves out, within its variable's declared domain (ADR 0064).
+"""Which values of a variable a filter's rules on it decide, within the declared domain (ADR 0064).
 
-A rule **pins** the rows it leaves out when every value it leaves out is one value (``nihss_admission > 0`` with a
-declared minimum of 0; ``sex = F`` leaves out ``M``; ``score != 3``), and the rows it keeps when every value it keeps
-is one (``nihss_admission = 0``; ``nihss_admission <= 0.5`` on an integer variable).  A numerical variable with a
-declared range ``[lo, hi]`` counts an interval of values narrower than ``1 / NARROW_PARTS`` of the range as one
-value (``age > 18.01`` with a minimum of 18: the left-out ages are all but known).  A side without a declared bound
-is open: the node does not know whether rows sit at it (data models should declare the ranges of scores and counts).
+A unit of rules on one variable (one rule, or all the filter's rules on it) **pins** when the rows whose side of the
+filter the unit decides hold a few known values.  The domain is cut at every operand of the variable's rules into
+regions on which each rule's outcome is constant; a region **changes** when replacing the unit by its constant (or
+``is_not_null``, widening) can move a row of it across the filter for some outcome of the other rules, each taken as
+free (:func:`changes`, exact for a filter tree: every rule is a leaf of its own).  The changing regions pin when:
 
-Pure: a rule's operator and value, the variable's metadata; never the data.
+* integer variable: they hold at most :data:`MAX_VALUES` integers (two unknown counts and the target's value solve
+  from a release's count, sum and sum of squares: the twenty-fifth review, hole 1);
+* real variable: at most :data:`MAX_VALUES` pieces, each narrower than the declared range over
+  :data:`NARROW_PARTS`;
+* nominal variable: not every level (the target's level outside them shows);
+* free text: the operands only, at most :data:`MAX_VALUES`.
+
+A side without a declared bound is open (the node does not know whether rows sit at it).  Pure: rules and the
+variable's metadata, never the data.
 """
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable, Sequence
 
 from mipflow.protocol.datamodel import Variable
 
-#: A numerical set of values narrower than the declared range over this many counts as one value.
+#: A numerical piece narrower than the declared range over this many counts as one value.
 NARROW_PARTS = 100
+#: At most this many values (integers, narrow pieces, operand texts) pin (degree-2 releases solve two).
+MAX_VALUES = 2
 
-_TRUE_OUTSIDE = {"not_equal": "equal", "not_in": "in", "not_between": "between"}
+Outcome = Callable[[Any, Any], bool | None]  # (rule, region representative) -> the rule's outcome there
 
 
-def narrow(operator: str, value: Any, var: Variable, outcome: bool) -> bool:
-    """Whether the values of ``var`` on which a rule is ``outcome`` (true: the values it keeps; false: those it
-    leaves out, missing values aside) are at most one value.  ``is_null`` / ``is_not_null`` pin nothing (the rows
-    they leave out or keep hold no value of the variable); an operand that does not parse pins nothing (the
+def regions(rules: Sequence[Any], var: Variable) -> list[tuple[Any, float, float]] | None:
+    """The variable's domain cut at its rules' operands: ``(representative, low, high)`` per region (a point when
+    ``low == high``; the nominal levels and operand texts as points), or None when an operand does not parse (the
     selection refuses the filter)."""
-    if operator in ("is_null", "is_not_null"):
-        return False
-    if operator in _TRUE_OUTSIDE:
-        operator, outcome = _TRUE_OUTSIDE[operator], not outcome
     try:
         if var.is_categorical:
-            return _levels(operator, value, var, outcome)
-        if var.is_numerical:
-            return _numbers(operator, value, var, outcome)
+            return [(code, 0.0, 0.0) for code in var.enumeration_codes]
+        if not var.is_numerical:
+            texts = sorted({str(v) for r in rules for v in _operands(r)})
+            return [(t, 0.0, 0.0) for t in texts] + [(None, -math.inf, math.inf)]  # None: every other text
+        lo = -math.inf if var.min_value is None else float(var.min_value)
+        hi = math.inf if var.max_value is None else float(var.max_value)
+        cuts = sorted({_number(v) for r in rules for v in _operands(r)} | {lo, hi})
+        cuts = [c for c in cuts if lo <= c <= hi]
     except (TypeError, ValueError):
+        return None
+    out: list[tuple[Any, float, float]] = []
+    for i, point in enumerate(cuts):
+        if math.isfinite(point):
+            out.append((point, point, point))
+        if i + 1 < len(cuts):
+            a, b = point, cuts[i + 1]
+            middle = (a + b) / 2 if math.isfinite(a) and math.isfinite(b) else (b - 1 if math.isfinite(b) else a + 1)
+            out.append((middle, a, b))
+    if len(cuts) == 1 and not math.isfinite(cuts[0]):
+        out.append((0.0, lo, hi))
+    return out
+
+
+def outcome(rule: Any, var: Variable, x: Any) -> bool:
+    """A rule's outcome for a value ``x`` (a region's representative; never missing)."""
+    op, value = rule.operator, rule.value
+    if op in ("is_null", "is_not_null"):
+        return op == "is_not_null"
+    negate = op in ("not_equal", "not_in", "not_between")
+    op = {"not_equal": "equal", "not_in": "in", "not_between": "between"}.get(op, op)
+    if var.is_categorical or not var.is_numerical:
+        inside = x is not None and str(x) in {_code(v) for v in _operands(rule)}
+        return inside != negate
+    x = float(x)
+    if op == "between":
+        a, b = (_number(v) for v in value)
+        result = a <= x <= b
+    elif op in ("equal", "in"):
+        result = x in {_number(v) for v in _operands(rule)}
+    else:
+        c = _number(value)
+        result = {"less": x < c, "less_or_equal": x <= c, "greater": x > c, "greater_or_equal": x >= c}[op]
+    return result != negate
+
+
+def pins(changing: Sequence[tuple[Any, float, float]], var: Variable) -> bool:
+    """Whether changing regions hold a few known values (the module's rules)."""
+    if not changing:
+        return True
+    if var.is_categorical:
+        return len(changing) < len(var.enumeration_codes)
+    if not var.is_numerical:
+        return all(rep is not None for rep, _, _ in changing) and len(changing) <= MAX_VALUES
+    if any(not (math.isfinite(a) and math.isfinite(b)) for _, a, b in changing):
         return False
-    # free text: a value kept, or (outcome false) every other value
-    return outcome and operator in ("equal", "in") and len(_listed(operator, value)) <= 1
+    if var.sql_type == "int":
+        return sum(_integers(a, b) for _, a, b in changing) <= MAX_VALUES
+    lo, hi = var.min_value, var.max_value
+    pieces = _merged([(a, b) for _, a, b in changing])
+    if len(pieces) > MAX_VALUES:
+        return False
+    if all(a == b for a, b in pieces):
+        return True
+    return lo is not None and hi is not None and all(b - a <= (float(hi) - float(lo)) / NARROW_PARTS
+                                                      for a, b in pieces)
 
 
-def _listed(operator: str, value: Any) -> list:
-    return list(value) if operator == "in" and isinstance(value, list) else [value]
+def _integers(a: float, b: float) -> int:
+    """Integers in a region: the point ``a`` when ``a == b``, else those strictly between ``a`` and ``b``."""
+    if a == b:
+        return int(float(a).is_integer())
+    return max(0, math.ceil(b) - 1 - math.floor(a)) if b > a else 0
+
+
+def _merged(pieces: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    out: list[tuple[float, float]] = []
+    for a, b in sorted(pieces):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+def _operands(rule: Any) -> list:
+    value = rule.value
+    if rule.operator in ("is_null", "is_not_null"):
+        return []
+    return list(value) if isinstance(value, list) else [value]
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError("not a number")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError("not finite")
+    return number
 
 
 def _code(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
-
-
-def _levels(operator: str, value: Any, var: Variable, outcome: bool) -> bool:
-    """A nominal variable: its levels kept, or those left out, at most one."""
-    levels = set(var.enumeration_codes)
-    if operator not in ("equal", "in"):
-        return False  # an ordering operator on a nominal variable: the selection refuses it
-    chosen = {_code(v) for v in _listed(operator, value)} & levels
-    return len(chosen if outcome else levels - chosen) <= 1
-
-
-def _numbers(operator: str, value: Any, var: Variable, outcome: bool) -> bool:
-    """A numerical variable: the hull of the values kept (or left out) within ``[lo, hi]`` holds one integer (int)
-    or is narrower than the declared range over :data:`NARROW_PARTS`."""
-    lo = -math.inf if var.min_value is None else float(var.min_value)
-    hi = math.inf if var.max_value is None else float(var.max_value)
-    pieces = _intervals(operator, value, lo, hi)
-    if not outcome:
-        pieces = _complement(pieces, lo, hi)
-    pieces = [(a, b, ca, cb) for a, b, ca, cb in pieces if a < b or (a == b and ca and cb)]
-    if not pieces:
-        return True  # no value: no row changes side
-    start, end = min(p[0] for p in pieces), max(p[1] for p in pieces)
-    if start == end:
-        return True  # one value
-    if not (math.isfinite(start) and math.isfinite(end)):
-        return False  # open towards an undeclared bound
-    if var.sql_type == "int":
-        first = math.ceil(start) if pieces[0][2] or not float(start).is_integer() else start + 1
-        last = math.floor(end) if pieces[-1][3] or not float(end).is_integer() else end - 1
-        if last - first < 1:
-            return True
-    return math.isfinite(hi - lo) and end - start <= (hi - lo) / NARROW_PARTS
-
-
-def _intervals(operator: str, value: Any, lo: float, hi: float) -> list[tuple[float, float, bool, bool]]:
-    """The values a rule keeps within ``[lo, hi]``: ``(a, b, a closed, b closed)`` pieces, in order."""
-    def num(v: Any) -> float:
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise TypeError("not a number")
-        return float(v)
-
-    if operator == "less":
-        return [(lo, min(hi, num(value)), True, num(value) > hi)]
-    if operator == "less_or_equal":
-        return [(lo, min(hi, num(value)), True, True)]
-    if operator == "greater":
-        return [(max(lo, num(value)), hi, num(value) < lo, True)]
-    if operator == "greater_or_equal":
-        return [(max(lo, num(value)), hi, True, True)]
-    if operator == "between":
-        a, b = (num(v) for v in value)
-        return [(max(lo, a), min(hi, b), True, True)]
-    if operator in ("equal", "in"):
-        points = sorted({num(v) for v in _listed(operator, value)})
-        return [(p, p, True, True) for p in points if lo <= p <= hi]
-    raise ValueError(f"unknown operator {operator!r}")
-
-
-def _complement(pieces: list[tuple[float, float, bool, bool]], lo: float, hi: float
-                ) -> list[tuple[float, float, bool, bool]]:
-    """``[lo, hi]`` less ``pieces`` (sorted, disjoint)."""
-    out: list[tuple[float, float, bool, bool]] = []
-    start, closed = lo, True
-    for a, b, ca, cb in sorted(pieces):
-        if a > start or (a == start and closed and not ca):
-            out.append((start, a, closed, not ca))
-        start, closed = b, not cb
-    if start < hi or (start == hi and closed):
-        out.append((start, hi, closed, True))
-    return out
