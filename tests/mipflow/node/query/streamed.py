@@ -90,3 +90,19 @@ def stream_blocks(monkeypatch, size: int) -> None:
     monkeypatch.setattr(streamed, "COUNT_ROWS", size)
     monkeypatch.setattr(design, "COUNT_BLOCK", size)
     monkeypatch.setattr(differencing, "READ_BLOCK", size)
+
+
+def frame_and_rows(store: FeatureStore, model: DataModel, key: str, algo, request) -> tuple:
+    """``algo``'s local data from the snapshot's frame and the same selection left on disk (``SnapshotRows``)."""
+    from mipflow.algorithms.local import prepare_local_data
+    from mipflow.node.query.read import _check_variables, select_rows
+    from mipflow.node.query.snapshot import current_snapshot, select_columns
+
+    variables = list(algo.variables(request))
+    chosen = _check_variables(model, variables)
+    frame = select_columns(current_snapshot(store, model, key), model, chosen, list(request.datasets),
+                           request.filters, key)
+    rows = select_rows(store, model, datasets=request.datasets, variables=variables, filters=request.filters,
+                       row_key=key)
+    assert frame is not None and rows is not None
+    return prepare_local_data(algo, frame, request), rows

@@ -16,17 +16,14 @@ import pandas as pd
 import pytest
 
 from mipflow.algorithms import cox_streamed, get_algorithm
-from mipflow.algorithms.local import prepare_local_data
 from mipflow.algorithms.sealed import local_state
 from mipflow.exceptions import RequestError
 from mipflow.node.controls.differencing import hash_key
-from mipflow.node.query.read import _check_variables, select_rows
-from mipflow.node.query.snapshot import current_snapshot, select_columns
 from mipflow.protocol.request import AnalysisRequest
 from mipflow.protocol.wire import transport
 from tests.mipflow.algorithms.helpers import assert_rel_close
 from tests.mipflow.algorithms.survival_data import cox_design, round_up
-from tests.mipflow.node.query.streamed import EDGE_SELECTIONS, block_model, block_store, number_rule, stream_blocks
+from tests.mipflow.node.query.streamed import frame_and_rows, EDGE_SELECTIONS, block_model, block_store, number_rule, stream_blocks
 
 SECRET = b"node secret of the streamed Cox tests"
 KEY = hash_key(SECRET)
@@ -103,14 +100,7 @@ def _request(datasets, filters, x, **parameters):
 
 
 def _both(store, request):
-    variables = list(COX.variables(request))
-    chosen = _check_variables(MODEL, variables)
-    frame = select_columns(current_snapshot(store, MODEL, KEY), MODEL, chosen, list(request.datasets),
-                           request.filters, KEY)
-    rows = select_rows(store, MODEL, datasets=request.datasets, variables=variables, filters=request.filters,
-                       row_key=KEY)
-    assert frame is not None and rows is not None
-    return prepare_local_data(COX, frame, request), rows
+    return frame_and_rows(store, MODEL, KEY, COX, request)
 
 
 def _fit(data, request):

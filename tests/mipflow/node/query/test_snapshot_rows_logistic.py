@@ -17,16 +17,14 @@ import pytest
 
 from mipflow.algorithms import design as design_module
 from mipflow.algorithms import get_algorithm, logistic_regression, moments
-from mipflow.algorithms.local import prepare_local_data
 from mipflow.algorithms.moments import WeightTotals
 from mipflow.node.controls.differencing import hash_key
 from mipflow.node.controls.effective_rows import effective_rows
-from mipflow.node.query.read import _check_variables, select_rows
-from mipflow.node.query.snapshot import current_snapshot, select_columns
+from mipflow.node.query.read import select_rows
 from mipflow.protocol.request import AnalysisRequest
 from mipflow.protocol.wire import transport
 
-from tests.mipflow.node.query.streamed import EDGE_SELECTIONS, block_model, block_store, number_rule
+from tests.mipflow.node.query.streamed import frame_and_rows, EDGE_SELECTIONS, block_model, block_store, number_rule
 
 SECRET = b"node secret of the streamed logistic tests"
 KEY = hash_key(SECRET)
@@ -88,14 +86,7 @@ def _request(datasets, filters, x):
 
 
 def _both(store, request):
-    variables = list(LOGISTIC.variables(request))
-    chosen = _check_variables(MODEL, variables)
-    frame = select_columns(current_snapshot(store, MODEL, KEY), MODEL, chosen, list(request.datasets),
-                           request.filters, KEY)
-    rows = select_rows(store, MODEL, datasets=request.datasets, variables=variables, filters=request.filters,
-                       row_key=KEY)
-    assert frame is not None and rows is not None
-    return prepare_local_data(LOGISTIC, frame, request), rows
+    return frame_and_rows(store, MODEL, KEY, LOGISTIC, request)
 
 
 def _fit(data, request):
