@@ -149,9 +149,12 @@ def record(conn: sqlite3.Connection, data_model: str, cells: Mapping[str, tuple[
 
     union = sorted_unique(np.concatenate([np.asarray(s, dtype=np.uint64) for s in sets]))
     now = _last_stamp(conn)
+    blobs: list[tuple[np.ndarray, bytes]] = []  # keys encoded for a column before (the same rows in several)
     for column, (keys, digests) in cells.items():
         keys, digests = np.asarray(keys, dtype=np.uint64), np.asarray(digests, dtype=np.uint32)
-        if len(union) and len(keys):
+        if len(keys) == len(union) and np.array_equal(keys, union):
+            pass  # every row inside: the search below would keep them all
+        elif len(union) and len(keys):
             at = np.minimum(np.searchsorted(union, keys), len(union) - 1)
             inside = union[at] == keys
             keys, digests = keys[inside], digests[inside]
@@ -166,6 +169,9 @@ def record(conn: sqlite3.Connection, data_model: str, cells: Mapping[str, tuple[
         if differ.any() or new.any():
             merged, merged_digests = sorted_cells(np.concatenate([keys, known]),
                                                   np.concatenate([digests, known_digests]))
+            blob = next((b for k, b in blobs if len(k) == len(merged) and np.array_equal(k, merged)), None)
+            if blob is None:
+                blob = encode_keys(merged)
+                blobs.append((merged, blob))
             conn.execute("INSERT OR REPLACE INTO row_cells (data_model, variable, keys, digests) VALUES (?, ?, ?, ?)",
-                         (data_model, column, encode_keys(merged),
-                          merged_digests.astype("<u4").tobytes()))
+                         (data_model, column, blob, merged_digests.astype("<u4").tobytes()))
