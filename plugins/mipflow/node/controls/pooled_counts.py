@@ -220,7 +220,10 @@ def counted_sets_unique(request: Any, work: Any
                 masks += [values == level for level in {v for v in values if v is not None}]
             for mask in masks:
                 mask = np.asarray(mask, dtype=bool)
-                sets.append((order[mask], None if people is None else people[mask], mask))
+                if bool(mask.all()):  # every row (a complete-case selection): the rows as they are, not a copy
+                    sets.append((order, people, mask))
+                else:
+                    sets.append((order[mask], None if people is None else people[mask], mask))
     from_order = range(first, len(sets))  # the variables' sets: order[mask]
     release = getattr(work, "groups", None)
     for group in () if release is None else release.groups:

@@ -6,6 +6,7 @@ was before the change."""
 from __future__ import annotations
 
 import sqlite3
+import zlib
 from types import SimpleNamespace
 
 import numpy as np
@@ -13,7 +14,7 @@ import pandas as pd
 import pytest
 
 from mipflow.node.controls import value_memory
-from mipflow.node.controls.keycodec import decode_keys
+from mipflow.node.controls.keycodec import encode_keys
 from mipflow.node.controls.pooled_counts import counted_sets, counted_sets_unique
 from mipflow.node.query.stamps import first_of_sorted, frame_values, sorted_cells
 
@@ -174,7 +175,49 @@ def test_the_value_memory_records_each_columns_rows_inside_the_release() -> None
     want = {"a": (union, digests["a"]), "b": (wider[inside_b], digests["b"][inside_b]),
             "c": (union, digests["c"]), "d": (union[::75], digests["d"])}
     for column, (keys, values) in want.items():
-        found = conn.execute("SELECT keys, digests FROM row_cells WHERE variable = ?", (column,)).fetchone()
-        np.testing.assert_array_equal(decode_keys(found[0]), keys)
-        np.testing.assert_array_equal(np.frombuffer(found[1], dtype="<u4"), values)
+        got_keys, got_digests = value_memory._load(conn, "m:1", column)
+        np.testing.assert_array_equal(got_keys, keys)
+        np.testing.assert_array_equal(got_digests, values)
     assert inside_b.sum() < len(wider)  # b's rows outside the release were dropped: the search ran
+    # the same rows' keys are stored once: a, b and c share one key set, d has its own
+    assert conn.execute("SELECT COUNT(*) FROM row_keysets").fetchone()[0] == 2
+    refs = dict(conn.execute("SELECT variable, keys FROM row_cells").fetchall())
+    assert refs["a"] == refs["b"] == refs["c"] != refs["d"] and refs["a"].startswith(value_memory.KEYSET_REF)
+    # a later release over more rows in column d: d's old key set, named by no column, is dropped
+    more = np.union1d(union[::75], union[1::75])
+    value_memory.record(conn, "m:1", {"d": (more, np.zeros(len(more), np.uint32))}, [more])
+    assert conn.execute("SELECT COUNT(*) FROM row_keysets").fetchone()[0] == 2
+    np.testing.assert_array_equal(value_memory._load(conn, "m:1", "d")[0], more)
+    np.testing.assert_array_equal(value_memory._load(conn, "m:1", "a")[0], union)
+
+
+def test_a_value_memory_written_inline_before_is_read_and_rewritten_shared() -> None:
+    """Rows of ``row_cells`` holding their key blob (format 1 or 2, written before) are read as they are; a later
+    record of the column writes it shared and keeps the digests it had for rows it does not release again."""
+    rng = np.random.default_rng(8)
+    keys = np.unique(rng.integers(0, 2 ** 64 - 1, 2000, dtype=np.uint64, endpoint=True))
+    digests = rng.integers(0, 2 ** 32, len(keys), dtype=np.uint64).astype(np.uint32)
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE stamps (x)")
+    value_memory.create(conn)
+    old = np.diff(keys, prepend=np.uint64(0)).astype("<u8").tobytes()
+    conn.execute("INSERT INTO row_cells VALUES ('m:1', 'a', ?, ?)", (zlib.compress(old), digests.tobytes()))
+    conn.execute("INSERT INTO row_cells VALUES ('m:1', 'b', ?, ?)", (encode_keys(keys), digests.tobytes()))
+    for column in "ab":
+        np.testing.assert_array_equal(value_memory._load(conn, "m:1", column)[0], keys)
+        np.testing.assert_array_equal(value_memory._load(conn, "m:1", column)[1], digests)
+    fresh = np.unique(rng.integers(0, 2 ** 64 - 1, 30, dtype=np.uint64, endpoint=True))
+    value_memory.record(conn, "m:1", {"a": (fresh, np.ones(len(fresh), np.uint32))}, [fresh])
+    got, got_digests = value_memory._load(conn, "m:1", "a")
+    np.testing.assert_array_equal(got, np.union1d(keys, fresh))
+    np.testing.assert_array_equal(got_digests[np.isin(got, keys)], digests)
+    assert conn.execute("SELECT COUNT(*) FROM row_keysets").fetchone()[0] == 1  # b's inline blob kept as it is
+    np.testing.assert_array_equal(value_memory._load(conn, "m:1", "b")[0], keys)
+
+
+def test_a_missing_shared_key_set_is_an_error_not_an_empty_memory() -> None:
+    conn = sqlite3.connect(":memory:")
+    value_memory.create(conn)
+    conn.execute("INSERT INTO row_cells VALUES ('m:1', 'a', ?, ?)", (value_memory.KEYSET_REF + bytes(32), b""))
+    with pytest.raises(ValueError):
+        value_memory._load(conn, "m:1", "a")
