@@ -100,6 +100,7 @@ def main() -> int:
 
     from mipflow.node.api.context import StepContext
     from mipflow.node.api.step import answer_step
+    from mipflow.node.controls.sqlite_state import _HOMES
     from mipflow.node.home import NodeHome
 
     root = Path(args.home)
@@ -113,6 +114,7 @@ def main() -> int:
     for i in range(args.repeat):
         if args.case == "new":
             forget_cohorts(root)
+            _HOMES.clear()  # the per-process memories reopen their files, as a new node process would
             context = StepContext.open(NodeHome(root))
         x = COVARIATES[i % len(COVARIATES):] + COVARIATES[:i % len(COVARIATES)]
         if args.case == "known" or i % 2:

@@ -131,9 +131,11 @@ DEFAULTS = {"columnar_snapshot": 1, "dp_enabled": 0, "dp_exempt_algorithms": ""}
 def forget_cohorts(root: Path) -> None:
     """Benchmark only: remove a node's cohort ledger, so the next phase's first round is a new cohort
     there too (the ledger's check and record of a new 1M-row cohort are most of a first round)."""
+    from mipflow.node.controls.counted_memory import COUNTED_FILE
     from mipflow.node.controls.ledger import LEDGER_FILE
 
-    for path in Path(root).glob(LEDGER_FILE + "*"):
+    # the counted-set memory too: a new cohort is new to it (its sets are remembered once per cohort)
+    for path in [*Path(root).glob(LEDGER_FILE + "*"), *Path(root).glob(COUNTED_FILE + "*")]:
         path.unlink()
 
 

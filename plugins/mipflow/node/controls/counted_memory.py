@@ -140,7 +140,7 @@ def _ident(request: Any, work: Any) -> str:
 def remember_counted_sets(request: Any, context: Any, work: Any) -> None:
     """After a release other than a survival or explore one: its counted sets and their rows' times."""
     from mipflow.node.controls.pooled_bins import SURVIVAL_ALGORITHMS, epoch_view
-    from mipflow.node.controls.pooled_counts import counted_sets
+    from mipflow.node.controls.pooled_counts import counted_sets_unique
 
     if work.explore is not None or work.cohorts is None or request.algorithm in SURVIVAL_ALGORITHMS:
         return
@@ -156,8 +156,7 @@ def remember_counted_sets(request: Any, context: Any, work: Any) -> None:
         sort = np.argsort(order, kind="stable")
         ordered = order[sort]
     sets = []
-    for keys, _, _ in counted_sets(request, work):
-        keys = np.unique(np.asarray(keys, dtype=np.uint64))
+    for _, _, _, keys in counted_sets_unique(request, work):  # each set's sorted unique keys
         timed = {}
         if grids and len(keys):
             at = np.minimum(np.searchsorted(ordered, keys), len(ordered) - 1)

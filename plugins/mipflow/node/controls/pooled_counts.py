@@ -190,11 +190,22 @@ def counted_sets(request: Any, work: Any) -> list[tuple[np.ndarray, np.ndarray |
     every cohort of the selection; with the rows' order known, the cohort where each variable of the request
     is present and at each level of each nominal one; the groups the algorithm declares (cells and margins).
     The mask (over the local step's rows) is given where the set's rows are known in that order."""
+    return [(keys, patients, mask) for keys, patients, mask, _ in counted_sets_unique(request, work)]
+
+
+def counted_sets_unique(request: Any, work: Any
+                        ) -> list[tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray]]:
+    """:func:`counted_sets`, each with its rows' sorted unique keys (``numpy.unique`` of them, which tells the
+    sets apart): found by a sort (:func:`~mipflow.node.controls.ledger.sorted_unique`), and once for every set
+    whose mask keeps every row (their rows are the step's rows, whatever the variable)."""
+    from mipflow.node.controls.ledger import sorted_unique
+
     cohorts, data = work.cohorts, work.data
     sets: list[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]] = []
     for i, keys in enumerate(cohorts.sets):
         sets.append((keys, None if cohorts.patients is None else cohorts.patients[i], None))
     order, people = step_order(work)
+    first = len(sets)
     if order is not None:
         sets[0] = (sets[0][0], sets[0][1], np.ones(len(order), dtype=bool))
         for code in work.variables:
@@ -209,16 +220,27 @@ def counted_sets(request: Any, work: Any) -> list[tuple[np.ndarray, np.ndarray |
                 masks += [values == level for level in {v for v in values if v is not None}]
             for mask in masks:
                 mask = np.asarray(mask, dtype=bool)
-                sets.append((order[mask], None if people is None else people[mask], mask))
+                if bool(mask.all()):  # every row (a complete-case selection): the rows as they are, not a copy
+                    sets.append((order, people, mask))
+                else:
+                    sets.append((order[mask], None if people is None else people[mask], mask))
+    from_order = range(first, len(sets))  # the variables' sets: order[mask]
     release = getattr(work, "groups", None)
     for group in () if release is None else release.groups:
         sets.append((group.rows, group.patients, None))
     seen, out = set(), []
-    for keys, patients, mask in sets:
-        ident = np.unique(np.asarray(keys, dtype=np.uint64)).tobytes()
+    every: np.ndarray | None = None  # the unique keys of the step's rows, for the masks keeping all of them
+    for index, (keys, patients, mask) in enumerate(sets):
+        if index in from_order and mask is not None and len(mask) == len(order) and bool(mask.all()):
+            if every is None:
+                every = sorted_unique(order)
+            unique = every
+        else:
+            unique = sorted_unique(keys)
+        ident = unique.tobytes()
         if ident not in seen:
             seen.add(ident)
-            out.append((keys, patients, mask))
+            out.append((keys, patients, mask, unique))
     return out
 
 

@@ -10,7 +10,10 @@ The memory, in the ledger's file, per data model and stamped column:
 * ``row_cells``: every row a release read that column of, with a 32-bit digest of the value it released last
   (:func:`mipflow.node.query.stamps.digests_of`): the keys as the ledger stores a cohort's
   (:mod:`mipflow.node.controls.keycodec`, about 6 bytes a row) and 4 bytes a row, **about 10 bytes a row and
-  column released**, whatever the number of cohorts;
+  column released**, whatever the number of cohorts; since ADR 0049's amendment on the first round's controls,
+  the keys are written once for every column holding the same rows (``row_keysets``, named in ``row_cells.keys``
+  by :data:`KEYSET_REF` and their blob's SHA-256; a blob written inline before is read as it is): **about 4 bytes
+  a row and column and 6 a row**;
 * ``row_changes``: for every row whose released value changed, each earlier digest with the last stamp
   (the ``stamps`` table's ``rowid``) recorded while it was the value: a few rows, 4 integers each.
 
@@ -23,6 +26,7 @@ An honest repeat with no change keeps every row's identity, and rows never corre
 """
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import zlib
 from typing import Mapping, Sequence
@@ -36,9 +40,17 @@ from mipflow.node.query.stamps import Cells, _mix, sorted_cells
 Versions = dict[int, tuple[np.ndarray, np.ndarray]]
 
 
+#: The first bytes of a ``row_cells.keys`` that names a shared key set (``row_keysets``) rather than holding one:
+#: a key blob starts with a zlib header or :data:`~mipflow.node.controls.keycodec.TAG`, never with these.
+KEYSET_REF = b"MKR\x01"
+
+
 def create(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE TABLE IF NOT EXISTS row_cells (data_model TEXT NOT NULL, variable TEXT NOT NULL, "
                  "keys BLOB NOT NULL, digests BLOB NOT NULL, PRIMARY KEY (data_model, variable))")
+    # the columns of one release hold the same rows: their keys are stored once, named by their blob's SHA-256
+    conn.execute("CREATE TABLE IF NOT EXISTS row_keysets (data_model TEXT NOT NULL, ref BLOB NOT NULL, "
+                 "keys BLOB NOT NULL, PRIMARY KEY (data_model, ref))")
     conn.execute("CREATE TABLE IF NOT EXISTS row_changes (data_model TEXT NOT NULL, variable TEXT NOT NULL, "
                  "row_key INTEGER NOT NULL, digest INTEGER NOT NULL, until INTEGER NOT NULL)")
     conn.execute("CREATE INDEX IF NOT EXISTS row_changes_of ON row_changes (data_model, variable)")
@@ -53,7 +65,14 @@ def _load(conn: sqlite3.Connection, data_model: str, column: str) -> tuple[np.nd
                          (data_model, column)).fetchone()
     if found is None:
         return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.uint32)
-    return decode_keys(found[0]), np.frombuffer(found[1], dtype="<u4").astype(np.uint32)
+    keys = bytes(found[0])
+    if keys.startswith(KEYSET_REF):  # a shared key set (a blob written inline before is read as it is)
+        shared = conn.execute("SELECT keys FROM row_keysets WHERE data_model = ? AND ref = ?",
+                              (data_model, keys)).fetchone()
+        if shared is None:
+            raise ValueError("the value memory names a key set it does not hold")
+        keys = shared[0]
+    return decode_keys(keys), np.frombuffer(found[1], dtype="<u4").astype(np.uint32)
 
 
 def _last_stamp(conn: sqlite3.Connection) -> int:
@@ -149,9 +168,12 @@ def record(conn: sqlite3.Connection, data_model: str, cells: Mapping[str, tuple[
 
     union = sorted_unique(np.concatenate([np.asarray(s, dtype=np.uint64) for s in sets]))
     now = _last_stamp(conn)
+    refs: list[tuple[np.ndarray, bytes]] = []  # key sets written for a column before (the same rows in several)
     for column, (keys, digests) in cells.items():
         keys, digests = np.asarray(keys, dtype=np.uint64), np.asarray(digests, dtype=np.uint32)
-        if len(union) and len(keys):
+        if len(keys) == len(union) and np.array_equal(keys, union):
+            pass  # every row inside: the search below would keep them all
+        elif len(union) and len(keys):
             at = np.minimum(np.searchsorted(union, keys), len(union) - 1)
             inside = union[at] == keys
             keys, digests = keys[inside], digests[inside]
@@ -166,6 +188,16 @@ def record(conn: sqlite3.Connection, data_model: str, cells: Mapping[str, tuple[
         if differ.any() or new.any():
             merged, merged_digests = sorted_cells(np.concatenate([keys, known]),
                                                   np.concatenate([digests, known_digests]))
+            ref = next((r for k, r in refs if len(k) == len(merged) and np.array_equal(k, merged)), None)
+            if ref is None:  # keys not written for another column of this release: encoded and stored once
+                blob = encode_keys(merged)
+                ref = KEYSET_REF + hashlib.sha256(blob).digest()
+                conn.execute("INSERT OR IGNORE INTO row_keysets (data_model, ref, keys) VALUES (?, ?, ?)",
+                             (data_model, ref, blob))
+                refs.append((merged, ref))
             conn.execute("INSERT OR REPLACE INTO row_cells (data_model, variable, keys, digests) VALUES (?, ?, ?, ?)",
-                         (data_model, column, encode_keys(merged),
-                          merged_digests.astype("<u4").tobytes()))
+                         (data_model, column, ref, merged_digests.astype("<u4").tobytes()))
+    if refs:  # key sets no column names any more (a column's rows grew): dropped in the same transaction
+        conn.execute("DELETE FROM row_keysets WHERE data_model = ? AND ref NOT IN "
+                     "(SELECT keys FROM row_cells WHERE data_model = ? AND LENGTH(keys) = ?)",
+                     (data_model, data_model, len(KEYSET_REF) + 32))

@@ -254,13 +254,15 @@ class SnapshotRows:
         column over the union of the masks: :func:`~mipflow.node.query.stamps.frame_values` of the same
         rows read into a frame, a block at a time (4 bytes a row and column, 8 a row for the keys)."""
         from mipflow.node.query.stamps import (
-            cell_hashes, code_table, column_salt, digests_of, patient_salt, sorted_cells, stored_bits,
+            cell_hashes, code_table, column_salt, digests_of, first_of_sorted, patient_salt, stored_bits,
         )
 
         out: list[dict[str, int]] = [{} for _ in masks]
         by_patient: list[dict[str, int]] = [{} for _ in masks]
         union = None if any(m is None for m in masks) else np.logical_or.reduce([np.asarray(m) for m in masks])
         cells: dict = {}
+        order: np.ndarray | None = None  # the union's rows are the same in every column: sorted once
+        ordered_keys = np.zeros(0, np.uint64)
         for code in columns:
             table = code_table(self.levels_of(code), key)
             salt, psalt, done = column_salt(key, code), patient_salt(key, code), 0
@@ -277,13 +279,19 @@ class SnapshotRows:
                     totals[i] = (totals[i] + int(np.add.reduce(hashes[part], dtype=np.uint64))) % 2 ** 64
                     ptotals[i] = (ptotals[i] + int(np.add.reduce(patient[part], dtype=np.uint64))) % 2 ** 64
                 inside = slice(None) if union is None else union[done:done + len(hashes)]
-                kept_keys.append(np.asarray(keys, dtype=np.uint64)[inside])
+                if order is None:  # the first column's: the union's keys are the same in every column
+                    kept_keys.append(np.asarray(keys, dtype=np.uint64)[inside])
                 kept_digests.append(digests_of(hashes[inside]))
                 done += len(hashes)
             for stamps, patients, total, ptotal in zip(out, by_patient, totals, ptotals):
                 stamps[code], patients[code] = total, ptotal
-            cells[code] = sorted_cells(np.concatenate(kept_keys) if kept_keys else np.zeros(0, np.uint64),
-                                       np.concatenate(kept_digests) if kept_digests else np.zeros(0, np.uint32))
+            if order is None:
+                union_keys = np.concatenate(kept_keys) if kept_keys else np.zeros(0, np.uint64)
+                order = first_of_sorted(union_keys)
+                ordered_keys = union_keys[order]
+                ordered_keys.flags.writeable = False  # shared by every column's cells
+            digests = np.concatenate(kept_digests) if kept_digests else np.zeros(0, np.uint32)
+            cells[code] = (ordered_keys, digests[order])  # sorted_cells(union_keys, digests, order)
         return tuple(out), tuple(by_patient), cells
 
     def sorted_keys(self, name: str) -> np.ndarray | None:

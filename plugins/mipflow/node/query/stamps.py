@@ -133,15 +133,31 @@ def digests_of(hashes: np.ndarray) -> np.ndarray:
     return (np.asarray(hashes, dtype=np.uint64) & np.uint64(0xFFFFFFFF)).astype(np.uint32)
 
 
-def sorted_cells(keys: np.ndarray, digests: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(sorted unique row keys, their digests)`` of rows given in any order (a key twice: its first)."""
+def first_of_sorted(keys: np.ndarray) -> np.ndarray:
+    """The order that sorts ``keys`` (stably), without its repeats' later positions: ``keys[first_of_sorted(keys)]``
+    is the sorted unique keys, each at its first position.  One sort, shared by every column of the same rows."""
     keys = np.asarray(keys, dtype=np.uint64)
     order = np.argsort(keys, kind="stable")
-    keys, digests = keys[order], np.asarray(digests, dtype=np.uint32)[order]
     if len(keys) > 1:
-        first = np.concatenate(([True], keys[1:] != keys[:-1]))
-        keys, digests = keys[first], digests[first]
-    return keys, digests
+        ordered = keys[order]
+        distinct = ordered[1:] != ordered[:-1]
+        if not distinct.all():
+            order = order[np.concatenate(([True], distinct))]
+    return order
+
+
+def sorted_cells(keys: np.ndarray, digests: np.ndarray, order: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """``(sorted unique row keys, their digests)`` of rows given in any order (a key twice: its first).
+    ``order``: :func:`first_of_sorted` of these very ``keys``, when the caller has it (several columns of the
+    same rows).  Keys already strictly increasing are returned as they are (the sort would not move them)."""
+    keys = np.asarray(keys, dtype=np.uint64)
+    digests = np.asarray(digests, dtype=np.uint32)
+    if order is None:
+        if len(keys) < 2 or bool(np.all(keys[1:] > keys[:-1])):
+            return keys.copy(), digests.copy()
+        order = first_of_sorted(keys)
+    return keys[order], digests[order]
 
 
 #: ``column -> (sorted unique row keys, 32-bit value digests)`` of the rows a release reads.
@@ -157,6 +173,10 @@ def frame_values(frame: pd.DataFrame, row_keys: np.ndarray, patient_keys: np.nda
     by_patient: list[dict[str, int]] | None = None if patient_keys is None else [{} for _ in masks]
     union = np.logical_or.reduce([np.asarray(m, dtype=bool) for m in masks]) if masks else np.zeros(len(frame), bool)
     cells: Cells = {}
+    union_keys = np.asarray(row_keys, dtype=np.uint64)[union]
+    order = first_of_sorted(union_keys) if columns else None  # the same rows in every column: one sort
+    ordered_keys = union_keys[order] if columns else union_keys
+    ordered_keys.flags.writeable = False  # shared by every column's cells
     for column in columns:
         bits = value_bits(frame[column], key)
         hashes = cell_hashes(row_keys, bits, column_salt(key, column))
@@ -166,5 +186,5 @@ def frame_values(frame: pd.DataFrame, row_keys: np.ndarray, patient_keys: np.nda
             out[i][column] = stamp_of(hashes if every else hashes[mask])
             if by_patient is not None and patient is not None:
                 by_patient[i][column] = stamp_of(patient if every else patient[mask])
-        cells[column] = sorted_cells(np.asarray(row_keys)[union], digests_of(hashes[union]))
+        cells[column] = (ordered_keys, digests_of(hashes[union])[order])  # sorted_cells(union_keys, ..., order)
     return tuple(out), None if by_patient is None else tuple(by_patient), cells

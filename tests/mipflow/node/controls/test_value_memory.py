@@ -107,7 +107,9 @@ def test_the_memory_is_about_ten_bytes_a_row_and_column(tmp_path: Path) -> None:
     assert outcome(guard, frame, ("age", "nihss")) == "answered"
     with sqlite3.connect(tmp_path / LEDGER_FILE) as conn:
         (size, columns), = conn.execute("SELECT SUM(LENGTH(keys) + LENGTH(digests)), COUNT(*) FROM row_cells")
-    assert columns == 2 and size / (columns * len(frame)) < 12
+        (shared, sets), = conn.execute("SELECT SUM(LENGTH(keys)), COUNT(*) FROM row_keysets")
+    assert columns == 2 and size / (columns * len(frame)) < 4.1  # 4 bytes a row and column, and a reference
+    assert sets == 1 and shared / len(frame) < 8  # both columns' rows: one key set
 
 
 @pytest.mark.parametrize("change, expected", [(None, "answered"), ("glucose", "answered"), ("nihss", "refused")])
