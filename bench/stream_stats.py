@@ -24,7 +24,10 @@ cross-validated linear and logistic regression on the groups home, round 0 and r
 the time, ``event``, ``x0, x1, grp``) on the groups home, round 0 and the start round at the node, then a sums round
 and its score round by the local step on the node's kept selection, in one measurement (amendment 16).  With ``--postgresql ADMIN_URL`` every chosen algorithm runs again on a PostgreSQL copy of the
 groups home (``<home>-groups-pg``, its store the database ``mipflow_bench_ss_<rows>`` created through
-``ADMIN_URL``; amendment 8): the frame path there is the binary ``COPY`` read.
+``ADMIN_URL``; amendment 8): the frame path there is the binary ``COPY`` read.  With ``--mode dp`` or ``--mode
+explore`` (amendment 17) the step is the noisy release of ``NOISY``'s algorithms on the groups home (the node set to
+``dp_enabled`` / ``default_mode`` explore for the step, its privacy ledger removed first), one fixed keyed noise on
+both paths, the frame path with the release's ``streams`` off too.
 
 Per path: the process's peak RSS (VmHWM) over the step beside its RSS before it (the high-water mark reset
 first, ``/proc/self/clear_refs``), the step's seconds, and the peak's growth per selected row; then
