@@ -6,40 +6,16 @@ last-bit difference in the reply), so the same keyed noise gives the same reply,
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
-from mipflow.node.api.context import StepContext
 from mipflow.node.api.step import answer_step
 from mipflow.node.controls.explore import KeyedNoise
-from mipflow.node.home import NodeHome
-from tests.mipflow.algorithms.survival_data import STROKE
 from tests.mipflow.node.api.test_step import RESEARCHER, body
-from tests.nodes import grant_all, load_frame, standard_home
-from tests.privacy.conftest import make_rows, rule, where
-
-
-def _rows():
-    """The privacy suite's stroke rows (three datasets), values missing on a numerical and a nominal variable."""
-    rows = make_rows()
-    rows.loc[[3, 50, 51, 200], "glucose_mmol"] = np.nan
-    rows.loc[[4, 50, 120], "diabetes"] = None
-    return rows
-
-
-def _node(root: Path, **settings: Any) -> StepContext:
-    from mipflow.node.home import KEY_FILE
-
-    home = standard_home(root, "hospital_a")
-    (root / KEY_FILE).write_text("5a" * 32, encoding="ascii")  # one secret: the same explore noise key
-    for key, value in settings.items():
-        home.set_setting(key, value)
-    load_frame(root, STROKE, _rows())
-    grant_all(root)
-    return StepContext.open(NodeHome(root))
+# the streamed exact tests' rows and node (one secret: the same explore noise key at every home)
+from tests.mipflow.node.api.test_step_streamed_stats import _node, _rows  # noqa: F401
+from tests.privacy.conftest import rule, where
 
 
 class Recorded(KeyedNoise):
