@@ -24,6 +24,9 @@ CROSS_CUTTING: dict[str, tuple[str, ...]] = {
     "algorithms/test_exareme2_validation.py": ("algorithms",),  # Exareme2's suite over every algorithm
     "algorithms/test_federated_vs_pooled.py": ("algorithms",),  # property: federated == pooled, all algorithms
     "algorithms/test_anova_pca.py": ("algorithms/anova.py", "algorithms/pca.py"),
+    # the first round's fast paths against the code they replaced (ADR 0049's amendment)
+    "node/controls/test_first_round_fast_paths.py": ("node/controls/value_memory.py", "node/controls/pooled_counts.py",
+                                                     "node/query/stamps.py"),
     # row accounting across the ingest passes, the DAG stages and the store's load (issue 15 item 7)
     "node/ingest/test_row_accounting.py": ("node/ingest/pipeline.py", "node/ingest/stages.py",
                                            "node/store/feature_store.py"),

@@ -306,6 +306,23 @@ class StepContext:
                    privacy=NodePrivacy(home.root), differencing=differencing,
                    selections=SelectionCache(store, differencing, fold_key(home.key())))
 
+    def close(self) -> None:
+        """Release the files this context holds open: the store's connections, the audit log, every control's
+        SQLite connection, those shared per home (:meth:`~mipflow.node.controls.sqlite_state.SqliteState.of_home`)
+        included.  A node process keeps its context for its life; an embedding (a test) that opens many closes
+        each.  Everything reopens on next use."""
+        from mipflow.node.controls import sqlite_state
+
+        self.store.dispose()
+        self.audit.close()
+        parts = [*vars(self).values(), *vars(self.differencing).values()]
+        for part in parts:
+            if isinstance(part, sqlite_state.SqliteState):
+                part.close()
+        root = str(Path(self.home.root).resolve())
+        for key in [k for k in sqlite_state._HOMES if k[1] == root]:
+            sqlite_state._HOMES.pop(key).close()
+
     @property
     def name(self) -> str:
         """The node's name, as its replies give it."""

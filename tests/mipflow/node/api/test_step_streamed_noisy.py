@@ -14,7 +14,7 @@ from mipflow.node.api.step import answer_step
 from mipflow.node.controls.explore import KeyedNoise
 from tests.mipflow.node.api.test_step import RESEARCHER, body
 # the streamed exact tests' rows and node (one secret: the same explore noise key at every home)
-from tests.mipflow.node.api.test_step_streamed_stats import _node, _rows  # noqa: F401
+from tests.mipflow.node.api.test_step_streamed_stats import _closed_contexts, _node, _rows  # noqa: F401
 from tests.privacy.conftest import rule, where
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pytest
@@ -42,7 +42,20 @@ def _node(root: Path, **settings: Any) -> StepContext:
         home.set_setting(key, value)
     load_frame(root, STROKE, _rows())
     grant_all(root)
-    return StepContext.open(NodeHome(root))
+    context = StepContext.open(NodeHome(root))
+    _OPEN.append(context)
+    return context
+
+
+#: The contexts a test opened, closed after it (their files: a worker runs thousands of tests).
+_OPEN: list[StepContext] = []
+
+
+@pytest.fixture(autouse=True)
+def _closed_contexts() -> Iterator[None]:
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
 
 
 CASES = [
@@ -339,3 +352,22 @@ def test_cox_rounds_on_disk_answer_as_the_frame_and_remember_the_same_rows(ties,
     groups, windows, cohorts = memories["disk"]
     assert groups["groups"] and cohorts
     assert windows and all(w[7] is not None for w in windows)  # the rows by time, with their patients
+
+
+def test_a_context_closes_its_files_and_opens_them_again_on_the_next_step(tmp_path) -> None:
+    """``StepContext.close``: the store's connections, the audit log and every control's SQLite file are released
+    (a worker running thousands of in-process tests ran out of descriptors before), and the next step reopens them
+    and is answered alike."""
+    import os
+
+    def open_files() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    context = _node(tmp_path / "node", min_row_count=1)
+    ask = {"y": ["age", "glucose_mmol"], "x": [], "filters": None, "parameters": {}}
+    first = answer_step(context, "central", "descriptive_stats", body(context, **ask, analysis_id="one"))
+    held = open_files()
+    context.close()
+    assert open_files() < held
+    again = answer_step(context, "central", "descriptive_stats", body(context, **ask, analysis_id="two"))
+    assert "aggregates" in first and again["aggregates"] == first["aggregates"]
