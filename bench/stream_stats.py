@@ -24,10 +24,7 @@ cross-validated linear and logistic regression on the groups home, round 0 and r
 the time, ``event``, ``x0, x1, grp``) on the groups home, round 0 and the start round at the node, then a sums round
 and its score round by the local step on the node's kept selection, in one measurement (amendment 16).  With ``--postgresql ADMIN_URL`` every chosen algorithm runs again on a PostgreSQL copy of the
 groups home (``<home>-groups-pg``, its store the database ``mipflow_bench_ss_<rows>`` created through
-``ADMIN_URL``; amendment 8): the frame path there is the binary ``COPY`` read.  With ``--mode dp`` or ``--mode
-explore`` (amendment 17) the step is the noisy release of ``NOISY``'s algorithms on the groups home (the node set to
-``dp_enabled`` / ``default_mode`` explore for the step, its privacy ledger removed first), one fixed keyed noise on
-both paths, the frame path with the release's ``streams`` off too.
+``ADMIN_URL``; amendment 8): the frame path there is the binary ``COPY`` read.
 
 Per path: the process's peak RSS (VmHWM) over the step beside its RSS before it (the high-water mark reset
 first, ``/proc/self/clear_refs``), the step's seconds, and the peak's growth per selected row; then
@@ -89,14 +86,6 @@ GROUPED = {"ttest_independent", "anova_oneway", "logistic_regression", "linear_r
            "contingency_table", "multiple_histograms", "naive_bayes_gaussian_cv", "naive_bayes_categorical_cv",
            "linear_regression_cv", "logistic_regression_cv", "cox_regression"}
 GROUP_LEVELS = ("g0", "g1", "g2", "g3")
-#: ``--mode dp`` / ``explore`` (amendment 17): the noisy release on the groups home, whose bounded variables are
-#: ``dose`` (declared 0..10) and the nominal ``grp`` and ``event``; one fixed keyed noise on both paths.
-NOISY = {
-    "descriptive_stats": (["dose", "grp", "event"], [], {}),
-    "linear_regression": (["dose"], ["grp", "event"], {}),
-    "multiple_histograms": (["dose"], ["grp", "event"], {"bins": 20}),
-}
-NOISY_SETTINGS = {"dp": ("dp_enabled", True, False), "explore": ("default_mode", "explore", "standard")}
 
 
 def groups_home(home: str) -> Path:
@@ -159,43 +148,25 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def child(home: str, algorithm: str, path: str, store: str = "sqlite", mode: str = "") -> None:
-    """One step in this process (``store`` "pg": on the groups home's PostgreSQL copy; ``mode`` "dp" or
-    "explore": the noisy release, amendment 17); prints one JSON line."""
+def child(home: str, algorithm: str, path: str, store: str = "sqlite") -> None:
+    """One step in this process (``store`` "pg": on the groups home's PostgreSQL copy); prints one JSON line."""
     from bench.scale import forget_cohorts
     from mipflow.algorithms import get_algorithm
     from mipflow.node.api.context import StepContext
     from mipflow.node.api.step import answer_step
     from mipflow.node.home import NodeHome
 
-    y, x, params = NOISY[algorithm] if mode else ALGORITHMS[algorithm]
+    y, x, params = ALGORITHMS[algorithm]
     if path == "frame":
         type(get_algorithm(algorithm)).streams_rows = False
-        if mode:  # the noisy release's frame path too
-            import dataclasses
-
-            algo_type = type(get_algorithm(algorithm))
-            algo_type.dp_release = dataclasses.replace(algo_type.dp_release, streams=False)
-    if mode:  # one keyed noise for DP's draws (explore's is keyed on the home's data version: the same)
-        import mipflow.node.controls.dp as dp
-        from mipflow.node.controls.explore import KeyedNoise
-
-        dp.QueryNoise = lambda m, e, d, b, rho=None: KeyedNoise(m, e, d, b, key=b"k" * 32, query=b"q",
-                                                                 version=b"v", rho=rho)
-    data_model = "ssg:1" if algorithm in GROUPED or store == "pg" or mode else "scale:1"
-    if algorithm in GROUPED or store == "pg" or mode:  # the PostgreSQL copy holds the groups home's model
+    data_model = "ssg:1" if algorithm in GROUPED or store == "pg" else "scale:1"
+    if algorithm in GROUPED or store == "pg":  # the PostgreSQL copy holds the groups home's model
         home = str(groups_home(home)) + ("-pg" if store == "pg" else "")
         (Path(home) / "groups.sqlite").unlink(missing_ok=True)  # new groups too: their check and record
     if algorithm == "kmeans":
         for name in ("groups.sqlite", "partitions.sqlite"):
             (Path(home) / name).unlink(missing_ok=True)
     forget_cohorts(Path(home))
-    if mode:
-        setting, value, _ = NOISY_SETTINGS[mode]
-        NodeHome(home).set_setting(setting, value)
-        from mipflow.node.controls.privacy_budget import LEDGER_FILE
-
-        (Path(home) / LEDGER_FILE).unlink(missing_ok=True)  # a new budget each run (explore: charged again)
     context = StepContext.open(NodeHome(home))
     doc = {"request": {"inputdata": {"data_model": data_model, "datasets": ["site0"], "x": x, "y": y,
                                      "filters": None}, "parameters": params},
@@ -209,11 +180,7 @@ def child(home: str, algorithm: str, path: str, store: str = "sqlite", mode: str
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
     before = _status_kib("VmRSS")
     t = time.perf_counter()
-    try:
-        reply = answer_step(context, "central", algorithm, json.dumps(doc).encode())
-    finally:
-        if mode:  # the home answers exactly again
-            NodeHome(home).set_setting(NOISY_SETTINGS[mode][0], NOISY_SETTINGS[mode][2])
+    reply = answer_step(context, "central", algorithm, json.dumps(doc).encode())
     if algorithm in TWO_ROUNDS:  # its round 1 (k-means: the first Lloyd round) from round 0 (one node), not verified
         from mipflow.node.api.step import CHAIN, tag_release, verify_round
         from mipflow.protocol.request import AnalysisRequest
@@ -284,23 +251,18 @@ def main() -> int:
     parser.add_argument("--algorithms", default=",".join(ALGORITHMS))
     parser.add_argument("--postgresql", default="", metavar="ADMIN_URL",
                         help="also run every algorithm on a PostgreSQL copy of the groups home")
-    parser.add_argument("--mode", default="", choices=("", "dp", "explore"),
-                        help="the noisy release (amendment 17) of descriptive_stats, linear_regression, "
-                             "multiple_histograms on the groups home")
     parser.add_argument("--child", nargs=3, metavar=("ALGORITHM", "PATH", "STORE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.home, *args.child, mode=args.mode)
+        child(args.home, *args.child)
         return 0
     from bench.first_round import prepare
 
     chosen = args.algorithms.split(",")
-    if args.mode and set(chosen) - set(NOISY):
-        parser.error("--mode takes descriptive_stats, linear_regression and multiple_histograms only")
-    if set(chosen) - GROUPED and not args.mode:
+    if set(chosen) - GROUPED:
         prepare(Path(args.home), args.rows)
     runs_of = [(a, "sqlite") for a in chosen]
-    if set(chosen) & GROUPED or args.mode:
+    if set(chosen) & GROUPED:
         prepare_groups(groups_home(args.home), args.rows)
     if args.postgresql:  # every chosen algorithm again, on the groups home's PostgreSQL copy
         pg_home = Path(str(groups_home(args.home)) + "-pg")
@@ -315,8 +277,7 @@ def main() -> int:
         runs = {}
         label = algorithm + (" (pg)" if store == "pg" else "")
         for path in ("frame", "disk"):  # the baseline first, each in a new process
-            out = subprocess.run([sys.executable, __file__, "--home", args.home, "--mode", args.mode,
-                                  "--child", algorithm, path, store],
+            out = subprocess.run([sys.executable, __file__, "--home", args.home, "--child", algorithm, path, store],
                                  env=env, check=True, capture_output=True, text=True).stdout
             runs[path] = run = json.loads(out.strip().splitlines()[-1])
             growth = (run["peak_kib"] - run["before_kib"]) * 1024

@@ -91,20 +91,10 @@ def _dp_release(algo: DescriptiveStats, data: pd.DataFrame, request: AnalysisReq
     # tell whether the cohort has a row in a dataset (an outside review found that the blocks of
     # the datasets with rows only were an exact membership oracle; ADR 0032).  The node narrows the
     # request to the datasets it holds (public metadata) before the release.
-    parts = sorted(set(request.datasets))
-    if on_disk(data):  # rows on disk (ADR 0062, amendment 17): each part narrowed, its sums a chunk at a time
-        from mipflow.algorithms.dp_streamed import complete_rows, dataset_parts
-
-        frames = dataset_parts(data, DATASET, parts)
-        selections = {part: (frames[part], complete_rows(frames[part], described, model)) for part in parts}
-    else:
-        labels = data[DATASET].astype(str).to_numpy() if DATASET in data.columns else np.array([], dtype=str)
-        selections = {}
-        for part in parts:
-            frame = data.loc[labels == part]
-            selections[part] = (frame, frame.dropna(subset=described, how="any"))
-    for part in parts:
-        frame, complete = selections[part]
+    labels = data[DATASET].astype(str).to_numpy() if DATASET in data.columns else np.array([], dtype=str)
+    for part in sorted(set(request.datasets)):
+        frame = data.loc[labels == part]
+        complete = frame.dropna(subset=described, how="any")
         record: dict[str, Any] = {}
         for kind, rows in (("variable_based", frame), ("model_based", complete)):
             # signed noisy counts and sums leave the node; clamping them is the central side's display
@@ -115,19 +105,22 @@ def _dp_release(algo: DescriptiveStats, data: pd.DataFrame, request: AnalysisReq
             for code in described:
                 var = model.variable(code)
                 if var.is_categorical:
-                    exact = _level_counts(rows, code, var)
+                    counts = category_codes(rows[code], var).value_counts()
+                    exact = [int(counts.get(c, 0)) for c in var.enumeration_codes]
                     noisy = noise.add(exact, 1, block=f"{kind}/{code}/counts", part=part, integer=True)
                     items[code] = {"n_total": max(n_total, int(noisy.sum())), "counts": noisy.tolist(),
                                    "noise": {"terms": [[noise.mechanism, noise.sd(1)]]}}
                     continue
                 lo, hi = bounds[code]
-                present, sum1, sum2 = _clamped_sums(rows, code, lo, hi)
+                values = numeric_values(rows[code])
+                clamped = np.clip(values[~np.isnan(values)], lo, hi) - (lo + hi) / 2.0
                 half = (hi - lo) / 2.0
                 # model-based rows are complete: every variable's count is the row count
-                n = n_signed if kind == "model_based" else _noisy_count(noise, present, block=f"{kind}/{code}/n",
+                n = n_signed if kind == "model_based" else _noisy_count(noise, len(clamped), block=f"{kind}/{code}/n",
                                                                          part=part)
-                s1 = float(noise.add([sum1], half, block=f"{kind}/{code}/sum", part=part)[0])
-                s2 = float(noise.add([sum2], half * half, block=f"{kind}/{code}/sumsq", part=part)[0])
+                s1 = float(noise.add([math.fsum(clamped)], half, block=f"{kind}/{code}/sum", part=part)[0])
+                s2 = float(noise.add([math.fsum(clamped * clamped)], half * half, block=f"{kind}/{code}/sumsq",
+                                     part=part)[0])
                 terms = [NoiseTerm("n", noise.mechanism, noise.sd(1)), NoiseTerm("s1", noise.mechanism, noise.sd(half)),
                          NoiseTerm("s2", noise.mechanism, noise.sd(half * half))]
                 items[code] = {"n_total": max(n_total, n), "moments": moments_from_sums(max(n, 0), s1, s2, lo, hi),
@@ -138,26 +131,6 @@ def _dp_release(algo: DescriptiveStats, data: pd.DataFrame, request: AnalysisReq
                              for r in record[kind].values() if "moments" in r]
         out[part] = record
     return {"datasets": out}, {c: [lo, hi] for c, (lo, hi) in bounds.items()}
-
-
-def _level_counts(rows: Any, code: str, var: Any) -> list[int]:
-    """Rows at each enumeration code of a categorical variable, from a frame or from rows on disk."""
-    if on_disk(rows):
-        return level_counts_on_disk(rows, code, var.enumeration_codes)
-    counts = category_codes(rows[code], var).value_counts()
-    return [int(counts.get(c, 0)) for c in var.enumeration_codes]
-
-
-def _clamped_sums(rows: Any, code: str, lo: float, hi: float) -> tuple[int, float, float]:
-    """``(present values, fsum(c), fsum(c * c))``, ``c`` a present value clamped to ``[lo, hi]`` and centred:
-    from a frame, or a chunk at a time from rows on disk (the same floats, ADR 0062 amendment 17)."""
-    if on_disk(rows):
-        from mipflow.algorithms.dp_streamed import clamped_sums
-
-        return clamped_sums(rows, code, lo, hi)
-    values = numeric_values(rows[code])
-    clamped = np.clip(values[~np.isnan(values)], lo, hi) - (lo + hi) / 2.0
-    return len(clamped), math.fsum(clamped), math.fsum(clamped * clamped)
 
 
 def _noisy_count(noise: Noise, value: int, *, block: str, part: str) -> int:
@@ -437,4 +410,4 @@ class DescriptiveStats(SpecAlgorithm):
     # -- privacy capabilities (mipflow.algorithms.contract) ------------------------------------
 
     secure_aggregation = "explicit_only"  # pooled rows only: see the module docstring
-    dp_release = DPRelease(_dp_blocks, _dp_release, _dp_rows, streams=True)
+    dp_release = DPRelease(_dp_blocks, _dp_release, _dp_rows)

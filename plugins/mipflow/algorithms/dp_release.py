@@ -69,10 +69,6 @@ class DPRelease:
         Explore mode: the aggregates key under which the node also carries its decision count (the noisy
         row count it decided the thresholds on, already the reply's ``rows``, and that count's sd: a
         setting), for a global step that uses it (Kaplan-Meier's at-risk totals, ADR 0032); None: not carried.
-    streams : bool
-        ``release`` also takes rows left on disk (an algorithm that ``streams_rows``; ADR 0062, amendment 17):
-        the same exact sums a chunk at a time, so the same noise gives the same bytes; the node then keeps
-        the selection on disk under differential privacy and in explore mode too.
     """
 
     blocks: Callable[[Any, Any, Any], int]
@@ -80,7 +76,6 @@ class DPRelease:
     rows: Callable[[dict[str, Any]], int]
     note: str = ""
     decision_key: str | None = None
-    streams: bool = False
 
 
 def one_block(algorithm: Any, request: Any, model: Any) -> int:
@@ -147,11 +142,6 @@ class BoundedColumns:
         indicators of a variable is 1 in every row); ``""`` for a numerical column.
     clamped : dict
         Declared ``[lo, hi]`` of each numerical variable (what the label states).
-    exact : tuple of float, optional
-        For rows left on disk (ADR 0062, amendment 17): the exact sums :func:`noisy_sums` releases
-        (``math.fsum`` of ``w_j w_l`` for each of :func:`released_pairs`, taken a chunk at a time by
-        :class:`mipflow.algorithms.exact_sum.ExactSum`: the same floats), and ``values`` then holds no
-        row (shape ``(0, k)``).  None: the sums are taken from ``values``.
     """
 
     names: tuple[str, ...]
@@ -160,7 +150,6 @@ class BoundedColumns:
     half: np.ndarray
     group: tuple[str, ...]
     clamped: dict[str, list[float]]
-    exact: tuple[float, ...] | None = None
 
 
 def bounded_columns(data: Any, columns: Sequence[tuple[str, str]], model: Any, algorithm: str) -> BoundedColumns:
@@ -184,12 +173,7 @@ def bounded_columns(data: Any, columns: Sequence[tuple[str, str]], model: Any, a
         and ``maxValue``.
     """
     from mipflow.algorithms.design import category_codes, numeric_values
-    from mipflow.algorithms.streamed import on_disk
 
-    if on_disk(data):
-        from mipflow.algorithms.dp_streamed import bounded_columns_on_disk
-
-        return bounded_columns_on_disk(data, columns, model, algorithm)
     n = len(data)
     values = np.empty((n, len(columns)))
     centre, half, group = np.zeros(len(columns)), np.ones(len(columns)), []
@@ -255,12 +239,9 @@ def noisy_sums(cols: BoundedColumns, noise: Noise, block: str = "sufficient_stat
     in after (post-processing).
     """
     k = len(cols.names)
+    w = np.column_stack([np.ones(len(cols.values)), cols.values])
     pairs = released_pairs(cols.group)
-    if cols.exact is not None:  # rows on disk: summed a chunk at a time, the same floats
-        exact = list(cols.exact)
-    else:
-        w = np.column_stack([np.ones(len(cols.values)), cols.values])
-        exact = [math.fsum(w[:, j] * w[:, l]) for j, l in pairs]
+    exact = [math.fsum(w[:, j] * w[:, l]) for j, l in pairs]
     l1, l2 = moment_sensitivity(cols.group)
     noisy = noise.add(exact, l1 if noise.mechanism == "laplace" else l2, block=block)
     full = np.zeros((k + 1, k + 1))

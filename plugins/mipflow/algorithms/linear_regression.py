@@ -356,7 +356,7 @@ class LinearRegression(SpecAlgorithm):
     # -- privacy capabilities (mipflow.algorithms.contract) ------------------------------------
 
     secure_aggregation = "automatic"
-    dp_release = DPRelease(one_block, _dp_release, moments_rows, DP_NOTE, streams=True)
+    dp_release = DPRelease(one_block, _dp_release, moments_rows, DP_NOTE)
 
     def secure_aggregates(self, aggregates: dict, request: AnalysisRequest, model: DataModel) -> dict:
         """Under secure aggregation every node sums the same layout: an exact node adds its scaled sums

@@ -120,33 +120,25 @@ def _dp_blocks(algo: MultipleHistograms, request: AnalysisRequest, model: DataMo
 def _dp_release(algo: MultipleHistograms, data: pd.DataFrame, request: AnalysisRequest, model: DataModel,
                 noise: Noise) -> Released:
     """Noisy bin counts over the declared range (values clamped into it) or the enumerations."""
-    from mipflow.algorithms.streamed import on_disk
-
     yvar = model.variable(request.y[0])
     clamped: dict[str, list[float]] = {}
-    bins, value_range = 0, None
     if yvar.is_categorical:
-        count = None if on_disk(data) else \
-            level_counter(category_codes(data[yvar.code], yvar).to_numpy(), yvar.enumeration_codes)
+        count = level_counter(category_codes(data[yvar.code], yvar).to_numpy(), yvar.enumeration_codes)
     else:
         lo, hi = declared_bounds(model, yvar.code, algo.name)
         clamped[yvar.code] = [lo, hi]
-        bins, value_range = algo.params(request, model)["bins"], (lo, hi)
-        count = None if on_disk(data) else bin_counter(np.clip(numeric_values(data[yvar.code]), lo, hi), bins, (lo, hi))
-    groups = algo._groups(request, model)
-    if on_disk(data):  # rows on disk (ADR 0062, amendment 17): every group's counts in one pass, values clamped
-        exact = [r["counts"] for r in algo._counts_on_disk(data, yvar, bins, value_range, request, model, clip=True)]
+        count = bin_counter(np.clip(numeric_values(data[yvar.code]), lo, hi),
+                            algo.params(request, model)["bins"], (lo, hi))
 
     records = []
-    for i, (grouping_var, level) in enumerate(groups):
-        block, part = ("overall", "") if grouping_var is None else (f"by/{grouping_var}", str(level))
-        if count is None:
-            counts = exact[i]
+    for grouping_var, level in algo._groups(request, model):
+        if grouping_var is None:
+            mask, block, part = np.ones(len(data), dtype=bool), "overall", ""
         else:
-            counts = count(np.ones(len(data), dtype=bool) if grouping_var is None else
-                           category_codes(data[grouping_var], model.variable(grouping_var)).to_numpy() == level)
+            codes = category_codes(data[grouping_var], model.variable(grouping_var)).to_numpy()
+            mask, block, part = codes == level, f"by/{grouping_var}", str(level)
         # signed: a bin clamped at 0 per node would bias the pooled bin upwards (ADR 0057)
-        noisy = noise.add(counts, 1, block=block, part=part, integer=True)
+        noisy = noise.add(count(mask), 1, block=block, part=part, integer=True)
         records.append({"grouping_var": grouping_var, "grouping_enum": level, "counts": noisy.tolist(),
                         "noise": {"terms": [[noise.mechanism, noise.sd(1), integer_noise_kind(noise)]]}})
     return {"histograms": records}, clamped
@@ -418,10 +410,9 @@ class MultipleHistograms(SpecAlgorithm):
         return {"histograms": records}
 
     def _counts_on_disk(self, data: Any, yvar: Variable, bins: int, value_range: tuple[float, float] | None,
-                        request: AnalysisRequest, model: DataModel, clip: bool = False) -> list[dict]:
+                        request: AnalysisRequest, model: DataModel) -> list[dict]:
         """The records of :meth:`local_step` from rows on disk: each group's bins (``np.histogram`` of a block's
-        values, summed) or level counts, in one pass; ``clip``: each value clamped into ``value_range`` first
-        (the noisy release's bins, amendment 17)."""
+        values, summed) or level counts, in one pass."""
         from mipflow.algorithms.streamed import enumeration_index, grouped_counts_on_disk
 
         groups = self._groups(request, model)
@@ -436,8 +427,7 @@ class MultipleHistograms(SpecAlgorithm):
             size = len(levels)
         else:
             def count(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
-                chosen = np.clip(values[mask], *value_range) if clip and value_range is not None else values[mask]
-                return np.histogram(chosen, bins=bins, range=value_range)[0]
+                return np.histogram(values[mask], bins=bins, range=value_range)[0]
             size = bins
         totals = grouped_counts_on_disk(data, yvar.code, count, size, groups, enumerations)
         return [{"grouping_var": grouping_var, "grouping_enum": level, "counts": [int(c) for c in total]}
@@ -482,4 +472,4 @@ class MultipleHistograms(SpecAlgorithm):
 
     # -- privacy capabilities (mipflow.algorithms.contract) ------------------------------------
 
-    dp_release = DPRelease(_dp_blocks, _dp_release, _dp_rows, streams=True)
+    dp_release = DPRelease(_dp_blocks, _dp_release, _dp_rows)

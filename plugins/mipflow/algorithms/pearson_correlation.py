@@ -276,4 +276,4 @@ class PearsonCorrelation(SpecAlgorithm):
     # -- privacy capabilities (mipflow.algorithms.contract) ------------------------------------
 
     secure_aggregation = "automatic"
-    dp_release = DPRelease(one_block, _dp_release, moments_rows, DP_NOTE, streams=True)
+    dp_release = DPRelease(one_block, _dp_release, moments_rows, DP_NOTE)

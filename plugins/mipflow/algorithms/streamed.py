@@ -2,8 +2,7 @@
 (ADR 0062, after ADR 0049's amendments for linear and logistic regression).
 
 An algorithm that declares ``streams_rows`` takes, at a node without differential privacy or explore
-mode (with them too when its noisy release ``streams``, amendment 17: :mod:`mipflow.algorithms.dp_streamed`),
-its selection left on disk (:class:`mipflow.node.query.snapshot_rows.SnapshotRows`: ``len()``,
+mode, its selection left on disk (:class:`mipflow.node.query.snapshot_rows.SnapshotRows`: ``len()``,
 ``reader(codes)``, ``levels_of(code)``, ``narrowed(codes, keep)``) in place of a frame.  The helpers here
 give the same numbers from either, bit for bit: a frame's columns go through
 :func:`mipflow.algorithms.moments.column_moments` and rows on disk through

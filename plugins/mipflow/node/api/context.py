@@ -104,7 +104,7 @@ class SelectionCache:
         snapshot's (ADR 0028) instead of the request's datasets and filters.  ``columnar``: keyed reads
         may come from the data model's columnar snapshot (setting ``columnar_snapshot``, ADR 0049).
         ``streamed``: the caller's step takes rows left on disk (no differential privacy, no explore
-        mode, or a noisy release that ``streams``: ADR 0062 amendment 17): for an algorithm that ``streams_rows`` (complete-case if it releases groups, nothing split
+        mode): for an algorithm that ``streams_rows`` (complete-case if it releases groups, nothing split
         by a level but ``dataset``'s), a selection of numerical and nominal variables from the snapshot is kept as
         :class:`mipflow.node.query.snapshot_rows.SnapshotRows` (a bit a snapshot row) and its cohorts
         computed from the snapshot's keys (ADR 0049 amended, ADR 0062: no copy of the rows; a

@@ -295,10 +295,7 @@ def read_rows(request: StepRequest, context: StepContext, work: StepWork) -> Non
     work.data, work.cohorts = context.selections.rows(work.algo, work.covered or request.analysis, model,
                                                       work.variables, work.settings.frame_cache_mb, work.study,
                                                       columnar=bool(work.settings.columnar_snapshot),
-                                                      # noisy steps too when the release sums rows on disk
-                                                      # to the frame's floats (ADR 0062, amendment 17)
-                                                      streamed=(work.explore is None and not work.settings.dp_enabled)
-                                                      or bool(getattr(work.algo.dp_release, "streams", False)))
+                                                      streamed=work.explore is None and not work.settings.dp_enabled)
     work.rows = len(work.data)
     work.record["rows"] = work.rows
     if request.analysis.longitudinal is not None:

@@ -316,7 +316,7 @@ def test_a_linear_regression_of_numbers_keeps_its_rows_on_disk_with_the_same_ans
     """ADR 0049 amended: a linear regression of numerical variables keeps its selection as a bit a
     snapshot row (no frame) and answers what the frame gave, bit for bit; with a nominal covariate too
     (its levels' groups from the snapshot's level codes, ADR 0062), leaving the same group memory;
-    differential privacy keeps the rows on disk too (its noisy release streams, ADR 0062 amendment 17)."""
+    differential privacy keeps a frame."""
     from mipflow.node.query.snapshot_rows import SnapshotRows
 
     filters = where(rule("age", "greater", 40))
@@ -331,7 +331,7 @@ def test_a_linear_regression_of_numbers_keeps_its_rows_on_disk_with_the_same_ans
                                     body(context, y=LINREG["y"], x=x, filters=filters, analysis_id=case))
         kept[case] = [type(v[1]).__name__ for v in context.selections._kept.values()]
     assert kept == {"disk": [SnapshotRows.__name__], "sql": ["DataFrame"], "nominal": [SnapshotRows.__name__],
-                    "nominal-sql": ["DataFrame"], "dp": [SnapshotRows.__name__]}
+                    "nominal-sql": ["DataFrame"], "dp": ["DataFrame"]}
     assert replies["disk"]["rows"] == replies["sql"]["rows"] > 0
     for disk, sql in (("disk", "sql"), ("nominal", "nominal-sql")):
         assert json.dumps(replies[disk]["aggregates"], sort_keys=True) == \

@@ -3,8 +3,7 @@ two-way ANOVA, the contingency table, PCA (with log and exp: amendment 13, the w
 histograms and naive Bayes (amendment 11), k-means (amendment 12), cross-validated linear regression
 (amendment 14), logistic regression (amendment 15, every round) and Cox regression (amendment 16)
 keep their selection left on disk (a bit a snapshot row, no frame) and answer what the SQL read's frame gave, bit for bit; the ledger records the cohorts of that frame, the counted-set memory the same sets and rows'
-times; differential privacy keeps a frame, but for an algorithm whose noisy release streams (amendment 17:
-descriptive statistics and Pearson correlation here, test_step_streamed_noisy.py)."""
+times; differential privacy keeps a frame."""
 from __future__ import annotations
 
 import json
@@ -156,10 +155,7 @@ def test_sums_of_rows_on_disk_are_released_as_from_the_frame(name, y, x, paramet
             assert all(d in recorded for d in want.digests) and len(want.digests) >= 1
             if name == "descriptive_stats":  # per dataset, per variable present, complete: several
                 assert len(want.digests) > 3
-    # at a DP node (the algorithm exempt) the rows stay on disk when its noisy release streams too (amendment 17)
-    noisy_streams = bool(getattr(get_algorithm(name).dp_release, "streams", False))
-    assert kept == {"disk": [SnapshotRows.__name__], "sql": ["DataFrame"],
-                    "dp": [SnapshotRows.__name__ if noisy_streams else "DataFrame"]}
+    assert kept == {"disk": [SnapshotRows.__name__], "sql": ["DataFrame"], "dp": ["DataFrame"]}
     assert replies["disk"]["rows"] == replies["sql"]["rows"] > 0
     # the counted-set memory (ADR 0059) learns the same sets and rows' times from rows on disk (amendment 11)
     assert memories["disk"] == memories["sql"] and len(memories["disk"][0]) >= 1
