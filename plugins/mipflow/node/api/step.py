@@ -87,7 +87,8 @@ from mipflow.exceptions import DisclosureError, MipflowError, RequestError, Stor
 from mipflow.node.api.context import DataModelNotHeld, StepContext
 from mipflow.node.api.round_stages import mask, open_sealed, seal, tag_release, verify_round
 from mipflow.node.api.schema import read_step_body
-from mipflow.node.controls.differencing import consent_epoch, current_rows, releases_sums_only
+from mipflow.node.controls.differencing import consent_epoch, current_rows
+from mipflow.node.controls.release_class import release_class
 from mipflow.node.controls.disclosure import DisclosureControls, group_threshold
 from mipflow.node.controls.masking import require_secure_aggregation
 from mipflow.node.controls.pooled_bins import bind_pooled, check_pooled_parts, remember_pooled_parts, require_pooled_masking
@@ -174,7 +175,7 @@ class StepWork:
     variables: tuple[str, ...] = ()
     data: Any = None
     cohorts: Any = None
-    sums_only: bool = False  # the step releases sums only over its cohorts (ADR 0063), set with them
+    sums_only: int = 0  # the step's release class (mipflow.node.controls.release_class, ADR 0063), set with its cohorts
     rows: int = 0
     aggregates: Any = None
     labels: Any = None
@@ -333,7 +334,7 @@ def check_cohort(request: StepRequest, context: StepContext, work: StepWork) -> 
     """Differencing (ADR 0013): the cohorts may not differ by a few rows from answered ones.
     The cohort's digest is recorded even while ``differencing_check`` is off."""
     work.record["cohort"] = work.cohorts.digest[:16]
-    work.sums_only = releases_sums_only(work.algo, request.analysis, work.model)
+    work.sums_only = release_class(work.algo, request.analysis, work.model)  # ADR 0063
     work.current_rows = _current_rows(context, work)  # read only for releases of an earlier consent epoch
     if work.explore is not None:  # a DP release: robust to any other release, the ledger has no say (ADR 0032)
         return

@@ -553,11 +553,3 @@ class DifferencingGuard:
         the same rows clustered on ``(a, b)``, ``(b, a)`` or ``(a, c)`` release counts (and sums
         of shared variables) that combine."""
         return f"{cohorts.data_model}|{cohorts.digest}"
-
-
-def releases_sums_only(algo: Any, analysis: Any, model: Any) -> int:
-    """The release class of a step (:func:`mipflow.node.controls.release_class.release_class`; ADR 0063): ``SUMS``
-    (1), ``HIDDEN`` (2: numerical sums and nominal counts hidden when small) or ``OTHER`` (0)."""
-    from mipflow.node.controls.release_class import release_class
-
-    return release_class(algo, analysis, model)

@@ -92,19 +92,15 @@ def _pins(tree: _Group, unit: frozenset[int], widen: bool, var: Any, rules: list
     cut = regions(rules, var)
     if cut is None:
         return False
-    changing = [r for r in cut if _changes(tree, unit, widen, var, r[0], True)]
+    changing = [r for r in cut if any(a != b for a, b in _pairs(tree, unit, widen, var, r[0], True))]
     return bool(changing) and pins(changing, var)  # a unit that moves no row holds none
 
 
-def _changes(item: Any, unit: frozenset[int], widen: bool, var: Any, x: Any, positive: bool) -> Any:
-    """The pairs ``(before, after)`` of outcomes ``item`` can take over the other rules' outcomes for a row whose
-    variable is ``x``; at the top, whether some pair differs.  Rules on the variable are fixed by ``x``; the unit's
-    after the replacement (widened: true where it stands positive, false under ``not``; narrowed: the reverse)."""
-    pairs = _pairs(item, unit, widen, var, x, positive)
-    return any(a != b for a, b in pairs)
-
-
 def _pairs(item: Any, unit: frozenset[int], widen: bool, var: Any, x: Any, positive: bool) -> set[tuple[bool, bool]]:
+    """The pairs ``(before, after)`` of outcomes ``item`` can take over the other rules' outcomes for a row whose
+    variable is ``x`` (a region changes when some pair differs).  Rules on the variable are fixed by ``x``; the
+    unit's after the replacement (widened: true where it stands positive, false under ``not``; narrowed: the
+    reverse)."""
     if isinstance(item, _Rule):
         if item.field != var.code:
             return {(False, False), (True, True)}

@@ -19,7 +19,7 @@ variable's metadata, never the data.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from mipflow.protocol.datamodel import Variable
 
@@ -27,8 +27,6 @@ from mipflow.protocol.datamodel import Variable
 NARROW_PARTS = 100
 #: At most this many values (integers, narrow pieces, operand texts) pin (degree-2 releases solve two).
 MAX_VALUES = 2
-
-Outcome = Callable[[Any, Any], bool | None]  # (rule, region representative) -> the rule's outcome there
 
 
 def regions(rules: Sequence[Any], var: Variable) -> list[tuple[Any, float, float]] | None:
@@ -55,8 +53,6 @@ def regions(rules: Sequence[Any], var: Variable) -> list[tuple[Any, float, float
             a, b = point, cuts[i + 1]
             middle = (a + b) / 2 if math.isfinite(a) and math.isfinite(b) else (b - 1 if math.isfinite(b) else a + 1)
             out.append((middle, a, b))
-    if len(cuts) == 1 and not math.isfinite(cuts[0]):
-        out.append((0.0, lo, hi))
     return out
 
 
